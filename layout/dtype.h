@@ -1,0 +1,59 @@
+// Element types of tensors in checkpoints and stores, and the block-quantised formats.
+//
+// Block formats (GGML-compatible bytes, so GGUF tensors copy through unchanged):
+//   q8_0: blocks of 32 values: f16 scale d, then 32 int8 q;  x = d * q.            34 bytes
+//   q4_0: blocks of 32 values: f16 scale d, then 16 bytes of nibbles; value j of the block is the
+//         low nibble of byte j (j < 16) or the high nibble of byte j-16, x = d * (nibble - 8).  18 bytes
+//   q4_K, q6_K: 256-value super-blocks, read-only (dequantised on import).
+// A row whose length does not divide into blocks is stored as ceil(n / 32) blocks, the tail
+// zero-padded: RowBytes() accounts for that. Stateless, thread-safe.
+#ifndef FLASHLM_LAYOUT_DTYPE_H_
+#define FLASHLM_LAYOUT_DTYPE_H_
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "storage/bytes.h"
+#include "storage/status.h"
+
+namespace flashlm::layout {
+
+// Values are stable: they are written into store catalogs.
+enum class DType : uint8_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kQ8_0 = 3,
+  kQ4_0 = 4,
+  kQ4_K = 5,  // import only
+  kQ6_K = 6,  // import only
+};
+
+inline constexpr uint32_t kQBlockValues = 32;  // values per q8_0 / q4_0 block
+
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_K", "q6_K".
+std::string_view DTypeName(DType t);
+// Parses the names above. Errors: InvalidArgument naming the unknown string.
+Result<DType> ParseDType(std::string_view name);
+
+// Bytes that one row of `n_values` elements takes in `t` (block formats round up to whole blocks).
+uint64_t RowBytes(DType t, uint64_t n_values);
+
+// Converts one row of `t` to f32. `src` holds RowBytes(t, out.size()) bytes.
+// Errors: InvalidArgument when src is too short.
+Status DequantizeRow(DType t, ConstByteSpan src, std::span<float> out);
+
+// Converts one f32 row into `t` (f32, f16, bf16, q8_0, q4_0). `dst` holds RowBytes(t, src.size()).
+// Errors: NotSupported for import-only types, InvalidArgument when dst is too short.
+Status QuantizeRow(DType t, std::span<const float> src, ByteSpan dst);
+
+float F16ToF32(uint16_t h);
+uint16_t F32ToF16(float f);  // round to nearest even
+float BF16ToF32(uint16_t h);
+uint16_t F32ToBF16(float f);  // round to nearest even
+
+}  // namespace flashlm::layout
+
+#endif  // FLASHLM_LAYOUT_DTYPE_H_

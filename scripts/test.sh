@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs dependencies, builds, and runs every test twice:
+# once optimised, once under AddressSanitizer + UndefinedBehaviorSanitizer. Then a short run of
+# each fuzz target where one is built. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== release build and tests"
+scripts/build.sh release
+ctest --test-dir build --output-on-failure -j "$(nproc)"
+
+echo "== ASan+UBSan build and tests"
+scripts/build.sh asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
+
+if [ -x scripts/fuzz.sh ]; then
+  echo "== fuzz targets (short runs)"
+  scripts/fuzz.sh 20
+fi

@@ -1,0 +1,22 @@
+// Each subcommand lives in its own tools/<name>_command.cc and registers itself on the app.
+// Register* adds the subcommand and its flags; the returned callback runs it and yields the
+// process exit code.
+#ifndef FLASHLM_TOOLS_COMMANDS_H_
+#define FLASHLM_TOOLS_COMMANDS_H_
+
+#include <functional>
+
+namespace CLI {
+class App;
+}
+
+namespace flashlm::tools {
+
+using CommandRunner = std::function<int()>;
+
+// One line per subcommand; main() calls each.
+CommandRunner RegisterVersion(CLI::App& app);
+
+}  // namespace flashlm::tools
+
+#endif  // FLASHLM_TOOLS_COMMANDS_H_
