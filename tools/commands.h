@@ -17,6 +17,19 @@ using CommandRunner = std::function<int()>;
 // One line per subcommand; main() calls each.
 CommandRunner RegisterVersion(CLI::App& app);
 
+// storage
+
+
+// layout
+
+
+// store
+
+
+// engine
+
+
+
 }  // namespace flashlm::tools
 
 #endif  // FLASHLM_TOOLS_COMMANDS_H_

@@ -34,6 +34,18 @@ int main(int argc, char** argv) {
 
   std::vector<CommandRunner> runners;
   runners.push_back(RegisterVersion(app));
+  // storage
+
+
+  // layout
+
+
+  // store
+
+
+  // engine
+
+
 
   try {
     app.parse(argc, argv);
