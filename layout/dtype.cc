@@ -1,0 +1,234 @@
+#include "layout/dtype.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+namespace flashlm::layout {
+namespace {
+
+constexpr uint64_t kQ8Bytes = 2 + kQBlockValues;      // f16 d + 32 x int8
+constexpr uint64_t kQ4Bytes = 2 + kQBlockValues / 2;  // f16 d + 16 bytes of nibbles
+constexpr uint64_t kKValues = 256;                    // q4_K / q6_K super-block
+constexpr uint64_t kQ4KBytes = 2 + 2 + 12 + kKValues / 2;
+constexpr uint64_t kQ6KBytes = kKValues / 2 + kKValues / 4 + kKValues / 16 + 2;
+
+uint16_t LoadU16(const std::byte* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+void StoreU16(std::byte* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+uint64_t Blocks(uint64_t n, uint64_t per_block) { return (n + per_block - 1) / per_block; }
+
+}  // namespace
+
+std::string_view DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kQ8_0: return "q8_0";
+    case DType::kQ4_0: return "q4_0";
+    case DType::kQ4_K: return "q4_K";
+    case DType::kQ6_K: return "q6_K";
+  }
+  return "unknown";
+}
+
+Result<DType> ParseDType(std::string_view name) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                  DType::kQ4_K, DType::kQ6_K}) {
+    if (DTypeName(t) == name) return t;
+  }
+  return InvalidArgumentError("unknown dtype '" + std::string(name) +
+                              "' (expected f32, f16, bf16, q8_0 or q4_0)");
+}
+
+uint64_t RowBytes(DType t, uint64_t n) {
+  switch (t) {
+    case DType::kF32: return n * 4;
+    case DType::kF16:
+    case DType::kBF16: return n * 2;
+    case DType::kQ8_0: return Blocks(n, kQBlockValues) * kQ8Bytes;
+    case DType::kQ4_0: return Blocks(n, kQBlockValues) * kQ4Bytes;
+    case DType::kQ4_K: return Blocks(n, kKValues) * kQ4KBytes;
+    case DType::kQ6_K: return Blocks(n, kKValues) * kQ6KBytes;
+  }
+  return 0;
+}
+
+float F16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3FFu;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t F32ToF16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t abs = x & 0x7FFFFFFFu;
+  if (abs >= 0x7F800000u) {  // inf or nan
+    return sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u);
+  }
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;  // rounds to >= 65520: inf
+  if (abs < 0x38800000u) {  // below the smallest normal f16: subnormal (or zero)
+    // Scaling by 2^24 is exact in f32; nearbyint rounds half to even. 0x400 is the smallest
+    // normal, which is the right encoding when rounding carries into the exponent.
+    const float scaled = std::fabs(f) * 16777216.0f;
+    return sign | static_cast<uint16_t>(std::nearbyint(scaled));
+  }
+  uint32_t result = ((abs >> 13) - (112u << 10));
+  const uint32_t rem = abs & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (result & 1u))) ++result;
+  return sign | static_cast<uint16_t>(result);
+}
+
+float BF16ToF32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t F32ToBF16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // nan
+  x += 0x7FFFu + ((x >> 16) & 1u);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+Status DequantizeRow(DType t, ConstByteSpan src, std::span<float> out) {
+  const uint64_t n = out.size();
+  if (src.size() < RowBytes(t, n)) {
+    return InvalidArgumentError("DequantizeRow: source shorter than a " +
+                                std::string(DTypeName(t)) + " row");
+  }
+  const std::byte* p = src.data();
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(out.data(), p, n * 4);
+      return Status::Ok();
+    case DType::kF16:
+      for (uint64_t i = 0; i < n; ++i) out[i] = F16ToF32(LoadU16(p + 2 * i));
+      return Status::Ok();
+    case DType::kBF16:
+      for (uint64_t i = 0; i < n; ++i) out[i] = BF16ToF32(LoadU16(p + 2 * i));
+      return Status::Ok();
+    case DType::kQ8_0:
+      for (uint64_t b = 0; b * kQBlockValues < n; ++b) {
+        const std::byte* blk = p + b * kQ8Bytes;
+        const float d = F16ToF32(LoadU16(blk));
+        for (uint64_t j = 0; j < kQBlockValues && b * kQBlockValues + j < n; ++j) {
+          out[b * kQBlockValues + j] = d * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
+        }
+      }
+      return Status::Ok();
+    case DType::kQ4_0:
+      for (uint64_t b = 0; b * kQBlockValues < n; ++b) {
+        const std::byte* blk = p + b * kQ4Bytes;
+        const float d = F16ToF32(LoadU16(blk));
+        for (uint64_t j = 0; j < kQBlockValues && b * kQBlockValues + j < n; ++j) {
+          const uint8_t byte = static_cast<uint8_t>(blk[2 + (j % 16)]);
+          const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
+          out[b * kQBlockValues + j] = d * static_cast<float>(nib - 8);
+        }
+      }
+      return Status::Ok();
+    case DType::kQ4_K:
+    case DType::kQ6_K:
+      return NotSupportedError("dequantisation of " + std::string(DTypeName(t)) +
+                               " is not implemented yet");
+  }
+  return InvalidArgumentError("unknown dtype");
+}
+
+Status QuantizeRow(DType t, std::span<const float> src, ByteSpan dst) {
+  const uint64_t n = src.size();
+  if (dst.size() < RowBytes(t, n)) {
+    return InvalidArgumentError("QuantizeRow: destination shorter than a " +
+                                std::string(DTypeName(t)) + " row");
+  }
+  std::byte* p = dst.data();
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(p, src.data(), n * 4);
+      return Status::Ok();
+    case DType::kF16:
+      for (uint64_t i = 0; i < n; ++i) StoreU16(p + 2 * i, F32ToF16(src[i]));
+      return Status::Ok();
+    case DType::kBF16:
+      for (uint64_t i = 0; i < n; ++i) StoreU16(p + 2 * i, F32ToBF16(src[i]));
+      return Status::Ok();
+    case DType::kQ8_0:
+      for (uint64_t b = 0; b * kQBlockValues < n; ++b) {
+        std::byte* blk = p + b * kQ8Bytes;
+        const uint64_t base = b * kQBlockValues;
+        float amax = 0;
+        for (uint64_t j = 0; j < kQBlockValues && base + j < n; ++j) {
+          amax = std::max(amax, std::fabs(src[base + j]));
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0 ? 1.0f / d : 0.0f;
+        StoreU16(blk, F32ToF16(d));
+        for (uint64_t j = 0; j < kQBlockValues; ++j) {
+          const float v = base + j < n ? src[base + j] * id : 0.0f;
+          blk[2 + j] = static_cast<std::byte>(static_cast<int8_t>(std::lround(v)));
+        }
+      }
+      return Status::Ok();
+    case DType::kQ4_0:
+      for (uint64_t b = 0; b * kQBlockValues < n; ++b) {
+        std::byte* blk = p + b * kQ4Bytes;
+        const uint64_t base = b * kQBlockValues;
+        float amax = 0, max = 0;  // signed value of largest magnitude, as GGML does
+        for (uint64_t j = 0; j < kQBlockValues && base + j < n; ++j) {
+          if (std::fabs(src[base + j]) > amax) {
+            amax = std::fabs(src[base + j]);
+            max = src[base + j];
+          }
+        }
+        const float d = max / -8.0f;
+        const float id = d != 0 ? 1.0f / d : 0.0f;
+        StoreU16(blk, F32ToF16(d));
+        for (uint64_t j = 0; j < 16; ++j) {
+          const float v0 = base + j < n ? src[base + j] * id : 0.0f;
+          const float v1 = base + j + 16 < n ? src[base + j + 16] * id : 0.0f;
+          const int q0 = std::min(15, static_cast<int>(v0 + 8.5f));
+          const int q1 = std::min(15, static_cast<int>(v1 + 8.5f));
+          blk[2 + j] = static_cast<std::byte>(q0 | (q1 << 4));
+        }
+      }
+      return Status::Ok();
+    case DType::kQ4_K:
+    case DType::kQ6_K:
+      return NotSupportedError(std::string(DTypeName(t)) + " is import-only");
+  }
+  return InvalidArgumentError("unknown dtype");
+}
+
+}  // namespace flashlm::layout
