@@ -65,6 +65,7 @@ uint64_t IoStats::LatencyQuantileNs(double q) const {
   q = std::clamp(q, 0.0, 1.0);
   // The rank of the wanted sample, 1-based: the smallest r with r >= q * n.
   uint64_t rank = std::max<uint64_t>(1, static_cast<uint64_t>(std::ceil(q * reads_)));
+  if (rank >= reads_) return latency_max_ns_;
   uint64_t seen = 0;
   for (int b = 0; b < kBucketCount; ++b) {
     seen += histogram_[b];
