@@ -1,0 +1,87 @@
+#include "cache/neuron_cache.h"
+
+#include <string>
+
+#include "storage/check.h"
+
+namespace flashlm::cache {
+
+Result<std::unique_ptr<NeuronCache>> NeuronCache::Create(uint64_t capacity_bytes,
+                                                         uint64_t bundle_bytes,
+                                                         uint64_t alignment_bytes) {
+  if (bundle_bytes == 0 || !IsPowerOfTwo(alignment_bytes)) {
+    return InvalidArgumentError("neuron cache: bundle size must be > 0 and alignment a power of 2");
+  }
+  const uint64_t slot_bytes = AlignUp(bundle_bytes, alignment_bytes);
+  const uint64_t slots = capacity_bytes / slot_bytes;
+  if (slots == 0) {
+    return InvalidArgumentError("neuron cache: " + std::to_string(capacity_bytes) +
+                                " bytes hold no bundle of " + std::to_string(slot_bytes) +
+                                " bytes");
+  }
+  if (slots > UINT32_MAX / 2) return InvalidArgumentError("neuron cache: too many slots");
+  ASSIGN_OR_RETURN(storage::BufferPool pool,
+                   storage::BufferPool::Create(static_cast<uint32_t>(slots), slot_bytes,
+                                               alignment_bytes));
+  return std::unique_ptr<NeuronCache>(new NeuronCache(std::move(pool), bundle_bytes));
+}
+
+NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
+    : pool_(std::move(pool)),
+      bundle_bytes_(bundle_bytes),
+      filled_(pool_.buffer_count(), 0),
+      lru_(static_cast<uint64_t>(pool_.buffer_count()) * pool_.buffer_bytes(),
+           pool_.buffer_count(), [this](uint64_t, uint64_t slot) {
+             filled_[slot] = 0;
+             pool_.Release(static_cast<uint32_t>(slot));
+           }) {}
+
+NeuronCache::~NeuronCache() {
+  for (Handle* h : hot_) lru_.Release(h);
+}
+
+NeuronCache::Handle* NeuronCache::Lookup(uint32_t layer, uint32_t neuron) {
+  Handle* h = lru_.Lookup(Key(layer, neuron));
+  if (h != nullptr && !filled_[lru_.Value(h)]) {
+    // Reserved by its reader but not yet filled: to everyone else it is still a miss. (With one
+    // owner thread this happens only if the caller looks up a neuron it is reading itself.)
+    lru_.Release(h);
+    return nullptr;
+  }
+  return h;
+}
+
+Result<NeuronCache::Handle*> NeuronCache::Reserve(uint32_t layer, uint32_t neuron) {
+  const uint64_t key = Key(layer, neuron);
+  if (lru_.Contains(key)) return InvalidArgumentError("neuron bundle already cached");
+  // Make room first, so that a slot is free in the pool before the LRU entry is created.
+  if (pool_.free_count() == 0) {
+    if (lru_.ShrinkTo(lru_.usage_bytes() - pool_.buffer_bytes()) == 0) {
+      return ResourceExhaustedError("neuron cache: every slot is pinned (" +
+                                    std::to_string(slot_count()) + " slots)");
+    }
+  }
+  std::optional<uint32_t> slot = pool_.Acquire();
+  CHECK(slot.has_value());
+  auto h = lru_.Insert(key, *slot, pool_.buffer_bytes());
+  if (!h.ok()) {
+    pool_.Release(*slot);
+    return h.status();
+  }
+  filled_[*slot] = 0;
+  return *h;
+}
+
+void NeuronCache::MarkFilled(Handle* h) { filled_[lru_.Value(h)] = 1; }
+
+void NeuronCache::Abandon(Handle* h) {
+  const uint64_t key = lru_.Key(h);
+  lru_.Release(h);
+  CHECK(lru_.Erase(key));
+}
+
+ByteSpan NeuronCache::Bytes(const Handle* h) const {
+  return pool_.buffer(static_cast<uint32_t>(lru_.Value(h))).first(bundle_bytes_);
+}
+
+}  // namespace flashlm::cache
