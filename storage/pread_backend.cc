@@ -72,6 +72,7 @@ Status PreadBackend::Submit(std::span<const ReadRequest> batch) {
       slots_[s].submit_ns = now;
       slots_[s].bytes_read = 0;
       slots_[s].error = 0;
+      slots_[s].retries = 0;
       pending_[(pending_head_ + pending_size_) % pending_.size()] = s;
       ++pending_size_;
     }
@@ -116,7 +117,10 @@ void PreadBackend::Execute(Slot& slot) {
     if (options_.faults != nullptr) {
       res = options_.faults->FilterResult(want, f.granularity_bytes, res);
     }
-    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res == -EINTR || res == -EAGAIN) {
+      ++slot.retries;
+      continue;
+    }
     if (res < 0) {
       slot.error = static_cast<int>(-res);
       break;
@@ -124,6 +128,7 @@ void PreadBackend::Execute(Slot& slot) {
     if (res == 0) break;
     done += static_cast<uint64_t>(res);
     if (f.granularity_bytes > 1 && done % f.granularity_bytes != 0) break;
+    if (done < r.dest.size()) ++slot.retries;
   }
   slot.bytes_read = done;
   if (slot.error == 0 && options_.faults != nullptr) {
@@ -145,6 +150,7 @@ Result<size_t> PreadBackend::Reap(size_t min_completions, std::span<ReadCompleti
       ReadCompletion& c = out[written++];
       c.tag = slot.request.tag;
       c.bytes_read = slot.bytes_read;
+      for (uint32_t i = 0; i < slot.retries; ++i) stats_.RecordRetry();
       if (slot.error == 0) {
         c.status = Status::Ok();
         stats_.RecordRead(slot.bytes_read, slot.complete_ns - slot.submit_ns, slot.complete_ns);

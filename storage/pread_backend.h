@@ -40,6 +40,7 @@ class PreadBackend final : public ReadBackend {
     uint64_t complete_ns = 0;
     uint64_t bytes_read = 0;
     int error = 0;  // errno of a failed read, 0 when OK
+    uint32_t retries = 0;  // resubmissions after short reads, EINTR, EAGAIN
   };
   explicit PreadBackend(const ReadBackendOptions& options);
   void WorkerLoop();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <sys/uio.h>
 
@@ -34,10 +35,18 @@ Result<std::unique_ptr<UringBackend>> UringBackend::Create(const ReadBackendOpti
   RETURN_IF_ERROR(internal::CheckOptions(options));
   std::unique_ptr<UringBackend> b(new UringBackend(options));
 
-  unsigned wanted[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                       IORING_SETUP_SINGLE_ISSUER, 0};
+  // COOP_TASKRUN (5.19) is what fio also asks for; DEFER_TASKRUN (6.1) needs SINGLE_ISSUER (6.0).
+  unsigned wanted[] = {
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER, 0};
   int ret = -EINVAL;
-  for (unsigned flags : wanted) {
+  size_t first = 0;
+  // Diagnostic knob for benchmarking the set-up flags: 1 = skip DEFER_TASKRUN, 2 = no flags.
+  if (const char* env = std::getenv("FLASHLM_URING_FLAG_LEVEL")) {
+    first = std::min<size_t>(2, static_cast<size_t>(std::atoi(env)));
+  }
+  for (size_t w = first; w < 3; ++w) {
+    unsigned flags = wanted[w];
     io_uring_params p{};
     p.flags = flags | IORING_SETUP_CQSIZE;
     p.cq_entries = 2 * options.queue_depth_max;

@@ -1,7 +1,8 @@
 // UringBackend: ReadBackend over one io_uring owned by the calling thread.
 //
-// Set-up (Create) asks for IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN and drops each flag the
-// kernel refuses with EINVAL, logging it; a refused ring (EPERM in containers with seccomp,
+// Set-up (Create) asks for IORING_SETUP_COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN (as fio
+// does) and drops DEFER_TASKRUN, then all flags, when the kernel refuses them (EINVAL),
+// logging it (FLASHLM_URING_FLAG_LEVEL=1 or 2 starts lower, for benchmarking); a refused ring (EPERM in containers with seccomp,
 // ENOSYS, io_uring_disabled) is NotSupported with the reason, so callers can fall back to pread.
 // Files are registered as fixed files (IOSQE_FIXED_FILE) and the optional BufferPool as fixed
 // buffers (IORING_OP_READ_FIXED when a request's dest lies inside one pool buffer, plain READ

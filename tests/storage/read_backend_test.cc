@@ -284,6 +284,7 @@ TYPED_TEST(ReadBackendTest, ShortReadsAreFinishedInsideTheBackend) {
   }
   EXPECT_EQ(this->mismatched_bytes_, 0u);
   EXPECT_GT(faults.counts().short_reads, 10u);
+  EXPECT_GT(this->backend_->stats().retries(), 0u);
 }
 
 TYPED_TEST(ReadBackendTest, EagainAndEintrAreRetriedInsideTheBackend) {
