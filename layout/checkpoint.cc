@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "layout/store_reader.h"
+
 namespace flashlm::layout {
 
 uint64_t TensorInfo::num_values() const {
@@ -29,6 +31,18 @@ Status Checkpoint::ReadTensorF32(const TensorInfo& info, std::span<float> out) {
                                   out.subspan(r * info.cols(), info.cols())));
   }
   return Status::Ok();
+}
+
+// store: a flashlm store folder is recognised before any checkpoint reader is tried.
+Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
+                                                   const OpenOptions& options) {
+  if (StoreReader::LooksLikeStore(path)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<StoreReader> store, StoreReader::Open(path));
+    return std::unique_ptr<Checkpoint>(std::move(store));
+  }
+  // readers: GGUF, safetensors and llama2.c detection goes here.
+  return NotSupportedError("cannot open '" + std::string(path) +
+                           "': not a flashlm store, and no checkpoint readers are built yet");
 }
 
 }  // namespace flashlm::layout
