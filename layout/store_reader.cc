@@ -454,10 +454,33 @@ Status StoreReader::VerifyAll(const std::function<void(uint64_t, uint64_t)>& pro
   for (uint64_t i = 0; i < extents_.size(); ++i) {
     ASSIGN_OR_RETURN(Extent e, GetExtent(i));
     raw.resize(e.raw_bytes);
-    RETURN_IF_ERROR(ReadExtent(e, raw));
+    Status s = ReadExtent(e, raw);
+    if (!s.ok()) return s.WithContext(DescribeExtent(i));
     if (progress) progress(i + 1, extents_.size());
   }
   return Status::Ok();
+}
+
+std::string StoreReader::DescribeExtent(uint64_t index) const {
+  for (size_t i = 0; i < records_.size(); ++i) {
+    const TensorRecord& r = records_[i];
+    if (r.placement != static_cast<uint8_t>(Placement::kDense) || index < r.first_extent ||
+        index >= r.first_extent + r.extent_count) {
+      continue;
+    }
+    const uint64_t first = (index - r.first_extent) * r.rows_per_extent;
+    const uint64_t last = std::min(first + r.rows_per_extent, tensors_[i].rows()) - 1;
+    return "tensor " + tensors_[i].name + " rows " + std::to_string(first) + ".." +
+           std::to_string(last);
+  }
+  for (const FfnLayerRecord& f : ffn_) {
+    if (index < f.first_extent || index >= f.first_extent + f.n_neurons) continue;
+    const uint64_t p = index - f.first_extent;
+    const std::span<const uint32_t> perm = Permutation(f.layer);
+    return "FFN layer " + std::to_string(f.layer) + " bundle " + std::to_string(p) +
+           " (neuron " + std::to_string(perm.empty() ? p : perm[p]) + ")";
+  }
+  return "unreferenced";
 }
 
 Status StoreReader::ReadTensor(const TensorInfo& info, ByteSpan out) {

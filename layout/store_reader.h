@@ -102,8 +102,12 @@ class StoreReader final : public Checkpoint {
   // the message names the extent index, file and offset).
   Status ReadExtent(const Extent& extent, ByteSpan out);
 
+  // What extent `index` holds: "tensor token_embd.weight rows 0..99" or
+  // "FFN layer 3 bundle 17 (neuron 42)"; "unreferenced" when nothing refers to it.
+  std::string DescribeExtent(uint64_t index) const;
+
   // Reads every extent and checks its checksum (and decodes compressed ones). Stops at the first
-  // failure and returns its status (Corruption naming the extent). progress(done, total) is
+  // failure and returns its status (Corruption naming the extent and what it holds). progress(done, total) is
   // called after each extent when set.
   Status VerifyAll(const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
 

@@ -24,6 +24,9 @@ CommandRunner RegisterVersion(CLI::App& app);
 
 
 // store
+CommandRunner RegisterRepack(CLI::App& app);
+CommandRunner RegisterInspect(CLI::App& app);
+CommandRunner RegisterVerify(CLI::App& app);
 
 
 // engine
