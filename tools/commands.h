@@ -18,6 +18,7 @@ using CommandRunner = std::function<int()>;
 CommandRunner RegisterVersion(CLI::App& app);
 
 // storage
+CommandRunner RegisterIobench(CLI::App& app);  // tools/iobench_command.cc
 
 
 // layout

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   std::vector<CommandRunner> runners;
   runners.push_back(RegisterVersion(app));
   // storage
+  runners.push_back(RegisterIobench(app));
 
 
   // layout
