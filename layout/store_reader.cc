@@ -66,19 +66,17 @@ bool StoreReader::LooksLikeStore(std::string_view path) {
          std::filesystem::exists(p / std::string(kCatalogFileName), ec);
 }
 
-Result<std::unique_ptr<StoreReader>> StoreReader::Open(std::string_view path) {
+Result<std::unique_ptr<StoreReader>> StoreReader::Open(std::string_view path,
+                                                       const StoreReadOptions& options) {
   std::unique_ptr<StoreReader> r(new StoreReader());
+  r->options_ = options;
   r->path_ = std::string(path);
   while (r->path_.size() > 1 && r->path_.back() == '/') r->path_.pop_back();
   RETURN_IF_ERROR(r->Load());
   return r;
 }
 
-StoreReader::~StoreReader() {
-  for (int fd : fds_) {
-    if (fd >= 0) ::close(fd);
-  }
-}
+StoreReader::~StoreReader() = default;
 
 std::string StoreReader::DataFilePath(uint32_t file_index) const {
   return path_ + "/" + DataFileName(file_index);
@@ -147,19 +145,27 @@ Status StoreReader::Load() {
   }
 
   // Data files: open now so that every extent can be bounds-checked against the real size.
+  storage::ReadBackendOptions bo;
+  bo.queue_depth_max = std::max<uint32_t>(1, options_.queue_depth);
+  bo.files_max = header_.data_file_count;
+  ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options_.backend, bo));
   for (uint32_t f = 0; f < header_.data_file_count; ++f) {
     const std::string p = DataFilePath(f);
-    // SEAM(storage-io): plain pread on a buffered fd until storage/file.h and MakeReadBackend
-    // land; then extents are read through a ReadBackend with O_DIRECT into aligned buffers.
-    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      if (errno == ENOENT) return CorruptionError(where("missing data file " + DataFileName(f)));
-      return ErrnoError("open " + p, errno);
+    storage::FileOptions fo;
+    fo.direct = options_.direct;
+    auto file = storage::File::OpenForRead(p, fo);
+    if (!file.ok()) {
+      if (file.status().code() == StatusCode::kNotFound) {
+        return CorruptionError(where("missing data file " + DataFileName(f)));
+      }
+      return file.status();
     }
-    fds_.push_back(fd);
-    struct stat st;
-    if (::fstat(fd, &st) != 0) return ErrnoError("stat " + p, errno);
-    file_bytes_.push_back(static_cast<uint64_t>(st.st_size));
+    files_.push_back(std::move(*file));
+    file_bytes_.push_back(files_.back().size_bytes());
+  }
+  for (const storage::File& f : files_) {
+    ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
+    file_ids_.push_back(id);
   }
 
   ASSIGN_OR_RETURN(ConstByteSpan eb, txn.Get(catalog_key::kExtents));
@@ -404,59 +410,148 @@ std::span<const float> StoreReader::ActivationFrequencies(uint32_t layer) const 
   return activations_[layer];
 }
 
-Status StoreReader::ReadStored(const Extent& e, ByteSpan stored) {
-  // SEAM(storage-io): see Load(). Reads are whole extents at aligned offsets, so the switch to
-  // an O_DIRECT ReadBackend only needs an aligned bounce buffer of AlignUp(stored_bytes).
-  int fd = fds_.at(e.file_index);
-  uint64_t done = 0;
-  while (done < stored.size()) {
-    ssize_t n = ::pread(fd, stored.data() + done, stored.size() - done,
-                        static_cast<off_t>(e.offset_bytes + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("read extent " + std::to_string(e.index) + " of " +
-                        DataFilePath(e.file_index), errno);
+Status StoreReader::ForEachExtent(std::span<const Extent> extents,
+                                  const std::function<Status(size_t, ConstByteSpan)>& consume) {
+  // Batches: up to queue_depth extents (or batch_bytes_max of bounce space, but at least one
+  // extent) are submitted at once. Each read covers the extent's aligned hull in the file, as
+  // O_DIRECT needs (the store alignment may be finer than the device's); the extent's stored
+  // bytes are then checksummed inside the bounce buffer, decoded, and handed to `consume`.
+  // Every submitted read is reaped before returning, error or not: the kernel may still be
+  // writing into bounce_.
+  struct Slot {
+    uint64_t cover_offset;  // in the file
+    uint64_t bounce_offset; // in bounce_
+    uint64_t cover_bytes;
+  };
+  std::vector<Slot> slots;
+  std::vector<storage::ReadRequest> requests;
+  std::vector<storage::ReadCompletion> completions(std::max<size_t>(1, backend_->queue_depth_max()));
+  const size_t depth = std::max<size_t>(1, backend_->queue_depth_max());
+  size_t next = 0;
+  while (next < extents.size()) {
+    // Plan one batch.
+    slots.clear();
+    requests.clear();
+    uint64_t bounce_bytes = 0;
+    uint64_t align = 1;
+    size_t first = next;
+    while (next < extents.size() && requests.size() < depth) {
+      const Extent& e = extents[next];
+      if (e.file_index >= files_.size()) return InvalidArgumentError("extent with a bad file index");
+      const storage::File& file = files_[e.file_index];
+      align = std::max<uint64_t>(align, std::max<uint64_t>(file.required_alignment_bytes(), 64));
+      const uint64_t a = std::max<uint64_t>(file.required_alignment_bytes(), 1);
+      const uint64_t lo = AlignDown(e.offset_bytes, a);
+      const uint64_t hi = AlignUp(e.offset_bytes + e.stored_bytes, a);
+      const uint64_t cover = std::max<uint64_t>(hi - lo, a);
+      const uint64_t at = AlignUp(bounce_bytes, align);
+      if (!requests.empty() && at + cover > options_.batch_bytes_max) break;
+      slots.push_back(Slot{lo, at, cover});
+      requests.push_back(storage::ReadRequest{file_ids_[e.file_index], lo, ByteSpan(), next - first});
+      bounce_bytes = at + cover;
+      ++next;
     }
-    if (n == 0) {
-      return CorruptionError("extent " + std::to_string(e.index) + " is truncated in " +
-                             DataFilePath(e.file_index));
+    if (bounce_.size_bytes() < bounce_bytes || bounce_.alignment_bytes() < align) {
+      ASSIGN_OR_RETURN(bounce_, storage::AlignedBuffer::Allocate(
+                                    std::max<uint64_t>(bounce_bytes, bounce_.size_bytes()),
+                                    std::max<uint64_t>(align, 4096)));
     }
-    done += static_cast<uint64_t>(n);
-  }
-  const uint64_t sum = storage::Checksum64(stored);
-  if (sum != e.checksum) {
-    return CorruptionError("extent " + std::to_string(e.index) + " (" +
-                           DataFileName(e.file_index) + " offset " +
-                           std::to_string(e.offset_bytes) + ", " +
-                           std::to_string(e.stored_bytes) + " bytes) checksum mismatch: catalog " +
-                           Hex(e.checksum) + ", data " + Hex(sum));
+    for (size_t k = 0; k < requests.size(); ++k) {
+      requests[k].dest = bounce_.span().subspan(slots[k].bounce_offset, slots[k].cover_bytes);
+    }
+    RETURN_IF_ERROR(backend_->Submit(requests));
+    // Reap everything, remembering the first failure.
+    Status first_error;
+    std::vector<uint64_t> got(requests.size(), 0);
+    size_t pending = requests.size();
+    while (pending > 0) {
+      auto n = backend_->Reap(1, completions);
+      if (!n.ok()) return n.status();  // the backend is unusable; nothing more can be reaped
+      for (size_t c = 0; c < *n; ++c) {
+        const storage::ReadCompletion& done = completions[c];
+        --pending;
+        if (!done.status.ok() && first_error.ok()) {
+          const Extent& e = extents[first + done.tag];
+          first_error = done.status.WithContext("read extent " + std::to_string(e.index));
+        }
+        got[done.tag] = done.bytes_read;
+      }
+    }
+    RETURN_IF_ERROR(first_error);
+    for (size_t k = 0; k < requests.size(); ++k) {
+      const Extent& e = extents[first + k];
+      const uint64_t skip = e.offset_bytes - slots[k].cover_offset;
+      if (got[k] < skip + e.stored_bytes) {
+        return CorruptionError("extent " + std::to_string(e.index) + " is truncated in " +
+                               DataFilePath(e.file_index));
+      }
+      ConstByteSpan stored = ConstByteSpan(bounce_.span()).subspan(
+          slots[k].bounce_offset + skip, e.stored_bytes);
+      const uint64_t sum = storage::Checksum64(stored);
+      if (sum != e.checksum) {
+        return CorruptionError("extent " + std::to_string(e.index) + " (" +
+                               DataFileName(e.file_index) + " offset " +
+                               std::to_string(e.offset_bytes) + ", " +
+                               std::to_string(e.stored_bytes) +
+                               " bytes) checksum mismatch: catalog " + Hex(e.checksum) +
+                               ", data " + Hex(sum));
+      }
+      if (e.codec == Codec::kZstd) {
+        decoded_.resize(e.raw_bytes);
+        Status s = storage::ZstdDecompress(stored, decoded_);
+        if (!s.ok()) return s.WithContext("extent " + std::to_string(e.index));
+        RETURN_IF_ERROR(consume(first + k, decoded_));
+      } else {
+        RETURN_IF_ERROR(consume(first + k, stored));
+      }
+    }
   }
   return Status::Ok();
+}
+
+Status StoreReader::ReadExtents(std::span<const Extent> extents, std::span<const ByteSpan> outs) {
+  if (extents.size() != outs.size()) return InvalidArgumentError("ReadExtents: size mismatch");
+  for (size_t i = 0; i < extents.size(); ++i) {
+    if (outs[i].size() != extents[i].raw_bytes) {
+      return InvalidArgumentError("ReadExtents: buffer of " + std::to_string(outs[i].size()) +
+                                  " bytes for extent " + std::to_string(extents[i].index) +
+                                  " of " + std::to_string(extents[i].raw_bytes));
+    }
+  }
+  return ForEachExtent(extents, [&](size_t i, ConstByteSpan raw) {
+    std::memcpy(outs[i].data(), raw.data(), raw.size());
+    return Status::Ok();
+  });
 }
 
 Status StoreReader::ReadExtent(const Extent& e, ByteSpan out) {
-  if (out.size() != e.raw_bytes) {
-    return InvalidArgumentError("ReadExtent: buffer of " + std::to_string(out.size()) +
-                                " bytes for extent " + std::to_string(e.index) + " of " +
-                                std::to_string(e.raw_bytes));
-  }
-  if (e.file_index >= fds_.size()) return InvalidArgumentError("ReadExtent: bad file index");
-  if (e.codec == Codec::kNone) return ReadStored(e, out);
-  scratch_.resize(e.stored_bytes);
-  RETURN_IF_ERROR(ReadStored(e, scratch_));
-  Status s = storage::ZstdDecompress(scratch_, out);
-  if (!s.ok()) return s.WithContext("extent " + std::to_string(e.index));
-  return Status::Ok();
+  return ReadExtents(std::span<const Extent>(&e, 1), std::span<const ByteSpan>(&out, 1));
 }
 
 Status StoreReader::VerifyAll(const std::function<void(uint64_t, uint64_t)>& progress) {
-  std::vector<std::byte> raw;  // one decoded extent
-  for (uint64_t i = 0; i < extents_.size(); ++i) {
-    ASSIGN_OR_RETURN(Extent e, GetExtent(i));
-    raw.resize(e.raw_bytes);
-    Status s = ReadExtent(e, raw);
-    if (!s.ok()) return s.WithContext(DescribeExtent(i));
-    if (progress) progress(i + 1, extents_.size());
+  // In file order, a batch at a time; the first bad extent stops the walk.
+  constexpr uint64_t kChunk = 4096;  // extents per ForEachExtent call
+  std::vector<Extent> chunk;
+  uint64_t done = 0;
+  for (uint64_t i = 0; i < extents_.size(); i += kChunk) {
+    chunk.clear();
+    for (uint64_t j = i; j < std::min<uint64_t>(extents_.size(), i + kChunk); ++j) {
+      chunk.push_back(*GetExtent(j));
+    }
+    Status s = ForEachExtent(chunk, [&](size_t, ConstByteSpan) {
+      ++done;
+      if (progress) progress(done, extents_.size());
+      return Status::Ok();
+    });
+    if (!s.ok()) {
+      // Name what the bad extent holds: find it by the index in the message's batch.
+      for (const Extent& e : chunk) {
+        if (s.message().find("extent " + std::to_string(e.index) + " ") != std::string_view::npos) {
+          return s.WithContext(DescribeExtent(e.index));
+        }
+      }
+      return s;
+    }
   }
   return Status::Ok();
 }
@@ -497,13 +592,16 @@ Status StoreReader::ReadTensor(const TensorInfo& info, ByteSpan out) {
   if (rec.placement == static_cast<uint8_t>(Placement::kBundled)) {
     return ReadBundledTensor(mine, rec, out);
   }
+  std::vector<Extent> extents;
+  std::vector<ByteSpan> outs;
   uint64_t pos = 0;
   for (uint64_t c = 0; c < rec.extent_count; ++c) {
     ASSIGN_OR_RETURN(Extent e, GetExtent(rec.first_extent + c));
-    RETURN_IF_ERROR(ReadExtent(e, out.subspan(pos, e.raw_bytes)));
+    extents.push_back(e);
+    outs.push_back(out.subspan(pos, e.raw_bytes));
     pos += e.raw_bytes;
   }
-  return Status::Ok();
+  return ReadExtents(extents, outs);
 }
 
 Status StoreReader::ReadBundledTensor(const TensorInfo& info, const TensorRecord& rec,
@@ -515,14 +613,13 @@ Status StoreReader::ReadBundledTensor(const TensorInfo& info, const TensorRecord
                                : part == FfnPart::kUp ? g.up_offset()
                                                       : g.down_offset();
   std::span<const uint32_t> perm = Permutation(rec.layer);
-  std::vector<std::byte> bundle(g.bundle_bytes);  // [gate?][up][down] in g.dtype
   std::vector<float> column(part == FfnPart::kDown ? f.dim : 0);  // down column, f32
   const uint64_t n = f.n_neurons;
-  for (uint64_t p = 0; p < n; ++p) {
-    ASSIGN_OR_RETURN(Extent e, GetExtent(f.first_extent + p));
-    RETURN_IF_ERROR(ReadExtent(e, bundle));
+  ASSIGN_OR_RETURN(std::vector<Extent> bundles, BundleExtents(rec.layer, 0, f.n_neurons));
+  // Bundles arrive in position order within a batch; scatter each to its neuron's row/column.
+  return ForEachExtent(bundles, [&](size_t p, ConstByteSpan bundle) -> Status {
     const uint64_t neuron = perm.empty() ? p : perm[p];
-    ConstByteSpan src = ConstByteSpan(bundle).subspan(part_offset, g.part_bytes);
+    ConstByteSpan src = bundle.subspan(part_offset, g.part_bytes);
     if (part != FfnPart::kDown) {
       std::memcpy(out.data() + neuron * g.part_bytes, src.data(), g.part_bytes);
     } else if (info.dtype == g.dtype) {  // f32 / f16: element-wise transpose, exact
@@ -536,8 +633,8 @@ Status StoreReader::ReadBundledTensor(const TensorInfo& info, const TensorRecord
         std::memcpy(out.data() + (r * n + neuron) * 4, &column[r], 4);
       }
     }
-  }
-  return Status::Ok();
+    return Status::Ok();
+  });
 }
 
 }  // namespace flashlm::layout

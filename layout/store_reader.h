@@ -28,7 +28,10 @@
 #include "layout/bundle_layout.h"
 #include "layout/checkpoint.h"
 #include "layout/store_format.h"
+#include "storage/aligned_buffer.h"
 #include "storage/bytes.h"
+#include "storage/file.h"
+#include "storage/read_backend.h"
 #include "storage/status.h"
 
 namespace flashlm::layout {
@@ -50,6 +53,15 @@ struct TensorLocation {
   TensorRecord record;     // the catalog record (record.dtype is the stored dtype)
 };
 
+struct StoreReadOptions {
+  // How extents are read: data files opened with O_DIRECT (buffered fallback, see storage/file.h)
+  // through a ReadBackend (io_uring, falling back to pread).
+  storage::BackendKind backend = storage::BackendKind::kAuto;
+  bool direct = true;
+  uint32_t queue_depth = 32;                  // extent reads in flight
+  uint64_t batch_bytes_max = 32ull << 20;     // bounce buffer bound for one batch
+};
+
 class StoreReader final : public Checkpoint {
  public:
   // True when `path` is a folder holding a catalog file (it may still fail to open).
@@ -58,7 +70,8 @@ class StoreReader final : public Checkpoint {
   // Opens the store folder at `path`. Errors: NotFound (no such folder / no catalog),
   // Corruption (malformed catalog record, extent outside its data file, a temp folder of an
   // unfinished repack), NotSupported (unknown format version, with the versions this build reads).
-  static Result<std::unique_ptr<StoreReader>> Open(std::string_view path);
+  static Result<std::unique_ptr<StoreReader>> Open(std::string_view path,
+                                                   const StoreReadOptions& options = {});
   ~StoreReader() override;
 
   // Checkpoint.
@@ -75,6 +88,11 @@ class StoreReader final : public Checkpoint {
   const std::string& path() const { return path_; }
   std::string DataFilePath(uint32_t file_index) const;
   uint64_t data_file_bytes(uint32_t file_index) const { return file_bytes_.at(file_index); }
+  // "uring", "pread", ...; and whether the data files are open with O_DIRECT.
+  std::string_view backend_name() const { return backend_->name(); }
+  bool direct_io() const { return !files_.empty() && files_[0].is_direct(); }
+  // Bytes read and reads issued so far (all extent reads go through the backend).
+  const storage::IoStats& io_stats() const { return backend_->stats(); }
 
   // Extents. Errors: NotFound (index, tensor, layer out of range).
   uint64_t extent_count() const { return extents_.size(); }
@@ -101,6 +119,9 @@ class StoreReader final : public Checkpoint {
   // Errors: InvalidArgument (size), IoError, Corruption (checksum mismatch, bad zstd frame;
   // the message names the extent index, file and offset).
   Status ReadExtent(const Extent& extent, ByteSpan out);
+  // Batched form: reads extents[i] into outs[i] (each exactly raw_bytes), up to queue_depth in
+  // flight. Stops at the first failure (after the reads in flight have landed).
+  Status ReadExtents(std::span<const Extent> extents, std::span<const ByteSpan> outs);
 
   // What extent `index` holds: "tensor token_embd.weight rows 0..99" or
   // "FFN layer 3 bundle 17 (neuron 42)"; "unreferenced" when nothing refers to it.
@@ -114,7 +135,10 @@ class StoreReader final : public Checkpoint {
  private:
   StoreReader() = default;
   Status Load();
-  Status ReadStored(const Extent& extent, ByteSpan stored);
+  // Reads, verifies and decodes `extents` in batches; calls consume(i, raw bytes of extents[i])
+  // in order of completion. The view lives during the call.
+  Status ForEachExtent(std::span<const Extent> extents,
+                       const std::function<Status(size_t, ConstByteSpan)>& consume);
   Status ReadBundledTensor(const TensorInfo& info, const TensorRecord& rec, ByteSpan out);
 
   std::string path_;
@@ -130,8 +154,12 @@ class StoreReader final : public Checkpoint {
   std::vector<std::vector<uint32_t>> permutation_;  // by layer; empty = identity
   std::vector<std::vector<float>> activations_;     // by layer; empty = none
   std::vector<uint64_t> file_bytes_;                // by data file
-  std::vector<int> fds_;                            // by data file (read seam, see .cc)
-  std::vector<std::byte> scratch_;                  // stored bytes of one extent, reused
+  StoreReadOptions options_;
+  std::vector<storage::File> files_;                // by data file
+  std::vector<uint32_t> file_ids_;                  // backend ids, by data file
+  std::unique_ptr<storage::ReadBackend> backend_;
+  storage::AlignedBuffer bounce_;                   // aligned covers of one batch's extents
+  std::vector<std::byte> decoded_;                  // one zstd extent, decoded
 };
 
 }  // namespace flashlm::layout
