@@ -1,7 +1,15 @@
 #include "layout/checkpoint.h"
 
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <vector>
 
+#include "layout/byte_source.h"
+#include "layout/gguf_reader.h"
+#include "layout/llama2c_reader.h"
+#include "layout/safetensors_reader.h"
 #include "layout/store_reader.h"
 
 namespace flashlm::layout {
@@ -33,16 +41,34 @@ Status Checkpoint::ReadTensorF32(const TensorInfo& info, std::span<float> out) {
   return Status::Ok();
 }
 
-// store: a flashlm store folder is recognised before any checkpoint reader is tried.
 Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
                                                    const OpenOptions& options) {
-  if (StoreReader::LooksLikeStore(path)) {
-    ASSIGN_OR_RETURN(std::unique_ptr<StoreReader> store, StoreReader::Open(path));
-    return std::unique_ptr<Checkpoint>(std::move(store));
+  namespace fs = std::filesystem;
+  const std::string p(path);
+  std::error_code ec;
+  const fs::file_status st = fs::status(p, ec);
+  if (ec || !fs::exists(st)) return NotFoundError(p + ": no such file or folder");
+  if (fs::is_directory(st)) {
+    // store: a flashlm store folder (catalog.mdb) is opened by the store reader.
+    if (StoreReader::LooksLikeStore(p)) {
+      ASSIGN_OR_RETURN(std::unique_ptr<StoreReader> store, StoreReader::Open(p));
+      return std::unique_ptr<Checkpoint>(std::move(store));
+    }
+    // Hugging Face folders are recognised by config.json.
+    if (fs::exists(fs::path(p) / "config.json")) return OpenHuggingFace(p, options);
+    return NotSupportedError(p + ": folder is not a recognised checkpoint (no config.json)");
   }
-  // readers: GGUF, safetensors and llama2.c detection goes here.
-  return NotSupportedError("cannot open '" + std::string(path) +
-                           "': not a flashlm store, and no checkpoint readers are built yet");
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(p));
+  std::byte head[8] = {};
+  const uint64_t head_bytes = std::min<uint64_t>(src->size_bytes(), sizeof(head));
+  RETURN_IF_ERROR(src->ReadAt(0, std::span(head).first(head_bytes)));
+  if (head_bytes >= 4 && std::memcmp(head, "GGUF", 4) == 0) return OpenGguf(std::move(src));
+  if (p.ends_with(".safetensors")) return OpenHuggingFace(p, options);
+  std::unique_ptr<ByteSource> tokenizer;
+  if (!options.tokenizer_path.empty()) {
+    ASSIGN_OR_RETURN(tokenizer, OpenFileSource(options.tokenizer_path));
+  }
+  return OpenLlama2c(std::move(src), std::move(tokenizer));
 }
 
 }  // namespace flashlm::layout
