@@ -22,6 +22,7 @@ CommandRunner RegisterIobench(CLI::App& app);  // tools/iobench_command.cc
 
 
 // layout
+CommandRunner RegisterSynth(CLI::App& app);
 
 
 // store
