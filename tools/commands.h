@@ -26,6 +26,9 @@ CommandRunner RegisterSynth(CLI::App& app);
 
 
 // store
+CommandRunner RegisterRepack(CLI::App& app);
+CommandRunner RegisterInspect(CLI::App& app);
+CommandRunner RegisterVerify(CLI::App& app);
 
 
 // engine

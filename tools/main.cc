@@ -43,6 +43,9 @@ int main(int argc, char** argv) {
 
 
   // store
+  runners.push_back(RegisterRepack(app));
+  runners.push_back(RegisterInspect(app));
+  runners.push_back(RegisterVerify(app));
 
 
   // engine
