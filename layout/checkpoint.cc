@@ -1,6 +1,14 @@
 #include "layout/checkpoint.h"
 
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
 #include <vector>
+
+#include "layout/byte_source.h"
+#include "layout/gguf_reader.h"
+#include "layout/llama2c_reader.h"
 
 namespace flashlm::layout {
 
@@ -29,6 +37,30 @@ Status Checkpoint::ReadTensorF32(const TensorInfo& info, std::span<float> out) {
                                   out.subspan(r * info.cols(), info.cols())));
   }
   return Status::Ok();
+}
+
+Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
+                                                   const OpenOptions& options) {
+  namespace fs = std::filesystem;
+  const std::string p(path);
+  std::error_code ec;
+  const fs::file_status st = fs::status(p, ec);
+  if (ec || !fs::exists(st)) return NotFoundError(p + ": no such file or folder");
+  if (fs::is_directory(st)) {
+    // Hugging Face folders are recognised by config.json; a flashlm store folder is handled by
+    // the store library, which extends this detection.
+    return NotSupportedError(p + ": folder is not a recognised checkpoint");
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(p));
+  std::byte head[8] = {};
+  const uint64_t head_bytes = std::min<uint64_t>(src->size_bytes(), sizeof(head));
+  RETURN_IF_ERROR(src->ReadAt(0, std::span(head).first(head_bytes)));
+  if (head_bytes >= 4 && std::memcmp(head, "GGUF", 4) == 0) return OpenGguf(std::move(src));
+  std::unique_ptr<ByteSource> tokenizer;
+  if (!options.tokenizer_path.empty()) {
+    ASSIGN_OR_RETURN(tokenizer, OpenFileSource(options.tokenizer_path));
+  }
+  return OpenLlama2c(std::move(src), std::move(tokenizer));
 }
 
 }  // namespace flashlm::layout
