@@ -28,7 +28,7 @@ size_t HeldBackLength(std::string_view text, const std::vector<std::string>& sto
 
 }  // namespace
 
-std::string GenerationStats::ToJson() const {
+std::string GenerationStats::ToJson(const std::vector<int32_t>* ids) const {
   char buf[512];
   std::snprintf(buf, sizeof(buf),
                 "{\"prompt_tokens\": %u, \"generated_tokens\": %u, \"ttft_ms\": %.3f, "
@@ -42,7 +42,16 @@ std::string GenerationStats::ToJson() const {
     std::snprintf(buf, sizeof(buf), "%s%.3f", i ? ", " : "", token_ms[i]);
     out += buf;
   }
-  out += "]}\n";
+  out += "]";
+  if (ids != nullptr) {
+    out += ", \"ids\": [";
+    for (size_t i = 0; i < ids->size(); ++i) {
+      if (i) out += ", ";
+      out += std::to_string((*ids)[i]);
+    }
+    out += "]";
+  }
+  out += "}\n";
   return out;
 }
 

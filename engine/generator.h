@@ -39,7 +39,8 @@ struct GenerationStats {
     return decode_ms > 0 && generated_tokens > 1 ? (generated_tokens - 1) * 1000.0 / decode_ms
                                                  : 0.0;
   }
-  std::string ToJson() const;
+  // One JSON object; `ids` (optional) are added as "ids".
+  std::string ToJson(const std::vector<int32_t>* ids = nullptr) const;
 };
 
 class Generator {

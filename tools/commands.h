@@ -27,6 +27,9 @@ CommandRunner RegisterVersion(CLI::App& app);
 
 
 // engine
+CommandRunner RegisterGenerate(CLI::App& app);
+CommandRunner RegisterTokenize(CLI::App& app);
+CommandRunner RegisterPerplexity(CLI::App& app);
 
 
 

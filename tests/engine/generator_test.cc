@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "layout/checkpoint.h"
 #include "tests/engine/test_models.h"
 #include "tests/test_util.h"
 
@@ -130,6 +131,52 @@ TEST(GeneratorTest, StopStringsAndBadPrompts) {
   EXPECT_EQ(gen.Generate(long_prompt, 1, *sampler, {}, nullptr).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_FALSE(gen.Generate({}, 1, *sampler, {}, nullptr).ok());
+}
+
+// The golden run from each real source format through layout::OpenCheckpoint.
+TEST(GeneratorTest, GoldenFromEachSourceFormat) {
+  FLASHLM_REQUIRE_SHARED_MODEL(golden, "stories260K/golden_greedy_t0_256steps.ids");
+  FLASHLM_REQUIRE_SHARED_MODEL(tokp, "stories260K/tok512.bin");
+  const std::vector<int32_t> want = ReadIds(golden);
+  struct Source {
+    const char* path;
+    bool needs_tokenizer;
+  };
+  int ran = 0;
+  std::string skipped;
+  for (Source src : {Source{"stories260K/stories260K.bin", true},
+                     Source{"stories260K/stories260K.v1.bin", true},
+                     Source{"stories260K-gguf/stories260K.gguf", false},
+                     Source{"stories260K-hf-derived", false}}) {
+    const std::filesystem::path p = ::flashlm::testing::SharedModel(src.path);
+    if (p.empty()) {
+      skipped += std::string(src.path) + " (absent) ";
+      continue;
+    }
+    layout::OpenOptions open;
+    if (src.needs_tokenizer) open.tokenizer_path = tokp.string();
+    auto ck = layout::OpenCheckpoint(p.string(), open);
+    if (!ck.ok() && ck.status().code() == StatusCode::kNotSupported) {
+      skipped += std::string(src.path) + " (" + ck.status().ToString() + ") ";
+      continue;
+    }
+    ASSERT_TRUE(ck.ok()) << src.path << ": " << ck.status().ToString();
+    auto tok = Tokenizer::Create((*ck)->vocab());
+    ASSERT_TRUE(tok.ok()) << src.path << ": " << tok.status().ToString();
+    auto store = DramWeightStore::Load(**ck);
+    ASSERT_TRUE(store.ok()) << src.path << ": " << store.status().ToString();
+    ThreadPool pool(2);
+    auto model = std::move(Transformer::Create(**store, pool, {})).value();
+    SamplerOptions so;
+    so.temperature = 0;
+    auto sampler = std::move(Sampler::Create((*ck)->config().vocab_size, so)).value();
+    Generator gen(*model, **tok);
+    ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
+    EXPECT_EQ(gen.ids(), want) << src.path;
+    ++ran;
+  }
+  EXPECT_GE(ran, 2);
+  if (!skipped.empty()) std::printf("note: not run: %s\n", skipped.c_str());
 }
 
 }  // namespace

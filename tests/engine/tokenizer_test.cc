@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "layout/byte_source.h"
+#include "layout/gguf_reader.h"
 #include "tests/test_util.h"
 
 namespace flashlm::engine {
@@ -56,6 +58,23 @@ TEST(TokenizerTest, LlamaSpmVectorsWithLlama2cTokenizerBin) {
   auto tok = Tokenizer::Create(*vocab);
   ASSERT_TRUE(tok.ok());
   CheckVectors(**tok, inp, out);
+}
+
+TEST(TokenizerTest, LlamaSpmVectorsWithVocabOnlyGguf) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(inp, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf.inp");
+  FLASHLM_REQUIRE_SHARED_MODEL(out, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf.out");
+  auto src = layout::OpenFileSource(gguf.string());
+  ASSERT_TRUE(src.ok());
+  auto file = layout::GgufFile::Parse(**src);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto vocab = layout::GgufVocab(*file);
+  ASSERT_TRUE(vocab.ok()) << vocab.status().ToString();
+  ASSERT_EQ(vocab->tokens.size(), 32000u);
+  auto tok = Tokenizer::Create(*vocab);
+  ASSERT_TRUE(tok.ok());
+  CheckVectors(**tok, inp, out);
+  EXPECT_EQ((*tok)->Encode("Hello world", true), (std::vector<int32_t>{1, 15043, 3186}));
 }
 
 TEST(TokenizerTest, Tok512RoundTripsAndAddsBos) {
