@@ -9,6 +9,7 @@
 #include "layout/byte_source.h"
 #include "layout/gguf_reader.h"
 #include "layout/llama2c_reader.h"
+#include "layout/safetensors_reader.h"
 
 namespace flashlm::layout {
 
@@ -49,13 +50,15 @@ Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
   if (fs::is_directory(st)) {
     // Hugging Face folders are recognised by config.json; a flashlm store folder is handled by
     // the store library, which extends this detection.
-    return NotSupportedError(p + ": folder is not a recognised checkpoint");
+    if (fs::exists(fs::path(p) / "config.json")) return OpenHuggingFace(p, options);
+    return NotSupportedError(p + ": folder is not a recognised checkpoint (no config.json)");
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(p));
   std::byte head[8] = {};
   const uint64_t head_bytes = std::min<uint64_t>(src->size_bytes(), sizeof(head));
   RETURN_IF_ERROR(src->ReadAt(0, std::span(head).first(head_bytes)));
   if (head_bytes >= 4 && std::memcmp(head, "GGUF", 4) == 0) return OpenGguf(std::move(src));
+  if (p.ends_with(".safetensors")) return OpenHuggingFace(p, options);
   std::unique_ptr<ByteSource> tokenizer;
   if (!options.tokenizer_path.empty()) {
     ASSIGN_OR_RETURN(tokenizer, OpenFileSource(options.tokenizer_path));

@@ -22,6 +22,57 @@ void StoreU16(std::byte* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
 uint64_t Blocks(uint64_t n, uint64_t per_block) { return (n + per_block - 1) / per_block; }
 
+// q4_K super-block (GGML block_q4_K, 144 bytes): f16 d, f16 dmin, 12 bytes of packed 6-bit
+// scales and mins for 8 sub-blocks of 32, then 128 bytes of nibbles. Sub-block pair (2i, 2i+1)
+// shares 32 bytes: low nibbles are sub-block 2i, high nibbles 2i+1. x = d*sc*q - dmin*m.
+void ScaleMinK4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+void DequantQ4KBlock(const std::byte* blk, float* y) {  // y: [256] f32
+  const float d = F16ToF32(LoadU16(blk));
+  const float dmin = F16ToF32(LoadU16(blk + 2));
+  const auto* scales = reinterpret_cast<const uint8_t*>(blk + 4);
+  const auto* q = reinterpret_cast<const uint8_t*>(blk + 16);
+  for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+    uint8_t sc, m;
+    ScaleMinK4(is, scales, sc, m);
+    const float d1 = d * sc, m1 = dmin * m;
+    ScaleMinK4(is + 1, scales, sc, m);
+    const float d2 = d * sc, m2 = dmin * m;
+    for (int l = 0; l < 32; ++l) y[j + l] = d1 * static_cast<float>(q[l] & 0x0F) - m1;
+    for (int l = 0; l < 32; ++l) y[j + 32 + l] = d2 * static_cast<float>(q[l] >> 4) - m2;
+  }
+}
+
+// q6_K super-block (GGML block_q6_K, 210 bytes): 128 bytes ql (low 4 bits), 64 bytes qh (high
+// 2 bits), 16 int8 scales (one per 16 values), f16 d. x = d * scale * (q - 32).
+void DequantQ6KBlock(const std::byte* blk, float* y) {  // y: [256] f32
+  const auto* ql = reinterpret_cast<const uint8_t*>(blk);
+  const auto* qh = reinterpret_cast<const uint8_t*>(blk + 128);
+  const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+  const float d = F16ToF32(LoadU16(blk + 208));
+  for (int n = 0; n < 256; n += 128, ql += 64, qh += 32, sc += 8) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = static_cast<int>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = static_cast<int>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = static_cast<int>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = static_cast<int>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[n + l] = d * sc[is + 0] * q1;
+      y[n + l + 32] = d * sc[is + 2] * q2;
+      y[n + l + 64] = d * sc[is + 4] * q3;
+      y[n + l + 96] = d * sc[is + 6] * q4;
+    }
+  }
+}
+
 }  // namespace
 
 std::string_view DTypeName(DType t) {
@@ -160,9 +211,22 @@ Status DequantizeRow(DType t, ConstByteSpan src, std::span<float> out) {
       }
       return Status::Ok();
     case DType::kQ4_K:
-    case DType::kQ6_K:
-      return NotSupportedError("dequantisation of " + std::string(DTypeName(t)) +
-                               " is not implemented yet");
+    case DType::kQ6_K: {
+      const uint64_t block_bytes = t == DType::kQ4_K ? kQ4KBytes : kQ6KBytes;
+      float tmp[kKValues];  // one super-block, for a row tail shorter than a block
+      for (uint64_t b = 0; b * kKValues < n; ++b) {
+        const uint64_t base = b * kKValues;
+        const bool whole = n - base >= kKValues;
+        float* y = whole ? out.data() + base : tmp;
+        if (t == DType::kQ4_K) {
+          DequantQ4KBlock(p + b * block_bytes, y);
+        } else {
+          DequantQ6KBlock(p + b * block_bytes, y);
+        }
+        if (!whole) std::memcpy(out.data() + base, tmp, (n - base) * sizeof(float));
+      }
+      return Status::Ok();
+    }
   }
   return InvalidArgumentError("unknown dtype");
 }

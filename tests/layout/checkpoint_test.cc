@@ -76,12 +76,19 @@ TEST(CheckpointTest, Stories260KSourcesAgree) {
   FLASHLM_REQUIRE_SHARED_MODEL(v1, "stories260K/stories260K.v1.bin");
   FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(hf, "stories260K-hf-derived/config.json");
   OpenOptions with_tok;
   with_tok.tokenizer_path = tok.string();
   auto a = MustOpen(legacy, with_tok);
   auto b = MustOpen(v1, with_tok);
   auto g = MustOpen(gguf);
-  ASSERT_TRUE(a && b && g);
+  auto h = MustOpen(hf.parent_path());
+  ASSERT_TRUE(a && b && g && h);
+  EXPECT_EQ(h->format(), "safetensors");
+  ExpectSameShape(a->config(), h->config());
+  EXPECT_EQ(h->config().max_seq_len, 512u);
+  EXPECT_TRUE(h->config().tied_embeddings);
+  ExpectSameTensors(*a, *h);  // q/k rows un-permuted back to the interleaved convention
   EXPECT_EQ(a->format(), "llama2c");
   EXPECT_EQ(g->format(), "gguf");
   ExpectSameShape(a->config(), b->config());

@@ -72,5 +72,111 @@ TEST(DTypeTest, ShortBuffersAreRejected) {
   EXPECT_EQ(*ParseDType("q8_0"), DType::kQ8_0);
 }
 
+// Packs q4_K super-blocks from their fields the way GGML lays them out (block_q4_K), so the
+// test states the format independently of the decoder.
+struct Q4KFields {
+  float d, dmin;
+  uint8_t sc[8], m[8];  // 6-bit
+  uint8_t q[256];       // 4-bit
+};
+std::vector<std::byte> PackQ4K(const Q4KFields& f) {
+  std::vector<std::byte> b(144, std::byte{0});
+  auto put16 = [&](size_t at, uint16_t v) { std::memcpy(b.data() + at, &v, 2); };
+  put16(0, F32ToF16(f.d));
+  put16(2, F32ToF16(f.dmin));
+  uint8_t s[12] = {};
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      s[j] |= f.sc[j] & 63;
+      s[j + 4] |= f.m[j] & 63;
+    } else {
+      s[j + 4] |= (f.sc[j] & 0x0F) | ((f.m[j] & 0x0F) << 4);
+      s[j - 4] |= (f.sc[j] >> 4) << 6;
+      s[j] |= (f.m[j] >> 4) << 6;
+    }
+  }
+  for (int j = 0; j < 12; ++j) b[4 + j] = std::byte{s[j]};
+  for (int v = 0; v < 256; ++v) {
+    const int sub = v / 32, pair = sub / 2, l = v % 32;
+    uint8_t& byte = reinterpret_cast<uint8_t&>(b[16 + pair * 32 + l]);
+    byte |= sub % 2 == 0 ? f.q[v] : f.q[v] << 4;
+  }
+  return b;
+}
+
+TEST(DTypeTest, Q4KDequantisesGgmlLayout) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    Q4KFields f;
+    f.d = F16ToF32(F32ToF16(std::uniform_real_distribution<float>(0.001f, 0.1f)(rng)));
+    f.dmin = F16ToF32(F32ToF16(std::uniform_real_distribution<float>(0.0f, 0.1f)(rng)));
+    for (int j = 0; j < 8; ++j) {
+      f.sc[j] = rng() % 64;
+      f.m[j] = rng() % 64;
+    }
+    for (int v = 0; v < 256; ++v) f.q[v] = rng() % 16;
+    const auto bytes = PackQ4K(f);
+    ASSERT_EQ(bytes.size(), RowBytes(DType::kQ4_K, 256));
+    std::vector<float> out(256);
+    ASSERT_TRUE(DequantizeRow(DType::kQ4_K, bytes, out).ok());
+    for (int v = 0; v < 256; ++v) {
+      const int sub = v / 32;
+      const float want = f.d * f.sc[sub] * f.q[v] - f.dmin * f.m[sub];
+      ASSERT_FLOAT_EQ(out[v], want) << "trial " << trial << " value " << v;
+    }
+  }
+}
+
+TEST(DTypeTest, Q6KDequantisesGgmlLayout) {
+  std::mt19937 rng(9);
+  for (int trial = 0; trial < 20; ++trial) {
+    const float d = F16ToF32(F32ToF16(std::uniform_real_distribution<float>(0.001f, 0.1f)(rng)));
+    int8_t sc[16];
+    uint8_t q[256];  // 6-bit
+    for (int8_t& s : sc) s = static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+    for (uint8_t& x : q) x = rng() % 64;
+    // block_q6_K: ql[128], qh[64], scales[16], d. Value v: half n = v / 128, quarter k of it,
+    // lane l: low 4 bits in ql[n*64 + l + (k%2)*32] (low nibble for k < 2), high 2 bits in
+    // qh[n*32 + l] at bit 2k, scale scales[n*8 + l/16 + 2k].
+    std::vector<std::byte> b(210, std::byte{0});
+    auto* ql = reinterpret_cast<uint8_t*>(b.data());
+    auto* qh = ql + 128;
+    for (int v = 0; v < 256; ++v) {
+      const int n = v / 128, k = (v % 128) / 32, l = v % 32;
+      ql[n * 64 + l + (k % 2) * 32] |= k < 2 ? (q[v] & 0xF) : (q[v] & 0xF) << 4;
+      qh[n * 32 + l] |= (q[v] >> 4) << (2 * k);
+    }
+    std::memcpy(b.data() + 192, sc, 16);
+    const uint16_t dh = F32ToF16(d);
+    std::memcpy(b.data() + 208, &dh, 2);
+    ASSERT_EQ(b.size(), RowBytes(DType::kQ6_K, 256));
+    std::vector<float> out(256);
+    ASSERT_TRUE(DequantizeRow(DType::kQ6_K, b, out).ok());
+    for (int v = 0; v < 256; ++v) {
+      const int n = v / 128, k = (v % 128) / 32, l = v % 32;
+      const float want = d * sc[n * 8 + l / 16 + 2 * k] * (static_cast<int>(q[v]) - 32);
+      ASSERT_FLOAT_EQ(out[v], want) << "trial " << trial << " value " << v;
+    }
+  }
+}
+
+TEST(DTypeTest, KQuantsHandleShortRowsAndRefuseShortSources) {
+  Q4KFields f{};
+  f.d = 1.0f;
+  for (int j = 0; j < 8; ++j) f.sc[j] = 1;
+  for (int v = 0; v < 256; ++v) f.q[v] = v % 16;
+  const auto bytes = PackQ4K(f);
+  std::vector<float> out(100);  // a row shorter than one super-block reads its head
+  ASSERT_TRUE(DequantizeRow(DType::kQ4_K, bytes, out).ok());
+  for (int v = 0; v < 100; ++v) EXPECT_EQ(out[v], static_cast<float>(v % 16));
+  std::vector<float> two(512);
+  EXPECT_EQ(DequantizeRow(DType::kQ4_K, bytes, two).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DequantizeRow(DType::kQ6_K, ConstByteSpan(bytes).first(100), out).code(),
+            StatusCode::kInvalidArgument);
+  std::vector<std::byte> dst(1000);
+  EXPECT_EQ(QuantizeRow(DType::kQ4_K, out, dst).code(),
+            StatusCode::kNotSupported);
+}
+
 }  // namespace
 }  // namespace flashlm::layout
