@@ -13,11 +13,27 @@ Result<EngineSession> OpenEngineSession(const std::string& path, const std::stri
   EngineSession s;
   layout::OpenOptions open;
   open.tokenizer_path = tokenizer_path;
-  ASSIGN_OR_RETURN(s.checkpoint, layout::OpenCheckpoint(path, open));
-  if (s.checkpoint->vocab().empty()) {
-    return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
+  Result<std::unique_ptr<layout::Checkpoint>> ck = layout::OpenCheckpoint(path, open);
+  bool separate_tokenizer = false;
+  if (!ck.ok() && !tokenizer_path.empty()) {
+    // Readers other than llama2.c's take only tokenizer.model / tokenizer.json; a llama2.c
+    // tokenizer.bin for such a checkpoint is read here instead.
+    Result<std::unique_ptr<layout::Checkpoint>> plain = layout::OpenCheckpoint(path);
+    if (!plain.ok()) return ck.status();
+    ck = std::move(plain);
+    separate_tokenizer = true;
   }
-  ASSIGN_OR_RETURN(s.tokenizer, engine::Tokenizer::Create(s.checkpoint->vocab()));
+  if (!ck.ok()) return ck.status();
+  s.checkpoint = std::move(ck).value();
+  if (separate_tokenizer || (s.checkpoint->vocab().empty() && !tokenizer_path.empty())) {
+    ASSIGN_OR_RETURN(layout::Vocab vocab, engine::Tokenizer::ReadLlama2cVocab(
+                                              tokenizer_path, s.checkpoint->config().vocab_size));
+    ASSIGN_OR_RETURN(s.tokenizer, engine::Tokenizer::Create(vocab));
+  } else if (s.checkpoint->vocab().empty()) {
+    return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
+  } else {
+    ASSIGN_OR_RETURN(s.tokenizer, engine::Tokenizer::Create(s.checkpoint->vocab()));
+  }
   ASSIGN_OR_RETURN(s.weights, engine::DramWeightStore::Load(*s.checkpoint));
   s.pool = std::make_unique<engine::ThreadPool>(threads);
   ASSIGN_OR_RETURN(s.model, engine::Transformer::Create(*s.weights, *s.pool, options));
