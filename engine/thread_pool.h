@@ -1,7 +1,7 @@
 // ThreadPool: a fixed set of worker threads created once at start-up, used by the kernels to
 // split a loop over the machine's cores. ParallelFor allocates nothing: the task is passed as a
-// function pointer plus a context pointer (FunctionRef), and workers wait on a condition variable
-// between calls. Not re-entrant: one ParallelFor at a time, called from one owner thread.
+// function pointer plus a context pointer, and between calls workers spin briefly on an atomic
+// (calls come in quick succession during a forward pass) and then sleep on a condition variable. Not re-entrant: one ParallelFor at a time, called from one owner thread.
 #ifndef FLASHLM_ENGINE_THREAD_POOL_H_
 #define FLASHLM_ENGINE_THREAD_POOL_H_
 
@@ -47,7 +47,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  uint64_t generation_ = 0;  // guarded by mu_
+  std::atomic<uint64_t> generation_{0};  // bumped under mu_; workers may spin on it
   bool stop_ = false;        // guarded by mu_
   std::atomic<uint32_t> pending_{0};
   // The current task (written before generation_ is bumped under mu_).
