@@ -21,6 +21,7 @@ CommandRunner RegisterVersion(CLI::App& app);
 
 
 // layout
+CommandRunner RegisterSynth(CLI::App& app);
 
 
 // store

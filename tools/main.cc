@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
 
 
   // layout
+  runners.push_back(RegisterSynth(app));
 
 
   // store
