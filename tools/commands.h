@@ -32,6 +32,9 @@ CommandRunner RegisterVerify(CLI::App& app);
 
 
 // engine
+CommandRunner RegisterGenerate(CLI::App& app);
+CommandRunner RegisterTokenize(CLI::App& app);
+CommandRunner RegisterPerplexity(CLI::App& app);
 
 
 

@@ -49,6 +49,9 @@ int main(int argc, char** argv) {
 
 
   // engine
+  runners.push_back(RegisterGenerate(app));
+  runners.push_back(RegisterTokenize(app));
+  runners.push_back(RegisterPerplexity(app));
 
 
 

@@ -1,0 +1,77 @@
+// Kernels of the forward pass: matrix-vector and small matrix-matrix products over weight
+// matrices in f32, f16, q8_0 and q4_0, plus the element-wise pieces (RMSNorm, softmax, SwiGLU).
+//
+// Weights are read through MatrixView (bytes in the matrix's own dtype, rows back to back,
+// RowBytes(dtype, cols) per row; block formats zero-pad the last block of each row).
+// For q8_0 and q4_0, the activations are first quantised to q8 blocks (one f32 scale per 32
+// values) and the products are int8 dot products, as llama.cpp does. Each product has an AVX2
+// path (with AVX-VNNI / AVX512-VNNI when the compiler targets it) and a portable scalar fallback;
+// both use the same block arithmetic, so results differ only in f32 summation order.
+//
+// All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
+// Nothing here allocates: callers pass scratch sized at start-up.
+#ifndef FLASHLM_ENGINE_KERNELS_H_
+#define FLASHLM_ENGINE_KERNELS_H_
+
+#include <cstdint>
+#include <span>
+
+#include "engine/thread_pool.h"
+#include "layout/dtype.h"
+#include "storage/bytes.h"
+
+namespace flashlm::engine {
+
+// A weight matrix {rows = out_features, cols = in_features} in its own dtype.
+// `bytes` holds rows * RowBytes(dtype, cols) bytes; the view is valid while the owner keeps it
+// (see WeightStore: until the layer is released).
+struct MatrixView {
+  layout::DType dtype = layout::DType::kF32;
+  uint32_t rows = 0;
+  uint32_t cols = 0;
+  ConstByteSpan bytes;
+  uint64_t row_bytes() const { return layout::RowBytes(dtype, cols); }
+  ConstByteSpan row(uint32_t r) const { return bytes.subspan(r * row_bytes(), row_bytes()); }
+};
+
+// True for dtypes MatMul handles (f32, f16, q8_0, q4_0).
+bool MatMulSupports(layout::DType dtype);
+
+// Bytes of scratch MatMul needs to quantise `n_tokens` activation rows of `cols` values.
+uint64_t MatMulScratchBytes(uint32_t cols, uint32_t n_tokens);
+
+// y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tokens, r < rows. x is n_tokens x cols (f32,
+// row-major), y is n_tokens x w.rows. `scratch` holds MatMulScratchBytes(cols, n_tokens) bytes,
+// 64-byte aligned. Preconditions (CHECKed): MatMulSupports(w.dtype), sizes as stated.
+void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, std::span<float> y,
+            ByteSpan scratch, ThreadPool& pool);
+
+// Same, restricted to rows [row_begin, row_end) of W, single-threaded; y is n_tokens x w.rows and
+// only those rows are written. Used by MatMul per thread, and by sparse FFN paths.
+void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
+                ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end,
+                std::span<float> y);
+
+// Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
+// for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales).
+void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
+                         ByteSpan scratch);
+
+// Scalar reference: one dot product of row r of W with x (dequantising W to f32 exactly).
+// Tests use it; it is independent of the SIMD and q8 activation paths.
+double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x);
+
+// out = x * w / rms(x), rms = sqrt(mean(x^2) + eps).
+void RmsNorm(std::span<const float> x, std::span<const float> w, float eps, std::span<float> out);
+// In-place softmax.
+void Softmax(std::span<float> x);
+// x[i] = act(x[i]) * up[i], act = silu or relu.
+void SwiGlu(std::span<float> gate, std::span<const float> up, bool relu);
+// Dot product of two f32 vectors (SIMD).
+float DotF32(const float* a, const float* b, uint32_t n);
+// y += a * x.
+void AxpyF32(float a, const float* x, float* y, uint32_t n);
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_KERNELS_H_

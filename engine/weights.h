@@ -1,0 +1,91 @@
+// WeightStore: the one seam through which the forward pass reads model weights.
+//
+// The forward pass never touches a Checkpoint or a file: it asks the store for a layer's weights
+// (AcquireLayer), computes, and hands them back (ReleaseLayer). Views returned by AcquireLayer
+// stay valid until the matching ReleaseLayer; the global tensors (embedding, final norm,
+// classifier) stay valid for the store's lifetime. An out-of-core store streams a layer from
+// flash on Acquire and may evict it on Release; the FFN's matrices are given so that a subset of
+// neurons can be computed (neuron i is row i of gate and up, column i of down), which is what a
+// neuron-bundle store will serve.
+//
+// DramWeightStore is the in-DRAM implementation: everything is read once from a Checkpoint at
+// start-up, in the checkpoint's own dtype (f32/f16/q8_0/q4_0; bf16 is converted to f32).
+// Not thread-safe; one forward pass uses one store.
+#ifndef FLASHLM_ENGINE_WEIGHTS_H_
+#define FLASHLM_ENGINE_WEIGHTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/kernels.h"
+#include "layout/checkpoint.h"
+#include "layout/model_config.h"
+#include "storage/status.h"
+
+namespace flashlm::engine {
+
+struct LayerWeights {
+  std::span<const float> attn_norm;  // dim
+  MatrixView wq;                     // n_heads*head_dim x dim
+  MatrixView wk;                     // n_kv_heads*head_dim x dim
+  MatrixView wv;                     // n_kv_heads*head_dim x dim
+  MatrixView wo;                     // dim x n_heads*head_dim
+  std::span<const float> ffn_norm;   // dim
+  MatrixView gate;                   // hidden x dim   (neuron i = row i)
+  MatrixView up;                     // hidden x dim   (neuron i = row i)
+  MatrixView down;                   // dim x hidden   (neuron i = column i)
+};
+
+class WeightStore {
+ public:
+  virtual ~WeightStore() = default;
+  virtual const layout::ModelConfig& config() const = 0;
+  // vocab x dim; any dtype DequantizeRow handles.
+  virtual const MatrixView& token_embedding() const = 0;
+  virtual std::span<const float> output_norm() const = 0;  // dim
+  // vocab x dim (the embedding itself when tied).
+  virtual const MatrixView& classifier() const = 0;
+  // Makes layer `layer`'s weights available. Errors: IoError/Corruption from the backing store.
+  // The views live until ReleaseLayer(layer). At most one layer is acquired at a time by the
+  // forward pass (a streaming store may prefetch the next one).
+  virtual Result<LayerWeights> AcquireLayer(uint32_t layer) = 0;
+  virtual void ReleaseLayer(uint32_t layer) = 0;
+};
+
+class DramWeightStore final : public WeightStore {
+ public:
+  // Reads every tensor of `checkpoint` into DRAM. Errors: NotFound naming a missing tensor,
+  // Corruption for a shape that disagrees with the config, NotSupported for a dtype the kernels
+  // lack, plus the checkpoint's own read errors.
+  static Result<std::unique_ptr<DramWeightStore>> Load(layout::Checkpoint& checkpoint);
+
+  const layout::ModelConfig& config() const override { return config_; }
+  const MatrixView& token_embedding() const override { return embedding_; }
+  std::span<const float> output_norm() const override { return output_norm_; }
+  const MatrixView& classifier() const override { return classifier_; }
+  Result<LayerWeights> AcquireLayer(uint32_t layer) override;
+  void ReleaseLayer(uint32_t layer) override {}
+
+  uint64_t resident_bytes() const { return resident_bytes_; }
+
+ private:
+  DramWeightStore() = default;
+  Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name, uint64_t rows,
+                                uint64_t cols);
+  Result<std::span<const float>> LoadVector(layout::Checkpoint& ckpt, const std::string& name,
+                                            uint64_t n);
+
+  layout::ModelConfig config_;
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;  // owns every tensor's bytes
+  MatrixView embedding_;
+  MatrixView classifier_;
+  std::span<const float> output_norm_;
+  std::vector<LayerWeights> layers_;
+  uint64_t resident_bytes_ = 0;
+};
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_WEIGHTS_H_

@@ -1,0 +1,133 @@
+#include "engine/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace flashlm::engine {
+namespace {
+
+using layout::DType;
+
+struct Case {
+  DType dtype;
+  uint32_t rows, cols, tokens, threads;
+};
+
+std::vector<std::byte> MakeMatrix(DType dtype, uint32_t rows, uint32_t cols, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const uint64_t rb = layout::RowBytes(dtype, cols);
+  std::vector<std::byte> bytes(rows * rb);
+  std::vector<float> row(cols);
+  for (uint32_t r = 0; r < rows; ++r) {
+    for (float& v : row) v = nd(rng);
+    EXPECT_TRUE(layout::QuantizeRow(dtype, row, ByteSpan(bytes.data() + r * rb, rb)).ok());
+  }
+  return bytes;
+}
+
+class MatMulTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MatMulTest, MatchesScalarReference) {
+  const Case c = GetParam();
+  std::mt19937 rng(c.rows * 131 + c.cols * 7 + c.tokens);
+  std::vector<std::byte> bytes = MakeMatrix(c.dtype, c.rows, c.cols, rng);
+  MatrixView w{c.dtype, c.rows, c.cols, bytes};
+  std::uniform_real_distribution<float> ud(-2.0f, 2.0f);
+  std::vector<float> x(uint64_t{c.tokens} * c.cols);
+  for (float& v : x) v = ud(rng);
+  std::vector<float> y(uint64_t{c.tokens} * c.rows, -1234.0f);
+  std::vector<std::byte> scratch(MatMulScratchBytes(c.cols, c.tokens) + 64);
+  ThreadPool pool(c.threads);
+  MatMul(w, x, c.tokens, y, scratch, pool);
+  const bool quantized_x = c.dtype == DType::kQ8_0 || c.dtype == DType::kQ4_0;
+  for (uint32_t t = 0; t < c.tokens; ++t) {
+    std::span<const float> xt(x.data() + uint64_t{t} * c.cols, c.cols);
+    double xnorm = 0;
+    for (float v : xt) xnorm += std::fabs(v);
+    for (uint32_t r = 0; r < c.rows; ++r) {
+      const double ref = ReferenceDot(w, r, xt);
+      // f32/f16: only summation order differs. q8: activations are rounded to 1/254 of each
+      // block's max, so the error is bounded by the row's magnitude times that step.
+      const double tol = quantized_x ? 0.02 * xnorm / std::sqrt(double(c.cols)) + 1e-3
+                                     : 1e-4 * xnorm + 1e-4;
+      ASSERT_NEAR(y[uint64_t{t} * c.rows + r], ref, tol)
+          << DTypeName(c.dtype) << " row " << r << " token " << t;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllDtypes, MatMulTest,
+    ::testing::Values(Case{DType::kF32, 1, 1, 1, 1}, Case{DType::kF32, 37, 13, 1, 2},
+                      Case{DType::kF32, 64, 172, 5, 2}, Case{DType::kF32, 130, 257, 9, 3},
+                      Case{DType::kF16, 1, 7, 1, 1}, Case{DType::kF16, 37, 13, 3, 2},
+                      Case{DType::kF16, 64, 172, 5, 2}, Case{DType::kF16, 130, 257, 9, 3},
+                      Case{DType::kQ8_0, 1, 32, 1, 1}, Case{DType::kQ8_0, 37, 13, 2, 2},
+                      Case{DType::kQ8_0, 64, 172, 5, 2}, Case{DType::kQ8_0, 130, 257, 9, 3},
+                      Case{DType::kQ8_0, 100, 768, 4, 2}, Case{DType::kQ4_0, 1, 32, 1, 1},
+                      Case{DType::kQ4_0, 37, 13, 2, 2}, Case{DType::kQ4_0, 64, 172, 5, 2},
+                      Case{DType::kQ4_0, 130, 257, 9, 3}));
+
+TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
+  // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
+  // must agree with the scalar reference to f32 rounding.
+  std::mt19937 rng(5);
+  const uint32_t rows = 9, cols = 96;
+  std::vector<std::byte> bytes = MakeMatrix(DType::kQ8_0, rows, cols, rng);
+  MatrixView w{DType::kQ8_0, rows, cols, bytes};
+  std::vector<float> x(cols);
+  for (uint32_t i = 0; i < cols; ++i) x[i] = (static_cast<int>(i % 255) - 127) / 64.0f;
+  for (uint32_t b = 0; b < cols / 32; ++b) x[b * 32] = 127 / 64.0f;  // block max = 127 steps
+  std::vector<float> y(rows);
+  std::vector<std::byte> scratch(MatMulScratchBytes(cols, 1));
+  ThreadPool pool(1);
+  MatMul(w, x, 1, y, scratch, pool);
+  for (uint32_t r = 0; r < rows; ++r) EXPECT_NEAR(y[r], ReferenceDot(w, r, x), 1e-3) << r;
+}
+
+TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
+  std::vector<float> x = {1, -2, 3, 0.5f}, g = {1, 2, 0.5f, 1}, out(4);
+  RmsNorm(x, g, 1e-5f, out);
+  const float ms = (1 + 4 + 9 + 0.25f) / 4;
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(out[i], g[i] * x[i] / std::sqrt(ms + 1e-5f), 1e-5);
+  std::vector<float> s = {1, 2, 3};
+  Softmax(s);
+  EXPECT_NEAR(s[0] + s[1] + s[2], 1.0f, 1e-6);
+  EXPECT_NEAR(s[2] / s[1], std::exp(1.0f), 1e-4);
+  std::vector<float> gate = {-1, 0, 2}, up = {3, 4, 5};
+  std::vector<float> relu = gate;
+  SwiGlu(gate, up, false);
+  EXPECT_NEAR(gate[0], -1.0f / (1 + std::exp(1.0f)) * 3, 1e-5);
+  EXPECT_NEAR(gate[2], 2.0f / (1 + std::exp(-2.0f)) * 5, 1e-5);
+  SwiGlu(relu, up, true);
+  EXPECT_EQ(relu[0], 0.0f);
+  EXPECT_EQ(relu[2], 10.0f);
+  std::vector<float> a(19), b(19), y(19, 1.0f);
+  for (int i = 0; i < 19; ++i) a[i] = i, b[i] = 19 - i;
+  double ref = 0;
+  for (int i = 0; i < 19; ++i) ref += a[i] * b[i];
+  EXPECT_FLOAT_EQ(DotF32(a.data(), b.data(), 19), ref);
+  AxpyF32(2.0f, a.data(), y.data(), 19);
+  for (int i = 0; i < 19; ++i) EXPECT_EQ(y[i], 1 + 2 * a[i]);
+}
+
+TEST(ThreadPoolTest, CoversRangeOnceWithGrain) {
+  for (uint32_t threads : {1u, 2u, 3u, 5u}) {
+    ThreadPool pool(threads);
+    for (uint64_t n : {0ull, 1ull, 7ull, 16ull, 100ull, 1001ull}) {
+      std::vector<int> hits(n, 0);
+      pool.ParallelFor(n, 4, [&](uint64_t b, uint64_t e, uint32_t t) {
+        EXPECT_LT(t, threads);
+        EXPECT_TRUE(b % 4 == 0);
+        for (uint64_t i = b; i < e; ++i) ++hits[i];
+      });
+      for (uint64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i], 1) << threads << " " << n << " " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace flashlm::engine

@@ -1,0 +1,118 @@
+// flashlm generate STORE -p PROMPT -n N [sampling flags]: streams the continuation to stdout
+// (the prompt too with --echo) and prints prompt tokens, time to first token, prefill and decode
+// speed on stderr (and as JSON with --stats-json FILE).
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "tools/cli_util.h"
+#include "tools/commands.h"
+#include "tools/engine_session.h"
+
+namespace flashlm::tools {
+
+namespace {
+struct GenerateFlags {
+  std::string path, prompt, tokenizer, stats_json;
+  int64_t n = 128;
+  int64_t threads = 0;
+  int64_t ctx = 0;
+  engine::SamplerOptions sampling;
+  int64_t top_k = 40, repeat_last_n = 64, seed = -1;
+  bool echo = false, no_bos = false;
+  std::vector<std::string> stops;
+};
+}  // namespace
+
+CommandRunner RegisterGenerate(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a store or checkpoint");
+  auto f = std::make_shared<GenerateFlags>();
+  cmd->add_option("store", f->path, "Store folder or checkpoint (GGUF, HF folder, llama2.c .bin)")
+      ->required();
+  cmd->add_option("-p,--prompt", f->prompt, "Prompt text (empty: start from BOS alone)");
+  cmd->add_option("-n,--n-predict", f->n, "Tokens to generate");
+  cmd->add_option("--temp", f->sampling.temperature, "Temperature (0 = greedy)");
+  cmd->add_option("--top-k", f->top_k, "Top-k (0 = off)");
+  cmd->add_option("--top-p", f->sampling.top_p, "Top-p in (0, 1]");
+  cmd->add_option("--min-p", f->sampling.min_p, "Min-p in [0, 1)");
+  cmd->add_option("--repeat-penalty", f->sampling.repeat_penalty, "Repetition penalty (1 = off)");
+  cmd->add_option("--repeat-last-n", f->repeat_last_n, "Tokens the penalty looks back over");
+  cmd->add_option("--seed", f->seed, "Sampling seed (default: from the clock)");
+  cmd->add_option("--threads", f->threads, "Threads (default: all cores)");
+  cmd->add_option("--ctx", f->ctx, "Context length (default: the model's maximum)");
+  cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
+  cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
+  cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
+  cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
+  cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
+  return [cmd, f] {
+    if (!cmd->parsed()) return -1;
+    auto usage = [](const std::string& msg) {
+      return ReportError("generate", InvalidArgumentError(msg));
+    };
+    if (f->n < 0) return usage("-n must be >= 0");
+    if (f->threads < 0 || f->threads > 1024) return usage("--threads must be in [0, 1024]");
+    if (f->ctx < 0 || f->ctx > (1 << 24)) return usage("--ctx out of range");
+    if (f->top_k < 0) return usage("--top-k must be >= 0");
+    if (f->repeat_last_n < 0) return usage("--repeat-last-n must be >= 0");
+    f->sampling.top_k = static_cast<uint32_t>(std::min<int64_t>(f->top_k, UINT32_MAX));
+    f->sampling.repeat_last_n = static_cast<uint32_t>(std::min<int64_t>(f->repeat_last_n, UINT32_MAX));
+    f->sampling.seed = f->seed >= 0 ? static_cast<uint64_t>(f->seed)
+                                    : static_cast<uint64_t>(std::time(nullptr));
+    // Validate sampling before the (slow) model load.
+    if (auto s = engine::Sampler::Create(1, f->sampling); !s.ok()) {
+      return ReportError("generate", s.status());
+    }
+    engine::TransformerOptions options;
+    options.max_context = static_cast<uint32_t>(f->ctx);
+    auto session = OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads),
+                                     options);
+    if (!session.ok()) return ReportError("generate", session.status());
+    engine::Transformer& model = *session->model;
+    const engine::Tokenizer& tok = *session->tokenizer;
+    const uint32_t ctx = model.max_context();
+    std::vector<int32_t> prompt = tok.Encode(f->prompt, !f->no_bos && tok.bos_id() >= 0);
+    if (prompt.empty()) prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : 0);
+    if (prompt.size() >= ctx) {
+      return usage("prompt of " + std::to_string(prompt.size()) +
+                   " tokens does not fit the context of " + std::to_string(ctx));
+    }
+    if (static_cast<uint64_t>(f->n) > ctx || prompt.size() + f->n - 1 > ctx) {
+      return usage("prompt (" + std::to_string(prompt.size()) + " tokens) plus -n " +
+                   std::to_string(f->n) + " exceeds the context of " + std::to_string(ctx));
+    }
+    auto sampler = engine::Sampler::Create(model.config().vocab_size, f->sampling);
+    if (!sampler.ok()) return ReportError("generate", sampler.status());
+    if (f->echo) {
+      std::fputs(f->prompt.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    engine::Generator gen(model, tok);
+    auto stats = gen.Generate(prompt, static_cast<uint32_t>(f->n), **sampler, f->stops,
+                              [](std::string_view text) {
+                                std::fwrite(text.data(), 1, text.size(), stdout);
+                                std::fflush(stdout);
+                              });
+    if (!stats.ok()) return ReportError("generate", stats.status());
+    std::fputc('\n', stdout);
+    std::fprintf(stderr,
+                 "prompt tokens: %u, generated tokens: %u, time to first token: %.1f ms, "
+                 "prefill: %.2f tok/s, decode: %.2f tok/s (stop: %s)\n",
+                 stats->prompt_tokens, stats->generated_tokens, stats->ttft_ms,
+                 stats->prefill_tokens_per_s(), stats->decode_tokens_per_s(),
+                 stats->stop_reason.c_str());
+    if (!f->stats_json.empty()) {
+      std::ofstream out(f->stats_json);
+      out << stats->ToJson(&gen.ids());
+      if (!out) return ReportError("generate", IoError("cannot write " + f->stats_json));
+    }
+    return kExitOk;
+  };
+}
+
+}  // namespace flashlm::tools
