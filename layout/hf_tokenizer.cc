@@ -257,6 +257,10 @@ Result<Vocab> ParseTokenizerJson(ByteSource& src) {
     }
   }
   if (n == 0) return CorruptionError(name + ": empty vocabulary");
+  if (n > 4 * entries.size() + 1024) {  // holes are rare; a sparse id would allocate for nothing
+    return CorruptionError(name + ": token ids up to " + std::to_string(n - 1) + " for only " +
+                           std::to_string(entries.size()) + " tokens");
+  }
   Vocab v;
   v.tokens.assign(n, std::string());
   v.scores.assign(n, 0.0f);
