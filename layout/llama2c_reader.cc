@@ -152,8 +152,11 @@ Result<std::unique_ptr<Checkpoint>> OpenLlama2c(std::unique_ptr<ByteSource> mode
   if (v1) {
     blocks = {att_norm, ffn_norm, final_norm, emb, q, k, v, o, w1, w2, w3};
   } else {
-    blocks = {emb, att_norm, q, k, v, o, ffn_norm, w1, w2, w3, final_norm,
-              Block{nullptr, false, static_cast<uint64_t>(h.seq_len), c.head_dim}};
+    blocks = {
+        emb,      att_norm,   q,
+        k,        v,          o,
+        ffn_norm, w1,         w2,
+        w3,       final_norm, Block{nullptr, false, static_cast<uint64_t>(h.seq_len), c.head_dim}};
   }
   if (!shared) blocks.push_back(Block{"output.weight", false, V, D});
 
@@ -230,12 +233,12 @@ Result<Vocab> ParseLlama2cTokenizer(ByteSource& src, uint32_t vocab_size) {
     RETURN_IF_ERROR(get(&len, 4, t));
     if (len < 0 || len > max_len) {
       return CorruptionError(name + ": llama2.c token " + std::to_string(t) + " has length " +
-                             std::to_string(len) + " (max_token_length " +
-                             std::to_string(max_len) + ")");
+                             std::to_string(len) + " (max_token_length " + std::to_string(max_len) +
+                             ")");
     }
     if (static_cast<uint64_t>(len) > size - pos) {
-      return CorruptionError(name + ": llama2.c tokenizer truncated at token " +
-                             std::to_string(t) + " of " + std::to_string(vocab_size));
+      return CorruptionError(name + ": llama2.c tokenizer truncated at token " + std::to_string(t) +
+                             " of " + std::to_string(vocab_size));
     }
     std::string raw(static_cast<size_t>(len), '\0');
     RETURN_IF_ERROR(get(raw.data(), raw.size(), t));

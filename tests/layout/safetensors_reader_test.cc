@@ -29,9 +29,7 @@ Status ParseBytes(const std::vector<std::byte>& b) {
   return SafetensorsFile::Parse(*src).status();
 }
 
-void WriteText(const std::filesystem::path& p, const std::string& s) {
-  std::ofstream(p) << s;
-}
+void WriteText(const std::filesystem::path& p, const std::string& s) { std::ofstream(p) << s; }
 
 TEST(SafetensorsReaderTest, ParsesValidHeader) {
   auto b = Safetensors(
@@ -70,10 +68,12 @@ TEST(SafetensorsReaderTest, CorruptFilesAreClearErrors) {
   EXPECT_EQ(ParseBytes(Safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8))
                 .code(),
             StatusCode::kCorruption);
-  EXPECT_EQ(ParseBytes(Safetensors(
-                R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551615,8]}})", 8))
-                .code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(
+      ParseBytes(
+          Safetensors(
+              R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551615,8]}})", 8))
+          .code(),
+      StatusCode::kCorruption);
   s = ParseBytes(Safetensors(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8));
   EXPECT_EQ(s.code(), StatusCode::kCorruption);
   EXPECT_NE(s.message().find("needs 12"), std::string_view::npos) << s.ToString();
@@ -85,9 +85,9 @@ TEST(SafetensorsReaderTest, CorruptFilesAreClearErrors) {
   EXPECT_EQ(ParseBytes(Safetensors(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8))
                 .code(),
             StatusCode::kCorruption);
-  EXPECT_EQ(ParseBytes(Safetensors(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8))
-                .code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(
+      ParseBytes(Safetensors(R"({"a":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8)).code(),
+      StatusCode::kCorruption);
   EXPECT_EQ(ParseBytes(Safetensors(R"({"a":5})", 8)).code(), StatusCode::kCorruption);
   // Unknown dtype is refused by name.
   s = ParseBytes(Safetensors(R"({"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", 8));
@@ -143,16 +143,18 @@ TEST(SafetensorsReaderTest, FolderErrors) {
   // Only an embedding: lm_head missing while tie_word_embeddings is false.
   testing::WriteFileBytes(
       dir / "model.safetensors",
-      Safetensors(R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[4,8],"data_offsets":[0,128]}})",
-                  128));
+      Safetensors(
+          R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[4,8],"data_offsets":[0,128]}})",
+          128));
   r = OpenHuggingFace(dir.path().string(), {});
   EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
   EXPECT_NE(r.status().message().find("lm_head"), std::string_view::npos) << r.status().ToString();
   // A tensor no LLaMA has.
   testing::WriteFileBytes(
       dir / "model.safetensors",
-      Safetensors(R"({"model.layers.0.self_attn.q_proj.bias":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})",
-                  32));
+      Safetensors(
+          R"({"model.layers.0.self_attn.q_proj.bias":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})",
+          32));
   r = OpenHuggingFace(dir.path().string(), {});
   EXPECT_EQ(r.status().code(), StatusCode::kNotSupported);
   // Index whose shard escapes the folder.
@@ -208,7 +210,9 @@ TEST(HfTokenizerTest, TokenizerJsonSentencePieceAndByteLevel) {
   ASSERT_TRUE(v.ok()) << v.status().ToString();
   EXPECT_EQ(v->kind, Vocab::Kind::kSentencePiece);
   ASSERT_EQ(v->tokens.size(), 6u);
-  EXPECT_EQ(v->tokens[4], "\xE2\x96\x81" "a");
+  EXPECT_EQ(v->tokens[4],
+            "\xE2\x96\x81"
+            "a");
   EXPECT_EQ(v->types[0], Vocab::kUnknown);
   EXPECT_EQ(v->types[1], Vocab::kControl);
   EXPECT_EQ(v->types[3], Vocab::kByte);
@@ -216,7 +220,8 @@ TEST(HfTokenizerTest, TokenizerJsonSentencePieceAndByteLevel) {
   EXPECT_EQ(v->eos_id, 2);
   EXPECT_EQ(v->merges.size(), 2u);
 
-  const std::string bpe = R"({"added_tokens":[{"id":3,"content":"<|begin_of_text|>","special":true}],
+  const std::string bpe =
+      R"({"added_tokens":[{"id":3,"content":"<|begin_of_text|>","special":true}],
       "pre_tokenizer":{"type":"Sequence","pretokenizers":[{"type":"ByteLevel"}]},
       "model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":[["a","b"]]}})";
   src = MemorySource(AsBytes(bpe), "tokenizer.json");
@@ -237,10 +242,10 @@ TEST(HfTokenizerTest, TokenizerJsonSentencePieceAndByteLevel) {
 
 TEST(HfTokenizerTest, CorruptProtobufIsCorruption) {
   for (std::string bad : {std::string("\x0a\xff\xff\xff\xff\x0f", 6),  // length past end
-                          std::string("\x0a", 1),                       // truncated varint
-                          std::string("\x0b\x00", 2),                   // group wire type
-                          std::string("\x0a\x02\x18\x09", 4),           // piece type 9
-                          std::string(12, '\xff')}) {                   // overlong varint
+                          std::string("\x0a", 1),                      // truncated varint
+                          std::string("\x0b\x00", 2),                  // group wire type
+                          std::string("\x0a\x02\x18\x09", 4),          // piece type 9
+                          std::string(12, '\xff')}) {                  // overlong varint
     auto src = MemorySource(AsBytes(bad));
     auto r = ParseSentencePieceModel(*src);
     EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
