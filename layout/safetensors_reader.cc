@@ -3,9 +3,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <unordered_map>
-
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 #include "layout/hf_tokenizer.h"
 #include "layout/llama_tensors.h"
@@ -24,9 +23,12 @@ bool JsonDepthOk(std::string_view text) {
   bool in_string = false, escape = false;
   for (char c : text) {
     if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
+      if (escape)
+        escape = false;
+      else if (c == '\\')
+        escape = true;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '{' || c == '[') {
@@ -93,8 +95,8 @@ Result<SafetensorsFile> SafetensorsFile::Parse(ByteSource& src) {
     auto dt = t.find("dtype");
     auto sh = t.find("shape");
     auto off = t.find("data_offsets");
-    if (dt == t.end() || !dt->is_string() || sh == t.end() || !sh->is_array() ||
-        off == t.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+    if (dt == t.end() || !dt->is_string() || sh == t.end() || !sh->is_array() || off == t.end() ||
+        !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned()) {
       return CorruptionError(what + " lacks a string dtype, a shape array or two data_offsets");
     }
@@ -105,7 +107,8 @@ Result<SafetensorsFile> SafetensorsFile::Parse(ByteSource& src) {
     uint64_t values = 1;
     for (const Json& d : *sh) {
       if (!d.is_number_unsigned()) return CorruptionError(what + ": shape is not integers");
-      if (__builtin_mul_overflow(values, d.get<uint64_t>(), &values) || values > (uint64_t{1} << 60)) {
+      if (__builtin_mul_overflow(values, d.get<uint64_t>(), &values) ||
+          values > (uint64_t{1} << 60)) {
         return CorruptionError(what + ": shape overflows 64 bits");
       }
       x.shape.push_back(d.get<uint64_t>());
@@ -139,16 +142,16 @@ Result<ModelConfig> ParseHfConfig(std::string_view text) {
   if (!j.is_object()) return CorruptionError("config.json is not an object");
   std::string model_type = StrField(j, "model_type");
   std::string arch;
-  if (auto a = j.find("architectures"); a != j.end() && a->is_array() && !a->empty() &&
-                                        (*a)[0].is_string()) {
+  if (auto a = j.find("architectures");
+      a != j.end() && a->is_array() && !a->empty() && (*a)[0].is_string()) {
     arch = (*a)[0].get<std::string>();
   }
-  const bool llama = model_type == "llama" || model_type == "mistral" ||
-                     (model_type.empty() &&
-                      (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM"));
+  const bool llama =
+      model_type == "llama" || model_type == "mistral" ||
+      (model_type.empty() && (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM"));
   if (!llama) {
-    return NotSupportedError("config.json: model_type '" + model_type + "' (architecture '" +
-                             arch + "') is not supported (only LLaMA-family models)");
+    return NotSupportedError("config.json: model_type '" + model_type + "' (architecture '" + arch +
+                             "') is not supported (only LLaMA-family models)");
   }
   ModelConfig c;
   auto u32 = [&](const char* key, uint32_t& out, std::optional<uint32_t> dflt) -> Status {
@@ -206,8 +209,8 @@ Result<ModelConfig> ParseHfConfig(std::string_view text) {
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
     if (!rs->is_object()) return CorruptionError("config.json: rope_scaling is not an object");
     std::string type = StrField(*rs, "rope_type", StrField(*rs, "type"));
-    const float factor = rs->contains("factor") && (*rs)["factor"].is_number()
-                             ? (*rs)["factor"].get<float>() : 1.0f;
+    const float factor =
+        rs->contains("factor") && (*rs)["factor"].is_number() ? (*rs)["factor"].get<float>() : 1.0f;
     if (type == "linear") {
       c.rope_scaling.type = RopeScalingType::kLinear;
       c.rope_scaling.factor = factor;
@@ -416,8 +419,8 @@ Result<std::unique_ptr<Checkpoint>> OpenHuggingFace(std::string_view path,
   }
   if (!tok.empty()) {
     ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(tok.string()));
-    Result<Vocab> v = tok.extension() == ".json" ? ParseTokenizerJson(*src)
-                                                 : ParseSentencePieceModel(*src);
+    Result<Vocab> v =
+        tok.extension() == ".json" ? ParseTokenizerJson(*src) : ParseSentencePieceModel(*src);
     if (!v.ok()) return v.status();
     ckpt->vocab_ = std::move(*v);
     // config.json's special ids override the tokenizer's defaults.
@@ -432,10 +435,9 @@ Result<std::unique_ptr<Checkpoint>> OpenHuggingFace(std::string_view path,
       }
     }
     if (ckpt->vocab_.tokens.size() > ckpt->config_.vocab_size) {
-      return CorruptionError(tok.string() + ": tokenizer has " +
-                             std::to_string(ckpt->vocab_.tokens.size()) +
-                             " tokens, more than the model's vocab_size " +
-                             std::to_string(ckpt->config_.vocab_size));
+      return CorruptionError(
+          tok.string() + ": tokenizer has " + std::to_string(ckpt->vocab_.tokens.size()) +
+          " tokens, more than the model's vocab_size " + std::to_string(ckpt->config_.vocab_size));
     }
   }
   return std::unique_ptr<Checkpoint>(std::move(ckpt));
