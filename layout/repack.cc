@@ -182,8 +182,23 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   }
   std::vector<std::byte> up_src(up->size_bytes());  // [hidden][RowBytes(up dtype, dim)]
   RETURN_IF_ERROR(src_.ReadTensor(*up, up_src));
-  std::vector<float> down_f32(down->num_values());  // [dim][hidden] f32
-  RETURN_IF_ERROR(src_.ReadTensorF32(*down, down_f32));
+  // Down columns are what bundles need: transpose [dim][hidden] into [hidden][dim] in tiles so
+  // that neither side is walked with a stride of the whole matrix.
+  std::vector<float> down_t(down->num_values());  // [hidden][dim] f32
+  {
+    std::vector<float> down_f32(down->num_values());  // [dim][hidden] f32
+    RETURN_IF_ERROR(src_.ReadTensorF32(*down, down_f32));
+    constexpr uint64_t kTile = 64;
+    for (uint64_t r0 = 0; r0 < dim; r0 += kTile) {
+      for (uint64_t c0 = 0; c0 < hidden; c0 += kTile) {
+        const uint64_t r1 = std::min<uint64_t>(dim, r0 + kTile);
+        const uint64_t c1 = std::min<uint64_t>(hidden, c0 + kTile);
+        for (uint64_t r = r0; r < r1; ++r) {
+          for (uint64_t c = c0; c < c1; ++c) down_t[c * dim + r] = down_f32[r * hidden + c];
+        }
+      }
+    }
+  }
 
   const uint64_t gate_row = RowBytes(gate->dtype, dim), up_row = RowBytes(up->dtype, dim);
   std::vector<std::byte> bundle(g.bundle_bytes);  // [gate?][up][down] in `to`
@@ -198,8 +213,8 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     }
     RETURN_IF_ERROR(ConvertRow(up->dtype, ConstByteSpan(up_src).subspan(neuron * up_row, up_row),
                                to, ByteSpan(bundle).subspan(g.up_offset(), g.part_bytes), f32));
-    for (uint32_t r = 0; r < dim; ++r) f32[r] = down_f32[uint64_t{r} * hidden + neuron];
-    RETURN_IF_ERROR(QuantizeRow(to, f32, ByteSpan(bundle).subspan(g.down_offset(), g.part_bytes)));
+    RETURN_IF_ERROR(QuantizeRow(to, std::span<const float>(down_t).subspan(uint64_t{neuron} * dim, dim),
+                                ByteSpan(bundle).subspan(g.down_offset(), g.part_bytes)));
     ASSIGN_OR_RETURN(uint64_t idx, w_.AppendExtent(bundle));
     if (p == 0) first_extent = idx;
   }

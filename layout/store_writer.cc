@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
 
 #include "storage/checksum.h"
@@ -14,6 +15,8 @@
 
 namespace flashlm::layout {
 namespace {
+
+constexpr uint64_t kWriteBufferBytes = 8u << 20;  // multiple of any O_DIRECT alignment
 
 Status FsyncPath(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -50,43 +53,48 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
   std::filesystem::remove_all(temp, ec);  // a stale temp of an earlier run with our pid
   if (::mkdir(temp.c_str(), 0755) != 0) return ErrnoError("mkdir " + temp, errno);
   std::string data = temp + "/" + DataFileName(0);
-  int fd = ::open(data.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    int e = errno;
+  auto file = storage::File::Create(data);
+  Result<storage::AlignedBuffer> buffer =
+      file.ok() ? storage::AlignedBuffer::Allocate(
+                      kWriteBufferBytes, std::max<uint64_t>(4096, file->alignment_bytes()))
+                : Result<storage::AlignedBuffer>(file.status());
+  if (!buffer.ok()) {
     std::filesystem::remove_all(temp, ec);
-    return ErrnoError("create " + data, e);
+    return buffer.status();
   }
-  return std::unique_ptr<StoreWriter>(new StoreWriter(trimmed, temp, options, fd));
+  return std::unique_ptr<StoreWriter>(
+      new StoreWriter(trimmed, temp, options, std::move(*file), std::move(*buffer)));
 }
 
 StoreWriter::~StoreWriter() {
-  if (fd_ >= 0) ::close(fd_);
   if (!finished_) {
     std::error_code ec;
     std::filesystem::remove_all(temp_path_, ec);
   }
 }
 
-Status StoreWriter::WriteAt(ConstByteSpan bytes, uint64_t offset_bytes) {
-  while (!bytes.empty()) {
-    ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset_bytes));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("write " + temp_path_ + "/" + DataFileName(0), errno);
-    }
-    bytes = bytes.subspan(static_cast<size_t>(n));
-    offset_bytes += static_cast<uint64_t>(n);
-  }
+Status StoreWriter::FlushFull() {
+  RETURN_IF_ERROR(file_.WriteAt(buffer_offset_, buffer_.span()));
+  buffer_offset_ += buffer_.size_bytes();
+  buffer_used_ = 0;
   return Status::Ok();
 }
 
-constexpr uint64_t kWriteBufferBytes = 8u << 20;
-
-Status StoreWriter::Flush() {
-  if (buffer_.empty()) return Status::Ok();
-  RETURN_IF_ERROR(WriteAt(buffer_, buffer_offset_));
-  buffer_offset_ += buffer_.size();
-  buffer_.clear();
+Status StoreWriter::Append(ConstByteSpan bytes, uint64_t zeros) {
+  uint64_t left = bytes.empty() ? zeros : bytes.size();
+  uint64_t from = 0;
+  while (left > 0) {
+    const uint64_t n = std::min(left, buffer_.size_bytes() - buffer_used_);
+    if (bytes.empty()) {
+      std::memset(buffer_.data() + buffer_used_, 0, n);
+    } else {
+      std::memcpy(buffer_.data() + buffer_used_, bytes.data() + from, n);
+    }
+    buffer_used_ += n;
+    from += n;
+    left -= n;
+    if (buffer_used_ == buffer_.size_bytes()) RETURN_IF_ERROR(FlushFull());
+  }
   return Status::Ok();
 }
 
@@ -115,17 +123,8 @@ Result<uint64_t> StoreWriter::AppendExtent(ConstByteSpan raw) {
   rec.stored_bytes = stored.size();
   rec.checksum = storage::Checksum64(stored);
   const uint64_t padded_end = AlignUp(rec.offset_bytes + stored.size(), align);
-  if (buffer_.size() + (padded_end - rec.offset_bytes) > kWriteBufferBytes) RETURN_IF_ERROR(Flush());
-  if (padded_end - rec.offset_bytes > kWriteBufferBytes) {
-    // Large extent: written straight from the caller's bytes; the padding becomes a hole that
-    // reads as zeros (and ftruncate in Finish extends the file over a trailing one).
-    RETURN_IF_ERROR(WriteAt(stored, rec.offset_bytes));
-    buffer_offset_ = padded_end;
-  } else {
-    if (buffer_.capacity() < kWriteBufferBytes) buffer_.reserve(kWriteBufferBytes);
-    buffer_.insert(buffer_.end(), stored.begin(), stored.end());
-    buffer_.resize(padded_end - buffer_offset_, std::byte{0});
-  }
+  RETURN_IF_ERROR(Append(stored, 0));
+  RETURN_IF_ERROR(Append({}, padded_end - rec.offset_bytes - stored.size()));
   end_bytes_ = padded_end;
   extents_.push_back(rec);
   ++stats_.extent_count;
@@ -140,15 +139,17 @@ void StoreWriter::PutRecord(std::string key, ConstByteSpan value) {
 
 Status StoreWriter::Finish() {
   if (finished_) return FailedPreconditionError("Finish twice");
-  RETURN_IF_ERROR(Flush());
-  // Pad the file to the aligned end so that an O_DIRECT read of the last extent's aligned
-  // cover stays inside the file.
-  if (::ftruncate(fd_, static_cast<off_t>(end_bytes_)) != 0) {
-    return ErrnoError("truncate data file in " + temp_path_, errno);
+  // The last, partial buffer: written rounded up to the file's O_DIRECT alignment (zeros), then
+  // the file is cut back to the aligned end of the last extent, so that an O_DIRECT read of the
+  // last extent's aligned cover stays inside the file.
+  if (buffer_used_ > 0) {
+    const uint64_t a = std::max<uint64_t>(1, file_.required_alignment_bytes());
+    const uint64_t n = AlignUp(buffer_used_, a);
+    std::memset(buffer_.data() + buffer_used_, 0, n - buffer_used_);
+    RETURN_IF_ERROR(file_.WriteAt(buffer_offset_, buffer_.span().first(n)));
   }
-  if (::fsync(fd_) != 0) return ErrnoError("fsync data file in " + temp_path_, errno);
-  ::close(fd_);
-  fd_ = -1;
+  RETURN_IF_ERROR(file_.Truncate(end_bytes_));
+  RETURN_IF_ERROR(file_.Sync());
   stats_.file_bytes = end_bytes_;
 
   StoreHeader header{};

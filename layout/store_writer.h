@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "layout/store_format.h"
+#include "storage/aligned_buffer.h"
 #include "storage/bytes.h"
+#include "storage/file.h"
 #include "storage/status.h"
 
 namespace flashlm::layout {
@@ -62,23 +64,32 @@ class StoreWriter {
   const StoreWriteStats& stats() const { return stats_; }
 
  private:
-  StoreWriter(std::string out, std::string temp, const StoreWriterOptions& options, int fd)
-      : out_path_(std::move(out)), temp_path_(std::move(temp)), options_(options), fd_(fd) {}
-  Status WriteAt(ConstByteSpan bytes, uint64_t offset_bytes);
-  Status Flush();
+  StoreWriter(std::string out, std::string temp, const StoreWriterOptions& options,
+              storage::File file, storage::AlignedBuffer buffer)
+      : out_path_(std::move(out)),
+        temp_path_(std::move(temp)),
+        options_(options),
+        file_(std::move(file)),
+        buffer_(std::move(buffer)) {}
+  // Appends `bytes` (or `count` zeros when bytes is empty) to the write buffer, writing it out
+  // each time it fills.
+  Status Append(ConstByteSpan bytes, uint64_t zeros);
+  Status FlushFull();
 
   std::string out_path_;
   std::string temp_path_;
   StoreWriterOptions options_;
-  int fd_ = -1;
+  storage::File file_;  // data-00000.bin, O_DIRECT when the filesystem allows
   bool finished_ = false;
   uint64_t end_bytes_ = 0;  // aligned end of the data written so far
   std::vector<ExtentRecord> extents_;
   std::map<std::string, std::vector<std::byte>> records_;  // catalog key -> value
   std::vector<std::byte> scratch_;  // compressed extent, reused
-  // Small extents (bundles) are gathered, padding included, into one large write.
-  std::vector<std::byte> buffer_;   // file bytes [buffer_offset_, buffer_offset_ + size)
-  uint64_t buffer_offset_ = 0;
+  // Extents and their padding are gathered into one aligned buffer and written in whole-buffer
+  // O_DIRECT writes (no page-cache copy of a multi-GB store).
+  storage::AlignedBuffer buffer_;  // file bytes [buffer_offset_, buffer_offset_ + buffer_used_)
+  uint64_t buffer_offset_ = 0;     // multiple of buffer_.size_bytes()
+  uint64_t buffer_used_ = 0;
   StoreWriteStats stats_;
 };
 
