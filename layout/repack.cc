@@ -111,6 +111,9 @@ class Repacker {
   uint64_t total_bytes_ = 0;
   uint64_t bundle_bytes_ = 0;
   uint64_t stride_bytes_ = 0;
+  // Reused across tensors so that each large buffer is faulted in once, not once per tensor.
+  std::vector<std::byte> src_buf_, chunk_buf_, gate_buf_, up_buf_;
+  std::vector<float> down_f32_buf_, down_t_buf_;
 };
 
 Status Repacker::WriteDense(const TensorInfo& t) {
@@ -118,11 +121,12 @@ Status Repacker::WriteDense(const TensorInfo& t) {
   const uint64_t rows = t.rows(), cols = t.cols();
   const uint64_t in_row = RowBytes(t.dtype, cols), out_row = RowBytes(to, cols);
   if (rows == 0 || cols == 0) return NotSupportedError("empty tensor " + t.name);
-  std::vector<std::byte> src(t.size_bytes());  // whole tensor, source dtype
+  std::vector<std::byte>& src = src_buf_;  // whole tensor, source dtype
+  src.resize(t.size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(t, src));
   const uint64_t rows_per_extent = std::max<uint64_t>(1, o_.dense_extent_bytes_max / out_row);
-  std::vector<std::byte> chunk;  // rows_per_extent rows in `to`
-  std::vector<float> f32(cols);  // one row
+  std::vector<std::byte>& chunk = chunk_buf_;  // rows_per_extent rows in `to`
+  std::vector<float> f32(cols);                // one row
   TensorRecord rec{};
   rec.dtype = static_cast<uint8_t>(to);
   rec.placement = static_cast<uint8_t>(Placement::kDense);
@@ -173,28 +177,40 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   }
 
   // gate+up-down: gate is a dense tensor of its own (read once for gate-first loading).
-  std::vector<std::byte> gate_src;  // [hidden][RowBytes(gate dtype, dim)]
+  std::vector<std::byte>& gate_src = gate_buf_;  // [hidden][RowBytes(gate dtype, dim)]
   if (g.has_gate()) {
     gate_src.resize(gate->size_bytes());
     RETURN_IF_ERROR(src_.ReadTensor(*gate, gate_src));
   } else {
     RETURN_IF_ERROR(WriteDense(*gate));
   }
-  std::vector<std::byte> up_src(up->size_bytes());  // [hidden][RowBytes(up dtype, dim)]
+  std::vector<std::byte>& up_src = up_buf_;  // [hidden][RowBytes(up dtype, dim)]
+  up_src.resize(up->size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(*up, up_src));
   // Down columns are what bundles need: transpose [dim][hidden] into [hidden][dim] in tiles so
   // that neither side is walked with a stride of the whole matrix.
-  std::vector<float> down_t(down->num_values());  // [hidden][dim] f32
+  std::vector<float>& down_t = down_t_buf_;  // [hidden][dim] f32
+  down_t.resize(down->num_values());
   {
-    std::vector<float> down_f32(down->num_values());  // [dim][hidden] f32
-    RETURN_IF_ERROR(src_.ReadTensorF32(*down, down_f32));
-    constexpr uint64_t kTile = 64;
+    std::vector<std::byte>& raw = src_buf_;     // [dim][RowBytes(down dtype, hidden)]
+    std::vector<float>& down_f32 = down_f32_buf_;  // [dim][hidden] f32
+    raw.resize(down->size_bytes());
+    down_f32.resize(down->num_values());
+    RETURN_IF_ERROR(src_.ReadTensor(*down, raw));
+    const uint64_t row = RowBytes(down->dtype, hidden);
+    for (uint64_t r = 0; r < dim; ++r) {
+      RETURN_IF_ERROR(DequantizeRow(down->dtype, ConstByteSpan(raw).subspan(r * row, row),
+                                    std::span<float>(down_f32).subspan(r * hidden, hidden)));
+    }
+    // 32 x 32 tiles, writes innermost: each tile's source lines (32 rows x 128 bytes) stay in L1
+    // while its destination rows are written sequentially.
+    constexpr uint64_t kTile = 32;
     for (uint64_t r0 = 0; r0 < dim; r0 += kTile) {
       for (uint64_t c0 = 0; c0 < hidden; c0 += kTile) {
         const uint64_t r1 = std::min<uint64_t>(dim, r0 + kTile);
         const uint64_t c1 = std::min<uint64_t>(hidden, c0 + kTile);
-        for (uint64_t r = r0; r < r1; ++r) {
-          for (uint64_t c = c0; c < c1; ++c) down_t[c * dim + r] = down_f32[r * hidden + c];
+        for (uint64_t c = c0; c < c1; ++c) {
+          for (uint64_t r = r0; r < r1; ++r) down_t[c * dim + r] = down_f32[r * hidden + c];
         }
       }
     }
