@@ -268,8 +268,10 @@ Status StoreReader::Load() {
   RETURN_IF_ERROR(bad);
   for (auto& [rec, info] : dir) {
     const std::string name = "tensor " + info.name;
+    constexpr uint64_t kDimMax = uint64_t{1} << 40;  // keeps RowBytes and products in range
     if (!IsStorableDType(rec.dtype) || rec.n_dims < 1 || rec.n_dims > 2 || rec.shape[0] == 0 ||
-        (rec.n_dims == 2 && rec.shape[1] == 0)) {
+        rec.shape[0] > kDimMax ||
+        (rec.n_dims == 2 && (rec.shape[1] == 0 || rec.shape[1] > kDimMax))) {
       return CorruptionError(where(name + ": bad dtype or shape"));
     }
     info.shape.assign(rec.shape, rec.shape + rec.n_dims);

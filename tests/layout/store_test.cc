@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "layout/bundle_layout.h"
@@ -688,6 +689,71 @@ TEST(StoreModelsTest, StoreOfAStoreIsEqual) {
       EXPECT_TRUE(Bytes(**s1, t) == Bytes(*s2, *u)) << t.name;
     }
   }
+}
+
+}  // namespace
+}  // namespace flashlm::layout
+
+namespace flashlm::layout {
+namespace {
+
+// Rewrites catalog key `key` of the store at `dir` with mutate(bytes).
+void MutateCatalog(const fs::path& dir, const std::string& key,
+                   const std::function<void(std::vector<std::byte>&)>& mutate) {
+  storage::LmdbEnv::Options o;
+  o.read_only = false;
+  auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  std::vector<std::byte> v;
+  {
+    auto r = (*env)->BeginRead();
+    ASSERT_TRUE(r.ok());
+    auto got = r->Get(key);
+    ASSERT_TRUE(got.ok()) << key;
+    v.assign(got->begin(), got->end());
+  }
+  mutate(v);
+  auto w = (*env)->BeginWrite();
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Put(key, v).ok());
+  ASSERT_TRUE(w->Commit().ok());
+}
+
+TEST(StoreTest, CorruptCatalogRecordsAreRefused) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "good");
+  struct Case {
+    const char* what;
+    std::string key;
+    std::function<void(std::vector<std::byte>&)> mutate;
+  };
+  auto set_u64 = [](size_t off, uint64_t v) {
+    return [off, v](std::vector<std::byte>& b) { std::memcpy(b.data() + off, &v, 8); };
+  };
+  const std::vector<Case> cases = {
+      {"huge shape", "tensor/blk.0.attn_q.weight", set_u64(8, uint64_t{1} << 63)},
+      {"extent range past the table", "tensor/blk.0.attn_q.weight", set_u64(24, ~uint64_t{0})},
+      {"wrong rows per extent", "tensor/token_embd.weight", set_u64(40, 3)},
+      {"extent offset overflow", "extents", set_u64(40, ~uint64_t{0} - 4095)},
+      {"extent table truncated", "extents", [](std::vector<std::byte>& b) { b.resize(b.size() - 40); }},
+      {"bundle sizes", "ffn/00001", set_u64(32, 12345)},
+      {"bundle extents out of range", "ffn/00000", set_u64(16, uint64_t{1} << 40)},
+      {"short record", "ffn/00000", [](std::vector<std::byte>& b) { b.pop_back(); }},
+      {"bad magic", "header", [](std::vector<std::byte>& b) { b[0] = std::byte{'X'}; }},
+      {"config not JSON", "config", [](std::vector<std::byte>& b) { b[0] = std::byte{'!'}; }},
+      {"token list overruns", "vocab/tokens", [](std::vector<std::byte>& b) { b[4] = std::byte{0xff}; }},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const fs::path copy = dir / ("c" + std::to_string(i));
+    fs::copy(dir / "good", copy, fs::copy_options::recursive);
+    MutateCatalog(copy, cases[i].key, cases[i].mutate);
+    auto r = StoreReader::Open(copy.string());
+    ASSERT_FALSE(r.ok()) << cases[i].what;
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption)
+        << cases[i].what << ": " << r.status().ToString();
+  }
+  EXPECT_TRUE(StoreReader::Open((dir / "good").string()).ok());
 }
 
 }  // namespace
