@@ -54,27 +54,42 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
   if (::mkdir(temp.c_str(), 0755) != 0) return ErrnoError("mkdir " + temp, errno);
   std::string data = temp + "/" + DataFileName(0);
   auto file = storage::File::Create(data);
-  Result<storage::AlignedBuffer> buffer =
-      file.ok() ? storage::AlignedBuffer::Allocate(
-                      kWriteBufferBytes, std::max<uint64_t>(4096, file->alignment_bytes()))
-                : Result<storage::AlignedBuffer>(file.status());
-  if (!buffer.ok()) {
+  auto buffer = [&]() -> Result<storage::AlignedBuffer> {
+    if (!file.ok()) return file.status();
+    return storage::AlignedBuffer::Allocate(kWriteBufferBytes,
+                                            std::max<uint64_t>(4096, file->alignment_bytes()));
+  };
+  Result<storage::AlignedBuffer> a = buffer();
+  Result<storage::AlignedBuffer> b = buffer();
+  if (!a.ok() || !b.ok()) {
     std::filesystem::remove_all(temp, ec);
-    return buffer.status();
+    return a.ok() ? b.status() : a.status();
   }
-  return std::unique_ptr<StoreWriter>(
-      new StoreWriter(trimmed, temp, options, std::move(*file), std::move(*buffer)));
+  return std::unique_ptr<StoreWriter>(new StoreWriter(trimmed, temp, options, std::move(*file),
+                                                      std::move(*a), std::move(*b)));
 }
 
 StoreWriter::~StoreWriter() {
+  WaitForWrite().IgnoreError();  // before the temp folder goes
   if (!finished_) {
     std::error_code ec;
     std::filesystem::remove_all(temp_path_, ec);
   }
 }
 
+Status StoreWriter::WaitForWrite() {
+  if (!pending_.valid()) return Status::Ok();
+  return pending_.get();
+}
+
 Status StoreWriter::FlushFull() {
-  RETURN_IF_ERROR(file_.WriteAt(buffer_offset_, buffer_.span()));
+  RETURN_IF_ERROR(WaitForWrite());  // the spare buffer is free again
+  std::swap(buffer_, spare_);
+  const uint64_t offset = buffer_offset_;
+  storage::File* file = &file_;  // only the task touches it until WaitForWrite()
+  ConstByteSpan bytes = spare_.span();
+  pending_ = std::async(std::launch::async,
+                        [file, offset, bytes] { return file->WriteAt(offset, bytes); });
   buffer_offset_ += buffer_.size_bytes();
   buffer_used_ = 0;
   return Status::Ok();
@@ -142,6 +157,7 @@ Status StoreWriter::Finish() {
   // The last, partial buffer: written rounded up to the file's O_DIRECT alignment (zeros), then
   // the file is cut back to the aligned end of the last extent, so that an O_DIRECT read of the
   // last extent's aligned cover stays inside the file.
+  RETURN_IF_ERROR(WaitForWrite());
   if (buffer_used_ > 0) {
     const uint64_t a = std::max<uint64_t>(1, file_.required_alignment_bytes());
     const uint64_t n = AlignUp(buffer_used_, a);

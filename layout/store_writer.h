@@ -1,4 +1,6 @@
 // StoreWriter: writes one store folder atomically. Used by repack; knows the format, not models.
+// Data is written with O_DIRECT from two aligned 8 MiB buffers, one filling while the other is
+// written by a background task (the only other thread; it touches only its buffer and the fd).
 //
 // Protocol: Create() makes "<out><kTempMarker><pid>" beside `out` and opens its data file.
 // AppendExtent() writes extents one by one (streaming: only the extent being written is held).
@@ -11,6 +13,7 @@
 #define FLASHLM_LAYOUT_STORE_WRITER_H_
 
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,16 +68,20 @@ class StoreWriter {
 
  private:
   StoreWriter(std::string out, std::string temp, const StoreWriterOptions& options,
-              storage::File file, storage::AlignedBuffer buffer)
+              storage::File file, storage::AlignedBuffer buffer, storage::AlignedBuffer spare)
       : out_path_(std::move(out)),
         temp_path_(std::move(temp)),
         options_(options),
         file_(std::move(file)),
-        buffer_(std::move(buffer)) {}
+        buffer_(std::move(buffer)),
+        spare_(std::move(spare)) {}
   // Appends `bytes` (or `count` zeros when bytes is empty) to the write buffer, writing it out
   // each time it fills.
   Status Append(ConstByteSpan bytes, uint64_t zeros);
+  // Hands the full buffer to a background write and continues in the spare one.
   Status FlushFull();
+  // Waits for the background write, if any. Errors: the write's.
+  Status WaitForWrite();
 
   std::string out_path_;
   std::string temp_path_;
@@ -87,9 +94,14 @@ class StoreWriter {
   std::vector<std::byte> scratch_;  // compressed extent, reused
   // Extents and their padding are gathered into one aligned buffer and written in whole-buffer
   // O_DIRECT writes (no page-cache copy of a multi-GB store).
+  // Double-buffered: one buffer fills while the other is written by a background task.
   storage::AlignedBuffer buffer_;  // file bytes [buffer_offset_, buffer_offset_ + buffer_used_)
+  storage::AlignedBuffer spare_;   // being written while pending_ is valid
   uint64_t buffer_offset_ = 0;     // multiple of buffer_.size_bytes()
   uint64_t buffer_used_ = 0;
+  // Declared last: destroyed first, so a write still in flight finishes before the buffers and
+  // the file go away (a std::async future's destructor waits).
+  std::future<Status> pending_;
   StoreWriteStats stats_;
 };
 
