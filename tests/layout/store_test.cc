@@ -758,3 +758,22 @@ TEST(StoreTest, CorruptCatalogRecordsAreRefused) {
 
 }  // namespace
 }  // namespace flashlm::layout
+
+namespace flashlm::layout {
+namespace {
+
+// Larger than two 8 MiB write buffers, so background writes and buffer swaps are exercised.
+TEST(StoreTest, StoreLargerThanTheWriteBuffers) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(128, 344, 2, 48000, DType::kF32);  // ~49 MB
+  ::flashlm::testing::ScratchDir dir;
+  RepackSummary sum = RepackOrDie(src, dir / "store");
+  EXPECT_GT(sum.file_bytes, 3u * (8u << 20));
+  auto store = OpenOrDie(dir / "store");
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->data_file_bytes(0), sum.file_bytes);
+  ExpectTensorsMatch(src, *store, DType::kF32, false);
+  EXPECT_TRUE(store->VerifyAll().ok());
+}
+
+}  // namespace
+}  // namespace flashlm::layout
