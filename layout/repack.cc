@@ -5,9 +5,8 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "layout/bundle_layout.h"
 #include "layout/store_writer.h"
@@ -38,10 +37,14 @@ bool ParseFfnName(std::string_view name, uint32_t* layer, FfnPart* part) {
   }
   if (l > UINT32_MAX) return false;
   std::string_view rest = name.substr(dot + 1);
-  if (rest == "ffn_gate.weight") *part = FfnPart::kGate;
-  else if (rest == "ffn_up.weight") *part = FfnPart::kUp;
-  else if (rest == "ffn_down.weight") *part = FfnPart::kDown;
-  else return false;
+  if (rest == "ffn_gate.weight")
+    *part = FfnPart::kGate;
+  else if (rest == "ffn_up.weight")
+    *part = FfnPart::kUp;
+  else if (rest == "ffn_down.weight")
+    *part = FfnPart::kDown;
+  else
+    return false;
   *layer = static_cast<uint32_t>(l);
   return true;
 }
@@ -137,8 +140,8 @@ Status Repacker::WriteDense(const TensorInfo& t) {
     const uint64_t n = std::min(rows_per_extent, rows - r0);
     chunk.resize(n * out_row);
     for (uint64_t r = 0; r < n; ++r) {
-      RETURN_IF_ERROR(ConvertRow(t.dtype, ConstByteSpan(src).subspan((r0 + r) * in_row, in_row),
-                                 to, ByteSpan(chunk).subspan(r * out_row, out_row), f32));
+      RETURN_IF_ERROR(ConvertRow(t.dtype, ConstByteSpan(src).subspan((r0 + r) * in_row, in_row), to,
+                                 ByteSpan(chunk).subspan(r * out_row, out_row), f32));
     }
     ASSIGN_OR_RETURN(uint64_t idx, w_.AppendExtent(chunk));
     if (r0 == 0) rec.first_extent = idx;
@@ -154,11 +157,13 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   const TensorInfo* up = src_.FindTensor(FfnName(layer, "up"));
   const TensorInfo* down = src_.FindTensor(FfnName(layer, "down"));
   const std::string where = "FFN of layer " + std::to_string(layer);
-  if (!gate || !up || !down) return NotSupportedError(where + " lacks ffn_gate, ffn_up or ffn_down");
+  if (!gate || !up || !down)
+    return NotSupportedError(where + " lacks ffn_gate, ffn_up or ffn_down");
   if (gate->shape.size() != 2 || up->shape != gate->shape || down->shape.size() != 2 ||
       down->shape[0] != gate->shape[1] || down->shape[1] != gate->shape[0] ||
       gate->shape[0] > UINT32_MAX || gate->shape[1] > UINT32_MAX) {
-    return NotSupportedError(where + " has inconsistent shapes (want gate/up {hidden, dim}, "
+    return NotSupportedError(where +
+                             " has inconsistent shapes (want gate/up {hidden, dim}, "
                              "down {dim, hidden})");
   }
   const uint32_t hidden = static_cast<uint32_t>(gate->shape[0]);
@@ -192,7 +197,7 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   std::vector<float>& down_t = down_t_buf_;  // [hidden][dim] f32
   down_t.resize(down->num_values());
   {
-    std::vector<std::byte>& raw = src_buf_;     // [dim][RowBytes(down dtype, hidden)]
+    std::vector<std::byte>& raw = src_buf_;        // [dim][RowBytes(down dtype, hidden)]
     std::vector<float>& down_f32 = down_f32_buf_;  // [dim][hidden] f32
     raw.resize(down->size_bytes());
     down_f32.resize(down->num_values());
@@ -229,7 +234,8 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     }
     RETURN_IF_ERROR(ConvertRow(up->dtype, ConstByteSpan(up_src).subspan(neuron * up_row, up_row),
                                to, ByteSpan(bundle).subspan(g.up_offset(), g.part_bytes), f32));
-    RETURN_IF_ERROR(QuantizeRow(to, std::span<const float>(down_t).subspan(uint64_t{neuron} * dim, dim),
+    RETURN_IF_ERROR(QuantizeRow(to,
+                                std::span<const float>(down_t).subspan(uint64_t{neuron} * dim, dim),
                                 ByteSpan(bundle).subspan(g.down_offset(), g.part_bytes)));
     ASSIGN_OR_RETURN(uint64_t idx, w_.AppendExtent(bundle));
     if (p == 0) first_extent = idx;
@@ -261,8 +267,8 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     rec.layer = layer;
     AddTensorRecord(t->name, rec);
   }
-  Progress(up->name, (g.has_gate() ? gate->size_bytes() : 0) + up->size_bytes() +
-                         down->size_bytes());
+  Progress(up->name,
+           (g.has_gate() ? gate->size_bytes() : 0) + up->size_bytes() + down->size_bytes());
   return Status::Ok();
 }
 
@@ -403,8 +409,7 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   summary.stored_bytes = ws.stored_bytes;
   summary.file_bytes = ws.file_bytes;
   summary.compressed_extents = ws.compressed_extents;
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }
 

@@ -4,9 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <filesystem>
 
 #include "storage/checksum.h"
@@ -65,8 +65,8 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
     std::filesystem::remove_all(temp, ec);
     return a.ok() ? b.status() : a.status();
   }
-  return std::unique_ptr<StoreWriter>(new StoreWriter(trimmed, temp, options, std::move(*file),
-                                                      std::move(*a), std::move(*b)));
+  return std::unique_ptr<StoreWriter>(
+      new StoreWriter(trimmed, temp, options, std::move(*file), std::move(*a), std::move(*b)));
 }
 
 StoreWriter::~StoreWriter() {
@@ -127,8 +127,7 @@ Result<uint64_t> StoreWriter::AppendExtent(ConstByteSpan raw) {
     ASSIGN_OR_RETURN(size_t n, storage::ZstdCompress(raw, scratch_, options_.zstd_level));
     // Space on flash is counted in aligned units: compression that does not free at least the
     // threshold of them costs a decode on every read for nothing.
-    const double saved =
-        1.0 - double(AlignUp(n, align)) / double(AlignUp(raw.size(), align));
+    const double saved = 1.0 - double(AlignUp(n, align)) / double(AlignUp(raw.size(), align));
     if (saved >= options_.zstd_min_saving) {
       stored = ConstByteSpan(scratch_.data(), n);
       rec.codec = static_cast<uint8_t>(Codec::kZstd);
@@ -189,9 +188,9 @@ Status StoreWriter::Finish() {
     ASSIGN_OR_RETURN(storage::WriteTxn txn, env->BeginWrite());
     for (const auto& [k, v] : records_) RETURN_IF_ERROR(txn.Put(k, v));
     RETURN_IF_ERROR(txn.Put(catalog_key::kExtents, std::as_bytes(std::span(extents_))));
-    RETURN_IF_ERROR(txn.Put(catalog_key::kHeader,
-                            ConstByteSpan(reinterpret_cast<const std::byte*>(&header),
-                                          sizeof header)));
+    RETURN_IF_ERROR(
+        txn.Put(catalog_key::kHeader,
+                ConstByteSpan(reinterpret_cast<const std::byte*>(&header), sizeof header)));
     RETURN_IF_ERROR(txn.Commit());  // LMDB fsyncs on commit by default
   }
   std::error_code ec;

@@ -37,9 +37,9 @@ struct StoreWriterOptions {
 
 struct StoreWriteStats {
   uint64_t extent_count = 0;
-  uint64_t raw_bytes = 0;      // sum of raw extent sizes
-  uint64_t stored_bytes = 0;   // sum of stored extent sizes
-  uint64_t file_bytes = 0;     // data file size, padding included
+  uint64_t raw_bytes = 0;     // sum of raw extent sizes
+  uint64_t stored_bytes = 0;  // sum of stored extent sizes
+  uint64_t file_bytes = 0;    // data file size, padding included
   uint64_t compressed_extents = 0;
 };
 
@@ -58,7 +58,9 @@ class StoreWriter {
 
   // Catalog entries written by Finish(). Keys must not be "header" or "extents".
   void PutRecord(std::string key, ConstByteSpan value);
-  void PutText(std::string key, std::string_view value) { PutRecord(std::move(key), AsBytes(value)); }
+  void PutText(std::string key, std::string_view value) {
+    PutRecord(std::move(key), AsBytes(value));
+  }
 
   // Makes the store durable and visible at `out`. Errors: IoError, InvalidArgument (out appeared).
   Status Finish();
@@ -91,7 +93,7 @@ class StoreWriter {
   uint64_t end_bytes_ = 0;  // aligned end of the data written so far
   std::vector<ExtentRecord> extents_;
   std::map<std::string, std::vector<std::byte>> records_;  // catalog key -> value
-  std::vector<std::byte> scratch_;  // compressed extent, reused
+  std::vector<std::byte> scratch_;                         // compressed extent, reused
   // Extents and their padding are gathered into one aligned buffer and written in whole-buffer
   // O_DIRECT writes (no page-cache copy of a multi-GB store).
   // Double-buffered: one buffer fills while the other is written by a background task.

@@ -1,10 +1,9 @@
 // Repack + StoreReader round trips on generated models (MemoryCheckpoint), corruption,
 // version and atomicity. Real models: store_models_test.cc.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -56,10 +55,14 @@ std::vector<float> Floats(Checkpoint& c, const TensorInfo& t) {
 // to 127 steps, q4_0 to 8 (ggml's d = max / -8); f16 rounds to 11 significant bits.
 double StepBound(DType t, double amax) {
   switch (t) {
-    case DType::kQ8_0: return amax / 127.0 * 1.01 + 1e-7;
-    case DType::kQ4_0: return amax / 8.0 * 1.01 + 1e-7;
-    case DType::kF16: return amax * std::ldexp(1.0, -11) + 1e-7;
-    default: return 0.0;
+    case DType::kQ8_0:
+      return amax / 127.0 * 1.01 + 1e-7;
+    case DType::kQ4_0:
+      return amax / 8.0 * 1.01 + 1e-7;
+    case DType::kF16:
+      return amax * std::ldexp(1.0, -11) + 1e-7;
+    default:
+      return 0.0;
   }
 }
 
@@ -260,7 +263,8 @@ TEST(StoreTest, HotFirstOrderFromActivationStats) {
   for (uint32_t l = 0; l < 2; ++l) {
     std::span<const uint32_t> perm = store->Permutation(l);
     ASSERT_EQ(perm.size(), 40u);
-    EXPECT_EQ(std::vector<uint32_t>(perm.begin(), perm.end()), HotFirstPermutation(stats.layers[l]));
+    EXPECT_EQ(std::vector<uint32_t>(perm.begin(), perm.end()),
+              HotFirstPermutation(stats.layers[l]));
     for (size_t p = 1; p < perm.size(); ++p) {
       EXPECT_GE(stats.layers[l][perm[p - 1]], stats.layers[l][perm[p]]);
     }
@@ -297,8 +301,7 @@ TEST(StoreTest, ActivationStatsFileErrors) {
     return LoadActivationStats((dir / "a.json").string()).status();
   };
   EXPECT_EQ(write("not json").code(), StatusCode::kCorruption);
-  EXPECT_EQ(write(R"({"format":"other","version":1,"layers":[]})").code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(write(R"({"format":"other","version":1,"layers":[]})").code(), StatusCode::kCorruption);
   EXPECT_EQ(write(R"({"format":"flashlm-activations","version":2,"layers":[]})").code(),
             StatusCode::kNotSupported);
   EXPECT_EQ(write(R"({"format":"flashlm-activations","version":1,"layers":[[0.5,"x"]]})").code(),
@@ -456,8 +459,7 @@ TEST(StoreTest, ExistingOutputAndBadOptionsAreRefused) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 1, 40, DType::kF32);
   ::flashlm::testing::ScratchDir dir;
   fs::create_directories(dir / "out");
-  EXPECT_EQ(Repack(src, (dir / "out").string(), {}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Repack(src, (dir / "out").string(), {}).status().code(), StatusCode::kInvalidArgument);
   RepackOptions o;
   o.alignment_bytes = 3000;
   EXPECT_EQ(Repack(src, (dir / "o2").string(), o).status().code(), StatusCode::kInvalidArgument);
@@ -736,13 +738,15 @@ TEST(StoreTest, CorruptCatalogRecordsAreRefused) {
       {"extent range past the table", "tensor/blk.0.attn_q.weight", set_u64(24, ~uint64_t{0})},
       {"wrong rows per extent", "tensor/token_embd.weight", set_u64(40, 3)},
       {"extent offset overflow", "extents", set_u64(40, ~uint64_t{0} - 4095)},
-      {"extent table truncated", "extents", [](std::vector<std::byte>& b) { b.resize(b.size() - 40); }},
+      {"extent table truncated", "extents",
+       [](std::vector<std::byte>& b) { b.resize(b.size() - 40); }},
       {"bundle sizes", "ffn/00001", set_u64(32, 12345)},
       {"bundle extents out of range", "ffn/00000", set_u64(16, uint64_t{1} << 40)},
       {"short record", "ffn/00000", [](std::vector<std::byte>& b) { b.pop_back(); }},
       {"bad magic", "header", [](std::vector<std::byte>& b) { b[0] = std::byte{'X'}; }},
       {"config not JSON", "config", [](std::vector<std::byte>& b) { b[0] = std::byte{'!'}; }},
-      {"token list overruns", "vocab/tokens", [](std::vector<std::byte>& b) { b[4] = std::byte{0xff}; }},
+      {"token list overruns", "vocab/tokens",
+       [](std::vector<std::byte>& b) { b[4] = std::byte{0xff}; }},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const fs::path copy = dir / ("c" + std::to_string(i));
