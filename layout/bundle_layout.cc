@@ -3,10 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "storage/bytes.h"
 
@@ -48,7 +47,8 @@ Result<ActivationStats> LoadActivationStats(const std::string& path) {
   ActivationStats stats;
   for (size_t l = 0; l < layers->size(); ++l) {
     const nlohmann::json& arr = (*layers)[l];
-    if (!arr.is_array()) return CorruptionError(where + ": layer " + std::to_string(l) + " is not an array");
+    if (!arr.is_array())
+      return CorruptionError(where + ": layer " + std::to_string(l) + " is not an array");
     std::vector<float> freq;
     freq.reserve(arr.size());
     for (size_t i = 0; i < arr.size(); ++i) {
