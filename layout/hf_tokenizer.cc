@@ -2,13 +2,14 @@
 
 #include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "layout/json_util.h"
 #include <string_view>
 
 namespace flashlm::layout {
 namespace {
 
 constexpr uint64_t kMaxTokenizerBytes = 256 << 20;
-constexpr int kMaxJsonDepth = 64;
 
 Result<std::string> ReadAll(ByteSource& src) {
   if (src.size_bytes() > kMaxTokenizerBytes) {
@@ -200,28 +201,8 @@ Result<Vocab> ParseTokenizerJson(ByteSource& src) {
   using Json = nlohmann::json;
   const std::string& name = src.name();
   ASSIGN_OR_RETURN(std::string text, ReadAll(src));
-  {
-    int depth = 0;
-    bool in_string = false, escape = false;
-    for (char c : text) {
-      if (in_string) {
-        if (escape)
-          escape = false;
-        else if (c == '\\')
-          escape = true;
-        else if (c == '"')
-          in_string = false;
-      } else if (c == '"') {
-        in_string = true;
-      } else if ((c == '{' || c == '[') && ++depth > kMaxJsonDepth) {
-        return CorruptionError(name + ": JSON nested too deeply");
-      } else if (c == '}' || c == ']') {
-        --depth;
-      }
-    }
-  }
-  Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return CorruptionError(name + ": malformed JSON");
+  ASSIGN_OR_RETURN(Json j, ParseUntrustedJson(text, name));
+  if (!j.is_object()) return CorruptionError(name + ": malformed JSON");
   auto model = j.find("model");
   if (model == j.end() || !model->is_object()) return CorruptionError(name + ": no model object");
   auto type = model->find("type");

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "layout/hf_tokenizer.h"
+#include "layout/json_util.h"
 #include "layout/llama_tensors.h"
 
 namespace flashlm::layout {
@@ -15,36 +16,8 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the safetensors format's own limit
-constexpr int kMaxJsonDepth = 64;
-
-// nlohmann parses iteratively, but destroying a deeply nested value recurses: refuse deep input.
-bool JsonDepthOk(std::string_view text) {
-  int depth = 0;
-  bool in_string = false, escape = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escape)
-        escape = false;
-      else if (c == '\\')
-        escape = true;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
 Result<Json> ParseJson(std::string_view text, const std::string& what) {
-  if (!JsonDepthOk(text)) return CorruptionError(what + ": JSON nested too deeply");
-  Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return CorruptionError(what + ": malformed JSON");
-  return j;
+  return ParseUntrustedJson(text, what);
 }
 
 Result<std::string> ReadTextFile(const std::filesystem::path& p, uint64_t max_bytes) {
@@ -424,11 +397,11 @@ Result<std::unique_ptr<Checkpoint>> OpenHuggingFace(std::string_view path,
     if (!v.ok()) return v.status();
     ckpt->vocab_ = std::move(*v);
     // config.json's special ids override the tokenizer's defaults.
-    if (auto j = Json::parse(config_text, nullptr, false); j.is_object()) {
+    if (auto j = ParseUntrustedJson(config_text, "config.json"); j.ok() && j->is_object()) {
       for (auto [key, field] : {std::pair{"bos_token_id", &ckpt->vocab_.bos_id},
                                 std::pair{"eos_token_id", &ckpt->vocab_.eos_id}}) {
-        auto it = j.find(key);
-        if (it != j.end() && it->is_number_unsigned() &&
+        auto it = j->find(key);
+        if (it != j->end() && it->is_number_unsigned() &&
             it->get<uint64_t>() < ckpt->vocab_.tokens.size()) {
           *field = static_cast<int32_t>(it->get<uint64_t>());
         }

@@ -45,6 +45,8 @@ std::string_view BundleKindName(BundleKind k) {
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "layout/json_util.h"
+
 namespace flashlm::layout {
 namespace {
 
@@ -96,8 +98,10 @@ Status GetString(const json& j, const char* key, std::string* out) {
 }
 
 Result<json> ParseObject(std::string_view text, const char* what) {
-  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
+  Result<json> parsed = ParseUntrustedJson(text, std::string("catalog ") + what);
+  if (!parsed.ok()) return parsed.status();
+  json j = std::move(*parsed);
+  if (!j.is_object()) {
     return CorruptionError(std::string("catalog ") + what + " is not a JSON object");
   }
   return j;
