@@ -57,6 +57,7 @@ struct Flags {
   bool fio = false;
   bool quick = false;
   uint64_t seed = 1;
+  uint32_t repeat = 1;
 };
 
 enum class Pattern { kRandom, kSequential, kBundles };
@@ -76,6 +77,8 @@ struct Point {
   double p99_us = 0;
   std::optional<double> fio_mib_per_s;
   std::optional<double> fio_p99_us;
+  std::optional<double> ratio;  // median over repeats of mib_per_s / fio_mib_per_s
+  uint32_t runs = 1;            // repeats the medians are taken over
 };
 
 // xorshift64*: fast, seeded, good enough to spread offsets and fill the test file.
@@ -292,9 +295,9 @@ Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint
 }
 
 std::string Ratio(const Point& p) {
-  if (!p.fio_mib_per_s || *p.fio_mib_per_s <= 0) return "";
+  if (!p.ratio) return "";
   char b[32];
-  std::snprintf(b, sizeof b, "%.3f", p.mib_per_s / *p.fio_mib_per_s);
+  std::snprintf(b, sizeof b, "%.3f", *p.ratio);
   return b;
 }
 
@@ -323,17 +326,17 @@ Status WriteCsv(const std::string& path, const std::vector<Point>& points, bool 
   std::ofstream out(path);
   if (!out) return IoError("cannot write " + path);
   out << "backend,pattern,block_bytes,queue_depth,mib_per_s,iops,p50_us,p99_us,direct,seconds,"
-         "reads,bytes";
+         "reads,bytes,runs";
   if (with_fio) out << ",fio_mib_per_s,ratio,fio_p99_us";
   out << "\n";
   for (const Point& p : points) {
     char line[512];
-    std::snprintf(line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu",
+    std::snprintf(line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu,%u",
                   p.backend.c_str(), p.pattern.c_str(),
                   static_cast<unsigned long long>(p.block_bytes), p.queue_depth, p.mib_per_s,
                   p.iops, p.p50_us, p.p99_us, p.direct ? 1 : 0, p.seconds,
                   static_cast<unsigned long long>(p.reads),
-                  static_cast<unsigned long long>(p.bytes));
+                  static_cast<unsigned long long>(p.bytes), p.runs);
     out << line;
     if (with_fio) {
       if (p.fio_mib_per_s) {
@@ -363,10 +366,11 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
                         {"queue_depth", p.queue_depth}, {"seconds", p.seconds},
                         {"reads", p.reads},         {"bytes", p.bytes},
                         {"mib_per_s", p.mib_per_s}, {"iops", p.iops},
-                        {"p50_us", p.p50_us},       {"p99_us", p.p99_us}};
+                        {"p50_us", p.p50_us},       {"p99_us", p.p99_us},
+                        {"runs", p.runs}};
     if (p.fio_mib_per_s) {
       o["fio_mib_per_s"] = *p.fio_mib_per_s;
-      o["ratio"] = p.mib_per_s / *p.fio_mib_per_s;
+      if (p.ratio) o["ratio"] = *p.ratio;
     }
     j["points"].push_back(o);
   }
@@ -514,7 +518,6 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
   size_t total = directs.size() * backends->size() * patterns->size() * sizes->size() *
                  depths->size();
   size_t index = 0;
-  std::map<std::tuple<int, bool, uint64_t, uint32_t>, std::pair<double, double>> fio_cache;
   bool tty = isatty(STDERR_FILENO);
   for (bool direct : directs) {
     auto opened = File::OpenForRead(flags.file, {.direct = direct});
@@ -549,32 +552,66 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
                          total, backend_name.c_str(), pattern_name.c_str(),
                          FormatBytes(block).c_str(), depth);
             std::fflush(stderr);
-            auto p = RunPoint(file, kind, pattern, block, depth, flags.seconds, *region,
-                              flags.seed + index);
-            if (!p.ok()) {
-              std::fprintf(stderr, "\n");
-              return ReportError(kCommand, p.status());
-            }
-            p->pattern = pattern_name;
-            std::fprintf(stderr, " %.1f MiB/s", p->mib_per_s);
-            if (with_fio) {
-              auto key = std::make_tuple(static_cast<int>(pattern), file.is_direct(), block, depth);
-              auto it = fio_cache.find(key);
-              if (it == fio_cache.end()) {
+            // Each repeat runs flashlm, then fio, back to back, so that both see the same
+            // background load; the point reports medians over the repeats.
+            std::vector<Point> runs;
+            std::vector<double> fio_mib, fio_p99, ratios;
+            for (uint32_t rep = 0; rep < flags.repeat; ++rep) {
+              auto p = RunPoint(file, kind, pattern, block, depth, flags.seconds, *region,
+                                flags.seed + index * 1000 + rep);
+              if (!p.ok()) {
+                std::fprintf(stderr, "\n");
+                return ReportError(kCommand, p.status());
+              }
+              std::fprintf(stderr, " %.1f", p->mib_per_s);
+              if (with_fio) {
                 auto f = RunFio(file, pattern, block, depth, file.is_direct(), flags.seconds,
                                 *region);
                 if (!f.ok()) {
                   std::fprintf(stderr, "\n");
                   return ReportError(kCommand, f.status());
                 }
-                it = fio_cache.emplace(key, *f).first;
+                fio_mib.push_back(f->first);
+                fio_p99.push_back(f->second);
+                if (f->first > 0) ratios.push_back(p->mib_per_s / f->first);
+                std::fprintf(stderr, "/fio %.1f", f->first);
               }
-              p->fio_mib_per_s = it->second.first;
-              p->fio_p99_us = it->second.second;
-              std::fprintf(stderr, ", fio %.1f MiB/s", it->second.first);
+              std::fflush(stderr);
+              runs.push_back(std::move(p).value());
             }
+            Point p = runs.back();
+            p.pattern = pattern_name;
+            p.runs = flags.repeat;
+            auto median = [](std::vector<double> v) {
+              if (v.empty()) return 0.0;
+              std::sort(v.begin(), v.end());
+              size_t n = v.size();
+              return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+            };
+            auto field = [&](double Point::*m) {
+              std::vector<double> v;
+              for (const Point& r : runs) v.push_back(r.*m);
+              return median(v);
+            };
+            p.mib_per_s = field(&Point::mib_per_s);
+            p.iops = field(&Point::iops);
+            p.p50_us = field(&Point::p50_us);
+            p.p99_us = field(&Point::p99_us);
+            p.seconds = field(&Point::seconds);
+            p.reads = 0;
+            p.bytes = 0;
+            for (const Point& r : runs) {  // totals over all repeats
+              p.reads += r.reads;
+              p.bytes += r.bytes;
+            }
+            if (with_fio) {
+              p.fio_mib_per_s = median(fio_mib);
+              p.fio_p99_us = median(fio_p99);
+              p.ratio = median(ratios);
+            }
+            std::fprintf(stderr, " MiB/s");
             std::fprintf(stderr, tty ? "" : "\n");
-            points.push_back(std::move(p).value());
+            points.push_back(std::move(p));
           }
         }
       }
@@ -631,6 +668,9 @@ CommandRunner RegisterIobench(CLI::App& app) {
   cmd->add_flag("--quick", flags->quick,
                 "Short sweep: 1 GiB file, sizes 4K,64K,1M, depths 1,32, 1 s per point");
   cmd->add_option("--seed", flags->seed, "Seed for offsets and file contents");
+  cmd->add_option("--repeat", flags->repeat,
+                  "Measure each point N times (alternating with fio) and report medians")
+      ->check(CLI::Range(1, 100));
   return [cmd, flags, file_size, sizes, depths, seconds] {
     if (!cmd->parsed()) return -1;
     return Run(*flags, file_size->count() > 0, sizes->count() > 0, depths->count() > 0,
