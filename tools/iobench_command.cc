@@ -58,6 +58,7 @@ struct Flags {
   bool quick = false;
   uint64_t seed = 1;
   uint32_t repeat = 1;
+  bool no_register_buffers = false;
 };
 
 enum class Pattern { kRandom, kSequential, kBundles };
@@ -178,12 +179,13 @@ Status CreateTestFile(const std::string& path, uint64_t size_bytes, uint64_t see
 
 // Runs one point: keeps `depth` reads of `block` bytes in flight for `seconds`, then drains.
 Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint64_t block,
-                       uint32_t depth, double seconds, uint64_t region_bytes, uint64_t seed) {
+                       uint32_t depth, double seconds, uint64_t region_bytes, uint64_t seed,
+                       bool register_buffers) {
   ASSIGN_OR_RETURN(BufferPool pool, BufferPool::Create(depth, block, 4096));
   storage::ReadBackendOptions o;
   o.queue_depth_max = depth;
   o.files_max = 1;
-  o.registered_buffers = &pool;
+  o.registered_buffers = register_buffers ? &pool : nullptr;
   ASSIGN_OR_RETURN(std::unique_ptr<ReadBackend> backend, storage::MakeReadBackend(kind, o));
   ASSIGN_OR_RETURN(uint32_t file_id, backend->RegisterFile(file));
 
@@ -253,11 +255,12 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
   return p;
 }
 
-// Runs fio with io_uring on the same file and point. Errors: Internal (fio failed or its output
+// Runs fio with io_uring on the same file and point, registering the file and (when flashlm
+// does) the buffers, so that both sides issue the same kind of request. Errors: Internal (fio failed or its output
 // did not parse).
 Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint64_t block,
                                          uint32_t depth, bool direct, double seconds,
-                                         uint64_t region_bytes) {
+                                         uint64_t region_bytes, bool fixed_buffers) {
   uint64_t size = file.size_bytes() / block * block;
   uint64_t offset = 0;
   if (pattern == Pattern::kBundles) {
@@ -266,7 +269,8 @@ Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint
   std::ostringstream cmd;
   cmd << "fio --name=iobench --filename='" << file.path() << "' --readonly"
       << " --rw=" << (pattern == Pattern::kSequential ? "read" : "randread") << " --bs=" << block
-      << " --iodepth=" << depth << " --ioengine=io_uring --fixedbufs --registerfiles"
+      << " --iodepth=" << depth << " --ioengine=io_uring --registerfiles"
+      << (fixed_buffers ? " --fixedbufs" : "")
       << " --direct=" << (direct ? 1 : 0) << " --offset=" << offset << " --size=" << size
       << " --runtime=" << std::max(1, static_cast<int>(std::lround(seconds)))
       << " --time_based --norandommap --randrepeat=0 --output-format=json 2>/dev/null";
@@ -558,7 +562,7 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
             std::vector<double> fio_mib, fio_p99, ratios;
             for (uint32_t rep = 0; rep < flags.repeat; ++rep) {
               auto p = RunPoint(file, kind, pattern, block, depth, flags.seconds, *region,
-                                flags.seed + index * 1000 + rep);
+                                flags.seed + index * 1000 + rep, !flags.no_register_buffers);
               if (!p.ok()) {
                 std::fprintf(stderr, "\n");
                 return ReportError(kCommand, p.status());
@@ -566,7 +570,7 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
               std::fprintf(stderr, " %.1f", p->mib_per_s);
               if (with_fio) {
                 auto f = RunFio(file, pattern, block, depth, file.is_direct(), flags.seconds,
-                                *region);
+                                *region, !flags.no_register_buffers);
                 if (!f.ok()) {
                   std::fprintf(stderr, "\n");
                   return ReportError(kCommand, f.status());
@@ -668,6 +672,8 @@ CommandRunner RegisterIobench(CLI::App& app) {
   cmd->add_flag("--quick", flags->quick,
                 "Short sweep: 1 GiB file, sizes 4K,64K,1M, depths 1,32, 1 s per point");
   cmd->add_option("--seed", flags->seed, "Seed for offsets and file contents");
+  cmd->add_flag("--no-register-buffers", flags->no_register_buffers,
+                "uring: do not register the buffers (plain READ instead of READ_FIXED)");
   cmd->add_option("--repeat", flags->repeat,
                   "Measure each point N times (alternating with fio) and report medians")
       ->check(CLI::Range(1, 100));
