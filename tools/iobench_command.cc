@@ -80,6 +80,7 @@ struct Point {
   std::optional<double> fio_p99_us;
   std::optional<double> ratio;  // median over repeats of mib_per_s / fio_mib_per_s
   uint32_t runs = 1;            // repeats the medians are taken over
+  uint64_t retries = 0;         // resubmissions inside the backend (short reads, EAGAIN)
 };
 
 // xorshift64*: fast, seeded, good enough to spread offsets and fill the test file.
@@ -247,6 +248,7 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
   p.direct = file.is_direct();
   p.seconds = st.elapsed_seconds();
   p.reads = st.reads();
+  p.retries = st.retries();
   p.bytes = st.bytes();
   p.mib_per_s = st.mib_per_s();
   p.iops = st.reads_per_s();
@@ -371,7 +373,7 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
                         {"reads", p.reads},         {"bytes", p.bytes},
                         {"mib_per_s", p.mib_per_s}, {"iops", p.iops},
                         {"p50_us", p.p50_us},       {"p99_us", p.p99_us},
-                        {"runs", p.runs}};
+                        {"runs", p.runs},           {"retries", p.retries}};
     if (p.fio_mib_per_s) {
       o["fio_mib_per_s"] = *p.fio_mib_per_s;
       if (p.ratio) o["ratio"] = *p.ratio;
@@ -607,6 +609,7 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
             for (const Point& r : runs) {  // totals over all repeats
               p.reads += r.reads;
               p.bytes += r.bytes;
+              p.retries += r.retries;
             }
             if (with_fio) {
               p.fio_mib_per_s = median(fio_mib);
