@@ -4,6 +4,7 @@
 // same table. Creates its test file (random bytes, not sparse) when it is missing.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -13,14 +14,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "storage/aligned_buffer.h"
 #include "storage/buffer_pool.h"
@@ -214,8 +213,8 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
     return (rng.Next() % blocks_in_file) * block;
   };
 
-  std::vector<ReadRequest> batch(depth);       // [depth] requests to submit next
-  std::vector<ReadCompletion> done(depth);     // [depth] reaped completions
+  std::vector<ReadRequest> batch(depth);    // [depth] requests to submit next
+  std::vector<ReadCompletion> done(depth);  // [depth] reaped completions
   for (uint32_t i = 0; i < depth; ++i) {
     batch[i] = ReadRequest{file_id, next_offset(), pool.buffer(i).first(block), i};
   }
@@ -258,8 +257,8 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
 }
 
 // Runs fio with io_uring on the same file and point, registering the file and (when flashlm
-// does) the buffers, so that both sides issue the same kind of request. Errors: Internal (fio failed or its output
-// did not parse).
+// does) the buffers, so that both sides issue the same kind of request. Errors: Internal (fio
+// failed or its output did not parse).
 Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint64_t block,
                                          uint32_t depth, bool direct, double seconds,
                                          uint64_t region_bytes, bool fixed_buffers) {
@@ -272,8 +271,8 @@ Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint
   cmd << "fio --name=iobench --filename='" << file.path() << "' --readonly"
       << " --rw=" << (pattern == Pattern::kSequential ? "read" : "randread") << " --bs=" << block
       << " --iodepth=" << depth << " --ioengine=io_uring --registerfiles"
-      << (fixed_buffers ? " --fixedbufs" : "")
-      << " --direct=" << (direct ? 1 : 0) << " --offset=" << offset << " --size=" << size
+      << (fixed_buffers ? " --fixedbufs" : "") << " --direct=" << (direct ? 1 : 0)
+      << " --offset=" << offset << " --size=" << size
       << " --runtime=" << std::max(1, static_cast<int>(std::lround(seconds)))
       << " --time_based --norandommap --randrepeat=0 --output-format=json 2>/dev/null";
   FILE* pipe = popen(cmd.str().c_str(), "r");
@@ -337,12 +336,11 @@ Status WriteCsv(const std::string& path, const std::vector<Point>& points, bool 
   out << "\n";
   for (const Point& p : points) {
     char line[512];
-    std::snprintf(line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu,%u",
-                  p.backend.c_str(), p.pattern.c_str(),
-                  static_cast<unsigned long long>(p.block_bytes), p.queue_depth, p.mib_per_s,
-                  p.iops, p.p50_us, p.p99_us, p.direct ? 1 : 0, p.seconds,
-                  static_cast<unsigned long long>(p.reads),
-                  static_cast<unsigned long long>(p.bytes), p.runs);
+    std::snprintf(
+        line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu,%u",
+        p.backend.c_str(), p.pattern.c_str(), static_cast<unsigned long long>(p.block_bytes),
+        p.queue_depth, p.mib_per_s, p.iops, p.p50_us, p.p99_us, p.direct ? 1 : 0, p.seconds,
+        static_cast<unsigned long long>(p.reads), static_cast<unsigned long long>(p.bytes), p.runs);
     out << line;
     if (with_fio) {
       if (p.fio_mib_per_s) {
@@ -367,13 +365,20 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
   j["file_bytes"] = file_bytes;
   j["points"] = nlohmann::json::array();
   for (const Point& p : points) {
-    nlohmann::json o = {{"backend", p.backend},     {"pattern", p.pattern},
-                        {"direct", p.direct},       {"block_bytes", p.block_bytes},
-                        {"queue_depth", p.queue_depth}, {"seconds", p.seconds},
-                        {"reads", p.reads},         {"bytes", p.bytes},
-                        {"mib_per_s", p.mib_per_s}, {"iops", p.iops},
-                        {"p50_us", p.p50_us},       {"p99_us", p.p99_us},
-                        {"runs", p.runs},           {"retries", p.retries}};
+    nlohmann::json o = {{"backend", p.backend},
+                        {"pattern", p.pattern},
+                        {"direct", p.direct},
+                        {"block_bytes", p.block_bytes},
+                        {"queue_depth", p.queue_depth},
+                        {"seconds", p.seconds},
+                        {"reads", p.reads},
+                        {"bytes", p.bytes},
+                        {"mib_per_s", p.mib_per_s},
+                        {"iops", p.iops},
+                        {"p50_us", p.p50_us},
+                        {"p99_us", p.p99_us},
+                        {"runs", p.runs},
+                        {"retries", p.retries}};
     if (p.fio_mib_per_s) {
       o["fio_mib_per_s"] = *p.fio_mib_per_s;
       if (p.ratio) o["ratio"] = *p.ratio;
@@ -417,9 +422,9 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
     std::ofstream data(data_path);
     for (auto& [name, pts] : series) {
       std::sort(pts.begin(), pts.end());
-      pts.erase(std::unique(pts.begin(), pts.end(),
-                            [](auto& a, auto& b) { return a.first == b.first; }),
-                pts.end());
+      pts.erase(
+          std::unique(pts.begin(), pts.end(), [](auto& a, auto& b) { return a.first == b.first; }),
+          pts.end());
       data << "# " << name << "\n";
       for (auto& [x, y] : pts) data << x / 1024.0 << " " << y << "\n";
       data << "\n\n";
@@ -432,9 +437,8 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
     gp << "plot ";
     int i = 0;
     for (auto& [name, pts] : series) {
-      gp << (i ? ", " : "") << "'" << data_path << "' index " << i
-         << " using 1:2 with linespoints " << (name.rfind("fio", 0) == 0 ? "dt 2 " : "")
-         << "title '" << name << "'";
+      gp << (i ? ", " : "") << "'" << data_path << "' index " << i << " using 1:2 with linespoints "
+         << (name.rfind("fio", 0) == 0 ? "dt 2 " : "") << "title '" << name << "'";
       ++i;
     }
     gp << "\n";
@@ -476,9 +480,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
   }
   for (uint64_t s : *sizes) {
     if (s == 0 || s % 4096 != 0 || s > (256u << 20)) {
-      return ReportError(kCommand, InvalidArgumentError(
-                                       "--sizes: block size " + std::to_string(s) +
-                                       " must be a multiple of 4 KiB, at most 256 MiB"));
+      return ReportError(kCommand,
+                         InvalidArgumentError("--sizes: block size " + std::to_string(s) +
+                                              " must be a multiple of 4 KiB, at most 256 MiB"));
     }
   }
   uint64_t size_max = *std::max_element(sizes->begin(), sizes->end());
@@ -491,8 +495,8 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
   if (!flags.plot.empty()) {
     std::string ext = std::filesystem::path(flags.plot).extension().string();
     if (ext != ".svg" && ext != ".png") {
-      return ReportError(kCommand,
-                         InvalidArgumentError("--plot " + flags.plot + ": use a .svg or .png name"));
+      return ReportError(
+          kCommand, InvalidArgumentError("--plot " + flags.plot + ": use a .svg or .png name"));
     }
   }
   bool with_fio = flags.fio;
@@ -512,17 +516,17 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
     }
     auto parent = std::filesystem::path(flags.file).parent_path();
     if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-      return ReportError(kCommand, NotFoundError("directory " + parent.string() +
-                                                 " does not exist (for --file " + flags.file +
-                                                 ")"));
+      return ReportError(
+          kCommand, NotFoundError("directory " + parent.string() + " does not exist (for --file " +
+                                  flags.file + ")"));
     }
     Status s = CreateTestFile(flags.file, *file_size, flags.seed);
     if (!s.ok()) return ReportError(kCommand, s);
   }
 
   std::vector<Point> points;
-  size_t total = directs.size() * backends->size() * patterns->size() * sizes->size() *
-                 depths->size();
+  size_t total =
+      directs.size() * backends->size() * patterns->size() * sizes->size() * depths->size();
   size_t index = 0;
   bool tty = isatty(STDERR_FILENO);
   for (bool direct : directs) {
@@ -540,9 +544,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
     }
     for (uint64_t s : *sizes) {
       if (s > file.size_bytes()) {
-        return ReportError(kCommand, InvalidArgumentError(
-                                         flags.file + " (" + FormatBytes(file.size_bytes()) +
-                                         ") is smaller than the block size " + FormatBytes(s)));
+        return ReportError(
+            kCommand, InvalidArgumentError(flags.file + " (" + FormatBytes(file.size_bytes()) +
+                                           ") is smaller than the block size " + FormatBytes(s)));
       }
     }
     for (const std::string& backend_name : *backends) {
@@ -625,16 +629,16 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
     }
   }
   if (tty) std::fprintf(stderr, "\r\033[K");
-  std::printf("file %s (%s)\n", flags.file.c_str(), FormatBytes(std::filesystem::file_size(
-                                                        flags.file, ec)).c_str());
+  std::printf("file %s (%s)\n", flags.file.c_str(),
+              FormatBytes(std::filesystem::file_size(flags.file, ec)).c_str());
   PrintTable(points, with_fio);
   if (!flags.csv.empty()) {
     Status s = WriteCsv(flags.csv, points, with_fio);
     if (!s.ok()) return ReportError(kCommand, s);
   }
   if (!flags.json.empty()) {
-    Status s = WriteJson(flags.json, flags.file, std::filesystem::file_size(flags.file, ec),
-                         points);
+    Status s =
+        WriteJson(flags.json, flags.file, std::filesystem::file_size(flags.file, ec), points);
     if (!s.ok()) return ReportError(kCommand, s);
   }
   if (!flags.plot.empty()) {
@@ -648,8 +652,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
 
 CommandRunner RegisterIobench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
-      "iobench", "Measure read bandwidth/IOPS/latency: block size x queue depth x pattern x "
-                 "backend, optionally against fio on the same file");
+      "iobench",
+      "Measure read bandwidth/IOPS/latency: block size x queue depth x pattern x "
+      "backend, optionally against fio on the same file");
   auto flags = std::make_shared<Flags>();
   cmd->add_option("--file", flags->file,
                   "Test file; created with random bytes when missing (default build/iobench.dat "

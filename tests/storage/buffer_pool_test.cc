@@ -61,8 +61,7 @@ TEST(BufferPoolTest, BadShapesAreRejected) {
   EXPECT_EQ(BufferPool::Create(0, 4096).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(BufferPool::Create(2, 0).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(BufferPool::Create(2, 4096, 1000).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(BufferPool::Create(1u << 30, 1u << 30).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(BufferPool::Create(1u << 30, 1u << 30).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(BufferPoolDeathTest, DoubleReleaseIsABug) {
