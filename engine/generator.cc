@@ -103,7 +103,7 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
     const int32_t next = sampler.Sample(logits, ids_);
     if (i == 0) stats.ttft_ms = MsSince(start);
     else stats.token_ms.push_back(MsSince(t0));
-    if (next == tokenizer_.eos_id()) {
+    if (next == tokenizer_.eos_id() && !ignore_eos_) {
       stats.stop_reason = "eos";
       break;
     }

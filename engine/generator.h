@@ -56,11 +56,14 @@ class Generator {
                                    const std::function<void(std::string_view)>& on_text);
 
   const std::vector<int32_t>& ids() const { return ids_; }
+  // Keep generating past EOS (benchmarks want a fixed token count).
+  void set_ignore_eos(bool ignore) { ignore_eos_ = ignore; }
 
  private:
   Transformer& model_;
   const Tokenizer& tokenizer_;
   std::vector<int32_t> ids_;
+  bool ignore_eos_ = false;
 };
 
 // Perplexity of `tokens` (the first is a BOS or context token, never scored): the text is split

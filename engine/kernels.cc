@@ -119,20 +119,34 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
           float* out) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
 #ifdef FLASHLM_AVX2
-  __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-  for (uint32_t b = 0; b < nb; ++b) {
-    const std::byte* blk = w + b * kBytes;
+  // U independent accumulators per token keep the FMA latency chain from bounding a row.
+  constexpr int U = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  __m256 acc[NT][U];
+  for (int t = 0; t < NT; ++t) {
+    for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
+  }
+  uint32_t b = 0;
+  auto step = [&](uint32_t blk_index, int u) {
+    const std::byte* blk = w + blk_index * kBytes;
     const float dw = HalfToFloat(blk);
     const __m256i wq = kQ4 ? UnpackQ4(blk + 2)
                            : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     for (int t = 0; t < NT; ++t) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + b * kBlock));
+      const __m256i xv =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + blk_index * kBlock));
       const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[t]);
+      acc[t][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][blk_index]), p, acc[t][u]);
     }
+  };
+  for (; b + U <= nb; b += U) {
+    for (int u = 0; u < U; ++u) step(b + u, u);
   }
-  for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(acc[t]);
+  for (; b < nb; ++b) step(b, 0);
+  for (int t = 0; t < NT; ++t) {
+    __m256 sum = acc[t][0];
+    for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[t][u]);
+    out[t] = HorizontalSum(sum);
+  }
 #else
   float sums[NT] = {};
   for (uint32_t b = 0; b < nb; ++b) {

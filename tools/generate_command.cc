@@ -24,7 +24,8 @@ struct GenerateFlags {
   int64_t ctx = 0;
   engine::SamplerOptions sampling;
   int64_t top_k = 40, repeat_last_n = 64, seed = -1;
-  bool echo = false, no_bos = false;
+  bool echo = false, no_bos = false, ignore_eos = false;
+  int64_t bench_prompt_tokens = 0;
   std::vector<std::string> stops;
 };
 }  // namespace
@@ -50,6 +51,9 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
+  cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
+  cmd->add_option("--bench-prompt-tokens", f->bench_prompt_tokens,
+                  "Benchmarks: ignore -p and use BOS plus N-1 fixed token ids as the prompt");
   return [cmd, f] {
     if (!cmd->parsed()) return -1;
     auto usage = [](const std::string& msg) {
@@ -77,6 +81,13 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     const engine::Tokenizer& tok = *session->tokenizer;
     const uint32_t ctx = model.max_context();
     std::vector<int32_t> prompt = tok.Encode(f->prompt, !f->no_bos && tok.bos_id() >= 0);
+    if (f->bench_prompt_tokens > 0) {
+      if (f->bench_prompt_tokens > ctx) return usage("--bench-prompt-tokens exceeds the context");
+      prompt.assign(1, tok.bos_id() >= 0 ? tok.bos_id() : 0);
+      for (int64_t i = 1; i < f->bench_prompt_tokens; ++i) {
+        prompt.push_back(static_cast<int32_t>((i * 7919) % model.config().vocab_size));
+      }
+    }
     if (prompt.empty()) prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : 0);
     if (prompt.size() >= ctx) {
       return usage("prompt of " + std::to_string(prompt.size()) +
@@ -93,6 +104,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       std::fflush(stdout);
     }
     engine::Generator gen(model, tok);
+    gen.set_ignore_eos(f->ignore_eos);
     auto stats = gen.Generate(prompt, static_cast<uint32_t>(f->n), **sampler, f->stops,
                               [](std::string_view text) {
                                 std::fwrite(text.data(), 1, text.size(), stdout);
