@@ -10,6 +10,7 @@
 #include "layout/gguf_reader.h"
 #include "layout/llama2c_reader.h"
 #include "layout/safetensors_reader.h"
+#include "layout/store_reader.h"
 
 namespace flashlm::layout {
 
@@ -48,8 +49,12 @@ Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
   const fs::file_status st = fs::status(p, ec);
   if (ec || !fs::exists(st)) return NotFoundError(p + ": no such file or folder");
   if (fs::is_directory(st)) {
-    // Hugging Face folders are recognised by config.json; a flashlm store folder is handled by
-    // the store library, which extends this detection.
+    // store: a flashlm store folder (catalog.mdb) is opened by the store reader.
+    if (StoreReader::LooksLikeStore(p)) {
+      ASSIGN_OR_RETURN(std::unique_ptr<StoreReader> store, StoreReader::Open(p));
+      return std::unique_ptr<Checkpoint>(std::move(store));
+    }
+    // Hugging Face folders are recognised by config.json.
     if (fs::exists(fs::path(p) / "config.json")) return OpenHuggingFace(p, options);
     return NotSupportedError(p + ": folder is not a recognised checkpoint (no config.json)");
   }

@@ -28,6 +28,8 @@
 
 namespace flashlm::storage {
 
+class BufferPool;
+class FaultInjector;
 class File;
 
 struct ReadRequest {
@@ -70,6 +72,32 @@ class ReadBackend {
   virtual const IoStats& stats() const = 0;
   virtual void ResetStats() = 0;
 };
+
+// Bounds fixed when a backend is built; nothing grows afterwards.
+struct ReadBackendOptions {
+  uint32_t queue_depth_max = 32;  // requests in flight (submitted and not yet reaped)
+  uint32_t files_max = 64;        // RegisterFile capacity
+  // uring: buffers registered with the kernel; reads landing inside one use READ_FIXED. The pool
+  // must outlive the backend. Other backends ignore it.
+  const BufferPool* registered_buffers = nullptr;
+  // Test seam: faults injected at the system-call level (short reads, EAGAIN, EINTR, EIO,
+  // delays) and bit flips in completed data. Must outlive the backend. nullptr = none.
+  FaultInjector* faults = nullptr;
+  // pread: worker threads; 0 = queue_depth_max (capped at 64). Others ignore it.
+  uint32_t threads_max = 0;
+};
+
+enum class BackendKind { kAuto, kUring, kPread, kMemory };
+
+// "auto", "uring", "pread", "memory" -> kind. Errors: InvalidArgument naming the choices.
+Result<BackendKind> ParseBackendKind(std::string_view name);
+
+// Builds a backend. kAuto tries io_uring and falls back to pread, logging (INFO) which it chose
+// and (WARNING) why io_uring was refused. kUring fails with NotSupported when the kernel or the
+// container refuses a ring. Errors: InvalidArgument (queue_depth_max or files_max is 0 or too
+// large), NotSupported, ResourceExhausted.
+Result<std::unique_ptr<ReadBackend>> MakeReadBackend(BackendKind kind,
+                                                     const ReadBackendOptions& options);
 
 }  // namespace flashlm::storage
 

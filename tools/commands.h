@@ -18,6 +18,7 @@ using CommandRunner = std::function<int()>;
 CommandRunner RegisterVersion(CLI::App& app);
 
 // storage
+CommandRunner RegisterIobench(CLI::App& app);  // tools/iobench_command.cc
 
 
 // layout
@@ -25,6 +26,9 @@ CommandRunner RegisterSynth(CLI::App& app);
 
 
 // store
+CommandRunner RegisterRepack(CLI::App& app);
+CommandRunner RegisterInspect(CLI::App& app);
+CommandRunner RegisterVerify(CLI::App& app);
 
 
 // engine

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   std::vector<CommandRunner> runners;
   runners.push_back(RegisterVersion(app));
   // storage
+  runners.push_back(RegisterIobench(app));
 
 
   // layout
@@ -42,6 +43,9 @@ int main(int argc, char** argv) {
 
 
   // store
+  runners.push_back(RegisterRepack(app));
+  runners.push_back(RegisterInspect(app));
+  runners.push_back(RegisterVerify(app));
 
 
   // engine

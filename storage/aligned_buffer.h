@@ -1,0 +1,42 @@
+// AlignedBuffer: one heap allocation whose address and size are multiples of an alignment, as
+// O_DIRECT reads require. Owns its memory (move-only); the span it hands out lives as long as the
+// buffer. Not thread-safe to mutate; distinct buffers are independent.
+#ifndef FLASHLM_STORAGE_ALIGNED_BUFFER_H_
+#define FLASHLM_STORAGE_ALIGNED_BUFFER_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "storage/bytes.h"
+#include "storage/status.h"
+
+namespace flashlm::storage {
+
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  // Allocates AlignUp(size_bytes, alignment_bytes) zeroed bytes aligned to alignment_bytes.
+  // Errors: InvalidArgument (alignment not a power of two, or size 0), ResourceExhausted.
+  static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes);
+
+  AlignedBuffer(AlignedBuffer&& other) noexcept;
+  AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer();
+
+  std::byte* data() const { return data_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  uint64_t alignment_bytes() const { return alignment_bytes_; }
+  ByteSpan span() const { return {data_, static_cast<size_t>(size_bytes_)}; }
+  bool empty() const { return data_ == nullptr; }
+
+ private:
+  std::byte* data_ = nullptr;
+  uint64_t size_bytes_ = 0;
+  uint64_t alignment_bytes_ = 0;
+};
+
+}  // namespace flashlm::storage
+
+#endif  // FLASHLM_STORAGE_ALIGNED_BUFFER_H_

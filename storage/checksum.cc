@@ -1,0 +1,50 @@
+#include "storage/checksum.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <vector>
+
+namespace flashlm::storage {
+
+uint64_t Checksum64(ConstByteSpan bytes) {
+  return static_cast<uint64_t>(XXH3_64bits(bytes.data(), bytes.size()));
+}
+
+Checksum64Stream::Checksum64Stream() : state_(XXH3_createState()) {
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+Checksum64Stream::~Checksum64Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+void Checksum64Stream::Update(ConstByteSpan bytes) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), bytes.data(), bytes.size());
+}
+uint64_t Checksum64Stream::Digest() const {
+  return static_cast<uint64_t>(XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)));
+}
+
+Result<uint64_t> ChecksumFile64(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return NotFoundError("no such file: " + path);
+    return ErrnoError("open " + path, errno);
+  }
+  Checksum64Stream hash;
+  std::vector<std::byte> buf(1 << 20);  // bytes of the file, in order
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      return ErrnoError("read " + path, e);
+    }
+    if (n == 0) break;
+    hash.Update(ConstByteSpan(buf.data(), static_cast<size_t>(n)));
+  }
+  ::close(fd);
+  return hash.Digest();
+}
+
+}  // namespace flashlm::storage

@@ -1,0 +1,86 @@
+// File: an open file descriptor plus what readers need to know about it: its size, whether it
+// was opened with O_DIRECT, and the alignment O_DIRECT requires.
+//
+// Files are opened with O_DIRECT by default. Where the filesystem refuses O_DIRECT (open fails
+// with EINVAL, e.g. tmpfs on older kernels, some FUSE and overlay mounts) the file is reopened
+// buffered and the fallback is logged once per process at WARNING (later ones at INFO). Callers
+// check is_direct() when it matters (benchmarks do).
+//
+// Alignment: alignment_bytes() is the direct-I/O alignment of the file's filesystem/device
+// (statx STATX_DIOALIGN: the larger of the offset and memory alignments; BLKSSZGET for block
+// devices; 4096 when neither is known). With is_direct(), every read's offset, length and buffer
+// address must be multiples of it; required_alignment_bytes() is 1 for a buffered file.
+//
+// A File is move-only and owns its descriptor (closed in the destructor). It is immutable after
+// opening (except size after writes through a writable File) and can be shared read-only by
+// threads. Backends refer to it by pointer: a File must outlive every backend it is registered
+// with.
+#ifndef FLASHLM_STORAGE_FILE_H_
+#define FLASHLM_STORAGE_FILE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "storage/bytes.h"
+#include "storage/status.h"
+
+namespace flashlm::storage {
+
+struct FileOptions {
+  bool direct = true;  // try O_DIRECT (falls back to buffered on EINVAL)
+  // Test seam: pretend the O_DIRECT open failed with this errno (0 = off). Lets tests exercise
+  // the EINVAL fallback on filesystems that accept O_DIRECT.
+  int simulate_direct_open_errno = 0;
+};
+
+class File {
+ public:
+  // Opens `path` read-only. Errors: NotFound (no such file), IoError (permission, not a regular
+  // file or block device, other open/stat failures; the message names the path).
+  static Result<File> OpenForRead(const std::string& path, const FileOptions& options = {});
+  // Creates or truncates `path` for writing (and reading). Same O_DIRECT policy.
+  static Result<File> Create(const std::string& path, const FileOptions& options = {});
+
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File();
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  bool is_direct() const { return direct_; }
+  bool writable() const { return writable_; }
+  uint64_t alignment_bytes() const { return alignment_bytes_; }
+  uint64_t required_alignment_bytes() const { return direct_ ? alignment_bytes_ : 1; }
+
+  // Reads exactly data.size() bytes at offset_bytes, retrying short reads, EINTR and EAGAIN.
+  // Returns the number of bytes read, which is smaller only at end of file. Synchronous; for
+  // the hot path use a ReadBackend. Errors: IoError, InvalidArgument (misaligned for O_DIRECT).
+  Result<uint64_t> ReadAt(uint64_t offset_bytes, ByteSpan data) const;
+  // Writes all of data at offset_bytes (writable files only), retrying short writes and EINTR.
+  // Errors: FailedPrecondition (read-only file), InvalidArgument (misaligned for O_DIRECT),
+  // IoError.
+  Status WriteAt(uint64_t offset_bytes, ConstByteSpan data);
+  // fdatasync. Errors: IoError.
+  Status Sync();
+  // Shrinks or extends the file (writable only). Errors: FailedPrecondition, IoError.
+  Status Truncate(uint64_t size_bytes);
+
+ private:
+  File() = default;
+  static Result<File> Open(const std::string& path, int flags, const FileOptions& options);
+  Status CheckAligned(uint64_t offset_bytes, ConstByteSpan data) const;
+
+  int fd_ = -1;
+  std::string path_;
+  uint64_t size_bytes_ = 0;
+  uint64_t alignment_bytes_ = 4096;
+  bool direct_ = false;
+  bool writable_ = false;
+};
+
+}  // namespace flashlm::storage
+
+#endif  // FLASHLM_STORAGE_FILE_H_

@@ -1,0 +1,104 @@
+#include "storage/file.h"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <vector>
+
+#include "storage/aligned_buffer.h"
+#include "tests/storage/storage_test_util.h"
+#include "tests/test_util.h"
+
+namespace flashlm::storage {
+namespace {
+
+using testing::CountMismatches;
+
+TEST(FileTest, MissingFileIsNotFound) {
+  auto f = File::OpenForRead("/nonexistent/flashlm/file.bin");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(f.status().message().find("/nonexistent/flashlm/file.bin"), std::string_view::npos);
+}
+
+TEST(FileTest, DirectoryIsRefused) {
+  flashlm::testing::ScratchDir dir;
+  auto f = File::OpenForRead(dir.path().string(), FileOptions{.direct = false});
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.status().code(), StatusCode::kIoError);
+}
+
+TEST(FileTest, OpensDirectOnARealDiskWithAPowerOfTwoAlignment) {
+  flashlm::testing::ScratchDir dir;
+  std::string path = (dir / "a.bin").string();
+  testing::WritePatternFile(path, 10000);
+  auto f = File::OpenForRead(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_EQ(f->size_bytes(), 10000u);
+  EXPECT_TRUE(IsPowerOfTwo(f->alignment_bytes()));
+  EXPECT_GE(f->alignment_bytes(), 512u);
+  EXPECT_FALSE(f->writable());
+  if (f->is_direct()) {
+    EXPECT_EQ(f->required_alignment_bytes(), f->alignment_bytes());
+  }
+  // ReadAt with an aligned buffer stops at EOF.
+  auto buf = AlignedBuffer::Allocate(16384, 4096);
+  ASSERT_TRUE(buf.ok());
+  auto n = f->ReadAt(8192, buf->span().first(4096));
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, 10000u - 8192u);
+  EXPECT_EQ(CountMismatches(buf->span().first(*n), 8192), 0u);
+  if (f->is_direct()) {
+    EXPECT_EQ(f->ReadAt(1, buf->span().first(4096)).status().code(),
+              StatusCode::kInvalidArgument);
+  }
+}
+
+TEST(FileTest, EinvalOnDirectOpenFallsBackToBuffered) {
+  flashlm::testing::ScratchDir dir;
+  std::string path = (dir / "b.bin").string();
+  testing::WritePatternFile(path, 5000);
+  FileOptions o;
+  o.simulate_direct_open_errno = EINVAL;
+  auto f = File::OpenForRead(path, o);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_FALSE(f->is_direct());
+  std::vector<std::byte> buf(100);
+  auto n = f->ReadAt(4950, buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 50u);
+  EXPECT_EQ(CountMismatches(std::span(buf).first(50), 4950), 0u);
+  // Any other errno is an error, not a fallback.
+  o.simulate_direct_open_errno = EACCES;
+  auto g = File::OpenForRead(path, o);
+  EXPECT_FALSE(g.ok());
+}
+
+TEST(FileTest, CreateWriteReadBack) {
+  flashlm::testing::ScratchDir dir;
+  std::string path = (dir / "c.bin").string();
+  auto f = File::Create(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_TRUE(f->writable());
+  auto buf = AlignedBuffer::Allocate(8192, 4096);
+  ASSERT_TRUE(buf.ok());
+  for (size_t i = 0; i < 8192; ++i) buf->span()[i] = testing::PatternByte(4096 + i);
+  ASSERT_TRUE(f->WriteAt(4096, buf->span()).ok());
+  EXPECT_EQ(f->size_bytes(), 12288u);
+  ASSERT_TRUE(f->Sync().ok());
+  auto r = File::OpenForRead(path);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->size_bytes(), 12288u);
+  auto back = AlignedBuffer::Allocate(8192, 4096);
+  ASSERT_TRUE(back.ok());
+  auto n = r->ReadAt(4096, back->span());
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 8192u);
+  EXPECT_EQ(CountMismatches(back->span(), 4096), 0u);
+  EXPECT_EQ(r->WriteAt(0, back->span()).code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f->Truncate(100).ok());
+  EXPECT_EQ(f->size_bytes(), 100u);
+}
+
+}  // namespace
+}  // namespace flashlm::storage

@@ -1,0 +1,111 @@
+// End-to-end checks of `flashlm repack | inspect | verify` through the built binary, on stores
+// made from a generated model (a store is itself a repack input).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "layout/repack.h"
+#include "layout/store_reader.h"
+#include "tests/layout/memory_checkpoint.h"
+#include "tests/test_util.h"
+
+namespace flashlm::tools {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CommandRun {
+  int exit_code;
+  std::string out;  // stdout and stderr
+};
+
+CommandRun Flashlm(const std::string& args) {
+  const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  CommandRun r{-1, ""};
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+class StoreCommandsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    layout::testing::MemoryCheckpoint src =
+        layout::testing::MemoryCheckpoint::Llama(64, 172, 2, 60, layout::DType::kF32);
+    auto r = layout::Repack(src, (dir_ / "base").string(), {});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  ::flashlm::testing::ScratchDir dir_;
+};
+
+TEST_F(StoreCommandsTest, RepackInspectVerify) {
+  CommandRun r = Flashlm("repack --no-progress --dtype q8_0 --align 512 --bundle gate+up-down " +
+                  (dir_ / "base").string() + " " + (dir_ / "q8").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("tensors        21"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("padding"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("MB/s"), std::string::npos) << r.out;
+
+  r = Flashlm("inspect " + (dir_ / "q8").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("gate+up-down"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("padding"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("blk.1.ffn_down.weight"), std::string::npos) << r.out;
+
+  r = Flashlm("inspect --json " + (dir_ / "q8").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("\"format_version\": 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"source_format\": \"store\""), std::string::npos) << r.out;
+
+  r = Flashlm("verify " + (dir_ / "q8").string());
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("ok:"), std::string::npos) << r.out;
+}
+
+TEST_F(StoreCommandsTest, VerifyNamesTheFirstBadExtent) {
+  auto store = layout::StoreReader::Open((dir_ / "base").string());
+  ASSERT_TRUE(store.ok());
+  layout::Extent e = (*store)->BundleExtents(1, 7, 1).value()[0];
+  store->reset();
+  {
+    std::fstream f(dir_ / "base" / layout::DataFileName(0),
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(e.offset_bytes + 100));
+    f.put('\x5a');
+  }
+  CommandRun r = Flashlm("verify " + (dir_ / "base").string());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.out.find("extent " + std::to_string(e.index) + " "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("FFN layer 1 bundle 7"), std::string::npos) << r.out;
+}
+
+TEST_F(StoreCommandsTest, BadInputsFailCleanly) {
+  CommandRun r = Flashlm("repack --no-progress --dtype q9 " + (dir_ / "base").string() + " " +
+                  (dir_ / "x").string());
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = Flashlm("repack --no-progress --align 1000 " + (dir_ / "base").string() + " " +
+              (dir_ / "x").string());
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = Flashlm("repack --no-progress " + (dir_ / "nothing").string() + " " + (dir_ / "x").string());
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "x"));
+  r = Flashlm("verify " + (dir_ / "nothing").string());
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  r = Flashlm("inspect " + (dir_ / "nothing").string());
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  r = Flashlm("repack --no-progress " + (dir_ / "base").string() + " " + (dir_ / "base").string());
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace flashlm::tools
