@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "layout/checkpoint.h"
+#include "layout/repack.h"
 #include "tests/engine/test_models.h"
 #include "tests/test_util.h"
 
@@ -169,19 +170,30 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
     }
     auto tok = Tokenizer::Create(vocab);
     ASSERT_TRUE(tok.ok()) << src.path << ": " << tok.status().ToString();
-    auto store = DramWeightStore::Load(**ck);
-    ASSERT_TRUE(store.ok()) << src.path << ": " << store.status().ToString();
-    ThreadPool pool(2);
-    auto model = std::move(Transformer::Create(**store, pool, {})).value();
-    SamplerOptions so;
-    so.temperature = 0;
-    auto sampler = std::move(Sampler::Create((*ck)->config().vocab_size, so)).value();
-    Generator gen(*model, **tok);
-    ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
-    EXPECT_EQ(gen.ids(), want) << src.path;
-    ++ran;
+    // The checkpoint itself, then a flashlm store repacked from it (weights read back from the
+    // store's data file through layout::OpenCheckpoint).
+    ::flashlm::testing::ScratchDir dir;
+    const std::string store_path = (dir / "store").string();
+    auto repacked = layout::Repack(**ck, store_path, {});
+    ASSERT_TRUE(repacked.ok()) << src.path << ": " << repacked.status().ToString();
+    auto store_ck = layout::OpenCheckpoint(store_path);
+    ASSERT_TRUE(store_ck.ok()) << store_ck.status().ToString();
+    EXPECT_EQ((*store_ck)->format(), "store");
+    for (layout::Checkpoint* source : {ck->get(), store_ck->get()}) {
+      auto weights = DramWeightStore::Load(*source);
+      ASSERT_TRUE(weights.ok()) << src.path << ": " << weights.status().ToString();
+      ThreadPool pool(2);
+      auto model = std::move(Transformer::Create(**weights, pool, {})).value();
+      SamplerOptions so;
+      so.temperature = 0;
+      auto sampler = std::move(Sampler::Create(source->config().vocab_size, so)).value();
+      Generator gen(*model, **tok);
+      ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
+      EXPECT_EQ(gen.ids(), want) << src.path << " via " << source->format();
+      ++ran;
+    }
   }
-  EXPECT_GE(ran, 3);
+  EXPECT_GE(ran, 6);
   if (!skipped.empty()) std::printf("note: not run: %s\n", skipped.c_str());
 }
 

@@ -2,6 +2,7 @@
 // the shared stories260K model and vocabularies: outputs, stdout/stderr separation, exit codes.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -22,7 +23,8 @@ struct CmdRun {
 CmdRun Flashlm(const std::string& args) {
   static int counter = 0;
   const std::string err_path =
-      std::string(FLASHLM_BINARY_DIR) + "/engine_cmd_err_" + std::to_string(counter++) + ".txt";
+      std::string(FLASHLM_BINARY_DIR) + "/engine_cmd_err_" + std::to_string(getpid()) + "_" +
+      std::to_string(counter++) + ".txt";
   const std::string cmd =
       std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
   CmdRun r{-1, "", ""};
