@@ -92,26 +92,28 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
 
 #if defined(FLASHLM_AVX2) && defined(__AVX512F__)
 #define FLASHLM_AVX512 1
-// 4 rows x 4 tokens of f32 at once (prefill): 16 accumulators, 8 loads per 16 FMAs.
-void TileF32x4x4(const float* const* w, const float* const* x, uint32_t n, float out[4][4]) {
-  __m512 acc[4][4];
-  for (int r = 0; r < 4; ++r) {
-    for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_setzero_ps();
+// R rows x NT tokens of f32 at once: R weight streams in flight (decode is bound by how many
+// cache misses are outstanding) and R x NT accumulators (prefill reuses each loaded row NT times).
+template <int R, int NT>
+void TileF32(const float* const* w, const float* const* x, uint32_t n, float* out /*[R][NT]*/) {
+  __m512 acc[R][NT];
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
   }
   uint32_t c = 0;
   for (; c + 16 <= n; c += 16) {
-    __m512 xv[4];
-    for (int t = 0; t < 4; ++t) xv[t] = _mm512_loadu_ps(x[t] + c);
-    for (int r = 0; r < 4; ++r) {
+    __m512 xv[NT];
+    for (int t = 0; t < NT; ++t) xv[t] = _mm512_loadu_ps(x[t] + c);
+    for (int r = 0; r < R; ++r) {
       const __m512 wv = _mm512_loadu_ps(w[r] + c);
-      for (int t = 0; t < 4; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
-  for (int r = 0; r < 4; ++r) {
-    for (int t = 0; t < 4; ++t) {
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NT; ++t) {
       float s = _mm512_reduce_add_ps(acc[r][t]);
       for (uint32_t k = c; k < n; ++k) s += w[r][k] * x[t][k];
-      out[r][t] = s;
+      out[r * NT + t] = s;
     }
   }
 }
@@ -198,6 +200,73 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 #endif
 }
 
+#ifdef FLASHLM_AVX2
+// R rows x NT tokens of q8_0/q4_0 against q8 activations: R x NT independent accumulators.
+template <int R, int NT, bool kQ4>
+void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
+           uint32_t nb, float* out /*[R][NT]*/) {
+  constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
+  __m256 acc[R][NT];
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
+  }
+  for (uint32_t b = 0; b < nb; ++b) {
+    __m256i xv[NT];
+    for (int t = 0; t < NT; ++t) {
+      xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + b * kBlock));
+    }
+    for (int r = 0; r < R; ++r) {
+      const std::byte* blk = w[r] + b * kBytes;
+      const float dw = HalfToFloat(blk);
+      const __m256i wq = kQ4 ? UnpackQ4(blk + 2)
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      for (int t = 0; t < NT; ++t) {
+        const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv[t]));
+        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NT; ++t) out[r * NT + t] = HorizontalSum(acc[r][t]);
+  }
+}
+#endif
+
+// Rows [r, r+4) against nt tokens with a multi-row tile when the dtype has one; returns false
+// (nothing written) otherwise.
+template <int NT>
+bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
+           const float* const* xd, float* out /*[4][NT]*/) {
+  const std::byte* rows[4];
+  for (int i = 0; i < 4; ++i) rows[i] = w.bytes.data() + (r + i) * w.row_bytes();
+  switch (w.dtype) {
+#ifdef FLASHLM_AVX512
+    case DType::kF32: {
+      const float* f[4];
+      for (int i = 0; i < 4; ++i) f[i] = reinterpret_cast<const float*>(rows[i]);
+      TileF32<4, NT>(f, x, w.cols, out);
+      return true;
+    }
+#endif
+#ifdef FLASHLM_AVX2
+    case DType::kQ8_0:
+      if constexpr (NT <= 2) {
+        TileQ<4, NT, false>(rows, xq, xd, Blocks(w.cols), out);
+        return true;
+      }
+      return false;
+    case DType::kQ4_0:
+      if constexpr (NT <= 2) {
+        TileQ<4, NT, true>(rows, xq, xd, Blocks(w.cols), out);
+        return true;
+      }
+      return false;
+#endif
+    default:
+      return false;
+  }
+}
+
 template <int NT>
 void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
                  const float* const* xd, float* out) {
@@ -274,21 +343,19 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
       }
     }
     uint32_t r = row_begin;
-#ifdef FLASHLM_AVX512
-    if (w.dtype == DType::kF32 && nt == 4) {
-      for (; r + 4 <= row_end; r += 4) {
-        const float* rows[4];
-        for (int i = 0; i < 4; ++i) {
-          rows[i] = reinterpret_cast<const float*>(w.bytes.data() + (r + i) * w.row_bytes());
-        }
-        float out[4][4];
-        TileF32x4x4(rows, xs, w.cols, out);
-        for (int i = 0; i < 4; ++i) {
-          for (uint32_t t = 0; t < 4; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i][t];
-        }
+    for (bool tiled = true; tiled && r + 4 <= row_end; r += tiled ? 4 : 0) {
+      float out[4 * kMaxTile];
+      switch (nt) {
+        case 1: tiled = Tile4<1>(w, r, xs, xq, xd, out); break;
+        case 2: tiled = Tile4<2>(w, r, xs, xq, xd, out); break;
+        case 3: tiled = Tile4<3>(w, r, xs, xq, xd, out); break;
+        default: tiled = Tile4<4>(w, r, xs, xq, xd, out); break;
+      }
+      if (!tiled) break;
+      for (uint32_t i = 0; i < 4; ++i) {
+        for (uint32_t t = 0; t < nt; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i * nt + t];
       }
     }
-#endif
     for (; r < row_end; ++r) {
       float out[kMaxTile];
       switch (nt) {
