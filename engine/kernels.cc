@@ -127,8 +127,7 @@ void RowF16(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   for (; c + 8 <= n; c += 8) {
-    const __m256 wv =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c)));
+    const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c)));
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + c), acc[t]);
   }
   for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(acc[t]);
@@ -158,8 +157,8 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
   auto step = [&](uint32_t blk_index, int u) {
     const std::byte* blk = w + blk_index * kBytes;
     const float dw = HalfToFloat(blk);
-    const __m256i wq = kQ4 ? UnpackQ4(blk + 2)
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    const __m256i wq =
+        kQ4 ? UnpackQ4(blk + 2) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     for (int t = 0; t < NT; ++t) {
       const __m256i xv =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + blk_index * kBlock));
@@ -203,8 +202,8 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 #ifdef FLASHLM_AVX2
 // R rows x NT tokens of q8_0/q4_0 against q8 activations: R x NT independent accumulators.
 template <int R, int NT, bool kQ4>
-void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
-           uint32_t nb, float* out /*[R][NT]*/) {
+void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
+           float* out /*[R][NT]*/) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
   __m256 acc[R][NT];
   for (int r = 0; r < R; ++r) {
@@ -218,8 +217,8 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
     for (int r = 0; r < R; ++r) {
       const std::byte* blk = w[r] + b * kBytes;
       const float dw = HalfToFloat(blk);
-      const __m256i wq = kQ4 ? UnpackQ4(blk + 2)
-                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      const __m256i wq =
+          kQ4 ? UnpackQ4(blk + 2) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
       for (int t = 0; t < NT; ++t) {
         const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv[t]));
         acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[r][t]);
@@ -347,10 +346,18 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     for (bool tiled = nt > 1; tiled && r + 4 <= row_end; r += tiled ? 4 : 0) {
       float out[4 * kMaxTile];
       switch (nt) {
-        case 1: tiled = Tile4<1>(w, r, xs, xq, xd, out); break;
-        case 2: tiled = Tile4<2>(w, r, xs, xq, xd, out); break;
-        case 3: tiled = Tile4<3>(w, r, xs, xq, xd, out); break;
-        default: tiled = Tile4<4>(w, r, xs, xq, xd, out); break;
+        case 1:
+          tiled = Tile4<1>(w, r, xs, xq, xd, out);
+          break;
+        case 2:
+          tiled = Tile4<2>(w, r, xs, xq, xd, out);
+          break;
+        case 3:
+          tiled = Tile4<3>(w, r, xs, xq, xd, out);
+          break;
+        default:
+          tiled = Tile4<4>(w, r, xs, xq, xd, out);
+          break;
       }
       if (!tiled) break;
       for (uint32_t i = 0; i < 4; ++i) {
@@ -360,10 +367,18 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     for (; r < row_end; ++r) {
       float out[kMaxTile];
       switch (nt) {
-        case 1: RowDispatch<1>(w, r, xs, xq, xd, out); break;
-        case 2: RowDispatch<2>(w, r, xs, xq, xd, out); break;
-        case 3: RowDispatch<3>(w, r, xs, xq, xd, out); break;
-        default: RowDispatch<4>(w, r, xs, xq, xd, out); break;
+        case 1:
+          RowDispatch<1>(w, r, xs, xq, xd, out);
+          break;
+        case 2:
+          RowDispatch<2>(w, r, xs, xq, xd, out);
+          break;
+        case 3:
+          RowDispatch<3>(w, r, xs, xq, xd, out);
+          break;
+        default:
+          RowDispatch<4>(w, r, xs, xq, xd, out);
+          break;
       }
       for (uint32_t i = 0; i < nt; ++i) y[uint64_t{t0 + i} * w.rows + r] = out[i];
     }

@@ -73,8 +73,10 @@ void ThreadPool::Run(uint64_t n, uint64_t grain, Trampoline call, void* ctx) {
   start_cv_.notify_all();
   Work(generation, 0);
   for (int spin = 0; done_chunks_.load(std::memory_order_acquire) != n_chunks; ++spin) {
-    if (spin > kSpinIterations) std::this_thread::yield();
-    else CpuRelax();
+    if (spin > kSpinIterations)
+      std::this_thread::yield();
+    else
+      CpuRelax();
   }
 }
 

@@ -36,7 +36,9 @@ class ThreadPool {
   template <typename Fn>
   void ParallelFor(uint64_t n, uint64_t grain, Fn&& fn) {
     using F = std::remove_reference_t<Fn>;
-    Run(n, grain, [](void* ctx, uint64_t b, uint64_t e, uint32_t t) { (*static_cast<F*>(ctx))(b, e, t); },
+    Run(
+        n, grain,
+        [](void* ctx, uint64_t b, uint64_t e, uint32_t t) { (*static_cast<F*>(ctx))(b, e, t); },
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 

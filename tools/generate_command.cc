@@ -1,12 +1,11 @@
 // flashlm generate STORE -p PROMPT -n N [sampling flags]: streams the continuation to stdout
 // (the prompt too with --echo) and prints prompt tokens, time to first token, prefill and decode
 // speed on stderr (and as JSON with --stats-json FILE).
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "engine/generator.h"
 #include "engine/sampler.h"
@@ -65,17 +64,18 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     if (f->top_k < 0) return usage("--top-k must be >= 0");
     if (f->repeat_last_n < 0) return usage("--repeat-last-n must be >= 0");
     f->sampling.top_k = static_cast<uint32_t>(std::min<int64_t>(f->top_k, UINT32_MAX));
-    f->sampling.repeat_last_n = static_cast<uint32_t>(std::min<int64_t>(f->repeat_last_n, UINT32_MAX));
-    f->sampling.seed = f->seed >= 0 ? static_cast<uint64_t>(f->seed)
-                                    : static_cast<uint64_t>(std::time(nullptr));
+    f->sampling.repeat_last_n =
+        static_cast<uint32_t>(std::min<int64_t>(f->repeat_last_n, UINT32_MAX));
+    f->sampling.seed =
+        f->seed >= 0 ? static_cast<uint64_t>(f->seed) : static_cast<uint64_t>(std::time(nullptr));
     // Validate sampling before the (slow) model load.
     if (auto s = engine::Sampler::Create(1, f->sampling); !s.ok()) {
       return ReportError("generate", s.status());
     }
     engine::TransformerOptions options;
     options.max_context = static_cast<uint32_t>(f->ctx);
-    auto session = OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads),
-                                     options);
+    auto session =
+        OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads), options);
     if (!session.ok()) return ReportError("generate", session.status());
     engine::Transformer& model = *session->model;
     const engine::Tokenizer& tok = *session->tokenizer;

@@ -13,8 +13,8 @@ namespace flashlm::engine {
 namespace {
 
 using engine::testing::ReadLlama2c;
-using engine::testing::RefWeights;
 using engine::testing::ReferenceModel;
+using engine::testing::RefWeights;
 using engine::testing::ToCheckpoint;
 
 std::vector<int32_t> ReadIds(const std::filesystem::path& p) {
@@ -118,8 +118,8 @@ TEST(GeneratorTest, StopStringsAndBadPrompts) {
   Generator gen(*model, *s.tok);
   std::string text;
   std::vector<int32_t> prompt = {s.tok->bos_id()};
-  auto stats = gen.Generate(prompt, 100, *sampler, {"little girl"},
-                            [&](std::string_view t) { text += t; });
+  auto stats =
+      gen.Generate(prompt, 100, *sampler, {"little girl"}, [&](std::string_view t) { text += t; });
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->stop_reason, "stop_string");
   EXPECT_EQ(text, "Once upon a time, there was a ");
@@ -145,10 +145,10 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
   };
   int ran = 0;
   std::string skipped;
-  for (Source src : {Source{"stories260K/stories260K.bin", true},
-                     Source{"stories260K/stories260K.v1.bin", true},
-                     Source{"stories260K-gguf/stories260K.gguf", false},
-                     Source{"stories260K-hf-derived", false}}) {
+  for (Source src :
+       {Source{"stories260K/stories260K.bin", true}, Source{"stories260K/stories260K.v1.bin", true},
+        Source{"stories260K-gguf/stories260K.gguf", false},
+        Source{"stories260K-hf-derived", false}}) {
     const std::filesystem::path p = ::flashlm::testing::SharedModel(src.path);
     if (p.empty()) {
       skipped += std::string(src.path) + " (absent) ";

@@ -51,8 +51,8 @@ TEST_P(MatMulTest, MatchesScalarReference) {
       const double ref = ReferenceDot(w, r, xt);
       // f32/f16: only summation order differs. q8: activations are rounded to 1/254 of each
       // block's max, so the error is bounded by the row's magnitude times that step.
-      const double tol = quantized_x ? 0.02 * xnorm / std::sqrt(double(c.cols)) + 1e-3
-                                     : 1e-4 * xnorm + 1e-4;
+      const double tol =
+          quantized_x ? 0.02 * xnorm / std::sqrt(double(c.cols)) + 1e-3 : 1e-4 * xnorm + 1e-4;
       ASSERT_NEAR(y[uint64_t{t} * c.rows + r], ref, tol)
           << DTypeName(c.dtype) << " row " << r << " token " << t;
     }

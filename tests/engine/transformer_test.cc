@@ -118,9 +118,9 @@ TEST(TransformerTest, RejectsBadInput) {
   opt.max_batch = 4;
   auto model = std::move(Transformer::Create(*store, pool, opt)).value();
   std::vector<int32_t> five = {1, 2, 3, 4, 5}, bad = {67}, one = {1};
-  EXPECT_FALSE(model->Forward(five, 0).ok());             // batch too large
-  EXPECT_FALSE(model->Forward(bad, 0).ok());              // token out of range
-  EXPECT_FALSE(model->Forward(one, 8).ok());              // beyond the context
+  EXPECT_FALSE(model->Forward(five, 0).ok());  // batch too large
+  EXPECT_FALSE(model->Forward(bad, 0).ok());   // token out of range
+  EXPECT_FALSE(model->Forward(one, 8).ok());   // beyond the context
   EXPECT_FALSE(model->Forward(std::span<const int32_t>(), 0).ok());
   EXPECT_TRUE(model->Forward(one, 7).ok());
 }
