@@ -29,10 +29,18 @@ for t in "${targets[@]}"; do
   echo "== $t (${seconds}s)"
   work="build-fuzz/work-$t"
   rm -rf "$work" && mkdir -p "$work"
+  log="$work.log"
+  status=0
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "build-fuzz/fuzz/$t" "$work" "$corpus/${dirs[$t]}" -max_total_time="$seconds" \
     -rss_limit_mb=2048 -timeout=20 -max_len=262144 -artifact_prefix=fuzz-artifacts/"$t"- \
-    -print_final_stats=1 2>&1 | grep -E "^#[0-9]+ *DONE|stat::number_of_executed_units|ERROR|SUMMARY|crash|deadly" || true
+    -print_final_stats=1 >"$log" 2>&1 || status=$?
+  grep -E "^#[0-9]+ *DONE|stat::number_of_executed_units|ERROR|SUMMARY|crash|deadly" "$log" || true
+  if [ "$status" -ne 0 ]; then
+    tail -n 40 "$log" >&2
+    echo "$t: exited with status $status" >&2
+    exit 1
+  fi
   if ls fuzz-artifacts/"$t"-* >/dev/null 2>&1; then
     echo "$t: failing input(s) in fuzz-artifacts/" >&2
     exit 1
