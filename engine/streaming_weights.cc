@@ -1,0 +1,317 @@
+#include "engine/streaming_weights.h"
+
+#include <algorithm>
+#include <string>
+
+#include "engine/kernels.h"
+
+namespace flashlm::engine {
+namespace {
+
+constexpr uint64_t kAlign = 64;
+// Positions per BundleFfnKernel::Accumulate call (bounds the kernel's scratch, independent of
+// the streaming chunk size).
+constexpr uint32_t kKernelChunk = 256;
+// The reader's bounce buffer bound (dense extents are at most 4 MiB by default; one extent may
+// exceed it, and the bounce then grows to that extent's cover).
+constexpr uint64_t kReaderBatchBytes = 4ull << 20;
+
+uint64_t AlignUp64(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+uint64_t StreamingWeightStore::TransformerBytes(const layout::ModelConfig& c,
+                                                const TransformerOptions& o, uint32_t threads) {
+  const uint64_t ctx = o.max_context == 0 ? c.max_seq_len : o.max_context;
+  const uint64_t b = std::min<uint64_t>(o.max_batch, ctx);
+  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
+  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+  uint64_t floats = b * c.dim + b * std::max<uint64_t>(c.dim, q_dim) + b * q_dim + 2 * b * kv_dim +
+                    b * q_dim + b * c.dim + 2 * b * c.hidden_dim + uint64_t{threads} * ctx +
+                    (o.all_logits ? b : 1) * c.vocab_size + 2 * uint64_t{c.n_layers} * ctx * kv_dim +
+                    ctx * c.head_dim;
+  const uint32_t widest = std::max<uint32_t>({c.dim, c.hidden_dim, static_cast<uint32_t>(q_dim)});
+  return floats * sizeof(float) + MatMulScratchBytes(widest, static_cast<uint32_t>(b)) + 64;
+}
+
+StreamingWeightStore::~StreamingWeightStore() = default;
+
+Result<std::unique_ptr<StreamingWeightStore>> StreamingWeightStore::Open(
+    const std::string& path, ThreadPool& pool, const StreamingOptions& options) {
+  std::unique_ptr<StreamingWeightStore> s(new StreamingWeightStore(pool));
+  layout::StoreReadOptions ro;
+  ro.backend = options.backend;
+  ro.direct = options.direct;
+  ro.batch_bytes_max = kReaderBatchBytes;
+  ASSIGN_OR_RETURN(s->reader_, layout::StoreReader::Open(path, ro));
+  RETURN_IF_ERROR(s->Load(options));
+  return s;
+}
+
+Result<std::span<const float>> StreamingWeightStore::LoadVector(const std::string& name,
+                                                                uint64_t n) {
+  const layout::TensorInfo* info = reader_->FindTensor(name);
+  if (info == nullptr) return NotFoundError("store has no tensor " + name);
+  if (info->num_values() != n) {
+    return CorruptionError("tensor " + name + " has " + std::to_string(info->num_values()) +
+                           " values, the config implies " + std::to_string(n));
+  }
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                   storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign));
+  std::span<float> out(reinterpret_cast<float*>(buf.data()), n);
+  RETURN_IF_ERROR(reader_->ReadTensorF32(*info, out).WithContext("reading " + name));
+  buffers_.push_back(std::move(buf));
+  return std::span<const float>(out);
+}
+
+Result<MatrixView> StreamingWeightStore::LoadMatrix(const std::string& name, uint64_t rows,
+                                                    uint64_t cols) {
+  const layout::TensorInfo* info = reader_->FindTensor(name);
+  if (info == nullptr) return NotFoundError("store has no tensor " + name);
+  if (info->shape.size() != 2 || info->rows() != rows || info->cols() != cols) {
+    return CorruptionError("tensor " + name + " has a shape the config does not imply");
+  }
+  if (!MatMulSupports(info->dtype)) {
+    return NotSupportedError("tensor " + name + " has dtype " +
+                             std::string(layout::DTypeName(info->dtype)) +
+                             ", which the out-of-core engine cannot multiply");
+  }
+  const uint64_t bytes = info->size_bytes();
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf, storage::AlignedBuffer::Allocate(bytes, kAlign));
+  RETURN_IF_ERROR(reader_->ReadTensor(*info, ByteSpan(buf.data(), bytes))
+                      .WithContext("reading " + name));
+  MatrixView view{info->dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
+                  ConstByteSpan(buf.data(), bytes)};
+  buffers_.push_back(std::move(buf));
+  return view;
+}
+
+Status StreamingWeightStore::ReadDense(Layer& layer, ByteSpan into, bool assign_views) {
+  uint64_t at = 0;
+  MatrixView* views[] = {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.gate};
+  for (size_t i = 0; i < layer.dense.size(); ++i) {
+    const layout::TensorInfo& info = layer.dense[i];
+    const uint64_t bytes = info.size_bytes();
+    ByteSpan dst = into.subspan(at, bytes);
+    RETURN_IF_ERROR(reader_->ReadTensor(info, dst).WithContext("reading " + info.name));
+    if (assign_views) {
+      *views[i] = MatrixView{info.dtype, static_cast<uint32_t>(info.rows()),
+                             static_cast<uint32_t>(info.cols()), ConstByteSpan(dst)};
+    }
+    at += AlignUp64(bytes);
+  }
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::Load(const StreamingOptions& options) {
+  config_ = reader_->config();
+  const layout::ModelConfig& c = config_;
+  if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
+      c.head_dim == 0 || c.vocab_size == 0 || c.n_heads % c.n_kv_heads != 0 ||
+      c.head_dim % 2 != 0) {
+    return InvalidArgumentError("model config has a shape the engine cannot run");
+  }
+  if (reader_->ffn_layer_count() != c.n_layers) {
+    return NotSupportedError("store has no neuron bundles for every layer (repack it)");
+  }
+  ASSIGN_OR_RETURN(geometry_, reader_->FfnGeometry(0));
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    ASSIGN_OR_RETURN(layout::BundleGeometry g, reader_->FfnGeometry(l));
+    ASSIGN_OR_RETURN(layout::FfnLayerRecord rec, reader_->FfnLayer(l));
+    if (g.kind != geometry_.kind || g.dtype != geometry_.dtype || g.dim != c.dim ||
+        rec.n_neurons != c.hidden_dim) {
+      return NotSupportedError("FFN layers with differing bundle geometry");
+    }
+  }
+  spacing_ = AlignUp64(geometry_.bundle_bytes);
+  const bool separate = !geometry_.has_gate();
+  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
+  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+
+  // Sizes for the plan.
+  const uint32_t chunk = std::max<uint32_t>(1, std::min(options.chunk_bundles, c.hidden_dim));
+  ResidencyInputs in;
+  in.budget_bytes = options.budget_bytes;
+  in.bundle_spacing_bytes = spacing_;
+  in.chunk_bundles = chunk;
+  uint64_t fixed = TransformerBytes(c, options.transformer, pool_.size());
+  const uint64_t max_batch = std::min<uint64_t>(
+      options.transformer.max_batch,
+      options.transformer.max_context ? options.transformer.max_context : c.max_seq_len);
+  const uint32_t kernel_chunk = std::min(kKernelChunk, c.hidden_dim);
+  fixed += BundleFfnKernel::ScratchBytes(geometry_, c.hidden_dim, static_cast<uint32_t>(max_batch),
+                                         kernel_chunk, pool_.size());
+  fixed += reader_->extent_count() * sizeof(layout::Extent) +
+           uint64_t{c.n_layers} * c.hidden_dim * 2 * sizeof(uint32_t) + kReaderBatchBytes;
+  const layout::TensorInfo* emb = reader_->FindTensor("token_embd.weight");
+  const layout::TensorInfo* cls = reader_->FindTensor("output.weight");
+  if (emb == nullptr) return NotFoundError("store has no tensor token_embd.weight");
+  fixed += AlignUp64(emb->size_bytes()) + (cls ? AlignUp64(cls->size_bytes()) : 0);
+  fixed += (2 * uint64_t{c.n_layers} + 1) * AlignUp64(uint64_t{c.dim} * sizeof(float));
+  layers_.resize(c.n_layers);
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = layers_[l];
+    const std::pair<const char*, std::pair<uint64_t, uint64_t>> names[] = {
+        {"attn_q.weight", {q_dim, c.dim}},
+        {"attn_k.weight", {kv_dim, c.dim}},
+        {"attn_v.weight", {kv_dim, c.dim}},
+        {"attn_output.weight", {c.dim, q_dim}},
+        {"ffn_gate.weight", {c.hidden_dim, c.dim}}};
+    for (size_t i = 0; i < (separate ? 5u : 4u); ++i) {
+      const std::string name = p + names[i].first;
+      const layout::TensorInfo* info = reader_->FindTensor(name);
+      if (info == nullptr) return NotFoundError("store has no tensor " + name);
+      if (info->shape.size() != 2 || info->rows() != names[i].second.first ||
+          info->cols() != names[i].second.second) {
+        return CorruptionError("tensor " + name + " has a shape the config does not imply");
+      }
+      if (!MatMulSupports(info->dtype)) {
+        return NotSupportedError("tensor " + name + " has dtype " +
+                                 std::string(layout::DTypeName(info->dtype)) +
+                                 ", which the out-of-core engine cannot multiply");
+      }
+      layer.dense.push_back(*info);
+      layer.dense_bytes += AlignUp64(info->size_bytes());
+    }
+    in.dense_layer_bytes.push_back(layer.dense_bytes);
+    in.layer_bundles.push_back(c.hidden_dim);
+  }
+  in.fixed_bytes = fixed;
+  ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+
+  // Globals and norms.
+  ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  ASSIGN_OR_RETURN(output_norm_, LoadVector("output_norm.weight", c.dim));
+  if (cls != nullptr) {
+    ASSIGN_OR_RETURN(classifier_, LoadMatrix("output.weight", c.vocab_size, c.dim));
+  } else if (c.tied_embeddings) {
+    classifier_ = embedding_;
+  } else {
+    return NotFoundError("store has no tensor output.weight and embeddings are not tied");
+  }
+  // Layers: norms, pinned dense matrices, pinned bundle prefixes, streamed extents.
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = layers_[l];
+    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(p + "attn_norm.weight", c.dim));
+    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(p + "ffn_norm.weight", c.dim));
+    layer.dense_pinned = plan_.dense_pinned[l] != 0;
+    if (layer.dense_pinned) {
+      ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                       storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign));
+      RETURN_IF_ERROR(ReadDense(layer, buf.span(), /*assign_views=*/true));
+      buffers_.push_back(std::move(buf));
+    }
+    layer.pinned = plan_.pinned_bundles[l];
+    if (layer.pinned > 0) {
+      ASSIGN_OR_RETURN(layer.prefix,
+                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign));
+      ASSIGN_OR_RETURN(std::vector<layout::Extent> ext,
+                       reader_->BundleExtents(l, 0, layer.pinned));
+      std::vector<ByteSpan> outs;
+      outs.reserve(ext.size());
+      for (uint32_t k = 0; k < layer.pinned; ++k) {
+        if (ext[k].raw_bytes != geometry_.bundle_bytes) {
+          return CorruptionError("bundle extent with a raw size other than the bundle's");
+        }
+        outs.push_back(layer.prefix.span().subspan(uint64_t{k} * spacing_, geometry_.bundle_bytes));
+      }
+      RETURN_IF_ERROR(reader_->ReadExtents(ext, outs)
+                          .WithContext("reading FFN layer " + std::to_string(l)));
+    }
+    if (layer.pinned < c.hidden_dim) {
+      ASSIGN_OR_RETURN(layer.streamed,
+                       reader_->BundleExtents(l, layer.pinned, c.hidden_dim - layer.pinned));
+      for (const layout::Extent& e : layer.streamed) {
+        if (e.raw_bytes != geometry_.bundle_bytes) {
+          return CorruptionError("bundle extent with a raw size other than the bundle's");
+        }
+      }
+    }
+  }
+  // Streaming buffers.
+  if (plan_.dense_stream_bytes > 0) {
+    ASSIGN_OR_RETURN(dense_stream_,
+                     storage::AlignedBuffer::Allocate(plan_.dense_stream_bytes, kAlign));
+  }
+  if (plan_.chunk_stream_bytes > 0) {
+    ASSIGN_OR_RETURN(chunk_stream_,
+                     storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, kAlign));
+    for (uint32_t k = 0; k < plan_.chunk_bundles; ++k) {
+      chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * spacing_,
+                                                         geometry_.bundle_bytes));
+    }
+  }
+  ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(geometry_, c.hidden_dim,
+                                                    static_cast<uint32_t>(max_batch), kernel_chunk,
+                                                    c.activation == layout::Activation::kRelu,
+                                                    pool_));
+  ResetStats();
+  return Status::Ok();
+}
+
+Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {
+  if (l >= layers_.size()) return InvalidArgumentError("layer index out of range");
+  Layer& layer = layers_[l];
+  if (!layer.dense_pinned) {
+    const uint64_t t0 = storage::NowNs();
+    for (const layout::TensorInfo& info : layer.dense) stats_.bytes_requested += info.size_bytes();
+    RETURN_IF_ERROR(ReadDense(layer, dense_stream_.span(), /*assign_views=*/true));
+    stats_.io_wait_ns += storage::NowNs() - t0;
+  }
+  LayerWeights w;
+  w.attn_norm = layer.attn_norm;
+  w.ffn_norm = layer.ffn_norm;
+  w.wq = layer.wq;
+  w.wk = layer.wk;
+  w.wv = layer.wv;
+  w.wo = layer.wo;
+  w.ffn = this;
+  return w;
+}
+
+Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint32_t n,
+                                     std::span<float> out) {
+  Layer& layer = layers_[l];
+  const uint32_t hidden = config_.hidden_dim;
+  const uint32_t chunk = kernel_->chunk_max();
+  kernel_->Begin(xb, n, out, geometry_.has_gate() ? nullptr : &layer.gate,
+                 reader_->Permutation(l));
+  for (uint32_t p = 0; p < layer.pinned; p += chunk) {
+    const uint32_t count = std::min(chunk, layer.pinned - p);
+    kernel_->Accumulate(layer.prefix.data() + uint64_t{p} * spacing_, spacing_, p, count);
+  }
+  stats_.bundles_resident += layer.pinned;
+  const uint32_t stream_chunk = plan_.chunk_bundles;
+  for (uint32_t p = layer.pinned; p < hidden; p += stream_chunk) {
+    const uint32_t count = std::min(stream_chunk, hidden - p);
+    const uint64_t t0 = storage::NowNs();
+    RETURN_IF_ERROR(reader_->ReadExtents(
+        std::span<const layout::Extent>(layer.streamed.data() + (p - layer.pinned), count),
+        std::span<const ByteSpan>(chunk_outs_.data(), count)));
+    stats_.io_wait_ns += storage::NowNs() - t0;
+    stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
+    stats_.bundles_streamed += count;
+    for (uint32_t q = 0; q < count; q += chunk) {
+      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * spacing_, spacing_, p + q,
+                          std::min(chunk, count - q));
+    }
+  }
+  return Status::Ok();
+}
+
+StreamingStats StreamingWeightStore::stats() const {
+  StreamingStats s = stats_;
+  s.bytes_read = reader_->io_stats().bytes() - backend_bytes_base_;
+  s.reads = reader_->io_stats().reads() - backend_reads_base_;
+  return s;
+}
+
+void StreamingWeightStore::ResetStats() {
+  stats_ = StreamingStats();
+  backend_bytes_base_ = reader_->io_stats().bytes();
+  backend_reads_base_ = reader_->io_stats().reads();
+}
+
+}  // namespace flashlm::engine
