@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "layout/json_util.h"
 #include <numeric>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "storage/bytes.h"
 
@@ -29,10 +30,9 @@ Result<ActivationStats> LoadActivationStats(const std::string& path) {
   if (!in) return NotFoundError("cannot open activation statistics " + path);
   std::stringstream ss;
   ss << in.rdbuf();
-  // allow_exceptions=false: a parse error yields a discarded value instead of throwing.
-  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
   const std::string where = "activation statistics " + path;
-  if (j.is_discarded() || !j.is_object()) return CorruptionError(where + ": not a JSON object");
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseUntrustedJson(ss.str(), where));
+  if (!j.is_object()) return CorruptionError(where + ": not a JSON object");
   auto fmt = j.find("format");
   if (fmt == j.end() || !fmt->is_string() || fmt->get<std::string>() != "flashlm-activations") {
     return CorruptionError(where + ": \"format\" must be \"flashlm-activations\"");
@@ -48,7 +48,8 @@ Result<ActivationStats> LoadActivationStats(const std::string& path) {
   ActivationStats stats;
   for (size_t l = 0; l < layers->size(); ++l) {
     const nlohmann::json& arr = (*layers)[l];
-    if (!arr.is_array()) return CorruptionError(where + ": layer " + std::to_string(l) + " is not an array");
+    if (!arr.is_array())
+      return CorruptionError(where + ": layer " + std::to_string(l) + " is not an array");
     std::vector<float> freq;
     freq.reserve(arr.size());
     for (size_t i = 0; i < arr.size(); ++i) {

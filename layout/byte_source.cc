@@ -31,8 +31,8 @@ class FileSource final : public ByteSource {
     // pread may return short counts (signals, large requests): loop until done.
     uint64_t done = 0;
     while (done < out.size()) {
-      const ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
-                                static_cast<off_t>(offset + done));
+      const ssize_t n =
+          ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoError("read " + name_, errno);

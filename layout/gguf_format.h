@@ -27,8 +27,19 @@ inline constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-e
 inline constexpr uint32_t kGgufDefaultAlignment = 32;
 
 enum class GgufType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 inline constexpr uint32_t kGgufTypeCount = 13;
 
@@ -38,7 +49,13 @@ std::string_view GgufTypeName(GgufType t);
 
 // GGML tensor type ids flashlm reads; every other id is refused with its GGML name.
 enum class GgmlType : uint32_t {
-  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14, kBF16 = 30,
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ8_0 = 8,
+  kQ4_K = 12,
+  kQ6_K = 14,
+  kBF16 = 30,
 };
 // The GGML name of any type id ("q5_1", "iq2_xxs", ...), or "unknown type N".
 std::string GgmlTypeName(uint32_t id);

@@ -28,9 +28,8 @@ class Cursor {
   Status Read(void* dst, uint64_t n, std::string_view what) {
     if (!RangeInside(pos_, n, size_)) {
       return CorruptionError(src_.name() + ": truncated GGUF: " + std::string(what) +
-                             " at offset " + std::to_string(pos_) + " needs " +
-                             std::to_string(n) + " bytes, file has " +
-                             std::to_string(size_ - pos_) + " left");
+                             " at offset " + std::to_string(pos_) + " needs " + std::to_string(n) +
+                             " bytes, file has " + std::to_string(size_ - pos_) + " left");
     }
     auto* out = static_cast<std::byte*>(dst);
     while (n > 0) {
@@ -88,25 +87,59 @@ Status ReadValue(Cursor& c, GgufType type, GgufValue& v, int depth, const std::s
 Status ReadScalar(Cursor& c, GgufType type, GgufValue& v, const std::string& key) {
   v.type = type;
   switch (type) {
-    case GgufType::kU8: { ASSIGN_OR_RETURN(v.u, c.Get<uint8_t>(key)); return Status::Ok(); }
-    case GgufType::kI8: { ASSIGN_OR_RETURN(v.i, c.Get<int8_t>(key)); return Status::Ok(); }
-    case GgufType::kU16: { ASSIGN_OR_RETURN(v.u, c.Get<uint16_t>(key)); return Status::Ok(); }
-    case GgufType::kI16: { ASSIGN_OR_RETURN(v.i, c.Get<int16_t>(key)); return Status::Ok(); }
-    case GgufType::kU32: { ASSIGN_OR_RETURN(v.u, c.Get<uint32_t>(key)); return Status::Ok(); }
-    case GgufType::kI32: { ASSIGN_OR_RETURN(v.i, c.Get<int32_t>(key)); return Status::Ok(); }
-    case GgufType::kU64: { ASSIGN_OR_RETURN(v.u, c.Get<uint64_t>(key)); return Status::Ok(); }
-    case GgufType::kI64: { ASSIGN_OR_RETURN(v.i, c.Get<int64_t>(key)); return Status::Ok(); }
-    case GgufType::kF32: { ASSIGN_OR_RETURN(v.f, c.Get<float>(key)); return Status::Ok(); }
-    case GgufType::kF64: { ASSIGN_OR_RETURN(v.f, c.Get<double>(key)); return Status::Ok(); }
+    case GgufType::kU8: {
+      ASSIGN_OR_RETURN(v.u, c.Get<uint8_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kI8: {
+      ASSIGN_OR_RETURN(v.i, c.Get<int8_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kU16: {
+      ASSIGN_OR_RETURN(v.u, c.Get<uint16_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kI16: {
+      ASSIGN_OR_RETURN(v.i, c.Get<int16_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kU32: {
+      ASSIGN_OR_RETURN(v.u, c.Get<uint32_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kI32: {
+      ASSIGN_OR_RETURN(v.i, c.Get<int32_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kU64: {
+      ASSIGN_OR_RETURN(v.u, c.Get<uint64_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kI64: {
+      ASSIGN_OR_RETURN(v.i, c.Get<int64_t>(key));
+      return Status::Ok();
+    }
+    case GgufType::kF32: {
+      ASSIGN_OR_RETURN(v.f, c.Get<float>(key));
+      return Status::Ok();
+    }
+    case GgufType::kF64: {
+      ASSIGN_OR_RETURN(v.f, c.Get<double>(key));
+      return Status::Ok();
+    }
     case GgufType::kBool: {
       ASSIGN_OR_RETURN(uint8_t b, c.Get<uint8_t>(key));
-      if (b > 1) return CorruptionError(c.name() + ": GGUF bool " + key + " is " +
-                                        std::to_string(b));
+      if (b > 1)
+        return CorruptionError(c.name() + ": GGUF bool " + key + " is " + std::to_string(b));
       v.u = b;
       return Status::Ok();
     }
-    case GgufType::kString: { ASSIGN_OR_RETURN(v.s, c.GetString(key)); return Status::Ok(); }
-    case GgufType::kArray: break;
+    case GgufType::kString: {
+      ASSIGN_OR_RETURN(v.s, c.GetString(key));
+      return Status::Ok();
+    }
+    case GgufType::kArray:
+      break;
   }
   return InternalError("ReadScalar: not a scalar");
 }
@@ -129,8 +162,8 @@ Status ReadValue(Cursor& c, GgufType type, GgufValue& v, int depth, const std::s
   const uint32_t scalar = GgufScalarBytes(v.elem_type);
   const uint64_t min_elem = scalar ? scalar : (v.elem_type == GgufType::kString ? 8 : 12);
   if (v.count > c.remaining() / min_elem) {
-    return CorruptionError(c.name() + ": GGUF array " + key + " claims " +
-                           std::to_string(v.count) + " elements, more than the file holds");
+    return CorruptionError(c.name() + ": GGUF array " + key + " claims " + std::to_string(v.count) +
+                           " elements, more than the file holds");
   }
   if (scalar) {
     v.raw.resize(v.count * scalar);
@@ -222,8 +255,8 @@ Result<GgufFile> GgufFile::Parse(ByteSource& src) {
     }
     ASSIGN_OR_RETURN(uint32_t n_dims, c.Get<uint32_t>(t.name));
     if (n_dims == 0 || n_dims > kMaxDims) {
-      return CorruptionError(name + ": GGUF tensor " + t.name + " has " +
-                             std::to_string(n_dims) + " dimensions (expected 1 to 4)");
+      return CorruptionError(name + ": GGUF tensor " + t.name + " has " + std::to_string(n_dims) +
+                             " dimensions (expected 1 to 4)");
     }
     uint64_t values = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
@@ -250,9 +283,8 @@ Result<GgufFile> GgufFile::Parse(ByteSource& src) {
     t.size_bytes = values / t.ne[0] * RowBytes(t.dtype, t.ne[0]);  // < 2^53: no overflow
     ASSIGN_OR_RETURN(uint64_t off, c.Get<uint64_t>(t.name));
     if (off % f.alignment != 0) {
-      return CorruptionError(name + ": GGUF tensor " + t.name + " offset " +
-                             std::to_string(off) + " is not aligned to " +
-                             std::to_string(f.alignment));
+      return CorruptionError(name + ": GGUF tensor " + t.name + " offset " + std::to_string(off) +
+                             " is not aligned to " + std::to_string(f.alignment));
     }
     relative_offsets.push_back(off);
     f.tensors.push_back(std::move(t));
@@ -263,10 +295,9 @@ Result<GgufFile> GgufFile::Parse(ByteSource& src) {
     GgufTensor& t = f.tensors[k];
     if (f.data_offset_bytes > file_size ||
         !RangeInside(relative_offsets[k], t.size_bytes, file_size - f.data_offset_bytes)) {
-      return CorruptionError(name + ": GGUF tensor " + t.name + " (offset " +
-                             std::to_string(relative_offsets[k]) + ", " +
-                             std::to_string(t.size_bytes) +
-                             " bytes) lies outside the data section");
+      return CorruptionError(
+          name + ": GGUF tensor " + t.name + " (offset " + std::to_string(relative_offsets[k]) +
+          ", " + std::to_string(t.size_bytes) + " bytes) lies outside the data section");
     }
     t.offset_bytes = f.data_offset_bytes + relative_offsets[k];
   }
@@ -317,8 +348,7 @@ Result<ModelConfig> GgufModelConfig(const GgufFile& f) {
     return CorruptionError("GGUF: general.architecture is missing or not a string");
   }
   if (arch->s != "llama") {
-    return NotSupportedError("GGUF architecture '" + arch->s +
-                             "' is not supported (only llama)");
+    return NotSupportedError("GGUF architecture '" + arch->s + "' is not supported (only llama)");
   }
   ModelConfig c;
   const std::string p = "llama.";
@@ -377,8 +407,7 @@ Result<ModelConfig> GgufModelConfig(const GgufFile& f) {
   if (c.vocab_size == 0) c.vocab_size = declared_vocab;
   if (declared_vocab != c.vocab_size) {
     return CorruptionError("GGUF: llama.vocab_size " + std::to_string(declared_vocab) +
-                           " differs from token_embd.weight rows " +
-                           std::to_string(c.vocab_size));
+                           " differs from token_embd.weight rows " + std::to_string(c.vocab_size));
   }
   RETURN_IF_ERROR(ValidateLoadedConfig(c, "GGUF"));
   return c;
@@ -523,15 +552,15 @@ Result<std::unique_ptr<Checkpoint>> OpenGguf(std::unique_ptr<ByteSource> src) {
       }
     }
     TensorInfo info{t.name, t.dtype, {}};
-    info.shape = t.ne.size() == 1 ? std::vector<uint64_t>{t.ne[0]}
-                                  : std::vector<uint64_t>{t.ne[1], t.ne[0]};
+    info.shape =
+        t.ne.size() == 1 ? std::vector<uint64_t>{t.ne[0]} : std::vector<uint64_t>{t.ne[1], t.ne[0]};
     infos.push_back(std::move(info));
     offsets.push_back(t.offset_bytes);
   }
   RETURN_IF_ERROR(CheckLlamaTensors(*config, infos, name));
-  return std::unique_ptr<Checkpoint>(std::make_unique<GgufCheckpoint>(
-      std::move(src), std::move(file), std::move(*config), std::move(*vocab), std::move(infos),
-      std::move(offsets)));
+  return std::unique_ptr<Checkpoint>(
+      std::make_unique<GgufCheckpoint>(std::move(src), std::move(file), std::move(*config),
+                                       std::move(*vocab), std::move(infos), std::move(offsets)));
 }
 
 }  // namespace flashlm::layout

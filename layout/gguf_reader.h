@@ -23,17 +23,17 @@ struct GgufTensor {
   std::string name;
   uint32_t ggml_type = 0;
   DType dtype = DType::kF32;
-  std::vector<uint64_t> ne;     // innermost first, as in the file
-  uint64_t offset_bytes = 0;    // absolute, in the source
+  std::vector<uint64_t> ne;   // innermost first, as in the file
+  uint64_t offset_bytes = 0;  // absolute, in the source
   uint64_t size_bytes = 0;
 };
 
 struct GgufFile {
   uint32_t version = 0;
   uint64_t alignment = kGgufDefaultAlignment;
-  uint64_t data_offset_bytes = 0;  // start of the data section
-  std::vector<GgufKV> metadata;    // file order
-  std::vector<GgufTensor> tensors; // file order
+  uint64_t data_offset_bytes = 0;   // start of the data section
+  std::vector<GgufKV> metadata;     // file order
+  std::vector<GgufTensor> tensors;  // file order
 
   // nullptr when absent; lives as long as this GgufFile.
   const GgufValue* Find(std::string_view key) const;

@@ -30,18 +30,42 @@ void PutString(std::vector<std::byte>& out, const std::string& s) {
 
 void AppendGgufValue(const GgufValue& v, std::vector<std::byte>& out) {
   switch (v.type) {
-    case GgufType::kU8: Put<uint8_t>(out, static_cast<uint8_t>(v.u)); return;
-    case GgufType::kI8: Put<int8_t>(out, static_cast<int8_t>(v.i)); return;
-    case GgufType::kU16: Put<uint16_t>(out, static_cast<uint16_t>(v.u)); return;
-    case GgufType::kI16: Put<int16_t>(out, static_cast<int16_t>(v.i)); return;
-    case GgufType::kU32: Put<uint32_t>(out, static_cast<uint32_t>(v.u)); return;
-    case GgufType::kI32: Put<int32_t>(out, static_cast<int32_t>(v.i)); return;
-    case GgufType::kU64: Put<uint64_t>(out, v.u); return;
-    case GgufType::kI64: Put<int64_t>(out, v.i); return;
-    case GgufType::kF32: Put<float>(out, static_cast<float>(v.f)); return;
-    case GgufType::kF64: Put<double>(out, v.f); return;
-    case GgufType::kBool: Put<uint8_t>(out, v.u ? 1 : 0); return;
-    case GgufType::kString: PutString(out, v.s); return;
+    case GgufType::kU8:
+      Put<uint8_t>(out, static_cast<uint8_t>(v.u));
+      return;
+    case GgufType::kI8:
+      Put<int8_t>(out, static_cast<int8_t>(v.i));
+      return;
+    case GgufType::kU16:
+      Put<uint16_t>(out, static_cast<uint16_t>(v.u));
+      return;
+    case GgufType::kI16:
+      Put<int16_t>(out, static_cast<int16_t>(v.i));
+      return;
+    case GgufType::kU32:
+      Put<uint32_t>(out, static_cast<uint32_t>(v.u));
+      return;
+    case GgufType::kI32:
+      Put<int32_t>(out, static_cast<int32_t>(v.i));
+      return;
+    case GgufType::kU64:
+      Put<uint64_t>(out, v.u);
+      return;
+    case GgufType::kI64:
+      Put<int64_t>(out, v.i);
+      return;
+    case GgufType::kF32:
+      Put<float>(out, static_cast<float>(v.f));
+      return;
+    case GgufType::kF64:
+      Put<double>(out, v.f);
+      return;
+    case GgufType::kBool:
+      Put<uint8_t>(out, v.u ? 1 : 0);
+      return;
+    case GgufType::kString:
+      PutString(out, v.s);
+      return;
     case GgufType::kArray:
       Put<uint32_t>(out, static_cast<uint32_t>(v.elem_type));
       Put<uint64_t>(out, v.count);
@@ -110,7 +134,8 @@ Status GgufWriter::Begin(const std::string& path) {
   Put<uint64_t>(h, tensors_.size());
   bool has_alignment = false;
   for (const GgufKV& kv : metadata_) has_alignment |= kv.key == "general.alignment";
-  Put<uint64_t>(h, metadata_.size() + (has_alignment || alignment_ == kGgufDefaultAlignment ? 0 : 1));
+  Put<uint64_t>(h,
+                metadata_.size() + (has_alignment || alignment_ == kGgufDefaultAlignment ? 0 : 1));
   for (const GgufKV& kv : metadata_) {
     PutString(h, kv.key);
     Put<uint32_t>(h, static_cast<uint32_t>(kv.value.type));

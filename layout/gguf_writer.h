@@ -68,8 +68,8 @@ class GgufWriter {
   std::string path_, tmp_path_;
   int fd_ = -1;
   bool finished_ = false;
-  size_t current_ = 0;           // tensor being appended
-  uint64_t current_done_ = 0;    // bytes of it written
+  size_t current_ = 0;              // tensor being appended
+  uint64_t current_done_ = 0;       // bytes of it written
   std::vector<std::byte> out_buf_;  // [kOutBufBytes] write coalescing buffer
 };
 

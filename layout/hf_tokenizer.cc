@@ -1,15 +1,15 @@
 #include "layout/hf_tokenizer.h"
 
 #include <cstring>
-#include <string_view>
-
 #include <nlohmann/json.hpp>
+
+#include "layout/json_util.h"
+#include <string_view>
 
 namespace flashlm::layout {
 namespace {
 
 constexpr uint64_t kMaxTokenizerBytes = 256 << 20;
-constexpr int kMaxJsonDepth = 64;
 
 Result<std::string> ReadAll(ByteSource& src) {
   if (src.size_bytes() > kMaxTokenizerBytes) {
@@ -71,13 +71,16 @@ class ProtoReader {
     uint32_t f;
     std::string_view s;
     switch (wire) {
-      case 0: return Varint(v);
+      case 0:
+        return Varint(v);
       case 1:
         if (d_.size() - pos_ < 8) return Bad("truncated fixed64");
         pos_ += 8;
         return Status::Ok();
-      case 2: return Bytes(s);
-      case 5: return Fixed32(f);
+      case 2:
+        return Bytes(s);
+      case 5:
+        return Fixed32(f);
     }
     return Bad("bad wire type");
   }
@@ -198,29 +201,13 @@ Result<Vocab> ParseTokenizerJson(ByteSource& src) {
   using Json = nlohmann::json;
   const std::string& name = src.name();
   ASSIGN_OR_RETURN(std::string text, ReadAll(src));
-  {
-    int depth = 0;
-    bool in_string = false, escape = false;
-    for (char c : text) {
-      if (in_string) {
-        if (escape) escape = false;
-        else if (c == '\\') escape = true;
-        else if (c == '"') in_string = false;
-      } else if (c == '"') {
-        in_string = true;
-      } else if ((c == '{' || c == '[') && ++depth > kMaxJsonDepth) {
-        return CorruptionError(name + ": JSON nested too deeply");
-      } else if (c == '}' || c == ']') {
-        --depth;
-      }
-    }
-  }
-  Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return CorruptionError(name + ": malformed JSON");
+  ASSIGN_OR_RETURN(Json j, ParseUntrustedJson(text, name));
+  if (!j.is_object()) return CorruptionError(name + ": malformed JSON");
   auto model = j.find("model");
   if (model == j.end() || !model->is_object()) return CorruptionError(name + ": no model object");
   auto type = model->find("type");
-  const std::string model_type = type != model->end() && type->is_string() ? type->get<std::string>() : "";
+  const std::string model_type =
+      type != model->end() && type->is_string() ? type->get<std::string>() : "";
   if (model_type != "BPE") {
     return NotSupportedError(name + ": tokenizer model type '" + model_type +
                              "' is not supported (only BPE)");
@@ -250,13 +237,17 @@ Result<Vocab> ParseTokenizerJson(ByteSource& src) {
         return CorruptionError(name + ": malformed added_tokens entry");
       }
       const uint64_t id = t["id"].get<uint64_t>();
-      const bool special = t.contains("special") && t["special"].is_boolean() &&
-                           t["special"].get<bool>();
+      const bool special =
+          t.contains("special") && t["special"].is_boolean() && t["special"].get<bool>();
       RETURN_IF_ERROR(add(id, t["content"].get<std::string>()));
       added.emplace_back(id, special);
     }
   }
   if (n == 0) return CorruptionError(name + ": empty vocabulary");
+  if (n > 4 * entries.size() + 1024) {  // holes are rare; a sparse id would allocate for nothing
+    return CorruptionError(name + ": token ids up to " + std::to_string(n - 1) + " for only " +
+                           std::to_string(entries.size()) + " tokens");
+  }
   Vocab v;
   v.tokens.assign(n, std::string());
   v.scores.assign(n, 0.0f);

@@ -152,11 +152,33 @@ Result<std::unique_ptr<Checkpoint>> OpenLlama2c(std::unique_ptr<ByteSource> mode
   if (v1) {
     blocks = {att_norm, ffn_norm, final_norm, emb, q, k, v, o, w1, w2, w3};
   } else {
-    blocks = {emb, att_norm, q, k, v, o, ffn_norm, w1, w2, w3, final_norm,
-              Block{nullptr, false, static_cast<uint64_t>(h.seq_len), c.head_dim}};
+    blocks = {
+        emb,      att_norm,   q,
+        k,        v,          o,
+        ffn_norm, w1,         w2,
+        w3,       final_norm, Block{nullptr, false, static_cast<uint64_t>(h.seq_len), c.head_dim}};
   }
   if (!shared) blocks.push_back(Block{"output.weight", false, V, D});
 
+  // First pass: sizes and the total, checked against the file before anything is built (an
+  // untrusted header may claim thousands of layers).
+  std::vector<uint64_t> starts, one_bytes;
+  uint64_t offset = header_bytes;
+  for (const Block& b : blocks) {
+    // Every count is < 2^31, so a few products fit; check anyway, the header is untrusted.
+    std::optional<uint64_t> one = Mul(b.rows, b.cols, 4);
+    std::optional<uint64_t> all = one ? Mul(*one, b.per_layer ? L : 1) : std::nullopt;
+    starts.push_back(offset);
+    if (!all || __builtin_add_overflow(offset, *all, &offset)) {
+      return CorruptionError(name + ": llama2.c header sizes overflow");
+    }
+    one_bytes.push_back(*one);
+  }
+  if (offset != file_size) {
+    return CorruptionError(name + ": llama2.c file is " + std::to_string(file_size) +
+                           " bytes but its header describes " + std::to_string(offset) +
+                           " (truncated, or not a llama2.c checkpoint)");
+  }
   Vocab vocab;
   if (tokenizer) {
     Result<Vocab> r = ParseLlama2cTokenizer(*tokenizer, c.vocab_size);
@@ -164,27 +186,16 @@ Result<std::unique_ptr<Checkpoint>> OpenLlama2c(std::unique_ptr<ByteSource> mode
     vocab = std::move(*r);
   }
   auto ckpt = std::make_unique<Llama2cCheckpoint>(std::move(model), c, std::move(vocab));
-  uint64_t offset = header_bytes;
-  for (const Block& b : blocks) {
-    // Every count is < 2^31, so a few products fit; check anyway, the header is untrusted.
-    std::optional<uint64_t> one = Mul(b.rows, b.cols, 4);
-    std::optional<uint64_t> all = one ? Mul(*one, b.per_layer ? L : 1) : std::nullopt;
-    if (!all || __builtin_add_overflow(offset, *all, &offset)) {
-      return CorruptionError(name + ": llama2.c header sizes overflow");
-    }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const Block& b = blocks[i];
     if (b.name == nullptr) continue;
-    const uint64_t start = offset - *all;
     for (uint64_t l = 0; l < (b.per_layer ? L : 1); ++l) {
       std::string tname = b.per_layer ? "blk." + std::to_string(l) + "." + b.name : b.name;
       std::vector<uint64_t> shape =
           b.rows == 1 ? std::vector<uint64_t>{b.cols} : std::vector<uint64_t>{b.rows, b.cols};
-      ckpt->Add(TensorInfo{std::move(tname), DType::kF32, std::move(shape)}, start + l * *one);
+      ckpt->Add(TensorInfo{std::move(tname), DType::kF32, std::move(shape)},
+                starts[i] + l * one_bytes[i]);
     }
-  }
-  if (offset != file_size) {
-    return CorruptionError(name + ": llama2.c file is " + std::to_string(file_size) +
-                           " bytes but its header describes " + std::to_string(offset) +
-                           " (truncated, or not a llama2.c checkpoint)");
   }
   RETURN_IF_ERROR(CheckLlamaTensors(ckpt->config(), ckpt->tensors(), name));
   return std::unique_ptr<Checkpoint>(std::move(ckpt));
@@ -222,8 +233,12 @@ Result<Vocab> ParseLlama2cTokenizer(ByteSource& src, uint32_t vocab_size) {
     RETURN_IF_ERROR(get(&len, 4, t));
     if (len < 0 || len > max_len) {
       return CorruptionError(name + ": llama2.c token " + std::to_string(t) + " has length " +
-                             std::to_string(len) + " (max_token_length " +
-                             std::to_string(max_len) + ")");
+                             std::to_string(len) + " (max_token_length " + std::to_string(max_len) +
+                             ")");
+    }
+    if (static_cast<uint64_t>(len) > size - pos) {
+      return CorruptionError(name + ": llama2.c tokenizer truncated at token " + std::to_string(t) +
+                             " of " + std::to_string(vocab_size));
     }
     std::string raw(static_cast<size_t>(len), '\0');
     RETURN_IF_ERROR(get(raw.data(), raw.size(), t));

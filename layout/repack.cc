@@ -5,9 +5,8 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "layout/bundle_layout.h"
 #include "layout/store_writer.h"
@@ -38,10 +37,14 @@ bool ParseFfnName(std::string_view name, uint32_t* layer, FfnPart* part) {
   }
   if (l > UINT32_MAX) return false;
   std::string_view rest = name.substr(dot + 1);
-  if (rest == "ffn_gate.weight") *part = FfnPart::kGate;
-  else if (rest == "ffn_up.weight") *part = FfnPart::kUp;
-  else if (rest == "ffn_down.weight") *part = FfnPart::kDown;
-  else return false;
+  if (rest == "ffn_gate.weight")
+    *part = FfnPart::kGate;
+  else if (rest == "ffn_up.weight")
+    *part = FfnPart::kUp;
+  else if (rest == "ffn_down.weight")
+    *part = FfnPart::kDown;
+  else
+    return false;
   *layer = static_cast<uint32_t>(l);
   return true;
 }
@@ -111,6 +114,9 @@ class Repacker {
   uint64_t total_bytes_ = 0;
   uint64_t bundle_bytes_ = 0;
   uint64_t stride_bytes_ = 0;
+  // Reused across tensors so that each large buffer is faulted in once, not once per tensor.
+  std::vector<std::byte> src_buf_, chunk_buf_, gate_buf_, up_buf_;
+  std::vector<float> down_f32_buf_, down_t_buf_;
 };
 
 Status Repacker::WriteDense(const TensorInfo& t) {
@@ -118,11 +124,12 @@ Status Repacker::WriteDense(const TensorInfo& t) {
   const uint64_t rows = t.rows(), cols = t.cols();
   const uint64_t in_row = RowBytes(t.dtype, cols), out_row = RowBytes(to, cols);
   if (rows == 0 || cols == 0) return NotSupportedError("empty tensor " + t.name);
-  std::vector<std::byte> src(t.size_bytes());  // whole tensor, source dtype
+  std::vector<std::byte>& src = src_buf_;  // whole tensor, source dtype
+  src.resize(t.size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(t, src));
   const uint64_t rows_per_extent = std::max<uint64_t>(1, o_.dense_extent_bytes_max / out_row);
-  std::vector<std::byte> chunk;  // rows_per_extent rows in `to`
-  std::vector<float> f32(cols);  // one row
+  std::vector<std::byte>& chunk = chunk_buf_;  // rows_per_extent rows in `to`
+  std::vector<float> f32(cols);                // one row
   TensorRecord rec{};
   rec.dtype = static_cast<uint8_t>(to);
   rec.placement = static_cast<uint8_t>(Placement::kDense);
@@ -133,8 +140,8 @@ Status Repacker::WriteDense(const TensorInfo& t) {
     const uint64_t n = std::min(rows_per_extent, rows - r0);
     chunk.resize(n * out_row);
     for (uint64_t r = 0; r < n; ++r) {
-      RETURN_IF_ERROR(ConvertRow(t.dtype, ConstByteSpan(src).subspan((r0 + r) * in_row, in_row),
-                                 to, ByteSpan(chunk).subspan(r * out_row, out_row), f32));
+      RETURN_IF_ERROR(ConvertRow(t.dtype, ConstByteSpan(src).subspan((r0 + r) * in_row, in_row), to,
+                                 ByteSpan(chunk).subspan(r * out_row, out_row), f32));
     }
     ASSIGN_OR_RETURN(uint64_t idx, w_.AppendExtent(chunk));
     if (r0 == 0) rec.first_extent = idx;
@@ -150,11 +157,13 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   const TensorInfo* up = src_.FindTensor(FfnName(layer, "up"));
   const TensorInfo* down = src_.FindTensor(FfnName(layer, "down"));
   const std::string where = "FFN of layer " + std::to_string(layer);
-  if (!gate || !up || !down) return NotSupportedError(where + " lacks ffn_gate, ffn_up or ffn_down");
+  if (!gate || !up || !down)
+    return NotSupportedError(where + " lacks ffn_gate, ffn_up or ffn_down");
   if (gate->shape.size() != 2 || up->shape != gate->shape || down->shape.size() != 2 ||
       down->shape[0] != gate->shape[1] || down->shape[1] != gate->shape[0] ||
       gate->shape[0] > UINT32_MAX || gate->shape[1] > UINT32_MAX) {
-    return NotSupportedError(where + " has inconsistent shapes (want gate/up {hidden, dim}, "
+    return NotSupportedError(where +
+                             " has inconsistent shapes (want gate/up {hidden, dim}, "
                              "down {dim, hidden})");
   }
   const uint32_t hidden = static_cast<uint32_t>(gate->shape[0]);
@@ -173,17 +182,44 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   }
 
   // gate+up-down: gate is a dense tensor of its own (read once for gate-first loading).
-  std::vector<std::byte> gate_src;  // [hidden][RowBytes(gate dtype, dim)]
+  std::vector<std::byte>& gate_src = gate_buf_;  // [hidden][RowBytes(gate dtype, dim)]
   if (g.has_gate()) {
     gate_src.resize(gate->size_bytes());
     RETURN_IF_ERROR(src_.ReadTensor(*gate, gate_src));
   } else {
     RETURN_IF_ERROR(WriteDense(*gate));
   }
-  std::vector<std::byte> up_src(up->size_bytes());  // [hidden][RowBytes(up dtype, dim)]
+  std::vector<std::byte>& up_src = up_buf_;  // [hidden][RowBytes(up dtype, dim)]
+  up_src.resize(up->size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(*up, up_src));
-  std::vector<float> down_f32(down->num_values());  // [dim][hidden] f32
-  RETURN_IF_ERROR(src_.ReadTensorF32(*down, down_f32));
+  // Down columns are what bundles need: transpose [dim][hidden] into [hidden][dim] in tiles so
+  // that neither side is walked with a stride of the whole matrix.
+  std::vector<float>& down_t = down_t_buf_;  // [hidden][dim] f32
+  down_t.resize(down->num_values());
+  {
+    std::vector<std::byte>& raw = src_buf_;        // [dim][RowBytes(down dtype, hidden)]
+    std::vector<float>& down_f32 = down_f32_buf_;  // [dim][hidden] f32
+    raw.resize(down->size_bytes());
+    down_f32.resize(down->num_values());
+    RETURN_IF_ERROR(src_.ReadTensor(*down, raw));
+    const uint64_t row = RowBytes(down->dtype, hidden);
+    for (uint64_t r = 0; r < dim; ++r) {
+      RETURN_IF_ERROR(DequantizeRow(down->dtype, ConstByteSpan(raw).subspan(r * row, row),
+                                    std::span<float>(down_f32).subspan(r * hidden, hidden)));
+    }
+    // 32 x 32 tiles, writes innermost: each tile's source lines (32 rows x 128 bytes) stay in L1
+    // while its destination rows are written sequentially.
+    constexpr uint64_t kTile = 32;
+    for (uint64_t r0 = 0; r0 < dim; r0 += kTile) {
+      for (uint64_t c0 = 0; c0 < hidden; c0 += kTile) {
+        const uint64_t r1 = std::min<uint64_t>(dim, r0 + kTile);
+        const uint64_t c1 = std::min<uint64_t>(hidden, c0 + kTile);
+        for (uint64_t c = c0; c < c1; ++c) {
+          for (uint64_t r = r0; r < r1; ++r) down_t[c * dim + r] = down_f32[r * hidden + c];
+        }
+      }
+    }
+  }
 
   const uint64_t gate_row = RowBytes(gate->dtype, dim), up_row = RowBytes(up->dtype, dim);
   std::vector<std::byte> bundle(g.bundle_bytes);  // [gate?][up][down] in `to`
@@ -198,8 +234,9 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     }
     RETURN_IF_ERROR(ConvertRow(up->dtype, ConstByteSpan(up_src).subspan(neuron * up_row, up_row),
                                to, ByteSpan(bundle).subspan(g.up_offset(), g.part_bytes), f32));
-    for (uint32_t r = 0; r < dim; ++r) f32[r] = down_f32[uint64_t{r} * hidden + neuron];
-    RETURN_IF_ERROR(QuantizeRow(to, f32, ByteSpan(bundle).subspan(g.down_offset(), g.part_bytes)));
+    RETURN_IF_ERROR(QuantizeRow(to,
+                                std::span<const float>(down_t).subspan(uint64_t{neuron} * dim, dim),
+                                ByteSpan(bundle).subspan(g.down_offset(), g.part_bytes)));
     ASSIGN_OR_RETURN(uint64_t idx, w_.AppendExtent(bundle));
     if (p == 0) first_extent = idx;
   }
@@ -230,8 +267,8 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     rec.layer = layer;
     AddTensorRecord(t->name, rec);
   }
-  Progress(up->name, (g.has_gate() ? gate->size_bytes() : 0) + up->size_bytes() +
-                         down->size_bytes());
+  Progress(up->name,
+           (g.has_gate() ? gate->size_bytes() : 0) + up->size_bytes() + down->size_bytes());
   return Status::Ok();
 }
 
@@ -372,8 +409,7 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   summary.stored_bytes = ws.stored_bytes;
   summary.file_bytes = ws.file_bytes;
   summary.compressed_extents = ws.compressed_extents;
-  summary.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }
 

@@ -50,11 +50,11 @@ struct RepackOptions {
 struct RepackSummary {
   uint64_t tensors = 0;
   uint64_t extents = 0;
-  uint64_t source_bytes = 0;   // tensor bytes read from the checkpoint
-  uint64_t raw_bytes = 0;      // extent bytes before compression
-  uint64_t stored_bytes = 0;   // extent bytes on flash, padding excluded
-  uint64_t file_bytes = 0;     // data file size, padding included
-  uint64_t bundle_bytes = 0;   // one FFN bundle (0 when the model has none)
+  uint64_t source_bytes = 0;  // tensor bytes read from the checkpoint
+  uint64_t raw_bytes = 0;     // extent bytes before compression
+  uint64_t stored_bytes = 0;  // extent bytes on flash, padding excluded
+  uint64_t file_bytes = 0;    // data file size, padding included
+  uint64_t bundle_bytes = 0;  // one FFN bundle (0 when the model has none)
   uint64_t bundle_stride_bytes = 0;
   uint64_t compressed_extents = 0;
   double seconds = 0;

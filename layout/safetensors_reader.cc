@@ -3,11 +3,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
-
 #include "layout/hf_tokenizer.h"
+#include "layout/json_util.h"
 #include "layout/llama_tensors.h"
 
 namespace flashlm::layout {
@@ -16,33 +16,8 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr uint64_t kMaxHeaderBytes = 100 << 20;  // the safetensors format's own limit
-constexpr int kMaxJsonDepth = 64;
-
-// nlohmann parses iteratively, but destroying a deeply nested value recurses: refuse deep input.
-bool JsonDepthOk(std::string_view text) {
-  int depth = 0;
-  bool in_string = false, escape = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escape) escape = false;
-      else if (c == '\\') escape = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
 Result<Json> ParseJson(std::string_view text, const std::string& what) {
-  if (!JsonDepthOk(text)) return CorruptionError(what + ": JSON nested too deeply");
-  Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return CorruptionError(what + ": malformed JSON");
-  return j;
+  return ParseUntrustedJson(text, what);
 }
 
 Result<std::string> ReadTextFile(const std::filesystem::path& p, uint64_t max_bytes) {
@@ -93,8 +68,8 @@ Result<SafetensorsFile> SafetensorsFile::Parse(ByteSource& src) {
     auto dt = t.find("dtype");
     auto sh = t.find("shape");
     auto off = t.find("data_offsets");
-    if (dt == t.end() || !dt->is_string() || sh == t.end() || !sh->is_array() ||
-        off == t.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+    if (dt == t.end() || !dt->is_string() || sh == t.end() || !sh->is_array() || off == t.end() ||
+        !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned()) {
       return CorruptionError(what + " lacks a string dtype, a shape array or two data_offsets");
     }
@@ -105,7 +80,8 @@ Result<SafetensorsFile> SafetensorsFile::Parse(ByteSource& src) {
     uint64_t values = 1;
     for (const Json& d : *sh) {
       if (!d.is_number_unsigned()) return CorruptionError(what + ": shape is not integers");
-      if (__builtin_mul_overflow(values, d.get<uint64_t>(), &values) || values > (uint64_t{1} << 60)) {
+      if (__builtin_mul_overflow(values, d.get<uint64_t>(), &values) ||
+          values > (uint64_t{1} << 60)) {
         return CorruptionError(what + ": shape overflows 64 bits");
       }
       x.shape.push_back(d.get<uint64_t>());
@@ -139,16 +115,16 @@ Result<ModelConfig> ParseHfConfig(std::string_view text) {
   if (!j.is_object()) return CorruptionError("config.json is not an object");
   std::string model_type = StrField(j, "model_type");
   std::string arch;
-  if (auto a = j.find("architectures"); a != j.end() && a->is_array() && !a->empty() &&
-                                        (*a)[0].is_string()) {
+  if (auto a = j.find("architectures");
+      a != j.end() && a->is_array() && !a->empty() && (*a)[0].is_string()) {
     arch = (*a)[0].get<std::string>();
   }
-  const bool llama = model_type == "llama" || model_type == "mistral" ||
-                     (model_type.empty() &&
-                      (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM"));
+  const bool llama =
+      model_type == "llama" || model_type == "mistral" ||
+      (model_type.empty() && (arch == "LlamaForCausalLM" || arch == "MistralForCausalLM"));
   if (!llama) {
-    return NotSupportedError("config.json: model_type '" + model_type + "' (architecture '" +
-                             arch + "') is not supported (only LLaMA-family models)");
+    return NotSupportedError("config.json: model_type '" + model_type + "' (architecture '" + arch +
+                             "') is not supported (only LLaMA-family models)");
   }
   ModelConfig c;
   auto u32 = [&](const char* key, uint32_t& out, std::optional<uint32_t> dflt) -> Status {
@@ -206,8 +182,8 @@ Result<ModelConfig> ParseHfConfig(std::string_view text) {
   if (auto rs = j.find("rope_scaling"); rs != j.end() && !rs->is_null()) {
     if (!rs->is_object()) return CorruptionError("config.json: rope_scaling is not an object");
     std::string type = StrField(*rs, "rope_type", StrField(*rs, "type"));
-    const float factor = rs->contains("factor") && (*rs)["factor"].is_number()
-                             ? (*rs)["factor"].get<float>() : 1.0f;
+    const float factor =
+        rs->contains("factor") && (*rs)["factor"].is_number() ? (*rs)["factor"].get<float>() : 1.0f;
     if (type == "linear") {
       c.rope_scaling.type = RopeScalingType::kLinear;
       c.rope_scaling.factor = factor;
@@ -416,26 +392,25 @@ Result<std::unique_ptr<Checkpoint>> OpenHuggingFace(std::string_view path,
   }
   if (!tok.empty()) {
     ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(tok.string()));
-    Result<Vocab> v = tok.extension() == ".json" ? ParseTokenizerJson(*src)
-                                                 : ParseSentencePieceModel(*src);
+    Result<Vocab> v =
+        tok.extension() == ".json" ? ParseTokenizerJson(*src) : ParseSentencePieceModel(*src);
     if (!v.ok()) return v.status();
     ckpt->vocab_ = std::move(*v);
     // config.json's special ids override the tokenizer's defaults.
-    if (auto j = Json::parse(config_text, nullptr, false); j.is_object()) {
+    if (auto j = ParseUntrustedJson(config_text, "config.json"); j.ok() && j->is_object()) {
       for (auto [key, field] : {std::pair{"bos_token_id", &ckpt->vocab_.bos_id},
                                 std::pair{"eos_token_id", &ckpt->vocab_.eos_id}}) {
-        auto it = j.find(key);
-        if (it != j.end() && it->is_number_unsigned() &&
+        auto it = j->find(key);
+        if (it != j->end() && it->is_number_unsigned() &&
             it->get<uint64_t>() < ckpt->vocab_.tokens.size()) {
           *field = static_cast<int32_t>(it->get<uint64_t>());
         }
       }
     }
     if (ckpt->vocab_.tokens.size() > ckpt->config_.vocab_size) {
-      return CorruptionError(tok.string() + ": tokenizer has " +
-                             std::to_string(ckpt->vocab_.tokens.size()) +
-                             " tokens, more than the model's vocab_size " +
-                             std::to_string(ckpt->config_.vocab_size));
+      return CorruptionError(
+          tok.string() + ": tokenizer has " + std::to_string(ckpt->vocab_.tokens.size()) +
+          " tokens, more than the model's vocab_size " + std::to_string(ckpt->config_.vocab_size));
     }
   }
   return std::unique_ptr<Checkpoint>(std::move(ckpt));

@@ -20,16 +20,20 @@ std::string LayerKey(std::string_view prefix, uint32_t layer) {
 
 std::string_view CodecName(Codec c) {
   switch (c) {
-    case Codec::kNone: return "none";
-    case Codec::kZstd: return "zstd";
+    case Codec::kNone:
+      return "none";
+    case Codec::kZstd:
+      return "zstd";
   }
   return "unknown";
 }
 
 std::string_view BundleKindName(BundleKind k) {
   switch (k) {
-    case BundleKind::kGateUpDown: return "gate-up-down";
-    case BundleKind::kGateSeparate: return "gate+up-down";
+    case BundleKind::kGateUpDown:
+      return "gate-up-down";
+    case BundleKind::kGateSeparate:
+      return "gate+up-down";
   }
   return "unknown";
 }
@@ -38,9 +42,10 @@ std::string_view BundleKindName(BundleKind k) {
 
 // ---- catalog value codecs ----
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <utility>
 
-#include <nlohmann/json.hpp>
+#include "layout/json_util.h"
 
 namespace flashlm::layout {
 namespace {
@@ -55,17 +60,18 @@ Status GetNumber(const json& j, const char* key, T* out, bool required = true) {
     return required ? CorruptionError(std::string("catalog JSON lacks field '") + key + "'")
                     : Status::Ok();
   }
-  if (!it->is_number()) return CorruptionError(std::string("catalog JSON field '") + key + "' is not a number");
+  if (!it->is_number())
+    return CorruptionError(std::string("catalog JSON field '") + key + "' is not a number");
   if constexpr (std::is_integral_v<T>) {
     if (!it->is_number_integer()) {
       return CorruptionError(std::string("catalog JSON field '") + key + "' is not an integer");
     }
     if (it->is_number_unsigned() ? !std::in_range<T>(it->get<uint64_t>())
-                                  : !std::in_range<T>(it->get<int64_t>())) {
+                                 : !std::in_range<T>(it->get<int64_t>())) {
       return CorruptionError(std::string("catalog JSON field '") + key + "' out of range");
     }
-    const int64_t v = it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>())
-                                               : it->get<int64_t>();
+    const int64_t v =
+        it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>()) : it->get<int64_t>();
     *out = static_cast<T>(v);
   } else {
     *out = static_cast<T>(it->get<double>());
@@ -92,8 +98,10 @@ Status GetString(const json& j, const char* key, std::string* out) {
 }
 
 Result<json> ParseObject(std::string_view text, const char* what) {
-  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
+  Result<json> parsed = ParseUntrustedJson(text, std::string("catalog ") + what);
+  if (!parsed.ok()) return parsed.status();
+  json j = std::move(*parsed);
+  if (!j.is_object()) {
     return CorruptionError(std::string("catalog ") + what + " is not a JSON object");
   }
   return j;
@@ -175,7 +183,8 @@ Result<ModelConfig> DecodeConfigJson(std::string_view text) {
   RETURN_IF_ERROR(GetNumber(j, "rope_theta", &c.rope_theta));
   RETURN_IF_ERROR(GetNumber(j, "norm_eps", &c.norm_eps));
   auto rs = j.find("rope_scaling");
-  if (rs == j.end() || !rs->is_object()) return CorruptionError("catalog config lacks rope_scaling");
+  if (rs == j.end() || !rs->is_object())
+    return CorruptionError("catalog config lacks rope_scaling");
   int type = 0, act = 0;
   RETURN_IF_ERROR(GetNumber(*rs, "type", &type));
   if (type < 0 || type > 2) return CorruptionError("catalog config: unknown rope_scaling type");

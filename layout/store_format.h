@@ -35,11 +35,11 @@ std::string DataFileName(uint32_t file_index);
 
 // Catalog keys. Keys with a trailing '/' are prefixes followed by a name or a 5-digit layer.
 namespace catalog_key {
-inline constexpr std::string_view kHeader = "header";          // StoreHeader
-inline constexpr std::string_view kConfig = "config";          // JSON ModelConfig
-inline constexpr std::string_view kLayout = "layout";          // JSON layout parameters
-inline constexpr std::string_view kProvenance = "provenance";  // JSON source + flashlm version
-inline constexpr std::string_view kVocabMeta = "vocab/meta";   // JSON kind, special ids, flags
+inline constexpr std::string_view kHeader = "header";             // StoreHeader
+inline constexpr std::string_view kConfig = "config";             // JSON ModelConfig
+inline constexpr std::string_view kLayout = "layout";             // JSON layout parameters
+inline constexpr std::string_view kProvenance = "provenance";     // JSON source + flashlm version
+inline constexpr std::string_view kVocabMeta = "vocab/meta";      // JSON kind, special ids, flags
 inline constexpr std::string_view kVocabTokens = "vocab/tokens";  // StringList
 inline constexpr std::string_view kVocabScores = "vocab/scores";  // f32[n]
 inline constexpr std::string_view kVocabTypes = "vocab/types";    // i32[n]
@@ -59,8 +59,8 @@ std::string_view CodecName(Codec c);
 
 // How FFN neurons are bundled. Values are stored.
 enum class BundleKind : uint8_t {
-  kGateUpDown = 0,   // bundle i = [gate row i | up row i | down column i]
-  kGateSeparate = 1, // ffn_gate is a dense tensor; bundle i = [up row i | down column i]
+  kGateUpDown = 0,    // bundle i = [gate row i | up row i | down column i]
+  kGateSeparate = 1,  // ffn_gate is a dense tensor; bundle i = [up row i | down column i]
 };
 std::string_view BundleKindName(BundleKind k);  // "gate-up-down", "gate+up-down"
 
@@ -74,12 +74,12 @@ enum class FfnPart : uint8_t { kNone = 0, kGate = 1, kUp = 2, kDown = 3 };
 
 // Catalog "header": identifies a store and its format version. 32 bytes.
 struct StoreHeader {
-  char magic[8];            // kStoreMagic
-  uint32_t format_version;  // kStoreFormatVersion
-  uint32_t data_file_count; // data-00000.bin ... ; 1 in this version
-  uint32_t alignment_bytes; // every extent offset is a multiple of this (power of two)
-  uint32_t reserved;        // 0
-  uint64_t extent_count;    // records in "extents"
+  char magic[8];             // kStoreMagic
+  uint32_t format_version;   // kStoreFormatVersion
+  uint32_t data_file_count;  // data-00000.bin ... ; 1 in this version
+  uint32_t alignment_bytes;  // every extent offset is a multiple of this (power of two)
+  uint32_t reserved;         // 0
+  uint64_t extent_count;     // records in "extents"
 };
 static_assert(sizeof(StoreHeader) == 32);
 
@@ -97,17 +97,17 @@ static_assert(sizeof(ExtentRecord) == 40);
 
 // Catalog "tensor/<name>": where a tensor lives. 56 bytes.
 struct TensorRecord {
-  uint32_t order;           // position in the tensor directory (source order)
-  uint8_t dtype;            // DType of the stored bytes
-  uint8_t placement;        // Placement
-  uint8_t n_dims;           // 1 or 2
-  uint8_t ffn_part;         // FfnPart (kBundled), else 0
-  uint64_t shape[2];        // outermost first; shape[1] unused when n_dims == 1
-  uint64_t first_extent;    // kDense: first of extent_count extents; kBundled: unused (0)
-  uint64_t extent_count;    // kDense: ceil(rows / rows_per_extent); kBundled: 0
-  uint64_t rows_per_extent; // kDense: rows per extent (the last may hold fewer); kBundled: 0
-  uint32_t layer;           // kBundled: the FFN layer; else 0
-  uint32_t reserved1;       // 0
+  uint32_t order;            // position in the tensor directory (source order)
+  uint8_t dtype;             // DType of the stored bytes
+  uint8_t placement;         // Placement
+  uint8_t n_dims;            // 1 or 2
+  uint8_t ffn_part;          // FfnPart (kBundled), else 0
+  uint64_t shape[2];         // outermost first; shape[1] unused when n_dims == 1
+  uint64_t first_extent;     // kDense: first of extent_count extents; kBundled: unused (0)
+  uint64_t extent_count;     // kDense: ceil(rows / rows_per_extent); kBundled: 0
+  uint64_t rows_per_extent;  // kDense: rows per extent (the last may hold fewer); kBundled: 0
+  uint32_t layer;            // kBundled: the FFN layer; else 0
+  uint32_t reserved1;        // 0
 };
 static_assert(sizeof(TensorRecord) == 56);
 
@@ -125,10 +125,10 @@ struct FfnLayerRecord {
   uint8_t has_permutation;  // 1: "perm/<layer>" holds u32[n_neurons], position -> neuron
   uint8_t reserved0;        // 0
   uint64_t first_extent;
-  uint64_t part_bytes;      // RowBytes(dtype, dim)
-  uint64_t bundle_bytes;    // raw bytes of one bundle (2 or 3 parts)
-  uint64_t stride_bytes;    // AlignUp(bundle_bytes, alignment): one O_DIRECT read per bundle
-  uint64_t reserved1;       // 0
+  uint64_t part_bytes;    // RowBytes(dtype, dim)
+  uint64_t bundle_bytes;  // raw bytes of one bundle (2 or 3 parts)
+  uint64_t stride_bytes;  // AlignUp(bundle_bytes, alignment): one O_DIRECT read per bundle
+  uint64_t reserved1;     // 0
 };
 static_assert(sizeof(FfnLayerRecord) == 56);
 

@@ -88,12 +88,14 @@ Status StoreReader::Load() {
     return NotFoundError("not a flashlm store (no such folder): " + path_);
   }
   if (std::filesystem::path(path_).filename().string().find(kTempMarker) != std::string::npos) {
-    return CorruptionError(path_ + " is the temp folder of an unfinished or interrupted repack, "
+    return CorruptionError(path_ +
+                           " is the temp folder of an unfinished or interrupted repack, "
                            "not a store; delete it and repack again");
   }
   const std::string catalog = path_ + "/" + std::string(kCatalogFileName);
   if (!std::filesystem::exists(catalog, ec)) {
-    return NotFoundError("not a flashlm store (no " + std::string(kCatalogFileName) + "): " + path_);
+    return NotFoundError("not a flashlm store (no " + std::string(kCatalogFileName) +
+                         "): " + path_);
   }
   storage::LmdbEnv::Options opts;
   opts.read_only = true;
@@ -109,11 +111,10 @@ Status StoreReader::Load() {
     return CorruptionError(where("bad magic in catalog header"));
   }
   if (header_.format_version != kStoreFormatVersion) {
-    return NotSupportedError(where("store format version " +
-                                   std::to_string(header_.format_version) +
-                                   " is not supported; this flashlm (" FLASHLM_VERSION
-                                   ") reads version " + std::to_string(kStoreFormatVersion) +
-                                   ". Repack the model with this flashlm."));
+    return NotSupportedError(
+        where("store format version " + std::to_string(header_.format_version) +
+              " is not supported; this flashlm (" FLASHLM_VERSION ") reads version " +
+              std::to_string(kStoreFormatVersion) + ". Repack the model with this flashlm."));
   }
   if (!IsPowerOfTwo(header_.alignment_bytes) || header_.alignment_bytes < 512) {
     return CorruptionError(where("bad alignment " + std::to_string(header_.alignment_bytes)));
@@ -178,15 +179,16 @@ Status StoreReader::Load() {
     const ExtentRecord& e = extents_[i];
     const std::string name = "extent " + std::to_string(i);
     if (e.file_index >= header_.data_file_count) return CorruptionError(where(name + ": bad file"));
-    if (e.codec > static_cast<uint8_t>(Codec::kZstd)) return CorruptionError(where(name + ": unknown codec"));
+    if (e.codec > static_cast<uint8_t>(Codec::kZstd))
+      return CorruptionError(where(name + ": unknown codec"));
     if (e.offset_bytes % header_.alignment_bytes != 0) {
       return CorruptionError(where(name + ": offset not aligned"));
     }
     uint64_t end;
     if (__builtin_add_overflow(e.offset_bytes, e.stored_bytes, &end) ||
         end > file_bytes_[e.file_index]) {
-      return CorruptionError(where(name + " lies outside " + DataFileName(e.file_index) +
-                                   " (truncated data file?)"));
+      return CorruptionError(
+          where(name + " lies outside " + DataFileName(e.file_index) + " (truncated data file?)"));
     }
     if (e.codec == static_cast<uint8_t>(Codec::kNone) && e.raw_bytes != e.stored_bytes) {
       return CorruptionError(where(name + ": raw and stored sizes differ without a codec"));
@@ -216,9 +218,9 @@ Status StoreReader::Load() {
     if (f.bundle_kind > static_cast<uint8_t>(BundleKind::kGateSeparate)) {
       return CorruptionError(where(name + ": unknown bundle kind"));
     }
-    BundleGeometry g = BundleGeometry::Make(static_cast<BundleKind>(f.bundle_kind),
-                                            static_cast<DType>(f.dtype), f.dim,
-                                            header_.alignment_bytes);
+    BundleGeometry g =
+        BundleGeometry::Make(static_cast<BundleKind>(f.bundle_kind), static_cast<DType>(f.dtype),
+                             f.dim, header_.alignment_bytes);
     if (g.part_bytes != f.part_bytes || g.bundle_bytes != f.bundle_bytes ||
         g.stride_bytes != f.stride_bytes) {
       return CorruptionError(where(name + ": bundle sizes disagree with dtype and dim"));
@@ -238,7 +240,8 @@ Status StoreReader::Load() {
       ASSIGN_OR_RETURN(perm, DecodeArray<uint32_t>(b, key, f.n_neurons));
       std::vector<bool> seen(f.n_neurons, false);
       for (uint32_t n : perm) {
-        if (n >= f.n_neurons || seen[n]) return CorruptionError(where(key + " is not a permutation"));
+        if (n >= f.n_neurons || seen[n])
+          return CorruptionError(where(key + " is not a permutation"));
         seen[n] = true;
       }
     }
@@ -253,23 +256,26 @@ Status StoreReader::Load() {
 
   // Tensor directory.
   std::vector<std::pair<TensorRecord, TensorInfo>> dir;
-  RETURN_IF_ERROR(txn.ForEach(catalog_key::kTensorPrefix, [&](std::string_view key, ConstByteSpan v) {
-    auto rec = DecodeRecord<TensorRecord>(v, key);
-    if (!rec.ok()) {
-      bad = rec.status();
-      return false;
-    }
-    TensorInfo info;
-    info.name = std::string(key.substr(catalog_key::kTensorPrefix.size()));
-    info.dtype = static_cast<DType>(rec->dtype);
-    dir.emplace_back(*rec, std::move(info));
-    return true;
-  }));
+  RETURN_IF_ERROR(
+      txn.ForEach(catalog_key::kTensorPrefix, [&](std::string_view key, ConstByteSpan v) {
+        auto rec = DecodeRecord<TensorRecord>(v, key);
+        if (!rec.ok()) {
+          bad = rec.status();
+          return false;
+        }
+        TensorInfo info;
+        info.name = std::string(key.substr(catalog_key::kTensorPrefix.size()));
+        info.dtype = static_cast<DType>(rec->dtype);
+        dir.emplace_back(*rec, std::move(info));
+        return true;
+      }));
   RETURN_IF_ERROR(bad);
   for (auto& [rec, info] : dir) {
     const std::string name = "tensor " + info.name;
+    constexpr uint64_t kDimMax = uint64_t{1} << 40;  // keeps RowBytes and products in range
     if (!IsStorableDType(rec.dtype) || rec.n_dims < 1 || rec.n_dims > 2 || rec.shape[0] == 0 ||
-        (rec.n_dims == 2 && rec.shape[1] == 0)) {
+        rec.shape[0] > kDimMax ||
+        (rec.n_dims == 2 && (rec.shape[1] == 0 || rec.shape[1] > kDimMax))) {
       return CorruptionError(where(name + ": bad dtype or shape"));
     }
     info.shape.assign(rec.shape, rec.shape + rec.n_dims);
@@ -296,7 +302,8 @@ Status StoreReader::Load() {
       const auto part = static_cast<FfnPart>(rec.ffn_part);
       const bool rows_are_neurons = part == FfnPart::kGate || part == FfnPart::kUp;
       if (rec.n_dims != 2 || rec.dtype != f.dtype ||
-          (part == FfnPart::kGate && f.bundle_kind != static_cast<uint8_t>(BundleKind::kGateUpDown)) ||
+          (part == FfnPart::kGate &&
+           f.bundle_kind != static_cast<uint8_t>(BundleKind::kGateUpDown)) ||
           !(rows_are_neurons || part == FfnPart::kDown) ||
           (rows_are_neurons ? (rec.shape[0] != f.n_neurons || rec.shape[1] != f.dim)
                             : (rec.shape[0] != f.dim || rec.shape[1] != f.n_neurons))) {
@@ -419,13 +426,14 @@ Status StoreReader::ForEachExtent(std::span<const Extent> extents,
   // Every submitted read is reaped before returning, error or not: the kernel may still be
   // writing into bounce_.
   struct Slot {
-    uint64_t cover_offset;  // in the file
-    uint64_t bounce_offset; // in bounce_
+    uint64_t cover_offset;   // in the file
+    uint64_t bounce_offset;  // in bounce_
     uint64_t cover_bytes;
   };
   std::vector<Slot> slots;
   std::vector<storage::ReadRequest> requests;
-  std::vector<storage::ReadCompletion> completions(std::max<size_t>(1, backend_->queue_depth_max()));
+  std::vector<storage::ReadCompletion> completions(
+      std::max<size_t>(1, backend_->queue_depth_max()));
   const size_t depth = std::max<size_t>(1, backend_->queue_depth_max());
   size_t next = 0;
   while (next < extents.size()) {
@@ -437,7 +445,8 @@ Status StoreReader::ForEachExtent(std::span<const Extent> extents,
     size_t first = next;
     while (next < extents.size() && requests.size() < depth) {
       const Extent& e = extents[next];
-      if (e.file_index >= files_.size()) return InvalidArgumentError("extent with a bad file index");
+      if (e.file_index >= files_.size())
+        return InvalidArgumentError("extent with a bad file index");
       const storage::File& file = files_[e.file_index];
       align = std::max<uint64_t>(align, std::max<uint64_t>(file.required_alignment_bytes(), 64));
       const uint64_t a = std::max<uint64_t>(file.required_alignment_bytes(), 1);
@@ -447,7 +456,8 @@ Status StoreReader::ForEachExtent(std::span<const Extent> extents,
       const uint64_t at = AlignUp(bounce_bytes, align);
       if (!requests.empty() && at + cover > options_.batch_bytes_max) break;
       slots.push_back(Slot{lo, at, cover});
-      requests.push_back(storage::ReadRequest{file_ids_[e.file_index], lo, ByteSpan(), next - first});
+      requests.push_back(
+          storage::ReadRequest{file_ids_[e.file_index], lo, ByteSpan(), next - first});
       bounce_bytes = at + cover;
       ++next;
     }
@@ -485,16 +495,14 @@ Status StoreReader::ForEachExtent(std::span<const Extent> extents,
         return CorruptionError("extent " + std::to_string(e.index) + " is truncated in " +
                                DataFilePath(e.file_index));
       }
-      ConstByteSpan stored = ConstByteSpan(bounce_.span()).subspan(
-          slots[k].bounce_offset + skip, e.stored_bytes);
+      ConstByteSpan stored =
+          ConstByteSpan(bounce_.span()).subspan(slots[k].bounce_offset + skip, e.stored_bytes);
       const uint64_t sum = storage::Checksum64(stored);
       if (sum != e.checksum) {
-        return CorruptionError("extent " + std::to_string(e.index) + " (" +
-                               DataFileName(e.file_index) + " offset " +
-                               std::to_string(e.offset_bytes) + ", " +
-                               std::to_string(e.stored_bytes) +
-                               " bytes) checksum mismatch: catalog " + Hex(e.checksum) +
-                               ", data " + Hex(sum));
+        return CorruptionError(
+            "extent " + std::to_string(e.index) + " (" + DataFileName(e.file_index) + " offset " +
+            std::to_string(e.offset_bytes) + ", " + std::to_string(e.stored_bytes) +
+            " bytes) checksum mismatch: catalog " + Hex(e.checksum) + ", data " + Hex(sum));
       }
       if (e.codec == Codec::kZstd) {
         decoded_.resize(e.raw_bytes);
@@ -514,8 +522,8 @@ Status StoreReader::ReadExtents(std::span<const Extent> extents, std::span<const
   for (size_t i = 0; i < extents.size(); ++i) {
     if (outs[i].size() != extents[i].raw_bytes) {
       return InvalidArgumentError("ReadExtents: buffer of " + std::to_string(outs[i].size()) +
-                                  " bytes for extent " + std::to_string(extents[i].index) +
-                                  " of " + std::to_string(extents[i].raw_bytes));
+                                  " bytes for extent " + std::to_string(extents[i].index) + " of " +
+                                  std::to_string(extents[i].raw_bytes));
     }
   }
   return ForEachExtent(extents, [&](size_t i, ConstByteSpan raw) {
@@ -572,8 +580,8 @@ std::string StoreReader::DescribeExtent(uint64_t index) const {
     if (index < f.first_extent || index >= f.first_extent + f.n_neurons) continue;
     const uint64_t p = index - f.first_extent;
     const std::span<const uint32_t> perm = Permutation(f.layer);
-    return "FFN layer " + std::to_string(f.layer) + " bundle " + std::to_string(p) +
-           " (neuron " + std::to_string(perm.empty() ? p : perm[p]) + ")";
+    return "FFN layer " + std::to_string(f.layer) + " bundle " + std::to_string(p) + " (neuron " +
+           std::to_string(perm.empty() ? p : perm[p]) + ")";
   }
   return "unreferenced";
 }

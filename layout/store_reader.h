@@ -44,13 +44,13 @@ struct Extent {
   uint64_t stored_bytes = 0;  // bytes to read
   uint64_t raw_bytes = 0;     // bytes after decoding
   Codec codec = Codec::kNone;
-  uint64_t checksum = 0;      // XXH3-64 of the stored bytes
+  uint64_t checksum = 0;  // XXH3-64 of the stored bytes
 };
 
 // Where one tensor lives.
 struct TensorLocation {
-  TensorInfo info;         // as tensors() reports it
-  TensorRecord record;     // the catalog record (record.dtype is the stored dtype)
+  TensorInfo info;      // as tensors() reports it
+  TensorRecord record;  // the catalog record (record.dtype is the stored dtype)
 };
 
 struct StoreReadOptions {
@@ -58,8 +58,8 @@ struct StoreReadOptions {
   // through a ReadBackend (io_uring, falling back to pread).
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;
-  uint32_t queue_depth = 32;                  // extent reads in flight
-  uint64_t batch_bytes_max = 32ull << 20;     // bounce buffer bound for one batch
+  uint32_t queue_depth = 32;               // extent reads in flight
+  uint64_t batch_bytes_max = 32ull << 20;  // bounce buffer bound for one batch
 };
 
 class StoreReader final : public Checkpoint {
@@ -128,8 +128,8 @@ class StoreReader final : public Checkpoint {
   std::string DescribeExtent(uint64_t index) const;
 
   // Reads every extent and checks its checksum (and decodes compressed ones). Stops at the first
-  // failure and returns its status (Corruption naming the extent and what it holds). progress(done, total) is
-  // called after each extent when set.
+  // failure and returns its status (Corruption naming the extent and what it holds). progress(done,
+  // total) is called after each extent when set.
   Status VerifyAll(const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
 
  private:
@@ -150,16 +150,16 @@ class StoreReader final : public Checkpoint {
   std::vector<TensorInfo> tensors_;
   std::vector<TensorRecord> records_;  // parallel to tensors_
   std::vector<ExtentRecord> extents_;
-  std::vector<FfnLayerRecord> ffn_;                  // by layer
+  std::vector<FfnLayerRecord> ffn_;                 // by layer
   std::vector<std::vector<uint32_t>> permutation_;  // by layer; empty = identity
   std::vector<std::vector<float>> activations_;     // by layer; empty = none
   std::vector<uint64_t> file_bytes_;                // by data file
   StoreReadOptions options_;
-  std::vector<storage::File> files_;                // by data file
-  std::vector<uint32_t> file_ids_;                  // backend ids, by data file
+  std::vector<storage::File> files_;  // by data file
+  std::vector<uint32_t> file_ids_;    // backend ids, by data file
   std::unique_ptr<storage::ReadBackend> backend_;
-  storage::AlignedBuffer bounce_;                   // aligned covers of one batch's extents
-  std::vector<std::byte> decoded_;                  // one zstd extent, decoded
+  storage::AlignedBuffer bounce_;   // aligned covers of one batch's extents
+  std::vector<std::byte> decoded_;  // one zstd extent, decoded
 };
 
 }  // namespace flashlm::layout

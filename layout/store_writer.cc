@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +15,8 @@
 
 namespace flashlm::layout {
 namespace {
+
+constexpr uint64_t kWriteBufferBytes = 8u << 20;  // multiple of any O_DIRECT alignment
 
 Status FsyncPath(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -50,43 +53,63 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
   std::filesystem::remove_all(temp, ec);  // a stale temp of an earlier run with our pid
   if (::mkdir(temp.c_str(), 0755) != 0) return ErrnoError("mkdir " + temp, errno);
   std::string data = temp + "/" + DataFileName(0);
-  int fd = ::open(data.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    int e = errno;
+  auto file = storage::File::Create(data);
+  auto buffer = [&]() -> Result<storage::AlignedBuffer> {
+    if (!file.ok()) return file.status();
+    return storage::AlignedBuffer::Allocate(kWriteBufferBytes,
+                                            std::max<uint64_t>(4096, file->alignment_bytes()));
+  };
+  Result<storage::AlignedBuffer> a = buffer();
+  Result<storage::AlignedBuffer> b = buffer();
+  if (!a.ok() || !b.ok()) {
     std::filesystem::remove_all(temp, ec);
-    return ErrnoError("create " + data, e);
+    return a.ok() ? b.status() : a.status();
   }
-  return std::unique_ptr<StoreWriter>(new StoreWriter(trimmed, temp, options, fd));
+  return std::unique_ptr<StoreWriter>(
+      new StoreWriter(trimmed, temp, options, std::move(*file), std::move(*a), std::move(*b)));
 }
 
 StoreWriter::~StoreWriter() {
-  if (fd_ >= 0) ::close(fd_);
+  WaitForWrite().IgnoreError();  // before the temp folder goes
   if (!finished_) {
     std::error_code ec;
     std::filesystem::remove_all(temp_path_, ec);
   }
 }
 
-Status StoreWriter::WriteAt(ConstByteSpan bytes, uint64_t offset_bytes) {
-  while (!bytes.empty()) {
-    ssize_t n = ::pwrite(fd_, bytes.data(), bytes.size(), static_cast<off_t>(offset_bytes));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("write " + temp_path_ + "/" + DataFileName(0), errno);
-    }
-    bytes = bytes.subspan(static_cast<size_t>(n));
-    offset_bytes += static_cast<uint64_t>(n);
-  }
+Status StoreWriter::WaitForWrite() {
+  if (!pending_.valid()) return Status::Ok();
+  return pending_.get();
+}
+
+Status StoreWriter::FlushFull() {
+  RETURN_IF_ERROR(WaitForWrite());  // the spare buffer is free again
+  std::swap(buffer_, spare_);
+  const uint64_t offset = buffer_offset_;
+  storage::File* file = &file_;  // only the task touches it until WaitForWrite()
+  ConstByteSpan bytes = spare_.span();
+  pending_ = std::async(std::launch::async,
+                        [file, offset, bytes] { return file->WriteAt(offset, bytes); });
+  buffer_offset_ += buffer_.size_bytes();
+  buffer_used_ = 0;
   return Status::Ok();
 }
 
-constexpr uint64_t kWriteBufferBytes = 8u << 20;
-
-Status StoreWriter::Flush() {
-  if (buffer_.empty()) return Status::Ok();
-  RETURN_IF_ERROR(WriteAt(buffer_, buffer_offset_));
-  buffer_offset_ += buffer_.size();
-  buffer_.clear();
+Status StoreWriter::Append(ConstByteSpan bytes, uint64_t zeros) {
+  uint64_t left = bytes.empty() ? zeros : bytes.size();
+  uint64_t from = 0;
+  while (left > 0) {
+    const uint64_t n = std::min(left, buffer_.size_bytes() - buffer_used_);
+    if (bytes.empty()) {
+      std::memset(buffer_.data() + buffer_used_, 0, n);
+    } else {
+      std::memcpy(buffer_.data() + buffer_used_, bytes.data() + from, n);
+    }
+    buffer_used_ += n;
+    from += n;
+    left -= n;
+    if (buffer_used_ == buffer_.size_bytes()) RETURN_IF_ERROR(FlushFull());
+  }
   return Status::Ok();
 }
 
@@ -104,8 +127,7 @@ Result<uint64_t> StoreWriter::AppendExtent(ConstByteSpan raw) {
     ASSIGN_OR_RETURN(size_t n, storage::ZstdCompress(raw, scratch_, options_.zstd_level));
     // Space on flash is counted in aligned units: compression that does not free at least the
     // threshold of them costs a decode on every read for nothing.
-    const double saved =
-        1.0 - double(AlignUp(n, align)) / double(AlignUp(raw.size(), align));
+    const double saved = 1.0 - double(AlignUp(n, align)) / double(AlignUp(raw.size(), align));
     if (saved >= options_.zstd_min_saving) {
       stored = ConstByteSpan(scratch_.data(), n);
       rec.codec = static_cast<uint8_t>(Codec::kZstd);
@@ -115,17 +137,8 @@ Result<uint64_t> StoreWriter::AppendExtent(ConstByteSpan raw) {
   rec.stored_bytes = stored.size();
   rec.checksum = storage::Checksum64(stored);
   const uint64_t padded_end = AlignUp(rec.offset_bytes + stored.size(), align);
-  if (buffer_.size() + (padded_end - rec.offset_bytes) > kWriteBufferBytes) RETURN_IF_ERROR(Flush());
-  if (padded_end - rec.offset_bytes > kWriteBufferBytes) {
-    // Large extent: written straight from the caller's bytes; the padding becomes a hole that
-    // reads as zeros (and ftruncate in Finish extends the file over a trailing one).
-    RETURN_IF_ERROR(WriteAt(stored, rec.offset_bytes));
-    buffer_offset_ = padded_end;
-  } else {
-    if (buffer_.capacity() < kWriteBufferBytes) buffer_.reserve(kWriteBufferBytes);
-    buffer_.insert(buffer_.end(), stored.begin(), stored.end());
-    buffer_.resize(padded_end - buffer_offset_, std::byte{0});
-  }
+  RETURN_IF_ERROR(Append(stored, 0));
+  RETURN_IF_ERROR(Append({}, padded_end - rec.offset_bytes - stored.size()));
   end_bytes_ = padded_end;
   extents_.push_back(rec);
   ++stats_.extent_count;
@@ -140,15 +153,18 @@ void StoreWriter::PutRecord(std::string key, ConstByteSpan value) {
 
 Status StoreWriter::Finish() {
   if (finished_) return FailedPreconditionError("Finish twice");
-  RETURN_IF_ERROR(Flush());
-  // Pad the file to the aligned end so that an O_DIRECT read of the last extent's aligned
-  // cover stays inside the file.
-  if (::ftruncate(fd_, static_cast<off_t>(end_bytes_)) != 0) {
-    return ErrnoError("truncate data file in " + temp_path_, errno);
+  // The last, partial buffer: written rounded up to the file's O_DIRECT alignment (zeros), then
+  // the file is cut back to the aligned end of the last extent, so that an O_DIRECT read of the
+  // last extent's aligned cover stays inside the file.
+  RETURN_IF_ERROR(WaitForWrite());
+  if (buffer_used_ > 0) {
+    const uint64_t a = std::max<uint64_t>(1, file_.required_alignment_bytes());
+    const uint64_t n = AlignUp(buffer_used_, a);
+    std::memset(buffer_.data() + buffer_used_, 0, n - buffer_used_);
+    RETURN_IF_ERROR(file_.WriteAt(buffer_offset_, buffer_.span().first(n)));
   }
-  if (::fsync(fd_) != 0) return ErrnoError("fsync data file in " + temp_path_, errno);
-  ::close(fd_);
-  fd_ = -1;
+  RETURN_IF_ERROR(file_.Truncate(end_bytes_));
+  RETURN_IF_ERROR(file_.Sync());
   stats_.file_bytes = end_bytes_;
 
   StoreHeader header{};
@@ -172,9 +188,9 @@ Status StoreWriter::Finish() {
     ASSIGN_OR_RETURN(storage::WriteTxn txn, env->BeginWrite());
     for (const auto& [k, v] : records_) RETURN_IF_ERROR(txn.Put(k, v));
     RETURN_IF_ERROR(txn.Put(catalog_key::kExtents, std::as_bytes(std::span(extents_))));
-    RETURN_IF_ERROR(txn.Put(catalog_key::kHeader,
-                            ConstByteSpan(reinterpret_cast<const std::byte*>(&header),
-                                          sizeof header)));
+    RETURN_IF_ERROR(
+        txn.Put(catalog_key::kHeader,
+                ConstByteSpan(reinterpret_cast<const std::byte*>(&header), sizeof header)));
     RETURN_IF_ERROR(txn.Commit());  // LMDB fsyncs on commit by default
   }
   std::error_code ec;

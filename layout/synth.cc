@@ -22,8 +22,9 @@ uint64_t SplitMix(uint64_t& state) {
 // Approximately N(0, 1): the sum of four 16-bit uniforms, centred and scaled to unit variance.
 float Normal(uint64_t& state) {
   const uint64_t r = SplitMix(state);
-  const float sum = static_cast<float>((r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) +
-                                       (r >> 48)) * (1.0f / 65536.0f);
+  const float sum =
+      static_cast<float>((r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) + (r >> 48)) *
+      (1.0f / 65536.0f);
   return (sum - 2.0f) * 1.7320508f;  // variance of the sum is 4/12
 }
 
@@ -81,12 +82,18 @@ void AddGeneratedVocab(GgufWriter& w, uint32_t vocab_size) {
 
 uint32_t FileType(DType t) {  // llama.cpp's general.file_type (LLAMA_FTYPE_*)
   switch (t) {
-    case DType::kF32: return 0;
-    case DType::kF16: return 1;
-    case DType::kQ4_0: return 2;
-    case DType::kQ8_0: return 7;
-    case DType::kBF16: return 32;
-    default: return 0;
+    case DType::kF32:
+      return 0;
+    case DType::kF16:
+      return 1;
+    case DType::kQ4_0:
+      return 2;
+    case DType::kQ8_0:
+      return 7;
+    case DType::kBF16:
+      return 32;
+    default:
+      return 0;
   }
 }
 
@@ -98,10 +105,8 @@ Result<ModelConfig> SynthShape(std::string_view name) {
     uint32_t dim, hidden, layers, heads, kv_heads, vocab, ctx;
   };
   static constexpr Shape kShapes[] = {
-      {"tiny", 64, 256, 2, 4, 2, 512, 256},
-      {"15m", 288, 768, 6, 6, 6, 32000, 256},
-      {"110m", 768, 2048, 12, 12, 12, 32000, 1024},
-      {"1b", 2048, 5632, 22, 32, 4, 32000, 2048},
+      {"tiny", 64, 256, 2, 4, 2, 512, 256},         {"15m", 288, 768, 6, 6, 6, 32000, 256},
+      {"110m", 768, 2048, 12, 12, 12, 32000, 1024}, {"1b", 2048, 5632, 22, 32, 4, 32000, 2048},
       {"7b", 4096, 11008, 32, 32, 32, 32000, 4096},
   };
   for (const Shape& s : kShapes) {
@@ -141,7 +146,8 @@ std::vector<float> SynthFireProbabilities(uint32_t hidden, float fire_rate, floa
     (mean_at(mid) < fire_rate ? lo : hi) = mid;
   }
   std::vector<float> p(hidden);
-  for (uint32_t i = 0; i < hidden; ++i) p[i] = static_cast<float>(std::clamp(hi * w[i], 1e-6, 0.999));
+  for (uint32_t i = 0; i < hidden; ++i)
+    p[i] = static_cast<float>(std::clamp(hi * w[i], 1e-6, 0.999));
   return p;
 }
 
@@ -173,8 +179,9 @@ Status SynthesizeGguf(const SynthOptions& o) {
     if (tokens->count > UINT32_MAX) return InvalidArgumentError(o.vocab_from + ": vocab too big");
     c.vocab_size = static_cast<uint32_t>(tokens->count);  // the vocabulary decides
   } else if (c.vocab_size < 260) {
-    return InvalidArgumentError("synth: a generated vocab needs --vocab >= 260 (3 special and "
-                                "256 byte tokens come first); or use --vocab-from");
+    return InvalidArgumentError(
+        "synth: a generated vocab needs --vocab >= 260 (3 special and "
+        "256 byte tokens come first); or use --vocab-from");
   }
   RETURN_IF_ERROR(c.Validate());
 
@@ -234,9 +241,9 @@ Status SynthesizeGguf(const SynthOptions& o) {
   const double noise = std::sqrt(std::max(1.0, c.dim - x0 * x0) / c.dim);  // std of the rest
 
   const float residual_scale = 1.0f / std::sqrt(2.0f * c.n_layers);
-  std::vector<float> row;                // [cols] f32
-  std::vector<std::byte> packed;         // [RowBytes(dtype, cols)]
-  std::vector<float> gate_bias;          // [hidden] channel-0 weight of each gate row
+  std::vector<float> row;         // [cols] f32
+  std::vector<std::byte> packed;  // [RowBytes(dtype, cols)]
+  std::vector<float> gate_bias;   // [hidden] channel-0 weight of each gate row
   uint64_t done_bytes = 0;
   for (size_t k = 0; k < tensors.size(); ++k) {
     const TensorInfo& t = tensors[k];
@@ -244,7 +251,8 @@ Status SynthesizeGguf(const SynthOptions& o) {
     const std::string_view n = t.name;
     const bool is_norm = t.shape.size() == 1;
     const bool is_embd = n == "token_embd.weight";
-    const bool is_residual_out = n.ends_with("attn_output.weight") || n.ends_with("ffn_down.weight");
+    const bool is_residual_out =
+        n.ends_with("attn_output.weight") || n.ends_with("ffn_down.weight");
     const bool is_gate = n.ends_with("ffn_gate.weight");
     float scale = is_embd ? 1.0f : 1.0f / std::sqrt(static_cast<float>(t.cols()));
     if (is_residual_out) scale *= residual_scale;

@@ -38,9 +38,9 @@ struct SynthOptions {
   DType dtype = DType::kF32;  // matrices; norms are always f32
   uint64_t seed = 1;
   std::string out_path;
-  std::string vocab_from;     // GGUF whose tokenizer.* metadata is copied; empty: generated
-  float fire_rate = 0.0f;     // relu shaping, see above; 0 = off
-  float hot_skew = 1.0f;      // Zipf exponent of the per-neuron firing probabilities
+  std::string vocab_from;  // GGUF whose tokenizer.* metadata is copied; empty: generated
+  float fire_rate = 0.0f;  // relu shaping, see above; 0 = off
+  float hot_skew = 1.0f;   // Zipf exponent of the per-neuron firing probabilities
   // Called after each tensor with (bytes written, total bytes, tensor name).
   std::function<void(uint64_t, uint64_t, std::string_view)> progress;
 };

@@ -4,7 +4,6 @@
 #define FLASHLM_STORAGE_CHECKSUM_H_
 
 #include <cstdint>
-
 #include <string>
 
 #include "storage/bytes.h"

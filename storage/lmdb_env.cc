@@ -12,15 +12,20 @@ namespace {
 Status LmdbError(std::string_view what, int rc) {
   std::string msg = std::string(what) + ": " + mdb_strerror(rc);
   switch (rc) {
-    case MDB_NOTFOUND: return NotFoundError(msg);
+    case MDB_NOTFOUND:
+      return NotFoundError(msg);
     case MDB_MAP_FULL:
-    case MDB_TXN_FULL: return ResourceExhaustedError(msg);
+    case MDB_TXN_FULL:
+      return ResourceExhaustedError(msg);
     case MDB_INVALID:
     case MDB_VERSION_MISMATCH:
     case MDB_CORRUPTED:
-    case MDB_PAGE_NOTFOUND: return CorruptionError(msg);
-    case ENOENT: return NotFoundError(msg);
-    default: return IoError(msg);
+    case MDB_PAGE_NOTFOUND:
+      return CorruptionError(msg);
+    case ENOENT:
+      return NotFoundError(msg);
+    default:
+      return IoError(msg);
   }
 }
 
@@ -28,7 +33,9 @@ MDB_txn* T(void* p) { return static_cast<MDB_txn*>(p); }
 
 }  // namespace
 
-ReadTxn::ReadTxn(ReadTxn&& other) noexcept : txn_(other.txn_), dbi_(other.dbi_) { other.txn_ = nullptr; }
+ReadTxn::ReadTxn(ReadTxn&& other) noexcept : txn_(other.txn_), dbi_(other.dbi_) {
+  other.txn_ = nullptr;
+}
 ReadTxn::~ReadTxn() {
   if (txn_) mdb_txn_abort(T(txn_));
 }
@@ -62,7 +69,9 @@ Status ReadTxn::ForEach(std::string_view prefix,
   return Status::Ok();
 }
 
-WriteTxn::WriteTxn(WriteTxn&& other) noexcept : txn_(other.txn_), dbi_(other.dbi_) { other.txn_ = nullptr; }
+WriteTxn::WriteTxn(WriteTxn&& other) noexcept : txn_(other.txn_), dbi_(other.dbi_) {
+  other.txn_ = nullptr;
+}
 WriteTxn::~WriteTxn() {
   if (txn_) mdb_txn_abort(T(txn_));
 }
@@ -123,8 +132,10 @@ Result<std::unique_ptr<LmdbEnv>> LmdbEnv::Open(const std::string& path, const Op
   }
   MDB_dbi dbi = 0;
   rc = mdb_dbi_open(txn, nullptr, 0, &dbi);
-  if (rc == 0) rc = mdb_txn_commit(txn);
-  else mdb_txn_abort(txn);
+  if (rc == 0)
+    rc = mdb_txn_commit(txn);
+  else
+    mdb_txn_abort(txn);
   if (rc != 0) {
     mdb_env_close(env);
     return LmdbError("open catalog database " + path, rc);

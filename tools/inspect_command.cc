@@ -1,10 +1,9 @@
 // flashlm inspect STORE [--json]: the store's config, layout, tensor directory, extents and
 // sizes, including what alignment padding costs.
-#include <cstdio>
-#include <string>
-
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "layout/store_reader.h"
 #include "tools/cli_util.h"
@@ -42,37 +41,41 @@ int RunInspect(const std::string& path, bool as_json) {
   j["config"] = ParseOr(layout::EncodeConfigJson(s.config()));
   j["layout"] = ParseOr(s.layout_json());
   j["provenance"] = ParseOr(s.provenance_json());
-  j["vocab"] = {{"tokens", s.vocab().tokens.size()}, {"merges", s.vocab().merges.size()},
-                {"bos_id", s.vocab().bos_id}, {"eos_id", s.vocab().eos_id}};
-  j["sizes"] = {{"extents", s.extent_count()},   {"zstd_extents", zstd},
-                {"raw_bytes", raw},              {"stored_bytes", stored},
-                {"data_file_bytes", file},       {"padding_ratio", padding}};
+  j["vocab"] = {{"tokens", s.vocab().tokens.size()},
+                {"merges", s.vocab().merges.size()},
+                {"bos_id", s.vocab().bos_id},
+                {"eos_id", s.vocab().eos_id}};
+  j["sizes"] = {
+      {"extents", s.extent_count()}, {"zstd_extents", zstd},    {"raw_bytes", raw},
+      {"stored_bytes", stored},      {"data_file_bytes", file}, {"padding_ratio", padding}};
   json ffn = json::array();
   for (uint32_t l = 0; l < s.ffn_layer_count(); ++l) {
     layout::FfnLayerRecord f = *s.FfnLayer(l);
-    ffn.push_back({{"layer", l},
-                   {"neurons", f.n_neurons},
-                   {"dim", f.dim},
-                   {"bundle", std::string(layout::BundleKindName(
-                                  static_cast<layout::BundleKind>(f.bundle_kind)))},
-                   {"dtype", std::string(layout::DTypeName(static_cast<layout::DType>(f.dtype)))},
-                   {"bundle_bytes", f.bundle_bytes},
-                   {"stride_bytes", f.stride_bytes},
-                   {"padding_ratio", double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes)},
-                   {"hot_first", f.has_permutation != 0},
-                   {"first_extent", f.first_extent}});
+    ffn.push_back(
+        {{"layer", l},
+         {"neurons", f.n_neurons},
+         {"dim", f.dim},
+         {"bundle",
+          std::string(layout::BundleKindName(static_cast<layout::BundleKind>(f.bundle_kind)))},
+         {"dtype", std::string(layout::DTypeName(static_cast<layout::DType>(f.dtype)))},
+         {"bundle_bytes", f.bundle_bytes},
+         {"stride_bytes", f.stride_bytes},
+         {"padding_ratio", double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes)},
+         {"hot_first", f.has_permutation != 0},
+         {"first_extent", f.first_extent}});
   }
   j["ffn_layers"] = ffn;
   json tensors = json::array();
   for (const layout::TensorInfo& t : s.tensors()) {
     layout::TensorLocation loc = *s.LocateTensor(t.name);
     const bool dense = loc.record.placement == static_cast<uint8_t>(layout::Placement::kDense);
-    json e = {{"name", t.name},
-              {"dtype", std::string(layout::DTypeName(static_cast<layout::DType>(loc.record.dtype)))},
-              {"shape", t.shape},
-              {"placement", dense ? "dense" : "bundled"},
-              {"bytes", layout::TensorInfo{t.name, static_cast<layout::DType>(loc.record.dtype),
-                                           t.shape}.size_bytes()}};
+    json e = {
+        {"name", t.name},
+        {"dtype", std::string(layout::DTypeName(static_cast<layout::DType>(loc.record.dtype)))},
+        {"shape", t.shape},
+        {"placement", dense ? "dense" : "bundled"},
+        {"bytes", layout::TensorInfo{t.name, static_cast<layout::DType>(loc.record.dtype), t.shape}
+                      .size_bytes()}};
     if (dense) {
       e["first_extent"] = loc.record.first_extent;
       e["extents"] = loc.record.extent_count;
@@ -90,14 +93,14 @@ int RunInspect(const std::string& path, bool as_json) {
   }
   const layout::ModelConfig& c = s.config();
   std::printf("store %s (format version %u)\n", s.path().c_str(), s.header().format_version);
-  std::printf("model   %s: dim %u, hidden %u, layers %u, heads %u (kv %u, head_dim %u), vocab %u, "
-              "ctx %u, rope_theta %g%s\n",
-              c.architecture.c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-              c.head_dim, c.vocab_size, c.max_seq_len, c.rope_theta,
-              c.tied_embeddings ? ", tied embeddings" : "");
-  std::printf("vocab   %zu tokens, %zu merges\n", s.vocab().tokens.size(),
-              s.vocab().merges.size());
-  std::printf("layout  %s\n", j["layout"].dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  std::printf(
+      "model   %s: dim %u, hidden %u, layers %u, heads %u (kv %u, head_dim %u), vocab %u, "
+      "ctx %u, rope_theta %g%s\n",
+      c.architecture.c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+      c.vocab_size, c.max_seq_len, c.rope_theta, c.tied_embeddings ? ", tied embeddings" : "");
+  std::printf("vocab   %zu tokens, %zu merges\n", s.vocab().tokens.size(), s.vocab().merges.size());
+  std::printf("layout  %s\n",
+              j["layout"].dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   std::printf("source  %s\n",
               j["provenance"].dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   std::printf("sizes   %llu extents (%llu zstd), raw %s, stored %s, data file %s, padding %.1f%%\n",
@@ -106,14 +109,15 @@ int RunInspect(const std::string& path, bool as_json) {
               FormatBytes(stored).c_str(), FormatBytes(file).c_str(), 100 * padding);
   if (s.ffn_layer_count() > 0) {
     layout::FfnLayerRecord f = *s.FfnLayer(0);
-    std::printf("bundles %u layers x %u neurons, %s, %s: %s per bundle in a %s stride "
-                "(padding %.1f%% per bundle)%s\n",
-                s.ffn_layer_count(), f.n_neurons,
-                std::string(layout::BundleKindName(static_cast<layout::BundleKind>(f.bundle_kind))).c_str(),
-                std::string(layout::DTypeName(static_cast<layout::DType>(f.dtype))).c_str(),
-                FormatBytes(f.bundle_bytes).c_str(), FormatBytes(f.stride_bytes).c_str(),
-                100.0 * double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes),
-                f.has_permutation ? ", hot-first" : "");
+    std::printf(
+        "bundles %u layers x %u neurons, %s, %s: %s per bundle in a %s stride "
+        "(padding %.1f%% per bundle)%s\n",
+        s.ffn_layer_count(), f.n_neurons,
+        std::string(layout::BundleKindName(static_cast<layout::BundleKind>(f.bundle_kind))).c_str(),
+        std::string(layout::DTypeName(static_cast<layout::DType>(f.dtype))).c_str(),
+        FormatBytes(f.bundle_bytes).c_str(), FormatBytes(f.stride_bytes).c_str(),
+        100.0 * double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes),
+        f.has_permutation ? ", hot-first" : "");
   }
   std::printf("tensors\n");
   for (const json& t : tensors) {

@@ -2,10 +2,9 @@
 // flashlm store. A progress bar goes to stderr; the summary to stdout.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
@@ -68,7 +67,8 @@ int RunRepack(const RepackFlags& f) {
     o.bundle_kind = layout::BundleKind::kGateSeparate;
   } else {
     return ReportError("repack", InvalidArgumentError("--bundle must be gate-up-down or "
-                                                      "gate+up-down, not '" + f.bundle + "'"));
+                                                      "gate+up-down, not '" +
+                                                      f.bundle + "'"));
   }
   if (f.compress == "zstd") {
     o.codec = layout::Codec::kZstd;
@@ -101,10 +101,10 @@ int RunRepack(const RepackFlags& f) {
   std::printf("  stored bytes   %s (data file %s)\n", FormatBytes(s.stored_bytes).c_str(),
               FormatBytes(s.file_bytes).c_str());
   if (s.bundle_bytes) {
-    std::printf("  bundle         %s in a %s stride (%.1f%% padding per bundle)\n",
-                FormatBytes(s.bundle_bytes).c_str(), FormatBytes(s.bundle_stride_bytes).c_str(),
-                100.0 * double(s.bundle_stride_bytes - s.bundle_bytes) /
-                    double(s.bundle_stride_bytes));
+    std::printf(
+        "  bundle         %s in a %s stride (%.1f%% padding per bundle)\n",
+        FormatBytes(s.bundle_bytes).c_str(), FormatBytes(s.bundle_stride_bytes).c_str(),
+        100.0 * double(s.bundle_stride_bytes - s.bundle_bytes) / double(s.bundle_stride_bytes));
   }
   std::printf("  padding        %.1f%% of the data file\n", 100.0 * s.padding_ratio());
   std::printf("  time           %.2f s (%.1f MB/s of source)\n", s.seconds, mb_s);
@@ -124,8 +124,7 @@ CommandRunner RegisterRepack(CLI::App& app) {
                   "else f32; norms stay f32)");
   cmd->add_option("--align", flags->align, "Extent alignment, power of two, 512..16M")
       ->capture_default_str();
-  cmd->add_option("--bundle", flags->bundle, "gate-up-down or gate+up-down")
-      ->capture_default_str();
+  cmd->add_option("--bundle", flags->bundle, "gate-up-down or gate+up-down")->capture_default_str();
   cmd->add_option("--tokenizer", flags->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");
   cmd->add_option("--activations", flags->activations,
                   "Activation statistics JSON: store neurons hot-first (see docs/format.md)");

@@ -1,9 +1,8 @@
 // `flashlm synth`: writes a random-weight LLaMA-shaped GGUF (see layout/synth.h).
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <optional>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "layout/synth.h"
 #include "tools/cli_util.h"
@@ -45,8 +44,8 @@ CommandRunner RegisterSynth(CLI::App& app) {
       if (!c.ok()) return ReportError("synth", c.status());
       o.config = *c;
     } else if (!f->dim || !f->hidden || !f->layers || !f->heads) {
-      return ReportError("synth", InvalidArgumentError(
-                                      "give --shape, or all of --dim --hidden --layers --heads"));
+      return ReportError(
+          "synth", InvalidArgumentError("give --shape, or all of --dim --hidden --layers --heads"));
     } else {
       o.config.vocab_size = 32000;
       o.config.max_seq_len = 2048;
@@ -85,9 +84,8 @@ CommandRunner RegisterSynth(CLI::App& app) {
       const int tenth = total ? static_cast<int>(done * 10 / total) : 10;
       if (tenth == last_tenth) return;
       last_tenth = tenth;
-      std::fprintf(stderr, "synth: %3d%%  %s / %s  (%.*s)\n", tenth * 10,
-                   FormatBytes(done).c_str(), FormatBytes(total).c_str(),
-                   static_cast<int>(name.size()), name.data());
+      std::fprintf(stderr, "synth: %3d%%  %s / %s  (%.*s)\n", tenth * 10, FormatBytes(done).c_str(),
+                   FormatBytes(total).c_str(), static_cast<int>(name.size()), name.data());
     };
     std::fprintf(stderr,
                  "synth: dim %u hidden %u layers %u heads %u kv_heads %u vocab %s dtype %s -> %s\n",

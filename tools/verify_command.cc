@@ -2,10 +2,9 @@
 // first bad extent, names it (index, file, offset, what it holds) and exits non-zero.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "layout/store_reader.h"
 #include "tools/cli_util.h"

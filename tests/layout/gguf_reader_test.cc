@@ -234,8 +234,7 @@ TEST(GgufReaderTest, TensorDirectoryErrors) {
   EXPECT_NE(s.message().find("overflowing"), std::string_view::npos) << s.ToString();
   // Zero or too many dimensions.
   EXPECT_EQ(ParseBytes(OneTensor(0, {}, 0, 0, 16).b).code(), StatusCode::kCorruption);
-  EXPECT_EQ(ParseBytes(OneTensor(5, {1, 1, 1, 1, 4}, 0, 0, 16).b).code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(ParseBytes(OneTensor(5, {1, 1, 1, 1, 4}, 0, 0, 16).b).code(), StatusCode::kCorruption);
   // Unaligned offset.
   EXPECT_EQ(ParseBytes(OneTensor(1, {4}, 0, 4, 64).b).code(), StatusCode::kCorruption);
   // Row that is not whole q8_0 blocks.
@@ -283,8 +282,7 @@ TEST(GgufReaderTest, InconsistentShapesAndMissingTensorsAreCorruption) {
   ASSERT_TRUE(WriteTinyGguf(dir / "m.gguf", spec).ok());
   r = OpenBytes(ReadFileBytes(dir / "m.gguf"));
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("missing tensor blk.0.ffn_up.weight"),
-            std::string_view::npos)
+  EXPECT_NE(r.status().message().find("missing tensor blk.0.ffn_up.weight"), std::string_view::npos)
       << r.status().ToString();
 
   spec.edit_tensors = nullptr;  // n_heads not dividing by n_kv_heads

@@ -42,8 +42,8 @@ TEST(GgufWriterTest, RoundTripsEveryMetadataTypeAndTensorBytes) {
   nested.arrays = {GgufValue::NumArray(GgufType::kU8, std::vector<uint8_t>{1, 2}),
                    GgufValue::StrArray({"x"})};
   w.AddMetadata("nested", nested);
-  w.AddTensor("a", DType::kF32, {3, 5});      // 60 bytes: padded to 64
-  w.AddTensor("b", DType::kQ8_0, {2, 64});    // 136 bytes
+  w.AddTensor("a", DType::kF32, {3, 5});    // 60 bytes: padded to 64
+  w.AddTensor("b", DType::kQ8_0, {2, 64});  // 136 bytes
   w.AddTensor("c", DType::kF16, {7});
   std::vector<std::byte> data(60 + 136 + 14);
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>(i * 7 + 1);

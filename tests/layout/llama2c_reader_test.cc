@@ -111,8 +111,7 @@ TEST(Llama2cReaderTest, CorruptHeadersAreClearErrors) {
   Status s = OpenBytes(cut).status();
   EXPECT_EQ(s.code(), StatusCode::kCorruption);
   EXPECT_NE(s.message().find("header describes"), std::string_view::npos) << s.ToString();
-  EXPECT_EQ(OpenBytes(Legacy(32, 48, 2, 4, 2, 50, 16, 4)).status().code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(OpenBytes(Legacy(32, 48, 2, 4, 2, 50, 16, 4)).status().code(), StatusCode::kCorruption);
   // Zero / negative fields.
   EXPECT_EQ(OpenBytes(Legacy(32, 48, 0, 4, 2, 50, 16)).status().code(), StatusCode::kCorruption);
   Bytes neg;

@@ -91,7 +91,8 @@ class MemoryCheckpoint : public Checkpoint {
     c.AddTensor("output.weight", dtype, {vocab, dim});
     c.vocab_.kind = Vocab::Kind::kSentencePiece;
     for (uint32_t i = 0; i < vocab; ++i) {
-      c.vocab_.tokens.push_back(i == 7 ? std::string("\xff\xfe bad utf8", 11) : "tok" + std::to_string(i));
+      c.vocab_.tokens.push_back(i == 7 ? std::string("\xff\xfe bad utf8", 11)
+                                       : "tok" + std::to_string(i));
       c.vocab_.scores.push_back(-0.5f * static_cast<float>(i));
       c.vocab_.types.push_back(i < 3 ? Vocab::kControl : Vocab::kNormal);
     }

@@ -1,16 +1,16 @@
 // Repack + StoreReader round trips on generated models (MemoryCheckpoint), corruption,
 // version and atomicity. Real models: store_models_test.cc.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "layout/bundle_layout.h"
@@ -55,10 +55,14 @@ std::vector<float> Floats(Checkpoint& c, const TensorInfo& t) {
 // to 127 steps, q4_0 to 8 (ggml's d = max / -8); f16 rounds to 11 significant bits.
 double StepBound(DType t, double amax) {
   switch (t) {
-    case DType::kQ8_0: return amax / 127.0 * 1.01 + 1e-7;
-    case DType::kQ4_0: return amax / 8.0 * 1.01 + 1e-7;
-    case DType::kF16: return amax * std::ldexp(1.0, -11) + 1e-7;
-    default: return 0.0;
+    case DType::kQ8_0:
+      return amax / 127.0 * 1.01 + 1e-7;
+    case DType::kQ4_0:
+      return amax / 8.0 * 1.01 + 1e-7;
+    case DType::kF16:
+      return amax * std::ldexp(1.0, -11) + 1e-7;
+    default:
+      return 0.0;
   }
 }
 
@@ -259,7 +263,8 @@ TEST(StoreTest, HotFirstOrderFromActivationStats) {
   for (uint32_t l = 0; l < 2; ++l) {
     std::span<const uint32_t> perm = store->Permutation(l);
     ASSERT_EQ(perm.size(), 40u);
-    EXPECT_EQ(std::vector<uint32_t>(perm.begin(), perm.end()), HotFirstPermutation(stats.layers[l]));
+    EXPECT_EQ(std::vector<uint32_t>(perm.begin(), perm.end()),
+              HotFirstPermutation(stats.layers[l]));
     for (size_t p = 1; p < perm.size(); ++p) {
       EXPECT_GE(stats.layers[l][perm[p - 1]], stats.layers[l][perm[p]]);
     }
@@ -296,8 +301,7 @@ TEST(StoreTest, ActivationStatsFileErrors) {
     return LoadActivationStats((dir / "a.json").string()).status();
   };
   EXPECT_EQ(write("not json").code(), StatusCode::kCorruption);
-  EXPECT_EQ(write(R"({"format":"other","version":1,"layers":[]})").code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(write(R"({"format":"other","version":1,"layers":[]})").code(), StatusCode::kCorruption);
   EXPECT_EQ(write(R"({"format":"flashlm-activations","version":2,"layers":[]})").code(),
             StatusCode::kNotSupported);
   EXPECT_EQ(write(R"({"format":"flashlm-activations","version":1,"layers":[[0.5,"x"]]})").code(),
@@ -455,8 +459,7 @@ TEST(StoreTest, ExistingOutputAndBadOptionsAreRefused) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 1, 40, DType::kF32);
   ::flashlm::testing::ScratchDir dir;
   fs::create_directories(dir / "out");
-  EXPECT_EQ(Repack(src, (dir / "out").string(), {}).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Repack(src, (dir / "out").string(), {}).status().code(), StatusCode::kInvalidArgument);
   RepackOptions o;
   o.alignment_bytes = 3000;
   EXPECT_EQ(Repack(src, (dir / "o2").string(), o).status().code(), StatusCode::kInvalidArgument);
@@ -688,6 +691,92 @@ TEST(StoreModelsTest, StoreOfAStoreIsEqual) {
       EXPECT_TRUE(Bytes(**s1, t) == Bytes(*s2, *u)) << t.name;
     }
   }
+}
+
+}  // namespace
+}  // namespace flashlm::layout
+
+namespace flashlm::layout {
+namespace {
+
+// Rewrites catalog key `key` of the store at `dir` with mutate(bytes).
+void MutateCatalog(const fs::path& dir, const std::string& key,
+                   const std::function<void(std::vector<std::byte>&)>& mutate) {
+  storage::LmdbEnv::Options o;
+  o.read_only = false;
+  auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  std::vector<std::byte> v;
+  {
+    auto r = (*env)->BeginRead();
+    ASSERT_TRUE(r.ok());
+    auto got = r->Get(key);
+    ASSERT_TRUE(got.ok()) << key;
+    v.assign(got->begin(), got->end());
+  }
+  mutate(v);
+  auto w = (*env)->BeginWrite();
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Put(key, v).ok());
+  ASSERT_TRUE(w->Commit().ok());
+}
+
+TEST(StoreTest, CorruptCatalogRecordsAreRefused) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "good");
+  struct Case {
+    const char* what;
+    std::string key;
+    std::function<void(std::vector<std::byte>&)> mutate;
+  };
+  auto set_u64 = [](size_t off, uint64_t v) {
+    return [off, v](std::vector<std::byte>& b) { std::memcpy(b.data() + off, &v, 8); };
+  };
+  const std::vector<Case> cases = {
+      {"huge shape", "tensor/blk.0.attn_q.weight", set_u64(8, uint64_t{1} << 63)},
+      {"extent range past the table", "tensor/blk.0.attn_q.weight", set_u64(24, ~uint64_t{0})},
+      {"wrong rows per extent", "tensor/token_embd.weight", set_u64(40, 3)},
+      {"extent offset overflow", "extents", set_u64(40, ~uint64_t{0} - 4095)},
+      {"extent table truncated", "extents",
+       [](std::vector<std::byte>& b) { b.resize(b.size() - 40); }},
+      {"bundle sizes", "ffn/00001", set_u64(32, 12345)},
+      {"bundle extents out of range", "ffn/00000", set_u64(16, uint64_t{1} << 40)},
+      {"short record", "ffn/00000", [](std::vector<std::byte>& b) { b.pop_back(); }},
+      {"bad magic", "header", [](std::vector<std::byte>& b) { b[0] = std::byte{'X'}; }},
+      {"config not JSON", "config", [](std::vector<std::byte>& b) { b[0] = std::byte{'!'}; }},
+      {"token list overruns", "vocab/tokens",
+       [](std::vector<std::byte>& b) { b[4] = std::byte{0xff}; }},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const fs::path copy = dir / ("c" + std::to_string(i));
+    fs::copy(dir / "good", copy, fs::copy_options::recursive);
+    MutateCatalog(copy, cases[i].key, cases[i].mutate);
+    auto r = StoreReader::Open(copy.string());
+    ASSERT_FALSE(r.ok()) << cases[i].what;
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption)
+        << cases[i].what << ": " << r.status().ToString();
+  }
+  EXPECT_TRUE(StoreReader::Open((dir / "good").string()).ok());
+}
+
+}  // namespace
+}  // namespace flashlm::layout
+
+namespace flashlm::layout {
+namespace {
+
+// Larger than two 8 MiB write buffers, so background writes and buffer swaps are exercised.
+TEST(StoreTest, StoreLargerThanTheWriteBuffers) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(128, 344, 2, 48000, DType::kF32);  // ~49 MB
+  ::flashlm::testing::ScratchDir dir;
+  RepackSummary sum = RepackOrDie(src, dir / "store");
+  EXPECT_GT(sum.file_bytes, 3u * (8u << 20));
+  auto store = OpenOrDie(dir / "store");
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->data_file_bytes(0), sum.file_bytes);
+  ExpectTensorsMatch(src, *store, DType::kF32, false);
+  EXPECT_TRUE(store->VerifyAll().ok());
 }
 
 }  // namespace

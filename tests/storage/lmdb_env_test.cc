@@ -11,7 +11,9 @@
 namespace flashlm::storage {
 namespace {
 
-std::string Str(ConstByteSpan b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+std::string Str(ConstByteSpan b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 TEST(LmdbEnvTest, PutGetIterate) {
   testing::ScratchDir dir;
@@ -46,18 +48,19 @@ TEST(LmdbEnvTest, PutGetIterate) {
   EXPECT_EQ(txn->Get("big")->size(), 1u << 20);
   EXPECT_EQ(txn->Get("ghost").status().code(), StatusCode::kNotFound);
   std::vector<std::string> seen;
-  ASSERT_TRUE(txn->ForEach("a/", [&](std::string_view k, ConstByteSpan v) {
-                   seen.push_back(std::string(k) + "=" + Str(v));
-                   return true;
-                 }).ok());
+  ASSERT_TRUE(txn->ForEach("a/",
+                           [&](std::string_view k, ConstByteSpan v) {
+                             seen.push_back(std::string(k) + "=" + Str(v));
+                             return true;
+                           })
+                  .ok());
   EXPECT_EQ(seen, (std::vector<std::string>{"a/1=one", "a/2=two"}));
   EXPECT_EQ((*env)->BeginWrite().status().code(), StatusCode::kFailedPrecondition);
 }
 
 TEST(LmdbEnvTest, MissingAndGarbageFiles) {
   testing::ScratchDir dir;
-  EXPECT_EQ(LmdbEnv::Open((dir / "none.mdb").string(), {}).status().code(),
-            StatusCode::kNotFound);
+  EXPECT_EQ(LmdbEnv::Open((dir / "none.mdb").string(), {}).status().code(), StatusCode::kNotFound);
   const std::string junk = (dir / "junk.mdb").string();
   std::ofstream(junk, std::ios::binary) << std::string(8192, 'z');
   Result<std::unique_ptr<LmdbEnv>> env = LmdbEnv::Open(junk, {});

@@ -25,8 +25,7 @@ TEST(ZstdCodecTest, WrongSizeAndGarbageAreCorruption) {
   Result<size_t> n = ZstdCompress(raw, packed, 1);
   ASSERT_TRUE(n.ok());
   std::vector<std::byte> small(999);
-  EXPECT_EQ(ZstdDecompress(ConstByteSpan(packed).first(*n), small).code(),
-            StatusCode::kCorruption);
+  EXPECT_EQ(ZstdDecompress(ConstByteSpan(packed).first(*n), small).code(), StatusCode::kCorruption);
   std::vector<std::byte> garbage(64, std::byte{0x42});
   std::vector<std::byte> out(1000);
   EXPECT_EQ(ZstdDecompress(garbage, out).code(), StatusCode::kCorruption);

@@ -49,7 +49,7 @@ class StoreCommandsTest : public ::testing::Test {
 
 TEST_F(StoreCommandsTest, RepackInspectVerify) {
   CommandRun r = Flashlm("repack --no-progress --dtype q8_0 --align 512 --bundle gate+up-down " +
-                  (dir_ / "base").string() + " " + (dir_ / "q8").string());
+                         (dir_ / "base").string() + " " + (dir_ / "q8").string());
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("tensors        21"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("padding"), std::string::npos) << r.out;
@@ -90,7 +90,7 @@ TEST_F(StoreCommandsTest, VerifyNamesTheFirstBadExtent) {
 
 TEST_F(StoreCommandsTest, BadInputsFailCleanly) {
   CommandRun r = Flashlm("repack --no-progress --dtype q9 " + (dir_ / "base").string() + " " +
-                  (dir_ / "x").string());
+                         (dir_ / "x").string());
   EXPECT_EQ(r.exit_code, 2) << r.out;
   r = Flashlm("repack --no-progress --align 1000 " + (dir_ / "base").string() + " " +
               (dir_ / "x").string());
@@ -105,6 +105,25 @@ TEST_F(StoreCommandsTest, BadInputsFailCleanly) {
   r = Flashlm("repack --no-progress " + (dir_ / "base").string() + " " + (dir_ / "base").string());
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
+}
+
+TEST_F(StoreCommandsTest, CorruptSourceLeavesNothingBehind) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  // A GGUF cut short in its tensor data.
+  const fs::path bad = dir_ / "cut.gguf";
+  fs::copy_file(gguf, bad);
+  fs::resize_file(bad, fs::file_size(gguf) - 100000);
+  CommandRun r = Flashlm("repack --no-progress " + bad.string() + " " + (dir_ / "out").string());
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("flashlm repack:"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+  for (const auto& e : fs::directory_iterator(dir_.path())) {
+    EXPECT_EQ(e.path().filename().string().find(".flashlm-tmp-"), std::string::npos) << e.path();
+  }
+  // And the intact file repacks, inspects and verifies.
+  r = Flashlm("repack --no-progress " + gguf.string() + " " + (dir_ / "ok").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(Flashlm("verify " + (dir_ / "ok").string()).exit_code, 0);
 }
 
 }  // namespace
