@@ -28,6 +28,7 @@ struct ResidencyInputs {
   std::vector<uint64_t> dense_layer_bytes;  // [layer]
   std::vector<uint32_t> layer_bundles;      // [layer] neurons
   uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
+  uint64_t chunk_spacing_bytes = 0;         // per bundle in the streaming buffer (0: as above)
   uint32_t chunk_bundles = 256;             // bundles per FFN streaming chunk
 };
 

@@ -4,11 +4,14 @@
 #include <string>
 
 #include "engine/kernels.h"
+#include "storage/checksum.h"
 
 namespace flashlm::engine {
 namespace {
 
 constexpr uint64_t kAlign = 64;
+constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one direct read
+constexpr uint32_t kQueueDepth = 16;
 // Positions per BundleFfnKernel::Accumulate call (bounds the kernel's scratch, independent of
 // the streaming chunk size).
 constexpr uint32_t kKernelChunk = 256;
@@ -177,6 +180,36 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     in.dense_layer_bytes.push_back(layer.dense_bytes);
     in.layer_bundles.push_back(c.hidden_dim);
   }
+  // Direct chunk reads need uncompressed bundles, stride apart, in one file.
+  direct_chunks_ = options.direct_chunks;
+  for (uint32_t l = 0; l < c.n_layers && direct_chunks_; ++l) {
+    ASSIGN_OR_RETURN(std::vector<layout::Extent> all, reader_->BundleExtents(l, 0, c.hidden_dim));
+    for (uint32_t k = 0; k < all.size() && direct_chunks_; ++k) {
+      direct_chunks_ = all[k].codec == layout::Codec::kNone &&
+                       all[k].file_index == all[0].file_index &&
+                       all[k].offset_bytes == all[0].offset_bytes + k * geometry_.stride_bytes &&
+                       all[k].stored_bytes == geometry_.bundle_bytes;
+    }
+  }
+  // Worth it only when the stride's padding does not blow up the streaming buffer, and possible
+  // only when the stride is a multiple of the files' O_DIRECT alignment.
+  direct_chunks_ = direct_chunks_ && geometry_.stride_bytes <= 2 * spacing_;
+  if (direct_chunks_) {
+    storage::FileOptions fo;
+    fo.direct = options.direct;
+    for (uint32_t i = 0; i < reader_->header().data_file_count; ++i) {
+      ASSIGN_OR_RETURN(storage::File f, storage::File::OpenForRead(reader_->DataFilePath(i), fo));
+      const uint64_t a = std::max<uint64_t>(f.required_alignment_bytes(), 1);
+      if (geometry_.stride_bytes % a != 0 || reader_->header().alignment_bytes % a != 0) {
+        direct_chunks_ = false;
+      }
+      files_.push_back(std::move(f));
+    }
+    if (!direct_chunks_) files_.clear();
+  }
+  chunk_spacing_ = direct_chunks_ ? geometry_.stride_bytes : spacing_;
+  in.chunk_spacing_bytes = chunk_spacing_;
+  fixed += kQueueDepth * (sizeof(storage::ReadRequest) + 64) + (1u << 16);  // direct reads
   in.fixed_bytes = fixed;
   ASSIGN_OR_RETURN(plan_, PlanResidency(in));
 
@@ -237,10 +270,22 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   }
   if (plan_.chunk_stream_bytes > 0) {
     ASSIGN_OR_RETURN(chunk_stream_,
-                     storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, kAlign));
+                     storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, 4096));
     for (uint32_t k = 0; k < plan_.chunk_bundles; ++k) {
-      chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * spacing_,
+      chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_,
                                                          geometry_.bundle_bytes));
+    }
+    if (direct_chunks_) {
+      storage::ReadBackendOptions bo;
+      bo.queue_depth_max = kQueueDepth;
+      bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
+      ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options.backend, bo));
+      for (const storage::File& f : files_) {
+        ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
+        file_ids_.push_back(id);
+      }
+      requests_.reserve(kQueueDepth);
+      completions_.resize(kQueueDepth);
     }
   }
   ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(geometry_, c.hidden_dim,
@@ -287,15 +332,74 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
   for (uint32_t p = layer.pinned; p < hidden; p += stream_chunk) {
     const uint32_t count = std::min(stream_chunk, hidden - p);
     const uint64_t t0 = storage::NowNs();
-    RETURN_IF_ERROR(reader_->ReadExtents(
-        std::span<const layout::Extent>(layer.streamed.data() + (p - layer.pinned), count),
-        std::span<const ByteSpan>(chunk_outs_.data(), count)));
+    if (direct_chunks_) {
+      RETURN_IF_ERROR(ReadChunkDirect(layer, p - layer.pinned, count)
+                          .WithContext("FFN layer " + std::to_string(l)));
+    } else {
+      RETURN_IF_ERROR(reader_->ReadExtents(
+          std::span<const layout::Extent>(layer.streamed.data() + (p - layer.pinned), count),
+          std::span<const ByteSpan>(chunk_outs_.data(), count))
+          .WithContext("FFN layer " + std::to_string(l)));
+    }
     stats_.io_wait_ns += storage::NowNs() - t0;
     stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
     stats_.bundles_streamed += count;
     for (uint32_t q = 0; q < count; q += chunk) {
-      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * spacing_, spacing_, p + q,
+      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
                           std::min(chunk, count - q));
+    }
+  }
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::ReadChunkDirect(const Layer& layer, uint32_t first, uint32_t count) {
+  const layout::Extent& e0 = layer.streamed[first];
+  const storage::File& file = files_[e0.file_index];
+  const uint64_t align = std::max<uint64_t>(file.required_alignment_bytes(), 1);
+  if (e0.offset_bytes % align != 0 || geometry_.stride_bytes % align != 0) {
+    return InvalidArgumentError("bundle stride not a multiple of the O_DIRECT alignment");
+  }
+  const uint64_t total = uint64_t{count} * geometry_.stride_bytes;
+  const uint64_t file_bytes = reader_->data_file_bytes(e0.file_index);
+  Status first_error;
+  // Reads of at most kReadMaxBytes, kQueueDepth in flight, straight into chunk_stream_.
+  uint64_t next = 0, done = 0;
+  size_t in_flight = 0;
+  while (done < total) {
+    requests_.clear();
+    while (next < total && in_flight + requests_.size() < kQueueDepth) {
+      const uint64_t len = std::min(kReadMaxBytes, total - next);
+      requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + next,
+                                               chunk_stream_.span().subspan(next, len), len});
+      next += len;
+    }
+    if (!requests_.empty()) {
+      RETURN_IF_ERROR(backend_->Submit(requests_));
+      in_flight += requests_.size();
+    }
+    ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
+    for (size_t i = 0; i < n; ++i) {
+      --in_flight;
+      const storage::ReadCompletion& c = completions_[i];
+      done += c.tag;  // the request's length
+      if (!c.status.ok() && first_error.ok()) first_error = c.status;
+      // A short read is fine only past the end of the file (the last stride's padding).
+      if (c.status.ok() && c.bytes_read < c.tag && first_error.ok()) {
+        const uint64_t end = e0.offset_bytes + total;
+        if (end <= file_bytes || c.bytes_read == 0) {
+          first_error = IoError("short read of an FFN chunk");
+        }
+      }
+    }
+  }
+  RETURN_IF_ERROR(first_error);
+  for (uint32_t k = 0; k < count; ++k) {
+    const layout::Extent& e = layer.streamed[first + k];
+    ConstByteSpan bytes(chunk_stream_.data() + uint64_t{k} * geometry_.stride_bytes,
+                        geometry_.bundle_bytes);
+    if (storage::Checksum64(bytes) != e.checksum) {
+      return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                             reader_->DescribeExtent(e.index) + ")");
     }
   }
   return Status::Ok();
@@ -305,6 +409,10 @@ StreamingStats StreamingWeightStore::stats() const {
   StreamingStats s = stats_;
   s.bytes_read = reader_->io_stats().bytes() - backend_bytes_base_;
   s.reads = reader_->io_stats().reads() - backend_reads_base_;
+  if (backend_) {
+    s.bytes_read += backend_->stats().bytes();
+    s.reads += backend_->stats().reads();
+  }
   return s;
 }
 
@@ -312,6 +420,7 @@ void StreamingWeightStore::ResetStats() {
   stats_ = StreamingStats();
   backend_bytes_base_ = reader_->io_stats().bytes();
   backend_reads_base_ = reader_->io_stats().reads();
+  if (backend_) backend_->ResetStats();
 }
 
 }  // namespace flashlm::engine

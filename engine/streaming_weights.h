@@ -30,6 +30,8 @@
 #include "engine/weights.h"
 #include "layout/store_reader.h"
 #include "storage/aligned_buffer.h"
+#include "storage/file.h"
+#include "storage/read_backend.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
@@ -40,6 +42,9 @@ struct StreamingOptions {
   uint32_t chunk_bundles = 256;     // FFN bundles per streamed chunk
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;               // O_DIRECT data files
+  // Read each FFN chunk as one contiguous range (large reads) when the store allows it;
+  // false: one read per bundle through StoreReader::ReadExtents.
+  bool direct_chunks = true;
 };
 
 // Counters since Open or the last ResetStats.
@@ -76,6 +81,8 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
 
   layout::StoreReader& reader() { return *reader_; }
   const ResidencyPlan& plan() const { return plan_; }
+  // True when FFN chunks are read as contiguous file ranges (else one read per bundle).
+  bool direct_chunks() const { return direct_chunks_; }
   StreamingStats stats() const;
   void ResetStats();
 
@@ -118,6 +125,17 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   storage::AlignedBuffer dense_stream_;  // one streamed layer's attention
   storage::AlignedBuffer chunk_stream_;  // one chunk of streamed bundles
   std::vector<ByteSpan> chunk_outs_;     // [chunk_bundles] bundle k of chunk_stream_
+  // Direct chunk reads: when every streamed bundle is uncompressed and a layer's bundles sit
+  // stride_bytes apart in one data file, a chunk is one contiguous file range read straight
+  // into chunk_stream_ (bundles stride apart there too) and verified in place.
+  Status ReadChunkDirect(const Layer& layer, uint32_t first, uint32_t count);
+  bool direct_chunks_ = false;
+  uint64_t chunk_spacing_ = 0;
+  std::vector<storage::File> files_;
+  std::vector<uint32_t> file_ids_;
+  std::unique_ptr<storage::ReadBackend> backend_;
+  std::vector<storage::ReadRequest> requests_;
+  std::vector<storage::ReadCompletion> completions_;
   StreamingStats stats_;
   uint64_t backend_bytes_base_ = 0, backend_reads_base_ = 0;
 };

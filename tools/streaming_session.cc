@@ -28,9 +28,10 @@ Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t thr
   so.transformer = options;
   ASSIGN_OR_RETURN(s.streaming, engine::StreamingWeightStore::Open(path, *s.pool, so));
   std::fputs(s.streaming->plan().Describe().c_str(), stderr);
-  std::fprintf(stderr, "  reads: %s backend, %s\n",
+  std::fprintf(stderr, "  reads: %s backend, %s, FFN chunks %s\n",
                std::string(s.streaming->reader().backend_name()).c_str(),
-               s.streaming->reader().direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)");
+               s.streaming->reader().direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)",
+               s.streaming->direct_chunks() ? "as contiguous ranges" : "bundle by bundle");
   if (s.streaming->reader().vocab().empty()) {
     return InvalidArgumentError(path + " carries no tokenizer");
   }
