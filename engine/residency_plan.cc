@@ -45,7 +45,8 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const uint32_t chunk = std::min(in.chunk_bundles, std::max<uint32_t>(bundles_max, 1));
   const uint64_t chunk_bytes =
       uint64_t{chunk} *
-      (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes);
+      (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes) *
+      std::max<uint32_t>(in.chunk_buffers, 1);
   p.minimum_bytes = in.fixed_bytes + dense_max + chunk_bytes;
   const uint64_t all = in.fixed_bytes + dense_total + bundle_total;
   if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident

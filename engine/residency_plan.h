@@ -30,6 +30,7 @@ struct ResidencyInputs {
   uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
   uint64_t chunk_spacing_bytes = 0;         // per bundle in the streaming buffer (0: as above)
   uint32_t chunk_bundles = 256;             // bundles per FFN streaming chunk
+  uint32_t chunk_buffers = 1;               // 2 when the next chunk is read while one computes
 };
 
 struct ResidencyPlan {

@@ -37,7 +37,63 @@ uint64_t StreamingWeightStore::TransformerBytes(const layout::ModelConfig& c,
   return floats * sizeof(float) + MatMulScratchBytes(widest, static_cast<uint32_t>(b)) + 64;
 }
 
-StreamingWeightStore::~StreamingWeightStore() = default;
+StreamingWeightStore::~StreamingWeightStore() { Drain(); }
+
+Status StreamingWeightStore::SubmitJob(uint32_t job, uint32_t slot) {
+  const Job& jb = jobs_[job];
+  const layout::Extent& e0 = layers_[jb.layer].streamed[jb.first];
+  const uint64_t total = uint64_t{jb.count} * geometry_.stride_bytes;
+  ByteSpan dst = chunk_stream_.span().subspan(slot * chunk_buffer_bytes_, total);
+  requests_.clear();
+  for (uint64_t at = 0; at < total; at += kReadMaxBytes) {
+    const uint64_t len = std::min(kReadMaxBytes, total - at);
+    requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + at,
+                                             dst.subspan(at, len),
+                                             len | (uint64_t{slot} << 56)});
+  }
+  RETURN_IF_ERROR(backend_->Submit(requests_));
+  slot_job_[slot] = job;
+  slot_pending_[slot] = static_cast<uint32_t>(requests_.size());
+  slot_error_[slot] = Status::Ok();
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::ReapSome() {
+  ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
+  for (size_t i = 0; i < n; ++i) {
+    const storage::ReadCompletion& c = completions_[i];
+    const uint32_t slot = static_cast<uint32_t>(c.tag >> 56);
+    const uint64_t len = c.tag & ((uint64_t{1} << 56) - 1);
+    --slot_pending_[slot];
+    if (!c.status.ok() && slot_error_[slot].ok()) slot_error_[slot] = c.status;
+    // Short only at the end of the data file (the last stride's padding); checksums catch the rest.
+    if (c.status.ok() && c.bytes_read == 0 && len > 0 && slot_error_[slot].ok()) {
+      slot_error_[slot] = IoError("empty read of an FFN chunk");
+    }
+  }
+  return Status::Ok();
+}
+
+void StreamingWeightStore::Drain() {
+  while (backend_ && backend_->in_flight() > 0) {
+    if (!ReapSome().ok()) break;
+  }
+  slot_job_[0] = slot_job_[1] = -1;
+  slot_pending_[0] = slot_pending_[1] = 0;
+}
+
+Status StreamingWeightStore::VerifyChunk(const Layer& layer, uint32_t first, uint32_t count,
+                                         const std::byte* base) {
+  for (uint32_t k = 0; k < count; ++k) {
+    const layout::Extent& e = layer.streamed[first + k];
+    ConstByteSpan bytes(base + uint64_t{k} * geometry_.stride_bytes, geometry_.bundle_bytes);
+    if (storage::Checksum64(bytes) != e.checksum) {
+      return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                             reader_->DescribeExtent(e.index) + ")");
+    }
+  }
+  return Status::Ok();
+}
 
 Result<std::unique_ptr<StreamingWeightStore>> StreamingWeightStore::Open(
     const std::string& path, ThreadPool& pool, const StreamingOptions& options) {
@@ -209,6 +265,10 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   }
   chunk_spacing_ = direct_chunks_ ? geometry_.stride_bytes : spacing_;
   in.chunk_spacing_bytes = chunk_spacing_;
+  // Two buffers when pipelining; each job's reads must fit half the queue.
+  pipeline_ = direct_chunks_ && options.pipeline &&
+              uint64_t{chunk} * chunk_spacing_ <= kReadMaxBytes * (kQueueDepth / 2);
+  in.chunk_buffers = pipeline_ ? 2 : 1;
   fixed += kQueueDepth * (sizeof(storage::ReadRequest) + 64) + (1u << 16);  // direct reads
   in.fixed_bytes = fixed;
   ASSIGN_OR_RETURN(plan_, PlanResidency(in));
@@ -271,6 +331,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   if (plan_.chunk_stream_bytes > 0) {
     ASSIGN_OR_RETURN(chunk_stream_,
                      storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, 4096));
+    chunk_buffer_bytes_ = uint64_t{plan_.chunk_bundles} * chunk_spacing_;
     for (uint32_t k = 0; k < plan_.chunk_bundles; ++k) {
       chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_,
                                                          geometry_.bundle_bytes));
@@ -287,6 +348,17 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
       requests_.reserve(kQueueDepth);
       completions_.resize(kQueueDepth);
     }
+  }
+  if (plan_.chunk_stream_bytes == 0) pipeline_ = false;
+  if (pipeline_) {
+    for (uint32_t l = 0; l < c.n_layers; ++l) {
+      job_first_.push_back(static_cast<uint32_t>(jobs_.size()));
+      const uint32_t streamed = static_cast<uint32_t>(layers_[l].streamed.size());
+      for (uint32_t f = 0; f < streamed; f += plan_.chunk_bundles) {
+        jobs_.push_back(Job{l, f, std::min(plan_.chunk_bundles, streamed - f)});
+      }
+    }
+    if (jobs_.empty()) pipeline_ = false;
   }
   ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(geometry_, c.hidden_dim,
                                                     static_cast<uint32_t>(max_batch), kernel_chunk,
@@ -331,6 +403,44 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
   const uint32_t stream_chunk = plan_.chunk_bundles;
   for (uint32_t p = layer.pinned; p < hidden; p += stream_chunk) {
     const uint32_t count = std::min(stream_chunk, hidden - p);
+    if (pipeline_) {
+      const uint32_t j = job_first_[l] + (p - layer.pinned) / stream_chunk;
+      uint32_t cur = cur_slot_;
+      if (slot_job_[cur] != static_cast<int64_t>(j)) {  // cold start, or out of step after an error
+        Drain();
+        cur = cur_slot_ = 0;
+        RETURN_IF_ERROR(SubmitJob(j, cur));
+      }
+      const uint32_t other = cur ^ 1;
+      if (slot_job_[other] < 0) {
+        RETURN_IF_ERROR(SubmitJob((j + 1) % static_cast<uint32_t>(jobs_.size()), other));
+      }
+      const uint64_t t0 = storage::NowNs();
+      while (slot_pending_[cur] > 0) {
+        Status st = ReapSome();
+        if (!st.ok()) {
+          Drain();
+          return st;
+        }
+      }
+      stats_.io_wait_ns += storage::NowNs() - t0;
+      const std::byte* base = chunk_stream_.data() + cur * chunk_buffer_bytes_;
+      Status st = slot_error_[cur];
+      if (st.ok()) st = VerifyChunk(layer, p - layer.pinned, count, base);
+      if (!st.ok()) {
+        Drain();
+        return st.WithContext("FFN layer " + std::to_string(l));
+      }
+      stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
+      stats_.bundles_streamed += count;
+      for (uint32_t q = 0; q < count; q += chunk) {
+        kernel_->Accumulate(base + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
+                            std::min(chunk, count - q));
+      }
+      slot_job_[cur] = -1;
+      cur_slot_ = other;
+      continue;
+    }
     const uint64_t t0 = storage::NowNs();
     if (direct_chunks_) {
       RETURN_IF_ERROR(ReadChunkDirect(layer, p - layer.pinned, count)

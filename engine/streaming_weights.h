@@ -45,6 +45,9 @@ struct StreamingOptions {
   // Read each FFN chunk as one contiguous range (large reads) when the store allows it;
   // false: one read per bundle through StoreReader::ReadExtents.
   bool direct_chunks = true;
+  // With direct chunks: read the next chunk (crossing into the next layer and the next token)
+  // into a second buffer while the current one computes.
+  bool pipeline = true;
 };
 
 // Counters since Open or the last ResetStats.
@@ -83,6 +86,8 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   const ResidencyPlan& plan() const { return plan_; }
   // True when FFN chunks are read as contiguous file ranges (else one read per bundle).
   bool direct_chunks() const { return direct_chunks_; }
+  // True when the next FFN chunk is in flight while one computes.
+  bool pipelined() const { return pipeline_; }
   StreamingStats stats() const;
   void ResetStats();
 
@@ -136,6 +141,22 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   std::unique_ptr<storage::ReadBackend> backend_;
   std::vector<storage::ReadRequest> requests_;
   std::vector<storage::ReadCompletion> completions_;
+  // Pipelining (two chunk buffers): the static schedule of streamed chunks, all layers in order.
+  struct Job {
+    uint32_t layer = 0, first = 0, count = 0;  // first: index into Layer::streamed
+  };
+  Status SubmitJob(uint32_t job, uint32_t slot);
+  Status ReapSome();
+  void Drain();
+  Status VerifyChunk(const Layer& layer, uint32_t first, uint32_t count, const std::byte* base);
+  bool pipeline_ = false;
+  uint64_t chunk_buffer_bytes_ = 0;    // one buffer
+  std::vector<Job> jobs_;
+  std::vector<uint32_t> job_first_;    // [layer] index of its first job
+  int64_t slot_job_[2] = {-1, -1};     // job whose reads target the slot, -1 = free
+  uint32_t slot_pending_[2] = {0, 0};  // reads in flight per slot
+  Status slot_error_[2];
+  uint32_t cur_slot_ = 0;
   StreamingStats stats_;
   uint64_t backend_bytes_base_ = 0, backend_reads_base_ = 0;
 };

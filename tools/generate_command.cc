@@ -28,6 +28,7 @@ struct GenerateFlags {
   bool echo = false, no_bos = false;
   std::vector<std::string> stops;
   std::string mem_budget;  // ooc: out-of-core within this many bytes
+  bool no_pipeline = false;
 };
 }  // namespace
 
@@ -53,6 +54,8 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--mem-budget", f->mem_budget,
                   "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix; 0 = "
                   "unlimited): prints the residency plan and the I/O accounting");
+  cmd->add_flag("--no-pipeline", f->no_pipeline,
+               "With --mem-budget: read each FFN chunk only when it is needed (for comparison)");
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
   return [cmd, f] {
@@ -85,7 +88,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                        ? OpenEngineSession(f->path, f->tokenizer,
                                            static_cast<uint32_t>(f->threads), options)
                        : OpenStreamingSession(f->path, static_cast<uint32_t>(f->threads),
-                                              options, budget);
+                                              options, budget, !f->no_pipeline);
     if (!session.ok()) return ReportError("generate", session.status());
     engine::Transformer& model = *session->model;
     const engine::Tokenizer& tok = *session->tokenizer;

@@ -16,7 +16,7 @@ uint64_t PeakRssBytes() {
 
 Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t threads,
                                            const engine::TransformerOptions& options,
-                                           uint64_t budget_bytes) {
+                                           uint64_t budget_bytes, bool pipeline) {
   if (!layout::StoreReader::LooksLikeStore(path)) {
     return InvalidArgumentError("--mem-budget needs a store folder; " + path +
                                 " is not one (flashlm repack it first)");
@@ -26,12 +26,14 @@ Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t thr
   engine::StreamingOptions so;
   so.budget_bytes = budget_bytes;
   so.transformer = options;
+  so.pipeline = pipeline;
   ASSIGN_OR_RETURN(s.streaming, engine::StreamingWeightStore::Open(path, *s.pool, so));
   std::fputs(s.streaming->plan().Describe().c_str(), stderr);
-  std::fprintf(stderr, "  reads: %s backend, %s, FFN chunks %s\n",
+  std::fprintf(stderr, "  reads: %s backend, %s, FFN chunks %s%s\n",
                std::string(s.streaming->reader().backend_name()).c_str(),
                s.streaming->reader().direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)",
-               s.streaming->direct_chunks() ? "as contiguous ranges" : "bundle by bundle");
+               s.streaming->direct_chunks() ? "as contiguous ranges" : "bundle by bundle",
+               s.streaming->pipelined() ? ", next chunk read while one computes" : "");
   if (s.streaming->reader().vocab().empty()) {
     return InvalidArgumentError(path + " carries no tokenizer");
   }

@@ -20,7 +20,7 @@ uint64_t PeakRssBytes();
 // budget is below the minimum (the message names it), the store's errors.
 Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t threads,
                                            const engine::TransformerOptions& options,
-                                           uint64_t budget_bytes);
+                                           uint64_t budget_bytes, bool pipeline = true);
 
 // Accounting of a run over `tokens` tokens that took `forward_ms` of forward passes: bytes
 // requested and read, reads, mean read size, effective MiB/s, I/O wait, compute time, FFN
