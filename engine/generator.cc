@@ -101,9 +101,11 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
       ++pos;
     }
     const int32_t next = sampler.Sample(logits, ids_);
-    if (i == 0) stats.ttft_ms = MsSince(start);
-    else stats.token_ms.push_back(MsSince(t0));
-    if (next == tokenizer_.eos_id()) {
+    if (i == 0)
+      stats.ttft_ms = MsSince(start);
+    else
+      stats.token_ms.push_back(MsSince(t0));
+    if (next == tokenizer_.eos_id() && !ignore_eos_) {
       stats.stop_reason = "eos";
       break;
     }
@@ -125,7 +127,8 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
       break;
     }
     const size_t hold = HeldBackLength(text, stop_strings);
-    if (on_text && text.size() > hold) on_text(std::string_view(text).substr(0, text.size() - hold));
+    if (on_text && text.size() > hold)
+      on_text(std::string_view(text).substr(0, text.size() - hold));
     text.erase(0, text.size() - hold);
   }
   if (!stopped) {

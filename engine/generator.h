@@ -24,11 +24,11 @@ namespace flashlm::engine {
 struct GenerationStats {
   uint32_t prompt_tokens = 0;
   uint32_t generated_tokens = 0;
-  double prefill_ms = 0;      // prompt forward passes
-  double ttft_ms = 0;         // start to first sampled token
-  double decode_ms = 0;       // forward passes of generated tokens after the first
+  double prefill_ms = 0;  // prompt forward passes
+  double ttft_ms = 0;     // start to first sampled token
+  double decode_ms = 0;   // forward passes of generated tokens after the first
   double total_ms = 0;
-  std::string stop_reason;    // "eos", "length", "context", "stop_string"
+  std::string stop_reason;       // "eos", "length", "context", "stop_string"
   std::vector<double> token_ms;  // per decoded token (forward + sample)
 
   double prefill_tokens_per_s() const {
@@ -45,7 +45,8 @@ struct GenerationStats {
 
 class Generator {
  public:
-  Generator(Transformer& model, const Tokenizer& tokenizer) : model_(model), tokenizer_(tokenizer) {}
+  Generator(Transformer& model, const Tokenizer& tokenizer)
+      : model_(model), tokenizer_(tokenizer) {}
 
   // Generates up to `max_new_tokens` after `prompt` (which must be non-empty and fit the context
   // with at least one free position). `on_text` receives UTF-8 text as it becomes printable;
@@ -56,11 +57,14 @@ class Generator {
                                    const std::function<void(std::string_view)>& on_text);
 
   const std::vector<int32_t>& ids() const { return ids_; }
+  // Keep generating past EOS (benchmarks want a fixed token count).
+  void set_ignore_eos(bool ignore) { ignore_eos_ = ignore; }
 
  private:
   Transformer& model_;
   const Tokenizer& tokenizer_;
   std::vector<int32_t> ids_;
+  bool ignore_eos_ = false;
 };
 
 // Perplexity of `tokens` (the first is a BOS or context token, never scored): the text is split
@@ -72,7 +76,8 @@ struct PerplexityResult {
   uint64_t scored_tokens = 0;
   double nll_sum = 0;
 };
-Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t> tokens, uint32_t ctx);
+Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t> tokens,
+                                    uint32_t ctx);
 
 }  // namespace flashlm::engine
 

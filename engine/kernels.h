@@ -5,8 +5,9 @@
 // RowBytes(dtype, cols) per row; block formats zero-pad the last block of each row).
 // For q8_0 and q4_0, the activations are first quantised to q8 blocks (one f32 scale per 32
 // values) and the products are int8 dot products, as llama.cpp does. Each product has an AVX2
-// path (with AVX-VNNI / AVX512-VNNI when the compiler targets it) and a portable scalar fallback;
-// both use the same block arithmetic, so results differ only in f32 summation order.
+// path (with AVX-VNNI / AVX512-VNNI when the compiler targets it; f32 uses AVX-512 tiles of 4 rows
+// x up to 4 tokens when available) and a portable scalar fallback; all use the same block
+// arithmetic, so results differ only in f32 summation order.
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.

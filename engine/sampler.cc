@@ -45,9 +45,8 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   const uint32_t n = vocab_size_;
   for (uint32_t i = 0; i < n; ++i) candidates_[i] = {static_cast<int32_t>(i), logits[i]};
   if (options_.repeat_penalty != 1.0f && options_.repeat_last_n > 0) {
-    const size_t from = history.size() > options_.repeat_last_n
-                            ? history.size() - options_.repeat_last_n
-                            : 0;
+    const size_t from =
+        history.size() > options_.repeat_last_n ? history.size() - options_.repeat_last_n : 0;
     // Penalise each distinct recent token once: mark by flipping through probs_ as a flag.
     for (size_t i = from; i < history.size(); ++i) {
       const int32_t id = history[i];

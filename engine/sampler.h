@@ -17,11 +17,11 @@
 namespace flashlm::engine {
 
 struct SamplerOptions {
-  float temperature = 0.8f;    // 0 = greedy
-  uint32_t top_k = 40;         // 0 = all tokens
-  float top_p = 0.95f;         // (0, 1]; 1 = off
-  float min_p = 0.0f;          // [0, 1); 0 = off
-  float repeat_penalty = 1.0f; // >= 1... any > 0; 1 = off
+  float temperature = 0.8f;     // 0 = greedy
+  uint32_t top_k = 40;          // 0 = all tokens
+  float top_p = 0.95f;          // (0, 1]; 1 = off
+  float min_p = 0.0f;           // [0, 1); 0 = off
+  float repeat_penalty = 1.0f;  // >= 1... any > 0; 1 = off
   uint32_t repeat_last_n = 64;
   uint64_t seed = 0;
 };

@@ -3,9 +3,18 @@
 #include <algorithm>
 
 namespace flashlm::engine {
+namespace {
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+constexpr int kSpinIterations = 20000;  // a few tens of microseconds
+}  // namespace
 
 ThreadPool::ThreadPool(uint32_t n_threads) {
   if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
+  n_threads = std::min(n_threads, 1024u);  // chunk counts must fit 16 bits
   n_threads_ = n_threads;
   workers_.reserve(n_threads_ - 1);
   for (uint32_t i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
@@ -20,63 +29,75 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::RunChunk(uint32_t index) {
-  // Chunk boundaries in units of grain so that SIMD tails stay in one thread.
-  const uint64_t units = (n_ + grain_ - 1) / grain_;
-  const uint64_t per = units / n_threads_, extra = units % n_threads_;
-  const uint64_t ub = index * per + std::min<uint64_t>(index, extra);
-  const uint64_t ue = ub + per + (index < extra ? 1 : 0);
-  const uint64_t b = std::min(n_, ub * grain_), e = std::min(n_, ue * grain_);
-  if (b < e) call_(ctx_, b, e, index);
+void ThreadPool::Work(uint32_t generation, uint32_t index) {
+  uint64_t cur = claim_.load(std::memory_order_acquire);
+  for (;;) {
+    if (static_cast<uint32_t>(cur >> 32) != generation) return;
+    const uint32_t chunk = static_cast<uint32_t>(cur & 0xFFFF);
+    const uint32_t n_chunks = static_cast<uint32_t>((cur >> 16) & 0xFFFF);
+    if (chunk >= n_chunks) return;
+    if (!claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      continue;
+    }
+    const uint64_t b = chunk * chunk_, e = std::min(n_, b + chunk_);
+    call_(ctx_, b, e, index);
+    done_chunks_.fetch_add(1, std::memory_order_release);
+    cur = claim_.load(std::memory_order_acquire);
+  }
 }
 
 void ThreadPool::Run(uint64_t n, uint64_t grain, Trampoline call, void* ctx) {
   if (n == 0) return;
   grain = std::max<uint64_t>(grain, 1);
-  if (n_threads_ == 1 || n <= grain) {
+  const uint64_t units = (n + grain - 1) / grain;
+  if (n_threads_ == 1 || units == 1) {
     call(ctx, 0, n, 0);
     return;
   }
+  // About four chunks per thread: enough to rebalance around a stalled thread.
+  const uint64_t chunks_wanted = std::min<uint64_t>(units, uint64_t{n_threads_} * 4);
+  const uint64_t chunk = (units + chunks_wanted - 1) / chunks_wanted * grain;
+  uint32_t generation;
+  const uint32_t n_chunks = static_cast<uint32_t>((n + chunk - 1) / chunk);  // <= 4 * threads
   {
     std::lock_guard<std::mutex> lock(mu_);
     call_ = call;
     ctx_ = ctx;
     n_ = n;
-    grain_ = grain;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    chunk_ = chunk;
+    done_chunks_.store(0, std::memory_order_relaxed);
+    generation = static_cast<uint32_t>(claim_.load(std::memory_order_relaxed) >> 32) + 1;
+    claim_.store(uint64_t{generation} << 32 | uint64_t{n_chunks} << 16, std::memory_order_release);
   }
   start_cv_.notify_all();
-  RunChunk(0);
-  // Workers finish quickly; spin briefly before sleeping.
-  for (int spin = 0; spin < 20000; ++spin) {
-    if (pending_.load(std::memory_order_acquire) == 0) return;
+  Work(generation, 0);
+  for (int spin = 0; done_chunks_.load(std::memory_order_acquire) != n_chunks; ++spin) {
+    if (spin > kSpinIterations)
+      std::this_thread::yield();
+    else
+      CpuRelax();
   }
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
 }
 
 void ThreadPool::WorkerLoop(uint32_t index) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    // Spin for a while (about 50 us) before sleeping: the next call usually follows at once.
-    for (int spin = 0; spin < 20000; ++spin) {
-      if (generation_.load(std::memory_order_acquire) != seen) break;
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+    uint32_t generation = static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32);
+    for (int spin = 0; generation == seen && spin < kSpinIterations; ++spin) {
+      CpuRelax();
+      generation = static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32);
     }
-    {
+    if (generation == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
+      start_cv_.wait(lock, [&] {
+        return stop_ || static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32) != seen;
+      });
       if (stop_) return;
-      seen = generation_.load();
+      generation = static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32);
     }
-    RunChunk(index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_cv_.notify_one();
-    }
+    seen = generation;
+    Work(generation, index);
   }
 }
 

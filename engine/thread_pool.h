@@ -1,7 +1,10 @@
 // ThreadPool: a fixed set of worker threads created once at start-up, used by the kernels to
 // split a loop over the machine's cores. ParallelFor allocates nothing: the task is passed as a
-// function pointer plus a context pointer, and between calls workers spin briefly on an atomic
-// (calls come in quick succession during a forward pass) and then sleep on a condition variable. Not re-entrant: one ParallelFor at a time, called from one owner thread.
+// function pointer plus a context pointer. The range is cut into a few chunks per thread that
+// threads claim from a shared counter, so a thread the OS has descheduled (the machines are
+// shared) does not hold the others up: whoever is running takes the remaining chunks. Between
+// calls workers spin briefly, then sleep on a condition variable.
+// Not re-entrant: one ParallelFor at a time, called from one owner thread.
 #ifndef FLASHLM_ENGINE_THREAD_POOL_H_
 #define FLASHLM_ENGINE_THREAD_POOL_H_
 
@@ -27,12 +30,15 @@ class ThreadPool {
 
   uint32_t size() const { return n_threads_; }
 
-  // Calls fn(begin, end, thread_index) over disjoint chunks covering [0, n), one chunk per thread
-  // (chunks are contiguous and rounded to multiples of `grain`). Returns when all chunks are done.
+  // Calls fn(begin, end, thread_index) over disjoint chunks covering [0, n) (chunk boundaries are
+  // multiples of `grain`); thread_index < size() and no two concurrent calls share one.
+  // Returns when all chunks are done.
   template <typename Fn>
   void ParallelFor(uint64_t n, uint64_t grain, Fn&& fn) {
     using F = std::remove_reference_t<Fn>;
-    Run(n, grain, [](void* ctx, uint64_t b, uint64_t e, uint32_t t) { (*static_cast<F*>(ctx))(b, e, t); },
+    Run(
+        n, grain,
+        [](void* ctx, uint64_t b, uint64_t e, uint32_t t) { (*static_cast<F*>(ctx))(b, e, t); },
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 
@@ -40,21 +46,26 @@ class ThreadPool {
   using Trampoline = void (*)(void*, uint64_t, uint64_t, uint32_t);
   void Run(uint64_t n, uint64_t grain, Trampoline call, void* ctx);
   void WorkerLoop(uint32_t index);
-  void RunChunk(uint32_t index);
+  // Claims and runs chunks of the task published as `generation` until none is left.
+  void Work(uint32_t generation, uint32_t index);
 
   uint32_t n_threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  std::atomic<uint64_t> generation_{0};  // bumped under mu_; workers may spin on it
-  bool stop_ = false;        // guarded by mu_
-  std::atomic<uint32_t> pending_{0};
-  // The current task (written before generation_ is bumped under mu_).
+  bool stop_ = false;  // guarded by mu_
+  // Bits 63..32: generation of the current task; 31..16: its chunk count; 15..0: next chunk to
+  // claim. A claim is a CAS on the whole word, so a late worker can never claim a chunk of a newer
+  // task, and everything a claim decides on is in the word itself.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<uint32_t> done_chunks_{0};
+  // The current task; written by the owner before it publishes claim_, read by a worker only
+  // after a successful claim (the owner cannot move on while a claimed chunk is unfinished).
   Trampoline call_ = nullptr;
   void* ctx_ = nullptr;
   uint64_t n_ = 0;
-  uint64_t grain_ = 1;
+  uint64_t chunk_ = 1;
 };
 
 }  // namespace flashlm::engine

@@ -1,8 +1,8 @@
 #include "engine/tokenizer.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cctype>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <queue>
@@ -59,10 +59,14 @@ int ParseByteToken(std::string_view s) {
   int v = 0;
   for (char ch : s.substr(3, 2)) {
     v <<= 4;
-    if (ch >= '0' && ch <= '9') v |= ch - '0';
-    else if (ch >= 'A' && ch <= 'F') v |= ch - 'A' + 10;
-    else if (ch >= 'a' && ch <= 'f') v |= ch - 'a' + 10;
-    else return -1;
+    if (ch >= '0' && ch <= '9')
+      v |= ch - '0';
+    else if (ch >= 'A' && ch <= 'F')
+      v |= ch - 'A' + 10;
+    else if (ch >= 'a' && ch <= 'f')
+      v |= ch - 'a' + 10;
+    else
+      return -1;
   }
   return v;
 }
@@ -103,8 +107,10 @@ Result<layout::Vocab> Tokenizer::ReadLlama2cVocab(const std::string& path, uint3
     if (tok == "\n</s>\n") tok = "</s>";
     std::string norm;
     for (char ch : tok) {
-      if (ch == ' ') norm += kSpaceMark;
-      else norm += ch;
+      if (ch == ' ')
+        norm += kSpaceMark;
+      else
+        norm += ch;
     }
     const int32_t id = static_cast<int32_t>(v.tokens.size());
     int32_t type = layout::Vocab::kNormal;
@@ -151,9 +157,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::Create(const layout::Vocab& vocab)
       if (!v.tokens[i].empty()) t->specials_.push_back(static_cast<int32_t>(i));
     }
   }
-  std::stable_sort(t->specials_.begin(), t->specials_.end(), [&](int32_t a, int32_t b) {
-    return v.tokens[a].size() > v.tokens[b].size();
-  });
+  std::stable_sort(t->specials_.begin(), t->specials_.end(),
+                   [&](int32_t a, int32_t b) { return v.tokens[a].size() > v.tokens[b].size(); });
   // GPT-2 byte <-> printable code point table.
   {
     int extra = 0;
@@ -196,8 +201,10 @@ void Tokenizer::EncodeSentencePiece(std::string_view raw, bool first_fragment,
   text.reserve(raw.size() * 3 + 3);
   if (vocab_.add_space_prefix && first_fragment) text += kSpaceMark;
   for (char ch : raw) {
-    if (ch == ' ') text += kSpaceMark;
-    else text += ch;
+    if (ch == ' ')
+      text += kSpaceMark;
+    else
+      text += ch;
   }
   struct Symbol {
     int prev, next;
@@ -245,8 +252,10 @@ void Tokenizer::EncodeSentencePiece(std::string_view raw, bool first_fragment,
   for (int i = 0; i >= 0; i = sym[i].next) {
     std::string_view s(text.data() + sym[i].begin, sym[i].len);
     const int32_t id = Find(s);
-    if (id >= 0) out.push_back(id);
-    else BytesFallback(s, out);
+    if (id >= 0)
+      out.push_back(id);
+    else
+      BytesFallback(s, out);
   }
 }
 
@@ -279,7 +288,8 @@ void Tokenizer::EncodeGpt2(std::string_view text, std::vector<int32_t>& out) con
       size_t j = i;
       while (j < text.size() && cls(static_cast<unsigned char>(text[j])) == 0) ++j;
       // \s+(?!\S): leave the last space to prefix the next word.
-      if (j < text.size() && j - i > 1 && text[j - 1] == ' ') --j;
+      if (j < text.size() && j - i > 1 && text[j - 1] == ' ')
+        --j;
       else if (j < text.size() && j - i == 1 && text[i] == ' ') {
         ++i;  // a single space joins the next word
         c0 = cls(static_cast<unsigned char>(text[i]));
@@ -289,17 +299,16 @@ void Tokenizer::EncodeGpt2(std::string_view text, std::vector<int32_t>& out) con
       i = j;
       continue;
     }
-  word:
-    {
-      size_t j = i;
-      while (j < text.size() && cls(static_cast<unsigned char>(text[j])) == c0 &&
-             !(c0 != 3 && text[j] == '\'')) {
-        ++j;
-      }
-      if (j == i) ++j;
-      words.push_back(text.substr(start, j - start));
-      i = j;
+  word : {
+    size_t j = i;
+    while (j < text.size() && cls(static_cast<unsigned char>(text[j])) == c0 &&
+           !(c0 != 3 && text[j] == '\'')) {
+      ++j;
     }
+    if (j == i) ++j;
+    words.push_back(text.substr(start, j - start));
+    i = j;
+  }
   }
   std::vector<std::string> parts;
   for (std::string_view w : words) {
@@ -332,8 +341,10 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
   bool first = true;
   auto encode = [&](std::string_view frag) {
     if (frag.empty()) return;
-    if (vocab_.kind == layout::Vocab::Kind::kGpt2Bpe) EncodeGpt2(frag, out);
-    else EncodeSentencePiece(frag, first, out);
+    if (vocab_.kind == layout::Vocab::Kind::kGpt2Bpe)
+      EncodeGpt2(frag, out);
+    else
+      EncodeSentencePiece(frag, first, out);
     first = false;
   };
   if (!parse_special || specials_.empty()) {

@@ -38,7 +38,8 @@ class Tokenizer {
   static Result<layout::Vocab> ReadLlama2cVocab(const std::string& path, uint32_t vocab_size = 0);
 
   // Token ids of `text`, with BOS first when add_bos. Allocates (not on the per-token path).
-  std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special = false) const;
+  std::vector<int32_t> Encode(std::string_view text, bool add_bos,
+                              bool parse_special = false) const;
 
   // Appends the bytes token `id` stands for to `out` (control tokens add nothing; a leading space
   // is dropped right after BOS, as SentencePiece does). `out` should have capacity reserved.
@@ -62,11 +63,11 @@ class Tokenizer {
 
   layout::Vocab vocab_;
   std::unordered_map<std::string, int32_t> ids_;
-  std::array<int32_t, 256> byte_ids_{};          // SentencePiece <0xXX> token per byte, or -1
-  std::vector<int32_t> specials_;                // control / user-defined ids, longest first
-  std::unordered_map<std::string, int32_t> merge_ranks_;  // "a b" -> rank (gpt2)
-  std::array<std::string, 256> byte_to_unicode_;          // gpt2 byte -> UTF-8 of its code point
-  std::unordered_map<uint32_t, uint8_t> unicode_to_byte_; // gpt2 code point -> byte
+  std::array<int32_t, 256> byte_ids_{};  // SentencePiece <0xXX> token per byte, or -1
+  std::vector<int32_t> specials_;        // control / user-defined ids, longest first
+  std::unordered_map<std::string, int32_t> merge_ranks_;   // "a b" -> rank (gpt2)
+  std::array<std::string, 256> byte_to_unicode_;           // gpt2 byte -> UTF-8 of its code point
+  std::unordered_map<uint32_t, uint8_t> unicode_to_byte_;  // gpt2 code point -> byte
 };
 
 // Streams decoded bytes as text, holding back a trailing partial UTF-8 sequence until it

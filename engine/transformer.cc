@@ -151,8 +151,9 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
     if (tokens[t] < 0 || static_cast<uint32_t>(tokens[t]) >= c.vocab_size) {
       return InvalidArgumentError("Forward: token id out of range");
     }
-    RETURN_IF_ERROR(layout::DequantizeRow(emb.dtype, emb.row(static_cast<uint32_t>(tokens[t])),
-                                          std::span<float>(x_.data() + uint64_t{t} * c.dim, c.dim)));
+    RETURN_IF_ERROR(
+        layout::DequantizeRow(emb.dtype, emb.row(static_cast<uint32_t>(tokens[t])),
+                              std::span<float>(x_.data() + uint64_t{t} * c.dim, c.dim)));
   }
   const bool relu = c.activation == layout::Activation::kRelu;
   for (uint32_t l = 0; l < c.n_layers; ++l) {

@@ -22,9 +22,9 @@
 namespace flashlm::engine {
 
 struct TransformerOptions {
-  uint32_t max_context = 0;   // positions in the KV cache; 0 = the model's max_seq_len
-  uint32_t max_batch = 128;   // tokens per Forward call
-  bool all_logits = false;    // keep logits for every token of a batch (perplexity)
+  uint32_t max_context = 0;  // positions in the KV cache; 0 = the model's max_seq_len
+  uint32_t max_batch = 128;  // tokens per Forward call
+  bool all_logits = false;   // keep logits for every token of a batch (perplexity)
 };
 
 class Transformer {
@@ -57,21 +57,21 @@ class Transformer {
   bool all_logits_ = false;
   uint32_t q_dim_ = 0, kv_dim_ = 0;
 
-  std::vector<float> x_;       // max_batch x dim: residual stream
-  std::vector<float> xb_;      // max_batch x dim: normed input
-  std::vector<float> q_;       // max_batch x q_dim
-  std::vector<float> k_;       // max_batch x kv_dim
-  std::vector<float> v_;       // max_batch x kv_dim
-  std::vector<float> att_out_; // max_batch x q_dim
-  std::vector<float> proj_;    // max_batch x dim
-  std::vector<float> hb_;      // max_batch x hidden (gate)
-  std::vector<float> hb2_;     // max_batch x hidden (up)
-  std::vector<float> scores_;  // threads x max_context
-  std::vector<float> logits_;  // (all_logits ? max_batch : 1) x vocab
-  std::vector<float> key_cache_;    // n_layers x max_context x kv_dim
-  std::vector<float> value_cache_;  // n_layers x max_context x kv_dim
-  std::vector<float> rope_cos_;     // max_context x head_dim/2
-  std::vector<float> rope_sin_;     // max_context x head_dim/2
+  std::vector<float> x_;                  // max_batch x dim: residual stream
+  std::vector<float> xb_;                 // max_batch x dim: normed input
+  std::vector<float> q_;                  // max_batch x q_dim
+  std::vector<float> k_;                  // max_batch x kv_dim
+  std::vector<float> v_;                  // max_batch x kv_dim
+  std::vector<float> att_out_;            // max_batch x q_dim
+  std::vector<float> proj_;               // max_batch x dim
+  std::vector<float> hb_;                 // max_batch x hidden (gate)
+  std::vector<float> hb2_;                // max_batch x hidden (up)
+  std::vector<float> scores_;             // threads x max_context
+  std::vector<float> logits_;             // (all_logits ? max_batch : 1) x vocab
+  std::vector<float> key_cache_;          // n_layers x max_context x kv_dim
+  std::vector<float> value_cache_;        // n_layers x max_context x kv_dim
+  std::vector<float> rope_cos_;           // max_context x head_dim/2
+  std::vector<float> rope_sin_;           // max_context x head_dim/2
   std::unique_ptr<std::byte[]> scratch_;  // q8 activations, 64-byte aligned inside
   ByteSpan scratch_span_;
 };

@@ -24,7 +24,8 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
     std::span<float> out(reinterpret_cast<float*>(buf.get()), rows * cols);
     RETURN_IF_ERROR(ckpt.ReadTensorF32(*info, out).WithContext("reading " + name));
   } else {
-    RETURN_IF_ERROR(ckpt.ReadTensor(*info, ByteSpan(buf.get(), bytes)).WithContext("reading " + name));
+    RETURN_IF_ERROR(
+        ckpt.ReadTensor(*info, ByteSpan(buf.get(), bytes)).WithContext("reading " + name));
   }
   MatrixView view{dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
                   ConstByteSpan(buf.get(), bytes)};
@@ -56,8 +57,9 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
       c.head_dim == 0 || c.vocab_size == 0 || c.n_heads % c.n_kv_heads != 0 ||
       c.head_dim % 2 != 0) {
-    return InvalidArgumentError("model config has a shape the engine cannot run (zero size, "
-                                "n_heads not a multiple of n_kv_heads, or odd head_dim)");
+    return InvalidArgumentError(
+        "model config has a shape the engine cannot run (zero size, "
+        "n_heads not a multiple of n_kv_heads, or odd head_dim)");
   }
   const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
   const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;

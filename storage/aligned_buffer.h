@@ -16,6 +16,8 @@ class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   // Allocates AlignUp(size_bytes, alignment_bytes) zeroed bytes aligned to alignment_bytes.
+  // Buffers of 2 MiB or more are 2 MiB-aligned and advised MADV_HUGEPAGE before first touch, so
+  // that direct I/O into them needs few physical segments (see docs/benchmarks.md, "Reads").
   // Errors: InvalidArgument (alignment not a power of two, or size 0), ResourceExhausted.
   static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes);
 

@@ -20,7 +20,9 @@ namespace flashlm::storage {
 
 class BufferPool {
  public:
-  // `buffer_count` buffers of AlignUp(buffer_bytes, alignment_bytes) each.
+  // `buffer_count` buffers of AlignUp(buffer_bytes, alignment_bytes) each. Pools of buffers
+  // larger than 4 KiB are backed by transparent huge pages where the kernel allows (memory
+  // rounded up to 2 MiB).
   // Errors: InvalidArgument (zero count/size, bad alignment), ResourceExhausted.
   static Result<BufferPool> Create(uint32_t buffer_count, uint64_t buffer_bytes,
                                    uint64_t alignment_bytes = 4096);

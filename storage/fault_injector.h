@@ -27,7 +27,7 @@ struct FaultConfig {
   double eio_rate = 0;         // ... reports -EIO instead: the request fails
   double delay_rate = 0;       // sleep delay_us before reporting
   uint32_t delay_us = 0;
-  double bit_flip_rate = 0;    // per successful request: flip one random bit of the data
+  double bit_flip_rate = 0;          // per successful request: flip one random bit of the data
   uint64_t faults_max = UINT64_MAX;  // total faults of all kinds (delays excluded)
 };
 

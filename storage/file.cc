@@ -134,9 +134,8 @@ Status File::CheckAligned(uint64_t offset_bytes, ConstByteSpan data) const {
   uint64_t a = required_alignment_bytes();
   if (offset_bytes % a != 0 || data.size() % a != 0 ||
       reinterpret_cast<uintptr_t>(data.data()) % a != 0) {
-    return InvalidArgumentError(path_ + ": O_DIRECT I/O at offset " +
-                                std::to_string(offset_bytes) + " length " +
-                                std::to_string(data.size()) + " is not aligned to " +
+    return InvalidArgumentError(path_ + ": O_DIRECT I/O at offset " + std::to_string(offset_bytes) +
+                                " length " + std::to_string(data.size()) + " is not aligned to " +
                                 std::to_string(a) + " bytes");
   }
   return Status::Ok();

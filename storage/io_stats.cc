@@ -50,8 +50,7 @@ void IoStats::Merge(const IoStats& o) {
   bytes_ += o.bytes_;
   errors_ += o.errors_;
   retries_ += o.retries_;
-  if (o.first_submit_ns_ != 0 &&
-      (first_submit_ns_ == 0 || o.first_submit_ns_ < first_submit_ns_)) {
+  if (o.first_submit_ns_ != 0 && (first_submit_ns_ == 0 || o.first_submit_ns_ < first_submit_ns_)) {
     first_submit_ns_ = o.first_submit_ns_;
   }
   last_complete_ns_ = std::max(last_complete_ns_, o.last_complete_ns_);

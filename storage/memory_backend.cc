@@ -21,8 +21,8 @@ Result<uint32_t> MemoryBackend::RegisterFile(const File& file) {
   // Read through an aligned bounce buffer so that O_DIRECT files work too.
   uint64_t align = std::max<uint64_t>(file.required_alignment_bytes(), 1);
   uint64_t padded = AlignUp(std::max<uint64_t>(file.size_bytes(), 1), align);
-  auto* raw = static_cast<std::byte*>(std::aligned_alloc(std::max<uint64_t>(align, 16),
-                                                         AlignUp(padded, 16)));
+  auto* raw = static_cast<std::byte*>(
+      std::aligned_alloc(std::max<uint64_t>(align, 16), AlignUp(padded, 16)));
   if (raw == nullptr) return ResourceExhaustedError("out of memory");
   std::unique_ptr<std::byte, decltype(&std::free)> buf(raw, &std::free);
   Result<uint64_t> n = file.ReadAt(0, ByteSpan(raw, padded));
@@ -61,7 +61,8 @@ ReadCompletion MemoryBackend::Execute(const ReadRequest& r) {
     uint64_t avail = pos < file.size() ? file.size() - pos : 0;
     uint64_t want = r.dest.size() - done;
     int64_t res = static_cast<int64_t>(std::min(avail, want));
-    if (options_.faults != nullptr) res = options_.faults->FilterResult(want, f.granularity_bytes, res);
+    if (options_.faults != nullptr)
+      res = options_.faults->FilterResult(want, f.granularity_bytes, res);
     if (res == -EAGAIN || res == -EINTR) {
       stats_.RecordRetry();
       continue;

@@ -57,8 +57,8 @@ Result<uint32_t> PreadBackend::RegisterFile(const File& file) {
 Status PreadBackend::Submit(std::span<const ReadRequest> batch) {
   if (batch.size() > slots_.size() - in_flight_) {
     return ResourceExhaustedError("submit of " + std::to_string(batch.size()) +
-                                  " reads with only " +
-                                  std::to_string(slots_.size() - in_flight_) + " free slots");
+                                  " reads with only " + std::to_string(slots_.size() - in_flight_) +
+                                  " free slots");
   }
   for (const ReadRequest& r : batch) RETURN_IF_ERROR(internal::CheckRequest(r, files_));
   uint64_t now = NowNs();
@@ -111,8 +111,8 @@ void PreadBackend::Execute(Slot& slot) {
   uint64_t done = 0;
   while (done < r.dest.size()) {
     uint64_t want = r.dest.size() - done;
-    ssize_t n = ::pread(f.fd, r.dest.data() + done, want,
-                        static_cast<off_t>(r.offset_bytes + done));
+    ssize_t n =
+        ::pread(f.fd, r.dest.data() + done, want, static_cast<off_t>(r.offset_bytes + done));
     int64_t res = n >= 0 ? n : -errno;
     if (options_.faults != nullptr) {
       res = options_.faults->FilterResult(want, f.granularity_bytes, res);

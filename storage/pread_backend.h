@@ -39,7 +39,7 @@ class PreadBackend final : public ReadBackend {
     uint64_t submit_ns = 0;
     uint64_t complete_ns = 0;
     uint64_t bytes_read = 0;
-    int error = 0;  // errno of a failed read, 0 when OK
+    int error = 0;         // errno of a failed read, 0 when OK
     uint32_t retries = 0;  // resubmissions after short reads, EINTR, EAGAIN
   };
   explicit PreadBackend(const ReadBackendOptions& options);
@@ -47,11 +47,11 @@ class PreadBackend final : public ReadBackend {
   void Execute(Slot& slot);  // runs on a worker
 
   ReadBackendOptions options_;
-  std::vector<Slot> slots_;             // [queue_depth_max]
-  std::vector<uint32_t> free_slots_;    // stack of free slot indices (owner thread only)
+  std::vector<Slot> slots_;           // [queue_depth_max]
+  std::vector<uint32_t> free_slots_;  // stack of free slot indices (owner thread only)
   std::vector<internal::FileEntry> files_;
-  size_t in_flight_ = 0;                // owner thread only
-  IoStats stats_;                       // owner thread only
+  size_t in_flight_ = 0;  // owner thread only
+  IoStats stats_;         // owner thread only
 
   // Shared with the workers, under mu_.
   std::mutex mu_;
@@ -59,7 +59,7 @@ class PreadBackend final : public ReadBackend {
   std::condition_variable done_cv_;
   std::vector<uint32_t> pending_;  // [queue_depth_max] ring of slot indices to read
   size_t pending_head_ = 0, pending_size_ = 0;
-  std::vector<uint32_t> done_;     // [queue_depth_max] ring of finished slot indices
+  std::vector<uint32_t> done_;  // [queue_depth_max] ring of finished slot indices
   size_t done_head_ = 0, done_size_ = 0;
   bool stop_ = false;
   std::vector<std::thread> workers_;

@@ -41,8 +41,8 @@ struct ReadRequest {
 
 struct ReadCompletion {
   uint64_t tag = 0;
-  Status status;              // OK, or why this request failed
-  uint64_t bytes_read = 0;    // == dest.size() unless EOF came first or status is an error
+  Status status;            // OK, or why this request failed
+  uint64_t bytes_read = 0;  // == dest.size() unless EOF came first or status is an error
 };
 
 class ReadBackend {

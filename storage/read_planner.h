@@ -27,9 +27,9 @@ struct ByteRange {
 };
 
 struct PlannerOptions {
-  uint64_t alignment_bytes = 4096;      // power of two; 1 = no alignment
-  uint64_t gap_max_bytes = 0;           // merge when the aligned gap is <= this
-  uint64_t read_max_bytes = 1u << 20;   // multiple of alignment_bytes
+  uint64_t alignment_bytes = 4096;     // power of two; 1 = no alignment
+  uint64_t gap_max_bytes = 0;          // merge when the aligned gap is <= this
+  uint64_t read_max_bytes = 1u << 20;  // multiple of alignment_bytes
 };
 
 // A contiguous, aligned stretch of the file that covers one or more input ranges.
@@ -60,9 +60,9 @@ struct ReadPlan {
   uint64_t read_bytes = 0;               // sum of read lengths
   // read_bytes / requested_bytes (1 when nothing was requested).
   double amplification() const {
-    return requested_bytes == 0 ? 1.0
-                                : static_cast<double>(read_bytes) /
-                                      static_cast<double>(requested_bytes);
+    return requested_bytes == 0
+               ? 1.0
+               : static_cast<double>(read_bytes) / static_cast<double>(requested_bytes);
   }
   std::vector<uint32_t> order_scratch;  // internal: range indices sorted by offset
 };
@@ -70,8 +70,7 @@ struct ReadPlan {
 // Fills `plan` (cleared first). Empty ranges are located at their span but add no read.
 // Errors: InvalidArgument (alignment not a power of two, read_max_bytes zero or not a multiple
 // of the alignment, a range whose end overflows 2^63).
-Status PlanReads(std::span<const ByteRange> ranges, const PlannerOptions& options,
-                 ReadPlan* plan);
+Status PlanReads(std::span<const ByteRange> ranges, const PlannerOptions& options, ReadPlan* plan);
 
 }  // namespace flashlm::storage
 

@@ -1,10 +1,11 @@
 #include "storage/uring_backend.h"
 
+#include <sys/uio.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <sys/uio.h>
 
 #include "storage/buffer_pool.h"
 #include "storage/fault_injector.h"
@@ -60,10 +61,9 @@ Result<std::unique_ptr<UringBackend>> UringBackend::Create(const ReadBackendOpti
               << " refused (EINVAL); trying fewer";
   }
   if (ret != 0) {
-    return NotSupportedError(std::string("io_uring_queue_init failed: ") + std::strerror(-ret) +
-                             (ret == -EPERM || ret == -ENOSYS
-                                  ? " (the kernel or container forbids io_uring)"
-                                  : ""));
+    return NotSupportedError(
+        std::string("io_uring_queue_init failed: ") + std::strerror(-ret) +
+        (ret == -EPERM || ret == -ENOSYS ? " (the kernel or container forbids io_uring)" : ""));
   }
   b->ring_ready_ = true;
 
@@ -127,8 +127,8 @@ Result<uint32_t> UringBackend::RegisterFile(const File& file) {
     int fd = file.fd();
     int ret = io_uring_register_files_update(&ring_, id, &fd, 1);
     if (ret != 1) {
-      return IoError(file.path() + ": io_uring file registration failed: " +
-                     std::strerror(ret < 0 ? -ret : EIO));
+      return IoError(file.path() +
+                     ": io_uring file registration failed: " + std::strerror(ret < 0 ? -ret : EIO));
     }
   }
   files_.push_back(internal::EntryFor(file));
@@ -228,7 +228,8 @@ void UringBackend::HandleCqe(uint32_t s, int32_t res32, uint64_t now_ns) {
   const internal::FileEntry& f = files_[slot.request.file_id];
   uint64_t remaining = slot.request.dest.size() - slot.done_bytes;
   int64_t res = res32;
-  if (options_.faults != nullptr) res = options_.faults->FilterResult(remaining, f.granularity_bytes, res);
+  if (options_.faults != nullptr)
+    res = options_.faults->FilterResult(remaining, f.granularity_bytes, res);
   if (res == -EAGAIN || res == -EINTR) {
     stats_.RecordRetry();
     PrepareRead(s);

@@ -2,13 +2,14 @@
 //
 // Set-up (Create) asks for IORING_SETUP_COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN (as fio
 // does) and drops DEFER_TASKRUN, then all flags, when the kernel refuses them (EINVAL),
-// logging it (FLASHLM_URING_FLAG_LEVEL=1 or 2 starts lower, for benchmarking); a refused ring (EPERM in containers with seccomp,
-// ENOSYS, io_uring_disabled) is NotSupported with the reason, so callers can fall back to pread.
-// Files are registered as fixed files (IOSQE_FIXED_FILE) and the optional BufferPool as fixed
-// buffers (IORING_OP_READ_FIXED when a request's dest lies inside one pool buffer, plain READ
-// otherwise); either registration may fail (old kernel, memlock limit) and is then logged and
-// skipped. Slots for queue_depth_max requests are preallocated; Submit and Reap do not allocate
-// on success. One instance belongs to one thread (SINGLE_ISSUER makes the kernel enforce it).
+// logging it (FLASHLM_URING_FLAG_LEVEL=1 or 2 starts lower, for benchmarking); a refused ring
+// (EPERM in containers with seccomp, ENOSYS, io_uring_disabled) is NotSupported with the reason, so
+// callers can fall back to pread. Files are registered as fixed files (IOSQE_FIXED_FILE) and the
+// optional BufferPool as fixed buffers (IORING_OP_READ_FIXED when a request's dest lies inside one
+// pool buffer, plain READ otherwise); either registration may fail (old kernel, memlock limit) and
+// is then logged and skipped. Slots for queue_depth_max requests are preallocated; Submit and Reap
+// do not allocate on success. One instance belongs to one thread (SINGLE_ISSUER makes the kernel
+// enforce it).
 #ifndef FLASHLM_STORAGE_URING_BACKEND_H_
 #define FLASHLM_STORAGE_URING_BACKEND_H_
 
@@ -71,7 +72,7 @@ class UringBackend final : public ReadBackend {
   std::vector<uint32_t> free_slots_;  // stack of free slot indices
   internal::CompletionRing ready_;    // finished, waiting for Reap
   std::vector<internal::FileEntry> files_;
-  size_t active_ = 0;       // slots owned by the kernel (submitted or queued SQEs)
+  size_t active_ = 0;         // slots owned by the kernel (submitted or queued SQEs)
   unsigned unsubmitted_ = 0;  // SQEs prepared but not yet handed to the kernel
   IoStats stats_;
 };

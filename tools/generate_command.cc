@@ -1,12 +1,11 @@
 // flashlm generate STORE -p PROMPT -n N [sampling flags]: streams the continuation to stdout
 // (the prompt too with --echo) and prints prompt tokens, time to first token, prefill and decode
 // speed on stderr (and as JSON with --stats-json FILE).
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "engine/generator.h"
 #include "engine/sampler.h"
@@ -25,7 +24,8 @@ struct GenerateFlags {
   int64_t ctx = 0;
   engine::SamplerOptions sampling;
   int64_t top_k = 40, repeat_last_n = 64, seed = -1;
-  bool echo = false, no_bos = false;
+  bool echo = false, no_bos = false, ignore_eos = false;
+  int64_t bench_prompt_tokens = 0;
   std::vector<std::string> stops;
   std::string mem_budget;  // ooc: out-of-core within this many bytes
   bool no_pipeline = false;
@@ -58,6 +58,9 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                "With --mem-budget: read each FFN chunk only when it is needed (for comparison)");
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
+  cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
+  cmd->add_option("--bench-prompt-tokens", f->bench_prompt_tokens,
+                  "Benchmarks: ignore -p and use BOS plus N-1 fixed token ids as the prompt");
   return [cmd, f] {
     if (!cmd->parsed()) return -1;
     auto usage = [](const std::string& msg) {
@@ -69,9 +72,10 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     if (f->top_k < 0) return usage("--top-k must be >= 0");
     if (f->repeat_last_n < 0) return usage("--repeat-last-n must be >= 0");
     f->sampling.top_k = static_cast<uint32_t>(std::min<int64_t>(f->top_k, UINT32_MAX));
-    f->sampling.repeat_last_n = static_cast<uint32_t>(std::min<int64_t>(f->repeat_last_n, UINT32_MAX));
-    f->sampling.seed = f->seed >= 0 ? static_cast<uint64_t>(f->seed)
-                                    : static_cast<uint64_t>(std::time(nullptr));
+    f->sampling.repeat_last_n =
+        static_cast<uint32_t>(std::min<int64_t>(f->repeat_last_n, UINT32_MAX));
+    f->sampling.seed =
+        f->seed >= 0 ? static_cast<uint64_t>(f->seed) : static_cast<uint64_t>(std::time(nullptr));
     // Validate sampling before the (slow) model load.
     if (auto s = engine::Sampler::Create(1, f->sampling); !s.ok()) {
       return ReportError("generate", s.status());
@@ -94,6 +98,13 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     const engine::Tokenizer& tok = *session->tokenizer;
     const uint32_t ctx = model.max_context();
     std::vector<int32_t> prompt = tok.Encode(f->prompt, !f->no_bos && tok.bos_id() >= 0);
+    if (f->bench_prompt_tokens > 0) {
+      if (f->bench_prompt_tokens > ctx) return usage("--bench-prompt-tokens exceeds the context");
+      prompt.assign(1, tok.bos_id() >= 0 ? tok.bos_id() : 0);
+      for (int64_t i = 1; i < f->bench_prompt_tokens; ++i) {
+        prompt.push_back(static_cast<int32_t>((i * 7919) % model.config().vocab_size));
+      }
+    }
     if (prompt.empty()) prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : 0);
     if (prompt.size() >= ctx) {
       return usage("prompt of " + std::to_string(prompt.size()) +
@@ -110,6 +121,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       std::fflush(stdout);
     }
     engine::Generator gen(model, tok);
+    gen.set_ignore_eos(f->ignore_eos);
     auto stats = gen.Generate(prompt, static_cast<uint32_t>(f->n), **sampler, f->stops,
                               [](std::string_view text) {
                                 std::fwrite(text.data(), 1, text.size(), stdout);

@@ -4,6 +4,7 @@
 // same table. Creates its test file (random bytes, not sparse) when it is missing.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -13,14 +14,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "storage/aligned_buffer.h"
 #include "storage/buffer_pool.h"
@@ -57,6 +56,8 @@ struct Flags {
   bool fio = false;
   bool quick = false;
   uint64_t seed = 1;
+  uint32_t repeat = 1;
+  bool no_register_buffers = false;
 };
 
 enum class Pattern { kRandom, kSequential, kBundles };
@@ -76,6 +77,9 @@ struct Point {
   double p99_us = 0;
   std::optional<double> fio_mib_per_s;
   std::optional<double> fio_p99_us;
+  std::optional<double> ratio;  // median over repeats of mib_per_s / fio_mib_per_s
+  uint32_t runs = 1;            // repeats the medians are taken over
+  uint64_t retries = 0;         // resubmissions inside the backend (short reads, EAGAIN)
 };
 
 // xorshift64*: fast, seeded, good enough to spread offsets and fill the test file.
@@ -175,12 +179,13 @@ Status CreateTestFile(const std::string& path, uint64_t size_bytes, uint64_t see
 
 // Runs one point: keeps `depth` reads of `block` bytes in flight for `seconds`, then drains.
 Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint64_t block,
-                       uint32_t depth, double seconds, uint64_t region_bytes, uint64_t seed) {
+                       uint32_t depth, double seconds, uint64_t region_bytes, uint64_t seed,
+                       bool register_buffers) {
   ASSIGN_OR_RETURN(BufferPool pool, BufferPool::Create(depth, block, 4096));
   storage::ReadBackendOptions o;
   o.queue_depth_max = depth;
   o.files_max = 1;
-  o.registered_buffers = &pool;
+  o.registered_buffers = register_buffers ? &pool : nullptr;
   ASSIGN_OR_RETURN(std::unique_ptr<ReadBackend> backend, storage::MakeReadBackend(kind, o));
   ASSIGN_OR_RETURN(uint32_t file_id, backend->RegisterFile(file));
 
@@ -208,8 +213,8 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
     return (rng.Next() % blocks_in_file) * block;
   };
 
-  std::vector<ReadRequest> batch(depth);       // [depth] requests to submit next
-  std::vector<ReadCompletion> done(depth);     // [depth] reaped completions
+  std::vector<ReadRequest> batch(depth);    // [depth] requests to submit next
+  std::vector<ReadCompletion> done(depth);  // [depth] reaped completions
   for (uint32_t i = 0; i < depth; ++i) {
     batch[i] = ReadRequest{file_id, next_offset(), pool.buffer(i).first(block), i};
   }
@@ -242,6 +247,7 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
   p.direct = file.is_direct();
   p.seconds = st.elapsed_seconds();
   p.reads = st.reads();
+  p.retries = st.retries();
   p.bytes = st.bytes();
   p.mib_per_s = st.mib_per_s();
   p.iops = st.reads_per_s();
@@ -250,11 +256,12 @@ Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint
   return p;
 }
 
-// Runs fio with io_uring on the same file and point. Errors: Internal (fio failed or its output
-// did not parse).
+// Runs fio with io_uring on the same file and point, registering the file and (when flashlm
+// does) the buffers, so that both sides issue the same kind of request. Errors: Internal (fio
+// failed or its output did not parse).
 Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint64_t block,
                                          uint32_t depth, bool direct, double seconds,
-                                         uint64_t region_bytes) {
+                                         uint64_t region_bytes, bool fixed_buffers) {
   uint64_t size = file.size_bytes() / block * block;
   uint64_t offset = 0;
   if (pattern == Pattern::kBundles) {
@@ -263,8 +270,9 @@ Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint
   std::ostringstream cmd;
   cmd << "fio --name=iobench --filename='" << file.path() << "' --readonly"
       << " --rw=" << (pattern == Pattern::kSequential ? "read" : "randread") << " --bs=" << block
-      << " --iodepth=" << depth << " --ioengine=io_uring --fixedbufs --registerfiles"
-      << " --direct=" << (direct ? 1 : 0) << " --offset=" << offset << " --size=" << size
+      << " --iodepth=" << depth << " --ioengine=io_uring --registerfiles"
+      << (fixed_buffers ? " --fixedbufs" : "") << " --direct=" << (direct ? 1 : 0)
+      << " --offset=" << offset << " --size=" << size
       << " --runtime=" << std::max(1, static_cast<int>(std::lround(seconds)))
       << " --time_based --norandommap --randrepeat=0 --output-format=json 2>/dev/null";
   FILE* pipe = popen(cmd.str().c_str(), "r");
@@ -292,9 +300,9 @@ Result<std::pair<double, double>> RunFio(const File& file, Pattern pattern, uint
 }
 
 std::string Ratio(const Point& p) {
-  if (!p.fio_mib_per_s || *p.fio_mib_per_s <= 0) return "";
+  if (!p.ratio) return "";
   char b[32];
-  std::snprintf(b, sizeof b, "%.3f", p.mib_per_s / *p.fio_mib_per_s);
+  std::snprintf(b, sizeof b, "%.3f", *p.ratio);
   return b;
 }
 
@@ -323,17 +331,16 @@ Status WriteCsv(const std::string& path, const std::vector<Point>& points, bool 
   std::ofstream out(path);
   if (!out) return IoError("cannot write " + path);
   out << "backend,pattern,block_bytes,queue_depth,mib_per_s,iops,p50_us,p99_us,direct,seconds,"
-         "reads,bytes";
+         "reads,bytes,runs";
   if (with_fio) out << ",fio_mib_per_s,ratio,fio_p99_us";
   out << "\n";
   for (const Point& p : points) {
     char line[512];
-    std::snprintf(line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu",
-                  p.backend.c_str(), p.pattern.c_str(),
-                  static_cast<unsigned long long>(p.block_bytes), p.queue_depth, p.mib_per_s,
-                  p.iops, p.p50_us, p.p99_us, p.direct ? 1 : 0, p.seconds,
-                  static_cast<unsigned long long>(p.reads),
-                  static_cast<unsigned long long>(p.bytes));
+    std::snprintf(
+        line, sizeof line, "%s,%s,%llu,%u,%.2f,%.1f,%.2f,%.2f,%d,%.3f,%llu,%llu,%u",
+        p.backend.c_str(), p.pattern.c_str(), static_cast<unsigned long long>(p.block_bytes),
+        p.queue_depth, p.mib_per_s, p.iops, p.p50_us, p.p99_us, p.direct ? 1 : 0, p.seconds,
+        static_cast<unsigned long long>(p.reads), static_cast<unsigned long long>(p.bytes), p.runs);
     out << line;
     if (with_fio) {
       if (p.fio_mib_per_s) {
@@ -358,15 +365,23 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
   j["file_bytes"] = file_bytes;
   j["points"] = nlohmann::json::array();
   for (const Point& p : points) {
-    nlohmann::json o = {{"backend", p.backend},     {"pattern", p.pattern},
-                        {"direct", p.direct},       {"block_bytes", p.block_bytes},
-                        {"queue_depth", p.queue_depth}, {"seconds", p.seconds},
-                        {"reads", p.reads},         {"bytes", p.bytes},
-                        {"mib_per_s", p.mib_per_s}, {"iops", p.iops},
-                        {"p50_us", p.p50_us},       {"p99_us", p.p99_us}};
+    nlohmann::json o = {{"backend", p.backend},
+                        {"pattern", p.pattern},
+                        {"direct", p.direct},
+                        {"block_bytes", p.block_bytes},
+                        {"queue_depth", p.queue_depth},
+                        {"seconds", p.seconds},
+                        {"reads", p.reads},
+                        {"bytes", p.bytes},
+                        {"mib_per_s", p.mib_per_s},
+                        {"iops", p.iops},
+                        {"p50_us", p.p50_us},
+                        {"p99_us", p.p99_us},
+                        {"runs", p.runs},
+                        {"retries", p.retries}};
     if (p.fio_mib_per_s) {
       o["fio_mib_per_s"] = *p.fio_mib_per_s;
-      o["ratio"] = p.mib_per_s / *p.fio_mib_per_s;
+      if (p.ratio) o["ratio"] = *p.ratio;
     }
     j["points"].push_back(o);
   }
@@ -407,9 +422,9 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
     std::ofstream data(data_path);
     for (auto& [name, pts] : series) {
       std::sort(pts.begin(), pts.end());
-      pts.erase(std::unique(pts.begin(), pts.end(),
-                            [](auto& a, auto& b) { return a.first == b.first; }),
-                pts.end());
+      pts.erase(
+          std::unique(pts.begin(), pts.end(), [](auto& a, auto& b) { return a.first == b.first; }),
+          pts.end());
       data << "# " << name << "\n";
       for (auto& [x, y] : pts) data << x / 1024.0 << " " << y << "\n";
       data << "\n\n";
@@ -422,9 +437,8 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
     gp << "plot ";
     int i = 0;
     for (auto& [name, pts] : series) {
-      gp << (i ? ", " : "") << "'" << data_path << "' index " << i
-         << " using 1:2 with linespoints " << (name.rfind("fio", 0) == 0 ? "dt 2 " : "")
-         << "title '" << name << "'";
+      gp << (i ? ", " : "") << "'" << data_path << "' index " << i << " using 1:2 with linespoints "
+         << (name.rfind("fio", 0) == 0 ? "dt 2 " : "") << "title '" << name << "'";
       ++i;
     }
     gp << "\n";
@@ -466,9 +480,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
   }
   for (uint64_t s : *sizes) {
     if (s == 0 || s % 4096 != 0 || s > (256u << 20)) {
-      return ReportError(kCommand, InvalidArgumentError(
-                                       "--sizes: block size " + std::to_string(s) +
-                                       " must be a multiple of 4 KiB, at most 256 MiB"));
+      return ReportError(kCommand,
+                         InvalidArgumentError("--sizes: block size " + std::to_string(s) +
+                                              " must be a multiple of 4 KiB, at most 256 MiB"));
     }
   }
   uint64_t size_max = *std::max_element(sizes->begin(), sizes->end());
@@ -481,8 +495,8 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
   if (!flags.plot.empty()) {
     std::string ext = std::filesystem::path(flags.plot).extension().string();
     if (ext != ".svg" && ext != ".png") {
-      return ReportError(kCommand,
-                         InvalidArgumentError("--plot " + flags.plot + ": use a .svg or .png name"));
+      return ReportError(
+          kCommand, InvalidArgumentError("--plot " + flags.plot + ": use a .svg or .png name"));
     }
   }
   bool with_fio = flags.fio;
@@ -502,19 +516,18 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
     }
     auto parent = std::filesystem::path(flags.file).parent_path();
     if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-      return ReportError(kCommand, NotFoundError("directory " + parent.string() +
-                                                 " does not exist (for --file " + flags.file +
-                                                 ")"));
+      return ReportError(
+          kCommand, NotFoundError("directory " + parent.string() + " does not exist (for --file " +
+                                  flags.file + ")"));
     }
     Status s = CreateTestFile(flags.file, *file_size, flags.seed);
     if (!s.ok()) return ReportError(kCommand, s);
   }
 
   std::vector<Point> points;
-  size_t total = directs.size() * backends->size() * patterns->size() * sizes->size() *
-                 depths->size();
+  size_t total =
+      directs.size() * backends->size() * patterns->size() * sizes->size() * depths->size();
   size_t index = 0;
-  std::map<std::tuple<int, bool, uint64_t, uint32_t>, std::pair<double, double>> fio_cache;
   bool tty = isatty(STDERR_FILENO);
   for (bool direct : directs) {
     auto opened = File::OpenForRead(flags.file, {.direct = direct});
@@ -531,9 +544,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
     }
     for (uint64_t s : *sizes) {
       if (s > file.size_bytes()) {
-        return ReportError(kCommand, InvalidArgumentError(
-                                         flags.file + " (" + FormatBytes(file.size_bytes()) +
-                                         ") is smaller than the block size " + FormatBytes(s)));
+        return ReportError(
+            kCommand, InvalidArgumentError(flags.file + " (" + FormatBytes(file.size_bytes()) +
+                                           ") is smaller than the block size " + FormatBytes(s)));
       }
     }
     for (const std::string& backend_name : *backends) {
@@ -549,48 +562,83 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
                          total, backend_name.c_str(), pattern_name.c_str(),
                          FormatBytes(block).c_str(), depth);
             std::fflush(stderr);
-            auto p = RunPoint(file, kind, pattern, block, depth, flags.seconds, *region,
-                              flags.seed + index);
-            if (!p.ok()) {
-              std::fprintf(stderr, "\n");
-              return ReportError(kCommand, p.status());
-            }
-            p->pattern = pattern_name;
-            std::fprintf(stderr, " %.1f MiB/s", p->mib_per_s);
-            if (with_fio) {
-              auto key = std::make_tuple(static_cast<int>(pattern), file.is_direct(), block, depth);
-              auto it = fio_cache.find(key);
-              if (it == fio_cache.end()) {
+            // Each repeat runs flashlm, then fio, back to back, so that both see the same
+            // background load; the point reports medians over the repeats.
+            std::vector<Point> runs;
+            std::vector<double> fio_mib, fio_p99, ratios;
+            for (uint32_t rep = 0; rep < flags.repeat; ++rep) {
+              auto p = RunPoint(file, kind, pattern, block, depth, flags.seconds, *region,
+                                flags.seed + index * 1000 + rep, !flags.no_register_buffers);
+              if (!p.ok()) {
+                std::fprintf(stderr, "\n");
+                return ReportError(kCommand, p.status());
+              }
+              std::fprintf(stderr, " %.1f", p->mib_per_s);
+              if (with_fio) {
                 auto f = RunFio(file, pattern, block, depth, file.is_direct(), flags.seconds,
-                                *region);
+                                *region, !flags.no_register_buffers);
                 if (!f.ok()) {
                   std::fprintf(stderr, "\n");
                   return ReportError(kCommand, f.status());
                 }
-                it = fio_cache.emplace(key, *f).first;
+                fio_mib.push_back(f->first);
+                fio_p99.push_back(f->second);
+                if (f->first > 0) ratios.push_back(p->mib_per_s / f->first);
+                std::fprintf(stderr, "/fio %.1f", f->first);
               }
-              p->fio_mib_per_s = it->second.first;
-              p->fio_p99_us = it->second.second;
-              std::fprintf(stderr, ", fio %.1f MiB/s", it->second.first);
+              std::fflush(stderr);
+              runs.push_back(std::move(p).value());
             }
+            Point p = runs.back();
+            p.pattern = pattern_name;
+            p.runs = flags.repeat;
+            auto median = [](std::vector<double> v) {
+              if (v.empty()) return 0.0;
+              std::sort(v.begin(), v.end());
+              size_t n = v.size();
+              return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+            };
+            auto field = [&](double Point::*m) {
+              std::vector<double> v;
+              for (const Point& r : runs) v.push_back(r.*m);
+              return median(v);
+            };
+            p.mib_per_s = field(&Point::mib_per_s);
+            p.iops = field(&Point::iops);
+            p.p50_us = field(&Point::p50_us);
+            p.p99_us = field(&Point::p99_us);
+            p.seconds = field(&Point::seconds);
+            p.reads = 0;
+            p.bytes = 0;
+            for (const Point& r : runs) {  // totals over all repeats
+              p.reads += r.reads;
+              p.bytes += r.bytes;
+              p.retries += r.retries;
+            }
+            if (with_fio) {
+              p.fio_mib_per_s = median(fio_mib);
+              p.fio_p99_us = median(fio_p99);
+              p.ratio = median(ratios);
+            }
+            std::fprintf(stderr, " MiB/s");
             std::fprintf(stderr, tty ? "" : "\n");
-            points.push_back(std::move(p).value());
+            points.push_back(std::move(p));
           }
         }
       }
     }
   }
   if (tty) std::fprintf(stderr, "\r\033[K");
-  std::printf("file %s (%s)\n", flags.file.c_str(), FormatBytes(std::filesystem::file_size(
-                                                        flags.file, ec)).c_str());
+  std::printf("file %s (%s)\n", flags.file.c_str(),
+              FormatBytes(std::filesystem::file_size(flags.file, ec)).c_str());
   PrintTable(points, with_fio);
   if (!flags.csv.empty()) {
     Status s = WriteCsv(flags.csv, points, with_fio);
     if (!s.ok()) return ReportError(kCommand, s);
   }
   if (!flags.json.empty()) {
-    Status s = WriteJson(flags.json, flags.file, std::filesystem::file_size(flags.file, ec),
-                         points);
+    Status s =
+        WriteJson(flags.json, flags.file, std::filesystem::file_size(flags.file, ec), points);
     if (!s.ok()) return ReportError(kCommand, s);
   }
   if (!flags.plot.empty()) {
@@ -604,8 +652,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
 
 CommandRunner RegisterIobench(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
-      "iobench", "Measure read bandwidth/IOPS/latency: block size x queue depth x pattern x "
-                 "backend, optionally against fio on the same file");
+      "iobench",
+      "Measure read bandwidth/IOPS/latency: block size x queue depth x pattern x "
+      "backend, optionally against fio on the same file");
   auto flags = std::make_shared<Flags>();
   cmd->add_option("--file", flags->file,
                   "Test file; created with random bytes when missing (default build/iobench.dat "
@@ -631,6 +680,11 @@ CommandRunner RegisterIobench(CLI::App& app) {
   cmd->add_flag("--quick", flags->quick,
                 "Short sweep: 1 GiB file, sizes 4K,64K,1M, depths 1,32, 1 s per point");
   cmd->add_option("--seed", flags->seed, "Seed for offsets and file contents");
+  cmd->add_flag("--no-register-buffers", flags->no_register_buffers,
+                "uring: do not register the buffers (plain READ instead of READ_FIXED)");
+  cmd->add_option("--repeat", flags->repeat,
+                  "Measure each point N times (alternating with fio) and report medians")
+      ->check(CLI::Range(1, 100));
   return [cmd, flags, file_size, sizes, depths, seconds] {
     if (!cmd->parsed()) return -1;
     return Run(*flags, file_size->count() > 0, sizes->count() > 0, depths->count() > 0,

@@ -1,10 +1,9 @@
 // flashlm perplexity STORE --text FILE [--ctx N]: perplexity of a text file under the model.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "engine/generator.h"
 #include "tools/cli_util.h"

@@ -1,8 +1,7 @@
 // flashlm tokenize STORE_OR_VOCAB TEXT [--no-bos]: prints the token ids as "[1, 2, 3]".
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "tools/cli_util.h"
 #include "tools/commands.h"

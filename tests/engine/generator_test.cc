@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "layout/checkpoint.h"
+#include "layout/repack.h"
 #include "tests/engine/test_models.h"
 #include "tests/test_util.h"
 
@@ -12,8 +13,8 @@ namespace flashlm::engine {
 namespace {
 
 using engine::testing::ReadLlama2c;
-using engine::testing::RefWeights;
 using engine::testing::ReferenceModel;
+using engine::testing::RefWeights;
 using engine::testing::ToCheckpoint;
 
 std::vector<int32_t> ReadIds(const std::filesystem::path& p) {
@@ -117,8 +118,8 @@ TEST(GeneratorTest, StopStringsAndBadPrompts) {
   Generator gen(*model, *s.tok);
   std::string text;
   std::vector<int32_t> prompt = {s.tok->bos_id()};
-  auto stats = gen.Generate(prompt, 100, *sampler, {"little girl"},
-                            [&](std::string_view t) { text += t; });
+  auto stats =
+      gen.Generate(prompt, 100, *sampler, {"little girl"}, [&](std::string_view t) { text += t; });
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->stop_reason, "stop_string");
   EXPECT_EQ(text, "Once upon a time, there was a ");
@@ -144,10 +145,10 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
   };
   int ran = 0;
   std::string skipped;
-  for (Source src : {Source{"stories260K/stories260K.bin", true},
-                     Source{"stories260K/stories260K.v1.bin", true},
-                     Source{"stories260K-gguf/stories260K.gguf", false},
-                     Source{"stories260K-hf-derived", false}}) {
+  for (Source src :
+       {Source{"stories260K/stories260K.bin", true}, Source{"stories260K/stories260K.v1.bin", true},
+        Source{"stories260K-gguf/stories260K.gguf", false},
+        Source{"stories260K-hf-derived", false}}) {
     const std::filesystem::path p = ::flashlm::testing::SharedModel(src.path);
     if (p.empty()) {
       skipped += std::string(src.path) + " (absent) ";
@@ -169,19 +170,30 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
     }
     auto tok = Tokenizer::Create(vocab);
     ASSERT_TRUE(tok.ok()) << src.path << ": " << tok.status().ToString();
-    auto store = DramWeightStore::Load(**ck);
-    ASSERT_TRUE(store.ok()) << src.path << ": " << store.status().ToString();
-    ThreadPool pool(2);
-    auto model = std::move(Transformer::Create(**store, pool, {})).value();
-    SamplerOptions so;
-    so.temperature = 0;
-    auto sampler = std::move(Sampler::Create((*ck)->config().vocab_size, so)).value();
-    Generator gen(*model, **tok);
-    ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
-    EXPECT_EQ(gen.ids(), want) << src.path;
-    ++ran;
+    // The checkpoint itself, then a flashlm store repacked from it (weights read back from the
+    // store's data file through layout::OpenCheckpoint).
+    ::flashlm::testing::ScratchDir dir;
+    const std::string store_path = (dir / "store").string();
+    auto repacked = layout::Repack(**ck, store_path, {});
+    ASSERT_TRUE(repacked.ok()) << src.path << ": " << repacked.status().ToString();
+    auto store_ck = layout::OpenCheckpoint(store_path);
+    ASSERT_TRUE(store_ck.ok()) << store_ck.status().ToString();
+    EXPECT_EQ((*store_ck)->format(), "store");
+    for (layout::Checkpoint* source : {ck->get(), store_ck->get()}) {
+      auto weights = DramWeightStore::Load(*source);
+      ASSERT_TRUE(weights.ok()) << src.path << ": " << weights.status().ToString();
+      ThreadPool pool(2);
+      auto model = std::move(Transformer::Create(**weights, pool, {})).value();
+      SamplerOptions so;
+      so.temperature = 0;
+      auto sampler = std::move(Sampler::Create(source->config().vocab_size, so)).value();
+      Generator gen(*model, **tok);
+      ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
+      EXPECT_EQ(gen.ids(), want) << src.path << " via " << source->format();
+      ++ran;
+    }
   }
-  EXPECT_GE(ran, 3);
+  EXPECT_GE(ran, 6);
   if (!skipped.empty()) std::printf("note: not run: %s\n", skipped.c_str());
 }
 

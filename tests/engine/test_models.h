@@ -94,8 +94,10 @@ inline bool ReadLlama2c(const std::string& path, RefWeights& w) {
   rd(w.rms_final, d);
   std::vector<float> skip;
   rd(skip, uint64_t{c.max_seq_len} * c.head_dim);  // freq_cis_real, imag
-  if (shared) w.wcls = w.emb;
-  else rd(w.wcls, c.vocab_size * d);
+  if (shared)
+    w.wcls = w.emb;
+  else
+    rd(w.wcls, c.vocab_size * d);
   return static_cast<bool>(in);
 }
 
@@ -122,8 +124,10 @@ inline RefWeights RandomWeights(const layout::ModelConfig& c, uint32_t seed) {
   fill(w.w2, L * d * hid, 1.0f / std::sqrt(float(hid)));
   fill(w.w3, L * hid * d, 1.0f / std::sqrt(float(d)));
   fill(w.rms_final, d, 0.1f, 1.0f);
-  if (c.tied_embeddings) w.wcls = w.emb;
-  else fill(w.wcls, c.vocab_size * d, 1.0f / std::sqrt(float(d)));
+  if (c.tied_embeddings)
+    w.wcls = w.emb;
+  else
+    fill(w.wcls, c.vocab_size * d, 1.0f / std::sqrt(float(d)));
   return w;
 }
 
@@ -170,7 +174,8 @@ class ReferenceModel {
     const auto& c = w_.c;
     const int d = c.dim, hd = c.head_dim, q_dim = c.n_heads * hd, hid = c.hidden_dim;
     const int group = c.n_heads / c.n_kv_heads;
-    std::vector<float> x(w_.emb.begin() + uint64_t(token) * d, w_.emb.begin() + uint64_t(token + 1) * d);
+    std::vector<float> x(w_.emb.begin() + uint64_t(token) * d,
+                         w_.emb.begin() + uint64_t(token + 1) * d);
     std::vector<float> xb(d), q(q_dim), k(kv_), v(kv_), att(pos + 1), o(q_dim), h1(hid), h3(hid);
     auto rms = [&](const std::vector<float>& in, const float* g, std::vector<float>& out) {
       float ss = 0;
@@ -233,7 +238,7 @@ class ReferenceModel {
       for (int i = 0; i < hid; ++i) {
         const float g = h1[i];
         const float a = c.activation == layout::Activation::kRelu ? std::max(g, 0.0f)
-                                                                   : g / (1.0f + std::exp(-g));
+                                                                  : g / (1.0f + std::exp(-g));
         h1[i] = a * h3[i];
       }
       mv(&w_.w2[uint64_t(l) * d * hid], h1.data(), proj.data(), d, hid);

@@ -41,8 +41,8 @@ void CheckVectors(const Tokenizer& tok, const std::filesystem::path& inp,
     std::vector<int32_t> want;
     std::stringstream ls(lines[i]);
     for (int32_t id; ls >> id;) want.push_back(id);
-    EXPECT_EQ(tok.Encode(inputs[i], /*add_bos=*/false), want) << "input #" << i << ": '"
-                                                              << inputs[i] << "'";
+    EXPECT_EQ(tok.Encode(inputs[i], /*add_bos=*/false), want)
+        << "input #" << i << ": '" << inputs[i] << "'";
     for (char c : inputs[i]) non_ascii += static_cast<unsigned char>(c) >= 0x80;
   }
   EXPECT_GT(non_ascii, 0);  // the vectors exercise non-ASCII text
@@ -95,7 +95,16 @@ TEST(TokenizerTest, Tok512RoundTripsAndAddsBos) {
 TEST(TokenizerTest, ParsesSpecialTokensOnlyWhenAsked) {
   layout::Vocab v;
   v.kind = layout::Vocab::Kind::kSentencePiece;
-  v.tokens = {"<unk>", "<s>", "</s>", "\xE2\x96\x81" "a", "a", "<", "s", ">", "/"};
+  v.tokens = {"<unk>",
+              "<s>",
+              "</s>",
+              "\xE2\x96\x81"
+              "a",
+              "a",
+              "<",
+              "s",
+              ">",
+              "/"};
   v.types = {2, 3, 3, 1, 1, 1, 1, 1, 1};
   v.scores = {0, 0, 0, -1, -2, -3, -3, -3, -3};
   auto tok = std::move(Tokenizer::Create(v)).value();
@@ -107,12 +116,13 @@ TEST(TokenizerTest, Gpt2ByteLevelBpe) {
   // Byte-level vocabulary: "Ġ" is the space byte (0x20 -> U+0120).
   layout::Vocab v;
   v.kind = layout::Vocab::Kind::kGpt2Bpe;
-  v.tokens = {"h", "e", "l", "o", "\xC4\xA0", "w", "r", "d", "he", "ll", "hell", "hello",
-              "\xC4\xA0w", "\xC4\xA0wor", "or", "\xC4\xA0world", "<|eot|>"};
+  v.tokens = {"h",      "e",  "l",    "o",     "\xC4\xA0",  "w",           "r",  "d",
+              "he",     "ll", "hell", "hello", "\xC4\xA0w", "\xC4\xA0wor", "or", "\xC4\xA0world",
+              "<|eot|>"};
   v.types.assign(v.tokens.size(), 1);
   v.types.back() = 3;
-  v.merges = {"h e", "l l", "he ll", "hell o", "\xC4\xA0 w", "o r", "\xC4\xA0w or",
-              "\xC4\xA0wor l", "\xC4\xA0worl d"};
+  v.merges = {"h e", "l l",          "he ll",         "hell o",        "\xC4\xA0 w",
+              "o r", "\xC4\xA0w or", "\xC4\xA0wor l", "\xC4\xA0worl d"};
   v.tokens.push_back("\xC4\xA0worl");
   v.types.push_back(1);
   v.bos_id = -1;

@@ -46,12 +46,22 @@ TEST(BufferPoolTest, AcquireReleaseAndIndexOf) {
   EXPECT_EQ(pool->IndexOf(outside), -1);
 }
 
+TEST(BufferPoolTest, MultiPagePoolsStartOnAHugePageBoundary) {
+  auto pool = BufferPool::Create(2, 64 * 1024, 4096);
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(pool->memory().data()) % (2 << 20), 0u);
+  EXPECT_EQ(pool->memory().size() % (2 << 20), 0u);
+  EXPECT_EQ(pool->buffer_bytes(), 64u * 1024);  // the buffers themselves keep their size
+  auto big = AlignedBuffer::Allocate(4 << 20, 4096);
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big->data()) % (2 << 20), 0u);
+}
+
 TEST(BufferPoolTest, BadShapesAreRejected) {
   EXPECT_EQ(BufferPool::Create(0, 4096).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(BufferPool::Create(2, 0).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(BufferPool::Create(2, 4096, 1000).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(BufferPool::Create(1u << 30, 1u << 30).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(BufferPool::Create(1u << 30, 1u << 30).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(BufferPoolDeathTest, DoubleReleaseIsABug) {

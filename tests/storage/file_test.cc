@@ -49,8 +49,7 @@ TEST(FileTest, OpensDirectOnARealDiskWithAPowerOfTwoAlignment) {
   EXPECT_EQ(*n, 10000u - 8192u);
   EXPECT_EQ(CountMismatches(buf->span().first(*n), 8192), 0u);
   if (f->is_direct()) {
-    EXPECT_EQ(f->ReadAt(1, buf->span().first(4096)).status().code(),
-              StatusCode::kInvalidArgument);
+    EXPECT_EQ(f->ReadAt(1, buf->span().first(4096)).status().code(), StatusCode::kInvalidArgument);
   }
 }
 

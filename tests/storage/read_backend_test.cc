@@ -70,9 +70,9 @@ class ReadBackendTest : public ::testing::Test {
     o.queue_depth_max = depth;
     o.registered_buffers = pool_.get();
     o.faults = faults;
-    Result<std::unique_ptr<ReadBackend>> b =
-        Kind::kFaultWrapper ? MakeFaultBackend(Kind::kKind, o, faults)
-                            : MakeReadBackend(Kind::kKind, o);
+    Result<std::unique_ptr<ReadBackend>> b = Kind::kFaultWrapper
+                                                 ? MakeFaultBackend(Kind::kKind, o, faults)
+                                                 : MakeReadBackend(Kind::kKind, o);
     if (!b.ok() && b.status().code() == StatusCode::kNotSupported) {
       GTEST_SKIP() << "backend unavailable here: " << b.status().ToString();
     }
@@ -178,8 +178,8 @@ TYPED_TEST(ReadBackendTest, ReadsIntoUnregisteredBuffersToo) {
   ASSERT_TRUE(buf.ok());
   std::vector<ReadRequest> batch;
   for (uint64_t i = 0; i < 3; ++i) {
-    batch.push_back({this->file_id_, (10 + 7 * i) * kBlock,
-                     buf->span().subspan(i * kBlock, kBlock), 100 + i});
+    batch.push_back(
+        {this->file_id_, (10 + 7 * i) * kBlock, buf->span().subspan(i * kBlock, kBlock), 100 + i});
   }
   ASSERT_TRUE(this->backend_->Submit(batch).ok());
   std::vector<ReadCompletion> out(8);
@@ -461,8 +461,7 @@ TEST(MakeReadBackendTest, AutoPicksABackendAndNamesParse) {
   EXPECT_EQ(*ParseBackendKind("pread"), BackendKind::kPread);
   EXPECT_EQ(ParseBackendKind("spdk").status().code(), StatusCode::kInvalidArgument);
   o.queue_depth_max = 0;
-  EXPECT_EQ(MakeReadBackend(BackendKind::kAuto, o).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeReadBackend(BackendKind::kAuto, o).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // the shared stories260K model and vocabularies: outputs, stdout/stderr separation, exit codes.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -21,10 +22,9 @@ struct CmdRun {
 
 CmdRun Flashlm(const std::string& args) {
   static int counter = 0;
-  const std::string err_path =
-      std::string(FLASHLM_BINARY_DIR) + "/engine_cmd_err_" + std::to_string(counter++) + ".txt";
-  const std::string cmd =
-      std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
+  const std::string err_path = std::string(FLASHLM_BINARY_DIR) + "/engine_cmd_err_" +
+                               std::to_string(getpid()) + "_" + std::to_string(counter++) + ".txt";
+  const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
   CmdRun r{-1, "", ""};
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -54,8 +54,8 @@ TEST(EngineCommandsTest, GenerateGreedyMatchesGoldenTextAndIds) {
   FLASHLM_REQUIRE_SHARED_MODEL(ids, "stories260K/golden_greedy_t0_256steps.ids");
   ::flashlm::testing::ScratchDir dir;
   const std::string json = (dir / "stats.json").string();
-  CmdRun r = Flashlm("generate " + gguf.string() + " -n 256 --temp 0 --threads 2 --stats-json " +
-                  json);
+  CmdRun r =
+      Flashlm("generate " + gguf.string() + " -n 256 --temp 0 --threads 2 --stats-json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::string golden = ReadFile(txt);
   while (!golden.empty() && golden.back() == '\n') golden.pop_back();
@@ -76,13 +76,13 @@ TEST(EngineCommandsTest, GenerateEchoAndStop) {
   FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
   FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
   CmdRun r = Flashlm("generate " + bin.string() + " --tokenizer " + tok.string() +
-                  " -p 'Once upon a time' -n 40 --temp 0 --echo --stop Lily");
+                     " -p 'Once upon a time' -n 40 --temp 0 --echo --stop Lily");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
   EXPECT_EQ(r.out.find("Lily"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("stop: stop_string"), std::string::npos) << r.err;
   CmdRun plain = Flashlm("generate " + bin.string() + " --tokenizer " + tok.string() +
-                      " -p 'Once upon a time' -n 5 --temp 0");
+                         " -p 'Once upon a time' -n 5 --temp 0");
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_NE(plain.out.rfind("Once upon a time", 0), 0u) << plain.out;  // continuation only
   // Sampling with a seed is reproducible.
@@ -97,9 +97,9 @@ TEST(EngineCommandsTest, BadInputExitsWithUsageError) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   const std::string g = "generate " + gguf.string();
   for (const std::string& args :
-       {std::string("generate /nonexistent/model -n 3"), g + " -n 3000",
-        g + " -n 3 --temp -1", g + " -n 3 --top-p 0", g + " -n 3 --min-p 1.5",
-        g + " -n 3 --ctx 100000", g + " -n 3 --ctx 8 -p 'Once upon a time there was a cat'",
+       {std::string("generate /nonexistent/model -n 3"), g + " -n 3000", g + " -n 3 --temp -1",
+        g + " -n 3 --top-p 0", g + " -n 3 --min-p 1.5", g + " -n 3 --ctx 100000",
+        g + " -n 3 --ctx 8 -p 'Once upon a time there was a cat'",
         std::string("tokenize /nonexistent x"), std::string("perplexity /nonexistent --text x")}) {
     CmdRun r = Flashlm(args);
     EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
