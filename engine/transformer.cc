@@ -182,11 +182,16 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
       RmsNorm(std::span<const float>(x_.data() + uint64_t{t} * c.dim, c.dim), w.ffn_norm,
               c.norm_eps, std::span<float>(xb_.data() + uint64_t{t} * c.dim, c.dim));
     }
-    MatMul(w.gate, xb_, n, hb_, scratch_span_, pool_);
-    MatMul(w.up, xb_, n, hb2_, scratch_span_, pool_);
-    SwiGlu(std::span<float>(hb_.data(), uint64_t{n} * c.hidden_dim),
-           std::span<const float>(hb2_.data(), uint64_t{n} * c.hidden_dim), relu);
-    MatMul(w.down, hb_, n, proj_, scratch_span_, pool_);
+    if (w.ffn != nullptr) {  // out-of-core bundles: the store computes the FFN
+      RETURN_IF_ERROR(w.ffn->Forward(l, std::span<const float>(xb_.data(), uint64_t{n} * c.dim),
+                                     n, std::span<float>(proj_.data(), uint64_t{n} * c.dim)));
+    } else {
+      MatMul(w.gate, xb_, n, hb_, scratch_span_, pool_);
+      MatMul(w.up, xb_, n, hb2_, scratch_span_, pool_);
+      SwiGlu(std::span<float>(hb_.data(), uint64_t{n} * c.hidden_dim),
+             std::span<const float>(hb2_.data(), uint64_t{n} * c.hidden_dim), relu);
+      MatMul(w.down, hb_, n, proj_, scratch_span_, pool_);
+    }
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     weights_.ReleaseLayer(l);
   }

@@ -26,6 +26,18 @@
 
 namespace flashlm::engine {
 
+// An FFN served by the store itself (out-of-core neuron bundles, engine/bundle_ffn.h) instead of
+// as gate/up/down matrices. When LayerWeights::ffn is set the forward pass calls Forward and
+// ignores gate/up/down.
+class FfnProvider {
+ public:
+  virtual ~FfnProvider() = default;
+  // out[t] = down(act(gate xb[t]) * up xb[t]) for t < n: xb and out are n x dim, row-major.
+  // Errors: IoError/Corruption from streaming the layer's bundles.
+  virtual Status Forward(uint32_t layer, std::span<const float> xb, uint32_t n,
+                         std::span<float> out) = 0;
+};
+
 struct LayerWeights {
   std::span<const float> attn_norm;  // dim
   MatrixView wq;                     // n_heads*head_dim x dim
@@ -36,6 +48,7 @@ struct LayerWeights {
   MatrixView gate;                   // hidden x dim   (neuron i = row i)
   MatrixView up;                     // hidden x dim   (neuron i = row i)
   MatrixView down;                   // dim x hidden   (neuron i = column i)
+  FfnProvider* ffn = nullptr;        // when set: the FFN is computed by the store (see above)
 };
 
 class WeightStore {

@@ -9,6 +9,7 @@
 #include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
 #include "engine/transformer.h"
+#include "engine/streaming_weights.h"
 #include "engine/weights.h"
 #include "layout/checkpoint.h"
 #include "storage/status.h"
@@ -20,6 +21,8 @@ struct EngineSession {
   std::unique_ptr<engine::DramWeightStore> weights;
   std::unique_ptr<engine::Tokenizer> tokenizer;
   std::unique_ptr<engine::ThreadPool> pool;
+  // Set instead of `weights` by OpenStreamingSession (tools/streaming_session.h).
+  std::unique_ptr<engine::StreamingWeightStore> streaming;
   std::unique_ptr<engine::Transformer> model;
 };
 

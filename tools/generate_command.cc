@@ -12,6 +12,7 @@
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/engine_session.h"
+#include "tools/streaming_session.h"
 
 namespace flashlm::tools {
 
@@ -26,6 +27,8 @@ struct GenerateFlags {
   bool echo = false, no_bos = false, ignore_eos = false;
   int64_t bench_prompt_tokens = 0;
   std::vector<std::string> stops;
+  std::string mem_budget;  // ooc: out-of-core within this many bytes
+  bool no_pipeline = false;
 };
 }  // namespace
 
@@ -48,6 +51,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
   cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
+  cmd->add_option("--mem-budget", f->mem_budget,
+                  "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix; 0 = "
+                  "unlimited): prints the residency plan and the I/O accounting");
+  cmd->add_flag("--no-pipeline", f->no_pipeline,
+               "With --mem-budget: read each FFN chunk only when it is needed (for comparison)");
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
@@ -74,8 +82,17 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     }
     engine::TransformerOptions options;
     options.max_context = static_cast<uint32_t>(f->ctx);
-    auto session =
-        OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads), options);
+    uint64_t budget = 0;
+    if (!f->mem_budget.empty()) {
+      auto b = ParseSize(f->mem_budget);
+      if (!b.ok()) return ReportError("generate", b.status().WithContext("--mem-budget"));
+      budget = *b;
+    }
+    auto session = f->mem_budget.empty()
+                       ? OpenEngineSession(f->path, f->tokenizer,
+                                           static_cast<uint32_t>(f->threads), options)
+                       : OpenStreamingSession(f->path, static_cast<uint32_t>(f->threads),
+                                              options, budget, !f->no_pipeline);
     if (!session.ok()) return ReportError("generate", session.status());
     engine::Transformer& model = *session->model;
     const engine::Tokenizer& tok = *session->tokenizer;
@@ -118,9 +135,20 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->prompt_tokens, stats->generated_tokens, stats->ttft_ms,
                  stats->prefill_tokens_per_s(), stats->decode_tokens_per_s(),
                  stats->stop_reason.c_str());
+    std::string json = stats->ToJson(&gen.ids());
+    if (session->streaming) {
+      const engine::StreamingStats io = session->streaming->stats();
+      const uint64_t tokens = uint64_t{stats->prompt_tokens} + stats->generated_tokens;
+      const double forward_ms = stats->prefill_ms + stats->decode_ms;
+      std::fprintf(stderr, "%s\n", IoStatsLine(io, tokens, forward_ms).c_str());
+      const size_t close = json.rfind('}');
+      if (close != std::string::npos) {
+        json.insert(close, ", \"io\": " + IoStatsJson(io, tokens, forward_ms));
+      }
+    }
     if (!f->stats_json.empty()) {
       std::ofstream out(f->stats_json);
-      out << stats->ToJson(&gen.ids());
+      out << json;
       if (!out) return ReportError("generate", IoError("cannot write " + f->stats_json));
     }
     return kExitOk;

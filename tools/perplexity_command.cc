@@ -9,6 +9,7 @@
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/engine_session.h"
+#include "tools/streaming_session.h"
 
 namespace flashlm::tools {
 
@@ -24,6 +25,9 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
   cmd->add_option("--ctx", *ctx, "Window length in tokens (at most the model's maximum)");
   cmd->add_option("--threads", *threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", *tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
+  auto mem_budget = std::make_shared<std::string>();  // ooc
+  cmd->add_option("--mem-budget", *mem_budget,
+                  "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix)");
   return [=] {
     if (!cmd->parsed()) return -1;
     if (*ctx < 2 || *ctx > (1 << 24)) {
@@ -40,13 +44,26 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     options.all_logits = true;
     options.max_batch = 64;
     options.max_context = static_cast<uint32_t>(*ctx);
-    auto session = OpenEngineSession(*path, *tokenizer, static_cast<uint32_t>(*threads), options);
+    uint64_t budget = 0;
+    if (!mem_budget->empty()) {
+      auto b = ParseSize(*mem_budget);
+      if (!b.ok()) return ReportError("perplexity", b.status().WithContext("--mem-budget"));
+      budget = *b;
+    }
+    auto session =
+        mem_budget->empty()
+            ? OpenEngineSession(*path, *tokenizer, static_cast<uint32_t>(*threads), options)
+            : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), options, budget);
     if (!session.ok()) return ReportError("perplexity", session.status());
     std::vector<int32_t> tokens = session->tokenizer->Encode(ss.str(), true);
     auto r = engine::Perplexity(*session->model, tokens, static_cast<uint32_t>(*ctx));
     if (!r.ok()) return ReportError("perplexity", r.status());
     std::printf("perplexity: %.4f over %llu tokens (ctx %lld)\n", r->perplexity,
                 static_cast<unsigned long long>(r->scored_tokens), static_cast<long long>(*ctx));
+    if (session->streaming) {
+      std::fprintf(stderr, "%s\n",
+                   IoStatsLine(session->streaming->stats(), tokens.size(), 0).c_str());
+    }
     return kExitOk;
   };
 }

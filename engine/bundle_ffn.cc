@@ -1,0 +1,130 @@
+#include "engine/bundle_ffn.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "storage/check.h"
+
+namespace flashlm::engine {
+namespace {
+
+constexpr uint32_t kDownBlock = layout::kQBlockValues;  // down rows per work item
+
+}  // namespace
+
+uint64_t BundleFfnKernel::ScratchBytes(const layout::BundleGeometry& g, uint32_t hidden,
+                                       uint32_t max_batch, uint32_t chunk_max, uint32_t threads) {
+  uint64_t floats = uint64_t{chunk_max} * max_batch + uint64_t{threads} * 2 * max_batch +
+                    uint64_t{threads} * g.dim;
+  if (!g.has_gate()) floats += uint64_t{max_batch} * hidden;
+  return floats * sizeof(float) + MatMulScratchBytes(g.dim, max_batch) + 64;
+}
+
+Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(
+    const layout::BundleGeometry& g, uint32_t hidden, uint32_t max_batch, uint32_t chunk_max,
+    bool relu, ThreadPool& pool) {
+  if (g.dim == 0 || hidden == 0 || max_batch == 0 || chunk_max == 0) {
+    return InvalidArgumentError("bundle FFN: zero size");
+  }
+  if (!MatMulSupports(g.dtype)) {
+    return NotSupportedError(std::string("bundle FFN: no kernel for bundles of dtype ") +
+                             std::string(layout::DTypeName(g.dtype)));
+  }
+  std::unique_ptr<BundleFfnKernel> k(new BundleFfnKernel(pool));
+  k->g_ = g;
+  k->hidden_ = hidden;
+  k->max_batch_ = max_batch;
+  k->chunk_max_ = chunk_max;
+  k->relu_ = relu;
+  k->separate_ = !g.has_gate();
+  k->h_.assign(uint64_t{chunk_max} * max_batch, 0.0f);
+  if (k->separate_) k->gate_all_.assign(uint64_t{max_batch} * hidden, 0.0f);
+  k->tile_.assign(uint64_t{pool.size()} * 2 * max_batch, 0.0f);
+  k->column_.assign(uint64_t{pool.size()} * g.dim, 0.0f);
+  const uint64_t qbytes = MatMulScratchBytes(g.dim, max_batch) + 64;
+  k->qx_ = std::make_unique<std::byte[]>(qbytes);
+  const uint64_t misalign = reinterpret_cast<uintptr_t>(k->qx_.get()) % 64;
+  const uint64_t skip = misalign ? 64 - misalign : 0;
+  k->qx_span_ = ByteSpan(k->qx_.get() + skip, qbytes - skip);
+  return k;
+}
+
+void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<float> out,
+                            const MatrixView* dense_gate, std::span<const uint32_t> permutation) {
+  CHECK_LE(n, max_batch_);
+  CHECK_GE(x.size(), uint64_t{n} * g_.dim);
+  CHECK_GE(out.size(), uint64_t{n} * g_.dim);
+  x_ = x;
+  n_ = n;
+  out_ = out;
+  perm_ = permutation;
+  std::fill(out.begin(), out.begin() + uint64_t{n} * g_.dim, 0.0f);
+  if (separate_) {
+    CHECK(dense_gate != nullptr);
+    CHECK_EQ(dense_gate->rows, hidden_);
+    CHECK_EQ(dense_gate->cols, g_.dim);
+    MatMul(*dense_gate, x, n, gate_all_, qx_span_, pool_);
+  }
+  QuantizeActivations(x, g_.dim, n, qx_span_);
+}
+
+void BundleFfnKernel::Accumulate(const std::byte* base, uint64_t spacing_bytes, uint32_t first,
+                                 uint32_t count) {
+  CHECK_LE(count, chunk_max_);
+  CHECK_LE(uint64_t{first} + count, hidden_);
+  const uint32_t n = n_, dim = g_.dim;
+  const uint64_t part = g_.part_bytes;
+  // Phase 1: h for every position of the chunk and every token, split over positions.
+  pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
+    float* tile = tile_.data() + uint64_t{th} * 2 * max_batch_;
+    for (uint64_t k = begin; k < end; ++k) {
+      const std::byte* bundle = base + k * spacing_bytes;
+      float* h = h_.data() + k * max_batch_;
+      if (!separate_) {
+        // [gate row | up row] is a 2-row matrix of the bundle's dtype.
+        const MatrixView gu{g_.dtype, 2, dim, ConstByteSpan(bundle, 2 * part)};
+        MatMulRows(gu, x_, n, qx_span_, 0, 2, std::span<float>(tile, 2 * uint64_t{n}));
+        for (uint32_t t = 0; t < n; ++t) {
+          float gv = tile[2 * t], uv = tile[2 * t + 1];
+          SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
+          h[t] = gv;
+        }
+      } else {
+        const MatrixView up{g_.dtype, 1, dim, ConstByteSpan(bundle + g_.up_offset(), part)};
+        MatMulRows(up, x_, n, qx_span_, 0, 1, std::span<float>(tile, n));
+        const uint64_t p = first + k;
+        const uint64_t neuron = perm_.empty() ? p : perm_[p];
+        for (uint32_t t = 0; t < n; ++t) {
+          float gv = gate_all_[uint64_t{t} * hidden_ + neuron], uv = tile[t];
+          SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
+          h[t] = gv;
+        }
+      }
+    }
+  });
+  // Phase 2: out += h * down, split over blocks of output rows; positions in order.
+  const uint32_t blocks = (dim + kDownBlock - 1) / kDownBlock;
+  const uint64_t down_offset = g_.down_offset();
+  pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
+    const uint32_t r0 = static_cast<uint32_t>(begin) * kDownBlock;
+    const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * kDownBlock, dim);
+    const uint32_t len = r1 - r0;
+    float* col = column_.data() + uint64_t{th} * dim;
+    const uint64_t src_offset = layout::RowBytes(g_.dtype, r0);
+    const uint64_t src_bytes = layout::RowBytes(g_.dtype, len);
+    for (uint32_t k = 0; k < count; ++k) {
+      const float* h = h_.data() + uint64_t{k} * max_batch_;
+      bool any = false;
+      for (uint32_t t = 0; t < n; ++t) any |= h[t] != 0.0f;
+      if (!any) continue;  // exact: adding 0 * finite changes nothing
+      const std::byte* down = base + k * spacing_bytes + down_offset + src_offset;
+      CHECK_OK(layout::DequantizeRow(g_.dtype, ConstByteSpan(down, src_bytes),
+                                     std::span<float>(col, len)));
+      for (uint32_t t = 0; t < n; ++t) {
+        if (h[t] != 0.0f) AxpyF32(h[t], col, out_.data() + uint64_t{t} * dim + r0, len);
+      }
+    }
+  });
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,131 @@
+#include "engine/residency_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+namespace flashlm::engine {
+
+std::string FormatBytes(uint64_t bytes) {
+  char buf[64];
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (1ull << 30)) {
+    std::snprintf(buf, sizeof(buf), "%.2f GiB", b / (1ull << 30));
+  } else if (bytes >= (1ull << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", b / (1ull << 20));
+  } else if (bytes >= (1ull << 10)) {
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", b / (1ull << 10));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(bytes));
+  }
+  return buf;
+}
+
+Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
+  const size_t layers = in.dense_layer_bytes.size();
+  if (in.layer_bundles.size() != layers) {
+    return InvalidArgumentError("residency plan: layer counts differ");
+  }
+  if (in.bundle_spacing_bytes == 0 || in.chunk_bundles == 0) {
+    return InvalidArgumentError("residency plan: zero bundle spacing or chunk size");
+  }
+  ResidencyPlan p;
+  p.budget_bytes = in.budget_bytes;
+  p.fixed_bytes = in.fixed_bytes;
+  p.dense_pinned.assign(layers, 0);
+  p.pinned_bundles.assign(layers, 0);
+  uint64_t dense_total = 0, dense_max = 0, bundle_total = 0;
+  uint32_t bundles_max = 0;
+  for (size_t l = 0; l < layers; ++l) {
+    dense_total += in.dense_layer_bytes[l];
+    dense_max = std::max(dense_max, in.dense_layer_bytes[l]);
+    bundle_total += uint64_t{in.layer_bundles[l]} * in.bundle_spacing_bytes;
+    bundles_max = std::max(bundles_max, in.layer_bundles[l]);
+  }
+  p.model_bytes = dense_total + bundle_total;
+  const uint32_t chunk = std::min(in.chunk_bundles, std::max<uint32_t>(bundles_max, 1));
+  const uint64_t chunk_bytes =
+      uint64_t{chunk} *
+      (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes) *
+      std::max<uint32_t>(in.chunk_buffers, 1);
+  p.minimum_bytes = in.fixed_bytes + dense_max + chunk_bytes;
+  const uint64_t all = in.fixed_bytes + dense_total + bundle_total;
+  if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident
+    std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
+    p.pinned_bundles = in.layer_bundles;
+    p.pinned_dense_bytes = dense_total;
+    p.pinned_bundle_bytes = bundle_total;
+    p.minimum_bytes = std::min(p.minimum_bytes, all);
+    return p;
+  }
+  if (in.budget_bytes < p.minimum_bytes) {
+    return ResourceExhaustedError(
+        "memory budget " + FormatBytes(in.budget_bytes) + " is below the minimum of " +
+        std::to_string(p.minimum_bytes) + " bytes (" + FormatBytes(p.minimum_bytes) +
+        ": " + FormatBytes(in.fixed_bytes) + " always resident (KV cache, activations, " +
+        "embedding, classifier, norms) + " + FormatBytes(dense_max) +
+        " for one streamed layer's attention + " + FormatBytes(chunk_bytes) +
+        " for one FFN chunk)");
+  }
+  // 2. Stream FFN chunks; pin dense layers in order as far as they fit.
+  p.chunk_bundles = chunk;
+  p.chunk_stream_bytes = chunk_bytes;
+  uint64_t avail = in.budget_bytes - in.fixed_bytes - chunk_bytes;
+  if (dense_total <= avail) {
+    std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
+    p.pinned_dense_bytes = dense_total;
+  } else {
+    p.dense_stream_bytes = dense_max;
+    avail -= dense_max;
+    for (size_t l = 0; l < layers; ++l) {
+      if (p.pinned_dense_bytes + in.dense_layer_bytes[l] > avail) break;
+      p.pinned_dense_bytes += in.dense_layer_bytes[l];
+      p.dense_pinned[l] = 1;
+    }
+  }
+  avail -= p.pinned_dense_bytes;
+  // 3. The rest pins the first bundles of every layer, evenly.
+  const uint64_t per_layer = layers == 0 ? 0 : avail / (layers * in.bundle_spacing_bytes);
+  for (size_t l = 0; l < layers; ++l) {
+    p.pinned_bundles[l] =
+        static_cast<uint32_t>(std::min<uint64_t>(per_layer, in.layer_bundles[l]));
+    p.pinned_bundle_bytes += uint64_t{p.pinned_bundles[l]} * in.bundle_spacing_bytes;
+  }
+  bool all_bundles = true;
+  for (size_t l = 0; l < layers; ++l) all_bundles &= p.pinned_bundles[l] == in.layer_bundles[l];
+  if (all_bundles) {
+    p.chunk_stream_bytes = 0;
+    p.chunk_bundles = 0;
+  }
+  return p;
+}
+
+std::string ResidencyPlan::Describe() const {
+  const size_t layers = dense_pinned.size();
+  size_t dense_resident = 0;
+  uint64_t bundles = 0;
+  for (size_t l = 0; l < layers; ++l) {
+    dense_resident += dense_pinned[l];
+    bundles += pinned_bundles[l];
+  }
+  std::string s = "residency plan: budget " +
+                  (budget_bytes ? FormatBytes(budget_bytes) : std::string("unlimited")) +
+                  ", planned " + FormatBytes(total_bytes()) + " (minimum " +
+                  FormatBytes(minimum_bytes) + ")\n";
+  s += "  always resident: " + FormatBytes(fixed_bytes) +
+       " (KV cache, activations, scratch, embedding, classifier, norms, catalog)\n";
+  s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
+       std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
+  if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);
+  s += "\n  FFN bundles resident: " + std::to_string(bundles) + " (" +
+       FormatBytes(pinned_bundle_bytes) + ", first ";
+  s += layers ? std::to_string(pinned_bundles[0]) : std::string("0");
+  s += " per layer)";
+  if (chunk_stream_bytes) {
+    s += ", streaming the rest in chunks of " + std::to_string(chunk_bundles) + " bundles (" +
+         FormatBytes(chunk_stream_bytes) + ")";
+  }
+  s += "\n  model (layers): " + FormatBytes(model_bytes) + "\n";
+  return s;
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,67 @@
+// Residency planning: what stays in DRAM and what streams from flash under a byte budget.
+//
+// Inputs are the sizes the out-of-core store will hold: the always-resident bytes (KV cache,
+// activations and scratch, the embedding, classifier and norms, the store's metadata), each
+// layer's dense matrices (attention, plus ffn_gate when bundles omit it) and each layer's FFN
+// bundles (count x spacing). PlanResidency decides, in this order of priority:
+//  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
+//  2. otherwise one streaming buffer for FFN chunks (chunk_bundles bundles) is reserved, then
+//     dense layers are pinned in layer order as far as they fit (one buffer for a streamed dense
+//     layer is reserved when any does not), and the rest pins the first bundles of every layer
+//     (hot-first stores put the most frequently firing neurons there) evenly across layers.
+// The minimum budget is the always-resident bytes plus the streaming buffers; a smaller budget is
+// ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
+#ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
+#define FLASHLM_ENGINE_RESIDENCY_PLAN_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "storage/status.h"
+
+namespace flashlm::engine {
+
+struct ResidencyInputs {
+  uint64_t budget_bytes = 0;  // 0: unlimited
+  uint64_t fixed_bytes = 0;   // always resident
+  std::vector<uint64_t> dense_layer_bytes;  // [layer]
+  std::vector<uint32_t> layer_bundles;      // [layer] neurons
+  uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
+  uint64_t chunk_spacing_bytes = 0;         // per bundle in the streaming buffer (0: as above)
+  uint32_t chunk_bundles = 256;             // bundles per FFN streaming chunk
+  uint32_t chunk_buffers = 1;               // 2 when the next chunk is read while one computes
+};
+
+struct ResidencyPlan {
+  uint64_t budget_bytes = 0;
+  uint64_t fixed_bytes = 0;
+  std::vector<uint8_t> dense_pinned;     // [layer] 1 = resident
+  std::vector<uint32_t> pinned_bundles;  // [layer] positions [0, n) resident
+  uint64_t pinned_dense_bytes = 0;
+  uint64_t pinned_bundle_bytes = 0;
+  uint64_t dense_stream_bytes = 0;  // buffer for one streamed dense layer (0: none streams)
+  uint64_t chunk_stream_bytes = 0;  // buffer for one FFN chunk (0: no bundle streams)
+  uint32_t chunk_bundles = 0;
+  uint64_t model_bytes = 0;         // dense + bundles, all layers
+  uint64_t minimum_bytes = 0;       // smallest budget that runs
+
+  uint64_t total_bytes() const {
+    return fixed_bytes + pinned_dense_bytes + pinned_bundle_bytes + dense_stream_bytes +
+           chunk_stream_bytes;
+  }
+  bool streams() const { return dense_stream_bytes != 0 || chunk_stream_bytes != 0; }
+  // Human-readable, several lines (printed by generate/perplexity).
+  std::string Describe() const;
+};
+
+// Errors: ResourceExhausted when budget_bytes is below the minimum (the message names it),
+// InvalidArgument for inconsistent inputs (layer counts differ, zero spacing or chunk).
+Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in);
+
+// "1.50 GiB", "12.0 MiB", "512 B".
+std::string FormatBytes(uint64_t bytes);
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_RESIDENCY_PLAN_H_

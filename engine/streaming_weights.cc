@@ -1,0 +1,536 @@
+#include "engine/streaming_weights.h"
+
+#include <algorithm>
+#include <string>
+
+#include "engine/kernels.h"
+#include "storage/checksum.h"
+
+namespace flashlm::engine {
+namespace {
+
+constexpr uint64_t kAlign = 64;
+constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one direct read
+constexpr uint32_t kQueueDepth = 16;
+// Positions per BundleFfnKernel::Accumulate call (bounds the kernel's scratch, independent of
+// the streaming chunk size).
+constexpr uint32_t kKernelChunk = 256;
+// The reader's bounce buffer bound (dense extents are at most 4 MiB by default; one extent may
+// exceed it, and the bounce then grows to that extent's cover).
+constexpr uint64_t kReaderBatchBytes = 4ull << 20;
+
+uint64_t AlignUp64(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+uint64_t StreamingWeightStore::TransformerBytes(const layout::ModelConfig& c,
+                                                const TransformerOptions& o, uint32_t threads) {
+  const uint64_t ctx = o.max_context == 0 ? c.max_seq_len : o.max_context;
+  const uint64_t b = std::min<uint64_t>(o.max_batch, ctx);
+  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
+  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+  uint64_t floats = b * c.dim + b * std::max<uint64_t>(c.dim, q_dim) + b * q_dim + 2 * b * kv_dim +
+                    b * q_dim + b * c.dim + 2 * b * c.hidden_dim + uint64_t{threads} * ctx +
+                    (o.all_logits ? b : 1) * c.vocab_size + 2 * uint64_t{c.n_layers} * ctx * kv_dim +
+                    ctx * c.head_dim;
+  const uint32_t widest = std::max<uint32_t>({c.dim, c.hidden_dim, static_cast<uint32_t>(q_dim)});
+  return floats * sizeof(float) + MatMulScratchBytes(widest, static_cast<uint32_t>(b)) + 64;
+}
+
+StreamingWeightStore::~StreamingWeightStore() { Drain(); }
+
+Status StreamingWeightStore::SubmitJob(uint32_t job, uint32_t slot) {
+  const Job& jb = jobs_[job];
+  const layout::Extent& e0 = layers_[jb.layer].streamed[jb.first];
+  const uint64_t total = uint64_t{jb.count} * geometry_.stride_bytes;
+  ByteSpan dst = chunk_stream_.span().subspan(slot * chunk_buffer_bytes_, total);
+  requests_.clear();
+  for (uint64_t at = 0; at < total; at += kReadMaxBytes) {
+    const uint64_t len = std::min(kReadMaxBytes, total - at);
+    requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + at,
+                                             dst.subspan(at, len),
+                                             len | (uint64_t{slot} << 56)});
+  }
+  RETURN_IF_ERROR(backend_->Submit(requests_));
+  slot_job_[slot] = job;
+  slot_pending_[slot] = static_cast<uint32_t>(requests_.size());
+  slot_error_[slot] = Status::Ok();
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::ReapSome() {
+  ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
+  for (size_t i = 0; i < n; ++i) {
+    const storage::ReadCompletion& c = completions_[i];
+    const uint32_t slot = static_cast<uint32_t>(c.tag >> 56);
+    const uint64_t len = c.tag & ((uint64_t{1} << 56) - 1);
+    --slot_pending_[slot];
+    if (!c.status.ok() && slot_error_[slot].ok()) slot_error_[slot] = c.status;
+    // Short only at the end of the data file (the last stride's padding); checksums catch the rest.
+    if (c.status.ok() && c.bytes_read == 0 && len > 0 && slot_error_[slot].ok()) {
+      slot_error_[slot] = IoError("empty read of an FFN chunk");
+    }
+  }
+  return Status::Ok();
+}
+
+void StreamingWeightStore::Drain() {
+  while (backend_ && backend_->in_flight() > 0) {
+    if (!ReapSome().ok()) break;
+  }
+  slot_job_[0] = slot_job_[1] = -1;
+  slot_pending_[0] = slot_pending_[1] = 0;
+}
+
+Status StreamingWeightStore::VerifyChunk(const Layer& layer, uint32_t first, uint32_t count,
+                                         const std::byte* base) {
+  for (uint32_t k = 0; k < count; ++k) {
+    const layout::Extent& e = layer.streamed[first + k];
+    ConstByteSpan bytes(base + uint64_t{k} * geometry_.stride_bytes, geometry_.bundle_bytes);
+    if (storage::Checksum64(bytes) != e.checksum) {
+      return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                             reader_->DescribeExtent(e.index) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<StreamingWeightStore>> StreamingWeightStore::Open(
+    const std::string& path, ThreadPool& pool, const StreamingOptions& options) {
+  std::unique_ptr<StreamingWeightStore> s(new StreamingWeightStore(pool));
+  layout::StoreReadOptions ro;
+  ro.backend = options.backend;
+  ro.direct = options.direct;
+  ro.batch_bytes_max = kReaderBatchBytes;
+  ASSIGN_OR_RETURN(s->reader_, layout::StoreReader::Open(path, ro));
+  RETURN_IF_ERROR(s->Load(options));
+  return s;
+}
+
+Result<std::span<const float>> StreamingWeightStore::LoadVector(const std::string& name,
+                                                                uint64_t n) {
+  const layout::TensorInfo* info = reader_->FindTensor(name);
+  if (info == nullptr) return NotFoundError("store has no tensor " + name);
+  if (info->num_values() != n) {
+    return CorruptionError("tensor " + name + " has " + std::to_string(info->num_values()) +
+                           " values, the config implies " + std::to_string(n));
+  }
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                   storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign));
+  std::span<float> out(reinterpret_cast<float*>(buf.data()), n);
+  RETURN_IF_ERROR(reader_->ReadTensorF32(*info, out).WithContext("reading " + name));
+  buffers_.push_back(std::move(buf));
+  return std::span<const float>(out);
+}
+
+Result<MatrixView> StreamingWeightStore::LoadMatrix(const std::string& name, uint64_t rows,
+                                                    uint64_t cols) {
+  const layout::TensorInfo* info = reader_->FindTensor(name);
+  if (info == nullptr) return NotFoundError("store has no tensor " + name);
+  if (info->shape.size() != 2 || info->rows() != rows || info->cols() != cols) {
+    return CorruptionError("tensor " + name + " has a shape the config does not imply");
+  }
+  if (!MatMulSupports(info->dtype)) {
+    return NotSupportedError("tensor " + name + " has dtype " +
+                             std::string(layout::DTypeName(info->dtype)) +
+                             ", which the out-of-core engine cannot multiply");
+  }
+  const uint64_t bytes = info->size_bytes();
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf, storage::AlignedBuffer::Allocate(bytes, kAlign));
+  RETURN_IF_ERROR(reader_->ReadTensor(*info, ByteSpan(buf.data(), bytes))
+                      .WithContext("reading " + name));
+  MatrixView view{info->dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
+                  ConstByteSpan(buf.data(), bytes)};
+  buffers_.push_back(std::move(buf));
+  return view;
+}
+
+Status StreamingWeightStore::ReadDense(Layer& layer, ByteSpan into, bool assign_views) {
+  uint64_t at = 0;
+  MatrixView* views[] = {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.gate};
+  for (size_t i = 0; i < layer.dense.size(); ++i) {
+    const layout::TensorInfo& info = layer.dense[i];
+    const uint64_t bytes = info.size_bytes();
+    ByteSpan dst = into.subspan(at, bytes);
+    RETURN_IF_ERROR(reader_->ReadTensor(info, dst).WithContext("reading " + info.name));
+    if (assign_views) {
+      *views[i] = MatrixView{info.dtype, static_cast<uint32_t>(info.rows()),
+                             static_cast<uint32_t>(info.cols()), ConstByteSpan(dst)};
+    }
+    at += AlignUp64(bytes);
+  }
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::Load(const StreamingOptions& options) {
+  config_ = reader_->config();
+  const layout::ModelConfig& c = config_;
+  if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
+      c.head_dim == 0 || c.vocab_size == 0 || c.n_heads % c.n_kv_heads != 0 ||
+      c.head_dim % 2 != 0) {
+    return InvalidArgumentError("model config has a shape the engine cannot run");
+  }
+  if (reader_->ffn_layer_count() != c.n_layers) {
+    return NotSupportedError("store has no neuron bundles for every layer (repack it)");
+  }
+  ASSIGN_OR_RETURN(geometry_, reader_->FfnGeometry(0));
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    ASSIGN_OR_RETURN(layout::BundleGeometry g, reader_->FfnGeometry(l));
+    ASSIGN_OR_RETURN(layout::FfnLayerRecord rec, reader_->FfnLayer(l));
+    if (g.kind != geometry_.kind || g.dtype != geometry_.dtype || g.dim != c.dim ||
+        rec.n_neurons != c.hidden_dim) {
+      return NotSupportedError("FFN layers with differing bundle geometry");
+    }
+  }
+  spacing_ = AlignUp64(geometry_.bundle_bytes);
+  const bool separate = !geometry_.has_gate();
+  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
+  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+
+  // Sizes for the plan.
+  const uint32_t chunk = std::max<uint32_t>(1, std::min(options.chunk_bundles, c.hidden_dim));
+  ResidencyInputs in;
+  in.budget_bytes = options.budget_bytes;
+  in.bundle_spacing_bytes = spacing_;
+  in.chunk_bundles = chunk;
+  uint64_t fixed = TransformerBytes(c, options.transformer, pool_.size());
+  const uint64_t max_batch = std::min<uint64_t>(
+      options.transformer.max_batch,
+      options.transformer.max_context ? options.transformer.max_context : c.max_seq_len);
+  const uint32_t kernel_chunk = std::min(kKernelChunk, c.hidden_dim);
+  fixed += BundleFfnKernel::ScratchBytes(geometry_, c.hidden_dim, static_cast<uint32_t>(max_batch),
+                                         kernel_chunk, pool_.size());
+  fixed += reader_->extent_count() * sizeof(layout::Extent) +
+           uint64_t{c.n_layers} * c.hidden_dim * 2 * sizeof(uint32_t) + kReaderBatchBytes;
+  const layout::TensorInfo* emb = reader_->FindTensor("token_embd.weight");
+  const layout::TensorInfo* cls = reader_->FindTensor("output.weight");
+  if (emb == nullptr) return NotFoundError("store has no tensor token_embd.weight");
+  fixed += AlignUp64(emb->size_bytes()) + (cls ? AlignUp64(cls->size_bytes()) : 0);
+  fixed += (2 * uint64_t{c.n_layers} + 1) * AlignUp64(uint64_t{c.dim} * sizeof(float));
+  layers_.resize(c.n_layers);
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = layers_[l];
+    const std::pair<const char*, std::pair<uint64_t, uint64_t>> names[] = {
+        {"attn_q.weight", {q_dim, c.dim}},
+        {"attn_k.weight", {kv_dim, c.dim}},
+        {"attn_v.weight", {kv_dim, c.dim}},
+        {"attn_output.weight", {c.dim, q_dim}},
+        {"ffn_gate.weight", {c.hidden_dim, c.dim}}};
+    for (size_t i = 0; i < (separate ? 5u : 4u); ++i) {
+      const std::string name = p + names[i].first;
+      const layout::TensorInfo* info = reader_->FindTensor(name);
+      if (info == nullptr) return NotFoundError("store has no tensor " + name);
+      if (info->shape.size() != 2 || info->rows() != names[i].second.first ||
+          info->cols() != names[i].second.second) {
+        return CorruptionError("tensor " + name + " has a shape the config does not imply");
+      }
+      if (!MatMulSupports(info->dtype)) {
+        return NotSupportedError("tensor " + name + " has dtype " +
+                                 std::string(layout::DTypeName(info->dtype)) +
+                                 ", which the out-of-core engine cannot multiply");
+      }
+      layer.dense.push_back(*info);
+      layer.dense_bytes += AlignUp64(info->size_bytes());
+    }
+    in.dense_layer_bytes.push_back(layer.dense_bytes);
+    in.layer_bundles.push_back(c.hidden_dim);
+  }
+  // Direct chunk reads need uncompressed bundles, stride apart, in one file.
+  direct_chunks_ = options.direct_chunks;
+  for (uint32_t l = 0; l < c.n_layers && direct_chunks_; ++l) {
+    ASSIGN_OR_RETURN(std::vector<layout::Extent> all, reader_->BundleExtents(l, 0, c.hidden_dim));
+    for (uint32_t k = 0; k < all.size() && direct_chunks_; ++k) {
+      direct_chunks_ = all[k].codec == layout::Codec::kNone &&
+                       all[k].file_index == all[0].file_index &&
+                       all[k].offset_bytes == all[0].offset_bytes + k * geometry_.stride_bytes &&
+                       all[k].stored_bytes == geometry_.bundle_bytes;
+    }
+  }
+  // Worth it only when the stride's padding does not blow up the streaming buffer, and possible
+  // only when the stride is a multiple of the files' O_DIRECT alignment.
+  direct_chunks_ = direct_chunks_ && geometry_.stride_bytes <= 2 * spacing_;
+  if (direct_chunks_) {
+    storage::FileOptions fo;
+    fo.direct = options.direct;
+    for (uint32_t i = 0; i < reader_->header().data_file_count; ++i) {
+      ASSIGN_OR_RETURN(storage::File f, storage::File::OpenForRead(reader_->DataFilePath(i), fo));
+      const uint64_t a = std::max<uint64_t>(f.required_alignment_bytes(), 1);
+      if (geometry_.stride_bytes % a != 0 || reader_->header().alignment_bytes % a != 0) {
+        direct_chunks_ = false;
+      }
+      files_.push_back(std::move(f));
+    }
+    if (!direct_chunks_) files_.clear();
+  }
+  chunk_spacing_ = direct_chunks_ ? geometry_.stride_bytes : spacing_;
+  in.chunk_spacing_bytes = chunk_spacing_;
+  // Two buffers when pipelining; each job's reads must fit half the queue.
+  pipeline_ = direct_chunks_ && options.pipeline &&
+              uint64_t{chunk} * chunk_spacing_ <= kReadMaxBytes * (kQueueDepth / 2);
+  in.chunk_buffers = pipeline_ ? 2 : 1;
+  fixed += kQueueDepth * (sizeof(storage::ReadRequest) + 64) + (1u << 16);  // direct reads
+  in.fixed_bytes = fixed;
+  ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+
+  // Globals and norms.
+  ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  ASSIGN_OR_RETURN(output_norm_, LoadVector("output_norm.weight", c.dim));
+  if (cls != nullptr) {
+    ASSIGN_OR_RETURN(classifier_, LoadMatrix("output.weight", c.vocab_size, c.dim));
+  } else if (c.tied_embeddings) {
+    classifier_ = embedding_;
+  } else {
+    return NotFoundError("store has no tensor output.weight and embeddings are not tied");
+  }
+  // Layers: norms, pinned dense matrices, pinned bundle prefixes, streamed extents.
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = layers_[l];
+    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(p + "attn_norm.weight", c.dim));
+    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(p + "ffn_norm.weight", c.dim));
+    layer.dense_pinned = plan_.dense_pinned[l] != 0;
+    if (layer.dense_pinned) {
+      ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                       storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign));
+      RETURN_IF_ERROR(ReadDense(layer, buf.span(), /*assign_views=*/true));
+      buffers_.push_back(std::move(buf));
+    }
+    layer.pinned = plan_.pinned_bundles[l];
+    if (layer.pinned > 0) {
+      ASSIGN_OR_RETURN(layer.prefix,
+                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign));
+      ASSIGN_OR_RETURN(std::vector<layout::Extent> ext,
+                       reader_->BundleExtents(l, 0, layer.pinned));
+      std::vector<ByteSpan> outs;
+      outs.reserve(ext.size());
+      for (uint32_t k = 0; k < layer.pinned; ++k) {
+        if (ext[k].raw_bytes != geometry_.bundle_bytes) {
+          return CorruptionError("bundle extent with a raw size other than the bundle's");
+        }
+        outs.push_back(layer.prefix.span().subspan(uint64_t{k} * spacing_, geometry_.bundle_bytes));
+      }
+      RETURN_IF_ERROR(reader_->ReadExtents(ext, outs)
+                          .WithContext("reading FFN layer " + std::to_string(l)));
+    }
+    if (layer.pinned < c.hidden_dim) {
+      ASSIGN_OR_RETURN(layer.streamed,
+                       reader_->BundleExtents(l, layer.pinned, c.hidden_dim - layer.pinned));
+      for (const layout::Extent& e : layer.streamed) {
+        if (e.raw_bytes != geometry_.bundle_bytes) {
+          return CorruptionError("bundle extent with a raw size other than the bundle's");
+        }
+      }
+    }
+  }
+  // Streaming buffers.
+  if (plan_.dense_stream_bytes > 0) {
+    ASSIGN_OR_RETURN(dense_stream_,
+                     storage::AlignedBuffer::Allocate(plan_.dense_stream_bytes, kAlign));
+  }
+  if (plan_.chunk_stream_bytes > 0) {
+    ASSIGN_OR_RETURN(chunk_stream_,
+                     storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, 4096));
+    chunk_buffer_bytes_ = uint64_t{plan_.chunk_bundles} * chunk_spacing_;
+    for (uint32_t k = 0; k < plan_.chunk_bundles; ++k) {
+      chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_,
+                                                         geometry_.bundle_bytes));
+    }
+    if (direct_chunks_) {
+      storage::ReadBackendOptions bo;
+      bo.queue_depth_max = kQueueDepth;
+      bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
+      ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options.backend, bo));
+      for (const storage::File& f : files_) {
+        ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
+        file_ids_.push_back(id);
+      }
+      requests_.reserve(kQueueDepth);
+      completions_.resize(kQueueDepth);
+    }
+  }
+  if (plan_.chunk_stream_bytes == 0) pipeline_ = false;
+  if (pipeline_) {
+    for (uint32_t l = 0; l < c.n_layers; ++l) {
+      job_first_.push_back(static_cast<uint32_t>(jobs_.size()));
+      const uint32_t streamed = static_cast<uint32_t>(layers_[l].streamed.size());
+      for (uint32_t f = 0; f < streamed; f += plan_.chunk_bundles) {
+        jobs_.push_back(Job{l, f, std::min(plan_.chunk_bundles, streamed - f)});
+      }
+    }
+    if (jobs_.empty()) pipeline_ = false;
+  }
+  ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(geometry_, c.hidden_dim,
+                                                    static_cast<uint32_t>(max_batch), kernel_chunk,
+                                                    c.activation == layout::Activation::kRelu,
+                                                    pool_));
+  ResetStats();
+  return Status::Ok();
+}
+
+Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {
+  if (l >= layers_.size()) return InvalidArgumentError("layer index out of range");
+  Layer& layer = layers_[l];
+  if (!layer.dense_pinned) {
+    const uint64_t t0 = storage::NowNs();
+    for (const layout::TensorInfo& info : layer.dense) stats_.bytes_requested += info.size_bytes();
+    RETURN_IF_ERROR(ReadDense(layer, dense_stream_.span(), /*assign_views=*/true));
+    stats_.io_wait_ns += storage::NowNs() - t0;
+  }
+  LayerWeights w;
+  w.attn_norm = layer.attn_norm;
+  w.ffn_norm = layer.ffn_norm;
+  w.wq = layer.wq;
+  w.wk = layer.wk;
+  w.wv = layer.wv;
+  w.wo = layer.wo;
+  w.ffn = this;
+  return w;
+}
+
+Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint32_t n,
+                                     std::span<float> out) {
+  Layer& layer = layers_[l];
+  const uint32_t hidden = config_.hidden_dim;
+  const uint32_t chunk = kernel_->chunk_max();
+  kernel_->Begin(xb, n, out, geometry_.has_gate() ? nullptr : &layer.gate,
+                 reader_->Permutation(l));
+  for (uint32_t p = 0; p < layer.pinned; p += chunk) {
+    const uint32_t count = std::min(chunk, layer.pinned - p);
+    kernel_->Accumulate(layer.prefix.data() + uint64_t{p} * spacing_, spacing_, p, count);
+  }
+  stats_.bundles_resident += layer.pinned;
+  const uint32_t stream_chunk = plan_.chunk_bundles;
+  for (uint32_t p = layer.pinned; p < hidden; p += stream_chunk) {
+    const uint32_t count = std::min(stream_chunk, hidden - p);
+    if (pipeline_) {
+      const uint32_t j = job_first_[l] + (p - layer.pinned) / stream_chunk;
+      uint32_t cur = cur_slot_;
+      if (slot_job_[cur] != static_cast<int64_t>(j)) {  // cold start, or out of step after an error
+        Drain();
+        cur = cur_slot_ = 0;
+        RETURN_IF_ERROR(SubmitJob(j, cur));
+      }
+      const uint32_t other = cur ^ 1;
+      if (slot_job_[other] < 0) {
+        RETURN_IF_ERROR(SubmitJob((j + 1) % static_cast<uint32_t>(jobs_.size()), other));
+      }
+      const uint64_t t0 = storage::NowNs();
+      while (slot_pending_[cur] > 0) {
+        Status st = ReapSome();
+        if (!st.ok()) {
+          Drain();
+          return st;
+        }
+      }
+      stats_.io_wait_ns += storage::NowNs() - t0;
+      const std::byte* base = chunk_stream_.data() + cur * chunk_buffer_bytes_;
+      Status st = slot_error_[cur];
+      if (st.ok()) st = VerifyChunk(layer, p - layer.pinned, count, base);
+      if (!st.ok()) {
+        Drain();
+        return st.WithContext("FFN layer " + std::to_string(l));
+      }
+      stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
+      stats_.bundles_streamed += count;
+      for (uint32_t q = 0; q < count; q += chunk) {
+        kernel_->Accumulate(base + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
+                            std::min(chunk, count - q));
+      }
+      slot_job_[cur] = -1;
+      cur_slot_ = other;
+      continue;
+    }
+    const uint64_t t0 = storage::NowNs();
+    if (direct_chunks_) {
+      RETURN_IF_ERROR(ReadChunkDirect(layer, p - layer.pinned, count)
+                          .WithContext("FFN layer " + std::to_string(l)));
+    } else {
+      RETURN_IF_ERROR(reader_->ReadExtents(
+          std::span<const layout::Extent>(layer.streamed.data() + (p - layer.pinned), count),
+          std::span<const ByteSpan>(chunk_outs_.data(), count))
+          .WithContext("FFN layer " + std::to_string(l)));
+    }
+    stats_.io_wait_ns += storage::NowNs() - t0;
+    stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
+    stats_.bundles_streamed += count;
+    for (uint32_t q = 0; q < count; q += chunk) {
+      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
+                          std::min(chunk, count - q));
+    }
+  }
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::ReadChunkDirect(const Layer& layer, uint32_t first, uint32_t count) {
+  const layout::Extent& e0 = layer.streamed[first];
+  const storage::File& file = files_[e0.file_index];
+  const uint64_t align = std::max<uint64_t>(file.required_alignment_bytes(), 1);
+  if (e0.offset_bytes % align != 0 || geometry_.stride_bytes % align != 0) {
+    return InvalidArgumentError("bundle stride not a multiple of the O_DIRECT alignment");
+  }
+  const uint64_t total = uint64_t{count} * geometry_.stride_bytes;
+  const uint64_t file_bytes = reader_->data_file_bytes(e0.file_index);
+  Status first_error;
+  // Reads of at most kReadMaxBytes, kQueueDepth in flight, straight into chunk_stream_.
+  uint64_t next = 0, done = 0;
+  size_t in_flight = 0;
+  while (done < total) {
+    requests_.clear();
+    while (next < total && in_flight + requests_.size() < kQueueDepth) {
+      const uint64_t len = std::min(kReadMaxBytes, total - next);
+      requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + next,
+                                               chunk_stream_.span().subspan(next, len), len});
+      next += len;
+    }
+    if (!requests_.empty()) {
+      RETURN_IF_ERROR(backend_->Submit(requests_));
+      in_flight += requests_.size();
+    }
+    ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
+    for (size_t i = 0; i < n; ++i) {
+      --in_flight;
+      const storage::ReadCompletion& c = completions_[i];
+      done += c.tag;  // the request's length
+      if (!c.status.ok() && first_error.ok()) first_error = c.status;
+      // A short read is fine only past the end of the file (the last stride's padding).
+      if (c.status.ok() && c.bytes_read < c.tag && first_error.ok()) {
+        const uint64_t end = e0.offset_bytes + total;
+        if (end <= file_bytes || c.bytes_read == 0) {
+          first_error = IoError("short read of an FFN chunk");
+        }
+      }
+    }
+  }
+  RETURN_IF_ERROR(first_error);
+  for (uint32_t k = 0; k < count; ++k) {
+    const layout::Extent& e = layer.streamed[first + k];
+    ConstByteSpan bytes(chunk_stream_.data() + uint64_t{k} * geometry_.stride_bytes,
+                        geometry_.bundle_bytes);
+    if (storage::Checksum64(bytes) != e.checksum) {
+      return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                             reader_->DescribeExtent(e.index) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+StreamingStats StreamingWeightStore::stats() const {
+  StreamingStats s = stats_;
+  s.bytes_read = reader_->io_stats().bytes() - backend_bytes_base_;
+  s.reads = reader_->io_stats().reads() - backend_reads_base_;
+  if (backend_) {
+    s.bytes_read += backend_->stats().bytes();
+    s.reads += backend_->stats().reads();
+  }
+  return s;
+}
+
+void StreamingWeightStore::ResetStats() {
+  stats_ = StreamingStats();
+  backend_bytes_base_ = reader_->io_stats().bytes();
+  backend_reads_base_ = reader_->io_stats().reads();
+  if (backend_) backend_->ResetStats();
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,33 @@
+// Out-of-core sessions for the engine subcommands: --mem-budget opens a store through
+// engine::StreamingWeightStore instead of loading it into DRAM, prints the residency plan, and
+// reports the I/O accounting (stderr and JSON).
+#ifndef FLASHLM_TOOLS_STREAMING_SESSION_H_
+#define FLASHLM_TOOLS_STREAMING_SESSION_H_
+
+#include <cstdint>
+#include <string>
+
+#include "engine/streaming_weights.h"
+#include "tools/engine_session.h"
+
+namespace flashlm::tools {
+
+// Peak resident set size of this process so far, in bytes (getrusage ru_maxrss).
+uint64_t PeakRssBytes();
+
+// Opens the store folder `path` within `budget_bytes` (0 = unlimited) and prints the plan on
+// stderr. Errors: InvalidArgument when `path` is not a store folder, ResourceExhausted when the
+// budget is below the minimum (the message names it), the store's errors.
+Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t threads,
+                                           const engine::TransformerOptions& options,
+                                           uint64_t budget_bytes, bool pipeline = true);
+
+// Accounting of a run over `tokens` tokens that took `forward_ms` of forward passes: bytes
+// requested and read, reads, mean read size, effective MiB/s, I/O wait, compute time, FFN
+// bundle hit rate, peak RSS; totals and per token. One line for stderr, one JSON object.
+std::string IoStatsLine(const engine::StreamingStats& s, uint64_t tokens, double forward_ms);
+std::string IoStatsJson(const engine::StreamingStats& s, uint64_t tokens, double forward_ms);
+
+}  // namespace flashlm::tools
+
+#endif  // FLASHLM_TOOLS_STREAMING_SESSION_H_
