@@ -11,36 +11,14 @@
 #include <string>
 
 #include "tests/test_util.h"
+#include "tests/tools/run_flashlm.h"
 
 namespace flashlm::tools {
 namespace {
 
-struct CmdRun {
-  int exit_code;
-  std::string out;  // stdout only
-  std::string err;  // stderr
-};
+using ::flashlm::testing::CmdRun;
 
-CmdRun Flashlm(const std::string& args) {
-  static int counter = 0;
-  const std::string err_path =
-      std::string(FLASHLM_BINARY_DIR) + "/mem_budget_err_" + std::to_string(counter++) + ".txt";
-  const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
-  CmdRun r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream e(err_path);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  std::remove(err_path.c_str());
-  return r;
-}
+CmdRun Flashlm(const std::string& args) { return ::flashlm::testing::RunFlashlm(args); }
 
 TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");

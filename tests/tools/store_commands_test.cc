@@ -12,6 +12,7 @@
 #include "layout/store_reader.h"
 #include "tests/layout/memory_checkpoint.h"
 #include "tests/test_util.h"
+#include "tests/tools/run_flashlm.h"
 
 namespace flashlm::tools {
 namespace {
@@ -24,16 +25,8 @@ struct CommandRun {
 };
 
 CommandRun Flashlm(const std::string& args) {
-  const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  CommandRun r{-1, ""};
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
+  ::flashlm::testing::CmdRun r = ::flashlm::testing::RunFlashlm(args);
+  return CommandRun{r.exit_code, r.all()};
 }
 
 class StoreCommandsTest : public ::testing::Test {
