@@ -58,8 +58,8 @@ void LruCache::IndexErase(uint64_t key) {
   while (index_[slot] != kNil) {
     const uint64_t home = Hash(entries_[index_[slot]].key) & index_mask_;
     // Move the entry into the hole if its home is not in the cyclic range (hole, slot].
-    const bool home_in_range = hole < slot ? (home > hole && home <= slot)
-                                           : (home > hole || home <= slot);
+    const bool home_in_range =
+        hole < slot ? (home > hole && home <= slot) : (home > hole || home <= slot);
     if (!home_in_range) {
       index_[hole] = index_[slot];
       index_[slot] = kNil;
@@ -71,8 +71,14 @@ void LruCache::IndexErase(uint64_t key) {
 
 void LruCache::LruUnlink(uint32_t e) {
   Entry& x = entries_[e];
-  if (x.prev != kNil) entries_[x.prev].next = x.next; else lru_head_ = x.next;
-  if (x.next != kNil) entries_[x.next].prev = x.prev; else lru_tail_ = x.prev;
+  if (x.prev != kNil)
+    entries_[x.prev].next = x.next;
+  else
+    lru_head_ = x.next;
+  if (x.next != kNil)
+    entries_[x.next].prev = x.prev;
+  else
+    lru_tail_ = x.prev;
   x.prev = x.next = kNil;
 }
 
@@ -80,7 +86,10 @@ void LruCache::LruPushFront(uint32_t e) {
   Entry& x = entries_[e];
   x.prev = kNil;
   x.next = lru_head_;
-  if (lru_head_ != kNil) entries_[lru_head_].prev = e; else lru_tail_ = e;
+  if (lru_head_ != kNil)
+    entries_[lru_head_].prev = e;
+  else
+    lru_tail_ = e;
   lru_head_ = e;
 }
 
@@ -128,9 +137,8 @@ Result<LruCache::Handle*> LruCache::Insert(uint64_t key, uint64_t value, uint64_
     Remove(lru_tail_);
   }
   if (usage_bytes_ + charge_bytes > capacity_bytes_ || free_head_ == kNil) {
-    return ResourceExhaustedError("cache full of pinned entries (" +
-                                  std::to_string(pinned_bytes_) + " of " +
-                                  std::to_string(capacity_bytes_) + " bytes pinned)");
+    return ResourceExhaustedError("cache full of pinned entries (" + std::to_string(pinned_bytes_) +
+                                  " of " + std::to_string(capacity_bytes_) + " bytes pinned)");
   }
   const uint32_t e = free_head_;
   Entry& x = entries_[e];

@@ -20,9 +20,9 @@ Result<std::unique_ptr<NeuronCache>> NeuronCache::Create(uint64_t capacity_bytes
                                 " bytes");
   }
   if (slots > UINT32_MAX / 2) return InvalidArgumentError("neuron cache: too many slots");
-  ASSIGN_OR_RETURN(storage::BufferPool pool,
-                   storage::BufferPool::Create(static_cast<uint32_t>(slots), slot_bytes,
-                                               alignment_bytes));
+  ASSIGN_OR_RETURN(
+      storage::BufferPool pool,
+      storage::BufferPool::Create(static_cast<uint32_t>(slots), slot_bytes, alignment_bytes));
   return std::unique_ptr<NeuronCache>(new NeuronCache(std::move(pool), bundle_bytes));
 }
 
@@ -30,8 +30,8 @@ NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
     : pool_(std::move(pool)),
       bundle_bytes_(bundle_bytes),
       filled_(pool_.buffer_count(), 0),
-      lru_(static_cast<uint64_t>(pool_.buffer_count()) * pool_.buffer_bytes(),
-           pool_.buffer_count(), [this](uint64_t, uint64_t slot) {
+      lru_(static_cast<uint64_t>(pool_.buffer_count()) * pool_.buffer_bytes(), pool_.buffer_count(),
+           [this](uint64_t, uint64_t slot) {
              filled_[slot] = 0;
              pool_.Release(static_cast<uint32_t>(slot));
            }) {}

@@ -34,8 +34,7 @@ class NeuronCache {
   // A cache of floor(capacity_bytes / AlignUp(bundle_bytes, alignment_bytes)) slots.
   // Errors: InvalidArgument when not even one slot fits, ResourceExhausted when the memory
   // cannot be allocated.
-  static Result<std::unique_ptr<NeuronCache>> Create(uint64_t capacity_bytes,
-                                                     uint64_t bundle_bytes,
+  static Result<std::unique_ptr<NeuronCache>> Create(uint64_t capacity_bytes, uint64_t bundle_bytes,
                                                      uint64_t alignment_bytes = 4096);
 
   static uint64_t Key(uint32_t layer, uint32_t neuron) {

@@ -72,8 +72,8 @@ class ReferenceLru {
   bool Insert(uint64_t k, uint64_t charge, std::vector<uint64_t>* evicted) {
     auto over = [&] { return usage_ + charge > cap_ || charge_.size() >= max_; };
     while (over()) {
-      auto victim = std::find_if(order_.rbegin(), order_.rend(),
-                                 [&](uint64_t x) { return pins_[x] == 0; });
+      auto victim =
+          std::find_if(order_.rbegin(), order_.rend(), [&](uint64_t x) { return pins_[x] == 0; });
       if (victim == order_.rend()) return false;
       uint64_t v = *victim;
       evicted->push_back(v);

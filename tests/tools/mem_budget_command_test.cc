@@ -67,8 +67,8 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   CmdRun ptiny = Flashlm("perplexity " + store + " --text " + text + " --ctx 16 --mem-budget 1");
   ASSERT_TRUE(std::regex_search(ptiny.err, m, std::regex("minimum of ([0-9]+) bytes")))
       << ptiny.err;
-  CmdRun p1 = Flashlm("perplexity " + store + " --text " + text + " --ctx 16 --mem-budget " +
-                      m[1].str());
+  CmdRun p1 =
+      Flashlm("perplexity " + store + " --text " + text + " --ctx 16 --mem-budget " + m[1].str());
   ASSERT_EQ(p1.exit_code, 0) << p1.err;
   EXPECT_EQ(p1.out, p0.out);
   EXPECT_NE(p1.err.find("streaming the rest"), std::string::npos) << p1.err;

@@ -25,8 +25,7 @@ struct CmdRun {
 inline CmdRun RunFlashlm(const std::string& args) {
   static std::atomic<int> counter{0};
   const std::string err_path = std::string(FLASHLM_BINARY_DIR) + "/cmd_err_" +
-                               std::to_string(getpid()) + "_" + std::to_string(counter++) +
-                               ".txt";
+                               std::to_string(getpid()) + "_" + std::to_string(counter++) + ".txt";
   const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
   CmdRun r;
   FILE* p = popen(cmd.c_str(), "r");
