@@ -25,9 +25,8 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
   cmd->add_option("--ctx", *ctx, "Window length in tokens (at most the model's maximum)");
   cmd->add_option("--threads", *threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", *tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
-  auto mem_budget = std::make_shared<std::string>();  // ooc
-  cmd->add_option("--mem-budget", *mem_budget,
-                  "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix)");
+  auto streaming = std::make_shared<StreamingFlags>();  // ooc
+  AddStreamingFlags(cmd, streaming.get());
   return [=] {
     if (!cmd->parsed()) return -1;
     if (*ctx < 2 || *ctx > (1 << 24)) {
@@ -44,16 +43,13 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     options.all_logits = true;
     options.max_batch = 64;
     options.max_context = static_cast<uint32_t>(*ctx);
-    uint64_t budget = 0;
-    if (!mem_budget->empty()) {
-      auto b = ParseSize(*mem_budget);
-      if (!b.ok()) return ReportError("perplexity", b.status().WithContext("--mem-budget"));
-      budget = *b;
-    }
+    auto so = ToStreamingOptions(*streaming);
+    if (!so.ok()) return ReportError("perplexity", so.status());
+    so->transformer = options;
     auto session =
-        mem_budget->empty()
+        !streaming->enabled()
             ? OpenEngineSession(*path, *tokenizer, static_cast<uint32_t>(*threads), options)
-            : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), options, budget);
+            : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), *so);
     if (!session.ok()) return ReportError("perplexity", session.status());
     std::vector<int32_t> tokens = session->tokenizer->Encode(ss.str(), true);
     auto r = engine::Perplexity(*session->model, tokens, static_cast<uint32_t>(*ctx));

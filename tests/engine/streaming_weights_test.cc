@@ -44,6 +44,7 @@ struct Run {
   ResidencyPlan plan;
   StreamingStats stats;
   bool direct_chunks = false;
+  bool attention_prefetched = false;
 };
 
 // Greedy generation of `n` tokens from BOS with a streaming store at `budget`.
@@ -70,6 +71,7 @@ Result<Run> Generate(const fs::path& store, uint64_t budget, uint32_t threads, u
   (void)st;
   Run r;
   r.direct_chunks = weights->direct_chunks();
+  r.attention_prefetched = weights->attention_prefetched();
   r.ids = gen.ids();
   r.plan = weights->plan();
   r.stats = weights->stats();
@@ -128,6 +130,12 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
           }
           if (chunk != 7 && r->direct_chunks) {
             EXPECT_LT(r->stats.reads, r->stats.bundles_streamed) << "reads not coalesced";
+          }
+          // At the minimum every layer's attention streams: pipelined, it is read ahead into
+          // its buffer (the store's dense extents are uncompressed and in file order).
+          if (budget == minimum && chunk == 256 && r->direct_chunks) {
+            EXPECT_TRUE(r->attention_prefetched) << r->plan.Describe();
+            EXPECT_GE(r->plan.chunk_buffers, 2u);
           }
         }
       }
@@ -244,14 +252,14 @@ TEST(StreamingWeightStoreTest, CorruptBundleIsDetected) {
     so.transformer.max_context = 32;
     so.transformer.max_batch = 4;
     so.budget_bytes = 1;
+    so.direct_chunks = direct;
+    so.pipeline = mode == 0;
     auto refused = StreamingWeightStore::Open(store.string(), pool, so);
     ASSERT_FALSE(refused.ok());
     std::smatch m;
     const std::string msg(refused.status().message());
     ASSERT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
     so.budget_bytes = std::stoull(m[1].str());
-    so.direct_chunks = direct;
-    so.pipeline = mode == 0;
     auto w = StreamingWeightStore::Open(store.string(), pool, so);
     ASSERT_TRUE(w.ok()) << w.status().ToString();
     auto model = Transformer::Create(**w, pool, so.transformer);
@@ -313,6 +321,28 @@ TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
   EXPECT_NE(p.status().message().find("1140"), std::string::npos);
+  // Read-ahead: the minimum holds chunk_buffers_min chunks; more are added, up to
+  // chunk_buffers, from what is left after attention, before any bundle is pinned.
+  in.chunk_buffers_min = 2;
+  in.chunk_buffers = 4;
+  in.budget_bytes = 1000 + 100 + 80;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->minimum_bytes, 1180u);
+  EXPECT_EQ(p->chunk_buffers, 2u);
+  EXPECT_EQ(p->chunk_stream_bytes, 80u);
+  in.budget_bytes = 1180 + 79;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->chunk_buffers, 3u);  // 40 more; 39 left is less than a chunk or a dense layer
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{1, 1, 1}));
+  in.budget_bytes = 1599;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->chunk_buffers, 4u);
+  EXPECT_EQ(p->chunk_stream_bytes, 160u);
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{4, 4, 4}));  // (1599-1000-160-300)/30
+  EXPECT_LE(p->total_bytes(), 1599u);
   // Bad inputs.
   in.bundle_spacing_bytes = 0;
   EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);
