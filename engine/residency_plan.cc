@@ -30,7 +30,8 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   }
   ResidencyPlan p;
   p.budget_bytes = in.budget_bytes;
-  p.fixed_bytes = in.fixed_bytes;
+  const bool demand = in.embedding_demand_bytes != 0;
+  p.fixed_bytes = in.fixed_bytes + (demand ? in.embedding_demand_bytes : in.embedding_bytes);
   p.dense_pinned.assign(layers, 0);
   p.pinned_bundles.assign(layers, 0);
   uint64_t dense_total = 0, dense_max = 0, bundle_total = 0;
@@ -48,9 +49,10 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
       uint64_t{chunk} * (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes);
   const uint32_t buffers_min = std::max<uint32_t>(in.chunk_buffers_min, 1);
   const uint64_t chunk_bytes = one_chunk * buffers_min;
-  p.minimum_bytes = in.fixed_bytes + dense_stream + chunk_bytes;
-  const uint64_t all = in.fixed_bytes + dense_total + bundle_total;
+  p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
+  const uint64_t all = in.fixed_bytes + in.embedding_bytes + dense_total + bundle_total;
   if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident
+    p.fixed_bytes = in.fixed_bytes + in.embedding_bytes;
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_bundles = in.layer_bundles;
     p.pinned_dense_bytes = dense_total;
@@ -58,11 +60,12 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     p.minimum_bytes = std::min(p.minimum_bytes, all);
     return p;
   }
+  p.embedding_resident = !demand;
   if (in.budget_bytes < p.minimum_bytes) {
     return ResourceExhaustedError(
         "memory budget " + FormatBytes(in.budget_bytes) + " is below the minimum of " +
         std::to_string(p.minimum_bytes) + " bytes (" + FormatBytes(p.minimum_bytes) + ": " +
-        FormatBytes(in.fixed_bytes) + " always resident (KV cache, activations, " +
+        FormatBytes(p.fixed_bytes) + " always resident (KV cache, activations, " +
         "embedding, classifier, norms) + " + FormatBytes(dense_stream) +
         " for one streamed layer's attention + " + FormatBytes(chunk_bytes) +
         " for one FFN chunk)");
@@ -71,7 +74,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   p.chunk_bundles = chunk;
   p.chunk_stream_bytes = chunk_bytes;
   p.chunk_buffers = buffers_min;
-  uint64_t avail = in.budget_bytes - in.fixed_bytes - chunk_bytes;
+  uint64_t avail = in.budget_bytes - p.fixed_bytes - chunk_bytes;
   if (dense_total <= avail) {
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_dense_bytes = dense_total;
@@ -119,8 +122,9 @@ std::string ResidencyPlan::Describe() const {
                   (budget_bytes ? FormatBytes(budget_bytes) : std::string("unlimited")) +
                   ", planned " + FormatBytes(total_bytes()) + " (minimum " +
                   FormatBytes(minimum_bytes) + ")\n";
-  s += "  always resident: " + FormatBytes(fixed_bytes) +
-       " (KV cache, activations, scratch, embedding, classifier, norms, catalog)\n";
+  s += "  always resident: " + FormatBytes(fixed_bytes) + " (KV cache, activations, scratch, " +
+       (embedding_resident ? "embedding" : "a buffer for embedding rows read on demand") +
+       ", classifier, norms, catalog)\n";
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);

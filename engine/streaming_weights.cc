@@ -296,7 +296,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   const layout::TensorInfo* emb = reader_->FindTensor("token_embd.weight");
   const layout::TensorInfo* cls = reader_->FindTensor("output.weight");
   if (emb == nullptr) return NotFoundError("store has no tensor token_embd.weight");
-  fixed += AlignUp64(emb->size_bytes()) + (cls ? AlignUp64(cls->size_bytes()) : 0);
+  fixed += cls ? AlignUp64(cls->size_bytes()) : 0;  // the embedding: below, once the rest is known
   fixed += (2 * uint64_t{c.n_layers} + 1) * AlignUp64(uint64_t{c.dim} * sizeof(float));
   layers_.resize(c.n_layers);
   for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -430,13 +430,34 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
                (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) +
                 sizeof(PendingRead) + sizeof(uint32_t)) +
            (1u << 16);  // direct reads
+  // The embedding is resident when everything fits (or when it is the classifier too);
+  // otherwise its rows are read on demand, one extent (a few rows) at a time.
+  in.embedding_bytes = AlignUp64(emb->size_bytes());
+  if (cls != nullptr) {
+    ASSIGN_OR_RETURN(embedding_location_, reader_->LocateTensor("token_embd.weight"));
+    const layout::TensorRecord& rec = embedding_location_.record;
+    if (rec.placement != static_cast<uint8_t>(layout::Placement::kDense) ||
+        rec.rows_per_extent == 0 || emb->shape.size() != 2 || emb->rows() != c.vocab_size ||
+        emb->cols() != c.dim || !MatMulSupports(emb->dtype)) {
+      return CorruptionError("tensor token_embd.weight has a layout the engine cannot read");
+    }
+    in.embedding_demand_bytes = AlignUp64(std::min<uint64_t>(rec.rows_per_extent, c.vocab_size) *
+                                          layout::RowBytes(emb->dtype, c.dim));
+  }
   in.fixed_bytes = fixed;
   ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+  embedding_on_demand_ = !plan_.embedding_resident;
+  if (embedding_on_demand_) {
+    ASSIGN_OR_RETURN(embedding_extent_,
+                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, kAlign));
+  }
   chunk_slots_ = std::max<uint32_t>(plan_.chunk_buffers, 1);
   const uint32_t queue_depth = chunk_slots_ * job_reads + dense_reads_max;
 
   // Globals and norms.
-  ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  if (!embedding_on_demand_) {
+    ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  }
   ASSIGN_OR_RETURN(output_norm_, LoadVector("output_norm.weight", c.dim));
   if (cls != nullptr) {
     ASSIGN_OR_RETURN(classifier_, LoadMatrix("output.weight", c.vocab_size, c.dim));
@@ -545,6 +566,38 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
                                 kernel_chunk, c.activation == layout::Activation::kRelu, pool_));
   ResetStats();
   return Status::Ok();
+}
+
+Status StreamingWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
+  if (!embedding_on_demand_) {
+    return layout::DequantizeRow(embedding_.dtype, embedding_.row(token), out);
+  }
+  const layout::TensorInfo& info = embedding_location_.info;
+  const layout::TensorRecord& rec = embedding_location_.record;
+  const uint64_t row_bytes = layout::RowBytes(info.dtype, config_.dim);
+  const uint64_t index = rec.first_extent + token / rec.rows_per_extent;
+  if (index != embedding_extent_index_) {
+    embedding_extent_index_ = UINT64_MAX;
+    ASSIGN_OR_RETURN(layout::Extent e, reader_->GetExtent(index));
+    if (e.raw_bytes > embedding_extent_.size_bytes() || e.raw_bytes % row_bytes != 0) {
+      return CorruptionError("token_embd.weight extent " + std::to_string(index) +
+                             " has an unexpected size");
+    }
+    const uint64_t t0 = storage::NowNs();
+    RETURN_IF_ERROR(reader_->ReadExtent(e, embedding_extent_.span().subspan(0, e.raw_bytes))
+                        .WithContext("reading token_embd.weight"));
+    stats_.io_wait_ns += storage::NowNs() - t0;
+    stats_.bytes_requested += e.stored_bytes;
+    embedding_extent_index_ = index;
+    embedding_extent_rows_ = e.raw_bytes / row_bytes;
+  }
+  const uint64_t r = token % rec.rows_per_extent;
+  if (r >= embedding_extent_rows_) {
+    return CorruptionError("token_embd.weight extent " + std::to_string(index) + " lacks row " +
+                           std::to_string(token));
+  }
+  return layout::DequantizeRow(
+      info.dtype, ConstByteSpan(embedding_extent_.data() + r * row_bytes, row_bytes), out);
 }
 
 Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {

@@ -86,7 +86,9 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   ~StreamingWeightStore() override;
 
   const layout::ModelConfig& config() const override { return config_; }
-  const MatrixView& token_embedding() const override { return embedding_; }
+  Status EmbedToken(uint32_t token, std::span<float> out) override;
+  // True when embedding rows are read from flash as tokens need them (not resident).
+  bool embedding_on_demand() const { return embedding_on_demand_; }
   std::span<const float> output_norm() const override { return output_norm_; }
   const MatrixView& classifier() const override { return classifier_; }
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;
@@ -133,7 +135,12 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   layout::ModelConfig config_;
   ResidencyPlan plan_;
   std::vector<storage::AlignedBuffer> buffers_;  // globals and pinned dense tensors
-  MatrixView embedding_, classifier_;
+  MatrixView embedding_, classifier_;            // embedding_ empty when read on demand
+  bool embedding_on_demand_ = false;
+  layout::TensorLocation embedding_location_;
+  storage::AlignedBuffer embedding_extent_;       // one extent of embedding rows
+  uint64_t embedding_extent_index_ = UINT64_MAX;  // which one it holds
+  uint64_t embedding_extent_rows_ = 0;
   std::span<const float> output_norm_;
   std::vector<Layer> layers_;
   layout::BundleGeometry geometry_;

@@ -45,6 +45,7 @@ struct Run {
   StreamingStats stats;
   bool direct_chunks = false;
   bool attention_prefetched = false;
+  bool embedding_on_demand = false;
 };
 
 // Greedy generation of `n` tokens from BOS with a streaming store at `budget`.
@@ -72,6 +73,7 @@ Result<Run> Generate(const fs::path& store, uint64_t budget, uint32_t threads, u
   Run r;
   r.direct_chunks = weights->direct_chunks();
   r.attention_prefetched = weights->attention_prefetched();
+  r.embedding_on_demand = weights->embedding_on_demand();
   r.ids = gen.ids();
   r.plan = weights->plan();
   r.stats = weights->stats();
@@ -98,6 +100,7 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
     auto full = Generate(store, 0, threads, 48);
     ASSERT_TRUE(full.ok()) << full.status().ToString();
     EXPECT_FALSE(full->plan.streams());
+    EXPECT_FALSE(full->embedding_on_demand);
     EXPECT_EQ(full->stats.bundles_streamed, 0u);
     EXPECT_GT(full->stats.bundles_resident, 0u);
     if (reference.empty()) reference = full->ids;
@@ -117,11 +120,16 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
         ASSERT_TRUE(r.ok()) << "budget " << budget << ": " << r.status().ToString();
         EXPECT_EQ(r->ids, reference) << "budget " << budget << " threads " << threads;
         EXPECT_LE(r->plan.total_bytes(), budget);
+        // Below `all` something is read from flash: embedding rows on demand (which may free
+        // enough for every layer just below `all`) and, at the smaller budgets, bundles.
         if (budget < all) {
-          EXPECT_TRUE(r->plan.streams()) << budget << "\n" << r->plan.Describe();
-          EXPECT_GT(r->stats.bundles_streamed, 0u) << budget;
+          EXPECT_TRUE(r->embedding_on_demand) << budget;  // untied: output.weight is its own
           EXPECT_GT(r->stats.bytes_read, 0u) << budget;
           EXPECT_GT(r->stats.reads, 0u) << budget;
+        }
+        if (budget <= minimum + (all - minimum) * 3 / 4) {
+          EXPECT_TRUE(r->plan.streams()) << budget << "\n" << r->plan.Describe();
+          EXPECT_GT(r->stats.bundles_streamed, 0u) << budget;
           EXPECT_LT(r->stats.hit_rate(), 1.0) << budget;
           if (chunk == 7) EXPECT_FALSE(r->direct_chunks);
           // f32 bundles (768 B in 1 KiB strides) take the contiguous-range path.
@@ -343,6 +351,28 @@ TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   EXPECT_EQ(p->chunk_stream_bytes, 160u);
   EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{4, 4, 4}));  // (1599-1000-160-300)/30
   EXPECT_LE(p->total_bytes(), 1599u);
+  // The embedding: resident when everything fits, else read on demand through a small buffer
+  // (the minimum counts the buffer); an embedding that may not go on demand counts in full.
+  ResidencyInputs e = in;
+  e.embedding_bytes = 500;
+  e.embedding_demand_bytes = 20;
+  e.budget_bytes = 1000 + 500 + 300 + 300;
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->embedding_resident);
+  EXPECT_FALSE(p->streams());
+  e.budget_bytes -= 1;
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->embedding_resident);
+  EXPECT_EQ(p->fixed_bytes, 1020u);
+  EXPECT_EQ(p->minimum_bytes, 1020u + 100 + 80);
+  EXPECT_LE(p->total_bytes(), e.budget_bytes);
+  e.embedding_demand_bytes = 0;  // tied to the classifier: stays resident
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->embedding_resident);
+  EXPECT_EQ(p->minimum_bytes, 1500u + 100 + 80);
   // Bad inputs.
   in.bundle_spacing_bytes = 0;
   EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);
