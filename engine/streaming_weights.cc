@@ -206,8 +206,9 @@ Result<std::span<const float>> StreamingWeightStore::LoadVector(const std::strin
     return CorruptionError("tensor " + name + " has " + std::to_string(info->num_values()) +
                            " values, the config implies " + std::to_string(n));
   }
-  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
-                   storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign));
+  ASSIGN_OR_RETURN(
+      storage::AlignedBuffer buf,
+      storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign, /*huge_pages=*/false));
   std::span<float> out(reinterpret_cast<float*>(buf.data()), n);
   RETURN_IF_ERROR(reader_->ReadTensorF32(*info, out).WithContext("reading " + name));
   buffers_.push_back(std::move(buf));
@@ -227,7 +228,8 @@ Result<MatrixView> StreamingWeightStore::LoadMatrix(const std::string& name, uin
                              ", which the out-of-core engine cannot multiply");
   }
   const uint64_t bytes = info->size_bytes();
-  ASSIGN_OR_RETURN(storage::AlignedBuffer buf, storage::AlignedBuffer::Allocate(bytes, kAlign));
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                   storage::AlignedBuffer::Allocate(bytes, kAlign, /*huge_pages=*/false));
   RETURN_IF_ERROR(
       reader_->ReadTensor(*info, ByteSpan(buf.data(), bytes)).WithContext("reading " + name));
   MatrixView view{info->dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
@@ -429,7 +431,8 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   fixed += (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound) *
                (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) +
                 sizeof(PendingRead) + sizeof(uint32_t)) +
-           (1u << 16);  // direct reads
+           (1u << 16) +       // direct reads
+           2 * (2ull << 20);  // the two streaming buffers round up to huge pages
   // The embedding is resident when everything fits (or when it is the classifier too);
   // otherwise its rows are read on demand, one extent (a few rows) at a time.
   in.embedding_bytes = AlignUp64(emb->size_bytes());
@@ -449,7 +452,8 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   embedding_on_demand_ = !plan_.embedding_resident;
   if (embedding_on_demand_) {
     ASSIGN_OR_RETURN(embedding_extent_,
-                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, kAlign));
+                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, kAlign,
+                                                      /*huge_pages=*/false));
   }
   chunk_slots_ = std::max<uint32_t>(plan_.chunk_buffers, 1);
   const uint32_t queue_depth = chunk_slots_ * job_reads + dense_reads_max;
@@ -474,15 +478,17 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(p + "ffn_norm.weight", c.dim));
     layer.dense_pinned = plan_.dense_pinned[l] != 0;
     if (layer.dense_pinned) {
-      ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
-                       storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign));
+      ASSIGN_OR_RETURN(
+          storage::AlignedBuffer buf,
+          storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign, /*huge_pages=*/false));
       RETURN_IF_ERROR(ReadDense(layer, buf.span(), /*assign_views=*/true));
       buffers_.push_back(std::move(buf));
     }
     layer.pinned = plan_.pinned_bundles[l];
     if (layer.pinned > 0) {
       ASSIGN_OR_RETURN(layer.prefix,
-                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign));
+                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign,
+                                                        /*huge_pages=*/false));
       ASSIGN_OR_RETURN(std::vector<layout::Extent> ext, reader_->BundleExtents(l, 0, layer.pinned));
       std::vector<ByteSpan> outs;
       outs.reserve(ext.size());
@@ -602,6 +608,7 @@ Status StreamingWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
 
 Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {
   if (l >= layers_.size()) return InvalidArgumentError("layer index out of range");
+  if (l == 0) ++stats_.passes;
   Layer& layer = layers_[l];
   if (!layer.dense_pinned) {
     for (const layout::TensorInfo& info : layer.dense) stats_.bytes_requested += info.size_bytes();

@@ -68,6 +68,7 @@ struct StreamingStats {
   uint64_t io_wait_ns = 0;        // time spent waiting for streamed reads
   uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
   uint64_t bundles_streamed = 0;  // FFN bundles read from flash
+  uint64_t passes = 0;            // forward passes (a batch of tokens, e.g. a prompt, is one)
   double hit_rate() const {
     const uint64_t all = bundles_resident + bundles_streamed;
     return all ? static_cast<double>(bundles_resident) / all : 1.0;

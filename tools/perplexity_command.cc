@@ -1,5 +1,6 @@
 // flashlm perplexity STORE --text FILE [--ctx N]: perplexity of a text file under the model.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -52,13 +53,16 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
             : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), *so);
     if (!session.ok()) return ReportError("perplexity", session.status());
     std::vector<int32_t> tokens = session->tokenizer->Encode(ss.str(), true);
+    const auto t0 = std::chrono::steady_clock::now();
     auto r = engine::Perplexity(*session->model, tokens, static_cast<uint32_t>(*ctx));
+    const double forward_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!r.ok()) return ReportError("perplexity", r.status());
     std::printf("perplexity: %.4f over %llu tokens (ctx %lld)\n", r->perplexity,
                 static_cast<unsigned long long>(r->scored_tokens), static_cast<long long>(*ctx));
     if (session->streaming) {
       std::fprintf(stderr, "%s\n",
-                   IoStatsLine(session->streaming->stats(), tokens.size(), 0).c_str());
+                   IoStatsLine(session->streaming->stats(), tokens.size(), forward_ms).c_str());
     }
     return kExitOk;
   };

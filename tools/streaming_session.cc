@@ -92,16 +92,19 @@ Derived Derive(const engine::StreamingStats& s, double forward_ms) {
 
 std::string IoStatsLine(const engine::StreamingStats& s, uint64_t tokens, double forward_ms) {
   const Derived d = Derive(s, forward_ms);
-  const double t = tokens ? static_cast<double>(tokens) : 1.0;
+  (void)tokens;
+  const double t = s.passes ? static_cast<double>(s.passes) : 1.0;
   char buf[768];
-  std::snprintf(buf, sizeof(buf),
-                "io: %.1f MiB requested, %.1f MiB read in %llu reads (mean %.1f KiB), "
-                "%.1f MiB/s effective, io wait %.1f ms, compute %.1f ms, FFN hit rate %.1f%%, "
-                "peak RSS %.1f MiB; per token: %.2f MiB read, %.1f reads, io wait %.2f ms, "
-                "compute %.2f ms",
-                d.mib_requested, d.mib_read, static_cast<unsigned long long>(s.reads),
-                d.mean_read_kib, d.mib_per_s, d.io_wait_ms, d.compute_ms, 100.0 * s.hit_rate(),
-                d.peak_rss_mib, d.mib_read / t, s.reads / t, d.io_wait_ms / t, d.compute_ms / t);
+  std::snprintf(
+      buf, sizeof(buf),
+      "io: %.1f MiB requested, %.1f MiB read in %llu reads (mean %.1f KiB), "
+      "%.1f MiB/s effective, io wait %.1f ms, compute %.1f ms, FFN hit rate %.1f%%, "
+      "peak RSS %.1f MiB; per forward pass (%llu): %.2f MiB read, %.1f reads, io wait %.2f ms, "
+      "compute %.2f ms",
+      d.mib_requested, d.mib_read, static_cast<unsigned long long>(s.reads), d.mean_read_kib,
+      d.mib_per_s, d.io_wait_ms, d.compute_ms, 100.0 * s.hit_rate(), d.peak_rss_mib,
+      static_cast<unsigned long long>(s.passes), d.mib_read / t, s.reads / t, d.io_wait_ms / t,
+      d.compute_ms / t);
   return buf;
 }
 
@@ -110,12 +113,13 @@ std::string IoStatsJson(const engine::StreamingStats& s, uint64_t tokens, double
   char buf[1024];
   std::snprintf(
       buf, sizeof(buf),
-      "{\"tokens\": %llu, \"bytes_requested\": %llu, \"bytes_read\": %llu, "
+      "{\"tokens\": %llu, \"passes\": %llu, \"bytes_requested\": %llu, \"bytes_read\": %llu, "
       "\"reads\": %llu, \"mean_read_bytes\": %.1f, \"effective_mib_per_s\": %.2f, "
       "\"io_wait_ms\": %.3f, \"compute_ms\": %.3f, \"cache_hit_rate\": %.4f, "
       "\"bundles_resident\": %llu, \"bundles_streamed\": %llu, "
       "\"peak_rss_bytes\": %llu}",
-      static_cast<unsigned long long>(tokens), static_cast<unsigned long long>(s.bytes_requested),
+      static_cast<unsigned long long>(tokens), static_cast<unsigned long long>(s.passes),
+      static_cast<unsigned long long>(s.bytes_requested),
       static_cast<unsigned long long>(s.bytes_read), static_cast<unsigned long long>(s.reads),
       d.mean_read_kib * 1024.0, d.mib_per_s, d.io_wait_ms, d.compute_ms, s.hit_rate(),
       static_cast<unsigned long long>(s.bundles_resident),

@@ -40,8 +40,9 @@ Result<EngineSession> OpenStreamingSession(const std::string& path, uint32_t thr
                                            const engine::StreamingOptions& options);
 
 // Accounting of a run over `tokens` tokens that took `forward_ms` of forward passes: bytes
-// requested and read, reads, mean read size, effective MiB/s, I/O wait, compute time, FFN
-// bundle hit rate, peak RSS; totals and per token. One line for stderr, one JSON object.
+// requested and read, reads, mean read size, effective MiB/s (bytes read / I/O wait), I/O wait,
+// compute time (forward_ms - I/O wait), FFN bundle hit rate, peak RSS; totals and per forward
+// pass (a prompt is one pass, then one per generated token). One line for stderr, one JSON object.
 std::string IoStatsLine(const engine::StreamingStats& s, uint64_t tokens, double forward_ms);
 std::string IoStatsJson(const engine::StreamingStats& s, uint64_t tokens, double forward_ms);
 
