@@ -7,11 +7,13 @@
 // |h| for SiLU models, or |h| > --threshold when given. The model is loaded fully resident (a
 // calibration step): out-of-core FFNs compute inside the store, where activations are not seen.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 
@@ -115,16 +117,22 @@ int RunActivations(const ActivationsFlags& f) {
               tokens.size(), static_cast<long long>(f.ctx), seconds, config.n_layers,
               config.hidden_dim);
   std::printf("fires when: %s\n", RuleName(firing, (*counter)->top_k(), config.hidden_dim).c_str());
-  std::printf("layer  mean frequency  neurons with frequency >= 0.5\n");
+  // Locality: how much of all firing the hottest fifth of the neurons accounts for (1.0 = all
+  // of it; 0.2 = none beyond uniform).
+  std::printf("layer  mean freq  neurons with freq >= 0.5  hottest 20%% share of firing\n");
   for (uint32_t l = 0; l < config.n_layers; ++l) {
-    const std::vector<float>& fr = stats->layers[l];
-    double sum = 0;
+    std::vector<float> fr = stats->layers[l];
+    std::sort(fr.begin(), fr.end(), std::greater<float>());
+    double sum = 0, top = 0;
     uint32_t hot = 0;
-    for (float v : fr) {
-      sum += v;
-      hot += v >= 0.5f;
+    const size_t top_n = std::max<size_t>(1, (fr.size() + 2) / 5);
+    for (size_t i = 0; i < fr.size(); ++i) {
+      sum += fr[i];
+      hot += fr[i] >= 0.5f;
+      if (i < top_n) top += fr[i];
     }
-    std::printf("%5u  %14.4f  %6.1f%% (%u)\n", l, sum / fr.size(), 100.0 * hot / fr.size(), hot);
+    std::printf("%5u  %9.4f  %14.1f%% (%6u)  %28.3f\n", l, sum / fr.size(), 100.0 * hot / fr.size(),
+                hot, sum > 0 ? top / sum : 0.0);
   }
   std::printf("wrote %s\n", f.out.c_str());
   return kExitOk;
