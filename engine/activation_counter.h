@@ -5,8 +5,8 @@
 // h = act(gate x) * (up x) is the FFN's hidden vector of one token in one layer (hidden_dim
 // values). Neuron i fires on that token when, by FiringRule:
 //  - kNonZero: h_i != 0. Meant for ReLU-gated models, where h_i = relu(g_i) * u_i is non-zero
-//    exactly when the ReLU output is positive (barring u_i == 0): the notion of an "activated"
-//    neuron of the ReLU-sparsity work (Deja Vu, PowerInfer) carried over to a gated FFN.
+//    exactly when the ReLU output is positive (barring u_i == 0): PowerInfer's "activated
+//    neuron" of a ReLU model (a positive ReLU output), carried over to a gated FFN.
 //  - kTopFraction: |h_i| is among the k = round(F * hidden_dim) (at least 1) largest |h| of that
 //    token and layer (ties broken by the lower index, so exactly k neurons fire per token).
 //    Meant for SiLU models, whose h is almost never exactly 0. A per-token top-k of magnitudes is

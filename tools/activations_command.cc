@@ -147,8 +147,7 @@ CommandRunner RegisterActivations(CLI::App& app) {
       "Per-neuron FFN firing frequencies over a calibration text (input of repack --activations)");
   cmd->footer(
       "A neuron fires on a token when, with h = act(gate x) * (up x) of that token and layer:\n"
-      "  ReLU models: h != 0 (the ReLU output is positive: the 'activated neuron' of Deja Vu and\n"
-      "    PowerInfer);\n"
+      "  ReLU models: h != 0, i.e. the ReLU output is positive (PowerInfer's activated neuron);\n"
       "  SiLU models: |h| is among the top --top-fraction (default 0.2, rounded to whole neurons,\n"
       "    at least 1) of that token's |h| in that layer (our choice; h is almost never 0);\n"
       "  --threshold T instead: |h| > T (a magnitude cut-off, as in CATS, arXiv:2404.08763).\n"

@@ -90,6 +90,15 @@ TEST(ActivationsCommandTest, SiluTopFractionAndHotFirstGreedyMatchesGolden) {
   CmdRun text = Flashlm("inspect " + store);
   EXPECT_NE(text.out.find("hot set "), std::string::npos) << text.out;
 
+  // A store is accepted as input too (loaded resident): same weights, same statistics.
+  const std::string again = (dir / "again.json").string();
+  CmdRun st = Flashlm("activations " + store + " --text " + golden.string() + " --out " + again +
+                      " --ctx 100 --threads 2");
+  ASSERT_EQ(st.exit_code, 0) << st.err;
+  auto again_stats = layout::LoadActivationStats(again);
+  ASSERT_TRUE(again_stats.ok());
+  EXPECT_EQ(again_stats->layers, loaded->layers);
+
   // Greedy output of the hot-first store equals the golden text, resident and out of core.
   std::string want = ReadFile(golden);
   while (!want.empty() && want.back() == '\n') want.pop_back();
