@@ -14,15 +14,16 @@ constexpr uint32_t kDownBlock = layout::kQBlockValues;  // down rows per work it
 
 uint64_t BundleFfnKernel::ScratchBytes(const layout::BundleGeometry& g, uint32_t hidden,
                                        uint32_t max_batch, uint32_t chunk_max, uint32_t threads) {
-  uint64_t floats = uint64_t{chunk_max} * max_batch + uint64_t{threads} * 2 * max_batch +
-                    uint64_t{threads} * g.dim;
+  uint64_t floats = uint64_t{chunk_max} * max_batch + uint64_t{threads} * 2 * max_batch;
   if (!g.has_gate()) floats += uint64_t{max_batch} * hidden;
   return floats * sizeof(float) + MatMulScratchBytes(g.dim, max_batch) + 64;
 }
 
-Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(
-    const layout::BundleGeometry& g, uint32_t hidden, uint32_t max_batch, uint32_t chunk_max,
-    bool relu, ThreadPool& pool) {
+Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::BundleGeometry& g,
+                                                                 uint32_t hidden,
+                                                                 uint32_t max_batch,
+                                                                 uint32_t chunk_max, bool relu,
+                                                                 ThreadPool& pool) {
   if (g.dim == 0 || hidden == 0 || max_batch == 0 || chunk_max == 0) {
     return InvalidArgumentError("bundle FFN: zero size");
   }
@@ -40,7 +41,6 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(
   k->h_.assign(uint64_t{chunk_max} * max_batch, 0.0f);
   if (k->separate_) k->gate_all_.assign(uint64_t{max_batch} * hidden, 0.0f);
   k->tile_.assign(uint64_t{pool.size()} * 2 * max_batch, 0.0f);
-  k->column_.assign(uint64_t{pool.size()} * g.dim, 0.0f);
   const uint64_t qbytes = MatMulScratchBytes(g.dim, max_batch) + 64;
   k->qx_ = std::make_unique<std::byte[]>(qbytes);
   const uint64_t misalign = reinterpret_cast<uintptr_t>(k->qx_.get()) % 64;
@@ -105,24 +105,13 @@ void BundleFfnKernel::Accumulate(const std::byte* base, uint64_t spacing_bytes, 
   // Phase 2: out += h * down, split over blocks of output rows; positions in order.
   const uint32_t blocks = (dim + kDownBlock - 1) / kDownBlock;
   const uint64_t down_offset = g_.down_offset();
-  pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
+  pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     const uint32_t r0 = static_cast<uint32_t>(begin) * kDownBlock;
     const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * kDownBlock, dim);
-    const uint32_t len = r1 - r0;
-    float* col = column_.data() + uint64_t{th} * dim;
-    const uint64_t src_offset = layout::RowBytes(g_.dtype, r0);
-    const uint64_t src_bytes = layout::RowBytes(g_.dtype, len);
+    const uint64_t src_offset = down_offset + layout::RowBytes(g_.dtype, r0);
     for (uint32_t k = 0; k < count; ++k) {
-      const float* h = h_.data() + uint64_t{k} * max_batch_;
-      bool any = false;
-      for (uint32_t t = 0; t < n; ++t) any |= h[t] != 0.0f;
-      if (!any) continue;  // exact: adding 0 * finite changes nothing
-      const std::byte* down = base + k * spacing_bytes + down_offset + src_offset;
-      CHECK_OK(layout::DequantizeRow(g_.dtype, ConstByteSpan(down, src_bytes),
-                                     std::span<float>(col, len)));
-      for (uint32_t t = 0; t < n; ++t) {
-        if (h[t] != 0.0f) AxpyF32(h[t], col, out_.data() + uint64_t{t} * dim + r0, len);
-      }
+      AxpyRow(g_.dtype, base + k * spacing_bytes + src_offset, r1 - r0,
+              h_.data() + uint64_t{k} * max_batch_, n, out_.data() + r0, dim);
     }
   });
 }

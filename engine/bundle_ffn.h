@@ -4,12 +4,12 @@
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up are
 // rows of a 1- or 2-row MatrixView through MatMulRows (q8 activations for block dtypes, exactly
-// as MatMul does), the down column is dequantised a 32-value block range at a time (DequantizeRow)
-// and accumulated with AxpyF32. Determinism: every out[t][r] sums its terms in position order
-// 0..hidden-1 whatever the chunking, the thread count of the down pass or which bundles came from
-// DRAM or flash, so results do not depend on the memory budget (only on the store).
-// Threads: gate/up are split over positions, the down pass over output rows (32-value blocks).
-// Everything is sized at Create; Begin/Accumulate allocate nothing. Not thread-safe: one owner.
+// as MatMul does); the down column is dequantised and accumulated in one pass (AxpyRow).
+// Determinism: every out[t][r] sums its terms in position order 0..hidden-1 whatever the chunking,
+// the thread count of the down pass or which bundles came from DRAM or flash, so results do not
+// depend on the memory budget (only on the store). Threads: gate/up are split over positions, the
+// down pass over output rows (32-value blocks). Everything is sized at Create; Begin/Accumulate
+// allocate nothing. Not thread-safe: one owner.
 #ifndef FLASHLM_ENGINE_BUNDLE_FFN_H_
 #define FLASHLM_ENGINE_BUNDLE_FFN_H_
 
@@ -66,10 +66,9 @@ class BundleFfnKernel {
   std::span<float> out_;
   std::span<const uint32_t> perm_;
   bool separate_ = false;
-  std::vector<float> h_;         // chunk_max x max_batch: h per position, token-minor
-  std::vector<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
-  std::vector<float> tile_;      // threads x 2 x max_batch: gate/up products
-  std::vector<float> column_;    // threads x dim: a dequantised down slice
+  std::vector<float> h_;             // chunk_max x max_batch: h per position, token-minor
+  std::vector<float> gate_all_;      // max_batch x hidden (kGateSeparate only)
+  std::vector<float> tile_;          // threads x 2 x max_batch: gate/up products
   std::unique_ptr<std::byte[]> qx_;  // q8 activations, 64-byte aligned inside
   ByteSpan qx_span_;
 };

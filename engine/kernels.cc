@@ -492,4 +492,64 @@ void AxpyF32(float a, const float* x, float* y, uint32_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint32_t n_tokens,
+             float* y, uint64_t y_stride) {
+  CHECK(MatMulSupports(dtype));
+  if (dtype == DType::kF32) {
+    const float* v = reinterpret_cast<const float*>(w);
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      if (a[t] != 0.0f) AxpyF32(a[t], v, y + t * y_stride, len);
+    }
+    return;
+  }
+  // f16, q8_0, q4_0: 32 values at a time.
+  const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
+  float tmp[kBlock];
+  for (uint32_t c = 0; c < len; c += kBlock, w += block_bytes) {
+    const uint32_t m = std::min(kBlock, len - c);
+#ifdef FLASHLM_AVX2
+    if (m == kBlock) {
+      __m256 v[4];
+      if (dtype == DType::kF16) {
+        for (int j = 0; j < 4; ++j) {
+          v[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j)));
+        }
+      } else {
+        const __m256 d = _mm256_set1_ps(HalfToFloat(w));
+        __m128i q[2];
+        if (dtype == DType::kQ4_0) {
+          const __m256i all = UnpackQ4(w + 2);
+          q[0] = _mm256_castsi256_si128(all);
+          q[1] = _mm256_extracti128_si256(all, 1);
+        } else {
+          q[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+          q[1] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 18));
+        }
+        for (int h = 0; h < 2; ++h) {
+          v[2 * h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[h])));
+          v[2 * h + 1] =
+              _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q[h], 8))));
+        }
+      }
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        if (a[t] == 0.0f) continue;
+        const __m256 at = _mm256_set1_ps(a[t]);
+        float* yt = y + t * y_stride + c;
+        for (int j = 0; j < 4; ++j) {
+          _mm256_storeu_ps(yt + 8 * j, _mm256_fmadd_ps(at, v[j], _mm256_loadu_ps(yt + 8 * j)));
+        }
+      }
+      continue;
+    }
+#endif
+    CHECK_OK(layout::DequantizeRow(dtype, ConstByteSpan(w, layout::RowBytes(dtype, m)),
+                                   std::span<float>(tmp, m)));
+    for (uint32_t t = 0; t < n_tokens; ++t) {
+      if (a[t] == 0.0f) continue;
+      float* yt = y + t * y_stride + c;
+      for (uint32_t i = 0; i < m; ++i) yt[i] += a[t] * tmp[i];
+    }
+  }
+}
+
 }  // namespace flashlm::engine

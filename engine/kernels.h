@@ -72,6 +72,15 @@ void SwiGlu(std::span<float> gate, std::span<const float> up, bool relu);
 float DotF32(const float* a, const float* b, uint32_t n);
 // y += a * x.
 void AxpyF32(float a, const float* x, float* y, uint32_t n);
+// y[t][0..len) += a[t] * v[0..len) for t < n_tokens, where v is `len` values of one weight row
+// stored in `dtype` at `w` (RowBytes(dtype, len) bytes; for block dtypes the slice starts at a
+// block boundary and a partial last block is zero-padded). y's rows are y_stride floats apart.
+// Tokens with a[t] == 0 are skipped (exact for finite weights). Each value is dequantised exactly
+// as layout::DequantizeRow does (no q8 rounding of a or y). The neuron-bundle FFN uses it for down
+// columns.
+// Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
+void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float* a,
+             uint32_t n_tokens, float* y, uint64_t y_stride);
 
 }  // namespace flashlm::engine
 

@@ -30,7 +30,8 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   }
   ResidencyPlan p;
   p.budget_bytes = in.budget_bytes;
-  p.fixed_bytes = in.fixed_bytes;
+  const bool demand = in.embedding_demand_bytes != 0;
+  p.fixed_bytes = in.fixed_bytes + (demand ? in.embedding_demand_bytes : in.embedding_bytes);
   p.dense_pinned.assign(layers, 0);
   p.pinned_bundles.assign(layers, 0);
   uint64_t dense_total = 0, dense_max = 0, bundle_total = 0;
@@ -42,14 +43,16 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     bundles_max = std::max(bundles_max, in.layer_bundles[l]);
   }
   p.model_bytes = dense_total + bundle_total;
+  const uint64_t dense_stream = std::max(dense_max, in.dense_stream_bytes_max);
   const uint32_t chunk = std::min(in.chunk_bundles, std::max<uint32_t>(bundles_max, 1));
-  const uint64_t chunk_bytes =
-      uint64_t{chunk} *
-      (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes) *
-      std::max<uint32_t>(in.chunk_buffers, 1);
-  p.minimum_bytes = in.fixed_bytes + dense_max + chunk_bytes;
-  const uint64_t all = in.fixed_bytes + dense_total + bundle_total;
+  const uint64_t one_chunk =
+      uint64_t{chunk} * (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes);
+  const uint32_t buffers_min = std::max<uint32_t>(in.chunk_buffers_min, 1);
+  const uint64_t chunk_bytes = one_chunk * buffers_min;
+  p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
+  const uint64_t all = in.fixed_bytes + in.embedding_bytes + dense_total + bundle_total;
   if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident
+    p.fixed_bytes = in.fixed_bytes + in.embedding_bytes;
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_bundles = in.layer_bundles;
     p.pinned_dense_bytes = dense_total;
@@ -57,25 +60,27 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     p.minimum_bytes = std::min(p.minimum_bytes, all);
     return p;
   }
+  p.embedding_resident = !demand;
   if (in.budget_bytes < p.minimum_bytes) {
     return ResourceExhaustedError(
         "memory budget " + FormatBytes(in.budget_bytes) + " is below the minimum of " +
-        std::to_string(p.minimum_bytes) + " bytes (" + FormatBytes(p.minimum_bytes) +
-        ": " + FormatBytes(in.fixed_bytes) + " always resident (KV cache, activations, " +
-        "embedding, classifier, norms) + " + FormatBytes(dense_max) +
+        std::to_string(p.minimum_bytes) + " bytes (" + FormatBytes(p.minimum_bytes) + ": " +
+        FormatBytes(p.fixed_bytes) + " always resident (KV cache, activations, " +
+        "embedding, classifier, norms) + " + FormatBytes(dense_stream) +
         " for one streamed layer's attention + " + FormatBytes(chunk_bytes) +
         " for one FFN chunk)");
   }
   // 2. Stream FFN chunks; pin dense layers in order as far as they fit.
   p.chunk_bundles = chunk;
   p.chunk_stream_bytes = chunk_bytes;
-  uint64_t avail = in.budget_bytes - in.fixed_bytes - chunk_bytes;
+  p.chunk_buffers = buffers_min;
+  uint64_t avail = in.budget_bytes - p.fixed_bytes - chunk_bytes;
   if (dense_total <= avail) {
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_dense_bytes = dense_total;
   } else {
-    p.dense_stream_bytes = dense_max;
-    avail -= dense_max;
+    p.dense_stream_bytes = dense_stream;
+    avail -= dense_stream;
     for (size_t l = 0; l < layers; ++l) {
       if (p.pinned_dense_bytes + in.dense_layer_bytes[l] > avail) break;
       p.pinned_dense_bytes += in.dense_layer_bytes[l];
@@ -83,11 +88,16 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     }
   }
   avail -= p.pinned_dense_bytes;
+  // Deeper read-ahead while the budget allows.
+  while (p.chunk_buffers < in.chunk_buffers && one_chunk <= avail) {
+    ++p.chunk_buffers;
+    p.chunk_stream_bytes += one_chunk;
+    avail -= one_chunk;
+  }
   // 3. The rest pins the first bundles of every layer, evenly.
   const uint64_t per_layer = layers == 0 ? 0 : avail / (layers * in.bundle_spacing_bytes);
   for (size_t l = 0; l < layers; ++l) {
-    p.pinned_bundles[l] =
-        static_cast<uint32_t>(std::min<uint64_t>(per_layer, in.layer_bundles[l]));
+    p.pinned_bundles[l] = static_cast<uint32_t>(std::min<uint64_t>(per_layer, in.layer_bundles[l]));
     p.pinned_bundle_bytes += uint64_t{p.pinned_bundles[l]} * in.bundle_spacing_bytes;
   }
   bool all_bundles = true;
@@ -95,6 +105,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   if (all_bundles) {
     p.chunk_stream_bytes = 0;
     p.chunk_bundles = 0;
+    p.chunk_buffers = 0;
   }
   return p;
 }
@@ -111,8 +122,9 @@ std::string ResidencyPlan::Describe() const {
                   (budget_bytes ? FormatBytes(budget_bytes) : std::string("unlimited")) +
                   ", planned " + FormatBytes(total_bytes()) + " (minimum " +
                   FormatBytes(minimum_bytes) + ")\n";
-  s += "  always resident: " + FormatBytes(fixed_bytes) +
-       " (KV cache, activations, scratch, embedding, classifier, norms, catalog)\n";
+  s += "  always resident: " + FormatBytes(fixed_bytes) + " (KV cache, activations, scratch, " +
+       (embedding_resident ? "embedding" : "a buffer for embedding rows read on demand") +
+       ", classifier, norms, catalog)\n";
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);
@@ -122,7 +134,7 @@ std::string ResidencyPlan::Describe() const {
   s += " per layer)";
   if (chunk_stream_bytes) {
     s += ", streaming the rest in chunks of " + std::to_string(chunk_bundles) + " bundles (" +
-         FormatBytes(chunk_stream_bytes) + ")";
+         std::to_string(chunk_buffers) + " buffers, " + FormatBytes(chunk_stream_bytes) + ")";
   }
   s += "\n  model (layers): " + FormatBytes(model_bytes) + "\n";
   return s;

@@ -5,12 +5,14 @@
 // layer's dense matrices (attention, plus ffn_gate when bundles omit it) and each layer's FFN
 // bundles (count x spacing). PlanResidency decides, in this order of priority:
 //  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
-//  2. otherwise one streaming buffer for FFN chunks (chunk_bundles bundles) is reserved, then
-//     dense layers are pinned in layer order as far as they fit (one buffer for a streamed dense
-//     layer is reserved when any does not), and the rest pins the first bundles of every layer
+//  2. otherwise the embedding is read on demand (when it may be), and chunk_buffers_min streaming
+//  buffers for FFN chunks (chunk_bundles bundles each)
+//     are reserved, then dense layers are pinned in layer order as far as they fit (one buffer
+//     for a streamed dense layer is reserved when any does not), then further chunk buffers up
+//     to chunk_buffers (read-ahead depth), and the rest pins the first bundles of every layer
 //     (hot-first stores put the most frequently firing neurons there) evenly across layers.
-// The minimum budget is the always-resident bytes plus the streaming buffers; a smaller budget is
-// ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
+// The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
+// budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
 #ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 #define FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 
@@ -24,27 +26,39 @@ namespace flashlm::engine {
 
 struct ResidencyInputs {
   uint64_t budget_bytes = 0;  // 0: unlimited
-  uint64_t fixed_bytes = 0;   // always resident
+  uint64_t fixed_bytes = 0;   // always resident (the embedding excluded)
+  // The token embedding: resident when everything fits, else (when embedding_demand_bytes is
+  // not 0) read a row extent at a time on demand through a buffer of embedding_demand_bytes.
+  uint64_t embedding_bytes = 0;
+  uint64_t embedding_demand_bytes = 0;      // 0: must stay resident (e.g. tied to the classifier)
   std::vector<uint64_t> dense_layer_bytes;  // [layer]
   std::vector<uint32_t> layer_bundles;      // [layer] neurons
   uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
   uint64_t chunk_spacing_bytes = 0;         // per bundle in the streaming buffer (0: as above)
   uint32_t chunk_bundles = 256;             // bundles per FFN streaming chunk
-  uint32_t chunk_buffers = 1;               // 2 when the next chunk is read while one computes
+  // FFN chunk buffers: at least chunk_buffers_min (2 when the next chunk is read while one
+  // computes), more up to chunk_buffers when the budget allows (deeper read-ahead).
+  uint32_t chunk_buffers_min = 1;
+  uint32_t chunk_buffers = 1;
+  // Buffer for one streamed dense layer (0: the largest dense_layer_bytes); larger when reads
+  // land with the store's padding and are closed up afterwards.
+  uint64_t dense_stream_bytes_max = 0;
 };
 
 struct ResidencyPlan {
   uint64_t budget_bytes = 0;
-  uint64_t fixed_bytes = 0;
+  uint64_t fixed_bytes = 0;  // the embedding (or its on-demand buffer) included
+  bool embedding_resident = true;
   std::vector<uint8_t> dense_pinned;     // [layer] 1 = resident
   std::vector<uint32_t> pinned_bundles;  // [layer] positions [0, n) resident
   uint64_t pinned_dense_bytes = 0;
   uint64_t pinned_bundle_bytes = 0;
   uint64_t dense_stream_bytes = 0;  // buffer for one streamed dense layer (0: none streams)
-  uint64_t chunk_stream_bytes = 0;  // buffer for one FFN chunk (0: no bundle streams)
+  uint64_t chunk_stream_bytes = 0;  // buffers for FFN chunks (0: no bundle streams)
   uint32_t chunk_bundles = 0;
-  uint64_t model_bytes = 0;         // dense + bundles, all layers
-  uint64_t minimum_bytes = 0;       // smallest budget that runs
+  uint32_t chunk_buffers = 0;  // chunk_stream_bytes holds this many chunks
+  uint64_t model_bytes = 0;    // dense + bundles, all layers
+  uint64_t minimum_bytes = 0;  // smallest budget that runs
 
   uint64_t total_bytes() const {
     return fixed_bytes + pinned_dense_bytes + pinned_bundle_bytes + dense_stream_bytes +

@@ -1,6 +1,7 @@
 #include "engine/streaming_weights.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "engine/kernels.h"
@@ -10,8 +11,8 @@ namespace flashlm::engine {
 namespace {
 
 constexpr uint64_t kAlign = 64;
-constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one direct read
-constexpr uint32_t kQueueDepth = 16;
+constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one direct read (at least, for FFN chunks)
+constexpr uint32_t kJobReadsMax = 8;            // reads per FFN chunk, at most
 // Positions per BundleFfnKernel::Accumulate call (bounds the kernel's scratch, independent of
 // the streaming chunk size).
 constexpr uint32_t kKernelChunk = 256;
@@ -31,55 +32,121 @@ uint64_t StreamingWeightStore::TransformerBytes(const layout::ModelConfig& c,
   const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
   uint64_t floats = b * c.dim + b * std::max<uint64_t>(c.dim, q_dim) + b * q_dim + 2 * b * kv_dim +
                     b * q_dim + b * c.dim + 2 * b * c.hidden_dim + uint64_t{threads} * ctx +
-                    (o.all_logits ? b : 1) * c.vocab_size + 2 * uint64_t{c.n_layers} * ctx * kv_dim +
-                    ctx * c.head_dim;
+                    (o.all_logits ? b : 1) * c.vocab_size +
+                    2 * uint64_t{c.n_layers} * ctx * kv_dim + ctx * c.head_dim;
   const uint32_t widest = std::max<uint32_t>({c.dim, c.hidden_dim, static_cast<uint32_t>(q_dim)});
   return floats * sizeof(float) + MatMulScratchBytes(widest, static_cast<uint32_t>(b)) + 64;
 }
 
 StreamingWeightStore::~StreamingWeightStore() { Drain(); }
 
+Status StreamingWeightStore::QueueRead(uint32_t slot, uint32_t file, uint64_t offset, ByteSpan dst,
+                                       uint64_t read_bytes) {
+  for (uint64_t at = 0; at < dst.size(); at += read_bytes) {
+    if (free_reads_.empty()) return ResourceExhaustedError("streaming: read table full");
+    const uint32_t tag = free_reads_.back();
+    free_reads_.pop_back();
+    const uint64_t len = std::min<uint64_t>(read_bytes, dst.size() - at);
+    reads_[tag] = PendingRead{slot, file, offset + at + len, len};
+    requests_.push_back(
+        storage::ReadRequest{file_ids_[file], offset + at, dst.subspan(at, len), tag});
+    ++slots_[slot].pending;
+  }
+  return Status::Ok();
+}
+
 Status StreamingWeightStore::SubmitJob(uint32_t job, uint32_t slot) {
   const Job& jb = jobs_[job];
   const layout::Extent& e0 = layers_[jb.layer].streamed[jb.first];
-  const uint64_t total = uint64_t{jb.count} * geometry_.stride_bytes;
-  ByteSpan dst = chunk_stream_.span().subspan(slot * chunk_buffer_bytes_, total);
+  Slot& s = slots_[slot];
+  s.job = job;
+  s.error = Status::Ok();
   requests_.clear();
-  for (uint64_t at = 0; at < total; at += kReadMaxBytes) {
-    const uint64_t len = std::min(kReadMaxBytes, total - at);
-    requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + at,
-                                             dst.subspan(at, len),
-                                             len | (uint64_t{slot} << 56)});
+  RETURN_IF_ERROR(
+      QueueRead(slot, e0.file_index, e0.offset_bytes,
+                chunk_stream_.span().subspan(slot * chunk_buffer_bytes_,
+                                             uint64_t{jb.count} * geometry_.stride_bytes),
+                chunk_read_bytes_));
+  return SubmitQueued();
+}
+
+Status StreamingWeightStore::SubmitDense(uint32_t layer) {
+  Slot& s = slots_[chunk_slots_];
+  s.job = layer;
+  s.error = Status::Ok();
+  requests_.clear();
+  for (const DensePiece& piece : dense_pieces_[layer]) {
+    RETURN_IF_ERROR(QueueRead(chunk_slots_, piece.file, piece.offset,
+                              dense_stream_.span().subspan(piece.at, piece.bytes), kReadMaxBytes));
   }
-  RETURN_IF_ERROR(backend_->Submit(requests_));
-  slot_job_[slot] = job;
-  slot_pending_[slot] = static_cast<uint32_t>(requests_.size());
-  slot_error_[slot] = Status::Ok();
+  return SubmitQueued();
+}
+
+Status StreamingWeightStore::SubmitQueued() {
+  Status st = backend_->Submit(requests_);
+  if (!st.ok()) {  // nothing was submitted: give the tags back
+    for (const storage::ReadRequest& r : requests_) {
+      --slots_[reads_[r.tag].slot].pending;
+      free_reads_.push_back(static_cast<uint32_t>(r.tag));
+    }
+  }
+  requests_.clear();
+  return st;
+}
+
+Status StreamingWeightStore::FillRing() {
+  while (ring_count_ < chunk_slots_) {
+    const uint32_t slot = (ring_head_ + ring_count_) % chunk_slots_;
+    RETURN_IF_ERROR(SubmitJob(next_job_, slot));
+    next_job_ = (next_job_ + 1) % static_cast<uint32_t>(jobs_.size());
+    ++ring_count_;
+  }
   return Status::Ok();
+}
+
+Status StreamingWeightStore::WaitSlot(uint32_t slot) {
+  const uint64_t t0 = storage::NowNs();
+  while (slots_[slot].pending > 0) RETURN_IF_ERROR(ReapSome());
+  stats_.io_wait_ns += storage::NowNs() - t0;
+  return slots_[slot].error;
 }
 
 Status StreamingWeightStore::ReapSome() {
   ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
   for (size_t i = 0; i < n; ++i) {
     const storage::ReadCompletion& c = completions_[i];
-    const uint32_t slot = static_cast<uint32_t>(c.tag >> 56);
-    const uint64_t len = c.tag & ((uint64_t{1} << 56) - 1);
-    --slot_pending_[slot];
-    if (!c.status.ok() && slot_error_[slot].ok()) slot_error_[slot] = c.status;
-    // Short only at the end of the data file (the last stride's padding); checksums catch the rest.
-    if (c.status.ok() && c.bytes_read == 0 && len > 0 && slot_error_[slot].ok()) {
-      slot_error_[slot] = IoError("empty read of an FFN chunk");
+    const PendingRead r = reads_[c.tag];
+    free_reads_.push_back(static_cast<uint32_t>(c.tag));
+    Slot& s = slots_[r.slot];
+    --s.pending;
+    if (!s.error.ok()) continue;
+    if (!c.status.ok()) {
+      s.error = c.status;
+    } else if (c.bytes_read < r.len && r.end <= reader_->data_file_bytes(r.file)) {
+      // Short only past the end of the data file (the last extent's padding); checksums
+      // catch anything else.
+      s.error = IoError("short read from the store's data file");
     }
   }
   return Status::Ok();
+}
+
+void StreamingWeightStore::DrainRing() {
+  for (uint32_t k = 0; k < chunk_slots_; ++k) {
+    while (slots_[k].pending > 0) {
+      if (!ReapSome().ok()) return;
+    }
+    slots_[k].job = -1;
+  }
+  ring_head_ = ring_count_ = 0;
 }
 
 void StreamingWeightStore::Drain() {
   while (backend_ && backend_->in_flight() > 0) {
     if (!ReapSome().ok()) break;
   }
-  slot_job_[0] = slot_job_[1] = -1;
-  slot_pending_[0] = slot_pending_[1] = 0;
+  for (Slot& s : slots_) s = Slot();
+  ring_head_ = ring_count_ = 0;
 }
 
 Status StreamingWeightStore::VerifyChunk(const Layer& layer, uint32_t first, uint32_t count,
@@ -91,6 +158,30 @@ Status StreamingWeightStore::VerifyChunk(const Layer& layer, uint32_t first, uin
       return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
                              reader_->DescribeExtent(e.index) + ")");
     }
+  }
+  return Status::Ok();
+}
+
+Status StreamingWeightStore::FinishDense(uint32_t l) {
+  Layer& layer = layers_[l];
+  MatrixView* views[] = {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.gate};
+  const std::vector<DensePiece>& pieces = dense_pieces_[l];
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const DensePiece& piece = pieces[i];
+    std::byte* base = dense_stream_.data() + piece.at;
+    uint64_t at = 0;  // extents are closed up from the front: a move never overwrites unread data
+    for (const layout::Extent& e : piece.extents) {
+      std::byte* src = base + (e.offset_bytes - piece.offset);
+      if (storage::Checksum64(ConstByteSpan(src, e.stored_bytes)) != e.checksum) {
+        return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                               reader_->DescribeExtent(e.index) + ")");
+      }
+      if (src != base + at) std::memmove(base + at, src, e.stored_bytes);
+      at += e.stored_bytes;
+    }
+    const layout::TensorInfo& info = layer.dense[i];
+    *views[i] = MatrixView{info.dtype, static_cast<uint32_t>(info.rows()),
+                           static_cast<uint32_t>(info.cols()), ConstByteSpan(base, at)};
   }
   return Status::Ok();
 }
@@ -115,8 +206,9 @@ Result<std::span<const float>> StreamingWeightStore::LoadVector(const std::strin
     return CorruptionError("tensor " + name + " has " + std::to_string(info->num_values()) +
                            " values, the config implies " + std::to_string(n));
   }
-  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
-                   storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign));
+  ASSIGN_OR_RETURN(
+      storage::AlignedBuffer buf,
+      storage::AlignedBuffer::Allocate(n * sizeof(float), kAlign, /*huge_pages=*/false));
   std::span<float> out(reinterpret_cast<float*>(buf.data()), n);
   RETURN_IF_ERROR(reader_->ReadTensorF32(*info, out).WithContext("reading " + name));
   buffers_.push_back(std::move(buf));
@@ -136,9 +228,10 @@ Result<MatrixView> StreamingWeightStore::LoadMatrix(const std::string& name, uin
                              ", which the out-of-core engine cannot multiply");
   }
   const uint64_t bytes = info->size_bytes();
-  ASSIGN_OR_RETURN(storage::AlignedBuffer buf, storage::AlignedBuffer::Allocate(bytes, kAlign));
-  RETURN_IF_ERROR(reader_->ReadTensor(*info, ByteSpan(buf.data(), bytes))
-                      .WithContext("reading " + name));
+  ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
+                   storage::AlignedBuffer::Allocate(bytes, kAlign, /*huge_pages=*/false));
+  RETURN_IF_ERROR(
+      reader_->ReadTensor(*info, ByteSpan(buf.data(), bytes)).WithContext("reading " + name));
   MatrixView view{info->dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
                   ConstByteSpan(buf.data(), bytes)};
   buffers_.push_back(std::move(buf));
@@ -205,7 +298,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   const layout::TensorInfo* emb = reader_->FindTensor("token_embd.weight");
   const layout::TensorInfo* cls = reader_->FindTensor("output.weight");
   if (emb == nullptr) return NotFoundError("store has no tensor token_embd.weight");
-  fixed += AlignUp64(emb->size_bytes()) + (cls ? AlignUp64(cls->size_bytes()) : 0);
+  fixed += cls ? AlignUp64(cls->size_bytes()) : 0;  // the embedding: below, once the rest is known
   fixed += (2 * uint64_t{c.n_layers} + 1) * AlignUp64(uint64_t{c.dim} * sizeof(float));
   layers_.resize(c.n_layers);
   for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -265,16 +358,110 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   }
   chunk_spacing_ = direct_chunks_ ? geometry_.stride_bytes : spacing_;
   in.chunk_spacing_bytes = chunk_spacing_;
-  // Two buffers when pipelining; each job's reads must fit half the queue.
-  pipeline_ = direct_chunks_ && options.pipeline &&
-              uint64_t{chunk} * chunk_spacing_ <= kReadMaxBytes * (kQueueDepth / 2);
-  in.chunk_buffers = pipeline_ ? 2 : 1;
-  fixed += kQueueDepth * (sizeof(storage::ReadRequest) + 64) + (1u << 16);  // direct reads
+  // Pipelining: a ring of chunk buffers, and streamed attention read straight into its buffer
+  // when every dense tensor is uncompressed extents in file order.
+  pipeline_ = direct_chunks_ && options.pipeline;
+  if (options.chunk_buffers < 2 || options.chunk_buffers > kChunkBuffersMax) {
+    return InvalidArgumentError("chunk buffers must be in [2, " + std::to_string(kChunkBuffersMax) +
+                                "]");
+  }
+  in.chunk_buffers_min = pipeline_ ? 2 : 1;
+  in.chunk_buffers = pipeline_ ? options.chunk_buffers : 1;
+  uint32_t dense_reads_max = 0;
+  if (pipeline_) {
+    dense_direct_ = true;
+    dense_pieces_.resize(c.n_layers);
+    uint64_t need_max = 0;
+    for (uint32_t l = 0; l < c.n_layers && dense_direct_; ++l) {
+      uint64_t need = 0;
+      uint32_t reads = 0;
+      for (const layout::TensorInfo& info : layers_[l].dense) {
+        ASSIGN_OR_RETURN(std::vector<layout::Extent> ext,
+                         reader_->DenseExtents(info.name, 0, info.rows()));
+        DensePiece piece;
+        uint64_t raw = 0, end = 0;
+        for (const layout::Extent& e : ext) {
+          dense_direct_ = dense_direct_ && e.codec == layout::Codec::kNone &&
+                          e.stored_bytes == e.raw_bytes && e.file_index == ext[0].file_index &&
+                          e.offset_bytes >= end;
+          end = e.offset_bytes + e.stored_bytes;
+          raw += e.raw_bytes;
+        }
+        if (!dense_direct_ || ext.empty() || raw != info.size_bytes()) {
+          dense_direct_ = false;
+          break;
+        }
+        const uint64_t a = files_[ext[0].file_index].required_alignment_bytes();
+        piece.file = ext[0].file_index;
+        piece.offset = ext[0].offset_bytes;
+        piece.bytes = (end - piece.offset + a - 1) / a * a;
+        piece.at = need;
+        piece.extents = std::move(ext);
+        need += (piece.bytes + 4095) / 4096 * 4096;
+        reads += static_cast<uint32_t>((piece.bytes + kReadMaxBytes - 1) / kReadMaxBytes);
+        dense_pieces_[l].push_back(std::move(piece));
+      }
+      need_max = std::max(need_max, need);
+      dense_reads_max = std::max(dense_reads_max, reads);
+    }
+    if (dense_direct_) {
+      in.dense_stream_bytes_max = need_max;
+    } else {
+      dense_pieces_.clear();
+      dense_reads_max = 0;
+    }
+  }
+  // An FFN chunk is read in at most kJobReadsMax reads of at least kReadMaxBytes.
+  const uint64_t job_bytes = uint64_t{chunk} * chunk_spacing_;
+  chunk_read_bytes_ =
+      std::max<uint64_t>(kReadMaxBytes, (job_bytes / kJobReadsMax + kReadMaxBytes - 1) /
+                                            kReadMaxBytes * kReadMaxBytes);
+  const uint32_t job_reads =
+      static_cast<uint32_t>((job_bytes + chunk_read_bytes_ - 1) / chunk_read_bytes_);
+  // The read table is counted at its bound for any pipelining options, so that the plan's
+  // always-resident part does not depend on them.
+  uint64_t dense_reads_bound = 0;
+  for (const Layer& layer : layers_) {
+    uint64_t reads = 0;
+    for (const layout::TensorInfo& info : layer.dense) {
+      reads += info.size_bytes() / kReadMaxBytes + 2;
+    }
+    dense_reads_bound = std::max(dense_reads_bound, reads);
+  }
+  fixed += (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound) *
+               (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) +
+                sizeof(PendingRead) + sizeof(uint32_t)) +
+           (1u << 16) +       // direct reads
+           2 * (2ull << 20);  // the two streaming buffers round up to huge pages
+  // The embedding is resident when everything fits (or when it is the classifier too);
+  // otherwise its rows are read on demand, one extent (a few rows) at a time.
+  in.embedding_bytes = AlignUp64(emb->size_bytes());
+  if (cls != nullptr) {
+    ASSIGN_OR_RETURN(embedding_location_, reader_->LocateTensor("token_embd.weight"));
+    const layout::TensorRecord& rec = embedding_location_.record;
+    if (rec.placement != static_cast<uint8_t>(layout::Placement::kDense) ||
+        rec.rows_per_extent == 0 || emb->shape.size() != 2 || emb->rows() != c.vocab_size ||
+        emb->cols() != c.dim || !MatMulSupports(emb->dtype)) {
+      return CorruptionError("tensor token_embd.weight has a layout the engine cannot read");
+    }
+    in.embedding_demand_bytes = AlignUp64(std::min<uint64_t>(rec.rows_per_extent, c.vocab_size) *
+                                          layout::RowBytes(emb->dtype, c.dim));
+  }
   in.fixed_bytes = fixed;
   ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+  embedding_on_demand_ = !plan_.embedding_resident;
+  if (embedding_on_demand_) {
+    ASSIGN_OR_RETURN(embedding_extent_,
+                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, kAlign,
+                                                      /*huge_pages=*/false));
+  }
+  chunk_slots_ = std::max<uint32_t>(plan_.chunk_buffers, 1);
+  const uint32_t queue_depth = chunk_slots_ * job_reads + dense_reads_max;
 
   // Globals and norms.
-  ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  if (!embedding_on_demand_) {
+    ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
+  }
   ASSIGN_OR_RETURN(output_norm_, LoadVector("output_norm.weight", c.dim));
   if (cls != nullptr) {
     ASSIGN_OR_RETURN(classifier_, LoadMatrix("output.weight", c.vocab_size, c.dim));
@@ -291,17 +478,18 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(p + "ffn_norm.weight", c.dim));
     layer.dense_pinned = plan_.dense_pinned[l] != 0;
     if (layer.dense_pinned) {
-      ASSIGN_OR_RETURN(storage::AlignedBuffer buf,
-                       storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign));
+      ASSIGN_OR_RETURN(
+          storage::AlignedBuffer buf,
+          storage::AlignedBuffer::Allocate(layer.dense_bytes, kAlign, /*huge_pages=*/false));
       RETURN_IF_ERROR(ReadDense(layer, buf.span(), /*assign_views=*/true));
       buffers_.push_back(std::move(buf));
     }
     layer.pinned = plan_.pinned_bundles[l];
     if (layer.pinned > 0) {
       ASSIGN_OR_RETURN(layer.prefix,
-                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign));
-      ASSIGN_OR_RETURN(std::vector<layout::Extent> ext,
-                       reader_->BundleExtents(l, 0, layer.pinned));
+                       storage::AlignedBuffer::Allocate(uint64_t{layer.pinned} * spacing_, kAlign,
+                                                        /*huge_pages=*/false));
+      ASSIGN_OR_RETURN(std::vector<layout::Extent> ext, reader_->BundleExtents(l, 0, layer.pinned));
       std::vector<ByteSpan> outs;
       outs.reserve(ext.size());
       for (uint32_t k = 0; k < layer.pinned; ++k) {
@@ -310,8 +498,8 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
         }
         outs.push_back(layer.prefix.span().subspan(uint64_t{k} * spacing_, geometry_.bundle_bytes));
       }
-      RETURN_IF_ERROR(reader_->ReadExtents(ext, outs)
-                          .WithContext("reading FFN layer " + std::to_string(l)));
+      RETURN_IF_ERROR(
+          reader_->ReadExtents(ext, outs).WithContext("reading FFN layer " + std::to_string(l)));
     }
     if (layer.pinned < c.hidden_dim) {
       ASSIGN_OR_RETURN(layer.streamed,
@@ -326,29 +514,32 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   // Streaming buffers.
   if (plan_.dense_stream_bytes > 0) {
     ASSIGN_OR_RETURN(dense_stream_,
-                     storage::AlignedBuffer::Allocate(plan_.dense_stream_bytes, kAlign));
+                     storage::AlignedBuffer::Allocate(plan_.dense_stream_bytes, 4096));
   }
   if (plan_.chunk_stream_bytes > 0) {
     ASSIGN_OR_RETURN(chunk_stream_,
                      storage::AlignedBuffer::Allocate(plan_.chunk_stream_bytes, 4096));
     chunk_buffer_bytes_ = uint64_t{plan_.chunk_bundles} * chunk_spacing_;
     for (uint32_t k = 0; k < plan_.chunk_bundles; ++k) {
-      chunk_outs_.push_back(chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_,
-                                                         geometry_.bundle_bytes));
-    }
-    if (direct_chunks_) {
-      storage::ReadBackendOptions bo;
-      bo.queue_depth_max = kQueueDepth;
-      bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
-      ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options.backend, bo));
-      for (const storage::File& f : files_) {
-        ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
-        file_ids_.push_back(id);
-      }
-      requests_.reserve(kQueueDepth);
-      completions_.resize(kQueueDepth);
+      chunk_outs_.push_back(
+          chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_, geometry_.bundle_bytes));
     }
   }
+  if (direct_chunks_ && plan_.streams()) {
+    storage::ReadBackendOptions bo;
+    bo.queue_depth_max = queue_depth;
+    bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
+    ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options.backend, bo));
+    for (const storage::File& f : files_) {
+      ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
+      file_ids_.push_back(id);
+    }
+    requests_.reserve(queue_depth);
+    completions_.resize(queue_depth);
+    reads_.resize(queue_depth);
+    for (uint32_t t = queue_depth; t > 0; --t) free_reads_.push_back(t - 1);
+  }
+  slots_.assign(chunk_slots_ + 1, Slot());
   if (plan_.chunk_stream_bytes == 0) pipeline_ = false;
   if (pipeline_) {
     for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -360,22 +551,83 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     }
     if (jobs_.empty()) pipeline_ = false;
   }
-  ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(geometry_, c.hidden_dim,
-                                                    static_cast<uint32_t>(max_batch), kernel_chunk,
-                                                    c.activation == layout::Activation::kRelu,
-                                                    pool_));
+  // Streamed attention through the prefetching buffer (even when every bundle is resident).
+  bool any_streamed = false;
+  for (uint32_t l = 0; l < c.n_layers; ++l) any_streamed |= !layers_[l].dense_pinned;
+  dense_direct_ = dense_direct_ && any_streamed && backend_ != nullptr;
+  if (dense_direct_) {
+    next_dense_.assign(c.n_layers, 0);
+    for (uint32_t l = 0; l < c.n_layers; ++l) {
+      for (uint32_t k = 1; k <= c.n_layers; ++k) {
+        const uint32_t m = (l + k) % c.n_layers;
+        if (!layers_[m].dense_pinned) {
+          next_dense_[l] = m;
+          break;
+        }
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(kernel_, BundleFfnKernel::Create(
+                                geometry_, c.hidden_dim, static_cast<uint32_t>(max_batch),
+                                kernel_chunk, c.activation == layout::Activation::kRelu, pool_));
   ResetStats();
   return Status::Ok();
 }
 
+Status StreamingWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
+  if (!embedding_on_demand_) {
+    return layout::DequantizeRow(embedding_.dtype, embedding_.row(token), out);
+  }
+  const layout::TensorInfo& info = embedding_location_.info;
+  const layout::TensorRecord& rec = embedding_location_.record;
+  const uint64_t row_bytes = layout::RowBytes(info.dtype, config_.dim);
+  const uint64_t index = rec.first_extent + token / rec.rows_per_extent;
+  if (index != embedding_extent_index_) {
+    embedding_extent_index_ = UINT64_MAX;
+    ASSIGN_OR_RETURN(layout::Extent e, reader_->GetExtent(index));
+    if (e.raw_bytes > embedding_extent_.size_bytes() || e.raw_bytes % row_bytes != 0) {
+      return CorruptionError("token_embd.weight extent " + std::to_string(index) +
+                             " has an unexpected size");
+    }
+    const uint64_t t0 = storage::NowNs();
+    RETURN_IF_ERROR(reader_->ReadExtent(e, embedding_extent_.span().subspan(0, e.raw_bytes))
+                        .WithContext("reading token_embd.weight"));
+    stats_.io_wait_ns += storage::NowNs() - t0;
+    stats_.bytes_requested += e.stored_bytes;
+    embedding_extent_index_ = index;
+    embedding_extent_rows_ = e.raw_bytes / row_bytes;
+  }
+  const uint64_t r = token % rec.rows_per_extent;
+  if (r >= embedding_extent_rows_) {
+    return CorruptionError("token_embd.weight extent " + std::to_string(index) + " lacks row " +
+                           std::to_string(token));
+  }
+  return layout::DequantizeRow(
+      info.dtype, ConstByteSpan(embedding_extent_.data() + r * row_bytes, row_bytes), out);
+}
+
 Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {
   if (l >= layers_.size()) return InvalidArgumentError("layer index out of range");
+  if (l == 0) ++stats_.passes;
   Layer& layer = layers_[l];
   if (!layer.dense_pinned) {
-    const uint64_t t0 = storage::NowNs();
     for (const layout::TensorInfo& info : layer.dense) stats_.bytes_requested += info.size_bytes();
-    RETURN_IF_ERROR(ReadDense(layer, dense_stream_.span(), /*assign_views=*/true));
-    stats_.io_wait_ns += storage::NowNs() - t0;
+    if (dense_direct_) {
+      Slot& d = slots_[chunk_slots_];
+      if (d.job != static_cast<int64_t>(l)) {  // not prefetched (first pass, or after an error)
+        const Status landed = WaitSlot(chunk_slots_);
+        (void)landed;
+        RETURN_IF_ERROR(SubmitDense(l));
+      }
+      Status st = WaitSlot(chunk_slots_);
+      if (st.ok()) st = FinishDense(l);
+      d.job = -1;  // consumed: the next Forward may refill the buffer
+      RETURN_IF_ERROR(st.WithContext("attention of layer " + std::to_string(l)));
+    } else {
+      const uint64_t t0 = storage::NowNs();
+      RETURN_IF_ERROR(ReadDense(layer, dense_stream_.span(), /*assign_views=*/true));
+      stats_.io_wait_ns += storage::NowNs() - t0;
+    }
   }
   LayerWeights w;
   w.attn_norm = layer.attn_norm;
@@ -393,8 +645,14 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
   Layer& layer = layers_[l];
   const uint32_t hidden = config_.hidden_dim;
   const uint32_t chunk = kernel_->chunk_max();
-  kernel_->Begin(xb, n, out, geometry_.has_gate() ? nullptr : &layer.gate,
-                 reader_->Permutation(l));
+  kernel_->Begin(xb, n, out, geometry_.has_gate() ? nullptr : &layer.gate, reader_->Permutation(l));
+  if (dense_direct_ && slots_[chunk_slots_].job != static_cast<int64_t>(next_dense_[l])) {
+    // This layer's attention (and dense gate) are consumed: refill the buffer with the next
+    // streamed layer's while the FFN computes.
+    const Status landed = WaitSlot(chunk_slots_);  // a read for another layer (after an error)
+    (void)landed;
+    RETURN_IF_ERROR(SubmitDense(next_dense_[l]));
+  }
   for (uint32_t p = 0; p < layer.pinned; p += chunk) {
     const uint32_t count = std::min(chunk, layer.pinned - p);
     kernel_->Accumulate(layer.prefix.data() + uint64_t{p} * spacing_, spacing_, p, count);
@@ -405,30 +663,17 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
     const uint32_t count = std::min(stream_chunk, hidden - p);
     if (pipeline_) {
       const uint32_t j = job_first_[l] + (p - layer.pinned) / stream_chunk;
-      uint32_t cur = cur_slot_;
-      if (slot_job_[cur] != static_cast<int64_t>(j)) {  // cold start, or out of step after an error
-        Drain();
-        cur = cur_slot_ = 0;
-        RETURN_IF_ERROR(SubmitJob(j, cur));
+      if (ring_count_ == 0 || slots_[ring_head_].job != static_cast<int64_t>(j)) {
+        DrainRing();  // cold start, or out of step after an error
+        next_job_ = j;
       }
-      const uint32_t other = cur ^ 1;
-      if (slot_job_[other] < 0) {
-        RETURN_IF_ERROR(SubmitJob((j + 1) % static_cast<uint32_t>(jobs_.size()), other));
-      }
-      const uint64_t t0 = storage::NowNs();
-      while (slot_pending_[cur] > 0) {
-        Status st = ReapSome();
-        if (!st.ok()) {
-          Drain();
-          return st;
-        }
-      }
-      stats_.io_wait_ns += storage::NowNs() - t0;
+      const uint32_t cur = ring_head_;
+      Status st = FillRing();
+      if (st.ok()) st = WaitSlot(cur);
       const std::byte* base = chunk_stream_.data() + cur * chunk_buffer_bytes_;
-      Status st = slot_error_[cur];
       if (st.ok()) st = VerifyChunk(layer, p - layer.pinned, count, base);
       if (!st.ok()) {
-        Drain();
+        DrainRing();
         return st.WithContext("FFN layer " + std::to_string(l));
       }
       stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
@@ -437,26 +682,29 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
         kernel_->Accumulate(base + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
                             std::min(chunk, count - q));
       }
-      slot_job_[cur] = -1;
-      cur_slot_ = other;
+      slots_[cur].job = -1;
+      ring_head_ = (ring_head_ + 1) % chunk_slots_;
+      --ring_count_;
+      RETURN_IF_ERROR(FillRing());
       continue;
     }
-    const uint64_t t0 = storage::NowNs();
-    if (direct_chunks_) {
+    if (direct_chunks_) {  // waits for its reads (counted as I/O wait)
       RETURN_IF_ERROR(ReadChunkDirect(layer, p - layer.pinned, count)
                           .WithContext("FFN layer " + std::to_string(l)));
     } else {
-      RETURN_IF_ERROR(reader_->ReadExtents(
-          std::span<const layout::Extent>(layer.streamed.data() + (p - layer.pinned), count),
-          std::span<const ByteSpan>(chunk_outs_.data(), count))
-          .WithContext("FFN layer " + std::to_string(l)));
+      const uint64_t t0 = storage::NowNs();
+      RETURN_IF_ERROR(reader_
+                          ->ReadExtents(std::span<const layout::Extent>(
+                                            layer.streamed.data() + (p - layer.pinned), count),
+                                        std::span<const ByteSpan>(chunk_outs_.data(), count))
+                          .WithContext("FFN layer " + std::to_string(l)));
+      stats_.io_wait_ns += storage::NowNs() - t0;
     }
-    stats_.io_wait_ns += storage::NowNs() - t0;
     stats_.bytes_requested += uint64_t{count} * geometry_.bundle_bytes;
     stats_.bundles_streamed += count;
     for (uint32_t q = 0; q < count; q += chunk) {
-      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * chunk_spacing_, chunk_spacing_, p + q,
-                          std::min(chunk, count - q));
+      kernel_->Accumulate(chunk_stream_.data() + uint64_t{q} * chunk_spacing_, chunk_spacing_,
+                          p + q, std::min(chunk, count - q));
     }
   }
   return Status::Ok();
@@ -464,55 +712,16 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
 
 Status StreamingWeightStore::ReadChunkDirect(const Layer& layer, uint32_t first, uint32_t count) {
   const layout::Extent& e0 = layer.streamed[first];
-  const storage::File& file = files_[e0.file_index];
-  const uint64_t align = std::max<uint64_t>(file.required_alignment_bytes(), 1);
-  if (e0.offset_bytes % align != 0 || geometry_.stride_bytes % align != 0) {
-    return InvalidArgumentError("bundle stride not a multiple of the O_DIRECT alignment");
-  }
-  const uint64_t total = uint64_t{count} * geometry_.stride_bytes;
-  const uint64_t file_bytes = reader_->data_file_bytes(e0.file_index);
-  Status first_error;
-  // Reads of at most kReadMaxBytes, kQueueDepth in flight, straight into chunk_stream_.
-  uint64_t next = 0, done = 0;
-  size_t in_flight = 0;
-  while (done < total) {
-    requests_.clear();
-    while (next < total && in_flight + requests_.size() < kQueueDepth) {
-      const uint64_t len = std::min(kReadMaxBytes, total - next);
-      requests_.push_back(storage::ReadRequest{file_ids_[e0.file_index], e0.offset_bytes + next,
-                                               chunk_stream_.span().subspan(next, len), len});
-      next += len;
-    }
-    if (!requests_.empty()) {
-      RETURN_IF_ERROR(backend_->Submit(requests_));
-      in_flight += requests_.size();
-    }
-    ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
-    for (size_t i = 0; i < n; ++i) {
-      --in_flight;
-      const storage::ReadCompletion& c = completions_[i];
-      done += c.tag;  // the request's length
-      if (!c.status.ok() && first_error.ok()) first_error = c.status;
-      // A short read is fine only past the end of the file (the last stride's padding).
-      if (c.status.ok() && c.bytes_read < c.tag && first_error.ok()) {
-        const uint64_t end = e0.offset_bytes + total;
-        if (end <= file_bytes || c.bytes_read == 0) {
-          first_error = IoError("short read of an FFN chunk");
-        }
-      }
-    }
-  }
-  RETURN_IF_ERROR(first_error);
-  for (uint32_t k = 0; k < count; ++k) {
-    const layout::Extent& e = layer.streamed[first + k];
-    ConstByteSpan bytes(chunk_stream_.data() + uint64_t{k} * geometry_.stride_bytes,
-                        geometry_.bundle_bytes);
-    if (storage::Checksum64(bytes) != e.checksum) {
-      return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
-                             reader_->DescribeExtent(e.index) + ")");
-    }
-  }
-  return Status::Ok();
+  Slot& slot = slots_[0];
+  slot.error = Status::Ok();
+  requests_.clear();
+  RETURN_IF_ERROR(
+      QueueRead(0, e0.file_index, e0.offset_bytes,
+                chunk_stream_.span().subspan(0, uint64_t{count} * geometry_.stride_bytes),
+                chunk_read_bytes_));
+  RETURN_IF_ERROR(SubmitQueued());
+  RETURN_IF_ERROR(WaitSlot(0));
+  return VerifyChunk(layer, first, count, chunk_stream_.data());
 }
 
 StreamingStats StreamingWeightStore::stats() const {

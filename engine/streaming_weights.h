@@ -12,8 +12,14 @@
 // the bundles by BundleFfnKernel (LayerWeights::ffn), so the result does not depend on the
 // budget.
 //
-// Current limits (see the report of issue 5): reads are synchronous (no prefetch of layer L+1
-// yet) and go through the reader's bounce buffer; the reader allocates small vectors per call.
+// Pipelining (StreamingOptions::pipeline): the streamed reads of a pass form a fixed, cyclic
+// schedule (layer 0's chunks, layer 1's, ..., then the next pass). A ring of chunk buffers keeps
+// the next chunks in flight while one computes, and the single attention buffer is refilled with
+// the next streamed layer as soon as this layer's FFN begins, so AcquireLayer rarely waits. The
+// attention views of a streamed layer are therefore valid only until its FFN (LayerWeights::ffn)
+// begins, which is when the forward pass stops using them. Reads land straight in the buffers
+// (O_DIRECT, registered with the backend) and are verified in place; nothing is allocated per
+// token on this path. The embedding is read a row extent at a time when it is not resident.
 // Not thread-safe: one forward pass uses one store.
 #ifndef FLASHLM_ENGINE_STREAMING_WEIGHTS_H_
 #define FLASHLM_ENGINE_STREAMING_WEIGHTS_H_
@@ -36,28 +42,33 @@
 
 namespace flashlm::engine {
 
+inline constexpr uint32_t kChunkBuffersMax = 64;
+
 struct StreamingOptions {
-  uint64_t budget_bytes = 0;        // 0: unlimited (everything resident)
-  TransformerOptions transformer;   // as the Transformer will be created (KV cache size)
-  uint32_t chunk_bundles = 256;     // FFN bundles per streamed chunk
+  uint64_t budget_bytes = 0;       // 0: unlimited (everything resident)
+  TransformerOptions transformer;  // as the Transformer will be created (KV cache size)
+  uint32_t chunk_bundles = 256;    // FFN bundles per streamed chunk
   storage::BackendKind backend = storage::BackendKind::kAuto;
-  bool direct = true;               // O_DIRECT data files
+  bool direct = true;  // O_DIRECT data files
   // Read each FFN chunk as one contiguous range (large reads) when the store allows it;
   // false: one read per bundle through StoreReader::ReadExtents.
   bool direct_chunks = true;
-  // With direct chunks: read the next chunk (crossing into the next layer and the next token)
-  // into a second buffer while the current one computes.
+  // With direct chunks: keep the next chunks (crossing into the next layer and the next token)
+  // in flight in further buffers while one computes, and read the next streamed layer's
+  // attention while this layer's FFN computes. false: every read is waited for when needed.
   bool pipeline = true;
+  uint32_t chunk_buffers = 4;  // FFN chunk buffers when pipelining, in [2, kChunkBuffersMax]
 };
 
 // Counters since Open or the last ResetStats.
 struct StreamingStats {
-  uint64_t bytes_requested = 0;  // raw bytes of the extents streamed
-  uint64_t bytes_read = 0;       // bytes the backend read (aligned covers)
-  uint64_t reads = 0;            // reads the backend issued
-  uint64_t io_wait_ns = 0;       // time spent waiting for streamed reads
-  uint64_t bundles_resident = 0; // FFN bundles used from DRAM
-  uint64_t bundles_streamed = 0; // FFN bundles read from flash
+  uint64_t bytes_requested = 0;   // raw bytes of the extents streamed
+  uint64_t bytes_read = 0;        // bytes the backend read (aligned covers)
+  uint64_t reads = 0;             // reads the backend issued
+  uint64_t io_wait_ns = 0;        // time spent waiting for streamed reads
+  uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
+  uint64_t bundles_streamed = 0;  // FFN bundles read from flash
+  uint64_t passes = 0;            // forward passes (a batch of tokens, e.g. a prompt, is one)
   double hit_rate() const {
     const uint64_t all = bundles_resident + bundles_streamed;
     return all ? static_cast<double>(bundles_resident) / all : 1.0;
@@ -76,7 +87,9 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   ~StreamingWeightStore() override;
 
   const layout::ModelConfig& config() const override { return config_; }
-  const MatrixView& token_embedding() const override { return embedding_; }
+  Status EmbedToken(uint32_t token, std::span<float> out) override;
+  // True when embedding rows are read from flash as tokens need them (not resident).
+  bool embedding_on_demand() const { return embedding_on_demand_; }
   std::span<const float> output_norm() const override { return output_norm_; }
   const MatrixView& classifier() const override { return classifier_; }
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;
@@ -86,8 +99,10 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   const ResidencyPlan& plan() const { return plan_; }
   // True when FFN chunks are read as contiguous file ranges (else one read per bundle).
   bool direct_chunks() const { return direct_chunks_; }
-  // True when the next FFN chunk is in flight while one computes.
+  // True when the next FFN chunks are in flight while one computes.
   bool pipelined() const { return pipeline_; }
+  // True when streamed attention layers are read ahead (while the previous FFN computes).
+  bool attention_prefetched() const { return dense_direct_; }
   StreamingStats stats() const;
   void ResetStats();
 
@@ -99,7 +114,7 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
  private:
   struct Layer {
     std::span<const float> attn_norm, ffn_norm;
-    MatrixView wq, wk, wv, wo, gate;  // gate only for kGateSeparate bundles
+    MatrixView wq, wk, wv, wo, gate;        // gate only for kGateSeparate bundles
     std::vector<layout::TensorInfo> dense;  // wq, wk, wv, wo (, gate)
     uint64_t dense_bytes = 0;
     bool dense_pinned = false;
@@ -121,11 +136,16 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   layout::ModelConfig config_;
   ResidencyPlan plan_;
   std::vector<storage::AlignedBuffer> buffers_;  // globals and pinned dense tensors
-  MatrixView embedding_, classifier_;
+  MatrixView embedding_, classifier_;            // embedding_ empty when read on demand
+  bool embedding_on_demand_ = false;
+  layout::TensorLocation embedding_location_;
+  storage::AlignedBuffer embedding_extent_;       // one extent of embedding rows
+  uint64_t embedding_extent_index_ = UINT64_MAX;  // which one it holds
+  uint64_t embedding_extent_rows_ = 0;
   std::span<const float> output_norm_;
   std::vector<Layer> layers_;
   layout::BundleGeometry geometry_;
-  uint64_t spacing_ = 0;            // DRAM bytes per bundle
+  uint64_t spacing_ = 0;  // DRAM bytes per bundle
   std::unique_ptr<BundleFfnKernel> kernel_;
   storage::AlignedBuffer dense_stream_;  // one streamed layer's attention
   storage::AlignedBuffer chunk_stream_;  // one chunk of streamed bundles
@@ -141,22 +161,56 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   std::unique_ptr<storage::ReadBackend> backend_;
   std::vector<storage::ReadRequest> requests_;
   std::vector<storage::ReadCompletion> completions_;
-  // Pipelining (two chunk buffers): the static schedule of streamed chunks, all layers in order.
+  // Pipelining: the static schedule of streamed FFN chunks, all layers in order, consumed
+  // cyclically through a ring of chunk buffers; slot K (= chunk_slots_) is the attention buffer.
   struct Job {
     uint32_t layer = 0, first = 0, count = 0;  // first: index into Layer::streamed
   };
+  struct Slot {
+    int64_t job = -1;      // FFN: job index; attention slot: layer; -1 = free
+    uint32_t pending = 0;  // reads in flight
+    Status error;          // first failure among its reads
+  };
+  struct PendingRead {  // one read in flight, indexed by its tag
+    uint32_t slot = 0;
+    uint32_t file = 0;  // data file index
+    uint64_t end = 0;   // file offset one past the read
+    uint64_t len = 0;
+  };
+  // Where one dense tensor of a streamed layer lands: the file range covering its extents is
+  // read to `at` in dense_stream_, verified, then the extents are closed up (padding removed).
+  struct DensePiece {
+    uint32_t file = 0;
+    uint64_t offset = 0, bytes = 0;  // aligned file range
+    uint64_t at = 0;                 // position in dense_stream_
+    std::vector<layout::Extent> extents;
+  };
+  // Appends reads of at most read_bytes covering dst to requests_ (not yet submitted).
+  Status QueueRead(uint32_t slot, uint32_t file, uint64_t offset, ByteSpan dst,
+                   uint64_t read_bytes);
   Status SubmitJob(uint32_t job, uint32_t slot);
+  Status SubmitDense(uint32_t layer);
+  Status SubmitQueued();  // submits requests_ (all or none)
+  Status FillRing();
+  Status WaitSlot(uint32_t slot);
   Status ReapSome();
+  void DrainRing();
   void Drain();
   Status VerifyChunk(const Layer& layer, uint32_t first, uint32_t count, const std::byte* base);
+  Status FinishDense(uint32_t layer);
   bool pipeline_ = false;
-  uint64_t chunk_buffer_bytes_ = 0;    // one buffer
+  uint64_t chunk_buffer_bytes_ = 0;  // one buffer
+  uint64_t chunk_read_bytes_ = 0;    // largest read of an FFN chunk
   std::vector<Job> jobs_;
-  std::vector<uint32_t> job_first_;    // [layer] index of its first job
-  int64_t slot_job_[2] = {-1, -1};     // job whose reads target the slot, -1 = free
-  uint32_t slot_pending_[2] = {0, 0};  // reads in flight per slot
-  Status slot_error_[2];
-  uint32_t cur_slot_ = 0;
+  std::vector<uint32_t> job_first_;  // [layer] index of its first job
+  uint32_t chunk_slots_ = 0;
+  std::vector<Slot> slots_;  // chunk_slots_ chunk buffers, then the attention buffer
+  uint32_t ring_head_ = 0, ring_count_ = 0, next_job_ = 0;
+  std::vector<PendingRead> reads_;    // by tag
+  std::vector<uint32_t> free_reads_;  // free tags
+  bool dense_direct_ = false;         // streamed attention read as DensePieces (pipelined)
+  std::vector<std::vector<DensePiece>> dense_pieces_;  // [layer], streamed layers only
+  std::vector<uint32_t> next_dense_;  // [layer] next streamed attention layer, cyclically
   StreamingStats stats_;
   uint64_t backend_bytes_base_ = 0, backend_reads_base_ = 0;
 };

@@ -146,14 +146,12 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
     return InvalidArgumentError("Forward: position beyond the context of " +
                                 std::to_string(max_context_));
   }
-  const MatrixView& emb = weights_.token_embedding();
   for (uint32_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || static_cast<uint32_t>(tokens[t]) >= c.vocab_size) {
       return InvalidArgumentError("Forward: token id out of range");
     }
-    RETURN_IF_ERROR(
-        layout::DequantizeRow(emb.dtype, emb.row(static_cast<uint32_t>(tokens[t])),
-                              std::span<float>(x_.data() + uint64_t{t} * c.dim, c.dim)));
+    RETURN_IF_ERROR(weights_.EmbedToken(static_cast<uint32_t>(tokens[t]),
+                                        std::span<float>(x_.data() + uint64_t{t} * c.dim, c.dim)));
   }
   const bool relu = c.activation == layout::Activation::kRelu;
   for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -183,8 +181,8 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
               c.norm_eps, std::span<float>(xb_.data() + uint64_t{t} * c.dim, c.dim));
     }
     if (w.ffn != nullptr) {  // out-of-core bundles: the store computes the FFN
-      RETURN_IF_ERROR(w.ffn->Forward(l, std::span<const float>(xb_.data(), uint64_t{n} * c.dim),
-                                     n, std::span<float>(proj_.data(), uint64_t{n} * c.dim)));
+      RETURN_IF_ERROR(w.ffn->Forward(l, std::span<const float>(xb_.data(), uint64_t{n} * c.dim), n,
+                                     std::span<float>(proj_.data(), uint64_t{n} * c.dim)));
     } else {
       MatMul(w.gate, xb_, n, hb_, scratch_span_, pool_);
       MatMul(w.up, xb_, n, hb2_, scratch_span_, pool_);

@@ -97,4 +97,8 @@ Result<LayerWeights> DramWeightStore::AcquireLayer(uint32_t layer) {
   return layers_[layer];
 }
 
+Status DramWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
+  return layout::DequantizeRow(embedding_.dtype, embedding_.row(token), out);
+}
+
 }  // namespace flashlm::engine

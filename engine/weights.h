@@ -55,8 +55,10 @@ class WeightStore {
  public:
   virtual ~WeightStore() = default;
   virtual const layout::ModelConfig& config() const = 0;
-  // vocab x dim; any dtype DequantizeRow handles.
-  virtual const MatrixView& token_embedding() const = 0;
+  // Writes row `token` of the token embedding (vocab x dim) as dim floats into out.
+  // Precondition: token < vocab_size, out.size() == dim. Errors: IoError/Corruption from a store
+  // that reads embedding rows from flash on demand.
+  virtual Status EmbedToken(uint32_t token, std::span<float> out) = 0;
   virtual std::span<const float> output_norm() const = 0;  // dim
   // vocab x dim (the embedding itself when tied).
   virtual const MatrixView& classifier() const = 0;
@@ -75,7 +77,8 @@ class DramWeightStore final : public WeightStore {
   static Result<std::unique_ptr<DramWeightStore>> Load(layout::Checkpoint& checkpoint);
 
   const layout::ModelConfig& config() const override { return config_; }
-  const MatrixView& token_embedding() const override { return embedding_; }
+  Status EmbedToken(uint32_t token, std::span<float> out) override;
+  const MatrixView& token_embedding() const { return embedding_; }
   std::span<const float> output_norm() const override { return output_norm_; }
   const MatrixView& classifier() const override { return classifier_; }
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;

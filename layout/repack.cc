@@ -128,7 +128,9 @@ Status Repacker::WriteDense(const TensorInfo& t) {
   std::vector<std::byte>& src = src_buf_;  // whole tensor, source dtype
   src.resize(t.size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(t, src));
-  const uint64_t rows_per_extent = std::max<uint64_t>(1, o_.dense_extent_bytes_max / out_row);
+  const uint64_t extent_max =
+      t.name == "token_embd.weight" ? o_.embedding_extent_bytes_max : o_.dense_extent_bytes_max;
+  const uint64_t rows_per_extent = std::max<uint64_t>(1, extent_max / out_row);
   std::vector<std::byte>& chunk = chunk_buf_;  // rows_per_extent rows in `to`
   std::vector<float> f32(cols);                // one row
   TensorRecord rec{};
@@ -352,7 +354,9 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
     return InvalidArgumentError("store dtype must be f32, f16, q8_0 or q4_0, not " +
                                 std::string(DTypeName(*options.dtype)));
   }
-  if (options.dense_extent_bytes_max == 0) return InvalidArgumentError("dense extent size is 0");
+  if (options.dense_extent_bytes_max == 0 || options.embedding_extent_bytes_max == 0) {
+    return InvalidArgumentError("dense extent size is 0");
+  }
   if (!(options.hot_threshold >= 0.0 && options.hot_threshold <= 1.0)) {
     return InvalidArgumentError("hot threshold must be in [0, 1]");
   }
@@ -395,6 +399,7 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   layout["zstd_level"] = options.zstd_level;
   layout["zstd_min_saving"] = options.zstd_min_saving;
   layout["dense_extent_bytes_max"] = options.dense_extent_bytes_max;
+  layout["embedding_extent_bytes_max"] = options.embedding_extent_bytes_max;
   writer->PutText(std::string(catalog_key::kLayout), layout.dump(2));
 
   nlohmann::json prov;

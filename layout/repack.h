@@ -47,6 +47,9 @@ struct RepackOptions {
   int zstd_level = 3;
   double zstd_min_saving = 0.10;
   uint64_t dense_extent_bytes_max = 4u << 20;
+  // token_embd.weight in smaller extents: the engine reads embedding rows on demand, one extent
+  // per lookup, when the embedding is not resident.
+  uint64_t embedding_extent_bytes_max = 64u << 10;
   std::string source_path;  // recorded (with its XXH3-64) in the provenance; may be empty
   std::function<void(const RepackProgress&)> progress;
 };

@@ -9,7 +9,8 @@
 
 namespace flashlm::storage {
 
-Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alignment_bytes) {
+Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alignment_bytes,
+                                              bool huge_pages) {
   if (!IsPowerOfTwo(alignment_bytes)) {
     return InvalidArgumentError("buffer alignment " + std::to_string(alignment_bytes) +
                                 " is not a power of two");
@@ -25,7 +26,7 @@ Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alig
   // first touched: I/O into them then needs a few large physical segments instead of one per
   // 4 KiB page (a 1 MiB read into 4 KiB pages is 256 segments, above virtio-blk's usual 254).
   constexpr uint64_t kHuge = uint64_t{2} << 20;
-  bool huge = rounded >= kHuge;
+  bool huge = huge_pages && rounded >= kHuge;
   if (huge && align < kHuge) align = kHuge;
   void* p = std::aligned_alloc(align, AlignUp(rounded, align));
   if (p == nullptr) {

@@ -16,10 +16,13 @@ class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   // Allocates AlignUp(size_bytes, alignment_bytes) zeroed bytes aligned to alignment_bytes.
-  // Buffers of 2 MiB or more are 2 MiB-aligned and advised MADV_HUGEPAGE before first touch, so
-  // that direct I/O into them needs few physical segments (see docs/benchmarks.md, "Reads").
+  // With huge_pages, buffers of 2 MiB or more are 2 MiB-aligned and advised MADV_HUGEPAGE before
+  // first touch, so that direct I/O into them needs few physical segments (see
+  // docs/benchmarks.md, "Reads"); their resident size then rounds up to a multiple of 2 MiB.
+  // Pass false for buffers filled by copying (resident weights): they occupy exactly their pages.
   // Errors: InvalidArgument (alignment not a power of two, or size 0), ResourceExhausted.
-  static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes);
+  static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes,
+                                        bool huge_pages = true);
 
   AlignedBuffer(AlignedBuffer&& other) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;

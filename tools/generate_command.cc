@@ -27,8 +27,7 @@ struct GenerateFlags {
   bool echo = false, no_bos = false, ignore_eos = false;
   int64_t bench_prompt_tokens = 0;
   std::vector<std::string> stops;
-  std::string mem_budget;  // ooc: out-of-core within this many bytes
-  bool no_pipeline = false;
+  StreamingFlags streaming;  // ooc: --mem-budget and its tuning
 };
 }  // namespace
 
@@ -51,11 +50,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
   cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
-  cmd->add_option("--mem-budget", f->mem_budget,
-                  "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix; 0 = "
-                  "unlimited): prints the residency plan and the I/O accounting");
-  cmd->add_flag("--no-pipeline", f->no_pipeline,
-               "With --mem-budget: read each FFN chunk only when it is needed (for comparison)");
+  AddStreamingFlags(cmd, &f->streaming);
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
@@ -82,17 +77,13 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     }
     engine::TransformerOptions options;
     options.max_context = static_cast<uint32_t>(f->ctx);
-    uint64_t budget = 0;
-    if (!f->mem_budget.empty()) {
-      auto b = ParseSize(f->mem_budget);
-      if (!b.ok()) return ReportError("generate", b.status().WithContext("--mem-budget"));
-      budget = *b;
-    }
-    auto session = f->mem_budget.empty()
-                       ? OpenEngineSession(f->path, f->tokenizer,
-                                           static_cast<uint32_t>(f->threads), options)
-                       : OpenStreamingSession(f->path, static_cast<uint32_t>(f->threads),
-                                              options, budget, !f->no_pipeline);
+    auto so = ToStreamingOptions(f->streaming);
+    if (!so.ok()) return ReportError("generate", so.status());
+    so->transformer = options;
+    auto session =
+        !f->streaming.enabled()
+            ? OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads), options)
+            : OpenStreamingSession(f->path, static_cast<uint32_t>(f->threads), *so);
     if (!session.ok()) return ReportError("generate", session.status());
     engine::Transformer& model = *session->model;
     const engine::Tokenizer& tok = *session->tokenizer;

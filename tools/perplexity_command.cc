@@ -1,5 +1,6 @@
 // flashlm perplexity STORE --text FILE [--ctx N]: perplexity of a text file under the model.
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -25,9 +26,8 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
   cmd->add_option("--ctx", *ctx, "Window length in tokens (at most the model's maximum)");
   cmd->add_option("--threads", *threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", *tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
-  auto mem_budget = std::make_shared<std::string>();  // ooc
-  cmd->add_option("--mem-budget", *mem_budget,
-                  "Run out of core from a store within SIZE bytes of DRAM (K/M/G suffix)");
+  auto streaming = std::make_shared<StreamingFlags>();  // ooc
+  AddStreamingFlags(cmd, streaming.get());
   return [=] {
     if (!cmd->parsed()) return -1;
     if (*ctx < 2 || *ctx > (1 << 24)) {
@@ -44,25 +44,25 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     options.all_logits = true;
     options.max_batch = 64;
     options.max_context = static_cast<uint32_t>(*ctx);
-    uint64_t budget = 0;
-    if (!mem_budget->empty()) {
-      auto b = ParseSize(*mem_budget);
-      if (!b.ok()) return ReportError("perplexity", b.status().WithContext("--mem-budget"));
-      budget = *b;
-    }
+    auto so = ToStreamingOptions(*streaming);
+    if (!so.ok()) return ReportError("perplexity", so.status());
+    so->transformer = options;
     auto session =
-        mem_budget->empty()
+        !streaming->enabled()
             ? OpenEngineSession(*path, *tokenizer, static_cast<uint32_t>(*threads), options)
-            : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), options, budget);
+            : OpenStreamingSession(*path, static_cast<uint32_t>(*threads), *so);
     if (!session.ok()) return ReportError("perplexity", session.status());
     std::vector<int32_t> tokens = session->tokenizer->Encode(ss.str(), true);
+    const auto t0 = std::chrono::steady_clock::now();
     auto r = engine::Perplexity(*session->model, tokens, static_cast<uint32_t>(*ctx));
+    const double forward_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (!r.ok()) return ReportError("perplexity", r.status());
     std::printf("perplexity: %.4f over %llu tokens (ctx %lld)\n", r->perplexity,
                 static_cast<unsigned long long>(r->scored_tokens), static_cast<long long>(*ctx));
     if (session->streaming) {
       std::fprintf(stderr, "%s\n",
-                   IoStatsLine(session->streaming->stats(), tokens.size(), 0).c_str());
+                   IoStatsLine(session->streaming->stats(), tokens.size(), forward_ms).c_str());
     }
     return kExitOk;
   };

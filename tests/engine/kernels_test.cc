@@ -114,5 +114,33 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
   for (int i = 0; i < 19; ++i) EXPECT_EQ(y[i], 1 + 2 * a[i]);
 }
 
+// AxpyRow against DequantizeRow + a double reference, for every dtype, with a partial last block,
+// a slice starting at a block boundary inside the row, several tokens and a zero coefficient.
+TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0}) {
+    std::mt19937 rng(static_cast<uint32_t>(dtype) + 11);
+    const uint32_t cols = 134;  // 4 full blocks + 6 values
+    std::vector<std::byte> row = MakeMatrix(dtype, 1, cols, rng);
+    std::vector<float> v(cols);
+    ASSERT_TRUE(layout::DequantizeRow(dtype, row, v).ok());
+    const uint32_t skip = 32;  // slice [32, 134): starts at the second block
+    const uint32_t len = cols - skip;
+    const float a[3] = {0.75f, 0.0f, -2.5f};
+    const uint64_t stride = len + 5;
+    std::vector<float> y(3 * stride);
+    for (size_t i = 0; i < y.size(); ++i) y[i] = 0.01f * static_cast<float>(i);
+    const std::vector<float> y0 = y;
+    AxpyRow(dtype, row.data() + layout::RowBytes(dtype, skip), len, a, 3, y.data(), stride);
+    for (uint32_t t = 0; t < 3; ++t) {
+      for (uint32_t i = 0; i < stride; ++i) {
+        const double want =
+            i < len ? double(y0[t * stride + i]) + double(a[t]) * v[skip + i] : y0[t * stride + i];
+        ASSERT_NEAR(y[t * stride + i], want, 1e-5 * (1 + std::fabs(want)))
+            << DTypeName(dtype) << " token " << t << " value " << i;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::engine

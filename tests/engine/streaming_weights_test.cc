@@ -44,6 +44,8 @@ struct Run {
   ResidencyPlan plan;
   StreamingStats stats;
   bool direct_chunks = false;
+  bool attention_prefetched = false;
+  bool embedding_on_demand = false;
 };
 
 // Greedy generation of `n` tokens from BOS with a streaming store at `budget`.
@@ -70,6 +72,8 @@ Result<Run> Generate(const fs::path& store, uint64_t budget, uint32_t threads, u
   (void)st;
   Run r;
   r.direct_chunks = weights->direct_chunks();
+  r.attention_prefetched = weights->attention_prefetched();
+  r.embedding_on_demand = weights->embedding_on_demand();
   r.ids = gen.ids();
   r.plan = weights->plan();
   r.stats = weights->stats();
@@ -96,6 +100,7 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
     auto full = Generate(store, 0, threads, 48);
     ASSERT_TRUE(full.ok()) << full.status().ToString();
     EXPECT_FALSE(full->plan.streams());
+    EXPECT_FALSE(full->embedding_on_demand);
     EXPECT_EQ(full->stats.bundles_streamed, 0u);
     EXPECT_GT(full->stats.bundles_resident, 0u);
     if (reference.empty()) reference = full->ids;
@@ -115,11 +120,16 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
         ASSERT_TRUE(r.ok()) << "budget " << budget << ": " << r.status().ToString();
         EXPECT_EQ(r->ids, reference) << "budget " << budget << " threads " << threads;
         EXPECT_LE(r->plan.total_bytes(), budget);
+        // Below `all` something is read from flash: embedding rows on demand (which may free
+        // enough for every layer just below `all`) and, at the smaller budgets, bundles.
         if (budget < all) {
-          EXPECT_TRUE(r->plan.streams()) << budget << "\n" << r->plan.Describe();
-          EXPECT_GT(r->stats.bundles_streamed, 0u) << budget;
+          EXPECT_TRUE(r->embedding_on_demand) << budget;  // untied: output.weight is its own
           EXPECT_GT(r->stats.bytes_read, 0u) << budget;
           EXPECT_GT(r->stats.reads, 0u) << budget;
+        }
+        if (budget <= minimum + (all - minimum) * 3 / 4) {
+          EXPECT_TRUE(r->plan.streams()) << budget << "\n" << r->plan.Describe();
+          EXPECT_GT(r->stats.bundles_streamed, 0u) << budget;
           EXPECT_LT(r->stats.hit_rate(), 1.0) << budget;
           if (chunk == 7) EXPECT_FALSE(r->direct_chunks);
           // f32 bundles (768 B in 1 KiB strides) take the contiguous-range path.
@@ -128,6 +138,12 @@ TEST_P(StreamingStoreTest, GreedyOutputIdenticalAtEveryBudget) {
           }
           if (chunk != 7 && r->direct_chunks) {
             EXPECT_LT(r->stats.reads, r->stats.bundles_streamed) << "reads not coalesced";
+          }
+          // At the minimum every layer's attention streams: pipelined, it is read ahead into
+          // its buffer (the store's dense extents are uncompressed and in file order).
+          if (budget == minimum && chunk == 256 && r->direct_chunks) {
+            EXPECT_TRUE(r->attention_prefetched) << r->plan.Describe();
+            EXPECT_GE(r->plan.chunk_buffers, 2u);
           }
         }
       }
@@ -244,14 +260,14 @@ TEST(StreamingWeightStoreTest, CorruptBundleIsDetected) {
     so.transformer.max_context = 32;
     so.transformer.max_batch = 4;
     so.budget_bytes = 1;
+    so.direct_chunks = direct;
+    so.pipeline = mode == 0;
     auto refused = StreamingWeightStore::Open(store.string(), pool, so);
     ASSERT_FALSE(refused.ok());
     std::smatch m;
     const std::string msg(refused.status().message());
     ASSERT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
     so.budget_bytes = std::stoull(m[1].str());
-    so.direct_chunks = direct;
-    so.pipeline = mode == 0;
     auto w = StreamingWeightStore::Open(store.string(), pool, so);
     ASSERT_TRUE(w.ok()) << w.status().ToString();
     auto model = Transformer::Create(**w, pool, so.transformer);
@@ -313,6 +329,50 @@ TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
   EXPECT_NE(p.status().message().find("1140"), std::string::npos);
+  // Read-ahead: the minimum holds chunk_buffers_min chunks; more are added, up to
+  // chunk_buffers, from what is left after attention, before any bundle is pinned.
+  in.chunk_buffers_min = 2;
+  in.chunk_buffers = 4;
+  in.budget_bytes = 1000 + 100 + 80;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->minimum_bytes, 1180u);
+  EXPECT_EQ(p->chunk_buffers, 2u);
+  EXPECT_EQ(p->chunk_stream_bytes, 80u);
+  in.budget_bytes = 1180 + 79;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->chunk_buffers, 3u);  // 40 more; 39 left is less than a chunk or a dense layer
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{1, 1, 1}));
+  in.budget_bytes = 1599;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->chunk_buffers, 4u);
+  EXPECT_EQ(p->chunk_stream_bytes, 160u);
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{4, 4, 4}));  // (1599-1000-160-300)/30
+  EXPECT_LE(p->total_bytes(), 1599u);
+  // The embedding: resident when everything fits, else read on demand through a small buffer
+  // (the minimum counts the buffer); an embedding that may not go on demand counts in full.
+  ResidencyInputs e = in;
+  e.embedding_bytes = 500;
+  e.embedding_demand_bytes = 20;
+  e.budget_bytes = 1000 + 500 + 300 + 300;
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->embedding_resident);
+  EXPECT_FALSE(p->streams());
+  e.budget_bytes -= 1;
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_FALSE(p->embedding_resident);
+  EXPECT_EQ(p->fixed_bytes, 1020u);
+  EXPECT_EQ(p->minimum_bytes, 1020u + 100 + 80);
+  EXPECT_LE(p->total_bytes(), e.budget_bytes);
+  e.embedding_demand_bytes = 0;  // tied to the classifier: stays resident
+  p = PlanResidency(e);
+  ASSERT_TRUE(p.ok());
+  EXPECT_TRUE(p->embedding_resident);
+  EXPECT_EQ(p->minimum_bytes, 1500u + 100 + 80);
   // Bad inputs.
   in.bundle_spacing_bytes = 0;
   EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);

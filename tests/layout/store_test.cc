@@ -210,17 +210,22 @@ TEST(StoreTest, DenseTensorsSplitIntoBoundedExtents) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(64, 96, 1, 300, DType::kF32);
   ::flashlm::testing::ScratchDir dir;
   RepackOptions o;
-  o.dense_extent_bytes_max = 10000;  // 39 rows of 256 bytes per extent
+  o.dense_extent_bytes_max = 10000;     // 39 rows of 256 bytes per extent
+  o.embedding_extent_bytes_max = 3000;  // the embedding: 11 rows per extent
   RepackOrDie(src, dir / "store", o);
   auto store = OpenOrDie(dir / "store");
   ASSERT_NE(store, nullptr);
-  auto loc = store->LocateTensor("token_embd.weight");
+  auto loc = store->LocateTensor("output.weight");
   ASSERT_TRUE(loc.ok());
   EXPECT_EQ(loc->record.rows_per_extent, 39u);
   EXPECT_EQ(loc->record.extent_count, 8u);  // ceil(300 / 39)
-  auto ext = store->DenseExtents("token_embd.weight", 38, 2);
+  auto ext = store->DenseExtents("output.weight", 38, 2);
   ASSERT_TRUE(ext.ok());
   EXPECT_EQ(ext->size(), 2u);
+  loc = store->LocateTensor("token_embd.weight");
+  ASSERT_TRUE(loc.ok());
+  EXPECT_EQ(loc->record.rows_per_extent, 11u);
+  EXPECT_EQ(loc->record.extent_count, 28u);  // ceil(300 / 11)
   ExpectTensorsMatch(src, *store, DType::kF32, false);
 }
 
