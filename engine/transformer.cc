@@ -188,6 +188,10 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
       MatMul(w.up, xb_, n, hb2_, scratch_span_, pool_);
       SwiGlu(std::span<float>(hb_.data(), uint64_t{n} * c.hidden_dim),
              std::span<const float>(hb2_.data(), uint64_t{n} * c.hidden_dim), relu);
+      if (ffn_observer_ != nullptr) {
+        ffn_observer_->OnFfnActivations(
+            l, std::span<const float>(hb_.data(), uint64_t{n} * c.hidden_dim), n);
+      }
       MatMul(w.down, hb_, n, proj_, scratch_span_, pool_);
     }
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];

@@ -21,6 +21,19 @@
 
 namespace flashlm::engine {
 
+// Observes the FFN's hidden activations h = act(gate x) * (up x) (after SwiGLU / ReLU gating,
+// before the down projection), e.g. to count how often each neuron fires (calibration).
+// Called on the thread that runs Forward, once per layer per Forward call, in layer order; it must
+// not call back into the Transformer. `h` is n_tokens x hidden_dim f32, row-major (token t's
+// neurons at h[t * hidden_dim ...]), exactly the values the down projection then reads; the view
+// lives during the call. Not called for a layer whose FFN runs inside the weight store
+// (LayerWeights::ffn != nullptr, out-of-core bundles): load the model resident to observe it.
+class FfnObserver {
+ public:
+  virtual ~FfnObserver() = default;
+  virtual void OnFfnActivations(uint32_t layer, std::span<const float> h, uint32_t n_tokens) = 0;
+};
+
 struct TransformerOptions {
   uint32_t max_context = 0;  // positions in the KV cache; 0 = the model's max_seq_len
   uint32_t max_batch = 128;  // tokens per Forward call
@@ -43,6 +56,9 @@ class Transformer {
   const layout::ModelConfig& config() const { return config_; }
   uint32_t max_context() const { return max_context_; }
   uint32_t max_batch() const { return max_batch_; }
+  // Observer of the dense FFN activations (see FfnObserver); nullptr (the default) for none.
+  // Not owned; must outlive its use by Forward.
+  void set_ffn_observer(FfnObserver* observer) { ffn_observer_ = observer; }
 
  private:
   Transformer(WeightStore& weights, ThreadPool& pool) : weights_(weights), pool_(pool) {}
@@ -56,6 +72,7 @@ class Transformer {
   uint32_t max_batch_ = 0;
   bool all_logits_ = false;
   uint32_t q_dim_ = 0, kv_dim_ = 0;
+  FfnObserver* ffn_observer_ = nullptr;
 
   std::vector<float> x_;                  // max_batch x dim: residual stream
   std::vector<float> xb_;                 // max_batch x dim: normed input

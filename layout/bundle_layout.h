@@ -6,7 +6,7 @@
 // (RowBytes(dtype, dim) bytes); bundles start at multiples of the alignment so that one bundle is
 // one O_DIRECT read. Plain values and pure functions; thread-safe.
 //
-// Activation statistics file (input of `repack --activations`), JSON:
+// Activation statistics file (written by `flashlm activations`, input of `repack --activations`):
 //   {"format": "flashlm-activations", "version": 1,
 //    "layers": [[f_0, f_1, ..., f_{hidden-1}], ...]}      one array per layer
 // where f_i in [0, 1] is how often neuron i fired (fraction of tokens). Hot-first stores neurons
@@ -53,7 +53,7 @@ struct ActivationStats {
 // Reads the JSON file above. Errors: NotFound, Corruption naming the malformed field
 // (wrong format tag, version, non-numeric or out-of-range value).
 Result<ActivationStats> LoadActivationStats(const std::string& path);
-// Writes `stats` in the same format (tests and the later profiling tool). Errors: IoError.
+// Writes `stats` in the same format (tests and `flashlm activations`). Errors: IoError.
 Status SaveActivationStats(const ActivationStats& stats, const std::string& path);
 
 // Position -> neuron order with the most frequently firing neurons first (stable).

@@ -114,6 +114,7 @@ class Repacker {
   uint64_t total_bytes_ = 0;
   uint64_t bundle_bytes_ = 0;
   uint64_t stride_bytes_ = 0;
+  std::vector<uint32_t> hot_counts_;  // by FFN layer, with activations
   // Reused across tensors so that each large buffer is faulted in once, not once per tensor.
   std::vector<std::byte> src_buf_, chunk_buf_, gate_buf_, up_buf_;
   std::vector<float> down_f32_buf_, down_t_buf_;
@@ -181,6 +182,12 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
     w_.PutRecord(LayerKey(catalog_key::kPermPrefix, layer), std::as_bytes(std::span(perm)));
     w_.PutRecord(LayerKey(catalog_key::kActivationsPrefix, layer),
                  std::as_bytes(std::span(stats->layers[layer])));
+    // Hot-first order puts every neuron at or above the threshold before every one below it.
+    const uint32_t hot = static_cast<uint32_t>(
+        std::count_if(stats->layers[layer].begin(), stats->layers[layer].end(),
+                      [this](float f) { return f >= o_.hot_threshold; }));
+    w_.PutRecord(LayerKey(catalog_key::kHotPrefix, layer), PodBytes(hot));
+    hot_counts_.at(layer) = hot;
   }
 
   // gate+up-down: gate is a dense tensor of its own (read once for gate-first loading).
@@ -314,6 +321,7 @@ Status Repacker::Run(const ActivationStats* stats, RepackSummary* summary) {
     }
   }
   std::vector<bool> ffn_done(n_ffn, false);
+  if (stats) hot_counts_.assign(n_ffn, 0);
   for (const TensorInfo& t : tensors) {
     uint32_t layer;
     FfnPart part;
@@ -333,6 +341,7 @@ Status Repacker::Run(const ActivationStats* stats, RepackSummary* summary) {
   summary->source_bytes = total_bytes_;
   summary->bundle_bytes = bundle_bytes_;
   summary->bundle_stride_bytes = stride_bytes_;
+  summary->hot_counts = hot_counts_;
   return Status::Ok();
 }
 
@@ -347,6 +356,9 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   }
   if (options.dense_extent_bytes_max == 0 || options.embedding_extent_bytes_max == 0) {
     return InvalidArgumentError("dense extent size is 0");
+  }
+  if (!(options.hot_threshold >= 0.0 && options.hot_threshold <= 1.0)) {
+    return InvalidArgumentError("hot threshold must be in [0, 1]");
   }
   std::optional<ActivationStats> stats;
   if (!options.activations_path.empty()) {
@@ -382,6 +394,7 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   layout["dtype"] = options.dtype ? std::string(DTypeName(*options.dtype)) : "source";
   layout["bundle"] = std::string(BundleKindName(options.bundle_kind));
   layout["hot_first"] = stats.has_value();
+  if (stats) layout["hot_threshold"] = options.hot_threshold;
   layout["codec"] = std::string(CodecName(options.codec));
   layout["zstd_level"] = options.zstd_level;
   layout["zstd_min_saving"] = options.zstd_min_saving;

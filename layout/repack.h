@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "layout/checkpoint.h"
 #include "layout/dtype.h"
@@ -39,6 +40,9 @@ struct RepackOptions {
   uint64_t alignment_bytes = 4096;
   BundleKind bundle_kind = BundleKind::kGateUpDown;
   std::string activations_path;  // bundle_layout.h's JSON; empty: natural neuron order
+  // With activations: a layer's hot set is its neurons with frequency >= hot_threshold, stored
+  // first (positions [0, hot count)); the count goes to "hot/<layer>". In [0, 1].
+  double hot_threshold = 0.5;
   Codec codec = Codec::kNone;
   int zstd_level = 3;
   double zstd_min_saving = 0.10;
@@ -60,6 +64,7 @@ struct RepackSummary {
   uint64_t bundle_bytes = 0;  // one FFN bundle (0 when the model has none)
   uint64_t bundle_stride_bytes = 0;
   uint64_t compressed_extents = 0;
+  std::vector<uint32_t> hot_counts;  // by FFN layer, with activations; empty without
   double seconds = 0;
   // Fraction of the data file that is alignment padding.
   double padding_ratio() const {

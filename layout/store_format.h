@@ -49,6 +49,7 @@ inline constexpr std::string_view kTensorPrefix = "tensor/";      // + name -> T
 inline constexpr std::string_view kFfnPrefix = "ffn/";            // + 00000 -> FfnLayerRecord
 inline constexpr std::string_view kPermPrefix = "perm/";          // + 00000 -> u32[n_neurons]
 inline constexpr std::string_view kActivationsPrefix = "activations/";  // + 00000 -> f32[n]
+inline constexpr std::string_view kHotPrefix = "hot/";  // + 00000 -> u32: hot set = [0, count)
 }  // namespace catalog_key
 
 // "ffn/00003" etc.

@@ -252,6 +252,20 @@ Status StoreReader::Load() {
       ASSIGN_OR_RETURN(freq, DecodeArray<float>(*ab, akey, f.n_neurons));
     }
     activations_.push_back(std::move(freq));
+    uint32_t hot = 0;
+    const std::string hkey = LayerKey(catalog_key::kHotPrefix, l);
+    if (auto hot_bytes = txn.Get(hkey); hot_bytes.ok()) {
+      ASSIGN_OR_RETURN(std::vector<uint32_t> h, DecodeArray<uint32_t>(*hot_bytes, hkey, 1));
+      hot = h[0];
+      if (hot > f.n_neurons) {
+        return CorruptionError(
+            where(hkey + " exceeds the layer's " + std::to_string(f.n_neurons) + " neurons"));
+      }
+      if (!f.has_permutation) return CorruptionError(where(hkey + " in a layer not hot-first"));
+    } else if (hot_bytes.status().code() != StatusCode::kNotFound) {
+      return hot_bytes.status();
+    }
+    hot_counts_.push_back(hot);
   }
 
   // Tensor directory.
@@ -410,6 +424,10 @@ Result<uint32_t> StoreReader::PositionOfNeuron(uint32_t layer, uint32_t neuron) 
     if (perm[p] == neuron) return p;
   }
   return InternalError("permutation lost a neuron");
+}
+
+uint32_t StoreReader::HotCount(uint32_t layer) const {
+  return layer < hot_counts_.size() ? hot_counts_[layer] : 0;
 }
 
 std::span<const float> StoreReader::ActivationFrequencies(uint32_t layer) const {

@@ -114,6 +114,10 @@ class StoreReader final : public Checkpoint {
   Result<uint32_t> PositionOfNeuron(uint32_t layer, uint32_t neuron) const;
   // Firing frequencies recorded at repack ("activations/<layer>"); empty when none.
   std::span<const float> ActivationFrequencies(uint32_t layer) const;
+  // Size of the layer's hot set ("hot/<layer>"): the neurons at positions [0, HotCount) are those
+  // whose frequency reached repack's --hot-threshold. 0 when the store records none (no
+  // activation statistics, a store older than the record) or the layer is out of range.
+  uint32_t HotCount(uint32_t layer) const;
 
   // Reads `extent`, verifies its checksum and decodes it into `out` (exactly raw_bytes).
   // Errors: InvalidArgument (size), IoError, Corruption (checksum mismatch, bad zstd frame;
@@ -153,6 +157,7 @@ class StoreReader final : public Checkpoint {
   std::vector<FfnLayerRecord> ffn_;                 // by layer
   std::vector<std::vector<uint32_t>> permutation_;  // by layer; empty = identity
   std::vector<std::vector<float>> activations_;     // by layer; empty = none
+  std::vector<uint32_t> hot_counts_;                // by layer; 0 = none
   std::vector<uint64_t> file_bytes_;                // by data file
   StoreReadOptions options_;
   std::vector<storage::File> files_;  // by data file

@@ -35,6 +35,8 @@ CommandRunner RegisterVerify(CLI::App& app);
 CommandRunner RegisterGenerate(CLI::App& app);
 CommandRunner RegisterTokenize(CLI::App& app);
 CommandRunner RegisterPerplexity(CLI::App& app);
+// activations (issue 5)
+CommandRunner RegisterActivations(CLI::App& app);  // tools/activations_command.cc
 
 
 

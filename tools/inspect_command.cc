@@ -62,6 +62,7 @@ int RunInspect(const std::string& path, bool as_json) {
          {"stride_bytes", f.stride_bytes},
          {"padding_ratio", double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes)},
          {"hot_first", f.has_permutation != 0},
+         {"hot_count", s.HotCount(l)},
          {"first_extent", f.first_extent}});
   }
   j["ffn_layers"] = ffn;
@@ -118,6 +119,17 @@ int RunInspect(const std::string& path, bool as_json) {
         FormatBytes(f.bundle_bytes).c_str(), FormatBytes(f.stride_bytes).c_str(),
         100.0 * double(f.stride_bytes - f.bundle_bytes) / double(f.stride_bytes),
         f.has_permutation ? ", hot-first" : "");
+    // Stores repacked before the hot set was recorded have no "hot_threshold": print nothing.
+    const json& lay = j["layout"];
+    if (lay.is_object() && lay.contains("hot_threshold") && lay["hot_threshold"].is_number()) {
+      std::string hot;
+      for (uint32_t l = 0; l < s.ffn_layer_count(); ++l) {
+        hot += (l ? ", " : "") + std::to_string(s.HotCount(l)) + "/" +
+               std::to_string(s.FfnLayer(l)->n_neurons);
+      }
+      std::printf("hot set %s neurons per layer (frequency >= %g), stored first\n", hot.c_str(),
+                  lay["hot_threshold"].get<double>());
+    }
   }
   std::printf("tensors\n");
   for (const json& t : tensors) {

@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
   runners.push_back(RegisterGenerate(app));
   runners.push_back(RegisterTokenize(app));
   runners.push_back(RegisterPerplexity(app));
+  // activations (issue 5)
+  runners.push_back(RegisterActivations(app));
 
 
 

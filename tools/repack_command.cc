@@ -18,6 +18,8 @@ struct RepackFlags {
   std::string input, out, dtype, align = "4096", bundle = "gate-up-down", tokenizer, activations;
   std::string compress = "none";
   double zstd_min_saving = 0.10;
+  double hot_threshold = 0.5;
+  bool hot_threshold_set = false;
   int zstd_level = 3;
   bool no_progress = false;
 };
@@ -78,6 +80,13 @@ int RunRepack(const RepackFlags& f) {
   o.zstd_level = f.zstd_level;
   o.zstd_min_saving = f.zstd_min_saving;
   o.activations_path = f.activations;
+  if (f.hot_threshold_set && f.activations.empty()) {
+    return ReportError("repack", InvalidArgumentError("--hot-threshold needs --activations"));
+  }
+  if (!(f.hot_threshold >= 0.0 && f.hot_threshold <= 1.0)) {
+    return ReportError("repack", InvalidArgumentError("--hot-threshold must be in [0, 1]"));
+  }
+  o.hot_threshold = f.hot_threshold;
   o.source_path = f.input;
 
   layout::OpenOptions open;
@@ -106,6 +115,12 @@ int RunRepack(const RepackFlags& f) {
         FormatBytes(s.bundle_bytes).c_str(), FormatBytes(s.bundle_stride_bytes).c_str(),
         100.0 * double(s.bundle_stride_bytes - s.bundle_bytes) / double(s.bundle_stride_bytes));
   }
+  if (!s.hot_counts.empty()) {
+    std::string counts;
+    for (uint32_t h : s.hot_counts) counts += (counts.empty() ? "" : " ") + std::to_string(h);
+    std::printf("  hot set        %s neurons per layer (frequency >= %g), stored first\n",
+                counts.c_str(), f.hot_threshold);
+  }
   std::printf("  padding        %.1f%% of the data file\n", 100.0 * s.padding_ratio());
   std::printf("  time           %.2f s (%.1f MB/s of source)\n", s.seconds, mb_s);
   return kExitOk;
@@ -127,7 +142,13 @@ CommandRunner RegisterRepack(CLI::App& app) {
   cmd->add_option("--bundle", flags->bundle, "gate-up-down or gate+up-down")->capture_default_str();
   cmd->add_option("--tokenizer", flags->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");
   cmd->add_option("--activations", flags->activations,
-                  "Activation statistics JSON: store neurons hot-first (see docs/format.md)");
+                  "Activation statistics JSON (flashlm activations): store neurons hot-first "
+                  "(see docs/format.md)");
+  CLI::Option* hot =
+      cmd->add_option("--hot-threshold", flags->hot_threshold,
+                      "With --activations: neurons firing on at least this fraction of tokens form "
+                      "the hot set, recorded per layer")
+          ->capture_default_str();
   cmd->add_option("--compress", flags->compress, "Per-extent codec: none or zstd")
       ->capture_default_str();
   cmd->add_option("--zstd-level", flags->zstd_level, "zstd level")->capture_default_str();
@@ -135,8 +156,9 @@ CommandRunner RegisterRepack(CLI::App& app) {
                   "Keep zstd for an extent only if it saves this fraction of aligned space")
       ->capture_default_str();
   cmd->add_flag("--no-progress", flags->no_progress, "No progress bar");
-  return [cmd, flags] {
+  return [cmd, flags, hot] {
     if (!cmd->parsed()) return -1;
+    flags->hot_threshold_set = hot->count() > 0;
     return RunRepack(*flags);
   };
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -170,6 +171,9 @@ class ReferenceModel {
     kcache_.assign(uint64_t{c.n_layers} * c.max_seq_len * kv_, 0.0f);
     vcache_ = kcache_;
   }
+  // Optional: called with each layer's FFN hidden vector act(gate x) * (up x) (hidden_dim values).
+  std::function<void(uint32_t layer, const std::vector<float>& h)> on_ffn;
+
   std::vector<float> Forward(int token, int pos) {
     const auto& c = w_.c;
     const int d = c.dim, hd = c.head_dim, q_dim = c.n_heads * hd, hid = c.hidden_dim;
@@ -241,6 +245,7 @@ class ReferenceModel {
                                                                   : g / (1.0f + std::exp(-g));
         h1[i] = a * h3[i];
       }
+      if (on_ffn) on_ffn(l, h1);
       mv(&w_.w2[uint64_t(l) * d * hid], h1.data(), proj.data(), d, hid);
       for (int i = 0; i < d; ++i) x[i] += proj[i];
     }

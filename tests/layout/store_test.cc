@@ -786,3 +786,118 @@ TEST(StoreTest, StoreLargerThanTheWriteBuffers) {
 
 }  // namespace
 }  // namespace flashlm::layout
+
+// activations (issue 5): the hot set recorded by repack --activations.
+namespace flashlm::layout {
+namespace {
+
+// Writes `value` under catalog key `key` (new or replacing) of the store at `dir`.
+void PutCatalog(const fs::path& dir, const std::string& key, ConstByteSpan value) {
+  storage::LmdbEnv::Options o;
+  o.read_only = false;
+  auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  auto w = (*env)->BeginWrite();
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE(w->Put(key, value).ok());
+  ASSERT_TRUE(w->Commit().ok());
+}
+
+// The hot count is the number of neurons at or above the threshold, and they are exactly the
+// positions [0, hot count) of the hot-first layer.
+TEST(StoreHotSetTest, HotCountMatchesStatsAndThreshold) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 40, 3, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  ActivationStats stats;
+  for (int l = 0; l < 3; ++l) {
+    std::vector<float> f(40);
+    for (int i = 0; i < 40; ++i) f[i] = float((i * 13 + 5 * l) % 40) / 39.0f;  // 0..1
+    stats.layers.push_back(f);
+  }
+  stats.layers[2].assign(40, 0.25f);  // all below 0.5: an empty hot set
+  stats.layers[2][7] = 0.5f;          // exactly at the threshold counts as hot
+  const std::string path = (dir / "act.json").string();
+  ASSERT_TRUE(SaveActivationStats(stats, path).ok());
+  for (double threshold : {0.0, 0.3, 0.5, 1.0}) {
+    SCOPED_TRACE(threshold);
+    const fs::path out = dir / ("store" + std::to_string(int(threshold * 10)));
+    RepackOptions o;
+    o.activations_path = path;
+    o.hot_threshold = threshold;
+    RepackSummary sum = RepackOrDie(src, out, o);
+    auto store = OpenOrDie(out);
+    ASSERT_NE(store, nullptr);
+    ASSERT_EQ(sum.hot_counts.size(), 3u);
+    for (uint32_t l = 0; l < 3; ++l) {
+      // Reloaded from the saved JSON (as float), compared as repack does.
+      std::span<const float> freq = store->ActivationFrequencies(l);
+      const uint32_t want = static_cast<uint32_t>(
+          std::count_if(freq.begin(), freq.end(), [&](float f) { return f >= threshold; }));
+      EXPECT_EQ(store->HotCount(l), want) << "layer " << l;
+      EXPECT_EQ(sum.hot_counts[l], want) << "layer " << l;
+      std::span<const uint32_t> perm = store->Permutation(l);
+      ASSERT_EQ(perm.size(), 40u);
+      for (uint32_t p = 0; p < 40; ++p) {
+        EXPECT_EQ(freq[perm[p]] >= threshold, p < want) << "layer " << l << " position " << p;
+      }
+    }
+    if (threshold == 0.0) EXPECT_EQ(store->HotCount(0), 40u);
+    if (threshold == 0.5) EXPECT_EQ(store->HotCount(2), 1u);
+    if (threshold == 1.0) EXPECT_EQ(store->HotCount(0), 1u);  // one neuron at 39/39
+  }
+  EXPECT_EQ(OpenOrDie(dir / "store5")->HotCount(99), 0u);  // out of range
+
+  // Without statistics: no hot set, and the layout says nothing of one.
+  RepackOrDie(src, dir / "plain");
+  auto plain = OpenOrDie(dir / "plain");
+  ASSERT_NE(plain, nullptr);
+  for (uint32_t l = 0; l < 3; ++l) EXPECT_EQ(plain->HotCount(l), 0u);
+  EXPECT_EQ(plain->layout_json().find("hot_threshold"), std::string::npos);
+
+  // A threshold outside [0, 1] is refused before anything is written.
+  for (double bad : {-0.1, 1.5, std::nan("")}) {
+    RepackOptions o;
+    o.activations_path = path;
+    o.hot_threshold = bad;
+    auto r = Repack(src, (dir / "bad").string(), o);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_FALSE(fs::exists(dir / "bad"));
+  }
+}
+
+TEST(StoreHotSetTest, MalformedHotRecordsAreCorruption) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  ActivationStats stats;
+  stats.layers.assign(2, std::vector<float>(24, 0.75f));
+  const std::string path = (dir / "act.json").string();
+  ASSERT_TRUE(SaveActivationStats(stats, path).ok());
+  RepackOptions o;
+  o.activations_path = path;
+  RepackOrDie(src, dir / "hot", o);
+  RepackOrDie(src, dir / "plain");
+  ASSERT_EQ(OpenOrDie(dir / "hot")->HotCount(1), 24u);
+
+  auto refused = [&](const fs::path& from, const std::string& key, std::vector<std::byte> value) {
+    const fs::path copy = dir / ("c" + std::to_string(value.size()) + from.filename().string());
+    fs::remove_all(copy);
+    fs::copy(from, copy, fs::copy_options::recursive);
+    PutCatalog(copy, key, value);
+    auto r = StoreReader::Open(copy.string());
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << key;
+    return r.ok() ? std::string() : std::string(r.status().message());
+  };
+  auto u32 = [](uint32_t v) {
+    std::vector<std::byte> b(4);
+    std::memcpy(b.data(), &v, 4);
+    return b;
+  };
+  EXPECT_NE(refused(dir / "hot", "hot/00001", u32(25)).find("hot/00001"), std::string::npos);
+  std::vector<std::byte> six = u32(3);
+  six.resize(6);
+  refused(dir / "hot", "hot/00000", six);  // wrong size
+  EXPECT_NE(refused(dir / "plain", "hot/00000", u32(3)).find("not hot-first"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashlm::layout

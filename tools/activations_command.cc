@@ -1,0 +1,180 @@
+// flashlm activations STORE --text FILE --out STATS.json: per-layer, per-neuron firing
+// frequencies of the FFN over a calibration text, in the JSON `repack --activations` reads.
+//
+// The text is tokenized with the model's tokenizer (BOS first) and run in consecutive windows of
+// --ctx tokens, each from position 0; every token is evaluated once. A neuron fires on a token
+// by the rules of engine/activation_counter.h: h != 0 for ReLU models, the top --top-fraction of
+// |h| for SiLU models, or |h| > --threshold when given. The model is loaded fully resident (a
+// calibration step): out-of-core FFNs compute inside the store, where activations are not seen.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+
+#include "engine/activation_counter.h"
+#include "layout/bundle_layout.h"
+#include "tools/cli_util.h"
+#include "tools/commands.h"
+#include "tools/engine_session.h"
+
+namespace flashlm::tools {
+namespace {
+
+struct ActivationsFlags {
+  std::string path, text, out, tokenizer;
+  int64_t ctx = 512;
+  int64_t threads = 0;
+  double top_fraction = 0.2;
+  double threshold = 0.0;
+  bool top_fraction_set = false;
+  bool threshold_set = false;
+};
+
+std::string RuleName(const engine::FiringOptions& o, uint32_t top_k, uint32_t hidden) {
+  char buf[128];
+  switch (o.rule) {
+    case engine::FiringRule::kNonZero:
+      return "h != 0 (ReLU)";
+    case engine::FiringRule::kTopFraction:
+      std::snprintf(buf, sizeof buf, "top %g of |h| per token (%u of %u neurons)", o.top_fraction,
+                    top_k, hidden);
+      return buf;
+    case engine::FiringRule::kThreshold:
+      std::snprintf(buf, sizeof buf, "|h| > %g", static_cast<double>(o.threshold));
+      return buf;
+  }
+  return "?";
+}
+
+int RunActivations(const ActivationsFlags& f) {
+  constexpr const char* kCmd = "activations";
+  if (f.ctx < 1 || f.ctx > (1 << 24)) {
+    return ReportError(kCmd, InvalidArgumentError("--ctx must be >= 1"));
+  }
+  if (f.threads < 0 || f.threads > 1024) {
+    return ReportError(kCmd, InvalidArgumentError("--threads must be in [0, 1024]"));
+  }
+  if (f.top_fraction_set && f.threshold_set) {
+    return ReportError(kCmd, InvalidArgumentError("give --top-fraction or --threshold, not both"));
+  }
+  if (f.top_fraction_set && !(f.top_fraction > 0.0 && f.top_fraction <= 1.0)) {
+    return ReportError(kCmd, InvalidArgumentError("--top-fraction must be in (0, 1]"));
+  }
+  if (f.threshold_set && !(std::isfinite(f.threshold) && f.threshold >= 0.0)) {
+    return ReportError(kCmd, InvalidArgumentError("--threshold must be a number >= 0"));
+  }
+  const std::filesystem::path out_dir = std::filesystem::path(f.out).parent_path();
+  if (!out_dir.empty() && !std::filesystem::is_directory(out_dir)) {
+    return ReportError(
+        kCmd, InvalidArgumentError("cannot write " + f.out + ": no folder " + out_dir.string()));
+  }
+  std::ifstream in(f.text, std::ios::binary);
+  if (!in || std::filesystem::is_directory(f.text)) {
+    return ReportError(kCmd, NotFoundError("cannot open text " + f.text));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  if (text.empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
+
+  engine::TransformerOptions options;
+  options.max_context = static_cast<uint32_t>(f.ctx);
+  options.max_batch = 64;
+  auto session = OpenEngineSession(f.path, f.tokenizer, static_cast<uint32_t>(f.threads), options);
+  if (!session.ok()) return ReportError(kCmd, session.status());
+  const layout::ModelConfig& config = session->model->config();
+
+  engine::FiringOptions firing = engine::DefaultFiringOptions(config);
+  if (f.top_fraction_set) {
+    firing.rule = engine::FiringRule::kTopFraction;
+    firing.top_fraction = f.top_fraction;
+  } else if (f.threshold_set) {
+    firing.rule = engine::FiringRule::kThreshold;
+    firing.threshold = static_cast<float>(f.threshold);
+  }
+  auto counter = engine::ActivationCounter::Create(config.n_layers, config.hidden_dim, firing);
+  if (!counter.ok()) return ReportError(kCmd, counter.status());
+
+  const std::vector<int32_t> tokens = session->tokenizer->Encode(text, true);
+  const auto start = std::chrono::steady_clock::now();
+  session->model->set_ffn_observer(counter->get());
+  Status run = engine::ForwardInWindows(*session->model, tokens, static_cast<uint32_t>(f.ctx));
+  session->model->set_ffn_observer(nullptr);
+  if (!run.ok()) return ReportError(kCmd, run);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto stats = (*counter)->Frequencies();
+  if (!stats.ok()) return ReportError(kCmd, stats.status());
+  if (Status s = layout::SaveActivationStats(*stats, f.out); !s.ok()) return ReportError(kCmd, s);
+
+  std::printf("activations: %zu tokens (windows of %lld) in %.2f s, %u layers x %u neurons\n",
+              tokens.size(), static_cast<long long>(f.ctx), seconds, config.n_layers,
+              config.hidden_dim);
+  std::printf("fires when: %s\n", RuleName(firing, (*counter)->top_k(), config.hidden_dim).c_str());
+  // Locality: how much of all firing the hottest fifth of the neurons accounts for (1.0 = all
+  // of it; 0.2 = none beyond uniform).
+  std::printf("layer  mean freq  neurons with freq >= 0.5  hottest 20%% share of firing\n");
+  for (uint32_t l = 0; l < config.n_layers; ++l) {
+    std::vector<float> fr = stats->layers[l];
+    std::sort(fr.begin(), fr.end(), std::greater<float>());
+    double sum = 0, top = 0;
+    uint32_t hot = 0;
+    const size_t top_n = std::max<size_t>(1, (fr.size() + 2) / 5);
+    for (size_t i = 0; i < fr.size(); ++i) {
+      sum += fr[i];
+      hot += fr[i] >= 0.5f;
+      if (i < top_n) top += fr[i];
+    }
+    std::printf("%5u  %9.4f  %14.1f%% (%6u)  %28.3f\n", l, sum / fr.size(), 100.0 * hot / fr.size(),
+                hot, sum > 0 ? top / sum : 0.0);
+  }
+  std::printf("wrote %s\n", f.out.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+CommandRunner RegisterActivations(CLI::App& app) {
+  auto flags = std::make_shared<ActivationsFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "activations",
+      "Per-neuron FFN firing frequencies over a calibration text (input of repack --activations)");
+  cmd->footer(
+      "A neuron fires on a token when, with h = act(gate x) * (up x) of that token and layer:\n"
+      "  ReLU models: h != 0, i.e. the ReLU output is positive (PowerInfer's activated neuron);\n"
+      "  SiLU models: |h| is among the top --top-fraction (default 0.2, rounded to whole neurons,\n"
+      "    at least 1) of that token's |h| in that layer (our choice; h is almost never 0);\n"
+      "  --threshold T instead: |h| > T (a magnitude cut-off, as in CATS, arXiv:2404.08763).\n"
+      "Frequency = tokens the neuron fired on / tokens evaluated. The text is run in windows of\n"
+      "--ctx tokens, every token once. The model is loaded fully into DRAM (a calibration step;\n"
+      "out-of-core FFNs run inside the store, where activations are not observed).\n"
+      "Output: the JSON of docs/format.md, 'Activation statistics file'.");
+  cmd->add_option("store", flags->path,
+                  "Store folder or checkpoint (GGUF, HF folder, llama2.c .bin with --tokenizer)")
+      ->required();
+  cmd->add_option("--text", flags->text, "Calibration text file")->required();
+  cmd->add_option("--out", flags->out, "Statistics JSON to write")->required();
+  cmd->add_option("--ctx", flags->ctx, "Window length in tokens (at most the model's maximum)")
+      ->capture_default_str();
+  cmd->add_option("--threads", flags->threads, "Threads (default: all cores)");
+  cmd->add_option("--tokenizer", flags->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
+  CLI::Option* top = cmd->add_option("--top-fraction", flags->top_fraction,
+                                     "Fraction of neurons that fire per token, by |h| (SiLU "
+                                     "default 0.2; also applies to ReLU models when given)");
+  CLI::Option* thr = cmd->add_option("--threshold", flags->threshold,
+                                     "Fire when |h| > T (instead of top-fraction)");
+  return [cmd, flags, top, thr] {
+    if (!cmd->parsed()) return -1;
+    flags->top_fraction_set = top->count() > 0;
+    flags->threshold_set = thr->count() > 0;
+    return RunActivations(*flags);
+  };
+}
+
+}  // namespace flashlm::tools
