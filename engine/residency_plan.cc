@@ -30,8 +30,13 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   }
   ResidencyPlan p;
   p.budget_bytes = in.budget_bytes;
-  const bool demand = in.embedding_demand_bytes != 0;
-  p.fixed_bytes = in.fixed_bytes + (demand ? in.embedding_demand_bytes : in.embedding_bytes);
+  // On demand / streamed only where that needs less DRAM than keeping the tensor resident.
+  const bool demand =
+      in.embedding_demand_bytes != 0 && in.embedding_demand_bytes < in.embedding_bytes;
+  const bool cls_demand =
+      in.classifier_demand_bytes != 0 && in.classifier_demand_bytes < in.classifier_bytes;
+  const uint64_t base = in.fixed_bytes + (demand ? in.embedding_demand_bytes : in.embedding_bytes);
+  p.fixed_bytes = base + (cls_demand ? in.classifier_demand_bytes : in.classifier_bytes);
   p.dense_pinned.assign(layers, 0);
   p.pinned_bundles.assign(layers, 0);
   uint64_t dense_total = 0, dense_max = 0, bundle_total = 0;
@@ -50,9 +55,10 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const uint32_t buffers_min = std::max<uint32_t>(in.chunk_buffers_min, 1);
   const uint64_t chunk_bytes = one_chunk * buffers_min;
   p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
-  const uint64_t all = in.fixed_bytes + in.embedding_bytes + dense_total + bundle_total;
+  const uint64_t all =
+      in.fixed_bytes + in.embedding_bytes + in.classifier_bytes + dense_total + bundle_total;
   if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident
-    p.fixed_bytes = in.fixed_bytes + in.embedding_bytes;
+    p.fixed_bytes = in.fixed_bytes + in.embedding_bytes + in.classifier_bytes;
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_bundles = in.layer_bundles;
     p.pinned_dense_bytes = dense_total;
@@ -61,6 +67,12 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     return p;
   }
   p.embedding_resident = !demand;
+  // The classifier streams only when the budget cannot hold it next to the least buffers.
+  if (base + in.classifier_bytes + dense_stream + chunk_bytes <= in.budget_bytes) {
+    p.fixed_bytes = base + in.classifier_bytes;
+  } else {
+    p.classifier_resident = !cls_demand;
+  }
   if (in.budget_bytes < p.minimum_bytes) {
     return ResourceExhaustedError(
         "memory budget " + FormatBytes(in.budget_bytes) + " is below the minimum of " +
@@ -124,7 +136,8 @@ std::string ResidencyPlan::Describe() const {
                   FormatBytes(minimum_bytes) + ")\n";
   s += "  always resident: " + FormatBytes(fixed_bytes) + " (KV cache, activations, scratch, " +
        (embedding_resident ? "embedding" : "a buffer for embedding rows read on demand") +
-       ", classifier, norms, catalog)\n";
+       (classifier_resident ? ", classifier" : ", buffers for the streamed classifier") +
+       ", norms, catalog)\n";
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);

@@ -5,11 +5,12 @@
 // layer's dense matrices (attention, plus ffn_gate when bundles omit it) and each layer's FFN
 // bundles (count x spacing). PlanResidency decides, in this order of priority:
 //  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
-//  2. otherwise the embedding is read on demand (when it may be), and chunk_buffers_min streaming
-//  buffers for FFN chunks (chunk_bundles bundles each)
-//     are reserved, then dense layers are pinned in layer order as far as they fit (one buffer
-//     for a streamed dense layer is reserved when any does not), then further chunk buffers up
-//     to chunk_buffers (read-ahead depth), and the rest pins the first bundles of every layer
+//  2. otherwise the embedding is read on demand (when it may be), chunk_buffers_min streaming
+//     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier
+//     stays resident unless only streaming it (when it may be) lets the budget run at all;
+//     then dense layers are pinned in layer order as far as they fit (one buffer for a
+//     streamed dense layer is reserved when any does not), then further chunk buffers up to
+//     chunk_buffers (read-ahead depth), and the rest pins the first bundles of every layer
 //     (hot-first stores put the most frequently firing neurons there) evenly across layers.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
 // budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
@@ -26,11 +27,15 @@ namespace flashlm::engine {
 
 struct ResidencyInputs {
   uint64_t budget_bytes = 0;  // 0: unlimited
-  uint64_t fixed_bytes = 0;   // always resident (the embedding excluded)
+  uint64_t fixed_bytes = 0;   // always resident (the embedding and classifier excluded)
   // The token embedding: resident when everything fits, else (when embedding_demand_bytes is
   // not 0) read a row extent at a time on demand through a buffer of embedding_demand_bytes.
   uint64_t embedding_bytes = 0;
-  uint64_t embedding_demand_bytes = 0;      // 0: must stay resident (e.g. tied to the classifier)
+  uint64_t embedding_demand_bytes = 0;  // 0: must stay resident (e.g. tied to the classifier)
+  // The classifier: resident unless the budget cannot hold it with the least streaming buffers;
+  // then (when classifier_demand_bytes is not 0) streamed through buffers of that size.
+  uint64_t classifier_bytes = 0;
+  uint64_t classifier_demand_bytes = 0;     // 0: must stay resident
   std::vector<uint64_t> dense_layer_bytes;  // [layer]
   std::vector<uint32_t> layer_bundles;      // [layer] neurons
   uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
@@ -49,6 +54,7 @@ struct ResidencyPlan {
   uint64_t budget_bytes = 0;
   uint64_t fixed_bytes = 0;  // the embedding (or its on-demand buffer) included
   bool embedding_resident = true;
+  bool classifier_resident = true;
   std::vector<uint8_t> dense_pinned;     // [layer] 1 = resident
   std::vector<uint32_t> pinned_bundles;  // [layer] positions [0, n) resident
   uint64_t pinned_dense_bytes = 0;

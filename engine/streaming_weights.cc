@@ -298,7 +298,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
   const layout::TensorInfo* emb = reader_->FindTensor("token_embd.weight");
   const layout::TensorInfo* cls = reader_->FindTensor("output.weight");
   if (emb == nullptr) return NotFoundError("store has no tensor token_embd.weight");
-  fixed += cls ? AlignUp64(cls->size_bytes()) : 0;  // the embedding: below, once the rest is known
+  // The embedding and classifier: below, once the rest is known.
   fixed += (2 * uint64_t{c.n_layers} + 1) * AlignUp64(uint64_t{c.dim} * sizeof(float));
   layers_.resize(c.n_layers);
   for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -428,11 +428,49 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     }
     dense_reads_bound = std::max(dense_reads_bound, reads);
   }
-  fixed += (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound) *
-               (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) +
-                sizeof(PendingRead) + sizeof(uint32_t)) +
-           (1u << 16) +       // direct reads
-           2 * (2ull << 20);  // the two streaming buffers round up to huge pages
+  // The classifier may stream one extent at a time through two buffers (pipelined stores with
+  // uncompressed classifier extents only).
+  uint32_t classifier_reads = 0;
+  if (cls != nullptr) {
+    in.classifier_bytes = AlignUp64(cls->size_bytes());
+    ASSIGN_OR_RETURN(classifier_location_, reader_->LocateTensor("output.weight"));
+    ASSIGN_OR_RETURN(classifier_extents_, reader_->DenseExtents("output.weight", 0, c.vocab_size));
+    const layout::TensorRecord& rec = classifier_location_.record;
+    const uint64_t row_bytes = layout::RowBytes(cls->dtype, c.dim);
+    bool streamable = pipeline_ && !classifier_extents_.empty() && rec.rows_per_extent > 0 &&
+                      cls->shape.size() == 2 && cls->rows() == c.vocab_size &&
+                      cls->cols() == c.dim && MatMulSupports(cls->dtype);
+    uint64_t slot = 0;
+    for (const layout::Extent& e : classifier_extents_) {
+      streamable = streamable && e.codec == layout::Codec::kNone && e.stored_bytes == e.raw_bytes &&
+                   e.raw_bytes % row_bytes == 0 && e.raw_bytes <= rec.rows_per_extent * row_bytes;
+      if (!streamable) break;
+      const uint64_t a = files_[e.file_index].required_alignment_bytes();
+      slot = std::max(slot, ((e.stored_bytes + a - 1) / a * a + 4095) / 4096 * 4096);
+    }
+    if (streamable) {
+      classifier_slot_bytes_ = slot;
+      classifier_rows_max_ = static_cast<uint32_t>(rec.rows_per_extent);
+      classifier_reads = static_cast<uint32_t>(2 * ((slot + kReadMaxBytes - 1) / kReadMaxBytes));
+      in.classifier_demand_bytes =
+          (2 * slot < (2ull << 20) ? 2 * slot  // 2 MiB or more: rounded to huge pages
+                                   : (2 * slot + (2ull << 20) - 1) / (2ull << 20) * (2ull << 20)) +
+          AlignUp64(max_batch * rec.rows_per_extent * sizeof(float)) +
+          AlignUp64(MatMulScratchBytes(c.dim, static_cast<uint32_t>(max_batch))) + 64;
+    }
+  }
+  // Counted for any options (as below): two classifier extents' reads.
+  const uint64_t classifier_reads_bound =
+      cls == nullptr ? 0
+                     : 2 * (classifier_location_.record.rows_per_extent *
+                                layout::RowBytes(cls->dtype, c.dim) / kReadMaxBytes +
+                            2);
+  fixed +=
+      (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound + classifier_reads_bound) *
+          (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) + sizeof(PendingRead) +
+           sizeof(uint32_t)) +
+      (1u << 16) +       // direct reads
+      2 * (2ull << 20);  // the two streaming buffers round up to huge pages
   // The embedding is resident when everything fits (or when it is the classifier too);
   // otherwise its rows are read on demand, one extent (a few rows) at a time.
   in.embedding_bytes = AlignUp64(emb->size_bytes());
@@ -456,14 +494,24 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
                                                       /*huge_pages=*/false));
   }
   chunk_slots_ = std::max<uint32_t>(plan_.chunk_buffers, 1);
-  const uint32_t queue_depth = chunk_slots_ * job_reads + dense_reads_max;
+  classifier_streamed_ = cls != nullptr && !plan_.classifier_resident;
+  const uint32_t queue_depth =
+      chunk_slots_ * job_reads + dense_reads_max + (classifier_streamed_ ? classifier_reads : 0);
 
   // Globals and norms.
   if (!embedding_on_demand_) {
     ASSIGN_OR_RETURN(embedding_, LoadMatrix("token_embd.weight", c.vocab_size, c.dim));
   }
   ASSIGN_OR_RETURN(output_norm_, LoadVector("output_norm.weight", c.dim));
-  if (cls != nullptr) {
+  if (classifier_streamed_) {
+    ASSIGN_OR_RETURN(classifier_stream_,
+                     storage::AlignedBuffer::Allocate(2 * classifier_slot_bytes_, 4096));
+    classifier_out_.assign(max_batch * classifier_rows_max_, 0.0f);
+    ASSIGN_OR_RETURN(classifier_qx_,
+                     storage::AlignedBuffer::Allocate(
+                         MatMulScratchBytes(c.dim, static_cast<uint32_t>(max_batch)) + 64, 64,
+                         /*huge_pages=*/false));
+  } else if (cls != nullptr) {
     ASSIGN_OR_RETURN(classifier_, LoadMatrix("output.weight", c.vocab_size, c.dim));
   } else if (c.tied_embeddings) {
     classifier_ = embedding_;
@@ -525,7 +573,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
           chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_, geometry_.bundle_bytes));
     }
   }
-  if (direct_chunks_ && plan_.streams()) {
+  if (direct_chunks_ && (plan_.streams() || classifier_streamed_)) {
     storage::ReadBackendOptions bo;
     bo.queue_depth_max = queue_depth;
     bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
@@ -539,7 +587,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     reads_.resize(queue_depth);
     for (uint32_t t = queue_depth; t > 0; --t) free_reads_.push_back(t - 1);
   }
-  slots_.assign(chunk_slots_ + 1, Slot());
+  slots_.assign(chunk_slots_ + 3, Slot());  // chunks, attention, two classifier extents
   if (plan_.chunk_stream_bytes == 0) pipeline_ = false;
   if (pipeline_) {
     for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -606,6 +654,75 @@ Status StreamingWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
       info.dtype, ConstByteSpan(embedding_extent_.data() + r * row_bytes, row_bytes), out);
 }
 
+Status StreamingWeightStore::SubmitClassifier(uint32_t extent, uint32_t slot) {
+  const layout::Extent& e = classifier_extents_[extent];
+  const uint64_t a = files_[e.file_index].required_alignment_bytes();
+  Slot& s = slots_[slot];
+  s.job = extent;
+  s.error = Status::Ok();
+  requests_.clear();
+  const uint64_t at = uint64_t{slot - chunk_slots_ - 1} * classifier_slot_bytes_;
+  RETURN_IF_ERROR(QueueRead(slot, e.file_index, e.offset_bytes,
+                            classifier_stream_.span().subspan(at, (e.stored_bytes + a - 1) / a * a),
+                            kReadMaxBytes));
+  return SubmitQueued();
+}
+
+Status StreamingWeightStore::Logits(std::span<const float> x, uint32_t n, std::span<float> logits) {
+  const layout::TensorInfo& info = classifier_location_.info;
+  const uint32_t dim = config_.dim, vocab = config_.vocab_size;
+  const uint64_t row_bytes = layout::RowBytes(info.dtype, dim);
+  const uint32_t first_slot = chunk_slots_ + 1;
+  QuantizeActivations(x, dim, n, classifier_qx_.span());
+  const ConstByteSpan qx = classifier_qx_.span();
+  const uint32_t count = static_cast<uint32_t>(classifier_extents_.size());
+  uint32_t r0 = 0;
+  for (uint32_t k = 0; k < count; ++k) {
+    const uint32_t slot = first_slot + k % 2;
+    const layout::Extent& e = classifier_extents_[k];
+    Status st;
+    if (slots_[slot].job != static_cast<int64_t>(k)) {  // not prefetched
+      const Status landed = WaitSlot(slot);
+      (void)landed;
+      st = SubmitClassifier(k, slot);
+    }
+    if (st.ok()) st = WaitSlot(slot);
+    const std::byte* base = classifier_stream_.data() + uint64_t{k % 2} * classifier_slot_bytes_;
+    if (st.ok() && storage::Checksum64(ConstByteSpan(base, e.stored_bytes)) != e.checksum) {
+      st = CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                           reader_->DescribeExtent(e.index) + ")");
+    }
+    if (!st.ok()) {
+      for (uint32_t j = 0; j < 2; ++j) {
+        const Status landed = WaitSlot(first_slot + j);
+        (void)landed;
+        slots_[first_slot + j].job = -1;
+      }
+      return st.WithContext("classifier");
+    }
+    stats_.bytes_requested += e.stored_bytes;
+    const uint32_t rows = static_cast<uint32_t>(e.raw_bytes / row_bytes);
+    if (uint64_t{r0} + rows > vocab) return CorruptionError("classifier extents exceed its rows");
+    const MatrixView view{info.dtype, rows, dim, ConstByteSpan(base, e.raw_bytes)};
+    std::span<float> y = n == 1 ? logits.subspan(r0, rows)
+                                : std::span<float>(classifier_out_.data(), uint64_t{n} * rows);
+    pool_.ParallelFor(rows, 16, [&](uint64_t b, uint64_t end, uint32_t) {
+      MatMulRows(view, x, n, qx, static_cast<uint32_t>(b), static_cast<uint32_t>(end), y);
+    });
+    if (n > 1) {
+      for (uint32_t t = 0; t < n; ++t) {
+        std::copy_n(classifier_out_.data() + uint64_t{t} * rows, rows,
+                    logits.data() + uint64_t{t} * vocab + r0);
+      }
+    }
+    r0 += rows;
+    slots_[slot].job = -1;
+    if (k + 2 < count) RETURN_IF_ERROR(SubmitClassifier(k + 2, slot));
+  }
+  if (r0 != vocab) return CorruptionError("classifier extents do not cover its rows");
+  return Status::Ok();
+}
+
 Result<LayerWeights> StreamingWeightStore::AcquireLayer(uint32_t l) {
   if (l >= layers_.size()) return InvalidArgumentError("layer index out of range");
   if (l == 0) ++stats_.passes;
@@ -652,6 +769,15 @@ Status StreamingWeightStore::Forward(uint32_t l, std::span<const float> xb, uint
     const Status landed = WaitSlot(chunk_slots_);  // a read for another layer (after an error)
     (void)landed;
     RETURN_IF_ERROR(SubmitDense(next_dense_[l]));
+  }
+  if (classifier_streamed_ && l + 1 == config_.n_layers) {
+    // The classifier's first extents are read while the last FFN computes.
+    for (uint32_t k = 0; k < 2 && k < classifier_extents_.size(); ++k) {
+      const uint32_t slot = chunk_slots_ + 1 + k;
+      if (slots_[slot].job < 0 && slots_[slot].pending == 0) {
+        RETURN_IF_ERROR(SubmitClassifier(k, slot));
+      }
+    }
   }
   for (uint32_t p = 0; p < layer.pinned; p += chunk) {
     const uint32_t count = std::min(chunk, layer.pinned - p);

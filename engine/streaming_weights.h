@@ -75,7 +75,9 @@ struct StreamingStats {
   }
 };
 
-class StreamingWeightStore final : public WeightStore, private FfnProvider {
+class StreamingWeightStore final : public WeightStore,
+                                   private FfnProvider,
+                                   private ClassifierProvider {
  public:
   // Opens the store folder `path` and loads what the plan pins. Errors: the reader's (NotFound,
   // Corruption, NotSupported), ResourceExhausted when the budget is below the minimum (the
@@ -92,6 +94,11 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   bool embedding_on_demand() const { return embedding_on_demand_; }
   std::span<const float> output_norm() const override { return output_norm_; }
   const MatrixView& classifier() const override { return classifier_; }
+  ClassifierProvider* classifier_provider() override {
+    return classifier_streamed_ ? this : nullptr;
+  }
+  // True when the classifier streams from flash (the budget cannot hold it).
+  bool classifier_streamed() const { return classifier_streamed_; }
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;
   void ReleaseLayer(uint32_t layer) override {}
 
@@ -130,6 +137,8 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   Status ReadDense(Layer& layer, ByteSpan into, bool assign_views);
   Status Forward(uint32_t layer, std::span<const float> xb, uint32_t n,
                  std::span<float> out) override;
+  Status Logits(std::span<const float> x, uint32_t n, std::span<float> logits) override;
+  Status SubmitClassifier(uint32_t extent, uint32_t slot);
 
   ThreadPool& pool_;
   std::unique_ptr<layout::StoreReader> reader_;
@@ -138,6 +147,15 @@ class StreamingWeightStore final : public WeightStore, private FfnProvider {
   std::vector<storage::AlignedBuffer> buffers_;  // globals and pinned dense tensors
   MatrixView embedding_, classifier_;            // embedding_ empty when read on demand
   bool embedding_on_demand_ = false;
+  // Streamed classifier: extent k is read into slot chunk_slots_ + 1 + k % 2 of slots_.
+  bool classifier_streamed_ = false;
+  layout::TensorLocation classifier_location_;
+  std::vector<layout::Extent> classifier_extents_;
+  uint64_t classifier_slot_bytes_ = 0;        // one extent's aligned cover
+  uint32_t classifier_rows_max_ = 0;          // rows per extent
+  storage::AlignedBuffer classifier_stream_;  // two slots
+  std::vector<float> classifier_out_;         // max_batch x rows per extent
+  storage::AlignedBuffer classifier_qx_;      // q8 activations
   layout::TensorLocation embedding_location_;
   storage::AlignedBuffer embedding_extent_;       // one extent of embedding rows
   uint64_t embedding_extent_index_ = UINT64_MAX;  // which one it holds

@@ -204,7 +204,12 @@ Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tok
     RmsNorm(std::span<const float>(x_.data() + uint64_t{t} * c.dim, c.dim), weights_.output_norm(),
             c.norm_eps, std::span<float>(xb_.data() + uint64_t{t - first} * c.dim, c.dim));
   }
-  MatMul(weights_.classifier(), xb_, rows, logits_, scratch_span_, pool_);
+  if (ClassifierProvider* streamed = weights_.classifier_provider()) {
+    RETURN_IF_ERROR(streamed->Logits(std::span<const float>(xb_.data(), uint64_t{rows} * c.dim),
+                                     rows, logits_));
+  } else {
+    MatMul(weights_.classifier(), xb_, rows, logits_, scratch_span_, pool_);
+  }
   return std::span<const float>(logits_.data(), uint64_t{rows} * c.vocab_size);
 }
 

@@ -38,6 +38,17 @@ class FfnProvider {
                          std::span<float> out) = 0;
 };
 
+// A classifier served by the store (streamed from flash in row ranges) instead of as one
+// resident matrix. When WeightStore::classifier_provider() returns one, the forward pass calls
+// Logits and does not use classifier().
+class ClassifierProvider {
+ public:
+  virtual ~ClassifierProvider() = default;
+  // logits[t] = classifier * x[t] for t < n: x is n x dim (normed), logits n x vocab.
+  // Errors: IoError/Corruption from streaming the classifier.
+  virtual Status Logits(std::span<const float> x, uint32_t n, std::span<float> logits) = 0;
+};
+
 struct LayerWeights {
   std::span<const float> attn_norm;  // dim
   MatrixView wq;                     // n_heads*head_dim x dim
@@ -60,8 +71,10 @@ class WeightStore {
   // that reads embedding rows from flash on demand.
   virtual Status EmbedToken(uint32_t token, std::span<float> out) = 0;
   virtual std::span<const float> output_norm() const = 0;  // dim
-  // vocab x dim (the embedding itself when tied).
+  // vocab x dim (the embedding itself when tied); empty when classifier_provider() is set.
   virtual const MatrixView& classifier() const = 0;
+  // Non-null when the store computes the logits itself (see ClassifierProvider).
+  virtual ClassifierProvider* classifier_provider() { return nullptr; }
   // Makes layer `layer`'s weights available. Errors: IoError/Corruption from the backing store.
   // The views live until ReleaseLayer(layer). At most one layer is acquired at a time by the
   // forward pass (a streaming store may prefetch the next one).
