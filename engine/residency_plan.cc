@@ -20,6 +20,35 @@ std::string FormatBytes(uint64_t bytes) {
   return buf;
 }
 
+namespace {
+
+// The largest level p such that sum over layers of max(floor[l], min(p, cap[l])) <= units
+// (floor[l] <= cap[l]; 0 when even the floors exceed units).
+uint32_t WaterLevel(const std::vector<uint32_t>& floor, const std::vector<uint32_t>& cap,
+                    uint64_t units) {
+  auto used = [&](uint64_t level) {
+    uint64_t sum = 0;
+    for (size_t l = 0; l < cap.size(); ++l) {
+      sum += std::max<uint64_t>(floor[l], std::min<uint64_t>(level, cap[l]));
+    }
+    return sum;
+  };
+  uint64_t lo = 0, hi = 0;
+  for (uint32_t c : cap) hi = std::max<uint64_t>(hi, c);
+  if (used(lo) > units) return 0;
+  while (lo < hi) {  // invariant: used(lo) <= units
+    const uint64_t mid = lo + (hi - lo + 1) / 2;
+    if (used(mid) <= units) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return static_cast<uint32_t>(lo);
+}
+
+}  // namespace
+
 Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const size_t layers = in.dense_layer_bytes.size();
   if (in.layer_bundles.size() != layers) {
@@ -106,11 +135,23 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     p.chunk_stream_bytes += one_chunk;
     avail -= one_chunk;
   }
-  // 3. The rest pins the first bundles of every layer, evenly.
-  const uint64_t per_layer = layers == 0 ? 0 : avail / (layers * in.bundle_spacing_bytes);
+  // 3. The rest pins the first bundles of every layer: the hot sets first, evenly as far as
+  // they go, then evenly across layers.
+  const uint64_t units = avail / in.bundle_spacing_bytes;
+  std::vector<uint32_t> hot(layers, 0);
+  for (size_t l = 0; l < layers && l < in.layer_hot.size(); ++l) {
+    hot[l] = std::min(in.layer_hot[l], in.layer_bundles[l]);
+  }
+  const std::vector<uint32_t> none(layers, 0);
+  const uint32_t hot_level = WaterLevel(none, hot, units);
+  std::vector<uint32_t> hot_pinned(layers);
+  for (size_t l = 0; l < layers; ++l) hot_pinned[l] = std::min(hot_level, hot[l]);
+  const uint32_t level = WaterLevel(hot_pinned, in.layer_bundles, units);
   for (size_t l = 0; l < layers; ++l) {
-    p.pinned_bundles[l] = static_cast<uint32_t>(std::min<uint64_t>(per_layer, in.layer_bundles[l]));
+    p.pinned_bundles[l] = std::max(hot_pinned[l], std::min(level, in.layer_bundles[l]));
     p.pinned_bundle_bytes += uint64_t{p.pinned_bundles[l]} * in.bundle_spacing_bytes;
+    p.pinned_hot += hot_pinned[l];
+    p.hot_total += hot[l];
   }
   bool all_bundles = true;
   for (size_t l = 0; l < layers; ++l) all_bundles &= p.pinned_bundles[l] == in.layer_bundles[l];
@@ -141,10 +182,19 @@ std::string ResidencyPlan::Describe() const {
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);
+  uint32_t lo = layers ? pinned_bundles[0] : 0, hi = lo;
+  for (size_t l = 0; l < layers; ++l) {
+    lo = std::min(lo, pinned_bundles[l]);
+    hi = std::max(hi, pinned_bundles[l]);
+  }
   s += "\n  FFN bundles resident: " + std::to_string(bundles) + " (" +
-       FormatBytes(pinned_bundle_bytes) + ", first ";
-  s += layers ? std::to_string(pinned_bundles[0]) : std::string("0");
-  s += " per layer)";
+       FormatBytes(pinned_bundle_bytes) + ", first " + std::to_string(lo) +
+       (hi != lo ? "-" + std::to_string(hi) : std::string()) + " per layer";
+  if (hot_total) {
+    s += ", " + std::to_string(pinned_hot) + " of the " + std::to_string(hot_total) +
+         " hot-set neurons";
+  }
+  s += ")";
   if (chunk_stream_bytes) {
     s += ", streaming the rest in chunks of " + std::to_string(chunk_bundles) + " bundles (" +
          std::to_string(chunk_buffers) + " buffers, " + FormatBytes(chunk_stream_bytes) + ")";

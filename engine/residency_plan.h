@@ -11,7 +11,8 @@
 //     then dense layers are pinned in layer order as far as they fit (one buffer for a
 //     streamed dense layer is reserved when any does not), then further chunk buffers up to
 //     chunk_buffers (read-ahead depth), and the rest pins the first bundles of every layer
-//     (hot-first stores put the most frequently firing neurons there) evenly across layers.
+//     (hot-first stores put the most frequently firing neurons there): each layer's hot set
+//     first (evenly while they do not all fit), then evenly across layers.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
 // budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
 #ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
@@ -38,9 +39,11 @@ struct ResidencyInputs {
   uint64_t classifier_demand_bytes = 0;     // 0: must stay resident
   std::vector<uint64_t> dense_layer_bytes;  // [layer]
   std::vector<uint32_t> layer_bundles;      // [layer] neurons
-  uint64_t bundle_spacing_bytes = 0;        // DRAM bytes per bundle
-  uint64_t chunk_spacing_bytes = 0;         // per bundle in the streaming buffer (0: as above)
-  uint32_t chunk_bundles = 256;             // bundles per FFN streaming chunk
+  // [layer] hot-set size (positions [0, n) of a hot-first store; empty or 0: none). Pinned first.
+  std::vector<uint32_t> layer_hot;
+  uint64_t bundle_spacing_bytes = 0;  // DRAM bytes per bundle
+  uint64_t chunk_spacing_bytes = 0;   // per bundle in the streaming buffer (0: as above)
+  uint32_t chunk_bundles = 256;       // bundles per FFN streaming chunk
   // FFN chunk buffers: at least chunk_buffers_min (2 when the next chunk is read while one
   // computes), more up to chunk_buffers when the budget allows (deeper read-ahead).
   uint32_t chunk_buffers_min = 1;
@@ -59,8 +62,9 @@ struct ResidencyPlan {
   std::vector<uint32_t> pinned_bundles;  // [layer] positions [0, n) resident
   uint64_t pinned_dense_bytes = 0;
   uint64_t pinned_bundle_bytes = 0;
-  uint64_t dense_stream_bytes = 0;  // buffer for one streamed dense layer (0: none streams)
-  uint64_t chunk_stream_bytes = 0;  // buffers for FFN chunks (0: no bundle streams)
+  uint64_t pinned_hot = 0, hot_total = 0;  // hot-set neurons pinned, and in the store
+  uint64_t dense_stream_bytes = 0;         // buffer for one streamed dense layer (0: none streams)
+  uint64_t chunk_stream_bytes = 0;         // buffers for FFN chunks (0: no bundle streams)
   uint32_t chunk_bundles = 0;
   uint32_t chunk_buffers = 0;  // chunk_stream_bytes holds this many chunks
   uint64_t model_bytes = 0;    // dense + bundles, all layers

@@ -328,6 +328,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     }
     in.dense_layer_bytes.push_back(layer.dense_bytes);
     in.layer_bundles.push_back(c.hidden_dim);
+    in.layer_hot.push_back(reader_->HotCount(l));
   }
   // Direct chunk reads need uncompressed bundles, stride apart, in one file.
   direct_chunks_ = options.direct_chunks;

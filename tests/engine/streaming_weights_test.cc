@@ -365,6 +365,40 @@ TEST(StreamingWeightStoreTest, CorruptBundleIsDetected) {
   }
 }
 
+// Hot sets (from activation statistics) are pinned first, evenly while they do not all fit;
+// the rest of the bundle share is spread evenly on top.
+TEST(ResidencyPlanTest, HotSetsArePinnedFirst) {
+  ResidencyInputs in;
+  in.fixed_bytes = 1000;
+  in.dense_layer_bytes = {100, 100, 100};
+  in.layer_bundles = {10, 10, 10};
+  in.layer_hot = {6, 0, 2};
+  in.bundle_spacing_bytes = 10;
+  in.chunk_bundles = 4;
+  const uint64_t base = 1000 + 40 + 300;  // fixed, one chunk, every attention layer
+  in.budget_bytes = base + 80;            // 8 bundles
+  auto p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{6, 0, 2}));
+  EXPECT_EQ(p->pinned_hot, 8u);
+  EXPECT_EQ(p->hot_total, 8u);
+  in.budget_bytes = base + 40;  // 4 bundles: the hot sets share them evenly
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{2, 0, 2}));
+  EXPECT_EQ(p->pinned_hot, 4u);
+  in.budget_bytes = base + 170;  // 17 bundles: hot sets (8), then evenly up to 5 per layer
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{6, 5, 5}));
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+  in.layer_hot.clear();  // no statistics: evenly
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{5, 5, 5}));
+  EXPECT_EQ(p->hot_total, 0u);
+}
+
 TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   ResidencyInputs in;
   in.fixed_bytes = 1000;
