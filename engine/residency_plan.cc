@@ -111,11 +111,18 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
         " for one streamed layer's attention + " + FormatBytes(chunk_bytes) +
         " for one FFN chunk)");
   }
-  // 2. Stream FFN chunks; pin dense layers in order as far as they fit.
+  // 2. Stream FFN chunks: deeper read-ahead first (it raises the read rate more than the same
+  // bytes pinned lower the bytes read), keeping room for one streamed dense layer; then pin dense
+  // layers in order as far as they fit.
   p.chunk_bundles = chunk;
   p.chunk_stream_bytes = chunk_bytes;
   p.chunk_buffers = buffers_min;
-  uint64_t avail = in.budget_bytes - p.fixed_bytes - chunk_bytes;
+  uint64_t avail = in.budget_bytes - p.fixed_bytes - chunk_bytes;  // >= dense_stream
+  while (p.chunk_buffers < in.chunk_buffers && one_chunk + dense_stream <= avail) {
+    ++p.chunk_buffers;
+    p.chunk_stream_bytes += one_chunk;
+    avail -= one_chunk;
+  }
   if (dense_total <= avail) {
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
     p.pinned_dense_bytes = dense_total;
@@ -129,12 +136,6 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     }
   }
   avail -= p.pinned_dense_bytes;
-  // Deeper read-ahead while the budget allows.
-  while (p.chunk_buffers < in.chunk_buffers && one_chunk <= avail) {
-    ++p.chunk_buffers;
-    p.chunk_stream_bytes += one_chunk;
-    avail -= one_chunk;
-  }
   // 3. The rest pins the first bundles of every layer: the hot sets first, evenly as far as
   // they go, then evenly across layers.
   const uint64_t units = avail / in.bundle_spacing_bytes;

@@ -8,11 +8,11 @@
 //  2. otherwise the embedding is read on demand (when it may be), chunk_buffers_min streaming
 //     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier
 //     stays resident unless only streaming it (when it may be) lets the budget run at all;
-//     then dense layers are pinned in layer order as far as they fit (one buffer for a
-//     streamed dense layer is reserved when any does not), then further chunk buffers up to
-//     chunk_buffers (read-ahead depth), and the rest pins the first bundles of every layer
-//     (hot-first stores put the most frequently firing neurons there): each layer's hot set
-//     first (evenly while they do not all fit), then evenly across layers.
+//     then further chunk buffers up to chunk_buffers (read-ahead depth; room for one streamed
+//     dense layer is kept), dense layers pinned in layer order as far as they fit (one buffer
+//     for a streamed dense layer is reserved when any does not), and the rest pins the first
+//     bundles of every layer (hot-first stores put the most frequently firing neurons there):
+//     each layer's hot set first (evenly while they do not all fit), then evenly across layers.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
 // budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
 #ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
