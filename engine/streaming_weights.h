@@ -2,25 +2,27 @@
 // what a memory budget allows in DRAM and reads the rest from flash as the forward pass needs it.
 //
 // At Open the residency planner (residency_plan.h) splits the budget: the always-resident part
-// (KV cache and activations as the Transformer will size them, the FFN kernel's scratch, the
-// embedding, classifier and norms, the catalog), attention matrices pinned layer by layer, and
-// the first bundles of every layer's FFN pinned (hot-first stores put the hottest neurons
-// first). What is not pinned streams through buffers sized at Open: one for a layer's attention
-// matrices (read at AcquireLayer) and one for a chunk of FFN bundles (read inside the FFN, chunk
-// after chunk). Every read goes through the StoreReader's extent API: O_DIRECT through io_uring
-// (pread fallback), checksum-verified, never mmap or the page cache. The FFN is computed from
-// the bundles by BundleFfnKernel (LayerWeights::ffn), so the result does not depend on the
-// budget.
+// (KV cache and activations as the Transformer will size them, the FFN kernel's scratch, norms,
+// the catalog; the embedding unless its rows are read on demand; the classifier unless only
+// streaming it lets the budget run), streaming buffers, attention matrices pinned layer by
+// layer, and the first bundles of every layer's FFN (each layer's hot set first; hot-first
+// stores put the hottest neurons first). What is not pinned streams through buffers sized at
+// Open. Reads use O_DIRECT (buffered only where the filesystem refuses it) through io_uring
+// (pread fallback), are checksum-verified, and never go through mmap or the page cache: FFN
+// chunks, streamed attention and classifier extents straight into their buffers through this
+// store's own backend; pinned weights, embedding rows and the bundle-by-bundle fallback (for
+// compressed stores) through the StoreReader's extent API. The FFN is computed from the bundles
+// by BundleFfnKernel (LayerWeights::ffn), so the result does not depend on the budget.
 //
 // Pipelining (StreamingOptions::pipeline): the streamed reads of a pass form a fixed, cyclic
 // schedule (layer 0's chunks, layer 1's, ..., then the next pass). A ring of chunk buffers keeps
-// the next chunks in flight while one computes, and the single attention buffer is refilled with
-// the next streamed layer as soon as this layer's FFN begins, so AcquireLayer rarely waits. The
-// attention views of a streamed layer are therefore valid only until its FFN (LayerWeights::ffn)
-// begins, which is when the forward pass stops using them. Reads land straight in the buffers
-// (O_DIRECT, registered with the backend) and are verified in place; nothing is allocated per
-// token on this path. The embedding is read a row extent at a time when it is not resident.
-// Not thread-safe: one forward pass uses one store.
+// the next chunks in flight while one computes; the single attention buffer is refilled with the
+// next streamed layer as soon as this layer's FFN begins, so AcquireLayer rarely waits; the
+// classifier's first extents are read during the last layer's FFN. The attention views of a
+// streamed layer are therefore valid only until its FFN (LayerWeights::ffn) begins, which
+// weights.h allows and is when the forward pass stops using them. Reads carry tags into a read
+// table sized at Open and are verified in place; nothing is allocated per token on the
+// pipelined path. Not thread-safe: one forward pass uses one store.
 #ifndef FLASHLM_ENGINE_STREAMING_WEIGHTS_H_
 #define FLASHLM_ENGINE_STREAMING_WEIGHTS_H_
 

@@ -2,8 +2,11 @@
 //
 // The forward pass never touches a Checkpoint or a file: it asks the store for a layer's weights
 // (AcquireLayer), computes, and hands them back (ReleaseLayer). Views returned by AcquireLayer
-// stay valid until the matching ReleaseLayer; the global tensors (embedding, final norm,
-// classifier) stay valid for the store's lifetime. An out-of-core store streams a layer from
+// stay valid until the matching ReleaseLayer, except that a store serving the FFN itself
+// (LayerWeights::ffn) may reuse the attention matrices' memory once FfnProvider::Forward is
+// called (the forward pass has finished attention by then). The final norm and the classifier
+// stay valid for the store's lifetime (the embedding is read through EmbedToken; the classifier
+// may instead be served by a ClassifierProvider). An out-of-core store streams a layer from
 // flash on Acquire and may evict it on Release; the FFN's matrices are given so that a subset of
 // neurons can be computed (neuron i is row i of gate and up, column i of down), which is what a
 // neuron-bundle store will serve.

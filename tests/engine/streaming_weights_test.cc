@@ -82,6 +82,25 @@ Result<Run> Generate(const fs::path& store, uint64_t budget, uint32_t threads, u
   return r;
 }
 
+// Greedy generation of 60 tokens after the golden file's first id through `weights` equals the
+// golden ids.
+void ExpectGoldenContinuation(StreamingWeightStore& weights, ThreadPool& pool,
+                              const TransformerOptions& options, const fs::path& golden) {
+  const std::vector<int32_t> gold = ReadIds(golden);
+  ASSERT_GT(gold.size(), 61u);
+  auto tok = Tokenizer::Create(weights.reader().vocab());
+  ASSERT_TRUE(tok.ok());
+  SamplerOptions sam;
+  sam.temperature = 0;
+  auto sampler = Sampler::Create(weights.config().vocab_size, sam);
+  ASSERT_TRUE(sampler.ok());
+  auto model = Transformer::Create(weights, pool, options);
+  ASSERT_TRUE(model.ok());
+  Generator gen(**model, **tok);
+  ASSERT_TRUE(gen.Generate(std::vector<int32_t>{gold[0]}, 60, **sampler, {}, nullptr).ok());
+  EXPECT_EQ(gen.ids(), std::vector<int32_t>(gold.begin(), gold.begin() + 61));
+}
+
 struct StoreCase {
   layout::DType dtype;
   layout::BundleKind kind;
@@ -217,18 +236,7 @@ TEST(StreamingWeightStoreTest, F32StoreMatchesDramForwardAndGolden) {
   }
   EXPECT_LT(max_diff, 1e-3);
   // Golden greedy continuation (first 60 tokens) through the streaming store.
-  const std::vector<int32_t> gold = ReadIds(golden);
-  ASSERT_GT(gold.size(), 61u);
-  auto tok = Tokenizer::Create((*streaming)->reader().vocab());
-  ASSERT_TRUE(tok.ok());
-  SamplerOptions sam;
-  sam.temperature = 0;
-  auto sampler = Sampler::Create((*streaming)->config().vocab_size, sam);
-  auto model = Transformer::Create(**streaming, pool, to);
-  ASSERT_TRUE(model.ok());
-  Generator gen(**model, **tok);
-  ASSERT_TRUE(gen.Generate(std::vector<int32_t>{gold[0]}, 60, **sampler, {}, nullptr).ok());
-  EXPECT_EQ(gen.ids(), std::vector<int32_t>(gold.begin(), gold.begin() + 61));
+  ExpectGoldenContinuation(**streaming, pool, to, golden);
 }
 
 // With small dense extents the classifier can stream one extent at a time: the planner does so
@@ -289,18 +297,7 @@ TEST(StreamingWeightStoreTest, ClassifierStreamsAtTheSmallestBudgets) {
   auto s2 = StreamingWeightStore::Open(store.string(), pool, so);
   ASSERT_TRUE(s2.ok());
   EXPECT_TRUE((*s2)->classifier_streamed());
-  const std::vector<int32_t> gold = ReadIds(golden);
-  ASSERT_GT(gold.size(), 61u);
-  auto tok = Tokenizer::Create((*s2)->reader().vocab());
-  ASSERT_TRUE(tok.ok());
-  SamplerOptions sam;
-  sam.temperature = 0;
-  auto sampler = Sampler::Create((*s2)->config().vocab_size, sam);
-  auto model = Transformer::Create(**s2, pool, gen_options);
-  ASSERT_TRUE(model.ok());
-  Generator gen(**model, **tok);
-  ASSERT_TRUE(gen.Generate(std::vector<int32_t>{gold[0]}, 60, **sampler, {}, nullptr).ok());
-  EXPECT_EQ(gen.ids(), std::vector<int32_t>(gold.begin(), gold.begin() + 61));
+  ExpectGoldenContinuation(**s2, pool, gen_options, golden);
   // A budget that holds the classifier next to the least buffers keeps it resident.
   so.budget_bytes = minimum + 128 * 1024;
   auto s3 = StreamingWeightStore::Open(store.string(), pool, so);
