@@ -11,8 +11,9 @@ namespace flashlm::engine {
 namespace {
 
 constexpr uint64_t kAlign = 64;
-constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one direct read (at least, for FFN chunks)
-constexpr uint32_t kJobReadsMax = 8;            // reads per FFN chunk, at most
+constexpr uint64_t kReadMaxBytes = 1ull << 20;    // one direct read (at least, for FFN chunks)
+constexpr uint32_t kJobReadsMax = 8;              // reads per FFN chunk, at most
+constexpr uint32_t kEmbeddingExtentReadsMax = 2;  // an embedding extent read directly: <= 2 MiB
 // Positions per BundleFfnKernel::Accumulate call (bounds the kernel's scratch, independent of
 // the streaming chunk size).
 constexpr uint32_t kKernelChunk = 256;
@@ -461,17 +462,18 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     }
   }
   // Counted for any options (as below): two classifier extents' reads.
+  const uint64_t embedding_reads_bound = kEmbeddingExtentReadsMax;
   const uint64_t classifier_reads_bound =
       cls == nullptr ? 0
                      : 2 * (classifier_location_.record.rows_per_extent *
                                 layout::RowBytes(cls->dtype, c.dim) / kReadMaxBytes +
                             2);
-  fixed +=
-      (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound + classifier_reads_bound) *
-          (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) + sizeof(PendingRead) +
-           sizeof(uint32_t)) +
-      (1u << 16) +       // direct reads
-      2 * (2ull << 20);  // the two streaming buffers round up to huge pages
+  fixed += (uint64_t{kChunkBuffersMax} * kJobReadsMax + dense_reads_bound + classifier_reads_bound +
+            embedding_reads_bound) *
+               (sizeof(storage::ReadRequest) + sizeof(storage::ReadCompletion) +
+                sizeof(PendingRead) + sizeof(uint32_t)) +
+           (1u << 16) +       // direct reads
+           2 * (2ull << 20);  // the two streaming buffers round up to huge pages
   // The embedding is resident when everything fits (or when it is the classifier too);
   // otherwise its rows are read on demand, one extent (a few rows) at a time.
   in.embedding_bytes = AlignUp64(emb->size_bytes());
@@ -483,21 +485,24 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
         emb->cols() != c.dim || !MatMulSupports(emb->dtype)) {
       return CorruptionError("tensor token_embd.weight has a layout the engine cannot read");
     }
-    in.embedding_demand_bytes = AlignUp64(std::min<uint64_t>(rec.rows_per_extent, c.vocab_size) *
-                                          layout::RowBytes(emb->dtype, c.dim));
+    // One extent's aligned cover, so that it can be read straight into the buffer.
+    in.embedding_demand_bytes = (std::min<uint64_t>(rec.rows_per_extent, c.vocab_size) *
+                                     layout::RowBytes(emb->dtype, c.dim) +
+                                 4095) /
+                                4096 * 4096;
   }
   in.fixed_bytes = fixed;
   ASSIGN_OR_RETURN(plan_, PlanResidency(in));
   embedding_on_demand_ = !plan_.embedding_resident;
   if (embedding_on_demand_) {
     ASSIGN_OR_RETURN(embedding_extent_,
-                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, kAlign,
+                     storage::AlignedBuffer::Allocate(in.embedding_demand_bytes, 4096,
                                                       /*huge_pages=*/false));
   }
   chunk_slots_ = std::max<uint32_t>(plan_.chunk_buffers, 1);
   classifier_streamed_ = cls != nullptr && !plan_.classifier_resident;
-  const uint32_t queue_depth =
-      chunk_slots_ * job_reads + dense_reads_max + (classifier_streamed_ ? classifier_reads : 0);
+  const uint32_t queue_depth = kEmbeddingExtentReadsMax + chunk_slots_ * job_reads +
+                               dense_reads_max + (classifier_streamed_ ? classifier_reads : 0);
 
   // Globals and norms.
   if (!embedding_on_demand_) {
@@ -574,7 +579,7 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
           chunk_stream_.span().subspan(uint64_t{k} * chunk_spacing_, geometry_.bundle_bytes));
     }
   }
-  if (direct_chunks_ && (plan_.streams() || classifier_streamed_)) {
+  if (direct_chunks_ && (plan_.streams() || classifier_streamed_ || embedding_on_demand_)) {
     storage::ReadBackendOptions bo;
     bo.queue_depth_max = queue_depth;
     bo.files_max = static_cast<uint32_t>(std::max<size_t>(files_.size(), 1));
@@ -588,7 +593,8 @@ Status StreamingWeightStore::Load(const StreamingOptions& options) {
     reads_.resize(queue_depth);
     for (uint32_t t = queue_depth; t > 0; --t) free_reads_.push_back(t - 1);
   }
-  slots_.assign(chunk_slots_ + 3, Slot());  // chunks, attention, two classifier extents
+  // Chunks, attention, two classifier extents, an embedding extent.
+  slots_.assign(chunk_slots_ + 4, Slot());
   if (plan_.chunk_stream_bytes == 0) pipeline_ = false;
   if (pipeline_) {
     for (uint32_t l = 0; l < c.n_layers; ++l) {
@@ -638,10 +644,30 @@ Status StreamingWeightStore::EmbedToken(uint32_t token, std::span<float> out) {
       return CorruptionError("token_embd.weight extent " + std::to_string(index) +
                              " has an unexpected size");
     }
-    const uint64_t t0 = storage::NowNs();
-    RETURN_IF_ERROR(reader_->ReadExtent(e, embedding_extent_.span().subspan(0, e.raw_bytes))
-                        .WithContext("reading token_embd.weight"));
-    stats_.io_wait_ns += storage::NowNs() - t0;
+    const uint64_t a = backend_ ? files_[e.file_index].required_alignment_bytes() : uint64_t{1};
+    const uint64_t cover = (e.stored_bytes + a - 1) / a * a;
+    if (backend_ && e.codec == layout::Codec::kNone && e.stored_bytes == e.raw_bytes &&
+        cover <= embedding_extent_.size_bytes() &&
+        cover <= kEmbeddingExtentReadsMax * kReadMaxBytes) {
+      // Straight into the buffer through this store's backend: nothing allocated per lookup.
+      const uint32_t slot = chunk_slots_ + 3;
+      slots_[slot].error = Status::Ok();
+      requests_.clear();
+      RETURN_IF_ERROR(QueueRead(slot, e.file_index, e.offset_bytes,
+                                embedding_extent_.span().subspan(0, cover), kReadMaxBytes));
+      RETURN_IF_ERROR(SubmitQueued());
+      RETURN_IF_ERROR(WaitSlot(slot).WithContext("reading token_embd.weight"));
+      if (storage::Checksum64(ConstByteSpan(embedding_extent_.data(), e.stored_bytes)) !=
+          e.checksum) {
+        return CorruptionError("checksum mismatch in extent " + std::to_string(e.index) + " (" +
+                               reader_->DescribeExtent(e.index) + ")");
+      }
+    } else {  // compressed extents, or no backend of our own: through the reader
+      const uint64_t t0 = storage::NowNs();
+      RETURN_IF_ERROR(reader_->ReadExtent(e, embedding_extent_.span().subspan(0, e.raw_bytes))
+                          .WithContext("reading token_embd.weight"));
+      stats_.io_wait_ns += storage::NowNs() - t0;
+    }
     stats_.bytes_requested += e.stored_bytes;
     embedding_extent_index_ = index;
     embedding_extent_rows_ = e.raw_bytes / row_bytes;

@@ -305,6 +305,53 @@ TEST(StreamingWeightStoreTest, ClassifierStreamsAtTheSmallestBudgets) {
   EXPECT_FALSE((*s3)->classifier_streamed()) << (*s3)->plan().Describe();
 }
 
+// A flipped byte in an embedding extent read on demand is Corruption naming the tensor.
+TEST(StreamingWeightStoreTest, CorruptEmbeddingRowIsDetected) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  // f32: the 128 KiB embedding spans two 64 KiB extents, so it is read on demand when streaming.
+  MakeStore(gguf, store, layout::DType::kF32, layout::BundleKind::kGateUpDown);
+  uint64_t offset = 0;
+  {
+    auto reader = layout::StoreReader::Open(store.string());
+    ASSERT_TRUE(reader.ok());
+    auto ext = (*reader)->DenseExtents("token_embd.weight", 1, 1);  // the row of token 1
+    ASSERT_TRUE(ext.ok());
+    offset = (*ext)[0].offset_bytes + 300;  // inside row 1 (256 bytes per row)
+  }
+  {
+    std::fstream f(store / "data-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x40);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write(&c, 1);
+  }
+  ThreadPool pool(1);
+  StreamingOptions so;
+  so.transformer.max_context = 32;
+  so.transformer.max_batch = 4;
+  so.budget_bytes = 1;
+  auto refused = StreamingWeightStore::Open(store.string(), pool, so);
+  ASSERT_FALSE(refused.ok());
+  std::smatch m;
+  const std::string msg(refused.status().message());
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
+  so.budget_bytes = std::stoull(m[1].str());
+  auto w = StreamingWeightStore::Open(store.string(), pool, so);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_TRUE((*w)->embedding_on_demand());
+  auto model = Transformer::Create(**w, pool, so.transformer);
+  ASSERT_TRUE(model.ok());
+  auto r = (*model)->Forward(std::vector<int32_t>{1}, 0);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+  EXPECT_NE(r.status().ToString().find("token_embd.weight"), std::string::npos)
+      << r.status().ToString();
+}
+
 // A flipped byte in a streamed bundle is Corruption naming the extent, on both read paths.
 TEST(StreamingWeightStoreTest, CorruptBundleIsDetected) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");

@@ -59,6 +59,14 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   EXPECT_EQ(not_store.exit_code, 2) << not_store.err;
   CmdRun bad_size = Flashlm(g + "--mem-budget 12Q");
   EXPECT_EQ(bad_size.exit_code, 2) << bad_size.err;
+  // Tuning flags out of range: usage errors naming the flag.
+  for (const char* bad : {"--stream-buffers 1", "--stream-buffers 65", "--chunk-bundles 0",
+                          "--chunk-bundles 70000"}) {
+    CmdRun r = Flashlm(g + "--mem-budget 0 " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    const std::string flag = std::string(bad).substr(0, std::string(bad).find(' '));
+    EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
+  }
   // Perplexity at the minimum budget equals the unlimited figure.
   const std::string text = (dir / "t.txt").string();
   std::ofstream(text) << "Once upon a time there was a little girl. She liked to play.\n";
