@@ -103,6 +103,23 @@ inline bool ReadLlama2c(const std::string& path, RefWeights& w) {
 }
 
 // Random weights for a given shape (seeded), scaled to keep activations tame.
+// A small LLaMA shape for kernel-level tests: dim 48, hidden 100 (not a multiple of 32, so
+// block rows are zero-padded), 3 layers, 6 heads of 8 (2 KV heads with gqa), vocab 67.
+inline layout::ModelConfig SmallConfig(bool gqa, bool tied, layout::Activation act) {
+  layout::ModelConfig c;
+  c.dim = 48;
+  c.hidden_dim = 100;
+  c.n_layers = 3;
+  c.n_heads = 6;
+  c.n_kv_heads = gqa ? 2 : 6;
+  c.head_dim = 8;
+  c.vocab_size = 67;
+  c.max_seq_len = 40;
+  c.tied_embeddings = tied;
+  c.activation = act;
+  return c;
+}
+
 inline RefWeights RandomWeights(const layout::ModelConfig& c, uint32_t seed) {
   RefWeights w;
   w.c = c;

@@ -8,23 +8,9 @@ namespace flashlm::engine {
 namespace {
 
 using engine::testing::RandomWeights;
+using engine::testing::SmallConfig;
 using engine::testing::ToCheckpoint;
 using layout::DType;
-
-layout::ModelConfig SmallConfig(bool gqa, bool tied, layout::Activation act) {
-  layout::ModelConfig c;
-  c.dim = 48;
-  c.hidden_dim = 100;
-  c.n_layers = 3;
-  c.n_heads = 6;
-  c.n_kv_heads = gqa ? 2 : 6;
-  c.head_dim = 8;
-  c.vocab_size = 67;
-  c.max_seq_len = 40;
-  c.tied_embeddings = tied;
-  c.activation = act;
-  return c;
-}
 
 TEST(WeightStoreTest, ServesEveryLayerInItsOwnDtype) {
   auto w = RandomWeights(SmallConfig(true, false, layout::Activation::kSilu), 3);
