@@ -11,18 +11,11 @@
 #include <cstring>
 #include <filesystem>
 
-#include "storage/checksum.h"
+#include "storage/check.h"
 #include "storage/lmdb_env.h"
-#include "storage/zstd_codec.h"
 
 namespace flashlm::layout {
 namespace {
-
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%016" PRIx64, v);
-  return buf;
-}
 
 bool IsStorableDType(uint8_t d) { return d <= static_cast<uint8_t>(DType::kQ4_0); }
 
@@ -146,27 +139,25 @@ Status StoreReader::Load() {
   }
 
   // Data files: open now so that every extent can be bounds-checked against the real size.
-  storage::ReadBackendOptions bo;
-  bo.queue_depth_max = std::max<uint32_t>(1, options_.queue_depth);
-  bo.files_max = header_.data_file_count;
-  ASSIGN_OR_RETURN(backend_, storage::MakeReadBackend(options_.backend, bo));
+  std::vector<std::string> paths;
   for (uint32_t f = 0; f < header_.data_file_count; ++f) {
-    const std::string p = DataFilePath(f);
-    storage::FileOptions fo;
-    fo.direct = options_.direct;
-    auto file = storage::File::OpenForRead(p, fo);
-    if (!file.ok()) {
-      if (file.status().code() == StatusCode::kNotFound) {
-        return CorruptionError(where("missing data file " + DataFileName(f)));
-      }
-      return file.status();
+    paths.push_back(DataFilePath(f));
+    if (!std::filesystem::exists(paths.back(), ec)) {
+      return CorruptionError(where("missing data file " + DataFileName(f)));
     }
-    files_.push_back(std::move(*file));
-    file_bytes_.push_back(files_.back().size_bytes());
   }
-  for (const storage::File& f : files_) {
-    ASSIGN_OR_RETURN(uint32_t id, backend_->RegisterFile(f));
-    file_ids_.push_back(id);
+  ExtentReaderOptions ro;
+  ro.backend = options_.backend;
+  ro.direct = options_.direct;
+  ASSIGN_OR_RETURN(reader_, ExtentReader::Open(paths, ro, [this](uint64_t index) {
+                     return DescribeExtent(index);
+                   }));
+  ExtentReaderLimits limits;
+  limits.queue_depth = std::max<uint32_t>(1, options_.queue_depth);
+  limits.staging_bytes = std::max<uint64_t>(options_.batch_bytes_max, 4096);
+  RETURN_IF_ERROR(reader_->SetLimits(limits));
+  for (uint32_t f = 0; f < header_.data_file_count; ++f) {
+    file_bytes_.push_back(reader_->file_bytes(f));
   }
 
   ASSIGN_OR_RETURN(ConstByteSpan eb, txn.Get(catalog_key::kExtents));
@@ -345,6 +336,11 @@ Result<Extent> StoreReader::GetExtent(uint64_t index) const {
     return NotFoundError("extent " + std::to_string(index) + " out of range (store has " +
                          std::to_string(extents_.size()) + ")");
   }
+  return ExtentAt(index);
+}
+
+Extent StoreReader::ExtentAt(uint64_t index) const {
+  CHECK_LT(index, extents_.size());
   const ExtentRecord& e = extents_[index];
   Extent x;
   x.index = index;
@@ -355,6 +351,25 @@ Result<Extent> StoreReader::GetExtent(uint64_t index) const {
   x.codec = static_cast<Codec>(e.codec);
   x.checksum = e.checksum;
   return x;
+}
+
+Extent StoreReader::BundleExtentAt(uint32_t layer, uint32_t position) const {
+  CHECK_LT(layer, ffn_.size());
+  CHECK_LT(position, ffn_[layer].n_neurons);
+  return ExtentAt(ffn_[layer].first_extent + position);
+}
+
+uint64_t StoreReader::catalog_bytes() const {
+  uint64_t b = extents_.capacity() * sizeof(ExtentRecord) + records_.capacity() * sizeof(TensorRecord) +
+               tensors_.capacity() * sizeof(TensorInfo) + ffn_.capacity() * sizeof(FfnLayerRecord) +
+               layout_json_.capacity() + provenance_json_.capacity();
+  for (const auto& p : permutation_) b += p.capacity() * sizeof(uint32_t);
+  for (const auto& a : activations_) b += a.capacity() * sizeof(float);
+  for (const TensorInfo& t : tensors_) b += t.name.capacity() + t.shape.capacity() * 8;
+  for (const std::string& t : vocab_.tokens) b += sizeof(std::string) + t.capacity();
+  for (const std::string& m : vocab_.merges) b += sizeof(std::string) + m.capacity();
+  b += vocab_.scores.capacity() * sizeof(float) + vocab_.types.capacity() * sizeof(int32_t);
+  return b;
 }
 
 Result<TensorLocation> StoreReader::LocateTensor(std::string_view name) const {
@@ -435,119 +450,8 @@ std::span<const float> StoreReader::ActivationFrequencies(uint32_t layer) const 
   return activations_[layer];
 }
 
-Status StoreReader::ForEachExtent(std::span<const Extent> extents,
-                                  const std::function<Status(size_t, ConstByteSpan)>& consume) {
-  // Batches: up to queue_depth extents (or batch_bytes_max of bounce space, but at least one
-  // extent) are submitted at once. Each read covers the extent's aligned hull in the file, as
-  // O_DIRECT needs (the store alignment may be finer than the device's); the extent's stored
-  // bytes are then checksummed inside the bounce buffer, decoded, and handed to `consume`.
-  // Every submitted read is reaped before returning, error or not: the kernel may still be
-  // writing into bounce_.
-  struct Slot {
-    uint64_t cover_offset;   // in the file
-    uint64_t bounce_offset;  // in bounce_
-    uint64_t cover_bytes;
-  };
-  std::vector<Slot> slots;
-  std::vector<storage::ReadRequest> requests;
-  std::vector<storage::ReadCompletion> completions(
-      std::max<size_t>(1, backend_->queue_depth_max()));
-  const size_t depth = std::max<size_t>(1, backend_->queue_depth_max());
-  size_t next = 0;
-  while (next < extents.size()) {
-    // Plan one batch.
-    slots.clear();
-    requests.clear();
-    uint64_t bounce_bytes = 0;
-    uint64_t align = 1;
-    size_t first = next;
-    while (next < extents.size() && requests.size() < depth) {
-      const Extent& e = extents[next];
-      if (e.file_index >= files_.size())
-        return InvalidArgumentError("extent with a bad file index");
-      const storage::File& file = files_[e.file_index];
-      align = std::max<uint64_t>(align, std::max<uint64_t>(file.required_alignment_bytes(), 64));
-      const uint64_t a = std::max<uint64_t>(file.required_alignment_bytes(), 1);
-      const uint64_t lo = AlignDown(e.offset_bytes, a);
-      const uint64_t hi = AlignUp(e.offset_bytes + e.stored_bytes, a);
-      const uint64_t cover = std::max<uint64_t>(hi - lo, a);
-      const uint64_t at = AlignUp(bounce_bytes, align);
-      if (!requests.empty() && at + cover > options_.batch_bytes_max) break;
-      slots.push_back(Slot{lo, at, cover});
-      requests.push_back(
-          storage::ReadRequest{file_ids_[e.file_index], lo, ByteSpan(), next - first});
-      bounce_bytes = at + cover;
-      ++next;
-    }
-    if (bounce_.size_bytes() < bounce_bytes || bounce_.alignment_bytes() < align) {
-      ASSIGN_OR_RETURN(bounce_, storage::AlignedBuffer::Allocate(
-                                    std::max<uint64_t>(bounce_bytes, bounce_.size_bytes()),
-                                    std::max<uint64_t>(align, 4096)));
-    }
-    for (size_t k = 0; k < requests.size(); ++k) {
-      requests[k].dest = bounce_.span().subspan(slots[k].bounce_offset, slots[k].cover_bytes);
-    }
-    RETURN_IF_ERROR(backend_->Submit(requests));
-    // Reap everything, remembering the first failure.
-    Status first_error;
-    std::vector<uint64_t> got(requests.size(), 0);
-    size_t pending = requests.size();
-    while (pending > 0) {
-      auto n = backend_->Reap(1, completions);
-      if (!n.ok()) return n.status();  // the backend is unusable; nothing more can be reaped
-      for (size_t c = 0; c < *n; ++c) {
-        const storage::ReadCompletion& done = completions[c];
-        --pending;
-        if (!done.status.ok() && first_error.ok()) {
-          const Extent& e = extents[first + done.tag];
-          first_error = done.status.WithContext("read extent " + std::to_string(e.index));
-        }
-        got[done.tag] = done.bytes_read;
-      }
-    }
-    RETURN_IF_ERROR(first_error);
-    for (size_t k = 0; k < requests.size(); ++k) {
-      const Extent& e = extents[first + k];
-      const uint64_t skip = e.offset_bytes - slots[k].cover_offset;
-      if (got[k] < skip + e.stored_bytes) {
-        return CorruptionError("extent " + std::to_string(e.index) + " is truncated in " +
-                               DataFilePath(e.file_index));
-      }
-      ConstByteSpan stored =
-          ConstByteSpan(bounce_.span()).subspan(slots[k].bounce_offset + skip, e.stored_bytes);
-      const uint64_t sum = storage::Checksum64(stored);
-      if (sum != e.checksum) {
-        return CorruptionError(
-            "extent " + std::to_string(e.index) + " (" + DataFileName(e.file_index) + " offset " +
-            std::to_string(e.offset_bytes) + ", " + std::to_string(e.stored_bytes) +
-            " bytes) checksum mismatch: catalog " + Hex(e.checksum) + ", data " + Hex(sum));
-      }
-      if (e.codec == Codec::kZstd) {
-        decoded_.resize(e.raw_bytes);
-        Status s = storage::ZstdDecompress(stored, decoded_);
-        if (!s.ok()) return s.WithContext("extent " + std::to_string(e.index));
-        RETURN_IF_ERROR(consume(first + k, decoded_));
-      } else {
-        RETURN_IF_ERROR(consume(first + k, stored));
-      }
-    }
-  }
-  return Status::Ok();
-}
-
 Status StoreReader::ReadExtents(std::span<const Extent> extents, std::span<const ByteSpan> outs) {
-  if (extents.size() != outs.size()) return InvalidArgumentError("ReadExtents: size mismatch");
-  for (size_t i = 0; i < extents.size(); ++i) {
-    if (outs[i].size() != extents[i].raw_bytes) {
-      return InvalidArgumentError("ReadExtents: buffer of " + std::to_string(outs[i].size()) +
-                                  " bytes for extent " + std::to_string(extents[i].index) + " of " +
-                                  std::to_string(extents[i].raw_bytes));
-    }
-  }
-  return ForEachExtent(extents, [&](size_t i, ConstByteSpan raw) {
-    std::memcpy(outs[i].data(), raw.data(), raw.size());
-    return Status::Ok();
-  });
+  return reader_->ReadExtents(extents, outs);
 }
 
 Status StoreReader::ReadExtent(const Extent& e, ByteSpan out) {
@@ -555,29 +459,21 @@ Status StoreReader::ReadExtent(const Extent& e, ByteSpan out) {
 }
 
 Status StoreReader::VerifyAll(const std::function<void(uint64_t, uint64_t)>& progress) {
-  // In file order, a batch at a time; the first bad extent stops the walk.
-  constexpr uint64_t kChunk = 4096;  // extents per ForEachExtent call
+  // In file order, a batch at a time; the first bad extent stops the walk (its message names it
+  // and what it holds).
+  constexpr uint64_t kChunk = 4096;  // extents per call
   std::vector<Extent> chunk;
   uint64_t done = 0;
   for (uint64_t i = 0; i < extents_.size(); i += kChunk) {
     chunk.clear();
     for (uint64_t j = i; j < std::min<uint64_t>(extents_.size(), i + kChunk); ++j) {
-      chunk.push_back(*GetExtent(j));
+      chunk.push_back(ExtentAt(j));
     }
-    Status s = ForEachExtent(chunk, [&](size_t, ConstByteSpan) {
+    RETURN_IF_ERROR(reader_->ForEachExtent(chunk, [&](size_t, ConstByteSpan) {
       ++done;
       if (progress) progress(done, extents_.size());
       return Status::Ok();
-    });
-    if (!s.ok()) {
-      // Name what the bad extent holds: find it by the index in the message's batch.
-      for (const Extent& e : chunk) {
-        if (s.message().find("extent " + std::to_string(e.index) + " ") != std::string_view::npos) {
-          return s.WithContext(DescribeExtent(e.index));
-        }
-      }
-      return s;
-    }
+    }));
   }
   return Status::Ok();
 }
@@ -643,7 +539,7 @@ Status StoreReader::ReadBundledTensor(const TensorInfo& info, const TensorRecord
   const uint64_t n = f.n_neurons;
   ASSIGN_OR_RETURN(std::vector<Extent> bundles, BundleExtents(rec.layer, 0, f.n_neurons));
   // Bundles arrive in position order within a batch; scatter each to its neuron's row/column.
-  return ForEachExtent(bundles, [&](size_t p, ConstByteSpan bundle) -> Status {
+  return reader_->ForEachExtent(bundles, [&](size_t p, ConstByteSpan bundle) -> Status {
     const uint64_t neuron = perm.empty() ? p : perm[p];
     ConstByteSpan src = bundle.subspan(part_offset, g.part_bytes);
     if (part != FfnPart::kDown) {

@@ -8,9 +8,11 @@
 //    row-major block tensor can express, so its TensorInfo says f32 and ReadTensor returns the
 //    exact dequantised values.
 //  - The extent API the out-of-core engine uses: look up an extent (file, offset, length, codec,
-//    checksum) for a dense tensor's row range or a layer's neuron bundles, and read + verify
-//    extents into caller buffers.
-// Every extent read is checked against its checksum; a mismatch is Corruption naming the extent.
+//    checksum) for a dense tensor's row range or a layer's neuron bundles. Every byte is read
+//    through the store's one ExtentReader (extent_reader(): the data files, the one backend,
+//    planned reads, checksum verification), which the engine's streamers share.
+// Every extent read is checked against its checksum; a mismatch is Corruption naming the extent
+// and what it holds.
 // The catalog is fully parsed at Open (records are validated: bounds, sizes, overflow); the
 // reader then holds the extent table (40 bytes per extent) and the permutations in memory.
 // Not thread-safe (one reader per thread, like Checkpoint).
@@ -27,25 +29,13 @@
 
 #include "layout/bundle_layout.h"
 #include "layout/checkpoint.h"
+#include "layout/extent_reader.h"
 #include "layout/store_format.h"
-#include "storage/aligned_buffer.h"
 #include "storage/bytes.h"
-#include "storage/file.h"
 #include "storage/read_backend.h"
 #include "storage/status.h"
 
 namespace flashlm::layout {
-
-// One extent as the engine needs it.
-struct Extent {
-  uint64_t index = 0;
-  uint32_t file_index = 0;
-  uint64_t offset_bytes = 0;  // multiple of the store alignment
-  uint64_t stored_bytes = 0;  // bytes to read
-  uint64_t raw_bytes = 0;     // bytes after decoding
-  Codec codec = Codec::kNone;
-  uint64_t checksum = 0;  // XXH3-64 of the stored bytes
-};
 
 // Where one tensor lives.
 struct TensorLocation {
@@ -59,7 +49,7 @@ struct StoreReadOptions {
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;
   uint32_t queue_depth = 32;               // extent reads in flight
-  uint64_t batch_bytes_max = 32ull << 20;  // bounce buffer bound for one batch
+  uint64_t batch_bytes_max = 32ull << 20;  // staging buffer bound for one batch
 };
 
 class StoreReader final : public Checkpoint {
@@ -89,14 +79,22 @@ class StoreReader final : public Checkpoint {
   std::string DataFilePath(uint32_t file_index) const;
   uint64_t data_file_bytes(uint32_t file_index) const { return file_bytes_.at(file_index); }
   // "uring", "pread", ...; and whether the data files are open with O_DIRECT.
-  std::string_view backend_name() const { return backend_->name(); }
-  bool direct_io() const { return !files_.empty() && files_[0].is_direct(); }
+  std::string_view backend_name() const { return reader_->backend_name(); }
+  bool direct_io() const { return reader_->direct_io(); }
   // Bytes read and reads issued so far (all extent reads go through the backend).
-  const storage::IoStats& io_stats() const { return backend_->stats(); }
+  const storage::IoStats& io_stats() const { return reader_->io_stats(); }
+  // The one road to the data files; valid for the StoreReader's lifetime.
+  ExtentReader& extent_reader() { return *reader_; }
+  // DRAM the catalog holds (extent table, tensor directory, permutations, vocab), for budgets.
+  uint64_t catalog_bytes() const;
 
   // Extents. Errors: NotFound (index, tensor, layer out of range).
   uint64_t extent_count() const { return extents_.size(); }
   Result<Extent> GetExtent(uint64_t index) const;
+  // Extent `index` (precondition, CHECKed: index < extent_count()). Allocates nothing.
+  Extent ExtentAt(uint64_t index) const;
+  // The bundle at `position` of FFN layer `layer` (precondition, CHECKed: both in range).
+  Extent BundleExtentAt(uint32_t layer, uint32_t position) const;
   Result<TensorLocation> LocateTensor(std::string_view name) const;
   // The extents of a dense tensor holding rows [first_row, first_row + row_count); each extent
   // holds record.rows_per_extent rows (the last fewer).
@@ -121,10 +119,10 @@ class StoreReader final : public Checkpoint {
 
   // Reads `extent`, verifies its checksum and decodes it into `out` (exactly raw_bytes).
   // Errors: InvalidArgument (size), IoError, Corruption (checksum mismatch, bad zstd frame;
-  // the message names the extent index, file and offset).
+  // the message names the extent index, what it holds, file and offset).
   Status ReadExtent(const Extent& extent, ByteSpan out);
-  // Batched form: reads extents[i] into outs[i] (each exactly raw_bytes), up to queue_depth in
-  // flight. Stops at the first failure (after the reads in flight have landed).
+  // Batched form: reads extents[i] into outs[i] (each exactly raw_bytes), neighbours merged into
+  // larger reads (ExtentReader::ReadExtents). Stops at the first failure.
   Status ReadExtents(std::span<const Extent> extents, std::span<const ByteSpan> outs);
 
   // What extent `index` holds: "tensor token_embd.weight rows 0..99" or
@@ -139,10 +137,6 @@ class StoreReader final : public Checkpoint {
  private:
   StoreReader() = default;
   Status Load();
-  // Reads, verifies and decodes `extents` in batches; calls consume(i, raw bytes of extents[i])
-  // in order of completion. The view lives during the call.
-  Status ForEachExtent(std::span<const Extent> extents,
-                       const std::function<Status(size_t, ConstByteSpan)>& consume);
   Status ReadBundledTensor(const TensorInfo& info, const TensorRecord& rec, ByteSpan out);
 
   std::string path_;
@@ -160,11 +154,7 @@ class StoreReader final : public Checkpoint {
   std::vector<uint32_t> hot_counts_;                // by layer; 0 = none
   std::vector<uint64_t> file_bytes_;                // by data file
   StoreReadOptions options_;
-  std::vector<storage::File> files_;  // by data file
-  std::vector<uint32_t> file_ids_;    // backend ids, by data file
-  std::unique_ptr<storage::ReadBackend> backend_;
-  storage::AlignedBuffer bounce_;   // aligned covers of one batch's extents
-  std::vector<std::byte> decoded_;  // one zstd extent, decoded
+  std::unique_ptr<ExtentReader> reader_;
 };
 
 }  // namespace flashlm::layout

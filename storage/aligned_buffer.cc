@@ -8,6 +8,15 @@
 #include <utility>
 
 namespace flashlm::storage {
+namespace {
+constexpr uint64_t kHugePageBytes = uint64_t{2} << 20;
+}  // namespace
+
+uint64_t AlignedBuffer::ResidentBytes(uint64_t size_bytes, uint64_t alignment_bytes,
+                                      bool huge_pages) {
+  const uint64_t rounded = AlignUp(size_bytes, alignment_bytes);
+  return huge_pages && rounded >= kHugePageBytes ? AlignUp(rounded, kHugePageBytes) : rounded;
+}
 
 Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alignment_bytes,
                                               bool huge_pages) {
@@ -25,7 +34,7 @@ Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alig
   // Large buffers start on a 2 MiB boundary and ask for transparent huge pages before they are
   // first touched: I/O into them then needs a few large physical segments instead of one per
   // 4 KiB page (a 1 MiB read into 4 KiB pages is 256 segments, above virtio-blk's usual 254).
-  constexpr uint64_t kHuge = uint64_t{2} << 20;
+  constexpr uint64_t kHuge = kHugePageBytes;
   bool huge = huge_pages && rounded >= kHuge;
   if (huge && align < kHuge) align = kHuge;
   void* p = std::aligned_alloc(align, AlignUp(rounded, align));

@@ -23,6 +23,10 @@ class AlignedBuffer {
   // Errors: InvalidArgument (alignment not a power of two, or size 0), ResourceExhausted.
   static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes,
                                         bool huge_pages = true);
+  // The DRAM such a buffer occupies once touched (Allocate zeroes it): the size rounded up to the
+  // alignment and, with huge pages from 2 MiB up, to whole huge pages. What budgets count.
+  static uint64_t ResidentBytes(uint64_t size_bytes, uint64_t alignment_bytes,
+                                bool huge_pages = true);
 
   AlignedBuffer(AlignedBuffer&& other) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& other) noexcept;

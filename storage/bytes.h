@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace flashlm {
@@ -29,6 +30,14 @@ inline constexpr uint64_t AlignDown(uint64_t value, uint64_t alignment) {
   return value / alignment * alignment;
 }
 inline constexpr bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+// Number of `divisor`-sized pieces that cover `value` (divisor > 0).
+inline constexpr uint64_t CeilDiv(uint64_t value, uint64_t divisor) {
+  return (value + divisor - 1) / divisor;
+}
+
+// Human-readable size in binary units: "512 B", "8 KiB", "6.5 KiB", "12.3 MiB", "1.25 GiB"
+// (whole numbers without decimals; one decimal below GiB, two from GiB up).
+std::string FormatBytes(uint64_t bytes);
 
 }  // namespace flashlm
 

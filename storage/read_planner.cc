@@ -47,7 +47,7 @@ Status PlanReads(std::span<const ByteRange> ranges, const PlannerOptions& o, Rea
     uint64_t end = AlignUp(r.offset_bytes + r.length_bytes, a);
     if (end == begin && r.length_bytes == 0) end = begin;  // empty: located, no bytes
     bool merge = false;
-    if (!plan->spans.empty()) {
+    if (o.merge && !plan->spans.empty()) {
       PlannedSpan& last = plan->spans.back();
       uint64_t last_end = last.offset_bytes + last.length_bytes;
       merge = begin <= last_end || begin - last_end <= o.gap_max_bytes;

@@ -8,6 +8,7 @@
 // `offset_in_span_bytes`. A caller reads each span into one contiguous buffer of
 // span.length_bytes (its reads land at read.offset_in_span_bytes) and finds each range there.
 // It also reports read amplification: bytes read / bytes requested.
+// With merge off, step (2) keeps every range in a span of its own.
 // PlanReads reuses the vectors of the ReadPlan it is given, so a caller that keeps one plan
 // allocates only until the capacities settle. Not thread-safe per ReadPlan.
 #ifndef FLASHLM_STORAGE_READ_PLANNER_H_
@@ -30,6 +31,9 @@ struct PlannerOptions {
   uint64_t alignment_bytes = 4096;     // power of two; 1 = no alignment
   uint64_t gap_max_bytes = 0;          // merge when the aligned gap is <= this
   uint64_t read_max_bytes = 1u << 20;  // multiple of alignment_bytes
+  // false: every range is a span of its own (one read per range, however close its neighbours;
+  // the small-read case that the read-granularity measurements compare against).
+  bool merge = true;
 };
 
 // A contiguous, aligned stretch of the file that covers one or more input ranges.
