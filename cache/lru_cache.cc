@@ -17,6 +17,11 @@ uint64_t NextPowerOfTwo(uint64_t v) {
 }
 }  // namespace
 
+uint64_t LruCache::ResidentBytes(uint32_t max_entries) {
+  return uint64_t{max_entries} * sizeof(Entry) +
+         NextPowerOfTwo(2ull * max_entries) * sizeof(uint32_t);
+}
+
 LruCache::LruCache(uint64_t capacity_bytes, uint32_t max_entries, EvictFn on_evict)
     : capacity_bytes_(capacity_bytes), on_evict_(std::move(on_evict)), entries_(max_entries) {
   CHECK_GT(capacity_bytes, 0u);

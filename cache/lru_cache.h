@@ -38,6 +38,9 @@ class LruCache {
   struct Handle;
   using EvictFn = std::function<void(uint64_t key, uint64_t value)>;
 
+  // DRAM the entry table and index of a cache of `max_entries` hold, for budgets.
+  static uint64_t ResidentBytes(uint32_t max_entries);
+
   // Preconditions: capacity_bytes > 0, max_entries > 0. `on_evict` may be empty.
   LruCache(uint64_t capacity_bytes, uint32_t max_entries, EvictFn on_evict = {});
   ~LruCache();  // every entry must be released; calls on_evict for each remaining entry

@@ -26,6 +26,12 @@ Result<std::unique_ptr<NeuronCache>> NeuronCache::Create(uint64_t capacity_bytes
   return std::unique_ptr<NeuronCache>(new NeuronCache(std::move(pool), bundle_bytes));
 }
 
+uint64_t NeuronCache::ResidentBytes(uint32_t slots, uint64_t bundle_bytes,
+                                    uint64_t alignment_bytes) {
+  return storage::BufferPool::ResidentBytes(slots, bundle_bytes, alignment_bytes) +
+         LruCache::ResidentBytes(slots) + uint64_t{slots} * (sizeof(uint8_t) + sizeof(Handle*));
+}
+
 NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
     : pool_(std::move(pool)),
       bundle_bytes_(bundle_bytes),
@@ -34,7 +40,9 @@ NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
            [this](uint64_t, uint64_t slot) {
              filled_[slot] = 0;
              pool_.Release(static_cast<uint32_t>(slot));
-           }) {}
+           }) {
+  hot_.reserve(pool_.buffer_count());
+}
 
 NeuronCache::~NeuronCache() {
   for (Handle* h : hot_) lru_.Release(h);

@@ -1,7 +1,8 @@
 // NeuronCache: FFN neuron bundles resident in DRAM, within a byte budget fixed at start-up.
 //
 // A bundle is what one FFN neuron needs (gate row i, up row i, down column i; see
-// layout/bundle_layout.h), addressed by (layer, neuron). The cache carves its budget into
+// layout/bundle_layout.h), addressed by (layer, neuron) — or, as the engine's NeuronSource does,
+// by (layer, position in the store), the order bundles are stored in. The cache carves its budget into
 // equal, aligned slots held in one storage::BufferPool, so a miss is read from flash with
 // O_DIRECT straight into its slot (and, when the pool is registered with the io_uring backend,
 // with READ_FIXED). Residency is an LruCache over the slots: a pinned hot set (the neurons that
@@ -36,6 +37,9 @@ class NeuronCache {
   // cannot be allocated.
   static Result<std::unique_ptr<NeuronCache>> Create(uint64_t capacity_bytes, uint64_t bundle_bytes,
                                                      uint64_t alignment_bytes = 4096);
+  // DRAM a cache of `slots` slots holds (slot memory and bookkeeping), for budgets.
+  static uint64_t ResidentBytes(uint32_t slots, uint64_t bundle_bytes,
+                                uint64_t alignment_bytes = 4096);
 
   static uint64_t Key(uint32_t layer, uint32_t neuron) {
     return static_cast<uint64_t>(layer) << 32 | neuron;

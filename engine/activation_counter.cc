@@ -5,6 +5,7 @@
 #include <numeric>
 #include <string>
 
+#include "engine/generator.h"
 #include "storage/check.h"
 
 namespace flashlm::engine {
@@ -116,12 +117,8 @@ Status ForwardInWindows(Transformer& model, std::span<const int32_t> tokens, uin
                                 "] tokens");
   }
   for (size_t w0 = 0; w0 < tokens.size(); w0 += ctx) {
-    const uint32_t wlen = static_cast<uint32_t>(std::min<size_t>(ctx, tokens.size() - w0));
-    for (uint32_t pos = 0; pos < wlen;) {
-      const uint32_t n = std::min(model.max_batch(), wlen - pos);
-      RETURN_IF_ERROR(model.Forward(tokens.subspan(w0 + pos, n), pos).status());
-      pos += n;
-    }
+    const size_t wlen = std::min<size_t>(ctx, tokens.size() - w0);
+    RETURN_IF_ERROR(Prefill(model, tokens.subspan(w0, wlen), 0).status());
   }
   return Status::Ok();
 }

@@ -12,11 +12,20 @@ constexpr uint32_t kDownBlock = layout::kQBlockValues;  // down rows per work it
 
 }  // namespace
 
+BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
+                                                    uint32_t hidden, uint32_t max_batch,
+                                                    uint32_t chunk_max, uint32_t threads) {
+  Layout l;
+  l.h = l.arena.AddFloats(uint64_t{chunk_max} * max_batch);
+  if (!g.has_gate()) l.gate_all = l.arena.AddFloats(uint64_t{max_batch} * hidden);
+  l.tile = l.arena.AddFloats(uint64_t{threads} * 2 * max_batch);
+  l.qx = l.arena.Add(MatMulScratchBytes(g.dim, max_batch));
+  return l;
+}
+
 uint64_t BundleFfnKernel::ScratchBytes(const layout::BundleGeometry& g, uint32_t hidden,
                                        uint32_t max_batch, uint32_t chunk_max, uint32_t threads) {
-  uint64_t floats = uint64_t{chunk_max} * max_batch + uint64_t{threads} * 2 * max_batch;
-  if (!g.has_gate()) floats += uint64_t{max_batch} * hidden;
-  return floats * sizeof(float) + MatMulScratchBytes(g.dim, max_batch) + 64;
+  return MakeLayout(g, hidden, max_batch, chunk_max, threads).arena.resident_bytes();
 }
 
 Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::BundleGeometry& g,
@@ -38,19 +47,18 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   k->chunk_max_ = chunk_max;
   k->relu_ = relu;
   k->separate_ = !g.has_gate();
-  k->h_.assign(uint64_t{chunk_max} * max_batch, 0.0f);
-  if (k->separate_) k->gate_all_.assign(uint64_t{max_batch} * hidden, 0.0f);
-  k->tile_.assign(uint64_t{pool.size()} * 2 * max_batch, 0.0f);
-  const uint64_t qbytes = MatMulScratchBytes(g.dim, max_batch) + 64;
-  k->qx_ = std::make_unique<std::byte[]>(qbytes);
-  const uint64_t misalign = reinterpret_cast<uintptr_t>(k->qx_.get()) % 64;
-  const uint64_t skip = misalign ? 64 - misalign : 0;
-  k->qx_span_ = ByteSpan(k->qx_.get() + skip, qbytes - skip);
+  const Layout l = MakeLayout(g, hidden, max_batch, chunk_max, pool.size());
+  ASSIGN_OR_RETURN(k->arena_, Arena::Create(l.arena));
+  k->h_ = k->arena_.Floats(l.h, uint64_t{chunk_max} * max_batch);
+  if (k->separate_) k->gate_all_ = k->arena_.Floats(l.gate_all, uint64_t{max_batch} * hidden);
+  k->tile_ = k->arena_.Floats(l.tile, uint64_t{pool.size()} * 2 * max_batch);
+  k->qx_span_ = k->arena_.Bytes(l.qx, MatMulScratchBytes(g.dim, max_batch));
   return k;
 }
 
 void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<float> out,
-                            const MatrixView* dense_gate, std::span<const uint32_t> permutation) {
+                            const MatrixView* dense_gate, std::span<const uint32_t> permutation,
+                            std::span<float> capture) {
   CHECK_LE(n, max_batch_);
   CHECK_GE(x.size(), uint64_t{n} * g_.dim);
   CHECK_GE(out.size(), uint64_t{n} * g_.dim);
@@ -58,7 +66,12 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   n_ = n;
   out_ = out;
   perm_ = permutation;
+  capture_ = capture;
   std::fill(out.begin(), out.begin() + uint64_t{n} * g_.dim, 0.0f);
+  if (!capture.empty()) {
+    CHECK_GE(capture.size(), uint64_t{n} * hidden_);
+    std::fill(capture.begin(), capture.begin() + uint64_t{n} * hidden_, 0.0f);
+  }
   if (separate_) {
     CHECK(dense_gate != nullptr);
     CHECK_EQ(dense_gate->rows, hidden_);
@@ -68,17 +81,21 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   QuantizeActivations(x, g_.dim, n, qx_span_);
 }
 
-void BundleFfnKernel::Accumulate(const std::byte* base, uint64_t spacing_bytes, uint32_t first,
-                                 uint32_t count) {
+void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
+                                 std::span<const std::byte* const> bundles) {
+  const uint32_t count = static_cast<uint32_t>(positions.size());
   CHECK_LE(count, chunk_max_);
-  CHECK_LE(uint64_t{first} + count, hidden_);
+  CHECK_EQ(bundles.size(), positions.size());
+  if (count == 0) return;
+  CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
   const uint64_t part = g_.part_bytes;
-  // Phase 1: h for every position of the chunk and every token, split over positions.
+  // Phase 1: h for every bundle of the batch and every token, split over bundles.
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + uint64_t{th} * 2 * max_batch_;
     for (uint64_t k = begin; k < end; ++k) {
-      const std::byte* bundle = base + k * spacing_bytes;
+      const std::byte* bundle = bundles[k];
+      const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
       float* h = h_.data() + k * max_batch_;
       if (!separate_) {
         // [gate row | up row] is a 2-row matrix of the bundle's dtype.
@@ -92,26 +109,27 @@ void BundleFfnKernel::Accumulate(const std::byte* base, uint64_t spacing_bytes, 
       } else {
         const MatrixView up{g_.dtype, 1, dim, ConstByteSpan(bundle + g_.up_offset(), part)};
         MatMulRows(up, x_, n, qx_span_, 0, 1, std::span<float>(tile, n));
-        const uint64_t p = first + k;
-        const uint64_t neuron = perm_.empty() ? p : perm_[p];
         for (uint32_t t = 0; t < n; ++t) {
           float gv = gate_all_[uint64_t{t} * hidden_ + neuron], uv = tile[t];
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
           h[t] = gv;
         }
       }
+      if (!capture_.empty()) {
+        for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
+      }
     }
   });
-  // Phase 2: out += h * down, split over blocks of output rows; positions in order.
-  const uint32_t blocks = (dim + kDownBlock - 1) / kDownBlock;
+  // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
+  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, kDownBlock));
   const uint64_t down_offset = g_.down_offset();
   pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     const uint32_t r0 = static_cast<uint32_t>(begin) * kDownBlock;
     const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * kDownBlock, dim);
     const uint64_t src_offset = down_offset + layout::RowBytes(g_.dtype, r0);
     for (uint32_t k = 0; k < count; ++k) {
-      AxpyRow(g_.dtype, base + k * spacing_bytes + src_offset, r1 - r0,
-              h_.data() + uint64_t{k} * max_batch_, n, out_.data() + r0, dim);
+      AxpyRow(g_.dtype, bundles[k] + src_offset, r1 - r0, h_.data() + uint64_t{k} * max_batch_, n,
+              out_.data() + r0, dim);
     }
   });
 }

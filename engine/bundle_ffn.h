@@ -1,13 +1,15 @@
 // BundleFfnKernel: one layer's FFN computed from neuron bundles (layout/bundle_layout.h) instead
-// of gate/up/down matrices, a chunk of bundle positions at a time.
+// of gate/up/down matrices, a batch of bundles at a time: any set of positions, contiguous or
+// scattered, each bundle wherever it sits in DRAM (a cache slot, a streaming buffer).
 //
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up are
 // rows of a 1- or 2-row MatrixView through MatMulRows (q8 activations for block dtypes, exactly
 // as MatMul does); the down column is dequantised and accumulated in one pass (AxpyRow).
-// Determinism: every out[t][r] sums its terms in position order 0..hidden-1 whatever the chunking,
-// the thread count of the down pass or which bundles came from DRAM or flash, so results do not
-// depend on the memory budget (only on the store). Threads: gate/up are split over positions, the
+// Determinism: every out[t][r] sums its terms in the order the positions are accumulated (batches
+// come in increasing position order), whatever the batching, the thread count of the down pass or
+// which bundles came from DRAM or flash, so results do not depend on the memory budget (only on
+// the store and on which positions are computed). Threads: gate/up are split over positions, the
 // down pass over output rows (32-value blocks). Everything is sized at Create; Begin/Accumulate
 // allocate nothing. Not thread-safe: one owner.
 #ifndef FLASHLM_ENGINE_BUNDLE_FFN_H_
@@ -18,6 +20,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/arena.h"
 #include "engine/kernels.h"
 #include "engine/thread_pool.h"
 #include "layout/bundle_layout.h"
@@ -35,26 +38,37 @@ class BundleFfnKernel {
                                                          uint32_t chunk_max, bool relu,
                                                          ThreadPool& pool);
 
-  // DRAM the kernel holds (scratch), for the residency plan.
+  // DRAM the kernel holds (its scratch arena), for the residency plan.
   static uint64_t ScratchBytes(const layout::BundleGeometry& geometry, uint32_t hidden,
                                uint32_t max_batch, uint32_t chunk_max, uint32_t threads);
+  uint64_t resident_bytes() const { return arena_.size_bytes(); }
 
   // Starts a layer: x (n x dim) is the normed input; out (n x dim) is zeroed and then
-  // accumulated into. For kGateSeparate bundles `dense_gate` (hidden x dim, neuron order) is the
-  // layer's gate matrix and `permutation` (position -> neuron, empty = identity) maps bundles to
-  // its rows; both must stay valid until the layer's last Accumulate.
+  // accumulated into. `permutation` (position -> neuron, empty = identity) must stay valid until
+  // the layer's last Accumulate. For kGateSeparate bundles `dense_gate` (hidden x dim, neuron
+  // order) is the layer's gate matrix: it is multiplied here, so it need not outlive Begin.
+  // `capture` (n x hidden f32, neuron order; empty = off): zeroed, then every accumulated
+  // neuron's h = act(gate x) * (up x) is written there too (what an FfnObserver sees).
   void Begin(std::span<const float> x, uint32_t n, std::span<float> out,
-             const MatrixView* dense_gate, std::span<const uint32_t> permutation);
+             const MatrixView* dense_gate, std::span<const uint32_t> permutation,
+             std::span<float> capture = {});
 
-  // Accumulates the bundles at positions [first, first + count) (count <= chunk_max), found at
-  // base + k * spacing_bytes for k < count. Chunks must come in increasing position order.
-  void Accumulate(const std::byte* base, uint64_t spacing_bytes, uint32_t first, uint32_t count);
+  // Accumulates the bundles bundles[k] at positions positions[k] (k < positions.size() <=
+  // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
+  // the calls of a layer.
+  void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
 
   const layout::BundleGeometry& geometry() const { return g_; }
   uint32_t chunk_max() const { return chunk_max_; }
 
  private:
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
+  struct Layout {
+    ArenaLayout arena;
+    uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
+  };
+  static Layout MakeLayout(const layout::BundleGeometry& g, uint32_t hidden, uint32_t max_batch,
+                           uint32_t chunk_max, uint32_t threads);
 
   ThreadPool& pool_;
   layout::BundleGeometry g_;
@@ -65,12 +79,13 @@ class BundleFfnKernel {
   uint32_t n_ = 0;
   std::span<float> out_;
   std::span<const uint32_t> perm_;
+  std::span<float> capture_;
   bool separate_ = false;
-  std::vector<float> h_;             // chunk_max x max_batch: h per position, token-minor
-  std::vector<float> gate_all_;      // max_batch x hidden (kGateSeparate only)
-  std::vector<float> tile_;          // threads x 2 x max_batch: gate/up products
-  std::unique_ptr<std::byte[]> qx_;  // q8 activations, 64-byte aligned inside
-  ByteSpan qx_span_;
+  Arena arena_;
+  std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor
+  std::span<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
+  std::span<float> tile_;      // threads x 2 x max_batch: gate/up products
+  ByteSpan qx_span_;           // q8 activations (MatMulScratchBytes(dim, max_batch))
 };
 
 }  // namespace flashlm::engine

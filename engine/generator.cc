@@ -1,16 +1,14 @@
 #include "engine/generator.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdio>
+
+#include "storage/io_stats.h"
 
 namespace flashlm::engine {
 namespace {
 
-double MsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
+double MsBetween(uint64_t t0_ns, uint64_t t1_ns) { return static_cast<double>(t1_ns - t0_ns) / 1e6; }
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string.
 size_t HeldBackLength(std::string_view text, const std::vector<std::string>& stops) {
@@ -28,119 +26,161 @@ size_t HeldBackLength(std::string_view text, const std::vector<std::string>& sto
 
 }  // namespace
 
-std::string GenerationStats::ToJson(const std::vector<int32_t>* ids) const {
-  char buf[512];
-  std::snprintf(buf, sizeof(buf),
-                "{\"prompt_tokens\": %u, \"generated_tokens\": %u, \"ttft_ms\": %.3f, "
-                "\"prefill_ms\": %.3f, \"prefill_tokens_per_s\": %.3f, \"decode_ms\": %.3f, "
-                "\"decode_tokens_per_s\": %.3f, \"total_ms\": %.3f, \"stop_reason\": \"%s\"",
-                prompt_tokens, generated_tokens, ttft_ms, prefill_ms, prefill_tokens_per_s(),
-                decode_ms, decode_tokens_per_s(), total_ms, stop_reason.c_str());
-  std::string out = buf;
-  out += ", \"token_ms\": [";
-  for (size_t i = 0; i < token_ms.size(); ++i) {
-    std::snprintf(buf, sizeof(buf), "%s%.3f", i ? ", " : "", token_ms[i]);
-    out += buf;
+Result<std::span<const float>> Prefill(Transformer& model, std::span<const int32_t> tokens,
+                                       uint32_t pos, uint32_t seq, const BatchLogitsFn& on_batch) {
+  if (tokens.empty()) return InvalidArgumentError("no tokens to run");
+  std::span<const float> logits;
+  for (size_t first = 0; first < tokens.size();) {
+    const uint32_t n =
+        static_cast<uint32_t>(std::min<size_t>(model.max_batch(), tokens.size() - first));
+    ASSIGN_OR_RETURN(logits,
+                     model.Forward(tokens.subspan(first, n), pos + static_cast<uint32_t>(first), seq));
+    if (on_batch) RETURN_IF_ERROR(on_batch(first, n, logits));
+    first += n;
   }
-  out += "]";
-  if (ids != nullptr) {
-    out += ", \"ids\": [";
-    for (size_t i = 0; i < ids->size(); ++i) {
-      if (i) out += ", ";
-      out += std::to_string((*ids)[i]);
-    }
-    out += "]";
-  }
-  out += "}\n";
-  return out;
+  return logits;
 }
 
-Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
-                                            uint32_t max_new_tokens, Sampler& sampler,
-                                            const std::vector<std::string>& stop_strings,
-                                            const std::function<void(std::string_view)>& on_text) {
+Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& options,
+                        Sampler& sampler) {
   const uint32_t ctx = model_.max_context();
   if (prompt.empty()) return InvalidArgumentError("empty prompt (it must hold at least BOS)");
   if (prompt.size() >= ctx) {
     return InvalidArgumentError("prompt of " + std::to_string(prompt.size()) +
                                 " tokens does not fit the context of " + std::to_string(ctx));
   }
-  GenerationStats stats;
-  stats.prompt_tokens = static_cast<uint32_t>(prompt.size());
-  stats.token_ms.reserve(max_new_tokens);
+  started_ = false;
+  done_ = false;
+  sampler_ = &sampler;
+  options_ = options;
+  stats_ = GenerationStats();
+  stats_.prompt_tokens = static_cast<uint32_t>(prompt.size());
+  stats_.stop_reason = "length";
+  stats_.token_ms.reserve(options.max_new_tokens);
   ids_.clear();
-  ids_.reserve(prompt.size() + max_new_tokens);
+  ids_.reserve(prompt.size() + options.max_new_tokens);
   ids_.assign(prompt.begin(), prompt.end());
-  std::string text, piece;  // text: produced but not yet emitted
-  text.reserve(4096);
-  piece.reserve(256);
-  Utf8Stream utf8;
-  const auto start = std::chrono::steady_clock::now();
+  // Text held back is at most a stop string's length plus one token's bytes.
+  size_t longest_stop = 0;
+  for (const std::string& s : options.stop_strings) longest_stop = std::max(longest_stop, s.size());
+  text_.clear();
+  text_.reserve(1024 + longest_stop);
+  piece_.reserve(256);
+  out_.reserve(1024 + longest_stop);
+  utf8_ = Utf8Stream();
+  step_ = 0;
+  first_sample_ns_ = 0;
+  start_ns_ = storage::NowNs();
+  ASSIGN_OR_RETURN(logits_, Prefill(model_, prompt, 0, options.sequence));
+  pos_ = static_cast<uint32_t>(prompt.size());
+  decode_start_ns_ = storage::NowNs();
+  stats_.prefill_ms = MsBetween(start_ns_, decode_start_ns_);
+  started_ = true;
+  return Status::Ok();
+}
 
-  // Prefill in batches of max_batch.
-  std::span<const float> logits;
-  uint32_t pos = 0;
-  while (pos < prompt.size()) {
-    const uint32_t n = std::min<uint32_t>(model_.max_batch(), prompt.size() - pos);
-    ASSIGN_OR_RETURN(logits, model_.Forward(prompt.subspan(pos, n), pos));
-    pos += n;
-  }
-  stats.prefill_ms = MsSince(start);
-  stats.stop_reason = "length";
-  const auto decode_start = std::chrono::steady_clock::now();
-  bool stopped = false;
-  for (uint32_t i = 0; i < max_new_tokens; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    if (i > 0) {
-      if (pos >= ctx) {
-        stats.stop_reason = "context";
-        break;
-      }
-      const int32_t last = ids_.back();
-      ASSIGN_OR_RETURN(logits, model_.Forward(std::span<const int32_t>(&last, 1), pos));
-      ++pos;
-    }
-    const int32_t next = sampler.Sample(logits, ids_);
-    if (i == 0)
-      stats.ttft_ms = MsSince(start);
-    else
-      stats.token_ms.push_back(MsSince(t0));
-    if (next == tokenizer_.eos_id() && !ignore_eos_) {
-      stats.stop_reason = "eos";
-      break;
-    }
-    piece.clear();
-    tokenizer_.AppendPiece(next, ids_.back(), piece);
-    ids_.push_back(next);
-    ++stats.generated_tokens;
-    text.append(utf8.Push(piece));
-    // Stop strings: cut at the first occurrence; otherwise emit what cannot start one.
-    size_t cut = std::string::npos;
-    for (const std::string& s : stop_strings) {
-      if (!s.empty()) cut = std::min(cut, text.find(s));
-    }
-    if (cut != std::string::npos) {
-      if (on_text && cut > 0) on_text(std::string_view(text).substr(0, cut));
-      text.clear();
-      stats.stop_reason = "stop_string";
-      stopped = true;
-      break;
-    }
-    const size_t hold = HeldBackLength(text, stop_strings);
-    if (on_text && text.size() > hold)
-      on_text(std::string_view(text).substr(0, text.size() - hold));
-    text.erase(0, text.size() - hold);
-  }
-  if (!stopped) {
-    text.append(utf8.Flush());
-    if (on_text && !text.empty()) on_text(text);
-  }
-  stats.decode_ms = MsSince(decode_start);
+void Generator::FlushHeld() {
+  text_.append(utf8_.Flush());
+  out_.append(text_);
+  text_.clear();
+}
+
+void Generator::Finish(const char* reason) {
+  if (reason != nullptr) stats_.stop_reason = reason;
+  done_ = true;
+  const uint64_t now = storage::NowNs();
   // decode_ms covers the steps after the first token.
-  double first_sample_ms = stats.ttft_ms - stats.prefill_ms;
-  stats.decode_ms = std::max(0.0, stats.decode_ms - first_sample_ms);
-  stats.total_ms = MsSince(start);
-  return stats;
+  const double first_sample_ms =
+      first_sample_ns_ ? MsBetween(decode_start_ns_, first_sample_ns_) : 0.0;
+  stats_.decode_ms = std::max(0.0, MsBetween(decode_start_ns_, now) - first_sample_ms);
+  stats_.total_ms = MsBetween(start_ns_, now);
+}
+
+void Generator::Cancel() {
+  if (started_ && !done_) Finish("cancelled");
+}
+
+Result<Generator::Step> Generator::Next() {
+  if (!started_) return FailedPreconditionError("Generator::Next before Start");
+  Step step;
+  out_.clear();
+  if (done_) {
+    step.done = true;
+    return step;
+  }
+  auto end = [&](const char* reason) {
+    FlushHeld();
+    Finish(reason);
+    step.done = true;
+    step.text = out_;
+    return step;
+  };
+  if (step_ >= options_.max_new_tokens) return end(nullptr);
+  const uint64_t t0 = storage::NowNs();
+  if (step_ > 0) {
+    if (pos_ >= model_.max_context()) return end("context");
+    const int32_t last = ids_.back();
+    ASSIGN_OR_RETURN(logits_, model_.Forward(std::span<const int32_t>(&last, 1), pos_,
+                                             options_.sequence));
+    ++pos_;
+  }
+  const int32_t next = sampler_->Sample(logits_, ids_);
+  const uint64_t sampled = storage::NowNs();
+  if (step_ == 0) {
+    stats_.ttft_ms = MsBetween(start_ns_, sampled);
+    first_sample_ns_ = sampled;
+  } else {
+    stats_.token_ms.push_back(MsBetween(t0, sampled));
+  }
+  ++step_;
+  step.token = next;
+  if (next == tokenizer_.eos_id() && !options_.ignore_eos) return end("eos");
+  piece_.clear();
+  tokenizer_.AppendPiece(next, ids_.back(), piece_);
+  ids_.push_back(next);
+  ++stats_.generated_tokens;
+  text_.append(utf8_.Push(piece_));
+  // Stop strings: cut at the first occurrence; otherwise emit what cannot start one.
+  size_t cut = std::string::npos;
+  for (const std::string& s : options_.stop_strings) {
+    if (!s.empty()) cut = std::min(cut, text_.find(s));
+  }
+  if (cut != std::string::npos) {
+    out_.assign(text_, 0, cut);
+    text_.clear();
+    Finish("stop_string");
+    step.done = true;
+    step.text = out_;
+    return step;
+  }
+  const size_t hold = HeldBackLength(text_, options_.stop_strings);
+  out_.assign(text_, 0, text_.size() - hold);
+  text_.erase(0, text_.size() - hold);
+  if (step_ >= options_.max_new_tokens) return end(nullptr);
+  step.text = out_;
+  return step;
+}
+
+Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
+                                            uint32_t max_new_tokens, Sampler& sampler,
+                                            const std::vector<std::string>& stop_strings,
+                                            const std::function<void(std::string_view)>& on_text,
+                                            const std::function<bool()>& cancelled) {
+  GenerateOptions options;
+  options.max_new_tokens = max_new_tokens;
+  options.stop_strings = stop_strings;
+  options.ignore_eos = ignore_eos_;
+  RETURN_IF_ERROR(Start(prompt, options, sampler));
+  while (true) {
+    if (cancelled && cancelled()) {
+      Cancel();
+      break;
+    }
+      ASSIGN_OR_RETURN(Step step, Next());
+    if (on_text && !step.text.empty()) on_text(step.text);
+    if (step.done) break;
+  }
+  return stats_;
 }
 
 Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t> tokens,
@@ -155,24 +195,24 @@ Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t>
   for (size_t w0 = 0; w0 + 1 < tokens.size(); w0 += ctx - 1) {
     // A window starts at the last token of the previous one, so every token is scored once.
     const size_t wlen = std::min<size_t>(ctx, tokens.size() - w0);
-    uint32_t pos = 0;
-    while (pos < wlen) {
-      const uint32_t n = std::min<uint32_t>(model.max_batch(), wlen - pos);
-      ASSIGN_OR_RETURN(std::span<const float> logits,
-                       model.Forward(tokens.subspan(w0 + pos, n), pos));
-      for (uint32_t t = 0; t < n; ++t) {
-        const size_t target = w0 + pos + t + 1;
-        if (pos + t + 1 >= wlen) break;
-        const float* l = logits.data() + uint64_t{t} * vocab;
-        float mx = l[0];
-        for (uint32_t v = 1; v < vocab; ++v) mx = std::max(mx, l[v]);
-        double sum = 0;
-        for (uint32_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(l[v] - mx));
-        r.nll_sum += std::log(sum) + mx - l[tokens[target]];
-        ++r.scored_tokens;
-      }
-      pos += n;
-    }
+    RETURN_IF_ERROR(Prefill(model, tokens.subspan(w0, wlen), 0, 0,
+                            [&](size_t first, uint32_t n, std::span<const float> logits) {
+                              for (uint32_t t = 0; t < n; ++t) {
+                                const size_t target = first + t + 1;
+                                if (target >= wlen) break;
+                                const float* l = logits.data() + uint64_t{t} * vocab;
+                                float mx = l[0];
+                                for (uint32_t v = 1; v < vocab; ++v) mx = std::max(mx, l[v]);
+                                double sum = 0;
+                                for (uint32_t v = 0; v < vocab; ++v) {
+                                  sum += std::exp(static_cast<double>(l[v] - mx));
+                                }
+                                r.nll_sum += std::log(sum) + mx - l[tokens[w0 + target]];
+                                ++r.scored_tokens;
+                              }
+                              return Status::Ok();
+                            })
+                        .status());
   }
   r.perplexity = std::exp(r.nll_sum / static_cast<double>(r.scored_tokens));
   return r;

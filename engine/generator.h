@@ -1,9 +1,14 @@
-// Generator: the generation loop. Prefills the prompt as batches, then decodes one token at a
-// time, sampling each, streaming text through a callback and measuring per-token timings.
-// Stops at EOS, after max_new_tokens, at the end of the context, or when the text produced so
-// far contains one of the stop strings (the stop string itself is not emitted; text that could
-// still become a stop string is held back until it cannot).
-// Not thread-safe; owns nothing but its stats and text buffers (sized at construction).
+// Generation, step by step: Generator prefills a prompt (Start), then each Next() samples one
+// token, turns it into text and runs the forward pass for it. The CLI drives it to the end with
+// Generate(); a server drives Next() itself, between requests, and stops when a client goes away.
+// Stops at EOS, after max_new_tokens, at the end of the context, when the text produced so far
+// contains one of the stop strings (the stop string itself is not emitted; text that could still
+// become a stop string is held back until it cannot), or when a cancel check says so.
+//
+// Prefill is the one loop that runs a token sequence through the model in batches of its
+// max_batch; generation, perplexity and activation counting all use it.
+// Not thread-safe. Everything a step needs is sized at Start (ids, timings, text buffers): Next
+// allocates nothing.
 #ifndef FLASHLM_ENGINE_GENERATOR_H_
 #define FLASHLM_ENGINE_GENERATOR_H_
 
@@ -21,6 +26,17 @@
 
 namespace flashlm::engine {
 
+// Runs `tokens` of sequence `seq` at positions pos, pos+1, ... through `model` in batches of at
+// most max_batch tokens. After each batch, on_batch (optional) gets the index of its first token
+// in `tokens`, its size and the model's logits for it (the view lives during the call). Returns
+// the logits of the last batch (valid until the model's next Forward).
+// Errors: InvalidArgument (no tokens), Forward's, on_batch's.
+using BatchLogitsFn =
+    std::function<Status(size_t first, uint32_t n, std::span<const float> logits)>;
+Result<std::span<const float>> Prefill(Transformer& model, std::span<const int32_t> tokens,
+                                       uint32_t pos, uint32_t seq = 0,
+                                       const BatchLogitsFn& on_batch = nullptr);
+
 struct GenerationStats {
   uint32_t prompt_tokens = 0;
   uint32_t generated_tokens = 0;
@@ -28,7 +44,7 @@ struct GenerationStats {
   double ttft_ms = 0;     // start to first sampled token
   double decode_ms = 0;   // forward passes of generated tokens after the first
   double total_ms = 0;
-  std::string stop_reason;       // "eos", "length", "context", "stop_string"
+  std::string stop_reason;       // "eos", "length", "context", "stop_string", "cancelled"
   std::vector<double> token_ms;  // per decoded token (forward + sample)
 
   double prefill_tokens_per_s() const {
@@ -39,32 +55,66 @@ struct GenerationStats {
     return decode_ms > 0 && generated_tokens > 1 ? (generated_tokens - 1) * 1000.0 / decode_ms
                                                  : 0.0;
   }
-  // One JSON object; `ids` (optional) are added as "ids".
-  std::string ToJson(const std::vector<int32_t>* ids = nullptr) const;
+};
+
+struct GenerateOptions {
+  uint32_t max_new_tokens = 128;
+  std::vector<std::string> stop_strings;
+  bool ignore_eos = false;  // keep going past EOS (benchmarks want a fixed token count)
+  uint32_t sequence = 0;    // the model's sequence (KV cache slot) to generate in
 };
 
 class Generator {
  public:
+  // What one step produced.
+  struct Step {
+    bool done = false;      // generation has ended (stats().stop_reason says why)
+    int32_t token = -1;     // the sampled token (-1 when none was, e.g. at the context's end)
+    std::string_view text;  // text that became printable (valid until the next call)
+  };
+
   Generator(Transformer& model, const Tokenizer& tokenizer)
       : model_(model), tokenizer_(tokenizer) {}
 
-  // Generates up to `max_new_tokens` after `prompt` (which must be non-empty and fit the context
-  // with at least one free position). `on_text` receives UTF-8 text as it becomes printable;
-  // `on_token` (optional) each sampled id. The ids (prompt + generated) are left in ids().
-  // Errors: InvalidArgument (empty prompt, prompt >= context), Forward's errors.
+  // Prefills `prompt` (non-empty, leaving at least one free position in the context). `sampler`
+  // must outlive the generation. Errors: InvalidArgument (empty prompt, prompt >= context),
+  // Forward's.
+  Status Start(std::span<const int32_t> prompt, const GenerateOptions& options, Sampler& sampler);
+  // One step. Errors: FailedPrecondition (no Start), Forward's.
+  Result<Step> Next();
+  // Ends the generation early: stop_reason "cancelled"; the held-back text is dropped.
+  void Cancel();
+
+  // Start, then Next until done, passing text to on_text (may be empty). `cancelled` (may be
+  // empty) is asked before every step; true ends the generation with stop_reason "cancelled".
   Result<GenerationStats> Generate(std::span<const int32_t> prompt, uint32_t max_new_tokens,
                                    Sampler& sampler, const std::vector<std::string>& stop_strings,
-                                   const std::function<void(std::string_view)>& on_text);
+                                   const std::function<void(std::string_view)>& on_text,
+                                   const std::function<bool()>& cancelled = nullptr);
 
+  // Timings and counts; final once a step returned done.
+  const GenerationStats& stats() const { return stats_; }
+  // The ids so far: prompt + generated.
   const std::vector<int32_t>& ids() const { return ids_; }
-  // Keep generating past EOS (benchmarks want a fixed token count).
+  // Keep generating past EOS (benchmarks want a fixed token count); applies to Generate.
   void set_ignore_eos(bool ignore) { ignore_eos_ = ignore; }
 
  private:
+  void FlushHeld();                 // held-back text and partial UTF-8 go out
+  void Finish(const char* reason);  // done: stop reason (nullptr keeps it) and final timings
+
   Transformer& model_;
   const Tokenizer& tokenizer_;
+  Sampler* sampler_ = nullptr;
+  GenerateOptions options_;
+  GenerationStats stats_;
   std::vector<int32_t> ids_;
-  bool ignore_eos_ = false;
+  std::string text_, piece_, out_;  // produced but not yet emitted; one token's bytes; emitted
+  Utf8Stream utf8_;
+  std::span<const float> logits_;
+  uint32_t pos_ = 0, step_ = 0;
+  bool started_ = false, done_ = false, ignore_eos_ = false;
+  uint64_t start_ns_ = 0, decode_start_ns_ = 0, first_sample_ns_ = 0;
 };
 
 // Perplexity of `tokens` (the first is a BOS or context token, never scored): the text is split

@@ -3,22 +3,9 @@
 #include <algorithm>
 #include <cstdio>
 
-namespace flashlm::engine {
+#include "storage/bytes.h"
 
-std::string FormatBytes(uint64_t bytes) {
-  char buf[64];
-  const double b = static_cast<double>(bytes);
-  if (bytes >= (1ull << 30)) {
-    std::snprintf(buf, sizeof(buf), "%.2f GiB", b / (1ull << 30));
-  } else if (bytes >= (1ull << 20)) {
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", b / (1ull << 20));
-  } else if (bytes >= (1ull << 10)) {
-    std::snprintf(buf, sizeof(buf), "%.1f KiB", b / (1ull << 10));
-  } else {
-    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(bytes));
-  }
-  return buf;
-}
+namespace flashlm::engine {
 
 namespace {
 
@@ -59,6 +46,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   }
   ResidencyPlan p;
   p.budget_bytes = in.budget_bytes;
+  p.fixed_parts = in.fixed_parts;
   // On demand / streamed only where that needs less DRAM than keeping the tensor resident.
   const bool demand =
       in.embedding_demand_bytes != 0 && in.embedding_demand_bytes < in.embedding_bytes;
@@ -80,9 +68,15 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const uint64_t dense_stream = std::max(dense_max, in.dense_stream_bytes_max);
   const uint32_t chunk = std::min(in.chunk_bundles, std::max<uint32_t>(bundles_max, 1));
   const uint64_t one_chunk =
-      uint64_t{chunk} * (in.chunk_spacing_bytes ? in.chunk_spacing_bytes : in.bundle_spacing_bytes);
+      in.chunk_buffer_bytes ? in.chunk_buffer_bytes : uint64_t{chunk} * in.bundle_spacing_bytes;
   const uint32_t buffers_min = std::max<uint32_t>(in.chunk_buffers_min, 1);
-  const uint64_t chunk_bytes = one_chunk * buffers_min;
+  // n chunk buffers as one allocation, rounded as its huge pages make it.
+  auto ring = [&](uint64_t n) {
+    const uint64_t bytes = n * one_chunk;
+    return in.huge_page_bytes && bytes >= in.huge_page_bytes ? AlignUp(bytes, in.huge_page_bytes)
+                                                              : bytes;
+  };
+  const uint64_t chunk_bytes = ring(buffers_min);
   p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
   const uint64_t all =
       in.fixed_bytes + in.embedding_bytes + in.classifier_bytes + dense_total + bundle_total;
@@ -118,10 +112,11 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   p.chunk_stream_bytes = chunk_bytes;
   p.chunk_buffers = buffers_min;
   uint64_t avail = in.budget_bytes - p.fixed_bytes - chunk_bytes;  // >= dense_stream
-  while (p.chunk_buffers < in.chunk_buffers && one_chunk + dense_stream <= avail) {
+  while (p.chunk_buffers < in.chunk_buffers &&
+         ring(p.chunk_buffers + 1) - p.chunk_stream_bytes + dense_stream <= avail) {
+    avail -= ring(p.chunk_buffers + 1) - p.chunk_stream_bytes;
     ++p.chunk_buffers;
-    p.chunk_stream_bytes += one_chunk;
-    avail -= one_chunk;
+    p.chunk_stream_bytes = ring(p.chunk_buffers);
   }
   if (dense_total <= avail) {
     std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
@@ -176,10 +171,17 @@ std::string ResidencyPlan::Describe() const {
                   (budget_bytes ? FormatBytes(budget_bytes) : std::string("unlimited")) +
                   ", planned " + FormatBytes(total_bytes()) + " (minimum " +
                   FormatBytes(minimum_bytes) + ")\n";
-  s += "  always resident: " + FormatBytes(fixed_bytes) + " (KV cache, activations, scratch, " +
-       (embedding_resident ? "embedding" : "a buffer for embedding rows read on demand") +
-       (classifier_resident ? ", classifier" : ", buffers for the streamed classifier") +
-       ", norms, catalog)\n";
+  s += "  always resident: " + FormatBytes(fixed_bytes) + " (";
+  if (fixed_parts.empty()) {
+    s += "KV cache, activations, scratch, norms, catalog";
+  }
+  for (size_t i = 0; i < fixed_parts.size(); ++i) {
+    s += (i ? ", " : "") + fixed_parts[i].first + " " + FormatBytes(fixed_parts[i].second);
+  }
+  s += std::string(embedding_resident ? ", the embedding"
+                                      : ", a buffer for embedding rows read on demand") +
+       (classifier_resident ? ", the classifier" : ", buffers for the streamed classifier") +
+       ")\n";
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);

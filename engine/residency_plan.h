@@ -1,9 +1,11 @@
 // Residency planning: what stays in DRAM and what streams from flash under a byte budget.
 //
-// Inputs are the sizes the out-of-core store will hold: the always-resident bytes (KV cache,
-// activations and scratch, the embedding, classifier and norms, the store's metadata), each
-// layer's dense matrices (attention, plus ffn_gate when bundles omit it) and each layer's FFN
-// bundles (count x spacing). PlanResidency decides, in this order of priority:
+// The one place that splits a memory budget. engine::Session gathers the inputs: what the engine
+// always holds (Transformer::BytesNeeded, the KV cache, the tokenizer) and what the store's
+// components report (StoreWeights::Measure: norms, catalog and read tables always; the embedding
+// and classifier resident or through their streaming buffers; each layer's dense matrices
+// (attention, plus ffn_gate when bundles omit it); each layer's FFN bundles, count x DRAM per
+// pinned bundle; the chunk and dense streaming buffers). PlanResidency decides, in this order of priority:
 //  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
 //  2. otherwise the embedding is read on demand (when it may be), chunk_buffers_min streaming
 //     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier
@@ -20,6 +22,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "storage/status.h"
@@ -41,8 +44,11 @@ struct ResidencyInputs {
   std::vector<uint32_t> layer_bundles;      // [layer] neurons
   // [layer] hot-set size (positions [0, n) of a hot-first store; empty or 0: none). Pinned first.
   std::vector<uint32_t> layer_hot;
-  uint64_t bundle_spacing_bytes = 0;  // DRAM bytes per bundle
-  uint64_t chunk_spacing_bytes = 0;   // per bundle in the streaming buffer (0: as above)
+  uint64_t bundle_spacing_bytes = 0;  // DRAM bytes per pinned bundle (its slot and bookkeeping)
+  uint64_t chunk_buffer_bytes = 0;    // one FFN streaming buffer (0: chunk_bundles x spacing)
+  // The chunk buffers are one allocation; from this size up it is rounded up to a multiple of it
+  // (transparent huge pages). 0: no rounding.
+  uint64_t huge_page_bytes = 0;
   uint32_t chunk_bundles = 256;       // bundles per FFN streaming chunk
   // FFN chunk buffers: at least chunk_buffers_min (2 when the next chunk is read while one
   // computes), more up to chunk_buffers when the budget allows (deeper read-ahead).
@@ -51,6 +57,8 @@ struct ResidencyInputs {
   // Buffer for one streamed dense layer (0: the largest dense_layer_bytes); larger when reads
   // land with the store's padding and are closed up afterwards.
   uint64_t dense_stream_bytes_max = 0;
+  // What each part of fixed_bytes is, for Describe() (the parts add up to fixed_bytes).
+  std::vector<std::pair<std::string, uint64_t>> fixed_parts;
 };
 
 struct ResidencyPlan {
@@ -69,6 +77,7 @@ struct ResidencyPlan {
   uint32_t chunk_buffers = 0;  // chunk_stream_bytes holds this many chunks
   uint64_t model_bytes = 0;    // dense + bundles, all layers
   uint64_t minimum_bytes = 0;  // smallest budget that runs
+  std::vector<std::pair<std::string, uint64_t>> fixed_parts;  // from the inputs
 
   uint64_t total_bytes() const {
     return fixed_bytes + pinned_dense_bytes + pinned_bundle_bytes + dense_stream_bytes +
@@ -82,9 +91,6 @@ struct ResidencyPlan {
 // Errors: ResourceExhausted when budget_bytes is below the minimum (the message names it),
 // InvalidArgument for inconsistent inputs (layer counts differ, zero spacing or chunk).
 Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in);
-
-// "1.50 GiB", "12.0 MiB", "512 B".
-std::string FormatBytes(uint64_t bytes);
 
 }  // namespace flashlm::engine
 

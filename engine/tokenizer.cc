@@ -132,6 +132,22 @@ Result<layout::Vocab> Tokenizer::ReadLlama2cVocab(const std::string& path, uint3
   return v;
 }
 
+uint64_t Tokenizer::resident_bytes() const {
+  auto str = [](const std::string& s) {
+    return sizeof(std::string) + (s.capacity() > 15 ? s.capacity() + 1 : 0);
+  };
+  constexpr uint64_t kNode = 3 * sizeof(void*);  // a hash node's link, hash and allocator slack
+  uint64_t b = sizeof(*this) + vocab_.scores.capacity() * sizeof(float) +
+               vocab_.types.capacity() * sizeof(int32_t) + specials_.capacity() * sizeof(int32_t);
+  for (const std::string& t : vocab_.tokens) b += 2 * str(t) + kNode + sizeof(int32_t);
+  for (const std::string& m : vocab_.merges) b += 2 * str(m) + kNode + sizeof(int32_t);
+  b += (ids_.bucket_count() + merge_ranks_.bucket_count() + unicode_to_byte_.bucket_count()) *
+       sizeof(void*);
+  b += unicode_to_byte_.size() * (kNode + 8);
+  for (const std::string& s : byte_to_unicode_) b += str(s);
+  return b;
+}
+
 Result<std::unique_ptr<Tokenizer>> Tokenizer::Create(const layout::Vocab& vocab) {
   if (vocab.tokens.empty()) return InvalidArgumentError("the model carries no tokenizer");
   if (vocab.kind != layout::Vocab::Kind::kSentencePiece &&

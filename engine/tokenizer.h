@@ -52,6 +52,9 @@ class Tokenizer {
   bool add_bos() const { return vocab_.add_bos; }
   uint32_t size() const { return static_cast<uint32_t>(vocab_.tokens.size()); }
   bool IsControl(int32_t id) const;
+  // DRAM the tokenizer holds, estimated from its tables (strings, hash nodes and buckets), for
+  // budgets.
+  uint64_t resident_bytes() const;
 
  private:
   explicit Tokenizer(const layout::Vocab& vocab) : vocab_(vocab) {}
@@ -74,6 +77,10 @@ class Tokenizer {
 // completes (or proves invalid, then it passes through as-is).
 class Utf8Stream {
  public:
+  Utf8Stream() {
+    pending_.reserve(64);
+    ready_.reserve(256);
+  }
   // Appends `bytes` and returns the part now safe to print; the view lives until the next call.
   std::string_view Push(std::string_view bytes);
   // Returns whatever is held back (at the end of generation).

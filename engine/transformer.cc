@@ -5,10 +5,17 @@
 #include <numbers>
 #include <string>
 
+#include "engine/classifier_stream.h"
 #include "engine/kernels.h"
+#include "engine/neuron_source.h"
+#include "storage/check.h"
 
 namespace flashlm::engine {
 namespace {
+
+// Bundles per BundleFfnKernel::Accumulate call: bounds the kernel's scratch, independent of how
+// the store batches them.
+constexpr uint32_t kKernelChunk = 256;
 
 // Inverse frequency of rotary pair i (of head_dim/2), after the config's scaling.
 float RopeFrequency(const layout::ModelConfig& c, uint32_t i) {
@@ -40,58 +47,171 @@ float RopeFrequency(const layout::ModelConfig& c, uint32_t i) {
   return freq;
 }
 
+uint32_t ContextOf(const layout::ModelConfig& c, const TransformerOptions& o) {
+  return o.max_context == 0 ? c.max_seq_len : o.max_context;
+}
+
 }  // namespace
 
+WeightsShape WeightsShape::Of(WeightStore& weights) {
+  WeightsShape s;
+  if (NeuronSource* n = weights.neurons()) s.bundles = n->geometry();
+  if (ClassifierStream* c = weights.classifier_stream()) s.classifier_block_rows = c->rows_max();
+  return s;
+}
+
+// Offsets of every buffer in the arena (see the member comments in the header for shapes).
+struct Transformer::Layout {
+  ArenaLayout arena;
+  uint32_t batch = 0, logit_rows = 0;
+  uint64_t x = 0, xb = 0, q = 0, k = 0, v = 0, att_out = 0, proj = 0, hb = 0, hb2 = 0, scores = 0,
+           selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
+           positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0;
+  uint64_t scratch_bytes = 0;
+  bool hb_used = false, hb2_used = false;
+  uint64_t kernel_bytes = 0;
+};
+
+Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
+                                            const TransformerOptions& o, uint32_t threads,
+                                            const WeightsShape& shape, uint32_t ctx) {
+  Layout l;
+  const uint64_t b = std::min(o.max_batch, ctx);
+  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
+  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
+  l.batch = static_cast<uint32_t>(b);
+  l.logit_rows = static_cast<uint32_t>(o.all_logits ? b : std::min<uint64_t>(o.max_sequences, b));
+  ArenaLayout& a = l.arena;
+  l.x = a.AddFloats(b * c.dim);
+  l.xb = a.AddFloats(b * std::max<uint64_t>(c.dim, q_dim));
+  l.q = a.AddFloats(b * q_dim);
+  l.k = a.AddFloats(b * kv_dim);
+  l.v = a.AddFloats(b * kv_dim);
+  l.att_out = a.AddFloats(b * q_dim);
+  l.proj = a.AddFloats(b * c.dim);
+  l.hb_used = !shape.bundles || o.observe_ffn;
+  l.hb2_used = !shape.bundles;
+  if (l.hb_used) l.hb = a.AddFloats(b * c.hidden_dim);
+  if (l.hb2_used) l.hb2 = a.AddFloats(b * c.hidden_dim);
+  l.scores = a.AddFloats(uint64_t{threads} * ctx);
+  l.selected = a.Add(uint64_t{threads} * ctx * sizeof(uint32_t));
+  l.logits = a.AddFloats(uint64_t{l.logit_rows} * c.vocab_size);
+  if (shape.classifier_block_rows > 0) {
+    l.block_out = a.AddFloats(uint64_t{l.logit_rows} * shape.classifier_block_rows);
+  }
+  l.rope_cos = a.AddFloats(uint64_t{ctx} * (c.head_dim / 2));
+  l.rope_sin = a.AddFloats(uint64_t{ctx} * (c.head_dim / 2));
+  const uint32_t widest = std::max({c.dim, c.hidden_dim, static_cast<uint32_t>(q_dim)});
+  l.scratch_bytes = MatMulScratchBytes(widest, l.batch);
+  l.scratch = a.Add(l.scratch_bytes);
+  l.positions = a.Add(b * sizeof(uint32_t));
+  l.sequences = a.Add(b * sizeof(uint32_t));
+  l.seq_first = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
+  l.seq_next = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
+  l.last_logit = a.Add(sizeof(uint32_t));
+  if (shape.bundles) {
+    l.kernel_bytes = BundleFfnKernel::ScratchBytes(*shape.bundles, c.hidden_dim, l.batch,
+                                                   std::min(kKernelChunk, c.hidden_dim), threads);
+  }
+  return l;
+}
+
+uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const TransformerOptions& o,
+                                  uint32_t threads, const WeightsShape& shape) {
+  const Layout l = MakeLayout(c, o, threads, shape, ContextOf(c, o));
+  return l.arena.resident_bytes() + l.kernel_bytes;
+}
+
+uint64_t Transformer::resident_bytes() const {
+  return arena_.size_bytes() + (ffn_kernel_ ? ffn_kernel_->resident_bytes() : 0);
+}
+
 Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, ThreadPool& pool,
-                                                         const TransformerOptions& options) {
+                                                         const TransformerOptions& options,
+                                                         KvCache* kv) {
   std::unique_ptr<Transformer> t(new Transformer(weights, pool));
   const layout::ModelConfig& c = weights.config();
   t->config_ = c;
-  uint32_t model_max = c.max_seq_len;
+  const uint32_t model_max = c.max_seq_len;
   if (model_max == 0) return InvalidArgumentError("model declares no maximum context");
-  t->max_context_ = options.max_context == 0 ? model_max : options.max_context;
+  t->max_context_ = ContextOf(c, options);
   if (t->max_context_ > model_max) {
     return InvalidArgumentError("context " + std::to_string(t->max_context_) +
                                 " exceeds the model's maximum " + std::to_string(model_max));
   }
   if (options.max_batch == 0) return InvalidArgumentError("max_batch must be positive");
-  t->max_batch_ = std::min(options.max_batch, t->max_context_);
+  if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
+  if (kv == nullptr) {
+    ASSIGN_OR_RETURN(t->own_kv_,
+                     FlatKvCache::Create(c, t->max_context_, options.max_sequences));
+    kv = t->own_kv_.get();
+  }
+  if (kv->max_positions() < t->max_context_ || kv->max_sequences() < options.max_sequences ||
+      kv->kv_dim() != c.n_kv_heads * c.head_dim) {
+    return InvalidArgumentError("KV cache smaller than the context and sequences asked for");
+  }
+  t->kv_ = kv;
+  const WeightsShape shape = WeightsShape::Of(weights);
+  const Layout l = MakeLayout(c, options, pool.size(), shape, t->max_context_);
+  t->max_batch_ = l.batch;
+  t->logit_rows_max_ = l.logit_rows;
   t->all_logits_ = options.all_logits;
   t->q_dim_ = c.n_heads * c.head_dim;
   t->kv_dim_ = c.n_kv_heads * c.head_dim;
-  const uint64_t b = t->max_batch_;
-  t->x_.assign(b * c.dim, 0.0f);
-  t->xb_.assign(b * std::max(c.dim, t->q_dim_), 0.0f);
-  t->q_.assign(b * t->q_dim_, 0.0f);
-  t->k_.assign(b * t->kv_dim_, 0.0f);
-  t->v_.assign(b * t->kv_dim_, 0.0f);
-  t->att_out_.assign(b * t->q_dim_, 0.0f);
-  t->proj_.assign(b * c.dim, 0.0f);
-  t->hb_.assign(b * c.hidden_dim, 0.0f);
-  t->hb2_.assign(b * c.hidden_dim, 0.0f);
-  t->scores_.assign(uint64_t{pool.size()} * t->max_context_, 0.0f);
-  t->logits_.assign((options.all_logits ? b : 1) * c.vocab_size, 0.0f);
-  const uint64_t cache = uint64_t{c.n_layers} * t->max_context_ * t->kv_dim_;
-  t->key_cache_.assign(cache, 0.0f);
-  t->value_cache_.assign(cache, 0.0f);
-  const uint32_t half = c.head_dim / 2;
-  t->rope_cos_.resize(uint64_t{t->max_context_} * half);
-  t->rope_sin_.resize(uint64_t{t->max_context_} * half);
+  ASSIGN_OR_RETURN(t->arena_, Arena::Create(l.arena));
+  const uint64_t b = l.batch, ctx = t->max_context_, half = c.head_dim / 2;
+  Arena& a = t->arena_;
+  t->x_ = a.Floats(l.x, b * c.dim);
+  t->xb_ = a.Floats(l.xb, b * std::max(c.dim, t->q_dim_));
+  t->q_ = a.Floats(l.q, b * t->q_dim_);
+  t->k_ = a.Floats(l.k, b * t->kv_dim_);
+  t->v_ = a.Floats(l.v, b * t->kv_dim_);
+  t->att_out_ = a.Floats(l.att_out, b * t->q_dim_);
+  t->proj_ = a.Floats(l.proj, b * c.dim);
+  if (l.hb_used) t->hb_ = a.Floats(l.hb, b * c.hidden_dim);
+  if (l.hb2_used) t->hb2_ = a.Floats(l.hb2, b * c.hidden_dim);
+  t->scores_ = a.Floats(l.scores, uint64_t{pool.size()} * ctx);
+  t->selected_ = {reinterpret_cast<uint32_t*>(a.Bytes(l.selected, 0).data()),
+                  uint64_t{pool.size()} * ctx};
+  t->logits_ = a.Floats(l.logits, uint64_t{l.logit_rows} * c.vocab_size);
+  if (shape.classifier_block_rows > 0) {
+    t->block_out_ = a.Floats(l.block_out, uint64_t{l.logit_rows} * shape.classifier_block_rows);
+  }
+  t->rope_cos_ = a.Floats(l.rope_cos, ctx * half);
+  t->rope_sin_ = a.Floats(l.rope_sin, ctx * half);
+  t->scratch_ = a.Bytes(l.scratch, l.scratch_bytes);
+  auto u32 = [&a](uint64_t offset, uint64_t count) {
+    return std::span<uint32_t>(reinterpret_cast<uint32_t*>(a.Bytes(offset, 0).data()), count);
+  };
+  t->positions_ = u32(l.positions, b);
+  t->sequences_ = u32(l.sequences, b);
+  t->seq_first_ = u32(l.seq_first, options.max_sequences);
+  t->seq_next_ = u32(l.seq_next, options.max_sequences);
+  t->last_logit_ = u32(l.last_logit, 1);
   for (uint32_t i = 0; i < half; ++i) {
     const float freq = RopeFrequency(c, i);
-    for (uint32_t p = 0; p < t->max_context_; ++p) {
+    for (uint32_t p = 0; p < ctx; ++p) {
       const float angle = static_cast<float>(p) * freq;
       t->rope_cos_[uint64_t{p} * half + i] = std::cos(angle);
       t->rope_sin_[uint64_t{p} * half + i] = std::sin(angle);
     }
   }
-  const uint32_t widest = std::max({c.dim, c.hidden_dim, t->q_dim_});
-  const uint64_t scratch_bytes = MatMulScratchBytes(widest, t->max_batch_) + 64;
-  t->scratch_ = std::make_unique<std::byte[]>(scratch_bytes);
-  const uint64_t misalign = reinterpret_cast<uintptr_t>(t->scratch_.get()) % 64;
-  const uint64_t skip = misalign ? 64 - misalign : 0;
-  t->scratch_span_ = ByteSpan(t->scratch_.get() + skip, scratch_bytes - skip);
+  if (shape.bundles) {
+    ASSIGN_OR_RETURN(t->ffn_kernel_,
+                     BundleFfnKernel::Create(*shape.bundles, c.hidden_dim, l.batch,
+                                             std::min(kKernelChunk, c.hidden_dim),
+                                             c.activation == layout::Activation::kRelu, pool));
+  }
   return t;
+}
+
+Status Transformer::set_ffn_observer(FfnObserver* observer) {
+  if (observer != nullptr && hb_.empty()) {
+    return FailedPreconditionError(
+        "observing a neuron-bundle FFN needs TransformerOptions::observe_ffn");
+  }
+  ffn_observer_ = observer;
+  return Status::Ok();
 }
 
 void Transformer::Rope(float* v, uint32_t n_heads, uint32_t pos) const {
@@ -108,109 +228,273 @@ void Transformer::Rope(float* v, uint32_t n_heads, uint32_t pos) const {
   }
 }
 
-// Causal attention for the n tokens of the batch at positions pos..pos+n-1, whose K/V are
-// already in the cache. Work items are (token, head) pairs; each thread has its own score row.
-void Transformer::Attention(uint32_t layer, uint32_t n, uint32_t pos) {
-  const layout::ModelConfig& c = config_;
-  const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+// Phase 1: scores[p] = softmax(q . k_p / sqrt(head_dim)) over positions p < len.
+void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, const float* q,
+                                  uint32_t kvh, float* scores) const {
+  const uint32_t hd = config_.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const float* kc = key_cache_.data() + uint64_t{layer} * max_context_ * kv_dim_;
-  const float* vc = value_cache_.data() + uint64_t{layer} * max_context_ * kv_dim_;
+  for (uint32_t p = 0; p < len;) {
+    const KvRows rows = kv_->Keys(layer, seq, p, len - p);
+    const float* k = rows.data + uint64_t{kvh} * hd;
+    for (uint32_t i = 0; i < rows.count; ++i) {
+      scores[p + i] = DotF32(q, k + i * rows.stride_floats, hd) * scale;
+    }
+    p += rows.count;
+  }
+  Softmax(std::span<float>(scores, len));
+}
+
+// Phase 3: out = sum of scores[p] * v_p over the selected positions (every p < len when `all`).
+void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
+                                  const float* scores, std::span<const uint32_t> selected,
+                                  bool all, uint32_t kvh, float* out) const {
+  const uint32_t hd = config_.head_dim;
+  std::fill(out, out + hd, 0.0f);
+  if (all) {
+    for (uint32_t p = 0; p < len;) {
+      const KvRows rows = kv_->Values(layer, seq, p, len - p);
+      const float* v = rows.data + uint64_t{kvh} * hd;
+      for (uint32_t i = 0; i < rows.count; ++i) {
+        AxpyF32(scores[p + i], v + i * rows.stride_floats, out, hd);
+      }
+      p += rows.count;
+    }
+    return;
+  }
+  for (uint32_t p : selected) {
+    const KvRows row = kv_->Values(layer, seq, p, 1);
+    AxpyF32(scores[p], row.data + uint64_t{kvh} * hd, out, hd);
+  }
+}
+
+// Causal attention for every token of the batch: work items are (token, head) pairs; each
+// thread has its own score and selection rows.
+void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
+  const layout::ModelConfig& c = config_;
+  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   pool_.ParallelFor(uint64_t{n} * c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* scores = scores_.data() + uint64_t{th} * max_context_;
+    const std::span<uint32_t> selected = selected_.subspan(uint64_t{th} * max_context_, max_context_);
     for (uint64_t item = begin; item < end; ++item) {
       const uint32_t t = static_cast<uint32_t>(item / c.n_heads);
       const uint32_t h = static_cast<uint32_t>(item % c.n_heads);
-      const uint32_t kvh = h / group;
-      const uint32_t len = pos + t + 1;
+      const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+      const uint32_t len = batch.positions[t] + 1;
       const float* q = q_.data() + uint64_t{t} * q_dim_ + uint64_t{h} * hd;
-      for (uint32_t p = 0; p < len; ++p) {
-        scores[p] = DotF32(q, kc + uint64_t{p} * kv_dim_ + uint64_t{kvh} * hd, hd) * scale;
+      AttentionScores(layer, seq, len, q, h / group, scores);
+      uint32_t chosen = len;
+      if (policy_ != nullptr) {
+        chosen = policy_->Select(layer, seq, std::span<const float>(scores, len),
+                                 selected.first(len));
+        CHECK_GE(chosen, 1u);
+        CHECK_LE(chosen, len);
       }
-      Softmax(std::span<float>(scores, len));
       float* out = att_out_.data() + uint64_t{t} * q_dim_ + uint64_t{h} * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (uint32_t p = 0; p < len; ++p) {
-        AxpyF32(scores[p], vc + uint64_t{p} * kv_dim_ + uint64_t{kvh} * hd, out, hd);
-      }
+      AttentionValues(layer, seq, len, scores, selected.first(chosen), policy_ == nullptr,
+                      h / group, out);
     }
   });
 }
 
-Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tokens, uint32_t pos) {
-  const layout::ModelConfig& c = config_;
-  const uint32_t n = static_cast<uint32_t>(tokens.size());
+Status Transformer::Validate(const TokenBatch& batch) {
+  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
   if (n == 0) return InvalidArgumentError("Forward: empty batch");
   if (n > max_batch_) return InvalidArgumentError("Forward: batch larger than max_batch");
-  if (uint64_t{pos} + n > max_context_) {
-    return InvalidArgumentError("Forward: position beyond the context of " +
-                                std::to_string(max_context_));
+  if (batch.positions.size() != n || (!batch.sequences.empty() && batch.sequences.size() != n)) {
+    return InvalidArgumentError("Forward: positions and sequences must have one entry per token");
+  }
+  const uint32_t logit_rows = batch.logits_for.empty()
+                                  ? (all_logits_ ? n : 1)
+                                  : static_cast<uint32_t>(batch.logits_for.size());
+  if (logit_rows > logit_rows_max_) {
+    return InvalidArgumentError("Forward: more logit rows than the model keeps");
+  }
+  for (size_t i = 0; i < batch.logits_for.size(); ++i) {
+    if (batch.logits_for[i] >= n || (i > 0 && batch.logits_for[i] <= batch.logits_for[i - 1])) {
+      return InvalidArgumentError("Forward: logits_for must be increasing token indices");
+    }
   }
   for (uint32_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || static_cast<uint32_t>(tokens[t]) >= c.vocab_size) {
+    const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+    if (seq >= seq_next_.size()) return InvalidArgumentError("Forward: sequence out of range");
+    seq_next_[seq] = UINT32_MAX;
+  }
+  for (uint32_t t = 0; t < n; ++t) {
+    if (batch.tokens[t] < 0 || static_cast<uint32_t>(batch.tokens[t]) >= config_.vocab_size) {
       return InvalidArgumentError("Forward: token id out of range");
     }
-    RETURN_IF_ERROR(weights_.EmbedToken(static_cast<uint32_t>(tokens[t]),
-                                        std::span<float>(x_.data() + uint64_t{t} * c.dim, c.dim)));
+    const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+    const uint32_t pos = batch.positions[t];
+    if (pos >= max_context_) {
+      return InvalidArgumentError("Forward: position beyond the context of " +
+                                  std::to_string(max_context_));
+    }
+    if (seq_next_[seq] == UINT32_MAX) {
+      if (pos > kv_->length(seq)) {
+        return InvalidArgumentError("Forward: position " + std::to_string(pos) +
+                                    " leaves a gap after the sequence's " +
+                                    std::to_string(kv_->length(seq)) + " positions");
+      }
+      seq_first_[seq] = pos;
+    } else if (pos != seq_next_[seq]) {
+      return InvalidArgumentError("Forward: positions of a sequence must be consecutive");
+    }
+    seq_next_[seq] = pos + 1;
   }
-  const bool relu = c.activation == layout::Activation::kRelu;
+  return Status::Ok();
+}
+
+Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tokens,
+                                                    uint32_t pos, uint32_t seq) {
+  if (tokens.size() > positions_.size()) {
+    return InvalidArgumentError("Forward: batch larger than max_batch");
+  }
+  for (uint64_t t = 0; t < tokens.size(); ++t) {
+    positions_[t] = pos + static_cast<uint32_t>(t);
+    sequences_[t] = seq;
+  }
+  TokenBatch batch;
+  batch.tokens = tokens;
+  batch.positions = positions_.first(tokens.size());
+  if (seq != 0) batch.sequences = sequences_.first(tokens.size());
+  return Forward(batch);
+}
+
+Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
+  RETURN_IF_ERROR(Validate(batch));
+  const layout::ModelConfig& c = config_;
+  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  ++passes_;
+  auto seq_of = [&](uint32_t t) { return batch.sequences.empty() ? 0u : batch.sequences[t]; };
+  // A failed pass may have overwritten rows from each sequence's first position here on: the
+  // sequence is cut back to that position.
+  auto fail = [&](const Status& st) {
+    for (uint32_t t = 0; t < n; ++t) kv_->SetLength(seq_of(t), seq_first_[seq_of(t)]);
+    return st;
+  };
+  for (uint32_t t = 0; t < n; ++t) {
+    Status st = weights_.EmbedToken(static_cast<uint32_t>(batch.tokens[t]),
+                                    x_.subspan(uint64_t{t} * c.dim, c.dim));
+    if (!st.ok()) return fail(st);
+  }
   for (uint32_t l = 0; l < c.n_layers; ++l) {
-    ASSIGN_OR_RETURN(LayerWeights w, weights_.AcquireLayer(l));
+    Result<LayerWeights> acquired = weights_.AcquireLayer(l);
+    if (!acquired.ok()) return fail(acquired.status());
+    const LayerWeights& w = *acquired;
     // Attention block.
     for (uint32_t t = 0; t < n; ++t) {
-      RmsNorm(std::span<const float>(x_.data() + uint64_t{t} * c.dim, c.dim), w.attn_norm,
-              c.norm_eps, std::span<float>(xb_.data() + uint64_t{t} * c.dim, c.dim));
+      RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.attn_norm, c.norm_eps,
+              xb_.subspan(uint64_t{t} * c.dim, c.dim));
     }
-    MatMul(w.wq, xb_, n, q_, scratch_span_, pool_);
-    MatMul(w.wk, xb_, n, k_, scratch_span_, pool_);
-    MatMul(w.wv, xb_, n, v_, scratch_span_, pool_);
-    float* kc = key_cache_.data() + uint64_t{l} * max_context_ * kv_dim_;
-    float* vc = value_cache_.data() + uint64_t{l} * max_context_ * kv_dim_;
+    MatMul(w.wq, xb_, n, q_, scratch_, pool_);
+    MatMul(w.wk, xb_, n, k_, scratch_, pool_);
+    MatMul(w.wv, xb_, n, v_, scratch_, pool_);
     for (uint32_t t = 0; t < n; ++t) {
-      Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, pos + t);
-      Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, pos + t);
-      std::copy_n(k_.data() + uint64_t{t} * kv_dim_, kv_dim_, kc + uint64_t{pos + t} * kv_dim_);
-      std::copy_n(v_.data() + uint64_t{t} * kv_dim_, kv_dim_, vc + uint64_t{pos + t} * kv_dim_);
+      Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, batch.positions[t]);
+      Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, batch.positions[t]);
+      Status st = kv_->Write(l, seq_of(t), batch.positions[t],
+                             k_.subspan(uint64_t{t} * kv_dim_, kv_dim_),
+                             v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
+      if (!st.ok()) return fail(st);
     }
-    Attention(l, n, pos);
-    MatMul(w.wo, att_out_, n, proj_, scratch_span_, pool_);
+    Attention(l, batch);
+    MatMul(w.wo, att_out_, n, proj_, scratch_, pool_);
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     // FFN block: act(gate x) * (up x), then down.
     for (uint32_t t = 0; t < n; ++t) {
-      RmsNorm(std::span<const float>(x_.data() + uint64_t{t} * c.dim, c.dim), w.ffn_norm,
-              c.norm_eps, std::span<float>(xb_.data() + uint64_t{t} * c.dim, c.dim));
+      RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.ffn_norm, c.norm_eps,
+              xb_.subspan(uint64_t{t} * c.dim, c.dim));
     }
-    if (w.ffn != nullptr) {  // out-of-core bundles: the store computes the FFN
-      RETURN_IF_ERROR(w.ffn->Forward(l, std::span<const float>(xb_.data(), uint64_t{n} * c.dim), n,
-                                     std::span<float>(proj_.data(), uint64_t{n} * c.dim)));
-    } else {
-      MatMul(w.gate, xb_, n, hb_, scratch_span_, pool_);
-      MatMul(w.up, xb_, n, hb2_, scratch_span_, pool_);
-      SwiGlu(std::span<float>(hb_.data(), uint64_t{n} * c.hidden_dim),
-             std::span<const float>(hb2_.data(), uint64_t{n} * c.hidden_dim), relu);
-      if (ffn_observer_ != nullptr) {
-        ffn_observer_->OnFfnActivations(
-            l, std::span<const float>(hb_.data(), uint64_t{n} * c.hidden_dim), n);
-      }
-      MatMul(w.down, hb_, n, proj_, scratch_span_, pool_);
-    }
+    Status st = Ffn(l, w, n);
+    if (!st.ok()) return fail(st);
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     weights_.ReleaseLayer(l);
   }
-  // Final norm and classifier: every token with all_logits, else the last one only.
-  const uint32_t first = all_logits_ ? 0 : n - 1;
-  const uint32_t rows = n - first;
-  for (uint32_t t = first; t < n; ++t) {
-    RmsNorm(std::span<const float>(x_.data() + uint64_t{t} * c.dim, c.dim), weights_.output_norm(),
-            c.norm_eps, std::span<float>(xb_.data() + uint64_t{t - first} * c.dim, c.dim));
+  // Final norm of the tokens whose logits are wanted, then the classifier.
+  std::span<const uint32_t> wanted = batch.logits_for;
+  if (wanted.empty() && !all_logits_) {
+    last_logit_[0] = n - 1;
+    wanted = last_logit_;
   }
-  if (ClassifierProvider* streamed = weights_.classifier_provider()) {
-    RETURN_IF_ERROR(streamed->Logits(std::span<const float>(xb_.data(), uint64_t{rows} * c.dim),
-                                     rows, logits_));
-  } else {
-    MatMul(weights_.classifier(), xb_, rows, logits_, scratch_span_, pool_);
+  const uint32_t rows = wanted.empty() ? n : static_cast<uint32_t>(wanted.size());
+  for (uint32_t r = 0; r < rows; ++r) {
+    const uint32_t t = wanted.empty() ? r : wanted[r];
+    RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), weights_.output_norm(), c.norm_eps,
+            xb_.subspan(uint64_t{r} * c.dim, c.dim));
   }
+  if (Status st = Logits(rows); !st.ok()) return fail(st);
+  for (uint32_t t = 0; t < n; ++t) kv_->SetLength(seq_of(t), batch.positions[t] + 1);
   return std::span<const float>(logits_.data(), uint64_t{rows} * c.vocab_size);
+}
+
+Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
+  const layout::ModelConfig& c = config_;
+  const std::span<const float> xb = xb_.first(uint64_t{n} * c.dim);
+  const std::span<float> out = proj_.first(uint64_t{n} * c.dim);
+  if (w.neurons == nullptr) {  // dense matrices
+    RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
+    MatMul(w.gate, xb, n, hb_, scratch_, pool_);
+    MatMul(w.up, xb, n, hb2_, scratch_, pool_);
+    SwiGlu(hb_.first(uint64_t{n} * c.hidden_dim), hb2_.first(uint64_t{n} * c.hidden_dim),
+           c.activation == layout::Activation::kRelu);
+    if (ffn_observer_ != nullptr) {
+      ffn_observer_->OnFfnActivations(l, hb_.first(uint64_t{n} * c.hidden_dim), n);
+    }
+    MatMul(w.down, hb_, n, proj_, scratch_, pool_);
+    return Status::Ok();
+  }
+  // Neuron bundles, in the order the source serves them (increasing positions).
+  NeuronSource& source = *w.neurons;
+  const bool observe = ffn_observer_ != nullptr;
+  ffn_kernel_->Begin(xb, n, out, source.geometry().has_gate() ? nullptr : &w.gate,
+                     source.permutation(l),
+                     observe ? hb_.first(uint64_t{n} * c.hidden_dim) : std::span<float>());
+  // The dense gate has been multiplied: the layer's matrices are done.
+  RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
+  RETURN_IF_ERROR(source.Begin(l));
+  NeuronSource::Batch batch;
+  while (true) {
+    ASSIGN_OR_RETURN(bool more, source.Next(&batch));
+    if (!more) break;
+    for (size_t k = 0; k < batch.positions.size(); k += kKernelChunk) {
+      const size_t m = std::min<size_t>(kKernelChunk, batch.positions.size() - k);
+      ffn_kernel_->Accumulate(batch.positions.subspan(k, m), batch.bundles.subspan(k, m));
+    }
+  }
+  if (observe) ffn_observer_->OnFfnActivations(l, hb_.first(uint64_t{n} * c.hidden_dim), n);
+  return Status::Ok();
+}
+
+Status Transformer::Logits(uint32_t rows) {
+  const layout::ModelConfig& c = config_;
+  const std::span<const float> x = xb_.first(uint64_t{rows} * c.dim);
+  ClassifierStream* stream = weights_.classifier_stream();
+  if (stream == nullptr) {
+    MatMul(weights_.classifier(), x, rows, logits_, scratch_, pool_);
+    return Status::Ok();
+  }
+  // Streamed in row blocks: the activations are quantised once, each block multiplied as it lands.
+  QuantizeActivations(x, c.dim, rows, scratch_);
+  RETURN_IF_ERROR(stream->Begin());
+  MatrixView block;
+  uint32_t r0 = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(bool more, stream->Next(&block, &r0));
+    if (!more) break;
+    const std::span<float> y = rows == 1 ? logits_.subspan(r0, block.rows)
+                                         : block_out_.first(uint64_t{rows} * block.rows);
+    pool_.ParallelFor(block.rows, 16, [&](uint64_t b, uint64_t e, uint32_t) {
+      MatMulRows(block, x, rows, scratch_, static_cast<uint32_t>(b), static_cast<uint32_t>(e), y);
+    });
+    if (rows > 1) {
+      for (uint32_t t = 0; t < rows; ++t) {
+        std::copy_n(y.data() + uint64_t{t} * block.rows, block.rows,
+                    logits_.data() + uint64_t{t} * c.vocab_size + r0);
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 }  // namespace flashlm::engine

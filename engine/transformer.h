@@ -1,22 +1,38 @@
-// Transformer: the LLaMA forward pass over a WeightStore, with the KV cache in DRAM.
+// Transformer: the LLaMA forward pass over a WeightStore and a KvCache.
 //
 // RMSNorm; RoPE in Meta's interleaved convention (pairs 2i, 2i+1 of each head) with theta and
 // linear or LLaMA-3 scaling from the config; multi-head and grouped-query attention; SwiGLU (or
-// ReLU-gated) FFN; tied or separate classifier. A batch of tokens (prefill) goes through every
-// layer as a matrix-matrix product. Every buffer (activations, KV cache, RoPE tables, attention
-// scores per thread, q8 scratch) is sized at Create from the config, the maximum context and the
-// maximum batch; Forward allocates nothing.
+// ReLU-gated) FFN, from dense matrices or from neuron bundles (a NeuronSource, through
+// BundleFfnKernel); tied, separate or streamed classifier.
+//
+// A batch is a set of tokens, each with its own sequence and position (TokenBatch): a prompt is
+// one sequence at consecutive positions; a server's decode step is one token of each of several
+// sequences. Every token attends to the positions [0, its own] of its sequence, whose K and V
+// are in the KvCache (written by earlier passes, or by this one before the attention).
+// Attention runs in three phases per token and query head: scores (q . k over the positions,
+// softmax), selection (which positions' V rows are used: all of them, or what an
+// AttentionPolicy picks), weighted sum of the selected V rows.
+//
+// Memory: every buffer (activations, scores, logits, RoPE tables, q8 scratch, the bundle FFN
+// kernel's scratch) is sized at Create from the config, the options and the thread count, in one
+// arena; BytesNeeded() is that size, computed by the same function Create allocates from, so
+// budgets plan with it and nothing mirrors it by hand. Forward allocates nothing.
 // Not thread-safe: one caller; the ThreadPool is used inside.
 #ifndef FLASHLM_ENGINE_TRANSFORMER_H_
 #define FLASHLM_ENGINE_TRANSFORMER_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
+#include "engine/arena.h"
+#include "engine/bundle_ffn.h"
+#include "engine/kv_cache.h"
 #include "engine/thread_pool.h"
 #include "engine/weights.h"
+#include "layout/bundle_layout.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
@@ -25,44 +41,111 @@ namespace flashlm::engine {
 // before the down projection), e.g. to count how often each neuron fires (calibration).
 // Called on the thread that runs Forward, once per layer per Forward call, in layer order; it must
 // not call back into the Transformer. `h` is n_tokens x hidden_dim f32, row-major (token t's
-// neurons at h[t * hidden_dim ...]), exactly the values the down projection then reads; the view
-// lives during the call. Not called for a layer whose FFN runs inside the weight store
-// (LayerWeights::ffn != nullptr, out-of-core bundles): load the model resident to observe it.
+// neurons at h[t * hidden_dim ...], in neuron order), exactly the values the down projection
+// reads (with neuron bundles: every neuron computed, the others 0); the view lives during the
+// call. A Transformer over neuron bundles needs TransformerOptions::observe_ffn to be observed.
 class FfnObserver {
  public:
   virtual ~FfnObserver() = default;
   virtual void OnFfnActivations(uint32_t layer, std::span<const float> h, uint32_t n_tokens) = 0;
 };
 
+// Chooses which positions' V rows the attention's weighted sum uses (e.g. the top-N of KCache).
+// Called from the pool's threads concurrently, hence const.
+class AttentionPolicy {
+ public:
+  virtual ~AttentionPolicy() = default;
+  // `probs` are the softmaxed scores of one query head of one token over positions
+  // [0, probs.size()) of its sequence. Writes the chosen positions, increasing, into `selected`
+  // (room for probs.size()) and returns how many (at least 1).
+  virtual uint32_t Select(uint32_t layer, uint32_t sequence, std::span<const float> probs,
+                          std::span<uint32_t> selected) const = 0;
+};
+
 struct TransformerOptions {
-  uint32_t max_context = 0;  // positions in the KV cache; 0 = the model's max_seq_len
-  uint32_t max_batch = 128;  // tokens per Forward call
-  bool all_logits = false;   // keep logits for every token of a batch (perplexity)
+  uint32_t max_context = 0;    // positions per sequence; 0 = the model's max_seq_len
+  uint32_t max_batch = 128;    // tokens per Forward call
+  uint32_t max_sequences = 1;  // sequences one Forward may carry (and the KV cache holds)
+  bool all_logits = false;     // keep logits for every token of a batch (perplexity)
+  bool observe_ffn = false;    // keep the FFN activations for an FfnObserver (bundle stores)
+};
+
+// How the weights are served, as far as the forward pass's buffers depend on it.
+struct WeightsShape {
+  std::optional<layout::BundleGeometry> bundles;  // the FFN as neuron bundles
+  uint32_t classifier_block_rows = 0;             // the classifier streamed in blocks (0: not)
+  static WeightsShape Of(WeightStore& weights);
+};
+
+// One forward pass's tokens.
+struct TokenBatch {
+  std::span<const int32_t> tokens;
+  std::span<const uint32_t> positions;  // [token] its position in its sequence
+  std::span<const uint32_t> sequences;  // [token] its sequence; empty: every token in sequence 0
+  // Tokens whose logits are returned, increasing indices into `tokens`; empty: the last token
+  // (every token with all_logits).
+  std::span<const uint32_t> logits_for;
 };
 
 class Transformer {
  public:
-  // Errors: InvalidArgument when max_context exceeds the model's maximum or sizes are zero.
-  static Result<std::unique_ptr<Transformer>> Create(WeightStore& weights, ThreadPool& pool,
-                                                     const TransformerOptions& options);
+  // DRAM that Create allocates for these arguments (the arena and the bundle kernel's scratch;
+  // the KV cache is the KvCache's own).
+  static uint64_t BytesNeeded(const layout::ModelConfig& config, const TransformerOptions& options,
+                              uint32_t threads, const WeightsShape& shape);
 
-  // Runs `tokens` at positions [pos, pos + tokens.size()) and returns logits: vocab floats for the
-  // last token, or tokens.size() x vocab with all_logits. The view lives until the next Forward.
-  // Positions before `pos` must have been run already (their K/V are in the cache).
-  // Errors: InvalidArgument (empty batch, batch > max_batch, pos + n > max_context, a token id
-  // out of range); errors from WeightStore::AcquireLayer.
-  Result<std::span<const float>> Forward(std::span<const int32_t> tokens, uint32_t pos);
+  // `kv` (not owned, may be null) must hold max_sequences sequences of max_context positions;
+  // when null the Transformer creates its own FlatKvCache.
+  // Errors: InvalidArgument when max_context exceeds the model's maximum, sizes are zero or the KV
+  // cache is too small.
+  static Result<std::unique_ptr<Transformer>> Create(WeightStore& weights, ThreadPool& pool,
+                                                     const TransformerOptions& options,
+                                                     KvCache* kv = nullptr);
+
+  // Runs one pass over `batch` and returns the logits of batch.logits_for (vocab floats each, in
+  // that order). The view lives until the next Forward. Positions of a sequence within a batch
+  // must be consecutive and increasing, and its first must be at most the sequence's KV length
+  // (position p < length rewinds it); afterwards its length is its last position + 1.
+  // Errors: InvalidArgument (empty or oversized batch, sizes that disagree, a token id, sequence
+  // or position out of range, positions with a gap); errors from the WeightStore (IoError,
+  // Corruption): each sequence of the batch is then cut back to its first position in it.
+  Result<std::span<const float>> Forward(const TokenBatch& batch);
+  // Sequence `seq` at positions pos .. pos + tokens.size() - 1 (logits as for an empty
+  // logits_for).
+  Result<std::span<const float>> Forward(std::span<const int32_t> tokens, uint32_t pos,
+                                         uint32_t seq = 0);
 
   const layout::ModelConfig& config() const { return config_; }
   uint32_t max_context() const { return max_context_; }
   uint32_t max_batch() const { return max_batch_; }
-  // Observer of the dense FFN activations (see FfnObserver); nullptr (the default) for none.
+  KvCache& kv_cache() { return *kv_; }
+  // What Create allocated (== BytesNeeded for the same arguments).
+  uint64_t resident_bytes() const;
+  // Forward passes so far.
+  uint64_t passes() const { return passes_; }
+  // Observer of the FFN activations (see FfnObserver); nullptr (the default) for none. Not owned;
+  // must outlive its use by Forward. Errors: FailedPrecondition for a bundle FFN created without
+  // observe_ffn.
+  Status set_ffn_observer(FfnObserver* observer);
+  // Attention's selection phase (see AttentionPolicy); nullptr (the default): every position.
   // Not owned; must outlive its use by Forward.
-  void set_ffn_observer(FfnObserver* observer) { ffn_observer_ = observer; }
+  void set_attention_policy(const AttentionPolicy* policy) { policy_ = policy; }
 
  private:
+  struct Layout;
+  static Layout MakeLayout(const layout::ModelConfig& c, const TransformerOptions& o,
+                           uint32_t threads, const WeightsShape& shape, uint32_t max_context);
   Transformer(WeightStore& weights, ThreadPool& pool) : weights_(weights), pool_(pool) {}
-  void Attention(uint32_t layer, uint32_t n, uint32_t pos);
+  Status Validate(const TokenBatch& batch);
+  void Attention(uint32_t layer, const TokenBatch& batch);
+  // The phases for one (token, query head) item; `scores` and `selected` are the thread's rows.
+  void AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, const float* q, uint32_t kvh,
+                       float* scores) const;
+  void AttentionValues(uint32_t layer, uint32_t seq, uint32_t len, const float* scores,
+                       std::span<const uint32_t> selected, bool all, uint32_t kvh,
+                       float* out) const;
+  Status Ffn(uint32_t layer, const LayerWeights& w, uint32_t n);
+  Status Logits(uint32_t rows);
   void Rope(float* v, uint32_t n_heads, uint32_t pos) const;
 
   WeightStore& weights_;
@@ -70,27 +153,38 @@ class Transformer {
   layout::ModelConfig config_;
   uint32_t max_context_ = 0;
   uint32_t max_batch_ = 0;
+  uint32_t logit_rows_max_ = 0;
   bool all_logits_ = false;
   uint32_t q_dim_ = 0, kv_dim_ = 0;
   FfnObserver* ffn_observer_ = nullptr;
+  const AttentionPolicy* policy_ = nullptr;
+  std::unique_ptr<FlatKvCache> own_kv_;
+  KvCache* kv_ = nullptr;
+  std::unique_ptr<BundleFfnKernel> ffn_kernel_;  // when the store serves bundles
+  uint64_t passes_ = 0;
 
-  std::vector<float> x_;                  // max_batch x dim: residual stream
-  std::vector<float> xb_;                 // max_batch x dim: normed input
-  std::vector<float> q_;                  // max_batch x q_dim
-  std::vector<float> k_;                  // max_batch x kv_dim
-  std::vector<float> v_;                  // max_batch x kv_dim
-  std::vector<float> att_out_;            // max_batch x q_dim
-  std::vector<float> proj_;               // max_batch x dim
-  std::vector<float> hb_;                 // max_batch x hidden (gate)
-  std::vector<float> hb2_;                // max_batch x hidden (up)
-  std::vector<float> scores_;             // threads x max_context
-  std::vector<float> logits_;             // (all_logits ? max_batch : 1) x vocab
-  std::vector<float> key_cache_;          // n_layers x max_context x kv_dim
-  std::vector<float> value_cache_;        // n_layers x max_context x kv_dim
-  std::vector<float> rope_cos_;           // max_context x head_dim/2
-  std::vector<float> rope_sin_;           // max_context x head_dim/2
-  std::unique_ptr<std::byte[]> scratch_;  // q8 activations, 64-byte aligned inside
-  ByteSpan scratch_span_;
+  Arena arena_;
+  std::span<float> x_;        // max_batch x dim: residual stream
+  std::span<float> xb_;       // max_batch x max(dim, q_dim): normed input
+  std::span<float> q_;        // max_batch x q_dim
+  std::span<float> k_;        // max_batch x kv_dim
+  std::span<float> v_;        // max_batch x kv_dim
+  std::span<float> att_out_;  // max_batch x q_dim
+  std::span<float> proj_;     // max_batch x dim
+  std::span<float> hb_;       // max_batch x hidden (gate; the observed h with bundles)
+  std::span<float> hb2_;      // max_batch x hidden (up; dense FFN only)
+  std::span<float> scores_;   // threads x max_context
+  std::span<uint32_t> selected_;  // threads x max_context (selection phase)
+  std::span<float> logits_;   // logit_rows_max x vocab
+  std::span<float> block_out_;  // logit_rows_max x classifier_block_rows (streamed classifier)
+  std::span<float> rope_cos_;   // max_context x head_dim/2
+  std::span<float> rope_sin_;   // max_context x head_dim/2
+  ByteSpan scratch_;            // q8 activations (MatMulScratchBytes(widest, max_batch))
+  std::span<uint32_t> positions_;  // max_batch: the convenience Forward's positions
+  std::span<uint32_t> sequences_;  // max_batch: the convenience Forward's sequences
+  std::span<uint32_t> seq_first_;  // max_sequences: first position of the sequence in the batch
+  std::span<uint32_t> seq_next_;   // max_sequences: expected next position (UINT32_MAX: unseen)
+  std::span<uint32_t> last_logit_;  // 1: the default logits_for
 };
 
 }  // namespace flashlm::engine

@@ -2,23 +2,39 @@
 
 #include <string>
 
+#include "layout/llama_tensors.h"
+
 namespace flashlm::engine {
 
 using layout::DType;
+using layout::LayerTensor;
+
+Status CheckMatrix(const layout::TensorInfo& info, std::span<const uint64_t> shape) {
+  if (info.shape.size() != 2 || shape.size() != 2 || info.rows() != shape[0] ||
+      info.cols() != shape[1]) {
+    return CorruptionError("tensor " + info.name + " has shape " + layout::ShapeString(info.shape) +
+                           ", the config implies " +
+                           layout::ShapeString(std::vector<uint64_t>(shape.begin(), shape.end())));
+  }
+  if (!MatMulSupports(info.dtype)) {
+    return NotSupportedError("tensor " + info.name + " has dtype " +
+                             std::string(layout::DTypeName(info.dtype)) +
+                             ", which the engine cannot multiply");
+  }
+  return Status::Ok();
+}
 
 Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
-                                               uint64_t rows, uint64_t cols) {
+                                               std::span<const uint64_t> shape) {
   const layout::TensorInfo* info = ckpt.FindTensor(name);
   if (info == nullptr) return NotFoundError("checkpoint has no tensor " + name);
-  if (info->shape.size() != 2 || info->rows() != rows || info->cols() != cols) {
-    return CorruptionError("tensor " + name + " has shape " + std::to_string(info->rows()) + "x" +
-                           std::to_string(info->cols()) + ", the config implies " +
-                           std::to_string(rows) + "x" + std::to_string(cols));
-  }
-  DType dtype = info->dtype;
-  const bool convert = !MatMulSupports(dtype);  // bf16, q4_K, q6_K: to f32 once, at load
-  if (convert) dtype = DType::kF32;
-  const uint64_t bytes = rows * layout::RowBytes(dtype, cols);
+  // bf16, q4_K, q6_K: converted to f32 once, here.
+  const bool convert = !MatMulSupports(info->dtype);
+  layout::TensorInfo as_loaded = *info;
+  if (convert) as_loaded.dtype = DType::kF32;
+  RETURN_IF_ERROR(CheckMatrix(as_loaded, shape));
+  const uint64_t rows = shape[0], cols = shape[1];
+  const uint64_t bytes = rows * layout::RowBytes(as_loaded.dtype, cols);
   auto buf = std::make_unique<std::byte[]>(bytes);
   if (convert) {
     std::span<float> out(reinterpret_cast<float*>(buf.get()), rows * cols);
@@ -27,7 +43,7 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
     RETURN_IF_ERROR(
         ckpt.ReadTensor(*info, ByteSpan(buf.get(), bytes)).WithContext("reading " + name));
   }
-  MatrixView view{dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
+  MatrixView view{as_loaded.dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
                   ConstByteSpan(buf.get(), bytes)};
   resident_bytes_ += bytes;
   buffers_.push_back(std::move(buf));
@@ -54,40 +70,40 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   std::unique_ptr<DramWeightStore> s(new DramWeightStore());
   s->config_ = ckpt.config();
   const layout::ModelConfig& c = s->config_;
-  if (c.dim == 0 || c.hidden_dim == 0 || c.n_layers == 0 || c.n_heads == 0 || c.n_kv_heads == 0 ||
-      c.head_dim == 0 || c.vocab_size == 0 || c.n_heads % c.n_kv_heads != 0 ||
-      c.head_dim % 2 != 0) {
-    return InvalidArgumentError(
-        "model config has a shape the engine cannot run (zero size, "
-        "n_heads not a multiple of n_kv_heads, or odd head_dim)");
-  }
-  const uint64_t q_dim = uint64_t{c.n_heads} * c.head_dim;
-  const uint64_t kv_dim = uint64_t{c.n_kv_heads} * c.head_dim;
-  ASSIGN_OR_RETURN(s->embedding_, s->LoadMatrix(ckpt, "token_embd.weight", c.vocab_size, c.dim));
+  RETURN_IF_ERROR(c.Validate());
+  const uint64_t table[] = {c.vocab_size, c.dim};
+  ASSIGN_OR_RETURN(s->embedding_, s->LoadMatrix(ckpt, "token_embd.weight", table));
   ASSIGN_OR_RETURN(s->output_norm_, s->LoadVector(ckpt, "output_norm.weight", c.dim));
   if (ckpt.FindTensor("output.weight") != nullptr) {
-    ASSIGN_OR_RETURN(s->classifier_, s->LoadMatrix(ckpt, "output.weight", c.vocab_size, c.dim));
+    ASSIGN_OR_RETURN(s->classifier_, s->LoadMatrix(ckpt, "output.weight", table));
   } else if (c.tied_embeddings) {
     s->classifier_ = s->embedding_;
   } else {
     return NotFoundError("checkpoint has no tensor output.weight and embeddings are not tied");
   }
-  if (!MatMulSupports(s->embedding_.dtype)) {
-    return NotSupportedError("token embedding dtype is not supported");
-  }
   s->layers_.resize(c.n_layers);
   for (uint32_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights& w = s->layers_[l];
-    ASSIGN_OR_RETURN(w.attn_norm, s->LoadVector(ckpt, p + "attn_norm.weight", c.dim));
-    ASSIGN_OR_RETURN(w.wq, s->LoadMatrix(ckpt, p + "attn_q.weight", q_dim, c.dim));
-    ASSIGN_OR_RETURN(w.wk, s->LoadMatrix(ckpt, p + "attn_k.weight", kv_dim, c.dim));
-    ASSIGN_OR_RETURN(w.wv, s->LoadMatrix(ckpt, p + "attn_v.weight", kv_dim, c.dim));
-    ASSIGN_OR_RETURN(w.wo, s->LoadMatrix(ckpt, p + "attn_output.weight", c.dim, q_dim));
-    ASSIGN_OR_RETURN(w.ffn_norm, s->LoadVector(ckpt, p + "ffn_norm.weight", c.dim));
-    ASSIGN_OR_RETURN(w.gate, s->LoadMatrix(ckpt, p + "ffn_gate.weight", c.hidden_dim, c.dim));
-    ASSIGN_OR_RETURN(w.up, s->LoadMatrix(ckpt, p + "ffn_up.weight", c.hidden_dim, c.dim));
-    ASSIGN_OR_RETURN(w.down, s->LoadMatrix(ckpt, p + "ffn_down.weight", c.dim, c.hidden_dim));
+    for (LayerTensor role : layout::kLayerTensors) {
+      const std::string name = layout::LayerTensorName(l, role);
+      const std::vector<uint64_t> shape = layout::LayerTensorShape(c, role);
+      if (shape.size() == 1) {
+        ASSIGN_OR_RETURN(std::span<const float> v, s->LoadVector(ckpt, name, shape[0]));
+        (role == LayerTensor::kAttnNorm ? w.attn_norm : w.ffn_norm) = v;
+        continue;
+      }
+      ASSIGN_OR_RETURN(MatrixView m, s->LoadMatrix(ckpt, name, shape));
+      switch (role) {
+        case LayerTensor::kAttnQ: w.wq = m; break;
+        case LayerTensor::kAttnK: w.wk = m; break;
+        case LayerTensor::kAttnV: w.wv = m; break;
+        case LayerTensor::kAttnOutput: w.wo = m; break;
+        case LayerTensor::kFfnGate: w.gate = m; break;
+        case LayerTensor::kFfnUp: w.up = m; break;
+        case LayerTensor::kFfnDown: w.down = m; break;
+        default: break;
+      }
+    }
   }
   return s;
 }

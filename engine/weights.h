@@ -1,19 +1,24 @@
-// WeightStore: the one seam through which the forward pass reads model weights.
+// WeightStore: the one seam through which the forward pass gets model weights.
 //
-// The forward pass never touches a Checkpoint or a file: it asks the store for a layer's weights
-// (AcquireLayer), computes, and hands them back (ReleaseLayer). Views returned by AcquireLayer
-// stay valid until the matching ReleaseLayer, except that a store serving the FFN itself
-// (LayerWeights::ffn) may reuse the attention matrices' memory once FfnProvider::Forward is
-// called (the forward pass has finished attention by then). The final norm and the classifier
-// stay valid for the store's lifetime (the embedding is read through EmbedToken; the classifier
-// may instead be served by a ClassifierProvider). An out-of-core store streams a layer from
-// flash on Acquire and may evict it on Release; the FFN's matrices are given so that a subset of
-// neurons can be computed (neuron i is row i of gate and up, column i of down), which is what a
-// neuron-bundle store will serve.
+// The forward pass never touches a Checkpoint or a file. Per layer it asks the store for the
+// layer's weights (AcquireLayer), and tells it when it is done with them, in this order:
 //
-// DramWeightStore is the in-DRAM implementation: everything is read once from a Checkpoint at
-// start-up, in the checkpoint's own dtype (f32/f16/q8_0/q4_0; bf16 is converted to f32).
-// Not thread-safe; one forward pass uses one store.
+//   AcquireLayer(l)     attention norm and matrices; FFN norm; the FFN as dense matrices or as
+//                       a NeuronSource of bundles (+ the dense gate with gate+up-down bundles)
+//   ReleaseMatrices(l)  the layer's matrices (attention, and a dense gate) are not used again
+//                       in this pass: the store may reuse their memory, e.g. start reading the
+//                       next streamed layer into it, and may start reading what follows the
+//                       last layer (the classifier)
+//   ReleaseLayer(l)     the FFN is done too
+//
+// These calls are the lifecycle: a store infers nothing from being called otherwise. Views from
+// AcquireLayer stay valid until ReleaseMatrices (matrices) or ReleaseLayer (norms, neurons). The
+// final norm and a resident classifier stay valid for the store's lifetime; the embedding is read
+// through EmbedToken; a streamed classifier is served in row blocks by a ClassifierStream.
+//
+// Implementations: DramWeightStore (below: everything read once from a Checkpoint into DRAM, in
+// the checkpoint's own dtype) and StoreWeights (engine/store_weights.h: a flashlm store under a
+// memory budget, bundles pinned or streamed). Not thread-safe; one forward pass uses one store.
 #ifndef FLASHLM_ENGINE_WEIGHTS_H_
 #define FLASHLM_ENGINE_WEIGHTS_H_
 
@@ -29,28 +34,8 @@
 
 namespace flashlm::engine {
 
-// An FFN served by the store itself (out-of-core neuron bundles, engine/bundle_ffn.h) instead of
-// as gate/up/down matrices. When LayerWeights::ffn is set the forward pass calls Forward and
-// ignores gate/up/down.
-class FfnProvider {
- public:
-  virtual ~FfnProvider() = default;
-  // out[t] = down(act(gate xb[t]) * up xb[t]) for t < n: xb and out are n x dim, row-major.
-  // Errors: IoError/Corruption from streaming the layer's bundles.
-  virtual Status Forward(uint32_t layer, std::span<const float> xb, uint32_t n,
-                         std::span<float> out) = 0;
-};
-
-// A classifier served by the store (streamed from flash in row ranges) instead of as one
-// resident matrix. When WeightStore::classifier_provider() returns one, the forward pass calls
-// Logits and does not use classifier().
-class ClassifierProvider {
- public:
-  virtual ~ClassifierProvider() = default;
-  // logits[t] = classifier * x[t] for t < n: x is n x dim (normed), logits n x vocab.
-  // Errors: IoError/Corruption from streaming the classifier.
-  virtual Status Logits(std::span<const float> x, uint32_t n, std::span<float> logits) = 0;
-};
+class NeuronSource;      // engine/neuron_source.h
+class ClassifierStream;  // engine/classifier_stream.h
 
 struct LayerWeights {
   std::span<const float> attn_norm;  // dim
@@ -59,10 +44,12 @@ struct LayerWeights {
   MatrixView wv;                     // n_kv_heads*head_dim x dim
   MatrixView wo;                     // dim x n_heads*head_dim
   std::span<const float> ffn_norm;   // dim
-  MatrixView gate;                   // hidden x dim   (neuron i = row i)
-  MatrixView up;                     // hidden x dim   (neuron i = row i)
-  MatrixView down;                   // dim x hidden   (neuron i = column i)
-  FfnProvider* ffn = nullptr;        // when set: the FFN is computed by the store (see above)
+  // The dense FFN (neurons == nullptr): neuron i is row i of gate and up, column i of down.
+  MatrixView gate;  // hidden x dim; also set with gate+up-down bundles (the gate is dense there)
+  MatrixView up;    // hidden x dim
+  MatrixView down;  // dim x hidden
+  // The FFN as neuron bundles (gate/up/down rows and columns together, layout/bundle_layout.h).
+  NeuronSource* neurons = nullptr;
 };
 
 class WeightStore {
@@ -74,22 +61,25 @@ class WeightStore {
   // that reads embedding rows from flash on demand.
   virtual Status EmbedToken(uint32_t token, std::span<float> out) = 0;
   virtual std::span<const float> output_norm() const = 0;  // dim
-  // vocab x dim (the embedding itself when tied); empty when classifier_provider() is set.
+  // vocab x dim (the embedding itself when tied); empty when classifier_stream() is set.
   virtual const MatrixView& classifier() const = 0;
-  // Non-null when the store computes the logits itself (see ClassifierProvider).
-  virtual ClassifierProvider* classifier_provider() { return nullptr; }
-  // Makes layer `layer`'s weights available. Errors: IoError/Corruption from the backing store.
-  // The views live until ReleaseLayer(layer). At most one layer is acquired at a time by the
-  // forward pass (a streaming store may prefetch the next one).
+  // Non-null when the classifier is streamed in row blocks.
+  virtual ClassifierStream* classifier_stream() { return nullptr; }
+  // Non-null when every layer's FFN is served as neuron bundles (the same source for all).
+  virtual NeuronSource* neurons() { return nullptr; }
+  // Makes layer `layer`'s weights available (see the lifecycle above). At most one layer is
+  // acquired at a time. Errors: InvalidArgument (layer out of range), IoError/Corruption.
   virtual Result<LayerWeights> AcquireLayer(uint32_t layer) = 0;
-  virtual void ReleaseLayer(uint32_t layer) = 0;
+  // Errors: IoError from starting reads ahead.
+  virtual Status ReleaseMatrices(uint32_t layer) { return Status::Ok(); }
+  virtual void ReleaseLayer(uint32_t layer) {}
 };
 
 class DramWeightStore final : public WeightStore {
  public:
   // Reads every tensor of `checkpoint` into DRAM. Errors: NotFound naming a missing tensor,
   // Corruption for a shape that disagrees with the config, NotSupported for a dtype the kernels
-  // lack, plus the checkpoint's own read errors.
+  // lack, InvalidArgument for a config the engine cannot run, plus the checkpoint's read errors.
   static Result<std::unique_ptr<DramWeightStore>> Load(layout::Checkpoint& checkpoint);
 
   const layout::ModelConfig& config() const override { return config_; }
@@ -98,14 +88,13 @@ class DramWeightStore final : public WeightStore {
   std::span<const float> output_norm() const override { return output_norm_; }
   const MatrixView& classifier() const override { return classifier_; }
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;
-  void ReleaseLayer(uint32_t layer) override {}
 
   uint64_t resident_bytes() const { return resident_bytes_; }
 
  private:
   DramWeightStore() = default;
-  Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name, uint64_t rows,
-                                uint64_t cols);
+  Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
+                                std::span<const uint64_t> shape);
   Result<std::span<const float>> LoadVector(layout::Checkpoint& ckpt, const std::string& name,
                                             uint64_t n);
 
@@ -117,6 +106,10 @@ class DramWeightStore final : public WeightStore {
   std::vector<LayerWeights> layers_;
   uint64_t resident_bytes_ = 0;
 };
+
+// Checks a matrix the engine is about to multiply: shape {rows, cols} as `shape` says, a dtype
+// MatMul supports. Errors: Corruption (shape), NotSupported (dtype); both name the tensor.
+Status CheckMatrix(const layout::TensorInfo& info, std::span<const uint64_t> shape);
 
 }  // namespace flashlm::engine
 

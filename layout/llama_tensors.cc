@@ -4,25 +4,44 @@
 
 namespace flashlm::layout {
 
-std::vector<TensorInfo> ExpectedLlamaTensors(const ModelConfig& c) {
+std::string LayerTensorName(uint32_t layer, LayerTensor role) {
+  static const char* const kSuffix[] = {
+      "attn_norm.weight", "attn_q.weight",   "attn_k.weight", "attn_v.weight",  "attn_output.weight",
+      "ffn_norm.weight",  "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+  return "blk." + std::to_string(layer) + "." + kSuffix[static_cast<int>(role)];
+}
+
+std::vector<uint64_t> LayerTensorShape(const ModelConfig& c, LayerTensor role) {
   const uint64_t q_dim = static_cast<uint64_t>(c.n_heads) * c.head_dim;
   const uint64_t kv_dim = static_cast<uint64_t>(c.n_kv_heads) * c.head_dim;
+  switch (role) {
+    case LayerTensor::kAttnNorm:
+    case LayerTensor::kFfnNorm:
+      return {c.dim};
+    case LayerTensor::kAttnQ:
+      return {q_dim, c.dim};
+    case LayerTensor::kAttnK:
+    case LayerTensor::kAttnV:
+      return {kv_dim, c.dim};
+    case LayerTensor::kAttnOutput:
+      return {c.dim, q_dim};
+    case LayerTensor::kFfnGate:
+    case LayerTensor::kFfnUp:
+      return {c.hidden_dim, c.dim};
+    case LayerTensor::kFfnDown:
+      return {c.dim, c.hidden_dim};
+  }
+  return {};
+}
+
+std::vector<TensorInfo> ExpectedLlamaTensors(const ModelConfig& c) {
   std::vector<TensorInfo> t;
   auto add = [&t](std::string name, std::vector<uint64_t> shape) {
     t.push_back(TensorInfo{std::move(name), DType::kF32, std::move(shape)});
   };
   add("token_embd.weight", {c.vocab_size, c.dim});
   for (uint32_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    add(p + "attn_norm.weight", {c.dim});
-    add(p + "attn_q.weight", {q_dim, c.dim});
-    add(p + "attn_k.weight", {kv_dim, c.dim});
-    add(p + "attn_v.weight", {kv_dim, c.dim});
-    add(p + "attn_output.weight", {c.dim, q_dim});
-    add(p + "ffn_norm.weight", {c.dim});
-    add(p + "ffn_gate.weight", {c.hidden_dim, c.dim});
-    add(p + "ffn_up.weight", {c.hidden_dim, c.dim});
-    add(p + "ffn_down.weight", {c.dim, c.hidden_dim});
+    for (LayerTensor role : kLayerTensors) add(LayerTensorName(l, role), LayerTensorShape(c, role));
   }
   add("output_norm.weight", {c.dim});
   if (!c.tied_embeddings) add("output.weight", {c.vocab_size, c.dim});

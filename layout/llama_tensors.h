@@ -13,6 +13,28 @@
 
 namespace flashlm::layout {
 
+// The tensors of one layer, by role, in file order.
+enum class LayerTensor : uint8_t {
+  kAttnNorm,
+  kAttnQ,
+  kAttnK,
+  kAttnV,
+  kAttnOutput,
+  kFfnNorm,
+  kFfnGate,
+  kFfnUp,
+  kFfnDown,
+};
+inline constexpr LayerTensor kLayerTensors[] = {
+    LayerTensor::kAttnNorm, LayerTensor::kAttnQ,   LayerTensor::kAttnK,
+    LayerTensor::kAttnV,    LayerTensor::kAttnOutput, LayerTensor::kFfnNorm,
+    LayerTensor::kFfnGate,  LayerTensor::kFfnUp,   LayerTensor::kFfnDown};
+
+// "blk.<layer>.attn_q.weight" and so on: the one place canonical layer names are spelled.
+std::string LayerTensorName(uint32_t layer, LayerTensor role);
+// Its shape under `config`: {rows, cols} for matrices (rows = output features), {n} for norms.
+std::vector<uint64_t> LayerTensorShape(const ModelConfig& config, LayerTensor role);
+
 // In file order: token_embd, then per layer attn_norm, attn_q, attn_k, attn_v, attn_output,
 // ffn_norm, ffn_gate, ffn_up, ffn_down, then output_norm and (unless tied) output. The dtype of
 // each entry is f32 (callers pick their own).

@@ -6,6 +6,24 @@
 
 namespace flashlm::storage {
 
+namespace {
+// Bytes of the one allocation behind a pool: multi-page buffers round the total up to whole 2 MiB
+// huge pages (at most 2 MiB extra), which AlignedBuffer backs with transparent huge pages: a read
+// then lands in one physical segment instead of one per 4 KiB page, which doubled large-read
+// bandwidth on the virtio disk (docs/benchmarks.md, "Reads").
+uint64_t PoolBytes(uint32_t buffer_count, uint64_t each) {
+  const uint64_t total = each * buffer_count;
+  return each > 4096 ? AlignUp(total, uint64_t{2} << 20) : total;
+}
+}  // namespace
+
+uint64_t BufferPool::ResidentBytes(uint32_t buffer_count, uint64_t buffer_bytes,
+                                   uint64_t alignment_bytes) {
+  const uint64_t each = AlignUp(buffer_bytes, alignment_bytes);
+  return AlignedBuffer::ResidentBytes(PoolBytes(buffer_count, each), alignment_bytes) +
+         uint64_t{buffer_count} * (sizeof(uint32_t) + sizeof(uint8_t));
+}
+
 Result<BufferPool> BufferPool::Create(uint32_t buffer_count, uint64_t buffer_bytes,
                                       uint64_t alignment_bytes) {
   if (buffer_count == 0) return InvalidArgumentError("buffer pool needs at least one buffer");
@@ -20,13 +38,8 @@ Result<BufferPool> BufferPool::Create(uint32_t buffer_count, uint64_t buffer_byt
                                 std::to_string(each) + " bytes is too large");
   }
   BufferPool pool;
-  // Pools of multi-page buffers are rounded up to whole 2 MiB huge pages (at most 2 MiB extra),
-  // which AlignedBuffer backs with transparent huge pages: a read then lands in one physical
-  // segment instead of one per 4 KiB page, which doubled large-read bandwidth on the virtio
-  // disk (docs/benchmarks.md, "Reads").
-  uint64_t total = each * buffer_count;
-  if (each > 4096) total = AlignUp(total, uint64_t{2} << 20);
-  ASSIGN_OR_RETURN(pool.memory_, AlignedBuffer::Allocate(total, alignment_bytes));
+  ASSIGN_OR_RETURN(pool.memory_,
+                   AlignedBuffer::Allocate(PoolBytes(buffer_count, each), alignment_bytes));
   pool.buffer_count_ = buffer_count;
   pool.buffer_bytes_ = each;
   pool.free_.reserve(buffer_count);

@@ -26,6 +26,9 @@ class BufferPool {
   // Errors: InvalidArgument (zero count/size, bad alignment), ResourceExhausted.
   static Result<BufferPool> Create(uint32_t buffer_count, uint64_t buffer_bytes,
                                    uint64_t alignment_bytes = 4096);
+  // DRAM such a pool holds once touched (memory and bookkeeping), for budgets.
+  static uint64_t ResidentBytes(uint32_t buffer_count, uint64_t buffer_bytes,
+                                uint64_t alignment_bytes = 4096);
 
   BufferPool(BufferPool&&) noexcept = default;
   BufferPool& operator=(BufferPool&&) noexcept = default;

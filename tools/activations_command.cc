@@ -4,8 +4,8 @@
 // The text is tokenized with the model's tokenizer (BOS first) and run in consecutive windows of
 // --ctx tokens, each from position 0; every token is evaluated once. A neuron fires on a token
 // by the rules of engine/activation_counter.h: h != 0 for ReLU models, the top --top-fraction of
-// |h| for SiLU models, or |h| > --threshold when given. The model is loaded fully resident (a
-// calibration step): out-of-core FFNs compute inside the store, where activations are not seen.
+// |h| for SiLU models, or |h| > --threshold when given. A store runs under --mem-budget like
+// generate does (the bundle FFN reports every neuron's h), so calibration works out of core.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -19,17 +19,19 @@
 
 #include "engine/activation_counter.h"
 #include "layout/bundle_layout.h"
+#include "engine/generator.h"
+#include "engine/session.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
-#include "tools/engine_session.h"
+#include "tools/session_flags.h"
 
 namespace flashlm::tools {
 namespace {
 
 struct ActivationsFlags {
-  std::string path, text, out, tokenizer;
+  std::string path, text, out;
   int64_t ctx = 512;
-  int64_t threads = 0;
+  SessionFlags session;
   double top_fraction = 0.2;
   double threshold = 0.0;
   bool top_fraction_set = false;
@@ -57,9 +59,8 @@ int RunActivations(const ActivationsFlags& f) {
   if (f.ctx < 1 || f.ctx > (1 << 24)) {
     return ReportError(kCmd, InvalidArgumentError("--ctx must be >= 1"));
   }
-  if (f.threads < 0 || f.threads > 1024) {
-    return ReportError(kCmd, InvalidArgumentError("--threads must be in [0, 1024]"));
-  }
+  engine::SessionOptions options;
+  if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
   if (f.top_fraction_set && f.threshold_set) {
     return ReportError(kCmd, InvalidArgumentError("give --top-fraction or --threshold, not both"));
   }
@@ -83,12 +84,14 @@ int RunActivations(const ActivationsFlags& f) {
   const std::string text = ss.str();
   if (text.empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
 
-  engine::TransformerOptions options;
-  options.max_context = static_cast<uint32_t>(f.ctx);
-  options.max_batch = 64;
-  auto session = OpenEngineSession(f.path, f.tokenizer, static_cast<uint32_t>(f.threads), options);
+  options.transformer.max_context = static_cast<uint32_t>(f.ctx);
+  options.transformer.max_batch = 64;
+  options.transformer.observe_ffn = true;
+  auto session = engine::Session::Open(f.path, options);
   if (!session.ok()) return ReportError(kCmd, session.status());
-  const layout::ModelConfig& config = session->model->config();
+  if (f.session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
+  engine::Transformer& model = (*session)->model();
+  const layout::ModelConfig& config = model.config();
 
   engine::FiringOptions firing = engine::DefaultFiringOptions(config);
   if (f.top_fraction_set) {
@@ -101,11 +104,11 @@ int RunActivations(const ActivationsFlags& f) {
   auto counter = engine::ActivationCounter::Create(config.n_layers, config.hidden_dim, firing);
   if (!counter.ok()) return ReportError(kCmd, counter.status());
 
-  const std::vector<int32_t> tokens = session->tokenizer->Encode(text, true);
+  const std::vector<int32_t> tokens = (*session)->tokenizer().Encode(text, true);
   const auto start = std::chrono::steady_clock::now();
-  session->model->set_ffn_observer(counter->get());
-  Status run = engine::ForwardInWindows(*session->model, tokens, static_cast<uint32_t>(f.ctx));
-  session->model->set_ffn_observer(nullptr);
+  if (Status st = model.set_ffn_observer(counter->get()); !st.ok()) return ReportError(kCmd, st);
+  Status run = engine::ForwardInWindows(model, tokens, static_cast<uint32_t>(f.ctx));
+  model.set_ffn_observer(nullptr).IgnoreError();
   if (!run.ok()) return ReportError(kCmd, run);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -152,8 +155,7 @@ CommandRunner RegisterActivations(CLI::App& app) {
       "    at least 1) of that token's |h| in that layer (our choice; h is almost never 0);\n"
       "  --threshold T instead: |h| > T (a magnitude cut-off, as in CATS, arXiv:2404.08763).\n"
       "Frequency = tokens the neuron fired on / tokens evaluated. The text is run in windows of\n"
-      "--ctx tokens, every token once. The model is loaded fully into DRAM (a calibration step;\n"
-      "out-of-core FFNs run inside the store, where activations are not observed).\n"
+      "--ctx tokens, every token once. A store runs under --mem-budget as generate does.\n"
       "Output: the JSON of docs/format.md, 'Activation statistics file'.");
   cmd->add_option("store", flags->path,
                   "Store folder or checkpoint (GGUF, HF folder, llama2.c .bin with --tokenizer)")
@@ -162,8 +164,7 @@ CommandRunner RegisterActivations(CLI::App& app) {
   cmd->add_option("--out", flags->out, "Statistics JSON to write")->required();
   cmd->add_option("--ctx", flags->ctx, "Window length in tokens (at most the model's maximum)")
       ->capture_default_str();
-  cmd->add_option("--threads", flags->threads, "Threads (default: all cores)");
-  cmd->add_option("--tokenizer", flags->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
+  AddSessionFlags(cmd, &flags->session);
   CLI::Option* top = cmd->add_option("--top-fraction", flags->top_fraction,
                                      "Fraction of neurons that fire per token, by |h| (SiLU "
                                      "default 0.2; also applies to ReLU models when given)");

@@ -52,23 +52,6 @@ Result<std::vector<uint64_t>> ParseSizeList(std::string_view text) {
   return out;
 }
 
-std::string FormatBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0 || v == std::floor(v)) {
-    std::snprintf(buf, sizeof buf, "%.0f %s", v, kUnits[u]);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
-  }
-  return buf;
-}
-
 int ReportError(std::string_view command, const Status& status) {
   std::fprintf(stderr, "flashlm %.*s: %s\n", static_cast<int>(command.size()), command.data(),
                std::string(status.message()).c_str());

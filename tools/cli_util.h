@@ -21,8 +21,6 @@ inline constexpr int kExitUsage = 2;
 Result<uint64_t> ParseSize(std::string_view text);
 // Parses a comma-separated list of sizes: "4K,64K,1M".
 Result<std::vector<uint64_t>> ParseSizeList(std::string_view text);
-// "4 KiB", "1.5 GiB".
-std::string FormatBytes(uint64_t bytes);
 
 // Prints "flashlm <command>: <status message>" to stderr and returns the exit code for it:
 // kExitUsage for InvalidArgument / NotFound / NotSupported / Corruption of inputs, else kExitFailure.

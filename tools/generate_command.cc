@@ -9,25 +9,24 @@
 
 #include "engine/generator.h"
 #include "engine/sampler.h"
+#include "engine/session.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
-#include "tools/engine_session.h"
-#include "tools/streaming_session.h"
+#include "tools/session_flags.h"
 
 namespace flashlm::tools {
 
 namespace {
 struct GenerateFlags {
-  std::string path, prompt, tokenizer, stats_json;
+  std::string path, prompt, stats_json;
   int64_t n = 128;
-  int64_t threads = 0;
   int64_t ctx = 0;
   engine::SamplerOptions sampling;
   int64_t top_k = 40, repeat_last_n = 64, seed = -1;
   bool echo = false, no_bos = false, ignore_eos = false;
   int64_t bench_prompt_tokens = 0;
   std::vector<std::string> stops;
-  StreamingFlags streaming;  // ooc: --mem-budget and its tuning
+  SessionFlags session;  // --threads, --tokenizer, --mem-budget and its tuning
 };
 }  // namespace
 
@@ -45,12 +44,10 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--repeat-penalty", f->sampling.repeat_penalty, "Repetition penalty (1 = off)");
   cmd->add_option("--repeat-last-n", f->repeat_last_n, "Tokens the penalty looks back over");
   cmd->add_option("--seed", f->seed, "Sampling seed (default: from the clock)");
-  cmd->add_option("--threads", f->threads, "Threads (default: all cores)");
   cmd->add_option("--ctx", f->ctx, "Context length (default: the model's maximum)");
   cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
-  cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
-  AddStreamingFlags(cmd, &f->streaming);
+  AddSessionFlags(cmd, &f->session);
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
@@ -62,7 +59,6 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       return ReportError("generate", InvalidArgumentError(msg));
     };
     if (f->n < 0) return usage("-n must be >= 0");
-    if (f->threads < 0 || f->threads > 1024) return usage("--threads must be in [0, 1024]");
     if (f->ctx < 0 || f->ctx > (1 << 24)) return usage("--ctx out of range");
     if (f->top_k < 0) return usage("--top-k must be >= 0");
     if (f->repeat_last_n < 0) return usage("--repeat-last-n must be >= 0");
@@ -75,18 +71,16 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     if (auto s = engine::Sampler::Create(1, f->sampling); !s.ok()) {
       return ReportError("generate", s.status());
     }
-    engine::TransformerOptions options;
-    options.max_context = static_cast<uint32_t>(f->ctx);
-    auto so = ToStreamingOptions(f->streaming);
-    if (!so.ok()) return ReportError("generate", so.status());
-    so->transformer = options;
-    auto session =
-        !f->streaming.enabled()
-            ? OpenEngineSession(f->path, f->tokenizer, static_cast<uint32_t>(f->threads), options)
-            : OpenStreamingSession(f->path, static_cast<uint32_t>(f->threads), *so);
+    engine::SessionOptions options;
+    if (Status st = ApplySessionFlags(f->session, &options); !st.ok()) {
+      return ReportError("generate", st);
+    }
+    options.transformer.max_context = static_cast<uint32_t>(f->ctx);
+    auto session = engine::Session::Open(f->path, options);
     if (!session.ok()) return ReportError("generate", session.status());
-    engine::Transformer& model = *session->model;
-    const engine::Tokenizer& tok = *session->tokenizer;
+    if (f->session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
+    engine::Transformer& model = (*session)->model();
+    const engine::Tokenizer& tok = (*session)->tokenizer();
     const uint32_t ctx = model.max_context();
     std::vector<int32_t> prompt = tok.Encode(f->prompt, !f->no_bos && tok.bos_id() >= 0);
     if (f->bench_prompt_tokens > 0) {
@@ -126,20 +120,17 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->prompt_tokens, stats->generated_tokens, stats->ttft_ms,
                  stats->prefill_tokens_per_s(), stats->decode_tokens_per_s(),
                  stats->stop_reason.c_str());
-    std::string json = stats->ToJson(&gen.ids());
-    if (session->streaming) {
-      const engine::StreamingStats io = session->streaming->stats();
-      const uint64_t tokens = uint64_t{stats->prompt_tokens} + stats->generated_tokens;
-      const double forward_ms = stats->prefill_ms + stats->decode_ms;
-      std::fprintf(stderr, "%s\n", IoStatsLine(io, tokens, forward_ms).c_str());
-      const size_t close = json.rfind('}');
-      if (close != std::string::npos) {
-        json.insert(close, ", \"io\": " + IoStatsJson(io, tokens, forward_ms));
-      }
+    nlohmann::json json = GenerationJson(*stats, &gen.ids());
+    if (f->session.budgeted()) {
+      const engine::IoReport io = engine::IoReport::Make((*session)->stats(),
+                                                         stats->prefill_ms + stats->decode_ms);
+      std::fprintf(stderr, "%s\n", IoStatsLine(io).c_str());
+      json["io"] = IoStatsJson(io, uint64_t{stats->prompt_tokens} + stats->generated_tokens,
+                               (*session)->planned_bytes());
     }
     if (!f->stats_json.empty()) {
       std::ofstream out(f->stats_json);
-      out << json;
+      out << json.dump(1) << "\n";
       if (!out) return ReportError("generate", IoError("cannot write " + f->stats_json));
     }
     return kExitOk;

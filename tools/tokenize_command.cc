@@ -5,7 +5,7 @@
 
 #include "tools/cli_util.h"
 #include "tools/commands.h"
-#include "tools/engine_session.h"
+#include "engine/session.h"
 
 namespace flashlm::tools {
 
@@ -22,7 +22,7 @@ CommandRunner RegisterTokenize(CLI::App& app) {
   cmd->add_flag("--special", *special, "Recognise control tokens written in the text");
   return [=] {
     if (!cmd->parsed()) return -1;
-    auto tok = OpenTokenizer(*path);
+    auto tok = engine::OpenTokenizer(*path);
     if (!tok.ok()) return ReportError("tokenize", tok.status());
     const std::vector<int32_t> ids = (*tok)->Encode(*text, !*no_bos, *special);
     std::string out = "[";

@@ -108,7 +108,11 @@ TEST(TransformerTest, RejectsBadInput) {
   EXPECT_FALSE(model->Forward(bad, 0).ok());   // token out of range
   EXPECT_FALSE(model->Forward(one, 8).ok());   // beyond the context
   EXPECT_FALSE(model->Forward(std::span<const int32_t>(), 0).ok());
-  EXPECT_TRUE(model->Forward(one, 7).ok());
+  EXPECT_FALSE(model->Forward(one, 1).ok());  // a gap: position 0 was never run
+  std::vector<int32_t> seven = {1, 2, 3, 4};
+  EXPECT_TRUE(model->Forward(seven, 0).ok());
+  EXPECT_TRUE(model->Forward(std::span<const int32_t>(seven).first(3), 4).ok());
+  EXPECT_TRUE(model->Forward(one, 7).ok());  // the last position of the context
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
@@ -41,13 +42,14 @@ TEST(EngineCommandsTest, GenerateGreedyMatchesGoldenTextAndIds) {
   EXPECT_NE(r.err.find("prompt tokens: 1"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("decode:"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("time to first token"), std::string::npos) << r.err;
-  const std::string stats = ReadFile(json);
-  std::string want_ids = ReadFile(ids);
-  std::string joined;
-  std::stringstream ws(want_ids);
-  for (std::string id; ws >> id;) joined += (joined.empty() ? "" : ", ") + id;
-  EXPECT_NE(stats.find("\"ids\": [" + joined + "]"), std::string::npos) << stats;
-  EXPECT_NE(stats.find("\"generated_tokens\": 256"), std::string::npos) << stats;
+  const nlohmann::json stats = nlohmann::json::parse(ReadFile(json));
+  std::vector<int32_t> want_ids;
+  std::stringstream ws(ReadFile(ids));
+  for (int32_t id; ws >> id;) want_ids.push_back(id);
+  EXPECT_EQ(stats["ids"].get<std::vector<int32_t>>(), want_ids) << stats.dump();
+  EXPECT_EQ(stats["generated_tokens"], 256) << stats.dump();
+  EXPECT_EQ(stats["stop_reason"], "length");
+  EXPECT_GT(stats["decode_tokens_per_s"].get<double>(), 0.0);
 }
 
 TEST(EngineCommandsTest, GenerateEchoAndStop) {

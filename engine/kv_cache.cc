@@ -1,0 +1,79 @@
+#include "engine/kv_cache.h"
+
+#include <algorithm>
+#include <string>
+
+#include "storage/check.h"
+
+namespace flashlm::engine {
+namespace {
+
+uint64_t FloatsFor(const layout::ModelConfig& c, uint32_t max_positions, uint32_t max_sequences) {
+  return 2 * uint64_t{max_sequences} * c.n_layers * max_positions * c.n_kv_heads * c.head_dim;
+}
+
+}  // namespace
+
+uint64_t FlatKvCache::BytesNeeded(const layout::ModelConfig& c, uint32_t max_positions,
+                                  uint32_t max_sequences) {
+  return storage::AlignedBuffer::ResidentBytes(
+             FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64, /*huge_pages=*/false) +
+         uint64_t{max_sequences} * sizeof(uint32_t);
+}
+
+Result<std::unique_ptr<FlatKvCache>> FlatKvCache::Create(const layout::ModelConfig& c,
+                                                         uint32_t max_positions,
+                                                         uint32_t max_sequences) {
+  if (max_positions == 0 || max_sequences == 0 || c.n_layers == 0 || c.n_kv_heads == 0 ||
+      c.head_dim == 0) {
+    return InvalidArgumentError("KV cache: zero size");
+  }
+  std::unique_ptr<FlatKvCache> kv(new FlatKvCache());
+  kv->n_layers_ = c.n_layers;
+  kv->kv_dim_ = c.n_kv_heads * c.head_dim;
+  kv->max_positions_ = max_positions;
+  kv->max_sequences_ = max_sequences;
+  ASSIGN_OR_RETURN(kv->memory_, storage::AlignedBuffer::Allocate(
+                                    FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64,
+                                    /*huge_pages=*/false));
+  kv->lengths_.assign(max_sequences, 0);
+  return kv;
+}
+
+uint64_t FlatKvCache::Offset(bool value, uint32_t layer, uint32_t seq, uint32_t pos) const {
+  const uint64_t per_seq = uint64_t{n_layers_} * max_positions_ * kv_dim_;
+  return (uint64_t{value} * max_sequences_ + seq) * per_seq +
+         (uint64_t{layer} * max_positions_ + pos) * kv_dim_;
+}
+
+void FlatKvCache::SetLength(uint32_t seq, uint32_t length) {
+  CHECK_LT(seq, max_sequences_);
+  CHECK_LE(length, max_positions_);
+  lengths_[seq] = length;
+}
+
+Status FlatKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                          std::span<const float> v) {
+  if (layer >= n_layers_ || seq >= max_sequences_ || pos >= max_positions_ ||
+      k.size() != kv_dim_ || v.size() != kv_dim_) {
+    return InvalidArgumentError("KV cache: write out of range");
+  }
+  float* base = reinterpret_cast<float*>(memory_.data());
+  std::copy(k.begin(), k.end(), base + Offset(false, layer, seq, pos));
+  std::copy(v.begin(), v.end(), base + Offset(true, layer, seq, pos));
+  return Status::Ok();
+}
+
+KvRows FlatKvCache::Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
+  CHECK_LE(uint64_t{first} + count, max_positions_);
+  const float* base = reinterpret_cast<const float*>(memory_.data());
+  return KvRows{base + Offset(false, layer, seq, first), kv_dim_, count};
+}
+
+KvRows FlatKvCache::Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
+  CHECK_LE(uint64_t{first} + count, max_positions_);
+  const float* base = reinterpret_cast<const float*>(memory_.data());
+  return KvRows{base + Offset(true, layer, seq, first), kv_dim_, count};
+}
+
+}  // namespace flashlm::engine

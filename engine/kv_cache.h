@@ -1,0 +1,94 @@
+// KvCache: where attention keeps the keys and values it has computed, addressed by (layer,
+// sequence, position).
+//
+// The forward pass (engine/transformer.h) writes one row of K and one of V (kv_dim floats each:
+// n_kv_heads heads of head_dim, K after RoPE) per token, layer and sequence, and reads them back
+// as runs of rows: Keys()/Values() return the rows from a position on that sit contiguously (a
+// flat cache returns all of them at once; a paged one would return one page). Positions
+// [0, length(seq)) hold valid rows; writing at a position below the length rewinds the sequence
+// (what follows is dropped). One cache serves several sequences at once (a server batches decode
+// steps of different requests into one forward pass).
+//
+// FlatKvCache is the first implementation: f32 rows in DRAM, one contiguous block per
+// (sequence, layer), sized for max_sequences x max_positions at Create; nothing allocates later.
+// The paged, budgeted, flash-spilling cache of the KV issue implements the same interface.
+// Not thread-safe: the forward pass's owner thread writes; its pool threads read between writes.
+#ifndef FLASHLM_ENGINE_KV_CACHE_H_
+#define FLASHLM_ENGINE_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "layout/model_config.h"
+#include "storage/aligned_buffer.h"
+#include "storage/status.h"
+
+namespace flashlm::engine {
+
+// A run of consecutive positions' rows: row i (position first + i) is at data + i * stride_floats,
+// kv_dim floats (head h at h * head_dim). Valid until the next write to the same sequence.
+struct KvRows {
+  const float* data = nullptr;
+  uint64_t stride_floats = 0;
+  uint32_t count = 0;
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  virtual uint32_t max_sequences() const = 0;
+  virtual uint32_t max_positions() const = 0;  // per sequence
+  virtual uint32_t kv_dim() const = 0;
+  // Positions of `seq` holding rows: [0, length). Precondition: seq < max_sequences().
+  virtual uint32_t length(uint32_t seq) const = 0;
+  // Sets the length of `seq` (rows at and beyond it are dropped). Precondition: length <=
+  // max_positions(); rows below it must have been written.
+  virtual void SetLength(uint32_t seq, uint32_t length) = 0;
+  // Stores K and V of the token at `pos` of `seq` in `layer` (kv_dim floats each).
+  // Errors: InvalidArgument (out of range). Allocates nothing.
+  virtual Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                       std::span<const float> v) = 0;
+  // The contiguous run of K (V) rows of (layer, seq) from position `first` on, at most `count`
+  // rows and at least one. Precondition: first + count <= max_positions().
+  virtual KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const = 0;
+  virtual KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const = 0;
+  // DRAM the cache holds.
+  virtual uint64_t resident_bytes() const = 0;
+};
+
+class FlatKvCache final : public KvCache {
+ public:
+  // DRAM a cache of these sizes holds (what Create allocates).
+  static uint64_t BytesNeeded(const layout::ModelConfig& config, uint32_t max_positions,
+                              uint32_t max_sequences);
+  // Errors: InvalidArgument (zero sizes), ResourceExhausted.
+  static Result<std::unique_ptr<FlatKvCache>> Create(const layout::ModelConfig& config,
+                                                     uint32_t max_positions,
+                                                     uint32_t max_sequences);
+
+  uint32_t max_sequences() const override { return max_sequences_; }
+  uint32_t max_positions() const override { return max_positions_; }
+  uint32_t kv_dim() const override { return kv_dim_; }
+  uint32_t length(uint32_t seq) const override { return lengths_[seq]; }
+  void SetLength(uint32_t seq, uint32_t length) override;
+  Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+               std::span<const float> v) override;
+  KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
+  KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
+  uint64_t resident_bytes() const override { return memory_.size_bytes(); }
+
+ private:
+  FlatKvCache() = default;
+  // Offset in floats of (K or V, seq, layer, pos).
+  uint64_t Offset(bool value, uint32_t layer, uint32_t seq, uint32_t pos) const;
+
+  uint32_t n_layers_ = 0, kv_dim_ = 0, max_positions_ = 0, max_sequences_ = 0;
+  storage::AlignedBuffer memory_;  // [K, V] x max_sequences x n_layers x max_positions x kv_dim f32
+  std::vector<uint32_t> lengths_;  // [max_sequences]
+};
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_KV_CACHE_H_

@@ -1,0 +1,389 @@
+#include "engine/neuron_source.h"
+
+#include <algorithm>
+#include <string>
+
+#include "storage/check.h"
+
+namespace flashlm::engine {
+namespace {
+
+constexpr uint64_t kSlotAlign = 64;  // DRAM spacing of resident and decoded bundles
+
+// Bytes one bundle's own read covers: its stored bytes widened to the files' alignment `a`;
+// a store aligned more coarsely than `a` (the usual case) needs no more than its stride.
+uint64_t SingleCover(const layout::BundleGeometry& g, uint64_t a, uint64_t store_alignment) {
+  const uint64_t slack = a > store_alignment ? a - store_alignment : 0;
+  return AlignUp(g.bundle_bytes + slack, std::max<uint64_t>(a, kSlotAlign));
+}
+
+}  // namespace
+
+bool NeuronSource::Coalesces(const layout::BundleGeometry& g, uint64_t alignment_bytes,
+                             uint64_t store_alignment_bytes, bool coalesce) {
+  // Merging neighbours reads the store's padding between them too: worth it only while that
+  // does not blow up the bytes read (and the buffers) beyond twice each bundle's own cover.
+  return coalesce &&
+         g.stride_bytes <= 2 * SingleCover(g, alignment_bytes, store_alignment_bytes);
+}
+
+uint64_t NeuronSource::ChunkBufferBytes(const layout::BundleGeometry& g, uint32_t chunk_bundles,
+                                        uint64_t alignment_bytes, uint64_t store_alignment_bytes,
+                                        bool coalesce) {
+  // Merged: chunk x stride, plus the first and last covers' widening when the files' alignment
+  // is coarser than the store's. One read per bundle: each bundle's own cover. Decoded
+  // (compressed) bundles take less than either.
+  const uint64_t a = alignment_bytes;
+  const uint64_t per = Coalesces(g, a, store_alignment_bytes, coalesce)
+                           ? g.stride_bytes
+                           : SingleCover(g, a, store_alignment_bytes);
+  const uint64_t ends = a > store_alignment_bytes ? 2 * a : 0;
+  return AlignUp(uint64_t{chunk_bundles} * std::max(per, AlignUp(g.bundle_bytes, kSlotAlign)) +
+                     ends,
+                 std::max<uint64_t>(a, kSlotAlign));
+}
+
+uint32_t NeuronSource::ChunkReadsMax(const layout::BundleGeometry& g, uint32_t chunk_bundles,
+                                     uint64_t read_max_bytes, bool coalesce) {
+  // Merged: one span (a dense chunk) split at read_max_bytes, or, for a scattered set, as many
+  // spans as the chunk is cut to (see FormAdHocChunk). One read per bundle otherwise.
+  const uint64_t contiguous = uint64_t{chunk_bundles} * g.stride_bytes;
+  return coalesce ? static_cast<uint32_t>(CeilDiv(contiguous, read_max_bytes) + 1) : chunk_bundles;
+}
+
+uint64_t NeuronSource::PinnedBundleBytes(const layout::BundleGeometry& g) {
+  // The slot, its LRU entry with up to four index words (the index is the next power of two
+  // above twice the entries), the pool's and the cache's per-slot bytes, our pointer to it.
+  return cache::NeuronCache::ResidentBytes(1, g.bundle_bytes, kSlotAlign) -
+         storage::AlignedBuffer::ResidentBytes(AlignUp(g.bundle_bytes, kSlotAlign), kSlotAlign) +
+         AlignUp(g.bundle_bytes, kSlotAlign) + 2 * sizeof(uint32_t) + sizeof(const std::byte*);
+}
+
+uint64_t NeuronSource::FixedBytes(const layout::BundleGeometry& g, uint32_t layers,
+                                  uint32_t neurons, uint32_t chunk_bundles,
+                                  uint32_t chunk_buffers) {
+  // A pool of multi-page slots rounds up to a whole huge page (storage::BufferPool).
+  uint64_t b = AlignUp(g.bundle_bytes, kSlotAlign) > 4096 ? uint64_t{2} << 20 : 0;
+  b += uint64_t{neurons} * (2 * sizeof(uint32_t) + sizeof(const std::byte*));  // iota, gather
+  b += uint64_t{chunk_bundles} * sizeof(ByteSpan);                             // decode_outs_
+  // Per ring slot: positions, extents, pointers and the read plan.
+  const uint64_t per_bundle = sizeof(uint32_t) + sizeof(layout::Extent) + sizeof(void*) +
+                              sizeof(storage::PlannedSpan) + 2 * sizeof(storage::PlannedRead) +
+                              sizeof(storage::RangeLocation) + sizeof(uint32_t) +
+                              sizeof(storage::ByteRange) + sizeof(uint64_t);
+  b += uint64_t{chunk_buffers} * (sizeof(Slot) + uint64_t{chunk_bundles} * per_bundle);
+  b += (uint64_t{layers} * neurons / std::max<uint32_t>(chunk_bundles, 1) + layers) * sizeof(Job) +
+       uint64_t{layers} * (2 * sizeof(uint32_t) + sizeof(std::vector<const std::byte*>));
+  return b;
+}
+
+Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& reader,
+                                                         std::span<const uint32_t> pinned,
+                                                         const NeuronSourceOptions& options) {
+  std::unique_ptr<NeuronSource> s(new NeuronSource(reader));
+  s->extents_ = &reader.extent_reader();
+  const uint32_t layers = reader.ffn_layer_count();
+  if (layers == 0 || pinned.size() != layers) {
+    return InvalidArgumentError("neuron source: pinned counts for " +
+                                std::to_string(pinned.size()) + " layers, the store has " +
+                                std::to_string(layers));
+  }
+  if (options.chunk_bundles == 0 || options.chunk_buffers == 0 ||
+      options.chunk_buffers > kChunkBuffersMax) {
+    return InvalidArgumentError("neuron source: chunk size and buffers must be positive (at most " +
+                                std::to_string(kChunkBuffersMax) + " buffers)");
+  }
+  ASSIGN_OR_RETURN(s->geometry_, reader.FfnGeometry(0));
+  ASSIGN_OR_RETURN(layout::FfnLayerRecord first, reader.FfnLayer(0));
+  s->neurons_ = first.n_neurons;
+  for (uint32_t l = 0; l < layers; ++l) {
+    ASSIGN_OR_RETURN(layout::BundleGeometry g, reader.FfnGeometry(l));
+    ASSIGN_OR_RETURN(layout::FfnLayerRecord rec, reader.FfnLayer(l));
+    if (g.kind != s->geometry_.kind || g.dtype != s->geometry_.dtype || g.dim != s->geometry_.dim ||
+        rec.n_neurons != s->neurons_) {
+      return NotSupportedError("FFN layers with differing bundle geometry");
+    }
+    if (pinned[l] > s->neurons_) return InvalidArgumentError("neuron source: pinned > neurons");
+  }
+  s->options_ = options;
+  s->pinned_.assign(pinned.begin(), pinned.end());
+  // Streamed bundles that are compressed cannot be read in place.
+  bool streams = false;
+  for (uint32_t l = 0; l < layers; ++l) {
+    for (uint32_t p = s->pinned_[l]; p < s->neurons_; ++p) {
+      streams = true;
+      s->compressed_ = s->compressed_ || reader.BundleExtentAt(l, p).codec != layout::Codec::kNone;
+    }
+  }
+  s->gap_max_bytes_ = s->geometry_.stride_bytes;
+  s->decoded_spacing_ = AlignUp(s->geometry_.bundle_bytes, kSlotAlign);
+  s->iota_.resize(s->neurons_);
+  for (uint32_t p = 0; p < s->neurons_; ++p) s->iota_[p] = p;
+  s->gathered_positions_.resize(s->neurons_);
+  s->gathered_bundles_.resize(s->neurons_);
+  s->decode_outs_.resize(options.chunk_bundles);
+  RETURN_IF_ERROR(s->LoadPinned());
+  if (!streams) return s;
+
+  // The ring and the dense schedule.
+  const uint32_t chunk = std::min(options.chunk_bundles, s->neurons_);
+  s->pipeline_ = options.pipeline && options.chunk_buffers >= 2 && !s->compressed_;
+  const uint32_t ring = s->pipeline_ ? options.chunk_buffers : 1;
+  const uint64_t a = s->extents_->alignment_bytes(), store_a = reader.header().alignment_bytes;
+  s->options_.coalesce = Coalesces(s->geometry_, a, store_a, options.coalesce);
+  s->slot_bytes_ = ChunkBufferBytes(s->geometry_, chunk, a, store_a, options.coalesce);
+  ASSIGN_OR_RETURN(s->ring_memory_,
+                   storage::AlignedBuffer::Allocate(uint64_t{ring} * s->slot_bytes_, 4096));
+  s->slots_.resize(ring);
+  for (uint32_t k = 0; k < ring; ++k) {
+    Slot& slot = s->slots_[k];
+    slot.buffer = s->ring_memory_.span().subspan(uint64_t{k} * s->slot_bytes_, s->slot_bytes_);
+    ASSIGN_OR_RETURN(slot.group, s->extents_->AddGroup());
+    slot.positions.resize(chunk);
+    slot.extents.resize(chunk);
+    slot.pointers.resize(chunk);
+    slot.plan.Reserve(chunk);
+  }
+  s->options_.chunk_bundles = chunk;
+  for (uint32_t l = 0; l < layers; ++l) {
+    s->job_first_.push_back(static_cast<uint32_t>(s->jobs_.size()));
+    for (uint32_t p = s->pinned_[l]; p < s->neurons_; p += chunk) {
+      s->jobs_.push_back(Job{l, p, std::min(chunk, s->neurons_ - p)});
+    }
+    s->job_count_.push_back(static_cast<uint32_t>(s->jobs_.size()) - s->job_first_.back());
+  }
+  return s;
+}
+
+NeuronSource::~NeuronSource() { ResetRing(); }
+
+Status NeuronSource::LoadPinned() {
+  uint64_t total = 0;
+  for (uint32_t n : pinned_) total += n;
+  resident_.resize(pinned_.size());
+  if (total == 0) return Status::Ok();
+  if (total > UINT32_MAX / 2) return InvalidArgumentError("neuron source: too many bundles");
+  ASSIGN_OR_RETURN(cache_, cache::NeuronCache::Create(
+                               total * AlignUp(geometry_.bundle_bytes, kSlotAlign),
+                               geometry_.bundle_bytes, kSlotAlign));
+  // Layer by layer, in batches: reserve the slots, read the bundles straight into them (merged
+  // reads through the staging buffer), then pin them for good.
+  constexpr uint32_t kBatch = 4096;
+  std::vector<cache::NeuronCache::Handle*> handles;
+  std::vector<layout::Extent> extents;
+  std::vector<ByteSpan> outs;
+  for (uint32_t l = 0; l < pinned_.size(); ++l) {
+    resident_[l].resize(pinned_[l]);
+    for (uint32_t p0 = 0; p0 < pinned_[l]; p0 += kBatch) {
+      const uint32_t count = std::min(kBatch, pinned_[l] - p0);
+      handles.clear();
+      extents.clear();
+      outs.clear();
+      Status st;
+      for (uint32_t p = p0; p < p0 + count && st.ok(); ++p) {
+        Result<cache::NeuronCache::Handle*> h = cache_->Reserve(l, p);
+        if (!h.ok()) {
+          st = h.status();
+          break;
+        }
+        handles.push_back(*h);
+        extents.push_back(reader_.BundleExtentAt(l, p));
+        outs.push_back(cache_->Bytes(*h));
+      }
+      if (st.ok()) st = extents_->ReadExtents(extents, outs);
+      if (!st.ok()) {
+        for (cache::NeuronCache::Handle* h : handles) cache_->Abandon(h);
+        return st.WithContext("loading FFN layer " + std::to_string(l));
+      }
+      for (uint32_t k = 0; k < count; ++k) {
+        cache_->MarkFilled(handles[k]);
+        cache_->PinForever(handles[k]);
+        resident_[l][p0 + k] = outs[k].data();
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status NeuronSource::Begin(uint32_t layer) {
+  if (layer >= pinned_.size()) return InvalidArgumentError("neuron source: layer out of range");
+  if (holding_) {  // the previous request's last chunk
+    slots_[ring_head_].job = -1;
+    ring_head_ = (ring_head_ + 1) % slots_.size();
+    --ring_count_;
+    holding_ = false;
+  }
+  layer_ = layer;
+  dense_ = true;
+  pinned_served_ = false;
+  request_ = {};
+  if (!jobs_.empty()) {
+    job_next_ = job_first_[layer];
+    job_end_ = job_next_ + job_count_[layer];
+  } else {
+    job_next_ = job_end_ = 0;
+  }
+  return Status::Ok();
+}
+
+Status NeuronSource::Begin(uint32_t layer, std::span<const uint32_t> positions) {
+  RETURN_IF_ERROR(Begin(layer));
+  for (size_t i = 0; i < positions.size(); ++i) {
+    if (positions[i] >= neurons_ || (i > 0 && positions[i] <= positions[i - 1])) {
+      return InvalidArgumentError("neuron source: positions must increase and be < " +
+                                  std::to_string(neurons_));
+    }
+  }
+  ResetRing();  // what is in flight belongs to the dense schedule or another request
+  dense_ = false;
+  request_ = positions;
+  request_streamed_ = std::lower_bound(positions.begin(), positions.end(), pinned_[layer]) -
+                      positions.begin();
+  request_next_ = request_streamed_;
+  return Status::Ok();
+}
+
+Status NeuronSource::Submit(Slot& slot) {
+  for (uint32_t k = 0; k < slot.count; ++k) {
+    slot.extents[k] = reader_.BundleExtentAt(slot.layer, slot.positions[k]);
+  }
+  const std::span<const layout::Extent> extents(slot.extents.data(), slot.count);
+  if (compressed_) {  // read, verified and decoded now
+    for (uint32_t k = 0; k < slot.count; ++k) {
+      decode_outs_[k] = slot.buffer.subspan(k * decoded_spacing_, geometry_.bundle_bytes);
+      slot.pointers[k] = decode_outs_[k].data();
+    }
+    return extents_->ReadExtents(extents, std::span<const ByteSpan>(decode_outs_.data(), slot.count));
+  }
+  RETURN_IF_ERROR(extents_->PlanExtents(extents, gap_max_bytes_, options_.coalesce, &slot.plan));
+  if (slot.plan.bytes > slot.buffer.size()) {
+    return InternalError("neuron source: a chunk's reads do not fit its buffer");
+  }
+  RETURN_IF_ERROR(extents_->QueuePlan(slot.group, slot.plan, slot.buffer));
+  return extents_->Submit();
+}
+
+Status NeuronSource::Land(Slot& slot) {
+  if (compressed_) return Status::Ok();
+  RETURN_IF_ERROR(extents_->Wait(slot.group));
+  for (uint32_t k = 0; k < slot.count; ++k) {
+    const std::byte* p = slot.buffer.data() + slot.plan.Offset(k);
+    RETURN_IF_ERROR(extents_->Verify(slot.extents[k], ConstByteSpan(p, geometry_.bundle_bytes)));
+    slot.pointers[k] = p;
+  }
+  return Status::Ok();
+}
+
+Status NeuronSource::FormAdHocChunk(Slot& slot) {
+  // Up to chunk_bundles positions, fewer when their merged reads would not fit the buffer or
+  // need more reads than a slot may have in flight.
+  const uint32_t reads_max = ChunkReadsMax(geometry_, options_.chunk_bundles,
+                                           extents_->limits().read_max_bytes, options_.coalesce);
+  uint32_t count = static_cast<uint32_t>(
+      std::min<size_t>(options_.chunk_bundles, request_.size() - request_next_));
+  slot.layer = layer_;
+  while (true) {
+    for (uint32_t k = 0; k < count; ++k) {
+      slot.positions[k] = request_[request_next_ + k];
+      slot.extents[k] = reader_.BundleExtentAt(layer_, slot.positions[k]);
+    }
+    slot.count = count;
+    if (compressed_) break;
+    RETURN_IF_ERROR(extents_->PlanExtents(std::span<const layout::Extent>(slot.extents.data(), count),
+                                          gap_max_bytes_, options_.coalesce, &slot.plan));
+    if ((slot.plan.bytes <= slot.buffer.size() && slot.plan.reads.reads.size() <= reads_max) ||
+        count == 1) {
+      break;
+    }
+    count = (count + 1) / 2;
+  }
+  request_next_ += count;
+  slot.job = kAdHoc;
+  return Submit(slot);
+}
+
+Status NeuronSource::FillRing() {
+  const uint32_t ring = static_cast<uint32_t>(slots_.size());
+  while (ring_count_ < ring) {
+    Slot& slot = slots_[(ring_head_ + ring_count_) % ring];
+    if (dense_) {
+      const Job& job = jobs_[next_job_];
+      slot.layer = job.layer;
+      slot.count = job.count;
+      for (uint32_t k = 0; k < job.count; ++k) slot.positions[k] = job.first + k;
+      slot.job = next_job_;
+      next_job_ = (next_job_ + 1) % static_cast<uint32_t>(jobs_.size());
+      ++ring_count_;  // counted before the reads go out, so that a failure resets it
+      RETURN_IF_ERROR(Submit(slot));
+    } else {
+      if (request_next_ >= request_.size()) break;
+      ++ring_count_;
+      RETURN_IF_ERROR(FormAdHocChunk(slot));
+    }
+  }
+  return Status::Ok();
+}
+
+void NeuronSource::ResetRing() {
+  for (Slot& slot : slots_) {
+    if (slot.job != -1) extents_->Wait(slot.group).IgnoreError();  // it may still be in flight
+    slot.job = -1;
+  }
+  ring_head_ = ring_count_ = 0;
+  holding_ = false;
+}
+
+Status NeuronSource::Fail(Status st) {
+  ResetRing();
+  return st.WithContext("FFN layer " + std::to_string(layer_));
+}
+
+Result<bool> NeuronSource::Next(Batch* batch) {
+  if (holding_) {  // the chunk handed out last time is done: its buffer takes the next one
+    slots_[ring_head_].job = -1;
+    ring_head_ = (ring_head_ + 1) % slots_.size();
+    --ring_count_;
+    holding_ = false;
+  }
+  if (!pinned_served_) {
+    pinned_served_ = true;
+    const uint32_t pinned = pinned_[layer_];
+    if (dense_ && pinned > 0) {
+      *batch = Batch{std::span<const uint32_t>(iota_.data(), pinned),
+                     std::span<const std::byte* const>(resident_[layer_].data(), pinned)};
+      stats_.bundles_resident += pinned;
+      return true;
+    }
+    if (!dense_ && request_streamed_ > 0) {
+      for (size_t i = 0; i < request_streamed_; ++i) {
+        gathered_positions_[i] = request_[i];
+        gathered_bundles_[i] = resident_[layer_][request_[i]];
+      }
+      *batch = Batch{std::span<const uint32_t>(gathered_positions_.data(), request_streamed_),
+                     std::span<const std::byte* const>(gathered_bundles_.data(), request_streamed_)};
+      stats_.bundles_resident += request_streamed_;
+      return true;
+    }
+  }
+  if (dense_) {
+    if (job_next_ == job_end_) return false;
+    if (ring_count_ > 0 && slots_[ring_head_].job != static_cast<int64_t>(job_next_)) {
+      ResetRing();  // out of step: an error, or another request came between
+    }
+    if (ring_count_ == 0) next_job_ = job_next_;
+    if (Status st = FillRing(); !st.ok()) return Fail(st);
+    ++job_next_;
+  } else {
+    if (request_next_ >= request_.size() && ring_count_ == 0) return false;
+    if (Status st = FillRing(); !st.ok()) return Fail(st);
+  }
+  Slot& head = slots_[ring_head_];
+  if (Status st = Land(head); !st.ok()) return Fail(st);
+  holding_ = true;
+  stats_.bundles_streamed += head.count;
+  *batch = Batch{std::span<const uint32_t>(head.positions.data(), head.count),
+                 std::span<const std::byte* const>(head.pointers.data(), head.count)};
+  return true;
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,211 @@
+#include "engine/session.h"
+
+#include <sys/resource.h>
+
+#include <filesystem>
+
+#include "layout/byte_source.h"
+#include "layout/gguf_reader.h"
+#include "layout/store_reader.h"
+#include "storage/check.h"
+
+namespace flashlm::engine {
+
+uint64_t PeakRssBytes() {
+  struct rusage ru {};
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+IoReport IoReport::Make(const EngineStats& s, double forward_ms) {
+  IoReport r;
+  r.counters = s;
+  r.forward_ms = forward_ms;
+  r.mib_requested = s.bytes_requested / 1048576.0;
+  r.mib_read = s.bytes_read / 1048576.0;
+  r.mean_read_bytes = s.reads ? static_cast<double>(s.bytes_read) / s.reads : 0.0;
+  r.io_wait_ms = s.io_wait_ns / 1e6;
+  r.effective_mib_per_s = r.io_wait_ms > 0 ? r.mib_read / (r.io_wait_ms / 1000.0) : 0.0;
+  r.compute_ms = forward_ms > r.io_wait_ms ? forward_ms - r.io_wait_ms : 0.0;
+  const double passes = s.passes ? static_cast<double>(s.passes) : 1.0;
+  r.pass_mib_read = r.mib_read / passes;
+  r.pass_reads = s.reads / passes;
+  r.pass_io_wait_ms = r.io_wait_ms / passes;
+  r.pass_compute_ms = r.compute_ms / passes;
+  r.peak_rss_bytes = PeakRssBytes();
+  return r;
+}
+
+Session::~Session() = default;
+
+Result<std::unique_ptr<Session>> Session::Open(const std::string& path,
+                                               const SessionOptions& options) {
+  std::unique_ptr<Session> s(new Session());
+  if (layout::StoreReader::LooksLikeStore(path)) {
+    RETURN_IF_ERROR(s->OpenStore(path, options));
+  } else if (options.budgeted) {
+    return InvalidArgumentError("a memory budget needs a store folder; " + path +
+                                " is not one (flashlm repack it first)");
+  } else {
+    RETURN_IF_ERROR(s->OpenCheckpoint(path, options));
+  }
+  s->ResetStats();
+  return s;
+}
+
+Status Session::OpenStore(const std::string& path, const SessionOptions& options) {
+  layout::StoreReadOptions ro;
+  ro.backend = options.backend;
+  ro.direct = options.direct;
+  ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader, layout::StoreReader::Open(path, ro));
+  if (reader->vocab().empty()) return InvalidArgumentError(path + " carries no tokenizer");
+  ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(reader->vocab()));
+  const layout::ModelConfig config = reader->config();
+  ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
+  pool_ = std::make_unique<ThreadPool>(options.threads);
+
+  // The engine's own bytes, from the same functions its parts allocate with.
+  TransformerOptions topts = options.transformer;
+  const uint32_t ctx = topts.max_context == 0 ? config.max_seq_len : topts.max_context;
+  if (ctx == 0 || ctx > config.max_seq_len) {
+    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
+                                std::to_string(config.max_seq_len));
+  }
+  topts.max_context = ctx;
+  WeightsShape shape;
+  shape.bundles = needs.bundles;
+  const uint64_t activations = Transformer::BytesNeeded(config, topts, pool_->size(), shape);
+  const uint64_t kv = FlatKvCache::BytesNeeded(config, ctx, topts.max_sequences);
+  ResidencyInputs in = needs.inputs;
+  in.budget_bytes = options.budget_bytes;
+  const std::pair<std::string, uint64_t> engine_parts[] = {
+      {"activations and scratch", activations},
+      {"KV cache", kv},
+      {"tokenizer", tokenizer_->resident_bytes()}};
+  in.fixed_parts.insert(in.fixed_parts.begin(), std::begin(engine_parts), std::end(engine_parts));
+  for (const auto& part : engine_parts) in.fixed_bytes += part.second;
+  if (in.classifier_demand_bytes > 0) {  // the forward pass's buffer for streamed row blocks
+    WeightsShape streamed = shape;
+    streamed.classifier_block_rows = needs.classifier.rows_max;
+    in.classifier_demand_bytes +=
+        Transformer::BytesNeeded(config, topts, pool_->size(), streamed) - activations;
+  }
+  ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+
+  ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
+                   StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));
+  store_ = store.get();
+  weights_ = std::move(store);
+  ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  // What was allocated is what was planned for (the plan's inputs come from the same functions).
+  CHECK_EQ(model_->resident_bytes(),
+           Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape::Of(*weights_)));
+  planned_bytes_ = plan_.total_bytes();
+  return Status::Ok();
+}
+
+Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& options) {
+  layout::OpenOptions open;
+  open.tokenizer_path = options.tokenizer_path;
+  Result<std::unique_ptr<layout::Checkpoint>> ck = layout::OpenCheckpoint(path, open);
+  bool separate_tokenizer = false;
+  if (!ck.ok() && !options.tokenizer_path.empty()) {
+    // Readers other than llama2.c's take only tokenizer.model / tokenizer.json; a llama2.c
+    // tokenizer.bin for such a checkpoint is read here instead.
+    Result<std::unique_ptr<layout::Checkpoint>> plain = layout::OpenCheckpoint(path);
+    if (!plain.ok()) return ck.status();
+    ck = std::move(plain);
+    separate_tokenizer = true;
+  }
+  if (!ck.ok()) return ck.status();
+  checkpoint_ = std::move(ck).value();
+  if (separate_tokenizer ||
+      (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
+    ASSIGN_OR_RETURN(layout::Vocab vocab,
+                     Tokenizer::ReadLlama2cVocab(options.tokenizer_path,
+                                                 checkpoint_->config().vocab_size));
+    ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(vocab));
+  } else if (checkpoint_->vocab().empty()) {
+    return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
+  } else {
+    ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(checkpoint_->vocab()));
+  }
+  const layout::ModelConfig& config = checkpoint_->config();
+  TransformerOptions topts = options.transformer;
+  const uint32_t ctx = topts.max_context == 0 ? config.max_seq_len : topts.max_context;
+  if (ctx == 0 || ctx > config.max_seq_len) {
+    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
+                                std::to_string(config.max_seq_len));
+  }
+  topts.max_context = ctx;
+  ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
+  const uint64_t weight_bytes = dram->resident_bytes();
+  weights_ = std::move(dram);
+  pool_ = std::make_unique<ThreadPool>(options.threads);
+  ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +
+                   tokenizer_->resident_bytes();
+  return Status::Ok();
+}
+
+std::string Session::Describe() const {
+  if (store_ == nullptr) {
+    return "weights: " + FormatBytes(planned_bytes_) + " in DRAM, read from the checkpoint\n";
+  }
+  std::string s = plan_.Describe();
+  const layout::StoreReader& r = store_->reader();
+  s += "  reads: " + std::string(r.backend_name()) + " backend, " +
+       (r.direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)") + ", FFN chunks " +
+       (store_->coalesced() ? "as merged reads" : "one read per bundle") +
+       (store_->pipelined() ? ", pipelined (chunks, attention and classifier read ahead)" : "") +
+       "\n";
+  return s;
+}
+
+EngineStats Session::stats() const {
+  EngineStats s;
+  s.passes = model_->passes() - passes_base_;
+  if (store_ != nullptr) {
+    const StoreCounters c = store_->counters();
+    s.bytes_requested = c.reads.bytes_requested;
+    s.bytes_read = c.reads.bytes_read;
+    s.reads = c.reads.reads;
+    s.io_wait_ns = c.reads.wait_ns;
+    s.bundles_resident = c.neurons.bundles_resident;
+    s.bundles_streamed = c.neurons.bundles_streamed;
+  }
+  return s;
+}
+
+void Session::ResetStats() {
+  passes_base_ = model_->passes();
+  if (store_ != nullptr) store_->ResetCounters();
+}
+
+Result<std::unique_ptr<Tokenizer>> OpenTokenizer(const std::string& path) {
+  if (!std::filesystem::exists(path)) return NotFoundError(path + ": no such file or folder");
+  Result<std::unique_ptr<layout::Checkpoint>> ck = layout::OpenCheckpoint(path);
+  if (ck.ok()) {
+    if ((*ck)->vocab().empty()) return InvalidArgumentError(path + " carries no tokenizer");
+    return Tokenizer::Create((*ck)->vocab());
+  }
+  // Not a runnable checkpoint: a vocab-only GGUF (header and metadata, no tensors)?
+  if (Result<std::unique_ptr<layout::ByteSource>> src = layout::OpenFileSource(path); src.ok()) {
+    Result<layout::GgufFile> gguf = layout::GgufFile::Parse(**src);
+    if (gguf.ok()) {
+      ASSIGN_OR_RETURN(layout::Vocab vocab, layout::GgufVocab(*gguf));
+      return Tokenizer::Create(vocab);
+    }
+  }
+  // Or a bare llama2.c tokenizer.bin.
+  Result<layout::Vocab> vocab = Tokenizer::ReadLlama2cVocab(path);
+  if (!vocab.ok()) {
+    return ck.status().WithContext("not a checkpoint, and not a llama2.c tokenizer (" +
+                                   vocab.status().ToString() + ")");
+  }
+  return Tokenizer::Create(*vocab);
+}
+
+}  // namespace flashlm::engine

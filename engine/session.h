@@ -1,0 +1,129 @@
+// Session: a model ready to run, assembled from a store or a checkpoint under a memory budget.
+//
+// Open() is where the parts meet and the one place the budget is split:
+//  - a flashlm store: the catalog is read (layout::StoreReader), the store's parts say what they
+//    need (StoreWeights::Measure), the engine adds what it holds itself — the forward pass's
+//    buffers (Transformer::BytesNeeded), the KV cache (FlatKvCache::BytesNeeded), the tokenizer
+//    — and PlanResidency splits the budget (0: unlimited, everything resident, read once with no
+//    second copy); the weights are then loaded per the plan (StoreWeights::Open);
+//  - a checkpoint (GGUF, HF folder, llama2.c .bin): every tensor is read into DRAM
+//    (DramWeightStore); a budget needs a store.
+// The session owns the thread pool, the tokenizer, the weights, the KV cache and the model, and
+// produces statistics as plain structs (EngineStats, IoReport) for tools to print or serialise.
+// Generation runs on it step by step (engine/generator.h). Not thread-safe.
+#ifndef FLASHLM_ENGINE_SESSION_H_
+#define FLASHLM_ENGINE_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "engine/kv_cache.h"
+#include "engine/residency_plan.h"
+#include "engine/store_weights.h"
+#include "engine/thread_pool.h"
+#include "engine/tokenizer.h"
+#include "engine/transformer.h"
+#include "engine/weights.h"
+#include "layout/checkpoint.h"
+#include "storage/read_backend.h"
+#include "storage/status.h"
+
+namespace flashlm::engine {
+
+struct SessionOptions {
+  std::string tokenizer_path;  // a llama2.c tokenizer.bin, for checkpoints that carry none
+  uint32_t threads = 0;        // 0: every core
+  // A memory budget (needs a store); budget_bytes 0 = unlimited. Stores run under the plan either
+  // way; `budgeted` only says that the caller asked for one.
+  bool budgeted = false;
+  uint64_t budget_bytes = 0;
+  TransformerOptions transformer;
+  StreamingOptions streaming;
+  storage::BackendKind backend = storage::BackendKind::kAuto;
+  bool direct = true;  // O_DIRECT data files
+};
+
+// Counters since Open or the last ResetStats.
+struct EngineStats {
+  uint64_t passes = 0;            // forward passes (a batch of tokens, e.g. a prompt, is one)
+  uint64_t bytes_requested = 0;   // stored bytes of the extents read from flash
+  uint64_t bytes_read = 0;        // bytes the backend read (aligned, merged)
+  uint64_t reads = 0;             // reads the backend issued
+  uint64_t io_wait_ns = 0;        // time spent waiting for reads
+  uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
+  uint64_t bundles_streamed = 0;  // FFN bundles read from flash
+  double hit_rate() const {
+    const uint64_t all = bundles_resident + bundles_streamed;
+    return all ? static_cast<double>(bundles_resident) / all : 1.0;
+  }
+};
+
+// What EngineStats mean over a run whose forward passes took forward_ms: totals and per pass.
+struct IoReport {
+  EngineStats counters;
+  double forward_ms = 0;
+  double mib_requested = 0, mib_read = 0;
+  double mean_read_bytes = 0;
+  double effective_mib_per_s = 0;  // bytes read / I/O wait
+  double io_wait_ms = 0;
+  double compute_ms = 0;  // forward_ms - io_wait_ms
+  double pass_mib_read = 0, pass_reads = 0, pass_io_wait_ms = 0, pass_compute_ms = 0;
+  uint64_t peak_rss_bytes = 0;
+  static IoReport Make(const EngineStats& stats, double forward_ms);
+};
+
+// Peak resident set size of this process so far, in bytes (getrusage ru_maxrss).
+uint64_t PeakRssBytes();
+
+class Session {
+ public:
+  // Opens `path` (store folder, GGUF, HF folder, llama2.c .bin). Errors: NotFound, Corruption,
+  // NotSupported (the readers'), InvalidArgument (a budget for something that is not a store, no
+  // tokenizer, a context out of range, bad streaming options), ResourceExhausted (a budget below
+  // the minimum: the message names the minimum in bytes).
+  static Result<std::unique_ptr<Session>> Open(const std::string& path,
+                                               const SessionOptions& options);
+  ~Session();
+
+  Transformer& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  ThreadPool& pool() { return *pool_; }
+  const layout::ModelConfig& config() const { return model_->config(); }
+  // The store-backed weights; nullptr for a checkpoint.
+  StoreWeights* store() { return store_; }
+  // The residency plan (stores only; nullptr for a checkpoint).
+  const ResidencyPlan* plan() const { return store_ ? &plan_ : nullptr; }
+  // Every byte the engine planned to hold (weights, buffers, KV cache, tokenizer).
+  uint64_t planned_bytes() const { return planned_bytes_; }
+  // The residency plan and the read path, several lines (stores); one line for a checkpoint.
+  std::string Describe() const;
+
+  EngineStats stats() const;
+  void ResetStats();
+
+ private:
+  Session() = default;
+  Status OpenStore(const std::string& path, const SessionOptions& options);
+  Status OpenCheckpoint(const std::string& path, const SessionOptions& options);
+
+  // Declared in construction order; destroyed in reverse (the model last in, first out).
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<layout::Checkpoint> checkpoint_;
+  std::unique_ptr<WeightStore> weights_;
+  StoreWeights* store_ = nullptr;
+  std::unique_ptr<FlatKvCache> kv_;
+  std::unique_ptr<Transformer> model_;
+  ResidencyPlan plan_;
+  uint64_t planned_bytes_ = 0;
+  uint64_t passes_base_ = 0;
+};
+
+// A tokenizer alone, from a store, a checkpoint (vocab-only GGUFs included) or a llama2.c
+// tokenizer.bin. Errors: NotFound, Corruption, InvalidArgument (no tokenizer inside).
+Result<std::unique_ptr<Tokenizer>> OpenTokenizer(const std::string& path);
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_SESSION_H_

@@ -1,0 +1,186 @@
+#include "engine/store_weights.h"
+
+#include <algorithm>
+#include <string>
+
+#include "layout/llama_tensors.h"
+
+namespace flashlm::engine {
+namespace {
+
+using layout::LayerTensor;
+
+constexpr uint64_t kReadMaxBytes = 1ull << 20;  // one read, at most
+constexpr uint64_t kStagingBytes = 4ull << 20;  // synchronous reads (pinned weights, fallbacks)
+
+}  // namespace
+
+Result<StoreNeeds> StoreWeights::Measure(layout::StoreReader& reader,
+                                         const StreamingOptions& options) {
+  const layout::ModelConfig& c = reader.config();
+  RETURN_IF_ERROR(c.Validate());
+  if (options.chunk_bundles < 1 || options.chunk_buffers < 2 ||
+      options.chunk_buffers > kChunkBuffersMax) {
+    return InvalidArgumentError("chunk bundles must be >= 1 and chunk buffers in [2, " +
+                                std::to_string(kChunkBuffersMax) + "]");
+  }
+  if (reader.ffn_layer_count() != c.n_layers) {
+    return NotSupportedError("store has no neuron bundles for every layer (repack it)");
+  }
+  StoreNeeds needs;
+  ASSIGN_OR_RETURN(needs.bundles, reader.FfnGeometry(0));
+  const layout::BundleGeometry& g = needs.bundles;
+  if (g.dim != c.dim) return CorruptionError("FFN bundles of another width than the model's");
+  if (!MatMulSupports(g.dtype)) {
+    return NotSupportedError("FFN bundles of dtype " + std::string(layout::DTypeName(g.dtype)) +
+                             ", which the engine cannot multiply");
+  }
+  ASSIGN_OR_RETURN(needs.attention, AttentionStream::Measure(reader, !g.has_gate()));
+  ASSIGN_OR_RETURN(needs.classifier, ClassifierStream::Measure(reader));
+  ASSIGN_OR_RETURN(needs.embedding, EmbeddingRows::Measure(reader));
+
+  // The ExtentReader's bounds: every part's reads in flight at once, a group per buffer.
+  const uint32_t chunk = std::min(options.chunk_bundles, c.hidden_dim);
+  const uint64_t a = reader.extent_reader().alignment_bytes();
+  const bool coalesce =
+      NeuronSource::Coalesces(g, a, reader.header().alignment_bytes, options.coalesce);
+  layout::ExtentReaderLimits limits;
+  limits.read_max_bytes = kReadMaxBytes;
+  limits.staging_bytes = kStagingBytes;
+  limits.queue_depth =
+      options.chunk_buffers * NeuronSource::ChunkReadsMax(g, chunk, kReadMaxBytes, coalesce) +
+      needs.attention.reads_max + 2 * needs.classifier.reads_per_block + needs.embedding.reads_max +
+      8;  // the synchronous path's own
+  limits.groups = options.chunk_buffers + 1 + 2 + 1;
+  RETURN_IF_ERROR(reader.extent_reader().SetLimits(limits));
+
+  ResidencyInputs& in = needs.inputs;
+  const uint64_t norms = (2 * uint64_t{c.n_layers} + 1) * AlignUp(uint64_t{c.dim} * 4, 64);
+  in.fixed_parts.emplace_back("catalog", reader.catalog_bytes());
+  in.fixed_parts.emplace_back("read path", layout::ExtentReader::ResidentBytes(limits));
+  in.fixed_parts.emplace_back("norms", norms);
+  in.fixed_parts.emplace_back("bundle tables",
+                              NeuronSource::FixedBytes(g, c.n_layers, c.hidden_dim, chunk,
+                                                       options.pipeline ? options.chunk_buffers : 1));
+  for (const auto& part : in.fixed_parts) in.fixed_bytes += part.second;
+  in.embedding_bytes = needs.embedding.resident_bytes;
+  in.embedding_demand_bytes = needs.embedding.demand_bytes;
+  in.classifier_bytes = needs.classifier.resident_bytes;
+  in.classifier_demand_bytes =
+      needs.classifier.streamable ? ClassifierStream::StreamBytes(needs.classifier) : 0;
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    in.dense_layer_bytes.push_back(AlignUp(needs.attention.layer_bytes[l], 64));
+    in.layer_bundles.push_back(c.hidden_dim);
+    in.layer_hot.push_back(reader.HotCount(l));
+  }
+  in.dense_stream_bytes_max = AttentionStream::StreamBytes(needs.attention);
+  in.bundle_spacing_bytes = NeuronSource::PinnedBundleBytes(g);
+  in.chunk_bundles = chunk;
+  in.chunk_buffer_bytes = NeuronSource::ChunkBufferBytes(g, chunk, a,
+                                                         reader.header().alignment_bytes, coalesce);
+  in.huge_page_bytes = uint64_t{2} << 20;  // the chunk ring is one buffer with huge pages
+  in.chunk_buffers_min = options.pipeline ? 2 : 1;
+  in.chunk_buffers = options.pipeline ? options.chunk_buffers : 1;
+  return needs;
+}
+
+Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
+    std::unique_ptr<layout::StoreReader> reader, const StoreNeeds& needs,
+    const ResidencyPlan& plan, const StreamingOptions& options) {
+  std::unique_ptr<StoreWeights> s(new StoreWeights());
+  s->reader_ = std::move(reader);
+  s->plan_ = plan;
+  s->pipeline_ = options.pipeline;
+  layout::StoreReader& r = *s->reader_;
+  const layout::ModelConfig& c = r.config();
+
+  // Norms: output_norm, then attn_norm and ffn_norm of every layer, in one arena.
+  ArenaLayout norms;
+  std::vector<uint64_t> at;
+  for (uint32_t i = 0; i < 2 * c.n_layers + 1; ++i) at.push_back(norms.AddFloats(c.dim));
+  ASSIGN_OR_RETURN(s->norms_, Arena::Create(norms));
+  auto load_norm = [&](const std::string& name, uint32_t i) -> Result<std::span<const float>> {
+    const layout::TensorInfo* info = r.FindTensor(name);
+    if (info == nullptr) return NotFoundError("store has no tensor " + name);
+    if (info->num_values() != c.dim) {
+      return CorruptionError("tensor " + name + " has " + std::to_string(info->num_values()) +
+                             " values, the config implies " + std::to_string(c.dim));
+    }
+    std::span<float> out = s->norms_.Floats(at[i], c.dim);
+    RETURN_IF_ERROR(r.ReadTensorF32(*info, out).WithContext("reading " + name));
+    return std::span<const float>(out);
+  };
+  ASSIGN_OR_RETURN(s->output_norm_, load_norm("output_norm.weight", 0));
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    ASSIGN_OR_RETURN(std::span<const float> a,
+                     load_norm(layout::LayerTensorName(l, LayerTensor::kAttnNorm), 1 + 2 * l));
+    ASSIGN_OR_RETURN(std::span<const float> f,
+                     load_norm(layout::LayerTensorName(l, LayerTensor::kFfnNorm), 2 + 2 * l));
+    s->layer_norms_.push_back(a);
+    s->layer_norms_.push_back(f);
+  }
+
+  ASSIGN_OR_RETURN(s->embedding_, EmbeddingRows::Open(r, needs.embedding, plan.embedding_resident));
+  if (const layout::TensorInfo* cls = r.FindTensor("output.weight"); cls != nullptr) {
+    if (plan.classifier_resident) {
+      ASSIGN_OR_RETURN(s->classifier_memory_, storage::AlignedBuffer::Allocate(
+                                                  cls->size_bytes(), 64, /*huge_pages=*/false));
+      const ByteSpan bytes = s->classifier_memory_.span().first(cls->size_bytes());
+      RETURN_IF_ERROR(r.ReadTensor(*cls, bytes).WithContext("reading output.weight"));
+      s->classifier_ = MatrixView{cls->dtype, c.vocab_size, c.dim, bytes};
+    } else {
+      ASSIGN_OR_RETURN(s->classifier_stream_, ClassifierStream::Open(r, needs.classifier));
+    }
+  } else if (c.tied_embeddings) {
+    s->classifier_ = s->embedding_->matrix();  // resident: a tied embedding never goes on demand
+  } else {
+    return NotFoundError("store has no tensor output.weight and embeddings are not tied");
+  }
+  ASSIGN_OR_RETURN(s->attention_,
+                   AttentionStream::Open(r, needs.attention, plan.dense_pinned, options.pipeline));
+  NeuronSourceOptions no;
+  no.chunk_bundles = needs.inputs.chunk_bundles;
+  no.chunk_buffers = std::max<uint32_t>(plan.chunk_buffers, 1);
+  no.pipeline = options.pipeline;
+  no.coalesce = options.coalesce;
+  ASSIGN_OR_RETURN(s->neurons_, NeuronSource::Open(r, plan.pinned_bundles, no));
+  s->ResetCounters();
+  return s;
+}
+
+StoreWeights::~StoreWeights() = default;
+
+Result<LayerWeights> StoreWeights::AcquireLayer(uint32_t l) {
+  if (l >= config().n_layers) return InvalidArgumentError("layer index out of range");
+  ASSIGN_OR_RETURN(AttentionStream::Matrices m, attention_->Acquire(l));
+  LayerWeights w;
+  w.attn_norm = layer_norms_[2 * l];
+  w.ffn_norm = layer_norms_[2 * l + 1];
+  w.wq = m.wq;
+  w.wk = m.wk;
+  w.wv = m.wv;
+  w.wo = m.wo;
+  w.gate = m.gate;
+  w.neurons = neurons_.get();
+  return w;
+}
+
+Status StoreWeights::ReleaseMatrices(uint32_t l) {
+  RETURN_IF_ERROR(attention_->Release(l));
+  // The classifier's first blocks are read while the last FFN computes.
+  if (pipeline_ && classifier_stream_ && l + 1 == config().n_layers) {
+    return classifier_stream_->Prefetch();
+  }
+  return Status::Ok();
+}
+
+StoreCounters StoreWeights::counters() const {
+  return StoreCounters{reader_->extent_reader().counters(), neurons_->stats()};
+}
+
+void StoreWeights::ResetCounters() {
+  reader_->extent_reader().ResetCounters();
+  neurons_->ResetStats();
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,395 @@
+#include "engine/store_weights.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <regex>
+
+#include "engine/generator.h"
+#include "engine/residency_plan.h"
+#include "engine/session.h"
+#include "layout/checkpoint.h"
+#include "layout/repack.h"
+#include "tests/test_util.h"
+
+namespace flashlm::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<int32_t> ReadIds(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<int32_t> ids;
+  for (int32_t id; in >> id;) ids.push_back(id);
+  return ids;
+}
+
+// Repacks stories260K (GGUF) into `out` with the given dtype and bundle kind.
+void MakeStore(const fs::path& gguf, const fs::path& out, layout::DType dtype,
+               layout::BundleKind kind, uint64_t alignment = 512,
+               uint64_t dense_extent_bytes = 4u << 20) {
+  auto src = layout::OpenCheckpoint(gguf.string());
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  layout::RepackOptions o;
+  o.dtype = dtype;
+  o.bundle_kind = kind;
+  // 512: f32 bundles of stories260K (768 bytes) then sit in 1 KiB strides, so FFN chunks are
+  // read as contiguous ranges (the direct path) where the disk allows 512-byte O_DIRECT.
+  o.alignment_bytes = alignment;
+  o.dense_extent_bytes_max = dense_extent_bytes;
+  auto s = layout::Repack(**src, out.string(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+}
+
+struct Run {
+  std::vector<int32_t> ids;
+  ResidencyPlan plan;
+  EngineStats stats;
+  bool coalesced = false;
+  bool attention_prefetched = false;
+  bool embedding_on_demand = false;
+};
+
+// A session on `store` at `budget` (0: unlimited) with the given streaming options.
+Result<std::unique_ptr<Session>> OpenAt(const fs::path& store, uint64_t budget, uint32_t threads,
+                                        const TransformerOptions& to, uint32_t chunk = 256,
+                                        bool coalesce = true, bool pipeline = true) {
+  SessionOptions o;
+  o.threads = threads;
+  o.budgeted = true;
+  o.budget_bytes = budget;
+  o.transformer = to;
+  o.streaming.chunk_bundles = chunk;
+  o.streaming.coalesce = coalesce;
+  o.streaming.pipeline = pipeline;
+  return Session::Open(store.string(), o);
+}
+
+// The smallest budget `store` runs at, from the error a 1-byte budget gets.
+uint64_t MinimumBudget(const fs::path& store, uint32_t threads, const TransformerOptions& to,
+                       bool pipeline = true, bool coalesce = true) {
+  auto refused = OpenAt(store, 1, threads, to, 256, coalesce, pipeline);
+  EXPECT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+  std::smatch m;
+  const std::string msg(refused.status().message());
+  EXPECT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
+  return m.empty() ? 0 : std::stoull(m[1].str());
+}
+
+// Greedy generation of `n` tokens from a short prompt with a session at `budget`.
+Result<Run> Generate(const fs::path& store, uint64_t budget, uint32_t threads, uint32_t n,
+                     uint32_t chunk = 256, bool coalesce = true, bool pipeline = true) {
+  TransformerOptions to;
+  to.max_context = 128;
+  to.max_batch = 16;
+  ASSIGN_OR_RETURN(auto session, OpenAt(store, budget, threads, to, chunk, coalesce, pipeline));
+  SamplerOptions sam;
+  sam.temperature = 0;
+  ASSIGN_OR_RETURN(auto sampler, Sampler::Create(session->config().vocab_size, sam));
+  Generator gen(session->model(), session->tokenizer());
+  // A multi-token prompt exercises the batched (prefill) path too.
+  std::vector<int32_t> prompt = session->tokenizer().Encode("Once upon a time", true);
+  ASSIGN_OR_RETURN(GenerationStats st, gen.Generate(prompt, n, *sampler, {}, nullptr));
+  (void)st;
+  Run r;
+  r.coalesced = session->store()->coalesced();
+  r.attention_prefetched = session->store()->attention_prefetched();
+  r.embedding_on_demand = session->store()->embedding_on_demand();
+  r.ids = gen.ids();
+  r.plan = *session->plan();
+  r.stats = session->stats();
+  return r;
+}
+
+// Greedy generation of 60 tokens after the golden file's first id through `session` equals the
+// golden ids.
+void ExpectGoldenContinuation(Session& session, const fs::path& golden) {
+  const std::vector<int32_t> gold = ReadIds(golden);
+  ASSERT_GT(gold.size(), 61u);
+  SamplerOptions sam;
+  sam.temperature = 0;
+  auto sampler = Sampler::Create(session.config().vocab_size, sam);
+  ASSERT_TRUE(sampler.ok());
+  Generator gen(session.model(), session.tokenizer());
+  ASSERT_TRUE(gen.Generate(std::vector<int32_t>{gold[0]}, 60, **sampler, {}, nullptr).ok());
+  EXPECT_EQ(gen.ids(), std::vector<int32_t>(gold.begin(), gold.begin() + 61));
+}
+
+struct StoreCase {
+  layout::DType dtype;
+  layout::BundleKind kind;
+};
+
+class StoreWeightsBudgetTest : public ::testing::TestWithParam<StoreCase> {};
+
+// Greedy output is identical at every budget, from unlimited down to the planner's minimum,
+// and small budgets really stream (bytes read from flash, bundles streamed).
+TEST_P(StoreWeightsBudgetTest, GreedyOutputIdenticalAtEveryBudget) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  MakeStore(gguf, store, GetParam().dtype, GetParam().kind);
+  std::vector<int32_t> reference;
+  // The always-resident part depends on the thread count (per-thread scratch) and on the read
+  // options (read tables, chunk buffers): plan per combination. Chunks of 256 (a whole layer of
+  // stories260K) are read as merged reads with the next chunk in flight (pipelined), of 64 merged
+  // one at a time, and of 7 bundles (many partial chunks) one read per bundle.
+  for (uint32_t threads : {1u, 2u}) {
+    for (uint32_t chunk : {256u, 64u, 7u}) {
+      const bool coalesce = chunk != 7, pipeline = chunk == 256;
+      auto full = Generate(store, 0, threads, 48, chunk, coalesce, pipeline);
+      ASSERT_TRUE(full.ok()) << full.status().ToString();
+      EXPECT_FALSE(full->plan.streams());
+      EXPECT_FALSE(full->embedding_on_demand);
+      EXPECT_EQ(full->stats.bundles_streamed, 0u);
+      EXPECT_GT(full->stats.bundles_resident, 0u);
+      if (reference.empty()) reference = full->ids;
+      EXPECT_EQ(full->ids, reference) << "threads " << threads;
+      const uint64_t minimum = full->plan.minimum_bytes;
+      const uint64_t all = full->plan.total_bytes();
+      ASSERT_LT(minimum, all);
+      std::vector<uint64_t> budgets = {all, all - 1, minimum};
+      for (int k = 1; k < 4; ++k) budgets.push_back(minimum + (all - minimum) * k / 4);
+      for (uint64_t budget : budgets) {
+        auto r = Generate(store, budget, threads, 48, chunk, coalesce, pipeline);
+        ASSERT_TRUE(r.ok()) << "budget " << budget << ": " << r.status().ToString();
+        EXPECT_EQ(r->ids, reference) << "budget " << budget << " threads " << threads;
+        EXPECT_LE(r->plan.total_bytes(), budget);
+        EXPECT_EQ(r->coalesced, coalesce);
+        // Below `all` something is read from flash: embedding rows on demand (which may free
+        // enough for every layer just below `all`) and, at the smaller budgets, bundles.
+        if (budget < all) {
+          // Untied (output.weight is its own); the f32 embedding (128 KiB) spans two 64 KiB
+          // extents, q8_0's (34 KiB) one, which on demand would save nothing.
+          if (GetParam().dtype == layout::DType::kF32) EXPECT_TRUE(r->embedding_on_demand);
+          EXPECT_GT(r->stats.bytes_read, 0u) << budget;
+          EXPECT_GT(r->stats.reads, 0u) << budget;
+        }
+        if (budget <= minimum + (all - minimum) * 3 / 4) {
+          EXPECT_TRUE(r->plan.streams()) << budget << "\n" << r->plan.Describe();
+          EXPECT_GT(r->stats.bundles_streamed, 0u) << budget;
+          EXPECT_LT(r->stats.hit_rate(), 1.0) << budget;
+          if (coalesce) {
+            EXPECT_LT(r->stats.reads, r->stats.bundles_streamed) << "reads not coalesced";
+          } else {
+            EXPECT_GE(r->stats.reads, r->stats.bundles_streamed) << "one read per bundle";
+          }
+          // At the minimum every layer's attention streams: pipelined, it is read ahead into
+          // its buffer (the store's dense extents are uncompressed and in file order).
+          if (budget == minimum && pipeline) {
+            EXPECT_TRUE(r->attention_prefetched) << r->plan.Describe();
+            EXPECT_GE(r->plan.chunk_buffers, 2u);
+          }
+        }
+      }
+      // Below the minimum: a clear error naming it.
+      auto tiny = Generate(store, minimum - 1, threads, 4, chunk, coalesce, pipeline);
+      ASSERT_FALSE(tiny.ok());
+      EXPECT_EQ(tiny.status().code(), StatusCode::kResourceExhausted);
+      EXPECT_NE(tiny.status().message().find(std::to_string(minimum)), std::string::npos)
+          << tiny.status().ToString();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    DtypesAndBundles, StoreWeightsBudgetTest,
+    ::testing::Values(StoreCase{layout::DType::kF32, layout::BundleKind::kGateUpDown},
+                      StoreCase{layout::DType::kF32, layout::BundleKind::kGateSeparate},
+                      StoreCase{layout::DType::kQ8_0, layout::BundleKind::kGateUpDown},
+                      StoreCase{layout::DType::kQ8_0, layout::BundleKind::kGateSeparate}),
+    [](const ::testing::TestParamInfo<StoreCase>& info) {
+      return std::string(info.param.dtype == layout::DType::kF32 ? "f32" : "q8_0") +
+             (info.param.kind == layout::BundleKind::kGateUpDown ? "_gate_up_down"
+                                                                 : "_gate_separate");
+    });
+
+// The bundle FFN agrees with the in-DRAM forward pass of the same f32 store (same weights,
+// different summation order): logits within a small tolerance, greedy output equal to the
+// golden continuation of stories260K.
+TEST(StoreWeightsTest, F32StoreMatchesDramForwardAndGolden) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(golden, "stories260K/golden_greedy_t0_256steps.ids");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  MakeStore(gguf, store, layout::DType::kF32, layout::BundleKind::kGateUpDown);
+  TransformerOptions to;
+  to.max_context = 64;
+  const uint64_t minimum = MinimumBudget(store, 2, to);
+  ASSERT_GT(minimum, 0u);
+  auto dram_ck = layout::OpenCheckpoint(store.string());
+  ASSERT_TRUE(dram_ck.ok());
+  auto dram = DramWeightStore::Load(**dram_ck);
+  ASSERT_TRUE(dram.ok()) << dram.status().ToString();
+  auto streaming = OpenAt(store, minimum, 2, to);
+  ASSERT_TRUE(streaming.ok()) << streaming.status().ToString();
+  ThreadPool pool(2);
+  auto a = Transformer::Create(**dram, pool, to);
+  ASSERT_TRUE(a.ok());
+  const std::vector<int32_t> tokens = {1, 403, 407, 261, 378};
+  auto la = (*a)->Forward(tokens, 0);
+  ASSERT_TRUE(la.ok());
+  std::vector<float> want(la->begin(), la->end());
+  auto lb = (*streaming)->model().Forward(tokens, 0);
+  ASSERT_TRUE(lb.ok()) << lb.status().ToString();
+  ASSERT_EQ(lb->size(), want.size());
+  double max_diff = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs((*lb)[i] - want[i]));
+  }
+  EXPECT_LT(max_diff, 1e-3);
+  // Golden greedy continuation (first 60 tokens) through the streaming store.
+  ExpectGoldenContinuation(**streaming, golden);
+}
+
+// With small dense extents the classifier can stream one extent at a time: the planner does so
+// only below what a resident classifier needs, and the logits (all of them, for a batch, and the
+// greedy continuation) match the DRAM model's.
+TEST(StoreWeightsTest, ClassifierStreamsAtTheSmallestBudgets) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(golden, "stories260K/golden_greedy_t0_256steps.ids");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  // 8 KiB extents: the f32 classifier (512 x 64) is 16 extents of 32 rows.
+  MakeStore(gguf, store, layout::DType::kF32, layout::BundleKind::kGateUpDown, 512, 8192);
+  TransformerOptions to;
+  to.max_context = 64;
+  to.max_batch = 8;
+  to.all_logits = true;
+  auto unlimited = OpenAt(store, 0, 2, to);
+  ASSERT_TRUE(unlimited.ok()) << unlimited.status().ToString();
+  EXPECT_FALSE((*unlimited)->store()->classifier_streamed());
+  EXPECT_EQ((*unlimited)->store()->classifier_stream(), nullptr);
+  const uint64_t minimum = (*unlimited)->plan()->minimum_bytes;
+  unlimited->reset();
+  auto dram_ck = layout::OpenCheckpoint(store.string());
+  ASSERT_TRUE(dram_ck.ok());
+  auto dram = DramWeightStore::Load(**dram_ck);
+  ASSERT_TRUE(dram.ok()) << dram.status().ToString();
+  ThreadPool pool(2);
+  auto a = Transformer::Create(**dram, pool, to);
+  ASSERT_TRUE(a.ok());
+  const std::vector<int32_t> tokens = {1, 403, 407, 261, 378};
+  auto la = (*a)->Forward(tokens, 0);
+  ASSERT_TRUE(la.ok());
+  const std::vector<float> want(la->begin(), la->end());
+  ASSERT_EQ(want.size(), tokens.size() * 512u);
+  auto streaming = OpenAt(store, minimum, 2, to);
+  ASSERT_TRUE(streaming.ok()) << streaming.status().ToString();
+  EXPECT_TRUE((*streaming)->store()->classifier_streamed()) << (*streaming)->Describe();
+  EXPECT_FALSE((*streaming)->plan()->classifier_resident);
+  for (int pass = 0; pass < 2; ++pass) {  // the second pass uses the prefetched extents
+    auto lb = (*streaming)->model().Forward(tokens, 0);
+    ASSERT_TRUE(lb.ok()) << lb.status().ToString();
+    ASSERT_EQ(lb->size(), want.size());
+    double max_diff = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      max_diff = std::max<double>(max_diff, std::fabs((*lb)[i] - want[i]));
+    }
+    EXPECT_LT(max_diff, 1e-3) << "pass " << pass;
+  }
+  streaming->reset();
+  // Greedy continuation through the streamed classifier equals the golden ids.
+  TransformerOptions gen_options = to;
+  gen_options.all_logits = false;
+  const uint64_t gen_minimum = MinimumBudget(store, 2, gen_options);
+  auto s2 = OpenAt(store, gen_minimum, 2, gen_options);
+  ASSERT_TRUE(s2.ok()) << s2.status().ToString();
+  EXPECT_TRUE((*s2)->store()->classifier_streamed());
+  ExpectGoldenContinuation(**s2, golden);
+  s2->reset();
+  // A budget that holds the classifier next to the least buffers keeps it resident.
+  auto s3 = OpenAt(store, gen_minimum + 128 * 1024, 2, gen_options);
+  ASSERT_TRUE(s3.ok());
+  EXPECT_FALSE((*s3)->store()->classifier_streamed()) << (*s3)->Describe();
+}
+
+// A flipped byte in an embedding extent read on demand is Corruption naming the tensor.
+TEST(StoreWeightsTest, CorruptEmbeddingRowIsDetected) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  // f32: the 128 KiB embedding spans two 64 KiB extents, so it is read on demand when streaming.
+  MakeStore(gguf, store, layout::DType::kF32, layout::BundleKind::kGateUpDown);
+  uint64_t offset = 0;
+  {
+    auto reader = layout::StoreReader::Open(store.string());
+    ASSERT_TRUE(reader.ok());
+    auto ext = (*reader)->DenseExtents("token_embd.weight", 1, 1);  // the row of token 1
+    ASSERT_TRUE(ext.ok());
+    offset = (*ext)[0].offset_bytes + 300;  // inside row 1 (256 bytes per row)
+  }
+  {
+    std::fstream f(store / "data-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x40);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write(&c, 1);
+  }
+  TransformerOptions to;
+  to.max_context = 32;
+  to.max_batch = 4;
+  auto w = OpenAt(store, MinimumBudget(store, 1, to), 1, to);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  ASSERT_TRUE((*w)->store()->embedding_on_demand());
+  auto r = (*w)->model().Forward(std::vector<int32_t>{1}, 0);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+  EXPECT_NE(r.status().ToString().find("token_embd.weight"), std::string::npos)
+      << r.status().ToString();
+}
+
+// A flipped byte in a streamed bundle is Corruption naming the extent, on both read paths.
+TEST(StoreWeightsTest, CorruptBundleIsDetected) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  MakeStore(gguf, store, layout::DType::kQ8_0, layout::BundleKind::kGateUpDown);
+  uint64_t offset = 0;
+  {
+    auto reader = layout::StoreReader::Open(store.string());
+    ASSERT_TRUE(reader.ok());
+    auto ext = (*reader)->BundleExtents(3, 100, 1);
+    ASSERT_TRUE(ext.ok());
+    offset = (*ext)[0].offset_bytes + 5;
+  }
+  {
+    std::fstream f(store / "data-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(offset));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x40);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write(&c, 1);
+  }
+  auto full = Generate(store, 0, 1, 2);  // reads nothing per token: the pinned load fails
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.status().code(), StatusCode::kCorruption) << full.status().ToString();
+  for (int mode = 0; mode < 3; ++mode) {  // pipelined merged reads, merged, one read per bundle
+    TransformerOptions to;
+    to.max_context = 32;
+    to.max_batch = 4;
+    const bool coalesce = mode < 2, pipeline = mode == 0;
+    const uint64_t minimum = MinimumBudget(store, 1, to, pipeline, coalesce);
+    auto w = OpenAt(store, minimum, 1, to, 256, coalesce, pipeline);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    Transformer& model = (*w)->model();
+    auto r = model.Forward(std::vector<int32_t>{1}, 0);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+    // Again, after the failed pass left the pipeline out of step: the same clear error.
+    auto again = model.Forward(std::vector<int32_t>{1}, 0);
+    ASSERT_FALSE(again.ok());
+    EXPECT_EQ(again.status().code(), StatusCode::kCorruption) << again.status().ToString();
+    EXPECT_NE(r.status().ToString().find("FFN layer 3"), std::string::npos)
+        << r.status().ToString();
+    EXPECT_NE(r.status().ToString().find("bundle 100"), std::string::npos)
+        << r.status().ToString();
+  }
+}
+
+}  // namespace
+}  // namespace flashlm::engine

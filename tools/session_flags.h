@@ -1,0 +1,48 @@
+// The flags every model-running subcommand shares (generate, perplexity, activations) and what
+// they print: --threads, --tokenizer, the memory budget and its tuning, mapped onto
+// engine::SessionOptions; the residency plan and I/O accounting as a stderr line or JSON.
+#ifndef FLASHLM_TOOLS_SESSION_FLAGS_H_
+#define FLASHLM_TOOLS_SESSION_FLAGS_H_
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "engine/generator.h"
+#include "engine/session.h"
+#include "storage/status.h"
+
+namespace CLI {
+class App;
+}
+
+namespace flashlm::tools {
+
+struct SessionFlags {
+  int64_t threads = 0;
+  std::string tokenizer;   // llama2.c tokenizer.bin
+  std::string mem_budget;  // empty: no budget asked for
+  bool no_pipeline = false;
+  bool no_coalesce = false;
+  int64_t chunk_bundles = 256;
+  int64_t stream_buffers = 4;
+  bool budgeted() const { return !mem_budget.empty(); }
+};
+void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);
+// Checks the flags and fills `options` (threads, tokenizer, budget, streaming).
+// Errors: InvalidArgument naming the flag.
+Status ApplySessionFlags(const SessionFlags& flags, engine::SessionOptions* options);
+
+// One line for stderr: bytes requested and read, reads, mean read size, effective MiB/s, I/O
+// wait, compute, FFN hit rate, peak RSS; totals and per forward pass.
+std::string IoStatsLine(const engine::IoReport& report);
+// The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
+nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens,
+                           uint64_t planned_bytes);
+// Timings of a generation (and its ids when given) as JSON.
+nlohmann::json GenerationJson(const engine::GenerationStats& stats,
+                              const std::vector<int32_t>* ids);
+
+}  // namespace flashlm::tools
+
+#endif  // FLASHLM_TOOLS_SESSION_FLAGS_H_
