@@ -6,6 +6,7 @@
 
 #include "layout/byte_source.h"
 #include "layout/gguf_reader.h"
+#include "layout/llama2c_reader.h"
 #include "layout/store_reader.h"
 #include "storage/check.h"
 
@@ -123,8 +124,8 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   if (separate_tokenizer ||
       (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
     ASSIGN_OR_RETURN(layout::Vocab vocab,
-                     Tokenizer::ReadLlama2cVocab(options.tokenizer_path,
-                                                 checkpoint_->config().vocab_size));
+                     layout::ReadLlama2cTokenizer(options.tokenizer_path,
+                                                  checkpoint_->config().vocab_size));
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(vocab));
   } else if (checkpoint_->vocab().empty()) {
     return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
@@ -200,7 +201,7 @@ Result<std::unique_ptr<Tokenizer>> OpenTokenizer(const std::string& path) {
     }
   }
   // Or a bare llama2.c tokenizer.bin.
-  Result<layout::Vocab> vocab = Tokenizer::ReadLlama2cVocab(path);
+  Result<layout::Vocab> vocab = layout::ReadLlama2cTokenizer(path);
   if (!vocab.ok()) {
     return ck.status().WithContext("not a checkpoint, and not a llama2.c tokenizer (" +
                                    vocab.status().ToString() + ")");

@@ -73,65 +73,6 @@ int ParseByteToken(std::string_view s) {
 
 }  // namespace
 
-Result<layout::Vocab> Tokenizer::ReadLlama2cVocab(const std::string& path, uint32_t vocab_size) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("cannot open tokenizer " + path);
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t off = 0;
-  auto read_i32 = [&](int32_t& v) {
-    if (data.size() - off < 4) return false;
-    std::memcpy(&v, data.data() + off, 4);
-    off += 4;
-    return true;
-  };
-  int32_t max_len = 0;
-  if (!read_i32(max_len) || max_len <= 0 || max_len > (1 << 20)) {
-    return CorruptionError("tokenizer " + path + ": bad header");
-  }
-  layout::Vocab v;
-  v.kind = layout::Vocab::Kind::kSentencePiece;
-  while (off < data.size() && (vocab_size == 0 || v.tokens.size() < vocab_size)) {
-    float score;
-    int32_t len = 0;
-    if (data.size() - off < 8) return CorruptionError("tokenizer " + path + ": truncated entry");
-    std::memcpy(&score, data.data() + off, 4);
-    off += 4;
-    read_i32(len);
-    if (len < 0 || static_cast<uint64_t>(len) > data.size() - off) {
-      return CorruptionError("tokenizer " + path + ": token length out of range");
-    }
-    std::string tok = data.substr(off, len);
-    off += len;
-    // Normalise to SentencePiece form: spaces as U+2581, llama2.c's "\n<s>\n" as "<s>".
-    if (tok == "\n<s>\n") tok = "<s>";
-    if (tok == "\n</s>\n") tok = "</s>";
-    std::string norm;
-    for (char ch : tok) {
-      if (ch == ' ')
-        norm += kSpaceMark;
-      else
-        norm += ch;
-    }
-    const int32_t id = static_cast<int32_t>(v.tokens.size());
-    int32_t type = layout::Vocab::kNormal;
-    if (ParseByteToken(norm) >= 0) type = layout::Vocab::kByte;
-    if (norm == "<s>" || norm == "</s>") type = layout::Vocab::kControl;
-    if (norm == "<unk>") type = layout::Vocab::kUnknown;
-    v.tokens.push_back(std::move(norm));
-    v.scores.push_back(score);
-    v.types.push_back(type);
-    (void)id;
-  }
-  if (vocab_size != 0 && v.tokens.size() != vocab_size) {
-    return CorruptionError("tokenizer " + path + ": fewer tokens than the model's vocabulary");
-  }
-  if (v.tokens.size() < 3) return CorruptionError("tokenizer " + path + ": too few tokens");
-  v.bos_id = 1;
-  v.eos_id = 2;
-  v.unk_id = 0;
-  return v;
-}
-
 uint64_t Tokenizer::resident_bytes() const {
   auto str = [](const std::string& s) {
     return sizeof(std::string) + (s.capacity() > 15 ? s.capacity() + 1 : 0);

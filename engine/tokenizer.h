@@ -32,11 +32,6 @@ class Tokenizer {
   // tokenizer does not handle.
   static Result<std::unique_ptr<Tokenizer>> Create(const layout::Vocab& vocab);
 
-  // Reads a llama2.c tokenizer.bin (int32 max_len; per token f32 score, int32 len, bytes) into a
-  // SentencePiece Vocab of `vocab_size` tokens (0 = read to the end of the file).
-  // Errors: NotFound, Corruption (truncated, negative or huge lengths).
-  static Result<layout::Vocab> ReadLlama2cVocab(const std::string& path, uint32_t vocab_size = 0);
-
   // Token ids of `text`, with BOS first when add_bos. Allocates (not on the per-token path).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos,
                               bool parse_special = false) const;

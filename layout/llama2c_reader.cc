@@ -226,7 +226,8 @@ Result<Vocab> ParseLlama2cTokenizer(ByteSource& src, uint32_t vocab_size) {
   Vocab v;
   v.kind = Vocab::Kind::kSentencePiece;
   v.tokens.reserve(vocab_size);
-  for (uint32_t t = 0; t < vocab_size; ++t) {
+  // vocab_size 0: every token up to the end of the file (a tokenizer.bin on its own).
+  for (uint32_t t = 0; vocab_size == 0 ? pos < size : t < vocab_size; ++t) {
     float score;
     int32_t len;
     RETURN_IF_ERROR(get(&score, 4, t));
@@ -266,7 +267,15 @@ Result<Vocab> ParseLlama2cTokenizer(ByteSource& src, uint32_t vocab_size) {
     v.scores.push_back(score);
     v.types.push_back(type);
   }
+  if (v.tokens.size() < 3) {
+    return CorruptionError(name + ": llama2.c tokenizer has fewer than 3 tokens (unk, BOS, EOS)");
+  }
   return v;
+}
+
+Result<Vocab> ReadLlama2cTokenizer(const std::string& path, uint32_t vocab_size) {
+  ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(path));
+  return ParseLlama2cTokenizer(*src, vocab_size);
 }
 
 }  // namespace flashlm::layout

@@ -12,6 +12,7 @@
 #define FLASHLM_LAYOUT_LLAMA2C_READER_H_
 
 #include <memory>
+#include <string>
 
 #include "layout/byte_source.h"
 #include "layout/checkpoint.h"
@@ -29,10 +30,13 @@ bool LooksLikeLlama2cV1(ConstByteSpan head);
 Result<std::unique_ptr<Checkpoint>> OpenLlama2c(std::unique_ptr<ByteSource> model,
                                                 std::unique_ptr<ByteSource> tokenizer);
 
-// Parses a llama2.c tokenizer.bin holding `vocab_size` tokens ({i32 max_len} then per token
-// {f32 score, i32 len, bytes}) and normalises the strings to SentencePiece form:
-// "\n<s>\n" -> "<s>", ' ' -> U+2581. Errors: Corruption naming the bad token.
+// Parses a llama2.c tokenizer.bin holding `vocab_size` tokens (0: every token to the end of the
+// file) ({i32 max_len} then per token {f32 score, i32 len, bytes}) and normalises the strings to
+// SentencePiece form: "\n<s>\n" -> "<s>", ' ' -> U+2581; BOS 1, EOS 2, unk 0.
+// Errors: Corruption naming the bad token (or fewer than 3 tokens).
 Result<Vocab> ParseLlama2cTokenizer(ByteSource& src, uint32_t vocab_size);
+// The same, from the file at `path`. Errors: NotFound, IoError, Corruption.
+Result<Vocab> ReadLlama2cTokenizer(const std::string& path, uint32_t vocab_size = 0);
 
 }  // namespace flashlm::layout
 

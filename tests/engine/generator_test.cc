@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "layout/checkpoint.h"
+#include "layout/llama2c_reader.h"
 #include "layout/repack.h"
 #include "tests/engine/test_models.h"
 #include "tests/test_util.h"
@@ -34,7 +35,7 @@ struct Stories {
 // tools_test covers the three real formats end to end).
 bool LoadStories(const std::filesystem::path& bin, const std::filesystem::path& tok, Stories& s) {
   if (!ReadLlama2c(bin.string(), s.w)) return false;
-  auto vocab = Tokenizer::ReadLlama2cVocab(tok.string(), s.w.c.vocab_size);
+  auto vocab = layout::ReadLlama2cTokenizer(tok.string(), s.w.c.vocab_size);
   if (!vocab.ok()) return false;
   s.tok = std::move(Tokenizer::Create(*vocab)).value();
   auto ck = ToCheckpoint(s.w, layout::DType::kF32);
@@ -164,7 +165,7 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
     ASSERT_TRUE(ck.ok()) << src.path << ": " << ck.status().ToString();
     layout::Vocab vocab = (*ck)->vocab();
     if (vocab.empty()) {  // the HF folder has no tokenizer file: use tok512.bin
-      auto v = Tokenizer::ReadLlama2cVocab(tokp.string(), (*ck)->config().vocab_size);
+      auto v = layout::ReadLlama2cTokenizer(tokp.string(), (*ck)->config().vocab_size);
       ASSERT_TRUE(v.ok()) << v.status().ToString();
       vocab = *v;
     }

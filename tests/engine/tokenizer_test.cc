@@ -7,6 +7,7 @@
 
 #include "layout/byte_source.h"
 #include "layout/gguf_reader.h"
+#include "layout/llama2c_reader.h"
 #include "tests/test_util.h"
 
 namespace flashlm::engine {
@@ -52,7 +53,7 @@ TEST(TokenizerTest, LlamaSpmVectorsWithLlama2cTokenizerBin) {
   FLASHLM_REQUIRE_SHARED_MODEL(bin, "llama2c-tokenizer/tokenizer.bin");
   FLASHLM_REQUIRE_SHARED_MODEL(inp, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf.inp");
   FLASHLM_REQUIRE_SHARED_MODEL(out, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf.out");
-  auto vocab = Tokenizer::ReadLlama2cVocab(bin.string());
+  auto vocab = layout::ReadLlama2cTokenizer(bin.string());
   ASSERT_TRUE(vocab.ok()) << vocab.status().ToString();
   ASSERT_EQ(vocab->tokens.size(), 32000u);
   auto tok = Tokenizer::Create(*vocab);
@@ -79,7 +80,7 @@ TEST(TokenizerTest, LlamaSpmVectorsWithVocabOnlyGguf) {
 
 TEST(TokenizerTest, Tok512RoundTripsAndAddsBos) {
   FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/tok512.bin");
-  auto vocab = Tokenizer::ReadLlama2cVocab(bin.string(), 512);
+  auto vocab = layout::ReadLlama2cTokenizer(bin.string(), 512);
   ASSERT_TRUE(vocab.ok()) << vocab.status().ToString();
   EXPECT_EQ(vocab->tokens[1], "<s>");
   auto tok = std::move(Tokenizer::Create(*vocab)).value();
@@ -147,8 +148,8 @@ TEST(TokenizerTest, RejectsCorruptTokenizerBin) {
     f.write(reinterpret_cast<char*>(&len), 4);
     f.write("ab", 2);
   }
-  EXPECT_EQ(Tokenizer::ReadLlama2cVocab(p).status().code(), StatusCode::kCorruption);
-  EXPECT_EQ(Tokenizer::ReadLlama2cVocab((dir / "missing").string()).status().code(),
+  EXPECT_EQ(layout::ReadLlama2cTokenizer(p).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(layout::ReadLlama2cTokenizer((dir / "missing").string()).status().code(),
             StatusCode::kNotFound);
 }
 
