@@ -59,8 +59,15 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   ro.backend = options.backend;
   ro.direct = options.direct;
   ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader, layout::StoreReader::Open(path, ro));
-  if (reader->vocab().empty()) return InvalidArgumentError(path + " carries no tokenizer");
-  ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(reader->vocab()));
+  if (!reader->vocab().empty()) {
+    ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(reader->vocab()));
+  } else if (!options.tokenizer_path.empty()) {
+    ASSIGN_OR_RETURN(layout::Vocab vocab, layout::ReadLlama2cTokenizer(
+                                              options.tokenizer_path, reader->config().vocab_size));
+    ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(vocab));
+  } else {
+    return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
+  }
   const layout::ModelConfig config = reader->config();
   ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
   pool_ = std::make_unique<ThreadPool>(options.threads);

@@ -32,7 +32,7 @@
 namespace flashlm::engine {
 
 struct SessionOptions {
-  std::string tokenizer_path;  // a llama2.c tokenizer.bin, for checkpoints that carry none
+  std::string tokenizer_path;  // a llama2.c tokenizer.bin, for a model that carries none
   uint32_t threads = 0;        // 0: every core
   // A memory budget (needs a store); budget_bytes 0 = unlimited. Stores run under the plan either
   // way; `budgeted` only says that the caller asked for one.

@@ -65,7 +65,6 @@ uint64_t ExtentReader::ResidentBytes(const ExtentReaderLimits& l) {
 }
 
 Status ExtentReader::SetLimits(const ExtentReaderLimits& limits) {
-  CHECK_EQ(groups_taken_, 0u);
   CHECK(backend_ == nullptr || backend_->in_flight() == 0);
   if (limits.queue_depth == 0 || limits.queue_depth > 4096) {
     return InvalidArgumentError("extent reader: queue depth must be in [1, 4096]");
@@ -91,6 +90,7 @@ Status ExtentReader::SetLimits(const ExtentReaderLimits& limits) {
   free_tags_.reserve(limits.queue_depth);
   for (uint32_t t = limits.queue_depth; t > 0; --t) free_tags_.push_back(t - 1);
   groups_.assign(uint64_t{limits.groups} + 1, Group());
+  groups_taken_ = 0;
   requests_.clear();
   requests_.reserve(limits.queue_depth);
   completions_.assign(limits.queue_depth, storage::ReadCompletion());

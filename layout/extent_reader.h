@@ -108,8 +108,9 @@ class ExtentReader {
   ~ExtentReader();
 
   // Re-sizes the read table, the groups, the staging buffer and the backend's queue. Set-up only:
-  // Precondition (CHECKed): nothing in flight and no group taken. Errors: InvalidArgument (zero
-  // queue depth, read size not a multiple of 4 KiB), ResourceExhausted.
+  // every group taken so far is given back (their holders must not use them again).
+  // Precondition (CHECKed): nothing in flight. Errors: InvalidArgument (zero queue depth, read
+  // size not a multiple of 4 KiB), ResourceExhausted.
   Status SetLimits(const ExtentReaderLimits& limits);
   const ExtentReaderLimits& limits() const { return limits_; }
   // DRAM this reader holds with `limits` (staging buffer, tables), for budgets.

@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "engine/session.h"
 #include "layout/checkpoint.h"
 #include "layout/llama2c_reader.h"
 #include "layout/repack.h"
@@ -136,6 +137,53 @@ TEST(GeneratorTest, StopStringsAndBadPrompts) {
 }
 
 // The golden run from each real source format through layout::OpenCheckpoint.
+// The step-by-step API: Start then Next yields the same tokens and text as Generate, one token
+// per step, with the text of each step; Cancel ends it; Next before Start is refused.
+TEST(GeneratorTest, StepByStepAndCancel) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tokp, "stories260K/tok512.bin");
+  Stories s;
+  ASSERT_TRUE(LoadStories(bin, tokp, s));
+  ThreadPool pool(2);
+  auto model = std::move(Transformer::Create(*s.store, pool, {})).value();
+  SamplerOptions so;
+  so.temperature = 0;
+  auto sampler = std::move(Sampler::Create(s.w.c.vocab_size, so)).value();
+  Generator gen(*model, *s.tok);
+  EXPECT_EQ(gen.Next().status().code(), StatusCode::kFailedPrecondition);
+  const std::vector<int32_t> prompt = s.tok->Encode("Once upon a time", true);
+  std::string whole;
+  auto stats = gen.Generate(prompt, 30, *sampler, {}, [&](std::string_view t) { whole += t; });
+  ASSERT_TRUE(stats.ok());
+  const std::vector<int32_t> want = gen.ids();
+  GenerateOptions o;
+  o.max_new_tokens = 30;
+  ASSERT_TRUE(gen.Start(prompt, o, *sampler).ok());
+  std::string stepped;
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 100; ++i) {
+    auto step = gen.Next();
+    ASSERT_TRUE(step.ok()) << step.status().ToString();
+    stepped += step->text;
+    if (step->token >= 0) tokens.push_back(step->token);
+    if (step->done) break;
+  }
+  EXPECT_EQ(stepped, whole);
+  EXPECT_EQ(tokens, std::vector<int32_t>(want.begin() + prompt.size(), want.end()));
+  EXPECT_EQ(gen.stats().generated_tokens, 30u);
+  EXPECT_EQ(gen.stats().stop_reason, "length");
+  auto after = gen.Next();  // done stays done
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->done);
+  // A cancel check ends generation between steps.
+  int steps = 0;
+  stats = gen.Generate(prompt, 30, *sampler, {}, nullptr, [&] { return ++steps > 5; });
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->stop_reason, "cancelled");
+  EXPECT_EQ(stats->generated_tokens, 5u);
+  EXPECT_EQ(gen.ids(), std::vector<int32_t>(want.begin(), want.begin() + prompt.size() + 5));
+}
+
 TEST(GeneratorTest, GoldenFromEachSourceFormat) {
   FLASHLM_REQUIRE_SHARED_MODEL(golden, "stories260K/golden_greedy_t0_256steps.ids");
   FLASHLM_REQUIRE_SHARED_MODEL(tokp, "stories260K/tok512.bin");
@@ -193,8 +241,24 @@ TEST(GeneratorTest, GoldenFromEachSourceFormat) {
       EXPECT_EQ(gen.ids(), want) << src.path << " via " << source->format();
       ++ran;
     }
+    // What `flashlm generate STORE` runs: the store through the session, every weight resident
+    // as neuron bundles (no budget), read once with no second copy.
+    SessionOptions session_options;
+    session_options.threads = 2;
+    session_options.tokenizer_path = tokp.string();  // used only when the store has none
+    auto session = Session::Open(store_path, session_options);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    ASSERT_NE((*session)->store(), nullptr);
+    EXPECT_FALSE((*session)->plan()->streams());
+    SamplerOptions so;
+    so.temperature = 0;
+    auto sampler = std::move(Sampler::Create((*session)->config().vocab_size, so)).value();
+    Generator gen((*session)->model(), (*session)->tokenizer());
+    ASSERT_TRUE(gen.Generate((*tok)->Encode("", true), 256, *sampler, {}, nullptr).ok());
+    EXPECT_EQ(gen.ids(), want) << src.path << " via the session";
+    ++ran;
   }
-  EXPECT_GE(ran, 6);
+  EXPECT_GE(ran, 9);
   if (!skipped.empty()) std::printf("note: not run: %s\n", skipped.c_str());
 }
 

@@ -1,0 +1,67 @@
+#include "engine/kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace flashlm::engine {
+namespace {
+
+layout::ModelConfig Config() {
+  layout::ModelConfig c;
+  c.n_layers = 3;
+  c.n_kv_heads = 2;
+  c.head_dim = 4;
+  return c;
+}
+
+// Rows come back where they were written, per (layer, sequence, position); sequences and layers
+// do not overlap; runs of keys and values are strided views.
+TEST(FlatKvCacheTest, RowsByLayerSequenceAndPosition) {
+  auto kv = FlatKvCache::Create(Config(), 10, 2);
+  ASSERT_TRUE(kv.ok());
+  FlatKvCache& c = **kv;
+  EXPECT_EQ(c.kv_dim(), 8u);
+  EXPECT_EQ(c.resident_bytes(), 2u * 2 * 3 * 10 * 8 * sizeof(float));
+  EXPECT_LE(c.resident_bytes(), FlatKvCache::BytesNeeded(Config(), 10, 2));
+  auto row = [](uint32_t layer, uint32_t seq, uint32_t pos, float kind) {
+    std::vector<float> v(8);
+    for (uint32_t i = 0; i < 8; ++i) v[i] = kind * 1000 + layer * 100 + seq * 10 + pos + i * 0.01f;
+    return v;
+  };
+  for (uint32_t l = 0; l < 3; ++l) {
+    for (uint32_t s = 0; s < 2; ++s) {
+      for (uint32_t p = 0; p < 10; ++p) {
+        ASSERT_TRUE(c.Write(l, s, p, row(l, s, p, 1), row(l, s, p, 2)).ok());
+      }
+    }
+  }
+  for (uint32_t l = 0; l < 3; ++l) {
+    for (uint32_t s = 0; s < 2; ++s) {
+      const KvRows k = c.Keys(l, s, 3, 7), v = c.Values(l, s, 3, 7);
+      ASSERT_GE(k.count, 1u);
+      ASSERT_LE(k.count, 7u);
+      for (uint32_t i = 0; i < k.count; ++i) {
+        const std::vector<float> wk = row(l, s, 3 + i, 1), wv = row(l, s, 3 + i, 2);
+        EXPECT_EQ(std::vector<float>(k.data + i * k.stride_floats, k.data + i * k.stride_floats + 8),
+                  wk);
+        EXPECT_EQ(std::vector<float>(v.data + i * v.stride_floats, v.data + i * v.stride_floats + 8),
+                  wv);
+      }
+    }
+  }
+  EXPECT_EQ(c.length(1), 0u);
+  c.SetLength(1, 6);
+  EXPECT_EQ(c.length(1), 6u);
+  EXPECT_EQ(c.length(0), 0u);
+  // Out of range: refused, nothing written.
+  std::vector<float> r8(8), r7(7);
+  EXPECT_EQ(c.Write(3, 0, 0, r8, r8).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.Write(0, 2, 0, r8, r8).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.Write(0, 0, 10, r8, r8).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.Write(0, 0, 0, r7, r8).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(FlatKvCache::Create(Config(), 0, 1).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace flashlm::engine

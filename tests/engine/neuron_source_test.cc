@@ -1,0 +1,216 @@
+#include "engine/neuron_source.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "engine/bundle_ffn.h"
+#include "engine/kernels.h"
+#include "layout/repack.h"
+#include "tests/layout/memory_checkpoint.h"
+#include "tests/test_util.h"
+
+namespace flashlm::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using layout::testing::MemoryCheckpoint;
+
+constexpr uint32_t kDim = 64, kHidden = 172;
+
+// A small q8_0 store (2 layers of 172 neurons, 204-byte bundles in 512-byte strides) whose
+// ExtentReader allows `buffers` chunk buffers.
+std::unique_ptr<layout::StoreReader> MakeStore(const fs::path& dir, layout::BundleKind kind,
+                                               uint32_t buffers = 3) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(kDim, kHidden, 2, 50, layout::DType::kQ8_0);
+  layout::RepackOptions o;
+  o.alignment_bytes = 512;
+  o.bundle_kind = kind;
+  auto sum = layout::Repack(src, (dir / "store").string(), o);
+  EXPECT_TRUE(sum.ok()) << sum.status().ToString();
+  auto r = layout::StoreReader::Open((dir / "store").string());
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return nullptr;
+  layout::ExtentReaderLimits limits;
+  limits.queue_depth = 64 * buffers;
+  limits.groups = buffers;
+  EXPECT_TRUE((*r)->extent_reader().SetLimits(limits).ok());
+  return std::move(*r);
+}
+
+std::vector<std::byte> Stored(layout::StoreReader& r, uint32_t layer, uint32_t position) {
+  const layout::Extent e = r.BundleExtentAt(layer, position);
+  std::vector<std::byte> out(e.raw_bytes);
+  EXPECT_TRUE(r.ReadExtent(e, out).ok());
+  return out;
+}
+
+// Serves every batch of a request; returns the positions in the order served and checks each
+// bundle's bytes against the store's.
+std::vector<uint32_t> Drain(NeuronSource& source, layout::StoreReader& r, uint32_t layer) {
+  std::vector<uint32_t> seen;
+  NeuronSource::Batch b;
+  while (true) {
+    Result<bool> more = source.Next(&b);
+    EXPECT_TRUE(more.ok()) << more.status().ToString();
+    if (!more.ok() || !*more) break;
+    EXPECT_EQ(b.positions.size(), b.bundles.size());
+    for (size_t k = 0; k < b.positions.size(); ++k) {
+      const std::vector<std::byte> want = Stored(r, layer, b.positions[k]);
+      EXPECT_EQ(std::memcmp(b.bundles[k], want.data(), want.size()), 0)
+          << "layer " << layer << " position " << b.positions[k];
+      seen.push_back(b.positions[k]);
+    }
+  }
+  return seen;
+}
+
+// Any set of positions, pinned or streamed, contiguous or scattered, comes back in increasing
+// order with the stored bytes; dense requests and scattered ones can follow each other, with
+// and without read-ahead, merged or one read per bundle.
+TEST(NeuronSourceTest, ServesScatteredAndDenseRequests) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown);
+  ASSERT_NE(r, nullptr);
+  for (int mode = 0; mode < 3; ++mode) {
+    layout::ExtentReaderLimits limits;
+    limits.queue_depth = 64 * 3;
+    limits.groups = 3;
+    ASSERT_TRUE(r->extent_reader().SetLimits(limits).ok());  // gives the groups back
+    NeuronSourceOptions o;
+    o.chunk_bundles = 16;
+    o.chunk_buffers = 3;
+    o.pipeline = mode == 0;
+    o.coalesce = mode != 2;
+    const uint32_t pinned[] = {5, 0};
+    auto source = NeuronSource::Open(*r, pinned, o);
+    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    NeuronSource& s = **source;
+    EXPECT_EQ(s.pipelined(), mode == 0);
+    EXPECT_EQ(s.coalesced(), mode != 2);
+    const std::vector<uint32_t> scattered = {0, 2, 4, 5, 6, 7, 40, 41, 99, 150, 151, 171};
+    std::vector<uint32_t> all(kHidden);
+    for (uint32_t p = 0; p < kHidden; ++p) all[p] = p;
+    for (int round = 0; round < 2; ++round) {
+      ASSERT_TRUE(s.Begin(0).ok());
+      EXPECT_EQ(Drain(s, *r, 0), all) << "mode " << mode;
+      ASSERT_TRUE(s.Begin(1, scattered).ok());
+      EXPECT_EQ(Drain(s, *r, 1), scattered);
+      ASSERT_TRUE(s.Begin(0, scattered).ok());
+      EXPECT_EQ(Drain(s, *r, 0), scattered);
+      ASSERT_TRUE(s.Begin(1).ok());
+      EXPECT_EQ(Drain(s, *r, 1), all);
+      // An empty set serves nothing.
+      ASSERT_TRUE(s.Begin(1, std::span<const uint32_t>()).ok());
+      EXPECT_TRUE(Drain(s, *r, 1).empty());
+    }
+    // Pinned: layer 0's first 5 positions, from DRAM (all 5 when dense, 0, 2, 4 of the set).
+    EXPECT_EQ(s.stats().bundles_resident, 2u * (5 + 3));
+    EXPECT_EQ(s.stats().bundles_streamed, 2u * (kHidden - 5 + 12 + 9 + kHidden));
+    // Bad requests.
+    const std::vector<uint32_t> unsorted = {3, 2}, beyond = {kHidden};
+    EXPECT_EQ(s.Begin(0, unsorted).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.Begin(0, beyond).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.Begin(2).code(), StatusCode::kInvalidArgument);
+  }
+}
+
+// A flipped byte in a streamed bundle of a scattered request is Corruption naming it; the source
+// then serves the next request normally.
+TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
+  ASSERT_NE(r, nullptr);
+  const layout::Extent e = r->BundleExtentAt(1, 40);
+  {
+    std::fstream f(dir / "store" / layout::DataFileName(0),
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(e.offset_bytes + 9));
+    f.put('\x5a');
+  }
+  const uint32_t pinned[] = {0, 0};
+  auto source = NeuronSource::Open(*r, pinned, NeuronSourceOptions());
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  const std::vector<uint32_t> set = {1, 40, 80};
+  ASSERT_TRUE((*source)->Begin(1, set).ok());
+  NeuronSource::Batch b;
+  Result<bool> more = (*source)->Next(&b);
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(more.status().ToString().find("FFN layer 1 bundle 40"), std::string::npos)
+      << more.status().ToString();
+  const std::vector<uint32_t> clean = {1, 80};
+  ASSERT_TRUE((*source)->Begin(1, clean).ok());
+  EXPECT_EQ(Drain(**source, *r, 1), clean);
+}
+
+// The FFN kernel over a scattered set of bundles: the same result however the set is batched
+// (bit for bit), and the scalar sum over exactly those neurons (to q8 rounding).
+TEST(BundleFfnKernelTest, ScatteredSetMatchesTheScalarSum) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown);
+  ASSERT_NE(r, nullptr);
+  auto g = r->FfnGeometry(0);
+  ASSERT_TRUE(g.ok());
+  ThreadPool pool(2);
+  auto kernel = BundleFfnKernel::Create(*g, kHidden, 2, 64, false, pool);
+  ASSERT_TRUE(kernel.ok());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(2 * kDim);
+  for (float& v : x) v = nd(rng);
+  std::vector<uint32_t> set;
+  for (uint32_t p = 0; p < kHidden; ++p) {
+    if (rng() % 3 == 0) set.push_back(p);
+  }
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<const std::byte*> ptrs;
+  for (uint32_t p : set) bytes.push_back(Stored(*r, 0, p));
+  for (const auto& b : bytes) ptrs.push_back(b.data());
+  auto run = [&](size_t batch) {
+    std::vector<float> out(2 * kDim);
+    (*kernel)->Begin(x, 2, out, nullptr, r->Permutation(0));
+    for (size_t k = 0; k < set.size(); k += batch) {
+      const size_t m = std::min(batch, set.size() - k);
+      (*kernel)->Accumulate(std::span<const uint32_t>(set).subspan(k, m),
+                            std::span<const std::byte* const>(ptrs).subspan(k, m));
+    }
+    return out;
+  };
+  const std::vector<float> one_batch = run(64), single = run(1), sevens = run(7);
+  EXPECT_EQ(one_batch, single);
+  EXPECT_EQ(one_batch, sevens);
+  // Scalar: h_i = silu(g_i . x) * (u_i . x), out += h_i * down_i, over the set only.
+  for (uint32_t t = 0; t < 2; ++t) {
+    std::vector<double> want(kDim, 0.0);
+    for (size_t k = 0; k < set.size(); ++k) {
+      const std::byte* b = ptrs[k];
+      std::vector<float> gate(kDim), up(kDim), down(kDim);
+      ASSERT_TRUE(layout::DequantizeRow(g->dtype, ConstByteSpan(b, g->part_bytes), gate).ok());
+      ASSERT_TRUE(layout::DequantizeRow(g->dtype, ConstByteSpan(b + g->up_offset(), g->part_bytes),
+                                        up).ok());
+      ASSERT_TRUE(layout::DequantizeRow(
+                      g->dtype, ConstByteSpan(b + g->down_offset(), g->part_bytes), down)
+                      .ok());
+      double gv = 0, uv = 0;
+      for (uint32_t c = 0; c < kDim; ++c) {
+        gv += gate[c] * x[t * kDim + c];
+        uv += up[c] * x[t * kDim + c];
+      }
+      const double h = gv / (1.0 + std::exp(-gv)) * uv;
+      for (uint32_t c = 0; c < kDim; ++c) want[c] += h * down[c];
+    }
+    double scale = 0, err = 0;
+    for (uint32_t c = 0; c < kDim; ++c) {
+      scale = std::max(scale, std::fabs(want[c]));
+      err = std::max(err, std::fabs(want[c] - one_batch[t * kDim + c]));
+    }
+    EXPECT_LT(err, 0.03 * scale + 1e-4) << "token " << t;
+  }
+}
+
+}  // namespace
+}  // namespace flashlm::engine
