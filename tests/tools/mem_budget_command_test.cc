@@ -56,6 +56,20 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   EXPECT_EQ(io["cache_hit_rate"].get<double>(), 0.0) << io.dump();  // nothing pinned
   EXPECT_EQ(io["passes"].get<uint64_t>(), 30u) << io.dump();  // the prompt, then 29 tokens
   EXPECT_LE(io["planned_bytes"].get<uint64_t>(), minimum) << io.dump();
+  // The naive mode and one read per bundle, each at its own minimum: the same text.
+  for (const char* mode : {"--no-pipeline", "--no-coalesce"}) {
+    CmdRun refused = Flashlm(g + mode + " --mem-budget 1");
+    ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
+        << refused.err;
+    CmdRun r = Flashlm(g + mode + " --mem-budget " + m[1].str());
+    ASSERT_EQ(r.exit_code, 0) << mode << ": " << r.err;
+    EXPECT_EQ(r.out, unlimited.out) << mode;
+    if (std::string(mode) == "--no-coalesce") {
+      EXPECT_NE(r.err.find("one read per bundle"), std::string::npos) << r.err;
+    } else {
+      EXPECT_EQ(r.err.find("pipelined"), std::string::npos) << r.err;
+    }
+  }
   // Not a store: usage error.
   CmdRun not_store = Flashlm("generate " + gguf.string() + " -n 2 --mem-budget 1G");
   EXPECT_EQ(not_store.exit_code, 2) << not_store.err;
@@ -82,6 +96,54 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   ASSERT_EQ(p1.exit_code, 0) << p1.err;
   EXPECT_EQ(p1.out, p0.out);
   EXPECT_NE(p1.err.find("streaming the rest"), std::string::npos) << p1.err;
+}
+
+// The plan accounts for every byte the engine allocates: at three budgets (unlimited, half of
+// everything resident, the minimum) the peak RSS that `/usr/bin/time` would report is the planned
+// bytes plus at most the stated overhead (16 MiB: the binary and its libraries, thread stacks,
+// the LMDB map's touched pages, allocator slack), and the plan does not reserve air (the process
+// holds at least 90% of it). A 110m-shape q8_0 model (random weights) makes the budget dominate.
+TEST(MemBudgetCommandTest, PlannedBytesMatchPeakRss) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "under AddressSanitizer the resident set is the sanitizer's (shadow memory)";
+#endif
+  ::flashlm::testing::ScratchDir dir;
+  const std::string gguf = (dir / "m.gguf").string(), store = (dir / "store").string();
+  ASSERT_EQ(Flashlm("synth --shape 110m --dtype q8_0 --out " + gguf).exit_code, 0);
+  CmdRun rp = Flashlm("repack " + gguf + " " + store + " --align 512 --no-progress");
+  ASSERT_EQ(rp.exit_code, 0) << rp.err;
+  const std::string json = (dir / "stats.json").string();
+  const std::string g = "generate " + store + " -p 'Once upon a time' -n 8 --temp 0 --ctx 256 " +
+                        "--threads 2 --stats-json " + json + " --mem-budget ";
+  auto run = [&](uint64_t budget) {
+    CmdRun r = Flashlm(g + std::to_string(budget));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::ifstream in(json);
+    return nlohmann::json::parse(in)["io"];
+  };
+  const nlohmann::json unlimited = run(0);
+  const uint64_t all = unlimited["planned_bytes"].get<uint64_t>();
+  ASSERT_GT(all, 100u << 20);
+  CmdRun tiny = Flashlm(g + "1");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(tiny.err, m, std::regex("minimum of ([0-9]+) bytes"))) << tiny.err;
+  const uint64_t minimum = std::stoull(m[1].str());
+  ASSERT_LT(minimum, all / 2);
+  constexpr int64_t kOverhead = 16 << 20;
+  for (uint64_t budget : {uint64_t{0}, all / 2, minimum}) {
+    const nlohmann::json io = budget == 0 ? unlimited : run(budget);
+    const int64_t planned = io["planned_bytes"].get<int64_t>();
+    const int64_t rss = io["peak_rss_bytes"].get<int64_t>();
+    if (budget != 0) {
+      EXPECT_LE(planned, static_cast<int64_t>(budget));
+      EXPECT_GT(io["bytes_read"].get<uint64_t>(), 0u);
+    }
+    EXPECT_LE(rss, planned + kOverhead) << "budget " << budget << ": " << io.dump();
+    EXPECT_GE(rss, planned / 10 * 9) << "budget " << budget << ": " << io.dump();
+    std::printf("budget %llu: planned %.1f MiB, peak RSS %.1f MiB (%+.1f MiB)\n",
+                static_cast<unsigned long long>(budget), planned / 1048576.0, rss / 1048576.0,
+                (rss - planned) / 1048576.0);
+  }
 }
 
 }  // namespace
