@@ -90,14 +90,26 @@ TEST(ActivationsCommandTest, SiluTopFractionAndHotFirstGreedyMatchesGolden) {
   CmdRun text = Flashlm("inspect " + store);
   EXPECT_NE(text.out.find("hot set "), std::string::npos) << text.out;
 
-  // A store is accepted as input too (loaded resident): same weights, same statistics.
+  // A store is accepted as input too (its FFN as neuron bundles, every one resident): same
+  // weights, same statistics; and out of core at its smallest budget, the same again.
   const std::string again = (dir / "again.json").string();
-  CmdRun st = Flashlm("activations " + store + " --text " + golden.string() + " --out " + again +
-                      " --ctx 100 --threads 2");
+  const std::string act = "activations " + store + " --text " + golden.string() +
+                          " --ctx 100 --threads 2 --out " + again;
+  CmdRun st = Flashlm(act);
   ASSERT_EQ(st.exit_code, 0) << st.err;
   auto again_stats = layout::LoadActivationStats(again);
   ASSERT_TRUE(again_stats.ok());
   EXPECT_EQ(again_stats->layers, loaded->layers);
+  CmdRun act_tiny = Flashlm(act + " --mem-budget 1");
+  std::smatch budget;
+  ASSERT_TRUE(std::regex_search(act_tiny.err, budget, std::regex("minimum of ([0-9]+) bytes")))
+      << act_tiny.err;
+  CmdRun act_ooc = Flashlm(act + " --mem-budget " + budget[1].str());
+  ASSERT_EQ(act_ooc.exit_code, 0) << act_ooc.err;
+  EXPECT_NE(act_ooc.err.find("streaming the rest"), std::string::npos) << act_ooc.err;
+  auto ooc_stats = layout::LoadActivationStats(again);
+  ASSERT_TRUE(ooc_stats.ok());
+  EXPECT_EQ(ooc_stats->layers, loaded->layers);
 
   // Greedy output of the hot-first store equals the golden text, resident and out of core.
   std::string want = ReadFile(golden);
