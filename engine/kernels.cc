@@ -23,7 +23,7 @@ constexpr uint32_t kQ8Bytes = 34;                   // f16 d + 32 int8
 constexpr uint32_t kQ4Bytes = 18;                   // f16 d + 16 nibble bytes
 constexpr uint32_t kMaxTile = 4;                    // tokens per micro-kernel call
 
-uint32_t Blocks(uint32_t cols) { return (cols + kBlock - 1) / kBlock; }
+uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlock)); }
 // Scratch bytes per token: int8 values, then one f32 scale per block.
 uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 4); }
 

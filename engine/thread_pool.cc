@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "storage/bytes.h"
+
 namespace flashlm::engine {
 namespace {
 inline void CpuRelax() {
@@ -50,16 +52,16 @@ void ThreadPool::Work(uint32_t generation, uint32_t index) {
 void ThreadPool::Run(uint64_t n, uint64_t grain, Trampoline call, void* ctx) {
   if (n == 0) return;
   grain = std::max<uint64_t>(grain, 1);
-  const uint64_t units = (n + grain - 1) / grain;
+  const uint64_t units = CeilDiv(n, grain);
   if (n_threads_ == 1 || units == 1) {
     call(ctx, 0, n, 0);
     return;
   }
   // About four chunks per thread: enough to rebalance around a stalled thread.
   const uint64_t chunks_wanted = std::min<uint64_t>(units, uint64_t{n_threads_} * 4);
-  const uint64_t chunk = (units + chunks_wanted - 1) / chunks_wanted * grain;
+  const uint64_t chunk = CeilDiv(units, chunks_wanted) * grain;
   uint32_t generation;
-  const uint32_t n_chunks = static_cast<uint32_t>((n + chunk - 1) / chunk);  // <= 4 * threads
+  const uint32_t n_chunks = static_cast<uint32_t>(CeilDiv(n, chunk));  // <= 4 * threads
   {
     std::lock_guard<std::mutex> lock(mu_);
     call_ = call;

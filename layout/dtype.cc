@@ -20,7 +20,7 @@ uint16_t LoadU16(const std::byte* p) {
 }
 void StoreU16(std::byte* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
-uint64_t Blocks(uint64_t n, uint64_t per_block) { return (n + per_block - 1) / per_block; }
+uint64_t Blocks(uint64_t n, uint64_t per_block) { return CeilDiv(n, per_block); }
 
 // q4_K super-block (GGML block_q4_K, 144 bytes): f16 d, f16 dmin, 12 bytes of packed 6-bit
 // scales and mins for 8 sub-blocks of 32, then 128 bytes of nibbles. Sub-block pair (2i, 2i+1)

@@ -291,7 +291,7 @@ Status StoreReader::Load() {
     if (rec.placement == static_cast<uint8_t>(Placement::kDense)) {
       if (rec.rows_per_extent == 0 || rec.first_extent > extents_.size() ||
           rec.extent_count > extents_.size() - rec.first_extent ||
-          rec.extent_count != (info.rows() + rec.rows_per_extent - 1) / rec.rows_per_extent) {
+          rec.extent_count != CeilDiv(info.rows(), rec.rows_per_extent)) {
         return CorruptionError(where(name + ": extent range does not cover its rows"));
       }
       const uint64_t row_bytes = RowBytes(info.dtype, info.cols());

@@ -35,7 +35,7 @@ struct VCacheLayout {
   uint64_t page_bytes() const { return uint64_t{tokens_per_page} * row_bytes(); }
   uint64_t page_stride_bytes() const { return AlignUp(page_bytes(), alignment_bytes); }
   uint64_t pages_per_head() const {
-    return (uint64_t{max_tokens} + tokens_per_page - 1) / tokens_per_page;
+    return CeilDiv(max_tokens, tokens_per_page);
   }
   uint64_t total_bytes() const {
     return uint64_t{n_layers} * n_kv_heads * pages_per_head() * page_stride_bytes();
