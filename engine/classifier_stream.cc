@@ -42,9 +42,11 @@ uint64_t ClassifierStream::StreamBytes(const ClassifierLayout& layout) {
 }
 
 Result<std::unique_ptr<ClassifierStream>> ClassifierStream::Open(layout::StoreReader& reader,
-                                                                 const ClassifierLayout& layout) {
+                                                                 const ClassifierLayout& layout,
+                                                                 bool pipeline) {
   CHECK(layout.streamable);
   std::unique_ptr<ClassifierStream> s(new ClassifierStream(reader));
+  s->pipeline_ = pipeline;
   s->extents_ = &reader.extent_reader();
   s->layout_ = layout;
   s->info_ = *reader.FindTensor("output.weight");
@@ -104,7 +106,7 @@ Result<bool> ClassifierStream::Next(MatrixView* block, uint32_t* first_row) {
     Slot& done = slots_[(next_ - 1) % 2];
     done.extent = -1;
     holding_ = false;
-    if (next_ + 1 < count) {
+    if (pipeline_ && next_ + 1 < count) {
       if (Status st = Queue(done, next_ + 1); !st.ok()) {
         Reset();
         return st.WithContext("classifier");

@@ -4,8 +4,9 @@
 //
 // Prefetch() starts reading the first two extents (the store calls it when the last layer's
 // matrices are released, so they land while the last FFN computes). A pass is Begin() then
-// Next() until it returns false; handing out block k frees the buffer of block k - 1, which then
-// receives block k + 1. A block's view lives until the next Next() or Begin().
+// Next() until it returns false; with pipelining, handing out block k frees the buffer of block
+// k - 1, which then receives block k + 1 while k computes; without, each block is read when it
+// is needed. A block's view lives until the next Next() or Begin().
 // Only uncompressed extents of whole rows can stream (Measure says whether they do).
 // Nothing allocates after Open. Not thread-safe: the forward pass's owner thread.
 #ifndef FLASHLM_ENGINE_CLASSIFIER_STREAM_H_
@@ -40,7 +41,8 @@ class ClassifierStream {
   static uint64_t StreamBytes(const ClassifierLayout& layout);
   // Takes two read groups of the reader's ExtentReader. Precondition: layout.streamable.
   static Result<std::unique_ptr<ClassifierStream>> Open(layout::StoreReader& reader,
-                                                        const ClassifierLayout& layout);
+                                                        const ClassifierLayout& layout,
+                                                        bool pipeline);
   ~ClassifierStream();
 
   uint32_t rows_max() const { return layout_.rows_max; }
@@ -73,6 +75,7 @@ class ClassifierStream {
   Slot slots_[2];
   uint32_t next_ = 0, row_ = 0;  // the current pass: next extent, its first row
   bool holding_ = false;
+  bool pipeline_ = true;
 };
 
 }  // namespace flashlm::engine

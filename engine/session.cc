@@ -37,6 +37,22 @@ IoReport IoReport::Make(const EngineStats& s, double forward_ms) {
   return r;
 }
 
+namespace {
+
+// The options with the context made explicit, checked against the model before anything is sized
+// by them.
+Result<TransformerOptions> Resolve(TransformerOptions o, const layout::ModelConfig& config) {
+  const uint32_t ctx = o.max_context == 0 ? config.max_seq_len : o.max_context;
+  if (ctx == 0 || ctx > config.max_seq_len) {
+    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
+                                std::to_string(config.max_seq_len));
+  }
+  o.max_context = ctx;
+  return o;
+}
+
+}  // namespace
+
 Session::~Session() = default;
 
 Result<std::unique_ptr<Session>> Session::Open(const std::string& path,
@@ -73,13 +89,8 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
   // The engine's own bytes, from the same functions its parts allocate with.
-  TransformerOptions topts = options.transformer;
-  const uint32_t ctx = topts.max_context == 0 ? config.max_seq_len : topts.max_context;
-  if (ctx == 0 || ctx > config.max_seq_len) {
-    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
-                                std::to_string(config.max_seq_len));
-  }
-  topts.max_context = ctx;
+  ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options.transformer, config));
+  const uint32_t ctx = topts.max_context;
   WeightsShape shape;
   shape.bundles = needs.bundles;
   const uint64_t activations = Transformer::BytesNeeded(config, topts, pool_->size(), shape);
@@ -140,13 +151,8 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(checkpoint_->vocab()));
   }
   const layout::ModelConfig& config = checkpoint_->config();
-  TransformerOptions topts = options.transformer;
-  const uint32_t ctx = topts.max_context == 0 ? config.max_seq_len : topts.max_context;
-  if (ctx == 0 || ctx > config.max_seq_len) {
-    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
-                                std::to_string(config.max_seq_len));
-  }
-  topts.max_context = ctx;
+  ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options.transformer, config));
+  const uint32_t ctx = topts.max_context;
   ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
   const uint64_t weight_bytes = dram->resident_bytes();
   weights_ = std::move(dram);

@@ -129,7 +129,8 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
       RETURN_IF_ERROR(r.ReadTensor(*cls, bytes).WithContext("reading output.weight"));
       s->classifier_ = MatrixView{cls->dtype, c.vocab_size, c.dim, bytes};
     } else {
-      ASSIGN_OR_RETURN(s->classifier_stream_, ClassifierStream::Open(r, needs.classifier));
+      ASSIGN_OR_RETURN(s->classifier_stream_,
+                       ClassifierStream::Open(r, needs.classifier, options.pipeline));
     }
   } else if (c.tied_embeddings) {
     s->classifier_ = s->embedding_->matrix();  // resident: a tied embedding never goes on demand
