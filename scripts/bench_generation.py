@@ -9,8 +9,12 @@ and reports the median prefill (pp128) and decode (tg64) tokens/s of each and th
 flashlm's decode figure covers the 64 tokens after the first, like tg64; its prefill covers the
 128 prompt tokens, like pp128.
 
+With --compare OTHER_FLASHLM, another flashlm binary (e.g. the previous commit's) runs in the
+same loop, right after, so that a change is measured against what it replaces under the same
+conditions.
+
 Usage: scripts/bench_generation.py --flashlm build/flashlm --llama-bench /path/llama-bench \
-          [--threads 2] [--reps 5] MODEL.gguf...
+          [--threads 2] [--reps 5] [--compare OLD/flashlm] MODEL.gguf...
 """
 import argparse
 import json
@@ -47,12 +51,18 @@ def main():
     ap.add_argument("--llama-bench", default="/work/llama.cpp/build/bin/llama-bench")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--compare", help="another flashlm binary, run in the same loop")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
-    print("| model | llama.cpp pp128 | flashlm pp128 | ratio | llama.cpp tg64 | flashlm tg64 | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    head = "| model | llama.cpp pp128 | flashlm pp128 | ratio | llama.cpp tg64 | flashlm tg64 | ratio |"
+    rule = "|---|---|---|---|---|---|---|"
+    if a.compare:
+        head += " compared pp128 | ratio | compared tg64 | ratio |"
+        rule += "---|---|---|---|"
+    print(head)
+    print(rule)
     for m in a.models:
-        lp, lt, fp, ft = [], [], [], []
+        lp, lt, fp, ft, cp, ct = [], [], [], [], [], []
         for _ in range(a.reps):
             p, t = llama_bench(a.llama_bench, m, a.threads)
             lp.append(p)
@@ -60,11 +70,19 @@ def main():
             p, t = flashlm(a.flashlm, m, a.threads)
             fp.append(p)
             ft.append(t)
-            print(f"# {m}: llama.cpp {lp[-1]:.1f}/{lt[-1]:.1f}  flashlm {fp[-1]:.1f}/{ft[-1]:.1f}",
-                  file=sys.stderr)
+            if a.compare:
+                p, t = flashlm(a.compare, m, a.threads)
+                cp.append(p)
+                ct.append(t)
+            print(f"# {m}: llama.cpp {lp[-1]:.1f}/{lt[-1]:.1f}  flashlm {fp[-1]:.1f}/{ft[-1]:.1f}" +
+                  (f"  compared {cp[-1]:.1f}/{ct[-1]:.1f}" if a.compare else ""), file=sys.stderr)
         mlp, mlt, mfp, mft = map(statistics.median, (lp, lt, fp, ft))
-        print(f"| {m} | {mlp:.1f} | {mfp:.1f} | {mfp / mlp:.2f} | {mlt:.1f} | {mft:.1f} | "
-              f"{mft / mlt:.2f} |")
+        row = (f"| {m} | {mlp:.1f} | {mfp:.1f} | {mfp / mlp:.2f} | {mlt:.1f} | {mft:.1f} | "
+               f"{mft / mlt:.2f} |")
+        if a.compare:
+            mcp, mct = statistics.median(cp), statistics.median(ct)
+            row += f" {mcp:.1f} | {mcp / mlp:.2f} | {mct:.1f} | {mct / mlt:.2f} |"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ fraction of fio's best sequential figure; peak RSS (time -v) minus the budget.
 Needs root (drop_caches, cgroups). Usage:
   scripts/bench_ooc.py --store build/1b-q8 --gguf synth-1b-q8_0.gguf [--fractions 10,25,50,100]
       [--reps 3] [-n 8] [--threads 2] [--llama-bench PATH] [--raw out.jsonl]
+      [--compare OLD/flashlm [--compare-store STORE]]
+
+--compare runs another flashlm binary (e.g. the previous commit's) at every budget of every
+repetition too, right after this one, and adds its columns: a change measured against what it
+replaces under the same disk and load.
 """
 import argparse
 import json
@@ -106,6 +111,8 @@ def main():
     ap.add_argument("-n", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--raw", help="append every measurement as a JSON line to this file")
+    ap.add_argument("--compare", help="another flashlm binary, run at the same budgets")
+    ap.add_argument("--compare-store", help="the store the compared binary reads (default --store)")
     a = ap.parse_args()
     model = os.path.getsize(a.gguf)
     fractions = [int(x) for x in a.fractions.split(",")]
@@ -126,6 +133,9 @@ def main():
         for frac in fractions:
             budget = model * frac // 100
             record("flashlm", frac, run_flashlm(a.flashlm, a.store, budget, a.n, a.threads, False))
+            if a.compare:
+                record("compare", frac, run_flashlm(a.compare, a.compare_store or a.store, budget,
+                                                    a.n, a.threads, False))
             record("llama", frac, run_llama(a.llama_bench, a.gguf, budget, a.n, a.threads))
             if frac in naive:
                 record("naive", frac,
@@ -138,8 +148,10 @@ def main():
           (med(res[("fio", 8)], "mib_s"), med(res[("fio", 32)], "mib_s")))
     print()
     print("| budget | flashlm decode tok/s | llama.cpp decode tok/s | ratio | flashlm naive "
-          "tok/s | read MiB/s while decoding | of fio | peak RSS - budget |")
-    print("|---|---|---|---|---|---|---|---|")
+          "tok/s | read MiB/s while decoding | of fio | peak RSS - budget |" +
+          (" compared tok/s | compared / llama.cpp | compared peak RSS - budget |"
+           if a.compare else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if a.compare else ""))
     for frac in fractions:
         budget = model * frac // 100
         fl = [r for r in res[("flashlm", frac)] if "error" not in r]
@@ -157,12 +169,20 @@ def main():
         l_tok = med(ll, "decode_tok_s") if ll else None
         ratios = [f["decode_tok_s"] / l["decode_tok_s"] for f, l in zip(fl, ll)]
         bw = med(fl, "read_mib_s")
-        print("| %s | %.2f | %s | %s | %s | %.0f | %s | %+.1f MiB |" % (
+        row = "| %s | %.2f | %s | %s | %s | %.0f | %s | %+.1f MiB |" % (
             label, f_tok, "%.2f" % l_tok if l_tok else "failed",
             "%.2fx" % statistics.median(ratios) if ratios else "",
             "%.2f" % med(nv, "decode_tok_s") if nv else "",
             bw, "%.0f%%" % (100 * bw / fio) if fio and bw > 1 else "",
-            med(fl, "rss_over_budget") / 2**20))
+            med(fl, "rss_over_budget") / 2**20)
+        if a.compare:
+            cm = [r for r in res.get(("compare", frac), []) if "error" not in r]
+            c_ratios = [c["decode_tok_s"] / l["decode_tok_s"] for c, l in zip(cm, ll)]
+            row += " %s | %s | %s |" % (
+                "%.2f" % med(cm, "decode_tok_s") if cm else "refused",
+                "%.2fx" % statistics.median(c_ratios) if c_ratios else "",
+                "%+.1f MiB" % (med(cm, "rss_over_budget") / 2**20) if cm else "")
+        print(row)
 
 
 if __name__ == "__main__":
