@@ -32,6 +32,13 @@ uint64_t NeuronCache::ResidentBytes(uint32_t slots, uint64_t bundle_bytes,
          LruCache::ResidentBytes(slots) + uint64_t{slots} * (sizeof(uint8_t) + sizeof(Handle*));
 }
 
+uint64_t NeuronCache::SlotBytesMax(uint64_t bundle_bytes, uint64_t alignment_bytes) {
+  // The slot; the pool's free stack and in-use flag; the LRU entry and up to four index words
+  // (the index is the next power of two above twice the entries); filled_ and hot_.
+  return AlignUp(bundle_bytes, alignment_bytes) + sizeof(uint32_t) + sizeof(uint8_t) +
+         LruCache::ResidentBytes(1) + 2 * sizeof(uint32_t) + sizeof(uint8_t) + sizeof(Handle*);
+}
+
 NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
     : pool_(std::move(pool)),
       bundle_bytes_(bundle_bytes),

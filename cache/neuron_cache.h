@@ -40,6 +40,10 @@ class NeuronCache {
   // DRAM a cache of `slots` slots holds (slot memory and bookkeeping), for budgets.
   static uint64_t ResidentBytes(uint32_t slots, uint64_t bundle_bytes,
                                 uint64_t alignment_bytes = 4096);
+  // What one more slot adds to that at most: the slot and its share of the bookkeeping (a cache's
+  // pool as a whole also rounds up to one huge page, kHugePageSlackBytes at most).
+  static uint64_t SlotBytesMax(uint64_t bundle_bytes, uint64_t alignment_bytes = 4096);
+  static constexpr uint64_t kHugePageSlackBytes = uint64_t{2} << 20;
 
   static uint64_t Key(uint32_t layer, uint32_t neuron) {
     return static_cast<uint64_t>(layer) << 32 | neuron;

@@ -52,18 +52,14 @@ uint32_t NeuronSource::ChunkReadsMax(const layout::BundleGeometry& g, uint32_t c
 }
 
 uint64_t NeuronSource::PinnedBundleBytes(const layout::BundleGeometry& g) {
-  // The slot, its LRU entry with up to four index words (the index is the next power of two
-  // above twice the entries), the pool's and the cache's per-slot bytes, our pointer to it.
-  return cache::NeuronCache::ResidentBytes(1, g.bundle_bytes, kSlotAlign) -
-         storage::AlignedBuffer::ResidentBytes(AlignUp(g.bundle_bytes, kSlotAlign), kSlotAlign) +
-         AlignUp(g.bundle_bytes, kSlotAlign) + 2 * sizeof(uint32_t) + sizeof(const std::byte*);
+  return cache::NeuronCache::SlotBytesMax(g.bundle_bytes, kSlotAlign) +
+         sizeof(const std::byte*);  // resident_
 }
 
 uint64_t NeuronSource::FixedBytes(const layout::BundleGeometry& g, uint32_t layers,
                                   uint32_t neurons, uint32_t chunk_bundles,
                                   uint32_t chunk_buffers) {
-  // A pool of multi-page slots rounds up to a whole huge page (storage::BufferPool).
-  uint64_t b = AlignUp(g.bundle_bytes, kSlotAlign) > 4096 ? uint64_t{2} << 20 : 0;
+  uint64_t b = cache::NeuronCache::kHugePageSlackBytes;
   b += uint64_t{neurons} * (2 * sizeof(uint32_t) + sizeof(const std::byte*));  // iota, gather
   b += uint64_t{chunk_bundles} * sizeof(ByteSpan);                             // decode_outs_
   // Per ring slot: positions, extents, pointers and the read plan.

@@ -205,6 +205,26 @@ INSTANTIATE_TEST_SUITE_P(
                                                                  : "_gate_separate");
     });
 
+// What the store tells the planner per pinned bundle is the bundle's DRAM slot and a little
+// bookkeeping, for bundles smaller and larger than a page.
+TEST(StoreWeightsTest, MeasuresWhatABundleCosts) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  MakeStore(gguf, store, layout::DType::kQ8_0, layout::BundleKind::kGateUpDown);
+  auto reader = layout::StoreReader::Open(store.string());
+  ASSERT_TRUE(reader.ok());
+  auto needs = StoreWeights::Measure(**reader, StreamingOptions());
+  ASSERT_TRUE(needs.ok()) << needs.status().ToString();
+  const uint64_t bundle = needs->bundles.bundle_bytes;
+  EXPECT_GE(needs->inputs.bundle_spacing_bytes, bundle);
+  EXPECT_LE(needs->inputs.bundle_spacing_bytes, AlignUp(bundle, 64) + 160);
+  layout::BundleGeometry big = needs->bundles;
+  big.bundle_bytes = 6528;  // the 1b model's q8_0 bundles: more than a page
+  EXPECT_LE(NeuronSource::PinnedBundleBytes(big), AlignUp(big.bundle_bytes, 64) + 160);
+  EXPECT_GE(needs->inputs.chunk_buffer_bytes, uint64_t{needs->inputs.chunk_bundles} * bundle);
+}
+
 // The bundle FFN agrees with the in-DRAM forward pass of the same f32 store (same weights,
 // different summation order): logits within a small tolerance, greedy output equal to the
 // golden continuation of stories260K.
