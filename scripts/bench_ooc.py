@@ -22,8 +22,8 @@ Needs root (drop_caches, cgroups). Usage:
       [--compare OLD/flashlm [--compare-store STORE]]
 
 --compare runs another flashlm binary (e.g. the previous commit's) at every budget of every
-repetition too, right after this one, and adds its columns: a change measured against what it
-replaces under the same disk and load.
+repetition too, the two taking turns going first, and adds its columns: a change measured
+against what it replaces under the same disk and load.
 """
 import argparse
 import json
@@ -132,10 +132,15 @@ def main():
     for rep in range(a.reps):
         for frac in fractions:
             budget = model * frac // 100
-            record("flashlm", frac, run_flashlm(a.flashlm, a.store, budget, a.n, a.threads, False))
+            # With --compare, the two binaries take turns going first: the host's cache behind a
+            # virtual disk favours whichever reads the store second.
+            runs = [("flashlm", a.flashlm, a.store)]
             if a.compare:
-                record("compare", frac, run_flashlm(a.compare, a.compare_store or a.store, budget,
-                                                    a.n, a.threads, False))
+                runs.append(("compare", a.compare, a.compare_store or a.store))
+                if rep % 2:
+                    runs.reverse()
+            for kind, exe, store in runs:
+                record(kind, frac, run_flashlm(exe, store, budget, a.n, a.threads, False))
             record("llama", frac, run_llama(a.llama_bench, a.gguf, budget, a.n, a.threads))
             if frac in naive:
                 record("naive", frac,
