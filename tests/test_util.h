@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace flashlm::testing {
@@ -30,6 +32,18 @@ inline std::filesystem::path SharedModel(const std::string& relative) {
                  << ::flashlm::testing::SharedModelsDir()                                   \
                  << " (set FLASHLM_SHARED_MODELS to the shared/models folder)";             \
   }
+
+// Flips bits of the byte at `offset` of the file at `path` in place (corruption tests). Calling it
+// again with the same arguments restores the byte.
+inline void FlipByte(const std::filesystem::path& path, uint64_t offset, char mask = 0x20) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ mask);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
 
 // A fresh directory under the build tree (a real disk, so O_DIRECT works), removed at exit.
 class ScratchDir {

@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <random>
 
 #include "engine/bundle_ffn.h"
@@ -125,12 +124,7 @@ TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
   auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
   ASSERT_NE(r, nullptr);
   const layout::Extent e = r->BundleExtentAt(1, 40);
-  {
-    std::fstream f(dir / "store" / layout::DataFileName(0),
-                   std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(e.offset_bytes + 9));
-    f.put('\x5a');
-  }
+  ::flashlm::testing::FlipByte(dir / "store" / layout::DataFileName(0), e.offset_bytes + 9);
   const uint32_t pinned[] = {0, 0};
   auto source = NeuronSource::Open(*r, pinned, NeuronSourceOptions());
   ASSERT_TRUE(source.ok()) << source.status().ToString();

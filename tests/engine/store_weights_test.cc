@@ -340,15 +340,7 @@ TEST(StoreWeightsTest, CorruptEmbeddingRowIsDetected) {
     ASSERT_TRUE(ext.ok());
     offset = (*ext)[0].offset_bytes + 300;  // inside row 1 (256 bytes per row)
   }
-  {
-    std::fstream f(store / "data-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(offset));
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 0x40);
-    f.seekp(static_cast<std::streamoff>(offset));
-    f.write(&c, 1);
-  }
+  testing::FlipByte(store / "data-00000.bin", offset, 0x40);
   TransformerOptions to;
   to.max_context = 32;
   to.max_batch = 4;
@@ -376,15 +368,7 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
     ASSERT_TRUE(ext.ok());
     offset = (*ext)[0].offset_bytes + 5;
   }
-  {
-    std::fstream f(store / "data-00000.bin", std::ios::in | std::ios::out | std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(offset));
-    char c = 0;
-    f.read(&c, 1);
-    c = static_cast<char>(c ^ 0x40);
-    f.seekp(static_cast<std::streamoff>(offset));
-    f.write(&c, 1);
-  }
+  testing::FlipByte(store / "data-00000.bin", offset, 0x40);
   auto full = Generate(store, 0, 1, 2);  // reads nothing per token: the pinned load fails
   ASSERT_FALSE(full.ok());
   EXPECT_EQ(full.status().code(), StatusCode::kCorruption) << full.status().ToString();

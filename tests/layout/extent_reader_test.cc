@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <fstream>
 
 #include "layout/repack.h"
 #include "layout/store_reader.h"
@@ -32,16 +31,6 @@ std::vector<std::byte> ReadAlone(StoreReader& r, const Extent& e) {
   std::vector<std::byte> out(e.raw_bytes);
   EXPECT_TRUE(r.ReadExtent(e, out).ok());
   return out;
-}
-
-void FlipByte(const fs::path& file, uint64_t offset) {
-  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x20);
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.write(&c, 1);
 }
 
 // Neighbouring bundles are merged into few reads; every extent arrives verified and intact, and
@@ -161,7 +150,7 @@ TEST(ExtentReaderTest, VerifyNamesTheExtent) {
   auto store = MakeStore(dir.path());
   ASSERT_NE(store, nullptr);
   const Extent e = store->BundleExtentAt(1, 3);
-  FlipByte(dir.path() / "store" / DataFileName(0), e.offset_bytes + 17);
+  ::flashlm::testing::FlipByte(dir.path() / "store" / DataFileName(0), e.offset_bytes + 17);
   std::vector<std::byte> out(e.raw_bytes);
   const Status s = store->ReadExtent(e, out);
   ASSERT_EQ(s.code(), StatusCode::kCorruption);

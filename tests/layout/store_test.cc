@@ -343,15 +343,7 @@ TEST(StoreTest, ZstdWhereItPays) {
 }
 
 // Flips one byte in `path` at `offset`.
-void FlipByte(const fs::path& path, uint64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  char c;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x20);
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.write(&c, 1);
-}
+using ::flashlm::testing::FlipByte;
 
 TEST(StoreTest, VerifyCatchesAFlippedByteInEveryExtent) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kQ8_0);
