@@ -12,7 +12,8 @@
 //   ReleaseLayer(l)     the FFN is done too
 //
 // These calls are the lifecycle: a store infers nothing from being called otherwise. Views from
-// AcquireLayer stay valid until ReleaseMatrices (matrices) or ReleaseLayer (norms, neurons). The
+// AcquireLayer stay valid until ReleaseMatrices (the attention matrices and a bundle store's
+// dense gate) or ReleaseLayer (norms, the neuron source, a dense FFN's gate/up/down). The
 // final norm and a resident classifier stay valid for the store's lifetime; the embedding is read
 // through EmbedToken; a streamed classifier is served in row blocks by a ClassifierStream.
 //

@@ -255,6 +255,10 @@ Status ExtentReader::Wait(uint32_t group) {
 }
 
 void ExtentReader::Drain() {
+  for (const storage::ReadRequest& r : requests_) {  // queued, never submitted: give them back
+    --groups_[pending_[r.tag].group].pending;
+    free_tags_.push_back(static_cast<uint32_t>(r.tag));
+  }
   requests_.clear();
   while (backend_ && backend_->in_flight() > 0) {
     if (!ReapSome().ok()) break;

@@ -166,7 +166,8 @@ class ExtentReader {
   // The time spent counts as wait_ns.
   Status Wait(uint32_t group);
   bool InFlight(uint32_t group) const { return groups_[group].pending > 0; }
-  // Waits for every read in flight (errors are dropped); used before buffers are freed.
+  // Drops what is queued and waits for every read in flight (errors are dropped); used before
+  // buffers are freed.
   void Drain();
 
   ReadCounters counters() const;
