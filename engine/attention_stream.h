@@ -66,7 +66,6 @@ class AttentionStream {
 
   // True when streamed layers are read ahead (pipelining, in place, something streams).
   bool prefetching() const { return prefetch_; }
-  bool streams() const { return !streamed_.empty(); }
 
  private:
   struct Piece {  // one extent of a streamed layer and where its bytes end up

@@ -101,11 +101,7 @@ class NeuronSource {
     return reader_.Permutation(layer);
   }
   bool pipelined() const { return pipeline_; }
-  bool compressed() const { return compressed_; }
   bool coalesced() const { return options_.coalesce; }
-  uint64_t chunk_buffer_bytes() const { return slot_bytes_; }
-  // Largest batch Next() hands out (the pinned batch can be the whole layer).
-  uint32_t batch_max() const { return neurons_; }
 
   // Starts serving every position of `layer`. Errors: InvalidArgument (layer out of range).
   Status Begin(uint32_t layer);
