@@ -53,6 +53,36 @@ Result<TransformerOptions> Resolve(TransformerOptions o, const layout::ModelConf
 
 }  // namespace
 
+Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConfig& config,
+                                const SessionOptions& options, uint32_t threads,
+                                uint64_t tokenizer_bytes) {
+  // The engine's own bytes, from the same functions its parts allocate with.
+  SessionPlan sp;
+  ASSIGN_OR_RETURN(sp.transformer, Resolve(options.transformer, config));
+  const TransformerOptions& topts = sp.transformer;
+  WeightsShape shape;
+  shape.bundles = needs.bundles;
+  sp.activation_bytes = Transformer::BytesNeeded(config, topts, threads, shape);
+  sp.kv_bytes = FlatKvCache::BytesNeeded(config, topts.max_context, topts.max_sequences);
+  ResidencyInputs in = needs.inputs;
+  in.budget_bytes = options.budget_bytes;
+  const std::pair<std::string, uint64_t> engine_parts[] = {
+      {"activations and scratch", sp.activation_bytes},
+      {"KV cache", sp.kv_bytes},
+      {"tokenizer", tokenizer_bytes}};
+  in.fixed_parts.insert(in.fixed_parts.begin(), std::begin(engine_parts), std::end(engine_parts));
+  for (const auto& part : engine_parts) in.fixed_bytes += part.second;
+  if (in.classifier_demand_bytes > 0) {  // the forward pass's buffer for streamed row blocks
+    WeightsShape streamed = shape;
+    streamed.classifier_block_rows = needs.classifier.rows_max;
+    in.classifier_demand_bytes +=
+        Transformer::BytesNeeded(config, topts, threads, streamed) - sp.activation_bytes;
+  }
+  ASSIGN_OR_RETURN(sp.plan, PlanResidency(in));
+  sp.inputs = std::move(in);
+  return sp;
+}
+
 Session::~Session() = default;
 
 Result<std::unique_ptr<Session>> Session::Open(const std::string& path,
@@ -88,28 +118,11 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
-  // The engine's own bytes, from the same functions its parts allocate with.
-  ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options.transformer, config));
+  ASSIGN_OR_RETURN(SessionPlan sp, PlanSession(needs, config, options, pool_->size(),
+                                                tokenizer_->resident_bytes()));
+  const TransformerOptions topts = sp.transformer;
   const uint32_t ctx = topts.max_context;
-  WeightsShape shape;
-  shape.bundles = needs.bundles;
-  const uint64_t activations = Transformer::BytesNeeded(config, topts, pool_->size(), shape);
-  const uint64_t kv = FlatKvCache::BytesNeeded(config, ctx, topts.max_sequences);
-  ResidencyInputs in = needs.inputs;
-  in.budget_bytes = options.budget_bytes;
-  const std::pair<std::string, uint64_t> engine_parts[] = {
-      {"activations and scratch", activations},
-      {"KV cache", kv},
-      {"tokenizer", tokenizer_->resident_bytes()}};
-  in.fixed_parts.insert(in.fixed_parts.begin(), std::begin(engine_parts), std::end(engine_parts));
-  for (const auto& part : engine_parts) in.fixed_bytes += part.second;
-  if (in.classifier_demand_bytes > 0) {  // the forward pass's buffer for streamed row blocks
-    WeightsShape streamed = shape;
-    streamed.classifier_block_rows = needs.classifier.rows_max;
-    in.classifier_demand_bytes +=
-        Transformer::BytesNeeded(config, topts, pool_->size(), streamed) - activations;
-  }
-  ASSIGN_OR_RETURN(plan_, PlanResidency(in));
+  plan_ = std::move(sp.plan);
 
   ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
                    StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));

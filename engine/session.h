@@ -73,6 +73,22 @@ struct IoReport {
   static IoReport Make(const EngineStats& stats, double forward_ms);
 };
 
+// The engine's own bytes next to a store's needs (the forward pass's buffers, the KV cache, the
+// tokenizer), and the residency plan under options.budget_bytes: what Session::Open allocates by,
+// and what `flashlm plan` reports, from the same function.
+struct SessionPlan {
+  TransformerOptions transformer;  // options.transformer with the context resolved
+  uint64_t activation_bytes = 0;   // Transformer::BytesNeeded
+  uint64_t kv_bytes = 0;           // FlatKvCache::BytesNeeded
+  ResidencyInputs inputs;
+  ResidencyPlan plan;
+};
+// `threads`: the pool's size. Errors: InvalidArgument (a context beyond the model's),
+// ResourceExhausted (a budget below the minimum, naming it), PlanResidency's.
+Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConfig& config,
+                                const SessionOptions& options, uint32_t threads,
+                                uint64_t tokenizer_bytes);
+
 // Peak resident set size of this process so far, in bytes (getrusage ru_maxrss).
 uint64_t PeakRssBytes();
 

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "layout/llama_tensors.h"
+#include "storage/aligned_buffer.h"
 
 namespace flashlm::engine {
 namespace {
@@ -15,15 +16,87 @@ constexpr uint64_t kStagingBytes = 4ull << 20;  // synchronous reads (pinned wei
 
 }  // namespace
 
-Result<StoreNeeds> StoreWeights::Measure(layout::StoreReader& reader,
-                                         const StreamingOptions& options) {
-  const layout::ModelConfig& c = reader.config();
-  RETURN_IF_ERROR(c.Validate());
+namespace {
+
+// What the parts' layouts do not say: where the store's catalog and read path stand.
+struct ReadGeometry {
+  uint64_t catalog_bytes = 0;
+  uint64_t read_alignment_bytes = 4096;   // the data files' O_DIRECT alignment
+  uint64_t store_alignment_bytes = 4096;  // the store's extent alignment
+  std::vector<uint32_t> hot;              // [layer] hot-set size
+};
+
+// The second half of Measure and Estimate: from the parts' layouts to the ExtentReader's limits
+// and the store's ResidencyInputs.
+StoreNeeds Complete(StoreNeeds needs, const layout::ModelConfig& c, const ReadGeometry& geo,
+                    const StreamingOptions& options, layout::ExtentReaderLimits* limits) {
+  const layout::BundleGeometry& g = needs.bundles;
+  // The ExtentReader's bounds: every part's reads in flight at once, a group per buffer.
+  const uint32_t chunk = std::min(options.chunk_bundles, c.hidden_dim);
+  const uint64_t a = geo.read_alignment_bytes;
+  const bool coalesce =
+      NeuronSource::Coalesces(g, a, geo.store_alignment_bytes, options.coalesce);
+  limits->read_max_bytes = kReadMaxBytes;
+  limits->staging_bytes = kStagingBytes;
+  limits->queue_depth =
+      options.chunk_buffers * NeuronSource::ChunkReadsMax(g, chunk, kReadMaxBytes, coalesce) +
+      needs.attention.reads_max + 2 * needs.classifier.reads_per_block + needs.embedding.reads_max +
+      8;  // the synchronous path's own
+  limits->groups = options.chunk_buffers + 1 + 2 + 1;
+
+  ResidencyInputs& in = needs.inputs;
+  const uint64_t norms = (2 * uint64_t{c.n_layers} + 1) * AlignUp(uint64_t{c.dim} * 4, 64);
+  in.fixed_parts.emplace_back("catalog", geo.catalog_bytes);
+  in.fixed_parts.emplace_back("read path", layout::ExtentReader::ResidentBytes(*limits));
+  in.fixed_parts.emplace_back("norms", norms);
+  in.fixed_parts.emplace_back("bundle tables",
+                              NeuronSource::FixedBytes(g, c.n_layers, c.hidden_dim, chunk,
+                                                       options.pipeline ? options.chunk_buffers : 1));
+  for (const auto& part : in.fixed_parts) in.fixed_bytes += part.second;
+  in.embedding_bytes = needs.embedding.resident_bytes;
+  in.embedding_demand_bytes = needs.embedding.demand_bytes;
+  in.classifier_bytes = needs.classifier.resident_bytes;
+  in.classifier_demand_bytes =
+      needs.classifier.streamable ? ClassifierStream::StreamBytes(needs.classifier) : 0;
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    in.dense_layer_bytes.push_back(AlignUp(needs.attention.layer_bytes[l], 64));
+    in.layer_bundles.push_back(c.hidden_dim);
+    in.layer_hot.push_back(l < geo.hot.size() ? geo.hot[l] : 0);
+  }
+  in.dense_stream_bytes_max = AttentionStream::StreamBytes(needs.attention);
+  in.bundle_spacing_bytes = NeuronSource::PinnedBundleBytes(g);
+  in.chunk_bundles = chunk;
+  in.chunk_buffer_bytes =
+      NeuronSource::ChunkBufferBytes(g, chunk, a, geo.store_alignment_bytes, coalesce);
+  in.huge_page_bytes = uint64_t{2} << 20;  // the chunk ring is one buffer with huge pages
+  in.chunk_buffers_min = options.pipeline ? 2 : 1;
+  in.chunk_buffers = options.pipeline ? options.chunk_buffers : 1;
+  needs.read_max_bytes = kReadMaxBytes;
+  needs.coalesced = coalesce;
+  return needs;
+}
+
+Status CheckOptions(const StreamingOptions& options) {
   if (options.chunk_bundles < 1 || options.chunk_buffers < 2 ||
       options.chunk_buffers > kChunkBuffersMax) {
     return InvalidArgumentError("chunk bundles must be >= 1 and chunk buffers in [2, " +
                                 std::to_string(kChunkBuffersMax) + "]");
   }
+  return Status::Ok();
+}
+
+// Bytes and reads of one planned read of `raw` bytes at an aligned offset: its cover at the read
+// alignment, split at kReadMaxBytes.
+uint64_t Cover(uint64_t raw, uint64_t alignment) { return AlignUp(raw, alignment); }
+uint32_t ReadsOf(uint64_t bytes) { return static_cast<uint32_t>(CeilDiv(bytes, kReadMaxBytes)); }
+
+}  // namespace
+
+Result<StoreNeeds> StoreWeights::Measure(layout::StoreReader& reader,
+                                         const StreamingOptions& options) {
+  const layout::ModelConfig& c = reader.config();
+  RETURN_IF_ERROR(c.Validate());
+  RETURN_IF_ERROR(CheckOptions(options));
   if (reader.ffn_layer_count() != c.n_layers) {
     return NotSupportedError("store has no neuron bundles for every layer (repack it)");
   }
@@ -39,49 +112,121 @@ Result<StoreNeeds> StoreWeights::Measure(layout::StoreReader& reader,
   ASSIGN_OR_RETURN(needs.classifier, ClassifierStream::Measure(reader));
   ASSIGN_OR_RETURN(needs.embedding, EmbeddingRows::Measure(reader));
 
-  // The ExtentReader's bounds: every part's reads in flight at once, a group per buffer.
-  const uint32_t chunk = std::min(options.chunk_bundles, c.hidden_dim);
-  const uint64_t a = reader.extent_reader().alignment_bytes();
-  const bool coalesce =
-      NeuronSource::Coalesces(g, a, reader.header().alignment_bytes, options.coalesce);
+  ReadGeometry geo;
+  geo.catalog_bytes = reader.catalog_bytes();
+  geo.read_alignment_bytes = reader.extent_reader().alignment_bytes();
+  geo.store_alignment_bytes = reader.header().alignment_bytes;
+  for (uint32_t l = 0; l < c.n_layers; ++l) geo.hot.push_back(reader.HotCount(l));
   layout::ExtentReaderLimits limits;
-  limits.read_max_bytes = kReadMaxBytes;
-  limits.staging_bytes = kStagingBytes;
-  limits.queue_depth =
-      options.chunk_buffers * NeuronSource::ChunkReadsMax(g, chunk, kReadMaxBytes, coalesce) +
-      needs.attention.reads_max + 2 * needs.classifier.reads_per_block + needs.embedding.reads_max +
-      8;  // the synchronous path's own
-  limits.groups = options.chunk_buffers + 1 + 2 + 1;
+  needs = Complete(std::move(needs), c, geo, options, &limits);
   RETURN_IF_ERROR(reader.extent_reader().SetLimits(limits));
-
-  ResidencyInputs& in = needs.inputs;
-  const uint64_t norms = (2 * uint64_t{c.n_layers} + 1) * AlignUp(uint64_t{c.dim} * 4, 64);
-  in.fixed_parts.emplace_back("catalog", reader.catalog_bytes());
-  in.fixed_parts.emplace_back("read path", layout::ExtentReader::ResidentBytes(limits));
-  in.fixed_parts.emplace_back("norms", norms);
-  in.fixed_parts.emplace_back("bundle tables",
-                              NeuronSource::FixedBytes(g, c.n_layers, c.hidden_dim, chunk,
-                                                       options.pipeline ? options.chunk_buffers : 1));
-  for (const auto& part : in.fixed_parts) in.fixed_bytes += part.second;
-  in.embedding_bytes = needs.embedding.resident_bytes;
-  in.embedding_demand_bytes = needs.embedding.demand_bytes;
-  in.classifier_bytes = needs.classifier.resident_bytes;
-  in.classifier_demand_bytes =
-      needs.classifier.streamable ? ClassifierStream::StreamBytes(needs.classifier) : 0;
-  for (uint32_t l = 0; l < c.n_layers; ++l) {
-    in.dense_layer_bytes.push_back(AlignUp(needs.attention.layer_bytes[l], 64));
-    in.layer_bundles.push_back(c.hidden_dim);
-    in.layer_hot.push_back(reader.HotCount(l));
-  }
-  in.dense_stream_bytes_max = AttentionStream::StreamBytes(needs.attention);
-  in.bundle_spacing_bytes = NeuronSource::PinnedBundleBytes(g);
-  in.chunk_bundles = chunk;
-  in.chunk_buffer_bytes = NeuronSource::ChunkBufferBytes(g, chunk, a,
-                                                         reader.header().alignment_bytes, coalesce);
-  in.huge_page_bytes = uint64_t{2} << 20;  // the chunk ring is one buffer with huge pages
-  in.chunk_buffers_min = options.pipeline ? 2 : 1;
-  in.chunk_buffers = options.pipeline ? options.chunk_buffers : 1;
   return needs;
+}
+
+Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
+                                          const StreamingOptions& options,
+                                          uint64_t read_alignment_bytes) {
+  const layout::ModelConfig& c = shape.config;
+  RETURN_IF_ERROR(c.Validate());
+  RETURN_IF_ERROR(CheckOptions(options));
+  const uint64_t A = shape.alignment_bytes;
+  const uint64_t a = std::max<uint64_t>(read_alignment_bytes, 1);
+  if ((a & (a - 1)) != 0 || a > A) {
+    return InvalidArgumentError("read alignment must be a power of two no larger than the store's");
+  }
+  StoreNeeds needs;
+  needs.bundles = layout::BundleGeometry::Make(shape.bundle_kind, shape.ffn_dtype, c.dim, A);
+  const layout::BundleGeometry& g = needs.bundles;
+  if (!MatMulSupports(g.dtype)) {
+    return NotSupportedError("FFN bundles of dtype " + std::string(layout::DTypeName(g.dtype)) +
+                             ", which the engine cannot multiply");
+  }
+  // A dense tensor on flash: extents of rows_per_extent rows, each starting aligned.
+  struct Flash {
+    uint64_t bytes = 0;  // the extents' covers
+    uint32_t reads = 0;
+    uint64_t extent_cover_max = 0;
+  };
+  auto flash = [&](const layout::TensorInfo& t) {
+    Flash f;
+    const uint64_t rpe = shape.rows_per_extent[&t - shape.dense.data()];
+    const uint64_t row = layout::RowBytes(t.dtype, t.cols());
+    for (uint64_t r0 = 0; r0 < t.rows(); r0 += rpe) {
+      const uint64_t cover = Cover(std::min(rpe, t.rows() - r0) * row, A);
+      f.bytes += cover;
+      f.extent_cover_max =
+          std::max(f.extent_cover_max, Cover(std::min(rpe, t.rows() - r0) * row, a));
+    }
+    f.reads = ReadsOf(f.bytes) + 1;
+    return f;
+  };
+  auto find = [&](const std::string& name) -> Result<const layout::TensorInfo*> {
+    const layout::TensorInfo* t = shape.Find(name);
+    if (t == nullptr) return NotFoundError("the model has no tensor " + name);
+    if (!MatMulSupports(t->dtype) && t->shape.size() == 2) {
+      return NotSupportedError("tensor " + name + " of dtype " +
+                               std::string(layout::DTypeName(t->dtype)) +
+                               ", which the engine cannot multiply");
+    }
+    return t;
+  };
+  // Attention (and a dense gate): as AttentionStream::Measure, the layer's tensors back to back.
+  needs.attention.dense_gate = !g.has_gate();
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    uint64_t bytes = 0, on_flash = 0;
+    uint32_t reads = 0;
+    const LayerTensor roles[] = {LayerTensor::kAttnQ, LayerTensor::kAttnK, LayerTensor::kAttnV,
+                                 LayerTensor::kAttnOutput, LayerTensor::kFfnGate};
+    for (uint32_t r = 0; r < (g.has_gate() ? 4u : 5u); ++r) {
+      ASSIGN_OR_RETURN(const layout::TensorInfo* t, find(layout::LayerTensorName(l, roles[r])));
+      bytes = AlignUp(bytes, 64) + t->size_bytes();
+      const Flash f = flash(*t);
+      on_flash += f.bytes;
+      reads += f.reads;
+    }
+    needs.attention.layer_bytes.push_back(bytes);
+    needs.attention.stream_buffer_bytes =
+        std::max({needs.attention.stream_buffer_bytes, bytes, AlignUp(on_flash, a)});
+    needs.attention.reads_max = std::max(needs.attention.reads_max, reads);
+  }
+  // The classifier: as ClassifierStream::Measure.
+  if (const layout::TensorInfo* cls = shape.Find("output.weight"); cls != nullptr) {
+    ASSIGN_OR_RETURN(cls, find("output.weight"));
+    const Flash f = flash(*cls);
+    needs.classifier.streamable = true;
+    needs.classifier.resident_bytes =
+        storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, false);
+    needs.classifier.buffer_bytes = AlignUp(f.extent_cover_max, 4096);
+    needs.classifier.reads_per_block = ReadsOf(f.extent_cover_max) + 1;
+    needs.classifier.rows_max = static_cast<uint32_t>(std::min<uint64_t>(
+        shape.rows_per_extent[cls - shape.dense.data()], c.vocab_size));
+  }
+  // The embedding: as EmbeddingRows::Measure.
+  ASSIGN_OR_RETURN(const layout::TensorInfo* emb, find("token_embd.weight"));
+  needs.embedding.resident_bytes =
+      storage::AlignedBuffer::ResidentBytes(emb->size_bytes(), 64, false);
+  if (!(c.tied_embeddings && shape.Find("output.weight") == nullptr)) {
+    const uint64_t rows = std::min<uint64_t>(shape.rows_per_extent[emb - shape.dense.data()],
+                                             c.vocab_size);
+    needs.embedding.demand_bytes = AlignUp(
+        rows * layout::RowBytes(emb->dtype, c.dim) + 2 * std::max<uint64_t>(a, 64), 4096);
+    needs.embedding.reads_max = ReadsOf(needs.embedding.demand_bytes) + 1;
+  }
+
+  ReadGeometry geo;
+  // The catalog in DRAM: 40 bytes per extent, the tensor directory, the vocabulary.
+  uint64_t extents = uint64_t{c.n_layers} * c.hidden_dim;
+  for (size_t i = 0; i < shape.dense.size(); ++i) {
+    extents += CeilDiv(shape.dense[i].rows(), shape.rows_per_extent[i]);
+  }
+  geo.catalog_bytes = extents * sizeof(layout::ExtentRecord) +
+                      shape.dense.size() * (sizeof(layout::TensorRecord) +
+                                            sizeof(layout::TensorInfo) + 48) +
+                      uint64_t{c.n_layers} * sizeof(layout::FfnLayerRecord) + shape.vocab_bytes;
+  geo.read_alignment_bytes = a;
+  geo.store_alignment_bytes = A;
+  layout::ExtentReaderLimits limits;
+  return Complete(std::move(needs), c, geo, options, &limits);
 }
 
 Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(

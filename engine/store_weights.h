@@ -30,6 +30,7 @@
 #include "engine/neuron_source.h"
 #include "engine/residency_plan.h"
 #include "engine/weights.h"
+#include "layout/repack.h"
 #include "layout/store_reader.h"
 #include "storage/status.h"
 
@@ -53,6 +54,8 @@ struct StoreNeeds {
   ClassifierLayout classifier;
   EmbeddingLayout embedding;
   layout::BundleGeometry bundles;
+  uint64_t read_max_bytes = 0;  // one read, at most
+  bool coalesced = false;       // neighbouring bundles merged into one read
 };
 
 struct StoreCounters {
@@ -67,6 +70,16 @@ class StoreWeights final : public WeightStore {
   // (options, config), NotSupported (no bundles, a dtype the kernels lack), NotFound/Corruption
   // (missing or misshapen tensors).
   static Result<StoreNeeds> Measure(layout::StoreReader& reader, const StreamingOptions& options);
+  // The same for a store that does not exist yet, as repack would lay it out (flashlm plan):
+  // the parts' layouts derived from the shape by the rules their Measure functions apply to a
+  // catalog, no hot set. Tested against
+  // Measure on repacked stores. `read_alignment_bytes`: the O_DIRECT alignment the data file
+  // would be read at (1: buffered; at most the store's alignment). Errors: InvalidArgument
+  // (options, config, alignment), NotFound (a missing tensor), NotSupported (a dtype the kernels
+  // lack).
+  static Result<StoreNeeds> Estimate(const layout::StoreShape& shape,
+                                     const StreamingOptions& options,
+                                     uint64_t read_alignment_bytes = 4096);
   // Builds the parts per `plan` (from `needs`) and loads what it pins. Errors: the reader's
   // (IoError, Corruption naming the extent), ResourceExhausted.
   static Result<std::unique_ptr<StoreWeights>> Open(std::unique_ptr<layout::StoreReader> reader,

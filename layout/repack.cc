@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "layout/bundle_layout.h"
+#include "layout/llama_tensors.h"
 #include "layout/store_writer.h"
 #include "storage/checksum.h"
 
@@ -17,12 +18,6 @@ namespace {
 
 bool IsStorable(DType t) {
   return t == DType::kF32 || t == DType::kF16 || t == DType::kQ8_0 || t == DType::kQ4_0;
-}
-
-DType TargetDType(const TensorInfo& t, const RepackOptions& o) {
-  if (t.shape.size() == 1) return DType::kF32;  // norms stay f32
-  if (o.dtype) return *o.dtype;
-  return IsStorable(t.dtype) ? t.dtype : DType::kF32;
 }
 
 // Parses "blk.<N>.ffn_<part>.weight"; returns false for any other name.
@@ -121,16 +116,14 @@ class Repacker {
 };
 
 Status Repacker::WriteDense(const TensorInfo& t) {
-  const DType to = TargetDType(t, o_);
+  const DType to = StoredDType(t, o_);
   const uint64_t rows = t.rows(), cols = t.cols();
   const uint64_t in_row = RowBytes(t.dtype, cols), out_row = RowBytes(to, cols);
   if (rows == 0 || cols == 0) return NotSupportedError("empty tensor " + t.name);
   std::vector<std::byte>& src = src_buf_;  // whole tensor, source dtype
   src.resize(t.size_bytes());
   RETURN_IF_ERROR(src_.ReadTensor(t, src));
-  const uint64_t extent_max =
-      t.name == "token_embd.weight" ? o_.embedding_extent_bytes_max : o_.dense_extent_bytes_max;
-  const uint64_t rows_per_extent = std::max<uint64_t>(1, extent_max / out_row);
+  const uint64_t rows_per_extent = RowsPerExtent(TensorInfo{t.name, to, t.shape}, o_);
   std::vector<std::byte>& chunk = chunk_buf_;  // rows_per_extent rows in `to`
   std::vector<float> f32(cols);                // one row
   TensorRecord rec{};
@@ -171,7 +164,7 @@ Status Repacker::WriteFfnLayer(uint32_t layer, const ActivationStats* stats) {
   }
   const uint32_t hidden = static_cast<uint32_t>(gate->shape[0]);
   const uint32_t dim = static_cast<uint32_t>(gate->shape[1]);
-  const DType to = TargetDType(*up, o_);
+  const DType to = StoredDType(*up, o_);
   const BundleGeometry g = BundleGeometry::Make(o_.bundle_kind, to, dim, o_.alignment_bytes);
   bundle_bytes_ = g.bundle_bytes;
   stride_bytes_ = g.stride_bytes;
@@ -346,6 +339,63 @@ Status Repacker::Run(const ActivationStats* stats, RepackSummary* summary) {
 }
 
 }  // namespace
+
+DType StoredDType(const TensorInfo& t, const RepackOptions& o) {
+  if (t.shape.size() == 1) return DType::kF32;  // norms stay f32
+  if (o.dtype) return *o.dtype;
+  return IsStorable(t.dtype) ? t.dtype : DType::kF32;
+}
+
+uint64_t RowsPerExtent(const TensorInfo& stored, const RepackOptions& o) {
+  const uint64_t extent_max = stored.name == "token_embd.weight" ? o.embedding_extent_bytes_max
+                                                                 : o.dense_extent_bytes_max;
+  return std::max<uint64_t>(1, extent_max / std::max<uint64_t>(1, RowBytes(stored.dtype, stored.cols())));
+}
+
+const TensorInfo* StoreShape::Find(std::string_view name) const {
+  for (const TensorInfo& t : dense) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+Result<StoreShape> PlanStoreShape(const ModelConfig& config, const std::vector<TensorInfo>& tensors,
+                                  const Vocab& vocab, const RepackOptions& options) {
+  if (options.dtype && !IsStorable(*options.dtype)) {
+    return InvalidArgumentError("store dtype must be f32, f16, q8_0 or q4_0, not " +
+                                std::string(DTypeName(*options.dtype)));
+  }
+  if (options.dense_extent_bytes_max == 0 || options.embedding_extent_bytes_max == 0) {
+    return InvalidArgumentError("dense extent size is 0");
+  }
+  if (options.alignment_bytes < 512 || (options.alignment_bytes & (options.alignment_bytes - 1))) {
+    return InvalidArgumentError("alignment must be a power of two of at least 512 bytes");
+  }
+  RETURN_IF_ERROR(config.Validate());
+  Status shape_ok = CheckLlamaTensors(config, tensors, "model");
+  if (!shape_ok.ok()) return InvalidArgumentError(shape_ok.message());
+  StoreShape s;
+  s.config = config;
+  s.bundle_kind = options.bundle_kind;
+  s.alignment_bytes = options.alignment_bytes;
+  const bool gate_dense = options.bundle_kind == BundleKind::kGateSeparate;
+  for (const TensorInfo& t : tensors) {
+    uint32_t layer = 0;
+    FfnPart part{};
+    const DType to = StoredDType(t, options);
+    if (ParseFfnName(t.name, &layer, &part)) {
+      if (part == FfnPart::kUp) s.ffn_dtype = to;
+      if (part != FfnPart::kGate || !gate_dense) continue;
+    }
+    TensorInfo stored{t.name, to, t.shape};
+    s.rows_per_extent.push_back(RowsPerExtent(stored, options));
+    s.dense.push_back(std::move(stored));
+  }
+  for (const std::string& t : vocab.tokens) s.vocab_bytes += sizeof(std::string) + t.capacity();
+  for (const std::string& m : vocab.merges) s.vocab_bytes += sizeof(std::string) + m.capacity();
+  s.vocab_bytes += vocab.tokens.size() * (sizeof(float) + sizeof(int32_t));
+  return s;
+}
 
 Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
                              const RepackOptions& options) {

@@ -72,6 +72,30 @@ struct RepackSummary {
   }
 };
 
+// The dtype Repack stores tensor `t` in under `options` (see above).
+DType StoredDType(const TensorInfo& t, const RepackOptions& options);
+// Rows per extent of a dense tensor stored as `stored` (whole rows, at most the option's extent
+// size for that tensor, at least one row).
+uint64_t RowsPerExtent(const TensorInfo& stored, const RepackOptions& options);
+
+// A store as Repack would lay it out, from a checkpoint's config and tensor directory alone (no
+// tensor is read): what `flashlm plan` sizes before anything is repacked. The dtype and extent
+// rules are the ones Repack itself uses (StoredDType, RowsPerExtent).
+struct StoreShape {
+  ModelConfig config;
+  std::vector<TensorInfo> dense;  // every tensor but ffn_up/ffn_down (and ffn_gate in bundles)
+  std::vector<uint64_t> rows_per_extent;  // [i] of dense[i]
+  DType ffn_dtype = DType::kF32;          // the bundles'
+  BundleKind bundle_kind = BundleKind::kGateUpDown;
+  uint64_t alignment_bytes = 4096;
+  uint64_t vocab_bytes = 0;  // tokens, scores, types and merges as the catalog holds them
+  // nullptr when absent.
+  const TensorInfo* Find(std::string_view name) const;
+};
+// Errors: InvalidArgument (options as Repack checks them, a tensor missing or misshapen).
+Result<StoreShape> PlanStoreShape(const ModelConfig& config, const std::vector<TensorInfo>& tensors,
+                                  const Vocab& vocab, const RepackOptions& options);
+
 // Errors: InvalidArgument (bad options, `out` exists, activation stats of the wrong shape),
 // NotSupported (an FFN of unexpected shape), and whatever reading `source` or writing fails with.
 Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,

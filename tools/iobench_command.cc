@@ -26,6 +26,7 @@
 #include "storage/file.h"
 #include "storage/logging.h"
 #include "storage/read_backend.h"
+#include "storage/read_probe.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 
@@ -181,67 +182,21 @@ Status CreateTestFile(const std::string& path, uint64_t size_bytes, uint64_t see
 Result<Point> RunPoint(const File& file, BackendKind kind, Pattern pattern, uint64_t block,
                        uint32_t depth, double seconds, uint64_t region_bytes, uint64_t seed,
                        bool register_buffers) {
-  ASSIGN_OR_RETURN(BufferPool pool, BufferPool::Create(depth, block, 4096));
-  storage::ReadBackendOptions o;
-  o.queue_depth_max = depth;
-  o.files_max = 1;
-  o.registered_buffers = register_buffers ? &pool : nullptr;
-  ASSIGN_OR_RETURN(std::unique_ptr<ReadBackend> backend, storage::MakeReadBackend(kind, o));
-  ASSIGN_OR_RETURN(uint32_t file_id, backend->RegisterFile(file));
-
-  const uint64_t blocks_in_file = file.size_bytes() / block;
-  uint64_t region_blocks = blocks_in_file;
-  uint64_t region_first = 0;
-  Rng rng(seed);
-  if (pattern == Pattern::kBundles) {
-    region_blocks = std::clamp<uint64_t>(region_bytes / block, 1, blocks_in_file);
-    region_first = rng.Next() % (blocks_in_file - region_blocks + 1);
-  }
-  uint64_t sequential_next = 0;
-  auto next_offset = [&]() -> uint64_t {
-    switch (pattern) {
-      case Pattern::kSequential: {
-        uint64_t b = sequential_next;
-        sequential_next = (sequential_next + 1) % blocks_in_file;
-        return b * block;
-      }
-      case Pattern::kBundles:
-        return (region_first + rng.Next() % region_blocks) * block;
-      case Pattern::kRandom:
-        break;
-    }
-    return (rng.Next() % blocks_in_file) * block;
-  };
-
-  std::vector<ReadRequest> batch(depth);    // [depth] requests to submit next
-  std::vector<ReadCompletion> done(depth);  // [depth] reaped completions
-  for (uint32_t i = 0; i < depth; ++i) {
-    batch[i] = ReadRequest{file_id, next_offset(), pool.buffer(i).first(block), i};
-  }
-  const uint64_t end_ns = storage::NowNs() + static_cast<uint64_t>(seconds * 1e9);
-  RETURN_IF_ERROR(backend->Submit(batch));
-  bool stopping = false;
-  while (backend->in_flight() > 0) {
-    ASSIGN_OR_RETURN(size_t n, backend->Reap(1, done));
-    size_t resubmit = 0;
-    if (!stopping && storage::NowNs() >= end_ns) stopping = true;
-    for (size_t i = 0; i < n; ++i) {
-      if (!done[i].status.ok()) return done[i].status;
-      if (done[i].bytes_read != block) {
-        return IoError("short read of " + std::to_string(done[i].bytes_read) + " bytes at EOF");
-      }
-      if (!stopping) {
-        auto b = static_cast<uint32_t>(done[i].tag);
-        batch[resubmit++] = ReadRequest{file_id, next_offset(), pool.buffer(b).first(block), b};
-      }
-    }
-    if (resubmit > 0) {
-      RETURN_IF_ERROR(backend->Submit(std::span<const ReadRequest>(batch.data(), resubmit)));
-    }
-  }
-  const storage::IoStats& st = backend->stats();
+  storage::ProbeOptions o;
+  o.backend = kind;
+  o.pattern = pattern == Pattern::kSequential ? storage::ProbePattern::kSequential
+              : pattern == Pattern::kBundles  ? storage::ProbePattern::kRegion
+                                              : storage::ProbePattern::kRandom;
+  o.block_bytes = block;
+  o.depth = depth;
+  o.seconds = seconds;
+  o.region_bytes = region_bytes;
+  o.seed = seed;
+  o.register_buffers = register_buffers;
+  ASSIGN_OR_RETURN(storage::ProbeResult r, storage::ProbeReads(file, o));
+  const storage::IoStats& st = r.stats;
   Point p;
-  p.backend = std::string(backend->name());
+  p.backend = r.backend;
   p.block_bytes = block;
   p.queue_depth = depth;
   p.direct = file.is_direct();

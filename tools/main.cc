@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   runners.push_back(RegisterPerplexity(app));
   // activations (issue 5)
   runners.push_back(RegisterActivations(app));
+  runners.push_back(RegisterPlan(app));
+  runners.push_back(RegisterBench(app));
 
 
 

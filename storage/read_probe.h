@@ -1,0 +1,70 @@
+// Read probes: the bandwidth a file gives at one read size and queue depth, measured through a
+// ReadBackend (what `flashlm iobench` sweeps), and the profile of such measurements that
+// `flashlm plan` predicts flash-bound speed from.
+//
+// ProbeReads keeps `depth` reads of `block` bytes in flight for `seconds` (random offsets, a
+// sequential walk, or random offsets inside one region: the "bundles" pattern) and returns the
+// backend's statistics. FlashProfile holds bandwidth against read size at one queue depth, read
+// from `iobench --json` output, and interpolates between its points. Plain functions and values;
+// thread-compatible.
+#ifndef FLASHLM_STORAGE_READ_PROBE_H_
+#define FLASHLM_STORAGE_READ_PROBE_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "storage/file.h"
+#include "storage/io_stats.h"
+#include "storage/read_backend.h"
+#include "storage/status.h"
+
+namespace flashlm::storage {
+
+enum class ProbePattern { kRandom, kSequential, kRegion };
+
+struct ProbeOptions {
+  BackendKind backend = BackendKind::kAuto;
+  ProbePattern pattern = ProbePattern::kRandom;
+  uint64_t block_bytes = 4096;       // multiple of 4096, at most the file's size
+  uint32_t depth = 1;                // reads in flight
+  double seconds = 1.0;              // reads are issued until this much time has passed
+  uint64_t region_bytes = 256 << 20;  // kRegion: the region's size
+  uint64_t seed = 1;
+  bool register_buffers = true;  // io_uring fixed buffers
+};
+
+struct ProbeResult {
+  std::string backend;  // resolved: "uring" or "pread"
+  IoStats stats;
+};
+
+// Errors: InvalidArgument (block size, depth, a file smaller than one block), IoError (a read
+// failed or came back short).
+Result<ProbeResult> ProbeReads(const File& file, const ProbeOptions& options);
+
+// Bandwidth against read size for one access pattern at one queue depth.
+struct FlashProfile {
+  std::string source;                             // file it came from, or "measured"
+  uint32_t depth = 0;                             // queue depth of the points
+  std::vector<std::pair<uint64_t, double>> points;  // (read bytes, MiB/s), increasing bytes
+
+  // MiB/s at a read of `bytes`: linear in log(bytes) between points, the end points' values
+  // beyond them. Precondition: points not empty.
+  double MiBPerSecondAt(double bytes) const;
+
+  // Reads `iobench --json` output and keeps the direct random-read points at the queue depth
+  // closest to `depth` (the larger one on a tie). Errors: NotFound, Corruption (not iobench
+  // JSON, or no direct random-read points).
+  static Result<FlashProfile> Load(const std::string& path, uint32_t depth);
+};
+
+// Writes back dirty pages and drops the page cache (sync, then 3 to /proc/sys/vm/drop_caches),
+// so that the next reads of a file come from the device. Needs root. Errors: FailedPrecondition
+// (not root), IoError.
+Status DropPageCache();
+
+}  // namespace flashlm::storage
+
+#endif  // FLASHLM_STORAGE_READ_PROBE_H_

@@ -1,0 +1,508 @@
+// flashlm bench STORE...: real decode (and prefill) across a sweep of settings, one session per
+// point, the page cache dropped before each when run as root. Records tok/s, bytes and reads per
+// token, mean read size, effective bandwidth, FFN hit rate and the I/O share of decode time, and
+// beside each point what `flashlm plan` predicts for it (engine::Predict), with the error. The
+// plot is the mission's picture: effective bandwidth reached in decode against the mean read
+// size, over the raw read curve of the same disk (an iobench profile, --flash).
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/generator.h"
+#include "engine/model_plan.h"
+#include "engine/sampler.h"
+#include "engine/session.h"
+#include "storage/bytes.h"
+#include "storage/read_probe.h"
+#include "tools/cli_util.h"
+#include "tools/commands.h"
+
+namespace flashlm::tools {
+namespace {
+
+constexpr char kCommand[] = "bench";
+
+struct Flags {
+  std::vector<std::string> stores;
+  std::string budgets = "100%";
+  std::string chunk_bundles = "256";
+  std::string coalesce = "on";
+  std::string pipeline = "on";
+  std::string threads = "0";
+  std::string stream_buffers = "4";
+  int64_t tokens = 32;
+  int64_t prompt_tokens = 16;
+  int64_t repeat = 3;
+  std::string flash;
+  double dram_gbps = 0;
+  bool no_drop_caches = false;
+  std::string csv, json, plot;
+};
+
+// One point of the sweep and what it measured (medians over the repeats).
+struct Point {
+  std::string store;
+  std::string budget_spec;
+  uint64_t budget = 0;
+  uint32_t chunk_bundles = 0, stream_buffers = 0, threads = 0;
+  bool coalesce = true, pipeline = true;
+  double decode_tok_s = 0, prefill_tok_s = 0;
+  double bytes_per_token = 0, reads_per_token = 0, mean_read_bytes = 0;
+  double effective_mib_s = 0, io_share = 0, hit_rate = 0;
+  double planned_bytes = 0;
+  double predicted_tok_s = 0, predicted_flash_tok_s = 0, predicted_dram_tok_s = 0;
+  std::string binding;
+  bool cache_dropped = false;
+};
+
+Result<std::vector<std::string>> Split(const std::string& text, const char* flag) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (item.empty()) return InvalidArgumentError(std::string(flag) + ": empty item in '" + text + "'");
+    out.push_back(item);
+  }
+  if (out.empty()) return InvalidArgumentError(std::string(flag) + " is empty");
+  return out;
+}
+
+Result<std::vector<uint32_t>> Numbers(const std::string& text, const char* flag, uint32_t lo,
+                                      uint32_t hi) {
+  ASSIGN_OR_RETURN(std::vector<std::string> items, Split(text, flag));
+  std::vector<uint32_t> out;
+  for (const std::string& s : items) {
+    char* end = nullptr;
+    const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+    if (end == s.c_str() || *end != '\0' || v < lo || v > hi) {
+      return InvalidArgumentError(std::string(flag) + ": '" + s + "' is not in [" +
+                                  std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+    out.push_back(static_cast<uint32_t>(v));
+  }
+  return out;
+}
+
+Result<std::vector<bool>> Switches(const std::string& text, const char* flag) {
+  ASSIGN_OR_RETURN(std::vector<std::string> items, Split(text, flag));
+  std::vector<bool> out;
+  for (const std::string& s : items) {
+    if (s != "on" && s != "off") return InvalidArgumentError(std::string(flag) + ": on or off");
+    out.push_back(s == "on");
+  }
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2]
+                                      : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+struct Measured {
+  double decode_tok_s = 0, prefill_tok_s = 0, bytes_per_token = 0, reads_per_token = 0;
+  double mean_read_bytes = 0, effective_mib_s = 0, io_share = 0, hit_rate = 0, planned = 0;
+};
+
+// One run: open, prefill `prompt`, then `tokens` greedy decode steps with the counters reset.
+Result<Measured> RunOnce(const std::string& store, const engine::SessionOptions& so,
+                         const std::vector<int32_t>& prompt, uint32_t tokens) {
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Session> session, engine::Session::Open(store, so));
+  engine::SamplerOptions greedy;
+  greedy.temperature = 0;
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Sampler> sampler,
+                   engine::Sampler::Create(session->config().vocab_size, greedy));
+  engine::Generator gen(session->model(), session->tokenizer());
+  gen.set_ignore_eos(true);
+  engine::GenerateOptions go;
+  go.max_new_tokens = tokens + 1;
+  go.ignore_eos = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(gen.Start(prompt, go, *sampler));
+  const auto t1 = std::chrono::steady_clock::now();
+  session->ResetStats();
+  uint32_t steps = 0;
+  while (steps < tokens) {
+    ASSIGN_OR_RETURN(engine::Generator::Step step, gen.Next());
+    if (step.done) break;
+    ++steps;
+  }
+  const auto t2 = std::chrono::steady_clock::now();
+  const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+  const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+  const engine::EngineStats st = session->stats();
+  const engine::IoReport io = engine::IoReport::Make(st, decode_s * 1e3);
+  Measured m;
+  const double passes = st.passes ? double(st.passes) : 1.0;
+  m.decode_tok_s = steps / decode_s;
+  m.prefill_tok_s = prompt.size() / prefill_s;
+  m.bytes_per_token = double(st.bytes_read) / passes;
+  m.reads_per_token = double(st.reads) / passes;
+  m.mean_read_bytes = io.mean_read_bytes;
+  m.effective_mib_s = io.effective_mib_per_s;
+  m.io_share = decode_s > 0 ? io.io_wait_ms / (decode_s * 1e3) : 0;
+  m.hit_rate = st.hit_rate();
+  m.planned = double(session->planned_bytes());
+  return m;
+}
+
+Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << text;
+    out.close();
+    if (!out) {
+      std::filesystem::remove(tmp);
+      return IoError("cannot write " + path);
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp);
+    return IoError("cannot write " + path + ": " + ec.message());
+  }
+  return Status::Ok();
+}
+
+std::string Csv(const std::vector<Point>& points) {
+  std::ostringstream o;
+  o << "store,budget,budget_bytes,chunk_bundles,coalesce,pipeline,threads,stream_buffers,"
+       "decode_tok_s,prefill_tok_s,bytes_per_token,reads_per_token,mean_read_bytes,"
+       "effective_mib_s,io_share,hit_rate,planned_bytes,predicted_tok_s,predicted_flash_tok_s,"
+       "predicted_dram_tok_s,binding,cache_dropped\n";
+  for (const Point& p : points) {
+    o << p.store << "," << p.budget_spec << "," << p.budget << "," << p.chunk_bundles << ","
+      << (p.coalesce ? "on" : "off") << "," << (p.pipeline ? "on" : "off") << "," << p.threads
+      << "," << p.stream_buffers << "," << p.decode_tok_s << "," << p.prefill_tok_s << ","
+      << p.bytes_per_token << "," << p.reads_per_token << "," << p.mean_read_bytes << ","
+      << p.effective_mib_s << "," << p.io_share << "," << p.hit_rate << "," << p.planned_bytes
+      << "," << p.predicted_tok_s << "," << p.predicted_flash_tok_s << ","
+      << p.predicted_dram_tok_s << "," << p.binding << "," << (p.cache_dropped ? 1 : 0) << "\n";
+  }
+  return o.str();
+}
+
+nlohmann::json Json(const std::vector<Point>& points, const Flags& f, double dram) {
+  nlohmann::json j;
+  j["tokens"] = f.tokens;
+  j["prompt_tokens"] = f.prompt_tokens;
+  j["repeat"] = f.repeat;
+  j["dram_gbps"] = dram;
+  j["flash_profile"] = f.flash;
+  j["points"] = nlohmann::json::array();
+  for (const Point& p : points) {
+    j["points"].push_back({{"store", p.store},
+                           {"budget", p.budget_spec},
+                           {"budget_bytes", p.budget},
+                           {"chunk_bundles", p.chunk_bundles},
+                           {"coalesce", p.coalesce},
+                           {"pipeline", p.pipeline},
+                           {"threads", p.threads},
+                           {"stream_buffers", p.stream_buffers},
+                           {"decode_tok_s", p.decode_tok_s},
+                           {"prefill_tok_s", p.prefill_tok_s},
+                           {"bytes_per_token", p.bytes_per_token},
+                           {"reads_per_token", p.reads_per_token},
+                           {"mean_read_bytes", p.mean_read_bytes},
+                           {"effective_mib_s", p.effective_mib_s},
+                           {"io_share", p.io_share},
+                           {"hit_rate", p.hit_rate},
+                           {"planned_bytes", p.planned_bytes},
+                           {"predicted_tok_s", p.predicted_tok_s},
+                           {"predicted_flash_tok_s", p.predicted_flash_tok_s},
+                           {"predicted_dram_tok_s", p.predicted_dram_tok_s},
+                           {"binding", p.binding},
+                           {"cache_dropped", p.cache_dropped}});
+  }
+  return j;
+}
+
+// Effective bandwidth in decode against mean read size, over the profile's raw curve.
+Status WritePlot(const std::string& path, const std::vector<Point>& points,
+                 const storage::FlashProfile* profile) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  std::string terminal;
+  if (ext == ".svg") {
+    terminal = "svg size 900,600 dynamic";
+  } else if (ext == ".png") {
+    terminal = "pngcairo size 900,600";
+  } else {
+    return InvalidArgumentError("--plot " + path + ": use a .svg or .png file name");
+  }
+  const std::string data_path = path + ".dat", script_path = path + ".gp";
+  {
+    std::ofstream data(data_path);
+    data << "# decode: mean read KiB, effective MiB/s, label\n";
+    for (const Point& p : points) {
+      if (p.mean_read_bytes <= 0 || p.effective_mib_s <= 0) continue;
+      data << p.mean_read_bytes / 1024.0 << " " << p.effective_mib_s << " \"" << p.budget_spec
+           << "/c" << p.chunk_bundles << (p.coalesce ? "" : "/nc") << "\"\n";
+    }
+    data << "\n\n# raw reads (iobench)\n";
+    if (profile) {
+      for (const auto& [bytes, mibs] : profile->points) data << bytes / 1024.0 << " " << mibs << "\n";
+    }
+    std::ofstream gp(script_path);
+    gp << "set terminal " << terminal << "\nset output '" << path << "'\n"
+       << "set title 'flashlm bench: effective read bandwidth in decode vs read size'\n"
+       << "set xlabel 'mean read size (KiB)'\nset ylabel 'MiB/s'\nset logscale x 2\n"
+       << "set key left top\nset grid\n";
+    gp << "plot '" << data_path << "' index 0 using 1:2 with points pt 7 ps 1.2 title 'decode "
+       << "(bytes read / I/O wait)', '' index 0 using 1:2:3 with labels offset 0,1 font ',8' "
+       << "notitle";
+    if (profile && !profile->points.empty()) {
+      gp << ", '' index 1 using 1:2 with linespoints dt 2 title 'raw random reads, QD "
+         << profile->depth << " (iobench)'";
+    }
+    gp << "\n";
+    if (!data || !gp) return IoError("cannot write " + data_path + " or " + script_path);
+  }
+  const std::string cmd = "gnuplot '" + script_path + "' 2>/dev/null";
+  const int rc = std::system(cmd.c_str());
+  std::filesystem::remove(data_path);
+  std::filesystem::remove(script_path);
+  if (rc != 0) return InternalError("gnuplot failed (is gnuplot installed?) writing " + path);
+  return Status::Ok();
+}
+
+int Run(const Flags& f) {
+  const auto fail = [](const Status& s) { return ReportError(kCommand, s); };
+  if (f.tokens < 1 || f.tokens > 4096) return fail(InvalidArgumentError("--tokens must be in [1, 4096]"));
+  if (f.prompt_tokens < 1 || f.prompt_tokens > 4096) {
+    return fail(InvalidArgumentError("--prompt-tokens must be in [1, 4096]"));
+  }
+  if (f.repeat < 1 || f.repeat > 100) return fail(InvalidArgumentError("--repeat must be in [1, 100]"));
+  if (!(f.dram_gbps >= 0 && f.dram_gbps < 1e5)) {
+    return fail(InvalidArgumentError("--dram-gbps must be positive"));
+  }
+  auto budgets = Split(f.budgets, "--budgets");
+  auto chunks = Numbers(f.chunk_bundles, "--chunk-bundles", 1, 65536);
+  auto threads = Numbers(f.threads, "--threads", 0, 1024);
+  auto buffers = Numbers(f.stream_buffers, "--stream-buffers", 2, engine::kChunkBuffersMax);
+  auto coalesce = Switches(f.coalesce, "--coalesce");
+  auto pipeline = Switches(f.pipeline, "--pipeline");
+  for (const Status& s : {budgets.status(), chunks.status(), threads.status(), buffers.status(),
+                          coalesce.status(), pipeline.status()}) {
+    if (!s.ok()) return fail(s);
+  }
+  std::optional<storage::FlashProfile> profile;
+  if (!f.flash.empty()) {
+    auto p = storage::FlashProfile::Load(f.flash, 32);
+    if (!p.ok()) return fail(p.status().WithContext("--flash"));
+    profile = *p;
+  }
+  if (!f.plot.empty()) {
+    const std::string ext = std::filesystem::path(f.plot).extension().string();
+    if (ext != ".svg" && ext != ".png") {
+      return fail(InvalidArgumentError("--plot " + f.plot + ": use a .svg or .png file name"));
+    }
+  }
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const double dram = f.dram_gbps > 0 ? f.dram_gbps : engine::MeasureDramReadGBps(cores);
+  bool can_drop = !f.no_drop_caches;
+  if (can_drop) {
+    if (Status s = storage::DropPageCache(); !s.ok()) {
+      std::fprintf(stderr, "bench: not dropping the page cache between points (%s)\n",
+                   std::string(s.message()).c_str());
+      can_drop = false;
+    }
+  }
+
+  // Every store's plan (from its catalog) and the sweep's points.
+  std::vector<Point> points;
+  std::map<std::string, engine::ModelPlan> models;
+  std::map<std::string, std::vector<int32_t>> prompts;
+  for (const std::string& store : f.stores) {
+    engine::ModelPlanOptions mo;
+    auto m = engine::PlanModel(store, mo);
+    if (!m.ok()) return fail(m.status());
+    if (m->kind != "store") {
+      return fail(InvalidArgumentError(store + " is not a store (flashlm repack it first)"));
+    }
+    std::vector<int32_t> prompt;
+    for (int64_t i = 0; i < f.prompt_tokens; ++i) {
+      prompt.push_back(static_cast<int32_t>(1 + (i * 7919) % (m->config.vocab_size - 1)));
+    }
+    if (f.prompt_tokens + f.tokens + 1 > m->config.max_seq_len) {
+      return fail(InvalidArgumentError("--prompt-tokens + --tokens exceed " + store +
+                                       "'s context of " + std::to_string(m->config.max_seq_len)));
+    }
+    prompts[store] = prompt;
+    models.emplace(store, std::move(*m));
+  }
+  for (const std::string& store : f.stores) {
+    for (const std::string& b : *budgets) {
+      for (uint32_t c : *chunks) {
+        for (bool co : *coalesce) {
+          for (bool pi : *pipeline) {
+            for (uint32_t t : *threads) {
+              for (uint32_t sb : *buffers) {
+                Point p;
+                p.store = store;
+                p.budget_spec = b;
+                p.chunk_bundles = c;
+                p.coalesce = co;
+                p.pipeline = pi;
+                p.threads = t ? t : cores;
+                p.stream_buffers = sb;
+                points.push_back(p);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  std::printf("%-16s %8s %6s %5s %4s %3s %8s %10s %8s %10s %10s %6s %6s %9s %7s\n", "store",
+              "budget", "chunk", "coal", "pipe", "thr", "tok/s", "MiB/token", "reads", "mean read",
+              "eff MiB/s", "io%", "hit%", "plan tok/s", "error");
+  for (size_t i = 0; i < points.size(); ++i) {
+    Point& p = points[i];
+    const engine::ModelPlan& m = models.at(p.store);
+    engine::SessionOptions so;
+    so.threads = p.threads;
+    so.budgeted = true;
+    so.streaming.chunk_bundles = p.chunk_bundles;
+    so.streaming.chunk_buffers = p.stream_buffers;
+    so.streaming.coalesce = p.coalesce;
+    so.streaming.pipeline = p.pipeline;
+    so.transformer.max_context =
+        static_cast<uint32_t>(std::min<int64_t>(m.config.max_seq_len, f.prompt_tokens + f.tokens + 1));
+    // The budget: a size, or a percentage of what keeps everything resident at these settings.
+    engine::ModelPlan sized = m;
+    {
+      engine::ModelPlanOptions mo;
+      mo.streaming = so.streaming;
+      auto again = engine::PlanModel(p.store, mo);
+      if (!again.ok()) return fail(again.status());
+      sized = std::move(*again);
+    }
+    if (!p.budget_spec.empty() && p.budget_spec.back() == '%') {
+      const double pct = std::strtod(p.budget_spec.c_str(), nullptr);
+      if (!(pct > 0 && pct <= 100)) {
+        return fail(InvalidArgumentError("--budgets: '" + p.budget_spec + "' is not in (0%, 100%]"));
+      }
+      engine::SessionOptions all = so;
+      all.budget_bytes = 0;
+      auto full = engine::PlanSession(sized.needs, sized.config, all, p.threads,
+                                      sized.tokenizer_bytes);
+      if (!full.ok()) return fail(full.status());
+      p.budget = static_cast<uint64_t>(double(full->plan.total_bytes()) * pct / 100.0);
+      if (pct >= 100) p.budget = 0;  // unlimited: everything resident
+    } else {
+      auto b = ParseSize(p.budget_spec);
+      if (!b.ok()) return fail(b.status().WithContext("--budgets"));
+      p.budget = *b;
+    }
+    so.budget_bytes = p.budget;
+    engine::CostOptions co;
+    co.context = f.prompt_tokens + f.tokens / 2;
+    auto predicted = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
+    if (!predicted.ok()) return fail(predicted.status());
+    p.predicted_tok_s = predicted->bounds.tok_s;
+    p.predicted_flash_tok_s = predicted->bounds.flash_tok_s;
+    p.predicted_dram_tok_s = predicted->bounds.dram_tok_s;
+    p.binding = predicted->bounds.binding;
+
+    std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s chunk %u coalesce %s pipeline %s threads %u\n",
+                 i + 1, points.size(), p.store.c_str(), p.budget_spec.c_str(), p.chunk_bundles,
+                 p.coalesce ? "on" : "off", p.pipeline ? "on" : "off", p.threads);
+    std::vector<Measured> runs;
+    for (int64_t r = 0; r < f.repeat; ++r) {
+      if (can_drop) {
+        if (Status s = storage::DropPageCache(); !s.ok()) return fail(s);
+        p.cache_dropped = true;
+      }
+      auto m1 = RunOnce(p.store, so, prompts.at(p.store), static_cast<uint32_t>(f.tokens));
+      if (!m1.ok()) return fail(m1.status());
+      runs.push_back(*m1);
+    }
+    auto med = [&](double Measured::*field) {
+      std::vector<double> v;
+      for (const Measured& r : runs) v.push_back(r.*field);
+      return Median(v);
+    };
+    p.decode_tok_s = med(&Measured::decode_tok_s);
+    p.prefill_tok_s = med(&Measured::prefill_tok_s);
+    p.bytes_per_token = med(&Measured::bytes_per_token);
+    p.reads_per_token = med(&Measured::reads_per_token);
+    p.mean_read_bytes = med(&Measured::mean_read_bytes);
+    p.effective_mib_s = med(&Measured::effective_mib_s);
+    p.io_share = med(&Measured::io_share);
+    p.hit_rate = med(&Measured::hit_rate);
+    p.planned_bytes = med(&Measured::planned);
+    const double err = p.decode_tok_s > 0 ? p.predicted_tok_s / p.decode_tok_s - 1 : 0;
+    std::printf("%-16s %8s %6u %5s %4s %3u %8.2f %10.2f %8.1f %10s %10.0f %5.0f%% %5.0f%% %9.2f %+6.0f%%\n",
+                std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
+                p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
+                p.pipeline ? "on" : "off", p.threads, p.decode_tok_s,
+                p.bytes_per_token / 1048576.0, p.reads_per_token,
+                FormatBytes(static_cast<uint64_t>(p.mean_read_bytes)).c_str(), p.effective_mib_s,
+                100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, 100 * err);
+    std::fflush(stdout);
+  }
+  if (!f.csv.empty()) {
+    if (Status s = WriteFileAtomically(f.csv, Csv(points)); !s.ok()) return fail(s);
+  }
+  if (!f.json.empty()) {
+    if (Status s = WriteFileAtomically(f.json, Json(points, f, dram).dump(2) + "\n"); !s.ok()) {
+      return fail(s);
+    }
+  }
+  if (!f.plot.empty()) {
+    if (Status s = WritePlot(f.plot, points, profile ? &*profile : nullptr); !s.ok()) return fail(s);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+CommandRunner RegisterBench(CLI::App& app) {
+  auto flags = std::make_shared<Flags>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Sweep real decode over budgets and read settings; measured vs planned");
+  cmd->add_option("STORE", flags->stores, "Store folder(s): e.g. one per alignment or bundle kind")
+      ->required();
+  cmd->add_option("--budgets", flags->budgets,
+                  "Memory budgets: sizes (512M) or percentages of everything resident (25%)")
+      ->capture_default_str();
+  cmd->add_option("--chunk-bundles", flags->chunk_bundles, "FFN bundles per streamed chunk (list)")
+      ->capture_default_str();
+  cmd->add_option("--coalesce", flags->coalesce, "Merge neighbouring bundles: on, off, or on,off")
+      ->capture_default_str();
+  cmd->add_option("--pipeline", flags->pipeline, "Read ahead while computing: on, off, or on,off")
+      ->capture_default_str();
+  cmd->add_option("--threads", flags->threads, "Thread counts (0: all cores)")->capture_default_str();
+  cmd->add_option("--stream-buffers", flags->stream_buffers,
+                  "FFN chunk buffers in flight, i.e. read queue depth in chunks (list)")
+      ->capture_default_str();
+  cmd->add_option("--tokens", flags->tokens, "Decode steps per run")->capture_default_str();
+  cmd->add_option("--prompt-tokens", flags->prompt_tokens, "Prompt length")->capture_default_str();
+  cmd->add_option("--repeat", flags->repeat, "Runs per point (medians are reported)")
+      ->capture_default_str();
+  cmd->add_option("--flash", flags->flash, "iobench --json profile of the same disk (plot, plan)");
+  cmd->add_option("--dram-gbps", flags->dram_gbps, "DRAM bandwidth for the plan (default: measured)");
+  cmd->add_flag("--no-drop-caches", flags->no_drop_caches,
+                "Keep the page cache between points (default: dropped when root)");
+  cmd->add_option("--csv", flags->csv, "Write the points as CSV");
+  cmd->add_option("--json", flags->json, "Write the points as JSON");
+  cmd->add_option("--plot", flags->plot, "Write the plot (.svg or .png, needs gnuplot)");
+  return [cmd, flags] {
+    if (!cmd->parsed()) return -1;
+    return Run(*flags);
+  };
+}
+
+}  // namespace flashlm::tools
