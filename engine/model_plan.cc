@@ -167,11 +167,12 @@ Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session
 
 uint64_t ReadBytesReaching(const storage::FlashProfile& profile, double fraction) {
   double best = 0;
-  for (const auto& [bytes, mibs] : profile.points) best = std::max(best, mibs);
-  for (const auto& [bytes, mibs] : profile.points) {
+  const auto& points = profile.sequential.empty() ? profile.random : profile.sequential;
+  for (const auto& [bytes, mibs] : points) best = std::max(best, mibs);
+  for (const auto& [bytes, mibs] : points) {
     if (mibs >= fraction * best) return bytes;
   }
-  return profile.points.empty() ? 0 : profile.points.back().first;
+  return points.empty() ? 0 : points.back().first;
 }
 
 double MeasureDramReadGBps(uint32_t threads, uint64_t bytes) {

@@ -45,14 +45,14 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   cost.kv_bytes = KvCacheBytes(c, o.context, o.kv_value_bytes, o.batch);
 
   const double read_max = double(needs.read_max_bytes ? needs.read_max_bytes : 1 << 20);
-  FlashStream att{"attention", 0, read_max, 0};
+  FlashStream att{"attention", 0, read_max, true, 0};
   for (size_t l = 0; l < plan.dense_pinned.size(); ++l) {
     if (!plan.dense_pinned[l]) att.bytes += double(in.dense_layer_bytes[l]);
   }
   att.read_bytes = std::min(read_max, att.bytes / std::max<double>(1, c.n_layers));
   // Streamed bundles: every one in dense mode, the fired ones in runs otherwise; merged into
   // chunk-sized reads when coalesced, one read per bundle when not.
-  FlashStream ffn_stream{"FFN bundles", 0, 0, 0};
+  FlashStream ffn_stream{"FFN bundles", 0, 0, f >= 1.0, 0};
   uint64_t streamed_bundles = 0;
   for (size_t l = 0; l < plan.pinned_bundles.size(); ++l) {
     streamed_bundles += in.layer_bundles[l] - plan.pinned_bundles[l];
@@ -62,12 +62,12 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
                               : std::min(1.0 / (1.0 - f), double(std::max(plan.chunk_bundles, 1u)));
   ffn_stream.read_bytes =
       needs.coalesced ? std::min(read_max, run * double(g.stride_bytes)) : double(g.stride_bytes);
-  FlashStream cls{"classifier", 0, 0, 0};
+  FlashStream cls{"classifier", 0, 0, true, 0};
   if (!plan.classifier_resident) {
     cls.bytes = double(in.classifier_bytes);
     cls.read_bytes = std::min(read_max, double(needs.classifier.buffer_bytes));
   }
-  FlashStream emb{"embedding rows", 0, 0, 0};
+  FlashStream emb{"embedding rows", 0, 0, false, 0};
   if (!plan.embedding_resident) {
     // One extent per token and sequence (the rows_per_extent rows around the token).
     emb.bytes = double(in.embedding_demand_bytes) * batch;
@@ -89,9 +89,9 @@ SpeedBounds BoundSpeed(DecodeCost& cost, double dram_gbps, const storage::FlashP
   const double dram_s = (cost.weight_bytes + cost.kv_bytes) / (dram_gbps * 1e9);
   b.dram_tok_s = dram_s > 0 ? tokens / dram_s : 0;
   double flash_s = 0;
-  if (profile != nullptr && !profile->points.empty()) {
+  if (profile != nullptr && !profile->random.empty()) {
     for (FlashStream& s : cost.streams) {
-      s.mib_per_s = profile->MiBPerSecondAt(s.read_bytes);
+      s.mib_per_s = profile->MiBPerSecondAt(s.read_bytes, s.sequential);
       flash_s += s.bytes / (s.mib_per_s * 1048576.0);
     }
   }

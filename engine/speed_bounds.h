@@ -8,7 +8,9 @@
 // layers (KV width = kv heads x head dim: the model's width without GQA, as in the brief).
 // With sparsity (fire_fraction < 1) the FFN's bytes scale by the fraction of neurons that fire,
 // and a streamed FFN is read in runs of neighbouring firing bundles: 1 / (1 - f) bundles long on
-// average when neurons fire independently with probability f. Pure functions; thread-safe.
+// average when neurons fire independently with probability f. Dense streams are read in ascending
+// file order and take the profile's sequential rate at their read size; sparse bundle runs are
+// scattered and take its random rate. Pure functions; thread-safe.
 #ifndef FLASHLM_ENGINE_SPEED_BOUNDS_H_
 #define FLASHLM_ENGINE_SPEED_BOUNDS_H_
 
@@ -36,6 +38,7 @@ struct FlashStream {
   std::string what;         // "attention", "FFN bundles", "classifier", "embedding rows"
   double bytes = 0;         // per token
   double read_bytes = 0;    // the size its reads come in
+  bool sequential = true;   // in ascending file order (dense streaming), else scattered
   double mib_per_s = 0;     // the profile's bandwidth at that size (0 without a profile)
 };
 

@@ -105,7 +105,9 @@ Result<ProbeResult> ProbeReads(const File& file, const ProbeOptions& o) {
   return r;
 }
 
-double FlashProfile::MiBPerSecondAt(double bytes) const {
+namespace {
+
+double Interpolate(const std::vector<std::pair<uint64_t, double>>& points, double bytes) {
   if (bytes <= static_cast<double>(points.front().first)) return points.front().second;
   if (bytes >= static_cast<double>(points.back().first)) return points.back().second;
   for (size_t i = 1; i < points.size(); ++i) {
@@ -119,6 +121,12 @@ double FlashProfile::MiBPerSecondAt(double bytes) const {
   return points.back().second;
 }
 
+}  // namespace
+
+double FlashProfile::MiBPerSecondAt(double bytes, bool sequential_reads) const {
+  return Interpolate(sequential_reads && !sequential.empty() ? sequential : random, bytes);
+}
+
 Result<FlashProfile> FlashProfile::Load(const std::string& path, uint32_t depth) {
   std::ifstream in(path);
   if (!in) return NotFoundError("cannot open flash profile " + path);
@@ -129,29 +137,32 @@ Result<FlashProfile> FlashProfile::Load(const std::string& path, uint32_t depth)
   if (j.is_discarded() || !j.is_object() || !j.contains("points") || !j["points"].is_array()) {
     return CorruptionError(what);
   }
-  std::map<uint32_t, std::map<uint64_t, double>> by_depth;
+  // pattern -> depth -> block -> MiB/s
+  std::map<std::string, std::map<uint32_t, std::map<uint64_t, double>>> by;
   for (const nlohmann::json& p : j["points"]) {
     if (!p.is_object() || !p.contains("block_bytes") || !p.contains("queue_depth") ||
         !p.contains("mib_per_s") || !p["block_bytes"].is_number_unsigned() ||
         !p["queue_depth"].is_number_unsigned() || !p["mib_per_s"].is_number()) {
       return CorruptionError(what + " (a point lacks block_bytes, queue_depth or mib_per_s)");
     }
-    if (p.value("pattern", std::string()) != "random" || !p.value("direct", false)) continue;
+    const std::string pattern = p.value("pattern", std::string());
+    if ((pattern != "random" && pattern != "sequential") || !p.value("direct", false)) continue;
     const double mibs = p["mib_per_s"].get<double>();
     const uint64_t block = p["block_bytes"].get<uint64_t>();
     if (!(mibs > 0) || !std::isfinite(mibs) || block == 0) continue;
-    by_depth[p["queue_depth"].get<uint32_t>()][block] = mibs;  // the last of repeats
+    by[pattern][p["queue_depth"].get<uint32_t>()][block] = mibs;  // the last of repeats
   }
-  if (by_depth.empty()) return CorruptionError(what + " with direct random-read points");
-  uint32_t best = by_depth.begin()->first;
-  for (const auto& [d, pts] : by_depth) {
-    const auto dist = [&](uint32_t x) { return x > depth ? x - depth : depth - x; };
+  if (by["random"].empty()) return CorruptionError(what + " with direct random-read points");
+  uint32_t best = by["random"].begin()->first;
+  const auto dist = [&](uint32_t x) { return x > depth ? x - depth : depth - x; };
+  for (const auto& [d, pts] : by["random"]) {
     if (dist(d) <= dist(best)) best = d;
   }
   FlashProfile f;
   f.source = path;
   f.depth = best;
-  for (const auto& [block, mibs] : by_depth[best]) f.points.emplace_back(block, mibs);
+  for (const auto& [block, mibs] : by["random"][best]) f.random.emplace_back(block, mibs);
+  for (const auto& [block, mibs] : by["sequential"][best]) f.sequential.emplace_back(block, mibs);
   return f;
 }
 

@@ -44,19 +44,23 @@ struct ProbeResult {
 // failed or came back short).
 Result<ProbeResult> ProbeReads(const File& file, const ProbeOptions& options);
 
-// Bandwidth against read size for one access pattern at one queue depth.
+// Bandwidth against read size at one queue depth, for random reads (scattered: what sparse
+// loading does) and, where measured, sequential reads (ascending offsets: what streaming a layer
+// or a dense FFN chunk after chunk does).
 struct FlashProfile {
-  std::string source;                             // file it came from, or "measured"
-  uint32_t depth = 0;                             // queue depth of the points
-  std::vector<std::pair<uint64_t, double>> points;  // (read bytes, MiB/s), increasing bytes
+  std::string source;  // file it came from
+  uint32_t depth = 0;  // queue depth of the points
+  std::vector<std::pair<uint64_t, double>> random;      // (read bytes, MiB/s), increasing bytes
+  std::vector<std::pair<uint64_t, double>> sequential;  // the same; may be empty
 
   // MiB/s at a read of `bytes`: linear in log(bytes) between points, the end points' values
-  // beyond them. Precondition: points not empty.
-  double MiBPerSecondAt(double bytes) const;
+  // beyond them; sequential reads fall back to the random points when none were measured.
+  // Precondition: random not empty.
+  double MiBPerSecondAt(double bytes, bool sequential_reads = false) const;
 
-  // Reads `iobench --json` output and keeps the direct random-read points at the queue depth
-  // closest to `depth` (the larger one on a tie). Errors: NotFound, Corruption (not iobench
-  // JSON, or no direct random-read points).
+  // Reads `iobench --json` output and keeps the direct random and sequential points at the
+  // queue depth closest to `depth` among the random ones (the larger on a tie). Errors:
+  // NotFound, Corruption (not iobench JSON, or no direct random-read points).
   static Result<FlashProfile> Load(const std::string& path, uint32_t depth);
 };
 

@@ -34,7 +34,7 @@ constexpr char kCommand[] = "bench";
 
 struct Flags {
   std::vector<std::string> stores;
-  std::string budgets = "100%";
+  std::string budgets = "all";
   std::string chunk_bundles = "256";
   std::string coalesce = "on";
   std::string pipeline = "on";
@@ -62,7 +62,12 @@ struct Point {
   double planned_bytes = 0;
   double predicted_tok_s = 0, predicted_flash_tok_s = 0, predicted_dram_tok_s = 0;
   std::string binding;
+  double dram_bytes = 0;     // per token (weights touched + KV), from the plan
+  double flash_seconds = 0;  // per token at the profile's bandwidths (0: none or no profile)
+  double dram_gbps = 0;      // the DRAM rate the prediction used
+  std::string dram_from;     // "measured read bandwidth", "resident decode", "--dram-gbps"
   bool cache_dropped = false;
+  bool skipped = false;  // the budget is below the minimum
 };
 
 Result<std::vector<std::string>> Split(const std::string& text, const char* flag) {
@@ -180,7 +185,7 @@ std::string Csv(const std::vector<Point>& points) {
   o << "store,budget,budget_bytes,chunk_bundles,coalesce,pipeline,threads,stream_buffers,"
        "decode_tok_s,prefill_tok_s,bytes_per_token,reads_per_token,mean_read_bytes,"
        "effective_mib_s,io_share,hit_rate,planned_bytes,predicted_tok_s,predicted_flash_tok_s,"
-       "predicted_dram_tok_s,binding,cache_dropped\n";
+       "predicted_dram_tok_s,binding,dram_gbps,dram_from,cache_dropped\n";
   for (const Point& p : points) {
     o << p.store << "," << p.budget_spec << "," << p.budget << "," << p.chunk_bundles << ","
       << (p.coalesce ? "on" : "off") << "," << (p.pipeline ? "on" : "off") << "," << p.threads
@@ -188,7 +193,8 @@ std::string Csv(const std::vector<Point>& points) {
       << p.bytes_per_token << "," << p.reads_per_token << "," << p.mean_read_bytes << ","
       << p.effective_mib_s << "," << p.io_share << "," << p.hit_rate << "," << p.planned_bytes
       << "," << p.predicted_tok_s << "," << p.predicted_flash_tok_s << ","
-      << p.predicted_dram_tok_s << "," << p.binding << "," << (p.cache_dropped ? 1 : 0) << "\n";
+      << p.predicted_dram_tok_s << "," << p.binding << "," << p.dram_gbps << "," << p.dram_from
+      << "," << (p.cache_dropped ? 1 : 0) << "\n";
   }
   return o.str();
 }
@@ -223,6 +229,8 @@ nlohmann::json Json(const std::vector<Point>& points, const Flags& f, double dra
                            {"predicted_flash_tok_s", p.predicted_flash_tok_s},
                            {"predicted_dram_tok_s", p.predicted_dram_tok_s},
                            {"binding", p.binding},
+                           {"dram_gbps", p.dram_gbps},
+                           {"dram_from", p.dram_from},
                            {"cache_dropped", p.cache_dropped}});
   }
   return j;
@@ -240,6 +248,12 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
   } else {
     return InvalidArgumentError("--plot " + path + ": use a .svg or .png file name");
   }
+  size_t streamed = 0;
+  for (const Point& p : points) streamed += p.mean_read_bytes > 0 && p.effective_mib_s > 0;
+  if (streamed == 0) {
+    return FailedPreconditionError("--plot " + path + ": no point of the sweep read from flash "
+                                   "(give budgets below the model's size)");
+  }
   const std::string data_path = path + ".dat", script_path = path + ".gp";
   {
     std::ofstream data(data_path);
@@ -249,9 +263,15 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
       data << p.mean_read_bytes / 1024.0 << " " << p.effective_mib_s << " \"" << p.budget_spec
            << "/c" << p.chunk_bundles << (p.coalesce ? "" : "/nc") << "\"\n";
     }
-    data << "\n\n# raw reads (iobench)\n";
+    data << "\n\n# raw random reads (iobench)\n";
     if (profile) {
-      for (const auto& [bytes, mibs] : profile->points) data << bytes / 1024.0 << " " << mibs << "\n";
+      for (const auto& [bytes, mibs] : profile->random) data << bytes / 1024.0 << " " << mibs << "\n";
+    }
+    data << "\n\n# raw sequential reads (iobench)\n";
+    if (profile) {
+      for (const auto& [bytes, mibs] : profile->sequential) {
+        data << bytes / 1024.0 << " " << mibs << "\n";
+      }
     }
     std::ofstream gp(script_path);
     gp << "set terminal " << terminal << "\nset output '" << path << "'\n"
@@ -261,8 +281,12 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
     gp << "plot '" << data_path << "' index 0 using 1:2 with points pt 7 ps 1.2 title 'decode "
        << "(bytes read / I/O wait)', '' index 0 using 1:2:3 with labels offset 0,1 font ',8' "
        << "notitle";
-    if (profile && !profile->points.empty()) {
+    if (profile && !profile->random.empty()) {
       gp << ", '' index 1 using 1:2 with linespoints dt 2 title 'raw random reads, QD "
+         << profile->depth << " (iobench)'";
+    }
+    if (profile && !profile->sequential.empty()) {
+      gp << ", '' index 2 using 1:2 with linespoints dt 3 title 'raw sequential reads, QD "
          << profile->depth << " (iobench)'";
     }
     gp << "\n";
@@ -341,6 +365,9 @@ int Run(const Flags& f) {
     prompts[store] = prompt;
     models.emplace(store, std::move(*m));
   }
+  // Resident points first: their decode rate calibrates the predictions of the others.
+  std::stable_partition(budgets->begin(), budgets->end(),
+                        [](const std::string& b) { return b == "all"; });
   for (const std::string& store : f.stores) {
     for (const std::string& b : *budgets) {
       for (uint32_t c : *chunks) {
@@ -365,6 +392,7 @@ int Run(const Flags& f) {
     }
   }
 
+  std::map<std::pair<std::string, uint32_t>, double> calibrated;  // (store, threads) -> GB/s
   std::printf("%-16s %8s %6s %5s %4s %3s %8s %10s %8s %10s %10s %6s %6s %9s %7s\n", "store",
               "budget", "chunk", "coal", "pipe", "thr", "tok/s", "MiB/token", "reads", "mean read",
               "eff MiB/s", "io%", "hit%", "plan tok/s", "error");
@@ -389,18 +417,14 @@ int Run(const Flags& f) {
       if (!again.ok()) return fail(again.status());
       sized = std::move(*again);
     }
-    if (!p.budget_spec.empty() && p.budget_spec.back() == '%') {
+    if (p.budget_spec == "all") {
+      p.budget = 0;  // unlimited: everything resident
+    } else if (!p.budget_spec.empty() && p.budget_spec.back() == '%') {
       const double pct = std::strtod(p.budget_spec.c_str(), nullptr);
-      if (!(pct > 0 && pct <= 100)) {
-        return fail(InvalidArgumentError("--budgets: '" + p.budget_spec + "' is not in (0%, 100%]"));
+      if (!(pct > 0 && pct <= 1000)) {
+        return fail(InvalidArgumentError("--budgets: '" + p.budget_spec + "' is not in (0%, 1000%]"));
       }
-      engine::SessionOptions all = so;
-      all.budget_bytes = 0;
-      auto full = engine::PlanSession(sized.needs, sized.config, all, p.threads,
-                                      sized.tokenizer_bytes);
-      if (!full.ok()) return fail(full.status());
-      p.budget = static_cast<uint64_t>(double(full->plan.total_bytes()) * pct / 100.0);
-      if (pct >= 100) p.budget = 0;  // unlimited: everything resident
+      p.budget = static_cast<uint64_t>(double(sized.weight_bytes) * pct / 100.0);
     } else {
       auto b = ParseSize(p.budget_spec);
       if (!b.ok()) return fail(b.status().WithContext("--budgets"));
@@ -410,11 +434,18 @@ int Run(const Flags& f) {
     engine::CostOptions co;
     co.context = f.prompt_tokens + f.tokens / 2;
     auto predicted = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
+    if (predicted.status().code() == StatusCode::kResourceExhausted) {
+      std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s skipped: %s\n", i + 1, points.size(),
+                   p.store.c_str(), p.budget_spec.c_str(),
+                   std::string(predicted.status().message()).c_str());
+      p.skipped = true;
+      continue;
+    }
     if (!predicted.ok()) return fail(predicted.status());
-    p.predicted_tok_s = predicted->bounds.tok_s;
-    p.predicted_flash_tok_s = predicted->bounds.flash_tok_s;
-    p.predicted_dram_tok_s = predicted->bounds.dram_tok_s;
-    p.binding = predicted->bounds.binding;
+    p.dram_bytes = predicted->cost.weight_bytes + predicted->cost.kv_bytes;
+    for (const engine::FlashStream& st : predicted->cost.streams) {
+      if (st.mib_per_s > 0) p.flash_seconds += st.bytes / (st.mib_per_s * 1048576.0);
+    }
 
     std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s chunk %u coalesce %s pipeline %s threads %u\n",
                  i + 1, points.size(), p.store.c_str(), p.budget_spec.c_str(), p.chunk_bundles,
@@ -443,15 +474,43 @@ int Run(const Flags& f) {
     p.io_share = med(&Measured::io_share);
     p.hit_rate = med(&Measured::hit_rate);
     p.planned_bytes = med(&Measured::planned);
+    // The prediction: the plan's per-token bytes over the DRAM rate (given, else what decode
+    // reached with everything resident at these threads, else the measured read bandwidth) and
+    // the flash profile's rates; overlapped when pipelining, added when not.
+    const auto key = std::make_pair(p.store, p.threads);
+    if (p.budget == 0 && f.dram_gbps == 0) {
+      calibrated[key] = p.dram_bytes * p.decode_tok_s / 1e9;
+    }
+    p.dram_gbps = f.dram_gbps > 0 ? f.dram_gbps : calibrated.count(key) ? calibrated[key] : dram;
+    p.dram_from = f.dram_gbps > 0        ? "--dram-gbps"
+                  : calibrated.count(key) ? "resident decode"
+                                          : "measured read bandwidth";
+    const double dram_s = p.dram_bytes / (p.dram_gbps * 1e9);
+    p.predicted_dram_tok_s = 1.0 / dram_s;
+    p.predicted_flash_tok_s = p.flash_seconds > 0 ? 1.0 / p.flash_seconds : 0;
+    p.predicted_tok_s =
+        1.0 / (p.pipeline ? std::max(dram_s, p.flash_seconds) : dram_s + p.flash_seconds);
+    p.binding = p.flash_seconds > dram_s ? "flash" : "DRAM";
     const double err = p.decode_tok_s > 0 ? p.predicted_tok_s / p.decode_tok_s - 1 : 0;
-    std::printf("%-16s %8s %6u %5s %4s %3u %8.2f %10.2f %8.1f %10s %10.0f %5.0f%% %5.0f%% %9.2f %+6.0f%%\n",
+    char error[16];
+    if (p.budget == 0 && p.dram_from == "resident decode") {
+      std::snprintf(error, sizeof error, "calib");  // this point calibrated the DRAM rate
+    } else {
+      std::snprintf(error, sizeof error, "%+.0f%%", 100 * err);
+    }
+    std::printf("%-16s %8s %6u %5s %4s %3u %8.2f %10.2f %8.1f %10s %10.0f %5.0f%% %5.0f%% %9.2f %7s\n",
                 std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
                 p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
                 p.pipeline ? "on" : "off", p.threads, p.decode_tok_s,
                 p.bytes_per_token / 1048576.0, p.reads_per_token,
                 FormatBytes(static_cast<uint64_t>(p.mean_read_bytes)).c_str(), p.effective_mib_s,
-                100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, 100 * err);
+                100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, error);
     std::fflush(stdout);
+  }
+  points.erase(std::remove_if(points.begin(), points.end(), [](const Point& p) { return p.skipped; }),
+               points.end());
+  if (points.empty()) {
+    return fail(InvalidArgumentError("every point was skipped: each budget is below the minimum"));
   }
   if (!f.csv.empty()) {
     if (Status s = WriteFileAtomically(f.csv, Csv(points)); !s.ok()) return fail(s);
@@ -476,7 +535,7 @@ CommandRunner RegisterBench(CLI::App& app) {
   cmd->add_option("STORE", flags->stores, "Store folder(s): e.g. one per alignment or bundle kind")
       ->required();
   cmd->add_option("--budgets", flags->budgets,
-                  "Memory budgets: sizes (512M) or percentages of everything resident (25%)")
+                  "Memory budgets: all (unlimited), sizes (512M) or percentages of the weights (25%)")
       ->capture_default_str();
   cmd->add_option("--chunk-bundles", flags->chunk_bundles, "FFN bundles per streamed chunk (list)")
       ->capture_default_str();

@@ -177,7 +177,8 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   ASSERT_TRUE(full.ok());
   const uint64_t budget = full->plan.minimum_bytes + (full->plan.total_bytes() - full->plan.minimum_bytes) / 3;
   storage::FlashProfile flash;
-  flash.points = {{4096, 100}, {65536, 400}, {1 << 20, 800}};
+  flash.random = {{4096, 100}, {65536, 400}, {1 << 20, 800}};
+  flash.sequential = {{4096, 300}, {65536, 900}, {1 << 20, 1000}};
   CostOptions co;
   co.context = 256;
   auto dense = Predict(*m, AtBudget(budget), 2, co, 20, &flash);
@@ -192,7 +193,7 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   for (const FlashStream& s : dense->cost.streams) {
     if (s.what == "FFN bundles") ffn = s.bytes;
     total += s.bytes;
-    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes));
+    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, s.sequential));
     time += s.bytes / (s.mib_per_s * 1048576.0);
   }
   EXPECT_EQ(ffn, double(streamed * m->needs.bundles.stride_bytes));
@@ -206,8 +207,10 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   for (const FlashStream& s : sparse->cost.streams) {
     if (s.what != "FFN bundles") continue;
     EXPECT_DOUBLE_EQ(s.bytes, ffn * 0.25);
-    // Runs of 1 / (1 - 0.25) bundles.
+    // Runs of 1 / (1 - 0.25) bundles, scattered: the random rate.
     EXPECT_DOUBLE_EQ(s.read_bytes, m->needs.bundles.stride_bytes / 0.75);
+    EXPECT_FALSE(s.sequential);
+    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, false));
   }
   EXPECT_LT(sparse->cost.weight_bytes, dense->cost.weight_bytes);
 }
@@ -235,12 +238,17 @@ TEST(FlashProfileTest, LoadsIobenchJsonAndInterpolatesInLogSize) {
   auto f = storage::FlashProfile::Load(p.string(), 24);
   ASSERT_TRUE(f.ok()) << f.status().ToString();
   EXPECT_EQ(f->depth, 32u);
-  ASSERT_EQ(f->points.size(), 2u);
+  ASSERT_EQ(f->random.size(), 2u);
+  ASSERT_EQ(f->sequential.size(), 1u);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(65536, true), 9999);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096, true), 9999);
   EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096), 400);
   EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(16384), 800);  // halfway in log2: 12 -> 14 -> 16
   EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1024), 400);
   EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1 << 20), 1200);
-  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);
+  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // the sequential curve: one point
+  f->sequential.clear();
+  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // the random one
   EXPECT_EQ(storage::FlashProfile::Load(p.string(), 1)->depth, 1u);
 
   std::ofstream(dir / "bad.json") << "{\"points\": 3}";
