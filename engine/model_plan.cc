@@ -167,7 +167,9 @@ Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session
 
 uint64_t ReadBytesReaching(const storage::FlashProfile& profile, double fraction) {
   double best = 0;
-  const auto& points = profile.sequential.empty() ? profile.random : profile.sequential;
+  if (profile.curves.empty()) return 0;
+  const storage::FlashCurve& deepest = profile.curves.back();
+  const auto& points = deepest.sequential.empty() ? deepest.random : deepest.sequential;
   for (const auto& [bytes, mibs] : points) best = std::max(best, mibs);
   for (const auto& [bytes, mibs] : points) {
     if (mibs >= fraction * best) return bytes;

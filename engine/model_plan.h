@@ -66,8 +66,8 @@ Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session
                            const CostOptions& cost, double dram_gbps,
                            const storage::FlashProfile* profile);
 
-// The smallest read size at which `profile` reaches `fraction` of its best bandwidth (sequential
-// reads where measured: a dense stream's).
+// The smallest read size at which `profile`'s deepest curve reaches `fraction` of its best
+// bandwidth (sequential reads where measured: a dense stream's).
 uint64_t ReadBytesReaching(const storage::FlashProfile& profile, double fraction);
 
 // Usable DRAM read bandwidth in GB/s (1e9), measured on the spot: `threads` threads summing a

@@ -1,6 +1,7 @@
 #include "engine/speed_bounds.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace flashlm::engine {
 
@@ -45,14 +46,20 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   cost.kv_bytes = KvCacheBytes(c, o.context, o.kv_value_bytes, o.batch);
 
   const double read_max = double(needs.read_max_bytes ? needs.read_max_bytes : 1 << 20);
-  FlashStream att{"attention", 0, read_max, true, 0};
+  FlashStream att{"attention", 0, read_max, true, 1, 0};
   for (size_t l = 0; l < plan.dense_pinned.size(); ++l) {
     if (!plan.dense_pinned[l]) att.bytes += double(in.dense_layer_bytes[l]);
   }
-  att.read_bytes = std::min(read_max, att.bytes / std::max<double>(1, c.n_layers));
+  uint32_t streamed_layers = 0;
+  for (uint8_t pinned : plan.dense_pinned) streamed_layers += pinned ? 0 : 1;
+  if (streamed_layers > 0) {
+    const double layer = att.bytes / streamed_layers;
+    att.read_bytes = std::min(read_max, layer);
+    att.depth = std::max(1.0, std::ceil(layer / read_max));
+  }
   // Streamed bundles: every one in dense mode, the fired ones in runs otherwise; merged into
   // chunk-sized reads when coalesced, one read per bundle when not.
-  FlashStream ffn_stream{"FFN bundles", 0, 0, f >= 1.0, 0};
+  FlashStream ffn_stream{"FFN bundles", 0, 0, f >= 1.0, 1, 0};
   uint64_t streamed_bundles = 0;
   for (size_t l = 0; l < plan.pinned_bundles.size(); ++l) {
     streamed_bundles += in.layer_bundles[l] - plan.pinned_bundles[l];
@@ -62,12 +69,19 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
                               : std::min(1.0 / (1.0 - f), double(std::max(plan.chunk_bundles, 1u)));
   ffn_stream.read_bytes =
       needs.coalesced ? std::min(read_max, run * double(g.stride_bytes)) : double(g.stride_bytes);
-  FlashStream cls{"classifier", 0, 0, true, 0};
+  const double chunk = double(std::max(plan.chunk_bundles, 1u));
+  const double chunk_reads =
+      needs.coalesced ? std::max(1.0, std::ceil(chunk * g.stride_bytes * std::min(1.0, f) /
+                                                ffn_stream.read_bytes))
+                      : chunk;
+  ffn_stream.depth = double(std::max(plan.chunk_buffers, 1u)) * chunk_reads;
+  FlashStream cls{"classifier", 0, 0, true, 1, 0};
   if (!plan.classifier_resident) {
     cls.bytes = double(in.classifier_bytes);
     cls.read_bytes = std::min(read_max, double(needs.classifier.buffer_bytes));
+    cls.depth = 2.0 * std::max(1u, needs.classifier.reads_per_block);
   }
-  FlashStream emb{"embedding rows", 0, 0, false, 0};
+  FlashStream emb{"embedding rows", 0, 0, false, 1, 0};
   if (!plan.embedding_resident) {
     // One extent per token and sequence (the rows_per_extent rows around the token).
     emb.bytes = double(in.embedding_demand_bytes) * batch;
@@ -89,9 +103,9 @@ SpeedBounds BoundSpeed(DecodeCost& cost, double dram_gbps, const storage::FlashP
   const double dram_s = (cost.weight_bytes + cost.kv_bytes) / (dram_gbps * 1e9);
   b.dram_tok_s = dram_s > 0 ? tokens / dram_s : 0;
   double flash_s = 0;
-  if (profile != nullptr && !profile->random.empty()) {
+  if (profile != nullptr && !profile->curves.empty()) {
     for (FlashStream& s : cost.streams) {
-      s.mib_per_s = profile->MiBPerSecondAt(s.read_bytes, s.sequential);
+      s.mib_per_s = profile->MiBPerSecondAt(s.read_bytes, s.sequential, s.depth);
       flash_s += s.bytes / (s.mib_per_s * 1048576.0);
     }
   }

@@ -10,7 +10,9 @@
 // and a streamed FFN is read in runs of neighbouring firing bundles: 1 / (1 - f) bundles long on
 // average when neurons fire independently with probability f. Dense streams are read in ascending
 // file order and take the profile's sequential rate at their read size; sparse bundle runs are
-// scattered and take its random rate. Pure functions; thread-safe.
+// scattered and take its random rate; each at the reads its buffers keep in flight (the FFN:
+// chunk buffers x reads per chunk; a streamed layer: its reads; the classifier: two blocks'; an
+// embedding row: one). Pure functions; thread-safe.
 #ifndef FLASHLM_ENGINE_SPEED_BOUNDS_H_
 #define FLASHLM_ENGINE_SPEED_BOUNDS_H_
 
@@ -39,6 +41,7 @@ struct FlashStream {
   double bytes = 0;         // per token
   double read_bytes = 0;    // the size its reads come in
   bool sequential = true;   // in ascending file order (dense streaming), else scattered
+  double depth = 1;         // reads in flight
   double mib_per_s = 0;     // the profile's bandwidth at that size (0 without a profile)
 };
 

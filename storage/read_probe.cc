@@ -123,11 +123,23 @@ double Interpolate(const std::vector<std::pair<uint64_t, double>>& points, doubl
 
 }  // namespace
 
-double FlashProfile::MiBPerSecondAt(double bytes, bool sequential_reads) const {
-  return Interpolate(sequential_reads && !sequential.empty() ? sequential : random, bytes);
+double FlashProfile::MiBPerSecondAt(double bytes, bool sequential_reads, double depth) const {
+  const auto at = [&](const FlashCurve& c) {
+    return Interpolate(sequential_reads && !c.sequential.empty() ? c.sequential : c.random, bytes);
+  };
+  if (depth <= curves.front().depth) return at(curves.front());
+  if (depth >= curves.back().depth) return at(curves.back());
+  for (size_t i = 1; i < curves.size(); ++i) {
+    if (depth <= curves[i].depth) {
+      const double d0 = curves[i - 1].depth, d1 = curves[i].depth;
+      const double t = std::log(depth / d0) / std::log(d1 / d0);
+      return at(curves[i - 1]) + t * (at(curves[i]) - at(curves[i - 1]));
+    }
+  }
+  return at(curves.back());
 }
 
-Result<FlashProfile> FlashProfile::Load(const std::string& path, uint32_t depth) {
+Result<FlashProfile> FlashProfile::Load(const std::string& path) {
   std::ifstream in(path);
   if (!in) return NotFoundError("cannot open flash profile " + path);
   std::stringstream text;
@@ -137,8 +149,8 @@ Result<FlashProfile> FlashProfile::Load(const std::string& path, uint32_t depth)
   if (j.is_discarded() || !j.is_object() || !j.contains("points") || !j["points"].is_array()) {
     return CorruptionError(what);
   }
-  // pattern -> depth -> block -> MiB/s
-  std::map<std::string, std::map<uint32_t, std::map<uint64_t, double>>> by;
+  // depth -> pattern -> block -> MiB/s
+  std::map<uint32_t, std::map<std::string, std::map<uint64_t, double>>> by;
   for (const nlohmann::json& p : j["points"]) {
     if (!p.is_object() || !p.contains("block_bytes") || !p.contains("queue_depth") ||
         !p.contains("mib_per_s") || !p["block_bytes"].is_number_unsigned() ||
@@ -149,20 +161,21 @@ Result<FlashProfile> FlashProfile::Load(const std::string& path, uint32_t depth)
     if ((pattern != "random" && pattern != "sequential") || !p.value("direct", false)) continue;
     const double mibs = p["mib_per_s"].get<double>();
     const uint64_t block = p["block_bytes"].get<uint64_t>();
-    if (!(mibs > 0) || !std::isfinite(mibs) || block == 0) continue;
-    by[pattern][p["queue_depth"].get<uint32_t>()][block] = mibs;  // the last of repeats
-  }
-  if (by["random"].empty()) return CorruptionError(what + " with direct random-read points");
-  uint32_t best = by["random"].begin()->first;
-  const auto dist = [&](uint32_t x) { return x > depth ? x - depth : depth - x; };
-  for (const auto& [d, pts] : by["random"]) {
-    if (dist(d) <= dist(best)) best = d;
+    const uint32_t depth = p["queue_depth"].get<uint32_t>();
+    if (!(mibs > 0) || !std::isfinite(mibs) || block == 0 || depth == 0) continue;
+    by[depth][pattern][block] = mibs;  // the last of repeats
   }
   FlashProfile f;
   f.source = path;
-  f.depth = best;
-  for (const auto& [block, mibs] : by["random"][best]) f.random.emplace_back(block, mibs);
-  for (const auto& [block, mibs] : by["sequential"][best]) f.sequential.emplace_back(block, mibs);
+  for (auto& [depth, patterns] : by) {
+    if (patterns["random"].empty()) continue;
+    FlashCurve c;
+    c.depth = depth;
+    for (const auto& [block, mibs] : patterns["random"]) c.random.emplace_back(block, mibs);
+    for (const auto& [block, mibs] : patterns["sequential"]) c.sequential.emplace_back(block, mibs);
+    f.curves.push_back(std::move(c));
+  }
+  if (f.curves.empty()) return CorruptionError(what + " with direct random-read points");
   return f;
 }
 

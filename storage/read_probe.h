@@ -44,24 +44,30 @@ struct ProbeResult {
 // failed or came back short).
 Result<ProbeResult> ProbeReads(const File& file, const ProbeOptions& options);
 
-// Bandwidth against read size at one queue depth, for random reads (scattered: what sparse
-// loading does) and, where measured, sequential reads (ascending offsets: what streaming a layer
-// or a dense FFN chunk after chunk does).
-struct FlashProfile {
-  std::string source;  // file it came from
-  uint32_t depth = 0;  // queue depth of the points
+// Bandwidth against read size and queue depth, for random reads (scattered: what sparse loading
+// does) and, where measured, sequential reads (ascending offsets: what streaming a layer or a
+// dense FFN chunk after chunk does).
+struct FlashCurve {
+  uint32_t depth = 0;                                   // reads in flight
   std::vector<std::pair<uint64_t, double>> random;      // (read bytes, MiB/s), increasing bytes
   std::vector<std::pair<uint64_t, double>> sequential;  // the same; may be empty
+};
 
-  // MiB/s at a read of `bytes`: linear in log(bytes) between points, the end points' values
-  // beyond them; sequential reads fall back to the random points when none were measured.
-  // Precondition: random not empty.
-  double MiBPerSecondAt(double bytes, bool sequential_reads = false) const;
+struct FlashProfile {
+  std::string source;              // file it came from
+  std::vector<FlashCurve> curves;  // increasing depth, each with random points
 
-  // Reads `iobench --json` output and keeps the direct random and sequential points at the
-  // queue depth closest to `depth` among the random ones (the larger on a tie). Errors:
-  // NotFound, Corruption (not iobench JSON, or no direct random-read points).
-  static Result<FlashProfile> Load(const std::string& path, uint32_t depth);
+  // MiB/s for reads of `bytes` with `depth` of them in flight: linear in log(bytes) along a
+  // curve, linear in log(depth) between the curves around `depth`, the end values beyond them;
+  // sequential reads fall back to a curve's random points when it has none.
+  // Precondition: curves not empty.
+  double MiBPerSecondAt(double bytes, bool sequential_reads, double depth) const;
+  uint32_t depth_max() const { return curves.empty() ? 0 : curves.back().depth; }
+
+  // Reads `iobench --json` output: the direct random and sequential points at every queue depth
+  // that has random ones. Errors: NotFound, Corruption (not iobench JSON, or no direct
+  // random-read points).
+  static Result<FlashProfile> Load(const std::string& path);
 };
 
 // Writes back dirty pages and drops the page cache (sync, then 3 to /proc/sys/vm/drop_caches),

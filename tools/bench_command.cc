@@ -263,14 +263,18 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
       data << p.mean_read_bytes / 1024.0 << " " << p.effective_mib_s << " \"" << p.budget_spec
            << "/c" << p.chunk_bundles << (p.coalesce ? "" : "/nc") << "\"\n";
     }
-    data << "\n\n# raw random reads (iobench)\n";
+    // The profile's curves, one data block each.
+    std::vector<std::string> titles;
     if (profile) {
-      for (const auto& [bytes, mibs] : profile->random) data << bytes / 1024.0 << " " << mibs << "\n";
-    }
-    data << "\n\n# raw sequential reads (iobench)\n";
-    if (profile) {
-      for (const auto& [bytes, mibs] : profile->sequential) {
-        data << bytes / 1024.0 << " " << mibs << "\n";
+      for (const storage::FlashCurve& c : profile->curves) {
+        for (int seq = 0; seq < 2; ++seq) {
+          const auto& pts = seq ? c.sequential : c.random;
+          if (pts.empty()) continue;
+          data << "\n\n";
+          for (const auto& [bytes, mibs] : pts) data << bytes / 1024.0 << " " << mibs << "\n";
+          titles.push_back(std::string("raw ") + (seq ? "sequential" : "random") + " reads, QD " +
+                           std::to_string(c.depth) + " (iobench)");
+        }
       }
     }
     std::ofstream gp(script_path);
@@ -281,13 +285,10 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
     gp << "plot '" << data_path << "' index 0 using 1:2 with points pt 7 ps 1.2 title 'decode "
        << "(bytes read / I/O wait)', '' index 0 using 1:2:3 with labels offset 0,1 font ',8' "
        << "notitle";
-    if (profile && !profile->random.empty()) {
-      gp << ", '' index 1 using 1:2 with linespoints dt 2 title 'raw random reads, QD "
-         << profile->depth << " (iobench)'";
-    }
-    if (profile && !profile->sequential.empty()) {
-      gp << ", '' index 2 using 1:2 with linespoints dt 3 title 'raw sequential reads, QD "
-         << profile->depth << " (iobench)'";
+    for (size_t i = 0; i < titles.size(); ++i) {
+      gp << ", '' index " << i + 1 << " using 1:2 with linespoints dt "
+         << (titles[i].find("sequential") != std::string::npos ? 3 : 2) << " title '" << titles[i]
+         << "'";
     }
     gp << "\n";
     if (!data || !gp) return IoError("cannot write " + data_path + " or " + script_path);
@@ -322,7 +323,7 @@ int Run(const Flags& f) {
   }
   std::optional<storage::FlashProfile> profile;
   if (!f.flash.empty()) {
-    auto p = storage::FlashProfile::Load(f.flash, 32);
+    auto p = storage::FlashProfile::Load(f.flash);
     if (!p.ok()) return fail(p.status().WithContext("--flash"));
     profile = *p;
   }

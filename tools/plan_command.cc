@@ -163,7 +163,7 @@ int Run(Flags f) {
 
   std::optional<storage::FlashProfile> profile;
   if (!f.flash.empty()) {
-    Result<storage::FlashProfile> p = storage::FlashProfile::Load(f.flash, 32);
+    Result<storage::FlashProfile> p = storage::FlashProfile::Load(f.flash);
     if (!p.ok()) return ReportError(kCommand, p.status().WithContext("--flash"));
     profile = *p;
   }
@@ -226,7 +226,7 @@ int Run(Flags f) {
     j["threads"] = threads;
     j["dram_measured"] = dram_measured;
     if (profile) {
-      j["flash_profile"] = {{"source", profile->source}, {"queue_depth", profile->depth}};
+      j["flash_profile"] = {{"source", profile->source}, {"queue_depth_max", profile->depth_max()}};
     }
     j["resident"] = {{"plan", PlanJson(full)}, {"speed", SpeedJson(*all, dram)}};
     if (so.budget_bytes != 0) {
@@ -290,15 +290,16 @@ int Run(Flags f) {
       std::printf("  flash: nothing streams\n");
     } else {
       for (const engine::FlashStream& s : p.cost.streams) {
-        std::printf("  flash: %-15s %10s per step in reads of %s", s.what.c_str(),
-                    FormatBytes(static_cast<uint64_t>(s.bytes)).c_str(),
-                    FormatBytes(static_cast<uint64_t>(s.read_bytes)).c_str());
+        std::printf("  flash: %-15s %10s per step in %s reads of %s, %.0f in flight",
+                    s.what.c_str(), FormatBytes(static_cast<uint64_t>(s.bytes)).c_str(),
+                    s.sequential ? "sequential" : "scattered",
+                    FormatBytes(static_cast<uint64_t>(s.read_bytes)).c_str(), s.depth);
         if (profile) std::printf(" at %.0f MiB/s", s.mib_per_s);
         std::printf("\n");
       }
       if (profile) {
-        std::printf("  flash-bound: %.2f tok/s (profile %s, QD %u)\n", p.bounds.flash_tok_s,
-                    profile->source.c_str(), profile->depth);
+        std::printf("  flash-bound: %.2f tok/s (profile %s)\n", p.bounds.flash_tok_s,
+                    profile->source.c_str());
       } else {
         std::printf("  flash-bound: unknown (pass --flash PROFILE.json from `flashlm iobench "
                     "--json`)\n");

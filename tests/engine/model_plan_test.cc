@@ -177,8 +177,13 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   ASSERT_TRUE(full.ok());
   const uint64_t budget = full->plan.minimum_bytes + (full->plan.total_bytes() - full->plan.minimum_bytes) / 3;
   storage::FlashProfile flash;
-  flash.random = {{4096, 100}, {65536, 400}, {1 << 20, 800}};
-  flash.sequential = {{4096, 300}, {65536, 900}, {1 << 20, 1000}};
+  storage::FlashCurve shallow, deep;
+  shallow.depth = 1;
+  shallow.random = {{4096, 20}, {65536, 100}, {1 << 20, 400}};
+  deep.depth = 32;
+  deep.random = {{4096, 100}, {65536, 400}, {1 << 20, 800}};
+  deep.sequential = {{4096, 300}, {65536, 900}, {1 << 20, 1000}};
+  flash.curves = {shallow, deep};
   CostOptions co;
   co.context = 256;
   auto dense = Predict(*m, AtBudget(budget), 2, co, 20, &flash);
@@ -193,7 +198,13 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   for (const FlashStream& s : dense->cost.streams) {
     if (s.what == "FFN bundles") ffn = s.bytes;
     total += s.bytes;
-    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, s.sequential));
+    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, s.sequential, s.depth));
+    EXPECT_GE(s.depth, 1.0);
+    if (s.what == "FFN bundles") {  // chunk buffers x reads per chunk
+      EXPECT_EQ(s.depth, plan.chunk_buffers * std::ceil(plan.chunk_bundles *
+                                                        double(m->needs.bundles.stride_bytes) /
+                                                        s.read_bytes));
+    }
     time += s.bytes / (s.mib_per_s * 1048576.0);
   }
   EXPECT_EQ(ffn, double(streamed * m->needs.bundles.stride_bytes));
@@ -210,7 +221,7 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
     // Runs of 1 / (1 - 0.25) bundles, scattered: the random rate.
     EXPECT_DOUBLE_EQ(s.read_bytes, m->needs.bundles.stride_bytes / 0.75);
     EXPECT_FALSE(s.sequential);
-    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, false));
+    EXPECT_EQ(s.mib_per_s, flash.MiBPerSecondAt(s.read_bytes, false, s.depth));
   }
   EXPECT_LT(sparse->cost.weight_bytes, dense->cost.weight_bytes);
 }
@@ -235,26 +246,30 @@ TEST(FlashProfileTest, LoadsIobenchJsonAndInterpolatesInLogSize) {
     {"pattern": "random", "direct": true, "block_bytes": 65536, "queue_depth": 32, "mib_per_s": 1200},
     {"pattern": "sequential", "direct": true, "block_bytes": 65536, "queue_depth": 32, "mib_per_s": 9999},
     {"pattern": "random", "direct": false, "block_bytes": 65536, "queue_depth": 32, "mib_per_s": 9999}]})";
-  auto f = storage::FlashProfile::Load(p.string(), 24);
+  auto f = storage::FlashProfile::Load(p.string());
   ASSERT_TRUE(f.ok()) << f.status().ToString();
-  EXPECT_EQ(f->depth, 32u);
-  ASSERT_EQ(f->random.size(), 2u);
-  ASSERT_EQ(f->sequential.size(), 1u);
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(65536, true), 9999);
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096, true), 9999);
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096), 400);
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(16384), 800);  // halfway in log2: 12 -> 14 -> 16
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1024), 400);
-  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1 << 20), 1200);
-  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // the sequential curve: one point
-  f->sequential.clear();
-  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // the random one
-  EXPECT_EQ(storage::FlashProfile::Load(p.string(), 1)->depth, 1u);
+  ASSERT_EQ(f->curves.size(), 2u);
+  EXPECT_EQ(f->curves[0].depth, 1u);
+  EXPECT_EQ(f->depth_max(), 32u);
+  ASSERT_EQ(f->curves[1].random.size(), 2u);
+  ASSERT_EQ(f->curves[1].sequential.size(), 1u);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(65536, true, 32), 9999);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096, true, 32), 9999);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096, true, 1), 50);  // no sequential curve at QD 1
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(4096, false, 32), 400);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(16384, false, 32), 800);  // halfway in log2: 12 -> 14 -> 16
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1024, false, 64), 400);
+  EXPECT_DOUBLE_EQ(f->MiBPerSecondAt(1 << 20, false, 32), 1200);
+  // Between depths, linear in log(depth): QD ~5.66 is halfway from 1 to 32.
+  EXPECT_NEAR(f->MiBPerSecondAt(4096, false, std::sqrt(32.0)), 225, 1e-9);
+  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // the deepest sequential curve: one point
+  f->curves[1].sequential.clear();
+  EXPECT_EQ(ReadBytesReaching(*f, 0.9), 65536u);  // its random one
 
   std::ofstream(dir / "bad.json") << "{\"points\": 3}";
-  EXPECT_EQ(storage::FlashProfile::Load((dir / "bad.json").string(), 1).status().code(),
+  EXPECT_EQ(storage::FlashProfile::Load((dir / "bad.json").string()).status().code(),
             StatusCode::kCorruption);
-  EXPECT_EQ(storage::FlashProfile::Load((dir / "none.json").string(), 1).status().code(),
+  EXPECT_EQ(storage::FlashProfile::Load((dir / "none.json").string()).status().code(),
             StatusCode::kNotFound);
 }
 
