@@ -179,6 +179,35 @@ Result<FlashProfile> FlashProfile::Load(const std::string& path) {
   return f;
 }
 
+Result<FlashProfile> FlashProfile::Measure(const std::string& path,
+                                           const std::vector<uint64_t>& sizes,
+                                           const std::vector<uint32_t>& depths, double seconds) {
+  ASSIGN_OR_RETURN(File file, File::OpenForRead(path));
+  FlashProfile f;
+  f.source = path + " (measured)";
+  for (uint32_t depth : depths) {
+    FlashCurve c;
+    c.depth = depth;
+    for (int seq = 0; seq < 2; ++seq) {
+      for (uint64_t size : sizes) {
+        if (size > file.size_bytes()) continue;
+        ProbeOptions o;
+        o.pattern = seq ? ProbePattern::kSequential : ProbePattern::kRandom;
+        o.block_bytes = size;
+        o.depth = depth;
+        o.seconds = seconds;
+        ASSIGN_OR_RETURN(ProbeResult r, ProbeReads(file, o));
+        (seq ? c.sequential : c.random).emplace_back(size, r.stats.mib_per_s());
+      }
+    }
+    if (!c.random.empty()) f.curves.push_back(std::move(c));
+  }
+  if (f.curves.empty()) {
+    return InvalidArgumentError("cannot measure reads on " + path + ": smaller than one read");
+  }
+  return f;
+}
+
 Status DropPageCache() {
   ::sync();
   std::ofstream f("/proc/sys/vm/drop_caches");

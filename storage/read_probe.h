@@ -68,6 +68,13 @@ struct FlashProfile {
   // that has random ones. Errors: NotFound, Corruption (not iobench JSON, or no direct
   // random-read points).
   static Result<FlashProfile> Load(const std::string& path);
+
+  // Measures one on the spot: random and sequential O_DIRECT reads of `path` (an existing file of
+  // at least the largest size) at each size and depth for `seconds` each. Errors: ProbeReads'
+  // and File's (NotFound, IoError).
+  static Result<FlashProfile> Measure(const std::string& path,
+                                      const std::vector<uint64_t>& sizes,
+                                      const std::vector<uint32_t>& depths, double seconds);
 };
 
 // Writes back dirty pages and drops the page cache (sync, then 3 to /proc/sys/vm/drop_caches),

@@ -59,6 +59,7 @@ struct Point {
   double decode_tok_s = 0, prefill_tok_s = 0;
   double bytes_per_token = 0, reads_per_token = 0, mean_read_bytes = 0;
   double effective_mib_s = 0, io_share = 0, hit_rate = 0;
+  double delivered_mib_s = 0;  // bytes read per token x decode tok/s: what the disk gave over wall time
   double planned_bytes = 0;
   double predicted_tok_s = 0, predicted_flash_tok_s = 0, predicted_dram_tok_s = 0;
   std::string binding;
@@ -184,14 +185,15 @@ std::string Csv(const std::vector<Point>& points) {
   std::ostringstream o;
   o << "store,budget,budget_bytes,chunk_bundles,coalesce,pipeline,threads,stream_buffers,"
        "decode_tok_s,prefill_tok_s,bytes_per_token,reads_per_token,mean_read_bytes,"
-       "effective_mib_s,io_share,hit_rate,planned_bytes,predicted_tok_s,predicted_flash_tok_s,"
+       "effective_mib_s,delivered_mib_s,io_share,hit_rate,planned_bytes,predicted_tok_s,"
+       "predicted_flash_tok_s,"
        "predicted_dram_tok_s,binding,dram_gbps,dram_from,cache_dropped\n";
   for (const Point& p : points) {
     o << p.store << "," << p.budget_spec << "," << p.budget << "," << p.chunk_bundles << ","
       << (p.coalesce ? "on" : "off") << "," << (p.pipeline ? "on" : "off") << "," << p.threads
       << "," << p.stream_buffers << "," << p.decode_tok_s << "," << p.prefill_tok_s << ","
       << p.bytes_per_token << "," << p.reads_per_token << "," << p.mean_read_bytes << ","
-      << p.effective_mib_s << "," << p.io_share << "," << p.hit_rate << "," << p.planned_bytes
+      << p.effective_mib_s << "," << p.delivered_mib_s << "," << p.io_share << "," << p.hit_rate << "," << p.planned_bytes
       << "," << p.predicted_tok_s << "," << p.predicted_flash_tok_s << ","
       << p.predicted_dram_tok_s << "," << p.binding << "," << p.dram_gbps << "," << p.dram_from
       << "," << (p.cache_dropped ? 1 : 0) << "\n";
@@ -222,6 +224,7 @@ nlohmann::json Json(const std::vector<Point>& points, const Flags& f, double dra
                            {"reads_per_token", p.reads_per_token},
                            {"mean_read_bytes", p.mean_read_bytes},
                            {"effective_mib_s", p.effective_mib_s},
+                           {"delivered_mib_s", p.delivered_mib_s},
                            {"io_share", p.io_share},
                            {"hit_rate", p.hit_rate},
                            {"planned_bytes", p.planned_bytes},
@@ -257,11 +260,12 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
   const std::string data_path = path + ".dat", script_path = path + ".gp";
   {
     std::ofstream data(data_path);
-    data << "# decode: mean read KiB, effective MiB/s, label\n";
+    data << "# decode: mean read KiB, effective MiB/s, delivered MiB/s, label\n";
     for (const Point& p : points) {
       if (p.mean_read_bytes <= 0 || p.effective_mib_s <= 0) continue;
-      data << p.mean_read_bytes / 1024.0 << " " << p.effective_mib_s << " \"" << p.budget_spec
-           << "/c" << p.chunk_bundles << (p.coalesce ? "" : "/nc") << "\"\n";
+      data << p.mean_read_bytes / 1024.0 << " " << p.effective_mib_s << " " << p.delivered_mib_s
+           << " \"" << p.budget_spec << "/c" << p.chunk_bundles << (p.coalesce ? "" : "/nc")
+           << "/b" << p.stream_buffers << "\"\n";
     }
     // The profile's curves, one data block each.
     std::vector<std::string> titles;
@@ -282,8 +286,9 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points,
        << "set title 'flashlm bench: effective read bandwidth in decode vs read size'\n"
        << "set xlabel 'mean read size (KiB)'\nset ylabel 'MiB/s'\nset logscale x 2\n"
        << "set key left top\nset grid\n";
-    gp << "plot '" << data_path << "' index 0 using 1:2 with points pt 7 ps 1.2 title 'decode "
-       << "(bytes read / I/O wait)', '' index 0 using 1:2:3 with labels offset 0,1 font ',8' "
+    gp << "plot '" << data_path << "' index 0 using 1:2 with points pt 7 ps 1.2 title 'decode: "
+       << "bytes read / I/O wait', '' index 0 using 1:3 with points pt 5 ps 1.2 title 'decode: "
+       << "bytes read / decode time', '' index 0 using 1:2:4 with labels offset 0,1 font ',8' "
        << "notitle";
     for (size_t i = 0; i < titles.size(); ++i) {
       gp << ", '' index " << i + 1 << " using 1:2 with linespoints dt "
@@ -394,9 +399,9 @@ int Run(const Flags& f) {
   }
 
   std::map<std::pair<std::string, uint32_t>, double> calibrated;  // (store, threads) -> GB/s
-  std::printf("%-16s %8s %6s %5s %4s %3s %8s %10s %8s %10s %10s %6s %6s %9s %7s\n", "store",
-              "budget", "chunk", "coal", "pipe", "thr", "tok/s", "MiB/token", "reads", "mean read",
-              "eff MiB/s", "io%", "hit%", "plan tok/s", "error");
+  std::printf("%-16s %8s %6s %5s %4s %3s %3s %8s %10s %8s %10s %9s %9s %5s %5s %9s %7s\n",
+              "store", "budget", "chunk", "coal", "pipe", "thr", "buf", "tok/s", "MiB/token",
+              "reads", "mean read", "eff MiB/s", "del MiB/s", "io%", "hit%", "plan tok/s", "error");
   for (size_t i = 0; i < points.size(); ++i) {
     Point& p = points[i];
     const engine::ModelPlan& m = models.at(p.store);
@@ -475,6 +480,7 @@ int Run(const Flags& f) {
     p.io_share = med(&Measured::io_share);
     p.hit_rate = med(&Measured::hit_rate);
     p.planned_bytes = med(&Measured::planned);
+    p.delivered_mib_s = p.bytes_per_token * p.decode_tok_s / 1048576.0;
     // The prediction: the plan's per-token bytes over the DRAM rate (given, else what decode
     // reached with everything resident at these threads, else the measured read bandwidth) and
     // the flash profile's rates; overlapped when pipelining, added when not.
@@ -499,13 +505,15 @@ int Run(const Flags& f) {
     } else {
       std::snprintf(error, sizeof error, "%+.0f%%", 100 * err);
     }
-    std::printf("%-16s %8s %6u %5s %4s %3u %8.2f %10.2f %8.1f %10s %10.0f %5.0f%% %5.0f%% %9.2f %7s\n",
-                std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
-                p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
-                p.pipeline ? "on" : "off", p.threads, p.decode_tok_s,
-                p.bytes_per_token / 1048576.0, p.reads_per_token,
-                FormatBytes(static_cast<uint64_t>(p.mean_read_bytes)).c_str(), p.effective_mib_s,
-                100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, error);
+    std::printf(
+        "%-16s %8s %6u %5s %4s %3u %3u %8.2f %10.2f %8.1f %10s %9.0f %9.0f %4.0f%% %4.0f%% %9.2f "
+        "%7s\n",
+        std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
+        p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
+        p.pipeline ? "on" : "off", p.threads, p.stream_buffers, p.decode_tok_s,
+        p.bytes_per_token / 1048576.0, p.reads_per_token,
+        FormatBytes(static_cast<uint64_t>(p.mean_read_bytes)).c_str(), p.effective_mib_s,
+        p.delivered_mib_s, 100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, error);
     std::fflush(stdout);
   }
   points.erase(std::remove_if(points.begin(), points.end(), [](const Point& p) { return p.skipped; }),

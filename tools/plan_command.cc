@@ -162,7 +162,18 @@ int Run(Flags f) {
       so.threads ? so.threads : std::max(1u, std::thread::hardware_concurrency());
 
   std::optional<storage::FlashProfile> profile;
-  if (!f.flash.empty()) {
+  if (f.flash == "measure") {
+    if (m.probe_file.empty()) {
+      return usage("--flash measure needs a model file to read (a store or a checkpoint file); "
+                   "pass --flash PROFILE.json from `flashlm iobench --json`");
+    }
+    // A quick profile on the model's own file: 4 KiB to 1 MiB, random and sequential, 1 and 16
+    // reads in flight, 0.25 s each (about 4 s; the page cache does not serve O_DIRECT reads).
+    Result<storage::FlashProfile> p = storage::FlashProfile::Measure(
+        m.probe_file, {4096, 65536, 1 << 20}, {1, 16}, 0.25);
+    if (!p.ok()) return ReportError(kCommand, p.status().WithContext("--flash measure"));
+    profile = *p;
+  } else if (!f.flash.empty()) {
     Result<storage::FlashProfile> p = storage::FlashProfile::Load(f.flash);
     if (!p.ok()) return ReportError(kCommand, p.status().WithContext("--flash"));
     profile = *p;
@@ -356,7 +367,9 @@ CommandRunner RegisterPlan(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dram-gbps", flags->dram_gbps,
                   "Usable DRAM bandwidth in GB/s (default: measured here)");
-  cmd->add_option("--flash", flags->flash, "Flash profile: `flashlm iobench --json` output");
+  cmd->add_option("--flash", flags->flash,
+                  "Flash profile: `flashlm iobench --json` output, or `measure` (a quick probe of "
+                  "the model's file)");
   cmd->add_option("--fire-rate", flags->fire_rate,
                   "Fraction of FFN neurons that fire per token (1 = dense)")
       ->capture_default_str();

@@ -64,6 +64,14 @@ TEST(PlanCommandTest, RunsOnEveryKindOfModel) {
     EXPECT_GT(p["memory"]["minimum_budget_bytes"].get<uint64_t>(), 0u);
     EXPECT_GT(p["weights"]["bytes"].get<uint64_t>(), 0u);
   }
+  // A flash profile measured on the spot, on the store's data file.
+  CmdRun measured = Flashlm("plan " + store + " --dram-gbps 10 --flash measure --json");
+  ASSERT_EQ(measured.exit_code, 0) << measured.err;
+  const nlohmann::json mp = ParseJson(measured.out);
+  ASSERT_FALSE(mp.is_discarded()) << measured.out;
+  EXPECT_NE(mp["flash_profile"]["source"].get<std::string>().find("(measured)"),
+            std::string::npos);
+  EXPECT_EQ(mp["flash_profile"]["queue_depth_max"].get<uint32_t>(), 16u);
   CmdRun shape = Flashlm("plan --shape 1b --dtype q8_0 --dram-gbps 20");
   EXPECT_EQ(shape.exit_code, 0) << shape.err;
   // The shared model in its three formats, where present.
@@ -96,6 +104,7 @@ TEST(PlanCommandTest, BadInputExitsTwoWithAMessage) {
       {"plan --shape tiny --kv-dtype q4_0", "--kv-dtype"},
       {"plan --shape tiny --flash " + (dir / "bad.json").string(), "iobench"},
       {"plan", "give a MODEL or --shape"},
+      {"plan --shape tiny --flash measure", "needs a model file"},
   };
   for (const Case& c : cases) {
     CmdRun r = Flashlm(c.args);
