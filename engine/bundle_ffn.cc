@@ -63,6 +63,22 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   return k;
 }
 
+uint32_t BundleFfnKernel::FiringPositions(std::span<uint32_t> out) const {
+  CHECK(separate_);
+  CHECK_GE(out.size(), hidden_);
+  uint32_t k = 0;
+  for (uint32_t p = 0; p < hidden_; ++p) {
+    const uint32_t neuron = perm_.empty() ? p : perm_[p];
+    for (uint32_t t = 0; t < n_; ++t) {
+      if (gate_all_[uint64_t{t} * hidden_ + neuron] > 0.0f) {
+        out[k++] = p;
+        break;
+      }
+    }
+  }
+  return k;
+}
+
 void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<float> out,
                             const MatrixView* dense_gate, std::span<const uint32_t> permutation,
                             std::span<float> capture) {

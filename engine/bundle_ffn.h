@@ -57,6 +57,10 @@ class BundleFfnKernel {
   // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
   // the calls of a layer.
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
+  // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
+  // increasing order, the positions whose neuron's gate output is positive for at least one of
+  // the batch's tokens (those that fire under ReLU), and returns how many.
+  uint32_t FiringPositions(std::span<uint32_t> out) const;
 
   const layout::BundleGeometry& geometry() const { return g_; }
   uint32_t chunk_max() const { return chunk_max_; }

@@ -187,6 +187,10 @@ std::string Session::Describe() const {
        (r.direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)") + ", FFN chunks " +
        (store_->coalesced() ? "as merged reads" : "one read per bundle") +
        (store_->pipelined() ? ", pipelined (chunks, attention and classifier read ahead)" : "") +
+       "\n  FFN: " +
+       (model_->sparsity() == FfnSparsity::kRelu
+            ? "relu sparsity (the dense gate first, then only the firing neurons' bundles)"
+            : "dense (every neuron)") +
        "\n";
   return s;
 }
@@ -194,6 +198,8 @@ std::string Session::Describe() const {
 EngineStats Session::stats() const {
   EngineStats s;
   s.passes = model_->passes() - passes_base_;
+  s.ffn_neurons_computed = model_->ffn_neurons_computed() - computed_base_;
+  s.ffn_neurons_total = model_->ffn_neurons_total() - total_base_;
   if (store_ != nullptr) {
     const StoreCounters c = store_->counters();
     s.bytes_requested = c.reads.bytes_requested;
@@ -208,6 +214,8 @@ EngineStats Session::stats() const {
 
 void Session::ResetStats() {
   passes_base_ = model_->passes();
+  computed_base_ = model_->ffn_neurons_computed();
+  total_base_ = model_->ffn_neurons_total();
   if (store_ != nullptr) store_->ResetCounters();
 }
 

@@ -53,6 +53,12 @@ struct EngineStats {
   uint64_t io_wait_ns = 0;        // time spent waiting for reads
   uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
   uint64_t bundles_streamed = 0;  // FFN bundles read from flash
+  uint64_t ffn_neurons_computed = 0;  // per layer and pass (Transformer::ffn_neurons_computed)
+  uint64_t ffn_neurons_total = 0;
+  // Fraction of FFN neurons computed: 1 in dense mode, the fire rate with relu sparsity.
+  double ffn_computed_fraction() const {
+    return ffn_neurons_total ? static_cast<double>(ffn_neurons_computed) / ffn_neurons_total : 1.0;
+  }
   double hit_rate() const {
     const uint64_t all = bundles_resident + bundles_streamed;
     return all ? static_cast<double>(bundles_resident) / all : 1.0;
@@ -134,6 +140,7 @@ class Session {
   ResidencyPlan plan_;
   uint64_t planned_bytes_ = 0;
   uint64_t passes_base_ = 0;
+  uint64_t computed_base_ = 0, total_base_ = 0;
 };
 
 // A tokenizer alone, from a store, a checkpoint (vocab-only GGUFs included) or a llama2.c

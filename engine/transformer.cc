@@ -60,13 +60,37 @@ WeightsShape WeightsShape::Of(WeightStore& weights) {
   return s;
 }
 
+std::string_view FfnSparsityName(FfnSparsity s) {
+  switch (s) {
+    case FfnSparsity::kAuto:
+      return "auto";
+    case FfnSparsity::kDense:
+      return "dense";
+    case FfnSparsity::kRelu:
+      return "relu";
+  }
+  return "?";
+}
+
+namespace {
+
+// kAuto resolved; kRelu where it cannot apply is left for Create to refuse.
+FfnSparsity ResolveSparsity(const layout::ModelConfig& c, FfnSparsity s, const WeightsShape& shape) {
+  if (s != FfnSparsity::kAuto) return s;
+  return shape.bundles && !shape.bundles->has_gate() && c.activation == layout::Activation::kRelu
+             ? FfnSparsity::kRelu
+             : FfnSparsity::kDense;
+}
+
+}  // namespace
+
 // Offsets of every buffer in the arena (see the member comments in the header for shapes).
 struct Transformer::Layout {
   ArenaLayout arena;
   uint32_t batch = 0, logit_rows = 0;
   uint64_t x = 0, xb = 0, q = 0, k = 0, v = 0, att_out = 0, proj = 0, hb = 0, hb2 = 0, scores = 0,
            selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
-           positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0;
+           positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -109,6 +133,9 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   l.seq_first = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.seq_next = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.last_logit = a.Add(sizeof(uint32_t));
+  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
+    l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
+  }
   if (shape.bundles) {
     l.kernel_bytes = BundleFfnKernel::ScratchBytes(*shape.bundles, c.hidden_dim, l.batch,
                                                    std::min(kKernelChunk, c.hidden_dim), threads);
@@ -152,6 +179,20 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   t->kv_ = kv;
   const WeightsShape shape = WeightsShape::Of(weights);
+  t->sparsity_ = ResolveSparsity(c, options.sparsity, shape);
+  if (t->sparsity_ == FfnSparsity::kRelu) {
+    if (c.activation != layout::Activation::kRelu) {
+      return InvalidArgumentError("--sparsity relu is exact only for ReLU models; this one uses " +
+                                  std::string(c.activation == layout::Activation::kSilu
+                                                  ? "SiLU"
+                                                  : "another activation"));
+    }
+    if (!shape.bundles || shape.bundles->has_gate()) {
+      return InvalidArgumentError(
+          "--sparsity relu needs a store with gate+up-down bundles (flashlm repack --bundle "
+          "gate+up-down): with gate-up-down bundles every bundle is read to learn its gate");
+    }
+  }
   const Layout l = MakeLayout(c, options, pool.size(), shape, t->max_context_);
   t->max_batch_ = l.batch;
   t->logit_rows_max_ = l.logit_rows;
@@ -188,6 +229,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->seq_first_ = u32(l.seq_first, options.max_sequences);
   t->seq_next_ = u32(l.seq_next, options.max_sequences);
   t->last_logit_ = u32(l.last_logit, 1);
+  if (t->sparsity_ == FfnSparsity::kRelu) t->fired_ = u32(l.fired, c.hidden_dim);
   for (uint32_t i = 0; i < half; ++i) {
     const float freq = RopeFrequency(c, i);
     for (uint32_t p = 0; p < ctx; ++p) {
@@ -434,6 +476,8 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
   const std::span<float> out = proj_.first(uint64_t{n} * c.dim);
   if (w.neurons == nullptr) {  // dense matrices
     RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
+    ffn_total_ += c.hidden_dim;
+    ffn_computed_ += c.hidden_dim;
     MatMul(w.gate, xb, n, hb_, scratch_, pool_);
     MatMul(w.up, xb, n, hb2_, scratch_, pool_);
     SwiGlu(hb_.first(uint64_t{n} * c.hidden_dim), hb2_.first(uint64_t{n} * c.hidden_dim),
@@ -452,7 +496,16 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
                      observe ? hb_.first(uint64_t{n} * c.hidden_dim) : std::span<float>());
   // The dense gate has been multiplied: the layer's matrices are done.
   RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
-  RETURN_IF_ERROR(source.Begin(l));
+  ffn_total_ += c.hidden_dim;
+  if (sparsity_ == FfnSparsity::kRelu) {
+    // Only the neurons that fire for some token: the others add exactly zero.
+    const uint32_t fired = ffn_kernel_->FiringPositions(fired_);
+    ffn_computed_ += fired;
+    RETURN_IF_ERROR(source.Begin(l, fired_.first(fired)));
+  } else {
+    ffn_computed_ += c.hidden_dim;
+    RETURN_IF_ERROR(source.Begin(l));
+  }
   NeuronSource::Batch batch;
   while (true) {
     ASSIGN_OR_RETURN(bool more, source.Next(&batch));

@@ -25,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "engine/arena.h"
@@ -62,12 +63,28 @@ class AttentionPolicy {
                           std::span<uint32_t> selected) const = 0;
 };
 
+// Which FFN neurons a neuron-bundle FFN computes.
+enum class FfnSparsity : uint8_t {
+  // kRelu when it applies (a ReLU model whose store keeps the gate apart: gate+up-down bundles),
+  // else kDense.
+  kAuto,
+  kDense,  // every neuron
+  // Exact for ReLU models: a neuron whose gate output is <= 0 for every token of the batch adds
+  // nothing, so only the others' [up | down] bundles are read and computed (PowerInfer-2's
+  // two-phase loading: the dense gate first, then the firing neurons). Output identical to dense.
+  // Needs gate+up-down bundles: in gate-up-down bundles the gate is read with the rest, so
+  // knowing which neurons fire would cost reading them all.
+  kRelu,
+};
+std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu"
+
 struct TransformerOptions {
   uint32_t max_context = 0;    // positions per sequence; 0 = the model's max_seq_len
   uint32_t max_batch = 128;    // tokens per Forward call
   uint32_t max_sequences = 1;  // sequences one Forward may carry (and the KV cache holds)
   bool all_logits = false;     // keep logits for every token of a batch (perplexity)
   bool observe_ffn = false;    // keep the FFN activations for an FfnObserver (bundle stores)
+  FfnSparsity sparsity = FfnSparsity::kAuto;
 };
 
 // How the weights are served, as far as the forward pass's buffers depend on it.
@@ -123,6 +140,12 @@ class Transformer {
   uint64_t resident_bytes() const;
   // Forward passes so far.
   uint64_t passes() const { return passes_; }
+  // The sparsity in effect (kAuto resolved).
+  FfnSparsity sparsity() const { return sparsity_; }
+  // FFN neurons computed, and neurons there were, over every layer of every pass so far (equal
+  // in dense mode; a neuron counts once per pass however many tokens the batch has).
+  uint64_t ffn_neurons_computed() const { return ffn_computed_; }
+  uint64_t ffn_neurons_total() const { return ffn_total_; }
   // Observer of the FFN activations (see FfnObserver); nullptr (the default) for none. Not owned;
   // must outlive its use by Forward. Errors: FailedPrecondition for a bundle FFN created without
   // observe_ffn.
@@ -162,6 +185,9 @@ class Transformer {
   KvCache* kv_ = nullptr;
   std::unique_ptr<BundleFfnKernel> ffn_kernel_;  // when the store serves bundles
   uint64_t passes_ = 0;
+  FfnSparsity sparsity_ = FfnSparsity::kDense;
+  uint64_t ffn_computed_ = 0, ffn_total_ = 0;
+  std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu)
 
   Arena arena_;
   std::span<float> x_;        // max_batch x dim: residual stream

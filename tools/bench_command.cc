@@ -40,6 +40,7 @@ struct Flags {
   std::string pipeline = "on";
   std::string threads = "0";
   std::string stream_buffers = "4";
+  std::string sparsity = "auto";
   int64_t tokens = 32;
   int64_t prompt_tokens = 16;
   int64_t repeat = 3;
@@ -56,6 +57,8 @@ struct Point {
   uint64_t budget = 0;
   uint32_t chunk_bundles = 0, stream_buffers = 0, threads = 0;
   bool coalesce = true, pipeline = true;
+  std::string sparsity = "auto";  // asked for; `fire` is what was computed
+  double fire = 1;                // FFN neurons computed / neurons (decode, median)
   double decode_tok_s = 0, prefill_tok_s = 0;
   double bytes_per_token = 0, reads_per_token = 0, mean_read_bytes = 0;
   double effective_mib_s = 0, io_share = 0, hit_rate = 0;
@@ -117,6 +120,7 @@ double Median(std::vector<double> v) {
 struct Measured {
   double decode_tok_s = 0, prefill_tok_s = 0, bytes_per_token = 0, reads_per_token = 0;
   double mean_read_bytes = 0, effective_mib_s = 0, io_share = 0, hit_rate = 0, planned = 0;
+  double fire = 1;
 };
 
 // One run: open, prefill `prompt`, then `tokens` greedy decode steps with the counters reset.
@@ -158,6 +162,7 @@ Result<Measured> RunOnce(const std::string& store, const engine::SessionOptions&
   m.io_share = decode_s > 0 ? io.io_wait_ms / (decode_s * 1e3) : 0;
   m.hit_rate = st.hit_rate();
   m.planned = double(session->planned_bytes());
+  m.fire = st.ffn_computed_fraction();
   return m;
 }
 
@@ -183,7 +188,8 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
 
 std::string Csv(const std::vector<Point>& points) {
   std::ostringstream o;
-  o << "store,budget,budget_bytes,chunk_bundles,coalesce,pipeline,threads,stream_buffers,"
+  o << "store,budget,budget_bytes,chunk_bundles,coalesce,pipeline,threads,stream_buffers,sparsity,"
+       "fire,"
        "decode_tok_s,prefill_tok_s,bytes_per_token,reads_per_token,mean_read_bytes,"
        "effective_mib_s,delivered_mib_s,io_share,hit_rate,planned_bytes,predicted_tok_s,"
        "predicted_flash_tok_s,"
@@ -191,7 +197,7 @@ std::string Csv(const std::vector<Point>& points) {
   for (const Point& p : points) {
     o << p.store << "," << p.budget_spec << "," << p.budget << "," << p.chunk_bundles << ","
       << (p.coalesce ? "on" : "off") << "," << (p.pipeline ? "on" : "off") << "," << p.threads
-      << "," << p.stream_buffers << "," << p.decode_tok_s << "," << p.prefill_tok_s << ","
+      << "," << p.stream_buffers << "," << p.sparsity << "," << p.fire << "," << p.decode_tok_s << "," << p.prefill_tok_s << ","
       << p.bytes_per_token << "," << p.reads_per_token << "," << p.mean_read_bytes << ","
       << p.effective_mib_s << "," << p.delivered_mib_s << "," << p.io_share << "," << p.hit_rate << "," << p.planned_bytes
       << "," << p.predicted_tok_s << "," << p.predicted_flash_tok_s << ","
@@ -218,6 +224,8 @@ nlohmann::json Json(const std::vector<Point>& points, const Flags& f, double dra
                            {"pipeline", p.pipeline},
                            {"threads", p.threads},
                            {"stream_buffers", p.stream_buffers},
+                           {"sparsity", p.sparsity},
+                           {"ffn_computed_fraction", p.fire},
                            {"decode_tok_s", p.decode_tok_s},
                            {"prefill_tok_s", p.prefill_tok_s},
                            {"bytes_per_token", p.bytes_per_token},
@@ -322,8 +330,16 @@ int Run(const Flags& f) {
   auto buffers = Numbers(f.stream_buffers, "--stream-buffers", 2, engine::kChunkBuffersMax);
   auto coalesce = Switches(f.coalesce, "--coalesce");
   auto pipeline = Switches(f.pipeline, "--pipeline");
+  auto sparsities = Split(f.sparsity, "--sparsity");
+  if (sparsities.ok()) {
+    for (const std::string& sp : *sparsities) {
+      if (sp != "auto" && sp != "dense" && sp != "relu") {
+        return fail(InvalidArgumentError("--sparsity: auto, dense or relu, not '" + sp + "'"));
+      }
+    }
+  }
   for (const Status& s : {budgets.status(), chunks.status(), threads.status(), buffers.status(),
-                          coalesce.status(), pipeline.status()}) {
+                          coalesce.status(), pipeline.status(), sparsities.status()}) {
     if (!s.ok()) return fail(s);
   }
   std::optional<storage::FlashProfile> profile;
@@ -379,6 +395,7 @@ int Run(const Flags& f) {
       for (uint32_t c : *chunks) {
         for (bool co : *coalesce) {
           for (bool pi : *pipeline) {
+           for (const std::string& sp : *sparsities) {
             for (uint32_t t : *threads) {
               for (uint32_t sb : *buffers) {
                 Point p;
@@ -387,11 +404,13 @@ int Run(const Flags& f) {
                 p.chunk_bundles = c;
                 p.coalesce = co;
                 p.pipeline = pi;
+                p.sparsity = sp;
                 p.threads = t ? t : cores;
                 p.stream_buffers = sb;
                 points.push_back(p);
               }
             }
+           }
           }
         }
       }
@@ -399,8 +418,8 @@ int Run(const Flags& f) {
   }
 
   std::map<std::pair<std::string, uint32_t>, double> calibrated;  // (store, threads) -> GB/s
-  std::printf("%-16s %8s %6s %5s %4s %3s %3s %8s %10s %8s %10s %9s %9s %5s %5s %9s %7s\n",
-              "store", "budget", "chunk", "coal", "pipe", "thr", "buf", "tok/s", "MiB/token",
+  std::printf("%-16s %8s %6s %5s %4s %3s %3s %5s %5s %8s %10s %8s %10s %9s %9s %5s %5s %9s %7s\n",
+              "store", "budget", "chunk", "coal", "pipe", "thr", "buf", "ffn", "fire", "tok/s", "MiB/token",
               "reads", "mean read", "eff MiB/s", "del MiB/s", "io%", "hit%", "plan tok/s", "error");
   for (size_t i = 0; i < points.size(); ++i) {
     Point& p = points[i];
@@ -412,6 +431,9 @@ int Run(const Flags& f) {
     so.streaming.chunk_buffers = p.stream_buffers;
     so.streaming.coalesce = p.coalesce;
     so.streaming.pipeline = p.pipeline;
+    so.transformer.sparsity = p.sparsity == "relu"    ? engine::FfnSparsity::kRelu
+                              : p.sparsity == "dense" ? engine::FfnSparsity::kDense
+                                                      : engine::FfnSparsity::kAuto;
     so.transformer.max_context =
         static_cast<uint32_t>(std::min<int64_t>(m.config.max_seq_len, f.prompt_tokens + f.tokens + 1));
     // The budget: a size, or a percentage of what keeps everything resident at these settings.
@@ -480,12 +502,23 @@ int Run(const Flags& f) {
     p.io_share = med(&Measured::io_share);
     p.hit_rate = med(&Measured::hit_rate);
     p.planned_bytes = med(&Measured::planned);
+    p.fire = med(&Measured::fire);
+    if (p.fire < 1) {  // sparse: the plan's cost at the fire rate decode measured
+      co.fire_fraction = p.fire;
+      auto sparse = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
+      if (!sparse.ok()) return fail(sparse.status());
+      p.dram_bytes = sparse->cost.weight_bytes + sparse->cost.kv_bytes;
+      p.flash_seconds = 0;
+      for (const engine::FlashStream& st : sparse->cost.streams) {
+        if (st.mib_per_s > 0) p.flash_seconds += st.bytes / (st.mib_per_s * 1048576.0);
+      }
+    }
     p.delivered_mib_s = p.bytes_per_token * p.decode_tok_s / 1048576.0;
     // The prediction: the plan's per-token bytes over the DRAM rate (given, else what decode
     // reached with everything resident at these threads, else the measured read bandwidth) and
     // the flash profile's rates; overlapped when pipelining, added when not.
     const auto key = std::make_pair(p.store, p.threads);
-    if (p.budget == 0 && f.dram_gbps == 0) {
+    if (p.budget == 0 && f.dram_gbps == 0 && p.fire >= 1) {
       calibrated[key] = p.dram_bytes * p.decode_tok_s / 1e9;
     }
     p.dram_gbps = f.dram_gbps > 0 ? f.dram_gbps : calibrated.count(key) ? calibrated[key] : dram;
@@ -500,17 +533,18 @@ int Run(const Flags& f) {
     p.binding = p.flash_seconds > dram_s ? "flash" : "DRAM";
     const double err = p.decode_tok_s > 0 ? p.predicted_tok_s / p.decode_tok_s - 1 : 0;
     char error[16];
-    if (p.budget == 0 && p.dram_from == "resident decode") {
+    if (p.budget == 0 && p.fire >= 1 && p.dram_from == "resident decode") {
       std::snprintf(error, sizeof error, "calib");  // this point calibrated the DRAM rate
     } else {
       std::snprintf(error, sizeof error, "%+.0f%%", 100 * err);
     }
     std::printf(
-        "%-16s %8s %6u %5s %4s %3u %3u %8.2f %10.2f %8.1f %10s %9.0f %9.0f %4.0f%% %4.0f%% %9.2f "
-        "%7s\n",
+        "%-16s %8s %6u %5s %4s %3u %3u %5s %4.0f%% %8.2f %10.2f %8.1f %10s %9.0f %9.0f %4.0f%% "
+        "%4.0f%% %9.2f %7s\n",
         std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
         p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
-        p.pipeline ? "on" : "off", p.threads, p.stream_buffers, p.decode_tok_s,
+        p.pipeline ? "on" : "off", p.threads, p.stream_buffers, p.sparsity.c_str(), 100 * p.fire,
+        p.decode_tok_s,
         p.bytes_per_token / 1048576.0, p.reads_per_token,
         FormatBytes(static_cast<uint64_t>(p.mean_read_bytes)).c_str(), p.effective_mib_s,
         p.delivered_mib_s, 100 * p.io_share, 100 * p.hit_rate, p.predicted_tok_s, error);
@@ -555,6 +589,10 @@ CommandRunner RegisterBench(CLI::App& app) {
   cmd->add_option("--threads", flags->threads, "Thread counts (0: all cores)")->capture_default_str();
   cmd->add_option("--stream-buffers", flags->stream_buffers,
                   "FFN chunk buffers in flight, i.e. read queue depth in chunks (list)")
+      ->capture_default_str();
+  cmd->add_option("--sparsity", flags->sparsity,
+                  "FFN sparsity modes: auto, dense, relu (list; relu needs a ReLU model with "
+                  "gate+up-down bundles)")
       ->capture_default_str();
   cmd->add_option("--tokens", flags->tokens, "Decode steps per run")->capture_default_str();
   cmd->add_option("--prompt-tokens", flags->prompt_tokens, "Prompt length")->capture_default_str();

@@ -22,6 +22,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "With --mem-budget: FFN bundles per streamed chunk (default 256)");
   cmd->add_option("--stream-buffers", f->stream_buffers,
                   "With --mem-budget: chunk buffers in flight when pipelining (default 4)");
+  cmd->add_option("--sparsity", f->sparsity,
+                  "FFN neurons computed from a store: dense, relu (exact for ReLU models with "
+                  "gate+up-down bundles: only neurons whose gate fires are read), or auto "
+                  "(relu where it applies, else dense)")
+      ->capture_default_str();
 }
 
 Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
@@ -47,6 +52,16 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   o->streaming.chunk_buffers = static_cast<uint32_t>(f.stream_buffers);
   o->streaming.pipeline = !f.no_pipeline;
   o->streaming.coalesce = !f.no_coalesce;
+  if (f.sparsity == "auto") {
+    o->transformer.sparsity = engine::FfnSparsity::kAuto;
+  } else if (f.sparsity == "dense") {
+    o->transformer.sparsity = engine::FfnSparsity::kDense;
+  } else if (f.sparsity == "relu") {
+    o->transformer.sparsity = engine::FfnSparsity::kRelu;
+  } else {
+    return InvalidArgumentError("--sparsity must be auto, dense or relu (threshold and predictor "
+                                "modes are not built yet)");
+  }
   return Status::Ok();
 }
 
@@ -57,11 +72,12 @@ std::string IoStatsLine(const engine::IoReport& r) {
       buf, sizeof(buf),
       "io: %.1f MiB requested, %.1f MiB read in %llu reads (mean %.1f KiB), "
       "%.1f MiB/s effective, io wait %.1f ms, compute %.1f ms, FFN hit rate %.1f%%, "
+      "FFN neurons computed %.1f%%, "
       "peak RSS %.1f MiB; per forward pass (%llu): %.2f MiB read, %.1f reads, io wait %.2f ms, "
       "compute %.2f ms",
       r.mib_requested, r.mib_read, static_cast<unsigned long long>(s.reads),
       r.mean_read_bytes / 1024.0, r.effective_mib_per_s, r.io_wait_ms, r.compute_ms,
-      100.0 * s.hit_rate(), r.peak_rss_bytes / 1048576.0,
+      100.0 * s.hit_rate(), 100.0 * s.ffn_computed_fraction(), r.peak_rss_bytes / 1048576.0,
       static_cast<unsigned long long>(s.passes), r.pass_mib_read, r.pass_reads, r.pass_io_wait_ms,
       r.pass_compute_ms);
   return buf;
@@ -81,6 +97,8 @@ nlohmann::json IoStatsJson(const engine::IoReport& r, uint64_t tokens, uint64_t 
                         {"cache_hit_rate", s.hit_rate()},
                         {"bundles_resident", s.bundles_resident},
                         {"bundles_streamed", s.bundles_streamed},
+                        {"ffn_neurons_computed", s.ffn_neurons_computed},
+                        {"ffn_neurons_total", s.ffn_neurons_total},
                         {"planned_bytes", planned_bytes},
                         {"peak_rss_bytes", r.peak_rss_bytes}};
 }

@@ -26,6 +26,7 @@ struct SessionFlags {
   bool no_coalesce = false;
   int64_t chunk_bundles = 256;
   int64_t stream_buffers = 4;
+  std::string sparsity = "auto";
   bool budgeted() const { return !mem_budget.empty(); }
 };
 void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);

@@ -14,6 +14,7 @@
 #include "engine/session.h"
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
+#include "layout/synth.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -206,6 +207,43 @@ TEST(AllocationTest, BatchedDecodeAllocatesNothing) {
   g_counting = false;
   EXPECT_EQ(g_allocations.load(), 0u);
   EXPECT_EQ(positions[0], 23u);
+}
+
+// relu sparsity (the firing neurons' bundles requested ad hoc) allocates nothing per token either.
+TEST(AllocationTest, ReluSparseDecodeAllocatesNothing) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.activation = layout::Activation::kRelu;
+  so.dtype = layout::DType::kQ8_0;
+  so.fire_rate = 0.25f;
+  so.out_path = (dir / "relu.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  const std::string store = (dir / "store").string();
+  {
+    auto src = layout::OpenCheckpoint(so.out_path);
+    ASSERT_TRUE(src.ok());
+    layout::RepackOptions ro;
+    ro.alignment_bytes = 512;
+    ro.bundle_kind = layout::BundleKind::kGateSeparate;
+    ASSERT_TRUE(layout::Repack(**src, store, ro).ok());
+  }
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 128;
+  o.transformer.sparsity = FfnSparsity::kRelu;
+  o.streaming.chunk_bundles = 16;
+  const uint64_t minimum = Minimum(store, o);
+  ASSERT_GT(minimum, 0u);
+  for (uint64_t budget : {minimum, uint64_t{0}}) {
+    o.budgeted = true;
+    o.budget_bytes = budget;
+    auto session = Session::Open(store, o);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kRelu);
+    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
+    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+  }
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <regex>
 
@@ -11,6 +13,7 @@
 #include "engine/session.h"
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
+#include "layout/synth.h"
 #include "tests/test_util.h"
 
 namespace flashlm::engine {
@@ -392,6 +395,126 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
         << r.status().ToString();
     EXPECT_NE(r.status().ToString().find("bundle 100"), std::string::npos)
         << r.status().ToString();
+  }
+}
+
+// A random-weight ReLU model (synth, fire rate `fire`) repacked with `kind` bundles.
+std::string MakeReluStore(const flashlm::testing::ScratchDir& dir, layout::BundleKind kind,
+                          layout::Activation activation = layout::Activation::kRelu) {
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.activation = activation;
+  so.dtype = layout::DType::kQ8_0;
+  so.fire_rate = activation == layout::Activation::kRelu ? 0.25f : 0.0f;
+  so.seed = 11;
+  const std::string name = std::string(layout::BundleKindName(kind)) +
+                           (activation == layout::Activation::kRelu ? "-relu" : "-silu");
+  so.out_path = (dir / (name + ".gguf")).string();
+  EXPECT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  EXPECT_TRUE(src.ok());
+  layout::RepackOptions ro;
+  ro.bundle_kind = kind;
+  ro.alignment_bytes = 512;
+  const std::string store = (dir / name).string();
+  EXPECT_TRUE(layout::Repack(**src, store, ro).ok());
+  return store;
+}
+
+// Greedy ids and every step's logits of `steps` tokens after a fixed prompt.
+struct Trace {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+  EngineStats stats;
+  FfnSparsity sparsity = FfnSparsity::kAuto;
+};
+Result<Trace> GreedyTrace(const std::string& store, uint64_t budget, FfnSparsity sparsity,
+                          uint32_t steps) {
+  SessionOptions o;
+  o.threads = 2;
+  o.budgeted = true;
+  o.budget_bytes = budget;
+  o.transformer.max_context = 64;
+  o.transformer.sparsity = sparsity;
+  o.streaming.chunk_bundles = 16;
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Session::Open(store, o));
+  Trace t;
+  t.sparsity = s->model().sparsity();
+  std::vector<int32_t> ids = {1, 7, 42, 99, 5};
+  std::span<const float> logits;
+  ASSIGN_OR_RETURN(logits, Prefill(s->model(), ids, 0));
+  s->ResetStats();
+  for (uint32_t i = 0; i < steps; ++i) {
+    t.logits.insert(t.logits.end(), logits.begin(), logits.end());
+    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
+                                              logits.begin());
+    ids.push_back(next);
+    ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&ids.back(), 1),
+                                                static_cast<uint32_t>(ids.size() - 1)));
+  }
+  t.ids = ids;
+  t.stats = s->stats();
+  return t;
+}
+
+// relu sparsity computes only the neurons whose gate fires and is bit-identical to dense, in DRAM
+// and under a budget that streams, while reading fewer bytes.
+TEST(StoreWeightsTest, ReluSparsityIsExactAndReadsLess) {
+  flashlm::testing::ScratchDir dir;
+  const std::string store = MakeReluStore(dir, layout::BundleKind::kGateSeparate);
+  SessionOptions probe;
+  probe.threads = 2;
+  probe.transformer.max_context = 64;
+  probe.streaming.chunk_bundles = 16;
+  probe.budgeted = true;
+  probe.budget_bytes = 1;
+  auto refused = Session::Open(store, probe);
+  std::smatch m;
+  const std::string msg(refused.status().message());
+  ASSERT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
+  const uint64_t minimum = std::stoull(m[1].str());
+  for (uint64_t budget : {uint64_t{0}, minimum}) {
+    auto dense = GreedyTrace(store, budget, FfnSparsity::kDense, 24);
+    auto relu = GreedyTrace(store, budget, FfnSparsity::kRelu, 24);
+    auto automatic = GreedyTrace(store, budget, FfnSparsity::kAuto, 4);
+    ASSERT_TRUE(dense.ok()) << dense.status().ToString();
+    ASSERT_TRUE(relu.ok()) << relu.status().ToString();
+    ASSERT_TRUE(automatic.ok()) << automatic.status().ToString();
+    EXPECT_EQ(automatic->sparsity, FfnSparsity::kRelu);  // a ReLU model with the gate apart
+    EXPECT_EQ(dense->ids, relu->ids) << "budget " << budget;
+    ASSERT_EQ(dense->logits.size(), relu->logits.size());
+    EXPECT_EQ(0, std::memcmp(dense->logits.data(), relu->logits.data(),
+                             dense->logits.size() * sizeof(float)))
+        << "logits differ at budget " << budget;
+    EXPECT_EQ(dense->stats.ffn_computed_fraction(), 1.0);
+    // synth fires each neuron with probability 0.25 on average.
+    EXPECT_GT(relu->stats.ffn_computed_fraction(), 0.05);
+    EXPECT_LT(relu->stats.ffn_computed_fraction(), 0.6);
+    if (budget != 0) {
+      EXPECT_GT(dense->stats.bytes_read, 0u);
+      EXPECT_LT(relu->stats.bytes_read, dense->stats.bytes_read * 3 / 4);
+      EXPECT_LT(relu->stats.bundles_streamed, dense->stats.bundles_streamed);
+    }
+  }
+}
+
+TEST(StoreWeightsTest, ReluSparsityIsRefusedWhereItIsNotExactOrSavesNothing) {
+  flashlm::testing::ScratchDir dir;
+  const std::string together = MakeReluStore(dir, layout::BundleKind::kGateUpDown);
+  const std::string silu =
+      MakeReluStore(dir, layout::BundleKind::kGateSeparate, layout::Activation::kSilu);
+  auto a = GreedyTrace(together, 0, FfnSparsity::kRelu, 1);
+  EXPECT_EQ(a.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(a.status().message().find("gate+up-down"), std::string::npos) << a.status().ToString();
+  auto b = GreedyTrace(silu, 0, FfnSparsity::kRelu, 1);
+  EXPECT_EQ(b.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(b.status().message().find("ReLU"), std::string::npos) << b.status().ToString();
+  // auto falls back to dense for both.
+  for (const std::string& store : {together, silu}) {
+    auto c = GreedyTrace(store, 0, FfnSparsity::kAuto, 2);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    EXPECT_EQ(c->sparsity, FfnSparsity::kDense);
+    EXPECT_EQ(c->stats.ffn_computed_fraction(), 1.0);
   }
 }
 
