@@ -46,7 +46,14 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   cost.kv_bytes = KvCacheBytes(c, o.context, o.kv_value_bytes, o.batch);
 
   const double read_max = double(needs.read_max_bytes ? needs.read_max_bytes : 1 << 20);
-  FlashStream att{"attention", 0, read_max, true, 1, 0};
+  auto stream = [](const char* what, bool sequential) {
+    FlashStream s;
+    s.what = what;
+    s.sequential = sequential;
+    return s;
+  };
+  FlashStream att = stream("attention", true);
+  att.read_bytes = read_max;
   for (size_t l = 0; l < plan.dense_pinned.size(); ++l) {
     if (!plan.dense_pinned[l]) att.bytes += double(in.dense_layer_bytes[l]);
   }
@@ -59,7 +66,7 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   }
   // Streamed bundles: every one in dense mode, the fired ones in runs otherwise; merged into
   // chunk-sized reads when coalesced, one read per bundle when not.
-  FlashStream ffn_stream{"FFN bundles", 0, 0, f >= 1.0, 1, 0};
+  FlashStream ffn_stream = stream("FFN bundles", f >= 1.0);
   uint64_t streamed_bundles = 0;
   for (size_t l = 0; l < plan.pinned_bundles.size(); ++l) {
     streamed_bundles += in.layer_bundles[l] - plan.pinned_bundles[l];
@@ -75,13 +82,15 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
                                                 ffn_stream.read_bytes))
                       : chunk;
   ffn_stream.depth = double(std::max(plan.chunk_buffers, 1u)) * chunk_reads;
-  FlashStream cls{"classifier", 0, 0, true, 1, 0};
+  ffn_stream.overlapped = f >= 1.0;
+  FlashStream cls = stream("classifier", true);
   if (!plan.classifier_resident) {
     cls.bytes = double(in.classifier_bytes);
     cls.read_bytes = std::min(read_max, double(needs.classifier.buffer_bytes));
     cls.depth = 2.0 * std::max(1u, needs.classifier.reads_per_block);
   }
-  FlashStream emb{"embedding rows", 0, 0, false, 1, 0};
+  FlashStream emb = stream("embedding rows", false);
+  emb.overlapped = false;
   if (!plan.embedding_resident) {
     // One extent per token and sequence (the rows_per_extent rows around the token).
     emb.bytes = double(in.embedding_demand_bytes) * batch;
@@ -96,27 +105,34 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   return cost;
 }
 
+double BoundTokS(double dram_s, double overlapped_s, double serial_s, bool pipelined,
+                 uint64_t batch) {
+  const double tokens = double(std::max<uint64_t>(batch, 1));
+  const double t = pipelined ? std::max(dram_s, overlapped_s) + serial_s
+                             : dram_s + overlapped_s + serial_s;
+  return t > 0 ? tokens / t : 0;
+}
+
 SpeedBounds BoundSpeed(DecodeCost& cost, double dram_gbps, const storage::FlashProfile* profile,
                        uint64_t batch) {
   SpeedBounds b;
   const double tokens = double(std::max<uint64_t>(batch, 1));
-  const double dram_s = (cost.weight_bytes + cost.kv_bytes) / (dram_gbps * 1e9);
-  b.dram_tok_s = dram_s > 0 ? tokens / dram_s : 0;
-  double flash_s = 0;
+  b.dram_seconds = (cost.weight_bytes + cost.kv_bytes) / (dram_gbps * 1e9);
+  b.dram_tok_s = b.dram_seconds > 0 ? tokens / b.dram_seconds : 0;
   if (profile != nullptr && !profile->curves.empty()) {
     for (FlashStream& s : cost.streams) {
       s.mib_per_s = profile->MiBPerSecondAt(s.read_bytes, s.sequential, s.depth);
-      flash_s += s.bytes / (s.mib_per_s * 1048576.0);
+      const double seconds = s.bytes / (s.mib_per_s * 1048576.0);
+      (s.overlapped ? b.flash_overlapped_seconds : b.flash_serial_seconds) += seconds;
     }
   }
+  const double flash_s = b.flash_overlapped_seconds + b.flash_serial_seconds;
   b.flash_tok_s = flash_s > 0 ? tokens / flash_s : 0;
-  b.tok_s = b.dram_tok_s;
-  b.binding = "DRAM bandwidth";
-  if (flash_s > dram_s) {
-    b.tok_s = b.flash_tok_s;
-    b.binding = "flash bandwidth";
-  }
-  b.serial_tok_s = tokens / (dram_s + flash_s);
+  b.tok_s = BoundTokS(b.dram_seconds, b.flash_overlapped_seconds, b.flash_serial_seconds, true,
+                      batch);
+  b.binding = flash_s > b.dram_seconds ? "flash bandwidth" : "DRAM bandwidth";
+  b.serial_tok_s = BoundTokS(b.dram_seconds, b.flash_overlapped_seconds, b.flash_serial_seconds,
+                             false, batch);
   return b;
 }
 

@@ -42,6 +42,10 @@ struct FlashStream {
   double read_bytes = 0;    // the size its reads come in
   bool sequential = true;   // in ascending file order (dense streaming), else scattered
   double depth = 1;         // reads in flight
+  // Read while the previous work computes (read ahead). false: the reads can only start when the
+  // token gets there, and compute waits for them (an embedding row; a sparse FFN's bundles, known
+  // only once the layer's gate is computed).
+  bool overlapped = true;
   double mib_per_s = 0;     // the profile's bandwidth at that size (0 without a profile)
 };
 
@@ -66,10 +70,15 @@ DecodeCost CostOfToken(const layout::ModelConfig& config, const StoreNeeds& need
 struct SpeedBounds {
   double dram_tok_s = 0;    // aggregate over the batch
   double flash_tok_s = 0;   // 0: nothing streams, or no profile
-  double tok_s = 0;         // the lower of the two (reads overlapped with compute)
-  double serial_tok_s = 0;  // reads not overlapped: 1 / (DRAM time + flash time)
+  double dram_seconds = 0, flash_overlapped_seconds = 0, flash_serial_seconds = 0;  // per step
+  // max(DRAM time, overlapped flash time) + serial flash time, per step.
+  double tok_s = 0;
+  double serial_tok_s = 0;  // no read overlapped: 1 / (DRAM time + flash time)
   std::string binding;      // "DRAM bandwidth" or "flash bandwidth"
 };
+// The same bound for a DRAM rate given per step (`dram_seconds`), e.g. one decode calibrated.
+double BoundTokS(double dram_seconds, double flash_overlapped_seconds, double flash_serial_seconds,
+                 bool pipelined, uint64_t batch);
 
 // `profile` may be null (flash bound unknown). dram_gbps: usable DRAM bandwidth in GB/s (1e9).
 SpeedBounds BoundSpeed(DecodeCost& cost, double dram_gbps, const storage::FlashProfile* profile,

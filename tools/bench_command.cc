@@ -68,6 +68,7 @@ struct Point {
   std::string binding;
   double dram_bytes = 0;     // per token (weights touched + KV), from the plan
   double flash_seconds = 0;  // per token at the profile's bandwidths (0: none or no profile)
+  double flash_serial_seconds = 0;  // of which cannot overlap compute
   double dram_gbps = 0;      // the DRAM rate the prediction used
   std::string dram_from;     // "measured read bandwidth", "resident decode", "--dram-gbps"
   bool cache_dropped = false;
@@ -471,9 +472,9 @@ int Run(const Flags& f) {
     }
     if (!predicted.ok()) return fail(predicted.status());
     p.dram_bytes = predicted->cost.weight_bytes + predicted->cost.kv_bytes;
-    for (const engine::FlashStream& st : predicted->cost.streams) {
-      if (st.mib_per_s > 0) p.flash_seconds += st.bytes / (st.mib_per_s * 1048576.0);
-    }
+    p.flash_seconds =
+        predicted->bounds.flash_overlapped_seconds + predicted->bounds.flash_serial_seconds;
+    p.flash_serial_seconds = predicted->bounds.flash_serial_seconds;
 
     std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s chunk %u coalesce %s pipeline %s threads %u\n",
                  i + 1, points.size(), p.store.c_str(), p.budget_spec.c_str(), p.chunk_bundles,
@@ -508,10 +509,9 @@ int Run(const Flags& f) {
       auto sparse = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
       if (!sparse.ok()) return fail(sparse.status());
       p.dram_bytes = sparse->cost.weight_bytes + sparse->cost.kv_bytes;
-      p.flash_seconds = 0;
-      for (const engine::FlashStream& st : sparse->cost.streams) {
-        if (st.mib_per_s > 0) p.flash_seconds += st.bytes / (st.mib_per_s * 1048576.0);
-      }
+      p.flash_seconds =
+          sparse->bounds.flash_overlapped_seconds + sparse->bounds.flash_serial_seconds;
+      p.flash_serial_seconds = sparse->bounds.flash_serial_seconds;
     }
     p.delivered_mib_s = p.bytes_per_token * p.decode_tok_s / 1048576.0;
     // The prediction: the plan's per-token bytes over the DRAM rate (given, else what decode
@@ -529,7 +529,8 @@ int Run(const Flags& f) {
     p.predicted_dram_tok_s = 1.0 / dram_s;
     p.predicted_flash_tok_s = p.flash_seconds > 0 ? 1.0 / p.flash_seconds : 0;
     p.predicted_tok_s =
-        1.0 / (p.pipeline ? std::max(dram_s, p.flash_seconds) : dram_s + p.flash_seconds);
+        engine::BoundTokS(dram_s, p.flash_seconds - p.flash_serial_seconds, p.flash_serial_seconds,
+                          p.pipeline, 1);
     p.binding = p.flash_seconds > dram_s ? "flash" : "DRAM";
     const double err = p.decode_tok_s > 0 ? p.predicted_tok_s / p.decode_tok_s - 1 : 0;
     char error[16];
