@@ -105,6 +105,9 @@ nlohmann::json SpeedJson(const engine::Prediction& p, double dram_gbps) {
     streams.push_back({{"what", s.what},
                        {"bytes_per_token", s.bytes},
                        {"read_bytes", s.read_bytes},
+                       {"reads_in_flight", s.depth},
+                       {"sequential", s.sequential},
+                       {"overlapped", s.overlapped},
                        {"mib_per_s", s.mib_per_s}});
   }
   return {{"dram_gbps", dram_gbps},
@@ -289,11 +292,14 @@ int Run(Flags f) {
   std::printf("  everything resident: %s; minimum budget: %s (%llu bytes)\n",
               FormatBytes(full.total_bytes()).c_str(), FormatBytes(full.minimum_bytes).c_str(),
               static_cast<unsigned long long>(full.minimum_bytes));
+  char fire_text[32];
+  std::snprintf(fire_text, sizeof fire_text, "%.3g", f.fire_rate);
+  const std::string fire = fire_text;
   const auto print_speed = [&](const engine::Prediction& p, const char* label) {
     std::printf("speed bounds %s (batch %lld, context %llu, %s%s):\n", label,
                 static_cast<long long>(f.batch), static_cast<unsigned long long>(ctx),
                 f.fire_rate < 1 ? "FFN fire rate " : "dense FFN",
-                f.fire_rate < 1 ? std::to_string(f.fire_rate).c_str() : "");
+                f.fire_rate < 1 ? fire.c_str() : "");
     std::printf("  DRAM: %s of weights + %s of KV per step at %.1f GB/s%s -> %.2f tok/s\n",
                 Gb(p.cost.weight_bytes).c_str(), Gb(p.cost.kv_bytes).c_str(), dram,
                 dram_measured ? " (measured here)" : "", p.bounds.dram_tok_s);
@@ -301,10 +307,11 @@ int Run(Flags f) {
       std::printf("  flash: nothing streams\n");
     } else {
       for (const engine::FlashStream& s : p.cost.streams) {
-        std::printf("  flash: %-15s %10s per step in %s reads of %s, %.0f in flight",
+        std::printf("  flash: %-15s %10s per step in %s reads of %s, %.0f in flight%s",
                     s.what.c_str(), FormatBytes(static_cast<uint64_t>(s.bytes)).c_str(),
                     s.sequential ? "sequential" : "scattered",
-                    FormatBytes(static_cast<uint64_t>(s.read_bytes)).c_str(), s.depth);
+                    FormatBytes(static_cast<uint64_t>(s.read_bytes)).c_str(), s.depth,
+                    s.overlapped ? "" : ", not read ahead");
         if (profile) std::printf(" at %.0f MiB/s", s.mib_per_s);
         std::printf("\n");
       }
