@@ -16,7 +16,8 @@
 //     bundles of every layer (hot-first stores put the most frequently firing neurons there):
 //     each layer's hot set first (evenly while they do not all fit), then evenly across layers.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
-// budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
+// budget is InvalidArgument (a bad input) naming the minimum. Plain values and a pure function;
+// thread-safe.
 #ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 #define FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 
@@ -88,7 +89,7 @@ struct ResidencyPlan {
   std::string Describe() const;
 };
 
-// Errors: ResourceExhausted when budget_bytes is below the minimum (the message names it),
+// Errors: InvalidArgument when budget_bytes is below the minimum (the message names it),
 // InvalidArgument for inconsistent inputs (layer counts differ, zero spacing or chunk).
 Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in);
 
