@@ -193,6 +193,7 @@ Result<std::unique_ptr<LmdbEnv>> LmdbEnv::Open(const std::string& path, const Op
   if (rc != 0) return LmdbError("mdb_env_create", rc);
   unsigned flags = MDB_NOSUBDIR;
   if (options.read_only) flags |= MDB_RDONLY | MDB_NOLOCK;
+  if (!options.read_only && !options.sync) flags |= MDB_NOSYNC;
   if (!options.read_only) {
     rc = mdb_env_set_mapsize(env, options.map_size_bytes);
     if (rc != 0) {

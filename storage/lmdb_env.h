@@ -74,6 +74,9 @@ class LmdbEnv {
     bool read_only = true;
     bool create = false;                   // create the file when absent (needs !read_only)
     uint64_t map_size_bytes = 1ull << 30;  // upper bound on the database size (writers)
+    // Writers: fsync on commit. false (MDB_NOSYNC) only where durability does not matter (fuzz
+    // targets and tests that write thousands of catalogs).
+    bool sync = true;
   };
 
   // Opens the environment file at `path`. Before LMDB maps an existing file, its two meta pages

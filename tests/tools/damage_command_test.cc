@@ -7,6 +7,7 @@
 // the catalog cut at every LMDB page boundary, bit flips across the catalog and its seal,
 // declared sizes at their extremes, FIFOs in place of store files.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <cstring>
@@ -214,6 +215,11 @@ TEST_F(DamageTest, DeclaredContextAtItsExtreme) {
   EXPECT_NE(r.err.find("--ctx"), std::string::npos) << r.err;
   r = RunCmd("perplexity " + Q(s) + " --text " + Q(text()) + " --ctx 2147483647");
   EXPECT_EQ(r.exit_code, 2) << r.err;
+  // Peak RSS of every command this process has run so far (the largest waited-for descendant):
+  // a tiny model stays far below what a 2^31-1 KV cache would take (8 GiB per layer and head).
+  struct rusage ru {};
+  ASSERT_EQ(getrusage(RUSAGE_CHILDREN, &ru), 0);
+  EXPECT_LT(static_cast<uint64_t>(ru.ru_maxrss) * 1024, uint64_t{1} << 30);
 }
 
 // Hostile flags and inputs: each is bad input (exit 2) with a message naming it.
