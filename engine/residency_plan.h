@@ -5,7 +5,8 @@
 // components report (StoreWeights::Measure: norms, catalog and read tables always; the embedding
 // and classifier resident or through their streaming buffers; each layer's dense matrices
 // (attention, plus ffn_gate when bundles omit it); each layer's FFN bundles, count x DRAM per
-// pinned bundle; the chunk and dense streaming buffers). PlanResidency decides, in this order of priority:
+// pinned bundle; the chunk and dense streaming buffers). PlanResidency decides, in this order of
+// priority:
 //  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
 //  2. otherwise the embedding is read on demand (when it may be), chunk_buffers_min streaming
 //     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier

@@ -55,8 +55,8 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
                                 std::to_string(config.max_seq_len));
   }
   if (ctx > kContextMax) {
-    return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the engine's maximum " +
-                                std::to_string(kContextMax));
+    return InvalidArgumentError("context " + std::to_string(ctx) +
+                                " exceeds the engine's maximum " + std::to_string(kContextMax));
   }
   o.max_context = ctx;
   return o;
@@ -86,11 +86,10 @@ uint64_t MachineMemoryBytes() {
 Status CheckContextFits(uint32_t ctx, uint64_t kv_bytes, uint64_t activation_bytes) {
   const uint64_t machine = MachineMemoryBytes();
   if (machine != 0 && kv_bytes + activation_bytes > machine) {
-    return InvalidArgumentError("context " + std::to_string(ctx) + " needs " +
-                                FormatBytes(kv_bytes) + " of KV cache and " +
-                                FormatBytes(activation_bytes) + " of activations, more than the " +
-                                FormatBytes(machine) +
-                                " of memory available on this machine; ask for a smaller --ctx");
+    return InvalidArgumentError(
+        "context " + std::to_string(ctx) + " needs " + FormatBytes(kv_bytes) + " of KV cache and " +
+        FormatBytes(activation_bytes) + " of activations, more than the " + FormatBytes(machine) +
+        " of memory available on this machine; ask for a smaller --ctx");
   }
   return Status::Ok();
 }
@@ -218,9 +217,9 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options, config));
   const uint32_t ctx = topts.max_context;
   pool_ = std::make_unique<ThreadPool>(options.threads);
-  RETURN_IF_ERROR(CheckContextFits(
-      ctx, FlatKvCache::BytesNeeded(config, ctx, topts.max_sequences),
-      Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape{})));
+  RETURN_IF_ERROR(
+      CheckContextFits(ctx, FlatKvCache::BytesNeeded(config, ctx, topts.max_sequences),
+                       Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape{})));
   ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
   const uint64_t weight_bytes = dram->resident_bytes();
   weights_ = std::move(dram);

@@ -44,7 +44,7 @@ struct SessionOptions {
   // A llama2.c tokenizer.bin, for a model that carries none; when given it must exist (a missing
   // file is NotFound, never ignored).
   std::string tokenizer_path;
-  uint32_t threads = 0;        // 0: every core; at most kThreadsPerCoreMax x cores
+  uint32_t threads = 0;  // 0: every core; at most kThreadsPerCoreMax x cores
   // The context when transformer.max_context is 0: min(the model's, this).
   uint32_t default_context_max = kDefaultContextMax;
   // A memory budget (needs a store); budget_bytes 0 = unlimited. Stores run under the plan either

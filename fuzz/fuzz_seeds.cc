@@ -14,8 +14,8 @@
 #include "layout/llama_tensors.h"
 #include "layout/repack.h"
 #include "layout/store_format.h"
-#include "storage/lmdb_env.h"
 #include "layout/synth.h"
+#include "storage/lmdb_env.h"
 
 namespace {
 
@@ -182,8 +182,8 @@ int main(int argc, char** argv) {
       });
     }
     std::ifstream data(store / flashlm::layout::DataFileName(0), std::ios::binary);
-    record("\x01" "data", std::string((std::istreambuf_iterator<char>(data)),
-                                     std::istreambuf_iterator<char>()));
+    record("\001data",
+           std::string((std::istreambuf_iterator<char>(data)), std::istreambuf_iterator<char>()));
     Write(dir / "store" / (name + ".records"), input);
     fs::remove_all(store);
   }

@@ -30,7 +30,8 @@ namespace fs = std::filesystem;
 
 const fs::path& StoreDir() {
   static const fs::path dir = [] {
-    const fs::path d = fs::temp_directory_path() / ("flashlm-fuzz-store-" + std::to_string(getpid()));
+    const fs::path d =
+        fs::temp_directory_path() / ("flashlm-fuzz-store-" + std::to_string(getpid()));
     fs::create_directories(d);
     flashlm::SetLogLevel(flashlm::LogLevel::kError);  // the buffered fallback on tmpfs
     return d;
@@ -69,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       vlen = static_cast<uint32_t>(std::min<size_t>(vlen, size - at));
       const ConstByteSpan value(reinterpret_cast<const std::byte*>(data + at), vlen);
       at += vlen;
-      if (key == "\x01" "data") {
+      if (key == "\001data") {
         data_file.assign(reinterpret_cast<const char*>(value.data()), value.size());
       } else {
         txn->Put(key, value).IgnoreError();  // empty or over-long keys are refused: skip them

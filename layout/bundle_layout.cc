@@ -4,11 +4,10 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-
-#include "layout/json_util.h"
 #include <numeric>
 #include <sstream>
 
+#include "layout/json_util.h"
 #include "storage/bytes.h"
 #include "storage/file.h"
 

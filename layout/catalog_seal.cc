@@ -104,7 +104,8 @@ Status CheckCatalogSeal(const std::string& store_dir) {
   char extra = 0;
   const ssize_t n = ::pread(*opened, &seal, sizeof seal, 0);
   const int e = errno;
-  const ssize_t more = n == static_cast<ssize_t>(sizeof seal) ? ::pread(*opened, &extra, 1, sizeof seal) : 0;
+  const ssize_t more =
+      n == static_cast<ssize_t>(sizeof seal) ? ::pread(*opened, &extra, 1, sizeof seal) : 0;
   ::close(*opened);
   if (n < 0) return ErrnoError("read " + seal_path, e);
   if (n != static_cast<ssize_t>(sizeof seal) || more != 0 ||

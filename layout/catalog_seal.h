@@ -23,10 +23,10 @@ inline constexpr char kCatalogSealMagic[8] = {'F', 'L', 'M', 'C', 'S', 'E', 'A',
 
 // catalog.sum, 32 bytes, little-endian.
 struct CatalogSeal {
-  char magic[8];            // kCatalogSealMagic
-  uint64_t catalog_bytes;   // size of catalog.mdb
-  uint64_t catalog_xxh3;    // XXH3-64 (seed 0) of catalog.mdb's catalog_bytes bytes
-  uint64_t seal_xxh3;       // XXH3-64 of the 24 bytes above
+  char magic[8];           // kCatalogSealMagic
+  uint64_t catalog_bytes;  // size of catalog.mdb
+  uint64_t catalog_xxh3;   // XXH3-64 (seed 0) of catalog.mdb's catalog_bytes bytes
+  uint64_t seal_xxh3;      // XXH3-64 of the 24 bytes above
 };
 static_assert(sizeof(CatalogSeal) == 32);
 

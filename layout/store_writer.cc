@@ -56,8 +56,8 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
   static std::atomic<uint32_t> counter{0};
   std::filesystem::path parent = std::filesystem::path(trimmed).parent_path();
   if (parent.empty()) parent = ".";
-  const std::string temp = (parent / (std::string(kTempMarker) + std::to_string(::getpid()) +
-                                      "-" + std::to_string(counter++)))
+  const std::string temp = (parent / (std::string(kTempMarker) + std::to_string(::getpid()) + "-" +
+                                      std::to_string(counter++)))
                                .string();
   std::filesystem::remove_all(temp, ec);  // a stale temp of an earlier run with our pid
   if (::mkdir(temp.c_str(), 0755) != 0) return ErrnoError("mkdir " + temp, errno);

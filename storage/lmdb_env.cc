@@ -43,6 +43,14 @@ constexpr uint32_t kLmdbMagic = 0xBEEFC0DE;
 constexpr uint32_t kLmdbDataVersion = 1;
 constexpr uint64_t kMetaReadBytes = kMetaHeaderBytes + 136;
 
+// The little-endian T at byte `offset` of `bytes`.
+template <typename T>
+T Load(const unsigned char* bytes, size_t offset) {
+  T v;
+  std::memcpy(&v, bytes + offset, sizeof v);
+  return v;
+}
+
 struct MetaPage {
   uint32_t page_bytes = 0;
   uint64_t last_page = 0;
@@ -54,9 +62,9 @@ Result<MetaPage> ReadMeta(int fd, uint64_t offset, const std::string& path) {
   unsigned char b[kMetaReadBytes];
   const ssize_t n = ::pread(fd, b, sizeof b, static_cast<off_t>(offset));
   if (n < 0) return ErrnoError("read " + path, errno);
-  auto u16 = [&](size_t o) { uint16_t v; std::memcpy(&v, b + o, 2); return v; };
-  auto u32 = [&](size_t o) { uint32_t v; std::memcpy(&v, b + o, 4); return v; };
-  auto u64 = [&](size_t o) { uint64_t v; std::memcpy(&v, b + o, 8); return v; };
+  auto u16 = [&](size_t o) { return Load<uint16_t>(b, o); };
+  auto u32 = [&](size_t o) { return Load<uint32_t>(b, o); };
+  auto u64 = [&](size_t o) { return Load<uint64_t>(b, o); };
   const std::string where = "catalog " + path + ": meta page at byte " + std::to_string(offset);
   if (static_cast<size_t>(n) != sizeof b) return CorruptionError(where + " is cut short");
   const uint64_t m = kMetaHeaderBytes;

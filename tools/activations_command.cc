@@ -18,9 +18,9 @@
 #include <string>
 
 #include "engine/activation_counter.h"
-#include "layout/bundle_layout.h"
 #include "engine/generator.h"
 #include "engine/session.h"
+#include "layout/bundle_layout.h"
 #include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"

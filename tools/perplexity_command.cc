@@ -27,9 +27,9 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
   return [=] {
     if (!cmd->parsed()) return -1;
     if ((ctx_opt->count() > 0 || *ctx != 0) && (*ctx < 2 || *ctx > engine::kContextMax)) {
-      return ReportError("perplexity", InvalidArgumentError("--ctx must be in [2, " +
-                                                            std::to_string(engine::kContextMax) +
-                                                            "]"));
+      return ReportError("perplexity",
+                         InvalidArgumentError("--ctx must be in [2, " +
+                                              std::to_string(engine::kContextMax) + "]"));
     }
     engine::SessionOptions options;
     if (Status st = ApplySessionFlags(*flags, &options); !st.ok()) {

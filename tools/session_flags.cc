@@ -12,9 +12,10 @@ namespace flashlm::tools {
 void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--threads", f->threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
-  f->mem_budget_option = cmd->add_option("--mem-budget", f->mem_budget,
-                  "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited): prints "
-                  "the residency plan and the I/O accounting");
+  f->mem_budget_option =
+      cmd->add_option("--mem-budget", f->mem_budget,
+                      "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited): prints "
+                      "the residency plan and the I/O accounting");
   cmd->add_flag("--no-pipeline", f->no_pipeline,
                 "With --mem-budget: read everything only when it is needed, one read batch at a "
                 "time (the naive mode, for comparison)");

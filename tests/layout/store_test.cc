@@ -14,8 +14,8 @@
 #include <random>
 
 #include "layout/bundle_layout.h"
-#include "layout/repack.h"
 #include "layout/catalog_seal.h"
+#include "layout/repack.h"
 #include "layout/store_reader.h"
 #include "storage/lmdb_env.h"
 #include "tests/layout/memory_checkpoint.h"
@@ -707,7 +707,7 @@ namespace {
 
 // Rewrites catalog key `key` of the store at `dir` with mutate(bytes), without resealing.
 void MutateCatalogUnsealed(const fs::path& dir, const std::string& key,
-                   const std::function<void(std::vector<std::byte>&)>& mutate) {
+                           const std::function<void(std::vector<std::byte>&)>& mutate) {
   storage::LmdbEnv::Options o;
   o.read_only = false;
   auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);

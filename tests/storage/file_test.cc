@@ -1,7 +1,6 @@
 #include "storage/file.h"
 
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -57,8 +56,7 @@ TEST(FileTest, ReadFileBoundedStopsAtTheLimit) {
   Result<std::string> zero = ReadFileBounded("/dev/zero", 1 << 20);
   EXPECT_EQ(zero.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(zero.status().message().find("limit"), std::string_view::npos);
-  EXPECT_EQ(ReadFileBounded(dir.path().string(), 10).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadFileBounded(dir.path().string(), 10).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(FileTest, WriteFileAtomicallyAllOrNothing) {

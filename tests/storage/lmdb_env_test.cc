@@ -94,8 +94,8 @@ TEST(LmdbEnvTest, CutShortFileIsCorruptionNotASignal) {
     std::ofstream(path, std::ios::binary | std::ios::trunc).write(whole.data(), cut);
     Result<std::unique_ptr<LmdbEnv>> env = LmdbEnv::Open(path, {});
     ASSERT_FALSE(env.ok()) << "cut at " << cut;
-    EXPECT_EQ(env.status().code(), StatusCode::kCorruption) << "cut at " << cut << ": "
-                                                             << env.status().ToString();
+    EXPECT_EQ(env.status().code(), StatusCode::kCorruption)
+        << "cut at " << cut << ": " << env.status().ToString();
   }
   std::ofstream(path, std::ios::binary | std::ios::trunc).write(whole.data(), whole.size());
   Result<std::unique_ptr<LmdbEnv>> env = LmdbEnv::Open(path, {});

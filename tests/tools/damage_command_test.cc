@@ -240,8 +240,7 @@ TEST_F(DamageTest, BadFlagsAreUsageErrors) {
       {p + "/dev/zero", "limit of 64 MiB"},
       {p + Q(dir_ / "missing.txt"), "no such file"},
       {p + Q(text()) + " --ctx 0", "--ctx"},
-      {"repack --no-progress --compress zstd --zstd-level 100 " + Q(base()) + " " +
-           Q(dir_ / "z"),
+      {"repack --no-progress --compress zstd --zstd-level 100 " + Q(base()) + " " + Q(dir_ / "z"),
        "zstd level"},
       {"repack --no-progress --tokenizer " + Q(dir_ / "missing.bin") + " " + Q(base()) + " " +
            Q(dir_ / "t"),
@@ -291,7 +290,7 @@ TEST_F(DamageTest, RepackHfFolderWithLlama2cTokenizer) {
   FLASHLM_REQUIRE_SHARED_MODEL(hf, "stories260K-hf-derived/config.json");
   FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
   CmdRun r = RunCmd("repack --no-progress " + Q(hf.parent_path()) + " " + Q(dir_ / "hf") +
-                 " --tokenizer " + Q(tok));
+                    " --tokenizer " + Q(tok));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = RunCmd("generate " + Q(dir_ / "hf") + " -p 'Once upon' -n 4 --temp 0");
   EXPECT_EQ(r.exit_code, 0) << r.err;
