@@ -97,7 +97,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     p.classifier_resident = !cls_demand;
   }
   if (in.budget_bytes < p.minimum_bytes) {
-    return ResourceExhaustedError(
+    return InvalidArgumentError(
         "memory budget " + FormatBytes(in.budget_bytes) + " is below the minimum of " +
         std::to_string(p.minimum_bytes) + " bytes (" + FormatBytes(p.minimum_bytes) + ": " +
         FormatBytes(p.fixed_bytes) + " always resident (KV cache, activations, " +

@@ -5,7 +5,8 @@
 // components report (StoreWeights::Measure: norms, catalog and read tables always; the embedding
 // and classifier resident or through their streaming buffers; each layer's dense matrices
 // (attention, plus ffn_gate when bundles omit it); each layer's FFN bundles, count x DRAM per
-// pinned bundle; the chunk and dense streaming buffers). PlanResidency decides, in this order of priority:
+// pinned bundle; the chunk and dense streaming buffers). PlanResidency decides, in this order of
+// priority:
 //  1. everything resident when it fits (or when the budget is 0 = unlimited): nothing streams;
 //  2. otherwise the embedding is read on demand (when it may be), chunk_buffers_min streaming
 //     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier
@@ -16,7 +17,8 @@
 //     bundles of every layer (hot-first stores put the most frequently firing neurons there):
 //     each layer's hot set first (evenly while they do not all fit), then evenly across layers.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
-// budget is ResourceExhausted naming the minimum. Plain values and a pure function; thread-safe.
+// budget is InvalidArgument (a bad input) naming the minimum. Plain values and a pure function;
+// thread-safe.
 #ifndef FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 #define FLASHLM_ENGINE_RESIDENCY_PLAN_H_
 
@@ -88,7 +90,7 @@ struct ResidencyPlan {
   std::string Describe() const;
 };
 
-// Errors: ResourceExhausted when budget_bytes is below the minimum (the message names it),
+// Errors: InvalidArgument when budget_bytes is below the minimum (the message names it),
 // InvalidArgument for inconsistent inputs (layer counts differ, zero spacing or chunk).
 Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in);
 

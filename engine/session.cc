@@ -1,8 +1,12 @@
 #include "engine/session.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "layout/byte_source.h"
 #include "layout/gguf_reader.h"
@@ -41,14 +45,71 @@ namespace {
 
 // The options with the context made explicit, checked against the model before anything is sized
 // by them.
-Result<TransformerOptions> Resolve(TransformerOptions o, const layout::ModelConfig& config) {
-  const uint32_t ctx = o.max_context == 0 ? config.max_seq_len : o.max_context;
+Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::ModelConfig& config) {
+  TransformerOptions o = so.transformer;
+  const uint32_t ctx = o.max_context == 0
+                           ? std::min(config.max_seq_len, std::max(1u, so.default_context_max))
+                           : o.max_context;
   if (ctx == 0 || ctx > config.max_seq_len) {
     return InvalidArgumentError("context " + std::to_string(ctx) + " exceeds the model's maximum " +
                                 std::to_string(config.max_seq_len));
   }
+  if (ctx > kContextMax) {
+    return InvalidArgumentError("context " + std::to_string(ctx) +
+                                " exceeds the engine's maximum " + std::to_string(kContextMax));
+  }
   o.max_context = ctx;
   return o;
+}
+
+// DRAM this machine can give now: MemAvailable (free plus reclaimable cache), else the physical
+// memory; 0 when unknown.
+uint64_t MachineMemoryBytes() {
+  if (FILE* f = std::fopen("/proc/meminfo", "re")) {
+    char line[256];
+    unsigned long long kib = 0;
+    bool found = false;
+    while (!found && std::fgets(line, sizeof line, f)) {
+      found = std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+    }
+    std::fclose(f);
+    if (found) return static_cast<uint64_t>(kib) * 1024;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
+
+// What a context costs (KV cache and the forward pass's buffers, which grow with it) checked
+// against the machine before any of it is allocated: a declared context of 2^31-1 asked for
+// explicitly must fail here, not after minutes of zeroing gigabytes.
+Status CheckContextFits(uint32_t ctx, uint64_t kv_bytes, uint64_t activation_bytes) {
+  const uint64_t machine = MachineMemoryBytes();
+  if (machine != 0 && kv_bytes + activation_bytes > machine) {
+    return InvalidArgumentError(
+        "context " + std::to_string(ctx) + " needs " + FormatBytes(kv_bytes) + " of KV cache and " +
+        FormatBytes(activation_bytes) + " of activations, more than the " + FormatBytes(machine) +
+        " of memory available on this machine; ask for a smaller --ctx");
+  }
+  return Status::Ok();
+}
+
+// The options a session refuses before it reads anything.
+Status CheckOptions(const SessionOptions& o) {
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  if (o.threads > kThreadsPerCoreMax * cores) {
+    return InvalidArgumentError("--threads " + std::to_string(o.threads) + " is more than " +
+                                std::to_string(kThreadsPerCoreMax) + " per core (" +
+                                std::to_string(cores) + " cores: at most " +
+                                std::to_string(kThreadsPerCoreMax * cores) + ")");
+  }
+  if (!o.tokenizer_path.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(o.tokenizer_path, ec)) {
+      return NotFoundError("tokenizer " + o.tokenizer_path + ": no such file");
+    }
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -58,7 +119,7 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
                                 uint64_t tokenizer_bytes) {
   // The engine's own bytes, from the same functions its parts allocate with.
   SessionPlan sp;
-  ASSIGN_OR_RETURN(sp.transformer, Resolve(options.transformer, config));
+  ASSIGN_OR_RETURN(sp.transformer, Resolve(options, config));
   const TransformerOptions& topts = sp.transformer;
   WeightsShape shape;
   shape.bundles = needs.bundles;
@@ -87,6 +148,7 @@ Session::~Session() = default;
 
 Result<std::unique_ptr<Session>> Session::Open(const std::string& path,
                                                const SessionOptions& options) {
+  RETURN_IF_ERROR(CheckOptions(options));
   std::unique_ptr<Session> s(new Session());
   if (layout::StoreReader::LooksLikeStore(path)) {
     RETURN_IF_ERROR(s->OpenStore(path, options));
@@ -123,6 +185,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   const TransformerOptions topts = sp.transformer;
   const uint32_t ctx = topts.max_context;
   plan_ = std::move(sp.plan);
+  RETURN_IF_ERROR(CheckContextFits(ctx, sp.kv_bytes, sp.activation_bytes));
 
   ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
                    StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));
@@ -164,12 +227,15 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(checkpoint_->vocab()));
   }
   const layout::ModelConfig& config = checkpoint_->config();
-  ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options.transformer, config));
+  ASSIGN_OR_RETURN(const TransformerOptions topts, Resolve(options, config));
   const uint32_t ctx = topts.max_context;
+  pool_ = std::make_unique<ThreadPool>(options.threads);
+  RETURN_IF_ERROR(
+      CheckContextFits(ctx, FlatKvCache::BytesNeeded(config, ctx, topts.max_sequences),
+                       Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape{})));
   ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
   const uint64_t weight_bytes = dram->resident_bytes();
   weights_ = std::move(dram);
-  pool_ = std::make_unique<ThreadPool>(options.threads);
   ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
   ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
   planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +

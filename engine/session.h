@@ -31,9 +31,22 @@
 
 namespace flashlm::engine {
 
+// Without an asked-for context (TransformerOptions::max_context 0) a session runs the model's
+// context, at most this: a model may declare 128K or 2^31-1 positions, and the KV cache is sized
+// by the context run, not the one declared.
+inline constexpr uint32_t kDefaultContextMax = 4096;
+// The largest context a session runs (16M positions; keeps every size computed from it in range).
+inline constexpr uint32_t kContextMax = 1u << 24;
+// Threads per core a session accepts (more only slows it down).
+inline constexpr uint32_t kThreadsPerCoreMax = 4;
+
 struct SessionOptions {
-  std::string tokenizer_path;  // a llama2.c tokenizer.bin, for a model that carries none
-  uint32_t threads = 0;        // 0: every core
+  // A llama2.c tokenizer.bin, for a model that carries none; when given it must exist (a missing
+  // file is NotFound, never ignored).
+  std::string tokenizer_path;
+  uint32_t threads = 0;  // 0: every core; at most kThreadsPerCoreMax x cores
+  // The context when transformer.max_context is 0: min(the model's, this).
+  uint32_t default_context_max = kDefaultContextMax;
   // A memory budget (needs a store); budget_bytes 0 = unlimited. Stores run under the plan either
   // way; `budgeted` only says that the caller asked for one.
   bool budgeted = false;
@@ -102,8 +115,9 @@ class Session {
  public:
   // Opens `path` (store folder, GGUF, HF folder, llama2.c .bin). Errors: NotFound, Corruption,
   // NotSupported (the readers'), InvalidArgument (a budget for something that is not a store, no
-  // tokenizer, a context out of range, bad streaming options), ResourceExhausted (a budget below
-  // the minimum: the message names the minimum in bytes).
+  // tokenizer, a context out of range, bad streaming options), and for a budget below
+  // the minimum (the message names the minimum in bytes), a context whose KV cache exceeds the
+  // machine's memory, or more than 4 threads per core.
   static Result<std::unique_ptr<Session>> Open(const std::string& path,
                                                const SessionOptions& options);
   ~Session();

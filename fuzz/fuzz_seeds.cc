@@ -12,7 +12,10 @@
 #include "fuzz/fuzz_util.h"
 #include "layout/llama2c_reader.h"
 #include "layout/llama_tensors.h"
+#include "layout/repack.h"
+#include "layout/store_format.h"
 #include "layout/synth.h"
+#include "storage/lmdb_env.h"
 
 namespace {
 
@@ -59,7 +62,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path dir = argv[1];
-  for (const char* sub : {"gguf", "safetensors", "llama2c", "tokenizer"}) {
+  for (const char* sub : {"gguf", "safetensors", "llama2c", "tokenizer", "store"}) {
     fs::create_directories(dir / sub);
   }
   ModelConfig c = flashlm::fuzz::SeedConfig();
@@ -144,5 +147,45 @@ int main(int argc, char** argv) {
   }
   sp += std::string("\x12\x04\xc0\x02\x00\x00", 6);  // trainer_spec {unk_id: 0}
   Write(dir / "tokenizer" / "tokenizer.model", sp);
+
+  // Stores (fuzz_store): the f32 GGUF repacked gate-up-down and the q8_0 one gate+up-down; their
+  // catalog records and data file in fuzz_store's input format.
+  for (auto dt : {flashlm::layout::DType::kF32, flashlm::layout::DType::kQ8_0}) {
+    const std::string name = std::string(DTypeName(dt));
+    const fs::path store = dir / ("store-tmp-" + name);
+    fs::remove_all(store);
+    auto src = flashlm::layout::OpenCheckpoint((dir / "gguf" / (name + ".gguf")).string());
+    flashlm::layout::RepackOptions ro;
+    ro.alignment_bytes = 512;
+    if (dt != flashlm::layout::DType::kF32) {
+      ro.bundle_kind = flashlm::layout::BundleKind::kGateSeparate;
+    }
+    if (!src.ok() || !flashlm::layout::Repack(**src, store.string(), ro).ok()) {
+      std::fprintf(stderr, "fuzz_seeds: cannot repack the %s seed\n", name.c_str());
+      return 1;
+    }
+    std::string input;
+    auto record = [&](std::string_view key, std::string_view value) {
+      input += static_cast<char>(key.size());
+      input += key;
+      Put<uint32_t>(input, static_cast<uint32_t>(value.size()));
+      input += value;
+    };
+    {
+      auto env = flashlm::storage::LmdbEnv::Open((store / "catalog.mdb").string(), {});
+      if (!env.ok()) return 1;
+      auto txn = (*env)->BeginRead();
+      if (!txn.ok()) return 1;
+      (void)txn->ForEach("", [&](std::string_view k, flashlm::ConstByteSpan v) {
+        record(k, std::string_view(reinterpret_cast<const char*>(v.data()), v.size()));
+        return true;
+      });
+    }
+    std::ifstream data(store / flashlm::layout::DataFileName(0), std::ios::binary);
+    record("\001data",
+           std::string((std::istreambuf_iterator<char>(data)), std::istreambuf_iterator<char>()));
+    Write(dir / "store" / (name + ".records"), input);
+    fs::remove_all(store);
+  }
   return 0;
 }

@@ -4,12 +4,12 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-
-#include "layout/json_util.h"
 #include <numeric>
 #include <sstream>
 
+#include "layout/json_util.h"
 #include "storage/bytes.h"
+#include "storage/file.h"
 
 namespace flashlm::layout {
 
@@ -26,12 +26,12 @@ BundleGeometry BundleGeometry::Make(BundleKind kind, DType dtype, uint32_t dim,
 }
 
 Result<ActivationStats> LoadActivationStats(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFoundError("cannot open activation statistics " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
+  // Bounded: a statistics file holds one number per neuron (4M neurons x 1K layers is far less).
+  constexpr uint64_t kStatsBytesMax = uint64_t{1} << 30;
+  Result<std::string> text = storage::ReadFileBounded(path, kStatsBytesMax);
+  if (!text.ok()) return text.status().WithContext("activation statistics");
   const std::string where = "activation statistics " + path;
-  ASSIGN_OR_RETURN(nlohmann::json j, ParseUntrustedJson(ss.str(), where));
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseUntrustedJson(*text, where));
   if (!j.is_object()) return CorruptionError(where + ": not a JSON object");
   auto fmt = j.find("format");
   if (fmt == j.end() || !fmt->is_string() || fmt->get<std::string>() != "flashlm-activations") {
@@ -74,11 +74,9 @@ Status SaveActivationStats(const ActivationStats& stats, const std::string& path
   j["format"] = "flashlm-activations";
   j["version"] = 1;
   j["layers"] = stats.layers;
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << j.dump() << "\n";
-  out.close();
-  if (!out) return IoError("cannot write activation statistics " + path);
-  return Status::Ok();
+  // Completely or not at all: a full disk must not leave a truncated statistics file behind.
+  return storage::WriteFileAtomically(path, AsBytes(j.dump() + "\n"))
+      .WithContext("activation statistics");
 }
 
 std::vector<uint32_t> HotFirstPermutation(std::span<const float> frequencies) {

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "storage/file.h"
+
 namespace flashlm::layout {
 namespace {
 
@@ -72,20 +74,12 @@ class MemSource final : public ByteSource {
 
 Result<std::unique_ptr<ByteSource>> OpenFileSource(std::string_view path) {
   const std::string p(path);
-  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return NotFoundError(p + ": no such file");
-    return ErrnoError("open " + p, errno);
-  }
+  ASSIGN_OR_RETURN(const int fd, storage::OpenRegularFile(p));  // never blocks on a FIFO
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int e = errno;
     ::close(fd);
     return ErrnoError("stat " + p, e);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgumentError(p + ": not a regular file");
   }
   return std::unique_ptr<ByteSource>(
       std::make_unique<FileSource>(fd, static_cast<uint64_t>(st.st_size), p));

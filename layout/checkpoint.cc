@@ -48,6 +48,9 @@ Result<std::unique_ptr<Checkpoint>> OpenCheckpoint(std::string_view path,
   std::error_code ec;
   const fs::file_status st = fs::status(p, ec);
   if (ec || !fs::exists(st)) return NotFoundError(p + ": no such file or folder");
+  if (!options.tokenizer_path.empty() && !fs::is_regular_file(options.tokenizer_path, ec)) {
+    return NotFoundError("tokenizer " + options.tokenizer_path + ": no such file");
+  }
   if (fs::is_directory(st)) {
     // store: a flashlm store folder (catalog.mdb) is opened by the store reader.
     if (StoreReader::LooksLikeStore(p)) {

@@ -61,7 +61,9 @@ class Checkpoint {
 };
 
 struct OpenOptions {
-  std::string tokenizer_path;  // llama2.c tokenizer.bin (or tokenizer.model / tokenizer.json)
+  // llama2.c tokenizer.bin (or tokenizer.model / tokenizer.json); when given it must be a
+  // regular file (NotFound otherwise, never ignored).
+  std::string tokenizer_path;
 };
 
 // Detects the kind of `path` (GGUF file, HF folder or .safetensors file, llama2.c .bin, or a

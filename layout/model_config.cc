@@ -20,6 +20,7 @@ Status ModelConfig::Validate() const {
   RETURN_IF_ERROR(nonzero(n_kv_heads, "n_kv_heads"));
   RETURN_IF_ERROR(nonzero(head_dim, "head_dim"));
   RETURN_IF_ERROR(nonzero(vocab_size, "vocab_size"));
+  RETURN_IF_ERROR(nonzero(max_seq_len, "max_seq_len (the context length)"));
   if (n_kv_heads > n_heads || n_heads % n_kv_heads != 0) {
     return InvalidArgumentError("model config: n_heads " + std::to_string(n_heads) +
                                 " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));

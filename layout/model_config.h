@@ -39,7 +39,8 @@ struct ModelConfig {
   Activation activation = Activation::kSilu;
   bool tied_embeddings = false;  // classifier reuses token_embd.weight
 
-  // Checks the shape is one the engine runs: non-zero sizes, heads dividing evenly,
+  // Checks the shape is one the engine runs: non-zero sizes (the context length too), heads
+  // dividing evenly,
   // n_heads % n_kv_heads == 0, architecture "llama". Errors: InvalidArgument / NotSupported
   // naming the field.
   Status Validate() const;

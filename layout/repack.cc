@@ -410,6 +410,16 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
   if (!(options.hot_threshold >= 0.0 && options.hot_threshold <= 1.0)) {
     return InvalidArgumentError("hot threshold must be in [0, 1]");
   }
+  // A store must be runnable: the source's config passes the checks every reader applies (a
+  // context length of 0, say, is refused here, not by every later command).
+  RETURN_IF_ERROR(ValidateLoadedConfig(source.config(), "source"));
+  if (options.zstd_level < 1 || options.zstd_level > 22) {
+    return InvalidArgumentError("zstd level must be in [1, 22], not " +
+                                std::to_string(options.zstd_level));
+  }
+  if (!(options.zstd_min_saving >= 0.0 && options.zstd_min_saving <= 1.0)) {
+    return InvalidArgumentError("zstd minimum saving must be a fraction in [0, 1]");
+  }
   std::optional<ActivationStats> stats;
   if (!options.activations_path.empty()) {
     ASSIGN_OR_RETURN(stats, LoadActivationStats(options.activations_path));

@@ -8,6 +8,7 @@
 
 #include "layout/hf_tokenizer.h"
 #include "layout/json_util.h"
+#include "layout/llama2c_reader.h"
 #include "layout/llama_tensors.h"
 
 namespace flashlm::layout {
@@ -394,6 +395,12 @@ Result<std::unique_ptr<Checkpoint>> OpenHuggingFace(std::string_view path,
     ASSIGN_OR_RETURN(std::unique_ptr<ByteSource> src, OpenFileSource(tok.string()));
     Result<Vocab> v =
         tok.extension() == ".json" ? ParseTokenizerJson(*src) : ParseSentencePieceModel(*src);
+    if (!v.ok() && tok.extension() != ".json") {
+      // A tokenizer given by the caller may also be a llama2.c tokenizer.bin (what --tokenizer
+      // documents); the SentencePiece error is the one reported when it is neither.
+      Result<Vocab> l2c = ReadLlama2cTokenizer(tok.string(), ckpt->config_.vocab_size);
+      if (l2c.ok()) v = std::move(l2c);
+    }
     if (!v.ok()) return v.status();
     ckpt->vocab_ = std::move(*v);
     // config.json's special ids override the tokenizer's defaults.

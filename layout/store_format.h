@@ -1,8 +1,9 @@
-// The flashlm store format, version 1: constants, catalog keys and the fixed-width binary records
+// The flashlm store format, version 2: constants, catalog keys and the fixed-width binary records
 // kept in the catalog. docs/format.md describes the same bytes in prose; keep them in step.
 //
 // A store is a folder:
 //   catalog.mdb        LMDB environment (MDB_NOSUBDIR) holding every record below
+//   catalog.sum        the catalog's size and XXH3-64 (layout/catalog_seal.h)
 //   data-00000.bin     extents, each starting at a multiple of the store's alignment
 // Records are little-endian and packed exactly as declared (static_asserts pin the sizes).
 // Plain values; thread-compatible.
@@ -24,10 +25,12 @@ namespace flashlm::layout {
 static_assert(std::endian::native == std::endian::little,
               "store records are written as little-endian memory images");
 
-inline constexpr uint32_t kStoreFormatVersion = 1;
+// 2: catalog.sum seals the catalog (layout/catalog_seal.h); version 1 stores had none.
+inline constexpr uint32_t kStoreFormatVersion = 2;
 inline constexpr char kStoreMagic[8] = {'F', 'L', 'M', 'S', 'T', 'O', 'R', 'E'};
 inline constexpr std::string_view kCatalogFileName = "catalog.mdb";
-// Folders named "<OUT><kTempMarker><pid>" are repacks in progress (or killed); never stores.
+// Folders whose name contains kTempMarker (the writer makes "<kTempMarker><pid>-<n>" beside OUT)
+// are repacks in progress (or killed); never stores.
 inline constexpr std::string_view kTempMarker = ".flashlm-tmp-";
 
 // "data-00000.bin" for index 0.

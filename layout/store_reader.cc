@@ -11,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "layout/catalog_seal.h"
+#include "layout/llama_tensors.h"
 #include "storage/check.h"
 #include "storage/lmdb_env.h"
 
@@ -90,6 +92,9 @@ Status StoreReader::Load() {
     return NotFoundError("not a flashlm store (no " + std::string(kCatalogFileName) +
                          "): " + path_);
   }
+  // Every byte of the catalog is checked against its seal before LMDB maps it: LMDB then only
+  // parses what the writer committed, and no record can change unnoticed.
+  RETURN_IF_ERROR(CheckCatalogSeal(path_));
   storage::LmdbEnv::Options opts;
   opts.read_only = true;
   ASSIGN_OR_RETURN(auto env, storage::LmdbEnv::Open(catalog, opts));
@@ -118,6 +123,8 @@ Status StoreReader::Load() {
 
   ASSIGN_OR_RETURN(ConstByteSpan cb, txn.Get(catalog_key::kConfig));
   ASSIGN_OR_RETURN(config_, DecodeConfigJson(AsString(cb)));
+  // The same checks as a checkpoint's config (GGUF, HF, llama2.c).
+  RETURN_IF_ERROR(ValidateLoadedConfig(config_, where("config")));
   ASSIGN_OR_RETURN(ConstByteSpan lb, txn.Get(catalog_key::kLayout));
   layout_json_ = AsString(lb);
   ASSIGN_OR_RETURN(ConstByteSpan pb, txn.Get(catalog_key::kProvenance));

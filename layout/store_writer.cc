@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
+#include "layout/catalog_seal.h"
 #include "storage/checksum.h"
 #include "storage/lmdb_env.h"
 #include "storage/zstd_codec.h"
@@ -49,7 +51,14 @@ Result<std::unique_ptr<StoreWriter>> StoreWriter::Create(const std::string& out,
   if (std::filesystem::exists(trimmed, ec)) {
     return InvalidArgumentError("output already exists: " + trimmed + " (remove it first)");
   }
-  std::string temp = trimmed + std::string(kTempMarker) + std::to_string(::getpid());
+  // Beside OUT, under a short name of its own (not OUT's name plus a suffix), so that any legal
+  // OUT works: ".flashlm-tmp-<pid>-<n>".
+  static std::atomic<uint32_t> counter{0};
+  std::filesystem::path parent = std::filesystem::path(trimmed).parent_path();
+  if (parent.empty()) parent = ".";
+  const std::string temp = (parent / (std::string(kTempMarker) + std::to_string(::getpid()) + "-" +
+                                      std::to_string(counter++)))
+                               .string();
   std::filesystem::remove_all(temp, ec);  // a stale temp of an earlier run with our pid
   if (::mkdir(temp.c_str(), 0755) != 0) return ErrnoError("mkdir " + temp, errno);
   std::string data = temp + "/" + DataFileName(0);
@@ -195,6 +204,8 @@ Status StoreWriter::Finish() {
   }
   std::error_code ec;
   std::filesystem::remove(catalog + "-lock", ec);  // readers open with MDB_NOLOCK
+  // The seal covers every byte of the finished catalog (layout/catalog_seal.h).
+  RETURN_IF_ERROR(WriteCatalogSeal(temp_path_));
   RETURN_IF_ERROR(FsyncPath(temp_path_));
   if (std::filesystem::exists(out_path_, ec)) {
     return InvalidArgumentError("output appeared while repacking: " + out_path_);

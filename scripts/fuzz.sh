@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
-targets=(fuzz_gguf fuzz_safetensors fuzz_llama2c fuzz_tokenizer)
+targets=(fuzz_gguf fuzz_safetensors fuzz_llama2c fuzz_tokenizer fuzz_store)
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFLASHLM_FUZZ=ON -DFLASHLM_BUILD_TESTS=OFF -DFLASHLM_NATIVE=OFF >/dev/null
@@ -24,7 +24,7 @@ if [ -d "$shared/stories260K" ]; then
 fi
 
 mkdir -p fuzz-artifacts
-declare -A dirs=([fuzz_gguf]=gguf [fuzz_safetensors]=safetensors [fuzz_llama2c]=llama2c [fuzz_tokenizer]=tokenizer)
+declare -A dirs=([fuzz_gguf]=gguf [fuzz_safetensors]=safetensors [fuzz_llama2c]=llama2c [fuzz_tokenizer]=tokenizer [fuzz_store]=store)
 for t in "${targets[@]}"; do
   echo "== $t (${seconds}s)"
   work="build-fuzz/work-$t"

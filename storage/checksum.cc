@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <vector>
 
+#include "storage/file.h"
+
 namespace flashlm::storage {
 
 uint64_t Checksum64(ConstByteSpan bytes) {
@@ -25,11 +27,7 @@ uint64_t Checksum64Stream::Digest() const {
 }
 
 Result<uint64_t> ChecksumFile64(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return NotFoundError("no such file: " + path);
-    return ErrnoError("open " + path, errno);
-  }
+  ASSIGN_OR_RETURN(const int fd, OpenRegularFile(path));  // never blocks on a FIFO
   Checksum64Stream hash;
   std::vector<std::byte> buf(1 << 20);  // bytes of the file, in order
   for (;;) {

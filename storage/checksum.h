@@ -30,7 +30,8 @@ class Checksum64Stream {
 };
 
 // Hashes the whole file at `path` with XXH3-64, reading it sequentially in 1 MiB pieces.
-// Errors: IoError / NotFound naming the path.
+// Only regular files (a FIFO is refused, never waited on). Errors: IoError / NotFound /
+// InvalidArgument (not a regular file) naming the path.
 Result<uint64_t> ChecksumFile64(const std::string& path);
 
 }  // namespace flashlm::storage

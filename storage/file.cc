@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
+#include <string>
 #include <utility>
 
 #include "storage/logging.h"
@@ -49,7 +51,7 @@ Result<File> File::Create(const std::string& path, const FileOptions& options) {
 }
 
 Result<File> File::Open(const std::string& path, int flags, const FileOptions& options) {
-  flags |= O_CLOEXEC;
+  flags |= O_CLOEXEC | O_NONBLOCK;  // a FIFO must not block the open; cleared below
   int fd = -1;
   bool direct = false;
   if (options.direct) {
@@ -92,7 +94,10 @@ Result<File> File::Open(const std::string& path, int flags, const FileOptions& o
   if (fstat(fd, &st) != 0) return ErrnoError("stat " + path, errno);
   bool is_block = S_ISBLK(st.st_mode);
   if (!S_ISREG(st.st_mode) && !is_block) {
-    return IoError(path + ": not a regular file or block device");
+    return InvalidArgumentError(path + ": not a regular file or block device");
+  }
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    return ErrnoError("fcntl " + path, errno);
   }
   if (is_block) {
     uint64_t bytes = 0;
@@ -188,6 +193,111 @@ Status File::Truncate(uint64_t size_bytes) {
     return ErrnoError("truncate " + path_, errno);
   }
   size_bytes_ = size_bytes;
+  return Status::Ok();
+}
+
+Result<int> OpenRegularFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT) return NotFoundError(path + ": no such file");
+    return ErrnoError("open " + path, e);
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return ErrnoError("stat " + path, e);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgumentError(path + ": not a regular file");
+  }
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return ErrnoError("fcntl " + path, e);
+  }
+  return fd;
+}
+
+Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return InvalidArgumentError(path + " is a folder, not a file");
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    if (e == ENOENT) return NotFoundError(path + ": no such file");
+    return ErrnoError("open " + path, e);
+  }
+  std::string out;
+  char buf[1 << 16];  // bytes of the file, in order
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      return ErrnoError("read " + path, e);
+    }
+    if (n == 0) break;
+    if (out.size() + static_cast<uint64_t>(n) > max_bytes) {
+      ::close(fd);
+      return InvalidArgumentError(path + " is larger than the limit of " + FormatBytes(max_bytes));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+namespace {
+
+// write(2) until all of `bytes` is written.
+Status WriteAll(int fd, ConstByteSpan bytes, const std::string& what) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write " + what, errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteFileAtomically(const std::string& path, ConstByteSpan bytes) {
+  static std::atomic<uint32_t> counter{0};
+  const std::filesystem::path target(path);
+  const std::filesystem::path folder =
+      target.parent_path().empty() ? std::filesystem::path(".") : target.parent_path();
+  // Short whatever `path` is: ".flashlm-<pid>-<n>.tmp" always fits NAME_MAX.
+  const std::string temp = (folder / (".flashlm-" + std::to_string(::getpid()) + "-" +
+                                      std::to_string(counter++) + ".tmp"))
+                               .string();
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot write " + path + ": create " + temp, errno);
+  Status s = WriteAll(fd, bytes, path);
+  if (s.ok() && ::fsync(fd) != 0) s = ErrnoError("fsync " + path, errno);
+  if (::close(fd) != 0 && s.ok()) s = ErrnoError("close " + path, errno);
+  if (s.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    s = ErrnoError("cannot write " + path + ": rename", errno);
+  }
+  if (!s.ok()) {
+    ::unlink(temp.c_str());
+    return s;
+  }
+  const int dfd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return ErrnoError("open folder of " + path, errno);
+  const int rc = ::fsync(dfd);
+  const int e = errno;
+  ::close(dfd);
+  if (rc != 0) return ErrnoError("fsync folder of " + path, e);
   return Status::Ok();
 }
 

@@ -35,8 +35,10 @@ struct FileOptions {
 
 class File {
  public:
-  // Opens `path` read-only. Errors: NotFound (no such file), IoError (permission, not a regular
-  // file or block device, other open/stat failures; the message names the path).
+  // Opens `path` read-only. The open never blocks: it is made with O_NONBLOCK (cleared once the
+  // file is known to be regular), so a FIFO in place of a data file is refused, not waited on.
+  // Errors: NotFound (no such file), InvalidArgument (not a regular file or block device),
+  // IoError (permission, other open/stat failures; the message names the path).
   static Result<File> OpenForRead(const std::string& path, const FileOptions& options = {});
   // Creates or truncates `path` for writing (and reading). Same O_DIRECT policy.
   static Result<File> Create(const std::string& path, const FileOptions& options = {});
@@ -80,6 +82,24 @@ class File {
   bool direct_ = false;
   bool writable_ = false;
 };
+
+// Opens `path` read-only and returns the descriptor (the caller closes it) only when it is a
+// regular file. Never blocks: the open uses O_NONBLOCK, cleared before returning, so a FIFO or
+// device in place of an input file is refused instead of hanging or reading without end.
+// Errors: NotFound (no such file), InvalidArgument (not a regular file, naming it), IoError.
+Result<int> OpenRegularFile(const std::string& path);
+
+// The whole content of the file at `path`, at most `max_bytes` of it. Any readable file (a pipe
+// too; a folder is refused); reading stops at max_bytes + 1, so an endless source (/dev/zero) is
+// refused, not read without bound. Errors: NotFound, InvalidArgument (larger than max_bytes, a
+// folder: the message states the limit), IoError.
+Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes);
+
+// Writes `bytes` to `path` completely or not at all: a temporary file beside it (a short name,
+// so that any legal `path` works), written, fsync'd, renamed over `path`, and the folder
+// fsync'd. On any failure the temporary is removed and `path` is left as it was.
+// Errors: IoError naming the path and the cause (ENOSPC, EACCES, no such folder, ...).
+Status WriteFileAtomically(const std::string& path, ConstByteSpan bytes);
 
 }  // namespace flashlm::storage
 

@@ -1,9 +1,12 @@
 #include "storage/lmdb_env.h"
 
+#include <fcntl.h>
 #include <lmdb.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 namespace flashlm::storage {
@@ -30,6 +33,89 @@ Status LmdbError(std::string_view what, int rc) {
 }
 
 MDB_txn* T(void* p) { return static_cast<MDB_txn*>(p); }
+
+// LMDB 0.9 (data version 1) meta page, 64-bit build: a 16-byte page header (mp_flags at 10),
+// then MDB_meta: mm_magic u32, mm_version u32, mm_address, mm_mapsize, mm_dbs[2] (48 bytes each;
+// the page size is kept in mm_dbs[0].md_pad), mm_last_pg, mm_txnid. Pages 0 and 1 are metas.
+constexpr uint64_t kMetaHeaderBytes = 16;
+constexpr uint16_t kPageFlagMeta = 0x08;
+constexpr uint32_t kLmdbMagic = 0xBEEFC0DE;
+constexpr uint32_t kLmdbDataVersion = 1;
+constexpr uint64_t kMetaReadBytes = kMetaHeaderBytes + 136;
+
+// The little-endian T at byte `offset` of `bytes`.
+template <typename T>
+T Load(const unsigned char* bytes, size_t offset) {
+  T v;
+  std::memcpy(&v, bytes + offset, sizeof v);
+  return v;
+}
+
+struct MetaPage {
+  uint32_t page_bytes = 0;
+  uint64_t last_page = 0;
+  uint64_t txnid = 0;
+};
+
+// Reads and checks the meta page at `offset`. Errors: Corruption naming what is wrong, IoError.
+Result<MetaPage> ReadMeta(int fd, uint64_t offset, const std::string& path) {
+  unsigned char b[kMetaReadBytes];
+  const ssize_t n = ::pread(fd, b, sizeof b, static_cast<off_t>(offset));
+  if (n < 0) return ErrnoError("read " + path, errno);
+  auto u16 = [&](size_t o) { return Load<uint16_t>(b, o); };
+  auto u32 = [&](size_t o) { return Load<uint32_t>(b, o); };
+  auto u64 = [&](size_t o) { return Load<uint64_t>(b, o); };
+  const std::string where = "catalog " + path + ": meta page at byte " + std::to_string(offset);
+  if (static_cast<size_t>(n) != sizeof b) return CorruptionError(where + " is cut short");
+  const uint64_t m = kMetaHeaderBytes;
+  if ((u16(10) & kPageFlagMeta) == 0 || u32(m) != kLmdbMagic) {
+    return CorruptionError(where + " is not an LMDB meta page");
+  }
+  if (u32(m + 4) != kLmdbDataVersion) {
+    return CorruptionError(where + " has LMDB data version " + std::to_string(u32(m + 4)));
+  }
+  MetaPage meta;
+  meta.page_bytes = u32(m + 24);  // mm_dbs[0].md_pad
+  meta.last_page = u64(m + 120);
+  meta.txnid = u64(m + 128);
+  if (meta.page_bytes < 512 || meta.page_bytes > (1u << 16) ||
+      (meta.page_bytes & (meta.page_bytes - 1)) != 0) {
+    return CorruptionError(where + " declares a page size of " + std::to_string(meta.page_bytes));
+  }
+  return meta;
+}
+
+// LMDB maps the file and trusts its meta pages: pages past the end of a cut-short file fault
+// (SIGBUS) when touched. Before any mapping, check both meta pages (as LMDB will) and that the
+// file holds every page the newer one declares.
+Status CheckFileAgainstMeta(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return ErrnoError("open " + path, errno);
+  struct stat st;
+  Status s = Status::Ok();
+  if (::fstat(fd, &st) != 0) {
+    s = ErrnoError("stat " + path, errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    s = CorruptionError("catalog is not a regular file: " + path);
+  } else {
+    Result<MetaPage> m0 = ReadMeta(fd, 0, path);
+    Result<MetaPage> m1 = m0.ok() ? ReadMeta(fd, m0->page_bytes, path) : m0;
+    if (!m1.ok()) {
+      s = m1.status();
+    } else {
+      const MetaPage& m = m1->txnid > m0->txnid ? *m1 : *m0;
+      const uint64_t need = (m.last_page + 1) * m.page_bytes;
+      if (m.last_page < 1 || m.last_page > (uint64_t{1} << 40) ||
+          static_cast<uint64_t>(st.st_size) < need) {
+        s = CorruptionError("catalog " + path + " is cut short: " + std::to_string(st.st_size) +
+                            " bytes, its meta page declares " + std::to_string(m.last_page + 1) +
+                            " pages of " + std::to_string(m.page_bytes) + " bytes");
+      }
+    }
+  }
+  ::close(fd);
+  return s;
+}
 
 }  // namespace
 
@@ -105,12 +191,17 @@ Result<std::unique_ptr<LmdbEnv>> LmdbEnv::Open(const std::string& path, const Op
     }
   } else if (!S_ISREG(st.st_mode)) {
     return CorruptionError("catalog is not a regular file: " + path);
+  } else if (st.st_size > 0) {
+    RETURN_IF_ERROR(CheckFileAgainstMeta(path));
+  } else if (options.read_only) {
+    return CorruptionError("catalog " + path + " is empty");
   }
   MDB_env* env = nullptr;
   int rc = mdb_env_create(&env);
   if (rc != 0) return LmdbError("mdb_env_create", rc);
   unsigned flags = MDB_NOSUBDIR;
   if (options.read_only) flags |= MDB_RDONLY | MDB_NOLOCK;
+  if (!options.read_only && !options.sync) flags |= MDB_NOSYNC;
   if (!options.read_only) {
     rc = mdb_env_set_mapsize(env, options.map_size_bytes);
     if (rc != 0) {

@@ -74,10 +74,16 @@ class LmdbEnv {
     bool read_only = true;
     bool create = false;                   // create the file when absent (needs !read_only)
     uint64_t map_size_bytes = 1ull << 30;  // upper bound on the database size (writers)
+    // Writers: fsync on commit. false (MDB_NOSYNC) only where durability does not matter (fuzz
+    // targets and tests that write thousands of catalogs).
+    bool sync = true;
   };
 
-  // Opens the environment file at `path`. Errors: NotFound (absent and !create), Corruption
-  // (not an LMDB file / version mismatch), IoError.
+  // Opens the environment file at `path`. Before LMDB maps an existing file, its two meta pages
+  // are read and checked (LMDB magic and data version, a sane page size) and the file must hold
+  // every page the newer meta page declares: a cut-short file is Corruption, never a SIGBUS.
+  // Errors: NotFound (absent and !create), Corruption (not a regular file, not an LMDB file,
+  // version mismatch, cut short), IoError.
   static Result<std::unique_ptr<LmdbEnv>> Open(const std::string& path, const Options& options);
   ~LmdbEnv();
   LmdbEnv(const LmdbEnv&) = delete;

@@ -18,9 +18,10 @@
 #include <string>
 
 #include "engine/activation_counter.h"
-#include "layout/bundle_layout.h"
 #include "engine/generator.h"
 #include "engine/session.h"
+#include "layout/bundle_layout.h"
+#include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/session_flags.h"
@@ -30,7 +31,8 @@ namespace {
 
 struct ActivationsFlags {
   std::string path, text, out;
-  int64_t ctx = 512;
+  int64_t ctx = 0;  // 0 (not given): the model's context, at most 512
+  bool ctx_set = false;
   SessionFlags session;
   double top_fraction = 0.2;
   double threshold = 0.0;
@@ -56,8 +58,9 @@ std::string RuleName(const engine::FiringOptions& o, uint32_t top_k, uint32_t hi
 
 int RunActivations(const ActivationsFlags& f) {
   constexpr const char* kCmd = "activations";
-  if (f.ctx < 1 || f.ctx > (1 << 24)) {
-    return ReportError(kCmd, InvalidArgumentError("--ctx must be >= 1"));
+  if ((f.ctx_set && f.ctx < 1) || f.ctx < 0 || f.ctx > engine::kContextMax) {
+    return ReportError(kCmd, InvalidArgumentError("--ctx must be in [1, " +
+                                                  std::to_string(engine::kContextMax) + "]"));
   }
   engine::SessionOptions options;
   if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
@@ -75,16 +78,13 @@ int RunActivations(const ActivationsFlags& f) {
     return ReportError(
         kCmd, InvalidArgumentError("cannot write " + f.out + ": no folder " + out_dir.string()));
   }
-  std::ifstream in(f.text, std::ios::binary);
-  if (!in || std::filesystem::is_directory(f.text)) {
-    return ReportError(kCmd, NotFoundError("cannot open text " + f.text));
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  Result<std::string> read = storage::ReadFileBounded(f.text, kTextBytesMax);
+  if (!read.ok()) return ReportError(kCmd, read.status().WithContext("--text"));
+  const std::string& text = *read;
   if (text.empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
 
   options.transformer.max_context = static_cast<uint32_t>(f.ctx);
+  options.default_context_max = 512;
   options.transformer.max_batch = 64;
   options.transformer.observe_ffn = true;
   auto session = engine::Session::Open(f.path, options);
@@ -107,7 +107,8 @@ int RunActivations(const ActivationsFlags& f) {
   const std::vector<int32_t> tokens = (*session)->tokenizer().Encode(text, true);
   const auto start = std::chrono::steady_clock::now();
   if (Status st = model.set_ffn_observer(counter->get()); !st.ok()) return ReportError(kCmd, st);
-  Status run = engine::ForwardInWindows(model, tokens, static_cast<uint32_t>(f.ctx));
+  const uint32_t window = model.max_context();
+  Status run = engine::ForwardInWindows(model, tokens, window);
   model.set_ffn_observer(nullptr).IgnoreError();
   if (!run.ok()) return ReportError(kCmd, run);
   const double seconds =
@@ -117,7 +118,7 @@ int RunActivations(const ActivationsFlags& f) {
   if (Status s = layout::SaveActivationStats(*stats, f.out); !s.ok()) return ReportError(kCmd, s);
 
   std::printf("activations: %zu tokens (windows of %lld) in %.2f s, %u layers x %u neurons\n",
-              tokens.size(), static_cast<long long>(f.ctx), seconds, config.n_layers,
+              tokens.size(), static_cast<long long>(window), seconds, config.n_layers,
               config.hidden_dim);
   std::printf("fires when: %s\n", RuleName(firing, (*counter)->top_k(), config.hidden_dim).c_str());
   // Locality: how much of all firing the hottest fifth of the neurons accounts for (1.0 = all
@@ -162,16 +163,17 @@ CommandRunner RegisterActivations(CLI::App& app) {
       ->required();
   cmd->add_option("--text", flags->text, "Calibration text file")->required();
   cmd->add_option("--out", flags->out, "Statistics JSON to write")->required();
-  cmd->add_option("--ctx", flags->ctx, "Window length in tokens (at most the model's maximum)")
-      ->capture_default_str();
+  CLI::Option* ctx = cmd->add_option(
+      "--ctx", flags->ctx, "Window length in tokens (default: the model's context, at most 512)");
   AddSessionFlags(cmd, &flags->session);
   CLI::Option* top = cmd->add_option("--top-fraction", flags->top_fraction,
                                      "Fraction of neurons that fire per token, by |h| (SiLU "
                                      "default 0.2; also applies to ReLU models when given)");
   CLI::Option* thr = cmd->add_option("--threshold", flags->threshold,
                                      "Fire when |h| > T (instead of top-fraction)");
-  return [cmd, flags, top, thr] {
+  return [cmd, flags, top, thr, ctx] {
     if (!cmd->parsed()) return -1;
+    flags->ctx_set = ctx->count() > 0;
     flags->top_fraction_set = top->count() > 0;
     flags->threshold_set = thr->count() > 0;
     return RunActivations(*flags);

@@ -23,6 +23,7 @@
 #include "engine/sampler.h"
 #include "engine/session.h"
 #include "storage/bytes.h"
+#include "storage/file.h"
 #include "storage/read_probe.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
@@ -165,26 +166,6 @@ Result<Measured> RunOnce(const std::string& store, const engine::SessionOptions&
   m.planned = double(session->planned_bytes());
   m.fire = st.ffn_computed_fraction();
   return m;
-}
-
-Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << text;
-    out.close();
-    if (!out) {
-      std::filesystem::remove(tmp);
-      return IoError("cannot write " + path);
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    return IoError("cannot write " + path + ": " + ec.message());
-  }
-  return Status::Ok();
 }
 
 std::string Csv(const std::vector<Point>& points) {
@@ -462,14 +443,20 @@ int Run(const Flags& f) {
     so.budget_bytes = p.budget;
     engine::CostOptions co;
     co.context = f.prompt_tokens + f.tokens / 2;
-    auto predicted = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
-    if (predicted.status().code() == StatusCode::kResourceExhausted) {
-      std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s skipped: %s\n", i + 1, points.size(),
-                   p.store.c_str(), p.budget_spec.c_str(),
-                   std::string(predicted.status().message()).c_str());
+    // A budget below the minimum at these settings is skipped, not an error of the sweep.
+    engine::SessionOptions unlimited = so;
+    unlimited.budget_bytes = 0;
+    auto full = engine::PlanSession(sized.needs, sized.config, unlimited, p.threads,
+                                    sized.tokenizer_bytes);
+    if (!full.ok()) return fail(full.status());
+    if (p.budget != 0 && p.budget < full->plan.minimum_bytes) {
+      std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s skipped: %s is below the minimum of %s\n",
+                   i + 1, points.size(), p.store.c_str(), p.budget_spec.c_str(),
+                   FormatBytes(p.budget).c_str(), FormatBytes(full->plan.minimum_bytes).c_str());
       p.skipped = true;
       continue;
     }
+    auto predicted = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
     if (!predicted.ok()) return fail(predicted.status());
     p.dram_bytes = predicted->cost.weight_bytes + predicted->cost.kv_bytes;
     p.flash_seconds =
@@ -557,10 +544,10 @@ int Run(const Flags& f) {
     return fail(InvalidArgumentError("every point was skipped: each budget is below the minimum"));
   }
   if (!f.csv.empty()) {
-    if (Status s = WriteFileAtomically(f.csv, Csv(points)); !s.ok()) return fail(s);
+    if (Status s = storage::WriteFileAtomically(f.csv, AsBytes(Csv(points))); !s.ok()) return fail(s);
   }
   if (!f.json.empty()) {
-    if (Status s = WriteFileAtomically(f.json, Json(points, f, dram).dump(2) + "\n"); !s.ok()) {
+    if (Status s = storage::WriteFileAtomically(f.json, AsBytes(Json(points, f, dram).dump(2) + "\n")); !s.ok()) {
       return fail(s);
     }
   }

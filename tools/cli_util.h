@@ -17,6 +17,9 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
 
+// The largest text file perplexity and activations read (--text): 64 MiB, millions of tokens.
+inline constexpr uint64_t kTextBytesMax = uint64_t{64} << 20;
+
 // Parses "4096", "4K", "64k", "1M", "4G", "1.5G" (binary units). Errors: InvalidArgument.
 Result<uint64_t> ParseSize(std::string_view text);
 // Parses a comma-separated list of sizes: "4K,64K,1M".

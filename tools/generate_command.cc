@@ -3,13 +3,13 @@
 // speed on stderr (and as JSON with --stats-json FILE).
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "engine/session.h"
+#include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/session_flags.h"
@@ -44,7 +44,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--repeat-penalty", f->sampling.repeat_penalty, "Repetition penalty (1 = off)");
   cmd->add_option("--repeat-last-n", f->repeat_last_n, "Tokens the penalty looks back over");
   cmd->add_option("--seed", f->seed, "Sampling seed (default: from the clock)");
-  cmd->add_option("--ctx", f->ctx, "Context length (default: the model's maximum)");
+  cmd->add_option("--ctx", f->ctx, "Context length (default: the model's, at most 4096)");
   cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
   AddSessionFlags(cmd, &f->session);
@@ -59,7 +59,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       return ReportError("generate", InvalidArgumentError(msg));
     };
     if (f->n < 0) return usage("-n must be >= 0");
-    if (f->ctx < 0 || f->ctx > (1 << 24)) return usage("--ctx out of range");
+    if (f->ctx < 0 || f->ctx > engine::kContextMax) return usage("--ctx out of range");
     if (f->top_k < 0) return usage("--top-k must be >= 0");
     if (f->repeat_last_n < 0) return usage("--repeat-last-n must be >= 0");
     f->sampling.top_k = static_cast<uint32_t>(std::min<int64_t>(f->top_k, UINT32_MAX));
@@ -129,9 +129,10 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                                (*session)->planned_bytes());
     }
     if (!f->stats_json.empty()) {
-      std::ofstream out(f->stats_json);
-      out << json.dump(1) << "\n";
-      if (!out) return ReportError("generate", IoError("cannot write " + f->stats_json));
+      if (Status st = storage::WriteFileAtomically(f->stats_json, AsBytes(json.dump(1) + "\n"));
+          !st.ok()) {
+        return ReportError("generate", st.WithContext("--stats-json"));
+      }
     }
     return kExitOk;
   };

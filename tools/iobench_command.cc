@@ -283,8 +283,7 @@ void PrintTable(const std::vector<Point>& points, bool with_fio) {
 }
 
 Status WriteCsv(const std::string& path, const std::vector<Point>& points, bool with_fio) {
-  std::ofstream out(path);
-  if (!out) return IoError("cannot write " + path);
+  std::ostringstream out;
   out << "backend,pattern,block_bytes,queue_depth,mib_per_s,iops,p50_us,p99_us,direct,seconds,"
          "reads,bytes,runs";
   if (with_fio) out << ",fio_mib_per_s,ratio,fio_p99_us";
@@ -308,9 +307,7 @@ Status WriteCsv(const std::string& path, const std::vector<Point>& points, bool 
     }
     out << "\n";
   }
-  out.close();
-  if (!out) return IoError("error writing " + path);
-  return Status::Ok();
+  return storage::WriteFileAtomically(path, AsBytes(out.str()));
 }
 
 Status WriteJson(const std::string& path, const std::string& file, uint64_t file_bytes,
@@ -340,12 +337,7 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
     }
     j["points"].push_back(o);
   }
-  std::ofstream out(path);
-  if (!out) return IoError("cannot write " + path);
-  out << j.dump(2) << "\n";
-  out.close();
-  if (!out) return IoError("error writing " + path);
-  return Status::Ok();
+  return storage::WriteFileAtomically(path, AsBytes(j.dump(2) + "\n"));
 }
 
 // Bandwidth against block size, one line per (backend, pattern, direct, queue depth), plus
@@ -374,7 +366,7 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
   std::string data_path = path + ".dat";
   std::string script_path = path + ".gp";
   {
-    std::ofstream data(data_path);
+    std::ostringstream data;
     for (auto& [name, pts] : series) {
       std::sort(pts.begin(), pts.end());
       pts.erase(
@@ -384,7 +376,7 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
       for (auto& [x, y] : pts) data << x / 1024.0 << " " << y << "\n";
       data << "\n\n";
     }
-    std::ofstream gp(script_path);
+    std::ostringstream gp;
     gp << "set terminal " << terminal << "\nset output '" << path << "'\n"
        << "set title 'flashlm iobench: read bandwidth'\n"
        << "set xlabel 'block size (KiB)'\nset ylabel 'MiB/s'\nset logscale x 2\n"
@@ -397,7 +389,8 @@ Status WritePlot(const std::string& path, const std::vector<Point>& points) {
       ++i;
     }
     gp << "\n";
-    if (!data || !gp) return IoError("cannot write " + data_path + " or " + script_path);
+    RETURN_IF_ERROR(storage::WriteFileAtomically(data_path, AsBytes(data.str())));
+    RETURN_IF_ERROR(storage::WriteFileAtomically(script_path, AsBytes(gp.str())));
   }
   std::string cmd = "gnuplot '" + script_path + "'";
   int rc = std::system(cmd.c_str());

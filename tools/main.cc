@@ -1,6 +1,10 @@
 // flashlm: one binary, one subcommand per tool. Exceptions stop here: CLI11's parse errors map to
 // exit code 2, anything unexpected to 1. Library code returns Status and never throws.
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <utility>
 #include <vector>
@@ -12,6 +16,46 @@
 #include "tools/commands.h"
 
 namespace flashlm::tools {
+namespace {
+
+// Numeric options: CLI11 turns an empty value into 0 and takes "nan" and "inf" as numbers. Every
+// INT/UINT/FLOAT option of every subcommand gets this check, so `-n ''` or `--temp nan` is a
+// usage error (exit 2) wherever it appears.
+void RefuseEmptyAndNonFiniteNumbers(CLI::App& app) {
+  const CLI::Validator finite(
+      [](std::string& value) -> std::string {
+        if (value.empty()) return "empty value (a number is expected)";
+        char* end = nullptr;
+        const double v = std::strtod(value.c_str(), &end);
+        if (end != value.c_str() && !std::isfinite(v)) return "not a finite number: " + value;
+        return std::string();
+      },
+      "");
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    for (CLI::Option* opt : sub->get_options()) {
+      const std::string type = opt->get_type_name();
+      if (type == "INT" || type == "UINT" || type == "FLOAT" || type == "NUMBER") {
+        opt->check(finite);
+      }
+    }
+  }
+}
+
+// Output written to stdout is part of a command's result: a write error (a full disk, /dev/full,
+// a closed pipe) turns success into exit 1 instead of passing silently.
+int FinishStdout(int code) {
+  errno = 0;
+  const bool failed = std::ferror(stdout) != 0 || std::fflush(stdout) != 0;
+  const int e = errno;
+  if (std::fclose(stdout) != 0 || failed) {
+    std::fprintf(stderr, "flashlm: error writing standard output: %s\n",
+                 std::strerror(e != 0 ? e : errno));
+    return code == kExitOk ? kExitFailure : code;
+  }
+  return code;
+}
+
+}  // namespace
 
 CommandRunner RegisterVersion(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("version", "Print the flashlm version");
@@ -59,6 +103,7 @@ int main(int argc, char** argv) {
 
 
 
+  RefuseEmptyAndNonFiniteNumbers(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -70,7 +115,7 @@ int main(int argc, char** argv) {
   try {
     for (auto& run : runners) {
       int code = run();
-      if (code >= 0) return code;
+      if (code >= 0) return FinishStdout(code);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "flashlm: unexpected error: %s\n", e.what());

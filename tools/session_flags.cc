@@ -1,7 +1,9 @@
 #include "tools/session_flags.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <thread>
 
 #include "tools/cli_util.h"
 
@@ -10,9 +12,10 @@ namespace flashlm::tools {
 void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--threads", f->threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
-  cmd->add_option("--mem-budget", f->mem_budget,
-                  "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited): prints "
-                  "the residency plan and the I/O accounting");
+  f->mem_budget_option =
+      cmd->add_option("--mem-budget", f->mem_budget,
+                      "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited): prints "
+                      "the residency plan and the I/O accounting");
   cmd->add_flag("--no-pipeline", f->no_pipeline,
                 "With --mem-budget: read everything only when it is needed, one read batch at a "
                 "time (the naive mode, for comparison)");
@@ -30,8 +33,12 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
 }
 
 Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
-  if (f.threads < 0 || f.threads > 1024) {
-    return InvalidArgumentError("--threads must be in [0, 1024]");
+  const int64_t threads_max =
+      int64_t{engine::kThreadsPerCoreMax} * std::max(1u, std::thread::hardware_concurrency());
+  if (f.threads < 0 || f.threads > threads_max) {
+    return InvalidArgumentError("--threads must be in [0, " + std::to_string(threads_max) +
+                                "] (0: every core; at most " +
+                                std::to_string(engine::kThreadsPerCoreMax) + " per core)");
   }
   if (f.chunk_bundles < 1 || f.chunk_bundles > 65536) {
     return InvalidArgumentError("--chunk-bundles must be in [1, 65536]");
@@ -42,6 +49,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   }
   o->threads = static_cast<uint32_t>(f.threads);
   o->tokenizer_path = f.tokenizer;
+  if (f.mem_budget_option != nullptr && f.mem_budget_option->count() > 0 && f.mem_budget.empty()) {
+    return InvalidArgumentError("--mem-budget: empty size (expected e.g. 512M, 2G; 0 = unlimited)");
+  }
   o->budgeted = f.budgeted();
   if (f.budgeted()) {
     auto b = ParseSize(f.mem_budget);

@@ -14,6 +14,7 @@
 
 namespace CLI {
 class App;
+class Option;
 }
 
 namespace flashlm::tools {
@@ -22,6 +23,7 @@ struct SessionFlags {
   int64_t threads = 0;
   std::string tokenizer;   // llama2.c tokenizer.bin
   std::string mem_budget;  // empty: no budget asked for
+  CLI::Option* mem_budget_option = nullptr;  // set by AddSessionFlags: given, even if empty?
   bool no_pipeline = false;
   bool no_coalesce = false;
   int64_t chunk_bundles = 256;

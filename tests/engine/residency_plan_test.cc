@@ -82,7 +82,7 @@ TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   in.budget_bytes = 1139;
   p = PlanResidency(in);
   ASSERT_FALSE(p.ok());
-  EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(p.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(p.status().message().find("1140"), std::string::npos);
   // Read-ahead: the minimum holds chunk_buffers_min chunks; more are added, up to
   // chunk_buffers, from what is left after attention, before any bundle is pinned.

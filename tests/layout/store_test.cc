@@ -14,6 +14,7 @@
 #include <random>
 
 #include "layout/bundle_layout.h"
+#include "layout/catalog_seal.h"
 #include "layout/repack.h"
 #include "layout/store_reader.h"
 #include "storage/lmdb_env.h"
@@ -405,6 +406,8 @@ TEST(StoreTest, UnknownFormatVersionIsRefused) {
     ASSERT_TRUE(w->Put("header", ConstByteSpan(reinterpret_cast<std::byte*>(&h), sizeof h)).ok());
     ASSERT_TRUE(w->Commit().ok());
   }
+  // Resealed: the version gate behind the seal is what is tested.
+  ASSERT_TRUE(WriteCatalogSeal((dir / "store").string()).ok());
   auto r = StoreReader::Open((dir / "store").string());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kNotSupported);
@@ -486,7 +489,13 @@ TEST(StoreTest, KilledRepackLeavesATempFolderThatNeverOpens) {
   ASSERT_TRUE(WIFEXITED(status));
   ASSERT_EQ(WEXITSTATUS(status), 3);
   EXPECT_FALSE(fs::exists(out));
-  const fs::path temp = dir / ("out" + std::string(kTempMarker) + std::to_string(pid));
+  // The writer's temp folder: ".flashlm-tmp-<pid>-<n>" beside the output.
+  fs::path temp;
+  const std::string prefix = std::string(kTempMarker) + std::to_string(pid) + "-";
+  for (const auto& e : fs::directory_iterator(dir.path())) {
+    if (e.path().filename().string().rfind(prefix, 0) == 0) temp = e.path();
+  }
+  ASSERT_FALSE(temp.empty());
   ASSERT_TRUE(fs::exists(temp));
   EXPECT_FALSE(StoreReader::Open(temp.string()).ok());
   EXPECT_FALSE(OpenCheckpoint(temp.string()).ok());
@@ -696,9 +705,9 @@ TEST(StoreModelsTest, StoreOfAStoreIsEqual) {
 namespace flashlm::layout {
 namespace {
 
-// Rewrites catalog key `key` of the store at `dir` with mutate(bytes).
-void MutateCatalog(const fs::path& dir, const std::string& key,
-                   const std::function<void(std::vector<std::byte>&)>& mutate) {
+// Rewrites catalog key `key` of the store at `dir` with mutate(bytes), without resealing.
+void MutateCatalogUnsealed(const fs::path& dir, const std::string& key,
+                           const std::function<void(std::vector<std::byte>&)>& mutate) {
   storage::LmdbEnv::Options o;
   o.read_only = false;
   auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);
@@ -716,6 +725,14 @@ void MutateCatalog(const fs::path& dir, const std::string& key,
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE(w->Put(key, v).ok());
   ASSERT_TRUE(w->Commit().ok());
+}
+
+// The same, then reseals the catalog (catalog.sum): what is tested is the record validation
+// behind the seal (a store written by a faulty writer).
+void MutateCatalog(const fs::path& dir, const std::string& key,
+                   const std::function<void(std::vector<std::byte>&)>& mutate) {
+  MutateCatalogUnsealed(dir, key, mutate);
+  ASSERT_TRUE(WriteCatalogSeal(dir.string()).ok());
 }
 
 TEST(StoreTest, CorruptCatalogRecordsAreRefused) {
@@ -789,10 +806,13 @@ void PutCatalog(const fs::path& dir, const std::string& key, ConstByteSpan value
   o.read_only = false;
   auto env = storage::LmdbEnv::Open((dir / "catalog.mdb").string(), o);
   ASSERT_TRUE(env.ok()) << env.status().ToString();
-  auto w = (*env)->BeginWrite();
-  ASSERT_TRUE(w.ok());
-  ASSERT_TRUE(w->Put(key, value).ok());
-  ASSERT_TRUE(w->Commit().ok());
+  {
+    auto w = (*env)->BeginWrite();
+    ASSERT_TRUE(w.ok());
+    ASSERT_TRUE(w->Put(key, value).ok());
+    ASSERT_TRUE(w->Commit().ok());
+  }
+  ASSERT_TRUE(WriteCatalogSeal(dir.string()).ok());
 }
 
 // The hot count is the number of neurons at or above the threshold, and they are exactly the
@@ -889,6 +909,101 @@ TEST(StoreHotSetTest, MalformedHotRecordsAreCorruption) {
   six.resize(6);
   refused(dir / "hot", "hot/00000", six);  // wrong size
   EXPECT_NE(refused(dir / "plain", "hot/00000", u32(3)).find("not hot-first"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashlm::layout
+
+// reliability (issue 16): the catalog seal.
+namespace flashlm::layout {
+namespace {
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+void WriteAll(const fs::path& p, std::string_view bytes) {
+  std::ofstream(p, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size());
+}
+
+// A flipped bit anywhere in catalog.mdb or catalog.sum is Corruption at open, naming the file.
+TEST(CatalogSealTest, BitFlipsAnywhereInTheCatalogAreCaught) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "store");
+  const fs::path catalog = dir / "store" / std::string(kCatalogFileName);
+  const fs::path seal = dir / "store" / std::string(kCatalogSealFileName);
+  const uint64_t size = fs::file_size(catalog);
+  // Every 13th byte and every bit position over the run: a few thousand opens.
+  for (uint64_t off = 0; off < size; off += 13) {
+    const char mask = static_cast<char>(1u << (off % 8));
+    ::flashlm::testing::FlipByte(catalog, off, mask);
+    auto r = StoreReader::Open((dir / "store").string());
+    ::flashlm::testing::FlipByte(catalog, off, mask);
+    ASSERT_FALSE(r.ok()) << "flip at " << off;
+    ASSERT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+    ASSERT_NE(r.status().message().find("checksum"), std::string_view::npos)
+        << r.status().ToString();
+  }
+  for (uint64_t off = 0; off < sizeof(CatalogSeal); ++off) {
+    ::flashlm::testing::FlipByte(seal, off, 0x01);
+    auto r = StoreReader::Open((dir / "store").string());
+    ::flashlm::testing::FlipByte(seal, off, 0x01);
+    ASSERT_EQ(r.status().code(), StatusCode::kCorruption) << "seal byte " << off;
+  }
+  EXPECT_TRUE(StoreReader::Open((dir / "store").string()).ok());
+}
+
+TEST(CatalogSealTest, CutOrGrownCatalogAndMissingSeal) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 2, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "store");
+  const fs::path catalog = dir / "store" / std::string(kCatalogFileName);
+  const std::string whole = ReadAll(catalog);
+  for (size_t cut = 0; cut < whole.size(); cut += 4096) {
+    WriteAll(catalog, std::string_view(whole).substr(0, cut));
+    auto r = StoreReader::Open((dir / "store").string());
+    ASSERT_EQ(r.status().code(), StatusCode::kCorruption) << "cut at " << cut;
+    EXPECT_NE(r.status().message().find("cut short"), std::string_view::npos)
+        << r.status().ToString();
+  }
+  WriteAll(catalog, whole + std::string(4096, '\0'));
+  EXPECT_EQ(StoreReader::Open((dir / "store").string()).status().code(), StatusCode::kCorruption);
+  WriteAll(catalog, whole);
+  ASSERT_TRUE(StoreReader::Open((dir / "store").string()).ok());
+  // A store without a seal (format version 1) is refused with what to do.
+  fs::remove(dir / "store" / std::string(kCatalogSealFileName));
+  auto r = StoreReader::Open((dir / "store").string());
+  EXPECT_EQ(r.status().code(), StatusCode::kNotSupported);
+  EXPECT_NE(r.status().message().find("Repack"), std::string_view::npos) << r.status().ToString();
+}
+
+// Behind the seal, a store's config passes the checks a checkpoint's does.
+TEST(CatalogSealTest, StoreConfigIsValidatedLikeACheckpoints) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(32, 24, 1, 40, DType::kF32);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "good");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"\"norm_eps\":", "\"norm_eps\":-"},
+      {"\"rope_theta\":", "\"rope_theta\":-"},
+      {"\"max_seq_len\":", "\"max_seq_len\":0,\"x\":"},
+      {"\"activation\":", "\"activation\":7,\"x\":"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const fs::path copy = dir / ("c" + std::to_string(i));
+    fs::copy(dir / "good", copy, fs::copy_options::recursive);
+    MutateCatalog(copy, "config", [&](std::vector<std::byte>& b) {
+      std::string j(reinterpret_cast<const char*>(b.data()), b.size());
+      const size_t at = j.find(cases[i].first);
+      ASSERT_NE(at, std::string::npos) << j;
+      j.replace(at, cases[i].first.size(), cases[i].second);
+      b.assign(reinterpret_cast<const std::byte*>(j.data()),
+               reinterpret_cast<const std::byte*>(j.data()) + j.size());
+    });
+    auto r = StoreReader::Open(copy.string());
+    ASSERT_FALSE(r.ok()) << cases[i].second;
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+  }
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 #include "storage/file.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "storage/aligned_buffer.h"
@@ -25,7 +28,54 @@ TEST(FileTest, DirectoryIsRefused) {
   flashlm::testing::ScratchDir dir;
   auto f = File::OpenForRead(dir.path().string(), FileOptions{.direct = false});
   ASSERT_FALSE(f.ok());
-  EXPECT_EQ(f.status().code(), StatusCode::kIoError);
+  EXPECT_EQ(f.status().code(), StatusCode::kInvalidArgument);
+}
+
+// A FIFO in place of a file is refused at once: a blocking open would wait for a writer forever.
+TEST(FileTest, FifoIsRefusedWithoutBlocking) {
+  flashlm::testing::ScratchDir dir;
+  const std::string fifo = (dir / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  for (bool direct : {false, true}) {
+    auto f = File::OpenForRead(fifo, FileOptions{.direct = direct});
+    ASSERT_FALSE(f.ok());
+    EXPECT_EQ(f.status().code(), StatusCode::kInvalidArgument) << f.status().ToString();
+  }
+  Result<int> fd = OpenRegularFile(fifo);
+  EXPECT_EQ(fd.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenRegularFile((dir / "none").string()).status().code(), StatusCode::kNotFound);
+}
+
+TEST(FileTest, ReadFileBoundedStopsAtTheLimit) {
+  flashlm::testing::ScratchDir dir;
+  const std::string path = (dir / "t.txt").string();
+  std::ofstream(path) << "hello";
+  EXPECT_EQ(*ReadFileBounded(path, 5), "hello");
+  EXPECT_EQ(ReadFileBounded(path, 4).status().code(), StatusCode::kInvalidArgument);
+  // An endless source is refused after limit + 1 bytes, not read without end.
+  Result<std::string> zero = ReadFileBounded("/dev/zero", 1 << 20);
+  EXPECT_EQ(zero.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("limit"), std::string_view::npos);
+  EXPECT_EQ(ReadFileBounded(dir.path().string(), 10).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(FileTest, WriteFileAtomicallyAllOrNothing) {
+  flashlm::testing::ScratchDir dir;
+  // A long but legal name (255 bytes): the temporary beside it must still fit.
+  const std::string name(255, 'n');
+  const std::string path = (dir / name).string();
+  ASSERT_TRUE(WriteFileAtomically(path, AsBytes("first")).ok());
+  ASSERT_TRUE(WriteFileAtomically(path, AsBytes("second")).ok());
+  EXPECT_EQ(*ReadFileBounded(path, 100), "second");
+  // Failures are IoError and leave nothing behind.
+  EXPECT_EQ(WriteFileAtomically((dir / "no" / "x").string(), AsBytes("x")).code(),
+            StatusCode::kIoError);
+  size_t entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    (void)e;
+    ++entries;
+  }
+  EXPECT_EQ(entries, 1u);
 }
 
 TEST(FileTest, OpensDirectOnARealDiskWithAPowerOfTwoAlignment) {

@@ -67,5 +67,43 @@ TEST(LmdbEnvTest, MissingAndGarbageFiles) {
   EXPECT_FALSE(env.ok());
 }
 
+// A catalog cut at any page boundary (or mid-page) is refused before LMDB maps it: reading the
+// records of a cut-short map would fault (SIGBUS) instead of failing.
+TEST(LmdbEnvTest, CutShortFileIsCorruptionNotASignal) {
+  testing::ScratchDir dir;
+  const std::string path = (dir / "cat.mdb").string();
+  {
+    LmdbEnv::Options o;
+    o.read_only = false;
+    o.create = true;
+    o.map_size_bytes = 16 << 20;
+    auto env = LmdbEnv::Open(path, o);
+    ASSERT_TRUE(env.ok()) << env.status().ToString();
+    auto txn = (*env)->BeginWrite();
+    ASSERT_TRUE(txn.ok());
+    for (int i = 0; i < 200; ++i) {
+      ASSERT_TRUE(txn->Put("key/" + std::to_string(1000 + i), std::string(300, 'v')).ok());
+    }
+    ASSERT_TRUE(txn->Commit().ok());
+  }
+  std::filesystem::remove(path + "-lock");
+  std::ifstream in(path, std::ios::binary);
+  const std::string whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(whole.size(), 8u * 4096);
+  for (size_t cut = 0; cut < whole.size(); cut += (cut % 4096 == 0 ? 100 : 4096 - cut % 4096)) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(whole.data(), cut);
+    Result<std::unique_ptr<LmdbEnv>> env = LmdbEnv::Open(path, {});
+    ASSERT_FALSE(env.ok()) << "cut at " << cut;
+    EXPECT_EQ(env.status().code(), StatusCode::kCorruption)
+        << "cut at " << cut << ": " << env.status().ToString();
+  }
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(whole.data(), whole.size());
+  Result<std::unique_ptr<LmdbEnv>> env = LmdbEnv::Open(path, {});
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  auto txn = (*env)->BeginRead();
+  ASSERT_TRUE(txn.ok());
+  EXPECT_EQ(Str(*txn->Get("key/1199")), std::string(300, 'v'));
+}
+
 }  // namespace
 }  // namespace flashlm::storage

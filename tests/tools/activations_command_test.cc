@@ -177,7 +177,8 @@ TEST(ActivationsCommandTest, BadInputExitsWithUsageError) {
   };
   const std::vector<Case> cases = {
       {"activations /nonexistent/model --text " + golden.string() + out, "nonexistent"},
-      {"activations " + gguf.string() + " --text /nonexistent/text.txt" + out, "cannot open text"},
+      {"activations " + gguf.string() + " --text /nonexistent/text.txt" + out,
+       "text.txt: no such file"},
       {"activations " + gguf.string() + " --text " + (dir / "empty.txt").string() + out,
        "is empty"},
       {a + out + " --top-fraction 0.3 --threshold 1", "not both"},

@@ -56,7 +56,7 @@ TEST_F(StoreCommandsTest, RepackInspectVerify) {
 
   r = Flashlm("inspect --json " + (dir_ / "q8").string());
   ASSERT_EQ(r.exit_code, 0) << r.out;
-  EXPECT_NE(r.out.find("\"format_version\": 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"format_version\": 2"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"source_format\": \"store\""), std::string::npos) << r.out;
 
   r = Flashlm("verify " + (dir_ / "q8").string());
