@@ -16,17 +16,6 @@
 namespace flashlm::storage {
 namespace {
 
-// xorshift64*: fast, seeded, good enough to spread offsets.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t Next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return s * 0x2545F4914F6CDD1Dull;
-  }
-};
 
 }  // namespace
 
@@ -52,7 +41,7 @@ Result<ProbeResult> ProbeReads(const File& file, const ProbeOptions& o) {
   const uint64_t blocks_in_file = file.size_bytes() / block;
   uint64_t region_blocks = blocks_in_file;
   uint64_t region_first = 0;
-  Rng rng(o.seed);
+  XorShiftRng rng(o.seed);
   if (o.pattern == ProbePattern::kRegion) {
     region_blocks = std::clamp<uint64_t>(o.region_bytes / block, 1, blocks_in_file);
     region_first = rng.Next() % (blocks_in_file - region_blocks + 1);

@@ -22,6 +22,18 @@
 
 namespace flashlm::storage {
 
+// xorshift64*: fast, seeded, good enough to spread read offsets and fill test files.
+struct XorShiftRng {
+  uint64_t s;
+  explicit XorShiftRng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t Next() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1Dull;
+  }
+};
+
 enum class ProbePattern { kRandom, kSequential, kRegion };
 
 struct ProbeOptions {

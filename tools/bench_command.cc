@@ -113,11 +113,6 @@ Result<std::vector<bool>> Switches(const std::string& text, const char* flag) {
   return out;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2]
-                                      : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 struct Measured {
   double decode_tok_s = 0, prefill_tok_s = 0, bytes_per_token = 0, reads_per_token = 0;
@@ -458,10 +453,13 @@ int Run(const Flags& f) {
     }
     auto predicted = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
     if (!predicted.ok()) return fail(predicted.status());
-    p.dram_bytes = predicted->cost.weight_bytes + predicted->cost.kv_bytes;
-    p.flash_seconds =
-        predicted->bounds.flash_overlapped_seconds + predicted->bounds.flash_serial_seconds;
-    p.flash_serial_seconds = predicted->bounds.flash_serial_seconds;
+    // Per token: DRAM bytes, and flash seconds (of which cannot overlap compute).
+    const auto take = [&p](const engine::Prediction& pr) {
+      p.dram_bytes = pr.cost.weight_bytes + pr.cost.kv_bytes;
+      p.flash_seconds = pr.bounds.flash_overlapped_seconds + pr.bounds.flash_serial_seconds;
+      p.flash_serial_seconds = pr.bounds.flash_serial_seconds;
+    };
+    take(*predicted);
 
     std::fprintf(stderr, "bench: [%zu/%zu] %s budget %s chunk %u coalesce %s pipeline %s threads %u\n",
                  i + 1, points.size(), p.store.c_str(), p.budget_spec.c_str(), p.chunk_bundles,
@@ -495,10 +493,7 @@ int Run(const Flags& f) {
       co.fire_fraction = p.fire;
       auto sparse = engine::Predict(sized, so, p.threads, co, dram, profile ? &*profile : nullptr);
       if (!sparse.ok()) return fail(sparse.status());
-      p.dram_bytes = sparse->cost.weight_bytes + sparse->cost.kv_bytes;
-      p.flash_seconds =
-          sparse->bounds.flash_overlapped_seconds + sparse->bounds.flash_serial_seconds;
-      p.flash_serial_seconds = sparse->bounds.flash_serial_seconds;
+      take(*sparse);
     }
     p.delivered_mib_s = p.bytes_per_token * p.decode_tok_s / 1048576.0;
     // The prediction: the plan's per-token bytes over the DRAM rate (given, else what decode

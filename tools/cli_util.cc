@@ -1,11 +1,20 @@
 #include "tools/cli_util.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 namespace flashlm::tools {
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 Result<uint64_t> ParseSize(std::string_view text) {
   std::string s(text);

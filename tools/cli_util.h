@@ -25,6 +25,9 @@ Result<uint64_t> ParseSize(std::string_view text);
 // Parses a comma-separated list of sizes: "4K,64K,1M".
 Result<std::vector<uint64_t>> ParseSizeList(std::string_view text);
 
+// The median of `values` (the mean of the middle two for an even count; 0 when empty).
+double Median(std::vector<double> values);
+
 // Prints "flashlm <command>: <status message>" to stderr and returns the exit code for it:
 // kExitUsage for InvalidArgument / NotFound / NotSupported / Corruption of inputs, else kExitFailure.
 int ReportError(std::string_view command, const Status& status);

@@ -83,17 +83,6 @@ struct Point {
   uint64_t retries = 0;         // resubmissions inside the backend (short reads, EAGAIN)
 };
 
-// xorshift64*: fast, seeded, good enough to spread offsets and fill the test file.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t Next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return s * 0x2545F4914F6CDD1Dull;
-  }
-};
 
 Result<std::vector<uint32_t>> ParseDepths(const std::string& text) {
   std::vector<uint32_t> out;
@@ -146,7 +135,7 @@ Status CreateTestFile(const std::string& path, uint64_t size_bytes, uint64_t see
   constexpr uint64_t kChunk = 8u << 20;
   ASSIGN_OR_RETURN(storage::AlignedBuffer buf, storage::AlignedBuffer::Allocate(kChunk, 4096));
   auto* words = reinterpret_cast<uint64_t*>(buf.data());  // [kChunk / 8] random words
-  Rng rng(seed ^ 0xF11E);
+  storage::XorShiftRng rng(seed ^ 0xF11E);
   bool tty = isatty(STDERR_FILENO);
   uint64_t start = storage::NowNs();
   for (uint64_t done = 0; done < size_bytes;) {
@@ -540,16 +529,10 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
             Point p = runs.back();
             p.pattern = pattern_name;
             p.runs = flags.repeat;
-            auto median = [](std::vector<double> v) {
-              if (v.empty()) return 0.0;
-              std::sort(v.begin(), v.end());
-              size_t n = v.size();
-              return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-            };
             auto field = [&](double Point::*m) {
               std::vector<double> v;
               for (const Point& r : runs) v.push_back(r.*m);
-              return median(v);
+              return Median(std::move(v));
             };
             p.mib_per_s = field(&Point::mib_per_s);
             p.iops = field(&Point::iops);
@@ -564,9 +547,9 @@ int Run(Flags flags, bool file_size_given, bool sizes_given, bool depths_given,
               p.retries += r.retries;
             }
             if (with_fio) {
-              p.fio_mib_per_s = median(fio_mib);
-              p.fio_p99_us = median(fio_p99);
-              p.ratio = median(ratios);
+              p.fio_mib_per_s = Median(fio_mib);
+              p.fio_p99_us = Median(fio_p99);
+              p.ratio = Median(ratios);
             }
             std::fprintf(stderr, " MiB/s");
             std::fprintf(stderr, tty ? "" : "\n");
