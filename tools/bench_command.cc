@@ -227,15 +227,7 @@ nlohmann::json Json(const std::vector<Point>& points, const Flags& f, double dra
 // Effective bandwidth in decode against mean read size, over the profile's raw curve.
 Status WritePlot(const std::string& path, const std::vector<Point>& points,
                  const storage::FlashProfile* profile) {
-  const std::string ext = std::filesystem::path(path).extension().string();
-  std::string terminal;
-  if (ext == ".svg") {
-    terminal = "svg size 900,600 dynamic";
-  } else if (ext == ".png") {
-    terminal = "pngcairo size 900,600";
-  } else {
-    return InvalidArgumentError("--plot " + path + ": use a .svg or .png file name");
-  }
+  ASSIGN_OR_RETURN(const std::string terminal, GnuplotTerminal(path));
   size_t streamed = 0;
   for (const Point& p : points) streamed += p.mean_read_bytes > 0 && p.effective_mib_s > 0;
   if (streamed == 0) {

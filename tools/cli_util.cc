@@ -1,6 +1,7 @@
 #include "tools/cli_util.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include <cmath>
 #include <cstdio>
@@ -8,6 +9,13 @@
 #include <string>
 
 namespace flashlm::tools {
+
+Result<std::string> GnuplotTerminal(const std::string& path) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  if (ext == ".svg") return std::string("svg size 900,600 dynamic");
+  if (ext == ".png") return std::string("pngcairo size 900,600");
+  return InvalidArgumentError("--plot " + path + ": use a .svg or .png file name");
+}
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0.0;

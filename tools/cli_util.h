@@ -25,6 +25,10 @@ Result<uint64_t> ParseSize(std::string_view text);
 // Parses a comma-separated list of sizes: "4K,64K,1M".
 Result<std::vector<uint64_t>> ParseSizeList(std::string_view text);
 
+// The gnuplot terminal for a plot file: "svg ..." for .svg, "pngcairo ..." for .png.
+// Errors: InvalidArgument naming --plot for any other extension.
+Result<std::string> GnuplotTerminal(const std::string& path);
+
 // The median of `values` (the mean of the middle two for an even count; 0 when empty).
 double Median(std::vector<double> values);
 

@@ -332,15 +332,7 @@ Status WriteJson(const std::string& path, const std::string& file, uint64_t file
 // Bandwidth against block size, one line per (backend, pattern, direct, queue depth), plus
 // fio's lines when measured.
 Status WritePlot(const std::string& path, const std::vector<Point>& points) {
-  std::string ext = std::filesystem::path(path).extension().string();
-  std::string terminal;
-  if (ext == ".svg") {
-    terminal = "svg size 900,600 dynamic";
-  } else if (ext == ".png") {
-    terminal = "pngcairo size 900,600";
-  } else {
-    return InvalidArgumentError("--plot " + path + ": use a .svg or .png file name");
-  }
+  ASSIGN_OR_RETURN(const std::string terminal, GnuplotTerminal(path));
   std::map<std::string, std::vector<std::pair<uint64_t, double>>> series;
   for (const Point& p : points) {
     std::string key = p.backend + " " + p.pattern + (p.direct ? "" : " buffered") + " QD" +
