@@ -27,4 +27,7 @@ rm -rf "$demo/store"
 build/flashlm repack "$src" "$demo/store" --no-progress
 build/flashlm generate "$demo/store" -p "$prompt" -n 128 --temp 0 "$@"
 echo
+# The memory and speed arithmetic for the same store on this machine (docs/plan.md).
+build/flashlm plan "$demo/store" --flash measure
+echo
 build/flashlm iobench --quick

@@ -338,15 +338,19 @@ int Run(Flags f) {
     std::printf("%s", at->session.plan.Describe().c_str());
     print_speed(*at, ("at --mem-budget " + FormatBytes(so.budget_bytes)).c_str());
   }
-  std::printf("recommended:");
-  if (so.budget_bytes == 0 || full.total_bytes() <= so.budget_bytes) {
-    std::printf(" everything fits in %s: no budget needed;", FormatBytes(full.total_bytes()).c_str());
+  std::printf("recommended: ");
+  if (so.budget_bytes != 0 && full.total_bytes() <= so.budget_bytes) {
+    std::printf("everything fits in the budget (%s): nothing streams",
+                FormatBytes(full.total_bytes()).c_str());
+  } else if (so.budget_bytes == 0) {
+    std::printf("%s keeps everything resident; below that, --mem-budget %s or more",
+                FormatBytes(full.total_bytes()).c_str(), FormatBytes(full.minimum_bytes).c_str());
   } else {
-    std::printf(" --mem-budget %s or more (%s keeps everything resident);",
+    std::printf("--mem-budget %s or more (%s keeps everything resident)",
                 FormatBytes(full.minimum_bytes).c_str(), FormatBytes(full.total_bytes()).c_str());
   }
-  if (recommend_chunk) {
-    std::printf(" --chunk-bundles %llu (reads of %s reach 90%% of the profile's best bandwidth)",
+  if (recommend_chunk && so.budget_bytes != 0 && at.ok() && at->session.plan.streams()) {
+    std::printf("; --chunk-bundles %llu (reads of %s reach 90%% of the profile's best bandwidth)",
                 static_cast<unsigned long long>(recommend_chunk),
                 FormatBytes(recommend_chunk * m.needs.bundles.stride_bytes).c_str());
   }
