@@ -46,24 +46,15 @@ Result<Digest> DigestCatalog(const std::string& path) {
   storage::Checksum64Stream hash;
   std::vector<std::byte> buf(1 << 20);  // bytes of the catalog, in order
   Digest d;
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      return ErrnoError("read " + path, e);
-    }
-    if (n == 0) break;
-    d.bytes += static_cast<uint64_t>(n);
-    if (d.bytes > kCatalogBytesMax) {
-      ::close(fd);
-      return CorruptionError("catalog " + path + " is larger than " +
-                             FormatBytes(kCatalogBytesMax));
-    }
-    hash.Update(ConstByteSpan(buf.data(), static_cast<size_t>(n)));
-  }
+  const Status st = storage::ReadFileInPieces(fd, path, kCatalogBytesMax, buf, [&](ConstByteSpan b) {
+    d.bytes += b.size();
+    hash.Update(b);
+  });
   ::close(fd);
+  if (st.code() == StatusCode::kInvalidArgument) {
+    return CorruptionError("catalog " + path + " is larger than " + FormatBytes(kCatalogBytesMax));
+  }
+  RETURN_IF_ERROR(st);
   d.xxh3 = hash.Digest();
   return d;
 }

@@ -221,6 +221,24 @@ Result<int> OpenRegularFile(const std::string& path) {
   return fd;
 }
 
+Status ReadFileInPieces(int fd, const std::string& path, uint64_t max_bytes, ByteSpan buffer,
+                        const std::function<void(ConstByteSpan)>& piece) {
+  uint64_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("read " + path, errno);
+    }
+    if (n == 0) return Status::Ok();
+    total += static_cast<uint64_t>(n);
+    if (total > max_bytes) {
+      return InvalidArgumentError(path + " is larger than the limit of " + FormatBytes(max_bytes));
+    }
+    piece(ConstByteSpan(buffer.data(), static_cast<size_t>(n)));
+  }
+}
+
 Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
@@ -233,23 +251,13 @@ Result<std::string> ReadFileBounded(const std::string& path, uint64_t max_bytes)
     return ErrnoError("open " + path, e);
   }
   std::string out;
-  char buf[1 << 16];  // bytes of the file, in order
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      return ErrnoError("read " + path, e);
-    }
-    if (n == 0) break;
-    if (out.size() + static_cast<uint64_t>(n) > max_bytes) {
-      ::close(fd);
-      return InvalidArgumentError(path + " is larger than the limit of " + FormatBytes(max_bytes));
-    }
-    out.append(buf, static_cast<size_t>(n));
-  }
+  std::byte buf[1 << 16];  // bytes of the file, in order
+  const Status st = ReadFileInPieces(fd, path, max_bytes, ByteSpan(buf, sizeof buf),
+                                     [&out](ConstByteSpan b) {
+                                       out.append(reinterpret_cast<const char*>(b.data()), b.size());
+                                     });
   ::close(fd);
+  if (!st.ok()) return st;
   return out;
 }
 

@@ -19,6 +19,7 @@
 #define FLASHLM_STORAGE_FILE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "storage/bytes.h"
@@ -88,6 +89,12 @@ class File {
 // device in place of an input file is refused instead of hanging or reading without end.
 // Errors: NotFound (no such file), InvalidArgument (not a regular file, naming it), IoError.
 Result<int> OpenRegularFile(const std::string& path);
+
+// Reads `fd` (named `path` in messages) to its end in pieces of at most buffer.size() bytes,
+// passing each to `piece` in order; `fd` stays open. Errors: InvalidArgument when more than
+// `max_bytes` arrive (the message states the limit; reading stops there), IoError.
+Status ReadFileInPieces(int fd, const std::string& path, uint64_t max_bytes, ByteSpan buffer,
+                        const std::function<void(ConstByteSpan)>& piece);
 
 // The whole content of the file at `path`, at most `max_bytes` of it. Any readable file (a pipe
 // too; a folder is refused); reading stops at max_bytes + 1, so an endless source (/dev/zero) is

@@ -405,15 +405,13 @@ int Run(const Flags& f) {
                                                       : engine::FfnSparsity::kAuto;
     so.transformer.max_context =
         static_cast<uint32_t>(std::min<int64_t>(m.config.max_seq_len, f.prompt_tokens + f.tokens + 1));
-    // The budget: a size, or a percentage of what keeps everything resident at these settings.
-    engine::ModelPlan sized = m;
-    {
-      engine::ModelPlanOptions mo;
-      mo.streaming = so.streaming;
-      auto again = engine::PlanModel(p.store, mo);
-      if (!again.ok()) return fail(again.status());
-      sized = std::move(*again);
-    }
+    // The budget: all (unlimited), a size, or a percentage of the weights.
+    // The store measured at this point's streaming options (buffers depend on them).
+    engine::ModelPlanOptions mo;
+    mo.streaming = so.streaming;
+    auto measured = engine::PlanModel(p.store, mo);
+    if (!measured.ok()) return fail(measured.status());
+    const engine::ModelPlan& sized = *measured;
     if (p.budget_spec == "all") {
       p.budget = 0;  // unlimited: everything resident
     } else if (!p.budget_spec.empty() && p.budget_spec.back() == '%') {

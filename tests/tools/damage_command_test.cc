@@ -38,20 +38,7 @@ std::string Q(const fs::path& p) { return "'" + p.string() + "'"; }
 
 CmdRun RunCmd(const std::string& args) {
   // `timeout` exits with 128 + the signal when the command dies by one, 124/137 on a hang.
-  const std::string cmd = std::string(kTimeout) + FLASHLM_BINARY_DIR + "/flashlm " + args;
-  CmdRun r;
-  const std::string err = FLASHLM_BINARY_DIR "/damage_err_" + std::to_string(::getpid()) + ".txt";
-  FILE* p = popen((cmd + " 2>" + err).c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream e(err);
-  r.err.assign(std::istreambuf_iterator<char>(e), std::istreambuf_iterator<char>());
-  std::remove(err.c_str());
-  return r;
+  return ::flashlm::testing::RunFlashlm(args, kTimeout);
 }
 
 // The read-only commands, as argument strings for a store at `s`.

@@ -21,12 +21,14 @@ struct CmdRun {
   std::string all() const { return out + err; }
 };
 
-// Runs `build/flashlm ARGS` through the shell (ARGS is shell syntax: quote paths as needed).
-inline CmdRun RunFlashlm(const std::string& args) {
+// Runs `build/flashlm ARGS` through the shell (ARGS is shell syntax: quote paths as needed),
+// after `prefix` (e.g. "timeout -s KILL 60 ").
+inline CmdRun RunFlashlm(const std::string& args, const std::string& prefix = "") {
   static std::atomic<int> counter{0};
   const std::string err_path = std::string(FLASHLM_BINARY_DIR) + "/cmd_err_" +
                                std::to_string(getpid()) + "_" + std::to_string(counter++) + ".txt";
-  const std::string cmd = std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
+  const std::string cmd =
+      prefix + std::string(FLASHLM_BINARY_DIR) + "/flashlm " + args + " 2>" + err_path;
   CmdRun r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
