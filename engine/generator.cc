@@ -41,7 +41,7 @@ Result<std::span<const float>> Prefill(Transformer& model, std::span<const int32
   return logits;
 }
 
-Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& options,
+Status Generator::Setup(std::span<const int32_t> prompt, const GenerateOptions& options,
                         Sampler& sampler) {
   const uint32_t ctx = model_.max_context();
   if (prompt.empty()) return InvalidArgumentError("empty prompt (it must hold at least BOS)");
@@ -50,7 +50,9 @@ Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& 
                                 " tokens does not fit the context of " + std::to_string(ctx));
   }
   started_ = false;
+  begun_ = false;
   done_ = false;
+  prefilled_ = 0;
   sampler_ = &sampler;
   options_ = options;
   stats_ = GenerationStats();
@@ -71,12 +73,78 @@ Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& 
   step_ = 0;
   first_sample_ns_ = 0;
   start_ns_ = storage::NowNs();
+  decode_start_ns_ = start_ns_;
+  return Status::Ok();
+}
+
+Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& options,
+                        Sampler& sampler) {
+  RETURN_IF_ERROR(Setup(prompt, options, sampler));
   ASSIGN_OR_RETURN(logits_, Prefill(model_, prompt, 0, options.sequence));
   pos_ = static_cast<uint32_t>(prompt.size());
   decode_start_ns_ = storage::NowNs();
   stats_.prefill_ms = MsBetween(start_ns_, decode_start_ns_);
   started_ = true;
   return Status::Ok();
+}
+
+Status Generator::Begin(std::span<const int32_t> prompt, const GenerateOptions& options,
+                        Sampler& sampler) {
+  RETURN_IF_ERROR(Setup(prompt, options, sampler));
+  begun_ = true;
+  return Status::Ok();
+}
+
+Generator::Input Generator::NextInput(uint32_t max_tokens) const {
+  Input in;
+  if (!begun_ || done_ || max_tokens == 0) return in;
+  if (prefilled_ < stats_.prompt_tokens) {
+    const uint32_t n = std::min(max_tokens, stats_.prompt_tokens - prefilled_);
+    in.tokens = std::span<const int32_t>(ids_).subspan(prefilled_, n);
+    in.position = prefilled_;
+    return in;
+  }
+  if (step_ == 0 || step_ >= options_.max_new_tokens || pos_ >= model_.max_context()) return in;
+  in.tokens = std::span<const int32_t>(ids_).last(1);
+  in.position = pos_;
+  return in;
+}
+
+Result<Generator::Step> Generator::Advance(uint32_t n, std::span<const float> logits) {
+  if (!begun_) return FailedPreconditionError("Generator::Advance before Begin");
+  out_.clear();
+  Step step;
+  if (done_) {
+    step.done = true;
+    return step;
+  }
+  const uint64_t now = storage::NowNs();
+  if (prefilled_ < stats_.prompt_tokens) {
+    if (n == 0 || n > stats_.prompt_tokens - prefilled_ || logits.empty()) {
+      return FailedPreconditionError("Generator::Advance: not the prompt chunk NextInput gave");
+    }
+    prefilled_ += n;
+    if (prefilled_ < stats_.prompt_tokens) return step;
+    // The prompt is in: sample the first token from its last logits, as Start + Next would.
+    logits_ = logits;
+    pos_ = stats_.prompt_tokens;
+    decode_start_ns_ = now;
+    stats_.prefill_ms = MsBetween(start_ns_, decode_start_ns_);
+    started_ = true;
+    return Sample(now);
+  }
+  if (n == 0) {
+    if (step_ >= options_.max_new_tokens) return End(nullptr);
+    if (pos_ >= model_.max_context()) return End("context");
+    return FailedPreconditionError("Generator::Advance: the step needs a forward pass");
+  }
+  if (n != 1 || step_ == 0 || logits.empty()) {
+    return FailedPreconditionError("Generator::Advance: not the token NextInput gave");
+  }
+  logits_ = logits;
+  ++pos_;
+  // A decode step's time: from the previous sample (the caller's batch ran in between).
+  return Sample(last_sample_ns_);
 }
 
 void Generator::FlushHeld() {
@@ -97,35 +165,43 @@ void Generator::Finish(const char* reason) {
 }
 
 void Generator::Cancel() {
-  if (started_ && !done_) Finish("cancelled");
+  if ((started_ || begun_) && !done_) Finish("cancelled");
+}
+
+Generator::Step Generator::End(const char* reason) {
+  Step step;
+  FlushHeld();
+  Finish(reason);
+  step.done = true;
+  step.text = out_;
+  return step;
 }
 
 Result<Generator::Step> Generator::Next() {
-  if (!started_) return FailedPreconditionError("Generator::Next before Start");
+  if (!started_ || begun_) return FailedPreconditionError("Generator::Next before Start");
   Step step;
   out_.clear();
   if (done_) {
     step.done = true;
     return step;
   }
-  auto end = [&](const char* reason) {
-    FlushHeld();
-    Finish(reason);
-    step.done = true;
-    step.text = out_;
-    return step;
-  };
-  if (step_ >= options_.max_new_tokens) return end(nullptr);
+  if (step_ >= options_.max_new_tokens) return End(nullptr);
   const uint64_t t0 = storage::NowNs();
   if (step_ > 0) {
-    if (pos_ >= model_.max_context()) return end("context");
+    if (pos_ >= model_.max_context()) return End("context");
     const int32_t last = ids_.back();
     ASSIGN_OR_RETURN(logits_, model_.Forward(std::span<const int32_t>(&last, 1), pos_,
                                              options_.sequence));
     ++pos_;
   }
+  return Sample(t0);
+}
+
+Generator::Step Generator::Sample(uint64_t t0) {
+  Step step;
   const int32_t next = sampler_->Sample(logits_, ids_);
   const uint64_t sampled = storage::NowNs();
+  last_sample_ns_ = sampled;
   if (step_ == 0) {
     stats_.ttft_ms = MsBetween(start_ns_, sampled);
     first_sample_ns_ = sampled;
@@ -134,7 +210,11 @@ Result<Generator::Step> Generator::Next() {
   }
   ++step_;
   step.token = next;
-  if (next == tokenizer_.eos_id() && !options_.ignore_eos) return end("eos");
+  if (next == tokenizer_.eos_id() && !options_.ignore_eos) {
+    Step end = End("eos");
+    end.token = next;
+    return end;
+  }
   piece_.clear();
   tokenizer_.AppendPiece(next, ids_.back(), piece_);
   ids_.push_back(next);
@@ -156,7 +236,14 @@ Result<Generator::Step> Generator::Next() {
   const size_t hold = HeldBackLength(text_, options_.stop_strings);
   out_.assign(text_, 0, text_.size() - hold);
   text_.erase(0, text_.size() - hold);
-  if (step_ >= options_.max_new_tokens) return end(nullptr);
+  if (step_ >= options_.max_new_tokens) {
+    // The last token's text goes out with the held-back rest.
+    text_.insert(0, out_);
+    out_.clear();
+    Step end = End(nullptr);
+    end.token = next;
+    return end;
+  }
   step.text = out_;
   return step;
 }

@@ -85,6 +85,30 @@ class Generator {
   // Ends the generation early: stop_reason "cancelled"; the held-back text is dropped.
   void Cancel();
 
+  // Caller-driven stepping, for a scheduler that runs the tokens of several generators (each in
+  // its own options.sequence) in one Forward:
+  //   Begin(prompt, options, sampler)   Start's checks and set-up, without running the model;
+  //   NextInput(max_tokens)             what the model must run next for this generator: the next
+  //                                     chunk of the prompt (at most max_tokens, from its
+  //                                     position), else the last sampled token; no tokens when
+  //                                     the next step needs no pass (generation is ending);
+  //   Advance(n, logits)                the caller ran NextInput's first n tokens (all of a decode
+  //                                     input; 0 when Input had none) in options.sequence, and
+  //                                     `logits` are the model's for the last of them. While the
+  //                                     prompt is still being prefilled the Step has no token and
+  //                                     is not done; once it is all in, Advance samples at once.
+  // Next() must not be mixed with Advance on one generation. Errors: Begin as Start's (without
+  // Forward's); Advance: FailedPrecondition (no Begin, n not matching NextInput).
+  struct Input {
+    std::span<const int32_t> tokens;  // valid until the next call on this generator
+    uint32_t position = 0;            // of tokens[0] in the sequence
+  };
+  Status Begin(std::span<const int32_t> prompt, const GenerateOptions& options, Sampler& sampler);
+  Input NextInput(uint32_t max_tokens) const;
+  Result<Step> Advance(uint32_t n, std::span<const float> logits);
+  bool prefilling() const { return begun_ && prefilled_ < stats_.prompt_tokens; }
+  bool done() const { return done_; }
+
   // Start, then Next until done, passing text to on_text (may be empty). `cancelled` (may be
   // empty) is asked before every step; true ends the generation with stop_reason "cancelled".
   Result<GenerationStats> Generate(std::span<const int32_t> prompt, uint32_t max_new_tokens,
@@ -102,6 +126,10 @@ class Generator {
  private:
   void FlushHeld();                 // held-back text and partial UTF-8 go out
   void Finish(const char* reason);  // done: stop reason (nullptr keeps it) and final timings
+  Status Setup(std::span<const int32_t> prompt, const GenerateOptions& options, Sampler& sampler);
+  // Samples from logits_ (the step's forward pass, if any, has run since t0_ns).
+  Step Sample(uint64_t t0_ns);
+  Step End(const char* reason);
 
   Transformer& model_;
   const Tokenizer& tokenizer_;
@@ -114,6 +142,9 @@ class Generator {
   std::span<const float> logits_;
   uint32_t pos_ = 0, step_ = 0;
   bool started_ = false, done_ = false, ignore_eos_ = false;
+  bool begun_ = false;     // caller-driven (Begin)
+  uint32_t prefilled_ = 0;  // prompt tokens run (caller-driven)
+  uint64_t last_sample_ns_ = 0;
   uint64_t start_ns_ = 0, decode_start_ns_ = 0, first_sample_ns_ = 0;
 };
 

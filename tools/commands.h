@@ -40,6 +40,9 @@ CommandRunner RegisterActivations(CLI::App& app);  // tools/activations_command.
 CommandRunner RegisterPlan(CLI::App& app);         // tools/plan_command.cc
 CommandRunner RegisterBench(CLI::App& app);        // tools/bench_command.cc
 
+// server (issue 13)
+CommandRunner RegisterServe(CLI::App& app);  // tools/serve_command.cc
+
 
 
 }  // namespace flashlm::tools

@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   runners.push_back(RegisterActivations(app));
   runners.push_back(RegisterPlan(app));
   runners.push_back(RegisterBench(app));
+  runners.push_back(RegisterServe(app));
 
 
 
