@@ -152,17 +152,7 @@ void Scheduler::Deliver(Slot& slot, std::string_view text, int32_t token) {
 void Scheduler::Finish(Slot& slot, const char* finish_reason, const Status& status) {
   Request& r = *slot.request;
   const GenerationStats& stats = slot.generator->stats();
-  {
-    std::lock_guard<std::mutex> lock(r.mu_);
-    r.result_.stats = stats;
-    r.result_.status = status;
-    r.result_.finish_reason = finish_reason;
-    r.result_.passes = slot.passes;
-    r.result_.mean_batch_sequences =
-        slot.passes ? static_cast<double>(slot.sequences_sum) / slot.passes : 0.0;
-    r.done_ = true;
-  }
-  r.cv_.notify_all();
+  // The counters first: whoever sees the request done sees them counted.
   {
     std::lock_guard<std::mutex> lock(mu_);
     const std::string_view reason(finish_reason);
@@ -179,6 +169,17 @@ void Scheduler::Finish(Slot& slot, const char* finish_reason, const Status& stat
     snap_.prompt_tokens += stats.prompt_tokens;
     snap_.generated_tokens += stats.generated_tokens;
   }
+  {
+    std::lock_guard<std::mutex> lock(r.mu_);
+    r.result_.stats = stats;
+    r.result_.status = status;
+    r.result_.finish_reason = finish_reason;
+    r.result_.passes = slot.passes;
+    r.result_.mean_batch_sequences =
+        slot.passes ? static_cast<double>(slot.sequences_sum) / slot.passes : 0.0;
+    r.done_ = true;
+  }
+  r.cv_.notify_all();
   slot.request.reset();
   slot.sampler.reset();
 }

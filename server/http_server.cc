@@ -92,8 +92,12 @@ class Fields {
     if (!v.is_number_integer()) {
       return Fail(name, std::string("'") + name + "' must be an integer");
     }
-    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(hi)
-                               : (v.get<int64_t>() < lo || v.get<int64_t>() > hi)) {
+    const bool out_of_range =
+        v.is_number_unsigned()
+            ? v.get<uint64_t>() > static_cast<uint64_t>(hi) ||
+                  (lo > 0 && v.get<uint64_t>() < static_cast<uint64_t>(lo))
+            : (v.get<int64_t>() < lo || v.get<int64_t>() > hi);
+    if (out_of_range) {
       return Fail(name, std::string("'") + name + "' must be in [" + std::to_string(lo) + ", " +
                             std::to_string(hi) + "]");
     }
@@ -244,6 +248,9 @@ Status HttpServer::Serve() {
 
 void HttpServer::Drain() {
   draining_.store(true);
+  // httplib cuts streams short once stopped: let the generations in flight finish first (each is
+  // bounded by the request timeout).
+  while (in_flight_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   // stop() acts only on a running loop: wait for Serve to have started it (or given up).
   while (!serve_done_.load() && !http_->is_running()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -271,7 +278,8 @@ void HttpServer::Routes() {
     return Handled::Unhandled;
   });
   // Errors httplib answers by itself (404, 413, 400 on a bad request line) get an error object.
-  http_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  http_->set_error_handler(httplib::Server::HandlerWithResponse(
+      [](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return Handled::Unhandled;
     const int status = res.status;
     if (status == 413) {
@@ -282,7 +290,7 @@ void HttpServer::Routes() {
       SendError(res, status, "request failed", nullptr, nullptr);
     }
     return Handled::Handled;
-  });
+  }));
   http_->set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
         SendError(res, 500, "internal error", nullptr, "internal");
@@ -387,6 +395,10 @@ void HttpServer::Routes() {
 // whole text or stream it as server-sent events from the response's content provider (which runs
 // on this worker thread after the handler returns).
 void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+  // Counts this request in flight until the last copy goes: at return, or for a stream when the
+  // response (holding the content provider) is destroyed after the last write.
+  ++in_flight_;
+  std::shared_ptr<void> in_flight(nullptr, [this](void*) { --in_flight_; });
   engine::Scheduler* sch = scheduler_.load();
   engine::Session* ses = session_.load();
   if (sch == nullptr || ses == nullptr) {
@@ -647,7 +659,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
         sink.done();
         return true;
       },
-      [request](bool) { request->Cancel(); });
+      [request, in_flight](bool) { request->Cancel(); });
 }
 
 }  // namespace flashlm::server

@@ -79,6 +79,7 @@ class HttpServer {
   std::atomic<engine::Scheduler*> scheduler_{nullptr};
   std::atomic<bool> draining_{false};
   std::atomic<bool> serve_done_{false};
+  std::atomic<int> in_flight_{0};  // generation requests being answered
   std::atomic<uint64_t> next_id_{1};
   Metrics metrics_;
 };

@@ -248,7 +248,9 @@ TEST(ServeCommandTest, EndpointsAndErrors) {
     EXPECT_EQ(r.status, x.status) << x.path << " " << x.body.substr(0, 80) << " -> " << r.body;
     ASSERT_TRUE(r.j.is_object()) << r.body;
     EXPECT_TRUE(r.j["error"]["message"].is_string()) << r.body;
-    if (!x.param.empty()) EXPECT_EQ(r.j["error"]["param"], x.param) << r.body;
+    if (!x.param.empty()) {
+      EXPECT_EQ(r.j["error"]["param"], x.param) << r.body;
+    }
   }
   r = Curl(b + "/metrics");
   ASSERT_EQ(r.status, 200);
@@ -409,14 +411,18 @@ TEST(ServeCommandTest, FullQueueAnswers429AndSigtermDrains) {
     httplib::Client cli("127.0.0.1", server.port());
     cli.set_read_timeout(120);
     std::string body;
-    auto res = cli.Post(
-        "/v1/completions", httplib::Headers{}, longreq.dump(), "application/json",
-        [&](const char* data, size_t n) {
-          body.append(data, n);
-          first_started = true;
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a slow reader
-          return true;
-        });
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = longreq.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      body.append(data, n);
+      first_started = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a slow reader
+      return true;
+    };
+    auto res = cli.send(req);
     first_status = res ? res->status : -1;
     first_body = body;
   });
