@@ -65,17 +65,15 @@ Result<std::unique_ptr<Scheduler>> Scheduler::Create(Session& session,
   s->logits_for_.resize(options.slots);
   s->snap_.slots = options.slots;
   s->snap_.queue_max = options.queue_max;
-  s->thread_ = std::thread([p = s.get()] { p->Run(); });
   return s;
 }
 
-Scheduler::~Scheduler() {
+void Scheduler::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
 }
 
 Result<std::shared_ptr<Request>> Scheduler::Submit(RequestSpec spec) {

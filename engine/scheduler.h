@@ -1,7 +1,8 @@
 // Scheduler: continuous batching of many generation requests over one Session.
 //
 // A bounded queue of submitted requests and `slots` sequence slots (the session's KV cache holds
-// one sequence per slot). One thread (the scheduler's own) owns the session and loops:
+// one sequence per slot). Run() loops on the caller's thread, which must be the thread that
+// opened the session (its io_uring rings belong to that thread), until Stop():
 //   admit     move queued requests into free slots (Generator::Begin, a Sampler of its own);
 //   reap      requests cancelled by their client or past their deadline end and free their slot;
 //   batch     one TokenBatch: every decoding slot's last token first, then prompt chunks of the
@@ -13,8 +14,8 @@
 // A Forward error (a corrupt extent, an I/O error) fails the requests of that batch with the
 // status; the scheduler keeps serving.
 //
-// Threads: Submit, Cancel, the Request's waits and Snapshot may be called from any thread. The
-// Session must not be used by anyone else while the scheduler runs. Bounds: the queue and the
+// Threads: Submit, Stop, Snapshot and the Request's calls may be called from any thread. The
+// Session must not be used by anyone else while Run runs. Bounds: the queue and the
 // slots are fixed at Create; each request's buffers are sized when it is admitted.
 #ifndef FLASHLM_ENGINE_SCHEDULER_H_
 #define FLASHLM_ENGINE_SCHEDULER_H_
@@ -26,7 +27,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "engine/generator.h"
@@ -106,12 +106,18 @@ struct SchedulerSnapshot {
 
 class Scheduler {
  public:
-  // Starts the scheduler thread over `session` (not owned; must outlive the scheduler).
+  // A scheduler over `session` (not owned; must outlive the scheduler).
   // Errors: InvalidArgument (0 slots, more slots than the model's max_sequences, queue_max 0).
   static Result<std::unique_ptr<Scheduler>> Create(Session& session,
                                                    const SchedulerOptions& options);
-  // Stops: running requests are cancelled, queued ones fail; joins the thread.
-  ~Scheduler();
+  // Precondition: Run has returned (or never ran).
+  ~Scheduler() = default;
+
+  // The loop (see above), on the thread that opened the session, until Stop(); then running
+  // requests end as cancelled and queued ones fail.
+  void Run();
+  // Makes Run return after its current pass, and Submit refuse; idempotent, any thread.
+  void Stop();
 
   // Queues a request. Errors: InvalidArgument (empty prompt, prompt not shorter than the
   // context, 0 max_new_tokens), ResourceExhausted (the queue is full), Unavailable-like
@@ -129,7 +135,6 @@ class Scheduler {
     uint64_t passes = 0, sequences_sum = 0;
   };
   Scheduler(Session& session, const SchedulerOptions& options);
-  void Run();
   void Admit(Slot& slot, std::shared_ptr<Request> request);
   // Ends the slot's request with its generator's stats; frees the slot.
   void Finish(Slot& slot, const char* finish_reason, const Status& status);
@@ -149,7 +154,6 @@ class Scheduler {
   // The batch, sized at Create (max_batch tokens, slots logit rows).
   std::vector<int32_t> tokens_;
   std::vector<uint32_t> positions_, sequences_, logits_for_;
-  std::thread thread_;
 };
 
 }  // namespace flashlm::engine

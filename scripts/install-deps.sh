@@ -9,7 +9,14 @@ packages=(
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libbenchmark-dev
   clang libclang-rt-14-dev
   fio gnuplot-nox time
+  # serve (issue 13): HTTP library; its tests drive it with curl, the openai npm client under
+  # Node, and headless Chromium for the web page
+  libcpp-httplib-dev curl chromium
 )
+# Node and npm from Debian when no node is on PATH (a nodesource install is left alone).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

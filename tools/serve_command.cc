@@ -7,7 +7,9 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 #include <pthread.h>
+#include <unistd.h>
 #include <string>
 #include <thread>
 
@@ -102,35 +104,54 @@ CommandRunner RegisterServe(CLI::App& app) {
         std::fprintf(stderr, "serve: %s\n", st.ToString().c_str());
       }
     });
-    // Until a signal, or until the load fails: the signal thread drains the server either way.
-    std::thread waiter([&] {
-      int sig = 0;
-      sigwait(&signals, &sig);
-      std::fprintf(stderr, "serve: signal %d, draining\n", sig);
-      (*http)->Drain();
+    // The engine thread opens the session and runs the scheduler on it: a store's io_uring rings
+    // belong to the thread that made them. A failed load raises SIGTERM to end the wait below.
+    Status load_status;
+    std::unique_ptr<engine::Scheduler> scheduler;
+    std::mutex scheduler_mu;
+    bool stop_requested = false;  // under scheduler_mu
+    std::thread engine_thread([&] {
+      auto session = engine::Session::Open(f->path, options);
+      if (!session.ok()) {
+        load_status = session.status();
+        kill(getpid(), SIGTERM);
+        return;
+      }
+      if (f->session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
+      engine::SchedulerOptions sched_options;
+      sched_options.slots = static_cast<uint32_t>(f->parallel);
+      sched_options.queue_max = static_cast<uint32_t>(f->queue);
+      auto created = engine::Scheduler::Create(**session, sched_options);
+      if (!created.ok()) {
+        load_status = created.status();
+        kill(getpid(), SIGTERM);
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(scheduler_mu);
+        if (stop_requested) return;  // a signal came during the load
+        scheduler = std::move(*created);
+      }
+      (*http)->Ready(**session, *scheduler);
+      std::fprintf(stderr, "serve: ready (%lld slots, context %u)\n",
+                   static_cast<long long>(f->parallel), scheduler->context());
+      std::fflush(stderr);
+      scheduler->Run();  // until Stop, after the drain
+      std::lock_guard<std::mutex> lock(scheduler_mu);
+      scheduler.reset();  // before the session it runs on
     });
-    auto finish = [&](int code) {
-      pthread_kill(waiter.native_handle(), SIGTERM);
-      waiter.join();
-      loop.join();
-      return code;
-    };
-
-    auto session = engine::Session::Open(f->path, options);
-    if (!session.ok()) return finish(ReportError("serve", session.status()));
-    if (f->session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
-    engine::SchedulerOptions sched_options;
-    sched_options.slots = static_cast<uint32_t>(f->parallel);
-    sched_options.queue_max = static_cast<uint32_t>(f->queue);
-    auto scheduler = engine::Scheduler::Create(**session, sched_options);
-    if (!scheduler.ok()) return finish(ReportError("serve", scheduler.status()));
-    (*http)->Ready(**session, **scheduler);
-    std::fprintf(stderr, "serve: ready (%lld slots, context %u)\n",
-                 static_cast<long long>(f->parallel), (*scheduler)->context());
-    std::fflush(stderr);
-    waiter.join();  // a signal arrived and the listener is closed
-    loop.join();    // every in-flight request has been answered
-    scheduler->reset();
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (load_status.ok()) std::fprintf(stderr, "serve: signal %d, draining\n", sig);
+    (*http)->Drain();  // no new requests; returns once the generations in flight are answered
+    loop.join();
+    {
+      std::lock_guard<std::mutex> lock(scheduler_mu);
+      stop_requested = true;
+      if (scheduler) scheduler->Stop();
+    }
+    engine_thread.join();
+    if (!load_status.ok()) return ReportError("serve", load_status);
     std::fprintf(stderr, "serve: drained, exiting\n");
     return kExitOk;
   };

@@ -60,6 +60,21 @@ Outcome Alone(Session& s, const std::vector<int32_t>& prompt, uint32_t n,
   return out;
 }
 
+// Runs a scheduler's loop on a thread of its own for the test's duration (the checkpoint's
+// weights are in DRAM, so no io_uring ring ties the session to the thread that opened it).
+class Running {
+ public:
+  explicit Running(Scheduler& s) : s_(s), thread_([&s] { s.Run(); }) {}
+  ~Running() {
+    s_.Stop();
+    thread_.join();
+  }
+
+ private:
+  Scheduler& s_;
+  std::thread thread_;
+};
+
 Outcome Collect(Request& r) {
   Outcome out;
   std::string piece;
@@ -93,6 +108,7 @@ TEST(SchedulerTest, BatchedGreedyEqualsEachRequestAlone) {
   so.queue_max = 8;
   auto scheduler = Scheduler::Create(*session, so);
   ASSERT_TRUE(scheduler.ok()) << scheduler.status().ToString();
+  Running running(**scheduler);
   std::vector<std::shared_ptr<Request>> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     RequestSpec spec;
@@ -129,6 +145,7 @@ TEST(SchedulerTest, CancelAndDeadlineFreeTheSlot) {
   ASSERT_NE(session, nullptr);
   auto scheduler = Scheduler::Create(*session, SchedulerOptions{1, 4});
   ASSERT_TRUE(scheduler.ok());
+  Running running(**scheduler);
   const std::vector<int32_t> prompt = session->tokenizer().Encode("Once upon a time", true);
   RequestSpec spec;
   spec.prompt = prompt;
@@ -172,6 +189,7 @@ TEST(SchedulerTest, FullQueueAndBadRequestsAreRefused) {
   ASSERT_NE(session, nullptr);
   auto scheduler = Scheduler::Create(*session, SchedulerOptions{1, 1});
   ASSERT_TRUE(scheduler.ok());
+  Running loop(**scheduler);
   EXPECT_FALSE(Scheduler::Create(*session, SchedulerOptions{2, 1}).ok());  // 1 sequence only
   RequestSpec spec;
   spec.prompt = session->tokenizer().Encode("Once upon a time", true);

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -454,6 +455,50 @@ TEST(ServeCommandTest, FullQueueAnswers429AndSigtermDrains) {
   EXPECT_TRUE(done) << first_body.substr(0, 200);
   EXPECT_TRUE(last.contains("choices")) << last.dump();
   EXPECT_NE(server.Log().find("drained"), std::string::npos) << server.Log();
+}
+
+TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string store = (dir / "store").string();
+  auto rp = ::flashlm::testing::RunFlashlm("repack " + gguf.string() + " " + store +
+                                           " --dtype q8_0 --no-progress");
+  ASSERT_EQ(rp.exit_code, 0) << rp.err;
+  // The smallest budget streams every FFN bundle on every pass; serve names it when refusing 1.
+  auto refused = ::flashlm::testing::RunFlashlm("serve " + store +
+                                                " --port 0 --ctx 64 --parallel 2 --mem-budget 1");
+  EXPECT_NE(refused.exit_code, 0);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
+      << refused.err;
+  // Damage one FFN bundle (each is one extent at a 4 KiB stride; norms sit between layers):
+  // flip the first byte of a block in the middle of the data file, and keep it if verify names
+  // a bundle, else flip it back and try the next block.
+  const std::filesystem::path data = std::filesystem::path(store) / "data-00000.bin";
+  const uint64_t size = std::filesystem::file_size(data);
+  bool damaged = false;
+  for (uint64_t off = size / 2 / 4096 * 4096; off < size && !damaged; off += 4096) {
+    ::flashlm::testing::FlipByte(data, off);
+    auto v = ::flashlm::testing::RunFlashlm("verify " + store);
+    damaged = v.all().find("bundle") != std::string::npos;
+    if (!damaged) ::flashlm::testing::FlipByte(data, off);
+  }
+  ASSERT_TRUE(damaged);
+  ServeProcess server(store, {"--ctx", "64", "--parallel", "2", "--threads", "2", "--mem-budget",
+                              m[1].str()},
+                      (dir / "serve.log").string());
+  ASSERT_TRUE(server.WaitReady()) << server.Log();
+  for (int i = 0; i < 2; ++i) {
+    Reply r = Curl(server.base() + "/v1/completions", R"({"prompt":"Once","max_tokens":5})", true);
+    EXPECT_EQ(r.status, 500) << r.body;
+    EXPECT_EQ(r.j["error"]["code"], "engine_error") << r.body;
+    EXPECT_NE(r.body.find("Corruption"), std::string::npos) << r.body;
+    EXPECT_EQ(Curl(server.base() + "/health").status, 200);
+  }
+  const Reply metrics = Curl(server.base() + "/metrics");
+  EXPECT_NE(metrics.body.find("flashlm_generations_failed_total 2\n"), std::string::npos)
+      << metrics.body;
+  EXPECT_EQ(server.Stop(20), 0) << server.Log();
 }
 
 }  // namespace
