@@ -25,6 +25,7 @@ form{display:flex;gap:6px}#prompt{flex:1}
 <div id="panels"><h3>Live</h3></div>
 <script>
 "use strict";
+// A sequence's step in a forward pass is one token (prompt chunks aside): tokens/s counts them.
 const panels=[["tok_s","tokens/s"],["bytes_tok","bytes read/token"],["mib_s","effective MiB/s"],
  ["hit","FFN hit rate"],["io_tok","I/O ms/token"],["cpu_tok","compute ms/token"],["active","active sequences"]];
 const series={};
@@ -38,8 +39,7 @@ function plot(k,v){const s=series[k];s.push(v);if(s.length>60)s.shift();
  s.forEach((y,i)=>{const px=i*c.width/59,py=c.height-(Number.isFinite(y)?y:0)/mx*(c.height-2);i?g.lineTo(px,py):g.moveTo(px,py);});g.stroke();}
 let prev=null;
 async function poll(){try{const r=await fetch("/stats");if(r.ok){const s=await r.json();
- if(prev){const dt=(s.now_ms-prev.now_ms)/1000,dtok=s.generated_tokens-prev.generated_tokens+
-  (s.pass_tokens-prev.pass_tokens>0&&s.generated_tokens===prev.generated_tokens?0:0);
+ if(prev){const dt=(s.now_ms-prev.now_ms)/1000;
   const dp=s.pass_sequences-prev.pass_sequences,dbytes=s.bytes_read-prev.bytes_read,
   dio=s.io_wait_ms-prev.io_wait_ms,dfw=s.forward_ms-prev.forward_ms;
   plot("tok_s",dp/dt);plot("bytes_tok",dp?dbytes/dp:0);plot("mib_s",dio>0?dbytes/1048576/(dio/1000):0);
@@ -47,7 +47,8 @@ async function poll(){try{const r=await fetch("/stats");if(r.ok){const s=await r
  prev=s;}}catch(e){} setTimeout(poll,1000);}
 poll();
 const history=[];
-document.getElementById("form").addEventListener("submit",async ev=>{ev.preventDefault();
+document.getElementById("form").addEventListener("submit",ev=>{ev.preventDefault();send();});
+async function send(){
  const p=document.getElementById("prompt"),text=p.value;p.value="";if(!text)return;
  const log=document.getElementById("log");history.push({role:"user",content:text});
  const u=document.createElement("div");u.className="user";u.textContent="> "+text;log.appendChild(u);
@@ -62,7 +63,10 @@ document.getElementById("form").addEventListener("submit",async ev=>{ev.preventD
    if(!ev.startsWith("data: "))continue;const d=ev.slice(6);if(d==="[DONE]")continue;
    const j=JSON.parse(d);if(j.error){a.textContent+=" [error: "+j.error.message+"]";continue;}
    const c=j.choices[0].delta.content;if(c){reply+=c;a.textContent=reply;}}}
- history.push({role:"assistant",content:reply});document.getElementById("status").textContent="done";});
+ history.push({role:"assistant",content:reply});document.getElementById("status").textContent="done";}
+// ?q=TEXT sends TEXT once the page has loaded (links, and the headless browser test).
+const q=new URLSearchParams(location.search).get("q");
+if(q){document.getElementById("prompt").value=q;send();}
 </script></body></html>
 )HTML";
 
