@@ -501,5 +501,84 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
   EXPECT_EQ(server.Stop(20), 0) << server.Log();
 }
 
+// Out of core: a store at its smallest budget (every FFN bundle and attention layer streamed on
+// every pass). 16 concurrent clients; greedy text equals generate's on the same store and
+// budget; decode steps carry several sequences; peak RSS stays within the plan plus the serve
+// process's overhead (binary, libraries, HTTP threads; measured at about 11 MiB, stated as 24).
+TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string store = (dir / "store").string();
+  auto rp = ::flashlm::testing::RunFlashlm("repack " + gguf.string() + " " + store +
+                                           " --dtype q8_0 --no-progress");
+  ASSERT_EQ(rp.exit_code, 0) << rp.err;
+  const std::string common = " --ctx 128 --threads 2 ";
+  auto refused = ::flashlm::testing::RunFlashlm("serve " + store + common +
+                                                "--port 0 --parallel 4 --mem-budget 1");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
+      << refused.err;
+  const std::string budget = m[1].str();
+  auto gen = ::flashlm::testing::RunFlashlm("generate " + store + common + "--mem-budget " +
+                                            budget + " --temp 0 -n 40 -p 'Once upon a time'");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  std::string want = gen.out;
+  if (!want.empty() && want.back() == '\n') want.pop_back();
+  ServeProcess server(store, {"--ctx", "128", "--threads", "2", "--parallel", "4",
+                              "--mem-budget", budget},
+                      (dir / "serve.log").string());
+  ASSERT_TRUE(server.WaitReady()) << server.Log();
+  constexpr int kClients = 16, kPerClient = 4;
+  std::atomic<int> right{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      httplib::Client cli("127.0.0.1", server.port());
+      cli.set_read_timeout(300);
+      for (int i = 0; i < kPerClient; ++i) {
+        json req = {{"prompt", "Once upon a time"}, {"max_tokens", 40}, {"temperature", 0}};
+        if ((c + i) % 2) req["stream"] = true;
+        auto res = cli.Post("/v1/completions", req.dump(), "application/json");
+        if (!res || res->status != 200) continue;
+        std::string text;
+        if ((c + i) % 2) {
+          bool done = false;
+          json last;
+          text = StreamText(res->body, false, &done, &last);
+        } else {
+          json j = json::parse(res->body, nullptr, false);
+          if (j.is_object()) text = j["choices"][0]["text"].get<std::string>();
+        }
+        if (text == want) ++right;
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(right.load(), kClients * kPerClient);
+  const Reply metrics = Curl(server.base() + "/metrics");
+  auto value = [&](const std::string& name) {
+    std::smatch v;
+    std::regex re("\n" + name + " ([0-9.e+]+)\n");
+    return std::regex_search(metrics.body, v, re) ? std::stod(v[1].str()) : -1.0;
+  };
+  const double passes = value("flashlm_forward_passes_total");
+  const double sequences = value("flashlm_pass_sequences_total");
+  EXPECT_GT(passes, 0);
+  EXPECT_GT(sequences, 1.5 * passes) << "decode steps did not batch sequences";
+  EXPECT_GT(value("flashlm_flash_bytes_read_total"), 0);
+  const double planned = value("flashlm_planned_bytes");
+  EXPECT_LE(planned, std::stod(budget));
+  std::ifstream status("/proc/" + std::to_string(server.pid()) + "/status");
+  std::string line;
+  uint64_t hwm_kib = 0;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) hwm_kib = std::stoull(line.substr(6));
+  }
+  ASSERT_GT(hwm_kib, 0u);
+  EXPECT_LE(static_cast<double>(hwm_kib) * 1024, planned + 24.0 * 1024 * 1024)
+      << "peak RSS " << hwm_kib << " KiB, planned " << planned << " bytes";
+  EXPECT_EQ(server.Stop(30), 0) << server.Log();
+}
+
 }  // namespace
 }  // namespace flashlm::tools
