@@ -568,6 +568,10 @@ TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   EXPECT_GT(value("flashlm_flash_bytes_read_total"), 0);
   const double planned = value("flashlm_planned_bytes");
   EXPECT_LE(planned, std::stod(budget));
+#if defined(__SANITIZE_ADDRESS__)
+  // Under AddressSanitizer the resident set is the sanitizer's (shadow memory): not checked.
+  std::printf("peak RSS not checked under AddressSanitizer\n");
+#else
   std::ifstream status("/proc/" + std::to_string(server.pid()) + "/status");
   std::string line;
   uint64_t hwm_kib = 0;
@@ -577,6 +581,7 @@ TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   ASSERT_GT(hwm_kib, 0u);
   EXPECT_LE(static_cast<double>(hwm_kib) * 1024, planned + 24.0 * 1024 * 1024)
       << "peak RSS " << hwm_kib << " KiB, planned " << planned << " bytes";
+#endif
   EXPECT_EQ(server.Stop(30), 0) << server.Log();
 }
 
