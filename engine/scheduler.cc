@@ -80,8 +80,7 @@ Result<std::shared_ptr<Request>> Scheduler::Submit(RequestSpec spec) {
   if (spec.prompt.empty()) return InvalidArgumentError("empty prompt");
   if (spec.prompt.size() >= context_) {
     return InvalidArgumentError("prompt of " + std::to_string(spec.prompt.size()) +
-                                " tokens does not fit the context of " +
-                                std::to_string(context_));
+                                " tokens does not fit the context of " + std::to_string(context_));
   }
   if (spec.max_new_tokens == 0) return InvalidArgumentError("max_new_tokens must be positive");
   // Checks the sampling options here, in the caller's thread, so that a bad one is the caller's
@@ -306,8 +305,7 @@ void Scheduler::Run() {
         continue;
       }
       // Advance.
-      auto step = s.generator->Advance(
-          s.batch_n, logits->subspan(uint64_t{i} * vocab, vocab));
+      auto step = s.generator->Advance(s.batch_n, logits->subspan(uint64_t{i} * vocab, vocab));
       if (!step.ok()) {
         Finish(s, "error", step.status());
         continue;

@@ -47,7 +47,7 @@ struct RequestSpec {
 // What a request has been through; final once done.
 struct RequestResult {
   GenerationStats stats;
-  Status status;  // not OK: the engine failed it (the text so far is still there)
+  Status status;              // not OK: the engine failed it (the text so far is still there)
   std::string finish_reason;  // "stop" (EOS or a stop string), "length", "cancelled", "timeout"
   double queue_ms = 0;        // submitted to admitted
   // The forward passes that carried this request's tokens, and what they read from flash (shared
@@ -88,8 +88,8 @@ class Request {
 };
 
 struct SchedulerOptions {
-  uint32_t slots = 1;        // sequences decoded together (<= the model's max_sequences)
-  uint32_t queue_max = 64;   // requests waiting for a slot
+  uint32_t slots = 1;       // sequences decoded together (<= the model's max_sequences)
+  uint32_t queue_max = 64;  // requests waiting for a slot
 };
 
 // Counters for /metrics, since Create.
@@ -97,11 +97,11 @@ struct SchedulerSnapshot {
   uint32_t queued = 0, active = 0, slots = 0, queue_max = 0;
   uint64_t admitted = 0, finished = 0, failed = 0, cancelled = 0, timed_out = 0;
   uint64_t prompt_tokens = 0, generated_tokens = 0;
-  uint64_t steps = 0;             // forward passes the scheduler ran
-  uint64_t step_sequences = 0;    // sum over passes of sequences in the pass
-  uint64_t step_tokens = 0;       // sum over passes of tokens in the pass
-  double forward_ms = 0;          // time inside Forward
-  EngineStats engine;             // the session's counters
+  uint64_t steps = 0;           // forward passes the scheduler ran
+  uint64_t step_sequences = 0;  // sum over passes of sequences in the pass
+  uint64_t step_tokens = 0;     // sum over passes of tokens in the pass
+  double forward_ms = 0;        // time inside Forward
+  EngineStats engine;           // the session's counters
 };
 
 class Scheduler {

@@ -29,8 +29,8 @@ Result<ChatPrompt> FormatChat(ChatTemplate t, const std::vector<ChatMessage>& me
   if (messages.empty()) return InvalidArgumentError("'messages' must not be empty");
   for (const ChatMessage& m : messages) {
     if (m.role != "system" && m.role != "user" && m.role != "assistant") {
-      return InvalidArgumentError("message role must be system, user or assistant, not '" +
-                                  m.role + "'");
+      return InvalidArgumentError("message role must be system, user or assistant, not '" + m.role +
+                                  "'");
     }
   }
   ChatPrompt p;
@@ -80,8 +80,8 @@ Result<ChatPrompt> FormatChat(ChatTemplate t, const std::vector<ChatMessage>& me
     }
     case ChatTemplate::kLlama3:
       for (const ChatMessage& m : messages) {
-        p.text += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content +
-                  "<|eot_id|>";
+        p.text +=
+            "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
       }
       p.text += "<|start_header_id|>assistant<|end_header_id|>\n\n";
       p.stops = {"<|eot_id|>"};

@@ -34,8 +34,8 @@ Result<ChatTemplate> ParseChatTemplate(std::string_view name);
 std::string_view ChatTemplateName(ChatTemplate t);
 
 struct ChatPrompt {
-  std::string text;                 // to encode (with the model's BOS, special tokens parsed)
-  std::vector<std::string> stops;   // the template's end-of-turn markers
+  std::string text;                // to encode (with the model's BOS, special tokens parsed)
+  std::vector<std::string> stops;  // the template's end-of-turn markers
 };
 // Errors: InvalidArgument (no messages, a role the template does not know).
 Result<ChatPrompt> FormatChat(ChatTemplate t, const std::vector<ChatMessage>& messages);

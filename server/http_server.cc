@@ -4,8 +4,8 @@
 
 #include <chrono>
 #include <ctime>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "server/web_page.h"
 #include "storage/io_stats.h"
@@ -81,8 +81,8 @@ class Fields {
     if (!v.is_number()) return Fail(name, std::string("'") + name + "' must be a number");
     const double d = v.get<double>();
     if (!(d >= lo && d <= hi)) {
-      return Fail(name, std::string("'") + name + "' must be in [" + Num(lo) + ", " + Num(hi) +
-                            "]");
+      return Fail(name,
+                  std::string("'") + name + "' must be in [" + Num(lo) + ", " + Num(hi) + "]");
     }
     *out = d;
   }
@@ -92,11 +92,10 @@ class Fields {
     if (!v.is_number_integer()) {
       return Fail(name, std::string("'") + name + "' must be an integer");
     }
-    const bool out_of_range =
-        v.is_number_unsigned()
-            ? v.get<uint64_t>() > static_cast<uint64_t>(hi) ||
-                  (lo > 0 && v.get<uint64_t>() < static_cast<uint64_t>(lo))
-            : (v.get<int64_t>() < lo || v.get<int64_t>() > hi);
+    const bool out_of_range = v.is_number_unsigned()
+                                  ? v.get<uint64_t>() > static_cast<uint64_t>(hi) ||
+                                        (lo > 0 && v.get<uint64_t>() < static_cast<uint64_t>(lo))
+                                  : (v.get<int64_t>() < lo || v.get<int64_t>() > hi);
     if (out_of_range) {
       return Fail(name, std::string("'") + name + "' must be in [" + std::to_string(lo) + ", " +
                             std::to_string(hi) + "]");
@@ -105,7 +104,8 @@ class Fields {
   }
   void Bool(const char* name, bool* out) {
     if (!ok() || !Has(name)) return;
-    if (!body_[name].is_boolean()) return Fail(name, std::string("'") + name + "' must be a boolean");
+    if (!body_[name].is_boolean())
+      return Fail(name, std::string("'") + name + "' must be a boolean");
     *out = body_[name].get<bool>();
   }
   void String(const char* name, std::string* out) {
@@ -130,8 +130,8 @@ class Fields {
     }
     for (const std::string& s : *out) {
       if (s.size() > kStopStringBytesMax) {
-        return Fail(name, "a stop string is longer than " + std::to_string(kStopStringBytesMax) +
-                              " bytes");
+        return Fail(
+            name, "a stop string is longer than " + std::to_string(kStopStringBytesMax) + " bytes");
       }
     }
   }
@@ -194,9 +194,9 @@ json Timings(const engine::RequestResult& r) {
 }
 
 std::string RouteOf(const std::string& path) {
-  static const char* kRoutes[] = {"/",        "/health",   "/metrics",  "/stats",
-                                  "/v1/models", "/tokenize", "/detokenize", "/v1/completions",
-                                  "/v1/chat/completions"};
+  static const char* kRoutes[] = {"/",           "/health",         "/metrics",
+                                  "/stats",      "/v1/models",      "/tokenize",
+                                  "/detokenize", "/v1/completions", "/v1/chat/completions"};
   for (const char* r : kRoutes) {
     if (path == r) return r;
   }
@@ -278,19 +278,19 @@ void HttpServer::Routes() {
     return Handled::Unhandled;
   });
   // Errors httplib answers by itself (404, 413, 400 on a bad request line) get an error object.
-  http_->set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return Handled::Unhandled;
-    const int status = res.status;
-    if (status == 413) {
-      SendError(res, 413, "the request body is too large", nullptr, "body_too_large");
-    } else if (status == 404) {
-      SendError(res, 404, "no route " + req.method + " " + req.path, nullptr, "not_found");
-    } else {
-      SendError(res, status, "request failed", nullptr, nullptr);
-    }
-    return Handled::Handled;
-  }));
+  http_->set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return Handled::Unhandled;
+        const int status = res.status;
+        if (status == 413) {
+          SendError(res, 413, "the request body is too large", nullptr, "body_too_large");
+        } else if (status == 404) {
+          SendError(res, 404, "no route " + req.method + " " + req.path, nullptr, "not_found");
+        } else {
+          SendError(res, status, "request failed", nullptr, nullptr);
+        }
+        return Handled::Handled;
+      }));
   http_->set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
         SendError(res, 500, "internal error", nullptr, "internal");
@@ -355,8 +355,8 @@ void HttpServer::Routes() {
     f.Bool("parse_special", &parse_special);
     if (!f.ok()) return SendError(res, 400, f.error(), f.error_param());
     const engine::Tokenizer& tok = session_.load()->tokenizer();
-    SendJson(res, json{{"tokens", tok.Encode(content, add_special && tok.bos_id() >= 0,
-                                             parse_special)}});
+    SendJson(res, json{{"tokens",
+                        tok.Encode(content, add_special && tok.bos_id() >= 0, parse_special)}});
   });
   http_->Post("/detokenize", [this, loaded](const httplib::Request& req, httplib::Response& res) {
     if (!loaded(res)) return;
@@ -368,8 +368,8 @@ void HttpServer::Routes() {
     std::vector<int32_t> ids;
     if (!f.Has("tokens") || !body["tokens"].is_array() ||
         body["tokens"].size() > kDetokenizeIdsMax) {
-      f.Fail("tokens", "'tokens' must be an array of at most " +
-                           std::to_string(kDetokenizeIdsMax) + " token ids");
+      f.Fail("tokens", "'tokens' must be an array of at most " + std::to_string(kDetokenizeIdsMax) +
+                           " token ids");
     } else {
       for (const json& v : body["tokens"]) {
         if (!v.is_number_integer() || v.get<int64_t>() < 0 ||
@@ -412,9 +412,26 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
              "seed", "stop", "stream", "stream_options", "n", "user", "top_k", "min_p",
              "repeat_penalty", "presence_penalty", "frequency_penalty", "logprobs"});
   } else {
-    f.Known({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-             "stream_options", "n", "user", "echo", "top_k", "min_p", "repeat_penalty",
-             "presence_penalty", "frequency_penalty", "logprobs", "best_of", "suffix"});
+    f.Known({"model",
+             "prompt",
+             "max_tokens",
+             "temperature",
+             "top_p",
+             "seed",
+             "stop",
+             "stream",
+             "stream_options",
+             "n",
+             "user",
+             "echo",
+             "top_k",
+             "min_p",
+             "repeat_penalty",
+             "presence_penalty",
+             "frequency_penalty",
+             "logprobs",
+             "best_of",
+             "suffix"});
   }
   std::string model_name;
   f.String("model", &model_name);
@@ -439,7 +456,8 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   f.Bool("stream", &stream);
   f.Bool("echo", &echo);
   if (echo) f.Fail("echo", "'echo' is not supported");
-  if (f.ok() && f.Has("logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>())) {
+  if (f.ok() && f.Has("logprobs") &&
+      !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>())) {
     f.Fail("logprobs", "'logprobs' is not supported");
   }
   if (f.ok() && f.Has("suffix")) f.Fail("suffix", "'suffix' is not supported");
@@ -474,7 +492,8 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
         Fields mf(m);
         mf.Known({"role", "content", "name"});
         ChatMessage cm;
-        if (!mf.Has("role") || !mf.Has("content")) mf.Fail("messages", "a message needs role and content");
+        if (!mf.Has("role") || !mf.Has("content"))
+          mf.Fail("messages", "a message needs role and content");
         mf.String("role", &cm.role);
         mf.String("content", &cm.content);
         if (!mf.ok()) {
@@ -532,8 +551,8 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   spec.sampling.top_k = static_cast<uint32_t>(top_k);
   spec.sampling.min_p = static_cast<float>(min_p);
   spec.sampling.repeat_penalty = static_cast<float>(repeat_penalty);
-  spec.sampling.seed = seed >= 0 ? static_cast<uint64_t>(seed)
-                                 : static_cast<uint64_t>(storage::NowNs());
+  spec.sampling.seed =
+      seed >= 0 ? static_cast<uint64_t>(seed) : static_cast<uint64_t>(storage::NowNs());
   if (options_.timeout_s > 0) {
     spec.deadline_ns = storage::NowNs() + uint64_t{options_.timeout_s} * 1000000000ull;
   }

@@ -41,11 +41,11 @@ namespace flashlm::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;                  // 0: any free port (see port())
-  std::string api_key;              // empty: no authentication
+  int port = 8080;      // 0: any free port (see port())
+  std::string api_key;  // empty: no authentication
   std::string model_name = "flashlm";
   uint64_t max_body_bytes = 1 << 20;
-  uint32_t timeout_s = 600;         // per request, from submission; 0: none
+  uint32_t timeout_s = 600;  // per request, from submission; 0: none
   uint32_t http_threads = 32;
   ChatTemplate chat_template = ChatTemplate::kPlain;
 };

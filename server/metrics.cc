@@ -57,7 +57,8 @@ std::string Metrics::Prometheus(const engine::SchedulerSnapshot& s, uint64_t pla
   out.reserve(8192);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    Header(out, "flashlm_http_requests_total", "counter", "HTTP requests answered, by route and status.");
+    Header(out, "flashlm_http_requests_total", "counter",
+           "HTTP requests answered, by route and status.");
     for (const auto& [key, n] : requests_) {
       const std::string labels =
           "{route=\"" + key.first + "\",status=\"" + std::to_string(key.second) + "\"}";

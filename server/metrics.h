@@ -19,9 +19,8 @@ namespace flashlm::server {
 
 // A Prometheus histogram of seconds: cumulative counts per upper bound, plus +Inf, sum, count.
 struct Histogram {
-  static constexpr std::array<double, 14> kBoundsS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                      0.1,   0.25,   0.5,   1,    2.5,   5,
-                                                      10,    30};
+  static constexpr std::array<double, 14> kBoundsS = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                      0.25,  0.5,    1,     2.5,  5,     10,   30};
   std::array<uint64_t, kBoundsS.size() + 1> counts{};  // last: above every bound
   double sum_s = 0;
   uint64_t count = 0;

@@ -3,13 +3,14 @@
 // continuous-batching scheduler (engine/scheduler.h). The port is bound first and /health
 // answers 503 while the model loads. SIGTERM or SIGINT drains: no new requests, in-flight ones
 // finish, exit 0.
+#include <pthread.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
-#include <pthread.h>
-#include <unistd.h>
 #include <string>
 #include <thread>
 
@@ -60,7 +61,8 @@ CommandRunner RegisterServe(CLI::App& app) {
     if (f->ctx < 0 || f->ctx > engine::kContextMax) return usage("--ctx out of range");
     if (f->timeout_s < 0 || f->timeout_s > 86400) return usage("--timeout must be in [0, 86400]");
     if (f->queue < 1 || f->queue > 4096) return usage("--queue must be in [1, 4096]");
-    if (f->max_body_kib < 1 || f->max_body_kib > (1 << 20)) return usage("--max-body-kib out of range");
+    if (f->max_body_kib < 1 || f->max_body_kib > (1 << 20))
+      return usage("--max-body-kib out of range");
     if (f->http_threads < 0 || f->http_threads > 4096) return usage("--http-threads out of range");
     auto tmpl = server::ParseChatTemplate(f->chat_template);
     if (!tmpl.ok()) return ReportError("serve", tmpl.status());
@@ -90,8 +92,8 @@ CommandRunner RegisterServe(CLI::App& app) {
     if (so.model_name.empty()) so.model_name = "flashlm";
     so.max_body_bytes = static_cast<uint64_t>(f->max_body_kib) * 1024;
     so.timeout_s = static_cast<uint32_t>(f->timeout_s);
-    so.http_threads = static_cast<uint32_t>(f->http_threads > 0 ? f->http_threads
-                                                                : f->parallel + f->queue + 8);
+    so.http_threads =
+        static_cast<uint32_t>(f->http_threads > 0 ? f->http_threads : f->parallel + f->queue + 8);
     so.chat_template = *tmpl;
     auto http = server::HttpServer::Create(so);
     if (!http.ok()) return ReportError("serve", http.status());

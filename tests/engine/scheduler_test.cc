@@ -93,8 +93,12 @@ TEST(SchedulerTest, BatchedGreedyEqualsEachRequestAlone) {
   ASSERT_NE(session, nullptr);
   const Tokenizer& tok = session->tokenizer();
   const std::vector<std::string> prompts = {
-      "Once upon a time", "Lily had a big red ball and she liked to play with it in the park",
-      "", "The dog", "Tom and Sam went to the shop. They wanted to buy a cake for mom", "Sue"};
+      "Once upon a time",
+      "Lily had a big red ball and she liked to play with it in the park",
+      "",
+      "The dog",
+      "Tom and Sam went to the shop. They wanted to buy a cake for mom",
+      "Sue"};
   const std::vector<uint32_t> lengths = {40, 25, 60, 1, 33, 50};
   const std::vector<std::vector<std::string>> stops = {{}, {}, {}, {}, {"."}, {}};
   std::vector<std::vector<int32_t>> ids;

@@ -35,10 +35,10 @@ struct Model {
 };
 
 // stories260K in llama2.c form (with its tokenizer), or empty when the shared models are absent.
-#define REQUIRE_STORIES(m)                                                            \
-  FLASHLM_REQUIRE_SHARED_MODEL(bin_path, "stories260K/stories260K.bin");              \
-  FLASHLM_REQUIRE_SHARED_MODEL(tok_path, "stories260K/tok512.bin");                   \
-  Model m{bin_path.string(), tok_path.string()}
+#define REQUIRE_STORIES(m)                                               \
+  FLASHLM_REQUIRE_SHARED_MODEL(bin_path, "stories260K/stories260K.bin"); \
+  FLASHLM_REQUIRE_SHARED_MODEL(tok_path, "stories260K/tok512.bin");      \
+  Model m { bin_path.string(), tok_path.string() }
 
 std::string Quote(const std::string& s) {
   std::string q = "'";
@@ -51,8 +51,7 @@ std::string Generate(const Model& m, const std::string& prompt, int n,
                      const std::string& extra = "") {
   auto r = ::flashlm::testing::RunFlashlm("generate " + m.bin + " --tokenizer " + m.tok +
                                           " --temp 0 --ctx 256 --threads 2 -n " +
-                                          std::to_string(n) + " -p " + Quote(prompt) + " " +
-                                          extra);
+                                          std::to_string(n) + " -p " + Quote(prompt) + " " + extra);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   if (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
   return r.out;
@@ -163,8 +162,8 @@ TEST(ServeCommandTest, GreedyOverHttpEqualsGenerateStreamedOrNot) {
 
   // Chat through the default (plain) template, with its stop string, equals generate on the
   // formatted prompt.
-  const std::string chat_want = Generate(m, "User: Tell me a story\nAssistant:", 30,
-                                         "--stop " + Quote("\nUser:"));
+  const std::string chat_want =
+      Generate(m, "User: Tell me a story\nAssistant:", 30, "--stop " + Quote("\nUser:"));
   json chat = {{"model", "x"},
                {"messages", {{{"role", "user"}, {"content", "Tell me a story"}}}},
                {"max_tokens", 30},
@@ -237,8 +236,7 @@ TEST(ServeCommandTest, EndpointsAndErrors) {
       {"/v1/completions", json{{"prompt", huge_prompt}}.dump(), 400, "prompt"},
       {"/v1/completions", std::string(20000, ' '), 413, ""},
       {"/v1/chat/completions", R"({"messages":[]})", 400, "messages"},
-      {"/v1/chat/completions", R"({"messages":[{"role":"robot","content":"x"}]})", 400,
-       "messages"},
+      {"/v1/chat/completions", R"({"messages":[{"role":"robot","content":"x"}]})", 400, "messages"},
       {"/v1/chat/completions", R"({"messages":[{"role":"user"}]})", 400, "messages"},
       {"/tokenize", R"({"content":5})", 400, "content"},
       {"/detokenize", R"({"tokens":[1,99999]})", 400, "tokens"},
@@ -278,9 +276,9 @@ TEST(ServeCommandTest, ApiKeyGuardsEverythingButHealth) {
   EXPECT_EQ(r.j["error"]["type"], "authentication_error");
   EXPECT_EQ(Curl(server.base() + "/metrics", "", false, "-H 'Authorization: Bearer nope'").status,
             401);
-  EXPECT_EQ(Curl(server.base() + "/v1/models", "", false, "-H 'Authorization: Bearer s3cret'")
-                .status,
-            200);
+  EXPECT_EQ(
+      Curl(server.base() + "/v1/models", "", false, "-H 'Authorization: Bearer s3cret'").status,
+      200);
   r = Curl(server.base() + "/v1/completions", R"({"prompt":"x","max_tokens":2})", true,
            "-H 'Authorization: Bearer s3cret'");
   EXPECT_EQ(r.status, 200) << r.body;
@@ -297,9 +295,10 @@ bool DisconnectMidStream(int port, const std::string& body) {
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          "application/json\r\nContent-Length: " +
-                          std::to_string(body.size()) + "\r\n\r\n" + body;
+  const std::string req =
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
   ok = ok && send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size());
   char buf[512];
   ok = ok && recv(fd, buf, sizeof buf, 0) > 0;
@@ -333,9 +332,9 @@ TEST(ServeCommandTest, ConcurrentMixedLoadLeavesTheServerHealthy) {
           if (kind == 1) req["stream"] = true;
           auto res = cli.Post("/v1/completions", req.dump(), "application/json");
           if (!res || res->status != 200) {
-            failures[c].push_back("good request: " + (res ? std::to_string(res->status) + " " +
-                                                              res->body
-                                                        : std::string("no answer")));
+            failures[c].push_back(
+                "good request: " +
+                (res ? std::to_string(res->status) + " " + res->body : std::string("no answer")));
             continue;
           }
           std::string text;
@@ -362,8 +361,8 @@ TEST(ServeCommandTest, ConcurrentMixedLoadLeavesTheServerHealthy) {
             failures[c].push_back("malformed: " + (res ? std::to_string(res->status) : "none"));
           }
         } else if (kind == 3) {  // oversized: a prompt beyond the context, or a body beyond 16 KiB
-          const std::string body = i % 2 ? json{{"prompt", std::string(2000, 'z')}}.dump()
-                                         : std::string(40000, ' ');
+          const std::string body =
+              i % 2 ? json{{"prompt", std::string(2000, 'z')}}.dump() : std::string(40000, ' ');
           auto res = cli.Post("/v1/completions", body, "application/json");
           const int want_status = i % 2 ? 400 : 413;
           if (res && res->status == want_status) {
@@ -403,8 +402,8 @@ TEST(ServeCommandTest, FullQueueAnswers429AndSigtermDrains) {
                       (dir / "serve.log").string());
   ASSERT_TRUE(server.WaitReady()) << server.Log();
   // Long generations, streamed, so the first holds the slot and the second waits in the queue.
-  const json longreq = {{"prompt", "Once upon a time"}, {"max_tokens", 250}, {"stream", true},
-                        {"temperature", 0}};
+  const json longreq = {
+      {"prompt", "Once upon a time"}, {"max_tokens", 250}, {"stream", true}, {"temperature", 0}};
   std::atomic<int> first_status{0};
   std::string first_body;
   std::atomic<bool> first_started{false};
@@ -484,9 +483,9 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
     if (!damaged) ::flashlm::testing::FlipByte(data, off);
   }
   ASSERT_TRUE(damaged);
-  ServeProcess server(store, {"--ctx", "64", "--parallel", "2", "--threads", "2", "--mem-budget",
-                              m[1].str()},
-                      (dir / "serve.log").string());
+  ServeProcess server(
+      store, {"--ctx", "64", "--parallel", "2", "--threads", "2", "--mem-budget", m[1].str()},
+      (dir / "serve.log").string());
   ASSERT_TRUE(server.WaitReady()) << server.Log();
   for (int i = 0; i < 2; ++i) {
     Reply r = Curl(server.base() + "/v1/completions", R"({"prompt":"Once","max_tokens":5})", true);
@@ -524,8 +523,8 @@ TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   ASSERT_EQ(gen.exit_code, 0) << gen.err;
   std::string want = gen.out;
   if (!want.empty() && want.back() == '\n') want.pop_back();
-  ServeProcess server(store, {"--ctx", "128", "--threads", "2", "--parallel", "4",
-                              "--mem-budget", budget},
+  ServeProcess server(store,
+                      {"--ctx", "128", "--threads", "2", "--parallel", "4", "--mem-budget", budget},
                       (dir / "serve.log").string());
   ASSERT_TRUE(server.WaitReady()) << server.Log();
   constexpr int kClients = 16, kPerClient = 4;
