@@ -190,7 +190,7 @@ void Scheduler::Run() {
   in_batch.reserve(slots_.size());
   while (true) {
     // Admit.
-    std::vector<std::shared_ptr<Request>> admitted;
+    std::vector<std::shared_ptr<Request>> admitted, dropped;
     {
       std::unique_lock<std::mutex> lock(mu_);
       auto any_active = [&] {
@@ -201,6 +201,23 @@ void Scheduler::Run() {
       };
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty() || any_active(); });
       if (stopping_) break;
+      // Requests still waiting whose client left or whose deadline passed leave the queue now.
+      const uint64_t now = storage::NowNs();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        Request& r = **it;
+        const bool cancelled = r.cancelled_.load(std::memory_order_relaxed);
+        if (cancelled || (r.spec_.deadline_ns && now >= r.spec_.deadline_ns)) {
+          ++(cancelled ? snap_.cancelled : snap_.timed_out);
+          {
+            std::lock_guard<std::mutex> request_lock(r.mu_);
+            r.result_.finish_reason = cancelled ? "cancelled" : "timeout";
+          }
+          dropped.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
       uint32_t free_slots = 0;
       for (const Slot& s : slots_) free_slots += s.request ? 0 : 1;
       while (free_slots > 0 && !queue_.empty()) {
@@ -211,6 +228,16 @@ void Scheduler::Run() {
       snap_.queued = static_cast<uint32_t>(queue_.size());
       snap_.admitted += admitted.size();
     }
+    for (auto& r : dropped) {
+      {
+        std::lock_guard<std::mutex> lock(r->mu_);
+        r->result_.queue_ms = MsBetween(r->submitted_ns_, storage::NowNs());
+        r->result_.stats.prompt_tokens = static_cast<uint32_t>(r->spec_.prompt.size());
+        r->done_ = true;
+      }
+      r->cv_.notify_all();
+    }
+    dropped.clear();
     for (auto& r : admitted) {
       for (Slot& s : slots_) {
         if (!s.request) {

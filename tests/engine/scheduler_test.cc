@@ -224,5 +224,45 @@ TEST(SchedulerTest, FullQueueAndBadRequestsAreRefused) {
   }
 }
 
+TEST(SchedulerTest, WaitingRequestsLeaveTheQueueWhenCancelledOrLate) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  auto session = OpenModel(gguf, 1, 32);
+  ASSERT_NE(session, nullptr);
+  auto scheduler = Scheduler::Create(*session, SchedulerOptions{1, 4});
+  ASSERT_TRUE(scheduler.ok());
+  Running loop(**scheduler);
+  RequestSpec spec;
+  spec.prompt = session->tokenizer().Encode("Once upon a time", true);
+  spec.max_new_tokens = 250;
+  spec.sampling.temperature = 0;
+  auto running = (*scheduler)->Submit(spec);
+  ASSERT_TRUE(running.ok());
+  std::string piece;
+  while (piece.empty() && !(*running)->Wait(piece, 1000)) {
+  }
+  auto gone = (*scheduler)->Submit(spec);
+  RequestSpec late_spec = spec;
+  late_spec.deadline_ns = storage::NowNs();
+  auto late = (*scheduler)->Submit(late_spec);
+  ASSERT_TRUE(gone.ok() && late.ok());
+  (*gone)->Cancel();
+  // Both end while the one slot is still busy with the first request.
+  while (!(*gone)->Wait(piece, 1000)) {
+  }
+  while (!(*late)->Wait(piece, 1000)) {
+  }
+  EXPECT_EQ((*gone)->result().finish_reason, "cancelled");
+  EXPECT_EQ((*late)->result().finish_reason, "timeout");
+  EXPECT_EQ((*gone)->result().stats.generated_tokens, 0u);
+  EXPECT_EQ((*scheduler)->Snapshot().queued, 0u);
+  // They left from the queue: only the first was ever admitted (the first has ~250 decode steps
+  // to go while the test cancels right after submitting).
+  EXPECT_EQ((*scheduler)->Snapshot().admitted, 1u);
+  (*running)->Cancel();
+  while (!(*running)->Wait(piece, 1000)) {
+  }
+  EXPECT_EQ((*running)->result().finish_reason, "cancelled");
+}
+
 }  // namespace
 }  // namespace flashlm::engine
