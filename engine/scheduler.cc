@@ -130,6 +130,7 @@ void Scheduler::Admit(Slot& slot, std::shared_ptr<Request> request) {
   GenerateOptions g;
   g.max_new_tokens = r.spec_.max_new_tokens;
   g.stop_strings = r.spec_.stop_strings;
+  g.ignore_eos = r.spec_.ignore_eos;
   g.sequence = static_cast<uint32_t>(&slot - slots_.data());
   if (Status st = slot.generator->Begin(r.spec_.prompt, g, *slot.sampler); !st.ok()) {
     Finish(slot, "error", st);

@@ -41,6 +41,7 @@ struct RequestSpec {
   uint32_t max_new_tokens = 16;
   std::vector<std::string> stop_strings;
   SamplerOptions sampling;
+  bool ignore_eos = false;   // keep going past EOS (benchmarks want a fixed token count)
   uint64_t deadline_ns = 0;  // storage::NowNs() clock; 0: none
 };
 

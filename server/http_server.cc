@@ -410,7 +410,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   if (chat) {
     f.Known({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
              "seed", "stop", "stream", "stream_options", "n", "user", "top_k", "min_p",
-             "repeat_penalty", "presence_penalty", "frequency_penalty", "logprobs"});
+             "repeat_penalty", "presence_penalty", "frequency_penalty", "logprobs", "ignore_eos"});
   } else {
     f.Known({"model",
              "prompt",
@@ -431,14 +431,15 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
              "frequency_penalty",
              "logprobs",
              "best_of",
-             "suffix"});
+             "suffix",
+             "ignore_eos"});
   }
   std::string model_name;
   f.String("model", &model_name);
   double temperature = 1.0, top_p = 1.0, min_p = 0.0, repeat_penalty = 1.0;
   double presence = 0.0, frequency = 0.0;
   int64_t max_tokens = -1, seed = -1, n = 1, top_k = 0, best_of = 1;
-  bool stream = false, echo = false, include_usage = false;
+  bool stream = false, echo = false, include_usage = false, ignore_eos = false;
   std::vector<std::string> stops;
   f.Number("temperature", 0.0, 2.0, &temperature);
   f.Number("top_p", 0.0, 1.0, &top_p);
@@ -455,6 +456,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   f.Integer("top_k", 0, INT32_MAX, &top_k);
   f.Bool("stream", &stream);
   f.Bool("echo", &echo);
+  f.Bool("ignore_eos", &ignore_eos);
   if (echo) f.Fail("echo", "'echo' is not supported");
   if (f.ok() && f.Has("logprobs") &&
       !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>())) {
@@ -546,6 +548,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   }
   spec.max_new_tokens = static_cast<uint32_t>(max_tokens);
   spec.stop_strings = std::move(stops);
+  spec.ignore_eos = ignore_eos;
   spec.sampling.temperature = static_cast<float>(temperature);
   spec.sampling.top_p = static_cast<float>(top_p);
   spec.sampling.top_k = static_cast<uint32_t>(top_k);

@@ -232,6 +232,7 @@ TEST(ServeCommandTest, EndpointsAndErrors) {
       {"/v1/completions", R"({"prompt":"x","n":2})", 400, "n"},
       {"/v1/completions", R"({"prompt":"x","temperature":-1})", 400, "temperature"},
       {"/v1/completions", R"({"prompt":"x","max_tokens":0})", 400, "max_tokens"},
+      {"/v1/completions", R"({"prompt":"x","ignore_eos":"yes"})", 400, "ignore_eos"},
       {"/v1/completions", R"({"prompt":"x","max_tokens":100000})", 400, "max_tokens"},
       {"/v1/completions", json{{"prompt", huge_prompt}}.dump(), 400, "prompt"},
       {"/v1/completions", std::string(20000, ' '), 413, ""},
@@ -251,6 +252,11 @@ TEST(ServeCommandTest, EndpointsAndErrors) {
       EXPECT_EQ(r.j["error"]["param"], x.param) << r.body;
     }
   }
+  // ignore_eos (benchmarks): exactly max_tokens tokens, EOS or not.
+  r = Curl(b + "/v1/completions", R"({"prompt":"The end.","max_tokens":240,"ignore_eos":true})",
+           true);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.j["usage"]["completion_tokens"], 240) << r.body;
   r = Curl(b + "/metrics");
   ASSERT_EQ(r.status, 200);
   for (const char* name :
