@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
-targets=(fuzz_gguf fuzz_safetensors fuzz_llama2c fuzz_tokenizer fuzz_store)
+targets=(fuzz_gguf fuzz_safetensors fuzz_llama2c fuzz_tokenizer fuzz_store fuzz_completion_request)
 
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DFLASHLM_FUZZ=ON -DFLASHLM_BUILD_TESTS=OFF -DFLASHLM_NATIVE=OFF >/dev/null
@@ -23,8 +23,14 @@ if [ -d "$shared/stories260K" ]; then
   cp "$shared/stories260K-hf-derived/config.json" "$corpus/tokenizer/stories-config.json" 2>/dev/null || true
 fi
 
+# Request bodies for fuzz_completion_request (server/completion_request.h).
+mkdir -p "$corpus/requests"
+printf '%s' '{"model":"m","prompt":"Once upon a time","max_tokens":16,"temperature":0,"stop":["."],"stream":true}' >"$corpus/requests/completion.json"
+printf '%s' '{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_completion_tokens":8,"top_p":0.9,"seed":1,"stream_options":{"include_usage":true}}' >"$corpus/requests/chat.json"
+printf '%s' '{"prompt":["x"],"n":1,"logprobs":false,"top_k":40,"min_p":0.05,"repeat_penalty":1.1,"ignore_eos":true}' >"$corpus/requests/extensions.json"
+
 mkdir -p fuzz-artifacts
-declare -A dirs=([fuzz_gguf]=gguf [fuzz_safetensors]=safetensors [fuzz_llama2c]=llama2c [fuzz_tokenizer]=tokenizer [fuzz_store]=store)
+declare -A dirs=([fuzz_gguf]=gguf [fuzz_safetensors]=safetensors [fuzz_llama2c]=llama2c [fuzz_tokenizer]=tokenizer [fuzz_store]=store [fuzz_completion_request]=requests)
 for t in "${targets[@]}"; do
   echo "== $t (${seconds}s)"
   work="build-fuzz/work-$t"

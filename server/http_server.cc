@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "server/completion_request.h"
+#include "server/json_fields.h"
 #include "server/web_page.h"
 #include "storage/io_stats.h"
 
@@ -16,9 +18,6 @@ namespace {
 using nlohmann::json;
 
 // Bounds on what a request may ask for (the body's size is bounded by max_body_bytes).
-constexpr size_t kStopStringsMax = 16;
-constexpr size_t kStopStringBytesMax = 256;
-constexpr size_t kMessagesMax = 1024;
 constexpr size_t kDetokenizeIdsMax = 1 << 16;
 // How long a waiting handler sleeps between checks of its request (and of its client).
 constexpr uint32_t kWaitSliceMs = 100;
@@ -58,98 +57,6 @@ void SendJson(httplib::Response& res, const json& j) {
   res.status = 200;
   res.set_content(Dump(j), "application/json");
 }
-
-// A request body's fields, checked one by one: a wrong type or value ends in `error`.
-class Fields {
- public:
-  explicit Fields(const json& body) : body_(body) {}
-  const std::string& error() const { return error_; }
-  const char* error_param() const { return error_param_.c_str(); }
-  bool ok() const { return error_.empty(); }
-  bool Has(const char* name) const { return body_.contains(name) && !body_[name].is_null(); }
-
-  void Known(std::initializer_list<const char*> names) {
-    for (auto it = body_.begin(); it != body_.end() && ok(); ++it) {
-      bool known = false;
-      for (const char* n : names) known = known || it.key() == n;
-      if (!known) Fail(it.key(), "unknown field '" + it.key() + "'");
-    }
-  }
-  void Number(const char* name, double lo, double hi, double* out) {
-    if (!ok() || !Has(name)) return;
-    const json& v = body_[name];
-    if (!v.is_number()) return Fail(name, std::string("'") + name + "' must be a number");
-    const double d = v.get<double>();
-    if (!(d >= lo && d <= hi)) {
-      return Fail(name,
-                  std::string("'") + name + "' must be in [" + Num(lo) + ", " + Num(hi) + "]");
-    }
-    *out = d;
-  }
-  void Integer(const char* name, int64_t lo, int64_t hi, int64_t* out) {
-    if (!ok() || !Has(name)) return;
-    const json& v = body_[name];
-    if (!v.is_number_integer()) {
-      return Fail(name, std::string("'") + name + "' must be an integer");
-    }
-    const bool out_of_range = v.is_number_unsigned()
-                                  ? v.get<uint64_t>() > static_cast<uint64_t>(hi) ||
-                                        (lo > 0 && v.get<uint64_t>() < static_cast<uint64_t>(lo))
-                                  : (v.get<int64_t>() < lo || v.get<int64_t>() > hi);
-    if (out_of_range) {
-      return Fail(name, std::string("'") + name + "' must be in [" + std::to_string(lo) + ", " +
-                            std::to_string(hi) + "]");
-    }
-    *out = v.get<int64_t>();
-  }
-  void Bool(const char* name, bool* out) {
-    if (!ok() || !Has(name)) return;
-    if (!body_[name].is_boolean())
-      return Fail(name, std::string("'") + name + "' must be a boolean");
-    *out = body_[name].get<bool>();
-  }
-  void String(const char* name, std::string* out) {
-    if (!ok() || !Has(name)) return;
-    if (!body_[name].is_string()) return Fail(name, std::string("'") + name + "' must be a string");
-    *out = body_[name].get<std::string>();
-  }
-  // A string or an array of strings.
-  void Stops(const char* name, std::vector<std::string>* out) {
-    if (!ok() || !Has(name)) return;
-    const json& v = body_[name];
-    if (v.is_string()) {
-      out->push_back(v.get<std::string>());
-    } else if (v.is_array() && v.size() <= kStopStringsMax) {
-      for (const json& s : v) {
-        if (!s.is_string()) return Fail(name, "'stop' must be a string or an array of strings");
-        out->push_back(s.get<std::string>());
-      }
-    } else {
-      return Fail(name, "'stop' must be a string or an array of at most " +
-                            std::to_string(kStopStringsMax) + " strings");
-    }
-    for (const std::string& s : *out) {
-      if (s.size() > kStopStringBytesMax) {
-        return Fail(
-            name, "a stop string is longer than " + std::to_string(kStopStringBytesMax) + " bytes");
-      }
-    }
-  }
-  void Fail(const std::string& param, const std::string& message) {
-    if (!ok()) return;
-    error_ = message;
-    error_param_ = param;
-  }
-
- private:
-  static std::string Num(double d) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", d);
-    return buf;
-  }
-  const json& body_;
-  std::string error_, error_param_;
-};
 
 // Parses a JSON object body; on failure answers 400 and returns false.
 bool ParseBody(const httplib::Request& req, httplib::Response& res, json* body) {
@@ -404,131 +311,16 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
   if (sch == nullptr || ses == nullptr) {
     return SendError(res, 503, "the model is loading", nullptr, "loading");
   }
-  json body;
-  if (!ParseBody(req, res, &body)) return;
-  Fields f(body);
-  if (chat) {
-    f.Known({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-             "seed", "stop", "stream", "stream_options", "n", "user", "top_k", "min_p",
-             "repeat_penalty", "presence_penalty", "frequency_penalty", "logprobs", "ignore_eos"});
-  } else {
-    f.Known({"model",
-             "prompt",
-             "max_tokens",
-             "temperature",
-             "top_p",
-             "seed",
-             "stop",
-             "stream",
-             "stream_options",
-             "n",
-             "user",
-             "echo",
-             "top_k",
-             "min_p",
-             "repeat_penalty",
-             "presence_penalty",
-             "frequency_penalty",
-             "logprobs",
-             "best_of",
-             "suffix",
-             "ignore_eos"});
+  CompletionRequest parsed;
+  RequestError bad;
+  if (!ParseCompletionRequest(req.body, chat, options_.chat_template, &parsed, &bad)) {
+    return SendError(res, 400, bad.message, bad.param.empty() ? nullptr : bad.param.c_str(),
+                     bad.param.empty() ? "invalid_json" : nullptr);
   }
-  std::string model_name;
-  f.String("model", &model_name);
-  double temperature = 1.0, top_p = 1.0, min_p = 0.0, repeat_penalty = 1.0;
-  double presence = 0.0, frequency = 0.0;
-  int64_t max_tokens = -1, seed = -1, n = 1, top_k = 0, best_of = 1;
-  bool stream = false, echo = false, include_usage = false, ignore_eos = false;
-  std::vector<std::string> stops;
-  f.Number("temperature", 0.0, 2.0, &temperature);
-  f.Number("top_p", 0.0, 1.0, &top_p);
-  f.Number("min_p", 0.0, 0.999999, &min_p);
-  f.Number("repeat_penalty", 0.01, 100.0, &repeat_penalty);
-  // Accepted at their neutral value only (flashlm's sampler has no presence/frequency penalty).
-  f.Number("presence_penalty", 0.0, 0.0, &presence);
-  f.Number("frequency_penalty", 0.0, 0.0, &frequency);
-  f.Integer("max_tokens", 1, INT32_MAX, &max_tokens);
-  if (chat) f.Integer("max_completion_tokens", 1, INT32_MAX, &max_tokens);
-  f.Integer("seed", INT64_MIN, INT64_MAX, &seed);
-  f.Integer("n", 1, 1, &n);
-  f.Integer("best_of", 1, 1, &best_of);
-  f.Integer("top_k", 0, INT32_MAX, &top_k);
-  f.Bool("stream", &stream);
-  f.Bool("echo", &echo);
-  f.Bool("ignore_eos", &ignore_eos);
-  if (echo) f.Fail("echo", "'echo' is not supported");
-  if (f.ok() && f.Has("logprobs") &&
-      !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>())) {
-    f.Fail("logprobs", "'logprobs' is not supported");
-  }
-  if (f.ok() && f.Has("suffix")) f.Fail("suffix", "'suffix' is not supported");
-  if (f.ok() && f.Has("stream_options")) {
-    const json& so = body["stream_options"];
-    if (!so.is_object()) {
-      f.Fail("stream_options", "'stream_options' must be an object");
-    } else {
-      Fields g(so);
-      g.Known({"include_usage"});
-      g.Bool("include_usage", &include_usage);
-      if (!g.ok()) f.Fail("stream_options", g.error());
-    }
-  }
-  f.Stops("stop", &stops);
-  if (f.ok() && top_p <= 0.0) f.Fail("top_p", "'top_p' must be in (0, 1]");
-  // The prompt.
-  std::string text;
-  bool parse_special = false;
-  if (f.ok() && chat) {
-    std::vector<ChatMessage> messages;
-    if (!f.Has("messages") || !body["messages"].is_array() || body["messages"].empty() ||
-        body["messages"].size() > kMessagesMax) {
-      f.Fail("messages", "'messages' must be a non-empty array of at most " +
-                             std::to_string(kMessagesMax) + " messages");
-    } else {
-      for (const json& m : body["messages"]) {
-        if (!m.is_object()) {
-          f.Fail("messages", "each message must be an object");
-          break;
-        }
-        Fields mf(m);
-        mf.Known({"role", "content", "name"});
-        ChatMessage cm;
-        if (!mf.Has("role") || !mf.Has("content"))
-          mf.Fail("messages", "a message needs role and content");
-        mf.String("role", &cm.role);
-        mf.String("content", &cm.content);
-        if (!mf.ok()) {
-          f.Fail("messages", mf.error());
-          break;
-        }
-        messages.push_back(std::move(cm));
-      }
-    }
-    if (f.ok()) {
-      auto formatted = FormatChat(options_.chat_template, messages);
-      if (!formatted.ok()) {
-        f.Fail("messages", std::string(formatted.status().message()));
-      } else {
-        text = std::move(formatted->text);
-        parse_special = options_.chat_template != ChatTemplate::kPlain;
-        for (std::string& s : formatted->stops) stops.push_back(std::move(s));
-      }
-    }
-  } else if (f.ok()) {
-    const json* p = f.Has("prompt") ? &body["prompt"] : nullptr;
-    if (p && p->is_array() && p->size() == 1 && (*p)[0].is_string()) p = &(*p)[0];
-    if (p == nullptr || !p->is_string()) {
-      f.Fail("prompt", "'prompt' must be a string (or an array of one string)");
-    } else {
-      text = p->get<std::string>();
-    }
-  }
-  if (!f.ok()) return SendError(res, 400, f.error(), f.error_param());
 
   const engine::Tokenizer& tok = ses->tokenizer();
   engine::RequestSpec spec;
-  spec.prompt = tok.Encode(text, tok.bos_id() >= 0, parse_special);
+  spec.prompt = tok.Encode(parsed.text, tok.bos_id() >= 0, parsed.parse_special);
   if (spec.prompt.empty()) spec.prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : 0);
   const uint64_t ctx = sch->context();
   if (spec.prompt.size() >= ctx) {
@@ -538,6 +330,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
                      chat ? "messages" : "prompt", "context_length_exceeded");
   }
   const uint64_t room = ctx - spec.prompt.size();
+  int64_t max_tokens = parsed.max_tokens;
   if (max_tokens < 0) max_tokens = chat ? static_cast<int64_t>(room) : std::min<int64_t>(16, room);
   if (static_cast<uint64_t>(max_tokens) > room) {
     return SendError(res, 400,
@@ -547,15 +340,10 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
                      "max_tokens", "context_length_exceeded");
   }
   spec.max_new_tokens = static_cast<uint32_t>(max_tokens);
-  spec.stop_strings = std::move(stops);
-  spec.ignore_eos = ignore_eos;
-  spec.sampling.temperature = static_cast<float>(temperature);
-  spec.sampling.top_p = static_cast<float>(top_p);
-  spec.sampling.top_k = static_cast<uint32_t>(top_k);
-  spec.sampling.min_p = static_cast<float>(min_p);
-  spec.sampling.repeat_penalty = static_cast<float>(repeat_penalty);
-  spec.sampling.seed =
-      seed >= 0 ? static_cast<uint64_t>(seed) : static_cast<uint64_t>(storage::NowNs());
+  spec.stop_strings = std::move(parsed.stops);
+  spec.ignore_eos = parsed.ignore_eos;
+  spec.sampling = parsed.sampling;
+  if (!parsed.seed_given) spec.sampling.seed = storage::NowNs();
   if (options_.timeout_s > 0) {
     spec.deadline_ns = storage::NowNs() + uint64_t{options_.timeout_s} * 1000000000ull;
   }
@@ -587,7 +375,7 @@ void HttpServer::Generate(const httplib::Request& req, httplib::Response& res, b
     }
   };
 
-  if (!stream) {
+  if (!parsed.stream) {
     std::string all, piece;
     while (!request->Wait(piece, kWaitSliceMs)) all += piece;
     all += piece;
