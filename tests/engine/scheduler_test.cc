@@ -75,6 +75,19 @@ class Running {
   std::thread thread_;
 };
 
+// Waits until the request has produced some text (it holds a slot) or is done.
+void WaitStarted(Request& r) {
+  std::string piece;
+  while (piece.empty() && !r.Wait(piece, 1000)) {
+  }
+}
+// Waits until the request is done.
+void WaitDone(Request& r) {
+  std::string piece;
+  while (!r.Wait(piece, 1000)) {
+  }
+}
+
 Outcome Collect(Request& r) {
   Outcome out;
   std::string piece;
@@ -157,12 +170,9 @@ TEST(SchedulerTest, CancelAndDeadlineFreeTheSlot) {
   spec.sampling.temperature = 0;
   auto first = (*scheduler)->Submit(spec);
   ASSERT_TRUE(first.ok());
-  std::string piece;
-  while (piece.empty() && !(*first)->Wait(piece, 1000)) {
-  }
+  WaitStarted(**first);
   (*first)->Cancel();
-  while (!(*first)->Wait(piece, 1000)) {
-  }
+  WaitDone(**first);
   EXPECT_EQ((*first)->result().finish_reason, "cancelled");
   EXPECT_LT((*first)->result().stats.generated_tokens, 200u);
 
@@ -170,8 +180,7 @@ TEST(SchedulerTest, CancelAndDeadlineFreeTheSlot) {
   late.deadline_ns = storage::NowNs();  // already past
   auto timed = (*scheduler)->Submit(late);
   ASSERT_TRUE(timed.ok());
-  while (!(*timed)->Wait(piece, 1000)) {
-  }
+  WaitDone(**timed);
   EXPECT_EQ((*timed)->result().finish_reason, "timeout");
 
   // The one slot is free again: a request runs to its end.
@@ -201,9 +210,7 @@ TEST(SchedulerTest, FullQueueAndBadRequestsAreRefused) {
   spec.sampling.temperature = 0;
   auto running = (*scheduler)->Submit(spec);
   ASSERT_TRUE(running.ok());
-  std::string piece;
-  while (piece.empty() && !(*running)->Wait(piece, 1000)) {
-  }
+  WaitStarted(**running);
   auto queued = (*scheduler)->Submit(spec);  // waits for the slot
   ASSERT_TRUE(queued.ok());
   auto refused = (*scheduler)->Submit(spec);
@@ -220,8 +227,7 @@ TEST(SchedulerTest, FullQueueAndBadRequestsAreRefused) {
   RequestSpec bad_sampling = spec;
   bad_sampling.sampling.top_p = 2;
   EXPECT_EQ((*scheduler)->Submit(bad_sampling).status().code(), StatusCode::kInvalidArgument);
-  while (!(*queued)->Wait(piece, 1000)) {
-  }
+  WaitDone(**queued);
 }
 
 TEST(SchedulerTest, WaitingRequestsLeaveTheQueueWhenCancelledOrLate) {
@@ -237,9 +243,7 @@ TEST(SchedulerTest, WaitingRequestsLeaveTheQueueWhenCancelledOrLate) {
   spec.sampling.temperature = 0;
   auto running = (*scheduler)->Submit(spec);
   ASSERT_TRUE(running.ok());
-  std::string piece;
-  while (piece.empty() && !(*running)->Wait(piece, 1000)) {
-  }
+  WaitStarted(**running);
   auto gone = (*scheduler)->Submit(spec);
   RequestSpec late_spec = spec;
   late_spec.deadline_ns = storage::NowNs();
@@ -247,10 +251,8 @@ TEST(SchedulerTest, WaitingRequestsLeaveTheQueueWhenCancelledOrLate) {
   ASSERT_TRUE(gone.ok() && late.ok());
   (*gone)->Cancel();
   // Both end while the one slot is still busy with the first request.
-  while (!(*gone)->Wait(piece, 1000)) {
-  }
-  while (!(*late)->Wait(piece, 1000)) {
-  }
+  WaitDone(**gone);
+  WaitDone(**late);
   EXPECT_EQ((*gone)->result().finish_reason, "cancelled");
   EXPECT_EQ((*late)->result().finish_reason, "timeout");
   EXPECT_EQ((*gone)->result().stats.generated_tokens, 0u);
@@ -259,8 +261,7 @@ TEST(SchedulerTest, WaitingRequestsLeaveTheQueueWhenCancelledOrLate) {
   // to go while the test cancels right after submitting).
   EXPECT_EQ((*scheduler)->Snapshot().admitted, 1u);
   (*running)->Cancel();
-  while (!(*running)->Wait(piece, 1000)) {
-  }
+  WaitDone(**running);
   EXPECT_EQ((*running)->result().finish_reason, "cancelled");
 }
 

@@ -462,20 +462,36 @@ TEST(ServeCommandTest, FullQueueAnswers429AndSigtermDrains) {
   EXPECT_NE(server.Log().find("drained"), std::string::npos) << server.Log();
 }
 
-TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing) {
-  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
-  ::flashlm::testing::ScratchDir dir;
+// stories260K repacked (q8_0) into dir/store, and the smallest budget serve accepts for it with
+// `args` (it names the minimum when refusing a budget of 1 byte). Empty on failure (reported).
+struct SmallStore {
+  std::string path, budget;
+};
+SmallStore RepackAtMinimum(const std::filesystem::path& gguf,
+                           const ::flashlm::testing::ScratchDir& dir, const std::string& args) {
   const std::string store = (dir / "store").string();
   auto rp = ::flashlm::testing::RunFlashlm("repack " + gguf.string() + " " + store +
                                            " --dtype q8_0 --no-progress");
-  ASSERT_EQ(rp.exit_code, 0) << rp.err;
-  // The smallest budget streams every FFN bundle on every pass; serve names it when refusing 1.
-  auto refused = ::flashlm::testing::RunFlashlm("serve " + store +
-                                                " --port 0 --ctx 64 --parallel 2 --mem-budget 1");
+  EXPECT_EQ(rp.exit_code, 0) << rp.err;
+  auto refused =
+      ::flashlm::testing::RunFlashlm("serve " + store + " --port 0 --mem-budget 1 " + args);
   EXPECT_NE(refused.exit_code, 0);
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
-      << refused.err;
+  if (rp.exit_code != 0 ||
+      !std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes"))) {
+    ADD_FAILURE() << refused.err;
+    return {};
+  }
+  return {store, m[1].str()};
+}
+
+TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  ::flashlm::testing::ScratchDir dir;
+  // The smallest budget streams every FFN bundle on every pass.
+  const SmallStore small = RepackAtMinimum(gguf, dir, "--ctx 64 --parallel 2");
+  ASSERT_FALSE(small.path.empty());
+  const std::string store = small.path;
   // Damage one FFN bundle (each is one extent at a 4 KiB stride; norms sit between layers):
   // flip the first byte of a block in the middle of the data file, and keep it if verify names
   // a bundle, else flip it back and try the next block.
@@ -490,7 +506,7 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
   }
   ASSERT_TRUE(damaged);
   ServeProcess server(
-      store, {"--ctx", "64", "--parallel", "2", "--threads", "2", "--mem-budget", m[1].str()},
+      store, {"--ctx", "64", "--parallel", "2", "--threads", "2", "--mem-budget", small.budget},
       (dir / "serve.log").string());
   ASSERT_TRUE(server.WaitReady()) << server.Log();
   for (int i = 0; i < 2; ++i) {
@@ -513,17 +529,10 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
 TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   ::flashlm::testing::ScratchDir dir;
-  const std::string store = (dir / "store").string();
-  auto rp = ::flashlm::testing::RunFlashlm("repack " + gguf.string() + " " + store +
-                                           " --dtype q8_0 --no-progress");
-  ASSERT_EQ(rp.exit_code, 0) << rp.err;
   const std::string common = " --ctx 128 --threads 2 ";
-  auto refused = ::flashlm::testing::RunFlashlm("serve " + store + common +
-                                                "--port 0 --parallel 4 --mem-budget 1");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
-      << refused.err;
-  const std::string budget = m[1].str();
+  const SmallStore small = RepackAtMinimum(gguf, dir, common + "--parallel 4");
+  ASSERT_FALSE(small.path.empty());
+  const std::string store = small.path, budget = small.budget;
   auto gen = ::flashlm::testing::RunFlashlm("generate " + store + common + "--mem-budget " +
                                             budget + " --temp 0 -n 40 -p 'Once upon a time'");
   ASSERT_EQ(gen.exit_code, 0) << gen.err;

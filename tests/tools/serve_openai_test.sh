@@ -7,6 +7,8 @@
 set -uo pipefail
 flashlm=$1; models=$2; prefix=$3
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/serve_start.sh"
+pid=""
 skip() { echo "SKIP: $*"; exit 77; }
 command -v node >/dev/null || skip "node is not installed (scripts/install-deps.sh installs it)"
 command -v npm >/dev/null || skip "npm is not installed (scripts/install-deps.sh installs it)"
@@ -29,15 +31,7 @@ chat=$("$flashlm" generate "$bin" "${common[@]}" --temp 0 -n 30 --stop $'\nUser:
        -p $'User: Tell me a story\nAssistant:') || exit 1
 node -e 'const [p,c,u,h,f]=process.argv.slice(1);require("fs").writeFileSync(f,JSON.stringify({prompt:p,completion:c,chat_user:u,chat:h}))' \
   "$prompt" "$completion" "Tell me a story" "$chat" "$work/expected.json"
-"$flashlm" serve "$bin" "${common[@]}" --port 0 --parallel 2 2>"$work/serve.log" &
-pid=$!
-port=""
-for _ in $(seq 1 600); do
-  port=$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/serve.log")
-  if [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/health" >/dev/null || { cat "$work/serve.log"; exit 1; }
+start_serve "$work/serve.log" "$bin" "${common[@]}" --parallel 2
 OPENAI_NODE_PREFIX=$prefix timeout 120 node "$here/serve_openai_client.mjs" \
   "http://127.0.0.1:$port" "$work/expected.json"
 rc=$?

@@ -5,6 +5,8 @@
 # Exits 77 (ctest: skipped) with the reason when chromium or the shared model is missing.
 set -uo pipefail
 flashlm=$1; models=$2; workroot=$3
+. "$(cd "$(dirname "$0")" && pwd)/serve_start.sh"
+pid=""
 skip() { echo "SKIP: $*"; exit 77; }
 browser=$(command -v chromium || command -v chromium-browser || true)
 [ -n "$browser" ] || skip "chromium is not installed (scripts/install-deps.sh installs it)"
@@ -13,15 +15,7 @@ bin=$models/stories260K/stories260K.bin; tok=$models/stories260K/tok512.bin
 mkdir -p "$workroot"
 work=$(mktemp -d "$workroot/web.XXXXXX")
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
-"$flashlm" serve "$bin" --tokenizer "$tok" --ctx 256 --threads 2 --port 0 2>"$work/serve.log" &
-pid=$!
-port=""
-for _ in $(seq 1 600); do
-  port=$(sed -n 's/.*listening on http:\/\/[^:]*:\([0-9]*\).*/\1/p' "$work/serve.log")
-  if [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null; then break; fi
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/health" >/dev/null || { cat "$work/serve.log"; exit 1; }
+start_serve "$work/serve.log" "$bin" --tokenizer "$tok" --ctx 256 --threads 2
 # Virtual time runs the page's timers (two /stats polls at least) without waiting for them.
 timeout 120 "$browser" --headless --no-sandbox --disable-gpu --user-data-dir="$work/profile" \
   --virtual-time-budget=5000 --dump-dom "http://127.0.0.1:$port/?q=Hello" \
