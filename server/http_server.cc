@@ -166,7 +166,8 @@ void HttpServer::Drain() {
 }
 
 bool HttpServer::Authorized(const httplib::Request& req, httplib::Response& res) const {
-  if (options_.api_key.empty() || req.path == "/health") return true;
+  // The page at / is static and public; what it calls is not.
+  if (options_.api_key.empty() || req.path == "/health" || req.path == "/") return true;
   if (req.get_header_value("Authorization") == "Bearer " + options_.api_key) return true;
   res.set_header("WWW-Authenticate", "Bearer");
   SendError(res, 401, "missing or wrong API key (Authorization: Bearer KEY)", nullptr,

@@ -15,7 +15,8 @@
 // the per-request timeout, the scheduler's queue (429 when full), and the worker threads
 // (http_threads: each request being answered holds one). Bad input gets a 4xx with an OpenAI-style
 // error object {"error": {"message", "type", "param", "code"}}; an engine error a 500; the server
-// keeps serving either way. A client that goes away mid-stream cancels its sequence.
+// keeps serving either way. A client that goes away mid-stream cancels its sequence. With an API
+// key every route but /health and / (the static page) needs `Authorization: Bearer KEY`.
 // Thread-safe: handlers run on httplib's worker threads.
 #ifndef FLASHLM_SERVER_HTTP_SERVER_H_
 #define FLASHLM_SERVER_HTTP_SERVER_H_

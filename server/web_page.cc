@@ -25,6 +25,9 @@ form{display:flex;gap:6px}#prompt{flex:1}
 <div id="panels"><h3>Live</h3></div>
 <script>
 "use strict";
+// With `flashlm serve --api-key KEY`, open the page as /?key=KEY: the page is public, the API is not.
+const params=new URLSearchParams(location.search),key=params.get("key");
+const auth=key?{"Authorization":"Bearer "+key}:{};
 // A sequence's step in a forward pass is one token (prompt chunks aside): tokens/s counts them.
 const panels=[["tok_s","tokens/s"],["bytes_tok","bytes read/token"],["mib_s","effective MiB/s"],
  ["hit","FFN hit rate"],["io_tok","I/O ms/token"],["cpu_tok","compute ms/token"],["active","active sequences"]];
@@ -38,7 +41,7 @@ function plot(k,v){const s=series[k];s.push(v);if(s.length>60)s.shift();
  const mx=Math.max(1e-9,...s.filter(Number.isFinite));g.beginPath();
  s.forEach((y,i)=>{const px=i*c.width/59,py=c.height-(Number.isFinite(y)?y:0)/mx*(c.height-2);i?g.lineTo(px,py):g.moveTo(px,py);});g.stroke();}
 let prev=null;
-async function poll(){try{const r=await fetch("/stats");if(r.ok){const s=await r.json();
+async function poll(){try{const r=await fetch("/stats",{headers:auth});if(r.ok){const s=await r.json();
  if(prev){const dt=(s.now_ms-prev.now_ms)/1000;
   const dp=s.pass_sequences-prev.pass_sequences,dbytes=s.bytes_read-prev.bytes_read,
   dio=s.io_wait_ms-prev.io_wait_ms,dfw=s.forward_ms-prev.forward_ms;
@@ -54,7 +57,7 @@ async function send(){
  const u=document.createElement("div");u.className="user";u.textContent="> "+text;log.appendChild(u);
  const a=document.createElement("div");a.className="assistant";a.id="reply"+history.length;log.appendChild(a);
  document.getElementById("status").textContent="streaming";
- const r=await fetch("/v1/chat/completions",{method:"POST",headers:{"Content-Type":"application/json"},
+ const r=await fetch("/v1/chat/completions",{method:"POST",headers:Object.assign({"Content-Type":"application/json"},auth),
   body:JSON.stringify({messages:history,stream:true,max_tokens:Number(document.getElementById("max").value)})});
  if(!r.ok){a.textContent="error "+r.status+": "+await r.text();document.getElementById("status").textContent="error";return;}
  const rd=r.body.getReader(),dec=new TextDecoder();let buf="",reply="";
@@ -65,7 +68,7 @@ async function send(){
    const c=j.choices[0].delta.content;if(c){reply+=c;a.textContent=reply;}}}
  history.push({role:"assistant",content:reply});document.getElementById("status").textContent="done";}
 // ?q=TEXT sends TEXT once the page has loaded (links, and the headless browser test).
-const q=new URLSearchParams(location.search).get("q");
+const q=params.get("q");
 if(q){document.getElementById("prompt").value=q;send();}
 </script></body></html>
 )HTML";

@@ -277,6 +277,8 @@ TEST(ServeCommandTest, ApiKeyGuardsEverythingButHealth) {
   ServeProcess server(m.bin, ServeArgs(m, {"--api-key", "s3cret"}), (dir / "serve.log").string());
   ASSERT_TRUE(server.WaitReady()) << server.Log();
   EXPECT_EQ(Curl(server.base() + "/health").status, 200);
+  EXPECT_EQ(Curl(server.base() + "/").status, 200);  // the static page; its calls need the key
+  EXPECT_EQ(Curl(server.base() + "/stats").status, 401);
   Reply r = Curl(server.base() + "/v1/models");
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(r.j["error"]["type"], "authentication_error");
