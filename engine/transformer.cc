@@ -277,9 +277,8 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   for (uint32_t p = 0; p < len;) {
     const KvRows rows = kv_->Keys(layer, seq, p, len - p);
-    const float* k = rows.data + uint64_t{kvh} * hd;
     for (uint32_t i = 0; i < rows.count; ++i) {
-      scores[p + i] = DotF32(q, k + i * rows.stride_floats, hd) * scale;
+      scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
     }
     p += rows.count;
   }
@@ -295,9 +294,8 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   if (all) {
     for (uint32_t p = 0; p < len;) {
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
-      const float* v = rows.data + uint64_t{kvh} * hd;
       for (uint32_t i = 0; i < rows.count; ++i) {
-        AxpyF32(scores[p + i], v + i * rows.stride_floats, out, hd);
+        KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
     }
@@ -305,7 +303,7 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   }
   for (uint32_t p : selected) {
     const KvRows row = kv_->Values(layer, seq, p, 1);
-    AxpyF32(scores[p], row.data + uint64_t{kvh} * hd, out, hd);
+    KvAxpy(scores[p], row, 0, kvh * hd, out, hd);
   }
 }
 
@@ -440,7 +438,18 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
                              v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
       if (!st.ok()) return fail(st);
     }
+    // The V rows attention reads made resident (a paged cache reads spilled pages back here).
+    for (uint32_t t = 0; t < n; ++t) {
+      const uint32_t seq = seq_of(t);
+      if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
+      Status st = kv_->FetchValues(l, seq, seq_next_[seq]);
+      if (!st.ok()) {
+        kv_->ReleaseValues();
+        return fail(st);
+      }
+    }
     Attention(l, batch);
+    kv_->ReleaseValues();
     MatMul(w.wo, att_out_, n, proj_, scratch_, pool_);
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     // FFN block: act(gate x) * (up x), then down.
