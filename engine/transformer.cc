@@ -1,6 +1,7 @@
 #include "engine/transformer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numbers>
 #include <string>
@@ -439,6 +440,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       if (!st.ok()) return fail(st);
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
+    const auto attention_start = std::chrono::steady_clock::now();
     for (uint32_t t = 0; t < n; ++t) {
       const uint32_t seq = seq_of(t);
       if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
@@ -450,6 +452,9 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     }
     Attention(l, batch);
     kv_->ReleaseValues();
+    attention_ns_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now() - attention_start)
+                                               .count());
     MatMul(w.wo, att_out_, n, proj_, scratch_, pool_);
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     // FFN block: act(gate x) * (up x), then down.

@@ -140,6 +140,8 @@ class Transformer {
   uint64_t resident_bytes() const;
   // Forward passes so far.
   uint64_t passes() const { return passes_; }
+  // Time spent in attention so far (making V rows resident, scores, selection, weighted sums).
+  uint64_t attention_ns() const { return attention_ns_; }
   // The sparsity in effect (kAuto resolved).
   FfnSparsity sparsity() const { return sparsity_; }
   // FFN neurons computed, and neurons there were, over every layer of every pass so far (equal
@@ -185,6 +187,7 @@ class Transformer {
   KvCache* kv_ = nullptr;
   std::unique_ptr<BundleFfnKernel> ffn_kernel_;  // when the store serves bundles
   uint64_t passes_ = 0;
+  uint64_t attention_ns_ = 0;
   FfnSparsity sparsity_ = FfnSparsity::kDense;
   uint64_t ffn_computed_ = 0, ffn_total_ = 0;
   std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu)
