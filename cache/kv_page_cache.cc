@@ -273,19 +273,20 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
       for (size_t i = 0; i < *got; ++i) {
         const storage::ReadCompletion& rc = completions_[i];
         const PageState& ps = v_pages_[rc.tag];
-        const uint64_t per_kind = layout_.pages_per_kind();
-        const uint64_t pps = layout_.pages_per_seq();
-        const std::string where = "KV spill file " + spill_path_ + ": V page " +
-                                  std::to_string(rc.tag % pps) + " of sequence " +
-                                  std::to_string(rc.tag % per_kind / pps / layout_.n_layers) +
-                                  ", layer " + std::to_string(rc.tag / pps % layout_.n_layers);
+        // The message is built only for a failure (nothing allocates on the way that works).
+        auto where = [&] {
+          const uint64_t pps = layout_.pages_per_seq();
+          return "KV spill file " + spill_path_ + ": V page " + std::to_string(rc.tag % pps) +
+                 " of sequence " + std::to_string(rc.tag / pps / layout_.n_layers) + ", layer " +
+                 std::to_string(rc.tag / pps % layout_.n_layers);
+        };
+        if (!result.ok()) continue;  // the first failure is the one reported
         if (!rc.status.ok()) {
-          if (result.ok()) result = rc.status.WithContext(where);
+          result = rc.status.WithContext(where());
         } else if (rc.bytes_read != stride) {
-          if (result.ok()) result = IoError(where + ": short read at end of file");
-        } else if (storage::Checksum64(ConstByteSpan(VSlot(ps.slot), stride)) !=
-                   ps.checksum) {
-          if (result.ok()) result = CorruptionError(where + " fails its checksum");
+          result = IoError(where() + ": short read at end of file");
+        } else if (storage::Checksum64(ConstByteSpan(VSlot(ps.slot), stride)) != ps.checksum) {
+          result = CorruptionError(where() + " fails its checksum");
         }
       }
       done += *got;

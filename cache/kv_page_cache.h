@@ -110,6 +110,16 @@ class KvPageCache {
   const std::byte* PageData(layout::KvKind kind, uint32_t seq, uint32_t layer,
                             uint64_t page) const;
 
+  // Whether V page (seq, layer, page) is in DRAM now / has a copy on flash (tests, statistics).
+  bool value_resident(uint32_t seq, uint32_t layer, uint64_t page) const {
+    return v_pages_[VIndex(seq, layer, page)].slot != kNoSlot;
+  }
+  bool value_on_flash(uint32_t seq, uint32_t layer, uint64_t page) const {
+    return v_pages_[VIndex(seq, layer, page)].on_flash;
+  }
+  // The open spill file (nullptr when nothing spills): for tests that damage it.
+  const storage::File* spill_file() const { return file_ ? &*file_ : nullptr; }
+
   const KvPageStats& stats() const { return stats_; }
   void ResetStats() { stats_ = KvPageStats(); }
 
