@@ -299,9 +299,16 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
 }
 
 Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page,
-                                uint64_t end_page) {
+                                uint64_t end_page, std::span<const uint8_t> positions_needed) {
   misses_.clear();
+  const uint64_t P = layout_.tokens_per_page;
   for (uint64_t page = first_page; page < end_page; ++page) {
+    if (!positions_needed.empty()) {
+      const uint64_t begin = page * P, end = std::min<uint64_t>(begin + P, positions_needed.size());
+      bool any = false;
+      for (uint64_t p = begin; p < end && !any; ++p) any = positions_needed[p] != 0;
+      if (!any) continue;
+    }
     const uint64_t index = VIndex(seq, layer, page);
     LruCache::Handle* h = lru_->Lookup(index);
     if (h != nullptr) {

@@ -101,9 +101,11 @@ class KvPageCache {
   // or on flash with its rows below `length` intact.
   void Truncate(uint32_t seq, uint32_t length);
   // Makes V pages [first_page, end_page) of (seq, layer) resident and pins them until
-  // ReleaseFetched. Errors: Corruption (checksum), IoError, ResourceExhausted (more pages than
-  // unpinned slots).
-  Status FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page, uint64_t end_page);
+  // ReleaseFetched; with `positions_needed` (position p of the sequence at index p), only the
+  // pages holding a position marked non-zero. Errors: Corruption (checksum), IoError,
+  // ResourceExhausted (more pages than unpinned slots).
+  Status FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page, uint64_t end_page,
+                     std::span<const uint8_t> positions_needed = {});
   void ReleaseFetched();
   // Page data of a resident page (K: written; V: pinned by write or fetch), page_stride bytes.
   // Callable from any thread while the owner is not mutating the cache.

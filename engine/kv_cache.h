@@ -79,7 +79,16 @@ class KvCache {
     (void)layer, (void)seq, (void)length;
     return Status::Ok();
   }
+  // As FetchValues, but only the V rows at positions p < length with needed[p] != 0 need be
+  // readable (a paged cache fetches the pages holding them). needed.size() == length.
+  virtual Status FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                                     std::span<const uint8_t> needed) {
+    (void)needed;
+    return FetchValues(layer, seq, length);
+  }
   virtual void ReleaseValues() {}
+  // Whether V rows may have to be read from flash (FetchValues does I/O).
+  virtual bool spills() const { return false; }
   // DRAM the cache holds.
   virtual uint64_t resident_bytes() const = 0;
 };

@@ -103,4 +103,10 @@ Status PagedKvCache::FetchValues(uint32_t layer, uint32_t seq, uint32_t length) 
   return pages_->FetchValues(seq, layer, 0, CeilDiv(length, layout_.tokens_per_page));
 }
 
+Status PagedKvCache::FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                                         std::span<const uint8_t> needed) {
+  CHECK_EQ(needed.size(), length);
+  return pages_->FetchValues(seq, layer, 0, CeilDiv(length, layout_.tokens_per_page), needed);
+}
+
 }  // namespace flashlm::engine

@@ -70,7 +70,10 @@ class PagedKvCache final : public KvCache {
   KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   Status FetchValues(uint32_t layer, uint32_t seq, uint32_t length) override;
+  Status FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                             std::span<const uint8_t> needed) override;
   void ReleaseValues() override { pages_->ReleaseFetched(); }
+  bool spills() const override { return pages_->spills(); }
   uint64_t resident_bytes() const override { return resident_bytes_; }
 
   const cache::KvPageCache& pages() const { return *pages_; }

@@ -59,6 +59,7 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
                                 " exceeds the engine's maximum " + std::to_string(kContextMax));
   }
   o.max_context = ctx;
+  o.selective_fetch = so.kv.paged && !so.kv_topn.all();
   return o;
 }
 
@@ -253,6 +254,11 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   }
   if (paged_kv_ != nullptr) CHECK_EQ(kv_->resident_bytes(), sp.kv_bytes);
   ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  if (!options.kv_topn.all()) {
+    topn_ = std::make_unique<TopNAttention>(options.kv_topn);
+    topn_spec_ = options.kv_topn;
+    model_->set_attention_policy(topn_.get());
+  }
   // What was allocated is what was planned for (the plan's inputs come from the same functions).
   CHECK_EQ(model_->resident_bytes(),
            Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape::Of(*weights_)));
@@ -310,6 +316,11 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
     ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
   }
   ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  if (!options.kv_topn.all()) {
+    topn_ = std::make_unique<TopNAttention>(options.kv_topn);
+    topn_spec_ = options.kv_topn;
+    model_->set_attention_policy(topn_.get());
+  }
   planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +
                    tokenizer_->resident_bytes();
   return Status::Ok();
@@ -342,6 +353,13 @@ std::string Session::Describe() const {
            DescribeKv(paged_kv_);
   }
   std::string s = plan_.Describe() + DescribeKv(paged_kv_);
+  if (topn_ != nullptr) {
+    s += "  attention: top-N, " + topn_spec_.ToString() +
+         " positions per head kept (probabilities renormalised over them)" +
+         (paged_kv_ != nullptr && paged_kv_->spills()
+              ? "; only the V pages holding them are read\n"
+              : "\n");
+  }
   const layout::StoreReader& r = store_->reader();
   s += "  reads: " + std::string(r.backend_name()) + " backend, " +
        (r.direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)") + ", FFN chunks " +

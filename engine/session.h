@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/attention_topn.h"
 #include "engine/kv_cache.h"
 #include "engine/paged_kv_cache.h"
 #include "engine/residency_plan.h"
@@ -57,6 +58,9 @@ struct SessionOptions {
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;  // O_DIRECT data files (and the KV spill file)
   KvOptions kv;        // the KV cache: flat, or paged under the budget
+  // Top-N attention (--kv-topn; all: exact). With a paged cache that spills, only the V pages
+  // holding a kept position are read.
+  TopNSpec kv_topn;
 };
 
 // Counters since Open or the last ResetStats.
@@ -174,6 +178,8 @@ class Session {
   std::unique_ptr<KvCache> kv_;
   PagedKvCache* paged_kv_ = nullptr;  // kv_ when it is paged
   uint64_t attention_base_ = 0;
+  std::unique_ptr<TopNAttention> topn_;  // the model's attention policy (before the model)
+  TopNSpec topn_spec_;
   std::unique_ptr<Transformer> model_;
   ResidencyPlan plan_;
   uint64_t planned_bytes_ = 0;

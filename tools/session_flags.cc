@@ -46,6 +46,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       "--kv-dir", f->kv_dir,
       "Paged KV cache: folder for the V spill file (default $TMPDIR or /tmp; the file is "
       "unlinked as soon as it is open)");
+  cmd->add_option("--kv-topn", f->kv_topn,
+                  "Top-N attention (KCache): all (exact), N positions or P% of the context per "
+                  "head; the kept probabilities are renormalised. With a paged cache that spills, "
+                  "only the V pages holding kept positions are read")
+      ->capture_default_str();
 }
 
 bool SessionFlags::kv_paged() const {
@@ -119,6 +124,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--kv-budget: empty size (expected e.g. 64M)");
   }
   o->kv.spill_dir = f.kv_dir;
+  auto topn = engine::TopNSpec::Parse(f.kv_topn);
+  if (!topn.ok()) return topn.status();
+  o->kv_topn = *topn;
   return Status::Ok();
 }
 

@@ -34,6 +34,7 @@ struct SessionFlags {
   std::string kv_dtype = "f32";
   std::string kv_budget;  // the KV pool's share of the budget; empty: the plan's choice
   std::string kv_dir;
+  std::string kv_topn = "all";
   CLI::Option* kv_options[4] = {};
   bool kv_paged() const;
   bool budgeted() const { return !mem_budget.empty(); }
