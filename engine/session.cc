@@ -169,8 +169,14 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     ResidencyInputs least = in;
     least.fixed_bytes = least.fixed_bytes - sp.kv_bytes + least_kv;
     Result<ResidencyPlan> p = PlanResidency(least);
-    // Below the weights' minimum the plan below fails with its own message.
-    if (p.ok() && p->minimum_bytes - least_kv + sp.kv_bytes > in.budget_bytes) {
+    if (!p.ok()) {  // below the minimum even with the least KV pool: that minimum is named
+      for (auto& part : least.fixed_parts) {
+        if (part.first == "KV cache") part.second = least_kv;
+      }
+      in = std::move(least);
+      sp.kv_pool_bytes = minimum;
+      sp.kv_bytes = least_kv;
+    } else if (p->minimum_bytes - least_kv + sp.kv_bytes > in.budget_bytes) {
       // The largest pool (in pages) whose bytes fit beside the weights' minimum.
       const uint64_t stride = sp.kv_layout.page_stride_bytes();
       const uint64_t room = in.budget_bytes - (p->minimum_bytes - least_kv);

@@ -325,6 +325,59 @@ TEST(PagedKvCacheTest, TopNWithSpilledValuesMatchesTopNInDram) {
   EXPECT_TRUE(everything->logits == exact->logits);
 }
 
+// Under --mem-budget the plan gives the KV cache its share: all of it when the budget allows,
+// else what the budget holds beyond the weights' minimum (V pages spilling), never more than
+// the budget; output stays identical.
+TEST(PagedKvCacheTest, TheBudgetGivesTheKvCacheItsShare) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 4;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 96;
+  o.kv.paged = true;
+  o.kv.page_tokens = 4;
+  o.budgeted = true;
+  auto all = Session::Open(store, o);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  const cache::KvPageCache& full = (*all)->paged_kv()->pages();
+  EXPECT_EQ(full.pool_bytes(), cache::KvPageCache::FullPoolBytes(full.layout()));
+  EXPECT_FALSE(full.spills());
+  const uint64_t pool_full = full.pool_bytes();
+  const layout::VCacheLayout kl = full.layout();
+  const uint64_t stride = kl.page_stride_bytes();
+  all->reset();
+  // The minimum names the least KV pool; eight pages more go to the KV cache, not the weights.
+  o.budget_bytes = 1;
+  auto refused = Session::Open(store, o);
+  ASSERT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  const std::string msg(refused.status().message());
+  const size_t at = msg.find("minimum of ");
+  ASSERT_NE(at, std::string::npos) << msg;
+  const uint64_t minimum = std::stoull(msg.substr(at + 11));
+  o.budget_bytes = minimum;
+  auto least = Session::Open(store, o);
+  ASSERT_TRUE(least.ok()) << least.status().ToString();
+  EXPECT_EQ((*least)->paged_kv()->pages().pool_bytes(),
+            cache::KvPageCache::MinimumPoolBytes(kl));
+  least->reset();
+  o.budget_bytes = minimum + 8 * stride;
+  auto tight = Session::Open(store, o);
+  ASSERT_TRUE(tight.ok()) << tight.status().ToString();
+  const cache::KvPageCache& part = (*tight)->paged_kv()->pages();
+  EXPECT_TRUE(part.spills());
+  EXPECT_LT(part.pool_bytes(), pool_full);
+  EXPECT_GT(part.pool_bytes(), cache::KvPageCache::MinimumPoolBytes(part.layout()));
+  EXPECT_LE((*tight)->planned_bytes(), o.budget_bytes);
+}
+
 TEST(PagedKvCacheTest, SynthModelIdenticalToFlat) {
   ::flashlm::testing::ScratchDir dir;
   layout::SynthOptions so;
