@@ -23,12 +23,15 @@ uint64_t NowNs() {
                                    .count());
 }
 
-uint64_t KBytes(const layout::VCacheLayout& l) { return l.pages_per_kind() * l.page_stride_bytes(); }
+uint64_t KBytes(const layout::VCacheLayout& l) {
+  return l.pages_per_kind() * l.page_stride_bytes();
+}
 
 // V slots a pool of `pool_bytes` holds (at most every V page).
 uint64_t VSlots(const layout::VCacheLayout& l, uint64_t pool_bytes) {
   const uint64_t k = KBytes(l);
-  return pool_bytes <= k ? 0 : std::min(l.pages_per_kind(), (pool_bytes - k) / l.page_stride_bytes());
+  return pool_bytes <= k ? 0
+                         : std::min(l.pages_per_kind(), (pool_bytes - k) / l.page_stride_bytes());
 }
 
 }  // namespace
@@ -75,8 +78,8 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   const uint64_t stride = l.page_stride_bytes();
   c->v_slots_ = static_cast<uint32_t>(VSlots(l, o.pool_bytes));
   ASSIGN_OR_RETURN(c->k_pool_, storage::AlignedBuffer::Allocate(KBytes(l), kPageAlignment, false));
-  ASSIGN_OR_RETURN(c->v_pool_, storage::AlignedBuffer::Allocate(
-                                   uint64_t{c->v_slots_} * stride, kPageAlignment, false));
+  ASSIGN_OR_RETURN(c->v_pool_, storage::AlignedBuffer::Allocate(uint64_t{c->v_slots_} * stride,
+                                                                kPageAlignment, false));
   c->free_slots_.reserve(c->v_slots_);
   for (uint32_t s = c->v_slots_; s > 0; --s) c->free_slots_.push_back(s - 1);
   c->v_pages_.assign(l.pages_per_kind(), PageState());
@@ -86,12 +89,12 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   c->fetched_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
   c->misses_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
   KvPageCache* self = c.get();
-  c->lru_ = std::make_unique<LruCache>(
-      uint64_t{std::max<uint32_t>(c->v_slots_, 1)} * stride, std::max<uint32_t>(c->v_slots_, 1),
-      [self](uint64_t key, uint64_t value) {
-        self->v_pages_[key].slot = kNoSlot;
-        self->free_slots_.push_back(static_cast<uint32_t>(value));
-      });
+  c->lru_ = std::make_unique<LruCache>(uint64_t{std::max<uint32_t>(c->v_slots_, 1)} * stride,
+                                       std::max<uint32_t>(c->v_slots_, 1),
+                                       [self](uint64_t key, uint64_t value) {
+                                         self->v_pages_[key].slot = kNoSlot;
+                                         self->free_slots_.push_back(static_cast<uint32_t>(value));
+                                       });
   if (c->v_slots_ < l.pages_per_kind()) {
     // The spill file: created under a unique name, then unlinked at once, so that it is removed
     // however the process ends.
@@ -169,7 +172,7 @@ Result<LruCache::Handle*> KvPageCache::InsertValue(uint64_t index, uint32_t slot
 }
 
 Result<ByteSpan> KvPageCache::PageForWrite(KvKind kind, uint32_t seq, uint32_t layer,
-                                                    uint64_t page) {
+                                           uint64_t page) {
   const uint64_t stride = layout_.page_stride_bytes();
   const uint64_t index = VIndex(seq, layer, page);
   if (kind == KvKind::kKey) {
@@ -223,8 +226,7 @@ Status KvPageCache::SpillPage(uint64_t index) {
   return Status::Ok();
 }
 
-Status KvPageCache::MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t page,
-                                        uint32_t row) {
+Status KvPageCache::MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row) {
   if (row + 1 < layout_.tokens_per_page) return Status::Ok();
   const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
   CHECK(writing_[w] != nullptr && writing_page_[w] == page);
@@ -262,8 +264,7 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
     for (size_t i = 0; i < n; ++i) {
       const uint64_t index = indices[first + i];
       requests_.push_back(storage::ReadRequest{
-          file_id_, index * stride, ByteSpan(VSlot(v_pages_[index].slot), stride),
-          index});
+          file_id_, index * stride, ByteSpan(VSlot(v_pages_[index].slot), stride), index});
     }
     RETURN_IF_ERROR(backend_->Submit(requests_));
     size_t done = 0;

@@ -91,8 +91,7 @@ class KvPageCache {
   // lives until the page is truncated (K) or unpinned (V). Errors: Corruption (a bad checksum
   // reading it back), IoError, ResourceExhausted (every slot pinned: the pool is below the
   // minimum for this use).
-  Result<ByteSpan> PageForWrite(layout::KvKind kind, uint32_t seq, uint32_t layer,
-                                         uint64_t page);
+  Result<ByteSpan> PageForWrite(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page);
   // Row `row` of V page (seq, layer, page) was written; when it is the page's last row the page
   // is spilled (when spilling) and unpinned. Errors: IoError (the write).
   Status MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row);
@@ -109,8 +108,7 @@ class KvPageCache {
   void ReleaseFetched();
   // Page data of a resident page (K: written; V: pinned by write or fetch), page_stride bytes.
   // Callable from any thread while the owner is not mutating the cache.
-  const std::byte* PageData(layout::KvKind kind, uint32_t seq, uint32_t layer,
-                            uint64_t page) const;
+  const std::byte* PageData(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page) const;
 
   // Whether V page (seq, layer, page) is in DRAM now / has a copy on flash (tests, statistics).
   bool value_resident(uint32_t seq, uint32_t layer, uint64_t page) const {

@@ -8,9 +8,10 @@
 namespace flashlm::engine {
 
 Result<TopNSpec> TopNSpec::Parse(std::string_view text) {
-  const Status bad = InvalidArgumentError("--kv-topn must be all, a count of positions (e.g. 64) "
-                                          "or a share of the context (e.g. 5%), not '" +
-                                          std::string(text) + "'");
+  const Status bad = InvalidArgumentError(
+      "--kv-topn must be all, a count of positions (e.g. 64) "
+      "or a share of the context (e.g. 5%), not '" +
+      std::string(text) + "'");
   TopNSpec s;
   if (text == "all") return s;
   if (text.empty() || text.size() > 32) return bad;
@@ -39,8 +40,8 @@ std::string TopNSpec::ToString() const {
 
 uint32_t TopNAttention::Keep(uint32_t len) const {
   if (spec_.all()) return len;
-  const uint64_t n = spec_.count ? spec_.count
-                                 : static_cast<uint64_t>(std::ceil(spec_.percent / 100.0 * len));
+  const uint64_t n =
+      spec_.count ? spec_.count : static_cast<uint64_t>(std::ceil(spec_.percent / 100.0 * len));
   return static_cast<uint32_t>(std::clamp<uint64_t>(n, 1, len));
 }
 

@@ -30,8 +30,8 @@ namespace flashlm::engine {
 
 // The KV cache's own flags (--kv-page-tokens, --kv-dtype, --kv-budget, --kv-dir).
 struct KvOptions {
-  bool paged = false;            // false: FlatKvCache (f32, everything in DRAM)
-  uint32_t page_tokens = 16;     // P
+  bool paged = false;                         // false: FlatKvCache (f32, everything in DRAM)
+  uint32_t page_tokens = 16;                  // P
   layout::DType dtype = layout::DType::kF32;  // f32, f16 or q8_0
   // The pool's share of the budget; 0: the session's plan decides (everything when it fits).
   uint64_t pool_bytes = 0;
@@ -54,8 +54,7 @@ class PagedKvCache final : public KvCache {
   static Result<std::unique_ptr<PagedKvCache>> Create(const layout::ModelConfig& config,
                                                       uint32_t max_positions,
                                                       uint32_t max_sequences,
-                                                      const KvOptions& options,
-                                                      uint64_t pool_bytes,
+                                                      const KvOptions& options, uint64_t pool_bytes,
                                                       storage::BackendKind backend, bool direct);
 
   uint32_t max_sequences() const override { return layout_.max_sequences; }

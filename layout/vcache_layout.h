@@ -43,9 +43,7 @@ struct VCacheLayout {
   uint64_t page_stride_bytes() const { return AlignUp(page_bytes(), alignment_bytes); }
   uint64_t pages_per_seq() const { return CeilDiv(max_tokens, tokens_per_page); }
   // Pages of one kind over every (sequence, layer).
-  uint64_t pages_per_kind() const {
-    return uint64_t{max_sequences} * n_layers * pages_per_seq();
-  }
+  uint64_t pages_per_kind() const { return uint64_t{max_sequences} * n_layers * pages_per_seq(); }
   // A dense index of page (kind, seq, layer, i) in [0, kinds x pages_per_kind()).
   // Preconditions: seq < max_sequences, layer < n_layers, page_index < pages_per_seq().
   uint64_t PageIndex(KvKind kind, uint32_t seq, uint32_t layer, uint64_t page_index) const {
@@ -57,7 +55,9 @@ struct VCacheLayout {
   uint64_t PageOffset(KvKind kind, uint32_t seq, uint32_t layer, uint64_t page_index) const {
     return PageIndex(kind, seq, layer, page_index) * page_stride_bytes();
   }
-  uint64_t FileBytes(uint32_t kinds) const { return kinds * pages_per_kind() * page_stride_bytes(); }
+  uint64_t FileBytes(uint32_t kinds) const {
+    return kinds * pages_per_kind() * page_stride_bytes();
+  }
   // Byte offset of position `token`'s row of (kind, seq, layer) in the file.
   uint64_t RowOffset(KvKind kind, uint32_t seq, uint32_t layer, uint64_t token) const {
     return PageOffset(kind, seq, layer, token / tokens_per_page) +

@@ -57,8 +57,7 @@ void WriteAll(KvPageCache& c, uint32_t seq, uint32_t pos, uint32_t generation) {
     for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
       auto page = c.PageForWrite(kind, seq, layer, pos / l.tokens_per_page);
       ASSERT_TRUE(page.ok()) << page.status().ToString();
-      FillRow(page->data() + (pos % l.tokens_per_page) * rb, rb, kind, seq, layer, pos,
-              generation);
+      FillRow(page->data() + (pos % l.tokens_per_page) * rb, rb, kind, seq, layer, pos, generation);
     }
     ASSERT_TRUE(
         c.MarkValueRowWritten(seq, layer, pos / l.tokens_per_page, pos % l.tokens_per_page).ok());
@@ -119,7 +118,7 @@ TEST(KvPageCacheTest, SpilledPagesMatchReferenceUnderRandomWorkload) {
       const uint32_t to = rng() % length[seq];
       c.Truncate(seq, to);
       length[seq] = to;
-      ++generation[seq];  // rows written from here on differ from the dropped ones
+      ++generation[seq];           // rows written from here on differ from the dropped ones
     } else if (length[seq] > 0) {  // attention over one layer: every page, checked
       const uint32_t layer = rng() % l.n_layers;
       const uint64_t pages = CeilDiv(length[seq], l.tokens_per_page);

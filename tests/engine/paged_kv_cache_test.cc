@@ -58,9 +58,9 @@ TEST(PagedKvCacheTest, RowsComeBackExactInF32AndWithinBoundOtherwise) {
     auto layout = PagedKvCache::Layout(c, positions, seqs, o);
     ASSERT_TRUE(layout.ok());
     // The smallest pool: V pages spill, and attention's fetch brings them back.
-    auto kv = PagedKvCache::Create(c, positions, seqs, o,
-                                   cache::KvPageCache::MinimumPoolBytes(*layout),
-                                   storage::BackendKind::kAuto, true);
+    auto kv =
+        PagedKvCache::Create(c, positions, seqs, o, cache::KvPageCache::MinimumPoolBytes(*layout),
+                             storage::BackendKind::kAuto, true);
     ASSERT_TRUE(kv.ok()) << kv.status().ToString();
     PagedKvCache& cache = **kv;
     EXPECT_TRUE(cache.pages().spills());
@@ -153,7 +153,7 @@ struct Trace {
 };
 
 Result<Trace> RunTrace(const std::string& store, const KvOptions& kv, uint32_t steps,
-                  const std::string& tokenizer = "", const TopNSpec& topn = {}) {
+                       const std::string& tokenizer = "", const TopNSpec& topn = {}) {
   SessionOptions o;
   o.kv_topn = topn;
   o.threads = 2;
@@ -169,8 +169,8 @@ Result<Trace> RunTrace(const std::string& store, const KvOptions& kv, uint32_t s
   ASSIGN_OR_RETURN(logits, Prefill(s->model(), ids, 0));
   for (uint32_t i = 0; i < steps; ++i) {
     t.logits.insert(t.logits.end(), logits.begin(), logits.end());
-    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                              logits.begin());
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     ids.push_back(next);
     ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&ids.back(), 1),
                                                 static_cast<uint32_t>(ids.size() - 1)));
@@ -238,13 +238,15 @@ void ExpectPagedIdentical(const std::string& store, const std::string& tokenizer
     for (size_t i = 0; i < n && i / vocab + 12 <= agree; ++i) {
       max_diff = std::max(max_diff, double{std::abs(got->logits[i] - want->logits[i])});
     }
-    ::testing::Test::RecordProperty(name + "_" + std::string(DTypeName(dtype)) + "_greedy_prefix_agreeing",
-                   std::to_string(agree - 12) + "/" + std::to_string(steps));
+    ::testing::Test::RecordProperty(
+        name + "_" + std::string(DTypeName(dtype)) + "_greedy_prefix_agreeing",
+        std::to_string(agree - 12) + "/" + std::to_string(steps));
     ::testing::Test::RecordProperty(name + "_" + std::string(DTypeName(dtype)) + "_max_logit_diff",
-                   std::to_string(max_diff));
-    std::printf("%s %s KV: greedy agrees with f32 for %zu of %u tokens, max |logit diff| %.4g "
-                "while they agree\n",
-                name.c_str(), std::string(DTypeName(dtype)).c_str(), agree - 12, steps, max_diff);
+                                    std::to_string(max_diff));
+    std::printf(
+        "%s %s KV: greedy agrees with f32 for %zu of %u tokens, max |logit diff| %.4g "
+        "while they agree\n",
+        name.c_str(), std::string(DTypeName(dtype)).c_str(), agree - 12, steps, max_diff);
     // The first token after the prompt comes from the prompt's KV alone: it must agree.
     EXPECT_GT(agree, 12u) << name << " " << DTypeName(dtype);
     EXPECT_GT(max_diff, 0.0) << "a rounded KV cache cannot be bit-identical";
@@ -365,8 +367,7 @@ TEST(PagedKvCacheTest, TheBudgetGivesTheKvCacheItsShare) {
   o.budget_bytes = minimum;
   auto least = Session::Open(store, o);
   ASSERT_TRUE(least.ok()) << least.status().ToString();
-  EXPECT_EQ((*least)->paged_kv()->pages().pool_bytes(),
-            cache::KvPageCache::MinimumPoolBytes(kl));
+  EXPECT_EQ((*least)->paged_kv()->pages().pool_bytes(), cache::KvPageCache::MinimumPoolBytes(kl));
   least->reset();
   o.budget_bytes = minimum + 8 * stride;
   auto tight = Session::Open(store, o);
