@@ -1,8 +1,10 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
+#include "engine/kernels.h"
 #include "storage/check.h"
 
 namespace flashlm::engine {
@@ -12,7 +14,59 @@ uint64_t FloatsFor(const layout::ModelConfig& c, uint32_t max_positions, uint32_
   return 2 * uint64_t{max_sequences} * c.n_layers * max_positions * c.n_kv_heads * c.head_dim;
 }
 
+// Value `e` of a q8_0 row: blocks of 32 values, each an f16 scale then 32 int8.
+inline float Q8Value(const std::byte* row, uint32_t e) {
+  const std::byte* block = row + uint64_t{e / 32} * 34;
+  uint16_t d;
+  std::memcpy(&d, block, 2);
+  return layout::F16ToF32(d) * static_cast<float>(static_cast<int8_t>(block[2 + e % 32]));
+}
+
+inline float F16Value(const std::byte* row, uint32_t e) {
+  uint16_t h;
+  std::memcpy(&h, row + uint64_t{e} * 2, 2);
+  return layout::F16ToF32(h);
+}
+
 }  // namespace
+
+float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uint32_t n) {
+  const std::byte* row = rows.data + uint64_t{i} * rows.stride_bytes;
+  switch (rows.dtype) {
+    case layout::DType::kF32:
+      return DotF32(q, reinterpret_cast<const float*>(row) + offset, n);
+    case layout::DType::kF16: {
+      float sum = 0;
+      for (uint32_t j = 0; j < n; ++j) sum += q[j] * F16Value(row, offset + j);
+      return sum;
+    }
+    case layout::DType::kQ8_0: {
+      float sum = 0;
+      for (uint32_t j = 0; j < n; ++j) sum += q[j] * Q8Value(row, offset + j);
+      return sum;
+    }
+    default:
+      CHECK(false && "KV rows in an unsupported dtype");
+  }
+  return 0;
+}
+
+void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n) {
+  const std::byte* row = rows.data + uint64_t{i} * rows.stride_bytes;
+  switch (rows.dtype) {
+    case layout::DType::kF32:
+      AxpyF32(a, reinterpret_cast<const float*>(row) + offset, y, n);
+      return;
+    case layout::DType::kF16:
+      for (uint32_t j = 0; j < n; ++j) y[j] += a * F16Value(row, offset + j);
+      return;
+    case layout::DType::kQ8_0:
+      for (uint32_t j = 0; j < n; ++j) y[j] += a * Q8Value(row, offset + j);
+      return;
+    default:
+      CHECK(false && "KV rows in an unsupported dtype");
+  }
+}
 
 uint64_t FlatKvCache::BytesNeeded(const layout::ModelConfig& c, uint32_t max_positions,
                                   uint32_t max_sequences) {
@@ -66,14 +120,14 @@ Status FlatKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<
 
 KvRows FlatKvCache::Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
   CHECK_LE(uint64_t{first} + count, max_positions_);
-  const float* base = reinterpret_cast<const float*>(memory_.data());
-  return KvRows{base + Offset(false, layer, seq, first), kv_dim_, count};
+  return KvRows{memory_.data() + Offset(false, layer, seq, first) * sizeof(float),
+                uint64_t{kv_dim_} * sizeof(float), count, layout::DType::kF32};
 }
 
 KvRows FlatKvCache::Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
   CHECK_LE(uint64_t{first} + count, max_positions_);
-  const float* base = reinterpret_cast<const float*>(memory_.data());
-  return KvRows{base + Offset(true, layer, seq, first), kv_dim_, count};
+  return KvRows{memory_.data() + Offset(true, layer, seq, first) * sizeof(float),
+                uint64_t{kv_dim_} * sizeof(float), count, layout::DType::kF32};
 }
 
 }  // namespace flashlm::engine

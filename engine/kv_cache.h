@@ -9,10 +9,19 @@
 // (what follows is dropped). One cache serves several sequences at once (a server batches decode
 // steps of different requests into one forward pass).
 //
-// FlatKvCache is the first implementation: f32 rows in DRAM, one contiguous block per
-// (sequence, layer), sized for max_sequences x max_positions at Create; nothing allocates later.
-// The paged, budgeted, flash-spilling cache of the KV issue implements the same interface.
-// Not thread-safe: the forward pass's owner thread writes; its pool threads read between writes.
+// Rows are stored in a dtype of the cache's choice (f32, f16, q8_0: a q8_0 row is kv_dim values
+// in blocks of 32 running across heads); KvDot / KvAxpy below read one head of a row in any of
+// them, and for f32 they are exactly DotF32 / AxpyF32 (an f32 cache is bit-identical whatever its
+// paging).
+//
+// Implementations: FlatKvCache, f32 rows in DRAM, one contiguous block per (sequence, layer),
+// sized for max_sequences x max_positions at Create; and PagedKvCache (engine/paged_kv_cache.h):
+// pages in a budgeted pool, V pages spilled to flash. Before attention over a layer reads V rows
+// the forward pass calls FetchValues for each sequence (the pages a run reads must be resident:
+// a paged cache reads spilled ones back here), and ReleaseValues after.
+// Nothing allocates after Create.
+// Not thread-safe: the forward pass's owner thread writes and fetches; its pool threads read
+// (Keys/Values) between those calls.
 #ifndef FLASHLM_ENGINE_KV_CACHE_H_
 #define FLASHLM_ENGINE_KV_CACHE_H_
 
@@ -21,19 +30,28 @@
 #include <span>
 #include <vector>
 
+#include "layout/dtype.h"
 #include "layout/model_config.h"
 #include "storage/aligned_buffer.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
 
-// A run of consecutive positions' rows: row i (position first + i) is at data + i * stride_floats,
-// kv_dim floats (head h at h * head_dim). Valid until the next write to the same sequence.
+// A run of consecutive positions' rows: row i (position first + i) is at data + i * stride_bytes,
+// kv_dim values in `dtype` (head h at values h * head_dim). Valid until the next write, fetch or
+// release of the same sequence.
 struct KvRows {
-  const float* data = nullptr;
-  uint64_t stride_floats = 0;
+  const std::byte* data = nullptr;
+  uint64_t stride_bytes = 0;
   uint32_t count = 0;
+  layout::DType dtype = layout::DType::kF32;
 };
+
+// q . x and y += a * x, where x is values [offset, offset + n) of row i of `rows` (n <= 32 - offset
+// % 32 is not required: q8_0 blocks are crossed as needed). For f32 exactly DotF32(q, x, n) and
+// AxpyF32(a, x, y, n).
+float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uint32_t n);
+void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n);
 
 class KvCache {
  public:
@@ -54,6 +72,23 @@ class KvCache {
   // rows and at least one. Precondition: first + count <= max_positions().
   virtual KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const = 0;
   virtual KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const = 0;
+  // Makes the V rows [0, length) of (layer, seq) readable by Values() until ReleaseValues()
+  // (a paged cache reads spilled pages back here; others have nothing to do).
+  // Errors: Corruption (a spilled page fails its checksum), IoError, ResourceExhausted.
+  virtual Status FetchValues(uint32_t layer, uint32_t seq, uint32_t length) {
+    (void)layer, (void)seq, (void)length;
+    return Status::Ok();
+  }
+  // As FetchValues, but only the V rows at positions p < length with needed[p] != 0 need be
+  // readable (a paged cache fetches the pages holding them). needed.size() == length.
+  virtual Status FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                                     std::span<const uint8_t> needed) {
+    (void)needed;
+    return FetchValues(layer, seq, length);
+  }
+  virtual void ReleaseValues() {}
+  // Whether V rows may have to be read from flash (FetchValues does I/O).
+  virtual bool spills() const { return false; }
   // DRAM the cache holds.
   virtual uint64_t resident_bytes() const = 0;
 };

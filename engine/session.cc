@@ -59,6 +59,7 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
                                 " exceeds the engine's maximum " + std::to_string(kContextMax));
   }
   o.max_context = ctx;
+  o.selective_fetch = so.kv.paged && !so.kv_topn.all();
   return o;
 }
 
@@ -124,7 +125,27 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
   WeightsShape shape;
   shape.bundles = needs.bundles;
   sp.activation_bytes = Transformer::BytesNeeded(config, topts, threads, shape);
-  sp.kv_bytes = FlatKvCache::BytesNeeded(config, topts.max_context, topts.max_sequences);
+  if (options.kv.paged) {
+    ASSIGN_OR_RETURN(sp.kv_layout, PagedKvCache::Layout(config, topts.max_context,
+                                                        topts.max_sequences, options.kv));
+    sp.kv_full_pool_bytes = cache::KvPageCache::FullPoolBytes(sp.kv_layout);
+    const uint64_t minimum = cache::KvPageCache::MinimumPoolBytes(sp.kv_layout);
+    if (options.kv.pool_bytes != 0) {
+      if (options.kv.pool_bytes < minimum) {
+        return InvalidArgumentError("--kv-budget " + FormatBytes(options.kv.pool_bytes) +
+                                    " is below the KV cache's minimum of " +
+                                    FormatBytes(minimum) + " (" + std::to_string(minimum) +
+                                    " bytes: every K page, one layer's V pages, one page being "
+                                    "filled per layer)");
+      }
+      sp.kv_pool_bytes = std::min(options.kv.pool_bytes, sp.kv_full_pool_bytes);
+    } else {
+      sp.kv_pool_bytes = sp.kv_full_pool_bytes;
+    }
+    sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes);
+  } else {
+    sp.kv_bytes = FlatKvCache::BytesNeeded(config, topts.max_context, topts.max_sequences);
+  }
   ResidencyInputs in = needs.inputs;
   in.budget_bytes = options.budget_bytes;
   const std::pair<std::string, uint64_t> engine_parts[] = {
@@ -138,6 +159,43 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     streamed.classifier_block_rows = needs.classifier.rows_max;
     in.classifier_demand_bytes +=
         Transformer::BytesNeeded(config, topts, threads, streamed) - sp.activation_bytes;
+  }
+  // The KV share: asked for (--kv-budget), or with a budget the whole cache when the plan holds
+  // it next to the weights' minimum, else what the budget has beyond that minimum (KV first:
+  // with exact attention every spilled V page is read every token, as a streamed weight is).
+  if (options.kv.paged && options.kv.pool_bytes == 0 && in.budget_bytes != 0) {
+    const uint64_t minimum = cache::KvPageCache::MinimumPoolBytes(sp.kv_layout);
+    const uint64_t least_kv = PagedKvCache::BytesNeeded(sp.kv_layout, minimum);
+    ResidencyInputs least = in;
+    least.fixed_bytes = least.fixed_bytes - sp.kv_bytes + least_kv;
+    Result<ResidencyPlan> p = PlanResidency(least);
+    if (!p.ok()) {  // below the minimum even with the least KV pool: that minimum is named
+      for (auto& part : least.fixed_parts) {
+        if (part.first == "KV cache") part.second = least_kv;
+      }
+      in = std::move(least);
+      sp.kv_pool_bytes = minimum;
+      sp.kv_bytes = least_kv;
+    } else if (p->minimum_bytes - least_kv + sp.kv_bytes > in.budget_bytes) {
+      // The largest pool (in pages) whose bytes fit beside the weights' minimum.
+      const uint64_t stride = sp.kv_layout.page_stride_bytes();
+      const uint64_t room = in.budget_bytes - (p->minimum_bytes - least_kv);
+      uint64_t lo = minimum / stride, hi = sp.kv_full_pool_bytes / stride;
+      while (lo < hi) {
+        const uint64_t mid = lo + (hi - lo + 1) / 2;
+        if (PagedKvCache::BytesNeeded(sp.kv_layout, mid * stride) <= room) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      sp.kv_pool_bytes = std::max(minimum, lo * stride);
+      sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes);
+      in.fixed_bytes = least.fixed_bytes - least_kv + sp.kv_bytes;
+      for (auto& part : in.fixed_parts) {
+        if (part.first == "KV cache") part.second = sp.kv_bytes;
+      }
+    }
   }
   ASSIGN_OR_RETURN(sp.plan, PlanResidency(in));
   sp.inputs = std::move(in);
@@ -191,8 +249,22 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
                    StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));
   store_ = store.get();
   weights_ = std::move(store);
-  ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  if (options.kv.paged) {
+    ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> paged,
+                     PagedKvCache::Create(config, ctx, topts.max_sequences, options.kv,
+                                          sp.kv_pool_bytes, options.backend, options.direct));
+    paged_kv_ = paged.get();
+    kv_ = std::move(paged);
+  } else {
+    ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  }
+  if (paged_kv_ != nullptr) CHECK_EQ(kv_->resident_bytes(), sp.kv_bytes);
   ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  if (!options.kv_topn.all()) {
+    topn_ = std::make_unique<TopNAttention>(options.kv_topn);
+    topn_spec_ = options.kv_topn;
+    model_->set_attention_policy(topn_.get());
+  }
   // What was allocated is what was planned for (the plan's inputs come from the same functions).
   CHECK_EQ(model_->resident_bytes(),
            Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape::Of(*weights_)));
@@ -236,18 +308,64 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
   const uint64_t weight_bytes = dram->resident_bytes();
   weights_ = std::move(dram);
-  ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  if (options.kv.paged) {
+    ASSIGN_OR_RETURN(const layout::VCacheLayout kl,
+                     PagedKvCache::Layout(config, ctx, topts.max_sequences, options.kv));
+    const uint64_t full = cache::KvPageCache::FullPoolBytes(kl);
+    const uint64_t pool = options.kv.pool_bytes ? std::min(options.kv.pool_bytes, full) : full;
+    ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> paged,
+                     PagedKvCache::Create(config, ctx, topts.max_sequences, options.kv, pool,
+                                          options.backend, options.direct));
+    paged_kv_ = paged.get();
+    kv_ = std::move(paged);
+  } else {
+    ASSIGN_OR_RETURN(kv_, FlatKvCache::Create(config, ctx, topts.max_sequences));
+  }
   ASSIGN_OR_RETURN(model_, Transformer::Create(*weights_, *pool_, topts, kv_.get()));
+  if (!options.kv_topn.all()) {
+    topn_ = std::make_unique<TopNAttention>(options.kv_topn);
+    topn_spec_ = options.kv_topn;
+    model_->set_attention_policy(topn_.get());
+  }
   planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +
                    tokenizer_->resident_bytes();
   return Status::Ok();
 }
 
+namespace {
+
+std::string DescribeKv(const PagedKvCache* kv) {
+  if (kv == nullptr) return "";
+  const cache::KvPageCache& p = kv->pages();
+  const layout::VCacheLayout& l = p.layout();
+  const uint64_t full = cache::KvPageCache::FullPoolBytes(l);
+  std::string s = "  KV cache: paged, " + std::to_string(l.tokens_per_page) + "-token pages of " +
+                  std::string(layout::DTypeName(l.dtype)) + " (" +
+                  FormatBytes(l.page_stride_bytes()) + " each), pool " +
+                  FormatBytes(p.pool_bytes()) + " of the " + FormatBytes(full) +
+                  " the whole cache needs";
+  if (p.spills()) {
+    s += "; K in DRAM, V pages beyond the pool spill to " + p.spill_path() + " (" +
+         std::string(p.backend_name()) + ", unlinked)";
+  }
+  return s + "\n";
+}
+
+}  // namespace
+
 std::string Session::Describe() const {
   if (store_ == nullptr) {
-    return "weights: " + FormatBytes(planned_bytes_) + " in DRAM, read from the checkpoint\n";
+    return "weights: " + FormatBytes(planned_bytes_) + " in DRAM, read from the checkpoint\n" +
+           DescribeKv(paged_kv_);
   }
-  std::string s = plan_.Describe();
+  std::string s = plan_.Describe() + DescribeKv(paged_kv_);
+  if (topn_ != nullptr) {
+    s += "  attention: top-N, " + topn_spec_.ToString() +
+         " positions per head kept (probabilities renormalised over them)" +
+         (paged_kv_ != nullptr && paged_kv_->spills()
+              ? "; only the V pages holding them are read\n"
+              : "\n");
+  }
   const layout::StoreReader& r = store_->reader();
   s += "  reads: " + std::string(r.backend_name()) + " backend, " +
        (r.direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)") + ", FFN chunks " +
@@ -275,6 +393,18 @@ EngineStats Session::stats() const {
     s.bundles_resident = c.neurons.bundles_resident;
     s.bundles_streamed = c.neurons.bundles_streamed;
   }
+  s.attention_ns = model_->attention_ns() - attention_base_;
+  s.kv_resident_bytes = kv_->resident_bytes();
+  if (paged_kv_ != nullptr) {
+    const cache::KvPageStats& k = paged_kv_->pages().stats();
+    s.kv_resident_bytes = paged_kv_->pages().resident_page_bytes();
+    s.kv_bytes_read = k.bytes_read;
+    s.kv_reads = k.reads;
+    s.kv_bytes_written = k.bytes_written;
+    s.kv_io_wait_ns = k.io_wait_ns;
+    s.kv_page_hits = k.page_hits;
+    s.kv_page_misses = k.page_misses;
+  }
   return s;
 }
 
@@ -282,6 +412,8 @@ void Session::ResetStats() {
   passes_base_ = model_->passes();
   computed_base_ = model_->ffn_neurons_computed();
   total_base_ = model_->ffn_neurons_total();
+  attention_base_ = model_->attention_ns();
+  if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }
 

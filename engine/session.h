@@ -18,7 +18,9 @@
 #include <memory>
 #include <string>
 
+#include "engine/attention_topn.h"
 #include "engine/kv_cache.h"
+#include "engine/paged_kv_cache.h"
 #include "engine/residency_plan.h"
 #include "engine/store_weights.h"
 #include "engine/thread_pool.h"
@@ -54,7 +56,11 @@ struct SessionOptions {
   TransformerOptions transformer;
   StreamingOptions streaming;
   storage::BackendKind backend = storage::BackendKind::kAuto;
-  bool direct = true;  // O_DIRECT data files
+  bool direct = true;  // O_DIRECT data files (and the KV spill file)
+  KvOptions kv;        // the KV cache: flat, or paged under the budget
+  // Top-N attention (--kv-topn; all: exact). With a paged cache that spills, only the V pages
+  // holding a kept position are read.
+  TopNSpec kv_topn;
 };
 
 // Counters since Open or the last ResetStats.
@@ -68,6 +74,18 @@ struct EngineStats {
   uint64_t bundles_streamed = 0;  // FFN bundles read from flash
   uint64_t ffn_neurons_computed = 0;  // per layer and pass (Transformer::ffn_neurons_computed)
   uint64_t ffn_neurons_total = 0;
+  // The KV cache (a paged one; zeros but kv_resident_bytes for a flat one).
+  uint64_t kv_resident_bytes = 0;   // DRAM the KV pages hold now (K and V)
+  uint64_t kv_bytes_read = 0;       // V pages read back from flash
+  uint64_t kv_reads = 0;            // reads issued for them
+  uint64_t kv_bytes_written = 0;    // V pages spilled to flash
+  uint64_t kv_io_wait_ns = 0;       // writing V pages and waiting for their reads
+  uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
+  uint64_t attention_ns = 0;        // attention (V fetch, scores, selection, sums), every layer
+  double kv_hit_rate() const {
+    const uint64_t all = kv_page_hits + kv_page_misses;
+    return all ? static_cast<double>(kv_page_hits) / all : 1.0;
+  }
   // Fraction of FFN neurons computed: 1 in dense mode, the fire rate with relu sparsity.
   double ffn_computed_fraction() const {
     return ffn_neurons_total ? static_cast<double>(ffn_neurons_computed) / ffn_neurons_total : 1.0;
@@ -98,7 +116,13 @@ struct IoReport {
 struct SessionPlan {
   TransformerOptions transformer;  // options.transformer with the context resolved
   uint64_t activation_bytes = 0;   // Transformer::BytesNeeded
-  uint64_t kv_bytes = 0;           // FlatKvCache::BytesNeeded
+  uint64_t kv_bytes = 0;           // FlatKvCache or PagedKvCache::BytesNeeded
+  // Paged KV (options.kv.paged): the page layout, and the pool the plan gives it: the whole
+  // cache when the budget allows (KV first: it gets what the budget has beyond the weights'
+  // minimum, up to all of it), else at least KvPageCache::MinimumPoolBytes, V pages spilling.
+  layout::VCacheLayout kv_layout;
+  uint64_t kv_pool_bytes = 0;
+  uint64_t kv_full_pool_bytes = 0;  // the pool that holds the whole cache
   ResidencyInputs inputs;
   ResidencyPlan plan;
 };
@@ -126,6 +150,8 @@ class Session {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   ThreadPool& pool() { return *pool_; }
   const layout::ModelConfig& config() const { return model_->config(); }
+  // The paged KV cache; nullptr when the cache is flat.
+  PagedKvCache* paged_kv() { return paged_kv_; }
   // The store-backed weights; nullptr for a checkpoint.
   StoreWeights* store() { return store_; }
   // The residency plan (stores only; nullptr for a checkpoint).
@@ -149,7 +175,11 @@ class Session {
   std::unique_ptr<layout::Checkpoint> checkpoint_;
   std::unique_ptr<WeightStore> weights_;
   StoreWeights* store_ = nullptr;
-  std::unique_ptr<FlatKvCache> kv_;
+  std::unique_ptr<KvCache> kv_;
+  PagedKvCache* paged_kv_ = nullptr;  // kv_ when it is paged
+  uint64_t attention_base_ = 0;
+  std::unique_ptr<TopNAttention> topn_;  // the model's attention policy (before the model)
+  TopNSpec topn_spec_;
   std::unique_ptr<Transformer> model_;
   ResidencyPlan plan_;
   uint64_t planned_bytes_ = 0;

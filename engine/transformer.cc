@@ -1,6 +1,7 @@
 #include "engine/transformer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numbers>
 #include <string>
@@ -90,7 +91,8 @@ struct Transformer::Layout {
   uint32_t batch = 0, logit_rows = 0;
   uint64_t x = 0, xb = 0, q = 0, k = 0, v = 0, att_out = 0, proj = 0, hb = 0, hb2 = 0, scores = 0,
            selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
-           positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0;
+           positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0,
+           item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -133,6 +135,12 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   l.seq_first = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.seq_next = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.last_logit = a.Add(sizeof(uint32_t));
+  if (o.selective_fetch) {
+    l.item_scores = a.AddFloats(uint64_t{c.n_heads} * ctx);
+    l.item_selected = a.Add(uint64_t{c.n_heads} * ctx * sizeof(uint32_t));
+    l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
+    l.needed = a.Add(ctx);
+  }
   if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
   }
@@ -230,6 +238,13 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->seq_next_ = u32(l.seq_next, options.max_sequences);
   t->last_logit_ = u32(l.last_logit, 1);
   if (t->sparsity_ == FfnSparsity::kRelu) t->fired_ = u32(l.fired, c.hidden_dim);
+  t->selective_fetch_ = options.selective_fetch;
+  if (options.selective_fetch) {
+    t->item_scores_ = a.Floats(l.item_scores, uint64_t{c.n_heads} * ctx);
+    t->item_selected_ = u32(l.item_selected, uint64_t{c.n_heads} * ctx);
+    t->item_chosen_ = u32(l.item_chosen, c.n_heads);
+    t->needed_ = {reinterpret_cast<uint8_t*>(a.Bytes(l.needed, 0).data()), ctx};
+  }
   for (uint32_t i = 0; i < half; ++i) {
     const float freq = RopeFrequency(c, i);
     for (uint32_t p = 0; p < ctx; ++p) {
@@ -277,9 +292,8 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   for (uint32_t p = 0; p < len;) {
     const KvRows rows = kv_->Keys(layer, seq, p, len - p);
-    const float* k = rows.data + uint64_t{kvh} * hd;
     for (uint32_t i = 0; i < rows.count; ++i) {
-      scores[p + i] = DotF32(q, k + i * rows.stride_floats, hd) * scale;
+      scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
     }
     p += rows.count;
   }
@@ -295,17 +309,20 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   if (all) {
     for (uint32_t p = 0; p < len;) {
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
-      const float* v = rows.data + uint64_t{kvh} * hd;
       for (uint32_t i = 0; i < rows.count; ++i) {
-        AxpyF32(scores[p + i], v + i * rows.stride_floats, out, hd);
+        KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
     }
     return;
   }
+  // Renormalised over the kept positions (see AttentionPolicy).
+  float mass = 0;
+  for (uint32_t p : selected) mass += scores[p];
+  const float inv = 1.0f / mass;
   for (uint32_t p : selected) {
     const KvRows row = kv_->Values(layer, seq, p, 1);
-    AxpyF32(scores[p], row.data + uint64_t{kvh} * hd, out, hd);
+    KvAxpy(scores[p] * inv, row, 0, kvh * hd, out, hd);
   }
 }
 
@@ -333,10 +350,51 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
         CHECK_LE(chosen, len);
       }
       float* out = att_out_.data() + uint64_t{t} * q_dim_ + uint64_t{h} * hd;
-      AttentionValues(layer, seq, len, scores, selected.first(chosen), policy_ == nullptr,
-                      h / group, out);
+      AttentionValues(layer, seq, len, scores, selected.first(chosen), chosen == len, h / group,
+                      out);
     }
   });
+}
+
+// Per token: phase 1 and 2 for every head (in parallel), then the V pages holding any selected
+// position are made resident (one batch of reads), then phase 3 for every head.
+Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) {
+  const layout::ModelConfig& c = config_;
+  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+    const uint32_t len = batch.positions[t] + 1;
+    pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+      for (uint64_t h = begin; h < end; ++h) {
+        float* scores = item_scores_.data() + h * max_context_;
+        const float* q = q_.data() + uint64_t{t} * q_dim_ + h * hd;
+        AttentionScores(layer, seq, len, q, static_cast<uint32_t>(h) / group, scores);
+        const uint32_t chosen = policy_->Select(layer, seq, std::span<const float>(scores, len),
+                                                item_selected_.subspan(h * max_context_, len));
+        CHECK_GE(chosen, 1u);
+        CHECK_LE(chosen, len);
+        item_chosen_[h] = chosen;
+      }
+    });
+    std::fill(needed_.begin(), needed_.begin() + len, uint8_t{0});
+    for (uint32_t h = 0; h < c.n_heads; ++h) {
+      const uint32_t* sel = item_selected_.data() + uint64_t{h} * max_context_;
+      for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
+    }
+    RETURN_IF_ERROR(kv_->FetchValuePositions(layer, seq, len, needed_.first(len)));
+    pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+      for (uint64_t h = begin; h < end; ++h) {
+        const uint32_t chosen = item_chosen_[h];
+        float* out = att_out_.data() + uint64_t{t} * q_dim_ + h * hd;
+        AttentionValues(layer, seq, len, item_scores_.data() + h * max_context_,
+                        item_selected_.subspan(h * max_context_, chosen), chosen == len,
+                        static_cast<uint32_t>(h) / group, out);
+      }
+    });
+    kv_->ReleaseValues();
+  }
+  return Status::Ok();
 }
 
 Status Transformer::Validate(const TokenBatch& batch) {
@@ -440,7 +498,29 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
                              v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
       if (!st.ok()) return fail(st);
     }
-    Attention(l, batch);
+    // The V rows attention reads made resident (a paged cache reads spilled pages back here).
+    const auto attention_start = std::chrono::steady_clock::now();
+    if (selective_fetch_ && policy_ != nullptr && kv_->spills()) {
+      if (Status st = AttentionSelective(l, batch); !st.ok()) {
+        kv_->ReleaseValues();
+        return fail(st);
+      }
+    } else {
+      for (uint32_t t = 0; t < n; ++t) {
+        const uint32_t seq = seq_of(t);
+        if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
+        Status st = kv_->FetchValues(l, seq, seq_next_[seq]);
+        if (!st.ok()) {
+          kv_->ReleaseValues();
+          return fail(st);
+        }
+      }
+      Attention(l, batch);
+      kv_->ReleaseValues();
+    }
+    attention_ns_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now() - attention_start)
+                                               .count());
     MatMul(w.wo, att_out_, n, proj_, scratch_, pool_);
     for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
     // FFN block: act(gate x) * (up x), then down.

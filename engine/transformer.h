@@ -51,8 +51,10 @@ class FfnObserver {
   virtual void OnFfnActivations(uint32_t layer, std::span<const float> h, uint32_t n_tokens) = 0;
 };
 
-// Chooses which positions' V rows the attention's weighted sum uses (e.g. the top-N of KCache).
-// Called from the pool's threads concurrently, hence const.
+// Chooses which positions' V rows the attention's weighted sum uses (e.g. the top-N of KCache,
+// engine/attention_topn.h). When it keeps fewer than all positions, the sum weighs each kept
+// V row by its probability divided by the kept probabilities' total (renormalised); keeping all
+// is exact attention, bit for bit. Called from the pool's threads concurrently, hence const.
 class AttentionPolicy {
  public:
   virtual ~AttentionPolicy() = default;
@@ -84,6 +86,11 @@ struct TransformerOptions {
   uint32_t max_sequences = 1;  // sequences one Forward may carry (and the KV cache holds)
   bool all_logits = false;     // keep logits for every token of a batch (perplexity)
   bool observe_ffn = false;    // keep the FFN activations for an FfnObserver (bundle stores)
+  // Two-phase attention for a KV cache that reads V from flash (KvCache::spills()) under an
+  // AttentionPolicy: per token, every head's scores and selection, then only the V pages
+  // holding a selected position are fetched, then the weighted sums. Reserves n_heads x
+  // max_context scores and selections and a max_context mask.
+  bool selective_fetch = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
 };
 
@@ -140,6 +147,8 @@ class Transformer {
   uint64_t resident_bytes() const;
   // Forward passes so far.
   uint64_t passes() const { return passes_; }
+  // Time spent in attention so far (making V rows resident, scores, selection, weighted sums).
+  uint64_t attention_ns() const { return attention_ns_; }
   // The sparsity in effect (kAuto resolved).
   FfnSparsity sparsity() const { return sparsity_; }
   // FFN neurons computed, and neurons there were, over every layer of every pass so far (equal
@@ -161,6 +170,8 @@ class Transformer {
   Transformer(WeightStore& weights, ThreadPool& pool) : weights_(weights), pool_(pool) {}
   Status Validate(const TokenBatch& batch);
   void Attention(uint32_t layer, const TokenBatch& batch);
+  // The two-phase form (TransformerOptions::selective_fetch). Errors: the KV cache's fetch.
+  Status AttentionSelective(uint32_t layer, const TokenBatch& batch);
   // The phases for one (token, query head) item; `scores` and `selected` are the thread's rows.
   void AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, const float* q, uint32_t kvh,
                        float* scores) const;
@@ -185,6 +196,7 @@ class Transformer {
   KvCache* kv_ = nullptr;
   std::unique_ptr<BundleFfnKernel> ffn_kernel_;  // when the store serves bundles
   uint64_t passes_ = 0;
+  uint64_t attention_ns_ = 0;
   FfnSparsity sparsity_ = FfnSparsity::kDense;
   uint64_t ffn_computed_ = 0, ffn_total_ = 0;
   std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu)
@@ -201,6 +213,11 @@ class Transformer {
   std::span<float> hb2_;      // max_batch x hidden (up; dense FFN only)
   std::span<float> scores_;   // threads x max_context
   std::span<uint32_t> selected_;  // threads x max_context (selection phase)
+  bool selective_fetch_ = false;
+  std::span<float> item_scores_;       // n_heads x max_context (selective fetch)
+  std::span<uint32_t> item_selected_;  // n_heads x max_context (selective fetch)
+  std::span<uint32_t> item_chosen_;    // n_heads (selective fetch)
+  std::span<uint8_t> needed_;          // max_context: positions whose V is read (selective fetch)
   std::span<float> logits_;   // logit_rows_max x vocab
   std::span<float> block_out_;  // logit_rows_max x classifier_block_rows (streamed classifier)
   std::span<float> rope_cos_;   // max_context x head_dim/2

@@ -78,7 +78,9 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     options.transformer.max_context = static_cast<uint32_t>(f->ctx);
     auto session = engine::Session::Open(f->path, options);
     if (!session.ok()) return ReportError("generate", session.status());
-    if (f->session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
+    if (f->session.budgeted() || f->session.kv_paged()) {
+      std::fputs((*session)->Describe().c_str(), stderr);
+    }
     engine::Transformer& model = (*session)->model();
     const engine::Tokenizer& tok = (*session)->tokenizer();
     const uint32_t ctx = model.max_context();
@@ -127,6 +129,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       std::fprintf(stderr, "%s\n", IoStatsLine(io).c_str());
       json["io"] = IoStatsJson(io, uint64_t{stats->prompt_tokens} + stats->generated_tokens,
                                (*session)->planned_bytes());
+    }
+    if ((*session)->paged_kv() != nullptr) {
+      const engine::EngineStats es = (*session)->stats();
+      std::fprintf(stderr, "%s\n", KvStatsLine(**session, es).c_str());
+      json["kv"] = KvStatsJson(**session, es);
     }
     if (!f->stats_json.empty()) {
       if (Status st = storage::WriteFileAtomically(f->stats_json, AsBytes(json.dump(1) + "\n"));

@@ -43,7 +43,9 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     options.default_context_max = 512;
     auto session = engine::Session::Open(*path, options);
     if (!session.ok()) return ReportError("perplexity", session.status());
-    if (flags->budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
+    if (flags->budgeted() || flags->kv_paged()) {
+      std::fputs((*session)->Describe().c_str(), stderr);
+    }
     const uint32_t window = (*session)->model().max_context();
     std::vector<int32_t> tokens = (*session)->tokenizer().Encode(*text, true);
     const auto t0 = std::chrono::steady_clock::now();
@@ -56,6 +58,9 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     if (flags->budgeted()) {
       std::fprintf(stderr, "%s\n",
                    IoStatsLine(engine::IoReport::Make((*session)->stats(), forward_ms)).c_str());
+    }
+    if ((*session)->paged_kv() != nullptr) {
+      std::fprintf(stderr, "%s\n", KvStatsLine(**session, (*session)->stats()).c_str());
     }
     return kExitOk;
   };

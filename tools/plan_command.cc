@@ -152,6 +152,11 @@ int Run(Flags f) {
   mo.repack.alignment_bytes = *align;
   engine::SessionOptions so;
   if (Status s = ApplySessionFlags(f.session, &so); !s.ok()) return ReportError(kCommand, s);
+  if (so.kv.paged) {  // the plan's --kv-dtype is the paged cache's too (int8 plans as q8_0)
+    so.kv.dtype = f.kv_dtype == "f16"    ? layout::DType::kF16
+                  : f.kv_dtype == "f32" ? layout::DType::kF32
+                                        : layout::DType::kQ8_0;
+  }
   mo.streaming = so.streaming;
   Result<engine::ModelPlan> planned = engine::PlanModel(f.model, mo);
   if (!planned.ok()) return ReportError(kCommand, planned.status());

@@ -30,6 +30,34 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "gate+up-down bundles: only neurons whose gate fires are read), or auto "
                   "(relu where it applies, else dense)")
       ->capture_default_str();
+  f->kv_options[0] = cmd->add_option(
+      "--kv-page-tokens", f->kv_page_tokens,
+      "Paged KV cache: positions per page (default 16; any --kv-* flag makes the cache paged)");
+  // A command with its own --kv-dtype (plan: the arithmetic's) passes it on itself.
+  if (cmd->get_option_no_throw("--kv-dtype") == nullptr) {
+    f->kv_options[1] = cmd->add_option("--kv-dtype", f->kv_dtype,
+                                       "Paged KV cache: f32 (exact), f16 or q8_0 rows");
+  }
+  f->kv_options[2] = cmd->add_option(
+      "--kv-budget", f->kv_budget,
+      "Paged KV cache: DRAM for its pages (K/M/G); the rest of the V pages spill to flash "
+      "(default: the plan's share of --mem-budget, all of the cache when it fits)");
+  f->kv_options[3] = cmd->add_option(
+      "--kv-dir", f->kv_dir,
+      "Paged KV cache: folder for the V spill file (default $TMPDIR or /tmp; the file is "
+      "unlinked as soon as it is open)");
+  cmd->add_option("--kv-topn", f->kv_topn,
+                  "Top-N attention (KCache): all (exact), N positions or P% of the context per "
+                  "head; the kept probabilities are renormalised. With a paged cache that spills, "
+                  "only the V pages holding kept positions are read")
+      ->capture_default_str();
+}
+
+bool SessionFlags::kv_paged() const {
+  for (CLI::Option* o : kv_options) {
+    if (o != nullptr && o->count() > 0) return true;
+  }
+  return false;
 }
 
 Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
@@ -72,7 +100,77 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--sparsity must be auto, dense or relu (threshold and predictor "
                                 "modes are not built yet)");
   }
+  o->kv.paged = f.kv_paged();
+  if (f.kv_page_tokens < 1 || f.kv_page_tokens > engine::kKvPageTokensMax) {
+    return InvalidArgumentError("--kv-page-tokens must be in [1, " +
+                                std::to_string(engine::kKvPageTokensMax) + "]");
+  }
+  o->kv.page_tokens = static_cast<uint32_t>(f.kv_page_tokens);
+  if (f.kv_dtype == "f32") {
+    o->kv.dtype = layout::DType::kF32;
+  } else if (f.kv_dtype == "f16") {
+    o->kv.dtype = layout::DType::kF16;
+  } else if (f.kv_dtype == "q8_0") {
+    o->kv.dtype = layout::DType::kQ8_0;
+  } else {
+    return InvalidArgumentError("--kv-dtype must be f32, f16 or q8_0");
+  }
+  if (!f.kv_budget.empty()) {
+    auto b = ParseSize(f.kv_budget);
+    if (!b.ok()) return b.status().WithContext("--kv-budget");
+    if (*b == 0) return InvalidArgumentError("--kv-budget must be more than 0");
+    o->kv.pool_bytes = *b;
+  } else if (f.kv_options[2] != nullptr && f.kv_options[2]->count() > 0) {
+    return InvalidArgumentError("--kv-budget: empty size (expected e.g. 64M)");
+  }
+  o->kv.spill_dir = f.kv_dir;
+  auto topn = engine::TopNSpec::Parse(f.kv_topn);
+  if (!topn.ok()) return topn.status();
+  o->kv_topn = *topn;
   return Status::Ok();
+}
+
+std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {
+  engine::PagedKvCache* kv = session.paged_kv();
+  if (kv == nullptr) return "";
+  const layout::VCacheLayout& l = kv->pages().layout();
+  const double passes = s.passes ? static_cast<double>(s.passes) : 1.0;
+  char buf[768];
+  std::snprintf(
+      buf, sizeof(buf),
+      "kv: %u-token pages of %s (%s each), pool %s, %s resident, V spill %s (%s); %.2f MiB "
+      "read in %llu reads (mean %.1f KiB), %.2f MiB written, page hit rate %.1f%%, kv io wait "
+      "%.1f ms, attention %.1f ms; per forward pass: %.3f MiB read, %.1f reads, attention "
+      "%.3f ms",
+      l.tokens_per_page, std::string(layout::DTypeName(l.dtype)).c_str(),
+      FormatBytes(l.page_stride_bytes()).c_str(), FormatBytes(kv->pages().pool_bytes()).c_str(),
+      FormatBytes(s.kv_resident_bytes).c_str(), kv->pages().spills() ? "on" : "off",
+      kv->pages().spills() ? std::string(kv->pages().backend_name()).c_str() : "nothing spills",
+      s.kv_bytes_read / 1048576.0, static_cast<unsigned long long>(s.kv_reads),
+      s.kv_reads ? s.kv_bytes_read / 1024.0 / s.kv_reads : 0.0, s.kv_bytes_written / 1048576.0,
+      100.0 * s.kv_hit_rate(), s.kv_io_wait_ns / 1e6, s.attention_ns / 1e6,
+      s.kv_bytes_read / 1048576.0 / passes, s.kv_reads / passes, s.attention_ns / 1e6 / passes);
+  return buf;
+}
+
+nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& s) {
+  engine::PagedKvCache* kv = session.paged_kv();
+  if (kv == nullptr) return nlohmann::json();
+  const layout::VCacheLayout& l = kv->pages().layout();
+  return nlohmann::json{{"page_tokens", l.tokens_per_page},
+                        {"dtype", layout::DTypeName(l.dtype)},
+                        {"page_stride_bytes", l.page_stride_bytes()},
+                        {"pool_bytes", kv->pages().pool_bytes()},
+                        {"spills", kv->pages().spills()},
+                        {"resident_bytes", s.kv_resident_bytes},
+                        {"bytes_read", s.kv_bytes_read},
+                        {"reads", s.kv_reads},
+                        {"mean_read_bytes", s.kv_reads ? double(s.kv_bytes_read) / s.kv_reads : 0},
+                        {"bytes_written", s.kv_bytes_written},
+                        {"page_hits", s.kv_page_hits},
+                        {"page_misses", s.kv_page_misses},
+                        {"io_wait_ms", s.kv_io_wait_ns / 1e6},
+                        {"attention_ms", s.attention_ns / 1e6}};
 }
 
 std::string IoStatsLine(const engine::IoReport& r) {

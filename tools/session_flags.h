@@ -29,6 +29,14 @@ struct SessionFlags {
   int64_t chunk_bundles = 256;
   int64_t stream_buffers = 4;
   std::string sparsity = "auto";
+  // The KV cache: any of these makes it paged.
+  int64_t kv_page_tokens = 16;
+  std::string kv_dtype = "f32";
+  std::string kv_budget;  // the KV pool's share of the budget; empty: the plan's choice
+  std::string kv_dir;
+  std::string kv_topn = "all";
+  CLI::Option* kv_options[4] = {};
+  bool kv_paged() const;
   bool budgeted() const { return !mem_budget.empty(); }
 };
 void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);
@@ -39,6 +47,11 @@ Status ApplySessionFlags(const SessionFlags& flags, engine::SessionOptions* opti
 // One line for stderr: bytes requested and read, reads, mean read size, effective MiB/s, I/O
 // wait, compute, FFN hit rate, peak RSS; totals and per forward pass.
 std::string IoStatsLine(const engine::IoReport& report);
+// The KV cache's line for stderr (a paged cache): pages and dtype, bytes resident, V bytes read
+// from and written to flash, reads and their mean size, page hit rate, KV I/O wait and attention
+// time; totals and per forward pass. Empty for a flat cache.
+std::string KvStatsLine(engine::Session& session, const engine::EngineStats& stats);
+nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
 nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens,
                            uint64_t planned_bytes);

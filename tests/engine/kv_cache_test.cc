@@ -43,10 +43,10 @@ TEST(FlatKvCacheTest, RowsByLayerSequenceAndPosition) {
       ASSERT_LE(k.count, 7u);
       for (uint32_t i = 0; i < k.count; ++i) {
         const std::vector<float> wk = row(l, s, 3 + i, 1), wv = row(l, s, 3 + i, 2);
-        EXPECT_EQ(std::vector<float>(k.data + i * k.stride_floats, k.data + i * k.stride_floats + 8),
-                  wk);
-        EXPECT_EQ(std::vector<float>(v.data + i * v.stride_floats, v.data + i * v.stride_floats + 8),
-                  wv);
+        const float* kr = reinterpret_cast<const float*>(k.data + i * k.stride_bytes);
+        const float* vr = reinterpret_cast<const float*>(v.data + i * v.stride_bytes);
+        EXPECT_EQ(std::vector<float>(kr, kr + 8), wk);
+        EXPECT_EQ(std::vector<float>(vr, vr + 8), wv);
       }
     }
   }

@@ -31,21 +31,31 @@ TEST(VCacheLayoutTest, PagesAreTokenMajorAndAligned) {
   VCacheLayout v;
   v.n_layers = 2;
   v.n_kv_heads = 4;
-  v.head_dim = 64;
+  v.head_dim = 16;
   v.tokens_per_page = 16;
   v.max_tokens = 100;
+  v.max_sequences = 3;
   v.dtype = DType::kF16;
   v.alignment_bytes = 4096;
   ASSERT_TRUE(v.valid());
-  EXPECT_EQ(v.row_bytes(), 128u);
+  EXPECT_EQ(v.row_bytes(), 128u);  // 4 heads x 16 values x 2 bytes
   EXPECT_EQ(v.page_bytes(), 2048u);
   EXPECT_EQ(v.page_stride_bytes(), 4096u);
-  EXPECT_EQ(v.pages_per_head(), 7u);
-  EXPECT_EQ(v.total_bytes(), 2u * 4 * 7 * 4096);
-  EXPECT_EQ(v.PageOffset(1, 2, 3), ((1u * 4 + 2) * 7 + 3) * 4096u);
-  EXPECT_EQ(v.RowOffset(1, 2, 16 * 3 + 5), v.PageOffset(1, 2, 3) + 5 * 128u);
+  EXPECT_EQ(v.pages_per_seq(), 7u);
+  EXPECT_EQ(v.pages_per_kind(), 3u * 2 * 7);
+  EXPECT_EQ(v.FileBytes(1), 3u * 2 * 7 * 4096);
+  EXPECT_EQ(v.FileBytes(2), 2u * 3 * 2 * 7 * 4096);
+  EXPECT_EQ(v.PageOffset(KvKind::kValue, 2, 1, 3), ((2u * 2 + 1) * 7 + 3) * 4096u);
+  EXPECT_EQ(v.PageOffset(KvKind::kKey, 0, 0, 0), v.FileBytes(1));
+  EXPECT_EQ(v.RowOffset(KvKind::kValue, 1, 1, 16 * 3 + 5),
+            v.PageOffset(KvKind::kValue, 1, 1, 3) + 5 * 128u);
+  v.dtype = DType::kQ8_0;  // blocks of 32 values (34 bytes) across the row's heads
+  EXPECT_EQ(v.row_bytes(), 2u * 34);
   VCacheLayout bad = v;
   bad.alignment_bytes = 3000;
+  EXPECT_FALSE(bad.valid());
+  bad = v;
+  bad.max_sequences = 0;
   EXPECT_FALSE(bad.valid());
 }
 

@@ -88,6 +88,39 @@ TEST(EngineCommandsTest, BadInputExitsWithUsageError) {
   }
 }
 
+// The paged KV cache from the command line: V pages spilled to --kv-dir give the golden text
+// (f32 is exact), the kv: line reports what was read, nothing is left in the folder; bad
+// --kv-* values are usage errors.
+TEST(EngineCommandsTest, GeneratePagedKvSpilledMatchesGolden) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(txt, "stories260K/golden_greedy_t0_256steps.txt");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string json = (dir / "stats.json").string();
+  const std::string spill = (dir / "spill").string();
+  std::filesystem::create_directories(spill);
+  // 512 positions, 5 layers, 32-token pages: K 80 pages, minimum 80 + 16 + 5 pages of 4 KiB.
+  const std::string g = "generate " + gguf.string() + " -n 256 --temp 0 --threads 2 --ctx 512";
+  CmdRun r = Flashlm(g + " --kv-page-tokens 32 --kv-budget 420K --kv-dir " + spill +
+                     " --stats-json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string golden = ReadFile(txt);
+  while (!golden.empty() && golden.back() == '\n') golden.pop_back();
+  EXPECT_EQ(r.out, golden + "\n");
+  EXPECT_NE(r.err.find("V spill on"), std::string::npos) << r.err;
+  const nlohmann::json stats = nlohmann::json::parse(ReadFile(json));
+  EXPECT_TRUE(stats["kv"]["spills"].get<bool>()) << stats.dump();
+  EXPECT_GT(stats["kv"]["bytes_read"].get<uint64_t>(), 0u) << stats.dump();
+  EXPECT_TRUE(std::filesystem::is_empty(spill));
+  for (const std::string& bad :
+       {g + " --kv-dtype q4_0", g + " --kv-page-tokens 0", g + " --kv-budget 1K",
+        g + " --kv-budget x", g + " --kv-topn 0", g + " --kv-topn 200%",
+        g + " --kv-budget 420K --kv-dir " + (dir / "missing").string()}) {
+    CmdRun b = Flashlm(bad);
+    EXPECT_NE(b.exit_code, 0) << bad;
+    EXPECT_TRUE(b.out.empty()) << bad;
+  }
+}
+
 TEST(EngineCommandsTest, TokenizeEveryKindOfSource) {
   FLASHLM_REQUIRE_SHARED_MODEL(vocab, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf");
   FLASHLM_REQUIRE_SHARED_MODEL(bin, "llama2c-tokenizer/tokenizer.bin");

@@ -1,0 +1,112 @@
+#include "engine/paged_kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "storage/check.h"
+
+namespace flashlm::engine {
+
+using layout::KvKind;
+
+Result<layout::VCacheLayout> PagedKvCache::Layout(const layout::ModelConfig& c,
+                                                  uint32_t max_positions, uint32_t max_sequences,
+                                                  const KvOptions& o) {
+  if (o.dtype != layout::DType::kF32 && o.dtype != layout::DType::kF16 &&
+      o.dtype != layout::DType::kQ8_0) {
+    return InvalidArgumentError("--kv-dtype must be f32, f16 or q8_0, not " +
+                                std::string(layout::DTypeName(o.dtype)));
+  }
+  if (o.page_tokens == 0 || o.page_tokens > kKvPageTokensMax) {
+    return InvalidArgumentError("--kv-page-tokens must be 1.." + std::to_string(kKvPageTokensMax) +
+                                ", not " + std::to_string(o.page_tokens));
+  }
+  layout::VCacheLayout l;
+  l.n_layers = c.n_layers;
+  l.n_kv_heads = c.n_kv_heads;
+  l.head_dim = c.head_dim;
+  l.tokens_per_page = o.page_tokens;
+  l.max_tokens = max_positions;
+  l.max_sequences = max_sequences;
+  l.dtype = o.dtype;
+  l.alignment_bytes = 4096;
+  if (!l.valid()) return InvalidArgumentError("KV cache: zero size");
+  return l;
+}
+
+uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes) {
+  return cache::KvPageCache::ResidentBytes(l, pool_bytes) +
+         uint64_t{l.max_sequences} * sizeof(uint32_t);
+}
+
+Result<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(
+    const layout::ModelConfig& c, uint32_t max_positions, uint32_t max_sequences,
+    const KvOptions& o, uint64_t pool_bytes, storage::BackendKind backend, bool direct) {
+  std::unique_ptr<PagedKvCache> kv(new PagedKvCache());
+  ASSIGN_OR_RETURN(kv->layout_, Layout(c, max_positions, max_sequences, o));
+  cache::KvPageCacheOptions po;
+  po.layout = kv->layout_;
+  po.pool_bytes = pool_bytes;
+  po.spill_dir = o.spill_dir;
+  po.backend = backend;
+  po.direct = direct;
+  ASSIGN_OR_RETURN(kv->pages_, cache::KvPageCache::Create(po));
+  kv->lengths_.assign(max_sequences, 0);
+  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes);
+  return kv;
+}
+
+void PagedKvCache::SetLength(uint32_t seq, uint32_t length) {
+  CHECK_LT(seq, layout_.max_sequences);
+  CHECK_LE(length, layout_.max_tokens);
+  if (length < lengths_[seq]) pages_->Truncate(seq, length);
+  lengths_[seq] = length;
+}
+
+Status PagedKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                           std::span<const float> v) {
+  if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||
+      k.size() != layout_.kv_dim() || v.size() != layout_.kv_dim()) {
+    return InvalidArgumentError("KV cache: write out of range");
+  }
+  // Writing below the length rewinds the sequence: pages past it are dropped first (the first
+  // layer's write does it; the others then write at the new length).
+  if (pos < lengths_[seq]) SetLength(seq, pos);
+  const uint32_t P = layout_.tokens_per_page;
+  const uint64_t page = pos / P, row = pos % P, row_bytes = layout_.row_bytes();
+  ASSIGN_OR_RETURN(ByteSpan kp, pages_->PageForWrite(KvKind::kKey, seq, layer, page));
+  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, k, kp.subspan(row * row_bytes, row_bytes)));
+  ASSIGN_OR_RETURN(ByteSpan vp, pages_->PageForWrite(KvKind::kValue, seq, layer, page));
+  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, v, vp.subspan(row * row_bytes, row_bytes)));
+  return pages_->MarkValueRowWritten(seq, layer, page, static_cast<uint32_t>(row));
+}
+
+KvRows PagedKvCache::Rows(KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,
+                          uint32_t count) const {
+  CHECK_LE(uint64_t{first} + count, layout_.max_tokens);
+  const uint32_t P = layout_.tokens_per_page;
+  const uint32_t row = first % P;
+  const std::byte* page = pages_->PageData(kind, seq, layer, first / P);
+  return KvRows{page + uint64_t{row} * layout_.row_bytes(), layout_.row_bytes(),
+                std::min(count, P - row), layout_.dtype};
+}
+
+KvRows PagedKvCache::Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
+  return Rows(KvKind::kKey, layer, seq, first, count);
+}
+
+KvRows PagedKvCache::Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
+  return Rows(KvKind::kValue, layer, seq, first, count);
+}
+
+Status PagedKvCache::FetchValues(uint32_t layer, uint32_t seq, uint32_t length) {
+  return pages_->FetchValues(seq, layer, 0, CeilDiv(length, layout_.tokens_per_page));
+}
+
+Status PagedKvCache::FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                                         std::span<const uint8_t> needed) {
+  CHECK_EQ(needed.size(), length);
+  return pages_->FetchValues(seq, layer, 0, CeilDiv(length, layout_.tokens_per_page), needed);
+}
+
+}  // namespace flashlm::engine

@@ -1,0 +1,94 @@
+// PagedKvCache: the KvCache of a budgeted session. Rows live in pages of P positions (K and V
+// apart, token-major, layout/vcache_layout.h) in the DRAM pool of a cache::KvPageCache, in f32,
+// f16 or q8_0; V pages spill to a file on flash when the pool is smaller than the context needs
+// (checksummed, read back through a storage::ReadBackend; see cache/kv_page_cache.h).
+//
+// Keys()/Values() return at most the rest of one page. With f32 rows every value is stored
+// exactly, and attention reads them through KvDot/KvAxpy = DotF32/AxpyF32 in position order, so
+// an f32 paged cache gives bit-identical results to FlatKvCache whatever the page size, the pool
+// or the spilling. f16 rounds each value to nearest-even half precision (relative error <=
+// 2^-11); q8_0 stores blocks of 32 values as an f16 scale d = max|x|/127 and round(x/d) int8
+// (absolute error <= d/2 per value, plus the scale's rounding).
+// Memory: everything is allocated by Create (BytesNeeded); Write/Keys/Values/FetchValues/
+// SetLength allocate nothing. Threading as KvCache.
+#ifndef FLASHLM_ENGINE_PAGED_KV_CACHE_H_
+#define FLASHLM_ENGINE_PAGED_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/kv_page_cache.h"
+#include "engine/kv_cache.h"
+#include "layout/dtype.h"
+#include "layout/model_config.h"
+#include "storage/read_backend.h"
+#include "storage/status.h"
+
+namespace flashlm::engine {
+
+// The KV cache's own flags (--kv-page-tokens, --kv-dtype, --kv-budget, --kv-dir).
+struct KvOptions {
+  bool paged = false;                         // false: FlatKvCache (f32, everything in DRAM)
+  uint32_t page_tokens = 16;                  // P
+  layout::DType dtype = layout::DType::kF32;  // f32, f16 or q8_0
+  // The pool's share of the budget; 0: the session's plan decides (everything when it fits).
+  uint64_t pool_bytes = 0;
+  std::string spill_dir;  // empty: $TMPDIR or /tmp
+};
+
+// Largest --kv-page-tokens accepted.
+inline constexpr uint32_t kKvPageTokensMax = 4096;
+
+class PagedKvCache final : public KvCache {
+ public:
+  // The page layout of these sizes. Errors: InvalidArgument (zero sizes, a dtype other than
+  // f32/f16/q8_0, page_tokens beyond kKvPageTokensMax).
+  static Result<layout::VCacheLayout> Layout(const layout::ModelConfig& config,
+                                             uint32_t max_positions, uint32_t max_sequences,
+                                             const KvOptions& options);
+  // DRAM Create allocates for a pool of `pool_bytes`.
+  static uint64_t BytesNeeded(const layout::VCacheLayout& layout, uint64_t pool_bytes);
+  // Errors: Layout's, KvPageCache::Create's.
+  static Result<std::unique_ptr<PagedKvCache>> Create(const layout::ModelConfig& config,
+                                                      uint32_t max_positions,
+                                                      uint32_t max_sequences,
+                                                      const KvOptions& options, uint64_t pool_bytes,
+                                                      storage::BackendKind backend, bool direct);
+
+  uint32_t max_sequences() const override { return layout_.max_sequences; }
+  uint32_t max_positions() const override { return layout_.max_tokens; }
+  uint32_t kv_dim() const override { return static_cast<uint32_t>(layout_.kv_dim()); }
+  uint32_t length(uint32_t seq) const override { return lengths_[seq]; }
+  void SetLength(uint32_t seq, uint32_t length) override;
+  // Errors: InvalidArgument (out of range), and reading back a spilled page it writes into
+  // (Corruption, IoError), spilling a filled page (IoError).
+  Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+               std::span<const float> v) override;
+  KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
+  KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
+  Status FetchValues(uint32_t layer, uint32_t seq, uint32_t length) override;
+  Status FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
+                             std::span<const uint8_t> needed) override;
+  void ReleaseValues() override { pages_->ReleaseFetched(); }
+  bool spills() const override { return pages_->spills(); }
+  uint64_t resident_bytes() const override { return resident_bytes_; }
+
+  const cache::KvPageCache& pages() const { return *pages_; }
+  cache::KvPageCache& pages() { return *pages_; }
+
+ private:
+  PagedKvCache() = default;
+  KvRows Rows(layout::KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,
+              uint32_t count) const;
+
+  layout::VCacheLayout layout_;
+  std::unique_ptr<cache::KvPageCache> pages_;
+  std::vector<uint32_t> lengths_;  // [max_sequences]
+  uint64_t resident_bytes_ = 0;
+};
+
+}  // namespace flashlm::engine
+
+#endif  // FLASHLM_ENGINE_PAGED_KV_CACHE_H_

@@ -1,0 +1,398 @@
+#include "engine/paged_kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <vector>
+
+#include "engine/generator.h"
+#include "engine/kernels.h"
+#include "engine/session.h"
+#include "layout/checkpoint.h"
+#include "layout/llama2c_reader.h"
+#include "layout/repack.h"
+#include "layout/synth.h"
+#include "tests/test_util.h"
+
+namespace flashlm::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using layout::DType;
+
+layout::ModelConfig Config() {
+  layout::ModelConfig c;
+  c.n_layers = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 20;  // kv_dim 40: a q8_0 row is two blocks, the second zero-padded
+  return c;
+}
+
+// Rows written through the paged cache come back through Keys/Values runs (which end at page
+// boundaries) and KvDot/KvAxpy: bit for bit in f32 (KvDot == DotF32), within the stated bound
+// in f16 (relative 2^-11) and q8_0 (half a step of the block's scale, plus the scale's f16
+// rounding).
+TEST(PagedKvCacheTest, RowsComeBackExactInF32AndWithinBoundOtherwise) {
+  flashlm::testing::ScratchDir dir;
+  const layout::ModelConfig c = Config();
+  const uint32_t kv_dim = 40, positions = 23, seqs = 2;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> k(uint64_t{seqs} * c.n_layers * positions * kv_dim), v(k.size());
+  for (float& x : k) x = nd(rng);
+  for (float& x : v) x = nd(rng);
+  auto at = [&](uint32_t s, uint32_t l, uint32_t p) {
+    return ((uint64_t{s} * c.n_layers + l) * positions + p) * kv_dim;
+  };
+  std::vector<float> q(kv_dim);
+  for (float& x : q) x = nd(rng);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0}) {
+    KvOptions o;
+    o.paged = true;
+    o.page_tokens = 5;
+    o.dtype = dtype;
+    o.spill_dir = dir.path().string();
+    auto layout = PagedKvCache::Layout(c, positions, seqs, o);
+    ASSERT_TRUE(layout.ok());
+    // The smallest pool: V pages spill, and attention's fetch brings them back.
+    auto kv =
+        PagedKvCache::Create(c, positions, seqs, o, cache::KvPageCache::MinimumPoolBytes(*layout),
+                             storage::BackendKind::kAuto, true);
+    ASSERT_TRUE(kv.ok()) << kv.status().ToString();
+    PagedKvCache& cache = **kv;
+    EXPECT_TRUE(cache.pages().spills());
+    for (uint32_t s = 0; s < seqs; ++s) {
+      for (uint32_t p = 0; p < positions; ++p) {
+        for (uint32_t l = 0; l < c.n_layers; ++l) {
+          ASSERT_TRUE(cache
+                          .Write(l, s, p, std::span<const float>(&k[at(s, l, p)], kv_dim),
+                                 std::span<const float>(&v[at(s, l, p)], kv_dim))
+                          .ok());
+        }
+      }
+      cache.SetLength(s, positions);
+    }
+    double worst = 0;
+    for (uint32_t s = 0; s < seqs; ++s) {
+      for (uint32_t l = 0; l < c.n_layers; ++l) {
+        ASSERT_TRUE(cache.FetchValues(l, s, positions).ok());
+        for (uint32_t p = 0; p < positions;) {
+          const KvRows kr = cache.Keys(l, s, p, positions - p);
+          const KvRows vr = cache.Values(l, s, p, positions - p);
+          ASSERT_EQ(kr.count, vr.count);
+          ASSERT_EQ(kr.count, std::min(5 - p % 5, positions - p));  // a page at most
+          for (uint32_t i = 0; i < kr.count; ++i) {
+            for (uint32_t h = 0; h < c.n_kv_heads; ++h) {
+              const uint32_t off = h * c.head_dim;
+              const float* want_k = &k[at(s, l, p + i)] + off;
+              const float* want_v = &v[at(s, l, p + i)] + off;
+              const float dot = KvDot(q.data(), kr, i, off, c.head_dim);
+              std::vector<float> got_v(c.head_dim, 0.0f), unit(c.head_dim, 0.0f);
+              KvAxpy(1.0f, vr, i, off, got_v.data(), c.head_dim);
+              if (dtype == DType::kF32) {
+                EXPECT_EQ(dot, DotF32(q.data(), want_k, c.head_dim));
+                EXPECT_EQ(got_v, std::vector<float>(want_v, want_v + c.head_dim));
+                continue;
+              }
+              // Bounds per value of V (the dot's error follows from K's, the same rule).
+              for (uint32_t j = 0; j < c.head_dim; ++j) {
+                const float x = want_v[j];
+                const double err = std::abs(double{got_v[j]} - x);
+                double bound;
+                if (dtype == DType::kF16) {
+                  bound = std::abs(x) * std::ldexp(1.0, -11) + 1e-7;
+                } else {
+                  const float* row = &v[at(s, l, p + i)];
+                  const uint32_t b = (off + j) / 32 * 32;
+                  float amax = 0;
+                  for (uint32_t e = b; e < std::min(b + 32, kv_dim); ++e) {
+                    amax = std::max(amax, std::abs(row[e]));
+                  }
+                  const double d = amax / 127.0;
+                  bound = d / 2 + 127 * d * std::ldexp(1.0, -11) + 1e-7;
+                }
+                worst = std::max(worst, err / bound);
+                EXPECT_LE(err, bound) << DTypeName(dtype) << " value " << x;
+              }
+            }
+          }
+          p += kr.count;
+        }
+        cache.ReleaseValues();
+      }
+    }
+    if (dtype != DType::kF32) {
+      RecordProperty(std::string(DTypeName(dtype)) + "_worst_error_over_bound",
+                     std::to_string(worst));
+    }
+    EXPECT_GT(cache.pages().stats().reads, 0u);
+  }
+}
+
+TEST(PagedKvCacheTest, BadOptionsAreRefused) {
+  const layout::ModelConfig c = Config();
+  KvOptions o;
+  o.dtype = DType::kQ4_0;
+  EXPECT_EQ(PagedKvCache::Layout(c, 16, 1, o).status().code(), StatusCode::kInvalidArgument);
+  o.dtype = DType::kF16;
+  o.page_tokens = 0;
+  EXPECT_EQ(PagedKvCache::Layout(c, 16, 1, o).status().code(), StatusCode::kInvalidArgument);
+  o.page_tokens = kKvPageTokensMax + 1;
+  EXPECT_EQ(PagedKvCache::Layout(c, 16, 1, o).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Greedy ids and the logits of every step, after a prompt (prefill) and `steps` decode steps.
+struct Trace {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+  EngineStats stats;
+  bool spills = false;
+};
+
+Result<Trace> RunTrace(const std::string& store, const KvOptions& kv, uint32_t steps,
+                       const std::string& tokenizer = "", const TopNSpec& topn = {}) {
+  SessionOptions o;
+  o.kv_topn = topn;
+  o.threads = 2;
+  o.tokenizer_path = tokenizer;
+  o.transformer.max_context = 96;
+  o.transformer.max_batch = 16;
+  o.kv = kv;
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Session::Open(store, o));
+  Trace t;
+  std::vector<int32_t> ids = {1, 7, 42, 99, 5, 17, 3, 250, 11, 60, 8, 2};
+  for (int32_t& id : ids) id %= static_cast<int32_t>(s->config().vocab_size);
+  std::span<const float> logits;
+  ASSIGN_OR_RETURN(logits, Prefill(s->model(), ids, 0));
+  for (uint32_t i = 0; i < steps; ++i) {
+    t.logits.insert(t.logits.end(), logits.begin(), logits.end());
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    ids.push_back(next);
+    ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&ids.back(), 1),
+                                                static_cast<uint32_t>(ids.size() - 1)));
+  }
+  t.ids = ids;
+  t.stats = s->stats();
+  t.spills = s->paged_kv() != nullptr && s->paged_kv()->pages().spills();
+  return t;
+}
+
+// f32 paged KV, all in DRAM or with V pages spilled to flash at the smallest pool, gives greedy
+// ids and logits identical to the flat cache (exact attention is bit-identical), for several
+// page sizes; f16 and q8_0 state their agreement.
+void ExpectPagedIdentical(const std::string& store, const std::string& tokenizer,
+                          const std::string& name) {
+  const uint32_t steps = 60;
+  KvOptions flat;
+  auto want = RunTrace(store, flat, steps, tokenizer);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  for (uint32_t page : {5u, 16u}) {
+    for (bool spill : {false, true}) {
+      KvOptions kv;
+      kv.paged = true;
+      kv.page_tokens = page;
+      if (spill) {
+        // The smallest pool the cache takes: K, one layer's V, the pages being filled.
+        SessionOptions probe;
+        kv.pool_bytes = 1;
+        probe.kv = kv;
+        probe.tokenizer_path = tokenizer;
+        probe.transformer.max_context = 96;
+        auto refused = Session::Open(store, probe);
+        ASSERT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+        const std::string msg(refused.status().message());
+        const size_t open = msg.find('(');
+        ASSERT_NE(open, std::string::npos) << msg;
+        kv.pool_bytes = std::stoull(msg.substr(open + 1));
+      }
+      auto got = RunTrace(store, kv, steps, tokenizer);
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(got->spills, spill) << name;
+      EXPECT_EQ(got->ids, want->ids) << name << " page " << page << " spill " << spill;
+      EXPECT_TRUE(got->logits == want->logits) << name << " page " << page << " spill " << spill;
+      if (spill) {
+        EXPECT_GT(got->stats.kv_bytes_read, 0u) << name;
+        EXPECT_GT(got->stats.kv_bytes_written, 0u) << name;
+      } else {
+        EXPECT_EQ(got->stats.kv_bytes_read, 0u) << name;
+      }
+      EXPECT_GT(got->stats.attention_ns, 0u);
+    }
+  }
+  for (DType dtype : {DType::kF16, DType::kQ8_0}) {
+    KvOptions kv;
+    kv.paged = true;
+    kv.dtype = dtype;
+    auto got = RunTrace(store, kv, steps, tokenizer);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    size_t agree = 0;
+    while (agree < got->ids.size() && got->ids[agree] == want->ids[agree]) ++agree;
+    double max_diff = 0;
+    const size_t n = std::min(got->logits.size(), want->logits.size());
+    const size_t vocab = want->logits.size() / steps;
+    // Logits compared only while the two runs have seen the same tokens.
+    for (size_t i = 0; i < n && i / vocab + 12 <= agree; ++i) {
+      max_diff = std::max(max_diff, double{std::abs(got->logits[i] - want->logits[i])});
+    }
+    ::testing::Test::RecordProperty(
+        name + "_" + std::string(DTypeName(dtype)) + "_greedy_prefix_agreeing",
+        std::to_string(agree - 12) + "/" + std::to_string(steps));
+    ::testing::Test::RecordProperty(name + "_" + std::string(DTypeName(dtype)) + "_max_logit_diff",
+                                    std::to_string(max_diff));
+    std::printf(
+        "%s %s KV: greedy agrees with f32 for %zu of %u tokens, max |logit diff| %.4g "
+        "while they agree\n",
+        name.c_str(), std::string(DTypeName(dtype)).c_str(), agree - 12, steps, max_diff);
+    // The first token after the prompt comes from the prompt's KV alone: it must agree.
+    EXPECT_GT(agree, 12u) << name << " " << DTypeName(dtype);
+    EXPECT_GT(max_diff, 0.0) << "a rounded KV cache cannot be bit-identical";
+  }
+}
+
+TEST(PagedKvCacheTest, Stories260KFromEachStoreIdenticalToFlat) {
+  FLASHLM_REQUIRE_SHARED_MODEL(tokp, "stories260K/tok512.bin");
+  int ran = 0;
+  for (const char* src : {"stories260K/stories260K.bin", "stories260K-gguf/stories260K.gguf",
+                          "stories260K-hf-derived"}) {
+    const fs::path p = ::flashlm::testing::SharedModel(src);
+    if (p.empty()) continue;
+    layout::OpenOptions open;
+    open.tokenizer_path = tokp.string();
+    auto ck = layout::OpenCheckpoint(p.string(), open);
+    if (!ck.ok()) ck = layout::OpenCheckpoint(p.string());
+    ASSERT_TRUE(ck.ok()) << src << ": " << ck.status().ToString();
+    ::flashlm::testing::ScratchDir dir;
+    const std::string store = (dir / "store").string();
+    ASSERT_TRUE(layout::Repack(**ck, store, {}).ok());
+    ExpectPagedIdentical(store, tokp.string(), fs::path(src).filename().string());
+    ++ran;
+  }
+  EXPECT_GT(ran, 0);
+}
+
+// The smallest pool Session::Open takes for `kv`, from the message of a 1-byte one.
+uint64_t MinimumPool(const std::string& store, KvOptions kv) {
+  SessionOptions probe;
+  kv.pool_bytes = 1;
+  probe.kv = kv;
+  probe.transformer.max_context = 96;
+  auto refused = Session::Open(store, probe);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  const std::string msg(refused.status().message());
+  const size_t open = msg.find('(');
+  return open == std::string::npos ? 0 : std::stoull(msg.substr(open + 1));
+}
+
+// Top-N attention with V pages on flash reads only the pages holding kept positions: its output
+// is identical to top-N over the same cache in DRAM (the same selection and sums), it reads
+// fewer bytes than exact attention with the same spill, and top-N with N >= the context is exact.
+TEST(PagedKvCacheTest, TopNWithSpilledValuesMatchesTopNInDram) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 9;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  const uint32_t steps = 60;
+  KvOptions dram;
+  dram.paged = true;
+  dram.page_tokens = 4;
+  KvOptions spilled = dram;
+  spilled.pool_bytes = MinimumPool(store, dram);
+  ASSERT_GT(spilled.pool_bytes, 0u);
+  auto exact = RunTrace(store, spilled, steps, "", TopNSpec{});
+  ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+  for (const char* spec : {"8", "10%"}) {
+    const TopNSpec topn = *TopNSpec::Parse(spec);
+    auto in_dram = RunTrace(store, dram, steps, "", topn);
+    auto on_flash = RunTrace(store, spilled, steps, "", topn);
+    ASSERT_TRUE(in_dram.ok() && on_flash.ok());
+    EXPECT_TRUE(on_flash->spills);
+    EXPECT_EQ(on_flash->ids, in_dram->ids) << spec;
+    EXPECT_TRUE(on_flash->logits == in_dram->logits) << spec;
+    EXPECT_GT(on_flash->stats.kv_bytes_read, 0u);
+    EXPECT_LT(on_flash->stats.kv_bytes_read, exact->stats.kv_bytes_read) << spec;
+    EXPECT_FALSE(on_flash->logits == exact->logits) << spec << " changes attention";
+  }
+  auto everything = RunTrace(store, spilled, steps, "", *TopNSpec::Parse("96"));
+  ASSERT_TRUE(everything.ok());
+  EXPECT_TRUE(everything->logits == exact->logits);
+}
+
+// Under --mem-budget the plan gives the KV cache its share: all of it when the budget allows,
+// else what the budget holds beyond the weights' minimum (V pages spilling), never more than
+// the budget; output stays identical.
+TEST(PagedKvCacheTest, TheBudgetGivesTheKvCacheItsShare) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 4;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 96;
+  o.kv.paged = true;
+  o.kv.page_tokens = 4;
+  o.budgeted = true;
+  auto all = Session::Open(store, o);
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  const cache::KvPageCache& full = (*all)->paged_kv()->pages();
+  EXPECT_EQ(full.pool_bytes(), cache::KvPageCache::FullPoolBytes(full.layout()));
+  EXPECT_FALSE(full.spills());
+  const uint64_t pool_full = full.pool_bytes();
+  const layout::VCacheLayout kl = full.layout();
+  const uint64_t stride = kl.page_stride_bytes();
+  all->reset();
+  // The minimum names the least KV pool; eight pages more go to the KV cache, not the weights.
+  o.budget_bytes = 1;
+  auto refused = Session::Open(store, o);
+  ASSERT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  const std::string msg(refused.status().message());
+  const size_t at = msg.find("minimum of ");
+  ASSERT_NE(at, std::string::npos) << msg;
+  const uint64_t minimum = std::stoull(msg.substr(at + 11));
+  o.budget_bytes = minimum;
+  auto least = Session::Open(store, o);
+  ASSERT_TRUE(least.ok()) << least.status().ToString();
+  EXPECT_EQ((*least)->paged_kv()->pages().pool_bytes(), cache::KvPageCache::MinimumPoolBytes(kl));
+  least->reset();
+  o.budget_bytes = minimum + 8 * stride;
+  auto tight = Session::Open(store, o);
+  ASSERT_TRUE(tight.ok()) << tight.status().ToString();
+  const cache::KvPageCache& part = (*tight)->paged_kv()->pages();
+  EXPECT_TRUE(part.spills());
+  EXPECT_LT(part.pool_bytes(), pool_full);
+  EXPECT_GT(part.pool_bytes(), cache::KvPageCache::MinimumPoolBytes(part.layout()));
+  EXPECT_LE((*tight)->planned_bytes(), o.budget_bytes);
+}
+
+TEST(PagedKvCacheTest, SynthModelIdenticalToFlat) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.dtype = DType::kQ8_0;
+  so.seed = 5;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  ExpectPagedIdentical(store, "", "synth-tiny");
+}
+
+}  // namespace
+}  // namespace flashlm::engine
