@@ -25,8 +25,9 @@ constexpr uint32_t kMaxTile = 4;                    // tokens per micro-kernel c
 
 uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlock)); }
 // Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
-// times the sum of the block's int8 values (q4_K's min term needs it).
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 8); }
+// times the sum of the block's int8 values (q4_K's min term), then per block the same for its
+// two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 16); }
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -209,7 +210,7 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 constexpr uint32_t kQ4KBytes = 144, kQ6KBytes = 210;
 
 // The 8 six-bit scales and 8 mins of a q4_K super-block (12 packed bytes at p), as bytes.
-inline void UnpackQ4KScales(const std::byte* p, uint8_t sc[8], uint8_t m[8]) {
+__attribute__((always_inline)) inline void UnpackQ4KScales(const std::byte* p, uint8_t sc[8], uint8_t m[8]) {
   uint32_t u[3];
   std::memcpy(u, p, 12);
   const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu, m_lo = u[1] & 0x3F3F3F3Fu;
@@ -238,50 +239,68 @@ void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
             const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
 #ifdef FLASHLM_AVX2
-  __m256 acc[NT], macc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = macc[t] = _mm256_setzero_ps();
+  // Two accumulators per token (low- and high-nibble sub-blocks) halve the FMA latency chain.
+  __m256 acc[NT][2], macc[NT];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = macc[t] = _mm256_setzero_ps();
   float mtail[NT] = {};
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  for (uint32_t b = 0; b < nsb; ++b) {
+  const uint32_t full = nb / 8;  // super-blocks whose 8 activation blocks all exist
+  for (uint32_t b = 0; b < full; ++b) {
+    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
+    const __m256 d = _mm256_set1_ps(HalfToFloat(blk)), dmin = _mm256_set1_ps(HalfToFloat(blk + 2));
+    uint64_t sc8, m8;
+    UnpackQ4KScales(blk + 4, reinterpret_cast<uint8_t*>(&sc8), reinterpret_cast<uint8_t*>(&m8));
+    const __m256 dsc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                            _mm_cvtsi64_si128(static_cast<int64_t>(sc8)))));
+    const __m256 dm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                              _mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
+    const uint32_t a0 = 8 * b;
+    alignas(32) float coef[NT][8];  // d * sc[j] * xd[t][a0 + j]
+    for (int t = 0; t < NT; ++t) {
+      _mm256_store_ps(coef[t], _mm256_mul_ps(dsc, _mm256_loadu_ps(xd[t] + a0)));
+      macc[t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(xs[t] + a0), macc[t]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
+      const __m256i lo = _mm256_and_si256(bytes, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* x = xq[t] + uint64_t{a0 + 2 * i} * kBlock;
+        const __m256i p_lo = DotU8I8(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+        const __m256i p_hi =
+            DotU8I8(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kBlock)));
+        acc[t][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i]), _mm256_cvtepi32_ps(p_lo),
+                                    acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i + 1]),
+                                    _mm256_cvtepi32_ps(p_hi), acc[t][1]);
+      }
+    }
+  }
+  if (full < nsb) {  // the last super-block meets fewer than 8 activation blocks
+    const uint32_t b = full;
     const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
     const float d = HalfToFloat(blk), dmin = HalfToFloat(blk + 2);
     uint8_t sc[8], m[8];
     UnpackQ4KScales(blk + 4, sc, m);
-    const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);  // activation blocks here
-    for (uint32_t i = 0; 2 * i < count; ++i) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
-      const __m256i lo = _mm256_and_si256(bytes, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-      const float d_lo = d * sc[2 * i], d_hi = d * sc[2 * i + 1];
-      const bool has_hi = 2 * i + 1 < count;
+    const uint32_t a0 = 8 * b, count = nb - a0;
+    for (uint32_t j = 0; j < count; ++j) {
+      const __m256i bytes =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * (j / 2)));
+      const __m256i q = j % 2 == 0 ? _mm256_and_si256(bytes, low4)
+                                   : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
       for (int t = 0; t < NT; ++t) {
-        const int8_t* x = xq[t] + uint64_t{a0 + 2 * i} * kBlock;
-        const __m256i p_lo =
-            DotU8I8(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d_lo * xd[t][a0 + 2 * i]),
-                                 _mm256_cvtepi32_ps(p_lo), acc[t]);
-        if (has_hi) {
-          const __m256i p_hi =
-              DotU8I8(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kBlock)));
-          acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d_hi * xd[t][a0 + 2 * i + 1]),
-                                   _mm256_cvtepi32_ps(p_hi), acc[t]);
-        }
-      }
-    }
-    if (count == 8) {  // min term: dmin * sum_j m[j] * xs[a0 + j], 8 lanes at once
-      uint64_t m8;
-      std::memcpy(&m8, m, 8);
-      const __m256 mv = _mm256_mul_ps(
-          _mm256_set1_ps(dmin),
-          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
-      for (int t = 0; t < NT; ++t) macc[t] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs[t] + a0), macc[t]);
-    } else {
-      for (uint32_t j = 0; j < count; ++j) {
-        for (int t = 0; t < NT; ++t) mtail[t] += dmin * m[j] * xs[t][a0 + j];
+        const int8_t* x = xq[t] + uint64_t{a0 + j} * kBlock;
+        const __m256i p = DotU8I8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+        acc[t][0] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[j] * xd[t][a0 + j]),
+                                    _mm256_cvtepi32_ps(p), acc[t][0]);
+        mtail[t] += dmin * m[j] * xs[t][a0 + j];
       }
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(acc[t]) - HorizontalSum(macc[t]) - mtail[t];
+  for (int t = 0; t < NT; ++t) {
+    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) - HorizontalSum(macc[t]) -
+             mtail[t];
+  }
 #else
   float sums[NT] = {};
   for (uint32_t b = 0; b < nsb; ++b) {
@@ -308,14 +327,18 @@ void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
 }
 
 template <int NT>
-void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
-            float* out) {
+void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+            const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
 #ifdef FLASHLM_AVX2
-  __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  // sum (q - 32) * x = sum q * x - 32 * sum x: the products use the unsigned 6-bit q, and the
+  // offset is one FMA per half super-block against the activations' half-block sums
+  // (xs[t] + nb, scaled like xd). Two accumulators per token (even and odd quarters) halve the
+  // FMA latency chain.
+  __m256 acc[NT][2], offset[NT];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = offset[t] = _mm256_setzero_ps();
+  float offset_tail[NT] = {};
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
-  const __m256i bias = _mm256_set1_epi8(32);
   // Lanes 0-3 of a block's int32 dot cover its values 0..15 (scale 2k of the half), lanes 4-7
   // values 16..31 (scale 2k+1).
   const __m256i pick[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
@@ -324,15 +347,15 @@ void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
                            _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
   for (uint32_t b = 0; b < nsb; ++b) {
     const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
-    const float d = HalfToFloat(blk + 208);
+    const __m256 d = _mm256_set1_ps(HalfToFloat(blk + 208));
     const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);
     for (uint32_t h = 0; 4 * h < count; ++h) {
       const std::byte* ql = blk + 64 * h;
       const std::byte* qh = blk + 128 + 32 * h;
       // The half's 8 scales as f32 times d.
       const __m256 scales = _mm256_mul_ps(
-          _mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                 reinterpret_cast<const __m128i*>(blk + 192 + 8 * h)))));
+          d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                 _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 192 + 8 * h)))));
       const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
       const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
       const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
@@ -345,22 +368,43 @@ void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
       q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-      const uint32_t kn = std::min(4u, count - 4 * h);
-      for (uint32_t k = 0; k < kn; ++k) {
-        const __m256i qs = _mm256_sub_epi8(q[k], bias);  // [-32, 31]
+      auto quarter = [&](uint32_t k) {
         const __m256 sk = _mm256_permutevar8x32_ps(scales, pick[k]);
         const uint32_t a = a0 + 4 * h + k;
         for (int t = 0; t < NT; ++t) {
           const __m256i x =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + uint64_t{a} * kBlock));
-          acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(sk, _mm256_set1_ps(xd[t][a])),
-                                   _mm256_cvtepi32_ps(DotI8(qs, x)), acc[t]);
+          acc[t][k % 2] = _mm256_fmadd_ps(_mm256_mul_ps(sk, _mm256_set1_ps(xd[t][a])),
+                                          _mm256_cvtepi32_ps(DotU8I8(q[k], x)), acc[t][k % 2]);
+        }
+      };
+      const uint32_t kn = std::min(4u, count - 4 * h);
+      const uint32_t first = a0 + 4 * h;  // the half's first activation block
+      if (kn == 4) {
+        quarter(0), quarter(1), quarter(2), quarter(3);
+        // Lane i of `scales` is the scale of half-block i of the half's 4 activation blocks.
+        for (int t = 0; t < NT; ++t) {
+          offset[t] = _mm256_fmadd_ps(scales, _mm256_loadu_ps(xs[t] + nb + 2 * first), offset[t]);
+        }
+      } else {
+        alignas(32) float sc_f[8];
+        _mm256_store_ps(sc_f, scales);
+        for (uint32_t k = 0; k < kn; ++k) {
+          quarter(k);
+          for (int t = 0; t < NT; ++t) {
+            const float* hs = xs[t] + nb + 2 * (first + k);
+            offset_tail[t] += sc_f[2 * k] * hs[0] + sc_f[2 * k + 1] * hs[1];
+          }
         }
       }
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(acc[t]);
+  for (int t = 0; t < NT; ++t) {
+    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) -
+             32.0f * (HorizontalSum(offset[t]) + offset_tail[t]);
+  }
 #else
+  (void)xs;  // the scalar path subtracts the offset per value
   float sums[NT] = {};
   for (uint32_t b = 0; b < nsb; ++b) {
     const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
@@ -472,7 +516,7 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     case DType::kQ6_K:
-      return RowQ6K<NT>(row, xq, xd, Blocks(w.cols), out);
+      return RowQ6K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     default:
       CHECK(false && "unsupported dtype in MatMul");
   }
@@ -503,6 +547,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     int8_t* q = reinterpret_cast<int8_t*>(base);
     float* d = reinterpret_cast<float*>(base + uint64_t{nb} * kBlock);
     float* sum = d + nb;
+    float* half_sum = sum + nb;
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
@@ -510,13 +555,15 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
       const float scale = amax / 127.0f;
       const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
-      int32_t isum = 0;
+      int32_t isum[2] = {0, 0};
       for (uint32_t j = 0; j < kBlock; ++j) {
         q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
-        isum += q[c0 + j];
+        isum[j / 16] += q[c0 + j];
       }
       d[b] = scale;
-      sum[b] = scale * static_cast<float>(isum);
+      sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
+      half_sum[2 * b] = scale * static_cast<float>(isum[0]);
+      half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
     }
   }
 }

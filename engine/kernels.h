@@ -59,7 +59,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
-// block the scale times the sum of its int8 values).
+// block the scale times the sum of its int8 values, then the same for each half of 16).
 void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
                          ByteSpan scratch);
 
