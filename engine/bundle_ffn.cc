@@ -8,7 +8,11 @@
 namespace flashlm::engine {
 namespace {
 
-constexpr uint32_t kDownBlock = layout::kQBlockValues;  // down rows per work item
+// Down rows per work item: whole blocks of the dtype, as AxpyRow needs (32 for q8_0 / q4_0 and
+// the element types, 256 for q4_K / q6_K).
+uint32_t DownBlock(layout::DType dtype) {
+  return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
+}
 
 // Asks for bytes [p, p + n) to be brought into the cache ahead of use. Bundles sit apart (cache
 // slots, streaming buffers), so the hardware's stream detection, which follows one address
@@ -147,11 +151,12 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
     }
   });
   // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
-  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, kDownBlock));
+  const uint32_t down_block = DownBlock(g_.dtype);
+  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
   const uint64_t down_offset = g_.down_offset();
   pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
-    const uint32_t r0 = static_cast<uint32_t>(begin) * kDownBlock;
-    const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * kDownBlock, dim);
+    const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
+    const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, dim);
     const uint64_t src_offset = down_offset + layout::RowBytes(g_.dtype, r0);
     const uint64_t src_bytes = layout::RowBytes(g_.dtype, r1 - r0);
     constexpr uint32_t kAhead = 4;  // bundles whose down slice is requested ahead

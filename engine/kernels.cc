@@ -24,8 +24,10 @@ constexpr uint32_t kQ4Bytes = 18;                   // f16 d + 16 nibble bytes
 constexpr uint32_t kMaxTile = 4;                    // tokens per micro-kernel call
 
 uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlock)); }
-// Scratch bytes per token: int8 values, then one f32 scale per block.
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 4); }
+// Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
+// times the sum of the block's int8 values (q4_K's min term), then per block the same for its
+// two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 16); }
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -199,6 +201,238 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 #endif
 }
 
+
+// ---- q4_K / q6_K rows against NT q8-quantised token vectors ---------------------------------
+// A super-block of 256 weights meets 8 activation blocks of 32: sub-block j of super-block b is
+// activation block 8b + j. xs[t][blk] = xd[t][blk] * (sum of the block's int8 values).
+// `nb` counts activation blocks (ceil(cols / 32)); the row's padding past them is never read.
+
+constexpr uint32_t kQ4KBytes = 144, kQ6KBytes = 210;
+
+// The 8 six-bit scales and 8 mins of a q4_K super-block (12 packed bytes at p), as bytes.
+__attribute__((always_inline)) inline void UnpackQ4KScales(const std::byte* p, uint8_t sc[8], uint8_t m[8]) {
+  uint32_t u[3];
+  std::memcpy(u, p, 12);
+  const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu, m_lo = u[1] & 0x3F3F3F3Fu;
+  // Sub-blocks 4..7: low 4 bits in bytes 8..11, high 2 bits in the top bits of bytes 0..3 / 4..7.
+  const uint32_t sc_hi = (u[2] & 0x0F0F0F0Fu) | ((u[0] >> 2) & 0x30303030u);
+  const uint32_t m_hi = ((u[2] >> 4) & 0x0F0F0F0Fu) | ((u[1] >> 2) & 0x30303030u);
+  std::memcpy(sc, &sc_lo, 4);
+  std::memcpy(sc + 4, &sc_hi, 4);
+  std::memcpy(m, &m_lo, 4);
+  std::memcpy(m + 4, &m_hi, 4);
+}
+
+#ifdef FLASHLM_AVX2
+// Sum over 32 lanes of unsigned a (< 128) times signed b, as 8 int32 lanes.
+inline __m256i DotU8I8(__m256i a, __m256i b) {
+#ifdef FLASHLM_VNNI
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+template <int NT>
+void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+            const float* const* xs, uint32_t nb, float* out) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+#ifdef FLASHLM_AVX2
+  // Two accumulators per token (low- and high-nibble sub-blocks) halve the FMA latency chain.
+  __m256 acc[NT][2], macc[NT];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = macc[t] = _mm256_setzero_ps();
+  float mtail[NT] = {};
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const uint32_t full = nb / 8;  // super-blocks whose 8 activation blocks all exist
+  for (uint32_t b = 0; b < full; ++b) {
+    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
+    const __m256 d = _mm256_set1_ps(HalfToFloat(blk)), dmin = _mm256_set1_ps(HalfToFloat(blk + 2));
+    uint64_t sc8, m8;
+    UnpackQ4KScales(blk + 4, reinterpret_cast<uint8_t*>(&sc8), reinterpret_cast<uint8_t*>(&m8));
+    const __m256 dsc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                            _mm_cvtsi64_si128(static_cast<int64_t>(sc8)))));
+    const __m256 dm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                              _mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
+    const uint32_t a0 = 8 * b;
+    alignas(32) float coef[NT][8];  // d * sc[j] * xd[t][a0 + j]
+    for (int t = 0; t < NT; ++t) {
+      _mm256_store_ps(coef[t], _mm256_mul_ps(dsc, _mm256_loadu_ps(xd[t] + a0)));
+      macc[t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(xs[t] + a0), macc[t]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
+      const __m256i lo = _mm256_and_si256(bytes, low4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* x = xq[t] + uint64_t{a0 + 2 * i} * kBlock;
+        const __m256i p_lo = DotU8I8(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+        const __m256i p_hi =
+            DotU8I8(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kBlock)));
+        acc[t][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i]), _mm256_cvtepi32_ps(p_lo),
+                                    acc[t][0]);
+        acc[t][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i + 1]),
+                                    _mm256_cvtepi32_ps(p_hi), acc[t][1]);
+      }
+    }
+  }
+  if (full < nsb) {  // the last super-block meets fewer than 8 activation blocks
+    const uint32_t b = full;
+    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
+    const float d = HalfToFloat(blk), dmin = HalfToFloat(blk + 2);
+    uint8_t sc[8], m[8];
+    UnpackQ4KScales(blk + 4, sc, m);
+    const uint32_t a0 = 8 * b, count = nb - a0;
+    for (uint32_t j = 0; j < count; ++j) {
+      const __m256i bytes =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * (j / 2)));
+      const __m256i q = j % 2 == 0 ? _mm256_and_si256(bytes, low4)
+                                   : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* x = xq[t] + uint64_t{a0 + j} * kBlock;
+        const __m256i p = DotU8I8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+        acc[t][0] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[j] * xd[t][a0 + j]),
+                                    _mm256_cvtepi32_ps(p), acc[t][0]);
+        mtail[t] += dmin * m[j] * xs[t][a0 + j];
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) - HorizontalSum(macc[t]) -
+             mtail[t];
+  }
+#else
+  float sums[NT] = {};
+  for (uint32_t b = 0; b < nsb; ++b) {
+    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
+    const float d = HalfToFloat(blk), dmin = HalfToFloat(blk + 2);
+    uint8_t sc[8], m[8];
+    UnpackQ4KScales(blk + 4, sc, m);
+    const auto* q = reinterpret_cast<const uint8_t*>(blk + 16);
+    const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);
+    for (uint32_t j = 0; j < count; ++j) {
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* x = xq[t] + uint64_t{a0 + j} * kBlock;
+        int32_t s = 0;
+        for (uint32_t l = 0; l < kBlock; ++l) {
+          const uint8_t byte = q[32 * (j / 2) + l];
+          s += (j % 2 == 0 ? (byte & 0x0F) : (byte >> 4)) * x[l];
+        }
+        sums[t] += d * sc[j] * xd[t][a0 + j] * static_cast<float>(s) - dmin * m[j] * xs[t][a0 + j];
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = sums[t];
+#endif
+}
+
+template <int NT>
+void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+            const float* const* xs, uint32_t nb, float* out) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+#ifdef FLASHLM_AVX2
+  // sum (q - 32) * x = sum q * x - 32 * sum x: the products use the unsigned 6-bit q, and the
+  // offset is one FMA per half super-block against the activations' half-block sums
+  // (xs[t] + nb, scaled like xd). Two accumulators per token (even and odd quarters) halve the
+  // FMA latency chain.
+  __m256 acc[NT][2], offset[NT];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = offset[t] = _mm256_setzero_ps();
+  float offset_tail[NT] = {};
+  const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+  // Lanes 0-3 of a block's int32 dot cover its values 0..15 (scale 2k of the half), lanes 4-7
+  // values 16..31 (scale 2k+1).
+  const __m256i pick[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+                           _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                           _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
+                           _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+  for (uint32_t b = 0; b < nsb; ++b) {
+    const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
+    const __m256 d = _mm256_set1_ps(HalfToFloat(blk + 208));
+    const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);
+    for (uint32_t h = 0; 4 * h < count; ++h) {
+      const std::byte* ql = blk + 64 * h;
+      const std::byte* qh = blk + 128 + 32 * h;
+      // The half's 8 scales as f32 times d.
+      const __m256 scales = _mm256_mul_ps(
+          d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                 _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 192 + 8 * h)))));
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4),
+                             _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+      auto quarter = [&](uint32_t k) {
+        const __m256 sk = _mm256_permutevar8x32_ps(scales, pick[k]);
+        const uint32_t a = a0 + 4 * h + k;
+        for (int t = 0; t < NT; ++t) {
+          const __m256i x =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + uint64_t{a} * kBlock));
+          acc[t][k % 2] = _mm256_fmadd_ps(_mm256_mul_ps(sk, _mm256_set1_ps(xd[t][a])),
+                                          _mm256_cvtepi32_ps(DotU8I8(q[k], x)), acc[t][k % 2]);
+        }
+      };
+      const uint32_t kn = std::min(4u, count - 4 * h);
+      const uint32_t first = a0 + 4 * h;  // the half's first activation block
+      if (kn == 4) {
+        quarter(0), quarter(1), quarter(2), quarter(3);
+        // Lane i of `scales` is the scale of half-block i of the half's 4 activation blocks.
+        for (int t = 0; t < NT; ++t) {
+          offset[t] = _mm256_fmadd_ps(scales, _mm256_loadu_ps(xs[t] + nb + 2 * first), offset[t]);
+        }
+      } else {
+        alignas(32) float sc_f[8];
+        _mm256_store_ps(sc_f, scales);
+        for (uint32_t k = 0; k < kn; ++k) {
+          quarter(k);
+          for (int t = 0; t < NT; ++t) {
+            const float* hs = xs[t] + nb + 2 * (first + k);
+            offset_tail[t] += sc_f[2 * k] * hs[0] + sc_f[2 * k + 1] * hs[1];
+          }
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) -
+             32.0f * (HorizontalSum(offset[t]) + offset_tail[t]);
+  }
+#else
+  (void)xs;  // the scalar path subtracts the offset per value
+  float sums[NT] = {};
+  for (uint32_t b = 0; b < nsb; ++b) {
+    const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
+    const auto* ql = reinterpret_cast<const uint8_t*>(blk);
+    const auto* qh = reinterpret_cast<const uint8_t*>(blk + 128);
+    const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    const float d = HalfToFloat(blk + 208);
+    const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);
+    for (uint32_t j = 0; j < count; ++j) {  // activation block a0 + j: half j / 4, quarter j % 4
+      const uint32_t h = j / 4, k = j % 4;
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* x = xq[t] + uint64_t{a0 + j} * kBlock;
+        int32_t s[2] = {0, 0};  // values 0..15 and 16..31 of the block
+        for (uint32_t l = 0; l < kBlock; ++l) {
+          const uint8_t lb = ql[64 * h + l + (k % 2) * 32];
+          const int lo = k < 2 ? (lb & 0x0F) : (lb >> 4);
+          const int hi = (qh[32 * h + l] >> (2 * k)) & 3;
+          s[l / 16] += ((lo | (hi << 4)) - 32) * x[l];
+        }
+        const int8_t* s2 = sc + 8 * h + 2 * k;
+        sums[t] += d * xd[t][a0 + j] * (static_cast<float>(s2[0] * s[0] + s2[1] * s[1]));
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = sums[t];
+#endif
+}
+
 #ifdef FLASHLM_AVX2
 // R rows x NT tokens of q8_0/q4_0 against q8 activations: R x NT independent accumulators.
 template <int R, int NT, bool kQ4>
@@ -268,7 +502,7 @@ bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t*
 
 template <int NT>
 void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
-                 const float* const* xd, float* out) {
+                 const float* const* xd, const float* const* xs, float* out) {
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   switch (w.dtype) {
     case DType::kF32:
@@ -279,12 +513,19 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
       return RowQ<NT, false>(row, xq, xd, Blocks(w.cols), out);
     case DType::kQ4_0:
       return RowQ<NT, true>(row, xq, xd, Blocks(w.cols), out);
+    case DType::kQ4_K:
+      return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
+    case DType::kQ6_K:
+      return RowQ6K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     default:
       CHECK(false && "unsupported dtype in MatMul");
   }
 }
 
-bool IsBlockType(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+// Dtypes multiplied against q8 activations.
+bool IsBlockType(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ4_0 || t == DType::kQ4_K || t == DType::kQ6_K;
+}
 
 }  // namespace
 
@@ -305,6 +546,8 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     std::byte* base = scratch.data() + t * QTokenBytes(cols);
     int8_t* q = reinterpret_cast<int8_t*>(base);
     float* d = reinterpret_cast<float*>(base + uint64_t{nb} * kBlock);
+    float* sum = d + nb;
+    float* half_sum = sum + nb;
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
@@ -312,10 +555,15 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
       const float scale = amax / 127.0f;
       const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+      int32_t isum[2] = {0, 0};
       for (uint32_t j = 0; j < kBlock; ++j) {
         q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
+        isum[j / 16] += q[c0 + j];
       }
       d[b] = scale;
+      sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
+      half_sum[2 * b] = scale * static_cast<float>(isum[0]);
+      half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
     }
   }
 }
@@ -333,12 +581,14 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     const float* xs[kMaxTile] = {};
     const int8_t* xq[kMaxTile] = {};
     const float* xd[kMaxTile] = {};
+    const float* xsum[kMaxTile] = {};
     for (uint32_t i = 0; i < nt; ++i) {
       xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
       if (quantized) {
         const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
         xq[i] = reinterpret_cast<const int8_t*>(base);
         xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+        xsum[i] = xd[i] + nb;
       }
     }
     uint32_t r = row_begin;
@@ -368,16 +618,16 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
       float out[kMaxTile];
       switch (nt) {
         case 1:
-          RowDispatch<1>(w, r, xs, xq, xd, out);
+          RowDispatch<1>(w, r, xs, xq, xd, xsum, out);
           break;
         case 2:
-          RowDispatch<2>(w, r, xs, xq, xd, out);
+          RowDispatch<2>(w, r, xs, xq, xd, xsum, out);
           break;
         case 3:
-          RowDispatch<3>(w, r, xs, xq, xd, out);
+          RowDispatch<3>(w, r, xs, xq, xd, xsum, out);
           break;
         default:
-          RowDispatch<4>(w, r, xs, xq, xd, out);
+          RowDispatch<4>(w, r, xs, xq, xd, xsum, out);
           break;
       }
       for (uint32_t i = 0; i < nt; ++i) y[uint64_t{t0 + i} * w.rows + r] = out[i];
@@ -405,6 +655,18 @@ void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, st
 double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   double sum = 0.0;
+  if (w.dtype == DType::kQ4_K || w.dtype == DType::kQ6_K) {  // one super-block at a time
+    const uint32_t per = layout::kKBlockValues;
+    const uint64_t block_bytes = layout::RowBytes(w.dtype, per);
+    float v[layout::kKBlockValues];
+    for (uint32_t c0 = 0; c0 < w.cols; c0 += per) {
+      const uint32_t n = std::min(per, w.cols - c0);
+      CHECK_OK(layout::DequantizeRow(w.dtype, ConstByteSpan(row + c0 / per * block_bytes, block_bytes),
+                                     std::span<float>(v, n)));
+      for (uint32_t i = 0; i < n; ++i) sum += double(v[i]) * x[c0 + i];
+    }
+    return sum;
+  }
   for (uint32_t c = 0; c < w.cols; ++c) {
     double v = 0.0;
     switch (w.dtype) {
@@ -499,6 +761,19 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
     const float* v = reinterpret_cast<const float*>(w);
     for (uint32_t t = 0; t < n_tokens; ++t) {
       if (a[t] != 0.0f) AxpyF32(a[t], v, y + t * y_stride, len);
+    }
+    return;
+  }
+  if (dtype == DType::kQ4_K || dtype == DType::kQ6_K) {  // a super-block of 256 at a time
+    const uint32_t per = layout::kKBlockValues;
+    const uint64_t block_bytes = layout::RowBytes(dtype, per);
+    float v[layout::kKBlockValues];
+    for (uint32_t c = 0; c < len; c += per, w += block_bytes) {
+      const uint32_t m = std::min(per, len - c);
+      CHECK_OK(layout::DequantizeRow(dtype, ConstByteSpan(w, block_bytes), std::span<float>(v, m)));
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        if (a[t] != 0.0f) AxpyF32(a[t], v, y + t * y_stride + c, m);
+      }
     }
     return;
   }

@@ -1,10 +1,14 @@
 // Kernels of the forward pass: matrix-vector and small matrix-matrix products over weight
-// matrices in f32, f16, q8_0 and q4_0, plus the element-wise pieces (RMSNorm, softmax, SwiGLU).
+// matrices in f32, f16, q8_0, q4_0, q4_K and q6_K, plus the element-wise pieces (RMSNorm,
+// softmax, SwiGLU).
 //
 // Weights are read through MatrixView (bytes in the matrix's own dtype, rows back to back,
 // RowBytes(dtype, cols) per row; block formats zero-pad the last block of each row).
-// For q8_0 and q4_0, the activations are first quantised to q8 blocks (one f32 scale per 32
-// values) and the products are int8 dot products, as llama.cpp does. Each product has an AVX2
+// For q8_0, q4_0, q4_K and q6_K, the activations are first quantised to q8 blocks (one f32 scale
+// per 32 values) and the products are int8 dot products, as llama.cpp does (which quantises
+// activations against q4_K / q6_K in blocks of 256; ours stay at 32, one block per q4_K
+// sub-block and per pair of q6_K sub-blocks, so every block product is scaled in f32). q4_K's
+// min term uses each activation block's precomputed sum. Each product has an AVX2
 // path (with AVX-VNNI / AVX512-VNNI when the compiler targets it; f32 uses AVX-512 tiles of 4 rows
 // x up to 4 tokens when available) and a portable scalar fallback; all use the same block
 // arithmetic, so results differ only in f32 summation order.
@@ -35,7 +39,7 @@ struct MatrixView {
   ConstByteSpan row(uint32_t r) const { return bytes.subspan(r * row_bytes(), row_bytes()); }
 };
 
-// True for dtypes MatMul handles (f32, f16, q8_0, q4_0).
+// True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);
 
 // Bytes of scratch MatMul needs to quantise `n_tokens` activation rows of `cols` values.
@@ -54,7 +58,8 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
                 std::span<float> y);
 
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
-// for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales).
+// for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
+// block the scale times the sum of its int8 values, then the same for each half of 16).
 void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
                          ByteSpan scratch);
 
@@ -74,7 +79,8 @@ float DotF32(const float* a, const float* b, uint32_t n);
 void AxpyF32(float a, const float* x, float* y, uint32_t n);
 // y[t][0..len) += a[t] * v[0..len) for t < n_tokens, where v is `len` values of one weight row
 // stored in `dtype` at `w` (RowBytes(dtype, len) bytes; for block dtypes the slice starts at a
-// block boundary and a partial last block is zero-padded). y's rows are y_stride floats apart.
+// multiple of layout::BlockValues(dtype) — 256 for q4_K / q6_K — and a partial last block is
+// zero-padded). y's rows are y_stride floats apart.
 // Tokens with a[t] == 0 are skipped (exact for finite weights). Each value is dequantised exactly
 // as layout::DequantizeRow does (no q8 rounding of a or y). The neuron-bundle FFN uses it for down
 // columns.

@@ -28,7 +28,7 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
                                                std::span<const uint64_t> shape) {
   const layout::TensorInfo* info = ckpt.FindTensor(name);
   if (info == nullptr) return NotFoundError("checkpoint has no tensor " + name);
-  // bf16, q4_K, q6_K: converted to f32 once, here.
+  // bf16 (the one dtype without a kernel): converted to f32 once, here.
   const bool convert = !MatMulSupports(info->dtype);
   layout::TensorInfo as_loaded = *info;
   if (convert) as_loaded.dtype = DType::kF32;

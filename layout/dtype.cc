@@ -1,5 +1,6 @@
 #include "layout/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -9,7 +10,7 @@ namespace {
 
 constexpr uint64_t kQ8Bytes = 2 + kQBlockValues;      // f16 d + 32 x int8
 constexpr uint64_t kQ4Bytes = 2 + kQBlockValues / 2;  // f16 d + 16 bytes of nibbles
-constexpr uint64_t kKValues = 256;                    // q4_K / q6_K super-block
+constexpr uint64_t kKValues = kKBlockValues;              // q4_K / q6_K super-block
 constexpr uint64_t kQ4KBytes = 2 + 2 + 12 + kKValues / 2;
 constexpr uint64_t kQ6KBytes = kKValues / 2 + kKValues / 4 + kKValues / 16 + 2;
 
@@ -73,6 +74,106 @@ void DequantQ6KBlock(const std::byte* blk, float* y) {  // y: [256] f32
   }
 }
 
+
+// Packs sub-block scale sc and min m (6 bits each) of sub-block j: the inverse of ScaleMinK4.
+void PackScaleMinK4(int j, uint8_t sc, uint8_t m, uint8_t* q) {
+  if (j < 4) {
+    q[j] = (q[j] & 0xC0) | sc;
+    q[j + 4] = (q[j + 4] & 0xC0) | m;
+  } else {
+    q[j + 4] = static_cast<uint8_t>((sc & 0x0F) | ((m & 0x0F) << 4));
+    q[j - 4] = static_cast<uint8_t>((q[j - 4] & 0x3F) | ((sc >> 4) << 6));
+    q[j] = static_cast<uint8_t>((q[j] & 0x3F) | ((m >> 4) << 6));
+  }
+}
+
+// One q4_K super-block from 256 values (x: [256] f32). Each sub-block of 32 gets the affine map
+// [min(0, lo), hi] -> [0, 15]; the 8 scales and 8 mins are then quantised to 6 bits against the
+// super-block's d and dmin (both f16), and the values are rounded against the scales actually
+// stored, so dequantisation is within half a step (plus the 6-bit rounding of the scale) of x.
+void QuantQ4KBlock(const float* x, std::byte* blk) {
+  float scale[8], min[8];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    float lo = 0, hi = x[32 * j];
+    for (int l = 0; l < 32; ++l) {
+      lo = std::min(lo, x[32 * j + l]);
+      hi = std::max(hi, x[32 * j + l]);
+    }
+    hi = std::max(hi, lo);
+    scale[j] = (hi - lo) / 15.0f;
+    min[j] = -lo;
+    max_scale = std::max(max_scale, scale[j]);
+    max_min = std::max(max_min, min[j]);
+  }
+  const uint16_t d16 = F32ToF16(max_scale / 63.0f), dmin16 = F32ToF16(max_min / 63.0f);
+  const float d = F16ToF32(d16), dmin = F16ToF32(dmin16);
+  StoreU16(blk, d16);
+  StoreU16(blk + 2, dmin16);
+  auto* scales = reinterpret_cast<uint8_t*>(blk + 4);
+  std::memset(scales, 0, 12);
+  auto* q = reinterpret_cast<uint8_t*>(blk + 16);
+  std::memset(q, 0, 128);
+  for (int j = 0; j < 8; ++j) {
+    // Round the scale up so that the sub-block's range still fits in 15 steps.
+    const int sc = d > 0 ? std::min(63, static_cast<int>(std::ceil(scale[j] / d - 1e-4f))) : 0;
+    const int m = dmin > 0 ? std::min(63, static_cast<int>(std::lround(min[j] / dmin))) : 0;
+    PackScaleMinK4(j, static_cast<uint8_t>(sc), static_cast<uint8_t>(m), scales);
+    const float ds = d * sc, dm = dmin * m;
+    const float inv = ds > 0 ? 1.0f / ds : 0.0f;
+    for (int l = 0; l < 32; ++l) {
+      const int v = std::clamp(static_cast<int>(std::lround((x[32 * j + l] + dm) * inv)), 0, 15);
+      q[32 * (j / 2) + l] |= static_cast<uint8_t>(j % 2 == 0 ? v : v << 4);
+    }
+  }
+}
+
+// One q6_K super-block from 256 values (x: [256] f32). Each sub-block of 16 gets the scale that
+// maps its value of largest magnitude to -32 (as GGML does); the 16 scales are int8 against the
+// super-block's f16 d, and the values are rounded against the scales actually stored.
+void QuantQ6KBlock(const float* x, std::byte* blk) {
+  float scale[16];
+  float max_abs_scale = 0;
+  for (int i = 0; i < 16; ++i) {
+    float amax = 0, max = 0;
+    for (int l = 0; l < 16; ++l) {
+      if (std::fabs(x[16 * i + l]) > amax) {
+        amax = std::fabs(x[16 * i + l]);
+        max = x[16 * i + l];
+      }
+    }
+    scale[i] = max / -32.0f;
+    max_abs_scale = std::max(max_abs_scale, std::fabs(scale[i]));
+  }
+  const uint16_t d16 = F32ToF16(max_abs_scale / 127.0f);
+  const float d = F16ToF32(d16);
+  auto* ql = reinterpret_cast<uint8_t*>(blk);
+  auto* qh = reinterpret_cast<uint8_t*>(blk + 128);
+  auto* sc = reinterpret_cast<int8_t*>(blk + 192);
+  std::memset(blk, 0, 192);
+  StoreU16(blk + 208, d16);
+  for (int i = 0; i < 16; ++i) {
+    const int s = d > 0 ? std::clamp(static_cast<int>(std::lround(scale[i] / d)), -127, 127) : 0;
+    sc[i] = static_cast<int8_t>(s);
+    const float ds = d * s;
+    const float inv = ds != 0 ? 1.0f / ds : 0.0f;
+    for (int l = 0; l < 16; ++l) {
+      const int v = 16 * i + l;  // value index in the super-block
+      const int q = std::clamp(static_cast<int>(std::lround(x[v] * inv)), -32, 31) + 32;
+      // Inverse of DequantQ6KBlock: half h = v / 128; within it, value u = 32 * k + l2 takes
+      // the low (k < 2) or high (k >= 2) nibble of ql[l2] (k even) or ql[l2 + 32] (k odd), and
+      // bits 2k, 2k+1 of qh[l2].
+      const int h = v / 128, u = v % 128, k = u / 32, l2 = u % 32;
+      uint8_t* qlh = ql + 64 * h;
+      uint8_t* qhh = qh + 32 * h;
+      const int ql_index = l2 + (k % 2 == 1 ? 32 : 0);  // k = 1, 3 use ql[l + 32]
+      const int shift = k >= 2 ? 4 : 0;                 // k = 2, 3 use the high nibble
+      qlh[ql_index] |= static_cast<uint8_t>((q & 0x0F) << shift);
+      qhh[l2] |= static_cast<uint8_t>(((q >> 4) & 3) << (2 * k));
+    }
+  }
+}
+
 }  // namespace
 
 std::string_view DTypeName(DType t) {
@@ -94,7 +195,17 @@ Result<DType> ParseDType(std::string_view name) {
     if (DTypeName(t) == name) return t;
   }
   return InvalidArgumentError("unknown dtype '" + std::string(name) +
-                              "' (expected f32, f16, bf16, q8_0 or q4_0)");
+                              "' (expected f32, f16, bf16, q8_0, q4_0, q4_K or q6_K)");
+}
+
+uint32_t BlockValues(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+    case DType::kQ4_0: return kQBlockValues;
+    case DType::kQ4_K:
+    case DType::kQ6_K: return kKValues;
+    default: return 1;
+  }
 }
 
 uint64_t RowBytes(DType t, uint64_t n) {
@@ -289,8 +400,21 @@ Status QuantizeRow(DType t, std::span<const float> src, ByteSpan dst) {
       }
       return Status::Ok();
     case DType::kQ4_K:
-    case DType::kQ6_K:
-      return NotSupportedError(std::string(DTypeName(t)) + " is import-only");
+    case DType::kQ6_K: {
+      const uint64_t block_bytes = t == DType::kQ4_K ? kQ4KBytes : kQ6KBytes;
+      float tmp[kKValues];  // one super-block, the row's tail zero-padded
+      for (uint64_t b = 0; b * kKValues < n; ++b) {
+        const uint64_t base = b * kKValues, m = std::min(kKValues, n - base);
+        std::memcpy(tmp, src.data() + base, m * sizeof(float));
+        std::fill(tmp + m, tmp + kKValues, 0.0f);
+        if (t == DType::kQ4_K) {
+          QuantQ4KBlock(tmp, p + b * block_bytes);
+        } else {
+          QuantQ6KBlock(tmp, p + b * block_bytes);
+        }
+      }
+      return Status::Ok();
+    }
   }
   return InvalidArgumentError("unknown dtype");
 }

@@ -4,9 +4,16 @@
 //   q8_0: blocks of 32 values: f16 scale d, then 32 int8 q;  x = d * q.            34 bytes
 //   q4_0: blocks of 32 values: f16 scale d, then 16 bytes of nibbles; value j of the block is the
 //         low nibble of byte j (j < 16) or the high nibble of byte j-16, x = d * (nibble - 8).  18 bytes
-//   q4_K, q6_K: 256-value super-blocks, read-only (dequantised on import).
-// A row whose length does not divide into blocks is stored as ceil(n / 32) blocks, the tail
-// zero-padded: RowBytes() accounts for that. Stateless, thread-safe.
+//   q4_K: super-blocks of 256 values (GGML block_q4_K): f16 d, f16 dmin, 12 bytes holding eight
+//         6-bit scales sc and eight 6-bit mins m (one pair per sub-block of 32), 128 bytes of
+//         nibbles; sub-blocks 2i and 2i+1 share bytes [32i, 32i+32) (low nibble, high nibble).
+//         x = d * sc * q - dmin * m.                                                 144 bytes
+//   q6_K: super-blocks of 256 values (GGML block_q6_K): 128 bytes of low 4 bits, 64 bytes of high
+//         2 bits, 16 int8 scales (one per 16 values), f16 d. x = d * sc * (q - 32).  210 bytes
+// A row whose length does not divide into blocks is stored as ceil(n / BlockValues) blocks, the
+// tail zero-padded: RowBytes() accounts for that. QuantizeRow's q4_K / q6_K quantisers are this
+// project's own (one pass, no search): same bytes format as GGML's, not the same bytes as
+// llama-quantize would write. Stateless, thread-safe.
 #ifndef FLASHLM_LAYOUT_DTYPE_H_
 #define FLASHLM_LAYOUT_DTYPE_H_
 
@@ -27,11 +34,16 @@ enum class DType : uint8_t {
   kBF16 = 2,
   kQ8_0 = 3,
   kQ4_0 = 4,
-  kQ4_K = 5,  // import only
-  kQ6_K = 6,  // import only
+  kQ4_K = 5,
+  kQ6_K = 6,
 };
 
-inline constexpr uint32_t kQBlockValues = 32;  // values per q8_0 / q4_0 block
+inline constexpr uint32_t kQBlockValues = 32;   // values per q8_0 / q4_0 block
+inline constexpr uint32_t kKBlockValues = 256;  // values per q4_K / q6_K super-block
+
+// Values per block: 32 (q8_0, q4_0), 256 (q4_K, q6_K), 1 for the element types. A slice of a row
+// that starts at a multiple of this is itself a row of the dtype (RowBytes of the prefix away).
+uint32_t BlockValues(DType t);
 
 // "f32", "f16", "bf16", "q8_0", "q4_0", "q4_K", "q6_K".
 std::string_view DTypeName(DType t);
@@ -45,8 +57,8 @@ uint64_t RowBytes(DType t, uint64_t n_values);
 // Errors: InvalidArgument when src is too short.
 Status DequantizeRow(DType t, ConstByteSpan src, std::span<float> out);
 
-// Converts one f32 row into `t` (f32, f16, bf16, q8_0, q4_0). `dst` holds RowBytes(t, src.size()).
-// Errors: NotSupported for import-only types, InvalidArgument when dst is too short.
+// Converts one f32 row into `t` (any dtype). `dst` holds RowBytes(t, src.size()).
+// Errors: InvalidArgument when dst is too short.
 Status QuantizeRow(DType t, std::span<const float> src, ByteSpan dst);
 
 float F16ToF32(uint16_t h);

@@ -7,11 +7,13 @@
 // statistics are given. Writes through StoreWriter, so a failure at any point leaves neither
 // `out` nor a temp folder. Not thread-safe; `source` is read sequentially.
 //
-// dtypes: 2-D weights are stored in `dtype` (default: the source dtype when it is f32, f16, q8_0
-// or q4_0, else f32); 1-D tensors (norms) always f32. A conversion dequantises each row to f32
-// and quantises it again, so a same-dtype copy is bit-exact. ffn_down columns are always
-// re-quantised (block formats run along rows): exact for f32 and f16, within one quantisation
-// step of the source for q8_0 / q4_0.
+// dtypes: 2-D weights are stored in `dtype` (default: the source dtype when it is f32, f16, q8_0,
+// q4_0, q4_K or q6_K, else f32); 1-D tensors (norms) always f32. A conversion dequantises each
+// row to f32 and quantises it again, so a same-dtype copy is bit-exact. A layer's bundles have
+// one dtype, up's: ffn_down columns are always re-quantised into it (block formats run along
+// rows): exact for f32 and f16, within one quantisation step of the source for q8_0 / q4_0 /
+// q4_K / q6_K. A Q4_K_M file (up q4_K, down q6_K) therefore has its down columns in q4_K, each
+// column of `dim` values one q4_K row (ceil(dim / 256) super-blocks, the tail zero-padded).
 #ifndef FLASHLM_LAYOUT_REPACK_H_
 #define FLASHLM_LAYOUT_REPACK_H_
 
@@ -36,7 +38,7 @@ struct RepackProgress {
 };
 
 struct RepackOptions {
-  std::optional<DType> dtype;  // see above; f32, f16, q8_0 or q4_0
+  std::optional<DType> dtype;  // see above; f32, f16, q8_0, q4_0, q4_K or q6_K
   uint64_t alignment_bytes = 4096;
   BundleKind bundle_kind = BundleKind::kGateUpDown;
   std::string activations_path;  // bundle_layout.h's JSON; empty: natural neuron order

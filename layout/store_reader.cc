@@ -19,7 +19,7 @@
 namespace flashlm::layout {
 namespace {
 
-bool IsStorableDType(uint8_t d) { return d <= static_cast<uint8_t>(DType::kQ4_0); }
+bool IsStorableDType(uint8_t d) { return d <= static_cast<uint8_t>(DType::kQ6_K); }
 
 // a * b, false on 64-bit overflow.
 bool MulOk(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }

@@ -92,6 +92,10 @@ uint32_t FileType(DType t) {  // llama.cpp's general.file_type (LLAMA_FTYPE_*)
       return 7;
     case DType::kBF16:
       return 32;
+    case DType::kQ4_K:
+      return 14;  // MOSTLY_Q4_K_S
+    case DType::kQ6_K:
+      return 18;
     default:
       return 0;
   }
@@ -153,10 +157,6 @@ std::vector<float> SynthFireProbabilities(uint32_t hidden, float fire_rate, floa
 
 Status SynthesizeGguf(const SynthOptions& o) {
   ModelConfig c = o.config;
-  if (o.dtype == DType::kQ4_K || o.dtype == DType::kQ6_K) {
-    return InvalidArgumentError("synth: dtype " + std::string(DTypeName(o.dtype)) +
-                                " is import-only");
-  }
   const bool shape_relu = c.activation == Activation::kRelu && o.fire_rate > 0;
   if (o.fire_rate < 0 || o.fire_rate >= 1 || !std::isfinite(o.fire_rate)) {
     return InvalidArgumentError("synth: --fire-rate must be in [0, 1)");
@@ -188,7 +188,8 @@ Status SynthesizeGguf(const SynthOptions& o) {
   const std::string a = "llama.";
   w.AddMetadata("general.architecture", GgufValue::Str("llama"));
   w.AddMetadata("general.name", GgufValue::Str("flashlm-synth"));
-  w.AddMetadata("general.file_type", GgufValue::U32(FileType(o.dtype)));
+  w.AddMetadata("general.file_type", GgufValue::U32(o.q4_k_m ? 15 /* MOSTLY_Q4_K_M */
+                                                                 : FileType(o.dtype)));
   w.AddMetadata(a + "context_length", GgufValue::U32(c.max_seq_len));
   w.AddMetadata(a + "embedding_length", GgufValue::U32(c.dim));
   w.AddMetadata(a + "block_count", GgufValue::U32(c.n_layers));
@@ -224,10 +225,15 @@ Status SynthesizeGguf(const SynthOptions& o) {
   uint64_t total_bytes = 0;
   for (TensorInfo& t : tensors) {
     t.dtype = t.shape.size() == 1 ? DType::kF32 : o.dtype;
+    if (o.q4_k_m && t.shape.size() == 2) {
+      t.dtype = t.name == "output.weight" || t.name.ends_with("ffn_down.weight") ? DType::kQ6_K
+                                                                                 : DType::kQ4_K;
+    }
     if (t.dtype != DType::kF32 && t.cols() % DTypeBlockValues(t.dtype) != 0) {
       return InvalidArgumentError("synth: " + t.name + " rows of " + std::to_string(t.cols()) +
                                   " values are not whole " + std::string(DTypeName(t.dtype)) +
-                                  " blocks; pick sizes divisible by 32 or --dtype f32");
+                                  " blocks; pick sizes divisible by " +
+                                  std::to_string(DTypeBlockValues(t.dtype)) + " or --dtype f32");
     }
     w.AddTensor(t.name, t.dtype, t.shape);
     total_bytes += t.size_bytes();

@@ -36,6 +36,10 @@ Result<ModelConfig> SynthShape(std::string_view name);
 struct SynthOptions {
   ModelConfig config;
   DType dtype = DType::kF32;  // matrices; norms are always f32
+  // A Q4_K_M-style mix instead of one dtype (dtype is ignored): as llama.cpp's Q4_K_M, output
+  // q6_K and ffn_down q6_K (llama.cpp keeps q4_K for the down of some layers and puts half the
+  // attn_v in q6_K; here every ffn_down and no attn_v), token_embd and the rest q4_K.
+  bool q4_k_m = false;
   uint64_t seed = 1;
   std::string out_path;
   std::string vocab_from;  // GGUF whose tokenizer.* metadata is copied; empty: generated

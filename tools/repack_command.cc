@@ -135,7 +135,7 @@ CommandRunner RegisterRepack(CLI::App& app) {
       ->required();
   cmd->add_option("OUT", flags->out, "Store folder to create (must not exist)")->required();
   cmd->add_option("--dtype", flags->dtype,
-                  "Weights dtype: f32, f16, q8_0, q4_0 (default: the source's when storable, "
+                  "Weights dtype: f32, f16, q8_0, q4_0, q4_K, q6_K (default: the source's when storable, "
                   "else f32; norms stay f32)");
   cmd->add_option("--align", flags->align, "Extent alignment, power of two, 512..16M")
       ->capture_default_str();

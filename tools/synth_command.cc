@@ -28,7 +28,9 @@ CommandRunner RegisterSynth(CLI::App& app) {
   cmd->add_option("--kv-heads", f->kv_heads, "KV heads (default: --heads)");
   cmd->add_option("--vocab", f->vocab, "Vocabulary size (generated vocab)");
   cmd->add_option("--context", f->context, "Declared context length");
-  cmd->add_option("--dtype", f->dtype, "f32, f16, bf16, q8_0 or q4_0 (norms stay f32)");
+  cmd->add_option("--dtype", f->dtype,
+                  "f32, f16, bf16, q8_0, q4_0, q4_K, q6_K, or q4_K_M (llama.cpp's mix: output and "
+                  "ffn_down q6_K, the rest q4_K); norms stay f32");
   cmd->add_option("--seed", f->seed, "Random seed");
   cmd->add_option("--out", f->out, "Output .gguf path")->required();
   cmd->add_option("--vocab-from", f->vocab_from, "Copy tokenizer.* metadata from this GGUF");
@@ -71,9 +73,13 @@ CommandRunner RegisterSynth(CLI::App& app) {
     } else if (f->activation != "silu") {
       return ReportError("synth", InvalidArgumentError("--activation must be silu or relu"));
     }
-    Result<layout::DType> dt = layout::ParseDType(f->dtype);
-    if (!dt.ok()) return ReportError("synth", dt.status());
-    o.dtype = *dt;
+    if (f->dtype == "q4_K_M") {
+      o.q4_k_m = true;
+    } else {
+      Result<layout::DType> dt = layout::ParseDType(f->dtype);
+      if (!dt.ok()) return ReportError("synth", dt.status());
+      o.dtype = *dt;
+    }
     o.seed = f->seed;
     o.out_path = f->out;
     o.vocab_from = f->vocab_from;

@@ -42,7 +42,7 @@ TEST_P(MatMulTest, MatchesScalarReference) {
   std::vector<std::byte> scratch(MatMulScratchBytes(c.cols, c.tokens) + 64);
   ThreadPool pool(c.threads);
   MatMul(w, x, c.tokens, y, scratch, pool);
-  const bool quantized_x = c.dtype == DType::kQ8_0 || c.dtype == DType::kQ4_0;
+  const bool quantized_x = c.dtype != DType::kF32 && c.dtype != DType::kF16;
   for (uint32_t t = 0; t < c.tokens; ++t) {
     std::span<const float> xt(x.data() + uint64_t{t} * c.cols, c.cols);
     double xnorm = 0;
@@ -69,7 +69,15 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{DType::kQ8_0, 64, 172, 5, 2}, Case{DType::kQ8_0, 130, 257, 9, 3},
                       Case{DType::kQ8_0, 100, 768, 4, 2}, Case{DType::kQ4_0, 1, 32, 1, 1},
                       Case{DType::kQ4_0, 37, 13, 2, 2}, Case{DType::kQ4_0, 64, 172, 5, 2},
-                      Case{DType::kQ4_0, 130, 257, 9, 3}));
+                      Case{DType::kQ4_0, 130, 257, 9, 3},
+                      // q4_K / q6_K: whole super-blocks, a partial one (300 = 256 + 44, so the
+                      // last activation block is partial too), a row shorter than one, and the
+                      // 110m model's width; token counts that exercise 1-4 token groups.
+                      Case{DType::kQ4_K, 1, 256, 1, 1}, Case{DType::kQ4_K, 37, 13, 2, 2},
+                      Case{DType::kQ4_K, 64, 300, 5, 2}, Case{DType::kQ4_K, 130, 768, 9, 3},
+                      Case{DType::kQ4_K, 33, 1000, 3, 1}, Case{DType::kQ6_K, 1, 256, 1, 1},
+                      Case{DType::kQ6_K, 37, 13, 2, 2}, Case{DType::kQ6_K, 64, 300, 5, 2},
+                      Case{DType::kQ6_K, 130, 768, 9, 3}, Case{DType::kQ6_K, 33, 1000, 3, 1}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
@@ -117,13 +125,16 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
 // AxpyRow against DequantizeRow + a double reference, for every dtype, with a partial last block,
 // a slice starting at a block boundary inside the row, several tokens and a zero coefficient.
 TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
-  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType dtype :
+       {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     std::mt19937 rng(static_cast<uint32_t>(dtype) + 11);
-    const uint32_t cols = 134;  // 4 full blocks + 6 values
+    // 4 full blocks + 6 values; for q4_K / q6_K 2 full super-blocks + 6 values.
+    const uint32_t per = std::max(32u, layout::BlockValues(dtype));
+    const uint32_t cols = 4 * 32 + 6 + (per > 32 ? 2 * per - 4 * 32 : 0);
     std::vector<std::byte> row = MakeMatrix(dtype, 1, cols, rng);
     std::vector<float> v(cols);
     ASSERT_TRUE(layout::DequantizeRow(dtype, row, v).ok());
-    const uint32_t skip = 32;  // slice [32, 134): starts at the second block
+    const uint32_t skip = per;  // starts at the second block
     const uint32_t len = cols - skip;
     const float a[3] = {0.75f, 0.0f, -2.5f};
     const uint64_t stride = len + 5;

@@ -266,6 +266,95 @@ TEST(StoreWeightsTest, F32StoreMatchesDramForwardAndGolden) {
   ExpectGoldenContinuation(**streaming, golden);
 }
 
+// A Q4_K_M-style GGUF (synth: output and ffn_down q6_K, the rest q4_K) repacked as it is keeps
+// its dtypes (bundles in up's q4_K, their down columns re-quantised into it) and runs through the
+// q4_K / q6_K kernels. Its reference is the same file repacked to f32 (the exact dequantisation
+// of every tensor, run by the f32 kernels). They differ by the q8 rounding of activations and
+// the q6_K -> q4_K down columns: every position's logits must be within a small fraction of the
+// logits' scale, and the argmax must agree wherever the reference's top-two margin is larger
+// than twice the error measured at that position.
+TEST(StoreWeightsTest, Q4KMStoreKeepsItsDtypesAndMatchesItsF32Dequantisation) {
+  testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.dim = 256;
+  so.config.hidden_dim = 768;
+  so.config.head_dim = 64;
+  so.q4_k_m = true;
+  so.seed = 3;
+  so.out_path = (dir / "q4km.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  for (auto [path, dtype] : {std::pair{dir / "kept", std::optional<layout::DType>()},
+                             std::pair{dir / "f32", std::optional(layout::DType::kF32)}}) {
+    layout::RepackOptions o;
+    o.dtype = dtype;
+    o.alignment_bytes = 512;
+    auto r = layout::Repack(**src, path.string(), o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+  {
+    auto kept = layout::OpenCheckpoint((dir / "kept").string());
+    ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+    for (auto [name, want] : {std::pair{"output.weight", layout::DType::kQ6_K},
+                              std::pair{"token_embd.weight", layout::DType::kQ4_K},
+                              std::pair{"blk.1.attn_v.weight", layout::DType::kQ4_K},
+                              std::pair{"blk.0.ffn_up.weight", layout::DType::kQ4_K},
+                              // Block-quantised down columns read back dequantised.
+                              std::pair{"blk.0.ffn_down.weight", layout::DType::kF32}}) {
+      const layout::TensorInfo* t = (*kept)->FindTensor(name);
+      ASSERT_NE(t, nullptr) << name;
+      EXPECT_EQ(t->dtype, want) << name;
+    }
+  }
+  TransformerOptions to;
+  to.max_context = 64;
+  to.max_batch = 8;
+  to.all_logits = true;
+  auto kept = OpenAt(dir / "kept", 0, 2, to);
+  ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+  auto ref = OpenAt(dir / "f32", 0, 2, to);
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  const uint32_t vocab = (*ref)->config().vocab_size;
+  // A batch of 5 (prefill tiles) then single tokens (decode).
+  const std::vector<int32_t> tokens = {1, 300, 301, 260, 400, 77, 500, 123, 261, 262};
+  uint32_t pos = 0, checked_argmax = 0;
+  while (pos < tokens.size()) {
+    const uint32_t n = pos == 0 ? 5 : 1;
+    const auto in = std::span<const int32_t>(tokens).subspan(pos, n);
+    auto lk = (*kept)->model().Forward(in, pos);
+    ASSERT_TRUE(lk.ok()) << lk.status().ToString();
+    const std::vector<float> got(lk->begin(), lk->end());
+    auto lr = (*ref)->model().Forward(in, pos);
+    ASSERT_TRUE(lr.ok()) << lr.status().ToString();
+    ASSERT_EQ(lr->size(), got.size());
+    for (uint32_t t = 0; t < n; ++t) {
+      const float* a = got.data() + uint64_t{t} * vocab;
+      const float* b = lr->data() + uint64_t{t} * vocab;
+      double err = 0, scale = 0;
+      uint32_t top = 0, second = 1;
+      for (uint32_t v = 0; v < vocab; ++v) {
+        err = std::max(err, std::fabs(double(a[v]) - b[v]));
+        scale = std::max(scale, std::fabs(double(b[v])));
+        if (b[v] > b[top]) {
+          second = top;
+          top = v;
+        } else if (v != top && b[v] > b[second]) {
+          second = v;
+        }
+      }
+      EXPECT_LT(err, 0.1 * scale) << "position " << pos + t;
+      if (b[top] - b[second] > 2 * err) {
+        ++checked_argmax;
+        EXPECT_EQ(std::max_element(a, a + vocab) - a, top) << "position " << pos + t;
+      }
+    }
+    pos += n;
+  }
+  EXPECT_GT(checked_argmax, 0u) << "no position had a margin to check the argmax against";
+}
+
 // With small dense extents the classifier can stream one extent at a time: the planner does so
 // only below what a resident classifier needs, and the logits (all of them, for a batch, and the
 // greedy continuation) match the DRAM model's.

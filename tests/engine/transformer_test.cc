@@ -77,7 +77,8 @@ TEST_P(TransformerVsReference, LogitsMatch) {
       }
       // Block types also round the activations to 8 bits (q8) before each product: bound the
       // error relative to the logits' magnitude.
-      EXPECT_LT(max_err, p.dtype == DType::kQ8_0 || p.dtype == DType::kQ4_0 ? tol * scale : tol)
+      const bool q8_activations = p.dtype != DType::kF32 && p.dtype != DType::kF16;
+      EXPECT_LT(max_err, q8_activations ? tol * scale : tol)
           << "position " << pos + t << ", logit scale " << scale;
     }
     pos += n;
@@ -91,7 +92,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Param{DType::kF32, true, false, layout::Activation::kRelu, 2, 7},
                       Param{DType::kF16, true, true, layout::Activation::kSilu, 2, 4},
                       Param{DType::kQ8_0, true, false, layout::Activation::kSilu, 2, 5},
-                      Param{DType::kQ4_0, false, true, layout::Activation::kSilu, 3, 2}));
+                      Param{DType::kQ4_0, false, true, layout::Activation::kSilu, 3, 2},
+                      Param{DType::kQ4_K, true, false, layout::Activation::kSilu, 2, 3},
+                      Param{DType::kQ6_K, false, true, layout::Activation::kSilu, 3, 4}));
 
 TEST(TransformerTest, RejectsBadInput) {
   auto w = RandomWeights(SmallConfig(true, true, layout::Activation::kSilu), 3);

@@ -173,9 +173,48 @@ TEST(DTypeTest, KQuantsHandleShortRowsAndRefuseShortSources) {
   EXPECT_EQ(DequantizeRow(DType::kQ4_K, bytes, two).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(DequantizeRow(DType::kQ6_K, ConstByteSpan(bytes).first(100), out).code(),
             StatusCode::kInvalidArgument);
-  std::vector<std::byte> dst(1000);
-  EXPECT_EQ(QuantizeRow(DType::kQ4_K, out, dst).code(),
-            StatusCode::kNotSupported);
+  std::vector<std::byte> dst(100);  // shorter than one super-block's 144 bytes
+  EXPECT_EQ(QuantizeRow(DType::kQ4_K, out, dst).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(QuantizeRow(DType::kQ6_K, out, dst).code(), StatusCode::kInvalidArgument);
+}
+
+// QuantizeRow's q4_K / q6_K round trip: every value within the error bound the format allows for
+// its sub-block (q4_K: one step of the sub-block's range / 15 plus the 6-bit rounding of the
+// scale and min; q6_K: one step of the sub-block's amax / 32 plus the int8 rounding of the
+// scale), for whole super-blocks, a row with a short tail (the padding must not leak), zero rows
+// and rows of one sign.
+TEST(DTypeTest, KQuantsRoundTripWithinTheirSteps) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (DType t : {DType::kQ4_K, DType::kQ6_K}) {
+    const uint32_t sub = t == DType::kQ4_K ? 32 : 16;
+    for (uint64_t n : {256u, 300u, 768u, 64u}) {
+      for (int kind = 0; kind < 3; ++kind) {  // normal, all zero, all positive
+        std::vector<float> src(n), back(n);
+        for (float& v : src) v = kind == 1 ? 0.0f : kind == 2 ? std::fabs(dist(rng)) : dist(rng);
+        std::vector<std::byte> q(RowBytes(t, n));
+        ASSERT_TRUE(QuantizeRow(t, src, q).ok());
+        ASSERT_TRUE(DequantizeRow(t, q, back).ok());
+        float row_amax = 0;
+        for (float v : src) row_amax = std::max(row_amax, std::fabs(v));
+        for (uint64_t b = 0; b < n; b += sub) {
+          float lo = 0, hi = 0;
+          for (uint64_t j = b; j < std::min<uint64_t>(n, b + sub); ++j) {
+            lo = std::min(lo, src[j]);
+            hi = std::max(hi, src[j]);
+          }
+          // The super-block's scale quantisation adds up to ~1/63 (q4_K) or 1/127 (q6_K) of the
+          // largest sub-block range per step, relative to the whole row's magnitude.
+          const float bound = t == DType::kQ4_K ? (hi - lo) / 15.0f + row_amax * 0.05f
+                                                : std::max(hi, -lo) / 32.0f + row_amax * 0.02f;
+          for (uint64_t j = b; j < std::min<uint64_t>(n, b + sub); ++j) {
+            ASSERT_NEAR(back[j], src[j], bound + 1e-6f)
+                << DTypeName(t) << " n=" << n << " kind=" << kind << " j=" << j;
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -239,6 +239,16 @@ TEST(GgufReaderTest, TensorDirectoryErrors) {
   EXPECT_EQ(ParseBytes(OneTensor(1, {4}, 0, 4, 64).b).code(), StatusCode::kCorruption);
   // Row that is not whole q8_0 blocks.
   EXPECT_EQ(ParseBytes(OneTensor(1, {33}, 8, 0, 128).b).code(), StatusCode::kCorruption);
+  // q4_K (12) / q6_K (14): a row that is not whole 256-value super-blocks, and a whole one whose
+  // 144 / 210 bytes run past the data.
+  s = ParseBytes(OneTensor(1, {288}, 12, 0, 512).b);
+  EXPECT_EQ(s.code(), StatusCode::kCorruption);
+  EXPECT_NE(s.message().find("q4_K"), std::string_view::npos) << s.ToString();
+  EXPECT_EQ(ParseBytes(OneTensor(1, {32}, 14, 0, 512).b).code(), StatusCode::kCorruption);
+  EXPECT_TRUE(ParseBytes(OneTensor(1, {256}, 12, 0, 144).b).ok());
+  EXPECT_EQ(ParseBytes(OneTensor(1, {256}, 12, 0, 143).b).code(), StatusCode::kCorruption);
+  EXPECT_TRUE(ParseBytes(OneTensor(2, {256, 2}, 14, 0, 420).b).ok());
+  EXPECT_EQ(ParseBytes(OneTensor(2, {256, 2}, 14, 0, 419).b).code(), StatusCode::kCorruption);
 }
 
 TEST(GgufReaderTest, UnknownTensorTypeIsRefusedByName) {

@@ -156,12 +156,49 @@ TEST(SynthTest, VocabFromCopiesTheTokenizer) {
   EXPECT_EQ((*ckpt)->vocab().types, want->types);
 }
 
+// The Q4_K_M-style mix: output and ffn_down q6_K, every other matrix q4_K, norms f32; the file
+// reads back with finite weights of the synth's scale.
+TEST(SynthTest, Q4KMMixHasLlamaCppsDtypes) {
+  flashlm::testing::ScratchDir dir;
+  SynthOptions o = Tiny(dir / "q4km.gguf");
+  o.config.dim = 256;
+  o.config.hidden_dim = 512;
+  o.config.head_dim = 64;
+  o.q4_k_m = true;
+  ASSERT_TRUE(SynthesizeGguf(o).ok());
+  auto ckpt = OpenCheckpoint((dir / "q4km.gguf").string());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
+  int q4 = 0, q6 = 0;
+  for (const TensorInfo& t : (*ckpt)->tensors()) {
+    if (t.shape.size() == 1) {
+      EXPECT_EQ(t.dtype, DType::kF32) << t.name;
+      continue;
+    }
+    const bool six = t.name == "output.weight" || t.name.ends_with("ffn_down.weight");
+    EXPECT_EQ(t.dtype, six ? DType::kQ6_K : DType::kQ4_K) << t.name;
+    (six ? q6 : q4) += 1;
+    std::vector<float> v(t.num_values());
+    ASSERT_TRUE((*ckpt)->ReadTensorF32(t, v).ok()) << t.name;
+    double ss = 0;
+    for (float x : v) {
+      ASSERT_TRUE(std::isfinite(x)) << t.name;
+      ss += double(x) * x;
+    }
+    EXPECT_GT(ss, 0.0) << t.name;
+  }
+  EXPECT_EQ(q6, 1 + 2);      // output + 2 layers' ffn_down
+  EXPECT_EQ(q4, 1 + 2 * 6);  // token_embd + q, k, v, o, gate, up per layer
+}
+
 TEST(SynthTest, BadOptionsAreRefusedWithoutOutput) {
   flashlm::testing::ScratchDir dir;
   SynthOptions o = Tiny(dir / "bad.gguf");
   o.fire_rate = 0.2f;  // silu
   EXPECT_EQ(SynthesizeGguf(o).code(), StatusCode::kInvalidArgument);
-  o = Tiny(dir / "bad.gguf", DType::kQ4_K);
+  o = Tiny(dir / "bad.gguf", DType::kQ4_K);  // dim 64: rows are not whole 256-value blocks
+  EXPECT_EQ(SynthesizeGguf(o).code(), StatusCode::kInvalidArgument);
+  o = Tiny(dir / "bad.gguf");
+  o.q4_k_m = true;
   EXPECT_EQ(SynthesizeGguf(o).code(), StatusCode::kInvalidArgument);
   o = Tiny(dir / "bad.gguf");
   o.config.vocab_size = 100;
