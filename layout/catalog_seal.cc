@@ -74,7 +74,7 @@ Status WriteCatalogSeal(const std::string& store_dir) {
       ConstByteSpan(reinterpret_cast<const std::byte*>(&seal), sizeof seal));
 }
 
-Status CheckCatalogSeal(const std::string& store_dir) {
+Result<uint64_t> CheckCatalogSeal(const std::string& store_dir) {
   const std::string catalog = store_dir + "/" + std::string(kCatalogFileName);
   const std::string seal_path = store_dir + "/" + std::string(kCatalogSealFileName);
   Result<int> opened = storage::OpenRegularFile(seal_path);
@@ -116,7 +116,7 @@ Status CheckCatalogSeal(const std::string& store_dir) {
                            " fails its checksum (XXH3-64 " + Hex(d.xxh3) + ", sealed " +
                            Hex(seal.catalog_xxh3) + "): the catalog is damaged");
   }
-  return Status::Ok();
+  return seal.catalog_xxh3;
 }
 
 }  // namespace flashlm::layout

@@ -41,8 +41,10 @@ Status WriteCatalogSeal(const std::string& store_dir);
 // Checks `<store_dir>/catalog.mdb` against `<store_dir>/catalog.sum`. Opens only regular files
 // (never blocks on a FIFO). Errors: NotSupported (no catalog.sum: a store older than format
 // version 2, or the file was lost), Corruption (seal damaged, catalog of another size, checksum
-// mismatch — the message names the file and both values), IoError.
-Status CheckCatalogSeal(const std::string& store_dir);
+// mismatch — the message names the file and both values), IoError. Returns the sealed XXH3-64
+// of the catalog: the store's identity (what files kept beside a store, such as calibrated FFN
+// thresholds, are tied to).
+Result<uint64_t> CheckCatalogSeal(const std::string& store_dir);
 
 }  // namespace flashlm::layout
 

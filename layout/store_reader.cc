@@ -94,7 +94,7 @@ Status StoreReader::Load() {
   }
   // Every byte of the catalog is checked against its seal before LMDB maps it: LMDB then only
   // parses what the writer committed, and no record can change unnoticed.
-  RETURN_IF_ERROR(CheckCatalogSeal(path_));
+  ASSIGN_OR_RETURN(identity_, CheckCatalogSeal(path_));
   storage::LmdbEnv::Options opts;
   opts.read_only = true;
   ASSIGN_OR_RETURN(auto env, storage::LmdbEnv::Open(catalog, opts));

@@ -73,6 +73,8 @@ class StoreReader final : public Checkpoint {
 
   // Catalog.
   const StoreHeader& header() const { return header_; }
+  // The store's identity: the sealed XXH3-64 of its catalog (layout/catalog_seal.h).
+  uint64_t identity() const { return identity_; }
   const std::string& layout_json() const { return layout_json_; }
   const std::string& provenance_json() const { return provenance_json_; }
   const std::string& path() const { return path_; }
@@ -141,6 +143,7 @@ class StoreReader final : public Checkpoint {
 
   std::string path_;
   StoreHeader header_{};
+  uint64_t identity_ = 0;
   ModelConfig config_;
   Vocab vocab_;
   std::string layout_json_;

@@ -250,6 +250,26 @@ TEST(StoreTest, GateSeparateBundles) {
   ExpectTensorsMatch(src, *store, DType::kQ8_0, false);
 }
 
+// A store's identity is its sealed catalog checksum: stable across opens, different for a store
+// laid out differently from the same model (files kept beside a store are tied to it).
+TEST(StoreTest, IdentityIsStableAndTellsStoresApart) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(64, 172, 2, 50, DType::kQ8_0);
+  ::flashlm::testing::ScratchDir dir;
+  RepackOrDie(src, dir / "a");
+  RepackOptions o;
+  o.bundle_kind = BundleKind::kGateSeparate;
+  RepackOrDie(src, dir / "b", o);
+  auto a1 = OpenOrDie(dir / "a");
+  auto a2 = OpenOrDie(dir / "a");
+  auto b = OpenOrDie(dir / "b");
+  ASSERT_NE(a1, nullptr);
+  ASSERT_NE(a2, nullptr);
+  ASSERT_NE(b, nullptr);
+  EXPECT_NE(a1->identity(), 0u);
+  EXPECT_EQ(a1->identity(), a2->identity());
+  EXPECT_NE(a1->identity(), b->identity());
+}
+
 TEST(StoreTest, HotFirstOrderFromActivationStats) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(64, 40, 2, 50, DType::kF16);
   ::flashlm::testing::ScratchDir dir;
