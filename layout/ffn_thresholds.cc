@@ -137,12 +137,12 @@ Result<FfnThresholds> LoadFfnThresholds(const std::string& path, uint64_t store_
   }
   RETURN_IF_ERROR(CheckValues(t, where));
   if (t.store_identity != store_identity) {
-    return FailedPreconditionError(where + " belongs to another store (catalog " +
+    return InvalidArgumentError(where + " belongs to another store (catalog " +
                                    Hex(t.store_identity) + ", this store's is " +
                                    Hex(store_identity) + "); calibrate this store");
   }
   if (t.thresholds.size() != layers || t.hidden_dim != hidden_dim) {
-    return FailedPreconditionError(where + " is for " + std::to_string(t.thresholds.size()) +
+    return InvalidArgumentError(where + " is for " + std::to_string(t.thresholds.size()) +
                                    " layers of " + std::to_string(t.hidden_dim) +
                                    " neurons; the model has " + std::to_string(layers) + " of " +
                                    std::to_string(hidden_dim));

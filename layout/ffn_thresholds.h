@@ -43,8 +43,8 @@ Status SaveFfnThresholds(const FfnThresholds& t, const std::string& path);
 
 // Reads and checks a thresholds file. `store_identity` and the shape (`layers`, `hidden_dim`)
 // must match the model it is used with. Errors: NotFound (no file; the message says how to make
-// one), Corruption (malformed, checksum mismatch, values out of range), FailedPrecondition
-// (another store, or another shape), IoError.
+// one), Corruption (malformed, checksum mismatch, values out of range), InvalidArgument (the
+// file of another store, or of another shape: the wrong file was given), IoError.
 Result<FfnThresholds> LoadFfnThresholds(const std::string& path, uint64_t store_identity,
                                         uint32_t layers, uint32_t hidden_dim);
 

@@ -69,6 +69,17 @@ int RunCalibrate(const CalibrateFlags& f) {
   if (f.session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
   engine::Transformer& model = (*session)->model();
   const layout::ModelConfig& config = model.config();
+  // The thresholds are only usable where the gate is read apart from [up | down].
+  for (uint32_t l = 0; l < config.n_layers; ++l) {
+    auto g = (*session)->store()->reader().FfnGeometry(l);
+    if (!g.ok() || g->has_gate()) {
+      return ReportError(kCmd, InvalidArgumentError(
+                                   f.path + " has no gate+up-down bundles in FFN layer " +
+                                   std::to_string(l) +
+                                   ": --sparsity threshold reads the gate apart from [up | down] "
+                                   "(flashlm repack --bundle gate+up-down)"));
+    }
+  }
   auto calibrator = engine::GateCalibrator::Create(
       config.n_layers, config.hidden_dim, config.activation == layout::Activation::kRelu);
   if (!calibrator.ok()) return ReportError(kCmd, calibrator.status());
