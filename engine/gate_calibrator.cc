@@ -29,8 +29,7 @@ uint32_t GateCalibrator::Bin(float m) {
 
 float GateCalibrator::UpperEdge(uint32_t bin) {
   if (bin == 0) return 0.0f;
-  return static_cast<float>(
-      std::exp2(kMinExponent + static_cast<double>(bin) / kBinsPerOctave));
+  return static_cast<float>(std::exp2(kMinExponent + static_cast<double>(bin) / kBinsPerOctave));
 }
 
 void GateCalibrator::OnFfnGate(uint32_t layer, std::span<const float> g, uint32_t n_tokens) {

@@ -43,8 +43,8 @@ class GateCalibrator final : public FfnObserver {
   uint64_t tokens(uint32_t layer) const { return tokens_.at(layer); }
 
   struct Cut {
-    float threshold = 0;    // >= 0
-    double sparsity = 0;    // fraction of the layer's calibration values <= threshold
+    float threshold = 0;  // >= 0
+    double sparsity = 0;  // fraction of the layer's calibration values <= threshold
   };
   // Per layer, the cut for `target` in [0, 1). Errors: InvalidArgument (target), FailedPrecondition
   // (a layer saw no token).

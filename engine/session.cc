@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "layout/ffn_thresholds.h"
 #include "layout/byte_source.h"
+#include "layout/ffn_thresholds.h"
 #include "layout/gguf_reader.h"
 #include "layout/llama2c_reader.h"
 #include "layout/store_reader.h"

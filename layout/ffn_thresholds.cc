@@ -76,8 +76,9 @@ Result<FfnThresholds> LoadFfnThresholds(const std::string& path, uint64_t store_
   Result<std::string> text = storage::ReadFileBounded(path, kFileBytesMax);
   if (!text.ok()) {
     if (text.status().code() == StatusCode::kNotFound) {
-      return NotFoundError(where + " not found: calibrate them first (flashlm calibrate STORE "
-                                   "--text FILE --target-sparsity S)");
+      return NotFoundError(where +
+                           " not found: calibrate them first (flashlm calibrate STORE "
+                           "--text FILE --target-sparsity S)");
     }
     return text.status().WithContext(where);
   }
@@ -138,14 +139,14 @@ Result<FfnThresholds> LoadFfnThresholds(const std::string& path, uint64_t store_
   RETURN_IF_ERROR(CheckValues(t, where));
   if (t.store_identity != store_identity) {
     return InvalidArgumentError(where + " belongs to another store (catalog " +
-                                   Hex(t.store_identity) + ", this store's is " +
-                                   Hex(store_identity) + "); calibrate this store");
+                                Hex(t.store_identity) + ", this store's is " + Hex(store_identity) +
+                                "); calibrate this store");
   }
   if (t.thresholds.size() != layers || t.hidden_dim != hidden_dim) {
     return InvalidArgumentError(where + " is for " + std::to_string(t.thresholds.size()) +
-                                   " layers of " + std::to_string(t.hidden_dim) +
-                                   " neurons; the model has " + std::to_string(layers) + " of " +
-                                   std::to_string(hidden_dim));
+                                " layers of " + std::to_string(t.hidden_dim) +
+                                " neurons; the model has " + std::to_string(layers) + " of " +
+                                std::to_string(hidden_dim));
   }
   return t;
 }

@@ -29,11 +29,11 @@ inline constexpr std::string_view kFfnThresholdsFileName = "ffn_thresholds.json"
 inline constexpr uint32_t kFfnThresholdLayersMax = 4096;
 
 struct FfnThresholds {
-  uint64_t store_identity = 0;  // StoreReader::identity() of the store calibrated on
-  uint32_t hidden_dim = 0;      // neurons per layer of that model
-  double target_sparsity = 0;   // in [0, 1): the fraction of neurons skipped that was asked for
-  uint64_t tokens = 0;          // calibration tokens
-  std::vector<float> thresholds;           // [layer] finite, >= 0
+  uint64_t store_identity = 0;    // StoreReader::identity() of the store calibrated on
+  uint32_t hidden_dim = 0;        // neurons per layer of that model
+  double target_sparsity = 0;     // in [0, 1): the fraction of neurons skipped that was asked for
+  uint64_t tokens = 0;            // calibration tokens
+  std::vector<float> thresholds;  // [layer] finite, >= 0
   std::vector<double> calibrated_sparsity;  // [layer] fraction skipped on the calibration text
 };
 

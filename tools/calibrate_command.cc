@@ -44,9 +44,9 @@ int RunCalibrate(const CalibrateFlags& f) {
                                                   std::to_string(engine::kContextMax) + "]"));
   }
   if (!layout::StoreReader::LooksLikeStore(f.path)) {
-    return ReportError(kCmd, InvalidArgumentError(
-                                 f.path + " is not a store: thresholds are kept with a store "
-                                          "(flashlm repack the model first)"));
+    return ReportError(
+        kCmd, InvalidArgumentError(f.path + " is not a store: thresholds are kept with a store "
+                                            "(flashlm repack the model first)"));
   }
   engine::SessionOptions options;
   if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
@@ -73,15 +73,15 @@ int RunCalibrate(const CalibrateFlags& f) {
   for (uint32_t l = 0; l < config.n_layers; ++l) {
     auto g = (*session)->store()->reader().FfnGeometry(l);
     if (!g.ok() || g->has_gate()) {
-      return ReportError(kCmd, InvalidArgumentError(
-                                   f.path + " has no gate+up-down bundles in FFN layer " +
-                                   std::to_string(l) +
-                                   ": --sparsity threshold reads the gate apart from [up | down] "
-                                   "(flashlm repack --bundle gate+up-down)"));
+      return ReportError(
+          kCmd, InvalidArgumentError(f.path + " has no gate+up-down bundles in FFN layer " +
+                                     std::to_string(l) +
+                                     ": --sparsity threshold reads the gate apart from [up | down] "
+                                     "(flashlm repack --bundle gate+up-down)"));
     }
   }
-  auto calibrator = engine::GateCalibrator::Create(
-      config.n_layers, config.hidden_dim, config.activation == layout::Activation::kRelu);
+  auto calibrator = engine::GateCalibrator::Create(config.n_layers, config.hidden_dim,
+                                                   config.activation == layout::Activation::kRelu);
   if (!calibrator.ok()) return ReportError(kCmd, calibrator.status());
 
   const std::vector<int32_t> tokens = (*session)->tokenizer().Encode(*read, true);

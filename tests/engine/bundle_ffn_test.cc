@@ -57,8 +57,8 @@ void WriteThresholds(const std::string& store, float cut) {
   t.target_sparsity = 0.5;
   t.thresholds.assign((*reader)->config().n_layers, cut);
   t.calibrated_sparsity.assign((*reader)->config().n_layers, 0.5);
-  ASSERT_TRUE(layout::SaveFfnThresholds(t, store + "/" + std::string(layout::kFfnThresholdsFileName))
-                  .ok());
+  ASSERT_TRUE(
+      layout::SaveFfnThresholds(t, store + "/" + std::string(layout::kFfnThresholdsFileName)).ok());
 }
 
 struct Trace {
@@ -87,8 +87,8 @@ Result<Trace> Greedy(const std::string& store, FfnSparsity sparsity, uint32_t st
   s->ResetStats();
   for (uint32_t i = 0; i < steps; ++i) {
     t.logits.insert(t.logits.end(), logits.begin(), logits.end());
-    ids.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                       logits.begin()));
+    ids.push_back(
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
     ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&ids.back(), 1),
                                                 static_cast<uint32_t>(ids.size() - 1)));
   }
@@ -110,8 +110,8 @@ void ExpectIdentical(const Trace& a, const Trace& b, const std::string& what) {
 // above the cut (a neuron read for the other token adds nothing to it).
 TEST(BundleFfnKernelTest, ThresholdMaskIsPerToken) {
   constexpr uint32_t kDim = 32, kHidden = 24, kN = 2;
-  const layout::BundleGeometry g =
-      layout::BundleGeometry::Make(layout::BundleKind::kGateSeparate, layout::DType::kF32, kDim, 64);
+  const layout::BundleGeometry g = layout::BundleGeometry::Make(layout::BundleKind::kGateSeparate,
+                                                                layout::DType::kF32, kDim, 64);
   std::vector<float> gate(kHidden * kDim), up(kHidden * kDim), down(kHidden * kDim), x(kN * kDim);
   uint32_t seed = 7;
   auto rnd = [&] {
@@ -132,9 +132,9 @@ TEST(BundleFfnKernelTest, ThresholdMaskIsPerToken) {
     ptrs[i] = b;
     all[i] = i;
   }
-  const MatrixView dense_gate{layout::DType::kF32, kHidden, kDim,
-                              ConstByteSpan(reinterpret_cast<const std::byte*>(gate.data()),
-                                            gate.size() * sizeof(float))};
+  const MatrixView dense_gate{
+      layout::DType::kF32, kHidden, kDim,
+      ConstByteSpan(reinterpret_cast<const std::byte*>(gate.data()), gate.size() * sizeof(float))};
   ThreadPool pool(2);
   auto k = BundleFfnKernel::Create(g, kHidden, kN, kHidden, false, pool);
   ASSERT_TRUE(k.ok()) << k.status().ToString();
@@ -198,7 +198,6 @@ TEST(BundleFfnKernelTest, ThresholdMaskIsPerToken) {
   for (uint32_t j = 0; j < kN * kDim; ++j) diff += std::fabs(out2[j] - out[j]);
   EXPECT_GT(diff, 1e-3);
 }
-
 
 // Threshold 0 skips only neurons whose act(gate x) is exactly 0, which add exactly 0 (bundles
 // are accumulated one by one in position order, so leaving them out changes no sum): output
@@ -292,6 +291,41 @@ TEST(BundleFfnThresholdTest, RefusedWithoutSeparateGateOrThresholds) {
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status().ToString();
   EXPECT_NE(refused.status().message().find("gate+up-down"), std::string::npos)
       << refused.status().ToString();
+}
+
+// A damaged bundle read in threshold mode is Corruption naming the layer, as in every mode.
+TEST(BundleFfnThresholdTest, CorruptBundleIsNamed) {
+  testing::ScratchDir dir;
+  const std::string store = MakeSiluStore(dir);
+  WriteThresholds(store, 0.0f);  // every neuron with a non-zero activation: bundle 5 is read
+  uint64_t offset = 0;
+  {
+    auto reader = layout::StoreReader::Open(store);
+    ASSERT_TRUE(reader.ok());
+    auto ext = (*reader)->BundleExtents(1, 5, 1);
+    ASSERT_TRUE(ext.ok());
+    offset = (*ext)[0].offset_bytes + 3;
+  }
+  testing::FlipByte(fs::path(store) / "data-00000.bin", offset, 0x40);
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 64;
+  o.transformer.sparsity = FfnSparsity::kThreshold;
+  o.streaming.chunk_bundles = 16;
+  o.budgeted = true;
+  o.budget_bytes = 1;
+  auto refused = Session::Open(store, o);
+  ASSERT_FALSE(refused.ok());
+  const std::string msg(refused.status().message());
+  const size_t at = msg.find("minimum of ");
+  ASSERT_NE(at, std::string::npos) << msg;
+  o.budget_bytes = std::stoull(msg.substr(at + 11));
+  auto s = Session::Open(store, o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  auto r = (*s)->model().Forward(std::vector<int32_t>{1}, 0);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+  EXPECT_NE(r.status().ToString().find("FFN layer 1"), std::string::npos) << r.status().ToString();
 }
 
 }  // namespace

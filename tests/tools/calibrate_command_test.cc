@@ -50,7 +50,8 @@ TEST_F(CalibrateCommandTest, CalibratesAndGenerates) {
     ++layers;
   }
   EXPECT_EQ(layers, 2) << r.out;
-  CmdRun g = Flashlm("generate " + store_ + " --sparsity threshold -n 8 --temp 0 -p hello "
+  CmdRun g = Flashlm("generate " + store_ +
+                     " --sparsity threshold -n 8 --temp 0 -p hello "
                      "--mem-budget 0");
   ASSERT_EQ(g.exit_code, 0) << g.all();
   EXPECT_NE(g.err.find("threshold sparsity"), std::string::npos) << g.err;
@@ -98,9 +99,8 @@ TEST_F(CalibrateCommandTest, DamagedMissingOrForeignThresholdsAreRefused) {
   EXPECT_EQ(missing.exit_code, 2) << missing.all();
   EXPECT_NE(missing.err.find("flashlm calibrate"), std::string::npos) << missing.err;
 
-  ASSERT_EQ(Flashlm("calibrate " + store_ + " --text " + text_ + " --target-sparsity 0.5")
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      Flashlm("calibrate " + store_ + " --text " + text_ + " --target-sparsity 0.5").exit_code, 0);
   const fs::path file = fs::path(store_) / "ffn_thresholds.json";
   std::stringstream ss;
   ss << std::ifstream(file).rdbuf();
@@ -121,18 +121,18 @@ TEST_F(CalibrateCommandTest, DamagedMissingOrForeignThresholdsAreRefused) {
   // Another store (another seed, same shape): its file is refused here, and ours there.
   const std::string gguf2 = (dir_ / "m2.gguf").string(), store2 = (dir_ / "store2").string();
   ASSERT_EQ(Flashlm("synth --shape tiny --seed 5 --dtype q8_0 --out " + gguf2).exit_code, 0);
-  ASSERT_EQ(Flashlm("repack " + gguf2 + " " + store2 + " --bundle gate+up-down --no-progress")
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      Flashlm("repack " + gguf2 + " " + store2 + " --bundle gate+up-down --no-progress").exit_code,
+      0);
   CmdRun foreign = Flashlm("generate " + store2 + gen + " --thresholds " + file.string());
   EXPECT_EQ(foreign.exit_code, 2) << foreign.all();
   EXPECT_NE(foreign.err.find("another store"), std::string::npos) << foreign.err;
   // Another shape: a store of a wider model.
   const std::string gguf3 = (dir_ / "m3.gguf").string(), store3 = (dir_ / "store3").string();
   ASSERT_EQ(Flashlm("synth --shape tiny --hidden 320 --dtype q8_0 --out " + gguf3).exit_code, 0);
-  ASSERT_EQ(Flashlm("repack " + gguf3 + " " + store3 + " --bundle gate+up-down --no-progress")
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      Flashlm("repack " + gguf3 + " " + store3 + " --bundle gate+up-down --no-progress").exit_code,
+      0);
   CmdRun shape = Flashlm("generate " + store3 + gen + " --thresholds " + file.string());
   EXPECT_EQ(shape.exit_code, 2) << shape.all();
   // Store identity is checked first; either message names the mismatch.
