@@ -140,13 +140,14 @@ set output '{a.plot}'
 set datafile separator ','
 set title 'stories260K, --sparsity threshold: quality against measured sparsity'
 set xlabel 'FFN neurons skipped per token (measured)'
-set ylabel 'perplexity relative to dense'
+set ylabel 'perplexity relative to dense (log scale)'
+set logscale y
 set y2label 'greedy agreement with dense (256 tokens x {len(PROMPTS)} prompts)'
 set ytics nomirror
 set y2tics
 set y2range [0:1.05]
 set xrange [0:1]
-set key bottom left
+set key top right
 set grid
 plot '{a.csv}' every ::1 using 3:5 with linespoints lw 2 pt 7 title 'perplexity / dense', \\
      '' every ::1 using 3:6 axes x1y2 with linespoints lw 2 pt 5 title 'greedy agreement'
