@@ -67,14 +67,14 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   return k;
 }
 
-uint32_t BundleFfnKernel::FiringPositions(std::span<uint32_t> out) const {
+uint32_t BundleFfnKernel::FiringPositions(std::span<uint32_t> out, float cut) const {
   CHECK(separate_);
   CHECK_GE(out.size(), hidden_);
   uint32_t k = 0;
   for (uint32_t p = 0; p < hidden_; ++p) {
     const uint32_t neuron = perm_.empty() ? p : perm_[p];
     for (uint32_t t = 0; t < n_; ++t) {
-      if (gate_all_[uint64_t{t} * hidden_ + neuron] > 0.0f) {
+      if (ActivationMagnitude(gate_all_[uint64_t{t} * hidden_ + neuron], relu_) > cut) {
         out[k++] = p;
         break;
       }
@@ -85,7 +85,7 @@ uint32_t BundleFfnKernel::FiringPositions(std::span<uint32_t> out) const {
 
 void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<float> out,
                             const MatrixView* dense_gate, std::span<const uint32_t> permutation,
-                            std::span<float> capture) {
+                            std::span<float> capture, std::span<float> gate_capture) {
   CHECK_LE(n, max_batch_);
   CHECK_GE(x.size(), uint64_t{n} * g_.dim);
   CHECK_GE(out.size(), uint64_t{n} * g_.dim);
@@ -94,16 +94,22 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   out_ = out;
   perm_ = permutation;
   capture_ = capture;
+  gate_capture_ = gate_capture;
+  mask_cut_ = -1.0f;
   std::fill(out.begin(), out.begin() + uint64_t{n} * g_.dim, 0.0f);
-  if (!capture.empty()) {
-    CHECK_GE(capture.size(), uint64_t{n} * hidden_);
-    std::fill(capture.begin(), capture.begin() + uint64_t{n} * hidden_, 0.0f);
+  for (std::span<float> c : {capture, gate_capture}) {
+    if (c.empty()) continue;
+    CHECK_GE(c.size(), uint64_t{n} * hidden_);
+    std::fill(c.begin(), c.begin() + uint64_t{n} * hidden_, 0.0f);
   }
   if (separate_) {
     CHECK(dense_gate != nullptr);
     CHECK_EQ(dense_gate->rows, hidden_);
     CHECK_EQ(dense_gate->cols, g_.dim);
     MatMul(*dense_gate, x, n, gate_all_, qx_span_, pool_);
+    if (!gate_capture.empty()) {
+      std::copy(gate_all_.begin(), gate_all_.begin() + uint64_t{n} * hidden_, gate_capture.begin());
+    }
   }
   QuantizeActivations(x, g_.dim, n, qx_span_);
 }
@@ -133,16 +139,19 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         MatMulRows(gu, x_, n, qx_span_, 0, 2, std::span<float>(tile, 2 * uint64_t{n}));
         for (uint32_t t = 0; t < n; ++t) {
           float gv = tile[2 * t], uv = tile[2 * t + 1];
+          if (!gate_capture_.empty()) gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
+          const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = gv;
+          h[t] = masked ? 0.0f : gv;
         }
       } else {
         const MatrixView up{g_.dtype, 1, dim, ConstByteSpan(bundle + g_.up_offset(), part)};
         MatMulRows(up, x_, n, qx_span_, 0, 1, std::span<float>(tile, n));
         for (uint32_t t = 0; t < n; ++t) {
           float gv = gate_all_[uint64_t{t} * hidden_ + neuron], uv = tile[t];
+          const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = gv;
+          h[t] = masked ? 0.0f : gv;
         }
       }
       if (!capture_.empty()) {

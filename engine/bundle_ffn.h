@@ -48,19 +48,26 @@ class BundleFfnKernel {
   // the layer's last Accumulate. For kGateSeparate bundles `dense_gate` (hidden x dim, neuron
   // order) is the layer's gate matrix: it is multiplied here, so it need not outlive Begin.
   // `capture` (n x hidden f32, neuron order; empty = off): zeroed, then every accumulated
-  // neuron's h = act(gate x) * (up x) is written there too (what an FfnObserver sees).
+  // neuron's h = act(gate x) * (up x) is written there too (what an FfnObserver sees);
+  // `gate_capture` (same shape) likewise receives the pre-activation gate x of every accumulated
+  // neuron (with a dense gate: of every neuron, at Begin). Ends any mask (set_mask).
   void Begin(std::span<const float> x, uint32_t n, std::span<float> out,
              const MatrixView* dense_gate, std::span<const uint32_t> permutation,
-             std::span<float> capture = {});
+             std::span<float> capture = {}, std::span<float> gate_capture = {});
+  // From now until the next Begin, a neuron adds nothing to a token whose |act(gate x)| <= cut
+  // (its h is 0): the threshold sparsity's rule, per token, so that a batch computes what its
+  // tokens one at a time would. cut < 0: no mask.
+  void set_mask(float cut) { mask_cut_ = cut; }
 
   // Accumulates the bundles bundles[k] at positions positions[k] (k < positions.size() <=
   // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
   // the calls of a layer.
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
   // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
-  // increasing order, the positions whose neuron's gate output is positive for at least one of
-  // the batch's tokens (those that fire under ReLU), and returns how many.
-  uint32_t FiringPositions(std::span<uint32_t> out) const;
+  // increasing order, the positions whose neuron has |act(gate x)| > cut for at least one of the
+  // batch's tokens, and returns how many. With cut = 0 under ReLU: the neurons whose gate output
+  // is positive (those that fire).
+  uint32_t FiringPositions(std::span<uint32_t> out, float cut = 0.0f) const;
 
   const layout::BundleGeometry& geometry() const { return g_; }
   uint32_t chunk_max() const { return chunk_max_; }
@@ -84,6 +91,8 @@ class BundleFfnKernel {
   std::span<float> out_;
   std::span<const uint32_t> perm_;
   std::span<float> capture_;
+  std::span<float> gate_capture_;
+  float mask_cut_ = -1.0f;
   bool separate_ = false;
   Arena arena_;
   std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor

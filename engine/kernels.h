@@ -18,6 +18,8 @@
 #ifndef FLASHLM_ENGINE_KERNELS_H_
 #define FLASHLM_ENGINE_KERNELS_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 
@@ -73,6 +75,10 @@ void RmsNorm(std::span<const float> x, std::span<const float> w, float eps, std:
 void Softmax(std::span<float> x);
 // x[i] = act(x[i]) * up[i], act = silu or relu.
 void SwiGlu(std::span<float> gate, std::span<const float> up, bool relu);
+// |act(g)|, computed as SwiGlu computes act: what the threshold sparsity compares to its cut.
+inline float ActivationMagnitude(float g, bool relu) {
+  return relu ? std::max(g, 0.0f) : std::fabs(g / (1.0f + std::exp(-g)));
+}
 // Dot product of two f32 vectors (SIMD).
 float DotF32(const float* a, const float* b, uint32_t n);
 // y += a * x.

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "layout/byte_source.h"
+#include "layout/ffn_thresholds.h"
 #include "layout/gguf_reader.h"
 #include "layout/llama2c_reader.h"
 #include "layout/store_reader.h"
@@ -220,7 +221,8 @@ Result<std::unique_ptr<Session>> Session::Open(const std::string& path,
   return s;
 }
 
-Status Session::OpenStore(const std::string& path, const SessionOptions& options) {
+Status Session::OpenStore(const std::string& path, const SessionOptions& given) {
+  SessionOptions options = given;
   layout::StoreReadOptions ro;
   ro.backend = options.backend;
   ro.direct = options.direct;
@@ -235,6 +237,15 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
     return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
   }
   const layout::ModelConfig config = reader->config();
+  if (options.transformer.sparsity == FfnSparsity::kThreshold) {
+    const std::string file = options.ffn_thresholds_path.empty()
+                                 ? path + "/" + std::string(layout::kFfnThresholdsFileName)
+                                 : options.ffn_thresholds_path;
+    ASSIGN_OR_RETURN(layout::FfnThresholds t,
+                     layout::LoadFfnThresholds(file, reader->identity(), config.n_layers,
+                                               config.hidden_dim));
+    options.transformer.ffn_thresholds = std::move(t.thresholds);
+  }
   ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
@@ -374,6 +385,9 @@ std::string Session::Describe() const {
        "\n  FFN: " +
        (model_->sparsity() == FfnSparsity::kRelu
             ? "relu sparsity (the dense gate first, then only the firing neurons' bundles)"
+        : model_->sparsity() == FfnSparsity::kThreshold
+            ? "threshold sparsity (the dense gate first, then only the bundles of neurons above "
+              "the layer's calibrated cut; approximate)"
             : "dense (every neuron)") +
        "\n";
   return s;

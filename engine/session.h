@@ -54,6 +54,9 @@ struct SessionOptions {
   bool budgeted = false;
   uint64_t budget_bytes = 0;
   TransformerOptions transformer;
+  // transformer.sparsity kThreshold: the calibrated thresholds (layout/ffn_thresholds.h) are read
+  // from here; empty = <store>/ffn_thresholds.json. They must belong to the store opened.
+  std::string ffn_thresholds_path;
   StreamingOptions streaming;
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;  // O_DIRECT data files (and the KV spill file)

@@ -69,6 +69,8 @@ std::string_view FfnSparsityName(FfnSparsity s) {
       return "dense";
     case FfnSparsity::kRelu:
       return "relu";
+    case FfnSparsity::kThreshold:
+      return "threshold";
   }
   return "?";
 }
@@ -116,7 +118,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   l.att_out = a.AddFloats(b * q_dim);
   l.proj = a.AddFloats(b * c.dim);
   l.hb_used = !shape.bundles || o.observe_ffn;
-  l.hb2_used = !shape.bundles;
+  l.hb2_used = !shape.bundles || o.observe_ffn;  // with bundles: the observed gate
   if (l.hb_used) l.hb = a.AddFloats(b * c.hidden_dim);
   if (l.hb2_used) l.hb2 = a.AddFloats(b * c.hidden_dim);
   l.scores = a.AddFloats(uint64_t{threads} * ctx);
@@ -141,7 +143,8 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
     l.needed = a.Add(ctx);
   }
-  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
+  const FfnSparsity sparsity = ResolveSparsity(c, o.sparsity, shape);
+  if (shape.bundles && (sparsity == FfnSparsity::kRelu || sparsity == FfnSparsity::kThreshold)) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
   }
   if (shape.bundles) {
@@ -201,6 +204,24 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
           "gate+up-down): with gate-up-down bundles every bundle is read to learn its gate");
     }
   }
+  if (t->sparsity_ == FfnSparsity::kThreshold) {
+    if (!shape.bundles || shape.bundles->has_gate()) {
+      return InvalidArgumentError(
+          "--sparsity threshold needs a store with gate+up-down bundles (flashlm repack --bundle "
+          "gate+up-down): with gate-up-down bundles every bundle is read to learn its gate");
+    }
+    if (options.ffn_thresholds.size() != c.n_layers) {
+      return InvalidArgumentError("--sparsity threshold: " +
+                                  std::to_string(options.ffn_thresholds.size()) +
+                                  " thresholds for " + std::to_string(c.n_layers) + " layers");
+    }
+    for (float cut : options.ffn_thresholds) {
+      if (!std::isfinite(cut) || cut < 0) {
+        return InvalidArgumentError("--sparsity threshold: thresholds must be finite and >= 0");
+      }
+    }
+    t->thresholds_ = options.ffn_thresholds;
+  }
   const Layout l = MakeLayout(c, options, pool.size(), shape, t->max_context_);
   t->max_batch_ = l.batch;
   t->logit_rows_max_ = l.logit_rows;
@@ -237,7 +258,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->seq_first_ = u32(l.seq_first, options.max_sequences);
   t->seq_next_ = u32(l.seq_next, options.max_sequences);
   t->last_logit_ = u32(l.last_logit, 1);
-  if (t->sparsity_ == FfnSparsity::kRelu) t->fired_ = u32(l.fired, c.hidden_dim);
+  if (l.fired != 0) t->fired_ = u32(l.fired, c.hidden_dim);
   t->selective_fetch_ = options.selective_fetch;
   if (options.selective_fetch) {
     t->item_scores_ = a.Floats(l.item_scores, uint64_t{c.n_heads} * ctx);
@@ -559,6 +580,9 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
     ffn_total_ += c.hidden_dim;
     ffn_computed_ += c.hidden_dim;
     MatMul(w.gate, xb, n, hb_, scratch_, pool_);
+    if (ffn_observer_ != nullptr) {
+      ffn_observer_->OnFfnGate(l, hb_.first(uint64_t{n} * c.hidden_dim), n);
+    }
     MatMul(w.up, xb, n, hb2_, scratch_, pool_);
     SwiGlu(hb_.first(uint64_t{n} * c.hidden_dim), hb2_.first(uint64_t{n} * c.hidden_dim),
            c.activation == layout::Activation::kRelu);
@@ -571,15 +595,20 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
   // Neuron bundles, in the order the source serves them (increasing positions).
   NeuronSource& source = *w.neurons;
   const bool observe = ffn_observer_ != nullptr;
+  const uint64_t hidden_n = uint64_t{n} * c.hidden_dim;
   ffn_kernel_->Begin(xb, n, out, source.geometry().has_gate() ? nullptr : &w.gate,
-                     source.permutation(l),
-                     observe ? hb_.first(uint64_t{n} * c.hidden_dim) : std::span<float>());
+                     source.permutation(l), observe ? hb_.first(hidden_n) : std::span<float>(),
+                     observe ? hb2_.first(hidden_n) : std::span<float>());
   // The dense gate has been multiplied: the layer's matrices are done.
   RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
   ffn_total_ += c.hidden_dim;
-  if (sparsity_ == FfnSparsity::kRelu) {
-    // Only the neurons that fire for some token: the others add exactly zero.
-    const uint32_t fired = ffn_kernel_->FiringPositions(fired_);
+  if (sparsity_ == FfnSparsity::kRelu || sparsity_ == FfnSparsity::kThreshold) {
+    // kRelu: only the neurons that fire for some token; the others add exactly zero.
+    // kThreshold: only those above the layer's cut for some token; the kernel's mask zeroes the
+    // tokens below it.
+    const float cut = sparsity_ == FfnSparsity::kRelu ? 0.0f : thresholds_[l];
+    const uint32_t fired = ffn_kernel_->FiringPositions(fired_, cut);
+    if (sparsity_ == FfnSparsity::kThreshold) ffn_kernel_->set_mask(cut);
     ffn_computed_ += fired;
     RETURN_IF_ERROR(source.Begin(l, fired_.first(fired)));
   } else {
@@ -595,7 +624,10 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
       ffn_kernel_->Accumulate(batch.positions.subspan(k, m), batch.bundles.subspan(k, m));
     }
   }
-  if (observe) ffn_observer_->OnFfnActivations(l, hb_.first(uint64_t{n} * c.hidden_dim), n);
+  if (observe) {
+    ffn_observer_->OnFfnGate(l, hb2_.first(hidden_n), n);
+    ffn_observer_->OnFfnActivations(l, hb_.first(hidden_n), n);
+  }
   return Status::Ok();
 }
 

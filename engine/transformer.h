@@ -49,6 +49,10 @@ class FfnObserver {
  public:
   virtual ~FfnObserver() = default;
   virtual void OnFfnActivations(uint32_t layer, std::span<const float> h, uint32_t n_tokens) = 0;
+  // The same layer's pre-activation gate outputs g = gate x (n_tokens x hidden_dim, neuron
+  // order; with neuron bundles, 0 for neurons not computed), called before OnFfnActivations.
+  // What threshold calibration reads. Default: ignored.
+  virtual void OnFfnGate(uint32_t /*layer*/, std::span<const float> /*g*/, uint32_t /*n_tokens*/) {}
 };
 
 // Chooses which positions' V rows the attention's weighted sum uses (e.g. the top-N of KCache,
@@ -77,8 +81,13 @@ enum class FfnSparsity : uint8_t {
   // Needs gate+up-down bundles: in gate-up-down bundles the gate is read with the rest, so
   // knowing which neurons fire would cost reading them all.
   kRelu,
+  // Approximate (CATS): in layer l a neuron adds nothing to a token whose |act(gate x)| is at most
+  // TransformerOptions::ffn_thresholds[l]; only the [up | down] bundles of neurons above it for
+  // some token of the batch are read. Thresholds come from calibration (engine/gate_calibrator.h,
+  // layout/ffn_thresholds.h). Needs gate+up-down bundles, as kRelu does.
+  kThreshold,
 };
-std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu"
+std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu", "threshold"
 
 struct TransformerOptions {
   uint32_t max_context = 0;    // positions per sequence; 0 = the model's max_seq_len
@@ -92,6 +101,7 @@ struct TransformerOptions {
   // max_context scores and selections and a max_context mask.
   bool selective_fetch = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
+  std::vector<float> ffn_thresholds;  // kThreshold: one cut per layer (finite, >= 0)
 };
 
 // How the weights are served, as far as the forward pass's buffers depend on it.
@@ -199,7 +209,8 @@ class Transformer {
   uint64_t attention_ns_ = 0;
   FfnSparsity sparsity_ = FfnSparsity::kDense;
   uint64_t ffn_computed_ = 0, ffn_total_ = 0;
-  std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu)
+  std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu, kThreshold)
+  std::vector<float> thresholds_;  // kThreshold: [layer] cut
 
   Arena arena_;
   std::span<float> x_;        // max_batch x dim: residual stream

@@ -37,6 +37,7 @@ CommandRunner RegisterTokenize(CLI::App& app);
 CommandRunner RegisterPerplexity(CLI::App& app);
 // activations (issue 5)
 CommandRunner RegisterActivations(CLI::App& app);  // tools/activations_command.cc
+CommandRunner RegisterCalibrate(CLI::App& app);    // tools/calibrate_command.cc
 CommandRunner RegisterPlan(CLI::App& app);         // tools/plan_command.cc
 CommandRunner RegisterBench(CLI::App& app);        // tools/bench_command.cc
 

@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
   runners.push_back(RegisterPerplexity(app));
   // activations (issue 5)
   runners.push_back(RegisterActivations(app));
+  runners.push_back(RegisterCalibrate(app));
   runners.push_back(RegisterPlan(app));
   runners.push_back(RegisterBench(app));
   runners.push_back(RegisterServe(app));

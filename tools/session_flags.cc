@@ -27,8 +27,10 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "With --mem-budget: chunk buffers in flight when pipelining (default 4)");
   cmd->add_option("--sparsity", f->sparsity,
                   "FFN neurons computed from a store: dense, relu (exact for ReLU models with "
-                  "gate+up-down bundles: only neurons whose gate fires are read), or auto "
-                  "(relu where it applies, else dense)")
+                  "gate+up-down bundles: only neurons whose gate fires are read), threshold "
+                  "(approximate: only neurons with |act(gate x)| above the layer's calibrated "
+                  "cut, see flashlm calibrate; gate+up-down bundles), or auto (relu where it "
+                  "applies, else dense)")
       ->capture_default_str();
   f->kv_options[0] = cmd->add_option(
       "--kv-page-tokens", f->kv_page_tokens,
@@ -51,6 +53,9 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "head; the kept probabilities are renormalised. With a paged cache that spills, "
                   "only the V pages holding kept positions are read")
       ->capture_default_str();
+  cmd->add_option("--thresholds", f->thresholds,
+                  "With --sparsity threshold: the thresholds file (default "
+                  "STORE/ffn_thresholds.json, written by flashlm calibrate)");
 }
 
 bool SessionFlags::kv_paged() const {
@@ -96,9 +101,11 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     o->transformer.sparsity = engine::FfnSparsity::kDense;
   } else if (f.sparsity == "relu") {
     o->transformer.sparsity = engine::FfnSparsity::kRelu;
+  } else if (f.sparsity == "threshold") {
+    o->transformer.sparsity = engine::FfnSparsity::kThreshold;
   } else {
-    return InvalidArgumentError("--sparsity must be auto, dense or relu (threshold and predictor "
-                                "modes are not built yet)");
+    return InvalidArgumentError("--sparsity must be auto, dense, relu or threshold (the predictor "
+                                "mode is not built yet)");
   }
   o->kv.paged = f.kv_paged();
   if (f.kv_page_tokens < 1 || f.kv_page_tokens > engine::kKvPageTokensMax) {
@@ -127,6 +134,10 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   auto topn = engine::TopNSpec::Parse(f.kv_topn);
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
+  if (!f.thresholds.empty() && o->transformer.sparsity != engine::FfnSparsity::kThreshold) {
+    return InvalidArgumentError("--thresholds applies only with --sparsity threshold");
+  }
+  o->ffn_thresholds_path = f.thresholds;
   return Status::Ok();
 }
 

@@ -37,6 +37,7 @@ struct SessionFlags {
   std::string kv_topn = "all";
   CLI::Option* kv_options[4] = {};
   bool kv_paged() const;
+  std::string thresholds;  // --thresholds FILE
   bool budgeted() const { return !mem_budget.empty(); }
 };
 void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);

@@ -13,7 +13,9 @@
 #include "engine/generator.h"
 #include "engine/session.h"
 #include "layout/checkpoint.h"
+#include "layout/ffn_thresholds.h"
 #include "layout/repack.h"
+#include "layout/store_reader.h"
 #include "layout/synth.h"
 #include "tests/test_util.h"
 
@@ -205,7 +207,8 @@ TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
       o.kv_topn = *TopNSpec::Parse(topn);
       auto probe = Session::Open(store, o);
       ASSERT_TRUE(probe.ok()) << probe.status().ToString();
-      o.kv.pool_bytes = cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
+      o.kv.pool_bytes =
+          cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
       probe->reset();
       auto session = Session::Open(store, o);
       ASSERT_TRUE(session.ok()) << session.status().ToString();
@@ -276,6 +279,51 @@ TEST(AllocationTest, ReluSparseDecodeAllocatesNothing) {
     auto session = Session::Open(store, o);
     ASSERT_TRUE(session.ok()) << session.status().ToString();
     ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kRelu);
+    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
+    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+  }
+}
+
+// threshold sparsity (the dense gate, then the bundles of neurons above the layer's cut, masked
+// per token) allocates nothing per token either.
+TEST(AllocationTest, ThresholdSparseDecodeAllocatesNothing) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.dtype = layout::DType::kQ8_0;
+  so.out_path = (dir / "silu.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  const std::string store = (dir / "store").string();
+  {
+    auto src = layout::OpenCheckpoint(so.out_path);
+    ASSERT_TRUE(src.ok());
+    layout::RepackOptions ro;
+    ro.alignment_bytes = 512;
+    ro.bundle_kind = layout::BundleKind::kGateSeparate;
+    ASSERT_TRUE(layout::Repack(**src, store, ro).ok());
+    auto reader = layout::StoreReader::Open(store);
+    ASSERT_TRUE(reader.ok());
+    layout::FfnThresholds t;
+    t.store_identity = (*reader)->identity();
+    t.hidden_dim = so.config.hidden_dim;
+    t.target_sparsity = 0.5;
+    t.thresholds.assign(so.config.n_layers, 0.02f);
+    t.calibrated_sparsity.assign(so.config.n_layers, 0.5);
+    ASSERT_TRUE(layout::SaveFfnThresholds(t, store + "/ffn_thresholds.json").ok());
+  }
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 128;
+  o.transformer.sparsity = FfnSparsity::kThreshold;
+  o.streaming.chunk_bundles = 16;
+  const uint64_t minimum = Minimum(store, o);
+  ASSERT_GT(minimum, 0u);
+  for (uint64_t budget : {minimum, uint64_t{0}}) {
+    o.budgeted = true;
+    o.budget_bytes = budget;
+    auto session = Session::Open(store, o);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kThreshold);
     EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
     EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
   }
