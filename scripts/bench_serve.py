@@ -149,7 +149,7 @@ def launch(a):
     res = {}
     raw = open(a.raw, "a") if a.raw else None
     port = a.port
-    for rep in range(a.reps):
+    for rep in range(a.rep_offset, a.rep_offset + a.reps):
         order = kinds if rep % 2 == 0 else list(reversed(kinds))
         for c in conc:
             for kind in order:
@@ -161,7 +161,11 @@ def launch(a):
                 if raw:
                     raw.write(json.dumps(p) + "\n")
                     raw.flush()
+    return report(res, kinds, conc)
 
+
+def report(res, kinds, conc):
+    """Prints the table of the points res[(server, concurrency)] (lists over repetitions)."""
     def ok(kind, c):
         return [p for p in res.get((kind, c), []) if "error" not in p and not p.get("errors")]
 
@@ -230,11 +234,24 @@ def main():
     ap.add_argument("--ctx", type=int, default=256, help="context per sequence")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--rep-offset", type=int, default=0,
+                    help="number of the first repetition (a later run goes on alternating)")
     ap.add_argument("--port", type=int, default=18400)
     ap.add_argument("--load-timeout", type=int, default=600)
-    ap.add_argument("--raw", help="append every point as a JSON line")
+    ap.add_argument("--raw", help="append every point as a JSON line (with --from-raw, reread)")
     ap.add_argument("--log", help="append the servers' output here")
+    ap.add_argument("--from-raw", help="only the table, from the --raw lines of earlier runs")
     a = ap.parse_args()
+    if a.from_raw:
+        res, kinds, conc = {}, [], []
+        for line in open(a.from_raw):
+            p = json.loads(line)
+            res.setdefault((p["server"], p["concurrency"]), []).append(p)
+            if p["server"] not in kinds:
+                kinds.append(p["server"])
+            if p["concurrency"] not in conc:
+                conc.append(p["concurrency"])
+        return report(res, kinds, sorted(conc))
     if a.servers:
         return launch(a)
     complete(a.url, a.prompt, 4)  # warm-up
