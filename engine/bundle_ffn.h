@@ -5,7 +5,9 @@
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up are
 // rows of a 1- or 2-row MatrixView through MatMulRows (q8 activations for block dtypes, exactly
-// as MatMul does); the down column is dequantised and accumulated in one pass (AxpyRow).
+// as MatMul does); the down column is dequantised and accumulated in one pass (AxpyRow; for a
+// batch of tokens AxpyRows, which keeps a block of the outputs in registers across the bundles
+// and is bit-identical to it).
 // Determinism: every out[t][r] sums its terms in the order the positions are accumulated (batches
 // come in increasing position order), whatever the batching, the thread count of the down pass or
 // which bundles came from DRAM or flash, so results do not depend on the memory budget (only on

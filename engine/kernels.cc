@@ -201,7 +201,6 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 #endif
 }
 
-
 // ---- q4_K / q6_K rows against NT q8-quantised token vectors ---------------------------------
 // A super-block of 256 weights meets 8 activation blocks of 32: sub-block j of super-block b is
 // activation block 8b + j. xs[t][blk] = xd[t][blk] * (sum of the block's int8 values).
@@ -210,7 +209,8 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
 constexpr uint32_t kQ4KBytes = 144, kQ6KBytes = 210;
 
 // The 8 six-bit scales and 8 mins of a q4_K super-block (12 packed bytes at p), as bytes.
-__attribute__((always_inline)) inline void UnpackQ4KScales(const std::byte* p, uint8_t sc[8], uint8_t m[8]) {
+__attribute__((always_inline)) inline void UnpackQ4KScales(const std::byte* p, uint8_t sc[8],
+                                                           uint8_t m[8]) {
   uint32_t u[3];
   std::memcpy(u, p, 12);
   const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu, m_lo = u[1] & 0x3F3F3F3Fu;
@@ -250,10 +250,11 @@ void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
     const __m256 d = _mm256_set1_ps(HalfToFloat(blk)), dmin = _mm256_set1_ps(HalfToFloat(blk + 2));
     uint64_t sc8, m8;
     UnpackQ4KScales(blk + 4, reinterpret_cast<uint8_t*>(&sc8), reinterpret_cast<uint8_t*>(&m8));
-    const __m256 dsc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-                                            _mm_cvtsi64_si128(static_cast<int64_t>(sc8)))));
-    const __m256 dm = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-                                              _mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
+    const __m256 dsc = _mm256_mul_ps(
+        d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(sc8)))));
+    const __m256 dm = _mm256_mul_ps(
+        dmin,
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
     const uint32_t a0 = 8 * b;
     alignas(32) float coef[NT][8];  // d * sc[j] * xd[t][a0 + j]
     for (int t = 0; t < NT; ++t) {
@@ -298,8 +299,7 @@ void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
     }
   }
   for (int t = 0; t < NT; ++t) {
-    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) - HorizontalSum(macc[t]) -
-             mtail[t];
+    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) - HorizontalSum(macc[t]) - mtail[t];
   }
 #else
   float sums[NT] = {};
@@ -341,10 +341,9 @@ void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   // Lanes 0-3 of a block's int32 dot cover its values 0..15 (scale 2k of the half), lanes 4-7
   // values 16..31 (scale 2k+1).
-  const __m256i pick[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-                           _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-                           _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
-                           _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+  const __m256i pick[4] = {
+      _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+      _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
   for (uint32_t b = 0; b < nsb; ++b) {
     const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
     const __m256 d = _mm256_set1_ps(HalfToFloat(blk + 208));
@@ -661,7 +660,8 @@ double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
     float v[layout::kKBlockValues];
     for (uint32_t c0 = 0; c0 < w.cols; c0 += per) {
       const uint32_t n = std::min(per, w.cols - c0);
-      CHECK_OK(layout::DequantizeRow(w.dtype, ConstByteSpan(row + c0 / per * block_bytes, block_bytes),
+      CHECK_OK(layout::DequantizeRow(w.dtype,
+                                     ConstByteSpan(row + c0 / per * block_bytes, block_bytes),
                                      std::span<float>(v, n)));
       for (uint32_t i = 0; i < n; ++i) sum += double(v[i]) * x[c0 + i];
     }
@@ -754,6 +754,66 @@ void AxpyF32(float a, const float* x, float* y, uint32_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+namespace {
+#ifdef FLASHLM_AVX2
+// The 32 values of one f16, q8_0 or q4_0 block at w, dequantised as layout::DequantizeRow does.
+inline void LoadBlock32(DType dtype, const std::byte* w, __m256 v[4]) {
+  if (dtype == DType::kF16) {
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j)));
+    }
+    return;
+  }
+  const __m256 d = _mm256_set1_ps(HalfToFloat(w));
+  __m128i q[2];
+  if (dtype == DType::kQ4_0) {
+    const __m256i all = UnpackQ4(w + 2);
+    q[0] = _mm256_castsi256_si128(all);
+    q[1] = _mm256_extracti128_si256(all, 1);
+  } else {
+    q[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+    q[1] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 18));
+  }
+  for (int h = 0; h < 2; ++h) {
+    v[2 * h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[h])));
+    v[2 * h + 1] =
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q[h], 8))));
+  }
+}
+
+// AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
+// y (NT x 32) stays in registers while the rows go by.
+template <int NT>
+void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, const float* a,
+                   uint64_t a_stride, float* y, uint64_t y_stride) {
+  __m256 acc[NT][4];
+  for (int t = 0; t < NT; ++t) {
+    for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_loadu_ps(y + t * y_stride + 8 * j);
+  }
+  const size_t count = rows.size();
+  constexpr size_t kAhead = 8;  // rows whose block is requested ahead
+  for (size_t k = 0; k < count; ++k) {
+    if (k + kAhead < count) __builtin_prefetch(rows[k + kAhead] + at, 0, 3);
+    const float* ak = a + k * a_stride;
+    bool any = false;
+    for (int t = 0; t < NT; ++t) any |= ak[t] != 0.0f;
+    if (!any) continue;
+    __m256 v[4];
+    LoadBlock32(dtype, rows[k] + at, v);
+    for (int t = 0; t < NT; ++t) {
+      if (ak[t] == 0.0f) continue;
+      const __m256 at_t = _mm256_set1_ps(ak[t]);
+      for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_fmadd_ps(at_t, v[j], acc[t][j]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + t * y_stride + 8 * j, acc[t][j]);
+  }
+}
+#endif
+
+}  // namespace
+
 void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint32_t n_tokens,
              float* y, uint64_t y_stride) {
   CHECK(MatMulSupports(dtype));
@@ -785,27 +845,7 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
 #ifdef FLASHLM_AVX2
     if (m == kBlock) {
       __m256 v[4];
-      if (dtype == DType::kF16) {
-        for (int j = 0; j < 4; ++j) {
-          v[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j)));
-        }
-      } else {
-        const __m256 d = _mm256_set1_ps(HalfToFloat(w));
-        __m128i q[2];
-        if (dtype == DType::kQ4_0) {
-          const __m256i all = UnpackQ4(w + 2);
-          q[0] = _mm256_castsi256_si128(all);
-          q[1] = _mm256_extracti128_si256(all, 1);
-        } else {
-          q[0] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
-          q[1] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 18));
-        }
-        for (int h = 0; h < 2; ++h) {
-          v[2 * h] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[h])));
-          v[2 * h + 1] =
-              _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q[h], 8))));
-        }
-      }
+      LoadBlock32(dtype, w, v);
       for (uint32_t t = 0; t < n_tokens; ++t) {
         if (a[t] == 0.0f) continue;
         const __m256 at = _mm256_set1_ps(a[t]);
@@ -824,6 +864,47 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
       float* yt = y + t * y_stride + c;
       for (uint32_t i = 0; i < m; ++i) yt[i] += a[t] * tmp[i];
     }
+  }
+}
+
+void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
+              const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride) {
+  CHECK(MatMulSupports(dtype));
+  uint32_t done = 0;  // values handled by the register-blocked path
+#ifdef FLASHLM_AVX2
+  if (n_tokens > 1 && (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
+    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
+    const uint32_t full = len / kBlock;
+    for (uint32_t b = 0; b < full; ++b) {
+      const uint64_t at = offset + b * block_bytes;
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+        const float* at0 = a + t0;
+        float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
+        switch (std::min(4u, n_tokens - t0)) {
+          case 1:
+            AxpyBlockRows<1>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            break;
+          case 2:
+            AxpyBlockRows<2>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            break;
+          case 3:
+            AxpyBlockRows<3>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            break;
+          default:
+            AxpyBlockRows<4>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            break;
+        }
+      }
+    }
+    done = full * kBlock;
+  }
+#endif
+  if (done == len) return;
+  // The rest (all of it for one token or other dtypes; else a partial last block), row by row.
+  const uint64_t rest_offset = offset + layout::RowBytes(dtype, done);
+  for (size_t k = 0; k < rows.size(); ++k) {
+    AxpyRow(dtype, rows[k] + rest_offset, len - done, a + k * a_stride, n_tokens, y + done,
+            y_stride);
   }
 }
 

@@ -67,14 +67,29 @@ def run_flashlm(exe, store, budget, n, threads, naive):
             "rss_over_budget": rss_kib * 1024 - budget}
 
 
-def run_llama(exe, gguf, budget, n, threads):
-    os.makedirs(CGROUP, exist_ok=True)
-    with open(os.path.join(CGROUP, "memory.limit_in_bytes"), "w") as f:
+def confine(budget, cgroup=CGROUP):
+    """Sets up the cgroup v1 memory group `cgroup` with a limit of `budget` bytes (its peak usage
+    reset) and returns the command prefix that runs a command inside it: the command's page cache
+    (a mapped GGUF) and anonymous memory are charged to the group."""
+    os.makedirs(cgroup, exist_ok=True)
+    with open(os.path.join(cgroup, "memory.limit_in_bytes"), "w") as f:
         f.write(str(budget))
+    with open(os.path.join(cgroup, "memory.max_usage_in_bytes"), "w") as f:
+        f.write("0")
+    return ["bash", "-c", 'echo $$ > %s/cgroup.procs && exec "$@"' % cgroup, "confined"]
+
+
+def cgroup_peak(cgroup=CGROUP):
+    """The group's peak memory usage (bytes) since confine() reset it."""
+    with open(os.path.join(cgroup, "memory.max_usage_in_bytes")) as f:
+        return int(f.read())
+
+
+def run_llama(exe, gguf, budget, n, threads):
+    prefix = confine(budget)
     drop_caches()
-    script = 'echo $$ > %s/cgroup.procs && exec "$@"' % CGROUP
-    p = subprocess.run(["bash", "-c", script, "llama", exe, "-m", gguf, "-p", "0", "-n", str(n),
-                        "-t", str(threads), "-r", "1", "-o", "json"],
+    p = subprocess.run(prefix + [exe, "-m", gguf, "-p", "0", "-n", str(n),
+                                 "-t", str(threads), "-r", "1", "-o", "json"],
                        capture_output=True, text=True)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}

@@ -121,6 +121,12 @@ std::string Metrics::Prometheus(const engine::SchedulerSnapshot& s, uint64_t pla
   gauge("flashlm_ffn_hit_rate", "Fraction of FFN bundles used from DRAM.", e.hit_rate());
   gauge("flashlm_ffn_computed_fraction", "Fraction of FFN neurons computed.",
         e.ffn_computed_fraction());
+  gauge("flashlm_kv_resident_bytes", "DRAM the KV cache holds now (pages, when paged).",
+        static_cast<double>(e.kv_resident_bytes));
+  counter("flashlm_kv_bytes_written_total", "V pages the paged KV cache spilled to flash.",
+          static_cast<double>(e.kv_bytes_written));
+  counter("flashlm_kv_bytes_read_total", "Spilled V pages the paged KV cache read back.",
+          static_cast<double>(e.kv_bytes_read));
   gauge("flashlm_planned_bytes", "DRAM the engine planned to hold.",
         static_cast<double>(planned_bytes));
   gauge("flashlm_peak_rss_bytes", "Peak resident set size of the process.",
@@ -149,6 +155,9 @@ nlohmann::json Metrics::Json(const engine::SchedulerSnapshot& s, uint64_t planne
   j["reads"] = e.reads;
   j["ffn_hit_rate"] = e.hit_rate();
   j["ffn_computed_fraction"] = e.ffn_computed_fraction();
+  j["kv_resident_bytes"] = e.kv_resident_bytes;
+  j["kv_bytes_written"] = e.kv_bytes_written;
+  j["kv_bytes_read"] = e.kv_bytes_read;
   j["planned_bytes"] = planned_bytes;
   j["peak_rss_bytes"] = engine::PeakRssBytes();
   return j;

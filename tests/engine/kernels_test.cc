@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -148,6 +149,47 @@ TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
             i < len ? double(y0[t * stride + i]) + double(a[t]) * v[skip + i] : y0[t * stride + i];
         ASSERT_NEAR(y[t * stride + i], want, 1e-5 * (1 + std::fabs(want)))
             << DTypeName(dtype) << " token " << t << " value " << i;
+      }
+    }
+  }
+}
+
+// AxpyRows is bit-identical to AxpyRow called row after row, for every dtype, 1 to 9 tokens
+// (register tiles of 4 and their remainders), a partial last block, an offset into the rows, and
+// coefficients that are zero for some tokens or for every token of a row.
+TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
+  for (DType dtype :
+       {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    std::mt19937 rng(static_cast<uint32_t>(dtype) + 29);
+    const uint32_t per = std::max(32u, layout::BlockValues(dtype));
+    const uint32_t cols = 3 * per + 6;
+    constexpr uint32_t kRows = 13;
+    std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
+    const uint64_t rb = layout::RowBytes(dtype, cols);
+    std::vector<const std::byte*> rows;
+    for (uint32_t k = 0; k < kRows; ++k) rows.push_back(m.data() + (kRows - 1 - k) * rb);
+    const uint64_t offset = layout::RowBytes(dtype, per);  // from the second block on
+    const uint32_t len = cols - per;
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (uint32_t n = 1; n <= 9; ++n) {
+      const uint64_t a_stride = n + 3, y_stride = len + 7;
+      std::vector<float> a(kRows * a_stride);
+      for (uint32_t k = 0; k < kRows; ++k) {
+        for (uint32_t t = 0; t < n; ++t) {
+          a[k * a_stride + t] = (k == 4 || (k + t) % 5 == 0) ? 0.0f : nd(rng);
+        }
+      }
+      std::vector<float> y(n * y_stride);
+      for (float& v : y) v = nd(rng);
+      std::vector<float> want = y;
+      for (uint32_t k = 0; k < kRows; ++k) {
+        AxpyRow(dtype, rows[k] + offset, len, a.data() + k * a_stride, n, want.data(), y_stride);
+      }
+      AxpyRows(dtype, rows, offset, len, a.data(), a_stride, n, y.data(), y_stride);
+      for (size_t i = 0; i < y.size(); ++i) {
+        ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
+            << DTypeName(dtype) << " tokens " << n << " value " << i << ": " << y[i] << " vs "
+            << want[i];
       }
     }
   }
