@@ -66,6 +66,9 @@ class PagedKvCache final : public KvCache {
   // (Corruption, IoError), spilling a filled page (IoError).
   Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                std::span<const float> v) override;
+  layout::DType dtype() const override { return layout_.dtype; }
+  Status WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                      ConstByteSpan v) override;
   KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   Status FetchValues(uint32_t layer, uint32_t seq, uint32_t length) override;
@@ -80,6 +83,10 @@ class PagedKvCache final : public KvCache {
 
  private:
   PagedKvCache() = default;
+  // Write's and WriteEncoded's common part: `put` stores one row into the bytes it is given.
+  template <typename PutK, typename PutV>
+  Status WriteRows(uint32_t layer, uint32_t seq, uint32_t pos, const PutK& put_k,
+                   const PutV& put_v);
   KvRows Rows(layout::KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,
               uint32_t count) const;
 
