@@ -34,8 +34,9 @@ Result<layout::VCacheLayout> PagedKvCache::Layout(const layout::ModelConfig& c,
   return l;
 }
 
-uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes) {
-  return cache::KvPageCache::ResidentBytes(l, pool_bytes) +
+uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes,
+                                   bool fetch_rows) {
+  return cache::KvPageCache::ResidentBytes(l, pool_bytes, fetch_rows) +
          uint64_t{l.max_sequences} * sizeof(uint32_t);
 }
 
@@ -50,9 +51,10 @@ Result<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(
   po.spill_dir = o.spill_dir;
   po.backend = backend;
   po.direct = direct;
+  po.fetch_rows = o.fetch_rows;
   ASSIGN_OR_RETURN(kv->pages_, cache::KvPageCache::Create(po));
   kv->lengths_.assign(max_sequences, 0);
-  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes);
+  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes, o.fetch_rows);
   return kv;
 }
 
