@@ -52,8 +52,7 @@ def minimum_pool(a, page):
     p = subprocess.run([a.exe, "generate", a.store, "--bench-prompt-tokens", "2", "-n", "1",
                         "--ctx", str(a.ctx), "--kv-page-tokens", str(page), "--kv-budget", "1"],
                        capture_output=True, text=True)
-    m = re.search(r"below its minimum of [^(]*\(([0-9]+)", p.stderr) or \
-        re.search(r"minimum[^0-9]*([0-9]+) bytes", p.stderr)
+    m = re.search(r"minimum of [^(]*\(([0-9]+) bytes", p.stderr)
     if not m:
         sys.exit("cannot read the minimum pool from: " + p.stderr)
     return int(m.group(1))
