@@ -45,10 +45,17 @@ uint64_t KvPageCache::MinimumPoolBytes(const layout::VCacheLayout& l) {
   return std::min(FullPoolBytes(l), KBytes(l) + v_pages * l.page_stride_bytes());
 }
 
-uint64_t KvPageCache::ResidentBytes(const layout::VCacheLayout& l, uint64_t pool_bytes) {
+uint64_t KvPageCache::ResidentBytes(const layout::VCacheLayout& l, uint64_t pool_bytes,
+                                    bool fetch_rows) {
   const uint64_t slots = VSlots(l, pool_bytes);
   const uint64_t seq_layers = uint64_t{l.max_sequences} * l.n_layers;
-  return storage::AlignedBuffer::ResidentBytes(KBytes(l), kPageAlignment, false) +
+  const uint64_t rows =
+      fetch_rows ? l.pages_per_kind() * l.tokens_per_page * sizeof(uint64_t) +
+                       (l.pages_per_seq() + uint64_t{l.max_sequences} * l.pages_per_seq()) *
+                           sizeof(uint64_t) +
+                       l.pages_per_seq() * l.tokens_per_page * sizeof(RowRun)
+                 : 0;
+  return rows + storage::AlignedBuffer::ResidentBytes(KBytes(l), kPageAlignment, false) +
          storage::AlignedBuffer::ResidentBytes(slots * l.page_stride_bytes(), kPageAlignment,
                                                false) +
          slots * sizeof(uint32_t) + l.pages_per_kind() * sizeof(PageState) +
@@ -88,6 +95,13 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   c->writing_page_.assign(seq_layers, 0);
   c->fetched_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
   c->misses_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
+  c->fetch_rows_ = o.fetch_rows;
+  if (o.fetch_rows) {
+    c->row_pages_.reserve(l.pages_per_seq());
+    c->rows_only_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
+    c->row_runs_.reserve(l.pages_per_seq() * l.tokens_per_page);
+    c->row_checksums_.assign(l.pages_per_kind() * l.tokens_per_page, 0);
+  }
   KvPageCache* self = c.get();
   c->lru_ = std::make_unique<LruCache>(uint64_t{std::max<uint32_t>(c->v_slots_, 1)} * stride,
                                        std::max<uint32_t>(c->v_slots_, 1),
@@ -217,6 +231,12 @@ Status KvPageCache::SpillPage(uint64_t index) {
   const ConstByteSpan bytes(VSlot(ps.slot), stride);
   const uint64_t start = NowNs();
   ps.checksum = storage::Checksum64(bytes);
+  if (fetch_rows_) {
+    const uint64_t rb = layout_.row_bytes(), P = layout_.tokens_per_page;
+    for (uint64_t r = 0; r < P; ++r) {
+      row_checksums_[index * P + r] = storage::Checksum64(bytes.subspan(r * rb, rb));
+    }
+  }
   Status st = file_->WriteAt(index * stride, bytes);
   stats_.io_wait_ns += NowNs() - start;
   if (!st.ok()) return st.WithContext("KV spill file " + spill_path_);
@@ -302,7 +322,9 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
 Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page,
                                 uint64_t end_page, std::span<const uint8_t> positions_needed) {
   misses_.clear();
+  row_pages_.clear();
   const uint64_t P = layout_.tokens_per_page;
+  const bool rows = fetch_rows_ && !positions_needed.empty();
   for (uint64_t page = first_page; page < end_page; ++page) {
     if (!positions_needed.empty()) {
       const uint64_t begin = page * P, end = std::min<uint64_t>(begin + P, positions_needed.size());
@@ -311,6 +333,7 @@ Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_pag
       if (!any) continue;
     }
     const uint64_t index = VIndex(seq, layer, page);
+    CHECK(!v_pages_[index].rows_only);  // fetched twice before ReleaseFetched
     LruCache::Handle* h = lru_->Lookup(index);
     if (h != nullptr) {
       ++stats_.page_hits;
@@ -320,6 +343,15 @@ Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_pag
     // Not resident: only a full page leaves DRAM, and only after it was written to flash.
     CHECK(v_pages_[index].on_flash);
     Result<uint32_t> slot = TakeSlot();
+    if (slot.ok() && rows) {
+      // Only the needed rows, into a slot that is free again at ReleaseFetched.
+      v_pages_[index].slot = *slot;
+      v_pages_[index].rows_only = true;
+      rows_only_.push_back(index);
+      row_pages_.push_back(index);
+      ++stats_.page_misses;
+      continue;
+    }
     Result<LruCache::Handle*> inserted =
         slot.ok() ? InsertValue(index, *slot) : Result<LruCache::Handle*>(slot.status());
     if (!inserted.ok()) {
@@ -331,8 +363,9 @@ Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_pag
     fetched_.push_back(*inserted);
     misses_.push_back(index);
   }
-  if (misses_.empty()) return Status::Ok();
-  Status st = ReadPages(misses_);
+  Status st;
+  if (!misses_.empty()) st = ReadPages(misses_);
+  if (st.ok() && !row_pages_.empty()) st = ReadRows(row_pages_, positions_needed);
   if (!st.ok()) {
     ReleaseFetched();
     for (uint64_t index : misses_) lru_->Erase(index);  // their slots hold no valid page
@@ -343,6 +376,84 @@ Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_pag
 void KvPageCache::ReleaseFetched() {
   for (LruCache::Handle* h : fetched_) lru_->Release(h);
   fetched_.clear();
+  for (uint64_t index : rows_only_) {
+    free_slots_.push_back(v_pages_[index].slot);
+    v_pages_[index].slot = kNoSlot;
+    v_pages_[index].rows_only = false;
+  }
+  rows_only_.clear();
+}
+
+Status KvPageCache::ReadRows(std::span<const uint64_t> indices,
+                             std::span<const uint8_t> positions_needed) {
+  const uint64_t stride = layout_.page_stride_bytes(), rb = layout_.row_bytes();
+  const uint64_t P = layout_.tokens_per_page, pps = layout_.pages_per_seq();
+  const uint64_t align = file_->required_alignment_bytes();
+  const uint64_t start = NowNs();
+  // The runs of needed rows, widened to the alignment; runs that touch are merged.
+  row_runs_.clear();
+  for (uint64_t index : indices) {
+    const uint64_t first_pos = index % pps * P;
+    for (uint64_t r = 0; r < P && first_pos + r < positions_needed.size(); ++r) {
+      if (positions_needed[first_pos + r] == 0) continue;
+      const uint64_t b = AlignDown(r * rb, align),
+                     e = std::min(AlignUp((r + 1) * rb, align), stride);
+      if (!row_runs_.empty() && row_runs_.back().index == index && b <= row_runs_.back().end) {
+        row_runs_.back().end = std::max(row_runs_.back().end, e);
+      } else {
+        row_runs_.push_back(RowRun{index, b, e});
+      }
+    }
+  }
+  auto where = [&](uint64_t index) {
+    return "KV spill file " + spill_path_ + ": V page " + std::to_string(index % pps) +
+           " of sequence " + std::to_string(index / pps / layout_.n_layers) + ", layer " +
+           std::to_string(index / pps % layout_.n_layers);
+  };
+  Status result;
+  for (size_t first = 0; first < row_runs_.size(); first += kQueueDepth) {
+    const size_t n = std::min<size_t>(kQueueDepth, row_runs_.size() - first);
+    requests_.clear();
+    for (size_t i = 0; i < n; ++i) {
+      const RowRun& run = row_runs_[first + i];
+      requests_.push_back(storage::ReadRequest{
+          file_id_, run.index * stride + run.begin,
+          ByteSpan(VSlot(v_pages_[run.index].slot) + run.begin, run.end - run.begin), first + i});
+    }
+    RETURN_IF_ERROR(backend_->Submit(requests_));
+    size_t done = 0;
+    while (done < n) {
+      Result<size_t> got = backend_->Reap(n - done, completions_);
+      if (!got.ok()) return got.status();  // the backend is unusable; nothing more lands
+      for (size_t i = 0; i < *got; ++i) {
+        const storage::ReadCompletion& rc = completions_[i];
+        const RowRun& run = row_runs_[rc.tag];
+        if (!result.ok()) continue;  // the first failure is the one reported
+        if (!rc.status.ok()) {
+          result = rc.status.WithContext(where(run.index));
+        } else if (rc.bytes_read != run.end - run.begin) {
+          result = IoError(where(run.index) + ": short read at end of file");
+        }
+        stats_.bytes_read += run.end - run.begin;
+      }
+      done += *got;
+    }
+    stats_.reads += n;
+  }
+  stats_.io_wait_ns += NowNs() - start;
+  if (!result.ok()) return result;
+  // Every needed row against its checksum (bytes read beside it are never used).
+  for (uint64_t index : indices) {
+    const uint64_t first_pos = index % pps * P;
+    const std::byte* page = VSlot(v_pages_[index].slot);
+    for (uint64_t r = 0; r < P && first_pos + r < positions_needed.size(); ++r) {
+      if (positions_needed[first_pos + r] == 0) continue;
+      if (storage::Checksum64(ConstByteSpan(page + r * rb, rb)) != row_checksums_[index * P + r]) {
+        return CorruptionError(where(index) + ", row " + std::to_string(r) + " fails its checksum");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 const std::byte* KvPageCache::PageData(KvKind kind, uint32_t seq, uint32_t layer,

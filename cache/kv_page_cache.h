@@ -25,6 +25,14 @@
 // (it only reads the page table). The minimum pool holds every K page plus one layer's V pages
 // of every sequence plus the page being filled of each (sequence, layer): MinimumPoolBytes().
 // Not thread-safe otherwise: one owner thread calls everything but PageData.
+//
+// Fetch granularity (--kv-fetch): with `fetch_rows`, FetchValues given the positions needed reads
+// only those rows of a V page that is not resident — each run of needed rows as one read,
+// widened to the spill file's O_DIRECT alignment (one 4 KiB block on the usual filesystems;
+// exact rows with buffered I/O) — into a free slot that holds them only until ReleaseFetched (a
+// page is kept resident only when it was read whole: writing, exact attention, pages mode). Each
+// row's XXH3-64 is recorded when its page spills (8 bytes per row of DRAM) and checked after the
+// read. Without it (pages), every page holding a needed position is read whole and stays cached.
 #ifndef FLASHLM_CACHE_KV_PAGE_CACHE_H_
 #define FLASHLM_CACHE_KV_PAGE_CACHE_H_
 
@@ -48,7 +56,8 @@ struct KvPageCacheOptions {
   uint64_t pool_bytes = 0;      // DRAM for K and V pages (>= MinimumPoolBytes)
   std::string spill_dir;        // folder of the spill file; empty: $TMPDIR or /tmp
   storage::BackendKind backend = storage::BackendKind::kAuto;
-  bool direct = true;  // O_DIRECT spill file (falls back to buffered where refused, logged)
+  bool direct = true;       // O_DIRECT spill file (falls back to buffered where refused, logged)
+  bool fetch_rows = false;  // FetchValues with positions reads rows, not pages (header comment)
 };
 
 // Counters since Create or the last ResetStats.
@@ -68,7 +77,8 @@ class KvPageCache {
   // The smallest pool Create accepts (see the header comment).
   static uint64_t MinimumPoolBytes(const layout::VCacheLayout& layout);
   // DRAM Create allocates for a pool of `pool_bytes` (the pool, the page table, the LRU).
-  static uint64_t ResidentBytes(const layout::VCacheLayout& layout, uint64_t pool_bytes);
+  static uint64_t ResidentBytes(const layout::VCacheLayout& layout, uint64_t pool_bytes,
+                                bool fetch_rows = false);
 
   // Errors: InvalidArgument (an invalid layout, a pool below the minimum, naming it),
   // ResourceExhausted (allocation), IoError / NotFound (the spill file cannot be created),
@@ -80,6 +90,9 @@ class KvPageCache {
   bool spills() const { return file_.has_value(); }
   // The spill file's path (unlinked already; for messages), empty when nothing spills.
   const std::string& spill_path() const { return spill_path_; }
+  bool fetch_rows() const { return fetch_rows_; }
+  // The bytes one read of the spill file is widened to (1: buffered; 0 when nothing spills).
+  uint64_t read_alignment_bytes() const { return file_ ? file_->required_alignment_bytes() : 0; }
   std::string_view backend_name() const;
   uint64_t pool_bytes() const { return pool_bytes_; }
   // Bytes of K and V pages resident now.
@@ -128,6 +141,11 @@ class KvPageCache {
     uint64_t checksum = 0;
     uint32_t slot = kNoSlot;  // V: index into the V slots while resident
     bool on_flash = false;    // the spill file holds this page (checksum valid)
+    bool rows_only = false;   // slot holds only fetched rows, until ReleaseFetched (fetch_rows)
+  };
+  // A run of rows of one page to read (fetch_rows): bytes [begin, end) of the page.
+  struct RowRun {
+    uint64_t index = 0, begin = 0, end = 0;
   };
   KvPageCache() = default;
   uint64_t VIndex(uint32_t seq, uint32_t layer, uint64_t page) const {
@@ -143,7 +161,10 @@ class KvPageCache {
   Result<LruCache::Handle*> InsertValue(uint64_t index, uint32_t slot);
   // Reads the V pages `indices` (resident slots, on flash) from the spill file and verifies them.
   Status ReadPages(std::span<const uint64_t> indices);
-  // Writes V page `index` (resident) to the spill file and records its checksum.
+  // Reads the needed rows (positions_needed, as FetchValues) of the V pages `indices` (in
+  // rows_only slots, on flash) and verifies each needed row's checksum.
+  Status ReadRows(std::span<const uint64_t> indices, std::span<const uint8_t> positions_needed);
+  // Writes V page `index` (resident) to the spill file and records its checksum (and its rows').
   Status SpillPage(uint64_t index);
 
   layout::VCacheLayout layout_;
@@ -157,7 +178,12 @@ class KvPageCache {
   std::vector<uint64_t> writing_page_;      // [seq x layer] its page index within the sequence
   std::vector<LruCache::Handle*> fetched_;  // pins of FetchValues, capacity fixed at Create
   std::vector<uint64_t> misses_;            // FetchValues scratch, capacity fixed at Create
-  std::unique_ptr<LruCache> lru_;           // V pages: key page index, value slot
+  bool fetch_rows_ = false;
+  std::vector<uint64_t> row_pages_;      // FetchValues scratch (fetch_rows): pages read as rows
+  std::vector<uint64_t> rows_only_;      // pages in rows_only slots until ReleaseFetched
+  std::vector<RowRun> row_runs_;         // ReadRows scratch, capacity max_tokens
+  std::vector<uint64_t> row_checksums_;  // [pages_per_kind x P] XXH3-64 of spilled V rows
+  std::unique_ptr<LruCache> lru_;        // V pages: key page index, value slot
   // Spill file and its reader (declared in this order: the backend goes first).
   std::optional<storage::File> file_;
   std::string spill_path_;

@@ -49,6 +49,9 @@ Status Generator::Setup(std::span<const int32_t> prompt, const GenerateOptions& 
     return InvalidArgumentError("prompt of " + std::to_string(prompt.size()) +
                                 " tokens does not fit the context of " + std::to_string(ctx));
   }
+  if (options.cached_prefix >= prompt.size()) {
+    return InvalidArgumentError("a cached prefix must leave at least one prompt token to run");
+  }
   started_ = false;
   begun_ = false;
   done_ = false;
@@ -80,7 +83,8 @@ Status Generator::Setup(std::span<const int32_t> prompt, const GenerateOptions& 
 Status Generator::Start(std::span<const int32_t> prompt, const GenerateOptions& options,
                         Sampler& sampler) {
   RETURN_IF_ERROR(Setup(prompt, options, sampler));
-  ASSIGN_OR_RETURN(logits_, Prefill(model_, prompt, 0, options.sequence));
+  ASSIGN_OR_RETURN(logits_, Prefill(model_, prompt.subspan(options.cached_prefix),
+                                    options.cached_prefix, options.sequence));
   pos_ = static_cast<uint32_t>(prompt.size());
   decode_start_ns_ = storage::NowNs();
   stats_.prefill_ms = MsBetween(start_ns_, decode_start_ns_);
@@ -92,6 +96,7 @@ Status Generator::Begin(std::span<const int32_t> prompt, const GenerateOptions& 
                         Sampler& sampler) {
   RETURN_IF_ERROR(Setup(prompt, options, sampler));
   begun_ = true;
+  prefilled_ = options.cached_prefix;
   return Status::Ok();
 }
 
@@ -257,6 +262,7 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
   options.max_new_tokens = max_new_tokens;
   options.stop_strings = stop_strings;
   options.ignore_eos = ignore_eos_;
+  options.cached_prefix = cached_prefix_;
   RETURN_IF_ERROR(Start(prompt, options, sampler));
   while (true) {
     if (cancelled && cancelled()) {

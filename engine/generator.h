@@ -62,6 +62,9 @@ struct GenerateOptions {
   std::vector<std::string> stop_strings;
   bool ignore_eos = false;  // keep going past EOS (benchmarks want a fixed token count)
   uint32_t sequence = 0;    // the model's sequence (KV cache slot) to generate in
+  // Prompt tokens whose K/V the sequence holds already (restored from a prompt cache,
+  // engine/prompt_cache.h): prefill runs the prompt from this position on. < the prompt's size.
+  uint32_t cached_prefix = 0;
 };
 
 class Generator {
@@ -77,8 +80,8 @@ class Generator {
       : model_(model), tokenizer_(tokenizer) {}
 
   // Prefills `prompt` (non-empty, leaving at least one free position in the context). `sampler`
-  // must outlive the generation. Errors: InvalidArgument (empty prompt, prompt >= context),
-  // Forward's.
+  // must outlive the generation. Errors: InvalidArgument (empty prompt, prompt >= context,
+  // cached_prefix >= prompt), Forward's.
   Status Start(std::span<const int32_t> prompt, const GenerateOptions& options, Sampler& sampler);
   // One step. Errors: FailedPrecondition (no Start), Forward's.
   Result<Step> Next();
@@ -122,6 +125,8 @@ class Generator {
   const std::vector<int32_t>& ids() const { return ids_; }
   // Keep generating past EOS (benchmarks want a fixed token count); applies to Generate.
   void set_ignore_eos(bool ignore) { ignore_eos_ = ignore; }
+  // GenerateOptions::cached_prefix for Generate.
+  void set_cached_prefix(uint32_t tokens) { cached_prefix_ = tokens; }
 
  private:
   void FlushHeld();                 // held-back text and partial UTF-8 go out
@@ -142,8 +147,9 @@ class Generator {
   std::span<const float> logits_;
   uint32_t pos_ = 0, step_ = 0;
   bool started_ = false, done_ = false, ignore_eos_ = false;
-  bool begun_ = false;     // caller-driven (Begin)
-  uint32_t prefilled_ = 0;  // prompt tokens run (caller-driven)
+  uint32_t cached_prefix_ = 0;  // for Generate
+  bool begun_ = false;          // caller-driven (Begin)
+  uint32_t prefilled_ = 0;      // prompt tokens run (caller-driven)
   uint64_t last_sample_ns_ = 0;
   uint64_t start_ns_ = 0, decode_start_ns_ = 0, first_sample_ns_ = 0;
 };

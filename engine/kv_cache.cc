@@ -118,6 +118,18 @@ Status FlatKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<
   return Status::Ok();
 }
 
+Status FlatKvCache::WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                                 ConstByteSpan v) {
+  const uint64_t row_bytes = uint64_t{kv_dim_} * sizeof(float);
+  if (layer >= n_layers_ || seq >= max_sequences_ || pos >= max_positions_ ||
+      k.size() != row_bytes || v.size() != row_bytes) {
+    return InvalidArgumentError("KV cache: write out of range");
+  }
+  std::memcpy(memory_.data() + Offset(false, layer, seq, pos) * sizeof(float), k.data(), row_bytes);
+  std::memcpy(memory_.data() + Offset(true, layer, seq, pos) * sizeof(float), v.data(), row_bytes);
+  return Status::Ok();
+}
+
 KvRows FlatKvCache::Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const {
   CHECK_LE(uint64_t{first} + count, max_positions_);
   return KvRows{memory_.data() + Offset(false, layer, seq, first) * sizeof(float),

@@ -68,6 +68,13 @@ class KvCache {
   // Errors: InvalidArgument (out of range). Allocates nothing.
   virtual Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                        std::span<const float> v) = 0;
+  // The dtype rows are stored in (what Keys/Values return).
+  virtual layout::DType dtype() const = 0;
+  // As Write, but K and V arrive already encoded in dtype() (layout::RowBytes(dtype(), kv_dim)
+  // bytes each) and are stored as they are: restores rows read out through Keys/Values bit for
+  // bit (engine/prompt_cache.h). Errors: InvalidArgument (out of range, wrong sizes), Write's.
+  virtual Status WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                              ConstByteSpan v) = 0;
   // The contiguous run of K (V) rows of (layer, seq) from position `first` on, at most `count`
   // rows and at least one. Precondition: first + count <= max_positions().
   virtual KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const = 0;
@@ -110,6 +117,9 @@ class FlatKvCache final : public KvCache {
   void SetLength(uint32_t seq, uint32_t length) override;
   Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                std::span<const float> v) override;
+  layout::DType dtype() const override { return layout::DType::kF32; }
+  Status WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                      ConstByteSpan v) override;
   KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   uint64_t resident_bytes() const override { return memory_.size_bytes(); }

@@ -34,8 +34,9 @@ Result<layout::VCacheLayout> PagedKvCache::Layout(const layout::ModelConfig& c,
   return l;
 }
 
-uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes) {
-  return cache::KvPageCache::ResidentBytes(l, pool_bytes) +
+uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes,
+                                   bool fetch_rows) {
+  return cache::KvPageCache::ResidentBytes(l, pool_bytes, fetch_rows) +
          uint64_t{l.max_sequences} * sizeof(uint32_t);
 }
 
@@ -50,9 +51,10 @@ Result<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(
   po.spill_dir = o.spill_dir;
   po.backend = backend;
   po.direct = direct;
+  po.fetch_rows = o.fetch_rows;
   ASSIGN_OR_RETURN(kv->pages_, cache::KvPageCache::Create(po));
   kv->lengths_.assign(max_sequences, 0);
-  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes);
+  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes, o.fetch_rows);
   return kv;
 }
 
@@ -63,22 +65,47 @@ void PagedKvCache::SetLength(uint32_t seq, uint32_t length) {
   lengths_[seq] = length;
 }
 
-Status PagedKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
-                           std::span<const float> v) {
-  if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||
-      k.size() != layout_.kv_dim() || v.size() != layout_.kv_dim()) {
-    return InvalidArgumentError("KV cache: write out of range");
-  }
+template <typename PutK, typename PutV>
+Status PagedKvCache::WriteRows(uint32_t layer, uint32_t seq, uint32_t pos, const PutK& put_k,
+                               const PutV& put_v) {
   // Writing below the length rewinds the sequence: pages past it are dropped first (the first
   // layer's write does it; the others then write at the new length).
   if (pos < lengths_[seq]) SetLength(seq, pos);
   const uint32_t P = layout_.tokens_per_page;
   const uint64_t page = pos / P, row = pos % P, row_bytes = layout_.row_bytes();
   ASSIGN_OR_RETURN(ByteSpan kp, pages_->PageForWrite(KvKind::kKey, seq, layer, page));
-  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, k, kp.subspan(row * row_bytes, row_bytes)));
+  RETURN_IF_ERROR(put_k(kp.subspan(row * row_bytes, row_bytes)));
   ASSIGN_OR_RETURN(ByteSpan vp, pages_->PageForWrite(KvKind::kValue, seq, layer, page));
-  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, v, vp.subspan(row * row_bytes, row_bytes)));
+  RETURN_IF_ERROR(put_v(vp.subspan(row * row_bytes, row_bytes)));
   return pages_->MarkValueRowWritten(seq, layer, page, static_cast<uint32_t>(row));
+}
+
+Status PagedKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                           std::span<const float> v) {
+  if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||
+      k.size() != layout_.kv_dim() || v.size() != layout_.kv_dim()) {
+    return InvalidArgumentError("KV cache: write out of range");
+  }
+  const auto put_k = [&](ByteSpan out) { return layout::QuantizeRow(layout_.dtype, k, out); };
+  const auto put_v = [&](ByteSpan out) { return layout::QuantizeRow(layout_.dtype, v, out); };
+  return WriteRows(layer, seq, pos, put_k, put_v);
+}
+
+Status PagedKvCache::WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                                  ConstByteSpan v) {
+  if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||
+      k.size() != layout_.row_bytes() || v.size() != layout_.row_bytes()) {
+    return InvalidArgumentError("KV cache: write out of range");
+  }
+  const auto put_k = [&](ByteSpan out) {
+    std::memcpy(out.data(), k.data(), k.size());
+    return Status::Ok();
+  };
+  const auto put_v = [&](ByteSpan out) {
+    std::memcpy(out.data(), v.data(), v.size());
+    return Status::Ok();
+  };
+  return WriteRows(layer, seq, pos, put_k, put_v);
 }
 
 KvRows PagedKvCache::Rows(KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,

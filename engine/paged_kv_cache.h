@@ -36,6 +36,9 @@ struct KvOptions {
   // The pool's share of the budget; 0: the session's plan decides (everything when it fits).
   uint64_t pool_bytes = 0;
   std::string spill_dir;  // empty: $TMPDIR or /tmp
+  // --kv-fetch: how top-N attention reads V that is on flash. false (pages): every page holding a
+  // kept position, whole (and cached); true (rows): only the kept rows (cache/kv_page_cache.h).
+  bool fetch_rows = false;
 };
 
 // Largest --kv-page-tokens accepted.
@@ -48,8 +51,9 @@ class PagedKvCache final : public KvCache {
   static Result<layout::VCacheLayout> Layout(const layout::ModelConfig& config,
                                              uint32_t max_positions, uint32_t max_sequences,
                                              const KvOptions& options);
-  // DRAM Create allocates for a pool of `pool_bytes`.
-  static uint64_t BytesNeeded(const layout::VCacheLayout& layout, uint64_t pool_bytes);
+  // DRAM Create allocates for a pool of `pool_bytes` (and per-row checksums with fetch_rows).
+  static uint64_t BytesNeeded(const layout::VCacheLayout& layout, uint64_t pool_bytes,
+                              bool fetch_rows = false);
   // Errors: Layout's, KvPageCache::Create's.
   static Result<std::unique_ptr<PagedKvCache>> Create(const layout::ModelConfig& config,
                                                       uint32_t max_positions,
@@ -66,6 +70,9 @@ class PagedKvCache final : public KvCache {
   // (Corruption, IoError), spilling a filled page (IoError).
   Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                std::span<const float> v) override;
+  layout::DType dtype() const override { return layout_.dtype; }
+  Status WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
+                      ConstByteSpan v) override;
   KvRows Keys(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   KvRows Values(uint32_t layer, uint32_t seq, uint32_t first, uint32_t count) const override;
   Status FetchValues(uint32_t layer, uint32_t seq, uint32_t length) override;
@@ -80,6 +87,10 @@ class PagedKvCache final : public KvCache {
 
  private:
   PagedKvCache() = default;
+  // Write's and WriteEncoded's common part: `put` stores one row into the bytes it is given.
+  template <typename PutK, typename PutV>
+  Status WriteRows(uint32_t layer, uint32_t seq, uint32_t pos, const PutK& put_k,
+                   const PutV& put_v);
   KvRows Rows(layout::KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,
               uint32_t count) const;
 

@@ -143,7 +143,7 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     } else {
       sp.kv_pool_bytes = sp.kv_full_pool_bytes;
     }
-    sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes);
+    sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv.fetch_rows);
   } else {
     sp.kv_bytes = FlatKvCache::BytesNeeded(config, topts.max_context, topts.max_sequences);
   }
@@ -166,7 +166,8 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
   // with exact attention every spilled V page is read every token, as a streamed weight is).
   if (options.kv.paged && options.kv.pool_bytes == 0 && in.budget_bytes != 0) {
     const uint64_t minimum = cache::KvPageCache::MinimumPoolBytes(sp.kv_layout);
-    const uint64_t least_kv = PagedKvCache::BytesNeeded(sp.kv_layout, minimum);
+    const uint64_t least_kv =
+        PagedKvCache::BytesNeeded(sp.kv_layout, minimum, options.kv.fetch_rows);
     ResidencyInputs least = in;
     least.fixed_bytes = least.fixed_bytes - sp.kv_bytes + least_kv;
     Result<ResidencyPlan> p = PlanResidency(least);
@@ -184,14 +185,15 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
       uint64_t lo = minimum / stride, hi = sp.kv_full_pool_bytes / stride;
       while (lo < hi) {
         const uint64_t mid = lo + (hi - lo + 1) / 2;
-        if (PagedKvCache::BytesNeeded(sp.kv_layout, mid * stride) <= room) {
+        if (PagedKvCache::BytesNeeded(sp.kv_layout, mid * stride, options.kv.fetch_rows) <= room) {
           lo = mid;
         } else {
           hi = mid - 1;
         }
       }
       sp.kv_pool_bytes = std::max(minimum, lo * stride);
-      sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes);
+      sp.kv_bytes =
+          PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv.fetch_rows);
       in.fixed_bytes = least.fixed_bytes - least_kv + sp.kv_bytes;
       for (auto& part : in.fixed_parts) {
         if (part.first == "KV cache") part.second = sp.kv_bytes;

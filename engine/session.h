@@ -155,6 +155,8 @@ class Session {
   const layout::ModelConfig& config() const { return model_->config(); }
   // The paged KV cache; nullptr when the cache is flat.
   PagedKvCache* paged_kv() { return paged_kv_; }
+  // The store's identity (layout::StoreReader::identity()); 0 for a checkpoint, which has none.
+  uint64_t store_identity() const { return store_ ? store_->reader().identity() : 0; }
   // The store-backed weights; nullptr for a checkpoint.
   StoreWeights* store() { return store_; }
   // The residency plan (stores only; nullptr for a checkpoint).

@@ -1,15 +1,22 @@
 // flashlm generate STORE -p PROMPT -n N [sampling flags]: streams the continuation to stdout
 // (the prompt too with --echo) and prints prompt tokens, time to first token, prefill and decode
-// speed on stderr (and as JSON with --stats-json FILE).
+// speed on stderr (and as JSON with --stats-json FILE). With --prompt-cache FILE the prompt's KV
+// is restored from FILE when the prompt starts with the tokens saved there (only the rest is
+// run; the restore counts in the time to first token and the prefill time), and the prompt's KV
+// is saved to FILE after the run when FILE did not hold exactly this prompt (engine/
+// prompt_cache.h). A FILE made for another store, shape or KV dtype, or damaged, is an error.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "engine/generator.h"
+#include "engine/prompt_cache.h"
 #include "engine/sampler.h"
 #include "engine/session.h"
 #include "storage/file.h"
+#include "storage/io_stats.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 #include "tools/session_flags.h"
@@ -18,7 +25,7 @@ namespace flashlm::tools {
 
 namespace {
 struct GenerateFlags {
-  std::string path, prompt, stats_json;
+  std::string path, prompt, stats_json, prompt_cache;
   int64_t n = 128;
   int64_t ctx = 0;
   engine::SamplerOptions sampling;
@@ -47,6 +54,9 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_option("--ctx", f->ctx, "Context length (default: the model's, at most 4096)");
   cmd->add_option("--stop", f->stops, "Stop when this string is produced (repeatable)");
   cmd->add_option("--stats-json", f->stats_json, "Write the statistics as JSON to FILE");
+  cmd->add_option("--prompt-cache", f->prompt_cache,
+                  "Restore the prompt's KV from FILE when it starts with the tokens saved there; "
+                  "save it there after the run (a store only)");
   AddSessionFlags(cmd, &f->session);
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
@@ -107,8 +117,36 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       std::fputs(f->prompt.c_str(), stdout);
       std::fflush(stdout);
     }
+    // The prompt cache: restore what it holds of this prompt.
+    engine::PromptCacheKey cache_key;
+    uint32_t cached = 0;
+    bool cache_holds_prompt = false;
+    double cache_load_ms = 0;
+    if (!f->prompt_cache.empty()) {
+      if ((*session)->store() == nullptr) {
+        return usage("--prompt-cache needs a flashlm store (the cache is tied to its identity)");
+      }
+      cache_key = engine::PromptCacheKey::For((*session)->store_identity(), model.config(),
+                                              model.kv_cache().dtype());
+      const uint64_t t0 = storage::NowNs();
+      auto pc = engine::PromptCache::Load(f->prompt_cache, cache_key, ctx);
+      if (pc.ok()) {
+        cached = pc->ReusableTokens(prompt);
+        cache_holds_prompt =
+            std::equal(pc->tokens().begin(), pc->tokens().end(), prompt.begin(), prompt.end());
+        if (cached > 0) {
+          if (Status st = pc->Restore(model.kv_cache(), 0, cached); !st.ok()) {
+            return ReportError("generate", st);
+          }
+        }
+      } else if (pc.status().code() != StatusCode::kNotFound) {
+        return ReportError("generate", pc.status());
+      }
+      cache_load_ms = static_cast<double>(storage::NowNs() - t0) / 1e6;
+    }
     engine::Generator gen(model, tok);
     gen.set_ignore_eos(f->ignore_eos);
+    gen.set_cached_prefix(cached);
     auto stats = gen.Generate(prompt, static_cast<uint32_t>(f->n), **sampler, f->stops,
                               [](std::string_view text) {
                                 std::fwrite(text.data(), 1, text.size(), stdout);
@@ -116,6 +154,30 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                               });
     if (!stats.ok()) return ReportError("generate", stats.status());
     std::fputc('\n', stdout);
+    stats->ttft_ms += cache_load_ms;
+    stats->prefill_ms += cache_load_ms;
+    nlohmann::json cache_json;
+    if (!f->prompt_cache.empty()) {
+      double save_ms = 0;
+      if (!cache_holds_prompt) {
+        const uint64_t t0 = storage::NowNs();
+        if (Status st =
+                engine::SavePromptCache(f->prompt_cache, cache_key, model.kv_cache(), 0, prompt);
+            !st.ok()) {
+          return ReportError("generate", st);
+        }
+        save_ms = static_cast<double>(storage::NowNs() - t0) / 1e6;
+      }
+      std::fprintf(stderr, "prompt cache: %u of %zu prompt tokens restored in %.1f ms", cached,
+                   prompt.size(), cache_load_ms);
+      if (!cache_holds_prompt) std::fprintf(stderr, ", prompt saved in %.1f ms", save_ms);
+      std::fputc('\n', stderr);
+      cache_json = {{"restored_tokens", cached},
+                    {"prompt_tokens", prompt.size()},
+                    {"load_ms", cache_load_ms},
+                    {"saved", !cache_holds_prompt},
+                    {"save_ms", save_ms}};
+    }
     std::fprintf(stderr,
                  "prompt tokens: %u, generated tokens: %u, time to first token: %.1f ms, "
                  "prefill: %.2f tok/s, decode: %.2f tok/s (stop: %s)\n",
@@ -123,6 +185,7 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->prefill_tokens_per_s(), stats->decode_tokens_per_s(),
                  stats->stop_reason.c_str());
     nlohmann::json json = GenerationJson(*stats, &gen.ids());
+    if (!cache_json.is_null()) json["prompt_cache"] = cache_json;
     if (f->session.budgeted()) {
       const engine::IoReport io = engine::IoReport::Make((*session)->stats(),
                                                          stats->prefill_ms + stats->decode_ms);

@@ -48,6 +48,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       "--kv-dir", f->kv_dir,
       "Paged KV cache: folder for the V spill file (default $TMPDIR or /tmp; the file is "
       "unlinked as soon as it is open)");
+  f->kv_options[4] = cmd->add_option(
+      "--kv-fetch", f->kv_fetch,
+      "Paged KV cache: how top-N attention reads spilled V: pages (every page holding a kept "
+      "position, whole, cached) or rows (only the kept rows, each run one read widened to the "
+      "O_DIRECT block; not cached)");
   cmd->add_option("--kv-topn", f->kv_topn,
                   "Top-N attention (KCache): all (exact), N positions or P% of the context per "
                   "head; the kept probabilities are renormalised. With a paged cache that spills, "
@@ -131,6 +136,10 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--kv-budget: empty size (expected e.g. 64M)");
   }
   o->kv.spill_dir = f.kv_dir;
+  if (f.kv_fetch != "pages" && f.kv_fetch != "rows") {
+    return InvalidArgumentError("--kv-fetch must be rows or pages");
+  }
+  o->kv.fetch_rows = f.kv_fetch == "rows";
   auto topn = engine::TopNSpec::Parse(f.kv_topn);
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
@@ -149,15 +158,16 @@ std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) 
   char buf[768];
   std::snprintf(
       buf, sizeof(buf),
-      "kv: %u-token pages of %s (%s each), pool %s, %s resident, V spill %s (%s); %.2f MiB "
-      "read in %llu reads (mean %.1f KiB), %.2f MiB written, page hit rate %.1f%%, kv io wait "
-      "%.1f ms, attention %.1f ms; per forward pass: %.3f MiB read, %.1f reads, attention "
-      "%.3f ms",
+      "kv: %u-token pages of %s (%s each), pool %s, %s resident, V spill %s (%s), fetch %s; "
+      "%.2f MiB read in %llu reads (mean %.1f KiB), %.2f MiB written, page hit rate %.1f%%, kv "
+      "io wait %.1f ms, attention %.1f ms; per forward pass: %.3f MiB read, %.1f reads, "
+      "attention %.3f ms",
       l.tokens_per_page, std::string(layout::DTypeName(l.dtype)).c_str(),
       FormatBytes(l.page_stride_bytes()).c_str(), FormatBytes(kv->pages().pool_bytes()).c_str(),
       FormatBytes(s.kv_resident_bytes).c_str(), kv->pages().spills() ? "on" : "off",
       kv->pages().spills() ? std::string(kv->pages().backend_name()).c_str() : "nothing spills",
-      s.kv_bytes_read / 1048576.0, static_cast<unsigned long long>(s.kv_reads),
+      kv->pages().fetch_rows() ? "rows" : "pages", s.kv_bytes_read / 1048576.0,
+      static_cast<unsigned long long>(s.kv_reads),
       s.kv_reads ? s.kv_bytes_read / 1024.0 / s.kv_reads : 0.0, s.kv_bytes_written / 1048576.0,
       100.0 * s.kv_hit_rate(), s.kv_io_wait_ns / 1e6, s.attention_ns / 1e6,
       s.kv_bytes_read / 1048576.0 / passes, s.kv_reads / passes, s.attention_ns / 1e6 / passes);
@@ -173,6 +183,7 @@ nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& 
                         {"page_stride_bytes", l.page_stride_bytes()},
                         {"pool_bytes", kv->pages().pool_bytes()},
                         {"spills", kv->pages().spills()},
+                        {"fetch", kv->pages().fetch_rows() ? "rows" : "pages"},
                         {"resident_bytes", s.kv_resident_bytes},
                         {"bytes_read", s.kv_bytes_read},
                         {"reads", s.kv_reads},

@@ -15,7 +15,7 @@
 namespace CLI {
 class App;
 class Option;
-}
+}  // namespace CLI
 
 namespace flashlm::tools {
 
@@ -35,7 +35,8 @@ struct SessionFlags {
   std::string kv_budget;  // the KV pool's share of the budget; empty: the plan's choice
   std::string kv_dir;
   std::string kv_topn = "all";
-  CLI::Option* kv_options[4] = {};
+  std::string kv_fetch = "pages";
+  CLI::Option* kv_options[5] = {};
   bool kv_paged() const;
   std::string thresholds;  // --thresholds FILE
   bool budgeted() const { return !mem_budget.empty(); }

@@ -194,5 +194,95 @@ TEST(KvPageCacheTest, DamagedSpilledPageIsCorruption) {
   c.ReleaseFetched();
 }
 
+// Flips one byte of the (unlinked) spill file at `offset`, through this process's descriptor.
+void DamageSpill(const KvPageCache& c, uint64_t offset) {
+  const std::string fd_path = "/proc/self/fd/" + std::to_string(c.spill_file()->fd());
+  const int fd = ::open(fd_path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  std::byte b;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= std::byte{0x10};
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ASSERT_EQ(::fsync(fd), 0);
+  ::close(fd);
+}
+
+// --kv-fetch rows: a fetch with positions reads only the needed rows of pages on flash (runs of
+// adjacent rows as one read, widened to the file's O_DIRECT alignment), counts exactly those
+// reads and bytes, returns the rows intact, keeps nothing resident after the release, and checks
+// every needed row against its own checksum (a damaged row beside it in the same block is not
+// used, so not an error; a damaged needed row is Corruption naming the row).
+TEST(KvPageCacheTest, RowFetchReadsOnlyTheNeededRows) {
+  for (bool direct : {false, true}) {
+    flashlm::testing::ScratchDir dir;
+    const layout::VCacheLayout l = SmallLayout();
+    KvPageCacheOptions o = Options(KvPageCache::MinimumPoolBytes(l), dir);
+    o.fetch_rows = true;
+    o.direct = direct;
+    auto created = KvPageCache::Create(o);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    KvPageCache& c = **created;
+    for (uint32_t seq = 0; seq < l.max_sequences; ++seq) {
+      for (uint32_t pos = 0; pos < l.max_tokens; ++pos) {
+        WriteAll(c, seq, pos, 0);
+        if (HasFatalFailure()) return;
+      }
+    }
+    // Sequence 1 was written last and holds more V pages than the pool: sequence 0's V pages
+    // are all on flash only.
+    for (uint64_t p = 0; p < l.pages_per_seq(); ++p) {
+      ASSERT_TRUE(c.value_on_flash(0, 0, p) && !c.value_resident(0, 0, p)) << p;
+    }
+    std::vector<uint8_t> needed(l.max_tokens, 0);
+    for (uint32_t p : {1, 2, 5, 9, 10, 11, 20, 23, 36}) needed[p] = 1;
+    const uint64_t rb = l.row_bytes(), align = c.read_alignment_bytes();
+    uint64_t want_reads = 0, want_bytes = 0;
+    if (!direct || align == 1) {
+      // Runs: {1,2} {5} {9,10,11} {20} {23} {36}.
+      want_reads = 6;
+      want_bytes = 9 * rb;
+    } else {
+      // Every page's needed rows lie in its first 512 bytes: one aligned block per page
+      // (pages 0, 1, 2, 5, 9).
+      ASSERT_GE(align, 4 * rb);
+      want_reads = 5;
+      want_bytes = 5 * align;
+    }
+    const KvPageStats before = c.stats();
+    ASSERT_TRUE(c.FetchValues(0, 0, 0, l.pages_per_seq(), needed).ok());
+    EXPECT_EQ(c.stats().reads - before.reads, want_reads) << "direct " << direct;
+    EXPECT_EQ(c.stats().bytes_read - before.bytes_read, want_bytes) << "direct " << direct;
+    EXPECT_EQ(c.stats().page_misses - before.page_misses, 5u);
+    std::vector<std::byte> want(rb);
+    for (uint32_t pos = 0; pos < l.max_tokens; ++pos) {
+      if (!needed[pos]) continue;
+      FillRow(want.data(), rb, KvKind::kValue, 0, 0, pos, 0);
+      const std::byte* row =
+          c.PageData(KvKind::kValue, 0, 0, pos / l.tokens_per_page) + pos % l.tokens_per_page * rb;
+      EXPECT_EQ(std::memcmp(row, want.data(), rb), 0) << pos;
+    }
+    c.ReleaseFetched();
+    for (uint64_t p = 0; p < l.pages_per_seq(); ++p) EXPECT_FALSE(c.value_resident(0, 0, p));
+    // A damaged row not needed (position 8, beside 9 in its block) is never used.
+    DamageSpill(c, l.PageOffset(KvKind::kValue, 0, 0, 2) + 0 * rb + 3);
+    if (HasFatalFailure()) return;
+    std::vector<uint8_t> nine(l.max_tokens, 0);
+    nine[9] = 1;
+    EXPECT_TRUE(c.FetchValues(0, 0, 0, l.pages_per_seq(), nine).ok());
+    c.ReleaseFetched();
+    std::vector<uint8_t> eight(l.max_tokens, 0);
+    eight[8] = 1;
+    Status st = c.FetchValues(0, 0, 0, l.pages_per_seq(), eight);
+    EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+    EXPECT_NE(st.ToString().find("V page 2 of sequence 0, layer 0, row 0"), std::string::npos)
+        << st.ToString();
+    EXPECT_FALSE(c.value_resident(0, 0, 2));
+    // Fetching whole pages (exact attention) still works, and still checks the whole page.
+    EXPECT_TRUE(c.FetchValues(0, 1, 0, l.pages_per_seq()).ok());
+    c.ReleaseFetched();
+    EXPECT_EQ(c.FetchValues(0, 0, 2, 3).code(), StatusCode::kCorruption);
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::cache

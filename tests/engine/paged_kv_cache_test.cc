@@ -327,6 +327,50 @@ TEST(PagedKvCacheTest, TopNWithSpilledValuesMatchesTopNInDram) {
   EXPECT_TRUE(everything->logits == exact->logits);
 }
 
+// --kv-fetch rows and pages read V of the same selected positions: top-N output is identical
+// (ids and every logit) between them and to top-N in DRAM; rows mode reads no more than a page
+// per read, and never keeps a page it read rows of.
+TEST(PagedKvCacheTest, TopNRowFetchIdenticalToPageFetch) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 11;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  const uint32_t steps = 50;
+  KvOptions pages;
+  pages.paged = true;
+  pages.page_tokens = 8;
+  KvOptions dram = pages;
+  pages.pool_bytes = MinimumPool(store, pages);
+  KvOptions rows = pages;
+  rows.fetch_rows = true;
+  rows.pool_bytes = MinimumPool(store, rows);
+  ASSERT_GT(rows.pool_bytes, 0u);
+  for (const char* spec : {"4", "10%"}) {
+    const TopNSpec topn = *TopNSpec::Parse(spec);
+    auto in_dram = RunTrace(store, dram, steps, "", topn);
+    auto by_page = RunTrace(store, pages, steps, "", topn);
+    auto by_row = RunTrace(store, rows, steps, "", topn);
+    ASSERT_TRUE(in_dram.ok() && by_page.ok() && by_row.ok());
+    EXPECT_TRUE(by_page->spills && by_row->spills);
+    EXPECT_EQ(by_row->ids, by_page->ids) << spec;
+    EXPECT_TRUE(by_row->logits == by_page->logits) << spec;
+    EXPECT_TRUE(by_row->logits == in_dram->logits) << spec;
+    EXPECT_GT(by_row->stats.kv_reads, 0u);
+    EXPECT_LE(by_row->stats.kv_bytes_read, by_row->stats.kv_reads * 4096) << spec;
+    std::printf("top-%s: pages %llu B in %llu reads, rows %llu B in %llu reads\n", spec,
+                static_cast<unsigned long long>(by_page->stats.kv_bytes_read),
+                static_cast<unsigned long long>(by_page->stats.kv_reads),
+                static_cast<unsigned long long>(by_row->stats.kv_bytes_read),
+                static_cast<unsigned long long>(by_row->stats.kv_reads));
+  }
+}
+
 // Under --mem-budget the plan gives the KV cache its share: all of it when the budget allows,
 // else what the budget holds beyond the weights' minimum (V pages spilling), never more than
 // the budget; output stays identical.

@@ -121,6 +121,56 @@ TEST(EngineCommandsTest, GeneratePagedKvSpilledMatchesGolden) {
   }
 }
 
+// --prompt-cache: the first run saves the prompt's KV, a second run of the same prompt restores
+// all but its last token and prints the same text, a longer prompt reuses the shared prefix and
+// prints what a run without the cache prints; a damaged cache file or a checkpoint (no store
+// identity) is an error with a non-zero exit, and the refused file is left as it was.
+TEST(EngineCommandsTest, GeneratePromptCacheReusesAndRefuses) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string store = (dir / "store").string();
+  ASSERT_EQ(
+      Flashlm("repack " + bin.string() + " " + store + " --tokenizer " + tok.string()).exit_code,
+      0);
+  const std::string cache = (dir / "prompt.cache").string();
+  const std::string json = (dir / "stats.json").string();
+  const std::string prompt = " -p 'Once upon a time there was a little girl named Lily' ";
+  const std::string base = "generate " + store + " -n 30 --temp 0 --threads 2 --stats-json " +
+                           json + " --prompt-cache " + cache;
+  CmdRun first = Flashlm(base + prompt);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_NE(first.err.find("prompt cache: 0 of"), std::string::npos) << first.err;
+  EXPECT_NE(first.err.find("prompt saved"), std::string::npos) << first.err;
+  CmdRun second = Flashlm(base + prompt);
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(second.out, first.out);
+  const nlohmann::json stats = nlohmann::json::parse(ReadFile(json));
+  EXPECT_EQ(stats["prompt_cache"]["restored_tokens"].get<uint32_t>() + 1,
+            stats["prompt_tokens"].get<uint32_t>())
+      << stats.dump();
+  EXPECT_FALSE(stats["prompt_cache"]["saved"].get<bool>());
+  const std::string longer = " -p 'Once upon a time there was a little girl named Lily. She' ";
+  CmdRun reused = Flashlm(base + longer);
+  CmdRun plain = Flashlm("generate " + store + " -n 30 --temp 0 --threads 2" + longer);
+  ASSERT_EQ(reused.exit_code, 0) << reused.err;
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(reused.out, plain.out);
+  EXPECT_EQ(reused.err.find("prompt cache: 0 of"), std::string::npos) << reused.err;
+  // Damaged: refused, not used, not overwritten.
+  ::flashlm::testing::FlipByte(cache, 100);
+  const std::string damaged = ReadFile(cache);
+  CmdRun refused = Flashlm(base + prompt);
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("damaged"), std::string::npos) << refused.err;
+  EXPECT_TRUE(refused.out.empty()) << refused.out;
+  EXPECT_EQ(ReadFile(cache), damaged);
+  CmdRun checkpoint = Flashlm("generate " + bin.string() + " --tokenizer " + tok.string() +
+                              " -n 3 --prompt-cache " + cache);
+  EXPECT_NE(checkpoint.exit_code, 0);
+  EXPECT_NE(checkpoint.err.find("needs a flashlm store"), std::string::npos) << checkpoint.err;
+}
+
 TEST(EngineCommandsTest, TokenizeEveryKindOfSource) {
   FLASHLM_REQUIRE_SHARED_MODEL(vocab, "llama-spm-vocab-gguf/ggml-vocab-llama-spm.gguf");
   FLASHLM_REQUIRE_SHARED_MODEL(bin, "llama2c-tokenizer/tokenizer.bin");
