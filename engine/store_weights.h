@@ -45,6 +45,13 @@ struct StreamingOptions {
   bool pipeline = true;
   // Merge neighbouring bundles into one read. false: one read per bundle (the small-read case).
   bool coalesce = true;
+  // A sparse FFN's misses: merged across gaps of at most this many bytes (--merge-gap;
+  // NeuronSourceOptions::kGapOneStride: one bundle stride).
+  uint64_t merge_gap_bytes = NeuronSourceOptions::kGapOneStride;
+  // Share of the bundle bytes beyond the hot sets given to the LRU cache of streamed bundles
+  // (ResidencyInputs::cache_fraction); Session sets it for sparse modes (--cache-share).
+  double cache_fraction = 0;
+  uint32_t window_passes = 0;  // the cache's sliding window (--window), in passes
 };
 
 // What a store needs from a budget, from its catalog alone (StoreWeights::Measure).
