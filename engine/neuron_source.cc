@@ -45,10 +45,13 @@ uint64_t NeuronSource::ChunkBufferBytes(const layout::BundleGeometry& g, uint32_
 
 uint32_t NeuronSource::ChunkReadsMax(const layout::BundleGeometry& g, uint32_t chunk_bundles,
                                      uint64_t read_max_bytes, bool coalesce) {
-  // Merged: one span (a dense chunk) split at read_max_bytes, or, for a scattered set, as many
-  // spans as the chunk is cut to (see FormAdHocChunk). One read per bundle otherwise.
+  // Merged: one span (a dense chunk) split at read_max_bytes; a scattered set (a sparse FFN's
+  // misses) may need a span per bundle, and those reads must all go out together: a chunk limited
+  // to a dense chunk's one or two reads would be cut to a few bundles (FormAdHocChunk), leaving a
+  // handful of small reads in flight. One read per bundle otherwise.
   const uint64_t contiguous = uint64_t{chunk_bundles} * g.stride_bytes;
-  return coalesce ? static_cast<uint32_t>(CeilDiv(contiguous, read_max_bytes) + 1) : chunk_bundles;
+  return coalesce ? static_cast<uint32_t>(chunk_bundles + CeilDiv(contiguous, read_max_bytes) + 1)
+                  : chunk_bundles;
 }
 
 uint64_t NeuronSource::PinnedBundleBytes(const layout::BundleGeometry& g) {

@@ -36,11 +36,12 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       ->capture_default_str();
   cmd->add_option("--merge-gap", f->merge_gap,
                   "Sparse FFN: read neighbouring missing bundles as one read across gaps of up to "
-                  "BYTES (K/M suffix; default one bundle stride; 0 = only touching bundles)");
+                  "BYTES (K/M suffix; default 16K, measured; 0 = only touching bundles)");
   cmd->add_option("--cache-share", f->cache_share,
                   "Sparse FFN: share of the bundle bytes beyond the hot set that go to an LRU "
                   "cache of streamed bundles instead of more pinned bundles, in [0, 1] (default " +
-                      std::to_string(kDefaultCacheShare).substr(0, 4) + ")");
+                      std::to_string(kDefaultCacheShare).substr(0, 4) +
+                      ", measured on a model without temporal locality)");
   f->kv_options[0] = cmd->add_option(
       "--kv-page-tokens", f->kv_page_tokens,
       "Paged KV cache: positions per page (default 16; any --kv-* flag makes the cache paged)");
