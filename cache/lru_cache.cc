@@ -186,6 +186,12 @@ uint64_t LruCache::ShrinkTo(uint64_t target_bytes) {
   return evicted;
 }
 
+bool LruCache::Oldest(uint64_t* value) const {
+  if (lru_tail_ == kNil) return false;
+  *value = entries_[lru_tail_].value;
+  return true;
+}
+
 uint64_t LruCache::Value(const Handle* h) const { return reinterpret_cast<const Entry*>(h)->value; }
 uint64_t LruCache::Key(const Handle* h) const { return reinterpret_cast<const Entry*>(h)->key; }
 bool LruCache::Contains(uint64_t key) const { return index_[FindSlot(key)] != kNil; }

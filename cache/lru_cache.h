@@ -68,6 +68,10 @@ class LruCache {
   // Evicts unpinned entries until usage <= target_bytes. Returns the bytes evicted.
   uint64_t ShrinkTo(uint64_t target_bytes);
 
+  // The value of the least recently used unpinned entry (the next to be evicted), or false when
+  // every entry is pinned or the cache is empty. Does not touch recency.
+  bool Oldest(uint64_t* value) const;
+
   uint64_t Value(const Handle* h) const;
   uint64_t Key(const Handle* h) const;
   bool Contains(uint64_t key) const;  // does not count as a lookup or touch recency

@@ -29,20 +29,23 @@ Result<std::unique_ptr<NeuronCache>> NeuronCache::Create(uint64_t capacity_bytes
 uint64_t NeuronCache::ResidentBytes(uint32_t slots, uint64_t bundle_bytes,
                                     uint64_t alignment_bytes) {
   return storage::BufferPool::ResidentBytes(slots, bundle_bytes, alignment_bytes) +
-         LruCache::ResidentBytes(slots) + uint64_t{slots} * (sizeof(uint8_t) + sizeof(Handle*));
+         LruCache::ResidentBytes(slots) +
+         uint64_t{slots} * (sizeof(uint8_t) + sizeof(uint32_t) + sizeof(Handle*));
 }
 
 uint64_t NeuronCache::SlotBytesMax(uint64_t bundle_bytes, uint64_t alignment_bytes) {
   // The slot; the pool's free stack and in-use flag; the LRU entry and up to four index words
   // (the index is the next power of two above twice the entries); filled_ and hot_.
   return AlignUp(bundle_bytes, alignment_bytes) + sizeof(uint32_t) + sizeof(uint8_t) +
-         LruCache::ResidentBytes(1) + 2 * sizeof(uint32_t) + sizeof(uint8_t) + sizeof(Handle*);
+         LruCache::ResidentBytes(1) + 2 * sizeof(uint32_t) + sizeof(uint8_t) + sizeof(uint32_t) +
+         sizeof(Handle*);
 }
 
 NeuronCache::NeuronCache(storage::BufferPool pool, uint64_t bundle_bytes)
     : pool_(std::move(pool)),
       bundle_bytes_(bundle_bytes),
       filled_(pool_.buffer_count(), 0),
+      used_pass_(pool_.buffer_count(), 0),
       lru_(static_cast<uint64_t>(pool_.buffer_count()) * pool_.buffer_bytes(), pool_.buffer_count(),
            [this](uint64_t, uint64_t slot) {
              filled_[slot] = 0;
@@ -63,7 +66,24 @@ NeuronCache::Handle* NeuronCache::Lookup(uint32_t layer, uint32_t neuron) {
     lru_.Release(h);
     return nullptr;
   }
+  if (h != nullptr) used_pass_[lru_.Value(h)] = pass_;
   return h;
+}
+
+NeuronCache::Handle* NeuronCache::TryReserve(uint32_t layer, uint32_t neuron) {
+  if (pool_.free_count() == 0) {
+    uint64_t oldest = 0;
+    if (!lru_.Oldest(&oldest) || (window_ != 0 && pass_ - used_pass_[oldest] < window_)) {
+      ++refusals_;
+      return nullptr;
+    }
+  }
+  Result<Handle*> h = Reserve(layer, neuron);
+  if (!h.ok()) {  // cannot happen after the check above; refused all the same
+    ++refusals_;
+    return nullptr;
+  }
+  return *h;
 }
 
 Result<NeuronCache::Handle*> NeuronCache::Reserve(uint32_t layer, uint32_t neuron) {
@@ -84,6 +104,7 @@ Result<NeuronCache::Handle*> NeuronCache::Reserve(uint32_t layer, uint32_t neuro
     return h.status();
   }
   filled_[*slot] = 0;
+  used_pass_[*slot] = pass_;
   return *h;
 }
 

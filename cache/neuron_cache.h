@@ -2,12 +2,16 @@
 //
 // A bundle is what one FFN neuron needs (gate row i, up row i, down column i; see
 // layout/bundle_layout.h), addressed by (layer, neuron) — or, as the engine's NeuronSource does,
-// by (layer, position in the store), the order bundles are stored in. The cache carves its budget into
-// equal, aligned slots held in one storage::BufferPool, so a miss is read from flash with
+// by (layer, position in the store), the order bundles are stored in. The cache carves its budget
+// into equal, aligned slots held in one storage::BufferPool, so a miss is read from flash with
 // O_DIRECT straight into its slot (and, when the pool is registered with the io_uring backend,
 // with READ_FIXED). Residency is an LruCache over the slots: a pinned hot set (the neurons that
-// fire most, from activation statistics) is never evicted; the rest is LRU, which keeps the
-// neurons of the last few tokens resident (the sliding window of "LLM in a flash").
+// fire most, from activation statistics) is never evicted; the rest is LRU over cold bundles.
+// The sliding window of "LLM in a flash" (SetWindow(K)): a bundle used in one of the last K passes
+// (decode tokens) is never evicted to admit another; TryReserve then refuses, and the caller
+// serves that miss from its streaming buffer without caching it. Because LRU order is the order
+// of last use, the window needs no lists: the eviction candidate (the LRU tail) is the least
+// recently used bundle, so when it is inside the window, every other unpinned bundle is too.
 //
 // Protocol for one layer: Lookup each needed neuron; for a miss call Reserve, read the bundle
 // into the returned span, then MarkFilled. Release every handle once the layer's FFN is done.
@@ -57,6 +61,18 @@ class NeuronCache {
   // Errors: ResourceExhausted when every slot is pinned; InvalidArgument when already present.
   Result<Handle*> Reserve(uint32_t layer, uint32_t neuron);
 
+  // Reserve for admitting a streamed bundle: nullptr (nothing evicted) when the cache is full
+  // and its least recently used unpinned bundle is inside the window, or every slot is pinned.
+  // Precondition: (layer, neuron) is not cached. Counts a refusal in refusals().
+  Handle* TryReserve(uint32_t layer, uint32_t neuron);
+
+  // The window, in passes (0: plain LRU). Set-up only.
+  void SetWindow(uint32_t passes) { window_ = passes; }
+  uint32_t window() const { return window_; }
+  // Starts the next pass (token): bundles used from now on are stamped with it.
+  void NextPass() { ++pass_; }
+  uint64_t refusals() const { return refusals_; }
+
   // Declares the reserved slot's bytes valid. Until then Lookup of that neuron misses.
   void MarkFilled(Handle* h);
 
@@ -78,7 +94,10 @@ class NeuronCache {
   uint32_t slot_count() const { return pool_.buffer_count(); }
   uint32_t hot_count() const { return static_cast<uint32_t>(hot_.size()); }
   const CacheStats& stats() const { return lru_.stats(); }
-  void ResetStats() { lru_.ResetStats(); }
+  void ResetStats() {
+    lru_.ResetStats();
+    refusals_ = 0;
+  }
   // For registering the slots with a ReadBackend (storage::ReadBackendOptions::registered_buffers).
   const storage::BufferPool& pool() const { return pool_; }
 
@@ -89,9 +108,13 @@ class NeuronCache {
 
   storage::BufferPool pool_;
   const uint64_t bundle_bytes_;
-  std::vector<uint8_t> filled_;  // [slot_count] 1 once MarkFilled
-  LruCache lru_;                 // value = slot index in pool_
-  std::vector<Handle*> hot_;     // pinned for the cache's lifetime
+  std::vector<uint8_t> filled_;      // [slot_count] 1 once MarkFilled
+  std::vector<uint32_t> used_pass_;  // [slot_count] the pass of the slot's last use
+  uint32_t window_ = 0;
+  uint32_t pass_ = 0;
+  uint64_t refusals_ = 0;
+  LruCache lru_;              // value = slot index in pool_
+  std::vector<Handle*> hot_;  // pinned for the cache's lifetime
 };
 
 }  // namespace flashlm::cache

@@ -1,6 +1,7 @@
 #include "engine/neuron_source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "storage/check.h"
@@ -23,8 +24,7 @@ bool NeuronSource::Coalesces(const layout::BundleGeometry& g, uint64_t alignment
                              uint64_t store_alignment_bytes, bool coalesce) {
   // Merging neighbours reads the store's padding between them too: worth it only while that
   // does not blow up the bytes read (and the buffers) beyond twice each bundle's own cover.
-  return coalesce &&
-         g.stride_bytes <= 2 * SingleCover(g, alignment_bytes, store_alignment_bytes);
+  return coalesce && g.stride_bytes <= 2 * SingleCover(g, alignment_bytes, store_alignment_bytes);
 }
 
 uint64_t NeuronSource::ChunkBufferBytes(const layout::BundleGeometry& g, uint32_t chunk_bundles,
@@ -38,17 +38,20 @@ uint64_t NeuronSource::ChunkBufferBytes(const layout::BundleGeometry& g, uint32_
                            ? g.stride_bytes
                            : SingleCover(g, a, store_alignment_bytes);
   const uint64_t ends = a > store_alignment_bytes ? 2 * a : 0;
-  return AlignUp(uint64_t{chunk_bundles} * std::max(per, AlignUp(g.bundle_bytes, kSlotAlign)) +
-                     ends,
-                 std::max<uint64_t>(a, kSlotAlign));
+  return AlignUp(
+      uint64_t{chunk_bundles} * std::max(per, AlignUp(g.bundle_bytes, kSlotAlign)) + ends,
+      std::max<uint64_t>(a, kSlotAlign));
 }
 
 uint32_t NeuronSource::ChunkReadsMax(const layout::BundleGeometry& g, uint32_t chunk_bundles,
                                      uint64_t read_max_bytes, bool coalesce) {
-  // Merged: one span (a dense chunk) split at read_max_bytes, or, for a scattered set, as many
-  // spans as the chunk is cut to (see FormAdHocChunk). One read per bundle otherwise.
+  // Merged: one span (a dense chunk) split at read_max_bytes; a scattered set (a sparse FFN's
+  // misses) may need a span per bundle, and those reads must all go out together: a chunk limited
+  // to a dense chunk's one or two reads would be cut to a few bundles (FormAdHocChunk), leaving a
+  // handful of small reads in flight. One read per bundle otherwise.
   const uint64_t contiguous = uint64_t{chunk_bundles} * g.stride_bytes;
-  return coalesce ? static_cast<uint32_t>(CeilDiv(contiguous, read_max_bytes) + 1) : chunk_bundles;
+  return coalesce ? static_cast<uint32_t>(chunk_bundles + CeilDiv(contiguous, read_max_bytes) + 1)
+                  : chunk_bundles;
 }
 
 uint64_t NeuronSource::PinnedBundleBytes(const layout::BundleGeometry& g) {
@@ -61,7 +64,10 @@ uint64_t NeuronSource::FixedBytes(const layout::BundleGeometry& g, uint32_t laye
                                   uint32_t chunk_buffers) {
   uint64_t b = cache::NeuronCache::kHugePageSlackBytes;
   b += uint64_t{neurons} * (2 * sizeof(uint32_t) + sizeof(const std::byte*));  // iota, gather
-  b += uint64_t{chunk_bundles} * sizeof(ByteSpan);                             // decode_outs_
+  // Ad-hoc requests: ptr_, misses_, held_; per layer its counters.
+  b += uint64_t{neurons} * (sizeof(const std::byte*) + sizeof(uint32_t) + sizeof(void*));
+  b += uint64_t{layers} * sizeof(NeuronLayerStats);
+  b += uint64_t{chunk_bundles} * sizeof(ByteSpan);  // decode_outs_
   // Per ring slot: positions, extents, pointers and the read plan.
   const uint64_t per_bundle = sizeof(uint32_t) + sizeof(layout::Extent) + sizeof(void*) +
                               sizeof(storage::PlannedSpan) + 2 * sizeof(storage::PlannedRead) +
@@ -103,6 +109,10 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   }
   s->options_ = options;
   s->pinned_.assign(pinned.begin(), pinned.end());
+  uint64_t unpinned = 0;
+  for (uint32_t l = 0; l < layers; ++l) unpinned += s->neurons_ - s->pinned_[l];
+  s->cache_slots_ = static_cast<uint32_t>(std::min<uint64_t>(options.cache_slots, unpinned));
+  s->layer_stats_.assign(layers, NeuronLayerStats());
   // Streamed bundles that are compressed cannot be read in place.
   bool streams = false;
   for (uint32_t l = 0; l < layers; ++l) {
@@ -111,12 +121,17 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
       s->compressed_ = s->compressed_ || reader.BundleExtentAt(l, p).codec != layout::Codec::kNone;
     }
   }
-  s->gap_max_bytes_ = s->geometry_.stride_bytes;
+  s->gap_max_bytes_ = options.merge_gap_bytes == NeuronSourceOptions::kGapOneStride
+                          ? s->geometry_.stride_bytes
+                          : options.merge_gap_bytes;
   s->decoded_spacing_ = AlignUp(s->geometry_.bundle_bytes, kSlotAlign);
   s->iota_.resize(s->neurons_);
   for (uint32_t p = 0; p < s->neurons_; ++p) s->iota_[p] = p;
   s->gathered_positions_.resize(s->neurons_);
   s->gathered_bundles_.resize(s->neurons_);
+  s->ptr_.resize(s->neurons_);
+  s->misses_.resize(s->neurons_);
+  s->held_.resize(s->neurons_);
   s->decode_outs_.resize(options.chunk_bundles);
   RETURN_IF_ERROR(s->LoadPinned());
   if (!streams) return s;
@@ -151,17 +166,35 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   return s;
 }
 
-NeuronSource::~NeuronSource() { ResetRing(); }
+NeuronSource::~NeuronSource() {
+  ResetRing();
+  ReleaseHeld();
+}
+
+void NeuronSource::ResetStats() {
+  stats_ = NeuronStats();
+  std::fill(layer_stats_.begin(), layer_stats_.end(), NeuronLayerStats());
+  if (cache_) cache_->ResetStats();
+}
+
+void NeuronSource::ReleaseHeld() {
+  for (size_t i = 0; i < held_count_; ++i) cache_->Release(held_[i]);
+  held_count_ = 0;
+}
 
 Status NeuronSource::LoadPinned() {
   uint64_t total = 0;
   for (uint32_t n : pinned_) total += n;
   resident_.resize(pinned_.size());
-  if (total == 0) return Status::Ok();
-  if (total > UINT32_MAX / 2) return InvalidArgumentError("neuron source: too many bundles");
+  if (total + cache_slots_ == 0) return Status::Ok();
+  if (total + cache_slots_ > UINT32_MAX / 2) {
+    return InvalidArgumentError("neuron source: too many bundles");
+  }
+  // One cache: the pinned bundles, and cache_slots_ more for the LRU over streamed ones.
   ASSIGN_OR_RETURN(cache_, cache::NeuronCache::Create(
-                               total * AlignUp(geometry_.bundle_bytes, kSlotAlign),
+                               (total + cache_slots_) * AlignUp(geometry_.bundle_bytes, kSlotAlign),
                                geometry_.bundle_bytes, kSlotAlign));
+  cache_->SetWindow(options_.window_passes);
   // Layer by layer, in batches: reserve the slots, read the bundles straight into them (merged
   // reads through the staging buffer), then pin them for good.
   constexpr uint32_t kBatch = 4096;
@@ -201,13 +234,21 @@ Status NeuronSource::LoadPinned() {
   return Status::Ok();
 }
 
+void NeuronSource::AdvanceHead() {
+  slots_[ring_head_].job = -1;
+  ring_head_ = (ring_head_ + 1) % slots_.size();
+  --ring_count_;
+}
+
 Status NeuronSource::Begin(uint32_t layer) {
   if (layer >= pinned_.size()) return InvalidArgumentError("neuron source: layer out of range");
   if (holding_) {  // the previous request's last chunk
-    slots_[ring_head_].job = -1;
-    ring_head_ = (ring_head_ + 1) % slots_.size();
-    --ring_count_;
+    AdvanceHead();
     holding_ = false;
+  }
+  if (cache_) {
+    ReleaseHeld();  // the previous layer's bundles are done
+    if (layer == 0) cache_->NextPass();
   }
   layer_ = layer;
   dense_ = true;
@@ -233,9 +274,33 @@ Status NeuronSource::Begin(uint32_t layer, std::span<const uint32_t> positions) 
   ResetRing();  // what is in flight belongs to the dense schedule or another request
   dense_ = false;
   request_ = positions;
-  request_streamed_ = std::lower_bound(positions.begin(), positions.end(), pinned_[layer]) -
-                      positions.begin();
-  request_next_ = request_streamed_;
+  request_streamed_ =
+      std::lower_bound(positions.begin(), positions.end(), pinned_[layer]) - positions.begin();
+  // Cached bundles are pinned for the layer; the rest are the misses, read in chunks.
+  NeuronLayerStats& ls = layer_stats_[layer];
+  ls.requested += positions.size();
+  ls.pinned += request_streamed_;
+  miss_count_ = 0;
+  for (size_t i = request_streamed_; i < positions.size(); ++i) {
+    cache::NeuronCache::Handle* h =
+        cache_slots_ != 0 ? cache_->Lookup(layer, positions[i]) : nullptr;
+    if (h != nullptr) {
+      held_[held_count_++] = h;
+      ptr_[i] = cache_->Bytes(h).data();
+    } else {
+      ptr_[i] = nullptr;
+      misses_[miss_count_++] = static_cast<uint32_t>(i);
+    }
+  }
+  const uint64_t cached = positions.size() - request_streamed_ - miss_count_;
+  ls.cached += cached;
+  ls.streamed += miss_count_;
+  stats_.bundles_cached += cached;
+  stats_.bundles_resident += cached;
+  request_next_ = 0;
+  cursor_ = request_streamed_;
+  // The misses' reads go out now, while the pinned and cached bundles are computed.
+  if (Status st = FillRing(); !st.ok()) return Fail(st);
   return Status::Ok();
 }
 
@@ -249,14 +314,19 @@ Status NeuronSource::Submit(Slot& slot) {
       decode_outs_[k] = slot.buffer.subspan(k * decoded_spacing_, geometry_.bundle_bytes);
       slot.pointers[k] = decode_outs_[k].data();
     }
-    return extents_->ReadExtents(extents, std::span<const ByteSpan>(decode_outs_.data(), slot.count));
+    return extents_->ReadExtents(extents,
+                                 std::span<const ByteSpan>(decode_outs_.data(), slot.count));
   }
   RETURN_IF_ERROR(extents_->PlanExtents(extents, gap_max_bytes_, options_.coalesce, &slot.plan));
   if (slot.plan.bytes > slot.buffer.size()) {
     return InternalError("neuron source: a chunk's reads do not fit its buffer");
   }
   RETURN_IF_ERROR(extents_->QueuePlan(slot.group, slot.plan, slot.buffer));
-  return extents_->Submit();
+  RETURN_IF_ERROR(extents_->Submit());
+  stats_.bytes_requested += slot.plan.requested_bytes;
+  stats_.reads += slot.plan.reads.reads.size();
+  for (const storage::PlannedRead& r : slot.plan.reads.reads) stats_.bytes_read += r.length_bytes;
+  return Status::Ok();
 }
 
 Status NeuronSource::Land(Slot& slot) {
@@ -275,18 +345,20 @@ Status NeuronSource::FormAdHocChunk(Slot& slot) {
   // need more reads than a slot may have in flight.
   const uint32_t reads_max = ChunkReadsMax(geometry_, options_.chunk_bundles,
                                            extents_->limits().read_max_bytes, options_.coalesce);
-  uint32_t count = static_cast<uint32_t>(
-      std::min<size_t>(options_.chunk_bundles, request_.size() - request_next_));
+  uint32_t count =
+      static_cast<uint32_t>(std::min<size_t>(options_.chunk_bundles, miss_count_ - request_next_));
   slot.layer = layer_;
+  slot.miss_first = request_next_;
   while (true) {
     for (uint32_t k = 0; k < count; ++k) {
-      slot.positions[k] = request_[request_next_ + k];
+      slot.positions[k] = request_[misses_[request_next_ + k]];
       slot.extents[k] = reader_.BundleExtentAt(layer_, slot.positions[k]);
     }
     slot.count = count;
     if (compressed_) break;
-    RETURN_IF_ERROR(extents_->PlanExtents(std::span<const layout::Extent>(slot.extents.data(), count),
-                                          gap_max_bytes_, options_.coalesce, &slot.plan));
+    RETURN_IF_ERROR(
+        extents_->PlanExtents(std::span<const layout::Extent>(slot.extents.data(), count),
+                              gap_max_bytes_, options_.coalesce, &slot.plan));
     if ((slot.plan.bytes <= slot.buffer.size() && slot.plan.reads.reads.size() <= reads_max) ||
         count == 1) {
       break;
@@ -312,7 +384,7 @@ Status NeuronSource::FillRing() {
       ++ring_count_;  // counted before the reads go out, so that a failure resets it
       RETURN_IF_ERROR(Submit(slot));
     } else {
-      if (request_next_ >= request_.size()) break;
+      if (request_next_ >= miss_count_) break;
       ++ring_count_;
       RETURN_IF_ERROR(FormAdHocChunk(slot));
     }
@@ -331,14 +403,15 @@ void NeuronSource::ResetRing() {
 
 Status NeuronSource::Fail(Status st) {
   ResetRing();
+  if (cache_) ReleaseHeld();
+  request_ = {};
+  miss_count_ = request_next_ = cursor_ = 0;
   return st.WithContext("FFN layer " + std::to_string(layer_));
 }
 
 Result<bool> NeuronSource::Next(Batch* batch) {
   if (holding_) {  // the chunk handed out last time is done: its buffer takes the next one
-    slots_[ring_head_].job = -1;
-    ring_head_ = (ring_head_ + 1) % slots_.size();
-    --ring_count_;
+    AdvanceHead();
     holding_ = false;
   }
   if (!pinned_served_) {
@@ -355,13 +428,15 @@ Result<bool> NeuronSource::Next(Batch* batch) {
         gathered_positions_[i] = request_[i];
         gathered_bundles_[i] = resident_[layer_][request_[i]];
       }
-      *batch = Batch{std::span<const uint32_t>(gathered_positions_.data(), request_streamed_),
-                     std::span<const std::byte* const>(gathered_bundles_.data(), request_streamed_)};
+      *batch =
+          Batch{std::span<const uint32_t>(gathered_positions_.data(), request_streamed_),
+                std::span<const std::byte* const>(gathered_bundles_.data(), request_streamed_)};
       stats_.bundles_resident += request_streamed_;
       return true;
     }
   }
-  if (dense_) {
+  if (!dense_) return NextAdHoc(batch);
+  {
     if (job_next_ == job_end_) return false;
     if (ring_count_ > 0 && slots_[ring_head_].job != static_cast<int64_t>(job_next_)) {
       ResetRing();  // out of step: an error, or another request came between
@@ -369,9 +444,6 @@ Result<bool> NeuronSource::Next(Batch* batch) {
     if (ring_count_ == 0) next_job_ = job_next_;
     if (Status st = FillRing(); !st.ok()) return Fail(st);
     ++job_next_;
-  } else {
-    if (request_next_ >= request_.size() && ring_count_ == 0) return false;
-    if (Status st = FillRing(); !st.ok()) return Fail(st);
   }
   Slot& head = slots_[ring_head_];
   if (Status st = Land(head); !st.ok()) return Fail(st);
@@ -379,6 +451,63 @@ Result<bool> NeuronSource::Next(Batch* batch) {
   stats_.bundles_streamed += head.count;
   *batch = Batch{std::span<const uint32_t>(head.positions.data(), head.count),
                  std::span<const std::byte* const>(head.pointers.data(), head.count)};
+  return true;
+}
+
+Result<bool> NeuronSource::LandAdHoc() {
+  Slot& head = slots_[ring_head_];
+  RETURN_IF_ERROR(Land(head));
+  bool needed = false;
+  for (uint32_t k = 0; k < head.count; ++k) {
+    const uint32_t i = misses_[head.miss_first + k];
+    cache::NeuronCache::Handle* h =
+        cache_slots_ != 0 ? cache_->TryReserve(layer_, head.positions[k]) : nullptr;
+    if (h != nullptr) {  // admitted: the bundle moves to its slot, the buffer can take more
+      const ByteSpan dst = cache_->Bytes(h);
+      std::memcpy(dst.data(), head.pointers[k], geometry_.bundle_bytes);
+      cache_->MarkFilled(h);
+      held_[held_count_++] = h;
+      ptr_[i] = dst.data();
+      ++stats_.bundles_admitted;
+    } else {
+      ptr_[i] = head.pointers[k];
+      needed = true;
+      ++stats_.admissions_refused;
+    }
+  }
+  stats_.bundles_streamed += head.count;
+  return needed;
+}
+
+Result<bool> NeuronSource::NextAdHoc(Batch* batch) {
+  // Walks the request in position order, gathering cached and landed bundles, landing the ring's
+  // head chunk when its first miss is reached. A chunk whose bundles all went into the cache frees
+  // its buffer at once (more reads go out); one that still serves bundles is held, and the batch
+  // ends before the next chunk's first miss.
+  size_t n = 0;
+  while (cursor_ < request_.size()) {
+    if (ptr_[cursor_] == nullptr) {
+      if (holding_) break;  // the held chunk's views must outlive this batch
+      if (Status st = FillRing(); !st.ok()) return Fail(st);
+      CHECK_GT(ring_count_, 0u);
+      Result<bool> needed = LandAdHoc();
+      if (!needed.ok()) return Fail(needed.status());
+      if (*needed) {
+        holding_ = true;
+      } else {
+        AdvanceHead();
+        if (Status st = FillRing(); !st.ok()) return Fail(st);
+      }
+      CHECK(ptr_[cursor_] != nullptr);
+    }
+    gathered_positions_[n] = request_[cursor_];
+    gathered_bundles_[n] = ptr_[cursor_];
+    ++n;
+    ++cursor_;
+  }
+  if (n == 0) return false;
+  *batch = Batch{std::span<const uint32_t>(gathered_positions_.data(), n),
+                 std::span<const std::byte* const>(gathered_bundles_.data(), n)};
   return true;
 }
 

@@ -13,6 +13,14 @@
 // buffer with O_DIRECT and verified there against its checksums. Compressed bundles cannot be
 // read in place: they are read, verified and decoded synchronously (ExtentReader::ReadExtents).
 //
+// Besides the pinned bundles the cache may hold `cache_slots` more (the plan's LRU share): with
+// ad-hoc requests (a sparse FFN) every streamed bundle is looked up there first, and a miss, once
+// read and verified, is copied into a slot (admitted: LRU over cold bundles, within the cache's
+// sliding window, see cache/neuron_cache.h). The dense schedule reads every bundle every pass and
+// bypasses it. Misses of a request are read as one sorted set: neighbours merged across gaps of
+// at most merge_gap_bytes (reading the bytes between, fewer and larger reads), the chunks of the
+// request submitted together up to the ring's depth.
+//
 // Two kinds of request:
 //  - Begin(layer): every position (the dense FFN). The streamed chunks of all layers form a fixed
 //    cyclic schedule (layer 0's chunks, layer 1's, ..., then the next pass); with pipelining the
@@ -21,8 +29,10 @@
 //  - Begin(layer, positions): any set of positions, contiguous or scattered (what a sparse FFN
 //    asks for). Its chunks are read ahead within the request; a ring holding chunks of the dense
 //    schedule is drained first.
-// Batches of a request: the pinned positions (one batch), then one batch per chunk. A batch's
-// views stay valid until the next Next() or Begin(). Nothing allocates after Open.
+// Batches of a dense request: the pinned positions (one batch), then one batch per chunk. Of an
+// ad-hoc request: its pinned positions, then the rest in increasing position order, cached and
+// streamed bundles mixed (a batch ends after a chunk whose bundles could not all be admitted). A
+// batch's views stay valid until the next Next() or Begin(). Nothing allocates after Open.
 // Not thread-safe: the forward pass's owner thread.
 #ifndef FLASHLM_ENGINE_NEURON_SOURCE_H_
 #define FLASHLM_ENGINE_NEURON_SOURCE_H_
@@ -42,23 +52,49 @@
 namespace flashlm::engine {
 
 inline constexpr uint32_t kChunkBuffersMax = 64;
+inline constexpr uint32_t kWindowPassesMax = 1u << 20;  // --window, at most
 
 struct NeuronSourceOptions {
   uint32_t chunk_bundles = 256;  // bundles per streamed chunk
   uint32_t chunk_buffers = 4;    // ring depth: 1 = naive (each chunk read when needed)
   bool pipeline = true;          // keep the next chunks in flight (needs chunk_buffers >= 2)
   bool coalesce = true;          // merge neighbouring bundles into one read (false: a read each)
+  // Ad-hoc requests: merge neighbouring misses whose aligned covers are at most this far apart
+  // (kGapOneStride: one bundle stride, i.e. across one bundle not needed).
+  uint64_t merge_gap_bytes = kGapOneStride;
+  static constexpr uint64_t kGapOneStride = UINT64_MAX;
+  uint32_t cache_slots = 0;    // LRU slots for streamed bundles of ad-hoc requests (0: none)
+  uint32_t window_passes = 0;  // the cache's sliding window, in passes (0: plain LRU)
+};
+
+// One layer's bundles, counted per request (a sparse FFN asks for the firing neurons; a dense one
+// for every neuron).
+struct NeuronLayerStats {
+  uint64_t requested = 0;  // bundles asked for
+  uint64_t pinned = 0;     // served from the pinned set
+  uint64_t cached = 0;     // served from the LRU cache (hits)
+  uint64_t streamed = 0;   // read from flash (misses)
+  double hit_rate() const {
+    return requested ? static_cast<double>(pinned + cached) / requested : 1.0;
+  }
 };
 
 struct NeuronStats {
-  uint64_t bundles_resident = 0;  // served from DRAM
-  uint64_t bundles_streamed = 0;  // read from flash
+  uint64_t bundles_resident = 0;    // served from DRAM (pinned or cached)
+  uint64_t bundles_streamed = 0;    // read from flash
+  uint64_t bundles_cached = 0;      // of the resident: LRU cache hits
+  uint64_t bundles_admitted = 0;    // streamed bundles copied into the LRU cache
+  uint64_t admissions_refused = 0;  // misses not admitted (window full, or no cache)
+  // The FFN's own reads (bundles), a part of the reader's counters.
+  uint64_t bytes_requested = 0;  // stored bytes of the bundles read
+  uint64_t bytes_read = 0;       // bytes the reads covered (merged spans, gaps included)
+  uint64_t reads = 0;
 };
 
 class NeuronSource {
  public:
   struct Batch {
-    std::span<const uint32_t> positions;       // increasing
+    std::span<const uint32_t> positions;        // increasing
     std::span<const std::byte* const> bundles;  // [k] bytes of positions[k]
   };
 
@@ -97,9 +133,7 @@ class NeuronSource {
   uint32_t neurons() const { return neurons_; }
   uint32_t pinned(uint32_t layer) const { return pinned_[layer]; }
   // Position -> neuron of `layer`; empty when stored in neuron order.
-  std::span<const uint32_t> permutation(uint32_t layer) const {
-    return reader_.Permutation(layer);
-  }
+  std::span<const uint32_t> permutation(uint32_t layer) const { return reader_.Permutation(layer); }
   bool pipelined() const { return pipeline_; }
   bool coalesced() const { return options_.coalesce; }
 
@@ -113,7 +147,12 @@ class NeuronSource {
   Result<bool> Next(Batch* batch);
 
   const NeuronStats& stats() const { return stats_; }
-  void ResetStats() { stats_ = NeuronStats(); }
+  // [layer], since Open or ResetStats; the view lives as long as the source.
+  std::span<const NeuronLayerStats> layer_stats() const { return layer_stats_; }
+  void ResetStats();
+  uint32_t cache_slots() const { return cache_slots_; }
+  uint32_t window_passes() const { return options_.window_passes; }
+  uint64_t merge_gap_bytes() const { return gap_max_bytes_; }
 
  private:
   // One chunk buffer of the ring and what it holds.
@@ -126,6 +165,7 @@ class NeuronSource {
     std::vector<uint32_t> positions;         // [chunk_bundles]
     std::vector<layout::Extent> extents;     // [chunk_bundles]
     std::vector<const std::byte*> pointers;  // [chunk_bundles]
+    size_t miss_first = 0;                   // ad hoc: its first bundle's index in misses_
   };
   struct Job {  // a chunk of the dense schedule: positions [first, first + count) of `layer`
     uint32_t layer = 0, first = 0, count = 0;
@@ -134,11 +174,17 @@ class NeuronSource {
 
   NeuronSource(layout::StoreReader& reader) : reader_(reader) {}
   Status LoadPinned();
-  Status Submit(Slot& slot);  // reads slot.positions of slot.layer into slot.buffer
-  Status Land(Slot& slot);    // waits for the slot's reads and verifies its bundles
-  Status FillRing();          // submits upcoming chunks into free slots
-  Status FormAdHocChunk(Slot& slot);  // the next chunk of the current ad-hoc request
-  void ResetRing();           // waits for everything in flight; every slot free
+  Status Submit(Slot& slot);             // reads slot.positions of slot.layer into slot.buffer
+  Status Land(Slot& slot);               // waits for the slot's reads and verifies its bundles
+  Status FillRing();                     // submits upcoming chunks into free slots
+  Status FormAdHocChunk(Slot& slot);     // the next chunk of the current ad-hoc request
+  Result<bool> NextAdHoc(Batch* batch);  // the streamed part of an ad-hoc request
+  // Lands the ring's head chunk of an ad-hoc request and gives its bundles their views, admitted
+  // into the cache where it takes them; returns whether the chunk's buffer is still needed.
+  Result<bool> LandAdHoc();
+  void ReleaseHeld();  // the cache handles of the current request
+  void AdvanceHead();  // the head slot is free again
+  void ResetRing();    // waits for everything in flight; every slot free
   Status Fail(Status st);
 
   layout::StoreReader& reader_;
@@ -168,9 +214,17 @@ class NeuronSource {
   bool pinned_served_ = false;
   std::span<const uint32_t> request_;  // ad hoc: the positions
   size_t request_streamed_ = 0;        // ad hoc: index of the first position not pinned
-  size_t request_next_ = 0;            // ad hoc: first position not yet in a chunk
-  uint32_t job_next_ = 0, job_end_ = 0;  // dense: the layer's jobs still to serve
-  bool holding_ = false;               // the head slot was handed out by the last Next
+  size_t request_next_ = 0;            // ad hoc: first miss (index into misses_) not in a chunk
+  size_t cursor_ = 0;                  // ad hoc: first request index not yet served
+  std::vector<const std::byte*> ptr_;  // [neurons] ad hoc: request index -> bundle, or nullptr
+  std::vector<uint32_t> misses_;       // [neurons] ad hoc: request indices of the misses
+  size_t miss_count_ = 0;
+  std::vector<cache::NeuronCache::Handle*> held_;  // [neurons] cache pins of the request
+  size_t held_count_ = 0;
+  uint32_t cache_slots_ = 0;                   // LRU slots beyond the pinned ones
+  std::vector<NeuronLayerStats> layer_stats_;  // [layer]
+  uint32_t job_next_ = 0, job_end_ = 0;        // dense: the layer's jobs still to serve
+  bool holding_ = false;                       // the head slot was handed out by the last Next
   NeuronStats stats_;
 };
 

@@ -44,6 +44,9 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   if (in.bundle_spacing_bytes == 0 || in.chunk_bundles == 0) {
     return InvalidArgumentError("residency plan: zero bundle spacing or chunk size");
   }
+  if (!(in.cache_fraction >= 0 && in.cache_fraction <= 1)) {
+    return InvalidArgumentError("residency plan: cache fraction outside [0, 1]");
+  }
   ResidencyPlan p;
   p.budget_bytes = in.budget_bytes;
   p.fixed_parts = in.fixed_parts;
@@ -74,7 +77,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   auto ring = [&](uint64_t n) {
     const uint64_t bytes = n * one_chunk;
     return in.huge_page_bytes && bytes >= in.huge_page_bytes ? AlignUp(bytes, in.huge_page_bytes)
-                                                              : bytes;
+                                                             : bytes;
   };
   const uint64_t chunk_bytes = ring(buffers_min);
   p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
@@ -133,7 +136,7 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   avail -= p.pinned_dense_bytes;
   // 3. The rest pins the first bundles of every layer: the hot sets first, evenly as far as
   // they go, then evenly across layers.
-  const uint64_t units = avail / in.bundle_spacing_bytes;
+  uint64_t units = avail / in.bundle_spacing_bytes;
   std::vector<uint32_t> hot(layers, 0);
   for (size_t l = 0; l < layers && l < in.layer_hot.size(); ++l) {
     hot[l] = std::min(in.layer_hot[l], in.layer_bundles[l]);
@@ -141,7 +144,21 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const std::vector<uint32_t> none(layers, 0);
   const uint32_t hot_level = WaterLevel(none, hot, units);
   std::vector<uint32_t> hot_pinned(layers);
-  for (size_t l = 0; l < layers; ++l) hot_pinned[l] = std::min(hot_level, hot[l]);
+  uint64_t hot_units = 0, unpinned_units = 0;
+  for (size_t l = 0; l < layers; ++l) {
+    hot_pinned[l] = std::min(hot_level, hot[l]);
+    hot_units += hot_pinned[l];
+    unpinned_units += in.layer_bundles[l] - hot_pinned[l];
+  }
+  // The LRU's share of what the hot sets leave (never more slots than bundles left unpinned).
+  if (in.cache_fraction > 0 && units > hot_units) {
+    const uint64_t cache_units = std::min<uint64_t>(
+        static_cast<uint64_t>(in.cache_fraction * static_cast<double>(units - hot_units)),
+        std::min<uint64_t>(unpinned_units, UINT32_MAX / 4));
+    p.cache_bundles = static_cast<uint32_t>(cache_units);
+    p.cache_bytes = cache_units * in.bundle_spacing_bytes;
+    units -= cache_units;
+  }
   const uint32_t level = WaterLevel(hot_pinned, in.layer_bundles, units);
   for (size_t l = 0; l < layers; ++l) {
     p.pinned_bundles[l] = std::max(hot_pinned[l], std::min(level, in.layer_bundles[l]));
@@ -152,6 +169,8 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   bool all_bundles = true;
   for (size_t l = 0; l < layers; ++l) all_bundles &= p.pinned_bundles[l] == in.layer_bundles[l];
   if (all_bundles) {
+    p.cache_bundles = 0;
+    p.cache_bytes = 0;
     p.chunk_stream_bytes = 0;
     p.chunk_bundles = 0;
     p.chunk_buffers = 0;
@@ -180,8 +199,7 @@ std::string ResidencyPlan::Describe() const {
   }
   s += std::string(embedding_resident ? ", the embedding"
                                       : ", a buffer for embedding rows read on demand") +
-       (classifier_resident ? ", the classifier" : ", buffers for the streamed classifier") +
-       ")\n";
+       (classifier_resident ? ", the classifier" : ", buffers for the streamed classifier") + ")\n";
   s += "  attention layers resident: " + std::to_string(dense_resident) + "/" +
        std::to_string(layers) + " (" + FormatBytes(pinned_dense_bytes) + ")";
   if (dense_stream_bytes) s += ", streaming buffer " + FormatBytes(dense_stream_bytes);
@@ -198,6 +216,10 @@ std::string ResidencyPlan::Describe() const {
          " hot-set neurons";
   }
   s += ")";
+  if (cache_bundles) {
+    s += "\n  FFN bundle cache (LRU over streamed bundles): " + std::to_string(cache_bundles) +
+         " slots (" + FormatBytes(cache_bytes) + ")";
+  }
   if (chunk_stream_bytes) {
     s += ", streaming the rest in chunks of " + std::to_string(chunk_bundles) + " bundles (" +
          std::to_string(chunk_buffers) + " buffers, " + FormatBytes(chunk_stream_bytes) + ")";

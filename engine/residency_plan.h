@@ -15,7 +15,10 @@
 //     dense layer is kept), dense layers pinned in layer order as far as they fit (one buffer
 //     for a streamed dense layer is reserved when any does not), and the rest pins the first
 //     bundles of every layer (hot-first stores put the most frequently firing neurons there):
-//     each layer's hot set first (evenly while they do not all fit), then evenly across layers.
+//     each layer's hot set first (evenly while they do not all fit), then evenly across layers;
+//     with cache_fraction > 0, that fraction of what is left after the hot sets becomes slots of
+//     the neuron cache's LRU (streamed bundles of a sparse FFN admitted as they are read, see
+//     NeuronSource) instead of more pinned bundles.
 // The minimum budget is the always-resident bytes plus the least streaming buffers; a smaller
 // budget is InvalidArgument (a bad input) naming the minimum. Plain values and a pure function;
 // thread-safe.
@@ -51,7 +54,10 @@ struct ResidencyInputs {
   // The chunk buffers are one allocation; from this size up it is rounded up to a multiple of it
   // (transparent huge pages). 0: no rounding.
   uint64_t huge_page_bytes = 0;
-  uint32_t chunk_bundles = 256;       // bundles per FFN streaming chunk
+  uint32_t chunk_bundles = 256;  // bundles per FFN streaming chunk
+  // Share of the bundle bytes left after the hot sets that goes to the LRU cache, in [0, 1]
+  // (0: all pinned, the dense FFN's choice: it reads every bundle every pass).
+  double cache_fraction = 0;
   // FFN chunk buffers: at least chunk_buffers_min (2 when the next chunk is read while one
   // computes), more up to chunk_buffers when the budget allows (deeper read-ahead).
   uint32_t chunk_buffers_min = 1;
@@ -73,6 +79,8 @@ struct ResidencyPlan {
   uint64_t pinned_dense_bytes = 0;
   uint64_t pinned_bundle_bytes = 0;
   uint64_t pinned_hot = 0, hot_total = 0;  // hot-set neurons pinned, and in the store
+  uint32_t cache_bundles = 0;              // LRU slots for streamed bundles
+  uint64_t cache_bytes = 0;                // their DRAM (cache_bundles x bundle spacing)
   uint64_t dense_stream_bytes = 0;         // buffer for one streamed dense layer (0: none streams)
   uint64_t chunk_stream_bytes = 0;         // buffers for FFN chunks (0: no bundle streams)
   uint32_t chunk_bundles = 0;
@@ -82,8 +90,8 @@ struct ResidencyPlan {
   std::vector<std::pair<std::string, uint64_t>> fixed_parts;  // from the inputs
 
   uint64_t total_bytes() const {
-    return fixed_bytes + pinned_dense_bytes + pinned_bundle_bytes + dense_stream_bytes +
-           chunk_stream_bytes;
+    return fixed_bytes + pinned_dense_bytes + pinned_bundle_bytes + cache_bytes +
+           dense_stream_bytes + chunk_stream_bytes;
   }
   bool streams() const { return dense_stream_bytes != 0 || chunk_stream_bytes != 0; }
   // Human-readable, several lines (printed by generate/perplexity).

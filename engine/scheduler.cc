@@ -299,11 +299,13 @@ void Scheduler::Run() {
     batch.positions = std::span<const uint32_t>(positions_.data(), n);
     batch.sequences = std::span<const uint32_t>(sequences_.data(), n);
     batch.logits_for = std::span<const uint32_t>(logits_for_.data(), in_batch.size());
-    const EngineStats before = session_.stats();
+    session_.FillStats(&before_);
     const uint64_t t0 = storage::NowNs();
     auto logits = model.Forward(batch);
     const uint64_t t1 = storage::NowNs();
-    const EngineStats after = session_.stats();
+    session_.FillStats(&after_);
+    const EngineStats& before = before_;
+    const EngineStats& after = after_;
     const uint64_t pass_bytes = after.bytes_read - before.bytes_read;
     const uint64_t pass_reads = after.reads - before.reads;
     const double pass_wait_ms = static_cast<double>(after.io_wait_ns - before.io_wait_ns) / 1e6;

@@ -151,6 +151,7 @@ class Scheduler {
   std::deque<std::shared_ptr<Request>> queue_;  // at most queue_max
   bool stopping_ = false;
   SchedulerSnapshot snap_;
+  EngineStats before_, after_;  // the engine's counters around a pass (capacity kept)
 
   // The batch, sized at Create (max_batch tokens, slots logit rows).
   std::vector<int32_t> tokens_;

@@ -134,8 +134,8 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     if (options.kv.pool_bytes != 0) {
       if (options.kv.pool_bytes < minimum) {
         return InvalidArgumentError("--kv-budget " + FormatBytes(options.kv.pool_bytes) +
-                                    " is below the KV cache's minimum of " +
-                                    FormatBytes(minimum) + " (" + std::to_string(minimum) +
+                                    " is below the KV cache's minimum of " + FormatBytes(minimum) +
+                                    " (" + std::to_string(minimum) +
                                     " bytes: every K page, one layer's V pages, one page being "
                                     "filled per layer)");
       }
@@ -149,6 +149,13 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
   }
   ResidencyInputs in = needs.inputs;
   in.budget_bytes = options.budget_bytes;
+  // The LRU cache serves a sparse FFN's requests only: a dense one reads every bundle every pass,
+  // which an LRU smaller than the model only cycles through (pinned bundles serve it better).
+  const bool sparse_ffn =
+      topts.sparsity != FfnSparsity::kDense &&
+      (topts.sparsity != FfnSparsity::kAuto ||
+       (!needs.bundles.has_gate() && config.activation == layout::Activation::kRelu));
+  if (!sparse_ffn) in.cache_fraction = 0;
   const std::pair<std::string, uint64_t> engine_parts[] = {
       {"activations and scratch", sp.activation_bytes},
       {"KV cache", sp.kv_bytes},
@@ -228,7 +235,8 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   layout::StoreReadOptions ro;
   ro.backend = options.backend;
   ro.direct = options.direct;
-  ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader, layout::StoreReader::Open(path, ro));
+  ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader,
+                   layout::StoreReader::Open(path, ro));
   if (!reader->vocab().empty()) {
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(reader->vocab()));
   } else if (!options.tokenizer_path.empty()) {
@@ -252,7 +260,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
   ASSIGN_OR_RETURN(SessionPlan sp, PlanSession(needs, config, options, pool_->size(),
-                                                tokenizer_->resident_bytes()));
+                                               tokenizer_->resident_bytes()));
   const TransformerOptions topts = sp.transformer;
   const uint32_t ctx = topts.max_context;
   plan_ = std::move(sp.plan);
@@ -300,11 +308,10 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   }
   if (!ck.ok()) return ck.status();
   checkpoint_ = std::move(ck).value();
-  if (separate_tokenizer ||
-      (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
-    ASSIGN_OR_RETURN(layout::Vocab vocab,
-                     layout::ReadLlama2cTokenizer(options.tokenizer_path,
-                                                  checkpoint_->config().vocab_size));
+  if (separate_tokenizer || (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
+    ASSIGN_OR_RETURN(
+        layout::Vocab vocab,
+        layout::ReadLlama2cTokenizer(options.tokenizer_path, checkpoint_->config().vocab_size));
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(vocab));
   } else if (checkpoint_->vocab().empty()) {
     return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
@@ -375,9 +382,8 @@ std::string Session::Describe() const {
   if (topn_ != nullptr) {
     s += "  attention: top-N, " + topn_spec_.ToString() +
          " positions per head kept (probabilities renormalised over them)" +
-         (paged_kv_ != nullptr && paged_kv_->spills()
-              ? "; only the V pages holding them are read\n"
-              : "\n");
+         (paged_kv_ != nullptr && paged_kv_->spills() ? "; only the V pages holding them are read\n"
+                                                      : "\n");
   }
   const layout::StoreReader& r = store_->reader();
   s += "  reads: " + std::string(r.backend_name()) + " backend, " +
@@ -392,11 +398,32 @@ std::string Session::Describe() const {
               "the layer's calibrated cut; approximate)"
             : "dense (every neuron)") +
        "\n";
+  const NeuronSource& n = *store_->neurons();
+  if (model_->sparsity() != FfnSparsity::kDense) {
+    s += "  FFN misses merged across gaps of up to " + FormatBytes(n.merge_gap_bytes()) +
+         "; bundle cache: " +
+         (n.cache_slots()
+              ? std::to_string(n.cache_slots()) + " LRU slots" +
+                    (n.window_passes() ? ", window " + std::to_string(n.window_passes()) + " tokens"
+                                       : std::string(", no window"))
+              : std::string("none (pinned bundles only)")) +
+         "\n";
+  }
   return s;
 }
 
 EngineStats Session::stats() const {
   EngineStats s;
+  FillStats(&s);
+  return s;
+}
+
+void Session::FillStats(EngineStats* out) const {
+  EngineStats& s = *out;
+  std::vector<NeuronLayerStats> layers = std::move(s.ffn_layers);
+  s = EngineStats();
+  s.ffn_layers = std::move(layers);
+  s.ffn_layers.clear();
   s.passes = model_->passes() - passes_base_;
   s.ffn_neurons_computed = model_->ffn_neurons_computed() - computed_base_;
   s.ffn_neurons_total = model_->ffn_neurons_total() - total_base_;
@@ -408,6 +435,14 @@ EngineStats Session::stats() const {
     s.io_wait_ns = c.reads.wait_ns;
     s.bundles_resident = c.neurons.bundles_resident;
     s.bundles_streamed = c.neurons.bundles_streamed;
+    s.bundles_cached = c.neurons.bundles_cached;
+    s.bundles_admitted = c.neurons.bundles_admitted;
+    s.admissions_refused = c.neurons.admissions_refused;
+    s.ffn_bytes_requested = c.neurons.bytes_requested;
+    s.ffn_bytes_read = c.neurons.bytes_read;
+    s.ffn_reads = c.neurons.reads;
+    const std::span<const NeuronLayerStats> layers = store_->neurons()->layer_stats();
+    s.ffn_layers.assign(layers.begin(), layers.end());
   }
   s.attention_ns = model_->attention_ns() - attention_base_;
   s.kv_resident_bytes = kv_->resident_bytes();
@@ -421,7 +456,6 @@ EngineStats Session::stats() const {
     s.kv_page_hits = k.page_hits;
     s.kv_page_misses = k.page_misses;
   }
-  return s;
 }
 
 void Session::ResetStats() {

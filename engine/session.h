@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/attention_topn.h"
 #include "engine/kv_cache.h"
@@ -68,23 +69,39 @@ struct SessionOptions {
 
 // Counters since Open or the last ResetStats.
 struct EngineStats {
-  uint64_t passes = 0;            // forward passes (a batch of tokens, e.g. a prompt, is one)
-  uint64_t bytes_requested = 0;   // stored bytes of the extents read from flash
-  uint64_t bytes_read = 0;        // bytes the backend read (aligned, merged)
-  uint64_t reads = 0;             // reads the backend issued
-  uint64_t io_wait_ns = 0;        // time spent waiting for reads
-  uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
-  uint64_t bundles_streamed = 0;  // FFN bundles read from flash
+  uint64_t passes = 0;                // forward passes (a batch of tokens, e.g. a prompt, is one)
+  uint64_t bytes_requested = 0;       // stored bytes of the extents read from flash
+  uint64_t bytes_read = 0;            // bytes the backend read (aligned, merged)
+  uint64_t reads = 0;                 // reads the backend issued
+  uint64_t io_wait_ns = 0;            // time spent waiting for reads
+  uint64_t bundles_resident = 0;      // FFN bundles used from DRAM
+  uint64_t bundles_streamed = 0;      // FFN bundles read from flash
   uint64_t ffn_neurons_computed = 0;  // per layer and pass (Transformer::ffn_neurons_computed)
   uint64_t ffn_neurons_total = 0;
+  // The FFN bundles' cache and reads (NeuronStats): LRU hits among bundles_resident, misses
+  // admitted into the LRU, misses not admitted (window full); the bundles' own reads.
+  uint64_t bundles_cached = 0;
+  uint64_t bundles_admitted = 0;
+  uint64_t admissions_refused = 0;
+  uint64_t ffn_bytes_requested = 0;  // stored bytes of the bundles read
+  uint64_t ffn_bytes_read = 0;       // bytes their reads covered (gaps merged across included)
+  uint64_t ffn_reads = 0;
+  // Per layer: bundles requested, pinned, cached, streamed, since the last ResetStats; empty for
+  // a checkpoint. (A copy: Session::FillStats reuses its capacity, so a loop that keeps one
+  // EngineStats allocates only the first time.)
+  std::vector<NeuronLayerStats> ffn_layers;
+  // Bytes read per byte of bundle needed (>= 1: alignment, gaps read to merge reads).
+  double ffn_read_amplification() const {
+    return ffn_bytes_requested ? static_cast<double>(ffn_bytes_read) / ffn_bytes_requested : 0.0;
+  }
   // The KV cache (a paged one; zeros but kv_resident_bytes for a flat one).
-  uint64_t kv_resident_bytes = 0;   // DRAM the KV pages hold now (K and V)
-  uint64_t kv_bytes_read = 0;       // V pages read back from flash
-  uint64_t kv_reads = 0;            // reads issued for them
-  uint64_t kv_bytes_written = 0;    // V pages spilled to flash
-  uint64_t kv_io_wait_ns = 0;       // writing V pages and waiting for their reads
+  uint64_t kv_resident_bytes = 0;                 // DRAM the KV pages hold now (K and V)
+  uint64_t kv_bytes_read = 0;                     // V pages read back from flash
+  uint64_t kv_reads = 0;                          // reads issued for them
+  uint64_t kv_bytes_written = 0;                  // V pages spilled to flash
+  uint64_t kv_io_wait_ns = 0;                     // writing V pages and waiting for their reads
   uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
-  uint64_t attention_ns = 0;        // attention (V fetch, scores, selection, sums), every layer
+  uint64_t attention_ns = 0;  // attention (V fetch, scores, selection, sums), every layer
   double kv_hit_rate() const {
     const uint64_t all = kv_page_hits + kv_page_misses;
     return all ? static_cast<double>(kv_page_hits) / all : 1.0;
@@ -167,6 +184,8 @@ class Session {
   std::string Describe() const;
 
   EngineStats stats() const;
+  // The same into `out`, reusing its per-layer vector (no allocation once it has the capacity).
+  void FillStats(EngineStats* out) const;
   void ResetStats();
 
  private:

@@ -34,8 +34,7 @@ StoreNeeds Complete(StoreNeeds needs, const layout::ModelConfig& c, const ReadGe
   // The ExtentReader's bounds: every part's reads in flight at once, a group per buffer.
   const uint32_t chunk = std::min(options.chunk_bundles, c.hidden_dim);
   const uint64_t a = geo.read_alignment_bytes;
-  const bool coalesce =
-      NeuronSource::Coalesces(g, a, geo.store_alignment_bytes, options.coalesce);
+  const bool coalesce = NeuronSource::Coalesces(g, a, geo.store_alignment_bytes, options.coalesce);
   limits->read_max_bytes = kReadMaxBytes;
   limits->staging_bytes = kStagingBytes;
   limits->queue_depth =
@@ -49,9 +48,9 @@ StoreNeeds Complete(StoreNeeds needs, const layout::ModelConfig& c, const ReadGe
   in.fixed_parts.emplace_back("catalog", geo.catalog_bytes);
   in.fixed_parts.emplace_back("read path", layout::ExtentReader::ResidentBytes(*limits));
   in.fixed_parts.emplace_back("norms", norms);
-  in.fixed_parts.emplace_back("bundle tables",
-                              NeuronSource::FixedBytes(g, c.n_layers, c.hidden_dim, chunk,
-                                                       options.pipeline ? options.chunk_buffers : 1));
+  in.fixed_parts.emplace_back(
+      "bundle tables", NeuronSource::FixedBytes(g, c.n_layers, c.hidden_dim, chunk,
+                                                options.pipeline ? options.chunk_buffers : 1));
   for (const auto& part : in.fixed_parts) in.fixed_bytes += part.second;
   in.embedding_bytes = needs.embedding.resident_bytes;
   in.embedding_demand_bytes = needs.embedding.demand_bytes;
@@ -66,6 +65,7 @@ StoreNeeds Complete(StoreNeeds needs, const layout::ModelConfig& c, const ReadGe
   in.dense_stream_bytes_max = AttentionStream::StreamBytes(needs.attention);
   in.bundle_spacing_bytes = NeuronSource::PinnedBundleBytes(g);
   in.chunk_bundles = chunk;
+  in.cache_fraction = options.cache_fraction;
   in.chunk_buffer_bytes =
       NeuronSource::ChunkBufferBytes(g, chunk, a, geo.store_alignment_bytes, coalesce);
   in.huge_page_bytes = uint64_t{2} << 20;  // the chunk ring is one buffer with huge pages
@@ -81,6 +81,13 @@ Status CheckOptions(const StreamingOptions& options) {
       options.chunk_buffers > kChunkBuffersMax) {
     return InvalidArgumentError("chunk bundles must be >= 1 and chunk buffers in [2, " +
                                 std::to_string(kChunkBuffersMax) + "]");
+  }
+  if (!(options.cache_fraction >= 0 && options.cache_fraction <= 1)) {
+    return InvalidArgumentError("the cache share must be in [0, 1]");
+  }
+  if (options.window_passes > kWindowPassesMax) {
+    return InvalidArgumentError("the window must be at most " + std::to_string(kWindowPassesMax) +
+                                " tokens");
   }
   return Status::Ok();
 }
@@ -198,18 +205,18 @@ Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
         storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, false);
     needs.classifier.buffer_bytes = AlignUp(f.extent_cover_max, 4096);
     needs.classifier.reads_per_block = ReadsOf(f.extent_cover_max) + 1;
-    needs.classifier.rows_max = static_cast<uint32_t>(std::min<uint64_t>(
-        shape.rows_per_extent[cls - shape.dense.data()], c.vocab_size));
+    needs.classifier.rows_max = static_cast<uint32_t>(
+        std::min<uint64_t>(shape.rows_per_extent[cls - shape.dense.data()], c.vocab_size));
   }
   // The embedding: as EmbeddingRows::Measure.
   ASSIGN_OR_RETURN(const layout::TensorInfo* emb, find("token_embd.weight"));
   needs.embedding.resident_bytes =
       storage::AlignedBuffer::ResidentBytes(emb->size_bytes(), 64, false);
   if (!(c.tied_embeddings && shape.Find("output.weight") == nullptr)) {
-    const uint64_t rows = std::min<uint64_t>(shape.rows_per_extent[emb - shape.dense.data()],
-                                             c.vocab_size);
-    needs.embedding.demand_bytes = AlignUp(
-        rows * layout::RowBytes(emb->dtype, c.dim) + 2 * std::max<uint64_t>(a, 64), 4096);
+    const uint64_t rows =
+        std::min<uint64_t>(shape.rows_per_extent[emb - shape.dense.data()], c.vocab_size);
+    needs.embedding.demand_bytes =
+        AlignUp(rows * layout::RowBytes(emb->dtype, c.dim) + 2 * std::max<uint64_t>(a, 64), 4096);
     needs.embedding.reads_max = ReadsOf(needs.embedding.demand_bytes) + 1;
   }
 
@@ -219,10 +226,10 @@ Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
   for (size_t i = 0; i < shape.dense.size(); ++i) {
     extents += CeilDiv(shape.dense[i].rows(), shape.rows_per_extent[i]);
   }
-  geo.catalog_bytes = extents * sizeof(layout::ExtentRecord) +
-                      shape.dense.size() * (sizeof(layout::TensorRecord) +
-                                            sizeof(layout::TensorInfo) + 48) +
-                      uint64_t{c.n_layers} * sizeof(layout::FfnLayerRecord) + shape.vocab_bytes;
+  geo.catalog_bytes =
+      extents * sizeof(layout::ExtentRecord) +
+      shape.dense.size() * (sizeof(layout::TensorRecord) + sizeof(layout::TensorInfo) + 48) +
+      uint64_t{c.n_layers} * sizeof(layout::FfnLayerRecord) + shape.vocab_bytes;
   geo.read_alignment_bytes = a;
   geo.store_alignment_bytes = A;
   layout::ExtentReaderLimits limits;
@@ -230,8 +237,8 @@ Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
 }
 
 Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
-    std::unique_ptr<layout::StoreReader> reader, const StoreNeeds& needs,
-    const ResidencyPlan& plan, const StreamingOptions& options) {
+    std::unique_ptr<layout::StoreReader> reader, const StoreNeeds& needs, const ResidencyPlan& plan,
+    const StreamingOptions& options) {
   std::unique_ptr<StoreWeights> s(new StoreWeights());
   s->reader_ = std::move(reader);
   s->plan_ = plan;
@@ -289,6 +296,9 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   no.chunk_buffers = std::max<uint32_t>(plan.chunk_buffers, 1);
   no.pipeline = options.pipeline;
   no.coalesce = options.coalesce;
+  no.merge_gap_bytes = options.merge_gap_bytes;
+  no.cache_slots = plan.cache_bundles;
+  no.window_passes = options.window_passes;
   ASSIGN_OR_RETURN(s->neurons_, NeuronSource::Open(r, plan.pinned_bundles, no));
   s->ResetCounters();
   return s;

@@ -45,6 +45,17 @@ struct StreamingOptions {
   bool pipeline = true;
   // Merge neighbouring bundles into one read. false: one read per bundle (the small-read case).
   bool coalesce = true;
+  // A sparse FFN's misses: merged across gaps of at most this many bytes (--merge-gap;
+  // NeuronSourceOptions::kGapOneStride: one bundle stride). The default was measured on a 1b
+  // q8_0 ReLU model against 0, one stride (4.5 KiB) and 64 KiB (docs/benchmarks.md, "ablation
+  // ladder"): larger reads climb the disk's curve (4 KiB reads reach a third of 16 KiB ones'
+  // bandwidth at depth 32) for 1.5x the bytes.
+  uint64_t merge_gap_bytes = kDefaultMergeGapBytes;
+  static constexpr uint64_t kDefaultMergeGapBytes = 16 << 10;
+  // Share of the bundle bytes beyond the hot sets given to the LRU cache of streamed bundles
+  // (ResidencyInputs::cache_fraction); Session sets it for sparse modes (--cache-share).
+  double cache_fraction = 0;
+  uint32_t window_passes = 0;  // the cache's sliding window (--window), in passes
 };
 
 // What a store needs from a budget, from its catalog alone (StoreWeights::Measure).

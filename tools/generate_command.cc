@@ -187,9 +187,13 @@ CommandRunner RegisterGenerate(CLI::App& app) {
     nlohmann::json json = GenerationJson(*stats, &gen.ids());
     if (!cache_json.is_null()) json["prompt_cache"] = cache_json;
     if (f->session.budgeted()) {
-      const engine::IoReport io = engine::IoReport::Make((*session)->stats(),
-                                                         stats->prefill_ms + stats->decode_ms);
+      const engine::IoReport io =
+          engine::IoReport::Make((*session)->stats(), stats->prefill_ms + stats->decode_ms);
       std::fprintf(stderr, "%s\n", IoStatsLine(io).c_str());
+      if (const std::string ffn = FfnStatsLine(io.counters); !ffn.empty()) {
+        std::fprintf(stderr, "%s\n", ffn.c_str());
+        json["ffn"] = FfnStatsJson(io.counters);
+      }
       json["io"] = IoStatsJson(io, uint64_t{stats->prompt_tokens} + stats->generated_tokens,
                                (*session)->planned_bytes());
     }

@@ -58,6 +58,9 @@ CommandRunner RegisterPerplexity(CLI::App& app) {
     if (flags->budgeted()) {
       std::fprintf(stderr, "%s\n",
                    IoStatsLine(engine::IoReport::Make((*session)->stats(), forward_ms)).c_str());
+      if (const std::string ffn = FfnStatsLine((*session)->stats()); !ffn.empty()) {
+        std::fprintf(stderr, "%s\n", ffn.c_str());
+      }
     }
     if ((*session)->paged_kv() != nullptr) {
       std::fprintf(stderr, "%s\n", KvStatsLine(**session, (*session)->stats()).c_str());

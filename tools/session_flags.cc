@@ -32,13 +32,25 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "cut, see flashlm calibrate; gate+up-down bundles), or auto (relu where it "
                   "applies, else dense)")
       ->capture_default_str();
+  cmd->add_option("--window", f->window,
+                  "Sparse FFN: bundles used in the last K tokens are never evicted from the bundle "
+                  "cache to admit others (LLM in a flash's sliding window; 0 = plain LRU)")
+      ->capture_default_str();
+  cmd->add_option("--merge-gap", f->merge_gap,
+                  "Sparse FFN: read neighbouring missing bundles as one read across gaps of up to "
+                  "BYTES (K/M suffix; default 16K, measured; 0 = only touching bundles)");
+  cmd->add_option("--cache-share", f->cache_share,
+                  "Sparse FFN: share of the bundle bytes beyond the hot set that go to an LRU "
+                  "cache of streamed bundles instead of more pinned bundles, in [0, 1] (default " +
+                      std::to_string(kDefaultCacheShare).substr(0, 4) +
+                      ", measured on a model without temporal locality)");
   f->kv_options[0] = cmd->add_option(
       "--kv-page-tokens", f->kv_page_tokens,
       "Paged KV cache: positions per page (default 16; any --kv-* flag makes the cache paged)");
   // A command with its own --kv-dtype (plan: the arithmetic's) passes it on itself.
   if (cmd->get_option_no_throw("--kv-dtype") == nullptr) {
-    f->kv_options[1] = cmd->add_option("--kv-dtype", f->kv_dtype,
-                                       "Paged KV cache: f32 (exact), f16 or q8_0 rows");
+    f->kv_options[1] =
+        cmd->add_option("--kv-dtype", f->kv_dtype, "Paged KV cache: f32 (exact), f16 or q8_0 rows");
   }
   f->kv_options[2] = cmd->add_option(
       "--kv-budget", f->kv_budget,
@@ -112,6 +124,20 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--sparsity must be auto, dense, relu or threshold (the predictor "
                                 "mode is not built yet)");
   }
+  if (f.window < 0 || f.window > engine::kWindowPassesMax) {
+    return InvalidArgumentError("--window must be in [0, " +
+                                std::to_string(engine::kWindowPassesMax) + "]");
+  }
+  o->streaming.window_passes = static_cast<uint32_t>(f.window);
+  if (!f.merge_gap.empty()) {
+    auto g = ParseSize(f.merge_gap);
+    if (!g.ok()) return g.status().WithContext("--merge-gap");
+    if (*g > (uint64_t{1} << 30)) return InvalidArgumentError("--merge-gap must be at most 1G");
+    o->streaming.merge_gap_bytes = *g;
+  }
+  const double share = f.cache_share == -1 ? kDefaultCacheShare : f.cache_share;
+  if (!(share >= 0 && share <= 1)) return InvalidArgumentError("--cache-share must be in [0, 1]");
+  o->streaming.cache_fraction = share;
   o->kv.paged = f.kv_paged();
   if (f.kv_page_tokens < 1 || f.kv_page_tokens > engine::kKvPageTokensMax) {
     return InvalidArgumentError("--kv-page-tokens must be in [1, " +
@@ -193,6 +219,52 @@ nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& 
                         {"page_misses", s.kv_page_misses},
                         {"io_wait_ms", s.kv_io_wait_ns / 1e6},
                         {"attention_ms", s.attention_ns / 1e6}};
+}
+
+std::string FfnStatsLine(const engine::EngineStats& s) {
+  if (s.ffn_layers.empty()) return "";
+  const double passes = s.passes ? static_cast<double>(s.passes) : 1.0;
+  const uint64_t requested = s.bundles_resident + s.bundles_streamed;
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "ffn: %.1f bundles per pass, hit rate %.1f%% (pinned %.1f%%, LRU %.1f%%), "
+                "%llu admitted, %llu not admitted; bundle reads per pass %.1f (mean %.1f KiB, "
+                "%.3f MiB), read amplification %.2f; hit rate by layer:",
+                requested / passes, 100.0 * s.hit_rate(),
+                requested ? 100.0 * (s.bundles_resident - s.bundles_cached) / requested : 0.0,
+                requested ? 100.0 * s.bundles_cached / requested : 0.0,
+                static_cast<unsigned long long>(s.bundles_admitted),
+                static_cast<unsigned long long>(s.admissions_refused), s.ffn_reads / passes,
+                s.ffn_reads ? s.ffn_bytes_read / 1024.0 / s.ffn_reads : 0.0,
+                s.ffn_bytes_read / 1048576.0 / passes, s.ffn_read_amplification());
+  std::string line = buf;
+  for (const engine::NeuronLayerStats& l : s.ffn_layers) {
+    std::snprintf(buf, sizeof(buf), " %.0f", 100.0 * l.hit_rate());
+    line += buf;
+  }
+  return line;
+}
+
+nlohmann::json FfnStatsJson(const engine::EngineStats& s) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const engine::NeuronLayerStats& l : s.ffn_layers) {
+    layers.push_back({{"requested", l.requested},
+                      {"pinned", l.pinned},
+                      {"cached", l.cached},
+                      {"streamed", l.streamed},
+                      {"hit_rate", l.hit_rate()}});
+  }
+  return nlohmann::json{{"bundles_resident", s.bundles_resident},
+                        {"bundles_streamed", s.bundles_streamed},
+                        {"bundles_cached", s.bundles_cached},
+                        {"bundles_admitted", s.bundles_admitted},
+                        {"admissions_refused", s.admissions_refused},
+                        {"hit_rate", s.hit_rate()},
+                        {"bytes_requested", s.ffn_bytes_requested},
+                        {"bytes_read", s.ffn_bytes_read},
+                        {"reads", s.ffn_reads},
+                        {"read_amplification", s.ffn_read_amplification()},
+                        {"layers", layers}};
 }
 
 std::string IoStatsLine(const engine::IoReport& r) {

@@ -19,16 +19,26 @@ class Option;
 
 namespace flashlm::tools {
 
+// --cache-share's default: the share of the bundle bytes beyond the hot set given to the LRU
+// cache of a sparse FFN's streamed bundles (docs/benchmarks.md, "ablation ladder").
+// Measured 0: on a synth ReLU model (no temporal locality) the hot-first bundles pinned beat an
+// LRU of the same bytes (hit rate 80.6% against 72.4% at share 0.5 and 56.1% at 1, 75% budget).
+inline constexpr double kDefaultCacheShare = 0.0;
+
 struct SessionFlags {
   int64_t threads = 0;
-  std::string tokenizer;   // llama2.c tokenizer.bin
-  std::string mem_budget;  // empty: no budget asked for
+  std::string tokenizer;                     // llama2.c tokenizer.bin
+  std::string mem_budget;                    // empty: no budget asked for
   CLI::Option* mem_budget_option = nullptr;  // set by AddSessionFlags: given, even if empty?
   bool no_pipeline = false;
   bool no_coalesce = false;
   int64_t chunk_bundles = 256;
   int64_t stream_buffers = 4;
   std::string sparsity = "auto";
+  // The sparse FFN's bundle cache and reads.
+  int64_t window = 0;
+  std::string merge_gap;    // empty: StreamingOptions::kDefaultMergeGapBytes
+  double cache_share = -1;  // -1: kDefaultCacheShare
   // The KV cache: any of these makes it paged.
   int64_t kv_page_tokens = 16;
   std::string kv_dtype = "f32";
@@ -54,9 +64,13 @@ std::string IoStatsLine(const engine::IoReport& report);
 // time; totals and per forward pass. Empty for a flat cache.
 std::string KvStatsLine(engine::Session& session, const engine::EngineStats& stats);
 nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& stats);
+// The FFN bundles' line for stderr (stores): bundles requested per pass, hit rate (pinned, LRU),
+// admissions, the bundles' reads (per pass, mean size, read amplification) and every layer's
+// hit rate. Empty for a checkpoint.
+std::string FfnStatsLine(const engine::EngineStats& stats);
+nlohmann::json FfnStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
-nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens,
-                           uint64_t planned_bytes);
+nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.
 nlohmann::json GenerationJson(const engine::GenerationStats& stats,
                               const std::vector<int32_t>* ids);

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -88,6 +89,60 @@ TEST(NeuronCacheTest, AbandonedReadLeavesNoEntry) {
   auto again = c.Reserve(4, 4);  // the slot is free again, and the key absent
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   c.Release(*again);
+}
+
+// The sliding window against a reference model under a seeded random workload: a miss is admitted
+// when a slot is free or the least recently used bundle was last used at least `window` passes
+// ago (then it is evicted); otherwise TryReserve refuses and nothing changes.
+TEST(NeuronCacheTest, WindowAdmitsOnlyBeyondTheLastKPasses) {
+  for (uint32_t window : {0u, 1u, 3u}) {
+    constexpr uint32_t kSlots = 8;
+    auto cr = NeuronCache::Create(kSlots * 4096, 4096);
+    ASSERT_TRUE(cr.ok());
+    NeuronCache& c = **cr;
+    c.SetWindow(window);
+    struct Ref {
+      uint32_t neuron, last_pass;
+    };
+    std::vector<Ref> lru;  // most recent first
+    uint32_t pass = 0, seed = 12345 + window, admitted = 0, refused = 0;
+    for (uint32_t step = 0; step < 4000; ++step) {
+      if (step % 5 == 0) {
+        c.NextPass();
+        ++pass;
+      }
+      seed = seed * 1103515245u + 12345u;
+      const uint32_t neuron = (seed >> 16) % 20;
+      auto it =
+          std::find_if(lru.begin(), lru.end(), [&](const Ref& r) { return r.neuron == neuron; });
+      NeuronCache::Handle* h = c.Lookup(0, neuron);
+      ASSERT_EQ(h != nullptr, it != lru.end()) << "step " << step;
+      if (h != nullptr) {
+        lru.erase(it);
+        lru.insert(lru.begin(), Ref{neuron, pass});
+        EXPECT_EQ(static_cast<uint8_t>(c.Bytes(h)[0]), neuron);
+        c.Release(h);
+        continue;
+      }
+      const bool expect =
+          lru.size() < kSlots || window == 0 || pass - lru.back().last_pass >= window;
+      h = c.TryReserve(0, neuron);
+      ASSERT_EQ(h != nullptr, expect) << "step " << step << " window " << window;
+      if (h == nullptr) {
+        ++refused;
+        continue;
+      }
+      ++admitted;
+      if (lru.size() == kSlots) lru.pop_back();
+      lru.insert(lru.begin(), Ref{neuron, pass});
+      Fill(c, h, static_cast<uint8_t>(neuron));
+      c.Release(h);
+    }
+    EXPECT_EQ(c.refusals(), refused);
+    EXPECT_GT(admitted, 0u);
+    if (window >= 3) EXPECT_GT(refused, 0u);  // 20 neurons, 8 slots, 5 lookups a pass
+    if (window == 0) EXPECT_EQ(refused, 0u);
+  }
 }
 
 }  // namespace

@@ -282,6 +282,26 @@ TEST(AllocationTest, ReluSparseDecodeAllocatesNothing) {
     EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
     EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
   }
+  // With the bundle cache (LRU share, window) and a wide merge gap, between the minimum and all.
+  uint64_t full = 0;
+  {
+    o.budget_bytes = 0;
+    auto all = Session::Open(store, o);
+    ASSERT_TRUE(all.ok()) << all.status().ToString();
+    full = (*all)->planned_bytes();
+  }
+  ASSERT_GT(full, minimum);
+  o.streaming.cache_fraction = 1.0;
+  o.streaming.merge_gap_bytes = 16 << 10;
+  for (uint32_t window : {0u, 3u}) {
+    o.streaming.window_passes = window;
+    o.budget_bytes = minimum + (full - minimum) / 2;
+    auto session = Session::Open(store, o);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "window " << window;
+    EXPECT_GT((*session)->stats().bundles_cached, 0u) << "window " << window;
+    EXPECT_GT((*session)->stats().bundles_streamed, 0u) << "window " << window;
+  }
 }
 
 // threshold sparsity (the dense gate, then the bundles of neurons above the layer's cut, masked

@@ -39,6 +39,40 @@ TEST(ResidencyPlanTest, HotSetsArePinnedFirst) {
   EXPECT_EQ(p->hot_total, 0u);
 }
 
+// The LRU's share (a sparse FFN): a fraction of what the hot sets leave, the rest pinned evenly;
+// never more slots than bundles left unpinned; nothing when every bundle is pinned anyway.
+TEST(ResidencyPlanTest, CacheShareComesAfterTheHotSets) {
+  ResidencyInputs in;
+  in.fixed_bytes = 1000;
+  in.dense_layer_bytes = {100, 100, 100};
+  in.layer_bundles = {10, 10, 10};
+  in.layer_hot = {6, 0, 2};
+  in.bundle_spacing_bytes = 10;
+  in.chunk_bundles = 4;
+  const uint64_t base = 1000 + 40 + 300;
+  in.budget_bytes = base + 180;  // 18 bundles: 8 hot, 10 left
+  in.cache_fraction = 0.5;
+  auto p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->pinned_hot, 8u);
+  EXPECT_EQ(p->cache_bundles, 5u);
+  EXPECT_EQ(p->cache_bytes, 50u);
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{6, 3, 3}));  // 13 units: evenly on top
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+  in.cache_fraction = 1.0;  // all of it: only the hot sets pinned
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->cache_bundles, 10u);
+  EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{6, 0, 2}));
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+  in.budget_bytes = base + 1000;  // the whole model fits: no cache
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->cache_bundles, 0u);
+  in.cache_fraction = 1.5;
+  EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   ResidencyInputs in;
   in.fixed_bytes = 1000;

@@ -482,8 +482,7 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
     EXPECT_EQ(again.status().code(), StatusCode::kCorruption) << again.status().ToString();
     EXPECT_NE(r.status().ToString().find("FFN layer 3"), std::string::npos)
         << r.status().ToString();
-    EXPECT_NE(r.status().ToString().find("bundle 100"), std::string::npos)
-        << r.status().ToString();
+    EXPECT_NE(r.status().ToString().find("bundle 100"), std::string::npos) << r.status().ToString();
   }
 }
 
@@ -518,13 +517,14 @@ struct Trace {
   FfnSparsity sparsity = FfnSparsity::kAuto;
 };
 Result<Trace> GreedyTrace(const std::string& store, uint64_t budget, FfnSparsity sparsity,
-                          uint32_t steps) {
+                          uint32_t steps, const StreamingOptions* streaming = nullptr) {
   SessionOptions o;
   o.threads = 2;
   o.budgeted = true;
   o.budget_bytes = budget;
   o.transformer.max_context = 64;
   o.transformer.sparsity = sparsity;
+  if (streaming != nullptr) o.streaming = *streaming;
   o.streaming.chunk_bundles = 16;
   ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Session::Open(store, o));
   Trace t;
@@ -535,8 +535,8 @@ Result<Trace> GreedyTrace(const std::string& store, uint64_t budget, FfnSparsity
   s->ResetStats();
   for (uint32_t i = 0; i < steps; ++i) {
     t.logits.insert(t.logits.end(), logits.begin(), logits.end());
-    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                              logits.begin());
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     ids.push_back(next);
     ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&ids.back(), 1),
                                                 static_cast<uint32_t>(ids.size() - 1)));
@@ -562,9 +562,14 @@ TEST(StoreWeightsTest, ReluSparsityIsExactAndReadsLess) {
   const std::string msg(refused.status().message());
   ASSERT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
   const uint64_t minimum = std::stoull(m[1].str());
+  // Bytes are compared with misses merged across one bundle stride only: the default gap
+  // (16 KiB, measured on 4.5 KiB bundles) spans 32 of this tiny model's 512-byte strides and
+  // trades bytes for fewer reads.
+  StreamingOptions one_stride;
+  one_stride.merge_gap_bytes = NeuronSourceOptions::kGapOneStride;
   for (uint64_t budget : {uint64_t{0}, minimum}) {
     auto dense = GreedyTrace(store, budget, FfnSparsity::kDense, 24);
-    auto relu = GreedyTrace(store, budget, FfnSparsity::kRelu, 24);
+    auto relu = GreedyTrace(store, budget, FfnSparsity::kRelu, 24, &one_stride);
     auto automatic = GreedyTrace(store, budget, FfnSparsity::kAuto, 4);
     ASSERT_TRUE(dense.ok()) << dense.status().ToString();
     ASSERT_TRUE(relu.ok()) << relu.status().ToString();
@@ -584,6 +589,181 @@ TEST(StoreWeightsTest, ReluSparsityIsExactAndReadsLess) {
       EXPECT_LT(relu->stats.bytes_read, dense->stats.bytes_read * 3 / 4);
       EXPECT_LT(relu->stats.bundles_streamed, dense->stats.bundles_streamed);
     }
+  }
+}
+
+// The minimum budget a store names when asked for 1 byte.
+uint64_t NamedMinimum(const std::string& store, const StreamingOptions& streaming) {
+  SessionOptions probe;
+  probe.threads = 2;
+  probe.transformer.max_context = 64;
+  probe.transformer.sparsity = FfnSparsity::kRelu;
+  probe.streaming = streaming;
+  probe.streaming.chunk_bundles = 16;
+  probe.budgeted = true;
+  probe.budget_bytes = 1;
+  auto refused = Session::Open(store, probe);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  std::smatch m;
+  const std::string msg(refused.status().message());
+  EXPECT_TRUE(std::regex_search(msg, m, std::regex("minimum of ([0-9]+) bytes"))) << msg;
+  return m.size() > 1 ? std::stoull(m[1].str()) : 0;
+}
+
+// relu sparsity with the bundle cache (LRU share, sliding window) and gap merging is bit-identical
+// to dense at every budget from unlimited down to the minimum, pipelined and naive; the cache
+// serves hits, the window refuses admissions, and a wide merge gap makes fewer, larger reads.
+TEST(StoreWeightsTest, ReluWithCacheWindowAndGapMergingIsExactAtEveryBudget) {
+  flashlm::testing::ScratchDir dir;
+  const std::string store = MakeReluStore(dir, layout::BundleKind::kGateSeparate);
+  constexpr uint32_t kSteps = 20;
+  auto dense = GreedyTrace(store, 0, FfnSparsity::kDense, kSteps);
+  ASSERT_TRUE(dense.ok()) << dense.status().ToString();
+  struct Variant {
+    double share;
+    uint32_t window;
+    uint64_t gap;
+    bool pipeline;
+  };
+  const uint64_t stride = NeuronSourceOptions::kGapOneStride;
+  const Variant variants[] = {
+      {0.0, 0, stride, true},  {0.5, 0, stride, true}, {1.0, 0, stride, true},
+      {1.0, 2, stride, true},  {0.5, 4, 0, true},      {1.0, 3, 64 << 10, true},
+      {1.0, 2, stride, false}, {0.0, 0, 0, false},
+  };
+  StreamingOptions base;
+  const uint64_t minimum = NamedMinimum(store, base);
+  ASSERT_GT(minimum, 0u);
+  // With every feature on, a too-small budget still names the same minimum: the cache's share
+  // comes out of what is left beyond it.
+  StreamingOptions all;
+  all.cache_fraction = 1.0;
+  all.window_passes = 3;
+  all.merge_gap_bytes = 64 << 10;
+  EXPECT_EQ(NamedMinimum(store, all), minimum);
+  uint64_t full = 0;
+  {
+    SessionOptions o;
+    o.threads = 2;
+    o.transformer.max_context = 64;
+    o.streaming.chunk_bundles = 16;
+    auto s = Session::Open(store, o);
+    ASSERT_TRUE(s.ok());
+    full = (*s)->planned_bytes();
+  }
+  ASSERT_GT(full, minimum);
+  uint64_t cached_total = 0, refused_total = 0;
+  for (uint64_t budget :
+       {uint64_t{0}, minimum + (full - minimum) * 3 / 5, minimum + (full - minimum) * 3 / 10,
+        minimum + (full - minimum) / 10, minimum}) {
+    uint64_t reads_gap0 = 0, reads_wide = 0;
+    for (const Variant& v : variants) {
+      StreamingOptions so;
+      so.cache_fraction = v.share;
+      so.window_passes = v.window;
+      so.merge_gap_bytes = v.gap;
+      so.pipeline = v.pipeline;
+      auto relu = GreedyTrace(store, budget, FfnSparsity::kRelu, kSteps, &so);
+      ASSERT_TRUE(relu.ok()) << relu.status().ToString();
+      const std::string where = "budget " + std::to_string(budget) + " share " +
+                                std::to_string(v.share) + " window " + std::to_string(v.window) +
+                                " gap " + std::to_string(v.gap) + (v.pipeline ? "" : " naive");
+      EXPECT_EQ(dense->ids, relu->ids) << where;
+      ASSERT_EQ(dense->logits.size(), relu->logits.size());
+      EXPECT_EQ(0, std::memcmp(dense->logits.data(), relu->logits.data(),
+                               dense->logits.size() * sizeof(float)))
+          << "logits differ at " << where;
+      const EngineStats& st = relu->stats;
+      // Every bundle asked for is counted once, per layer and in total.
+      uint64_t requested = 0, served = 0;
+      for (const NeuronLayerStats& l : st.ffn_layers) {
+        requested += l.requested;
+        served += l.pinned + l.cached + l.streamed;
+      }
+      EXPECT_EQ(requested, served) << where;
+      EXPECT_EQ(requested, st.bundles_resident + st.bundles_streamed) << where;
+      EXPECT_EQ(requested, st.ffn_neurons_computed) << where;
+      if (v.share == 0) EXPECT_EQ(st.bundles_cached, 0u) << where;
+      // Each bundle read is admitted into the cache or served from its buffer.
+      EXPECT_EQ(st.bundles_admitted + st.admissions_refused, st.bundles_streamed) << where;
+      if (st.bundles_streamed > 0) {
+        EXPECT_GE(st.ffn_bytes_read, st.ffn_bytes_requested) << where;
+        EXPECT_GT(st.ffn_reads, 0u) << where;
+      }
+      cached_total += st.bundles_cached;
+      refused_total += v.window ? st.admissions_refused : 0;
+      if (v.share == 0.5 && v.window == 4 && v.gap == 0) reads_gap0 = st.ffn_reads;
+      if (v.share == 1.0 && v.window == 3) reads_wide = st.ffn_reads;
+      if (budget == 0) EXPECT_EQ(st.bundles_streamed, 0u) << where;
+    }
+    if (budget == minimum) {
+      // No room for a cache at the minimum: every miss is read; a 64 KiB gap merges them.
+      EXPECT_GT(reads_gap0, 0u);
+      EXPECT_LT(reads_wide, reads_gap0);
+    }
+  }
+  EXPECT_GT(cached_total, 0u);   // the LRU served bundles
+  EXPECT_GT(refused_total, 0u);  // and the window kept some out
+}
+
+// A streamed bundle that fails its checksum is Corruption naming the layer and the bundle in relu
+// mode too, with the cache and window on or off; the bad bytes are never admitted into the cache.
+TEST(StoreWeightsTest, ReluCorruptBundleIsDetectedWithTheCache) {
+  StreamingOptions base;
+  for (double share : {0.0, 1.0}) {
+    flashlm::testing::ScratchDir dir;  // a fresh store each time: the last one was damaged
+    const std::string store = MakeReluStore(dir, layout::BundleKind::kGateSeparate);
+    const uint64_t minimum = NamedMinimum(store, base);
+    StreamingOptions so;
+    so.cache_fraction = share;
+    so.window_passes = share > 0 ? 2 : 0;
+    SessionOptions o;
+    o.threads = 2;
+    o.budgeted = true;
+    o.transformer.max_context = 64;
+    o.streaming.chunk_bundles = 16;
+    uint64_t full = 0;
+    {
+      auto all = Session::Open(store, o);  // budget 0: everything resident
+      ASSERT_TRUE(all.ok()) << all.status().ToString();
+      full = (*all)->planned_bytes();
+    }
+    ASSERT_GT(full, minimum);
+    // At the minimum nothing but the cache's share is small; halfway, a share of 1 gives the
+    // bundle bytes beyond the (empty) hot set to the cache.
+    o.budget_bytes = share > 0 ? minimum + (full - minimum) / 2 : minimum;
+    o.transformer.max_context = 64;
+    o.transformer.sparsity = FfnSparsity::kRelu;
+    o.streaming = so;
+    o.streaming.chunk_bundles = 16;
+    auto s = Session::Open(store, o);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    const uint32_t hidden = (*s)->config().hidden_dim;
+    const uint32_t pinned = (*s)->plan()->pinned_bundles[1];
+    ASSERT_LT(pinned, hidden / 2) << (*s)->Describe();
+    // Once the pinned bundles are loaded: a byte flipped in every other bundle of layer 1, so
+    // whichever fire are read and fail.
+    {
+      auto reader = layout::StoreReader::Open(store);
+      ASSERT_TRUE(reader.ok());
+      for (uint32_t p = pinned; p < hidden; ++p) {
+        const layout::Extent e = (*reader)->BundleExtentAt(1, p);
+        testing::FlipByte(fs::path(store) / "data-00000.bin", e.offset_bytes + 7, 0x20);
+      }
+    }
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto r = (*s)->model().Forward(std::vector<int32_t>{1, 7, 42}, 0);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+      EXPECT_NE(r.status().ToString().find("FFN layer 1"), std::string::npos)
+          << r.status().ToString();
+      EXPECT_NE(r.status().ToString().find("bundle"), std::string::npos) << r.status().ToString();
+    }
+    const EngineStats st = (*s)->stats();
+    ASSERT_EQ(st.ffn_layers.size(), 2u);
+    EXPECT_EQ(st.ffn_layers[1].cached, 0u);  // nothing bad was admitted
+    EXPECT_GT(st.ffn_layers[1].streamed, 0u);
+    if (share > 0) EXPECT_GT(st.bundles_admitted, 0u);  // layer 0's were
   }
 }
 

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The sparse-FFN ablation ladder (issue 10): flashlm configurations from dense streaming to every
+feature on, at several budgets, with llama.cpp (mmap, same GGUF, same memory cgroup) in the same
+run. Every run drops the page cache first; configurations take turns in a rotated order per
+repetition, so that none always runs first after the drop.
+
+Rows (each adds one thing to the row above; all on one hot-first gate+up-down store):
+  dense        --sparsity dense                          every bundle read every token
+  sparsity     --sparsity relu --no-coalesce --cache-share 0
+                                                         only firing neurons, one read per bundle
+  merged       --sparsity relu --merge-gap 0 --cache-share 0
+                                                         touching bundles merged into one read
+  cache        ... --merge-gap 0 --cache-share S --window K
+                                                         LRU share for streamed bundles + window
+  gap          ... --merge-gap G                          misses merged across gaps of G bytes
+  naive        the gap row with --no-pipeline            (what the read-ahead ring is worth)
+
+Per run: flashlm generate -p PROMPT -n N --temp 0 --ignore-eos --ctx 256 --threads T
+--mem-budget B --stats-json F; figures per forward pass from the stats (the prompt is one pass of
+N + 1). llama.cpp: llama-bench -p 0 -n N in a cgroup-v1 memory group limited to B.
+
+Needs root (drop_caches, cgroups). Wrap in `flock /work/notes/bench.lock` on a shared disk.
+Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] [--reps 3]
+       [-n 16] [--window 4] [--cache-share 0.5] [--gap 16K] [--extra-gaps 0,4K,16K,64K]
+       [--raw out.jsonl]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ooc import drop_caches, run_llama  # noqa: E402
+
+
+def run_flashlm(exe, store, budget, n, threads, flags):
+    drop_caches()
+    with tempfile.NamedTemporaryFile(suffix=".json") as js:
+        cmd = [exe, "generate", store, "-p", "Once upon a time", "-n", str(n), "--temp", "0",
+               "--ignore-eos", "--ctx", "256", "--threads", str(threads), "--mem-budget",
+               str(budget), "--stats-json", js.name] + flags
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+        st = json.load(open(js.name))
+    io, ffn = st["io"], st.get("ffn", {})
+    passes = max(io["passes"], 1)
+    forward_ms = st["prefill_ms"] + st["decode_ms"]
+    return {
+        "decode_tok_s": st["decode_tokens_per_s"],
+        "bytes_per_pass": io["bytes_read"] / passes,
+        "reads_per_pass": io["reads"] / passes,
+        "mean_read_bytes": io["mean_read_bytes"],
+        "mib_s": io["effective_mib_per_s"],
+        "io_share": io["io_wait_ms"] / forward_ms if forward_ms > 0 else 0,
+        "hit_rate": io["cache_hit_rate"],
+        "computed": io["ffn_neurons_computed"] / max(io["ffn_neurons_total"], 1),
+        "ffn_bytes_per_pass": ffn.get("bytes_read", 0) / passes,
+        "ffn_reads_per_pass": ffn.get("reads", 0) / passes,
+        "ffn_amplification": ffn.get("read_amplification", 0),
+        "lru_hits": ffn.get("bundles_cached", 0) / passes,
+        "text": " ".join(p.stderr.splitlines()[-3:]),
+    }
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flashlm", default="build/flashlm")
+    ap.add_argument("--llama-bench", default="/work/llama.cpp/build/bin/llama-bench")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--fractions", default="10,25,50")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("-n", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--window", default="4")
+    ap.add_argument("--cache-share", default="0.5")
+    ap.add_argument("--gap", default="16K")
+    ap.add_argument("--extra-gaps", default="", help="gaps also run at --gap-fraction (a sweep)")
+    ap.add_argument("--gap-fraction", type=int, default=25)
+    ap.add_argument("--raw", help="append every measurement as a JSON line to this file")
+    a = ap.parse_args()
+    relu = ["--sparsity", "relu"]
+    cache = ["--cache-share", a.cache_share, "--window", a.window]
+    rows = [
+        ("dense streaming", ["--sparsity", "dense", "--cache-share", "0"]),
+        ("+ sparsity (one read per bundle)", relu + ["--no-coalesce", "--cache-share", "0"]),
+        ("+ touching bundles merged", relu + ["--merge-gap", "0", "--cache-share", "0"]),
+        ("+ LRU cache and window", relu + ["--merge-gap", "0"] + cache),
+        ("+ gap merging", relu + ["--merge-gap", a.gap] + cache),
+        ("  (same, --no-pipeline)", relu + ["--merge-gap", a.gap, "--no-pipeline"] + cache),
+    ]
+    sweep = [("gap " + g, relu + ["--merge-gap", g] + cache)
+             for g in a.extra_gaps.split(",") if g]
+    model = os.path.getsize(a.gguf)
+    fractions = [int(x) for x in a.fractions.split(",")]
+    res = {}
+    raw = open(a.raw, "a") if a.raw else None
+
+    def record(kind, frac, r):
+        res.setdefault((kind, frac), []).append(r)
+        if raw:
+            raw.write(json.dumps({"kind": kind, "fraction": frac, **r}) + "\n")
+            raw.flush()
+        print(kind, frac, {k: v for k, v in r.items() if k != "text"}, file=sys.stderr)
+
+    for rep in range(a.reps):
+        for frac in fractions:
+            budget = model * frac // 100
+            runs = list(rows) + (sweep if frac == a.gap_fraction else [])
+            runs.append(("llama.cpp (mmap, same cgroup)", None))
+            k = rep % len(runs)
+            for name, flags in runs[k:] + runs[:k]:
+                if flags is None:
+                    record(name, frac, run_llama(a.llama_bench, a.gguf, budget, a.n, a.threads))
+                else:
+                    record(name, frac,
+                           run_flashlm(a.flashlm, a.store, budget, a.n, a.threads, flags))
+
+    for frac in fractions:
+        budget = model * frac // 100
+        ll = [r for r in res[("llama.cpp (mmap, same cgroup)", frac)] if "error" not in r]
+        l_tok = med(ll, "decode_tok_s")
+        dense = [r for r in res[("dense streaming", frac)] if "error" not in r]
+        d_tok = med(dense, "decode_tok_s")
+        print("\n### %d%% of the GGUF (%.0f MiB)\n" % (frac, budget / 2**20))
+        print("| row | MiB read/token | reads/token | mean read KiB | MiB/s | hit rate | "
+              "I/O share | tok/s | vs own dense | vs llama.cpp |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        names = [r[0] for r in rows] + ([s[0] for s in sweep] if frac == a.gap_fraction else [])
+        for name in names:
+            ok = [r for r in res[(name, frac)] if "error" not in r]
+            if not ok:
+                print("| %s | %s |" % (name, res[(name, frac)][0]["error"]))
+                continue
+            tok = med(ok, "decode_tok_s")
+            print("| %s | %.1f | %.0f | %.1f | %.0f | %.1f%% | %.0f%% | %.2f | %s | %s |" % (
+                name, med(ok, "bytes_per_pass") / 2**20, med(ok, "reads_per_pass"),
+                med(ok, "mean_read_bytes") / 1024, med(ok, "mib_s"),
+                100 * med(ok, "hit_rate"), 100 * med(ok, "io_share"), tok,
+                "%.2fx" % (tok / d_tok) if d_tok else "",
+                "%.2fx" % (tok / l_tok) if l_tok else ""))
+        print("| llama.cpp (mmap, same cgroup) | | | | | | | %s | | |" %
+              ("%.2f" % l_tok if l_tok else "failed: " + res[("llama.cpp (mmap, same cgroup)",
+                                                               frac)][0].get("error", "")))
+
+
+if __name__ == "__main__":
+    main()
