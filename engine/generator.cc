@@ -8,7 +8,9 @@
 namespace flashlm::engine {
 namespace {
 
-double MsBetween(uint64_t t0_ns, uint64_t t1_ns) { return static_cast<double>(t1_ns - t0_ns) / 1e6; }
+double MsBetween(uint64_t t0_ns, uint64_t t1_ns) {
+  return static_cast<double>(t1_ns - t0_ns) / 1e6;
+}
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string.
 size_t HeldBackLength(std::string_view text, const std::vector<std::string>& stops) {
@@ -33,8 +35,8 @@ Result<std::span<const float>> Prefill(Transformer& model, std::span<const int32
   for (size_t first = 0; first < tokens.size();) {
     const uint32_t n =
         static_cast<uint32_t>(std::min<size_t>(model.max_batch(), tokens.size() - first));
-    ASSIGN_OR_RETURN(logits,
-                     model.Forward(tokens.subspan(first, n), pos + static_cast<uint32_t>(first), seq));
+    ASSIGN_OR_RETURN(
+        logits, model.Forward(tokens.subspan(first, n), pos + static_cast<uint32_t>(first), seq));
     if (on_batch) RETURN_IF_ERROR(on_batch(first, n, logits));
     first += n;
   }
@@ -190,8 +192,8 @@ Result<Generator::Step> Generator::Next() {
   if (step_ > 0) {
     if (pos_ >= model_.max_context()) return End("context");
     const int32_t last = ids_.back();
-    ASSIGN_OR_RETURN(logits_, model_.Forward(std::span<const int32_t>(&last, 1), pos_,
-                                             options_.sequence));
+    ASSIGN_OR_RETURN(logits_,
+                     model_.Forward(std::span<const int32_t>(&last, 1), pos_, options_.sequence));
     ++pos_;
   }
   return Sample(t0);
@@ -263,7 +265,7 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
       Cancel();
       break;
     }
-      ASSIGN_OR_RETURN(Step step, Next());
+    ASSIGN_OR_RETURN(Step step, Next());
     if (on_text && !step.text.empty()) on_text(step.text);
     if (step.done) break;
   }
@@ -300,6 +302,59 @@ Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t>
                               return Status::Ok();
                             })
                         .status());
+  }
+  r.perplexity = std::exp(r.nll_sum / static_cast<double>(r.scored_tokens));
+  return r;
+}
+
+namespace {
+
+// -log softmax(logits)[target].
+double Nll(std::span<const float> logits, int32_t target) {
+  float mx = logits[0];
+  for (float v : logits) mx = std::max(mx, v);
+  double sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v - mx));
+  return std::log(sum) + mx - logits[static_cast<size_t>(target)];
+}
+
+}  // namespace
+
+Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<const int32_t> tokens,
+                                                uint32_t ctx, uint32_t prompt_tokens) {
+  if (prompt_tokens < 1) return InvalidArgumentError("the prompt needs at least one token");
+  if (ctx <= prompt_tokens || ctx > model.max_context()) {
+    return InvalidArgumentError("continuation perplexity: the window must be in [" +
+                                std::to_string(prompt_tokens + 1) + ", " +
+                                std::to_string(model.max_context()) + "]");
+  }
+  const uint32_t vocab = model.config().vocab_size;
+  PerplexityResult r;
+  std::vector<uint32_t> pos(model.max_batch());
+  for (size_t w0 = 0; w0 + prompt_tokens + 1 <= tokens.size(); w0 += ctx) {
+    const std::span<const int32_t> w =
+        tokens.subspan(w0, std::min<size_t>(ctx, tokens.size() - w0));
+    std::span<const float> logits;
+    for (uint32_t first = 0; first < prompt_tokens;) {
+      const uint32_t n = std::min(model.max_batch(), prompt_tokens - first);
+      TokenBatch b;
+      b.tokens = w.subspan(first, n);
+      for (uint32_t t = 0; t < n; ++t) pos[t] = first + t;
+      const uint32_t last[1] = {n - 1};
+      b.positions = std::span<const uint32_t>(pos).first(n);
+      b.logits_for = last;
+      ASSIGN_OR_RETURN(logits, model.Forward(b));
+      first += n;
+    }
+    for (size_t t = prompt_tokens; t < w.size(); ++t) {
+      r.nll_sum += Nll(logits.first(vocab), w[t]);
+      ++r.scored_tokens;
+      if (t + 1 == w.size()) break;
+      ASSIGN_OR_RETURN(logits, model.Forward(w.subspan(t, 1), static_cast<uint32_t>(t)));
+    }
+  }
+  if (r.scored_tokens == 0) {
+    return InvalidArgumentError("continuation perplexity: no window longer than the prompt");
   }
   r.perplexity = std::exp(r.nll_sum / static_cast<double>(r.scored_tokens));
   return r;

@@ -142,7 +142,7 @@ class Generator {
   std::span<const float> logits_;
   uint32_t pos_ = 0, step_ = 0;
   bool started_ = false, done_ = false, ignore_eos_ = false;
-  bool begun_ = false;     // caller-driven (Begin)
+  bool begun_ = false;      // caller-driven (Begin)
   uint32_t prefilled_ = 0;  // prompt tokens run (caller-driven)
   uint64_t last_sample_ns_ = 0;
   uint64_t start_ns_ = 0, decode_start_ns_ = 0, first_sample_ns_ = 0;
@@ -159,6 +159,15 @@ struct PerplexityResult {
 };
 Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t> tokens,
                                     uint32_t ctx);
+// Perplexity of continuations given prompts: `tokens` is split into windows of `ctx` tokens
+// (the last window may be shorter; one shorter than prompt_tokens + 1 is not scored); in each,
+// the first prompt_tokens are the prompt, prefilled in passes of at most max_batch tokens that
+// ask for their last token's logits only (as generation does: what lazy prefill prunes in), and
+// every later token is run one per pass (as decoding does) and scored from the logits before it.
+// Errors: InvalidArgument (prompt_tokens < 1, ctx <= prompt_tokens or beyond the model's
+// context, no window long enough), Forward's.
+Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<const int32_t> tokens,
+                                                uint32_t ctx, uint32_t prompt_tokens);
 
 }  // namespace flashlm::engine
 

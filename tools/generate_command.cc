@@ -124,8 +124,8 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->stop_reason.c_str());
     nlohmann::json json = GenerationJson(*stats, &gen.ids());
     if (f->session.budgeted()) {
-      const engine::IoReport io = engine::IoReport::Make((*session)->stats(),
-                                                         stats->prefill_ms + stats->decode_ms);
+      const engine::IoReport io =
+          engine::IoReport::Make((*session)->stats(), stats->prefill_ms + stats->decode_ms);
       std::fprintf(stderr, "%s\n", IoStatsLine(io).c_str());
       json["io"] = IoStatsJson(io, uint64_t{stats->prompt_tokens} + stats->generated_tokens,
                                (*session)->planned_bytes());
@@ -134,6 +134,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       const engine::EngineStats es = (*session)->stats();
       std::fprintf(stderr, "%s\n", KvStatsLine(**session, es).c_str());
       json["kv"] = KvStatsJson(**session, es);
+    }
+    if (model.lazy()) {
+      const engine::EngineStats es = (*session)->stats();
+      std::fprintf(stderr, "%s\n", LazyStatsLine(es).c_str());
+      json["lazy"] = LazyStatsJson(es);
     }
     if (!f->stats_json.empty()) {
       if (Status st = storage::WriteFileAtomically(f->stats_json, AsBytes(json.dump(1) + "\n"));

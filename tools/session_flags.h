@@ -15,14 +15,14 @@
 namespace CLI {
 class App;
 class Option;
-}
+}  // namespace CLI
 
 namespace flashlm::tools {
 
 struct SessionFlags {
   int64_t threads = 0;
-  std::string tokenizer;   // llama2.c tokenizer.bin
-  std::string mem_budget;  // empty: no budget asked for
+  std::string tokenizer;                     // llama2.c tokenizer.bin
+  std::string mem_budget;                    // empty: no budget asked for
   CLI::Option* mem_budget_option = nullptr;  // set by AddSessionFlags: given, even if empty?
   bool no_pipeline = false;
   bool no_coalesce = false;
@@ -36,6 +36,9 @@ struct SessionFlags {
   std::string kv_dir;
   std::string kv_topn = "all";
   CLI::Option* kv_options[4] = {};
+  int64_t batch = 0;          // tokens per forward pass; 0: the command's default
+  double lazy_prefill = 1.0;  // LazyLLM: fraction of prompt tokens reaching the last layer
+  std::string lazy_layers;    // comma-separated pruning layers; empty: the default rule
   bool kv_paged() const;
   bool budgeted() const { return !mem_budget.empty(); }
 };
@@ -52,9 +55,13 @@ std::string IoStatsLine(const engine::IoReport& report);
 // time; totals and per forward pass. Empty for a flat cache.
 std::string KvStatsLine(engine::Session& session, const engine::EngineStats& stats);
 nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& stats);
+// Lazy pruning's line for stderr: tokens computed per layer against the passes' tokens, FLOPs
+// against dense, tokens pruned and revived, the aux cache in use / at peak / its size. Empty
+// when pruning is off. And the same as JSON (null when off).
+std::string LazyStatsLine(const engine::EngineStats& stats);
+nlohmann::json LazyStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
-nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens,
-                           uint64_t planned_bytes);
+nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.
 nlohmann::json GenerationJson(const engine::GenerationStats& stats,
                               const std::vector<int32_t>* ids);

@@ -133,6 +133,19 @@ TEST(AllocationTest, DecodeInDramAllocatesNothing) {
   EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0);
 }
 
+// With lazy pruning (aux cache, masking, revival during decode).
+TEST(AllocationTest, LazyDecodeAllocatesNothing) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 128;
+  o.transformer.lazy.keep = 0.3f;
+  auto session = Session::Open(gguf.string(), o);
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  EXPECT_EQ(AllocationsPerDecode(**session, 40, false), 0);
+  EXPECT_GT((*session)->stats().lazy.prunes, 0u);
+}
+
 // Out of core: at the minimum budget (attention, bundles and the classifier stream, embedding
 // rows on demand), half way to everything resident, unlimited; pipelined, naive, one read per
 // bundle.
@@ -205,7 +218,8 @@ TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
       o.kv_topn = *TopNSpec::Parse(topn);
       auto probe = Session::Open(store, o);
       ASSERT_TRUE(probe.ok()) << probe.status().ToString();
-      o.kv.pool_bytes = cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
+      o.kv.pool_bytes =
+          cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
       probe->reset();
       auto session = Session::Open(store, o);
       ASSERT_TRUE(session.ok()) << session.status().ToString();
