@@ -8,9 +8,7 @@
 namespace flashlm::engine {
 namespace {
 
-double MsBetween(uint64_t t0_ns, uint64_t t1_ns) {
-  return static_cast<double>(t1_ns - t0_ns) / 1e6;
-}
+double MsBetween(uint64_t t0_ns, uint64_t t1_ns) { return static_cast<double>(t1_ns - t0_ns) / 1e6; }
 
 // Length of the longest suffix of `text` that is a proper prefix of some stop string.
 size_t HeldBackLength(std::string_view text, const std::vector<std::string>& stops) {
@@ -35,8 +33,8 @@ Result<std::span<const float>> Prefill(Transformer& model, std::span<const int32
   for (size_t first = 0; first < tokens.size();) {
     const uint32_t n =
         static_cast<uint32_t>(std::min<size_t>(model.max_batch(), tokens.size() - first));
-    ASSIGN_OR_RETURN(
-        logits, model.Forward(tokens.subspan(first, n), pos + static_cast<uint32_t>(first), seq));
+    ASSIGN_OR_RETURN(logits,
+                     model.Forward(tokens.subspan(first, n), pos + static_cast<uint32_t>(first), seq));
     if (on_batch) RETURN_IF_ERROR(on_batch(first, n, logits));
     first += n;
   }
@@ -192,8 +190,8 @@ Result<Generator::Step> Generator::Next() {
   if (step_ > 0) {
     if (pos_ >= model_.max_context()) return End("context");
     const int32_t last = ids_.back();
-    ASSIGN_OR_RETURN(logits_,
-                     model_.Forward(std::span<const int32_t>(&last, 1), pos_, options_.sequence));
+    ASSIGN_OR_RETURN(logits_, model_.Forward(std::span<const int32_t>(&last, 1), pos_,
+                                             options_.sequence));
     ++pos_;
   }
   return Sample(t0);
@@ -265,7 +263,7 @@ Result<GenerationStats> Generator::Generate(std::span<const int32_t> prompt,
       Cancel();
       break;
     }
-    ASSIGN_OR_RETURN(Step step, Next());
+      ASSIGN_OR_RETURN(Step step, Next());
     if (on_text && !step.text.empty()) on_text(step.text);
     if (step.done) break;
   }
@@ -307,6 +305,7 @@ Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t>
   return r;
 }
 
+}  // namespace flashlm::engine
 namespace {
 
 // -log softmax(logits)[target].
@@ -360,4 +359,3 @@ Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<co
   return r;
 }
 
-}  // namespace flashlm::engine

@@ -142,7 +142,7 @@ class Generator {
   std::span<const float> logits_;
   uint32_t pos_ = 0, step_ = 0;
   bool started_ = false, done_ = false, ignore_eos_ = false;
-  bool begun_ = false;      // caller-driven (Begin)
+  bool begun_ = false;     // caller-driven (Begin)
   uint32_t prefilled_ = 0;  // prompt tokens run (caller-driven)
   uint64_t last_sample_ns_ = 0;
   uint64_t start_ns_ = 0, decode_start_ns_ = 0, first_sample_ns_ = 0;

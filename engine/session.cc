@@ -140,8 +140,8 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     if (options.kv.pool_bytes != 0) {
       if (options.kv.pool_bytes < minimum) {
         return InvalidArgumentError("--kv-budget " + FormatBytes(options.kv.pool_bytes) +
-                                    " is below the KV cache's minimum of " + FormatBytes(minimum) +
-                                    " (" + std::to_string(minimum) +
+                                    " is below the KV cache's minimum of " +
+                                    FormatBytes(minimum) + " (" + std::to_string(minimum) +
                                     " bytes: every K page, one layer's V pages, one page being "
                                     "filled per layer)");
       }
@@ -231,8 +231,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   layout::StoreReadOptions ro;
   ro.backend = options.backend;
   ro.direct = options.direct;
-  ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader,
-                   layout::StoreReader::Open(path, ro));
+  ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader, layout::StoreReader::Open(path, ro));
   if (!reader->vocab().empty()) {
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(reader->vocab()));
   } else if (!options.tokenizer_path.empty()) {
@@ -247,7 +246,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& options
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
   ASSIGN_OR_RETURN(SessionPlan sp, PlanSession(needs, config, options, pool_->size(),
-                                               tokenizer_->resident_bytes()));
+                                                tokenizer_->resident_bytes()));
   const TransformerOptions topts = sp.transformer;
   const uint32_t ctx = topts.max_context;
   plan_ = std::move(sp.plan);
@@ -295,10 +294,11 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   }
   if (!ck.ok()) return ck.status();
   checkpoint_ = std::move(ck).value();
-  if (separate_tokenizer || (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
-    ASSIGN_OR_RETURN(
-        layout::Vocab vocab,
-        layout::ReadLlama2cTokenizer(options.tokenizer_path, checkpoint_->config().vocab_size));
+  if (separate_tokenizer ||
+      (checkpoint_->vocab().empty() && !options.tokenizer_path.empty())) {
+    ASSIGN_OR_RETURN(layout::Vocab vocab,
+                     layout::ReadLlama2cTokenizer(options.tokenizer_path,
+                                                  checkpoint_->config().vocab_size));
     ASSIGN_OR_RETURN(tokenizer_, Tokenizer::Create(vocab));
   } else if (checkpoint_->vocab().empty()) {
     return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
@@ -369,8 +369,9 @@ std::string Session::Describe() const {
   if (topn_ != nullptr) {
     s += "  attention: top-N, " + topn_spec_.ToString() +
          " positions per head kept (probabilities renormalised over them)" +
-         (paged_kv_ != nullptr && paged_kv_->spills() ? "; only the V pages holding them are read\n"
-                                                      : "\n");
+         (paged_kv_ != nullptr && paged_kv_->spills()
+              ? "; only the V pages holding them are read\n"
+              : "\n");
   }
   const layout::StoreReader& r = store_->reader();
   s += "  reads: " + std::string(r.backend_name()) + " backend, " +
@@ -399,8 +400,8 @@ EngineStats Session::stats() const {
     s.bundles_resident = c.neurons.bundles_resident;
     s.bundles_streamed = c.neurons.bundles_streamed;
   }
-  s.attention_ns = model_->attention_ns() - attention_base_;
   s.lazy = model_->lazy_stats();
+  s.attention_ns = model_->attention_ns() - attention_base_;
   s.kv_resident_bytes = kv_->resident_bytes();
   if (paged_kv_ != nullptr) {
     const cache::KvPageStats& k = paged_kv_->pages().stats();
@@ -419,8 +420,8 @@ void Session::ResetStats() {
   passes_base_ = model_->passes();
   computed_base_ = model_->ffn_neurons_computed();
   total_base_ = model_->ffn_neurons_total();
-  attention_base_ = model_->attention_ns();
   model_->ResetLazyStats();
+  attention_base_ = model_->attention_ns();
   if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }

@@ -65,23 +65,23 @@ struct SessionOptions {
 
 // Counters since Open or the last ResetStats.
 struct EngineStats {
-  uint64_t passes = 0;                // forward passes (a batch of tokens, e.g. a prompt, is one)
-  uint64_t bytes_requested = 0;       // stored bytes of the extents read from flash
-  uint64_t bytes_read = 0;            // bytes the backend read (aligned, merged)
-  uint64_t reads = 0;                 // reads the backend issued
-  uint64_t io_wait_ns = 0;            // time spent waiting for reads
-  uint64_t bundles_resident = 0;      // FFN bundles used from DRAM
-  uint64_t bundles_streamed = 0;      // FFN bundles read from flash
+  uint64_t passes = 0;            // forward passes (a batch of tokens, e.g. a prompt, is one)
+  uint64_t bytes_requested = 0;   // stored bytes of the extents read from flash
+  uint64_t bytes_read = 0;        // bytes the backend read (aligned, merged)
+  uint64_t reads = 0;             // reads the backend issued
+  uint64_t io_wait_ns = 0;        // time spent waiting for reads
+  uint64_t bundles_resident = 0;  // FFN bundles used from DRAM
+  uint64_t bundles_streamed = 0;  // FFN bundles read from flash
   uint64_t ffn_neurons_computed = 0;  // per layer and pass (Transformer::ffn_neurons_computed)
   uint64_t ffn_neurons_total = 0;
   // The KV cache (a paged one; zeros but kv_resident_bytes for a flat one).
-  uint64_t kv_resident_bytes = 0;                 // DRAM the KV pages hold now (K and V)
-  uint64_t kv_bytes_read = 0;                     // V pages read back from flash
-  uint64_t kv_reads = 0;                          // reads issued for them
-  uint64_t kv_bytes_written = 0;                  // V pages spilled to flash
-  uint64_t kv_io_wait_ns = 0;                     // writing V pages and waiting for their reads
+  uint64_t kv_resident_bytes = 0;   // DRAM the KV pages hold now (K and V)
+  uint64_t kv_bytes_read = 0;       // V pages read back from flash
+  uint64_t kv_reads = 0;            // reads issued for them
+  uint64_t kv_bytes_written = 0;    // V pages spilled to flash
+  uint64_t kv_io_wait_ns = 0;       // writing V pages and waiting for their reads
   uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
-  uint64_t attention_ns = 0;  // attention (V fetch, scores, selection, sums), every layer
+  uint64_t attention_ns = 0;        // attention (V fetch, scores, selection, sums), every layer
   // LazyLLM pruning (TransformerOptions::lazy; empty layer_tokens when off).
   LazyStats lazy;
   double kv_hit_rate() const {

@@ -77,8 +77,7 @@ std::string_view FfnSparsityName(FfnSparsity s) {
 namespace {
 
 // kAuto resolved; kRelu where it cannot apply is left for Create to refuse.
-FfnSparsity ResolveSparsity(const layout::ModelConfig& c, FfnSparsity s,
-                            const WeightsShape& shape) {
+FfnSparsity ResolveSparsity(const layout::ModelConfig& c, FfnSparsity s, const WeightsShape& shape) {
   if (s != FfnSparsity::kAuto) return s;
   return shape.bundles && !shape.bundles->has_gate() && c.activation == layout::Activation::kRelu
              ? FfnSparsity::kRelu
@@ -144,6 +143,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
     l.needed = a.Add(ctx);
   }
+  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
   if (o.lazy.enabled()) {
     l.x2 = a.AddFloats(b * c.dim);
     l.act_pos = a.Add(b * sizeof(uint32_t));
@@ -153,7 +153,6 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.order = a.Add(uint64_t{ctx} * sizeof(uint32_t));
     l.keep_mask = a.Add(ctx);
   }
-  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
   }
   if (shape.bundles) {
@@ -191,6 +190,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   if (options.max_batch == 0) return InvalidArgumentError("max_batch must be positive");
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
+  if (kv == nullptr) {
   if (options.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
     if (options.max_sequences != 1) {
@@ -200,8 +200,8 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
       return InvalidArgumentError("lazy prefill needs a KV cache in DRAM without top-N fetch");
     }
   }
-  if (kv == nullptr) {
-    ASSIGN_OR_RETURN(t->own_kv_, FlatKvCache::Create(c, t->max_context_, options.max_sequences));
+    ASSIGN_OR_RETURN(t->own_kv_,
+                     FlatKvCache::Create(c, t->max_context_, options.max_sequences));
     kv = t->own_kv_.get();
   }
   if (kv->max_positions() < t->max_context_ || kv->max_sequences() < options.max_sequences ||
@@ -213,9 +213,10 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->sparsity_ = ResolveSparsity(c, options.sparsity, shape);
   if (t->sparsity_ == FfnSparsity::kRelu) {
     if (c.activation != layout::Activation::kRelu) {
-      return InvalidArgumentError(
-          "--sparsity relu is exact only for ReLU models; this one uses " +
-          std::string(c.activation == layout::Activation::kSilu ? "SiLU" : "another activation"));
+      return InvalidArgumentError("--sparsity relu is exact only for ReLU models; this one uses " +
+                                  std::string(c.activation == layout::Activation::kSilu
+                                                  ? "SiLU"
+                                                  : "another activation"));
     }
     if (!shape.bundles || shape.bundles->has_gate()) {
       return InvalidArgumentError(
@@ -274,7 +275,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
       t->rope_cos_[uint64_t{p} * half + i] = std::cos(angle);
       t->rope_sin_[uint64_t{p} * half + i] = std::sin(angle);
     }
-  }
   if (options.lazy.enabled()) {
     ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_));
     t->x2_ = a.Floats(l.x2, b * c.dim);
@@ -298,6 +298,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   t->token_layer_flops_ = 2 * (uint64_t{c.dim} * t->q_dim_ * 2 + uint64_t{c.dim} * t->kv_dim_ * 2 +
                                uint64_t{c.dim} * c.hidden_dim * 3);
+  }
   if (shape.bundles) {
     ASSIGN_OR_RETURN(t->ffn_kernel_,
                      BundleFfnKernel::Create(*shape.bundles, c.hidden_dim, l.batch,
@@ -341,27 +342,27 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
       scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
     }
     p += rows.count;
-  }
   if (Masking()) {  // positions this layer never computed take no part (LazyOptions)
     for (uint32_t p = 0; p < len; ++p) {
       if (!aux_->present(layer, p)) scores[p] = -std::numeric_limits<float>::infinity();
     }
   }
+  }
   Softmax(std::span<float>(scores, len));
 }
 
 // Phase 3: out = sum of scores[p] * v_p over the selected positions (every p < len when `all`).
-void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len, const float* scores,
-                                  std::span<const uint32_t> selected, bool all, uint32_t kvh,
-                                  float* out) const {
+void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
+                                  const float* scores, std::span<const uint32_t> selected,
+                                  bool all, uint32_t kvh, float* out) const {
   const uint32_t hd = config_.head_dim;
   std::fill(out, out + hd, 0.0f);
-  if (all) {
     const bool masking = Masking();
+  if (all) {
     for (uint32_t p = 0; p < len;) {
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
-      for (uint32_t i = 0; i < rows.count; ++i) {
         if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
+      for (uint32_t i = 0; i < rows.count; ++i) {
         KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
@@ -386,8 +387,7 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   pool_.ParallelFor(uint64_t{n} * c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* scores = scores_.data() + uint64_t{th} * max_context_;
-    const std::span<uint32_t> selected =
-        selected_.subspan(uint64_t{th} * max_context_, max_context_);
+    const std::span<uint32_t> selected = selected_.subspan(uint64_t{th} * max_context_, max_context_);
     for (uint64_t item = begin; item < end; ++item) {
       const uint32_t t = static_cast<uint32_t>(item / c.n_heads);
       const uint32_t h = static_cast<uint32_t>(item % c.n_heads);
@@ -397,8 +397,8 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
       AttentionScores(layer, seq, len, q, h / group, scores);
       uint32_t chosen = len;
       if (policy_ != nullptr) {
-        chosen =
-            policy_->Select(layer, seq, std::span<const float>(scores, len), selected.first(len));
+        chosen = policy_->Select(layer, seq, std::span<const float>(scores, len),
+                                 selected.first(len));
         CHECK_GE(chosen, 1u);
         CHECK_LE(chosen, len);
       }
@@ -498,8 +498,8 @@ Status Transformer::Validate(const TokenBatch& batch) {
   return Status::Ok();
 }
 
-Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tokens, uint32_t pos,
-                                                    uint32_t seq) {
+Result<std::span<const float>> Transformer::Forward(std::span<const int32_t> tokens,
+                                                    uint32_t pos, uint32_t seq) {
   if (tokens.size() > positions_.size()) {
     return InvalidArgumentError("Forward: batch larger than max_batch");
   }
@@ -811,8 +811,8 @@ Status Transformer::Logits(uint32_t rows) {
   while (true) {
     ASSIGN_OR_RETURN(bool more, stream->Next(&block, &r0));
     if (!more) break;
-    const std::span<float> y =
-        rows == 1 ? logits_.subspan(r0, block.rows) : block_out_.first(uint64_t{rows} * block.rows);
+    const std::span<float> y = rows == 1 ? logits_.subspan(r0, block.rows)
+                                         : block_out_.first(uint64_t{rows} * block.rows);
     pool_.ParallelFor(block.rows, 16, [&](uint64_t b, uint64_t e, uint32_t) {
       MatMulRows(block, x, rows, scratch_, static_cast<uint32_t>(b), static_cast<uint32_t>(e), y);
     });

@@ -254,31 +254,31 @@ class Transformer {
   std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu)
 
   Arena arena_;
-  std::span<float> x_;            // max_batch x dim: residual stream
-  std::span<float> xb_;           // max_batch x max(dim, q_dim): normed input
-  std::span<float> q_;            // max_batch x q_dim
-  std::span<float> k_;            // max_batch x kv_dim
-  std::span<float> v_;            // max_batch x kv_dim
-  std::span<float> att_out_;      // max_batch x q_dim
-  std::span<float> proj_;         // max_batch x dim
-  std::span<float> hb_;           // max_batch x hidden (gate; the observed h with bundles)
-  std::span<float> hb2_;          // max_batch x hidden (up; dense FFN only)
-  std::span<float> scores_;       // threads x max_context
+  std::span<float> x_;        // max_batch x dim: residual stream
+  std::span<float> xb_;       // max_batch x max(dim, q_dim): normed input
+  std::span<float> q_;        // max_batch x q_dim
+  std::span<float> k_;        // max_batch x kv_dim
+  std::span<float> v_;        // max_batch x kv_dim
+  std::span<float> att_out_;  // max_batch x q_dim
+  std::span<float> proj_;     // max_batch x dim
+  std::span<float> hb_;       // max_batch x hidden (gate; the observed h with bundles)
+  std::span<float> hb2_;      // max_batch x hidden (up; dense FFN only)
+  std::span<float> scores_;   // threads x max_context
   std::span<uint32_t> selected_;  // threads x max_context (selection phase)
   bool selective_fetch_ = false;
   std::span<float> item_scores_;       // n_heads x max_context (selective fetch)
   std::span<uint32_t> item_selected_;  // n_heads x max_context (selective fetch)
   std::span<uint32_t> item_chosen_;    // n_heads (selective fetch)
   std::span<uint8_t> needed_;          // max_context: positions whose V is read (selective fetch)
-  std::span<float> logits_;            // logit_rows_max x vocab
-  std::span<float> block_out_;      // logit_rows_max x classifier_block_rows (streamed classifier)
-  std::span<float> rope_cos_;       // max_context x head_dim/2
-  std::span<float> rope_sin_;       // max_context x head_dim/2
-  ByteSpan scratch_;                // q8 activations (MatMulScratchBytes(widest, max_batch))
-  std::span<uint32_t> positions_;   // max_batch: the convenience Forward's positions
-  std::span<uint32_t> sequences_;   // max_batch: the convenience Forward's sequences
-  std::span<uint32_t> seq_first_;   // max_sequences: first position of the sequence in the batch
-  std::span<uint32_t> seq_next_;    // max_sequences: expected next position (UINT32_MAX: unseen)
+  std::span<float> logits_;   // logit_rows_max x vocab
+  std::span<float> block_out_;  // logit_rows_max x classifier_block_rows (streamed classifier)
+  std::span<float> rope_cos_;   // max_context x head_dim/2
+  std::span<float> rope_sin_;   // max_context x head_dim/2
+  ByteSpan scratch_;            // q8 activations (MatMulScratchBytes(widest, max_batch))
+  std::span<uint32_t> positions_;  // max_batch: the convenience Forward's positions
+  std::span<uint32_t> sequences_;  // max_batch: the convenience Forward's sequences
+  std::span<uint32_t> seq_first_;  // max_sequences: first position of the sequence in the batch
+  std::span<uint32_t> seq_next_;   // max_sequences: expected next position (UINT32_MAX: unseen)
   std::span<uint32_t> last_logit_;  // 1: the default logits_for
   // LazyLLM (TransformerOptions::lazy): the aux cache, per-layer kept fraction (0: not a pruning
   // layer), buffers, counters.

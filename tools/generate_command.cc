@@ -124,8 +124,8 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->stop_reason.c_str());
     nlohmann::json json = GenerationJson(*stats, &gen.ids());
     if (f->session.budgeted()) {
-      const engine::IoReport io =
-          engine::IoReport::Make((*session)->stats(), stats->prefill_ms + stats->decode_ms);
+      const engine::IoReport io = engine::IoReport::Make((*session)->stats(),
+                                                         stats->prefill_ms + stats->decode_ms);
       std::fprintf(stderr, "%s\n", IoStatsLine(io).c_str());
       json["io"] = IoStatsJson(io, uint64_t{stats->prompt_tokens} + stats->generated_tokens,
                                (*session)->planned_bytes());

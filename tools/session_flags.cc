@@ -35,8 +35,8 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       "Paged KV cache: positions per page (default 16; any --kv-* flag makes the cache paged)");
   // A command with its own --kv-dtype (plan: the arithmetic's) passes it on itself.
   if (cmd->get_option_no_throw("--kv-dtype") == nullptr) {
-    f->kv_options[1] =
-        cmd->add_option("--kv-dtype", f->kv_dtype, "Paged KV cache: f32 (exact), f16 or q8_0 rows");
+    f->kv_options[1] = cmd->add_option("--kv-dtype", f->kv_dtype,
+                                       "Paged KV cache: f32 (exact), f16 or q8_0 rows");
   }
   f->kv_options[2] = cmd->add_option(
       "--kv-budget", f->kv_budget,
@@ -109,9 +109,8 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   } else if (f.sparsity == "relu") {
     o->transformer.sparsity = engine::FfnSparsity::kRelu;
   } else {
-    return InvalidArgumentError(
-        "--sparsity must be auto, dense or relu (threshold and predictor "
-        "modes are not built yet)");
+    return InvalidArgumentError("--sparsity must be auto, dense or relu (threshold and predictor "
+                                "modes are not built yet)");
   }
   o->kv.paged = f.kv_paged();
   if (f.kv_page_tokens < 1 || f.kv_page_tokens > engine::kKvPageTokensMax) {
@@ -140,6 +139,7 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   auto topn = engine::TopNSpec::Parse(f.kv_topn);
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
+  return Status::Ok();
   if (f.batch < 0 || f.batch > engine::kContextMax) {
     return InvalidArgumentError("--batch must be in [1, " + std::to_string(engine::kContextMax) +
                                 "]");
@@ -169,9 +169,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
       at = comma + 1;
     }
   }
-  return Status::Ok();
 }
 
+std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {
 std::string LazyStatsLine(const engine::EngineStats& s) {
   const engine::LazyStats& z = s.lazy;
   if (z.layer_tokens.empty()) return "";
@@ -206,7 +206,6 @@ nlohmann::json LazyStatsJson(const engine::EngineStats& s) {
           {"aux_capacity_bytes", z.aux_capacity_bytes}};
 }
 
-std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {
   engine::PagedKvCache* kv = session.paged_kv();
   if (kv == nullptr) return "";
   const layout::VCacheLayout& l = kv->pages().layout();

@@ -15,14 +15,14 @@
 namespace CLI {
 class App;
 class Option;
-}  // namespace CLI
+}
 
 namespace flashlm::tools {
 
 struct SessionFlags {
   int64_t threads = 0;
-  std::string tokenizer;                     // llama2.c tokenizer.bin
-  std::string mem_budget;                    // empty: no budget asked for
+  std::string tokenizer;   // llama2.c tokenizer.bin
+  std::string mem_budget;  // empty: no budget asked for
   CLI::Option* mem_budget_option = nullptr;  // set by AddSessionFlags: given, even if empty?
   bool no_pipeline = false;
   bool no_coalesce = false;
@@ -61,7 +61,8 @@ nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& 
 std::string LazyStatsLine(const engine::EngineStats& stats);
 nlohmann::json LazyStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
-nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
+nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens,
+                           uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.
 nlohmann::json GenerationJson(const engine::GenerationStats& stats,
                               const std::vector<int32_t>* ids);

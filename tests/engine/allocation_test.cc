@@ -218,8 +218,7 @@ TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
       o.kv_topn = *TopNSpec::Parse(topn);
       auto probe = Session::Open(store, o);
       ASSERT_TRUE(probe.ok()) << probe.status().ToString();
-      o.kv.pool_bytes =
-          cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
+      o.kv.pool_bytes = cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
       probe->reset();
       auto session = Session::Open(store, o);
       ASSERT_TRUE(session.ok()) << session.status().ToString();
