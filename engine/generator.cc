@@ -305,7 +305,6 @@ Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t>
   return r;
 }
 
-}  // namespace flashlm::engine
 namespace {
 
 // -log softmax(logits)[target].
@@ -359,3 +358,4 @@ Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<co
   return r;
 }
 
+}  // namespace flashlm::engine

@@ -400,8 +400,8 @@ EngineStats Session::stats() const {
     s.bundles_resident = c.neurons.bundles_resident;
     s.bundles_streamed = c.neurons.bundles_streamed;
   }
-  s.lazy = model_->lazy_stats();
   s.attention_ns = model_->attention_ns() - attention_base_;
+  s.lazy = model_->lazy_stats();
   s.kv_resident_bytes = kv_->resident_bytes();
   if (paged_kv_ != nullptr) {
     const cache::KvPageStats& k = paged_kv_->pages().stats();
@@ -420,8 +420,8 @@ void Session::ResetStats() {
   passes_base_ = model_->passes();
   computed_base_ = model_->ffn_neurons_computed();
   total_base_ = model_->ffn_neurons_total();
-  model_->ResetLazyStats();
   attention_base_ = model_->attention_ns();
+  model_->ResetLazyStats();
   if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }

@@ -143,7 +143,6 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
     l.needed = a.Add(ctx);
   }
-  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
   if (o.lazy.enabled()) {
     l.x2 = a.AddFloats(b * c.dim);
     l.act_pos = a.Add(b * sizeof(uint32_t));
@@ -153,6 +152,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.order = a.Add(uint64_t{ctx} * sizeof(uint32_t));
     l.keep_mask = a.Add(ctx);
   }
+  if (shape.bundles && ResolveSparsity(c, o.sparsity, shape) == FfnSparsity::kRelu) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
   }
   if (shape.bundles) {
@@ -190,7 +190,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   if (options.max_batch == 0) return InvalidArgumentError("max_batch must be positive");
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
-  if (kv == nullptr) {
   if (options.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
     if (options.max_sequences != 1) {
@@ -200,6 +199,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
       return InvalidArgumentError("lazy prefill needs a KV cache in DRAM without top-N fetch");
     }
   }
+  if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
                      FlatKvCache::Create(c, t->max_context_, options.max_sequences));
     kv = t->own_kv_.get();
@@ -275,6 +275,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
       t->rope_cos_[uint64_t{p} * half + i] = std::cos(angle);
       t->rope_sin_[uint64_t{p} * half + i] = std::sin(angle);
     }
+  }
   if (options.lazy.enabled()) {
     ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_));
     t->x2_ = a.Floats(l.x2, b * c.dim);
@@ -298,7 +299,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   t->token_layer_flops_ = 2 * (uint64_t{c.dim} * t->q_dim_ * 2 + uint64_t{c.dim} * t->kv_dim_ * 2 +
                                uint64_t{c.dim} * c.hidden_dim * 3);
-  }
   if (shape.bundles) {
     ASSIGN_OR_RETURN(t->ffn_kernel_,
                      BundleFfnKernel::Create(*shape.bundles, c.hidden_dim, l.batch,
@@ -342,11 +342,11 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
       scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
     }
     p += rows.count;
+  }
   if (Masking()) {  // positions this layer never computed take no part (LazyOptions)
     for (uint32_t p = 0; p < len; ++p) {
       if (!aux_->present(layer, p)) scores[p] = -std::numeric_limits<float>::infinity();
     }
-  }
   }
   Softmax(std::span<float>(scores, len));
 }
@@ -357,12 +357,12 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
                                   bool all, uint32_t kvh, float* out) const {
   const uint32_t hd = config_.head_dim;
   std::fill(out, out + hd, 0.0f);
-    const bool masking = Masking();
   if (all) {
+    const bool masking = Masking();
     for (uint32_t p = 0; p < len;) {
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
-        if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
       for (uint32_t i = 0; i < rows.count; ++i) {
+        if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
         KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;

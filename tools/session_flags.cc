@@ -139,7 +139,6 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   auto topn = engine::TopNSpec::Parse(f.kv_topn);
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
-  return Status::Ok();
   if (f.batch < 0 || f.batch > engine::kContextMax) {
     return InvalidArgumentError("--batch must be in [1, " + std::to_string(engine::kContextMax) +
                                 "]");
@@ -169,9 +168,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
       at = comma + 1;
     }
   }
+  return Status::Ok();
 }
 
-std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {
 std::string LazyStatsLine(const engine::EngineStats& s) {
   const engine::LazyStats& z = s.lazy;
   if (z.layer_tokens.empty()) return "";
@@ -206,6 +205,7 @@ nlohmann::json LazyStatsJson(const engine::EngineStats& s) {
           {"aux_capacity_bytes", z.aux_capacity_bytes}};
 }
 
+std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {
   engine::PagedKvCache* kv = session.paged_kv();
   if (kv == nullptr) return "";
   const layout::VCacheLayout& l = kv->pages().layout();
