@@ -51,12 +51,12 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "head; the kept probabilities are renormalised. With a paged cache that spills, "
                   "only the V pages holding kept positions are read")
       ->capture_default_str();
-  cmd->add_option("--batch", f->batch,
+  cmd->add_option("--max-batch", f->batch,
                   "Tokens per forward pass (default: the command's; a prompt longer than this is "
                   "prefilled in several passes)");
   cmd->add_option("--lazy-prefill", f->lazy_prefill,
                   "LazyLLM prompt-token pruning: fraction of the prompt's tokens that reach the "
-                  "last layer, in (0, 1]; 1 = off (exact). The prompt should fit one --batch: "
+                  "last layer, in (0, 1]; 1 = off (exact). The prompt should fit one --max-batch: "
                   "each pass ranks tokens by its own last token's attention")
       ->capture_default_str();
   cmd->add_option("--lazy-layers", f->lazy_layers,
@@ -140,7 +140,7 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
   if (f.batch < 0 || f.batch > engine::kContextMax) {
-    return InvalidArgumentError("--batch must be in [1, " + std::to_string(engine::kContextMax) +
+    return InvalidArgumentError("--max-batch must be in [1, " + std::to_string(engine::kContextMax) +
                                 "]");
   }
   if (f.batch > 0) o->transformer.max_batch = static_cast<uint32_t>(f.batch);
