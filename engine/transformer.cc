@@ -93,8 +93,8 @@ struct Transformer::Layout {
   uint64_t x = 0, xb = 0, q = 0, k = 0, v = 0, att_out = 0, proj = 0, hb = 0, hb2 = 0, scores = 0,
            selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
            positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0,
-           item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0, x2 = 0, act_pos = 0,
-           pos2 = 0, importance = 0, imp_row = 0, order = 0, keep_mask = 0;
+           item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0, act_pos = 0,
+           importance = 0, imp_row = 0, order = 0, keep_mask = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -144,9 +144,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.needed = a.Add(ctx);
   }
   if (o.lazy.enabled()) {
-    l.x2 = a.AddFloats(b * c.dim);
     l.act_pos = a.Add(b * sizeof(uint32_t));
-    l.pos2 = a.Add(b * sizeof(uint32_t));
     l.importance = a.AddFloats(ctx);
     l.imp_row = a.AddFloats(ctx);
     l.order = a.Add(uint64_t{ctx} * sizeof(uint32_t));
@@ -278,9 +276,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   if (options.lazy.enabled()) {
     ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_));
-    t->x2_ = a.Floats(l.x2, b * c.dim);
     t->act_pos_ = u32(l.act_pos, b);
-    t->pos2_ = u32(l.pos2, b);
     t->importance_ = a.Floats(l.importance, ctx);
     t->imp_row_ = a.Floats(l.imp_row, ctx);
     t->order_ = u32(l.order, ctx);
@@ -638,7 +634,8 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
 // order), over the positions the layer holds; ties go to the lower position. The top
 // ceil(f x len) (the last token among them) stay or come back; the pass's other tokens go to
 // the aux cache; held tokens whose next layer is layer + 1 and that rank in are revived while
-// the batch has room (in increasing position order).
+// the batch has room (in increasing position order). Active rows are not in position order
+// (each token's attention uses its own position); the pass's last token is always the last row.
 void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
   const layout::ModelConfig& c = config_;
   const uint32_t n_act = *n;
@@ -670,28 +667,38 @@ void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
   uint32_t kept_active = 0;
   for (uint32_t i = 0; i < n_act; ++i) kept_active += keep_mask_[act_pos_[i]];
   uint32_t room = max_batch_ - kept_active;
-  uint32_t j = 0, i = 0;
-  for (uint32_t p = 0; p < len; ++p) {
-    const std::span<float> dst = x2_.subspan(uint64_t{j} * c.dim, c.dim);
-    if (i < n_act && act_pos_[i] == p) {
-      const std::span<const float> row = x_.subspan(uint64_t{i} * c.dim, c.dim);
-      if (keep_mask_[p]) {
-        std::copy(row.begin(), row.end(), dst.begin());
-        pos2_[j++] = p;
-      } else {
-        aux_->Prune(p, layer + 1, row);
-      }
-      ++i;
-    } else if (keep_mask_[p] && room > 0 && aux_->computed_layers(p) == layer + 1) {
-      const std::span<const float> held = aux_->hidden(p);
-      std::copy(held.begin(), held.end(), dst.begin());
-      aux_->Revive(p);
-      pos2_[j++] = p;
-      --room;
+  // In place: the kept active rows move down (row j <= i), the pruned ones go to the aux cache.
+  uint32_t j = 0;
+  for (uint32_t i = 0; i < n_act; ++i) {
+    const uint32_t p = act_pos_[i];
+    const std::span<float> row = x_.subspan(uint64_t{i} * c.dim, c.dim);
+    if (!keep_mask_[p]) {
+      aux_->Prune(p, layer + 1, row);
+      continue;
     }
+    if (j != i) std::copy(row.begin(), row.end(), x_.begin() + uint64_t{j} * c.dim);
+    act_pos_[j++] = p;
   }
-  std::swap(x_, x2_);
-  std::swap(act_pos_, pos2_);
+  // Then the revived ones (active tokens count every layer as computed, so layer + 1 picks only
+  // held tokens: those pruned just now are not kept).
+  const uint32_t last_row = j - 1;  // the pass's last token
+  for (uint32_t p = 0; p < len && room > 0; ++p) {
+    if (!keep_mask_[p] || aux_->computed_layers(p) != layer + 1) continue;
+    const std::span<const float> held = aux_->hidden(p);
+    std::copy(held.begin(), held.end(), x_.begin() + uint64_t{j} * c.dim);
+    aux_->Revive(p);
+    act_pos_[j++] = p;
+    --room;
+  }
+  // The last token stays last (its row is where the logits and the next ranking look).
+  if (last_row != j - 1) {
+    float* a = x_.data() + uint64_t{last_row} * c.dim;
+    float* b = x_.data() + uint64_t{j - 1} * c.dim;
+    std::copy(a, a + c.dim, xb_.data());  // xb_ is free between layers
+    std::copy(b, b + c.dim, a);
+    std::copy(xb_.data(), xb_.data() + c.dim, b);
+    std::swap(act_pos_[last_row], act_pos_[j - 1]);
+  }
   *n = j;
 }
 

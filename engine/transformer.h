@@ -227,7 +227,8 @@ class Transformer {
   Status Ffn(uint32_t layer, const LayerWeights& w, uint32_t n);
   // After layer `layer` (a pruning layer) of a lazy pass over *n active tokens (positions in
   // act_pos_, rows of x_, the last one the pass's last token): ranks, prunes and revives (see
-  // LazyOptions), leaving the next layer's active tokens in act_pos_ / x_ and their count in *n.
+  // LazyOptions), leaving the next layer's active tokens in act_pos_ / x_ (in place; the last
+// token still last) and their count in *n.
   void LazyPrune(uint32_t layer, uint32_t* n);
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
@@ -284,8 +285,7 @@ class Transformer {
   // layer), buffers, counters.
   std::unique_ptr<cache::LazyAuxCache> aux_;
   std::vector<float> lazy_fraction_;    // [layer]
-  std::span<float> x2_;                 // max_batch x dim: the next layer's active rows
-  std::span<uint32_t> act_pos_, pos2_;  // max_batch: active tokens' positions (now / next)
+  std::span<uint32_t> act_pos_;  // max_batch: active tokens' positions (rows of x_)
   std::span<float> importance_;         // max_context: head-averaged attention of the last token
   std::span<float> imp_row_;            // max_context: one head's probabilities
   std::span<uint32_t> order_;           // max_context: ranking candidates

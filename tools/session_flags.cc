@@ -140,8 +140,8 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
   if (f.batch < 0 || f.batch > engine::kContextMax) {
-    return InvalidArgumentError("--max-batch must be in [1, " + std::to_string(engine::kContextMax) +
-                                "]");
+    return InvalidArgumentError("--max-batch must be in [1, " +
+                                std::to_string(engine::kContextMax) + "]");
   }
   if (f.batch > 0) o->transformer.max_batch = static_cast<uint32_t>(f.batch);
   if (!(f.lazy_prefill > 0.0 && f.lazy_prefill <= 1.0)) {
