@@ -228,7 +228,7 @@ class Transformer {
   // After layer `layer` (a pruning layer) of a lazy pass over *n active tokens (positions in
   // act_pos_, rows of x_, the last one the pass's last token): ranks, prunes and revives (see
   // LazyOptions), leaving the next layer's active tokens in act_pos_ / x_ (in place; the last
-// token still last) and their count in *n.
+  // token still last) and their count in *n.
   void LazyPrune(uint32_t layer, uint32_t* n);
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
@@ -284,12 +284,12 @@ class Transformer {
   // LazyLLM (TransformerOptions::lazy): the aux cache, per-layer kept fraction (0: not a pruning
   // layer), buffers, counters.
   std::unique_ptr<cache::LazyAuxCache> aux_;
-  std::vector<float> lazy_fraction_;    // [layer]
-  std::span<uint32_t> act_pos_;  // max_batch: active tokens' positions (rows of x_)
-  std::span<float> importance_;         // max_context: head-averaged attention of the last token
-  std::span<float> imp_row_;            // max_context: one head's probabilities
-  std::span<uint32_t> order_;           // max_context: ranking candidates
-  std::span<uint8_t> keep_mask_;        // max_context
+  std::vector<float> lazy_fraction_;  // [layer]
+  std::span<uint32_t> act_pos_;       // max_batch: active tokens' positions (rows of x_)
+  std::span<float> importance_;       // max_context: head-averaged attention of the last token
+  std::span<float> imp_row_;          // max_context: one head's probabilities
+  std::span<uint32_t> order_;         // max_context: ranking candidates
+  std::span<uint8_t> keep_mask_;      // max_context
   std::vector<uint64_t> layer_tokens_;
   uint64_t pass_tokens_ = 0, flops_ = 0, dense_flops_ = 0;
   uint64_t token_layer_flops_ = 0;  // matmul FLOPs of one token through one layer
