@@ -311,4 +311,57 @@ Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t>
   return r;
 }
 
+namespace {
+
+// -log softmax(logits)[target].
+double Nll(std::span<const float> logits, int32_t target) {
+  float mx = logits[0];
+  for (float v : logits) mx = std::max(mx, v);
+  double sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v - mx));
+  return std::log(sum) + mx - logits[static_cast<size_t>(target)];
+}
+
+}  // namespace
+
+Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<const int32_t> tokens,
+                                                uint32_t ctx, uint32_t prompt_tokens) {
+  if (prompt_tokens < 1) return InvalidArgumentError("the prompt needs at least one token");
+  if (ctx <= prompt_tokens || ctx > model.max_context()) {
+    return InvalidArgumentError("continuation perplexity: the window must be in [" +
+                                std::to_string(prompt_tokens + 1) + ", " +
+                                std::to_string(model.max_context()) + "]");
+  }
+  const uint32_t vocab = model.config().vocab_size;
+  PerplexityResult r;
+  std::vector<uint32_t> pos(model.max_batch());
+  for (size_t w0 = 0; w0 + prompt_tokens + 1 <= tokens.size(); w0 += ctx) {
+    const std::span<const int32_t> w =
+        tokens.subspan(w0, std::min<size_t>(ctx, tokens.size() - w0));
+    std::span<const float> logits;
+    for (uint32_t first = 0; first < prompt_tokens;) {
+      const uint32_t n = std::min(model.max_batch(), prompt_tokens - first);
+      TokenBatch b;
+      b.tokens = w.subspan(first, n);
+      for (uint32_t t = 0; t < n; ++t) pos[t] = first + t;
+      const uint32_t last[1] = {n - 1};
+      b.positions = std::span<const uint32_t>(pos).first(n);
+      b.logits_for = last;
+      ASSIGN_OR_RETURN(logits, model.Forward(b));
+      first += n;
+    }
+    for (size_t t = prompt_tokens; t < w.size(); ++t) {
+      r.nll_sum += Nll(logits.first(vocab), w[t]);
+      ++r.scored_tokens;
+      if (t + 1 == w.size()) break;
+      ASSIGN_OR_RETURN(logits, model.Forward(w.subspan(t, 1), static_cast<uint32_t>(t)));
+    }
+  }
+  if (r.scored_tokens == 0) {
+    return InvalidArgumentError("continuation perplexity: no window longer than the prompt");
+  }
+  r.perplexity = std::exp(r.nll_sum / static_cast<double>(r.scored_tokens));
+  return r;
+}
+
 }  // namespace flashlm::engine

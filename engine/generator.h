@@ -165,6 +165,15 @@ struct PerplexityResult {
 };
 Result<PerplexityResult> Perplexity(Transformer& model, std::span<const int32_t> tokens,
                                     uint32_t ctx);
+// Perplexity of continuations given prompts: `tokens` is split into windows of `ctx` tokens
+// (the last window may be shorter; one shorter than prompt_tokens + 1 is not scored); in each,
+// the first prompt_tokens are the prompt, prefilled in passes of at most max_batch tokens that
+// ask for their last token's logits only (as generation does: what lazy prefill prunes in), and
+// every later token is run one per pass (as decoding does) and scored from the logits before it.
+// Errors: InvalidArgument (prompt_tokens < 1, ctx <= prompt_tokens or beyond the model's
+// context, no window long enough), Forward's.
+Result<PerplexityResult> ContinuationPerplexity(Transformer& model, std::span<const int32_t> tokens,
+                                                uint32_t ctx, uint32_t prompt_tokens);
 
 }  // namespace flashlm::engine
 

@@ -61,6 +61,13 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
   }
   o.max_context = ctx;
   o.selective_fetch = so.kv.paged && !so.kv_topn.all();
+  if (o.lazy.enabled()) {
+    RETURN_IF_ERROR(ValidateLazy(o.lazy, config.n_layers));
+    if (so.kv.paged || !so.kv_topn.all()) {
+      return InvalidArgumentError(
+          "--lazy-prefill does not run with a paged KV cache or --kv-topn yet (flat f32 KV only)");
+    }
+  }
   return o;
 }
 
@@ -445,6 +452,7 @@ void Session::FillStats(EngineStats* out) const {
     s.ffn_layers.assign(layers.begin(), layers.end());
   }
   s.attention_ns = model_->attention_ns() - attention_base_;
+  s.lazy = model_->lazy_stats();
   s.kv_resident_bytes = kv_->resident_bytes();
   if (paged_kv_ != nullptr) {
     const cache::KvPageStats& k = paged_kv_->pages().stats();
@@ -463,6 +471,7 @@ void Session::ResetStats() {
   computed_base_ = model_->ffn_neurons_computed();
   total_base_ = model_->ffn_neurons_total();
   attention_base_ = model_->attention_ns();
+  model_->ResetLazyStats();
   if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }

@@ -102,6 +102,8 @@ struct EngineStats {
   uint64_t kv_io_wait_ns = 0;                     // writing V pages and waiting for their reads
   uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
   uint64_t attention_ns = 0;  // attention (V fetch, scores, selection, sums), every layer
+  // LazyLLM pruning (TransformerOptions::lazy; empty layer_tokens when off).
+  LazyStats lazy;
   double kv_hit_rate() const {
     const uint64_t all = kv_page_hits + kv_page_misses;
     return all ? static_cast<double>(kv_page_hits) / all : 1.0;

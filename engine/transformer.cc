@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <string>
 
@@ -94,7 +95,8 @@ struct Transformer::Layout {
   uint64_t x = 0, xb = 0, q = 0, k = 0, v = 0, att_out = 0, proj = 0, hb = 0, hb2 = 0, scores = 0,
            selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
            positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0,
-           item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0;
+           item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0, act_pos = 0,
+           importance = 0, imp_row = 0, order = 0, keep_mask = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -143,6 +145,13 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
     l.needed = a.Add(ctx);
   }
+  if (o.lazy.enabled()) {
+    l.act_pos = a.Add(b * sizeof(uint32_t));
+    l.importance = a.AddFloats(ctx);
+    l.imp_row = a.AddFloats(ctx);
+    l.order = a.Add(uint64_t{ctx} * sizeof(uint32_t));
+    l.keep_mask = a.Add(ctx);
+  }
   const FfnSparsity sparsity = ResolveSparsity(c, o.sparsity, shape);
   if (shape.bundles && (sparsity == FfnSparsity::kRelu || sparsity == FfnSparsity::kThreshold)) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
@@ -157,11 +166,14 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
 uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const TransformerOptions& o,
                                   uint32_t threads, const WeightsShape& shape) {
   const Layout l = MakeLayout(c, o, threads, shape, ContextOf(c, o));
-  return l.arena.resident_bytes() + l.kernel_bytes;
+  const uint64_t aux =
+      o.lazy.enabled() ? cache::LazyAuxCache::BytesNeeded(c.dim, ContextOf(c, o)) : 0;
+  return l.arena.resident_bytes() + l.kernel_bytes + aux;
 }
 
 uint64_t Transformer::resident_bytes() const {
-  return arena_.size_bytes() + (ffn_kernel_ ? ffn_kernel_->resident_bytes() : 0);
+  return arena_.size_bytes() + (ffn_kernel_ ? ffn_kernel_->resident_bytes() : 0) +
+         (aux_ ? aux_->resident_bytes() : 0);
 }
 
 Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, ThreadPool& pool,
@@ -179,6 +191,15 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   }
   if (options.max_batch == 0) return InvalidArgumentError("max_batch must be positive");
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
+  if (options.lazy.enabled()) {
+    RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
+    if (options.max_sequences != 1) {
+      return InvalidArgumentError("lazy prefill runs one sequence (max_sequences 1)");
+    }
+    if (options.selective_fetch || (kv != nullptr && kv->spills())) {
+      return InvalidArgumentError("lazy prefill needs a KV cache in DRAM without top-N fetch");
+    }
+  }
   if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
                      FlatKvCache::Create(c, t->max_context_, options.max_sequences));
@@ -274,6 +295,27 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
       t->rope_sin_[uint64_t{p} * half + i] = std::sin(angle);
     }
   }
+  if (options.lazy.enabled()) {
+    ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_));
+    t->act_pos_ = u32(l.act_pos, b);
+    t->importance_ = a.Floats(l.importance, ctx);
+    t->imp_row_ = a.Floats(l.imp_row, ctx);
+    t->order_ = u32(l.order, ctx);
+    t->keep_mask_ = {reinterpret_cast<uint8_t*>(a.Bytes(l.keep_mask, 0).data()), ctx};
+    t->lazy_fraction_.assign(c.n_layers, 0.0f);
+    const std::vector<uint32_t> layers =
+        options.lazy.layers.empty() ? DefaultLazyLayers(c.n_layers) : options.lazy.layers;
+    const float m = static_cast<float>(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      t->lazy_fraction_[layers[i]] =
+          i + 1 == layers.size()
+              ? options.lazy.keep
+              : 1.0f - (1.0f - options.lazy.keep) * static_cast<float>(i + 1) / m;
+    }
+    t->layer_tokens_.assign(c.n_layers, 0);
+  }
+  t->token_layer_flops_ = 2 * (uint64_t{c.dim} * t->q_dim_ * 2 + uint64_t{c.dim} * t->kv_dim_ * 2 +
+                               uint64_t{c.dim} * c.hidden_dim * 3);
   if (shape.bundles) {
     ASSIGN_OR_RETURN(t->ffn_kernel_,
                      BundleFfnKernel::Create(*shape.bundles, c.hidden_dim, l.batch,
@@ -318,6 +360,11 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
     }
     p += rows.count;
   }
+  if (Masking()) {  // positions this layer never computed take no part (LazyOptions)
+    for (uint32_t p = 0; p < len; ++p) {
+      if (!aux_->present(layer, p)) scores[p] = -std::numeric_limits<float>::infinity();
+    }
+  }
   Softmax(std::span<float>(scores, len));
 }
 
@@ -328,9 +375,11 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   const uint32_t hd = config_.head_dim;
   std::fill(out, out + hd, 0.0f);
   if (all) {
+    const bool masking = Masking();
     for (uint32_t p = 0; p < len;) {
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
       for (uint32_t i = 0; i < rows.count; ++i) {
+        if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
         KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
@@ -351,7 +400,7 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
 // thread has its own score and selection rows.
 void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
   const layout::ModelConfig& c = config_;
-  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t n = static_cast<uint32_t>(batch.positions.size());
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   pool_.ParallelFor(uint64_t{n} * c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* scores = scores_.data() + uint64_t{th} * max_context_;
@@ -499,24 +548,45 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
                                     x_.subspan(uint64_t{t} * c.dim, c.dim));
     if (!st.ok()) return fail(st);
   }
+  // The tokens each layer computes: the batch's, or with lazy pruning those still active
+  // (positions in act_pos_, rows 0..n_act of x_; the batch's last token always last).
+  TokenBatch active = batch;
+  uint32_t n_act = n;
+  bool prune = false;  // this pass prunes (lazy, and only the last token's logits wanted)
+  if (aux_ != nullptr) {
+    // Positions this pass (re)writes are computed from layer 0 (a rewind drops held states).
+    for (uint32_t p = seq_first_[0]; p < std::max(kv_->length(0), seq_next_[0]); ++p) {
+      aux_->Reset(p);
+    }
+    std::copy(batch.positions.begin(), batch.positions.end(), act_pos_.begin());
+    active.positions = act_pos_.first(n);
+    active.sequences = {};  // one sequence
+    prune = batch.logits_for.empty() ? !all_logits_ || n == 1
+                                     : batch.logits_for.size() == 1 && batch.logits_for[0] == n - 1;
+    uint64_t attn = 0;
+    for (uint32_t t = 0; t < n; ++t) attn += batch.positions[t] + 1;
+    pass_tokens_ += n;
+    dense_flops_ += c.n_layers * (n * token_layer_flops_ + 4 * attn * q_dim_);
+  }
   for (uint32_t l = 0; l < c.n_layers; ++l) {
     Result<LayerWeights> acquired = weights_.AcquireLayer(l);
     if (!acquired.ok()) return fail(acquired.status());
     const LayerWeights& w = *acquired;
     // Attention block.
-    for (uint32_t t = 0; t < n; ++t) {
+    for (uint32_t t = 0; t < n_act; ++t) {
       RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.attn_norm, c.norm_eps,
               xb_.subspan(uint64_t{t} * c.dim, c.dim));
     }
-    MatMul(w.wq, xb_, n, q_, scratch_, pool_);
-    MatMul(w.wk, xb_, n, k_, scratch_, pool_);
-    MatMul(w.wv, xb_, n, v_, scratch_, pool_);
-    for (uint32_t t = 0; t < n; ++t) {
-      Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, batch.positions[t]);
-      Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, batch.positions[t]);
-      Status st = kv_->Write(l, seq_of(t), batch.positions[t],
-                             k_.subspan(uint64_t{t} * kv_dim_, kv_dim_),
-                             v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
+    MatMul(w.wq, xb_, n_act, q_, scratch_, pool_);
+    MatMul(w.wk, xb_, n_act, k_, scratch_, pool_);
+    MatMul(w.wv, xb_, n_act, v_, scratch_, pool_);
+    for (uint32_t t = 0; t < n_act; ++t) {
+      Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, active.positions[t]);
+      Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, active.positions[t]);
+      const uint32_t seq = active.sequences.empty() ? 0u : active.sequences[t];
+      Status st =
+          kv_->Write(l, seq, active.positions[t], k_.subspan(uint64_t{t} * kv_dim_, kv_dim_),
+                     v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
       if (!st.ok()) return fail(st);
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
@@ -536,28 +606,38 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
           return fail(st);
         }
       }
-      Attention(l, batch);
+      Attention(l, active);
       kv_->ReleaseValues();
     }
     attention_ns_ += static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                std::chrono::steady_clock::now() - attention_start)
                                                .count());
-    MatMul(w.wo, att_out_, n, proj_, scratch_, pool_);
-    for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
+    MatMul(w.wo, att_out_, n_act, proj_, scratch_, pool_);
+    for (uint64_t i = 0; i < uint64_t{n_act} * c.dim; ++i) x_[i] += proj_[i];
     // FFN block: act(gate x) * (up x), then down.
-    for (uint32_t t = 0; t < n; ++t) {
+    for (uint32_t t = 0; t < n_act; ++t) {
       RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.ffn_norm, c.norm_eps,
               xb_.subspan(uint64_t{t} * c.dim, c.dim));
     }
-    Status st = Ffn(l, w, n);
+    Status st = Ffn(l, w, n_act);
     if (!st.ok()) return fail(st);
-    for (uint64_t i = 0; i < uint64_t{n} * c.dim; ++i) x_[i] += proj_[i];
+    for (uint64_t i = 0; i < uint64_t{n_act} * c.dim; ++i) x_[i] += proj_[i];
     weights_.ReleaseLayer(l);
+    if (aux_ != nullptr) {
+      uint64_t attn = 0;
+      for (uint32_t t = 0; t < n_act; ++t) attn += active.positions[t] + 1;
+      layer_tokens_[l] += n_act;
+      flops_ += n_act * token_layer_flops_ + 4 * attn * q_dim_;
+      if (prune && lazy_fraction_[l] > 0.0f) {
+        LazyPrune(l, &n_act);
+        active.positions = act_pos_.first(n_act);
+      }
+    }
   }
   // Final norm of the tokens whose logits are wanted, then the classifier.
   std::span<const uint32_t> wanted = batch.logits_for;
-  if (wanted.empty() && !all_logits_) {
-    last_logit_[0] = n - 1;
+  if (prune || (wanted.empty() && !all_logits_)) {
+    last_logit_[0] = n_act - 1;  // with pruning, the batch's last token is the last active one
     wanted = last_logit_;
   }
   const uint32_t rows = wanted.empty() ? n : static_cast<uint32_t>(wanted.size());
@@ -569,6 +649,129 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
   if (Status st = Logits(rows); !st.ok()) return fail(st);
   for (uint32_t t = 0; t < n; ++t) kv_->SetLength(seq_of(t), batch.positions[t] + 1);
   return std::span<const float>(logits_.data(), uint64_t{rows} * c.vocab_size);
+}
+
+// Ranking: the last token's probabilities at this layer summed over heads (the average's
+// order), over the positions the layer holds; ties go to the lower position. The top
+// ceil(f x len) (the last token among them) stay or come back; the pass's other tokens go to
+// the aux cache; held tokens whose next layer is layer + 1 and that rank in are revived while
+// the batch has room (in increasing position order). Active rows are not in position order
+// (each token's attention uses its own position); the pass's last token is always the last row.
+void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
+  const layout::ModelConfig& c = config_;
+  const uint32_t n_act = *n;
+  const uint32_t last_pos = act_pos_[n_act - 1];
+  const uint32_t len = last_pos + 1;
+  const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  std::fill(importance_.begin(), importance_.begin() + len, 0.0f);
+  for (uint32_t h = 0; h < c.n_heads; ++h) {
+    const float* q = q_.data() + uint64_t{n_act - 1} * q_dim_ + uint64_t{h} * hd;
+    AttentionScores(layer, 0, len, q, h / group, imp_row_.data());
+    for (uint32_t p = 0; p < len; ++p) importance_[p] += imp_row_[p];
+  }
+  uint32_t m = 0;
+  for (uint32_t p = 0; p < last_pos; ++p) {
+    if (aux_->present(layer, p)) order_[m++] = p;
+  }
+  const uint32_t keep = std::max<uint32_t>(
+      1, static_cast<uint32_t>(std::ceil(static_cast<double>(lazy_fraction_[layer]) * len)));
+  const uint32_t others = std::min(keep - 1, m);
+  const float* imp = importance_.data();
+  auto before = [imp](uint32_t a, uint32_t b) {
+    return imp[a] > imp[b] || (imp[a] == imp[b] && a < b);
+  };
+  if (others < m)
+    std::nth_element(order_.begin(), order_.begin() + others, order_.begin() + m, before);
+  std::fill(keep_mask_.begin(), keep_mask_.begin() + len, uint8_t{0});
+  for (uint32_t i = 0; i < others; ++i) keep_mask_[order_[i]] = 1;
+  keep_mask_[last_pos] = 1;
+  uint32_t kept_active = 0;
+  for (uint32_t i = 0; i < n_act; ++i) kept_active += keep_mask_[act_pos_[i]];
+  uint32_t room = max_batch_ - kept_active;
+  // In place: the kept active rows move down (row j <= i), the pruned ones go to the aux cache.
+  uint32_t j = 0;
+  for (uint32_t i = 0; i < n_act; ++i) {
+    const uint32_t p = act_pos_[i];
+    const std::span<float> row = x_.subspan(uint64_t{i} * c.dim, c.dim);
+    if (!keep_mask_[p]) {
+      aux_->Prune(p, layer + 1, row);
+      continue;
+    }
+    if (j != i) std::copy(row.begin(), row.end(), x_.begin() + uint64_t{j} * c.dim);
+    act_pos_[j++] = p;
+  }
+  // Then the revived ones (active tokens count every layer as computed, so layer + 1 picks only
+  // held tokens: those pruned just now are not kept).
+  const uint32_t last_row = j - 1;  // the pass's last token
+  for (uint32_t p = 0; p < len && room > 0; ++p) {
+    if (!keep_mask_[p] || aux_->computed_layers(p) != layer + 1) continue;
+    const std::span<const float> held = aux_->hidden(p);
+    std::copy(held.begin(), held.end(), x_.begin() + uint64_t{j} * c.dim);
+    aux_->Revive(p);
+    act_pos_[j++] = p;
+    --room;
+  }
+  // The last token stays last (its row is where the logits and the next ranking look).
+  if (last_row != j - 1) {
+    float* a = x_.data() + uint64_t{last_row} * c.dim;
+    float* b = x_.data() + uint64_t{j - 1} * c.dim;
+    std::copy(a, a + c.dim, xb_.data());  // xb_ is free between layers
+    std::copy(b, b + c.dim, a);
+    std::copy(xb_.data(), xb_.data() + c.dim, b);
+    std::swap(act_pos_[last_row], act_pos_[j - 1]);
+  }
+  *n = j;
+}
+
+std::vector<uint32_t> DefaultLazyLayers(uint32_t n_layers) {
+  std::vector<uint32_t> layers;
+  for (uint32_t l = n_layers / 4; l + 1 < n_layers; ++l) layers.push_back(l);
+  return layers;
+}
+
+Status ValidateLazy(const LazyOptions& lazy, uint32_t n_layers) {
+  if (!(lazy.keep > 0.0f && lazy.keep <= 1.0f)) {
+    return InvalidArgumentError("--lazy-prefill must be in (0, 1], got " +
+                                std::to_string(lazy.keep));
+  }
+  for (size_t i = 0; i < lazy.layers.size(); ++i) {
+    if (lazy.layers[i] + 1 >= n_layers) {
+      return InvalidArgumentError("--lazy-layers: layer " + std::to_string(lazy.layers[i]) +
+                                  " is not before the last layer (" + std::to_string(n_layers) +
+                                  " layers: at most " +
+                                  std::to_string(n_layers >= 2 ? n_layers - 2 : 0) + ")");
+    }
+    if (i > 0 && lazy.layers[i] <= lazy.layers[i - 1]) {
+      return InvalidArgumentError("--lazy-layers must be increasing");
+    }
+  }
+  if (lazy.enabled() && lazy.layers.empty() && DefaultLazyLayers(n_layers).empty()) {
+    return InvalidArgumentError("--lazy-prefill: a model of " + std::to_string(n_layers) +
+                                " layer(s) has no layer to prune after");
+  }
+  return Status::Ok();
+}
+
+LazyStats Transformer::lazy_stats() const {
+  LazyStats s;
+  if (aux_ == nullptr) return s;
+  s.layer_tokens = layer_tokens_;
+  s.pass_tokens = pass_tokens_;
+  s.flops = flops_;
+  s.dense_flops = dense_flops_;
+  s.prunes = aux_->prunes();
+  s.revivals = aux_->revivals();
+  s.aux_bytes = aux_->held_bytes();
+  s.aux_peak_bytes = aux_->peak_held_bytes();
+  s.aux_capacity_bytes = aux_->resident_bytes();
+  return s;
+}
+
+void Transformer::ResetLazyStats() {
+  if (aux_ == nullptr) return;
+  std::fill(layer_tokens_.begin(), layer_tokens_.end(), 0);
+  pass_tokens_ = flops_ = dense_flops_ = 0;
+  aux_->ResetStats();
 }
 
 Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {

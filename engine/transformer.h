@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/lazy_aux_cache.h"
 #include "engine/arena.h"
 #include "engine/bundle_ffn.h"
 #include "engine/kv_cache.h"
@@ -89,6 +90,44 @@ enum class FfnSparsity : uint8_t {
 };
 std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu", "threshold"
 
+// LazyLLM prompt-token pruning (Fu et al., 2024; docs/architecture.md "Lazy prefill"). At each
+// pruning layer l of a pass that wants the logits of its last token only, that token's attention
+// at layer l, averaged over query heads, ranks the positions layer l holds; the pass goes on
+// through layer l+1 with only the top ceil(f x len) of them (len: the sequence's positions up to
+// that token, which is always kept). f falls linearly over the pruning layers from
+// 1 - (1 - keep) / m at the first to `keep` at the m-th. A token of the pass that falls out is
+// pruned: its residual stream goes to the aux cache (cache/lazy_aux_cache.h) and layers beyond l
+// hold no K/V for it; attention over a layer skips positions that layer never computed. A
+// pruned position whose next missing layer is l+1 and that ranks among the kept ones at layer l
+// of a later pass (e.g. a decode step) is revived: taken back from its stored state and computed
+// from layer l+1 on, at most max_batch tokens per pass. Positions keep their original RoPE
+// positions throughout. keep == 1 is off: the forward pass is exactly the dense one.
+// One sequence only (max_sequences 1); passes that want more logits than the last token's prune
+// nothing (but still skip what earlier passes pruned).
+struct LazyOptions {
+  float keep = 1.0f;
+  // Pruning layers, increasing, each < n_layers - 1; empty: DefaultLazyLayers.
+  std::vector<uint32_t> layers;
+  bool enabled() const { return keep < 1.0f; }
+};
+// Every layer from the first quarter's end (n_layers / 4) to n_layers - 2: LazyLLM prunes later
+// layers more and leaves the first ones, whose attention ranks tokens worst, alone.
+std::vector<uint32_t> DefaultLazyLayers(uint32_t n_layers);
+// Errors: InvalidArgument (keep outside (0, 1], a layer out of range or not increasing, or no
+// layer to prune at).
+Status ValidateLazy(const LazyOptions& lazy, uint32_t n_layers);
+
+// What lazy pruning did (totals since Create or ResetLazyStats).
+struct LazyStats {
+  std::vector<uint64_t> layer_tokens;  // [layer] tokens computed (revived ones included)
+  uint64_t pass_tokens = 0;            // tokens of the passes: each layer's count without pruning
+  uint64_t flops = 0;                  // matmul + attention FLOPs of the layers computed
+  uint64_t dense_flops = 0;            // the same without pruning
+  uint64_t prunes = 0, revivals = 0;   // tokens stored into / taken back from the aux cache
+  uint64_t aux_bytes = 0, aux_peak_bytes = 0;  // aux cache in use now / at most
+  uint64_t aux_capacity_bytes = 0;             // the aux cache's size (LazyAuxCache::BytesNeeded)
+};
+
 struct TransformerOptions {
   uint32_t max_context = 0;    // positions per sequence; 0 = the model's max_seq_len
   uint32_t max_batch = 128;    // tokens per Forward call
@@ -102,6 +141,7 @@ struct TransformerOptions {
   bool selective_fetch = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
   std::vector<float> ffn_thresholds;  // kThreshold: one cut per layer (finite, >= 0)
+  LazyOptions lazy;  // LazyLLM pruning (off by default)
 };
 
 // How the weights are served, as far as the forward pass's buffers depend on it.
@@ -172,6 +212,12 @@ class Transformer {
   // Attention's selection phase (see AttentionPolicy); nullptr (the default): every position.
   // Not owned; must outlive its use by Forward.
   void set_attention_policy(const AttentionPolicy* policy) { policy_ = policy; }
+  // LazyLLM pruning (TransformerOptions::lazy): on, its statistics, and its aux cache (nullptr
+  // when off).
+  bool lazy() const { return aux_ != nullptr; }
+  LazyStats lazy_stats() const;
+  void ResetLazyStats();
+  const cache::LazyAuxCache* lazy_aux() const { return aux_.get(); }
 
  private:
   struct Layout;
@@ -189,6 +235,13 @@ class Transformer {
                        std::span<const uint32_t> selected, bool all, uint32_t kvh,
                        float* out) const;
   Status Ffn(uint32_t layer, const LayerWeights& w, uint32_t n);
+  // After layer `layer` (a pruning layer) of a lazy pass over *n active tokens (positions in
+  // act_pos_, rows of x_, the last one the pass's last token): ranks, prunes and revives (see
+  // LazyOptions), leaving the next layer's active tokens in act_pos_ / x_ (in place; the last
+  // token still last) and their count in *n.
+  void LazyPrune(uint32_t layer, uint32_t* n);
+  // Whether attention over `layer` must skip positions (some position is pruned).
+  bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
   Status Logits(uint32_t rows);
   void Rope(float* v, uint32_t n_heads, uint32_t pos) const;
 
@@ -239,6 +292,18 @@ class Transformer {
   std::span<uint32_t> seq_first_;  // max_sequences: first position of the sequence in the batch
   std::span<uint32_t> seq_next_;   // max_sequences: expected next position (UINT32_MAX: unseen)
   std::span<uint32_t> last_logit_;  // 1: the default logits_for
+  // LazyLLM (TransformerOptions::lazy): the aux cache, per-layer kept fraction (0: not a pruning
+  // layer), buffers, counters.
+  std::unique_ptr<cache::LazyAuxCache> aux_;
+  std::vector<float> lazy_fraction_;  // [layer]
+  std::span<uint32_t> act_pos_;       // max_batch: active tokens' positions (rows of x_)
+  std::span<float> importance_;       // max_context: head-averaged attention of the last token
+  std::span<float> imp_row_;          // max_context: one head's probabilities
+  std::span<uint32_t> order_;         // max_context: ranking candidates
+  std::span<uint8_t> keep_mask_;      // max_context
+  std::vector<uint64_t> layer_tokens_;
+  uint64_t pass_tokens_ = 0, flops_ = 0, dense_flops_ = 0;
+  uint64_t token_layer_flops_ = 0;  // matmul FLOPs of one token through one layer
 };
 
 }  // namespace flashlm::engine

@@ -202,6 +202,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       std::fprintf(stderr, "%s\n", KvStatsLine(**session, es).c_str());
       json["kv"] = KvStatsJson(**session, es);
     }
+    if (model.lazy()) {
+      const engine::EngineStats es = (*session)->stats();
+      std::fprintf(stderr, "%s\n", LazyStatsLine(es).c_str());
+      json["lazy"] = LazyStatsJson(es);
+    }
     if (!f->stats_json.empty()) {
       if (Status st = storage::WriteFileAtomically(f->stats_json, AsBytes(json.dump(1) + "\n"));
           !st.ok()) {

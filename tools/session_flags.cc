@@ -73,6 +73,18 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--thresholds", f->thresholds,
                   "With --sparsity threshold: the thresholds file (default "
                   "STORE/ffn_thresholds.json, written by flashlm calibrate)");
+  cmd->add_option("--max-batch", f->batch,
+                  "Tokens per forward pass (default: the command's; a prompt longer than this is "
+                  "prefilled in several passes)");
+  cmd->add_option("--lazy-prefill", f->lazy_prefill,
+                  "LazyLLM prompt-token pruning: fraction of the prompt's tokens that reach the "
+                  "last layer, in (0, 1]; 1 = off (exact). The prompt should fit one --max-batch: "
+                  "each pass ranks tokens by its own last token's attention")
+      ->capture_default_str();
+  cmd->add_option("--lazy-layers", f->lazy_layers,
+                  "Pruning layers for --lazy-prefill, comma-separated and increasing, each before "
+                  "the last layer (default: every layer from n_layers/4 to n_layers-2); the kept "
+                  "fraction falls linearly over them to --lazy-prefill");
 }
 
 bool SessionFlags::kv_paged() const {
@@ -173,7 +185,70 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--thresholds applies only with --sparsity threshold");
   }
   o->ffn_thresholds_path = f.thresholds;
+  if (f.batch < 0 || f.batch > engine::kContextMax) {
+    return InvalidArgumentError("--max-batch must be in [1, " +
+                                std::to_string(engine::kContextMax) + "]");
+  }
+  if (f.batch > 0) o->transformer.max_batch = static_cast<uint32_t>(f.batch);
+  if (!(f.lazy_prefill > 0.0 && f.lazy_prefill <= 1.0)) {
+    return InvalidArgumentError("--lazy-prefill must be in (0, 1] (1 = off)");
+  }
+  o->transformer.lazy.keep = static_cast<float>(f.lazy_prefill);
+  o->transformer.lazy.layers.clear();
+  if (!f.lazy_layers.empty()) {
+    if (f.lazy_prefill == 1.0) {
+      return InvalidArgumentError("--lazy-layers needs --lazy-prefill below 1");
+    }
+    size_t at = 0;
+    while (at <= f.lazy_layers.size()) {
+      const size_t comma = std::min(f.lazy_layers.find(',', at), f.lazy_layers.size());
+      const std::string item = f.lazy_layers.substr(at, comma - at);
+      char* end = nullptr;
+      const unsigned long v = std::strtoul(item.c_str(), &end, 10);
+      if (item.empty() || item.size() > 6 || end != item.c_str() + item.size() || item[0] == '-' ||
+          item[0] == '+') {
+        return InvalidArgumentError("--lazy-layers: '" + item +
+                                    "' is not a layer number (expected e.g. 1,2,3)");
+      }
+      o->transformer.lazy.layers.push_back(static_cast<uint32_t>(v));
+      at = comma + 1;
+    }
+  }
   return Status::Ok();
+}
+
+std::string LazyStatsLine(const engine::EngineStats& s) {
+  const engine::LazyStats& z = s.lazy;
+  if (z.layer_tokens.empty()) return "";
+  std::string per_layer;
+  for (size_t l = 0; l < z.layer_tokens.size(); ++l) {
+    per_layer += (l ? "/" : "") + std::to_string(z.layer_tokens[l]);
+  }
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "lazy: tokens per layer %s of %llu, FLOPs %.1f%% of dense (%.3g saved), pruned "
+                "%llu, revived %llu, aux cache %s now / %s peak / %s size",
+                per_layer.c_str(), static_cast<unsigned long long>(z.pass_tokens),
+                z.dense_flops ? 100.0 * static_cast<double>(z.flops) / z.dense_flops : 100.0,
+                static_cast<double>(z.dense_flops) - static_cast<double>(z.flops),
+                static_cast<unsigned long long>(z.prunes),
+                static_cast<unsigned long long>(z.revivals), FormatBytes(z.aux_bytes).c_str(),
+                FormatBytes(z.aux_peak_bytes).c_str(), FormatBytes(z.aux_capacity_bytes).c_str());
+  return buf;
+}
+
+nlohmann::json LazyStatsJson(const engine::EngineStats& s) {
+  const engine::LazyStats& z = s.lazy;
+  if (z.layer_tokens.empty()) return nullptr;
+  return {{"layer_tokens", z.layer_tokens},
+          {"pass_tokens", z.pass_tokens},
+          {"flops", z.flops},
+          {"dense_flops", z.dense_flops},
+          {"pruned", z.prunes},
+          {"revived", z.revivals},
+          {"aux_bytes", z.aux_bytes},
+          {"aux_peak_bytes", z.aux_peak_bytes},
+          {"aux_capacity_bytes", z.aux_capacity_bytes}};
 }
 
 std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) {

@@ -47,6 +47,9 @@ struct SessionFlags {
   std::string kv_topn = "all";
   std::string kv_fetch = "pages";
   CLI::Option* kv_options[5] = {};
+  int64_t batch = 0;          // tokens per forward pass; 0: the command's default
+  double lazy_prefill = 1.0;  // LazyLLM: fraction of prompt tokens reaching the last layer
+  std::string lazy_layers;    // comma-separated pruning layers; empty: the default rule
   bool kv_paged() const;
   std::string thresholds;  // --thresholds FILE
   bool budgeted() const { return !mem_budget.empty(); }
@@ -69,6 +72,11 @@ nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& 
 // hit rate. Empty for a checkpoint.
 std::string FfnStatsLine(const engine::EngineStats& stats);
 nlohmann::json FfnStatsJson(const engine::EngineStats& stats);
+// Lazy pruning's line for stderr: tokens computed per layer against the passes' tokens, FLOPs
+// against dense, tokens pruned and revived, the aux cache in use / at peak / its size. Empty
+// when pruning is off. And the same as JSON (null when off).
+std::string LazyStatsLine(const engine::EngineStats& stats);
+nlohmann::json LazyStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
 nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.

@@ -135,6 +135,19 @@ TEST(AllocationTest, DecodeInDramAllocatesNothing) {
   EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0);
 }
 
+// With lazy pruning (aux cache, masking, revival during decode).
+TEST(AllocationTest, LazyDecodeAllocatesNothing) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 128;
+  o.transformer.lazy.keep = 0.3f;
+  auto session = Session::Open(gguf.string(), o);
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  EXPECT_EQ(AllocationsPerDecode(**session, 40, false), 0);
+  EXPECT_GT((*session)->stats().lazy.prunes, 0u);
+}
+
 // Out of core: at the minimum budget (attention, bundles and the classifier stream, embedding
 // rows on demand), half way to everything resident, unlimited; pipelined, naive, one read per
 // bundle.

@@ -199,5 +199,37 @@ TEST(EngineCommandsTest, PerplexityIsFiniteAndLowOnModelText) {
   EXPECT_LT(ppl, 5.0);
 }
 
+// Lazy prefill from the command line: --lazy-prefill 1 prints the golden greedy text (exact),
+// a pruning run prints its `lazy:` line and JSON, bad values fail with nothing on stdout.
+TEST(EngineCommandsTest, LazyPrefillFlags) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  FLASHLM_REQUIRE_SHARED_MODEL(txt, "stories260K/golden_greedy_t0_256steps.txt");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string json = (dir / "s.json").string();
+  const std::string g = "generate " + gguf.string() + " -n 256 --temp 0 --threads 2";
+  CmdRun exact = Flashlm(g + " --lazy-prefill 1.0");
+  ASSERT_EQ(exact.exit_code, 0) << exact.err;
+  std::string golden = ReadFile(txt);
+  while (!golden.empty() && golden.back() == '\n') golden.pop_back();
+  EXPECT_EQ(exact.out, golden + "\n");
+  EXPECT_EQ(exact.err.find("lazy:"), std::string::npos);
+  CmdRun lazy = Flashlm(g + " --lazy-prefill 0.5 --lazy-layers 1,3 --max-batch 64 --stats-json " +
+                        json + " -p 'Once upon a time, there was a little dog'");
+  ASSERT_EQ(lazy.exit_code, 0) << lazy.err;
+  EXPECT_NE(lazy.err.find("lazy: tokens per layer"), std::string::npos) << lazy.err;
+  const nlohmann::json stats = nlohmann::json::parse(ReadFile(json));
+  EXPECT_GT(stats["lazy"]["pruned"].get<uint64_t>(), 0u) << stats.dump();
+  for (const std::string& bad :
+       {g + " --lazy-prefill 0", g + " --lazy-prefill 1.5", g + " --lazy-prefill x",
+        g + " --lazy-prefill 0.5 --lazy-layers 4", g + " --lazy-prefill 0.5 --lazy-layers 2,1",
+        g + " --lazy-prefill 0.5 --lazy-layers a", g + " --lazy-prefill 0.5 --lazy-layers 1,,2",
+        g + " --lazy-layers 1", g + " --lazy-prefill 0.5 --kv-topn 8",
+        g + " --lazy-prefill 0.5 --kv-page-tokens 16", g + " --max-batch -1"}) {
+    CmdRun b = Flashlm(bad);
+    EXPECT_NE(b.exit_code, 0) << bad;
+    EXPECT_TRUE(b.out.empty()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::tools

@@ -1,0 +1,54 @@
+#include "cache/lazy_aux_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace flashlm::cache {
+namespace {
+
+TEST(LazyAuxCacheTest, SizesAndBadArguments) {
+  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10), 10u * (8 * 4 + 4));
+  EXPECT_FALSE(LazyAuxCache::Create(0, 8, 10).ok());
+  EXPECT_FALSE(LazyAuxCache::Create(4, 0, 10).ok());
+  EXPECT_FALSE(LazyAuxCache::Create(4, 8, 0).ok());
+  auto c = LazyAuxCache::Create(4, 8, 10);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->resident_bytes(), LazyAuxCache::BytesNeeded(8, 10));
+}
+
+TEST(LazyAuxCacheTest, PruneReviveResetKeepStateAndCounts) {
+  auto made = LazyAuxCache::Create(5, 3, 6);
+  ASSERT_TRUE(made.ok());
+  LazyAuxCache& c = **made;
+  for (uint32_t p = 0; p < 6; ++p) EXPECT_EQ(c.computed_layers(p), 5u);
+  const std::vector<float> h2 = {1, 2, 3}, h4 = {4, 5, 6};
+  c.Prune(2, 3, h2);  // layers 0..2 computed: layer 3's input kept
+  c.Prune(4, 1, h4);
+  EXPECT_EQ(c.held(), 2u);
+  EXPECT_EQ(c.held_bytes(), 2u * 3 * 4);
+  EXPECT_TRUE(c.present(2, 2));
+  EXPECT_FALSE(c.present(3, 2));
+  EXPECT_TRUE(c.present(0, 4));
+  EXPECT_FALSE(c.present(1, 4));
+  EXPECT_EQ(std::vector<float>(c.hidden(2).begin(), c.hidden(2).end()), h2);
+  EXPECT_EQ(std::vector<float>(c.hidden(4).begin(), c.hidden(4).end()), h4);
+  c.Revive(2);
+  EXPECT_EQ(c.computed_layers(2), 5u);
+  EXPECT_EQ(c.held(), 1u);
+  // Pruned again later, at a deeper layer: the slot is overwritten.
+  const std::vector<float> h2b = {7, 8, 9};
+  c.Prune(2, 4, h2b);
+  EXPECT_EQ(std::vector<float>(c.hidden(2).begin(), c.hidden(2).end()), h2b);
+  c.Reset(4);  // rewound: recomputed from layer 0, not a revival
+  EXPECT_EQ(c.held(), 1u);
+  EXPECT_EQ(c.prunes(), 3u);
+  EXPECT_EQ(c.revivals(), 1u);
+  EXPECT_EQ(c.peak_held_bytes(), 2u * 3 * 4);
+  c.ResetStats();
+  EXPECT_EQ(c.prunes(), 0u);
+  EXPECT_EQ(c.peak_held_bytes(), 1u * 3 * 4);
+}
+
+}  // namespace
+}  // namespace flashlm::cache

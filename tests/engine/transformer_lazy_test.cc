@@ -1,0 +1,284 @@
+// LazyLLM prompt-token pruning in the forward pass (TransformerOptions::lazy) and its aux cache:
+// off and "nothing to prune" are bit-identical to the dense pass; pruning computes the scheduled
+// number of tokens per layer; revival computes a pruned token's missing layer from its stored
+// state; bad options are refused.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <vector>
+
+#include "engine/generator.h"
+#include "engine/session.h"
+#include "layout/checkpoint.h"
+#include "layout/repack.h"
+#include "layout/synth.h"
+#include "tests/engine/test_models.h"
+#include "tests/test_util.h"
+
+namespace flashlm::engine {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Trace {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;  // the prefill's, then each decode step's
+  EngineStats stats;
+};
+
+// A prompt of `n` token ids: a story text's tokens, repeated.
+std::vector<int32_t> Prompt(const Tokenizer& tok, uint32_t n) {
+  const std::vector<int32_t> text = tok.Encode(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park with her dog Max. One day, Lily saw a big red ball under a tree. She ran to get it, "
+      "but a bird flew down and took it away. Lily was sad, but Max barked and ran after the "
+      "bird. The bird dropped the ball and Lily laughed.",
+      true);
+  std::vector<int32_t> ids;
+  while (ids.size() < n) ids.push_back(text[ids.size() % text.size()]);
+  return ids;
+}
+
+Result<Trace> RunTrace(const std::string& model, const std::string& tokenizer,
+                       const LazyOptions& lazy, uint32_t prompt_tokens, uint32_t steps,
+                       uint32_t batch = 512) {
+  SessionOptions o;
+  o.threads = 2;
+  o.tokenizer_path = tokenizer;
+  o.transformer.max_context = 512;
+  o.transformer.max_batch = batch;
+  o.transformer.lazy = lazy;
+  ASSIGN_OR_RETURN(std::unique_ptr<Session> s, Session::Open(model, o));
+  Trace t;
+  t.ids = Prompt(s->tokenizer(), prompt_tokens);
+  std::span<const float> logits;
+  ASSIGN_OR_RETURN(logits, Prefill(s->model(), t.ids, 0));
+  for (uint32_t i = 0; i < steps; ++i) {
+    t.logits.insert(t.logits.end(), logits.begin(), logits.end());
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    t.ids.push_back(next);
+    ASSIGN_OR_RETURN(logits, s->model().Forward(std::span<const int32_t>(&t.ids.back(), 1),
+                                                static_cast<uint32_t>(t.ids.size() - 1)));
+  }
+  t.stats = s->stats();
+  return t;
+}
+
+// keep 1 is off (no aux cache); keep 0.9999 turns the lazy path on but, for prompts of fewer
+// than 10^4 tokens, ceil(f x len) keeps every token: both must equal the dense pass bit for bit
+// (logits of the prefill and of every greedy step), prefilled in one pass and in several.
+void ExpectOffIsExact(const std::string& model, const std::string& tokenizer,
+                      const std::string& name) {
+  for (uint32_t batch : {512u, 64u}) {
+    auto want = RunTrace(model, tokenizer, LazyOptions{}, 300, 40, batch);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    EXPECT_TRUE(want->stats.lazy.layer_tokens.empty());
+    for (float keep : {1.0f, 0.9999f}) {
+      LazyOptions lazy;
+      lazy.keep = keep;
+      auto got = RunTrace(model, tokenizer, lazy, 300, 40, batch);
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(got->ids, want->ids) << name << " keep " << keep << " batch " << batch;
+      EXPECT_TRUE(got->logits == want->logits) << name << " keep " << keep << " batch " << batch;
+      if (keep < 1.0f) {
+        EXPECT_EQ(got->stats.lazy.prunes, 0u);
+        EXPECT_EQ(got->stats.lazy.flops, got->stats.lazy.dense_flops);
+        ASSERT_EQ(got->stats.lazy.layer_tokens.size(), got->stats.lazy.layer_tokens.size());
+        for (uint64_t n : got->stats.lazy.layer_tokens) EXPECT_EQ(n, 300u + 40u);
+      }
+    }
+  }
+}
+
+TEST(TransformerLazyTest, Stories260KOffIsBitIdenticalToDense) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  ExpectOffIsExact(bin.string(), tok.string(), "stories260K");
+}
+
+TEST(TransformerLazyTest, SynthModelOffIsBitIdenticalToDense) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.max_seq_len = std::max(so.config.max_seq_len, 512u);
+  so.dtype = layout::DType::kQ8_0;
+  so.seed = 9;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  ExpectOffIsExact(so.out_path, "", "synth-tiny");
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  ExpectOffIsExact(store, "", "synth-tiny store");
+}
+
+// stories260K has 5 layers: the default pruning layers are 1, 2, 3 and the kept fractions after
+// them 1 - 0.6/3, 1 - 1.2/3, 0.4 for keep 0.4.
+TEST(TransformerLazyTest, PruningComputesTheScheduledTokensPerLayer) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  EXPECT_EQ(DefaultLazyLayers(5), (std::vector<uint32_t>{1, 2, 3}));
+  EXPECT_EQ(DefaultLazyLayers(12), (std::vector<uint32_t>{3, 4, 5, 6, 7, 8, 9, 10}));
+  LazyOptions lazy;
+  lazy.keep = 0.4f;
+  const uint32_t n = 400;
+  auto got = RunTrace(bin.string(), tok.string(), lazy, n, 0);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  const LazyStats& z = got->stats.lazy;
+  auto ceil_of = [&](float f) { return static_cast<uint64_t>(std::ceil(double{f} * n)); };
+  const std::vector<uint64_t> want = {n, n, ceil_of(1.0f - 0.6f / 3), ceil_of(1.0f - 1.2f / 3),
+                                      ceil_of(0.4f)};
+  EXPECT_EQ(z.layer_tokens, want);
+  EXPECT_EQ(z.pass_tokens, n);
+  EXPECT_EQ(z.prunes, n - want[4]);
+  EXPECT_EQ(z.revivals, 0u);
+  EXPECT_EQ(z.aux_bytes, (n - want[4]) * 64 * sizeof(float));  // dim 64
+  EXPECT_EQ(z.aux_capacity_bytes, cache::LazyAuxCache::BytesNeeded(64, 512));
+  EXPECT_LT(z.flops, z.dense_flops);
+  // Explicit layers: prune after layer 0 only, to 0.25.
+  lazy.layers = {0};
+  lazy.keep = 0.25f;
+  got = RunTrace(bin.string(), tok.string(), lazy, n, 0);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->stats.lazy.layer_tokens, (std::vector<uint64_t>{n, n / 4, n / 4, n / 4, n / 4}));
+}
+
+// After a lazy prefill, decode steps revive pruned tokens. A revived token's first missing
+// layer d is computed from the hidden state the aux cache stored: its K and V rows in layer d
+// must be what RMSNorm, W_k / W_v and RoPE at its original position give for that state
+// (computed here by the scalar reference's arithmetic), and its rows in layers below d must
+// not have been touched.
+TEST(TransformerLazyTest, RevivalComputesTheMissingLayerFromTheStoredState) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  testing::RefWeights w;
+  ASSERT_TRUE(testing::ReadLlama2c(bin.string(), w));
+  SessionOptions o;
+  o.threads = 2;
+  o.tokenizer_path = tok.string();
+  o.transformer.max_context = 512;
+  o.transformer.max_batch = 512;
+  o.transformer.lazy.keep = 0.3f;
+  auto s = Session::Open(bin.string(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Transformer& model = (*s)->model();
+  const layout::ModelConfig& c = model.config();
+  const uint32_t kv = c.n_kv_heads * c.head_dim, d = c.dim;
+  std::vector<int32_t> ids = Prompt((*s)->tokenizer(), 300);
+  auto logits = Prefill(model, ids, 0);
+  ASSERT_TRUE(logits.ok());
+  const cache::LazyAuxCache& aux = *model.lazy_aux();
+  ASSERT_GT(aux.held(), 0u);
+  // Every held token's stored state and layer count, and its K rows below that layer.
+  std::vector<uint32_t> layers(ids.size());
+  std::vector<std::vector<float>> held(ids.size()), k_below(ids.size());
+  auto row = [&](uint32_t layer, uint32_t pos, bool value) {
+    const KvRows r =
+        value ? model.kv_cache().Values(layer, 0, pos, 1) : model.kv_cache().Keys(layer, 0, pos, 1);
+    const float* f = reinterpret_cast<const float*>(r.data);
+    return std::vector<float>(f, f + kv);
+  };
+  for (uint32_t p = 0; p < ids.size(); ++p) {
+    layers[p] = aux.computed_layers(p);
+    if (layers[p] == c.n_layers) continue;
+    held[p].assign(aux.hidden(p).begin(), aux.hidden(p).end());
+    for (uint32_t l = 0; l < layers[p]; ++l) {
+      const std::vector<float> k = row(l, p, false);
+      k_below[p].insert(k_below[p].end(), k.begin(), k.end());
+    }
+  }
+  // One decode step at a time until some token is revived.
+  uint64_t revived = 0;
+  std::vector<uint32_t> checked;
+  for (int step = 0; step < 20 && checked.empty(); ++step) {
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+    ids.push_back(next);
+    logits = model.Forward(std::span<const int32_t>(&ids.back(), 1),
+                           static_cast<uint32_t>(ids.size() - 1));
+    ASSERT_TRUE(logits.ok());
+    for (uint32_t p = 0; p + 1 < ids.size() && p < layers.size(); ++p) {
+      if (layers[p] == c.n_layers || aux.computed_layers(p) <= layers[p]) continue;
+      checked.push_back(p);
+      const uint32_t l = layers[p];
+      // The reference: x -> RMSNorm(attn_norm of l) -> W_k, W_v of l -> RoPE(K) at p.
+      std::vector<float> xb(d), k(kv), v(kv);
+      float ss = 0;
+      for (uint32_t i = 0; i < d; ++i) ss += held[p][i] * held[p][i];
+      ss = 1.0f / std::sqrt(ss / d + c.norm_eps);
+      for (uint32_t i = 0; i < d; ++i) xb[i] = w.rms_att[uint64_t{l} * d + i] * (ss * held[p][i]);
+      for (uint32_t r = 0; r < kv; ++r) {
+        float sk = 0, sv = 0;
+        for (uint32_t j = 0; j < d; ++j) {
+          sk += w.wk[(uint64_t{l} * kv + r) * d + j] * xb[j];
+          sv += w.wv[(uint64_t{l} * kv + r) * d + j] * xb[j];
+        }
+        k[r] = sk;
+        v[r] = sv;
+      }
+      for (uint32_t i = 0; i < kv; i += 2) {
+        const uint32_t j = i % c.head_dim;
+        const float freq = 1.0f / std::pow(c.rope_theta, j / static_cast<float>(c.head_dim));
+        const float a = k[i], b = k[i + 1], fc = std::cos(p * freq), fs = std::sin(p * freq);
+        k[i] = a * fc - b * fs;
+        k[i + 1] = a * fs + b * fc;
+      }
+      const std::vector<float> got_k = row(l, p, false), got_v = row(l, p, true);
+      for (uint32_t i = 0; i < kv; ++i) {
+        EXPECT_NEAR(got_k[i], k[i], 1e-4f * (1 + std::abs(k[i]))) << "pos " << p << " layer " << l;
+        EXPECT_NEAR(got_v[i], v[i], 1e-4f * (1 + std::abs(v[i]))) << "pos " << p << " layer " << l;
+      }
+      std::vector<float> below;
+      for (uint32_t j = 0; j < l; ++j) {
+        const std::vector<float> kj = row(j, p, false);
+        below.insert(below.end(), kj.begin(), kj.end());
+      }
+      EXPECT_TRUE(below == k_below[p]) << "pos " << p << ": layers below " << l << " recomputed";
+    }
+    revived = (*s)->stats().lazy.revivals;
+  }
+  EXPECT_FALSE(checked.empty()) << "no token was revived in 20 decode steps";
+  EXPECT_GE(revived, checked.size());
+}
+
+TEST(TransformerLazyTest, BadOptionsAreRefused) {
+  for (float keep : {0.0f, -0.5f, 1.5f, std::nanf("")}) {
+    LazyOptions lazy;
+    lazy.keep = keep;
+    EXPECT_EQ(ValidateLazy(lazy, 5).code(), StatusCode::kInvalidArgument) << keep;
+  }
+  LazyOptions lazy;
+  lazy.keep = 0.5f;
+  EXPECT_TRUE(ValidateLazy(lazy, 5).ok());
+  EXPECT_EQ(ValidateLazy(lazy, 1).code(), StatusCode::kInvalidArgument);  // nothing to prune at
+  lazy.layers = {4};  // the last layer: nothing after it
+  EXPECT_EQ(ValidateLazy(lazy, 5).code(), StatusCode::kInvalidArgument);
+  lazy.layers = {2, 1};
+  EXPECT_EQ(ValidateLazy(lazy, 5).code(), StatusCode::kInvalidArgument);
+  lazy.layers = {1, 1};
+  EXPECT_EQ(ValidateLazy(lazy, 5).code(), StatusCode::kInvalidArgument);
+  lazy.layers = {0, 3};
+  EXPECT_TRUE(ValidateLazy(lazy, 5).ok());
+
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  SessionOptions o;
+  o.tokenizer_path = tok.string();
+  o.transformer.max_context = 128;
+  o.transformer.lazy.keep = 0.5f;
+  o.transformer.lazy.layers = {7};
+  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
+  o.transformer.lazy.layers = {};
+  o.kv.paged = true;
+  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
+  o.kv.paged = false;
+  o.transformer.max_sequences = 2;
+  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace flashlm::engine
