@@ -126,6 +126,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       if ((*session)->store() == nullptr) {
         return usage("--prompt-cache needs a flashlm store (the cache is tied to its identity)");
       }
+      if (f->session.lazy_prefill < 1.0) {
+        // A pruned prompt's KV lacks the pruned positions' upper layers (they live in the aux
+        // cache, which the prompt cache does not save): saving or restoring it would be wrong.
+        return usage("--prompt-cache does not run with --lazy-prefill below 1 yet");
+      }
       cache_key = engine::PromptCacheKey::For((*session)->store_identity(), model.config(),
                                               model.kv_cache().dtype());
       const uint64_t t0 = storage::NowNs();

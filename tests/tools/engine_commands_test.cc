@@ -169,6 +169,11 @@ TEST(EngineCommandsTest, GeneratePromptCacheReusesAndRefuses) {
                               " -n 3 --prompt-cache " + cache);
   EXPECT_NE(checkpoint.exit_code, 0);
   EXPECT_NE(checkpoint.err.find("needs a flashlm store"), std::string::npos) << checkpoint.err;
+  // A pruned prompt's KV is incomplete: the cache refuses to run with lazy prefill, file untouched.
+  CmdRun lazy = Flashlm(base + prompt + " --lazy-prefill 0.5");
+  EXPECT_EQ(lazy.exit_code, 2) << lazy.err;
+  EXPECT_NE(lazy.err.find("--lazy-prefill"), std::string::npos) << lazy.err;
+  EXPECT_EQ(ReadFile(cache), damaged);
 }
 
 TEST(EngineCommandsTest, TokenizeEveryKindOfSource) {
