@@ -67,6 +67,12 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
       return InvalidArgumentError(
           "--lazy-prefill does not run with a paged KV cache or --kv-topn yet (flat f32 KV only)");
     }
+    if (o.observe_ffn) {
+      // Activation statistics and calibration count every token at every layer: pruned tokens
+      // would silently drop out of the upper layers' figures.
+      return InvalidArgumentError(
+          "--lazy-prefill cannot be used when collecting FFN statistics (activations, calibrate)");
+    }
   }
   return o;
 }

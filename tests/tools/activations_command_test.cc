@@ -186,6 +186,7 @@ TEST(ActivationsCommandTest, BadInputExitsWithUsageError) {
       {a + out + " --top-fraction 1.5", "--top-fraction"},
       {a + out + " --threshold -1", "--threshold"},
       {a + out + " --ctx 0", "--ctx"},
+      {a + out + " --lazy-prefill 0.5", "--lazy-prefill cannot be used"},
       {a + out + " --ctx 100000", "exceeds"},
       {a + " --out " + (dir / "no" / "such" / "a.json").string(), "no folder"},
       {a, "--out"},
