@@ -341,9 +341,9 @@ TEST(ServeCommandTest, ConcurrentMixedLoadLeavesTheServerHealthy) {
           if (kind == 1) req["stream"] = true;
           auto res = cli.Post("/v1/completions", req.dump(), "application/json");
           if (!res || res->status != 200) {
-            failures[c].push_back(
-                "good request: " +
-                (res ? std::to_string(res->status) + " " + res->body : std::string("no answer")));
+            failures[c].push_back("good request: " +
+                                  (res ? std::to_string(res->status) + " " + res->body
+                                       : "no answer (" + httplib::to_string(res.error()) + ")"));
             continue;
           }
           std::string text;
@@ -367,7 +367,9 @@ TEST(ServeCommandTest, ConcurrentMixedLoadLeavesTheServerHealthy) {
           if (res && res->status == 400) {
             ++bad_ok;
           } else {
-            failures[c].push_back("malformed: " + (res ? std::to_string(res->status) : "none"));
+            failures[c].push_back("malformed: " +
+                                  (res ? std::to_string(res->status)
+                                       : "none (" + httplib::to_string(res.error()) + ")"));
           }
         } else if (kind == 3) {  // oversized: a prompt beyond the context, or a body beyond 16 KiB
           const std::string body =
@@ -377,7 +379,9 @@ TEST(ServeCommandTest, ConcurrentMixedLoadLeavesTheServerHealthy) {
           if (res && res->status == want_status) {
             ++bad_ok;
           } else {
-            failures[c].push_back("oversized: " + (res ? std::to_string(res->status) : "none"));
+            failures[c].push_back("oversized: " +
+                                  (res ? std::to_string(res->status)
+                                       : "none (" + httplib::to_string(res.error()) + ")"));
           }
         } else {  // disconnect mid-stream
           const json req = {{"prompt", prompts[p]}, {"max_tokens", 200}, {"stream", true}};
