@@ -27,13 +27,12 @@ Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ooc import drop_caches, run_llama  # noqa: E402
+from bench_ooc import drop_caches, med, run_llama  # noqa: E402
 
 
 def run_flashlm(exe, store, budget, n, threads, flags):
@@ -64,11 +63,6 @@ def run_flashlm(exe, store, budget, n, threads, flags):
         "lru_hits": ffn.get("bundles_cached", 0) / passes,
         "text": " ".join(p.stderr.splitlines()[-3:]),
     }
-
-
-def med(rows, key):
-    vals = [r[key] for r in rows if key in r]
-    return statistics.median(vals) if vals else None
 
 
 def main():
