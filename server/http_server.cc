@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <ctime>
@@ -110,6 +111,11 @@ std::string RouteOf(const std::string& path) {
   return "other";
 }
 
+void ReuseAddress(int fd) {
+  int yes = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+}
+
 }  // namespace
 
 HttpServer::HttpServer(const ServerOptions& options)
@@ -129,6 +135,16 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Create(const ServerOptions& opti
   s->http_->set_read_timeout(10);
   s->http_->set_write_timeout(10);
   s->Routes();
+  // httplib (Debian's 0.11) listens with a backlog of 5: a burst of connections beyond the free
+  // worker threads would see SYNs dropped and retried a second later. Keep the bound socket's
+  // descriptor and listen again with the system's limit once it is bound (Linux updates the
+  // backlog of a listening socket). SO_REUSEADDR only: a second server on a busy port must fail
+  // to bind, not share the port as httplib's default SO_REUSEPORT would let it.
+  int bound_fd = -1;
+  s->http_->set_socket_options([&bound_fd](int fd) {
+    ReuseAddress(fd);
+    bound_fd = fd;
+  });
   if (options.port == 0) {
     s->port_ = s->http_->bind_to_any_port(options.host);
     if (s->port_ <= 0) return IoError("cannot bind " + options.host + " to a free port");
@@ -137,6 +153,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Create(const ServerOptions& opti
       return IoError("cannot bind " + options.host + ":" + std::to_string(options.port));
     }
     s->port_ = options.port;
+  }
+  s->http_->set_socket_options(ReuseAddress);  // the lambda above refers to this frame
+  if (bound_fd >= 0 && ::listen(bound_fd, SOMAXCONN) != 0) {
+    return IoError("cannot listen on " + options.host);
   }
   return s;
 }

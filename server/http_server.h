@@ -53,7 +53,10 @@ struct ServerOptions {
 
 class HttpServer {
  public:
-  // Binds host:port. Errors: InvalidArgument (bad options), IoError (the port cannot be bound).
+  // Binds host:port and listens with the system's backlog (SOMAXCONN), so connections beyond
+  // the free worker threads wait in the kernel's queue instead of being dropped. The port is not
+  // shared: a second server on a bound port fails. Errors: InvalidArgument (bad options),
+  // IoError (the port cannot be bound).
   static Result<std::unique_ptr<HttpServer>> Create(const ServerOptions& options);
   ~HttpServer();
 
