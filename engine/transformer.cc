@@ -196,9 +196,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
     if (options.max_sequences != 1) {
       return InvalidArgumentError("lazy prefill runs one sequence (max_sequences 1)");
     }
-    if (options.selective_fetch || (kv != nullptr && kv->spills())) {
-      return InvalidArgumentError("lazy prefill needs a KV cache in DRAM without top-N fetch");
-    }
   }
   if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
@@ -377,9 +374,13 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   if (all) {
     const bool masking = Masking();
     for (uint32_t p = 0; p < len;) {
+      if (masking && !aux_->present(layer, p)) {  // never written: skipped (its page may not
+        ++p;                                      // exist in a paged cache)
+        continue;
+      }
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
       for (uint32_t i = 0; i < rows.count; ++i) {
-        if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
+        if (masking && !aux_->present(layer, p + i)) continue;
         KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
@@ -394,6 +395,21 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
     const KvRows row = kv_->Values(layer, seq, p, 1);
     KvAxpy(scores[p] * inv, row, 0, kvh * hd, out, hd);
   }
+}
+
+// Positions the layer never computed have probability 0 and rank last: the policy picks one
+// only when fewer than its N positions have a non-zero probability. They are dropped (their V
+// row does not exist), which changes no sum (a weight of 0), so the selection is the policy's
+// top N among the positions the layer holds. Keeping every position stays `len` (exact path).
+uint32_t Transformer::DropAbsent(uint32_t layer, uint32_t len, uint32_t chosen,
+                                 std::span<uint32_t> selected) const {
+  if (!Masking() || chosen == len) return chosen;
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < chosen; ++i) {
+    if (aux_->present(layer, selected[i])) selected[kept++] = selected[i];
+  }
+  CHECK_GE(kept, 1u);  // the attending token holds its own position
+  return kept;
 }
 
 // Causal attention for every token of the batch: work items are (token, head) pairs; each
@@ -418,6 +434,7 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
                                  selected.first(len));
         CHECK_GE(chosen, 1u);
         CHECK_LE(chosen, len);
+        chosen = DropAbsent(layer, len, chosen, selected);
       }
       float* out = att_out_.data() + uint64_t{t} * q_dim_ + uint64_t{h} * hd;
       AttentionValues(layer, seq, len, scores, selected.first(chosen), chosen == len, h / group,
@@ -430,7 +447,7 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
 // position are made resident (one batch of reads), then phase 3 for every head.
 Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) {
   const layout::ModelConfig& c = config_;
-  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t n = static_cast<uint32_t>(batch.positions.size());
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   for (uint32_t t = 0; t < n; ++t) {
     const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
@@ -444,13 +461,17 @@ Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) 
                                                 item_selected_.subspan(h * max_context_, len));
         CHECK_GE(chosen, 1u);
         CHECK_LE(chosen, len);
-        item_chosen_[h] = chosen;
+        item_chosen_[h] =
+            DropAbsent(layer, len, chosen, item_selected_.subspan(h * max_context_, len));
       }
     });
     std::fill(needed_.begin(), needed_.begin() + len, uint8_t{0});
     for (uint32_t h = 0; h < c.n_heads; ++h) {
       const uint32_t* sel = item_selected_.data() + uint64_t{h} * max_context_;
-      for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
+      for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
+        // (every position when the policy kept all of them: only those the layer holds)
+        if (!Masking() || aux_->present(layer, sel[i])) needed_[sel[i]] = 1;
+      }
     }
     RETURN_IF_ERROR(kv_->FetchValuePositions(layer, seq, len, needed_.first(len)));
     pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
@@ -539,7 +560,16 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
   auto seq_of = [&](uint32_t t) { return batch.sequences.empty() ? 0u : batch.sequences[t]; };
   // A failed pass may have overwritten rows from each sequence's first position here on: the
   // sequence is cut back to that position.
+  // With lazy pruning, a pass that revived tokens may have filled rows below its first
+  // position (KvCache::Fill) before failing: the sequence goes back to empty and every state
+  // held is dropped (nothing below can be vouched for).
+  bool revived = false;
   auto fail = [&](const Status& st) {
+    if (aux_ != nullptr && revived) {
+      for (uint32_t p = 0; p < std::max(kv_->length(0), seq_next_[0]); ++p) aux_->Reset(p);
+      kv_->SetLength(0, 0);
+      return st;
+    }
     for (uint32_t t = 0; t < n; ++t) kv_->SetLength(seq_of(t), seq_first_[seq_of(t)]);
     return st;
   };
@@ -584,15 +614,19 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, active.positions[t]);
       Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, active.positions[t]);
       const uint32_t seq = active.sequences.empty() ? 0u : active.sequences[t];
-      Status st =
-          kv_->Write(l, seq, active.positions[t], k_.subspan(uint64_t{t} * kv_dim_, kv_dim_),
-                     v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
+      const uint32_t pos = active.positions[t];
+      // A revived token (a position of an earlier pass, below this one's first): its row of
+      // this layer is filled in, nothing after it is dropped.
+      const bool fill = aux_ != nullptr && pos < seq_first_[seq];
+      const std::span<const float> k_row = k_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
+      const std::span<const float> v_row = v_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
+      Status st = fill ? kv_->Fill(l, seq, pos, k_row, v_row) : kv_->Write(l, seq, pos, k_row, v_row);
       if (!st.ok()) return fail(st);
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
     const auto attention_start = std::chrono::steady_clock::now();
     if (selective_fetch_ && policy_ != nullptr && kv_->spills()) {
-      if (Status st = AttentionSelective(l, batch); !st.ok()) {
+      if (Status st = AttentionSelective(l, active); !st.ok()) {
         kv_->ReleaseValues();
         return fail(st);
       }
@@ -600,7 +634,15 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       for (uint32_t t = 0; t < n; ++t) {
         const uint32_t seq = seq_of(t);
         if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
-        Status st = kv_->FetchValues(l, seq, seq_next_[seq]);
+        Status st;
+        if (Masking()) {
+          // Only the positions this layer holds: a page none of them is in may not exist.
+          const uint32_t len = seq_next_[seq];
+          for (uint32_t p = 0; p < len; ++p) keep_mask_[p] = aux_->present(l, p) ? 1 : 0;
+          st = kv_->FetchValuePositions(l, seq, len, keep_mask_.first(len));
+        } else {
+          st = kv_->FetchValues(l, seq, seq_next_[seq]);
+        }
         if (!st.ok()) {
           kv_->ReleaseValues();
           return fail(st);
@@ -629,7 +671,9 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       layer_tokens_[l] += n_act;
       flops_ += n_act * token_layer_flops_ + 4 * attn * q_dim_;
       if (prune && lazy_fraction_[l] > 0.0f) {
+        const uint64_t revivals = aux_->revivals();
         LazyPrune(l, &n_act);
+        revived = revived || aux_->revivals() != revivals;
         active.positions = act_pos_.first(n_act);
       }
     }

@@ -234,6 +234,10 @@ class Transformer {
   void AttentionValues(uint32_t layer, uint32_t seq, uint32_t len, const float* scores,
                        std::span<const uint32_t> selected, bool all, uint32_t kvh,
                        float* out) const;
+  // Removes from the policy's `chosen` selected positions those `layer` never computed (lazy
+  // pruning) and returns how many remain.
+  uint32_t DropAbsent(uint32_t layer, uint32_t len, uint32_t chosen,
+                      std::span<uint32_t> selected) const;
   Status Ffn(uint32_t layer, const LayerWeights& w, uint32_t n);
   // After layer `layer` (a pruning layer) of a lazy pass over *n active tokens (positions in
   // act_pos_, rows of x_, the last one the pass's last token): ranks, prunes and revives (see
