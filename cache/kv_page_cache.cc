@@ -257,7 +257,7 @@ Status KvPageCache::MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t p
 }
 
 Result<KvPageCache::FillTarget> KvPageCache::BeginFill(uint32_t seq, uint32_t layer,
-                                                      uint64_t page) {
+                                                       uint64_t page) {
   const uint64_t stride = layout_.page_stride_bytes();
   const uint64_t index = VIndex(seq, layer, page);
   const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;

@@ -620,7 +620,8 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       const bool fill = aux_ != nullptr && pos < seq_first_[seq];
       const std::span<const float> k_row = k_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
       const std::span<const float> v_row = v_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
-      Status st = fill ? kv_->Fill(l, seq, pos, k_row, v_row) : kv_->Write(l, seq, pos, k_row, v_row);
+      Status st =
+          fill ? kv_->Fill(l, seq, pos, k_row, v_row) : kv_->Write(l, seq, pos, k_row, v_row);
       if (!st.ok()) return fail(st);
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).

@@ -45,8 +45,7 @@ std::vector<int32_t> Prompt(const Tokenizer& tok, uint32_t n) {
 
 Result<Trace> RunTrace(const std::string& model, const std::string& tokenizer,
                        const LazyOptions& lazy, uint32_t prompt_tokens, uint32_t steps,
-                       uint32_t batch = 512, const KvOptions& kv = {},
-                       const TopNSpec& topn = {}) {
+                       uint32_t batch = 512, const KvOptions& kv = {}, const TopNSpec& topn = {}) {
   SessionOptions o;
   o.kv = kv;
   o.kv_topn = topn;
