@@ -7,8 +7,7 @@
 
 namespace flashlm::cache {
 
-uint64_t LazyAuxCache::BytesNeeded(uint32_t dim, uint32_t max_positions,
-                                   uint32_t max_sequences) {
+uint64_t LazyAuxCache::BytesNeeded(uint32_t dim, uint32_t max_positions, uint32_t max_sequences) {
   return uint64_t{max_sequences} * max_positions *
          (uint64_t{dim} * sizeof(float) + sizeof(uint32_t));
 }
@@ -29,9 +28,9 @@ Result<std::unique_ptr<LazyAuxCache>> LazyAuxCache::Create(uint32_t n_layers, ui
     c->hidden_.assign(slots * dim, 0.0f);
     c->layers_.assign(slots, n_layers);
   } catch (const std::bad_alloc&) {
-    return ResourceExhaustedError(
-        "lazy aux cache: cannot allocate " +
-        std::to_string(BytesNeeded(dim, max_positions, max_sequences)) + " bytes");
+    return ResourceExhaustedError("lazy aux cache: cannot allocate " +
+                                  std::to_string(BytesNeeded(dim, max_positions, max_sequences)) +
+                                  " bytes");
   }
   return c;
 }

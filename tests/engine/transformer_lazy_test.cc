@@ -278,8 +278,8 @@ TEST(TransformerLazyTest, BadOptionsAreRefused) {
   o.transformer.lazy.layers = {7};
   EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
   o.transformer.lazy.layers = {};
-  o.transformer.max_sequences = 2;
-  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
+  o.transformer.max_sequences = 2;  // several sequences: each its own pruning (test below)
+  EXPECT_TRUE(Session::Open(bin.string(), o).ok());
 }
 
 // The smallest KV pool Session::Open takes for `kv` (KvPageCache::MinimumPoolBytes of its
@@ -383,6 +383,97 @@ TEST(TransformerLazyTest, TopNAttentionTakesPositionsTheLayerHolds) {
       EXPECT_EQ(paged->ids, flat->ids) << spec << (rows ? " rows" : " pages");
       EXPECT_TRUE(paged->logits == flat->logits) << spec << (rows ? " rows" : " pages");
     }
+  }
+}
+
+// Several sequences in one pass (a server's batch): each is ranked by its own last token and
+// prunes and revives only its own positions, so two prompts prefilled together in one pass and
+// decoded together (one token of each per pass) give, per sequence, the ids and every logit of
+// that prompt run alone with lazy pruning. The aux cache is sized and charged per sequence.
+TEST(TransformerLazyTest, SequencesOfOnePassPruneIndependently) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  LazyOptions lazy;
+  lazy.keep = 0.3f;
+  const uint32_t steps = 30;
+  const uint32_t lengths[2] = {300, 170};
+  // Alone: RunTrace's prompt of each length (sequence 0, one pass).
+  std::vector<Trace> alone;
+  for (uint32_t len : lengths) {
+    auto t = RunTrace(bin.string(), tok.string(), lazy, len, steps);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    ASSERT_GT(t->stats.lazy.revivals, 0u);
+    alone.push_back(*t);
+  }
+  SessionOptions o;
+  o.threads = 2;
+  o.tokenizer_path = tok.string();
+  o.transformer.max_context = 512;
+  o.transformer.max_batch = 512;
+  o.transformer.max_sequences = 2;
+  o.transformer.lazy = lazy;
+  auto s = Session::Open(bin.string(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Transformer& model = (*s)->model();
+  ASSERT_NE(model.lazy_aux(), nullptr);
+  EXPECT_EQ(model.lazy_aux()->resident_bytes(), cache::LazyAuxCache::BytesNeeded(64, 512, 2));
+  TransformerOptions one = o.transformer;
+  one.max_sequences = 1;
+  TransformerOptions off = o.transformer;
+  off.lazy = LazyOptions{};
+  const WeightsShape shape;
+  EXPECT_GE(Transformer::BytesNeeded((*s)->config(), o.transformer, 2, shape) -
+                Transformer::BytesNeeded((*s)->config(), off, 2, shape),
+            2 * cache::LazyAuxCache::BytesNeeded(64, 512));
+  EXPECT_GT(Transformer::BytesNeeded((*s)->config(), o.transformer, 2, shape),
+            Transformer::BytesNeeded((*s)->config(), one, 2, shape));
+  std::vector<int32_t> ids[2];
+  std::vector<float> logits[2];
+  for (int q = 0; q < 2; ++q) ids[q] = Prompt((*s)->tokenizer(), lengths[q]);
+  std::vector<int32_t> tokens;
+  std::vector<uint32_t> positions, sequences, wanted;
+  auto run = [&](bool prompt) -> Status {
+    tokens.clear();
+    positions.clear();
+    sequences.clear();
+    wanted.clear();
+    for (uint32_t q = 0; q < 2; ++q) {
+      const uint32_t first = prompt ? 0u : static_cast<uint32_t>(ids[q].size() - 1);
+      for (uint32_t p = first; p < ids[q].size(); ++p) {
+        tokens.push_back(ids[q][p]);
+        positions.push_back(p);
+        sequences.push_back(q);
+      }
+      wanted.push_back(static_cast<uint32_t>(tokens.size() - 1));
+    }
+    TokenBatch b;
+    b.tokens = tokens;
+    b.positions = positions;
+    b.sequences = sequences;
+    b.logits_for = wanted;
+    ASSIGN_OR_RETURN(std::span<const float> out, model.Forward(b));
+    const uint32_t vocab = (*s)->config().vocab_size;
+    for (uint32_t q = 0; q < 2; ++q) {
+      const std::span<const float> row = out.subspan(uint64_t{q} * vocab, vocab);
+      logits[q].insert(logits[q].end(), row.begin(), row.end());
+      ids[q].push_back(
+          static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin()));
+    }
+    return Status::Ok();
+  };
+  ASSERT_TRUE(run(true).ok());
+  // As RunTrace: `steps` decode passes, the last one's logits and token not recorded.
+  for (uint32_t i = 0; i < steps; ++i) ASSERT_TRUE(run(false).ok());
+  for (int q = 0; q < 2; ++q) {
+    ids[q].resize(lengths[q] + steps);
+    logits[q].resize(uint64_t{steps} * (*s)->config().vocab_size);
+  }
+  const LazyStats z = model.lazy_stats();
+  EXPECT_EQ(z.revivals, alone[0].stats.lazy.revivals + alone[1].stats.lazy.revivals);
+  EXPECT_EQ(z.prunes, alone[0].stats.lazy.prunes + alone[1].stats.lazy.prunes);
+  for (int q = 0; q < 2; ++q) {
+    EXPECT_EQ(ids[q], alone[q].ids) << "sequence " << q;
+    EXPECT_TRUE(logits[q] == alone[q].logits) << "sequence " << q;
   }
 }
 
