@@ -551,9 +551,9 @@ TEST(ServeCommandTest, LazyPrefillPrunesEachSequenceLikeGenerate) {
       story + "The bird dropped the ball and Lily laughed. Then"};
   std::vector<std::string> want;
   for (const std::string& p : prompts) {
-    auto r = ::flashlm::testing::RunFlashlm("generate " + m.bin + " --tokenizer " + m.tok +
-                                            " --temp 0 --threads 2 -n 48 " + lazy + " -p " +
-                                            Quote(p));
+    auto r =
+        ::flashlm::testing::RunFlashlm("generate " + m.bin + " --tokenizer " + m.tok +
+                                       " --temp 0 --threads 2 -n 48 " + lazy + " -p " + Quote(p));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     ASSERT_NE(r.err.find("lazy:"), std::string::npos) << r.err;
     if (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
