@@ -256,6 +256,54 @@ Status KvPageCache::MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t p
   return Status::Ok();
 }
 
+Result<KvPageCache::FillTarget> KvPageCache::BeginFill(uint32_t seq, uint32_t layer,
+                                                       uint64_t page) {
+  const uint64_t stride = layout_.page_stride_bytes();
+  const uint64_t index = VIndex(seq, layer, page);
+  const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
+  FillTarget target;
+  target.index = index;
+  if (writing_[w] != nullptr && writing_page_[w] == page) {
+    target.page = ByteSpan(VSlot(v_pages_[index].slot), stride);
+    return target;  // spilled when it is full or left, as any row written into it
+  }
+  LruCache::Handle* h = lru_->Lookup(index);
+  if (h == nullptr) {
+    ASSIGN_OR_RETURN(const uint32_t slot, TakeSlot());
+    ASSIGN_OR_RETURN(h, InsertValue(index, slot));
+    if (v_pages_[index].on_flash) {
+      const uint64_t one[] = {index};
+      if (Status st = ReadPages(one); !st.ok()) {
+        lru_->Release(h);
+        lru_->Erase(index);
+        return st;
+      }
+    } else {
+      std::memset(VSlot(slot), 0, stride);  // never held a row: the padding is checksummed
+    }
+  }
+  target.page = ByteSpan(VSlot(v_pages_[index].slot), stride);
+  target.pin = h;
+  return target;
+}
+
+Status KvPageCache::EndFill(const FillTarget& target, Status put_status) {
+  if (target.pin == nullptr) return put_status;
+  Status st = put_status;
+  if (st.ok() && file_) st = SpillPage(target.index);
+  if (!st.ok()) {
+    // The slot's bytes no longer match the flash copy (or were never written): dropped. The
+    // caller's pass fails and cuts its sequence back to before every row it filled
+    // (engine/transformer.cc), which truncates this page.
+    v_pages_[target.index].on_flash = false;
+    lru_->Release(target.pin);
+    lru_->Erase(target.index);
+    return st;
+  }
+  lru_->Release(target.pin);
+  return Status::Ok();
+}
+
 void KvPageCache::Truncate(uint32_t seq, uint32_t length) {
   const uint64_t keep = CeilDiv(length, layout_.tokens_per_page);
   for (uint32_t layer = 0; layer < layout_.n_layers; ++layer) {

@@ -7,52 +7,62 @@
 
 namespace flashlm::cache {
 
-uint64_t LazyAuxCache::BytesNeeded(uint32_t dim, uint32_t max_positions) {
-  return uint64_t{max_positions} * (uint64_t{dim} * sizeof(float) + sizeof(uint32_t));
+uint64_t LazyAuxCache::BytesNeeded(uint32_t dim, uint32_t max_positions, uint32_t max_sequences) {
+  return uint64_t{max_sequences} * max_positions *
+         (uint64_t{dim} * sizeof(float) + sizeof(uint32_t));
 }
 
 Result<std::unique_ptr<LazyAuxCache>> LazyAuxCache::Create(uint32_t n_layers, uint32_t dim,
-                                                           uint32_t max_positions) {
-  if (n_layers == 0 || dim == 0 || max_positions == 0) {
-    return InvalidArgumentError("lazy aux cache: zero layers, dim or positions");
+                                                           uint32_t max_positions,
+                                                           uint32_t max_sequences) {
+  if (n_layers == 0 || dim == 0 || max_positions == 0 || max_sequences == 0) {
+    return InvalidArgumentError("lazy aux cache: zero layers, dim, positions or sequences");
   }
   std::unique_ptr<LazyAuxCache> c(new LazyAuxCache());
   c->n_layers_ = n_layers;
   c->dim_ = dim;
+  c->max_positions_ = max_positions;
+  c->max_sequences_ = max_sequences;
+  const uint64_t slots = uint64_t{max_sequences} * max_positions;
   try {
-    c->hidden_.assign(uint64_t{max_positions} * dim, 0.0f);
-    c->layers_.assign(max_positions, n_layers);
+    c->hidden_.assign(slots * dim, 0.0f);
+    c->layers_.assign(slots, n_layers);
   } catch (const std::bad_alloc&) {
     return ResourceExhaustedError("lazy aux cache: cannot allocate " +
-                                  std::to_string(BytesNeeded(dim, max_positions)) + " bytes");
+                                  std::to_string(BytesNeeded(dim, max_positions, max_sequences)) +
+                                  " bytes");
   }
   return c;
 }
 
-void LazyAuxCache::Reset(uint32_t pos) {
-  if (layers_[pos] < n_layers_) --held_;
-  layers_[pos] = n_layers_;
+void LazyAuxCache::Reset(uint32_t seq, uint32_t pos) {
+  const uint64_t s = Slot(seq, pos);
+  if (layers_[s] < n_layers_) --held_;
+  layers_[s] = n_layers_;
 }
 
-void LazyAuxCache::Prune(uint32_t pos, uint32_t layers_done, std::span<const float> hidden) {
+void LazyAuxCache::Prune(uint32_t seq, uint32_t pos, uint32_t layers_done,
+                         std::span<const float> hidden) {
+  const uint64_t s = Slot(seq, pos);
   CHECK_GT(layers_done, 0u);
   CHECK_LT(layers_done, n_layers_);
   CHECK_EQ(hidden.size(), dim_);
-  if (layers_[pos] == n_layers_) ++held_;
+  if (layers_[s] == n_layers_) ++held_;
   peak_held_ = std::max(peak_held_, held_);
-  layers_[pos] = layers_done;
-  std::copy(hidden.begin(), hidden.end(), hidden_.begin() + uint64_t{pos} * dim_);
+  layers_[s] = layers_done;
+  std::copy(hidden.begin(), hidden.end(), hidden_.begin() + s * dim_);
   ++prunes_;
 }
 
-std::span<const float> LazyAuxCache::hidden(uint32_t pos) const {
-  return std::span<const float>(hidden_.data() + uint64_t{pos} * dim_, dim_);
+std::span<const float> LazyAuxCache::hidden(uint32_t seq, uint32_t pos) const {
+  return std::span<const float>(hidden_.data() + Slot(seq, pos) * dim_, dim_);
 }
 
-void LazyAuxCache::Revive(uint32_t pos) {
-  CHECK_LT(layers_[pos], n_layers_);
+void LazyAuxCache::Revive(uint32_t seq, uint32_t pos) {
+  const uint64_t s = Slot(seq, pos);
+  CHECK_LT(layers_[s], n_layers_);
   --held_;
-  layers_[pos] = n_layers_;
+  layers_[s] = n_layers_;
   ++revivals_;
 }
 

@@ -68,6 +68,15 @@ class KvCache {
   // Errors: InvalidArgument (out of range). Allocates nothing.
   virtual Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                        std::span<const float> v) = 0;
+  // As Write, for a position below the sequence's length that `layer` never computed (LazyLLM
+  // revival, engine/transformer.h LazyOptions): stores the row without rewinding the sequence
+  // (Write below the length may drop what follows; Fill never does). Precondition: the row of
+  // (layer, seq, pos) was not written since the position was last (re)computed from layer 0.
+  // Errors: as Write. Allocates nothing. Default: Write (a cache whose Write never rewinds).
+  virtual Status Fill(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                      std::span<const float> v) {
+    return Write(layer, seq, pos, k, v);
+  }
   // The dtype rows are stored in (what Keys/Values return).
   virtual layout::DType dtype() const = 0;
   // As Write, but K and V arrive already encoded in dtype() (layout::RowBytes(dtype(), kv_dim)

@@ -91,6 +91,21 @@ Status PagedKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span
   return WriteRows(layer, seq, pos, put_k, put_v);
 }
 
+Status PagedKvCache::Fill(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+                          std::span<const float> v) {
+  if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||
+      k.size() != layout_.kv_dim() || v.size() != layout_.kv_dim()) {
+    return InvalidArgumentError("KV cache: fill out of range");
+  }
+  const uint32_t P = layout_.tokens_per_page;
+  const uint64_t page = pos / P, row = pos % P, row_bytes = layout_.row_bytes();
+  ASSIGN_OR_RETURN(ByteSpan kp, pages_->PageForWrite(KvKind::kKey, seq, layer, page));
+  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, k, kp.subspan(row * row_bytes, row_bytes)));
+  return pages_->FillValueRow(seq, layer, page, static_cast<uint32_t>(row), [&](ByteSpan out) {
+    return layout::QuantizeRow(layout_.dtype, v, out.subspan(row * row_bytes, row_bytes));
+  });
+}
+
 Status PagedKvCache::WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
                                   ConstByteSpan v) {
   if (layer >= layout_.n_layers || seq >= layout_.max_sequences || pos >= layout_.max_tokens ||

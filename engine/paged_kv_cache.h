@@ -70,6 +70,12 @@ class PagedKvCache final : public KvCache {
   // (Corruption, IoError), spilling a filled page (IoError).
   Status Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
                std::span<const float> v) override;
+  // The row goes into its page wherever the page is (resident, on flash, or not yet written at
+  // all: a page of a layer that computed none of its positions has no slot and no flash copy),
+  // and a page not being filled is written back to flash at once (KvPageCache::FillValueRow).
+  // Errors: as Write.
+  Status Fill(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
+              std::span<const float> v) override;
   layout::DType dtype() const override { return layout_.dtype; }
   Status WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,
                       ConstByteSpan v) override;

@@ -63,10 +63,6 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
   o.selective_fetch = so.kv.paged && !so.kv_topn.all();
   if (o.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(o.lazy, config.n_layers));
-    if (so.kv.paged || !so.kv_topn.all()) {
-      return InvalidArgumentError(
-          "--lazy-prefill does not run with a paged KV cache or --kv-topn yet (flat f32 KV only)");
-    }
     if (o.observe_ffn) {
       // Activation statistics and calibration count every token at every layer: pruned tokens
       // would silently drop out of the upper layers' figures.

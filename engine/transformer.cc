@@ -96,7 +96,8 @@ struct Transformer::Layout {
            selected = 0, logits = 0, block_out = 0, rope_cos = 0, rope_sin = 0, scratch = 0,
            positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0,
            item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0, act_pos = 0,
-           importance = 0, imp_row = 0, order = 0, keep_mask = 0;
+           importance = 0, imp_row = 0, order = 0, keep_mask = 0, act_seq = 0, cand_pos = 0,
+           cand_seq = 0, lazy_rows = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -147,6 +148,10 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   }
   if (o.lazy.enabled()) {
     l.act_pos = a.Add(b * sizeof(uint32_t));
+    l.act_seq = a.Add(b * sizeof(uint32_t));
+    l.cand_pos = a.Add(b * sizeof(uint32_t));
+    l.cand_seq = a.Add(b * sizeof(uint32_t));
+    l.lazy_rows = a.Add(uint64_t{l.logit_rows} * sizeof(uint32_t));
     l.importance = a.AddFloats(ctx);
     l.imp_row = a.AddFloats(ctx);
     l.order = a.Add(uint64_t{ctx} * sizeof(uint32_t));
@@ -167,7 +172,8 @@ uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const Transforme
                                   uint32_t threads, const WeightsShape& shape) {
   const Layout l = MakeLayout(c, o, threads, shape, ContextOf(c, o));
   const uint64_t aux =
-      o.lazy.enabled() ? cache::LazyAuxCache::BytesNeeded(c.dim, ContextOf(c, o)) : 0;
+      o.lazy.enabled() ? cache::LazyAuxCache::BytesNeeded(c.dim, ContextOf(c, o), o.max_sequences)
+                       : 0;
   return l.arena.resident_bytes() + l.kernel_bytes + aux;
 }
 
@@ -193,12 +199,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
   if (options.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
-    if (options.max_sequences != 1) {
-      return InvalidArgumentError("lazy prefill runs one sequence (max_sequences 1)");
-    }
-    if (options.selective_fetch || (kv != nullptr && kv->spills())) {
-      return InvalidArgumentError("lazy prefill needs a KV cache in DRAM without top-N fetch");
-    }
   }
   if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
@@ -296,8 +296,13 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
     }
   }
   if (options.lazy.enabled()) {
-    ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_));
+    ASSIGN_OR_RETURN(t->aux_, cache::LazyAuxCache::Create(c.n_layers, c.dim, t->max_context_,
+                                                          options.max_sequences));
     t->act_pos_ = u32(l.act_pos, b);
+    t->act_seq_ = u32(l.act_seq, b);
+    t->cand_pos_ = u32(l.cand_pos, b);
+    t->cand_seq_ = u32(l.cand_seq, b);
+    t->lazy_rows_ = u32(l.lazy_rows, l.logit_rows);
     t->importance_ = a.Floats(l.importance, ctx);
     t->imp_row_ = a.Floats(l.imp_row, ctx);
     t->order_ = u32(l.order, ctx);
@@ -362,7 +367,7 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
   }
   if (Masking()) {  // positions this layer never computed take no part (LazyOptions)
     for (uint32_t p = 0; p < len; ++p) {
-      if (!aux_->present(layer, p)) scores[p] = -std::numeric_limits<float>::infinity();
+      if (!aux_->present(layer, seq, p)) scores[p] = -std::numeric_limits<float>::infinity();
     }
   }
   Softmax(std::span<float>(scores, len));
@@ -377,9 +382,13 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   if (all) {
     const bool masking = Masking();
     for (uint32_t p = 0; p < len;) {
+      if (masking && !aux_->present(layer, seq, p)) {  // never written: skipped (its page may not
+        ++p;                                           // exist in a paged cache)
+        continue;
+      }
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
       for (uint32_t i = 0; i < rows.count; ++i) {
-        if (masking && !aux_->present(layer, p + i)) continue;  // never written: skipped
+        if (masking && !aux_->present(layer, seq, p + i)) continue;
         KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
       }
       p += rows.count;
@@ -394,6 +403,21 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
     const KvRows row = kv_->Values(layer, seq, p, 1);
     KvAxpy(scores[p] * inv, row, 0, kvh * hd, out, hd);
   }
+}
+
+// Positions the layer never computed have probability 0 and rank last: the policy picks one
+// only when fewer than its N positions have a non-zero probability. They are dropped (their V
+// row does not exist), which changes no sum (a weight of 0), so the selection is the policy's
+// top N among the positions the layer holds. Keeping every position stays `len` (exact path).
+uint32_t Transformer::DropAbsent(uint32_t layer, uint32_t seq, uint32_t len, uint32_t chosen,
+                                 std::span<uint32_t> selected) const {
+  if (!Masking() || chosen == len) return chosen;
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < chosen; ++i) {
+    if (aux_->present(layer, seq, selected[i])) selected[kept++] = selected[i];
+  }
+  CHECK_GE(kept, 1u);  // the attending token holds its own position
+  return kept;
 }
 
 // Causal attention for every token of the batch: work items are (token, head) pairs; each
@@ -418,6 +442,7 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
                                  selected.first(len));
         CHECK_GE(chosen, 1u);
         CHECK_LE(chosen, len);
+        chosen = DropAbsent(layer, seq, len, chosen, selected);
       }
       float* out = att_out_.data() + uint64_t{t} * q_dim_ + uint64_t{h} * hd;
       AttentionValues(layer, seq, len, scores, selected.first(chosen), chosen == len, h / group,
@@ -430,7 +455,7 @@ void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
 // position are made resident (one batch of reads), then phase 3 for every head.
 Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) {
   const layout::ModelConfig& c = config_;
-  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t n = static_cast<uint32_t>(batch.positions.size());
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   for (uint32_t t = 0; t < n; ++t) {
     const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
@@ -444,13 +469,17 @@ Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) 
                                                 item_selected_.subspan(h * max_context_, len));
         CHECK_GE(chosen, 1u);
         CHECK_LE(chosen, len);
-        item_chosen_[h] = chosen;
+        item_chosen_[h] =
+            DropAbsent(layer, seq, len, chosen, item_selected_.subspan(h * max_context_, len));
       }
     });
     std::fill(needed_.begin(), needed_.begin() + len, uint8_t{0});
     for (uint32_t h = 0; h < c.n_heads; ++h) {
       const uint32_t* sel = item_selected_.data() + uint64_t{h} * max_context_;
-      for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
+      for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
+        // (every position when the policy kept all of them: only those the layer holds)
+        if (!Masking() || aux_->present(layer, seq, sel[i])) needed_[sel[i]] = 1;
+      }
     }
     RETURN_IF_ERROR(kv_->FetchValuePositions(layer, seq, len, needed_.first(len)));
     pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
@@ -539,7 +568,22 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
   auto seq_of = [&](uint32_t t) { return batch.sequences.empty() ? 0u : batch.sequences[t]; };
   // A failed pass may have overwritten rows from each sequence's first position here on: the
   // sequence is cut back to that position.
+  // With lazy pruning, a pass that revived tokens may have filled rows below its sequences'
+  // first positions (KvCache::Fill) before failing: its sequences go back to empty and every
+  // state they held is dropped (nothing below can be vouched for).
+  bool revived = false;
   auto fail = [&](const Status& st) {
+    if (aux_ != nullptr && revived) {
+      for (uint32_t t = 0; t < n; ++t) {
+        const uint32_t seq = seq_of(t);
+        if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
+        for (uint32_t p = 0; p < std::max(kv_->length(seq), seq_next_[seq]); ++p) {
+          aux_->Reset(seq, p);
+        }
+        kv_->SetLength(seq, 0);
+      }
+      return st;
+    }
     for (uint32_t t = 0; t < n; ++t) kv_->SetLength(seq_of(t), seq_first_[seq_of(t)]);
     return st;
   };
@@ -555,14 +599,29 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
   bool prune = false;  // this pass prunes (lazy, and only the last token's logits wanted)
   if (aux_ != nullptr) {
     // Positions this pass (re)writes are computed from layer 0 (a rewind drops held states).
-    for (uint32_t p = seq_first_[0]; p < std::max(kv_->length(0), seq_next_[0]); ++p) {
-      aux_->Reset(p);
+    // The pass prunes when the logits it wants are exactly each of its sequences' last token's
+    // (a prompt, a decode step, a server's batch of them); each sequence is ranked by its own.
+    uint32_t lasts = 0;
+    bool lasts_wanted = true;
+    for (uint32_t t = 0; t < n; ++t) {
+      const uint32_t seq = seq_of(t);
+      if (batch.positions[t] == seq_first_[seq]) {
+        for (uint32_t p = seq_first_[seq]; p < std::max(kv_->length(seq), seq_next_[seq]); ++p) {
+          aux_->Reset(seq, p);
+        }
+      }
+      if (batch.positions[t] + 1 == seq_next_[seq]) {
+        lasts_wanted =
+            lasts_wanted && lasts < batch.logits_for.size() && batch.logits_for[lasts] == t;
+        ++lasts;
+      }
+      act_pos_[t] = batch.positions[t];
+      act_seq_[t] = seq;
     }
-    std::copy(batch.positions.begin(), batch.positions.end(), act_pos_.begin());
     active.positions = act_pos_.first(n);
-    active.sequences = {};  // one sequence
-    prune = batch.logits_for.empty() ? !all_logits_ || n == 1
-                                     : batch.logits_for.size() == 1 && batch.logits_for[0] == n - 1;
+    active.sequences = act_seq_.first(n);
+    prune = batch.logits_for.empty() ? (!all_logits_ || n == 1) && lasts == 1
+                                     : lasts_wanted && lasts == batch.logits_for.size();
     uint64_t attn = 0;
     for (uint32_t t = 0; t < n; ++t) attn += batch.positions[t] + 1;
     pass_tokens_ += n;
@@ -584,15 +643,20 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, active.positions[t]);
       Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, active.positions[t]);
       const uint32_t seq = active.sequences.empty() ? 0u : active.sequences[t];
+      const uint32_t pos = active.positions[t];
+      // A revived token (a position of an earlier pass, below this one's first): its row of
+      // this layer is filled in, nothing after it is dropped.
+      const bool fill = aux_ != nullptr && pos < seq_first_[seq];
+      const std::span<const float> k_row = k_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
+      const std::span<const float> v_row = v_.subspan(uint64_t{t} * kv_dim_, kv_dim_);
       Status st =
-          kv_->Write(l, seq, active.positions[t], k_.subspan(uint64_t{t} * kv_dim_, kv_dim_),
-                     v_.subspan(uint64_t{t} * kv_dim_, kv_dim_));
+          fill ? kv_->Fill(l, seq, pos, k_row, v_row) : kv_->Write(l, seq, pos, k_row, v_row);
       if (!st.ok()) return fail(st);
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
     const auto attention_start = std::chrono::steady_clock::now();
     if (selective_fetch_ && policy_ != nullptr && kv_->spills()) {
-      if (Status st = AttentionSelective(l, batch); !st.ok()) {
+      if (Status st = AttentionSelective(l, active); !st.ok()) {
         kv_->ReleaseValues();
         return fail(st);
       }
@@ -600,7 +664,15 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       for (uint32_t t = 0; t < n; ++t) {
         const uint32_t seq = seq_of(t);
         if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
-        Status st = kv_->FetchValues(l, seq, seq_next_[seq]);
+        Status st;
+        if (Masking()) {
+          // Only the positions this layer holds: a page none of them is in may not exist.
+          const uint32_t len = seq_next_[seq];
+          for (uint32_t p = 0; p < len; ++p) keep_mask_[p] = aux_->present(l, seq, p) ? 1 : 0;
+          st = kv_->FetchValuePositions(l, seq, len, keep_mask_.first(len));
+        } else {
+          st = kv_->FetchValues(l, seq, seq_next_[seq]);
+        }
         if (!st.ok()) {
           kv_->ReleaseValues();
           return fail(st);
@@ -629,15 +701,29 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       layer_tokens_[l] += n_act;
       flops_ += n_act * token_layer_flops_ + 4 * attn * q_dim_;
       if (prune && lazy_fraction_[l] > 0.0f) {
+        const uint64_t revivals = aux_->revivals();
         LazyPrune(l, &n_act);
+        revived = revived || aux_->revivals() != revivals;
         active.positions = act_pos_.first(n_act);
+        active.sequences = act_seq_.first(n_act);
       }
     }
   }
   // Final norm of the tokens whose logits are wanted, then the classifier.
   std::span<const uint32_t> wanted = batch.logits_for;
-  if (prune || (wanted.empty() && !all_logits_)) {
-    last_logit_[0] = n_act - 1;  // with pruning, the batch's last token is the last active one
+  if (prune) {
+    // The active rows of the wanted tokens (each sequence's last token: never pruned).
+    const uint32_t rows = wanted.empty() ? 1u : static_cast<uint32_t>(wanted.size());
+    for (uint32_t r = 0; r < rows; ++r) {
+      const uint32_t t = wanted.empty() ? n - 1 : wanted[r];
+      uint32_t i = 0;
+      while (act_pos_[i] != batch.positions[t] || act_seq_[i] != seq_of(t)) ++i;
+      CHECK_LT(i, n_act);
+      lazy_rows_[r] = i;
+    }
+    wanted = lazy_rows_.first(rows);
+  } else if (wanted.empty() && !all_logits_) {
+    last_logit_[0] = n - 1;
     wanted = last_logit_;
   }
   const uint32_t rows = wanted.empty() ? n : static_cast<uint32_t>(wanted.size());
@@ -651,74 +737,77 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
   return std::span<const float>(logits_.data(), uint64_t{rows} * c.vocab_size);
 }
 
-// Ranking: the last token's probabilities at this layer summed over heads (the average's
-// order), over the positions the layer holds; ties go to the lower position. The top
-// ceil(f x len) (the last token among them) stay or come back; the pass's other tokens go to
-// the aux cache; held tokens whose next layer is layer + 1 and that rank in are revived while
-// the batch has room (in increasing position order). Active rows are not in position order
-// (each token's attention uses its own position); the pass's last token is always the last row.
+// Ranking, per sequence of the pass: its last token's probabilities at this layer summed over
+// heads (the average's order), over the positions the layer holds of that sequence; ties go to
+// the lower position. The top ceil(f x len) (the last token among them) stay or come back; the
+// sequence's other tokens of the pass go to the aux cache; its held tokens whose next layer is
+// layer + 1 and that rank in are revival candidates (increasing positions, sequences in batch
+// order). Then the rows are compacted in place and the candidates revived while the batch has
+// room. Rows are in no particular order (each token's attention uses its own sequence and
+// position; the logits and the next ranking find a sequence's last token by its position).
 void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
+  constexpr uint32_t kGone = UINT32_MAX;
   const layout::ModelConfig& c = config_;
   const uint32_t n_act = *n;
-  const uint32_t last_pos = act_pos_[n_act - 1];
-  const uint32_t len = last_pos + 1;
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
-  std::fill(importance_.begin(), importance_.begin() + len, 0.0f);
-  for (uint32_t h = 0; h < c.n_heads; ++h) {
-    const float* q = q_.data() + uint64_t{n_act - 1} * q_dim_ + uint64_t{h} * hd;
-    AttentionScores(layer, 0, len, q, h / group, imp_row_.data());
-    for (uint32_t p = 0; p < len; ++p) importance_[p] += imp_row_[p];
+  uint32_t n_cand = 0;
+  for (uint32_t r = 0; r < n_act; ++r) {
+    const uint32_t seq = act_seq_[r], last_pos = act_pos_[r];
+    if (last_pos == kGone || last_pos + 1 != seq_next_[seq]) continue;  // not a last token
+    const uint32_t len = last_pos + 1;
+    std::fill(importance_.begin(), importance_.begin() + len, 0.0f);
+    for (uint32_t h = 0; h < c.n_heads; ++h) {
+      const float* q = q_.data() + uint64_t{r} * q_dim_ + uint64_t{h} * hd;
+      AttentionScores(layer, seq, len, q, h / group, imp_row_.data());
+      for (uint32_t p = 0; p < len; ++p) importance_[p] += imp_row_[p];
+    }
+    uint32_t m = 0;
+    for (uint32_t p = 0; p < last_pos; ++p) {
+      if (aux_->present(layer, seq, p)) order_[m++] = p;
+    }
+    const uint32_t keep = std::max<uint32_t>(
+        1, static_cast<uint32_t>(std::ceil(static_cast<double>(lazy_fraction_[layer]) * len)));
+    const uint32_t others = std::min(keep - 1, m);
+    const float* imp = importance_.data();
+    auto before = [imp](uint32_t a, uint32_t b) {
+      return imp[a] > imp[b] || (imp[a] == imp[b] && a < b);
+    };
+    if (others < m) {
+      std::nth_element(order_.begin(), order_.begin() + others, order_.begin() + m, before);
+    }
+    std::fill(keep_mask_.begin(), keep_mask_.begin() + len, uint8_t{0});
+    for (uint32_t i = 0; i < others; ++i) keep_mask_[order_[i]] = 1;
+    keep_mask_[last_pos] = 1;
+    // The sequence's pass tokens that fall out go to the aux cache (their rows marked gone).
+    for (uint32_t i = 0; i < n_act; ++i) {
+      if (act_seq_[i] != seq || act_pos_[i] == kGone || keep_mask_[act_pos_[i]]) continue;
+      aux_->Prune(seq, act_pos_[i], layer + 1, x_.subspan(uint64_t{i} * c.dim, c.dim));
+      act_pos_[i] = kGone;
+    }
+    // Candidates (active tokens count every layer as computed, so layer + 1 picks only held
+    // tokens: those pruned just now are not kept). At most max_batch are ever revived.
+    for (uint32_t p = 0; p < len && n_cand < max_batch_; ++p) {
+      if (!keep_mask_[p] || aux_->computed_layers(seq, p) != layer + 1) continue;
+      cand_pos_[n_cand] = p;
+      cand_seq_[n_cand++] = seq;
+    }
   }
-  uint32_t m = 0;
-  for (uint32_t p = 0; p < last_pos; ++p) {
-    if (aux_->present(layer, p)) order_[m++] = p;
-  }
-  const uint32_t keep = std::max<uint32_t>(
-      1, static_cast<uint32_t>(std::ceil(static_cast<double>(lazy_fraction_[layer]) * len)));
-  const uint32_t others = std::min(keep - 1, m);
-  const float* imp = importance_.data();
-  auto before = [imp](uint32_t a, uint32_t b) {
-    return imp[a] > imp[b] || (imp[a] == imp[b] && a < b);
-  };
-  if (others < m)
-    std::nth_element(order_.begin(), order_.begin() + others, order_.begin() + m, before);
-  std::fill(keep_mask_.begin(), keep_mask_.begin() + len, uint8_t{0});
-  for (uint32_t i = 0; i < others; ++i) keep_mask_[order_[i]] = 1;
-  keep_mask_[last_pos] = 1;
-  uint32_t kept_active = 0;
-  for (uint32_t i = 0; i < n_act; ++i) kept_active += keep_mask_[act_pos_[i]];
-  uint32_t room = max_batch_ - kept_active;
-  // In place: the kept active rows move down (row j <= i), the pruned ones go to the aux cache.
+  // In place: the kept rows move down (row j <= i), then the revived ones follow.
   uint32_t j = 0;
   for (uint32_t i = 0; i < n_act; ++i) {
-    const uint32_t p = act_pos_[i];
-    const std::span<float> row = x_.subspan(uint64_t{i} * c.dim, c.dim);
-    if (!keep_mask_[p]) {
-      aux_->Prune(p, layer + 1, row);
-      continue;
+    if (act_pos_[i] == kGone) continue;
+    if (j != i) {
+      std::copy_n(x_.data() + uint64_t{i} * c.dim, c.dim, x_.data() + uint64_t{j} * c.dim);
     }
-    if (j != i) std::copy(row.begin(), row.end(), x_.begin() + uint64_t{j} * c.dim);
-    act_pos_[j++] = p;
+    act_pos_[j] = act_pos_[i];
+    act_seq_[j++] = act_seq_[i];
   }
-  // Then the revived ones (active tokens count every layer as computed, so layer + 1 picks only
-  // held tokens: those pruned just now are not kept).
-  const uint32_t last_row = j - 1;  // the pass's last token
-  for (uint32_t p = 0; p < len && room > 0; ++p) {
-    if (!keep_mask_[p] || aux_->computed_layers(p) != layer + 1) continue;
-    const std::span<const float> held = aux_->hidden(p);
+  for (uint32_t k = 0; k < n_cand && j < max_batch_; ++k) {
+    const std::span<const float> held = aux_->hidden(cand_seq_[k], cand_pos_[k]);
     std::copy(held.begin(), held.end(), x_.begin() + uint64_t{j} * c.dim);
-    aux_->Revive(p);
-    act_pos_[j++] = p;
-    --room;
-  }
-  // The last token stays last (its row is where the logits and the next ranking look).
-  if (last_row != j - 1) {
-    float* a = x_.data() + uint64_t{last_row} * c.dim;
-    float* b = x_.data() + uint64_t{j - 1} * c.dim;
-    std::copy(a, a + c.dim, xb_.data());  // xb_ is free between layers
-    std::copy(b, b + c.dim, a);
-    std::copy(xb_.data(), xb_.data() + c.dim, b);
-    std::swap(act_pos_[last_row], act_pos_[j - 1]);
+    aux_->Revive(cand_seq_[k], cand_pos_[k]);
+    act_pos_[j] = cand_pos_[k];
+    act_seq_[j++] = cand_seq_[k];
   }
   *n = j;
 }

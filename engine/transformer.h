@@ -102,8 +102,11 @@ std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu", "t
 // of a later pass (e.g. a decode step) is revived: taken back from its stored state and computed
 // from layer l+1 on, at most max_batch tokens per pass. Positions keep their original RoPE
 // positions throughout. keep == 1 is off: the forward pass is exactly the dense one.
-// One sequence only (max_sequences 1); passes that want more logits than the last token's prune
-// nothing (but still skip what earlier passes pruned).
+// Several sequences (a server's batch): each is ranked by its own last token and prunes and
+// revives only its own positions (the aux cache has a slot per sequence and position); revival
+// candidates share the pass's max_batch rows, in batch order of their sequences. A pass prunes
+// when the logits it wants are exactly each of its sequences' last token's; other passes (e.g.
+// perplexity's all-logits ones) prune nothing but still skip what earlier passes pruned.
 struct LazyOptions {
   float keep = 1.0f;
   // Pruning layers, increasing, each < n_layers - 1; empty: DefaultLazyLayers.
@@ -234,11 +237,16 @@ class Transformer {
   void AttentionValues(uint32_t layer, uint32_t seq, uint32_t len, const float* scores,
                        std::span<const uint32_t> selected, bool all, uint32_t kvh,
                        float* out) const;
+  // Removes from the policy's `chosen` selected positions those `layer` never computed (lazy
+  // pruning) and returns how many remain.
+  uint32_t DropAbsent(uint32_t layer, uint32_t seq, uint32_t len, uint32_t chosen,
+                      std::span<uint32_t> selected) const;
   Status Ffn(uint32_t layer, const LayerWeights& w, uint32_t n);
   // After layer `layer` (a pruning layer) of a lazy pass over *n active tokens (positions in
-  // act_pos_, rows of x_, the last one the pass's last token): ranks, prunes and revives (see
-  // LazyOptions), leaving the next layer's active tokens in act_pos_ / x_ (in place; the last
-  // token still last) and their count in *n.
+  // act_pos_, sequences in act_seq_, rows of x_; each sequence's last token of the pass among
+  // them): ranks, prunes and revives per sequence (see LazyOptions), leaving the next layer's
+  // active tokens in act_pos_ / act_seq_ / x_ (in place, in no particular order) and their count
+  // in *n.
   void LazyPrune(uint32_t layer, uint32_t* n);
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
@@ -297,6 +305,10 @@ class Transformer {
   std::unique_ptr<cache::LazyAuxCache> aux_;
   std::vector<float> lazy_fraction_;  // [layer]
   std::span<uint32_t> act_pos_;       // max_batch: active tokens' positions (rows of x_)
+  std::span<uint32_t> act_seq_;       // max_batch: active tokens' sequences
+  std::span<uint32_t> cand_pos_;      // max_batch: revival candidates' positions
+  std::span<uint32_t> cand_seq_;      // max_batch: revival candidates' sequences
+  std::span<uint32_t> lazy_rows_;     // logit rows: the active row of each wanted token
   std::span<float> importance_;       // max_context: head-averaged attention of the last token
   std::span<float> imp_row_;          // max_context: one head's probabilities
   std::span<uint32_t> order_;         // max_context: ranking candidates

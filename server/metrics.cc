@@ -158,6 +158,13 @@ nlohmann::json Metrics::Json(const engine::SchedulerSnapshot& s, uint64_t planne
   j["kv_resident_bytes"] = e.kv_resident_bytes;
   j["kv_bytes_written"] = e.kv_bytes_written;
   j["kv_bytes_read"] = e.kv_bytes_read;
+  if (!e.lazy.layer_tokens.empty()) {  // --lazy-prefill below 1: every sequence's pruning
+    j["lazy_pruned"] = e.lazy.prunes;
+    j["lazy_revived"] = e.lazy.revivals;
+    j["lazy_aux_bytes"] = e.lazy.aux_bytes;
+    j["lazy_aux_peak_bytes"] = e.lazy.aux_peak_bytes;
+    j["lazy_aux_capacity_bytes"] = e.lazy.aux_capacity_bytes;
+  }
   j["planned_bytes"] = planned_bytes;
   j["peak_rss_bytes"] = engine::PeakRssBytes();
   return j;

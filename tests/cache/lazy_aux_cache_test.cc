@@ -50,5 +50,36 @@ TEST(LazyAuxCacheTest, PruneReviveResetKeepStateAndCounts) {
   EXPECT_EQ(c.peak_held_bytes(), 1u * 3 * 4);
 }
 
+// Sequences are independent: the same position of two sequences has its own state and count;
+// the size is per sequence.
+TEST(LazyAuxCacheTest, SequencesKeepTheirOwnSlots) {
+  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10, 3), 3u * 10 * (8 * 4 + 4));
+  EXPECT_FALSE(LazyAuxCache::Create(4, 8, 10, 0).ok());
+  auto made = LazyAuxCache::Create(5, 2, 4, 3);
+  ASSERT_TRUE(made.ok());
+  LazyAuxCache& c = **made;
+  EXPECT_EQ(c.resident_bytes(), LazyAuxCache::BytesNeeded(2, 4, 3));
+  EXPECT_EQ(c.max_positions(), 4u);
+  EXPECT_EQ(c.max_sequences(), 3u);
+  const std::vector<float> a = {1, 2}, b = {3, 4};
+  c.Prune(0, 3, 2, a);
+  c.Prune(2, 3, 1, b);
+  EXPECT_EQ(c.held(), 2u);
+  EXPECT_EQ(c.computed_layers(0, 3), 2u);
+  EXPECT_EQ(c.computed_layers(1, 3), 5u);  // untouched
+  EXPECT_EQ(c.computed_layers(2, 3), 1u);
+  EXPECT_TRUE(c.present(1, 0, 3));
+  EXPECT_FALSE(c.present(1, 2, 3));
+  EXPECT_EQ(std::vector<float>(c.hidden(0, 3).begin(), c.hidden(0, 3).end()), a);
+  EXPECT_EQ(std::vector<float>(c.hidden(2, 3).begin(), c.hidden(2, 3).end()), b);
+  c.Reset(2, 3);  // sequence 2 rewound: sequence 0's state stays
+  EXPECT_EQ(c.held(), 1u);
+  EXPECT_EQ(c.computed_layers(0, 3), 2u);
+  EXPECT_EQ(c.computed_layers(3), 2u);  // the one-argument form is sequence 0
+  c.Revive(0, 3);
+  EXPECT_EQ(c.held(), 0u);
+  EXPECT_EQ(c.revivals(), 1u);
+}
+
 }  // namespace
 }  // namespace flashlm::cache

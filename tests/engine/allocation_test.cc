@@ -198,7 +198,8 @@ TEST(AllocationTest, DecodeOutOfCoreAllocatesNothing) {
 }
 
 // A paged KV cache whose V pages spill to flash (exact, and top-N reading only the kept
-// positions' pages), in f32 and q8_0, allocates nothing per token either.
+// positions' pages), in f32 and q8_0, allocates nothing per token either; nor with lazy pruning
+// (revived rows filled into spilled pages).
 TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   ::flashlm::testing::ScratchDir dir;
@@ -208,29 +209,33 @@ TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
     ASSERT_TRUE(src.ok());
     ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
   }
-  for (const char* topn : {"all", "8"}) {
-    for (layout::DType dtype : {layout::DType::kF32, layout::DType::kQ8_0}) {
-      SessionOptions o;
-      o.threads = 2;
-      o.transformer.max_context = 128;
-      o.kv.paged = true;
-      o.kv.page_tokens = 8;
-      o.kv.dtype = dtype;
-      o.kv.spill_dir = dir.path().string();
-      o.kv_topn = *TopNSpec::Parse(topn);
-      auto probe = Session::Open(store, o);
-      ASSERT_TRUE(probe.ok()) << probe.status().ToString();
-      o.kv.pool_bytes =
-          cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
-      probe->reset();
-      auto session = Session::Open(store, o);
-      ASSERT_TRUE(session.ok()) << session.status().ToString();
-      ASSERT_TRUE((*session)->paged_kv()->spills());
-      const int64_t allocations = AllocationsPerDecode(**session, 40, true);
-      EXPECT_EQ(allocations, 0) << "top-N " << topn << " " << layout::DTypeName(dtype);
-      EXPECT_GT((*session)->stats().kv_bytes_read, 0u);
+  for (float keep : {1.0f, 0.3f})
+    for (const char* topn : {"all", "8"}) {
+      for (layout::DType dtype : {layout::DType::kF32, layout::DType::kQ8_0}) {
+        SessionOptions o;
+        o.transformer.lazy.keep = keep;
+        o.threads = 2;
+        o.transformer.max_context = 128;
+        o.kv.paged = true;
+        o.kv.page_tokens = 8;
+        o.kv.dtype = dtype;
+        o.kv.spill_dir = dir.path().string();
+        o.kv_topn = *TopNSpec::Parse(topn);
+        auto probe = Session::Open(store, o);
+        ASSERT_TRUE(probe.ok()) << probe.status().ToString();
+        o.kv.pool_bytes =
+            cache::KvPageCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout());
+        probe->reset();
+        auto session = Session::Open(store, o);
+        ASSERT_TRUE(session.ok()) << session.status().ToString();
+        ASSERT_TRUE((*session)->paged_kv()->spills());
+        const int64_t allocations = AllocationsPerDecode(**session, 40, true);
+        EXPECT_EQ(allocations, 0) << "top-N " << topn << " " << layout::DTypeName(dtype) << " keep "
+                                  << keep;
+        EXPECT_GT((*session)->stats().kv_bytes_read, 0u);
+        if (keep < 1.0f) EXPECT_GT((*session)->stats().lazy.prunes, 0u);
+      }
     }
-  }
 }
 
 // Several sequences in one pass (a server's decode step) allocate nothing either.

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "engine/attention_topn.h"
 #include "engine/generator.h"
 #include "engine/session.h"
 #include "layout/checkpoint.h"
@@ -26,6 +27,7 @@ struct Trace {
   std::vector<int32_t> ids;
   std::vector<float> logits;  // the prefill's, then each decode step's
   EngineStats stats;
+  bool spills = false;  // V pages went to flash
 };
 
 // A prompt of `n` token ids: a story text's tokens, repeated.
@@ -43,8 +45,10 @@ std::vector<int32_t> Prompt(const Tokenizer& tok, uint32_t n) {
 
 Result<Trace> RunTrace(const std::string& model, const std::string& tokenizer,
                        const LazyOptions& lazy, uint32_t prompt_tokens, uint32_t steps,
-                       uint32_t batch = 512) {
+                       uint32_t batch = 512, const KvOptions& kv = {}, const TopNSpec& topn = {}) {
   SessionOptions o;
+  o.kv = kv;
+  o.kv_topn = topn;
   o.threads = 2;
   o.tokenizer_path = tokenizer;
   o.transformer.max_context = 512;
@@ -64,6 +68,7 @@ Result<Trace> RunTrace(const std::string& model, const std::string& tokenizer,
                                                 static_cast<uint32_t>(t.ids.size() - 1)));
   }
   t.stats = s->stats();
+  t.spills = s->paged_kv() != nullptr && s->paged_kv()->pages().spills();
   return t;
 }
 
@@ -273,11 +278,203 @@ TEST(TransformerLazyTest, BadOptionsAreRefused) {
   o.transformer.lazy.layers = {7};
   EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
   o.transformer.lazy.layers = {};
-  o.kv.paged = true;
-  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
-  o.kv.paged = false;
+  o.transformer.max_sequences = 2;  // several sequences: each its own pruning (test below)
+  EXPECT_TRUE(Session::Open(bin.string(), o).ok());
+}
+
+// The smallest KV pool Session::Open takes for `kv` (KvPageCache::MinimumPoolBytes of its
+// layout): V pages spill.
+uint64_t MinimumPool(const std::string& model, const std::string& tokenizer, KvOptions kv) {
+  SessionOptions probe;
+  probe.kv = kv;
+  probe.tokenizer_path = tokenizer;
+  probe.transformer.max_context = 512;
+  auto s = Session::Open(model, probe);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  if (!s.ok() || (*s)->paged_kv() == nullptr) return 0;
+  return cache::KvPageCache::MinimumPoolBytes((*s)->paged_kv()->pages().layout());
+}
+
+// The paged KV cache under lazy pruning: pages of a layer that computed none of their positions
+// do not exist, rows of revived tokens are filled in below the sequence's length (KvCache::Fill)
+// and, when V spills, written back to flash. With f32 pages, exact attention over a paged cache
+// is bit-identical to the flat one, so lazy prefill + decode (with revivals, in one pass and in
+// 5 passes) must give the same ids and every logit as lazy with the flat cache: in DRAM and with
+// V spilled at the smallest pool, for two page sizes. keep 0.9999 (lazy path on, nothing pruned)
+// over the spilled cache equals the dense pass.
+TEST(TransformerLazyTest, PagedKvCacheMatchesFlatUnderPruning) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  for (uint32_t batch : {512u, 64u}) {
+    LazyOptions lazy;
+    lazy.keep = 0.3f;
+    auto want = RunTrace(bin.string(), tok.string(), lazy, 300, 40, batch);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    ASSERT_GT(want->stats.lazy.revivals, 0u);
+    ASSERT_GT(want->stats.lazy.prunes, 0u);
+    for (uint32_t page : {16u, 7u}) {
+      for (bool spill : {false, true}) {
+        KvOptions kv;
+        kv.paged = true;
+        kv.page_tokens = page;
+        if (spill) {
+          kv.pool_bytes = MinimumPool(bin.string(), tok.string(), kv);
+          ASSERT_GT(kv.pool_bytes, 0u);
+        }
+        auto got = RunTrace(bin.string(), tok.string(), lazy, 300, 40, batch, kv);
+        ASSERT_TRUE(got.ok()) << got.status().ToString();
+        const std::string what = "batch " + std::to_string(batch) + " page " +
+                                 std::to_string(page) + (spill ? " spilled" : " in DRAM");
+        EXPECT_EQ(got->spills, spill) << what;
+        if (spill) EXPECT_GT(got->stats.kv_bytes_read, 0u) << what;
+        EXPECT_EQ(got->ids, want->ids) << what;
+        EXPECT_TRUE(got->logits == want->logits) << what;
+        EXPECT_EQ(got->stats.lazy.layer_tokens, want->stats.lazy.layer_tokens) << what;
+        EXPECT_EQ(got->stats.lazy.revivals, want->stats.lazy.revivals) << what;
+      }
+    }
+  }
+  KvOptions kv;
+  kv.paged = true;
+  kv.pool_bytes = MinimumPool(bin.string(), tok.string(), kv);
+  auto dense = RunTrace(bin.string(), tok.string(), LazyOptions{}, 300, 40, 64);
+  LazyOptions nothing;
+  nothing.keep = 0.9999f;
+  auto got = RunTrace(bin.string(), tok.string(), nothing, 300, 40, 64, kv);
+  ASSERT_TRUE(dense.ok() && got.ok());
+  EXPECT_TRUE(got->spills);
+  EXPECT_EQ(got->ids, dense->ids);
+  EXPECT_TRUE(got->logits == dense->logits);
+}
+
+// Lazy pruning with top-N attention (--kv-topn): the policy's N positions are taken among those
+// the layer holds (a position it never computed has probability 0 and is dropped). References:
+// (1) N >= the context keeps every position, so it must equal lazy alone bit for bit; (2) the
+// flat cache (selection after the softmax, V read in DRAM) and the paged cache with V spilled
+// (the two-phase path that fetches only the pages of selected positions, by pages and by rows)
+// make the same selection and sums, so ids and logits must be identical; (3) N < the context
+// changes the output (top-N is active alongside pruning).
+TEST(TransformerLazyTest, TopNAttentionTakesPositionsTheLayerHolds) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  LazyOptions lazy;
+  lazy.keep = 0.3f;
+  auto alone = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  auto all = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64, {}, *TopNSpec::Parse("512"));
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(all->ids, alone->ids);
+  EXPECT_TRUE(all->logits == alone->logits);
+  for (const char* spec : {"24", "10%"}) {
+    const TopNSpec topn = *TopNSpec::Parse(spec);
+    auto flat = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64, {}, topn);
+    ASSERT_TRUE(flat.ok()) << flat.status().ToString();
+    EXPECT_GT(flat->stats.lazy.revivals, 0u);
+    EXPECT_FALSE(flat->logits == alone->logits) << spec;
+    for (bool rows : {false, true}) {
+      KvOptions kv;
+      kv.paged = true;
+      kv.page_tokens = 8;
+      kv.fetch_rows = rows;
+      kv.pool_bytes = MinimumPool(bin.string(), tok.string(), kv);
+      auto paged = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64, kv, topn);
+      ASSERT_TRUE(paged.ok()) << paged.status().ToString();
+      EXPECT_TRUE(paged->spills);
+      EXPECT_EQ(paged->ids, flat->ids) << spec << (rows ? " rows" : " pages");
+      EXPECT_TRUE(paged->logits == flat->logits) << spec << (rows ? " rows" : " pages");
+    }
+  }
+}
+
+// Several sequences in one pass (a server's batch): each is ranked by its own last token and
+// prunes and revives only its own positions, so two prompts prefilled together in one pass and
+// decoded together (one token of each per pass) give, per sequence, the ids and every logit of
+// that prompt run alone with lazy pruning. The aux cache is sized and charged per sequence.
+TEST(TransformerLazyTest, SequencesOfOnePassPruneIndependently) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  LazyOptions lazy;
+  lazy.keep = 0.3f;
+  const uint32_t steps = 30;
+  const uint32_t lengths[2] = {300, 170};
+  // Alone: RunTrace's prompt of each length (sequence 0, one pass).
+  std::vector<Trace> alone;
+  for (uint32_t len : lengths) {
+    auto t = RunTrace(bin.string(), tok.string(), lazy, len, steps);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    ASSERT_GT(t->stats.lazy.revivals, 0u);
+    alone.push_back(*t);
+  }
+  SessionOptions o;
+  o.threads = 2;
+  o.tokenizer_path = tok.string();
+  o.transformer.max_context = 512;
+  o.transformer.max_batch = 512;
   o.transformer.max_sequences = 2;
-  EXPECT_EQ(Session::Open(bin.string(), o).status().code(), StatusCode::kInvalidArgument);
+  o.transformer.lazy = lazy;
+  auto s = Session::Open(bin.string(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Transformer& model = (*s)->model();
+  ASSERT_NE(model.lazy_aux(), nullptr);
+  EXPECT_EQ(model.lazy_aux()->resident_bytes(), cache::LazyAuxCache::BytesNeeded(64, 512, 2));
+  TransformerOptions one = o.transformer;
+  one.max_sequences = 1;
+  TransformerOptions off = o.transformer;
+  off.lazy = LazyOptions{};
+  const WeightsShape shape;
+  EXPECT_GE(Transformer::BytesNeeded((*s)->config(), o.transformer, 2, shape) -
+                Transformer::BytesNeeded((*s)->config(), off, 2, shape),
+            2 * cache::LazyAuxCache::BytesNeeded(64, 512));
+  EXPECT_GT(Transformer::BytesNeeded((*s)->config(), o.transformer, 2, shape),
+            Transformer::BytesNeeded((*s)->config(), one, 2, shape));
+  std::vector<int32_t> ids[2];
+  std::vector<float> logits[2];
+  for (int q = 0; q < 2; ++q) ids[q] = Prompt((*s)->tokenizer(), lengths[q]);
+  std::vector<int32_t> tokens;
+  std::vector<uint32_t> positions, sequences, wanted;
+  auto run = [&](bool prompt) -> Status {
+    tokens.clear();
+    positions.clear();
+    sequences.clear();
+    wanted.clear();
+    for (uint32_t q = 0; q < 2; ++q) {
+      const uint32_t first = prompt ? 0u : static_cast<uint32_t>(ids[q].size() - 1);
+      for (uint32_t p = first; p < ids[q].size(); ++p) {
+        tokens.push_back(ids[q][p]);
+        positions.push_back(p);
+        sequences.push_back(q);
+      }
+      wanted.push_back(static_cast<uint32_t>(tokens.size() - 1));
+    }
+    TokenBatch b;
+    b.tokens = tokens;
+    b.positions = positions;
+    b.sequences = sequences;
+    b.logits_for = wanted;
+    ASSIGN_OR_RETURN(std::span<const float> out, model.Forward(b));
+    const uint32_t vocab = (*s)->config().vocab_size;
+    for (uint32_t q = 0; q < 2; ++q) {
+      const std::span<const float> row = out.subspan(uint64_t{q} * vocab, vocab);
+      logits[q].insert(logits[q].end(), row.begin(), row.end());
+      ids[q].push_back(
+          static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin()));
+    }
+    return Status::Ok();
+  };
+  ASSERT_TRUE(run(true).ok());
+  // As RunTrace: `steps` decode passes, the last one's logits and token not recorded.
+  for (uint32_t i = 0; i < steps; ++i) ASSERT_TRUE(run(false).ok());
+  for (int q = 0; q < 2; ++q) {
+    ids[q].resize(lengths[q] + steps);
+    logits[q].resize(uint64_t{steps} * (*s)->config().vocab_size);
+  }
+  const LazyStats z = model.lazy_stats();
+  EXPECT_EQ(z.revivals, alone[0].stats.lazy.revivals + alone[1].stats.lazy.revivals);
+  EXPECT_EQ(z.prunes, alone[0].stats.lazy.prunes + alone[1].stats.lazy.prunes);
+  for (int q = 0; q < 2; ++q) {
+    EXPECT_EQ(ids[q], alone[q].ids) << "sequence " << q;
+    EXPECT_TRUE(logits[q] == alone[q].logits) << "sequence " << q;
+  }
 }
 
 }  // namespace

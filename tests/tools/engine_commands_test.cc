@@ -205,7 +205,8 @@ TEST(EngineCommandsTest, PerplexityIsFiniteAndLowOnModelText) {
 }
 
 // Lazy prefill from the command line: --lazy-prefill 1 prints the golden greedy text (exact),
-// a pruning run prints its `lazy:` line and JSON, bad values fail with nothing on stdout.
+// a pruning run prints its `lazy:` line and JSON (also over the paged KV cache, whose text equals
+// the flat cache's, and with --kv-topn), bad values fail with nothing on stdout.
 TEST(EngineCommandsTest, LazyPrefillFlags) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   FLASHLM_REQUIRE_SHARED_MODEL(txt, "stories260K/golden_greedy_t0_256steps.txt");
@@ -224,12 +225,23 @@ TEST(EngineCommandsTest, LazyPrefillFlags) {
   EXPECT_NE(lazy.err.find("lazy: tokens per layer"), std::string::npos) << lazy.err;
   const nlohmann::json stats = nlohmann::json::parse(ReadFile(json));
   EXPECT_GT(stats["lazy"]["pruned"].get<uint64_t>(), 0u) << stats.dump();
+  // With the paged KV cache (f32 pages: exact, so the same text as the flat cache) and with
+  // top-N attention, pruning runs and says so.
+  const std::string lz = g + " --lazy-prefill 0.5 -p 'Once upon a time, there was a little dog'";
+  CmdRun flat = Flashlm(lz);
+  CmdRun paged = Flashlm(lz + " --kv-page-tokens 16");
+  CmdRun topn = Flashlm(lz + " --kv-topn 8");
+  ASSERT_EQ(flat.exit_code, 0) << flat.err;
+  ASSERT_EQ(paged.exit_code, 0) << paged.err;
+  ASSERT_EQ(topn.exit_code, 0) << topn.err;
+  EXPECT_EQ(paged.out, flat.out);
+  EXPECT_NE(paged.err.find("lazy: tokens per layer"), std::string::npos) << paged.err;
+  EXPECT_NE(topn.err.find("lazy: tokens per layer"), std::string::npos) << topn.err;
   for (const std::string& bad :
        {g + " --lazy-prefill 0", g + " --lazy-prefill 1.5", g + " --lazy-prefill x",
         g + " --lazy-prefill 0.5 --lazy-layers 4", g + " --lazy-prefill 0.5 --lazy-layers 2,1",
         g + " --lazy-prefill 0.5 --lazy-layers a", g + " --lazy-prefill 0.5 --lazy-layers 1,,2",
-        g + " --lazy-layers 1", g + " --lazy-prefill 0.5 --kv-topn 8",
-        g + " --lazy-prefill 0.5 --kv-page-tokens 16", g + " --max-batch -1"}) {
+        g + " --lazy-layers 1", g + " --max-batch -1"}) {
     CmdRun b = Flashlm(bad);
     EXPECT_NE(b.exit_code, 0) << bad;
     EXPECT_TRUE(b.out.empty()) << bad;

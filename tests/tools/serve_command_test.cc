@@ -533,6 +533,67 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
 // every pass). 16 concurrent clients; greedy text equals generate's on the same store and
 // budget; decode steps carry several sequences; peak RSS stays within the plan plus the serve
 // process's overhead (binary, libraries, HTTP threads; measured at about 11 MiB, stated as 24).
+// LazyLLM pruning under several sequences (--lazy-prefill 0.3, --parallel 3): each sequence is
+// ranked by its own last token and prunes and revives only its own positions, so every answer
+// equals `flashlm generate --lazy-prefill 0.3` of its prompt alone (each prompt fits one pass in
+// both), for three different prompts asked twice each by concurrent clients (slots reused); the
+// pruning shows in /stats, with the aux cache sized for the three sequences.
+TEST(ServeCommandTest, LazyPrefillPrunesEachSequenceLikeGenerate) {
+  REQUIRE_STORIES(m);
+  ::flashlm::testing::ScratchDir dir;
+  const std::string lazy = "--lazy-prefill 0.3 --max-batch 512 --ctx 512";
+  const std::string story =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park with her dog Max. One day, Lily saw a big red ball under a tree. ";
+  const std::vector<std::string> prompts = {
+      story + story + "She ran to get it, but",
+      "Tom had a small boat. He took it to the lake every day with his dad. " + story,
+      story + "The bird dropped the ball and Lily laughed. Then"};
+  std::vector<std::string> want;
+  for (const std::string& p : prompts) {
+    auto r =
+        ::flashlm::testing::RunFlashlm("generate " + m.bin + " --tokenizer " + m.tok +
+                                       " --temp 0 --threads 2 -n 48 " + lazy + " -p " + Quote(p));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_NE(r.err.find("lazy:"), std::string::npos) << r.err;
+    if (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+    want.push_back(r.out);
+  }
+  ServeProcess server(m.bin,
+                      {"--tokenizer", m.tok, "--threads", "2", "--parallel", "3", "--lazy-prefill",
+                       "0.3", "--max-batch", "512", "--ctx", "512"},
+                      (dir / "serve.log").string());
+  ASSERT_TRUE(server.WaitReady()) << server.Log();
+  constexpr int kClients = 6;
+  std::atomic<int> right{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      httplib::Client cli("127.0.0.1", server.port());
+      cli.set_read_timeout(300);
+      const std::string& p = prompts[c % prompts.size()];
+      json req = {{"prompt", p}, {"max_tokens", 48}, {"temperature", 0}};
+      auto res = cli.Post("/v1/completions", req.dump(), "application/json");
+      if (!res || res->status != 200) return;
+      json j = json::parse(res->body, nullptr, false);
+      if (!j.is_object()) return;
+      const std::string text = j["choices"][0]["text"].get<std::string>();
+      if (text == want[c % prompts.size()]) ++right;
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(right.load(), kClients) << server.Log();
+  const Reply stats = Curl(server.base() + "/stats");
+  ASSERT_EQ(stats.status, 200) << stats.body;
+  ASSERT_TRUE(stats.j.contains("lazy_pruned")) << stats.body;
+  EXPECT_GT(stats.j["lazy_pruned"].get<uint64_t>(), 0u) << stats.body;
+  EXPECT_GT(stats.j["lazy_revived"].get<uint64_t>(), 0u) << stats.body;
+  EXPECT_EQ(stats.j["lazy_aux_capacity_bytes"].get<uint64_t>(),
+            3u * 512u * (64u * 4u + 4u))  // 3 sequences x 512 positions x (dim f32 + count)
+      << stats.body;
+  EXPECT_EQ(server.Stop(30), 0) << server.Log();
+}
+
 // The paged KV cache (--kv-* flags, as generate takes them) under several sequences: with V
 // pages spilled to --kv-dir and read back, f32 rows, every answer equals generate's with the flat
 // cache (exact), slots reused by later requests included; the spill shows in /stats and the
