@@ -1,6 +1,7 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -49,6 +50,16 @@ float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uin
       CHECK(false && "KV rows in an unsupported dtype");
   }
   return 0;
+}
+
+float KeyPageBound(const float* q, const float* lo, const float* hi, uint32_t n) {
+  float sum = 0, magnitude = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    const float a = q[j] * lo[j], b = q[j] * hi[j];
+    sum += std::max(a, b);
+    magnitude += std::max(std::fabs(a), std::fabs(b));
+  }
+  return sum + static_cast<float>(n + 4) * 0x1p-23f * magnitude;
 }
 
 void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n) {
