@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
+#include <vector>
 #include <string>
 
 #include "engine/kernels.h"
@@ -50,6 +52,21 @@ float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uin
       CHECK(false && "KV rows in an unsupported dtype");
   }
   return 0;
+}
+
+Status FillSyntheticKv(KvCache& kv, uint32_t n_layers, uint32_t seq, uint32_t positions,
+                       uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> k(kv.kv_dim()), v(kv.kv_dim());
+  for (uint32_t p = 0; p < positions; ++p) {
+    for (uint32_t l = 0; l < n_layers; ++l) {
+      for (float& x : k) x = nd(rng);
+      for (float& x : v) x = nd(rng);
+      RETURN_IF_ERROR(kv.Write(l, seq, p, k, v));
+    }
+  }
+  return Status::Ok();
 }
 
 float KeyPageBound(const float* q, const float* lo, const float* hi, uint32_t n) {

@@ -63,6 +63,16 @@ void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, 
 // pages by it; it never changes a score. Allocates nothing; thread-safe.
 float KeyPageBound(const float* q, const float* lo, const float* hi, uint32_t n);
 
+class KvCache;
+// Benchmarks only (generate --bench-fill-kv): writes positions [0, positions) of `seq` in every
+// layer of `kv` with synthetic K and V rows (normal(0, 1) values from `seed`), as if a prompt of
+// that length had been prefilled, so decode at a long context can be measured where prefilling
+// it would take too long. The rows are not a model's: attention over them is meaningless for
+// output quality (and page selection's choices are not a real text's). Allocates two kv_dim rows.
+// Errors: the cache's Write (InvalidArgument beyond max_positions, IoError spilling).
+Status FillSyntheticKv(KvCache& kv, uint32_t n_layers, uint32_t seq, uint32_t positions,
+                       uint64_t seed);
+
 class KvCache {
  public:
   virtual ~KvCache() = default;
