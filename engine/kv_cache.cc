@@ -66,6 +66,7 @@ Status FillSyntheticKv(KvCache& kv, uint32_t n_layers, uint32_t seq, uint32_t po
       RETURN_IF_ERROR(kv.Write(l, seq, p, k, v));
     }
   }
+  kv.SetLength(seq, positions);
   return Status::Ok();
 }
 
