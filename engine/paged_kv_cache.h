@@ -42,6 +42,8 @@ struct KvOptions {
   // --kv-select pages: keep per-page K bounds (min and max per channel, f32) in DRAM for page
   // selection (engine/attention_pages.h); 2 x kv_dim x 4 bytes per page of K.
   bool select_pages = false;
+  // --kv-select shared: page selection with one choice per (token, layer) for every head.
+  bool select_shared = false;
   // --kv-spill kv: K pages spill to flash too (needs select_pages: exact attention reads every K
   // row every token; cache/kv_page_cache.h).
   bool spill_keys = false;

@@ -63,6 +63,7 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
   // With page selection --kv-topn is its position budget (engine/attention_pages.h), not a
   // selection of its own.
   o.select_pages = so.kv.select_pages;
+  o.select_pages_shared = so.kv.select_pages && so.kv.select_shared;
   o.selective_fetch = so.kv.paged && !so.kv_topn.all() && !so.kv.select_pages;
   if (so.kv.select_pages && !so.kv.paged) {
     return InvalidArgumentError("--kv-select pages needs the paged KV cache");

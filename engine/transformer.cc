@@ -282,6 +282,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   if (l.fired != 0) t->fired_ = u32(l.fired, c.hidden_dim);
   t->selective_fetch_ = options.selective_fetch;
   t->select_pages_ = options.select_pages;
+  t->select_shared_ = options.select_pages && options.select_pages_shared;
   if (options.selective_fetch || options.select_pages) {
     t->item_scores_ = a.Floats(l.item_scores, uint64_t{c.n_heads} * ctx);
     t->item_selected_ = u32(l.item_selected, uint64_t{c.n_heads} * ctx);
@@ -502,6 +503,7 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
           const std::span<const float> b = kv_->KeyPageBounds(layer, seq, pg);
           bounds[pg] = KeyPageBound(q, b.data() + off, b.data() + kv_dim_ + off, hd);
         }
+        if (select_shared_) continue;  // chosen below, once for every head
         const uint32_t chosen =
             page_selection_->SelectPages(len, n_pages, std::span<const float>(bounds, n_pages - 1),
                                          item_selected_.subspan(h * max_context_, n_pages));
@@ -510,9 +512,32 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
         item_chosen_[h] = chosen;
       }
     });
+    if (select_shared_) {
+      // One choice for every head: page p ranks by max over heads h of (bound_h(p) - the best
+      // bound_h of any earlier page), i.e. by the largest factor exp(scale x that) its weight
+      // could have in some head relative to that head's most promising page. Pages are read
+      // whole (every head's K and V), so a shared choice reads exactly the budget's pages.
+      float* shared = scores_.data();  // [n_pages - 1]; the per-thread score rows are free here
+      std::fill(shared, shared + (n_pages - 1), -std::numeric_limits<float>::infinity());
+      for (uint32_t h = 0; h < c.n_heads; ++h) {
+        const float* bounds = item_scores_.data() + uint64_t{h} * max_context_;
+        float best = -std::numeric_limits<float>::infinity();
+        for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) best = std::max(best, bounds[pg]);
+        for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) {
+          shared[pg] = std::max(shared[pg], bounds[pg] - best);
+        }
+      }
+      const uint32_t chosen =
+          page_selection_->SelectPages(len, n_pages, std::span<const float>(shared, n_pages - 1),
+                                       item_selected_.subspan(0, n_pages));
+      CHECK_GE(chosen, 1u);
+      CHECK_LE(chosen, n_pages);
+      for (uint32_t h = 0; h < c.n_heads; ++h) item_chosen_[h] = chosen;
+    }
     std::fill(needed_.begin(), needed_.begin() + n_pages, uint8_t{0});
     for (uint32_t h = 0; h < c.n_heads; ++h) {
-      const uint32_t* sel = item_selected_.data() + uint64_t{h} * max_context_;
+      const uint32_t* sel =
+          item_selected_.data() + (select_shared_ ? 0 : uint64_t{h} * max_context_);
       for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
       page_stats_.head_pages_selected += item_chosen_[h];
     }
@@ -523,7 +548,7 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
     pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
       for (uint64_t h = begin; h < end; ++h) {
         const uint32_t kvh = static_cast<uint32_t>(h) / group;
-        const uint32_t* sel = item_selected_.data() + h * max_context_;
+        const uint32_t* sel = item_selected_.data() + (select_shared_ ? 0 : h * max_context_);
         float* scores = item_scores_.data() + h * max_context_;  // packed, [positions chosen]
         const float* q = q_.data() + uint64_t{t} * q_dim_ + h * hd;
         uint32_t m = 0;

@@ -165,6 +165,9 @@ struct TransformerOptions {
   // Page selection (a PageSelectionPolicy, set_page_selection) over a KV cache that keeps K page
   // bounds: reserves n_heads x max_context scores and pages and a max_context mask.
   bool select_pages = false;
+  // With select_pages: one choice of pages per (token, layer) shared by every head (pages ranked
+  // by their best bound relative to each head's best page, AttentionPages), not one per head.
+  bool select_pages_shared = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
   std::vector<float> ffn_thresholds;  // kThreshold: one cut per layer (finite, >= 0)
   LazyOptions lazy;  // LazyLLM pruning (off by default)
@@ -292,7 +295,7 @@ class Transformer {
   FfnObserver* ffn_observer_ = nullptr;
   const AttentionPolicy* policy_ = nullptr;
   const PageSelectionPolicy* page_selection_ = nullptr;
-  bool select_pages_ = false;
+  bool select_pages_ = false, select_shared_ = false;
   PageSelectStats page_stats_;
   std::unique_ptr<FlatKvCache> own_kv_;
   KvCache* kv_ = nullptr;

@@ -70,7 +70,8 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       "Paged KV cache: all (every position's score, the default) or pages (Quest: each query "
       "reads only the pages of K and V whose per-channel K min/max bound its score highest, "
       "ceil(N/P) pages for the --kv-topn budget N, its own page always; exact attention over "
-      "them)");
+      "them), or shared (the same, one choice of pages per token and layer for every head: "
+      "pages ranked by their best bound relative to each head's best page)");
   f->kv_options[6] = cmd->add_option(
       "--kv-spill", f->kv_spill,
       "Paged KV cache: what spills to flash beyond the pool: v (V pages, the default) or kv (K "
@@ -188,10 +189,11 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--kv-fetch must be rows or pages");
   }
   o->kv.fetch_rows = f.kv_fetch == "rows";
-  if (f.kv_select != "all" && f.kv_select != "pages") {
-    return InvalidArgumentError("--kv-select must be all or pages");
+  if (f.kv_select != "all" && f.kv_select != "pages" && f.kv_select != "shared") {
+    return InvalidArgumentError("--kv-select must be all, pages or shared");
   }
-  o->kv.select_pages = f.kv_select == "pages";
+  o->kv.select_pages = f.kv_select != "all";
+  o->kv.select_shared = f.kv_select == "shared";
   if (f.kv_spill != "v" && f.kv_spill != "kv") {
     return InvalidArgumentError("--kv-spill must be v or kv");
   }

@@ -551,7 +551,15 @@ TEST(PagedKvCacheTest, PageSelectionOptionsAreChecked) {
 // with V spilled and with K and V spilled (--kv-spill kv) at their smallest pools. With a small
 // budget it changes attention, reads fewer spilled bytes than exact attention, and gives the
 // same output whether its pages come from DRAM or from flash (the same bounds and choices).
-TEST(PagedKvCacheTest, PageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
+// Query heads of the model in `store`.
+uint32_t QueryHeads(const std::string& store) {
+  SessionOptions o;
+  o.transformer.max_context = 8;
+  auto s = Session::Open(store, o);
+  return s.ok() ? (*s)->config().n_heads : 0;
+}
+
+void ExpectPageSelectionExactAndSpillNeutral(bool shared) {
   ::flashlm::testing::ScratchDir dir;
   layout::SynthOptions so;
   so.config = *layout::SynthShape("tiny");
@@ -569,6 +577,7 @@ TEST(PagedKvCacheTest, PageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
   dram.paged = true;
   dram.page_tokens = 4;
   dram.select_pages = true;
+  dram.select_shared = shared;
   KvOptions v_spill = dram;
   v_spill.pool_bytes = MinimumPool(store, v_spill);
   KvOptions kv_spill = dram;
@@ -608,10 +617,23 @@ TEST(PagedKvCacheTest, PageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
     EXPECT_TRUE(kv_flash->logits == in_dram->logits) << spec;
     EXPECT_FALSE(in_dram->logits == flat->logits) << spec << " changes attention";
     EXPECT_LT(in_dram->stats.kv_pages.pages_selected, in_dram->stats.kv_pages.pages_total);
+    if (shared) {  // every head reads the same pages: the union is one head's share
+      EXPECT_EQ(in_dram->stats.kv_pages.pages_selected * QueryHeads(store),
+                in_dram->stats.kv_pages.head_pages_selected);
+    }
     // (The few pages chosen may all stay in the pool's LRU: no read is needed then.)
     EXPECT_LT(v_flash->stats.kv_bytes_read, exact->stats.kv_bytes_read) << spec;
     EXPECT_LT(kv_flash->stats.kv_bytes_read, exact->stats.kv_bytes_read) << spec;
   }
+}
+
+TEST(PagedKvCacheTest, PageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
+  ExpectPageSelectionExactAndSpillNeutral(false);
+}
+
+// The same with one choice of pages shared by every head (--kv-select shared).
+TEST(PagedKvCacheTest, SharedPageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
+  ExpectPageSelectionExactAndSpillNeutral(true);
 }
 
 }  // namespace
