@@ -41,6 +41,9 @@ MODES = [
     ("page select, V spilled", "vmin", ["--kv-select", "pages", "--kv-topn", "TOPN"]),
     ("page select, K+V spilled", "kvmin",
      ["--kv-select", "pages", "--kv-spill", "kv", "--kv-topn", "TOPN"]),
+    ("shared page select, V spilled", "vmin", ["--kv-select", "shared", "--kv-topn", "TOPN"]),
+    ("shared page select, K+V spilled", "kvmin",
+     ["--kv-select", "shared", "--kv-spill", "kv", "--kv-topn", "TOPN"]),
 ]
 
 

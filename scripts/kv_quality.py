@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quality of approximate attention on stories260K (issue 11): top-N positions (KCache,
---kv-topn N) and page selection (Quest, --kv-select pages with --kv-topn N as the position
-budget, ceil(N/P) pages), against exact attention: perplexity and greedy agreement.
+--kv-topn N) and page selection (Quest, --kv-select pages|shared with --kv-topn N as the
+position budget, ceil(N/P) pages), against exact attention: perplexity and greedy agreement.
 
 Steps (every command is printed):
   1. text: 4 samples of 500 tokens from the model itself (temperature 1, seeds 1-4, from "Once
@@ -62,6 +62,9 @@ def main():
     for b in budgets:
         modes.append((f"pages-{b}", ["--kv-select", "pages", "--kv-page-tokens", P,
                                      "--kv-topn", b]))
+    for b in budgets:
+        modes.append((f"shared-{b}", ["--kv-select", "shared", "--kv-page-tokens", P,
+                                      "--kv-topn", b]))
     rows = []
     greedy = {}
     for name, flags in modes:
@@ -103,8 +106,10 @@ set xlabel 'budget N (positions; pages = ceil(N/P))'
 set xtics ('128' 0, '64' 1, '32' 2, '16' 3, '25%' 4, '10%' 5)
 set key top left
 set grid
+set logscale y
 plot '{a.csv}' every ::1::{len(budgets)} using ($0):6 with linespoints lw 2 pt 7 title 'top-N (KCache)', \\
-     '{a.csv}' every ::{len(budgets) + 1} using ($0):6 with linespoints lw 2 pt 5 title 'page selection (Quest)'
+     '{a.csv}' every ::{len(budgets) + 1}::{2 * len(budgets)} using ($0):6 with linespoints lw 2 pt 5 title 'page selection per head (Quest)', \\
+     '{a.csv}' every ::{2 * len(budgets) + 1} using ($0):6 with linespoints lw 2 pt 9 title 'page selection shared by heads'
 """
     gpf = os.path.join(a.work, "plot.gp")
     with open(gpf, "w") as f:
