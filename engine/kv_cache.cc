@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <random>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "engine/kernels.h"
 #include "storage/check.h"

@@ -317,6 +317,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   }
   if (options.kv.select_pages) {
     page_attention_ = std::make_unique<PageAttention>(options.kv_topn, options.kv.page_tokens);
+    options_select_shared_ = options.kv.select_shared;
     RETURN_IF_ERROR(model_->set_page_selection(page_attention_.get()));
   }
   // What was allocated is what was planned for (the plan's inputs come from the same functions).
@@ -382,6 +383,7 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   }
   if (options.kv.select_pages) {
     page_attention_ = std::make_unique<PageAttention>(options.kv_topn, options.kv.page_tokens);
+    options_select_shared_ = options.kv.select_shared;
     RETURN_IF_ERROR(model_->set_page_selection(page_attention_.get()));
   }
   planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +
@@ -416,7 +418,14 @@ std::string Session::Describe() const {
            DescribeKv(paged_kv_);
   }
   std::string s = plan_.Describe() + DescribeKv(paged_kv_);
-  if (topn_ != nullptr) {
+  if (page_attention_ != nullptr) {
+    s += "  attention: page selection (" +
+         std::string(options_select_shared_ ? "one choice shared by every head" : "per head") +
+         "), budget " + (topn_ != nullptr ? topn_spec_.ToString() : std::string("all")) +
+         " positions in whole pages, exact over the pages chosen" +
+         (paged_kv_ != nullptr && paged_kv_->pages().spill_keys() ? "; K and V pages spill\n"
+                                                                  : "\n");
+  } else if (topn_ != nullptr) {
     s += "  attention: top-N, " + topn_spec_.ToString() +
          " positions per head kept (probabilities renormalised over them)" +
          (paged_kv_ != nullptr && paged_kv_->spills() ? "; only the V pages holding them are read\n"

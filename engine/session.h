@@ -207,6 +207,7 @@ class Session {
   PagedKvCache* paged_kv_ = nullptr;  // kv_ when it is paged
   uint64_t attention_base_ = 0;
   std::unique_ptr<PageAttention> page_attention_;  // --kv-select pages (before the model)
+  bool options_select_shared_ = false;             // --kv-select shared (for Describe)
   std::unique_ptr<TopNAttention> topn_;  // the model's attention policy (before the model)
   TopNSpec topn_spec_;
   std::unique_ptr<Transformer> model_;

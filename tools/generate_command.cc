@@ -156,15 +156,18 @@ CommandRunner RegisterGenerate(CLI::App& app) {
       cache_load_ms = static_cast<double>(storage::NowNs() - t0) / 1e6;
     }
     if (f->bench_fill_kv) {
-      if (f->bench_prompt_tokens < 2) return usage("--bench-fill-kv needs --bench-prompt-tokens N >= 2");
+      if (f->bench_prompt_tokens < 2)
+        return usage("--bench-fill-kv needs --bench-prompt-tokens N >= 2");
       if (!f->prompt_cache.empty()) return usage("--bench-fill-kv does not go with --prompt-cache");
       const uint64_t t0 = storage::NowNs();
       cached = static_cast<uint32_t>(prompt.size() - 1);
-      if (Status st = engine::FillSyntheticKv(model.kv_cache(), model.config().n_layers, 0, cached, 1);
+      if (Status st =
+              engine::FillSyntheticKv(model.kv_cache(), model.config().n_layers, 0, cached, 1);
           !st.ok()) {
         return ReportError("generate", st);
       }
-      std::fprintf(stderr, "bench: %u positions of synthetic K/V written in %.1f ms (not prefilled)\n",
+      std::fprintf(stderr,
+                   "bench: %u positions of synthetic K/V written in %.1f ms (not prefilled)\n",
                    cached, static_cast<double>(storage::NowNs() - t0) / 1e6);
       (*session)->ResetStats();
     }

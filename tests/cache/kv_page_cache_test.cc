@@ -348,8 +348,8 @@ TEST(KvPageCacheTest, SpilledKeyPagesMatchReferenceUnderRandomWorkload) {
       const uint32_t layer = rng() % l.n_layers;
       const uint64_t pages = CeilDiv(length[seq], l.tokens_per_page);
       for (uint64_t p = 0; p < pages; ++p) {
-        key_pages_seen_on_flash += c.on_flash(KvKind::kKey, seq, layer, p) &&
-                                   !c.resident(KvKind::kKey, seq, layer, p);
+        key_pages_seen_on_flash +=
+            c.on_flash(KvKind::kKey, seq, layer, p) && !c.resident(KvKind::kKey, seq, layer, p);
       }
       const bool some = op == 9;  // a random subset of pages, as page selection asks
       for (uint64_t p = 0; p < pages; ++p) mask[p] = some ? (rng() % 3 == 0) : 1;

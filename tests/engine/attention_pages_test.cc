@@ -47,8 +47,7 @@ TEST(PageAttentionTest, SelectsTheOwnPageAndTheHighestBounds) {
     std::vector<uint32_t> want(order.begin(), order.begin() + (got - 1));
     want.push_back(n_pages - 1);
     std::sort(want.begin(), want.end());
-    EXPECT_EQ(std::vector<uint32_t>(pages.begin(), pages.begin() + got), want)
-        << "trial " << trial;
+    EXPECT_EQ(std::vector<uint32_t>(pages.begin(), pages.begin() + got), want) << "trial " << trial;
   }
 }
 

@@ -438,7 +438,6 @@ TEST(PagedKvCacheTest, SynthModelIdenticalToFlat) {
   ExpectPagedIdentical(store, "", "synth-tiny");
 }
 
-
 // Page bounds of the cache: for every dtype, after writes and a rewind into a page, every page's
 // bounds hold every stored K row (KeyPageBound over them >= KvDot of each row with random
 // queries, head by head), and a rewound page's bounds equal those of a cache that never held the
@@ -539,11 +538,11 @@ TEST(PagedKvCacheTest, PageSelectionOptionsAreChecked) {
   KvOptions direct;
   direct.paged = true;
   direct.spill_keys = true;
-  EXPECT_EQ(PagedKvCache::Create(Config(), 16, 1, direct, 1 << 20, storage::BackendKind::kAuto,
-                                 true)
-                .status()
-                .code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      PagedKvCache::Create(Config(), 16, 1, direct, 1 << 20, storage::BackendKind::kAuto, true)
+          .status()
+          .code(),
+      StatusCode::kInvalidArgument);
 }
 
 // Page selection choosing every page (--kv-topn all, or a budget >= the context) is exact
