@@ -103,7 +103,7 @@ set datafile separator ','
 set title 'stories260K, ctx 512: top-N positions vs page selection (P={P}), same budget N'
 set ylabel 'perplexity relative to exact attention'
 set xlabel 'budget N (positions; pages = ceil(N/P))'
-set xtics ('128' 0, '64' 1, '32' 2, '16' 3, '25%' 4, '10%' 5)
+set xtics ('128' 0, '64' 1, '32' 2, '16' 3, '25%%' 4, '10%%' 5)
 set key top left
 set grid
 set logscale y
