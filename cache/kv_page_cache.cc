@@ -27,40 +27,45 @@ uint64_t KBytes(const layout::VCacheLayout& l) {
   return l.pages_per_kind() * l.page_stride_bytes();
 }
 
-// V slots a pool of `pool_bytes` holds (at most every V page).
-uint64_t VSlots(const layout::VCacheLayout& l, uint64_t pool_bytes) {
-  const uint64_t k = KBytes(l);
-  return pool_bytes <= k ? 0
-                         : std::min(l.pages_per_kind(), (pool_bytes - k) / l.page_stride_bytes());
+// Slots a pool of `pool_bytes` holds for spillable pages (at most every V page, and every K page
+// with spill_keys; the K pages are outside the slots otherwise).
+uint64_t VSlots(const layout::VCacheLayout& l, uint64_t pool_bytes, bool spill_keys) {
+  const uint64_t k = spill_keys ? 0 : KBytes(l);
+  const uint64_t pages = (spill_keys ? 2 : 1) * l.pages_per_kind();
+  return pool_bytes <= k ? 0 : std::min(pages, (pool_bytes - k) / l.page_stride_bytes());
 }
 
 }  // namespace
 
 uint64_t KvPageCache::FullPoolBytes(const layout::VCacheLayout& l) { return 2 * KBytes(l); }
 
-uint64_t KvPageCache::MinimumPoolBytes(const layout::VCacheLayout& l) {
+uint64_t KvPageCache::MinimumPoolBytes(const layout::VCacheLayout& l, bool spill_keys) {
   // Every K page, plus one layer's V pages of every sequence (what attention over a layer pins)
-  // and the page being filled of every other (sequence, layer).
+  // and the page being filled of every other (sequence, layer). With spill_keys: one layer's K
+  // and V pages of every sequence and the K and V pages being filled.
   const uint64_t v_pages = uint64_t{l.max_sequences} * (l.pages_per_seq() + l.n_layers);
+  if (spill_keys) return std::min(FullPoolBytes(l), 2 * v_pages * l.page_stride_bytes());
   return std::min(FullPoolBytes(l), KBytes(l) + v_pages * l.page_stride_bytes());
 }
 
 uint64_t KvPageCache::ResidentBytes(const layout::VCacheLayout& l, uint64_t pool_bytes,
-                                    bool fetch_rows) {
-  const uint64_t slots = VSlots(l, pool_bytes);
-  const uint64_t seq_layers = uint64_t{l.max_sequences} * l.n_layers;
+                                    bool fetch_rows, bool spill_keys) {
+  const uint64_t slots = VSlots(l, pool_bytes, spill_keys);
+  const uint64_t kinds = spill_keys ? 2 : 1;
+  const uint64_t seq_layers = kinds * l.max_sequences * l.n_layers;
   const uint64_t rows =
       fetch_rows ? l.pages_per_kind() * l.tokens_per_page * sizeof(uint64_t) +
                        (l.pages_per_seq() + uint64_t{l.max_sequences} * l.pages_per_seq()) *
                            sizeof(uint64_t) +
                        l.pages_per_seq() * l.tokens_per_page * sizeof(RowRun)
                  : 0;
-  return rows + storage::AlignedBuffer::ResidentBytes(KBytes(l), kPageAlignment, false) +
+  return rows +
+         storage::AlignedBuffer::ResidentBytes(spill_keys ? 0 : KBytes(l), kPageAlignment, false) +
          storage::AlignedBuffer::ResidentBytes(slots * l.page_stride_bytes(), kPageAlignment,
                                                false) +
-         slots * sizeof(uint32_t) + l.pages_per_kind() * sizeof(PageState) +
+         slots * sizeof(uint32_t) + kinds * l.pages_per_kind() * sizeof(PageState) +
          seq_layers * (sizeof(LruCache::Handle*) + sizeof(uint64_t)) +
-         uint64_t{l.max_sequences} * l.pages_per_seq() *
+         kinds * l.max_sequences * l.pages_per_seq() *
              (sizeof(LruCache::Handle*) + sizeof(uint64_t)) +
          LruCache::ResidentBytes(static_cast<uint32_t>(std::max<uint64_t>(slots, 1)));
 }
@@ -72,29 +77,35 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   if (l.pages_per_kind() > UINT32_MAX / 2) {
     return InvalidArgumentError("KV pages: more than 2^31 pages; use larger --kv-page-tokens");
   }
-  const uint64_t minimum = MinimumPoolBytes(l);
+  const uint64_t minimum = MinimumPoolBytes(l, o.spill_keys);
   if (o.pool_bytes < minimum) {
     return InvalidArgumentError("KV cache pool of " + FormatBytes(o.pool_bytes) +
                                 " is below its minimum of " + FormatBytes(minimum) +
-                                " (every K page, one layer's V pages and the page being filled "
-                                "of each layer)");
+                                (o.spill_keys ? " (one layer's K and V pages and the pages being "
+                                                "filled of each layer)"
+                                              : " (every K page, one layer's V pages and the page "
+                                                "being filled of each layer)"));
   }
   std::unique_ptr<KvPageCache> c(new KvPageCache());
   c->layout_ = l;
   c->pool_bytes_ = o.pool_bytes;
   const uint64_t stride = l.page_stride_bytes();
-  c->v_slots_ = static_cast<uint32_t>(VSlots(l, o.pool_bytes));
-  ASSIGN_OR_RETURN(c->k_pool_, storage::AlignedBuffer::Allocate(KBytes(l), kPageAlignment, false));
+  c->kinds_ = o.spill_keys ? 2 : 1;
+  c->v_slots_ = static_cast<uint32_t>(VSlots(l, o.pool_bytes, o.spill_keys));
+  if (!o.spill_keys) {
+    ASSIGN_OR_RETURN(c->k_pool_,
+                     storage::AlignedBuffer::Allocate(KBytes(l), kPageAlignment, false));
+  }
   ASSIGN_OR_RETURN(c->v_pool_, storage::AlignedBuffer::Allocate(uint64_t{c->v_slots_} * stride,
                                                                 kPageAlignment, false));
   c->free_slots_.reserve(c->v_slots_);
   for (uint32_t s = c->v_slots_; s > 0; --s) c->free_slots_.push_back(s - 1);
-  c->v_pages_.assign(l.pages_per_kind(), PageState());
-  const uint64_t seq_layers = uint64_t{l.max_sequences} * l.n_layers;
+  c->v_pages_.assign(c->kinds_ * l.pages_per_kind(), PageState());
+  const uint64_t seq_layers = uint64_t{c->kinds_} * l.max_sequences * l.n_layers;
   c->writing_.assign(seq_layers, nullptr);
   c->writing_page_.assign(seq_layers, 0);
-  c->fetched_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
-  c->misses_.reserve(uint64_t{l.max_sequences} * l.pages_per_seq());
+  c->fetched_.reserve(uint64_t{c->kinds_} * l.max_sequences * l.pages_per_seq());
+  c->misses_.reserve(uint64_t{c->kinds_} * l.max_sequences * l.pages_per_seq());
   c->fetch_rows_ = o.fetch_rows;
   if (o.fetch_rows) {
     c->row_pages_.reserve(l.pages_per_seq());
@@ -109,7 +120,7 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
                                          self->v_pages_[key].slot = kNoSlot;
                                          self->free_slots_.push_back(static_cast<uint32_t>(value));
                                        });
-  if (c->v_slots_ < l.pages_per_kind()) {
+  if (c->v_slots_ < c->kinds_ * l.pages_per_kind()) {
     // The spill file: created under a unique name, then unlinked at once, so that it is removed
     // however the process ends.
     std::string dir = o.spill_dir;
@@ -188,18 +199,18 @@ Result<LruCache::Handle*> KvPageCache::InsertValue(uint64_t index, uint32_t slot
 Result<ByteSpan> KvPageCache::PageForWrite(KvKind kind, uint32_t seq, uint32_t layer,
                                            uint64_t page) {
   const uint64_t stride = layout_.page_stride_bytes();
-  const uint64_t index = VIndex(seq, layer, page);
-  if (kind == KvKind::kKey) {
-    return ByteSpan(k_pool_.data() + index * stride, stride);
+  if (!Spillable(kind)) {
+    return ByteSpan(k_pool_.data() + VIndex(seq, layer, page) * stride, stride);
   }
-  const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
+  const uint64_t index = Index(kind, seq, layer, page);
+  const uint64_t w = WritingIndex(kind, seq, layer);
   if (writing_[w] != nullptr && writing_page_[w] == page) {
     return ByteSpan(VSlot(v_pages_[index].slot), stride);
   }
   if (writing_[w] != nullptr) {
     // Another page of this (sequence, layer) was being filled (a rewind into an earlier page):
     // it keeps its rows, so it goes to flash before it may be evicted.
-    const uint64_t other = VIndex(seq, layer, writing_page_[w]);
+    const uint64_t other = Index(kind, seq, layer, writing_page_[w]);
     if (file_ && !v_pages_[other].on_flash) RETURN_IF_ERROR(SpillPage(other));
     lru_->Release(writing_[w]);
     writing_[w] = nullptr;
@@ -247,10 +258,15 @@ Status KvPageCache::SpillPage(uint64_t index) {
 }
 
 Status KvPageCache::MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row) {
-  if (row + 1 < layout_.tokens_per_page) return Status::Ok();
-  const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
+  return MarkRowWritten(KvKind::kValue, seq, layer, page, row);
+}
+
+Status KvPageCache::MarkRowWritten(KvKind kind, uint32_t seq, uint32_t layer, uint64_t page,
+                                   uint32_t row) {
+  if (!Spillable(kind) || row + 1 < layout_.tokens_per_page) return Status::Ok();
+  const uint64_t w = WritingIndex(kind, seq, layer);
   CHECK(writing_[w] != nullptr && writing_page_[w] == page);
-  if (file_) RETURN_IF_ERROR(SpillPage(VIndex(seq, layer, page)));
+  if (file_) RETURN_IF_ERROR(SpillPage(Index(kind, seq, layer, page)));
   lru_->Release(writing_[w]);
   writing_[w] = nullptr;
   return Status::Ok();
@@ -306,16 +322,19 @@ Status KvPageCache::EndFill(const FillTarget& target, Status put_status) {
 
 void KvPageCache::Truncate(uint32_t seq, uint32_t length) {
   const uint64_t keep = CeilDiv(length, layout_.tokens_per_page);
-  for (uint32_t layer = 0; layer < layout_.n_layers; ++layer) {
-    const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
-    if (writing_[w] != nullptr && writing_page_[w] >= keep) {
-      lru_->Release(writing_[w]);
-      writing_[w] = nullptr;
-    }
-    for (uint64_t page = keep; page < layout_.pages_per_seq(); ++page) {
-      const uint64_t index = VIndex(seq, layer, page);
-      if (v_pages_[index].slot != kNoSlot) CHECK(lru_->Erase(index));
-      v_pages_[index].on_flash = false;
+  for (uint32_t k = 0; k < kinds_; ++k) {
+    const KvKind kind = k == 0 ? KvKind::kValue : KvKind::kKey;
+    for (uint32_t layer = 0; layer < layout_.n_layers; ++layer) {
+      const uint64_t w = WritingIndex(kind, seq, layer);
+      if (writing_[w] != nullptr && writing_page_[w] >= keep) {
+        lru_->Release(writing_[w]);
+        writing_[w] = nullptr;
+      }
+      for (uint64_t page = keep; page < layout_.pages_per_seq(); ++page) {
+        const uint64_t index = Index(kind, seq, layer, page);
+        if (v_pages_[index].slot != kNoSlot) CHECK(lru_->Erase(index));
+        v_pages_[index].on_flash = false;
+      }
     }
   }
 }
@@ -345,9 +364,11 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
         // The message is built only for a failure (nothing allocates on the way that works).
         auto where = [&] {
           const uint64_t pps = layout_.pages_per_seq();
-          return "KV spill file " + spill_path_ + ": V page " + std::to_string(rc.tag % pps) +
-                 " of sequence " + std::to_string(rc.tag / pps / layout_.n_layers) + ", layer " +
-                 std::to_string(rc.tag / pps % layout_.n_layers);
+          const bool key = rc.tag >= layout_.pages_per_kind();
+          return "KV spill file " + spill_path_ + (key ? ": K page " : ": V page ") +
+                 std::to_string(rc.tag % pps) + " of sequence " +
+                 std::to_string(rc.tag % layout_.pages_per_kind() / pps / layout_.n_layers) +
+                 ", layer " + std::to_string(rc.tag / pps % layout_.n_layers);
         };
         if (!result.ok()) continue;  // the first failure is the one reported
         if (!rc.status.ok()) {
@@ -369,18 +390,43 @@ Status KvPageCache::ReadPages(std::span<const uint64_t> indices) {
 
 Status KvPageCache::FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page,
                                 uint64_t end_page, std::span<const uint8_t> positions_needed) {
+  const uint64_t P = layout_.tokens_per_page;
+  return Fetch(KvKind::kValue, seq, layer, first_page, end_page, positions_needed,
+               [&](uint64_t page) {
+                 if (positions_needed.empty()) return true;
+                 const uint64_t begin = page * P,
+                                end = std::min<uint64_t>(begin + P, positions_needed.size());
+                 for (uint64_t p = begin; p < end; ++p) {
+                   if (positions_needed[p] != 0) return true;
+                 }
+                 return false;
+               });
+}
+
+Status KvPageCache::FetchPages(KvKind kind, uint32_t seq, uint32_t layer,
+                               std::span<const uint8_t> pages_needed) {
+  CHECK_LE(pages_needed.size(), layout_.pages_per_seq());
+  if (!Spillable(kind)) return Status::Ok();  // every K page is in DRAM
+  return Fetch(kind, seq, layer, 0, pages_needed.size(), {},
+               [&](uint64_t page) { return pages_needed[page] != 0; });
+}
+
+Status KvPageCache::FetchKeys(uint32_t seq, uint32_t layer, uint64_t first_page,
+                              uint64_t end_page) {
+  if (!Spillable(KvKind::kKey)) return Status::Ok();
+  return Fetch(KvKind::kKey, seq, layer, first_page, end_page, {}, [](uint64_t) { return true; });
+}
+
+template <typename Want>
+Status KvPageCache::Fetch(KvKind kind, uint32_t seq, uint32_t layer, uint64_t first_page,
+                          uint64_t end_page, std::span<const uint8_t> positions_needed,
+                          const Want& want) {
   misses_.clear();
   row_pages_.clear();
-  const uint64_t P = layout_.tokens_per_page;
-  const bool rows = fetch_rows_ && !positions_needed.empty();
+  const bool rows = fetch_rows_ && !positions_needed.empty() && kind == KvKind::kValue;
   for (uint64_t page = first_page; page < end_page; ++page) {
-    if (!positions_needed.empty()) {
-      const uint64_t begin = page * P, end = std::min<uint64_t>(begin + P, positions_needed.size());
-      bool any = false;
-      for (uint64_t p = begin; p < end && !any; ++p) any = positions_needed[p] != 0;
-      if (!any) continue;
-    }
-    const uint64_t index = VIndex(seq, layer, page);
+    if (!want(page)) continue;
+    const uint64_t index = Index(kind, seq, layer, page);
     CHECK(!v_pages_[index].rows_only);  // fetched twice before ReleaseFetched
     LruCache::Handle* h = lru_->Lookup(index);
     if (h != nullptr) {
@@ -506,9 +552,10 @@ Status KvPageCache::ReadRows(std::span<const uint64_t> indices,
 
 const std::byte* KvPageCache::PageData(KvKind kind, uint32_t seq, uint32_t layer,
                                        uint64_t page) const {
-  const uint64_t index = VIndex(seq, layer, page);
-  if (kind == KvKind::kKey) return k_pool_.data() + index * layout_.page_stride_bytes();
-  const uint32_t slot = v_pages_[index].slot;
+  if (!Spillable(kind)) {
+    return k_pool_.data() + VIndex(seq, layer, page) * layout_.page_stride_bytes();
+  }
+  const uint32_t slot = v_pages_[Index(kind, seq, layer, page)].slot;
   CHECK_NE(slot, kNoSlot);
   return VSlot(slot);
 }

@@ -33,6 +33,13 @@
 // page is kept resident only when it was read whole: writing, exact attention, pages mode). Each
 // row's XXH3-64 is recorded when its page spills (8 bytes per row of DRAM) and checked after the
 // read. Without it (pages), every page holding a needed position is read whole and stays cached.
+//
+// K spill (`spill_keys`, --kv-spill kv): K pages are no longer all in DRAM; they take slots of
+// the same pool and LRU as V pages, are spilled (checksummed) when their last row is written and
+// read back (checksum verified: Corruption otherwise) by FetchPages, exactly as V pages are. Only
+// useful when attention does not read every K row each token (page selection from K summaries,
+// engine/paged_kv_cache.h). The spill file then holds both kinds (layout/vcache_layout.h), and
+// the minimum pool is one layer's K and V pages of every sequence plus the pages being filled.
 #ifndef FLASHLM_CACHE_KV_PAGE_CACHE_H_
 #define FLASHLM_CACHE_KV_PAGE_CACHE_H_
 
@@ -58,6 +65,8 @@ struct KvPageCacheOptions {
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;       // O_DIRECT spill file (falls back to buffered where refused, logged)
   bool fetch_rows = false;  // FetchValues with positions reads rows, not pages (header comment)
+  // --kv-spill kv: K pages are slots of the pool too and spill like V pages (header comment).
+  bool spill_keys = false;
 };
 
 // Counters since Create or the last ResetStats.
@@ -75,10 +84,10 @@ class KvPageCache {
   // Pool bytes that hold every page of the layout (nothing spills).
   static uint64_t FullPoolBytes(const layout::VCacheLayout& layout);
   // The smallest pool Create accepts (see the header comment).
-  static uint64_t MinimumPoolBytes(const layout::VCacheLayout& layout);
+  static uint64_t MinimumPoolBytes(const layout::VCacheLayout& layout, bool spill_keys = false);
   // DRAM Create allocates for a pool of `pool_bytes` (the pool, the page table, the LRU).
   static uint64_t ResidentBytes(const layout::VCacheLayout& layout, uint64_t pool_bytes,
-                                bool fetch_rows = false);
+                                bool fetch_rows = false, bool spill_keys = false);
 
   // Errors: InvalidArgument (an invalid layout, a pool below the minimum, naming it),
   // ResourceExhausted (allocation), IoError / NotFound (the spill file cannot be created),
@@ -91,6 +100,7 @@ class KvPageCache {
   // The spill file's path (unlinked already; for messages), empty when nothing spills.
   const std::string& spill_path() const { return spill_path_; }
   bool fetch_rows() const { return fetch_rows_; }
+  bool spill_keys() const { return kinds_ == 2; }
   // The bytes one read of the spill file is widened to (1: buffered; 0 when nothing spills).
   uint64_t read_alignment_bytes() const { return file_ ? file_->required_alignment_bytes() : 0; }
   std::string_view backend_name() const;
@@ -121,6 +131,9 @@ class KvPageCache {
     Status st = put(target.page);
     return EndFill(target, st);
   }
+  // As MarkValueRowWritten for either kind (K: nothing to do unless spill_keys).
+  Status MarkRowWritten(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page,
+                        uint32_t row);
   // Drops the pages of (seq) beyond `length` positions (every layer, both kinds): their slots are
   // freed and their flash copies forgotten; the page holding position length-1 stays resident
   // or on flash with its rows below `length` intact.
@@ -131,6 +144,14 @@ class KvPageCache {
   // ResourceExhausted (more pages than unpinned slots).
   Status FetchValues(uint32_t seq, uint32_t layer, uint64_t first_page, uint64_t end_page,
                      std::span<const uint8_t> positions_needed = {});
+  // Makes the pages i < pages_needed.size() of (kind, seq, layer) with pages_needed[i] != 0
+  // resident and pins them until ReleaseFetched (whole pages; K pages are always resident unless
+  // spill_keys). Errors: as FetchValues.
+  Status FetchPages(layout::KvKind kind, uint32_t seq, uint32_t layer,
+                    std::span<const uint8_t> pages_needed);
+  // Makes K pages [first_page, end_page) of (seq, layer) resident and pins them until
+  // ReleaseFetched (nothing to do unless spill_keys). Errors: as FetchValues.
+  Status FetchKeys(uint32_t seq, uint32_t layer, uint64_t first_page, uint64_t end_page);
   void ReleaseFetched();
   // Page data of a resident page (K: written; V: pinned by write or fetch), page_stride bytes.
   // Callable from any thread while the owner is not mutating the cache.
@@ -142,6 +163,13 @@ class KvPageCache {
   }
   bool value_on_flash(uint32_t seq, uint32_t layer, uint64_t page) const {
     return v_pages_[VIndex(seq, layer, page)].on_flash;
+  }
+  // The same for a page of either kind (a K page is always resident unless spill_keys).
+  bool resident(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page) const {
+    return Spillable(kind) ? v_pages_[Index(kind, seq, layer, page)].slot != kNoSlot : true;
+  }
+  bool on_flash(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page) const {
+    return Spillable(kind) && v_pages_[Index(kind, seq, layer, page)].on_flash;
   }
   // The open spill file (nullptr when nothing spills): for tests that damage it.
   const storage::File* spill_file() const { return file_ ? &*file_ : nullptr; }
@@ -172,6 +200,24 @@ class KvPageCache {
   uint64_t VIndex(uint32_t seq, uint32_t layer, uint64_t page) const {
     return layout_.PageIndex(layout::KvKind::kValue, seq, layer, page);
   }
+  // Index into v_pages_ (V pages first, then K pages when spill_keys) = the page's place in the
+  // spill file.
+  uint64_t Index(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page) const {
+    return layout_.PageIndex(kind, seq, layer, page);
+  }
+  bool Spillable(layout::KvKind kind) const {
+    return kind == layout::KvKind::kValue || kinds_ == 2;
+  }
+  // writing_ index of (kind, seq, layer).
+  uint64_t WritingIndex(layout::KvKind kind, uint32_t seq, uint32_t layer) const {
+    return (uint64_t{static_cast<uint8_t>(kind)} * layout_.max_sequences + seq) * layout_.n_layers +
+           layer;
+  }
+  // FetchValues and FetchPages: the pages [first_page, end_page) of (kind, seq, layer) for which
+  // `want(page)` holds.
+  template <typename Want>
+  Status Fetch(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t first_page,
+               uint64_t end_page, std::span<const uint8_t> positions_needed, const Want& want);
   std::byte* VSlot(uint32_t slot) const {
     return v_pool_.data() + uint64_t{slot} * layout_.page_stride_bytes();
   }
@@ -194,9 +240,10 @@ class KvPageCache {
   storage::AlignedBuffer v_pool_;  // v_slots x page_stride: V page slots
   uint32_t v_slots_ = 0;
   std::vector<uint32_t> free_slots_;        // [v_slots] stack of free V slots
-  std::vector<PageState> v_pages_;          // [pages_per_kind]
-  std::vector<LruCache::Handle*> writing_;  // [seq x layer] pinned page being filled (or null)
-  std::vector<uint64_t> writing_page_;      // [seq x layer] its page index within the sequence
+  uint32_t kinds_ = 1;                      // kinds of spillable page: 1 (V), 2 (V and K)
+  std::vector<PageState> v_pages_;          // [kinds x pages_per_kind] (V, then K with spill_keys)
+  std::vector<LruCache::Handle*> writing_;  // [kinds x seq x layer] pinned page being filled
+  std::vector<uint64_t> writing_page_;      // [kinds x seq x layer] its page index in the seq
   std::vector<LruCache::Handle*> fetched_;  // pins of FetchValues, capacity fixed at Create
   std::vector<uint64_t> misses_;            // FetchValues scratch, capacity fixed at Create
   bool fetch_rows_ = false;

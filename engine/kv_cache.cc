@@ -1,8 +1,11 @@
 #include "engine/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "engine/kernels.h"
 #include "storage/check.h"
@@ -49,6 +52,32 @@ float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uin
       CHECK(false && "KV rows in an unsupported dtype");
   }
   return 0;
+}
+
+Status FillSyntheticKv(KvCache& kv, uint32_t n_layers, uint32_t seq, uint32_t positions,
+                       uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> k(kv.kv_dim()), v(kv.kv_dim());
+  for (uint32_t p = 0; p < positions; ++p) {
+    for (uint32_t l = 0; l < n_layers; ++l) {
+      for (float& x : k) x = nd(rng);
+      for (float& x : v) x = nd(rng);
+      RETURN_IF_ERROR(kv.Write(l, seq, p, k, v));
+    }
+  }
+  kv.SetLength(seq, positions);
+  return Status::Ok();
+}
+
+float KeyPageBound(const float* q, const float* lo, const float* hi, uint32_t n) {
+  float sum = 0, magnitude = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    const float a = q[j] * lo[j], b = q[j] * hi[j];
+    sum += std::max(a, b);
+    magnitude += std::max(std::fabs(a), std::fabs(b));
+  }
+  return sum + static_cast<float>(n + 4) * 0x1p-23f * magnitude;
 }
 
 void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n) {

@@ -18,7 +18,8 @@
 // sized for max_sequences x max_positions at Create; and PagedKvCache (engine/paged_kv_cache.h):
 // pages in a budgeted pool, V pages spilled to flash. Before attention over a layer reads V rows
 // the forward pass calls FetchValues for each sequence (the pages a run reads must be resident:
-// a paged cache reads spilled ones back here), and ReleaseValues after.
+// a paged cache reads spilled ones back here), and ReleaseValues after; page selection calls
+// FetchPages instead (K and V of the pages it chose).
 // Nothing allocates after Create.
 // Not thread-safe: the forward pass's owner thread writes and fetches; its pool threads read
 // (Keys/Values) between those calls.
@@ -52,6 +53,25 @@ struct KvRows {
 // AxpyF32(a, x, y, n).
 float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uint32_t n);
 void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n);
+
+// An upper bound of q . k over every k with lo[j] <= k[j] <= hi[j] (j < n), as KvDot computes it
+// in f32: sum_j max(q_j lo_j, q_j hi_j), which bounds the exact dot product, plus the rounding
+// either side may make: any f32 sum of n products is within gamma_(n+1) = (n+1) 2^-24 / (1 -
+// (n+1) 2^-24) of the exact one times sum_j |q_j k_j| <= M = sum_j max(|q_j lo_j|, |q_j hi_j|)
+// (Higham, "Accuracy and Stability of Numerical Algorithms", 3.1), so (n + 4) 2^-23 M covers both
+// the dot product's and the bound's own error. Page selection (engine/attention_pages.h) ranks
+// pages by it; it never changes a score. Allocates nothing; thread-safe.
+float KeyPageBound(const float* q, const float* lo, const float* hi, uint32_t n);
+
+class KvCache;
+// Benchmarks only (generate --bench-fill-kv): writes positions [0, positions) of `seq` in every
+// layer of `kv` with synthetic K and V rows (normal(0, 1) values from `seed`), as if a prompt of
+// that length had been prefilled, so decode at a long context can be measured where prefilling
+// it would take too long. The rows are not a model's: attention over them is meaningless for
+// output quality (and page selection's choices are not a real text's). Allocates two kv_dim rows.
+// Errors: the cache's Write (InvalidArgument beyond max_positions, IoError spilling).
+Status FillSyntheticKv(KvCache& kv, uint32_t n_layers, uint32_t seq, uint32_t positions,
+                       uint64_t seed);
 
 class KvCache {
  public:
@@ -103,6 +123,26 @@ class KvCache {
     return FetchValues(layer, seq, length);
   }
   virtual void ReleaseValues() {}
+  // Page selection (--kv-select pages, engine/attention_pages.h). The positions per page of a
+  // cache that keeps per-page K bounds (0: it keeps none, the default).
+  virtual uint32_t bound_page_tokens() const { return 0; }
+  // The bounds of the K rows of page `page` (positions [page x P, page x P + P)) of (layer, seq):
+  // 2 x kv_dim f32, the per-channel minimum then maximum over the rows written there, of the
+  // values Keys() returns (after the dtype's rounding). Valid until the next write of that
+  // (layer, seq). Precondition: bound_page_tokens() != 0 and a row of the page was written.
+  virtual std::span<const float> KeyPageBounds(uint32_t layer, uint32_t seq, uint64_t page) const {
+    (void)layer, (void)seq, (void)page;
+    return {};
+  }
+  // Makes the K and V rows of the pages i with pages_needed[i] != 0 (positions below `length`)
+  // readable by Keys()/Values() until ReleaseValues() (a cache whose K pages spill reads them
+  // back here too). pages_needed.size() == ceil(length / bound_page_tokens()). Default: every V
+  // row, as FetchValues. Errors: FetchValues'.
+  virtual Status FetchPages(uint32_t layer, uint32_t seq, uint32_t length,
+                            std::span<const uint8_t> pages_needed) {
+    (void)pages_needed;
+    return FetchValues(layer, seq, length);
+  }
   // Whether V rows may have to be read from flash (FetchValues does I/O).
   virtual bool spills() const { return false; }
   // DRAM the cache holds.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "storage/check.h"
 
@@ -40,11 +41,29 @@ uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_
          uint64_t{l.max_sequences} * sizeof(uint32_t);
 }
 
+uint64_t PagedKvCache::BytesNeeded(const layout::VCacheLayout& l, uint64_t pool_bytes,
+                                   const KvOptions& o) {
+  const uint64_t bounds =
+      o.select_pages ? l.pages_per_kind() * (2 * l.kv_dim() * sizeof(float) + sizeof(uint32_t)) +
+                           l.kv_dim() * sizeof(float)
+                     : 0;
+  return cache::KvPageCache::ResidentBytes(l, pool_bytes, o.fetch_rows, o.spill_keys) +
+         uint64_t{l.max_sequences} * sizeof(uint32_t) + bounds;
+}
+
+uint64_t PagedKvCache::MinimumPoolBytes(const layout::VCacheLayout& l, const KvOptions& o) {
+  return cache::KvPageCache::MinimumPoolBytes(l, o.spill_keys);
+}
+
 Result<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(
     const layout::ModelConfig& c, uint32_t max_positions, uint32_t max_sequences,
     const KvOptions& o, uint64_t pool_bytes, storage::BackendKind backend, bool direct) {
   std::unique_ptr<PagedKvCache> kv(new PagedKvCache());
   ASSIGN_OR_RETURN(kv->layout_, Layout(c, max_positions, max_sequences, o));
+  if (o.spill_keys && !o.select_pages) {
+    return InvalidArgumentError(
+        "--kv-spill kv needs --kv-select pages (exact attention reads every K row every token)");
+  }
   cache::KvPageCacheOptions po;
   po.layout = kv->layout_;
   po.pool_bytes = pool_bytes;
@@ -52,9 +71,16 @@ Result<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(
   po.backend = backend;
   po.direct = direct;
   po.fetch_rows = o.fetch_rows;
+  po.spill_keys = o.spill_keys;
   ASSIGN_OR_RETURN(kv->pages_, cache::KvPageCache::Create(po));
   kv->lengths_.assign(max_sequences, 0);
-  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes, o.fetch_rows);
+  if (o.select_pages) {
+    const uint64_t pages = kv->layout_.pages_per_kind();
+    kv->key_bounds_.assign(pages * 2 * kv->layout_.kv_dim(), 0.0f);
+    kv->bound_rows_.assign(pages, 0);
+    kv->row_scratch_.assign(kv->layout_.kv_dim(), 0.0f);
+  }
+  kv->resident_bytes_ = BytesNeeded(kv->layout_, pool_bytes, o);
   return kv;
 }
 
@@ -75,9 +101,62 @@ Status PagedKvCache::WriteRows(uint32_t layer, uint32_t seq, uint32_t pos, const
   const uint64_t page = pos / P, row = pos % P, row_bytes = layout_.row_bytes();
   ASSIGN_OR_RETURN(ByteSpan kp, pages_->PageForWrite(KvKind::kKey, seq, layer, page));
   RETURN_IF_ERROR(put_k(kp.subspan(row * row_bytes, row_bytes)));
+  if (!key_bounds_.empty()) {
+    RETURN_IF_ERROR(FoldKeyBounds(layer, seq, page, static_cast<uint32_t>(row), kp));
+  }
+  RETURN_IF_ERROR(
+      pages_->MarkRowWritten(KvKind::kKey, seq, layer, page, static_cast<uint32_t>(row)));
   ASSIGN_OR_RETURN(ByteSpan vp, pages_->PageForWrite(KvKind::kValue, seq, layer, page));
   RETURN_IF_ERROR(put_v(vp.subspan(row * row_bytes, row_bytes)));
   return pages_->MarkValueRowWritten(seq, layer, page, static_cast<uint32_t>(row));
+}
+
+Status PagedKvCache::FoldKeyBounds(uint32_t layer, uint32_t seq, uint64_t page, uint32_t row,
+                                   ConstByteSpan page_bytes) {
+  const uint64_t kv_dim = layout_.kv_dim(), rb = layout_.row_bytes();
+  const uint64_t b = BoundIndex(layer, seq, page);
+  float* lo = key_bounds_.data() + b * 2 * kv_dim;
+  float* hi = lo + kv_dim;
+  // The bounds hold rows [0, bound_rows_[b]); after a rewind into this page they may hold rows
+  // at and beyond `row`, which are gone: rebuilt from the rows kept (so the bounds depend only
+  // on the rows the page holds, never on its history).
+  uint32_t first = row;
+  if (bound_rows_[b] != row) {
+    std::fill(lo, lo + kv_dim, std::numeric_limits<float>::infinity());
+    std::fill(hi, hi + kv_dim, -std::numeric_limits<float>::infinity());
+    first = 0;
+  } else if (row == 0) {
+    std::fill(lo, lo + kv_dim, std::numeric_limits<float>::infinity());
+    std::fill(hi, hi + kv_dim, -std::numeric_limits<float>::infinity());
+  }
+  for (uint32_t r = first; r <= row; ++r) {
+    // The values Keys() gives attention: the stored row decoded (f16 / q8_0 rounding included).
+    RETURN_IF_ERROR(
+        layout::DequantizeRow(layout_.dtype, page_bytes.subspan(r * rb, rb), row_scratch_));
+    for (uint64_t i = 0; i < kv_dim; ++i) {
+      lo[i] = std::min(lo[i], row_scratch_[i]);
+      hi[i] = std::max(hi[i], row_scratch_[i]);
+    }
+  }
+  bound_rows_[b] = row + 1;
+  return Status::Ok();
+}
+
+std::span<const float> PagedKvCache::KeyPageBounds(uint32_t layer, uint32_t seq,
+                                                   uint64_t page) const {
+  CHECK(!key_bounds_.empty());
+  const uint64_t b = BoundIndex(layer, seq, page);
+  CHECK_GT(bound_rows_[b], 0u);
+  return std::span<const float>(key_bounds_.data() + b * 2 * layout_.kv_dim(),
+                                2 * layout_.kv_dim());
+}
+
+Status PagedKvCache::FetchPages(uint32_t layer, uint32_t seq, uint32_t length,
+                                std::span<const uint8_t> pages_needed) {
+  CHECK_EQ(pages_needed.size(), CeilDiv(length, layout_.tokens_per_page));
+  RETURN_IF_ERROR(pages_->FetchPages(KvKind::kValue, seq, layer, pages_needed));
+  // The V pins stay when K fails: ReleaseValues (the caller's, on any error) drops them all.
+  return pages_->FetchPages(KvKind::kKey, seq, layer, pages_needed);
 }
 
 Status PagedKvCache::Write(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
@@ -142,7 +221,12 @@ KvRows PagedKvCache::Values(uint32_t layer, uint32_t seq, uint32_t first, uint32
 }
 
 Status PagedKvCache::FetchValues(uint32_t layer, uint32_t seq, uint32_t length) {
-  return pages_->FetchValues(seq, layer, 0, CeilDiv(length, layout_.tokens_per_page));
+  const uint64_t pages = CeilDiv(length, layout_.tokens_per_page);
+  RETURN_IF_ERROR(pages_->FetchValues(seq, layer, 0, pages));
+  if (!pages_->spill_keys()) return Status::Ok();
+  // Exact attention (e.g. a prefill) over a cache whose K spills reads every K page back too.
+  // The scratch mask is every page: FetchPages of all of them.
+  return pages_->FetchKeys(seq, layer, 0, pages);
 }
 
 Status PagedKvCache::FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,

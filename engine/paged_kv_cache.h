@@ -39,6 +39,14 @@ struct KvOptions {
   // --kv-fetch: how top-N attention reads V that is on flash. false (pages): every page holding a
   // kept position, whole (and cached); true (rows): only the kept rows (cache/kv_page_cache.h).
   bool fetch_rows = false;
+  // --kv-select pages: keep per-page K bounds (min and max per channel, f32) in DRAM for page
+  // selection (engine/attention_pages.h); 2 x kv_dim x 4 bytes per page of K.
+  bool select_pages = false;
+  // --kv-select shared: page selection with one choice per (token, layer) for every head.
+  bool select_shared = false;
+  // --kv-spill kv: K pages spill to flash too (needs select_pages: exact attention reads every K
+  // row every token; cache/kv_page_cache.h).
+  bool spill_keys = false;
 };
 
 // Largest --kv-page-tokens accepted.
@@ -54,6 +62,11 @@ class PagedKvCache final : public KvCache {
   // DRAM Create allocates for a pool of `pool_bytes` (and per-row checksums with fetch_rows).
   static uint64_t BytesNeeded(const layout::VCacheLayout& layout, uint64_t pool_bytes,
                               bool fetch_rows = false);
+  // The same for every option (K bounds with select_pages, the K-spill pool).
+  static uint64_t BytesNeeded(const layout::VCacheLayout& layout, uint64_t pool_bytes,
+                              const KvOptions& options);
+  // The smallest pool for these options (cache::KvPageCache::MinimumPoolBytes).
+  static uint64_t MinimumPoolBytes(const layout::VCacheLayout& layout, const KvOptions& options);
   // Errors: Layout's, KvPageCache::Create's.
   static Result<std::unique_ptr<PagedKvCache>> Create(const layout::ModelConfig& config,
                                                       uint32_t max_positions,
@@ -85,6 +98,12 @@ class PagedKvCache final : public KvCache {
   Status FetchValuePositions(uint32_t layer, uint32_t seq, uint32_t length,
                              std::span<const uint8_t> needed) override;
   void ReleaseValues() override { pages_->ReleaseFetched(); }
+  uint32_t bound_page_tokens() const override {
+    return key_bounds_.empty() ? 0 : layout_.tokens_per_page;
+  }
+  std::span<const float> KeyPageBounds(uint32_t layer, uint32_t seq, uint64_t page) const override;
+  Status FetchPages(uint32_t layer, uint32_t seq, uint32_t length,
+                    std::span<const uint8_t> pages_needed) override;
   bool spills() const override { return pages_->spills(); }
   uint64_t resident_bytes() const override { return resident_bytes_; }
 
@@ -100,8 +119,20 @@ class PagedKvCache final : public KvCache {
   KvRows Rows(layout::KvKind kind, uint32_t layer, uint32_t seq, uint32_t first,
               uint32_t count) const;
 
+  // Index of page (seq, layer, page) in key_bounds_ / bound_rows_.
+  uint64_t BoundIndex(uint32_t layer, uint32_t seq, uint64_t page) const {
+    return (uint64_t{seq} * layout_.n_layers + layer) * layout_.pages_per_seq() + page;
+  }
+  // Folds the K row just stored at row `row` of `page_bytes` into the page's bounds (recomputing
+  // them from rows [0, row) first when a rewind left rows beyond it in them).
+  Status FoldKeyBounds(uint32_t layer, uint32_t seq, uint64_t page, uint32_t row,
+                       ConstByteSpan page_bytes);
+
   layout::VCacheLayout layout_;
   std::unique_ptr<cache::KvPageCache> pages_;
+  std::vector<float> key_bounds_;     // select_pages: [seq x layer x page][min | max][kv_dim]
+  std::vector<uint32_t> bound_rows_;  // select_pages: [seq x layer x page] rows folded in
+  std::vector<float> row_scratch_;    // select_pages: kv_dim, one decoded K row
   std::vector<uint32_t> lengths_;  // [max_sequences]
   uint64_t resident_bytes_ = 0;
 };

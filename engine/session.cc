@@ -60,7 +60,22 @@ Result<TransformerOptions> Resolve(const SessionOptions& so, const layout::Model
                                 " exceeds the engine's maximum " + std::to_string(kContextMax));
   }
   o.max_context = ctx;
-  o.selective_fetch = so.kv.paged && !so.kv_topn.all();
+  // With page selection --kv-topn is its position budget (engine/attention_pages.h), not a
+  // selection of its own.
+  o.select_pages = so.kv.select_pages;
+  o.select_pages_shared = so.kv.select_pages && so.kv.select_shared;
+  o.selective_fetch = so.kv.paged && !so.kv_topn.all() && !so.kv.select_pages;
+  if (so.kv.select_pages && !so.kv.paged) {
+    return InvalidArgumentError("--kv-select pages needs the paged KV cache");
+  }
+  if (so.kv.spill_keys && !so.kv.select_pages) {
+    return InvalidArgumentError(
+        "--kv-spill kv needs --kv-select pages (exact attention reads every K row every token)");
+  }
+  if (so.kv.select_pages && so.kv.fetch_rows) {
+    return InvalidArgumentError(
+        "--kv-fetch rows does not apply with --kv-select pages (chosen pages are read whole)");
+  }
   if (o.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(o.lazy, config.n_layers));
     if (o.observe_ffn) {
@@ -139,20 +154,23 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
     ASSIGN_OR_RETURN(sp.kv_layout, PagedKvCache::Layout(config, topts.max_context,
                                                         topts.max_sequences, options.kv));
     sp.kv_full_pool_bytes = cache::KvPageCache::FullPoolBytes(sp.kv_layout);
-    const uint64_t minimum = cache::KvPageCache::MinimumPoolBytes(sp.kv_layout);
+    const uint64_t minimum = PagedKvCache::MinimumPoolBytes(sp.kv_layout, options.kv);
     if (options.kv.pool_bytes != 0) {
       if (options.kv.pool_bytes < minimum) {
         return InvalidArgumentError("--kv-budget " + FormatBytes(options.kv.pool_bytes) +
                                     " is below the KV cache's minimum of " + FormatBytes(minimum) +
                                     " (" + std::to_string(minimum) +
-                                    " bytes: every K page, one layer's V pages, one page being "
-                                    "filled per layer)");
+                                    (options.kv.spill_keys
+                                         ? " bytes: one layer's K and V pages, the pages being "
+                                           "filled per layer)"
+                                         : " bytes: every K page, one layer's V pages, one page "
+                                           "being filled per layer)"));
       }
       sp.kv_pool_bytes = std::min(options.kv.pool_bytes, sp.kv_full_pool_bytes);
     } else {
       sp.kv_pool_bytes = sp.kv_full_pool_bytes;
     }
-    sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv.fetch_rows);
+    sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv);
   } else {
     sp.kv_bytes = FlatKvCache::BytesNeeded(config, topts.max_context, topts.max_sequences);
   }
@@ -181,9 +199,8 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
   // it next to the weights' minimum, else what the budget has beyond that minimum (KV first:
   // with exact attention every spilled V page is read every token, as a streamed weight is).
   if (options.kv.paged && options.kv.pool_bytes == 0 && in.budget_bytes != 0) {
-    const uint64_t minimum = cache::KvPageCache::MinimumPoolBytes(sp.kv_layout);
-    const uint64_t least_kv =
-        PagedKvCache::BytesNeeded(sp.kv_layout, minimum, options.kv.fetch_rows);
+    const uint64_t minimum = PagedKvCache::MinimumPoolBytes(sp.kv_layout, options.kv);
+    const uint64_t least_kv = PagedKvCache::BytesNeeded(sp.kv_layout, minimum, options.kv);
     ResidencyInputs least = in;
     least.fixed_bytes = least.fixed_bytes - sp.kv_bytes + least_kv;
     Result<ResidencyPlan> p = PlanResidency(least);
@@ -201,15 +218,14 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
       uint64_t lo = minimum / stride, hi = sp.kv_full_pool_bytes / stride;
       while (lo < hi) {
         const uint64_t mid = lo + (hi - lo + 1) / 2;
-        if (PagedKvCache::BytesNeeded(sp.kv_layout, mid * stride, options.kv.fetch_rows) <= room) {
+        if (PagedKvCache::BytesNeeded(sp.kv_layout, mid * stride, options.kv) <= room) {
           lo = mid;
         } else {
           hi = mid - 1;
         }
       }
       sp.kv_pool_bytes = std::max(minimum, lo * stride);
-      sp.kv_bytes =
-          PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv.fetch_rows);
+      sp.kv_bytes = PagedKvCache::BytesNeeded(sp.kv_layout, sp.kv_pool_bytes, options.kv);
       in.fixed_bytes = least.fixed_bytes - least_kv + sp.kv_bytes;
       for (auto& part : in.fixed_parts) {
         if (part.first == "KV cache") part.second = sp.kv_bytes;
@@ -293,7 +309,12 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   if (!options.kv_topn.all()) {
     topn_ = std::make_unique<TopNAttention>(options.kv_topn);
     topn_spec_ = options.kv_topn;
-    model_->set_attention_policy(topn_.get());
+    if (!options.kv.select_pages) model_->set_attention_policy(topn_.get());
+  }
+  if (options.kv.select_pages) {
+    page_attention_ = std::make_unique<PageAttention>(options.kv_topn, options.kv.page_tokens);
+    options_select_shared_ = options.kv.select_shared;
+    RETURN_IF_ERROR(model_->set_page_selection(page_attention_.get()));
   }
   // What was allocated is what was planned for (the plan's inputs come from the same functions).
   CHECK_EQ(model_->resident_bytes(),
@@ -354,7 +375,12 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
   if (!options.kv_topn.all()) {
     topn_ = std::make_unique<TopNAttention>(options.kv_topn);
     topn_spec_ = options.kv_topn;
-    model_->set_attention_policy(topn_.get());
+    if (!options.kv.select_pages) model_->set_attention_policy(topn_.get());
+  }
+  if (options.kv.select_pages) {
+    page_attention_ = std::make_unique<PageAttention>(options.kv_topn, options.kv.page_tokens);
+    options_select_shared_ = options.kv.select_shared;
+    RETURN_IF_ERROR(model_->set_page_selection(page_attention_.get()));
   }
   planned_bytes_ = weight_bytes + model_->resident_bytes() + kv_->resident_bytes() +
                    tokenizer_->resident_bytes();
@@ -388,7 +414,14 @@ std::string Session::Describe() const {
            DescribeKv(paged_kv_);
   }
   std::string s = plan_.Describe() + DescribeKv(paged_kv_);
-  if (topn_ != nullptr) {
+  if (page_attention_ != nullptr) {
+    s += "  attention: page selection (" +
+         std::string(options_select_shared_ ? "one choice shared by every head" : "per head") +
+         "), budget " + (topn_ != nullptr ? topn_spec_.ToString() : std::string("all")) +
+         " positions in whole pages, exact over the pages chosen" +
+         (paged_kv_ != nullptr && paged_kv_->pages().spill_keys() ? "; K and V pages spill\n"
+                                                                  : "\n");
+  } else if (topn_ != nullptr) {
     s += "  attention: top-N, " + topn_spec_.ToString() +
          " positions per head kept (probabilities renormalised over them)" +
          (paged_kv_ != nullptr && paged_kv_->spills() ? "; only the V pages holding them are read\n"
@@ -466,6 +499,7 @@ void Session::FillStats(EngineStats* out) const {
     s.kv_page_hits = k.page_hits;
     s.kv_page_misses = k.page_misses;
   }
+  s.kv_pages = model_->page_stats();
 }
 
 void Session::ResetStats() {
@@ -474,6 +508,7 @@ void Session::ResetStats() {
   total_base_ = model_->ffn_neurons_total();
   attention_base_ = model_->attention_ns();
   model_->ResetLazyStats();
+  model_->ResetPageStats();
   if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/attention_pages.h"
 #include "engine/attention_topn.h"
 #include "engine/kv_cache.h"
 #include "engine/paged_kv_cache.h"
@@ -102,6 +103,7 @@ struct EngineStats {
   uint64_t kv_io_wait_ns = 0;                     // writing V pages and waiting for their reads
   uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
   uint64_t attention_ns = 0;  // attention (V fetch, scores, selection, sums), every layer
+  PageSelectStats kv_pages;   // page selection (--kv-select pages; zeros when off)
   // LazyLLM pruning (TransformerOptions::lazy; empty layer_tokens when off).
   LazyStats lazy;
   double kv_hit_rate() const {
@@ -204,6 +206,8 @@ class Session {
   std::unique_ptr<KvCache> kv_;
   PagedKvCache* paged_kv_ = nullptr;  // kv_ when it is paged
   uint64_t attention_base_ = 0;
+  std::unique_ptr<PageAttention> page_attention_;  // --kv-select pages (before the model)
+  bool options_select_shared_ = false;             // --kv-select shared (for Describe)
   std::unique_ptr<TopNAttention> topn_;  // the model's attention policy (before the model)
   TopNSpec topn_spec_;
   std::unique_ptr<Transformer> model_;

@@ -140,7 +140,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   l.seq_first = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.seq_next = a.Add(uint64_t{o.max_sequences} * sizeof(uint32_t));
   l.last_logit = a.Add(sizeof(uint32_t));
-  if (o.selective_fetch) {
+  if (o.selective_fetch || o.select_pages) {
     l.item_scores = a.AddFloats(uint64_t{c.n_heads} * ctx);
     l.item_selected = a.Add(uint64_t{c.n_heads} * ctx * sizeof(uint32_t));
     l.item_chosen = a.Add(uint64_t{c.n_heads} * sizeof(uint32_t));
@@ -199,6 +199,11 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
   if (options.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
+    // Revived rows go in through KvCache::Fill, which neither updates page selection's K bounds
+    // nor writes K pages to flash (--kv-spill kv needs page selection).
+    if (options.select_pages) {
+      return InvalidArgumentError("lazy prefill does not combine with page selection (--kv-select)");
+    }
   }
   if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
@@ -281,7 +286,9 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->last_logit_ = u32(l.last_logit, 1);
   if (l.fired != 0) t->fired_ = u32(l.fired, c.hidden_dim);
   t->selective_fetch_ = options.selective_fetch;
-  if (options.selective_fetch) {
+  t->select_pages_ = options.select_pages;
+  t->select_shared_ = options.select_pages && options.select_pages_shared;
+  if (options.selective_fetch || options.select_pages) {
     t->item_scores_ = a.Floats(l.item_scores, uint64_t{c.n_heads} * ctx);
     t->item_selected_ = u32(l.item_selected, uint64_t{c.n_heads} * ctx);
     t->item_chosen_ = u32(l.item_chosen, c.n_heads);
@@ -328,6 +335,16 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
                                              c.activation == layout::Activation::kRelu, pool));
   }
   return t;
+}
+
+Status Transformer::set_page_selection(const PageSelectionPolicy* selection) {
+  if (selection != nullptr && (!select_pages_ || kv_->bound_page_tokens() == 0)) {
+    return FailedPreconditionError(
+        "page selection needs TransformerOptions::select_pages and a KV cache keeping K page "
+        "bounds (--kv-select pages over a paged KV cache)");
+  }
+  page_selection_ = selection;
+  return Status::Ok();
 }
 
 Status Transformer::set_ffn_observer(FfnObserver* observer) {
@@ -496,6 +513,113 @@ Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) 
   return Status::Ok();
 }
 
+// Per token: every head's page bounds and choice (in parallel); K and V of the union of the
+// chosen pages made resident; then per head exact attention over its own pages' positions, in
+// position order: the scores packed, softmaxed, and the V rows summed with them. With every page
+// chosen these are the same operations on the same values, in the same order, as Attention's.
+Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
+  const layout::ModelConfig& c = config_;
+  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  const uint32_t P = kv_->bound_page_tokens();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool masking = Masking();
+  for (uint32_t t = 0; t < n; ++t) {
+    const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+    const uint32_t len = batch.positions[t] + 1;
+    const uint32_t n_pages = static_cast<uint32_t>(CeilDiv(len, P));
+    pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+      for (uint64_t h = begin; h < end; ++h) {
+        float* bounds = item_scores_.data() + h * max_context_;  // [n_pages - 1]
+        const float* q = q_.data() + uint64_t{t} * q_dim_ + h * hd;
+        const uint64_t off = uint64_t{static_cast<uint32_t>(h) / group} * hd;
+        for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) {
+          const std::span<const float> b = kv_->KeyPageBounds(layer, seq, pg);
+          bounds[pg] = KeyPageBound(q, b.data() + off, b.data() + kv_dim_ + off, hd);
+        }
+        if (select_shared_) continue;  // chosen below, once for every head
+        const uint32_t chosen =
+            page_selection_->SelectPages(len, n_pages, std::span<const float>(bounds, n_pages - 1),
+                                         item_selected_.subspan(h * max_context_, n_pages));
+        CHECK_GE(chosen, 1u);
+        CHECK_LE(chosen, n_pages);
+        item_chosen_[h] = chosen;
+      }
+    });
+    if (select_shared_) {
+      // One choice for every head: page p ranks by max over heads h of (bound_h(p) - the best
+      // bound_h of any earlier page), i.e. by the largest factor exp(scale x that) its weight
+      // could have in some head relative to that head's most promising page. Pages are read
+      // whole (every head's K and V), so a shared choice reads exactly the budget's pages.
+      float* shared = scores_.data();  // [n_pages - 1]; the per-thread score rows are free here
+      std::fill(shared, shared + (n_pages - 1), -std::numeric_limits<float>::infinity());
+      for (uint32_t h = 0; h < c.n_heads; ++h) {
+        const float* bounds = item_scores_.data() + uint64_t{h} * max_context_;
+        float best = -std::numeric_limits<float>::infinity();
+        for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) best = std::max(best, bounds[pg]);
+        for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) {
+          shared[pg] = std::max(shared[pg], bounds[pg] - best);
+        }
+      }
+      const uint32_t chosen =
+          page_selection_->SelectPages(len, n_pages, std::span<const float>(shared, n_pages - 1),
+                                       item_selected_.subspan(0, n_pages));
+      CHECK_GE(chosen, 1u);
+      CHECK_LE(chosen, n_pages);
+      for (uint32_t h = 0; h < c.n_heads; ++h) item_chosen_[h] = chosen;
+    }
+    std::fill(needed_.begin(), needed_.begin() + n_pages, uint8_t{0});
+    for (uint32_t h = 0; h < c.n_heads; ++h) {
+      const uint32_t* sel =
+          item_selected_.data() + (select_shared_ ? 0 : uint64_t{h} * max_context_);
+      for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
+      page_stats_.head_pages_selected += item_chosen_[h];
+    }
+    page_stats_.head_pages_total += uint64_t{n_pages} * c.n_heads;
+    page_stats_.pages_total += n_pages;
+    for (uint32_t pg = 0; pg < n_pages; ++pg) page_stats_.pages_selected += needed_[pg];
+    RETURN_IF_ERROR(kv_->FetchPages(layer, seq, len, needed_.first(n_pages)));
+    pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+      for (uint64_t h = begin; h < end; ++h) {
+        const uint32_t kvh = static_cast<uint32_t>(h) / group;
+        const uint32_t* sel = item_selected_.data() + (select_shared_ ? 0 : h * max_context_);
+        float* scores = item_scores_.data() + h * max_context_;  // packed, [positions chosen]
+        const float* q = q_.data() + uint64_t{t} * q_dim_ + h * hd;
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
+          const uint32_t first = sel[i] * P, count = std::min(P, len - first);
+          for (uint32_t p = first; p < first + count;) {
+            const KvRows rows = kv_->Keys(layer, seq, p, first + count - p);
+            for (uint32_t r = 0; r < rows.count; ++r) {
+              scores[m++] = masking && !aux_->present(layer, p + r)
+                                ? -std::numeric_limits<float>::infinity()
+                                : KvDot(q, rows, r, kvh * hd, hd) * scale;
+            }
+            p += rows.count;
+          }
+        }
+        Softmax(std::span<float>(scores, m));
+        float* out = att_out_.data() + uint64_t{t} * q_dim_ + h * hd;
+        std::fill(out, out + hd, 0.0f);
+        m = 0;
+        for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
+          const uint32_t first = sel[i] * P, count = std::min(P, len - first);
+          for (uint32_t p = first; p < first + count;) {
+            const KvRows rows = kv_->Values(layer, seq, p, first + count - p);
+            for (uint32_t r = 0; r < rows.count; ++r, ++m) {
+              if (masking && !aux_->present(layer, p + r)) continue;  // never written: skipped
+              KvAxpy(scores[m], rows, r, kvh * hd, out, hd);
+            }
+            p += rows.count;
+          }
+        }
+      }
+    });
+    kv_->ReleaseValues();
+  }
+  return Status::Ok();
+}
+
 Status Transformer::Validate(const TokenBatch& batch) {
   const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
   if (n == 0) return InvalidArgumentError("Forward: empty batch");
@@ -655,7 +779,12 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
     const auto attention_start = std::chrono::steady_clock::now();
-    if (selective_fetch_ && policy_ != nullptr && kv_->spills()) {
+    if (page_selection_ != nullptr) {  // never with lazy pruning (Create): active == batch
+      if (Status st = AttentionPages(l, active); !st.ok()) {
+        kv_->ReleaseValues();
+        return fail(st);
+      }
+    } else if (selective_fetch_ && policy_ != nullptr && kv_->spills()) {
       if (Status st = AttentionSelective(l, active); !st.ok()) {
         kv_->ReleaseValues();
         return fail(st);

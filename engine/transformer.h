@@ -70,6 +70,29 @@ class AttentionPolicy {
                           std::span<uint32_t> selected) const = 0;
 };
 
+// Page selection (Quest; engine/attention_pages.h): which pages of K and V a query reads, chosen
+// before any score from per-page K bounds (KvCache::KeyPageBounds). Attention is then exact over
+// the chosen pages' positions: softmax over those positions only, weighted sum of their V rows.
+// Choosing every page is exact attention, bit for bit. Called from the pool's threads
+// concurrently, hence const.
+class PageSelectionPolicy {
+ public:
+  virtual ~PageSelectionPolicy() = default;
+  // A query at position len - 1 over pages [0, n_pages), n_pages = ceil(len / P): `bounds` are
+  // the upper bounds of its score over each earlier page (n_pages - 1 of them; the last page,
+  // holding the query's own position, is not ranked). Writes the chosen pages, increasing, into
+  // `pages` (room for n_pages) and returns how many (at least 1; the last page always).
+  virtual uint32_t SelectPages(uint32_t len, uint32_t n_pages, std::span<const float> bounds,
+                               std::span<uint32_t> pages) const = 0;
+};
+
+// What page selection read (totals since Create or ResetPageStats): per (token, layer), the
+// pages any query head chose (whose K and V were made resident) and the pages there were.
+struct PageSelectStats {
+  uint64_t pages_selected = 0, pages_total = 0;
+  uint64_t head_pages_selected = 0, head_pages_total = 0;  // the same per (token, layer, head)
+};
+
 // Which FFN neurons a neuron-bundle FFN computes.
 enum class FfnSparsity : uint8_t {
   // kRelu when it applies (a ReLU model whose store keeps the gate apart: gate+up-down bundles),
@@ -142,6 +165,12 @@ struct TransformerOptions {
   // holding a selected position are fetched, then the weighted sums. Reserves n_heads x
   // max_context scores and selections and a max_context mask.
   bool selective_fetch = false;
+  // Page selection (a PageSelectionPolicy, set_page_selection) over a KV cache that keeps K page
+  // bounds: reserves n_heads x max_context scores and pages and a max_context mask.
+  bool select_pages = false;
+  // With select_pages: one choice of pages per (token, layer) shared by every head (pages ranked
+  // by their best bound relative to each head's best page, AttentionPages), not one per head.
+  bool select_pages_shared = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
   std::vector<float> ffn_thresholds;  // kThreshold: one cut per layer (finite, >= 0)
   LazyOptions lazy;  // LazyLLM pruning (off by default)
@@ -215,6 +244,12 @@ class Transformer {
   // Attention's selection phase (see AttentionPolicy); nullptr (the default): every position.
   // Not owned; must outlive its use by Forward.
   void set_attention_policy(const AttentionPolicy* policy) { policy_ = policy; }
+  // Page selection (see PageSelectionPolicy), used for every token when set; needs
+  // TransformerOptions::select_pages and a KvCache with bound_page_tokens() != 0, else
+  // FailedPrecondition. nullptr: off. Not owned; must outlive its use by Forward.
+  Status set_page_selection(const PageSelectionPolicy* selection);
+  PageSelectStats page_stats() const { return page_stats_; }
+  void ResetPageStats() { page_stats_ = PageSelectStats(); }
   // LazyLLM pruning (TransformerOptions::lazy): on, its statistics, and its aux cache (nullptr
   // when off).
   bool lazy() const { return aux_ != nullptr; }
@@ -231,6 +266,10 @@ class Transformer {
   void Attention(uint32_t layer, const TokenBatch& batch);
   // The two-phase form (TransformerOptions::selective_fetch). Errors: the KV cache's fetch.
   Status AttentionSelective(uint32_t layer, const TokenBatch& batch);
+  // Page selection (set_page_selection): per token, every head's page bounds and choice, the
+  // chosen pages' K and V made resident (one FetchPages), then exact attention over them.
+  // Errors: the KV cache's fetch.
+  Status AttentionPages(uint32_t layer, const TokenBatch& batch);
   // The phases for one (token, query head) item; `scores` and `selected` are the thread's rows.
   void AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, const float* q, uint32_t kvh,
                        float* scores) const;
@@ -263,6 +302,9 @@ class Transformer {
   uint32_t q_dim_ = 0, kv_dim_ = 0;
   FfnObserver* ffn_observer_ = nullptr;
   const AttentionPolicy* policy_ = nullptr;
+  const PageSelectionPolicy* page_selection_ = nullptr;
+  bool select_pages_ = false, select_shared_ = false;
+  PageSelectStats page_stats_;
   std::unique_ptr<FlatKvCache> own_kv_;
   KvCache* kv_ = nullptr;
   std::unique_ptr<BundleFfnKernel> ffn_kernel_;  // when the store serves bundles
@@ -289,7 +331,8 @@ class Transformer {
   std::span<float> item_scores_;       // n_heads x max_context (selective fetch)
   std::span<uint32_t> item_selected_;  // n_heads x max_context (selective fetch)
   std::span<uint32_t> item_chosen_;    // n_heads (selective fetch)
-  std::span<uint8_t> needed_;          // max_context: positions whose V is read (selective fetch)
+  std::span<uint8_t> needed_;          // max_context: positions whose V is read (selective fetch);
+                                       // pages whose K and V are read (select pages)
   std::span<float> logits_;   // logit_rows_max x vocab
   std::span<float> block_out_;  // logit_rows_max x classifier_block_rows (streamed classifier)
   std::span<float> rope_cos_;   // max_context x head_dim/2

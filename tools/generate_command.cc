@@ -32,6 +32,7 @@ struct GenerateFlags {
   int64_t top_k = 40, repeat_last_n = 64, seed = -1;
   bool echo = false, no_bos = false, ignore_eos = false;
   int64_t bench_prompt_tokens = 0;
+  bool bench_fill_kv = false;
   std::vector<std::string> stops;
   SessionFlags session;  // --threads, --tokenizer, --mem-budget and its tuning
 };
@@ -61,6 +62,11 @@ CommandRunner RegisterGenerate(CLI::App& app) {
   cmd->add_flag("--echo", f->echo, "Print the prompt before the continuation");
   cmd->add_flag("--no-bos", f->no_bos, "Do not prepend BOS to the prompt");
   cmd->add_flag("--ignore-eos", f->ignore_eos, "Do not stop at EOS (benchmarks)");
+  cmd->add_flag("--bench-fill-kv", f->bench_fill_kv,
+                "Benchmarks: with --bench-prompt-tokens N, fill the KV cache's first N-1 positions "
+                "with synthetic normal(0,1) K/V rows instead of prefilling them (only the last "
+                "prompt token is computed): measures decode at a long context where prefill is "
+                "too slow. The output is meaningless as text");
   cmd->add_option("--bench-prompt-tokens", f->bench_prompt_tokens,
                   "Benchmarks: ignore -p and use BOS plus N-1 fixed token ids as the prompt");
   return [cmd, f] {
@@ -148,6 +154,22 @@ CommandRunner RegisterGenerate(CLI::App& app) {
         return ReportError("generate", pc.status());
       }
       cache_load_ms = static_cast<double>(storage::NowNs() - t0) / 1e6;
+    }
+    if (f->bench_fill_kv) {
+      if (f->bench_prompt_tokens < 2)
+        return usage("--bench-fill-kv needs --bench-prompt-tokens N >= 2");
+      if (!f->prompt_cache.empty()) return usage("--bench-fill-kv does not go with --prompt-cache");
+      const uint64_t t0 = storage::NowNs();
+      cached = static_cast<uint32_t>(prompt.size() - 1);
+      if (Status st =
+              engine::FillSyntheticKv(model.kv_cache(), model.config().n_layers, 0, cached, 1);
+          !st.ok()) {
+        return ReportError("generate", st);
+      }
+      std::fprintf(stderr,
+                   "bench: %u positions of synthetic K/V written in %.1f ms (not prefilled)\n",
+                   cached, static_cast<double>(storage::NowNs() - t0) / 1e6);
+      (*session)->ResetStats();
     }
     engine::Generator gen(model, tok);
     gen.set_ignore_eos(f->ignore_eos);

@@ -65,6 +65,17 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
       "Paged KV cache: how top-N attention reads spilled V: pages (every page holding a kept "
       "position, whole, cached) or rows (only the kept rows, each run one read widened to the "
       "O_DIRECT block; not cached)");
+  f->kv_options[5] = cmd->add_option(
+      "--kv-select", f->kv_select,
+      "Paged KV cache: all (every position's score, the default) or pages (Quest: each query "
+      "reads only the pages of K and V whose per-channel K min/max bound its score highest, "
+      "ceil(N/P) pages for the --kv-topn budget N, its own page always; exact attention over "
+      "them), or shared (the same, one choice of pages per token and layer for every head: "
+      "pages ranked by their best bound relative to each head's best page)");
+  f->kv_options[6] = cmd->add_option(
+      "--kv-spill", f->kv_spill,
+      "Paged KV cache: what spills to flash beyond the pool: v (V pages, the default) or kv (K "
+      "pages too; needs --kv-select pages, whose K bounds stay in DRAM)");
   cmd->add_option("--kv-topn", f->kv_topn,
                   "Top-N attention (KCache): all (exact), N positions or P% of the context per "
                   "head; the kept probabilities are renormalised. With a paged cache that spills, "
@@ -178,6 +189,15 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--kv-fetch must be rows or pages");
   }
   o->kv.fetch_rows = f.kv_fetch == "rows";
+  if (f.kv_select != "all" && f.kv_select != "pages" && f.kv_select != "shared") {
+    return InvalidArgumentError("--kv-select must be all, pages or shared");
+  }
+  o->kv.select_pages = f.kv_select != "all";
+  o->kv.select_shared = f.kv_select == "shared";
+  if (f.kv_spill != "v" && f.kv_spill != "kv") {
+    return InvalidArgumentError("--kv-spill must be v or kv");
+  }
+  o->kv.spill_keys = f.kv_spill == "kv";
   auto topn = engine::TopNSpec::Parse(f.kv_topn);
   if (!topn.ok()) return topn.status();
   o->kv_topn = *topn;
@@ -272,7 +292,20 @@ std::string KvStatsLine(engine::Session& session, const engine::EngineStats& s) 
       s.kv_reads ? s.kv_bytes_read / 1024.0 / s.kv_reads : 0.0, s.kv_bytes_written / 1048576.0,
       100.0 * s.kv_hit_rate(), s.kv_io_wait_ns / 1e6, s.attention_ns / 1e6,
       s.kv_bytes_read / 1048576.0 / passes, s.kv_reads / passes, s.attention_ns / 1e6 / passes);
-  return buf;
+  std::string line = buf;
+  if (kv->bound_page_tokens() != 0) {
+    const engine::PageSelectStats& p = s.kv_pages;
+    std::snprintf(buf, sizeof(buf),
+                  "; select pages (K spill %s): %llu of %llu pages read per (token, layer) "
+                  "(%.1f%%), %.1f%% of pages per head",
+                  kv->pages().spill_keys() ? "on" : "off",
+                  static_cast<unsigned long long>(p.pages_selected),
+                  static_cast<unsigned long long>(p.pages_total),
+                  p.pages_total ? 100.0 * p.pages_selected / p.pages_total : 0.0,
+                  p.head_pages_total ? 100.0 * p.head_pages_selected / p.head_pages_total : 0.0);
+    line += buf;
+  }
+  return line;
 }
 
 nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& s) {
@@ -293,7 +326,13 @@ nlohmann::json KvStatsJson(engine::Session& session, const engine::EngineStats& 
                         {"page_hits", s.kv_page_hits},
                         {"page_misses", s.kv_page_misses},
                         {"io_wait_ms", s.kv_io_wait_ns / 1e6},
-                        {"attention_ms", s.attention_ns / 1e6}};
+                        {"attention_ms", s.attention_ns / 1e6},
+                        {"select", kv->bound_page_tokens() != 0 ? "pages" : "all"},
+                        {"spill", kv->pages().spill_keys() ? "kv" : "v"},
+                        {"pages_selected", s.kv_pages.pages_selected},
+                        {"pages_total", s.kv_pages.pages_total},
+                        {"head_pages_selected", s.kv_pages.head_pages_selected},
+                        {"head_pages_total", s.kv_pages.head_pages_total}};
 }
 
 std::string FfnStatsLine(const engine::EngineStats& s) {

@@ -46,7 +46,9 @@ struct SessionFlags {
   std::string kv_dir;
   std::string kv_topn = "all";
   std::string kv_fetch = "pages";
-  CLI::Option* kv_options[5] = {};
+  std::string kv_select = "all";  // --kv-select: all | pages
+  std::string kv_spill = "v";     // --kv-spill: v | kv
+  CLI::Option* kv_options[7] = {};
   int64_t batch = 0;          // tokens per forward pass; 0: the command's default
   double lazy_prefill = 1.0;  // LazyLLM: fraction of prompt tokens reaching the last layer
   std::string lazy_layers;    // comma-separated pruning layers; empty: the default rule

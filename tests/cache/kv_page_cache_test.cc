@@ -284,5 +284,150 @@ TEST(KvPageCacheTest, RowFetchReadsOnlyTheNeededRows) {
   }
 }
 
+// --kv-spill kv: writes position `pos` of `seq` in every layer, marking K rows written too.
+void WriteAllBothSpill(KvPageCache& c, uint32_t seq, uint32_t pos, uint32_t generation) {
+  const layout::VCacheLayout& l = c.layout();
+  const uint64_t rb = l.row_bytes();
+  const uint64_t page = pos / l.tokens_per_page;
+  const uint32_t row = pos % l.tokens_per_page;
+  for (uint32_t layer = 0; layer < l.n_layers; ++layer) {
+    for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+      auto p = c.PageForWrite(kind, seq, layer, page);
+      ASSERT_TRUE(p.ok()) << p.status().ToString();
+      FillRow(p->data() + row * rb, rb, kind, seq, layer, pos, generation);
+      ASSERT_TRUE(c.MarkRowWritten(kind, seq, layer, page, row).ok());
+    }
+  }
+}
+
+// K spill: the minimum pool no longer holds every K page; a seeded random workload of writes,
+// rewinds, whole-layer fetches (FetchValues + FetchKeys, as exact attention) and fetches of a
+// random set of pages of both kinds (FetchPages, as page selection) finds every row of every
+// fetched page identical to the reference, K pages having gone to flash and back.
+TEST(KvPageCacheTest, SpilledKeyPagesMatchReferenceUnderRandomWorkload) {
+  flashlm::testing::ScratchDir dir;
+  const layout::VCacheLayout l = SmallLayout();
+  // One layer's K and V pages of both sequences and the K and V pages being filled.
+  EXPECT_EQ(KvPageCache::MinimumPoolBytes(l, true), 2u * 2 * (10 + 3) * 4096);
+  EXPECT_LT(KvPageCache::MinimumPoolBytes(l, true), KvPageCache::MinimumPoolBytes(l));
+  KvPageCacheOptions o = Options(KvPageCache::MinimumPoolBytes(l, true), dir);
+  o.spill_keys = true;
+  auto below = o;
+  below.pool_bytes -= 1;
+  EXPECT_EQ(KvPageCache::Create(below).status().code(), StatusCode::kInvalidArgument);
+  auto created = KvPageCache::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  KvPageCache& c = **created;
+  ASSERT_TRUE(c.spills());
+  ASSERT_TRUE(c.spill_keys());
+  EXPECT_EQ(KvPageCache::ResidentBytes(l, o.pool_bytes, false, true) <
+                KvPageCache::ResidentBytes(l, KvPageCache::MinimumPoolBytes(l), false, false),
+            true);
+  const uint64_t rb = l.row_bytes();
+  std::vector<uint32_t> length(l.max_sequences, 0), generation(l.max_sequences, 0);
+  std::vector<std::vector<uint32_t>> written(l.max_sequences,
+                                             std::vector<uint32_t>(l.max_tokens, 0));
+  std::mt19937 rng(17);
+  std::vector<std::byte> want(rb);
+  std::vector<uint8_t> mask(l.pages_per_seq());
+  uint64_t fetches = 0, key_pages_seen_on_flash = 0;
+  for (int step = 0; step < 3000; ++step) {
+    const uint32_t seq = rng() % l.max_sequences;
+    const uint32_t op = rng() % 10;
+    if (op < 6 && length[seq] < l.max_tokens) {
+      WriteAllBothSpill(c, seq, length[seq], generation[seq]);
+      if (HasFatalFailure()) return;
+      written[seq][length[seq]] = generation[seq];
+      ++length[seq];
+    } else if (op < 7 && length[seq] > 0) {
+      const uint32_t to = rng() % length[seq];
+      c.Truncate(seq, to);
+      length[seq] = to;
+      ++generation[seq];
+    } else if (length[seq] > 0) {
+      const uint32_t layer = rng() % l.n_layers;
+      const uint64_t pages = CeilDiv(length[seq], l.tokens_per_page);
+      for (uint64_t p = 0; p < pages; ++p) {
+        key_pages_seen_on_flash +=
+            c.on_flash(KvKind::kKey, seq, layer, p) && !c.resident(KvKind::kKey, seq, layer, p);
+      }
+      const bool some = op == 9;  // a random subset of pages, as page selection asks
+      for (uint64_t p = 0; p < pages; ++p) mask[p] = some ? (rng() % 3 == 0) : 1;
+      mask[pages - 1] = 1;
+      if (some) {
+        const std::span<const uint8_t> m(mask.data(), pages);
+        ASSERT_TRUE(c.FetchPages(KvKind::kValue, seq, layer, m).ok());
+        ASSERT_TRUE(c.FetchPages(KvKind::kKey, seq, layer, m).ok());
+      } else {
+        ASSERT_TRUE(c.FetchValues(seq, layer, 0, pages).ok());
+        ASSERT_TRUE(c.FetchKeys(seq, layer, 0, pages).ok());
+      }
+      ++fetches;
+      for (uint32_t pos = 0; pos < length[seq]; ++pos) {
+        if (!mask[pos / l.tokens_per_page]) continue;
+        for (KvKind kind : {KvKind::kKey, KvKind::kValue}) {
+          const std::byte* got = c.PageData(kind, seq, layer, pos / l.tokens_per_page) +
+                                 (pos % l.tokens_per_page) * rb;
+          FillRow(want.data(), rb, kind, seq, layer, pos, written[seq][pos]);
+          ASSERT_EQ(std::memcmp(got, want.data(), rb), 0)
+              << "seq " << seq << " layer " << layer << " pos " << pos << " kind "
+              << static_cast<int>(kind);
+        }
+      }
+      c.ReleaseFetched();
+    }
+  }
+  EXPECT_GT(fetches, 100u);
+  EXPECT_GT(key_pages_seen_on_flash, 0u);  // K really went to flash and came back
+  EXPECT_GT(c.stats().reads, 0u);
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+// A spilled K page damaged on flash is Corruption naming it as a K page.
+TEST(KvPageCacheTest, DamagedSpilledKeyPageIsCorruption) {
+  flashlm::testing::ScratchDir dir;
+  const layout::VCacheLayout l = SmallLayout();
+  KvPageCacheOptions o = Options(KvPageCache::MinimumPoolBytes(l, true), dir);
+  o.spill_keys = true;
+  auto created = KvPageCache::Create(o);
+  ASSERT_TRUE(created.ok());
+  KvPageCache& c = **created;
+  for (uint32_t seq = 0; seq < l.max_sequences; ++seq) {
+    for (uint32_t pos = 0; pos < l.max_tokens; ++pos) {
+      WriteAllBothSpill(c, seq, pos, 0);
+      if (HasFatalFailure()) return;
+    }
+  }
+  uint32_t seq = 0, layer = 0;
+  uint64_t page = 0;
+  bool found = false;
+  for (uint32_t s = 0; s < l.max_sequences && !found; ++s) {
+    for (uint32_t y = 0; y < l.n_layers && !found; ++y) {
+      for (uint64_t p = 0; p < l.pages_per_seq() && !found; ++p) {
+        if (c.on_flash(KvKind::kKey, s, y, p) && !c.resident(KvKind::kKey, s, y, p)) {
+          seq = s, layer = y, page = p, found = true;
+        }
+      }
+    }
+  }
+  ASSERT_TRUE(found);
+  DamageSpill(c, l.PageOffset(KvKind::kKey, seq, layer, page) + 9);
+  if (HasFatalFailure()) return;
+  std::vector<uint8_t> mask(l.pages_per_seq(), 0);
+  mask[page] = 1;
+  Status st = c.FetchPages(KvKind::kKey, seq, layer, mask);
+  EXPECT_EQ(st.code(), StatusCode::kCorruption) << st.ToString();
+  EXPECT_NE(st.ToString().find("K page " + std::to_string(page)), std::string::npos)
+      << st.ToString();
+  EXPECT_FALSE(c.resident(KvKind::kKey, seq, layer, page));
+  // The V page of the same place and the other K pages still read back.
+  EXPECT_TRUE(c.FetchPages(KvKind::kValue, seq, layer, mask).ok());
+  c.ReleaseFetched();
+  mask[page] = 0;
+  mask[(page + 1) % l.pages_per_seq()] = 1;
+  EXPECT_TRUE(c.FetchPages(KvKind::kKey, seq, layer, mask).ok());
+  c.ReleaseFetched();
+}
+
 }  // namespace
 }  // namespace flashlm::cache

@@ -238,6 +238,51 @@ TEST(AllocationTest, PagedSpilledKvDecodeAllocatesNothing) {
     }
 }
 
+// Page selection (--kv-select pages) with V spilled and with K and V spilled (--kv-spill kv),
+// and top-N reading rows (--kv-fetch rows), at the smallest pool, allocate nothing per token.
+TEST(AllocationTest, PageSelectionAndRowFetchDecodeAllocateNothing) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string store = (dir / "store").string();
+  {
+    auto src = layout::OpenCheckpoint(gguf.string());
+    ASSERT_TRUE(src.ok());
+    ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  }
+  enum class Mode { kSelect, kSelectSpillKeys, kRows };
+  for (Mode mode : {Mode::kSelect, Mode::kSelectSpillKeys, Mode::kRows}) {
+    for (layout::DType dtype : {layout::DType::kF32, layout::DType::kQ8_0}) {
+      SessionOptions o;
+      o.threads = 2;
+      o.transformer.max_context = 128;
+      o.kv.paged = true;
+      o.kv.page_tokens = 8;
+      o.kv.dtype = dtype;
+      o.kv.spill_dir = dir.path().string();
+      o.kv_topn = *TopNSpec::Parse("16");
+      o.kv.select_pages = mode != Mode::kRows;
+      o.kv.spill_keys = mode == Mode::kSelectSpillKeys;
+      o.kv.fetch_rows = mode == Mode::kRows;
+      auto probe = Session::Open(store, o);
+      ASSERT_TRUE(probe.ok()) << probe.status().ToString();
+      o.kv.pool_bytes =
+          PagedKvCache::MinimumPoolBytes((*probe)->paged_kv()->pages().layout(), o.kv);
+      probe->reset();
+      auto session = Session::Open(store, o);
+      ASSERT_TRUE(session.ok()) << session.status().ToString();
+      ASSERT_TRUE((*session)->paged_kv()->spills());
+      const int64_t allocations = AllocationsPerDecode(**session, 40, true);
+      EXPECT_EQ(allocations, 0) << "mode " << static_cast<int>(mode) << " "
+                                << layout::DTypeName(dtype);
+      EXPECT_GT((*session)->stats().kv_bytes_read, 0u) << static_cast<int>(mode);
+      if (mode != Mode::kRows) {
+        EXPECT_LT((*session)->stats().kv_pages.pages_selected,
+                  (*session)->stats().kv_pages.pages_total);
+      }
+    }
+  }
+}
+
 // Several sequences in one pass (a server's decode step) allocate nothing either.
 TEST(AllocationTest, BatchedDecodeAllocatesNothing) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");

@@ -438,5 +438,202 @@ TEST(PagedKvCacheTest, SynthModelIdenticalToFlat) {
   ExpectPagedIdentical(store, "", "synth-tiny");
 }
 
+// Page bounds of the cache: for every dtype, after writes and a rewind into a page, every page's
+// bounds hold every stored K row (KeyPageBound over them >= KvDot of each row with random
+// queries, head by head), and a rewound page's bounds equal those of a cache that never held the
+// dropped rows.
+TEST(PagedKvCacheTest, KeyPageBoundsHoldEveryRowOfThePage) {
+  flashlm::testing::ScratchDir dir;
+  const layout::ModelConfig c = Config();
+  const uint32_t kv_dim = 40, positions = 37, hd = c.head_dim;
+  std::mt19937 rng(23);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0}) {
+    KvOptions o;
+    o.paged = true;
+    o.page_tokens = 6;
+    o.dtype = dtype;
+    o.select_pages = true;
+    o.spill_dir = dir.path().string();
+    auto layout = PagedKvCache::Layout(c, positions, 1, o);
+    ASSERT_TRUE(layout.ok());
+    const uint64_t pool = cache::KvPageCache::FullPoolBytes(*layout);
+    auto a = PagedKvCache::Create(c, positions, 1, o, pool, storage::BackendKind::kAuto, true);
+    auto b = PagedKvCache::Create(c, positions, 1, o, pool, storage::BackendKind::kAuto, true);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ((*a)->bound_page_tokens(), 6u);
+    EXPECT_EQ((*a)->resident_bytes(), PagedKvCache::BytesNeeded(*layout, pool, o));
+    std::vector<float> rows(uint64_t{positions} * kv_dim), v(kv_dim, 0.5f);
+    for (float& x : rows) x = nd(rng);
+    auto write = [&](PagedKvCache& kv, uint32_t p, const float* k) {
+      for (uint32_t l = 0; l < c.n_layers; ++l) {
+        ASSERT_TRUE(kv.Write(l, 0, p, std::span<const float>(k, kv_dim), v).ok());
+      }
+    };
+    // a: 0..29, rewound to 21 (mid-page 3), then 21..36 with other values; b: only the final.
+    std::vector<float> other(rows);
+    for (uint32_t i = 21 * kv_dim; i < other.size(); ++i) other[i] = nd(rng) * 5;
+    for (uint32_t p = 0; p < 30; ++p) write(**a, p, &rows[uint64_t{p} * kv_dim]);
+    for (uint32_t p = 21; p < positions; ++p) write(**a, p, &other[uint64_t{p} * kv_dim]);
+    for (uint32_t p = 0; p < positions; ++p) write(**b, p, &other[uint64_t{p} * kv_dim]);
+    if (HasFatalFailure()) return;
+    std::vector<float> q(hd);
+    for (uint32_t l = 0; l < c.n_layers; ++l) {
+      for (uint64_t page = 0; page * 6 < positions; ++page) {
+        const std::span<const float> ba = (*a)->KeyPageBounds(l, 0, page);
+        const std::span<const float> bb = (*b)->KeyPageBounds(l, 0, page);
+        ASSERT_EQ(ba.size(), 2u * kv_dim);
+        EXPECT_TRUE(std::equal(ba.begin(), ba.end(), bb.begin())) << "page " << page;
+        for (int trial = 0; trial < 20; ++trial) {
+          for (float& x : q) x = nd(rng);
+          for (uint32_t h = 0; h < c.n_kv_heads; ++h) {
+            const float bound =
+                KeyPageBound(q.data(), ba.data() + h * hd, ba.data() + kv_dim + h * hd, hd);
+            for (uint32_t p = page * 6; p < std::min<uint64_t>(positions, page * 6 + 6);) {
+              const KvRows r = (*a)->Keys(l, 0, p, positions - p);
+              for (uint32_t i = 0; i < r.count; ++i) {
+                ASSERT_GE(bound, KvDot(q.data(), r, i, h * hd, hd))
+                    << DTypeName(dtype) << " page " << page << " pos " << p + i;
+              }
+              p += r.count;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Bad combinations of the page-selection and K-spill options are refused with InvalidArgument.
+TEST(PagedKvCacheTest, PageSelectionOptionsAreChecked) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 3;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  auto open = [&](KvOptions kv) {
+    SessionOptions o;
+    o.transformer.max_context = 64;
+    o.kv = kv;
+    return Session::Open(store, o).status();
+  };
+  KvOptions kv;
+  kv.select_pages = true;  // not paged
+  EXPECT_EQ(open(kv).code(), StatusCode::kInvalidArgument);
+  kv = KvOptions();
+  kv.paged = true;
+  kv.spill_keys = true;  // without page selection
+  EXPECT_EQ(open(kv).code(), StatusCode::kInvalidArgument);
+  kv.select_pages = true;
+  kv.fetch_rows = true;  // rows do not apply to whole pages
+  EXPECT_EQ(open(kv).code(), StatusCode::kInvalidArgument);
+  kv.fetch_rows = false;
+  EXPECT_TRUE(open(kv).ok()) << open(kv).ToString();
+  // Directly: a K-spilling cache without bounds.
+  KvOptions direct;
+  direct.paged = true;
+  direct.spill_keys = true;
+  EXPECT_EQ(
+      PagedKvCache::Create(Config(), 16, 1, direct, 1 << 20, storage::BackendKind::kAuto, true)
+          .status()
+          .code(),
+      StatusCode::kInvalidArgument);
+}
+
+// Page selection choosing every page (--kv-topn all, or a budget >= the context) is exact
+// attention bit for bit — ids and every logit equal the flat cache's — with the cache in DRAM,
+// with V spilled and with K and V spilled (--kv-spill kv) at their smallest pools. With a small
+// budget it changes attention, reads fewer spilled bytes than exact attention, and gives the
+// same output whether its pages come from DRAM or from flash (the same bounds and choices).
+// Query heads of the model in `store`.
+uint32_t QueryHeads(const std::string& store) {
+  SessionOptions o;
+  o.transformer.max_context = 8;
+  auto s = Session::Open(store, o);
+  return s.ok() ? (*s)->config().n_heads : 0;
+}
+
+void ExpectPageSelectionExactAndSpillNeutral(bool shared) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.seed = 13;
+  so.out_path = (dir / "tiny.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok());
+  const std::string store = (dir / "store").string();
+  ASSERT_TRUE(layout::Repack(**src, store, {}).ok());
+  const uint32_t steps = 50;
+  auto flat = RunTrace(store, KvOptions(), steps);
+  ASSERT_TRUE(flat.ok()) << flat.status().ToString();
+  KvOptions dram;
+  dram.paged = true;
+  dram.page_tokens = 4;
+  dram.select_pages = true;
+  dram.select_shared = shared;
+  KvOptions v_spill = dram;
+  v_spill.pool_bytes = MinimumPool(store, v_spill);
+  KvOptions kv_spill = dram;
+  kv_spill.spill_keys = true;
+  kv_spill.pool_bytes = MinimumPool(store, kv_spill);
+  ASSERT_GT(v_spill.pool_bytes, 0u);
+  ASSERT_GT(kv_spill.pool_bytes, 0u);
+  EXPECT_LT(kv_spill.pool_bytes, v_spill.pool_bytes);
+  KvOptions exact_spill = dram;
+  exact_spill.select_pages = false;
+  exact_spill.pool_bytes = MinimumPool(store, exact_spill);
+  auto exact = RunTrace(store, exact_spill, steps);
+  ASSERT_TRUE(exact.ok()) << exact.status().ToString();
+  for (const char* spec : {"all", "96"}) {
+    for (const KvOptions* kv : {&dram, &v_spill, &kv_spill}) {
+      auto got = RunTrace(store, *kv, steps, "", *TopNSpec::Parse(spec));
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      EXPECT_EQ(got->spills, kv != &dram);
+      EXPECT_EQ(got->ids, flat->ids) << spec;
+      EXPECT_TRUE(got->logits == flat->logits) << spec << " spill " << (kv != &dram);
+      EXPECT_EQ(got->stats.kv_pages.pages_selected, got->stats.kv_pages.pages_total);
+      EXPECT_GT(got->stats.kv_pages.pages_total, 0u);
+      if (kv != &dram) EXPECT_GT(got->stats.kv_bytes_read, 0u) << "pages came back from flash";
+    }
+  }
+  for (const char* spec : {"8", "10%"}) {
+    const TopNSpec topn = *TopNSpec::Parse(spec);
+    auto in_dram = RunTrace(store, dram, steps, "", topn);
+    auto v_flash = RunTrace(store, v_spill, steps, "", topn);
+    auto kv_flash = RunTrace(store, kv_spill, steps, "", topn);
+    ASSERT_TRUE(in_dram.ok() && v_flash.ok() && kv_flash.ok());
+    EXPECT_TRUE(v_flash->spills && kv_flash->spills);
+    EXPECT_GT(kv_flash->stats.kv_bytes_written, 0u);
+    EXPECT_EQ(v_flash->ids, in_dram->ids) << spec;
+    EXPECT_EQ(kv_flash->ids, in_dram->ids) << spec;
+    EXPECT_TRUE(v_flash->logits == in_dram->logits) << spec;
+    EXPECT_TRUE(kv_flash->logits == in_dram->logits) << spec;
+    EXPECT_FALSE(in_dram->logits == flat->logits) << spec << " changes attention";
+    EXPECT_LT(in_dram->stats.kv_pages.pages_selected, in_dram->stats.kv_pages.pages_total);
+    if (shared) {  // every head reads the same pages: the union is one head's share
+      EXPECT_EQ(in_dram->stats.kv_pages.pages_selected * QueryHeads(store),
+                in_dram->stats.kv_pages.head_pages_selected);
+    }
+    // (The few pages chosen may all stay in the pool's LRU: no read is needed then.)
+    EXPECT_LT(v_flash->stats.kv_bytes_read, exact->stats.kv_bytes_read) << spec;
+    EXPECT_LT(kv_flash->stats.kv_bytes_read, exact->stats.kv_bytes_read) << spec;
+  }
+}
+
+TEST(PagedKvCacheTest, PageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
+  ExpectPageSelectionExactAndSpillNeutral(false);
+}
+
+// The same with one choice of pages shared by every head (--kv-select shared).
+TEST(PagedKvCacheTest, SharedPageSelectionOfEveryPageIsExactAndSpillChangesNothing) {
+  ExpectPageSelectionExactAndSpillNeutral(true);
+}
+
 }  // namespace
 }  // namespace flashlm::engine

@@ -111,9 +111,23 @@ TEST(EngineCommandsTest, GeneratePagedKvSpilledMatchesGolden) {
   EXPECT_TRUE(stats["kv"]["spills"].get<bool>()) << stats.dump();
   EXPECT_GT(stats["kv"]["bytes_read"].get<uint64_t>(), 0u) << stats.dump();
   EXPECT_TRUE(std::filesystem::is_empty(spill));
+  // Page selection of every page with K and V on flash (pool 200 KiB, below the 320 KiB of K
+  // alone) is exact: the golden text again.
+  CmdRun sel = Flashlm(g +
+                       " --kv-page-tokens 32 --kv-budget 200K --kv-select pages --kv-spill kv"
+                       " --kv-dir " +
+                       spill + " --stats-json " + json);
+  ASSERT_EQ(sel.exit_code, 0) << sel.err;
+  EXPECT_EQ(sel.out, golden + "\n");
+  EXPECT_NE(sel.err.find("select pages (K spill on)"), std::string::npos) << sel.err;
+  const nlohmann::json sel_stats = nlohmann::json::parse(ReadFile(json));
+  EXPECT_EQ(sel_stats["kv"]["spill"], "kv") << sel_stats.dump();
+  EXPECT_GT(sel_stats["kv"]["bytes_read"].get<uint64_t>(), 0u) << sel_stats.dump();
+  EXPECT_TRUE(std::filesystem::is_empty(spill));
   for (const std::string& bad :
        {g + " --kv-dtype q4_0", g + " --kv-page-tokens 0", g + " --kv-budget 1K",
-        g + " --kv-budget x", g + " --kv-topn 0", g + " --kv-topn 200%",
+        g + " --kv-budget x", g + " --kv-topn 0", g + " --kv-topn 200%", g + " --kv-select quest",
+        g + " --kv-spill k", g + " --kv-spill kv", g + " --kv-select pages --kv-fetch rows",
         g + " --kv-budget 420K --kv-dir " + (dir / "missing").string()}) {
     CmdRun b = Flashlm(bad);
     EXPECT_NE(b.exit_code, 0) << bad;
