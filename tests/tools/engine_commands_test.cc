@@ -128,6 +128,7 @@ TEST(EngineCommandsTest, GeneratePagedKvSpilledMatchesGolden) {
        {g + " --kv-dtype q4_0", g + " --kv-page-tokens 0", g + " --kv-budget 1K",
         g + " --kv-budget x", g + " --kv-topn 0", g + " --kv-topn 200%", g + " --kv-select quest",
         g + " --kv-spill k", g + " --kv-spill kv", g + " --kv-select pages --kv-fetch rows",
+        g + " --kv-select pages --lazy-prefill 0.5",
         g + " --kv-budget 420K --kv-dir " + (dir / "missing").string()}) {
     CmdRun b = Flashlm(bad);
     EXPECT_NE(b.exit_code, 0) << bad;
