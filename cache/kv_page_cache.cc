@@ -196,6 +196,23 @@ Result<LruCache::Handle*> KvPageCache::InsertValue(uint64_t index, uint32_t slot
   return h;
 }
 
+Result<LruCache::Handle*> KvPageCache::PinForWrite(uint64_t index) {
+  if (LruCache::Handle* h = lru_->Lookup(index)) return h;
+  ASSIGN_OR_RETURN(const uint32_t slot, TakeSlot());
+  ASSIGN_OR_RETURN(LruCache::Handle* const h, InsertValue(index, slot));
+  if (v_pages_[index].on_flash) {
+    const uint64_t one[] = {index};
+    if (Status st = ReadPages(one); !st.ok()) {
+      lru_->Release(h);
+      lru_->Erase(index);
+      return st;
+    }
+  } else {
+    std::memset(VSlot(slot), 0, layout_.page_stride_bytes());
+  }
+  return h;
+}
+
 Result<ByteSpan> KvPageCache::PageForWrite(KvKind kind, uint32_t seq, uint32_t layer,
                                            uint64_t page) {
   const uint64_t stride = layout_.page_stride_bytes();
@@ -215,21 +232,7 @@ Result<ByteSpan> KvPageCache::PageForWrite(KvKind kind, uint32_t seq, uint32_t l
     lru_->Release(writing_[w]);
     writing_[w] = nullptr;
   }
-  LruCache::Handle* h = lru_->Lookup(index);
-  if (h == nullptr) {
-    ASSIGN_OR_RETURN(const uint32_t slot, TakeSlot());
-    ASSIGN_OR_RETURN(h, InsertValue(index, slot));
-    if (v_pages_[index].on_flash) {
-      const uint64_t one[] = {index};
-      if (Status st = ReadPages(one); !st.ok()) {
-        lru_->Release(h);
-        lru_->Erase(index);
-        return st;
-      }
-    } else {
-      std::memset(VSlot(slot), 0, stride);  // the padding is checksummed: keep it defined
-    }
-  }
+  ASSIGN_OR_RETURN(LruCache::Handle* const h, PinForWrite(index));
   v_pages_[index].on_flash = false;  // about to change: written again when full
   writing_[w] = h;
   writing_page_[w] = page;
@@ -283,21 +286,7 @@ Result<KvPageCache::FillTarget> KvPageCache::BeginFill(uint32_t seq, uint32_t la
     target.page = ByteSpan(VSlot(v_pages_[index].slot), stride);
     return target;  // spilled when it is full or left, as any row written into it
   }
-  LruCache::Handle* h = lru_->Lookup(index);
-  if (h == nullptr) {
-    ASSIGN_OR_RETURN(const uint32_t slot, TakeSlot());
-    ASSIGN_OR_RETURN(h, InsertValue(index, slot));
-    if (v_pages_[index].on_flash) {
-      const uint64_t one[] = {index};
-      if (Status st = ReadPages(one); !st.ok()) {
-        lru_->Release(h);
-        lru_->Erase(index);
-        return st;
-      }
-    } else {
-      std::memset(VSlot(slot), 0, stride);  // never held a row: the padding is checksummed
-    }
-  }
+  ASSIGN_OR_RETURN(LruCache::Handle* const h, PinForWrite(index));
   target.page = ByteSpan(VSlot(v_pages_[index].slot), stride);
   target.pin = h;
   return target;

@@ -226,6 +226,10 @@ class KvPageCache {
   Result<uint32_t> TakeSlot();
   // Inserts V page `index` (not resident) into `slot`, pinned.
   Result<LruCache::Handle*> InsertValue(uint64_t index, uint32_t slot);
+  // Page `index` pinned for writing: the resident one, else a new slot holding its flash copy
+  // (read and verified) or zeros when it never held a row (the padding is checksummed).
+  // Errors: as TakeSlot, ReadPages.
+  Result<LruCache::Handle*> PinForWrite(uint64_t index);
   // Reads the V pages `indices` (resident slots, on flash) from the spill file and verifies them.
   Status ReadPages(std::span<const uint64_t> indices);
   // Reads the needed rows (positions_needed, as FetchValues) of the V pages `indices` (in
