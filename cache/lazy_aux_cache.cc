@@ -8,8 +8,9 @@
 namespace flashlm::cache {
 
 uint64_t LazyAuxCache::BytesNeeded(uint32_t dim, uint32_t max_positions, uint32_t max_sequences) {
-  return uint64_t{max_sequences} * max_positions *
-         (uint64_t{dim} * sizeof(float) + sizeof(uint32_t));
+  return uint64_t{max_sequences} *
+         (uint64_t{max_positions} * (uint64_t{dim} * sizeof(float) + sizeof(uint32_t)) +
+          sizeof(uint32_t));
 }
 
 Result<std::unique_ptr<LazyAuxCache>> LazyAuxCache::Create(uint32_t n_layers, uint32_t dim,
@@ -27,6 +28,7 @@ Result<std::unique_ptr<LazyAuxCache>> LazyAuxCache::Create(uint32_t n_layers, ui
   try {
     c->hidden_.assign(slots * dim, 0.0f);
     c->layers_.assign(slots, n_layers);
+    c->end_.assign(max_sequences, 0);
   } catch (const std::bad_alloc&) {
     return ResourceExhaustedError("lazy aux cache: cannot allocate " +
                                   std::to_string(BytesNeeded(dim, max_positions, max_sequences)) +
@@ -41,6 +43,11 @@ void LazyAuxCache::Reset(uint32_t seq, uint32_t pos) {
   layers_[s] = n_layers_;
 }
 
+void LazyAuxCache::ResetFrom(uint32_t seq, uint32_t pos) {
+  for (uint32_t p = pos; p < end_[seq]; ++p) Reset(seq, p);
+  end_[seq] = std::min(end_[seq], pos);
+}
+
 void LazyAuxCache::Prune(uint32_t seq, uint32_t pos, uint32_t layers_done,
                          std::span<const float> hidden) {
   const uint64_t s = Slot(seq, pos);
@@ -50,6 +57,7 @@ void LazyAuxCache::Prune(uint32_t seq, uint32_t pos, uint32_t layers_done,
   if (layers_[s] == n_layers_) ++held_;
   peak_held_ = std::max(peak_held_, held_);
   layers_[s] = layers_done;
+  end_[seq] = std::max(end_[seq], pos + 1);
   std::copy(hidden.begin(), hidden.end(), hidden_.begin() + s * dim_);
   ++prunes_;
 }

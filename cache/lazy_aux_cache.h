@@ -19,7 +19,7 @@
 //
 // Memory: one slot of dim f32 per position of the context of each sequence (slot = (sequence,
 // position), so storing, reviving and rewinding never search or allocate) plus a 4-byte layer
-// count per slot: BytesNeeded = max_sequences x max_positions x (dim x 4 + 4), allocated at
+// count per slot: BytesNeeded = max_sequences x (max_positions x (dim x 4 + 4) + 4), allocated at
 // Create, charged against the budget by the forward pass's BytesNeeded (a server with several
 // sequences pays it per sequence). held_bytes() is the part in use (pruned tokens x dim x 4).
 // Sequences are independent: what one prunes, holds or revives is its own. The one-argument
@@ -72,6 +72,10 @@ class LazyAuxCache {
   // `pos` is taken back into a pass (its state read with hidden() first): counted as complete
   // from here (the pass computes the rest or prunes it again).
   void Revive(uint32_t seq, uint32_t pos);
+  // Every position of `seq` from `pos` on is (re)computed from layer 0 or no longer part of the
+  // sequence (a pass starting at `pos`, a rewind, a slot handed to a new request): complete, held
+  // states dropped. Costs the span up to the highest position `seq` ever held, not the context.
+  void ResetFrom(uint32_t seq, uint32_t pos);
   void Reset(uint32_t pos) { Reset(0, pos); }
   void Prune(uint32_t pos, uint32_t layers_done, std::span<const float> hidden) {
     Prune(0, pos, layers_done, hidden);
@@ -92,6 +96,7 @@ class LazyAuxCache {
   uint32_t n_layers_ = 0, dim_ = 0, max_positions_ = 0, max_sequences_ = 0;
   std::vector<float> hidden_;     // max_sequences x max_positions x dim
   std::vector<uint32_t> layers_;  // max_sequences x max_positions
+  std::vector<uint32_t> end_;     // [seq] 1 + the highest position held since its last ResetFrom
   uint32_t held_ = 0, peak_held_ = 0;
   uint64_t prunes_ = 0, revivals_ = 0;
 };

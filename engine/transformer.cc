@@ -701,9 +701,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       for (uint32_t t = 0; t < n; ++t) {
         const uint32_t seq = seq_of(t);
         if (batch.positions[t] != seq_first_[seq]) continue;  // once per sequence
-        for (uint32_t p = 0; p < std::max(kv_->length(seq), seq_next_[seq]); ++p) {
-          aux_->Reset(seq, p);
-        }
+        aux_->ResetFrom(seq, 0);
         kv_->SetLength(seq, 0);
       }
       return st;
@@ -729,11 +727,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     bool lasts_wanted = true;
     for (uint32_t t = 0; t < n; ++t) {
       const uint32_t seq = seq_of(t);
-      if (batch.positions[t] == seq_first_[seq]) {
-        for (uint32_t p = seq_first_[seq]; p < std::max(kv_->length(seq), seq_next_[seq]); ++p) {
-          aux_->Reset(seq, p);
-        }
-      }
+      if (batch.positions[t] == seq_first_[seq]) aux_->ResetFrom(seq, seq_first_[seq]);
       if (batch.positions[t] + 1 == seq_next_[seq]) {
         lasts_wanted =
             lasts_wanted && lasts < batch.logits_for.size() && batch.logits_for[lasts] == t;

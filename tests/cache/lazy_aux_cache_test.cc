@@ -8,7 +8,7 @@ namespace flashlm::cache {
 namespace {
 
 TEST(LazyAuxCacheTest, SizesAndBadArguments) {
-  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10), 10u * (8 * 4 + 4));
+  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10), 10u * (8 * 4 + 4) + 4);
   EXPECT_FALSE(LazyAuxCache::Create(0, 8, 10).ok());
   EXPECT_FALSE(LazyAuxCache::Create(4, 0, 10).ok());
   EXPECT_FALSE(LazyAuxCache::Create(4, 8, 0).ok());
@@ -53,7 +53,7 @@ TEST(LazyAuxCacheTest, PruneReviveResetKeepStateAndCounts) {
 // Sequences are independent: the same position of two sequences has its own state and count;
 // the size is per sequence.
 TEST(LazyAuxCacheTest, SequencesKeepTheirOwnSlots) {
-  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10, 3), 3u * 10 * (8 * 4 + 4));
+  EXPECT_EQ(LazyAuxCache::BytesNeeded(8, 10, 3), 3u * (10 * (8 * 4 + 4) + 4));
   EXPECT_FALSE(LazyAuxCache::Create(4, 8, 10, 0).ok());
   auto made = LazyAuxCache::Create(5, 2, 4, 3);
   ASSERT_TRUE(made.ok());
@@ -79,6 +79,33 @@ TEST(LazyAuxCacheTest, SequencesKeepTheirOwnSlots) {
   c.Revive(0, 3);
   EXPECT_EQ(c.held(), 0u);
   EXPECT_EQ(c.revivals(), 1u);
+}
+
+// ResetFrom drops every held state of one sequence from a position on, however far beyond the
+// sequence's current length it lies (a server slot handed to a shorter request), and nothing
+// before it or of another sequence.
+TEST(LazyAuxCacheTest, ResetFromDropsTheRestOfOneSequence) {
+  auto made = LazyAuxCache::Create(4, 2, 16, 2);
+  ASSERT_TRUE(made.ok());
+  LazyAuxCache& c = **made;
+  const std::vector<float> h = {1, 2};
+  for (uint32_t p : {1u, 5u, 14u}) c.Prune(0, p, 2, h);
+  c.Prune(1, 14, 1, h);
+  EXPECT_EQ(c.held(), 4u);
+  c.ResetFrom(0, 5);
+  EXPECT_EQ(c.held(), 2u);
+  EXPECT_EQ(c.computed_layers(0, 1), 2u);  // before 5: kept
+  EXPECT_EQ(c.computed_layers(0, 5), 4u);
+  EXPECT_EQ(c.computed_layers(0, 14), 4u);
+  EXPECT_EQ(c.computed_layers(1, 14), 1u);  // the other sequence: kept
+  EXPECT_EQ(c.revivals(), 0u);              // not counted as revivals
+  c.ResetFrom(0, 0);
+  c.ResetFrom(1, 0);
+  EXPECT_EQ(c.held(), 0u);
+  c.Prune(1, 3, 1, h);  // held again after a reset: counted once
+  EXPECT_EQ(c.held(), 1u);
+  c.ResetFrom(1, 3);
+  EXPECT_EQ(c.held(), 0u);
 }
 
 }  // namespace

@@ -477,5 +477,41 @@ TEST(TransformerLazyTest, SequencesOfOnePassPruneIndependently) {
   }
 }
 
+// A sequence started again at position 0 with a shorter prompt holds only what the new prompt
+// pruned: the earlier, longer prompt's held states beyond the new prompt's length are dropped,
+// not left counted in the aux bytes — also when the KV cache's length was cut back first (as a
+// failed pass does, or a caller emptying a slot), so that length no longer covers them.
+TEST(TransformerLazyTest, ANewPromptInTheSameSequenceDropsTheOldHeldStates) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  SessionOptions o;
+  o.threads = 2;
+  o.tokenizer_path = tok.string();
+  o.transformer.max_context = 512;
+  o.transformer.max_batch = 512;
+  o.transformer.lazy.keep = 0.3f;
+  auto s = Session::Open(bin.string(), o);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  Transformer& model = (*s)->model();
+  const std::vector<int32_t> long_prompt = Prompt((*s)->tokenizer(), 300);
+  ASSERT_TRUE(model.Forward(long_prompt, 0).ok());
+  const cache::LazyAuxCache& aux = *model.lazy_aux();
+  uint32_t held_beyond = 0;
+  for (uint32_t p = 60; p < 300; ++p) held_beyond += aux.computed_layers(p) < aux.n_layers();
+  ASSERT_GT(held_beyond, 0u);
+  model.kv_cache().SetLength(0, 0);
+  const std::vector<int32_t> short_prompt = Prompt((*s)->tokenizer(), 60);
+  ASSERT_TRUE(model.Forward(short_prompt, 0).ok());
+  uint32_t held_short = 0;
+  for (uint32_t p = 0; p < 512; ++p) {
+    if (aux.computed_layers(p) == aux.n_layers()) continue;
+    EXPECT_LT(p, 60u) << "position " << p << " of the old prompt is still held";
+    ++held_short;
+  }
+  EXPECT_GT(held_short, 0u);
+  EXPECT_EQ(aux.held(), held_short);
+  EXPECT_EQ(model.lazy_stats().aux_bytes, uint64_t{held_short} * 64 * sizeof(float));
+}
+
 }  // namespace
 }  // namespace flashlm::engine

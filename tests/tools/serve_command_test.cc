@@ -589,7 +589,7 @@ TEST(ServeCommandTest, LazyPrefillPrunesEachSequenceLikeGenerate) {
   EXPECT_GT(stats.j["lazy_pruned"].get<uint64_t>(), 0u) << stats.body;
   EXPECT_GT(stats.j["lazy_revived"].get<uint64_t>(), 0u) << stats.body;
   EXPECT_EQ(stats.j["lazy_aux_capacity_bytes"].get<uint64_t>(),
-            3u * 512u * (64u * 4u + 4u))  // 3 sequences x 512 positions x (dim f32 + count)
+            3u * (512u * (64u * 4u + 4u) + 4u))  // 3 x (512 x (dim f32 + count) + end)
       << stats.body;
   EXPECT_EQ(server.Stop(30), 0) << server.Log();
 }
