@@ -77,7 +77,7 @@ def main():
     ap.add_argument("--topn", default="5%")
     ap.add_argument("--weights-mib", type=int, default=2048)
     ap.add_argument("--kv-dir", default="/work/bench/kv3")
-    ap.add_argument("--iobench-sizes", default="512,1K,2K,4K,8K,12K,16K,20K,32K,64K")
+    ap.add_argument("--iobench-sizes", default="4K,8K,12K,16K,20K,32K,64K")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
     out = open(a.out, "a") if a.out else None
