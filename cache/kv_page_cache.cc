@@ -245,7 +245,7 @@ Status KvPageCache::SpillPage(uint64_t index) {
   const ConstByteSpan bytes(VSlot(ps.slot), stride);
   const uint64_t start = NowNs();
   ps.checksum = storage::Checksum64(bytes);
-  if (fetch_rows_) {
+  if (fetch_rows_ && index < layout_.pages_per_kind()) {  // rows are read only of V pages
     const uint64_t rb = layout_.row_bytes(), P = layout_.tokens_per_page;
     for (uint64_t r = 0; r < P; ++r) {
       row_checksums_[index * P + r] = storage::Checksum64(bytes.subspan(r * rb, rb));
@@ -275,12 +275,16 @@ Status KvPageCache::MarkRowWritten(KvKind kind, uint32_t seq, uint32_t layer, ui
   return Status::Ok();
 }
 
-Result<KvPageCache::FillTarget> KvPageCache::BeginFill(uint32_t seq, uint32_t layer,
+Result<KvPageCache::FillTarget> KvPageCache::BeginFill(KvKind kind, uint32_t seq, uint32_t layer,
                                                        uint64_t page) {
   const uint64_t stride = layout_.page_stride_bytes();
-  const uint64_t index = VIndex(seq, layer, page);
-  const uint64_t w = uint64_t{seq} * layout_.n_layers + layer;
   FillTarget target;
+  if (!Spillable(kind)) {  // a K page in the K pool: always resident, never on flash
+    target.page = ByteSpan(k_pool_.data() + VIndex(seq, layer, page) * stride, stride);
+    return target;
+  }
+  const uint64_t index = Index(kind, seq, layer, page);
+  const uint64_t w = WritingIndex(kind, seq, layer);
   target.index = index;
   if (writing_[w] != nullptr && writing_page_[w] == page) {
     target.page = ByteSpan(VSlot(v_pages_[index].slot), stride);

@@ -118,18 +118,26 @@ class KvPageCache {
   // Row `row` of V page (seq, layer, page) was written; when it is the page's last row the page
   // is spilled (when spilling) and unpinned. Errors: IoError (the write).
   Status MarkValueRowWritten(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row);
-  // Writes row `row` of V page (seq, layer, page) through `put` (given the whole page), for a
+  // Writes row `row` of page (kind, seq, layer, page) through `put` (given the whole page), for a
   // row filled in after the page was left (LazyLLM revival: a position that layer had not
-  // computed). The page being filled of (seq, layer) is written in place and stays as it is;
-  // any other page is made resident (read back from flash, or zeroed when it never held a row),
-  // written, spilled again at once when spilling (so an unpinned resident page keeps an
-  // identical copy on flash) and unpinned. Errors: as PageForWrite, the spill's IoError, put's.
+  // computed). A K page that never spills (no spill_keys) is written in place. The page being
+  // filled of (kind, seq, layer) is written in place and stays as it is; any other spillable page
+  // is made resident (read back from flash, or zeroed when it never held a row), written, spilled
+  // again at once when spilling (so an unpinned resident page keeps an identical copy on flash)
+  // and unpinned. Errors: as PageForWrite, the spill's IoError, put's (the page is then dropped
+  // from DRAM and forgotten on flash: the caller cuts its sequence back below it).
   template <typename Put>
-  Status FillValueRow(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row, const Put& put) {
+  Status FillRow(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page, uint32_t row,
+                 const Put& put) {
     (void)row;
-    ASSIGN_OR_RETURN(FillTarget target, BeginFill(seq, layer, page));
+    ASSIGN_OR_RETURN(FillTarget target, BeginFill(kind, seq, layer, page));
     Status st = put(target.page);
     return EndFill(target, st);
+  }
+  // FillRow of a V page.
+  template <typename Put>
+  Status FillValueRow(uint32_t seq, uint32_t layer, uint64_t page, uint32_t row, const Put& put) {
+    return FillRow(layout::KvKind::kValue, seq, layer, page, row, put);
   }
   // As MarkValueRowWritten for either kind (K: nothing to do unless spill_keys).
   Status MarkRowWritten(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page,
@@ -189,13 +197,14 @@ class KvPageCache {
     uint64_t index = 0, begin = 0, end = 0;
   };
   KvPageCache() = default;
-  // FillValueRow's page: its bytes and the pin taken for it (null: the page being filled).
+  // FillRow's page: its bytes and the pin taken for it (null: the page being filled, or a K page
+  // that never spills).
   struct FillTarget {
     ByteSpan page;
     uint64_t index = 0;
     LruCache::Handle* pin = nullptr;
   };
-  Result<FillTarget> BeginFill(uint32_t seq, uint32_t layer, uint64_t page);
+  Result<FillTarget> BeginFill(layout::KvKind kind, uint32_t seq, uint32_t layer, uint64_t page);
   Status EndFill(const FillTarget& target, Status put_status);
   uint64_t VIndex(uint32_t seq, uint32_t layer, uint64_t page) const {
     return layout_.PageIndex(layout::KvKind::kValue, seq, layer, page);

@@ -145,6 +145,9 @@ class KvCache {
   }
   // Whether V rows may have to be read from flash (FetchValues does I/O).
   virtual bool spills() const { return false; }
+  // Whether K rows may be on flash too: Keys() then reads only pages made resident by FetchPages
+  // (or FetchValues) since the last ReleaseValues.
+  virtual bool spills_keys() const { return false; }
   // DRAM the cache holds.
   virtual uint64_t resident_bytes() const = 0;
 };

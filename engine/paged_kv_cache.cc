@@ -178,11 +178,44 @@ Status PagedKvCache::Fill(uint32_t layer, uint32_t seq, uint32_t pos, std::span<
   }
   const uint32_t P = layout_.tokens_per_page;
   const uint64_t page = pos / P, row = pos % P, row_bytes = layout_.row_bytes();
-  ASSIGN_OR_RETURN(ByteSpan kp, pages_->PageForWrite(KvKind::kKey, seq, layer, page));
-  RETURN_IF_ERROR(layout::QuantizeRow(layout_.dtype, k, kp.subspan(row * row_bytes, row_bytes)));
+  // K first: the row, then (with page selection) the page's bounds from its bytes, before a K
+  // page that spills is written back to flash.
+  RETURN_IF_ERROR(pages_->FillRow(
+      KvKind::kKey, seq, layer, page, static_cast<uint32_t>(row), [&](ByteSpan out) {
+        RETURN_IF_ERROR(
+            layout::QuantizeRow(layout_.dtype, k, out.subspan(row * row_bytes, row_bytes)));
+        if (key_bounds_.empty()) return Status::Ok();
+        return FillKeyBounds(layer, seq, page, static_cast<uint32_t>(row), out);
+      }));
   return pages_->FillValueRow(seq, layer, page, static_cast<uint32_t>(row), [&](ByteSpan out) {
     return layout::QuantizeRow(layout_.dtype, v, out.subspan(row * row_bytes, row_bytes));
   });
+}
+
+Status PagedKvCache::FillKeyBounds(uint32_t layer, uint32_t seq, uint64_t page, uint32_t row,
+                                   ConstByteSpan page_bytes) {
+  const uint64_t kv_dim = layout_.kv_dim(), rb = layout_.row_bytes();
+  const uint64_t b = BoundIndex(layer, seq, page);
+  float* lo = key_bounds_.data() + b * 2 * kv_dim;
+  float* hi = lo + kv_dim;
+  // Rebuilt over rows [0, max(rows folded, row + 1)): the row may fall below or beyond the rows
+  // already in the bounds (a revived position of a page whose later rows that layer computed),
+  // and the bounds then cover every row the page holds. Rows in that range that the layer never
+  // computed (pruned positions: zeros, or stale rows of an earlier sequence) are folded too,
+  // which only loosens the bound, as Write's rebuild does.
+  const uint32_t rows = std::max(bound_rows_[b], row + 1);
+  std::fill(lo, lo + kv_dim, std::numeric_limits<float>::infinity());
+  std::fill(hi, hi + kv_dim, -std::numeric_limits<float>::infinity());
+  for (uint32_t r = 0; r < rows; ++r) {
+    RETURN_IF_ERROR(
+        layout::DequantizeRow(layout_.dtype, page_bytes.subspan(r * rb, rb), row_scratch_));
+    for (uint64_t i = 0; i < kv_dim; ++i) {
+      lo[i] = std::min(lo[i], row_scratch_[i]);
+      hi[i] = std::max(hi[i], row_scratch_[i]);
+    }
+  }
+  bound_rows_[b] = rows;
+  return Status::Ok();
 }
 
 Status PagedKvCache::WriteEncoded(uint32_t layer, uint32_t seq, uint32_t pos, ConstByteSpan k,

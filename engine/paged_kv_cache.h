@@ -85,8 +85,9 @@ class PagedKvCache final : public KvCache {
                std::span<const float> v) override;
   // The row goes into its page wherever the page is (resident, on flash, or not yet written at
   // all: a page of a layer that computed none of its positions has no slot and no flash copy),
-  // and a page not being filled is written back to flash at once (KvPageCache::FillValueRow).
-  // Errors: as Write.
+  // and a page not being filled is written back to flash at once (KvPageCache::FillRow), K pages
+  // too with spill_keys. With select_pages the K page's bounds are rebuilt to cover the row and
+  // every row below the page's highest row written. Errors: as Write.
   Status Fill(uint32_t layer, uint32_t seq, uint32_t pos, std::span<const float> k,
               std::span<const float> v) override;
   layout::DType dtype() const override { return layout_.dtype; }
@@ -105,6 +106,7 @@ class PagedKvCache final : public KvCache {
   Status FetchPages(uint32_t layer, uint32_t seq, uint32_t length,
                     std::span<const uint8_t> pages_needed) override;
   bool spills() const override { return pages_->spills(); }
+  bool spills_keys() const override { return pages_->spills() && pages_->spill_keys(); }
   uint64_t resident_bytes() const override { return resident_bytes_; }
 
   const cache::KvPageCache& pages() const { return *pages_; }
@@ -126,6 +128,9 @@ class PagedKvCache final : public KvCache {
   // Folds the K row just stored at row `row` of `page_bytes` into the page's bounds (recomputing
   // them from rows [0, row) first when a rewind left rows beyond it in them).
   Status FoldKeyBounds(uint32_t layer, uint32_t seq, uint64_t page, uint32_t row,
+                       ConstByteSpan page_bytes);
+  // Fill's: rebuilds the page's bounds over its rows [0, max(rows folded, row + 1)).
+  Status FillKeyBounds(uint32_t layer, uint32_t seq, uint64_t page, uint32_t row,
                        ConstByteSpan page_bytes);
 
   layout::VCacheLayout layout_;

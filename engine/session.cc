@@ -400,7 +400,8 @@ std::string DescribeKv(const PagedKvCache* kv) {
                   FormatBytes(p.pool_bytes()) + " of the " + FormatBytes(full) +
                   " the whole cache needs";
   if (p.spills()) {
-    s += "; K in DRAM, V pages beyond the pool spill to " + p.spill_path() + " (" +
+    s += std::string(p.spill_keys() ? "; K and V pages" : "; K in DRAM, V pages") +
+         " beyond the pool spill to " + p.spill_path() + " (" +
          std::string(p.backend_name()) + ", unlinked)";
   }
   return s + "\n";

@@ -199,11 +199,6 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   if (options.max_sequences == 0) return InvalidArgumentError("max_sequences must be positive");
   if (options.lazy.enabled()) {
     RETURN_IF_ERROR(ValidateLazy(options.lazy, c.n_layers));
-    // Revived rows go in through KvCache::Fill, which neither updates page selection's K bounds
-    // nor writes K pages to flash (--kv-spill kv needs page selection).
-    if (options.select_pages) {
-      return InvalidArgumentError("lazy prefill does not combine with page selection (--kv-select)");
-    }
   }
   if (kv == nullptr) {
     ASSIGN_OR_RETURN(t->own_kv_,
@@ -375,14 +370,19 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
                                   uint32_t kvh, float* scores) const {
   const uint32_t hd = config_.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool masking = Masking();
   for (uint32_t p = 0; p < len;) {
+    if (masking && !aux_->present(layer, seq, p)) {  // never written: its K page may not be
+      ++p;                                           // resident (K spilled) or exist at all
+      continue;
+    }
     const KvRows rows = kv_->Keys(layer, seq, p, len - p);
     for (uint32_t i = 0; i < rows.count; ++i) {
       scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
     }
     p += rows.count;
   }
-  if (Masking()) {  // positions this layer never computed take no part (LazyOptions)
+  if (masking) {  // positions this layer never computed take no part (LazyOptions)
     for (uint32_t p = 0; p < len; ++p) {
       if (!aux_->present(layer, seq, p)) scores[p] = -std::numeric_limits<float>::infinity();
     }
@@ -519,7 +519,7 @@ Status Transformer::AttentionSelective(uint32_t layer, const TokenBatch& batch) 
 // chosen these are the same operations on the same values, in the same order, as Attention's.
 Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
   const layout::ModelConfig& c = config_;
-  const uint32_t n = static_cast<uint32_t>(batch.tokens.size());
+  const uint32_t n = static_cast<uint32_t>(batch.positions.size());  // (active rows when lazy)
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
   const uint32_t P = kv_->bound_page_tokens();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -528,12 +528,30 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
     const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
     const uint32_t len = batch.positions[t] + 1;
     const uint32_t n_pages = static_cast<uint32_t>(CeilDiv(len, P));
+    // With lazy pruning: held[pg] = whether layer `layer` computed any position of page pg. A page
+    // it computed none of has no bounds and may have no K/V page at all: its bound is -inf (it
+    // ranks last), it is never fetched, and its positions score -inf unread (as Attention's).
+    const uint8_t* held = nullptr;
+    if (masking) {
+      for (uint32_t pg = 0; pg < n_pages; ++pg) {
+        uint8_t any = 0;
+        for (uint32_t p = pg * P; p < std::min(len, pg * P + P) && any == 0; ++p) {
+          any = aux_->present(layer, seq, p) ? 1 : 0;
+        }
+        keep_mask_[pg] = any;
+      }
+      held = keep_mask_.data();
+    }
     pool_.ParallelFor(c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
       for (uint64_t h = begin; h < end; ++h) {
         float* bounds = item_scores_.data() + h * max_context_;  // [n_pages - 1]
         const float* q = q_.data() + uint64_t{t} * q_dim_ + h * hd;
         const uint64_t off = uint64_t{static_cast<uint32_t>(h) / group} * hd;
         for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) {
+          if (held != nullptr && held[pg] == 0) {
+            bounds[pg] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
           const std::span<const float> b = kv_->KeyPageBounds(layer, seq, pg);
           bounds[pg] = KeyPageBound(q, b.data() + off, b.data() + kv_dim_ + off, hd);
         }
@@ -558,7 +576,10 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
         float best = -std::numeric_limits<float>::infinity();
         for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) best = std::max(best, bounds[pg]);
         for (uint32_t pg = 0; pg + 1 < n_pages; ++pg) {
-          shared[pg] = std::max(shared[pg], bounds[pg] - best);
+          // (a page no position of which the layer computed stays -inf, never -inf - -inf)
+          if (bounds[pg] != -std::numeric_limits<float>::infinity()) {
+            shared[pg] = std::max(shared[pg], bounds[pg] - best);
+          }
         }
       }
       const uint32_t chosen =
@@ -572,7 +593,9 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
     for (uint32_t h = 0; h < c.n_heads; ++h) {
       const uint32_t* sel =
           item_selected_.data() + (select_shared_ ? 0 : uint64_t{h} * max_context_);
-      for (uint32_t i = 0; i < item_chosen_[h]; ++i) needed_[sel[i]] = 1;
+      for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
+        if (held == nullptr || held[sel[i]] != 0) needed_[sel[i]] = 1;
+      }
       page_stats_.head_pages_selected += item_chosen_[h];
     }
     page_stats_.head_pages_total += uint64_t{n_pages} * c.n_heads;
@@ -588,10 +611,14 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
         uint32_t m = 0;
         for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
           const uint32_t first = sel[i] * P, count = std::min(P, len - first);
+          if (held != nullptr && held[sel[i]] == 0) {  // nothing written: no page to read
+            for (uint32_t r = 0; r < count; ++r) scores[m++] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
           for (uint32_t p = first; p < first + count;) {
             const KvRows rows = kv_->Keys(layer, seq, p, first + count - p);
             for (uint32_t r = 0; r < rows.count; ++r) {
-              scores[m++] = masking && !aux_->present(layer, p + r)
+              scores[m++] = masking && !aux_->present(layer, seq, p + r)
                                 ? -std::numeric_limits<float>::infinity()
                                 : KvDot(q, rows, r, kvh * hd, hd) * scale;
             }
@@ -604,10 +631,14 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
         m = 0;
         for (uint32_t i = 0; i < item_chosen_[h]; ++i) {
           const uint32_t first = sel[i] * P, count = std::min(P, len - first);
+          if (held != nullptr && held[sel[i]] == 0) {  // weights 0, no page to read
+            m += count;
+            continue;
+          }
           for (uint32_t p = first; p < first + count;) {
             const KvRows rows = kv_->Values(layer, seq, p, first + count - p);
             for (uint32_t r = 0; r < rows.count; ++r, ++m) {
-              if (masking && !aux_->present(layer, p + r)) continue;  // never written: skipped
+              if (masking && !aux_->present(layer, seq, p + r)) continue;  // never written
               KvAxpy(scores[m], rows, r, kvh * hd, out, hd);
             }
             p += rows.count;
@@ -773,7 +804,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     }
     // The V rows attention reads made resident (a paged cache reads spilled pages back here).
     const auto attention_start = std::chrono::steady_clock::now();
-    if (page_selection_ != nullptr) {  // never with lazy pruning (Create): active == batch
+    if (page_selection_ != nullptr) {
       if (Status st = AttentionPages(l, active); !st.ok()) {
         kv_->ReleaseValues();
         return fail(st);
@@ -825,7 +856,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       flops_ += n_act * token_layer_flops_ + 4 * attn * q_dim_;
       if (prune && lazy_fraction_[l] > 0.0f) {
         const uint64_t revivals = aux_->revivals();
-        LazyPrune(l, &n_act);
+        if (Status st = LazyPrune(l, &n_act); !st.ok()) return fail(st);
         revived = revived || aux_->revivals() != revivals;
         active.positions = act_pos_.first(n_act);
         active.sequences = act_seq_.first(n_act);
@@ -868,7 +899,7 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
 // order). Then the rows are compacted in place and the candidates revived while the batch has
 // room. Rows are in no particular order (each token's attention uses its own sequence and
 // position; the logits and the next ranking find a sequence's last token by its position).
-void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
+Status Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
   constexpr uint32_t kGone = UINT32_MAX;
   const layout::ModelConfig& c = config_;
   const uint32_t n_act = *n;
@@ -878,12 +909,30 @@ void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
     const uint32_t seq = act_seq_[r], last_pos = act_pos_[r];
     if (last_pos == kGone || last_pos + 1 != seq_next_[seq]) continue;  // not a last token
     const uint32_t len = last_pos + 1;
+    // The ranking reads every K row the layer holds: where K pages may be on flash (--kv-spill
+    // kv), the pages holding one are made resident first (with their V pages: KvCache::FetchPages
+    // is the one call that fetches K) and released after.
+    const bool fetch = kv_->spills_keys();
+    if (fetch) {
+      const uint32_t P = kv_->bound_page_tokens();
+      CHECK_GT(P, 0u);  // K spills only with page selection (PagedKvCache::Create)
+      const uint32_t n_pages = static_cast<uint32_t>(CeilDiv(len, P));
+      std::fill(needed_.begin(), needed_.begin() + n_pages, uint8_t{0});
+      for (uint32_t p = 0; p < len; ++p) {
+        if (aux_->present(layer, seq, p)) needed_[p / P] = 1;
+      }
+      if (Status st = kv_->FetchPages(layer, seq, len, needed_.first(n_pages)); !st.ok()) {
+        kv_->ReleaseValues();
+        return st;
+      }
+    }
     std::fill(importance_.begin(), importance_.begin() + len, 0.0f);
     for (uint32_t h = 0; h < c.n_heads; ++h) {
       const float* q = q_.data() + uint64_t{r} * q_dim_ + uint64_t{h} * hd;
       AttentionScores(layer, seq, len, q, h / group, imp_row_.data());
       for (uint32_t p = 0; p < len; ++p) importance_[p] += imp_row_[p];
     }
+    if (fetch) kv_->ReleaseValues();
     uint32_t m = 0;
     for (uint32_t p = 0; p < last_pos; ++p) {
       if (aux_->present(layer, seq, p)) order_[m++] = p;
@@ -933,6 +982,7 @@ void Transformer::LazyPrune(uint32_t layer, uint32_t* n) {
     act_seq_[j++] = cand_seq_[k];
   }
   *n = j;
+  return Status::Ok();
 }
 
 std::vector<uint32_t> DefaultLazyLayers(uint32_t n_layers) {

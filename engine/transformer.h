@@ -286,7 +286,7 @@ class Transformer {
   // them): ranks, prunes and revives per sequence (see LazyOptions), leaving the next layer's
   // active tokens in act_pos_ / act_seq_ / x_ (in place, in no particular order) and their count
   // in *n.
-  void LazyPrune(uint32_t layer, uint32_t* n);
+  Status LazyPrune(uint32_t layer, uint32_t* n);
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
   Status Logits(uint32_t rows);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <vector>
@@ -499,6 +500,91 @@ TEST(PagedKvCacheTest, KeyPageBoundsHoldEveryRowOfThePage) {
             }
           }
         }
+      }
+    }
+  }
+}
+
+// KvCache::Fill (a LazyLLM revival: a row below the sequence's length that the layer had not
+// computed) keeps page selection's K bounds and, with K spilled, the K page's flash copy right.
+// Cache `a` gets the even positions by Write, its length set past them, then the odd positions
+// by Fill (out of order, and in a page whose later rows are written); `b` gets every row by
+// Write, in order. Afterwards every page's bounds are equal bit for bit (min and max of the same
+// rows), and every K and V row read back — after the smallest pool with K spilled (--kv-spill kv)
+// has evicted and re-read pages — equals b's byte for byte. Each dtype.
+TEST(PagedKvCacheTest, FillKeepsKeyBoundsAndSpilledKeyPages) {
+  flashlm::testing::ScratchDir dir;
+  const layout::ModelConfig c = Config();
+  const uint32_t kv_dim = 40, positions = 37, P = 6;
+  std::mt19937 rng(29);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0}) {
+    for (bool spill : {false, true}) {
+      KvOptions o;
+      o.paged = true;
+      o.page_tokens = P;
+      o.dtype = dtype;
+      o.select_pages = true;
+      o.spill_keys = spill;
+      o.spill_dir = dir.path().string();
+      auto layout = PagedKvCache::Layout(c, positions, 1, o);
+      ASSERT_TRUE(layout.ok());
+      const uint64_t full = cache::KvPageCache::FullPoolBytes(*layout);
+      const uint64_t pool = spill ? cache::KvPageCache::MinimumPoolBytes(*layout, true) : full;
+      if (spill) {
+        ASSERT_LT(pool, full);  // pages leave DRAM
+      }
+      auto a = PagedKvCache::Create(c, positions, 1, o, pool, storage::BackendKind::kAuto, true);
+      auto b = PagedKvCache::Create(c, positions, 1, o, full, storage::BackendKind::kAuto, true);
+      ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString();
+      EXPECT_EQ((*a)->spills_keys(), spill);
+      std::vector<float> k(uint64_t{c.n_layers} * positions * kv_dim),
+          v(uint64_t{c.n_layers} * positions * kv_dim);
+      for (float& x : k) x = nd(rng);
+      for (float& x : v) x = nd(rng);
+      auto row = [&](std::vector<float>& m, uint32_t l, uint32_t p) {
+        return std::span<const float>(m.data() + (uint64_t{l} * positions + p) * kv_dim, kv_dim);
+      };
+      for (uint32_t p = 0; p < positions; ++p) {
+        for (uint32_t l = 0; l < c.n_layers; ++l) {
+          ASSERT_TRUE((*b)->Write(l, 0, p, row(k, l, p), row(v, l, p)).ok());
+          if (p % 2 == 0) {
+            ASSERT_TRUE((*a)->Write(l, 0, p, row(k, l, p), row(v, l, p)).ok());
+          }
+        }
+      }
+      (*a)->SetLength(0, positions);
+      (*b)->SetLength(0, positions);
+      // Odd positions, last first: a fill below rows already in a page's bounds, and above.
+      for (uint32_t p = positions - (positions % 2 == 0 ? 1 : 2); p < positions; p -= 2) {
+        for (uint32_t l = 0; l < c.n_layers; ++l) {
+          Status st = (*a)->Fill(l, 0, p, row(k, l, p), row(v, l, p));
+          ASSERT_TRUE(st.ok()) << st.ToString();
+        }
+      }
+      const std::string what = std::string(DTypeName(dtype)) + (spill ? " K spilled" : "");
+      if (spill) {
+        EXPECT_GT((*a)->pages().stats().bytes_read, 0u) << what;  // pages left and came back
+      }
+      const uint32_t n_pages = (positions + P - 1) / P;
+      std::vector<uint8_t> every(n_pages, 1);
+      for (uint32_t l = 0; l < c.n_layers; ++l) {
+        for (uint32_t page = 0; page < n_pages; ++page) {
+          const std::span<const float> ba = (*a)->KeyPageBounds(l, 0, page);
+          const std::span<const float> bb = (*b)->KeyPageBounds(l, 0, page);
+          EXPECT_TRUE(std::equal(ba.begin(), ba.end(), bb.begin()))
+              << what << " layer " << l << " page " << page;
+        }
+        Status st = (*a)->FetchPages(l, 0, positions, every);
+        ASSERT_TRUE(st.ok()) << st.ToString();
+        for (uint32_t p = 0; p < positions; ++p) {
+          const KvRows ka = (*a)->Keys(l, 0, p, 1), kb = (*b)->Keys(l, 0, p, 1);
+          const KvRows va = (*a)->Values(l, 0, p, 1), vb = (*b)->Values(l, 0, p, 1);
+          const uint64_t rb = ka.stride_bytes;
+          EXPECT_EQ(std::memcmp(ka.data, kb.data, rb), 0) << what << " K " << l << "," << p;
+          EXPECT_EQ(std::memcmp(va.data, vb.data, rb), 0) << what << " V " << l << "," << p;
+        }
+        (*a)->ReleaseValues();
       }
     }
   }

@@ -292,7 +292,7 @@ uint64_t MinimumPool(const std::string& model, const std::string& tokenizer, KvO
   auto s = Session::Open(model, probe);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
   if (!s.ok() || (*s)->paged_kv() == nullptr) return 0;
-  return cache::KvPageCache::MinimumPoolBytes((*s)->paged_kv()->pages().layout());
+  return cache::KvPageCache::MinimumPoolBytes((*s)->paged_kv()->pages().layout(), kv.spill_keys);
 }
 
 // The paged KV cache under lazy pruning: pages of a layer that computed none of their positions
@@ -383,6 +383,84 @@ TEST(TransformerLazyTest, TopNAttentionTakesPositionsTheLayerHolds) {
       EXPECT_EQ(paged->ids, flat->ids) << spec << (rows ? " rows" : " pages");
       EXPECT_TRUE(paged->logits == flat->logits) << spec << (rows ? " rows" : " pages");
     }
+  }
+}
+
+// Lazy pruning with page selection (--kv-select pages|shared): a revived token's K row goes in
+// with KvCache::Fill, which rebuilds its page's K bounds and, with --kv-spill kv, writes the K
+// page back to flash; a page none of whose positions a layer computed is neither bounded, fetched
+// nor read. (1) Every page chosen (--kv-topn all) is exact attention over the positions the layer
+// holds, so it must equal lazy alone (flat cache) bit for bit — ids, every logit, tokens per layer
+// and revivals — per head and shared, two page sizes, in DRAM and with K and V spilled at the
+// smallest pool, in one pass and in 5. (2) With a budget of 64 positions (selection active: not
+// lazy alone's output) the same output from DRAM and with K and V on flash (a K page that Fill
+// left stale on flash would be read back and differ). The bounds Fill leaves are checked against
+// bounds built in order in tests/engine/paged_kv_cache_test.cc.
+TEST(TransformerLazyTest, PageSelectionOfEveryPageEqualsLazyAlone) {
+  FLASHLM_REQUIRE_SHARED_MODEL(bin, "stories260K/stories260K.bin");
+  FLASHLM_REQUIRE_SHARED_MODEL(tok, "stories260K/tok512.bin");
+  LazyOptions lazy;
+  lazy.keep = 0.3f;
+  for (uint32_t batch : {512u, 64u}) {
+    auto alone = RunTrace(bin.string(), tok.string(), lazy, 300, 40, batch);
+    ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+    ASSERT_GT(alone->stats.lazy.revivals, 0u);
+    for (bool shared : {false, true}) {
+      for (uint32_t page : {16u, 7u}) {
+        for (bool spill : {false, true}) {
+          KvOptions kv;
+          kv.paged = true;
+          kv.page_tokens = page;
+          kv.select_pages = true;
+          kv.select_shared = shared;
+          if (spill) {
+            kv.spill_keys = true;
+            kv.pool_bytes = MinimumPool(bin.string(), tok.string(), kv);
+            ASSERT_GT(kv.pool_bytes, 0u);
+          }
+          const std::string what = std::string(shared ? "shared" : "pages") + " batch " +
+                                   std::to_string(batch) + " page " + std::to_string(page) +
+                                   (spill ? " K+V spilled" : " in DRAM");
+          auto got = RunTrace(bin.string(), tok.string(), lazy, 300, 40, batch, kv);
+          ASSERT_TRUE(got.ok()) << what << ": " << got.status().ToString();
+          EXPECT_EQ(got->spills, spill) << what;
+          if (spill) {
+            EXPECT_GT(got->stats.kv_bytes_read, 0u) << what;
+            EXPECT_GT(got->stats.kv_bytes_written, 0u) << what;
+          }
+          // (every page chosen; a page none of whose positions the layer computed is not read)
+          EXPECT_GT(got->stats.kv_pages.pages_selected, 0u) << what;
+          EXPECT_LE(got->stats.kv_pages.pages_selected, got->stats.kv_pages.pages_total) << what;
+          EXPECT_EQ(got->ids, alone->ids) << what;
+          EXPECT_TRUE(got->logits == alone->logits) << what;
+          EXPECT_EQ(got->stats.lazy.layer_tokens, alone->stats.lazy.layer_tokens) << what;
+          EXPECT_EQ(got->stats.lazy.revivals, alone->stats.lazy.revivals) << what;
+        }
+      }
+    }
+  }
+  for (bool shared : {false, true}) {
+    KvOptions dram;
+    dram.paged = true;
+    dram.page_tokens = 8;
+    dram.select_pages = true;
+    dram.select_shared = shared;
+    KvOptions flash = dram;
+    flash.spill_keys = true;
+    flash.pool_bytes = MinimumPool(bin.string(), tok.string(), flash);
+    const TopNSpec topn = *TopNSpec::Parse("64");
+    auto alone = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64);
+    auto in_dram = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64, dram, topn);
+    auto on_flash = RunTrace(bin.string(), tok.string(), lazy, 300, 40, 64, flash, topn);
+    ASSERT_TRUE(alone.ok() && in_dram.ok() && on_flash.ok())
+        << in_dram.status().ToString() << on_flash.status().ToString();
+    EXPECT_TRUE(on_flash->spills);
+    EXPECT_GT(in_dram->stats.lazy.revivals, 0u);
+    EXPECT_LT(in_dram->stats.kv_pages.pages_selected, in_dram->stats.kv_pages.pages_total);
+    EXPECT_FALSE(in_dram->logits == alone->logits) << "selection is active";
+    EXPECT_EQ(on_flash->ids, in_dram->ids) << shared;
+    EXPECT_TRUE(on_flash->logits == in_dram->logits) << shared;
+    EXPECT_EQ(on_flash->stats.kv_pages.pages_selected, in_dram->stats.kv_pages.pages_selected);
   }
 }
 

@@ -128,7 +128,6 @@ TEST(EngineCommandsTest, GeneratePagedKvSpilledMatchesGolden) {
        {g + " --kv-dtype q4_0", g + " --kv-page-tokens 0", g + " --kv-budget 1K",
         g + " --kv-budget x", g + " --kv-topn 0", g + " --kv-topn 200%", g + " --kv-select quest",
         g + " --kv-spill k", g + " --kv-spill kv", g + " --kv-select pages --kv-fetch rows",
-        g + " --kv-select pages --lazy-prefill 0.5",
         g + " --kv-budget 420K --kv-dir " + (dir / "missing").string()}) {
     CmdRun b = Flashlm(bad);
     EXPECT_NE(b.exit_code, 0) << bad;
@@ -251,6 +250,21 @@ TEST(EngineCommandsTest, LazyPrefillFlags) {
   ASSERT_EQ(topn.exit_code, 0) << topn.err;
   EXPECT_EQ(paged.out, flat.out);
   EXPECT_NE(paged.err.find("lazy: tokens per layer"), std::string::npos) << paged.err;
+  // With page selection of every page (exact over the positions each layer holds), K and V on
+  // flash at a pool below K alone (ctx 512, 32-token pages: K is 320 KiB): the flat cache's text.
+  const std::string spill = (dir / "spill").string();
+  std::filesystem::create_directories(spill);
+  CmdRun select = Flashlm(lz + " --ctx 512 --kv-page-tokens 32 --kv-budget 200K --kv-select pages" +
+                          " --kv-spill kv --kv-dir " + spill + " --stats-json " + json);
+  ASSERT_EQ(select.exit_code, 0) << select.err;
+  CmdRun flat512 = Flashlm(lz + " --ctx 512");
+  ASSERT_EQ(flat512.exit_code, 0) << flat512.err;
+  EXPECT_EQ(select.out, flat512.out);
+  EXPECT_NE(select.err.find("select pages (K spill on)"), std::string::npos) << select.err;
+  const nlohmann::json select_stats = nlohmann::json::parse(ReadFile(json));
+  EXPECT_GT(select_stats["lazy"]["pruned"].get<uint64_t>(), 0u) << select_stats.dump();
+  EXPECT_GT(select_stats["kv"]["bytes_read"].get<uint64_t>(), 0u) << select_stats.dump();
+  EXPECT_TRUE(std::filesystem::is_empty(spill));
   EXPECT_NE(topn.err.find("lazy: tokens per layer"), std::string::npos) << topn.err;
   for (const std::string& bad :
        {g + " --lazy-prefill 0", g + " --lazy-prefill 1.5", g + " --lazy-prefill x",
