@@ -9,9 +9,18 @@
 // activations against q4_K / q6_K in blocks of 256; ours stay at 32, one block per q4_K
 // sub-block and per pair of q6_K sub-blocks, so every block product is scaled in f32). q4_K's
 // min term uses each activation block's precomputed sum. Each product has an AVX2
-// path (with AVX-VNNI / AVX512-VNNI when the compiler targets it; f32 uses AVX-512 tiles of 4 rows
-// x up to 4 tokens when available) and a portable scalar fallback; all use the same block
-// arithmetic, so results differ only in f32 summation order.
+// path (with AVX-VNNI / AVX512-VNNI on 256-bit vectors when the compiler targets it) and a
+// portable scalar fallback; all use the same block arithmetic, so results differ only in f32
+// summation order.
+//
+// Batches (prefill) of f32, and of q8_0 / q4_0 when AVX512-VNNI is there, go through a blocked
+// GEMM instead (AVX-512 builds): weight panels of about 192 KiB (kept in L2 while every token
+// passes), tokens in groups of 6 (f32) or 4 (q8_0 / q4_0), and register tiles of 4 rows x the
+// group (f32 FMAs on zmm; q8_0 / q4_0 with vpdpbusd over two blocks at a time). f32 results are
+// bit-identical to the one-token path for every token, batch size, position in the batch and
+// thread count (the tile reduces exactly as the single row does). q8_0 / q4_0 decode uses the
+// same 512-bit tile one row at a time, so a q8_0 / q4_0 token's result does not depend on the
+// batch either (only on the build's instruction set).
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.

@@ -78,7 +78,20 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{DType::kQ4_K, 64, 300, 5, 2}, Case{DType::kQ4_K, 130, 768, 9, 3},
                       Case{DType::kQ4_K, 33, 1000, 3, 1}, Case{DType::kQ6_K, 1, 256, 1, 1},
                       Case{DType::kQ6_K, 37, 13, 2, 2}, Case{DType::kQ6_K, 64, 300, 5, 2},
-                      Case{DType::kQ6_K, 130, 768, 9, 3}, Case{DType::kQ6_K, 33, 1000, 3, 1}));
+                      Case{DType::kQ6_K, 130, 768, 9, 3}, Case{DType::kQ6_K, 33, 1000, 3, 1},
+                      // Prefill tiles (f32: 4 rows x 6 tokens; q8_0 / q4_0: 4 x 4 over block
+                      // pairs): token groups full and partial (6, 7, 13), rows not a multiple
+                      // of 4, an odd number of blocks (257 -> 9), and a matrix larger than one
+                      // weight panel (400 x 257 f32 = 411 KB), on 1-3 threads.
+                      Case{DType::kF32, 5, 31, 6, 2}, Case{DType::kF32, 203, 300, 7, 1},
+                      Case{DType::kF32, 400, 257, 13, 3}, Case{DType::kF32, 66, 2048, 12, 2},
+                      Case{DType::kQ8_0, 9, 64, 6, 2}, Case{DType::kQ8_0, 203, 257, 7, 1},
+                      Case{DType::kQ8_0, 1100, 300, 13, 3}, Case{DType::kQ8_0, 66, 2048, 8, 2},
+                      Case{DType::kQ4_0, 9, 64, 6, 2}, Case{DType::kQ4_0, 203, 257, 7, 1},
+                      Case{DType::kQ4_0, 1100, 300, 13, 3}, Case{DType::kQ4_0, 66, 2048, 8, 2},
+                      // q8_0 / q4_0 decode through the 512-bit tile, odd and even block counts.
+                      Case{DType::kQ8_0, 45, 257, 1, 3}, Case{DType::kQ8_0, 70, 2048, 1, 2},
+                      Case{DType::kQ4_0, 45, 257, 1, 3}, Case{DType::kQ4_0, 70, 2048, 1, 2}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
@@ -95,6 +108,89 @@ TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   ThreadPool pool(1);
   MatMul(w, x, 1, y, scratch, pool);
   for (uint32_t r = 0; r < rows; ++r) EXPECT_NEAR(y[r], ReferenceDot(w, r, x), 1e-3) << r;
+}
+
+// The batch (prefill) tiles of q8_0 and q4_0 against the scalar reference on activations that
+// quantise exactly: the int8 block products, including the offsets folded into VNNI's unsigned x
+// signed products, must be exact, for 1-9 tokens (tile groups and remainders) and an odd number
+// of blocks.
+TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0}) {
+    std::mt19937 rng(7);
+    const uint32_t rows = 11, cols = 160;  // 5 blocks
+    std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
+    MatrixView w{dtype, rows, cols, bytes};
+    for (uint32_t n = 1; n <= 9; ++n) {
+      std::vector<float> x(uint64_t{n} * cols);
+      for (uint32_t t = 0; t < n; ++t) {
+        for (uint32_t i = 0; i < cols; ++i) {
+          x[t * cols + i] = (static_cast<int>((i * 7 + t * 13) % 255) - 127) / 64.0f;
+        }
+        for (uint32_t b = 0; b < cols / 32; ++b) x[t * cols + b * 32] = -127 / 64.0f;
+      }
+      std::vector<float> y(uint64_t{n} * rows);
+      std::vector<std::byte> scratch(MatMulScratchBytes(cols, n));
+      ThreadPool pool(2);
+      MatMul(w, x, n, y, scratch, pool);
+      for (uint32_t t = 0; t < n; ++t) {
+        std::span<const float> xt(x.data() + uint64_t{t} * cols, cols);
+        for (uint32_t r = 0; r < rows; ++r) {
+          EXPECT_NEAR(y[t * rows + r], ReferenceDot(w, r, xt), 1e-3)
+              << DTypeName(dtype) << " tokens " << n << " token " << t << " row " << r;
+        }
+      }
+    }
+  }
+}
+
+// f32: a token's outputs are bit-identical whether it is multiplied alone (decode) or inside a
+// batch of any size at any position (prefill tiles, their token and row remainders, several
+// weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
+// gives the same logits as a full run). With AVX512-VNNI, q8_0 and q4_0 too (decode and prefill
+// share the 512-bit tile); the AVX2 kernels' summation order depends on the batch.
+TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
+  std::vector<DType> dtypes = {DType::kF32};
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
+    defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  dtypes.push_back(DType::kQ8_0);
+  dtypes.push_back(DType::kQ4_0);
+#endif
+  for (DType dtype : dtypes)
+    for (uint32_t cols : {16u, 61u, 257u, 768u}) {
+      std::mt19937 rng(cols);
+      const uint32_t rows = cols == 768 ? 301 : 403;
+      std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
+      MatrixView w{dtype, rows, cols, bytes};
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      const uint32_t n = 14;
+      std::vector<float> x(uint64_t{n} * cols);
+      for (float& v : x) v = nd(rng);
+      std::vector<std::byte> scratch(MatMulScratchBytes(cols, n));
+      std::vector<float> single(uint64_t{n} * rows);
+      ThreadPool one(1);
+      for (uint32_t t = 0; t < n; ++t) {
+        MatMul(w, std::span<const float>(x).subspan(uint64_t{t} * cols, cols), 1,
+               std::span<float>(single).subspan(uint64_t{t} * rows, rows), scratch, one);
+      }
+      for (uint32_t threads : {1u, 2u, 3u}) {
+        ThreadPool pool(threads);
+        for (uint32_t batch : {2u, 5u, 6u, 7u, 14u}) {
+          std::vector<float> y(uint64_t{n} * rows);
+          for (uint32_t t0 = 0; t0 < n; t0 += batch) {
+            const uint32_t m = std::min(batch, n - t0);
+            MatMul(w, std::span<const float>(x).subspan(uint64_t{t0} * cols, uint64_t{m} * cols), m,
+                   std::span<float>(y).subspan(uint64_t{t0} * rows, uint64_t{m} * rows), scratch,
+                   pool);
+          }
+          for (size_t i = 0; i < y.size(); ++i) {
+            ASSERT_EQ(std::memcmp(&y[i], &single[i], sizeof(float)), 0)
+                << DTypeName(dtype) << " cols " << cols << " threads " << threads << " batch "
+                << batch << " token " << i / rows << " row " << i % rows << ": " << y[i] << " vs "
+                << single[i];
+          }
+        }
+      }
+    }
 }
 
 TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
