@@ -35,8 +35,7 @@ ConstByteSpan Bytes(const std::vector<float>& v) {
 
 }  // namespace
 
-uint64_t PredictorTrainer::TokenBytes(uint32_t n_layers, uint32_t dim, uint32_t hidden,
-                                      bool relu) {
+uint64_t PredictorTrainer::TokenBytes(uint32_t n_layers, uint32_t dim, uint32_t hidden, bool relu) {
   const uint64_t labels = relu ? (hidden + 63) / 64 * 8 : uint64_t{hidden} * sizeof(float);
   return uint64_t{n_layers} * (uint64_t{dim} * sizeof(float) + labels);
 }
@@ -47,7 +46,8 @@ Result<std::unique_ptr<PredictorTrainer>> PredictorTrainer::Create(uint32_t n_la
   if (n_layers == 0 || dim == 0 || hidden == 0 || tokens_max == 0) {
     return InvalidArgumentError("predictor trainer: zero size");
   }
-  std::unique_ptr<PredictorTrainer> t(new PredictorTrainer(n_layers, dim, hidden, relu, tokens_max));
+  std::unique_ptr<PredictorTrainer> t(
+      new PredictorTrainer(n_layers, dim, hidden, relu, tokens_max));
   t->words_ = (hidden + 63) / 64;
   t->tokens_.assign(n_layers, 0);
   t->pending_.assign(n_layers, 0);
@@ -107,12 +107,14 @@ void PredictorTrainer::Labels(uint32_t layer, uint64_t t, float fire_cut, uint8_
 Result<layout::FfnPredictor> PredictorTrainer::Train(const PredictorTrainOptions& o,
                                                      ThreadPool& pool, Report* report) const {
   if (o.rank == 0 || o.rank > dim_) {
-    return InvalidArgumentError("--rank must be in [1, " + std::to_string(dim_) + "] (the model's dim)");
+    return InvalidArgumentError("--rank must be in [1, " + std::to_string(dim_) +
+                                "] (the model's dim)");
   }
   if (!(o.fire_fraction > 0 && o.fire_fraction < 1)) {
     return InvalidArgumentError("--fire-fraction must be in (0, 1)");
   }
-  if (o.epochs == 0 || o.epochs > 10000) return InvalidArgumentError("--epochs must be in [1, 10000]");
+  if (o.epochs == 0 || o.epochs > 10000)
+    return InvalidArgumentError("--epochs must be in [1, 10000]");
   if (!(o.learning_rate > 0 && o.learning_rate < 10)) {
     return InvalidArgumentError("--lr must be in (0, 10)");
   }
@@ -179,8 +181,8 @@ Result<layout::FfnPredictor> PredictorTrainer::Train(const PredictorTrainOptions
       }
     }
     std::vector<float> ga(pl.a.size()), gb(pl.b.size()), gbias(H);
-    std::vector<float> ma(pl.a.size()), va(pl.a.size()), mb(pl.b.size()), vb(pl.b.size()),
-        mbias(H), vbias(H);
+    std::vector<float> ma(pl.a.size()), va(pl.a.size()), mb(pl.b.size()), vb(pl.b.size()), mbias(H),
+        vbias(H);
     std::vector<float> xb(uint64_t{B} * D);
     // Forward for tokens ids[0..m): logits = B (A x) + bias.
     auto forward = [&](const uint64_t* ids, uint32_t m) {
@@ -202,7 +204,8 @@ Result<layout::FfnPredictor> PredictorTrainer::Train(const PredictorTrainOptions
       for (uint64_t s = 0; s < train; s += B) {
         const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(B, train - s));
         forward(order.data() + s, m);
-        for (uint32_t t = 0; t < m; ++t) Labels(l, order[s + t], pl.fire_cut, y.data() + uint64_t{t} * H);
+        for (uint32_t t = 0; t < m; ++t)
+          Labels(l, order[s + t], pl.fire_cut, y.data() + uint64_t{t} * H);
         // Mean BCE over the batch; its gradient on the logits is (sigmoid - label) / m.
         for (uint64_t k = 0; k < uint64_t{m} * H; ++k) {
           const float q = Sigmoid(logits[k]);

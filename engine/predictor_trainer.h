@@ -89,12 +89,12 @@ class PredictorTrainer final : public FfnObserver {
   uint32_t n_layers_, dim_, hidden_;
   bool relu_;
   uint64_t tokens_max_;
-  uint64_t words_ = 0;                   // ReLU: u64 words of one token's bits
-  std::vector<uint64_t> tokens_;         // [layer] tokens kept
-  std::vector<uint64_t> pending_;        // [layer] tokens of the current call (set by OnFfnInput)
-  std::vector<std::vector<float>> x_;    // [layer] tokens_max x dim
+  uint64_t words_ = 0;                 // ReLU: u64 words of one token's bits
+  std::vector<uint64_t> tokens_;       // [layer] tokens kept
+  std::vector<uint64_t> pending_;      // [layer] tokens of the current call (set by OnFfnInput)
+  std::vector<std::vector<float>> x_;  // [layer] tokens_max x dim
   std::vector<std::vector<uint64_t>> bits_;  // ReLU: [layer] tokens_max x words_ (gate > 0)
-  std::vector<std::vector<float>> mag_;  // SiLU: [layer] tokens_max x hidden |h|
+  std::vector<std::vector<float>> mag_;      // SiLU: [layer] tokens_max x hidden |h|
 };
 
 }  // namespace flashlm::engine

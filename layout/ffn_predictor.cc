@@ -62,9 +62,9 @@ uint64_t FfnPredictorFileBytes(uint32_t layers, uint32_t dim, uint32_t hidden, u
 }
 
 Status SaveFfnPredictor(const FfnPredictor& p, const std::string& path) {
-  if (p.layers.empty() || p.layers.size() > kFfnPredictorLayersMax || p.dim == 0 ||
-      p.hidden == 0 || p.rank == 0 || p.rank > kFfnPredictorRankMax ||
-      p.dim > kFfnPredictorWidthMax || p.hidden > kFfnPredictorWidthMax) {
+  if (p.layers.empty() || p.layers.size() > kFfnPredictorLayersMax || p.dim == 0 || p.hidden == 0 ||
+      p.rank == 0 || p.rank > kFfnPredictorRankMax || p.dim > kFfnPredictorWidthMax ||
+      p.hidden > kFfnPredictorWidthMax) {
     return InvalidArgumentError("FFN predictor: shape out of range");
   }
   const uint64_t size =
@@ -153,8 +153,8 @@ Result<FfnPredictor> LoadFfnPredictor(const std::string& path, uint64_t store_id
   }
   if (h.store_identity != store_identity) {
     return InvalidArgumentError(where + " belongs to another store (catalog " +
-                                Hex(h.store_identity) + ", this store's is " +
-                                Hex(store_identity) + "); train one for this store");
+                                Hex(h.store_identity) + ", this store's is " + Hex(store_identity) +
+                                "); train one for this store");
   }
   if (h.layers != layers || h.dim != dim || h.hidden != hidden) {
     return InvalidArgumentError(where + " is for " + std::to_string(h.layers) + " layers of " +

@@ -57,7 +57,8 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
   if (!(f.heldout > 0 && f.heldout < 1)) {
     return ReportError(kCmd, InvalidArgumentError("--heldout must be in (0, 1)"));
   }
-  if (!(f.lr > 0 && f.lr < 10)) return ReportError(kCmd, InvalidArgumentError("--lr must be in (0, 10)"));
+  if (!(f.lr > 0 && f.lr < 10))
+    return ReportError(kCmd, InvalidArgumentError("--lr must be in (0, 10)"));
   if (f.seed < 0) return ReportError(kCmd, InvalidArgumentError("--seed must be >= 0"));
   if ((f.ctx_set && f.ctx < 1) || f.ctx < 0 || f.ctx > engine::kContextMax) {
     return ReportError(kCmd, InvalidArgumentError("--ctx must be in [1, " +
@@ -130,16 +131,17 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
       f.out.empty() ? f.path + "/" + std::string(layout::kFfnPredictorFileName) : f.out;
   if (Status st = layout::SaveFfnPredictor(*p, out); !st.ok()) return ReportError(kCmd, st);
 
-  std::printf("train-predictor: %llu tokens (windows of %u) collected in %.2f s; rank %lld, "
-              "%s; %llu training, %llu held out, %lld epochs in %.2f s\n",
-              static_cast<unsigned long long>((*trainer)->tokens()), model.max_context(),
-              collect_s, static_cast<long long>(f.rank),
-              relu ? "fires = gate x > 0" : ("fires = |h| above the layer's " +
-                                             std::to_string(f.fire_fraction) + " top share")
-                                                .c_str(),
-              static_cast<unsigned long long>(report.train_tokens),
-              static_cast<unsigned long long>(report.heldout_tokens),
-              static_cast<long long>(f.epochs), train_s);
+  std::printf(
+      "train-predictor: %llu tokens (windows of %u) collected in %.2f s; rank %lld, "
+      "%s; %llu training, %llu held out, %lld epochs in %.2f s\n",
+      static_cast<unsigned long long>((*trainer)->tokens()), model.max_context(), collect_s,
+      static_cast<long long>(f.rank),
+      relu ? "fires = gate x > 0"
+           : ("fires = |h| above the layer's " + std::to_string(f.fire_fraction) + " top share")
+                 .c_str(),
+      static_cast<unsigned long long>(report.train_tokens),
+      static_cast<unsigned long long>(report.heldout_tokens), static_cast<long long>(f.epochs),
+      train_s);
   std::printf("held-out recall / precision / share predicted, by cut on the probability:\n");
   std::printf("layer  loss    ");
   for (float c : engine::kPredictorReportCuts) std::printf("  cut %-19.2f", c);
@@ -152,9 +154,9 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
     std::printf("\n");
   }
   const uint64_t bytes = p->layers.size() * p->LayerValues() * sizeof(float);
-  std::printf("wrote %s (%.2f MiB of predictor weights, held in DRAM; use: --sparsity predictor%s)\n",
-              out.c_str(), bytes / 1048576.0,
-              f.out.empty() ? "" : (" --predictor " + out).c_str());
+  std::printf(
+      "wrote %s (%.2f MiB of predictor weights, held in DRAM; use: --sparsity predictor%s)\n",
+      out.c_str(), bytes / 1048576.0, f.out.empty() ? "" : (" --predictor " + out).c_str());
   return kExitOk;
 }
 

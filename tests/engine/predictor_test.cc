@@ -137,7 +137,8 @@ uint64_t MinimumBudget(const std::string& store, FfnSparsity sparsity) {
 // position order as the dense path: bit-identical, for both bundle kinds, in DRAM and streamed.
 TEST(PredictorSparsityTest, CutZeroIsBitIdenticalToDense) {
   testing::ScratchDir dir;
-  for (layout::BundleKind kind : {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
+  for (layout::BundleKind kind :
+       {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
     const std::string name = kind == layout::BundleKind::kGateUpDown ? "together" : "separate";
     const std::string store = MakeStore(dir, layout::Activation::kSilu, kind, name);
     WriteRandomPredictor(store, 8);
@@ -156,7 +157,8 @@ TEST(PredictorSparsityTest, CutZeroIsBitIdenticalToDense) {
   }
 }
 
-// A higher cut reads fewer neurons, moves the output, and counts the predictor's cost and precision.
+// A higher cut reads fewer neurons, moves the output, and counts the predictor's cost and
+// precision.
 TEST(PredictorSparsityTest, HigherCutComputesFewerNeurons) {
   testing::ScratchDir dir;
   const std::string store =

@@ -33,7 +33,8 @@ class TrainPredictorCommandTest : public ::testing::Test {
     std::ofstream t(text_);
     for (int i = 0; i < 6; ++i) {
       t << "Once upon a time there was a little dog. The dog liked to run in the park with the "
-           "ball, and the sun was warm on the grass. " << i << "\n";
+           "ball, and the sun was warm on the grass. "
+        << i << "\n";
     }
   }
   ::flashlm::testing::ScratchDir dir_;
@@ -60,17 +61,16 @@ TEST_F(TrainPredictorCommandTest, TrainsAndGenerates) {
 
 TEST_F(TrainPredictorCommandTest, BadFlagsAreRefused) {
   for (const std::string bad : {"--rank 0", "--rank 65", "--rank 8 --fire-fraction 1",
-                                "--rank 8 --heldout 0", "--rank 8 --epochs 0",
-                                "--rank 8 --lr -1", "--rank 8 --sample-mib 0",
-                                "--rank 8 --sparsity relu"}) {
+                                "--rank 8 --heldout 0", "--rank 8 --epochs 0", "--rank 8 --lr -1",
+                                "--rank 8 --sample-mib 0", "--rank 8 --sparsity relu"}) {
     CmdRun r = Flashlm("train-predictor " + store_ + " --text " + text_ + " " + bad);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.all();
   }
   CmdRun ckpt = Flashlm("train-predictor " + gguf_ + " --text " + text_ + " --rank 4");
   EXPECT_EQ(ckpt.exit_code, 2) << ckpt.all();
   EXPECT_FALSE(fs::exists(fs::path(store_) / "ffn_predictor.bin"));
-  for (const std::string bad : {"--predictor-cut 1.5", "--predictor-cut -0.5",
-                                "--predictor-cut nan"}) {
+  for (const std::string bad :
+       {"--predictor-cut 1.5", "--predictor-cut -0.5", "--predictor-cut nan"}) {
     CmdRun g = Flashlm("generate " + store_ + " --sparsity predictor -n 2 --temp 0 " + bad);
     EXPECT_EQ(g.exit_code, 2) << bad << ": " << g.all();
   }
@@ -85,9 +85,9 @@ TEST_F(TrainPredictorCommandTest, DamagedMissingOrForeignPredictorsAreRefused) {
   EXPECT_EQ(missing.exit_code, 2) << missing.all();
   EXPECT_NE(missing.err.find("train-predictor"), std::string::npos) << missing.err;
 
-  ASSERT_EQ(Flashlm("train-predictor " + store_ + " --text " + text_ + " --rank 4 --epochs 1")
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      Flashlm("train-predictor " + store_ + " --text " + text_ + " --rank 4 --epochs 1").exit_code,
+      0);
   const fs::path file = fs::path(store_) / "ffn_predictor.bin";
   std::stringstream ss;
   ss << std::ifstream(file, std::ios::binary).rdbuf();
