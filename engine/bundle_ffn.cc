@@ -64,7 +64,24 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   if (k->separate_) k->gate_all_ = k->arena_.Floats(l.gate_all, uint64_t{max_batch} * hidden);
   k->tile_ = k->arena_.Floats(l.tile, uint64_t{pool.size()} * 2 * max_batch);
   k->qx_span_ = k->arena_.Bytes(l.qx, MatMulScratchBytes(g.dim, max_batch));
+  k->predicted_counts_.assign(uint64_t{pool.size()} * 8, 0);
   return k;
+}
+
+void BundleFfnKernel::set_score_mask(std::span<const float> scores, float cut, float fire_cut) {
+  CHECK_GE(scores.size(), uint64_t{n_} * hidden_);
+  score_mask_ = scores;
+  score_cut_ = cut;
+  fire_cut_ = fire_cut;
+}
+
+BundleFfnKernel::PredictedStats BundleFfnKernel::predicted_stats() const {
+  PredictedStats s;
+  for (size_t th = 0; th < predicted_counts_.size(); th += 8) {
+    s.computed += predicted_counts_[th];
+    s.fired += predicted_counts_[th + 1];
+  }
+  return s;
 }
 
 uint32_t BundleFfnKernel::FiringPositions(std::span<uint32_t> out, float cut) const {
@@ -96,6 +113,7 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   capture_ = capture;
   gate_capture_ = gate_capture;
   mask_cut_ = -1.0f;
+  score_mask_ = {};
   std::fill(out.begin(), out.begin() + uint64_t{n} * g_.dim, 0.0f);
   for (std::span<float> c : {capture, gate_capture}) {
     if (c.empty()) continue;
@@ -126,6 +144,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   // Phase 1: h for every bundle of the batch and every token, split over bundles.
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + uint64_t{th} * 2 * max_batch_;
+    uint64_t computed = 0, fired = 0;  // under a score mask
     for (uint64_t k = begin; k < end; ++k) {
       const std::byte* bundle = bundles[k];
       if (k + 1 < end) {  // the next bundle's gate and up rows
@@ -141,8 +160,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
           float gv = tile[2 * t], uv = tile[2 * t + 1];
           if (!gate_capture_.empty()) gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
           const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
+          const bool positive = gv > 0;
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = masked ? 0.0f : gv;
+          h[t] = ScoreMasked(t, neuron, positive, gv, &computed, &fired) || masked ? 0.0f : gv;
         }
       } else {
         const MatrixView up{g_.dtype, 1, dim, ConstByteSpan(bundle + g_.up_offset(), part)};
@@ -150,14 +170,17 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         for (uint32_t t = 0; t < n; ++t) {
           float gv = gate_all_[uint64_t{t} * hidden_ + neuron], uv = tile[t];
           const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
+          const bool positive = gv > 0;
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = masked ? 0.0f : gv;
+          h[t] = ScoreMasked(t, neuron, positive, gv, &computed, &fired) || masked ? 0.0f : gv;
         }
       }
       if (!capture_.empty()) {
         for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
       }
     }
+    predicted_counts_[uint64_t{th} * 8] += computed;
+    predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
   // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
   const uint32_t down_block = DownBlock(g_.dtype);

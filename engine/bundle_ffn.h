@@ -17,6 +17,8 @@
 #ifndef FLASHLM_ENGINE_BUNDLE_FFN_H_
 #define FLASHLM_ENGINE_BUNDLE_FFN_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -60,6 +62,18 @@ class BundleFfnKernel {
   // (its h is 0): the threshold sparsity's rule, per token, so that a batch computes what its
   // tokens one at a time would. cut < 0: no mask.
   void set_mask(float cut) { mask_cut_ = cut; }
+  // From now until the next Begin, a neuron adds nothing to a token t whose score
+  // scores[t * hidden + neuron] is not above `cut` (the predictor sparsity's rule, per token;
+  // `scores` is n x hidden in neuron order and must stay valid until the layer's last
+  // Accumulate). Every neuron computed for a token that is not masked is counted
+  // (predicted_stats()), and whether it fires: for ReLU gate x > 0, else |h| > fire_cut.
+  void set_score_mask(std::span<const float> scores, float cut, float fire_cut);
+  // (token, neuron) pairs computed under a score mask since Create, and those of them that fire.
+  struct PredictedStats {
+    uint64_t computed = 0, fired = 0;
+  };
+  PredictedStats predicted_stats() const;
+  void ResetPredictedStats() { std::fill(predicted_counts_.begin(), predicted_counts_.end(), 0); }
 
   // Accumulates the bundles bundles[k] at positions positions[k] (k < positions.size() <=
   // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
@@ -80,6 +94,16 @@ class BundleFfnKernel {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
   };
+  // Under a score mask: whether token t's `neuron` is masked; if not, counts it and whether it
+  // fires (`positive`: its gate output was > 0; `h` its activation).
+  bool ScoreMasked(uint32_t t, uint64_t neuron, bool positive, float h, uint64_t* computed,
+                   uint64_t* fired) const {
+    if (score_mask_.empty()) return false;
+    if (!(score_mask_[uint64_t{t} * hidden_ + neuron] > score_cut_)) return true;
+    ++*computed;
+    *fired += relu_ ? positive : std::fabs(h) > fire_cut_;
+    return false;
+  }
   static Layout MakeLayout(const layout::BundleGeometry& g, uint32_t hidden, uint32_t max_batch,
                            uint32_t chunk_max, uint32_t threads);
 
@@ -95,6 +119,10 @@ class BundleFfnKernel {
   std::span<float> capture_;
   std::span<float> gate_capture_;
   float mask_cut_ = -1.0f;
+  std::span<const float> score_mask_;  // n x hidden (empty: none)
+  float score_cut_ = 0, fire_cut_ = 0;
+  // Per pool thread, padded to a cache line: [8 * th] computed, [8 * th + 1] fired.
+  std::vector<uint64_t> predicted_counts_;
   bool separate_ = false;
   Arena arena_;
   std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "layout/byte_source.h"
+#include "layout/ffn_predictor.h"
 #include "layout/ffn_thresholds.h"
 #include "layout/gguf_reader.h"
 #include "layout/llama2c_reader.h"
@@ -281,6 +282,16 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
                                                config.hidden_dim));
     options.transformer.ffn_thresholds = std::move(t.thresholds);
   }
+  if (options.transformer.sparsity == FfnSparsity::kPredictor) {
+    const std::string file = options.ffn_predictor_path.empty()
+                                 ? path + "/" + std::string(layout::kFfnPredictorFileName)
+                                 : options.ffn_predictor_path;
+    ASSIGN_OR_RETURN(layout::FfnPredictor p,
+                     layout::LoadFfnPredictor(file, reader->identity(), config.n_layers,
+                                              config.dim, config.hidden_dim));
+    options.transformer.ffn_predictor =
+        std::make_shared<const layout::FfnPredictor>(std::move(p));
+  }
   ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
   pool_ = std::make_unique<ThreadPool>(options.threads);
 
@@ -439,6 +450,9 @@ std::string Session::Describe() const {
         : model_->sparsity() == FfnSparsity::kThreshold
             ? "threshold sparsity (the dense gate first, then only the bundles of neurons above "
               "the layer's calibrated cut; approximate)"
+        : model_->sparsity() == FfnSparsity::kPredictor
+            ? "predictor sparsity (a low-rank predictor on the FFN input, then only the predicted "
+              "neurons' bundles; approximate)"
             : "dense (every neuron)") +
        "\n";
   const NeuronSource& n = *store_->neurons();
@@ -489,6 +503,7 @@ void Session::FillStats(EngineStats* out) const {
   }
   s.attention_ns = model_->attention_ns() - attention_base_;
   s.lazy = model_->lazy_stats();
+  s.predictor = model_->predictor_stats();
   s.kv_resident_bytes = kv_->resident_bytes();
   if (paged_kv_ != nullptr) {
     const cache::KvPageStats& k = paged_kv_->pages().stats();
@@ -510,6 +525,7 @@ void Session::ResetStats() {
   attention_base_ = model_->attention_ns();
   model_->ResetLazyStats();
   model_->ResetPageStats();
+  model_->ResetPredictorStats();
   if (paged_kv_ != nullptr) paged_kv_->pages().ResetStats();
   if (store_ != nullptr) store_->ResetCounters();
 }

@@ -59,6 +59,9 @@ struct SessionOptions {
   // transformer.sparsity kThreshold: the calibrated thresholds (layout/ffn_thresholds.h) are read
   // from here; empty = <store>/ffn_thresholds.json. They must belong to the store opened.
   std::string ffn_thresholds_path;
+  // transformer.sparsity kPredictor: the predictor file (layout/ffn_predictor.h); empty =
+  // <store>/ffn_predictor.bin. It must belong to the store opened.
+  std::string ffn_predictor_path;
   StreamingOptions streaming;
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;  // O_DIRECT data files (and the KV spill file)
@@ -104,6 +107,8 @@ struct EngineStats {
   uint64_t kv_page_hits = 0, kv_page_misses = 0;  // V pages attention found resident / read
   uint64_t attention_ns = 0;  // attention (V fetch, scores, selection, sums), every layer
   PageSelectStats kv_pages;   // page selection (--kv-select pages; zeros when off)
+  // The predictor sparsity's cost and precision (zeros in other modes).
+  PredictorStats predictor;
   // LazyLLM pruning (TransformerOptions::lazy; empty layer_tokens when off).
   LazyStats lazy;
   double kv_hit_rate() const {

@@ -72,6 +72,8 @@ std::string_view FfnSparsityName(FfnSparsity s) {
       return "relu";
     case FfnSparsity::kThreshold:
       return "threshold";
+    case FfnSparsity::kPredictor:
+      return "predictor";
   }
   return "?";
 }
@@ -97,7 +99,7 @@ struct Transformer::Layout {
            positions = 0, sequences = 0, seq_first = 0, seq_next = 0, last_logit = 0, fired = 0,
            item_scores = 0, item_selected = 0, item_chosen = 0, needed = 0, act_pos = 0,
            importance = 0, imp_row = 0, order = 0, keep_mask = 0, act_seq = 0, cand_pos = 0,
-           cand_seq = 0, lazy_rows = 0;
+           cand_seq = 0, lazy_rows = 0, pred_z = 0, pred_scores = 0;
   uint64_t scratch_bytes = 0;
   bool hb_used = false, hb2_used = false;
   uint64_t kernel_bytes = 0;
@@ -158,8 +160,13 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
     l.keep_mask = a.Add(ctx);
   }
   const FfnSparsity sparsity = ResolveSparsity(c, o.sparsity, shape);
-  if (shape.bundles && (sparsity == FfnSparsity::kRelu || sparsity == FfnSparsity::kThreshold)) {
+  if (shape.bundles && (sparsity == FfnSparsity::kRelu || sparsity == FfnSparsity::kThreshold ||
+                        sparsity == FfnSparsity::kPredictor)) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
+  }
+  if (shape.bundles && sparsity == FfnSparsity::kPredictor && o.ffn_predictor) {
+    l.pred_z = a.AddFloats(b * o.ffn_predictor->rank);
+    l.pred_scores = a.AddFloats(b * c.hidden_dim);
   }
   if (shape.bundles) {
     l.kernel_bytes = BundleFfnKernel::ScratchBytes(*shape.bundles, c.hidden_dim, l.batch,
@@ -174,12 +181,18 @@ uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const Transforme
   const uint64_t aux =
       o.lazy.enabled() ? cache::LazyAuxCache::BytesNeeded(c.dim, ContextOf(c, o), o.max_sequences)
                        : 0;
-  return l.arena.resident_bytes() + l.kernel_bytes + aux;
+  // The predictor's weights, shared with the caller but held for the Transformer's life.
+  const uint64_t predictor =
+      o.sparsity == FfnSparsity::kPredictor && o.ffn_predictor
+          ? o.ffn_predictor->layers.size() * o.ffn_predictor->LayerValues() * sizeof(float)
+          : 0;
+  return l.arena.resident_bytes() + l.kernel_bytes + aux + predictor;
 }
 
 uint64_t Transformer::resident_bytes() const {
   return arena_.size_bytes() + (ffn_kernel_ ? ffn_kernel_->resident_bytes() : 0) +
-         (aux_ ? aux_->resident_bytes() : 0);
+         (aux_ ? aux_->resident_bytes() : 0) +
+         (predictor_ ? predictor_->layers.size() * predictor_->LayerValues() * sizeof(float) : 0);
 }
 
 Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, ThreadPool& pool,
@@ -243,6 +256,31 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
     }
     t->thresholds_ = options.ffn_thresholds;
   }
+  if (t->sparsity_ == FfnSparsity::kPredictor) {
+    if (!shape.bundles) {
+      return InvalidArgumentError("--sparsity predictor needs a store (flashlm repack the model)");
+    }
+    const layout::FfnPredictor* p = options.ffn_predictor.get();
+    if (p == nullptr || p->layers.size() != c.n_layers || p->dim != c.dim ||
+        p->hidden != c.hidden_dim || p->rank == 0 || p->rank > c.dim) {
+      return InvalidArgumentError(
+          "--sparsity predictor: no predictor, or one whose shape disagrees with the model");
+    }
+    for (const layout::FfnPredictorLayer& pl : p->layers) {
+      if (pl.a.size() != uint64_t{p->rank} * p->dim || pl.b.size() != uint64_t{p->hidden} * p->rank ||
+          pl.bias.size() != p->hidden) {
+        return InvalidArgumentError("--sparsity predictor: a layer's matrices disagree with it");
+      }
+    }
+    const float cut = options.predictor_cut;
+    if (!(cut >= 0.0f && cut <= 1.0f)) {
+      return InvalidArgumentError("--predictor-cut must be in [0, 1]");
+    }
+    t->predictor_ = options.ffn_predictor;
+    t->predictor_logit_cut_ = cut <= 0.0f   ? -std::numeric_limits<float>::infinity()
+                              : cut >= 1.0f ? std::numeric_limits<float>::infinity()
+                                            : std::log(cut / (1.0f - cut));
+  }
   const Layout l = MakeLayout(c, options, pool.size(), shape, t->max_context_);
   t->max_batch_ = l.batch;
   t->logit_rows_max_ = l.logit_rows;
@@ -280,6 +318,10 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->seq_next_ = u32(l.seq_next, options.max_sequences);
   t->last_logit_ = u32(l.last_logit, 1);
   if (l.fired != 0) t->fired_ = u32(l.fired, c.hidden_dim);
+  if (t->predictor_) {
+    t->pred_z_ = a.Floats(l.pred_z, b * t->predictor_->rank);
+    t->pred_scores_ = a.Floats(l.pred_scores, b * c.hidden_dim);
+  }
   t->selective_fetch_ = options.selective_fetch;
   t->select_pages_ = options.select_pages;
   t->select_shared_ = options.select_pages && options.select_pages_shared;
@@ -1040,6 +1082,7 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
   const layout::ModelConfig& c = config_;
   const std::span<const float> xb = xb_.first(uint64_t{n} * c.dim);
   const std::span<float> out = proj_.first(uint64_t{n} * c.dim);
+  if (ffn_observer_ != nullptr) ffn_observer_->OnFfnInput(l, xb, n);
   if (w.neurons == nullptr) {  // dense matrices
     RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
     ffn_total_ += c.hidden_dim;
@@ -1076,6 +1119,14 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
     if (sparsity_ == FfnSparsity::kThreshold) ffn_kernel_->set_mask(cut);
     ffn_computed_ += fired;
     RETURN_IF_ERROR(source.Begin(l, fired_.first(fired)));
+  } else if (sparsity_ == FfnSparsity::kPredictor) {
+    const uint32_t fired = Predict(l, n, source.permutation(l));
+    ffn_kernel_->set_score_mask(pred_scores_.first(hidden_n), predictor_logit_cut_,
+                                predictor_->layers[l].fire_cut);
+    ffn_computed_ += fired;
+    predictor_stats_.ffn_flops += uint64_t{fired} * n * 6 * c.dim;
+    predictor_stats_.ffn_bytes += uint64_t{fired} * source.geometry().bundle_bytes;
+    RETURN_IF_ERROR(source.Begin(l, fired_.first(fired)));
   } else {
     ffn_computed_ += c.hidden_dim;
     RETURN_IF_ERROR(source.Begin(l));
@@ -1094,6 +1145,55 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
     ffn_observer_->OnFfnActivations(l, hb_.first(hidden_n), n);
   }
   return Status::Ok();
+}
+
+uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation) {
+  const layout::ModelConfig& c = config_;
+  const layout::FfnPredictor& p = *predictor_;
+  const layout::FfnPredictorLayer& pl = p.layers[l];
+  auto bytes = [](const std::vector<float>& v) {
+    return ConstByteSpan(reinterpret_cast<const std::byte*>(v.data()), v.size() * sizeof(float));
+  };
+  // scores = B (A x) + bias, per token.
+  const MatrixView a{layout::DType::kF32, p.rank, c.dim, bytes(pl.a)};
+  const MatrixView b{layout::DType::kF32, c.hidden_dim, p.rank, bytes(pl.b)};
+  const std::span<float> z = pred_z_.first(uint64_t{n} * p.rank);
+  const std::span<float> scores = pred_scores_.first(uint64_t{n} * c.hidden_dim);
+  MatMul(a, xb_.first(uint64_t{n} * c.dim), n, z, scratch_, pool_);
+  MatMul(b, z, n, scores, scratch_, pool_);
+  for (uint32_t t = 0; t < n; ++t) {
+    float* row = scores.data() + uint64_t{t} * c.hidden_dim;
+    for (uint32_t i = 0; i < c.hidden_dim; ++i) row[i] += pl.bias[i];
+  }
+  predictor_stats_.flops += uint64_t{n} * (2 * p.LayerValues());
+  predictor_stats_.bytes += p.LayerValues() * sizeof(float);
+  // The positions (store order) whose neuron is above the cut for some token.
+  uint32_t k = 0;
+  for (uint32_t pos = 0; pos < c.hidden_dim; ++pos) {
+    const uint32_t neuron = permutation.empty() ? pos : permutation[pos];
+    for (uint32_t t = 0; t < n; ++t) {
+      if (scores[uint64_t{t} * c.hidden_dim + neuron] > predictor_logit_cut_) {
+        fired_[k++] = pos;
+        break;
+      }
+    }
+  }
+  return k;
+}
+
+PredictorStats Transformer::predictor_stats() const {
+  PredictorStats s = predictor_stats_;
+  if (predictor_ && ffn_kernel_) {
+    const BundleFfnKernel::PredictedStats k = ffn_kernel_->predicted_stats();
+    s.pairs_computed = k.computed;
+    s.pairs_fired = k.fired;
+  }
+  return s;
+}
+
+void Transformer::ResetPredictorStats() {
+  predictor_stats_ = PredictorStats();
+  if (ffn_kernel_) ffn_kernel_->ResetPredictedStats();
 }
 
 Status Transformer::Logits(uint32_t rows) {

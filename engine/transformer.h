@@ -35,6 +35,7 @@
 #include "engine/thread_pool.h"
 #include "engine/weights.h"
 #include "layout/bundle_layout.h"
+#include "layout/ffn_predictor.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
@@ -54,6 +55,9 @@ class FfnObserver {
   // order; with neuron bundles, 0 for neurons not computed), called before OnFfnActivations.
   // What threshold calibration reads. Default: ignored.
   virtual void OnFfnGate(uint32_t /*layer*/, std::span<const float> /*g*/, uint32_t /*n_tokens*/) {}
+  // The same layer's input x (n_tokens x dim, the normed residual the FFN multiplies), called
+  // first. What predictor training reads. Default: ignored.
+  virtual void OnFfnInput(uint32_t /*layer*/, std::span<const float> /*x*/, uint32_t /*n_tokens*/) {}
 };
 
 // Chooses which positions' V rows the attention's weighted sum uses (e.g. the top-N of KCache,
@@ -110,8 +114,36 @@ enum class FfnSparsity : uint8_t {
   // some token of the batch are read. Thresholds come from calibration (engine/gate_calibrator.h,
   // layout/ffn_thresholds.h). Needs gate+up-down bundles, as kRelu does.
   kThreshold,
+  // Approximate (LLM in a flash): in layer l a low-rank predictor (layout/ffn_predictor.h,
+  // TransformerOptions::ffn_predictor) scores every neuron from the FFN input; a neuron adds
+  // nothing to a token whose sigmoid(score) is at most TransformerOptions::predictor_cut, and
+  // only the bundles of neurons above it for some token of the batch are read and computed. No
+  // dense gate is needed: with gate-up-down bundles one read per predicted neuron (with
+  // gate+up-down bundles the gate is still multiplied densely first, as the kernel needs it).
+  kPredictor,
 };
-std::string_view FfnSparsityName(FfnSparsity s);  // "auto", "dense", "relu", "threshold"
+// "auto", "dense", "relu", "threshold", "predictor"
+std::string_view FfnSparsityName(FfnSparsity s);
+
+// What the predictor sparsity did (totals since Create): its own cost against the FFN's, and its
+// precision in use (of the (token, neuron) pairs computed, those that fire by the predictor's
+// training rule).
+struct PredictorStats {
+  uint64_t flops = 0;      // the predictor's multiply-adds x 2
+  uint64_t bytes = 0;      // its weights read (f32, from DRAM)
+  uint64_t ffn_flops = 0;  // the FFN's bundles computed: 6 x dim per bundle and token
+  uint64_t ffn_bytes = 0;  // those bundles' bytes
+  uint64_t pairs_computed = 0, pairs_fired = 0;
+  double precision() const {
+    return pairs_computed ? static_cast<double>(pairs_fired) / pairs_computed : 0.0;
+  }
+  double flops_share() const {
+    return flops + ffn_flops ? static_cast<double>(flops) / (flops + ffn_flops) : 0.0;
+  }
+  double bytes_share() const {
+    return bytes + ffn_bytes ? static_cast<double>(bytes) / (bytes + ffn_bytes) : 0.0;
+  }
+};
 
 // LazyLLM prompt-token pruning (Fu et al., 2024; docs/architecture.md "Lazy prefill"). At each
 // pruning layer l of a pass that wants the logits of its last token only, that token's attention
@@ -173,6 +205,10 @@ struct TransformerOptions {
   bool select_pages_shared = false;
   FfnSparsity sparsity = FfnSparsity::kAuto;
   std::vector<float> ffn_thresholds;  // kThreshold: one cut per layer (finite, >= 0)
+  // kPredictor: the predictor (its shape must match the model; rank at most dim) and the cut on
+  // sigmoid(score), in [0, 1] (0: every neuron; 1: none).
+  std::shared_ptr<const layout::FfnPredictor> ffn_predictor;
+  float predictor_cut = 0.5f;
   LazyOptions lazy;  // LazyLLM pruning (off by default)
 };
 
@@ -237,6 +273,9 @@ class Transformer {
   // in dense mode; a neuron counts once per pass however many tokens the batch has).
   uint64_t ffn_neurons_computed() const { return ffn_computed_; }
   uint64_t ffn_neurons_total() const { return ffn_total_; }
+  // kPredictor's counters (zeros otherwise).
+  PredictorStats predictor_stats() const;
+  void ResetPredictorStats();
   // Observer of the FFN activations (see FfnObserver); nullptr (the default) for none. Not owned;
   // must outlive its use by Forward. Errors: FailedPrecondition for a bundle FFN created without
   // observe_ffn.
@@ -290,6 +329,9 @@ class Transformer {
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
   Status Logits(uint32_t rows);
+  // kPredictor: scores layer l's neurons for the n tokens in xb_ into pred_scores_ and writes the
+  // positions to read (any token above the cut) into fired_; returns how many.
+  uint32_t Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation);
   void Rope(float* v, uint32_t n_heads, uint32_t pos) const;
 
   WeightStore& weights_;
@@ -314,6 +356,11 @@ class Transformer {
   uint64_t ffn_computed_ = 0, ffn_total_ = 0;
   std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu, kThreshold)
   std::vector<float> thresholds_;  // kThreshold: [layer] cut
+  std::shared_ptr<const layout::FfnPredictor> predictor_;  // kPredictor
+  float predictor_logit_cut_ = 0;  // kPredictor: the cut as a score (logit)
+  std::span<float> pred_z_;        // kPredictor: max_batch x rank
+  std::span<float> pred_scores_;   // kPredictor: max_batch x hidden (neuron order)
+  PredictorStats predictor_stats_;
 
   Arena arena_;
   std::span<float> x_;        // max_batch x dim: residual stream

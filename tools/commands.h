@@ -38,6 +38,7 @@ CommandRunner RegisterPerplexity(CLI::App& app);
 // activations (issue 5)
 CommandRunner RegisterActivations(CLI::App& app);  // tools/activations_command.cc
 CommandRunner RegisterCalibrate(CLI::App& app);    // tools/calibrate_command.cc
+CommandRunner RegisterTrainPredictor(CLI::App& app);  // tools/train_predictor_command.cc
 CommandRunner RegisterPlan(CLI::App& app);         // tools/plan_command.cc
 CommandRunner RegisterBench(CLI::App& app);        // tools/bench_command.cc
 

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   // activations (issue 5)
   runners.push_back(RegisterActivations(app));
   runners.push_back(RegisterCalibrate(app));
+  runners.push_back(RegisterTrainPredictor(app));
   runners.push_back(RegisterPlan(app));
   runners.push_back(RegisterBench(app));
   runners.push_back(RegisterServe(app));

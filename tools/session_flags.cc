@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <thread>
 
@@ -29,8 +30,10 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                   "FFN neurons computed from a store: dense, relu (exact for ReLU models with "
                   "gate+up-down bundles: only neurons whose gate fires are read), threshold "
                   "(approximate: only neurons with |act(gate x)| above the layer's calibrated "
-                  "cut, see flashlm calibrate; gate+up-down bundles), or auto (relu where it "
-                  "applies, else dense)")
+                  "cut, see flashlm calibrate; gate+up-down bundles), predictor (approximate: "
+                  "only neurons a low-rank predictor on the FFN input picks, see flashlm "
+                  "train-predictor; one read per neuron with gate-up-down bundles), or auto "
+                  "(relu where it applies, else dense)")
       ->capture_default_str();
   cmd->add_option("--window", f->window,
                   "Sparse FFN: bundles used in the last K tokens are never evicted from the bundle "
@@ -84,6 +87,13 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--thresholds", f->thresholds,
                   "With --sparsity threshold: the thresholds file (default "
                   "STORE/ffn_thresholds.json, written by flashlm calibrate)");
+  cmd->add_option("--predictor", f->predictor,
+                  "With --sparsity predictor: the predictor file (default "
+                  "STORE/ffn_predictor.bin, written by flashlm train-predictor)");
+  f->predictor_cut_option = cmd->add_option("--predictor-cut", f->predictor_cut,
+                  "With --sparsity predictor: a neuron is computed for a token when the "
+                  "predictor's probability that it fires is above this, in [0, 1] (default 0.5; "
+                  "0 = every neuron)");
   cmd->add_option("--max-batch", f->batch,
                   "Tokens per forward pass (default: the command's; a prompt longer than this is "
                   "prefilled in several passes)");
@@ -143,9 +153,10 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     o->transformer.sparsity = engine::FfnSparsity::kRelu;
   } else if (f.sparsity == "threshold") {
     o->transformer.sparsity = engine::FfnSparsity::kThreshold;
+  } else if (f.sparsity == "predictor") {
+    o->transformer.sparsity = engine::FfnSparsity::kPredictor;
   } else {
-    return InvalidArgumentError("--sparsity must be auto, dense, relu or threshold (the predictor "
-                                "mode is not built yet)");
+    return InvalidArgumentError("--sparsity must be auto, dense, relu, threshold or predictor");
   }
   if (f.window < 0 || f.window > engine::kWindowPassesMax) {
     return InvalidArgumentError("--window must be in [0, " +
@@ -205,6 +216,19 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--thresholds applies only with --sparsity threshold");
   }
   o->ffn_thresholds_path = f.thresholds;
+  const bool predictor = o->transformer.sparsity == engine::FfnSparsity::kPredictor;
+  const bool cut_given = f.predictor_cut_option != nullptr && f.predictor_cut_option->count() > 0;
+  if ((!f.predictor.empty() || cut_given) && !predictor) {
+    return InvalidArgumentError("--predictor and --predictor-cut apply only with --sparsity "
+                                "predictor");
+  }
+  if (cut_given) {
+    if (!(f.predictor_cut >= 0 && f.predictor_cut <= 1)) {
+      return InvalidArgumentError("--predictor-cut must be in [0, 1]");
+    }
+    o->transformer.predictor_cut = static_cast<float>(f.predictor_cut);
+  }
+  o->ffn_predictor_path = f.predictor;
   if (f.batch < 0 || f.batch > engine::kContextMax) {
     return InvalidArgumentError("--max-batch must be in [1, " +
                                 std::to_string(engine::kContextMax) + "]");
@@ -356,6 +380,14 @@ std::string FfnStatsLine(const engine::EngineStats& s) {
     std::snprintf(buf, sizeof(buf), " %.0f", 100.0 * l.hit_rate());
     line += buf;
   }
+  const engine::PredictorStats& p = s.predictor;
+  if (p.flops > 0) {
+    std::snprintf(buf, sizeof(buf),
+                  "; predictor: %.1f%% of FFN FLOPs, %.1f%% of FFN bytes, precision %.1f%% "
+                  "(neurons computed that fire)",
+                  100.0 * p.flops_share(), 100.0 * p.bytes_share(), 100.0 * p.precision());
+    line += buf;
+  }
   return line;
 }
 
@@ -378,6 +410,18 @@ nlohmann::json FfnStatsJson(const engine::EngineStats& s) {
                         {"bytes_read", s.ffn_bytes_read},
                         {"reads", s.ffn_reads},
                         {"read_amplification", s.ffn_read_amplification()},
+                        {"predictor", s.predictor.flops == 0
+                                          ? nlohmann::json(nullptr)
+                                          : nlohmann::json{
+                                                {"flops", s.predictor.flops},
+                                                {"bytes", s.predictor.bytes},
+                                                {"ffn_flops", s.predictor.ffn_flops},
+                                                {"ffn_bytes", s.predictor.ffn_bytes},
+                                                {"flops_share", s.predictor.flops_share()},
+                                                {"bytes_share", s.predictor.bytes_share()},
+                                                {"pairs_computed", s.predictor.pairs_computed},
+                                                {"pairs_fired", s.predictor.pairs_fired},
+                                                {"precision", s.predictor.precision()}}},
                         {"layers", layers}};
 }
 

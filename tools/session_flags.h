@@ -54,6 +54,9 @@ struct SessionFlags {
   std::string lazy_layers;    // comma-separated pruning layers; empty: the default rule
   bool kv_paged() const;
   std::string thresholds;  // --thresholds FILE
+  std::string predictor;   // --predictor FILE
+  double predictor_cut = 0.5;                   // --predictor-cut P
+  CLI::Option* predictor_cut_option = nullptr;  // set by AddSessionFlags: was it given?
   bool budgeted() const { return !mem_budget.empty(); }
 };
 void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);

@@ -13,6 +13,7 @@
 #include "engine/generator.h"
 #include "engine/session.h"
 #include "layout/checkpoint.h"
+#include "layout/ffn_predictor.h"
 #include "layout/ffn_thresholds.h"
 #include "layout/repack.h"
 #include "layout/store_reader.h"
@@ -409,6 +410,59 @@ TEST(AllocationTest, ThresholdSparseDecodeAllocatesNothing) {
     ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kThreshold);
     EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
     EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+  }
+}
+
+TEST(AllocationTest, PredictorSparseDecodeAllocatesNothing) {
+  ::flashlm::testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.dtype = layout::DType::kQ8_0;
+  so.out_path = (dir / "silu.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  const std::string store = (dir / "store").string();
+  {
+    auto src = layout::OpenCheckpoint(so.out_path);
+    ASSERT_TRUE(src.ok());
+    layout::RepackOptions ro;
+    ro.alignment_bytes = 512;
+    ro.bundle_kind = layout::BundleKind::kGateUpDown;
+    ASSERT_TRUE(layout::Repack(**src, store, ro).ok());
+    auto reader = layout::StoreReader::Open(store);
+    ASSERT_TRUE(reader.ok());
+    layout::FfnPredictor p;
+    p.store_identity = (*reader)->identity();
+    p.dim = so.config.dim;
+    p.hidden = so.config.hidden_dim;
+    p.rank = 8;
+    p.fire_fraction = 0.1f;
+    for (uint32_t l = 0; l < so.config.n_layers; ++l) {
+      layout::FfnPredictorLayer pl;
+      pl.fire_cut = 0.01f;
+      for (uint64_t i = 0; i < uint64_t{p.rank} * p.dim; ++i) pl.a.push_back(((i * 37) % 11) * 0.05f - 0.25f);
+      for (uint64_t i = 0; i < uint64_t{p.hidden} * p.rank; ++i) pl.b.push_back(((i * 53) % 13) * 0.1f - 0.6f);
+      for (uint32_t i = 0; i < p.hidden; ++i) pl.bias.push_back((i % 5) * 0.2f - 0.4f);
+      p.layers.push_back(std::move(pl));
+    }
+    ASSERT_TRUE(layout::SaveFfnPredictor(p, store + "/ffn_predictor.bin").ok());
+  }
+  SessionOptions o;
+  o.threads = 2;
+  o.transformer.max_context = 128;
+  o.transformer.sparsity = FfnSparsity::kPredictor;
+  o.transformer.predictor_cut = 0.5f;
+  o.streaming.chunk_bundles = 16;
+  const uint64_t minimum = Minimum(store, o);
+  ASSERT_GT(minimum, 0u);
+  for (uint64_t budget : {minimum, uint64_t{0}}) {
+    o.budgeted = true;
+    o.budget_bytes = budget;
+    auto session = Session::Open(store, o);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kPredictor);
+    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
+    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+    EXPECT_GT((*session)->stats().ffn_computed_fraction(), 0.0);
   }
 }
 

@@ -1,0 +1,115 @@
+// `flashlm train-predictor` and `--sparsity predictor` through the built binary: a trained store
+// generates and scores a text, printing the predictor's share of FLOPs and bytes and its
+// precision; bad flags exit 2; predictor files that are damaged, missing or of another store
+// exit 2 with a message naming the problem.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "tests/test_util.h"
+#include "tests/tools/run_flashlm.h"
+
+namespace flashlm::tools {
+namespace {
+
+using ::flashlm::testing::CmdRun;
+namespace fs = std::filesystem;
+
+CmdRun Flashlm(const std::string& args) {
+  return ::flashlm::testing::RunFlashlm(args, "timeout -s KILL 120 ");
+}
+
+class TrainPredictorCommandTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    gguf_ = (dir_ / "m.gguf").string();
+    ASSERT_EQ(Flashlm("synth --shape tiny --seed 4 --dtype q8_0 --out " + gguf_).exit_code, 0);
+    store_ = (dir_ / "store").string();
+    CmdRun r = Flashlm("repack " + gguf_ + " " + store_ + " --bundle gate-up-down --no-progress");
+    ASSERT_EQ(r.exit_code, 0) << r.all();
+    text_ = (dir_ / "text.txt").string();
+    std::ofstream t(text_);
+    for (int i = 0; i < 6; ++i) {
+      t << "Once upon a time there was a little dog. The dog liked to run in the park with the "
+           "ball, and the sun was warm on the grass. "
+        << i << "\n";
+    }
+  }
+  ::flashlm::testing::ScratchDir dir_;
+  std::string gguf_, store_, text_;
+};
+
+TEST_F(TrainPredictorCommandTest, TrainsAndGenerates) {
+  CmdRun r = Flashlm("train-predictor " + store_ + " --text " + text_ +
+                     " --rank 8 --epochs 3 --fire-fraction 0.2");
+  ASSERT_EQ(r.exit_code, 0) << r.all();
+  EXPECT_TRUE(fs::exists(fs::path(store_) / "ffn_predictor.bin"));
+  EXPECT_NE(r.out.find("held-out recall"), std::string::npos) << r.out;
+  CmdRun g = Flashlm("generate " + store_ +
+                     " --sparsity predictor --predictor-cut 0.3 -n 8 --temp 0 -p hello "
+                     "--mem-budget 0");
+  ASSERT_EQ(g.exit_code, 0) << g.all();
+  EXPECT_NE(g.err.find("predictor sparsity"), std::string::npos) << g.err;
+  EXPECT_NE(g.err.find("% of FFN FLOPs"), std::string::npos) << g.err;
+  EXPECT_NE(g.err.find("precision"), std::string::npos) << g.err;
+  CmdRun p = Flashlm("perplexity " + store_ + " --sparsity predictor --text " + text_);
+  ASSERT_EQ(p.exit_code, 0) << p.all();
+  EXPECT_NE(p.out.find("perplexity:"), std::string::npos) << p.out;
+}
+
+TEST_F(TrainPredictorCommandTest, BadFlagsAreRefused) {
+  for (const std::string bad : {"--rank 0", "--rank 65", "--rank 8 --fire-fraction 1",
+                                "--rank 8 --heldout 0", "--rank 8 --epochs 0", "--rank 8 --lr -1",
+                                "--rank 8 --sample-mib 0", "--rank 8 --sparsity relu"}) {
+    CmdRun r = Flashlm("train-predictor " + store_ + " --text " + text_ + " " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.all();
+  }
+  CmdRun ckpt = Flashlm("train-predictor " + gguf_ + " --text " + text_ + " --rank 4");
+  EXPECT_EQ(ckpt.exit_code, 2) << ckpt.all();
+  EXPECT_FALSE(fs::exists(fs::path(store_) / "ffn_predictor.bin"));
+  for (const std::string bad :
+       {"--predictor-cut 1.5", "--predictor-cut -0.5", "--predictor-cut nan"}) {
+    CmdRun g = Flashlm("generate " + store_ + " --sparsity predictor -n 2 --temp 0 " + bad);
+    EXPECT_EQ(g.exit_code, 2) << bad << ": " << g.all();
+  }
+  CmdRun only = Flashlm("generate " + store_ + " --predictor-cut 0.5 -n 2 --temp 0");
+  EXPECT_EQ(only.exit_code, 2) << only.all();
+  EXPECT_NE(only.err.find("--sparsity predictor"), std::string::npos) << only.err;
+}
+
+TEST_F(TrainPredictorCommandTest, DamagedMissingOrForeignPredictorsAreRefused) {
+  const std::string gen = " --sparsity predictor -n 4 --temp 0 -p hello";
+  CmdRun missing = Flashlm("generate " + store_ + gen);
+  EXPECT_EQ(missing.exit_code, 2) << missing.all();
+  EXPECT_NE(missing.err.find("train-predictor"), std::string::npos) << missing.err;
+
+  ASSERT_EQ(
+      Flashlm("train-predictor " + store_ + " --text " + text_ + " --rank 4 --epochs 1").exit_code,
+      0);
+  const fs::path file = fs::path(store_) / "ffn_predictor.bin";
+  std::stringstream ss;
+  ss << std::ifstream(file, std::ios::binary).rdbuf();
+  const std::string good = ss.str();
+  std::string damaged = good;
+  damaged[good.size() / 2] = static_cast<char>(damaged[good.size() / 2] ^ 0x01);
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << damaged;
+  CmdRun bad = Flashlm("generate " + store_ + gen);
+  EXPECT_EQ(bad.exit_code, 2) << bad.all();
+  EXPECT_NE(bad.err.find("checksum"), std::string::npos) << bad.err;
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << good;
+  ASSERT_EQ(Flashlm("generate " + store_ + gen).exit_code, 0);
+
+  const std::string gguf2 = (dir_ / "m2.gguf").string(), store2 = (dir_ / "store2").string();
+  ASSERT_EQ(Flashlm("synth --shape tiny --seed 5 --dtype q8_0 --out " + gguf2).exit_code, 0);
+  ASSERT_EQ(
+      Flashlm("repack " + gguf2 + " " + store2 + " --bundle gate-up-down --no-progress").exit_code,
+      0);
+  CmdRun foreign = Flashlm("generate " + store2 + gen + " --predictor " + file.string());
+  EXPECT_EQ(foreign.exit_code, 2) << foreign.all();
+  EXPECT_NE(foreign.err.find("another store"), std::string::npos) << foreign.err;
+}
+
+}  // namespace
+}  // namespace flashlm::tools
