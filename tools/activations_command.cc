@@ -24,6 +24,7 @@
 #include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/observed_run.h"
 #include "tools/session_flags.h"
 
 namespace flashlm::tools {
@@ -58,10 +59,7 @@ std::string RuleName(const engine::FiringOptions& o, uint32_t top_k, uint32_t hi
 
 int RunActivations(const ActivationsFlags& f) {
   constexpr const char* kCmd = "activations";
-  if ((f.ctx_set && f.ctx < 1) || f.ctx < 0 || f.ctx > engine::kContextMax) {
-    return ReportError(kCmd, InvalidArgumentError("--ctx must be in [1, " +
-                                                  std::to_string(engine::kContextMax) + "]"));
-  }
+  if (Status st = CheckWindowFlag(f.ctx, f.ctx_set); !st.ok()) return ReportError(kCmd, st);
   engine::SessionOptions options;
   if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
   if (f.top_fraction_set && f.threshold_set) {
@@ -78,19 +76,11 @@ int RunActivations(const ActivationsFlags& f) {
     return ReportError(
         kCmd, InvalidArgumentError("cannot write " + f.out + ": no folder " + out_dir.string()));
   }
-  Result<std::string> read = storage::ReadFileBounded(f.text, kTextBytesMax);
-  if (!read.ok()) return ReportError(kCmd, read.status().WithContext("--text"));
-  const std::string& text = *read;
-  if (text.empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
-
-  options.transformer.max_context = static_cast<uint32_t>(f.ctx);
-  options.default_context_max = 512;
-  options.transformer.max_batch = 64;
-  options.transformer.observe_ffn = true;
-  auto session = engine::Session::Open(f.path, options);
-  if (!session.ok()) return ReportError(kCmd, session.status());
-  if (f.session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
-  engine::Transformer& model = (*session)->model();
+  auto opened = OpenObservedSession(f.path, f.text, f.ctx, options, f.session.budgeted());
+  if (!opened.ok()) return ReportError(kCmd, opened.status());
+  const std::unique_ptr<engine::Session>& session = opened->session;
+  const std::vector<int32_t>& tokens = opened->tokens;
+  engine::Transformer& model = session->model();
   const layout::ModelConfig& config = model.config();
 
   engine::FiringOptions firing = engine::DefaultFiringOptions(config);
@@ -104,21 +94,15 @@ int RunActivations(const ActivationsFlags& f) {
   auto counter = engine::ActivationCounter::Create(config.n_layers, config.hidden_dim, firing);
   if (!counter.ok()) return ReportError(kCmd, counter.status());
 
-  const std::vector<int32_t> tokens = (*session)->tokenizer().Encode(text, true);
-  const auto start = std::chrono::steady_clock::now();
-  if (Status st = model.set_ffn_observer(counter->get()); !st.ok()) return ReportError(kCmd, st);
   const uint32_t window = model.max_context();
-  Status run = engine::ForwardInWindows(model, tokens, window);
-  model.set_ffn_observer(nullptr).IgnoreError();
-  if (!run.ok()) return ReportError(kCmd, run);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Result<double> seconds = RunObserved(model, counter->get(), tokens);
+  if (!seconds.ok()) return ReportError(kCmd, seconds.status());
   auto stats = (*counter)->Frequencies();
   if (!stats.ok()) return ReportError(kCmd, stats.status());
   if (Status s = layout::SaveActivationStats(*stats, f.out); !s.ok()) return ReportError(kCmd, s);
 
   std::printf("activations: %zu tokens (windows of %lld) in %.2f s, %u layers x %u neurons\n",
-              tokens.size(), static_cast<long long>(window), seconds, config.n_layers,
+              tokens.size(), static_cast<long long>(window), *seconds, config.n_layers,
               config.hidden_dim);
   std::printf("fires when: %s\n", RuleName(firing, (*counter)->top_k(), config.hidden_dim).c_str());
   // Locality: how much of all firing the hottest fifth of the neurons accounts for (1.0 = all

@@ -21,6 +21,7 @@
 #include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/observed_run.h"
 #include "tools/session_flags.h"
 
 namespace flashlm::tools {
@@ -39,39 +40,21 @@ int RunCalibrate(const CalibrateFlags& f) {
   if (!(f.target >= 0.0 && f.target < 1.0)) {
     return ReportError(kCmd, InvalidArgumentError("--target-sparsity must be in [0, 1)"));
   }
-  if ((f.ctx_set && f.ctx < 1) || f.ctx < 0 || f.ctx > engine::kContextMax) {
-    return ReportError(kCmd, InvalidArgumentError("--ctx must be in [1, " +
-                                                  std::to_string(engine::kContextMax) + "]"));
-  }
-  if (!layout::StoreReader::LooksLikeStore(f.path)) {
-    return ReportError(
-        kCmd, InvalidArgumentError(f.path + " is not a store: thresholds are kept with a store "
-                                            "(flashlm repack the model first)"));
-  }
+  if (Status st = CheckWindowFlag(f.ctx, f.ctx_set); !st.ok()) return ReportError(kCmd, st);
   engine::SessionOptions options;
   if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
-  if (options.transformer.sparsity != engine::FfnSparsity::kAuto &&
-      options.transformer.sparsity != engine::FfnSparsity::kDense) {
-    return ReportError(kCmd, InvalidArgumentError("calibration computes every neuron: leave "
-                                                  "--sparsity at auto or dense"));
+  if (Status st = RequireDenseStore(f.path, "thresholds are", "calibration", &options); !st.ok()) {
+    return ReportError(kCmd, st);
   }
-  Result<std::string> read = storage::ReadFileBounded(f.text, kTextBytesMax);
-  if (!read.ok()) return ReportError(kCmd, read.status().WithContext("--text"));
-  if (read->empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
-
-  options.transformer.sparsity = engine::FfnSparsity::kDense;
-  options.transformer.max_context = static_cast<uint32_t>(f.ctx);
-  options.default_context_max = 512;
-  options.transformer.max_batch = 64;
-  options.transformer.observe_ffn = true;
-  auto session = engine::Session::Open(f.path, options);
-  if (!session.ok()) return ReportError(kCmd, session.status());
-  if (f.session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
-  engine::Transformer& model = (*session)->model();
+  auto opened = OpenObservedSession(f.path, f.text, f.ctx, options, f.session.budgeted());
+  if (!opened.ok()) return ReportError(kCmd, opened.status());
+  const std::unique_ptr<engine::Session>& session = opened->session;
+  const std::vector<int32_t>& tokens = opened->tokens;
+  engine::Transformer& model = session->model();
   const layout::ModelConfig& config = model.config();
   // The thresholds are only usable where the gate is read apart from [up | down].
   for (uint32_t l = 0; l < config.n_layers; ++l) {
-    auto g = (*session)->store()->reader().FfnGeometry(l);
+    auto g = session->store()->reader().FfnGeometry(l);
     if (!g.ok() || g->has_gate()) {
       return ReportError(
           kCmd, InvalidArgumentError(f.path + " has no gate+up-down bundles in FFN layer " +
@@ -84,21 +67,13 @@ int RunCalibrate(const CalibrateFlags& f) {
                                                    config.activation == layout::Activation::kRelu);
   if (!calibrator.ok()) return ReportError(kCmd, calibrator.status());
 
-  const std::vector<int32_t> tokens = (*session)->tokenizer().Encode(*read, true);
-  const auto start = std::chrono::steady_clock::now();
-  if (Status st = model.set_ffn_observer(calibrator->get()); !st.ok()) {
-    return ReportError(kCmd, st);
-  }
-  Status run = engine::ForwardInWindows(model, tokens, model.max_context());
-  model.set_ffn_observer(nullptr).IgnoreError();
-  if (!run.ok()) return ReportError(kCmd, run);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Result<double> seconds = RunObserved(model, calibrator->get(), tokens);
+  if (!seconds.ok()) return ReportError(kCmd, seconds.status());
   auto cuts = (*calibrator)->Thresholds(f.target);
   if (!cuts.ok()) return ReportError(kCmd, cuts.status());
 
   layout::FfnThresholds t;
-  t.store_identity = (*session)->store()->reader().identity();
+  t.store_identity = session->store()->reader().identity();
   t.hidden_dim = config.hidden_dim;
   t.target_sparsity = f.target;
   t.tokens = tokens.size();
@@ -111,7 +86,7 @@ int RunCalibrate(const CalibrateFlags& f) {
   if (Status st = layout::SaveFfnThresholds(t, out); !st.ok()) return ReportError(kCmd, st);
 
   std::printf("calibrate: %zu tokens (windows of %u) in %.2f s, target sparsity %g\n",
-              tokens.size(), model.max_context(), seconds, f.target);
+              tokens.size(), model.max_context(), *seconds, f.target);
   std::printf("layer  threshold |act(gate x)|  skipped on the calibration text\n");
   for (uint32_t l = 0; l < config.n_layers; ++l) {
     std::printf("%5u  %22.6g  %30.4f\n", l, static_cast<double>(t.thresholds[l]),

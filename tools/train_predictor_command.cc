@@ -22,6 +22,7 @@
 #include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/observed_run.h"
 #include "tools/session_flags.h"
 
 namespace flashlm::tools {
@@ -60,35 +61,17 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
   if (!(f.lr > 0 && f.lr < 10))
     return ReportError(kCmd, InvalidArgumentError("--lr must be in (0, 10)"));
   if (f.seed < 0) return ReportError(kCmd, InvalidArgumentError("--seed must be >= 0"));
-  if ((f.ctx_set && f.ctx < 1) || f.ctx < 0 || f.ctx > engine::kContextMax) {
-    return ReportError(kCmd, InvalidArgumentError("--ctx must be in [1, " +
-                                                  std::to_string(engine::kContextMax) + "]"));
-  }
-  if (!layout::StoreReader::LooksLikeStore(f.path)) {
-    return ReportError(
-        kCmd, InvalidArgumentError(f.path + " is not a store: a predictor is kept with a store "
-                                            "(flashlm repack the model first)"));
-  }
+  if (Status st = CheckWindowFlag(f.ctx, f.ctx_set); !st.ok()) return ReportError(kCmd, st);
   engine::SessionOptions options;
   if (Status st = ApplySessionFlags(f.session, &options); !st.ok()) return ReportError(kCmd, st);
-  if (options.transformer.sparsity != engine::FfnSparsity::kAuto &&
-      options.transformer.sparsity != engine::FfnSparsity::kDense) {
-    return ReportError(kCmd, InvalidArgumentError("training computes every neuron: leave "
-                                                  "--sparsity at auto or dense"));
+  if (Status st = RequireDenseStore(f.path, "a predictor is", "training", &options); !st.ok()) {
+    return ReportError(kCmd, st);
   }
-  Result<std::string> read = storage::ReadFileBounded(f.text, kTextBytesMax);
-  if (!read.ok()) return ReportError(kCmd, read.status().WithContext("--text"));
-  if (read->empty()) return ReportError(kCmd, InvalidArgumentError("text " + f.text + " is empty"));
-
-  options.transformer.sparsity = engine::FfnSparsity::kDense;
-  options.transformer.max_context = static_cast<uint32_t>(f.ctx);
-  options.default_context_max = 512;
-  options.transformer.max_batch = 64;
-  options.transformer.observe_ffn = true;
-  auto session = engine::Session::Open(f.path, options);
-  if (!session.ok()) return ReportError(kCmd, session.status());
-  if (f.session.budgeted()) std::fputs((*session)->Describe().c_str(), stderr);
-  engine::Transformer& model = (*session)->model();
+  auto opened = OpenObservedSession(f.path, f.text, f.ctx, options, f.session.budgeted());
+  if (!opened.ok()) return ReportError(kCmd, opened.status());
+  const std::unique_ptr<engine::Session>& session = opened->session;
+  std::vector<int32_t>& tokens = opened->tokens;
+  engine::Transformer& model = session->model();
   const layout::ModelConfig& config = model.config();
   if (f.rank > config.dim) {
     return ReportError(kCmd, InvalidArgumentError("--rank must be at most the model's dim (" +
@@ -103,15 +86,9 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
                                                   relu, tokens_max);
   if (!trainer.ok()) return ReportError(kCmd, trainer.status());
 
-  std::vector<int32_t> tokens = (*session)->tokenizer().Encode(*read, true);
   if (tokens.size() > tokens_max) tokens.resize(tokens_max);  // the rest would not be kept
-  auto start = std::chrono::steady_clock::now();
-  if (Status st = model.set_ffn_observer(trainer->get()); !st.ok()) return ReportError(kCmd, st);
-  Status run = engine::ForwardInWindows(model, tokens, model.max_context());
-  model.set_ffn_observer(nullptr).IgnoreError();
-  if (!run.ok()) return ReportError(kCmd, run);
-  const double collect_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  Result<double> collect_s = RunObserved(model, trainer->get(), tokens);
+  if (!collect_s.ok()) return ReportError(kCmd, collect_s.status());
 
   engine::PredictorTrainOptions to;
   to.rank = static_cast<uint32_t>(f.rank);
@@ -121,12 +98,12 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
   to.heldout = static_cast<float>(f.heldout);
   to.seed = static_cast<uint64_t>(f.seed);
   engine::PredictorTrainer::Report report;
-  start = std::chrono::steady_clock::now();
-  Result<layout::FfnPredictor> p = (*trainer)->Train(to, (*session)->pool(), &report);
+  const auto start = std::chrono::steady_clock::now();
+  Result<layout::FfnPredictor> p = (*trainer)->Train(to, session->pool(), &report);
   if (!p.ok()) return ReportError(kCmd, p.status());
   const double train_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  p->store_identity = (*session)->store()->reader().identity();
+  p->store_identity = session->store()->reader().identity();
   const std::string out =
       f.out.empty() ? f.path + "/" + std::string(layout::kFfnPredictorFileName) : f.out;
   if (Status st = layout::SaveFfnPredictor(*p, out); !st.ok()) return ReportError(kCmd, st);
@@ -134,7 +111,7 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
   std::printf(
       "train-predictor: %llu tokens (windows of %u) collected in %.2f s; rank %lld, "
       "%s; %llu training, %llu held out, %lld epochs in %.2f s\n",
-      static_cast<unsigned long long>((*trainer)->tokens()), model.max_context(), collect_s,
+      static_cast<unsigned long long>((*trainer)->tokens()), model.max_context(), *collect_s,
       static_cast<long long>(f.rank),
       relu ? "fires = gate x > 0"
            : ("fires = |h| above the layer's " + std::to_string(f.fire_fraction) + " top share")
