@@ -190,19 +190,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
     const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
     const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, dim);
     const uint64_t src_offset = down_offset + layout::RowBytes(g_.dtype, r0);
-    const uint64_t src_bytes = layout::RowBytes(g_.dtype, r1 - r0);
-    if (n > 1) {  // a batch: each block of out stays in registers across the bundles
-      AxpyRows(g_.dtype, bundles, src_offset, r1 - r0, h_.data(), max_batch_, n, out_.data() + r0,
-               dim);
-      return;
-    }
-    constexpr uint32_t kAhead = 4;  // bundles whose down slice is requested ahead
-    for (uint32_t k = 0; k < kAhead && k < count; ++k) Prefetch(bundles[k] + src_offset, src_bytes);
-    for (uint32_t k = 0; k < count; ++k) {
-      if (k + kAhead < count) Prefetch(bundles[k + kAhead] + src_offset, src_bytes);
-      AxpyRow(g_.dtype, bundles[k] + src_offset, r1 - r0, h_.data() + uint64_t{k} * max_batch_, n,
-              out_.data() + r0, dim);
-    }
+    // Each block of out stays in registers across the bundles where the kernel can (AxpyRows).
+    AxpyRows(g_.dtype, bundles, src_offset, r1 - r0, h_.data(), max_batch_, n, out_.data() + r0,
+             dim);
   });
 }
 

@@ -1026,6 +1026,45 @@ void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t
 }
 #endif
 
+#ifdef FLASHLM_AVX512
+// AxpyRows for one token over B consecutive full q8_0 blocks (32 x B values) at byte `at` of
+// every row: y's 32 x B values stay in 2 x B zmm registers while the rows go by. Every value
+// takes a * (d * q) fused into y, as AxpyRow does, so the result is bit-identical to it.
+template <int B>
+void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, const float* a,
+                          uint64_t a_stride, float* y) {
+  constexpr uint64_t kBlockBytes = 2 + kBlock;  // f16 scale, 32 int8
+  __m512 acc[B][2];
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < 2; ++h) acc[b][h] = _mm512_loadu_ps(y + 32 * b + 16 * h);
+  }
+  const size_t count = rows.size();
+  constexpr size_t kAhead = 8;  // rows whose blocks are requested ahead
+  for (size_t k = 0; k < count; ++k) {
+    if (k + kAhead < count) {
+      const std::byte* p = rows[k + kAhead] + at;
+      for (uint64_t o = 0; o < B * kBlockBytes; o += 64) __builtin_prefetch(p + o, 0, 3);
+      __builtin_prefetch(p + B * kBlockBytes - 1, 0, 3);
+    }
+    const float ak = a[k * a_stride];
+    if (ak == 0.0f) continue;
+    const __m512 av = _mm512_set1_ps(ak);
+    const std::byte* w = rows[k] + at;
+    for (int b = 0; b < B; ++b, w += kBlockBytes) {
+      const __m512 d = _mm512_set1_ps(HalfToFloat(w));
+      for (int h = 0; h < 2; ++h) {
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
+        const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+        acc[b][h] = _mm512_fmadd_ps(av, v, acc[b][h]);
+      }
+    }
+  }
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < 2; ++h) _mm512_storeu_ps(y + 32 * b + 16 * h, acc[b][h]);
+  }
+}
+#endif
+
 }  // namespace
 
 void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint32_t n_tokens,
@@ -1085,6 +1124,20 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride) {
   CHECK(MatMulSupports(dtype));
   uint32_t done = 0;  // values handled by the register-blocked path
+#ifdef FLASHLM_AVX512
+  if (n_tokens == 1 && dtype == DType::kQ8_0) {  // one token: 128 values in registers at a time
+    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
+    const uint32_t full = len / kBlock;
+    uint32_t b = 0;
+    for (; b + 4 <= full; b += 4) {
+      AxpyQ8BlocksOneToken<4>(rows, offset + b * block_bytes, a, a_stride, y + uint64_t{b} * kBlock);
+    }
+    for (; b < full; ++b) {
+      AxpyQ8BlocksOneToken<1>(rows, offset + b * block_bytes, a, a_stride, y + uint64_t{b} * kBlock);
+    }
+    done = full * kBlock;
+  }
+#endif
 #ifdef FLASHLM_AVX2
   if (n_tokens > 1 && (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
@@ -1114,9 +1167,19 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   }
 #endif
   if (done == len) return;
-  // The rest (all of it for one token or other dtypes; else a partial last block), row by row.
+  // The rest (all of it for other dtypes or paths; else a partial last block), row by row, each
+  // row's slice requested a few rows ahead.
   const uint64_t rest_offset = offset + layout::RowBytes(dtype, done);
+  const uint64_t rest_bytes = layout::RowBytes(dtype, len - done);
+  constexpr size_t kAhead = 4;
+  const auto prefetch = [&](size_t k) {
+    for (uint64_t at = 0; at < rest_bytes; at += 64) {
+      __builtin_prefetch(rows[k] + rest_offset + at, 0, 2);
+    }
+  };
+  for (size_t k = 0; k < kAhead && k < rows.size(); ++k) prefetch(k);
   for (size_t k = 0; k < rows.size(); ++k) {
+    if (k + kAhead < rows.size()) prefetch(k + kAhead);
     AxpyRow(dtype, rows[k] + rest_offset, len - done, a + k * a_stride, n_tokens, y + done,
             y_stride);
   }

@@ -105,9 +105,10 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 
 // For k = 0, 1, ... rows.size() - 1 in turn: AxpyRow(dtype, rows[k] + offset, len,
 // a + k * a_stride, n_tokens, y, y_stride). Bit-identical to those calls (every y value takes the
-// same fused terms in the same order, zero coefficients skipped alike); for several tokens it
-// keeps a 32-value block of up to 4 tokens' y in registers across all the rows instead of
-// loading and storing it once per row (the neuron-bundle FFN's down pass for a batch).
+// same fused terms in the same order, zero coefficients skipped alike). It keeps a block of y in
+// registers across all the rows instead of loading and storing it once per row (the neuron-bundle
+// FFN's down pass): 32 values of up to 4 tokens for several tokens, 128 values for one token of
+// q8_0 on AVX-512; other cases go row by row, each row's slice prefetched a few rows ahead.
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
 void AxpyRows(layout::DType dtype, std::span<const std::byte* const> rows, uint64_t offset,
               uint32_t len, const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,

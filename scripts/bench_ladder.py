@@ -14,6 +14,11 @@ Rows (each adds one thing to the row above; all on one hot-first gate+up-down st
                                                          LRU share for streamed bundles + window
   gap          ... --merge-gap G                          misses merged across gaps of G bytes
   naive        the gap row with --no-pipeline            (what the read-ahead ring is worth)
+With --predictor-store (a gate-up-down store of the same GGUF with a trained predictor, see
+flashlm train-predictor), one more row per --predictor-cuts value:
+  predictor    --sparsity predictor --predictor-cut C --merge-gap G on that store
+                                                         no dense gate: a predicted neuron is one
+                                                         read (approximate; recall < 1)
 
 Per run: flashlm generate -p PROMPT -n N --temp 0 --ignore-eos --ctx 256 --threads T
 --mem-budget B --stats-json F; figures per forward pass from the stats (the prompt is one pass of
@@ -22,7 +27,7 @@ N + 1). llama.cpp: llama-bench -p 0 -n N in a cgroup-v1 memory group limited to 
 Needs root (drop_caches, cgroups). Wrap in `flock /work/notes/bench.lock` on a shared disk.
 Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] [--reps 3]
        [-n 16] [--window 4] [--cache-share 0.5] [--gap 16K] [--extra-gaps 0,4K,16K,64K]
-       [--raw out.jsonl]
+       [--predictor-store STORE --predictor-cuts 0.2,0.5] [--raw out.jsonl]
 """
 import argparse
 import json
@@ -32,10 +37,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ooc import drop_caches, med, run_llama  # noqa: E402
+from bench_ooc import drop_caches, med, run_fio, run_llama  # noqa: E402
 
 
 def run_flashlm(exe, store, budget, n, threads, flags):
+    store, flags = (flags[0][1], flags[1:]) if flags and isinstance(flags[0], tuple) else (store,
+                                                                                           flags)
     drop_caches()
     with tempfile.NamedTemporaryFile(suffix=".json") as js:
         cmd = [exe, "generate", store, "-p", "Once upon a time", "-n", str(n), "--temp", "0",
@@ -61,8 +68,20 @@ def run_flashlm(exe, store, budget, n, threads, flags):
         "ffn_reads_per_pass": ffn.get("reads", 0) / passes,
         "ffn_amplification": ffn.get("read_amplification", 0),
         "lru_hits": ffn.get("bundles_cached", 0) / passes,
+        "precision": (ffn.get("predictor") or {}).get("precision"),
+        "ids": st.get("ids", [])[st.get("prompt_tokens", 0):],  # the generated ones
         "text": " ".join(p.stderr.splitlines()[-3:]),
     }
+
+
+def run_fio_random(path, bs, depth):
+    """fio random reads of `bs` at `depth` over the whole file, 10 s, page cache dropped."""
+    drop_caches()
+    p = subprocess.run(["fio", "--name=rand", "--filename=" + path, "--rw=randread", "--bs=" + bs,
+                        "--iodepth=%d" % depth, "--ioengine=io_uring", "--direct=1", "--readonly",
+                        "--runtime=10", "--time_based", "--output-format=json"],
+                       check=True, capture_output=True, text=True)
+    return json.loads(p.stdout)["jobs"][0]["read"]["bw_bytes"] / 2**20
 
 
 def main():
@@ -80,6 +99,8 @@ def main():
     ap.add_argument("--gap", default="16K")
     ap.add_argument("--extra-gaps", default="", help="gaps also run at --gap-fraction (a sweep)")
     ap.add_argument("--gap-fraction", type=int, default=25)
+    ap.add_argument("--predictor-store", help="gate-up-down store with ffn_predictor.bin")
+    ap.add_argument("--predictor-cuts", default="0.2,0.5")
     ap.add_argument("--raw", help="append every measurement as a JSON line to this file")
     a = ap.parse_args()
     relu = ["--sparsity", "relu"]
@@ -92,6 +113,11 @@ def main():
         ("+ gap merging", relu + ["--merge-gap", a.gap] + cache),
         ("  (same, --no-pipeline)", relu + ["--merge-gap", a.gap, "--no-pipeline"] + cache),
     ]
+    if a.predictor_store:
+        rows += [("predictor cut %s (gate-up-down bundles)" % c,
+                  [("store", a.predictor_store), "--sparsity", "predictor", "--predictor-cut", c,
+                   "--merge-gap", a.gap, "--cache-share", "0"])
+                 for c in a.predictor_cuts.split(",") if c]
     sweep = [("gap " + g, relu + ["--merge-gap", g] + cache)
              for g in a.extra_gaps.split(",") if g]
     model = os.path.getsize(a.gguf)
@@ -106,7 +132,14 @@ def main():
             raw.flush()
         print(kind, frac, {k: v for k, v in r.items() if k != "text"}, file=sys.stderr)
 
+    data_path = os.path.join(a.store, sorted(f for f in os.listdir(a.store)
+                                             if f.startswith("data-"))[0])
     for rep in range(a.reps):
+        # The disk's own figures on the store's data file, in the same run: a virtual disk whose
+        # host caches recently written files can serve flashlm faster than fio's sequential rate,
+        # which these rows show.
+        record("fio seq 1M QD32", 0, {"mib_s": run_fio(data_path, 32)})
+        record("fio rand 16K QD32", 0, {"mib_s": run_fio_random(data_path, "16k", 32)})
         for frac in fractions:
             budget = model * frac // 100
             runs = list(rows) + (sweep if frac == a.gap_fraction else [])
@@ -119,6 +152,9 @@ def main():
                     record(name, frac,
                            run_flashlm(a.flashlm, a.store, budget, a.n, a.threads, flags))
 
+    print("fio on %s, median MiB/s: sequential 1 MiB QD32 %.0f, random 16 KiB QD32 %.0f" % (
+        data_path, med(res[("fio seq 1M QD32", 0)], "mib_s"),
+        med(res[("fio rand 16K QD32", 0)], "mib_s")))
     for frac in fractions:
         budget = model * frac // 100
         ll = [r for r in res[("llama.cpp (mmap, same cgroup)", frac)] if "error" not in r]
@@ -127,8 +163,10 @@ def main():
         d_tok = med(dense, "decode_tok_s")
         print("\n### %d%% of the GGUF (%.0f MiB)\n" % (frac, budget / 2**20))
         print("| row | MiB read/token | reads/token | mean read KiB | MiB/s | hit rate | "
-              "I/O share | tok/s | vs own dense | vs llama.cpp |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "I/O share | neurons computed | same tokens as dense | tok/s | vs own dense | "
+              "vs llama.cpp |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        ref_ids = dense[0]["ids"] if dense else []
         names = [r[0] for r in rows] + ([s[0] for s in sweep] if frac == a.gap_fraction else [])
         for name in names:
             ok = [r for r in res[(name, frac)] if "error" not in r]
@@ -136,13 +174,17 @@ def main():
                 print("| %s | %s |" % (name, res[(name, frac)][0]["error"]))
                 continue
             tok = med(ok, "decode_tok_s")
-            print("| %s | %.1f | %.0f | %.1f | %.0f | %.1f%% | %.0f%% | %.2f | %s | %s |" % (
+            ids = ok[0]["ids"]
+            same = sum(1 for x, y in zip(ids, ref_ids) if x == y) / max(len(ref_ids), 1)
+            print("| %s | %.1f | %.0f | %.1f | %.0f | %.1f%% | %.0f%% | %.1f%% | %.0f%% | %.2f | %s "
+                  "| %s |" % (
                 name, med(ok, "bytes_per_pass") / 2**20, med(ok, "reads_per_pass"),
                 med(ok, "mean_read_bytes") / 1024, med(ok, "mib_s"),
-                100 * med(ok, "hit_rate"), 100 * med(ok, "io_share"), tok,
+                100 * med(ok, "hit_rate"), 100 * med(ok, "io_share"), 100 * med(ok, "computed"),
+                100 * same, tok,
                 "%.2fx" % (tok / d_tok) if d_tok else "",
                 "%.2fx" % (tok / l_tok) if l_tok else ""))
-        print("| llama.cpp (mmap, same cgroup) | | | | | | | %s | | |" %
+        print("| llama.cpp (mmap, same cgroup) | | | | | | | | | %s | | |" %
               ("%.2f" % l_tok if l_tok else "failed: " + res[("llama.cpp (mmap, same cgroup)",
                                                                frac)][0].get("error", "")))
 

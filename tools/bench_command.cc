@@ -23,6 +23,7 @@
 #include "engine/sampler.h"
 #include "engine/session.h"
 #include "storage/bytes.h"
+#include "storage/check.h"
 #include "storage/file.h"
 #include "storage/read_probe.h"
 #include "tools/cli_util.h"
@@ -85,6 +86,35 @@ Result<std::vector<std::string>> Split(const std::string& text, const char* flag
   }
   if (out.empty()) return InvalidArgumentError(std::string(flag) + " is empty");
   return out;
+}
+
+// One --sparsity item: auto, dense, relu, threshold, predictor (the default cut) or
+// predictor:CUT (CUT in [0, 1]). Errors: InvalidArgument naming the item.
+Status ParseSparsity(const std::string& item, engine::TransformerOptions* t) {
+  if (item == "auto") {
+    t->sparsity = engine::FfnSparsity::kAuto;
+  } else if (item == "dense") {
+    t->sparsity = engine::FfnSparsity::kDense;
+  } else if (item == "relu") {
+    t->sparsity = engine::FfnSparsity::kRelu;
+  } else if (item == "threshold") {
+    t->sparsity = engine::FfnSparsity::kThreshold;
+  } else if (item == "predictor") {
+    t->sparsity = engine::FfnSparsity::kPredictor;
+  } else if (item.rfind("predictor:", 0) == 0) {
+    const std::string cut = item.substr(10);
+    char* end = nullptr;
+    const double v = std::strtod(cut.c_str(), &end);
+    if (cut.empty() || end != cut.c_str() + cut.size() || !(v >= 0 && v <= 1)) {
+      return InvalidArgumentError("--sparsity: the cut in '" + item + "' must be in [0, 1]");
+    }
+    t->sparsity = engine::FfnSparsity::kPredictor;
+    t->predictor_cut = static_cast<float>(v);
+  } else {
+    return InvalidArgumentError("--sparsity: auto, dense, relu, threshold, predictor or "
+                                "predictor:CUT, not '" + item + "'");
+  }
+  return Status::Ok();
 }
 
 Result<std::vector<uint32_t>> Numbers(const std::string& text, const char* flag, uint32_t lo,
@@ -302,9 +332,8 @@ int Run(const Flags& f) {
   auto sparsities = Split(f.sparsity, "--sparsity");
   if (sparsities.ok()) {
     for (const std::string& sp : *sparsities) {
-      if (sp != "auto" && sp != "dense" && sp != "relu") {
-        return fail(InvalidArgumentError("--sparsity: auto, dense or relu, not '" + sp + "'"));
-      }
+      engine::TransformerOptions t;
+      if (Status s = ParseSparsity(sp, &t); !s.ok()) return fail(s);
     }
   }
   for (const Status& s : {budgets.status(), chunks.status(), threads.status(), buffers.status(),
@@ -387,7 +416,7 @@ int Run(const Flags& f) {
   }
 
   std::map<std::pair<std::string, uint32_t>, double> calibrated;  // (store, threads) -> GB/s
-  std::printf("%-16s %8s %6s %5s %4s %3s %3s %5s %5s %8s %10s %8s %10s %9s %9s %5s %5s %9s %7s\n",
+  std::printf("%-16s %8s %6s %5s %4s %3s %3s %13s %5s %8s %10s %8s %10s %9s %9s %5s %5s %9s %7s\n",
               "store", "budget", "chunk", "coal", "pipe", "thr", "buf", "ffn", "fire", "tok/s", "MiB/token",
               "reads", "mean read", "eff MiB/s", "del MiB/s", "io%", "hit%", "plan tok/s", "error");
   for (size_t i = 0; i < points.size(); ++i) {
@@ -400,9 +429,7 @@ int Run(const Flags& f) {
     so.streaming.chunk_buffers = p.stream_buffers;
     so.streaming.coalesce = p.coalesce;
     so.streaming.pipeline = p.pipeline;
-    so.transformer.sparsity = p.sparsity == "relu"    ? engine::FfnSparsity::kRelu
-                              : p.sparsity == "dense" ? engine::FfnSparsity::kDense
-                                                      : engine::FfnSparsity::kAuto;
+    CHECK_OK(ParseSparsity(p.sparsity, &so.transformer));  // checked above
     so.transformer.max_context =
         static_cast<uint32_t>(std::min<int64_t>(m.config.max_seq_len, f.prompt_tokens + f.tokens + 1));
     // The budget: all (unlimited), a size, or a percentage of the weights.
@@ -512,7 +539,7 @@ int Run(const Flags& f) {
       std::snprintf(error, sizeof error, "%+.0f%%", 100 * err);
     }
     std::printf(
-        "%-16s %8s %6u %5s %4s %3u %3u %5s %4.0f%% %8.2f %10.2f %8.1f %10s %9.0f %9.0f %4.0f%% "
+        "%-16s %8s %6u %5s %4s %3u %3u %13s %4.0f%% %8.2f %10.2f %8.1f %10s %9.0f %9.0f %4.0f%% "
         "%4.0f%% %9.2f %7s\n",
         std::filesystem::path(p.store).filename().string().substr(0, 16).c_str(),
         p.budget_spec.c_str(), p.chunk_bundles, p.coalesce ? "on" : "off",
@@ -564,8 +591,10 @@ CommandRunner RegisterBench(CLI::App& app) {
                   "FFN chunk buffers in flight, i.e. read queue depth in chunks (list)")
       ->capture_default_str();
   cmd->add_option("--sparsity", flags->sparsity,
-                  "FFN sparsity modes: auto, dense, relu (list; relu needs a ReLU model with "
-                  "gate+up-down bundles)")
+                  "FFN sparsity modes (list): auto, dense, relu (a ReLU model with gate+up-down "
+                  "bundles), threshold (STORE/ffn_thresholds.json, see flashlm calibrate), "
+                  "predictor or predictor:CUT (STORE/ffn_predictor.bin, see flashlm "
+                  "train-predictor; CUT as generate's --predictor-cut, default 0.5)")
       ->capture_default_str();
   cmd->add_option("--tokens", flags->tokens, "Decode steps per run")->capture_default_str();
   cmd->add_option("--prompt-tokens", flags->prompt_tokens, "Prompt length")->capture_default_str();

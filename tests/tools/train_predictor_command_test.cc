@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
@@ -57,6 +58,23 @@ TEST_F(TrainPredictorCommandTest, TrainsAndGenerates) {
   CmdRun p = Flashlm("perplexity " + store_ + " --sparsity predictor --text " + text_);
   ASSERT_EQ(p.exit_code, 0) << p.all();
   EXPECT_NE(p.out.find("perplexity:"), std::string::npos) << p.out;
+  // bench sweeps the predictor's cuts as sparsity modes: cut 0 computes every neuron, a high cut
+  // fewer than dense.
+  const std::string json = (dir_ / "bench.json").string();
+  CmdRun b = Flashlm("bench " + store_ + " --sparsity dense,predictor:0,predictor:0.9 " +
+                     "--budgets all --tokens 4 --prompt-tokens 4 --repeat 1 --no-drop-caches " +
+                     "--json " + json);
+  ASSERT_EQ(b.exit_code, 0) << b.all();
+  std::ifstream in(json);
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["points"].size(), 3u);
+  EXPECT_EQ(j["points"][0]["sparsity"], "dense");
+  EXPECT_EQ(j["points"][0]["ffn_computed_fraction"].get<double>(), 1.0);
+  EXPECT_EQ(j["points"][1]["sparsity"], "predictor:0");
+  EXPECT_EQ(j["points"][1]["ffn_computed_fraction"].get<double>(), 1.0);
+  EXPECT_EQ(j["points"][2]["sparsity"], "predictor:0.9");
+  EXPECT_LT(j["points"][2]["ffn_computed_fraction"].get<double>(), 1.0);
 }
 
 TEST_F(TrainPredictorCommandTest, BadFlagsAreRefused) {
@@ -73,6 +91,11 @@ TEST_F(TrainPredictorCommandTest, BadFlagsAreRefused) {
        {"--predictor-cut 1.5", "--predictor-cut -0.5", "--predictor-cut nan"}) {
     CmdRun g = Flashlm("generate " + store_ + " --sparsity predictor -n 2 --temp 0 " + bad);
     EXPECT_EQ(g.exit_code, 2) << bad << ": " << g.all();
+  }
+  for (const std::string bad : {"predictor:1.5", "predictor:", "predictor:x", "sparse"}) {
+    CmdRun b = Flashlm("bench " + store_ + " --sparsity " + bad + " --no-drop-caches");
+    EXPECT_EQ(b.exit_code, 2) << bad << "\n" << b.all();
+    EXPECT_NE(b.err.find("--sparsity"), std::string::npos) << b.err;
   }
   CmdRun only = Flashlm("generate " + store_ + " --predictor-cut 0.5 -n 2 --temp 0");
   EXPECT_EQ(only.exit_code, 2) << only.all();
