@@ -25,55 +25,17 @@ Usage: scripts/predictor_quality.py [--flashlm build/flashlm] [--models ../share
            [--plot docs/plots/predictor-quality-stories260k.svg]
 """
 import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 
-PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named Sue",
-           "Tom wanted to"]
-
-
-def run(cmd):
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
-    return p
-
-
-def sample_text(exe, store, seeds, path):
-    parts = []
-    for s in seeds:
-        p = run([exe, "generate", store, "-p", "Once upon a time", "-n", "500", "--temp", "1",
-                 "--seed", str(s), "--ignore-eos", "--sparsity", "dense", "--threads", "2"])
-        parts.append("Once upon a time" + p.stdout.rstrip("\n"))
-    with open(path, "w") as f:
-        f.write("\n".join(parts) + "\n")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sparsity_quality import (PROMPTS, against_dense, greedy, perplexity, run,  # noqa: E402
+                              sample_text)
 
 
 def mode_flags(mode, cut):
     return ["--sparsity", mode] + (["--predictor-cut", str(cut)] if mode == "predictor" else [])
-
-
-def perplexity(exe, store, text, mode, cut=None):
-    out = run([exe, "perplexity", store, "--text", text, "--threads", "2"] +
-              mode_flags(mode, cut)).stdout
-    return float(re.search(r"perplexity: ([0-9.]+)", out).group(1))
-
-
-def greedy(exe, store, work, mode, cut=None):
-    runs = []
-    for i, prompt in enumerate(PROMPTS):
-        js = os.path.join(work, f"g-{mode}-{cut}-{i}.json")
-        run([exe, "generate", store, "-p", prompt, "-n", "256", "--temp", "0", "--ignore-eos",
-             "--threads", "2", "--mem-budget", "0", "--stats-json", js] + mode_flags(mode, cut))
-        j = json.load(open(js))
-        pred = (j.get("ffn") or {}).get("predictor") or {}
-        runs.append({"ids": j["ids"][-256:], "computed": j["io"]["ffn_neurons_computed"],
-                     "total": j["io"]["ffn_neurons_total"], "pred": pred})
-    return runs
 
 
 def main():
@@ -103,21 +65,14 @@ def main():
                  "--fire-fraction", a.fire_fraction, "--epochs", a.epochs, "--threads", "2"]).stdout
     print(train)
 
-    dense_ppl = perplexity(exe, store, ev, "dense")
-    dense = greedy(exe, store, a.work, "dense")
+    dense_ppl = perplexity(exe, store, ev, mode_flags("dense", None))
+    dense = greedy(exe, store, a.work, "dense", mode_flags("dense", None))
     rows = []
     for cut in [float(x) for x in a.cuts.split(",")]:
-        ppl = perplexity(exe, store, ev, "predictor", cut)
-        g = greedy(exe, store, a.work, "predictor", cut)
-        same = sum(x == y for d, r in zip(dense, g) for x, y in zip(d["ids"], r["ids"]))
-        positions = sum(len(d["ids"]) for d in dense)
-        prefixes = []
-        for d, r in zip(dense, g):
-            k = 0
-            while k < len(d["ids"]) and d["ids"][k] == r["ids"][k]:
-                k += 1
-            prefixes.append(k)
-        computed = sum(r["computed"] for r in g) / sum(r["total"] for r in g)
+        ppl = perplexity(exe, store, ev, mode_flags("predictor", cut))
+        g = greedy(exe, store, a.work, f"predictor-{cut}", mode_flags("predictor", cut))
+        c = against_dense(dense, g)
+        computed = c["computed"]
         pb = sum(r["pred"].get("bytes", 0) for r in g)
         fb = sum(r["pred"].get("ffn_bytes", 0) for r in g)
         pf = sum(r["pred"].get("flops", 0) for r in g)
@@ -128,9 +83,8 @@ def main():
         # over the dense FFN's bytes per pass (fb / computed = the dense bundle bytes).
         dense_ffn = fb / computed if computed > 0 else None
         rows.append({"cut": cut, "measured": 1 - computed, "ppl": ppl,
-                     "ppl_ratio": ppl / dense_ppl, "agreement": same / positions,
-                     "prefix_min": min(prefixes),
-                     "prefix_median": sorted(prefixes)[len(prefixes) // 2],
+                     "ppl_ratio": ppl / dense_ppl, "agreement": c["agreement"],
+                     "prefix_min": c["prefix_min"], "prefix_median": c["prefix_median"],
                      "ffn_bytes": (fb + pb) / dense_ffn if dense_ffn else float("nan"),
                      "pred_flops_share": pf / (pf + ff) if pf + ff else 0.0,
                      "precision": pfired / pc if pc else 0.0})

@@ -22,55 +22,14 @@ Usage: scripts/threshold_quality.py [--flashlm build/flashlm] [--models ../share
            [--csv docs/plots/threshold-quality.csv] [--plot docs/plots/threshold-quality-stories260k.svg]
 """
 import argparse
-import json
 import os
 import re
 import subprocess
 import sys
 
-PROMPTS = ["Once upon a time", "Lily and Ben", "The little dog", "One day, a girl named Sue",
-           "Tom wanted to"]
-
-
-def run(cmd, capture=True):
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
-    return p
-
-
-def sample_text(exe, store, seeds, path):
-    parts = []
-    for s in seeds:
-        p = run([exe, "generate", store, "-p", "Once upon a time", "-n", "500", "--temp", "1",
-                 "--seed", str(s), "--ignore-eos", "--sparsity", "dense", "--threads", "2"])
-        parts.append("Once upon a time" + p.stdout.rstrip("\n"))
-    with open(path, "w") as f:
-        f.write("\n".join(parts) + "\n")
-
-
-def perplexity(exe, store, text, mode, thr=None):
-    cmd = [exe, "perplexity", store, "--text", text, "--sparsity", mode, "--threads", "2"]
-    if thr:
-        cmd += ["--thresholds", thr]
-    out = run(cmd).stdout
-    return float(re.search(r"perplexity: ([0-9.]+)", out).group(1))
-
-
-def greedy(exe, store, work, mode, thr=None):
-    runs = []
-    for i, prompt in enumerate(PROMPTS):
-        js = os.path.join(work, f"g-{mode}-{i}.json")
-        cmd = [exe, "generate", store, "-p", prompt, "-n", "256", "--temp", "0", "--ignore-eos",
-               "--sparsity", mode, "--threads", "2", "--mem-budget", "0", "--stats-json", js]
-        if thr:
-            cmd += ["--thresholds", thr]
-        run(cmd)
-        j = json.load(open(js))
-        runs.append({"ids": j["ids"][-256:], "computed": j["io"]["ffn_neurons_computed"],
-                     "total": j["io"]["ffn_neurons_total"]})
-    return runs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sparsity_quality import (PROMPTS, against_dense, greedy, perplexity, run,  # noqa: E402
+                              sample_text)
 
 
 def main():
@@ -93,30 +52,23 @@ def main():
     sample_text(exe, store, [1, 2, 3, 4], cal)
     sample_text(exe, store, [11, 12, 13, 14], ev)
 
-    dense_ppl = perplexity(exe, store, ev, "dense")
-    dense = greedy(exe, store, a.work, "dense")
+    dense_flags = ["--sparsity", "dense"]
+    dense_ppl = perplexity(exe, store, ev, dense_flags)
+    dense = greedy(exe, store, a.work, "dense", dense_flags)
     rows = []
     for t in [float(x) for x in a.targets.split(",")]:
         thr = os.path.join(a.work, f"thr-{t}.json")
         out = run([exe, "calibrate", store, "--text", cal, "--target-sparsity", str(t), "--out",
                    thr]).stdout
         cal_sp = [float(x) for x in re.findall(r"\n +[0-9]+ +[0-9.e+-]+ +([0-9.]+)", out)]
-        ppl = perplexity(exe, store, ev, "threshold", thr)
-        g = greedy(exe, store, a.work, "threshold", thr)
-        same = sum(x == y for d, r in zip(dense, g) for x, y in zip(d["ids"], r["ids"]))
-        positions = sum(len(d["ids"]) for d in dense)
-        prefixes = []
-        for d, r in zip(dense, g):
-            k = 0
-            while k < len(d["ids"]) and d["ids"][k] == r["ids"][k]:
-                k += 1
-            prefixes.append(k)
-        computed = sum(r["computed"] for r in g) / sum(r["total"] for r in g)
+        flags = ["--sparsity", "threshold", "--thresholds", thr]
+        ppl = perplexity(exe, store, ev, flags)
+        c = against_dense(dense, greedy(exe, store, a.work, f"threshold-{t}", flags))
+        computed = c["computed"]
         rows.append({"target": t, "calibrated": sum(cal_sp) / len(cal_sp),
                      "measured": 1 - computed, "ppl": ppl, "ppl_ratio": ppl / dense_ppl,
-                     "agreement": same / positions, "prefix_min": min(prefixes),
-                     "prefix_median": sorted(prefixes)[len(prefixes) // 2],
-                     "ffn_bytes": 1 / 3 + 2 / 3 * computed})
+                     "agreement": c["agreement"], "prefix_min": c["prefix_min"],
+                     "prefix_median": c["prefix_median"], "ffn_bytes": 1 / 3 + 2 / 3 * computed})
 
     print(f"dense perplexity {dense_ppl:.4f} over {ev}")
     print("| target | calibrated (cal. text) | measured (greedy runs) | perplexity | vs dense | "
