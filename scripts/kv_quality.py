@@ -20,16 +20,11 @@ Usage: scripts/kv_quality.py [--flashlm build/flashlm] [--models ../shared/model
 import argparse
 import os
 import re
-import subprocess
 import sys
 
 
-def run(cmd):
-    print("$ " + " ".join(cmd), file=sys.stderr)
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr}")
-    return p
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quality_runs import run  # noqa: E402
 
 
 def main():

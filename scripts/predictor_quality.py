@@ -30,7 +30,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sparsity_quality import (PROMPTS, against_dense, greedy, perplexity, run,  # noqa: E402
+from quality_runs import (PROMPTS, against_dense, greedy, perplexity, run,  # noqa: E402
                               sample_text)
 
 

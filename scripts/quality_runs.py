@@ -1,6 +1,7 @@
-"""Shared steps of scripts/threshold_quality.py and scripts/predictor_quality.py: the texts
-sampled from the model, perplexity over a text, greedy runs over the prompts, and how a mode's
-greedy runs compare with dense's. Every command is printed to stderr; a failing one ends the run.
+"""Shared steps of the quality scripts (threshold_quality.py and predictor_quality.py; kv_quality.py
+uses run): the texts sampled from the model, perplexity over a text, greedy runs over the
+prompts, and how a mode's greedy runs compare with dense's. Every command is printed to stderr; a
+failing one ends the run.
 """
 import json
 import os
