@@ -43,8 +43,19 @@ uint64_t NeuronSource::ChunkBufferBytes(const layout::BundleGeometry& g, uint32_
       std::max<uint64_t>(a, kSlotAlign));
 }
 
+uint64_t NeuronSource::SplitReadBytes(const layout::BundleGeometry& g, uint64_t alignment_bytes) {
+  const uint64_t parts = g.has_gate() ? 3 : 2;
+  return AlignUp(CeilDiv(g.bundle_bytes, parts), alignment_bytes);
+}
+
 uint32_t NeuronSource::ChunkReadsMax(const layout::BundleGeometry& g, uint32_t chunk_bundles,
-                                     uint64_t read_max_bytes, bool coalesce) {
+                                     uint64_t read_max_bytes, bool coalesce,
+                                     uint64_t split_read_bytes) {
+  if (split_read_bytes != 0) {
+    // A bundle's cover is at most its bytes rounded up to the alignment plus one unit, and the
+    // split is a multiple of the alignment: ceil(bytes / split) + 1 reads.
+    return static_cast<uint32_t>(chunk_bundles * (CeilDiv(g.bundle_bytes, split_read_bytes) + 1));
+  }
   // Merged: one span (a dense chunk) split at read_max_bytes; a scattered set (a sparse FFN's
   // misses) may need a span per bundle, and those reads must all go out together: a chunk limited
   // to a dense chunk's one or two reads would be cut to a few bundles (FormAdHocChunk), leaving a
@@ -141,8 +152,14 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   s->pipeline_ = options.pipeline && options.chunk_buffers >= 2 && !s->compressed_;
   const uint32_t ring = s->pipeline_ ? options.chunk_buffers : 1;
   const uint64_t a = s->extents_->alignment_bytes(), store_a = reader.header().alignment_bytes;
-  s->options_.coalesce = Coalesces(s->geometry_, a, store_a, options.coalesce);
-  s->slot_bytes_ = ChunkBufferBytes(s->geometry_, chunk, a, store_a, options.coalesce);
+  if (options.split_read_bytes % a != 0) {
+    return InvalidArgumentError("neuron source: read split of " +
+                                std::to_string(options.split_read_bytes) +
+                                " bytes is not a multiple of the alignment " + std::to_string(a));
+  }
+  const bool coalesce = options.coalesce && options.split_read_bytes == 0;
+  s->options_.coalesce = Coalesces(s->geometry_, a, store_a, coalesce);
+  s->slot_bytes_ = ChunkBufferBytes(s->geometry_, chunk, a, store_a, coalesce);
   ASSIGN_OR_RETURN(s->ring_memory_,
                    storage::AlignedBuffer::Allocate(uint64_t{ring} * s->slot_bytes_, 4096));
   s->slots_.resize(ring);
@@ -317,7 +334,8 @@ Status NeuronSource::Submit(Slot& slot) {
     return extents_->ReadExtents(extents,
                                  std::span<const ByteSpan>(decode_outs_.data(), slot.count));
   }
-  RETURN_IF_ERROR(extents_->PlanExtents(extents, gap_max_bytes_, options_.coalesce, &slot.plan));
+  RETURN_IF_ERROR(extents_->PlanExtents(extents, gap_max_bytes_, options_.coalesce, &slot.plan,
+                                        options_.split_read_bytes));
   if (slot.plan.bytes > slot.buffer.size()) {
     return InternalError("neuron source: a chunk's reads do not fit its buffer");
   }
@@ -344,7 +362,8 @@ Status NeuronSource::FormAdHocChunk(Slot& slot) {
   // Up to chunk_bundles positions, fewer when their merged reads would not fit the buffer or
   // need more reads than a slot may have in flight.
   const uint32_t reads_max = ChunkReadsMax(geometry_, options_.chunk_bundles,
-                                           extents_->limits().read_max_bytes, options_.coalesce);
+                                           extents_->limits().read_max_bytes, options_.coalesce,
+                                           options_.split_read_bytes);
   uint32_t count =
       static_cast<uint32_t>(std::min<size_t>(options_.chunk_bundles, miss_count_ - request_next_));
   slot.layer = layer_;
@@ -358,7 +377,8 @@ Status NeuronSource::FormAdHocChunk(Slot& slot) {
     if (compressed_) break;
     RETURN_IF_ERROR(
         extents_->PlanExtents(std::span<const layout::Extent>(slot.extents.data(), count),
-                              gap_max_bytes_, options_.coalesce, &slot.plan));
+                              gap_max_bytes_, options_.coalesce, &slot.plan,
+                              options_.split_read_bytes));
     if ((slot.plan.bytes <= slot.buffer.size() && slot.plan.reads.reads.size() <= reads_max) ||
         count == 1) {
       break;

@@ -59,6 +59,11 @@ struct NeuronSourceOptions {
   uint32_t chunk_buffers = 4;    // ring depth: 1 = naive (each chunk read when needed)
   bool pipeline = true;          // keep the next chunks in flight (needs chunk_buffers >= 2)
   bool coalesce = true;          // merge neighbouring bundles into one read (false: a read each)
+  // Not 0: every bundle is read on its own in reads of at most this many bytes (a multiple of
+  // the files' alignment; coalesce is then off). SplitReadBytes gives the split that reads a
+  // bundle as one read per matrix it holds a row of: the read pattern of separate gate, up and
+  // down matrices, for the ablation of bundling (--split-bundle-reads).
+  uint64_t split_read_bytes = 0;
   // Ad-hoc requests: merge neighbouring misses whose aligned covers are at most this far apart
   // (kGapOneStride: one bundle stride, i.e. across one bundle not needed).
   uint64_t merge_gap_bytes = kGapOneStride;
@@ -108,9 +113,13 @@ class NeuronSource {
   static uint64_t ChunkBufferBytes(const layout::BundleGeometry& geometry, uint32_t chunk_bundles,
                                    uint64_t alignment_bytes, uint64_t store_alignment_bytes,
                                    bool coalesce);
-  // Reads per chunk, at most (for the ExtentReader's limits).
+  // Reads per chunk, at most (for the ExtentReader's limits); split_read_bytes as in the options.
   static uint32_t ChunkReadsMax(const layout::BundleGeometry& geometry, uint32_t chunk_bundles,
-                                uint64_t read_max_bytes, bool coalesce);
+                                uint64_t read_max_bytes, bool coalesce,
+                                uint64_t split_read_bytes = 0);
+  // The split that reads a bundle as one read per matrix row it holds (2 for [up | down], 3 for
+  // [gate | up | down]), each rounded up to `alignment_bytes`.
+  static uint64_t SplitReadBytes(const layout::BundleGeometry& geometry, uint64_t alignment_bytes);
   // DRAM one pinned bundle takes: its cache slot and the bookkeeping that comes with it (an
   // upper bound; the cache's whole pool also rounds up to one huge page, counted in FixedBytes).
   static uint64_t PinnedBundleBytes(const layout::BundleGeometry& geometry);
@@ -136,6 +145,7 @@ class NeuronSource {
   std::span<const uint32_t> permutation(uint32_t layer) const { return reader_.Permutation(layer); }
   bool pipelined() const { return pipeline_; }
   bool coalesced() const { return options_.coalesce; }
+  uint64_t split_read_bytes() const { return options_.split_read_bytes; }
 
   // Starts serving every position of `layer`. Errors: InvalidArgument (layer out of range).
   Status Begin(uint32_t layer);

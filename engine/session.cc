@@ -442,7 +442,9 @@ std::string Session::Describe() const {
   const layout::StoreReader& r = store_->reader();
   s += "  reads: " + std::string(r.backend_name()) + " backend, " +
        (r.direct_io() ? "O_DIRECT" : "buffered (O_DIRECT refused)") + ", FFN chunks " +
-       (store_->coalesced() ? "as merged reads" : "one read per bundle") +
+       (store_->split_reads() ? "one read per matrix row of a bundle (split reads)"
+        : store_->coalesced() ? "as merged reads"
+                              : "one read per bundle") +
        (store_->pipelined() ? ", pipelined (chunks, attention and classifier read ahead)" : "") +
        "\n  FFN: " +
        (model_->sparsity() == FfnSparsity::kRelu

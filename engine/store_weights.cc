@@ -34,11 +34,13 @@ StoreNeeds Complete(StoreNeeds needs, const layout::ModelConfig& c, const ReadGe
   // The ExtentReader's bounds: every part's reads in flight at once, a group per buffer.
   const uint32_t chunk = std::min(options.chunk_bundles, c.hidden_dim);
   const uint64_t a = geo.read_alignment_bytes;
-  const bool coalesce = NeuronSource::Coalesces(g, a, geo.store_alignment_bytes, options.coalesce);
+  const bool coalesce = NeuronSource::Coalesces(g, a, geo.store_alignment_bytes,
+                                                options.coalesce && !options.split_bundle_reads);
+  const uint64_t split = options.split_bundle_reads ? NeuronSource::SplitReadBytes(g, a) : 0;
   limits->read_max_bytes = kReadMaxBytes;
   limits->staging_bytes = kStagingBytes;
   limits->queue_depth =
-      options.chunk_buffers * NeuronSource::ChunkReadsMax(g, chunk, kReadMaxBytes, coalesce) +
+      options.chunk_buffers * NeuronSource::ChunkReadsMax(g, chunk, kReadMaxBytes, coalesce, split) +
       needs.attention.reads_max + 2 * needs.classifier.reads_per_block + needs.embedding.reads_max +
       8;  // the synchronous path's own
   limits->groups = options.chunk_buffers + 1 + 2 + 1;
@@ -296,6 +298,10 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   no.chunk_buffers = std::max<uint32_t>(plan.chunk_buffers, 1);
   no.pipeline = options.pipeline;
   no.coalesce = options.coalesce;
+  no.split_read_bytes = options.split_bundle_reads
+                            ? NeuronSource::SplitReadBytes(needs.bundles,
+                                                           r.extent_reader().alignment_bytes())
+                            : 0;
   no.merge_gap_bytes = options.merge_gap_bytes;
   no.cache_slots = plan.cache_bundles;
   no.window_passes = options.window_passes;

@@ -45,6 +45,9 @@ struct StreamingOptions {
   bool pipeline = true;
   // Merge neighbouring bundles into one read. false: one read per bundle (the small-read case).
   bool coalesce = true;
+  // Read every bundle as one read per matrix row it holds, none merged: what separate gate, up
+  // and down matrices would cost in reads (the ablation of bundling; --split-bundle-reads).
+  bool split_bundle_reads = false;
   // A sparse FFN's misses: merged across gaps of at most this many bytes (--merge-gap;
   // NeuronSourceOptions::kGapOneStride: one bundle stride). The default was measured on a 1b
   // q8_0 ReLU model against 0, one stride (4.5 KiB) and 64 KiB (docs/benchmarks.md, "ablation
@@ -118,6 +121,7 @@ class StoreWeights final : public WeightStore {
   bool pipelined() const { return neurons_->pipelined(); }
   // True when neighbouring bundles are merged into one read (asked for, and worth it).
   bool coalesced() const { return neurons_->coalesced(); }
+  bool split_reads() const { return neurons_->split_read_bytes() != 0; }
   StoreCounters counters() const;
   void ResetCounters();
 

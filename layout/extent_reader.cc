@@ -129,7 +129,12 @@ uint32_t ExtentReader::ReadsFor(uint64_t bytes) const {
 }
 
 Status ExtentReader::PlanExtents(std::span<const Extent> extents, uint64_t gap_max_bytes,
-                                 bool merge, ExtentPlan* plan) const {
+                                 bool merge, ExtentPlan* plan, uint64_t split_bytes) const {
+  if (split_bytes % alignment_ != 0) {
+    return InvalidArgumentError("read split of " + std::to_string(split_bytes) +
+                                " bytes is not a multiple of the alignment " +
+                                std::to_string(alignment_));
+  }
   plan->ranges.clear();
   plan->requested_bytes = 0;
   for (const Extent& e : extents) {
@@ -145,7 +150,8 @@ Status ExtentReader::PlanExtents(std::span<const Extent> extents, uint64_t gap_m
   storage::PlannerOptions po;
   po.alignment_bytes = alignment_;
   po.gap_max_bytes = gap_max_bytes;
-  po.read_max_bytes = limits_.read_max_bytes;
+  po.read_max_bytes = split_bytes != 0 ? std::min(split_bytes, limits_.read_max_bytes)
+                                       : limits_.read_max_bytes;
   po.merge = merge;
   RETURN_IF_ERROR(storage::PlanReads(plan->ranges, po, &plan->reads));
   // Spans back to back in the destination, each at an aligned offset.

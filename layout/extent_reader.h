@@ -147,10 +147,12 @@ class ExtentReader {
   Result<uint32_t> AddGroup();
   // Plans reads of `extents` (uncompressed or not: the stored bytes are read) into one
   // destination: neighbours whose aligned covers are at most gap_max_bytes apart are merged
-  // (merge = false: one span per extent), spans are split into reads of at most read_max_bytes.
-  // Allocates only while `plan`'s capacities grow. Errors: InvalidArgument (bad file index).
+  // (merge = false: one span per extent), spans are split into reads of at most read_max_bytes
+  // (`split_bytes`, when not 0 and smaller: at most that, a multiple of alignment_bytes()).
+  // Allocates only while `plan`'s capacities grow. Errors: InvalidArgument (bad file index, a
+  // split not a multiple of the alignment).
   Status PlanExtents(std::span<const Extent> extents, uint64_t gap_max_bytes, bool merge,
-                     ExtentPlan* plan) const;
+                     ExtentPlan* plan, uint64_t split_bytes = 0) const;
   // Queues the reads of `plan` into `dst` (at least plan.bytes, aligned to
   // buffer_alignment_bytes()) in `group`, counting its extents as requested. Not submitted yet.
   // Errors: ResourceExhausted (more reads than free tags: the limits are too small), and then

@@ -6,8 +6,12 @@ repetition, so that none always runs first after the drop.
 
 Rows (each adds one thing to the row above; all on one hot-first gate+up-down store):
   dense        --sparsity dense                          every bundle read every token
-  sparsity     --sparsity relu --no-coalesce --cache-share 0
-                                                         only firing neurons, one read per bundle
+  separate     --sparsity relu --split-bundle-reads --cache-share 0
+                                                         only firing neurons, one read per matrix
+                                                         row (what separate up and down matrices
+                                                         would cost: same bytes, twice the reads)
+  bundles      --sparsity relu --no-coalesce --cache-share 0
+                                                         one read per bundle
   merged       --sparsity relu --merge-gap 0 --cache-share 0
                                                          touching bundles merged into one read
   cache        ... --merge-gap 0 --cache-share S --window K
@@ -107,7 +111,9 @@ def main():
     cache = ["--cache-share", a.cache_share, "--window", a.window]
     rows = [
         ("dense streaming", ["--sparsity", "dense", "--cache-share", "0"]),
-        ("+ sparsity (one read per bundle)", relu + ["--no-coalesce", "--cache-share", "0"]),
+        ("+ sparsity (separate matrices: a read per row)",
+         relu + ["--split-bundle-reads", "--cache-share", "0"]),
+        ("+ bundles (one read per bundle)", relu + ["--no-coalesce", "--cache-share", "0"]),
         ("+ touching bundles merged", relu + ["--merge-gap", "0", "--cache-share", "0"]),
         ("+ LRU cache and window", relu + ["--merge-gap", "0"] + cache),
         ("+ gap merging", relu + ["--merge-gap", a.gap] + cache),

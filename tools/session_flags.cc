@@ -22,6 +22,10 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                 "time (the naive mode, for comparison)");
   cmd->add_flag("--no-coalesce", f->no_coalesce,
                 "With --mem-budget: one read per FFN bundle instead of merging neighbours");
+  cmd->add_flag("--split-bundle-reads", f->split_bundle_reads,
+                "With --mem-budget: read every FFN bundle as one read per matrix row it holds, "
+                "none merged: the reads separate gate, up and down matrices would cost (the "
+                "ablation of bundling, for benchmarks)");
   cmd->add_option("--chunk-bundles", f->chunk_bundles,
                   "With --mem-budget: FFN bundles per streamed chunk (default 256)");
   cmd->add_option("--stream-buffers", f->stream_buffers,
@@ -145,6 +149,7 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   o->streaming.chunk_buffers = static_cast<uint32_t>(f.stream_buffers);
   o->streaming.pipeline = !f.no_pipeline;
   o->streaming.coalesce = !f.no_coalesce;
+  o->streaming.split_bundle_reads = f.split_bundle_reads;
   if (f.sparsity == "auto") {
     o->transformer.sparsity = engine::FfnSparsity::kAuto;
   } else if (f.sparsity == "dense") {

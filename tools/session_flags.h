@@ -32,6 +32,7 @@ struct SessionFlags {
   CLI::Option* mem_budget_option = nullptr;  // set by AddSessionFlags: given, even if empty?
   bool no_pipeline = false;
   bool no_coalesce = false;
+  bool split_bundle_reads = false;
   int64_t chunk_bundles = 256;
   int64_t stream_buffers = 4;
   std::string sparsity = "auto";

@@ -22,9 +22,10 @@ constexpr uint32_t kDim = 64, kHidden = 172;
 
 // A small q8_0 store (2 layers of 172 neurons, 204-byte bundles in 512-byte strides) whose
 // ExtentReader allows `buffers` chunk buffers.
+// (`dim` wider: larger bundles.)
 std::unique_ptr<layout::StoreReader> MakeStore(const fs::path& dir, layout::BundleKind kind,
-                                               uint32_t buffers = 3) {
-  MemoryCheckpoint src = MemoryCheckpoint::Llama(kDim, kHidden, 2, 50, layout::DType::kQ8_0);
+                                               uint32_t buffers = 3, uint32_t dim = kDim) {
+  MemoryCheckpoint src = MemoryCheckpoint::Llama(dim, kHidden, 2, 50, layout::DType::kQ8_0);
   layout::RepackOptions o;
   o.alignment_bytes = 512;
   o.bundle_kind = kind;
@@ -115,6 +116,51 @@ TEST(NeuronSourceTest, ServesScatteredAndDenseRequests) {
     EXPECT_EQ(s.Begin(0, beyond).code(), StatusCode::kInvalidArgument);
     EXPECT_EQ(s.Begin(2).code(), StatusCode::kInvalidArgument);
   }
+}
+
+// Split reads (the ablation of bundling): every streamed bundle is read on its own, in one read per
+// matrix row it holds, and still served whole with its stored bytes; a split that is not a
+// multiple of the files' alignment is refused at Open.
+TEST(NeuronSourceTest, SplitReadsServeWholeBundlesInSeveralReadsEach) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 3, /*dim=*/2048);
+  ASSERT_NE(r, nullptr);
+  auto geometry = r->FfnGeometry(0);
+  ASSERT_TRUE(geometry.ok());
+  const uint64_t align = r->extent_reader().alignment_bytes();
+  const uint64_t split = NeuronSource::SplitReadBytes(*geometry, align);
+  ASSERT_EQ(split % align, 0u);
+  ASSERT_GE(3 * split, geometry->bundle_bytes);  // gate, up, down: a row's bytes each, rounded
+  ASSERT_LT(split, geometry->bundle_bytes);      // 2176-byte rows: a bundle takes several reads
+  layout::ExtentReaderLimits limits;
+  limits.queue_depth =
+      3 * NeuronSource::ChunkReadsMax(*geometry, 16, limits.read_max_bytes, false, split);
+  limits.groups = 3;
+  ASSERT_TRUE(r->extent_reader().SetLimits(limits).ok());
+  NeuronSourceOptions o;
+  o.chunk_bundles = 16;
+  o.chunk_buffers = 3;
+  o.split_read_bytes = split;
+  const uint32_t pinned[] = {5, 0};
+  auto source = NeuronSource::Open(*r, pinned, o);
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  NeuronSource& s = **source;
+  EXPECT_FALSE(s.coalesced());
+  EXPECT_EQ(s.split_read_bytes(), split);
+  const std::vector<uint32_t> scattered = {0, 2, 4, 5, 6, 7, 40, 41, 99, 150, 151, 171};
+  ASSERT_TRUE(s.Begin(0, scattered).ok());
+  EXPECT_EQ(Drain(s, *r, 0), scattered);  // the stored bytes, whole
+  ASSERT_TRUE(s.Begin(1, scattered).ok());
+  EXPECT_EQ(Drain(s, *r, 1), scattered);
+  const uint64_t streamed = s.stats().bundles_streamed;
+  EXPECT_EQ(streamed, 9u + 12u);  // layer 0's 0, 2, 4 are pinned
+  // No read spans two bundles, and each bundle's cover takes ceil(cover / split) reads.
+  EXPECT_GE(s.stats().reads, streamed * CeilDiv(AlignUp(geometry->bundle_bytes, align), split));
+  EXPECT_GE(s.stats().reads, 2 * streamed);
+
+  NeuronSourceOptions bad = o;
+  bad.split_read_bytes = align + 1;
+  EXPECT_EQ(NeuronSource::Open(*r, pinned, bad).status().code(), StatusCode::kInvalidArgument);
 }
 
 // A flipped byte in a streamed bundle of a scattered request is Corruption naming it; the source

@@ -56,8 +56,8 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   EXPECT_EQ(io["cache_hit_rate"].get<double>(), 0.0) << io.dump();  // nothing pinned
   EXPECT_EQ(io["passes"].get<uint64_t>(), 30u) << io.dump();  // the prompt, then 29 tokens
   EXPECT_LE(io["planned_bytes"].get<uint64_t>(), minimum) << io.dump();
-  // The naive mode and one read per bundle, each at its own minimum: the same text.
-  for (const char* mode : {"--no-pipeline", "--no-coalesce"}) {
+  // The naive mode, one read per bundle and split reads, each at its own minimum: the same text.
+  for (const char* mode : {"--no-pipeline", "--no-coalesce", "--split-bundle-reads"}) {
     CmdRun refused = Flashlm(g + mode + " --mem-budget 1");
     ASSERT_TRUE(std::regex_search(refused.err, m, std::regex("minimum of ([0-9]+) bytes")))
         << refused.err;
@@ -66,6 +66,8 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
     EXPECT_EQ(r.out, unlimited.out) << mode;
     if (std::string(mode) == "--no-coalesce") {
       EXPECT_NE(r.err.find("one read per bundle"), std::string::npos) << r.err;
+    } else if (std::string(mode) == "--split-bundle-reads") {
+      EXPECT_NE(r.err.find("split reads"), std::string::npos) << r.err;
     } else {
       EXPECT_EQ(r.err.find("pipelined"), std::string::npos) << r.err;
     }
