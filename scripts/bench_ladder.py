@@ -105,6 +105,9 @@ def main():
     ap.add_argument("--gap-fraction", type=int, default=25)
     ap.add_argument("--predictor-store", help="gate-up-down store with ffn_predictor.bin")
     ap.add_argument("--predictor-cuts", default="0.2,0.5")
+    ap.add_argument("--rows", default="", help="run only rows whose name contains one of these "
+                    "comma-separated words (dense streaming always runs: the ratios' reference)")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     ap.add_argument("--raw", help="append every measurement as a JSON line to this file")
     a = ap.parse_args()
     relu = ["--sparsity", "relu"]
@@ -124,6 +127,9 @@ def main():
                   [("store", a.predictor_store), "--sparsity", "predictor", "--predictor-cut", c,
                    "--merge-gap", a.gap, "--cache-share", "0"])
                  for c in a.predictor_cuts.split(",") if c]
+    if a.rows:
+        words = a.rows.split(",")
+        rows = [r for r in rows if r[0] == "dense streaming" or any(w in r[0] for w in words)]
     sweep = [("gap " + g, relu + ["--merge-gap", g] + cache)
              for g in a.extra_gaps.split(",") if g]
     model = os.path.getsize(a.gguf)
@@ -149,7 +155,8 @@ def main():
         for frac in fractions:
             budget = model * frac // 100
             runs = list(rows) + (sweep if frac == a.gap_fraction else [])
-            runs.append(("llama.cpp (mmap, same cgroup)", None))
+            if not a.no_llama:
+                runs.append(("llama.cpp (mmap, same cgroup)", None))
             k = rep % len(runs)
             for name, flags in runs[k:] + runs[:k]:
                 if flags is None:
@@ -163,7 +170,7 @@ def main():
         med(res[("fio rand 16K QD32", 0)], "mib_s")))
     for frac in fractions:
         budget = model * frac // 100
-        ll = [r for r in res[("llama.cpp (mmap, same cgroup)", frac)] if "error" not in r]
+        ll = [r for r in res.get(("llama.cpp (mmap, same cgroup)", frac), []) if "error" not in r]
         l_tok = med(ll, "decode_tok_s")
         dense = [r for r in res[("dense streaming", frac)] if "error" not in r]
         d_tok = med(dense, "decode_tok_s")
@@ -190,8 +197,9 @@ def main():
                 100 * same, tok,
                 "%.2fx" % (tok / d_tok) if d_tok else "",
                 "%.2fx" % (tok / l_tok) if l_tok else ""))
-        print("| llama.cpp (mmap, same cgroup) | | | | | | | | | %s | | |" %
-              ("%.2f" % l_tok if l_tok else "failed: " + res[("llama.cpp (mmap, same cgroup)",
+        if not a.no_llama:
+            print("| llama.cpp (mmap, same cgroup) | | | | | | | | | %s | | |" % (
+                "%.2f" % l_tok if l_tok else "failed: " + res[("llama.cpp (mmap, same cgroup)",
                                                                frac)][0].get("error", "")))
 
 
