@@ -33,7 +33,8 @@ uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlo
 // Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
 // times the sum of the block's int8 values (q4_K's min term), then per block the same for its
 // two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 16); }
+// Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 20); }
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -482,25 +483,13 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
 
 #if defined(FLASHLM_AVX512) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define FLASHLM_AVX512_VNNI 1
-// Blocks b and b+1 of a q8_0 / q4_0 row (`blk` at block b) as 64 bytes in value order: q8_0's
-// signed values, or q4_0's unsigned nibbles (0..15, the stored value + 8). With `two` false only
-// block b is read and the upper 32 bytes are zero.
-template <bool kQ4>
+// Blocks b and b+1 of a q8_0 row (`blk` at block b) as 64 signed bytes in value order. With
+// `two` false only block b is read and the upper 32 bytes are zero.
 inline __m512i LoadBlockPair(const std::byte* blk, bool two) {
-  if constexpr (kQ4) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m128i b = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQ4Bytes + 2))
-                          : _mm_setzero_si128();
-    const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
-    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
-    z = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));             // [a low, b low, a high, b high]
-    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));  // [a lo, a hi, b lo, b hi]
-  } else {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    const __m256i b = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8Bytes + 2))
-                          : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-  }
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  const __m256i b = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8Bytes + 2))
+                        : _mm256_setzero_si256();
+  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
 // Two f32 scales as a vector: lanes 0-7 `lo`, lanes 8-15 `hi` (the halves of a block pair).
@@ -508,28 +497,24 @@ inline __m512 PairScales(float lo, float hi) {
   return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
 }
 
-// R rows x NT tokens of q8_0 / q4_0 against q8 activations with 512-bit VNNI, two 32-value
-// blocks per step. vpdpbusd multiplies unsigned by signed bytes; the exact signed int32 block
-// dot products come from an offset folded into the accumulator's start value:
-//   q8_0: activations + 128 (unsigned) times the signed weights, started at -128 * sum(w), which
-//         is computed once per row and step and shared by the NT tokens;
-//   q4_0: the unsigned nibbles (value + 8) times the signed activations, started at
-//         -8 * sum(x), computed once per token and step and shared by the R rows.
-// Each block's int32 products (8 lanes) are converted to f32 and added with the block's scale
-// product dw * dx, as the AVX2 path does per block.
-template <int R, int NT, bool kQ4>
+// R rows x NT tokens of q8_0 against q8 activations with 512-bit VNNI, two 32-value blocks
+// per step. vpdpbusd multiplies unsigned by signed bytes; the exact signed int32 block dot
+// products come from an offset folded into the accumulator's start value: the activations + 128
+// (unsigned) times the signed weights, started at -128 * sum(w), which is computed once per row
+// and step and shared by the NT tokens. Each block's int32 products (8 lanes) are converted to
+// f32 and added with the block's scale product dw * dx, as the AVX2 path does per block.
+template <int R, int NT>
 void TileQ512(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
               uint32_t nb, float* out /*[R][NT]*/) {
-  constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
   }
   const __m512i zero = _mm512_setzero_si512();
-  const __m512i offset = _mm512_set1_epi8(kQ4 ? 8 : static_cast<char>(0x80));
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   for (uint32_t b = 0; b < nb; b += 2) {
     const bool two = b + 1 < nb;
-    __m512i xv[NT], start_x[NT];
+    __m512i xv[NT];
     __m512 dx[NT];
     for (int t = 0; t < NT; ++t) {
       const int8_t* p = xq[t] + uint64_t{b} * kBlock;
@@ -537,28 +522,235 @@ void TileQ512(const std::byte* const* w, const int8_t* const* xq, const float* c
           two ? _mm512_loadu_si512(p)
               : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
       dx[t] = PairScales(xd[t][b], two ? xd[t][b + 1] : 0.0f);
-      if constexpr (kQ4) {
-        xv[t] = v;
-        start_x[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, v));
-      } else {
-        xv[t] = _mm512_xor_si512(v, offset);  // x + 128 as unsigned bytes
-      }
+      xv[t] = _mm512_xor_si512(v, offset);  // x + 128 as unsigned bytes
     }
     for (int r = 0; r < R; ++r) {
-      const std::byte* blk = w[r] + uint64_t{b} * kBytes;
-      const __m512i wv = LoadBlockPair<kQ4>(blk, two);
-      const __m512 dw = PairScales(HalfToFloat(blk), two ? HalfToFloat(blk + kBytes) : 0.0f);
-      __m512i start_w = zero;
-      if constexpr (!kQ4) start_w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
+      const std::byte* blk = w[r] + uint64_t{b} * kQ8Bytes;
+      const __m512i wv = LoadBlockPair(blk, two);
+      const __m512 dw = PairScales(HalfToFloat(blk), two ? HalfToFloat(blk + kQ8Bytes) : 0.0f);
+      const __m512i start_w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
       for (int t = 0; t < NT; ++t) {
-        const __m512i d = kQ4 ? _mm512_dpbusd_epi32(start_x[t], wv, xv[t])
-                              : _mm512_dpbusd_epi32(start_w, xv[t], wv);
+        const __m512i d = _mm512_dpbusd_epi32(start_w, xv[t], wv);
         acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, dx[t]), acc[r][t]);
       }
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) out[r * NT + t] = _mm512_reduce_add_ps(acc[r][t]);
+  }
+}
+#endif
+
+#ifdef FLASHLM_AVX512_VNNI
+// ---- q4_0 in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// One zmm lane per weight row: a block's 16 nibble bytes of 16 rows are transposed in registers
+// (4 bytes per row and lane), so one vpdpbusd multiplies 4 values of 16 rows by the same 4
+// activation bytes (a broadcast), and one block's 8 vpdpbusd leave each lane with its row's exact
+// int32 block product. The f32 work (convert, scale, add) then runs once per block for 16 rows,
+// not once per block and row as in TileQ512. The nibbles are unsigned (stored value + 8); the
+// int32 accumulator starts at -8 * (sum of the block's activation values), exact.
+// Every lane accumulates sum over blocks b in order of f32(dot_b) * (dw_b * dx_b) with one fused
+// multiply-add per block, so a (row, token) result depends on neither the batch, the token's
+// place in it, the strip's other rows nor the thread split: prefill and decode are bit-identical.
+constexpr uint32_t kStrip = 16;        // rows per strip (zmm lanes)
+constexpr uint32_t kStripChunk = 32;   // blocks packed at a time (18 KiB, stays in L1)
+constexpr uint32_t kStripTokens = 8;   // tokens per pass over a packed chunk
+
+// One block of a strip, transposed: w[k] lane i holds row i's 4 nibbles (0..15) that meet
+// activation bytes 4k .. 4k+3 of the block (k < 4: low nibbles of bytes 4k..4k+3; k >= 4: high
+// nibbles of bytes 4(k-4)..4(k-4)+3, i.e. values 16 + 4(k-4) ...); d lane i is row i's scale.
+struct alignas(64) PackedQ4Block {
+  __m512i w[8];
+  __m512 d;
+};
+
+// Block b of the 16 rows row[0..15] (each the start of a q4_0 row) in PackedQ4Block's form, in
+// registers. offsets lane i = row[i] - row[0] (for the scales' gather).
+__attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* row,
+                                                       __m512i offsets, uint32_t b, __m512i* w,
+                                                       __m512* d) {
+  const uint64_t off = uint64_t{b} * kQ4Bytes;
+  auto load = [&](int i) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[i] + off + 2));
+  };
+  // z[m]'s 128-bit lane j holds row 4j + m's 16 bytes; a 4 x 4 dword transpose within each
+  // 128-bit lane then gives t[k] with dword (4j + m) = row 4j + m's dword k: lanes in row order.
+  __m512i z[4];
+  for (int m = 0; m < 4; ++m) {
+    __m512i v = _mm512_castsi128_si512(load(m));
+    v = _mm512_inserti32x4(v, load(4 + m), 1);
+    v = _mm512_inserti32x4(v, load(8 + m), 2);
+    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  const __m512i t[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2),
+                        _mm512_unpacklo_epi64(a1, a3), _mm512_unpackhi_epi64(a1, a3)};
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    w[k] = _mm512_and_si512(t[k], low4);
+    w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+  }
+  // The f16 scale is the low half of the 4 bytes at each row's block start.
+  const __m512i h = _mm512_i32gather_epi32(offsets, row[0] + off, 1);
+  *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+}
+
+inline void PackQ4Block(const std::byte* const* row, __m512i offsets, uint32_t b,
+                        PackedQ4Block* out) {
+  __m512i w[8];
+  __m512 d;
+  LoadQ4Block(row, offsets, b, w, &d);
+  for (int k = 0; k < 8; ++k) _mm512_store_si512(&out->w[k], w[k]);
+  _mm512_store_ps(&out->d, d);
+}
+
+// Blocks [b0, b0 + n) of a packed strip (pk[j] is block b0 + j) against NT tokens: acc[t] lane i
+// += the blocks' products of row i and token t, in block order.
+template <int NT>
+void StripQ4(const PackedQ4Block* pk, uint32_t b0, uint32_t n, const int8_t* const* xq,
+             const float* const* xd, const int32_t* const* xi, __m512* acc) {
+  // With few tokens, two int32 accumulators per token (even / odd k) shorten the vpdpbusd
+  // dependency chain; integer sums are exact, so this does not change any result.
+  constexpr int S = NT <= 4 ? 2 : 1;
+  for (uint32_t j = 0; j < n; ++j) {
+    const uint32_t b = b0 + j;
+    const PackedQ4Block& p = pk[j];
+    __m512i ia[NT][S];
+    for (int t = 0; t < NT; ++t) {
+      ia[t][0] = _mm512_set1_epi32(-8 * xi[t][b]);
+      if constexpr (S == 2) ia[t][1] = _mm512_setzero_si512();
+    }
+    for (int k = 0; k < 8; ++k) {
+      const __m512i wk = _mm512_load_si512(&p.w[k]);
+      for (int t = 0; t < NT; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, xq[t] + uint64_t{b} * kBlock + 4 * k, 4);
+        ia[t][k % S] = _mm512_dpbusd_epi32(ia[t][k % S], wk, _mm512_set1_epi32(x4));
+      }
+    }
+    const __m512 dw = _mm512_load_ps(&p.d);
+    for (int t = 0; t < NT; ++t) {
+      __m512i s = ia[t][0];
+      if constexpr (S == 2) s = _mm512_add_epi32(s, ia[t][1]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])),
+                               acc[t]);
+    }
+  }
+}
+
+// Tokens t0 .. t0 + NT - 1 over a packed chunk of the strip at rows [r0, r0 + nr): the running
+// sums live in y between chunks (exact: a stored f32 reloads unchanged).
+template <int NT>
+void StripQ4Tokens(const PackedQ4Block* pk, uint32_t b0, uint32_t n, bool first,
+                   const int8_t* const* xq, const float* const* xd, const int32_t* const* xi,
+                   uint32_t rows, uint32_t r0, uint32_t nr, uint32_t t0, float* y) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps()
+                   : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
+  }
+  StripQ4<NT>(pk, b0, n, xq, xd, xi, acc);
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
+}
+
+// One token (decode) over all nb blocks of a strip, each block transposed in registers and used
+// at once (nothing packed): the same per-lane arithmetic as StripQ4<1>, so the same results.
+// Prefetches the next strip's `next_bytes` bytes at `next` in step (see MatMulRowsQ4Strips).
+void StripQ4Decode(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* xq,
+                   const float* xd, const int32_t* xi, const std::byte* next, uint64_t next_bytes,
+                   __m512* acc) {
+  for (uint32_t b = 0; b < nb; ++b) {
+    const uint64_t ahead = uint64_t{b} * kStrip * kQ4Bytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    __m512i w[8];
+    __m512 d;
+    LoadQ4Block(row, offsets, b, w, &d);
+    __m512i ia[2] = {_mm512_set1_epi32(-8 * xi[b]), _mm512_setzero_si512()};
+    for (int k = 0; k < 8; ++k) {
+      int32_t x4;
+      std::memcpy(&x4, xq + uint64_t{b} * kBlock + 4 * k, 4);
+      ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], w[k], _mm512_set1_epi32(x4));
+    }
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[0], ia[1])),
+                           _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), *acc);
+  }
+}
+
+void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                        uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the scales' gather offsets are int32
+  alignas(64) PackedQ4Block pk[kStripChunk];
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    // The strip's 16 rows are read 18 bytes at a time from each in turn, a pattern the hardware
+    // prefetchers follow poorly once the matrix is beyond the caches (decode): the next strip
+    // (contiguous, 16 x nb x 18 bytes) is prefetched as this one is packed, in step.
+    const uint32_t next_rows = r0 + kStrip < row_end ? std::min(kStrip, row_end - r0 - kStrip) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{r0 + kStrip} * rb;
+    const uint64_t next_bytes = next_rows * rb;
+    if (n_tokens == 1) {
+      const std::byte* base = quantized_x.data();
+      const auto* xd = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+      __m512 acc = _mm512_setzero_ps();
+      StripQ4Decode(row, offsets, nb, reinterpret_cast<const int8_t*>(base), xd,
+                    reinterpret_cast<const int32_t*>(xd + 4 * uint64_t{nb}), next, next_bytes,
+                    &acc);
+      _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nr) - 1), acc);
+      continue;
+    }
+    for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
+      const uint32_t n = std::min(kStripChunk, nb - b0);
+      for (uint32_t j = 0; j < n; ++j) {
+        const uint64_t ahead = uint64_t{b0 + j} * kStrip * kQ4Bytes;  // 288 bytes a block
+        for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+        }
+        PackQ4Block(row, offsets, b0 + j, &pk[j]);
+      }
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
+        const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
+        const int8_t* xq[kStripTokens] = {};
+        const float* xd[kStripTokens] = {};
+        const int32_t* xi[kStripTokens] = {};
+        for (uint32_t i = 0; i < nt; ++i) {
+          const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+          xq[i] = reinterpret_cast<const int8_t*>(base);
+          xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+          xi[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb});
+        }
+        const bool first = b0 == 0;
+        switch (nt) {
+#define FLASHLM_STRIP_CASE(N)                                                          \
+  case N:                                                                              \
+    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);             \
+    break;
+          FLASHLM_STRIP_CASE(1)
+          FLASHLM_STRIP_CASE(2)
+          FLASHLM_STRIP_CASE(3)
+          FLASHLM_STRIP_CASE(4)
+          FLASHLM_STRIP_CASE(5)
+          FLASHLM_STRIP_CASE(6)
+          FLASHLM_STRIP_CASE(7)
+          default:
+            StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);
+            break;
+#undef FLASHLM_STRIP_CASE
+        }
+      }
+    }
   }
 }
 #endif
@@ -624,14 +816,15 @@ bool IsBlockType(DType t) {
 // once per call), each panel meets the tokens kGroup at a time (their activations stay in L1),
 // and within that, 4 rows at a time meet the group in one register tile (rows left over one
 // at a time, with the same tile code, so results do not depend on where a row falls). A group
-// of one token (q8_0 / q4_0 decode, or the last token of a batch) goes one row at a time.
+// of one token (q8_0 decode, or the last token of a batch) goes one row at a time. (q4_0 has
+// its own strips, MatMulRowsQ4Strips.)
 constexpr uint64_t kPanelBytes = 192 << 10;
 constexpr uint32_t kGroupF32 = 6;  // tokens per f32 tile (4 x 6 accumulators)
-constexpr uint32_t kGroupQ = 4;    // tokens per q8_0 / q4_0 tile (4 x 4)
+constexpr uint32_t kGroupQ = 4;    // tokens per q8_0 tile (4 x 4)
 
 bool HasPrefillTiles(DType t) {
 #ifdef FLASHLM_AVX512_VNNI
-  if (t == DType::kQ8_0 || t == DType::kQ4_0) return true;
+  if (t == DType::kQ8_0) return true;
 #endif
   return t == DType::kF32;
 }
@@ -648,12 +841,7 @@ void PrefillTile(const MatrixView& w, const std::byte* const* rows, const float*
 #ifdef FLASHLM_AVX512_VNNI
     case DType::kQ8_0:
       if constexpr (NT <= static_cast<int>(kGroupQ)) {
-        return TileQ512<R, NT, false>(rows, xq, xd, Blocks(w.cols), out);
-      }
-      break;
-    case DType::kQ4_0:
-      if constexpr (NT <= static_cast<int>(kGroupQ)) {
-        return TileQ512<R, NT, true>(rows, xq, xd, Blocks(w.cols), out);
+        return TileQ512<R, NT>(rows, xq, xd, Blocks(w.cols), out);
       }
       break;
 #endif
@@ -753,6 +941,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     float* d = reinterpret_cast<float*>(base + uint64_t{nb} * kBlock);
     float* sum = d + nb;
     float* half_sum = sum + nb;
+    int32_t* int_sum = reinterpret_cast<int32_t*>(half_sum + 2 * uint64_t{nb});
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
@@ -769,6 +958,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
       half_sum[2 * b] = scale * static_cast<float>(isum[0]);
       half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
+      int_sum[b] = isum[0] + isum[1];
     }
   }
 }
@@ -780,9 +970,15 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   CHECK_LE(row_end, w.rows);
   CHECK_GE(y.size(), uint64_t{n_tokens} * w.rows);
 #ifdef FLASHLM_AVX512
-  // q8_0 / q4_0 decode (one token) also takes the 512-bit tile, one row at a time: 25-40%
+  // q8_0 decode (one token) also takes the 512-bit tile, one row at a time: 25-40%
   // faster than the 256-bit row kernel in a single-thread microbenchmark (a 16384 x 2048
-  // matrix); four rows at a time were 2x slower there, as the AVX2 tiles were.
+  // matrix); four rows at a time were 2x slower there, as the AVX2 tiles were. q4_0 (prefill
+  // and decode) goes through 16-row strips.
+#ifdef FLASHLM_AVX512_VNNI
+  if (w.dtype == DType::kQ4_0) {
+    return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+#endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {
     return MatMulRowsTiled(w, x, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
