@@ -753,6 +753,153 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
     }
   }
 }
+
+// ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// As q4_0's strips: one zmm lane per row, each 32-byte quarter of a super-block (sub-blocks 2i
+// and 2i+1 in its low and high nibbles) transposed in registers for 16 rows, 8 vpdpbusd per
+// sub-block against broadcast activation bytes. The 6-bit scales and mins of the 16 rows are
+// unpacked in lanes from four gathers (d | dmin, and the 12 packed bytes). Per lane, in order over
+// sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is
+// acc - macc. The same code runs for every token count, so q4_K results do not depend on the
+// batch or the row range either.
+constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
+
+template <int NT>
+void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
+              const float* const* xd, const float* const* xs, const std::byte* next,
+              uint64_t next_bytes, __m512* acc, __m512* macc) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    const uint64_t ahead = uint64_t{sb} * kStrip * kQ4KBytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ4KBytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    const uint64_t off = uint64_t{sb} * kQ4KBytes;
+    const std::byte* base = row[0] + off;
+    const __m512i g0 = _mm512_i32gather_epi32(offsets, base, 1);
+    const __m512i u0 = _mm512_i32gather_epi32(offsets, base + 4, 1);
+    const __m512i u1 = _mm512_i32gather_epi32(offsets, base + 8, 1);
+    const __m512i u2 = _mm512_i32gather_epi32(offsets, base + 12, 1);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g0));
+    const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g0, 16)));
+    const __m512i m6 = _mm512_set1_epi32(0x3F3F3F3F), m4 = _mm512_set1_epi32(0x0F0F0F0F),
+                  m2 = _mm512_set1_epi32(0x30303030);
+    // Byte j of sc[j / 4] (m[j / 4]) is sub-block j's scale (min), as in UnpackQ4KScales.
+    const __m512i sc[2] = {
+        _mm512_and_si512(u0, m6),
+        _mm512_or_si512(_mm512_and_si512(u2, m4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), m2))};
+    const __m512i mn[2] = {
+        _mm512_and_si512(u1, m6),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), m4),
+                        _mm512_and_si512(_mm512_srli_epi32(u1, 2), m2))};
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t i = 0; 2 * i < count; ++i) {
+      // Quarter i: 32 bytes per row at +16 + 32i, transposed as q4_0's blocks (two 16-byte halves).
+      __m512i t[8];
+      for (int h = 0; h < 2; ++h) {
+        const uint64_t q = off + 16 + 32 * i + 16 * h;
+        auto load = [&](int r) {
+          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
+        };
+        __m512i z[4];
+        for (int m = 0; m < 4; ++m) {
+          __m512i v = _mm512_castsi128_si512(load(m));
+          v = _mm512_inserti32x4(v, load(4 + m), 1);
+          v = _mm512_inserti32x4(v, load(8 + m), 2);
+          z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+        }
+        const __m512i a0v = _mm512_unpacklo_epi32(z[0], z[1]);
+        const __m512i a1v = _mm512_unpackhi_epi32(z[0], z[1]);
+        const __m512i a2v = _mm512_unpacklo_epi32(z[2], z[3]);
+        const __m512i a3v = _mm512_unpackhi_epi32(z[2], z[3]);
+        t[4 * h + 0] = _mm512_unpacklo_epi64(a0v, a2v);
+        t[4 * h + 1] = _mm512_unpackhi_epi64(a0v, a2v);
+        t[4 * h + 2] = _mm512_unpacklo_epi64(a1v, a3v);
+        t[4 * h + 3] = _mm512_unpackhi_epi64(a1v, a3v);
+      }
+      for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
+        const uint32_t j = 2 * i + s, blk = a0 + j;
+        const int shift = 8 * static_cast<int>(j % 4);
+        const __m512 scf = _mm512_cvtepi32_ps(
+            _mm512_and_si512(_mm512_srli_epi32(sc[j / 4], shift), _mm512_set1_epi32(0xFF)));
+        const __m512 mf = _mm512_cvtepi32_ps(
+            _mm512_and_si512(_mm512_srli_epi32(mn[j / 4], shift), _mm512_set1_epi32(0xFF)));
+        const __m512 dsc = _mm512_mul_ps(d, scf), dm = _mm512_mul_ps(dmin, mf);
+        __m512i ia[NT][2];
+        for (int tk = 0; tk < NT; ++tk) ia[tk][0] = ia[tk][1] = _mm512_setzero_si512();
+        for (int k = 0; k < 8; ++k) {
+          const __m512i wk = s == 0 ? _mm512_and_si512(t[k], low4)
+                                    : _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+          for (int tk = 0; tk < NT; ++tk) {
+            int32_t x4;
+            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * k, 4);
+            ia[tk][k % 2] = _mm512_dpbusd_epi32(ia[tk][k % 2], wk, _mm512_set1_epi32(x4));
+          }
+        }
+        for (int tk = 0; tk < NT; ++tk) {
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[tk][0], ia[tk][1])),
+                                    _mm512_mul_ps(dsc, _mm512_set1_ps(xd[tk][blk])), acc[tk]);
+          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(xs[tk][blk]), macc[tk]);
+        }
+      }
+    }
+  }
+}
+
+void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    const uint32_t next_rows = r0 + kStrip < row_end ? std::min(kStrip, row_end - r0 - kStrip) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{r0 + kStrip} * rb;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+      const int8_t* xq[kStripTokensK] = {};
+      const float* xd[kStripTokensK] = {};
+      const float* xs[kStripTokensK] = {};
+      for (uint32_t i = 0; i < nt; ++i) {
+        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+        xq[i] = reinterpret_cast<const int8_t*>(base);
+        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+        xs[i] = xd[i] + nb;
+      }
+      // The next strip is prefetched on the last token pass only (earlier passes re-read this one).
+      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
+      __m512 acc[kStripTokensK], macc[kStripTokensK];
+      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = macc[i] = _mm512_setzero_ps();
+      switch (nt) {
+        case 1:
+          StripQ4K<1>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        case 2:
+          StripQ4K<2>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        case 3:
+          StripQ4K<3>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        default:
+          StripQ4K<4>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+      }
+      for (uint32_t i = 0; i < nt; ++i) {
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask,
+                              _mm512_sub_ps(acc[i], macc[i]));
+      }
+    }
+  }
+}
 #endif
 
 // Rows [r, r+4) against nt tokens with a multi-row tile when the dtype has one; returns false
@@ -977,6 +1124,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 #ifdef FLASHLM_AVX512_VNNI
   if (w.dtype == DType::kQ4_0) {
     return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ4_K) {
+    return MatMulRowsQ4KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {

@@ -28,6 +28,9 @@
 // token 8 at a time); decode uses each transposed block at once and prefetches the next strip.
 // Each row accumulates its blocks in order with one FMA per block, so q4_0 results do not depend
 // on the batch, the row range asked for, or the thread count either. The weights stay as stored.
+// q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
+// its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
+// lane; batch-independent likewise.
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.

@@ -98,7 +98,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // chunks; 1056 = 33 blocks, a chunk of one), decode and prefill, 1-3 threads.
                       Case{DType::kQ4_0, 15, 2144, 1, 1}, Case{DType::kQ4_0, 17, 2144, 9, 2},
                       Case{DType::kQ4_0, 49, 1056, 17, 3}, Case{DType::kQ4_0, 3, 96, 8, 1},
-                      Case{DType::kQ4_0, 100, 1024, 16, 2}, Case{DType::kQ4_0, 33, 33, 3, 3}));
+                      Case{DType::kQ4_0, 100, 1024, 16, 2}, Case{DType::kQ4_0, 33, 33, 3, 3},
+                      // q4_K in 16-row strips: partial strips, token passes of 4 full and
+                      // partial, a partial last super-block (300, 1000), decode and prefill.
+                      Case{DType::kQ4_K, 15, 512, 1, 1}, Case{DType::kQ4_K, 17, 300, 9, 2},
+                      Case{DType::kQ4_K, 49, 2048, 6, 3}, Case{DType::kQ4_K, 40, 1000, 1, 2}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
@@ -153,14 +157,15 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // f32: a token's outputs are bit-identical whether it is multiplied alone (decode) or inside a
 // batch of any size at any position (prefill tiles, their token and row remainders, several
 // weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
-// gives the same logits as a full run). With AVX512-VNNI, q8_0 and q4_0 too (decode and prefill
-// share the 512-bit tile); the AVX2 kernels' summation order depends on the batch.
+// gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0 and q4_K too (decode and
+// prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   dtypes.push_back(DType::kQ8_0);
   dtypes.push_back(DType::kQ4_0);
+  dtypes.push_back(DType::kQ4_K);  // 16-row strips, as q4_0
 #endif
   for (DType dtype : dtypes)
     for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u}) {
