@@ -33,8 +33,9 @@ uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlo
 // Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
 // times the sum of the block's int8 values (q4_K's min term), then per block the same for its
 // two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
-// Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI).
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 20); }
+// Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI),
+// then per block the int32 sums of its two halves of 16 (q6_K's offset of 32).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 28); }
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -900,6 +901,143 @@ void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan q
     }
   }
 }
+
+// ---- q6_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (as in LoadQ4Block).
+__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
+                                                           uint64_t q, __m512i* t) {
+  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
+  __m512i z[4];
+  for (int m = 0; m < 4; ++m) {
+    __m512i v = _mm512_castsi128_si512(load(m));
+    v = _mm512_inserti32x4(v, load(4 + m), 1);
+    v = _mm512_inserti32x4(v, load(8 + m), 2);
+    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  t[0] = _mm512_unpacklo_epi64(a0, a2);
+  t[1] = _mm512_unpackhi_epi64(a0, a2);
+  t[2] = _mm512_unpacklo_epi64(a1, a3);
+  t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// As q4_K's strips, for q6_K: per half super-block (128 values) the 64 low-bit bytes and 32
+// high-bit bytes of 16 rows are transposed in registers and combined into unsigned 6-bit values
+// (0..63); each activation block's two 16-value halves (each with its own int8 scale) get their
+// own int32 accumulators, started at -32 x the half's activation sum (exact). Per lane, in order
+// over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
+// half. The same code runs for every token count.
+template <int NT>
+void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
+              const float* const* xd, const int32_t* const* xh, const std::byte* next,
+              uint64_t next_bytes, __m512* acc) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    const uint64_t ahead = uint64_t{sb} * kStrip * kQ6KBytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ6KBytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    const uint64_t off = uint64_t{sb} * kQ6KBytes;
+    const std::byte* base = row[0] + off;
+    // d is the high half of the 4 bytes at 206 (reading at 208 would pass the block's end).
+    const __m512 d = _mm512_cvtph_ps(
+        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_i32gather_epi32(offsets, base + 206, 1), 16)));
+    __m512i sc4[4];  // the 16 int8 scales, 4 per dword
+    for (int i = 0; i < 4; ++i) sc4[i] = _mm512_i32gather_epi32(offsets, base + 192 + 4 * i, 1);
+    auto scale = [&](uint32_t i) {  // d * scale i, per lane
+      const __m512i v = _mm512_srai_epi32(
+          _mm512_slli_epi32(sc4[i / 4], static_cast<int>(24 - 8 * (i % 4))), 24);
+      return _mm512_mul_ps(d, _mm512_cvtepi32_ps(v));
+    };
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t h = 0; 4 * h < count; ++h) {
+      __m512i tl[16], th[8];
+      for (int g = 0; g < 4; ++g) TransposeRows16(row, off + 64 * h + 16 * g, tl + 4 * g);
+      for (int g = 0; g < 2; ++g) TransposeRows16(row, off + 128 + 32 * h + 16 * g, th + 4 * g);
+      for (uint32_t k = 0; k < 4 && 4 * h + k < count; ++k) {
+        const uint32_t blk = a0 + 4 * h + k;
+        const __m512 dsc[2] = {scale(8 * h + 2 * k), scale(8 * h + 2 * k + 1)};
+        __m512i ia[NT][2];
+        for (int tk = 0; tk < NT; ++tk) {
+          ia[tk][0] = _mm512_set1_epi32(-32 * xh[tk][2 * blk]);
+          ia[tk][1] = _mm512_set1_epi32(-32 * xh[tk][2 * blk + 1]);
+        }
+        for (int j = 0; j < 8; ++j) {  // dword j: values 4j .. 4j + 3 of the block
+          const __m512i l = tl[8 * (k % 2) + j];
+          const __m512i lo = k < 2 ? _mm512_and_si512(l, low4)
+                                   : _mm512_and_si512(_mm512_srli_epi32(l, 4), low4);
+          const __m512i hi = _mm512_slli_epi32(
+              _mm512_and_si512(_mm512_srli_epi32(th[j], static_cast<int>(2 * k)), low2), 4);
+          const __m512i wj = _mm512_or_si512(lo, hi);
+          for (int tk = 0; tk < NT; ++tk) {
+            int32_t x4;
+            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * j, 4);
+            ia[tk][j / 4] = _mm512_dpbusd_epi32(ia[tk][j / 4], wj, _mm512_set1_epi32(x4));
+          }
+        }
+        for (int tk = 0; tk < NT; ++tk) {
+          const __m512 dx = _mm512_set1_ps(xd[tk][blk]);
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
+        }
+      }
+    }
+  }
+}
+
+void MatMulRowsQ6KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    const uint32_t next_rows = r0 + kStrip < row_end ? std::min(kStrip, row_end - r0 - kStrip) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{r0 + kStrip} * rb;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+      const int8_t* xq[kStripTokensK] = {};
+      const float* xd[kStripTokensK] = {};
+      const int32_t* xh[kStripTokensK] = {};
+      for (uint32_t i = 0; i < nt; ++i) {
+        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+        xq[i] = reinterpret_cast<const int8_t*>(base);
+        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+        xh[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb}) + nb;
+      }
+      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
+      __m512 acc[kStripTokensK];
+      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = _mm512_setzero_ps();
+      switch (nt) {
+        case 1:
+          StripQ6K<1>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        case 2:
+          StripQ6K<2>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        case 3:
+          StripQ6K<3>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        default:
+          StripQ6K<4>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+      }
+      for (uint32_t i = 0; i < nt; ++i) {
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask, acc[i]);
+      }
+    }
+  }
+}
 #endif
 
 // Rows [r, r+4) against nt tokens with a multi-row tile when the dtype has one; returns false
@@ -1106,6 +1244,8 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       half_sum[2 * b] = scale * static_cast<float>(isum[0]);
       half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
       int_sum[b] = isum[0] + isum[1];
+      int_sum[nb + 2 * b] = isum[0];
+      int_sum[nb + 2 * b + 1] = isum[1];
     }
   }
 }
@@ -1127,6 +1267,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
   if (w.dtype == DType::kQ4_K) {
     return MatMulRowsQ4KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ6_K) {
+    return MatMulRowsQ6KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {

@@ -30,7 +30,9 @@
 // on the batch, the row range asked for, or the thread count either. The weights stay as stored.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
-// lane; batch-independent likewise.
+// lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
+// bytes are transposed and combined into 6-bit values, each 16-value half of a block with its
+// own int32 accumulator (its own scale).
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.
@@ -81,7 +83,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
 // block the scale times the sum of its int8 values, then the same for each half of 16, then per
-// block the int32 sum of its int8 values).
+// block the int32 sum of its int8 values, then per block the int32 sums of its two halves).
 void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
                          ByteSpan scratch);
 

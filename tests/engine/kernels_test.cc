@@ -102,7 +102,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // q4_K in 16-row strips: partial strips, token passes of 4 full and
                       // partial, a partial last super-block (300, 1000), decode and prefill.
                       Case{DType::kQ4_K, 15, 512, 1, 1}, Case{DType::kQ4_K, 17, 300, 9, 2},
-                      Case{DType::kQ4_K, 49, 2048, 6, 3}, Case{DType::kQ4_K, 40, 1000, 1, 2}));
+                      Case{DType::kQ4_K, 49, 2048, 6, 3}, Case{DType::kQ4_K, 40, 1000, 1, 2},
+                      // q6_K likewise (the strips' 6-bit values, two scales per block).
+                      Case{DType::kQ6_K, 15, 512, 1, 1}, Case{DType::kQ6_K, 17, 300, 9, 2},
+                      Case{DType::kQ6_K, 49, 2048, 6, 3}, Case{DType::kQ6_K, 40, 1000, 1, 2},
+                      Case{DType::kQ6_K, 16, 160, 5, 1}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
@@ -157,7 +161,7 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // f32: a token's outputs are bit-identical whether it is multiplied alone (decode) or inside a
 // batch of any size at any position (prefill tiles, their token and row remainders, several
 // weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
-// gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0 and q4_K too (decode and
+// gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0, q4_K, q6_K too (decode and
 // prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32};
@@ -166,6 +170,7 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   dtypes.push_back(DType::kQ8_0);
   dtypes.push_back(DType::kQ4_0);
   dtypes.push_back(DType::kQ4_K);  // 16-row strips, as q4_0
+  dtypes.push_back(DType::kQ6_K);
 #endif
   for (DType dtype : dtypes)
     for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u}) {
@@ -209,7 +214,7 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
 // for 1-2 rows) gives bit-identical values to the full MatMul for those rows, and writes no other
 // row; q4_0's strips put each row in a lane of its own.
 TEST(MatMulTest, RowRangeBitIdenticalToFullMatMul) {
-  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     std::mt19937 rng(11);
     const uint32_t rows = 45, cols = 1100, n = 5;
     std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
