@@ -33,7 +33,9 @@ uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlo
 // Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
 // times the sum of the block's int8 values (q4_K's min term), then per block the same for its
 // two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 16); }
+// Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI),
+// then per block the int32 sums of its two halves of 16 (q6_K's offset of 32).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 28); }
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -482,25 +484,13 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
 
 #if defined(FLASHLM_AVX512) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define FLASHLM_AVX512_VNNI 1
-// Blocks b and b+1 of a q8_0 / q4_0 row (`blk` at block b) as 64 bytes in value order: q8_0's
-// signed values, or q4_0's unsigned nibbles (0..15, the stored value + 8). With `two` false only
-// block b is read and the upper 32 bytes are zero.
-template <bool kQ4>
+// Blocks b and b+1 of a q8_0 row (`blk` at block b) as 64 signed bytes in value order. With
+// `two` false only block b is read and the upper 32 bytes are zero.
 inline __m512i LoadBlockPair(const std::byte* blk, bool two) {
-  if constexpr (kQ4) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-    const __m128i b = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQ4Bytes + 2))
-                          : _mm_setzero_si128();
-    const __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
-    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(ab), _mm256_srli_epi16(ab, 4), 1);
-    z = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));             // [a low, b low, a high, b high]
-    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));  // [a lo, a hi, b lo, b hi]
-  } else {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    const __m256i b = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8Bytes + 2))
-                          : _mm256_setzero_si256();
-    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-  }
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  const __m256i b = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8Bytes + 2))
+                        : _mm256_setzero_si256();
+  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
 }
 
 // Two f32 scales as a vector: lanes 0-7 `lo`, lanes 8-15 `hi` (the halves of a block pair).
@@ -508,28 +498,24 @@ inline __m512 PairScales(float lo, float hi) {
   return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
 }
 
-// R rows x NT tokens of q8_0 / q4_0 against q8 activations with 512-bit VNNI, two 32-value
-// blocks per step. vpdpbusd multiplies unsigned by signed bytes; the exact signed int32 block
-// dot products come from an offset folded into the accumulator's start value:
-//   q8_0: activations + 128 (unsigned) times the signed weights, started at -128 * sum(w), which
-//         is computed once per row and step and shared by the NT tokens;
-//   q4_0: the unsigned nibbles (value + 8) times the signed activations, started at
-//         -8 * sum(x), computed once per token and step and shared by the R rows.
-// Each block's int32 products (8 lanes) are converted to f32 and added with the block's scale
-// product dw * dx, as the AVX2 path does per block.
-template <int R, int NT, bool kQ4>
+// R rows x NT tokens of q8_0 against q8 activations with 512-bit VNNI, two 32-value blocks
+// per step. vpdpbusd multiplies unsigned by signed bytes; the exact signed int32 block dot
+// products come from an offset folded into the accumulator's start value: the activations + 128
+// (unsigned) times the signed weights, started at -128 * sum(w), which is computed once per row
+// and step and shared by the NT tokens. Each block's int32 products (8 lanes) are converted to
+// f32 and added with the block's scale product dw * dx, as the AVX2 path does per block.
+template <int R, int NT>
 void TileQ512(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
               uint32_t nb, float* out /*[R][NT]*/) {
-  constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
   }
   const __m512i zero = _mm512_setzero_si512();
-  const __m512i offset = _mm512_set1_epi8(kQ4 ? 8 : static_cast<char>(0x80));
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
   for (uint32_t b = 0; b < nb; b += 2) {
     const bool two = b + 1 < nb;
-    __m512i xv[NT], start_x[NT];
+    __m512i xv[NT];
     __m512 dx[NT];
     for (int t = 0; t < NT; ++t) {
       const int8_t* p = xq[t] + uint64_t{b} * kBlock;
@@ -537,28 +523,525 @@ void TileQ512(const std::byte* const* w, const int8_t* const* xq, const float* c
           two ? _mm512_loadu_si512(p)
               : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
       dx[t] = PairScales(xd[t][b], two ? xd[t][b + 1] : 0.0f);
-      if constexpr (kQ4) {
-        xv[t] = v;
-        start_x[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, v));
-      } else {
-        xv[t] = _mm512_xor_si512(v, offset);  // x + 128 as unsigned bytes
-      }
+      xv[t] = _mm512_xor_si512(v, offset);  // x + 128 as unsigned bytes
     }
     for (int r = 0; r < R; ++r) {
-      const std::byte* blk = w[r] + uint64_t{b} * kBytes;
-      const __m512i wv = LoadBlockPair<kQ4>(blk, two);
-      const __m512 dw = PairScales(HalfToFloat(blk), two ? HalfToFloat(blk + kBytes) : 0.0f);
-      __m512i start_w = zero;
-      if constexpr (!kQ4) start_w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
+      const std::byte* blk = w[r] + uint64_t{b} * kQ8Bytes;
+      const __m512i wv = LoadBlockPair(blk, two);
+      const __m512 dw = PairScales(HalfToFloat(blk), two ? HalfToFloat(blk + kQ8Bytes) : 0.0f);
+      const __m512i start_w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
       for (int t = 0; t < NT; ++t) {
-        const __m512i d = kQ4 ? _mm512_dpbusd_epi32(start_x[t], wv, xv[t])
-                              : _mm512_dpbusd_epi32(start_w, xv[t], wv);
+        const __m512i d = _mm512_dpbusd_epi32(start_w, xv[t], wv);
         acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, dx[t]), acc[r][t]);
       }
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) out[r * NT + t] = _mm512_reduce_add_ps(acc[r][t]);
+  }
+}
+#endif
+
+#ifdef FLASHLM_AVX512_VNNI
+// ---- q4_0 in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// One zmm lane per weight row: a block's 16 nibble bytes of 16 rows are transposed in registers
+// (4 bytes per row and lane), so one vpdpbusd multiplies 4 values of 16 rows by the same 4
+// activation bytes (a broadcast), and one block's 8 vpdpbusd leave each lane with its row's exact
+// int32 block product. The f32 work (convert, scale, add) then runs once per block for 16 rows,
+// not once per block and row as in TileQ512. The nibbles are unsigned (stored value + 8); the
+// int32 accumulator starts at -8 * (sum of the block's activation values), exact.
+// Every lane accumulates sum over blocks b in order of f32(dot_b) * (dw_b * dx_b) with one fused
+// multiply-add per block, so a (row, token) result depends on neither the batch, the token's
+// place in it, the strip's other rows nor the thread split: prefill and decode are bit-identical.
+constexpr uint32_t kStrip = 16;        // rows per strip (zmm lanes)
+constexpr uint32_t kStripChunk = 32;   // blocks packed at a time (18 KiB, stays in L1)
+constexpr uint32_t kStripTokens = 8;   // tokens per pass over a packed chunk
+// Decode prefetches the strip this many strips ahead as it reads one (2: 3-12% faster than 1 on
+// matrices streamed from DRAM in a microbenchmark, /work/bench/q4/mbcold.cc).
+constexpr uint32_t kPrefetchStrips = 2;
+
+// One block of a strip, transposed: w[k] lane i holds row i's 4 nibbles (0..15) that meet
+// activation bytes 4k .. 4k+3 of the block (k < 4: low nibbles of bytes 4k..4k+3; k >= 4: high
+// nibbles of bytes 4(k-4)..4(k-4)+3, i.e. values 16 + 4(k-4) ...); d lane i is row i's scale.
+struct alignas(64) PackedQ4Block {
+  __m512i w[8];
+  __m512 d;
+};
+
+// Block b of the 16 rows row[0..15] (each the start of a q4_0 row) in PackedQ4Block's form, in
+// registers. offsets lane i = row[i] - row[0] (for the scales' gather).
+__attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* row,
+                                                       __m512i offsets, uint32_t b, __m512i* w,
+                                                       __m512* d) {
+  const uint64_t off = uint64_t{b} * kQ4Bytes;
+  auto load = [&](int i) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[i] + off + 2));
+  };
+  // z[m]'s 128-bit lane j holds row 4j + m's 16 bytes; a 4 x 4 dword transpose within each
+  // 128-bit lane then gives t[k] with dword (4j + m) = row 4j + m's dword k: lanes in row order.
+  __m512i z[4];
+  for (int m = 0; m < 4; ++m) {
+    __m512i v = _mm512_castsi128_si512(load(m));
+    v = _mm512_inserti32x4(v, load(4 + m), 1);
+    v = _mm512_inserti32x4(v, load(8 + m), 2);
+    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  const __m512i t[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2),
+                        _mm512_unpacklo_epi64(a1, a3), _mm512_unpackhi_epi64(a1, a3)};
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    w[k] = _mm512_and_si512(t[k], low4);
+    w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+  }
+  // The f16 scale is the low half of the 4 bytes at each row's block start.
+  const __m512i h = _mm512_i32gather_epi32(offsets, row[0] + off, 1);
+  *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+}
+
+inline void PackQ4Block(const std::byte* const* row, __m512i offsets, uint32_t b,
+                        PackedQ4Block* out) {
+  __m512i w[8];
+  __m512 d;
+  LoadQ4Block(row, offsets, b, w, &d);
+  for (int k = 0; k < 8; ++k) _mm512_store_si512(&out->w[k], w[k]);
+  _mm512_store_ps(&out->d, d);
+}
+
+// Blocks [b0, b0 + n) of a packed strip (pk[j] is block b0 + j) against NT tokens: acc[t] lane i
+// += the blocks' products of row i and token t, in block order.
+template <int NT>
+void StripQ4(const PackedQ4Block* pk, uint32_t b0, uint32_t n, const int8_t* const* xq,
+             const float* const* xd, const int32_t* const* xi, __m512* acc) {
+  // With few tokens, two int32 accumulators per token (even / odd k) shorten the vpdpbusd
+  // dependency chain; integer sums are exact, so this does not change any result.
+  constexpr int S = NT <= 4 ? 2 : 1;
+  for (uint32_t j = 0; j < n; ++j) {
+    const uint32_t b = b0 + j;
+    const PackedQ4Block& p = pk[j];
+    __m512i ia[NT][S];
+    for (int t = 0; t < NT; ++t) {
+      ia[t][0] = _mm512_set1_epi32(-8 * xi[t][b]);
+      if constexpr (S == 2) ia[t][1] = _mm512_setzero_si512();
+    }
+    for (int k = 0; k < 8; ++k) {
+      const __m512i wk = _mm512_load_si512(&p.w[k]);
+      for (int t = 0; t < NT; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, xq[t] + uint64_t{b} * kBlock + 4 * k, 4);
+        ia[t][k % S] = _mm512_dpbusd_epi32(ia[t][k % S], wk, _mm512_set1_epi32(x4));
+      }
+    }
+    const __m512 dw = _mm512_load_ps(&p.d);
+    for (int t = 0; t < NT; ++t) {
+      __m512i s = ia[t][0];
+      if constexpr (S == 2) s = _mm512_add_epi32(s, ia[t][1]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])),
+                               acc[t]);
+    }
+  }
+}
+
+// Tokens t0 .. t0 + NT - 1 over a packed chunk of the strip at rows [r0, r0 + nr): the running
+// sums live in y between chunks (exact: a stored f32 reloads unchanged).
+template <int NT>
+void StripQ4Tokens(const PackedQ4Block* pk, uint32_t b0, uint32_t n, bool first,
+                   const int8_t* const* xq, const float* const* xd, const int32_t* const* xi,
+                   uint32_t rows, uint32_t r0, uint32_t nr, uint32_t t0, float* y) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = first ? _mm512_setzero_ps()
+                   : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
+  }
+  StripQ4<NT>(pk, b0, n, xq, xd, xi, acc);
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
+}
+
+// One token (decode) over all nb blocks of a strip, each block transposed in registers and used
+// at once (nothing packed): the same per-lane arithmetic as StripQ4<1>, so the same results.
+// Prefetches the next strip's `next_bytes` bytes at `next` in step (see MatMulRowsQ4Strips).
+void StripQ4Decode(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* xq,
+                   const float* xd, const int32_t* xi, const std::byte* next, uint64_t next_bytes,
+                   __m512* acc) {
+  for (uint32_t b = 0; b < nb; ++b) {
+    const uint64_t ahead = uint64_t{b} * kStrip * kQ4Bytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    __m512i w[8];
+    __m512 d;
+    LoadQ4Block(row, offsets, b, w, &d);
+    __m512i ia[2] = {_mm512_set1_epi32(-8 * xi[b]), _mm512_setzero_si512()};
+    for (int k = 0; k < 8; ++k) {
+      int32_t x4;
+      std::memcpy(&x4, xq + uint64_t{b} * kBlock + 4 * k, 4);
+      ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], w[k], _mm512_set1_epi32(x4));
+    }
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[0], ia[1])),
+                           _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), *acc);
+  }
+}
+
+void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                        uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the scales' gather offsets are int32
+  alignas(64) PackedQ4Block pk[kStripChunk];
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    // The strip's 16 rows are read 18 bytes at a time from each in turn, a pattern the hardware
+    // prefetchers follow poorly once the matrix is beyond the caches (decode): a strip further on
+    // (contiguous, 16 x nb x 18 bytes) is prefetched as this one is packed, in step.
+    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
+    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    const uint64_t next_bytes = next_rows * rb;
+    if (n_tokens == 1) {
+      const std::byte* base = quantized_x.data();
+      const auto* xd = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+      __m512 acc = _mm512_setzero_ps();
+      StripQ4Decode(row, offsets, nb, reinterpret_cast<const int8_t*>(base), xd,
+                    reinterpret_cast<const int32_t*>(xd + 4 * uint64_t{nb}), next, next_bytes,
+                    &acc);
+      _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nr) - 1), acc);
+      continue;
+    }
+    for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
+      const uint32_t n = std::min(kStripChunk, nb - b0);
+      for (uint32_t j = 0; j < n; ++j) {
+        const uint64_t ahead = uint64_t{b0 + j} * kStrip * kQ4Bytes;  // 288 bytes a block
+        for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+        }
+        PackQ4Block(row, offsets, b0 + j, &pk[j]);
+      }
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
+        const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
+        const int8_t* xq[kStripTokens] = {};
+        const float* xd[kStripTokens] = {};
+        const int32_t* xi[kStripTokens] = {};
+        for (uint32_t i = 0; i < nt; ++i) {
+          const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+          xq[i] = reinterpret_cast<const int8_t*>(base);
+          xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+          xi[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb});
+        }
+        const bool first = b0 == 0;
+        switch (nt) {
+#define FLASHLM_STRIP_CASE(N)                                                          \
+  case N:                                                                              \
+    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);             \
+    break;
+          FLASHLM_STRIP_CASE(1)
+          FLASHLM_STRIP_CASE(2)
+          FLASHLM_STRIP_CASE(3)
+          FLASHLM_STRIP_CASE(4)
+          FLASHLM_STRIP_CASE(5)
+          FLASHLM_STRIP_CASE(6)
+          FLASHLM_STRIP_CASE(7)
+          default:
+            StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);
+            break;
+#undef FLASHLM_STRIP_CASE
+        }
+      }
+    }
+  }
+}
+
+// ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// As q4_0's strips: one zmm lane per row, each 32-byte quarter of a super-block (sub-blocks 2i
+// and 2i+1 in its low and high nibbles) transposed in registers for 16 rows, 8 vpdpbusd per
+// sub-block against broadcast activation bytes. The 6-bit scales and mins of the 16 rows are
+// unpacked in lanes from four gathers (d | dmin, and the 12 packed bytes). Per lane, in order over
+// sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is
+// acc - macc. The same code runs for every token count, so q4_K results do not depend on the
+// batch or the row range either.
+constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
+
+template <int NT>
+void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
+              const float* const* xd, const float* const* xs, const std::byte* next,
+              uint64_t next_bytes, __m512* acc, __m512* macc) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    const uint64_t ahead = uint64_t{sb} * kStrip * kQ4KBytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ4KBytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    const uint64_t off = uint64_t{sb} * kQ4KBytes;
+    const std::byte* base = row[0] + off;
+    const __m512i g0 = _mm512_i32gather_epi32(offsets, base, 1);
+    const __m512i u0 = _mm512_i32gather_epi32(offsets, base + 4, 1);
+    const __m512i u1 = _mm512_i32gather_epi32(offsets, base + 8, 1);
+    const __m512i u2 = _mm512_i32gather_epi32(offsets, base + 12, 1);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g0));
+    const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g0, 16)));
+    const __m512i m6 = _mm512_set1_epi32(0x3F3F3F3F), m4 = _mm512_set1_epi32(0x0F0F0F0F),
+                  m2 = _mm512_set1_epi32(0x30303030);
+    // Byte j of sc[j / 4] (m[j / 4]) is sub-block j's scale (min), as in UnpackQ4KScales.
+    const __m512i sc[2] = {
+        _mm512_and_si512(u0, m6),
+        _mm512_or_si512(_mm512_and_si512(u2, m4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), m2))};
+    const __m512i mn[2] = {
+        _mm512_and_si512(u1, m6),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), m4),
+                        _mm512_and_si512(_mm512_srli_epi32(u1, 2), m2))};
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t i = 0; 2 * i < count; ++i) {
+      // Quarter i: 32 bytes per row at +16 + 32i, transposed as q4_0's blocks (two 16-byte halves).
+      __m512i t[8];
+      for (int h = 0; h < 2; ++h) {
+        const uint64_t q = off + 16 + 32 * i + 16 * h;
+        auto load = [&](int r) {
+          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
+        };
+        __m512i z[4];
+        for (int m = 0; m < 4; ++m) {
+          __m512i v = _mm512_castsi128_si512(load(m));
+          v = _mm512_inserti32x4(v, load(4 + m), 1);
+          v = _mm512_inserti32x4(v, load(8 + m), 2);
+          z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+        }
+        const __m512i a0v = _mm512_unpacklo_epi32(z[0], z[1]);
+        const __m512i a1v = _mm512_unpackhi_epi32(z[0], z[1]);
+        const __m512i a2v = _mm512_unpacklo_epi32(z[2], z[3]);
+        const __m512i a3v = _mm512_unpackhi_epi32(z[2], z[3]);
+        t[4 * h + 0] = _mm512_unpacklo_epi64(a0v, a2v);
+        t[4 * h + 1] = _mm512_unpackhi_epi64(a0v, a2v);
+        t[4 * h + 2] = _mm512_unpacklo_epi64(a1v, a3v);
+        t[4 * h + 3] = _mm512_unpackhi_epi64(a1v, a3v);
+      }
+      for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
+        const uint32_t j = 2 * i + s, blk = a0 + j;
+        const int shift = 8 * static_cast<int>(j % 4);
+        const __m512 scf = _mm512_cvtepi32_ps(
+            _mm512_and_si512(_mm512_srli_epi32(sc[j / 4], shift), _mm512_set1_epi32(0xFF)));
+        const __m512 mf = _mm512_cvtepi32_ps(
+            _mm512_and_si512(_mm512_srli_epi32(mn[j / 4], shift), _mm512_set1_epi32(0xFF)));
+        const __m512 dsc = _mm512_mul_ps(d, scf), dm = _mm512_mul_ps(dmin, mf);
+        __m512i ia[NT][2];
+        for (int tk = 0; tk < NT; ++tk) ia[tk][0] = ia[tk][1] = _mm512_setzero_si512();
+        for (int k = 0; k < 8; ++k) {
+          const __m512i wk = s == 0 ? _mm512_and_si512(t[k], low4)
+                                    : _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+          for (int tk = 0; tk < NT; ++tk) {
+            int32_t x4;
+            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * k, 4);
+            ia[tk][k % 2] = _mm512_dpbusd_epi32(ia[tk][k % 2], wk, _mm512_set1_epi32(x4));
+          }
+        }
+        for (int tk = 0; tk < NT; ++tk) {
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[tk][0], ia[tk][1])),
+                                    _mm512_mul_ps(dsc, _mm512_set1_ps(xd[tk][blk])), acc[tk]);
+          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(xs[tk][blk]), macc[tk]);
+        }
+      }
+    }
+  }
+}
+
+void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
+    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+      const int8_t* xq[kStripTokensK] = {};
+      const float* xd[kStripTokensK] = {};
+      const float* xs[kStripTokensK] = {};
+      for (uint32_t i = 0; i < nt; ++i) {
+        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+        xq[i] = reinterpret_cast<const int8_t*>(base);
+        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+        xs[i] = xd[i] + nb;
+      }
+      // The next strip is prefetched on the last token pass only (earlier passes re-read this one).
+      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
+      __m512 acc[kStripTokensK], macc[kStripTokensK];
+      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = macc[i] = _mm512_setzero_ps();
+      switch (nt) {
+        case 1:
+          StripQ4K<1>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        case 2:
+          StripQ4K<2>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        case 3:
+          StripQ4K<3>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+        default:
+          StripQ4K<4>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          break;
+      }
+      for (uint32_t i = 0; i < nt; ++i) {
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask,
+                              _mm512_sub_ps(acc[i], macc[i]));
+      }
+    }
+  }
+}
+
+// ---- q6_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
+// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (as in LoadQ4Block).
+__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
+                                                           uint64_t q, __m512i* t) {
+  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
+  __m512i z[4];
+  for (int m = 0; m < 4; ++m) {
+    __m512i v = _mm512_castsi128_si512(load(m));
+    v = _mm512_inserti32x4(v, load(4 + m), 1);
+    v = _mm512_inserti32x4(v, load(8 + m), 2);
+    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  t[0] = _mm512_unpacklo_epi64(a0, a2);
+  t[1] = _mm512_unpackhi_epi64(a0, a2);
+  t[2] = _mm512_unpacklo_epi64(a1, a3);
+  t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// As q4_K's strips, for q6_K: per half super-block (128 values) the 64 low-bit bytes and 32
+// high-bit bytes of 16 rows are transposed in registers and combined into unsigned 6-bit values
+// (0..63); each activation block's two 16-value halves (each with its own int8 scale) get their
+// own int32 accumulators, started at -32 x the half's activation sum (exact). Per lane, in order
+// over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
+// half. The same code runs for every token count.
+template <int NT>
+void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
+              const float* const* xd, const int32_t* const* xh, const std::byte* next,
+              uint64_t next_bytes, __m512* acc) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    const uint64_t ahead = uint64_t{sb} * kStrip * kQ6KBytes;
+    for (uint64_t o = ahead; o < ahead + kStrip * kQ6KBytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    const uint64_t off = uint64_t{sb} * kQ6KBytes;
+    const std::byte* base = row[0] + off;
+    // d is the high half of the 4 bytes at 206 (reading at 208 would pass the block's end).
+    const __m512 d = _mm512_cvtph_ps(
+        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_i32gather_epi32(offsets, base + 206, 1), 16)));
+    __m512i sc4[4];  // the 16 int8 scales, 4 per dword
+    for (int i = 0; i < 4; ++i) sc4[i] = _mm512_i32gather_epi32(offsets, base + 192 + 4 * i, 1);
+    auto scale = [&](uint32_t i) {  // d * scale i, per lane
+      const __m512i v = _mm512_srai_epi32(
+          _mm512_slli_epi32(sc4[i / 4], static_cast<int>(24 - 8 * (i % 4))), 24);
+      return _mm512_mul_ps(d, _mm512_cvtepi32_ps(v));
+    };
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t h = 0; 4 * h < count; ++h) {
+      __m512i tl[16], th[8];
+      for (int g = 0; g < 4; ++g) TransposeRows16(row, off + 64 * h + 16 * g, tl + 4 * g);
+      for (int g = 0; g < 2; ++g) TransposeRows16(row, off + 128 + 32 * h + 16 * g, th + 4 * g);
+      for (uint32_t k = 0; k < 4 && 4 * h + k < count; ++k) {
+        const uint32_t blk = a0 + 4 * h + k;
+        const __m512 dsc[2] = {scale(8 * h + 2 * k), scale(8 * h + 2 * k + 1)};
+        __m512i ia[NT][2];
+        for (int tk = 0; tk < NT; ++tk) {
+          ia[tk][0] = _mm512_set1_epi32(-32 * xh[tk][2 * blk]);
+          ia[tk][1] = _mm512_set1_epi32(-32 * xh[tk][2 * blk + 1]);
+        }
+        for (int j = 0; j < 8; ++j) {  // dword j: values 4j .. 4j + 3 of the block
+          const __m512i l = tl[8 * (k % 2) + j];
+          const __m512i lo = k < 2 ? _mm512_and_si512(l, low4)
+                                   : _mm512_and_si512(_mm512_srli_epi32(l, 4), low4);
+          const __m512i hi = _mm512_slli_epi32(
+              _mm512_and_si512(_mm512_srli_epi32(th[j], static_cast<int>(2 * k)), low2), 4);
+          const __m512i wj = _mm512_or_si512(lo, hi);
+          for (int tk = 0; tk < NT; ++tk) {
+            int32_t x4;
+            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * j, 4);
+            ia[tk][j / 4] = _mm512_dpbusd_epi32(ia[tk][j / 4], wj, _mm512_set1_epi32(x4));
+          }
+        }
+        for (int tk = 0; tk < NT; ++tk) {
+          const __m512 dx = _mm512_set1_ps(xd[tk][blk]);
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
+          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
+        }
+      }
+    }
+  }
+}
+
+void MatMulRowsQ6KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    const uint32_t nr = std::min(kStrip, row_end - r0);
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::byte* row[kStrip];
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    const __m512i offsets = _mm512_load_si512(off);
+    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
+    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+      const int8_t* xq[kStripTokensK] = {};
+      const float* xd[kStripTokensK] = {};
+      const int32_t* xh[kStripTokensK] = {};
+      for (uint32_t i = 0; i < nt; ++i) {
+        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
+        xq[i] = reinterpret_cast<const int8_t*>(base);
+        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+        xh[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb}) + nb;
+      }
+      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
+      __m512 acc[kStripTokensK];
+      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = _mm512_setzero_ps();
+      switch (nt) {
+        case 1:
+          StripQ6K<1>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        case 2:
+          StripQ6K<2>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        case 3:
+          StripQ6K<3>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+        default:
+          StripQ6K<4>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          break;
+      }
+      for (uint32_t i = 0; i < nt; ++i) {
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask, acc[i]);
+      }
+    }
   }
 }
 #endif
@@ -624,14 +1107,15 @@ bool IsBlockType(DType t) {
 // once per call), each panel meets the tokens kGroup at a time (their activations stay in L1),
 // and within that, 4 rows at a time meet the group in one register tile (rows left over one
 // at a time, with the same tile code, so results do not depend on where a row falls). A group
-// of one token (q8_0 / q4_0 decode, or the last token of a batch) goes one row at a time.
+// of one token (q8_0 decode, or the last token of a batch) goes one row at a time. (q4_0 has
+// its own strips, MatMulRowsQ4Strips.)
 constexpr uint64_t kPanelBytes = 192 << 10;
 constexpr uint32_t kGroupF32 = 6;  // tokens per f32 tile (4 x 6 accumulators)
-constexpr uint32_t kGroupQ = 4;    // tokens per q8_0 / q4_0 tile (4 x 4)
+constexpr uint32_t kGroupQ = 4;    // tokens per q8_0 tile (4 x 4)
 
 bool HasPrefillTiles(DType t) {
 #ifdef FLASHLM_AVX512_VNNI
-  if (t == DType::kQ8_0 || t == DType::kQ4_0) return true;
+  if (t == DType::kQ8_0) return true;
 #endif
   return t == DType::kF32;
 }
@@ -648,12 +1132,7 @@ void PrefillTile(const MatrixView& w, const std::byte* const* rows, const float*
 #ifdef FLASHLM_AVX512_VNNI
     case DType::kQ8_0:
       if constexpr (NT <= static_cast<int>(kGroupQ)) {
-        return TileQ512<R, NT, false>(rows, xq, xd, Blocks(w.cols), out);
-      }
-      break;
-    case DType::kQ4_0:
-      if constexpr (NT <= static_cast<int>(kGroupQ)) {
-        return TileQ512<R, NT, true>(rows, xq, xd, Blocks(w.cols), out);
+        return TileQ512<R, NT>(rows, xq, xd, Blocks(w.cols), out);
       }
       break;
 #endif
@@ -753,6 +1232,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     float* d = reinterpret_cast<float*>(base + uint64_t{nb} * kBlock);
     float* sum = d + nb;
     float* half_sum = sum + nb;
+    int32_t* int_sum = reinterpret_cast<int32_t*>(half_sum + 2 * uint64_t{nb});
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
@@ -769,6 +1249,9 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
       half_sum[2 * b] = scale * static_cast<float>(isum[0]);
       half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
+      int_sum[b] = isum[0] + isum[1];
+      int_sum[nb + 2 * b] = isum[0];
+      int_sum[nb + 2 * b + 1] = isum[1];
     }
   }
 }
@@ -780,9 +1263,21 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   CHECK_LE(row_end, w.rows);
   CHECK_GE(y.size(), uint64_t{n_tokens} * w.rows);
 #ifdef FLASHLM_AVX512
-  // q8_0 / q4_0 decode (one token) also takes the 512-bit tile, one row at a time: 25-40%
+  // q8_0 decode (one token) also takes the 512-bit tile, one row at a time: 25-40%
   // faster than the 256-bit row kernel in a single-thread microbenchmark (a 16384 x 2048
-  // matrix); four rows at a time were 2x slower there, as the AVX2 tiles were.
+  // matrix); four rows at a time were 2x slower there, as the AVX2 tiles were. q4_0 (prefill
+  // and decode) goes through 16-row strips.
+#ifdef FLASHLM_AVX512_VNNI
+  if (w.dtype == DType::kQ4_0) {
+    return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ4_K) {
+    return MatMulRowsQ4KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ6_K) {
+    return MatMulRowsQ6KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+#endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {
     return MatMulRowsTiled(w, x, n_tokens, quantized_x, row_begin, row_end, y.data());
   }

@@ -13,14 +13,26 @@
 // portable scalar fallback; all use the same block arithmetic, so results differ only in f32
 // summation order.
 //
-// Batches (prefill) of f32, and of q8_0 / q4_0 when AVX512-VNNI is there, go through a blocked
+// Batches (prefill) of f32, and of q8_0 when AVX512-VNNI is there, go through a blocked
 // GEMM instead (AVX-512 builds): weight panels of about 192 KiB (kept in L2 while every token
-// passes), tokens in groups of 6 (f32) or 4 (q8_0 / q4_0), and register tiles of 4 rows x the
-// group (f32 FMAs on zmm; q8_0 / q4_0 with vpdpbusd over two blocks at a time). f32 results are
+// passes), tokens in groups of 6 (f32) or 4 (q8_0), and register tiles of 4 rows x the
+// group (f32 FMAs on zmm; q8_0 with vpdpbusd over two blocks at a time). f32 results are
 // bit-identical to the one-token path for every token, batch size, position in the batch and
-// thread count (the tile reduces exactly as the single row does). q8_0 / q4_0 decode uses the
-// same 512-bit tile one row at a time, so a q8_0 / q4_0 token's result does not depend on the
+// thread count (the tile reduces exactly as the single row does). q8_0 decode uses the
+// same 512-bit tile one row at a time, so a q8_0 token's result does not depend on the
 // batch either (only on the build's instruction set).
+// q4_0 with AVX512-VNNI (prefill and decode) works on strips of 16 rows, one zmm lane per row:
+// each block of the 16 rows is transposed in registers (4 nibble bytes per lane), so vpdpbusd
+// multiplies 16 rows by 4 broadcast activation bytes and the f32 scaling runs once per block for
+// 16 rows. Prefill packs 32 blocks of a strip at a time (18 KiB on the stack, reused by every
+// token 8 at a time); decode uses each transposed block at once and prefetches the next strip.
+// Each row accumulates its blocks in order with one FMA per block, so q4_0 results do not depend
+// on the batch, the row range asked for, or the thread count either. The weights stay as stored.
+// q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
+// its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
+// lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
+// bytes are transposed and combined into 6-bit values, each 16-value half of a block with its
+// own int32 accumulator (its own scale).
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.
@@ -70,7 +82,8 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
-// block the scale times the sum of its int8 values, then the same for each half of 16).
+// block the scale times the sum of its int8 values, then the same for each half of 16, then per
+// block the int32 sum of its int8 values, then per block the int32 sums of its two halves).
 void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
                          ByteSpan scratch);
 

@@ -91,7 +91,22 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{DType::kQ4_0, 1100, 300, 13, 3}, Case{DType::kQ4_0, 66, 2048, 8, 2},
                       // q8_0 / q4_0 decode through the 512-bit tile, odd and even block counts.
                       Case{DType::kQ8_0, 45, 257, 1, 3}, Case{DType::kQ8_0, 70, 2048, 1, 2},
-                      Case{DType::kQ4_0, 45, 257, 1, 3}, Case{DType::kQ4_0, 70, 2048, 1, 2}));
+                      Case{DType::kQ4_0, 45, 257, 1, 3}, Case{DType::kQ4_0, 70, 2048, 1, 2},
+                      // q4_0 in 16-row strips (512-bit VNNI): rows short of a strip and not a
+                      // multiple of 16, tokens in passes of 8 full and partial (8, 9, 17), and
+                      // more blocks than one packed chunk of 32 (2144 cols = 67 blocks, 3
+                      // chunks; 1056 = 33 blocks, a chunk of one), decode and prefill, 1-3 threads.
+                      Case{DType::kQ4_0, 15, 2144, 1, 1}, Case{DType::kQ4_0, 17, 2144, 9, 2},
+                      Case{DType::kQ4_0, 49, 1056, 17, 3}, Case{DType::kQ4_0, 3, 96, 8, 1},
+                      Case{DType::kQ4_0, 100, 1024, 16, 2}, Case{DType::kQ4_0, 33, 33, 3, 3},
+                      // q4_K in 16-row strips: partial strips, token passes of 4 full and
+                      // partial, a partial last super-block (300, 1000), decode and prefill.
+                      Case{DType::kQ4_K, 15, 512, 1, 1}, Case{DType::kQ4_K, 17, 300, 9, 2},
+                      Case{DType::kQ4_K, 49, 2048, 6, 3}, Case{DType::kQ4_K, 40, 1000, 1, 2},
+                      // q6_K likewise (the strips' 6-bit values, two scales per block).
+                      Case{DType::kQ6_K, 15, 512, 1, 1}, Case{DType::kQ6_K, 17, 300, 9, 2},
+                      Case{DType::kQ6_K, 49, 2048, 6, 3}, Case{DType::kQ6_K, 40, 1000, 1, 2},
+                      Case{DType::kQ6_K, 16, 160, 5, 1}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
@@ -146,17 +161,19 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // f32: a token's outputs are bit-identical whether it is multiplied alone (decode) or inside a
 // batch of any size at any position (prefill tiles, their token and row remainders, several
 // weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
-// gives the same logits as a full run). With AVX512-VNNI, q8_0 and q4_0 too (decode and prefill
-// share the 512-bit tile); the AVX2 kernels' summation order depends on the batch.
+// gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0, q4_K, q6_K too (decode and
+// prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   dtypes.push_back(DType::kQ8_0);
   dtypes.push_back(DType::kQ4_0);
+  dtypes.push_back(DType::kQ4_K);  // 16-row strips, as q4_0
+  dtypes.push_back(DType::kQ6_K);
 #endif
   for (DType dtype : dtypes)
-    for (uint32_t cols : {16u, 61u, 257u, 768u}) {
+    for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u}) {
       std::mt19937 rng(cols);
       const uint32_t rows = cols == 768 ? 301 : 403;
       std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
@@ -191,6 +208,46 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
         }
       }
     }
+}
+
+// MatMulRows over a row range that starts and ends inside a 16-row strip (as the bundle FFN asks
+// for 1-2 rows) gives bit-identical values to the full MatMul for those rows, and writes no other
+// row; q4_0's strips put each row in a lane of its own.
+TEST(MatMulTest, RowRangeBitIdenticalToFullMatMul) {
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    std::mt19937 rng(11);
+    const uint32_t rows = 45, cols = 1100, n = 5;
+    std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
+    MatrixView w{dtype, rows, cols, bytes};
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> x(uint64_t{n} * cols);
+    for (float& v : x) v = nd(rng);
+    std::vector<std::byte> scratch(MatMulScratchBytes(cols, n));
+    ThreadPool pool(2);
+    for (uint32_t tokens : {1u, n}) {
+      std::vector<float> full(uint64_t{tokens} * rows);
+      MatMul(w, std::span<const float>(x).first(uint64_t{tokens} * cols), tokens, full, scratch,
+             pool);
+      QuantizeActivations(x, cols, tokens, scratch);
+      for (auto [b, e] : {std::pair{3u, 5u}, std::pair{7u, 30u}, std::pair{44u, 45u}}) {
+        std::vector<float> y(uint64_t{tokens} * rows, -7.0f);
+        MatMulRows(w, x, tokens, scratch, b, e, y);
+        for (uint32_t t = 0; t < tokens; ++t) {
+          for (uint32_t r = 0; r < rows; ++r) {
+            const float got = y[uint64_t{t} * rows + r];
+            if (r < b || r >= e) {
+              ASSERT_EQ(got, -7.0f) << DTypeName(dtype) << " row " << r << " written";
+            } else {
+              const float want = full[uint64_t{t} * rows + r];
+              ASSERT_EQ(std::memcmp(&got, &want, sizeof(float)), 0)
+                  << DTypeName(dtype) << " rows [" << b << ", " << e << ") token " << t << " row "
+                  << r << ": " << got << " vs " << want;
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
