@@ -128,7 +128,16 @@ Result<StoreNeeds> StoreWeights::Measure(layout::StoreReader& reader,
   for (uint32_t l = 0; l < c.n_layers; ++l) geo.hot.push_back(reader.HotCount(l));
   layout::ExtentReaderLimits limits;
   needs = Complete(std::move(needs), c, geo, options, &limits);
-  RETURN_IF_ERROR(reader.extent_reader().SetLimits(limits));
+  if (Status st = reader.extent_reader().SetLimits(limits); !st.ok()) {
+    // Too many reads in flight: name the settings that set them.
+    return st.WithContext("--chunk-bundles " + std::to_string(options.chunk_bundles) +
+                          " and --stream-buffers " + std::to_string(options.chunk_buffers) +
+                          " need " + std::to_string(limits.queue_depth) + " reads in flight" +
+                          (options.coalesce && !options.split_bundle_reads
+                               ? ""
+                               : " (bundles read one by one)") +
+                          ": use fewer bundles per chunk or fewer buffers");
+  }
   return needs;
 }
 

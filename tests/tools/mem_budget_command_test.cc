@@ -78,8 +78,9 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   CmdRun bad_size = Flashlm(g + "--mem-budget 12Q");
   EXPECT_EQ(bad_size.exit_code, 2) << bad_size.err;
   // Tuning flags out of range: usage errors naming the flag.
+  // (64 buffers of 172 bundles read one by one: more reads in flight than the reader takes.)
   for (const char* bad : {"--stream-buffers 1", "--stream-buffers 65", "--chunk-bundles 0",
-                          "--chunk-bundles 70000"}) {
+                          "--chunk-bundles 70000", "--stream-buffers 64 --no-coalesce"}) {
     CmdRun r = Flashlm(g + "--mem-budget 0 " + bad);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
     const std::string flag = std::string(bad).substr(0, std::string(bad).find(' '));
