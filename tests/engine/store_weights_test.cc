@@ -464,8 +464,7 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
   auto full = Generate(store, 0, 1, 2);  // reads nothing per token: the pinned load fails
   ASSERT_FALSE(full.ok());
   EXPECT_EQ(full.status().code(), StatusCode::kCorruption) << full.status().ToString();
-  // Pipelined merged reads, merged, one read per bundle; then pipelined with 2 threads (chunks
-  // verified in parallel).
+  // Pipelined merged reads, merged, one read per bundle; then pipelined with 2 threads.
   for (int mode = 0; mode < 4; ++mode) {
     TransformerOptions to;
     to.max_context = 32;
@@ -491,7 +490,7 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
 }
 
 // A flipped byte in a streamed layer's attention matrix is Corruption naming the layer, read
-// ahead or not, verified on one thread or two.
+// ahead or not, with one thread or two.
 TEST(StoreWeightsTest, CorruptStreamedAttentionIsDetected) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   testing::ScratchDir dir;
