@@ -163,16 +163,23 @@ TEST(NeuronSourceTest, SplitReadsServeWholeBundlesInSeveralReadsEach) {
   EXPECT_EQ(NeuronSource::Open(*r, pinned, bad).status().code(), StatusCode::kInvalidArgument);
 }
 
+// Flips a byte of layer 1's bundle 40 in the store MakeStore wrote under `dir`, then opens a
+// source over `r` with nothing pinned and default options.
+Result<std::unique_ptr<NeuronSource>> OpenWithBundle40Corrupt(const fs::path& dir,
+                                                              layout::StoreReader& r) {
+  const layout::Extent e = r.BundleExtentAt(1, 40);
+  ::flashlm::testing::FlipByte(dir / "store" / layout::DataFileName(0), e.offset_bytes + 9);
+  const uint32_t pinned[] = {0, 0};
+  return NeuronSource::Open(r, pinned, NeuronSourceOptions());
+}
+
 // A flipped byte in a streamed bundle of a scattered request is Corruption naming it; the source
 // then serves the next request normally.
 TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
   ::flashlm::testing::ScratchDir dir;
   auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
   ASSERT_NE(r, nullptr);
-  const layout::Extent e = r->BundleExtentAt(1, 40);
-  ::flashlm::testing::FlipByte(dir / "store" / layout::DataFileName(0), e.offset_bytes + 9);
-  const uint32_t pinned[] = {0, 0};
-  auto source = NeuronSource::Open(*r, pinned, NeuronSourceOptions());
+  auto source = OpenWithBundle40Corrupt(dir.path(), *r);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   const std::vector<uint32_t> set = {1, 40, 80};
   ASSERT_TRUE((*source)->Begin(1, set).ok());
@@ -275,10 +282,7 @@ TEST(NeuronSourceTest, CorruptPrefetchedBundle) {
   ::flashlm::testing::ScratchDir dir;
   auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
   ASSERT_NE(r, nullptr);
-  const layout::Extent e = r->BundleExtentAt(1, 40);
-  ::flashlm::testing::FlipByte(dir / "store" / layout::DataFileName(0), e.offset_bytes + 9);
-  const uint32_t pinned[] = {0, 0};
-  auto source = NeuronSource::Open(*r, pinned, NeuronSourceOptions());
+  auto source = OpenWithBundle40Corrupt(dir.path(), *r);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   NeuronSource& s = **source;
   const std::vector<uint32_t> set = {1, 40, 80};

@@ -417,6 +417,18 @@ TEST(StoreWeightsTest, ClassifierStreamsAtTheSmallestBudgets) {
   EXPECT_FALSE((*s3)->store()->classifier_streamed()) << (*s3)->Describe();
 }
 
+// Flips `mask` into the byte `at` bytes into the extent of `tensor` that holds `row`; false when
+// the store or the tensor cannot be read.
+bool FlipInDenseExtent(const fs::path& store, const std::string& tensor, uint64_t row,
+                       uint64_t at, uint8_t mask) {
+  auto reader = layout::StoreReader::Open(store.string());
+  if (!reader.ok()) return false;
+  auto ext = (*reader)->DenseExtents(tensor, row, 1);
+  if (!ext.ok() || ext->empty()) return false;
+  testing::FlipByte(store / "data-00000.bin", (*ext)[0].offset_bytes + at, mask);
+  return true;
+}
+
 // A flipped byte in an embedding extent read on demand is Corruption naming the tensor.
 TEST(StoreWeightsTest, CorruptEmbeddingRowIsDetected) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
@@ -424,15 +436,8 @@ TEST(StoreWeightsTest, CorruptEmbeddingRowIsDetected) {
   const fs::path store = dir / "store";
   // f32: the 128 KiB embedding spans two 64 KiB extents, so it is read on demand when streaming.
   MakeStore(gguf, store, layout::DType::kF32, layout::BundleKind::kGateUpDown);
-  uint64_t offset = 0;
-  {
-    auto reader = layout::StoreReader::Open(store.string());
-    ASSERT_TRUE(reader.ok());
-    auto ext = (*reader)->DenseExtents("token_embd.weight", 1, 1);  // the row of token 1
-    ASSERT_TRUE(ext.ok());
-    offset = (*ext)[0].offset_bytes + 300;  // inside row 1 (256 bytes per row)
-  }
-  testing::FlipByte(store / "data-00000.bin", offset, 0x40);
+  // Inside row 1, the row of token 1 (256 bytes per row).
+  ASSERT_TRUE(FlipInDenseExtent(store, "token_embd.weight", 1, 300, 0x40));
   TransformerOptions to;
   to.max_context = 32;
   to.max_batch = 4;
@@ -496,15 +501,7 @@ TEST(StoreWeightsTest, CorruptStreamedAttentionIsDetected) {
   testing::ScratchDir dir;
   const fs::path store = dir / "store";
   MakeStore(gguf, store, layout::DType::kQ8_0, layout::BundleKind::kGateUpDown);
-  uint64_t offset = 0;
-  {
-    auto reader = layout::StoreReader::Open(store.string());
-    ASSERT_TRUE(reader.ok());
-    auto ext = (*reader)->DenseExtents("blk.4.attn_output.weight", 0, 1);
-    ASSERT_TRUE(ext.ok()) << ext.status().ToString();
-    offset = (*ext)[0].offset_bytes + 7;
-  }
-  testing::FlipByte(store / "data-00000.bin", offset, 0x10);
+  ASSERT_TRUE(FlipInDenseExtent(store, "blk.4.attn_output.weight", 0, 7, 0x10));
   for (int mode = 0; mode < 3; ++mode) {  // pipelined 1 and 2 threads, naive 2 threads
     SCOPED_TRACE("mode " + std::to_string(mode));
     TransformerOptions to;
