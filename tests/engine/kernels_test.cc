@@ -348,5 +348,98 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
   }
 }
 
+// KV rows for the attention kernels: `count` rows of n values, `stride` values apart (the other
+// heads of a row sit in between), f32 or f16 bytes, and each row as f32 (what f16 converts to).
+struct AttentionRows {
+  std::vector<std::byte> bytes;
+  std::vector<std::vector<float>> as_f32;
+  uint64_t stride_bytes = 0;
+};
+AttentionRows MakeAttentionRows(bool f16, uint32_t count, uint32_t n, uint32_t stride,
+                                std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  AttentionRows r;
+  const uint32_t width = f16 ? 2 : 4;
+  r.stride_bytes = uint64_t{stride} * width;
+  r.bytes.resize(count * r.stride_bytes);
+  for (uint32_t i = 0; i < count; ++i) {
+    std::vector<float> row(stride);
+    for (float& v : row) v = nd(rng);
+    std::byte* at = r.bytes.data() + i * r.stride_bytes;
+    if (f16) {
+      EXPECT_TRUE(layout::QuantizeRow(DType::kF16, row, ByteSpan(at, r.stride_bytes)).ok());
+      EXPECT_TRUE(
+          layout::DequantizeRow(DType::kF16, ConstByteSpan(at, r.stride_bytes), row).ok());
+    } else {
+      std::memcpy(at, row.data(), r.stride_bytes);
+    }
+    r.as_f32.emplace_back(row.begin(), row.begin() + n);
+  }
+  return r;
+}
+
+// AttentionDotRows is DotF32 row by row times the scale, bit for bit, for f32 and f16 rows: head
+// sizes below, at and between multiples of 16 (the scalar tail), runs shorter than, equal to and
+// longer than the 16-row groups; nothing past `count` is written. And DotF32 is a dot product
+// (against double, to f32 rounding).
+TEST(KernelsTest, AttentionDotRowsBitIdenticalToDotF32) {
+  std::mt19937 rng(41);
+  for (bool f16 : {false, true}) {
+    for (uint32_t n : {4u, 8u, 16u, 20u, 48u, 64u, 100u, 128u, 136u}) {
+      for (uint32_t count : {1u, 5u, 15u, 16u, 17u, 33u, 40u}) {
+        const uint32_t stride = 3 * n + 5;
+        const AttentionRows rows = MakeAttentionRows(f16, count, n, stride, rng);
+        std::vector<float> q(n);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        for (float& v : q) v = nd(rng);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(n));
+        std::vector<float> out(count + 3, 7.0f);
+        AttentionDotRows(q.data(), rows.bytes.data(), rows.stride_bytes, count, f16, n, scale,
+                         out.data());
+        for (uint32_t i = 0; i < count; ++i) {
+          const float want = DotF32(q.data(), rows.as_f32[i].data(), n) * scale;
+          ASSERT_EQ(std::memcmp(&out[i], &want, sizeof(float)), 0)
+              << (f16 ? "f16" : "f32") << " n " << n << " count " << count << " row " << i
+              << ": " << out[i] << " vs " << want;
+          double exact = 0, magnitude = 0;
+          for (uint32_t j = 0; j < n; ++j) {
+            exact += double{q[j]} * rows.as_f32[i][j];
+            magnitude += std::fabs(double{q[j]} * rows.as_f32[i][j]);
+          }
+          ASSERT_NEAR(out[i], exact * scale, 1e-6 * magnitude * scale + 1e-7);
+        }
+        for (uint32_t i = count; i < count + 3; ++i) ASSERT_EQ(out[i], 7.0f) << "written past count";
+      }
+    }
+  }
+}
+
+// AttentionAxpyRows is AxpyF32 row after row, bit for bit, for f32 and f16 rows: head sizes with
+// and without the register-blocked chunks of 16 and 128 values, an 8-value rest and a scalar
+// tail; zero weights among the rows; nothing past n is written.
+TEST(KernelsTest, AttentionAxpyRowsBitIdenticalToAxpyF32) {
+  std::mt19937 rng(43);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (bool f16 : {false, true}) {
+    for (uint32_t n : {3u, 8u, 16u, 24u, 40u, 64u, 100u, 128u, 136u, 200u, 264u}) {
+      for (uint32_t count : {1u, 7u, 16u, 33u}) {
+        const AttentionRows rows = MakeAttentionRows(f16, count, n, 2 * n + 3, rng);
+        std::vector<float> a(count);
+        for (uint32_t i = 0; i < count; ++i) a[i] = i % 6 == 2 ? 0.0f : nd(rng);
+        std::vector<float> y(n + 2);
+        for (float& v : y) v = nd(rng);
+        std::vector<float> want = y;
+        for (uint32_t i = 0; i < count; ++i) AxpyF32(a[i], rows.as_f32[i].data(), want.data(), n);
+        AttentionAxpyRows(a.data(), rows.bytes.data(), rows.stride_bytes, count, f16, y.data(), n);
+        for (uint32_t j = 0; j < n + 2; ++j) {
+          ASSERT_EQ(std::memcmp(&y[j], &want[j], sizeof(float)), 0)
+              << (f16 ? "f16" : "f32") << " n " << n << " count " << count << " value " << j
+              << ": " << y[j] << " vs " << want[j];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::engine
