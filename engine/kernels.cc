@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -902,52 +903,66 @@ void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
   }
 }
 
-void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
-  const uint32_t nb = Blocks(w.cols);
-  const uint64_t rb = w.row_bytes();
-  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+// The strip driver of q4_K and q6_K: for every strip of rows [row_begin, row_end) and every pass
+// of up to kStripTokensK tokens over it, kernel(std::integral_constant<int, NT>, strip, tokens,
+// next_bytes, out) writes the NT tokens' 16 row results into out[0..NT) (next_bytes: what of the
+// next strip to prefetch in step, non-zero on the last pass only, as earlier passes re-read this
+// strip); they are stored to y, masked to the strip's rows.
+template <typename Kernel>
+void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                       uint32_t row_begin, uint32_t row_end, float* y, Kernel kernel) {
+  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
     SetUpStrip(w, r0, row_end, &s);
-    const std::byte* const* row = s.row;
-    const __m512i offsets = s.offsets;
-    const std::byte* next = s.next;
     for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
       const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      const int8_t* xq[kStripTokensK] = {};
-      const float* xd[kStripTokensK] = {};
-      const float* xs[kStripTokensK] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        const QToken x = QTokenAt(quantized_x, w.cols, t0 + i);
-        xq[i] = x.q;
-        xd[i] = x.d;
-        xs[i] = x.dsum;
-      }
-      // The next strip is prefetched on the last token pass only (earlier passes re-read this one).
+      QToken x[kStripTokensK];
+      for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
       const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
-      __m512 acc[kStripTokensK], macc[kStripTokensK];
-      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = macc[i] = _mm512_setzero_ps();
+      __m512 out[kStripTokensK];
       switch (nt) {
         case 1:
-          StripQ4K<1>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          kernel(std::integral_constant<int, 1>{}, s, x, next_bytes, out);
           break;
         case 2:
-          StripQ4K<2>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          kernel(std::integral_constant<int, 2>{}, s, x, next_bytes, out);
           break;
         case 3:
-          StripQ4K<3>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          kernel(std::integral_constant<int, 3>{}, s, x, next_bytes, out);
           break;
         default:
-          StripQ4K<4>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
+          kernel(std::integral_constant<int, 4>{}, s, x, next_bytes, out);
           break;
       }
       for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask,
-                              _mm512_sub_ps(acc[i], macc[i]));
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
       }
     }
   }
+}
+
+void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  MatMulRowsKStrips(w, n_tokens, quantized_x, row_begin, row_end, y,
+                    [nb](auto tokens, const StripRows& s, const QToken* x, uint64_t next_bytes,
+                         __m512* out) {
+                      constexpr int NT = decltype(tokens)::value;
+                      const int8_t* xq[NT];
+                      const float* xd[NT];
+                      const float* xs[NT];
+                      __m512 acc[NT], macc[NT];
+                      for (int i = 0; i < NT; ++i) {
+                        xq[i] = x[i].q;
+                        xd[i] = x[i].d;
+                        xs[i] = x[i].dsum;
+                        acc[i] = macc[i] = _mm512_setzero_ps();
+                      }
+                      StripQ4K<NT>(s.row, s.offsets, nb, xq, xd, xs, s.next, next_bytes, acc,
+                                   macc);
+                      for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(acc[i], macc[i]);
+                    });
 }
 
 // ---- q6_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
@@ -1038,47 +1053,21 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
 void MatMulRowsQ6KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                          uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
-  const uint64_t rb = w.row_bytes();
-  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
-  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    StripRows s;
-    SetUpStrip(w, r0, row_end, &s);
-    const std::byte* const* row = s.row;
-    const __m512i offsets = s.offsets;
-    const std::byte* next = s.next;
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
-      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      const int8_t* xq[kStripTokensK] = {};
-      const float* xd[kStripTokensK] = {};
-      const int32_t* xh[kStripTokensK] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        const QToken x = QTokenAt(quantized_x, w.cols, t0 + i);
-        xq[i] = x.q;
-        xd[i] = x.d;
-        xh[i] = x.half_isum;
-      }
-      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
-      __m512 acc[kStripTokensK];
-      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = _mm512_setzero_ps();
-      switch (nt) {
-        case 1:
-          StripQ6K<1>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
-          break;
-        case 2:
-          StripQ6K<2>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
-          break;
-        case 3:
-          StripQ6K<3>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
-          break;
-        default:
-          StripQ6K<4>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
-          break;
-      }
-      for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, acc[i]);
-      }
-    }
-  }
+  MatMulRowsKStrips(w, n_tokens, quantized_x, row_begin, row_end, y,
+                    [nb](auto tokens, const StripRows& s, const QToken* x, uint64_t next_bytes,
+                         __m512* out) {
+                      constexpr int NT = decltype(tokens)::value;
+                      const int8_t* xq[NT];
+                      const float* xd[NT];
+                      const int32_t* xh[NT];
+                      for (int i = 0; i < NT; ++i) {
+                        xq[i] = x[i].q;
+                        xd[i] = x[i].d;
+                        xh[i] = x[i].half_isum;
+                        out[i] = _mm512_setzero_ps();
+                      }
+                      StripQ6K<NT>(s.row, s.offsets, nb, xq, xd, xh, s.next, next_bytes, out);
+                    });
 }
 #endif
 
@@ -1272,14 +1261,32 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
-      float amax = 0.0f;
-      for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
-      const float scale = amax / 127.0f;
-      const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
       int32_t isum[2] = {0, 0};
-      for (uint32_t j = 0; j < kBlock; ++j) {
-        q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
-        isum[j / 16] += q[c0 + j];
+      float scale;
+#ifdef FLASHLM_AVX512
+      if (n == kBlock) {  // the same operations on 16 lanes: max is exact, and cvtps rounds to
+                          // nearest even as nearbyint does (default rounding mode)
+        const __m512 x0 = _mm512_loadu_ps(xt + c0), x1 = _mm512_loadu_ps(xt + c0 + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        scale = amax / 127.0f;
+        const __m512 inv = _mm512_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c0), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c0 + 16), _mm512_cvtepi32_epi8(q1));
+        isum[0] = _mm512_reduce_add_epi32(q0);
+        isum[1] = _mm512_reduce_add_epi32(q1);
+      } else
+#endif
+      {
+        float amax = 0.0f;
+        for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
+        scale = amax / 127.0f;
+        const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        for (uint32_t j = 0; j < kBlock; ++j) {
+          q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
+          isum[j / 16] += q[c0 + j];
+        }
       }
       d[b] = scale;
       sum[b] = scale * static_cast<float>(isum[0] + isum[1]);

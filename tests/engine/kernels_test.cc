@@ -441,5 +441,64 @@ TEST(KernelsTest, AttentionAxpyRowsBitIdenticalToAxpyF32) {
   }
 }
 
+// QuantizeActivations writes the layout kernels.h states, value for value as the scalar rule
+// (scale = max |x| / 127 per block of 32, q = nearbyint(x / scale), sums of q and of its two
+// halves, scale x those sums), for full blocks (the SIMD path), a partial last block (padded with
+// zeros), an all-zero block and ties at .5 (rounded to even).
+TEST(KernelsTest, QuantizeActivationsFollowsTheScalarRule) {
+  std::mt19937 rng(47);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (uint32_t cols : {32u, 96u, 100u, 7u}) {
+    const uint32_t tokens = 3, nb = (cols + 31) / 32;
+    std::vector<float> x(uint64_t{cols} * tokens);
+    for (float& v : x) v = nd(rng);
+    for (uint32_t j = 0; j < std::min(cols, 32u); ++j) x[cols + j] = 0.0f;  // token 1, block 0
+    // Token 2, block 0: max 127, so the scale is 1 and values k + 0.5 tie.
+    if (cols >= 32) {
+      for (uint32_t j = 0; j < 32; ++j) x[2 * cols + j] = j == 0 ? 127.0f : (j % 9) - 4.5f;
+    }
+    std::vector<std::byte> scratch(MatMulScratchBytes(cols, tokens));
+    QuantizeActivations(x, cols, tokens, scratch);
+    const uint64_t per_token = scratch.size() / tokens;
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const std::byte* base = scratch.data() + t * per_token;
+      const auto* q = reinterpret_cast<const int8_t*>(base);
+      const auto* d = reinterpret_cast<const float*>(base + nb * 32);
+      const float* sum = d + nb;
+      const float* half_sum = sum + nb;
+      const auto* int_sum = reinterpret_cast<const int32_t*>(half_sum + 2 * nb);
+      for (uint32_t b = 0; b < nb; ++b) {
+        float amax = 0;
+        for (uint32_t j = b * 32; j < std::min(cols, b * 32 + 32); ++j) {
+          amax = std::max(amax, std::fabs(x[t * cols + j]));
+        }
+        const float scale = amax / 127.0f;
+        const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        int32_t half[2] = {0, 0};
+        for (uint32_t j = 0; j < 32; ++j) {
+          const uint32_t c = b * 32 + j;
+          const int want = c < cols ? static_cast<int>(std::nearbyint(x[t * cols + c] * inv)) : 0;
+          ASSERT_EQ(q[c], want) << "cols " << cols << " token " << t << " value " << c;
+          half[j / 16] += want;
+        }
+        ASSERT_EQ(d[b], scale);
+        ASSERT_EQ(sum[b], scale * static_cast<float>(half[0] + half[1]));
+        ASSERT_EQ(half_sum[2 * b], scale * static_cast<float>(half[0]));
+        ASSERT_EQ(half_sum[2 * b + 1], scale * static_cast<float>(half[1]));
+        ASSERT_EQ(int_sum[b], half[0] + half[1]);
+        ASSERT_EQ(int_sum[nb + 2 * b], half[0]);
+        ASSERT_EQ(int_sum[nb + 2 * b + 1], half[1]);
+      }
+    }
+    if (cols >= 32) {  // the ties round to even: -3.5 -> -4, -2.5 -> -2, -1.5 -> -2, -4.5 -> -4
+      const auto* q = reinterpret_cast<const int8_t*>(scratch.data() + 2 * per_token);
+      EXPECT_EQ(q[1], -4);
+      EXPECT_EQ(q[2], -2);
+      EXPECT_EQ(q[3], -2);
+      EXPECT_EQ(q[9], -4);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::engine
