@@ -821,8 +821,8 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
 
 template <int NT>
-void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
-              const float* const* xd, const float* const* xs, const std::byte* next,
+void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
+              const std::byte* next,
               uint64_t next_bytes, __m512* acc, __m512* macc) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
@@ -889,80 +889,18 @@ void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
                                     : _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
           for (int tk = 0; tk < NT; ++tk) {
             int32_t x4;
-            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * k, 4);
+            std::memcpy(&x4, x[tk].q + uint64_t{blk} * kBlock + 4 * k, 4);
             ia[tk][k % 2] = _mm512_dpbusd_epi32(ia[tk][k % 2], wk, _mm512_set1_epi32(x4));
           }
         }
         for (int tk = 0; tk < NT; ++tk) {
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[tk][0], ia[tk][1])),
-                                    _mm512_mul_ps(dsc, _mm512_set1_ps(xd[tk][blk])), acc[tk]);
-          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(xs[tk][blk]), macc[tk]);
+                                    _mm512_mul_ps(dsc, _mm512_set1_ps(x[tk].d[blk])), acc[tk]);
+          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(x[tk].dsum[blk]), macc[tk]);
         }
       }
     }
   }
-}
-
-// The strip driver of q4_K and q6_K: for every strip of rows [row_begin, row_end) and every pass
-// of up to kStripTokensK tokens over it, kernel(std::integral_constant<int, NT>, strip, tokens,
-// next_bytes, out) writes the NT tokens' 16 row results into out[0..NT) (next_bytes: what of the
-// next strip to prefetch in step, non-zero on the last pass only, as earlier passes re-read this
-// strip); they are stored to y, masked to the strip's rows.
-template <typename Kernel>
-void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                       uint32_t row_begin, uint32_t row_end, float* y, Kernel kernel) {
-  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
-  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    StripRows s;
-    SetUpStrip(w, r0, row_end, &s);
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
-      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      QToken x[kStripTokensK];
-      for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
-      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
-      __m512 out[kStripTokensK];
-      switch (nt) {
-        case 1:
-          kernel(std::integral_constant<int, 1>{}, s, x, next_bytes, out);
-          break;
-        case 2:
-          kernel(std::integral_constant<int, 2>{}, s, x, next_bytes, out);
-          break;
-        case 3:
-          kernel(std::integral_constant<int, 3>{}, s, x, next_bytes, out);
-          break;
-        default:
-          kernel(std::integral_constant<int, 4>{}, s, x, next_bytes, out);
-          break;
-      }
-      for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
-      }
-    }
-  }
-}
-
-void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
-  const uint32_t nb = Blocks(w.cols);
-  MatMulRowsKStrips(w, n_tokens, quantized_x, row_begin, row_end, y,
-                    [nb](auto tokens, const StripRows& s, const QToken* x, uint64_t next_bytes,
-                         __m512* out) {
-                      constexpr int NT = decltype(tokens)::value;
-                      const int8_t* xq[NT];
-                      const float* xd[NT];
-                      const float* xs[NT];
-                      __m512 acc[NT], macc[NT];
-                      for (int i = 0; i < NT; ++i) {
-                        xq[i] = x[i].q;
-                        xd[i] = x[i].d;
-                        xs[i] = x[i].dsum;
-                        acc[i] = macc[i] = _mm512_setzero_ps();
-                      }
-                      StripQ4K<NT>(s.row, s.offsets, nb, xq, xd, xs, s.next, next_bytes, acc,
-                                   macc);
-                      for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(acc[i], macc[i]);
-                    });
 }
 
 // ---- q6_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
@@ -992,8 +930,8 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
 // over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
 // half. The same code runs for every token count.
 template <int NT>
-void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
-              const float* const* xd, const int32_t* const* xh, const std::byte* next,
+void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
+              const std::byte* next,
               uint64_t next_bytes, __m512* acc) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
@@ -1024,8 +962,8 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
         const __m512 dsc[2] = {scale(8 * h + 2 * k), scale(8 * h + 2 * k + 1)};
         __m512i ia[NT][2];
         for (int tk = 0; tk < NT; ++tk) {
-          ia[tk][0] = _mm512_set1_epi32(-32 * xh[tk][2 * blk]);
-          ia[tk][1] = _mm512_set1_epi32(-32 * xh[tk][2 * blk + 1]);
+          ia[tk][0] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk]);
+          ia[tk][1] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk + 1]);
         }
         for (int j = 0; j < 8; ++j) {  // dword j: values 4j .. 4j + 3 of the block
           const __m512i l = tl[8 * (k % 2) + j];
@@ -1036,12 +974,12 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
           const __m512i wj = _mm512_or_si512(lo, hi);
           for (int tk = 0; tk < NT; ++tk) {
             int32_t x4;
-            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * j, 4);
+            std::memcpy(&x4, x[tk].q + uint64_t{blk} * kBlock + 4 * j, 4);
             ia[tk][j / 4] = _mm512_dpbusd_epi32(ia[tk][j / 4], wj, _mm512_set1_epi32(x4));
           }
         }
         for (int tk = 0; tk < NT; ++tk) {
-          const __m512 dx = _mm512_set1_ps(xd[tk][blk]);
+          const __m512 dx = _mm512_set1_ps(x[tk].d[blk]);
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
         }
@@ -1050,24 +988,56 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
   }
 }
 
-void MatMulRowsQ6KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
+// MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
+// [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
+// run over all its super-blocks (prefetching the next strip in step on the last pass only, as
+// earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
+// masked to the strip's rows.
+template <bool kQ6>
+void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                       uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
-  MatMulRowsKStrips(w, n_tokens, quantized_x, row_begin, row_end, y,
-                    [nb](auto tokens, const StripRows& s, const QToken* x, uint64_t next_bytes,
-                         __m512* out) {
-                      constexpr int NT = decltype(tokens)::value;
-                      const int8_t* xq[NT];
-                      const float* xd[NT];
-                      const int32_t* xh[NT];
-                      for (int i = 0; i < NT; ++i) {
-                        xq[i] = x[i].q;
-                        xd[i] = x[i].d;
-                        xh[i] = x[i].half_isum;
-                        out[i] = _mm512_setzero_ps();
-                      }
-                      StripQ6K<NT>(s.row, s.offsets, nb, xq, xd, xh, s.next, next_bytes, out);
-                    });
+  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    StripRows s;
+    SetUpStrip(w, r0, row_end, &s);
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+      QToken x[kStripTokensK];
+      for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
+      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
+      __m512 out[kStripTokensK];
+      const auto pass = [&](auto tokens) {
+        constexpr int NT = decltype(tokens)::value;
+        for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
+        if constexpr (kQ6) {
+          StripQ6K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out);
+        } else {
+          __m512 macc[NT];
+          for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
+          StripQ4K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out, macc);
+          for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
+        }
+      };
+      switch (nt) {
+        case 1:
+          pass(std::integral_constant<int, 1>{});
+          break;
+        case 2:
+          pass(std::integral_constant<int, 2>{});
+          break;
+        case 3:
+          pass(std::integral_constant<int, 3>{});
+          break;
+        default:
+          pass(std::integral_constant<int, 4>{});
+          break;
+      }
+      for (uint32_t i = 0; i < nt; ++i) {
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
+      }
+    }
+  }
 }
 #endif
 
@@ -1315,10 +1285,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ4_K) {
-    return MatMulRowsQ4KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsKStrips<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ6_K) {
-    return MatMulRowsQ6KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsKStrips<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {
