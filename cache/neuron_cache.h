@@ -55,6 +55,9 @@ class NeuronCache {
 
   // A pinned handle on a filled bundle, or nullptr on a miss (counted in stats()).
   Handle* Lookup(uint32_t layer, uint32_t neuron);
+  // Whether the bundle has a slot (filled, or reserved for a read in flight). Not a lookup: not
+  // counted, recency untouched.
+  bool Contains(uint32_t layer, uint32_t neuron) const { return lru_.Contains(Key(layer, neuron)); }
 
   // Takes a slot for a missing bundle, evicting the least recently used unpinned bundle when
   // full; returns the pinned handle. Its Bytes() span is the read destination.

@@ -253,8 +253,34 @@ Status NeuronSource::LoadPinned() {
 
 void NeuronSource::AdvanceHead() {
   slots_[ring_head_].job = -1;
-  ring_head_ = (ring_head_ + 1) % slots_.size();
+  ring_head_ = (ring_head_ + 1) % RingSize();
   --ring_count_;
+}
+
+void NeuronSource::Unpark() {
+  if (parked_ == 0) return;
+  if (ring_count_ > 0) {  // a request left unfinished: start the ring afresh
+    ResetRing();
+    return;
+  }
+  for (uint32_t j = 0; j < parked_; ++j) Parked(j).job = -1;
+  parked_ = 0;
+  ring_head_ = 0;
+}
+
+const std::byte* NeuronSource::Admit(uint32_t position, const std::byte* bytes) {
+  cache::NeuronCache::Handle* h = cache_slots_ != 0 ? cache_->TryReserve(layer_, position) : nullptr;
+  if (h == nullptr) {
+    ++stats_.admissions_refused;
+    return bytes;
+  }
+  // Admitted: the bundle moves to its slot, the chunk's buffer need not hold it.
+  const ByteSpan dst = cache_->Bytes(h);
+  std::memcpy(dst.data(), bytes, geometry_.bundle_bytes);
+  cache_->MarkFilled(h);
+  held_[held_count_++] = h;
+  ++stats_.bundles_admitted;
+  return dst.data();
 }
 
 Status NeuronSource::Begin(uint32_t layer) {
@@ -263,6 +289,7 @@ Status NeuronSource::Begin(uint32_t layer) {
     AdvanceHead();
     holding_ = false;
   }
+  Unpark();  // the previous request's prefetched chunks
   if (cache_) {
     ReleaseHeld();  // the previous layer's bundles are done
     if (layer == 0) cache_->NextPass();
@@ -288,30 +315,62 @@ Status NeuronSource::Begin(uint32_t layer, std::span<const uint32_t> positions) 
                                   std::to_string(neurons_));
     }
   }
-  ResetRing();  // what is in flight belongs to the dense schedule or another request
   dense_ = false;
+  if (prefetch_pending_ && prefetch_layer_ == layer && ring_count_ > 0) {
+    // The chunks Prefetch read for this layer, all of the ring from its head: landed (verified)
+    // and parked at the end of slots_, out of the ring, which starts empty before them.
+    for (uint32_t j = 0; j < ring_count_; ++j) {
+      if (Status st = Land(slots_[(ring_head_ + j) % RingSize()]); !st.ok()) return Fail(st);
+    }
+    const uint32_t parked = ring_count_;
+    std::rotate(slots_.begin(), slots_.begin() + (ring_head_ + parked) % slots_.size(),
+                slots_.end());
+    ring_head_ = ring_count_ = 0;
+    parked_ = parked;
+  } else {
+    ResetRing();  // what is in flight belongs to the dense schedule or another request
+  }
+  prefetch_pending_ = false;
   request_ = positions;
   request_streamed_ =
       std::lower_bound(positions.begin(), positions.end(), pinned_[layer]) - positions.begin();
-  // Cached bundles are pinned for the layer; the rest are the misses, read in chunks.
+  // Cached bundles are pinned for the layer, prefetched ones served from their parked chunks;
+  // the rest are the misses, read in chunks.
   NeuronLayerStats& ls = layer_stats_[layer];
   ls.requested += positions.size();
   ls.pinned += request_streamed_;
   miss_count_ = 0;
+  uint64_t prefetched = 0;
+  uint32_t pj = 0, pk = 0;  // the next parked chunk and bundle not below positions[i]
   for (size_t i = request_streamed_; i < positions.size(); ++i) {
     cache::NeuronCache::Handle* h =
         cache_slots_ != 0 ? cache_->Lookup(layer, positions[i]) : nullptr;
     if (h != nullptr) {
       held_[held_count_++] = h;
       ptr_[i] = cache_->Bytes(h).data();
+      continue;
+    }
+    while (pj < parked_ && (pk == Parked(pj).count || Parked(pj).positions[pk] < positions[i])) {
+      if (pk == Parked(pj).count) {
+        ++pj;
+        pk = 0;
+      } else {
+        ++pk;
+      }
+    }
+    if (pj < parked_ && Parked(pj).positions[pk] == positions[i]) {
+      ptr_[i] = Admit(positions[i], Parked(pj).pointers[pk]);
+      ++prefetched;
     } else {
       ptr_[i] = nullptr;
       misses_[miss_count_++] = static_cast<uint32_t>(i);
     }
   }
-  const uint64_t cached = positions.size() - request_streamed_ - miss_count_;
+  const uint64_t cached = positions.size() - request_streamed_ - miss_count_ - prefetched;
   ls.cached += cached;
-  ls.streamed += miss_count_;
+  ls.streamed += miss_count_ + prefetched;
+  stats_.bundles_streamed += prefetched;
+  stats_.prefetch_used += prefetched;
   stats_.bundles_cached += cached;
   stats_.bundles_resident += cached;
   request_next_ = 0;
@@ -391,7 +450,7 @@ Status NeuronSource::FormAdHocChunk(Slot& slot) {
 }
 
 Status NeuronSource::FillRing() {
-  const uint32_t ring = static_cast<uint32_t>(slots_.size());
+  const uint32_t ring = RingSize();
   while (ring_count_ < ring) {
     Slot& slot = slots_[(ring_head_ + ring_count_) % ring];
     if (dense_) {
@@ -419,6 +478,49 @@ void NeuronSource::ResetRing() {
   }
   ring_head_ = ring_count_ = 0;
   holding_ = false;
+  parked_ = 0;
+  prefetch_pending_ = false;
+}
+
+Status NeuronSource::Prefetch(uint32_t layer, std::span<const uint32_t> positions) {
+  if (layer >= pinned_.size()) return InvalidArgumentError("neuron source: layer out of range");
+  for (size_t i = 0; i < positions.size(); ++i) {
+    if (positions[i] >= neurons_ || (i > 0 && positions[i] <= positions[i - 1])) {
+      return InvalidArgumentError("neuron source: positions must increase and be < " +
+                                  std::to_string(neurons_));
+    }
+  }
+  // The current request ends here; nothing it read is needed any more.
+  if (cache_) ReleaseHeld();
+  ResetRing();
+  dense_ = false;
+  pinned_served_ = true;
+  request_ = {};
+  miss_count_ = request_next_ = cursor_ = 0;
+  job_next_ = job_end_ = 0;
+  // One slot stays free for the misses of the request the guess is for.
+  if (compressed_ || slots_.size() < 2) return Status::Ok();
+  layer_ = layer;
+  request_ = positions;
+  for (size_t i = std::lower_bound(positions.begin(), positions.end(), pinned_[layer]) -
+                  positions.begin();
+       i < positions.size(); ++i) {
+    if (cache_slots_ != 0 && cache_->Contains(layer, positions[i])) continue;
+    misses_[miss_count_++] = static_cast<uint32_t>(i);
+  }
+  const uint32_t ring = static_cast<uint32_t>(slots_.size()) - 1;
+  while (ring_count_ < ring && request_next_ < miss_count_) {
+    Slot& slot = slots_[(ring_head_ + ring_count_) % slots_.size()];
+    ++ring_count_;
+    if (Status st = FormAdHocChunk(slot); !st.ok()) return Fail(st);
+    slot.job = kPrefetch;
+    stats_.bundles_prefetched += slot.count;
+  }
+  request_ = {};
+  miss_count_ = request_next_ = 0;
+  prefetch_pending_ = ring_count_ > 0;
+  prefetch_layer_ = layer;
+  return Status::Ok();
 }
 
 Status NeuronSource::Fail(Status st) {
@@ -480,20 +582,8 @@ Result<bool> NeuronSource::LandAdHoc() {
   bool needed = false;
   for (uint32_t k = 0; k < head.count; ++k) {
     const uint32_t i = misses_[head.miss_first + k];
-    cache::NeuronCache::Handle* h =
-        cache_slots_ != 0 ? cache_->TryReserve(layer_, head.positions[k]) : nullptr;
-    if (h != nullptr) {  // admitted: the bundle moves to its slot, the buffer can take more
-      const ByteSpan dst = cache_->Bytes(h);
-      std::memcpy(dst.data(), head.pointers[k], geometry_.bundle_bytes);
-      cache_->MarkFilled(h);
-      held_[held_count_++] = h;
-      ptr_[i] = dst.data();
-      ++stats_.bundles_admitted;
-    } else {
-      ptr_[i] = head.pointers[k];
-      needed = true;
-      ++stats_.admissions_refused;
-    }
+    ptr_[i] = Admit(head.positions[k], head.pointers[k]);
+    needed = needed || ptr_[i] == head.pointers[k];
   }
   stats_.bundles_streamed += head.count;
   return needed;

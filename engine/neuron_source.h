@@ -29,6 +29,12 @@
 //  - Begin(layer, positions): any set of positions, contiguous or scattered (what a sparse FFN
 //    asks for). Its chunks are read ahead within the request; a ring holding chunks of the dense
 //    schedule is drained first.
+// Lookahead: Prefetch(layer, positions) reads a guess at a later ad-hoc request's bundles (a
+// predictor's, made from an earlier activation than the layer's own FFN input) into the ring
+// ahead of time; the next Begin(layer, positions) lands those chunks, serves the requested
+// bundles they hold from there (they stay parked in the ring for the request) and reads only the
+// rest. Which bundles a request serves, and so what is computed, does not change: only when the
+// reads go out. A wrong guess costs its bytes (stats: bundles_prefetched against prefetch_used).
 // Batches of a dense request: the pinned positions (one batch), then one batch per chunk. Of an
 // ad-hoc request: its pinned positions, then the rest in increasing position order, cached and
 // streamed bundles mixed (a batch ends after a chunk whose bundles could not all be admitted). A
@@ -90,6 +96,8 @@ struct NeuronStats {
   uint64_t bundles_cached = 0;      // of the resident: LRU cache hits
   uint64_t bundles_admitted = 0;    // streamed bundles copied into the LRU cache
   uint64_t admissions_refused = 0;  // misses not admitted (window full, or no cache)
+  uint64_t bundles_prefetched = 0;  // read by Prefetch (part of bytes_read and reads)
+  uint64_t prefetch_used = 0;       // of those, served to the request they were read for
   // The FFN's own reads (bundles), a part of the reader's counters.
   uint64_t bytes_requested = 0;  // stored bytes of the bundles read
   uint64_t bytes_read = 0;       // bytes the reads covered (merged spans, gaps included)
@@ -152,6 +160,13 @@ class NeuronSource {
   // Starts serving `positions` (strictly increasing, < neurons()) of `layer`; the span must stay
   // valid until the last Next(). Errors: InvalidArgument.
   Status Begin(uint32_t layer, std::span<const uint32_t> positions);
+  // Speculative reads for the next request, Begin(layer, ...) (the lookahead, see above). Ends
+  // the current request (its views become invalid; Next returns false until the next Begin) and
+  // drops whatever the ring holds; then reads the bundles of `positions` (strictly increasing,
+  // < neurons()) that are neither pinned nor cached, in chunks, as many as the ring takes (the
+  // rest are not read). A no-op for compressed stores (their reads are synchronous). Errors:
+  // InvalidArgument; IoError (submission; the ring is then reset).
+  Status Prefetch(uint32_t layer, std::span<const uint32_t> positions);
   // The next batch of the request, or false when it is done. Errors: IoError, Corruption (the
   // message names the bundle); the ring is then reset, and a later Begin starts afresh.
   Result<bool> Next(Batch* batch);
@@ -181,6 +196,7 @@ class NeuronSource {
     uint32_t layer = 0, first = 0, count = 0;
   };
   static constexpr int64_t kAdHoc = -2;
+  static constexpr int64_t kPrefetch = -3;  // a Prefetch chunk (in flight, then parked)
 
   NeuronSource(layout::StoreReader& reader) : reader_(reader) {}
   Status LoadPinned();
@@ -193,8 +209,15 @@ class NeuronSource {
   // into the cache where it takes them; returns whether the chunk's buffer is still needed.
   Result<bool> LandAdHoc();
   void ReleaseHeld();  // the cache handles of the current request
+  // A streamed bundle of the current ad-hoc request at `position`, `bytes` in a chunk buffer:
+  // copied into an LRU slot when the cache admits it (returns the slot's bytes), else `bytes`.
+  const std::byte* Admit(uint32_t position, const std::byte* bytes);
+  // Parked chunks sit at the end of slots_ (the j-th in the order read); the ring uses the rest.
+  Slot& Parked(uint32_t j) { return slots_[slots_.size() - parked_ + j]; }
+  uint32_t RingSize() const { return static_cast<uint32_t>(slots_.size()) - parked_; }
+  void Unpark();       // the parked chunks' buffers are free again
   void AdvanceHead();  // the head slot is free again
-  void ResetRing();    // waits for everything in flight; every slot free
+  void ResetRing();    // waits for everything in flight; every slot free (parked ones too)
   Status Fail(Status st);
 
   layout::StoreReader& reader_;
@@ -218,6 +241,12 @@ class NeuronSource {
   std::vector<Job> jobs_;
   std::vector<uint32_t> job_first_, job_count_;  // [layer]
   uint32_t ring_head_ = 0, ring_count_ = 0, next_job_ = 0;
+  // Chunks read by Prefetch: in the ring (from its head) until the next Begin, which lands the
+  // ones of its layer and parks them: they leave the ring for the last parked_ entries of slots_
+  // and keep their buffers until the request ends (the ring meanwhile uses the others).
+  bool prefetch_pending_ = false;
+  uint32_t prefetch_layer_ = 0;
+  uint32_t parked_ = 0;
   // The current request.
   uint32_t layer_ = 0;
   bool dense_ = true;

@@ -282,7 +282,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
                                                config.hidden_dim));
     options.transformer.ffn_thresholds = std::move(t.thresholds);
   }
-  if (options.transformer.sparsity == FfnSparsity::kPredictor) {
+  if (options.transformer.sparsity == FfnSparsity::kPredictor || options.transformer.lookahead) {
     const std::string file = options.ffn_predictor_path.empty()
                                  ? path + "/" + std::string(layout::kFfnPredictorFileName)
                                  : options.ffn_predictor_path;
@@ -456,6 +456,9 @@ std::string Session::Describe() const {
             ? "predictor sparsity (a low-rank predictor on the FFN input, then only the predicted "
               "neurons' bundles; approximate)"
             : "dense (every neuron)") +
+       (model_->lookahead() ? "; lookahead: the predictor's guess at each layer's bundles read "
+                              "ahead while its attention computes"
+                            : "") +
        "\n";
   const NeuronSource& n = *store_->neurons();
   if (model_->sparsity() != FfnSparsity::kDense) {
@@ -497,6 +500,8 @@ void Session::FillStats(EngineStats* out) const {
     s.bundles_cached = c.neurons.bundles_cached;
     s.bundles_admitted = c.neurons.bundles_admitted;
     s.admissions_refused = c.neurons.admissions_refused;
+    s.bundles_prefetched = c.neurons.bundles_prefetched;
+    s.prefetch_used = c.neurons.prefetch_used;
     s.ffn_bytes_requested = c.neurons.bytes_requested;
     s.ffn_bytes_read = c.neurons.bytes_read;
     s.ffn_reads = c.neurons.reads;

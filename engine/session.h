@@ -87,6 +87,10 @@ struct EngineStats {
   uint64_t bundles_cached = 0;
   uint64_t bundles_admitted = 0;
   uint64_t admissions_refused = 0;
+  // The lookahead (TransformerOptions::lookahead): bundles read ahead, and of those the ones a
+  // layer then asked for (the rest were read for nothing).
+  uint64_t bundles_prefetched = 0;
+  uint64_t prefetch_used = 0;
   uint64_t ffn_bytes_requested = 0;  // stored bytes of the bundles read
   uint64_t ffn_bytes_read = 0;       // bytes their reads covered (gaps merged across included)
   uint64_t ffn_reads = 0;

@@ -164,7 +164,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
                         sparsity == FfnSparsity::kPredictor)) {
     l.fired = a.Add(uint64_t{c.hidden_dim} * sizeof(uint32_t));
   }
-  if (shape.bundles && sparsity == FfnSparsity::kPredictor && o.ffn_predictor) {
+  if (shape.bundles && (sparsity == FfnSparsity::kPredictor || o.lookahead) && o.ffn_predictor) {
     l.pred_z = a.AddFloats(b * o.ffn_predictor->rank);
     l.pred_scores = a.AddFloats(b * c.hidden_dim);
   }
@@ -183,7 +183,7 @@ uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const Transforme
                        : 0;
   // The predictor's weights, shared with the caller but held for the Transformer's life.
   const uint64_t predictor =
-      o.sparsity == FfnSparsity::kPredictor && o.ffn_predictor
+      (o.sparsity == FfnSparsity::kPredictor || o.lookahead) && o.ffn_predictor
           ? o.ffn_predictor->layers.size() * o.ffn_predictor->LayerValues() * sizeof(float)
           : 0;
   return l.arena.resident_bytes() + l.kernel_bytes + aux + predictor;
@@ -256,30 +256,45 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
     }
     t->thresholds_ = options.ffn_thresholds;
   }
-  if (t->sparsity_ == FfnSparsity::kPredictor) {
+  const bool predicts = t->sparsity_ == FfnSparsity::kPredictor;
+  if (options.lookahead && !(shape.bundles && (predicts || t->sparsity_ == FfnSparsity::kRelu ||
+                                               t->sparsity_ == FfnSparsity::kThreshold))) {
+    return InvalidArgumentError(
+        "--lookahead needs a store and a sparse FFN (--sparsity relu, threshold or predictor)");
+  }
+  if (predicts || options.lookahead) {
+    const std::string what = predicts ? "--sparsity predictor" : "--lookahead";
     if (!shape.bundles) {
-      return InvalidArgumentError("--sparsity predictor needs a store (flashlm repack the model)");
+      return InvalidArgumentError(what + " needs a store (flashlm repack the model)");
     }
     const layout::FfnPredictor* p = options.ffn_predictor.get();
     if (p == nullptr || p->layers.size() != c.n_layers || p->dim != c.dim ||
         p->hidden != c.hidden_dim || p->rank == 0 || p->rank > c.dim) {
       return InvalidArgumentError(
-          "--sparsity predictor: no predictor, or one whose shape disagrees with the model");
+          what + ": no predictor, or one whose shape disagrees with the model");
     }
     for (const layout::FfnPredictorLayer& pl : p->layers) {
       if (pl.a.size() != uint64_t{p->rank} * p->dim || pl.b.size() != uint64_t{p->hidden} * p->rank ||
           pl.bias.size() != p->hidden) {
-        return InvalidArgumentError("--sparsity predictor: a layer's matrices disagree with it");
+        return InvalidArgumentError(what + ": a layer's matrices disagree with it");
       }
     }
-    const float cut = options.predictor_cut;
-    if (!(cut >= 0.0f && cut <= 1.0f)) {
+    // A probability cut as a score (logit) cut.
+    auto logit = [](float cut) {
+      return cut <= 0.0f   ? -std::numeric_limits<float>::infinity()
+             : cut >= 1.0f ? std::numeric_limits<float>::infinity()
+                           : std::log(cut / (1.0f - cut));
+    };
+    if (!(options.predictor_cut >= 0.0f && options.predictor_cut <= 1.0f)) {
       return InvalidArgumentError("--predictor-cut must be in [0, 1]");
     }
+    if (!(options.lookahead_cut >= 0.0f && options.lookahead_cut <= 1.0f)) {
+      return InvalidArgumentError("--lookahead must be in [0, 1]");
+    }
     t->predictor_ = options.ffn_predictor;
-    t->predictor_logit_cut_ = cut <= 0.0f   ? -std::numeric_limits<float>::infinity()
-                              : cut >= 1.0f ? std::numeric_limits<float>::infinity()
-                                            : std::log(cut / (1.0f - cut));
+    t->predictor_logit_cut_ = logit(options.predictor_cut);
+    t->lookahead_ = options.lookahead;
+    t->lookahead_logit_cut_ = logit(options.lookahead_cut);
   }
   const Layout l = MakeLayout(c, options, pool.size(), shape, t->max_context_);
   t->max_batch_ = l.batch;
@@ -834,6 +849,10 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     Result<LayerWeights> acquired = weights_.AcquireLayer(l);
     if (!acquired.ok()) return fail(acquired.status());
     const LayerWeights& w = *acquired;
+    // This layer's FFN reads guessed now, to go out while the attention computes.
+    if (lookahead_ && w.neurons != nullptr) {
+      if (Status st = LookAhead(l, w, n_act); !st.ok()) return fail(st);
+    }
     // Attention block.
     for (uint32_t t = 0; t < n_act; ++t) {
       RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.attn_norm, c.norm_eps,
@@ -1132,7 +1151,7 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
     ffn_computed_ += fired;
     RETURN_IF_ERROR(source.Begin(l, fired_.first(fired)));
   } else if (sparsity_ == FfnSparsity::kPredictor) {
-    const uint32_t fired = Predict(l, n, source.permutation(l));
+    const uint32_t fired = Predict(l, n, source.permutation(l), predictor_logit_cut_, true);
     ffn_kernel_->set_score_mask(pred_scores_.first(hidden_n), predictor_logit_cut_,
                                 predictor_->layers[l].fire_cut);
     ffn_computed_ += fired;
@@ -1159,7 +1178,19 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
   return Status::Ok();
 }
 
-uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation) {
+Status Transformer::LookAhead(uint32_t l, const LayerWeights& w, uint32_t n) {
+  const layout::ModelConfig& c = config_;
+  for (uint32_t t = 0; t < n; ++t) {
+    RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.ffn_norm, c.norm_eps,
+            xb_.subspan(uint64_t{t} * c.dim, c.dim));
+  }
+  NeuronSource& source = *w.neurons;
+  const uint32_t k = Predict(l, n, source.permutation(l), lookahead_logit_cut_, false);
+  return source.Prefetch(l, fired_.first(k));
+}
+
+uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation,
+                              float logit_cut, bool count) {
   const layout::ModelConfig& c = config_;
   const layout::FfnPredictor& p = *predictor_;
   const layout::FfnPredictorLayer& pl = p.layers[l];
@@ -1177,14 +1208,18 @@ uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> 
     float* row = scores.data() + uint64_t{t} * c.hidden_dim;
     for (uint32_t i = 0; i < c.hidden_dim; ++i) row[i] += pl.bias[i];
   }
-  predictor_stats_.flops += uint64_t{n} * (2 * p.LayerValues());
-  predictor_stats_.bytes += p.LayerValues() * sizeof(float);
+  if (count) {
+    predictor_stats_.flops += uint64_t{n} * (2 * p.LayerValues());
+    predictor_stats_.bytes += p.LayerValues() * sizeof(float);
+  } else {
+    lookahead_flops_ += uint64_t{n} * (2 * p.LayerValues());
+  }
   // The positions (store order) whose neuron is above the cut for some token.
   uint32_t k = 0;
   for (uint32_t pos = 0; pos < c.hidden_dim; ++pos) {
     const uint32_t neuron = permutation.empty() ? pos : permutation[pos];
     for (uint32_t t = 0; t < n; ++t) {
-      if (scores[uint64_t{t} * c.hidden_dim + neuron] > predictor_logit_cut_) {
+      if (scores[uint64_t{t} * c.hidden_dim + neuron] > logit_cut) {
         fired_[k++] = pos;
         break;
       }
@@ -1195,6 +1230,7 @@ uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> 
 
 PredictorStats Transformer::predictor_stats() const {
   PredictorStats s = predictor_stats_;
+  s.lookahead_flops = lookahead_flops_;
   if (predictor_ && ffn_kernel_) {
     const BundleFfnKernel::PredictedStats k = ffn_kernel_->predicted_stats();
     s.pairs_computed = k.computed;
@@ -1205,6 +1241,7 @@ PredictorStats Transformer::predictor_stats() const {
 
 void Transformer::ResetPredictorStats() {
   predictor_stats_ = PredictorStats();
+  lookahead_flops_ = 0;
   if (ffn_kernel_) ffn_kernel_->ResetPredictedStats();
 }
 

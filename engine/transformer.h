@@ -134,6 +134,7 @@ struct PredictorStats {
   uint64_t ffn_flops = 0;  // the FFN's bundles computed: 6 x dim per bundle and token
   uint64_t ffn_bytes = 0;  // those bundles' bytes
   uint64_t pairs_computed = 0, pairs_fired = 0;
+  uint64_t lookahead_flops = 0;  // the lookahead's predictor evaluations (any sparsity), x 2
   double precision() const {
     return pairs_computed ? static_cast<double>(pairs_fired) / pairs_computed : 0.0;
   }
@@ -209,6 +210,15 @@ struct TransformerOptions {
   // sigmoid(score), in [0, 1] (0: every neuron; 1: none).
   std::shared_ptr<const layout::FfnPredictor> ffn_predictor;
   float predictor_cut = 0.5f;
+  // Lookahead (Deja Vu's asynchronous lookahead predictors, LLM in a flash's early reads): at the
+  // start of layer l, before its attention, ffn_predictor scores layer l's neurons from the
+  // residual stream normed with the layer's FFN norm (the FFN input but for this layer's
+  // attention) and the bundles above `lookahead_cut` (a probability, in [0, 1]) are read ahead
+  // (NeuronSource::Prefetch) while the attention computes. What the FFN computes is unchanged
+  // (kRelu stays exact: its neurons still come from the gate); only when reads go out changes.
+  // Needs ffn_predictor and a sparsity that reads neurons ad hoc (kRelu, kThreshold, kPredictor).
+  bool lookahead = false;
+  float lookahead_cut = 0.5f;
   LazyOptions lazy;  // LazyLLM pruning (off by default)
 };
 
@@ -275,6 +285,7 @@ class Transformer {
   uint64_t ffn_neurons_total() const { return ffn_total_; }
   // kPredictor's counters (zeros otherwise).
   PredictorStats predictor_stats() const;
+  bool lookahead() const { return lookahead_; }
   void ResetPredictorStats();
   // Observer of the FFN activations (see FfnObserver); nullptr (the default) for none. Not owned;
   // must outlive its use by Forward. Errors: FailedPrecondition for a bundle FFN created without
@@ -329,9 +340,13 @@ class Transformer {
   // Whether attention over `layer` must skip positions (some position is pruned).
   bool Masking() const { return aux_ != nullptr && aux_->held() > 0; }
   Status Logits(uint32_t rows);
-  // kPredictor: scores layer l's neurons for the n tokens in xb_ into pred_scores_ and writes the
-  // positions to read (any token above the cut) into fired_; returns how many.
-  uint32_t Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation);
+  // Scores layer l's neurons for the n tokens in xb_ into pred_scores_ and writes the positions
+  // to read (any token above `logit_cut`) into fired_; returns how many. Counted in
+  // predictor_stats_ when `count` (the predictor sparsity's own use), else in lookahead_flops_.
+  uint32_t Predict(uint32_t l, uint32_t n, std::span<const uint32_t> permutation, float logit_cut,
+                   bool count);
+  // The lookahead of layer l (TransformerOptions::lookahead) for the n tokens in x_.
+  Status LookAhead(uint32_t l, const LayerWeights& w, uint32_t n);
   void Rope(float* v, uint32_t n_heads, uint32_t pos) const;
 
   WeightStore& weights_;
@@ -356,10 +371,13 @@ class Transformer {
   uint64_t ffn_computed_ = 0, ffn_total_ = 0;
   std::span<uint32_t> fired_;  // hidden: the positions that fire (kRelu, kThreshold)
   std::vector<float> thresholds_;  // kThreshold: [layer] cut
-  std::shared_ptr<const layout::FfnPredictor> predictor_;  // kPredictor
+  std::shared_ptr<const layout::FfnPredictor> predictor_;  // kPredictor or lookahead
   float predictor_logit_cut_ = 0;  // kPredictor: the cut as a score (logit)
-  std::span<float> pred_z_;        // kPredictor: max_batch x rank
-  std::span<float> pred_scores_;   // kPredictor: max_batch x hidden (neuron order)
+  bool lookahead_ = false;
+  float lookahead_logit_cut_ = 0;  // lookahead: its cut as a score
+  uint64_t lookahead_flops_ = 0;   // lookahead: the predictor's multiply-adds x 2
+  std::span<float> pred_z_;        // kPredictor or lookahead: max_batch x rank
+  std::span<float> pred_scores_;   // kPredictor or lookahead: max_batch x hidden (neuron order)
   PredictorStats predictor_stats_;
 
   Arena arena_;

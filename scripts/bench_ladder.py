@@ -18,11 +18,18 @@ Rows (each adds one thing to the row above; all on one hot-first gate+up-down st
                                                          LRU share for streamed bundles + window
   gap          ... --merge-gap G                          misses merged across gaps of G bytes
   naive        the gap row with --no-pipeline            (what the read-ahead ring is worth)
+  lookahead    the gap row with --lookahead L            the store's predictor (flashlm
+                                                         train-predictor) guesses each layer's
+                                                         bundles from its input and they are read
+                                                         while its attention computes (exact: the
+                                                         set still comes from the gate); only when
+                                                         STORE/ffn_predictor.bin exists
 With --predictor-store (a gate-up-down store of the same GGUF with a trained predictor, see
 flashlm train-predictor), one more row per --predictor-cuts value:
   predictor    --sparsity predictor --predictor-cut C --merge-gap G on that store
                                                          no dense gate: a predicted neuron is one
                                                          read (approximate; recall < 1)
+  + lookahead  the same with --lookahead C                its reads go out before the attention
 
 Per run: flashlm generate -p PROMPT -n N --temp 0 --ignore-eos --ctx 256 --threads T
 --mem-budget B --stats-json F; figures per forward pass from the stats (the prompt is one pass of
@@ -31,7 +38,7 @@ N + 1). llama.cpp: llama-bench -p 0 -n N in a cgroup-v1 memory group limited to 
 Needs root (drop_caches, cgroups). Wrap in `flock /work/notes/bench.lock` on a shared disk.
 Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] [--reps 3]
        [-n 16] [--window 4] [--cache-share 0.5] [--gap 16K] [--extra-gaps 0,4K,16K,64K]
-       [--predictor-store STORE --predictor-cuts 0.2,0.5] [--raw out.jsonl]
+       [--predictor-store STORE --predictor-cuts 0.2,0.5] [--lookahead 0.5] [--raw out.jsonl]
 """
 import argparse
 import json
@@ -73,6 +80,10 @@ def run_flashlm(exe, store, budget, n, threads, flags):
         "ffn_amplification": ffn.get("read_amplification", 0),
         "lru_hits": ffn.get("bundles_cached", 0) / passes,
         "precision": (ffn.get("predictor") or {}).get("precision"),
+        "prefetched_per_pass": ffn.get("bundles_prefetched", 0) / passes,
+        "prefetch_used": ffn.get("prefetch_used", 0) / max(ffn.get("bundles_prefetched", 0), 1),
+        "io_wait_ms_per_pass": io["io_wait_ms"] / passes,
+        "compute_ms_per_pass": (forward_ms - io["io_wait_ms"]) / passes,
         "ids": st.get("ids", [])[st.get("prompt_tokens", 0):],  # the generated ones
         "text": " ".join(p.stderr.splitlines()[-3:]),
     }
@@ -105,6 +116,7 @@ def main():
     ap.add_argument("--gap-fraction", type=int, default=25)
     ap.add_argument("--predictor-store", help="gate-up-down store with ffn_predictor.bin")
     ap.add_argument("--predictor-cuts", default="0.2,0.5")
+    ap.add_argument("--lookahead", default="0.5", help="the lookahead row's cut (relu store)")
     ap.add_argument("--rows", default="", help="run only rows whose name contains one of these "
                     "comma-separated words (dense streaming always runs: the ratios' reference)")
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
@@ -122,11 +134,17 @@ def main():
         ("+ gap merging", relu + ["--merge-gap", a.gap] + cache),
         ("  (same, --no-pipeline)", relu + ["--merge-gap", a.gap, "--no-pipeline"] + cache),
     ]
+    if os.path.exists(os.path.join(a.store, "ffn_predictor.bin")):
+        rows.append(("+ lookahead (the predictor's guess read during the attention)",
+                     relu + ["--merge-gap", a.gap, "--lookahead", a.lookahead] + cache))
     if a.predictor_store:
-        rows += [("predictor cut %s (gate-up-down bundles)" % c,
-                  [("store", a.predictor_store), "--sparsity", "predictor", "--predictor-cut", c,
-                   "--merge-gap", a.gap, "--cache-share", "0"])
-                 for c in a.predictor_cuts.split(",") if c]
+        for c in a.predictor_cuts.split(","):
+            if not c:
+                continue
+            flags = [("store", a.predictor_store), "--sparsity", "predictor", "--predictor-cut", c,
+                     "--merge-gap", a.gap, "--cache-share", "0"]
+            rows += [("predictor cut %s (gate-up-down bundles)" % c, flags),
+                     ("predictor cut %s + lookahead" % c, flags + ["--lookahead", c])]
     if a.rows:
         words = a.rows.split(",")
         rows = [r for r in rows if r[0] == "dense streaming" or any(w in r[0] for w in words)]

@@ -94,6 +94,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--predictor", f->predictor,
                   "With --sparsity predictor: the predictor file (default "
                   "STORE/ffn_predictor.bin, written by flashlm train-predictor)");
+  cmd->add_option("--lookahead", f->lookahead,
+                  "With --sparsity relu, threshold or predictor and a trained predictor (flashlm "
+                  "train-predictor): at the start of each layer, read ahead the FFN bundles the "
+                  "predictor gives a probability above P of firing, from the layer's input, while "
+                  "its attention computes. Changes only when reads go out, never the output");
   f->predictor_cut_option = cmd->add_option("--predictor-cut", f->predictor_cut,
                   "With --sparsity predictor: a neuron is computed for a token when the "
                   "predictor's probability that it fires is above this, in [0, 1] (default 0.5; "
@@ -223,9 +228,18 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   o->ffn_thresholds_path = f.thresholds;
   const bool predictor = o->transformer.sparsity == engine::FfnSparsity::kPredictor;
   const bool cut_given = f.predictor_cut_option != nullptr && f.predictor_cut_option->count() > 0;
-  if ((!f.predictor.empty() || cut_given) && !predictor) {
-    return InvalidArgumentError("--predictor and --predictor-cut apply only with --sparsity "
-                                "predictor");
+  const bool lookahead = f.lookahead >= 0;
+  if (cut_given && !predictor) {
+    return InvalidArgumentError("--predictor-cut applies only with --sparsity predictor");
+  }
+  if (!f.predictor.empty() && !predictor && !lookahead) {
+    return InvalidArgumentError("--predictor applies only with --sparsity predictor or "
+                                "--lookahead");
+  }
+  if (lookahead) {
+    if (!(f.lookahead <= 1)) return InvalidArgumentError("--lookahead must be in [0, 1]");
+    o->transformer.lookahead = true;
+    o->transformer.lookahead_cut = static_cast<float>(f.lookahead);
   }
   if (cut_given) {
     if (!(f.predictor_cut >= 0 && f.predictor_cut <= 1)) {
@@ -385,6 +399,12 @@ std::string FfnStatsLine(const engine::EngineStats& s) {
     std::snprintf(buf, sizeof(buf), " %.0f", 100.0 * l.hit_rate());
     line += buf;
   }
+  if (s.bundles_prefetched > 0) {
+    std::snprintf(buf, sizeof(buf),
+                  "; lookahead: %.1f bundles read ahead per pass, %.1f%% of them used",
+                  s.bundles_prefetched / passes, 100.0 * s.prefetch_used / s.bundles_prefetched);
+    line += buf;
+  }
   const engine::PredictorStats& p = s.predictor;
   if (p.flops > 0) {
     std::snprintf(buf, sizeof(buf),
@@ -410,6 +430,8 @@ nlohmann::json FfnStatsJson(const engine::EngineStats& s) {
                         {"bundles_cached", s.bundles_cached},
                         {"bundles_admitted", s.bundles_admitted},
                         {"admissions_refused", s.admissions_refused},
+                        {"bundles_prefetched", s.bundles_prefetched},
+                        {"prefetch_used", s.prefetch_used},
                         {"hit_rate", s.hit_rate()},
                         {"bytes_requested", s.ffn_bytes_requested},
                         {"bytes_read", s.ffn_bytes_read},

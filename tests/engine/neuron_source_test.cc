@@ -187,6 +187,113 @@ TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
   EXPECT_EQ(Drain(**source, *r, 1), clean);
 }
 
+// Prefetch (the lookahead): the guessed bundles go out ahead; the next request of that layer serves
+// the ones it asks for from them (stored bytes, increasing order) and reads only the rest; a
+// request for another layer, a dense one, or a guess beyond the ring's capacity still serves
+// exactly what it asks for. Without read-ahead (one buffer) nothing is prefetched.
+TEST(NeuronSourceTest, PrefetchServesTheGuessAndReadsOnlyTheRest) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
+  ASSERT_NE(r, nullptr);
+  std::vector<uint32_t> all(kHidden);
+  for (uint32_t p = 0; p < kHidden; ++p) all[p] = p;
+  for (int mode = 0; mode < 3; ++mode) {
+    layout::ExtentReaderLimits limits;
+    limits.queue_depth = 64 * 4;
+    limits.groups = 4;
+    ASSERT_TRUE(r->extent_reader().SetLimits(limits).ok());
+    NeuronSourceOptions o;
+    o.chunk_bundles = 16;
+    o.chunk_buffers = 4;
+    o.pipeline = mode != 2;
+    o.cache_slots = mode == 1 ? 40 : 0;
+    const uint32_t pinned[] = {5, 0};
+    auto source = NeuronSource::Open(*r, pinned, o);
+    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    NeuronSource& s = **source;
+    const bool ahead = mode != 2;
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    for (int round = 0; round < 2; ++round) {
+      // A guess of 7, of which the request asks for 3, plus 2 it did not guess.
+      const std::vector<uint32_t> guess = {2, 3, 40, 41, 42, 99, 160}, want = {3, 40, 50, 99, 171};
+      const NeuronStats before = s.stats();
+      ASSERT_TRUE(s.Prefetch(1, guess).ok());
+      NeuronSource::Batch b;
+      Result<bool> more = s.Next(&b);  // Prefetch ended the request: nothing to serve
+      ASSERT_TRUE(more.ok());
+      EXPECT_FALSE(*more);
+      const uint64_t cached_before = s.stats().bundles_cached;
+      ASSERT_TRUE(s.Begin(1, want).ok());
+      const uint64_t hits = s.stats().bundles_cached - cached_before;  // mode 1, round 1
+      EXPECT_EQ(Drain(s, *r, 1), want);
+      const NeuronStats& after = s.stats();
+      const bool exact = round == 0 || mode != 1;  // else the LRU holds some of them
+      if (exact) {
+        EXPECT_EQ(hits, 0u);
+        EXPECT_EQ(after.bundles_prefetched - before.bundles_prefetched, ahead ? 7u : 0u);
+        EXPECT_EQ(after.prefetch_used - before.prefetch_used, ahead ? 3u : 0u);
+      } else {  // cached bundles are not read ahead
+        EXPECT_LE(after.bundles_prefetched - before.bundles_prefetched, 7u);
+        EXPECT_LE(after.prefetch_used - before.prefetch_used, 3u);
+      }
+      EXPECT_EQ(after.bundles_streamed - before.bundles_streamed, 5u - hits);
+      // Pinned positions are never prefetched; a guess for one layer is dropped by a request
+      // for another, which is served as usual.
+      const NeuronStats mid = s.stats();
+      ASSERT_TRUE(s.Prefetch(0, std::vector<uint32_t>{1, 2, 6, 7}).ok());
+      EXPECT_LE(s.stats().bundles_prefetched - mid.bundles_prefetched, 2u);
+      if (exact) EXPECT_EQ(s.stats().bundles_prefetched - mid.bundles_prefetched, ahead ? 2u : 0u);
+      const std::vector<uint32_t> other = {0, 6, 7, 100};
+      ASSERT_TRUE(s.Begin(1, other).ok());
+      EXPECT_EQ(Drain(s, *r, 1), other);
+      EXPECT_EQ(s.stats().prefetch_used, after.prefetch_used);
+      // Then a dense request after a guess, and a guess of everything (more than the ring takes:
+      // at most 3 of its 4 chunks of 16 go out).
+      ASSERT_TRUE(s.Prefetch(1, guess).ok());
+      ASSERT_TRUE(s.Begin(1).ok());
+      EXPECT_EQ(Drain(s, *r, 1), all);
+      const NeuronStats last = s.stats();
+      ASSERT_TRUE(s.Prefetch(1, all).ok());
+      EXPECT_LE(s.stats().bundles_prefetched - last.bundles_prefetched, 3u * 16);
+      if (ahead && mode != 1) {
+        EXPECT_EQ(s.stats().bundles_prefetched - last.bundles_prefetched, 3u * 16);
+      }
+      ASSERT_TRUE(s.Begin(1, all).ok());
+      EXPECT_EQ(Drain(s, *r, 1), all);
+    }
+    // Bad guesses.
+    const std::vector<uint32_t> unsorted = {3, 2}, beyond = {kHidden};
+    EXPECT_EQ(s.Prefetch(0, unsorted).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.Prefetch(0, beyond).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.Prefetch(2, all).code(), StatusCode::kInvalidArgument);
+  }
+}
+
+// A corrupt bundle that was read ahead is Corruption naming the layer and bundle when its
+// request lands it; the next request is served normally.
+TEST(NeuronSourceTest, CorruptPrefetchedBundle) {
+  ::flashlm::testing::ScratchDir dir;
+  auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
+  ASSERT_NE(r, nullptr);
+  const layout::Extent e = r->BundleExtentAt(1, 40);
+  ::flashlm::testing::FlipByte(dir / "store" / layout::DataFileName(0), e.offset_bytes + 9);
+  const uint32_t pinned[] = {0, 0};
+  auto source = NeuronSource::Open(*r, pinned, NeuronSourceOptions());
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  NeuronSource& s = **source;
+  const std::vector<uint32_t> set = {1, 40, 80};
+  ASSERT_TRUE(s.Prefetch(1, set).ok());
+  EXPECT_EQ(s.stats().bundles_prefetched, 3u);
+  Status st = s.Begin(1, set);
+  EXPECT_EQ(st.code(), StatusCode::kCorruption);
+  EXPECT_NE(st.ToString().find("FFN layer 1 bundle 40"), std::string::npos) << st.ToString();
+  const std::vector<uint32_t> clean = {1, 80};
+  ASSERT_TRUE(s.Prefetch(1, clean).ok());
+  ASSERT_TRUE(s.Begin(1, clean).ok());
+  EXPECT_EQ(Drain(s, *r, 1), clean);
+  EXPECT_EQ(s.stats().prefetch_used, 2u);
+}
+
 // The FFN kernel over a scattered set of bundles: the same result however the set is batched
 // (bit for bit), and the scalar sum over exactly those neurons (to q8 rounding).
 TEST(BundleFfnKernelTest, ScatteredSetMatchesTheScalarSum) {

@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <sstream>
 #include <string>
 
@@ -132,6 +133,73 @@ TEST_F(TrainPredictorCommandTest, DamagedMissingOrForeignPredictorsAreRefused) {
   CmdRun foreign = Flashlm("generate " + store2 + gen + " --predictor " + file.string());
   EXPECT_EQ(foreign.exit_code, 2) << foreign.all();
   EXPECT_NE(foreign.err.find("another store"), std::string::npos) << foreign.err;
+}
+
+// --lookahead reads each layer's guessed bundles ahead and changes nothing else: with exact relu
+// sparsity (ReLU model, gate+up-down store) and with the predictor's own (gate-up-down store), at
+// the minimum budget (every bundle streamed, chunks of 32 so that this tiny model's FFN is not
+// cheaper to pin than to stream), the generated tokens equal the same run's
+// without it, and the stats count bundles read ahead and the ones used. Bad uses exit 2.
+TEST_F(TrainPredictorCommandTest, LookaheadChangesOnlyWhenReadsGoOut) {
+  const std::string gguf = (dir_ / "relu.gguf").string();
+  ASSERT_EQ(Flashlm("synth --shape tiny --activation relu --fire-rate 0.2 --hot-skew 1 --seed 6 "
+                    "--dtype q8_0 --out " + gguf)
+                .exit_code,
+            0);
+  struct Case {
+    std::string bundle, sparsity;
+  };
+  for (const Case& c : {Case{"gate+up-down", "--sparsity relu"},
+                        Case{"gate-up-down", "--sparsity predictor --predictor-cut 0.3"}}) {
+    SCOPED_TRACE(c.bundle);
+    const std::string store = (dir_ / c.bundle).string();
+    ASSERT_EQ(Flashlm("repack " + gguf + " " + store + " --bundle " + c.bundle +
+                      " --align 512 --no-progress")
+                  .exit_code,
+              0);
+    const std::string g = "generate " + store + " -p 'Once upon a time' -n 12 --temp 0 " +
+                          "--ignore-eos --ctx 64 --chunk-bundles 32 " + c.sparsity;
+    if (c.sparsity == "--sparsity relu") {  // no predictor yet
+      CmdRun none = Flashlm(g + " --lookahead 0.5");
+      EXPECT_EQ(none.exit_code, 2) << none.all();
+      EXPECT_NE(none.err.find("train-predictor"), std::string::npos) << none.err;
+    }
+    CmdRun t = Flashlm("train-predictor " + store + " --text " + text_ + " --rank 8 --epochs 2");
+    ASSERT_EQ(t.exit_code, 0) << t.all();
+    const std::string json = (dir_ / "stats.json").string();
+    auto run = [&](const std::string& extra) {  // at its own minimum (the predictor counts)
+      CmdRun tiny = Flashlm(g + extra + " --mem-budget 1");
+      std::smatch m;
+      EXPECT_TRUE(std::regex_search(tiny.err, m, std::regex("minimum of ([0-9]+) bytes")))
+          << tiny.err;
+      CmdRun r = Flashlm(g + extra + " --mem-budget " + m[1].str() + " --stats-json " + json);
+      EXPECT_EQ(r.exit_code, 0) << r.all();
+      std::ifstream in(json);
+      return nlohmann::json::parse(in, nullptr, false);
+    };
+    const nlohmann::json plain = run(""), ahead = run(" --lookahead 0.3");
+    ASSERT_FALSE(plain.is_discarded());
+    ASSERT_FALSE(ahead.is_discarded());
+    ASSERT_TRUE(plain["ids"].is_array());
+    ASSERT_GE(plain["ids"].size(), 12u);
+    EXPECT_EQ(plain["ids"], ahead["ids"]);
+    EXPECT_EQ(plain["io"]["ffn_neurons_computed"], ahead["io"]["ffn_neurons_computed"]);
+    const nlohmann::json& f0 = plain["ffn"];
+    const nlohmann::json& f1 = ahead["ffn"];
+    EXPECT_EQ(f0["bundles_prefetched"].get<uint64_t>(), 0u);
+    EXPECT_GT(f1["bundles_prefetched"].get<uint64_t>(), 0u) << f1.dump();
+    EXPECT_GT(f1["prefetch_used"].get<uint64_t>(), 0u) << f1.dump();
+    EXPECT_LE(f1["prefetch_used"].get<uint64_t>(), f1["bundles_prefetched"].get<uint64_t>());
+    // The same bundles are served; what was read ahead and used is not read again.
+    EXPECT_EQ(f0["bundles_streamed"], f1["bundles_streamed"]);
+  }
+  const std::string relu = (dir_ / "gate+up-down").string();
+  for (const std::string bad : {"--sparsity relu --lookahead 1.5", "--sparsity relu --lookahead x",
+                                "--sparsity dense --lookahead 0.5"}) {
+    CmdRun r = Flashlm("generate " + relu + " -n 2 --temp 0 " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.all();
+    EXPECT_NE(r.err.find("--lookahead"), std::string::npos) << r.err;
+  }
 }
 
 }  // namespace
