@@ -1,6 +1,7 @@
 #include "engine/attention_stream.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -79,13 +80,15 @@ uint64_t AttentionStream::StreamBytes(const AttentionLayout& layout) {
 Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreReader& reader,
                                                                const AttentionLayout& layout,
                                                                std::span<const uint8_t> pinned,
-                                                               bool pipeline) {
+                                                               bool pipeline,
+                                                               ThreadPool* verify_pool) {
   const uint32_t n_layers = reader.config().n_layers;
   if (pinned.size() != n_layers || layout.layer_bytes.size() != n_layers) {
     return InvalidArgumentError("attention stream: layer counts differ");
   }
   std::unique_ptr<AttentionStream> s(new AttentionStream(reader));
   s->extents_ = &reader.extent_reader();
+  s->verify_pool_ = verify_pool;
   s->layout_ = layout;
   s->layers_.resize(n_layers);
   uint64_t pinned_bytes = 0;
@@ -186,10 +189,31 @@ Status AttentionStream::Queue(uint32_t l) {
 Status AttentionStream::Finish(uint32_t l) {
   const Layer& layer = layers_[l];
   std::byte* base = buffer_.data();
-  for (size_t k = 0; k < layer.extents.size(); ++k) {
+  const size_t n = layer.extents.size();
+  auto verify = [&](size_t k) {
+    const layout::Extent& e = layer.extents[k];
+    return extents_->Verify(e, ConstByteSpan(base + layer.plan.Offset(k), e.stored_bytes));
+  };
+  // Every extent is verified where it landed before any is moved; the extents (a few MiB each)
+  // are spread over the pool's threads when there is one, the first bad one reported.
+  if (verify_pool_ != nullptr && verify_pool_->size() > 1 && n > 1) {
+    std::atomic<size_t> bad{SIZE_MAX};
+    verify_pool_->ParallelFor(n, 1, [&](uint64_t b, uint64_t end, uint32_t) {
+      for (uint64_t k = b; k < end; ++k) {
+        if (verify(k).ok()) continue;
+        size_t seen = bad.load();
+        while (k < seen && !bad.compare_exchange_weak(seen, k)) {
+        }
+        return;
+      }
+    });
+    if (bad.load() != SIZE_MAX) return verify(bad.load());
+  } else {
+    for (size_t k = 0; k < n; ++k) RETURN_IF_ERROR(verify(k));
+  }
+  for (size_t k = 0; k < n; ++k) {
     const layout::Extent& e = layer.extents[k];
     std::byte* src = base + layer.plan.Offset(k);
-    RETURN_IF_ERROR(extents_->Verify(e, ConstByteSpan(src, e.stored_bytes)));
     std::byte* dst = base + layer.pieces[k].dst_bytes;
     if (dst != src) std::memmove(dst, src, e.stored_bytes);  // dst <= src: see the header
   }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/kernels.h"
+#include "engine/thread_pool.h"
 #include "layout/extent_reader.h"
 #include "layout/store_reader.h"
 #include "storage/aligned_buffer.h"
@@ -51,11 +52,14 @@ class AttentionStream {
   static uint64_t StreamBytes(const AttentionLayout& layout);
 
   // Loads the layers with pinned[l] != 0 and, when any is not pinned, allocates the buffer
-  // (taking one read group of the reader's ExtentReader). Errors: the reader's.
+  // (taking one read group of the reader's ExtentReader). A streamed layer's extents are verified
+  // on `verify_pool`'s threads when given (not owned; used from the owner thread between the
+  // forward pass's own ParallelFor calls). Errors: the reader's.
   static Result<std::unique_ptr<AttentionStream>> Open(layout::StoreReader& reader,
                                                        const AttentionLayout& layout,
                                                        std::span<const uint8_t> pinned,
-                                                       bool pipeline);
+                                                       bool pipeline,
+                                                       ThreadPool* verify_pool = nullptr);
   ~AttentionStream();
 
   // Layer `l`'s matrices. Errors: IoError, Corruption (naming the extent), with the layer named.
@@ -98,6 +102,7 @@ class AttentionStream {
   storage::AlignedBuffer pinned_memory_;
   storage::AlignedBuffer buffer_;
   uint32_t group_ = 0;
+  ThreadPool* verify_pool_ = nullptr;
   bool prefetch_ = false;
   State state_ = State::kFree;
   uint32_t buffer_layer_ = 0;  // what the buffer holds or receives

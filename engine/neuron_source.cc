@@ -1,6 +1,7 @@
 #include "engine/neuron_source.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -10,6 +11,7 @@ namespace flashlm::engine {
 namespace {
 
 constexpr uint64_t kSlotAlign = 64;  // DRAM spacing of resident and decoded bundles
+constexpr uint32_t kVerifyGrain = 8;  // bundles per task when a chunk is verified in parallel
 
 // Bytes one bundle's own read covers: its stored bytes widened to the files' alignment `a`;
 // a store aligned more coarsely than `a` (the usual case) needs no more than its stride.
@@ -410,11 +412,29 @@ Status NeuronSource::Land(Slot& slot) {
   if (compressed_) return Status::Ok();
   RETURN_IF_ERROR(extents_->Wait(slot.group));
   for (uint32_t k = 0; k < slot.count; ++k) {
-    const std::byte* p = slot.buffer.data() + slot.plan.Offset(k);
-    RETURN_IF_ERROR(extents_->Verify(slot.extents[k], ConstByteSpan(p, geometry_.bundle_bytes)));
-    slot.pointers[k] = p;
+    slot.pointers[k] = slot.buffer.data() + slot.plan.Offset(k);
   }
-  return Status::Ok();
+  auto verify = [&](uint32_t k) {
+    return extents_->Verify(slot.extents[k], ConstByteSpan(slot.pointers[k], geometry_.bundle_bytes));
+  };
+  if (options_.verify_pool == nullptr || options_.verify_pool->size() < 2 ||
+      slot.count < kVerifyGrain * 2) {
+    for (uint32_t k = 0; k < slot.count; ++k) RETURN_IF_ERROR(verify(k));
+    return Status::Ok();
+  }
+  // In parallel (hashing a chunk is memory-bound work the other cores would spend waiting); the
+  // first bad bundle is reported, as the serial loop would.
+  std::atomic<uint32_t> bad{UINT32_MAX};
+  options_.verify_pool->ParallelFor(slot.count, kVerifyGrain, [&](uint64_t b, uint64_t e, uint32_t) {
+    for (uint64_t k = b; k < e; ++k) {
+      if (verify(static_cast<uint32_t>(k)).ok()) continue;
+      uint32_t seen = bad.load();
+      while (k < seen && !bad.compare_exchange_weak(seen, static_cast<uint32_t>(k))) {
+      }
+      return;
+    }
+  });
+  return bad.load() == UINT32_MAX ? Status::Ok() : verify(bad.load());
 }
 
 Status NeuronSource::FormAdHocChunk(Slot& slot) {

@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "cache/neuron_cache.h"
+#include "engine/thread_pool.h"
 #include "layout/bundle_layout.h"
 #include "layout/extent_reader.h"
 #include "layout/store_reader.h"
@@ -76,6 +77,9 @@ struct NeuronSourceOptions {
   static constexpr uint64_t kGapOneStride = UINT64_MAX;
   uint32_t cache_slots = 0;    // LRU slots for streamed bundles of ad-hoc requests (0: none)
   uint32_t window_passes = 0;  // the cache's sliding window, in passes (0: plain LRU)
+  // Checksums of a landed chunk verified on these threads (nullptr: the owner's alone). Not owned;
+  // used from the source's owner thread between the caller's own ParallelFor calls.
+  ThreadPool* verify_pool = nullptr;
 };
 
 // One layer's bundles, counted per request (a sparse FFN asks for the firing neurons; a dense one

@@ -127,10 +127,28 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   } else {
     p.dense_stream_bytes = dense_stream;
     avail -= dense_stream;
-    for (size_t l = 0; l < layers; ++l) {
-      if (p.pinned_dense_bytes + in.dense_layer_bytes[l] > avail) break;
-      p.pinned_dense_bytes += in.dense_layer_bytes[l];
-      p.dense_pinned[l] = 1;
+    // As many layers as fit in layer order...
+    size_t fit = 0;
+    uint64_t fit_bytes = 0;
+    while (fit < layers && fit_bytes + in.dense_layer_bytes[fit] <= avail) {
+      fit_bytes += in.dense_layer_bytes[fit++];
+    }
+    // ...but the streamed ones spread evenly over the pass (the i-th of s at layer
+    // floor((2i + 1) L / 2s)): AttentionStream reads the next streamed layer as soon as the
+    // previous one is released, so each read then has the resident layers before it to hide
+    // behind, where streamed layers bunched at the end of the pass would each wait for their
+    // own. In layer order when the spread set does not fit (layers of unequal sizes).
+    const size_t streamed = layers - fit;
+    std::vector<uint8_t> spread(layers, 1);
+    for (size_t i = 0; i < streamed; ++i) spread[(2 * i + 1) * layers / (2 * streamed)] = 0;
+    uint64_t spread_bytes = 0;
+    for (size_t l = 0; l < layers; ++l) spread_bytes += spread[l] ? in.dense_layer_bytes[l] : 0;
+    if (spread_bytes <= avail) {
+      p.dense_pinned = spread;
+      p.pinned_dense_bytes = spread_bytes;
+    } else {
+      for (size_t l = 0; l < fit; ++l) p.dense_pinned[l] = 1;
+      p.pinned_dense_bytes = fit_bytes;
     }
   }
   avail -= p.pinned_dense_bytes;

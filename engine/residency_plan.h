@@ -12,8 +12,8 @@
 //     buffers for FFN chunks (chunk_bundles bundles each) are reserved, and the classifier
 //     stays resident unless only streaming it (when it may be) lets the budget run at all;
 //     then further chunk buffers up to chunk_buffers (read-ahead depth; room for one streamed
-//     dense layer is kept), dense layers pinned in layer order as far as they fit (one buffer
-//     for a streamed dense layer is reserved when any does not), and the rest pins the first
+//     dense layer is kept), dense layers pinned as far as they fit, the streamed ones spread
+//     evenly over the pass (one buffer for a streamed dense layer is reserved when any does not), and the rest pins the first
 //     bundles of every layer (hot-first stores put the most frequently firing neurons there):
 //     each layer's hot set first (evenly while they do not all fit), then evenly across layers;
 //     with cache_fraction > 0, that fraction of what is left after the hot sets becomes slots of

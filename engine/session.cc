@@ -302,8 +302,10 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   plan_ = std::move(sp.plan);
   RETURN_IF_ERROR(CheckContextFits(ctx, sp.kv_bytes, sp.activation_bytes));
 
+  StreamingOptions streaming = options.streaming;
+  streaming.verify_pool = pool_.get();
   ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
-                   StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));
+                   StoreWeights::Open(std::move(reader), needs, plan_, streaming));
   store_ = store.get();
   weights_ = std::move(store);
   if (options.kv.paged) {

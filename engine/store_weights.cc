@@ -301,7 +301,8 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
     return NotFoundError("store has no tensor output.weight and embeddings are not tied");
   }
   ASSIGN_OR_RETURN(s->attention_,
-                   AttentionStream::Open(r, needs.attention, plan.dense_pinned, options.pipeline));
+                   AttentionStream::Open(r, needs.attention, plan.dense_pinned, options.pipeline,
+                                         options.verify_pool));
   NeuronSourceOptions no;
   no.chunk_bundles = needs.inputs.chunk_bundles;
   no.chunk_buffers = std::max<uint32_t>(plan.chunk_buffers, 1);
@@ -314,6 +315,7 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   no.merge_gap_bytes = options.merge_gap_bytes;
   no.cache_slots = plan.cache_bundles;
   no.window_passes = options.window_passes;
+  no.verify_pool = options.verify_pool;
   ASSIGN_OR_RETURN(s->neurons_, NeuronSource::Open(r, plan.pinned_bundles, no));
   s->ResetCounters();
   return s;

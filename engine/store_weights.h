@@ -59,6 +59,9 @@ struct StreamingOptions {
   // (ResidencyInputs::cache_fraction); Session sets it for sparse modes (--cache-share).
   double cache_fraction = 0;
   uint32_t window_passes = 0;  // the cache's sliding window (--window), in passes
+  // Verifies landed reads' checksums on these threads (nullptr: the caller's thread alone); the
+  // forward pass's pool, used between its kernels from the same owner thread. Not owned.
+  ThreadPool* verify_pool = nullptr;
 };
 
 // What a store needs from a budget, from its catalog alone (StoreWeights::Measure).

@@ -73,6 +73,35 @@ TEST(ResidencyPlanTest, CacheShareComesAfterTheHotSets) {
   EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);
 }
 
+// The attention layers that do not fit stream spread evenly over the pass (22 layers, 8 streamed:
+// layers floor((2i + 1) 22 / 16)), each with resident layers before it to overlap its read; when
+// that set would not fit (layers of unequal sizes), the layers that fit in order are pinned.
+TEST(ResidencyPlanTest, StreamedAttentionLayersAreSpread) {
+  ResidencyInputs in;
+  in.fixed_bytes = 1000;
+  in.dense_layer_bytes.assign(22, 100);
+  in.layer_bundles.assign(22, 10);
+  in.bundle_spacing_bytes = 10;
+  in.chunk_bundles = 4;
+  in.budget_bytes = 1000 + 40 + 100 + 14 * 100;  // fixed, one chunk, one streamed layer, 14 pinned
+  auto p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  std::vector<uint8_t> want(22, 1);
+  for (uint32_t l : {1, 4, 6, 9, 12, 15, 17, 20}) want[l] = 0;
+  EXPECT_EQ(p->dense_pinned, want);
+  EXPECT_EQ(p->pinned_dense_bytes, 1400u);
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+  // Unequal layers: 200 bytes for pinning; in order layer 0 fits, the spread set (layer 1, of
+  // 300 bytes: layers 0, 2, 3 streamed) does not.
+  in.dense_layer_bytes = {100, 300, 100, 100};
+  in.layer_bundles.assign(4, 10);
+  in.budget_bytes = 1000 + 40 + 300 + 200;  // the streaming buffer holds the largest layer
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{1, 0, 0, 0}));
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+}
+
 TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   ResidencyInputs in;
   in.fixed_bytes = 1000;
@@ -106,11 +135,12 @@ TEST(ResidencyPlanTest, PrioritiesAndMinimum) {
   EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{0, 0, 0}));
   EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{0, 0, 0}));
   EXPECT_EQ(p->total_bytes(), 1140u);
-  // Attention pinned layer by layer as the budget grows.
+  // Attention pinned layer by layer as the budget grows, the streamed layers spread over the
+  // pass: of 3 layers with 2 streamed, layers floor(3/4) = 0 and floor(9/4) = 2.
   in.budget_bytes = 1140 + 150;
   p = PlanResidency(in);
   ASSERT_TRUE(p.ok());
-  EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{1, 0, 0}));
+  EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{0, 1, 0}));
   EXPECT_EQ(p->pinned_bundles, (std::vector<uint32_t>{1, 1, 1}));
   // Below the minimum.
   in.budget_bytes = 1139;

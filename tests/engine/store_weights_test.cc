@@ -464,13 +464,17 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
   auto full = Generate(store, 0, 1, 2);  // reads nothing per token: the pinned load fails
   ASSERT_FALSE(full.ok());
   EXPECT_EQ(full.status().code(), StatusCode::kCorruption) << full.status().ToString();
-  for (int mode = 0; mode < 3; ++mode) {  // pipelined merged reads, merged, one read per bundle
+  // Pipelined merged reads, merged, one read per bundle; then pipelined with 2 threads (chunks
+  // verified in parallel).
+  for (int mode = 0; mode < 4; ++mode) {
     TransformerOptions to;
     to.max_context = 32;
     to.max_batch = 4;
-    const bool coalesce = mode < 2, pipeline = mode == 0;
-    const uint64_t minimum = MinimumBudget(store, 1, to, pipeline, coalesce);
-    auto w = OpenAt(store, minimum, 1, to, 256, coalesce, pipeline);
+    const bool coalesce = mode != 2;
+    const bool pipeline = mode == 0 || mode == 3;
+    const uint32_t threads = mode == 3 ? 2 : 1;
+    const uint64_t minimum = MinimumBudget(store, threads, to, pipeline, coalesce);
+    auto w = OpenAt(store, minimum, threads, to, 256, coalesce, pipeline);
     ASSERT_TRUE(w.ok()) << w.status().ToString();
     Transformer& model = (*w)->model();
     auto r = model.Forward(std::vector<int32_t>{1}, 0);
@@ -483,6 +487,40 @@ TEST(StoreWeightsTest, CorruptBundleIsDetected) {
     EXPECT_NE(r.status().ToString().find("FFN layer 3"), std::string::npos)
         << r.status().ToString();
     EXPECT_NE(r.status().ToString().find("bundle 100"), std::string::npos) << r.status().ToString();
+  }
+}
+
+// A flipped byte in a streamed layer's attention matrix is Corruption naming the layer, read
+// ahead or not, verified on one thread or two.
+TEST(StoreWeightsTest, CorruptStreamedAttentionIsDetected) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  testing::ScratchDir dir;
+  const fs::path store = dir / "store";
+  MakeStore(gguf, store, layout::DType::kQ8_0, layout::BundleKind::kGateUpDown);
+  uint64_t offset = 0;
+  {
+    auto reader = layout::StoreReader::Open(store.string());
+    ASSERT_TRUE(reader.ok());
+    auto ext = (*reader)->DenseExtents("blk.4.attn_output.weight", 0, 1);
+    ASSERT_TRUE(ext.ok()) << ext.status().ToString();
+    offset = (*ext)[0].offset_bytes + 7;
+  }
+  testing::FlipByte(store / "data-00000.bin", offset, 0x10);
+  for (int mode = 0; mode < 3; ++mode) {  // pipelined 1 and 2 threads, naive 2 threads
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    TransformerOptions to;
+    to.max_context = 32;
+    to.max_batch = 4;
+    const uint32_t threads = mode == 0 ? 1 : 2;
+    const bool pipeline = mode != 2;
+    const uint64_t minimum = MinimumBudget(store, threads, to, pipeline);
+    auto w = OpenAt(store, minimum, threads, to, 256, true, pipeline);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    auto r = (*w)->model().Forward(std::vector<int32_t>{1}, 0);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption) << r.status().ToString();
+    EXPECT_NE(r.status().ToString().find("attention of layer 4"), std::string::npos)
+        << r.status().ToString();
   }
 }
 
