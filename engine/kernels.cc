@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -36,6 +37,25 @@ uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlo
 // Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI),
 // then per block the int32 sums of its two halves of 16 (q6_K's offset of 32).
 uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 28); }
+// Token t's parts of that scratch (nb = Blocks(cols)).
+struct QToken {
+  const int8_t* q;            // [nb x 32] int8 values
+  const float* d;             // [nb] block scales
+  const float* dsum;          // [nb] scale x sum of the block's int8 values
+  const int32_t* isum;        // [nb] int32 sums of the blocks' int8 values
+  const int32_t* half_isum;   // [2 nb] int32 sums of each block's two halves of 16
+};
+inline QToken QTokenAt(ConstByteSpan scratch, uint32_t cols, uint32_t t) {
+  const uint32_t nb = Blocks(cols);
+  const std::byte* base = scratch.data() + t * QTokenBytes(cols);
+  QToken x;
+  x.q = reinterpret_cast<const int8_t*>(base);
+  x.d = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+  x.dsum = x.d + nb;
+  x.isum = reinterpret_cast<const int32_t*>(x.d + 4 * uint64_t{nb});  // after the half sums
+  x.half_isum = x.isum + nb;
+  return x;
+}
 
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
@@ -76,6 +96,18 @@ inline __m256i UnpackQ4(const std::byte* q) {
 }
 #endif
 
+// a * b rounded to f32 and never fused into the addition that follows: the scalar tails of the
+// f32 dot products (RowF32, TileF32, AttentionDotRows) add their products one by one this way, so
+// that they agree bit for bit whatever the compiler would contract at each site. (The axpy tails
+// fuse, explicitly: std::fma.)
+inline float UnfusedProduct(float a, float b) {
+  float p = a * b;
+#if defined(__SSE__)
+  __asm__("" : "+x"(p));
+#endif
+  return p;
+}
+
 // ---- f32 / f16 rows against NT f32 token vectors -------------------------------------------
 
 template <int NT>
@@ -95,7 +127,7 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
   for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
 #endif
   for (; c < n; ++c) {
-    for (int t = 0; t < NT; ++t) sums[t] += w[c] * x[t][c];
+    for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(w[c], x[t][c]);
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 }
@@ -132,7 +164,7 @@ void TileF32(const float* const* w, const float* const* x, uint32_t n, float* ou
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
       float s = ReduceLikeRowF32(acc[r][t]);
-      for (uint32_t k = c; k < n; ++k) s += w[r][k] * x[t][k];
+      for (uint32_t k = c; k < n; ++k) s += UnfusedProduct(w[r][k], x[t][k]);
       out[r * NT + t] = s;
     }
   }
@@ -560,6 +592,36 @@ constexpr uint32_t kStripTokens = 8;   // tokens per pass over a packed chunk
 // matrices streamed from DRAM in a microbenchmark, /work/bench/q4/mbcold.cc).
 constexpr uint32_t kPrefetchStrips = 2;
 
+// The strip of rows [r0, r0 + nr) of a matrix, nr = min(16, row_end - r0): row[i] = row r0 + i
+// (rows past nr repeat the last one; their lanes are computed and dropped), offsets lane i =
+// row[i] - row[0] in bytes (the gathers' indices: int32, which the callers CHECK), mask = the nr
+// valid lanes. next / next_bytes: the strip kPrefetchStrips further on and its size (0 past
+// row_end), which the kernels prefetch in step as they read this one (16 row streams read a few
+// bytes at a time defeat the hardware prefetchers once the matrix is beyond the caches).
+struct StripRows {
+  const std::byte* row[kStrip];
+  __m512i offsets;
+  uint32_t nr;
+  __mmask16 mask;
+  const std::byte* next;
+  uint64_t next_bytes;
+};
+inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, StripRows* s) {
+  const uint64_t rb = w.row_bytes();
+  s->nr = std::min(kStrip, row_end - r0);
+  s->mask = static_cast<__mmask16>((1u << s->nr) - 1);
+  alignas(64) int32_t off[kStrip];
+  for (uint32_t i = 0; i < kStrip; ++i) {
+    off[i] = static_cast<int32_t>(std::min(i, s->nr - 1) * rb);
+    s->row[i] = w.bytes.data() + r0 * rb + off[i];
+  }
+  s->offsets = _mm512_load_si512(off);
+  const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
+  const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
+  s->next = w.bytes.data() + uint64_t{ahead_row} * rb;
+  s->next_bytes = next_rows * rb;
+}
+
 // One block of a strip, transposed: w[k] lane i holds row i's 4 nibbles (0..15) that meet
 // activation bytes 4k .. 4k+3 of the block (k < 4: low nibbles of bytes 4k..4k+3; k >= 4: high
 // nibbles of bytes 4(k-4)..4(k-4)+3, i.e. values 16 + 4(k-4) ...); d lane i is row i's scale.
@@ -691,29 +753,18 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the scales' gather offsets are int32
   alignas(64) PackedQ4Block pk[kStripChunk];
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    const uint32_t nr = std::min(kStrip, row_end - r0);
-    const std::byte* row[kStrip];
-    alignas(64) int32_t off[kStrip];
-    for (uint32_t i = 0; i < kStrip; ++i) {
-      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
-      row[i] = w.bytes.data() + r0 * rb + off[i];
-    }
-    const __m512i offsets = _mm512_load_si512(off);
-    // The strip's 16 rows are read 18 bytes at a time from each in turn, a pattern the hardware
-    // prefetchers follow poorly once the matrix is beyond the caches (decode): a strip further on
+    // The strip's 16 rows are read 18 bytes at a time from each in turn: the strip further on
     // (contiguous, 16 x nb x 18 bytes) is prefetched as this one is packed, in step.
-    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
-    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
-    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
-    const uint64_t next_bytes = next_rows * rb;
+    StripRows s;
+    SetUpStrip(w, r0, row_end, &s);
+    const std::byte* const* row = s.row;
+    const std::byte* next = s.next;
+    const uint64_t next_bytes = s.next_bytes;
     if (n_tokens == 1) {
-      const std::byte* base = quantized_x.data();
-      const auto* xd = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+      const QToken x = QTokenAt(quantized_x, w.cols, 0);
       __m512 acc = _mm512_setzero_ps();
-      StripQ4Decode(row, offsets, nb, reinterpret_cast<const int8_t*>(base), xd,
-                    reinterpret_cast<const int32_t*>(xd + 4 * uint64_t{nb}), next, next_bytes,
-                    &acc);
-      _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nr) - 1), acc);
+      StripQ4Decode(row, s.offsets, nb, x.q, x.d, x.isum, next, next_bytes, &acc);
+      _mm512_mask_storeu_ps(y + r0, s.mask, acc);
       continue;
     }
     for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
@@ -723,7 +774,7 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
         for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
         }
-        PackQ4Block(row, offsets, b0 + j, &pk[j]);
+        PackQ4Block(row, s.offsets, b0 + j, &pk[j]);
       }
       for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
         const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
@@ -731,16 +782,16 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
         const float* xd[kStripTokens] = {};
         const int32_t* xi[kStripTokens] = {};
         for (uint32_t i = 0; i < nt; ++i) {
-          const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
-          xq[i] = reinterpret_cast<const int8_t*>(base);
-          xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-          xi[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb});
+          const QToken x = QTokenAt(quantized_x, w.cols, t0 + i);
+          xq[i] = x.q;
+          xd[i] = x.d;
+          xi[i] = x.isum;
         }
         const bool first = b0 == 0;
         switch (nt) {
 #define FLASHLM_STRIP_CASE(N)                                                          \
   case N:                                                                              \
-    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);             \
+    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, w.rows, r0, s.nr, t0, y);           \
     break;
           FLASHLM_STRIP_CASE(1)
           FLASHLM_STRIP_CASE(2)
@@ -750,7 +801,7 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
           FLASHLM_STRIP_CASE(6)
           FLASHLM_STRIP_CASE(7)
           default:
-            StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, w.rows, r0, nr, t0, y);
+            StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, w.rows, r0, s.nr, t0, y);
             break;
 #undef FLASHLM_STRIP_CASE
         }
@@ -770,8 +821,8 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
 
 template <int NT>
-void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
-              const float* const* xd, const float* const* xs, const std::byte* next,
+void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
+              const std::byte* next,
               uint64_t next_bytes, __m512* acc, __m512* macc) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
@@ -838,70 +889,15 @@ void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
                                     : _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
           for (int tk = 0; tk < NT; ++tk) {
             int32_t x4;
-            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * k, 4);
+            std::memcpy(&x4, x[tk].q + uint64_t{blk} * kBlock + 4 * k, 4);
             ia[tk][k % 2] = _mm512_dpbusd_epi32(ia[tk][k % 2], wk, _mm512_set1_epi32(x4));
           }
         }
         for (int tk = 0; tk < NT; ++tk) {
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[tk][0], ia[tk][1])),
-                                    _mm512_mul_ps(dsc, _mm512_set1_ps(xd[tk][blk])), acc[tk]);
-          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(xs[tk][blk]), macc[tk]);
+                                    _mm512_mul_ps(dsc, _mm512_set1_ps(x[tk].d[blk])), acc[tk]);
+          macc[tk] = _mm512_fmadd_ps(dm, _mm512_set1_ps(x[tk].dsum[blk]), macc[tk]);
         }
-      }
-    }
-  }
-}
-
-void MatMulRowsQ4KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
-  const uint32_t nb = Blocks(w.cols);
-  const uint64_t rb = w.row_bytes();
-  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
-  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    const uint32_t nr = std::min(kStrip, row_end - r0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const std::byte* row[kStrip];
-    alignas(64) int32_t off[kStrip];
-    for (uint32_t i = 0; i < kStrip; ++i) {
-      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
-      row[i] = w.bytes.data() + r0 * rb + off[i];
-    }
-    const __m512i offsets = _mm512_load_si512(off);
-    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
-    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
-    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
-      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      const int8_t* xq[kStripTokensK] = {};
-      const float* xd[kStripTokensK] = {};
-      const float* xs[kStripTokensK] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
-        xq[i] = reinterpret_cast<const int8_t*>(base);
-        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-        xs[i] = xd[i] + nb;
-      }
-      // The next strip is prefetched on the last token pass only (earlier passes re-read this one).
-      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
-      __m512 acc[kStripTokensK], macc[kStripTokensK];
-      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = macc[i] = _mm512_setzero_ps();
-      switch (nt) {
-        case 1:
-          StripQ4K<1>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
-          break;
-        case 2:
-          StripQ4K<2>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
-          break;
-        case 3:
-          StripQ4K<3>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
-          break;
-        default:
-          StripQ4K<4>(row, offsets, nb, xq, xd, xs, next, next_bytes, acc, macc);
-          break;
-      }
-      for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask,
-                              _mm512_sub_ps(acc[i], macc[i]));
       }
     }
   }
@@ -934,8 +930,8 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
 // over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
 // half. The same code runs for every token count.
 template <int NT>
-void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* const* xq,
-              const float* const* xd, const int32_t* const* xh, const std::byte* next,
+void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
+              const std::byte* next,
               uint64_t next_bytes, __m512* acc) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
@@ -966,8 +962,8 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
         const __m512 dsc[2] = {scale(8 * h + 2 * k), scale(8 * h + 2 * k + 1)};
         __m512i ia[NT][2];
         for (int tk = 0; tk < NT; ++tk) {
-          ia[tk][0] = _mm512_set1_epi32(-32 * xh[tk][2 * blk]);
-          ia[tk][1] = _mm512_set1_epi32(-32 * xh[tk][2 * blk + 1]);
+          ia[tk][0] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk]);
+          ia[tk][1] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk + 1]);
         }
         for (int j = 0; j < 8; ++j) {  // dword j: values 4j .. 4j + 3 of the block
           const __m512i l = tl[8 * (k % 2) + j];
@@ -978,12 +974,12 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
           const __m512i wj = _mm512_or_si512(lo, hi);
           for (int tk = 0; tk < NT; ++tk) {
             int32_t x4;
-            std::memcpy(&x4, xq[tk] + uint64_t{blk} * kBlock + 4 * j, 4);
+            std::memcpy(&x4, x[tk].q + uint64_t{blk} * kBlock + 4 * j, 4);
             ia[tk][j / 4] = _mm512_dpbusd_epi32(ia[tk][j / 4], wj, _mm512_set1_epi32(x4));
           }
         }
         for (int tk = 0; tk < NT; ++tk) {
-          const __m512 dx = _mm512_set1_ps(xd[tk][blk]);
+          const __m512 dx = _mm512_set1_ps(x[tk].d[blk]);
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
           acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
         }
@@ -992,54 +988,53 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const i
   }
 }
 
-void MatMulRowsQ6KStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
+// MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
+// [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
+// run over all its super-blocks (prefetching the next strip in step on the last pass only, as
+// earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
+// masked to the strip's rows.
+template <bool kQ6>
+void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                       uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
-  const uint64_t rb = w.row_bytes();
-  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    const uint32_t nr = std::min(kStrip, row_end - r0);
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const std::byte* row[kStrip];
-    alignas(64) int32_t off[kStrip];
-    for (uint32_t i = 0; i < kStrip; ++i) {
-      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);
-      row[i] = w.bytes.data() + r0 * rb + off[i];
-    }
-    const __m512i offsets = _mm512_load_si512(off);
-    const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
-    const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
-    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    StripRows s;
+    SetUpStrip(w, r0, row_end, &s);
     for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
       const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      const int8_t* xq[kStripTokensK] = {};
-      const float* xd[kStripTokensK] = {};
-      const int32_t* xh[kStripTokensK] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
-        xq[i] = reinterpret_cast<const int8_t*>(base);
-        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-        xh[i] = reinterpret_cast<const int32_t*>(xd[i] + 4 * uint64_t{nb}) + nb;
-      }
-      const uint64_t next_bytes = t0 + nt == n_tokens ? next_rows * rb : 0;
-      __m512 acc[kStripTokensK];
-      for (uint32_t i = 0; i < kStripTokensK; ++i) acc[i] = _mm512_setzero_ps();
+      QToken x[kStripTokensK];
+      for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
+      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
+      __m512 out[kStripTokensK];
+      const auto pass = [&](auto tokens) {
+        constexpr int NT = decltype(tokens)::value;
+        for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
+        if constexpr (kQ6) {
+          StripQ6K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out);
+        } else {
+          __m512 macc[NT];
+          for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
+          StripQ4K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out, macc);
+          for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
+        }
+      };
       switch (nt) {
         case 1:
-          StripQ6K<1>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          pass(std::integral_constant<int, 1>{});
           break;
         case 2:
-          StripQ6K<2>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          pass(std::integral_constant<int, 2>{});
           break;
         case 3:
-          StripQ6K<3>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          pass(std::integral_constant<int, 3>{});
           break;
         default:
-          StripQ6K<4>(row, offsets, nb, xq, xd, xh, next, next_bytes, acc);
+          pass(std::integral_constant<int, 4>{});
           break;
       }
       for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, mask, acc[i]);
+        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
       }
     }
   }
@@ -1236,14 +1231,32 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
-      float amax = 0.0f;
-      for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
-      const float scale = amax / 127.0f;
-      const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
       int32_t isum[2] = {0, 0};
-      for (uint32_t j = 0; j < kBlock; ++j) {
-        q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
-        isum[j / 16] += q[c0 + j];
+      float scale;
+#ifdef FLASHLM_AVX512
+      if (n == kBlock) {  // the same operations on 16 lanes: max is exact, and cvtps rounds to
+                          // nearest even as nearbyint does (default rounding mode)
+        const __m512 x0 = _mm512_loadu_ps(xt + c0), x1 = _mm512_loadu_ps(xt + c0 + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        scale = amax / 127.0f;
+        const __m512 inv = _mm512_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c0), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c0 + 16), _mm512_cvtepi32_epi8(q1));
+        isum[0] = _mm512_reduce_add_epi32(q0);
+        isum[1] = _mm512_reduce_add_epi32(q1);
+      } else
+#endif
+      {
+        float amax = 0.0f;
+        for (uint32_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(xt[c0 + j]));
+        scale = amax / 127.0f;
+        const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        for (uint32_t j = 0; j < kBlock; ++j) {
+          q[c0 + j] = j < n ? static_cast<int8_t>(std::nearbyint(xt[c0 + j] * inv)) : 0;
+          isum[j / 16] += q[c0 + j];
+        }
       }
       d[b] = scale;
       sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
@@ -1272,10 +1285,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ4_K) {
-    return MatMulRowsQ4KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsKStrips<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ6_K) {
-    return MatMulRowsQ6KStrips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsKStrips<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
   if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {
@@ -1460,7 +1473,188 @@ void AxpyF32(float a, const float* x, float* y, uint32_t n) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   }
 #endif
-  for (; i < n; ++i) y[i] += a * x[i];
+  for (; i < n; ++i) y[i] = std::fma(a, x[i], y[i]);
+}
+
+// ---- attention over KV rows: scores q . k_i and the weighted sum of v_i ---------------------
+
+namespace {
+// Values [c, c + 8 x lanes) of a KV row as f32: f32 rows as they are, f16 rows converted
+// (exactly: every f16 is an f32).
+inline float KvValue(const std::byte* row, bool half, uint32_t c) {
+  return half ? HalfToFloat(row + 2 * uint64_t{c}) : reinterpret_cast<const float*>(row)[c];
+}
+
+#ifdef FLASHLM_AVX512
+inline __m512 KvLoad16(const std::byte* row, bool half, uint32_t c) {
+  if (half) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * uint64_t{c})));
+  }
+  return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+}
+inline __m256 KvLoad8(const std::byte* row, bool half, uint32_t c) {
+  if (half) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * uint64_t{c})));
+  }
+  return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+}
+
+// Lane r of the result = ReduceLikeRowF32(acc[r]) for r < 16, bit for bit: ReduceLikeRowF32 (as
+// HorizontalSum) folds the upper half of the lanes onto the lower half four times (16 -> 8 ->
+// 4 -> 2 -> 1); here each fold adds the same two lanes of every row, with the rows' halves
+// gathered by shuffles into full vectors (float addition is commutative, so which operand comes
+// first does not matter), and a last permute puts row r in lane r.
+inline __m512 ReduceRows16(const __m512 acc[16]) {
+  __m512 s1[8], s2[4], s3[2];
+  for (int k = 0; k < 8; ++k) {  // lanes i + i+8: rows 2k, 2k+1 in the 256-bit halves
+    const __m512 x = acc[2 * k], y = acc[2 * k + 1];
+    s1[k] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_f32x4(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int k = 0; k < 4; ++k) {  // lanes j + j+4: rows 4k..4k+3 in the 128-bit lanes
+    const __m512 p = s1[2 * k], q = s1[2 * k + 1];
+    s2[k] = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(p, q, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int k = 0; k < 2; ++k) {  // 0+2, 1+3: 128-bit lane j holds rows 8k+j, 8k+4+j
+    const __m512 r = s2[2 * k], s = s2[2 * k + 1];
+    s3[k] = _mm512_add_ps(_mm512_shuffle_ps(r, s, _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(r, s, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // 0+1: lane 4j+m holds row 4m+j.
+  const __m512 res = _mm512_add_ps(_mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i to_rows =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(to_rows, res);
+}
+
+// AttentionDotRows for up to 16 rows (`count`), n >= 16: one accumulator per row, the rows' 16-value
+// chunks interleaved so that 16 FMA chains run at once.
+void DotRows16(const float* q, const std::byte* rows, uint64_t stride, uint32_t count, bool half,
+               uint32_t n, float scale, float* out) {
+  const std::byte* row[16];
+  for (uint32_t r = 0; r < 16; ++r) {  // rows past count repeat the last one (results dropped)
+    row[r] = rows + uint64_t{std::min(r, count - 1)} * stride;
+  }
+  __m512 acc[16];
+  for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+  const uint32_t full = n / 16 * 16;
+  for (uint32_t c = 0; c < full; c += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + c);
+    for (int r = 0; r < 16; ++r) acc[r] = _mm512_fmadd_ps(KvLoad16(row[r], half, c), qv, acc[r]);
+  }
+  const __m512 sums = ReduceRows16(acc);
+  const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
+  if (full == n) {
+    _mm512_mask_storeu_ps(out, valid, _mm512_mul_ps(sums, _mm512_set1_ps(scale)));
+    return;
+  }
+  alignas(64) float s[16];
+  _mm512_store_ps(s, sums);
+  for (uint32_t r = 0; r < count; ++r) {
+    for (uint32_t k = full; k < n; ++k) s[r] += UnfusedProduct(q[k], KvValue(row[r], half, k));
+    out[r] = s[r] * scale;
+  }
+}
+
+// AttentionAxpyRows over values [c, c + 16 x NC) of every row: y's 16 x NC values stay in registers.
+template <int NC>
+void AxpyRowsChunks(const float* a, const std::byte* rows, uint64_t stride, uint32_t count,
+                    bool half, uint32_t c, float* y) {
+  __m512 acc[NC];
+  for (int j = 0; j < NC; ++j) acc[j] = _mm512_loadu_ps(y + c + 16 * j);
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::byte* row = rows + uint64_t{i} * stride;
+    const __m512 av = _mm512_set1_ps(a[i]);
+    for (int j = 0; j < NC; ++j) {
+      acc[j] = _mm512_fmadd_ps(av, KvLoad16(row, half, c + 16 * j), acc[j]);
+    }
+  }
+  for (int j = 0; j < NC; ++j) _mm512_storeu_ps(y + c + 16 * j, acc[j]);
+}
+#endif
+}  // namespace
+
+void AttentionDotRows(const float* q, const std::byte* rows, uint64_t stride_bytes, uint32_t count,
+               bool half, uint32_t n, float scale, float* out) {
+#ifdef FLASHLM_AVX512
+  if (n >= 16) {
+    for (uint32_t i = 0; i < count; i += 16) {
+      DotRows16(q, rows + uint64_t{i} * stride_bytes, stride_bytes, std::min(16u, count - i), half,
+                n, scale, out + i);
+    }
+    return;
+  }
+#endif
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::byte* row = rows + uint64_t{i} * stride_bytes;
+    if (!half) {
+      out[i] = DotF32(q, reinterpret_cast<const float*>(row), n) * scale;
+      continue;
+    }
+    // As DotF32 on the row converted to f32: 16 values at a time into two 8-lane accumulators,
+    // HorizontalSum, then the rest one by one.
+    uint32_t c = 0;
+    float sum = 0;
+#ifdef FLASHLM_AVX2
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; c + 16 <= n; c += 16) {
+      const __m256 k0 =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+      const __m256 k1 =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c + 16)));
+      acc0 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + c), acc0);
+      acc1 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + c + 8), acc1);
+    }
+    sum = HorizontalSum(_mm256_add_ps(acc0, acc1));
+#endif
+    for (; c < n; ++c) sum += UnfusedProduct(q[c], KvValue(row, true, c));
+    out[i] = sum * scale;
+  }
+}
+
+void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_bytes, uint32_t count,
+                bool half, float* y, uint32_t n) {
+  uint32_t c = 0;
+#ifdef FLASHLM_AVX512
+  for (; c + 128 <= n; c += 128) AxpyRowsChunks<8>(a, rows, stride_bytes, count, half, c, y);
+  switch ((n - c) / 16) {
+    case 7: AxpyRowsChunks<7>(a, rows, stride_bytes, count, half, c, y); break;
+    case 6: AxpyRowsChunks<6>(a, rows, stride_bytes, count, half, c, y); break;
+    case 5: AxpyRowsChunks<5>(a, rows, stride_bytes, count, half, c, y); break;
+    case 4: AxpyRowsChunks<4>(a, rows, stride_bytes, count, half, c, y); break;
+    case 3: AxpyRowsChunks<3>(a, rows, stride_bytes, count, half, c, y); break;
+    case 2: AxpyRowsChunks<2>(a, rows, stride_bytes, count, half, c, y); break;
+    case 1: AxpyRowsChunks<1>(a, rows, stride_bytes, count, half, c, y); break;
+    default: break;
+  }
+  c += (n - c) / 16 * 16;
+  if (c + 8 <= n) {  // 8 more values: one 8-lane FMA per row, as AxpyF32
+    __m256 acc = _mm256_loadu_ps(y + c);
+    for (uint32_t i = 0; i < count; ++i) {
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i]), KvLoad8(rows + uint64_t{i} * stride_bytes, half, c),
+                            acc);
+    }
+    _mm256_storeu_ps(y + c, acc);
+    c += 8;
+  }
+#endif
+  // The rest (all of it without AVX-512): row by row, as AxpyF32 (8 lanes, then one by one).
+  for (uint32_t i = 0; i < count && c < n; ++i) {
+    const std::byte* row = rows + uint64_t{i} * stride_bytes;
+    uint32_t k = c;
+#ifdef FLASHLM_AVX2
+    const __m256 av = _mm256_set1_ps(a[i]);
+    for (; k + 8 <= n; k += 8) {
+      const __m256 x =
+          half ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)))
+               : _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+      _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, x, _mm256_loadu_ps(y + k)));
+    }
+#endif
+    for (; k < n; ++k) y[k] = std::fma(a[i], KvValue(row, half, k), y[k]);
+  }
 }
 
 namespace {

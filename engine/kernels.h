@@ -105,6 +105,17 @@ inline float ActivationMagnitude(float g, bool relu) {
 float DotF32(const float* a, const float* b, uint32_t n);
 // y += a * x.
 void AxpyF32(float a, const float* x, float* y, uint32_t n);
+// Attention over a run of `count` KV rows (row i at rows + i * stride_bytes, n values, f32 or,
+// with `f16`, IEEE half). AttentionDotRows: out[i] = DotF32(q, x_i, n) * scale, bit for bit, where
+// x_i is row i as f32 (f16 converts exactly). AttentionAxpyRows: for i = 0, 1, ... count - 1 in
+// turn, AxpyF32(a[i], x_i, y, n), bit for bit (every y value takes the same fused terms in the
+// same order). On AVX-512 the dot products run 16 rows at a time (16 independent FMA chains,
+// one transposed reduction that adds the same lanes as DotF32's) and y stays in registers across
+// the rows; otherwise row by row. Single-threaded, allocates nothing.
+void AttentionDotRows(const float* q, const std::byte* rows, uint64_t stride_bytes, uint32_t count,
+                      bool f16, uint32_t n, float scale, float* out);
+void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_bytes,
+                       uint32_t count, bool f16, float* y, uint32_t n);
 // y[t][0..len) += a[t] * v[0..len) for t < n_tokens, where v is `len` values of one weight row
 // stored in `dtype` at `w` (RowBytes(dtype, len) bytes; for block dtypes the slice starts at a
 // multiple of layout::BlockValues(dtype) — 256 for q4_K / q6_K — and a partial last block is

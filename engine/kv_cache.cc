@@ -25,12 +25,6 @@ inline float Q8Value(const std::byte* row, uint32_t e) {
   return layout::F16ToF32(d) * static_cast<float>(static_cast<int8_t>(block[2 + e % 32]));
 }
 
-inline float F16Value(const std::byte* row, uint32_t e) {
-  uint16_t h;
-  std::memcpy(&h, row + uint64_t{e} * 2, 2);
-  return layout::F16ToF32(h);
-}
-
 }  // namespace
 
 float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uint32_t n) {
@@ -39,8 +33,8 @@ float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uin
     case layout::DType::kF32:
       return DotF32(q, reinterpret_cast<const float*>(row) + offset, n);
     case layout::DType::kF16: {
-      float sum = 0;
-      for (uint32_t j = 0; j < n; ++j) sum += q[j] * F16Value(row, offset + j);
+      float sum;
+      AttentionDotRows(q, row + uint64_t{offset} * 2, rows.stride_bytes, 1, true, n, 1.0f, &sum);
       return sum;
     }
     case layout::DType::kQ8_0: {
@@ -87,7 +81,7 @@ void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, 
       AxpyF32(a, reinterpret_cast<const float*>(row) + offset, y, n);
       return;
     case layout::DType::kF16:
-      for (uint32_t j = 0; j < n; ++j) y[j] += a * F16Value(row, offset + j);
+      AttentionAxpyRows(&a, row + uint64_t{offset} * 2, rows.stride_bytes, 1, true, y, n);
       return;
     case layout::DType::kQ8_0:
       for (uint32_t j = 0; j < n; ++j) y[j] += a * Q8Value(row, offset + j);
@@ -95,6 +89,29 @@ void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, 
     default:
       CHECK(false && "KV rows in an unsupported dtype");
   }
+}
+
+void KvDotRun(const float* q, const KvRows& rows, uint32_t offset, uint32_t n, float scale,
+              float* scores) {
+  const layout::DType dt = rows.dtype;
+  if (dt == layout::DType::kF32 || dt == layout::DType::kF16) {
+    const uint64_t width = dt == layout::DType::kF32 ? 4 : 2;
+    AttentionDotRows(q, rows.data + offset * width, rows.stride_bytes, rows.count,
+                     dt == layout::DType::kF16, n, scale, scores);
+    return;
+  }
+  for (uint32_t i = 0; i < rows.count; ++i) scores[i] = KvDot(q, rows, i, offset, n) * scale;
+}
+
+void KvAxpyRun(const float* a, const KvRows& rows, uint32_t offset, float* y, uint32_t n) {
+  const layout::DType dt = rows.dtype;
+  if (dt == layout::DType::kF32 || dt == layout::DType::kF16) {
+    const uint64_t width = dt == layout::DType::kF32 ? 4 : 2;
+    AttentionAxpyRows(a, rows.data + offset * width, rows.stride_bytes, rows.count,
+                      dt == layout::DType::kF16, y, n);
+    return;
+  }
+  for (uint32_t i = 0; i < rows.count; ++i) KvAxpy(a[i], rows, i, offset, y, n);
 }
 
 uint64_t FlatKvCache::BytesNeeded(const layout::ModelConfig& c, uint32_t max_positions,

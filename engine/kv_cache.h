@@ -12,7 +12,7 @@
 // Rows are stored in a dtype of the cache's choice (f32, f16, q8_0: a q8_0 row is kv_dim values
 // in blocks of 32 running across heads); KvDot / KvAxpy below read one head of a row in any of
 // them, and for f32 they are exactly DotF32 / AxpyF32 (an f32 cache is bit-identical whatever its
-// paging).
+// paging); for f16 they are DotF32 / AxpyF32 on the row converted to f32.
 //
 // Implementations: FlatKvCache, f32 rows in DRAM, one contiguous block per (sequence, layer),
 // sized for max_sequences x max_positions at Create; and PagedKvCache (engine/paged_kv_cache.h):
@@ -53,6 +53,13 @@ struct KvRows {
 // AxpyF32(a, x, y, n).
 float KvDot(const float* q, const KvRows& rows, uint32_t i, uint32_t offset, uint32_t n);
 void KvAxpy(float a, const KvRows& rows, uint32_t i, uint32_t offset, float* y, uint32_t n);
+// A whole run at once (attention's inner loops): scores[i] = KvDot(q, rows, i, offset, n) * scale
+// for every i < rows.count, and y += a[i] * (row i) for i = 0, 1, ... rows.count - 1 in turn as
+// KvAxpy does, both bit for bit with the per-row calls. f32 and f16 rows take the SIMD run
+// kernels (engine/kernels.h AttentionDotRows / AttentionAxpyRows), q8_0 rows go row by row.
+void KvDotRun(const float* q, const KvRows& rows, uint32_t offset, uint32_t n, float scale,
+              float* scores);
+void KvAxpyRun(const float* a, const KvRows& rows, uint32_t offset, float* y, uint32_t n);
 
 // An upper bound of q . k over every k with lo[j] <= k[j] <= hi[j] (j < n), as KvDot computes it
 // in f32: sum_j max(q_j lo_j, q_j hi_j), which bounds the exact dot product, plus the rounding

@@ -434,9 +434,7 @@ void Transformer::AttentionScores(uint32_t layer, uint32_t seq, uint32_t len, co
       continue;
     }
     const KvRows rows = kv_->Keys(layer, seq, p, len - p);
-    for (uint32_t i = 0; i < rows.count; ++i) {
-      scores[p + i] = KvDot(q, rows, i, kvh * hd, hd) * scale;
-    }
+    KvDotRun(q, rows, kvh * hd, hd, scale, scores + p);
     p += rows.count;
   }
   if (masking) {  // positions this layer never computed take no part (LazyOptions)
@@ -461,9 +459,13 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
         continue;
       }
       const KvRows rows = kv_->Values(layer, seq, p, len - p);
-      for (uint32_t i = 0; i < rows.count; ++i) {
-        if (masking && !aux_->present(layer, seq, p + i)) continue;
-        KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
+      if (!masking) {
+        KvAxpyRun(scores + p, rows, kvh * hd, out, hd);
+      } else {
+        for (uint32_t i = 0; i < rows.count; ++i) {
+          if (!aux_->present(layer, seq, p + i)) continue;
+          KvAxpy(scores[p + i], rows, i, kvh * hd, out, hd);
+        }
       }
       p += rows.count;
     }
@@ -674,10 +676,15 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
           }
           for (uint32_t p = first; p < first + count;) {
             const KvRows rows = kv_->Keys(layer, seq, p, first + count - p);
-            for (uint32_t r = 0; r < rows.count; ++r) {
-              scores[m++] = masking && !aux_->present(layer, seq, p + r)
-                                ? -std::numeric_limits<float>::infinity()
-                                : KvDot(q, rows, r, kvh * hd, hd) * scale;
+            if (!masking) {
+              KvDotRun(q, rows, kvh * hd, hd, scale, scores + m);
+              m += rows.count;
+            } else {
+              for (uint32_t r = 0; r < rows.count; ++r) {
+                scores[m++] = !aux_->present(layer, seq, p + r)
+                                  ? -std::numeric_limits<float>::infinity()
+                                  : KvDot(q, rows, r, kvh * hd, hd) * scale;
+              }
             }
             p += rows.count;
           }
@@ -694,9 +701,14 @@ Status Transformer::AttentionPages(uint32_t layer, const TokenBatch& batch) {
           }
           for (uint32_t p = first; p < first + count;) {
             const KvRows rows = kv_->Values(layer, seq, p, first + count - p);
-            for (uint32_t r = 0; r < rows.count; ++r, ++m) {
-              if (masking && !aux_->present(layer, seq, p + r)) continue;  // never written
-              KvAxpy(scores[m], rows, r, kvh * hd, out, hd);
+            if (!masking) {
+              KvAxpyRun(scores + m, rows, kvh * hd, out, hd);
+              m += rows.count;
+            } else {
+              for (uint32_t r = 0; r < rows.count; ++r, ++m) {
+                if (!aux_->present(layer, seq, p + r)) continue;  // never written
+                KvAxpy(scores[m], rows, r, kvh * hd, out, hd);
+              }
             }
             p += rows.count;
           }

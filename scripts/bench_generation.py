@@ -2,47 +2,76 @@
 """Generation benchmark: flashlm against llama.cpp's llama-bench on the same GGUF.
 
 For each model, runs back to back, `--reps` times:
-  llama-bench -m MODEL -t THREADS -p 128 -n 64 -r 1 -o json
-  flashlm generate MODEL --bench-prompt-tokens 128 -n 65 --temp 0 --ignore-eos --threads THREADS
-      --stats-json FILE
-and reports the median prefill (pp128) and decode (tg64) tokens/s of each and their ratio.
-flashlm's decode figure covers the 64 tokens after the first, like tg64; its prefill covers the
-128 prompt tokens, like pp128.
+  llama-bench -m MODEL -t THREADS -p 128 -n 64 -pg 128,64 -r 1 -o json [--llama-args ...]
+  flashlm generate MODEL --bench-prompt-tokens 128 -n 65 ...  (prefill; decode at depth 128)
+  flashlm generate MODEL --bench-prompt-tokens 1 -n 65 ...    (decode from an empty context)
+(flashlm with --temp 0 --ignore-eos --threads THREADS --stats-json FILE [--flashlm-args ...]),
+and reports the medians of each figure and their ratios flashlm / llama.cpp.
+
+What each column measures (tokens/s):
+- pp128: llama-bench's pp128, a 128-token prompt in one batch into an empty KV cache; flashlm's
+  prefill of its 128-token prompt (BOS + 127 fixed ids), likewise one batch from position 0.
+- tg64: llama-bench's tg64, 64 one-token decode steps from an EMPTY cache (positions 0..63,
+  tokens random, no sampling); flashlm's decode of the run with a 1-token prompt (BOS prefilled
+  at position 0, then 64 one-token steps at positions 1..64, greedy sampling included). Same
+  attention depth (one position apart).
+- tg64@128: 64 one-token decode steps after a 128-token prompt (positions 128..191). flashlm:
+  the decode of the 128-token run, measured. llama.cpp: DERIVED, llama-bench has no depth option
+  in this version: its pg128,64 test times a 128-token prompt plus 64 decode steps as one figure,
+  so decode time = 192 / pg - 128 / pp128 (pp128 from the same llama-bench call), tg64@128 =
+  64 / that. Noisier than the measured columns (a difference of two timings).
+KV cache: llama.cpp's default is f16 K and V; flashlm's default is f32 rows (a flat cache);
+pass --flashlm-args="--kv-dtype f16" (a paged cache of f16 rows) or --llama-args="-ctk f32
+-ctv f32" to match them.
 
 With --compare OTHER_FLASHLM, another flashlm binary (e.g. the previous commit's) runs in the
 same loop, right after, so that a change is measured against what it replaces under the same
 conditions.
 
 Usage: scripts/bench_generation.py --flashlm build/flashlm --llama-bench /path/llama-bench \
-          [--threads 2] [--reps 5] [--compare OLD/flashlm] MODEL.gguf...
+          [--threads 2] [--reps 5] [--compare OLD/flashlm] [--flashlm-args ARGS] \
+          [--llama-args ARGS] MODEL.gguf...
 """
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 
 
-def llama_bench(exe, model, threads):
-    out = subprocess.run([exe, "-m", model, "-t", str(threads), "-p", "128", "-n", "64", "-r", "1",
-                          "-o", "json"], check=True, capture_output=True, text=True).stdout
-    pp = tg = None
+def llama_bench(exe, model, threads, extra):
+    out = subprocess.run([exe, "-m", model, "-t", str(threads), "-p", "128", "-n", "64", "-pg",
+                          "128,64", "-r", "1", "-o", "json"] + extra,
+                         check=True, capture_output=True, text=True).stdout
+    pp = tg = pg = None
     for row in json.loads(out):
         if row.get("n_prompt") == 128 and row.get("n_gen") == 0:
             pp = row["avg_ts"]
         if row.get("n_gen") == 64 and row.get("n_prompt") == 0:
             tg = row["avg_ts"]
-    return pp, tg
+        if row.get("n_gen") == 64 and row.get("n_prompt") == 128:
+            pg = row["avg_ts"]
+    decode_s = 192.0 / pg - 128.0 / pp
+    tg_depth = 64.0 / decode_s if decode_s > 0 else float("nan")
+    return pp, tg, tg_depth
 
 
-def flashlm(exe, model, threads):
+def flashlm_run(exe, model, threads, prompt_tokens, extra):
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([exe, "generate", model, "--bench-prompt-tokens", "128", "-n", "65",
-                        "--temp", "0", "--ignore-eos", "--threads", str(threads), "--stats-json",
-                        f.name], check=True, capture_output=True)
+        subprocess.run([exe, "generate", model, "--bench-prompt-tokens", str(prompt_tokens), "-n",
+                        "65", "--temp", "0", "--ignore-eos", "--threads", str(threads),
+                        "--stats-json", f.name] + extra, check=True, capture_output=True)
         stats = json.load(open(f.name))
     return stats["prefill_tokens_per_s"], stats["decode_tokens_per_s"]
+
+
+def flashlm(exe, model, threads, extra):
+    """(pp128, tg64 from an empty context, tg64 at depth 128)."""
+    pp, tg_depth = flashlm_run(exe, model, threads, 128, extra)
+    _, tg = flashlm_run(exe, model, threads, 1, extra)
+    return pp, tg, tg_depth
 
 
 def main():
@@ -52,36 +81,36 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--compare", help="another flashlm binary, run in the same loop")
+    ap.add_argument("--flashlm-args", default="", help="extra flashlm generate flags")
+    ap.add_argument("--llama-args", default="", help="extra llama-bench flags")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
-    head = "| model | llama.cpp pp128 | flashlm pp128 | ratio | llama.cpp tg64 | flashlm tg64 | ratio |"
-    rule = "|---|---|---|---|---|---|---|"
+    fx, lx = shlex.split(a.flashlm_args), shlex.split(a.llama_args)
+    names = ("pp128", "tg64", "tg64@128")
+    head = "| model |" + "".join(f" llama.cpp {n} | flashlm {n} | ratio |" for n in names)
+    rule = "|---|" + "---|---|---|" * len(names)
     if a.compare:
-        head += " compared pp128 | ratio | compared tg64 | ratio |"
-        rule += "---|---|---|---|"
+        head += "".join(f" compared {n} | ratio |" for n in names)
+        rule += "---|---|" * len(names)
     print(head)
     print(rule)
     for m in a.models:
-        lp, lt, fp, ft, cp, ct = [], [], [], [], [], []
+        ll, fl, cl = [], [], []
         for _ in range(a.reps):
-            p, t = llama_bench(a.llama_bench, m, a.threads)
-            lp.append(p)
-            lt.append(t)
-            p, t = flashlm(a.flashlm, m, a.threads)
-            fp.append(p)
-            ft.append(t)
+            ll.append(llama_bench(a.llama_bench, m, a.threads, lx))
+            fl.append(flashlm(a.flashlm, m, a.threads, fx))
             if a.compare:
-                p, t = flashlm(a.compare, m, a.threads)
-                cp.append(p)
-                ct.append(t)
-            print(f"# {m}: llama.cpp {lp[-1]:.1f}/{lt[-1]:.1f}  flashlm {fp[-1]:.1f}/{ft[-1]:.1f}" +
-                  (f"  compared {cp[-1]:.1f}/{ct[-1]:.1f}" if a.compare else ""), file=sys.stderr)
-        mlp, mlt, mfp, mft = map(statistics.median, (lp, lt, fp, ft))
-        row = (f"| {m} | {mlp:.1f} | {mfp:.1f} | {mfp / mlp:.2f} | {mlt:.1f} | {mft:.1f} | "
-               f"{mft / mlt:.2f} |")
+                cl.append(flashlm(a.compare, m, a.threads, fx))
+            fmt = lambda r: "/".join(f"{v:.1f}" for v in r)
+            print(f"# {m}: llama.cpp {fmt(ll[-1])}  flashlm {fmt(fl[-1])}" +
+                  (f"  compared {fmt(cl[-1])}" if a.compare else ""), file=sys.stderr)
+        med = lambda runs, i: statistics.median(r[i] for r in runs)
+        row = f"| {m} |"
+        for i in range(len(names)):
+            row += f" {med(ll, i):.1f} | {med(fl, i):.1f} | {med(fl, i) / med(ll, i):.2f} |"
         if a.compare:
-            mcp, mct = statistics.median(cp), statistics.median(ct)
-            row += f" {mcp:.1f} | {mcp / mlp:.2f} | {mct:.1f} | {mct / mlt:.2f} |"
+            for i in range(len(names)):
+                row += f" {med(cl, i):.1f} | {med(cl, i) / med(ll, i):.2f} |"
         print(row)
 
 

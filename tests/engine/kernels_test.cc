@@ -348,5 +348,157 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
   }
 }
 
+// KV rows for the attention kernels: `count` rows of n values, `stride` values apart (the other
+// heads of a row sit in between), f32 or f16 bytes, and each row as f32 (what f16 converts to).
+struct AttentionRows {
+  std::vector<std::byte> bytes;
+  std::vector<std::vector<float>> as_f32;
+  uint64_t stride_bytes = 0;
+};
+AttentionRows MakeAttentionRows(bool f16, uint32_t count, uint32_t n, uint32_t stride,
+                                std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  AttentionRows r;
+  const uint32_t width = f16 ? 2 : 4;
+  r.stride_bytes = uint64_t{stride} * width;
+  r.bytes.resize(count * r.stride_bytes);
+  for (uint32_t i = 0; i < count; ++i) {
+    std::vector<float> row(stride);
+    for (float& v : row) v = nd(rng);
+    std::byte* at = r.bytes.data() + i * r.stride_bytes;
+    if (f16) {
+      EXPECT_TRUE(layout::QuantizeRow(DType::kF16, row, ByteSpan(at, r.stride_bytes)).ok());
+      EXPECT_TRUE(
+          layout::DequantizeRow(DType::kF16, ConstByteSpan(at, r.stride_bytes), row).ok());
+    } else {
+      std::memcpy(at, row.data(), r.stride_bytes);
+    }
+    r.as_f32.emplace_back(row.begin(), row.begin() + n);
+  }
+  return r;
+}
+
+// AttentionDotRows is DotF32 row by row times the scale, bit for bit, for f32 and f16 rows: head
+// sizes below, at and between multiples of 16 (the scalar tail), runs shorter than, equal to and
+// longer than the 16-row groups; nothing past `count` is written. And DotF32 is a dot product
+// (against double, to f32 rounding).
+TEST(KernelsTest, AttentionDotRowsBitIdenticalToDotF32) {
+  std::mt19937 rng(41);
+  for (bool f16 : {false, true}) {
+    for (uint32_t n : {4u, 8u, 16u, 20u, 48u, 64u, 100u, 128u, 136u}) {
+      for (uint32_t count : {1u, 5u, 15u, 16u, 17u, 33u, 40u}) {
+        const uint32_t stride = 3 * n + 5;
+        const AttentionRows rows = MakeAttentionRows(f16, count, n, stride, rng);
+        std::vector<float> q(n);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        for (float& v : q) v = nd(rng);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(n));
+        std::vector<float> out(count + 3, 7.0f);
+        AttentionDotRows(q.data(), rows.bytes.data(), rows.stride_bytes, count, f16, n, scale,
+                         out.data());
+        for (uint32_t i = 0; i < count; ++i) {
+          const float want = DotF32(q.data(), rows.as_f32[i].data(), n) * scale;
+          ASSERT_EQ(std::memcmp(&out[i], &want, sizeof(float)), 0)
+              << (f16 ? "f16" : "f32") << " n " << n << " count " << count << " row " << i
+              << ": " << out[i] << " vs " << want;
+          double exact = 0, magnitude = 0;
+          for (uint32_t j = 0; j < n; ++j) {
+            exact += double{q[j]} * rows.as_f32[i][j];
+            magnitude += std::fabs(double{q[j]} * rows.as_f32[i][j]);
+          }
+          ASSERT_NEAR(out[i], exact * scale, 1e-6 * magnitude * scale + 1e-7);
+        }
+        for (uint32_t i = count; i < count + 3; ++i) ASSERT_EQ(out[i], 7.0f) << "written past count";
+      }
+    }
+  }
+}
+
+// AttentionAxpyRows is AxpyF32 row after row, bit for bit, for f32 and f16 rows: head sizes with
+// and without the register-blocked chunks of 16 and 128 values, an 8-value rest and a scalar
+// tail; zero weights among the rows; nothing past n is written.
+TEST(KernelsTest, AttentionAxpyRowsBitIdenticalToAxpyF32) {
+  std::mt19937 rng(43);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (bool f16 : {false, true}) {
+    for (uint32_t n : {3u, 8u, 16u, 24u, 40u, 64u, 100u, 128u, 136u, 200u, 264u}) {
+      for (uint32_t count : {1u, 7u, 16u, 33u}) {
+        const AttentionRows rows = MakeAttentionRows(f16, count, n, 2 * n + 3, rng);
+        std::vector<float> a(count);
+        for (uint32_t i = 0; i < count; ++i) a[i] = i % 6 == 2 ? 0.0f : nd(rng);
+        std::vector<float> y(n + 2);
+        for (float& v : y) v = nd(rng);
+        std::vector<float> want = y;
+        for (uint32_t i = 0; i < count; ++i) AxpyF32(a[i], rows.as_f32[i].data(), want.data(), n);
+        AttentionAxpyRows(a.data(), rows.bytes.data(), rows.stride_bytes, count, f16, y.data(), n);
+        for (uint32_t j = 0; j < n + 2; ++j) {
+          ASSERT_EQ(std::memcmp(&y[j], &want[j], sizeof(float)), 0)
+              << (f16 ? "f16" : "f32") << " n " << n << " count " << count << " value " << j
+              << ": " << y[j] << " vs " << want[j];
+        }
+      }
+    }
+  }
+}
+
+// QuantizeActivations writes the layout kernels.h states, value for value as the scalar rule
+// (scale = max |x| / 127 per block of 32, q = nearbyint(x / scale), sums of q and of its two
+// halves, scale x those sums), for full blocks (the SIMD path), a partial last block (padded with
+// zeros), an all-zero block and ties at .5 (rounded to even).
+TEST(KernelsTest, QuantizeActivationsFollowsTheScalarRule) {
+  std::mt19937 rng(47);
+  std::normal_distribution<float> nd(0.0f, 3.0f);
+  for (uint32_t cols : {32u, 96u, 100u, 7u}) {
+    const uint32_t tokens = 3, nb = (cols + 31) / 32;
+    std::vector<float> x(uint64_t{cols} * tokens);
+    for (float& v : x) v = nd(rng);
+    for (uint32_t j = 0; j < std::min(cols, 32u); ++j) x[cols + j] = 0.0f;  // token 1, block 0
+    // Token 2, block 0: max 127, so the scale is 1 and values k + 0.5 tie.
+    if (cols >= 32) {
+      for (uint32_t j = 0; j < 32; ++j) x[2 * cols + j] = j == 0 ? 127.0f : (j % 9) - 4.5f;
+    }
+    std::vector<std::byte> scratch(MatMulScratchBytes(cols, tokens));
+    QuantizeActivations(x, cols, tokens, scratch);
+    const uint64_t per_token = scratch.size() / tokens;
+    for (uint32_t t = 0; t < tokens; ++t) {
+      const std::byte* base = scratch.data() + t * per_token;
+      const auto* q = reinterpret_cast<const int8_t*>(base);
+      const auto* d = reinterpret_cast<const float*>(base + nb * 32);
+      const float* sum = d + nb;
+      const float* half_sum = sum + nb;
+      const auto* int_sum = reinterpret_cast<const int32_t*>(half_sum + 2 * nb);
+      for (uint32_t b = 0; b < nb; ++b) {
+        float amax = 0;
+        for (uint32_t j = b * 32; j < std::min(cols, b * 32 + 32); ++j) {
+          amax = std::max(amax, std::fabs(x[t * cols + j]));
+        }
+        const float scale = amax / 127.0f;
+        const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        int32_t half[2] = {0, 0};
+        for (uint32_t j = 0; j < 32; ++j) {
+          const uint32_t c = b * 32 + j;
+          const int want = c < cols ? static_cast<int>(std::nearbyint(x[t * cols + c] * inv)) : 0;
+          ASSERT_EQ(q[c], want) << "cols " << cols << " token " << t << " value " << c;
+          half[j / 16] += want;
+        }
+        ASSERT_EQ(d[b], scale);
+        ASSERT_EQ(sum[b], scale * static_cast<float>(half[0] + half[1]));
+        ASSERT_EQ(half_sum[2 * b], scale * static_cast<float>(half[0]));
+        ASSERT_EQ(half_sum[2 * b + 1], scale * static_cast<float>(half[1]));
+        ASSERT_EQ(int_sum[b], half[0] + half[1]);
+        ASSERT_EQ(int_sum[nb + 2 * b], half[0]);
+        ASSERT_EQ(int_sum[nb + 2 * b + 1], half[1]);
+      }
+    }
+    if (cols >= 32) {  // the ties round to even: -3.5 -> -4, -2.5 -> -2, -1.5 -> -2, -4.5 -> -4
+      const auto* q = reinterpret_cast<const int8_t*>(scratch.data() + 2 * per_token);
+      EXPECT_EQ(q[1], -4);
+      EXPECT_EQ(q[2], -2);
+      EXPECT_EQ(q[3], -2);
+      EXPECT_EQ(q[9], -4);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::engine

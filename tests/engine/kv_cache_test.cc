@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <random>
 #include <vector>
+
+#include "engine/kernels.h"
 
 namespace flashlm::engine {
 namespace {
@@ -61,6 +65,45 @@ TEST(FlatKvCacheTest, RowsByLayerSequenceAndPosition) {
   EXPECT_EQ(c.Write(0, 0, 10, r8, r8).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(c.Write(0, 0, 0, r7, r8).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(FlatKvCache::Create(Config(), 0, 1).status().code(), StatusCode::kInvalidArgument);
+}
+
+// KvDotRun / KvAxpyRun over a run of rows equal KvDot / KvAxpy row by row, bit for bit, for every
+// dtype a cache stores (f32 and f16 take the SIMD run kernels, q8_0 the row path), with a head
+// offset into the rows; and f16 rows read as the f32 values they hold (KvDot = DotF32 on them).
+TEST(KvRowsTest, RunsEqualRowByRow) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const uint32_t kv_dim = 192, hd = 64, offset = 64, count = 37;
+  for (layout::DType dt : {layout::DType::kF32, layout::DType::kF16, layout::DType::kQ8_0}) {
+    const uint64_t rb = layout::RowBytes(dt, kv_dim);
+    std::vector<std::byte> bytes(count * rb);
+    for (uint32_t i = 0; i < count; ++i) {
+      std::vector<float> row(kv_dim);
+      for (float& v : row) v = nd(rng);
+      ASSERT_TRUE(layout::QuantizeRow(dt, row, ByteSpan(bytes.data() + i * rb, rb)).ok());
+    }
+    const KvRows rows{bytes.data(), rb, count, dt};
+    std::vector<float> q(hd), a(count);
+    for (float& v : q) v = nd(rng);
+    for (float& v : a) v = nd(rng);
+    std::vector<float> scores(count), y(hd, 0.5f), want_y(hd, 0.5f);
+    KvDotRun(q.data(), rows, offset, hd, 0.125f, scores.data());
+    KvAxpyRun(a.data(), rows, offset, y.data(), hd);
+    for (uint32_t i = 0; i < count; ++i) {
+      const float want = KvDot(q.data(), rows, i, offset, hd) * 0.125f;
+      ASSERT_EQ(std::memcmp(&scores[i], &want, sizeof(float)), 0) << DTypeName(dt) << " row " << i;
+      KvAxpy(a[i], rows, i, offset, want_y.data(), hd);
+      if (dt == layout::DType::kF16) {
+        std::vector<float> row(kv_dim);
+        ASSERT_TRUE(
+            layout::DequantizeRow(dt, ConstByteSpan(bytes.data() + i * rb, rb), row).ok());
+        EXPECT_EQ(KvDot(q.data(), rows, i, offset, hd), DotF32(q.data(), row.data() + offset, hd));
+      }
+    }
+    for (uint32_t j = 0; j < hd; ++j) {
+      ASSERT_EQ(std::memcmp(&y[j], &want_y[j], sizeof(float)), 0) << DTypeName(dt) << " " << j;
+    }
+  }
 }
 
 }  // namespace
