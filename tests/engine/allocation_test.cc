@@ -452,17 +452,23 @@ TEST(AllocationTest, PredictorSparseDecodeAllocatesNothing) {
   o.transformer.sparsity = FfnSparsity::kPredictor;
   o.transformer.predictor_cut = 0.5f;
   o.streaming.chunk_bundles = 16;
-  const uint64_t minimum = Minimum(store, o);
-  ASSERT_GT(minimum, 0u);
-  for (uint64_t budget : {minimum, uint64_t{0}}) {
-    o.budgeted = true;
-    o.budget_bytes = budget;
-    auto session = Session::Open(store, o);
-    ASSERT_TRUE(session.ok()) << session.status().ToString();
-    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kPredictor);
-    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
-    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
-    EXPECT_GT((*session)->stats().ffn_computed_fraction(), 0.0);
+  // With and without the lookahead (its guesses read ahead into the chunk ring, parked).
+  for (bool lookahead : {false, true}) {
+    o.transformer.lookahead = lookahead;
+    const uint64_t minimum = Minimum(store, o);
+    ASSERT_GT(minimum, 0u);
+    for (uint64_t budget : {minimum, uint64_t{0}}) {
+      o.budgeted = true;
+      o.budget_bytes = budget;
+      auto session = Session::Open(store, o);
+      ASSERT_TRUE(session.ok()) << session.status().ToString();
+      ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kPredictor);
+      EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0)
+          << "budget " << budget << (lookahead ? " lookahead" : "");
+      EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+      EXPECT_GT((*session)->stats().ffn_computed_fraction(), 0.0);
+      if (lookahead && budget != 0) EXPECT_GT((*session)->stats().bundles_prefetched, 0u);
+    }
   }
 }
 
