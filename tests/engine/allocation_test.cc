@@ -112,6 +112,27 @@ uint64_t Minimum(const std::string& store, SessionOptions o) {
   return at == std::string::npos ? 0 : std::stoull(msg.substr(at + 11));
 }
 
+// A session of `o` (a sparse mode) on `store`, at its minimum budget and unlimited: it runs in
+// that mode, its decode allocates nothing and computes part of the FFN, not all of it; with
+// the lookahead at the minimum it reads ahead.
+void ExpectSparseDecodeAllocatesNothing(const std::string& store, SessionOptions o) {
+  const uint64_t minimum = Minimum(store, o);
+  ASSERT_GT(minimum, 0u);
+  for (uint64_t budget : {minimum, uint64_t{0}}) {
+    o.budgeted = true;
+    o.budget_bytes = budget;
+    auto session = Session::Open(store, o);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    ASSERT_EQ((*session)->model().sparsity(), o.transformer.sparsity);
+    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
+    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
+    EXPECT_GT((*session)->stats().ffn_computed_fraction(), 0.0);
+    if (o.transformer.lookahead && budget != 0) {
+      EXPECT_GT((*session)->stats().bundles_prefetched, 0u);
+    }
+  }
+}
+
 // The counter sees allocations (so that a zero below means something).
 TEST(AllocationTest, CounterCountsAllocations) {
   g_allocations = 0;
@@ -335,18 +356,10 @@ TEST(AllocationTest, ReluSparseDecodeAllocatesNothing) {
   o.transformer.max_context = 128;
   o.transformer.sparsity = FfnSparsity::kRelu;
   o.streaming.chunk_bundles = 16;
-  const uint64_t minimum = Minimum(store, o);
-  ASSERT_GT(minimum, 0u);
-  for (uint64_t budget : {minimum, uint64_t{0}}) {
-    o.budgeted = true;
-    o.budget_bytes = budget;
-    auto session = Session::Open(store, o);
-    ASSERT_TRUE(session.ok()) << session.status().ToString();
-    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kRelu);
-    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
-    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
-  }
+  ExpectSparseDecodeAllocatesNothing(store, o);
   // With the bundle cache (LRU share, window) and a wide merge gap, between the minimum and all.
+  const uint64_t minimum = Minimum(store, o);
+  o.budgeted = true;
   uint64_t full = 0;
   {
     o.budget_bytes = 0;
@@ -400,17 +413,7 @@ TEST(AllocationTest, ThresholdSparseDecodeAllocatesNothing) {
   o.transformer.max_context = 128;
   o.transformer.sparsity = FfnSparsity::kThreshold;
   o.streaming.chunk_bundles = 16;
-  const uint64_t minimum = Minimum(store, o);
-  ASSERT_GT(minimum, 0u);
-  for (uint64_t budget : {minimum, uint64_t{0}}) {
-    o.budgeted = true;
-    o.budget_bytes = budget;
-    auto session = Session::Open(store, o);
-    ASSERT_TRUE(session.ok()) << session.status().ToString();
-    ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kThreshold);
-    EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0) << "budget " << budget;
-    EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
-  }
+  ExpectSparseDecodeAllocatesNothing(store, o);
 }
 
 TEST(AllocationTest, PredictorSparseDecodeAllocatesNothing) {
@@ -454,21 +457,9 @@ TEST(AllocationTest, PredictorSparseDecodeAllocatesNothing) {
   o.streaming.chunk_bundles = 16;
   // With and without the lookahead (its guesses read ahead into the chunk ring, parked).
   for (bool lookahead : {false, true}) {
+    SCOPED_TRACE(lookahead ? "lookahead" : "no lookahead");
     o.transformer.lookahead = lookahead;
-    const uint64_t minimum = Minimum(store, o);
-    ASSERT_GT(minimum, 0u);
-    for (uint64_t budget : {minimum, uint64_t{0}}) {
-      o.budgeted = true;
-      o.budget_bytes = budget;
-      auto session = Session::Open(store, o);
-      ASSERT_TRUE(session.ok()) << session.status().ToString();
-      ASSERT_EQ((*session)->model().sparsity(), FfnSparsity::kPredictor);
-      EXPECT_EQ(AllocationsPerDecode(**session, 40, true), 0)
-          << "budget " << budget << (lookahead ? " lookahead" : "");
-      EXPECT_LT((*session)->stats().ffn_computed_fraction(), 1.0);
-      EXPECT_GT((*session)->stats().ffn_computed_fraction(), 0.0);
-      if (lookahead && budget != 0) EXPECT_GT((*session)->stats().bundles_prefetched, 0u);
-    }
+    ExpectSparseDecodeAllocatesNothing(store, o);
   }
 }
 
