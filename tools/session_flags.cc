@@ -94,7 +94,7 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--predictor", f->predictor,
                   "With --sparsity predictor: the predictor file (default "
                   "STORE/ffn_predictor.bin, written by flashlm train-predictor)");
-  cmd->add_option("--lookahead", f->lookahead,
+  f->lookahead_option = cmd->add_option("--lookahead", f->lookahead,
                   "With --sparsity relu, threshold or predictor and a trained predictor (flashlm "
                   "train-predictor): at the start of each layer, read ahead the FFN bundles the "
                   "predictor gives a probability above P of firing, from the layer's input, while "
@@ -228,7 +228,7 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
   o->ffn_thresholds_path = f.thresholds;
   const bool predictor = o->transformer.sparsity == engine::FfnSparsity::kPredictor;
   const bool cut_given = f.predictor_cut_option != nullptr && f.predictor_cut_option->count() > 0;
-  const bool lookahead = f.lookahead >= 0;
+  const bool lookahead = f.lookahead_option != nullptr && f.lookahead_option->count() > 0;
   if (cut_given && !predictor) {
     return InvalidArgumentError("--predictor-cut applies only with --sparsity predictor");
   }
@@ -237,7 +237,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
                                 "--lookahead");
   }
   if (lookahead) {
-    if (!(f.lookahead <= 1)) return InvalidArgumentError("--lookahead must be in [0, 1]");
+    if (!(f.lookahead >= 0 && f.lookahead <= 1)) {
+      return InvalidArgumentError("--lookahead must be in [0, 1]");
+    }
     o->transformer.lookahead = true;
     o->transformer.lookahead_cut = static_cast<float>(f.lookahead);
   }

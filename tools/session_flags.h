@@ -58,7 +58,8 @@ struct SessionFlags {
   std::string predictor;   // --predictor FILE
   double predictor_cut = 0.5;                   // --predictor-cut P
   CLI::Option* predictor_cut_option = nullptr;  // set by AddSessionFlags: was it given?
-  double lookahead = -1;                        // --lookahead P (< 0: off)
+  double lookahead = 0.5;                       // --lookahead P
+  CLI::Option* lookahead_option = nullptr;      // set by AddSessionFlags: was it given?
   bool budgeted() const { return !mem_budget.empty(); }
 };
 void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);

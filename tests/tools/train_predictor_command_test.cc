@@ -194,8 +194,10 @@ TEST_F(TrainPredictorCommandTest, LookaheadChangesOnlyWhenReadsGoOut) {
     EXPECT_EQ(f0["bundles_streamed"], f1["bundles_streamed"]);
   }
   const std::string relu = (dir_ / "gate+up-down").string();
-  for (const std::string bad : {"--sparsity relu --lookahead 1.5", "--sparsity relu --lookahead x",
-                                "--sparsity dense --lookahead 0.5"}) {
+  for (const std::string bad :
+       {"--sparsity relu --lookahead 1.5", "--sparsity relu --lookahead -0.5",
+        "--sparsity relu --lookahead nan", "--sparsity relu --lookahead x",
+        "--sparsity dense --lookahead 0.5"}) {
     CmdRun r = Flashlm("generate " + relu + " -n 2 --temp 0 " + bad);
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.all();
     EXPECT_NE(r.err.find("--lookahead"), std::string::npos) << r.err;
