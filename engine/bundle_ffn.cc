@@ -14,13 +14,6 @@ uint32_t DownBlock(layout::DType dtype) {
   return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
 }
 
-// Asks for bytes [p, p + n) to be brought into the cache ahead of use. Bundles sit apart (cache
-// slots, streaming buffers), so the hardware's stream detection, which follows one address
-// sequence within a page, finds little to follow; decode is bound by misses in flight.
-inline void Prefetch(const std::byte* p, uint64_t n) {
-  for (uint64_t at = 0; at < n; at += 64) __builtin_prefetch(p + at, 0, 2);
-}
-
 }  // namespace
 
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
@@ -29,7 +22,7 @@ BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry
   Layout l;
   l.h = l.arena.AddFloats(uint64_t{chunk_max} * max_batch);
   if (!g.has_gate()) l.gate_all = l.arena.AddFloats(uint64_t{max_batch} * hidden);
-  l.tile = l.arena.AddFloats(uint64_t{threads} * 2 * max_batch);
+  l.tile = l.arena.AddFloats(uint64_t{threads} * kGroupRows * max_batch);
   l.qx = l.arena.Add(MatMulScratchBytes(g.dim, max_batch));
   return l;
 }
@@ -62,7 +55,7 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   ASSIGN_OR_RETURN(k->arena_, Arena::Create(l.arena));
   k->h_ = k->arena_.Floats(l.h, uint64_t{chunk_max} * max_batch);
   if (k->separate_) k->gate_all_ = k->arena_.Floats(l.gate_all, uint64_t{max_batch} * hidden);
-  k->tile_ = k->arena_.Floats(l.tile, uint64_t{pool.size()} * 2 * max_batch);
+  k->tile_ = k->arena_.Floats(l.tile, uint64_t{pool.size()} * kGroupRows * max_batch);
   k->qx_span_ = k->arena_.Bytes(l.qx, MatMulScratchBytes(g.dim, max_batch));
   k->predicted_counts_.assign(uint64_t{pool.size()} * 8, 0);
   return k;
@@ -140,43 +133,51 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   if (count == 0) return;
   CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
-  const uint64_t part = g_.part_bytes;
-  // Phase 1: h for every bundle of the batch and every token, split over bundles.
+  // Phase 1: h for every bundle of the batch and every token, split over bundles. A batch's gate
+  // and up rows go kGroupRows at a time through DotRows (one register tile for q8_0). For one
+  // token of q8_0 each bundle is read front to back as one stream: gate, up, and then its down
+  // column through DotRows too, whose product is not used. Skipping the down column starts a new
+  // stream at every bundle, which the hardware prefetcher follows badly: phase 1 over resident
+  // q8_0 bundles took 1.45x as long (docs/benchmarks.md); read, the columns also wait in the
+  // cache for phase 2.
+  const uint32_t per_bundle = separate_ ? 1 : 2;
+  const bool front_to_back = n == 1 && g_.dtype == layout::DType::kQ8_0;
+  const uint32_t group = front_to_back ? 1 : kGroupRows / per_bundle;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
-    float* tile = tile_.data() + uint64_t{th} * 2 * max_batch_;
+    float* tile = tile_.data() + uint64_t{th} * kGroupRows * max_batch_;
     uint64_t computed = 0, fired = 0;  // under a score mask
-    for (uint64_t k = begin; k < end; ++k) {
-      const std::byte* bundle = bundles[k];
-      if (k + 1 < end) {  // the next bundle's gate and up rows
-        Prefetch(bundles[k + 1] + (separate_ ? g_.up_offset() : 0), separate_ ? part : 2 * part);
+    for (uint64_t k0 = begin; k0 < end; k0 += group) {
+      const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));
+      const std::byte* rows[kGroupRows];
+      uint32_t row_count = 0;
+      for (uint32_t j = 0; j < m; ++j) {
+        const std::byte* bundle = bundles[k0 + j];
+        if (!separate_) rows[row_count++] = bundle;
+        rows[row_count++] = bundle + g_.up_offset();
       }
-      const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
-      float* h = h_.data() + k * max_batch_;
-      if (!separate_) {
-        // [gate row | up row] is a 2-row matrix of the bundle's dtype.
-        const MatrixView gu{g_.dtype, 2, dim, ConstByteSpan(bundle, 2 * part)};
-        MatMulRows(gu, x_, n, qx_span_, 0, 2, std::span<float>(tile, 2 * uint64_t{n}));
+      if (front_to_back) rows[row_count++] = bundles[k0] + g_.down_offset();
+      DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_,
+              tile);
+      for (uint32_t j = 0; j < m; ++j) {
+        const uint64_t k = k0 + j;
+        const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
+        float* h = h_.data() + k * max_batch_;
+        const float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
+        const float* up_row = tile + uint64_t{per_bundle * j + per_bundle - 1} * n;
         for (uint32_t t = 0; t < n; ++t) {
-          float gv = tile[2 * t], uv = tile[2 * t + 1];
-          if (!gate_capture_.empty()) gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
+          float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
+          const float uv = up_row[t];
+          if (!separate_ && !gate_capture_.empty()) {
+            gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
+          }
           const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
           const bool positive = gv > 0;
           SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
           h[t] = ScoreMasked(t, neuron, positive, gv, &computed, &fired) || masked ? 0.0f : gv;
         }
-      } else {
-        const MatrixView up{g_.dtype, 1, dim, ConstByteSpan(bundle + g_.up_offset(), part)};
-        MatMulRows(up, x_, n, qx_span_, 0, 1, std::span<float>(tile, n));
-        for (uint32_t t = 0; t < n; ++t) {
-          float gv = gate_all_[uint64_t{t} * hidden_ + neuron], uv = tile[t];
-          const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
-          const bool positive = gv > 0;
-          SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = ScoreMasked(t, neuron, positive, gv, &computed, &fired) || masked ? 0.0f : gv;
+        if (!capture_.empty()) {
+          for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
         }
-      }
-      if (!capture_.empty()) {
-        for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
       }
     }
     predicted_counts_[uint64_t{th} * 8] += computed;

@@ -3,9 +3,9 @@
 // scattered, each bundle wherever it sits in DRAM (a cache slot, a streaming buffer).
 //
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
-// out += h * down_i (the down column). The products reuse the engine's kernels: gate and up are
-// rows of a 1- or 2-row MatrixView through MatMulRows (q8 activations for block dtypes, exactly
-// as MatMul does); the down column is dequantised and accumulated in one pass (AxpyRow; for a
+// out += h * down_i (the down column). The products reuse the engine's kernels: gate and up rows
+// go through DotRows (q8 activations for block dtypes, bit-identical to MatMul's products; for
+// one q8_0 token each bundle is read front to back, see Accumulate); the down column is dequantised and accumulated in one pass (AxpyRow; for a
 // batch of tokens AxpyRows, which keeps a block of the outputs in registers across the bundles
 // and is bit-identical to it; for one q8_0 token it keeps 128 outputs in registers likewise).
 // Determinism: every out[t][r] sums its terms in the order the positions are accumulated (batches
@@ -89,6 +89,8 @@ class BundleFfnKernel {
   uint32_t chunk_max() const { return chunk_max_; }
 
  private:
+  // Gate/up rows multiplied per DotRows call (two bundles of [gate | up], four of up alone).
+  static constexpr uint32_t kGroupRows = 4;
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
   struct Layout {
     ArenaLayout arena;
@@ -127,7 +129,7 @@ class BundleFfnKernel {
   Arena arena_;
   std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor
   std::span<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
-  std::span<float> tile_;      // threads x 2 x max_batch: gate/up products
+  std::span<float> tile_;      // threads x kGroupRows x max_batch: gate/up products
   ByteSpan qx_span_;           // q8 activations (MatMulScratchBytes(dim, max_batch))
 };
 

@@ -1206,6 +1206,34 @@ void MatMulRowsTiled(const MatrixView& w, std::span<const float> x, uint32_t n_t
 }
 #endif
 
+
+#ifdef FLASHLM_AVX512_VNNI
+// DotRows for q8_0: R rows (pointers) x NT tokens through TileQ512, the tile MatMulRows uses for
+// q8_0 at any batch, scattered to out[r * n_tokens + t0 + t].
+template <int R>
+void DotRowsQ8(const std::byte* const* rows, const int8_t* const* xq, const float* const* xd,
+               uint32_t nt, uint32_t nb, uint32_t n_tokens, uint32_t t0, float* out) {
+  float tile[R * kGroupQ];
+  switch (nt) {
+    case 1:
+      TileQ512<R, 1>(rows, xq, xd, nb, tile);
+      break;
+    case 2:
+      TileQ512<R, 2>(rows, xq, xd, nb, tile);
+      break;
+    case 3:
+      TileQ512<R, 3>(rows, xq, xd, nb, tile);
+      break;
+    default:
+      TileQ512<R, 4>(rows, xq, xd, nb, tile);
+      break;
+  }
+  for (int r = 0; r < R; ++r) {
+    for (uint32_t t = 0; t < nt; ++t) out[static_cast<uint64_t>(r) * n_tokens + t0 + t] = tile[r * nt + t];
+  }
+}
+#endif
+
 }  // namespace
 
 bool MatMulSupports(DType dtype) {
@@ -1353,6 +1381,43 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
       }
       for (uint32_t i = 0; i < nt; ++i) y[uint64_t{t0 + i} * w.rows + r] = out[i];
     }
+  }
+}
+
+void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
+             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out) {
+  CHECK(MatMulSupports(dtype));
+  const uint32_t count = static_cast<uint32_t>(rows.size());
+#ifdef FLASHLM_AVX512_VNNI
+  if (dtype == DType::kQ8_0) {
+    CHECK_GE(quantized_x.size(), MatMulScratchBytes(cols, n_tokens));
+    const uint32_t nb = Blocks(cols);
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kGroupQ) {
+      const uint32_t nt = std::min(kGroupQ, n_tokens - t0);
+      const int8_t* xq[kGroupQ] = {};
+      const float* xd[kGroupQ] = {};
+      for (uint32_t i = 0; i < nt; ++i) {
+        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(cols);
+        xq[i] = reinterpret_cast<const int8_t*>(base);
+        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
+      }
+      uint32_t k = 0;
+      // One token: one row at a time (each row one sequential stream, as MatMul's decode).
+      for (; n_tokens > 1 && k + 4 <= count; k += 4) {
+        DotRowsQ8<4>(rows.data() + k, xq, xd, nt, nb, n_tokens, t0, out + uint64_t{k} * n_tokens);
+      }
+      for (; k < count; ++k) {
+        DotRowsQ8<1>(rows.data() + k, xq, xd, nt, nb, n_tokens, t0, out + uint64_t{k} * n_tokens);
+      }
+    }
+    return;
+  }
+#endif
+  const uint64_t row_bytes = layout::RowBytes(dtype, cols);
+  for (uint32_t k = 0; k < count; ++k) {
+    const MatrixView row{dtype, 1, cols, ConstByteSpan(rows[k], row_bytes)};
+    MatMulRows(row, x, n_tokens, quantized_x, 0, 1,
+               std::span<float>(out + uint64_t{k} * n_tokens, n_tokens));
   }
 }
 

@@ -80,6 +80,18 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
                 ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end,
                 std::span<float> y);
 
+// out[k * n_tokens + t] = (row k) . (token t) for k < rows.size(), t < n_tokens, where row k is
+// `cols` values of `dtype` at rows[k] (RowBytes(dtype, cols) bytes, anywhere in memory: the gate
+// and up rows of neuron bundles). x and quantized_x as for MatMulRows. Every result is
+// bit-identical to MatMulRows's for a matrix holding that row (any batch, any row range). Rows go
+// in the given order; on AVX-512 VNNI q8_0 rows of a batch go 4 at a time against up to 4 tokens
+// in one register tile (one activation load serves four rows), and for one token one at a time
+// (each row read as one sequential stream, which the hardware prefetcher follows best: 4 rows
+// interleaved read about 1.5x slower from DRAM); other dtypes row by row through MatMulRows. Precondition (CHECKed):
+// MatMulSupports(dtype). Single-threaded, allocates nothing.
+void DotRows(layout::DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
+             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out);
+
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
 // block the scale times the sum of its int8 values, then the same for each half of 16, then per
