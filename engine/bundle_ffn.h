@@ -5,9 +5,10 @@
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up rows
 // go through DotRows (q8 activations for block dtypes, bit-identical to MatMul's products; for
-// one q8_0 token each bundle is read front to back, see Accumulate); the down column is dequantised and accumulated in one pass (AxpyRow; for a
-// batch of tokens AxpyRows, which keeps a block of the outputs in registers across the bundles
-// and is bit-identical to it; for one q8_0 token it keeps 128 outputs in registers likewise).
+// one q8_0 token each bundle is read front to back, see Accumulate); the down column is
+// dequantised and accumulated in one pass (AxpyRow; for a batch of tokens AxpyRows, which keeps
+// a block of the outputs in registers across the bundles and is bit-identical to it; for one
+// q8_0 token it keeps 128 outputs in registers likewise).
 // Determinism: every out[t][r] sums its terms in the order the positions are accumulated (batches
 // come in increasing position order), whatever the batching, the thread count of the down pass or
 // which bundles came from DRAM or flash, so results do not depend on the memory budget (only on
