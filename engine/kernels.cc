@@ -840,24 +840,49 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
 // acc - macc. The same code runs for every token count, so q4_K results do not depend on the
 // batch or the row range either.
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
-// q4_K / q6_K decode prefetches the NEXT strip as it reads one (q4_0 goes 2 ahead): with the
-// gathers gone, 1 strip ahead keeps a 2048-column q4_K strip and its successor (2 x 18 KiB) in
-// L1, and was 1.3x faster than 2 on the 1b Q4_K_M matmuls streamed from DRAM, 1 thread
-// (/work/bench/kq/mbtok.cc); 3 was slower still.
+// q4_K / q6_K prefetch in the order they read (q4_0 prefetches a whole strip 2 ahead): at
+// super-block sb of a strip, super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
+// past the rows' end, the matching super-block of the next strip's rows (so StripRows::next is
+// the strip 1 ahead). That keeps about 4 x 16 x 210 bytes in flight whatever the row length;
+// a strip ahead (74 KiB for a 5632-column q6_K strip) overflows L1 before it is read. On the 1b
+// Q4_K_M matmuls streamed from DRAM, 1 thread (/work/bench/kq/mbtok.cc): q6_K 15-17 -> 20-23
+// GB/s against whole strips 1 ahead, q4_K equal; 2 strips ahead (q4_0's) was slower still.
 constexpr uint32_t kPrefetchStripsK = 1;
+constexpr uint32_t kPrefetchSuperBlocks = 4;
+
+// Prefetches super-block sb + kPrefetchSuperBlocks of the strip's rows row[0..15] (kBytes each,
+// rb bytes per row, nsb per row), or past their end the same super-block counted on into the
+// next strip (next, next_bytes long).
+template <uint32_t kBytes>
+__attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* const* row,
+                                                              uint64_t rb, uint32_t sb,
+                                                              uint32_t nsb, const std::byte* next,
+                                                              uint64_t next_bytes) {
+  const uint32_t asb = sb + kPrefetchSuperBlocks;
+  for (uint32_t r = 0; r < kStrip; ++r) {
+    const std::byte* p;
+    if (asb < nsb) {
+      p = row[r] + uint64_t{asb} * kBytes;
+    } else {
+      const uint64_t q = r * rb + uint64_t{asb - nsb} * kBytes;
+      if (q >= next_bytes) break;  // q grows with r
+      p = next + q;
+    }
+    const uintptr_t end = reinterpret_cast<uintptr_t>(p) + kBytes;
+    for (uintptr_t l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; l < end; l += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(l), _MM_HINT_T0);
+    }
+  }
+}
 
 template <int NT>
 void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x,
               const std::byte* next,
-              uint64_t next_bytes, __m512* acc, __m512* macc) {
+              uint64_t next_bytes, __m512* acc, __m512* macc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    const uint64_t ahead = uint64_t{sb} * kStrip * kQ4KBytes;
-    const uint64_t ahead_end = std::min(ahead + kStrip * kQ4KBytes, next_bytes);
-    for (uint64_t o = ahead; o < ahead_end; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-    }
+    if (prefetch) PrefetchStripAhead<kQ4KBytes>(row, rb, sb, nsb, next, next_bytes);
     const uint64_t off = uint64_t{sb} * kQ4KBytes;
     // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
     __m512i hdr[4];
@@ -939,15 +964,11 @@ void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x,
 template <int NT>
 void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x,
               const std::byte* next,
-              uint64_t next_bytes, __m512* acc) {
+              uint64_t next_bytes, __m512* acc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    const uint64_t ahead = uint64_t{sb} * kStrip * kQ6KBytes;
-    const uint64_t ahead_end = std::min(ahead + kStrip * kQ6KBytes, next_bytes);
-    for (uint64_t o = ahead; o < ahead_end; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-    }
+    if (prefetch) PrefetchStripAhead<kQ6KBytes>(row, rb, sb, nsb, next, next_bytes);
     const uint64_t off = uint64_t{sb} * kQ6KBytes;
     // d is the high half of the 4 bytes at 206 (reading 16 bytes at 208 would pass the block's
     // end); the scales are bytes 192..207. Transposed like the values: gathers of lines still
@@ -1012,14 +1033,15 @@ void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x,
 
 // MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
 // [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
-// run over all its super-blocks (prefetching the next strip in step on the last pass only, as
-// earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
+// run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
+// next strip at the end, on the last pass only, as earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
 // masked to the strip's rows.
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
-  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // SetUpStrip's row offsets are int32
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
     SetUpStrip(w, r0, row_end, &s, kPrefetchStripsK);
@@ -1027,17 +1049,17 @@ void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
       const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
       QToken x[kStripTokensK];
       for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
-      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
+      const bool prefetch = t0 + nt == n_tokens;  // earlier passes' reads are re-read here
       __m512 out[kStripTokensK];
       const auto pass = [&](auto tokens) {
         constexpr int NT = decltype(tokens)::value;
         for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
         if constexpr (kQ6) {
-          StripQ6K<NT>(s.row, nb, x, s.next, next_bytes, out);
+          StripQ6K<NT>(s.row, nb, x, s.next, s.next_bytes, out, rb, prefetch);
         } else {
           __m512 macc[NT];
           for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
-          StripQ4K<NT>(s.row, nb, x, s.next, next_bytes, out, macc);
+          StripQ4K<NT>(s.row, nb, x, s.next, s.next_bytes, out, macc, rb, prefetch);
           for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
         }
       };
