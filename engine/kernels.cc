@@ -876,8 +876,7 @@ __attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* c
 }
 
 template <int NT>
-void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x,
-              const std::byte* next,
+void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
               uint64_t next_bytes, __m512* acc, __m512* macc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
@@ -962,8 +961,7 @@ void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x,
 // over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
 // half. The same code runs for every token count.
 template <int NT>
-void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x,
-              const std::byte* next,
+void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
               uint64_t next_bytes, __m512* acc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
@@ -1018,8 +1016,10 @@ void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x,
         }
         for (int tk = 0; tk < NT; ++tk) {
           const __m512 dx = _mm512_set1_ps(x[tk].d[blk]);
-          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
-          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
+          acc[tk] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
+          acc[tk] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
         }
       };
       const uint32_t kn = std::min(4u, count - 4 * h);
@@ -1034,8 +1034,8 @@ void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x,
 // MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
 // [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
 // run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
-// next strip at the end, on the last pass only, as earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
-// masked to the strip's rows.
+// next strip at the end, on the last pass only, as earlier passes re-read this one), and the
+// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows.
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
