@@ -595,7 +595,7 @@ constexpr uint32_t kPrefetchStrips = 2;
 // The strip of rows [r0, r0 + nr) of a matrix, nr = min(16, row_end - r0): row[i] = row r0 + i
 // (rows past nr repeat the last one; their lanes are computed and dropped), offsets lane i =
 // row[i] - row[0] in bytes (the gathers' indices: int32, which the callers CHECK), mask = the nr
-// valid lanes. next / next_bytes: the strip kPrefetchStrips further on and its size (0 past
+// valid lanes. next / next_bytes: the strip `prefetch_strips` further on and its size (0 past
 // row_end), which the kernels prefetch in step as they read this one (16 row streams read a few
 // bytes at a time defeat the hardware prefetchers once the matrix is beyond the caches).
 struct StripRows {
@@ -606,7 +606,8 @@ struct StripRows {
   const std::byte* next;
   uint64_t next_bytes;
 };
-inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, StripRows* s) {
+inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, StripRows* s,
+                       uint32_t prefetch_strips = kPrefetchStrips) {
   const uint64_t rb = w.row_bytes();
   s->nr = std::min(kStrip, row_end - r0);
   s->mask = static_cast<__mmask16>((1u << s->nr) - 1);
@@ -616,7 +617,7 @@ inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, Strip
     s->row[i] = w.bytes.data() + r0 * rb + off[i];
   }
   s->offsets = _mm512_load_si512(off);
-  const uint32_t ahead_row = r0 + kPrefetchStrips * kStrip;
+  const uint32_t ahead_row = r0 + prefetch_strips * kStrip;
   const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
   s->next = w.bytes.data() + uint64_t{ahead_row} * rb;
   s->next_bytes = next_rows * rb;
@@ -810,33 +811,82 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
   }
 }
 
+// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (as in LoadQ4Block).
+__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
+                                                           uint64_t q, __m512i* t) {
+  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
+  __m512i z[4];
+  for (int m = 0; m < 4; ++m) {
+    __m512i v = _mm512_castsi128_si512(load(m));
+    v = _mm512_inserti32x4(v, load(4 + m), 1);
+    v = _mm512_inserti32x4(v, load(8 + m), 2);
+    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
+  }
+  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+  t[0] = _mm512_unpacklo_epi64(a0, a2);
+  t[1] = _mm512_unpackhi_epi64(a0, a2);
+  t[2] = _mm512_unpacklo_epi64(a1, a3);
+  t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
 // ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
 // As q4_0's strips: one zmm lane per row, each 32-byte quarter of a super-block (sub-blocks 2i
 // and 2i+1 in its low and high nibbles) transposed in registers for 16 rows, 8 vpdpbusd per
 // sub-block against broadcast activation bytes. The 6-bit scales and mins of the 16 rows are
-// unpacked in lanes from four gathers (d | dmin, and the 12 packed bytes). Per lane, in order over
+// unpacked in lanes from the super-block's first 16 bytes (d | dmin, and the 12 packed bytes),
+// transposed like the values (no gathers). Per lane, in order over
 // sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is
 // acc - macc. The same code runs for every token count, so q4_K results do not depend on the
 // batch or the row range either.
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
+// q4_K / q6_K prefetch in the order they read (q4_0 prefetches a whole strip 2 ahead): at
+// super-block sb of a strip, super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
+// past the rows' end, the matching super-block of the next strip's rows (so StripRows::next is
+// the strip 1 ahead). That keeps about 4 x 16 x 210 bytes in flight whatever the row length;
+// a strip ahead (74 KiB for a 5632-column q6_K strip) overflows L1 before it is read. On the 1b
+// Q4_K_M matmuls streamed from DRAM, 1 thread (/work/bench/kq/mbtok.cc): q6_K 15-17 -> 20-23
+// GB/s against whole strips 1 ahead, q4_K equal; 2 strips ahead (q4_0's) was slower still.
+constexpr uint32_t kPrefetchStripsK = 1;
+constexpr uint32_t kPrefetchSuperBlocks = 4;
+
+// Prefetches super-block sb + kPrefetchSuperBlocks of the strip's rows row[0..15] (kBytes each,
+// rb bytes per row, nsb per row), or past their end the same super-block counted on into the
+// next strip (next, next_bytes long).
+template <uint32_t kBytes>
+__attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* const* row,
+                                                              uint64_t rb, uint32_t sb,
+                                                              uint32_t nsb, const std::byte* next,
+                                                              uint64_t next_bytes) {
+  const uint32_t asb = sb + kPrefetchSuperBlocks;
+  for (uint32_t r = 0; r < kStrip; ++r) {
+    const std::byte* p;
+    if (asb < nsb) {
+      p = row[r] + uint64_t{asb} * kBytes;
+    } else {
+      const uint64_t q = r * rb + uint64_t{asb - nsb} * kBytes;
+      if (q >= next_bytes) break;  // q grows with r
+      p = next + q;
+    }
+    const uintptr_t end = reinterpret_cast<uintptr_t>(p) + kBytes;
+    for (uintptr_t l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; l < end; l += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(l), _MM_HINT_T0);
+    }
+  }
+}
 
 template <int NT>
-void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
-              const std::byte* next,
-              uint64_t next_bytes, __m512* acc, __m512* macc) {
+void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
+              uint64_t next_bytes, __m512* acc, __m512* macc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    const uint64_t ahead = uint64_t{sb} * kStrip * kQ4KBytes;
-    for (uint64_t o = ahead; o < ahead + kStrip * kQ4KBytes && o < next_bytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-    }
+    if (prefetch) PrefetchStripAhead<kQ4KBytes>(row, rb, sb, nsb, next, next_bytes);
     const uint64_t off = uint64_t{sb} * kQ4KBytes;
-    const std::byte* base = row[0] + off;
-    const __m512i g0 = _mm512_i32gather_epi32(offsets, base, 1);
-    const __m512i u0 = _mm512_i32gather_epi32(offsets, base + 4, 1);
-    const __m512i u1 = _mm512_i32gather_epi32(offsets, base + 8, 1);
-    const __m512i u2 = _mm512_i32gather_epi32(offsets, base + 12, 1);
+    // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
+    __m512i hdr[4];
+    TransposeRows16(row, off, hdr);
+    const __m512i g0 = hdr[0], u0 = hdr[1], u1 = hdr[2], u2 = hdr[3];
     const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g0));
     const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g0, 16)));
     const __m512i m6 = _mm512_set1_epi32(0x3F3F3F3F), m4 = _mm512_set1_epi32(0x0F0F0F0F),
@@ -904,25 +954,6 @@ void StripQ4K(const std::byte* const* row, __m512i offsets, uint32_t nb, const Q
 }
 
 // ---- q6_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
-// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (as in LoadQ4Block).
-__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
-                                                           uint64_t q, __m512i* t) {
-  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
-  __m512i z[4];
-  for (int m = 0; m < 4; ++m) {
-    __m512i v = _mm512_castsi128_si512(load(m));
-    v = _mm512_inserti32x4(v, load(4 + m), 1);
-    v = _mm512_inserti32x4(v, load(8 + m), 2);
-    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
-  }
-  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
-  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
-  t[0] = _mm512_unpacklo_epi64(a0, a2);
-  t[1] = _mm512_unpackhi_epi64(a0, a2);
-  t[2] = _mm512_unpacklo_epi64(a1, a3);
-  t[3] = _mm512_unpackhi_epi64(a1, a3);
-}
-
 // As q4_K's strips, for q6_K: per half super-block (128 values) the 64 low-bit bytes and 32
 // high-bit bytes of 16 rows are transposed in registers and combined into unsigned 6-bit values
 // (0..63); each activation block's two 16-value halves (each with its own int8 scale) get their
@@ -930,23 +961,21 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
 // over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
 // half. The same code runs for every token count.
 template <int NT>
-void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const QToken* x,
-              const std::byte* next,
-              uint64_t next_bytes, __m512* acc) {
+void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
+              uint64_t next_bytes, __m512* acc, uint64_t rb, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    const uint64_t ahead = uint64_t{sb} * kStrip * kQ6KBytes;
-    for (uint64_t o = ahead; o < ahead + kStrip * kQ6KBytes && o < next_bytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-    }
+    if (prefetch) PrefetchStripAhead<kQ6KBytes>(row, rb, sb, nsb, next, next_bytes);
     const uint64_t off = uint64_t{sb} * kQ6KBytes;
-    const std::byte* base = row[0] + off;
-    // d is the high half of the 4 bytes at 206 (reading at 208 would pass the block's end).
-    const __m512 d = _mm512_cvtph_ps(
-        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_i32gather_epi32(offsets, base + 206, 1), 16)));
+    // d is the high half of the 4 bytes at 206 (reading 16 bytes at 208 would pass the block's
+    // end); the scales are bytes 192..207. Transposed like the values: gathers of lines still
+    // on their way from DRAM cost more than the loads and shuffles (decode microbenchmark).
+    __m512i tail[4];
+    TransposeRows16(row, off + 194, tail);
+    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
     __m512i sc4[4];  // the 16 int8 scales, 4 per dword
-    for (int i = 0; i < 4; ++i) sc4[i] = _mm512_i32gather_epi32(offsets, base + 192 + 4 * i, 1);
+    TransposeRows16(row, off + 192, sc4);
     auto scale = [&](uint32_t i) {  // d * scale i, per lane
       const __m512i v = _mm512_srai_epi32(
           _mm512_slli_epi32(sc4[i / 4], static_cast<int>(24 - 8 * (i % 4))), 24);
@@ -957,21 +986,28 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const Q
       __m512i tl[16], th[8];
       for (int g = 0; g < 4; ++g) TransposeRows16(row, off + 64 * h + 16 * g, tl + 4 * g);
       for (int g = 0; g < 2; ++g) TransposeRows16(row, off + 128 + 32 * h + 16 * g, th + 4 * g);
-      for (uint32_t k = 0; k < 4 && 4 * h + k < count; ++k) {
-        const uint32_t blk = a0 + 4 * h + k;
-        const __m512 dsc[2] = {scale(8 * h + 2 * k), scale(8 * h + 2 * k + 1)};
+      // Activation block 4h + K of the super-block (K a constant: the shifts are immediates).
+      // Its 6-bit values are (low-bit nibble) | (high bits 2K, 2K+1 of th moved to bits 4, 5):
+      // one shift and one and for the high bits, one ternary-logic op for the combine.
+      const auto block = [&](auto kc) {
+        constexpr int K = decltype(kc)::value;
+        const uint32_t blk = a0 + 4 * h + K;
+        const __m512 dsc[2] = {scale(8 * h + 2 * K), scale(8 * h + 2 * K + 1)};
         __m512i ia[NT][2];
         for (int tk = 0; tk < NT; ++tk) {
           ia[tk][0] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk]);
           ia[tk][1] = _mm512_set1_epi32(-32 * x[tk].half_isum[2 * blk + 1]);
         }
         for (int j = 0; j < 8; ++j) {  // dword j: values 4j .. 4j + 3 of the block
-          const __m512i l = tl[8 * (k % 2) + j];
-          const __m512i lo = k < 2 ? _mm512_and_si512(l, low4)
-                                   : _mm512_and_si512(_mm512_srli_epi32(l, 4), low4);
-          const __m512i hi = _mm512_slli_epi32(
-              _mm512_and_si512(_mm512_srli_epi32(th[j], static_cast<int>(2 * k)), low2), 4);
-          const __m512i wj = _mm512_or_si512(lo, hi);
+          const __m512i l = tl[8 * (K % 2) + j];
+          const __m512i lo = K < 2 ? l : _mm512_srli_epi32(l, 4);  // bits 0..3 used
+          __m512i hi = th[j];
+          if constexpr (K == 0) hi = _mm512_slli_epi32(hi, 4);
+          if constexpr (K == 1) hi = _mm512_slli_epi32(hi, 2);
+          if constexpr (K == 3) hi = _mm512_srli_epi32(hi, 2);
+          hi = _mm512_and_si512(hi, m30);
+          // (lo & 0x0F) | hi: ternary-logic table (A & C) | B = 0xEC.
+          const __m512i wj = _mm512_ternarylogic_epi32(lo, hi, low4, 0xEC);
           for (int tk = 0; tk < NT; ++tk) {
             int32_t x4;
             std::memcpy(&x4, x[tk].q + uint64_t{blk} * kBlock + 4 * j, 4);
@@ -980,42 +1016,50 @@ void StripQ6K(const std::byte* const* row, __m512i offsets, uint32_t nb, const Q
         }
         for (int tk = 0; tk < NT; ++tk) {
           const __m512 dx = _mm512_set1_ps(x[tk].d[blk]);
-          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
-          acc[tk] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
+          acc[tk] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][0]), _mm512_mul_ps(dsc[0], dx), acc[tk]);
+          acc[tk] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[tk][1]), _mm512_mul_ps(dsc[1], dx), acc[tk]);
         }
-      }
+      };
+      const uint32_t kn = std::min(4u, count - 4 * h);
+      block(std::integral_constant<int, 0>{});
+      if (kn > 1) block(std::integral_constant<int, 1>{});
+      if (kn > 2) block(std::integral_constant<int, 2>{});
+      if (kn > 3) block(std::integral_constant<int, 3>{});
     }
   }
 }
 
 // MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
 // [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
-// run over all its super-blocks (prefetching the next strip in step on the last pass only, as
-// earlier passes re-read this one), and the pass's results (q4_K: acc - macc) are stored to y,
-// masked to the strip's rows.
+// run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
+// next strip at the end, on the last pass only, as earlier passes re-read this one), and the
+// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows.
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
-  CHECK_LT(w.row_bytes() * (kStrip - 1), uint64_t{INT32_MAX});  // the gathers' offsets are int32
+  const uint64_t rb = w.row_bytes();
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // SetUpStrip's row offsets are int32
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
-    SetUpStrip(w, r0, row_end, &s);
+    SetUpStrip(w, r0, row_end, &s, kPrefetchStripsK);
     for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
       const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
       QToken x[kStripTokensK];
       for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
-      const uint64_t next_bytes = t0 + nt == n_tokens ? s.next_bytes : 0;
+      const bool prefetch = t0 + nt == n_tokens;  // earlier passes' reads are re-read here
       __m512 out[kStripTokensK];
       const auto pass = [&](auto tokens) {
         constexpr int NT = decltype(tokens)::value;
         for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
         if constexpr (kQ6) {
-          StripQ6K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out);
+          StripQ6K<NT>(s.row, nb, x, s.next, s.next_bytes, out, rb, prefetch);
         } else {
           __m512 macc[NT];
           for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
-          StripQ4K<NT>(s.row, s.offsets, nb, x, s.next, next_bytes, out, macc);
+          StripQ4K<NT>(s.row, nb, x, s.next, s.next_bytes, out, macc, rb, prefetch);
           for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
         }
       };
