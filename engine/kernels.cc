@@ -631,17 +631,10 @@ struct alignas(64) PackedQ4Block {
   __m512 d;
 };
 
-// Block b of the 16 rows row[0..15] (each the start of a q4_0 row) in PackedQ4Block's form, in
-// registers. offsets lane i = row[i] - row[0] (for the scales' gather).
-__attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* row,
-                                                       __m512i offsets, uint32_t b, __m512i* w,
-                                                       __m512* d) {
-  const uint64_t off = uint64_t{b} * kQ4Bytes;
-  auto load = [&](int i) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[i] + off + 2));
-  };
-  // z[m]'s 128-bit lane j holds row 4j + m's 16 bytes; a 4 x 4 dword transpose within each
-  // 128-bit lane then gives t[k] with dword (4j + m) = row 4j + m's dword k: lanes in row order.
+// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (lanes in row order).
+__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
+                                                           uint64_t q, __m512i* t) {
+  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
   __m512i z[4];
   for (int m = 0; m < 4; ++m) {
     __m512i v = _mm512_castsi128_si512(load(m));
@@ -651,8 +644,20 @@ __attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* r
   }
   const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
   const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
-  const __m512i t[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2),
-                        _mm512_unpacklo_epi64(a1, a3), _mm512_unpackhi_epi64(a1, a3)};
+  t[0] = _mm512_unpacklo_epi64(a0, a2);
+  t[1] = _mm512_unpackhi_epi64(a0, a2);
+  t[2] = _mm512_unpacklo_epi64(a1, a3);
+  t[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// Block b of the 16 rows row[0..15] (each the start of a q4_0 row) in PackedQ4Block's form, in
+// registers. offsets lane i = row[i] - row[0] (for the scales' gather).
+__attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* row,
+                                                       __m512i offsets, uint32_t b, __m512i* w,
+                                                       __m512* d) {
+  const uint64_t off = uint64_t{b} * kQ4Bytes;
+  __m512i t[4];
+  TransposeRows16(row, off + 2, t);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int k = 0; k < 4; ++k) {
     w[k] = _mm512_and_si512(t[k], low4);
@@ -811,24 +816,6 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
   }
 }
 
-// Rows' 16 bytes at byte offset q, transposed: t[k] dword i = row i's dword k (as in LoadQ4Block).
-__attribute__((always_inline)) inline void TransposeRows16(const std::byte* const* row,
-                                                           uint64_t q, __m512i* t) {
-  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
-  __m512i z[4];
-  for (int m = 0; m < 4; ++m) {
-    __m512i v = _mm512_castsi128_si512(load(m));
-    v = _mm512_inserti32x4(v, load(4 + m), 1);
-    v = _mm512_inserti32x4(v, load(8 + m), 2);
-    z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
-  }
-  const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
-  const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
-  t[0] = _mm512_unpacklo_epi64(a0, a2);
-  t[1] = _mm512_unpackhi_epi64(a0, a2);
-  t[2] = _mm512_unpacklo_epi64(a1, a3);
-  t[3] = _mm512_unpackhi_epi64(a1, a3);
-}
 
 // ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
 // As q4_0's strips: one zmm lane per row, each 32-byte quarter of a super-block (sub-blocks 2i
