@@ -849,8 +849,9 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
     Result<LayerWeights> acquired = weights_.AcquireLayer(l);
     if (!acquired.ok()) return fail(acquired.status());
     const LayerWeights& w = *acquired;
-    // This layer's FFN reads guessed now, to go out while the attention computes.
-    if (lookahead_ && w.neurons != nullptr) {
+    // This layer's FFN reads guessed now, to go out while the attention computes (not when
+    // every bundle of the layer is pinned: there is nothing to read).
+    if (lookahead_ && w.neurons != nullptr && w.neurons->pinned(l) < w.neurons->neurons()) {
       if (Status st = LookAhead(l, w, n_act); !st.ok()) return fail(st);
     }
     // Attention block.

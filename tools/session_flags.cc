@@ -434,6 +434,7 @@ nlohmann::json FfnStatsJson(const engine::EngineStats& s) {
                         {"admissions_refused", s.admissions_refused},
                         {"bundles_prefetched", s.bundles_prefetched},
                         {"prefetch_used", s.prefetch_used},
+                        {"lookahead_flops", s.predictor.lookahead_flops},
                         {"hit_rate", s.hit_rate()},
                         {"bytes_requested", s.ffn_bytes_requested},
                         {"bytes_read", s.ffn_bytes_read},

@@ -192,6 +192,18 @@ TEST_F(TrainPredictorCommandTest, LookaheadChangesOnlyWhenReadsGoOut) {
     EXPECT_LE(f1["prefetch_used"].get<uint64_t>(), f1["bundles_prefetched"].get<uint64_t>());
     // The same bundles are served; what was read ahead and used is not read again.
     EXPECT_EQ(f0["bundles_streamed"], f1["bundles_streamed"]);
+    EXPECT_EQ(f0["lookahead_flops"].get<uint64_t>(), 0u);
+    EXPECT_GT(f1["lookahead_flops"].get<uint64_t>(), 0u) << f1.dump();
+    // With every bundle pinned (budget 0 = unlimited) there is nothing to read ahead: the
+    // predictor is not run for it, and the output is the same.
+    CmdRun all = Flashlm(g + " --lookahead 0.3 --mem-budget 0 --stats-json " + json);
+    EXPECT_EQ(all.exit_code, 0) << all.all();
+    std::ifstream in(json);
+    const nlohmann::json unlimited = nlohmann::json::parse(in, nullptr, false);
+    ASSERT_FALSE(unlimited.is_discarded());
+    EXPECT_EQ(unlimited["ids"], plain["ids"]);
+    EXPECT_EQ(unlimited["ffn"]["lookahead_flops"].get<uint64_t>(), 0u) << unlimited["ffn"].dump();
+    EXPECT_EQ(unlimited["ffn"]["bundles_prefetched"].get<uint64_t>(), 0u);
   }
   const std::string relu = (dir_ / "gate+up-down").string();
   for (const std::string bad :
