@@ -14,6 +14,15 @@ uint32_t DownBlock(layout::DType dtype) {
   return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
 }
 
+// Asks for bytes [p, p + n) to be brought into the cache ahead of use.
+inline void Prefetch(const std::byte* p, uint64_t n) {
+  for (uint64_t at = 0; at < n; at += 64) __builtin_prefetch(p + at, 0, 2);
+}
+
+// Bundles at most this far apart (a stride's padding, a merged read's small gap) count as one
+// stream for the front-to-back read (see Accumulate).
+constexpr uintptr_t kAdjacentGap = 4096;
+
 }  // namespace
 
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
@@ -134,15 +143,18 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
   // Phase 1: h for every bundle of the batch and every token, split over bundles. A batch's gate
-  // and up rows go kGroupRows at a time through DotRows (one register tile for q8_0). For one
-  // token of q8_0 each bundle is read front to back as one stream: gate, up, and then its down
-  // column through DotRows too, whose product is not used. Skipping the down column starts a new
-  // stream at every bundle, which the hardware prefetcher follows badly: phase 1 over resident
-  // q8_0 bundles took 1.45x as long (docs/benchmarks.md); read, the columns also wait in the
-  // cache for phase 2.
+  // and up rows go kGroupRows at a time through DotRows (one register tile for q8_0). One token
+  // of q8_0 goes bundle by bundle, and the next bundle decides how: when it starts right after
+  // this one (within kAdjacentGap bytes: resident bundles, a merged read), this bundle's down
+  // column goes through DotRows too, after its gate and up (the product is not used), so that
+  // the bundles are read front to back as one stream; otherwise the next bundle's gate and up
+  // rows are prefetched. Skipping the down columns of adjacent bundles starts a new stream at
+  // every bundle, which the hardware prefetcher follows badly (phase 1 over resident q8_0
+  // bundles took twice as long); reading down columns ahead of scattered bundles costs more than
+  // it gains (docs/benchmarks.md, "Resident bundle FFN").
   const uint32_t per_bundle = separate_ ? 1 : 2;
-  const bool front_to_back = n == 1 && g_.dtype == layout::DType::kQ8_0;
-  const uint32_t group = front_to_back ? 1 : kGroupRows / per_bundle;
+  const bool one_q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
+  const uint32_t group = one_q8_token ? 1 : kGroupRows / per_bundle;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + uint64_t{th} * kGroupRows * max_batch_;
     uint64_t computed = 0, fired = 0;  // under a score mask
@@ -155,7 +167,15 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         if (!separate_) rows[row_count++] = bundle;
         rows[row_count++] = bundle + g_.up_offset();
       }
-      if (front_to_back) rows[row_count++] = bundles[k0] + g_.down_offset();
+      if (one_q8_token && k0 + 1 < end) {
+        const uintptr_t here = reinterpret_cast<uintptr_t>(bundles[k0]) + g_.bundle_bytes;
+        const uintptr_t next = reinterpret_cast<uintptr_t>(bundles[k0 + 1]);
+        if (next >= here && next - here <= kAdjacentGap) {
+          rows[row_count++] = bundles[k0] + g_.down_offset();
+        } else {
+          Prefetch(bundles[k0 + 1], per_bundle * g_.part_bytes);  // [gate |] up
+        }
+      }
       DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_,
               tile);
       for (uint32_t j = 0; j < m; ++j) {

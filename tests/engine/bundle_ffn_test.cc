@@ -107,9 +107,10 @@ void ExpectIdentical(const Trace& a, const Trace& b, const std::string& what) {
 
 // The kernel against the matrices its bundles hold, bit for bit: gate and up products as MatMul
 // computes them, h = act(g) * u, then out += h * down column in position order (AxpyRow), for
-// both bundle kinds, one token and a batch, 1 and 2 threads, bundles at scattered addresses and
-// in several Accumulate calls. (One q8_0 token reads each bundle front to back, a batch goes
-// through 4-row tiles: both must give MatMul's products.)
+// both bundle kinds, one token and a batch, 1 and 2 threads, bundles adjacent in memory or
+// scattered, in several Accumulate calls. (One q8_0 token reads adjacent bundles front to back
+// and prefetches scattered ones, a batch goes through 4-row tiles: all must give MatMul's
+// products.)
 TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
   constexpr uint32_t kDim = 96, kHidden = 40;
   for (layout::DType dtype : {layout::DType::kQ8_0, layout::DType::kF32, layout::DType::kQ4_0}) {
@@ -131,51 +132,56 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
           ASSERT_TRUE(layout::QuantizeRow(dtype, row, ByteSpan(m->data() + i * rb, rb)).ok());
         }
       }
-      // Bundles in reverse order in memory: position i's bundle is far from i+1's.
-      std::vector<std::byte> bundles(kHidden * g.stride_bytes);
-      std::vector<const std::byte*> ptrs(kHidden);
-      std::vector<uint32_t> all(kHidden);
-      for (uint32_t i = 0; i < kHidden; ++i) {
-        std::byte* b = bundles.data() + (kHidden - 1 - i) * g.stride_bytes;
-        if (g.has_gate()) std::memcpy(b + g.gate_offset(), gate.data() + i * rb, rb);
-        std::memcpy(b + g.up_offset(), up.data() + i * rb, rb);
-        std::memcpy(b + g.down_offset(), down.data() + i * rb, rb);
-        ptrs[i] = b;
-        all[i] = i;
-      }
-      const MatrixView gate_m{dtype, kHidden, kDim, gate}, up_m{dtype, kHidden, kDim, up};
-      for (uint32_t n : {1u, 3u}) {
-        std::vector<float> x(n * kDim);
-        for (float& v : x) v = rnd();
-        // Reference: MatMul for gate and up, AxpyRow for the down columns in position order.
-        ThreadPool one(1);
-        std::vector<std::byte> scratch(MatMulScratchBytes(kDim, n));
-        std::vector<float> gv(n * kHidden), uv(n * kHidden), want(n * kDim, 0.0f);
-        MatMul(gate_m, x, n, gv, scratch, one);
-        MatMul(up_m, x, n, uv, scratch, one);
+      for (bool reversed : {false, true}) {
+        // In position order (each bundle right after the previous one: read front to back) or
+        // reversed (position i's bundle far from i+1's: the next one's rows prefetched instead).
+        std::vector<std::byte> bundles(kHidden * g.stride_bytes);
+        std::vector<const std::byte*> ptrs(kHidden);
+        std::vector<uint32_t> all(kHidden);
         for (uint32_t i = 0; i < kHidden; ++i) {
-          std::vector<float> h(n);
-          for (uint32_t t = 0; t < n; ++t) {
-            float a = gv[t * kHidden + i];
-            SwiGlu(std::span<float>(&a, 1), std::span<const float>(&uv[t * kHidden + i], 1), false);
-            h[t] = a;
-          }
-          AxpyRow(dtype, down.data() + i * rb, kDim, h.data(), n, want.data(), kDim);
+          std::byte* b = bundles.data() + (reversed ? kHidden - 1 - i : i) * g.stride_bytes;
+          if (g.has_gate()) std::memcpy(b + g.gate_offset(), gate.data() + i * rb, rb);
+          std::memcpy(b + g.up_offset(), up.data() + i * rb, rb);
+          std::memcpy(b + g.down_offset(), down.data() + i * rb, rb);
+          ptrs[i] = b;
+          all[i] = i;
         }
-        for (uint32_t threads : {1u, 2u}) {
-          ThreadPool pool(threads);
-          auto k = BundleFfnKernel::Create(g, kHidden, n, 16, false, pool);
-          ASSERT_TRUE(k.ok()) << k.status().ToString();
-          std::vector<float> out(n * kDim);
-          (*k)->Begin(x, n, out, g.has_gate() ? nullptr : &gate_m, {});
-          for (uint32_t p = 0; p < kHidden; p += 16) {
-            const uint32_t m = std::min(16u, kHidden - p);
-            (*k)->Accumulate(std::span<const uint32_t>(all).subspan(p, m),
-                             std::span<const std::byte* const>(ptrs).subspan(p, m));
+        const MatrixView gate_m{dtype, kHidden, kDim, gate}, up_m{dtype, kHidden, kDim, up};
+        for (uint32_t n : {1u, 3u}) {
+          std::vector<float> x(n * kDim);
+          for (float& v : x) v = rnd();
+          // Reference: MatMul for gate and up, AxpyRow for the down columns in position order.
+          ThreadPool one(1);
+          std::vector<std::byte> scratch(MatMulScratchBytes(kDim, n));
+          std::vector<float> gv(n * kHidden), uv(n * kHidden), want(n * kDim, 0.0f);
+          MatMul(gate_m, x, n, gv, scratch, one);
+          MatMul(up_m, x, n, uv, scratch, one);
+          for (uint32_t i = 0; i < kHidden; ++i) {
+            std::vector<float> h(n);
+            for (uint32_t t = 0; t < n; ++t) {
+              float a = gv[t * kHidden + i];
+              SwiGlu(std::span<float>(&a, 1), std::span<const float>(&uv[t * kHidden + i], 1),
+                     false);
+              h[t] = a;
+            }
+            AxpyRow(dtype, down.data() + i * rb, kDim, h.data(), n, want.data(), kDim);
           }
-          ASSERT_EQ(0, std::memcmp(out.data(), want.data(), out.size() * sizeof(float)))
-              << layout::DTypeName(dtype) << " kind " << static_cast<int>(kind) << ", " << n
-              << " tokens, " << threads << " threads: out[0] " << out[0] << " vs " << want[0];
+          for (uint32_t threads : {1u, 2u}) {
+            ThreadPool pool(threads);
+            auto k = BundleFfnKernel::Create(g, kHidden, n, 16, false, pool);
+            ASSERT_TRUE(k.ok()) << k.status().ToString();
+            std::vector<float> out(n * kDim);
+            (*k)->Begin(x, n, out, g.has_gate() ? nullptr : &gate_m, {});
+            for (uint32_t p = 0; p < kHidden; p += 16) {
+              const uint32_t m = std::min(16u, kHidden - p);
+              (*k)->Accumulate(std::span<const uint32_t>(all).subspan(p, m),
+                               std::span<const std::byte* const>(ptrs).subspan(p, m));
+            }
+            ASSERT_EQ(0, std::memcmp(out.data(), want.data(), out.size() * sizeof(float)))
+                << layout::DTypeName(dtype) << " kind " << static_cast<int>(kind) << ", " << n
+                << " tokens, " << threads << " threads, reversed " << reversed << ": out[0] "
+                << out[0] << " vs " << want[0];
+          }
         }
       }
     }
