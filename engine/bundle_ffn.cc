@@ -148,10 +148,10 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   // this one (within kAdjacentGap bytes: resident bundles, a merged read), this bundle's down
   // column goes through DotRows too, after its gate and up (the product is not used), so that
   // the bundles are read front to back as one stream; otherwise the next bundle's gate and up
-  // rows are prefetched. Skipping the down columns of adjacent bundles starts a new stream at
-  // every bundle, which the hardware prefetcher follows badly (phase 1 over resident q8_0
-  // bundles took twice as long); reading down columns ahead of scattered bundles costs more than
-  // it gains (docs/benchmarks.md, "Resident bundle FFN").
+  // rows are prefetched (as they are for batches and other dtypes). Skipping the down columns of
+  // adjacent bundles starts a new stream at every bundle, which the hardware prefetcher follows
+  // badly (phase 1 over resident q8_0 bundles took twice as long); reading down columns ahead of
+  // scattered bundles costs more than it gains (docs/benchmarks.md, "Resident bundle FFN").
   const uint32_t per_bundle = separate_ ? 1 : 2;
   const bool one_q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
   const uint32_t group = one_q8_token ? 1 : kGroupRows / per_bundle;
@@ -166,6 +166,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         const std::byte* bundle = bundles[k0 + j];
         if (!separate_) rows[row_count++] = bundle;
         rows[row_count++] = bundle + g_.up_offset();
+        if (!one_q8_token && k0 + group + j < end) {  // the next group's [gate |] up rows
+          Prefetch(bundles[k0 + group + j], per_bundle * g_.part_bytes);
+        }
       }
       if (one_q8_token && k0 + 1 < end) {
         const uintptr_t here = reinterpret_cast<uintptr_t>(bundles[k0]) + g_.bundle_bytes;

@@ -5,7 +5,7 @@
 // For position p holding neuron i: g = gate_i . x, u = up_i . x, h = act(g) * u, and
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up rows
 // go through DotRows (q8 activations for block dtypes, bit-identical to MatMul's products; for
-// one q8_0 token each bundle is read front to back, see Accumulate); the down column is
+// one q8_0 token adjacent bundles are read front to back, see Accumulate); the down column is
 // dequantised and accumulated in one pass (AxpyRow; for a batch of tokens AxpyRows, which keeps
 // a block of the outputs in registers across the bundles and is bit-identical to it; for one
 // q8_0 token it keeps 128 outputs in registers likewise).
