@@ -25,13 +25,17 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 }  // namespace
 
+uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
+  return AlignUp(uint64_t{kGroupRows} * max_batch, 64 / sizeof(float));
+}
+
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
                                                     uint32_t hidden, uint32_t max_batch,
                                                     uint32_t chunk_max, uint32_t threads) {
   Layout l;
   l.h = l.arena.AddFloats(uint64_t{chunk_max} * max_batch);
   if (!g.has_gate()) l.gate_all = l.arena.AddFloats(uint64_t{max_batch} * hidden);
-  l.tile = l.arena.AddFloats(uint64_t{threads} * kGroupRows * max_batch);
+  l.tile = l.arena.AddFloats(threads * TileStride(max_batch));
   l.qx = l.arena.Add(MatMulScratchBytes(g.dim, max_batch));
   return l;
 }
@@ -64,7 +68,7 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   ASSIGN_OR_RETURN(k->arena_, Arena::Create(l.arena));
   k->h_ = k->arena_.Floats(l.h, uint64_t{chunk_max} * max_batch);
   if (k->separate_) k->gate_all_ = k->arena_.Floats(l.gate_all, uint64_t{max_batch} * hidden);
-  k->tile_ = k->arena_.Floats(l.tile, uint64_t{pool.size()} * kGroupRows * max_batch);
+  k->tile_ = k->arena_.Floats(l.tile, pool.size() * TileStride(max_batch));
   k->qx_span_ = k->arena_.Bytes(l.qx, MatMulScratchBytes(g.dim, max_batch));
   k->predicted_counts_.assign(uint64_t{pool.size()} * 8, 0);
   return k;
@@ -156,7 +160,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   const bool one_q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
   const uint32_t group = one_q8_token ? 1 : kGroupRows / per_bundle;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
-    float* tile = tile_.data() + uint64_t{th} * kGroupRows * max_batch_;
+    float* tile = tile_.data() + th * TileStride(max_batch_);
     uint64_t computed = 0, fired = 0;  // under a score mask
     for (uint64_t k0 = begin; k0 < end; k0 += group) {
       const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));

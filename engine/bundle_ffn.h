@@ -93,6 +93,10 @@ class BundleFfnKernel {
   // Gate/up rows multiplied per DotRows call (two bundles of [gate | up], four of up alone).
   static constexpr uint32_t kGroupRows = 4;
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
+  // Floats in each thread's tile of gate/up products: whole cache lines, so that threads never
+  // write the same line (one token's tile is 4 floats; two threads sharing its line passed it
+  // between their cores at every bundle, and phase 1 at 2 threads ran no faster than at 1).
+  static uint64_t TileStride(uint32_t max_batch);
   struct Layout {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
@@ -130,7 +134,7 @@ class BundleFfnKernel {
   Arena arena_;
   std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor
   std::span<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
-  std::span<float> tile_;      // threads x kGroupRows x max_batch: gate/up products
+  std::span<float> tile_;      // threads x TileStride(max_batch): gate/up products
   ByteSpan qx_span_;           // q8 activations (MatMulScratchBytes(dim, max_batch))
 };
 
