@@ -25,6 +25,12 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 }  // namespace
 
+bool BundleFfnKernel::Adjacent(const std::byte* bundle, const std::byte* next) const {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(bundle) + g_.bundle_bytes;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(next);
+  return at >= end && at - end <= kAdjacentGap;
+}
+
 uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
   return AlignUp(uint64_t{kGroupRows} * max_batch, 64 / sizeof(float));
 }
@@ -170,14 +176,14 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         const std::byte* bundle = bundles[k0 + j];
         if (!separate_) rows[row_count++] = bundle;
         rows[row_count++] = bundle + g_.up_offset();
-        if (!one_q8_token && k0 + group + j < end) {  // the next group's [gate |] up rows
-          Prefetch(bundles[k0 + group + j], per_bundle * g_.part_bytes);
+        if (!one_q8_token && k0 + group + j < end) {  // the next group's bundles
+          const std::byte* next = bundles[k0 + group + j];
+          Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next) ? g_.bundle_bytes
+                                                                     : per_bundle * g_.part_bytes);
         }
       }
       if (one_q8_token && k0 + 1 < end) {
-        const uintptr_t here = reinterpret_cast<uintptr_t>(bundles[k0]) + g_.bundle_bytes;
-        const uintptr_t next = reinterpret_cast<uintptr_t>(bundles[k0 + 1]);
-        if (next >= here && next - here <= kAdjacentGap) {
+        if (Adjacent(bundles[k0], bundles[k0 + 1])) {
           rows[row_count++] = bundles[k0] + g_.down_offset();
         } else {
           Prefetch(bundles[k0 + 1], per_bundle * g_.part_bytes);  // [gate |] up

@@ -97,6 +97,9 @@ class BundleFfnKernel {
   // write the same line (one token's tile is 4 floats; two threads sharing its line passed it
   // between their cores at every bundle, and phase 1 at 2 threads ran no faster than at 1).
   static uint64_t TileStride(uint32_t max_batch);
+  // Whether `next` starts right after `bundle` ends (within kAdjacentGap bytes: resident
+  // bundles, a merged read), so that reading both is one stream.
+  bool Adjacent(const std::byte* bundle, const std::byte* next) const;
   struct Layout {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
