@@ -1848,6 +1848,48 @@ void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, c
     for (int h = 0; h < 2; ++h) _mm512_storeu_ps(y + 32 * b + 16 * h, acc[b][h]);
   }
 }
+
+// AxpyRows for NT tokens (NT <= 8) over one full q8_0 block (32 values) at byte `at` of every
+// row: each row's block is dequantised once for all NT tokens, and y's NT x 32 values stay in
+// 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused into y, and a
+// token whose coefficient is zero is skipped, as in AxpyRow: bit-identical to it.
+template <int NT>
+void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, const float* a,
+                       uint64_t a_stride, float* y, uint64_t y_stride) {
+  constexpr uint64_t kBlockBytes = 2 + kBlock;  // f16 scale, 32 int8
+  __m512 acc[NT][2];
+  for (int t = 0; t < NT; ++t) {
+    for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_loadu_ps(y + t * y_stride + 16 * h);
+  }
+  const size_t count = rows.size();
+  constexpr size_t kAhead = 8;  // rows whose block is requested ahead
+  for (size_t k = 0; k < count; ++k) {
+    if (k + kAhead < count) {
+      const std::byte* p = rows[k + kAhead] + at;
+      __builtin_prefetch(p, 0, 3);
+      __builtin_prefetch(p + kBlockBytes - 1, 0, 3);
+    }
+    const float* ak = a + k * a_stride;
+    bool any = false;
+    for (int t = 0; t < NT; ++t) any |= ak[t] != 0.0f;
+    if (!any) continue;
+    const std::byte* w = rows[k] + at;
+    const __m512 d = _mm512_set1_ps(HalfToFloat(w));
+    __m512 v[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
+      v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+    }
+    for (int t = 0; t < NT; ++t) {
+      if (ak[t] == 0.0f) continue;
+      const __m512 at_t = _mm512_set1_ps(ak[t]);
+      for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_fmadd_ps(at_t, v[h], acc[t][h]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int h = 0; h < 2; ++h) _mm512_storeu_ps(y + t * y_stride + 16 * h, acc[t][h]);
+  }
+}
 #endif
 
 }  // namespace
@@ -1915,16 +1957,37 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     const uint32_t full = len / kBlock;
     uint32_t b = 0;
     for (; b + 4 <= full; b += 4) {
-      AxpyQ8BlocksOneToken<4>(rows, offset + b * block_bytes, a, a_stride, y + uint64_t{b} * kBlock);
+      AxpyQ8BlocksOneToken<4>(rows, offset + b * block_bytes, a, a_stride,
+                              y + uint64_t{b} * kBlock);
     }
     for (; b < full; ++b) {
-      AxpyQ8BlocksOneToken<1>(rows, offset + b * block_bytes, a, a_stride, y + uint64_t{b} * kBlock);
+      AxpyQ8BlocksOneToken<1>(rows, offset + b * block_bytes, a, a_stride,
+                              y + uint64_t{b} * kBlock);
+    }
+    done = full * kBlock;
+  }
+  if (n_tokens > 1 && dtype == DType::kQ8_0) {  // a block at a time for up to 8 tokens
+    using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, const float*,
+                                 uint64_t, float*, uint64_t);
+    static constexpr BlockTokens kByTokens[] = {
+        AxpyQ8BlockTokens<1>, AxpyQ8BlockTokens<2>, AxpyQ8BlockTokens<3>, AxpyQ8BlockTokens<4>,
+        AxpyQ8BlockTokens<5>, AxpyQ8BlockTokens<6>, AxpyQ8BlockTokens<7>, AxpyQ8BlockTokens<8>};
+    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
+    const uint32_t full = len / kBlock;
+    for (uint32_t b = 0; b < full; ++b) {
+      const uint64_t at = offset + b * block_bytes;
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 8) {
+        const float* at0 = a + t0;
+        float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
+        kByTokens[std::min(8u, n_tokens - t0) - 1](rows, at, at0, a_stride, yb, y_stride);
+      }
     }
     done = full * kBlock;
   }
 #endif
 #ifdef FLASHLM_AVX2
-  if (n_tokens > 1 && (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
+  if (done == 0 && n_tokens > 1 &&
+      (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
     const uint32_t full = len / kBlock;
     for (uint32_t b = 0; b < full; ++b) {

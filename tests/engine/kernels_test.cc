@@ -351,9 +351,9 @@ TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
   }
 }
 
-// AxpyRows is bit-identical to AxpyRow called row after row, for every dtype, 1 to 9 tokens
-// (register tiles of 4 and their remainders), a partial last block, an offset into the rows, and
-// coefficients that are zero for some tokens or for every token of a row.
+// AxpyRows is bit-identical to AxpyRow called row after row, for every dtype, 1 to 17 tokens
+// (register tiles of 4 or 8 tokens and their remainders), a partial last block, an offset into
+// the rows, and coefficients that are zero for some tokens or for every token of a row.
 TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
   for (DType dtype :
        {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
@@ -368,7 +368,7 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
     const uint64_t offset = layout::RowBytes(dtype, per);  // from the second block on
     const uint32_t len = cols - per;
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (uint32_t n = 1; n <= 9; ++n) {
+    for (uint32_t n = 1; n <= 17; ++n) {
       const uint64_t a_stride = n + 3, y_stride = len + 7;
       std::vector<float> a(kRows * a_stride);
       for (uint32_t k = 0; k < kRows; ++k) {
