@@ -51,6 +51,7 @@ Result<Found> FindLayer(layout::StoreReader& reader, uint32_t l, bool dense_gate
       f.extent_tensor.push_back(t);
     }
   }
+  f.bytes = AlignUp(f.bytes, 64);  // pinned layers sit back to back, each at a 64-byte boundary
   return f;
 }
 
@@ -94,7 +95,7 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
   }
   if (pinned_bytes > 0) {
     ASSIGN_OR_RETURN(s->pinned_memory_,
-                     storage::AlignedBuffer::Allocate(pinned_bytes, 64, /*huge_pages=*/false));
+                     storage::AlignedBuffer::Allocate(pinned_bytes, 64, /*huge_pages=*/true));
   }
   uint64_t at = 0;
   for (uint32_t l = 0; l < n_layers; ++l) {

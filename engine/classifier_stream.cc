@@ -15,7 +15,8 @@ Result<ClassifierLayout> ClassifierStream::Measure(layout::StoreReader& reader) 
   const layout::ModelConfig& c = reader.config();
   const uint64_t shape[] = {c.vocab_size, c.dim};
   RETURN_IF_ERROR(CheckMatrix(*cls, shape));
-  out.resident_bytes = storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, false);
+  out.tensor_bytes = cls->size_bytes();
+  out.resident_bytes = storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, true);
   ASSIGN_OR_RETURN(layout::TensorLocation loc, reader.LocateTensor("output.weight"));
   ASSIGN_OR_RETURN(std::vector<layout::Extent> ext,
                    reader.DenseExtents("output.weight", 0, c.vocab_size));

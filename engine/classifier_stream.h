@@ -26,7 +26,8 @@ namespace flashlm::engine {
 
 struct ClassifierLayout {
   bool streamable = false;
-  uint64_t resident_bytes = 0;     // the classifier held in DRAM
+  uint64_t tensor_bytes = 0;       // the matrix itself (what a token reads)
+  uint64_t resident_bytes = 0;     // the classifier held in DRAM (its buffer's huge pages)
   uint64_t buffer_bytes = 0;       // one of the two buffers
   uint32_t rows_max = 0;           // rows per block
   uint32_t reads_per_block = 0;    // reads of one block, at most

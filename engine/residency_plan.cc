@@ -80,14 +80,24 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
                                                              : bytes;
   };
   const uint64_t chunk_bytes = ring(buffers_min);
+  // The pinned attention layers as AttentionStream::Open allocates them: one buffer, the layers
+  // back to back, rounded up as its huge pages make it.
+  auto pinned_dense = [&](const std::vector<uint8_t>& pinned) {
+    uint64_t bytes = 0;
+    for (size_t l = 0; l < layers; ++l) bytes += pinned[l] ? in.dense_layer_bytes[l] : 0;
+    return in.huge_page_bytes && bytes >= in.huge_page_bytes ? AlignUp(bytes, in.huge_page_bytes)
+                                                             : bytes;
+  };
+  const std::vector<uint8_t> every_layer(layers, 1);
+  const uint64_t dense_all = pinned_dense(every_layer);
   p.minimum_bytes = p.fixed_bytes + dense_stream + chunk_bytes;
   const uint64_t all =
-      in.fixed_bytes + in.embedding_bytes + in.classifier_bytes + dense_total + bundle_total;
+      in.fixed_bytes + in.embedding_bytes + in.classifier_bytes + dense_all + bundle_total;
   if (in.budget_bytes == 0 || all <= in.budget_bytes) {  // 1. everything resident
     p.fixed_bytes = in.fixed_bytes + in.embedding_bytes + in.classifier_bytes;
-    std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
+    p.dense_pinned = every_layer;
     p.pinned_bundles = in.layer_bundles;
-    p.pinned_dense_bytes = dense_total;
+    p.pinned_dense_bytes = dense_all;
     p.pinned_bundle_bytes = bundle_total;
     p.minimum_bytes = std::min(p.minimum_bytes, all);
     return p;
@@ -121,17 +131,25 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     ++p.chunk_buffers;
     p.chunk_stream_bytes = ring(p.chunk_buffers);
   }
-  if (dense_total <= avail) {
-    std::fill(p.dense_pinned.begin(), p.dense_pinned.end(), 1);
-    p.pinned_dense_bytes = dense_total;
+  if (dense_all <= avail) {
+    p.dense_pinned = every_layer;
+    p.pinned_dense_bytes = dense_all;
   } else {
     p.dense_stream_bytes = dense_stream;
     avail -= dense_stream;
     // As many layers as fit in layer order...
     size_t fit = 0;
     uint64_t fit_bytes = 0;
-    while (fit < layers && fit_bytes + in.dense_layer_bytes[fit] <= avail) {
-      fit_bytes += in.dense_layer_bytes[fit++];
+    std::vector<uint8_t> in_order(layers, 0);
+    while (fit < layers) {
+      in_order[fit] = 1;
+      const uint64_t bytes = pinned_dense(in_order);
+      if (bytes > avail) {
+        in_order[fit] = 0;
+        break;
+      }
+      fit_bytes = bytes;
+      ++fit;
     }
     // ...but the streamed ones spread evenly over the pass (the i-th of s at layer
     // floor((2i + 1) L / 2s)): AttentionStream reads the next streamed layer as soon as the
@@ -141,13 +159,12 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
     const size_t streamed = layers - fit;
     std::vector<uint8_t> spread(layers, 1);
     for (size_t i = 0; i < streamed; ++i) spread[(2 * i + 1) * layers / (2 * streamed)] = 0;
-    uint64_t spread_bytes = 0;
-    for (size_t l = 0; l < layers; ++l) spread_bytes += spread[l] ? in.dense_layer_bytes[l] : 0;
+    const uint64_t spread_bytes = pinned_dense(spread);
     if (spread_bytes <= avail) {
       p.dense_pinned = spread;
       p.pinned_dense_bytes = spread_bytes;
     } else {
-      for (size_t l = 0; l < fit; ++l) p.dense_pinned[l] = 1;
+      p.dense_pinned = in_order;
       p.pinned_dense_bytes = fit_bytes;
     }
   }

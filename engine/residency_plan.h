@@ -51,8 +51,8 @@ struct ResidencyInputs {
   std::vector<uint32_t> layer_hot;
   uint64_t bundle_spacing_bytes = 0;  // DRAM bytes per pinned bundle (its slot and bookkeeping)
   uint64_t chunk_buffer_bytes = 0;    // one FFN streaming buffer (0: chunk_bundles x spacing)
-  // The chunk buffers are one allocation; from this size up it is rounded up to a multiple of it
-  // (transparent huge pages). 0: no rounding.
+  // The chunk buffers are one allocation, and so are the pinned attention layers; from this size
+  // up each is rounded up to a multiple of it (transparent huge pages). 0: no rounding.
   uint64_t huge_page_bytes = 0;
   uint32_t chunk_bundles = 256;  // bundles per FFN streaming chunk
   // Share of the bundle bytes left after the hot sets that goes to the LRU cache, in [0, 1]

@@ -40,8 +40,9 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   // embedding row per sequence.
   const double ffn = double(c.n_layers) * double(c.hidden_dim) * double(g.bundle_bytes) * f;
   const double emb_row = double(layout::RowBytes(layout::DType::kF32, c.dim));
-  cost.weight_bytes = dense + ffn + double(in.classifier_bytes ? in.classifier_bytes
-                                                               : in.embedding_bytes) +
+  cost.weight_bytes = dense + ffn +
+                      double(in.classifier_bytes ? needs.classifier.tensor_bytes
+                                                 : in.embedding_bytes) +
                       emb_row * batch;
   cost.kv_bytes = KvCacheBytes(c, o.context, o.kv_value_bytes, o.batch);
 
@@ -85,7 +86,7 @@ DecodeCost CostOfToken(const layout::ModelConfig& c, const StoreNeeds& needs,
   ffn_stream.overlapped = f >= 1.0;
   FlashStream cls = stream("classifier", true);
   if (!plan.classifier_resident) {
-    cls.bytes = double(in.classifier_bytes);
+    cls.bytes = double(needs.classifier.tensor_bytes);
     cls.read_bytes = std::min(read_max, double(needs.classifier.buffer_bytes));
     cls.depth = 2.0 * std::max(1u, needs.classifier.reads_per_block);
   }

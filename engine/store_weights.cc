@@ -202,6 +202,7 @@ Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
       on_flash += f.bytes;
       reads += f.reads;
     }
+    bytes = AlignUp(bytes, 64);
     needs.attention.layer_bytes.push_back(bytes);
     needs.attention.stream_buffer_bytes =
         std::max({needs.attention.stream_buffer_bytes, bytes, AlignUp(on_flash, a)});
@@ -212,8 +213,9 @@ Result<StoreNeeds> StoreWeights::Estimate(const layout::StoreShape& shape,
     ASSIGN_OR_RETURN(cls, find("output.weight"));
     const Flash f = flash(*cls);
     needs.classifier.streamable = true;
+    needs.classifier.tensor_bytes = cls->size_bytes();
     needs.classifier.resident_bytes =
-        storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, false);
+        storage::AlignedBuffer::ResidentBytes(cls->size_bytes(), 64, true);
     needs.classifier.buffer_bytes = AlignUp(f.extent_cover_max, 4096);
     needs.classifier.reads_per_block = ReadsOf(f.extent_cover_max) + 1;
     needs.classifier.rows_max = static_cast<uint32_t>(
@@ -287,7 +289,7 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   if (const layout::TensorInfo* cls = r.FindTensor("output.weight"); cls != nullptr) {
     if (plan.classifier_resident) {
       ASSIGN_OR_RETURN(s->classifier_memory_, storage::AlignedBuffer::Allocate(
-                                                  cls->size_bytes(), 64, /*huge_pages=*/false));
+                                                  cls->size_bytes(), 64, /*huge_pages=*/true));
       const ByteSpan bytes = s->classifier_memory_.span().first(cls->size_bytes());
       RETURN_IF_ERROR(r.ReadTensor(*cls, bytes).WithContext("reading output.weight"));
       s->classifier_ = MatrixView{cls->dtype, c.vocab_size, c.dim, bytes};
