@@ -73,6 +73,39 @@ TEST(ResidencyPlanTest, CacheShareComesAfterTheHotSets) {
   EXPECT_EQ(PlanResidency(in).status().code(), StatusCode::kInvalidArgument);
 }
 
+// The pinned attention layers are one buffer on huge pages: the plan charges it rounded up to
+// whole huge pages, as it does the chunk ring, and pins fewer layers when the rounding would not
+// fit.
+TEST(ResidencyPlanTest, PinnedAttentionIsChargedInWholeHugePages) {
+  ResidencyInputs in;
+  in.fixed_bytes = 1000;
+  in.dense_layer_bytes = {600, 600, 600};
+  in.layer_bundles = {10, 10, 10};
+  in.bundle_spacing_bytes = 10;
+  in.chunk_bundles = 4;
+  in.huge_page_bytes = 1000;
+  in.budget_bytes = 0;  // everything resident: 1800 bytes of attention in 2 huge pages
+  auto p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{1, 1, 1}));
+  EXPECT_EQ(p->pinned_dense_bytes, 2000u);
+  // 1999 bytes beside the fixed part and one FFN chunk: not all three layers (2000 rounded), so
+  // one streams (600) and 1399 are left to pin: one layer, as two round up to 2000 bytes.
+  in.budget_bytes = 1000 + 40 + 1999;
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->pinned_dense_bytes, 600u);  // below one huge page: not rounded
+  uint32_t pinned = 0;
+  for (uint8_t d : p->dense_pinned) pinned += d;
+  EXPECT_EQ(pinned, 1u);
+  EXPECT_LE(p->total_bytes(), in.budget_bytes);
+  in.huge_page_bytes = 0;  // no rounding: all three fit
+  p = PlanResidency(in);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->dense_pinned, (std::vector<uint8_t>{1, 1, 1}));
+  EXPECT_EQ(p->pinned_dense_bytes, 1800u);
+}
+
 // The attention layers that do not fit stream spread evenly over the pass (22 layers, 8 streamed:
 // layers floor((2i + 1) 22 / 16)), each with resident layers before it to overlap its read; when
 // that set would not fit (layers of unequal sizes), the layers that fit in order are pinned.
