@@ -2,6 +2,12 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+
+// libxxhash's functions compiled into this file: with -march=native XXH3 takes the widest SIMD
+// path the machine has (AVX-512 here), where the shared library is built for baseline x86-64
+// (SSE2) and hashed at about half the rate (docs/benchmarks.md, "Checksums inline"). The values
+// are the same: XXH3 is defined independently of the instruction set.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <cerrno>
