@@ -144,6 +144,19 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
       RETURN_IF_ERROR(s->extents_->PlanExtents(layer.extents, s->extents_->alignment_bytes(), true,
                                                &layer.plan));
       CHECK_LE(layer.plan.bytes, s->buffer_.size_bytes());
+      // Each tensor where it lands when all of the layer's tensors land in one piece each (all or
+      // none: a tensor closed up could overwrite one left in place).
+      for (size_t k = 1; k < layer.extents.size(); ++k) {
+        layer.close_up =
+            layer.close_up ||
+            (layer.pieces[k].tensor == layer.pieces[k - 1].tensor &&
+             layer.plan.Offset(k) != layer.plan.Offset(k - 1) + layer.extents[k - 1].stored_bytes);
+      }
+      for (size_t k = 0; k < layer.extents.size() && !layer.close_up; ++k) {
+        if (k == 0 || layer.pieces[k].tensor != layer.pieces[k - 1].tensor) {
+          layer.tensor_at[layer.pieces[k].tensor] = layer.plan.Offset(k);
+        }
+      }
     } else {
       for (size_t k = 0; k < layer.extents.size(); ++k) {
         layer.outs.push_back(
@@ -192,7 +205,7 @@ Status AttentionStream::Finish(uint32_t l) {
     std::byte* src = base + layer.plan.Offset(k);
     RETURN_IF_ERROR(extents_->Verify(e, ConstByteSpan(src, e.stored_bytes)));
     std::byte* dst = base + layer.pieces[k].dst_bytes;
-    if (dst != src) std::memmove(dst, src, e.stored_bytes);  // dst <= src: see the header
+    if (layer.close_up && dst != src) std::memmove(dst, src, e.stored_bytes);  // dst <= src
   }
   return Status::Ok();
 }

@@ -3,9 +3,11 @@
 // layer, otherwise read from flash into one buffer when the forward pass needs them.
 //
 // A streamed layer's extents are planned once at Open (merged into a few large reads through the
-// store's ExtentReader), land in the buffer and are verified there; then each tensor's extents
-// are closed up (the store's padding removed, front to back, so a move never overwrites bytes
-// not yet moved) into a contiguous matrix. With pipelining, Release(l) — the forward pass is
+// store's ExtentReader), land in the buffer and are verified there. When each tensor's extents
+// land back to back (stores whose dense extents are whole alignment units, layout/repack.h
+// RowsPerExtent) the matrices are used where they landed; otherwise each tensor's extents are
+// closed up (the store's padding removed, front to back, so a move never overwrites bytes not
+// yet moved) into a contiguous matrix. With pipelining, Release(l) — the forward pass is
 // done with layer l's matrices — starts reading the next streamed layer (cyclically, into the
 // next pass) into the buffer, so Acquire rarely waits. When a streamed layer's extents are
 // compressed, or not stored in tensor order, layers are read synchronously instead
@@ -66,6 +68,9 @@ class AttentionStream {
 
   // True when streamed layers are read ahead (pipelining, in place, something streams).
   bool prefetching() const { return prefetch_; }
+  // True when streamed layer `layer`'s extents are moved together after they land (its tensors'
+  // extents do not lie back to back in the store); false when they are used where they land.
+  bool closes_up(uint32_t layer) const { return layers_[layer].close_up; }
 
  private:
   struct Piece {  // one extent of a streamed layer and where its bytes end up
@@ -76,6 +81,7 @@ class AttentionStream {
     bool pinned = false;
     std::vector<layout::TensorInfo> tensors;  // q, k, v, o (, gate)
     std::vector<uint64_t> tensor_at;          // [tensor] offset in its memory
+    bool close_up = false;  // streamed in place: its extents are moved together after landing
     Matrices resident;                        // pinned layers
     std::vector<layout::Extent> extents;      // streamed layers: all of them, in tensor order
     std::vector<Piece> pieces;                // [extent]
@@ -86,7 +92,7 @@ class AttentionStream {
 
   AttentionStream(layout::StoreReader& reader) : reader_(reader) {}
   Status Queue(uint32_t layer);   // in place: queue and submit its reads
-  Status Finish(uint32_t layer);  // in place: verify and close up
+  Status Finish(uint32_t layer);  // in place: verify (and close up)
   Matrices Views(const Layer& layer, const std::byte* base) const;
 
   layout::StoreReader& reader_;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <vector>
 
 #include "layout/bundle_layout.h"
@@ -350,7 +351,15 @@ DType StoredDType(const TensorInfo& t, const RepackOptions& o) {
 uint64_t RowsPerExtent(const TensorInfo& stored, const RepackOptions& o) {
   const uint64_t extent_max = stored.name == "token_embd.weight" ? o.embedding_extent_bytes_max
                                                                  : o.dense_extent_bytes_max;
-  return std::max<uint64_t>(1, extent_max / std::max<uint64_t>(1, RowBytes(stored.dtype, stored.cols())));
+  const uint64_t row = std::max<uint64_t>(1, RowBytes(stored.dtype, stored.cols()));
+  uint64_t rows = std::max<uint64_t>(1, extent_max / row);
+  // Extents whose bytes are a whole number of alignment units, when that many rows fit: a
+  // tensor's extents then lie back to back on flash, with no padding between them, and land back
+  // to back in a read buffer, where the engine uses them in place (AttentionStream).
+  const uint64_t a = std::max<uint64_t>(1, o.alignment_bytes);
+  const uint64_t unit = a / std::gcd(row, a);  // rows
+  if (rows >= unit) rows -= rows % unit;
+  return rows;
 }
 
 const TensorInfo* StoreShape::Find(std::string_view name) const {

@@ -76,8 +76,9 @@ struct RepackSummary {
 
 // The dtype Repack stores tensor `t` in under `options` (see above).
 DType StoredDType(const TensorInfo& t, const RepackOptions& options);
-// Rows per extent of a dense tensor stored as `stored` (whole rows, at most the option's extent
-// size for that tensor, at least one row).
+// Rows per extent of a dense tensor stored as `stored`: whole rows, at most the option's extent
+// size for that tensor, at least one row; and, where at least that many fit, a multiple of the
+// rows that fill a whole number of alignment units (so the tensor's extents abut).
 uint64_t RowsPerExtent(const TensorInfo& stored, const RepackOptions& options);
 
 // A store as Repack would lay it out, from a checkpoint's config and tensor directory alone (no

@@ -211,18 +211,21 @@ TEST(StoreTest, DenseTensorsSplitIntoBoundedExtents) {
   MemoryCheckpoint src = MemoryCheckpoint::Llama(64, 96, 1, 300, DType::kF32);
   ::flashlm::testing::ScratchDir dir;
   RepackOptions o;
-  o.dense_extent_bytes_max = 10000;     // 39 rows of 256 bytes per extent
-  o.embedding_extent_bytes_max = 3000;  // the embedding: 11 rows per extent
+  // 39 rows of 256 bytes fit; 32 of them, eight 4096-byte units, make the extents abut.
+  o.dense_extent_bytes_max = 10000;
+  o.embedding_extent_bytes_max = 3000;  // the embedding: 11 rows (< 16, one unit) per extent
   RepackOrDie(src, dir / "store", o);
   auto store = OpenOrDie(dir / "store");
   ASSERT_NE(store, nullptr);
   auto loc = store->LocateTensor("output.weight");
   ASSERT_TRUE(loc.ok());
-  EXPECT_EQ(loc->record.rows_per_extent, 39u);
-  EXPECT_EQ(loc->record.extent_count, 8u);  // ceil(300 / 39)
-  auto ext = store->DenseExtents("output.weight", 38, 2);
+  EXPECT_EQ(loc->record.rows_per_extent, 32u);
+  EXPECT_EQ(loc->record.extent_count, 10u);  // ceil(300 / 32)
+  auto ext = store->DenseExtents("output.weight", 31, 2);
   ASSERT_TRUE(ext.ok());
-  EXPECT_EQ(ext->size(), 2u);
+  ASSERT_EQ(ext->size(), 2u);
+  // Back to back: no padding between a tensor's extents.
+  EXPECT_EQ((*ext)[1].offset_bytes, (*ext)[0].offset_bytes + (*ext)[0].stored_bytes);
   loc = store->LocateTensor("token_embd.weight");
   ASSERT_TRUE(loc.ok());
   EXPECT_EQ(loc->record.rows_per_extent, 11u);
