@@ -73,20 +73,20 @@ Result<ResidencyPlan> PlanResidency(const ResidencyInputs& in) {
   const uint64_t one_chunk =
       in.chunk_buffer_bytes ? in.chunk_buffer_bytes : uint64_t{chunk} * in.bundle_spacing_bytes;
   const uint32_t buffers_min = std::max<uint32_t>(in.chunk_buffers_min, 1);
-  // n chunk buffers as one allocation, rounded as its huge pages make it.
-  auto ring = [&](uint64_t n) {
-    const uint64_t bytes = n * one_chunk;
+  // One allocation of `bytes` as its huge pages make it (storage::AlignedBuffer::ResidentBytes).
+  auto on_huge_pages = [&](uint64_t bytes) {
     return in.huge_page_bytes && bytes >= in.huge_page_bytes ? AlignUp(bytes, in.huge_page_bytes)
                                                              : bytes;
   };
+  // n chunk buffers as one allocation.
+  auto ring = [&](uint64_t n) { return on_huge_pages(n * one_chunk); };
   const uint64_t chunk_bytes = ring(buffers_min);
   // The pinned attention layers as AttentionStream::Open allocates them: one buffer, the layers
-  // back to back, rounded up as its huge pages make it.
+  // back to back.
   auto pinned_dense = [&](const std::vector<uint8_t>& pinned) {
     uint64_t bytes = 0;
     for (size_t l = 0; l < layers; ++l) bytes += pinned[l] ? in.dense_layer_bytes[l] : 0;
-    return in.huge_page_bytes && bytes >= in.huge_page_bytes ? AlignUp(bytes, in.huge_page_bytes)
-                                                             : bytes;
+    return on_huge_pages(bytes);
   };
   const std::vector<uint8_t> every_layer(layers, 1);
   const uint64_t dense_all = pinned_dense(every_layer);
