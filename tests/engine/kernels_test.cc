@@ -303,6 +303,27 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
   Softmax(s);
   EXPECT_NEAR(s[0] + s[1] + s[2], 1.0f, 1e-6);
   EXPECT_NEAR(s[2] / s[1], std::exp(1.0f), 1e-4);
+  // Lengths around the 16-lane width; values spread down to where exp underflows, -inf (a
+  // masked position) weighs exactly 0; each weight within 2 ulp-ish of expf's.
+  std::mt19937 rng(5);
+  for (uint32_t len : {1u, 15u, 16u, 17u, 33u, 1000u}) {
+    std::vector<float> v(len);
+    std::uniform_real_distribution<float> u(-120.0f, 8.0f);
+    for (float& e : v) e = u(rng);
+    if (len > 2) v[1] = -std::numeric_limits<float>::infinity();
+    float mx = v[0];
+    for (float e : v) mx = std::max(mx, e);
+    // The reference from the same float differences x - max (their rounding is not Softmax's).
+    double sum = 0;
+    for (float e : v) sum += std::exp(double(e - mx));
+    std::vector<float> got = v;
+    Softmax(got);
+    for (uint32_t i = 0; i < len; ++i) {
+      const double want = std::exp(double(v[i] - mx)) / sum;
+      EXPECT_NEAR(got[i], want, 3e-7 * want + 1e-44) << "len " << len << " i " << i;
+    }
+    if (len > 2) EXPECT_EQ(got[1], 0.0f);
+  }
   std::vector<float> gate = {-1, 0, 2}, up = {3, 4, 5};
   std::vector<float> relu = gate;
   SwiGlu(gate, up, false);
