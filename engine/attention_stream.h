@@ -81,7 +81,7 @@ class AttentionStream {
     bool pinned = false;
     std::vector<layout::TensorInfo> tensors;  // q, k, v, o (, gate)
     std::vector<uint64_t> tensor_at;          // [tensor] offset in its memory
-    bool close_up = false;  // streamed in place: its extents are moved together after landing
+    bool close_up = false;                    // streamed in place: extents moved after landing
     Matrices resident;                        // pinned layers
     std::vector<layout::Extent> extents;      // streamed layers: all of them, in tensor order
     std::vector<Piece> pieces;                // [extent]

@@ -1539,7 +1539,7 @@ namespace {
 
 // e^x for x <= 0 (softmax's x - max), 16 lanes: x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts,
 // Cody-Waite), e^r by its Taylor polynomial to r^7 (truncation below 6e-9 relative, under a tenth
-// of an ulp; within 2 ulp of expf in all, tested), times 2^n. Below -87.3 the result is a
+// of an ulp; within 3e-7 relative of exp in all, tested), times 2^n. Below -87.3 the result is a
 // denormal, as expf's is; below -103 (and for -inf) exactly 0.
 inline __m512 ExpNonPositive(__m512 in) {
   const __mmask16 kept = _mm512_cmp_ps_mask(in, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);

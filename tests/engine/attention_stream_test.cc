@@ -14,7 +14,6 @@
 namespace flashlm::engine {
 namespace {
 
-namespace fs = std::filesystem;
 using layout::LayerTensor;
 using layout::testing::MemoryCheckpoint;
 

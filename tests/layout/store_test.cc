@@ -213,7 +213,7 @@ TEST(StoreTest, DenseTensorsSplitIntoBoundedExtents) {
   RepackOptions o;
   // 39 rows of 256 bytes fit; 32 of them, eight 4096-byte units, make the extents abut.
   o.dense_extent_bytes_max = 10000;
-  o.embedding_extent_bytes_max = 3000;  // the embedding: 11 rows (< 16, one unit) per extent
+  o.embedding_extent_bytes_max = 3000;  // the embedding: 11 rows, fewer than a unit's 16: as is
   RepackOrDie(src, dir / "store", o);
   auto store = OpenOrDie(dir / "store");
   ASSERT_NE(store, nullptr);
