@@ -126,7 +126,7 @@ Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
   l.hb2_used = !shape.bundles || o.observe_ffn;  // with bundles: the observed gate
   if (l.hb_used) l.hb = a.AddFloats(b * c.hidden_dim);
   if (l.hb2_used) l.hb2 = a.AddFloats(b * c.hidden_dim);
-  l.scores = a.AddFloats(uint64_t{threads} * ctx);
+  l.scores = a.AddFloats(uint64_t{threads} * (c.n_heads / c.n_kv_heads) * ctx);
   l.selected = a.Add(uint64_t{threads} * ctx * sizeof(uint32_t));
   l.logits = a.AddFloats(uint64_t{l.logit_rows} * c.vocab_size);
   if (shape.classifier_block_rows > 0) {
@@ -314,7 +314,7 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
   t->proj_ = a.Floats(l.proj, b * c.dim);
   if (l.hb_used) t->hb_ = a.Floats(l.hb, b * c.hidden_dim);
   if (l.hb2_used) t->hb2_ = a.Floats(l.hb2, b * c.hidden_dim);
-  t->scores_ = a.Floats(l.scores, uint64_t{pool.size()} * ctx);
+  t->scores_ = a.Floats(l.scores, uint64_t{pool.size()} * (c.n_heads / c.n_kv_heads) * ctx);
   t->selected_ = {reinterpret_cast<uint32_t*>(a.Bytes(l.selected, 0).data()),
                   uint64_t{pool.size()} * ctx};
   t->logits_ = a.Floats(l.logits, uint64_t{l.logit_rows} * c.vocab_size);
@@ -481,6 +481,46 @@ void Transformer::AttentionValues(uint32_t layer, uint32_t seq, uint32_t len,
   }
 }
 
+// K or V rows per block of AttentionGroup: 64 rows of a 128-value f32 head are 32 KiB, within
+// L1 while the group's heads pass over them.
+constexpr uint32_t kGroupBlockRows = 64;
+
+void Transformer::AttentionGroup(uint32_t layer, uint32_t seq, uint32_t len, const float* q,
+                                 uint32_t kvh, uint32_t group, float* scores, float* out) const {
+  const uint32_t hd = config_.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // The rows [i, i + count) of a run, as a run of their own.
+  const auto block = [](const KvRows& run, uint32_t i, uint32_t count) {
+    return KvRows{run.data + uint64_t{i} * run.stride_bytes, run.stride_bytes, count, run.dtype};
+  };
+  for (uint32_t p = 0; p < len;) {
+    const KvRows rows = kv_->Keys(layer, seq, p, len - p);
+    for (uint32_t i = 0; i < rows.count; i += kGroupBlockRows) {
+      const KvRows b = block(rows, i, std::min(kGroupBlockRows, rows.count - i));
+      for (uint32_t h = 0; h < group; ++h) {
+        KvDotRun(q + uint64_t{h} * hd, b, kvh * hd, hd, scale,
+                 scores + uint64_t{h} * max_context_ + p + i);
+      }
+    }
+    p += rows.count;
+  }
+  for (uint32_t h = 0; h < group; ++h) {
+    Softmax(std::span<float>(scores + uint64_t{h} * max_context_, len));
+  }
+  std::fill(out, out + uint64_t{group} * hd, 0.0f);
+  for (uint32_t p = 0; p < len;) {
+    const KvRows rows = kv_->Values(layer, seq, p, len - p);
+    for (uint32_t i = 0; i < rows.count; i += kGroupBlockRows) {
+      const KvRows b = block(rows, i, std::min(kGroupBlockRows, rows.count - i));
+      for (uint32_t h = 0; h < group; ++h) {
+        KvAxpyRun(scores + uint64_t{h} * max_context_ + p + i, b, kvh * hd, out + uint64_t{h} * hd,
+                  hd);
+      }
+    }
+    p += rows.count;
+  }
+}
+
 // Positions the layer never computed have probability 0 and rank last: the policy picks one
 // only when fewer than its N positions have a non-zero probability. They are dropped (their V
 // row does not exist), which changes no sum (a weight of 0), so the selection is the policy's
@@ -496,12 +536,28 @@ uint32_t Transformer::DropAbsent(uint32_t layer, uint32_t seq, uint32_t len, uin
   return kept;
 }
 
-// Causal attention for every token of the batch: work items are (token, head) pairs; each
-// thread has its own score and selection rows.
+// Causal attention for every token of the batch: work items are (token, head) pairs, or, for
+// exact attention with grouped-query heads, (token, KV head) pairs (AttentionGroup: the same
+// values); each thread has its own score and selection rows.
 void Transformer::Attention(uint32_t layer, const TokenBatch& batch) {
   const layout::ModelConfig& c = config_;
   const uint32_t n = static_cast<uint32_t>(batch.positions.size());
   const uint32_t hd = c.head_dim, group = c.n_heads / c.n_kv_heads;
+  if (group > 1 && policy_ == nullptr && !Masking()) {  // exact: a KV head's group at a time
+    pool_.ParallelFor(uint64_t{n} * c.n_kv_heads, 1,
+                      [&](uint64_t begin, uint64_t end, uint32_t th) {
+                        float* scores = scores_.data() + uint64_t{th} * group * max_context_;
+                        for (uint64_t item = begin; item < end; ++item) {
+                          const uint32_t t = static_cast<uint32_t>(item / c.n_kv_heads);
+                          const uint32_t kvh = static_cast<uint32_t>(item % c.n_kv_heads);
+                          const uint32_t seq = batch.sequences.empty() ? 0 : batch.sequences[t];
+                          const uint64_t first = uint64_t{t} * q_dim_ + uint64_t{kvh} * group * hd;
+                          AttentionGroup(layer, seq, batch.positions[t] + 1, q_.data() + first, kvh,
+                                         group, scores, att_out_.data() + first);
+                        }
+                      });
+    return;
+  }
   pool_.ParallelFor(uint64_t{n} * c.n_heads, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* scores = scores_.data() + uint64_t{th} * max_context_;
     const std::span<uint32_t> selected = selected_.subspan(uint64_t{th} * max_context_, max_context_);

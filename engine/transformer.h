@@ -326,6 +326,14 @@ class Transformer {
   void AttentionValues(uint32_t layer, uint32_t seq, uint32_t len, const float* scores,
                        std::span<const uint32_t> selected, bool all, uint32_t kvh,
                        float* out) const;
+  // Exact attention (no policy, no lazy mask) of the `group` query heads that share KV head
+  // kvh, for one token: q and out hold the group's heads head_dim apart, scores is group x
+  // max_context (the thread's rows). Each block of kGroupBlockRows K (then V) rows is read
+  // once for all the heads, which then find it in L1; every score and output value is the
+  // per-head path's (AttentionScores / AttentionValues), bit for bit: a row's dot product does
+  // not depend on the rows beside it, and each head still adds its V rows in position order.
+  void AttentionGroup(uint32_t layer, uint32_t seq, uint32_t len, const float* q, uint32_t kvh,
+                      uint32_t group, float* scores, float* out) const;
   // Removes from the policy's `chosen` selected positions those `layer` never computed (lazy
   // pruning) and returns how many remain.
   uint32_t DropAbsent(uint32_t layer, uint32_t seq, uint32_t len, uint32_t chosen,
@@ -390,7 +398,7 @@ class Transformer {
   std::span<float> proj_;     // max_batch x dim
   std::span<float> hb_;       // max_batch x hidden (gate; the observed h with bundles)
   std::span<float> hb2_;      // max_batch x hidden (up; dense FFN only)
-  std::span<float> scores_;   // threads x max_context
+  std::span<float> scores_;   // threads x (n_heads / n_kv_heads) x max_context
   std::span<uint32_t> selected_;  // threads x max_context (selection phase)
   bool selective_fetch_ = false;
   std::span<float> item_scores_;       // n_heads x max_context (selective fetch)

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "engine/paged_kv_cache.h"
 #include "engine/weights.h"
 #include "tests/engine/test_models.h"
 #include "tests/test_util.h"
@@ -258,6 +259,65 @@ TEST(TransformerTest, AttentionPolicyChoosesWhichValuesAreRead) {
   EXPECT_GT(MaxDiff(run(&top1), dense), 1e-3);
   EXPECT_GT(MaxDiff(run(&top4), dense), 1e-6);
   EXPECT_LT(MaxDiff(run(&top4), dense), MaxDiff(run(&top1), dense));
+}
+
+// Grouped-query heads: exact attention reads each K and V row once for the heads sharing it
+// (Transformer::AttentionGroup, blocks of 64 rows), a policy keeping every position goes head by
+// head. Both give the same logits bit for bit, over prompts that cross several blocks, with
+// flat and paged (f16) caches, at 1 and 2 threads, in a batch and one token at a time.
+TEST(TransformerTest, GroupedQueryHeadsTogetherEqualHeadByHead) {
+  layout::ModelConfig config = SmallConfig(/*gqa=*/true, false, layout::Activation::kSilu);
+  config.max_seq_len = 160;
+  auto w = RandomWeights(config, 21);
+  ASSERT_GT(w.c.n_heads / w.c.n_kv_heads, 1u);
+  auto ck = ToCheckpoint(w, DType::kF32);
+  auto store = std::move(DramWeightStore::Load(*ck)).value();
+  std::vector<int32_t> tokens(150);
+  for (uint32_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 37 + 5) % 64);
+  const TopN all(0);
+  for (uint32_t threads : {1u, 2u}) {
+    ThreadPool pool(threads);
+    for (bool paged : {false, true}) {
+      TransformerOptions opt;
+      opt.max_context = 160;
+      opt.max_batch = 64;
+      opt.all_logits = true;
+      flashlm::testing::ScratchDir dir;
+      KvOptions ko;  // pages of 16 f16 rows, V spilled and read back: runs of 16 positions
+      ko.paged = true;
+      ko.page_tokens = 16;
+      ko.dtype = DType::kF16;
+      ko.spill_dir = dir.path().string();
+      auto run = [&](const AttentionPolicy* policy, uint32_t batch) {
+        std::unique_ptr<PagedKvCache> kv;
+        if (paged) {
+          auto layout = PagedKvCache::Layout(w.c, opt.max_context, 1, ko);
+          EXPECT_TRUE(layout.ok());
+          kv = std::move(PagedKvCache::Create(w.c, opt.max_context, 1, ko,
+                                              cache::KvPageCache::MinimumPoolBytes(*layout),
+                                              storage::BackendKind::kAuto, true))
+                   .value();
+        }
+        auto model = std::move(Transformer::Create(*store, pool, opt, kv.get())).value();
+        model->set_attention_policy(policy);
+        std::vector<float> out;
+        for (uint32_t pos = 0; pos < tokens.size();) {
+          const uint32_t n = std::min<uint32_t>(batch, tokens.size() - pos);
+          auto l = model->Forward(std::span<const int32_t>(tokens).subspan(pos, n), pos);
+          EXPECT_TRUE(l.ok()) << l.status().ToString();
+          if (!l.ok()) return out;
+          out.insert(out.end(), l->begin(), l->end());
+          pos += n;
+        }
+        return out;
+      };
+      SCOPED_TRACE(::testing::Message() << threads << " threads, paged " << paged);
+      const std::vector<float> grouped = run(nullptr, 64);
+      ASSERT_EQ(grouped.size(), tokens.size() * w.c.vocab_size);
+      EXPECT_EQ(run(&all, 64), grouped);
+      EXPECT_EQ(run(nullptr, 1), run(&all, 1));
+    }
+  }
 }
 
 // What Create allocates is what BytesNeeded says, for every option that changes the buffers.
