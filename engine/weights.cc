@@ -3,6 +3,7 @@
 #include <string>
 
 #include "layout/llama_tensors.h"
+#include "storage/check.h"
 
 namespace flashlm::engine {
 
@@ -24,30 +25,46 @@ Status CheckMatrix(const layout::TensorInfo& info, std::span<const uint64_t> sha
   return Status::Ok();
 }
 
-Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
-                                               std::span<const uint64_t> shape) {
+namespace {
+// A matrix as the engine keeps it: its own dtype, except bf16 (the one dtype without a kernel),
+// converted to f32 once, on load.
+layout::TensorInfo AsLoaded(const layout::TensorInfo& info) {
+  layout::TensorInfo as_loaded = info;
+  if (!MatMulSupports(info.dtype)) as_loaded.dtype = DType::kF32;
+  return as_loaded;
+}
+
+// Each matrix starts on a cache line of the shared buffer.
+constexpr uint64_t kMatrixAlignment = 64;
+}  // namespace
+
+Result<uint64_t> DramWeightStore::MatrixBytes(layout::Checkpoint& ckpt, const std::string& name,
+                                              std::span<const uint64_t> shape) {
   const layout::TensorInfo* info = ckpt.FindTensor(name);
   if (info == nullptr) return NotFoundError("checkpoint has no tensor " + name);
-  // bf16 (the one dtype without a kernel): converted to f32 once, here.
-  const bool convert = !MatMulSupports(info->dtype);
-  layout::TensorInfo as_loaded = *info;
-  if (convert) as_loaded.dtype = DType::kF32;
+  const layout::TensorInfo as_loaded = AsLoaded(*info);
   RETURN_IF_ERROR(CheckMatrix(as_loaded, shape));
-  const uint64_t rows = shape[0], cols = shape[1];
-  const uint64_t bytes = rows * layout::RowBytes(as_loaded.dtype, cols);
-  auto buf = std::make_unique<std::byte[]>(bytes);
-  if (convert) {
-    std::span<float> out(reinterpret_cast<float*>(buf.get()), rows * cols);
+  return as_loaded.size_bytes();
+}
+
+Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
+                                               std::span<const uint64_t> shape) {
+  ASSIGN_OR_RETURN(const uint64_t bytes, MatrixBytes(ckpt, name, shape));
+  const layout::TensorInfo* info = ckpt.FindTensor(name);
+  const layout::TensorInfo as_loaded = AsLoaded(*info);
+  // Load planned every matrix's bytes into matrices_ before the first LoadMatrix.
+  CHECK_LE(matrices_used_ + bytes, matrices_.size_bytes());
+  const ByteSpan buf(matrices_.data() + matrices_used_, bytes);
+  matrices_used_ += AlignUp(bytes, kMatrixAlignment);
+  if (as_loaded.dtype != info->dtype) {
+    std::span<float> out(reinterpret_cast<float*>(buf.data()), bytes / sizeof(float));
     RETURN_IF_ERROR(ckpt.ReadTensorF32(*info, out).WithContext("reading " + name));
   } else {
-    RETURN_IF_ERROR(
-        ckpt.ReadTensor(*info, ByteSpan(buf.get(), bytes)).WithContext("reading " + name));
+    RETURN_IF_ERROR(ckpt.ReadTensor(*info, buf).WithContext("reading " + name));
   }
-  MatrixView view{as_loaded.dtype, static_cast<uint32_t>(rows), static_cast<uint32_t>(cols),
-                  ConstByteSpan(buf.get(), bytes)};
   resident_bytes_ += bytes;
-  buffers_.push_back(std::move(buf));
-  return view;
+  return MatrixView{as_loaded.dtype, static_cast<uint32_t>(shape[0]),
+                    static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
 }
 
 Result<std::span<const float>> DramWeightStore::LoadVector(layout::Checkpoint& ckpt,
@@ -72,9 +89,31 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   const layout::ModelConfig& c = s->config_;
   RETURN_IF_ERROR(c.Validate());
   const uint64_t table[] = {c.vocab_size, c.dim};
+  const bool has_output = ckpt.FindTensor("output.weight") != nullptr;
+  // Every matrix in one buffer on transparent huge pages: the first touch of a 4 KiB page is
+  // expensive on virtual machines, and a 1 GB model has a quarter of a million of them (loading
+  // the 1b q8_0 GGUF took 6.4 s with a heap allocation per matrix, 0.9 s this way:
+  // docs/benchmarks.md). The matrices are validated (names, shapes, dtypes) before anything is
+  // allocated, so a checkpoint's declared sizes never size an allocation the config does not.
+  uint64_t total = 0;
+  auto plan = [&](const std::string& name, std::span<const uint64_t> shape) -> Status {
+    ASSIGN_OR_RETURN(const uint64_t bytes, s->MatrixBytes(ckpt, name, shape));
+    total += AlignUp(bytes, kMatrixAlignment);
+    return Status::Ok();
+  };
+  RETURN_IF_ERROR(plan("token_embd.weight", table));
+  if (has_output) RETURN_IF_ERROR(plan("output.weight", table));
+  for (uint32_t l = 0; l < c.n_layers; ++l) {
+    for (LayerTensor role : layout::kLayerTensors) {
+      const std::vector<uint64_t> shape = layout::LayerTensorShape(c, role);
+      if (shape.size() == 2) RETURN_IF_ERROR(plan(layout::LayerTensorName(l, role), shape));
+    }
+  }
+  ASSIGN_OR_RETURN(s->matrices_, storage::AlignedBuffer::Allocate(total, kMatrixAlignment,
+                                                                  /*huge_pages=*/true));
   ASSIGN_OR_RETURN(s->embedding_, s->LoadMatrix(ckpt, "token_embd.weight", table));
   ASSIGN_OR_RETURN(s->output_norm_, s->LoadVector(ckpt, "output_norm.weight", c.dim));
-  if (ckpt.FindTensor("output.weight") != nullptr) {
+  if (has_output) {
     ASSIGN_OR_RETURN(s->classifier_, s->LoadMatrix(ckpt, "output.weight", table));
   } else if (c.tied_embeddings) {
     s->classifier_ = s->embedding_;

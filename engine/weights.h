@@ -31,6 +31,7 @@
 #include "engine/kernels.h"
 #include "layout/checkpoint.h"
 #include "layout/model_config.h"
+#include "storage/aligned_buffer.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
@@ -94,13 +95,19 @@ class DramWeightStore final : public WeightStore {
 
  private:
   DramWeightStore() = default;
+  // The bytes matrix `name` takes in DRAM, after checking it against `shape` and the kernels.
+  Result<uint64_t> MatrixBytes(layout::Checkpoint& ckpt, const std::string& name,
+                               std::span<const uint64_t> shape);
+  // Reads matrix `name` into the next bytes of matrices_ (planned by Load).
   Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
                                 std::span<const uint64_t> shape);
   Result<std::span<const float>> LoadVector(layout::Checkpoint& ckpt, const std::string& name,
                                             uint64_t n);
 
   layout::ModelConfig config_;
-  std::vector<std::unique_ptr<std::byte[]>> buffers_;  // owns every tensor's bytes
+  storage::AlignedBuffer matrices_;  // every matrix, each at a multiple of 64 bytes
+  uint64_t matrices_used_ = 0;
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;  // the vectors (norms)
   MatrixView embedding_;
   MatrixView classifier_;
   std::span<const float> output_norm_;

@@ -32,6 +32,43 @@ TEST(WeightStoreTest, ServesEveryLayerInItsOwnDtype) {
   EXPECT_NE((*store)->classifier().bytes.data(), (*store)->token_embedding().bytes.data());
 }
 
+TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndBf16BecomesF32) {
+  auto w = RandomWeights(SmallConfig(true, false, layout::Activation::kSilu), 2);
+  for (DType dtype : {DType::kQ8_0, DType::kBF16}) {
+    auto ck = ToCheckpoint(w, dtype);
+    auto store = DramWeightStore::Load(*ck);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    const DType kept = dtype == DType::kBF16 ? DType::kF32 : dtype;
+    std::vector<MatrixView> all = {(*store)->token_embedding(), (*store)->classifier()};
+    for (uint32_t l = 0; l < 2; ++l) {
+      auto lw = (*store)->AcquireLayer(l);
+      ASSERT_TRUE(lw.ok());
+      for (const MatrixView& m : {lw->wq, lw->wk, lw->wv, lw->wo, lw->gate, lw->up, lw->down}) {
+        all.push_back(m);
+      }
+      (*store)->ReleaseLayer(l);
+    }
+    for (const MatrixView& m : all) {
+      EXPECT_EQ(m.dtype, kept);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(m.bytes.data()) % 64, 0u);
+      EXPECT_EQ(m.bytes.size(), uint64_t{m.rows} * layout::RowBytes(kept, m.cols));
+    }
+    // Row 3 of layer 1's down matrix holds the checkpoint's values (bf16: rounded, then f32).
+    const layout::TensorInfo* info = ck->FindTensor("blk.1.ffn_down.weight");
+    ASSERT_NE(info, nullptr);
+    std::vector<float> expect(info->num_values());
+    ASSERT_TRUE(ck->ReadTensorF32(*info, expect).ok());
+    auto lw = (*store)->AcquireLayer(1);
+    ASSERT_TRUE(lw.ok());
+    std::vector<float> row(lw->down.cols);
+    ASSERT_TRUE(layout::DequantizeRow(kept, lw->down.row(3), row).ok());
+    for (uint32_t c = 0; c < lw->down.cols; ++c) {
+      ASSERT_EQ(row[c], expect[3 * uint64_t{lw->down.cols} + c]) << c;
+    }
+    (*store)->ReleaseLayer(1);
+  }
+}
+
 TEST(WeightStoreTest, MissingTensorAndBadShapeAreErrors) {
   auto w = RandomWeights(SmallConfig(true, false, layout::Activation::kSilu), 3);
   auto ck = ToCheckpoint(w, DType::kF32);
