@@ -12,6 +12,9 @@
 
 namespace flashlm::engine {
 namespace {
+// The cache on transparent huge pages: it is read position after position at every step, and
+// the first touch of each 4 KiB page is costly on virtual machines.
+constexpr bool kHugePages = true;
 
 uint64_t FloatsFor(const layout::ModelConfig& c, uint32_t max_positions, uint32_t max_sequences) {
   return 2 * uint64_t{max_sequences} * c.n_layers * max_positions * c.n_kv_heads * c.head_dim;
@@ -117,7 +120,7 @@ void KvAxpyRun(const float* a, const KvRows& rows, uint32_t offset, float* y, ui
 uint64_t FlatKvCache::BytesNeeded(const layout::ModelConfig& c, uint32_t max_positions,
                                   uint32_t max_sequences) {
   return storage::AlignedBuffer::ResidentBytes(
-             FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64, /*huge_pages=*/false) +
+             FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64, kHugePages) +
          uint64_t{max_sequences} * sizeof(uint32_t);
 }
 
@@ -133,9 +136,9 @@ Result<std::unique_ptr<FlatKvCache>> FlatKvCache::Create(const layout::ModelConf
   kv->kv_dim_ = c.n_kv_heads * c.head_dim;
   kv->max_positions_ = max_positions;
   kv->max_sequences_ = max_sequences;
-  ASSIGN_OR_RETURN(kv->memory_, storage::AlignedBuffer::Allocate(
-                                    FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64,
-                                    /*huge_pages=*/false));
+  ASSIGN_OR_RETURN(kv->memory_,
+                   storage::AlignedBuffer::Allocate(
+                       FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64, kHugePages));
   kv->lengths_.assign(max_sequences, 0);
   return kv;
 }
