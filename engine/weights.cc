@@ -92,7 +92,7 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   const bool has_output = ckpt.FindTensor("output.weight") != nullptr;
   // Every matrix in one buffer on transparent huge pages: the first touch of a 4 KiB page is
   // expensive on virtual machines, and a 1 GB model has a quarter of a million of them (loading
-  // the 1b q8_0 GGUF took 6.4 s with a heap allocation per matrix, 0.9 s this way:
+  // the 1b q8_0 GGUF took 6.4 s with a heap allocation per matrix, 0.7-0.8 s this way:
   // docs/benchmarks.md). The matrices are validated (names, shapes, dtypes) before anything is
   // allocated, so a checkpoint's declared sizes never size an allocation the config does not.
   uint64_t total = 0;
