@@ -38,32 +38,31 @@ layout::TensorInfo AsLoaded(const layout::TensorInfo& info) {
 constexpr uint64_t kMatrixAlignment = 64;
 }  // namespace
 
-Result<uint64_t> DramWeightStore::MatrixBytes(layout::Checkpoint& ckpt, const std::string& name,
-                                              std::span<const uint64_t> shape) {
+Result<DramWeightStore::PlannedMatrix> DramWeightStore::PlanMatrix(
+    layout::Checkpoint& ckpt, const std::string& name, std::span<const uint64_t> shape) {
   const layout::TensorInfo* info = ckpt.FindTensor(name);
   if (info == nullptr) return NotFoundError("checkpoint has no tensor " + name);
-  const layout::TensorInfo as_loaded = AsLoaded(*info);
-  RETURN_IF_ERROR(CheckMatrix(as_loaded, shape));
-  return as_loaded.size_bytes();
+  PlannedMatrix m{info, AsLoaded(*info)};
+  RETURN_IF_ERROR(CheckMatrix(m.as_loaded, shape));
+  return m;
 }
 
 Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
                                                std::span<const uint64_t> shape) {
-  ASSIGN_OR_RETURN(const uint64_t bytes, MatrixBytes(ckpt, name, shape));
-  const layout::TensorInfo* info = ckpt.FindTensor(name);
-  const layout::TensorInfo as_loaded = AsLoaded(*info);
+  ASSIGN_OR_RETURN(const PlannedMatrix m, PlanMatrix(ckpt, name, shape));
+  const uint64_t bytes = m.as_loaded.size_bytes();
   // Load planned every matrix's bytes into matrices_ before the first LoadMatrix.
   CHECK_LE(matrices_used_ + bytes, matrices_.size_bytes());
   const ByteSpan buf(matrices_.data() + matrices_used_, bytes);
   matrices_used_ += AlignUp(bytes, kMatrixAlignment);
-  if (as_loaded.dtype != info->dtype) {
+  if (m.as_loaded.dtype != m.info->dtype) {
     std::span<float> out(reinterpret_cast<float*>(buf.data()), bytes / sizeof(float));
-    RETURN_IF_ERROR(ckpt.ReadTensorF32(*info, out).WithContext("reading " + name));
+    RETURN_IF_ERROR(ckpt.ReadTensorF32(*m.info, out).WithContext("reading " + name));
   } else {
-    RETURN_IF_ERROR(ckpt.ReadTensor(*info, buf).WithContext("reading " + name));
+    RETURN_IF_ERROR(ckpt.ReadTensor(*m.info, buf).WithContext("reading " + name));
   }
   resident_bytes_ += bytes;
-  return MatrixView{as_loaded.dtype, static_cast<uint32_t>(shape[0]),
+  return MatrixView{m.as_loaded.dtype, static_cast<uint32_t>(shape[0]),
                     static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
 }
 
@@ -97,8 +96,8 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   // allocated, so a checkpoint's declared sizes never size an allocation the config does not.
   uint64_t total = 0;
   auto plan = [&](const std::string& name, std::span<const uint64_t> shape) -> Status {
-    ASSIGN_OR_RETURN(const uint64_t bytes, s->MatrixBytes(ckpt, name, shape));
-    total += AlignUp(bytes, kMatrixAlignment);
+    ASSIGN_OR_RETURN(const PlannedMatrix m, PlanMatrix(ckpt, name, shape));
+    total += AlignUp(m.as_loaded.size_bytes(), kMatrixAlignment);
     return Status::Ok();
   };
   RETURN_IF_ERROR(plan("token_embd.weight", table));

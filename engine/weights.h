@@ -95,9 +95,14 @@ class DramWeightStore final : public WeightStore {
 
  private:
   DramWeightStore() = default;
-  // The bytes matrix `name` takes in DRAM, after checking it against `shape` and the kernels.
-  Result<uint64_t> MatrixBytes(layout::Checkpoint& ckpt, const std::string& name,
-                               std::span<const uint64_t> shape);
+  // Matrix `name` of the checkpoint (info, owned by it) and as kept in DRAM (as_loaded: bf16
+  // becomes f32), after checking it against `shape` and the kernels.
+  struct PlannedMatrix {
+    const layout::TensorInfo* info;
+    layout::TensorInfo as_loaded;
+  };
+  static Result<PlannedMatrix> PlanMatrix(layout::Checkpoint& ckpt, const std::string& name,
+                                          std::span<const uint64_t> shape);
   // Reads matrix `name` into the next bytes of matrices_ (planned by Load).
   Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
                                 std::span<const uint64_t> shape);

@@ -1,6 +1,7 @@
-// AlignedBuffer: one heap allocation whose address and size are multiples of an alignment, as
-// O_DIRECT reads require. Owns its memory (move-only); the span it hands out lives as long as the
-// buffer. Not thread-safe to mutate; distinct buffers are independent.
+// AlignedBuffer: one allocation (heap, or from 2 MiB up an anonymous mapping) whose address and
+// size are multiples of an alignment, as O_DIRECT reads require. Owns its memory (move-only); the
+// span it hands out lives as long as the buffer. Not thread-safe to mutate; distinct buffers are
+// independent.
 #ifndef FLASHLM_STORAGE_ALIGNED_BUFFER_H_
 #define FLASHLM_STORAGE_ALIGNED_BUFFER_H_
 
@@ -16,14 +17,15 @@ class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   // Allocates AlignUp(size_bytes, alignment_bytes) zeroed bytes aligned to alignment_bytes.
-  // With huge_pages, buffers of 2 MiB or more are 2 MiB-aligned and advised MADV_HUGEPAGE before
-  // first touch, so that direct I/O into them needs few physical segments (see
-  // docs/benchmarks.md, "Reads"); their resident size then rounds up to a multiple of 2 MiB.
-  // Pass false for buffers filled by copying (resident weights): they occupy exactly their pages.
+  // From 2 MiB up the bytes are a fresh anonymous mapping: zero without being written, its pages
+  // become resident as they are first touched. With huge_pages such buffers are 2 MiB-aligned
+  // and advised MADV_HUGEPAGE before first touch, so that direct I/O into them needs few
+  // physical segments (see docs/benchmarks.md, "Reads"); their resident size then rounds up to a
+  // multiple of 2 MiB.
   // Errors: InvalidArgument (alignment not a power of two, or size 0), ResourceExhausted.
   static Result<AlignedBuffer> Allocate(uint64_t size_bytes, uint64_t alignment_bytes,
                                         bool huge_pages = true);
-  // The DRAM such a buffer occupies once touched (Allocate zeroes it): the size rounded up to the
+  // The DRAM such a buffer occupies once all of it is touched: the size rounded up to the
   // alignment and, with huge pages from 2 MiB up, to whole huge pages. What budgets count.
   static uint64_t ResidentBytes(uint64_t size_bytes, uint64_t alignment_bytes,
                                 bool huge_pages = true);
@@ -41,9 +43,12 @@ class AlignedBuffer {
   bool empty() const { return data_ == nullptr; }
 
  private:
+  void Release();
+
   std::byte* data_ = nullptr;
   uint64_t size_bytes_ = 0;
   uint64_t alignment_bytes_ = 0;
+  uint64_t mapped_bytes_ = 0;  // > 0: data_ is a mapping of this length (else from the heap)
 };
 
 }  // namespace flashlm::storage

@@ -7,18 +7,6 @@
 namespace flashlm::storage {
 namespace {
 
-TEST(AlignedBufferTest, AlignedZeroedAndRoundedUp) {
-  auto b = AlignedBuffer::Allocate(5000, 4096);
-  ASSERT_TRUE(b.ok());
-  EXPECT_EQ(b->size_bytes(), 8192u);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(b->data()) % 4096, 0u);
-  for (std::byte x : b->span()) ASSERT_EQ(x, std::byte{0});
-  AlignedBuffer moved = std::move(b).value();
-  EXPECT_FALSE(moved.empty());
-  EXPECT_EQ(AlignedBuffer::Allocate(10, 3000).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(AlignedBuffer::Allocate(0, 4096).status().code(), StatusCode::kInvalidArgument);
-}
-
 TEST(BufferPoolTest, AcquireReleaseAndIndexOf) {
   auto pool = BufferPool::Create(3, 5000, 4096);
   ASSERT_TRUE(pool.ok());
