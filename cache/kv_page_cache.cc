@@ -16,6 +16,10 @@ namespace {
 using layout::KvKind;
 constexpr uint32_t kQueueDepth = 32;
 constexpr uint64_t kPageAlignment = 4096;
+// The K and V pools on transparent huge pages (from 2 MiB up): attention reads them position
+// after position at every step, and spilled V pages are read into the pool with O_DIRECT, which
+// needs fewer physical segments on huge pages. ResidentBytes charges the same rounding.
+constexpr bool kHugePages = true;
 
 uint64_t NowNs() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -60,9 +64,10 @@ uint64_t KvPageCache::ResidentBytes(const layout::VCacheLayout& l, uint64_t pool
                        l.pages_per_seq() * l.tokens_per_page * sizeof(RowRun)
                  : 0;
   return rows +
-         storage::AlignedBuffer::ResidentBytes(spill_keys ? 0 : KBytes(l), kPageAlignment, false) +
+         storage::AlignedBuffer::ResidentBytes(spill_keys ? 0 : KBytes(l), kPageAlignment,
+                                               kHugePages) +
          storage::AlignedBuffer::ResidentBytes(slots * l.page_stride_bytes(), kPageAlignment,
-                                               false) +
+                                               kHugePages) +
          slots * sizeof(uint32_t) + kinds * l.pages_per_kind() * sizeof(PageState) +
          seq_layers * (sizeof(LruCache::Handle*) + sizeof(uint64_t)) +
          kinds * l.max_sequences * l.pages_per_seq() *
@@ -94,10 +99,10 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   c->v_slots_ = static_cast<uint32_t>(VSlots(l, o.pool_bytes, o.spill_keys));
   if (!o.spill_keys) {
     ASSIGN_OR_RETURN(c->k_pool_,
-                     storage::AlignedBuffer::Allocate(KBytes(l), kPageAlignment, false));
+                     storage::AlignedBuffer::Allocate(KBytes(l), kPageAlignment, kHugePages));
   }
   ASSIGN_OR_RETURN(c->v_pool_, storage::AlignedBuffer::Allocate(uint64_t{c->v_slots_} * stride,
-                                                                kPageAlignment, false));
+                                                                kPageAlignment, kHugePages));
   c->free_slots_.reserve(c->v_slots_);
   for (uint32_t s = c->v_slots_; s > 0; --s) c->free_slots_.push_back(s - 1);
   c->v_pages_.assign(c->kinds_ * l.pages_per_kind(), PageState());
