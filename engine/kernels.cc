@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -724,11 +725,27 @@ void StripQ4Tokens(const PackedQ4Block* pk, uint32_t b0, uint32_t n, bool first,
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
-    acc[t] = first ? _mm512_setzero_ps()
-                   : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
+    acc[t] =
+        first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
   }
   StripQ4<NT>(pk, b0, n, xq, xd, xi, acc);
-  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
+  for (int t = 0; t < NT; ++t)
+    _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
+}
+
+// One block of a strip (w, d as LoadQ4Block leaves them) against one token: acc lane i += row
+// i's block product, with the same operations as StripQ4<1>.
+__attribute__((always_inline)) inline void Q4BlockOneToken(const __m512i* w, __m512 d, uint32_t b,
+                                                           const int8_t* xq, const float* xd,
+                                                           const int32_t* xi, __m512* acc) {
+  __m512i ia[2] = {_mm512_set1_epi32(-8 * xi[b]), _mm512_setzero_si512()};
+  for (int k = 0; k < 8; ++k) {
+    int32_t x4;
+    std::memcpy(&x4, xq + uint64_t{b} * kBlock + 4 * k, 4);
+    ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], w[k], _mm512_set1_epi32(x4));
+  }
+  *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[0], ia[1])),
+                         _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), *acc);
 }
 
 // One token (decode) over all nb blocks of a strip, each block transposed in registers and used
@@ -745,14 +762,84 @@ void StripQ4Decode(const std::byte* const* row, __m512i offsets, uint32_t nb, co
     __m512i w[8];
     __m512 d;
     LoadQ4Block(row, offsets, b, w, &d);
-    __m512i ia[2] = {_mm512_set1_epi32(-8 * xi[b]), _mm512_setzero_si512()};
-    for (int k = 0; k < 8; ++k) {
-      int32_t x4;
-      std::memcpy(&x4, xq + uint64_t{b} * kBlock + 4 * k, 4);
-      ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], w[k], _mm512_set1_epi32(x4));
+    Q4BlockOneToken(w, d, b, xq, xd, xi, acc);
+  }
+}
+
+// Every token, kStripTokens at a time, over a packed chunk (blocks [b0, b0 + n)) of the strip at
+// rows [r0, r0 + nr); the running sums live in y between chunks.
+void StripQ4Chunk(const PackedQ4Block* pk, uint32_t b0, uint32_t n, ConstByteSpan quantized_x,
+                  uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr,
+                  float* y) {
+  for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
+    const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
+    const int8_t* xq[kStripTokens] = {};
+    const float* xd[kStripTokens] = {};
+    const int32_t* xi[kStripTokens] = {};
+    for (uint32_t i = 0; i < nt; ++i) {
+      const QToken x = QTokenAt(quantized_x, cols, t0 + i);
+      xq[i] = x.q;
+      xd[i] = x.d;
+      xi[i] = x.isum;
     }
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[0], ia[1])),
-                           _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), *acc);
+    const bool first = b0 == 0;
+    switch (nt) {
+#define FLASHLM_STRIP_CASE(N)                                            \
+  case N:                                                                \
+    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y); \
+    break;
+      FLASHLM_STRIP_CASE(1)
+      FLASHLM_STRIP_CASE(2)
+      FLASHLM_STRIP_CASE(3)
+      FLASHLM_STRIP_CASE(4)
+      FLASHLM_STRIP_CASE(5)
+      FLASHLM_STRIP_CASE(6)
+      FLASHLM_STRIP_CASE(7)
+      default:
+        StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y);
+        break;
+#undef FLASHLM_STRIP_CASE
+    }
+  }
+}
+
+// ---- q4_0 interleaved in strips (InterleaveQ4Strips) ----
+constexpr uint64_t kQ4PairBytes = 2 * kStrip * kQ4Bytes;  // 576: two blocks of a strip
+// Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
+// follows it in memory).
+constexpr uint64_t kQ4StripsPrefetchBytes = 4 * kQ4PairBytes;
+
+// Block b of an interleaved strip (strip = its first byte) as LoadQ4Block leaves a row-major one:
+// the same values in the same lanes, from 4 loads (aligned where the matrix is, as a loaded
+// checkpoint's are) and the scales.
+__attribute__((always_inline)) inline void LoadQ4BlockStrips(const std::byte* strip, uint32_t b,
+                                                             __m512i* w, __m512* d) {
+  const std::byte* pair = strip + uint64_t{b / 2} * kQ4PairBytes;
+  const std::byte* v = pair + (b % 2) * 256;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; ++k) {
+    const __m512i t = _mm512_loadu_si512(v + 64 * k);
+    w[k] = _mm512_and_si512(t, low4);
+    w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t, 4), low4);
+  }
+  *d = _mm512_cvtph_ps(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 512 + (b % 2) * 32)));
+}
+
+// StripQ4Decode over an interleaved strip: one stream, read front to back.
+void StripQ4DecodeStrips(const std::byte* strip, uint32_t nb, const int8_t* xq, const float* xd,
+                         const int32_t* xi, __m512* acc) {
+  for (uint32_t b = 0; b < nb; b += 2) {
+    const std::byte* ahead = strip + uint64_t{b / 2} * kQ4PairBytes + kQ4StripsPrefetchBytes;
+    for (uint64_t o = 0; o < kQ4PairBytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
+    }
+    for (uint32_t j = b; j < b + 2; ++j) {
+      __m512i w[8];
+      __m512 d;
+      LoadQ4BlockStrips(strip, j, w, &d);
+      Q4BlockOneToken(w, d, j, xq, xd, xi, acc);
+    }
   }
 }
 
@@ -760,9 +847,33 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
                         uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
   const uint64_t rb = w.row_bytes();
-  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // the scales' gather offsets are int32
+  CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});   // the scales' gather offsets are int32
+  if (w.q4_strips) CHECK_EQ(row_begin % kStrip, 0u);  // a range of whole strips
   alignas(64) PackedQ4Block pk[kStripChunk];
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
+    if (w.q4_strips) {
+      const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
+      const uint32_t nr = std::min(kStrip, row_end - r0);
+      if (n_tokens == 1) {
+        const QToken x = QTokenAt(quantized_x, w.cols, 0);
+        __m512 acc = _mm512_setzero_ps();
+        StripQ4DecodeStrips(strip, nb, x.q, x.d, x.isum, &acc);
+        _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nr) - 1), acc);
+        continue;
+      }
+      for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
+        const uint32_t n = std::min(kStripChunk, nb - b0);
+        for (uint32_t j = 0; j < n; ++j) {
+          __m512i v[8];
+          __m512 d;
+          LoadQ4BlockStrips(strip, b0 + j, v, &d);
+          for (int k = 0; k < 8; ++k) _mm512_store_si512(&pk[j].w[k], v[k]);
+          _mm512_store_ps(&pk[j].d, d);
+        }
+        StripQ4Chunk(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, nr, y);
+      }
+      continue;
+    }
     // The strip's 16 rows are read 18 bytes at a time from each in turn: the strip further on
     // (contiguous, 16 x nb x 18 bytes) is prefetched as this one is packed, in step.
     StripRows s;
@@ -786,40 +897,10 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
         }
         PackQ4Block(row, s.offsets, b0 + j, &pk[j]);
       }
-      for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
-        const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
-        const int8_t* xq[kStripTokens] = {};
-        const float* xd[kStripTokens] = {};
-        const int32_t* xi[kStripTokens] = {};
-        for (uint32_t i = 0; i < nt; ++i) {
-          const QToken x = QTokenAt(quantized_x, w.cols, t0 + i);
-          xq[i] = x.q;
-          xd[i] = x.d;
-          xi[i] = x.isum;
-        }
-        const bool first = b0 == 0;
-        switch (nt) {
-#define FLASHLM_STRIP_CASE(N)                                                          \
-  case N:                                                                              \
-    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, w.rows, r0, s.nr, t0, y);           \
-    break;
-          FLASHLM_STRIP_CASE(1)
-          FLASHLM_STRIP_CASE(2)
-          FLASHLM_STRIP_CASE(3)
-          FLASHLM_STRIP_CASE(4)
-          FLASHLM_STRIP_CASE(5)
-          FLASHLM_STRIP_CASE(6)
-          FLASHLM_STRIP_CASE(7)
-          default:
-            StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, w.rows, r0, s.nr, t0, y);
-            break;
-#undef FLASHLM_STRIP_CASE
-        }
-      }
+      StripQ4Chunk(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, s.nr, y);
     }
   }
 }
-
 
 // ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
 // As q4_0's strips: one zmm lane per row, each 32-byte quarter of a super-block (sub-blocks 2i
@@ -1275,6 +1356,39 @@ bool MatMulSupports(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || IsBlockType(dtype);
 }
 
+bool CanInterleaveQ4Strips(DType dtype, uint32_t rows, uint32_t cols) {
+#ifdef FLASHLM_AVX512_VNNI
+  return dtype == DType::kQ4_0 && rows > 0 && rows % kStrip == 0 && cols % (2 * kBlock) == 0 &&
+         cols > 0;
+#else
+  (void)dtype, (void)rows, (void)cols;
+  return false;
+#endif
+}
+
+void InterleaveQ4Strips(uint32_t rows, uint32_t cols, ByteSpan bytes) {
+  CHECK(CanInterleaveQ4Strips(DType::kQ4_0, rows, cols));
+  constexpr uint32_t kRows = 16, kPair = 2 * kRows * kQ4Bytes;
+  const uint32_t nb = cols / kBlock;
+  const uint64_t rb = uint64_t{nb} * kQ4Bytes, strip_bytes = kRows * rb;
+  CHECK_EQ(bytes.size(), uint64_t{rows} * rb);
+  std::vector<std::byte> src(strip_bytes);
+  for (uint32_t s = 0; s < rows / kRows; ++s) {
+    std::byte* out = bytes.data() + s * strip_bytes;
+    std::memcpy(src.data(), out, strip_bytes);
+    for (uint32_t b = 0; b < nb; ++b) {
+      std::byte* pair = out + uint64_t{b / 2} * kPair;
+      std::byte* v = pair + (b % 2) * 256;
+      std::byte* scales = pair + 512 + (b % 2) * 32;
+      for (uint32_t i = 0; i < kRows; ++i) {
+        const std::byte* blk = src.data() + i * rb + uint64_t{b} * kQ4Bytes;
+        std::memcpy(scales + 2 * i, blk, 2);
+        for (uint32_t k = 0; k < 4; ++k) std::memcpy(v + 64 * k + 4 * i, blk + 2 + 4 * k, 4);
+      }
+    }
+  }
+}
+
 uint64_t MatMulScratchBytes(uint32_t cols, uint32_t n_tokens) {
   return QTokenBytes(cols) * n_tokens;
 }
@@ -1336,6 +1450,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
                 ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end,
                 std::span<float> y) {
   CHECK(MatMulSupports(w.dtype));
+  CHECK(!w.q4_strips || CanInterleaveQ4Strips(w.dtype, w.rows, w.cols));
   CHECK_LE(row_end, w.rows);
   CHECK_GE(y.size(), uint64_t{n_tokens} * w.rows);
 #ifdef FLASHLM_AVX512
@@ -1474,6 +1589,7 @@ void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, st
 }
 
 double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
+  CHECK(!w.q4_strips);  // row r is not where row() says
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   double sum = 0.0;
   if (w.dtype == DType::kQ4_K || w.dtype == DType::kQ6_K) {  // one super-block at a time

@@ -58,9 +58,26 @@ struct MatrixView {
   uint32_t rows = 0;
   uint32_t cols = 0;
   ConstByteSpan bytes;
+  // q4_0 only: the rows are interleaved 16 at a time (InterleaveQ4Strips), as MatMul's 512-bit
+  // VNNI strips read them; row(r) is then not row r, and only MatMul / MatMulRows (row ranges
+  // starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
+  bool q4_strips = false;
   uint64_t row_bytes() const { return layout::RowBytes(dtype, cols); }
   ConstByteSpan row(uint32_t r) const { return bytes.subspan(r * row_bytes(), row_bytes()); }
 };
+
+// Whether this build's MatMul reads a q4_0 matrix of this shape interleaved in 16-row strips
+// (512-bit VNNI kernels; rows a multiple of 16, an even number of 32-value blocks a row).
+bool CanInterleaveQ4Strips(layout::DType dtype, uint32_t rows, uint32_t cols);
+
+// Rewrites a row-major q4_0 matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into
+// 16-row strips; strip s keeps the byte range its rows had. Within a strip, each pair of blocks
+// (b, b + 1) is 576 bytes: block b's 4 vectors of 64 bytes (vector k's 4-byte lane i = row
+// 16s + i's nibble bytes 4k .. 4k + 3 of block b), block b + 1's 4 vectors, then block b's 16
+// f16 scales (row order) and block b + 1's. So a decode step reads each strip front to back with
+// aligned loads and no transposes. Precondition (CHECKed): CanInterleaveQ4Strips. Allocates one
+// strip's bytes (load time only). The view that reads the result sets q4_strips.
+void InterleaveQ4Strips(uint32_t rows, uint32_t cols, ByteSpan bytes);
 
 // True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);

@@ -48,7 +48,7 @@ Result<DramWeightStore::PlannedMatrix> DramWeightStore::PlanMatrix(
 }
 
 Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
-                                               std::span<const uint64_t> shape) {
+                                               std::span<const uint64_t> shape, MatrixUse use) {
   ASSIGN_OR_RETURN(const PlannedMatrix m, PlanMatrix(ckpt, name, shape));
   const uint64_t bytes = m.as_loaded.size_bytes();
   // Load planned every matrix's bytes into matrices_ before the first LoadMatrix.
@@ -62,8 +62,15 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
     RETURN_IF_ERROR(ckpt.ReadTensor(*m.info, buf).WithContext("reading " + name));
   }
   resident_bytes_ += bytes;
-  return MatrixView{m.as_loaded.dtype, static_cast<uint32_t>(shape[0]),
-                    static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
+  MatrixView view{m.as_loaded.dtype, static_cast<uint32_t>(shape[0]),
+                  static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
+  // q4_0 matrices that only MatMul reads are kept in 16-row strips, so decode reads them with
+  // aligned loads instead of transposing 16 rows in registers (docs/benchmarks.md).
+  if (use == MatrixUse::kMatMulOnly && CanInterleaveQ4Strips(view.dtype, view.rows, view.cols)) {
+    InterleaveQ4Strips(view.rows, view.cols, buf);
+    view.q4_strips = true;
+  }
+  return view;
 }
 
 Result<std::span<const float>> DramWeightStore::LoadVector(layout::Checkpoint& ckpt,
@@ -110,10 +117,13 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
   }
   ASSIGN_OR_RETURN(s->matrices_, storage::AlignedBuffer::Allocate(total, kMatrixAlignment,
                                                                   /*huge_pages=*/true));
-  ASSIGN_OR_RETURN(s->embedding_, s->LoadMatrix(ckpt, "token_embd.weight", table));
+  // The embedding's rows are looked up one by one (and it is the classifier when tied).
+  ASSIGN_OR_RETURN(s->embedding_,
+                   s->LoadMatrix(ckpt, "token_embd.weight", table, MatrixUse::kRowsToo));
   ASSIGN_OR_RETURN(s->output_norm_, s->LoadVector(ckpt, "output_norm.weight", c.dim));
   if (has_output) {
-    ASSIGN_OR_RETURN(s->classifier_, s->LoadMatrix(ckpt, "output.weight", table));
+    ASSIGN_OR_RETURN(s->classifier_,
+                     s->LoadMatrix(ckpt, "output.weight", table, MatrixUse::kMatMulOnly));
   } else if (c.tied_embeddings) {
     s->classifier_ = s->embedding_;
   } else {
@@ -130,13 +140,23 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
         (role == LayerTensor::kAttnNorm ? w.attn_norm : w.ffn_norm) = v;
         continue;
       }
-      ASSIGN_OR_RETURN(MatrixView m, s->LoadMatrix(ckpt, name, shape));
+      ASSIGN_OR_RETURN(MatrixView m, s->LoadMatrix(ckpt, name, shape, MatrixUse::kMatMulOnly));
       switch (role) {
-        case LayerTensor::kAttnQ: w.wq = m; break;
-        case LayerTensor::kAttnK: w.wk = m; break;
-        case LayerTensor::kAttnV: w.wv = m; break;
-        case LayerTensor::kAttnOutput: w.wo = m; break;
-        case LayerTensor::kFfnGate: w.gate = m; break;
+        case LayerTensor::kAttnQ:
+          w.wq = m;
+          break;
+        case LayerTensor::kAttnK:
+          w.wk = m;
+          break;
+        case LayerTensor::kAttnV:
+          w.wv = m;
+          break;
+        case LayerTensor::kAttnOutput:
+          w.wo = m;
+          break;
+        case LayerTensor::kFfnGate:
+          w.gate = m;
+          break;
         case LayerTensor::kFfnUp: w.up = m; break;
         case LayerTensor::kFfnDown: w.down = m; break;
         default: break;

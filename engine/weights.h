@@ -103,9 +103,12 @@ class DramWeightStore final : public WeightStore {
   };
   static Result<PlannedMatrix> PlanMatrix(layout::Checkpoint& ckpt, const std::string& name,
                                           std::span<const uint64_t> shape);
+  // Who reads a matrix: only MatMul (its bytes may be rearranged for the kernels, e.g. q4_0 in
+  // 16-row strips), or also row by row (the embedding).
+  enum class MatrixUse { kMatMulOnly, kRowsToo };
   // Reads matrix `name` into the next bytes of matrices_ (planned by Load).
   Result<MatrixView> LoadMatrix(layout::Checkpoint& ckpt, const std::string& name,
-                                std::span<const uint64_t> shape);
+                                std::span<const uint64_t> shape, MatrixUse use);
   Result<std::span<const float>> LoadVector(layout::Checkpoint& ckpt, const std::string& name,
                                             uint64_t n);
 

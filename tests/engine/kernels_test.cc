@@ -251,6 +251,81 @@ TEST(MatMulTest, RowRangeBitIdenticalToFullMatMul) {
   }
 }
 
+// q4_0 interleaved in 16-row strips (how a loaded GGUF's q4_0 matrices are kept): the layout is
+// the one InterleaveQ4Strips documents, and MatMul / MatMulRows over it are bit-identical to
+// MatMul over the row-major matrix, for one token (decode) and batches, 1-3 threads, row ranges
+// that start on a strip and end anywhere.
+TEST(MatMulTest, Q4StripsBitIdenticalToRowMajor) {
+  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ4_0, 40, 64));  // rows not a multiple of 16
+  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ4_0, 32, 96));  // an odd number of blocks
+  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ8_0, 32, 64));  // not q4_0
+  if (!CanInterleaveQ4Strips(DType::kQ4_0, 16, 64)) {
+    GTEST_SKIP() << "this build's MatMul has no interleaved q4_0 strips (needs AVX-512 VNNI)";
+  }
+  const uint64_t q4 = layout::RowBytes(DType::kQ4_0, 32);  // 18 bytes a block
+  for (auto [rows, cols] :
+       {std::pair{16u, 64u}, std::pair{48u, 128u}, std::pair{160u, 2048u}, std::pair{32u, 5632u}}) {
+    std::mt19937 rng(rows + cols);
+    const std::vector<std::byte> plain = MakeMatrix(DType::kQ4_0, rows, cols, rng);
+    std::vector<std::byte> strips = plain;
+    InterleaveQ4Strips(rows, cols, strips);
+    // The layout: row 16s + i's block b: scale at pair + 512 + 32 (b % 2) + 2i, nibble bytes
+    // 4k .. 4k + 3 at pair + 256 (b % 2) + 64k + 4i.
+    const uint64_t rb = layout::RowBytes(DType::kQ4_0, cols);
+    for (uint32_t r : {0u, 5u, rows - 1}) {
+      for (uint32_t b : {0u, 1u, cols / 32 - 1}) {
+        const std::byte* blk = plain.data() + r * rb + b * q4;
+        const std::byte* pair = strips.data() + (r / 16) * 16 * rb + (b / 2) * 2 * 16 * q4;
+        const uint32_t i = r % 16;
+        ASSERT_EQ(std::memcmp(pair + 512 + 32 * (b % 2) + 2 * i, blk, 2), 0) << r << " " << b;
+        for (uint32_t k = 0; k < 4; ++k) {
+          ASSERT_EQ(std::memcmp(pair + 256 * (b % 2) + 64 * k + 4 * i, blk + 2 + 4 * k, 4), 0)
+              << r << " " << b << " " << k;
+        }
+      }
+    }
+    const MatrixView w{DType::kQ4_0, rows, cols, plain};
+    MatrixView ws{DType::kQ4_0, rows, cols, strips};
+    ws.q4_strips = true;
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const uint32_t max_tokens = 17;
+    std::vector<float> x(uint64_t{max_tokens} * cols);
+    for (float& v : x) v = nd(rng);
+    std::vector<std::byte> scratch(MatMulScratchBytes(cols, max_tokens));
+    for (uint32_t tokens : {1u, 3u, 9u, 17u}) {
+      const std::span<const float> xt = std::span<const float>(x).first(uint64_t{tokens} * cols);
+      std::vector<float> want(uint64_t{tokens} * rows);
+      ThreadPool one(1);
+      MatMul(w, xt, tokens, want, scratch, one);
+      for (uint32_t threads : {1u, 2u, 3u}) {
+        ThreadPool pool(threads);
+        std::vector<float> got(want.size(), -7.0f);
+        MatMul(ws, xt, tokens, got, scratch, pool);
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0)
+            << rows << " x " << cols << ", " << tokens << " tokens, " << threads << " threads";
+      }
+      QuantizeActivations(xt, cols, tokens, scratch);
+      for (auto [b, e] : {std::pair{0u, 16u}, std::pair{16u, rows}, std::pair{0u, rows - 3}}) {
+        if (b >= e) continue;
+        std::vector<float> got(want.size(), -7.0f);
+        MatMulRows(ws, xt, tokens, scratch, b, e, got);
+        for (uint32_t t = 0; t < tokens; ++t) {
+          for (uint32_t r = 0; r < rows; ++r) {
+            const float g = got[uint64_t{t} * rows + r];
+            if (r < b || r >= e) {
+              ASSERT_EQ(g, -7.0f) << "row " << r << " written";
+            } else {
+              ASSERT_EQ(std::memcmp(&g, &want[uint64_t{t} * rows + r], sizeof(float)), 0)
+                  << rows << " x " << cols << " rows [" << b << ", " << e << ") token " << t
+                  << " row " << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // DotRows: rows anywhere in memory (here every other row of a matrix, in a shuffled order), each
 // result bit-identical to MatMul's for that row, for one token and for batches (q8_0 goes through
 // 4-row tiles for batches and single rows for one token on AVX-512 VNNI; the rest row by row).

@@ -2,6 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "tests/engine/test_models.h"
 
 namespace flashlm::engine {
@@ -66,6 +72,62 @@ TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndBf16BecomesF32) {
       ASSERT_EQ(row[c], expect[3 * uint64_t{lw->down.cols} + c]) << c;
     }
     (*store)->ReleaseLayer(1);
+  }
+}
+
+// A q4_0 checkpoint's matrices that only MatMul reads are kept in 16-row strips where this
+// build's kernels take them; the embedding (looked up by row) is not. Each multiplies bit for
+// bit as the checkpoint's row-major tensor does.
+TEST(WeightStoreTest, Q4MatricesInStripsMultiplyAsTheCheckpointsRows) {
+  layout::ModelConfig c = SmallConfig(true, false, layout::Activation::kSilu);
+  c.dim = 64;
+  c.hidden_dim = 128;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.vocab_size = 80;
+  c.n_layers = 2;
+  auto w = RandomWeights(c, 2);
+  auto ck = ToCheckpoint(w, DType::kQ4_0);
+  auto store = DramWeightStore::Load(*ck);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_FALSE((*store)->token_embedding().q4_strips);
+  const bool strips = CanInterleaveQ4Strips(DType::kQ4_0, 16, 64);
+  std::vector<std::pair<std::string, MatrixView>> all = {{"output.weight", (*store)->classifier()}};
+  for (uint32_t l = 0; l < 2; ++l) {
+    auto lw = (*store)->AcquireLayer(l);
+    ASSERT_TRUE(lw.ok());
+    const std::string p = "blk." + std::to_string(l) + ".";
+    all.insert(all.end(), {{p + "attn_q.weight", lw->wq},
+                           {p + "attn_k.weight", lw->wk},
+                           {p + "attn_v.weight", lw->wv},
+                           {p + "attn_output.weight", lw->wo},
+                           {p + "ffn_gate.weight", lw->gate},
+                           {p + "ffn_up.weight", lw->up},
+                           {p + "ffn_down.weight", lw->down}});
+    (*store)->ReleaseLayer(l);
+  }
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  ThreadPool pool(2);
+  for (const auto& [name, m] : all) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(m.dtype, DType::kQ4_0);
+    EXPECT_EQ(m.q4_strips, strips);
+    const layout::TensorInfo* info = ck->FindTensor(name);
+    ASSERT_NE(info, nullptr);
+    std::vector<std::byte> raw(info->size_bytes());
+    ASSERT_TRUE(ck->ReadTensor(*info, raw).ok());
+    const MatrixView plain{DType::kQ4_0, m.rows, m.cols, raw};
+    for (uint32_t tokens : {1u, 4u}) {
+      std::vector<float> x(uint64_t{tokens} * m.cols);
+      for (float& v : x) v = nd(rng);
+      std::vector<std::byte> scratch(MatMulScratchBytes(m.cols, tokens));
+      std::vector<float> want(uint64_t{tokens} * m.rows), got(want.size());
+      MatMul(plain, x, tokens, want, scratch, pool);
+      MatMul(m, x, tokens, got, scratch, pool);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << tokens;
+    }
   }
 }
 
