@@ -142,21 +142,11 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
       }
       ASSIGN_OR_RETURN(MatrixView m, s->LoadMatrix(ckpt, name, shape, MatrixUse::kMatMulOnly));
       switch (role) {
-        case LayerTensor::kAttnQ:
-          w.wq = m;
-          break;
-        case LayerTensor::kAttnK:
-          w.wk = m;
-          break;
-        case LayerTensor::kAttnV:
-          w.wv = m;
-          break;
-        case LayerTensor::kAttnOutput:
-          w.wo = m;
-          break;
-        case LayerTensor::kFfnGate:
-          w.gate = m;
-          break;
+        case LayerTensor::kAttnQ: w.wq = m; break;
+        case LayerTensor::kAttnK: w.wk = m; break;
+        case LayerTensor::kAttnV: w.wv = m; break;
+        case LayerTensor::kAttnOutput: w.wo = m; break;
+        case LayerTensor::kFfnGate: w.gate = m; break;
         case LayerTensor::kFfnUp: w.up = m; break;
         case LayerTensor::kFfnDown: w.down = m; break;
         default: break;
