@@ -803,7 +803,7 @@ void StripQ4Chunk(const PackedQ4Block* pk, uint32_t b0, uint32_t n, ConstByteSpa
   }
 }
 
-// ---- q4_0 interleaved in strips (InterleaveQ4Strips) ----
+// ---- q4_0 interleaved in strips (InterleaveStrips) ----
 constexpr uint64_t kQ4PairBytes = 2 * kStrip * kQ4Bytes;  // 576: two blocks of a strip
 // Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
 // follows it in memory).
@@ -848,10 +848,10 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
   const uint32_t nb = Blocks(w.cols);
   const uint64_t rb = w.row_bytes();
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});   // the scales' gather offsets are int32
-  if (w.q4_strips) CHECK_EQ(row_begin % kStrip, 0u);  // a range of whole strips
+  if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);     // a range of whole strips
   alignas(64) PackedQ4Block pk[kStripChunk];
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
-    if (w.q4_strips) {
+    if (w.strips) {
       const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
       const uint32_t nr = std::min(kStrip, row_end - r0);
       if (n_tokens == 1) {
@@ -947,17 +947,73 @@ __attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* c
   }
 }
 
-template <int NT>
-void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
-              uint64_t next_bytes, __m512* acc, __m512* macc, uint64_t rb, bool prefetch) {
+// Where a q4_K / q6_K strip's super-blocks come from (the kernels' template parameter Src):
+// Group(sb, q, t) leaves in t[k] lane i row i's bytes q + 4k .. q + 4k + 3 of super-block sb
+// (q a multiple of 16), D(sb) each row's f16 at byte 208 (q6_K's d) as f32, and Prefetch(sb)
+// asks for the bytes read kPrefetchSuperBlocks super-blocks later.
+// Row-major rows: 16 row pointers, each group transposed in registers.
+template <uint32_t kBytes>
+struct RowMajorK {
+  const StripRows* s;
+  uint64_t rb;
+  uint32_t nsb;
+  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m512i* t) const {
+    TransposeRows16(s->row, uint64_t{sb} * kBytes + q, t);
+  }
+  __attribute__((always_inline)) __m512 D(uint32_t sb) const {
+    __m512i tail[4];  // bytes 194..209: reading 16 bytes at 208 would pass the block's end
+    TransposeRows16(s->row, uint64_t{sb} * kBytes + 194, tail);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
+  }
+  __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
+    PrefetchStripAhead<kBytes>(s->row, rb, sb, nsb, s->next, s->next_bytes);
+  }
+};
+
+// A strip interleaved by InterleaveStrips: each group is 4 vector loads, read front to back.
+template <uint32_t kBytes>
+struct InterleavedK {
+  static constexpr uint64_t kGroupsBytes = kBytes / 16 * 256;   // a super-block's groups
+  static constexpr uint64_t kTailBytes = kBytes % 16 * kStrip;  // a super-block's tail bytes
+  const std::byte* strip;                                       // the strip's first byte
+  uint32_t nsb;
+  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m512i* t) const {
+    const std::byte* p = strip + sb * kGroupsBytes + 16 * uint64_t{q};
+    for (int k = 0; k < 4; ++k) t[k] = _mm512_loadu_si512(p + 64 * k);
+  }
+  __attribute__((always_inline)) __m512 D(uint32_t sb) const {
+    static_assert(kBytes % 16 == 2);
+    return _mm512_cvtph_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(strip + nsb * kGroupsBytes + sb * kTailBytes)));
+  }
+  // The groups of super-block sb + kPrefetchSuperBlocks (past the strip's end, the next strip's,
+  // which follows it) and the tail bytes' line it falls in.
+  __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
+    const uint64_t strip_bytes = nsb * (kGroupsBytes + kTailBytes);
+    uint32_t asb = sb + kPrefetchSuperBlocks;
+    const std::byte* base = strip;
+    if (asb >= nsb) base += strip_bytes, asb -= nsb;
+    const std::byte* p = base + asb * kGroupsBytes;
+    for (uint64_t o = 0; o < kGroupsBytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+    }
+    if constexpr (kTailBytes > 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(base + nsb * kGroupsBytes + asb * kTailBytes),
+                   _MM_HINT_T0);
+    }
+  }
+};
+
+template <int NT, class Src>
+void StripQ4K(const Src& src, uint32_t nb, const QToken* x, __m512* acc, __m512* macc,
+              bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    if (prefetch) PrefetchStripAhead<kQ4KBytes>(row, rb, sb, nsb, next, next_bytes);
-    const uint64_t off = uint64_t{sb} * kQ4KBytes;
+    if (prefetch) src.Prefetch(sb);
     // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
     __m512i hdr[4];
-    TransposeRows16(row, off, hdr);
+    src.Group(sb, 0, hdr);
     const __m512i g0 = hdr[0], u0 = hdr[1], u1 = hdr[2], u2 = hdr[3];
     const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g0));
     const __m512 dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g0, 16)));
@@ -975,27 +1031,7 @@ void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x, const s
     for (uint32_t i = 0; 2 * i < count; ++i) {
       // Quarter i: 32 bytes per row at +16 + 32i, transposed as q4_0's blocks (two 16-byte halves).
       __m512i t[8];
-      for (int h = 0; h < 2; ++h) {
-        const uint64_t q = off + 16 + 32 * i + 16 * h;
-        auto load = [&](int r) {
-          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
-        };
-        __m512i z[4];
-        for (int m = 0; m < 4; ++m) {
-          __m512i v = _mm512_castsi128_si512(load(m));
-          v = _mm512_inserti32x4(v, load(4 + m), 1);
-          v = _mm512_inserti32x4(v, load(8 + m), 2);
-          z[m] = _mm512_inserti32x4(v, load(12 + m), 3);
-        }
-        const __m512i a0v = _mm512_unpacklo_epi32(z[0], z[1]);
-        const __m512i a1v = _mm512_unpackhi_epi32(z[0], z[1]);
-        const __m512i a2v = _mm512_unpacklo_epi32(z[2], z[3]);
-        const __m512i a3v = _mm512_unpackhi_epi32(z[2], z[3]);
-        t[4 * h + 0] = _mm512_unpacklo_epi64(a0v, a2v);
-        t[4 * h + 1] = _mm512_unpackhi_epi64(a0v, a2v);
-        t[4 * h + 2] = _mm512_unpacklo_epi64(a1v, a3v);
-        t[4 * h + 3] = _mm512_unpackhi_epi64(a1v, a3v);
-      }
+      for (uint32_t h = 0; h < 2; ++h) src.Group(sb, 16 + 32 * i + 16 * h, t + 4 * h);
       for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
         const uint32_t j = 2 * i + s, blk = a0 + j;
         const int shift = 8 * static_cast<int>(j % 4);
@@ -1032,22 +1068,18 @@ void StripQ4K(const std::byte* const* row, uint32_t nb, const QToken* x, const s
 // own int32 accumulators, started at -32 x the half's activation sum (exact). Per lane, in order
 // over activation blocks: acc += f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high
 // half. The same code runs for every token count.
-template <int NT>
-void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x, const std::byte* next,
-              uint64_t next_bytes, __m512* acc, uint64_t rb, bool prefetch) {
+template <int NT, class Src>
+void StripQ6K(const Src& src, uint32_t nb, const QToken* x, __m512* acc, bool prefetch) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m512i low4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    if (prefetch) PrefetchStripAhead<kQ6KBytes>(row, rb, sb, nsb, next, next_bytes);
-    const uint64_t off = uint64_t{sb} * kQ6KBytes;
-    // d is the high half of the 4 bytes at 206 (reading 16 bytes at 208 would pass the block's
-    // end); the scales are bytes 192..207. Transposed like the values: gathers of lines still
-    // on their way from DRAM cost more than the loads and shuffles (decode microbenchmark).
-    __m512i tail[4];
-    TransposeRows16(row, off + 194, tail);
-    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
+    if (prefetch) src.Prefetch(sb);
+    // d is byte 208's f16 and the scales bytes 192..207, transposed like the values where the
+    // rows are row-major: gathers of lines still on their way from DRAM cost more than the
+    // loads and shuffles (decode microbenchmark).
+    const __m512 d = src.D(sb);
     __m512i sc4[4];  // the 16 int8 scales, 4 per dword
-    TransposeRows16(row, off + 192, sc4);
+    src.Group(sb, 192, sc4);
     auto scale = [&](uint32_t i) {  // d * scale i, per lane
       const __m512i v = _mm512_srai_epi32(
           _mm512_slli_epi32(sc4[i / 4], static_cast<int>(24 - 8 * (i % 4))), 24);
@@ -1056,8 +1088,8 @@ void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x, const s
     const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
     for (uint32_t h = 0; 4 * h < count; ++h) {
       __m512i tl[16], th[8];
-      for (int g = 0; g < 4; ++g) TransposeRows16(row, off + 64 * h + 16 * g, tl + 4 * g);
-      for (int g = 0; g < 2; ++g) TransposeRows16(row, off + 128 + 32 * h + 16 * g, th + 4 * g);
+      for (uint32_t g = 0; g < 4; ++g) src.Group(sb, 64 * h + 16 * g, tl + 4 * g);
+      for (uint32_t g = 0; g < 2; ++g) src.Group(sb, 128 + 32 * h + 16 * g, th + 4 * g);
       // Activation block 4h + K of the super-block (K a constant: the shifts are immediates).
       // Its 6-bit values are (low-bit nibble) | (high bits 2K, 2K+1 of th moved to bits 4, 5):
       // one shift and one and for the high bits, one ternary-logic op for the combine.
@@ -1107,47 +1139,56 @@ void StripQ6K(const std::byte* const* row, uint32_t nb, const QToken* x, const s
 // [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
 // run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
 // next strip at the end, on the last pass only, as earlier passes re-read this one), and the
-// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows.
+// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows. The strip is
+// read through RowMajorK, or InterleavedK where w.strips.
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
+  constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
   const uint32_t nb = Blocks(w.cols);
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const uint64_t rb = w.row_bytes();
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // SetUpStrip's row offsets are int32
+  if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);    // a range of whole strips
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
     SetUpStrip(w, r0, row_end, &s, kPrefetchStripsK);
+    const RowMajorK<kBytes> row_major{&s, rb, nsb};
+    const InterleavedK<kBytes> interleaved{w.bytes.data() + uint64_t{r0} * rb, nsb};
     for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
       const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
       QToken x[kStripTokensK];
       for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
       const bool prefetch = t0 + nt == n_tokens;  // earlier passes' reads are re-read here
       __m512 out[kStripTokensK];
-      const auto pass = [&](auto tokens) {
+      const auto pass = [&](auto tokens, const auto& src) {
         constexpr int NT = decltype(tokens)::value;
         for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
         if constexpr (kQ6) {
-          StripQ6K<NT>(s.row, nb, x, s.next, s.next_bytes, out, rb, prefetch);
+          StripQ6K<NT>(src, nb, x, out, prefetch);
         } else {
           __m512 macc[NT];
           for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
-          StripQ4K<NT>(s.row, nb, x, s.next, s.next_bytes, out, macc, rb, prefetch);
+          StripQ4K<NT>(src, nb, x, out, macc, prefetch);
           for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
         }
       };
-      switch (nt) {
-        case 1:
-          pass(std::integral_constant<int, 1>{});
-          break;
-        case 2:
-          pass(std::integral_constant<int, 2>{});
-          break;
-        case 3:
-          pass(std::integral_constant<int, 3>{});
-          break;
-        default:
-          pass(std::integral_constant<int, 4>{});
-          break;
+      const auto tokens_pass = [&](const auto& src) {
+        switch (nt) {
+          case 1:
+            return pass(std::integral_constant<int, 1>{}, src);
+          case 2:
+            return pass(std::integral_constant<int, 2>{}, src);
+          case 3:
+            return pass(std::integral_constant<int, 3>{}, src);
+          default:
+            return pass(std::integral_constant<int, 4>{}, src);
+        }
+      };
+      if (w.strips) {
+        tokens_pass(interleaved);
+      } else {
+        tokens_pass(row_major);
       }
       for (uint32_t i = 0; i < nt; ++i) {
         _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
@@ -1356,34 +1397,55 @@ bool MatMulSupports(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || IsBlockType(dtype);
 }
 
-bool CanInterleaveQ4Strips(DType dtype, uint32_t rows, uint32_t cols) {
+bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
 #ifdef FLASHLM_AVX512_VNNI
-  return dtype == DType::kQ4_0 && rows > 0 && rows % kStrip == 0 && cols % (2 * kBlock) == 0 &&
-         cols > 0;
+  if (rows == 0 || rows % kStrip != 0 || cols == 0) return false;
+  if (dtype == DType::kQ4_0) return cols % (2 * kBlock) == 0;
+  return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #else
   (void)dtype, (void)rows, (void)cols;
   return false;
 #endif
 }
 
-void InterleaveQ4Strips(uint32_t rows, uint32_t cols, ByteSpan bytes) {
-  CHECK(CanInterleaveQ4Strips(DType::kQ4_0, rows, cols));
-  constexpr uint32_t kRows = 16, kPair = 2 * kRows * kQ4Bytes;
-  const uint32_t nb = cols / kBlock;
-  const uint64_t rb = uint64_t{nb} * kQ4Bytes, strip_bytes = kRows * rb;
+void InterleaveStrips(DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes) {
+  CHECK(CanInterleaveStrips(dtype, rows, cols));
+  constexpr uint32_t kRows = 16;
+  const uint64_t rb = layout::RowBytes(dtype, cols), strip_bytes = kRows * rb;
   CHECK_EQ(bytes.size(), uint64_t{rows} * rb);
   std::vector<std::byte> src(strip_bytes);
   for (uint32_t s = 0; s < rows / kRows; ++s) {
     std::byte* out = bytes.data() + s * strip_bytes;
     std::memcpy(src.data(), out, strip_bytes);
-    for (uint32_t b = 0; b < nb; ++b) {
-      std::byte* pair = out + uint64_t{b / 2} * kPair;
-      std::byte* v = pair + (b % 2) * 256;
-      std::byte* scales = pair + 512 + (b % 2) * 32;
+    if (dtype == DType::kQ4_0) {
+      constexpr uint32_t kPair = 2 * kRows * kQ4Bytes;
+      for (uint32_t b = 0; b < cols / kBlock; ++b) {
+        std::byte* pair = out + uint64_t{b / 2} * kPair;
+        std::byte* v = pair + (b % 2) * 256;
+        std::byte* scales = pair + 512 + (b % 2) * 32;
+        for (uint32_t i = 0; i < kRows; ++i) {
+          const std::byte* blk = src.data() + i * rb + uint64_t{b} * kQ4Bytes;
+          std::memcpy(scales + 2 * i, blk, 2);
+          for (uint32_t k = 0; k < 4; ++k) std::memcpy(v + 64 * k + 4 * i, blk + 2 + 4 * k, 4);
+        }
+      }
+      continue;
+    }
+    // q4_K / q6_K: super-block j's groups, then every super-block's tail bytes.
+    const uint32_t block_bytes = dtype == DType::kQ4_K ? kQ4KBytes : kQ6KBytes;
+    const uint32_t groups = block_bytes / 16, tail = block_bytes % 16;
+    const uint32_t nsb = static_cast<uint32_t>(rb / block_bytes);
+    for (uint32_t j = 0; j < nsb; ++j) {
       for (uint32_t i = 0; i < kRows; ++i) {
-        const std::byte* blk = src.data() + i * rb + uint64_t{b} * kQ4Bytes;
-        std::memcpy(scales + 2 * i, blk, 2);
-        for (uint32_t k = 0; k < 4; ++k) std::memcpy(v + 64 * k + 4 * i, blk + 2 + 4 * k, 4);
+        const std::byte* blk = src.data() + i * rb + uint64_t{j} * block_bytes;
+        std::byte* groups_out = out + uint64_t{j} * groups * 256;
+        for (uint32_t g = 0; g < groups; ++g) {
+          for (uint32_t k = 0; k < 4; ++k) {
+            std::memcpy(groups_out + 256 * g + 64 * k + 4 * i, blk + 16 * g + 4 * k, 4);
+          }
+        }
+        std::memcpy(out + uint64_t{nsb} * groups * 256 + (uint64_t{j} * kRows + i) * tail,
+                    blk + 16 * groups, tail);
       }
     }
   }
@@ -1450,7 +1512,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
                 ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end,
                 std::span<float> y) {
   CHECK(MatMulSupports(w.dtype));
-  CHECK(!w.q4_strips || CanInterleaveQ4Strips(w.dtype, w.rows, w.cols));
+  CHECK(!w.strips || CanInterleaveStrips(w.dtype, w.rows, w.cols));
   CHECK_LE(row_end, w.rows);
   CHECK_GE(y.size(), uint64_t{n_tokens} * w.rows);
 #ifdef FLASHLM_AVX512
@@ -1589,7 +1651,7 @@ void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, st
 }
 
 double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
-  CHECK(!w.q4_strips);  // row r is not where row() says
+  CHECK(!w.strips);  // row r is not where row() says
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   double sum = 0.0;
   if (w.dtype == DType::kQ4_K || w.dtype == DType::kQ6_K) {  // one super-block at a time

@@ -27,12 +27,14 @@
 // 16 rows. Prefill packs 32 blocks of a strip at a time (18 KiB on the stack, reused by every
 // token 8 at a time); decode uses each transposed block at once and prefetches the next strip.
 // Each row accumulates its blocks in order with one FMA per block, so q4_0 results do not depend
-// on the batch, the row range asked for, or the thread count either. The weights stay as stored.
+// on the batch, the row range asked for, or the thread count either. A matrix kept interleaved
+// in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead
+// of transposes, with the same lanes and operations, so the same results.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
 // lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
 // bytes are transposed and combined into 6-bit values, each 16-value half of a block with its
-// own int32 accumulator (its own scale).
+// own int32 accumulator (its own scale). Interleaved q4_K / q6_K strips are read likewise.
 //
 // All functions are thread-compatible; MatMul uses the pool and must be called from its owner.
 // Nothing here allocates: callers pass scratch sized at start-up.
@@ -58,26 +60,34 @@ struct MatrixView {
   uint32_t rows = 0;
   uint32_t cols = 0;
   ConstByteSpan bytes;
-  // q4_0 only: the rows are interleaved 16 at a time (InterleaveQ4Strips), as MatMul's 512-bit
-  // VNNI strips read them; row(r) is then not row r, and only MatMul / MatMulRows (row ranges
-  // starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
-  bool q4_strips = false;
+  // q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
+  // 512-bit VNNI strips read them; row(r) is then not row r, and only MatMul / MatMulRows (row
+  // ranges starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
+  bool strips = false;
   uint64_t row_bytes() const { return layout::RowBytes(dtype, cols); }
   ConstByteSpan row(uint32_t r) const { return bytes.subspan(r * row_bytes(), row_bytes()); }
 };
 
-// Whether this build's MatMul reads a q4_0 matrix of this shape interleaved in 16-row strips
-// (512-bit VNNI kernels; rows a multiple of 16, an even number of 32-value blocks a row).
-bool CanInterleaveQ4Strips(layout::DType dtype, uint32_t rows, uint32_t cols);
+// Whether this build's MatMul reads a matrix of this dtype and shape interleaved in 16-row
+// strips (512-bit VNNI kernels; rows a multiple of 16; q4_0 with an even number of 32-value
+// blocks a row, q4_K and q6_K of any width).
+bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 
-// Rewrites a row-major q4_0 matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into
-// 16-row strips; strip s keeps the byte range its rows had. Within a strip, each pair of blocks
-// (b, b + 1) is 576 bytes: block b's 4 vectors of 64 bytes (vector k's 4-byte lane i = row
-// 16s + i's nibble bytes 4k .. 4k + 3 of block b), block b + 1's 4 vectors, then block b's 16
-// f16 scales (row order) and block b + 1's. So a decode step reads each strip front to back with
-// aligned loads and no transposes. Precondition (CHECKed): CanInterleaveQ4Strips. Allocates one
-// strip's bytes (load time only). The view that reads the result sets q4_strips.
-void InterleaveQ4Strips(uint32_t rows, uint32_t cols, ByteSpan bytes);
+// Rewrites a row-major matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into
+// 16-row strips; strip s keeps the byte range its rows had (16 * RowBytes from 16s * RowBytes),
+// and within it lane i of every 64-byte vector belongs to row 16s + i:
+// - q4_0: each pair of blocks (b, b + 1) is 576 bytes: block b's 4 vectors (vector k's 4-byte
+//   lane i = row i's nibble bytes 4k .. 4k + 3 of block b), block b + 1's 4 vectors, then block
+//   b's 16 f16 scales (row order) and block b + 1's.
+// - q4_K / q6_K (super-blocks of B = 144 / 210 bytes, nsb a row): super-block j's B / 16 groups
+//   of 16 bytes come first, 256 bytes a group and 16 * (B / 16) * 16 bytes a super-block, from
+//   j * 16 * (B / 16) * 16 on: group g's vector k has row i's bytes 16g + 4k .. 16g + 4k + 3 of
+//   the super-block in lane i. Then the bytes past the last whole group (q6_K: each row's f16
+//   d, B % 16 = 2 bytes), super-block by super-block, row order: 16 * (B % 16) bytes each.
+// So a decode step reads each strip front to back with vector loads and no transposes.
+// Precondition (CHECKed): CanInterleaveStrips. Allocates one strip's bytes (load time only).
+// The view that reads the result sets `strips`.
+void InterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes);
 
 // True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);

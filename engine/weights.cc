@@ -66,9 +66,9 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
                   static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
   // q4_0 matrices that only MatMul reads are kept in 16-row strips, so decode reads them with
   // aligned loads instead of transposing 16 rows in registers (docs/benchmarks.md).
-  if (use == MatrixUse::kMatMulOnly && CanInterleaveQ4Strips(view.dtype, view.rows, view.cols)) {
-    InterleaveQ4Strips(view.rows, view.cols, buf);
-    view.q4_strips = true;
+  if (use == MatrixUse::kMatMulOnly && CanInterleaveStrips(view.dtype, view.rows, view.cols)) {
+    InterleaveStrips(view.dtype, view.rows, view.cols, buf);
+    view.strips = true;
   }
   return view;
 }

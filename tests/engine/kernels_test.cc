@@ -251,42 +251,65 @@ TEST(MatMulTest, RowRangeBitIdenticalToFullMatMul) {
   }
 }
 
-// q4_0 interleaved in 16-row strips (how a loaded GGUF's q4_0 matrices are kept): the layout is
-// the one InterleaveQ4Strips documents, and MatMul / MatMulRows over it are bit-identical to
-// MatMul over the row-major matrix, for one token (decode) and batches, 1-3 threads, row ranges
-// that start on a strip and end anywhere.
-TEST(MatMulTest, Q4StripsBitIdenticalToRowMajor) {
-  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ4_0, 40, 64));  // rows not a multiple of 16
-  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ4_0, 32, 96));  // an odd number of blocks
-  EXPECT_FALSE(CanInterleaveQ4Strips(DType::kQ8_0, 32, 64));  // not q4_0
-  if (!CanInterleaveQ4Strips(DType::kQ4_0, 16, 64)) {
-    GTEST_SKIP() << "this build's MatMul has no interleaved q4_0 strips (needs AVX-512 VNNI)";
+// The byte of `strips` (a matrix InterleaveStrips rewrote) that holds byte `o` of row r's row-major
+// bytes, by the layout kernels.h documents.
+uint64_t StripsOffset(DType dtype, uint32_t cols, uint32_t r, uint64_t o) {
+  const uint64_t rb = layout::RowBytes(dtype, cols);
+  const uint64_t strip = uint64_t{r / 16} * 16 * rb;
+  const uint32_t i = r % 16;
+  if (dtype == DType::kQ4_0) {
+    const uint64_t b = o / 18, in = o % 18;  // block b, byte `in` of it
+    const uint64_t pair = strip + (b / 2) * 576;
+    if (in < 2) return pair + 512 + 32 * (b % 2) + 2 * i + in;
+    const uint64_t q = in - 2;  // nibble byte q = 4k + m: vector k, lane i, byte m
+    return pair + 256 * (b % 2) + 64 * (q / 4) + 4 * i + q % 4;
   }
-  const uint64_t q4 = layout::RowBytes(DType::kQ4_0, 32);  // 18 bytes a block
-  for (auto [rows, cols] :
-       {std::pair{16u, 64u}, std::pair{48u, 128u}, std::pair{160u, 2048u}, std::pair{32u, 5632u}}) {
+  const uint64_t block = dtype == DType::kQ4_K ? 144 : 210, groups = block / 16, tail = block % 16;
+  const uint64_t nsb = rb / block, j = o / block, in = o % block;
+  if (in < 16 * groups)
+    return strip + j * groups * 256 + 256 * (in / 16) + 64 * (in % 16 / 4) + 4 * i + in % 4;
+  return strip + nsb * groups * 256 + (j * 16 + i) * tail + (in - 16 * groups);
+}
+
+// Matrices interleaved in 16-row strips (how a loaded GGUF's q4_0, q4_K and q6_K matrices are
+// kept): every byte lands where the layout kernels.h documents says, and MatMul / MatMulRows over
+// the strips are bit-identical to MatMul over the row-major matrix, for one token (decode) and
+// batches, 1-3 threads, row ranges that start on a strip and end anywhere.
+class StripsTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(StripsTest, BitIdenticalToRowMajor) {
+  const DType dtype = GetParam();
+  EXPECT_FALSE(CanInterleaveStrips(dtype, 40, 256));        // rows not a multiple of 16
+  EXPECT_FALSE(CanInterleaveStrips(DType::kQ4_0, 32, 96));  // an odd number of q4_0 blocks
+  EXPECT_FALSE(CanInterleaveStrips(DType::kQ8_0, 32, 64));  // no strips for q8_0
+  if (!CanInterleaveStrips(dtype, 16, 64)) {
+    GTEST_SKIP() << "this build's MatMul has no interleaved strips (needs AVX-512 VNNI)";
+  }
+  // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
+  std::vector<std::pair<uint32_t, uint32_t>> shapes = {
+      {16, 64}, {48, 128}, {160, 2048}, {32, 5632}};
+  if (dtype != DType::kQ4_0) shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
+  for (auto [rows, cols] : shapes) {
+    SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + std::to_string(rows) + " x " +
+                 std::to_string(cols));
     std::mt19937 rng(rows + cols);
-    const std::vector<std::byte> plain = MakeMatrix(DType::kQ4_0, rows, cols, rng);
+    const std::vector<std::byte> plain = MakeMatrix(dtype, rows, cols, rng);
     std::vector<std::byte> strips = plain;
-    InterleaveQ4Strips(rows, cols, strips);
-    // The layout: row 16s + i's block b: scale at pair + 512 + 32 (b % 2) + 2i, nibble bytes
-    // 4k .. 4k + 3 at pair + 256 (b % 2) + 64k + 4i.
-    const uint64_t rb = layout::RowBytes(DType::kQ4_0, cols);
-    for (uint32_t r : {0u, 5u, rows - 1}) {
-      for (uint32_t b : {0u, 1u, cols / 32 - 1}) {
-        const std::byte* blk = plain.data() + r * rb + b * q4;
-        const std::byte* pair = strips.data() + (r / 16) * 16 * rb + (b / 2) * 2 * 16 * q4;
-        const uint32_t i = r % 16;
-        ASSERT_EQ(std::memcmp(pair + 512 + 32 * (b % 2) + 2 * i, blk, 2), 0) << r << " " << b;
-        for (uint32_t k = 0; k < 4; ++k) {
-          ASSERT_EQ(std::memcmp(pair + 256 * (b % 2) + 64 * k + 4 * i, blk + 2 + 4 * k, 4), 0)
-              << r << " " << b << " " << k;
-        }
+    InterleaveStrips(dtype, rows, cols, strips);
+    const uint64_t rb = layout::RowBytes(dtype, cols);
+    std::vector<bool> seen(strips.size());
+    for (uint32_t r = 0; r < rows; ++r) {
+      for (uint64_t o = 0; o < rb; ++o) {
+        const uint64_t at = StripsOffset(dtype, cols, r, o);
+        ASSERT_LT(at, strips.size()) << "row " << r << " byte " << o;
+        ASSERT_FALSE(seen[at]) << "row " << r << " byte " << o << " lands on a taken byte";
+        seen[at] = true;
+        ASSERT_EQ(strips[at], plain[r * rb + o]) << "row " << r << " byte " << o;
       }
     }
-    const MatrixView w{DType::kQ4_0, rows, cols, plain};
-    MatrixView ws{DType::kQ4_0, rows, cols, strips};
-    ws.q4_strips = true;
+    const MatrixView w{dtype, rows, cols, plain};
+    MatrixView ws{dtype, rows, cols, strips};
+    ws.strips = true;
     std::normal_distribution<float> nd(0.0f, 1.0f);
     const uint32_t max_tokens = 17;
     std::vector<float> x(uint64_t{max_tokens} * cols);
@@ -325,6 +348,12 @@ TEST(MatMulTest, Q4StripsBitIdenticalToRowMajor) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
+                         ::testing::Values(DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return std::string(DTypeName(i.param));
+                         });
 
 // DotRows: rows anywhere in memory (here every other row of a matrix, in a shuffled order), each
 // result bit-identical to MatMul's for that row, for one token and for batches (q8_0 goes through

@@ -75,10 +75,13 @@ TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndBf16BecomesF32) {
   }
 }
 
-// A q4_0 checkpoint's matrices that only MatMul reads are kept in 16-row strips where this
-// build's kernels take them; the embedding (looked up by row) is not. Each multiplies bit for
-// bit as the checkpoint's row-major tensor does.
-TEST(WeightStoreTest, Q4MatricesInStripsMultiplyAsTheCheckpointsRows) {
+// A q4_0, q4_K or q6_K checkpoint's matrices that only MatMul reads are kept in 16-row strips
+// where this build's kernels take them; the embedding (looked up by row) is not. Each multiplies
+// bit for bit as the checkpoint's row-major tensor does.
+class WeightStoreStripsTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
+  const DType dtype = GetParam();
   layout::ModelConfig c = SmallConfig(true, false, layout::Activation::kSilu);
   c.dim = 64;
   c.hidden_dim = 128;
@@ -88,11 +91,11 @@ TEST(WeightStoreTest, Q4MatricesInStripsMultiplyAsTheCheckpointsRows) {
   c.vocab_size = 80;
   c.n_layers = 2;
   auto w = RandomWeights(c, 2);
-  auto ck = ToCheckpoint(w, DType::kQ4_0);
+  auto ck = ToCheckpoint(w, dtype);
   auto store = DramWeightStore::Load(*ck);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
-  EXPECT_FALSE((*store)->token_embedding().q4_strips);
-  const bool strips = CanInterleaveQ4Strips(DType::kQ4_0, 16, 64);
+  EXPECT_FALSE((*store)->token_embedding().strips);
+  const bool strips = CanInterleaveStrips(dtype, 16, 64);
   std::vector<std::pair<std::string, MatrixView>> all = {{"output.weight", (*store)->classifier()}};
   for (uint32_t l = 0; l < 2; ++l) {
     auto lw = (*store)->AcquireLayer(l);
@@ -112,13 +115,13 @@ TEST(WeightStoreTest, Q4MatricesInStripsMultiplyAsTheCheckpointsRows) {
   ThreadPool pool(2);
   for (const auto& [name, m] : all) {
     SCOPED_TRACE(name);
-    EXPECT_EQ(m.dtype, DType::kQ4_0);
-    EXPECT_EQ(m.q4_strips, strips);
+    EXPECT_EQ(m.dtype, dtype);
+    EXPECT_EQ(m.strips, strips);
     const layout::TensorInfo* info = ck->FindTensor(name);
     ASSERT_NE(info, nullptr);
     std::vector<std::byte> raw(info->size_bytes());
     ASSERT_TRUE(ck->ReadTensor(*info, raw).ok());
-    const MatrixView plain{DType::kQ4_0, m.rows, m.cols, raw};
+    const MatrixView plain{dtype, m.rows, m.cols, raw};
     for (uint32_t tokens : {1u, 4u}) {
       std::vector<float> x(uint64_t{tokens} * m.cols);
       for (float& v : x) v = nd(rng);
@@ -130,6 +133,12 @@ TEST(WeightStoreTest, Q4MatricesInStripsMultiplyAsTheCheckpointsRows) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, WeightStoreStripsTest,
+                         ::testing::Values(DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return std::string(layout::DTypeName(i.param));
+                         });
 
 TEST(WeightStoreTest, MissingTensorAndBadShapeAreErrors) {
   auto w = RandomWeights(SmallConfig(true, false, layout::Activation::kSilu), 3);
