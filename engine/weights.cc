@@ -64,8 +64,9 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
   resident_bytes_ += bytes;
   MatrixView view{m.as_loaded.dtype, static_cast<uint32_t>(shape[0]),
                   static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
-  // q4_0 matrices that only MatMul reads are kept in 16-row strips, so decode reads them with
-  // aligned loads instead of transposing 16 rows in registers (docs/benchmarks.md).
+  // q4_0 / q4_K / q6_K matrices that only MatMul reads are kept in 16-row strips, so decode
+  // reads them with vector loads instead of transposing 16 rows in registers
+  // (docs/benchmarks.md).
   if (use == MatrixUse::kMatMulOnly && CanInterleaveStrips(view.dtype, view.rows, view.cols)) {
     InterleaveStrips(view.dtype, view.rows, view.cols, buf);
     view.strips = true;
