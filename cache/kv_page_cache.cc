@@ -103,6 +103,10 @@ Result<std::unique_ptr<KvPageCache>> KvPageCache::Create(const KvPageCacheOption
   }
   ASSIGN_OR_RETURN(c->v_pool_, storage::AlignedBuffer::Allocate(uint64_t{c->v_slots_} * stride,
                                                                 kPageAlignment, kHugePages));
+  // Resident from the start (the plan charges them whole): the first prefill does not fault in
+  // and zero the pools' huge pages, and a budget the machine cannot give fails here.
+  if (!c->k_pool_.empty()) RETURN_IF_ERROR(c->k_pool_.Populate());
+  RETURN_IF_ERROR(c->v_pool_.Populate());
   c->free_slots_.reserve(c->v_slots_);
   for (uint32_t s = c->v_slots_; s > 0; --s) c->free_slots_.push_back(s - 1);
   c->v_pages_.assign(c->kinds_ * l.pages_per_kind(), PageState());

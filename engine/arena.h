@@ -2,8 +2,9 @@
 //
 // A component lists its buffers once, in a function both its byte count and its constructor call
 // (ArenaLayout::Add returns each buffer's offset), so the bytes a budget plans for and the bytes
-// allocated cannot drift apart. Arena::Create allocates (and zeroes) the layout's total; views
-// live as long as the arena. Not thread-safe to create; views may be shared as their owner says.
+// allocated cannot drift apart. Arena::Create allocates the layout's total, zeroed and resident;
+// views live as long as the arena. Not thread-safe to create; views may be shared as their owner
+// says.
 #ifndef FLASHLM_ENGINE_ARENA_H_
 #define FLASHLM_ENGINE_ARENA_H_
 
@@ -40,6 +41,8 @@ class Arena {
     if (layout.bytes > 0) {
       ASSIGN_OR_RETURN(a.memory_, storage::AlignedBuffer::Allocate(layout.bytes, 64,
                                                                    /*huge_pages=*/false));
+      // Resident now, so the first pass (a timed prefill) does not fault its pages in.
+      RETURN_IF_ERROR(a.memory_.Populate());
     }
     return a;
   }

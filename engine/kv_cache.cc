@@ -139,6 +139,9 @@ Result<std::unique_ptr<FlatKvCache>> FlatKvCache::Create(const layout::ModelConf
   ASSIGN_OR_RETURN(kv->memory_,
                    storage::AlignedBuffer::Allocate(
                        FloatsFor(c, max_positions, max_sequences) * sizeof(float), 64, kHugePages));
+  // Resident from the start (the plan charges it whole): the first prefill does not fault in
+  // and zero a huge page per layer, and a cache the machine cannot give fails here.
+  RETURN_IF_ERROR(kv->memory_.Populate());
   kv->lengths_.assign(max_sequences, 0);
   return kv;
 }

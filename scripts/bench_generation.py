@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Generation benchmark: flashlm against llama.cpp's llama-bench on the same GGUF.
 
-For each model, runs back to back, `--reps` times:
+For each model, runs back to back, `--reps` times (each rep starting with the next program in
+turn: what runs first after another program's run measures slower, so use a multiple of the
+number of programs):
   llama-bench -m MODEL -t THREADS -p 128 -n 64 -pg 128,64 -r 1 -o json [--llama-args ...]
   flashlm generate MODEL --bench-prompt-tokens 128 -n 65 ...  (prefill; decode at depth 128)
   flashlm generate MODEL --bench-prompt-tokens 1 -n 65 ...    (decode from an empty context)
@@ -25,7 +27,7 @@ pass --flashlm-args="--kv-dtype f16" (a paged cache of f16 rows) or --llama-args
 -ctv f32" to match them.
 
 With --compare OTHER_FLASHLM, another flashlm binary (e.g. the previous commit's) runs in the
-same loop, right after, so that a change is measured against what it replaces under the same
+same loop, so that a change is measured against what it replaces under the same
 conditions.
 
 Usage: scripts/bench_generation.py --flashlm build/flashlm --llama-bench /path/llama-bench \
@@ -96,11 +98,16 @@ def main():
     print(rule)
     for m in a.models:
         ll, fl, cl = [], [], []
-        for _ in range(a.reps):
-            ll.append(llama_bench(a.llama_bench, m, a.threads, lx))
-            fl.append(flashlm(a.flashlm, m, a.threads, fx))
-            if a.compare:
-                cl.append(flashlm(a.compare, m, a.threads, fx))
+        runs = [(ll, lambda: llama_bench(a.llama_bench, m, a.threads, lx)),
+                (fl, lambda: flashlm(a.flashlm, m, a.threads, fx))]
+        if a.compare:
+            runs.append((cl, lambda: flashlm(a.compare, m, a.threads, fx)))
+        for rep in range(a.reps):
+            # Each rep starts with the next program: whichever runs right after llama-bench
+            # measured slower (a first-run penalty; docs/benchmarks.md), so no side keeps it.
+            k = rep % len(runs)
+            for results, run in runs[k:] + runs[:k]:
+                results.append(run())
             fmt = lambda r: "/".join(f"{v:.1f}" for v in r)
             print(f"# {m}: llama.cpp {fmt(ll[-1])}  flashlm {fmt(fl[-1])}" +
                   (f"  compared {fmt(cl[-1])}" if a.compare else ""), file=sys.stderr)

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -74,6 +75,22 @@ Result<AlignedBuffer> AlignedBuffer::Allocate(uint64_t size_bytes, uint64_t alig
   std::memset(p, 0, rounded);
   b.data_ = static_cast<std::byte*>(p);
   return b;
+}
+
+Status AlignedBuffer::Populate() {
+  if (mapped_bytes_ == 0) return Status::Ok();
+#ifdef MADV_POPULATE_WRITE
+  if (madvise(data_, mapped_bytes_, MADV_POPULATE_WRITE) == 0) return Status::Ok();
+  if (errno != EINVAL) {  // EINVAL: a kernel before 5.14; anything else: no memory
+    return ResourceExhaustedError("cannot make " + std::to_string(mapped_bytes_) +
+                                  " bytes resident: " + std::strerror(errno));
+  }
+#endif
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  for (uint64_t o = 0; o < mapped_bytes_; o += page) {
+    reinterpret_cast<volatile std::byte*>(data_)[o] = std::byte{0};
+  }
+  return Status::Ok();
 }
 
 void AlignedBuffer::Release() {

@@ -42,6 +42,14 @@ class AlignedBuffer {
   ByteSpan span() const { return {data_, static_cast<size_t>(size_bytes_)}; }
   bool empty() const { return data_ == nullptr; }
 
+  // Makes every page of the buffer resident now (zeroed once, by the kernel), so that no later
+  // first touch pays for it: for buffers whose pages will all be used and whose first use is
+  // timed, such as a KV cache (its first prefill would otherwise fault in and zero a huge page
+  // per layer). MADV_POPULATE_WRITE where the kernel has it, else a write of one zero byte per
+  // page (the buffer's bytes stay zero). No-op for heap buffers, which are already written.
+  // Errors: ResourceExhausted (the kernel could not provide the pages).
+  Status Populate();
+
  private:
   void Release();
 

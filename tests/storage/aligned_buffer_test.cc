@@ -77,5 +77,38 @@ TEST(AlignedBufferTest, LargeBuffersAreZeroedMappingsReleasedOnDestruction) {
   EXPECT_EQ(a->size_bytes(), 4096u);
 }
 
+// Pages of [p, p + n) resident in memory (mincore's bit 0; n a multiple of the page size).
+uint64_t ResidentPages(const std::byte* p, uint64_t n) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v(n / page);
+  EXPECT_EQ(mincore(const_cast<std::byte*>(p), n, v.data()), 0);
+  uint64_t resident = 0;
+  for (unsigned char x : v) resident += x & 1;
+  return resident;
+}
+
+// Populate makes a fresh mapping's every page resident at once (a KV cache is populated so that
+// its first prefill does not fault the pages in), leaving the bytes zero; heap buffers are left
+// as they are.
+TEST(AlignedBufferTest, PopulateMakesEveryPageResidentAndZero) {
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  for (bool huge : {false, true}) {
+    SCOPED_TRACE(huge ? "huge pages" : "small pages");
+    auto b = AlignedBuffer::Allocate(6 * kMiB, 4096, huge);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    const uint64_t pages = b->size_bytes() / page;
+    EXPECT_EQ(ResidentPages(b->data(), b->size_bytes()), 0u) << "touched before Populate";
+    ASSERT_TRUE(b->Populate().ok());
+    EXPECT_EQ(ResidentPages(b->data(), b->size_bytes()), pages);
+    for (std::byte x : b->span()) ASSERT_EQ(x, std::byte{0});
+  }
+  auto small = AlignedBuffer::Allocate(5000, 64);
+  ASSERT_TRUE(small.ok());
+  small->data()[1] = std::byte{3};
+  EXPECT_TRUE(small->Populate().ok());
+  EXPECT_EQ(small->data()[1], std::byte{3});
+}
+
 }  // namespace
 }  // namespace flashlm::storage
