@@ -126,6 +126,14 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
       RETURN_IF_ERROR(s->extents_->ReadExtents(f.extents, layer.outs)
                           .WithContext("attention of layer " + std::to_string(l)));
       layer.resident = s->Views(layer, base);
+      // A pinned layer's matrices are only multiplied (MatMul): kept in 16-row strips where the
+      // kernels read their dtype so, as a loaded checkpoint's are. Streamed layers stay as read.
+      for (MatrixView* m : {&layer.resident.wq, &layer.resident.wk, &layer.resident.wv,
+                            &layer.resident.wo, &layer.resident.gate}) {
+        if (m->bytes.empty()) continue;
+        std::byte* p = base + (m->bytes.data() - base);
+        *m = KeepInStrips(*m, ByteSpan(p, m->bytes.size()));
+      }
       layer.outs.clear();
       layer.pieces.clear();
       at += layout.layer_bytes[l];

@@ -1141,60 +1141,139 @@ void StripQ6K(const Src& src, uint32_t nb, const QToken* x, __m512* acc, bool pr
 // next strip at the end, on the last pass only, as earlier passes re-read this one), and the
 // pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows. The strip is
 // read through RowMajorK, or InterleavedK where w.strips.
+// Every token, kStripTokensK at a time, over one strip read through `src`: store(t, v) gets
+// token t's 16 lanes (q4_K: acc - macc). Prefetches on the last pass only (earlier passes'
+// reads are re-read there).
+template <bool kQ6, class Src, class Store>
+void KStripTokens(const Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantized_x,
+                  Store&& store) {
+  const uint32_t nb = Blocks(cols);
+  for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
+    const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
+    QToken x[kStripTokensK];
+    for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, cols, t0 + i);
+    const bool prefetch = t0 + nt == n_tokens;
+    __m512 out[kStripTokensK];
+    const auto pass = [&](auto tokens) {
+      constexpr int NT = decltype(tokens)::value;
+      for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
+      if constexpr (kQ6) {
+        StripQ6K<NT>(src, nb, x, out, prefetch);
+      } else {
+        __m512 macc[NT];
+        for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
+        StripQ4K<NT>(src, nb, x, out, macc, prefetch);
+        for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
+      }
+    };
+    switch (nt) {
+      case 1:
+        pass(std::integral_constant<int, 1>{});
+        break;
+      case 2:
+        pass(std::integral_constant<int, 2>{});
+        break;
+      case 3:
+        pass(std::integral_constant<int, 3>{});
+        break;
+      default:
+        pass(std::integral_constant<int, 4>{});
+        break;
+    }
+    for (uint32_t i = 0; i < nt; ++i) store(t0 + i, out[i]);
+  }
+}
+
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
   constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
-  const uint32_t nb = Blocks(w.cols);
-  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(w.cols), 8));
   const uint64_t rb = w.row_bytes();
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // SetUpStrip's row offsets are int32
   if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);    // a range of whole strips
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
     SetUpStrip(w, r0, row_end, &s, kPrefetchStripsK);
-    const RowMajorK<kBytes> row_major{&s, rb, nsb};
-    const InterleavedK<kBytes> interleaved{w.bytes.data() + uint64_t{r0} * rb, nsb};
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokensK) {
-      const uint32_t nt = std::min(kStripTokensK, n_tokens - t0);
-      QToken x[kStripTokensK];
-      for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, w.cols, t0 + i);
-      const bool prefetch = t0 + nt == n_tokens;  // earlier passes' reads are re-read here
-      __m512 out[kStripTokensK];
-      const auto pass = [&](auto tokens, const auto& src) {
-        constexpr int NT = decltype(tokens)::value;
-        for (int i = 0; i < NT; ++i) out[i] = _mm512_setzero_ps();
-        if constexpr (kQ6) {
-          StripQ6K<NT>(src, nb, x, out, prefetch);
-        } else {
-          __m512 macc[NT];
-          for (int i = 0; i < NT; ++i) macc[i] = _mm512_setzero_ps();
-          StripQ4K<NT>(src, nb, x, out, macc, prefetch);
-          for (int i = 0; i < NT; ++i) out[i] = _mm512_sub_ps(out[i], macc[i]);
-        }
-      };
-      const auto tokens_pass = [&](const auto& src) {
-        switch (nt) {
-          case 1:
-            return pass(std::integral_constant<int, 1>{}, src);
-          case 2:
-            return pass(std::integral_constant<int, 2>{}, src);
-          case 3:
-            return pass(std::integral_constant<int, 3>{}, src);
-          default:
-            return pass(std::integral_constant<int, 4>{}, src);
-        }
-      };
-      if (w.strips) {
-        tokens_pass(interleaved);
-      } else {
-        tokens_pass(row_major);
+    const auto store = [&](uint32_t t, __m512 v) {
+      _mm512_mask_storeu_ps(y + uint64_t{t} * w.rows + r0, s.mask, v);
+    };
+    if (w.strips) {
+      KStripTokens<kQ6>(InterleavedK<kBytes>{w.bytes.data() + uint64_t{r0} * rb, nsb}, w.cols,
+                        n_tokens, quantized_x, store);
+    } else {
+      KStripTokens<kQ6>(RowMajorK<kBytes>{&s, rb, nsb}, w.cols, n_tokens, quantized_x, store);
+    }
+  }
+}
+
+// DotRows for q4_0 / q4_K / q6_K: the rows 16 at a time as one row-major strip (rows anywhere
+// in memory; the last one repeated to fill the strip, its lanes dropped), so each row's result
+// is the lane MatMul's strip kernels compute for it: bit-identical. Nothing is prefetched past
+// the strip's own rows. False (nothing written) where the q4_0 scales' gather cannot reach a
+// row (rows more than 2 GiB apart).
+bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
+                   uint32_t n_tokens, ConstByteSpan quantized_x, float* out) {
+  const uint32_t count = static_cast<uint32_t>(rows.size());
+  const uint64_t rb = layout::RowBytes(dtype, cols);
+  const uint32_t nb = Blocks(cols);
+  for (uint32_t k0 = 0; k0 < count; k0 += kStrip) {
+    StripRows s;
+    s.nr = std::min(kStrip, count - k0);
+    s.mask = static_cast<__mmask16>((1u << s.nr) - 1);
+    s.next = nullptr;
+    s.next_bytes = 0;
+    alignas(64) int32_t off[kStrip];
+    for (uint32_t i = 0; i < kStrip; ++i) {
+      s.row[i] = rows[k0 + std::min(i, s.nr - 1)];
+      const int64_t d = s.row[i] - s.row[0];
+      if (dtype == DType::kQ4_0 && (d < INT32_MIN || d > INT32_MAX)) return false;
+      off[i] = static_cast<int32_t>(d);
+    }
+    s.offsets = _mm512_load_si512(off);
+    alignas(64) float lanes[kStrip];
+    const auto store = [&](uint32_t t, __m512 v) {
+      _mm512_store_ps(lanes, v);
+      for (uint32_t i = 0; i < s.nr; ++i) out[uint64_t{k0 + i} * n_tokens + t] = lanes[i];
+    };
+    if (dtype == DType::kQ4_K) {
+      KStripTokens<false>(RowMajorK<kQ4KBytes>{&s, rb, static_cast<uint32_t>(CeilDiv(nb, 8))}, cols,
+                          n_tokens, quantized_x, store);
+      continue;
+    }
+    if (dtype == DType::kQ6_K) {
+      KStripTokens<true>(RowMajorK<kQ6KBytes>{&s, rb, static_cast<uint32_t>(CeilDiv(nb, 8))}, cols,
+                         n_tokens, quantized_x, store);
+      continue;
+    }
+    CHECK(dtype == DType::kQ4_0);
+    if (n_tokens == 1) {
+      const QToken x = QTokenAt(quantized_x, cols, 0);
+      __m512 acc = _mm512_setzero_ps();
+      StripQ4Decode(s.row, s.offsets, nb, x.q, x.d, x.isum, nullptr, 0, &acc);
+      store(0, acc);
+      continue;
+    }
+    // Tokens kStripTokens at a time, each group over the strip's packed chunks in turn (the
+    // running sums in y between chunks, as MatMulRowsQ4Strips keeps them).
+    alignas(64) PackedQ4Block pk[kStripChunk];
+    alignas(64) float y[kStripTokens * kStrip];
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
+      const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
+      const ConstByteSpan qx = quantized_x.subspan(uint64_t{t0} * QTokenBytes(cols));
+      for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
+        const uint32_t n = std::min(kStripChunk, nb - b0);
+        for (uint32_t j = 0; j < n; ++j) PackQ4Block(s.row, s.offsets, b0 + j, &pk[j]);
+        StripQ4Chunk(pk, b0, n, qx, cols, nt, kStrip, 0, s.nr, y);
       }
-      for (uint32_t i = 0; i < nt; ++i) {
-        _mm512_mask_storeu_ps(y + uint64_t{t0 + i} * w.rows + r0, s.mask, out[i]);
+      for (uint32_t t = 0; t < nt; ++t) {
+        for (uint32_t i = 0; i < s.nr; ++i) {
+          out[uint64_t{k0 + i} * n_tokens + t0 + t] = y[t * kStrip + i];
+        }
       }
     }
   }
+  return true;
 }
 #endif
 
@@ -1451,6 +1530,15 @@ void InterleaveStrips(DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes)
   }
 }
 
+MatrixView KeepInStrips(const MatrixView& view, ByteSpan bytes) {
+  CHECK(bytes.data() == view.bytes.data() && bytes.size() == view.bytes.size());
+  if (view.strips || !CanInterleaveStrips(view.dtype, view.rows, view.cols)) return view;
+  InterleaveStrips(view.dtype, view.rows, view.cols, bytes);
+  MatrixView out = view;
+  out.strips = true;
+  return out;
+}
+
 uint64_t MatMulScratchBytes(uint32_t cols, uint32_t n_tokens) {
   return QTokenBytes(cols) * n_tokens;
 }
@@ -1622,6 +1710,10 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
         DotRowsQ8<1>(rows.data() + k, xq, xd, nt, nb, n_tokens, t0, out + uint64_t{k} * n_tokens);
       }
     }
+    return;
+  }
+  if ((dtype == DType::kQ4_0 || dtype == DType::kQ4_K || dtype == DType::kQ6_K) &&
+      DotRowsStrips(dtype, cols, rows, n_tokens, quantized_x, out)) {
     return;
   }
 #endif
@@ -2018,6 +2110,64 @@ inline void LoadBlock32(DType dtype, const std::byte* w, __m256 v[4]) {
 
 // AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
 // y (NT x 32) stays in registers while the rows go by.
+#ifdef FLASHLM_AVX512
+// q4_K super-block `blk` dequantised as layout::DequantizeRow does (x = (d * sc) * q - dmin * m,
+// the product and the difference each rounded), 16 values a vector: sink(i, v) gets values
+// 16i .. 16i + 15 in order. Each sub-block's 16 possible values are computed once (the same
+// operations on q = 0 .. 15) and the nibbles pick from them (vpermps reads an index's low 4
+// bits, so a byte's low nibble needs no mask).
+template <class Sink>
+__attribute__((always_inline)) inline void DequantQ4KBlock16(const std::byte* blk, Sink&& sink) {
+  const float d = HalfToFloat(blk), dmin = HalfToFloat(blk + 2);
+  const auto* packed = reinterpret_cast<const uint8_t*>(blk + 4);
+  const std::byte* q = blk + 16;
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int p = 0; p < 4; ++p, q += 32) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high)
+    uint8_t sc, m;
+    layout::ScaleMinK4(2 * p, packed, sc, m);
+    const __m512 lo =
+        _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * sc), iota), _mm512_set1_ps(dmin * m));
+    layout::ScaleMinK4(2 * p + 1, packed, sc, m);
+    const __m512 hi =
+        _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * sc), iota), _mm512_set1_ps(dmin * m));
+    const __m512i b0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+    const __m512i b1 =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
+    sink(4 * p, _mm512_permutexvar_ps(b0, lo));
+    sink(4 * p + 1, _mm512_permutexvar_ps(b1, lo));
+    sink(4 * p + 2, _mm512_permutexvar_ps(_mm512_srli_epi32(b0, 4), hi));
+    sink(4 * p + 3, _mm512_permutexvar_ps(_mm512_srli_epi32(b1, 4), hi));
+  }
+}
+
+// One token, q4_K: for each whole super-block of the slice, its 256 values of y stay in 16
+// registers while every row's super-block is dequantised and added (rows in order, each
+// y value's fused terms as AxpyRow's).
+void AxpyQ4KOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
+                     const float* a, uint64_t a_stride, float* y) {
+  constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead (3 lines each)
+  for (uint32_t b = 0; b < blocks; ++b) {
+    const uint64_t at = offset + uint64_t{b} * kQ4KBytes;
+    float* yb = y + uint64_t{b} * layout::kKBlockValues;
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_loadu_ps(yb + 16 * i);
+    for (size_t k = 0; k < rows.size(); ++k) {
+      if (k + kAhead < rows.size()) {
+        const std::byte* p = rows[k + kAhead] + at;
+        for (int l = 0; l < 3; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
+      }
+      const float ak = a[k * a_stride];
+      if (ak == 0.0f) continue;  // as AxpyRow skips it
+      const __m512 av = _mm512_set1_ps(ak);
+      DequantQ4KBlock16(rows[k] + at,
+                        [&](int i, __m512 v) { acc[i] = _mm512_fmadd_ps(av, v, acc[i]); });
+    }
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(yb + 16 * i, acc[i]);
+  }
+}
+#endif
+
 template <int NT>
 void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, const float* a,
                    uint64_t a_stride, float* y, uint64_t y_stride) {
@@ -2146,7 +2296,13 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
     float v[layout::kKBlockValues];
     for (uint32_t c = 0; c < len; c += per, w += block_bytes) {
       const uint32_t m = std::min(per, len - c);
-      CHECK_OK(layout::DequantizeRow(dtype, ConstByteSpan(w, block_bytes), std::span<float>(v, m)));
+#ifdef FLASHLM_AVX512
+      if (dtype == DType::kQ4_K && m == per) {
+        DequantQ4KBlock16(w, [&](int i, __m512 x) { _mm512_storeu_ps(v + 16 * i, x); });
+      } else
+#endif
+        CHECK_OK(
+            layout::DequantizeRow(dtype, ConstByteSpan(w, block_bytes), std::span<float>(v, m)));
       for (uint32_t t = 0; t < n_tokens; ++t) {
         if (a[t] != 0.0f) AxpyF32(a[t], v, y + t * y_stride + c, m);
       }
@@ -2201,6 +2357,11 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
                               y + uint64_t{b} * kBlock);
     }
     done = full * kBlock;
+  }
+  if (n_tokens == 1 && dtype == DType::kQ4_K) {  // one token: a super-block in registers
+    const uint32_t full = len / layout::kKBlockValues;
+    AxpyQ4KOneToken(rows, offset, full, a, a_stride, y);
+    done = full * layout::kKBlockValues;
   }
   if (n_tokens > 1 && dtype == DType::kQ8_0) {  // a block at a time for up to 8 tokens
     using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, const float*,

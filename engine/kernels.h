@@ -89,6 +89,12 @@ bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 // The view that reads the result sets `strips`.
 void InterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes);
 
+// `view` over `bytes` (its row-major bytes, writable) rewritten into strips when this build reads
+// its dtype and shape so (CanInterleaveStrips), with `strips` set; otherwise `view` unchanged.
+// For matrices that only MatMul will read, at load time: every loader of resident matrices
+// (DramWeightStore, a store's pinned attention layers and classifier) goes through it.
+MatrixView KeepInStrips(const MatrixView& view, ByteSpan bytes);
+
 // True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);
 
@@ -114,7 +120,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 // in the given order; on AVX-512 VNNI q8_0 rows of a batch go 4 at a time against up to 4 tokens
 // in one register tile (one activation load serves four rows), and for one token one at a time
 // (each row read as one sequential stream, which the hardware prefetcher follows best: 4 rows
-// interleaved read about 1.5x slower from DRAM); other dtypes row by row through MatMulRows. Precondition (CHECKed):
+// interleaved read about 1.5x slower from DRAM); q4_0, q4_K and q6_K rows 16 at a time as one
+// strip of MatMul's strip kernels (one lane a row; a single row would fill all 16 lanes with
+// itself); other dtypes row by row through MatMulRows. Precondition (CHECKed):
 // MatMulSupports(dtype). Single-threaded, allocates nothing.
 void DotRows(layout::DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
              std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out);

@@ -292,7 +292,8 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
                                                   cls->size_bytes(), 64, /*huge_pages=*/true));
       const ByteSpan bytes = s->classifier_memory_.span().first(cls->size_bytes());
       RETURN_IF_ERROR(r.ReadTensor(*cls, bytes).WithContext("reading output.weight"));
-      s->classifier_ = MatrixView{cls->dtype, c.vocab_size, c.dim, bytes};
+      // Only multiplied (MatMul): in strips where the kernels read its dtype so.
+      s->classifier_ = KeepInStrips(MatrixView{cls->dtype, c.vocab_size, c.dim, bytes}, bytes);
     } else {
       ASSIGN_OR_RETURN(s->classifier_stream_,
                        ClassifierStream::Open(r, needs.classifier, options.pipeline));

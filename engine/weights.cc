@@ -67,11 +67,7 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
   // q4_0 / q4_K / q6_K matrices that only MatMul reads are kept in 16-row strips, so decode
   // reads them with vector loads instead of transposing 16 rows in registers
   // (docs/benchmarks.md).
-  if (use == MatrixUse::kMatMulOnly && CanInterleaveStrips(view.dtype, view.rows, view.cols)) {
-    InterleaveStrips(view.dtype, view.rows, view.cols, buf);
-    view.strips = true;
-  }
-  return view;
+  return use == MatrixUse::kMatMulOnly ? KeepInStrips(view, buf) : view;
 }
 
 Result<std::span<const float>> DramWeightStore::LoadVector(layout::Checkpoint& ckpt,

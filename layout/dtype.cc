@@ -25,16 +25,8 @@ uint64_t Blocks(uint64_t n, uint64_t per_block) { return CeilDiv(n, per_block); 
 
 // q4_K super-block (GGML block_q4_K, 144 bytes): f16 d, f16 dmin, 12 bytes of packed 6-bit
 // scales and mins for 8 sub-blocks of 32, then 128 bytes of nibbles. Sub-block pair (2i, 2i+1)
-// shares 32 bytes: low nibbles are sub-block 2i, high nibbles 2i+1. x = d*sc*q - dmin*m.
-void ScaleMinK4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
+// shares 32 bytes: low nibbles are sub-block 2i, high nibbles 2i+1. x = d*sc*q - dmin*m
+// (ScaleMinK4, dtype.h, unpacks sc and m).
 
 void DequantQ4KBlock(const std::byte* blk, float* y) {  // y: [256] f32
   const float d = F16ToF32(LoadU16(blk));

@@ -66,6 +66,18 @@ uint16_t F32ToF16(float f);  // round to nearest even
 float BF16ToF32(uint16_t h);
 uint16_t F32ToBF16(float f);  // round to nearest even
 
+// Sub-block j's (0..7) 6-bit scale and min from a q4_K super-block's 12 packed bytes `q` (bytes
+// 4..15 of the block): GGML's layout. The one unpacking every q4_K reader shares.
+inline void ScaleMinK4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 }  // namespace flashlm::layout
 
 #endif  // FLASHLM_LAYOUT_DTYPE_H_

@@ -362,7 +362,7 @@ TEST(KernelsTest, DotRowsBitIdenticalToMatMul) {
   for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
                       DType::kQ6_K}) {
     std::mt19937 rng(12);
-    const uint32_t rows = 23, cols = 1100;
+    const uint32_t rows = 41, cols = 1100;  // 21 rows picked: strips of 16 and 5
     std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
     MatrixView w{dtype, rows, cols, bytes};
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -446,7 +446,8 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
 }
 
 // AxpyRow against DequantizeRow + a double reference, for every dtype, with a partial last block,
-// a slice starting at a block boundary inside the row, several tokens and a zero coefficient.
+// a slice starting at a block boundary inside the row, several tokens and a zero coefficient;
+// bit for bit against fma where the dtype's path fuses every term.
 TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
   for (DType dtype :
        {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
@@ -471,6 +472,14 @@ TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
             i < len ? double(y0[t * stride + i]) + double(a[t]) * v[skip + i] : y0[t * stride + i];
         ASSERT_NEAR(y[t * stride + i], want, 1e-5 * (1 + std::fabs(want)))
             << DTypeName(dtype) << " token " << t << " value " << i;
+        // f32, q4_K and q6_K fuse every term into y: exactly fma(a, DequantizeRow's value, y).
+        if (i < len && a[t] != 0.0f &&
+            (dtype == DType::kF32 || dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
+          const float exact = std::fma(a[t], v[skip + i], y0[t * stride + i]);
+          ASSERT_EQ(std::memcmp(&y[t * stride + i], &exact, sizeof(float)), 0)
+              << DTypeName(dtype) << " token " << t << " value " << i << ": " << y[t * stride + i]
+              << " vs " << exact;
+        }
       }
     }
   }

@@ -6,11 +6,15 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <optional>
+#include <random>
 #include <regex>
 
 #include "engine/generator.h"
+#include "engine/kernels.h"
 #include "engine/residency_plan.h"
 #include "engine/session.h"
+#include "engine/thread_pool.h"
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
 #include "layout/synth.h"
@@ -353,6 +357,96 @@ TEST(StoreWeightsTest, Q4KMStoreKeepsItsDtypesAndMatchesItsF32Dequantisation) {
     pos += n;
   }
   EXPECT_GT(checked_argmax, 0u) << "no position had a margin to check the argmax against";
+}
+
+// A store's matrices that stay in DRAM and are only multiplied (pinned attention layers, a
+// resident classifier) are kept in 16-row strips where this build reads their dtype so, and
+// multiply bit for bit as the stored rows do; greedy output is the same with every layer pinned
+// (strips) as at the smallest budget (attention and classifier streamed, row-major).
+TEST(StoreWeightsTest, PinnedMatricesAreKeptInStripsAndMultiplyAsStored) {
+  testing::ScratchDir dir;
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.dim = 256;
+  so.config.hidden_dim = 768;
+  so.config.head_dim = 64;
+  so.q4_k_m = true;
+  so.seed = 4;
+  so.out_path = (dir / "q4km.gguf").string();
+  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
+  auto src = layout::OpenCheckpoint(so.out_path);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  for (auto [name, dtype] : {std::pair{"kept", std::optional<layout::DType>()},
+                             std::pair{"q4_0", std::optional(layout::DType::kQ4_0)}}) {
+    SCOPED_TRACE(name);
+    layout::RepackOptions o;
+    o.dtype = dtype;
+    o.alignment_bytes = 512;
+    o.dense_extent_bytes_max = 64 << 10;  // several extents a tensor
+    auto r = layout::Repack(**src, (dir / name).string(), o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    TransformerOptions to;
+    to.max_context = 64;
+    to.max_batch = 8;
+    auto session = OpenAt(dir / name, 0, 2, to);
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    StoreWeights& store = *(*session)->store();
+    ASSERT_FALSE(store.classifier_streamed());
+    std::vector<std::pair<std::string, MatrixView>> all = {{"output.weight", store.classifier()}};
+    for (uint32_t l = 0; l < store.config().n_layers; ++l) {
+      auto lw = store.AcquireLayer(l);
+      ASSERT_TRUE(lw.ok()) << lw.status().ToString();
+      const std::string p = "blk." + std::to_string(l) + ".";
+      all.insert(all.end(), {{p + "attn_q.weight", lw->wq},
+                             {p + "attn_k.weight", lw->wk},
+                             {p + "attn_v.weight", lw->wv},
+                             {p + "attn_output.weight", lw->wo}});
+      ASSERT_TRUE(store.ReleaseMatrices(l).ok());
+      store.ReleaseLayer(l);
+    }
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    ThreadPool pool(2);
+    uint32_t in_strips = 0;
+    for (const auto& [tensor, m] : all) {
+      SCOPED_TRACE(tensor);
+      EXPECT_EQ(m.strips, CanInterleaveStrips(m.dtype, m.rows, m.cols));
+      in_strips += m.strips;
+      const layout::TensorInfo* info = store.reader().FindTensor(tensor);
+      ASSERT_NE(info, nullptr);
+      std::vector<std::byte> raw(info->size_bytes());
+      ASSERT_TRUE(store.reader().ReadTensor(*info, raw).ok());
+      const MatrixView plain{info->dtype, m.rows, m.cols, raw};
+      for (uint32_t tokens : {1u, 4u}) {
+        std::vector<float> x(uint64_t{tokens} * m.cols);
+        for (float& v : x) v = nd(rng);
+        std::vector<std::byte> scratch(MatMulScratchBytes(m.cols, tokens));
+        std::vector<float> want(uint64_t{tokens} * m.rows), got(want.size());
+        MatMul(plain, x, tokens, want, scratch, pool);
+        MatMul(m, x, tokens, got, scratch, pool);
+        ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << tokens;
+      }
+    }
+    if (CanInterleaveStrips(layout::DType::kQ4_K, 16, 256)) {
+      EXPECT_EQ(in_strips, all.size()) << "every matrix of this store has a strip kernel";
+    }
+    session->reset();
+    // Every layer pinned against the smallest budget (streamed, row-major): the same tokens.
+    auto all_pinned = Generate(dir / name, 0, 2, 12);
+    ASSERT_TRUE(all_pinned.ok()) << all_pinned.status().ToString();
+    TransformerOptions gen_to;  // Generate's
+    gen_to.max_context = 128;
+    gen_to.max_batch = 16;
+    const uint64_t min = MinimumBudget(dir / name, 2, gen_to);
+    ASSERT_GT(min, 0u);
+    auto smallest = Generate(dir / name, min, 2, 12);
+    ASSERT_TRUE(smallest.ok()) << smallest.status().ToString();
+    EXPECT_GT(smallest->stats.bytes_read, 0u);
+    EXPECT_NE(std::count(smallest->plan.dense_pinned.begin(), smallest->plan.dense_pinned.end(), 0),
+              0)
+        << "the smallest budget streams some attention layer";
+    EXPECT_EQ(smallest->ids, all_pinned->ids);
+  }
 }
 
 // With small dense extents the classifier can stream one extent at a time: the planner does so
