@@ -25,6 +25,12 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 }  // namespace
 
+uint32_t BundleFfnKernel::GroupRows(layout::DType dtype) {
+  const bool strips = dtype == layout::DType::kQ4_0 || dtype == layout::DType::kQ4_K ||
+                      dtype == layout::DType::kQ6_K;
+  return strips ? kStripGroupRows : kGroupRows;
+}
+
 bool BundleFfnKernel::Adjacent(const std::byte* bundle, const std::byte* next) const {
   const uintptr_t end = reinterpret_cast<uintptr_t>(bundle) + g_.bundle_bytes;
   const uintptr_t at = reinterpret_cast<uintptr_t>(next);
@@ -32,7 +38,7 @@ bool BundleFfnKernel::Adjacent(const std::byte* bundle, const std::byte* next) c
 }
 
 uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
-  return AlignUp(uint64_t{kGroupRows} * max_batch, 64 / sizeof(float));
+  return AlignUp(uint64_t{kStripGroupRows} * max_batch, 64 / sizeof(float));
 }
 
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
@@ -153,9 +159,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
   // Phase 1: h for every bundle of the batch and every token, split over bundles. A batch's gate
-  // and up rows go kGroupRows at a time through DotRows (one register tile for q8_0). One token
-  // of q8_0 goes bundle by bundle, and the next bundle decides how: when it starts right after
-  // this one (within kAdjacentGap bytes: resident bundles, a merged read), this bundle's down
+  // and up rows go GroupRows(dtype) at a time through DotRows (one register tile for q8_0). One
+  // token of q8_0 goes bundle by bundle, and the next bundle decides how: when it starts right
+  // after this one (within kAdjacentGap bytes: resident bundles, a merged read), this bundle's down
   // column goes through DotRows too, after its gate and up (the product is not used), so that
   // the bundles are read front to back as one stream; otherwise the next bundle's gate and up
   // rows are prefetched (as they are for batches and other dtypes). Skipping the down columns of
@@ -164,13 +170,13 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   // scattered bundles costs more than it gains (docs/benchmarks.md, "Resident bundle FFN").
   const uint32_t per_bundle = separate_ ? 1 : 2;
   const bool one_q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
-  const uint32_t group = one_q8_token ? 1 : kGroupRows / per_bundle;
+  const uint32_t group = one_q8_token ? 1 : GroupRows(g_.dtype) / per_bundle;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + th * TileStride(max_batch_);
     uint64_t computed = 0, fired = 0;  // under a score mask
     for (uint64_t k0 = begin; k0 < end; k0 += group) {
       const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));
-      const std::byte* rows[kGroupRows];
+      const std::byte* rows[kStripGroupRows];
       uint32_t row_count = 0;
       for (uint32_t j = 0; j < m; ++j) {
         const std::byte* bundle = bundles[k0 + j];

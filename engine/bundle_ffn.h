@@ -90,8 +90,12 @@ class BundleFfnKernel {
   uint32_t chunk_max() const { return chunk_max_; }
 
  private:
-  // Gate/up rows multiplied per DotRows call (two bundles of [gate | up], four of up alone).
+  // Gate/up rows multiplied per DotRows call: 4 (two bundles of [gate | up], four of up alone),
+  // or for the dtypes DotRows takes 16 rows at a time (q4_0, q4_K, q6_K: one lane of a strip a
+  // row) 16, so that no lane is computed for nothing.
   static constexpr uint32_t kGroupRows = 4;
+  static constexpr uint32_t kStripGroupRows = 16;
+  static uint32_t GroupRows(layout::DType dtype);
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
   // Floats in each thread's tile of gate/up products: whole cache lines, so that threads never
   // write the same line (one token's tile is 4 floats; two threads sharing its line passed it

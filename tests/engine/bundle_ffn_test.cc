@@ -109,11 +109,13 @@ void ExpectIdentical(const Trace& a, const Trace& b, const std::string& what) {
 // computes them, h = act(g) * u, then out += h * down column in position order (AxpyRow), for
 // both bundle kinds, one token and a batch, 1 and 2 threads, bundles adjacent in memory or
 // scattered, in several Accumulate calls. (One q8_0 token reads adjacent bundles front to back
-// and prefetches scattered ones, a batch goes through 4-row tiles: all must give MatMul's
-// products.)
+// and prefetches scattered ones, a batch goes through 4-row tiles, q4_0 / q4_K / q6_K through
+// 16-row strips: all must give MatMul's products.)
 TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
-  constexpr uint32_t kDim = 96, kHidden = 40;
-  for (layout::DType dtype : {layout::DType::kQ8_0, layout::DType::kF32, layout::DType::kQ4_0}) {
+  constexpr uint32_t kHidden = 40;
+  for (layout::DType dtype : {layout::DType::kQ8_0, layout::DType::kF32, layout::DType::kQ4_0,
+                              layout::DType::kQ4_K, layout::DType::kQ6_K}) {
+    const uint32_t kDim = layout::BlockValues(dtype) > 32 ? 512 : 96;  // whole super-blocks
     for (layout::BundleKind kind :
          {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
       const layout::BundleGeometry g = layout::BundleGeometry::Make(kind, dtype, kDim, 64);
