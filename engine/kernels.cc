@@ -2198,13 +2198,14 @@ void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t
 #endif
 
 #ifdef FLASHLM_AVX512
-// AxpyRows for one token over B consecutive full q8_0 blocks (32 x B values) at byte `at` of
-// every row: y's 32 x B values stay in 2 x B zmm registers while the rows go by. Every value
-// takes a * (d * q) fused into y, as AxpyRow does, so the result is bit-identical to it.
-template <int B>
+// AxpyRows for one token over B consecutive full q8_0 (or, kQ4, q4_0) blocks (32 x B values) at
+// byte `at` of every row: y's 32 x B values stay in 2 x B zmm registers while the rows go by.
+// Every value takes a * (d * q) fused into y, as AxpyRow does (q4_0: q = nibble - 8, in value
+// order as UnpackQ4 gives them), so the result is bit-identical to it.
+template <int B, bool kQ4 = false>
 void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, const float* a,
                           uint64_t a_stride, float* y) {
-  constexpr uint64_t kBlockBytes = 2 + kBlock;  // f16 scale, 32 int8
+  constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
   __m512 acc[B][2];
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < 2; ++h) acc[b][h] = _mm512_loadu_ps(y + 32 * b + 16 * h);
@@ -2223,9 +2224,19 @@ void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, c
     const std::byte* w = rows[k] + at;
     for (int b = 0; b < B; ++b, w += kBlockBytes) {
       const __m512 d = _mm512_set1_ps(HalfToFloat(w));
+      __m128i q[2];
+      if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+        const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+        q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
+        q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
+      } else {
+        for (int h = 0; h < 2; ++h) {
+          q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
+        }
+      }
       for (int h = 0; h < 2; ++h) {
-        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
-        const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+        const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
         acc[b][h] = _mm512_fmadd_ps(av, v, acc[b][h]);
       }
     }
@@ -2344,17 +2355,23 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   CHECK(MatMulSupports(dtype));
   uint32_t done = 0;  // values handled by the register-blocked path
 #ifdef FLASHLM_AVX512
-  if (n_tokens == 1 && dtype == DType::kQ8_0) {  // one token: 128 values in registers at a time
+  // One token of q8_0 or q4_0: 128 values in registers at a time.
+  if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
+    const bool q4 = dtype == DType::kQ4_0;
     const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
     const uint32_t full = len / kBlock;
     uint32_t b = 0;
     for (; b + 4 <= full; b += 4) {
-      AxpyQ8BlocksOneToken<4>(rows, offset + b * block_bytes, a, a_stride,
-                              y + uint64_t{b} * kBlock);
+      const uint64_t at = offset + b * block_bytes;
+      float* yb = y + uint64_t{b} * kBlock;
+      q4 ? AxpyQ8BlocksOneToken<4, true>(rows, at, a, a_stride, yb)
+         : AxpyQ8BlocksOneToken<4>(rows, at, a, a_stride, yb);
     }
     for (; b < full; ++b) {
-      AxpyQ8BlocksOneToken<1>(rows, offset + b * block_bytes, a, a_stride,
-                              y + uint64_t{b} * kBlock);
+      const uint64_t at = offset + b * block_bytes;
+      float* yb = y + uint64_t{b} * kBlock;
+      q4 ? AxpyQ8BlocksOneToken<1, true>(rows, at, a, a_stride, yb)
+         : AxpyQ8BlocksOneToken<1>(rows, at, a, a_stride, yb);
     }
     done = full * kBlock;
   }
