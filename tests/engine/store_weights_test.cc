@@ -18,12 +18,14 @@
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
 #include "layout/synth.h"
+#include "tests/engine/test_models.h"
 #include "tests/test_util.h"
 
 namespace flashlm::engine {
 namespace {
 
 namespace fs = std::filesystem;
+namespace testing = ::flashlm::testing;  // test_util.h's (test_models.h has engine::testing)
 
 std::vector<int32_t> ReadIds(const fs::path& p) {
   std::ifstream in(p);
@@ -270,6 +272,22 @@ TEST(StoreWeightsTest, F32StoreMatchesDramForwardAndGolden) {
   ExpectGoldenContinuation(**streaming, golden);
 }
 
+// A small Q4_K_M-style GGUF written to `gguf` (synth: output and ffn_down q6_K, the rest q4_K;
+// dim 256, so q4_K rows are whole super-blocks), opened; null if either step failed.
+std::unique_ptr<layout::Checkpoint> SynthQ4KM(const fs::path& gguf, uint32_t seed) {
+  layout::SynthOptions so;
+  so.config = *layout::SynthShape("tiny");
+  so.config.dim = 256;
+  so.config.hidden_dim = 768;
+  so.config.head_dim = 64;
+  so.q4_k_m = true;
+  so.seed = seed;
+  so.out_path = gguf.string();
+  if (!layout::SynthesizeGguf(so).ok()) return nullptr;
+  auto src = layout::OpenCheckpoint(so.out_path);
+  return src.ok() ? std::move(*src) : nullptr;
+}
+
 // A Q4_K_M-style GGUF (synth: output and ffn_down q6_K, the rest q4_K) repacked as it is keeps
 // its dtypes (bundles in up's q4_K, their down columns re-quantised into it) and runs through the
 // q4_K / q6_K kernels. Its reference is the same file repacked to f32 (the exact dequantisation
@@ -279,23 +297,14 @@ TEST(StoreWeightsTest, F32StoreMatchesDramForwardAndGolden) {
 // than twice the error measured at that position.
 TEST(StoreWeightsTest, Q4KMStoreKeepsItsDtypesAndMatchesItsF32Dequantisation) {
   testing::ScratchDir dir;
-  layout::SynthOptions so;
-  so.config = *layout::SynthShape("tiny");
-  so.config.dim = 256;
-  so.config.hidden_dim = 768;
-  so.config.head_dim = 64;
-  so.q4_k_m = true;
-  so.seed = 3;
-  so.out_path = (dir / "q4km.gguf").string();
-  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
-  auto src = layout::OpenCheckpoint(so.out_path);
-  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  auto src = SynthQ4KM(dir / "q4km.gguf", 3);
+  ASSERT_NE(src, nullptr);
   for (auto [path, dtype] : {std::pair{dir / "kept", std::optional<layout::DType>()},
                              std::pair{dir / "f32", std::optional(layout::DType::kF32)}}) {
     layout::RepackOptions o;
     o.dtype = dtype;
     o.alignment_bytes = 512;
-    auto r = layout::Repack(**src, path.string(), o);
+    auto r = layout::Repack(*src, path.string(), o);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
   }
   {
@@ -365,17 +374,8 @@ TEST(StoreWeightsTest, Q4KMStoreKeepsItsDtypesAndMatchesItsF32Dequantisation) {
 // (strips) as at the smallest budget (attention and classifier streamed, row-major).
 TEST(StoreWeightsTest, PinnedMatricesAreKeptInStripsAndMultiplyAsStored) {
   testing::ScratchDir dir;
-  layout::SynthOptions so;
-  so.config = *layout::SynthShape("tiny");
-  so.config.dim = 256;
-  so.config.hidden_dim = 768;
-  so.config.head_dim = 64;
-  so.q4_k_m = true;
-  so.seed = 4;
-  so.out_path = (dir / "q4km.gguf").string();
-  ASSERT_TRUE(layout::SynthesizeGguf(so).ok());
-  auto src = layout::OpenCheckpoint(so.out_path);
-  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  auto src = SynthQ4KM(dir / "q4km.gguf", 4);
+  ASSERT_NE(src, nullptr);
   for (auto [name, dtype] : {std::pair{"kept", std::optional<layout::DType>()},
                              std::pair{"q4_0", std::optional(layout::DType::kQ4_0)}}) {
     SCOPED_TRACE(name);
@@ -383,7 +383,7 @@ TEST(StoreWeightsTest, PinnedMatricesAreKeptInStripsAndMultiplyAsStored) {
     o.dtype = dtype;
     o.alignment_bytes = 512;
     o.dense_extent_bytes_max = 64 << 10;  // several extents a tensor
-    auto r = layout::Repack(**src, (dir / name).string(), o);
+    auto r = layout::Repack(*src, (dir / name).string(), o);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     TransformerOptions to;
     to.max_context = 64;
@@ -405,7 +405,6 @@ TEST(StoreWeightsTest, PinnedMatricesAreKeptInStripsAndMultiplyAsStored) {
       store.ReleaseLayer(l);
     }
     std::mt19937 rng(5);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
     ThreadPool pool(2);
     uint32_t in_strips = 0;
     for (const auto& [tensor, m] : all) {
@@ -417,15 +416,7 @@ TEST(StoreWeightsTest, PinnedMatricesAreKeptInStripsAndMultiplyAsStored) {
       std::vector<std::byte> raw(info->size_bytes());
       ASSERT_TRUE(store.reader().ReadTensor(*info, raw).ok());
       const MatrixView plain{info->dtype, m.rows, m.cols, raw};
-      for (uint32_t tokens : {1u, 4u}) {
-        std::vector<float> x(uint64_t{tokens} * m.cols);
-        for (float& v : x) v = nd(rng);
-        std::vector<std::byte> scratch(MatMulScratchBytes(m.cols, tokens));
-        std::vector<float> want(uint64_t{tokens} * m.rows), got(want.size());
-        MatMul(plain, x, tokens, want, scratch, pool);
-        MatMul(m, x, tokens, got, scratch, pool);
-        ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << tokens;
-      }
+      EXPECT_EQ(engine::testing::ProductsDiffer(m, plain, rng, pool), "");
     }
     if (CanInterleaveStrips(layout::DType::kQ4_K, 16, 256)) {
       EXPECT_EQ(in_strips, all.size()) << "every matrix of this store has a strip kernel";

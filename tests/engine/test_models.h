@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/kernels.h"
+#include "engine/thread_pool.h"
 #include "layout/checkpoint.h"
 #include "layout/dtype.h"
 #include "storage/check.h"
@@ -277,6 +279,25 @@ class ReferenceModel {
   uint64_t kv_;
   std::vector<float> kcache_, vcache_;
 };
+
+// Empty when MatMul over `m` gives, bit for bit, MatMul over `plain` (the same matrix as stored
+// row-major) for 1 and for 4 random tokens; else which token count differed.
+inline std::string ProductsDiffer(const MatrixView& m, const MatrixView& plain, std::mt19937& rng,
+                                  ThreadPool& pool) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (uint32_t tokens : {1u, 4u}) {
+    std::vector<float> x(uint64_t{tokens} * m.cols);
+    for (float& v : x) v = nd(rng);
+    std::vector<std::byte> scratch(MatMulScratchBytes(m.cols, tokens));
+    std::vector<float> want(uint64_t{tokens} * m.rows), got(want.size());
+    MatMul(plain, x, tokens, want, scratch, pool);
+    MatMul(m, x, tokens, got, scratch, pool);
+    if (std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) != 0) {
+      return "products differ for " + std::to_string(tokens) + " tokens";
+    }
+  }
+  return "";
+}
 
 }  // namespace flashlm::engine::testing
 
