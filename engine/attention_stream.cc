@@ -131,7 +131,7 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
       for (MatrixView* m : {&layer.resident.wq, &layer.resident.wk, &layer.resident.wv,
                             &layer.resident.wo, &layer.resident.gate}) {
         if (m->bytes.empty()) continue;
-        std::byte* p = base + (m->bytes.data() - base);
+        std::byte* p = base + (m->bytes.data() - base);  // the writable pinned bytes it views
         *m = KeepInStrips(*m, ByteSpan(p, m->bytes.size()));
       }
       layer.outs.clear();

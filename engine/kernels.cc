@@ -1135,12 +1135,6 @@ void StripQ6K(const Src& src, uint32_t nb, const QToken* x, __m512* acc, bool pr
   }
 }
 
-// MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
-// [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
-// run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
-// next strip at the end, on the last pass only, as earlier passes re-read this one), and the
-// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows. The strip is
-// read through RowMajorK, or InterleavedK where w.strips.
 // Every token, kStripTokensK at a time, over one strip read through `src`: store(t, v) gets
 // token t's 16 lanes (q4_K: acc - macc). Prefetches on the last pass only (earlier passes'
 // reads are re-read there).
@@ -1184,6 +1178,12 @@ void KStripTokens(const Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpa
   }
 }
 
+// MatMulRows for q4_K (kQ6 false) and q6_K (kQ6 true) in strips: for every strip of rows
+// [row_begin, row_end) and every pass of up to kStripTokensK tokens over it, StripQ4K / StripQ6K
+// run over all its super-blocks (prefetching kPrefetchSuperBlocks ahead in read order, into the
+// next strip at the end, on the last pass only, as earlier passes re-read this one), and the
+// pass's results (q4_K: acc - macc) are stored to y, masked to the strip's rows. The strip is
+// read through RowMajorK, or InterleavedK where w.strips.
 template <bool kQ6>
 void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                        uint32_t row_begin, uint32_t row_end, float* y) {
@@ -2108,8 +2108,6 @@ inline void LoadBlock32(DType dtype, const std::byte* w, __m256 v[4]) {
   }
 }
 
-// AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
-// y (NT x 32) stays in registers while the rows go by.
 #ifdef FLASHLM_AVX512
 // q4_K super-block `blk` dequantised as layout::DequantizeRow does (x = (d * sc) * q - dmin * m,
 // the product and the difference each rounded), 16 values a vector: sink(i, v) gets values
@@ -2168,6 +2166,8 @@ void AxpyQ4KOneToken(std::span<const std::byte* const> rows, uint64_t offset, ui
 }
 #endif
 
+// AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
+// y (NT x 32) stays in registers while the rows go by.
 template <int NT>
 void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, const float* a,
                    uint64_t a_stride, float* y, uint64_t y_stride) {
