@@ -2138,28 +2138,65 @@ __attribute__((always_inline)) inline void DequantQ4KBlock16(const std::byte* bl
   }
 }
 
-// One token, q4_K: for each whole super-block of the slice, its 256 values of y stay in 16
-// registers while every row's super-block is dequantised and added (rows in order, each
-// y value's fused terms as AxpyRow's).
-void AxpyQ4KOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
-                     const float* a, uint64_t a_stride, float* y) {
-  constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead (3 lines each)
+// q6_K super-block `blk` dequantised as layout::DequantizeRow does (x = (d * sc) * (q - 32), both
+// products rounded), 16 values a vector: sink(i, v) gets values 16i .. 16i + 15 in order. Each
+// vector's 16 values share one scale; q is a nibble of ql with two bits of qh above it.
+template <class Sink>
+__attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* blk, Sink&& sink) {
+  const float d = HalfToFloat(blk + 208);
+  const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+  const __m512i low4 = _mm512_set1_epi32(0x0F), two = _mm512_set1_epi32(3),
+                k32 = _mm512_set1_epi32(32);
+  for (int n = 0; n < 2; ++n) {  // halves of 128 values: ql 64 bytes, qh 32, scales 8 each
+    const std::byte* ql = blk + 64 * n;
+    const std::byte* qh = blk + 128 + 32 * n;
+    for (int h = 0; h < 2; ++h) {  // values l = 16h .. 16h + 15 of each group of 32
+      const __m512i hb =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * h)));
+      for (int j = 0; j < 4; ++j) {  // value n * 128 + 32j + l
+        const __m512i lb = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 32 * (j % 2) + 16 * h)));
+        const __m512i nib = j < 2 ? _mm512_and_si512(lb, low4) : _mm512_srli_epi32(lb, 4);
+        const __m512i high = _mm512_slli_epi32(
+            _mm512_and_si512(_mm512_srlv_epi32(hb, _mm512_set1_epi32(2 * j)), two), 4);
+        const __m512i q = _mm512_sub_epi32(_mm512_or_si512(nib, high), k32);
+        const float scale = d * static_cast<float>(sc[8 * n + 2 * j + h]);
+        sink(8 * n + 2 * j + h, _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(q)));
+      }
+    }
+  }
+}
+
+// One token, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, its 256 values of y
+// stay in 16 registers while every row's super-block is dequantised and added (rows in order,
+// each y value's fused terms as AxpyRow's).
+template <bool kQ6>
+void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
+                   const float* a, uint64_t a_stride, float* y) {
+  constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
+  constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead
   for (uint32_t b = 0; b < blocks; ++b) {
-    const uint64_t at = offset + uint64_t{b} * kQ4KBytes;
+    const uint64_t at = offset + uint64_t{b} * kBytes;
     float* yb = y + uint64_t{b} * layout::kKBlockValues;
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_loadu_ps(yb + 16 * i);
     for (size_t k = 0; k < rows.size(); ++k) {
       if (k + kAhead < rows.size()) {
         const std::byte* p = rows[k + kAhead] + at;
-        for (int l = 0; l < 3; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(p + 64 * l), _MM_HINT_T0);
+        for (uint32_t l = 0; l < kBytes; l += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
+        }
+        _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
       }
       const float ak = a[k * a_stride];
       if (ak == 0.0f) continue;  // as AxpyRow skips it
       const __m512 av = _mm512_set1_ps(ak);
-      DequantQ4KBlock16(rows[k] + at,
-                        [&](int i, __m512 v) { acc[i] = _mm512_fmadd_ps(av, v, acc[i]); });
+      const auto add = [&](int i, __m512 v) { acc[i] = _mm512_fmadd_ps(av, v, acc[i]); };
+      if constexpr (kQ6) {
+        DequantQ6KBlock16(rows[k] + at, add);
+      } else {
+        DequantQ4KBlock16(rows[k] + at, add);
+      }
     }
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(yb + 16 * i, acc[i]);
   }
@@ -2308,8 +2345,11 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
     for (uint32_t c = 0; c < len; c += per, w += block_bytes) {
       const uint32_t m = std::min(per, len - c);
 #ifdef FLASHLM_AVX512
+      const auto put = [&](int i, __m512 x) { _mm512_storeu_ps(v + 16 * i, x); };
       if (dtype == DType::kQ4_K && m == per) {
-        DequantQ4KBlock16(w, [&](int i, __m512 x) { _mm512_storeu_ps(v + 16 * i, x); });
+        DequantQ4KBlock16(w, put);
+      } else if (dtype == DType::kQ6_K && m == per) {
+        DequantQ6KBlock16(w, put);
       } else
 #endif
         CHECK_OK(
@@ -2375,9 +2415,11 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     }
     done = full * kBlock;
   }
-  if (n_tokens == 1 && dtype == DType::kQ4_K) {  // one token: a super-block in registers
+  // One token of q4_K or q6_K: a super-block in registers.
+  if (n_tokens == 1 && (dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
     const uint32_t full = len / layout::kKBlockValues;
-    AxpyQ4KOneToken(rows, offset, full, a, a_stride, y);
+    dtype == DType::kQ6_K ? AxpyKOneToken<true>(rows, offset, full, a, a_stride, y)
+                          : AxpyKOneToken<false>(rows, offset, full, a, a_stride, y);
     done = full * layout::kKBlockValues;
   }
   if (n_tokens > 1 && dtype == DType::kQ8_0) {  // a block at a time for up to 8 tokens
