@@ -144,7 +144,7 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
   }
   if (s->streamed_.empty()) return s;
   ASSIGN_OR_RETURN(s->buffer_, storage::AlignedBuffer::Allocate(layout.stream_buffer_bytes, 4096));
-  ASSIGN_OR_RETURN(s->group_, s->extents_->AddGroup());
+  ASSIGN_OR_RETURN(s->group_, s->extents_->AddGroup(layout::ReadSource::kAttention));
   for (uint32_t l : s->streamed_) {
     Layer& layer = s->layers_[l];
     if (layout.in_place) {

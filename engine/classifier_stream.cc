@@ -57,7 +57,7 @@ Result<std::unique_ptr<ClassifierStream>> ClassifierStream::Open(layout::StoreRe
   for (int k = 0; k < 2; ++k) {
     Slot& slot = s->slots_[k];
     slot.buffer = s->memory_.span().subspan(k * layout.buffer_bytes, layout.buffer_bytes);
-    ASSIGN_OR_RETURN(slot.group, s->extents_->AddGroup());
+    ASSIGN_OR_RETURN(slot.group, s->extents_->AddGroup(layout::ReadSource::kClassifier));
     slot.plan.Reserve(1);
   }
   return s;

@@ -54,7 +54,7 @@ Result<std::unique_ptr<EmbeddingRows>> EmbeddingRows::Open(layout::StoreReader& 
   }
   ASSIGN_OR_RETURN(e->memory_,
                    storage::AlignedBuffer::Allocate(layout.demand_bytes, 4096, /*huge_pages=*/false));
-  ASSIGN_OR_RETURN(e->group_, e->extents_->AddGroup());
+  ASSIGN_OR_RETURN(e->group_, e->extents_->AddGroup(layout::ReadSource::kEmbedding));
   e->plan_.Reserve(1);
   return e;
 }

@@ -166,7 +166,7 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   for (uint32_t k = 0; k < ring; ++k) {
     Slot& slot = s->slots_[k];
     slot.buffer = s->ring_memory_.span().subspan(uint64_t{k} * s->slot_bytes_, s->slot_bytes_);
-    ASSIGN_OR_RETURN(slot.group, s->extents_->AddGroup());
+    ASSIGN_OR_RETURN(slot.group, s->extents_->AddGroup(layout::ReadSource::kFfn));
     slot.positions.resize(chunk);
     slot.extents.resize(chunk);
     slot.pointers.resize(chunk);

@@ -495,6 +495,7 @@ void Session::FillStats(EngineStats* out) const {
     s.bytes_read = c.reads.bytes_read;
     s.reads = c.reads.reads;
     s.io_wait_ns = c.reads.wait_ns;
+    s.io_by_source = c.reads.by_source;
     s.bundles_resident = c.neurons.bundles_resident;
     s.bundles_streamed = c.neurons.bundles_streamed;
     s.bundles_cached = c.neurons.bundles_cached;

@@ -14,6 +14,7 @@
 #ifndef FLASHLM_ENGINE_SESSION_H_
 #define FLASHLM_ENGINE_SESSION_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -30,6 +31,7 @@
 #include "engine/transformer.h"
 #include "engine/weights.h"
 #include "layout/checkpoint.h"
+#include "layout/extent_reader.h"
 #include "storage/read_backend.h"
 #include "storage/status.h"
 
@@ -78,6 +80,10 @@ struct EngineStats {
   uint64_t bytes_read = 0;            // bytes the backend read (aligned, merged)
   uint64_t reads = 0;                 // reads the backend issued
   uint64_t io_wait_ns = 0;            // time spent waiting for reads
+  // The store's reads and waits by what they were for (layout::ReadSource: the attention layers,
+  // with the FFN gate when gate+up-down bundles omit it; the FFN bundles; the classifier; the
+  // embedding rows; other: start-up loads). Zeros for a checkpoint.
+  std::array<layout::SourceCounters, layout::kReadSources> io_by_source{};
   uint64_t bundles_resident = 0;      // FFN bundles used from DRAM
   uint64_t bundles_streamed = 0;      // FFN bundles read from flash
   uint64_t ffn_neurons_computed = 0;  // per layer and pass (Transformer::ffn_neurons_computed)

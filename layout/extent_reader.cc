@@ -116,12 +116,29 @@ Status ExtentReader::Verify(const Extent& e, ConstByteSpan stored) const {
                          Hex(e.checksum) + ", data " + Hex(sum));
 }
 
-Result<uint32_t> ExtentReader::AddGroup() {
+const char* ReadSourceName(ReadSource source) {
+  switch (source) {
+    case ReadSource::kOther:
+      return "other";
+    case ReadSource::kAttention:
+      return "attention";
+    case ReadSource::kFfn:
+      return "ffn";
+    case ReadSource::kClassifier:
+      return "classifier";
+    case ReadSource::kEmbedding:
+      return "embedding";
+  }
+  return "other";
+}
+
+Result<uint32_t> ExtentReader::AddGroup(ReadSource source) {
   if (groups_taken_ >= limits_.groups) {
     return ResourceExhaustedError("extent reader: all " + std::to_string(limits_.groups) +
                                   " read groups are taken");
   }
-  return ++groups_taken_;
+  groups_[++groups_taken_].source = source;
+  return groups_taken_;
 }
 
 uint32_t ExtentReader::ReadsFor(uint64_t bytes) const {
@@ -230,6 +247,9 @@ Status ExtentReader::ReapSome() {
     free_tags_.push_back(static_cast<uint32_t>(c.tag));
     Group& g = groups_[p.group];
     --g.pending;
+    SourceCounters& sc = counters_.by_source[static_cast<size_t>(g.source)];
+    ++sc.reads;
+    if (c.status.ok()) sc.bytes_read += c.bytes_read;
     if (!g.error.ok()) continue;
     if (!c.status.ok()) {
       g.error = c.status.WithContext(DataFileName(p.file) + " offset " + std::to_string(p.offset));
@@ -249,15 +269,20 @@ Status ExtentReader::Wait(uint32_t group) {
     while (g.pending > 0) {
       Status st = ReapSome();
       if (!st.ok()) {  // the backend is unusable: nothing more will land
-        counters_.wait_ns += storage::NowNs() - t0;
+        BookWait(g, storage::NowNs() - t0);
         return st;
       }
     }
-    counters_.wait_ns += storage::NowNs() - t0;
+    BookWait(g, storage::NowNs() - t0);
   }
   Status st = std::move(g.error);
   g.error = Status::Ok();
   return st;
+}
+
+void ExtentReader::BookWait(const Group& g, uint64_t ns) {
+  counters_.wait_ns += ns;
+  counters_.by_source[static_cast<size_t>(g.source)].wait_ns += ns;
 }
 
 void ExtentReader::Drain() {

@@ -27,6 +27,7 @@
 #define FLASHLM_LAYOUT_EXTENT_READER_H_
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -70,11 +71,30 @@ struct ExtentReaderLimits {
   uint32_t plan_extents = 4096;            // extents per ReadExtents batch (planner capacity)
 };
 
+// What an asynchronous read group reads (AddGroup), so that bytes and waits can be told apart
+// by what they were for. kOther: the synchronous path (start-up loads, verification) and groups
+// that name nothing.
+enum class ReadSource : uint8_t { kOther = 0, kAttention, kFfn, kClassifier, kEmbedding };
+inline constexpr size_t kReadSources = 5;
+// "other", "attention", "ffn", "classifier", "embedding".
+const char* ReadSourceName(ReadSource source);
+
+struct SourceCounters {
+  uint64_t bytes_read = 0;  // bytes of the reads that landed (what the backend returned)
+  uint64_t reads = 0;       // reads that landed
+  uint64_t wait_ns = 0;     // time spent in Wait for a group of this source
+};
+
 struct ReadCounters {
   uint64_t bytes_requested = 0;  // stored bytes of the extents asked for
   uint64_t bytes_read = 0;       // bytes the backend read (aligned covers, merged spans)
   uint64_t reads = 0;            // reads the backend issued
   uint64_t wait_ns = 0;          // time spent waiting for reads to land
+  // The reads and waits above by what they were for (indexed by ReadSource). The wait of a group
+  // is booked to its source even while completions of other groups land during it: it is the
+  // time the caller waiting for that source was held up.
+  std::array<SourceCounters, kReadSources> by_source{};
+  const SourceCounters& of(ReadSource s) const { return by_source[static_cast<size_t>(s)]; }
 };
 
 // Extents planned as reads into one destination buffer: spans (merged neighbours, aligned to the
@@ -143,8 +163,9 @@ class ExtentReader {
   Status ForEachExtent(std::span<const Extent> extents,
                        const std::function<Status(size_t, ConstByteSpan)>& consume);
 
-  // Asynchronous groups. AddGroup takes one (set-up only). Errors: ResourceExhausted.
-  Result<uint32_t> AddGroup();
+  // Asynchronous groups. AddGroup takes one (set-up only), its reads and waits counted under
+  // `source`. Errors: ResourceExhausted.
+  Result<uint32_t> AddGroup(ReadSource source = ReadSource::kOther);
   // Plans reads of `extents` (uncompressed or not: the stored bytes are read) into one
   // destination: neighbours whose aligned covers are at most gap_max_bytes apart are merged
   // (merge = false: one span per extent), spans are split into reads of at most read_max_bytes
@@ -185,9 +206,11 @@ class ExtentReader {
   struct Group {
     uint32_t pending = 0;
     Status error;
+    ReadSource source = ReadSource::kOther;
   };
   ExtentReader() = default;
   Status ReapSome();
+  void BookWait(const Group& g, uint64_t ns);
   // The synchronous path: reads and verifies `extents` in staging-sized batches, then calls
   // sink(i, extent, stored bytes) for each.
   template <typename Sink>

@@ -110,6 +110,28 @@ std::string Metrics::Prometheus(const engine::SchedulerSnapshot& s, uint64_t pla
   counter("flashlm_flash_bytes_read_total", "Bytes the read backend read (aligned, merged).",
           static_cast<double>(e.bytes_read));
   counter("flashlm_flash_reads_total", "Reads the backend issued.", static_cast<double>(e.reads));
+  // The same reads and waits by what they were for (layout::ReadSource).
+  const struct {
+    const char* name;
+    const char* help;
+    double (*value)(const layout::SourceCounters&);
+  } by_source[] = {
+      {"flashlm_flash_source_bytes_read_total", "Bytes read from flash, by what they were for.",
+       [](const layout::SourceCounters& c) { return static_cast<double>(c.bytes_read); }},
+      {"flashlm_flash_source_reads_total", "Reads from flash, by what they were for.",
+       [](const layout::SourceCounters& c) { return static_cast<double>(c.reads); }},
+      {"flashlm_io_wait_source_seconds_total",
+       "Time forward passes waited for flash reads, by what they were for.",
+       [](const layout::SourceCounters& c) { return static_cast<double>(c.wait_ns) / 1e9; }},
+  };
+  for (const auto& m : by_source) {
+    Header(out, m.name, "counter", m.help);
+    for (size_t i = 0; i < layout::kReadSources; ++i) {
+      const std::string labels = std::string("{source=\"") +
+                                 layout::ReadSourceName(static_cast<layout::ReadSource>(i)) + "\"}";
+      Line(out, m.name, m.value(e.io_by_source[i]), labels.c_str());
+    }
+  }
   gauge("flashlm_flash_effective_mib_per_second", "Bytes read over the time waited for them.",
         e.io_wait_ns ? static_cast<double>(e.bytes_read) / (1 << 20) /
                            (static_cast<double>(e.io_wait_ns) / 1e9)

@@ -470,7 +470,31 @@ std::string IoStatsLine(const engine::IoReport& r) {
       100.0 * s.hit_rate(), 100.0 * s.ffn_computed_fraction(), r.peak_rss_bytes / 1048576.0,
       static_cast<unsigned long long>(s.passes), r.pass_mib_read, r.pass_reads, r.pass_io_wait_ms,
       r.pass_compute_ms);
-  return buf;
+  std::string line = buf;
+  // What the reads were for, per pass: where the bytes and the waits went.
+  const double passes = s.passes ? static_cast<double>(s.passes) : 1.0;
+  std::string parts;
+  for (size_t i = 0; i < layout::kReadSources; ++i) {
+    const layout::SourceCounters& c = s.io_by_source[i];
+    if (c.reads == 0 && c.wait_ns == 0) continue;
+    std::snprintf(buf, sizeof(buf), "%s%s %.2f MiB in %.1f reads, wait %.2f ms",
+                  parts.empty() ? "" : "; ",
+                  layout::ReadSourceName(static_cast<layout::ReadSource>(i)),
+                  c.bytes_read / 1048576.0 / passes, c.reads / passes, c.wait_ns / 1e6 / passes);
+    parts += buf;
+  }
+  if (!parts.empty()) line += "\nio by source, per forward pass: " + parts;
+  return line;
+}
+
+nlohmann::json IoSourcesJson(const engine::EngineStats& s) {
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t i = 0; i < layout::kReadSources; ++i) {
+    const layout::SourceCounters& c = s.io_by_source[i];
+    j[layout::ReadSourceName(static_cast<layout::ReadSource>(i))] = {
+        {"bytes_read", c.bytes_read}, {"reads", c.reads}, {"wait_ms", c.wait_ns / 1e6}};
+  }
+  return j;
 }
 
 nlohmann::json IoStatsJson(const engine::IoReport& r, uint64_t tokens, uint64_t planned_bytes) {
@@ -490,7 +514,8 @@ nlohmann::json IoStatsJson(const engine::IoReport& r, uint64_t tokens, uint64_t 
                         {"ffn_neurons_computed", s.ffn_neurons_computed},
                         {"ffn_neurons_total", s.ffn_neurons_total},
                         {"planned_bytes", planned_bytes},
-                        {"peak_rss_bytes", r.peak_rss_bytes}};
+                        {"peak_rss_bytes", r.peak_rss_bytes},
+                        {"by_source", IoSourcesJson(s)}};
 }
 
 nlohmann::json GenerationJson(const engine::GenerationStats& s, const std::vector<int32_t>* ids) {

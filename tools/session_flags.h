@@ -67,8 +67,9 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);
 // Errors: InvalidArgument naming the flag.
 Status ApplySessionFlags(const SessionFlags& flags, engine::SessionOptions* options);
 
-// One line for stderr: bytes requested and read, reads, mean read size, effective MiB/s, I/O
-// wait, compute, FFN hit rate, peak RSS; totals and per forward pass.
+// For stderr: bytes requested and read, reads, mean read size, effective MiB/s, I/O wait,
+// compute, FFN hit rate, peak RSS; totals and per forward pass. A second line, when the store
+// read anything, splits the bytes, reads and waits per pass by what they were for.
 std::string IoStatsLine(const engine::IoReport& report);
 // The KV cache's line for stderr (a paged cache): pages and dtype, bytes resident, V bytes read
 // from and written to flash, reads and their mean size, page hit rate, KV I/O wait and attention
@@ -86,6 +87,9 @@ nlohmann::json FfnStatsJson(const engine::EngineStats& stats);
 std::string LazyStatsLine(const engine::EngineStats& stats);
 nlohmann::json LazyStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
+// The store's reads by what they were for (EngineStats::io_by_source): {"attention": {"bytes_read",
+// "reads", "wait_ms"}, "ffn": ..., "classifier", "embedding", "other"}.
+nlohmann::json IoSourcesJson(const engine::EngineStats& stats);
 nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.
 nlohmann::json GenerationJson(const engine::GenerationStats& stats,

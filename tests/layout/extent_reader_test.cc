@@ -143,6 +143,60 @@ TEST(ExtentReaderTest, GroupsLandIndependently) {
   }
 }
 
+// Every read is booked to the source of its group (the synchronous path's to kOther): per
+// source, the bytes and reads that landed; together they are the backend's totals.
+TEST(ExtentReaderTest, ReadsAreCountedBySource) {
+  ::flashlm::testing::ScratchDir dir;
+  auto store = MakeStore(dir.path());
+  ASSERT_NE(store, nullptr);
+  ExtentReader& x = store->extent_reader();
+  ExtentReaderLimits limits;
+  limits.queue_depth = 8;
+  limits.groups = 2;
+  ASSERT_TRUE(x.SetLimits(limits).ok());
+  auto ffn = x.AddGroup(ReadSource::kFfn);
+  auto attention = x.AddGroup(ReadSource::kAttention);
+  ASSERT_TRUE(ffn.ok() && attention.ok());
+  auto a = store->BundleExtents(0, 0, 30);
+  auto b = store->BundleExtents(1, 100, 3);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ExtentPlan pa, pb;
+  ASSERT_TRUE(x.PlanExtents(*a, 0, true, &pa).ok());
+  ASSERT_TRUE(x.PlanExtents(*b, 0, false, &pb).ok());  // 3 reads
+  auto ba = storage::AlignedBuffer::Allocate(pa.bytes, 4096);
+  auto bb = storage::AlignedBuffer::Allocate(pb.bytes, 4096);
+  ASSERT_TRUE(ba.ok() && bb.ok());
+  x.ResetCounters();
+  ASSERT_TRUE(x.QueuePlan(*ffn, pa, ba->span()).ok());
+  ASSERT_TRUE(x.QueuePlan(*attention, pb, bb->span()).ok());
+  ASSERT_TRUE(x.Submit().ok());
+  ASSERT_TRUE(x.Wait(*attention).ok());
+  ASSERT_TRUE(x.Wait(*ffn).ok());
+  std::vector<std::byte> one((*b)[0].raw_bytes);  // the synchronous path
+  ASSERT_TRUE(x.ReadExtents(std::span<const Extent>(b->data(), 1),
+                            std::span<const ByteSpan>(std::vector<ByteSpan>{one}))
+                  .ok());
+  const ReadCounters c = x.counters();
+  EXPECT_EQ(c.of(ReadSource::kFfn).reads, pa.reads.reads.size());
+  EXPECT_EQ(c.of(ReadSource::kFfn).bytes_read, pa.bytes);
+  EXPECT_EQ(c.of(ReadSource::kAttention).reads, 3u);
+  EXPECT_EQ(c.of(ReadSource::kAttention).bytes_read, pb.bytes);
+  EXPECT_EQ(c.of(ReadSource::kOther).reads, 1u);
+  EXPECT_EQ(c.of(ReadSource::kClassifier).reads, 0u);
+  uint64_t reads = 0, bytes = 0, wait = 0;
+  for (const SourceCounters& s : c.by_source) {
+    reads += s.reads;
+    bytes += s.bytes_read;
+    wait += s.wait_ns;
+  }
+  EXPECT_EQ(reads, c.reads);
+  EXPECT_EQ(bytes, c.bytes_read);
+  EXPECT_EQ(wait, c.wait_ns);
+  EXPECT_STREQ(ReadSourceName(ReadSource::kFfn), "ffn");
+  x.ResetCounters();
+  EXPECT_EQ(x.counters().of(ReadSource::kFfn).reads, 0u);
+}
+
 // A flipped byte is Corruption in the one message format: the extent, what it holds, its file
 // and offset, both checksums.
 TEST(ExtentReaderTest, VerifyNamesTheExtent) {

@@ -56,6 +56,20 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
   EXPECT_EQ(io["cache_hit_rate"].get<double>(), 0.0) << io.dump();  // nothing pinned
   EXPECT_EQ(io["passes"].get<uint64_t>(), 30u) << io.dump();  // the prompt, then 29 tokens
   EXPECT_LE(io["planned_bytes"].get<uint64_t>(), minimum) << io.dump();
+  // Where the bytes went: at the minimum the attention layers and the FFN bundles stream, and the
+  // sources add up to the reads counted.
+  const nlohmann::json& by = io["by_source"];
+  EXPECT_GT(by["attention"]["bytes_read"].get<uint64_t>(), 0u) << by.dump();
+  EXPECT_GT(by["ffn"]["bytes_read"].get<uint64_t>(), 0u) << by.dump();
+  uint64_t source_bytes = 0, source_reads = 0;
+  for (const auto& [name, part] : by.items()) {
+    source_bytes += part["bytes_read"].get<uint64_t>();
+    source_reads += part["reads"].get<uint64_t>();
+  }
+  EXPECT_EQ(source_bytes, io["bytes_read"].get<uint64_t>()) << io.dump();
+  EXPECT_EQ(source_reads, io["reads"].get<uint64_t>()) << io.dump();
+  EXPECT_NE(low.err.find("io by source, per forward pass: attention "), std::string::npos)
+      << low.err;
   // The naive mode, one read per bundle and split reads, each at its own minimum: the same text.
   for (const char* mode : {"--no-pipeline", "--no-coalesce", "--split-bundle-reads"}) {
     CmdRun refused = Flashlm(g + mode + " --mem-budget 1");

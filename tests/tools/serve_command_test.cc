@@ -265,7 +265,9 @@ TEST(ServeCommandTest, EndpointsAndErrors) {
         "flashlm_time_to_first_token_seconds_bucket", "flashlm_time_per_token_seconds_bucket",
         "flashlm_queue_length", "flashlm_active_sequences", "flashlm_flash_bytes_read_total",
         "flashlm_flash_reads_total", "flashlm_flash_effective_mib_per_second",
-        "flashlm_ffn_hit_rate", "flashlm_io_wait_seconds_total", "flashlm_compute_seconds_total"}) {
+        "flashlm_ffn_hit_rate", "flashlm_io_wait_seconds_total", "flashlm_compute_seconds_total",
+        "flashlm_flash_source_bytes_read_total{source=\"ffn\"}",
+        "flashlm_io_wait_source_seconds_total{source=\"attention\"}"}) {
     EXPECT_NE(r.body.find(name), std::string::npos) << name;
   }
   EXPECT_EQ(Curl(b + "/health").status, 200);
