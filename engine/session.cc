@@ -289,6 +289,9 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
     ASSIGN_OR_RETURN(layout::FfnPredictor p,
                      layout::LoadFfnPredictor(file, reader->identity(), config.n_layers,
                                               config.dim, config.hidden_dim));
+    // Held and multiplied as f16 (half the DRAM the budget gives it), converted before anything
+    // the plan counts is allocated; f32 only when a value does not fit f16.
+    layout::HoldAsF16(&p);
     options.transformer.ffn_predictor =
         std::make_shared<const layout::FfnPredictor>(std::move(p));
   }

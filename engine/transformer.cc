@@ -105,6 +105,15 @@ struct Transformer::Layout {
   uint64_t kernel_bytes = 0;
 };
 
+namespace {
+
+// DRAM the predictor's layers hold (f32, or f16 matrices).
+uint64_t PredictorBytes(const layout::FfnPredictor& p) {
+  return p.layers.size() * p.LayerBytes(!p.layers.empty() && p.layers[0].f16());
+}
+
+}  // namespace
+
 Transformer::Layout Transformer::MakeLayout(const layout::ModelConfig& c,
                                             const TransformerOptions& o, uint32_t threads,
                                             const WeightsShape& shape, uint32_t ctx) {
@@ -184,15 +193,14 @@ uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const Transforme
   // The predictor's weights, shared with the caller but held for the Transformer's life.
   const uint64_t predictor =
       (o.sparsity == FfnSparsity::kPredictor || o.lookahead) && o.ffn_predictor
-          ? o.ffn_predictor->layers.size() * o.ffn_predictor->LayerValues() * sizeof(float)
+          ? PredictorBytes(*o.ffn_predictor)
           : 0;
   return l.arena.resident_bytes() + l.kernel_bytes + aux + predictor;
 }
 
 uint64_t Transformer::resident_bytes() const {
   return arena_.size_bytes() + (ffn_kernel_ ? ffn_kernel_->resident_bytes() : 0) +
-         (aux_ ? aux_->resident_bytes() : 0) +
-         (predictor_ ? predictor_->layers.size() * predictor_->LayerValues() * sizeof(float) : 0);
+         (aux_ ? aux_->resident_bytes() : 0) + (predictor_ ? PredictorBytes(*predictor_) : 0);
 }
 
 Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, ThreadPool& pool,
@@ -274,8 +282,10 @@ Result<std::unique_ptr<Transformer>> Transformer::Create(WeightStore& weights, T
           what + ": no predictor, or one whose shape disagrees with the model");
     }
     for (const layout::FfnPredictorLayer& pl : p->layers) {
-      if (pl.a.size() != uint64_t{p->rank} * p->dim || pl.b.size() != uint64_t{p->hidden} * p->rank ||
-          pl.bias.size() != p->hidden) {
+      const uint64_t a_size = pl.f16() ? pl.a_f16.size() : pl.a.size();
+      const uint64_t b_size = pl.f16() ? pl.b_f16.size() : pl.b.size();
+      if (a_size != uint64_t{p->rank} * p->dim || b_size != uint64_t{p->hidden} * p->rank ||
+          pl.bias.size() != p->hidden || pl.f16() != p->layers[0].f16()) {
         return InvalidArgumentError(what + ": a layer's matrices disagree with it");
       }
     }
@@ -1251,12 +1261,14 @@ uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> 
   const layout::ModelConfig& c = config_;
   const layout::FfnPredictor& p = *predictor_;
   const layout::FfnPredictorLayer& pl = p.layers[l];
-  auto bytes = [](const std::vector<float>& v) {
-    return ConstByteSpan(reinterpret_cast<const std::byte*>(v.data()), v.size() * sizeof(float));
+  auto bytes = [](const auto& v) {
+    return ConstByteSpan(reinterpret_cast<const std::byte*>(v.data()),
+                         v.size() * sizeof(v.front()));
   };
   // scores = B (A x) + bias, per token.
-  const MatrixView a{layout::DType::kF32, p.rank, c.dim, bytes(pl.a)};
-  const MatrixView b{layout::DType::kF32, c.hidden_dim, p.rank, bytes(pl.b)};
+  const layout::DType dtype = pl.f16() ? layout::DType::kF16 : layout::DType::kF32;
+  const MatrixView a{dtype, p.rank, c.dim, pl.f16() ? bytes(pl.a_f16) : bytes(pl.a)};
+  const MatrixView b{dtype, c.hidden_dim, p.rank, pl.f16() ? bytes(pl.b_f16) : bytes(pl.b)};
   const std::span<float> z = pred_z_.first(uint64_t{n} * p.rank);
   const std::span<float> scores = pred_scores_.first(uint64_t{n} * c.hidden_dim);
   MatMul(a, xb_.first(uint64_t{n} * c.dim), n, z, scratch_, pool_);
@@ -1267,7 +1279,7 @@ uint32_t Transformer::Predict(uint32_t l, uint32_t n, std::span<const uint32_t> 
   }
   if (count) {
     predictor_stats_.flops += uint64_t{n} * (2 * p.LayerValues());
-    predictor_stats_.bytes += p.LayerValues() * sizeof(float);
+    predictor_stats_.bytes += p.LayerBytes(pl.f16());
   } else {
     lookahead_flops_ += uint64_t{n} * (2 * p.LayerValues());
   }

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "layout/dtype.h"
 #include "storage/checksum.h"
 #include "storage/file.h"
 
@@ -195,6 +196,26 @@ Result<FfnPredictor> LoadFfnPredictor(const std::string& path, uint64_t store_id
     }
   }
   return p;
+}
+
+bool HoldAsF16(FfnPredictor* p) {
+  constexpr float kF16Max = 65504.0f;
+  for (const FfnPredictorLayer& l : p->layers) {
+    for (const std::vector<float>* m : {&l.a, &l.b}) {
+      for (float v : *m) {
+        if (!(std::fabs(v) <= kF16Max)) return false;
+      }
+    }
+  }
+  for (FfnPredictorLayer& l : p->layers) {
+    l.a_f16.resize(l.a.size());
+    l.b_f16.resize(l.b.size());
+    for (size_t i = 0; i < l.a.size(); ++i) l.a_f16[i] = F32ToF16(l.a[i]);
+    for (size_t i = 0; i < l.b.size(); ++i) l.b_f16[i] = F32ToF16(l.b[i]);
+    std::vector<float>().swap(l.a);
+    std::vector<float>().swap(l.b);
+  }
+  return true;
 }
 
 }  // namespace flashlm::layout

@@ -42,6 +42,9 @@ struct FfnPredictorLayer {
   std::vector<float> a;          // rank x dim, row-major
   std::vector<float> b;          // hidden x rank, row-major
   std::vector<float> bias;       // hidden
+  // After HoldAsF16: a and b as f16 (round to nearest even), a and b themselves emptied.
+  std::vector<uint16_t> a_f16, b_f16;
+  bool f16() const { return !a_f16.empty(); }
 };
 
 struct FfnPredictor {
@@ -55,7 +58,16 @@ struct FfnPredictor {
   uint64_t LayerValues() const {
     return uint64_t{rank} * dim + uint64_t{hidden} * rank + hidden;
   }
+  // DRAM one layer's matrices and bias take as held (f32, or f16 matrices after HoldAsF16).
+  uint64_t LayerBytes(bool f16) const {
+    return (uint64_t{rank} * dim + uint64_t{hidden} * rank) * (f16 ? 2 : 4) + uint64_t{hidden} * 4;
+  }
 };
+
+// Converts every layer's A and B to f16 and frees their f32 values (the engine multiplies them as
+// f16: half the DRAM and the bytes a prediction reads; the bias stays f32). Leaves the predictor
+// as it was, and returns false, when some value is beyond f16's range (|v| > 65504).
+bool HoldAsF16(FfnPredictor* p);
 
 // The file's size for this shape (header, layers, checksum).
 uint64_t FfnPredictorFileBytes(uint32_t layers, uint32_t dim, uint32_t hidden, uint32_t rank);

@@ -131,9 +131,12 @@ int RunTrainPredictor(const TrainPredictorFlags& f) {
     std::printf("\n");
   }
   const uint64_t bytes = p->layers.size() * p->LayerValues() * sizeof(float);
+  const uint64_t held = p->layers.size() * p->LayerBytes(true);
   std::printf(
-      "wrote %s (%.2f MiB of predictor weights, held in DRAM; use: --sparsity predictor%s)\n",
-      out.c_str(), bytes / 1048576.0, f.out.empty() ? "" : (" --predictor " + out).c_str());
+      "wrote %s (%.2f MiB of f32 predictor weights, held in DRAM as f16: %.2f MiB; use: "
+      "--sparsity predictor%s)\n",
+      out.c_str(), bytes / 1048576.0, held / 1048576.0,
+      f.out.empty() ? "" : (" --predictor " + out).c_str());
   return kExitOk;
 }
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "layout/dtype.h"
 #include "tests/test_util.h"
 
 namespace flashlm::layout {
@@ -65,6 +66,39 @@ TEST(FfnPredictorTest, RoundTrip) {
     EXPECT_EQ(back->layers[l].bias, p.layers[l].bias);
     EXPECT_EQ(back->layers[l].fire_cut, p.layers[l].fire_cut);
   }
+}
+
+// Held as f16: every matrix value rounded to nearest (within half an f16 step of the f32), the
+// f32 copies freed, the bias untouched and the bytes halved; a value beyond f16's range leaves
+// the predictor as it was.
+TEST(FfnPredictorTest, HoldAsF16RoundsTheMatricesAndFreesTheF32) {
+  const FfnPredictor f32 = Sample();
+  FfnPredictor p = Sample();
+  ASSERT_TRUE(HoldAsF16(&p));
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    const FfnPredictorLayer& got = p.layers[l];
+    const FfnPredictorLayer& want = f32.layers[l];
+    ASSERT_TRUE(got.f16());
+    EXPECT_TRUE(got.a.empty() && got.b.empty());
+    ASSERT_EQ(got.a_f16.size(), want.a.size());
+    ASSERT_EQ(got.b_f16.size(), want.b.size());
+    for (size_t i = 0; i < want.a.size(); ++i) {
+      const float v = want.a[i], h = F16ToF32(got.a_f16[i]);
+      EXPECT_LE(std::fabs(h - v), std::fabs(v) * std::ldexp(1.0f, -11) + 1e-7f) << l << " a " << i;
+    }
+    for (size_t i = 0; i < want.b.size(); ++i) {
+      const float v = want.b[i], h = F16ToF32(got.b_f16[i]);
+      EXPECT_LE(std::fabs(h - v), std::fabs(v) * std::ldexp(1.0f, -11) + 1e-7f) << l << " b " << i;
+    }
+    EXPECT_EQ(got.bias, want.bias);
+  }
+  EXPECT_EQ(p.LayerBytes(true), (3u * 8 + 12u * 3) * 2 + 12u * 4);
+  EXPECT_EQ(p.LayerBytes(false), (3u * 8 + 12u * 3) * 4 + 12u * 4);
+  FfnPredictor big = Sample();
+  big.layers[1].b[5] = 70000.0f;
+  EXPECT_FALSE(HoldAsF16(&big));
+  EXPECT_FALSE(big.layers[0].f16());
+  EXPECT_EQ(big.layers[0].a, f32.layers[0].a);
 }
 
 TEST(FfnPredictorTest, EveryFlippedByteIsRefused) {
