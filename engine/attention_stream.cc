@@ -178,11 +178,38 @@ Result<std::unique_ptr<AttentionStream>> AttentionStream::Open(layout::StoreRead
     s->next_streamed_[l] = it == s->streamed_.end() ? s->streamed_.front() : *it;
   }
   s->prefetch_ = pipeline && layout.in_place;
+  if (s->prefetch_) {
+    AttentionStream* self = s.get();
+    ASSIGN_OR_RETURN(const uint32_t slot,
+                     s->extents_->AddIdleWork([self] { return self->VerifyAhead(); }));
+    s->idle_slot_ = slot;
+  }
   return s;
 }
 
 AttentionStream::~AttentionStream() {
+  if (idle_slot_ >= 0) extents_->RemoveIdleWork(static_cast<uint32_t>(idle_slot_));
   if (state_ == State::kInFlight) extents_->Wait(group_).IgnoreError();
+}
+
+bool AttentionStream::VerifyAhead() {
+  if (state_ != State::kInFlight || extents_->InFlight(group_) || !verify_error_.ok()) {
+    return false;
+  }
+  const Layer& layer = layers_[buffer_layer_];
+  if (verified_ >= layer.extents.size()) return false;
+  const layout::Extent& e = layer.extents[verified_];
+  const std::byte* src = buffer_.data() + layer.plan.Offset(verified_);
+  const uint64_t n = std::min(kVerifySliceBytes, e.stored_bytes - hashed_);
+  hash_.Update(ConstByteSpan(src + hashed_, n));
+  hashed_ += n;
+  if (hashed_ == e.stored_bytes) {
+    verify_error_ = extents_->CheckDigest(e, hash_.Digest());
+    hash_.Reset();
+    hashed_ = 0;
+    ++verified_;
+  }
+  return true;
 }
 
 AttentionStream::Matrices AttentionStream::Views(const Layer& layer, const std::byte* base) const {
@@ -197,6 +224,10 @@ AttentionStream::Matrices AttentionStream::Views(const Layer& layer, const std::
 }
 
 Status AttentionStream::Queue(uint32_t l) {
+  verified_ = 0;
+  hashed_ = 0;
+  hash_.Reset();
+  verify_error_ = Status::Ok();
   RETURN_IF_ERROR(extents_->QueuePlan(group_, layers_[l].plan, buffer_.span()));
   state_ = State::kInFlight;
   buffer_layer_ = l;
@@ -208,10 +239,16 @@ Status AttentionStream::Queue(uint32_t l) {
 Status AttentionStream::Finish(uint32_t l) {
   const Layer& layer = layers_[l];
   std::byte* base = buffer_.data();
+  RETURN_IF_ERROR(verify_error_);  // found while waiting for other reads
   for (size_t k = 0; k < layer.extents.size(); ++k) {
     const layout::Extent& e = layer.extents[k];
     std::byte* src = base + layer.plan.Offset(k);
-    RETURN_IF_ERROR(extents_->Verify(e, ConstByteSpan(src, e.stored_bytes)));
+    if (k > verified_ || (k == verified_ && hashed_ == 0)) {
+      RETURN_IF_ERROR(extents_->Verify(e, ConstByteSpan(src, e.stored_bytes)));
+    } else if (k == verified_) {  // part hashed ahead: the rest
+      hash_.Update(ConstByteSpan(src + hashed_, e.stored_bytes - hashed_));
+      RETURN_IF_ERROR(extents_->CheckDigest(e, hash_.Digest()));
+    }
     std::byte* dst = base + layer.pieces[k].dst_bytes;
     if (layer.close_up && dst != src) std::memmove(dst, src, e.stored_bytes);  // dst <= src
   }

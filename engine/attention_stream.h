@@ -9,7 +9,12 @@
 // closed up (the store's padding removed, front to back, so a move never overwrites bytes not
 // yet moved) into a contiguous matrix. With pipelining, Release(l) — the forward pass is
 // done with layer l's matrices — starts reading the next streamed layer (cyclically, into the
-// next pass) into the buffer, so Acquire rarely waits. When a streamed layer's extents are
+// next pass) into the buffer, so Acquire rarely waits; and once that read has landed, its extents
+// are verified piece by piece (kVerifySliceBytes at a time) while the reader waits for other
+// reads (ExtentReader::AddIdleWork: the FFN bundles' waits), so that Acquire has little or nothing
+// left to hash. A mismatch found then is kept and returned by Acquire, as one found there would
+// be: the bytes are used only after every extent of the layer is verified. When a streamed
+// layer's extents are
 // compressed, or not stored in tensor order, layers are read synchronously instead
 // (ExtentReader::ReadExtents into the buffer, decoding as needed).
 // Views from Acquire(l) stay valid until Release(l). Nothing allocates after Open.
@@ -26,6 +31,7 @@
 #include "layout/extent_reader.h"
 #include "layout/store_reader.h"
 #include "storage/aligned_buffer.h"
+#include "storage/checksum.h"
 #include "storage/status.h"
 
 namespace flashlm::engine {
@@ -68,6 +74,13 @@ class AttentionStream {
 
   // True when streamed layers are read ahead (pipelining, in place, something streams).
   bool prefetching() const { return prefetch_; }
+  // The idle work the stream gives its ExtentReader: hashes the next kVerifySliceBytes of the
+  // layer read ahead, once its reads have landed (as far as the reader has booked them); false
+  // when there is nothing to hash (nothing read ahead, not landed, all verified, or a mismatch
+  // found, which the next Acquire of that layer returns). Public for tests.
+  bool VerifyAhead();
+  // Bytes hashed per piece of idle work (~30 us at the 8 GB/s landed bytes hash at).
+  static constexpr uint64_t kVerifySliceBytes = 256 << 10;
   // True when streamed layer `layer`'s extents are moved together after they land (its tensors'
   // extents do not lie back to back in the store); false when they are used where they land.
   bool closes_up(uint32_t layer) const { return layers_[layer].close_up; }
@@ -92,7 +105,7 @@ class AttentionStream {
 
   AttentionStream(layout::StoreReader& reader) : reader_(reader) {}
   Status Queue(uint32_t layer);   // in place: queue and submit its reads
-  Status Finish(uint32_t layer);  // in place: verify (and close up)
+  Status Finish(uint32_t layer);  // in place: verify what is left (and close up)
   Matrices Views(const Layer& layer, const std::byte* base) const;
 
   layout::StoreReader& reader_;
@@ -107,6 +120,13 @@ class AttentionStream {
   bool prefetch_ = false;
   State state_ = State::kFree;
   uint32_t buffer_layer_ = 0;  // what the buffer holds or receives
+  // Verification ahead of Acquire of buffer_layer_ (reset by Queue): extents [0, verified_)
+  // checked, hashed_ bytes of the next one in hash_; the first mismatch found.
+  uint32_t verified_ = 0;
+  uint64_t hashed_ = 0;
+  storage::Checksum64Stream hash_;
+  Status verify_error_;
+  int64_t idle_slot_ = -1;  // the ExtentReader's idle-work slot, when taken
 };
 
 }  // namespace flashlm::engine

@@ -90,6 +90,9 @@ Status ExtentReader::SetLimits(const ExtentReaderLimits& limits) {
   free_tags_.reserve(limits.queue_depth);
   for (uint32_t t = limits.queue_depth; t > 0; --t) free_tags_.push_back(t - 1);
   groups_.assign(uint64_t{limits.groups} + 1, Group());
+  idle_.clear();
+  idle_.reserve(kIdleWorkMax);
+  idle_count_ = 0;
   groups_taken_ = 0;
   requests_.clear();
   requests_.reserve(limits.queue_depth);
@@ -111,9 +114,46 @@ std::string ExtentReader::DescribeExtent(const Extent& e) const {
 
 Status ExtentReader::Verify(const Extent& e, ConstByteSpan stored) const {
   const uint64_t sum = storage::Checksum64(stored);
-  if (sum == e.checksum && stored.size() == e.stored_bytes) return Status::Ok();
+  if (stored.size() == e.stored_bytes) return CheckDigest(e, sum);
   return CorruptionError("checksum mismatch in " + DescribeExtent(e) + ": catalog " +
                          Hex(e.checksum) + ", data " + Hex(sum));
+}
+
+Status ExtentReader::CheckDigest(const Extent& e, uint64_t digest) const {
+  if (digest == e.checksum) return Status::Ok();
+  return CorruptionError("checksum mismatch in " + DescribeExtent(e) + ": catalog " +
+                         Hex(e.checksum) + ", data " + Hex(digest));
+}
+
+Result<uint32_t> ExtentReader::AddIdleWork(IdleWork work) {
+  for (uint32_t i = 0; i < idle_.size(); ++i) {
+    if (!idle_[i]) {
+      idle_[i] = std::move(work);
+      ++idle_count_;
+      return i;
+    }
+  }
+  if (idle_.size() >= kIdleWorkMax) {
+    return ResourceExhaustedError("extent reader: more than " + std::to_string(kIdleWorkMax) +
+                                  " idle works");
+  }
+  idle_.push_back(std::move(work));
+  ++idle_count_;
+  return static_cast<uint32_t>(idle_.size() - 1);
+}
+
+void ExtentReader::RemoveIdleWork(uint32_t slot) {
+  if (slot < idle_.size() && idle_[slot]) {
+    idle_[slot] = nullptr;
+    --idle_count_;
+  }
+}
+
+bool ExtentReader::RunIdleWork() {
+  for (IdleWork& w : idle_) {
+    if (w && w()) return true;
+  }
+  return false;
 }
 
 const char* ReadSourceName(ReadSource source) {
@@ -239,8 +279,8 @@ Status ExtentReader::Submit() {
   return st;
 }
 
-Status ExtentReader::ReapSome() {
-  ASSIGN_OR_RETURN(size_t n, backend_->Reap(1, completions_));
+Status ExtentReader::ReapSome(bool block) {
+  ASSIGN_OR_RETURN(size_t n, backend_->Reap(block ? 1 : 0, completions_));
   for (size_t i = 0; i < n; ++i) {
     const storage::ReadCompletion& c = completions_[i];
     const Pending p = pending_[c.tag];
@@ -266,14 +306,26 @@ Status ExtentReader::Wait(uint32_t group) {
   Group& g = groups_[group];
   if (g.pending > 0) {
     const uint64_t t0 = storage::NowNs();
+    uint64_t idle_ns = 0;  // spent on idle work: not waiting
     while (g.pending > 0) {
-      Status st = ReapSome();
+      Status st;
+      if (idle_count_ > 0) {  // first what has landed, then a piece of idle work, else sleep
+        st = ReapSome(/*block=*/false);
+        if (st.ok() && g.pending == 0) break;
+        if (st.ok()) {
+          const uint64_t i0 = storage::NowNs();
+          const bool worked = RunIdleWork();
+          idle_ns += storage::NowNs() - i0;
+          if (worked) continue;
+        }
+      }
+      if (st.ok()) st = ReapSome();
       if (!st.ok()) {  // the backend is unusable: nothing more will land
-        BookWait(g, storage::NowNs() - t0);
+        BookWait(g, storage::NowNs() - t0 - idle_ns);
         return st;
       }
     }
-    BookWait(g, storage::NowNs() - t0);
+    BookWait(g, storage::NowNs() - t0 - idle_ns);
   }
   Status st = std::move(g.error);
   g.error = Status::Ok();

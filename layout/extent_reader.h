@@ -151,6 +151,23 @@ class ExtentReader {
   // "checksum mismatch in extent N (what it holds; data-0000F.bin offset O, S bytes): catalog
   // 0x..., data 0x...". Allocates nothing when the checksum matches.
   Status Verify(const Extent& extent, ConstByteSpan stored) const;
+  // The same check for a checksum the caller computed (storage::Checksum64Stream over exactly the
+  // extent's stored bytes), in the same words.
+  Status CheckDigest(const Extent& extent, uint64_t digest) const;
+
+  // Work a holder of a read group may do while Wait waits for another group: verifying bytes of
+  // its own that have already landed. Wait calls it between looks at completions for as long as
+  // the awaited group has reads in flight and the work returns true (it did a piece: it should
+  // take well under a read's latency); false means nothing to do now, and Wait sleeps until a
+  // read lands. The time it takes is not counted as waiting. It may call Verify, CheckDigest and
+  // InFlight, nothing that queues, submits or waits. Set-up only (SetLimits clears them);
+  // at most kIdleWorkMax.
+  using IdleWork = std::function<bool()>;
+  static constexpr size_t kIdleWorkMax = 4;
+  // Returns the work's slot, for RemoveIdleWork (its holder must remove it before it goes away).
+  // Errors: ResourceExhausted (kIdleWorkMax taken).
+  Result<uint32_t> AddIdleWork(IdleWork work);
+  void RemoveIdleWork(uint32_t slot);
 
   // Synchronous: reads `extents` (any order, any files), verifies each and writes its raw bytes
   // into outs[i] (exactly raw_bytes; zstd extents are decoded). Neighbours are merged into larger
@@ -189,6 +206,9 @@ class ExtentReader {
   // The time spent counts as wait_ns.
   Status Wait(uint32_t group);
   bool InFlight(uint32_t group) const { return groups_[group].pending > 0; }
+  // Books the completions that have landed, without waiting (Wait does this itself; for a holder
+  // that polls). Errors: the backend's (IoError).
+  Status Poll() { return ReapSome(/*block=*/false); }
   // Drops what is queued and waits for every read in flight (errors are dropped); used before
   // buffers are freed.
   void Drain();
@@ -209,8 +229,11 @@ class ExtentReader {
     ReadSource source = ReadSource::kOther;
   };
   ExtentReader() = default;
-  Status ReapSome();
+  // Books completions: at least one (sleeping until one lands) when `block`, else those ready.
+  Status ReapSome(bool block = true);
   void BookWait(const Group& g, uint64_t ns);
+  // Runs the idle work until a piece is done; false when none had anything to do.
+  bool RunIdleWork();
   // The synchronous path: reads and verifies `extents` in staging-sized batches, then calls
   // sink(i, extent, stored bytes) for each.
   template <typename Sink>
@@ -230,6 +253,8 @@ class ExtentReader {
   std::vector<uint32_t> free_tags_;  // stack
   std::vector<Group> groups_;        // [0] is the synchronous path's own
   uint32_t groups_taken_ = 0;
+  std::vector<IdleWork> idle_;  // AddIdleWork; capacity kIdleWorkMax; empty slots removed
+  uint32_t idle_count_ = 0;     // slots holding a work
   std::vector<storage::ReadRequest> requests_;        // queued, not yet submitted
   std::vector<storage::ReadCompletion> completions_;  // [queue_depth]
   // Synchronous path.

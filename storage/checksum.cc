@@ -28,6 +28,7 @@ Checksum64Stream::~Checksum64Stream() { XXH3_freeState(static_cast<XXH3_state_t*
 void Checksum64Stream::Update(ConstByteSpan bytes) {
   XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), bytes.data(), bytes.size());
 }
+void Checksum64Stream::Reset() { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_)); }
 uint64_t Checksum64Stream::Digest() const {
   return static_cast<uint64_t>(XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)));
 }

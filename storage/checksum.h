@@ -24,6 +24,8 @@ class Checksum64Stream {
   Checksum64Stream& operator=(const Checksum64Stream&) = delete;
   void Update(ConstByteSpan bytes);
   uint64_t Digest() const;
+  // Starts over (as if just constructed); allocates nothing.
+  void Reset();
 
  private:
   void* state_;  // XXH3_state_t*

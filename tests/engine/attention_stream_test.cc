@@ -84,5 +84,89 @@ TEST(AttentionStreamTest, StreamedLayersAreTheStoredMatrices) {
   }
 }
 
+// The layer read ahead is verified in slices while the reader would otherwise wait (the idle
+// work, driven here by hand): whatever part was hashed ahead, Acquire hands out the stored
+// matrices of a clean store, and a flipped byte is Corruption naming the layer whether the idle
+// work found it, or Acquire did in the rest of a part-hashed extent or in a later one.
+TEST(AttentionStreamTest, LandedLayerIsVerifiedAheadInSlices) {
+  // f32, dim 512: wq is one extent of 1 MiB, four slices.
+  constexpr uint64_t kSlice = AttentionStream::kVerifySliceBytes;
+  struct Flip {
+    const char* what;
+    LayerTensor tensor;  // whose first extent gets a flipped byte (kAttnQ with offset 0: none)
+    uint64_t offset;
+    uint32_t slices;  // VerifyAhead calls that hash before Acquire
+  };
+  const Flip flips[] = {
+      {"clean, part of wq hashed ahead", LayerTensor::kAttnQ, 0, 3},
+      {"clean, all hashed ahead", LayerTensor::kAttnQ, 0, 1000},
+      {"wq, found ahead", LayerTensor::kAttnQ, kSlice / 2, 4},
+      {"wq, in the part left to Acquire", LayerTensor::kAttnQ, 3 * kSlice + 100, 3},
+      {"wk, after what was hashed ahead", LayerTensor::kAttnK, 100, 4},
+  };
+  for (const Flip& f : flips) {
+    SCOPED_TRACE(f.what);
+    ::flashlm::testing::ScratchDir dir;
+    MemoryCheckpoint src = MemoryCheckpoint::Llama(512, 172, 2, 50, layout::DType::kF32);
+    layout::RepackOptions o;
+    o.alignment_bytes = 4096;
+    o.bundle_kind = layout::BundleKind::kGateSeparate;
+    const std::string store = (dir / "store").string();
+    ASSERT_TRUE(layout::Repack(src, store, o).ok());
+    const bool corrupt = f.offset != 0;
+    if (corrupt) {
+      auto r = layout::StoreReader::Open(store);
+      ASSERT_TRUE(r.ok());
+      const layout::TensorInfo* t = (*r)->FindTensor(layout::LayerTensorName(1, f.tensor));
+      ASSERT_NE(t, nullptr);
+      auto ex = (*r)->DenseExtents(t->name, 0, t->rows());
+      ASSERT_TRUE(ex.ok());
+      ASSERT_GT((*ex)[0].stored_bytes, f.offset);
+      ::flashlm::testing::FlipByte((dir / "store" / "data-00000.bin").string(),
+                                   (*ex)[0].offset_bytes + f.offset);
+    }
+    auto r = layout::StoreReader::Open(store);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    layout::ExtentReader& reader = (*r)->extent_reader();
+    layout::ExtentReaderLimits limits;
+    limits.queue_depth = 64;
+    limits.groups = 1;
+    ASSERT_TRUE(reader.SetLimits(limits).ok());
+    auto measured = AttentionStream::Measure(**r, /*dense_gate=*/true);
+    ASSERT_TRUE(measured.ok()) << measured.status().ToString();
+    auto s = AttentionStream::Open(**r, *measured, std::vector<uint8_t>(2, 0), /*pipeline=*/true);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    ASSERT_TRUE((*s)->Acquire(0).ok());
+    EXPECT_FALSE((*s)->VerifyAhead());   // nothing read ahead yet
+    ASSERT_TRUE((*s)->Release(0).ok());  // reads layer 1 ahead
+    // Poll until layer 1 has landed: the first slice is hashed then.
+    int polls = 0;
+    while (!(*s)->VerifyAhead()) {
+      ASSERT_TRUE(reader.Poll().ok());
+      ASSERT_LT(++polls, 10000000) << "layer 1's reads never landed";
+    }
+    for (uint32_t k = 1; k < f.slices && (*s)->VerifyAhead(); ++k) {
+    }
+    auto m = (*s)->Acquire(1);
+    if (!corrupt) {
+      ASSERT_TRUE(m.ok()) << m.status().ToString();
+      const layout::TensorInfo* info =
+          (*r)->FindTensor(layout::LayerTensorName(1, LayerTensor::kAttnQ));
+      std::vector<std::byte> want(info->size_bytes());
+      ASSERT_TRUE((*r)->ReadTensor(*info, want).ok());
+      ASSERT_EQ(m->wq.bytes.size(), want.size());
+      EXPECT_EQ(std::memcmp(m->wq.bytes.data(), want.data(), want.size()), 0);
+      EXPECT_FALSE((*s)->VerifyAhead());  // nothing left to hash
+      continue;
+    }
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), StatusCode::kCorruption) << m.status().ToString();
+    EXPECT_NE(m.status().message().find("attention of layer 1"), std::string::npos)
+        << m.status().ToString();
+    EXPECT_NE(m.status().message().find("checksum mismatch"), std::string::npos)
+        << m.status().ToString();
+  }
+}
+
 }  // namespace
 }  // namespace flashlm::engine

@@ -197,6 +197,59 @@ TEST(ExtentReaderTest, ReadsAreCountedBySource) {
   EXPECT_EQ(x.counters().of(ReadSource::kFfn).reads, 0u);
 }
 
+// Idle work: at most kIdleWorkMax at once, a removed one's slot is taken again, and a removed
+// work is never called (its holder may be gone); waits with idle work land every read intact.
+TEST(ExtentReaderTest, IdleWorkSlotsAndRemoval) {
+  ::flashlm::testing::ScratchDir dir;
+  auto store = MakeStore(dir.path());
+  ASSERT_NE(store, nullptr);
+  ExtentReader& x = store->extent_reader();
+  ExtentReaderLimits limits;
+  limits.queue_depth = 64;
+  limits.groups = 1;
+  ASSERT_TRUE(x.SetLimits(limits).ok());
+  auto g = x.AddGroup(ReadSource::kFfn);
+  ASSERT_TRUE(g.ok());
+  bool removed_ran = false;
+  int kept_calls = 0;
+  std::vector<uint32_t> slots;
+  for (size_t i = 0; i < ExtentReader::kIdleWorkMax; ++i) {
+    auto slot = x.AddIdleWork([&] {
+      removed_ran = true;
+      return false;
+    });
+    ASSERT_TRUE(slot.ok());
+    slots.push_back(*slot);
+  }
+  EXPECT_EQ(x.AddIdleWork([] { return false; }).status().code(), StatusCode::kResourceExhausted);
+  for (uint32_t slot : slots) x.RemoveIdleWork(slot);
+  auto kept = x.AddIdleWork([&] { return ++kept_calls < 100; });
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, slots[0]);  // the first free slot
+  auto bundles = store->BundleExtents(0, 0, 172);
+  ASSERT_TRUE(bundles.ok());
+  ExtentPlan plan;
+  ASSERT_TRUE(x.PlanExtents(*bundles, 0, false, &plan).ok());
+  auto buf = storage::AlignedBuffer::Allocate(plan.bytes, 4096);
+  ASSERT_TRUE(buf.ok());
+  for (size_t first = 0; first < bundles->size(); first += 32) {  // 32 reads at a time
+    ExtentPlan part;
+    const size_t n = std::min<size_t>(32, bundles->size() - first);
+    ASSERT_TRUE(
+        x.PlanExtents(std::span<const Extent>(bundles->data() + first, n), 0, false, &part).ok());
+    ASSERT_TRUE(x.QueuePlan(*g, part, buf->span()).ok());
+    ASSERT_TRUE(x.Submit().ok());
+    ASSERT_TRUE(x.Wait(*g).ok());
+    for (size_t i = 0; i < n; ++i) {
+      const Extent& e = (*bundles)[first + i];
+      EXPECT_TRUE(x.Verify(e, ConstByteSpan(buf->data() + part.Offset(i), e.stored_bytes)).ok());
+    }
+  }
+  EXPECT_FALSE(removed_ran);
+  x.RemoveIdleWork(*kept);
+  x.RemoveIdleWork(*kept);  // twice: nothing happens
+}
+
 // A flipped byte is Corruption in the one message format: the extent, what it holds, its file
 // and offset, both checksums.
 TEST(ExtentReaderTest, VerifyNamesTheExtent) {
