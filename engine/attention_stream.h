@@ -79,8 +79,8 @@ class AttentionStream {
   // when there is nothing to hash (nothing read ahead, not landed, all verified, or a mismatch
   // found, which the next Acquire of that layer returns). Public for tests.
   bool VerifyAhead();
-  // Bytes hashed per piece of idle work (~30 us at the 8 GB/s landed bytes hash at).
-  static constexpr uint64_t kVerifySliceBytes = 256 << 10;
+  // Bytes hashed per piece of idle work.
+  static constexpr uint64_t kVerifySliceBytes = layout::ExtentReader::kIdleVerifyBytes;
   // True when streamed layer `layer`'s extents are moved together after they land (its tensors'
   // extents do not lie back to back in the store); false when they are used where they land.
   bool closes_up(uint32_t layer) const { return layers_[layer].close_up; }

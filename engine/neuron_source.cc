@@ -180,10 +180,17 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
     }
     s->job_count_.push_back(static_cast<uint32_t>(s->jobs_.size()) - s->job_first_.back());
   }
+  if (s->pipeline_) {  // chunks that land while another is awaited are verified meanwhile
+    NeuronSource* self = s.get();
+    ASSIGN_OR_RETURN(const uint32_t slot,
+                     s->extents_->AddIdleWork([self] { return self->VerifyAhead(); }));
+    s->idle_slot_ = slot;
+  }
   return s;
 }
 
 NeuronSource::~NeuronSource() {
+  if (idle_slot_ >= 0) extents_->RemoveIdleWork(static_cast<uint32_t>(idle_slot_));
   ResetRing();
   ReleaseHeld();
 }
@@ -381,6 +388,8 @@ Status NeuronSource::Begin(uint32_t layer, std::span<const uint32_t> positions) 
 }
 
 Status NeuronSource::Submit(Slot& slot) {
+  slot.verified = 0;
+  slot.verify_error = Status::Ok();
   for (uint32_t k = 0; k < slot.count; ++k) {
     slot.extents[k] = reader_.BundleExtentAt(slot.layer, slot.positions[k]);
   }
@@ -409,12 +418,38 @@ Status NeuronSource::Submit(Slot& slot) {
 Status NeuronSource::Land(Slot& slot) {
   if (compressed_) return Status::Ok();
   RETURN_IF_ERROR(extents_->Wait(slot.group));
+  RETURN_IF_ERROR(slot.verify_error);  // found ahead
   for (uint32_t k = 0; k < slot.count; ++k) {
     const std::byte* p = slot.buffer.data() + slot.plan.Offset(k);
-    RETURN_IF_ERROR(extents_->Verify(slot.extents[k], ConstByteSpan(p, geometry_.bundle_bytes)));
+    if (k >= slot.verified) {
+      RETURN_IF_ERROR(extents_->Verify(slot.extents[k], ConstByteSpan(p, geometry_.bundle_bytes)));
+    }
     slot.pointers[k] = p;
   }
+  slot.verified = slot.count;
   return Status::Ok();
+}
+
+bool NeuronSource::VerifyAhead() {
+  const uint32_t ring = RingSize();
+  for (uint32_t j = 0; j < ring_count_; ++j) {
+    Slot& slot = slots_[(ring_head_ + j) % ring];
+    if (slot.job == -1 || slot.verified >= slot.count || !slot.verify_error.ok() ||
+        extents_->InFlight(slot.group)) {
+      continue;
+    }
+    uint64_t hashed = 0;
+    while (slot.verified < slot.count && hashed < layout::ExtentReader::kIdleVerifyBytes &&
+           slot.verify_error.ok()) {
+      const uint32_t k = slot.verified++;
+      slot.verify_error = extents_->Verify(
+          slot.extents[k],
+          ConstByteSpan(slot.buffer.data() + slot.plan.Offset(k), geometry_.bundle_bytes));
+      hashed += geometry_.bundle_bytes;
+    }
+    return true;
+  }
+  return false;
 }
 
 Status NeuronSource::FormAdHocChunk(Slot& slot) {

@@ -145,6 +145,12 @@ class NeuronSource {
                                                     const NeuronSourceOptions& options);
   ~NeuronSource();
 
+  // The idle work the source gives its ExtentReader (with pipelining): verifies up to
+  // kIdleVerifyBytes of bundles of a ring chunk whose reads have landed (as far as the reader
+  // has booked them) and that Next has not reached yet; a mismatch is kept and returned when
+  // Next reaches that chunk. False when there is nothing to verify. Public for tests.
+  bool VerifyAhead();
+
   const layout::BundleGeometry& geometry() const { return geometry_; }
   uint32_t layers() const { return static_cast<uint32_t>(pinned_.size()); }
   uint32_t neurons() const { return neurons_; }
@@ -184,6 +190,9 @@ class NeuronSource {
   struct Slot {
     ByteSpan buffer;
     uint32_t group = 0;  // its ExtentReader read group
+    // Bundles [0, verified) checked ahead of Land (VerifyAhead), and the first mismatch found.
+    uint32_t verified = 0;
+    Status verify_error;
     int64_t job = -1;    // dense schedule job, or kAdHoc; -1 = free
     uint32_t layer = 0, count = 0;
     layout::ExtentPlan plan;
@@ -202,6 +211,7 @@ class NeuronSource {
   Status LoadPinned();
   Status Submit(Slot& slot);             // reads slot.positions of slot.layer into slot.buffer
   Status Land(Slot& slot);               // waits for the slot's reads and verifies its bundles
+
   Status FillRing();                     // submits upcoming chunks into free slots
   Status FormAdHocChunk(Slot& slot);     // the next chunk of the current ad-hoc request
   Result<bool> NextAdHoc(Batch* batch);  // the streamed part of an ad-hoc request
@@ -226,6 +236,7 @@ class NeuronSource {
   uint32_t neurons_ = 0;
   NeuronSourceOptions options_;
   bool pipeline_ = false, compressed_ = false;
+  int64_t idle_slot_ = -1;  // the ExtentReader's idle-work slot, when taken
   uint64_t gap_max_bytes_ = 0;
   uint64_t slot_bytes_ = 0;
   uint64_t decoded_spacing_ = 0;  // compressed bundles: decoded bundle k at k * this in a slot

@@ -194,6 +194,54 @@ TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
   EXPECT_EQ(Drain(**source, *r, 1), clean);
 }
 
+// Chunks in the ring that have landed are verified ahead of Next (the idle work, driven here by
+// hand): a dense pass over both layers serves the stored bytes, and a flipped byte in a chunk
+// verified ahead is Corruption naming the bundle when Next reaches it, not before.
+TEST(NeuronSourceTest, LandedChunksAreVerifiedAhead) {
+  for (bool corrupt : {false, true}) {
+    SCOPED_TRACE(corrupt ? "bundle 40 of layer 1 corrupt" : "clean");
+    ::flashlm::testing::ScratchDir dir;
+    auto r = MakeStore(dir.path(), layout::BundleKind::kGateUpDown, 4);
+    ASSERT_NE(r, nullptr);
+    if (corrupt) {
+      const layout::Extent e = r->BundleExtentAt(1, 40);
+      ::flashlm::testing::FlipByte(dir.path() / "store" / layout::DataFileName(0),
+                                   e.offset_bytes + 9);
+    }
+    NeuronSourceOptions o;
+    o.chunk_bundles = 64;  // 3 chunks a layer; the ring holds 4
+    const uint32_t pinned[] = {0, 0};
+    auto source = NeuronSource::Open(*r, pinned, o);
+    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    EXPECT_FALSE((*source)->VerifyAhead());  // nothing in flight
+    ASSERT_TRUE((*source)->Begin(0).ok());   // layer 0's chunks and layer 1's first go out
+    // Poll until every chunk in the ring has landed and been verified.
+    int rounds = 0;
+    for (bool landed_all = false; !landed_all;) {
+      ASSERT_TRUE(r->extent_reader().Poll().ok());
+      while ((*source)->VerifyAhead()) {
+      }
+      ASSERT_LT(++rounds, 10000000) << "the ring's reads never landed";
+      landed_all = true;
+      for (uint32_t g = 1; g <= 4; ++g) landed_all = landed_all && !r->extent_reader().InFlight(g);
+    }
+    while ((*source)->VerifyAhead()) {
+    }
+    EXPECT_EQ(Drain(**source, *r, 0).size(), kHidden);
+    ASSERT_TRUE((*source)->Begin(1).ok());
+    if (!corrupt) {
+      EXPECT_EQ(Drain(**source, *r, 1).size(), kHidden);
+      continue;
+    }
+    NeuronSource::Batch b;
+    Result<bool> more = (*source)->Next(&b);
+    ASSERT_FALSE(more.ok());
+    EXPECT_EQ(more.status().code(), StatusCode::kCorruption);
+    EXPECT_NE(more.status().ToString().find("FFN layer 1 bundle 40"), std::string::npos)
+        << more.status().ToString();
+  }
+}
+
 // Prefetch (the lookahead): the guessed bundles go out ahead; the next request of that layer serves
 // the ones it asks for from them (stored bytes, increasing order) and reads only the rest; a
 // request for another layer, a dense one, or a guess beyond the ring's capacity still serves
