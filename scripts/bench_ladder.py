@@ -64,6 +64,7 @@ def run_flashlm(exe, store, budget, n, threads, flags):
             return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
         st = json.load(open(js.name))
     io, ffn = st["io"], st.get("ffn", {})
+    by = io.get("by_source", {})
     passes = max(io["passes"], 1)
     forward_ms = st["prefill_ms"] + st["decode_ms"]
     return {
@@ -83,6 +84,10 @@ def run_flashlm(exe, store, budget, n, threads, flags):
         "prefetched_per_pass": ffn.get("bundles_prefetched", 0) / passes,
         "prefetch_used": ffn.get("prefetch_used", 0) / max(ffn.get("bundles_prefetched", 0), 1),
         "io_wait_ms_per_pass": io["io_wait_ms"] / passes,
+        # Where the bytes and the waits went (flashlm's io by source).
+        "attention_mib_per_pass": by.get("attention", {}).get("bytes_read", 0) / passes / 2**20,
+        "attention_wait_ms_per_pass": by.get("attention", {}).get("wait_ms", 0) / passes,
+        "ffn_wait_ms_per_pass": by.get("ffn", {}).get("wait_ms", 0) / passes,
         "compute_ms_per_pass": (forward_ms - io["io_wait_ms"]) / passes,
         "ids": st.get("ids", [])[st.get("prompt_tokens", 0):],  # the generated ones
         "text": " ".join(p.stderr.splitlines()[-3:]),
@@ -193,10 +198,10 @@ def main():
         dense = [r for r in res[("dense streaming", frac)] if "error" not in r]
         d_tok = med(dense, "decode_tok_s")
         print("\n### %d%% of the GGUF (%.0f MiB)\n" % (frac, budget / 2**20))
-        print("| row | MiB read/token | reads/token | mean read KiB | MiB/s | hit rate | "
-              "I/O share | neurons computed | same tokens as dense | tok/s | vs own dense | "
-              "vs llama.cpp |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| row | MiB read/token | of which attention | reads/token | mean read KiB | MiB/s | "
+              "hit rate | I/O share | wait ms/token: FFN / attention | neurons computed | "
+              "same tokens as dense | tok/s | vs own dense | vs llama.cpp |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         ref_ids = dense[0]["ids"] if dense else []
         names = [r[0] for r in rows] + ([s[0] for s in sweep] if frac == a.gap_fraction else [])
         for name in names:
@@ -207,16 +212,18 @@ def main():
             tok = med(ok, "decode_tok_s")
             ids = ok[0]["ids"]
             same = sum(1 for x, y in zip(ids, ref_ids) if x == y) / max(len(ref_ids), 1)
-            print("| %s | %.1f | %.0f | %.1f | %.0f | %.1f%% | %.0f%% | %.1f%% | %.0f%% | %.2f | %s "
-                  "| %s |" % (
-                name, med(ok, "bytes_per_pass") / 2**20, med(ok, "reads_per_pass"),
-                med(ok, "mean_read_bytes") / 1024, med(ok, "mib_s"),
-                100 * med(ok, "hit_rate"), 100 * med(ok, "io_share"), 100 * med(ok, "computed"),
+            print("| %s | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f%% | %.0f%% | %.1f / %.1f | %.1f%% "
+                  "| %.0f%% | %.2f | %s | %s |" % (
+                name, med(ok, "bytes_per_pass") / 2**20, med(ok, "attention_mib_per_pass"),
+                med(ok, "reads_per_pass"), med(ok, "mean_read_bytes") / 1024, med(ok, "mib_s"),
+                100 * med(ok, "hit_rate"), 100 * med(ok, "io_share"),
+                med(ok, "ffn_wait_ms_per_pass"), med(ok, "attention_wait_ms_per_pass"),
+                100 * med(ok, "computed"),
                 100 * same, tok,
                 "%.2fx" % (tok / d_tok) if d_tok else "",
                 "%.2fx" % (tok / l_tok) if l_tok else ""))
         if not a.no_llama:
-            print("| llama.cpp (mmap, same cgroup) | | | | | | | | | %s | | |" % (
+            print("| llama.cpp (mmap, same cgroup) | | | | | | | | | | | %s | | |" % (
                 "%.2f" % l_tok if l_tok else "failed: " + res[("llama.cpp (mmap, same cgroup)",
                                                                frac)][0].get("error", "")))
 
