@@ -173,6 +173,16 @@ Result<std::unique_ptr<NeuronSource>> OpenWithBundle40Corrupt(const fs::path& di
   return NeuronSource::Open(r, pinned, NeuronSourceOptions());
 }
 
+// The next batch of `source` is Corruption naming bundle 40 of layer 1.
+void ExpectBundle40Corrupt(NeuronSource& source) {
+  NeuronSource::Batch b;
+  Result<bool> more = source.Next(&b);
+  ASSERT_FALSE(more.ok());
+  EXPECT_EQ(more.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(more.status().ToString().find("FFN layer 1 bundle 40"), std::string::npos)
+      << more.status().ToString();
+}
+
 // A flipped byte in a streamed bundle of a scattered request is Corruption naming it; the source
 // then serves the next request normally.
 TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
@@ -183,12 +193,7 @@ TEST(NeuronSourceTest, CorruptBundleInAScatteredRequest) {
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   const std::vector<uint32_t> set = {1, 40, 80};
   ASSERT_TRUE((*source)->Begin(1, set).ok());
-  NeuronSource::Batch b;
-  Result<bool> more = (*source)->Next(&b);
-  ASSERT_FALSE(more.ok());
-  EXPECT_EQ(more.status().code(), StatusCode::kCorruption);
-  EXPECT_NE(more.status().ToString().find("FFN layer 1 bundle 40"), std::string::npos)
-      << more.status().ToString();
+  ExpectBundle40Corrupt(**source);
   const std::vector<uint32_t> clean = {1, 80};
   ASSERT_TRUE((*source)->Begin(1, clean).ok());
   EXPECT_EQ(Drain(**source, *r, 1), clean);
@@ -233,12 +238,7 @@ TEST(NeuronSourceTest, LandedChunksAreVerifiedAhead) {
       EXPECT_EQ(Drain(**source, *r, 1).size(), kHidden);
       continue;
     }
-    NeuronSource::Batch b;
-    Result<bool> more = (*source)->Next(&b);
-    ASSERT_FALSE(more.ok());
-    EXPECT_EQ(more.status().code(), StatusCode::kCorruption);
-    EXPECT_NE(more.status().ToString().find("FFN layer 1 bundle 40"), std::string::npos)
-        << more.status().ToString();
+    ExpectBundle40Corrupt(**source);
   }
 }
 

@@ -27,6 +27,16 @@ std::unique_ptr<StoreReader> MakeStore(const fs::path& dir) {
   return r.ok() ? std::move(*r) : nullptr;
 }
 
+// The store's ExtentReader with `queue_depth` reads in flight and `groups` read groups.
+ExtentReader& Limited(StoreReader& store, uint32_t queue_depth, uint32_t groups) {
+  ExtentReader& x = store.extent_reader();
+  ExtentReaderLimits limits;
+  limits.queue_depth = queue_depth;
+  limits.groups = groups;
+  EXPECT_TRUE(x.SetLimits(limits).ok());
+  return x;
+}
+
 std::vector<std::byte> ReadAlone(StoreReader& r, const Extent& e) {
   std::vector<std::byte> out(e.raw_bytes);
   EXPECT_TRUE(r.ReadExtent(e, out).ok());
@@ -102,11 +112,7 @@ TEST(ExtentReaderTest, GroupsLandIndependently) {
   ::flashlm::testing::ScratchDir dir;
   auto store = MakeStore(dir.path());
   ASSERT_NE(store, nullptr);
-  ExtentReader& x = store->extent_reader();
-  ExtentReaderLimits limits;
-  limits.queue_depth = 8;
-  limits.groups = 2;
-  ASSERT_TRUE(x.SetLimits(limits).ok());
+  ExtentReader& x = Limited(*store, 8, 2);
   auto g1 = x.AddGroup();
   auto g2 = x.AddGroup();
   ASSERT_TRUE(g1.ok() && g2.ok());
@@ -149,11 +155,7 @@ TEST(ExtentReaderTest, ReadsAreCountedBySource) {
   ::flashlm::testing::ScratchDir dir;
   auto store = MakeStore(dir.path());
   ASSERT_NE(store, nullptr);
-  ExtentReader& x = store->extent_reader();
-  ExtentReaderLimits limits;
-  limits.queue_depth = 8;
-  limits.groups = 2;
-  ASSERT_TRUE(x.SetLimits(limits).ok());
+  ExtentReader& x = Limited(*store, 8, 2);
   auto ffn = x.AddGroup(ReadSource::kFfn);
   auto attention = x.AddGroup(ReadSource::kAttention);
   ASSERT_TRUE(ffn.ok() && attention.ok());
@@ -203,15 +205,11 @@ TEST(ExtentReaderTest, IdleWorkSlotsAndRemoval) {
   ::flashlm::testing::ScratchDir dir;
   auto store = MakeStore(dir.path());
   ASSERT_NE(store, nullptr);
-  ExtentReader& x = store->extent_reader();
-  ExtentReaderLimits limits;
-  limits.queue_depth = 64;
-  limits.groups = 1;
-  ASSERT_TRUE(x.SetLimits(limits).ok());
+  ExtentReader& x = Limited(*store, 64, 1);
   auto g = x.AddGroup(ReadSource::kFfn);
   ASSERT_TRUE(g.ok());
   bool removed_ran = false;
-  int kept_calls = 0;
+  int kept_calls = 0;  // it may run or not, as reads land
   std::vector<uint32_t> slots;
   for (size_t i = 0; i < ExtentReader::kIdleWorkMax; ++i) {
     auto slot = x.AddIdleWork([&] {
