@@ -33,7 +33,7 @@ flashlm train-predictor), one more row per --predictor-cuts value:
 
 Per run: flashlm generate -p PROMPT -n N --temp 0 --ignore-eos --ctx 256 --threads T
 --mem-budget B --stats-json F; figures per forward pass from the stats (the prompt is one pass of
-N + 1). llama.cpp: llama-bench -p 0 -n N in a cgroup-v1 memory group limited to B.
+N + 1), with the attention layers' bytes and the FFN and attention waits apart (io.by_source). llama.cpp: llama-bench -p 0 -n N in a cgroup-v1 memory group limited to B.
 
 Needs root (drop_caches, cgroups). Wrap in `flock /work/notes/bench.lock` on a shared disk.
 Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] [--reps 3]
