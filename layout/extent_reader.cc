@@ -115,12 +115,14 @@ std::string ExtentReader::DescribeExtent(const Extent& e) const {
 Status ExtentReader::Verify(const Extent& e, ConstByteSpan stored) const {
   const uint64_t sum = storage::Checksum64(stored);
   if (stored.size() == e.stored_bytes) return CheckDigest(e, sum);
-  return CorruptionError("checksum mismatch in " + DescribeExtent(e) + ": catalog " +
-                         Hex(e.checksum) + ", data " + Hex(sum));
+  return MismatchError(e, sum);
 }
 
 Status ExtentReader::CheckDigest(const Extent& e, uint64_t digest) const {
-  if (digest == e.checksum) return Status::Ok();
+  return digest == e.checksum ? Status::Ok() : MismatchError(e, digest);
+}
+
+Status ExtentReader::MismatchError(const Extent& e, uint64_t digest) const {
   return CorruptionError("checksum mismatch in " + DescribeExtent(e) + ": catalog " +
                          Hex(e.checksum) + ", data " + Hex(digest));
 }
@@ -308,18 +310,18 @@ Status ExtentReader::Wait(uint32_t group) {
     const uint64_t t0 = storage::NowNs();
     uint64_t idle_ns = 0;  // spent on idle work: not waiting
     while (g.pending > 0) {
+      // First what has landed, then a piece of idle work; sleep only when there is none.
       Status st;
-      if (idle_count_ > 0) {  // first what has landed, then a piece of idle work, else sleep
+      bool worked = false;
+      if (idle_count_ > 0) {
         st = ReapSome(/*block=*/false);
-        if (st.ok() && g.pending == 0) break;
-        if (st.ok()) {
+        if (st.ok() && g.pending > 0) {
           const uint64_t i0 = storage::NowNs();
-          const bool worked = RunIdleWork();
+          worked = RunIdleWork();
           idle_ns += storage::NowNs() - i0;
-          if (worked) continue;
         }
       }
-      if (st.ok()) st = ReapSome();
+      if (st.ok() && !worked && g.pending > 0) st = ReapSome();
       if (!st.ok()) {  // the backend is unusable: nothing more will land
         BookWait(g, storage::NowNs() - t0 - idle_ns);
         return st;

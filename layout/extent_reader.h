@@ -244,6 +244,8 @@ class ExtentReader {
   Status QueueOne(uint32_t group, uint32_t file, uint64_t offset, ByteSpan dst);
   uint32_t ReadsFor(uint64_t bytes) const;
   std::string DescribeExtent(const Extent& e) const;
+  // Corruption "checksum mismatch in <extent>: catalog 0x..., data 0x<digest>".
+  Status MismatchError(const Extent& e, uint64_t digest) const;
 
   std::vector<storage::File> files_;
   std::vector<uint32_t> file_ids_;
