@@ -65,6 +65,7 @@ Result<ModelPlan> PlanStore(const std::string& path, const ModelPlanOptions& o) 
   plan.source = path;
   plan.measured = true;
   plan.config = reader->config();
+  plan.store_identity = reader->identity();
   ASSIGN_OR_RETURN(plan.needs, StoreWeights::Measure(*reader, o.streaming));
   std::vector<layout::TensorInfo> dense;
   for (const layout::TensorInfo& t : reader->tensors()) {
@@ -158,8 +159,13 @@ Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session
                            const CostOptions& cost, double dram_gbps,
                            const storage::FlashProfile* profile) {
   Prediction p;
+  SessionOptions options = session;
+  if (model.kind == "store") {
+    RETURN_IF_ERROR(
+        LoadStoreSideFiles(model.source, model.store_identity, model.config, &options));
+  }
   ASSIGN_OR_RETURN(p.session,
-                   PlanSession(model.needs, model.config, session, threads, model.tokenizer_bytes));
+                   PlanSession(model.needs, model.config, options, threads, model.tokenizer_bytes));
   p.cost = CostOfToken(model.config, model.needs, p.session.plan, cost);
   p.bounds = BoundSpeed(p.cost, dram_gbps, profile, cost.batch);
   return p;

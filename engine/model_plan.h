@@ -39,6 +39,7 @@ struct ModelPlan {
   uint64_t flash_bytes = 0;      // data on flash, alignment padding included
   uint64_t tokenizer_bytes = 0;  // DRAM of the tokenizer (0 for a shape: it has none)
   StoreNeeds needs;
+  uint64_t store_identity = 0;  // kind "store": its identity (side files must belong to it)
   std::string probe_file;  // a large file on the model's device to measure reads on ("": none)
 };
 
@@ -54,13 +55,15 @@ struct ModelPlanOptions {
 Result<ModelPlan> PlanModel(const std::string& path, const ModelPlanOptions& options);
 
 // A decode step under a budget, predicted: the residency plan Session::Open would make
-// (PlanSession), what a token costs under it and the speed that allows.
+// (PlanSession; for a store, with the side files the options ask for loaded as the session loads
+// them: LoadStoreSideFiles), what a token costs under it and the speed that allows.
 struct Prediction {
   SessionPlan session;
   DecodeCost cost;
   SpeedBounds bounds;
 };
-// `threads`: the pool size the session would have. `profile` may be null. Errors: PlanSession's
+// `threads`: the pool size the session would have. `profile` may be null. Errors:
+// LoadStoreSideFiles' (a store asked to run with a predictor it lacks), PlanSession's
 // (ResourceExhausted for a budget below the minimum, naming it).
 Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session, uint32_t threads,
                            const CostOptions& cost, double dram_gbps,

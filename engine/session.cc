@@ -18,6 +18,31 @@
 
 namespace flashlm::engine {
 
+Status LoadStoreSideFiles(const std::string& store_path, uint64_t identity,
+                          const layout::ModelConfig& config, SessionOptions* options) {
+  if (options->transformer.sparsity == FfnSparsity::kThreshold) {
+    const std::string file = options->ffn_thresholds_path.empty()
+                                 ? store_path + "/" + std::string(layout::kFfnThresholdsFileName)
+                                 : options->ffn_thresholds_path;
+    ASSIGN_OR_RETURN(layout::FfnThresholds t,
+                     layout::LoadFfnThresholds(file, identity, config.n_layers, config.hidden_dim));
+    options->transformer.ffn_thresholds = std::move(t.thresholds);
+  }
+  if (options->transformer.sparsity == FfnSparsity::kPredictor || options->transformer.lookahead) {
+    const std::string file = options->ffn_predictor_path.empty()
+                                 ? store_path + "/" + std::string(layout::kFfnPredictorFileName)
+                                 : options->ffn_predictor_path;
+    ASSIGN_OR_RETURN(layout::FfnPredictor p,
+                     layout::LoadFfnPredictor(file, identity, config.n_layers, config.dim,
+                                              config.hidden_dim));
+    // Held and multiplied as f16 (half the DRAM the budget gives it), converted before anything
+    // the plan counts is allocated; f32 only when a value does not fit f16.
+    layout::HoldAsF16(&p);
+    options->transformer.ffn_predictor = std::make_shared<const layout::FfnPredictor>(std::move(p));
+  }
+  return Status::Ok();
+}
+
 uint64_t PeakRssBytes() {
   struct rusage ru {};
   if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
@@ -184,11 +209,13 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
       (topts.sparsity != FfnSparsity::kAuto ||
        (!needs.bundles.has_gate() && config.activation == layout::Activation::kRelu));
   if (!sparse_ffn) in.cache_fraction = 0;
-  const std::pair<std::string, uint64_t> engine_parts[] = {
-      {"activations and scratch", sp.activation_bytes},
+  const uint64_t predictor_bytes = Transformer::PredictorBytesNeeded(topts);
+  std::vector<std::pair<std::string, uint64_t>> engine_parts = {
+      {"activations and scratch", sp.activation_bytes - predictor_bytes},
       {"KV cache", sp.kv_bytes},
       {"tokenizer", tokenizer_bytes}};
-  in.fixed_parts.insert(in.fixed_parts.begin(), std::begin(engine_parts), std::end(engine_parts));
+  if (predictor_bytes > 0) engine_parts.emplace_back("FFN predictor", predictor_bytes);
+  in.fixed_parts.insert(in.fixed_parts.begin(), engine_parts.begin(), engine_parts.end());
   for (const auto& part : engine_parts) in.fixed_bytes += part.second;
   if (in.classifier_demand_bytes > 0) {  // the forward pass's buffer for streamed row blocks
     WeightsShape streamed = shape;
@@ -273,28 +300,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
     return InvalidArgumentError(path + " carries no tokenizer (pass --tokenizer tokenizer.bin)");
   }
   const layout::ModelConfig config = reader->config();
-  if (options.transformer.sparsity == FfnSparsity::kThreshold) {
-    const std::string file = options.ffn_thresholds_path.empty()
-                                 ? path + "/" + std::string(layout::kFfnThresholdsFileName)
-                                 : options.ffn_thresholds_path;
-    ASSIGN_OR_RETURN(layout::FfnThresholds t,
-                     layout::LoadFfnThresholds(file, reader->identity(), config.n_layers,
-                                               config.hidden_dim));
-    options.transformer.ffn_thresholds = std::move(t.thresholds);
-  }
-  if (options.transformer.sparsity == FfnSparsity::kPredictor || options.transformer.lookahead) {
-    const std::string file = options.ffn_predictor_path.empty()
-                                 ? path + "/" + std::string(layout::kFfnPredictorFileName)
-                                 : options.ffn_predictor_path;
-    ASSIGN_OR_RETURN(layout::FfnPredictor p,
-                     layout::LoadFfnPredictor(file, reader->identity(), config.n_layers,
-                                              config.dim, config.hidden_dim));
-    // Held and multiplied as f16 (half the DRAM the budget gives it), converted before anything
-    // the plan counts is allocated; f32 only when a value does not fit f16.
-    layout::HoldAsF16(&p);
-    options.transformer.ffn_predictor =
-        std::make_shared<const layout::FfnPredictor>(std::move(p));
-  }
+  RETURN_IF_ERROR(LoadStoreSideFiles(path, reader->identity(), config, &options));
   ASSIGN_OR_RETURN(StoreNeeds needs, StoreWeights::Measure(*reader, options.streaming));
   pool_ = std::make_unique<ThreadPool>(options.threads);
 

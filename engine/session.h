@@ -171,6 +171,15 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
                                 const SessionOptions& options, uint32_t threads,
                                 uint64_t tokenizer_bytes);
 
+// Reads into options->transformer what the options ask for from beside a store (`store_path`,
+// its identity and config): the calibrated thresholds for threshold sparsity, the predictor
+// (held as f16 where its values fit, layout::HoldAsF16) for predictor sparsity or a lookahead;
+// nothing otherwise. Session::Open calls it before planning, and so does Predict
+// (engine/model_plan.h), so that `flashlm plan` charges the predictor's DRAM as the session does.
+// Errors: the loaders' (NotFound, Corruption, InvalidArgument for a file of another store).
+Status LoadStoreSideFiles(const std::string& store_path, uint64_t identity,
+                          const layout::ModelConfig& config, SessionOptions* options);
+
 // Peak resident set size of this process so far, in bytes (getrusage ru_maxrss).
 uint64_t PeakRssBytes();
 

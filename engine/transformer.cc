@@ -190,12 +190,14 @@ uint64_t Transformer::BytesNeeded(const layout::ModelConfig& c, const Transforme
   const uint64_t aux =
       o.lazy.enabled() ? cache::LazyAuxCache::BytesNeeded(c.dim, ContextOf(c, o), o.max_sequences)
                        : 0;
+  return l.arena.resident_bytes() + l.kernel_bytes + aux + PredictorBytesNeeded(o);
+}
+
+uint64_t Transformer::PredictorBytesNeeded(const TransformerOptions& o) {
   // The predictor's weights, shared with the caller but held for the Transformer's life.
-  const uint64_t predictor =
-      (o.sparsity == FfnSparsity::kPredictor || o.lookahead) && o.ffn_predictor
-          ? PredictorBytes(*o.ffn_predictor)
-          : 0;
-  return l.arena.resident_bytes() + l.kernel_bytes + aux + predictor;
+  return (o.sparsity == FfnSparsity::kPredictor || o.lookahead) && o.ffn_predictor
+             ? PredictorBytes(*o.ffn_predictor)
+             : 0;
 }
 
 uint64_t Transformer::resident_bytes() const {

@@ -245,6 +245,8 @@ class Transformer {
   // the KV cache is the KvCache's own).
   static uint64_t BytesNeeded(const layout::ModelConfig& config, const TransformerOptions& options,
                               uint32_t threads, const WeightsShape& shape);
+  // Of those, the FFN predictor's weights (0 when the options use none).
+  static uint64_t PredictorBytesNeeded(const TransformerOptions& options);
 
   // `kv` (not owned, may be null) must hold max_sequences sequences of max_context positions;
   // when null the Transformer creates its own FlatKvCache.

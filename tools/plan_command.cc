@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "engine/model_plan.h"
+#include "engine/transformer.h"
 #include "engine/speed_bounds.h"
 #include "layout/dtype.h"
 #include "storage/bytes.h"
@@ -291,9 +292,14 @@ int Run(Flags f) {
                 "residency plan below count that, the speed bounds count %s\n",
                 FormatBytes(all->session.kv_bytes).c_str(), kv->name.c_str());
   }
-  std::printf("memory: activations and scratch %s, KV cache (engine) %s, tokenizer %s\n",
-              FormatBytes(all->session.activation_bytes).c_str(),
-              FormatBytes(all->session.kv_bytes).c_str(), FormatBytes(m.tokenizer_bytes).c_str());
+  const uint64_t predictor_bytes =
+      engine::Transformer::PredictorBytesNeeded(all->session.transformer);
+  std::printf("memory: activations and scratch %s, KV cache (engine) %s, tokenizer %s%s\n",
+              FormatBytes(all->session.activation_bytes - predictor_bytes).c_str(),
+              FormatBytes(all->session.kv_bytes).c_str(), FormatBytes(m.tokenizer_bytes).c_str(),
+              predictor_bytes > 0
+                  ? (", FFN predictor " + FormatBytes(predictor_bytes)).c_str()
+                  : "");
   std::printf("  everything resident: %s; minimum budget: %s (%llu bytes)\n",
               FormatBytes(full.total_bytes()).c_str(), FormatBytes(full.minimum_bytes).c_str(),
               static_cast<unsigned long long>(full.minimum_bytes));

@@ -135,6 +135,47 @@ TEST_F(TrainPredictorCommandTest, DamagedMissingOrForeignPredictorsAreRefused) {
   EXPECT_NE(foreign.err.find("another store"), std::string::npos) << foreign.err;
 }
 
+// `flashlm plan` with --sparsity predictor plans the budget as generate does: the predictor's
+// DRAM is charged (its own item among the always-resident parts), so the plan it prints at a
+// budget is the one generate prints. Without the predictor file plan refuses as generate does.
+TEST_F(TrainPredictorCommandTest, PlanChargesThePredictorAsGenerateDoes) {
+  const std::string flags = " --sparsity predictor --mem-budget 8400000";
+  CmdRun missing = Flashlm("plan " + store_ + flags + " --dram-gbps 10");
+  EXPECT_EQ(missing.exit_code, 2) << missing.all();
+  EXPECT_NE(missing.err.find("train-predictor"), std::string::npos) << missing.err;
+
+  ASSERT_EQ(
+      Flashlm("train-predictor " + store_ + " --text " + text_ + " --rank 8 --epochs 1").exit_code,
+      0);
+  // The residency plan block: from "residency plan:" to the line before "model (layers)".
+  auto plan_block = [](const std::string& text) {
+    const size_t b = text.find("residency plan:");
+    const size_t e = text.find("  model (layers)", b);
+    return b == std::string::npos || e == std::string::npos ? std::string() : text.substr(b, e - b);
+  };
+  CmdRun g = Flashlm("generate " + store_ + flags + " -n 2 --temp 0 -p hello");
+  ASSERT_EQ(g.exit_code, 0) << g.all();
+  CmdRun p = Flashlm("plan " + store_ + flags + " --dram-gbps 10");
+  ASSERT_EQ(p.exit_code, 0) << p.all();
+  const std::string generated = plan_block(g.err), planned = plan_block(p.out);
+  ASSERT_FALSE(generated.empty()) << g.err;
+  EXPECT_NE(generated.find("FFN predictor"), std::string::npos) << generated;
+  EXPECT_EQ(planned, generated);
+  EXPECT_NE(p.out.find(", FFN predictor "), std::string::npos) << p.out;  // the memory line
+
+  CmdRun j = Flashlm("plan " + store_ + flags + " --dram-gbps 10 --json");
+  ASSERT_EQ(j.exit_code, 0) << j.all();
+  const nlohmann::json pj = nlohmann::json::parse(j.out, nullptr, false);
+  ASSERT_FALSE(pj.is_discarded()) << j.out;
+  const nlohmann::json& parts = pj["budget"]["plan"]["always_resident"];
+  ASSERT_TRUE(parts.contains("FFN predictor")) << parts.dump();
+  EXPECT_GT(parts["FFN predictor"].get<uint64_t>(), 0u);
+  // Dense asks for no predictor: none is charged.
+  CmdRun dense = Flashlm("plan " + store_ + " --sparsity dense --mem-budget 8400000 --dram-gbps 10");
+  ASSERT_EQ(dense.exit_code, 0) << dense.all();
+  EXPECT_EQ(dense.out.find("FFN predictor"), std::string::npos) << dense.out;
+}
+
 // --lookahead reads each layer's guessed bundles ahead and changes nothing else: with exact relu
 // sparsity (ReLU model, gate+up-down store) and with the predictor's own (gate-up-down store), at
 // the minimum budget (every bundle streamed, chunks of 32 so that this tiny model's FFN is not
