@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "layout/read_source_json.h"
+
 namespace flashlm::server {
 namespace {
 
@@ -175,6 +177,7 @@ nlohmann::json Metrics::Json(const engine::SchedulerSnapshot& s, uint64_t planne
   j["bytes_requested"] = e.bytes_requested;
   j["bytes_read"] = e.bytes_read;
   j["reads"] = e.reads;
+  j["by_source"] = layout::ReadSourcesJson(e.io_by_source);
   j["ffn_hit_rate"] = e.hit_rate();
   j["ffn_computed_fraction"] = e.ffn_computed_fraction();
   j["kv_resident_bytes"] = e.kv_resident_bytes;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "layout/read_source_json.h"
 #include "tools/cli_util.h"
 
 namespace flashlm::tools {
@@ -487,16 +488,6 @@ std::string IoStatsLine(const engine::IoReport& r) {
   return line;
 }
 
-nlohmann::json IoSourcesJson(const engine::EngineStats& s) {
-  nlohmann::json j = nlohmann::json::object();
-  for (size_t i = 0; i < layout::kReadSources; ++i) {
-    const layout::SourceCounters& c = s.io_by_source[i];
-    j[layout::ReadSourceName(static_cast<layout::ReadSource>(i))] = {
-        {"bytes_read", c.bytes_read}, {"reads", c.reads}, {"wait_ms", c.wait_ns / 1e6}};
-  }
-  return j;
-}
-
 nlohmann::json IoStatsJson(const engine::IoReport& r, uint64_t tokens, uint64_t planned_bytes) {
   const engine::EngineStats& s = r.counters;
   return nlohmann::json{{"tokens", tokens},
@@ -515,7 +506,7 @@ nlohmann::json IoStatsJson(const engine::IoReport& r, uint64_t tokens, uint64_t 
                         {"ffn_neurons_total", s.ffn_neurons_total},
                         {"planned_bytes", planned_bytes},
                         {"peak_rss_bytes", r.peak_rss_bytes},
-                        {"by_source", IoSourcesJson(s)}};
+                        {"by_source", layout::ReadSourcesJson(s.io_by_source)}};
 }
 
 nlohmann::json GenerationJson(const engine::GenerationStats& s, const std::vector<int32_t>* ids) {

@@ -87,9 +87,6 @@ nlohmann::json FfnStatsJson(const engine::EngineStats& stats);
 std::string LazyStatsLine(const engine::EngineStats& stats);
 nlohmann::json LazyStatsJson(const engine::EngineStats& stats);
 // The same as JSON ("tokens" is the tokens the run processed); `planned_bytes` is the session's.
-// The store's reads by what they were for (EngineStats::io_by_source): {"attention": {"bytes_read",
-// "reads", "wait_ms"}, "ffn": ..., "classifier", "embedding", "other"}.
-nlohmann::json IoSourcesJson(const engine::EngineStats& stats);
 nlohmann::json IoStatsJson(const engine::IoReport& report, uint64_t tokens, uint64_t planned_bytes);
 // Timings of a generation (and its ids when given) as JSON.
 nlohmann::json GenerationJson(const engine::GenerationStats& stats,

@@ -554,10 +554,6 @@ TEST(ServeCommandTest, EngineErrorFailsTheRequestWith500AndTheServerKeepsServing
   EXPECT_EQ(server.Stop(20), 0) << server.Log();
 }
 
-// Out of core: a store at its smallest budget (every FFN bundle and attention layer streamed on
-// every pass). 16 concurrent clients; greedy text equals generate's on the same store and
-// budget; decode steps carry several sequences; peak RSS stays within the plan plus the serve
-// process's overhead (binary, libraries, HTTP threads; measured at about 11 MiB, stated as 24).
 // LazyLLM pruning under several sequences (--lazy-prefill 0.3, --parallel 3): each sequence is
 // ranked by its own last token and prunes and revives only its own positions, so every answer
 // equals `flashlm generate --lazy-prefill 0.3` of its prompt alone (each prompt fits one pass in
@@ -676,6 +672,11 @@ TEST(ServeCommandTest, PagedKvCacheSpilledAcrossSequencesMatchesGenerate) {
   EXPECT_TRUE(std::filesystem::is_empty(spill));
 }
 
+// Out of core: a store at its smallest budget (every FFN bundle and attention layer streamed on
+// every pass). 16 concurrent clients; greedy text equals generate's on the same store and
+// budget; decode steps carry several sequences; /stats splits the reads by source; peak RSS
+// stays within the plan plus the serve process's overhead (binary, libraries, HTTP threads;
+// measured at about 11 MiB, stated as 24).
 TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
   ::flashlm::testing::ScratchDir dir;
@@ -732,6 +733,24 @@ TEST(ServeCommandTest, OutOfCoreUnderLoadMatchesGenerateWithinTheBudget) {
   EXPECT_GT(value("flashlm_flash_bytes_read_total"), 0);
   const double planned = value("flashlm_planned_bytes");
   EXPECT_LE(planned, std::stod(budget));
+  // /stats splits the reads by what they were for, as generate's --stats-json does: every
+  // source named, their bytes and reads adding up to the totals, the streamed FFN and attention
+  // layers among them.
+  const Reply stats = Curl(server.base() + "/stats");
+  ASSERT_EQ(stats.status, 200) << stats.body;
+  ASSERT_TRUE(stats.j["by_source"].is_object()) << stats.body;
+  uint64_t source_bytes = 0, source_reads = 0;
+  for (const char* source : {"other", "attention", "ffn", "classifier", "embedding"}) {
+    const json& c = stats.j["by_source"][source];
+    ASSERT_TRUE(c.is_object()) << source << ": " << stats.body;
+    source_bytes += c["bytes_read"].get<uint64_t>();
+    source_reads += c["reads"].get<uint64_t>();
+    EXPECT_GE(c["wait_ms"].get<double>(), 0.0) << source;
+  }
+  EXPECT_EQ(source_bytes, stats.j["bytes_read"].get<uint64_t>()) << stats.body;
+  EXPECT_EQ(source_reads, stats.j["reads"].get<uint64_t>()) << stats.body;
+  EXPECT_GT(stats.j["by_source"]["ffn"]["bytes_read"].get<uint64_t>(), 0u) << stats.body;
+  EXPECT_GT(stats.j["by_source"]["attention"]["bytes_read"].get<uint64_t>(), 0u) << stats.body;
 #if defined(__SANITIZE_ADDRESS__)
   // Under AddressSanitizer the resident set is the sanitizer's (shadow memory): not checked.
   std::printf("peak RSS not checked under AddressSanitizer\n");
