@@ -3,7 +3,7 @@
 // function pointer plus a context pointer. The range is cut into a few chunks per thread that
 // threads claim from a shared counter, so a thread the OS has descheduled (the machines are
 // shared) does not hold the others up: whoever is running takes the remaining chunks. Between
-// calls workers spin briefly, then sleep on a condition variable.
+// calls workers spin (about a third of a millisecond), then sleep on a condition variable.
 // Not re-entrant: one ParallelFor at a time, called from one owner thread.
 #ifndef FLASHLM_ENGINE_THREAD_POOL_H_
 #define FLASHLM_ENGINE_THREAD_POOL_H_
