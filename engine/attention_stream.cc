@@ -197,6 +197,11 @@ bool AttentionStream::VerifyAhead() {
     return false;
   }
   const Layer& layer = layers_[buffer_layer_];
+  // Extents checked on an earlier read (--verify-reads first) need nothing.
+  while (hashed_ == 0 && verified_ < layer.extents.size() &&
+         extents_->Verified(layer.extents[verified_])) {
+    ++verified_;
+  }
   if (verified_ >= layer.extents.size()) return false;
   const layout::Extent& e = layer.extents[verified_];
   const std::byte* src = buffer_.data() + layer.plan.Offset(verified_);

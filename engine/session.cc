@@ -288,6 +288,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   layout::StoreReadOptions ro;
   ro.backend = options.backend;
   ro.direct = options.direct;
+  ro.verify_every_read = options.verify_every_read;
   ASSIGN_OR_RETURN(std::unique_ptr<layout::StoreReader> reader,
                    layout::StoreReader::Open(path, ro));
   if (!reader->vocab().empty()) {
@@ -455,6 +456,8 @@ std::string Session::Describe() const {
         : store_->coalesced() ? "as merged reads"
                               : "one read per bundle") +
        (store_->pipelined() ? ", pipelined (chunks, attention and classifier read ahead)" : "") +
+       (r.verifies_every_read() ? ", checksums on every read"
+                                : ", checksums on each extent's first read") +
        "\n  FFN: " +
        (model_->sparsity() == FfnSparsity::kRelu
             ? "relu sparsity (the dense gate first, then only the firing neurons' bundles)"

@@ -67,6 +67,9 @@ struct SessionOptions {
   StreamingOptions streaming;
   storage::BackendKind backend = storage::BackendKind::kAuto;
   bool direct = true;  // O_DIRECT data files (and the KV spill file)
+  // false: a store extent's checksum is checked the first time it is read in this session, not
+  // on every later read (--verify-reads first; layout::StoreReadOptions).
+  bool verify_every_read = true;
   KvOptions kv;        // the KV cache: flat, or paged under the budget
   // Top-N attention (--kv-topn; all: exact). With a paged cache that spills, only the V pages
   // holding a kept position are read.

@@ -113,13 +113,21 @@ std::string ExtentReader::DescribeExtent(const Extent& e) const {
 }
 
 Status ExtentReader::Verify(const Extent& e, ConstByteSpan stored) const {
+  if (stored.size() == e.stored_bytes && Verified(e)) return Status::Ok();
   const uint64_t sum = storage::Checksum64(stored);
   if (stored.size() == e.stored_bytes) return CheckDigest(e, sum);
   return MismatchError(e, sum);
 }
 
 Status ExtentReader::CheckDigest(const Extent& e, uint64_t digest) const {
-  return digest == e.checksum ? Status::Ok() : MismatchError(e, digest);
+  if (digest != e.checksum) return MismatchError(e, digest);
+  if (e.index < verified_extents_) verified_[e.index >> 6] |= uint64_t{1} << (e.index & 63);
+  return Status::Ok();
+}
+
+void ExtentReader::VerifyFirstReadOnly(uint64_t extent_count) {
+  verified_.assign(CeilDiv(extent_count, 64), 0);
+  verified_extents_ = extent_count;
 }
 
 Status ExtentReader::MismatchError(const Extent& e, uint64_t digest) const {

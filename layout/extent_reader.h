@@ -154,6 +154,18 @@ class ExtentReader {
   // The same check for a checksum the caller computed (storage::Checksum64Stream over exactly the
   // extent's stored bytes), in the same words.
   Status CheckDigest(const Extent& extent, uint64_t digest) const;
+  // Which reads Verify and CheckDigest check. By default every read of an extent is hashed and
+  // checked. After VerifyFirstReadOnly (set-up only; extent indices below `extent_count`), an
+  // extent that has passed once in this reader's life is not checked again: Verify returns Ok
+  // without hashing, and callers that hash ahead skip it (Verified). Damage at rest is still
+  // found the first time an extent is read; a later read that goes wrong is not. One bit per
+  // extent, allocated here.
+  void VerifyFirstReadOnly(uint64_t extent_count);
+  // True when first-read-only checking is on and `extent` has passed.
+  bool Verified(const Extent& extent) const {
+    return extent.index < verified_extents_ &&
+           (verified_[extent.index >> 6] >> (extent.index & 63) & 1) != 0;
+  }
 
   // Work a holder of a read group may do while Wait waits for another group: verifying bytes of
   // its own that have already landed. Wait calls it between looks at completions for as long as
@@ -259,6 +271,10 @@ class ExtentReader {
   std::vector<Group> groups_;        // [0] is the synchronous path's own
   uint32_t groups_taken_ = 0;
   std::vector<IdleWork> idle_;  // AddIdleWork; capacity kIdleWorkMax; empty slots removed
+  // VerifyFirstReadOnly: a bit per extent index below verified_extents_, set when it passes
+  // (written by the const checks: a record of what was checked, not of what was read).
+  mutable std::vector<uint64_t> verified_;
+  uint64_t verified_extents_ = 0;
   uint32_t idle_count_ = 0;     // slots holding a work
   std::vector<storage::ReadRequest> requests_;        // queued, not yet submitted
   std::vector<storage::ReadCompletion> completions_;  // [queue_depth]

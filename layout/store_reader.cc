@@ -193,6 +193,7 @@ Status StoreReader::Load() {
     }
     if (e.raw_bytes > (uint64_t{1} << 40)) return CorruptionError(where(name + ": absurd size"));
   }
+  if (!options_.verify_every_read) reader_->VerifyFirstReadOnly(extents_.size());
 
   // FFN layers (before tensors, which refer to them).
   Status bad;  // first malformed record seen while iterating

@@ -50,6 +50,9 @@ struct StoreReadOptions {
   bool direct = true;
   uint32_t queue_depth = 32;               // extent reads in flight
   uint64_t batch_bytes_max = 32ull << 20;  // staging buffer bound for one batch
+  // false: an extent's checksum is checked the first time it is read, not on later reads
+  // (ExtentReader::VerifyFirstReadOnly).
+  bool verify_every_read = true;
 };
 
 class StoreReader final : public Checkpoint {
@@ -83,6 +86,8 @@ class StoreReader final : public Checkpoint {
   // "uring", "pread", ...; and whether the data files are open with O_DIRECT.
   std::string_view backend_name() const { return reader_->backend_name(); }
   bool direct_io() const { return reader_->direct_io(); }
+  // False after StoreReadOptions::verify_every_read = false (checksums on first reads only).
+  bool verifies_every_read() const { return options_.verify_every_read; }
   // Bytes read and reads issued so far (all extent reads go through the backend).
   const storage::IoStats& io_stats() const { return reader_->io_stats(); }
   // The one road to the data files; valid for the StoreReader's lifetime.

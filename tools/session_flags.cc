@@ -27,6 +27,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
                 "With --mem-budget: read every FFN bundle as one read per matrix row it holds, "
                 "none merged: the reads separate gate, up and down matrices would cost (the "
                 "ablation of bundling, for benchmarks)");
+  cmd->add_option("--verify-reads", f->verify_reads,
+                  "Store reads whose checksum is checked: every (each read, the default) or first "
+                  "(each extent the first time it is read in the run: damage at rest is still "
+                  "found, a later read that goes wrong is not; saves hashing every streamed byte "
+                  "on every token)");
   cmd->add_option("--chunk-bundles", f->chunk_bundles,
                   "With --mem-budget: FFN bundles per streamed chunk (default 256)");
   cmd->add_option("--stream-buffers", f->stream_buffers,
@@ -207,6 +212,10 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--kv-budget: empty size (expected e.g. 64M)");
   }
   o->kv.spill_dir = f.kv_dir;
+  if (f.verify_reads != "every" && f.verify_reads != "first") {
+    return InvalidArgumentError("--verify-reads must be every or first");
+  }
+  o->verify_every_read = f.verify_reads == "every";
   if (f.kv_fetch != "pages" && f.kv_fetch != "rows") {
     return InvalidArgumentError("--kv-fetch must be rows or pages");
   }

@@ -33,6 +33,7 @@ struct SessionFlags {
   bool no_pipeline = false;
   bool no_coalesce = false;
   bool split_bundle_reads = false;
+  std::string verify_reads = "every";  // --verify-reads: every | first
   int64_t chunk_bundles = 256;
   int64_t stream_buffers = 4;
   std::string sparsity = "auto";

@@ -271,6 +271,45 @@ TEST(ExtentReaderTest, VerifyNamesTheExtent) {
   EXPECT_EQ(store->extent_reader().Verify(e, good).code(), StatusCode::kCorruption);
 }
 
+// With checksums on first reads only (StoreReadOptions::verify_every_read false), an extent that
+// passed once is not hashed again: a byte flipped on disk after that goes unnoticed in it, while
+// an extent read for the first time is still checked, and the default reader still finds both.
+TEST(ExtentReaderTest, FirstReadOnlyChecksEachExtentOnce) {
+  ::flashlm::testing::ScratchDir dir;
+  auto every = MakeStore(dir.path());
+  ASSERT_NE(every, nullptr);
+  StoreReadOptions o;
+  o.verify_every_read = false;
+  auto opened = StoreReader::Open((dir / "store").string(), o);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  StoreReader& first = **opened;
+  EXPECT_TRUE(every->verifies_every_read());
+  EXPECT_FALSE(first.verifies_every_read());
+  ExtentReader& x = first.extent_reader();
+  const Extent seen = first.BundleExtentAt(1, 3), unseen = first.BundleExtentAt(1, 4);
+  EXPECT_FALSE(x.Verified(seen));
+  const std::vector<std::byte> intact = ReadAlone(first, seen);
+  EXPECT_TRUE(x.Verified(seen));
+  EXPECT_FALSE(x.Verified(unseen));
+  EXPECT_FALSE(every->extent_reader().Verified(seen));  // the default reader records nothing
+  const fs::path data = dir.path() / "store" / DataFileName(0);
+  ::flashlm::testing::FlipByte(data, seen.offset_bytes + 17);
+  ::flashlm::testing::FlipByte(data, unseen.offset_bytes + 17);
+  std::vector<std::byte> out(seen.raw_bytes);
+  EXPECT_EQ(every->ReadExtent(seen, out).code(), StatusCode::kCorruption);
+  EXPECT_EQ(every->ReadExtent(unseen, out).code(), StatusCode::kCorruption);
+  ASSERT_TRUE(first.ReadExtent(seen, out).ok());  // passed before: not checked again
+  EXPECT_NE(out, intact);                         // (the flipped byte came through)
+  const Status s = first.ReadExtent(unseen, out);
+  EXPECT_EQ(s.code(), StatusCode::kCorruption);
+  EXPECT_NE(std::string(s.message()).find("FFN layer 1 bundle 4"), std::string::npos)
+      << s.ToString();
+  EXPECT_FALSE(x.Verified(unseen));
+  // Verify and CheckDigest on bytes in memory follow the same record.
+  EXPECT_TRUE(x.Verify(seen, out).ok());
+  EXPECT_EQ(x.CheckDigest(unseen, 0).code(), StatusCode::kCorruption);
+}
+
 TEST(ExtentReaderTest, BadLimitsAreRefused) {
   ::flashlm::testing::ScratchDir dir;
   auto store = MakeStore(dir.path());

@@ -18,6 +18,7 @@ namespace flashlm::tools {
 namespace {
 
 using ::flashlm::testing::CmdRun;
+namespace fs = std::filesystem;
 
 CmdRun Flashlm(const std::string& args) { return ::flashlm::testing::RunFlashlm(args); }
 
@@ -84,6 +85,37 @@ TEST(MemBudgetCommandTest, GenerateStreamsWithIdenticalOutput) {
       EXPECT_NE(r.err.find("split reads"), std::string::npos) << r.err;
     } else {
       EXPECT_EQ(r.err.find("pipelined"), std::string::npos) << r.err;
+    }
+  }
+  // Checksums on each extent's first read only: the same text, said in the plan's reads line; a
+  // bundle damaged on disk is still Corruption naming it (its first read is checked).
+  const std::string at_minimum = g + "--mem-budget " + std::to_string(minimum);
+  CmdRun once = Flashlm(at_minimum + " --verify-reads first");
+  ASSERT_EQ(once.exit_code, 0) << once.err;
+  EXPECT_EQ(once.out, unlimited.out);
+  EXPECT_NE(once.err.find("checksums on each extent's first read"), std::string::npos) << once.err;
+  EXPECT_NE(low.err.find("checksums on every read"), std::string::npos) << low.err;
+  CmdRun bad_verify = Flashlm(at_minimum + " --verify-reads some");
+  EXPECT_EQ(bad_verify.exit_code, 2) << bad_verify.err;
+  EXPECT_NE(bad_verify.err.find("--verify-reads"), std::string::npos) << bad_verify.err;
+  {
+    const std::string damaged = (dir / "damaged").string();
+    fs::copy(store, damaged);
+    const fs::path data = fs::path(damaged) / "data-00000.bin";
+    const uint64_t size = fs::file_size(data);
+    bool in_bundle = false;
+    for (uint64_t off = size / 2 / 4096 * 4096; off < size && !in_bundle; off += 4096) {
+      ::flashlm::testing::FlipByte(data, off);
+      in_bundle = Flashlm("verify " + damaged).all().find("bundle") != std::string::npos;
+      if (!in_bundle) ::flashlm::testing::FlipByte(data, off);
+    }
+    ASSERT_TRUE(in_bundle);
+    for (const char* verify : {"every", "first"}) {
+      CmdRun r = Flashlm("generate " + damaged + " -p 'Once upon a time' -n 30 --temp 0 --ctx 64 " +
+                         "--mem-budget " + std::to_string(minimum) + " --verify-reads " + verify);
+      EXPECT_NE(r.exit_code, 0) << verify;
+      EXPECT_NE(r.err.find("checksum mismatch"), std::string::npos) << verify << ": " << r.err;
+      EXPECT_NE(r.err.find("FFN layer"), std::string::npos) << verify << ": " << r.err;
     }
   }
   // Not a store: usage error.
