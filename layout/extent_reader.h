@@ -166,6 +166,8 @@ class ExtentReader {
     return extent.index < verified_extents_ &&
            (verified_[extent.index >> 6] >> (extent.index & 63) & 1) != 0;
   }
+  // DRAM of that record (0 when every read is checked).
+  uint64_t verified_record_bytes() const { return verified_.capacity() * sizeof(uint64_t); }
 
   // Work a holder of a read group may do while Wait waits for another group: verifying bytes of
   // its own that have already landed. Wait calls it between looks at completions for as long as
@@ -271,11 +273,11 @@ class ExtentReader {
   std::vector<Group> groups_;        // [0] is the synchronous path's own
   uint32_t groups_taken_ = 0;
   std::vector<IdleWork> idle_;  // AddIdleWork; capacity kIdleWorkMax; empty slots removed
+  uint32_t idle_count_ = 0;     // slots holding a work
   // VerifyFirstReadOnly: a bit per extent index below verified_extents_, set when it passes
   // (written by the const checks: a record of what was checked, not of what was read).
   mutable std::vector<uint64_t> verified_;
   uint64_t verified_extents_ = 0;
-  uint32_t idle_count_ = 0;     // slots holding a work
   std::vector<storage::ReadRequest> requests_;        // queued, not yet submitted
   std::vector<storage::ReadCompletion> completions_;  // [queue_depth]
   // Synchronous path.

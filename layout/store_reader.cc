@@ -377,7 +377,7 @@ uint64_t StoreReader::catalog_bytes() const {
   for (const std::string& t : vocab_.tokens) b += sizeof(std::string) + t.capacity();
   for (const std::string& m : vocab_.merges) b += sizeof(std::string) + m.capacity();
   b += vocab_.scores.capacity() * sizeof(float) + vocab_.types.capacity() * sizeof(int32_t);
-  return b;
+  return b + reader_->verified_record_bytes();
 }
 
 Result<TensorLocation> StoreReader::LocateTensor(std::string_view name) const {

@@ -92,7 +92,8 @@ class StoreReader final : public Checkpoint {
   const storage::IoStats& io_stats() const { return reader_->io_stats(); }
   // The one road to the data files; valid for the StoreReader's lifetime.
   ExtentReader& extent_reader() { return *reader_; }
-  // DRAM the catalog holds (extent table, tensor directory, permutations, vocab), for budgets.
+  // DRAM the catalog holds (extent table, tensor directory, permutations, vocab; with
+  // verify_every_read false, the record of extents checked), for budgets.
   uint64_t catalog_bytes() const;
 
   // Extents. Errors: NotFound (index, tensor, layer out of range).
