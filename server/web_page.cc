@@ -5,7 +5,9 @@ namespace {
 
 // Panels are computed from differences of /stats between polls: tokens/s from generated_tokens,
 // bytes per token and MiB/s from bytes_read and io_wait_ms, I/O vs compute from io_wait_ms and
-// forward_ms per generated token.
+// forward_ms per generated token. The table of reads by source (/stats by_source: attention, FFN,
+// classifier, embedding, other) is per token since the server started, so it stays readable when
+// the server is idle.
 constexpr std::string_view kPage = R"HTML(<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flashlm serve</title>
 <style>
@@ -16,6 +18,8 @@ body{font-family:system-ui,sans-serif;margin:0;display:flex;height:100vh}
 #panels{flex:1;padding:12px;overflow:auto}
 .panel{margin-bottom:10px}.panel b{display:inline-block;min-width:7em}
 canvas{width:100%;height:40px;background:#f4f4f4}
+#sources{border-collapse:collapse;font-size:90%;margin-bottom:10px}#sources td,#sources th{padding:1px 6px;text-align:right}
+#sources td:first-child{text-align:left}
 form{display:flex;gap:6px}#prompt{flex:1}
 </style></head><body>
 <div id="chat"><h3>flashlm</h3><div id="log"></div>
@@ -40,8 +44,20 @@ function plot(k,v){const s=series[k];s.push(v);if(s.length>60)s.shift();
  const c=document.getElementById("c_"+k),g=c.getContext("2d");g.clearRect(0,0,c.width,c.height);
  const mx=Math.max(1e-9,...s.filter(Number.isFinite));g.beginPath();
  s.forEach((y,i)=>{const px=i*c.width/59,py=c.height-(Number.isFinite(y)?y:0)/mx*(c.height-2);i?g.lineTo(px,py):g.moveTo(px,py);});g.stroke();}
+// Reads by source, per token (a sequence's step in a pass) since the server started.
+const sources=["attention","ffn","classifier","embedding","other"];
+{const t=document.createElement("table");t.id="sources";
+ t.innerHTML="<caption>reads by source, per token since start</caption>"+
+  "<tr><th>source</th><th>KiB</th><th>reads</th><th>wait ms</th></tr>"+
+  sources.map(n=>'<tr id="s_'+n+'"><td>'+n+"</td><td>-</td><td>-</td><td>-</td></tr>").join("");
+ const ps=document.getElementById("panels");ps.insertBefore(t,ps.children[1]);}
+function showSources(s){if(!s.by_source||!s.pass_sequences)return;
+ for(const n of sources){const c=s.by_source[n];if(!c)continue;const r=document.getElementById("s_"+n).cells,p=s.pass_sequences;
+  r[1].textContent=(c.bytes_read/1024/p).toFixed(1);r[2].textContent=(c.reads/p).toFixed(1);
+  r[3].textContent=(c.wait_ms/p).toFixed(2);}}
 let prev=null;
 async function poll(){try{const r=await fetch("/stats",{headers:auth});if(r.ok){const s=await r.json();
+ showSources(s);
  if(prev){const dt=(s.now_ms-prev.now_ms)/1000;
   const dp=s.pass_sequences-prev.pass_sequences,dbytes=s.bytes_read-prev.bytes_read,
   dio=s.io_wait_ms-prev.io_wait_ms,dfw=s.forward_ms-prev.forward_ms;
