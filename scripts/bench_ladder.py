@@ -39,6 +39,7 @@ Needs root (drop_caches, cgroups). Wrap in `flock /work/notes/bench.lock` on a s
 Usage: scripts/bench_ladder.py --store STORE --gguf GGUF [--fractions 10,25,50] [--reps 3]
        [-n 16] [--window 4] [--cache-share 0.5] [--gap 16K] [--extra-gaps 0,4K,16K,64K]
        [--predictor-store STORE --predictor-cuts 0.2,0.5] [--lookahead 0.5] [--raw out.jsonl]
+       [--verify-reads every|first]
 """
 import argparse
 import json
@@ -125,6 +126,9 @@ def main():
     ap.add_argument("--rows", default="", help="run only rows whose name contains one of these "
                     "comma-separated words (dense streaming always runs: the ratios' reference)")
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--verify-reads", default="every", choices=["every", "first"],
+                    help="flashlm's checksums on every read (its default) or on each extent's "
+                    "first read only, for every row")
     ap.add_argument("--raw", help="append every measurement as a JSON line to this file")
     a = ap.parse_args()
     relu = ["--sparsity", "relu"]
@@ -150,10 +154,11 @@ def main():
                      "--merge-gap", a.gap, "--cache-share", "0"]
             rows += [("predictor cut %s (gate-up-down bundles)" % c, flags),
                      ("predictor cut %s + lookahead" % c, flags + ["--lookahead", c])]
+    rows = [(name, flags + ["--verify-reads", a.verify_reads]) for name, flags in rows]
     if a.rows:
         words = a.rows.split(",")
         rows = [r for r in rows if r[0] == "dense streaming" or any(w in r[0] for w in words)]
-    sweep = [("gap " + g, relu + ["--merge-gap", g] + cache)
+    sweep = [("gap " + g, relu + ["--merge-gap", g, "--verify-reads", a.verify_reads] + cache)
              for g in a.extra_gaps.split(",") if g]
     model = os.path.getsize(a.gguf)
     fractions = [int(x) for x in a.fractions.split(",")]
