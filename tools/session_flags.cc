@@ -7,17 +7,42 @@
 #include <thread>
 
 #include "layout/read_source_json.h"
+#include "storage/system_memory.h"
 #include "tools/cli_util.h"
 
 namespace flashlm::tools {
+
+Result<uint64_t> AutoBudget() {
+  auto mem = storage::ReadSystemMemory();
+  if (!mem.ok()) return mem.status().WithContext("--mem-budget auto");
+  const uint64_t available = mem->available();
+  const uint64_t headroom = std::max<uint64_t>(kAutoBudgetHeadroomMin, available / 10);
+  std::string from = "MemAvailable " + FormatBytes(mem->mem_available);
+  if (mem->cgroup_limit != storage::kNoLimit) {
+    from += ", memory cgroup " + mem->cgroup + ": " + FormatBytes(mem->cgroup_room) +
+            " free of its limit of " + FormatBytes(mem->cgroup_limit);
+  }
+  if (available <= headroom) {
+    return ResourceExhaustedError("--mem-budget auto: only " + FormatBytes(available) +
+                                  " available (" + from + "), no more than the " +
+                                  FormatBytes(headroom) + " left to everything else");
+  }
+  std::fprintf(stderr, "--mem-budget auto: %s (%llu bytes; %s; less %s for everything else)\n",
+               FormatBytes(available - headroom).c_str(),
+               static_cast<unsigned long long>(available - headroom), from.c_str(),
+               FormatBytes(headroom).c_str());
+  return available - headroom;
+}
 
 void AddSessionFlags(CLI::App* cmd, SessionFlags* f) {
   cmd->add_option("--threads", f->threads, "Threads (default: all cores)");
   cmd->add_option("--tokenizer", f->tokenizer, "llama2.c tokenizer.bin for a llama2.c .bin");
   f->mem_budget_option =
       cmd->add_option("--mem-budget", f->mem_budget,
-                      "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited): prints "
-                      "the residency plan and the I/O accounting");
+                      "Run a store within SIZE bytes of DRAM (K/M/G suffix; 0 = unlimited; auto = "
+                      "what this machine and the process's memory cgroup have available now, less "
+                      "10% (at least 64M) for everything else): prints the residency plan and the "
+                      "I/O accounting");
   cmd->add_flag("--no-pipeline", f->no_pipeline,
                 "With --mem-budget: read everything only when it is needed, one read batch at a "
                 "time (the naive mode, for comparison)");
@@ -151,7 +176,9 @@ Status ApplySessionFlags(const SessionFlags& f, engine::SessionOptions* o) {
     return InvalidArgumentError("--mem-budget: empty size (expected e.g. 512M, 2G; 0 = unlimited)");
   }
   o->budgeted = f.budgeted();
-  if (f.budgeted()) {
+  if (f.budgeted() && f.mem_budget == "auto") {
+    ASSIGN_OR_RETURN(o->budget_bytes, AutoBudget());
+  } else if (f.budgeted()) {
     auto b = ParseSize(f.mem_budget);
     if (!b.ok()) return b.status().WithContext("--mem-budget");
     o->budget_bytes = *b;

@@ -3,6 +3,7 @@
 // unlimited run, a too-small budget is refused naming the minimum, I/O accounting is reported.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -201,6 +202,122 @@ TEST(MemBudgetCommandTest, PlannedBytesMatchPeakRss) {
                 static_cast<unsigned long long>(budget), planned / 1048576.0, rss / 1048576.0,
                 (rss - planned) / 1048576.0);
   }
+}
+
+// --mem-budget auto without a memory cgroup of its own: the budget printed (in bytes) is what
+// the machine has available less the headroom, and the text is the unlimited run's.
+TEST(MemBudgetCommandTest, AutoBudgetRunsAndSaysWhereItCameFrom) {
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  ::flashlm::testing::ScratchDir dir;
+  const std::string store = (dir / "store").string();
+  CmdRun rp = Flashlm("repack " + gguf.string() + " " + store + " --dtype q8_0 --no-progress");
+  ASSERT_EQ(rp.exit_code, 0) << rp.err;
+  const std::string g = "generate " + store + " -p 'Once upon a time' -n 12 --temp 0 --ctx 64 ";
+  CmdRun unlimited = Flashlm(g + "--mem-budget 0");
+  ASSERT_EQ(unlimited.exit_code, 0) << unlimited.err;
+  CmdRun automatic = Flashlm(g + "--mem-budget auto");
+  ASSERT_EQ(automatic.exit_code, 0) << automatic.err;
+  EXPECT_EQ(automatic.out, unlimited.out);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(automatic.err, m,
+                                std::regex("--mem-budget auto: [^(]*\\(([0-9]+) bytes; "
+                                           "MemAvailable [^;]*; less [^)]* for everything else")))
+      << automatic.err;
+  EXPECT_GT(std::stoull(m[1].str()), 0u);
+  EXPECT_NE(automatic.err.find("residency plan: budget"), std::string::npos) << automatic.err;
+  // plan takes it too.
+  CmdRun plan = Flashlm("plan " + store + " --ctx 64 --mem-budget auto");
+  EXPECT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_NE(plan.err.find("--mem-budget auto: "), std::string::npos) << plan.err;
+  // A checkpoint still needs a store, auto or not.
+  CmdRun checkpoint = Flashlm("generate " + gguf.string() + " -n 2 --mem-budget auto");
+  EXPECT_NE(checkpoint.exit_code, 0);
+  EXPECT_NE(checkpoint.err.find("needs a store"), std::string::npos) << checkpoint.err;
+}
+
+// This process's cgroup v1 memory group directory, or "" when there is none.
+fs::path OwnMemoryCgroupV1() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t a = line.find(":memory:");
+    if (a != std::string::npos) {
+      const fs::path dir = fs::path("/sys/fs/cgroup/memory") / line.substr(a + 8).substr(1);
+      if (fs::is_directory(dir)) return dir;
+    }
+  }
+  return {};
+}
+
+// A child memory group of this process's with a limit, removed at the end.
+class MemoryCgroup {
+ public:
+  explicit MemoryCgroup(const fs::path& dir) : dir_(dir) {}
+  ~MemoryCgroup() {
+    std::error_code ec;
+    fs::remove(dir_, ec);  // rmdir: empty once its processes have exited
+  }
+  bool SetLimit(uint64_t bytes) const {
+    std::ofstream out(dir_ / "memory.limit_in_bytes");
+    out << bytes;
+    out.flush();
+    return static_cast<bool>(out);
+  }
+  // A RunFlashlm prefix that runs the command in this group.
+  std::string Prefix() const {
+    return "sh -c 'echo $$ > " + (dir_ / "cgroup.procs").string() + " && exec \"$@\"' sh ";
+  }
+
+ private:
+  fs::path dir_;
+};
+
+// In a memory cgroup with a limit of 256 MiB, auto takes the group's room (less 64 MiB) and names
+// the group; with a limit below the headroom it refuses with the figures, not a crash.
+TEST(MemBudgetCommandTest, AutoBudgetInAMemoryCgroupTakesItsRoom) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "under AddressSanitizer the sanitizer's shadow memory is charged to the group";
+#endif
+  FLASHLM_REQUIRE_SHARED_MODEL(gguf, "stories260K-gguf/stories260K.gguf");
+  const fs::path parent = OwnMemoryCgroupV1();
+  if (parent.empty()) GTEST_SKIP() << "no cgroup v1 memory controller for this process";
+  const fs::path dir = parent / ("flashlm-auto-test-" + std::to_string(getpid()));
+  std::error_code ec;
+  if (!fs::create_directory(dir, ec)) {
+    GTEST_SKIP() << "cannot create the memory cgroup " << dir << ": " << ec.message()
+                 << " (needs root)";
+  }
+  MemoryCgroup group(dir);
+  constexpr uint64_t kMiB = uint64_t{1} << 20;
+  ASSERT_TRUE(group.SetLimit(256 * kMiB));
+  ::flashlm::testing::ScratchDir scratch;
+  const std::string store = (scratch / "store").string();
+  CmdRun rp = Flashlm("repack " + gguf.string() + " " + store + " --dtype q8_0 --no-progress");
+  ASSERT_EQ(rp.exit_code, 0) << rp.err;
+  const std::string g = "generate " + store + " -p 'Once upon a time' -n 12 --temp 0 --ctx 64 ";
+  CmdRun unlimited = Flashlm(g + "--mem-budget 0");
+  ASSERT_EQ(unlimited.exit_code, 0) << unlimited.err;
+  CmdRun confined = ::flashlm::testing::RunFlashlm(g + "--mem-budget auto", group.Prefix());
+  ASSERT_EQ(confined.exit_code, 0) << confined.err;
+  EXPECT_EQ(confined.out, unlimited.out);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(confined.err, m,
+                                std::regex("--mem-budget auto: [^(]*\\(([0-9]+) bytes; .*memory "
+                                           "cgroup [^:]*flashlm-auto-test-[0-9]+: .* free of "
+                                           "its limit of 256 MiB")))
+      << confined.err;
+  // The group's room is 256 MiB less what the shell and flashlm itself held at start-up (a few
+  // MiB); the headroom is 64 MiB.
+  const uint64_t budget = std::stoull(m[1].str());
+  EXPECT_LE(budget, 192 * kMiB);
+  EXPECT_GE(budget, 160 * kMiB);
+  // A limit below the headroom leaves nothing: refused, naming what there is.
+  ASSERT_TRUE(group.SetLimit(48 * kMiB));
+  CmdRun tight = ::flashlm::testing::RunFlashlm(g + "--mem-budget auto", group.Prefix());
+  EXPECT_NE(tight.exit_code, 0);
+  EXPECT_NE(tight.err.find("--mem-budget auto: only "), std::string::npos) << tight.err;
+  EXPECT_NE(tight.err.find("left to everything else"), std::string::npos) << tight.err;
+  EXPECT_TRUE(tight.out.empty()) << tight.out;
 }
 
 }  // namespace
