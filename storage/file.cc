@@ -42,6 +42,14 @@ uint64_t QueryAlignment(int fd, bool is_block_device) {
 
 }  // namespace
 
+uint64_t DirectIoAlignmentIn(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) return 4096;
+  const uint64_t a = QueryAlignment(fd, /*is_block_device=*/false);
+  ::close(fd);
+  return a < 512 ? 512 : a;
+}
+
 Result<File> File::OpenForRead(const std::string& path, const FileOptions& options) {
   return Open(path, O_RDONLY, options);
 }

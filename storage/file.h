@@ -84,6 +84,12 @@ class File {
   bool writable_ = false;
 };
 
+// The direct-I/O alignment of a file created in directory `dir` (what File::alignment_bytes()
+// would say of it), at least 512: probed with an unnamed O_TMPFILE opened with O_DIRECT, so
+// nothing is left behind. 4096 when the filesystem cannot say (no O_TMPFILE or no O_DIRECT, e.g.
+// tmpfs on older kernels, or `dir` cannot be opened).
+uint64_t DirectIoAlignmentIn(const std::string& dir);
+
 // Opens `path` read-only and returns the descriptor (the caller closes it) only when it is a
 // regular file. Never blocks: the open uses O_NONBLOCK, cleared before returning, so a FIFO or
 // device in place of an input file is refused instead of hanging or reading without end.

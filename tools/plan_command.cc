@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "engine/speed_bounds.h"
 #include "layout/dtype.h"
 #include "storage/bytes.h"
+#include "storage/file.h"
 #include "storage/read_probe.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
@@ -33,7 +35,7 @@ struct Flags {
   std::string shape;
   std::string dtype;
   std::string bundle = "gate-up-down";
-  std::string align = "4K";
+  std::string align = "auto";
   int64_t ctx = 0;
   int64_t batch = 1;
   std::string kv_dtype = "f32";
@@ -148,9 +150,15 @@ int Run(Flags f) {
   } else if (f.bundle != "gate-up-down") {
     return usage("--bundle must be gate-up-down or gate+up-down");
   }
-  Result<uint64_t> align = ParseSize(f.align);
-  if (!align.ok()) return ReportError(kCommand, align.status().WithContext("--align"));
-  mo.repack.alignment_bytes = *align;
+  if (f.align == "auto") {  // as repack would choose for a store written beside the model
+    std::filesystem::path parent = std::filesystem::path(f.model).parent_path();
+    mo.repack.alignment_bytes =
+        storage::DirectIoAlignmentIn(parent.empty() ? "." : parent.string());
+  } else {
+    Result<uint64_t> align = ParseSize(f.align);
+    if (!align.ok()) return ReportError(kCommand, align.status().WithContext("--align"));
+    mo.repack.alignment_bytes = *align;
+  }
   engine::SessionOptions so;
   if (Status s = ApplySessionFlags(f.session, &so); !s.ok()) return ReportError(kCommand, s);
   if (so.kv.paged) {  // the plan's --kv-dtype is the paged cache's too (int8 plans as q8_0)
@@ -381,7 +389,9 @@ CommandRunner RegisterPlan(CLI::App& app) {
                   "Matrices' dtype as repack would store them (f32, f16, q8_0, q4_0)");
   cmd->add_option("--bundle", flags->bundle, "Bundle kind as repack would store them")
       ->capture_default_str();
-  cmd->add_option("--align", flags->align, "Extent alignment as repack would store them")
+  cmd->add_option("--align", flags->align,
+                  "Extent alignment as repack would store them (auto: repack's default, the "
+                  "direct-I/O alignment of the model's folder)")
       ->capture_default_str();
   cmd->add_option("--ctx", flags->ctx, "Context in tokens (default: the model's)");
   cmd->add_option("--batch", flags->batch, "Sequences decoded together")->capture_default_str();

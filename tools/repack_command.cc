@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "layout/checkpoint.h"
 #include "layout/repack.h"
+#include "storage/file.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
 
@@ -15,7 +17,7 @@ namespace flashlm::tools {
 namespace {
 
 struct RepackFlags {
-  std::string input, out, dtype, align = "4096", bundle = "gate-up-down", tokenizer, activations;
+  std::string input, out, dtype, align = "auto", bundle = "gate-up-down", tokenizer, activations;
   std::string compress = "none";
   double zstd_min_saving = 0.10;
   double hot_threshold = 0.5;
@@ -60,9 +62,15 @@ int RunRepack(const RepackFlags& f) {
     if (!dt.ok()) return ReportError("repack", dt.status());
     o.dtype = *dt;
   }
-  Result<uint64_t> align = ParseSize(f.align);
-  if (!align.ok()) return ReportError("repack", align.status().WithContext("--align"));
-  o.alignment_bytes = *align;
+  if (f.align == "auto") {
+    // Where the store is written: the folder that will hold OUT.
+    std::filesystem::path parent = std::filesystem::path(f.out).parent_path();
+    o.alignment_bytes = storage::DirectIoAlignmentIn(parent.empty() ? "." : parent.string());
+  } else {
+    Result<uint64_t> align = ParseSize(f.align);
+    if (!align.ok()) return ReportError("repack", align.status().WithContext("--align"));
+    o.alignment_bytes = *align;
+  }
   if (f.bundle == "gate-up-down") {
     o.bundle_kind = layout::BundleKind::kGateUpDown;
   } else if (f.bundle == "gate+up-down") {
@@ -121,7 +129,9 @@ int RunRepack(const RepackFlags& f) {
     std::printf("  hot set        %s neurons per layer (frequency >= %g), stored first\n",
                 counts.c_str(), f.hot_threshold);
   }
-  std::printf("  padding        %.1f%% of the data file\n", 100.0 * s.padding_ratio());
+  std::printf("  padding        %.1f%% of the data file (extents aligned to %s%s)\n",
+              100.0 * s.padding_ratio(), FormatBytes(o.alignment_bytes).c_str(),
+              f.align == "auto" ? ", the filesystem's direct-I/O alignment" : "");
   std::printf("  time           %.2f s (%.1f MB/s of source)\n", s.seconds, mb_s);
   return kExitOk;
 }
@@ -137,7 +147,10 @@ CommandRunner RegisterRepack(CLI::App& app) {
   cmd->add_option("--dtype", flags->dtype,
                   "Weights dtype: f32, f16, q8_0, q4_0, q4_K, q6_K (default: the source's when storable, "
                   "else f32; norms stay f32)");
-  cmd->add_option("--align", flags->align, "Extent alignment, power of two, 512..16M")
+  cmd->add_option("--align", flags->align,
+                  "Extent alignment, power of two, 512..16M, or auto: the direct-I/O alignment "
+                  "of the filesystem OUT is written to (its logical block size, e.g. 512 or "
+                  "4096), so that every extent is one O_DIRECT read with the least padding")
       ->capture_default_str();
   cmd->add_option("--bundle", flags->bundle, "gate-up-down or gate+up-down")->capture_default_str();
   cmd->add_option("--tokenizer", flags->tokenizer, "Tokenizer file (llama2.c tokenizer.bin)");

@@ -103,6 +103,22 @@ TEST(FileTest, OpensDirectOnARealDiskWithAPowerOfTwoAlignment) {
   }
 }
 
+// DirectIoAlignmentIn says of a folder what File says of a file created there, leaves nothing
+// behind, and is 4096 for a folder it cannot probe.
+TEST(FileTest, DirectIoAlignmentInAFolderIsAFilesAlignmentThere) {
+  flashlm::testing::ScratchDir dir;
+  const uint64_t a = DirectIoAlignmentIn(dir.path().string());
+  EXPECT_TRUE(IsPowerOfTwo(a));
+  EXPECT_GE(a, 512u);
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  auto f = File::Create((dir / "probe.bin").string());
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  if (f->is_direct()) {
+    EXPECT_EQ(a, std::max<uint64_t>(512, f->alignment_bytes()));
+  }
+  EXPECT_EQ(DirectIoAlignmentIn((dir / "no-such-folder").string()), 4096u);
+}
+
 TEST(FileTest, EinvalOnDirectOpenFallsBackToBuffered) {
   flashlm::testing::ScratchDir dir;
   std::string path = (dir / "b.bin").string();

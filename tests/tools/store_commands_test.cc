@@ -10,6 +10,8 @@
 
 #include "layout/repack.h"
 #include "layout/store_reader.h"
+#include "storage/bytes.h"
+#include "storage/file.h"
 #include "tests/layout/memory_checkpoint.h"
 #include "tests/test_util.h"
 #include "tests/tools/run_flashlm.h"
@@ -62,6 +64,30 @@ TEST_F(StoreCommandsTest, RepackInspectVerify) {
   r = Flashlm("verify " + (dir_ / "q8").string());
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("ok:"), std::string::npos) << r.out;
+}
+
+// Without --align, repack aligns extents to the direct-I/O alignment of the folder it writes to
+// (the least padding with which every extent is still one O_DIRECT read) and says so.
+TEST_F(StoreCommandsTest, RepackAlignsToTheFilesystemByDefault) {
+  CommandRun r = Flashlm("repack --no-progress --dtype q8_0 " + (dir_ / "base").string() + " " +
+                         (dir_ / "auto").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const uint64_t want = storage::DirectIoAlignmentIn(dir_.path().string());
+  EXPECT_NE(r.out.find("(extents aligned to " + ::flashlm::FormatBytes(want) +
+                       ", the filesystem's direct-I/O alignment)"),
+            std::string::npos)
+      << r.out;
+  auto store = layout::StoreReader::Open((dir_ / "auto").string());
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->header().alignment_bytes, want);
+  // An explicit --align is kept.
+  r = Flashlm("repack --no-progress --dtype q8_0 --align 8K " + (dir_ / "base").string() + " " +
+              (dir_ / "a8k").string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("(extents aligned to 8 KiB)"), std::string::npos) << r.out;
+  store = layout::StoreReader::Open((dir_ / "a8k").string());
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->header().alignment_bytes, 8192u);
 }
 
 TEST_F(StoreCommandsTest, VerifyNamesTheFirstBadExtent) {
