@@ -39,6 +39,8 @@ struct RepackProgress {
 
 struct RepackOptions {
   std::optional<DType> dtype;  // see above; f32, f16, q8_0, q4_0, q4_K or q6_K
+  // Extent alignment. `flashlm repack` passes storage::DirectIoAlignmentIn(OUT's folder) unless
+  // --align is given; 4096 here suits any device.
   uint64_t alignment_bytes = 4096;
   BundleKind bundle_kind = BundleKind::kGateUpDown;
   std::string activations_path;  // bundle_layout.h's JSON; empty: natural neuron order
