@@ -28,6 +28,7 @@
 #include "storage/read_probe.h"
 #include "tools/cli_util.h"
 #include "tools/commands.h"
+#include "tools/session_flags.h"
 
 namespace flashlm::tools {
 namespace {
@@ -447,6 +448,10 @@ int Run(const Flags& f) {
         return fail(InvalidArgumentError("--budgets: '" + p.budget_spec + "' is not in (0%, 1000%]"));
       }
       p.budget = static_cast<uint64_t>(double(sized.weight_bytes) * pct / 100.0);
+    } else if (p.budget_spec == "auto") {
+      auto b = AutoBudget("--budgets");
+      if (!b.ok()) return fail(b.status().WithContext("--budgets"));
+      p.budget = *b;
     } else {
       auto b = ParseSize(p.budget_spec);
       if (!b.ok()) return fail(b.status().WithContext("--budgets"));
@@ -577,8 +582,10 @@ CommandRunner RegisterBench(CLI::App& app) {
       "bench", "Sweep real decode over budgets and read settings; measured vs planned");
   cmd->add_option("STORE", flags->stores, "Store folder(s): e.g. one per alignment or bundle kind")
       ->required();
-  cmd->add_option("--budgets", flags->budgets,
-                  "Memory budgets: all (unlimited), sizes (512M) or percentages of the weights (25%)")
+  cmd->add_option(
+         "--budgets", flags->budgets,
+         "Memory budgets: all (unlimited), sizes (512M), percentages of the weights (25%) or "
+         "auto (what the machine has available, as --mem-budget auto)")
       ->capture_default_str();
   cmd->add_option("--chunk-bundles", flags->chunk_bundles, "FFN bundles per streamed chunk (list)")
       ->capture_default_str();

@@ -12,9 +12,9 @@
 
 namespace flashlm::tools {
 
-Result<uint64_t> AutoBudget() {
+Result<uint64_t> AutoBudget(const std::string& flag) {
   auto mem = storage::ReadSystemMemory();
-  if (!mem.ok()) return mem.status().WithContext("--mem-budget auto");
+  if (!mem.ok()) return mem.status().WithContext(flag + " auto");
   const uint64_t available = mem->available();
   const uint64_t headroom = std::max<uint64_t>(kAutoBudgetHeadroomMin, available / 10);
   std::string from = "MemAvailable " + FormatBytes(mem->mem_available);
@@ -23,11 +23,11 @@ Result<uint64_t> AutoBudget() {
             " free of its limit of " + FormatBytes(mem->cgroup_limit);
   }
   if (available <= headroom) {
-    return ResourceExhaustedError("--mem-budget auto: only " + FormatBytes(available) +
-                                  " available (" + from + "), no more than the " +
-                                  FormatBytes(headroom) + " left to everything else");
+    return ResourceExhaustedError(flag + " auto: only " + FormatBytes(available) + " available (" +
+                                  from + "), no more than the " + FormatBytes(headroom) +
+                                  " left to everything else");
   }
-  std::fprintf(stderr, "--mem-budget auto: %s (%llu bytes; %s; less %s for everything else)\n",
+  std::fprintf(stderr, "%s auto: %s (%llu bytes; %s; less %s for everything else)\n", flag.c_str(),
                FormatBytes(available - headroom).c_str(),
                static_cast<unsigned long long>(available - headroom), from.c_str(),
                FormatBytes(headroom).c_str());

@@ -68,11 +68,11 @@ void AddSessionFlags(CLI::App* cmd, SessionFlags* flags);
 // --mem-budget auto: storage::ReadSystemMemory's available bytes (MemAvailable, or the memory
 // cgroup's room when that is smaller) less a tenth of them, at least kAutoBudgetHeadroomMin, for
 // what the budget does not count (the binary, libraries and stacks: measured 4-16 MiB) and the
-// rest of the machine. Prints the figure and where it came from on stderr.
+// rest of the machine. Prints the figure and where it came from on stderr, under `flag`.
 // Errors: ResourceExhausted when nothing is left after the headroom; NotFound/Corruption from
 // /proc/meminfo.
 inline constexpr uint64_t kAutoBudgetHeadroomMin = uint64_t{64} << 20;
-Result<uint64_t> AutoBudget();
+Result<uint64_t> AutoBudget(const std::string& flag = "--mem-budget");
 // Checks the flags and fills `options` (threads, tokenizer, budget, streaming).
 // Errors: InvalidArgument naming the flag.
 Status ApplySessionFlags(const SessionFlags& flags, engine::SessionOptions* options);

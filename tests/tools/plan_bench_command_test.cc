@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <string>
 
 #include "tests/test_util.h"
@@ -125,7 +126,7 @@ TEST(BenchCommandTest, SweepStreamsPredictsAndWritesItsOutputs) {
       {"pattern": "random", "direct": true, "block_bytes": 4096, "queue_depth": 32, "mib_per_s": 100},
       {"pattern": "random", "direct": true, "block_bytes": 1048576, "queue_depth": 32, "mib_per_s": 1000}]})";
   const std::string out = (dir / "b").string();
-  CmdRun r = Flashlm("bench " + store + " --budgets all,30M,1K --chunk-bundles 16 --tokens 4 " +
+  CmdRun r = Flashlm("bench " + store + " --budgets all,auto,30M,1K --chunk-bundles 16 --tokens 4 " +
                      "--prompt-tokens 4 --repeat 1 --no-drop-caches --flash " + profile +
                      " --csv " + out + ".csv --json " + out + ".json --plot " + out + ".svg");
   ASSERT_EQ(r.exit_code, 0) << r.all();
@@ -133,9 +134,16 @@ TEST(BenchCommandTest, SweepStreamsPredictsAndWritesItsOutputs) {
   std::ifstream in(out + ".json");
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
   ASSERT_FALSE(j.is_discarded());
-  ASSERT_EQ(j["points"].size(), 2u);
+  ASSERT_EQ(j["points"].size(), 3u);
   const nlohmann::json& all = j["points"][0];
-  const nlohmann::json& streamed = j["points"][1];
+  const nlohmann::json& automatic = j["points"][1];
+  const nlohmann::json& streamed = j["points"][2];
+  // auto: the budget --mem-budget auto would take, printed with its bytes.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.err, m, std::regex("--budgets auto: [^(]*\\(([0-9]+) bytes")))
+      << r.err;
+  EXPECT_EQ(automatic["budget"], "auto");
+  EXPECT_EQ(automatic["budget_bytes"].get<uint64_t>(), std::stoull(m[1].str()));
   EXPECT_EQ(all["budget"], "all");
   EXPECT_EQ(all["bytes_per_token"].get<double>(), 0.0);
   EXPECT_GT(all["decode_tok_s"].get<double>(), 0.0);
