@@ -21,12 +21,12 @@ namespace {
 
 std::atomic<bool> g_fallback_logged{false};
 
-// The direct-I/O alignment of an open file, 4096 when the kernel does not say.
-uint64_t QueryAlignment(int fd, bool is_block_device) {
+// The direct-I/O alignment of an open file, 0 when the kernel does not say.
+uint64_t ReportedAlignment(int fd, bool is_block_device) {
   if (is_block_device) {
     int logical = 0;
     if (ioctl(fd, BLKSSZGET, &logical) == 0 && logical > 0) return static_cast<uint64_t>(logical);
-    return 4096;
+    return 0;
   }
 #ifdef STATX_DIOALIGN
   struct statx sx {};
@@ -37,16 +37,25 @@ uint64_t QueryAlignment(int fd, bool is_block_device) {
     if (IsPowerOfTwo(a)) return a;
   }
 #endif
-  return 4096;
+  return 0;
+}
+
+// The direct-I/O alignment of an open file, 4096 when the kernel does not say.
+uint64_t QueryAlignment(int fd, bool is_block_device) {
+  const uint64_t a = ReportedAlignment(fd, is_block_device);
+  return a == 0 ? 4096 : a;
 }
 
 }  // namespace
 
-uint64_t DirectIoAlignmentIn(const std::string& dir) {
+uint64_t DirectIoAlignmentIn(const std::string& dir, bool* reported) {
+  if (reported != nullptr) *reported = false;
   const int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_DIRECT | O_CLOEXEC, 0600);
   if (fd < 0) return 4096;
-  const uint64_t a = QueryAlignment(fd, /*is_block_device=*/false);
+  const uint64_t a = ReportedAlignment(fd, /*is_block_device=*/false);
   ::close(fd);
+  if (a == 0) return 4096;
+  if (reported != nullptr) *reported = true;
   return a < 512 ? 512 : a;
 }
 

@@ -86,9 +86,9 @@ class File {
 
 // The direct-I/O alignment of a file created in directory `dir` (what File::alignment_bytes()
 // would say of it), at least 512: probed with an unnamed O_TMPFILE opened with O_DIRECT, so
-// nothing is left behind. 4096 when the filesystem cannot say (no O_TMPFILE or no O_DIRECT, e.g.
-// tmpfs on older kernels, or `dir` cannot be opened).
-uint64_t DirectIoAlignmentIn(const std::string& dir);
+// nothing is left behind. 4096 when the filesystem does not say (no O_TMPFILE, no O_DIRECT, no
+// STATX_DIOALIGN, e.g. tmpfs, or `dir` cannot be opened); `reported` (if given) says which.
+uint64_t DirectIoAlignmentIn(const std::string& dir, bool* reported = nullptr);
 
 // Opens `path` read-only and returns the descriptor (the caller closes it) only when it is a
 // regular file. Never blocks: the open uses O_NONBLOCK, cleared before returning, so a FIFO or

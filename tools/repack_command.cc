@@ -62,10 +62,12 @@ int RunRepack(const RepackFlags& f) {
     if (!dt.ok()) return ReportError("repack", dt.status());
     o.dtype = *dt;
   }
+  bool align_reported = false;
   if (f.align == "auto") {
     // Where the store is written: the folder that will hold OUT.
     std::filesystem::path parent = std::filesystem::path(f.out).parent_path();
-    o.alignment_bytes = storage::DirectIoAlignmentIn(parent.empty() ? "." : parent.string());
+    o.alignment_bytes =
+        storage::DirectIoAlignmentIn(parent.empty() ? "." : parent.string(), &align_reported);
   } else {
     Result<uint64_t> align = ParseSize(f.align);
     if (!align.ok()) return ReportError("repack", align.status().WithContext("--align"));
@@ -129,9 +131,12 @@ int RunRepack(const RepackFlags& f) {
     std::printf("  hot set        %s neurons per layer (frequency >= %g), stored first\n",
                 counts.c_str(), f.hot_threshold);
   }
+  const char* why = f.align != "auto" ? ""
+                    : align_reported
+                        ? ", the filesystem's direct-I/O alignment"
+                        : ", as the filesystem does not report its direct-I/O alignment";
   std::printf("  padding        %.1f%% of the data file (extents aligned to %s%s)\n",
-              100.0 * s.padding_ratio(), FormatBytes(o.alignment_bytes).c_str(),
-              f.align == "auto" ? ", the filesystem's direct-I/O alignment" : "");
+              100.0 * s.padding_ratio(), FormatBytes(o.alignment_bytes).c_str(), why);
   std::printf("  time           %.2f s (%.1f MB/s of source)\n", s.seconds, mb_s);
   return kExitOk;
 }
