@@ -542,9 +542,9 @@ inline __m512 PairScales(float lo, float hi) {
 // and step and shared by the NT tokens. Each block's int32 products (8 lanes) are converted to
 // f32 and added with the block's scale product dw * dx, as the AVX2 path does per block.
 // One-row decode prefetches the weights this far ahead (two lines per block pair, 68 bytes).
-// Measured (docs/benchmarks.md, 2026-12-03): 1b q8_0 decode at 1 thread +25-28% on an Intel Xeon
-// (10.1-10.6 -> 13.0-13.1 tok/s; 1 KiB ahead 12.5-12.6), whose L2 streamer stops at 4 KiB page
-// boundaries; no change on AMD EPYC (2-8 KiB tried). The arithmetic is untouched.
+// Measured (docs/benchmarks.md, 2026-12-03): 1b q8_0 decode 9.88 -> 12.44 tok/s at 1 thread and
+// 16.71 -> 23.49 at 2 on an Intel Xeon, whose L2 streamer stops at 4 KiB page boundaries (1 KiB
+// ahead gained less); no change on AMD EPYC (2-8 KiB tried). The arithmetic is untouched.
 constexpr int kQ8DecodePrefetchBytes = 4096;
 
 template <int R, int NT>
