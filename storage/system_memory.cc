@@ -2,23 +2,19 @@
 
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
-#include <vector>
+#include <utility>
+
+#include "storage/file.h"
 
 namespace flashlm::storage {
 namespace {
 
 // The file's text, at most 1 MiB (these are small kernel files); false when unreadable.
 bool ReadSmallFile(const std::filesystem::path& path, std::string* out) {
-  std::ifstream in(path);
-  if (!in) return false;
-  out->clear();
-  char buf[4096];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    out->append(buf, static_cast<size_t>(in.gcount()));
-    if (out->size() > (1u << 20)) return false;
-  }
+  Result<std::string> text = ReadFileBounded(path.string(), uint64_t{1} << 20);
+  if (!text.ok()) return false;
+  *out = std::move(*text);
   return true;
 }
 
