@@ -26,8 +26,8 @@ constexpr uintptr_t kAdjacentGap = 4096;
 }  // namespace
 
 uint32_t BundleFfnKernel::GroupRows(layout::DType dtype) {
-  const bool strips = dtype == layout::DType::kQ4_0 || dtype == layout::DType::kQ4_K ||
-                      dtype == layout::DType::kQ6_K;
+  const bool strips = dtype == layout::DType::kQ8_0 || dtype == layout::DType::kQ4_0 ||
+                      dtype == layout::DType::kQ4_K || dtype == layout::DType::kQ6_K;
   return strips ? kStripGroupRows : kGroupRows;
 }
 
@@ -158,19 +158,15 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   if (count == 0) return;
   CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
-  // Phase 1: h for every bundle of the batch and every token, split over bundles. A batch's gate
-  // and up rows go GroupRows(dtype) at a time through DotRows (one register tile for q8_0). One
-  // token of q8_0 goes bundle by bundle, and the next bundle decides how: when it starts right
-  // after this one (within kAdjacentGap bytes: resident bundles, a merged read), this bundle's down
-  // column goes through DotRows too, after its gate and up (the product is not used), so that
-  // the bundles are read front to back as one stream; otherwise the next bundle's gate and up
-  // rows are prefetched (as they are for batches and other dtypes). Skipping the down columns of
-  // adjacent bundles starts a new stream at every bundle, which the hardware prefetcher follows
-  // badly (phase 1 over resident q8_0 bundles took twice as long); reading down columns ahead of
-  // scattered bundles costs more than it gains (docs/benchmarks.md, "Resident bundle FFN").
+  // Phase 1: h for every bundle of the batch and every token, split over bundles. Gate and up
+  // rows go GroupRows(dtype) at a time through DotRows (one 16-row strip for the block dtypes),
+  // and the next group's bundles are prefetched meanwhile: the whole bundle where the next one
+  // starts right after it (within kAdjacentGap bytes: resident bundles, a merged read), so that
+  // the bundles' memory is read front to back, else only its [gate |] up rows (reading down
+  // columns ahead of scattered bundles costs more than it gains: docs/benchmarks.md, "Resident
+  // bundle FFN").
   const uint32_t per_bundle = separate_ ? 1 : 2;
-  const bool one_q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
-  const uint32_t group = one_q8_token ? 1 : GroupRows(g_.dtype) / per_bundle;
+  const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + th * TileStride(max_batch_);
     uint64_t computed = 0, fired = 0;  // under a score mask
@@ -182,17 +178,10 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
         const std::byte* bundle = bundles[k0 + j];
         if (!separate_) rows[row_count++] = bundle;
         rows[row_count++] = bundle + g_.up_offset();
-        if (!one_q8_token && k0 + group + j < end) {  // the next group's bundles
+        if (k0 + group + j < end) {  // the next group's bundles
           const std::byte* next = bundles[k0 + group + j];
           Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next) ? g_.bundle_bytes
                                                                      : per_bundle * g_.part_bytes);
-        }
-      }
-      if (one_q8_token && k0 + 1 < end) {
-        if (Adjacent(bundles[k0], bundles[k0 + 1])) {
-          rows[row_count++] = bundles[k0] + g_.down_offset();
-        } else {
-          Prefetch(bundles[k0 + 1], per_bundle * g_.part_bytes);  // [gate |] up
         }
       }
       DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_,

@@ -91,8 +91,8 @@ class BundleFfnKernel {
 
  private:
   // Gate/up rows multiplied per DotRows call: 4 (two bundles of [gate | up], four of up alone),
-  // or for the dtypes DotRows takes 16 rows at a time (q4_0, q4_K, q6_K: one lane of a strip a
-  // row) 16, so that no lane is computed for nothing.
+  // or for the dtypes DotRows takes 16 rows at a time (q8_0, q4_0, q4_K, q6_K: one lane of a
+  // strip a row) 16, so that no lane is computed for nothing.
   static constexpr uint32_t kGroupRows = 4;
   static constexpr uint32_t kStripGroupRows = 16;
   static uint32_t GroupRows(layout::DType dtype);

@@ -1,14 +1,19 @@
 #include "engine/kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 // GCC 12's AVX-512 intrinsics (extract / insert of 256-bit halves) pass an undefined vector as
 // the unused merge source, which -Wuninitialized reports at every inlined use.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -521,92 +526,44 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
 
 #if defined(FLASHLM_AVX512) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define FLASHLM_AVX512_VNNI 1
-// Blocks b and b+1 of a q8_0 row (`blk` at block b) as 64 signed bytes in value order. With
-// `two` false only block b is read and the upper 32 bytes are zero.
-inline __m512i LoadBlockPair(const std::byte* blk, bool two) {
-  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-  const __m256i b = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQ8Bytes + 2))
-                        : _mm256_setzero_si256();
-  return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-}
-
-// Two f32 scales as a vector: lanes 0-7 `lo`, lanes 8-15 `hi` (the halves of a block pair).
-inline __m512 PairScales(float lo, float hi) {
-  return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
-}
-
-// R rows x NT tokens of q8_0 against q8 activations with 512-bit VNNI, two 32-value blocks
-// per step. vpdpbusd multiplies unsigned by signed bytes; the exact signed int32 block dot
-// products come from an offset folded into the accumulator's start value: the activations + 128
-// (unsigned) times the signed weights, started at -128 * sum(w), which is computed once per row
-// and step and shared by the NT tokens. Each block's int32 products (8 lanes) are converted to
-// f32 and added with the block's scale product dw * dx, as the AVX2 path does per block.
-// One-row decode prefetches the weights this far ahead (two lines per block pair, 68 bytes).
-// Measured (docs/benchmarks.md, 2026-12-03): 1b q8_0 decode 9.88 -> 12.44 tok/s at 1 thread and
-// 16.71 -> 23.49 at 2 on an Intel Xeon, whose L2 streamer stops at 4 KiB page boundaries (1 KiB
-// ahead gained less); no change on AMD EPYC (2-8 KiB tried). The arithmetic is untouched.
-constexpr int kQ8DecodePrefetchBytes = 4096;
-
-template <int R, int NT>
-void TileQ512(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
-              uint32_t nb, float* out /*[R][NT]*/) {
-  __m512 acc[R][NT];
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-  }
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (uint32_t b = 0; b < nb; b += 2) {
-    const bool two = b + 1 < nb;
-    __m512i xv[NT];
-    __m512 dx[NT];
-    for (int t = 0; t < NT; ++t) {
-      const int8_t* p = xq[t] + uint64_t{b} * kBlock;
-      const __m512i v =
-          two ? _mm512_loadu_si512(p)
-              : _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-      dx[t] = PairScales(xd[t][b], two ? xd[t][b + 1] : 0.0f);
-      xv[t] = _mm512_xor_si512(v, offset);  // x + 128 as unsigned bytes
-    }
-    for (int r = 0; r < R; ++r) {
-      const std::byte* blk = w[r] + uint64_t{b} * kQ8Bytes;
-      if constexpr (R == 1 && NT == 1) {  // decode: one row, one sequential stream
-        const char* ahead = reinterpret_cast<const char*>(blk) + kQ8DecodePrefetchBytes;
-        _mm_prefetch(ahead, _MM_HINT_T0);
-        _mm_prefetch(ahead + 64, _MM_HINT_T0);
-      }
-      const __m512i wv = LoadBlockPair(blk, two);
-      const __m512 dw = PairScales(HalfToFloat(blk), two ? HalfToFloat(blk + kQ8Bytes) : 0.0f);
-      const __m512i start_w = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offset, wv));
-      for (int t = 0; t < NT; ++t) {
-        const __m512i d = _mm512_dpbusd_epi32(start_w, xv[t], wv);
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, dx[t]), acc[r][t]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) out[r * NT + t] = _mm512_reduce_add_ps(acc[r][t]);
-  }
-}
 #endif
 
 #ifdef FLASHLM_AVX512_VNNI
-// ---- q4_0 in strips of 16 rows (512-bit VNNI) -----------------------------------------------
-// One zmm lane per weight row: a block's 16 nibble bytes of 16 rows are transposed in registers
-// (4 bytes per row and lane), so one vpdpbusd multiplies 4 values of 16 rows by the same 4
-// activation bytes (a broadcast), and one block's 8 vpdpbusd leave each lane with its row's exact
-// int32 block product. The f32 work (convert, scale, add) then runs once per block for 16 rows,
-// not once per block and row as in TileQ512. The nibbles are unsigned (stored value + 8); the
-// int32 accumulator starts at -8 * (sum of the block's activation values), exact.
+// ---- q4_0 and q8_0 in strips of 16 rows (512-bit VNNI; AMX for q8_0 batches) ---------------
+// One zmm lane per weight row: a block's values of 16 rows are transposed in registers (4 bytes
+// per row and lane: q4_0's nibbles, q8_0's bytes), so one vpdpbusd multiplies 4 values of 16 rows
+// by the same 4 activation bytes (a broadcast), and one block's 8 vpdpbusd leave each lane with
+// its row's exact int32 block product. The f32 work (convert, scale, add) then runs once per
+// block for 16 rows. vpdpbusd multiplies unsigned by signed bytes: q4_0's nibbles are unsigned
+// (stored value + 8) and q8_0's signed bytes are made so by adding 128 (xor 0x80) as they are
+// used; the int32 accumulator starts at -8 (q4_0) or -128 (q8_0) times the sum of the block's
+// activation values, so the block product is exact.
 // Every lane accumulates sum over blocks b in order of f32(dot_b) * (dw_b * dx_b) with one fused
 // multiply-add per block, so a (row, token) result depends on neither the batch, the token's
 // place in it, the strip's other rows nor the thread split: prefill and decode are bit-identical.
+// q8_0 batches on a CPU with AMX-INT8 take the exact int32 block products from tile multiplies
+// instead (AmxStripTokens) and then run the same f32 operations per lane: the same results.
 constexpr uint32_t kStrip = 16;        // rows per strip (zmm lanes)
 constexpr uint32_t kStripChunk = 32;   // blocks packed at a time (18 KiB, stays in L1)
 constexpr uint32_t kStripTokens = 8;   // tokens per pass over a packed chunk
-// Decode prefetches the strip this many strips ahead as it reads one (2: 3-12% faster than 1 on
-// matrices streamed from DRAM in a microbenchmark, /work/bench/q4/mbcold.cc).
+// q4_0 decode prefetches the strip this many strips ahead as it reads one (2: 3-12% faster than 1
+// on matrices streamed from DRAM in a microbenchmark, /work/bench/q4/mbcold.cc). q8_0's strips
+// are twice as long and are prefetched row by row instead (kQ8PrefetchPairs).
 constexpr uint32_t kPrefetchStrips = 2;
+// q8_0 decode prefetches, at block pair p of a strip, pair p + kQ8PrefetchPairs of each of its 16
+// rows (past the rows' end, of the next strip's rows): 16 x 272 bytes ahead.
+constexpr uint32_t kQ8PrefetchPairs = 4;
+constexpr uint32_t kQ8PairBytes = 2 * kQ8Bytes;  // a row's two blocks, 68 bytes
+
+template <bool kQ8>
+constexpr int kStripBias = kQ8 ? -128 : -8;  // times the activation block sum: the start value
+
+// A block's 4-byte groups as vpdpbusd's unsigned operand: q8_0's signed bytes + 128.
+template <bool kQ8>
+__attribute__((always_inline)) inline __m512i StripValues(__m512i v) {
+  if constexpr (kQ8) return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
+  return v;
+}
 
 // The strip of rows [r0, r0 + nr) of a matrix, nr = min(16, row_end - r0): row[i] = row r0 + i
 // (rows past nr repeat the last one; their lanes are computed and dropped), offsets lane i =
@@ -639,10 +596,39 @@ inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, Strip
   s->next_bytes = next_rows * rb;
 }
 
-// One block of a strip, transposed: w[k] lane i holds row i's 4 nibbles (0..15) that meet
-// activation bytes 4k .. 4k+3 of the block (k < 4: low nibbles of bytes 4k..4k+3; k >= 4: high
-// nibbles of bytes 4(k-4)..4(k-4)+3, i.e. values 16 + 4(k-4) ...); d lane i is row i's scale.
-struct alignas(64) PackedQ4Block {
+// Prefetches unit u + kAhead (units of kBytes: a q4_K / q6_K super-block, a q8_0 block pair) of
+// the strip's rows row[0..15] (rb bytes per row, nu units a row), or past their end the same unit
+// counted on into the next strip (next, next_bytes long).
+template <uint32_t kBytes, uint32_t kAhead>
+__attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* const* row,
+                                                              uint64_t rb, uint32_t u, uint32_t nu,
+                                                              const std::byte* next,
+                                                              uint64_t next_bytes) {
+  const uint32_t au = u + kAhead;
+  for (uint32_t r = 0; r < kStrip; ++r) {
+    const std::byte* p;
+    if (au < nu) {
+      p = row[r] + uint64_t{au} * kBytes;
+    } else {
+      const uint64_t q = r * rb + uint64_t{au - nu} * kBytes;
+      if (q >= next_bytes) break;  // q grows with r
+      p = next + q;
+    }
+    const uintptr_t end = reinterpret_cast<uintptr_t>(p) + kBytes;
+    for (uintptr_t l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; l < end; l += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(l), _MM_HINT_T0);
+    }
+  }
+}
+
+// One block of a strip, transposed: w[k] lane i holds row i's 4 values that meet activation
+// bytes 4k .. 4k+3 of the block; d lane i is row i's scale.
+// - q4_0: nibbles 0..15 (k < 4: low nibbles of bytes 4k..4k+3; k >= 4: high nibbles of bytes
+//   4(k-4)..4(k-4)+3, i.e. values 16 + 4(k-4) ...).
+// - q8_0: the signed bytes as stored (AMX multiplies them so; StripValues adds 128 for VNNI).
+// The layout is AMX's for a tile operand B of 8 rows x 64 bytes (row k: each weight row's 4
+// bytes).
+struct alignas(64) PackedBlock {
   __m512i w[8];
   __m512 d;
 };
@@ -666,51 +652,59 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
   t[3] = _mm512_unpackhi_epi64(a1, a3);
 }
 
-// Block b of the 16 rows row[0..15] (each the start of a q4_0 row) in PackedQ4Block's form, in
-// registers. offsets lane i = row[i] - row[0] (for the scales' gather).
-__attribute__((always_inline)) inline void LoadQ4Block(const std::byte* const* row,
-                                                       __m512i offsets, uint32_t b, __m512i* w,
-                                                       __m512* d) {
-  const uint64_t off = uint64_t{b} * kQ4Bytes;
-  __m512i t[4];
-  TransposeRows16(row, off + 2, t);
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (int k = 0; k < 4; ++k) {
-    w[k] = _mm512_and_si512(t[k], low4);
-    w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+// Block b of the 16 rows row[0..15] (each the start of a q4_0 / q8_0 row) in PackedBlock's form,
+// in registers. offsets lane i = row[i] - row[0] (for the scales' gather).
+template <bool kQ8>
+__attribute__((always_inline)) inline void LoadBlock(const std::byte* const* row, __m512i offsets,
+                                                     uint32_t b, __m512i* w, __m512* d) {
+  if constexpr (kQ8) {
+    const uint64_t off = uint64_t{b} * kQ8Bytes;
+    TransposeRows16(row, off + 2, w);
+    TransposeRows16(row, off + 18, w + 4);
+    const __m512i h = _mm512_i32gather_epi32(offsets, row[0] + off, 1);
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+  } else {
+    const uint64_t off = uint64_t{b} * kQ4Bytes;
+    __m512i t[4];
+    TransposeRows16(row, off + 2, t);
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int k = 0; k < 4; ++k) {
+      w[k] = _mm512_and_si512(t[k], low4);
+      w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), low4);
+    }
+    // The f16 scale is the low half of the 4 bytes at each row's block start.
+    const __m512i h = _mm512_i32gather_epi32(offsets, row[0] + off, 1);
+    *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
   }
-  // The f16 scale is the low half of the 4 bytes at each row's block start.
-  const __m512i h = _mm512_i32gather_epi32(offsets, row[0] + off, 1);
-  *d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
 }
 
-inline void PackQ4Block(const std::byte* const* row, __m512i offsets, uint32_t b,
-                        PackedQ4Block* out) {
+template <bool kQ8>
+inline void PackBlock(const std::byte* const* row, __m512i offsets, uint32_t b, PackedBlock* out) {
   __m512i w[8];
   __m512 d;
-  LoadQ4Block(row, offsets, b, w, &d);
+  LoadBlock<kQ8>(row, offsets, b, w, &d);
   for (int k = 0; k < 8; ++k) _mm512_store_si512(&out->w[k], w[k]);
   _mm512_store_ps(&out->d, d);
 }
 
 // Blocks [b0, b0 + n) of a packed strip (pk[j] is block b0 + j) against NT tokens: acc[t] lane i
 // += the blocks' products of row i and token t, in block order.
-template <int NT>
-void StripQ4(const PackedQ4Block* pk, uint32_t b0, uint32_t n, const int8_t* const* xq,
-             const float* const* xd, const int32_t* const* xi, __m512* acc) {
+template <bool kQ8, int NT>
+void StripBlocks(const PackedBlock* pk, uint32_t b0, uint32_t n, const int8_t* const* xq,
+                 const float* const* xd, const int32_t* const* xi, __m512* acc) {
   // With few tokens, two int32 accumulators per token (even / odd k) shorten the vpdpbusd
   // dependency chain; integer sums are exact, so this does not change any result.
   constexpr int S = NT <= 4 ? 2 : 1;
   for (uint32_t j = 0; j < n; ++j) {
     const uint32_t b = b0 + j;
-    const PackedQ4Block& p = pk[j];
+    const PackedBlock& p = pk[j];
     __m512i ia[NT][S];
     for (int t = 0; t < NT; ++t) {
-      ia[t][0] = _mm512_set1_epi32(-8 * xi[t][b]);
+      ia[t][0] = _mm512_set1_epi32(kStripBias<kQ8> * xi[t][b]);
       if constexpr (S == 2) ia[t][1] = _mm512_setzero_si512();
     }
     for (int k = 0; k < 8; ++k) {
-      const __m512i wk = _mm512_load_si512(&p.w[k]);
+      const __m512i wk = StripValues<kQ8>(_mm512_load_si512(&p.w[k]));
       for (int t = 0; t < NT; ++t) {
         int32_t x4;
         std::memcpy(&x4, xq[t] + uint64_t{b} * kBlock + 4 * k, 4);
@@ -729,59 +723,220 @@ void StripQ4(const PackedQ4Block* pk, uint32_t b0, uint32_t n, const int8_t* con
 
 // Tokens t0 .. t0 + NT - 1 over a packed chunk of the strip at rows [r0, r0 + nr): the running
 // sums live in y between chunks (exact: a stored f32 reloads unchanged).
-template <int NT>
-void StripQ4Tokens(const PackedQ4Block* pk, uint32_t b0, uint32_t n, bool first,
-                   const int8_t* const* xq, const float* const* xd, const int32_t* const* xi,
-                   uint32_t rows, uint32_t r0, uint32_t nr, uint32_t t0, float* y) {
+template <bool kQ8, int NT>
+void StripTokens(const PackedBlock* pk, uint32_t b0, uint32_t n, bool first,
+                 const int8_t* const* xq, const float* const* xd, const int32_t* const* xi,
+                 uint32_t rows, uint32_t r0, uint32_t nr, uint32_t t0, float* y) {
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
     acc[t] =
         first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
   }
-  StripQ4<NT>(pk, b0, n, xq, xd, xi, acc);
+  StripBlocks<kQ8, NT>(pk, b0, n, xq, xd, xi, acc);
   for (int t = 0; t < NT; ++t)
     _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
 }
 
-// One block of a strip (w, d as LoadQ4Block leaves them) against one token: acc lane i += row
-// i's block product, with the same operations as StripQ4<1>.
-__attribute__((always_inline)) inline void Q4BlockOneToken(const __m512i* w, __m512 d, uint32_t b,
-                                                           const int8_t* xq, const float* xd,
-                                                           const int32_t* xi, __m512* acc) {
-  __m512i ia[2] = {_mm512_set1_epi32(-8 * xi[b]), _mm512_setzero_si512()};
+// One block of a strip (w, d as LoadBlock leaves them) against one token: acc lane i += row i's
+// block product, with the same operations as StripBlocks<kQ8, 1>.
+template <bool kQ8>
+__attribute__((always_inline)) inline void BlockOneToken(const __m512i* w, __m512 d, uint32_t b,
+                                                         const int8_t* xq, const float* xd,
+                                                         const int32_t* xi, __m512* acc) {
+  __m512i ia[2] = {_mm512_set1_epi32(kStripBias<kQ8> * xi[b]), _mm512_setzero_si512()};
   for (int k = 0; k < 8; ++k) {
     int32_t x4;
     std::memcpy(&x4, xq + uint64_t{b} * kBlock + 4 * k, 4);
-    ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], w[k], _mm512_set1_epi32(x4));
+    ia[k % 2] = _mm512_dpbusd_epi32(ia[k % 2], StripValues<kQ8>(w[k]), _mm512_set1_epi32(x4));
   }
   *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[0], ia[1])),
                          _mm512_mul_ps(d, _mm512_set1_ps(xd[b])), *acc);
 }
 
 // One token (decode) over all nb blocks of a strip, each block transposed in registers and used
-// at once (nothing packed): the same per-lane arithmetic as StripQ4<1>, so the same results.
-// Prefetches the next strip's `next_bytes` bytes at `next` in step (see MatMulRowsQ4Strips).
-void StripQ4Decode(const std::byte* const* row, __m512i offsets, uint32_t nb, const int8_t* xq,
-                   const float* xd, const int32_t* xi, const std::byte* next, uint64_t next_bytes,
-                   __m512* acc) {
-  for (uint32_t b = 0; b < nb; ++b) {
-    const uint64_t ahead = uint64_t{b} * kStrip * kQ4Bytes;
-    for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+// at once (nothing packed): the same per-lane arithmetic as StripBlocks<kQ8, 1>, so the same
+// results. q4_0 prefetches the next strip's `next_bytes` bytes at `next` in step (see
+// MatMulRowsBlockStrips); q8_0 each row kQ8PrefetchPairs block pairs ahead (rb: the row bytes;
+// next: the strip right after this one).
+template <bool kQ8>
+void StripDecode(const std::byte* const* row, __m512i offsets, uint32_t nb, uint64_t rb,
+                 const int8_t* xq, const float* xd, const int32_t* xi, const std::byte* next,
+                 uint64_t next_bytes, __m512* acc) {
+  if constexpr (kQ8) {
+    const uint32_t pairs = static_cast<uint32_t>(CeilDiv(nb, 2));
+    for (uint32_t p = 0; p < pairs; ++p) {
+      PrefetchStripAhead<kQ8PairBytes, kQ8PrefetchPairs>(row, rb, p, pairs, next, next_bytes);
+      for (uint32_t b = 2 * p; b < std::min(nb, 2 * p + 2); ++b) {
+        __m512i w[8];
+        __m512 d;
+        LoadBlock<true>(row, offsets, b, w, &d);
+        BlockOneToken<true>(w, d, b, xq, xd, xi, acc);
+      }
     }
-    __m512i w[8];
-    __m512 d;
-    LoadQ4Block(row, offsets, b, w, &d);
-    Q4BlockOneToken(w, d, b, xq, xd, xi, acc);
+  } else {
+    for (uint32_t b = 0; b < nb; ++b) {
+      const uint64_t ahead = uint64_t{b} * kStrip * kQ4Bytes;
+      for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+      }
+      __m512i w[8];
+      __m512 d;
+      LoadBlock<false>(row, offsets, b, w, &d);
+      BlockOneToken<false>(w, d, b, xq, xd, xi, acc);
+    }
   }
 }
 
-// Every token, kStripTokens at a time, over a packed chunk (blocks [b0, b0 + n)) of the strip at
-// rows [r0, r0 + nr); the running sums live in y between chunks.
-void StripQ4Chunk(const PackedQ4Block* pk, uint32_t b0, uint32_t n, ConstByteSpan quantized_x,
-                  uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr,
-                  float* y) {
+// ---- AMX-INT8 for q8_0 batches -----------------------------------------------------------------
+// A tile multiply (tdpbssd) gives up to 16 tokens x 16 weight rows of one block's int32 products:
+// operand A = the tokens' 32 activation bytes of the block (rows of the q8 scratch, QTokenBytes
+// apart), B = the packed block (PackedBlock's 8 vectors: its tile layout), C = their products.
+// C goes to memory and each token's row of it through the f32 steps of StripBlocks (per lane:
+// convert, times dw * dx, fused add), so results are bit-identical to the VNNI kernels'.
+// Tiles 0-2 and 3-5 are A, B, C for two blocks in flight (16 tokens); 6 and 7 the A and C of a
+// last group of fewer tokens (with B in 1).
+constexpr uint32_t kAmxTokens = 16;
+// Below this many tokens a batch takes the VNNI kernels. Measured on an Intel Xeon (Sapphire
+// Rapids class), 1 thread, the 1b model's 2048 x 5632 q8_0 matrix: see MatMulRowsBlockStrips.
+constexpr uint32_t kAmxMinTokens = 4;
+
+// Set by SetAmx; read by UseAmx (any thread).
+std::atomic<bool> amx_allowed{true};
+
+// Whether this CPU has AMX-INT8 and Linux lets the process use its tile state (permission asked
+// once, for the whole process: arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA). FLASHLM_AMX=0 in
+// the environment turns AMX off from the start (to compare the kernels).
+bool AmxPresent() {
+  static const bool present = [] {
+    const char* env = std::getenv("FLASHLM_AMX");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+    const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+    constexpr long kArchReqXcompPerm = 0x1023, kXFeatureXTileData = 18;
+    return tile && int8 && syscall(SYS_arch_prctl, kArchReqXcompPerm, kXFeatureXTileData) == 0;
+  }();
+  return present;
+}
+
+bool UseAmx() { return amx_allowed.load(std::memory_order_relaxed) && AmxPresent(); }
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(AmxTileConfig) == 64);
+
+// Configures this thread's tiles for batches whose last group has `tail` tokens (0: none).
+__attribute__((target("amx-tile"))) void AmxConfigure(uint32_t tail) {
+  AmxTileConfig c;
+  for (int a : {0, 3}) c.rows[a] = kAmxTokens, c.colsb[a] = kBlock;
+  for (int b : {1, 4}) c.rows[b] = 8, c.colsb[b] = 64;
+  for (int t : {2, 5}) c.rows[t] = kAmxTokens, c.colsb[t] = 64;
+  const uint8_t m = static_cast<uint8_t>(tail == 0 ? 1 : tail);
+  c.rows[6] = m, c.colsb[6] = kBlock;
+  c.rows[7] = m, c.colsb[7] = 64;
+  // Not _tile_loadconfig: GCC 12's asm for it names only the first 8 bytes as read, so the
+  // compiler may drop the stores of the rest of the struct.
+  asm volatile("ldtilecfg %0" ::"m"(c));
+}
+
+// Gives the tile state back (so the kernel need not save it at every switch).
+__attribute__((target("amx-tile"))) void AmxRelease() { _tile_release(); }
+
+// acc[t] lane i += f32(c[t][i]) * (dw lane i * dx[t][b]) for 16 tokens, as StripBlocks does.
+__attribute__((always_inline)) inline void AmxAccumulate(const int32_t* c, const __m512& dw,
+                                                         const float* const* xd, uint32_t b,
+                                                         __m512* acc) {
+  for (uint32_t t = 0; t < kAmxTokens; ++t) {
+    const __m512 p = _mm512_cvtepi32_ps(_mm512_load_si512(c + kStrip * t));
+    acc[t] = _mm512_fmadd_ps(p, _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])), acc[t]);
+  }
+}
+
+// Tokens t0 .. t0 + nt - 1 (nt = 16, or fewer with kTail: the tiles configured for them) over a
+// packed q8_0 chunk of the strip at rows [r0, r0 + nr), as StripTokens<true, nt> computes them;
+// the running sums live in y between chunks.
+template <bool kTail>
+__attribute__((target("amx-tile,amx-int8"))) void AmxStripTokens(
+    const PackedBlock* pk, uint32_t b0, uint32_t n, bool first, ConstByteSpan quantized_x,
+    uint32_t cols, uint32_t t0, uint32_t nt, uint32_t rows, uint32_t r0, uint32_t nr, float* y) {
+  const uint64_t stride = QTokenBytes(cols);
+  const int8_t* xq0 = QTokenAt(quantized_x, cols, t0).q;
+  const float* xd[kAmxTokens];  // tokens past nt repeat the last one (computed, dropped)
+  for (uint32_t t = 0; t < kAmxTokens; ++t) {
+    xd[t] = QTokenAt(quantized_x, cols, t0 + std::min(t, nt - 1)).d;
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  __m512 acc[kAmxTokens];
+  for (uint32_t t = 0; t < kAmxTokens; ++t) {
+    acc[t] = first || t >= nt ? _mm512_setzero_ps()
+                              : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
+  }
+  alignas(64) int32_t c[2][kAmxTokens * kStrip] = {};  // rows past a tail's nt stay as they are
+  uint32_t j = 0;
+  if constexpr (!kTail) {
+    for (; j + 1 < n; j += 2) {
+      const int8_t* a = xq0 + uint64_t{b0 + j} * kBlock;
+      _tile_loadd(0, a, stride);
+      _tile_loadd(1, pk[j].w, 64);
+      _tile_zero(2);
+      _tile_dpbssd(2, 0, 1);
+      _tile_loadd(3, a + kBlock, stride);
+      _tile_loadd(4, pk[j + 1].w, 64);
+      _tile_zero(5);
+      _tile_dpbssd(5, 3, 4);
+      _tile_stored(2, c[0], 64);
+      _tile_stored(5, c[1], 64);
+      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
+      AmxAccumulate(c[1], pk[j + 1].d, xd, b0 + j + 1, acc);
+    }
+    for (; j < n; ++j) {
+      _tile_loadd(0, xq0 + uint64_t{b0 + j} * kBlock, stride);
+      _tile_loadd(1, pk[j].w, 64);
+      _tile_zero(2);
+      _tile_dpbssd(2, 0, 1);
+      _tile_stored(2, c[0], 64);
+      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
+    }
+  } else {
+    for (; j < n; ++j) {
+      _tile_loadd(6, xq0 + uint64_t{b0 + j} * kBlock, stride);
+      _tile_loadd(1, pk[j].w, 64);
+      _tile_zero(7);
+      _tile_dpbssd(7, 6, 1);
+      _tile_stored(7, c[0], 64);
+      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
+    }
+  }
+  for (uint32_t t = 0; t < nt; ++t) {
+    _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
+  }
+}
+
+// Every token over a packed chunk (blocks [b0, b0 + n)) of the strip at rows [r0, r0 + nr); the
+// running sums live in y between chunks. With `amx` (q8_0; tiles configured for n_tokens), 16
+// tokens at a time through the tiles, else kStripTokens at a time through VNNI.
+template <bool kQ8>
+void StripChunk(const PackedBlock* pk, uint32_t b0, uint32_t n, ConstByteSpan quantized_x,
+                uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr,
+                bool amx, float* y) {
+  const bool first = b0 == 0;
+  if (kQ8 && amx) {
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kAmxTokens) {
+      const uint32_t nt = std::min(kAmxTokens, n_tokens - t0);
+      if (nt == kAmxTokens) {
+        AmxStripTokens<false>(pk, b0, n, first, quantized_x, cols, t0, nt, rows, r0, nr, y);
+      } else {
+        AmxStripTokens<true>(pk, b0, n, first, quantized_x, cols, t0, nt, rows, r0, nr, y);
+      }
+    }
+    return;
+  }
   for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
     const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
     const int8_t* xq[kStripTokens] = {};
@@ -793,11 +948,10 @@ void StripQ4Chunk(const PackedQ4Block* pk, uint32_t b0, uint32_t n, ConstByteSpa
       xd[i] = x.d;
       xi[i] = x.isum;
     }
-    const bool first = b0 == 0;
     switch (nt) {
-#define FLASHLM_STRIP_CASE(N)                                            \
-  case N:                                                                \
-    StripQ4Tokens<N>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y); \
+#define FLASHLM_STRIP_CASE(N)                                                 \
+  case N:                                                                     \
+    StripTokens<kQ8, N>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y); \
     break;
       FLASHLM_STRIP_CASE(1)
       FLASHLM_STRIP_CASE(2)
@@ -807,60 +961,82 @@ void StripQ4Chunk(const PackedQ4Block* pk, uint32_t b0, uint32_t n, ConstByteSpa
       FLASHLM_STRIP_CASE(6)
       FLASHLM_STRIP_CASE(7)
       default:
-        StripQ4Tokens<8>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y);
+        StripTokens<kQ8, 8>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y);
         break;
 #undef FLASHLM_STRIP_CASE
     }
   }
 }
 
-// ---- q4_0 interleaved in strips (InterleaveStrips) ----
-constexpr uint64_t kQ4PairBytes = 2 * kStrip * kQ4Bytes;  // 576: two blocks of a strip
-// Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
-// follows it in memory).
-constexpr uint64_t kQ4StripsPrefetchBytes = 4 * kQ4PairBytes;
-
-// Block b of an interleaved strip (strip = its first byte) as LoadQ4Block leaves a row-major one:
-// the same values in the same lanes, from 4 loads (aligned where the matrix is, as a loaded
-// checkpoint's are) and the scales.
-__attribute__((always_inline)) inline void LoadQ4BlockStrips(const std::byte* strip, uint32_t b,
-                                                             __m512i* w, __m512* d) {
-  const std::byte* pair = strip + uint64_t{b / 2} * kQ4PairBytes;
-  const std::byte* v = pair + (b % 2) * 256;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (int k = 0; k < 4; ++k) {
-    const __m512i t = _mm512_loadu_si512(v + 64 * k);
-    w[k] = _mm512_and_si512(t, low4);
-    w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t, 4), low4);
-  }
-  *d = _mm512_cvtph_ps(
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 512 + (b % 2) * 32)));
+// Whether a batch of n_tokens of this kind goes through AMX (then the caller configures the tiles
+// with AmxConfigure(n_tokens % kAmxTokens) first and releases them after).
+inline bool AmxBatch(bool q8, uint32_t n_tokens) {
+  return q8 && n_tokens >= kAmxMinTokens && UseAmx();
 }
 
-// StripQ4Decode over an interleaved strip: one stream, read front to back.
-void StripQ4DecodeStrips(const std::byte* strip, uint32_t nb, const int8_t* xq, const float* xd,
-                         const int32_t* xi, __m512* acc) {
+// ---- q4_0 and q8_0 interleaved in strips (InterleaveStrips) ----
+// A pair of blocks of a strip: block b's 4 (q4_0) or 8 (q8_0) vectors, block b + 1's, then b's
+// 16 f16 scales and b + 1's.
+template <bool kQ8>
+constexpr uint64_t kVectorBytes = kQ8 ? 512 : 256;  // one block's vectors
+template <bool kQ8>
+constexpr uint64_t kPairBytes = 2 * kVectorBytes<kQ8> + 64;  // 1088 / 576
+// Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
+// follows it in memory).
+template <bool kQ8>
+constexpr uint64_t kStripsPrefetchBytes = 4 * kPairBytes<kQ8>;
+
+// Block b of an interleaved strip (strip = its first byte) as LoadBlock leaves a row-major one:
+// the same values in the same lanes, from vector loads (aligned where the matrix is, as a loaded
+// checkpoint's are) and the scales.
+template <bool kQ8>
+__attribute__((always_inline)) inline void LoadBlockStrips(const std::byte* strip, uint32_t b,
+                                                           __m512i* w, __m512* d) {
+  const std::byte* pair = strip + uint64_t{b / 2} * kPairBytes<kQ8>;
+  const std::byte* v = pair + (b % 2) * kVectorBytes<kQ8>;
+  if constexpr (kQ8) {
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_loadu_si512(v + 64 * k);
+  } else {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int k = 0; k < 4; ++k) {
+      const __m512i t = _mm512_loadu_si512(v + 64 * k);
+      w[k] = _mm512_and_si512(t, low4);
+      w[4 + k] = _mm512_and_si512(_mm512_srli_epi16(t, 4), low4);
+    }
+  }
+  *d = _mm512_cvtph_ps(_mm256_loadu_si256(
+      reinterpret_cast<const __m256i*>(pair + 2 * kVectorBytes<kQ8> + (b % 2) * 32)));
+}
+
+// StripDecode over an interleaved strip: one stream, read front to back.
+template <bool kQ8>
+void StripDecodeStrips(const std::byte* strip, uint32_t nb, const int8_t* xq, const float* xd,
+                       const int32_t* xi, __m512* acc) {
   for (uint32_t b = 0; b < nb; b += 2) {
-    const std::byte* ahead = strip + uint64_t{b / 2} * kQ4PairBytes + kQ4StripsPrefetchBytes;
-    for (uint64_t o = 0; o < kQ4PairBytes; o += 64) {
+    const std::byte* ahead =
+        strip + uint64_t{b / 2} * kPairBytes<kQ8> + kStripsPrefetchBytes<kQ8>;
+    for (uint64_t o = 0; o < kPairBytes<kQ8>; o += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
     }
     for (uint32_t j = b; j < b + 2; ++j) {
       __m512i w[8];
       __m512 d;
-      LoadQ4BlockStrips(strip, j, w, &d);
-      Q4BlockOneToken(w, d, j, xq, xd, xi, acc);
+      LoadBlockStrips<kQ8>(strip, j, w, &d);
+      BlockOneToken<kQ8>(w, d, j, xq, xd, xi, acc);
     }
   }
 }
 
-void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                        uint32_t row_begin, uint32_t row_end, float* y) {
+template <bool kQ8>
+void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                           uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
   const uint64_t rb = w.row_bytes();
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});   // the scales' gather offsets are int32
   if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);     // a range of whole strips
-  alignas(64) PackedQ4Block pk[kStripChunk];
+  const bool amx = AmxBatch(kQ8, n_tokens);
+  if (amx) AmxConfigure(n_tokens % kAmxTokens);
+  alignas(64) PackedBlock pk[kStripChunk];
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     if (w.strips) {
       const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
@@ -868,7 +1044,7 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
       if (n_tokens == 1) {
         const QToken x = QTokenAt(quantized_x, w.cols, 0);
         __m512 acc = _mm512_setzero_ps();
-        StripQ4DecodeStrips(strip, nb, x.q, x.d, x.isum, &acc);
+        StripDecodeStrips<kQ8>(strip, nb, x.q, x.d, x.isum, &acc);
         _mm512_mask_storeu_ps(y + r0, static_cast<__mmask16>((1u << nr) - 1), acc);
         continue;
       }
@@ -877,40 +1053,42 @@ void MatMulRowsQ4Strips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
         for (uint32_t j = 0; j < n; ++j) {
           __m512i v[8];
           __m512 d;
-          LoadQ4BlockStrips(strip, b0 + j, v, &d);
+          LoadBlockStrips<kQ8>(strip, b0 + j, v, &d);
           for (int k = 0; k < 8; ++k) _mm512_store_si512(&pk[j].w[k], v[k]);
           _mm512_store_ps(&pk[j].d, d);
         }
-        StripQ4Chunk(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, nr, y);
+        StripChunk<kQ8>(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, nr, amx, y);
       }
       continue;
     }
-    // The strip's 16 rows are read 18 bytes at a time from each in turn: the strip further on
-    // (contiguous, 16 x nb x 18 bytes) is prefetched as this one is packed, in step.
+    // The strip's 16 rows are read a block at a time from each in turn: the strip further on
+    // (contiguous, 16 x rb bytes) is prefetched as this one is packed, in step.
     StripRows s;
-    SetUpStrip(w, r0, row_end, &s);
+    SetUpStrip(w, r0, row_end, &s, kQ8 ? 1 : kPrefetchStrips);
     const std::byte* const* row = s.row;
     const std::byte* next = s.next;
     const uint64_t next_bytes = s.next_bytes;
     if (n_tokens == 1) {
       const QToken x = QTokenAt(quantized_x, w.cols, 0);
       __m512 acc = _mm512_setzero_ps();
-      StripQ4Decode(row, s.offsets, nb, x.q, x.d, x.isum, next, next_bytes, &acc);
+      StripDecode<kQ8>(row, s.offsets, nb, rb, x.q, x.d, x.isum, next, next_bytes, &acc);
       _mm512_mask_storeu_ps(y + r0, s.mask, acc);
       continue;
     }
+    constexpr uint64_t kBlockBytes = kQ8 ? kQ8Bytes : kQ4Bytes;
     for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
       const uint32_t n = std::min(kStripChunk, nb - b0);
       for (uint32_t j = 0; j < n; ++j) {
-        const uint64_t ahead = uint64_t{b0 + j} * kStrip * kQ4Bytes;  // 288 bytes a block
-        for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+        const uint64_t ahead = uint64_t{b0 + j} * kStrip * kBlockBytes;
+        for (uint64_t o = ahead; o < ahead + kStrip * kBlockBytes && o < next_bytes; o += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
         }
-        PackQ4Block(row, s.offsets, b0 + j, &pk[j]);
+        PackBlock<kQ8>(row, s.offsets, b0 + j, &pk[j]);
       }
-      StripQ4Chunk(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, s.nr, y);
+      StripChunk<kQ8>(pk, b0, n, quantized_x, w.cols, n_tokens, w.rows, r0, s.nr, amx, y);
     }
   }
+  if (amx) AmxRelease();
 }
 
 // ---- q4_K in strips of 16 rows (512-bit VNNI) -----------------------------------------------
@@ -933,31 +1111,6 @@ constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-b
 constexpr uint32_t kPrefetchStripsK = 1;
 constexpr uint32_t kPrefetchSuperBlocks = 4;
 
-// Prefetches super-block sb + kPrefetchSuperBlocks of the strip's rows row[0..15] (kBytes each,
-// rb bytes per row, nsb per row), or past their end the same super-block counted on into the
-// next strip (next, next_bytes long).
-template <uint32_t kBytes>
-__attribute__((always_inline)) inline void PrefetchStripAhead(const std::byte* const* row,
-                                                              uint64_t rb, uint32_t sb,
-                                                              uint32_t nsb, const std::byte* next,
-                                                              uint64_t next_bytes) {
-  const uint32_t asb = sb + kPrefetchSuperBlocks;
-  for (uint32_t r = 0; r < kStrip; ++r) {
-    const std::byte* p;
-    if (asb < nsb) {
-      p = row[r] + uint64_t{asb} * kBytes;
-    } else {
-      const uint64_t q = r * rb + uint64_t{asb - nsb} * kBytes;
-      if (q >= next_bytes) break;  // q grows with r
-      p = next + q;
-    }
-    const uintptr_t end = reinterpret_cast<uintptr_t>(p) + kBytes;
-    for (uintptr_t l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; l < end; l += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(l), _MM_HINT_T0);
-    }
-  }
-}
-
 // Where a q4_K / q6_K strip's super-blocks come from (the kernels' template parameter Src):
 // Group(sb, q, t) leaves in t[k] lane i row i's bytes q + 4k .. q + 4k + 3 of super-block sb
 // (q a multiple of 16), D(sb) each row's f16 at byte 208 (q6_K's d) as f32, and Prefetch(sb)
@@ -977,7 +1130,8 @@ struct RowMajorK {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
   }
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
-    PrefetchStripAhead<kBytes>(s->row, rb, sb, nsb, s->next, s->next_bytes);
+    PrefetchStripAhead<kBytes, kPrefetchSuperBlocks>(s->row, rb, sb, nsb, s->next,
+                                                       s->next_bytes);
   }
 };
 
@@ -1228,6 +1382,14 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
   const uint32_t count = static_cast<uint32_t>(rows.size());
   const uint64_t rb = layout::RowBytes(dtype, cols);
   const uint32_t nb = Blocks(cols);
+  if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {  // their scales are gathered
+    for (uint32_t k = 0; k < count; ++k) {
+      const int64_t d = rows[k] - rows[k / kStrip * kStrip];
+      if (d < INT32_MIN || d > INT32_MAX) return false;
+    }
+  }
+  const bool amx = AmxBatch(dtype == DType::kQ8_0, n_tokens);
+  if (amx) AmxConfigure(n_tokens % kAmxTokens);
   for (uint32_t k0 = 0; k0 < count; k0 += kStrip) {
     StripRows s;
     s.nr = std::min(kStrip, count - k0);
@@ -1237,9 +1399,7 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
     alignas(64) int32_t off[kStrip];
     for (uint32_t i = 0; i < kStrip; ++i) {
       s.row[i] = rows[k0 + std::min(i, s.nr - 1)];
-      const int64_t d = s.row[i] - s.row[0];
-      if (dtype == DType::kQ4_0 && (d < INT32_MIN || d > INT32_MAX)) return false;
-      off[i] = static_cast<int32_t>(d);
+      off[i] = static_cast<int32_t>(s.row[i] - s.row[0]);
     }
     s.offsets = _mm512_load_si512(off);
     alignas(64) float lanes[kStrip];
@@ -1257,25 +1417,40 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
                          n_tokens, quantized_x, store);
       continue;
     }
-    CHECK(dtype == DType::kQ4_0);
+    const bool q8 = dtype == DType::kQ8_0;
+    CHECK(q8 || dtype == DType::kQ4_0);
     if (n_tokens == 1) {
       const QToken x = QTokenAt(quantized_x, cols, 0);
       __m512 acc = _mm512_setzero_ps();
-      StripQ4Decode(s.row, s.offsets, nb, x.q, x.d, x.isum, nullptr, 0, &acc);
+      if (q8) {
+        StripDecode<true>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc);
+      } else {
+        StripDecode<false>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc);
+      }
       store(0, acc);
       continue;
     }
-    // Tokens kStripTokens at a time, each group over the strip's packed chunks in turn (the
-    // running sums in y between chunks, as MatMulRowsQ4Strips keeps them).
-    alignas(64) PackedQ4Block pk[kStripChunk];
-    alignas(64) float y[kStripTokens * kStrip];
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
-      const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
+    // Tokens kAmxTokens at a time, each group over the strip's packed chunks in turn (the
+    // running sums in y between chunks, as MatMulRowsBlockStrips keeps them).
+    alignas(64) PackedBlock pk[kStripChunk];
+    alignas(64) float y[kAmxTokens * kStrip];
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kAmxTokens) {
+      const uint32_t nt = std::min(kAmxTokens, n_tokens - t0);
       const ConstByteSpan qx = quantized_x.subspan(uint64_t{t0} * QTokenBytes(cols));
       for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
         const uint32_t n = std::min(kStripChunk, nb - b0);
-        for (uint32_t j = 0; j < n; ++j) PackQ4Block(s.row, s.offsets, b0 + j, &pk[j]);
-        StripQ4Chunk(pk, b0, n, qx, cols, nt, kStrip, 0, s.nr, y);
+        for (uint32_t j = 0; j < n; ++j) {
+          if (q8) {
+            PackBlock<true>(s.row, s.offsets, b0 + j, &pk[j]);
+            continue;
+          }
+          PackBlock<false>(s.row, s.offsets, b0 + j, &pk[j]);
+        }
+        if (q8) {
+          StripChunk<true>(pk, b0, n, qx, cols, nt, kStrip, 0, s.nr, amx, y);
+        } else {
+          StripChunk<false>(pk, b0, n, qx, cols, nt, kStrip, 0, s.nr, false, y);
+        }
       }
       for (uint32_t t = 0; t < nt; ++t) {
         for (uint32_t i = 0; i < s.nr; ++i) {
@@ -1284,6 +1459,7 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
       }
     }
   }
+  if (amx) AmxRelease();
   return true;
 }
 #endif
@@ -1343,61 +1519,33 @@ bool IsBlockType(DType t) {
 }
 
 #if defined(FLASHLM_AVX512)
-// ---- Prefill GEMM: weight panels x token groups x register tiles -----------------------------
+// ---- Prefill GEMM for f32: weight panels x token groups x register tiles --------------------
 // For a batch, rows [row_begin, row_end) are cut into panels of about kPanelBytes of weights
 // (they stay in L2 while every token group passes over them, so each weight byte comes from DRAM
-// once per call), each panel meets the tokens kGroup at a time (their activations stay in L1),
+// once per call), each panel meets the tokens kGroupF32 at a time (their activations stay in L1),
 // and within that, 4 rows at a time meet the group in one register tile (rows left over one
 // at a time, with the same tile code, so results do not depend on where a row falls). A group
-// of one token (q8_0 decode, or the last token of a batch) goes one row at a time. (q4_0 has
-// its own strips, MatMulRowsQ4Strips.)
+// of one token (the last token of a batch) goes one row at a time. (The block dtypes have
+// strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
 constexpr uint64_t kPanelBytes = 192 << 10;
 constexpr uint32_t kGroupF32 = 6;  // tokens per f32 tile (4 x 6 accumulators)
-constexpr uint32_t kGroupQ = 4;    // tokens per q8_0 tile (4 x 4)
 
-bool HasPrefillTiles(DType t) {
-#ifdef FLASHLM_AVX512_VNNI
-  if (t == DType::kQ8_0) return true;
-#endif
-  return t == DType::kF32;
-}
-
-template <int R, int NT>
-void PrefillTile(const MatrixView& w, const std::byte* const* rows, const float* const* x,
-                 const int8_t* const* xq, const float* const* xd, float* out) {
-  switch (w.dtype) {
-    case DType::kF32: {
-      const float* f[R];  // not a cast of `rows`: that would read pointers through another type
-      for (int i = 0; i < R; ++i) f[i] = reinterpret_cast<const float*>(rows[i]);
-      return TileF32<R, NT>(f, x, w.cols, out);
-    }
-#ifdef FLASHLM_AVX512_VNNI
-    case DType::kQ8_0:
-      if constexpr (NT <= static_cast<int>(kGroupQ)) {
-        return TileQ512<R, NT>(rows, xq, xd, Blocks(w.cols), out);
-      }
-      break;
-#endif
-    default:
-      break;
-  }
-  CHECK(false && "no prefill tile for this dtype");
-}
-
-// Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x, xq, xd indexed from t0).
+// Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).
 template <int NT>
 void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x,
-                 const int8_t* const* xq, const float* const* xd, uint32_t t0, float* y) {
-  const uint64_t rb = w.row_bytes();
+                 uint32_t t0, float* y) {
+  const uint32_t cols = w.cols;
   float out[4 * NT];
-  const std::byte* rows[4];
+  const float* rows[4];
   for (uint32_t r = r0; r < r1;) {
     const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
-    for (uint32_t i = 0; i < nr; ++i) rows[i] = w.bytes.data() + (r + i) * rb;
+    for (uint32_t i = 0; i < nr; ++i) {
+      rows[i] = reinterpret_cast<const float*>(w.bytes.data()) + uint64_t{r + i} * cols;
+    }
     if (nr == 4) {
-      PrefillTile<4, NT>(w, rows, x, xq, xd, out);
+      TileF32<4, NT>(rows, x, cols, out);
     } else {
-      PrefillTile<1, NT>(w, rows, x, xq, xd, out);
+      TileF32<1, NT>(rows, x, cols, out);
     }
     for (uint32_t i = 0; i < nr; ++i) {
       for (int t = 0; t < NT; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i * NT + t];
@@ -1406,46 +1554,34 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   }
 }
 
-void MatMulRowsTiled(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
-                     ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end, float* y) {
-  const bool quantized = IsBlockType(w.dtype);
-  const uint32_t group = quantized ? kGroupQ : kGroupF32;
-  const uint32_t nb = Blocks(w.cols);
+void MatMulRowsTiledF32(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
+                        uint32_t row_begin, uint32_t row_end, float* y) {
   const uint64_t panel_rows64 = std::max<uint64_t>(4, kPanelBytes / w.row_bytes() / 4 * 4);
   const uint32_t panel_rows = static_cast<uint32_t>(std::min<uint64_t>(panel_rows64, w.rows));
   for (uint32_t p0 = row_begin; p0 < row_end; p0 += panel_rows) {
     const uint32_t p1 = std::min(row_end, p0 + panel_rows);
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += group) {
-      const uint32_t nt = std::min(group, n_tokens - t0);
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kGroupF32) {
+      const uint32_t nt = std::min(kGroupF32, n_tokens - t0);
       const float* xs[kGroupF32] = {};
-      const int8_t* xq[kGroupF32] = {};
-      const float* xd[kGroupF32] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
-        if (quantized) {
-          const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
-          xq[i] = reinterpret_cast<const int8_t*>(base);
-          xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-        }
-      }
+      for (uint32_t i = 0; i < nt; ++i) xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
       switch (nt) {
         case 1:
-          PanelTokens<1>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<1>(w, p0, p1, xs, t0, y);
           break;
         case 2:
-          PanelTokens<2>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<2>(w, p0, p1, xs, t0, y);
           break;
         case 3:
-          PanelTokens<3>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<3>(w, p0, p1, xs, t0, y);
           break;
         case 4:
-          PanelTokens<4>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<4>(w, p0, p1, xs, t0, y);
           break;
         case 5:
-          PanelTokens<5>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<5>(w, p0, p1, xs, t0, y);
           break;
         default:
-          PanelTokens<6>(w, p0, p1, xs, xq, xd, t0, y);
+          PanelTokens<6>(w, p0, p1, xs, t0, y);
           break;
       }
     }
@@ -1454,34 +1590,17 @@ void MatMulRowsTiled(const MatrixView& w, std::span<const float> x, uint32_t n_t
 #endif
 
 
-#ifdef FLASHLM_AVX512_VNNI
-// DotRows for q8_0: R rows (pointers) x NT tokens through TileQ512, the tile MatMulRows uses for
-// q8_0 at any batch, scattered to out[r * n_tokens + t0 + t].
-template <int R>
-void DotRowsQ8(const std::byte* const* rows, const int8_t* const* xq, const float* const* xd,
-               uint32_t nt, uint32_t nb, uint32_t n_tokens, uint32_t t0, float* out) {
-  float tile[R * kGroupQ];
-  switch (nt) {
-    case 1:
-      TileQ512<R, 1>(rows, xq, xd, nb, tile);
-      break;
-    case 2:
-      TileQ512<R, 2>(rows, xq, xd, nb, tile);
-      break;
-    case 3:
-      TileQ512<R, 3>(rows, xq, xd, nb, tile);
-      break;
-    default:
-      TileQ512<R, 4>(rows, xq, xd, nb, tile);
-      break;
-  }
-  for (int r = 0; r < R; ++r) {
-    for (uint32_t t = 0; t < nt; ++t) out[static_cast<uint64_t>(r) * n_tokens + t0 + t] = tile[r * nt + t];
-  }
-}
-#endif
-
 }  // namespace
+
+bool SetAmx(bool allowed) {
+#ifdef FLASHLM_AVX512_VNNI
+  amx_allowed.store(allowed, std::memory_order_relaxed);
+  return UseAmx();
+#else
+  (void)allowed;
+  return false;
+#endif
+}
 
 bool MatMulSupports(DType dtype) {
   return dtype == DType::kF32 || dtype == DType::kF16 || IsBlockType(dtype);
@@ -1490,7 +1609,7 @@ bool MatMulSupports(DType dtype) {
 bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
 #ifdef FLASHLM_AVX512_VNNI
   if (rows == 0 || rows % kStrip != 0 || cols == 0) return false;
-  if (dtype == DType::kQ4_0) return cols % (2 * kBlock) == 0;
+  if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #else
   (void)dtype, (void)rows, (void)cols;
@@ -1507,16 +1626,21 @@ void InterleaveStrips(DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes)
   for (uint32_t s = 0; s < rows / kRows; ++s) {
     std::byte* out = bytes.data() + s * strip_bytes;
     std::memcpy(src.data(), out, strip_bytes);
-    if (dtype == DType::kQ4_0) {
-      constexpr uint32_t kPair = 2 * kRows * kQ4Bytes;
+    if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {
+      const bool q8 = dtype == DType::kQ8_0;
+      const uint32_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+      const uint32_t vectors = q8 ? 8 : 4;  // of a block
+      const uint64_t pair_bytes = 2 * uint64_t{kRows} * block_bytes;
       for (uint32_t b = 0; b < cols / kBlock; ++b) {
-        std::byte* pair = out + uint64_t{b / 2} * kPair;
-        std::byte* v = pair + (b % 2) * 256;
-        std::byte* scales = pair + 512 + (b % 2) * 32;
+        std::byte* pair = out + uint64_t{b / 2} * pair_bytes;
+        std::byte* v = pair + (b % 2) * 64 * vectors;
+        std::byte* scales = pair + 2 * 64 * vectors + (b % 2) * 32;
         for (uint32_t i = 0; i < kRows; ++i) {
-          const std::byte* blk = src.data() + i * rb + uint64_t{b} * kQ4Bytes;
+          const std::byte* blk = src.data() + i * rb + uint64_t{b} * block_bytes;
           std::memcpy(scales + 2 * i, blk, 2);
-          for (uint32_t k = 0; k < 4; ++k) std::memcpy(v + 64 * k + 4 * i, blk + 2 + 4 * k, 4);
+          for (uint32_t k = 0; k < vectors; ++k) {
+            std::memcpy(v + 64 * k + 4 * i, blk + 2 + 4 * k, 4);
+          }
         }
       }
       continue;
@@ -1615,13 +1739,13 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   CHECK_LE(row_end, w.rows);
   CHECK_GE(y.size(), uint64_t{n_tokens} * w.rows);
 #ifdef FLASHLM_AVX512
-  // q8_0 decode (one token) also takes the 512-bit tile, one row at a time: 25-40%
-  // faster than the 256-bit row kernel in a single-thread microbenchmark (a 16384 x 2048
-  // matrix); four rows at a time were 2x slower there, as the AVX2 tiles were. q4_0 (prefill
-  // and decode) goes through 16-row strips.
+  // q4_0 and q8_0 (prefill and decode) go through 16-row strips, q4_K and q6_K likewise.
 #ifdef FLASHLM_AVX512_VNNI
   if (w.dtype == DType::kQ4_0) {
-    return MatMulRowsQ4Strips(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsBlockStrips<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ8_0) {
+    return MatMulRowsBlockStrips<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ4_K) {
     return MatMulRowsKStrips<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
@@ -1630,8 +1754,8 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsKStrips<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
-  if ((n_tokens > 1 || IsBlockType(w.dtype)) && HasPrefillTiles(w.dtype)) {
-    return MatMulRowsTiled(w, x, n_tokens, quantized_x, row_begin, row_end, y.data());
+  if (n_tokens > 1 && w.dtype == DType::kF32) {
+    return MatMulRowsTiledF32(w, x, n_tokens, row_begin, row_end, y.data());
   }
 #endif
   const bool quantized = IsBlockType(w.dtype);
@@ -1700,30 +1824,8 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
   CHECK(MatMulSupports(dtype));
   const uint32_t count = static_cast<uint32_t>(rows.size());
 #ifdef FLASHLM_AVX512_VNNI
-  if (dtype == DType::kQ8_0) {
-    CHECK_GE(quantized_x.size(), MatMulScratchBytes(cols, n_tokens));
-    const uint32_t nb = Blocks(cols);
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kGroupQ) {
-      const uint32_t nt = std::min(kGroupQ, n_tokens - t0);
-      const int8_t* xq[kGroupQ] = {};
-      const float* xd[kGroupQ] = {};
-      for (uint32_t i = 0; i < nt; ++i) {
-        const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(cols);
-        xq[i] = reinterpret_cast<const int8_t*>(base);
-        xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-      }
-      uint32_t k = 0;
-      // One token: one row at a time (each row one sequential stream, as MatMul's decode).
-      for (; n_tokens > 1 && k + 4 <= count; k += 4) {
-        DotRowsQ8<4>(rows.data() + k, xq, xd, nt, nb, n_tokens, t0, out + uint64_t{k} * n_tokens);
-      }
-      for (; k < count; ++k) {
-        DotRowsQ8<1>(rows.data() + k, xq, xd, nt, nb, n_tokens, t0, out + uint64_t{k} * n_tokens);
-      }
-    }
-    return;
-  }
-  if ((dtype == DType::kQ4_0 || dtype == DType::kQ4_K || dtype == DType::kQ6_K) &&
+  if ((dtype == DType::kQ8_0 || dtype == DType::kQ4_0 || dtype == DType::kQ4_K ||
+       dtype == DType::kQ6_K) &&
       DotRowsStrips(dtype, cols, rows, n_tokens, quantized_x, out)) {
     return;
   }

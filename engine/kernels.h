@@ -13,23 +13,23 @@
 // portable scalar fallback; all use the same block arithmetic, so results differ only in f32
 // summation order.
 //
-// Batches (prefill) of f32, and of q8_0 when AVX512-VNNI is there, go through a blocked
-// GEMM instead (AVX-512 builds): weight panels of about 192 KiB (kept in L2 while every token
-// passes), tokens in groups of 6 (f32) or 4 (q8_0), and register tiles of 4 rows x the
-// group (f32 FMAs on zmm; q8_0 with vpdpbusd over two blocks at a time). f32 results are
-// bit-identical to the one-token path for every token, batch size, position in the batch and
-// thread count (the tile reduces exactly as the single row does). q8_0 decode uses the
-// same 512-bit tile one row at a time, so a q8_0 token's result does not depend on the
-// batch either (only on the build's instruction set).
-// q4_0 with AVX512-VNNI (prefill and decode) works on strips of 16 rows, one zmm lane per row:
-// each block of the 16 rows is transposed in registers (4 nibble bytes per lane), so vpdpbusd
-// multiplies 16 rows by 4 broadcast activation bytes and the f32 scaling runs once per block for
-// 16 rows. Prefill packs 32 blocks of a strip at a time (18 KiB on the stack, reused by every
-// token 8 at a time); decode uses each transposed block at once and prefetches the next strip.
-// Each row accumulates its blocks in order with one FMA per block, so q4_0 results do not depend
-// on the batch, the row range asked for, or the thread count either. A matrix kept interleaved
-// in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead
-// of transposes, with the same lanes and operations, so the same results.
+// Batches (prefill) of f32 go through a blocked GEMM instead (AVX-512 builds): weight panels of
+// about 192 KiB (kept in L2 while every token passes), tokens in groups of 6, and register tiles
+// of 4 rows x the group (f32 FMAs on zmm). f32 results are bit-identical to the one-token path
+// for every token, batch size, position in the batch and thread count (the tile reduces exactly
+// as the single row does).
+// q8_0 and q4_0 with AVX512-VNNI (prefill and decode) work on strips of 16 rows, one zmm lane per
+// row: each block of the 16 rows is transposed in registers (4 value bytes per lane; q4_0's
+// nibbles as they are, q8_0's bytes + 128), so vpdpbusd multiplies 16 rows by 4 broadcast
+// activation bytes and the f32 scaling runs once per block for 16 rows. Prefill packs 32 blocks
+// of a strip at a time (18 KiB on the stack, reused by every token 8 at a time); decode uses each
+// transposed block at once and prefetches ahead. Each row accumulates its blocks in order with
+// one FMA per block (f32(block dot) x (dw x dx)), so results do not depend on the batch, the row
+// range asked for, or the thread count either. q8_0 batches of 4 tokens or more on a CPU with
+// AMX-INT8 take the block dots from tile multiplies (16 tokens x 16 rows x one block a tile op)
+// and then the same f32 steps, so the same results (SetAmx). A matrix kept interleaved in strips
+// (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
+// transposes, with the same lanes and operations, so the same results.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
 // lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
@@ -60,7 +60,7 @@ struct MatrixView {
   uint32_t rows = 0;
   uint32_t cols = 0;
   ConstByteSpan bytes;
-  // q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
+  // q8_0, q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
   // 512-bit VNNI strips read them; row(r) is then not row r, and only MatMul / MatMulRows (row
   // ranges starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
   bool strips = false;
@@ -69,16 +69,17 @@ struct MatrixView {
 };
 
 // Whether this build's MatMul reads a matrix of this dtype and shape interleaved in 16-row
-// strips (512-bit VNNI kernels; rows a multiple of 16; q4_0 with an even number of 32-value
-// blocks a row, q4_K and q6_K of any width).
+// strips (512-bit VNNI kernels; rows a multiple of 16; q8_0 and q4_0 with an even number of
+// 32-value blocks a row, q4_K and q6_K of any width).
 bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 
 // Rewrites a row-major matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into
 // 16-row strips; strip s keeps the byte range its rows had (16 * RowBytes from 16s * RowBytes),
 // and within it lane i of every 64-byte vector belongs to row 16s + i:
-// - q4_0: each pair of blocks (b, b + 1) is 576 bytes: block b's 4 vectors (vector k's 4-byte
-//   lane i = row i's nibble bytes 4k .. 4k + 3 of block b), block b + 1's 4 vectors, then block
-//   b's 16 f16 scales (row order) and block b + 1's.
+// - q4_0 / q8_0: each pair of blocks (b, b + 1) is 576 / 1088 bytes: block b's 4 / 8 vectors
+//   (vector k's 4-byte lane i = row i's nibble / value bytes 4k .. 4k + 3 of block b), block
+//   b + 1's, then block b's 16 f16 scales (row order) and block b + 1's. (A q8_0 block's 8
+//   vectors are also the operand layout of an AMX tile multiply.)
 // - q4_K / q6_K (super-blocks of B = 144 / 210 bytes, nsb a row): super-block j's B / 16 groups
 //   of 16 bytes come first, 256 bytes a group and 16 * (B / 16) * 16 bytes a super-block, from
 //   j * 16 * (B / 16) * 16 on: group g's vector k has row i's bytes 16g + 4k .. 16g + 4k + 3 of
@@ -94,6 +95,13 @@ void InterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols, ByteSpa
 // For matrices that only MatMul will read, at load time: every loader of resident matrices
 // (DramWeightStore, a store's pinned attention layers and classifier) goes through it.
 MatrixView KeepInStrips(const MatrixView& view, ByteSpan bytes);
+
+// Whether q8_0 batches (kAmxMinTokens tokens or more, in kernels.cc) may take their block
+// products from Intel AMX tile multiplies, where the CPU has AMX-INT8 and Linux grants the
+// process the tile state (asked once). Results are bit-identical either way; tests and benchmarks
+// turn it off to compare the paths, and FLASHLM_AMX=0 in the environment turns it off for the
+// whole process. Returns whether AMX is used from now on. Thread-safe; allowed by default.
+bool SetAmx(bool allowed);
 
 // True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);
@@ -117,13 +125,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 // `cols` values of `dtype` at rows[k] (RowBytes(dtype, cols) bytes, anywhere in memory: the gate
 // and up rows of neuron bundles). x and quantized_x as for MatMulRows. Every result is
 // bit-identical to MatMulRows's for a matrix holding that row (any batch, any row range). Rows go
-// in the given order; on AVX-512 VNNI q8_0 rows of a batch go 4 at a time against up to 4 tokens
-// in one register tile (one activation load serves four rows), and for one token one at a time
-// (each row read as one sequential stream, which the hardware prefetcher follows best: 4 rows
-// interleaved read about 1.5x slower from DRAM); q4_0, q4_K and q6_K rows 16 at a time as one
-// strip of MatMul's strip kernels (one lane a row; a single row would fill all 16 lanes with
-// itself); other dtypes row by row through MatMulRows. Precondition (CHECKed):
-// MatMulSupports(dtype). Single-threaded, allocates nothing.
+// in the given order; q8_0, q4_0, q4_K and q6_K rows 16 at a time as one strip of MatMul's strip
+// kernels (one lane a row; a single row would fill all 16 lanes with itself); other dtypes row
+// by row through MatMulRows. Precondition (CHECKed): MatMulSupports(dtype). Single-threaded,
+// allocates nothing.
 void DotRows(layout::DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
              std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out);
 

@@ -164,6 +164,7 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
 // gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0, q4_K, q6_K too (decode and
 // prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
+// With AMX (q8_0 batches of 4 tokens or more, where the CPU has it), both with and without it.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
@@ -180,7 +181,7 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
       std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
       MatrixView w{dtype, rows, cols, bytes};
       std::normal_distribution<float> nd(0.0f, 1.0f);
-      const uint32_t n = 14;
+      const uint32_t n = 37;
       std::vector<float> x(uint64_t{n} * cols);
       for (float& v : x) v = nd(rng);
       std::vector<std::byte> scratch(MatMulScratchBytes(cols, n));
@@ -190,9 +191,12 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
         MatMul(w, std::span<const float>(x).subspan(uint64_t{t} * cols, cols), 1,
                std::span<float>(single).subspan(uint64_t{t} * rows, rows), scratch, one);
       }
-      for (uint32_t threads : {1u, 2u, 3u}) {
+      for (auto [threads, amx] : {std::pair{1u, true}, std::pair{2u, true}, std::pair{3u, true},
+                                  std::pair{2u, false}}) {
+        if (!amx && !SetAmx(true)) continue;  // no AMX here: the runs above were without it
+        SetAmx(amx);
         ThreadPool pool(threads);
-        for (uint32_t batch : {2u, 5u, 6u, 7u, 14u}) {
+        for (uint32_t batch : {2u, 5u, 6u, 7u, 14u, 16u, 37u}) {
           std::vector<float> y(uint64_t{n} * rows);
           for (uint32_t t0 = 0; t0 < n; t0 += batch) {
             const uint32_t m = std::min(batch, n - t0);
@@ -202,11 +206,12 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
           }
           for (size_t i = 0; i < y.size(); ++i) {
             ASSERT_EQ(std::memcmp(&y[i], &single[i], sizeof(float)), 0)
-                << DTypeName(dtype) << " cols " << cols << " threads " << threads << " batch "
-                << batch << " token " << i / rows << " row " << i % rows << ": " << y[i] << " vs "
-                << single[i];
+                << DTypeName(dtype) << " cols " << cols << " threads " << threads << " amx "
+                << amx << " batch " << batch << " token " << i / rows << " row " << i % rows
+                << ": " << y[i] << " vs " << single[i];
           }
         }
+        SetAmx(true);
       }
     }
 }
@@ -257,12 +262,13 @@ uint64_t StripsOffset(DType dtype, uint32_t cols, uint32_t r, uint64_t o) {
   const uint64_t rb = layout::RowBytes(dtype, cols);
   const uint64_t strip = uint64_t{r / 16} * 16 * rb;
   const uint32_t i = r % 16;
-  if (dtype == DType::kQ4_0) {
-    const uint64_t b = o / 18, in = o % 18;  // block b, byte `in` of it
-    const uint64_t pair = strip + (b / 2) * 576;
-    if (in < 2) return pair + 512 + 32 * (b % 2) + 2 * i + in;
-    const uint64_t q = in - 2;  // nibble byte q = 4k + m: vector k, lane i, byte m
-    return pair + 256 * (b % 2) + 64 * (q / 4) + 4 * i + q % 4;
+  if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {
+    const uint64_t block = dtype == DType::kQ4_0 ? 18 : 34, vectors = (block - 2) / 4;
+    const uint64_t b = o / block, in = o % block;  // block b, byte `in` of it
+    const uint64_t pair = strip + (b / 2) * 32 * block;
+    if (in < 2) return pair + 128 * vectors + 32 * (b % 2) + 2 * i + in;
+    const uint64_t q = in - 2;  // value byte q = 4k + m: vector k, lane i, byte m
+    return pair + 64 * vectors * (b % 2) + 64 * (q / 4) + 4 * i + q % 4;
   }
   const uint64_t block = dtype == DType::kQ4_K ? 144 : 210, groups = block / 16, tail = block % 16;
   const uint64_t nsb = rb / block, j = o / block, in = o % block;
@@ -281,14 +287,15 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
   const DType dtype = GetParam();
   EXPECT_FALSE(CanInterleaveStrips(dtype, 40, 256));        // rows not a multiple of 16
   EXPECT_FALSE(CanInterleaveStrips(DType::kQ4_0, 32, 96));  // an odd number of q4_0 blocks
-  EXPECT_FALSE(CanInterleaveStrips(DType::kQ8_0, 32, 64));  // no strips for q8_0
+  EXPECT_FALSE(CanInterleaveStrips(DType::kQ8_0, 32, 96));  // and of q8_0 blocks
+  EXPECT_FALSE(CanInterleaveStrips(DType::kF32, 32, 64));   // no strips for f32
   if (!CanInterleaveStrips(dtype, 16, 64)) {
     GTEST_SKIP() << "this build's MatMul has no interleaved strips (needs AVX-512 VNNI)";
   }
   // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
   std::vector<std::pair<uint32_t, uint32_t>> shapes = {
       {16, 64}, {48, 128}, {160, 2048}, {32, 5632}};
-  if (dtype != DType::kQ4_0) shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
+  if (dtype != DType::kQ4_0 && dtype != DType::kQ8_0) shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
   for (auto [rows, cols] : shapes) {
     SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + std::to_string(rows) + " x " +
                  std::to_string(cols));
@@ -350,7 +357,8 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
-                         ::testing::Values(DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
+                                           DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(DTypeName(i.param));
                          });
@@ -372,7 +380,7 @@ TEST(KernelsTest, DotRowsBitIdenticalToMatMul) {
     std::vector<const std::byte*> pointers;
     for (uint32_t r : picked) pointers.push_back(w.row(r).data());
     ThreadPool pool(2);
-    for (uint32_t tokens : {1u, 2u, 5u, 9u}) {
+    for (uint32_t tokens : {1u, 2u, 5u, 9u, 17u}) {
       std::vector<float> x(uint64_t{tokens} * cols);
       for (float& v : x) v = nd(rng);
       std::vector<std::byte> scratch(MatMulScratchBytes(cols, tokens));

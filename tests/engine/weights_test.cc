@@ -75,7 +75,7 @@ TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndBf16BecomesF32) {
   }
 }
 
-// A q4_0, q4_K or q6_K checkpoint's matrices that only MatMul reads are kept in 16-row strips
+// A q8_0, q4_0, q4_K or q6_K checkpoint's matrices that only MatMul reads are kept in 16-row strips
 // where this build's kernels take them; the embedding (looked up by row) is not. Each multiplies
 // bit for bit as the checkpoint's row-major tensor does.
 class WeightStoreStripsTest : public ::testing::TestWithParam<DType> {};
@@ -126,7 +126,8 @@ TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, WeightStoreStripsTest,
-                         ::testing::Values(DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
+                                           DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(layout::DTypeName(i.param));
                          });
