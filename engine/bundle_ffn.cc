@@ -166,8 +166,8 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   // columns ahead of scattered bundles costs more than it gains: docs/benchmarks.md, "Resident
   // bundle FFN"). One token of q8_0 is the exception: its strip kernel prefetches each row a few
   // block pairs ahead as it reads, so only the first kQ8Lead bytes of the next group's gate and
-  // up rows are asked for (whole next bundles, as the other dtypes take them, ran 13% slower on
-  // the 1b model with resident bundles, 1 thread; gate and up rows whole, 10%).
+  // up rows are asked for (whole next bundles, as the other dtypes take them, ran 17% slower on
+  // the 1b model with resident bundles, 1 thread; whole gate and up rows, 14%).
   const uint32_t per_bundle = separate_ ? 1 : 2;
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   const bool q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
