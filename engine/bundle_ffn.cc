@@ -188,8 +188,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
           if (q8_token) {
             for (uint32_t r = 0; r < per_bundle; ++r) Prefetch(next + r * g_.part_bytes, kQ8Lead);
           } else {
-            Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next) ? g_.bundle_bytes
-                                                                       : per_bundle * g_.part_bytes);
+            Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next)
+                               ? g_.bundle_bytes
+                               : per_bundle * g_.part_bytes);
           }
         }
       }

@@ -923,8 +923,8 @@ __attribute__((target("amx-tile,amx-int8"))) void AmxStripTokens(
 // tokens at a time through the tiles, else kStripTokens at a time through VNNI.
 template <bool kQ8>
 void StripChunk(const PackedBlock* pk, uint32_t b0, uint32_t n, ConstByteSpan quantized_x,
-                uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr,
-                bool amx, float* y) {
+                uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr, bool amx,
+                float* y) {
   const bool first = b0 == 0;
   if (kQ8 && amx) {
     for (uint32_t t0 = 0; t0 < n_tokens; t0 += kAmxTokens) {
@@ -949,8 +949,8 @@ void StripChunk(const PackedBlock* pk, uint32_t b0, uint32_t n, ConstByteSpan qu
       xi[i] = x.isum;
     }
     switch (nt) {
-#define FLASHLM_STRIP_CASE(N)                                                 \
-  case N:                                                                     \
+#define FLASHLM_STRIP_CASE(N)                                               \
+  case N:                                                                   \
     StripTokens<kQ8, N>(pk, b0, n, first, xq, xd, xi, rows, r0, nr, t0, y); \
     break;
       FLASHLM_STRIP_CASE(1)
@@ -1013,8 +1013,7 @@ template <bool kQ8>
 void StripDecodeStrips(const std::byte* strip, uint32_t nb, const int8_t* xq, const float* xd,
                        const int32_t* xi, __m512* acc) {
   for (uint32_t b = 0; b < nb; b += 2) {
-    const std::byte* ahead =
-        strip + uint64_t{b / 2} * kPairBytes<kQ8> + kStripsPrefetchBytes<kQ8>;
+    const std::byte* ahead = strip + uint64_t{b / 2} * kPairBytes<kQ8> + kStripsPrefetchBytes<kQ8>;
     for (uint64_t o = 0; o < kPairBytes<kQ8>; o += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
     }
@@ -1130,8 +1129,7 @@ struct RowMajorK {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(tail[3], 16)));
   }
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
-    PrefetchStripAhead<kBytes, kPrefetchSuperBlocks>(s->row, rb, sb, nsb, s->next,
-                                                       s->next_bytes);
+    PrefetchStripAhead<kBytes, kPrefetchSuperBlocks>(s->row, rb, sb, nsb, s->next, s->next_bytes);
   }
 };
 
@@ -1532,8 +1530,8 @@ constexpr uint32_t kGroupF32 = 6;  // tokens per f32 tile (4 x 6 accumulators)
 
 // Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).
 template <int NT>
-void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x,
-                 uint32_t t0, float* y) {
+void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x, uint32_t t0,
+                 float* y) {
   const uint32_t cols = w.cols;
   float out[4 * NT];
   const float* rows[4];
@@ -1588,7 +1586,6 @@ void MatMulRowsTiledF32(const MatrixView& w, std::span<const float> x, uint32_t 
   }
 }
 #endif
-
 
 }  // namespace
 

@@ -191,8 +191,8 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
         MatMul(w, std::span<const float>(x).subspan(uint64_t{t} * cols, cols), 1,
                std::span<float>(single).subspan(uint64_t{t} * rows, rows), scratch, one);
       }
-      for (auto [threads, amx] : {std::pair{1u, true}, std::pair{2u, true}, std::pair{3u, true},
-                                  std::pair{2u, false}}) {
+      for (auto [threads, amx] :
+           {std::pair{1u, true}, std::pair{2u, true}, std::pair{3u, true}, std::pair{2u, false}}) {
         if (!amx && !SetAmx(true)) continue;  // no AMX here: the runs above were without it
         SetAmx(amx);
         ThreadPool pool(threads);
@@ -206,9 +206,9 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
           }
           for (size_t i = 0; i < y.size(); ++i) {
             ASSERT_EQ(std::memcmp(&y[i], &single[i], sizeof(float)), 0)
-                << DTypeName(dtype) << " cols " << cols << " threads " << threads << " amx "
-                << amx << " batch " << batch << " token " << i / rows << " row " << i % rows
-                << ": " << y[i] << " vs " << single[i];
+                << DTypeName(dtype) << " cols " << cols << " threads " << threads << " amx " << amx
+                << " batch " << batch << " token " << i / rows << " row " << i % rows << ": "
+                << y[i] << " vs " << single[i];
           }
         }
         SetAmx(true);
@@ -295,7 +295,8 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
   // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
   std::vector<std::pair<uint32_t, uint32_t>> shapes = {
       {16, 64}, {48, 128}, {160, 2048}, {32, 5632}};
-  if (dtype != DType::kQ4_0 && dtype != DType::kQ8_0) shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
+  if (dtype != DType::kQ4_0 && dtype != DType::kQ8_0)
+    shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
   for (auto [rows, cols] : shapes) {
     SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + std::to_string(rows) + " x " +
                  std::to_string(cols));
@@ -357,8 +358,7 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
-                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
-                                           DType::kQ6_K),
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(DTypeName(i.param));
                          });

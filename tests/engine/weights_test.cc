@@ -126,8 +126,7 @@ TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, WeightStoreStripsTest,
-                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
-                                           DType::kQ6_K),
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(layout::DTypeName(i.param));
                          });
