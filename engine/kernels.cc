@@ -895,24 +895,26 @@ __attribute__((target("amx-tile,amx-int8"))) void AmxStripTokens(
       AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
       AmxAccumulate(c[1], pk[j + 1].d, xd, b0 + j + 1, acc);
     }
-    for (; j < n; ++j) {
-      _tile_loadd(0, xq0 + uint64_t{b0 + j} * kBlock, stride);
-      _tile_loadd(1, pk[j].w, 64);
-      _tile_zero(2);
-      _tile_dpbssd(2, 0, 1);
-      _tile_stored(2, c[0], 64);
-      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
-    }
-  } else {
-    for (; j < n; ++j) {
-      _tile_loadd(6, xq0 + uint64_t{b0 + j} * kBlock, stride);
-      _tile_loadd(1, pk[j].w, 64);
-      _tile_zero(7);
-      _tile_dpbssd(7, 6, 1);
-      _tile_stored(7, c[0], 64);
-      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
+  }
+  // Block j alone through tiles A (activations), 1 (the block) and C (products). A macro: tile
+  // numbers are part of the instruction.
+#define FLASHLM_AMX_ONE_BLOCK(A, C)                          \
+  do {                                                       \
+    _tile_loadd(A, xq0 + uint64_t{b0 + j} * kBlock, stride); \
+    _tile_loadd(1, pk[j].w, 64);                             \
+    _tile_zero(C);                                           \
+    _tile_dpbssd(C, A, 1);                                   \
+    _tile_stored(C, c[0], 64);                               \
+    AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);           \
+  } while (false)
+  for (; j < n; ++j) {
+    if constexpr (kTail) {
+      FLASHLM_AMX_ONE_BLOCK(6, 7);
+    } else {
+      FLASHLM_AMX_ONE_BLOCK(0, 2);
     }
   }
+#undef FLASHLM_AMX_ONE_BLOCK
   for (uint32_t t = 0; t < nt; ++t) {
     _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
   }
