@@ -789,17 +789,19 @@ void StripDecode(const std::byte* const* row, __m512i offsets, uint32_t nb, uint
 }
 
 // ---- AMX-INT8 for q8_0 batches -----------------------------------------------------------------
-// A tile multiply (tdpbssd) gives up to 16 tokens x 16 weight rows of one block's int32 products:
+// A tile multiply (tdpbssd) gives 16 tokens x 16 weight rows of one block's int32 products:
 // operand A = the tokens' 32 activation bytes of the block (rows of the q8 scratch, QTokenBytes
 // apart), B = the packed block (PackedBlock's 8 vectors: its tile layout), C = their products.
 // C goes to memory and each token's row of it through the f32 steps of StripBlocks (per lane:
 // convert, times dw * dx, fused add), so results are bit-identical to the VNNI kernels'.
-// Tiles 0-2 and 3-5 are A, B, C for two blocks in flight (16 tokens); 6 and 7 the A and C of a
-// last group of fewer tokens (with B in 1).
+// Tiles 0-2 and 3-5 are A, B, C for two blocks in flight.
+// Only whole groups of 16 tokens take the tiles; the rest of a batch goes through VNNI. Measured
+// (/work/bench/amx/mb.cc, outside the repository: MatMul of a 5632 x 2048 q8_0 matrix, 1
+// thread, best of 7, this Intel Xeon), AMX time / VNNI time: 1.51 at 4 tokens (through tiles
+// configured for fewer rows), 1.21 at 8, 1.02 at 12, 0.86 at 16, 0.76 at 32, 0.60 at 128. The
+// tile multiplies are cheap; the f32 steps, identical on both paths, and the packing are not.
+// (q4_0 through tdpbsud measured 1.03-1.05 at 16-32 tokens and 0.94 at 128: not taken.)
 constexpr uint32_t kAmxTokens = 16;
-// Below this many tokens a batch takes the VNNI kernels. Measured on an Intel Xeon (Sapphire
-// Rapids class), 1 thread, the 1b model's 2048 x 5632 q8_0 matrix: see MatMulRowsBlockStrips.
-constexpr uint32_t kAmxMinTokens = 4;
 
 // Set by SetAmx; read by UseAmx (any thread).
 std::atomic<bool> amx_allowed{true};
@@ -831,15 +833,12 @@ struct alignas(64) AmxTileConfig {
 };
 static_assert(sizeof(AmxTileConfig) == 64);
 
-// Configures this thread's tiles for batches whose last group has `tail` tokens (0: none).
-__attribute__((target("amx-tile"))) void AmxConfigure(uint32_t tail) {
+// Configures this thread's tiles.
+__attribute__((target("amx-tile"))) void AmxConfigure() {
   AmxTileConfig c;
   for (int a : {0, 3}) c.rows[a] = kAmxTokens, c.colsb[a] = kBlock;
   for (int b : {1, 4}) c.rows[b] = 8, c.colsb[b] = 64;
   for (int t : {2, 5}) c.rows[t] = kAmxTokens, c.colsb[t] = 64;
-  const uint8_t m = static_cast<uint8_t>(tail == 0 ? 1 : tail);
-  c.rows[6] = m, c.colsb[6] = kBlock;
-  c.rows[7] = m, c.colsb[7] = 64;
   // Not _tile_loadconfig: GCC 12's asm for it names only the first 8 bytes as read, so the
   // compiler may drop the stores of the rest of the struct.
   asm volatile("ldtilecfg %0" ::"m"(c));
@@ -858,88 +857,85 @@ __attribute__((always_inline)) inline void AmxAccumulate(const int32_t* c, const
   }
 }
 
-// Tokens t0 .. t0 + nt - 1 (nt = 16, or fewer with kTail: the tiles configured for them) over a
-// packed q8_0 chunk of the strip at rows [r0, r0 + nr), as StripTokens<true, nt> computes them;
-// the running sums live in y between chunks.
-template <bool kTail>
+// Tokens t0 .. t0 + 15 over a packed q8_0 chunk of the strip at rows [r0, r0 + nr), as
+// StripTokens<true, 16> computes them; the running sums live in y between chunks. The tiles
+// must be configured (AmxConfigure).
 __attribute__((target("amx-tile,amx-int8"))) void AmxStripTokens(
     const PackedBlock* pk, uint32_t b0, uint32_t n, bool first, ConstByteSpan quantized_x,
-    uint32_t cols, uint32_t t0, uint32_t nt, uint32_t rows, uint32_t r0, uint32_t nr, float* y) {
+    uint32_t cols, uint32_t t0, uint32_t rows, uint32_t r0, uint32_t nr, float* y) {
+  constexpr uint32_t kC = kAmxTokens * kStrip;  // int32 products of one block
   const uint64_t stride = QTokenBytes(cols);
   const int8_t* xq0 = QTokenAt(quantized_x, cols, t0).q;
-  const float* xd[kAmxTokens];  // tokens past nt repeat the last one (computed, dropped)
-  for (uint32_t t = 0; t < kAmxTokens; ++t) {
-    xd[t] = QTokenAt(quantized_x, cols, t0 + std::min(t, nt - 1)).d;
-  }
+  const float* xd[kAmxTokens];
+  for (uint32_t t = 0; t < kAmxTokens; ++t) xd[t] = QTokenAt(quantized_x, cols, t0 + t).d;
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   __m512 acc[kAmxTokens];
   for (uint32_t t = 0; t < kAmxTokens; ++t) {
-    acc[t] = first || t >= nt ? _mm512_setzero_ps()
-                              : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
+    acc[t] =
+        first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, y + uint64_t{t0 + t} * rows + r0);
   }
-  alignas(64) int32_t c[2][kAmxTokens * kStrip] = {};  // rows past a tail's nt stay as they are
+  // Products of two pairs of blocks: one pair's f32 steps run while the next pair's tile
+  // multiplies are under way (AMX time / VNNI time 0.91 -> 0.86 at 16 tokens, 0.82 -> 0.76 at
+  // 32 against one pair at a time).
+  alignas(64) int32_t c[4 * kC];
+  // The tile instructions are asm statements that do not tell the compiler which memory they
+  // read or write: a barrier before (the packed blocks are stored) and after every tile store.
+  asm volatile("" ::: "memory");
   uint32_t j = 0;
-  if constexpr (!kTail) {
-    for (; j + 1 < n; j += 2) {
-      const int8_t* a = xq0 + uint64_t{b0 + j} * kBlock;
-      _tile_loadd(0, a, stride);
-      _tile_loadd(1, pk[j].w, 64);
-      _tile_zero(2);
-      _tile_dpbssd(2, 0, 1);
-      _tile_loadd(3, a + kBlock, stride);
-      _tile_loadd(4, pk[j + 1].w, 64);
-      _tile_zero(5);
-      _tile_dpbssd(5, 3, 4);
-      _tile_stored(2, c[0], 64);
-      _tile_stored(5, c[1], 64);
-      AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);
-      AmxAccumulate(c[1], pk[j + 1].d, xd, b0 + j + 1, acc);
+  for (; j + 1 < n; j += 2) {
+    int32_t* cj = c + (j % 4) * kC;  // blocks j and j + 1: c[0..1] or c[2..3]
+    const int8_t* a = xq0 + uint64_t{b0 + j} * kBlock;
+    _tile_loadd(0, a, stride);
+    _tile_loadd(1, pk[j].w, 64);
+    _tile_zero(2);
+    _tile_dpbssd(2, 0, 1);
+    _tile_loadd(3, a + kBlock, stride);
+    _tile_loadd(4, pk[j + 1].w, 64);
+    _tile_zero(5);
+    _tile_dpbssd(5, 3, 4);
+    if (j >= 2) {  // the previous pair, in block order
+      const int32_t* cp = c + ((j + 2) % 4) * kC;
+      AmxAccumulate(cp, pk[j - 2].d, xd, b0 + j - 2, acc);
+      AmxAccumulate(cp + kC, pk[j - 1].d, xd, b0 + j - 1, acc);
     }
+    _tile_stored(2, cj, 64);
+    _tile_stored(5, cj + kC, 64);
+    asm volatile("" ::: "memory");
   }
-  // Block j alone through tiles A (activations), 1 (the block) and C (products). A macro: tile
-  // numbers are part of the instruction.
-#define FLASHLM_AMX_ONE_BLOCK(A, C)                          \
-  do {                                                       \
-    _tile_loadd(A, xq0 + uint64_t{b0 + j} * kBlock, stride); \
-    _tile_loadd(1, pk[j].w, 64);                             \
-    _tile_zero(C);                                           \
-    _tile_dpbssd(C, A, 1);                                   \
-    _tile_stored(C, c[0], 64);                               \
-    AmxAccumulate(c[0], pk[j].d, xd, b0 + j, acc);           \
-  } while (false)
-  for (; j < n; ++j) {
-    if constexpr (kTail) {
-      FLASHLM_AMX_ONE_BLOCK(6, 7);
-    } else {
-      FLASHLM_AMX_ONE_BLOCK(0, 2);
-    }
+  if (j >= 2) {
+    const int32_t* cp = c + ((j + 2) % 4) * kC;
+    AmxAccumulate(cp, pk[j - 2].d, xd, b0 + j - 2, acc);
+    AmxAccumulate(cp + kC, pk[j - 1].d, xd, b0 + j - 1, acc);
   }
-#undef FLASHLM_AMX_ONE_BLOCK
-  for (uint32_t t = 0; t < nt; ++t) {
+  if (j < n) {  // an odd block out
+    _tile_loadd(0, xq0 + uint64_t{b0 + j} * kBlock, stride);
+    _tile_loadd(1, pk[j].w, 64);
+    _tile_zero(2);
+    _tile_dpbssd(2, 0, 1);
+    _tile_stored(2, c, 64);
+    asm volatile("" ::: "memory");
+    AmxAccumulate(c, pk[j].d, xd, b0 + j, acc);
+  }
+  for (uint32_t t = 0; t < kAmxTokens; ++t) {
     _mm512_mask_storeu_ps(y + uint64_t{t0 + t} * rows + r0, mask, acc[t]);
   }
 }
 
 // Every token over a packed chunk (blocks [b0, b0 + n)) of the strip at rows [r0, r0 + nr); the
-// running sums live in y between chunks. With `amx` (q8_0; tiles configured for n_tokens), 16
-// tokens at a time through the tiles, else kStripTokens at a time through VNNI.
+// running sums live in y between chunks. With `amx` (q8_0, the tiles configured), each whole
+// group of 16 tokens through the tiles; the rest kStripTokens at a time through VNNI.
 template <bool kQ8>
 void StripChunk(const PackedBlock* pk, uint32_t b0, uint32_t n, ConstByteSpan quantized_x,
                 uint32_t cols, uint32_t n_tokens, uint32_t rows, uint32_t r0, uint32_t nr, bool amx,
                 float* y) {
   const bool first = b0 == 0;
+  uint32_t t0 = 0;
   if (kQ8 && amx) {
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kAmxTokens) {
-      const uint32_t nt = std::min(kAmxTokens, n_tokens - t0);
-      if (nt == kAmxTokens) {
-        AmxStripTokens<false>(pk, b0, n, first, quantized_x, cols, t0, nt, rows, r0, nr, y);
-      } else {
-        AmxStripTokens<true>(pk, b0, n, first, quantized_x, cols, t0, nt, rows, r0, nr, y);
-      }
+    for (; t0 + kAmxTokens <= n_tokens; t0 += kAmxTokens) {
+      AmxStripTokens(pk, b0, n, first, quantized_x, cols, t0, rows, r0, nr, y);
     }
-    return;
   }
-  for (uint32_t t0 = 0; t0 < n_tokens; t0 += kStripTokens) {
+  for (; t0 < n_tokens; t0 += kStripTokens) {
     const uint32_t nt = std::min(kStripTokens, n_tokens - t0);
     const int8_t* xq[kStripTokens] = {};
     const float* xd[kStripTokens] = {};
@@ -970,10 +966,10 @@ void StripChunk(const PackedBlock* pk, uint32_t b0, uint32_t n, ConstByteSpan qu
   }
 }
 
-// Whether a batch of n_tokens of this kind goes through AMX (then the caller configures the tiles
-// with AmxConfigure(n_tokens % kAmxTokens) first and releases them after).
+// Whether a q8_0 batch of n_tokens has a group for the tiles (then the caller configures them
+// with AmxConfigure first and releases them after).
 inline bool AmxBatch(bool q8, uint32_t n_tokens) {
-  return q8 && n_tokens >= kAmxMinTokens && UseAmx();
+  return q8 && n_tokens >= kAmxTokens && UseAmx();
 }
 
 // ---- q4_0 and q8_0 interleaved in strips (InterleaveStrips) ----
@@ -1036,7 +1032,7 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});   // the scales' gather offsets are int32
   if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);     // a range of whole strips
   const bool amx = AmxBatch(kQ8, n_tokens);
-  if (amx) AmxConfigure(n_tokens % kAmxTokens);
+  if (amx) AmxConfigure();
   alignas(64) PackedBlock pk[kStripChunk];
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     if (w.strips) {
@@ -1389,7 +1385,7 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
     }
   }
   const bool amx = AmxBatch(dtype == DType::kQ8_0, n_tokens);
-  if (amx) AmxConfigure(n_tokens % kAmxTokens);
+  if (amx) AmxConfigure();
   for (uint32_t k0 = 0; k0 < count; k0 += kStrip) {
     StripRows s;
     s.nr = std::min(kStrip, count - k0);

@@ -25,10 +25,10 @@
 // of a strip at a time (18 KiB on the stack, reused by every token 8 at a time); decode uses each
 // transposed block at once and prefetches ahead. Each row accumulates its blocks in order with
 // one FMA per block (f32(block dot) x (dw x dx)), so results do not depend on the batch, the row
-// range asked for, or the thread count either. q8_0 batches of 4 tokens or more on a CPU with
-// AMX-INT8 take the block dots from tile multiplies (16 tokens x 16 rows x one block a tile op)
-// and then the same f32 steps, so the same results (SetAmx). A matrix kept interleaved in strips
-// (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
+// range asked for, or the thread count either. q8_0 batches on a CPU with AMX-INT8 take the block
+// dots of each whole group of 16 tokens from tile multiplies (16 tokens x 16 rows x one block a
+// tile op) and then the same f32 steps, so the same results (SetAmx). A matrix kept interleaved
+// in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
 // transposes, with the same lanes and operations, so the same results.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
@@ -96,11 +96,11 @@ void InterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols, ByteSpa
 // (DramWeightStore, a store's pinned attention layers and classifier) goes through it.
 MatrixView KeepInStrips(const MatrixView& view, ByteSpan bytes);
 
-// Whether q8_0 batches (kAmxMinTokens tokens or more, in kernels.cc) may take their block
-// products from Intel AMX tile multiplies, where the CPU has AMX-INT8 and Linux grants the
-// process the tile state (asked once). Results are bit-identical either way; tests and benchmarks
-// turn it off to compare the paths, and FLASHLM_AMX=0 in the environment turns it off for the
-// whole process. Returns whether AMX is used from now on. Thread-safe; allowed by default.
+// Whether q8_0 batches (each whole group of 16 tokens) may take their block products from Intel
+// AMX tile multiplies, where the CPU has AMX-INT8 and Linux grants the process the tile state
+// (asked once). Results are bit-identical either way; tests and benchmarks turn it off to compare
+// the paths, and FLASHLM_AMX=0 in the environment turns it off for the whole process. Returns
+// whether AMX is used from now on. Thread-safe; allowed by default.
 bool SetAmx(bool allowed);
 
 // True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
