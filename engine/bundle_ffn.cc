@@ -172,6 +172,10 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   const bool q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
   constexpr uint64_t kQ8Lead = 512;
+  // One thread, one token: each group's down columns are added right after its gate/up rows
+  // were read (phase 2 below, fused): the same terms in the same order, since one thread takes
+  // the groups in position order.
+  const bool fused = pool_.size() == 1 && n == 1;
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* tile = tile_.data() + th * TileStride(max_batch_);
     uint64_t computed = 0, fired = 0;  // under a score mask
@@ -217,10 +221,15 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
           for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
         }
       }
+      if (fused) {
+        AxpyRows(g_.dtype, bundles.subspan(k0, m), g_.down_offset(), dim,
+                 h_.data() + k0 * max_batch_, max_batch_, n, out_.data(), dim);
+      }
     }
     predicted_counts_[uint64_t{th} * 8] += computed;
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
+  if (fused) return;
   // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
   const uint32_t down_block = DownBlock(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));

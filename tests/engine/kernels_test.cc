@@ -502,33 +502,36 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
     std::mt19937 rng(static_cast<uint32_t>(dtype) + 29);
     const uint32_t per = std::max(32u, layout::BlockValues(dtype));
     const uint32_t cols = 3 * per + 6;
-    constexpr uint32_t kRows = 13;
-    std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
-    const uint64_t rb = layout::RowBytes(dtype, cols);
-    std::vector<const std::byte*> rows;
-    for (uint32_t k = 0; k < kRows; ++k) rows.push_back(m.data() + (kRows - 1 - k) * rb);
-    const uint64_t offset = layout::RowBytes(dtype, per);  // from the second block on
-    const uint32_t len = cols - per;
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (uint32_t n = 1; n <= 17; ++n) {
-      const uint64_t a_stride = n + 3, y_stride = len + 7;
-      std::vector<float> a(kRows * a_stride);
-      for (uint32_t k = 0; k < kRows; ++k) {
-        for (uint32_t t = 0; t < n; ++t) {
-          a[k * a_stride + t] = (k == 4 || (k + t) % 5 == 0) ? 0.0f : nd(rng);
+    // 13 rows: one token of q8_0 / q4_0 reads each row front to back (the fused down pass); 37:
+    // a block of y in registers across the rows.
+    for (uint32_t kRows : {13u, 37u}) {
+      std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
+      const uint64_t rb = layout::RowBytes(dtype, cols);
+      std::vector<const std::byte*> rows;
+      for (uint32_t k = 0; k < kRows; ++k) rows.push_back(m.data() + (kRows - 1 - k) * rb);
+      const uint64_t offset = layout::RowBytes(dtype, per);  // from the second block on
+      const uint32_t len = cols - per;
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      for (uint32_t n = 1; n <= 17; ++n) {
+        const uint64_t a_stride = n + 3, y_stride = len + 7;
+        std::vector<float> a(kRows * a_stride);
+        for (uint32_t k = 0; k < kRows; ++k) {
+          for (uint32_t t = 0; t < n; ++t) {
+            a[k * a_stride + t] = (k == 4 || (k + t) % 5 == 0) ? 0.0f : nd(rng);
+          }
         }
-      }
-      std::vector<float> y(n * y_stride);
-      for (float& v : y) v = nd(rng);
-      std::vector<float> want = y;
-      for (uint32_t k = 0; k < kRows; ++k) {
-        AxpyRow(dtype, rows[k] + offset, len, a.data() + k * a_stride, n, want.data(), y_stride);
-      }
-      AxpyRows(dtype, rows, offset, len, a.data(), a_stride, n, y.data(), y_stride);
-      for (size_t i = 0; i < y.size(); ++i) {
-        ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
-            << DTypeName(dtype) << " tokens " << n << " value " << i << ": " << y[i] << " vs "
-            << want[i];
+        std::vector<float> y(n * y_stride);
+        for (float& v : y) v = nd(rng);
+        std::vector<float> want = y;
+        for (uint32_t k = 0; k < kRows; ++k) {
+          AxpyRow(dtype, rows[k] + offset, len, a.data() + k * a_stride, n, want.data(), y_stride);
+        }
+        AxpyRows(dtype, rows, offset, len, a.data(), a_stride, n, y.data(), y_stride);
+        for (size_t i = 0; i < y.size(); ++i) {
+          ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
+              << DTypeName(dtype) << " rows " << kRows << " tokens " << n << " value " << i << ": "
+              << y[i] << " vs " << want[i];
+        }
       }
     }
   }

@@ -1,0 +1,221 @@
+// flashlm_ffn_bench: the FFN of a 1b-shaped model (22 layers, dim 2048, 5632 neurons) with every
+// weight in DRAM, computed two ways over the same number of bytes:
+// - Dense: gate, up and down as matrices (kept in strips, as a GGUF's are loaded), three MatMuls
+//   and SwiGlu a layer: what `generate` runs on a GGUF.
+// - Bundles: BundleFfnKernel over gate-up-down bundles, adjacent in one buffer on huge pages
+//   (a resident store's layout), in calls of 256 positions: what a store runs with every bundle
+//   resident in dense mode. BundlesSparse computes every 10th neuron only (a sparse set's
+//   scattered bundles).
+// Arguments: threads, tokens a pass, dtype (0 q8_0, 1 q4_0, 2 q4_K). One iteration is one pass over the 22 layers; its
+// bytes_per_second counts the weight bytes that pass reads. The weights are random (a speed
+// measurement only: tests/engine/bundle_ffn_test.cc checks the kernel against the matrices).
+// Run (medians of 7, see docs/benchmarks.md):
+//   build/bench/flashlm_ffn_bench --benchmark_repetitions=7 --benchmark_report_aggregates_only
+#include <benchmark/benchmark.h>
+#include <sys/mman.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engine/bundle_ffn.h"
+#include "engine/kernels.h"
+#include "engine/thread_pool.h"
+#include "layout/bundle_layout.h"
+#include "layout/dtype.h"
+#include "storage/check.h"
+
+namespace flashlm::engine {
+namespace {
+
+constexpr uint32_t kLayers = 22, kDim = 2048, kHidden = 5632, kChunk = 256;
+// The dtypes benchmarked (the third argument indexes them): a q8_0 store, a q4_0 one, and the
+// q4_K bundles of a repacked Q4_K_M model.
+constexpr layout::DType kDTypes[] = {layout::DType::kQ8_0, layout::DType::kQ4_0,
+                                     layout::DType::kQ4_K};
+
+// Page-aligned bytes on transparent huge pages where the kernel gives them.
+struct HugeBuffer {
+  explicit HugeBuffer(uint64_t n) : size(n) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED);
+    madvise(p, n, MADV_HUGEPAGE);
+    data = static_cast<std::byte*>(p);
+  }
+  ~HugeBuffer() { munmap(data, size); }
+  HugeBuffer(const HugeBuffer&) = delete;
+  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  std::byte* data;
+  uint64_t size;
+};
+
+// Fills `n_rows` rows of `cols` values in `dtype` at `out`: one row of uniform values in
+// [-1, 1) quantised once, then rotated by a random number of blocks for each row (different
+// bytes without a quantiser call per row).
+void FillRows(layout::DType dtype, std::byte* out, uint64_t n_rows, uint32_t cols,
+              std::mt19937& rng) {
+  const uint64_t row_bytes = layout::RowBytes(dtype, cols);
+  std::vector<float> row(cols);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : row) v = u(rng);
+  std::vector<std::byte> q(row_bytes);
+  CHECK_OK(layout::QuantizeRow(dtype, row, ByteSpan(q.data(), row_bytes)));
+  const uint64_t block = layout::RowBytes(dtype, layout::BlockValues(dtype));
+  const uint64_t blocks = row_bytes / block;
+  std::uniform_int_distribution<uint64_t> shift(0, blocks - 1);
+  for (uint64_t r = 0; r < n_rows; ++r) {
+    const uint64_t s = shift(rng);
+    for (uint64_t b = 0; b < blocks; ++b) {
+      std::memcpy(out + r * row_bytes + b * block, q.data() + ((b + s) % blocks) * block, block);
+    }
+  }
+}
+
+// The dense model: per layer gate and up (hidden x dim) and down (dim x hidden), in strips.
+struct DenseFfn {
+  explicit DenseFfn(layout::DType dtype) {
+    std::mt19937 rng(1);
+    const uint64_t gate_bytes = kHidden * layout::RowBytes(dtype, kDim);
+    const uint64_t down_bytes = kDim * layout::RowBytes(dtype, kHidden);
+    per_layer = 2 * gate_bytes + down_bytes;
+    buffer = std::make_unique<HugeBuffer>(kLayers * per_layer);
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      std::byte* base = buffer->data + l * per_layer;
+      FillRows(dtype, base, 2 * kHidden, kDim, rng);
+      FillRows(dtype, base + 2 * gate_bytes, kDim, kHidden, rng);
+      const auto keep = [&](std::byte* p, uint32_t rows, uint32_t cols, uint64_t n) {
+        return KeepInStrips(MatrixView{dtype, rows, cols, ConstByteSpan(p, n)}, ByteSpan(p, n));
+      };
+      gate.push_back(keep(base, kHidden, kDim, gate_bytes));
+      up.push_back(keep(base + gate_bytes, kHidden, kDim, gate_bytes));
+      down.push_back(keep(base + 2 * gate_bytes, kDim, kHidden, down_bytes));
+    }
+  }
+  std::unique_ptr<HugeBuffer> buffer;
+  uint64_t per_layer = 0;
+  std::vector<MatrixView> gate, up, down;
+};
+
+// The same FFN as gate-up-down bundles, every layer's back to back.
+struct BundleFfn {
+  explicit BundleFfn(layout::DType dtype)
+      : geometry(layout::BundleGeometry::Make(layout::BundleKind::kGateUpDown, dtype, kDim, 64)) {
+    std::mt19937 rng(2);
+    buffer = std::make_unique<HugeBuffer>(uint64_t{kLayers} * kHidden * geometry.stride_bytes);
+    // Each layer's bundles from 3 x hidden rows of dim values (gate, up, down column).
+    std::vector<std::byte> parts(3 * kHidden * geometry.part_bytes);
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      FillRows(dtype, parts.data(), 3 * kHidden, kDim, rng);
+      for (uint64_t i = 0; i < kHidden; ++i) {
+        std::memcpy(buffer->data + (uint64_t{l} * kHidden + i) * geometry.stride_bytes,
+                    parts.data() + 3 * i * geometry.part_bytes, 3 * geometry.part_bytes);
+      }
+    }
+  }
+  layout::BundleGeometry geometry;
+  std::unique_ptr<HugeBuffer> buffer;
+};
+
+// One model of each kind at a time (the last dtype asked for): 0.8-0.9 GB each.
+const DenseFfn& Dense(layout::DType dtype) {
+  static std::unique_ptr<DenseFfn> d;
+  static layout::DType held;
+  if (!d || held != dtype) {
+    d.reset();
+    d = std::make_unique<DenseFfn>(dtype);
+    held = dtype;
+  }
+  return *d;
+}
+const BundleFfn& Bundles(layout::DType dtype) {
+  static std::unique_ptr<BundleFfn> b;
+  static layout::DType held;
+  if (!b || held != dtype) {
+    b.reset();
+    b = std::make_unique<BundleFfn>(dtype);
+    held = dtype;
+  }
+  return *b;
+}
+
+std::vector<float> Input(uint32_t n) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(uint64_t{n} * kDim);
+  for (float& v : x) v = nd(rng);
+  return x;
+}
+
+void BM_DenseFfn(benchmark::State& state) {
+  const uint32_t threads = static_cast<uint32_t>(state.range(0));
+  const uint32_t n = static_cast<uint32_t>(state.range(1));
+  const DenseFfn& d = Dense(kDTypes[state.range(2)]);
+  ThreadPool pool(threads);
+  const std::vector<float> x = Input(n);
+  std::vector<float> g(uint64_t{n} * kHidden), u(g.size()), out(uint64_t{n} * kDim);
+  std::vector<std::byte> scratch(MatMulScratchBytes(kHidden, n));
+  for (auto _ : state) {
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      MatMul(d.gate[l], x, n, g, scratch, pool);
+      MatMul(d.up[l], x, n, u, scratch, pool);
+      SwiGlu(g, u, false);
+      MatMul(d.down[l], g, n, out, scratch, pool);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kLayers * d.per_layer));
+}
+
+// `every`: compute positions 0, every, 2 * every, ... of each layer.
+void RunBundles(benchmark::State& state, uint32_t every) {
+  const uint32_t threads = static_cast<uint32_t>(state.range(0));
+  const uint32_t n = static_cast<uint32_t>(state.range(1));
+  const BundleFfn& b = Bundles(kDTypes[state.range(2)]);
+  ThreadPool pool(threads);
+  auto kernel = BundleFfnKernel::Create(b.geometry, kHidden, n, kChunk, false, pool);
+  CHECK_OK(kernel.status());
+  const std::vector<float> x = Input(n);
+  std::vector<float> out(uint64_t{n} * kDim);
+  std::vector<uint32_t> positions;
+  for (uint32_t p = 0; p < kHidden; p += every) positions.push_back(p);
+  std::vector<const std::byte*> ptrs(positions.size());
+  for (auto _ : state) {
+    for (uint32_t l = 0; l < kLayers; ++l) {
+      const std::byte* layer = b.buffer->data + uint64_t{l} * kHidden * b.geometry.stride_bytes;
+      for (size_t k = 0; k < positions.size(); ++k) {
+        ptrs[k] = layer + uint64_t{positions[k]} * b.geometry.stride_bytes;
+      }
+      (*kernel)->Begin(x, n, out, nullptr, {});
+      for (size_t k = 0; k < positions.size(); k += kChunk) {
+        const size_t m = std::min<size_t>(kChunk, positions.size() - k);
+        (*kernel)->Accumulate(std::span<const uint32_t>(positions).subspan(k, m),
+                              std::span<const std::byte* const>(ptrs).subspan(k, m));
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kLayers * positions.size() *
+                                               b.geometry.bundle_bytes));
+}
+
+void BM_BundleFfn(benchmark::State& state) { RunBundles(state, 1); }
+void BM_BundleFfnSparse(benchmark::State& state) { RunBundles(state, 10); }
+
+void Args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"threads", "tokens", "dtype"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (int dtype = 0; dtype < 3; ++dtype) {
+    for (int threads : {1, 2}) {
+      for (int tokens : {1, 16}) b->Args({threads, tokens, dtype});
+    }
+  }
+}
+
+BENCHMARK(BM_DenseFfn)->Apply(Args);
+BENCHMARK(BM_BundleFfn)->Apply(Args);
+BENCHMARK(BM_BundleFfnSparse)->Apply(Args);
+
+}  // namespace
+}  // namespace flashlm::engine
+
+BENCHMARK_MAIN();
