@@ -1,5 +1,7 @@
 #include "engine/bundle_ffn.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -83,6 +85,10 @@ Result<std::unique_ptr<BundleFfnKernel>> BundleFfnKernel::Create(const layout::B
   k->tile_ = k->arena_.Floats(l.tile, pool.size() * TileStride(max_batch));
   k->qx_span_ = k->arena_.Bytes(l.qx, MatMulScratchBytes(g.dim, max_batch));
   k->predicted_counts_.assign(uint64_t{pool.size()} * 8, 0);
+  // At most one unit a group of bundles (at one thread).
+  const uint64_t units = CeilDiv(chunk_max, GroupRows(g.dtype) / (k->separate_ ? 1 : 2));
+  k->ready_ = std::make_unique<std::atomic<uint32_t>[]>(units);
+  k->down_parts_ = std::make_unique<DownPart[]>(pool.size());
   return k;
 }
 
@@ -150,6 +156,63 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   QuantizeActivations(x, g_.dim, n, qx_span_);
 }
 
+void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
+                                   std::span<const std::byte* const> bundles, uint64_t k0,
+                                   uint64_t end, uint32_t th, uint64_t* computed, uint64_t* fired) {
+  const uint32_t n = n_, dim = g_.dim;
+  const uint32_t per_bundle = separate_ ? 1 : 2;
+  const uint32_t group = GroupRows(g_.dtype) / per_bundle;
+  const bool q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
+  constexpr uint64_t kQ8Lead = 512;
+  float* tile = tile_.data() + th * TileStride(max_batch_);
+  const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));
+  const std::byte* rows[kStripGroupRows];
+  uint32_t row_count = 0;
+  for (uint32_t j = 0; j < m; ++j) {
+    const std::byte* bundle = bundles[k0 + j];
+    if (!separate_) rows[row_count++] = bundle;
+    rows[row_count++] = bundle + g_.up_offset();
+    if (k0 + group + j < end) {  // the next group's bundles
+      const std::byte* next = bundles[k0 + group + j];
+      if (q8_token) {
+        for (uint32_t r = 0; r < per_bundle; ++r) Prefetch(next + r * g_.part_bytes, kQ8Lead);
+      } else {
+        Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next) ? g_.bundle_bytes
+                                                                   : per_bundle * g_.part_bytes);
+      }
+    }
+  }
+  DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_, tile);
+  for (uint32_t j = 0; j < m; ++j) {
+    const uint64_t k = k0 + j;
+    const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
+    float* h = h_.data() + k * max_batch_;
+    const float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
+    const float* up_row = tile + uint64_t{per_bundle * j + per_bundle - 1} * n;
+    for (uint32_t t = 0; t < n; ++t) {
+      float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
+      const float uv = up_row[t];
+      if (!separate_ && !gate_capture_.empty()) {
+        gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
+      }
+      const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
+      const bool positive = gv > 0;
+      SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
+      h[t] = ScoreMasked(t, neuron, positive, gv, computed, fired) || masked ? 0.0f : gv;
+    }
+    if (!capture_.empty()) {
+      for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
+    }
+  }
+}
+
+void BundleFfnKernel::AccumulateDown(std::span<const std::byte* const> bundles, uint64_t k0,
+                                     uint32_t m, uint32_t r0, uint32_t r1) {
+  const uint64_t src_offset = g_.down_offset() + layout::RowBytes(g_.dtype, r0);
+  AxpyRows(g_.dtype, bundles.subspan(k0, m), src_offset, r1 - r0, h_.data() + k0 * max_batch_,
+           max_batch_, n_, out_.data() + r0, g_.dim);
+}
+
 void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
                                  std::span<const std::byte* const> bundles) {
   const uint32_t count = static_cast<uint32_t>(positions.size());
@@ -158,89 +221,99 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   if (count == 0) return;
   CHECK_LT(positions[count - 1], hidden_);
   const uint32_t n = n_, dim = g_.dim;
-  // Phase 1: h for every bundle of the batch and every token, split over bundles. Gate and up
-  // rows go GroupRows(dtype) at a time through DotRows (one 16-row strip for the block dtypes),
-  // and the next group's bundles are prefetched meanwhile: the whole bundle where the next one
-  // starts right after it (within kAdjacentGap bytes: resident bundles, a merged read), so that
-  // the bundles' memory is read front to back, else only its [gate |] up rows (reading down
-  // columns ahead of scattered bundles costs more than it gains: docs/benchmarks.md, "Resident
-  // bundle FFN"). One token of q8_0 is the exception: its strip kernel prefetches each row a few
-  // block pairs ahead as it reads, so only the first kQ8Lead bytes of the next group's gate and
-  // up rows are asked for (whole next bundles, as the other dtypes take them, ran 17% slower on
-  // the 1b model with resident bundles, 1 thread; whole gate and up rows, 14%).
+  // Gate and up rows go GroupRows(dtype) at a time through DotRows (one 16-row strip for the
+  // block dtypes), and the next group's bundles are prefetched meanwhile (ComputeGroup): the
+  // whole bundle where the next one starts right after it (within kAdjacentGap bytes: resident
+  // bundles, a merged read), so that the bundles' memory is read front to back, else only its
+  // [gate |] up rows (reading down columns ahead of scattered bundles costs more than it gains:
+  // docs/benchmarks.md, "Resident bundle FFN"). One token of q8_0 is the exception: its strip
+  // kernel prefetches each row a few block pairs ahead as it reads, so only the first kQ8Lead
+  // bytes of the next group's gate and up rows are asked for (whole next bundles, as the other
+  // dtypes take them, ran 17% slower on the 1b model with resident bundles, 1 thread; whole gate
+  // and up rows, 14%).
   const uint32_t per_bundle = separate_ ? 1 : 2;
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
-  const bool q8_token = n == 1 && g_.dtype == layout::DType::kQ8_0;
-  constexpr uint64_t kQ8Lead = 512;
-  // One thread, one token: each group's down columns are added right after its gate/up rows
-  // were read (phase 2 below, fused): the same terms in the same order, since one thread takes
-  // the groups in position order.
-  const bool fused = pool_.size() == 1 && n == 1;
+  const uint32_t down_block = DownBlock(g_.dtype);
+  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
+  if (n == 1) {
+    // One token: bundles go in units (at one thread a group of bundles, at T threads 1/T of the
+    // call's groups each, so that each thread reads one contiguous run), and a unit's down
+    // columns are added soon after its gate/up rows were read. The outputs are cut into one part
+    // per thread; a part takes the units in position order, so every out value sums its terms in
+    // position order, as the batch path below does (bit-identical to it, whatever the threads).
+    // Any thread computes any unit's h (claimed from a counter) and, between units, adds every
+    // unit whose h is ready to whichever part it can lock: no thread waits on a chunk that
+    // another thread must run, so this finishes even if the pool runs every chunk on one thread.
+    // Measured (bench/engine/ffn_bench.cc, 1b q8_0, 2 threads, ms a pass): a group a unit 47-57,
+    // 4 groups 46, 8 45, half the call 43-45; the two phases below 49-52.
+    const uint32_t parts = std::min<uint32_t>(pool_.size(), blocks);
+    const uint64_t groups = CeilDiv(count, group);
+    const uint64_t unit = group * (parts == 1 ? 1 : CeilDiv(groups, parts));
+    const uint32_t units = static_cast<uint32_t>(CeilDiv(count, unit));
+    next_unit_.store(0, std::memory_order_relaxed);
+    for (uint32_t u = 0; u < units; ++u) ready_[u].store(0, std::memory_order_relaxed);
+    for (uint32_t p = 0; p < parts; ++p) {
+      down_parts_[p].next.store(0, std::memory_order_relaxed);
+      down_parts_[p].busy.store(false, std::memory_order_relaxed);
+    }
+    pool_.ParallelFor(parts, 1, [&](uint64_t, uint64_t, uint32_t th) {
+      uint64_t computed = 0, fired = 0;  // under a score mask
+      for (;;) {
+        bool done = true;
+        for (uint32_t i = 0; i < parts; ++i) {
+          const uint32_t p = (i + th) % parts;
+          DownPart& part = down_parts_[p];
+          if (part.next.load(std::memory_order_acquire) == units) continue;
+          done = false;
+          if (part.busy.exchange(true, std::memory_order_acquire)) continue;
+          uint32_t next = part.next.load(std::memory_order_relaxed);
+          const uint32_t r0 = static_cast<uint32_t>(uint64_t{blocks} * p / parts) * down_block;
+          const uint32_t r1 = std::min<uint32_t>(
+              static_cast<uint32_t>(uint64_t{blocks} * (p + 1) / parts) * down_block, dim);
+          for (; next < units && ready_[next].load(std::memory_order_acquire) != 0; ++next) {
+            const uint64_t end = std::min<uint64_t>((next + 1) * unit, count);
+            for (uint64_t k0 = next * unit; k0 < end; k0 += group) {
+              AccumulateDown(bundles, k0,
+                             static_cast<uint32_t>(std::min<uint64_t>(group, end - k0)), r0, r1);
+            }
+          }
+          part.next.store(next, std::memory_order_release);
+          part.busy.store(false, std::memory_order_release);
+        }
+        if (done) break;
+        if (next_unit_.load(std::memory_order_relaxed) < units) {
+          const uint32_t u = next_unit_.fetch_add(1, std::memory_order_relaxed);
+          if (u < units) {
+            const uint64_t end = std::min<uint64_t>((u + 1) * unit, count);
+            for (uint64_t k0 = u * unit; k0 < end; k0 += group) {
+              ComputeGroup(positions, bundles, k0, end, th, &computed, &fired);
+            }
+            ready_[u].store(1, std::memory_order_release);
+            continue;
+          }
+        }
+        _mm_pause();  // every unit is claimed: wait for a part to come free or a unit to land
+      }
+      predicted_counts_[uint64_t{th} * 8] += computed;
+      predicted_counts_[uint64_t{th} * 8 + 1] += fired;
+    });
+    return;
+  }
+  // A batch. Phase 1: h for every bundle and every token, split over bundles.
   pool_.ParallelFor(count, 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
-    float* tile = tile_.data() + th * TileStride(max_batch_);
     uint64_t computed = 0, fired = 0;  // under a score mask
     for (uint64_t k0 = begin; k0 < end; k0 += group) {
-      const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));
-      const std::byte* rows[kStripGroupRows];
-      uint32_t row_count = 0;
-      for (uint32_t j = 0; j < m; ++j) {
-        const std::byte* bundle = bundles[k0 + j];
-        if (!separate_) rows[row_count++] = bundle;
-        rows[row_count++] = bundle + g_.up_offset();
-        if (k0 + group + j < end) {  // the next group's bundles
-          const std::byte* next = bundles[k0 + group + j];
-          if (q8_token) {
-            for (uint32_t r = 0; r < per_bundle; ++r) Prefetch(next + r * g_.part_bytes, kQ8Lead);
-          } else {
-            Prefetch(next, Adjacent(bundles[k0 + group + j - 1], next)
-                               ? g_.bundle_bytes
-                               : per_bundle * g_.part_bytes);
-          }
-        }
-      }
-      DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_,
-              tile);
-      for (uint32_t j = 0; j < m; ++j) {
-        const uint64_t k = k0 + j;
-        const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
-        float* h = h_.data() + k * max_batch_;
-        const float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
-        const float* up_row = tile + uint64_t{per_bundle * j + per_bundle - 1} * n;
-        for (uint32_t t = 0; t < n; ++t) {
-          float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
-          const float uv = up_row[t];
-          if (!separate_ && !gate_capture_.empty()) {
-            gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
-          }
-          const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
-          const bool positive = gv > 0;
-          SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-          h[t] = ScoreMasked(t, neuron, positive, gv, &computed, &fired) || masked ? 0.0f : gv;
-        }
-        if (!capture_.empty()) {
-          for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
-        }
-      }
-      if (fused) {
-        AxpyRows(g_.dtype, bundles.subspan(k0, m), g_.down_offset(), dim,
-                 h_.data() + k0 * max_batch_, max_batch_, n, out_.data(), dim);
-      }
+      ComputeGroup(positions, bundles, k0, end, th, &computed, &fired);
     }
     predicted_counts_[uint64_t{th} * 8] += computed;
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
-  if (fused) return;
   // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
-  const uint32_t down_block = DownBlock(g_.dtype);
-  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
-  const uint64_t down_offset = g_.down_offset();
   pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
     const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, dim);
-    const uint64_t src_offset = down_offset + layout::RowBytes(g_.dtype, r0);
     // Each block of out stays in registers across the bundles where the kernel can (AxpyRows).
-    AxpyRows(g_.dtype, bundles, src_offset, r1 - r0, h_.data(), max_batch_, n, out_.data() + r0,
-             dim);
+    AccumulateDown(bundles, 0, count, r0, r1);
   });
 }
 

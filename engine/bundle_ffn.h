@@ -19,6 +19,7 @@
 #define FLASHLM_ENGINE_BUNDLE_FFN_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -120,6 +121,14 @@ class BundleFfnKernel {
   }
   static Layout MakeLayout(const layout::BundleGeometry& g, uint32_t hidden, uint32_t max_batch,
                            uint32_t chunk_max, uint32_t threads);
+  // h of the group of bundles from index k0 (GroupRows(dtype) rows of gate/up, fewer at `end`)
+  // for every token, into h_, on pool thread `th` (its tile); the next group's bundles are
+  // prefetched. Score-mask counts go to *computed / *fired.
+  void ComputeGroup(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles,
+                    uint64_t k0, uint64_t end, uint32_t th, uint64_t* computed, uint64_t* fired);
+  // out[., r0..r1) += h * down for bundles k0 .. k0 + m - 1, in that order (AxpyRows).
+  void AccumulateDown(std::span<const std::byte* const> bundles, uint64_t k0, uint32_t m,
+                      uint32_t r0, uint32_t r1);
 
   ThreadPool& pool_;
   layout::BundleGeometry g_;
@@ -143,6 +152,16 @@ class BundleFfnKernel {
   std::span<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
   std::span<float> tile_;      // threads x TileStride(max_batch): gate/up products
   ByteSpan qx_span_;           // q8 activations (MatMulScratchBytes(dim, max_batch))
+  // One token's schedule (Accumulate): the next unit of bundles whose h is unclaimed, whether
+  // each unit's h is ready (sized at Create for units of one group), and per output part (one a
+  // pool thread) a lock and the next unit it adds.
+  struct alignas(64) DownPart {
+    std::atomic<uint32_t> next{0};
+    std::atomic<bool> busy{false};
+  };
+  alignas(64) std::atomic<uint32_t> next_unit_{0};
+  std::unique_ptr<std::atomic<uint32_t>[]> ready_;
+  std::unique_ptr<DownPart[]> down_parts_;
 };
 
 }  // namespace flashlm::engine
