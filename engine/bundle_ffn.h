@@ -6,15 +6,17 @@
 // out += h * down_i (the down column). The products reuse the engine's kernels: gate and up rows
 // go through DotRows (q8 activations for block dtypes, bit-identical to MatMul's products; for
 // one q8_0 token adjacent bundles are read front to back, see Accumulate); the down column is
-// dequantised and accumulated in one pass (AxpyRow; for a batch of tokens AxpyRows, which keeps
-// a block of the outputs in registers across the bundles and is bit-identical to it; for one
-// q8_0 token it keeps 128 outputs in registers likewise).
+// dequantised and accumulated in one pass (AxpyRows, bit-identical to AxpyRow bundle after
+// bundle: for a batch of tokens a block of the outputs stays in registers across the bundles; one
+// q8_0 / q4_0 token reads each column of a group front to back with the outputs in L1).
 // Determinism: every out[t][r] sums its terms in the order the positions are accumulated (batches
 // come in increasing position order), whatever the batching, the thread count of the down pass or
 // which bundles came from DRAM or flash, so results do not depend on the memory budget (only on
 // the store and on which positions are computed). Threads: gate/up are split over positions, the
-// down pass over output rows (32-value blocks). Everything is sized at Create; Begin/Accumulate
-// allocate nothing. Not thread-safe: one owner.
+// down pass over output rows (32-value blocks); for one token the two overlap (a unit of bundles'
+// down columns are added, per output part in position order, as soon as its h is ready: see
+// Accumulate). Everything is sized at Create; Begin/Accumulate allocate nothing. Not
+// thread-safe: one owner.
 #ifndef FLASHLM_ENGINE_BUNDLE_FFN_H_
 #define FLASHLM_ENGINE_BUNDLE_FFN_H_
 

@@ -2309,6 +2309,59 @@ void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(yb + 16 * i, acc[i]);
   }
 }
+
+// Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice and up to
+// kKTokenTile tokens at a time, the tokens' 256 values of y stay in L1 (8 KiB) while every row's
+// super-block is dequantised once in registers and added to each token (rows in order, zero
+// coefficients skipped: each y value's fused terms as AxpyRow's, which adds whole rows to every
+// token's y instead, 128 KiB of y a row for 16 tokens of a 2048-wide slice). Tokens' rows of y
+// whose stride is a multiple of 4 KiB (a 2048-wide model: 8 KiB) fall in the same L1 sets, so
+// 16 tokens' lines overflow the 12 ways and thrash: measured (bench/engine/ffn_bench.cc, 1b q4_K
+// bundles, 16 tokens, 1 thread) 603 ms a pass at 16 tokens a tile, 299 at 8, 321 at 4, against
+// 661-686 through AxpyRow.
+constexpr uint32_t kKTokenTile = 8;
+template <bool kQ6>
+void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
+                 const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
+                 uint64_t y_stride) {
+  constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
+  constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead
+  for (uint32_t b = 0; b < blocks; ++b) {
+    const uint64_t at = offset + uint64_t{b} * kBytes;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kKTokenTile) {
+      const uint32_t nt = std::min(kKTokenTile, n_tokens - t0);
+      float* yb = y + t0 * y_stride + uint64_t{b} * layout::kKBlockValues;
+      for (size_t k = 0; k < rows.size(); ++k) {
+        if (k + kAhead < rows.size()) {
+          const std::byte* p = rows[k + kAhead] + at;
+          for (uint32_t l = 0; l < kBytes; l += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
+          }
+          _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
+        }
+        const float* ak = a + k * a_stride + t0;
+        bool any = false;
+        for (uint32_t t = 0; t < nt; ++t) any |= ak[t] != 0.0f;
+        if (!any) continue;
+        __m512 v[16];
+        const auto put = [&](int i, __m512 x) { v[i] = x; };
+        if constexpr (kQ6) {
+          DequantQ6KBlock16(rows[k] + at, put);
+        } else {
+          DequantQ4KBlock16(rows[k] + at, put);
+        }
+        for (uint32_t t = 0; t < nt; ++t) {
+          if (ak[t] == 0.0f) continue;
+          const __m512 av = _mm512_set1_ps(ak[t]);
+          float* yt = yb + t * y_stride;
+          for (int i = 0; i < 16; ++i) {
+            _mm512_storeu_ps(yt + 16 * i, _mm512_fmadd_ps(av, v[i], _mm512_loadu_ps(yt + 16 * i)));
+          }
+        }
+      }
+    }
+  }
+}
 #endif
 
 // AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
@@ -2608,7 +2661,8 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   CHECK(MatMulSupports(dtype));
   uint32_t done = 0;  // values handled by the register-blocked path
 #ifdef FLASHLM_AVX512
-  // One token of q8_0 or q4_0: 128 values in registers at a time.
+  // One token of q8_0 or q4_0: a few rows each read front to back (AxpyColumnsOneToken), more
+  // rows 128 values in registers at a time.
   if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0) &&
       rows.size() <= kSweepMaxRows) {
     const uint32_t full = len / kBlock;
@@ -2639,6 +2693,14 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     const uint32_t full = len / layout::kKBlockValues;
     dtype == DType::kQ6_K ? AxpyKOneToken<true>(rows, offset, full, a, a_stride, y)
                           : AxpyKOneToken<false>(rows, offset, full, a, a_stride, y);
+    done = full * layout::kKBlockValues;
+  }
+  // Several tokens of q4_K or q6_K: a super-block of every token's y in L1.
+  if (n_tokens > 1 && (dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
+    const uint32_t full = len / layout::kKBlockValues;
+    dtype == DType::kQ6_K
+        ? AxpyKTokens<true>(rows, offset, full, a, a_stride, n_tokens, y, y_stride)
+        : AxpyKTokens<false>(rows, offset, full, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
   if (n_tokens > 1 && dtype == DType::kQ8_0) {  // a block at a time for up to 8 tokens
