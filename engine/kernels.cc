@@ -2549,14 +2549,15 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
   }
 }
 
-// AxpyRows for NT tokens (NT <= 8) over one full q8_0 block (32 values) at byte `at` of every
-// row: each row's block is dequantised once for all NT tokens, and y's NT x 32 values stay in
-// 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused into y, and a
-// token whose coefficient is zero is skipped, as in AxpyRow: bit-identical to it.
-template <int NT>
+// AxpyRows for NT tokens (NT <= 8) over one full q8_0 (or, kQ4, q4_0) block (32 values) at byte
+// `at` of every row: each row's block is dequantised once for all NT tokens, and y's NT x 32
+// values stay in 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused
+// into y (q4_0: q = nibble - 8, in value order as UnpackQ4 gives them), and a token whose
+// coefficient is zero is skipped, as in AxpyRow: bit-identical to it.
+template <int NT, bool kQ4 = false>
 void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, const float* a,
                        uint64_t a_stride, float* y, uint64_t y_stride) {
-  constexpr uint64_t kBlockBytes = 2 + kBlock;  // f16 scale, 32 int8
+  constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
   __m512 acc[NT][2];
   for (int t = 0; t < NT; ++t) {
     for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_loadu_ps(y + t * y_stride + 16 * h);
@@ -2575,10 +2576,20 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, cons
     if (!any) continue;
     const std::byte* w = rows[k] + at;
     const __m512 d = _mm512_set1_ps(HalfToFloat(w));
+    __m128i q[2];
+    if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+      const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+      q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
+      q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
+      }
+    }
     __m512 v[2];
     for (int h = 0; h < 2; ++h) {
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
-      v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+      v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
     }
     for (int t = 0; t < NT; ++t) {
       if (ak[t] == 0.0f) continue;
@@ -2703,12 +2714,18 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         : AxpyKTokens<false>(rows, offset, full, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
-  if (n_tokens > 1 && dtype == DType::kQ8_0) {  // a block at a time for up to 8 tokens
+  // Several tokens of q8_0 or q4_0: a block at a time for up to 8 tokens.
+  if (n_tokens > 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, const float*,
                                  uint64_t, float*, uint64_t);
-    static constexpr BlockTokens kByTokens[] = {
+    static constexpr BlockTokens kQ8ByTokens[] = {
         AxpyQ8BlockTokens<1>, AxpyQ8BlockTokens<2>, AxpyQ8BlockTokens<3>, AxpyQ8BlockTokens<4>,
         AxpyQ8BlockTokens<5>, AxpyQ8BlockTokens<6>, AxpyQ8BlockTokens<7>, AxpyQ8BlockTokens<8>};
+    static constexpr BlockTokens kQ4ByTokens[] = {
+        AxpyQ8BlockTokens<1, true>, AxpyQ8BlockTokens<2, true>, AxpyQ8BlockTokens<3, true>,
+        AxpyQ8BlockTokens<4, true>, AxpyQ8BlockTokens<5, true>, AxpyQ8BlockTokens<6, true>,
+        AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
+    const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
     const uint32_t full = len / kBlock;
     for (uint32_t b = 0; b < full; ++b) {
