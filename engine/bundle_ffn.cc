@@ -235,9 +235,9 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   const uint32_t down_block = DownBlock(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
-  if (n == 1) {
-    // One token: bundles go in units (at one thread a group of bundles, at T threads 1/T of the
-    // call's groups each, so that each thread reads one contiguous run), and a unit's down
+  if (n == 1 && g_.dtype == layout::DType::kQ8_0) {
+    // One token of q8_0: bundles go in units (at one thread a group of bundles, at T threads 1/T of
+    // the call's groups each, so that each thread reads one contiguous run), and a unit's down
     // columns are added soon after its gate/up rows were read. The outputs are cut into one part
     // per thread; a part takes the units in position order, so every out value sums its terms in
     // position order, as the batch path below does (bit-identical to it, whatever the threads).
@@ -245,7 +245,10 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
     // unit whose h is ready to whichever part it can lock: no thread waits on a chunk that
     // another thread must run, so this finishes even if the pool runs every chunk on one thread.
     // Measured (bench/engine/ffn_bench.cc, 1b q8_0, 2 threads, ms a pass): a group a unit 47-57,
-    // 4 groups 46, 8 45, half the call 43-45; the two phases below 49-52.
+    // 4 groups 46, 8 45, half the call 43-45; the two phases below 49-52. Not for q4_0 / q4_K:
+    // with scattered bundles (a sparse set) this schedule was 15-40% slower than the two phases
+    // for them, and with adjacent ones at one thread no faster (docs/benchmarks.md, "Bundle FFN
+    // against the matrices, measured alone").
     const uint32_t parts = std::min<uint32_t>(pool_.size(), blocks);
     const uint64_t groups = CeilDiv(count, group);
     const uint64_t unit = group * (parts == 1 ? 1 : CeilDiv(groups, parts));
