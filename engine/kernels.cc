@@ -2396,6 +2396,27 @@ void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t
 #endif
 
 #ifdef FLASHLM_AVX512
+// One full q8_0 (or, kQ4, q4_0) block at w as f32: v[0] values 0-15, v[1] values 16-31, each
+// d * q exactly (d the f16 scale; q4_0: q = nibble - 8, low nibbles first, as UnpackQ4 orders
+// them): the values AxpyRow adds.
+template <bool kQ4>
+__attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __m512* v) {
+  const __m512 d = _mm512_set1_ps(HalfToFloat(w));
+  __m128i q[2];
+  if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
+    const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
+    q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
+  } else {
+    for (int h = 0; h < 2; ++h) {
+      q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
+    }
+  }
+  for (int h = 0; h < 2; ++h)
+    v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
+}
+
 // AxpyRows for one token over B consecutive full q8_0 (or, kQ4, q4_0) blocks (32 x B values) at
 // byte `at` of every row: y's 32 x B values stay in 2 x B zmm registers while the rows go by.
 // Every value takes a * (d * q) fused into y, as AxpyRow does (q4_0: q = nibble - 8, in value
@@ -2421,22 +2442,9 @@ void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, c
     const __m512 av = _mm512_set1_ps(ak);
     const std::byte* w = rows[k] + at;
     for (int b = 0; b < B; ++b, w += kBlockBytes) {
-      const __m512 d = _mm512_set1_ps(HalfToFloat(w));
-      __m128i q[2];
-      if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
-        const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-        q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
-        q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
-      } else {
-        for (int h = 0; h < 2; ++h) {
-          q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
-        }
-      }
-      for (int h = 0; h < 2; ++h) {
-        const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
-        acc[b][h] = _mm512_fmadd_ps(av, v, acc[b][h]);
-      }
+      __m512 v[2];
+      DequantBlock32<kQ4>(w, v);
+      for (int h = 0; h < 2; ++h) acc[b][h] = _mm512_fmadd_ps(av, v[h], acc[b][h]);
     }
   }
   for (int b = 0; b < B; ++b) {
@@ -2482,23 +2490,9 @@ void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t block
     float* yb = y + uint64_t{b} * kBlock;
     __m512 acc[2] = {_mm512_loadu_ps(yb), _mm512_loadu_ps(yb + 16)};
     for (int r = 0; r < R; ++r) {
-      const std::byte* p = w[r] + uint64_t{b} * kBlockBytes;
-      const __m512 d = _mm512_set1_ps(HalfToFloat(p));
-      __m128i q[2];
-      if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
-        const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-        q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
-        q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
-      } else {
-        for (int h = 0; h < 2; ++h) {
-          q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 + 16 * h));
-        }
-      }
-      for (int h = 0; h < 2; ++h) {
-        const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
-        acc[h] = _mm512_fmadd_ps(a[r], v, acc[h]);
-      }
+      __m512 v[2];
+      DequantBlock32<kQ4>(w[r] + uint64_t{b} * kBlockBytes, v);
+      for (int h = 0; h < 2; ++h) acc[h] = _mm512_fmadd_ps(a[r], v[h], acc[h]);
     }
     _mm512_storeu_ps(yb, acc[0]);
     _mm512_storeu_ps(yb + 16, acc[1]);
@@ -2574,23 +2568,8 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, cons
     bool any = false;
     for (int t = 0; t < NT; ++t) any |= ak[t] != 0.0f;
     if (!any) continue;
-    const std::byte* w = rows[k] + at;
-    const __m512 d = _mm512_set1_ps(HalfToFloat(w));
-    __m128i q[2];
-    if constexpr (kQ4) {  // values 0-15: low nibbles of the 16 bytes; 16-31: high nibbles
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2));
-      const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-      q[0] = _mm_sub_epi8(_mm_and_si128(bytes, low4), eight);
-      q[1] = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), eight);
-    } else {
-      for (int h = 0; h < 2; ++h) {
-        q[h] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
-      }
-    }
     __m512 v[2];
-    for (int h = 0; h < 2; ++h) {
-      v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q[h])));
-    }
+    DequantBlock32<kQ4>(rows[k] + at, v);
     for (int t = 0; t < NT; ++t) {
       if (ak[t] == 0.0f) continue;
       const __m512 at_t = _mm512_set1_ps(ak[t]);

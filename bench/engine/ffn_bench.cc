@@ -118,25 +118,16 @@ struct BundleFfn {
 };
 
 // One model of each kind at a time (the last dtype asked for): 0.8-0.9 GB each.
-const DenseFfn& Dense(layout::DType dtype) {
-  static std::unique_ptr<DenseFfn> d;
+template <typename Model>
+const Model& Held(layout::DType dtype) {
+  static std::unique_ptr<Model> m;
   static layout::DType held;
-  if (!d || held != dtype) {
-    d.reset();
-    d = std::make_unique<DenseFfn>(dtype);
+  if (!m || held != dtype) {
+    m.reset();
+    m = std::make_unique<Model>(dtype);
     held = dtype;
   }
-  return *d;
-}
-const BundleFfn& Bundles(layout::DType dtype) {
-  static std::unique_ptr<BundleFfn> b;
-  static layout::DType held;
-  if (!b || held != dtype) {
-    b.reset();
-    b = std::make_unique<BundleFfn>(dtype);
-    held = dtype;
-  }
-  return *b;
+  return *m;
 }
 
 // Floats on 64-byte boundaries, as the engine's arena gives its kernels (threads that split a
@@ -166,7 +157,7 @@ Floats Input(uint32_t n) {
 void BM_DenseFfn(benchmark::State& state) {
   const uint32_t threads = static_cast<uint32_t>(state.range(0));
   const uint32_t n = static_cast<uint32_t>(state.range(1));
-  const DenseFfn& d = Dense(kDTypes[state.range(2)]);
+  const DenseFfn& d = Held<DenseFfn>(kDTypes[state.range(2)]);
   ThreadPool pool(threads);
   const Floats x = Input(n);
   Floats g(uint64_t{n} * kHidden), u(g.size()), out(uint64_t{n} * kDim);
@@ -187,7 +178,7 @@ void BM_DenseFfn(benchmark::State& state) {
 void RunBundles(benchmark::State& state, uint32_t every) {
   const uint32_t threads = static_cast<uint32_t>(state.range(0));
   const uint32_t n = static_cast<uint32_t>(state.range(1));
-  const BundleFfn& b = Bundles(kDTypes[state.range(2)]);
+  const BundleFfn& b = Held<BundleFfn>(kDTypes[state.range(2)]);
   ThreadPool pool(threads);
   auto kernel = BundleFfnKernel::Create(b.geometry, kHidden, n, kChunk, false, pool);
   CHECK_OK(kernel.status());
