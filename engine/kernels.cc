@@ -2275,6 +2275,15 @@ __attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* bl
   }
 }
 
+// Requests the kBytes bytes at p (every cache line they touch) into L1.
+template <uint32_t kBytes>
+__attribute__((always_inline)) inline void PrefetchBytes(const std::byte* p) {
+  for (uint32_t l = 0; l < kBytes; l += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
+  }
+  _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
+}
+
 // One token, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, its 256 values of y
 // stay in 16 registers while every row's super-block is dequantised and added (rows in order,
 // each y value's fused terms as AxpyRow's).
@@ -2289,13 +2298,7 @@ void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_loadu_ps(yb + 16 * i);
     for (size_t k = 0; k < rows.size(); ++k) {
-      if (k + kAhead < rows.size()) {
-        const std::byte* p = rows[k + kAhead] + at;
-        for (uint32_t l = 0; l < kBytes; l += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
-        }
-        _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
-      }
+      if (k + kAhead < rows.size()) PrefetchBytes<kBytes>(rows[k + kAhead] + at);
       const float ak = a[k * a_stride];
       if (ak == 0.0f) continue;  // as AxpyRow skips it
       const __m512 av = _mm512_set1_ps(ak);
@@ -2332,13 +2335,7 @@ void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32
       const uint32_t nt = std::min(kKTokenTile, n_tokens - t0);
       float* yb = y + t0 * y_stride + uint64_t{b} * layout::kKBlockValues;
       for (size_t k = 0; k < rows.size(); ++k) {
-        if (k + kAhead < rows.size()) {
-          const std::byte* p = rows[k + kAhead] + at;
-          for (uint32_t l = 0; l < kBytes; l += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
-          }
-          _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
-        }
+        if (k + kAhead < rows.size()) PrefetchBytes<kBytes>(rows[k + kAhead] + at);
         const float* ak = a + k * a_stride + t0;
         bool any = false;
         for (uint32_t t = 0; t < nt; ++t) any |= ak[t] != 0.0f;
