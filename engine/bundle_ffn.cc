@@ -1,7 +1,5 @@
 #include "engine/bundle_ffn.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -295,7 +293,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
             continue;
           }
         }
-        _mm_pause();  // every unit is claimed: wait for a part to come free or a unit to land
+        __builtin_ia32_pause();  // every unit is claimed: wait for a part to come free or a unit to land
       }
       predicted_counts_[uint64_t{th} * 8] += computed;
       predicted_counts_[uint64_t{th} * 8 + 1] += fired;

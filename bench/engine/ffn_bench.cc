@@ -6,11 +6,11 @@
 //   (a resident store's layout), in calls of 256 positions: what a store runs with every bundle
 //   resident in dense mode. BundlesSparse computes every 10th neuron only (a sparse set's
 //   scattered bundles).
-// Arguments: threads, tokens a pass, dtype (0 q8_0, 1 q4_0, 2 q4_K). One iteration is one pass over the 22 layers; its
-// bytes_per_second counts the weight bytes that pass reads. The weights are random (a speed
-// measurement only: tests/engine/bundle_ffn_test.cc checks the kernel against the matrices).
-// Run (medians of 7, see docs/benchmarks.md):
-//   build/bench/flashlm_ffn_bench --benchmark_repetitions=7 --benchmark_report_aggregates_only
+// Arguments: threads, tokens a pass, dtype (0 q8_0, 1 q4_0, 2 q4_K). One iteration is one pass
+// over the 22 layers; its bytes_per_second counts the weight bytes that pass reads. The weights
+// are random (a speed measurement only: tests/engine/bundle_ffn_test.cc checks the kernel
+// against the matrices). Run (medians of 5, as in docs/benchmarks.md):
+//   build/bench/flashlm_ffn_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
