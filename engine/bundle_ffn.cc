@@ -166,11 +166,28 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
   const uint32_t m = static_cast<uint32_t>(std::min<uint64_t>(group, end - k0));
   const std::byte* rows[kStripGroupRows];
   uint32_t row_count = 0;
+  // The next group's bundles, when they follow one another (resident bundles, a merged read):
+  // asked for in step with this group's gate/up reads (DotRows' `ahead`), so that they arrive
+  // while these compute. Not for one q8_0 token, whose strip kernel asks for its rows' next
+  // bytes as it reads (kQ8Lead below): asking for the whole next group as well gained nothing.
+  ConstByteSpan ahead;
+  if (!q8_token && k0 + group < end) {
+    const uint64_t next_end = std::min<uint64_t>(k0 + 2 * group, end);
+    bool chain = true;
+    for (uint64_t k = k0 + group + 1; k < next_end && chain; ++k) {
+      chain = Adjacent(bundles[k - 1], bundles[k]);
+    }
+    if (chain) {
+      ahead = ConstByteSpan(
+          bundles[k0 + group],
+          static_cast<uint64_t>(bundles[next_end - 1] - bundles[k0 + group]) + g_.bundle_bytes);
+    }
+  }
   for (uint32_t j = 0; j < m; ++j) {
     const std::byte* bundle = bundles[k0 + j];
     if (!separate_) rows[row_count++] = bundle;
     rows[row_count++] = bundle + g_.up_offset();
-    if (k0 + group + j < end) {  // the next group's bundles
+    if (ahead.empty() && k0 + group + j < end) {  // the next group's bundles
       const std::byte* next = bundles[k0 + group + j];
       if (q8_token) {
         for (uint32_t r = 0; r < per_bundle; ++r) Prefetch(next + r * g_.part_bytes, kQ8Lead);
@@ -180,7 +197,8 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
       }
     }
   }
-  DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_, tile);
+  DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_, tile,
+          ahead);
   for (uint32_t j = 0; j < m; ++j) {
     const uint64_t k = k0 + j;
     const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
@@ -233,20 +251,26 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   const uint32_t down_block = DownBlock(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
-  if (n == 1 && g_.dtype == layout::DType::kQ8_0) {
-    // One token of q8_0: bundles go in units (at one thread a group of bundles, at T threads 1/T of
-    // the call's groups each, so that each thread reads one contiguous run), and a unit's down
-    // columns are added soon after its gate/up rows were read. The outputs are cut into one part
-    // per thread; a part takes the units in position order, so every out value sums its terms in
-    // position order, as the batch path below does (bit-identical to it, whatever the threads).
-    // Any thread computes any unit's h (claimed from a counter) and, between units, adds every
-    // unit whose h is ready to whichever part it can lock: no thread waits on a chunk that
-    // another thread must run, so this finishes even if the pool runs every chunk on one thread.
-    // Measured (bench/engine/ffn_bench.cc, 1b q8_0, 2 threads, ms a pass): a group a unit 47-57,
-    // 4 groups 46, 8 45, half the call 43-45; the two phases below 49-52. Not for q4_0 / q4_K:
-    // with scattered bundles (a sparse set) this schedule was 15-40% slower than the two phases
-    // for them, and with adjacent ones at one thread no faster (docs/benchmarks.md, "Bundle FFN
-    // against the matrices, measured alone").
+  bool q4_threads = n == 1 && g_.dtype == layout::DType::kQ4_0 && pool_.size() > 1;
+  for (uint32_t k = 1; k < count && q4_threads; ++k)
+    q4_threads = Adjacent(bundles[k - 1], bundles[k]);
+  if (n == 1 && (g_.dtype == layout::DType::kQ8_0 || q4_threads)) {
+    // One token of q8_0, or of q4_0 at several threads with every bundle of the call right after
+    // the one before (resident, a merged read): bundles go in units (q8_0 at one thread a
+    // group of bundles, else 1/T of the call's groups each at T threads, so that each thread
+    // reads one contiguous run), and a unit's down columns are added soon after its gate/up rows
+    // were read. The outputs are cut into one part per thread; a part takes the units in
+    // position order, so every out value sums its terms in position order, as the batch path
+    // below does (bit-identical to it, whatever the threads). Any thread computes any unit's h
+    // (claimed from a counter) and, between units, adds every unit whose h is ready to whichever
+    // part it can lock: no thread waits on a chunk that another thread must run, so this
+    // finishes even if the pool runs every chunk on one thread.
+    // Measured (bench/engine/ffn_bench.cc, 1b, ms a pass): q8_0 at 2 threads, a group a unit
+    // 47-57, 4 groups 46, 8 45, half the call 43-45, the two phases below 49-52; q4_0 at 2
+    // threads, half the call 29.5-29.8 against 32.6-32.8; at one thread a group a unit 65 against
+    // 54, so q4_0 takes the two phases there, and on scattered bundles (a sparse set), where this
+    // schedule was slower. Not for q4_K: no faster at 2 threads (34.1-35.0 against 34.4-35.0)
+    // and slower at one (61-62 against 56).
     const uint32_t parts = std::min<uint32_t>(pool_.size(), blocks);
     const uint64_t groups = CeilDiv(count, group);
     const uint64_t unit = group * (parts == 1 ? 1 : CeilDiv(groups, parts));

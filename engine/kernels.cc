@@ -565,6 +565,23 @@ __attribute__((always_inline)) inline __m512i StripValues(__m512i v) {
   return v;
 }
 
+// A region a caller reads after the current strip (DotRows' `ahead`), prefetched into L2 a slice
+// per step of the strip kernel, so that its reads overlap the strip's compute instead of running
+// before it: Slice(i) asks for bytes [i * step, (i + 1) * step) (whole lines).
+struct AheadRegion {
+  const std::byte* p = nullptr;
+  uint64_t bytes = 0, step = 0;
+  AheadRegion() = default;
+  AheadRegion(ConstByteSpan region, uint32_t steps)
+      : p(region.data()), bytes(region.size()), step(CeilDiv(CeilDiv(bytes, steps), 64) * 64) {}
+  __attribute__((always_inline)) void Slice(uint32_t i) const {
+    const uint64_t end = std::min(bytes, (uint64_t{i} + 1) * step);
+    for (uint64_t o = uint64_t{i} * step; o < end; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T1);
+    }
+  }
+};
+
 // The strip of rows [r0, r0 + nr) of a matrix, nr = min(16, row_end - r0): row[i] = row r0 + i
 // (rows past nr repeat the last one; their lanes are computed and dropped), offsets lane i =
 // row[i] - row[0] in bytes (the gathers' indices: int32, which the callers CHECK), mask = the nr
@@ -578,6 +595,8 @@ struct StripRows {
   __mmask16 mask;
   const std::byte* next;
   uint64_t next_bytes;
+  // DotRows' `ahead` region (empty elsewhere): slice i of it is prefetched at the kernel's step i.
+  AheadRegion ahead;
 };
 inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, StripRows* s,
                        uint32_t prefetch_strips = kPrefetchStrips) {
@@ -762,11 +781,12 @@ __attribute__((always_inline)) inline void BlockOneToken(const __m512i* w, __m51
 template <bool kQ8>
 void StripDecode(const std::byte* const* row, __m512i offsets, uint32_t nb, uint64_t rb,
                  const int8_t* xq, const float* xd, const int32_t* xi, const std::byte* next,
-                 uint64_t next_bytes, __m512* acc) {
+                 uint64_t next_bytes, __m512* acc, const AheadRegion& ahead = {}) {
   if constexpr (kQ8) {
     const uint32_t pairs = static_cast<uint32_t>(CeilDiv(nb, 2));
     for (uint32_t p = 0; p < pairs; ++p) {
       PrefetchStripAhead<kQ8PairBytes, kQ8PrefetchPairs>(row, rb, p, pairs, next, next_bytes);
+      ahead.Slice(p);
       for (uint32_t b = 2 * p; b < std::min(nb, 2 * p + 2); ++b) {
         __m512i w[8];
         __m512 d;
@@ -776,10 +796,11 @@ void StripDecode(const std::byte* const* row, __m512i offsets, uint32_t nb, uint
     }
   } else {
     for (uint32_t b = 0; b < nb; ++b) {
-      const uint64_t ahead = uint64_t{b} * kStrip * kQ4Bytes;
-      for (uint64_t o = ahead; o < ahead + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
+      const uint64_t at = uint64_t{b} * kStrip * kQ4Bytes;
+      for (uint64_t o = at; o < at + kStrip * kQ4Bytes && o < next_bytes; o += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
       }
+      ahead.Slice(b);
       __m512i w[8];
       __m512 d;
       LoadBlock<false>(row, offsets, b, w, &d);
@@ -1128,6 +1149,7 @@ struct RowMajorK {
   }
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     PrefetchStripAhead<kBytes, kPrefetchSuperBlocks>(s->row, rb, sb, nsb, s->next, s->next_bytes);
+    s->ahead.Slice(sb);
   }
 };
 
@@ -1374,7 +1396,7 @@ void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
 // the strip's own rows. False (nothing written) where the q4_0 scales' gather cannot reach a
 // row (rows more than 2 GiB apart).
 bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
-                   uint32_t n_tokens, ConstByteSpan quantized_x, float* out) {
+                   uint32_t n_tokens, ConstByteSpan quantized_x, float* out, ConstByteSpan ahead) {
   const uint32_t count = static_cast<uint32_t>(rows.size());
   const uint64_t rb = layout::RowBytes(dtype, cols);
   const uint32_t nb = Blocks(cols);
@@ -1392,6 +1414,13 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
     s.mask = static_cast<__mmask16>((1u << s.nr) - 1);
     s.next = nullptr;
     s.next_bytes = 0;
+    if (k0 + kStrip >= count && !ahead.empty()) {  // the last strip: one slice a kernel step
+      const bool k = dtype == DType::kQ4_K || dtype == DType::kQ6_K;
+      const bool q8_token = dtype == DType::kQ8_0 && n_tokens == 1;
+      s.ahead = AheadRegion(ahead, static_cast<uint32_t>(k          ? CeilDiv(nb, 8)
+                                                         : q8_token ? CeilDiv(nb, 2)
+                                                                    : nb));
+    }
     alignas(64) int32_t off[kStrip];
     for (uint32_t i = 0; i < kStrip; ++i) {
       s.row[i] = rows[k0 + std::min(i, s.nr - 1)];
@@ -1419,9 +1448,9 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
       const QToken x = QTokenAt(quantized_x, cols, 0);
       __m512 acc = _mm512_setzero_ps();
       if (q8) {
-        StripDecode<true>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc);
+        StripDecode<true>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc, s.ahead);
       } else {
-        StripDecode<false>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc);
+        StripDecode<false>(s.row, s.offsets, nb, rb, x.q, x.d, x.isum, nullptr, 0, &acc, s.ahead);
       }
       store(0, acc);
       continue;
@@ -1436,6 +1465,7 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
       for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
         const uint32_t n = std::min(kStripChunk, nb - b0);
         for (uint32_t j = 0; j < n; ++j) {
+          s.ahead.Slice(b0 + j);
           if (q8) {
             PackBlock<true>(s.row, s.offsets, b0 + j, &pk[j]);
             continue;
@@ -1815,13 +1845,14 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 }
 
 void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
-             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out) {
+             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out,
+             ConstByteSpan ahead) {
   CHECK(MatMulSupports(dtype));
   const uint32_t count = static_cast<uint32_t>(rows.size());
 #ifdef FLASHLM_AVX512_VNNI
   if ((dtype == DType::kQ8_0 || dtype == DType::kQ4_0 || dtype == DType::kQ4_K ||
        dtype == DType::kQ6_K) &&
-      DotRowsStrips(dtype, cols, rows, n_tokens, quantized_x, out)) {
+      DotRowsStrips(dtype, cols, rows, n_tokens, quantized_x, out, ahead)) {
     return;
   }
 #endif

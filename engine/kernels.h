@@ -127,10 +127,13 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
 // bit-identical to MatMulRows's for a matrix holding that row (any batch, any row range). Rows go
 // in the given order; q8_0, q4_0, q4_K and q6_K rows 16 at a time as one strip of MatMul's strip
 // kernels (one lane a row; a single row would fill all 16 lanes with itself); other dtypes row
-// by row through MatMulRows. Precondition (CHECKed): MatMulSupports(dtype). Single-threaded,
-// allocates nothing.
+// by row through MatMulRows. `ahead` (optional): memory the caller reads next (the next bundles),
+// prefetched into L2 in step with the strip kernels' reads so that it arrives while they compute
+// (rows taken row by row ignore it). Precondition (CHECKed): MatMulSupports(dtype).
+// Single-threaded, allocates nothing.
 void DotRows(layout::DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
-             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out);
+             std::span<const float> x, uint32_t n_tokens, ConstByteSpan quantized_x, float* out,
+             ConstByteSpan ahead = {});
 
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
