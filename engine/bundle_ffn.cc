@@ -37,6 +37,13 @@ bool BundleFfnKernel::Adjacent(const std::byte* bundle, const std::byte* next) c
   return at >= end && at - end <= kAdjacentGap;
 }
 
+bool BundleFfnKernel::Chained(std::span<const std::byte* const> bundles) const {
+  for (size_t k = 1; k < bundles.size(); ++k) {
+    if (!Adjacent(bundles[k - 1], bundles[k])) return false;
+  }
+  return true;
+}
+
 uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
   return AlignUp(uint64_t{kStripGroupRows} * max_batch, 64 / sizeof(float));
 }
@@ -174,11 +181,7 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
   ConstByteSpan ahead;
   if (!q8_token && k0 + group < end) {
     const uint64_t next_end = std::min<uint64_t>(k0 + 2 * group, end);
-    bool chain = true;
-    for (uint64_t k = k0 + group + 1; k < next_end && chain; ++k) {
-      chain = Adjacent(bundles[k - 1], bundles[k]);
-    }
-    if (chain) {
+    if (Chained(bundles.subspan(k0 + group, next_end - k0 - group))) {
       ahead = ConstByteSpan(
           bundles[k0 + group],
           static_cast<uint64_t>(bundles[next_end - 1] - bundles[k0 + group]) + g_.bundle_bytes);
@@ -252,9 +255,8 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
   const uint32_t down_block = DownBlock(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
-  bool q4_threads = n == 1 && g_.dtype == layout::DType::kQ4_0 && pool_.size() > 1;
-  for (uint32_t k = 1; k < count && q4_threads; ++k)
-    q4_threads = Adjacent(bundles[k - 1], bundles[k]);
+  const bool q4_threads =
+      n == 1 && g_.dtype == layout::DType::kQ4_0 && pool_.size() > 1 && Chained(bundles);
   if (n == 1 && (g_.dtype == layout::DType::kQ8_0 || q4_threads)) {
     // One token of q8_0, or of q4_0 at several threads with every bundle of the call right after
     // the one before (resident, a merged read): bundles go in units (q8_0 at one thread a

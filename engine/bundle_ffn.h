@@ -107,6 +107,8 @@ class BundleFfnKernel {
   // Whether `next` starts right after `bundle` ends (within kAdjacentGap bytes: resident
   // bundles, a merged read), so that reading both is one stream.
   bool Adjacent(const std::byte* bundle, const std::byte* next) const;
+  // Whether each of `bundles` is Adjacent to the one before it (one stream front to back).
+  bool Chained(std::span<const std::byte* const> bundles) const;
   struct Layout {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;

@@ -1392,9 +1392,9 @@ void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
 
 // DotRows for q4_0 / q4_K / q6_K: the rows 16 at a time as one row-major strip (rows anywhere
 // in memory; the last one repeated to fill the strip, its lanes dropped), so each row's result
-// is the lane MatMul's strip kernels compute for it: bit-identical. Nothing is prefetched past
-// the strip's own rows. False (nothing written) where the q4_0 scales' gather cannot reach a
-// row (rows more than 2 GiB apart).
+// is the lane MatMul's strip kernels compute for it: bit-identical. Past the strips' own rows only
+// `ahead` is prefetched, spread over the last strip's kernel steps. False (nothing written) where
+// the q4_0 scales' gather cannot reach a row (rows more than 2 GiB apart).
 bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
                    uint32_t n_tokens, ConstByteSpan quantized_x, float* out, ConstByteSpan ahead) {
   const uint32_t count = static_cast<uint32_t>(rows.size());
