@@ -2344,48 +2344,94 @@ void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint
   }
 }
 
-// Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice and up to
-// kKTokenTile tokens at a time, the tokens' 256 values of y stay in L1 (8 KiB) while every row's
-// super-block is dequantised once in registers and added to each token (rows in order, zero
-// coefficients skipped: each y value's fused terms as AxpyRow's, which adds whole rows to every
-// token's y instead, 128 KiB of y a row for 16 tokens of a 2048-wide slice). Tokens' rows of y
-// whose stride is a multiple of 4 KiB (a 2048-wide model: 8 KiB) fall in the same L1 sets, so
-// 16 tokens' lines overflow the 12 ways and thrash: measured (bench/engine/ffn_bench.cc, 1b q4_K
-// bundles, 16 tokens, 1 thread) 603 ms a pass at 16 tokens a tile, 299 at 8, 321 at 4, against
-// 661-686 through AxpyRow.
-constexpr uint32_t kKTokenTile = 8;
+// Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, rows go
+// kKChunkRows at a time: each row's super-block is dequantised once into an L1 buffer (rows whose
+// coefficients are all zero are left out), then for up to 16 tokens at a time and each 16 values
+// of the super-block, the tokens' y stay in registers while the chunk's rows go by
+// (AxpyKChunkTokens). Rows in order, zero coefficients skipped: each y value's fused terms as
+// AxpyRow's, bit-identical to it. Measured (bench/engine/ffn_bench.cc, 1b q4_K bundles, 16
+// tokens, 1 thread): y in L1 and a load, FMA and store of it per token and row, 8 tokens a tile,
+// 226 ms a pass; this, 181 (2 threads: 122 and 109).
+constexpr uint32_t kKChunkRows = 16;
+
+// The chunk's `count` dequantised super-blocks v[i] (256 floats each) into y's NT tokens (y_stride
+// apart) x 256 values, row i taking coefficient a[src[i] * a_stride + t] for token t.
+template <int NT>
+void AxpyKChunkTokens(const float (*v)[layout::kKBlockValues], const uint32_t* src, uint32_t count,
+                      const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
+  constexpr __mmask16 kTokens = static_cast<__mmask16>((1u << NT) - 1);
+  __mmask16 nonzero[kKChunkRows];
+  for (uint32_t i = 0; i < count; ++i) {
+    nonzero[i] =
+        _mm512_mask_cmp_ps_mask(kTokens, _mm512_maskz_loadu_ps(kTokens, a + src[i] * a_stride),
+                                _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  }
+  for (uint32_t j = 0; j < layout::kKBlockValues; j += 16) {
+    __m512 acc[NT];
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + j);
+    for (uint32_t i = 0; i < count; ++i) {
+      const __mmask16 m = nonzero[i];
+      if (m == 0) continue;
+      const float* ak = a + src[i] * a_stride;
+      const __m512 vi = _mm512_load_ps(v[i] + j);
+      if (m == kTokens) {  // every token: no mask per token
+#pragma GCC unroll 16
+        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(ak[t]), vi, acc[t]);
+        continue;
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) {  // a token with a zero coefficient keeps its y
+        const __mmask16 take = static_cast<__mmask16>(-(m >> t & 1));
+        acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), vi, acc[t], take);
+      }
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + j, acc[t]);
+  }
+}
+
 template <bool kQ6>
 void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
                  const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
                  uint64_t y_stride) {
+  using ChunkTokens = void (*)(const float(*)[layout::kKBlockValues], const uint32_t*, uint32_t,
+                               const float*, uint64_t, float*, uint64_t);
+  static constexpr ChunkTokens kByTokens[] = {
+      AxpyKChunkTokens<1>,  AxpyKChunkTokens<2>,  AxpyKChunkTokens<3>,  AxpyKChunkTokens<4>,
+      AxpyKChunkTokens<5>,  AxpyKChunkTokens<6>,  AxpyKChunkTokens<7>,  AxpyKChunkTokens<8>,
+      AxpyKChunkTokens<9>,  AxpyKChunkTokens<10>, AxpyKChunkTokens<11>, AxpyKChunkTokens<12>,
+      AxpyKChunkTokens<13>, AxpyKChunkTokens<14>, AxpyKChunkTokens<15>, AxpyKChunkTokens<16>};
   constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
   constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead
+  alignas(64) float v[kKChunkRows][layout::kKBlockValues];
+  uint32_t src[kKChunkRows];
   for (uint32_t b = 0; b < blocks; ++b) {
     const uint64_t at = offset + uint64_t{b} * kBytes;
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kKTokenTile) {
-      const uint32_t nt = std::min(kKTokenTile, n_tokens - t0);
-      float* yb = y + t0 * y_stride + uint64_t{b} * layout::kKBlockValues;
-      for (size_t k = 0; k < rows.size(); ++k) {
+    const uint64_t yb = uint64_t{b} * layout::kKBlockValues;
+    for (size_t c0 = 0; c0 < rows.size(); c0 += kKChunkRows) {
+      const size_t c1 = std::min<size_t>(c0 + kKChunkRows, rows.size());
+      uint32_t count = 0;
+      for (size_t k = c0; k < c1; ++k) {
         if (k + kAhead < rows.size()) PrefetchBytes<kBytes>(rows[k + kAhead] + at);
-        const float* ak = a + k * a_stride + t0;
+        const float* ak = a + k * a_stride;
         bool any = false;
-        for (uint32_t t = 0; t < nt; ++t) any |= ak[t] != 0.0f;
+        for (uint32_t t = 0; t < n_tokens && !any; ++t) any = ak[t] != 0.0f;
         if (!any) continue;
-        __m512 v[16];
-        const auto put = [&](int i, __m512 x) { v[i] = x; };
+        float* vi = v[count];
+        const auto put = [&](int i, __m512 x) { _mm512_store_ps(vi + 16 * i, x); };
         if constexpr (kQ6) {
           DequantQ6KBlock16(rows[k] + at, put);
         } else {
           DequantQ4KBlock16(rows[k] + at, put);
         }
-        for (uint32_t t = 0; t < nt; ++t) {
-          if (ak[t] == 0.0f) continue;
-          const __m512 av = _mm512_set1_ps(ak[t]);
-          float* yt = yb + t * y_stride;
-          for (int i = 0; i < 16; ++i) {
-            _mm512_storeu_ps(yt + 16 * i, _mm512_fmadd_ps(av, v[i], _mm512_loadu_ps(yt + 16 * i)));
-          }
-        }
+        src[count++] = static_cast<uint32_t>(k - c0);
+      }
+      if (count == 0) continue;
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 16) {
+        const uint32_t nt = std::min(16u, n_tokens - t0);
+        kByTokens[nt - 1](v, src, count, a + c0 * a_stride + t0, a_stride, y + t0 * y_stride + yb,
+                          y_stride);
       }
     }
   }
