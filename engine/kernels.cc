@@ -2536,7 +2536,7 @@ void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, c
 // are bit-identical to AxpyRow. Measured (bench/engine/ffn_bench.cc, 1b q8_0 bundles, 1 thread,
 // fused): 83 ms a pass through AxpyQ8BlocksOneToken, 79 through the sweep without prefetches,
 // 72 with kSweepAheadBlocks = 16 (4: 78, 8: 73, 24: 72, 32: 75).
-constexpr size_t kSweepMaxRows = 16;
+constexpr size_t kSweepMaxRows = kAxpySweepRows;
 constexpr int kSweepRows = 4;               // rows whose terms each y vector takes per load/store
 constexpr uint32_t kSweepAheadBlocks = 16;  // blocks of each row requested ahead
 
