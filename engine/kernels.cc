@@ -209,8 +209,13 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
           float* out) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
 #ifdef FLASHLM_AVX2
-  // U independent accumulators per token keep the FMA latency chain from bounding a row.
-  constexpr int U = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  // One token: 4 accumulators (blocks b % 4), summed at the end, keep the FMA latency chain from
+  // bounding a row (with one, q8_0 decode ran 10% slower on AVX2). Several tokens: one per token,
+  // blocks in order, as TileQ's per (row, token), so that a row's result does not depend on
+  // whether MatMulRows tiles it: DotRows gives MatMul's bits. (Two accumulators for two tokens
+  // broke that.) On AVX2 without AVX-512 a token's result can therefore differ in its last bits
+  // between a batch and one-token decode; the AVX-512 strip kernels give the same bits in both.
+  constexpr int U = NT == 1 ? 4 : 1;
   __m256 acc[NT][U];
   for (int t = 0; t < NT; ++t) {
     for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
@@ -2003,12 +2008,12 @@ void Softmax(std::span<float> x) {
   if (x.empty()) return;
   float mx = x[0];
   for (float v : x) mx = std::max(mx, v);
-  float sum = 0.0f;
+  double sum = 0.0;  // a float sum drifts ~5e-7 relative over 1000 terms
   for (float& v : x) {
     v = std::exp(v - mx);
     sum += v;
   }
-  const float inv = 1.0f / sum;
+  const float inv = static_cast<float>(1.0 / sum);
   for (float& v : x) v *= inv;
 }
 #endif
