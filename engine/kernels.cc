@@ -2349,6 +2349,46 @@ void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint
   }
 }
 
+// The batch down kernels' shared steps (AxpyKChunkTokens, AxpyQ8BlockTokens, AxpyQ8HalfTokens).
+// NonzeroTokens: bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
+// C++'s !=, NaN included). AddTokens: acc[t] += ak[t] * v (one fused multiply-add) for the tokens
+// whose bit is set; a token with a zero coefficient keeps its acc, as AxpyRow skips it. A row
+// with every bit set (a dense batch) takes its FMAs without a mask per token. (Measured,
+// bench/engine/ffn_bench.cc, 1b q8_0, 16 tokens, 1 thread: a branch per token, 258 ms a pass;
+// one compare a row, 220; no mask for full rows, 181. The #pragma unrolls keep GCC 12 from
+// storing the accumulators to the stack every row.)
+template <int NT>
+__attribute__((always_inline)) inline __mmask16 NonzeroTokens(const float* ak) {
+  constexpr __mmask16 kTokens = static_cast<__mmask16>((1u << NT) - 1);
+  return _mm512_mask_cmp_ps_mask(kTokens, _mm512_maskz_loadu_ps(kTokens, ak), _mm512_setzero_ps(),
+                                 _CMP_NEQ_UQ);
+}
+template <int NT>
+__attribute__((always_inline)) inline void AddTokens(__m512* acc, const float* ak, __m512 v,
+                                                     __mmask16 nonzero) {
+  constexpr __mmask16 kTokens = static_cast<__mmask16>((1u << NT) - 1);
+  if (nonzero == kTokens) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t]);
+    return;
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    const __mmask16 take = static_cast<__mmask16>(-(nonzero >> t & 1));
+    acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t], take);
+  }
+}
+// Asks for the block at byte `at` of rows[k + kAhead] (both its ends), if there is one.
+template <uint64_t kBlockBytes>
+__attribute__((always_inline)) inline void PrefetchBlockAhead(
+    std::span<const std::byte* const> rows, size_t k, uint64_t at) {
+  constexpr size_t kAhead = 16;  // rows ahead (8: 3-4% slower, 32 and 64 no faster)
+  if (k + kAhead >= rows.size()) return;
+  const std::byte* p = rows[k + kAhead] + at;
+  __builtin_prefetch(p, 0, 3);
+  __builtin_prefetch(p + kBlockBytes - 1, 0, 3);
+}
+
 // Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, rows go
 // kKChunkRows at a time: each row's super-block is dequantised once into an L1 buffer (rows whose
 // coefficients are all zero are left out), then for up to 16 tokens at a time and each 16 values
@@ -2364,32 +2404,15 @@ constexpr uint32_t kKChunkRows = 16;
 template <int NT>
 void AxpyKChunkTokens(const float (*v)[layout::kKBlockValues], const uint32_t* src, uint32_t count,
                       const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
-  constexpr __mmask16 kTokens = static_cast<__mmask16>((1u << NT) - 1);
   __mmask16 nonzero[kKChunkRows];
-  for (uint32_t i = 0; i < count; ++i) {
-    nonzero[i] =
-        _mm512_mask_cmp_ps_mask(kTokens, _mm512_maskz_loadu_ps(kTokens, a + src[i] * a_stride),
-                                _mm512_setzero_ps(), _CMP_NEQ_UQ);
-  }
+  for (uint32_t i = 0; i < count; ++i) nonzero[i] = NonzeroTokens<NT>(a + src[i] * a_stride);
   for (uint32_t j = 0; j < layout::kKBlockValues; j += 16) {
     __m512 acc[NT];
 #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + j);
     for (uint32_t i = 0; i < count; ++i) {
-      const __mmask16 m = nonzero[i];
-      if (m == 0) continue;
-      const float* ak = a + src[i] * a_stride;
-      const __m512 vi = _mm512_load_ps(v[i] + j);
-      if (m == kTokens) {  // every token: no mask per token
-#pragma GCC unroll 16
-        for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(ak[t]), vi, acc[t]);
-        continue;
-      }
-#pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) {  // a token with a zero coefficient keeps its y
-        const __mmask16 take = static_cast<__mmask16>(-(m >> t & 1));
-        acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), vi, acc[t], take);
-      }
+      if (nonzero[i] == 0) continue;
+      AddTokens<NT>(acc, a + src[i] * a_stride, _mm512_load_ps(v[i] + j), nonzero[i]);
     }
 #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + j, acc[t]);
@@ -2629,55 +2652,31 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
 // `at` of every row: each row's block is dequantised once for all NT tokens, and y's NT x 32
 // values stay in 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused
 // into y (q4_0: q = nibble - 8, in value order as UnpackQ4 gives them), and a token whose
-// coefficient is zero keeps its y, as in AxpyRow: bit-identical to it. The zero test is one
-// compare a row; a row with every coefficient non-zero (a dense batch) takes its FMAs without a
-// test per token, others a masked FMA per token. (Measured, bench/engine/ffn_bench.cc, 1b, 16
-// tokens, 1 thread: a branch per token, 258 ms a pass at q8_0; one compare 220; the unmasked
-// path for full rows 181; the #pragma unrolls keep GCC 12 from storing y's registers to the
-// stack every row.)
+// coefficient is zero keeps its y, as in AxpyRow: bit-identical to it.
 template <int NT, bool kQ4 = false>
 void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, const float* a,
                        uint64_t a_stride, float* y, uint64_t y_stride) {
   constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
-  __m512 acc[NT][2];
+  __m512 lo[NT], hi[NT];  // values 0-15 and 16-31 of each token's y
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) {
-    for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_loadu_ps(y + t * y_stride + 16 * h);
+    lo[t] = _mm512_loadu_ps(y + t * y_stride);
+    hi[t] = _mm512_loadu_ps(y + t * y_stride + 16);
   }
-  const size_t count = rows.size();
-  constexpr __mmask16 kTokens = (1u << NT) - 1;
-  constexpr size_t kAhead = 16;  // rows whose block is requested ahead (8: 3-4% slower)
-  for (size_t k = 0; k < count; ++k) {
-    if (k + kAhead < count) {
-      const std::byte* p = rows[k + kAhead] + at;
-      __builtin_prefetch(p, 0, 3);
-      __builtin_prefetch(p + kBlockBytes - 1, 0, 3);
-    }
+  for (size_t k = 0; k < rows.size(); ++k) {
+    PrefetchBlockAhead<kBlockBytes>(rows, k, at);
     const float* ak = a + k * a_stride;
-    // The tokens whose coefficient is not zero, in one compare (NEQ_UQ is C++'s !=).
-    const __mmask16 nonzero = _mm512_mask_cmp_ps_mask(kTokens, _mm512_maskz_loadu_ps(kTokens, ak),
-                                                      _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
     __m512 v[2];
     DequantBlock32<kQ4>(rows[k] + at, v);
-    if (nonzero == kTokens) {  // every token (a dense batch): no mask per token
-#pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) {
-        const __m512 at_t = _mm512_set1_ps(ak[t]);
-        for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_fmadd_ps(at_t, v[h], acc[t][h]);
-      }
-      continue;
-    }
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) {  // a token with a zero coefficient keeps its y, unchanged
-      const __mmask16 take = static_cast<__mmask16>(-(nonzero >> t & 1));
-      const __m512 at_t = _mm512_set1_ps(ak[t]);
-      for (int h = 0; h < 2; ++h) acc[t][h] = _mm512_mask3_fmadd_ps(at_t, v[h], acc[t][h], take);
-    }
+    AddTokens<NT>(lo, ak, v[0], nonzero);
+    AddTokens<NT>(hi, ak, v[1], nonzero);
   }
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) {
-    for (int h = 0; h < 2; ++h) _mm512_storeu_ps(y + t * y_stride + 16 * h, acc[t][h]);
+    _mm512_storeu_ps(y + t * y_stride, lo[t]);
+    _mm512_storeu_ps(y + t * y_stride + 16, hi[t]);
   }
 }
 
@@ -2693,24 +2692,16 @@ void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, int h
   __m512 acc[NT];
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + 16 * half);
-  const size_t count = rows.size();
-  constexpr __mmask16 kTokens = static_cast<__mmask16>((1u << NT) - 1);
-  constexpr size_t kAhead = 16;  // rows whose block is requested ahead
   const __m512 kQ4Values = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-  for (size_t k = 0; k < count; ++k) {
-    if (k + kAhead < count) {
-      const std::byte* p = rows[k + kAhead] + at;
-      __builtin_prefetch(p, 0, 3);
-      __builtin_prefetch(p + kBlockBytes - 1, 0, 3);
-    }
+  for (size_t k = 0; k < rows.size(); ++k) {
+    PrefetchBlockAhead<kBlockBytes>(rows, k, at);
     const float* ak = a + k * a_stride;
-    const __mmask16 nonzero = _mm512_mask_cmp_ps_mask(kTokens, _mm512_maskz_loadu_ps(kTokens, ak),
-                                                      _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
     const std::byte* w = rows[k] + at;
     const __m512 d = _mm512_set1_ps(HalfToFloat(w));
     __m512 v;
-    if constexpr (kQ4) {
+    if constexpr (kQ4) {  // as DequantBlock32: looked up in d * (-8 .. 7)
       __m512i bytes =
           _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2)));
       if (half != 0) bytes = _mm512_srli_epi32(bytes, 4);
@@ -2719,16 +2710,7 @@ void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, int h
       v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                                reinterpret_cast<const __m128i*>(w + 2 + 16 * half)))));
     }
-    if (nonzero == kTokens) {  // every token (a dense batch): no mask per token
-#pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t]);
-      continue;
-    }
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) {  // a token with a zero coefficient keeps its y, unchanged
-      const __mmask16 take = static_cast<__mmask16>(-(nonzero >> t & 1));
-      acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t], take);
-    }
+    AddTokens<NT>(acc, ak, v, nonzero);
   }
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + 16 * half, acc[t]);
