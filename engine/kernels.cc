@@ -2781,6 +2781,15 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
   }
 }
 
+bool AxpyRowsSweeps(DType dtype) {
+#ifdef FLASHLM_AVX512
+  return dtype == DType::kQ8_0 || dtype == DType::kQ4_0;
+#else
+  (void)dtype;
+  return false;
+#endif
+}
+
 void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride) {
   CHECK(MatMulSupports(dtype));

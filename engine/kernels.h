@@ -194,6 +194,9 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // time, each row's slice prefetched a few rows ahead.
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
 inline constexpr uint32_t kAxpySweepRows = 16;
+// True where AxpyRows has that front-to-back path for one token of `dtype` (q8_0 / q4_0 built
+// for AVX-512); elsewhere handing it rows kAxpySweepRows at a time gains nothing.
+bool AxpyRowsSweeps(layout::DType dtype);
 void AxpyRows(layout::DType dtype, std::span<const std::byte* const> rows, uint64_t offset,
               uint32_t len, const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
               uint64_t y_stride);
