@@ -2327,7 +2327,10 @@ template <bool kQ6>
 void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
                    const float* a, uint64_t a_stride, float* y) {
   constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
-  constexpr uint32_t kAhead = 2;  // rows' super-blocks requested ahead
+  // Rows' super-blocks requested ahead: 6 against 2, 1b q4_K bundles, one token, 2 threads
+  // (bench/engine/ffn_bench.cc): 29.5-30.2 ms a pass against 31.3-33.7; 1 thread within noise
+  // (52-55 either way; 4 and 8 no better).
+  constexpr uint32_t kAhead = 6;
   for (uint32_t b = 0; b < blocks; ++b) {
     const uint64_t at = offset + uint64_t{b} * kBytes;
     float* yb = y + uint64_t{b} * layout::kKBlockValues;
