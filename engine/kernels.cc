@@ -2501,28 +2501,31 @@ void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t
 #endif
 
 #ifdef FLASHLM_AVX512
-// One full q8_0 (or, kQ4, q4_0) block at w as f32: v[0] values 0-15, v[1] values 16-31, each
+// DequantHalf16: values 0-15 (half 0) or 16-31 (half 1) of the full q8_0 (or, kQ4, q4_0) block at
+// w as f32; DequantBlock32: both, v[0] and v[1]. Each value is
 // d * q exactly (d the f16 scale; q4_0: q = nibble - 8, low nibbles first, as UnpackQ4 orders
 // them): the values AxpyRow adds. q4_0 looks its values up in d * (-8 .. 7), 16 lanes made with
 // one multiply a block (vpermps reads only an index's low 4 bits, so a byte's low nibble needs
 // no mask): the same products, exact either way (an f16 times a 4-bit integer fits an f32), in
 // fewer instructions than converting and scaling each value.
 template <bool kQ4>
-__attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __m512* v) {
+__attribute__((always_inline)) inline __m512 DequantHalf16(const std::byte* w, int half) {
   const __m512 d = _mm512_set1_ps(HalfToFloat(w));
   if constexpr (kQ4) {
     const __m512 values = _mm512_mul_ps(
         d, _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7));
-    const __m512i bytes =
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2)));
-    v[0] = _mm512_permutexvar_ps(bytes, values);                         // low nibbles
-    v[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), values);  // high nibbles
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2)));
+    if (half != 0) bytes = _mm512_srli_epi32(bytes, 4);  // high nibbles
+    return _mm512_permutexvar_ps(bytes, values);
   } else {
-    for (int h = 0; h < 2; ++h) {
-      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * h));
-      v[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
-    }
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 + 16 * half));
+    return _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
   }
+}
+template <bool kQ4>
+__attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __m512* v) {
+  v[0] = DequantHalf16<kQ4>(w, 0);  // inlined: the scale, the lookup table and q4_0's bytes
+  v[1] = DequantHalf16<kQ4>(w, 1);  // are computed once for both halves
 }
 
 // AxpyRows for one token over B consecutive full q8_0 (or, kQ4, q4_0) blocks (32 x B values) at
@@ -2695,25 +2698,12 @@ void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, int h
   __m512 acc[NT];
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + 16 * half);
-  const __m512 kQ4Values = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   for (size_t k = 0; k < rows.size(); ++k) {
     PrefetchBlockAhead<kBlockBytes>(rows, k, at);
     const float* ak = a + k * a_stride;
     const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
-    const std::byte* w = rows[k] + at;
-    const __m512 d = _mm512_set1_ps(HalfToFloat(w));
-    __m512 v;
-    if constexpr (kQ4) {  // as DequantBlock32: looked up in d * (-8 .. 7)
-      __m512i bytes =
-          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2)));
-      if (half != 0) bytes = _mm512_srli_epi32(bytes, 4);
-      v = _mm512_permutexvar_ps(bytes, _mm512_mul_ps(d, kQ4Values));
-    } else {
-      v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                               reinterpret_cast<const __m128i*>(w + 2 + 16 * half)))));
-    }
-    AddTokens<NT>(acc, ak, v, nonzero);
+    AddTokens<NT>(acc, ak, DequantHalf16<kQ4>(rows[k] + at, half), nonzero);
   }
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + 16 * half, acc[t]);

@@ -2,7 +2,7 @@
 # Configures and builds flashlm. Usage: scripts/build.sh [release|asan|avx2] [target...]
 # (default release, every target). release -> build/, asan -> build-asan/ (AddressSanitizer +
 # UndefinedBehaviorSanitizer), avx2 -> build-avx2/ (x86-64-v3: AVX2, FMA, F16C and no AVX-512,
-# whatever this machine has, so that the kernels' AVX2 paths are built and tested here too).
+# even on a machine with AVX-512, so that the kernels' AVX2 paths are built and tested too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
