@@ -151,16 +151,21 @@ inline float ReduceLikeRowF32(__m512 v) {
 
 // R rows x NT tokens of f32 at once (prefill): R x NT accumulators in zmm registers, so each
 // loaded weight vector meets NT tokens and each token vector R rows (4 x 6 = 24 accumulators +
-// 4 weight vectors + 1 token vector of the 32 registers). Columns past the last multiple of 16
-// are added one by one afterwards, as RowF32 does.
+// 4 weight vectors + 1 token vector of the 32 registers). One call covers columns [c0, c1)
+// (multiples of 16); the accumulators start at zero when c0 == 0, else are loaded from `acc_mem`
+// ([R][NT][16] floats), and are stored back there unless `last`. The call with `last` reduces
+// them and adds columns c1 .. n - 1 one by one, as RowF32 does: each lane takes the same fused
+// terms in the same order however the columns are split, so results are bit-identical.
 template <int R, int NT>
-void TileF32(const float* const* w, const float* const* x, uint32_t n, float* out /*[R][NT]*/) {
+void TileF32(const float* const* w, const float* const* x, uint32_t c0, uint32_t c1, uint32_t n,
+             bool last, float* acc_mem, float* out /*[R][NT]*/) {
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < NT; ++t) {
+      acc[r][t] = c0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_mem + (r * NT + t) * 16);
+    }
   }
-  uint32_t c = 0;
-  for (; c + 16 <= n; c += 16) {
+  for (uint32_t c = c0; c < c1; c += 16) {
     __m512 wv[R];
     for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w[r] + c);
     for (int t = 0; t < NT; ++t) {
@@ -171,10 +176,16 @@ void TileF32(const float* const* w, const float* const* x, uint32_t n, float* ou
       for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
     }
   }
+  if (!last) {
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc_mem + (r * NT + t) * 16, acc[r][t]);
+    }
+    return;
+  }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
       float s = ReduceLikeRowF32(acc[r][t]);
-      for (uint32_t k = c; k < n; ++k) s += UnfusedProduct(w[r][k], x[t][k]);
+      for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(w[r][k], x[t][k]);
       out[r * NT + t] = s;
     }
   }
@@ -1550,38 +1561,58 @@ bool IsBlockType(DType t) {
 }
 
 #if defined(FLASHLM_AVX512)
-// ---- Prefill GEMM for f32: weight panels x token groups x register tiles --------------------
+// ---- Prefill GEMM for f32: weight panels x token groups x column chunks x register tiles ----
 // For a batch, rows [row_begin, row_end) are cut into panels of about kPanelBytes of weights
 // (they stay in L2 while every token group passes over them, so each weight byte comes from DRAM
-// once per call), each panel meets the tokens kGroupF32 at a time (their activations stay in L1),
-// and within that, 4 rows at a time meet the group in one register tile (rows left over one
-// at a time, with the same tile code, so results do not depend on where a row falls). A group
-// of one token (the last token of a batch) goes one row at a time. (The block dtypes have
-// strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
-constexpr uint64_t kPanelBytes = 192 << 10;
-constexpr uint32_t kGroupF32 = 6;  // tokens per f32 tile (4 x 6 accumulators)
+// once per call), each panel meets the tokens kGroupF32 at a time, and rows longer than
+// kChunkF32 columns go kChunkF32 columns at a time, so that a group's slice of activations
+// (6 x 4 KiB) stays in L1 while every row of the panel meets it; the register tiles'
+// accumulators wait in a buffer between chunks (TileF32's acc_mem; the same sums bit for bit).
+// Within that, 4 rows at a time meet the group in one register tile (rows left over one at a
+// time, with the same tile code, so results do not depend on where a row falls). A group of one
+// token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
+// 5632-column matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
+// panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks"). (The block
+// dtypes have strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
+constexpr uint64_t kPanelBytes = 640 << 10;
+constexpr uint32_t kGroupF32 = 6;     // tokens per f32 tile (4 x 6 accumulators)
+constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
+// A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows.
+constexpr uint32_t kMaxChunkedPanelRows = kPanelBytes / (kChunkF32 * sizeof(float));
 
 // Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).
 template <int NT>
 void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x, uint32_t t0,
                  float* y) {
   const uint32_t cols = w.cols;
+  const uint32_t c16 = cols / 16 * 16;
+  alignas(64) float acc[kMaxChunkedPanelRows * NT * 16];  // [row][token][lane], chunked rows
   float out[4 * NT];
   const float* rows[4];
-  for (uint32_t r = r0; r < r1;) {
-    const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
-    for (uint32_t i = 0; i < nr; ++i) {
-      rows[i] = reinterpret_cast<const float*>(w.bytes.data()) + uint64_t{r + i} * cols;
+  for (uint32_t c0 = 0;;) {
+    const uint32_t c1 = c16 - c0 > kChunkF32 ? c0 + kChunkF32 : c16;
+    const bool last = c1 == c16;
+    CHECK(last || r1 - r0 <= kMaxChunkedPanelRows);
+    for (uint32_t r = r0; r < r1;) {
+      const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
+      for (uint32_t i = 0; i < nr; ++i) {
+        rows[i] = reinterpret_cast<const float*>(w.bytes.data()) + uint64_t{r + i} * cols;
+      }
+      float* acc_mem = acc + uint64_t{r - r0} * NT * 16;
+      if (nr == 4) {
+        TileF32<4, NT>(rows, x, c0, c1, cols, last, acc_mem, out);
+      } else {
+        TileF32<1, NT>(rows, x, c0, c1, cols, last, acc_mem, out);
+      }
+      if (last) {
+        for (uint32_t i = 0; i < nr; ++i) {
+          for (int t = 0; t < NT; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i * NT + t];
+        }
+      }
+      r += nr;
     }
-    if (nr == 4) {
-      TileF32<4, NT>(rows, x, cols, out);
-    } else {
-      TileF32<1, NT>(rows, x, cols, out);
-    }
-    for (uint32_t i = 0; i < nr; ++i) {
-      for (int t = 0; t < NT; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i * NT + t];
-    }
-    r += nr;
+    if (last) break;
+    c0 = c1;
   }
 }
 

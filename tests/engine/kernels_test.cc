@@ -175,7 +175,7 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   dtypes.push_back(DType::kQ6_K);
 #endif
   for (DType dtype : dtypes)
-    for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u}) {
+    for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u, 2061u}) {  // f32: 1024-column chunks
       std::mt19937 rng(cols);
       const uint32_t rows = cols == 768 ? 301 : 403;
       std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
