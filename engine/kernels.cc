@@ -1017,9 +1017,16 @@ constexpr uint64_t kVectorBytes = kQ8 ? 512 : 256;  // one block's vectors
 template <bool kQ8>
 constexpr uint64_t kPairBytes = 2 * kVectorBytes<kQ8> + 64;  // 1088 / 576
 // Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
-// follows it in memory).
+// follows it in memory): the whole pairs that cover kStripsPrefetchAhead bytes (q8_0 2, q4_0 4).
+// Interleaved strips of every dtype read best about 2 KiB ahead on the Intel Xeon of
+// docs/benchmarks.md ("Strips prefetched 2 KiB ahead"): 1b q8_0 decode at 1 thread 13.2 -> 14.7
+// tok/s against 4 pairs (4.3 KiB), q4_K / q6_K 17.2 -> 19.2 against 4 super-blocks (9-13 KiB);
+// further ahead, the prefetches that have not landed fill the core's line fill buffers and
+// stall it.
+constexpr uint64_t kStripsPrefetchAhead = 2048;
 template <bool kQ8>
-constexpr uint64_t kStripsPrefetchBytes = 4 * kPairBytes<kQ8>;
+constexpr uint64_t kStripsPrefetchBytes =
+    (kStripsPrefetchAhead + kPairBytes<kQ8> - 1) / kPairBytes<kQ8>* kPairBytes<kQ8>;
 
 // Block b of an interleaved strip (strip = its first byte) as LoadBlock leaves a row-major one:
 // the same values in the same lanes, from vector loads (aligned where the matrix is, as a loaded
@@ -1135,8 +1142,10 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
 // acc - macc. The same code runs for every token count, so q4_K results do not depend on the
 // batch or the row range either.
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
-// q4_K / q6_K prefetch in the order they read (q4_0 prefetches a whole strip 2 ahead): at
-// super-block sb of a strip, super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
+// q4_K / q6_K prefetch in the order they read. Interleaved strips (InterleavedK) ask for the
+// super-block about 2 KiB ahead (kStripsPrefetchAhead). Row-major rows (RowMajorK: a bundle's
+// rows, a matrix not in strips) ask, at
+// super-block sb of a strip, for super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
 // past the rows' end, the matching super-block of the next strip's rows (so StripRows::next is
 // the strip 1 ahead). That keeps about 4 x 16 x 210 bytes in flight whatever the row length;
 // a strip ahead (74 KiB for a 5632-column q6_K strip) overflows L1 before it is read. On the 1b
@@ -1148,7 +1157,8 @@ constexpr uint32_t kPrefetchSuperBlocks = 4;
 // Where a q4_K / q6_K strip's super-blocks come from (the kernels' template parameter Src):
 // Group(sb, q, t) leaves in t[k] lane i row i's bytes q + 4k .. q + 4k + 3 of super-block sb
 // (q a multiple of 16), D(sb) each row's f16 at byte 208 (q6_K's d) as f32, and Prefetch(sb)
-// asks for the bytes read kPrefetchSuperBlocks super-blocks later.
+// asks for the bytes read some super-blocks later (RowMajorK kPrefetchSuperBlocks, InterleavedK
+// kAhead).
 // Row-major rows: 16 row pointers, each group transposed in registers.
 template <uint32_t kBytes>
 struct RowMajorK {
@@ -1185,11 +1195,14 @@ struct InterleavedK {
     return _mm512_cvtph_ps(_mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(strip + nsb * kGroupsBytes + sb * kTailBytes)));
   }
-  // The groups of super-block sb + kPrefetchSuperBlocks (past the strip's end, the next strip's,
-  // which follows it) and the tail bytes' line it falls in.
+  // Super-blocks ahead that cover kStripsPrefetchAhead bytes of groups (1 for q4_K and q6_K).
+  static constexpr uint32_t kAhead =
+      static_cast<uint32_t>((kStripsPrefetchAhead + kGroupsBytes - 1) / kGroupsBytes);
+  // The groups of super-block sb + kAhead (past the strip's end, the next strip's, which follows
+  // it) and the tail bytes' line it falls in.
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     const uint64_t strip_bytes = nsb * (kGroupsBytes + kTailBytes);
-    uint32_t asb = sb + kPrefetchSuperBlocks;
+    uint32_t asb = sb + kAhead;
     const std::byte* base = strip;
     if (asb >= nsb) base += strip_bytes, asb -= nsb;
     const std::byte* p = base + asb * kGroupsBytes;
