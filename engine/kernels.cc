@@ -104,9 +104,9 @@ inline __m256i UnpackQ4(const std::byte* q) {
 #endif
 
 // a * b rounded to f32 and never fused into the addition that follows: the scalar tails of the
-// f32 dot products (RowF32, TileF32, AttentionDotRows) add their products one by one this way, so
-// that they agree bit for bit whatever the compiler would contract at each site. (The axpy tails
-// fuse, explicitly: std::fma.)
+// f32 dot products (RowF32, RowF16, TileFloat, AttentionDotRows) add their products one by one this
+// way, so that they agree bit for bit whatever the compiler would contract at each site. (The axpy
+// tails fuse, explicitly: std::fma.)
 inline float UnfusedProduct(float a, float b) {
   float p = a * b;
 #if defined(__SSE__)
@@ -149,16 +149,35 @@ inline float ReduceLikeRowF32(__m512 v) {
   return HorizontalSum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-// R rows x NT tokens of f32 at once (prefill): R x NT accumulators in zmm registers, so each
-// loaded weight vector meets NT tokens and each token vector R rows (4 x 6 = 24 accumulators +
-// 4 weight vectors + 1 token vector of the 32 registers). One call covers columns [c0, c1)
-// (multiples of 16); the accumulators start at zero when c0 == 0, else are loaded from `acc_mem`
-// ([R][NT][16] floats), and are stored back there unless `last`. The call with `last` reduces
-// them and adds columns c1 .. n - 1 one by one, as RowF32 does: each lane takes the same fused
-// terms in the same order however the columns are split, so results are bit-identical.
-template <int R, int NT>
-void TileF32(const float* const* w, const float* const* x, uint32_t c0, uint32_t c1, uint32_t n,
-             bool last, float* acc_mem, float* out /*[R][NT]*/) {
+// 16 values of an f32 (kF16 false) or f16 (true) row from column c, as f32; one value.
+template <bool kF16>
+__attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uint32_t c) {
+  if constexpr (kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  } else {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  }
+}
+template <bool kF16>
+inline float RowValue(const std::byte* row, uint32_t c) {
+  if constexpr (kF16) {
+    return HalfToFloat(row + 2 * c);
+  } else {
+    return reinterpret_cast<const float*>(row)[c];
+  }
+}
+
+// R rows x NT tokens of f32 (kF16 false) or f16 (true) rows at once (prefill): R x NT
+// accumulators in zmm registers, so each loaded weight vector meets NT tokens and each token
+// vector R rows (4 x 6 = 24 accumulators + 4 weight vectors + 1 token vector of the 32
+// registers). One call covers columns [c0, c1) (multiples of 16); the accumulators start at zero
+// when c0 == 0, else are loaded from `acc_mem` ([R][NT][16] floats), and are stored back there
+// unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one, as
+// RowF32 / RowF16 do: each lane takes the same fused terms in the same order however the columns
+// are split, so results are bit-identical to those.
+template <int R, int NT, bool kF16>
+void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, uint32_t c1,
+               uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
@@ -167,7 +186,7 @@ void TileF32(const float* const* w, const float* const* x, uint32_t c0, uint32_t
   }
   for (uint32_t c = c0; c < c1; c += 16) {
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w[r] + c);
+    for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kF16>(w[r], c);
     for (int t = 0; t < NT; ++t) {
       __m512 xv = _mm512_loadu_ps(x[t] + c);
       // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
@@ -185,29 +204,37 @@ void TileF32(const float* const* w, const float* const* x, uint32_t c0, uint32_t
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
       float s = ReduceLikeRowF32(acc[r][t]);
-      for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(w[r][k], x[t][k]);
+      for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(RowValue<kF16>(w[r], k), x[t][k]);
       out[r * NT + t] = s;
     }
   }
 }
 #endif
 
+// f16 rows: the same sums as RowF32 over the rows' values converted to f32 (two 8-lane
+// accumulators per 16 columns, then the columns past the last multiple of 16 one by one), so
+// TileFloat<..., true> over f16 rows gives the same bits for a batch.
 template <int NT>
 void RowF16(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   uint32_t c = 0;
   float sums[NT] = {};
 #ifdef FLASHLM_AVX2
-  __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-  for (; c + 8 <= n; c += 8) {
-    const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c)));
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x[t] + c), acc[t]);
+  __m256 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (; c + 16 <= n; c += 16) {
+    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c)));
+    const __m256 w1 =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c + 16)));
+    for (int t = 0; t < NT; ++t) {
+      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
+    }
   }
-  for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(acc[t]);
+  for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
 #endif
   for (; c < n; ++c) {
     const float wv = HalfToFloat(w + 2 * c);
-    for (int t = 0; t < NT; ++t) sums[t] += wv * x[t][c];
+    for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(wv, x[t][c]);
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 }
@@ -1574,48 +1601,49 @@ bool IsBlockType(DType t) {
 }
 
 #if defined(FLASHLM_AVX512)
-// ---- Prefill GEMM for f32: weight panels x token groups x column chunks x register tiles ----
+// ---- Prefill GEMM for f32 / f16: weight panels x token groups x column chunks x register tiles
 // For a batch, rows [row_begin, row_end) are cut into panels of about kPanelBytes of weights
 // (they stay in L2 while every token group passes over them, so each weight byte comes from DRAM
 // once per call), each panel meets the tokens kGroupF32 at a time, and rows longer than
 // kChunkF32 columns go kChunkF32 columns at a time, so that a group's slice of activations
 // (6 x 4 KiB) stays in L1 while every row of the panel meets it; the register tiles'
-// accumulators wait in a buffer between chunks (TileF32's acc_mem; the same sums bit for bit).
+// accumulators wait in a buffer between chunks (TileFloat's acc_mem; the same sums bit for bit).
 // Within that, 4 rows at a time meet the group in one register tile (rows left over one at a
 // time, with the same tile code, so results do not depend on where a row falls). A group of one
 // token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
-// 5632-column matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
-// panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks"). (The block
-// dtypes have strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
+// 5632-column f32 matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
+// panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks"). f16 rows
+// run the same code, converted to f32 as they are loaded. (The block dtypes have strips of their
+// own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
 constexpr uint64_t kPanelBytes = 640 << 10;
-constexpr uint32_t kGroupF32 = 6;     // tokens per f32 tile (4 x 6 accumulators)
+constexpr uint32_t kGroupF32 = 6;     // tokens per tile (4 x 6 accumulators)
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
-// A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows.
+// A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows
+// (f32 rows fill kPanelBytes with that many; f16 rows have twice as many to a panel, capped).
 constexpr uint32_t kMaxChunkedPanelRows = kPanelBytes / (kChunkF32 * sizeof(float));
 
 // Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).
-template <int NT>
+template <int NT, bool kF16>
 void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x, uint32_t t0,
                  float* y) {
   const uint32_t cols = w.cols;
+  const uint64_t rb = w.row_bytes();
   const uint32_t c16 = cols / 16 * 16;
   alignas(64) float acc[kMaxChunkedPanelRows * NT * 16];  // [row][token][lane], chunked rows
   float out[4 * NT];
-  const float* rows[4];
+  const std::byte* rows[4];
   for (uint32_t c0 = 0;;) {
     const uint32_t c1 = c16 - c0 > kChunkF32 ? c0 + kChunkF32 : c16;
     const bool last = c1 == c16;
     CHECK(last || r1 - r0 <= kMaxChunkedPanelRows);
     for (uint32_t r = r0; r < r1;) {
       const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
-      for (uint32_t i = 0; i < nr; ++i) {
-        rows[i] = reinterpret_cast<const float*>(w.bytes.data()) + uint64_t{r + i} * cols;
-      }
+      for (uint32_t i = 0; i < nr; ++i) rows[i] = w.bytes.data() + uint64_t{r + i} * rb;
       float* acc_mem = acc + uint64_t{r - r0} * NT * 16;
       if (nr == 4) {
-        TileF32<4, NT>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<4, NT, kF16>(rows, x, c0, c1, cols, last, acc_mem, out);
       } else {
-        TileF32<1, NT>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<1, NT, kF16>(rows, x, c0, c1, cols, last, acc_mem, out);
       }
       if (last) {
         for (uint32_t i = 0; i < nr; ++i) {
@@ -1629,9 +1657,11 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   }
 }
 
-void MatMulRowsTiledF32(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
-                        uint32_t row_begin, uint32_t row_end, float* y) {
-  const uint64_t panel_rows64 = std::max<uint64_t>(4, kPanelBytes / w.row_bytes() / 4 * 4);
+template <bool kF16>
+void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
+                          uint32_t row_begin, uint32_t row_end, float* y) {
+  uint64_t panel_rows64 = std::max<uint64_t>(4, kPanelBytes / w.row_bytes() / 4 * 4);
+  if (w.cols > kChunkF32) panel_rows64 = std::min<uint64_t>(panel_rows64, kMaxChunkedPanelRows);
   const uint32_t panel_rows = static_cast<uint32_t>(std::min<uint64_t>(panel_rows64, w.rows));
   for (uint32_t p0 = row_begin; p0 < row_end; p0 += panel_rows) {
     const uint32_t p1 = std::min(row_end, p0 + panel_rows);
@@ -1641,22 +1671,22 @@ void MatMulRowsTiledF32(const MatrixView& w, std::span<const float> x, uint32_t 
       for (uint32_t i = 0; i < nt; ++i) xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
       switch (nt) {
         case 1:
-          PanelTokens<1>(w, p0, p1, xs, t0, y);
+          PanelTokens<1, kF16>(w, p0, p1, xs, t0, y);
           break;
         case 2:
-          PanelTokens<2>(w, p0, p1, xs, t0, y);
+          PanelTokens<2, kF16>(w, p0, p1, xs, t0, y);
           break;
         case 3:
-          PanelTokens<3>(w, p0, p1, xs, t0, y);
+          PanelTokens<3, kF16>(w, p0, p1, xs, t0, y);
           break;
         case 4:
-          PanelTokens<4>(w, p0, p1, xs, t0, y);
+          PanelTokens<4, kF16>(w, p0, p1, xs, t0, y);
           break;
         case 5:
-          PanelTokens<5>(w, p0, p1, xs, t0, y);
+          PanelTokens<5, kF16>(w, p0, p1, xs, t0, y);
           break;
         default:
-          PanelTokens<6>(w, p0, p1, xs, t0, y);
+          PanelTokens<6, kF16>(w, p0, p1, xs, t0, y);
           break;
       }
     }
@@ -1829,7 +1859,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
 #endif
   if (n_tokens > 1 && w.dtype == DType::kF32) {
-    return MatMulRowsTiledF32(w, x, n_tokens, row_begin, row_end, y.data());
+    return MatMulRowsTiledFloat<false>(w, x, n_tokens, row_begin, row_end, y.data());
+  }
+  if (n_tokens > 1 && w.dtype == DType::kF16) {
+    return MatMulRowsTiledFloat<true>(w, x, n_tokens, row_begin, row_end, y.data());
   }
 #endif
   const bool quantized = IsBlockType(w.dtype);

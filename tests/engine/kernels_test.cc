@@ -86,10 +86,13 @@ INSTANTIATE_TEST_SUITE_P(
                       // weight panel (400 x 257 f32 = 411 KB), on 1-3 threads.
                       Case{DType::kF32, 5, 31, 6, 2}, Case{DType::kF32, 203, 300, 7, 1},
                       Case{DType::kF32, 400, 257, 13, 3}, Case{DType::kF32, 66, 2048, 12, 2},
-                      Case{DType::kQ8_0, 9, 64, 6, 2}, Case{DType::kQ8_0, 203, 257, 7, 1},
-                      Case{DType::kQ8_0, 1100, 300, 13, 3}, Case{DType::kQ8_0, 66, 2048, 8, 2},
-                      Case{DType::kQ4_0, 9, 64, 6, 2}, Case{DType::kQ4_0, 203, 257, 7, 1},
-                      Case{DType::kQ4_0, 1100, 300, 13, 3}, Case{DType::kQ4_0, 66, 2048, 8, 2},
+                      // f16 through the same tiles, in 1024-column chunks past 1024 columns.
+                      Case{DType::kF16, 5, 31, 6, 2}, Case{DType::kF16, 203, 300, 7, 1},
+                      Case{DType::kF16, 66, 2061, 12, 2}, Case{DType::kQ8_0, 9, 64, 6, 2},
+                      Case{DType::kQ8_0, 203, 257, 7, 1}, Case{DType::kQ8_0, 1100, 300, 13, 3},
+                      Case{DType::kQ8_0, 66, 2048, 8, 2}, Case{DType::kQ4_0, 9, 64, 6, 2},
+                      Case{DType::kQ4_0, 203, 257, 7, 1}, Case{DType::kQ4_0, 1100, 300, 13, 3},
+                      Case{DType::kQ4_0, 66, 2048, 8, 2},
                       // q8_0 / q4_0 decode through the 512-bit tile, odd and even block counts.
                       Case{DType::kQ8_0, 45, 257, 1, 3}, Case{DType::kQ8_0, 70, 2048, 1, 2},
                       Case{DType::kQ4_0, 45, 257, 1, 3}, Case{DType::kQ4_0, 70, 2048, 1, 2},
@@ -166,7 +169,7 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
 // With AMX (q8_0 batches of 4 tokens or more, where the CPU has it), both with and without it.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
-  std::vector<DType> dtypes = {DType::kF32};
+  std::vector<DType> dtypes = {DType::kF32, DType::kF16};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   dtypes.push_back(DType::kQ8_0);
@@ -175,7 +178,7 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   dtypes.push_back(DType::kQ6_K);
 #endif
   for (DType dtype : dtypes)
-    for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u, 2061u}) {  // f32: 1024-column chunks
+    for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u, 2061u}) {  // f32 / f16: 1024-column chunks
       std::mt19937 rng(cols);
       const uint32_t rows = cols == 768 ? 301 : 403;
       std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
