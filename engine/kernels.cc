@@ -117,34 +117,13 @@ inline float UnfusedProduct(float a, float b) {
 
 // ---- f32 / f16 rows against NT f32 token vectors -------------------------------------------
 
-template <int NT>
-void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
-  uint32_t c = 0;
-  float sums[NT] = {};
-#ifdef FLASHLM_AVX2
-  __m256 acc[NT][2];
-  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-  for (; c + 16 <= n; c += 16) {
-    const __m256 w0 = _mm256_loadu_ps(w + c), w1 = _mm256_loadu_ps(w + c + 8);
-    for (int t = 0; t < NT; ++t) {
-      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
-      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
-    }
-  }
-  for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
-#endif
-  for (; c < n; ++c) {
-    for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(w[c], x[t][c]);
-  }
-  for (int t = 0; t < NT; ++t) out[t] = sums[t];
-}
-
 #if defined(FLASHLM_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 #define FLASHLM_AVX512 1
-// The reduction RowF32 ends with (its two 8-lane accumulators added, then HorizontalSum), applied
-// to one 16-lane accumulator: lane i of the tile's accumulator takes the same fused terms in the
-// same order as lane i % 8 of RowF32's accumulator i / 8, so every (row, token) dot product is
-// bit-identical whichever path computes it (batch prefill and one-token decode agree exactly).
+// The reduction RowF32's AVX2 path ends with (its two 8-lane accumulators added, then
+// HorizontalSum), applied to one 16-lane accumulator (RowF32's and RowF16's on AVX-512, the
+// tiles'): lane i of it takes the same fused terms in the same order as lane i % 8 of the AVX2
+// path's accumulator i / 8, so every (row, token) dot product is bit-identical whichever path
+// computes it (batch prefill and one-token decode agree exactly).
 inline float ReduceLikeRowF32(__m512 v) {
   return HorizontalSum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
@@ -211,6 +190,48 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 }
 #endif
 
+// On AVX-512, RowF32 / RowF16 ask for the row's bytes this far ahead as they read (prefetches
+// never fault, so past a row's or a buffer's end is harmless). Decode of the 1b model at 1
+// thread, against no prefetch: f32 3.8 -> 4.2 tok/s, f16 6.8 -> 8.5 (docs/benchmarks.md,
+// "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was half-way, f16 levels off
+// from 4 KiB, f32 was no faster at 3-4 KiB.
+constexpr uint64_t kRowPrefetchBytesF32 = 2048;
+constexpr uint64_t kRowPrefetchBytesF16 = 4096;
+
+// f32 rows: per token, 16 lanes of fused products over the columns up to the last multiple of
+// 16, reduced as ReduceLikeRowF32 does, then the rest one by one (UnfusedProduct).
+template <int NT>
+void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
+  uint32_t c = 0;
+  float sums[NT] = {};
+#if defined(FLASHLM_AVX512)
+  // One 16-lane accumulator per token: lanes 0-7 and 8-15 are the AVX2 path's two.
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (; c + 16 <= n; c += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + c) + kRowPrefetchBytesF32, _MM_HINT_T0);
+    const __m512 wv = _mm512_loadu_ps(w + c);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) sums[t] = ReduceLikeRowF32(acc[t]);
+#elif defined(FLASHLM_AVX2)
+  __m256 acc[NT][2];
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  for (; c + 16 <= n; c += 16) {
+    const __m256 w0 = _mm256_loadu_ps(w + c), w1 = _mm256_loadu_ps(w + c + 8);
+    for (int t = 0; t < NT; ++t) {
+      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
+#endif
+  for (; c < n; ++c) {
+    for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(w[c], x[t][c]);
+  }
+  for (int t = 0; t < NT; ++t) out[t] = sums[t];
+}
+
 // f16 rows: the same sums as RowF32 over the rows' values converted to f32 (two 8-lane
 // accumulators per 16 columns, then the columns past the last multiple of 16 one by one), so
 // TileFloat<..., true> over f16 rows gives the same bits for a batch.
@@ -218,7 +239,17 @@ template <int NT>
 void RowF16(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   uint32_t c = 0;
   float sums[NT] = {};
-#ifdef FLASHLM_AVX2
+#if defined(FLASHLM_AVX512)
+  // One 16-lane accumulator per token: lanes 0-7 and 8-15 are the AVX2 path's two.
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (; c + 16 <= n; c += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + 2 * c + kRowPrefetchBytesF16), _MM_HINT_T0);
+    const __m512 wv = LoadRow16<true>(w, c);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) sums[t] = ReduceLikeRowF32(acc[t]);
+#elif defined(FLASHLM_AVX2)
   __m256 acc[NT][2];
   for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
   for (; c + 16 <= n; c += 16) {
