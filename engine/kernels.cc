@@ -1077,10 +1077,10 @@ constexpr uint64_t kPairBytes = 2 * kVectorBytes<kQ8> + 64;  // 1088 / 576
 // Decode prefetches this far ahead in a strip's stream (and on into the next strip's, which
 // follows it in memory): the whole pairs that cover kStripsPrefetchAhead bytes (q8_0 2, q4_0 4).
 // Interleaved strips of every dtype read best about 2 KiB ahead on the Intel Xeon of
-// docs/benchmarks.md ("Strips prefetched 2 KiB ahead"): 1b q8_0 decode at 1 thread 13.2 -> 14.7
-// tok/s against 4 pairs (4.3 KiB), q4_K / q6_K 17.2 -> 19.2 against 4 super-blocks (9-13 KiB);
-// further ahead, the prefetches that have not landed fill the core's line fill buffers and
-// stall it.
+// docs/benchmarks.md ("f32 prefill in column chunks; strips prefetched 2 KiB ahead"): 1b q8_0
+// decode at 1 thread 13.2 -> 14.7 tok/s against 4 pairs (4.3 KiB), q4_K / q6_K 17.2 -> 19.2 against
+// 4 super-blocks (9-13 KiB); further ahead, the prefetches that have not landed fill the core's
+// line fill buffers and stall it.
 constexpr uint64_t kStripsPrefetchAhead = 2048;
 template <bool kQ8>
 constexpr uint64_t kStripsPrefetchBytes =
@@ -1643,7 +1643,8 @@ bool IsBlockType(DType t) {
 // time, with the same tile code, so results do not depend on where a row falls). A group of one
 // token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
 // 5632-column f32 matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
-// panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks"). f16 rows
+// panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks; strips
+// prefetched 2 KiB ahead"). f16 rows
 // run the same code, converted to f32 as they are loaded. (The block dtypes have strips of their
 // own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
 constexpr uint64_t kPanelBytes = 640 << 10;
