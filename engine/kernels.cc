@@ -104,7 +104,7 @@ inline __m256i UnpackQ4(const std::byte* q) {
 #endif
 
 // a * b rounded to f32 and never fused into the addition that follows: the scalar tails of the
-// f32 dot products (RowF32, RowF16, TileFloat, AttentionDotRows) add their products one by one this
+// f32 dot products (RowFloat, TileFloat, AttentionDotRows) add their products one by one this
 // way, so that they agree bit for bit whatever the compiler would contract at each site. (The axpy
 // tails fuse, explicitly: std::fma.)
 inline float UnfusedProduct(float a, float b) {
@@ -117,10 +117,30 @@ inline float UnfusedProduct(float a, float b) {
 
 // ---- f32 / f16 rows against NT f32 token vectors -------------------------------------------
 
+// Value c of an f32 (kF16 false) or f16 (true) row, as f32; 8 values from column c.
+template <bool kF16>
+inline float RowValue(const std::byte* row, uint32_t c) {
+  if constexpr (kF16) {
+    return HalfToFloat(row + 2 * c);
+  } else {
+    return reinterpret_cast<const float*>(row)[c];
+  }
+}
+#ifdef FLASHLM_AVX2
+template <bool kF16>
+__attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint32_t c) {
+  if constexpr (kF16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  }
+}
+#endif
+
 #if defined(FLASHLM_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 #define FLASHLM_AVX512 1
-// The reduction RowF32's AVX2 path ends with (its two 8-lane accumulators added, then
-// HorizontalSum), applied to one 16-lane accumulator (RowF32's and RowF16's on AVX-512, the
+// The reduction RowFloat's AVX2 path ends with (its two 8-lane accumulators added, then
+// HorizontalSum), applied to one 16-lane accumulator (RowFloat's on AVX-512, the
 // tiles'): lane i of it takes the same fused terms in the same order as lane i % 8 of the AVX2
 // path's accumulator i / 8, so every (row, token) dot product is bit-identical whichever path
 // computes it (batch prefill and one-token decode agree exactly).
@@ -128,21 +148,13 @@ inline float ReduceLikeRowF32(__m512 v) {
   return HorizontalSum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-// 16 values of an f32 (kF16 false) or f16 (true) row from column c, as f32; one value.
+// 16 values of an f32 (kF16 false) or f16 (true) row from column c, as f32.
 template <bool kF16>
 __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uint32_t c) {
   if constexpr (kF16) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
   } else {
     return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
-  }
-}
-template <bool kF16>
-inline float RowValue(const std::byte* row, uint32_t c) {
-  if constexpr (kF16) {
-    return HalfToFloat(row + 2 * c);
-  } else {
-    return reinterpret_cast<const float*>(row)[c];
   }
 }
 
@@ -152,7 +164,7 @@ inline float RowValue(const std::byte* row, uint32_t c) {
 // registers). One call covers columns [c0, c1) (multiples of 16); the accumulators start at zero
 // when c0 == 0, else are loaded from `acc_mem` ([R][NT][16] floats), and are stored back there
 // unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one, as
-// RowF32 / RowF16 do: each lane takes the same fused terms in the same order however the columns
+// RowFloat does: each lane takes the same fused terms in the same order however the columns
 // are split, so results are bit-identical to those.
 template <int R, int NT, bool kF16>
 void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, uint32_t c1,
@@ -190,7 +202,7 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 }
 #endif
 
-// On AVX-512, RowF32 / RowF16 ask for the row's bytes this far ahead as they read (prefetches
+// On AVX-512, RowFloat asks for the row's bytes this far ahead as they read (prefetches
 // never fault, so past a row's or a buffer's end is harmless). Decode of the 1b model at 1
 // thread, against no prefetch: f32 3.8 -> 4.2 tok/s, f16 6.8 -> 8.5 (docs/benchmarks.md,
 // "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was half-way, f16 levels off
@@ -198,19 +210,22 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 constexpr uint64_t kRowPrefetchBytesF32 = 2048;
 constexpr uint64_t kRowPrefetchBytesF16 = 4096;
 
-// f32 rows: per token, 16 lanes of fused products over the columns up to the last multiple of
-// 16, reduced as ReduceLikeRowF32 does, then the rest one by one (UnfusedProduct).
-template <int NT>
-void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
+// f32 (kF16 false) or f16 (true) rows: per token, 16 lanes of fused products over the columns up
+// to the last multiple of 16 (one zmm accumulator on AVX-512, two 8-lane ones on AVX2: the same
+// sums), reduced as ReduceLikeRowF32 does, then the rest one by one (UnfusedProduct). The tiles
+// (TileFloat) give the same bits for a batch.
+template <int NT, bool kF16>
+void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   uint32_t c = 0;
   float sums[NT] = {};
 #if defined(FLASHLM_AVX512)
-  // One 16-lane accumulator per token: lanes 0-7 and 8-15 are the AVX2 path's two.
+  constexpr uint64_t kAhead = kF16 ? kRowPrefetchBytesF16 : kRowPrefetchBytesF32;
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (; c + 16 <= n; c += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + c) + kRowPrefetchBytesF32, _MM_HINT_T0);
-    const __m512 wv = _mm512_loadu_ps(w + c);
+    _mm_prefetch(reinterpret_cast<const char*>(w + (kF16 ? 2 : 4) * uint64_t{c} + kAhead),
+                 _MM_HINT_T0);
+    const __m512 wv = LoadRow16<kF16>(w, c);
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
   }
   for (int t = 0; t < NT; ++t) sums[t] = ReduceLikeRowF32(acc[t]);
@@ -218,7 +233,7 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
   __m256 acc[NT][2];
   for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
   for (; c + 16 <= n; c += 16) {
-    const __m256 w0 = _mm256_loadu_ps(w + c), w1 = _mm256_loadu_ps(w + c + 8);
+    const __m256 w0 = LoadRow8<kF16>(w, c), w1 = LoadRow8<kF16>(w, c + 8);
     for (int t = 0; t < NT; ++t) {
       acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
       acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
@@ -227,47 +242,14 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
   for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
 #endif
   for (; c < n; ++c) {
-    for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(w[c], x[t][c]);
-  }
-  for (int t = 0; t < NT; ++t) out[t] = sums[t];
-}
-
-// f16 rows: the same sums as RowF32 over the rows' values converted to f32 (two 8-lane
-// accumulators per 16 columns, then the columns past the last multiple of 16 one by one), so
-// TileFloat<..., true> over f16 rows gives the same bits for a batch.
-template <int NT>
-void RowF16(const std::byte* w, const float* const* x, uint32_t n, float* out) {
-  uint32_t c = 0;
-  float sums[NT] = {};
-#if defined(FLASHLM_AVX512)
-  // One 16-lane accumulator per token: lanes 0-7 and 8-15 are the AVX2 path's two.
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (; c + 16 <= n; c += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + 2 * c + kRowPrefetchBytesF16), _MM_HINT_T0);
-    const __m512 wv = LoadRow16<true>(w, c);
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
-  }
-  for (int t = 0; t < NT; ++t) sums[t] = ReduceLikeRowF32(acc[t]);
-#elif defined(FLASHLM_AVX2)
-  __m256 acc[NT][2];
-  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-  for (; c + 16 <= n; c += 16) {
-    const __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c)));
-    const __m256 w1 =
-        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * c + 16)));
-    for (int t = 0; t < NT; ++t) {
-      acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
-      acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
-    }
-  }
-  for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
-#endif
-  for (; c < n; ++c) {
-    const float wv = HalfToFloat(w + 2 * c);
+    const float wv = RowValue<kF16>(w, c);
     for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(wv, x[t][c]);
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
+}
+template <int NT>
+void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
+  RowFloat<NT, false>(reinterpret_cast<const std::byte*>(w), x, n, out);
 }
 
 // ---- q8_0 / q4_0 rows against NT q8-quantised token vectors ---------------------------------
@@ -1612,7 +1594,7 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kF32:
       return RowF32<NT>(reinterpret_cast<const float*>(row), x, w.cols, out);
     case DType::kF16:
-      return RowF16<NT>(row, x, w.cols, out);
+      return RowFloat<NT, true>(row, x, w.cols, out);
     case DType::kQ8_0:
       return RowQ<NT, false>(row, xq, xd, Blocks(w.cols), out);
     case DType::kQ4_0:
