@@ -117,7 +117,7 @@ inline float UnfusedProduct(float a, float b) {
 
 // ---- f32 / f16 rows against NT f32 token vectors -------------------------------------------
 
-// Value c of an f32 (kF16 false) or f16 (true) row, as f32; 8 values from column c.
+// Value c of an f32 (kF16 false) or f16 (true) row, as f32.
 template <bool kF16>
 inline float RowValue(const std::byte* row, uint32_t c) {
   if constexpr (kF16) {
@@ -127,6 +127,7 @@ inline float RowValue(const std::byte* row, uint32_t c) {
   }
 }
 #ifdef FLASHLM_AVX2
+// 8 values of such a row from column c, as f32.
 template <bool kF16>
 __attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint32_t c) {
   if constexpr (kF16) {
@@ -1626,9 +1627,8 @@ bool IsBlockType(DType t) {
 // token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
 // 5632-column f32 matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
 // panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks; strips
-// prefetched 2 KiB ahead"). f16 rows
-// run the same code, converted to f32 as they are loaded. (The block dtypes have strips of their
-// own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
+// prefetched 2 KiB ahead"). f16 rows run the same code, converted to f32 as they are loaded.
+// (The block dtypes have strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
 constexpr uint64_t kPanelBytes = 640 << 10;
 constexpr uint32_t kGroupF32 = 6;     // tokens per tile (4 x 6 accumulators)
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
