@@ -1,8 +1,9 @@
 // ThreadPool: a fixed set of worker threads created once at start-up, used by the kernels to
 // split a loop over the machine's cores. ParallelFor allocates nothing: the task is passed as a
-// function pointer plus a context pointer. The range is cut into a few chunks per thread that
-// threads claim from a shared counter, so a thread the OS has descheduled (the machines are
-// shared) does not hold the others up: whoever is running takes the remaining chunks. Between
+// function pointer plus a context pointer. The range is cut into one long chunk per thread (most
+// of the range) and a few short ones that threads claim from a shared counter, so a thread the
+// OS has descheduled (the machines are shared) does not hold the others up for long: whoever is
+// running takes the remaining chunks. Between
 // calls workers spin (about a third of a millisecond), then sleep on a condition variable.
 // Not re-entrant: one ParallelFor at a time, called from one owner thread.
 #ifndef FLASHLM_ENGINE_THREAD_POOL_H_
@@ -65,7 +66,9 @@ class ThreadPool {
   Trampoline call_ = nullptr;
   void* ctx_ = nullptr;
   uint64_t n_ = 0;
-  uint64_t chunk_ = 1;
+  uint64_t chunk_ = 1;        // length of a tail chunk
+  uint64_t lead_ = 0;         // length of a lead chunk (one per thread, first)
+  uint32_t lead_chunks_ = 0;  // 0 (a range too short to lead with) or size()
 };
 
 }  // namespace flashlm::engine

@@ -11,14 +11,19 @@ namespace {
 TEST(ThreadPoolTest, CoversRangeOnceWithGrain) {
   for (uint32_t threads : {1u, 2u, 3u, 5u}) {
     ThreadPool pool(threads);
-    for (uint64_t n : {0ull, 1ull, 7ull, 16ull, 100ull, 1001ull}) {
-      std::vector<int> hits(n, 0);
-      pool.ParallelFor(n, 4, [&](uint64_t b, uint64_t e, uint32_t t) {
-        EXPECT_LT(t, threads);
-        EXPECT_TRUE(b % 4 == 0);
-        for (uint64_t i = b; i < e; ++i) ++hits[i];
-      });
-      for (uint64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i], 1) << threads << " " << n << " " << i;
+    for (uint64_t grain : {1ull, 4ull, 16ull}) {
+      for (uint64_t n : {0ull, 1ull, 7ull, 16ull, 100ull, 1001ull, 2053ull}) {
+        std::vector<int> hits(n, 0);
+        pool.ParallelFor(n, grain, [&](uint64_t b, uint64_t e, uint32_t t) {
+          EXPECT_LT(t, threads);
+          EXPECT_EQ(b % grain, 0u);
+          EXPECT_LT(b, e);
+          for (uint64_t i = b; i < e; ++i) ++hits[i];
+        });
+        for (uint64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(hits[i], 1) << threads << " " << grain << " " << n << " " << i;
+        }
+      }
     }
   }
 }
