@@ -115,23 +115,35 @@ inline float UnfusedProduct(float a, float b) {
   return p;
 }
 
-// ---- f32 / f16 rows against NT f32 token vectors -------------------------------------------
+// ---- f32 / f16 / bf16 rows against NT f32 token vectors ------------------------------------
+// kT, the rows' dtype: kF32, kF16 or kBF16. f16 and bf16 values are widened to f32 as they are
+// loaded (bf16 exactly: its 16 bits are the top half of an f32's) and then take the f32 path.
 
-// Value c of an f32 (kF16 false) or f16 (true) row, as f32.
-template <bool kF16>
+template <DType kT>
+constexpr uint32_t kFloatBytes = kT == DType::kF32 ? 4 : 2;
+
+// Value c of such a row, as f32.
+template <DType kT>
 inline float RowValue(const std::byte* row, uint32_t c) {
-  if constexpr (kF16) {
+  if constexpr (kT == DType::kF16) {
     return HalfToFloat(row + 2 * c);
+  } else if constexpr (kT == DType::kBF16) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * c, 2);
+    return layout::BF16ToF32(h);
   } else {
     return reinterpret_cast<const float*>(row)[c];
   }
 }
 #ifdef FLASHLM_AVX2
 // 8 values of such a row from column c, as f32.
-template <bool kF16>
+template <DType kT>
 __attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint32_t c) {
-  if constexpr (kF16) {
+  if constexpr (kT == DType::kF16) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c)));
+  } else if constexpr (kT == DType::kBF16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   } else {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
   }
@@ -149,17 +161,20 @@ inline float ReduceLikeRowF32(__m512 v) {
   return HorizontalSum(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
 
-// 16 values of an f32 (kF16 false) or f16 (true) row from column c, as f32.
-template <bool kF16>
+// 16 values of an f32, f16 or bf16 row from column c, as f32.
+template <DType kT>
 __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uint32_t c) {
-  if constexpr (kF16) {
+  if constexpr (kT == DType::kF16) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c)));
+  } else if constexpr (kT == DType::kBF16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   } else {
     return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
   }
 }
 
-// R rows x NT tokens of f32 (kF16 false) or f16 (true) rows at once (prefill): R x NT
+// R rows x NT tokens of f32, f16 or bf16 rows at once (prefill): R x NT
 // accumulators in zmm registers, so each loaded weight vector meets NT tokens and each token
 // vector R rows (4 x 6 = 24 accumulators + 4 weight vectors + 1 token vector of the 32
 // registers). One call covers columns [c0, c1) (multiples of 16); the accumulators start at zero
@@ -167,7 +182,7 @@ __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uin
 // unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one, as
 // RowFloat does: each lane takes the same fused terms in the same order however the columns
 // are split, so results are bit-identical to those.
-template <int R, int NT, bool kF16>
+template <int R, int NT, DType kT>
 void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, uint32_t c1,
                uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
   __m512 acc[R][NT];
@@ -178,7 +193,7 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
   }
   for (uint32_t c = c0; c < c1; c += 16) {
     __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kF16>(w[r], c);
+    for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kT>(w[r], c);
     for (int t = 0; t < NT; ++t) {
       __m512 xv = _mm512_loadu_ps(x[t] + c);
       // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
@@ -196,7 +211,7 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
       float s = ReduceLikeRowF32(acc[r][t]);
-      for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(RowValue<kF16>(w[r], k), x[t][k]);
+      for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(RowValue<kT>(w[r], k), x[t][k]);
       out[r * NT + t] = s;
     }
   }
@@ -209,24 +224,24 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 // "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was half-way, f16 levels off
 // from 4 KiB, f32 was no faster at 3-4 KiB.
 constexpr uint64_t kRowPrefetchBytesF32 = 2048;
-constexpr uint64_t kRowPrefetchBytesF16 = 4096;
+constexpr uint64_t kRowPrefetchBytesF16 = 4096;  // bf16 too
 
-// f32 (kF16 false) or f16 (true) rows: per token, 16 lanes of fused products over the columns up
+// f32, f16 or bf16 rows: per token, 16 lanes of fused products over the columns up
 // to the last multiple of 16 (one zmm accumulator on AVX-512, two 8-lane ones on AVX2: the same
 // sums), reduced as ReduceLikeRowF32 does, then the rest one by one (UnfusedProduct). The tiles
 // (TileFloat) give the same bits for a batch.
-template <int NT, bool kF16>
+template <int NT, DType kT>
 void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   uint32_t c = 0;
   float sums[NT] = {};
 #if defined(FLASHLM_AVX512)
-  constexpr uint64_t kAhead = kF16 ? kRowPrefetchBytesF16 : kRowPrefetchBytesF32;
+  constexpr uint64_t kAhead = kT == DType::kF32 ? kRowPrefetchBytesF32 : kRowPrefetchBytesF16;
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (; c + 16 <= n; c += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + (kF16 ? 2 : 4) * uint64_t{c} + kAhead),
+    _mm_prefetch(reinterpret_cast<const char*>(w + kFloatBytes<kT> * uint64_t{c} + kAhead),
                  _MM_HINT_T0);
-    const __m512 wv = LoadRow16<kF16>(w, c);
+    const __m512 wv = LoadRow16<kT>(w, c);
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
   }
   for (int t = 0; t < NT; ++t) sums[t] = ReduceLikeRowF32(acc[t]);
@@ -234,7 +249,7 @@ void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out)
   __m256 acc[NT][2];
   for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
   for (; c + 16 <= n; c += 16) {
-    const __m256 w0 = LoadRow8<kF16>(w, c), w1 = LoadRow8<kF16>(w, c + 8);
+    const __m256 w0 = LoadRow8<kT>(w, c), w1 = LoadRow8<kT>(w, c + 8);
     for (int t = 0; t < NT; ++t) {
       acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), acc[t][0]);
       acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), acc[t][1]);
@@ -243,14 +258,14 @@ void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out)
   for (int t = 0; t < NT; ++t) sums[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1]));
 #endif
   for (; c < n; ++c) {
-    const float wv = RowValue<kF16>(w, c);
+    const float wv = RowValue<kT>(w, c);
     for (int t = 0; t < NT; ++t) sums[t] += UnfusedProduct(wv, x[t][c]);
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 }
 template <int NT>
 void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
-  RowFloat<NT, false>(reinterpret_cast<const std::byte*>(w), x, n, out);
+  RowFloat<NT, DType::kF32>(reinterpret_cast<const std::byte*>(w), x, n, out);
 }
 
 // ---- q8_0 / q4_0 rows against NT q8-quantised token vectors ---------------------------------
@@ -1595,7 +1610,9 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kF32:
       return RowF32<NT>(reinterpret_cast<const float*>(row), x, w.cols, out);
     case DType::kF16:
-      return RowFloat<NT, true>(row, x, w.cols, out);
+      return RowFloat<NT, DType::kF16>(row, x, w.cols, out);
+    case DType::kBF16:
+      return RowFloat<NT, DType::kBF16>(row, x, w.cols, out);
     case DType::kQ8_0:
       return RowQ<NT, false>(row, xq, xd, Blocks(w.cols), out);
     case DType::kQ4_0:
@@ -1637,7 +1654,7 @@ constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
 constexpr uint32_t kMaxChunkedPanelRows = kPanelBytes / (kChunkF32 * sizeof(float));
 
 // Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).
-template <int NT, bool kF16>
+template <int NT, DType kT>
 void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* const* x, uint32_t t0,
                  float* y) {
   const uint32_t cols = w.cols;
@@ -1655,9 +1672,9 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
       for (uint32_t i = 0; i < nr; ++i) rows[i] = w.bytes.data() + uint64_t{r + i} * rb;
       float* acc_mem = acc + uint64_t{r - r0} * NT * 16;
       if (nr == 4) {
-        TileFloat<4, NT, kF16>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<4, NT, kT>(rows, x, c0, c1, cols, last, acc_mem, out);
       } else {
-        TileFloat<1, NT, kF16>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<1, NT, kT>(rows, x, c0, c1, cols, last, acc_mem, out);
       }
       if (last) {
         for (uint32_t i = 0; i < nr; ++i) {
@@ -1671,7 +1688,7 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   }
 }
 
-template <bool kF16>
+template <DType kT>
 void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
                           uint32_t row_begin, uint32_t row_end, float* y) {
   uint64_t panel_rows64 = std::max<uint64_t>(4, kPanelBytes / w.row_bytes() / 4 * 4);
@@ -1685,22 +1702,22 @@ void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_
       for (uint32_t i = 0; i < nt; ++i) xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
       switch (nt) {
         case 1:
-          PanelTokens<1, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<1, kT>(w, p0, p1, xs, t0, y);
           break;
         case 2:
-          PanelTokens<2, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<2, kT>(w, p0, p1, xs, t0, y);
           break;
         case 3:
-          PanelTokens<3, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<3, kT>(w, p0, p1, xs, t0, y);
           break;
         case 4:
-          PanelTokens<4, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<4, kT>(w, p0, p1, xs, t0, y);
           break;
         case 5:
-          PanelTokens<5, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<5, kT>(w, p0, p1, xs, t0, y);
           break;
         default:
-          PanelTokens<6, kF16>(w, p0, p1, xs, t0, y);
+          PanelTokens<6, kT>(w, p0, p1, xs, t0, y);
           break;
       }
     }
@@ -1721,7 +1738,8 @@ bool SetAmx(bool allowed) {
 }
 
 bool MatMulSupports(DType dtype) {
-  return dtype == DType::kF32 || dtype == DType::kF16 || IsBlockType(dtype);
+  return dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 ||
+         IsBlockType(dtype);
 }
 
 bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
@@ -1873,10 +1891,13 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
 #endif
   if (n_tokens > 1 && w.dtype == DType::kF32) {
-    return MatMulRowsTiledFloat<false>(w, x, n_tokens, row_begin, row_end, y.data());
+    return MatMulRowsTiledFloat<DType::kF32>(w, x, n_tokens, row_begin, row_end, y.data());
   }
   if (n_tokens > 1 && w.dtype == DType::kF16) {
-    return MatMulRowsTiledFloat<true>(w, x, n_tokens, row_begin, row_end, y.data());
+    return MatMulRowsTiledFloat<DType::kF16>(w, x, n_tokens, row_begin, row_end, y.data());
+  }
+  if (n_tokens > 1 && w.dtype == DType::kBF16) {
+    return MatMulRowsTiledFloat<DType::kBF16>(w, x, n_tokens, row_begin, row_end, y.data());
   }
 #endif
   const bool quantized = IsBlockType(w.dtype);
@@ -2007,6 +2028,12 @@ double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
         uint16_t h;
         std::memcpy(&h, row + 2 * c, 2);
         v = layout::F16ToF32(h);
+        break;
+      }
+      case DType::kBF16: {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * c, 2);
+        v = layout::BF16ToF32(h);
         break;
       }
       case DType::kQ8_0: {
@@ -2318,12 +2345,15 @@ void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_by
 
 namespace {
 #ifdef FLASHLM_AVX2
-// The 32 values of one f16, q8_0 or q4_0 block at w, dequantised as layout::DequantizeRow does.
+// The 32 values of one f16, bf16, q8_0 or q4_0 block at w, dequantised as layout::DequantizeRow
+// does.
 inline void LoadBlock32(DType dtype, const std::byte* w, __m256 v[4]) {
   if (dtype == DType::kF16) {
-    for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j)));
-    }
+    for (int j = 0; j < 4; ++j) v[j] = LoadRow8<DType::kF16>(w, 8 * j);
+    return;
+  }
+  if (dtype == DType::kBF16) {
+    for (int j = 0; j < 4; ++j) v[j] = LoadRow8<DType::kBF16>(w, 8 * j);
     return;
   }
   const __m256 d = _mm256_set1_ps(HalfToFloat(w));
@@ -2835,7 +2865,7 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
     }
     return;
   }
-  // f16, q8_0, q4_0: 32 values at a time.
+  // f16, bf16, q8_0, q4_0: 32 values at a time.
   const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
   float tmp[kBlock];
   for (uint32_t c = 0; c < len; c += kBlock, w += block_bytes) {

@@ -26,8 +26,8 @@ Status CheckMatrix(const layout::TensorInfo& info, std::span<const uint64_t> sha
 }
 
 namespace {
-// A matrix as the engine keeps it: its own dtype, except bf16 (the one dtype without a kernel),
-// converted to f32 once, on load.
+// A matrix as the engine keeps it: its own dtype (every dtype a checkpoint can hold has kernels:
+// f32, f16, bf16, q8_0, q4_0, q4_K, q6_K); one without them would be converted to f32 on load.
 layout::TensorInfo AsLoaded(const layout::TensorInfo& info) {
   layout::TensorInfo as_loaded = info;
   if (!MatMulSupports(info.dtype)) as_loaded.dtype = DType::kF32;

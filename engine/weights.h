@@ -95,8 +95,8 @@ class DramWeightStore final : public WeightStore {
 
  private:
   DramWeightStore() = default;
-  // Matrix `name` of the checkpoint (info, owned by it) and as kept in DRAM (as_loaded: bf16
-  // becomes f32), after checking it against `shape` and the kernels.
+  // Matrix `name` of the checkpoint (info, owned by it) and as kept in DRAM (as_loaded: its own
+  // dtype where MatMul takes it, else f32), after checking it against `shape` and the kernels.
   struct PlannedMatrix {
     const layout::TensorInfo* info;
     layout::TensorInfo as_loaded;

@@ -113,8 +113,8 @@ void ExpectIdentical(const Trace& a, const Trace& b, const std::string& what) {
 // 16-row strips: all must give MatMul's products.)
 TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
   constexpr uint32_t kHidden = 40;
-  for (layout::DType dtype : {layout::DType::kQ8_0, layout::DType::kF32, layout::DType::kQ4_0,
-                              layout::DType::kQ4_K, layout::DType::kQ6_K}) {
+  for (layout::DType dtype : {layout::DType::kQ8_0, layout::DType::kF32, layout::DType::kBF16,
+                              layout::DType::kQ4_0, layout::DType::kQ4_K, layout::DType::kQ6_K}) {
     const uint32_t kDim = layout::BlockValues(dtype) > 32 ? 512 : 96;  // whole super-blocks
     for (layout::BundleKind kind :
          {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {

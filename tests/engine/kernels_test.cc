@@ -44,7 +44,8 @@ TEST_P(MatMulTest, MatchesScalarReference) {
   std::vector<std::byte> scratch(MatMulScratchBytes(c.cols, c.tokens) + 64);
   ThreadPool pool(c.threads);
   MatMul(w, x, c.tokens, y, scratch, pool);
-  const bool quantized_x = c.dtype != DType::kF32 && c.dtype != DType::kF16;
+  const bool quantized_x =
+      c.dtype != DType::kF32 && c.dtype != DType::kF16 && c.dtype != DType::kBF16;
   for (uint32_t t = 0; t < c.tokens; ++t) {
     std::span<const float> xt(x.data() + uint64_t{t} * c.cols, c.cols);
     double xnorm = 0;
@@ -88,7 +89,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{DType::kF32, 400, 257, 13, 3}, Case{DType::kF32, 66, 2048, 12, 2},
                       // f16 through the same tiles, in 1024-column chunks past 1024 columns.
                       Case{DType::kF16, 5, 31, 6, 2}, Case{DType::kF16, 203, 300, 7, 1},
-                      Case{DType::kF16, 66, 2061, 12, 2}, Case{DType::kQ8_0, 9, 64, 6, 2},
+                      Case{DType::kF16, 66, 2061, 12, 2},
+                      // bf16 likewise (widened as loaded), decode and prefill.
+                      Case{DType::kBF16, 1, 7, 1, 1}, Case{DType::kBF16, 37, 13, 3, 2},
+                      Case{DType::kBF16, 130, 257, 1, 3}, Case{DType::kBF16, 203, 300, 7, 1},
+                      Case{DType::kBF16, 66, 2061, 12, 2}, Case{DType::kQ8_0, 9, 64, 6, 2},
                       Case{DType::kQ8_0, 203, 257, 7, 1}, Case{DType::kQ8_0, 1100, 300, 13, 3},
                       Case{DType::kQ8_0, 66, 2048, 8, 2}, Case{DType::kQ4_0, 9, 64, 6, 2},
                       Case{DType::kQ4_0, 203, 257, 7, 1}, Case{DType::kQ4_0, 1100, 300, 13, 3},
@@ -169,7 +174,7 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
 // With AMX (q8_0 batches of 4 tokens or more, where the CPU has it), both with and without it.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
-  std::vector<DType> dtypes = {DType::kF32, DType::kF16};
+  std::vector<DType> dtypes = {DType::kF32, DType::kF16, DType::kBF16};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   dtypes.push_back(DType::kQ8_0);
@@ -370,8 +375,8 @@ INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
 // result bit-identical to MatMul's for that row, for one token and for batches (q8_0 goes through
 // 4-row tiles for batches and single rows for one token on AVX-512 VNNI; the rest row by row).
 TEST(KernelsTest, DotRowsBitIdenticalToMatMul) {
-  for (DType dtype : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
-                      DType::kQ6_K}) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                      DType::kQ4_K, DType::kQ6_K}) {
     std::mt19937 rng(12);
     const uint32_t rows = 41, cols = 1100;  // 21 rows picked: strips of 16 and 5
     std::vector<std::byte> bytes = MakeMatrix(dtype, rows, cols, rng);
@@ -460,8 +465,8 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
 // a slice starting at a block boundary inside the row, several tokens and a zero coefficient;
 // bit for bit against fma where the dtype's path fuses every term.
 TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
-  for (DType dtype :
-       {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                      DType::kQ4_K, DType::kQ6_K}) {
     std::mt19937 rng(static_cast<uint32_t>(dtype) + 11);
     // 4 full blocks + 6 values; for q4_K / q6_K 2 full super-blocks + 6 values.
     const uint32_t per = std::max(32u, layout::BlockValues(dtype));
@@ -500,8 +505,8 @@ TEST(KernelsTest, AxpyRowMatchesDequantizeRow) {
 // (register tiles of 4 or 8 tokens and their remainders), a partial last block, an offset into
 // the rows, and coefficients that are zero for some tokens or for every token of a row.
 TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
-  for (DType dtype :
-       {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                      DType::kQ4_K, DType::kQ6_K}) {
     std::mt19937 rng(static_cast<uint32_t>(dtype) + 29);
     const uint32_t per = std::max(32u, layout::BlockValues(dtype));
     const uint32_t cols = 3 * per + 6;
