@@ -18,8 +18,8 @@ namespace flashlm::layout {
 namespace {
 
 bool IsStorable(DType t) {
-  return t == DType::kF32 || t == DType::kF16 || t == DType::kQ8_0 || t == DType::kQ4_0 ||
-         t == DType::kQ4_K || t == DType::kQ6_K;
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 ||
+         t == DType::kQ4_0 || t == DType::kQ4_K || t == DType::kQ6_K;
 }
 
 // Parses "blk.<N>.ffn_<part>.weight"; returns false for any other name.
@@ -372,8 +372,9 @@ const TensorInfo* StoreShape::Find(std::string_view name) const {
 Result<StoreShape> PlanStoreShape(const ModelConfig& config, const std::vector<TensorInfo>& tensors,
                                   const Vocab& vocab, const RepackOptions& options) {
   if (options.dtype && !IsStorable(*options.dtype)) {
-    return InvalidArgumentError("store dtype must be f32, f16, q8_0, q4_0, q4_K or q6_K, not " +
-                                std::string(DTypeName(*options.dtype)));
+    return InvalidArgumentError(
+        "store dtype must be f32, f16, bf16, q8_0, q4_0, q4_K or q6_K, not " +
+        std::string(DTypeName(*options.dtype)));
   }
   if (options.dense_extent_bytes_max == 0 || options.embedding_extent_bytes_max == 0) {
     return InvalidArgumentError("dense extent size is 0");
@@ -411,8 +412,9 @@ Result<RepackSummary> Repack(Checkpoint& source, const std::string& out,
                              const RepackOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   if (options.dtype && !IsStorable(*options.dtype)) {
-    return InvalidArgumentError("store dtype must be f32, f16, q8_0, q4_0, q4_K or q6_K, not " +
-                                std::string(DTypeName(*options.dtype)));
+    return InvalidArgumentError(
+        "store dtype must be f32, f16, bf16, q8_0, q4_0, q4_K or q6_K, not " +
+        std::string(DTypeName(*options.dtype)));
   }
   if (options.dense_extent_bytes_max == 0 || options.embedding_extent_bytes_max == 0) {
     return InvalidArgumentError("dense extent size is 0");

@@ -323,7 +323,8 @@ Status StoreReader::Load() {
         return CorruptionError(where(name + ": does not match its FFN layer's bundles"));
       }
       // A block-quantised down column cannot be handed out as row-major blocks: f32 (exact).
-      if (part == FfnPart::kDown && info.dtype != DType::kF32 && info.dtype != DType::kF16) {
+      if (part == FfnPart::kDown && info.dtype != DType::kF32 && info.dtype != DType::kF16 &&
+          info.dtype != DType::kBF16) {
         info.dtype = DType::kF32;
       }
     } else {
@@ -552,7 +553,7 @@ Status StoreReader::ReadBundledTensor(const TensorInfo& info, const TensorRecord
     ConstByteSpan src = bundle.subspan(part_offset, g.part_bytes);
     if (part != FfnPart::kDown) {
       std::memcpy(out.data() + neuron * g.part_bytes, src.data(), g.part_bytes);
-    } else if (info.dtype == g.dtype) {  // f32 / f16: element-wise transpose, exact
+    } else if (info.dtype == g.dtype) {  // f32 / f16 / bf16: element-wise transpose, exact
       const uint64_t es = info.dtype == DType::kF32 ? 4 : 2;
       for (uint64_t r = 0; r < f.dim; ++r) {
         std::memcpy(out.data() + (r * n + neuron) * es, src.data() + r * es, es);

@@ -149,9 +149,10 @@ CommandRunner RegisterRepack(CLI::App& app) {
   cmd->add_option("INPUT", flags->input, "GGUF file, HF folder / .safetensors, llama2.c .bin")
       ->required();
   cmd->add_option("OUT", flags->out, "Store folder to create (must not exist)")->required();
-  cmd->add_option("--dtype", flags->dtype,
-                  "Weights dtype: f32, f16, q8_0, q4_0, q4_K, q6_K (default: the source's when storable, "
-                  "else f32; norms stay f32)");
+  cmd->add_option(
+      "--dtype", flags->dtype,
+      "Weights dtype: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K (default: the source's; norms "
+      "stay f32)");
   cmd->add_option("--align", flags->align,
                   "Extent alignment, power of two, 512..16M, or auto: the direct-I/O alignment "
                   "of the filesystem OUT is written to (its logical block size, e.g. 512 or "

@@ -53,7 +53,7 @@ std::vector<float> Floats(Checkpoint& c, const TensorInfo& t) {
 }
 
 // One quantisation step of a block format for values of magnitude up to amax: q8_0 maps amax
-// to 127 steps, q4_0 to 8 (ggml's d = max / -8); f16 rounds to 11 significant bits.
+// to 127 steps, q4_0 to 8 (ggml's d = max / -8); f16 rounds to 11 significant bits, bf16 to 8.
 double StepBound(DType t, double amax) {
   switch (t) {
     case DType::kQ8_0:
@@ -62,6 +62,8 @@ double StepBound(DType t, double amax) {
       return amax / 8.0 * 1.01 + 1e-7;
     case DType::kF16:
       return amax * std::ldexp(1.0, -11) + 1e-7;
+    case DType::kBF16:
+      return amax * std::ldexp(1.0, -8) + 1e-7;
     default:
       return 0.0;
   }
@@ -131,14 +133,16 @@ TEST_P(SameDTypeTest, RoundTripKeepsSourceDType) {
   EXPECT_EQ(store.vocab().merges, src.vocab().merges);
   EXPECT_EQ(store.vocab().pad_id, 5);
   ExpectTensorsMatch(src, store, dt, /*requantised=*/false);
-  // ffn_down: exact transpose for f32/f16; f32 (dequantised) for block formats.
+  // ffn_down: exact transpose for f32/f16/bf16; f32 (dequantised) for block formats.
   const TensorInfo* down = store.FindTensor("blk.1.ffn_down.weight");
   ASSERT_NE(down, nullptr);
-  EXPECT_EQ(down->dtype, (dt == DType::kF32 || dt == DType::kF16) ? dt : DType::kF32);
+  EXPECT_EQ(down->dtype,
+            (dt == DType::kF32 || dt == DType::kF16 || dt == DType::kBF16) ? dt : DType::kF32);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllStoreDTypes, SameDTypeTest,
-                         ::testing::Values(DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0),
+                         ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0,
+                                           DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 class ConvertTest : public ::testing::TestWithParam<DType> {};
@@ -158,7 +162,7 @@ TEST_P(ConvertTest, F32SourceIntoStoreDTypeWithinOneStep) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Quantised, ConvertTest,
-                         ::testing::Values(DType::kF16, DType::kQ8_0, DType::kQ4_0),
+                         ::testing::Values(DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 TEST(StoreTest, BundlesHoldGateRowUpRowDownColumn) {
@@ -487,7 +491,7 @@ TEST(StoreTest, ExistingOutputAndBadOptionsAreRefused) {
   o.alignment_bytes = 3000;
   EXPECT_EQ(Repack(src, (dir / "o2").string(), o).status().code(), StatusCode::kInvalidArgument);
   o.alignment_bytes = 4096;
-  o.dtype = DType::kBF16;
+  o.dtype = static_cast<DType>(9);  // not a dtype
   EXPECT_EQ(Repack(src, (dir / "o2").string(), o).status().code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(fs::exists(dir / "o2"));
 }
@@ -692,7 +696,7 @@ TEST_P(StoreModelsDTypeTest, GgufIntoStoreDTypeWithinBound) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stories260K, StoreModelsDTypeTest,
-                         ::testing::Values(DType::kF16, DType::kQ8_0, DType::kQ4_0),
+                         ::testing::Values(DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
 TEST(StoreModelsTest, StoreOfAStoreIsEqual) {
