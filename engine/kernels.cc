@@ -1998,6 +1998,40 @@ void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, st
   });
 }
 
+void MatMulShared(std::span<const MatrixView* const> w, std::span<const float> x, uint32_t n_tokens,
+                  std::span<const std::span<float>> y, ByteSpan scratch, ThreadPool& pool) {
+  const uint32_t count = static_cast<uint32_t>(w.size());
+  CHECK(count >= 1 && count <= kMaxSharedMatrices && y.size() == count);
+  const uint32_t cols = w[0]->cols;
+  bool quantize = false;
+  // Matrix m's rows are [start[m], start[m] + rows) of one range, each start a multiple of 16
+  // (MatMul's grain), so that a chunk begins on a strip of every matrix it touches.
+  uint64_t start[kMaxSharedMatrices + 1];
+  start[0] = 0;
+  for (uint32_t m = 0; m < count; ++m) {
+    CHECK(MatMulSupports(w[m]->dtype));
+    CHECK_EQ(w[m]->cols, cols);
+    CHECK_GE(y[m].size(), uint64_t{n_tokens} * w[m]->rows);
+    CHECK_GE(w[m]->bytes.size(), uint64_t{w[m]->rows} * w[m]->row_bytes());
+    quantize = quantize || IsBlockType(w[m]->dtype);
+    start[m + 1] = AlignUp(start[m] + w[m]->rows, 16);
+  }
+  CHECK_GE(x.size(), uint64_t{n_tokens} * cols);
+  ConstByteSpan qx;
+  if (quantize) {
+    QuantizeActivations(x, cols, n_tokens, scratch);
+    qx = scratch;
+  }
+  pool.ParallelFor(start[count], 16, [&](uint64_t b, uint64_t e, uint32_t) {
+    for (uint32_t m = 0; m < count; ++m) {
+      const uint64_t lo = std::max(b, start[m]), hi = std::min(e, start[m] + w[m]->rows);
+      if (lo >= hi) continue;
+      MatMulRows(*w[m], x, n_tokens, qx, static_cast<uint32_t>(lo - start[m]),
+                 static_cast<uint32_t>(hi - start[m]), y[m]);
+    }
+  });
+}
+
 double ReferenceDot(const MatrixView& w, uint32_t r, std::span<const float> x) {
   CHECK(!w.strips);  // row r is not where row() says
   const std::byte* row = w.bytes.data() + r * w.row_bytes();

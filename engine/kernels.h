@@ -1,5 +1,5 @@
 // Kernels of the forward pass: matrix-vector and small matrix-matrix products over weight
-// matrices in f32, f16, q8_0, q4_0, q4_K and q6_K, plus the element-wise pieces (RMSNorm,
+// matrices in f32, f16, bf16, q8_0, q4_0, q4_K and q6_K, plus the element-wise pieces (RMSNorm,
 // softmax, SwiGLU).
 //
 // Weights are read through MatrixView (bytes in the matrix's own dtype, rows back to back,
@@ -103,7 +103,7 @@ MatrixView KeepInStrips(const MatrixView& view, ByteSpan bytes);
 // whether AMX is used from now on. Thread-safe; allowed by default.
 bool SetAmx(bool allowed);
 
-// True for dtypes MatMul handles (f32, f16, q8_0, q4_0, q4_K, q6_K).
+// True for dtypes MatMul handles (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K).
 bool MatMulSupports(layout::DType dtype);
 
 // Bytes of scratch MatMul needs to quantise `n_tokens` activation rows of `cols` values.
@@ -115,8 +115,16 @@ uint64_t MatMulScratchBytes(uint32_t cols, uint32_t n_tokens);
 void MatMul(const MatrixView& w, std::span<const float> x, uint32_t n_tokens, std::span<float> y,
             ByteSpan scratch, ThreadPool& pool);
 
-// Same, restricted to rows [row_begin, row_end) of W, single-threaded; y is n_tokens x w.rows and
-// only those rows are written. Used by MatMul per thread, and by sparse FFN paths.
+// MatMul of up to kMaxSharedMatrices matrices with the same columns against the same x (q, k and
+// v; gate and up): y[m] as MatMul(*w[m], x, n_tokens, y[m], ...) gives it, bit for bit, with x
+// quantised once and one ParallelFor over all the matrices' rows, so the threads meet once
+// instead of once a matrix.
+inline constexpr uint32_t kMaxSharedMatrices = 4;
+void MatMulShared(std::span<const MatrixView* const> w, std::span<const float> x, uint32_t n_tokens,
+                  std::span<const std::span<float>> y, ByteSpan scratch, ThreadPool& pool);
+
+// Same as MatMul, restricted to rows [row_begin, row_end) of W, single-threaded; y is n_tokens x
+// w.rows and only those rows are written. Used by MatMul per thread, and by sparse FFN paths.
 void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
                 ConstByteSpan quantized_x, uint32_t row_begin, uint32_t row_end,
                 std::span<float> y);

@@ -927,9 +927,11 @@ Result<std::span<const float>> Transformer::Forward(const TokenBatch& batch) {
       RmsNorm(x_.subspan(uint64_t{t} * c.dim, c.dim), w.attn_norm, c.norm_eps,
               xb_.subspan(uint64_t{t} * c.dim, c.dim));
     }
-    MatMul(w.wq, xb_, n_act, q_, scratch_, pool_);
-    MatMul(w.wk, xb_, n_act, k_, scratch_, pool_);
-    MatMul(w.wv, xb_, n_act, v_, scratch_, pool_);
+    {
+      const MatrixView* qkv[] = {&w.wq, &w.wk, &w.wv};
+      const std::span<float> out[] = {q_, k_, v_};
+      MatMulShared(qkv, xb_, n_act, out, scratch_, pool_);
+    }
     for (uint32_t t = 0; t < n_act; ++t) {
       Rope(q_.data() + uint64_t{t} * q_dim_, c.n_heads, active.positions[t]);
       Rope(k_.data() + uint64_t{t} * kv_dim_, c.n_kv_heads, active.positions[t]);
@@ -1187,11 +1189,12 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
     RETURN_IF_ERROR(weights_.ReleaseMatrices(l));
     ffn_total_ += c.hidden_dim;
     ffn_computed_ += c.hidden_dim;
-    MatMul(w.gate, xb, n, hb_, scratch_, pool_);
+    const MatrixView* gate_up[] = {&w.gate, &w.up};
+    const std::span<float> gate_up_out[] = {hb_, hb2_};
+    MatMulShared(gate_up, xb, n, gate_up_out, scratch_, pool_);
     if (ffn_observer_ != nullptr) {
       ffn_observer_->OnFfnGate(l, hb_.first(uint64_t{n} * c.hidden_dim), n);
     }
-    MatMul(w.up, xb, n, hb2_, scratch_, pool_);
     SwiGlu(hb_.first(uint64_t{n} * c.hidden_dim), hb2_.first(uint64_t{n} * c.hidden_dim),
            c.activation == layout::Activation::kRelu);
     if (ffn_observer_ != nullptr) {

@@ -371,6 +371,57 @@ INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
                            return std::string(DTypeName(i.param));
                          });
 
+// MatMulShared gives each matrix exactly what MatMul gives it alone: mixed dtypes (a Q4_K_M
+// layer's q4_K and q6_K next to f32 and q4_0), row counts that are not multiples of 16 (the
+// matrices meet inside one chunk), row-major and in strips, one token and a batch, 1-3 threads.
+TEST(KernelsTest, MatMulSharedEqualsMatMulPerMatrix) {
+  const uint32_t cols = 512;
+  struct Spec {
+    DType dtype;
+    uint32_t rows;
+  };
+  for (const auto& specs :
+       {std::vector<Spec>{{DType::kQ4_K, 64}, {DType::kQ6_K, 32}, {DType::kQ4_K, 48}},
+        std::vector<Spec>{
+            {DType::kF32, 37}, {DType::kQ4_0, 24}, {DType::kQ8_0, 16}, {DType::kBF16, 5}},
+        std::vector<Spec>{{DType::kQ8_0, 200}, {DType::kQ8_0, 200}}}) {
+    std::mt19937 rng(static_cast<uint32_t>(specs.size()) * 7 + specs[0].rows);
+    std::vector<std::vector<std::byte>> bytes;
+    std::vector<MatrixView> views;
+    for (const Spec& sp : specs) {
+      bytes.push_back(MakeMatrix(sp.dtype, sp.rows, cols, rng));
+      views.push_back(KeepInStrips(MatrixView{sp.dtype, sp.rows, cols, bytes.back()},
+                                   ByteSpan(bytes.back().data(), bytes.back().size())));
+    }
+    std::vector<const MatrixView*> ws;
+    for (const MatrixView& v : views) ws.push_back(&v);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (uint32_t n : {1u, 7u}) {
+      std::vector<float> x(uint64_t{n} * cols);
+      for (float& v : x) v = nd(rng);
+      std::vector<std::byte> scratch(MatMulScratchBytes(cols, n));
+      for (uint32_t threads : {1u, 2u, 3u}) {
+        ThreadPool pool(threads);
+        std::vector<std::vector<float>> alone(specs.size()), shared(specs.size());
+        std::vector<std::span<float>> out;
+        for (size_t m = 0; m < specs.size(); ++m) {
+          alone[m].assign(uint64_t{n} * specs[m].rows, 0.0f);
+          shared[m].assign(uint64_t{n} * specs[m].rows, -1.0f);
+          MatMul(views[m], x, n, alone[m], scratch, pool);
+          out.push_back(shared[m]);
+        }
+        MatMulShared(ws, x, n, out, scratch, pool);
+        for (size_t m = 0; m < specs.size(); ++m) {
+          ASSERT_EQ(0,
+                    std::memcmp(alone[m].data(), shared[m].data(), alone[m].size() * sizeof(float)))
+              << DTypeName(specs[m].dtype) << " matrix " << m << ", " << n << " tokens, " << threads
+              << " threads";
+        }
+      }
+    }
+  }
+}
+
 // DotRows: rows anywhere in memory (here every other row of a matrix, in a shuffled order), each
 // result bit-identical to MatMul's for that row, for one token and for batches (q8_0 goes through
 // 4-row tiles for batches and single rows for one token on AVX-512 VNNI; the rest row by row).
