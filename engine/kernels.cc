@@ -224,7 +224,7 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 // "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was half-way, f16 levels off
 // from 4 KiB, f32 was no faster at 3-4 KiB.
 constexpr uint64_t kRowPrefetchBytesF32 = 2048;
-constexpr uint64_t kRowPrefetchBytesF16 = 4096;  // bf16 too
+constexpr uint64_t kRowPrefetchBytesF16 = 4096;  // bf16 too (not swept on its own)
 
 // f32, f16 or bf16 rows: per token, 16 lanes of fused products over the columns up
 // to the last multiple of 16 (one zmm accumulator on AVX-512, two 8-lane ones on AVX2: the same
@@ -1650,7 +1650,7 @@ constexpr uint64_t kPanelBytes = 640 << 10;
 constexpr uint32_t kGroupF32 = 6;     // tokens per tile (4 x 6 accumulators)
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
 // A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows
-// (f32 rows fill kPanelBytes with that many; f16 rows have twice as many to a panel, capped).
+// (f32 rows fill kPanelBytes with that many; f16 / bf16 rows have twice as many, capped).
 constexpr uint32_t kMaxChunkedPanelRows = kPanelBytes / (kChunkF32 * sizeof(float));
 
 // Rows [r0, r1) against tokens t0 .. t0 + NT - 1 (x indexed from t0).

@@ -1,10 +1,10 @@
 // ThreadPool: a fixed set of worker threads created once at start-up, used by the kernels to
 // split a loop over the machine's cores. ParallelFor allocates nothing: the task is passed as a
 // function pointer plus a context pointer. The range is cut into one long chunk per thread (most
-// of the range) and a few short ones that threads claim from a shared counter, so a thread the
+// of the range) and a few short ones; threads claim chunks from a shared counter, so a thread the
 // OS has descheduled (the machines are shared) does not hold the others up for long: whoever is
-// running takes the remaining chunks. Between
-// calls workers spin (about a third of a millisecond), then sleep on a condition variable.
+// running takes the remaining chunks. Between calls workers spin (about a third of a
+// millisecond), then sleep on a condition variable.
 // Not re-entrant: one ParallelFor at a time, called from one owner thread.
 #ifndef FLASHLM_ENGINE_THREAD_POOL_H_
 #define FLASHLM_ENGINE_THREAD_POOL_H_
