@@ -1,7 +1,7 @@
 // flashlm_ffn_bench: the FFN of a 1b-shaped model (22 layers, dim 2048, 5632 neurons) with every
 // weight in DRAM, computed two ways over the same number of bytes:
-// - Dense: gate, up and down as matrices (kept in strips, as a GGUF's are loaded), three MatMuls
-//   and SwiGlu a layer: what `generate` runs on a GGUF.
+// - Dense: gate, up and down as matrices (kept in strips, as a GGUF's are loaded), gate and up in
+//   one MatMulShared, SwiGlu, then down's MatMul a layer: what `generate` runs on a GGUF.
 // - Bundles: BundleFfnKernel over gate-up-down bundles, adjacent in one buffer on huge pages
 //   (a resident store's layout), in calls of 256 positions: what a store runs with every bundle
 //   resident in dense mode. BundlesSparse computes every 10th neuron only (a sparse set's
@@ -164,8 +164,9 @@ void BM_DenseFfn(benchmark::State& state) {
   std::vector<std::byte> scratch(MatMulScratchBytes(kHidden, n));
   for (auto _ : state) {
     for (uint32_t l = 0; l < kLayers; ++l) {
-      MatMul(d.gate[l], x, n, g, scratch, pool);
-      MatMul(d.up[l], x, n, u, scratch, pool);
+      const MatrixView* gate_up[] = {&d.gate[l], &d.up[l]};
+      const std::span<float> gate_up_out[] = {g, u};
+      MatMulShared(gate_up, x, n, gate_up_out, scratch, pool);
       SwiGlu(g, u, false);
       MatMul(d.down[l], g, n, out, scratch, pool);
     }
