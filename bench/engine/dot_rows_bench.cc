@@ -4,16 +4,16 @@
 // the bundle FFN takes. Rows of dim 2048 (the 1b model); `rows` 128 (gate and up of 64 bundles,
 // about 0.2-0.4 MiB: in L2, so the figure is compute) or 180224 (gate and up of 90112 bundles,
 // 16 layers of the 1b model's 5632 neurons, 0.3-0.6 GiB: from DRAM). The next group's bundles
-// are asked for as DotRows' `ahead`, as BundleFfnKernel does. Bundles are gate-up-down, back to back; the matrix holds the same rows
-// in the same order. items_per_second counts rows. Run:
+// are asked for as DotRows' `ahead`, as BundleFfnKernel does. Bundles are gate-up-down, back to
+// back; the matrix holds the same rows in the same order. items_per_second counts rows. Run:
 //   build/bench/flashlm_dot_rows_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
 #include <benchmark/benchmark.h>
-#include <sys/mman.h>
 
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "bench/engine/huge_buffer.h"
 #include "engine/kernels.h"
 #include "layout/dtype.h"
 #include "storage/check.h"
@@ -24,21 +24,6 @@ namespace {
 constexpr uint32_t kDim = 2048;
 constexpr layout::DType kDTypes[] = {layout::DType::kQ8_0, layout::DType::kQ4_0,
                                      layout::DType::kQ4_K, layout::DType::kQ6_K};
-
-// Page-aligned bytes on transparent huge pages where the kernel gives them.
-struct HugeBuffer {
-  explicit HugeBuffer(uint64_t n) : size(n) {
-    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(p != MAP_FAILED);
-    madvise(p, n, MADV_HUGEPAGE);
-    data = static_cast<std::byte*>(p);
-  }
-  ~HugeBuffer() { munmap(data, size); }
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
-  std::byte* data;
-  uint64_t size;
-};
 
 // One row of `dtype` (random values in [-1, 1), quantised once): every row of the benchmarks
 // (the kernels' speed does not depend on the values).
@@ -99,8 +84,9 @@ void BM_MatMulStrips(benchmark::State& state) {
   const uint64_t rb = row.size();
   HugeBuffer buf(rows * rb);
   for (uint64_t i = 0; i < rows; ++i) std::memcpy(buf.data + i * rb, row.data(), rb);
-  const MatrixView w = KeepInStrips(MatrixView{dtype, rows, kDim, ConstByteSpan(buf.data, rows * rb)},
-                                    ByteSpan(buf.data, rows * rb));
+  const MatrixView w =
+      KeepInStrips(MatrixView{dtype, rows, kDim, ConstByteSpan(buf.data, rows * rb)},
+                   ByteSpan(buf.data, rows * rb));
   const Token tok;
   std::vector<float> out(rows);
   for (auto _ : state) {

@@ -12,13 +12,13 @@
 // against the matrices). Run (medians of 5, as in docs/benchmarks.md):
 //   build/bench/flashlm_ffn_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
 #include <benchmark/benchmark.h>
-#include <sys/mman.h>
 
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "bench/engine/huge_buffer.h"
 #include "engine/bundle_ffn.h"
 #include "engine/kernels.h"
 #include "engine/thread_pool.h"
@@ -34,21 +34,6 @@ constexpr uint32_t kLayers = 22, kDim = 2048, kHidden = 5632, kChunk = 256;
 // q4_K bundles of a repacked Q4_K_M model.
 constexpr layout::DType kDTypes[] = {layout::DType::kQ8_0, layout::DType::kQ4_0,
                                      layout::DType::kQ4_K};
-
-// Page-aligned bytes on transparent huge pages where the kernel gives them.
-struct HugeBuffer {
-  explicit HugeBuffer(uint64_t n) : size(n) {
-    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(p != MAP_FAILED);
-    madvise(p, n, MADV_HUGEPAGE);
-    data = static_cast<std::byte*>(p);
-  }
-  ~HugeBuffer() { munmap(data, size); }
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
-  std::byte* data;
-  uint64_t size;
-};
 
 // Fills `n_rows` rows of `cols` values in `dtype` at `out`: one row of uniform values in
 // [-1, 1) quantised once, then rotated by a random number of blocks for each row (different
