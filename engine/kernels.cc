@@ -220,9 +220,12 @@ void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, ui
 
 // On AVX-512, RowFloat asks for the row's bytes this far ahead as they read (prefetches
 // never fault, so past a row's or a buffer's end is harmless). Decode of the 1b model at 1
-// thread, against no prefetch: f32 3.8 -> 4.2 tok/s, f16 6.8 -> 8.5 (docs/benchmarks.md,
-// "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was half-way, f16 levels off
-// from 4 KiB, f32 was no faster at 3-4 KiB.
+// thread, against no prefetch, on an Intel Xeon: f32 3.8 -> 4.2 tok/s, f16 6.8 -> 8.5
+// (docs/benchmarks.md, "f16 prefill tiles; f32 / f16 rows prefetched ahead"); 1 KiB was
+// half-way, f16 levels off from 4 KiB, f32 was no faster at 3-4 KiB. On an AMD EPYC (Zen 5) the
+// f32 prefetch cost more than it gave (1b f32 at 1 thread: 4.9 with it against 6.3 tok/s without,
+// "f32 rows without the prefetch on AMD"), while f16's still helped (9.7-10.0 against 8.5-8.8), so
+// f32 rows are prefetched on other CPUs only: RowPrefetchF32(), fixed at start-up.
 constexpr uint64_t kRowPrefetchBytesF32 = 2048;
 constexpr uint64_t kRowPrefetchBytesF16 = 4096;  // bf16 too (not swept on its own)
 
@@ -230,7 +233,8 @@ constexpr uint64_t kRowPrefetchBytesF16 = 4096;  // bf16 too (not swept on its o
 // to the last multiple of 16 (one zmm accumulator on AVX-512, two 8-lane ones on AVX2: the same
 // sums), reduced as ReduceLikeRowF32 does, then the rest one by one (UnfusedProduct). The tiles
 // (TileFloat) give the same bits for a batch.
-template <int NT, DType kT>
+// kPrefetch: whether the AVX-512 path prefetches ahead (the sums are the same either way).
+template <int NT, DType kT, bool kPrefetch = true>
 void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out) {
   uint32_t c = 0;
   float sums[NT] = {};
@@ -239,8 +243,10 @@ void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out)
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (; c + 16 <= n; c += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w + kFloatBytes<kT> * uint64_t{c} + kAhead),
-                 _MM_HINT_T0);
+    if constexpr (kPrefetch) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + kFloatBytes<kT> * uint64_t{c} + kAhead),
+                   _MM_HINT_T0);
+    }
     const __m512 wv = LoadRow16<kT>(w, c);
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + c), acc[t]);
   }
@@ -263,9 +269,27 @@ void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out)
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 }
+// Whether f32 rows are prefetched ahead: not on AMD CPUs (see kRowPrefetchBytesF32).
+bool RowPrefetchF32() {
+#if defined(FLASHLM_AVX2)
+  static const bool prefetch = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(0, &a, &b, &c, &d) == 0) return true;
+    // The vendor string "AuthenticAMD" is in ebx, edx, ecx.
+    char vendor[12];
+    std::memcpy(vendor, &b, 4), std::memcpy(vendor + 4, &d, 4), std::memcpy(vendor + 8, &c, 4);
+    return std::memcmp(vendor, "AuthenticAMD", 12) != 0;
+  }();
+  return prefetch;
+#else
+  return false;
+#endif
+}
 template <int NT>
 void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
-  RowFloat<NT, DType::kF32>(reinterpret_cast<const std::byte*>(w), x, n, out);
+  const std::byte* row = reinterpret_cast<const std::byte*>(w);
+  if (RowPrefetchF32()) return RowFloat<NT, DType::kF32, true>(row, x, n, out);
+  RowFloat<NT, DType::kF32, false>(row, x, n, out);
 }
 
 // ---- q8_0 / q4_0 rows against NT q8-quantised token vectors ---------------------------------
