@@ -768,7 +768,9 @@ __attribute__((always_inline)) inline void TransposeRows16(const std::byte* cons
 }
 
 // Rows' 32 bytes at byte offset q, transposed: t[k] dword i = row i's dword k, k < 8 (what
-// TransposeRows16 at q and q + 16 give, in 40 instructions instead of 72). Each zmm starts as
+// TransposeRows16 at q and q + 16 give: 16 loads, 8 inserts, 16 unpacks and 8 permutes instead
+// of 32 loads, 24 inserts and 16 unpacks; DotRows on bundle rows in L2 went 8-20% faster,
+// docs/benchmarks.md, "Rows transposed 32 bytes at a time"). Each zmm starts as
 // rows m and m + 8 (one 32-byte load into each half); the two halves are then two 8 x 8 dword
 // transposes side by side: dwords within 128-bit lanes, then qwords, then 128-bit lanes across
 // the pair of registers.
