@@ -150,6 +150,16 @@ __attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint
 }
 #endif
 
+// An f32 matrix in strips (InterleaveStrips) keeps its rows kF32StripRows at a time, each group
+// as kF32ChunkCols-column pieces of its rows, piece by piece: columns [0, 256) of rows 0 .. 3 (1
+// KiB each, row order), then columns [256, 512) of rows 0 .. 3, and so on. So row i of a group
+// starts at float 256i of it, and its column c is (c / 256) * 3 * 256 floats further on than in
+// a row-major row (kF32ChunkSkip). Decode then reads one stream and each 1 KiB of activations
+// meets four rows in a row, where a row-major row walks all of the activations once per row.
+constexpr uint32_t kF32StripRows = 4;
+constexpr uint32_t kF32ChunkCols = 256;
+constexpr uint32_t kF32ChunkSkip = (kF32StripRows - 1) * kF32ChunkCols;
+
 #if defined(FLASHLM_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 #define FLASHLM_AVX512 1
 // The reduction RowFloat's AVX2 path ends with (its two 8-lane accumulators added, then
@@ -182,25 +192,35 @@ __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uin
 // unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one, as
 // RowFloat does: each lane takes the same fused terms in the same order however the columns
 // are split, so results are bit-identical to those.
+// Row r's column c is value c + (c / kF32ChunkCols) * skip from w[r]: skip is 0 for row-major
+// rows, kF32ChunkSkip for f32 rows in strips (which have no columns past c1).
 template <int R, int NT, DType kT>
-void TileFloat(const std::byte* const* w, const float* const* x, uint32_t c0, uint32_t c1,
-               uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
+void TileFloat(const std::byte* const* w, uint32_t skip, const float* const* x, uint32_t c0,
+               uint32_t c1, uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
   __m512 acc[R][NT];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
       acc[r][t] = c0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_mem + (r * NT + t) * 16);
     }
   }
-  for (uint32_t c = c0; c < c1; c += 16) {
-    __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kT>(w[r], c);
-    for (int t = 0; t < NT; ++t) {
-      __m512 xv = _mm512_loadu_ps(x[t] + c);
-      // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
-      // where one serves (2x slower 110m f32 prefill matmuls: the loop is load-bound then).
-      __asm__("" : "+v"(xv));
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+  // Whole pieces of kF32ChunkCols columns where skip != 0 (one piece, [c0, c1), where it is 0).
+  for (uint32_t p0 = c0; p0 < c1;) {
+    const uint32_t p1 = skip == 0 ? c1 : std::min(c1, (p0 / kF32ChunkCols + 1) * kF32ChunkCols);
+    const uint64_t shift = uint64_t{p0 / kF32ChunkCols} * skip * kFloatBytes<kT>;
+    const std::byte* wp[R];
+    for (int r = 0; r < R; ++r) wp[r] = w[r] + shift;
+    for (uint32_t c = p0; c < p1; c += 16) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kT>(wp[r], c);
+      for (int t = 0; t < NT; ++t) {
+        __m512 xv = _mm512_loadu_ps(x[t] + c);
+        // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
+        // where one serves (2x slower 110m f32 prefill matmuls: the loop is load-bound then).
+        __asm__("" : "+v"(xv));
+        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+      }
     }
+    p0 = p1;
   }
   if (!last) {
     for (int r = 0; r < R; ++r) {
@@ -1730,18 +1750,26 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   alignas(64) float acc[kMaxChunkedPanelRows * NT * 16];  // [row][token][lane], chunked rows
   float out[4 * NT];
   const std::byte* rows[4];
+  // Row r's first value and the values skipped after each of its pieces (f32 in strips).
+  CHECK(!w.strips || (kT == DType::kF32 && c16 == cols));
+  const uint32_t skip = w.strips ? kF32ChunkSkip : 0;
+  const auto row_at = [&](uint32_t r) {
+    if (!w.strips) return w.bytes.data() + uint64_t{r} * rb;
+    return w.bytes.data() + uint64_t{r / kF32StripRows} * kF32StripRows * rb +
+           uint64_t{r % kF32StripRows} * kF32ChunkCols * sizeof(float);
+  };
   for (uint32_t c0 = 0;;) {
     const uint32_t c1 = c16 - c0 > kChunkF32 ? c0 + kChunkF32 : c16;
     const bool last = c1 == c16;
     CHECK(last || r1 - r0 <= kMaxChunkedPanelRows);
     for (uint32_t r = r0; r < r1;) {
       const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
-      for (uint32_t i = 0; i < nr; ++i) rows[i] = w.bytes.data() + uint64_t{r + i} * rb;
+      for (uint32_t i = 0; i < nr; ++i) rows[i] = row_at(r + i);
       float* acc_mem = acc + uint64_t{r - r0} * NT * 16;
       if (nr == 4) {
-        TileFloat<4, NT, kT>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<4, NT, kT>(rows, skip, x, c0, c1, cols, last, acc_mem, out);
       } else {
-        TileFloat<1, NT, kT>(rows, x, c0, c1, cols, last, acc_mem, out);
+        TileFloat<1, NT, kT>(rows, skip, x, c0, c1, cols, last, acc_mem, out);
       }
       if (last) {
         for (uint32_t i = 0; i < nr; ++i) {
@@ -1752,6 +1780,36 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
     }
     if (last) break;
     c0 = c1;
+  }
+}
+
+// One token over rows [row_begin, row_end) (row_begin a multiple of kF32StripRows) of an f32
+// matrix in strips: per group of rows, one accumulator a row, each taking its row's 16-lane fused
+// products in column order as RowFloat's one accumulator does, then reduced as ReduceLikeRowF32
+// does: the same bits as RowFloat. The matrix is read front to back as one stream, and each
+// 1 KiB of activations meets the group's rows one after another while it is in L1. Against
+// row-major rows (RowFloat) on the AMD EPYC, reading a 5632 x 2048 or 2048 x 5632 matrix from
+// DRAM at 1 thread: docs/benchmarks.md, "f32 rows in groups of four".
+void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin, uint32_t row_end,
+                         float* y) {
+  CHECK_EQ(row_begin % kF32StripRows, 0u);
+  CHECK_EQ(w.cols % kF32ChunkCols, 0u);
+  const uint64_t rb = w.row_bytes();
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kF32StripRows) {
+    const float* group = reinterpret_cast<const float*>(w.bytes.data() + uint64_t{r0} * rb);
+    const uint32_t nr = std::min(kF32StripRows, row_end - r0);
+    __m512 acc[kF32StripRows];
+    for (__m512& a : acc) a = _mm512_setzero_ps();
+    for (uint32_t c0 = 0; c0 < w.cols; c0 += kF32ChunkCols) {
+      const float* piece = group + uint64_t{c0} * kF32StripRows;
+      for (uint32_t i = 0; i < kF32StripRows; ++i) {
+        for (uint32_t c = 0; c < kF32ChunkCols; c += 16) {
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(piece + i * kF32ChunkCols + c),
+                                   _mm512_loadu_ps(x + c0 + c), acc[i]);
+        }
+      }
+    }
+    for (uint32_t i = 0; i < nr; ++i) y[r0 + i] = ReduceLikeRowF32(acc[i]);
   }
 }
 
@@ -1810,12 +1868,15 @@ bool MatMulSupports(DType dtype) {
 }
 
 bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
+  if (rows == 0 || rows % 16 != 0 || cols == 0) return false;
+#ifdef FLASHLM_AVX512
+  if (dtype == DType::kF32) return cols % kF32ChunkCols == 0;
+#endif
 #ifdef FLASHLM_AVX512_VNNI
-  if (rows == 0 || rows % kStrip != 0 || cols == 0) return false;
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #else
-  (void)dtype, (void)rows, (void)cols;
+  (void)dtype;
   return false;
 #endif
 }
@@ -1829,6 +1890,19 @@ void InterleaveStrips(DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes)
   for (uint32_t s = 0; s < rows / kRows; ++s) {
     std::byte* out = bytes.data() + s * strip_bytes;
     std::memcpy(src.data(), out, strip_bytes);
+    if (dtype == DType::kF32) {  // groups of 4 rows, piece by piece
+      constexpr uint64_t kPieceBytes = kF32ChunkCols * sizeof(float);
+      for (uint32_t g = 0; g < kRows / kF32StripRows; ++g) {
+        std::byte* group = out + uint64_t{g} * kF32StripRows * rb;
+        for (uint32_t k = 0; k < cols / kF32ChunkCols; ++k) {
+          for (uint32_t i = 0; i < kF32StripRows; ++i) {
+            std::memcpy(group + (uint64_t{k} * kF32StripRows + i) * kPieceBytes,
+                        src.data() + (g * kF32StripRows + i) * rb + k * kPieceBytes, kPieceBytes);
+          }
+        }
+      }
+      continue;
+    }
     if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {
       const bool q8 = dtype == DType::kQ8_0;
       const uint32_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
@@ -1957,7 +2031,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsKStrips<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
-  if (n_tokens > 1 && w.dtype == DType::kF32) {
+  if (n_tokens == 1 && w.strips && w.dtype == DType::kF32) {
+    return MatMulRowsF32Strips(w, x.data(), row_begin, row_end, y.data());
+  }
+  if (n_tokens > 1 && w.dtype == DType::kF32) {  // row-major or in strips
     return MatMulRowsTiledFloat<DType::kF32>(w, x, n_tokens, row_begin, row_end, y.data());
   }
   if (n_tokens > 1 && w.dtype == DType::kF16) {

@@ -5,7 +5,10 @@
 // about 0.2-0.4 MiB: in L2, so the figure is compute) or 180224 (gate and up of 90112 bundles,
 // 16 layers of the 1b model's 5632 neurons, 0.3-0.6 GiB: from DRAM). The next group's bundles
 // are asked for as DotRows' `ahead`, as BundleFfnKernel does. Bundles are gate-up-down, back to
-// back; the matrix holds the same rows in the same order. items_per_second counts rows. Run:
+// back; the matrix holds the same rows in the same order. items_per_second counts rows.
+// BM_MatMulF32 times one token's decode over an f32 matrix of 90112 x 2048 (0.7 GiB, from DRAM)
+// kept row-major (`strips` 0, as before f32 strips) or in strips (1, as a loaded GGUF's are:
+// rows 4 at a time in 256-column pieces). Run:
 //   build/bench/flashlm_dot_rows_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
 #include <benchmark/benchmark.h>
 
@@ -97,6 +100,34 @@ void BM_MatMulStrips(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * rb));
 }
 
+// Arguments: strips (0 or 1). The values are random; the rows are the same either way.
+void BM_MatMulF32(benchmark::State& state) {
+  const bool strips = state.range(0) != 0;
+  const uint32_t rows = 16 * 5632;
+  const uint64_t rb = uint64_t{kDim} * sizeof(float);
+  HugeBuffer buf(rows * rb);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  float* v = reinterpret_cast<float*>(buf.data);
+  for (uint64_t i = 0; i < uint64_t{rows} * kDim; ++i) v[i] = u(rng);
+  MatrixView w{layout::DType::kF32, rows, kDim, ConstByteSpan(buf.data, rows * rb)};
+  if (strips) {
+    w = KeepInStrips(w, ByteSpan(buf.data, rows * rb));
+    if (!w.strips) {
+      state.SkipWithError("this build keeps no f32 matrix in strips (needs AVX-512)");
+      return;
+    }
+  }
+  const Token tok;
+  std::vector<float> out(rows);
+  for (auto _ : state) {
+    MatMulRows(w, tok.x, 1, {}, 0, rows, out);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * rows));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * rows * rb));
+}
+
 void Args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"dtype", "rows"})->Unit(benchmark::kMicrosecond);
   for (int dtype = 0; dtype < 4; ++dtype) {
@@ -106,6 +137,7 @@ void Args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_DotRowsBundles)->Apply(Args);
 BENCHMARK(BM_MatMulStrips)->Apply(Args);
+BENCHMARK(BM_MatMulF32)->ArgName("strips")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace flashlm::engine

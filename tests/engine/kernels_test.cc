@@ -270,6 +270,10 @@ uint64_t StripsOffset(DType dtype, uint32_t cols, uint32_t r, uint64_t o) {
   const uint64_t rb = layout::RowBytes(dtype, cols);
   const uint64_t strip = uint64_t{r / 16} * 16 * rb;
   const uint32_t i = r % 16;
+  if (dtype == DType::kF32) {  // groups of 4 rows, 1 KiB pieces of them
+    const uint64_t group = uint64_t{r / 4} * 4 * rb;
+    return group + (o / 1024 * 4 + r % 4) * 1024 + o % 1024;
+  }
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {
     const uint64_t block = dtype == DType::kQ4_0 ? 18 : 34, vectors = (block - 2) / 4;
     const uint64_t b = o / block, in = o % block;  // block b, byte `in` of it
@@ -285,7 +289,7 @@ uint64_t StripsOffset(DType dtype, uint32_t cols, uint32_t r, uint64_t o) {
   return strip + nsb * groups * 256 + (j * 16 + i) * tail + (in - 16 * groups);
 }
 
-// Matrices interleaved in 16-row strips (how a loaded GGUF's q4_0, q4_K and q6_K matrices are
+// Matrices interleaved in 16-row strips (how a loaded GGUF's f32, q4_0, q4_K and q6_K matrices are
 // kept): every byte lands where the layout kernels.h documents says, and MatMul / MatMulRows over
 // the strips are bit-identical to MatMul over the row-major matrix, for one token (decode) and
 // batches, 1-3 threads, row ranges that start on a strip and end anywhere.
@@ -296,14 +300,21 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
   EXPECT_FALSE(CanInterleaveStrips(dtype, 40, 256));        // rows not a multiple of 16
   EXPECT_FALSE(CanInterleaveStrips(DType::kQ4_0, 32, 96));  // an odd number of q4_0 blocks
   EXPECT_FALSE(CanInterleaveStrips(DType::kQ8_0, 32, 96));  // and of q8_0 blocks
-  EXPECT_FALSE(CanInterleaveStrips(DType::kF32, 32, 64));   // no strips for f32
-  if (!CanInterleaveStrips(dtype, 16, 64)) {
-    GTEST_SKIP() << "this build's MatMul has no interleaved strips (needs AVX-512 VNNI)";
+  EXPECT_FALSE(CanInterleaveStrips(DType::kF32, 32, 720));  // f32 columns not a multiple of 256
+  EXPECT_FALSE(CanInterleaveStrips(DType::kF16, 32, 64));   // no strips for f16
+  if (!CanInterleaveStrips(dtype, 16, 256)) {
+    GTEST_SKIP() << "this build's MatMul has no interleaved strips for " << DTypeName(dtype)
+                 << " (f32 needs AVX-512, the block dtypes AVX-512 VNNI)";
   }
   // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
-  std::vector<std::pair<uint32_t, uint32_t>> shapes = {
-      {16, 64}, {48, 128}, {160, 2048}, {32, 5632}};
-  if (dtype != DType::kQ4_0 && dtype != DType::kQ8_0)
+  // f32 widths are whole 256-column pieces.
+  std::vector<std::pair<uint32_t, uint32_t>> shapes = {{160, 2048}, {32, 5632}};
+  if (dtype == DType::kF32) {
+    shapes.insert(shapes.end(), {{16, 256}, {64, 1280}, {32, 768}});
+  } else {
+    shapes.insert(shapes.end(), {{16, 64}, {48, 128}});
+  }
+  if (dtype == DType::kQ4_K || dtype == DType::kQ6_K)
     shapes.insert(shapes.end(), {{16, 800}, {32, 768}});
   for (auto [rows, cols] : shapes) {
     SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + std::to_string(rows) + " x " +
@@ -366,7 +377,8 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, StripsTest,
-                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         ::testing::Values(DType::kF32, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
+                                           DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(DTypeName(i.param));
                          });

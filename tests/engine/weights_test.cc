@@ -75,19 +75,20 @@ TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndKeepTheirDtype) {
   }
 }
 
-// A q8_0, q4_0, q4_K or q6_K checkpoint's matrices that only MatMul reads are kept in 16-row strips
-// where this build's kernels take them; the embedding (looked up by row) is not. Each multiplies
-// bit for bit as the checkpoint's row-major tensor does.
+// An f32, q8_0, q4_0, q4_K or q6_K checkpoint's matrices that only MatMul reads are kept in
+// 16-row strips where this build's kernels take them (f32 rows 256 columns wide, hence the
+// widths here); the embedding (looked up by row) is not. Each multiplies bit for bit as the
+// checkpoint's row-major tensor does.
 class WeightStoreStripsTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
   const DType dtype = GetParam();
   layout::ModelConfig c = SmallConfig(true, false, layout::Activation::kSilu);
-  c.dim = 64;
-  c.hidden_dim = 128;
+  c.dim = 256;
+  c.hidden_dim = 512;
   c.n_heads = 4;
   c.n_kv_heads = 2;
-  c.head_dim = 16;
+  c.head_dim = 64;
   c.vocab_size = 80;
   c.n_layers = 2;
   auto w = RandomWeights(c, 2);
@@ -95,7 +96,7 @@ TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
   auto store = DramWeightStore::Load(*ck);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   EXPECT_FALSE((*store)->token_embedding().strips);
-  const bool strips = CanInterleaveStrips(dtype, 16, 64);
+  const bool strips = CanInterleaveStrips(dtype, 16, 256);
   std::vector<std::pair<std::string, MatrixView>> all = {{"output.weight", (*store)->classifier()}};
   for (uint32_t l = 0; l < 2; ++l) {
     auto lw = (*store)->AcquireLayer(l);
@@ -126,7 +127,8 @@ TEST_P(WeightStoreStripsTest, MatricesInStripsMultiplyAsTheCheckpointsRows) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InterleavedDtypes, WeightStoreStripsTest,
-                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K),
+                         ::testing::Values(DType::kF32, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K,
+                                           DType::kQ6_K),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return std::string(layout::DTypeName(i.param));
                          });
