@@ -1788,8 +1788,8 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
 // products in column order as RowFloat's one accumulator does, then reduced as ReduceLikeRowF32
 // does: the same bits as RowFloat. The matrix is read front to back as one stream, and each
 // 1 KiB of activations meets the group's rows one after another while it is in L1. Against
-// row-major rows (RowFloat) on the AMD EPYC, reading a 5632 x 2048 or 2048 x 5632 matrix from
-// DRAM at 1 thread: docs/benchmarks.md, "f32 rows in groups of four".
+// row-major rows (RowFloat), one token over a 0.7 GiB matrix from DRAM at 1 thread on the AMD
+// EPYC: 13-16% less time (docs/benchmarks.md, "f32 rows in groups of four").
 void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin, uint32_t row_end,
                          float* y) {
   CHECK_EQ(row_begin % kF32StripRows, 0u);
