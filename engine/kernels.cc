@@ -151,12 +151,14 @@ __attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint
 #endif
 
 // An f32 matrix in strips (InterleaveStrips) keeps its rows kF32StripRows at a time, each group
-// as kF32ChunkCols-column pieces of its rows, piece by piece: columns [0, 256) of rows 0 .. 3 (1
-// KiB each, row order), then columns [256, 512) of rows 0 .. 3, and so on. So row i of a group
-// starts at float 256i of it, and its column c is (c / 256) * 3 * 256 floats further on than in
-// a row-major row (kF32ChunkSkip). Decode then reads one stream and each 1 KiB of activations
-// meets four rows in a row, where a row-major row walks all of the activations once per row.
-constexpr uint32_t kF32StripRows = 4;
+// as kF32ChunkCols-column pieces of its rows, piece by piece: columns [0, 256) of rows 0 and 1 (1
+// KiB each, row order), then columns [256, 512) of rows 0 and 1, and so on. So row i of a group
+// starts at float 256i of it, and its column c is (c / 256) * 256 floats further on than in a
+// row-major row (kF32ChunkSkip). Decode then reads one stream and each 1 KiB of activations
+// meets two rows in a row, where a row-major row walks all of the activations once per row.
+// Two rows: groups of 4 decoded up to 9% slower than row-major rows at this machine's fast
+// moments, groups of 2 faster at all of them (docs/benchmarks.md, "f32 rows in groups of four").
+constexpr uint32_t kF32StripRows = 2;
 constexpr uint32_t kF32ChunkCols = 256;
 constexpr uint32_t kF32ChunkSkip = (kF32StripRows - 1) * kF32ChunkCols;
 
@@ -1789,7 +1791,7 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
 // does: the same bits as RowFloat. The matrix is read front to back as one stream, and each
 // 1 KiB of activations meets the group's rows one after another while it is in L1. Against
 // row-major rows (RowFloat), one token over a 0.7 GiB matrix from DRAM at 1 thread on the AMD
-// EPYC: 13-16% less time (docs/benchmarks.md, "f32 rows in groups of four").
+// EPYC: 7-15% less time (docs/benchmarks.md, "f32 rows in groups of four"; then "of two").
 void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin, uint32_t row_end,
                          float* y) {
   CHECK_EQ(row_begin % kF32StripRows, 0u);
@@ -1890,7 +1892,7 @@ void InterleaveStrips(DType dtype, uint32_t rows, uint32_t cols, ByteSpan bytes)
   for (uint32_t s = 0; s < rows / kRows; ++s) {
     std::byte* out = bytes.data() + s * strip_bytes;
     std::memcpy(src.data(), out, strip_bytes);
-    if (dtype == DType::kF32) {  // groups of 4 rows, piece by piece
+    if (dtype == DType::kF32) {  // groups of kF32StripRows rows, piece by piece
       constexpr uint64_t kPieceBytes = kF32ChunkCols * sizeof(float);
       for (uint32_t g = 0; g < kRows / kF32StripRows; ++g) {
         std::byte* group = out + uint64_t{g} * kF32StripRows * rb;

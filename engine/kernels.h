@@ -18,9 +18,9 @@
 // of 4 rows x the group (f32 FMAs on zmm). f32 results are bit-identical to the one-token path
 // for every token, batch size, position in the batch and thread count (the tile reduces exactly
 // as the single row does). A loaded checkpoint's f32 matrices are kept in strips (AVX-512 builds,
-// widths a multiple of 256; InterleaveStrips): rows 4 at a time in 256-column pieces, so that one
-// token's decode reads one stream and keeps four rows' chains in flight, each row summing as a
-// row-major row does (the same bits).
+// widths a multiple of 256; InterleaveStrips): rows 2 at a time in 256-column pieces, so that one
+// token's decode reads one stream and each 1 KiB of activations serves two rows from L1, each
+// row summing as a row-major row does (the same bits).
 // q8_0 and q4_0 with AVX512-VNNI (prefill and decode) work on strips of 16 rows, one zmm lane per
 // row: each block of the 16 rows is transposed in registers (4 value bytes per lane; q4_0's
 // nibbles as they are, q8_0's bytes + 128), so vpdpbusd multiplies 16 rows by 4 broadcast
@@ -64,7 +64,7 @@ struct MatrixView {
   uint32_t cols = 0;
   ConstByteSpan bytes;
   // q8_0, q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
-  // 512-bit VNNI strips read them; f32: in groups of 4 rows by 256-column pieces. row(r) is then
+  // 512-bit VNNI strips read them; f32: in groups of 2 rows by 256-column pieces. row(r) is then
   // not row r, and only MatMul / MatMulRows (row ranges starting on a multiple of 16) may read the
   // bytes. Set by whoever interleaved them.
   bool strips = false;
@@ -90,9 +90,9 @@ bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 //   j * 16 * (B / 16) * 16 on: group g's vector k has row i's bytes 16g + 4k .. 16g + 4k + 3 of
 //   the super-block in lane i. Then the bytes past the last whole group (q6_K: each row's f16
 //   d, B % 16 = 2 bytes), super-block by super-block, row order: 16 * (B % 16) bytes each.
-// - f32: each 16-row strip is 4 groups of 4 rows (4 * RowBytes each, in row order); group g
+// - f32: each 16-row strip is 8 groups of 2 rows (2 * RowBytes each, in row order); group g
 //   holds its rows' columns [256k, 256k + 256) for k = 0, 1, ... in turn, 1 KiB a row in row
-//   order: row i's column c at float (c / 256) * 1024 + 256i + c % 256 of the group.
+//   order: row i's column c at float (c / 256) * 512 + 256i + c % 256 of the group.
 // So a decode step reads each strip front to back with vector loads and no transposes.
 // Precondition (CHECKed): CanInterleaveStrips. Allocates one strip's bytes (load time only).
 // The view that reads the result sets `strips`.

@@ -66,7 +66,7 @@ Result<MatrixView> DramWeightStore::LoadMatrix(layout::Checkpoint& ckpt, const s
                   static_cast<uint32_t>(shape[1]), ConstByteSpan(buf.data(), bytes)};
   // f32 / q8_0 / q4_0 / q4_K / q6_K matrices that only MatMul reads are kept in 16-row strips,
   // so decode reads them with vector loads instead of transposing 16 rows in registers (f32:
-  // as one stream, four rows at a time; docs/benchmarks.md).
+  // as one stream, two rows at a time; docs/benchmarks.md).
   return use == MatrixUse::kMatMulOnly ? KeepInStrips(view, buf) : view;
 }
 

@@ -8,7 +8,7 @@
 // back; the matrix holds the same rows in the same order. items_per_second counts rows.
 // BM_MatMulF32 times one token's decode over an f32 matrix of 90112 x 2048 (0.7 GiB, from DRAM)
 // kept row-major (`strips` 0, as before f32 strips) or in strips (1, as a loaded GGUF's are:
-// rows 4 at a time in 256-column pieces). Run:
+// rows 2 at a time in 256-column pieces). Run:
 //   build/bench/flashlm_dot_rows_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
 #include <benchmark/benchmark.h>
 

@@ -270,9 +270,9 @@ uint64_t StripsOffset(DType dtype, uint32_t cols, uint32_t r, uint64_t o) {
   const uint64_t rb = layout::RowBytes(dtype, cols);
   const uint64_t strip = uint64_t{r / 16} * 16 * rb;
   const uint32_t i = r % 16;
-  if (dtype == DType::kF32) {  // groups of 4 rows, 1 KiB pieces of them
-    const uint64_t group = uint64_t{r / 4} * 4 * rb;
-    return group + (o / 1024 * 4 + r % 4) * 1024 + o % 1024;
+  if (dtype == DType::kF32) {  // groups of 2 rows, 1 KiB pieces of them
+    const uint64_t group = uint64_t{r / 2} * 2 * rb;
+    return group + (o / 1024 * 2 + r % 2) * 1024 + o % 1024;
   }
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) {
     const uint64_t block = dtype == DType::kQ4_0 ? 18 : 34, vectors = (block - 2) / 4;
