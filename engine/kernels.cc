@@ -156,8 +156,8 @@ __attribute__((always_inline)) inline __m256 LoadRow8(const std::byte* row, uint
 // starts at float 256i of it, and its column c is (c / 256) * 256 floats further on than in a
 // row-major row (kF32ChunkSkip). Decode then reads one stream and each 1 KiB of activations
 // meets two rows in a row, where a row-major row walks all of the activations once per row.
-// Two rows: groups of 4 decoded up to 9% slower than row-major rows at this machine's fast
-// moments, groups of 2 faster at all of them (docs/benchmarks.md, "f32 rows in groups of four").
+// Two rows: groups of 4 decoded 5-14% slower than row-major rows at the AMD EPYC's fast moments,
+// groups of 2 faster at all of them (docs/benchmarks.md, "f32 rows in groups of four").
 constexpr uint32_t kF32StripRows = 2;
 constexpr uint32_t kF32ChunkCols = 256;
 constexpr uint32_t kF32ChunkSkip = (kF32StripRows - 1) * kF32ChunkCols;
@@ -1791,7 +1791,8 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
 // does: the same bits as RowFloat. The matrix is read front to back as one stream, and each
 // 1 KiB of activations meets the group's rows one after another while it is in L1. Against
 // row-major rows (RowFloat), one token over a 0.7 GiB matrix from DRAM at 1 thread on the AMD
-// EPYC: 7-15% less time (docs/benchmarks.md, "f32 rows in groups of four"; then "of two").
+// EPYC: 7-14% less time in alternating runs (docs/benchmarks.md, "f32 rows in groups of four",
+// its "Groups of two").
 void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin, uint32_t row_end,
                          float* y) {
   CHECK_EQ(row_begin % kF32StripRows, 0u);
