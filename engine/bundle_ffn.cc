@@ -337,21 +337,13 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
   // Phase 2: out += h * down, split over blocks of output rows; bundles in the given order.
-  // One token at one thread: kAxpySweepRows bundles at a time, so that AxpyRows reads their whole
-  // down columns front to back (measured, bench/engine/ffn_bench.cc, 1b q4_0, one token, 1
-  // thread: 45.0-45.8 ms a pass with every bundle in one call, 42.0-42.4 this way; sparse 3.3-3.5
-  // against 3.1-3.2). At 2 threads each part is half a column, and this lost (sparse 2.0 against
-  // 2.6 ms). Only where AxpyRows has that path (AVX-512): on AVX2 the extra calls cost 2-3%.
-  const uint64_t step =
-      n == 1 && pool_.size() == 1 && AxpyRowsSweeps(g_.dtype) ? kAxpySweepRows : count;
   pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
     const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, dim);
-    // Each block of out stays in registers across the bundles where the kernel can (AxpyRows).
-    for (uint64_t k0 = 0; k0 < count; k0 += step) {
-      AccumulateDown(bundles, k0, static_cast<uint32_t>(std::min<uint64_t>(step, count - k0)), r0,
-                     r1);
-    }
+    // Every bundle in one call: AxpyRows keeps a block of out in registers across the bundles
+    // where it can, and for one token reads each down column front to back, asking for the next
+    // columns as it goes.
+    AccumulateDown(bundles, 0, count, r0, r1);
   });
 }
 

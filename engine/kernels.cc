@@ -2830,73 +2830,42 @@ __attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __
   v[1] = DequantHalf16<kQ4>(w, 1);  // are computed once for both halves
 }
 
-// AxpyRows for one token over B consecutive full q8_0 (or, kQ4, q4_0) blocks (32 x B values) at
-// byte `at` of every row: y's 32 x B values stay in 2 x B zmm registers while the rows go by.
-// Every value takes a * (d * q) fused into y, as AxpyRow does (q4_0: q = nibble - 8, in value
-// order as UnpackQ4 gives them), so the result is bit-identical to it.
-template <int B, bool kQ4 = false>
-void AxpyQ8BlocksOneToken(std::span<const std::byte* const> rows, uint64_t at, const float* a,
-                          uint64_t a_stride, float* y) {
-  constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
-  __m512 acc[B][2];
-  for (int b = 0; b < B; ++b) {
-    for (int h = 0; h < 2; ++h) acc[b][h] = _mm512_loadu_ps(y + 32 * b + 16 * h);
-  }
-  const size_t count = rows.size();
-  constexpr size_t kAhead = 8;  // rows whose blocks are requested ahead
-  for (size_t k = 0; k < count; ++k) {
-    if (k + kAhead < count) {
-      const std::byte* p = rows[k + kAhead] + at;
-      for (uint64_t o = 0; o < B * kBlockBytes; o += 64) __builtin_prefetch(p + o, 0, 3);
-      __builtin_prefetch(p + B * kBlockBytes - 1, 0, 3);
-    }
-    const float ak = a[k * a_stride];
-    if (ak == 0.0f) continue;
-    const __m512 av = _mm512_set1_ps(ak);
-    const std::byte* w = rows[k] + at;
-    for (int b = 0; b < B; ++b, w += kBlockBytes) {
-      __m512 v[2];
-      DequantBlock32<kQ4>(w, v);
-      for (int h = 0; h < 2; ++h) acc[b][h] = _mm512_fmadd_ps(av, v[h], acc[b][h]);
-    }
-  }
-  for (int b = 0; b < B; ++b) {
-    for (int h = 0; h < 2; ++h) _mm512_storeu_ps(y + 32 * b + 16 * h, acc[b][h]);
-  }
-}
-
-// One token of q8_0 / q4_0 over a few rows (at most kSweepMaxRows: the bundle FFN's fused down
-// pass hands it one group of bundles) goes through AxpyColumnsOneToken, which reads each row front
-// to back; more rows keep 128 values of y in registers across all of them instead
-// (AxpyQ8BlocksOneToken: split over output rows at 2 threads, every row is a short slice). Both
-// are bit-identical to AxpyRow. Measured (bench/engine/ffn_bench.cc, 1b q8_0 bundles, 1 thread,
-// fused): 83 ms a pass through AxpyQ8BlocksOneToken, 79 through the sweep without prefetches,
-// 72 with kSweepAheadBlocks = 16 (4: 78, 8: 73, 24: 72, 32: 75).
-constexpr size_t kSweepMaxRows = kAxpySweepRows;
+// One token of q8_0 / q4_0 goes through AxpyColumnsOneToken: the rows are swept kSweepRows at a
+// time, each read front to back with y in L1, while the next sweep's rows are requested block by
+// block (one sweep ahead: the first sweep of a call asks for its own rows kSweepAheadBlocks
+// blocks ahead). Bit-identical to AxpyRow. Measured (docs/benchmarks.md, "Down columns one
+// sweep ahead"): 1b q8_0, 22 x 5632 columns of 2048 from DRAM, one call a layer, 1 thread: 8.4 ms
+// against 17 for the 128 values of y in registers across the rows that more than 16 rows took
+// before, and 12 against 16 in calls of 16 rows, against the same sweep asking for its own rows
+// 16 blocks ahead.
 constexpr int kSweepRows = 4;               // rows whose terms each y vector takes per load/store
 constexpr uint32_t kSweepAheadBlocks = 16;  // blocks of each row requested ahead
 
 // AxpyRows for one token over `blocks` full q8_0 (or, kQ4, q4_0) blocks at byte `at` of R rows
 // w[0..R-1] (their non-zero coefficients av[0..R-1], in row order): each 32 values of y are
 // loaded once, take the R rows' fused terms in row order, and are stored (y stays in L1 across
-// the sweep). Every other block it requests block b + kSweepAheadBlocks of each row, or past the
-// rows' end the same block counted on into the next sweep's rows next[0..next_count-1]. Same
-// terms, same order as AxpyRow: bit-identical.
+// the sweep). Every other block it requests blocks b and b + 1 of the next sweep's rows
+// next[0..next_count-1] and, when `first` (nothing asked for these rows before), block
+// b + kSweepAheadBlocks of its own. Same terms, same order as AxpyRow: bit-identical.
 template <int R, bool kQ4>
 void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t blocks, float* y,
-                      const std::byte* const* next, int next_count) {
+                      bool first, const std::byte* const* next, int next_count) {
   constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;
   __m512 a[R];
   for (int r = 0; r < R; ++r) a[r] = _mm512_set1_ps(av[r]);
   for (uint32_t b = 0; b < blocks; ++b) {
     if ((b & 1) == 0) {
+      const uint64_t at = uint64_t{b} * kBlockBytes;
+      for (int r = 0; r < next_count; ++r) {  // the next sweep's blocks b and b + 1
+        _mm_prefetch(reinterpret_cast<const char*>(next[r] + at), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(next[r] + at + 2 * kBlockBytes - 1),
+                     _MM_HINT_T0);
+      }
       const uint32_t ab = b + kSweepAheadBlocks;
-      const std::byte* const* p = ab < blocks ? w : next;
-      const int count = ab < blocks ? R : next_count;
-      const uint64_t at = uint64_t{ab < blocks ? ab : ab - blocks} * kBlockBytes;
-      if (ab < 2 * blocks) {
-        for (int r = 0; r < count; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(p[r] + at), _MM_HINT_T0);
+      if (first && ab < blocks) {
+        for (int r = 0; r < R; ++r) {
+          _mm_prefetch(reinterpret_cast<const char*>(w[r] + uint64_t{ab} * kBlockBytes),
+                       _MM_HINT_T0);
         }
       }
     }
@@ -2934,25 +2903,27 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
   };
   int cur = 0;
   int r = gather(w[cur], av[cur]);
+  bool first = true;
   while (r > 0) {
     const int nr = gather(w[1 - cur], av[1 - cur]);
     const std::byte* const* next = w[1 - cur];
     switch (r) {
       case 1:
-        AxpyColumnsSweep<1, kQ4>(w[cur], av[cur], blocks, y, next, nr);
+        AxpyColumnsSweep<1, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       case 2:
-        AxpyColumnsSweep<2, kQ4>(w[cur], av[cur], blocks, y, next, nr);
+        AxpyColumnsSweep<2, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       case 3:
-        AxpyColumnsSweep<3, kQ4>(w[cur], av[cur], blocks, y, next, nr);
+        AxpyColumnsSweep<3, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       default:
-        AxpyColumnsSweep<kSweepRows, kQ4>(w[cur], av[cur], blocks, y, next, nr);
+        AxpyColumnsSweep<kSweepRows, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
     }
     cur = 1 - cur;
     r = nr;
+    first = false;
   }
 }
 
@@ -3076,45 +3047,16 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
   }
 }
 
-bool AxpyRowsSweeps(DType dtype) {
-#ifdef FLASHLM_AVX512
-  return dtype == DType::kQ8_0 || dtype == DType::kQ4_0;
-#else
-  (void)dtype;
-  return false;
-#endif
-}
-
 void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride) {
   CHECK(MatMulSupports(dtype));
   uint32_t done = 0;  // values handled by the register-blocked path
 #ifdef FLASHLM_AVX512
-  // One token of q8_0 or q4_0: a few rows each read front to back (AxpyColumnsOneToken), more
-  // rows 128 values in registers at a time.
-  if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0) &&
-      rows.size() <= kSweepMaxRows) {
+  // One token of q8_0 or q4_0: rows read front to back, a sweep of a few at a time.
+  if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint32_t full = len / kBlock;
     dtype == DType::kQ4_0 ? AxpyColumnsOneToken<true>(rows, offset, full, a, a_stride, y)
                           : AxpyColumnsOneToken<false>(rows, offset, full, a, a_stride, y);
-    done = full * kBlock;
-  } else if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
-    const bool q4 = dtype == DType::kQ4_0;
-    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
-    const uint32_t full = len / kBlock;
-    uint32_t b = 0;
-    for (; b + 4 <= full; b += 4) {
-      const uint64_t at = offset + b * block_bytes;
-      float* yb = y + uint64_t{b} * kBlock;
-      q4 ? AxpyQ8BlocksOneToken<4, true>(rows, at, a, a_stride, yb)
-         : AxpyQ8BlocksOneToken<4>(rows, at, a, a_stride, yb);
-    }
-    for (; b < full; ++b) {
-      const uint64_t at = offset + b * block_bytes;
-      float* yb = y + uint64_t{b} * kBlock;
-      q4 ? AxpyQ8BlocksOneToken<1, true>(rows, at, a, a_stride, yb)
-         : AxpyQ8BlocksOneToken<1>(rows, at, a, a_stride, yb);
-    }
     done = full * kBlock;
   }
   // One token of q4_K or q6_K: a super-block in registers.

@@ -201,18 +201,14 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // For k = 0, 1, ... rows.size() - 1 in turn: AxpyRow(dtype, rows[k] + offset, len,
 // a + k * a_stride, n_tokens, y, y_stride). Bit-identical to those calls (every y value takes the
 // same fused terms in the same order, zero coefficients skipped alike). The neuron-bundle FFN's
-// down pass. On AVX-512: one token of q8_0 / q4_0 over at most kAxpySweepRows rows reads each
-// row front to back, a few at a time, y in L1; over more rows, 128 values of y stay in registers
-// across all of them. Several tokens of q8_0 / q4_0 keep 16 values of up to 16 tokens (9 or more)
-// or 32 values of up to 8 in registers across the rows; q4_K / q6_K dequantise a super-block of
-// 16 rows at a time into L1 and add it to 16 values of up to 16 tokens in registers (one token: a
-// super-block of y in registers). Other cases (f32, f16; AVX2) go row by row or 4 tokens at a
+// down pass. On AVX-512: one token of q8_0 / q4_0 reads the rows front to back, a few at a time,
+// y in L1, while it asks for the next few rows' bytes (so hand it every row of a pass in one call
+// rather than in pieces). Several tokens of q8_0 / q4_0 keep 16 values of up to 16 tokens (9 or
+// more) or 32 values of up to 8 in registers across the rows; q4_K / q6_K dequantise a super-block
+// of 16 rows at a time into L1 and add it to 16 values of up to 16 tokens in registers (one token:
+// a super-block of y in registers). Other cases (f32, f16; AVX2) go row by row or 4 tokens at a
 // time, each row's slice prefetched a few rows ahead.
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
-inline constexpr uint32_t kAxpySweepRows = 16;
-// True where AxpyRows has that front-to-back path for one token of `dtype` (q8_0 / q4_0 built
-// for AVX-512); elsewhere handing it rows kAxpySweepRows at a time gains nothing.
-bool AxpyRowsSweeps(layout::DType dtype);
 void AxpyRows(layout::DType dtype, std::span<const std::byte* const> rows, uint64_t offset,
               uint32_t len, const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
               uint64_t y_stride);
