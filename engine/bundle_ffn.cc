@@ -25,6 +25,30 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 }  // namespace
 
+RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSpan gate,
+                         ByteSpan up, std::span<const std::byte* const> down) {
+  const uint64_t part = g.part_bytes;
+  CHECK_EQ(up.size(), uint64_t{count} * part);
+  CHECK_EQ(gate.size(), g.has_gate() ? up.size() : 0);
+  CHECK_EQ(down.size(), count);
+  const uint32_t whole = count / 16 * 16;
+  const uint32_t strips = CanInterleaveStrips(g.dtype, whole, g.dim) ? whole : 0;
+  const auto view = [&](ByteSpan m, uint32_t row0, uint32_t rows, bool keep) {
+    if (m.empty()) return MatrixView{};
+    const ByteSpan bytes = m.subspan(uint64_t{row0} * part, uint64_t{rows} * part);
+    const MatrixView v{g.dtype, rows, g.dim, bytes};
+    return keep ? KeepInStrips(v, bytes) : v;
+  };
+  RegroupedBundles r;
+  r.count = count;
+  r.gate = view(gate, 0, strips, true);
+  r.up = view(up, 0, strips, true);
+  r.gate_tail = view(gate, strips, count - strips, false);
+  r.up_tail = view(up, strips, count - strips, false);
+  r.down = down;
+  return r;
+}
+
 uint32_t BundleFfnKernel::GroupRows(layout::DType dtype) {
   const bool strips = dtype == layout::DType::kQ8_0 || dtype == layout::DType::kQ4_0 ||
                       dtype == layout::DType::kQ4_K || dtype == layout::DType::kQ6_K;
@@ -45,7 +69,7 @@ bool BundleFfnKernel::Chained(std::span<const std::byte* const> bundles) const {
 }
 
 uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
-  return AlignUp(uint64_t{kStripGroupRows} * max_batch, 64 / sizeof(float));
+  return AlignUp(2 * uint64_t{kStripGroupRows} * max_batch, 64 / sizeof(float));
 }
 
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
@@ -143,6 +167,7 @@ void BundleFfnKernel::Begin(std::span<const float> x, uint32_t n, std::span<floa
   gate_capture_ = gate_capture;
   mask_cut_ = -1.0f;
   score_mask_ = {};
+  accumulated_ = false;
   std::fill(out.begin(), out.begin() + uint64_t{n} * g_.dim, 0.0f);
   for (std::span<float> c : {capture, gate_capture}) {
     if (c.empty()) continue;
@@ -210,20 +235,98 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
     const float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
     const float* up_row = tile + uint64_t{per_bundle * j + per_bundle - 1} * n;
     for (uint32_t t = 0; t < n; ++t) {
-      float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
-      const float uv = up_row[t];
-      if (!separate_ && !gate_capture_.empty()) {
-        gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
-      }
-      const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
-      const bool positive = gv > 0;
-      SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
-      h[t] = ScoreMasked(t, neuron, positive, gv, computed, fired) || masked ? 0.0f : gv;
+      const float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
+      h[t] = Activation(t, neuron, gv, up_row[t], computed, fired);
     }
     if (!capture_.empty()) {
       for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
     }
   }
+}
+
+float BundleFfnKernel::Activation(uint32_t t, uint64_t neuron, float gv, float uv,
+                                  uint64_t* computed, uint64_t* fired) {
+  if (!separate_ && !gate_capture_.empty()) gate_capture_[uint64_t{t} * hidden_ + neuron] = gv;
+  const bool masked = mask_cut_ >= 0 && ActivationMagnitude(gv, relu_) <= mask_cut_;
+  const bool positive = gv > 0;
+  SwiGlu(std::span<float>(&gv, 1), std::span<const float>(&uv, 1), relu_);
+  return ScoreMasked(t, neuron, positive, gv, computed, fired) || masked ? 0.0f : gv;
+}
+
+void BundleFfnKernel::AccumulateRegrouped(const RegroupedBundles& b) {
+  CHECK(!accumulated_);
+  accumulated_ = true;
+  CHECK_LE(b.count, hidden_);
+  CHECK_EQ(b.down.size(), b.count);
+  const uint32_t strip_rows = b.up.rows;
+  CHECK_LE(strip_rows, b.count);
+  CHECK_EQ(b.up_tail.rows, b.count - strip_rows);
+  if (!separate_) CHECK(b.gate.rows == strip_rows && b.gate_tail.rows == b.up_tail.rows);
+  // Chunks of whole strips (a chunk_max under 16 leaves every position to the tail).
+  const uint32_t chunk =
+      chunk_max_ >= kStripGroupRows ? chunk_max_ / kStripGroupRows * kStripGroupRows : chunk_max_;
+  CHECK(strip_rows == 0 || chunk % kStripGroupRows == 0);
+  for (uint32_t k0 = 0; k0 < strip_rows; k0 += chunk) {
+    RegroupedChunk(b.gate, b.up, k0, std::min(chunk, strip_rows - k0), k0, b.down);
+  }
+  for (uint32_t k0 = 0; k0 < b.up_tail.rows; k0 += chunk_max_) {
+    RegroupedChunk(b.gate_tail, b.up_tail, k0, std::min(chunk_max_, b.up_tail.rows - k0),
+                   strip_rows + k0, b.down);
+  }
+}
+
+void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& up, uint32_t row0,
+                                     uint32_t m, uint32_t first,
+                                     std::span<const std::byte* const> down) {
+  const uint32_t n = n_;
+  // Rows [r0, r0 + rows) of `w` (r0 + row0 on a strip boundary where w is in strips).
+  const auto slice = [&](const MatrixView& w, uint32_t r0, uint32_t rows) {
+    MatrixView v = w;
+    v.rows = rows;
+    v.bytes = w.bytes.subspan(uint64_t{row0 + r0} * w.row_bytes(), uint64_t{rows} * w.row_bytes());
+    return v;
+  };
+  // A strip (16 rows) at a time over the threads: its gate and up products into the thread's
+  // tile (token-major, gate then up), then its rows' h.
+  pool_.ParallelFor(CeilDiv(m, kStripGroupRows), 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
+    float* gate_out = tile_.data() + th * TileStride(max_batch_);
+    float* up_out = gate_out + uint64_t{kStripGroupRows} * max_batch_;
+    uint64_t computed = 0, fired = 0;  // under a score mask
+    for (uint64_t s = begin; s < end; ++s) {
+      const uint32_t r0 = static_cast<uint32_t>(s) * kStripGroupRows;
+      const uint32_t rows = std::min(kStripGroupRows, m - r0);
+      if (!separate_) {
+        MatMulRows(slice(gate, r0, rows), x_, n, qx_span_, 0, rows,
+                   std::span<float>(gate_out, uint64_t{n} * rows));
+      }
+      MatMulRows(slice(up, r0, rows), x_, n, qx_span_, 0, rows,
+                 std::span<float>(up_out, uint64_t{n} * rows));
+      for (uint32_t i = 0; i < rows; ++i) {
+        const uint32_t j = r0 + i;
+        const uint64_t neuron = perm_.empty() ? first + j : perm_[first + j];
+        float* h = h_.data() + uint64_t{j} * max_batch_;
+        for (uint32_t t = 0; t < n; ++t) {
+          const float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron]
+                                     : gate_out[uint64_t{t} * rows + i];
+          h[t] = Activation(t, neuron, gv, up_out[uint64_t{t} * rows + i], &computed, &fired);
+        }
+        if (!capture_.empty()) {
+          for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
+        }
+      }
+    }
+    predicted_counts_[uint64_t{th} * 8] += computed;
+    predicted_counts_[uint64_t{th} * 8 + 1] += fired;
+  });
+  // out += h * down, split over blocks of output rows, positions in order.
+  const uint32_t down_block = DownBlock(g_.dtype);
+  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(g_.dim, down_block));
+  pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+    const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
+    const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, g_.dim);
+    AxpyRows(g_.dtype, down.subspan(first, m), layout::RowBytes(g_.dtype, r0), r1 - r0, h_.data(),
+             max_batch_, n, out_.data() + r0, g_.dim);
+  });
 }
 
 void BundleFfnKernel::AccumulateDown(std::span<const std::byte* const> bundles, uint64_t k0,
@@ -237,6 +340,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
                                  std::span<const std::byte* const> bundles) {
   const uint32_t count = static_cast<uint32_t>(positions.size());
   CHECK_LE(count, chunk_max_);
+  accumulated_ = true;
   CHECK_EQ(bundles.size(), positions.size());
   if (count == 0) return;
   CHECK_LT(positions[count - 1], hidden_);

@@ -36,6 +36,26 @@
 
 namespace flashlm::engine {
 
+// A layer's first `count` positions (a dense FFN's pinned bundles, NeuronSource's
+// regroup_pinned) with their parts regrouped: the gate rows (absent for [up | down] bundles) and
+// the up rows as matrices, positions [0, up.rows) in `gate` / `up` (in strips where KeepInStrips
+// puts them: a multiple of 16 rows) and the rest in `gate_tail` / `up_tail` (row-major), and
+// down[k] position k's down column (part_bytes). A dense pass reads each matrix as one stream
+// instead of 16 rows at a time.
+struct RegroupedBundles {
+  uint32_t count = 0;
+  MatrixView gate, up;                     // positions [0, up.rows)
+  MatrixView gate_tail, up_tail;           // positions [up.rows, count)
+  std::span<const std::byte* const> down;  // [count]
+};
+
+// The view of `count` positions' parts regrouped as RegroupedBundles describes: gate (empty
+// for [up | down] bundles) and up hold their rows in position order (count x part_bytes each,
+// writable) and are rewritten into strips for their first count / 16 * 16 rows where this build
+// reads them so (KeepInStrips); down[k] is position k's down column. Load time only.
+RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSpan gate,
+                         ByteSpan up, std::span<const std::byte* const> down);
+
 class BundleFfnKernel {
  public:
   // `geometry` of every layer's bundles (one dtype and kind per store), `hidden` neurons per
@@ -83,6 +103,12 @@ class BundleFfnKernel {
   // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
   // the calls of a layer.
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
+  // Accumulates positions [0, b.count), regrouped: what Accumulate over the same bundles at those
+  // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
+  // position order). Gate and up go through MatMulRows a chunk of whole strips at a time, split
+  // over the threads; the down columns through AxpyRows, split over output blocks. The first call
+  // of a layer (CHECKed); count <= hidden.
+  void AccumulateRegrouped(const RegroupedBundles& b);
   // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
   // increasing order, the positions whose neuron has |act(gate x)| > cut for at least one of the
   // batch's tokens, and returns how many. With cut = 0 under ReLU: the neurons whose gate output
@@ -100,7 +126,9 @@ class BundleFfnKernel {
   static constexpr uint32_t kStripGroupRows = 16;
   static uint32_t GroupRows(layout::DType dtype);
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
-  // Floats in each thread's tile of gate/up products: whole cache lines, so that threads never
+  // Floats in each thread's tile of gate/up products (ComputeGroup: a group's rows, token-minor;
+  // RegroupedChunk: a strip's gate rows and up rows, token-major): whole cache lines, so that
+  // threads never
   // write the same line (one token's tile is 4 floats; two threads sharing its line passed it
   // between their cores at every bundle, and phase 1 at 2 threads ran no faster than at 1).
   static uint64_t TileStride(uint32_t max_batch);
@@ -113,6 +141,14 @@ class BundleFfnKernel {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
   };
+  // h for token t of `neuron`, from its gate output gv and up output uv: act(gv) * uv, or 0 where
+  // a mask drops it (gv recorded in gate_capture_ first, score-mask counts to *computed / *fired).
+  float Activation(uint32_t t, uint64_t neuron, float gv, float uv, uint64_t* computed,
+                   uint64_t* fired);
+  // AccumulateRegrouped's part for rows [row0, row0 + m) of `gate` / `up` (row0 a multiple of 16
+  // where they are in strips; m <= chunk_max), positions first + [0, m).
+  void RegroupedChunk(const MatrixView& gate, const MatrixView& up, uint32_t row0, uint32_t m,
+                      uint32_t first, std::span<const std::byte* const> down);
   // Under a score mask: whether token t's `neuron` is masked; if not, counts it and whether it
   // fires (`positive`: its gate output was > 0; `h` its activation).
   bool ScoreMasked(uint32_t t, uint64_t neuron, bool positive, float h, uint64_t* computed,
@@ -155,6 +191,7 @@ class BundleFfnKernel {
   std::span<float> h_;         // chunk_max x max_batch: h per bundle of a batch, token-minor
   std::span<float> gate_all_;  // max_batch x hidden (kGateSeparate only)
   std::span<float> tile_;      // threads x TileStride(max_batch): gate/up products
+  bool accumulated_ = false;   // since Begin
   ByteSpan qx_span_;           // q8 activations (MatMulScratchBytes(dim, max_batch))
   // One token's schedule (Accumulate): the next unit of bundles whose h is unclaimed, whether
   // each unit's h is ready (sized at Create for units of one group), and per output part (one a

@@ -123,6 +123,11 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   uint64_t unpinned = 0;
   for (uint32_t l = 0; l < layers; ++l) unpinned += s->neurons_ - s->pinned_[l];
   s->cache_slots_ = static_cast<uint32_t>(std::min<uint64_t>(options.cache_slots, unpinned));
+  if (options.regroup_pinned && s->cache_slots_ > 0) {
+    return InvalidArgumentError(
+        "neuron source: an LRU cache serves ad-hoc requests, which "
+        "regrouped pinned bundles cannot");
+  }
   s->layer_stats_.assign(layers, NeuronLayerStats());
   // Streamed bundles that are compressed cannot be read in place.
   bool streams = false;
@@ -144,7 +149,7 @@ Result<std::unique_ptr<NeuronSource>> NeuronSource::Open(layout::StoreReader& re
   s->misses_.resize(s->neurons_);
   s->held_.resize(s->neurons_);
   s->decode_outs_.resize(options.chunk_bundles);
-  RETURN_IF_ERROR(s->LoadPinned());
+  RETURN_IF_ERROR(options.regroup_pinned ? s->LoadRegrouped() : s->LoadPinned());
   if (!streams) return s;
 
   // The ring and the dense schedule.
@@ -290,6 +295,57 @@ const std::byte* NeuronSource::Admit(uint32_t position, const std::byte* bytes) 
   return dst.data();
 }
 
+Status NeuronSource::LoadRegrouped() {
+  const layout::BundleGeometry& g = geometry_;
+  const uint64_t part = g.part_bytes;
+  uint64_t total = 0;
+  for (uint32_t n : pinned_) total += n;
+  resident_.resize(pinned_.size());
+  regrouped_.resize(pinned_.size());
+  if (total == 0) return Status::Ok();
+  ASSIGN_OR_RETURN(regrouped_memory_, storage::AlignedBuffer::Allocate(total * g.bundle_bytes, 64,
+                                                                       /*huge_pages=*/true));
+  // Read a few bundles at a time (checked against their checksums) into a staging buffer of
+  // about 1 MiB, then copy each part to its place.
+  const uint32_t stage =
+      static_cast<uint32_t>(std::clamp<uint64_t>((uint64_t{1} << 20) / g.bundle_bytes, 1, 4096));
+  std::vector<std::byte> staging(uint64_t{stage} * g.bundle_bytes);
+  std::vector<layout::Extent> extents;
+  std::vector<ByteSpan> outs;
+  std::byte* base = regrouped_memory_.span().data();
+  for (uint32_t l = 0; l < pinned_.size(); ++l) {
+    const uint32_t pinned = pinned_[l];
+    if (pinned == 0) continue;
+    std::byte* gate = g.has_gate() ? base : nullptr;
+    std::byte* up = base + (g.has_gate() ? uint64_t{pinned} * part : 0);
+    std::byte* down = up + uint64_t{pinned} * part;
+    base += uint64_t{pinned} * g.bundle_bytes;
+    resident_[l].resize(pinned);
+    for (uint32_t p0 = 0; p0 < pinned; p0 += stage) {
+      const uint32_t count = std::min(stage, pinned - p0);
+      extents.clear();
+      outs.clear();
+      for (uint32_t k = 0; k < count; ++k) {
+        extents.push_back(reader_.BundleExtentAt(l, p0 + k));
+        outs.push_back(ByteSpan(staging.data() + uint64_t{k} * g.bundle_bytes, g.bundle_bytes));
+      }
+      RETURN_IF_ERROR(extents_->ReadExtents(extents, outs)
+                          .WithContext("loading FFN layer " + std::to_string(l)));
+      for (uint32_t k = 0; k < count; ++k) {
+        const uint64_t p = p0 + k;
+        const std::byte* b = outs[k].data();
+        if (gate != nullptr) std::memcpy(gate + p * part, b + g.gate_offset(), part);
+        std::memcpy(up + p * part, b + g.up_offset(), part);
+        std::memcpy(down + p * part, b + g.down_offset(), part);
+        resident_[l][p] = down + p * part;
+      }
+    }
+    regrouped_[l] = Regroup(g, pinned, gate ? ByteSpan(gate, uint64_t{pinned} * part) : ByteSpan(),
+                            ByteSpan(up, uint64_t{pinned} * part), resident_[l]);
+  }
+  return Status::Ok();
+}
+
 Status NeuronSource::Begin(uint32_t layer) {
   if (layer >= pinned_.size()) return InvalidArgumentError("neuron source: layer out of range");
   if (holding_) {  // the previous request's last chunk
@@ -315,6 +371,11 @@ Status NeuronSource::Begin(uint32_t layer) {
 }
 
 Status NeuronSource::Begin(uint32_t layer, std::span<const uint32_t> positions) {
+  if (options_.regroup_pinned) {
+    return InvalidArgumentError(
+        "neuron source: pinned bundles regrouped for a dense FFN serve "
+        "dense requests only");
+  }
   RETURN_IF_ERROR(Begin(layer));
   for (size_t i = 0; i < positions.size(); ++i) {
     if (positions[i] >= neurons_ || (i > 0 && positions[i] <= positions[i - 1])) {
@@ -519,6 +580,11 @@ void NeuronSource::ResetRing() {
 
 Status NeuronSource::Prefetch(uint32_t layer, std::span<const uint32_t> positions) {
   if (layer >= pinned_.size()) return InvalidArgumentError("neuron source: layer out of range");
+  if (options_.regroup_pinned) {
+    return InvalidArgumentError(
+        "neuron source: pinned bundles regrouped for a dense FFN serve "
+        "dense requests only");
+  }
   for (size_t i = 0; i < positions.size(); ++i) {
     if (positions[i] >= neurons_ || (i > 0 && positions[i] <= positions[i - 1])) {
       return InvalidArgumentError("neuron source: positions must increase and be < " +
@@ -574,6 +640,11 @@ Result<bool> NeuronSource::Next(Batch* batch) {
   if (!pinned_served_) {
     pinned_served_ = true;
     const uint32_t pinned = pinned_[layer_];
+    if (dense_ && pinned > 0 && options_.regroup_pinned) {
+      *batch = Batch{std::span<const uint32_t>(iota_.data(), pinned), {}, &regrouped_[layer_]};
+      stats_.bundles_resident += pinned;
+      return true;
+    }
     if (dense_ && pinned > 0) {
       *batch = Batch{std::span<const uint32_t>(iota_.data(), pinned),
                      std::span<const std::byte* const>(resident_[layer_].data(), pinned)};

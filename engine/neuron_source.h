@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "cache/neuron_cache.h"
+#include "engine/bundle_ffn.h"
 #include "layout/bundle_layout.h"
 #include "layout/extent_reader.h"
 #include "layout/store_reader.h"
@@ -76,6 +77,12 @@ struct NeuronSourceOptions {
   static constexpr uint64_t kGapOneStride = UINT64_MAX;
   uint32_t cache_slots = 0;    // LRU slots for streamed bundles of ad-hoc requests (0: none)
   uint32_t window_passes = 0;  // the cache's sliding window, in passes (0: plain LRU)
+  // For a dense FFN (only Begin(layer) requests; ad-hoc ones and cache_slots are then refused):
+  // the pinned bundles are kept with their parts regrouped, per layer [gate rows |] up rows as
+  // matrices (in strips where the kernels read them so, KeepInStrips) and the down columns back
+  // to back, and served as one RegroupedBundles batch. The same products and sums as the bundles
+  // (BundleFfnKernel::AccumulateRegrouped), read as a few streams instead of 16 rows at a time.
+  bool regroup_pinned = false;
 };
 
 // One layer's bundles, counted per request (a sparse FFN asks for the firing neurons; a dense one
@@ -109,6 +116,9 @@ class NeuronSource {
   struct Batch {
     std::span<const uint32_t> positions;        // increasing
     std::span<const std::byte* const> bundles;  // [k] bytes of positions[k]
+    // With regroup_pinned, a dense request's first batch: positions [0, regrouped->count), their
+    // parts regrouped (bundles is then empty).
+    const RegroupedBundles* regrouped = nullptr;
   };
 
   // Whether neighbouring bundles are merged into one read: asked for (`coalesce`), and the
@@ -209,6 +219,7 @@ class NeuronSource {
 
   NeuronSource(layout::StoreReader& reader) : reader_(reader) {}
   Status LoadPinned();
+  Status LoadRegrouped();                // LoadPinned with regroup_pinned
   Status Submit(Slot& slot);             // reads slot.positions of slot.layer into slot.buffer
   Status Land(Slot& slot);               // waits for the slot's reads and verifies its bundles
 
@@ -242,7 +253,10 @@ class NeuronSource {
   uint64_t decoded_spacing_ = 0;  // compressed bundles: decoded bundle k at k * this in a slot
   std::vector<uint32_t> pinned_;  // [layer]
   std::unique_ptr<cache::NeuronCache> cache_;
-  std::vector<std::vector<const std::byte*>> resident_;  // [layer][position < pinned] slot bytes
+  // [layer][position < pinned] slot bytes (with regroup_pinned: the position's down column).
+  std::vector<std::vector<const std::byte*>> resident_;
+  storage::AlignedBuffer regrouped_memory_;  // regroup_pinned: every layer's regrouped parts
+  std::vector<RegroupedBundles> regrouped_;  // [layer]
   std::vector<uint32_t> iota_;                           // [neurons] 0, 1, 2, ...
   std::vector<uint32_t> gathered_positions_;             // [neurons] ad-hoc pinned batch
   std::vector<const std::byte*> gathered_bundles_;       // [neurons]

@@ -209,6 +209,7 @@ Result<SessionPlan> PlanSession(const StoreNeeds& needs, const layout::ModelConf
       (topts.sparsity != FfnSparsity::kAuto ||
        (!needs.bundles.has_gate() && config.activation == layout::Activation::kRelu));
   if (!sparse_ffn) in.cache_fraction = 0;
+  sp.sparse_ffn = sparse_ffn || topts.lookahead;
   const uint64_t predictor_bytes = Transformer::PredictorBytesNeeded(topts);
   std::vector<std::pair<std::string, uint64_t>> engine_parts = {
       {"activations and scratch", sp.activation_bytes - predictor_bytes},
@@ -312,8 +313,10 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
   plan_ = std::move(sp.plan);
   RETURN_IF_ERROR(CheckContextFits(ctx, sp.kv_bytes, sp.activation_bytes));
 
+  StreamingOptions streaming = options.streaming;
+  streaming.regroup_pinned = !sp.sparse_ffn;
   ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
-                   StoreWeights::Open(std::move(reader), needs, plan_, options.streaming));
+                   StoreWeights::Open(std::move(reader), needs, plan_, streaming));
   store_ = store.get();
   weights_ = std::move(store);
   if (options.kv.paged) {

@@ -167,6 +167,9 @@ struct SessionPlan {
   uint64_t kv_full_pool_bytes = 0;  // the pool that holds the whole cache
   ResidencyInputs inputs;
   ResidencyPlan plan;
+  // Whether the FFN asks for sets of neurons (a sparse mode, or the predictor's lookahead):
+  // else every neuron, and the pinned bundles are kept regrouped (StreamingOptions).
+  bool sparse_ffn = false;
 };
 // `threads`: the pool's size. Errors: InvalidArgument (a context beyond the model's),
 // ResourceExhausted (a budget below the minimum, naming it), PlanResidency's.

@@ -317,6 +317,7 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   no.merge_gap_bytes = options.merge_gap_bytes;
   no.cache_slots = plan.cache_bundles;
   no.window_passes = options.window_passes;
+  no.regroup_pinned = options.regroup_pinned;
   ASSIGN_OR_RETURN(s->neurons_, NeuronSource::Open(r, plan.pinned_bundles, no));
   s->ResetCounters();
   return s;

@@ -59,6 +59,9 @@ struct StreamingOptions {
   // (ResidencyInputs::cache_fraction); Session sets it for sparse modes (--cache-share).
   double cache_fraction = 0;
   uint32_t window_passes = 0;  // the cache's sliding window (--window), in passes
+  // The FFN is dense (every neuron, every pass): keep the pinned bundles' parts regrouped
+  // (NeuronSourceOptions::regroup_pinned); Session sets it when no sparse mode is on.
+  bool regroup_pinned = false;
 };
 
 // What a store needs from a budget, from its catalog alone (StoreWeights::Measure).

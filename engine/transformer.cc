@@ -1238,6 +1238,10 @@ Status Transformer::Ffn(uint32_t l, const LayerWeights& w, uint32_t n) {
   while (true) {
     ASSIGN_OR_RETURN(bool more, source.Next(&batch));
     if (!more) break;
+    if (batch.regrouped != nullptr) {  // the pinned bundles of a dense FFN
+      ffn_kernel_->AccumulateRegrouped(*batch.regrouped);
+      continue;
+    }
     for (size_t k = 0; k < batch.positions.size(); k += kKernelChunk) {
       const size_t m = std::min<size_t>(kKernelChunk, batch.positions.size() - k);
       ffn_kernel_->Accumulate(batch.positions.subspan(k, m), batch.bundles.subspan(k, m));

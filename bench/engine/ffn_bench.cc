@@ -3,12 +3,12 @@
 // - Dense: gate, up and down as matrices (kept in strips, as a GGUF's are loaded), gate and up in
 //   one MatMulShared, SwiGlu, then down's MatMul a layer: what `generate` runs on a GGUF.
 // - Bundles: BundleFfnKernel over gate-up-down bundles, adjacent in one buffer on huge pages
-//   (a resident store's layout), in calls of 256 positions: what a store runs with every bundle
-//   resident in dense mode. BundlesSparse computes every 10th neuron only (a sparse set's
-//   scattered bundles).
-// - Strips: the bundles' gate and up rows regrouped into matrices in strips, their down columns
-//   back to back and added in one AxpyRows call: the resident layout the bundle FFN would need
-//   to match Dense (not one the engine keeps).
+//   (resident bundles' layout), in calls of 256 positions: what a store runs over bundles in DRAM
+//   as they are read (pinned ones in a sparse mode, cached ones). BundlesSparse computes every
+//   10th neuron only (a sparse set's scattered bundles).
+// - BundlesRegrouped: the same bundles with their parts regrouped (gate and up rows as matrices
+//   in strips, the down columns back to back) through AccumulateRegrouped: what a store runs
+//   with every bundle pinned in dense mode.
 // Arguments: threads, tokens a pass, dtype (0 q8_0, 1 q4_0, 2 q4_K). One iteration is one pass
 // over the 22 layers; its bytes_per_second counts the weight bytes that pass reads. The weights
 // are random (a speed measurement only: tests/engine/bundle_ffn_test.cc checks the kernel
@@ -210,76 +210,56 @@ void Args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_DenseFfn)->Apply(Args);
 BENCHMARK(BM_BundleFfn)->Apply(Args);
 BENCHMARK(BM_BundleFfnSparse)->Apply(Args);
-// The bundles' parts regrouped: gate and up as matrices in strips (as BM_DenseFfn's), the down
-// columns back to back, one after another. Not a layout the engine keeps today: what the bundle
-// FFN would run with every resident bundle's gate and up kept in strips.
-struct StripsFfn {
-  explicit StripsFfn(layout::DType dtype) {
+// The same bundles with their parts regrouped as a dense FFN keeps its pinned bundles
+// (NeuronSource's regroup_pinned): gate and up rows as matrices in strips, the down columns back
+// to back.
+struct RegroupedFfn {
+  explicit RegroupedFfn(layout::DType dtype) {
     const BundleFfn b(dtype);
-    const layout::BundleGeometry& g = b.geometry;
-    const uint64_t part = g.part_bytes, mat = uint64_t{kHidden} * part;
-    per_layer = 3 * mat;
-    buffer = std::make_unique<HugeBuffer>(kLayers * per_layer);
+    geometry = b.geometry;
+    const uint64_t part = geometry.part_bytes, mat = uint64_t{kHidden} * part;
+    buffer = std::make_unique<HugeBuffer>(kLayers * 3 * mat);
+    columns.resize(uint64_t{kLayers} * kHidden);
     for (uint32_t l = 0; l < kLayers; ++l) {
-      const std::byte* layer = b.buffer->data + uint64_t{l} * kHidden * g.stride_bytes;
-      std::byte* base = buffer->data + l * per_layer;
+      const std::byte* layer = b.buffer->data + uint64_t{l} * kHidden * geometry.stride_bytes;
+      std::byte* base = buffer->data + uint64_t{l} * 3 * mat;
       for (uint64_t i = 0; i < kHidden; ++i) {
         for (uint64_t p = 0; p < 3; ++p) {
-          std::memcpy(base + p * mat + i * part, layer + i * g.stride_bytes + p * part, part);
+          std::memcpy(base + p * mat + i * part, layer + i * geometry.stride_bytes + p * part,
+                      part);
         }
-        columns.push_back(base + 2 * mat + i * part);
+        columns[l * kHidden + i] = base + 2 * mat + i * part;
       }
-      const auto keep = [&](std::byte* p) {
-        return KeepInStrips(MatrixView{dtype, kHidden, kDim, ConstByteSpan(p, mat)},
-                            ByteSpan(p, mat));
-      };
-      gate.push_back(keep(base));
-      up.push_back(keep(base + mat));
+      layers.push_back(Regroup(geometry, kHidden, ByteSpan(base, mat), ByteSpan(base + mat, mat),
+                               std::span(columns).subspan(uint64_t{l} * kHidden, kHidden)));
     }
   }
+  layout::BundleGeometry geometry;
   std::unique_ptr<HugeBuffer> buffer;
-  uint64_t per_layer = 0;
-  std::vector<MatrixView> gate, up;
-  std::vector<const std::byte*> columns;  // layer l's: [l * kHidden, (l + 1) * kHidden)
+  std::vector<const std::byte*> columns;
+  std::vector<RegroupedBundles> layers;
 };
 
-// Gate and up in one MatMulShared, SwiGlu, then every down column in one AxpyRows call per
-// thread (each thread a range of output blocks, as BundleFfnKernel splits its down pass).
-void BM_StripsFfn(benchmark::State& state) {
+void BM_BundleFfnRegrouped(benchmark::State& state) {
   const uint32_t threads = static_cast<uint32_t>(state.range(0));
   const uint32_t n = static_cast<uint32_t>(state.range(1));
-  const layout::DType dtype = kDTypes[state.range(2)];
-  const StripsFfn& d = Held<StripsFfn>(dtype);
+  const RegroupedFfn& r = Held<RegroupedFfn>(kDTypes[state.range(2)]);
   ThreadPool pool(threads);
+  auto kernel = BundleFfnKernel::Create(r.geometry, kHidden, n, kChunk, false, pool);
+  CHECK_OK(kernel.status());
   const Floats x = Input(n);
-  Floats g(uint64_t{n} * kHidden), u(g.size()), h(g.size()), out(uint64_t{n} * kDim);
-  std::vector<std::byte> scratch(MatMulScratchBytes(kHidden, n));
-  const uint32_t block = layout::BlockValues(dtype), blocks = kDim / block;
+  Floats out(uint64_t{n} * kDim);
   for (auto _ : state) {
     for (uint32_t l = 0; l < kLayers; ++l) {
-      const MatrixView* gate_up[] = {&d.gate[l], &d.up[l]};
-      const std::span<float> gate_up_out[] = {g, u};
-      MatMulShared(gate_up, x, n, gate_up_out, scratch, pool);
-      SwiGlu(g, u, false);
-      for (uint32_t t = 0; t < n; ++t) {  // AxpyRows takes each column's coefficients together
-        for (uint32_t k = 0; k < kHidden; ++k)
-          h[uint64_t{k} * n + t] = g[uint64_t{t} * kHidden + k];
-      }
-      std::fill(out.begin(), out.end(), 0.0f);
-      const std::span<const std::byte* const> columns(d.columns.data() + uint64_t{l} * kHidden,
-                                                      kHidden);
-      pool.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
-        const uint32_t r0 = static_cast<uint32_t>(begin) * block;
-        const uint32_t r1 = static_cast<uint32_t>(end) * block;
-        AxpyRows(dtype, columns, layout::RowBytes(dtype, r0), r1 - r0, h.data(), n, n,
-                 out.data() + r0, kDim);
-      });
+      (*kernel)->Begin(x, n, out, nullptr, {});
+      (*kernel)->AccumulateRegrouped(r.layers[l]);
     }
     benchmark::DoNotOptimize(out.data());
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kLayers * d.per_layer));
+  state.SetBytesProcessed(
+      static_cast<int64_t>(state.iterations() * kLayers * kHidden * r.geometry.bundle_bytes));
 }
-BENCHMARK(BM_StripsFfn)->Apply(Args);
+BENCHMARK(BM_BundleFfnRegrouped)->Apply(Args);
 
 }  // namespace
 }  // namespace flashlm::engine

@@ -190,6 +190,103 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
   }
 }
 
+// AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
+// strips where this build reads them so, the rest row-major, down columns apart), then Accumulate
+// over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the captured h
+// and gate outputs, with a permutation, with and without a threshold mask; every dtype, both
+// bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads.
+TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
+  constexpr uint32_t kHidden = 53;
+  for (layout::DType dtype :
+       {layout::DType::kQ8_0, layout::DType::kQ4_0, layout::DType::kQ4_K, layout::DType::kQ6_K,
+        layout::DType::kF32, layout::DType::kF16, layout::DType::kBF16}) {
+    // Widths the strips take (q8_0 / q4_0: an even number of blocks; f32: 256 columns).
+    const uint32_t kDim = layout::BlockValues(dtype) > 32 ? 512
+                          : dtype == layout::DType::kF32  ? 256
+                                                          : 128;
+    for (layout::BundleKind kind :
+         {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
+      const layout::BundleGeometry g = layout::BundleGeometry::Make(kind, dtype, kDim, 64);
+      const uint64_t part = g.part_bytes;
+      uint32_t seed = 11;
+      auto rnd = [&] {
+        seed = seed * 1664525u + 1013904223u;
+        return static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
+      };
+      std::vector<std::byte> gate(kHidden * part), bundles(kHidden * g.stride_bytes);
+      std::vector<float> row(kDim);
+      const auto fill = [&](std::byte* at) {
+        for (float& v : row) v = rnd();
+        ASSERT_TRUE(layout::QuantizeRow(dtype, row, ByteSpan(at, part)).ok());
+      };
+      std::vector<const std::byte*> ptrs(kHidden);
+      std::vector<uint32_t> all(kHidden), perm(kHidden);
+      for (uint32_t i = 0; i < kHidden; ++i) {
+        fill(gate.data() + i * part);  // the dense gate of [up | down] bundles
+        std::byte* b = bundles.data() + i * g.stride_bytes;
+        for (uint32_t q = 0; q < (g.has_gate() ? 3u : 2u); ++q) fill(b + q * part);
+        ptrs[i] = b;
+        all[i] = i;
+        perm[i] = (i * 17 + 5) % kHidden;  // position -> neuron
+      }
+      const MatrixView gate_m{dtype, kHidden, kDim, gate};
+      for (uint32_t count : {37u, 48u}) {
+        // The first `count` positions regrouped as NeuronSource keeps pinned bundles.
+        std::vector<std::byte> rg(g.has_gate() ? count * part : 0), ru(count * part);
+        std::vector<const std::byte*> down(count);
+        for (uint32_t p = 0; p < count; ++p) {
+          if (g.has_gate()) std::memcpy(rg.data() + p * part, ptrs[p] + g.gate_offset(), part);
+          std::memcpy(ru.data() + p * part, ptrs[p] + g.up_offset(), part);
+          down[p] = ptrs[p] + g.down_offset();
+        }
+        const RegroupedBundles r = Regroup(g, count, rg, ru, down);
+        ASSERT_EQ(r.up.rows + r.up_tail.rows, count);
+        // Where this build keeps such matrices in strips, the whole strips are.
+        EXPECT_EQ(r.up.strips, CanInterleaveStrips(dtype, 32, kDim));
+        EXPECT_EQ(r.up.rows, CanInterleaveStrips(dtype, 32, kDim) ? count / 16 * 16 : 0);
+        for (uint32_t n : {1u, 3u, 17u}) {
+          std::vector<float> x(n * kDim);
+          for (float& v : x) v = rnd();
+          for (float cut : {-1.0f, 0.05f}) {
+            for (uint32_t threads : {1u, 2u, 3u}) {
+              ThreadPool pool(threads);
+              auto k = BundleFfnKernel::Create(g, kHidden, n, 20, false, pool);
+              ASSERT_TRUE(k.ok()) << k.status().ToString();
+              std::vector<float> out[2], cap[2], gcap[2];
+              for (int path = 0; path < 2; ++path) {
+                out[path].resize(n * kDim);
+                cap[path].resize(n * kHidden);
+                gcap[path].resize(n * kHidden);
+                (*k)->Begin(x, n, out[path], g.has_gate() ? nullptr : &gate_m, perm, cap[path],
+                            gcap[path]);
+                (*k)->set_mask(cut);
+                uint32_t p = 0;
+                if (path == 1) {
+                  (*k)->AccumulateRegrouped(r);
+                  p = count;
+                }
+                for (; p < kHidden; p += 20) {
+                  const uint32_t m = std::min(20u, kHidden - p);
+                  (*k)->Accumulate(std::span<const uint32_t>(all).subspan(p, m),
+                                   std::span<const std::byte* const>(ptrs).subspan(p, m));
+                }
+              }
+              const std::string what = std::string(layout::DTypeName(dtype)) + " kind " +
+                                       std::to_string(static_cast<int>(kind)) + ", " +
+                                       std::to_string(count) + " regrouped, " + std::to_string(n) +
+                                       " tokens, cut " + std::to_string(cut) + ", " +
+                                       std::to_string(threads) + " threads";
+              ASSERT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4)) << what;
+              ASSERT_EQ(0, std::memcmp(cap[0].data(), cap[1].data(), cap[0].size() * 4)) << what;
+              ASSERT_EQ(0, std::memcmp(gcap[0].data(), gcap[1].data(), gcap[0].size() * 4)) << what;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The kernel's rule against a hand computation: FiringPositions(cut) is the union over the batch
 // of neurons with |silu(g)| > cut, and with set_mask(cut) each token gets only its own neurons
 // above the cut (a neuron read for the other token adds nothing to it).
