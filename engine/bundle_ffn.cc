@@ -262,15 +262,17 @@ void BundleFfnKernel::AccumulateRegrouped(const RegroupedBundles& b) {
   CHECK_LE(strip_rows, b.count);
   CHECK_EQ(b.up_tail.rows, b.count - strip_rows);
   if (!separate_) CHECK(b.gate.rows == strip_rows && b.gate_tail.rows == b.up_tail.rows);
-  // Chunks of whole strips (a chunk_max under 16 leaves every position to the tail).
-  const uint32_t chunk =
-      chunk_max_ >= kStripGroupRows ? chunk_max_ / kStripGroupRows * kStripGroupRows : chunk_max_;
-  CHECK(strip_rows == 0 || chunk % kStripGroupRows == 0);
-  for (uint32_t k0 = 0; k0 < strip_rows; k0 += chunk) {
-    RegroupedChunk(b.gate, b.up, k0, std::min(chunk, strip_rows - k0), k0, b.down);
+  // As many positions a chunk as h_ holds with n floats each (one token: chunk_max x max_batch,
+  // a whole layer at the engine's sizes, so that the threads meet twice a layer), whole strips.
+  const uint64_t fits = uint64_t{chunk_max_} * max_batch_ / n_;
+  CHECK(strip_rows == 0 || fits >= kStripGroupRows);
+  const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(fits, b.count));
+  const uint32_t strip_chunk = chunk / kStripGroupRows * kStripGroupRows;
+  for (uint32_t k0 = 0; k0 < strip_rows; k0 += strip_chunk) {
+    RegroupedChunk(b.gate, b.up, k0, std::min(strip_chunk, strip_rows - k0), k0, b.down);
   }
-  for (uint32_t k0 = 0; k0 < b.up_tail.rows; k0 += chunk_max_) {
-    RegroupedChunk(b.gate_tail, b.up_tail, k0, std::min(chunk_max_, b.up_tail.rows - k0),
+  for (uint32_t k0 = 0; k0 < b.up_tail.rows; k0 += chunk) {
+    RegroupedChunk(b.gate_tail, b.up_tail, k0, std::min(chunk, b.up_tail.rows - k0),
                    strip_rows + k0, b.down);
   }
 }
@@ -304,7 +306,7 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
       for (uint32_t i = 0; i < rows; ++i) {
         const uint32_t j = r0 + i;
         const uint64_t neuron = perm_.empty() ? first + j : perm_[first + j];
-        float* h = h_.data() + uint64_t{j} * max_batch_;
+        float* h = h_.data() + uint64_t{j} * n;  // n floats a position here
         for (uint32_t t = 0; t < n; ++t) {
           const float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron]
                                      : gate_out[uint64_t{t} * rows + i];
@@ -318,14 +320,17 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
     predicted_counts_[uint64_t{th} * 8] += computed;
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
-  // out += h * down, split over blocks of output rows, positions in order.
+  // out += h * down, positions in order, the output rows cut into one part a thread (whole
+  // blocks): each part's columns are read front to back in one call.
   const uint32_t down_block = DownBlock(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(g_.dim, down_block));
-  pool_.ParallelFor(blocks, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
-    const uint32_t r0 = static_cast<uint32_t>(begin) * down_block;
-    const uint32_t r1 = std::min<uint32_t>(static_cast<uint32_t>(end) * down_block, g_.dim);
+  const uint32_t parts = std::min<uint32_t>(pool_.size(), blocks);
+  pool_.ParallelFor(parts, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+    const uint32_t r0 = static_cast<uint32_t>(uint64_t{blocks} * begin / parts) * down_block;
+    const uint32_t r1 = std::min<uint32_t>(
+        static_cast<uint32_t>(uint64_t{blocks} * end / parts) * down_block, g_.dim);
     AxpyRows(g_.dtype, down.subspan(first, m), layout::RowBytes(g_.dtype, r0), r1 - r0, h_.data(),
-             max_batch_, n, out_.data() + r0, g_.dim);
+             n, n, out_.data() + r0, g_.dim);
   });
 }
 

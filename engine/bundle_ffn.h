@@ -146,7 +146,8 @@ class BundleFfnKernel {
   float Activation(uint32_t t, uint64_t neuron, float gv, float uv, uint64_t* computed,
                    uint64_t* fired);
   // AccumulateRegrouped's part for rows [row0, row0 + m) of `gate` / `up` (row0 a multiple of 16
-  // where they are in strips; m <= chunk_max), positions first + [0, m).
+  // where they are in strips; m * n <= chunk_max * max_batch: h_ holds n floats a position
+  // here), positions first + [0, m).
   void RegroupedChunk(const MatrixView& gate, const MatrixView& up, uint32_t row0, uint32_t m,
                       uint32_t first, std::span<const std::byte* const> down);
   // Under a score mask: whether token t's `neuron` is masked; if not, counts it and whether it

@@ -250,7 +250,8 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
           for (float cut : {-1.0f, 0.05f}) {
             for (uint32_t threads : {1u, 2u, 3u}) {
               ThreadPool pool(threads);
-              auto k = BundleFfnKernel::Create(g, kHidden, n, 20, false, pool);
+              // Room for more tokens than the batch has (h_ then holds n floats a position).
+              auto k = BundleFfnKernel::Create(g, kHidden, n + 2 * (threads - 1), 20, false, pool);
               ASSERT_TRUE(k.ok()) << k.status().ToString();
               std::vector<float> out[2], cap[2], gcap[2];
               for (int path = 0; path < 2; ++path) {
