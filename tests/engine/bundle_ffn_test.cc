@@ -24,6 +24,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Uniform values in [-0.5, 0.5) from a fixed seed (a linear congruential generator: the same
+// values on every platform).
+struct Uniform {
+  uint32_t seed;
+  float operator()() {
+    seed = seed * 1664525u + 1013904223u;
+    return static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
+  }
+};
+
 // `src` repacked into `out` with gate+up-down bundles.
 void RepackSeparate(const std::string& src_path, const std::string& out) {
   auto src = layout::OpenCheckpoint(src_path);
@@ -120,11 +130,7 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
          {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
       const layout::BundleGeometry g = layout::BundleGeometry::Make(kind, dtype, kDim, 64);
       const uint64_t rb = g.part_bytes;
-      uint32_t seed = 3;
-      auto rnd = [&] {
-        seed = seed * 1664525u + 1013904223u;
-        return static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
-      };
+      Uniform rnd{3};
       // gate, up and down^T as matrices (hidden x dim rows of `dtype`).
       std::vector<std::byte> gate(kHidden * rb), up(kHidden * rb), down(kHidden * rb);
       std::vector<float> row(kDim);
@@ -208,11 +214,7 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
          {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
       const layout::BundleGeometry g = layout::BundleGeometry::Make(kind, dtype, kDim, 64);
       const uint64_t part = g.part_bytes;
-      uint32_t seed = 11;
-      auto rnd = [&] {
-        seed = seed * 1664525u + 1013904223u;
-        return static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
-      };
+      Uniform rnd{11};
       std::vector<std::byte> gate(kHidden * part), bundles(kHidden * g.stride_bytes);
       std::vector<float> row(kDim);
       const auto fill = [&](std::byte* at) {
@@ -296,11 +298,7 @@ TEST(BundleFfnKernelTest, ThresholdMaskIsPerToken) {
   const layout::BundleGeometry g = layout::BundleGeometry::Make(layout::BundleKind::kGateSeparate,
                                                                 layout::DType::kF32, kDim, 64);
   std::vector<float> gate(kHidden * kDim), up(kHidden * kDim), down(kHidden * kDim), x(kN * kDim);
-  uint32_t seed = 7;
-  auto rnd = [&] {
-    seed = seed * 1664525u + 1013904223u;
-    return static_cast<float>(seed >> 8) / static_cast<float>(1u << 24) - 0.5f;
-  };
+  Uniform rnd{7};
   for (float& v : gate) v = rnd();
   for (float& v : up) v = rnd();
   for (float& v : down) v = rnd();
