@@ -303,6 +303,7 @@ Status NeuronSource::LoadRegrouped() {
   resident_.resize(pinned_.size());
   regrouped_.resize(pinned_.size());
   if (total == 0) return Status::Ok();
+  if (total > UINT32_MAX / 2) return InvalidArgumentError("neuron source: too many bundles");
   ASSIGN_OR_RETURN(regrouped_memory_, storage::AlignedBuffer::Allocate(total * g.bundle_bytes, 64,
                                                                        /*huge_pages=*/true));
   // Read a few bundles at a time (checked against their checksums) into a staging buffer of
