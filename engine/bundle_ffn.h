@@ -105,9 +105,9 @@ class BundleFfnKernel {
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
   // Accumulates positions [0, b.count), regrouped: what Accumulate over the same bundles at those
   // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
-  // position order). Gate and up go through MatMulRows a chunk of whole strips at a time, split
-  // over the threads; the down columns through AxpyRows, split over output blocks. The first call
-  // of a layer (CHECKed); count <= hidden.
+  // position order). Gate and up go through MatMulRows a strip at a time, the strips split over
+  // the threads; the down columns through one AxpyRows call per thread, the outputs cut into one
+  // part a thread. The first call of a layer (CHECKed); count <= hidden.
   void AccumulateRegrouped(const RegroupedBundles& b);
   // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
   // increasing order, the positions whose neuron has |act(gate x)| > cut for at least one of the
@@ -128,9 +128,9 @@ class BundleFfnKernel {
   BundleFfnKernel(ThreadPool& pool) : pool_(pool) {}
   // Floats in each thread's tile of gate/up products (ComputeGroup: a group's rows, token-minor;
   // RegroupedChunk: a strip's gate rows and up rows, token-major): whole cache lines, so that
-  // threads never
-  // write the same line (one token's tile is 4 floats; two threads sharing its line passed it
-  // between their cores at every bundle, and phase 1 at 2 threads ran no faster than at 1).
+  // threads never write the same line (one token's tile is 4 floats; two threads sharing its
+  // line passed it between their cores at every bundle, and phase 1 at 2 threads ran no faster
+  // than at 1).
   static uint64_t TileStride(uint32_t max_batch);
   // Whether `next` starts right after `bundle` ends (within kAdjacentGap bytes: resident
   // bundles, a merged read), so that reading both is one stream.
