@@ -118,6 +118,104 @@ TEST(NeuronSourceTest, ServesScatteredAndDenseRequests) {
   }
 }
 
+// With regroup_pinned a dense request's pinned positions come as one regrouped batch: the down
+// columns and the rows past the last whole strip are the stored bytes, and the strips multiply as
+// the stored rows do; the streamed positions follow as bundles. Ad-hoc requests, prefetches and
+// an LRU cache are refused, and a corrupt pinned bundle fails Open naming its layer.
+TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
+  for (layout::BundleKind kind :
+       {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
+    ::flashlm::testing::ScratchDir dir;
+    auto r = MakeStore(dir.path(), kind);
+    ASSERT_NE(r, nullptr);
+    const layout::BundleGeometry g = r->FfnGeometry(0).value();
+    NeuronSourceOptions o;
+    o.chunk_bundles = 16;
+    o.chunk_buffers = 3;
+    o.regroup_pinned = true;
+    constexpr uint32_t kPinned = 37;
+    const uint32_t pinned[] = {kPinned, 0};
+    auto source = NeuronSource::Open(*r, pinned, o);
+    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    NeuronSource& s = **source;
+    ASSERT_TRUE(s.Begin(0).ok());
+    NeuronSource::Batch b;
+    ASSERT_TRUE(s.Next(&b).value());
+    ASSERT_NE(b.regrouped, nullptr);
+    ASSERT_TRUE(b.bundles.empty());
+    ASSERT_EQ(b.positions.size(), kPinned);
+    const RegroupedBundles& rg = *b.regrouped;
+    ASSERT_EQ(rg.count, kPinned);
+    EXPECT_EQ(rg.up.rows, CanInterleaveStrips(g.dtype, 32, g.dim) ? 32u : 0u);
+    // The stored parts, as row-major matrices.
+    std::vector<std::byte> gate(kPinned * g.part_bytes), up(kPinned * g.part_bytes);
+    for (uint32_t p = 0; p < kPinned; ++p) {
+      const std::vector<std::byte> want = Stored(*r, 0, p);
+      if (g.has_gate()) {
+        std::memcpy(gate.data() + p * g.part_bytes, want.data() + g.gate_offset(), g.part_bytes);
+      }
+      std::memcpy(up.data() + p * g.part_bytes, want.data() + g.up_offset(), g.part_bytes);
+      EXPECT_EQ(std::memcmp(rg.down[p], want.data() + g.down_offset(), g.part_bytes), 0) << p;
+    }
+    for (uint32_t p = rg.up.rows; p < kPinned; ++p) {
+      const auto row = [&](const MatrixView& m) { return m.row(p - rg.up.rows).data(); };
+      EXPECT_EQ(std::memcmp(row(rg.up_tail), up.data() + p * g.part_bytes, g.part_bytes), 0) << p;
+      if (g.has_gate()) {
+        EXPECT_EQ(std::memcmp(row(rg.gate_tail), gate.data() + p * g.part_bytes, g.part_bytes), 0);
+      }
+    }
+    if (rg.up.rows > 0) {  // the strips multiply as the stored rows
+      std::vector<float> x(kDim);
+      std::mt19937 rng(3);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      for (float& v : x) v = nd(rng);
+      ThreadPool pool(1);
+      std::vector<std::byte> scratch(MatMulScratchBytes(kDim, 1));
+      for (int m = g.has_gate() ? 0 : 1; m < 2; ++m) {
+        const MatrixView& strips = m == 0 ? rg.gate : rg.up;
+        EXPECT_TRUE(strips.strips);
+        const MatrixView rows{
+            g.dtype, rg.up.rows, kDim,
+            ConstByteSpan(m == 0 ? gate.data() : up.data(), uint64_t{rg.up.rows} * g.part_bytes)};
+        std::vector<float> got(rg.up.rows), want(rg.up.rows);
+        MatMul(strips, x, 1, got, scratch, pool);
+        MatMul(rows, x, 1, want, scratch, pool);
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << m;
+      }
+    }
+    // The rest of the layer streams as bundles, in order.
+    std::vector<uint32_t> rest, want_rest;
+    while (s.Next(&b).value()) {
+      EXPECT_EQ(b.regrouped, nullptr);
+      rest.insert(rest.end(), b.positions.begin(), b.positions.end());
+    }
+    for (uint32_t p = kPinned; p < kHidden; ++p) want_rest.push_back(p);
+    EXPECT_EQ(rest, want_rest);
+    EXPECT_EQ(s.stats().bundles_resident, kPinned);
+    // Layer 1 has nothing pinned: bundles only.
+    ASSERT_TRUE(s.Begin(1).ok());
+    std::vector<uint32_t> all(kHidden);
+    for (uint32_t p = 0; p < kHidden; ++p) all[p] = p;
+    EXPECT_EQ(Drain(s, *r, 1), all);
+    // Refused: sets of positions, prefetches, an LRU cache.
+    const std::vector<uint32_t> set = {1, 2};
+    EXPECT_EQ(s.Begin(0, set).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(s.Prefetch(0, set).code(), StatusCode::kInvalidArgument);
+    NeuronSourceOptions cached = o;
+    cached.cache_slots = 8;
+    EXPECT_EQ(NeuronSource::Open(*r, pinned, cached).status().code(), StatusCode::kInvalidArgument);
+    // A flipped byte in pinned bundle 5 of layer 0.
+    const layout::Extent e = r->BundleExtentAt(0, 5);
+    ::flashlm::testing::FlipByte(dir.path() / "store" / layout::DataFileName(0),
+                                 e.offset_bytes + 9);
+    Result<std::unique_ptr<NeuronSource>> bad = NeuronSource::Open(*r, pinned, o);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.status().code(), StatusCode::kCorruption);
+    EXPECT_NE(bad.status().ToString().find("FFN layer 0"), std::string::npos)
+        << bad.status().ToString();
+  }
+}
+
 // Split reads (the ablation of bundling): every streamed bundle is read on its own, in one read per
 // matrix row it holds, and still served whole with its stored bytes; a split that is not a
 // multiple of the files' alignment is refused at Open.
