@@ -2566,6 +2566,7 @@ __attribute__((always_inline)) inline void DequantQ4KBlock16(const std::byte* bl
   const auto* packed = reinterpret_cast<const uint8_t*>(blk + 4);
   const std::byte* q = blk + 16;
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#pragma GCC unroll 4
   for (int p = 0; p < 4; ++p, q += 32) {  // sub-blocks 2p (low nibbles) and 2p + 1 (high)
     uint8_t sc, m;
     layout::ScaleMinK4(2 * p, packed, sc, m);
@@ -2585,29 +2586,40 @@ __attribute__((always_inline)) inline void DequantQ4KBlock16(const std::byte* bl
 }
 
 // q6_K super-block `blk` dequantised as layout::DequantizeRow does (x = (d * sc) * (q - 32), both
-// products rounded), 16 values a vector: sink(i, v) gets values 16i .. 16i + 15 in order. Each
-// vector's 16 values share one scale; q is a nibble of ql with two bits of qh above it.
+// products rounded), 16 values a vector: sink(i, v) gets values 16i .. 16i + 15. Each vector's 16
+// values share one scale; q is a nibble of ql with two bits of qh above it. The 32 values
+// 32j .. 32j + 31 of each half share their ql and qh bytes, so q - 32 is made for all 32 at
+// once as bytes (a nibble from ql, bits 4-5 from qh, one bit select; 16-bit shifts are safe as
+// the masks drop what crosses into a neighbouring byte), then widened 16 at a time.
 template <class Sink>
 __attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* blk, Sink&& sink) {
-  const float d = HalfToFloat(blk + 208);
-  const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
-  const __m512i low4 = _mm512_set1_epi32(0x0F), two = _mm512_set1_epi32(3),
-                k32 = _mm512_set1_epi32(32);
+  alignas(64) float scale[16];  // d * sc for each 16 values, as floats multiply them
+  _mm512_store_ps(scale, _mm512_mul_ps(_mm512_set1_ps(HalfToFloat(blk + 208)),
+                                       _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                           reinterpret_cast<const __m128i*>(blk + 192))))));
+  const __m256i bits45 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);
+#pragma GCC unroll 2
   for (int n = 0; n < 2; ++n) {  // halves of 128 values: ql 64 bytes, qh 32, scales 8 each
     const std::byte* ql = blk + 64 * n;
-    const std::byte* qh = blk + 128 + 32 * n;
-    for (int h = 0; h < 2; ++h) {  // values l = 16h .. 16h + 15 of each group of 32
-      const __m512i hb =
-          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * h)));
-      for (int j = 0; j < 4; ++j) {  // value n * 128 + 32j + l
-        const __m512i lb = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 32 * (j % 2) + 16 * h)));
-        const __m512i nib = j < 2 ? _mm512_and_si512(lb, low4) : _mm512_srli_epi32(lb, 4);
-        const __m512i high = _mm512_slli_epi32(
-            _mm512_and_si512(_mm512_srlv_epi32(hb, _mm512_set1_epi32(2 * j)), two), 4);
-        const __m512i q = _mm512_sub_epi32(_mm512_or_si512(nib, high), k32);
-        const float scale = d * static_cast<float>(sc[8 * n + 2 * j + h]);
-        sink(8 * n + 2 * j + h, _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(q)));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {  // values n * 128 + 32j + l, l = 0 .. 31
+      const __m256i lb = j == 0 ? ql0 : j == 1 ? ql1 : _mm256_srli_epi16(j == 2 ? ql0 : ql1, 4);
+      const __m256i hb = j == 0   ? _mm256_slli_epi16(qh, 4)
+                         : j == 1 ? _mm256_slli_epi16(qh, 2)
+                         : j == 2 ? qh
+                                  : _mm256_srli_epi16(qh, 2);
+      // bits 0-3 from lb, bits 4-5 from hb (0xCA: select lb where the mask 0x0F is set)
+      const __m256i q = _mm256_sub_epi8(
+          _mm256_ternarylogic_epi32(_mm256_set1_epi8(0x0F), lb, _mm256_and_si256(hb, bits45), 0xCA),
+          k32);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m128i q16 = h == 0 ? _mm256_castsi256_si128(q) : _mm256_extracti128_si256(q, 1);
+        sink(8 * n + 2 * j + h, _mm512_mul_ps(_mm512_set1_ps(scale[8 * n + 2 * j + h]),
+                                              _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q16))));
       }
     }
   }
@@ -2620,38 +2632,6 @@ __attribute__((always_inline)) inline void PrefetchBytes(const std::byte* p) {
     _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
   }
   _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
-}
-
-// One token, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, its 256 values of y
-// stay in 16 registers while every row's super-block is dequantised and added (rows in order,
-// each y value's fused terms as AxpyRow's).
-template <bool kQ6>
-void AxpyKOneToken(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
-                   const float* a, uint64_t a_stride, float* y) {
-  constexpr uint32_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
-  // Rows' super-blocks requested ahead: 6 against 2, 1b q4_K bundles, one token, 2 threads
-  // (bench/engine/ffn_bench.cc): 29.5-30.2 ms a pass against 31.3-33.7; 1 thread within noise
-  // (52-55 either way; 4 and 8 no better).
-  constexpr uint32_t kAhead = 6;
-  for (uint32_t b = 0; b < blocks; ++b) {
-    const uint64_t at = offset + uint64_t{b} * kBytes;
-    float* yb = y + uint64_t{b} * layout::kKBlockValues;
-    __m512 acc[16];
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_loadu_ps(yb + 16 * i);
-    for (size_t k = 0; k < rows.size(); ++k) {
-      if (k + kAhead < rows.size()) PrefetchBytes<kBytes>(rows[k + kAhead] + at);
-      const float ak = a[k * a_stride];
-      if (ak == 0.0f) continue;  // as AxpyRow skips it
-      const __m512 av = _mm512_set1_ps(ak);
-      const auto add = [&](int i, __m512 v) { acc[i] = _mm512_fmadd_ps(av, v, acc[i]); };
-      if constexpr (kQ6) {
-        DequantQ6KBlock16(rows[k] + at, add);
-      } else {
-        DequantQ4KBlock16(rows[k] + at, add);
-      }
-    }
-    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(yb + 16 * i, acc[i]);
-  }
 }
 
 // The batch down kernels' shared steps (AxpyKChunkTokens, AxpyQ8BlockTokens, AxpyQ8HalfTokens).
@@ -2830,38 +2810,61 @@ __attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __
   v[1] = DequantHalf16<kQ4>(w, 1);  // are computed once for both halves
 }
 
-// One token of q8_0 / q4_0 goes through AxpyColumnsOneToken: the rows are swept kSweepRows at a
-// time, each read front to back with y in L1, while the next sweep's rows are requested block by
-// block (one sweep ahead: the first sweep of a call asks for its own rows kSweepAheadBlocks
-// blocks ahead). Bit-identical to AxpyRow. Measured (docs/benchmarks.md, "Down columns one
-// sweep ahead"): 1b q8_0, 22 x 5632 columns of 2048 from DRAM, one call a layer, 1 thread: 8.4 ms
-// against 17 for the 128 values of y in registers across the rows that more than 16 rows took
-// before, and 12 against 16 in calls of 16 rows, against the same sweep asking for its own rows
-// 16 blocks ahead.
-constexpr int kSweepRows = 4;               // rows whose terms each y vector takes per load/store
-constexpr uint32_t kSweepAheadBlocks = 16;  // blocks of each row requested ahead
+// One token of q8_0 / q4_0 / q4_K / q6_K goes through AxpyColumnsOneToken: the rows are swept
+// kSweepRows at a time, each read front to back with y in L1, while the next sweep's rows are
+// requested block by block (one sweep ahead: the first sweep of a call asks for its own rows
+// about 512 bytes ahead). Bit-identical to AxpyRow. Measured (docs/benchmarks.md, "Down columns
+// one sweep ahead"): 1b q8_0, 22 x 5632 columns of 2048 from DRAM, one call a layer, 1 thread:
+// 8.4 ms against 17 for the 128 values of y in registers across the rows that more than 16 rows
+// took before, and 12 against 16 in calls of 16 rows, against the same sweep asking for its own
+// rows 16 blocks ahead. q4_K / q6_K took the same path later ("Super-blocks swept too"), where
+// they had kept a super-block of y in registers across every row.
+constexpr int kSweepRows = 4;  // rows whose terms each y vector takes per load/store
 
-// AxpyRows for one token over `blocks` full q8_0 (or, kQ4, q4_0) blocks at byte `at` of R rows
-// w[0..R-1] (their non-zero coefficients av[0..R-1], in row order): each 32 values of y are
-// loaded once, take the R rows' fused terms in row order, and are stored (y stays in L1 across
-// the sweep). Every other block it requests blocks b and b + 1 of the next sweep's rows
-// next[0..next_count-1] and, when `first` (nothing asked for these rows before), block
-// b + kSweepAheadBlocks of its own. Same terms, same order as AxpyRow: bit-identical.
-template <int R, bool kQ4>
+// The block formats a sweep reads: values and bytes a block, and how far ahead (in blocks) the
+// first sweep of a call asks for its own rows.
+
+enum class SweepFormat { kQ8, kQ4, kQ4K, kQ6K };
+template <SweepFormat F>
+struct SweepBlock {
+  static constexpr bool kSuper = F == SweepFormat::kQ4K || F == SweepFormat::kQ6K;
+  static constexpr uint32_t kValues = kSuper ? layout::kKBlockValues : kBlock;
+  static constexpr uint64_t kBytes = F == SweepFormat::kQ8    ? 2 + kBlock
+                                     : F == SweepFormat::kQ4  ? 2 + kBlock / 2
+                                     : F == SweepFormat::kQ4K ? kQ4KBytes
+                                                              : kQ6KBytes;
+  static constexpr uint32_t kAhead = kSuper ? 3 : 16;
+};
+
+// AxpyRows for one token over `blocks` full blocks of format F at byte `at` of R rows w[0..R-1]
+// (their non-zero coefficients av[0..R-1], in row order): each block of y is loaded once, takes
+// the R rows' fused terms in row order, and is stored (y stays in L1 across the sweep). It asks
+// for the next sweep's rows next[0..next_count-1] a block ahead of reading them (q8_0 / q4_0:
+// every other block, two at a time) and, when `first` (nothing asked for these rows before),
+// for its own rows SweepBlock<F>::kAhead blocks ahead. Same terms, same order as AxpyRow:
+// bit-identical.
+template <int R, SweepFormat F>
 void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t blocks, float* y,
                       bool first, const std::byte* const* next, int next_count) {
-  constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;
+  using Block = SweepBlock<F>;
+  constexpr uint64_t kBlockBytes = Block::kBytes;
   __m512 a[R];
   for (int r = 0; r < R; ++r) a[r] = _mm512_set1_ps(av[r]);
   for (uint32_t b = 0; b < blocks; ++b) {
-    if ((b & 1) == 0) {
-      const uint64_t at = uint64_t{b} * kBlockBytes;
+    const uint64_t at = uint64_t{b} * kBlockBytes;
+    if constexpr (Block::kSuper) {
+      for (int r = 0; r < next_count; ++r) PrefetchBytes<kBlockBytes>(next[r] + at);
+      const uint32_t ab = b + Block::kAhead;
+      if (first && ab < blocks) {
+        for (int r = 0; r < R; ++r) PrefetchBytes<kBlockBytes>(w[r] + uint64_t{ab} * kBlockBytes);
+      }
+    } else if ((b & 1) == 0) {
       for (int r = 0; r < next_count; ++r) {  // the next sweep's blocks b and b + 1
         _mm_prefetch(reinterpret_cast<const char*>(next[r] + at), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(next[r] + at + 2 * kBlockBytes - 1),
                      _MM_HINT_T0);
       }
-      const uint32_t ab = b + kSweepAheadBlocks;
+      const uint32_t ab = b + Block::kAhead;
       if (first && ab < blocks) {
         for (int r = 0; r < R; ++r) {
           _mm_prefetch(reinterpret_cast<const char*>(w[r] + uint64_t{ab} * kBlockBytes),
@@ -2869,22 +2872,35 @@ void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t block
         }
       }
     }
-    float* yb = y + uint64_t{b} * kBlock;
-    __m512 acc[2] = {_mm512_loadu_ps(yb), _mm512_loadu_ps(yb + 16)};
+    float* yb = y + uint64_t{b} * Block::kValues;
+    constexpr int kVectors = Block::kValues / 16;
+    __m512 acc[kVectors];
+#pragma GCC unroll 16
+    for (int i = 0; i < kVectors; ++i) acc[i] = _mm512_loadu_ps(yb + 16 * i);
+#pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      __m512 v[2];
-      DequantBlock32<kQ4>(w[r] + uint64_t{b} * kBlockBytes, v);
-      for (int h = 0; h < 2; ++h) acc[h] = _mm512_fmadd_ps(a[r], v[h], acc[h]);
+      if constexpr (Block::kSuper) {
+        const auto add = [&](int i, __m512 v) { acc[i] = _mm512_fmadd_ps(a[r], v, acc[i]); };
+        if constexpr (F == SweepFormat::kQ6K) {
+          DequantQ6KBlock16(w[r] + at, add);
+        } else {
+          DequantQ4KBlock16(w[r] + at, add);
+        }
+      } else {
+        __m512 v[2];
+        DequantBlock32<F == SweepFormat::kQ4>(w[r] + at, v);
+        for (int h = 0; h < 2; ++h) acc[h] = _mm512_fmadd_ps(a[r], v[h], acc[h]);
+      }
     }
-    _mm512_storeu_ps(yb, acc[0]);
-    _mm512_storeu_ps(yb + 16, acc[1]);
+#pragma GCC unroll 16
+    for (int i = 0; i < kVectors; ++i) _mm512_storeu_ps(yb + 16 * i, acc[i]);
   }
 }
 
-// AxpyRows for one token of q8_0 (kQ4: q4_0) over `blocks` full blocks at byte `at` of every
-// row: the rows with non-zero coefficients (zero ones skipped, as AxpyRow skips them), in order,
+// AxpyRows for one token of format F over `blocks` full blocks at byte `at` of every row: the
+// rows with non-zero coefficients (zero ones skipped, as AxpyRow skips them), in order,
 // kSweepRows at a time through AxpyColumnsSweep, each sweep told the next one's rows.
-template <bool kQ4>
+template <SweepFormat F>
 void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, uint32_t blocks,
                          const float* a, uint64_t a_stride, float* y) {
   const std::byte* w[2][kSweepRows];
@@ -2909,16 +2925,16 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
     const std::byte* const* next = w[1 - cur];
     switch (r) {
       case 1:
-        AxpyColumnsSweep<1, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<1, F>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       case 2:
-        AxpyColumnsSweep<2, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<2, F>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       case 3:
-        AxpyColumnsSweep<3, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<3, F>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
       default:
-        AxpyColumnsSweep<kSweepRows, kQ4>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<kSweepRows, F>(w[cur], av[cur], blocks, y, first, next, nr);
         break;
     }
     cur = 1 - cur;
@@ -3052,18 +3068,19 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   CHECK(MatMulSupports(dtype));
   uint32_t done = 0;  // values handled by the register-blocked path
 #ifdef FLASHLM_AVX512
-  // One token of q8_0 or q4_0: rows read front to back, a sweep of a few at a time.
+  // One token of q8_0, q4_0, q4_K or q6_K: rows read front to back, a sweep of a few at a time.
   if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint32_t full = len / kBlock;
-    dtype == DType::kQ4_0 ? AxpyColumnsOneToken<true>(rows, offset, full, a, a_stride, y)
-                          : AxpyColumnsOneToken<false>(rows, offset, full, a, a_stride, y);
+    dtype == DType::kQ4_0
+        ? AxpyColumnsOneToken<SweepFormat::kQ4>(rows, offset, full, a, a_stride, y)
+        : AxpyColumnsOneToken<SweepFormat::kQ8>(rows, offset, full, a, a_stride, y);
     done = full * kBlock;
   }
-  // One token of q4_K or q6_K: a super-block in registers.
   if (n_tokens == 1 && (dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
     const uint32_t full = len / layout::kKBlockValues;
-    dtype == DType::kQ6_K ? AxpyKOneToken<true>(rows, offset, full, a, a_stride, y)
-                          : AxpyKOneToken<false>(rows, offset, full, a, a_stride, y);
+    dtype == DType::kQ6_K
+        ? AxpyColumnsOneToken<SweepFormat::kQ6K>(rows, offset, full, a, a_stride, y)
+        : AxpyColumnsOneToken<SweepFormat::kQ4K>(rows, offset, full, a, a_stride, y);
     done = full * layout::kKBlockValues;
   }
   // Several tokens of q4_K or q6_K: a super-block of every token's y in L1.

@@ -573,8 +573,9 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
     std::mt19937 rng(static_cast<uint32_t>(dtype) + 29);
     const uint32_t per = std::max(32u, layout::BlockValues(dtype));
     const uint32_t cols = 3 * per + 6;
-    // 13 rows: one token of q8_0 / q4_0 reads each row front to back (the fused down pass); 37:
-    // a block of y in registers across the rows.
+    // One token of q8_0 / q4_0 / q4_K / q6_K reads the rows front to back, 4 at a time (13 rows:
+    // a last sweep of one; row 4's zero coefficient is skipped); several tokens keep a block of
+    // y in registers across the rows (37).
     for (uint32_t kRows : {13u, 37u}) {
       std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
       const uint64_t rb = layout::RowBytes(dtype, cols);
