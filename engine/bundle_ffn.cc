@@ -25,12 +25,38 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 }  // namespace
 
+DownLayout DownLayout::For(const layout::BundleGeometry& g, uint32_t threads) {
+  const uint32_t block = DownBlock(g.dtype);
+  const uint32_t blocks = g.dim % block == 0 ? g.dim / block : 0;
+  DownLayout d;
+  for (uint32_t p = std::max(threads, 1u); p > 1; --p) {
+    if (blocks % p == 0) {
+      d.parts = p;
+      break;
+    }
+  }
+  d.part_rows = g.dim / d.parts;
+  d.part_bytes = layout::RowBytes(g.dtype, d.part_rows);
+  return d;
+}
+
+const std::byte* DownLayout::Place(std::byte* base, uint32_t count, uint32_t k,
+                                   const std::byte* column) const {
+  std::byte* at = base + uint64_t{k} * part_bytes;
+  for (uint32_t p = 0; p < parts; ++p) {
+    std::memcpy(at + p * PartStride(count), column + p * part_bytes, part_bytes);
+  }
+  return at;
+}
+
 RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSpan gate,
-                         ByteSpan up, std::span<const std::byte* const> down) {
+                         ByteSpan up, std::span<const std::byte* const> down,
+                         const DownLayout& down_layout) {
   const uint64_t part = g.part_bytes;
   CHECK_EQ(up.size(), uint64_t{count} * part);
   CHECK_EQ(gate.size(), g.has_gate() ? up.size() : 0);
   CHECK_EQ(down.size(), count);
+  CHECK_EQ(uint64_t{down_layout.parts} * down_layout.part_rows, g.dim);
   const uint32_t whole = count / 16 * 16;
   const uint32_t strips = CanInterleaveStrips(g.dtype, whole, g.dim) ? whole : 0;
   const auto view = [&](ByteSpan m, uint32_t row0, uint32_t rows, bool keep) {
@@ -46,6 +72,7 @@ RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSp
   r.gate_tail = view(gate, strips, count - strips, false);
   r.up_tail = view(up, strips, count - strips, false);
   r.down = down;
+  r.down_layout = down_layout;
   return r;
 }
 
@@ -269,17 +296,16 @@ void BundleFfnKernel::AccumulateRegrouped(const RegroupedBundles& b) {
   const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(fits, b.count));
   const uint32_t strip_chunk = chunk / kStripGroupRows * kStripGroupRows;
   for (uint32_t k0 = 0; k0 < strip_rows; k0 += strip_chunk) {
-    RegroupedChunk(b.gate, b.up, k0, std::min(strip_chunk, strip_rows - k0), k0, b.down);
+    RegroupedChunk(b.gate, b.up, k0, std::min(strip_chunk, strip_rows - k0), k0, b);
   }
   for (uint32_t k0 = 0; k0 < b.up_tail.rows; k0 += chunk) {
     RegroupedChunk(b.gate_tail, b.up_tail, k0, std::min(chunk, b.up_tail.rows - k0),
-                   strip_rows + k0, b.down);
+                   strip_rows + k0, b);
   }
 }
 
 void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& up, uint32_t row0,
-                                     uint32_t m, uint32_t first,
-                                     std::span<const std::byte* const> down) {
+                                     uint32_t m, uint32_t first, const RegroupedBundles& b) {
   const uint32_t n = n_;
   // Rows [r0, r0 + rows) of `w` (r0 + row0 on a strip boundary where w is in strips).
   const auto slice = [&](const MatrixView& w, uint32_t r0, uint32_t rows) {
@@ -320,17 +346,15 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
     predicted_counts_[uint64_t{th} * 8] += computed;
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
-  // out += h * down, positions in order, the output rows cut into one part a thread (whole
-  // blocks): each part's columns are read front to back in one call.
-  const uint32_t down_block = DownBlock(g_.dtype);
-  const uint32_t blocks = static_cast<uint32_t>(CeilDiv(g_.dim, down_block));
-  const uint32_t parts = std::min<uint32_t>(pool_.size(), blocks);
-  pool_.ParallelFor(parts, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
-    const uint32_t r0 = static_cast<uint32_t>(uint64_t{blocks} * begin / parts) * down_block;
-    const uint32_t r1 = std::min<uint32_t>(
-        static_cast<uint32_t>(uint64_t{blocks} * end / parts) * down_block, g_.dim);
-    AxpyRows(g_.dtype, down.subspan(first, m), layout::RowBytes(g_.dtype, r0), r1 - r0, h_.data(),
-             n, n, out_.data() + r0, g_.dim);
+  // out += h * down, positions in order, a part of the outputs at a time (one a thread where
+  // the parts are as many): each part's columns are read front to back in one call.
+  const DownLayout& d = b.down_layout;
+  const std::span<const std::byte* const> down = b.down.subspan(first, m);
+  pool_.ParallelFor(d.parts, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+    for (uint64_t p = begin; p < end; ++p) {
+      AxpyRows(g_.dtype, down, p * d.PartStride(b.count), d.part_rows, h_.data(), n, n,
+               out_.data() + p * d.part_rows, g_.dim);
+    }
   });
 }
 

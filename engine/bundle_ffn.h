@@ -36,25 +36,52 @@
 
 namespace flashlm::engine {
 
+// How a layer's regrouped down columns are laid out for a pass over `threads` threads: the
+// output cut into `parts` equal runs of whole blocks (the largest count <= threads that divides
+// the output's blocks; 1 if none), and each position's part p stored in run p, the positions back
+// to back: run after run, so each thread reads one stream front to back. (Halves of columns laid
+// back to back instead, one thread a half, ran no faster at 2 threads than 1: each core's
+// prefetchers fetched the other half too. docs/benchmarks.md, "Down columns a part a thread".)
+// Bit-identical whatever the count: each output value takes the same terms in the same order.
+struct DownLayout {
+  uint32_t parts = 1;
+  uint32_t part_rows = 0;   // outputs a part
+  uint64_t part_bytes = 0;  // one position's part: RowBytes(dtype, part_rows)
+
+  static DownLayout For(const layout::BundleGeometry& g, uint32_t threads);
+  // Bytes `count` positions' down columns take: count * RowBytes(dtype, dim).
+  uint64_t Bytes(uint32_t count) const { return uint64_t{parts} * count * part_bytes; }
+  // Bytes from a position's part p to its part p + 1, for `count` positions.
+  uint64_t PartStride(uint32_t count) const { return uint64_t{count} * part_bytes; }
+  // Copies position k's down column (`column`, RowBytes(dtype, dim) bytes) into its parts in the
+  // region at `base` laid out for `count` positions; returns where its part 0 is.
+  const std::byte* Place(std::byte* base, uint32_t count, uint32_t k,
+                         const std::byte* column) const;
+};
+
 // A layer's first `count` positions (a dense FFN's pinned bundles, NeuronSource's
 // regroup_pinned) with their parts regrouped: the gate rows (absent for [up | down] bundles) and
 // the up rows as matrices, positions [0, up.rows) in `gate` / `up` (in strips where KeepInStrips
-// puts them: a multiple of 16 rows) and the rest in `gate_tail` / `up_tail` (row-major), and
-// down[k] position k's down column (part_bytes). A dense pass reads each matrix as one stream
-// instead of 16 rows at a time.
+// puts them: a multiple of 16 rows) and the rest in `gate_tail` / `up_tail` (row-major), and the
+// down columns as `down_layout` places them: down[k] is position k's part 0, its part p
+// p * down_layout.PartStride(count) bytes on. A dense pass reads each matrix, and each thread its
+// part of the down columns, as one stream instead of 16 rows at a time.
 struct RegroupedBundles {
   uint32_t count = 0;
   MatrixView gate, up;                     // positions [0, up.rows)
   MatrixView gate_tail, up_tail;           // positions [up.rows, count)
   std::span<const std::byte* const> down;  // [count]
+  DownLayout down_layout;
 };
 
 // The view of `count` positions' parts regrouped as RegroupedBundles describes: gate (empty
 // for [up | down] bundles) and up hold their rows in position order (count x part_bytes each,
 // writable) and are rewritten into strips for their first count / 16 * 16 rows where this build
-// reads them so (KeepInStrips); down[k] is position k's down column. Load time only.
+// reads them so (KeepInStrips); down[k] is position k's part 0 as `down_layout` placed it
+// (DownLayout::Place). Load time only.
 RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSpan gate,
-                         ByteSpan up, std::span<const std::byte* const> down);
+                         ByteSpan up, std::span<const std::byte* const> down,
+                         const DownLayout& down_layout);
 
 class BundleFfnKernel {
  public:
@@ -106,8 +133,9 @@ class BundleFfnKernel {
   // Accumulates positions [0, b.count), regrouped: what Accumulate over the same bundles at those
   // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
   // position order). Gate and up go through MatMulRows a strip at a time, the strips split over
-  // the threads; the down columns through one AxpyRows call per thread, the outputs cut into one
-  // part a thread. The first call of a layer (CHECKed); count <= hidden.
+  // the threads; the down columns through one AxpyRows call per part of b.down_layout (one a
+  // thread where the parts are as many as the threads). The first call of a layer (CHECKed);
+  // count <= hidden.
   void AccumulateRegrouped(const RegroupedBundles& b);
   // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
   // increasing order, the positions whose neuron has |act(gate x)| > cut for at least one of the
@@ -149,7 +177,7 @@ class BundleFfnKernel {
   // where they are in strips; m * n <= chunk_max * max_batch: h_ holds n floats a position
   // here), positions first + [0, m).
   void RegroupedChunk(const MatrixView& gate, const MatrixView& up, uint32_t row0, uint32_t m,
-                      uint32_t first, std::span<const std::byte* const> down);
+                      uint32_t first, const RegroupedBundles& b);
   // Under a score mask: whether token t's `neuron` is masked; if not, counts it and whether it
   // fires (`positive`: its gate output was > 0; `h` its activation).
   bool ScoreMasked(uint32_t t, uint64_t neuron, bool positive, float h, uint64_t* computed,

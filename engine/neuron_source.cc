@@ -314,6 +314,7 @@ Status NeuronSource::LoadRegrouped() {
   std::vector<layout::Extent> extents;
   std::vector<ByteSpan> outs;
   std::byte* base = regrouped_memory_.span().data();
+  const DownLayout down_layout = DownLayout::For(g, options_.regroup_threads);
   for (uint32_t l = 0; l < pinned_.size(); ++l) {
     const uint32_t pinned = pinned_[l];
     if (pinned == 0) continue;
@@ -337,12 +338,12 @@ Status NeuronSource::LoadRegrouped() {
         const std::byte* b = outs[k].data();
         if (gate != nullptr) std::memcpy(gate + p * part, b + g.gate_offset(), part);
         std::memcpy(up + p * part, b + g.up_offset(), part);
-        std::memcpy(down + p * part, b + g.down_offset(), part);
-        resident_[l][p] = down + p * part;
+        resident_[l][p] =
+            down_layout.Place(down, pinned, static_cast<uint32_t>(p), b + g.down_offset());
       }
     }
     regrouped_[l] = Regroup(g, pinned, gate ? ByteSpan(gate, uint64_t{pinned} * part) : ByteSpan(),
-                            ByteSpan(up, uint64_t{pinned} * part), resident_[l]);
+                            ByteSpan(up, uint64_t{pinned} * part), resident_[l], down_layout);
   }
   return Status::Ok();
 }

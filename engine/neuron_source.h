@@ -83,6 +83,9 @@ struct NeuronSourceOptions {
   // to back, and served as one RegroupedBundles batch. The same products and sums as the bundles
   // (BundleFfnKernel::AccumulateRegrouped), read as a few streams instead of 16 rows at a time.
   bool regroup_pinned = false;
+  // The threads the FFN kernel runs on: regrouped down columns are laid out a part a thread
+  // (DownLayout::For).
+  uint32_t regroup_threads = 1;
 };
 
 // One layer's bundles, counted per request (a sparse FFN asks for the firing neurons; a dense one

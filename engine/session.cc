@@ -315,6 +315,7 @@ Status Session::OpenStore(const std::string& path, const SessionOptions& given) 
 
   StreamingOptions streaming = options.streaming;
   streaming.regroup_pinned = !sp.sparse_ffn;
+  streaming.regroup_threads = pool_->size();
   ASSIGN_OR_RETURN(std::unique_ptr<StoreWeights> store,
                    StoreWeights::Open(std::move(reader), needs, plan_, streaming));
   store_ = store.get();

@@ -318,6 +318,7 @@ Result<std::unique_ptr<StoreWeights>> StoreWeights::Open(
   no.cache_slots = plan.cache_bundles;
   no.window_passes = options.window_passes;
   no.regroup_pinned = options.regroup_pinned;
+  no.regroup_threads = options.regroup_threads;
   ASSIGN_OR_RETURN(s->neurons_, NeuronSource::Open(r, plan.pinned_bundles, no));
   s->ResetCounters();
   return s;

@@ -60,8 +60,10 @@ struct StreamingOptions {
   double cache_fraction = 0;
   uint32_t window_passes = 0;  // the cache's sliding window (--window), in passes
   // The FFN is dense (every neuron, every pass): keep the pinned bundles' parts regrouped
-  // (NeuronSourceOptions::regroup_pinned); Session sets it when no sparse mode is on.
+  // (NeuronSourceOptions::regroup_pinned); Session sets it when no sparse mode is on, and
+  // regroup_threads to the threads the FFN runs on.
   bool regroup_pinned = false;
+  uint32_t regroup_threads = 1;
 };
 
 // What a store needs from a budget, from its catalog alone (StoreWeights::Measure).

@@ -211,33 +211,44 @@ BENCHMARK(BM_DenseFfn)->Apply(Args);
 BENCHMARK(BM_BundleFfn)->Apply(Args);
 BENCHMARK(BM_BundleFfnSparse)->Apply(Args);
 // The same bundles with their parts regrouped as a dense FFN keeps its pinned bundles
-// (NeuronSource's regroup_pinned): gate and up rows as matrices in strips, the down columns back
-// to back.
+// (NeuronSource's regroup_pinned): gate and up rows as matrices in strips, the down columns laid
+// out a part a thread (DownLayout), for 1 and for 2 threads.
 struct RegroupedFfn {
   explicit RegroupedFfn(layout::DType dtype) {
     const BundleFfn b(dtype);
     geometry = b.geometry;
     const uint64_t part = geometry.part_bytes, mat = uint64_t{kHidden} * part;
-    buffer = std::make_unique<HugeBuffer>(kLayers * 3 * mat);
-    columns.resize(uint64_t{kLayers} * kHidden);
+    buffer = std::make_unique<HugeBuffer>(kLayers * 4 * mat);  // gate, up, down twice
+    for (uint32_t t = 0; t < 2; ++t) columns[t].resize(uint64_t{kLayers} * kHidden);
     for (uint32_t l = 0; l < kLayers; ++l) {
       const std::byte* layer = b.buffer->data + uint64_t{l} * kHidden * geometry.stride_bytes;
-      std::byte* base = buffer->data + uint64_t{l} * 3 * mat;
+      std::byte* base = buffer->data + uint64_t{l} * 4 * mat;
       for (uint64_t i = 0; i < kHidden; ++i) {
-        for (uint64_t p = 0; p < 3; ++p) {
-          std::memcpy(base + p * mat + i * part, layer + i * geometry.stride_bytes + p * part,
-                      part);
+        const std::byte* bundle = layer + i * geometry.stride_bytes;
+        for (uint64_t p = 0; p < 2; ++p) {  // gate, up
+          std::memcpy(base + p * mat + i * part, bundle + p * part, part);
         }
-        columns[l * kHidden + i] = base + 2 * mat + i * part;
+        for (uint32_t t = 0; t < 2; ++t) {
+          columns[t][l * kHidden + i] = DownLayout::For(geometry, t + 1)
+                                            .Place(base + (2 + t) * mat, kHidden,
+                                                   static_cast<uint32_t>(i), bundle + 2 * part);
+        }
       }
-      layers.push_back(Regroup(geometry, kHidden, ByteSpan(base, mat), ByteSpan(base + mat, mat),
-                               std::span(columns).subspan(uint64_t{l} * kHidden, kHidden)));
+      // Regroup rewrites gate and up into strips, so once; the second view differs in down only.
+      RegroupedBundles r =
+          Regroup(geometry, kHidden, ByteSpan(base, mat), ByteSpan(base + mat, mat),
+                  std::span(columns[0]).subspan(uint64_t{l} * kHidden, kHidden),
+                  DownLayout::For(geometry, 1));
+      layers[0].push_back(r);
+      r.down = std::span(columns[1]).subspan(uint64_t{l} * kHidden, kHidden);
+      r.down_layout = DownLayout::For(geometry, 2);
+      layers[1].push_back(r);
     }
   }
   layout::BundleGeometry geometry;
   std::unique_ptr<HugeBuffer> buffer;
-  std::vector<const std::byte*> columns;
-  std::vector<RegroupedBundles> layers;
+  std::vector<const std::byte*> columns[2];  // [threads - 1]
+  std::vector<RegroupedBundles> layers[2];   // [threads - 1][layer]
 };
 
 void BM_BundleFfnRegrouped(benchmark::State& state) {
@@ -252,7 +263,7 @@ void BM_BundleFfnRegrouped(benchmark::State& state) {
   for (auto _ : state) {
     for (uint32_t l = 0; l < kLayers; ++l) {
       (*kernel)->Begin(x, n, out, nullptr, {});
-      (*kernel)->AccumulateRegrouped(r.layers[l]);
+      (*kernel)->AccumulateRegrouped(r.layers[threads - 1][l]);
     }
     benchmark::DoNotOptimize(out.data());
   }

@@ -197,10 +197,10 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
 }
 
 // AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
-// strips where this build reads them so, the rest row-major, down columns apart), then Accumulate
-// over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the captured h
-// and gate outputs, with a permutation, with and without a threshold mask; every dtype, both
-// bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads.
+// strips where this build reads them so, the rest row-major, down columns a part a thread), then
+// Accumulate over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the
+// captured h and gate outputs, with a permutation, with and without a threshold mask; every dtype,
+// both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads.
 TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
   constexpr uint32_t kHidden = 53;
   for (layout::DType dtype :
@@ -235,13 +235,32 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
       for (uint32_t count : {37u, 48u}) {
         // The first `count` positions regrouped as NeuronSource keeps pinned bundles.
         std::vector<std::byte> rg(g.has_gate() ? count * part : 0), ru(count * part);
-        std::vector<const std::byte*> down(count);
         for (uint32_t p = 0; p < count; ++p) {
           if (g.has_gate()) std::memcpy(rg.data() + p * part, ptrs[p] + g.gate_offset(), part);
           std::memcpy(ru.data() + p * part, ptrs[p] + g.up_offset(), part);
-          down[p] = ptrs[p] + g.down_offset();
         }
-        const RegroupedBundles r = Regroup(g, count, rg, ru, down);
+        // The down columns laid out for 1-3 threads: one part, or as many as divide the blocks
+        // (q8_0 / q4_0 / f32 4 to 8 blocks, q4_K / q6_K 2 super-blocks).
+        std::vector<std::byte> down_bytes[3];
+        std::vector<const std::byte*> down[3];
+        RegroupedBundles regrouped[3];
+        for (uint32_t threads = 1; threads <= 3; ++threads) {
+          const DownLayout dl = DownLayout::For(g, threads);
+          EXPECT_EQ(dl.parts, threads == 1 ? 1u : 2u) << layout::DTypeName(dtype);
+          down_bytes[threads - 1].resize(dl.Bytes(count));
+          for (uint32_t p = 0; p < count; ++p) {
+            down[threads - 1].push_back(
+                dl.Place(down_bytes[threads - 1].data(), count, p, ptrs[p] + g.down_offset()));
+          }
+          if (threads == 1) {
+            regrouped[0] = Regroup(g, count, rg, ru, down[0], dl);  // rewrites rg, ru once
+          } else {
+            regrouped[threads - 1] = regrouped[0];
+            regrouped[threads - 1].down = down[threads - 1];
+            regrouped[threads - 1].down_layout = dl;
+          }
+        }
+        const RegroupedBundles& r = regrouped[0];
         ASSERT_EQ(r.up.rows + r.up_tail.rows, count);
         // Where this build keeps such matrices in strips, the whole strips are.
         EXPECT_EQ(r.up.strips, CanInterleaveStrips(dtype, 32, kDim));
@@ -265,7 +284,7 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
                 (*k)->set_mask(cut);
                 uint32_t p = 0;
                 if (path == 1) {
-                  (*k)->AccumulateRegrouped(r);
+                  (*k)->AccumulateRegrouped(regrouped[threads - 1]);
                   p = count;
                 }
                 for (; p < kHidden; p += 20) {

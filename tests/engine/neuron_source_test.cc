@@ -133,6 +133,7 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
     o.chunk_bundles = 16;
     o.chunk_buffers = 3;
     o.regroup_pinned = true;
+    o.regroup_threads = 2;  // the down columns in two parts
     constexpr uint32_t kPinned = 37;
     const uint32_t pinned[] = {kPinned, 0};
     auto source = NeuronSource::Open(*r, pinned, o);
@@ -146,6 +147,8 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
     ASSERT_EQ(b.positions.size(), kPinned);
     const RegroupedBundles& rg = *b.regrouped;
     ASSERT_EQ(rg.count, kPinned);
+    ASSERT_EQ(rg.down_layout.parts, 2u);
+    ASSERT_EQ(rg.down_layout.part_rows * 2, g.dim);
     EXPECT_EQ(rg.up.rows, CanInterleaveStrips(g.dtype, 32, g.dim) ? 32u : 0u);
     // The stored parts, as row-major matrices.
     std::vector<std::byte> gate(kPinned * g.part_bytes), up(kPinned * g.part_bytes);
@@ -155,7 +158,13 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
         std::memcpy(gate.data() + p * g.part_bytes, want.data() + g.gate_offset(), g.part_bytes);
       }
       std::memcpy(up.data() + p * g.part_bytes, want.data() + g.up_offset(), g.part_bytes);
-      EXPECT_EQ(std::memcmp(rg.down[p], want.data() + g.down_offset(), g.part_bytes), 0) << p;
+      const DownLayout& dl = rg.down_layout;
+      for (uint32_t q = 0; q < dl.parts; ++q) {
+        EXPECT_EQ(std::memcmp(rg.down[p] + q * dl.PartStride(kPinned),
+                              want.data() + g.down_offset() + q * dl.part_bytes, dl.part_bytes),
+                  0)
+            << p << " part " << q;
+      }
     }
     for (uint32_t p = rg.up.rows; p < kPinned; ++p) {
       const auto row = [&](const MatrixView& m) { return m.row(p - rg.up.rows).data(); };
