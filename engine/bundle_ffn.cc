@@ -96,7 +96,8 @@ bool BundleFfnKernel::Chained(std::span<const std::byte* const> bundles) const {
 }
 
 uint64_t BundleFfnKernel::TileStride(uint32_t max_batch) {
-  return AlignUp(2 * uint64_t{kStripGroupRows} * max_batch, 64 / sizeof(float));
+  return AlignUp(2 * uint64_t{kStripGroupRows} * std::max(max_batch, kUnitStrips),
+                 64 / sizeof(float));
 }
 
 BundleFfnKernel::Layout BundleFfnKernel::MakeLayout(const layout::BundleGeometry& g,
@@ -314,15 +315,19 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
     v.bytes = w.bytes.subspan(uint64_t{row0 + r0} * w.row_bytes(), uint64_t{rows} * w.row_bytes());
     return v;
   };
-  // A strip (16 rows) at a time over the threads: its gate and up products into the thread's
-  // tile (token-major, gate then up), then its rows' h.
-  pool_.ParallelFor(CeilDiv(m, kStripGroupRows), 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
+  // A unit of up to kUnitStrips strips (as many as the tile holds for n tokens) at a time over
+  // the threads: its gate and up products into the thread's tile (token-major, gate then up),
+  // then its rows' h.
+  const uint32_t unit_rows =
+      kStripGroupRows * std::clamp(std::max(max_batch_, kUnitStrips) / n, 1u, kUnitStrips);
+  const uint64_t tile_half = TileStride(max_batch_) / 2;
+  pool_.ParallelFor(CeilDiv(m, unit_rows), 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* gate_out = tile_.data() + th * TileStride(max_batch_);
-    float* up_out = gate_out + uint64_t{kStripGroupRows} * max_batch_;
+    float* up_out = gate_out + tile_half;
     uint64_t computed = 0, fired = 0;  // under a score mask
     for (uint64_t s = begin; s < end; ++s) {
-      const uint32_t r0 = static_cast<uint32_t>(s) * kStripGroupRows;
-      const uint32_t rows = std::min(kStripGroupRows, m - r0);
+      const uint32_t r0 = static_cast<uint32_t>(s) * unit_rows;
+      const uint32_t rows = std::min(unit_rows, m - r0);
       if (!separate_) {
         MatMulRows(slice(gate, r0, rows), x_, n, qx_span_, 0, rows,
                    std::span<float>(gate_out, uint64_t{n} * rows));
