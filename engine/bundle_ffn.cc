@@ -66,7 +66,6 @@ RegroupedBundles Regroup(const layout::BundleGeometry& g, uint32_t count, ByteSp
     return keep ? KeepInStrips(v, bytes) : v;
   };
   RegroupedBundles r;
-  r.count = count;
   r.gate = view(gate, 0, strips, true);
   r.up = view(up, 0, strips, true);
   r.gate_tail = view(gate, strips, count - strips, false);
@@ -284,17 +283,16 @@ float BundleFfnKernel::Activation(uint32_t t, uint64_t neuron, float gv, float u
 void BundleFfnKernel::AccumulateRegrouped(const RegroupedBundles& b) {
   CHECK(!accumulated_);
   accumulated_ = true;
-  CHECK_LE(b.count, hidden_);
-  CHECK_EQ(b.down.size(), b.count);
+  CHECK_LE(b.count(), hidden_);
   const uint32_t strip_rows = b.up.rows;
-  CHECK_LE(strip_rows, b.count);
-  CHECK_EQ(b.up_tail.rows, b.count - strip_rows);
+  CHECK_LE(strip_rows, b.count());
+  CHECK_EQ(b.up_tail.rows, b.count() - strip_rows);
   if (!separate_) CHECK(b.gate.rows == strip_rows && b.gate_tail.rows == b.up_tail.rows);
   // As many positions a chunk as h_ holds with n floats each (one token: chunk_max x max_batch,
   // a whole layer at the engine's sizes, so that the threads meet twice a layer), whole strips.
   const uint64_t fits = uint64_t{chunk_max_} * max_batch_ / n_;
   CHECK(strip_rows == 0 || fits >= kStripGroupRows);
-  const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(fits, b.count));
+  const uint32_t chunk = static_cast<uint32_t>(std::min<uint64_t>(fits, b.count()));
   const uint32_t strip_chunk = chunk / kStripGroupRows * kStripGroupRows;
   for (uint32_t k0 = 0; k0 < strip_rows; k0 += strip_chunk) {
     RegroupedChunk(b.gate, b.up, k0, std::min(strip_chunk, strip_rows - k0), k0, b);
@@ -357,7 +355,7 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   const std::span<const std::byte* const> down = b.down.subspan(first, m);
   pool_.ParallelFor(d.parts, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     for (uint64_t p = begin; p < end; ++p) {
-      AxpyRows(g_.dtype, down, p * d.PartStride(b.count), d.part_rows, h_.data(), n, n,
+      AxpyRows(g_.dtype, down, p * d.PartStride(b.count()), d.part_rows, h_.data(), n, n,
                out_.data() + p * d.part_rows, g_.dim);
     }
   });

@@ -67,11 +67,11 @@ struct DownLayout {
 // p * down_layout.PartStride(count) bytes on. A dense pass reads each matrix, and each thread its
 // part of the down columns, as one stream instead of 16 rows at a time.
 struct RegroupedBundles {
-  uint32_t count = 0;
   MatrixView gate, up;                     // positions [0, up.rows)
-  MatrixView gate_tail, up_tail;           // positions [up.rows, count)
-  std::span<const std::byte* const> down;  // [count]
+  MatrixView gate_tail, up_tail;           // positions [up.rows, count())
+  std::span<const std::byte* const> down;  // [count()]
   DownLayout down_layout;
+  uint32_t count() const { return static_cast<uint32_t>(down.size()); }
 };
 
 // The view of `count` positions' parts regrouped as RegroupedBundles describes: gate (empty
@@ -130,7 +130,7 @@ class BundleFfnKernel {
   // chunk_max; each bundle geometry().bundle_bytes long). Positions increase within and across
   // the calls of a layer.
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
-  // Accumulates positions [0, b.count), regrouped: what Accumulate over the same bundles at those
+  // Accumulates positions [0, b.count()), regrouped: what Accumulate over the same bundles at those
   // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
   // position order). Gate and up go through MatMulRows a strip at a time, the strips split over
   // the threads; the down columns through one AxpyRows call per part of b.down_layout (one a

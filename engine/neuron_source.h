@@ -119,7 +119,7 @@ class NeuronSource {
   struct Batch {
     std::span<const uint32_t> positions;        // increasing
     std::span<const std::byte* const> bundles;  // [k] bytes of positions[k]
-    // With regroup_pinned, a dense request's first batch: positions [0, regrouped->count), their
+    // With regroup_pinned, a dense request's first batch: positions [0, regrouped->count()), their
     // parts regrouped (bundles is then empty).
     const RegroupedBundles* regrouped = nullptr;
   };

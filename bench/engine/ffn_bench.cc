@@ -163,16 +163,30 @@ void BM_DenseFfn(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kLayers * d.per_layer));
 }
 
+// A bundle FFN kernel for a benchmark's threads and tokens (its first two arguments), with its
+// input and output.
+struct KernelRun {
+  KernelRun(const benchmark::State& state, const layout::BundleGeometry& geometry)
+      : threads(static_cast<uint32_t>(state.range(0))),
+        n(static_cast<uint32_t>(state.range(1))),
+        pool(threads),
+        x(Input(n)),
+        out(uint64_t{n} * kDim) {
+    auto k = BundleFfnKernel::Create(geometry, kHidden, n, kChunk, false, pool);
+    CHECK_OK(k.status());
+    kernel = std::move(*k);
+  }
+  const uint32_t threads, n;
+  ThreadPool pool;
+  std::unique_ptr<BundleFfnKernel> kernel;
+  const Floats x;
+  Floats out;
+};
+
 // `every`: compute positions 0, every, 2 * every, ... of each layer.
 void RunBundles(benchmark::State& state, uint32_t every) {
-  const uint32_t threads = static_cast<uint32_t>(state.range(0));
-  const uint32_t n = static_cast<uint32_t>(state.range(1));
   const BundleFfn& b = Held<BundleFfn>(kDTypes[state.range(2)]);
-  ThreadPool pool(threads);
-  auto kernel = BundleFfnKernel::Create(b.geometry, kHidden, n, kChunk, false, pool);
-  CHECK_OK(kernel.status());
-  const Floats x = Input(n);
-  Floats out(uint64_t{n} * kDim);
+  KernelRun run(state, b.geometry);
   std::vector<uint32_t> positions;
   for (uint32_t p = 0; p < kHidden; p += every) positions.push_back(p);
   std::vector<const std::byte*> ptrs(positions.size());
@@ -182,14 +196,14 @@ void RunBundles(benchmark::State& state, uint32_t every) {
       for (size_t k = 0; k < positions.size(); ++k) {
         ptrs[k] = layer + uint64_t{positions[k]} * b.geometry.stride_bytes;
       }
-      (*kernel)->Begin(x, n, out, nullptr, {});
+      run.kernel->Begin(run.x, run.n, run.out, nullptr, {});
       for (size_t k = 0; k < positions.size(); k += kChunk) {
         const size_t m = std::min<size_t>(kChunk, positions.size() - k);
-        (*kernel)->Accumulate(std::span<const uint32_t>(positions).subspan(k, m),
-                              std::span<const std::byte* const>(ptrs).subspan(k, m));
+        run.kernel->Accumulate(std::span<const uint32_t>(positions).subspan(k, m),
+                               std::span<const std::byte* const>(ptrs).subspan(k, m));
       }
     }
-    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(run.out.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kLayers * positions.size() *
                                                b.geometry.bundle_bytes));
@@ -252,20 +266,14 @@ struct RegroupedFfn {
 };
 
 void BM_BundleFfnRegrouped(benchmark::State& state) {
-  const uint32_t threads = static_cast<uint32_t>(state.range(0));
-  const uint32_t n = static_cast<uint32_t>(state.range(1));
   const RegroupedFfn& r = Held<RegroupedFfn>(kDTypes[state.range(2)]);
-  ThreadPool pool(threads);
-  auto kernel = BundleFfnKernel::Create(r.geometry, kHidden, n, kChunk, false, pool);
-  CHECK_OK(kernel.status());
-  const Floats x = Input(n);
-  Floats out(uint64_t{n} * kDim);
+  KernelRun run(state, r.geometry);
   for (auto _ : state) {
     for (uint32_t l = 0; l < kLayers; ++l) {
-      (*kernel)->Begin(x, n, out, nullptr, {});
-      (*kernel)->AccumulateRegrouped(r.layers[threads - 1][l]);
+      run.kernel->Begin(run.x, run.n, run.out, nullptr, {});
+      run.kernel->AccumulateRegrouped(r.layers[run.threads - 1][l]);
     }
-    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(run.out.data());
   }
   state.SetBytesProcessed(
       static_cast<int64_t>(state.iterations() * kLayers * kHidden * r.geometry.bundle_bytes));

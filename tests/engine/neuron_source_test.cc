@@ -146,7 +146,7 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
     ASSERT_TRUE(b.bundles.empty());
     ASSERT_EQ(b.positions.size(), kPinned);
     const RegroupedBundles& rg = *b.regrouped;
-    ASSERT_EQ(rg.count, kPinned);
+    ASSERT_EQ(rg.count(), kPinned);
     ASSERT_EQ(rg.down_layout.parts, 2u);
     ASSERT_EQ(rg.down_layout.part_rows * 2, g.dim);
     EXPECT_EQ(rg.up.rows, CanInterleaveStrips(g.dtype, 32, g.dim) ? 32u : 0u);
