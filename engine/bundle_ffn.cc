@@ -349,14 +349,24 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
     predicted_counts_[uint64_t{th} * 8] += computed;
     predicted_counts_[uint64_t{th} * 8 + 1] += fired;
   });
-  // out += h * down, positions in order, a part of the outputs at a time (one a thread where
-  // the parts are as many): each part's columns are read front to back in one call.
+  // out += h * down, positions in order, the outputs cut into one piece a thread: each part of
+  // the layout into pool / parts pieces of whole blocks (one piece, the part itself, where the
+  // parts are as many as the threads; where the output's blocks do not divide evenly the layout
+  // has one part, and each thread reads its piece of every column). Each piece's columns are
+  // read front to back in one call.
   const DownLayout& d = b.down_layout;
   const std::span<const std::byte* const> down = b.down.subspan(first, m);
-  pool_.ParallelFor(d.parts, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
-    for (uint64_t p = begin; p < end; ++p) {
-      AxpyRows(g_.dtype, down, p * d.PartStride(b.count()), d.part_rows, h_.data(), n, n,
-               out_.data() + p * d.part_rows, g_.dim);
+  const uint32_t block = DownBlock(g_.dtype);
+  const uint32_t part_blocks = static_cast<uint32_t>(CeilDiv(d.part_rows, block));
+  const uint32_t pieces = std::clamp<uint32_t>(pool_.size() / d.parts, 1, part_blocks);
+  pool_.ParallelFor(uint64_t{d.parts} * pieces, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
+    for (uint64_t u = begin; u < end; ++u) {
+      const uint64_t p = u / pieces, q = u % pieces;
+      const uint32_t r0 = static_cast<uint32_t>(part_blocks * q / pieces) * block;
+      const uint32_t r1 =
+          std::min(static_cast<uint32_t>(part_blocks * (q + 1) / pieces) * block, d.part_rows);
+      AxpyRows(g_.dtype, down, p * d.PartStride(b.count()) + layout::RowBytes(g_.dtype, r0),
+               r1 - r0, h_.data(), n, n, out_.data() + p * d.part_rows + r0, g_.dim);
     }
   });
 }

@@ -133,9 +133,9 @@ class BundleFfnKernel {
   // Accumulates positions [0, b.count()), regrouped: what Accumulate over the same bundles at those
   // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
   // position order). Gate and up go through MatMulRows a strip at a time, the strips split over
-  // the threads; the down columns through one AxpyRows call per part of b.down_layout (one a
-  // thread where the parts are as many as the threads). The first call of a layer (CHECKed);
-  // count <= hidden.
+  // the threads; the down columns through one AxpyRows call a thread, each on a piece of the
+  // outputs (a part of b.down_layout where the parts are as many as the threads). The first call
+  // of a layer (CHECKed); count <= hidden.
   void AccumulateRegrouped(const RegroupedBundles& b);
   // After Begin with a dense gate (kGateSeparate): writes to `out` (at least hidden entries), in
   // increasing order, the positions whose neuron has |act(gate x)| > cut for at least one of the

@@ -197,8 +197,8 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
 }
 
 // AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
-// strips where this build reads them so, the rest row-major, down columns a part a thread), then
-// Accumulate over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the
+// strips where this build reads them so, the rest row-major, down columns a part a thread or in
+// one part), then Accumulate over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the
 // captured h and gate outputs, with a permutation, with and without a threshold mask; every dtype,
 // both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads.
 TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
@@ -274,8 +274,10 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
               // Room for more tokens than the batch has (h_ then holds n floats a position).
               auto k = BundleFfnKernel::Create(g, kHidden, n + 2 * (threads - 1), 20, false, pool);
               ASSERT_TRUE(k.ok()) << k.status().ToString();
-              std::vector<float> out[2], cap[2], gcap[2];
-              for (int path = 0; path < 2; ++path) {
+              // Path 0: bundles only; 1: regrouped, the down columns a part a thread; 2: in one
+              // part, each thread reading its piece of every column.
+              std::vector<float> out[3], cap[3], gcap[3];
+              for (int path = 0; path < 3; ++path) {
                 out[path].resize(n * kDim);
                 cap[path].resize(n * kHidden);
                 gcap[path].resize(n * kHidden);
@@ -283,8 +285,8 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
                             gcap[path]);
                 (*k)->set_mask(cut);
                 uint32_t p = 0;
-                if (path == 1) {
-                  (*k)->AccumulateRegrouped(regrouped[threads - 1]);
+                if (path > 0) {
+                  (*k)->AccumulateRegrouped(regrouped[path == 1 ? threads - 1 : 0]);
                   p = count;
                 }
                 for (; p < kHidden; p += 20) {
@@ -298,9 +300,13 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
                                        std::to_string(count) + " regrouped, " + std::to_string(n) +
                                        " tokens, cut " + std::to_string(cut) + ", " +
                                        std::to_string(threads) + " threads";
-              ASSERT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * 4)) << what;
-              ASSERT_EQ(0, std::memcmp(cap[0].data(), cap[1].data(), cap[0].size() * 4)) << what;
-              ASSERT_EQ(0, std::memcmp(gcap[0].data(), gcap[1].data(), gcap[0].size() * 4)) << what;
+              for (int path = 1; path < 3; ++path) {
+                const std::string at = what + ", path " + std::to_string(path);
+                ASSERT_EQ(0, std::memcmp(out[0].data(), out[path].data(), out[0].size() * 4)) << at;
+                ASSERT_EQ(0, std::memcmp(cap[0].data(), cap[path].data(), cap[0].size() * 4)) << at;
+                ASSERT_EQ(0, std::memcmp(gcap[0].data(), gcap[path].data(), gcap[0].size() * 4))
+                    << at;
+              }
             }
           }
         }
