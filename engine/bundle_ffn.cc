@@ -27,9 +27,9 @@ constexpr uintptr_t kAdjacentGap = 4096;
 
 DownLayout DownLayout::For(const layout::BundleGeometry& g, uint32_t threads) {
   const uint32_t block = DownBlock(g.dtype);
-  const uint32_t blocks = g.dim % block == 0 ? g.dim / block : 0;
+  const uint32_t blocks = g.dim % block == 0 ? g.dim / block : 0;  // 0: a partial last block
   DownLayout d;
-  for (uint32_t p = std::max(threads, 1u); p > 1; --p) {
+  for (uint32_t p = blocks > 0 ? threads : 1; p > 1; --p) {
     if (blocks % p == 0) {
       d.parts = p;
       break;

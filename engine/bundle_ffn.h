@@ -38,11 +38,12 @@ namespace flashlm::engine {
 
 // How a layer's regrouped down columns are laid out for a pass over `threads` threads: the
 // output cut into `parts` equal runs of whole blocks (the largest count <= threads that divides
-// the output's blocks; 1 if none), and each position's part p stored in run p, the positions back
-// to back: run after run, so each thread reads one stream front to back. (Halves of columns laid
-// back to back instead, one thread a half, ran no faster at 2 threads than 1: each core's
-// prefetchers fetched the other half too. docs/benchmarks.md, "Down columns a part a thread".)
-// Bit-identical whatever the count: each output value takes the same terms in the same order.
+// the output's blocks; 1 if none, or if the output ends in a partial block), and each position's
+// part p stored in run p, the positions back to back: run after run, so each thread reads one
+// stream front to back. (Halves of columns laid back to back instead, one thread a half, ran no
+// faster at 2 threads than 1: each core's prefetchers fetched the other half too.
+// docs/benchmarks.md, "Down columns a part a thread".) Bit-identical whatever the count: each
+// output value takes the same terms in the same order.
 struct DownLayout {
   uint32_t parts = 1;
   uint32_t part_rows = 0;   // outputs a part
@@ -132,8 +133,8 @@ class BundleFfnKernel {
   void Accumulate(std::span<const uint32_t> positions, std::span<const std::byte* const> bundles);
   // Accumulates positions [0, b.count()), regrouped: what Accumulate over the same bundles at those
   // positions computes, bit for bit (the matrices' products are DotRows', the down terms go in
-  // position order). Gate and up go through MatMulRows a strip at a time, the strips split over
-  // the threads; the down columns through one AxpyRows call a thread, each on a piece of the
+  // position order). Gate and up go through MatMulRows up to kUnitStrips strips a call, split
+  // over the threads; the down columns through one AxpyRows call a thread, each on a piece of the
   // outputs (a part of b.down_layout where the parts are as many as the threads). The first call
   // of a layer (CHECKed); count <= hidden.
   void AccumulateRegrouped(const RegroupedBundles& b);

@@ -196,6 +196,29 @@ TEST(BundleFfnKernelTest, MatchesTheMatricesBitForBit) {
   }
 }
 
+// A regrouped layer's down columns are cut into as many equal parts of whole blocks as the threads
+// allow: the largest count dividing the blocks, else one part (a partial last block included).
+TEST(BundleFfnKernelTest, DownLayoutCutsWholeBlocksEvenly) {
+  struct Case {
+    layout::DType dtype;
+    uint32_t dim, threads, parts;
+  };
+  for (const Case& c :
+       {Case{layout::DType::kQ8_0, 2048, 1, 1}, Case{layout::DType::kQ8_0, 2048, 2, 2},
+        Case{layout::DType::kQ8_0, 128, 3, 2}, Case{layout::DType::kQ8_0, 96, 3, 3},
+        Case{layout::DType::kQ6_K, 768, 2, 1}, Case{layout::DType::kQ4_K, 2048, 3, 2},
+        Case{layout::DType::kF32, 100, 2, 1}, Case{layout::DType::kF32, 64, 4, 2}}) {
+    const layout::BundleGeometry g =
+        layout::BundleGeometry::Make(layout::BundleKind::kGateUpDown, c.dtype, c.dim, 64);
+    const DownLayout d = DownLayout::For(g, c.threads);
+    const std::string what = std::string(layout::DTypeName(c.dtype)) + " x " +
+                             std::to_string(c.dim) + ", " + std::to_string(c.threads) + " threads";
+    EXPECT_EQ(d.parts, c.parts) << what;
+    EXPECT_EQ(d.part_rows * d.parts, c.dim) << what;
+    EXPECT_EQ(d.Bytes(5), 5 * layout::RowBytes(c.dtype, c.dim)) << what;
+  }
+}
+
 // AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
 // strips where this build reads them so, the rest row-major, down columns a part a thread or in
 // one part), then Accumulate over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the
