@@ -2817,8 +2817,8 @@ __attribute__((always_inline)) inline void DequantBlock32(const std::byte* w, __
 // one sweep ahead"): 1b q8_0, 22 x 5632 columns of 2048 from DRAM, one call a layer, 1 thread:
 // 8.4 ms against 17 for the 128 values of y in registers across the rows that more than 16 rows
 // took before, and 12 against 16 in calls of 16 rows, against the same sweep asking for its own
-// rows 16 blocks ahead. q4_K / q6_K took the same path later ("Super-blocks swept too"), where
-// they had kept a super-block of y in registers across every row.
+// rows 16 blocks ahead. q4_K / q6_K took the same path later ("Down columns a part a thread; q4_K /
+// q6_K down columns swept"), where they had kept a super-block of y in registers across every row.
 constexpr int kSweepRows = 4;  // rows whose terms each y vector takes per load/store
 
 // The block formats a sweep reads: values and bytes a block, and how far ahead (in blocks) the
