@@ -14,6 +14,15 @@ uint32_t DownBlock(layout::DType dtype) {
   return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
 }
 
+// Rows [first, second) of run i of n: `blocks` blocks of `block` rows cut into n runs of whole
+// blocks as evenly as they go, none past `limit` (the rows, where the last block is partial).
+std::pair<uint32_t, uint32_t> BlockRange(uint32_t blocks, uint64_t i, uint64_t n, uint32_t block,
+                                         uint32_t limit) {
+  const uint32_t r0 = static_cast<uint32_t>(blocks * i / n) * block;
+  const uint32_t r1 = std::min(static_cast<uint32_t>(blocks * (i + 1) / n) * block, limit);
+  return {r0, r1};
+}
+
 // Asks for bytes [p, p + n) to be brought into the cache ahead of use.
 inline void Prefetch(const std::byte* p, uint64_t n) {
   for (uint64_t at = 0; at < n; at += 64) __builtin_prefetch(p + at, 0, 2);
@@ -362,9 +371,7 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   pool_.ParallelFor(uint64_t{d.parts} * pieces, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     for (uint64_t u = begin; u < end; ++u) {
       const uint64_t p = u / pieces, q = u % pieces;
-      const uint32_t r0 = static_cast<uint32_t>(part_blocks * q / pieces) * block;
-      const uint32_t r1 =
-          std::min(static_cast<uint32_t>(part_blocks * (q + 1) / pieces) * block, d.part_rows);
+      const auto [r0, r1] = BlockRange(part_blocks, q, pieces, block, d.part_rows);
       AxpyRows(g_.dtype, down, p * d.PartStride(b.count()) + layout::RowBytes(g_.dtype, r0),
                r1 - r0, h_.data(), n, n, out_.data() + p * d.part_rows + r0, g_.dim);
     }
@@ -441,9 +448,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
           done = false;
           if (part.busy.exchange(true, std::memory_order_acquire)) continue;
           uint32_t next = part.next.load(std::memory_order_relaxed);
-          const uint32_t r0 = static_cast<uint32_t>(uint64_t{blocks} * p / parts) * down_block;
-          const uint32_t r1 = std::min<uint32_t>(
-              static_cast<uint32_t>(uint64_t{blocks} * (p + 1) / parts) * down_block, dim);
+          const auto [r0, r1] = BlockRange(blocks, p, parts, down_block, dim);
           for (; next < units && ready_[next].load(std::memory_order_acquire) != 0; ++next) {
             const uint64_t end = std::min<uint64_t>((next + 1) * unit, count);
             for (uint64_t k0 = next * unit; k0 < end; k0 += group) {

@@ -221,11 +221,12 @@ TEST(BundleFfnKernelTest, DownLayoutCutsWholeBlocksEvenly) {
 
 // AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
 // strips where this build reads them so, the rest row-major, down columns a part a thread or in
-// one part), then Accumulate over the rest, gives what Accumulate over every bundle gives, bit for bit: out, the
-// captured h and gate outputs, with a permutation, with and without a threshold mask; every dtype,
-// both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads.
+// one part), then Accumulate over the rest, gives what Accumulate over every bundle gives, bit for
+// bit: out, the captured h and gate outputs, with a permutation, with and without a threshold mask;
+// every dtype, both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3
+// threads. 290 positions in one chunk (the engine's sizes) take several units of strips.
 TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
-  constexpr uint32_t kHidden = 53;
+  constexpr uint32_t kHidden = 300;
   for (layout::DType dtype :
        {layout::DType::kQ8_0, layout::DType::kQ4_0, layout::DType::kQ4_K, layout::DType::kQ6_K,
         layout::DType::kF32, layout::DType::kF16, layout::DType::kBF16}) {
@@ -255,7 +256,7 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
         perm[i] = (i * 17 + 5) % kHidden;  // position -> neuron
       }
       const MatrixView gate_m{dtype, kHidden, kDim, gate};
-      for (uint32_t count : {37u, 48u}) {
+      for (uint32_t count : {37u, 48u, 290u}) {
         // The first `count` positions regrouped as NeuronSource keeps pinned bundles.
         std::vector<std::byte> rg(g.has_gate() ? count * part : 0), ru(count * part);
         for (uint32_t p = 0; p < count; ++p) {
@@ -294,8 +295,11 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
           for (float cut : {-1.0f, 0.05f}) {
             for (uint32_t threads : {1u, 2u, 3u}) {
               ThreadPool pool(threads);
-              // Room for more tokens than the batch has (h_ then holds n floats a position).
-              auto k = BundleFfnKernel::Create(g, kHidden, n + 2 * (threads - 1), 20, false, pool);
+              // Room for more tokens than the batch has (h_ then holds n floats a position), and
+              // a layer's regrouped positions in one chunk (the engine's sizes) or in chunks of
+              // 20 positions or fewer.
+              auto k = BundleFfnKernel::Create(g, kHidden, n + 2 * (threads - 1),
+                                               cut < 0 ? kHidden : 20, false, pool);
               ASSERT_TRUE(k.ok()) << k.status().ToString();
               // Path 0: bundles only; 1: regrouped, the down columns a part a thread; 2: in one
               // part, each thread reading its piece of every column.
