@@ -46,14 +46,38 @@ DownLayout DownLayout::For(const layout::BundleGeometry& g, uint32_t threads) {
   }
   d.part_rows = g.dim / d.parts;
   d.part_bytes = layout::RowBytes(g.dtype, d.part_rows);
+  d.group = blocks > 0 && ReadsInterleavedRows(g.dtype) ? 4 : 1;
+  d.block_rows = block;
+  d.block_bytes = layout::RowBytes(g.dtype, block);
   return d;
+}
+
+uint64_t DownLayout::BlockStride(uint32_t count, uint32_t k) const {
+  if (group == 1) return 0;
+  const uint32_t first = k / group * group;
+  return std::min(group, count - first) * block_bytes;
+}
+
+uint64_t DownLayout::RowOffset(uint32_t count, uint32_t k, uint32_t r) const {
+  const uint64_t stride = BlockStride(count, k);
+  return uint64_t{r / block_rows} * (stride == 0 ? block_bytes : stride);
 }
 
 const std::byte* DownLayout::Place(std::byte* base, uint32_t count, uint32_t k,
                                    const std::byte* column) const {
-  std::byte* at = base + uint64_t{k} * part_bytes;
+  const uint32_t first = k / group * group;
+  std::byte* at = base + uint64_t{first} * part_bytes + (k - first) * block_bytes;
+  const uint64_t stride = BlockStride(count, k);
   for (uint32_t p = 0; p < parts; ++p) {
-    std::memcpy(at + p * PartStride(count), column + p * part_bytes, part_bytes);
+    std::byte* to = at + p * PartStride(count);
+    const std::byte* from = column + p * part_bytes;
+    if (stride == 0) {
+      std::memcpy(to, from, part_bytes);
+      continue;
+    }
+    for (uint64_t b = 0; b < part_bytes / block_bytes; ++b) {
+      std::memcpy(to + b * stride, from + b * block_bytes, block_bytes);
+    }
   }
   return at;
 }
@@ -368,12 +392,20 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   const uint32_t block = DownBlock(g_.dtype);
   const uint32_t part_blocks = static_cast<uint32_t>(CeilDiv(d.part_rows, block));
   const uint32_t pieces = std::clamp<uint32_t>(pool_.size() / d.parts, 1, part_blocks);
+  // Positions before `whole_end` are in whole groups (one block stride), the rest in the last.
+  const uint32_t whole_end = b.count() / d.group * d.group;
   pool_.ParallelFor(uint64_t{d.parts} * pieces, 1, [&](uint64_t begin, uint64_t end, uint32_t) {
     for (uint64_t u = begin; u < end; ++u) {
       const uint64_t p = u / pieces, q = u % pieces;
       const auto [r0, r1] = BlockRange(part_blocks, q, pieces, block, d.part_rows);
-      AxpyRows(g_.dtype, down, p * d.PartStride(b.count()) + layout::RowBytes(g_.dtype, r0),
-               r1 - r0, h_.data(), n, n, out_.data() + p * d.part_rows + r0, g_.dim);
+      for (uint32_t k0 = 0; k0 < m;) {  // runs of positions of one block stride
+        const uint32_t k1 = first + k0 < whole_end ? std::min(m, whole_end - first) : m;
+        AxpyRows(g_.dtype, down.subspan(k0, k1 - k0),
+                 p * d.PartStride(b.count()) + d.RowOffset(b.count(), first + k0, r0), r1 - r0,
+                 h_.data() + uint64_t{k0} * n, n, n, out_.data() + p * d.part_rows + r0, g_.dim,
+                 d.BlockStride(b.count(), first + k0));
+        k0 = k1;
+      }
     }
   });
 }

@@ -44,18 +44,34 @@ namespace flashlm::engine {
 // faster at 2 threads than 1: each core's prefetchers fetched the other half too.
 // docs/benchmarks.md, "Down columns a part a thread".) Bit-identical whatever the count: each
 // output value takes the same terms in the same order.
+//
+// Within a part, the positions go in groups of `group` (4 where this build's kernels read
+// interleaved rows, ReadsInterleavedRows, and the output is whole blocks; else 1): a group's
+// parts are interleaved block by block (block b of its i-th member at the group's start + (b *
+// members + i) * block_bytes; a last group may have fewer members), so that one token's sweep
+// over a group's 4 columns reads one stream (docs/benchmarks.md, "The f32 down pass reads four
+// streams").
 struct DownLayout {
   uint32_t parts = 1;
   uint32_t part_rows = 0;   // outputs a part
   uint64_t part_bytes = 0;  // one position's part: RowBytes(dtype, part_rows)
+  uint32_t group = 1;       // positions interleaved block by block
+  uint32_t block_rows = 0;  // outputs a block (32; 256 for q4_K / q6_K)
+  uint64_t block_bytes = 0;
 
   static DownLayout For(const layout::BundleGeometry& g, uint32_t threads);
   // Bytes `count` positions' down columns take: count * RowBytes(dtype, dim).
   uint64_t Bytes(uint32_t count) const { return uint64_t{parts} * count * part_bytes; }
   // Bytes from a position's part p to its part p + 1, for `count` positions.
   uint64_t PartStride(uint32_t count) const { return uint64_t{count} * part_bytes; }
+  // Bytes from one block of position k's part to its next (AxpyRows' block_stride), for `count`
+  // positions: 0 (back to back) where group is 1, else its group's members * block_bytes.
+  uint64_t BlockStride(uint32_t count, uint32_t k) const;
+  // Where output row r (a block boundary) of position k's part starts, from where the part
+  // starts (Place's return + p * PartStride(count)).
+  uint64_t RowOffset(uint32_t count, uint32_t k, uint32_t r) const;
   // Copies position k's down column (`column`, RowBytes(dtype, dim) bytes) into its parts in the
-  // region at `base` laid out for `count` positions; returns where its part 0 is.
+  // region at `base` laid out for `count` positions; returns where its part 0 starts.
   const std::byte* Place(std::byte* base, uint32_t count, uint32_t k,
                          const std::byte* column) const;
 };

@@ -2706,7 +2706,7 @@ void AxpyKChunkTokens(const float (*v)[layout::kKBlockValues], const uint32_t* s
 
 template <bool kQ6>
 void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32_t blocks,
-                 const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
+                 uint64_t stride, const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
                  uint64_t y_stride) {
   using ChunkTokens = void (*)(const float(*)[layout::kKBlockValues], const uint32_t*, uint32_t,
                                const float*, uint64_t, float*, uint64_t);
@@ -2720,7 +2720,7 @@ void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32
   alignas(64) float v[kKChunkRows][layout::kKBlockValues];
   uint32_t src[kKChunkRows];
   for (uint32_t b = 0; b < blocks; ++b) {
-    const uint64_t at = offset + uint64_t{b} * kBytes;
+    const uint64_t at = offset + uint64_t{b} * stride;
     const uint64_t yb = uint64_t{b} * layout::kKBlockValues;
     for (size_t c0 = 0; c0 < rows.size(); c0 += kKChunkRows) {
       const size_t c1 = std::min<size_t>(c0 + kKChunkRows, rows.size());
@@ -2844,19 +2844,32 @@ struct SweepBlock {
 // for its own rows SweepBlock<F>::kAhead blocks ahead. Same terms, same order as AxpyRow:
 // bit-identical.
 template <int R, SweepFormat F>
-void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t blocks, float* y,
-                      bool first, const std::byte* const* next, int next_count) {
+void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t blocks, uint64_t stride,
+                      float* y, bool first, const std::byte* const* next, int next_count) {
   using Block = SweepBlock<F>;
   constexpr uint64_t kBlockBytes = Block::kBytes;
+  // Interleaved rows (blocks `stride` apart) where this sweep and the next each take one group's
+  // rows (none skipped): they read one stream, which the hardware's prefetchers follow; asking
+  // for it as well made it slower (docs/benchmarks.md, "The f32 down pass reads four streams").
+  const auto one_group = [](const std::byte* const* rows, int count) {
+    for (int r = 1; r < count; ++r) {
+      if (rows[r] != rows[0] + r * kBlockBytes) return false;
+    }
+    return true;
+  };
+  if (stride != kBlockBytes && one_group(w, R) && one_group(next, next_count)) {
+    next_count = 0;
+    first = false;
+  }
   __m512 a[R];
   for (int r = 0; r < R; ++r) a[r] = _mm512_set1_ps(av[r]);
   for (uint32_t b = 0; b < blocks; ++b) {
-    const uint64_t at = uint64_t{b} * kBlockBytes;
+    const uint64_t at = uint64_t{b} * stride;
     if constexpr (Block::kSuper) {
       for (int r = 0; r < next_count; ++r) PrefetchBytes<kBlockBytes>(next[r] + at);
       const uint32_t ab = b + Block::kAhead;
       if (first && ab < blocks) {
-        for (int r = 0; r < R; ++r) PrefetchBytes<kBlockBytes>(w[r] + uint64_t{ab} * kBlockBytes);
+        for (int r = 0; r < R; ++r) PrefetchBytes<kBlockBytes>(w[r] + uint64_t{ab} * stride);
       }
     } else if ((b & 1) == 0) {
       for (int r = 0; r < next_count; ++r) {  // the next sweep's blocks b and b + 1
@@ -2867,8 +2880,7 @@ void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t block
       const uint32_t ab = b + Block::kAhead;
       if (first && ab < blocks) {
         for (int r = 0; r < R; ++r) {
-          _mm_prefetch(reinterpret_cast<const char*>(w[r] + uint64_t{ab} * kBlockBytes),
-                       _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(w[r] + uint64_t{ab} * stride), _MM_HINT_T0);
         }
       }
     }
@@ -2902,7 +2914,7 @@ void AxpyColumnsSweep(const std::byte* const* w, const float* av, uint32_t block
 // kSweepRows at a time through AxpyColumnsSweep, each sweep told the next one's rows.
 template <SweepFormat F>
 void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, uint32_t blocks,
-                         const float* a, uint64_t a_stride, float* y) {
+                         uint64_t stride, const float* a, uint64_t a_stride, float* y) {
   const std::byte* w[2][kSweepRows];
   float av[2][kSweepRows];
   size_t k = 0;
@@ -2925,16 +2937,16 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
     const std::byte* const* next = w[1 - cur];
     switch (r) {
       case 1:
-        AxpyColumnsSweep<1, F>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<1, F>(w[cur], av[cur], blocks, stride, y, first, next, nr);
         break;
       case 2:
-        AxpyColumnsSweep<2, F>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<2, F>(w[cur], av[cur], blocks, stride, y, first, next, nr);
         break;
       case 3:
-        AxpyColumnsSweep<3, F>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<3, F>(w[cur], av[cur], blocks, stride, y, first, next, nr);
         break;
       default:
-        AxpyColumnsSweep<kSweepRows, F>(w[cur], av[cur], blocks, y, first, next, nr);
+        AxpyColumnsSweep<kSweepRows, F>(w[cur], av[cur], blocks, stride, y, first, next, nr);
         break;
     }
     cur = 1 - cur;
@@ -3063,32 +3075,47 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
   }
 }
 
+bool ReadsInterleavedRows(DType dtype) {
+#ifdef FLASHLM_AVX512
+  return dtype == DType::kQ8_0 || dtype == DType::kQ4_0 || dtype == DType::kQ4_K ||
+         dtype == DType::kQ6_K;
+#else
+  (void)dtype;
+  return false;
+#endif
+}
+
 void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
-              const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride) {
+              const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride,
+              uint64_t block_stride) {
   CHECK(MatMulSupports(dtype));
+  const uint32_t block_values = std::max(layout::kQBlockValues, layout::BlockValues(dtype));
+  const uint64_t natural = layout::RowBytes(dtype, block_values);
+  const uint64_t stride = block_stride == 0 ? natural : block_stride;
+  CHECK(stride == natural || len % block_values == 0);
   uint32_t done = 0;  // values handled by the register-blocked path
 #ifdef FLASHLM_AVX512
   // One token of q8_0, q4_0, q4_K or q6_K: rows read front to back, a sweep of a few at a time.
   if (n_tokens == 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint32_t full = len / kBlock;
     dtype == DType::kQ4_0
-        ? AxpyColumnsOneToken<SweepFormat::kQ4>(rows, offset, full, a, a_stride, y)
-        : AxpyColumnsOneToken<SweepFormat::kQ8>(rows, offset, full, a, a_stride, y);
+        ? AxpyColumnsOneToken<SweepFormat::kQ4>(rows, offset, full, stride, a, a_stride, y)
+        : AxpyColumnsOneToken<SweepFormat::kQ8>(rows, offset, full, stride, a, a_stride, y);
     done = full * kBlock;
   }
   if (n_tokens == 1 && (dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
     const uint32_t full = len / layout::kKBlockValues;
     dtype == DType::kQ6_K
-        ? AxpyColumnsOneToken<SweepFormat::kQ6K>(rows, offset, full, a, a_stride, y)
-        : AxpyColumnsOneToken<SweepFormat::kQ4K>(rows, offset, full, a, a_stride, y);
+        ? AxpyColumnsOneToken<SweepFormat::kQ6K>(rows, offset, full, stride, a, a_stride, y)
+        : AxpyColumnsOneToken<SweepFormat::kQ4K>(rows, offset, full, stride, a, a_stride, y);
     done = full * layout::kKBlockValues;
   }
   // Several tokens of q4_K or q6_K: a super-block of every token's y in L1.
   if (n_tokens > 1 && (dtype == DType::kQ4_K || dtype == DType::kQ6_K)) {
     const uint32_t full = len / layout::kKBlockValues;
     dtype == DType::kQ6_K
-        ? AxpyKTokens<true>(rows, offset, full, a, a_stride, n_tokens, y, y_stride)
-        : AxpyKTokens<false>(rows, offset, full, a, a_stride, n_tokens, y, y_stride);
+        ? AxpyKTokens<true>(rows, offset, full, stride, a, a_stride, n_tokens, y, y_stride)
+        : AxpyKTokens<false>(rows, offset, full, stride, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
   // Several tokens of q8_0 or q4_0: half a block at a time for 9 to 16 tokens, a block for 8 or
@@ -3104,7 +3131,6 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8BlockTokens<4, true>, AxpyQ8BlockTokens<5, true>, AxpyQ8BlockTokens<6, true>,
         AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
-    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
     const uint32_t full = len / kBlock;
     using HalfTokens = void (*)(std::span<const std::byte* const>, uint64_t, int, const float*,
                                 uint64_t, float*, uint64_t);
@@ -3117,7 +3143,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8HalfTokens<15, true>, AxpyQ8HalfTokens<16, true>};
     const HalfTokens* kHalves = dtype == DType::kQ4_0 ? kQ4Halves : kQ8Halves;
     for (uint32_t b = 0; b < full; ++b) {
-      const uint64_t at = offset + b * block_bytes;
+      const uint64_t at = offset + b * stride;
       // 16 tokens at a time, half a block per pass; the last 8 or fewer a whole block per pass.
       for (uint32_t t0 = 0; t0 < n_tokens;) {
         const uint32_t nt = std::min(16u, n_tokens - t0);
@@ -3137,10 +3163,9 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
 #ifdef FLASHLM_AVX2
   if (done == 0 && n_tokens > 1 &&
       (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
-    const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
     const uint32_t full = len / kBlock;
     for (uint32_t b = 0; b < full; ++b) {
-      const uint64_t at = offset + b * block_bytes;
+      const uint64_t at = offset + b * stride;
       for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
         const float* at0 = a + t0;
         float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
@@ -3164,6 +3189,15 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   }
 #endif
   if (done == len) return;
+  if (stride != natural) {  // blocks apart (whole blocks): row by row, a block at a time
+    for (size_t k = 0; k < rows.size(); ++k) {
+      for (uint32_t v = done; v < len; v += block_values) {
+        AxpyRow(dtype, rows[k] + offset + uint64_t{v / block_values} * stride, block_values,
+                a + k * a_stride, n_tokens, y + v, y_stride);
+      }
+    }
+    return;
+  }
   // The rest (all of it for other dtypes or paths; else a partial last block), row by row, each
   // row's slice requested a few rows ahead.
   const uint64_t rest_offset = offset + layout::RowBytes(dtype, done);

@@ -208,10 +208,18 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // of 16 rows at a time into L1 and add it to 16 values of up to 16 tokens in registers (one token:
 // a super-block of y in registers). Other cases (f32, f16; AVX2) go row by row or 4 tokens at a
 // time, each row's slice prefetched a few rows ahead.
+// `block_stride` (0: the blocks of a row back to back) is the bytes from one block of a row (32
+// values; 256 for q4_K / q6_K) to its next, where rows are interleaved block by block
+// (DownLayout): block b of row k is then at rows[k] + offset + b * block_stride, and len must
+// be whole blocks. One token of interleaved rows asks for nothing ahead (the hardware follows a
+// group's single stream).
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
+// ReadsInterleavedRows(dtype): whether this build's register kernels take interleaved rows of
+// `dtype` (AVX-512: q8_0, q4_0, q4_K, q6_K); other builds and dtypes read them a block at a time.
+bool ReadsInterleavedRows(layout::DType dtype);
 void AxpyRows(layout::DType dtype, std::span<const std::byte* const> rows, uint64_t offset,
               uint32_t len, const float* a, uint64_t a_stride, uint32_t n_tokens, float* y,
-              uint64_t y_stride);
+              uint64_t y_stride, uint64_t block_stride = 0);
 
 }  // namespace flashlm::engine
 

@@ -611,6 +611,62 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
   }
 }
 
+// AxpyRows over rows interleaved block by block, 4 rows a group (DownLayout's regrouped down
+// columns: block b of row k at its group's start + (b * m + k % 4) block sizes, m the group's rows,
+// fewer in a last partial group), each run of equal stride in one call, from the second block on:
+// bit-identical to AxpyRow row by row over the same rows laid out whole. One token (the sweep, a
+// zero coefficient inside a group), 2-17 tokens (register tiles), f16 (block by block).
+TEST(KernelsTest, AxpyRowsReadsRowsInterleavedBlockByBlock) {
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K, DType::kF16}) {
+    std::mt19937 rng(static_cast<uint32_t>(dtype) + 41);
+    const uint32_t per = std::max(32u, layout::BlockValues(dtype));
+    const uint32_t cols = 3 * per;
+    const uint64_t bb = layout::RowBytes(dtype, per), rb = layout::RowBytes(dtype, cols);
+    for (uint32_t kRows : {13u, 37u, 40u}) {
+      std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
+      std::vector<std::byte> il(m.size());
+      std::vector<const std::byte*> rows(kRows);
+      const uint32_t full = kRows / 4 * 4;
+      for (uint32_t k = 0; k < kRows; ++k) {
+        const uint32_t g0 = k / 4 * 4, members = std::min(4u, kRows - g0);
+        rows[k] = il.data() + g0 * rb + (k - g0) * bb;
+        for (uint32_t b = 0; b < 3; ++b) {
+          std::memcpy(il.data() + g0 * rb + (b * members + k - g0) * bb, m.data() + k * rb + b * bb,
+                      bb);
+        }
+      }
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      for (uint32_t n : {1u, 2u, 3u, 9u, 17u}) {
+        const uint64_t a_stride = n + 1, y_stride = 2 * per + 5;
+        std::vector<float> a(kRows * a_stride);
+        for (uint32_t k = 0; k < kRows; ++k) {
+          for (uint32_t t = 0; t < n; ++t) a[k * a_stride + t] = k == 5 ? 0.0f : nd(rng);
+        }
+        std::vector<float> y(n * y_stride);
+        for (float& v : y) v = nd(rng);
+        std::vector<float> want = y;
+        for (uint32_t k = 0; k < kRows; ++k) {
+          AxpyRow(dtype, m.data() + k * rb + bb, 2 * per, a.data() + k * a_stride, n, want.data(),
+                  y_stride);
+        }
+        const std::span<const std::byte* const> all(rows);
+        AxpyRows(dtype, all.first(full), 4 * bb, 2 * per, a.data(), a_stride, n, y.data(), y_stride,
+                 4 * bb);
+        if (full < kRows) {
+          const uint64_t stride = (kRows - full) * bb;
+          AxpyRows(dtype, all.subspan(full), stride, 2 * per, a.data() + full * a_stride, a_stride,
+                   n, y.data(), y_stride, stride);
+        }
+        for (size_t i = 0; i < y.size(); ++i) {
+          ASSERT_EQ(std::memcmp(&y[i], &want[i], sizeof(float)), 0)
+              << DTypeName(dtype) << " rows " << kRows << " tokens " << n << " value " << i << ": "
+              << y[i] << " vs " << want[i];
+        }
+      }
+    }
+  }
+}
+
 // KV rows for the attention kernels: `count` rows of n values, `stride` values apart (the other
 // heads of a row sit in between), f32 or f16 bytes, and each row as f32 (what f16 converts to).
 struct AttentionRows {

@@ -126,7 +126,7 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
   for (layout::BundleKind kind :
        {layout::BundleKind::kGateUpDown, layout::BundleKind::kGateSeparate}) {
     ::flashlm::testing::ScratchDir dir;
-    auto r = MakeStore(dir.path(), kind);
+    auto r = MakeStore(dir.path(), kind, 3, 4 * kDim);  // 8 blocks: 4 a part
     ASSERT_NE(r, nullptr);
     const layout::BundleGeometry g = r->FfnGeometry(0).value();
     NeuronSourceOptions o;
@@ -149,6 +149,7 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
     ASSERT_EQ(rg.count(), kPinned);
     ASSERT_EQ(rg.down_layout.parts, 2u);
     ASSERT_EQ(rg.down_layout.part_rows * 2, g.dim);
+    EXPECT_EQ(rg.down_layout.group, ReadsInterleavedRows(g.dtype) ? 4u : 1u);
     EXPECT_EQ(rg.up.rows, CanInterleaveStrips(g.dtype, 32, g.dim) ? 32u : 0u);
     // The stored parts, as row-major matrices.
     std::vector<std::byte> gate(kPinned * g.part_bytes), up(kPinned * g.part_bytes);
@@ -160,10 +161,15 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
       std::memcpy(up.data() + p * g.part_bytes, want.data() + g.up_offset(), g.part_bytes);
       const DownLayout& dl = rg.down_layout;
       for (uint32_t q = 0; q < dl.parts; ++q) {
-        EXPECT_EQ(std::memcmp(rg.down[p] + q * dl.PartStride(kPinned),
-                              want.data() + g.down_offset() + q * dl.part_bytes, dl.part_bytes),
-                  0)
-            << p << " part " << q;
+        for (uint32_t r0 = 0; r0 < dl.part_rows; r0 += dl.block_rows) {  // block by block
+          EXPECT_EQ(
+              std::memcmp(
+                  rg.down[p] + q * dl.PartStride(kPinned) + dl.RowOffset(kPinned, p, r0),
+                  want.data() + g.down_offset() + q * dl.part_bytes + layout::RowBytes(g.dtype, r0),
+                  dl.block_bytes),
+              0)
+              << p << " part " << q << " row " << r0;
+        }
       }
     }
     for (uint32_t p = rg.up.rows; p < kPinned; ++p) {
@@ -174,17 +180,17 @@ TEST(NeuronSourceTest, RegroupedPinnedBundlesServeTheirParts) {
       }
     }
     if (rg.up.rows > 0) {  // the strips multiply as the stored rows
-      std::vector<float> x(kDim);
+      std::vector<float> x(g.dim);
       std::mt19937 rng(3);
       std::normal_distribution<float> nd(0.0f, 1.0f);
       for (float& v : x) v = nd(rng);
       ThreadPool pool(1);
-      std::vector<std::byte> scratch(MatMulScratchBytes(kDim, 1));
+      std::vector<std::byte> scratch(MatMulScratchBytes(g.dim, 1));
       for (int m = g.has_gate() ? 0 : 1; m < 2; ++m) {
         const MatrixView& strips = m == 0 ? rg.gate : rg.up;
         EXPECT_TRUE(strips.strips);
         const MatrixView rows{
-            g.dtype, rg.up.rows, kDim,
+            g.dtype, rg.up.rows, g.dim,
             ConstByteSpan(m == 0 ? gate.data() : up.data(), uint64_t{rg.up.rows} * g.part_bytes)};
         std::vector<float> got(rg.up.rows), want(rg.up.rows);
         MatMul(strips, x, 1, got, scratch, pool);
