@@ -80,9 +80,10 @@ struct DownLayout {
 // regroup_pinned) with their parts regrouped: the gate rows (absent for [up | down] bundles) and
 // the up rows as matrices, positions [0, up.rows) in `gate` / `up` (in strips where KeepInStrips
 // puts them: a multiple of 16 rows) and the rest in `gate_tail` / `up_tail` (row-major), and the
-// down columns as `down_layout` places them: down[k] is position k's part 0, its part p
-// p * down_layout.PartStride(count) bytes on. A dense pass reads each matrix, and each thread its
-// part of the down columns, as one stream instead of 16 rows at a time.
+// down columns as `down_layout` places them: down[k] is where position k's part 0 starts, its
+// part p p * down_layout.PartStride(count) bytes on (blocks down_layout.BlockStride apart where
+// they are interleaved). A dense pass reads each matrix, and each thread its part of the down
+// columns, as one stream instead of 16 rows at a time.
 struct RegroupedBundles {
   MatrixView gate, up;                     // positions [0, up.rows)
   MatrixView gate_tail, up_tail;           // positions [up.rows, count())

@@ -211,8 +211,8 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // `block_stride` (0: the blocks of a row back to back) is the bytes from one block of a row (32
 // values; 256 for q4_K / q6_K) to its next, where rows are interleaved block by block
 // (DownLayout): block b of row k is then at rows[k] + offset + b * block_stride, and len must
-// be whole blocks. One token of interleaved rows asks for nothing ahead (the hardware follows a
-// group's single stream).
+// be whole blocks. One token's sweep over a whole group of interleaved rows, followed by
+// another, asks for nothing ahead (the hardware follows the single stream).
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
 // ReadsInterleavedRows(dtype): whether this build's register kernels take interleaved rows of
 // `dtype` (AVX-512: q8_0, q4_0, q4_K, q6_K); other builds and dtypes read them a block at a time.
