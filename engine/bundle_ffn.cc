@@ -8,12 +8,6 @@
 namespace flashlm::engine {
 namespace {
 
-// Down rows per work item: whole blocks of the dtype, as AxpyRow needs (32 for q8_0 / q4_0 and
-// the element types, 256 for q4_K / q6_K).
-uint32_t DownBlock(layout::DType dtype) {
-  return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
-}
-
 // Rows [first, second) of run i of n: `blocks` blocks of `block` rows cut into n runs of whole
 // blocks as evenly as they go, none past `limit` (the rows, where the last block is partial).
 std::pair<uint32_t, uint32_t> BlockRange(uint32_t blocks, uint64_t i, uint64_t n, uint32_t block,
@@ -35,7 +29,7 @@ constexpr uintptr_t kAdjacentGap = 4096;
 }  // namespace
 
 DownLayout DownLayout::For(const layout::BundleGeometry& g, uint32_t threads) {
-  const uint32_t block = DownBlock(g.dtype);
+  const uint32_t block = AxpyBlockValues(g.dtype);
   const uint32_t blocks = g.dim % block == 0 ? g.dim / block : 0;  // 0: a partial last block
   DownLayout d;
   for (uint32_t p = blocks > 0 ? threads : 1; p > 1; --p) {
@@ -389,7 +383,7 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   // read front to back in one call.
   const DownLayout& d = b.down_layout;
   const std::span<const std::byte* const> down = b.down.subspan(first, m);
-  const uint32_t block = DownBlock(g_.dtype);
+  const uint32_t block = AxpyBlockValues(g_.dtype);
   const uint32_t part_blocks = static_cast<uint32_t>(CeilDiv(d.part_rows, block));
   const uint32_t pieces = std::clamp<uint32_t>(pool_.size() / d.parts, 1, part_blocks);
   // Positions before `whole_end` are in whole groups (one block stride), the rest in the last.
@@ -438,7 +432,7 @@ void BundleFfnKernel::Accumulate(std::span<const uint32_t> positions,
   // and up rows, 14%).
   const uint32_t per_bundle = separate_ ? 1 : 2;
   const uint32_t group = GroupRows(g_.dtype) / per_bundle;
-  const uint32_t down_block = DownBlock(g_.dtype);
+  const uint32_t down_block = AxpyBlockValues(g_.dtype);
   const uint32_t blocks = static_cast<uint32_t>(CeilDiv(dim, down_block));
   const bool q4_threads =
       n == 1 && g_.dtype == layout::DType::kQ4_0 && pool_.size() > 1 && Chained(bundles);

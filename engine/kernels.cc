@@ -3075,6 +3075,10 @@ void AxpyRow(DType dtype, const std::byte* w, uint32_t len, const float* a, uint
   }
 }
 
+uint32_t AxpyBlockValues(DType dtype) {
+  return std::max(layout::kQBlockValues, layout::BlockValues(dtype));
+}
+
 bool ReadsInterleavedRows(DType dtype) {
 #ifdef FLASHLM_AVX512
   return dtype == DType::kQ8_0 || dtype == DType::kQ4_0 || dtype == DType::kQ4_K ||
@@ -3089,7 +3093,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride,
               uint64_t block_stride) {
   CHECK(MatMulSupports(dtype));
-  const uint32_t block_values = std::max(layout::kQBlockValues, layout::BlockValues(dtype));
+  const uint32_t block_values = AxpyBlockValues(dtype);
   const uint64_t natural = layout::RowBytes(dtype, block_values);
   const uint64_t stride = block_stride == 0 ? natural : block_stride;
   CHECK(stride == natural || len % block_values == 0);

@@ -214,6 +214,10 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // be whole blocks. One token's sweep over a whole group of interleaved rows, followed by
 // another, asks for nothing ahead (the hardware follows the single stream).
 // Precondition (CHECKed): MatMulSupports(dtype). Single-threaded, allocates nothing.
+// AxpyBlockValues(dtype): the values in one block of a row as AxpyRows counts them (32 for q8_0,
+// q4_0 and the element types, 256 for q4_K / q6_K): `block_stride` steps over these, and a
+// caller cutting rows into pieces for AxpyRows cuts them at multiples of it.
+uint32_t AxpyBlockValues(layout::DType dtype);
 // ReadsInterleavedRows(dtype): whether this build's register kernels take interleaved rows of
 // `dtype` (AVX-512: q8_0, q4_0, q4_K, q6_K); other builds and dtypes read them a block at a time.
 bool ReadsInterleavedRows(layout::DType dtype);
