@@ -2663,15 +2663,19 @@ __attribute__((always_inline)) inline void AddTokens(__m512* acc, const float* a
     acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t], take);
   }
 }
-// Asks for the block at byte `at` of rows[k + kAhead] (both its ends), if there is one.
+// Asks for the block at byte `next` of row k (both its ends) if `next` is not 0: the token tiles
+// pass the offset of the block after the one they are adding, so each row's next block is on its
+// way a whole pass over the rows ahead of use. (Measured, bench/engine/ffn_bench.cc, 1b shape,
+// 16 tokens, regrouped bundles, 3 interleaved rounds: q8_0 150-165 -> 132-135 ms at 1 thread
+// and 83-88 -> 75-79 at 2, q4_0 134-140 -> 125-130 and 77-97 -> 72-79, every round; asking for
+// the same block of the row 16 rows on, as before, left the tiles waiting on those loads. The
+// q4_K / q6_K tiles, which dequantise into L1 first, gained nothing from it. docs/benchmarks.md,
+// "Batches ask for the next block".)
 template <uint64_t kBlockBytes>
-__attribute__((always_inline)) inline void PrefetchBlockAhead(
-    std::span<const std::byte* const> rows, size_t k, uint64_t at) {
-  constexpr size_t kAhead = 16;  // rows ahead (8: 3-4% slower, 32 and 64 no faster)
-  if (k + kAhead >= rows.size()) return;
-  const std::byte* p = rows[k + kAhead] + at;
-  __builtin_prefetch(p, 0, 3);
-  __builtin_prefetch(p + kBlockBytes - 1, 0, 3);
+__attribute__((always_inline)) inline void PrefetchNextBlock(const std::byte* row, uint64_t next) {
+  if (next == 0) return;
+  __builtin_prefetch(row + next, 0, 3);
+  __builtin_prefetch(row + next + kBlockBytes - 1, 0, 3);
 }
 
 // Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, rows go
@@ -2961,8 +2965,8 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
 // into y (q4_0: q = nibble - 8, in value order as UnpackQ4 gives them), and a token whose
 // coefficient is zero keeps its y, as in AxpyRow: bit-identical to it.
 template <int NT, bool kQ4 = false>
-void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, const float* a,
-                       uint64_t a_stride, float* y, uint64_t y_stride) {
+void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, uint64_t next,
+                       const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
   constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
   __m512 lo[NT], hi[NT];  // values 0-15 and 16-31 of each token's y
 #pragma GCC unroll 16
@@ -2971,7 +2975,7 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, cons
     hi[t] = _mm512_loadu_ps(y + t * y_stride + 16);
   }
   for (size_t k = 0; k < rows.size(); ++k) {
-    PrefetchBlockAhead<kBlockBytes>(rows, k, at);
+    PrefetchNextBlock<kBlockBytes>(rows[k], next);
     const float* ak = a + k * a_stride;
     const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
@@ -2993,14 +2997,14 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, cons
 // coefficient is one broadcast FMA. The same products and order as AxpyQ8BlockTokens (a token
 // whose coefficient is zero keeps its y): bit-identical to AxpyRow.
 template <int NT, bool kQ4 = false>
-void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, int half, const float* a,
-                      uint64_t a_stride, float* y, uint64_t y_stride) {
+void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, uint64_t next, int half,
+                      const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
   constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
   __m512 acc[NT];
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + 16 * half);
   for (size_t k = 0; k < rows.size(); ++k) {
-    PrefetchBlockAhead<kBlockBytes>(rows, k, at);
+    PrefetchNextBlock<kBlockBytes>(rows[k], next);
     const float* ak = a + k * a_stride;
     const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
@@ -3125,8 +3129,8 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   // Several tokens of q8_0 or q4_0: half a block at a time for 9 to 16 tokens, a block for 8 or
   // fewer.
   if (n_tokens > 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
-    using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, const float*,
-                                 uint64_t, float*, uint64_t);
+    using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, uint64_t,
+                                 const float*, uint64_t, float*, uint64_t);
     static constexpr BlockTokens kQ8ByTokens[] = {
         AxpyQ8BlockTokens<1>, AxpyQ8BlockTokens<2>, AxpyQ8BlockTokens<3>, AxpyQ8BlockTokens<4>,
         AxpyQ8BlockTokens<5>, AxpyQ8BlockTokens<6>, AxpyQ8BlockTokens<7>, AxpyQ8BlockTokens<8>};
@@ -3136,8 +3140,8 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint32_t full = len / kBlock;
-    using HalfTokens = void (*)(std::span<const std::byte* const>, uint64_t, int, const float*,
-                                uint64_t, float*, uint64_t);
+    using HalfTokens = void (*)(std::span<const std::byte* const>, uint64_t, uint64_t, int,
+                                const float*, uint64_t, float*, uint64_t);
     static constexpr HalfTokens kQ8Halves[] = {
         AxpyQ8HalfTokens<9>,  AxpyQ8HalfTokens<10>, AxpyQ8HalfTokens<11>, AxpyQ8HalfTokens<12>,
         AxpyQ8HalfTokens<13>, AxpyQ8HalfTokens<14>, AxpyQ8HalfTokens<15>, AxpyQ8HalfTokens<16>};
@@ -3148,15 +3152,19 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     const HalfTokens* kHalves = dtype == DType::kQ4_0 ? kQ4Halves : kQ8Halves;
     for (uint32_t b = 0; b < full; ++b) {
       const uint64_t at = offset + b * stride;
+      // The rows' next block, asked for by the first pass over this one (0: none).
+      const uint64_t next = b + 1 < full ? at + stride : 0;
       // 16 tokens at a time, half a block per pass; the last 8 or fewer a whole block per pass.
       for (uint32_t t0 = 0; t0 < n_tokens;) {
         const uint32_t nt = std::min(16u, n_tokens - t0);
         const float* at0 = a + t0;
         float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
         if (nt > 8) {
-          for (int h = 0; h < 2; ++h) kHalves[nt - 9](rows, at, h, at0, a_stride, yb, y_stride);
+          for (int h = 0; h < 2; ++h) {
+            kHalves[nt - 9](rows, at, t0 == 0 && h == 0 ? next : 0, h, at0, a_stride, yb, y_stride);
+          }
         } else {
-          kByTokens[nt - 1](rows, at, at0, a_stride, yb, y_stride);
+          kByTokens[nt - 1](rows, at, t0 == 0 ? next : 0, at0, a_stride, yb, y_stride);
         }
         t0 += nt;
       }

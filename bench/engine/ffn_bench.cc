@@ -216,7 +216,7 @@ void Args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"threads", "tokens", "dtype"})->Unit(benchmark::kMillisecond)->UseRealTime();
   for (int dtype = 0; dtype < 3; ++dtype) {
     for (int threads : {1, 2}) {
-      for (int tokens : {1, 16}) b->Args({threads, tokens, dtype});
+      for (int tokens : {1, 4, 16}) b->Args({threads, tokens, dtype});
     }
   }
 }
