@@ -1165,6 +1165,18 @@ template <bool kQ8>
 constexpr uint64_t kStripsPrefetchBytes =
     (kStripsPrefetchAhead + kPairBytes<kQ8> - 1) / kPairBytes<kQ8>* kPairBytes<kQ8>;
 
+// Batches (two tokens or more) pack a strip's blocks a chunk at a time (PackBlock's buffer) and
+// ask, as they pack a pair, for the pair about 4 KiB on (q8_0 4 pairs, q4_0 8): without it the
+// packing waited on DRAM. Measured (bench/engine/ffn_bench.cc, BM_DenseFfn, 1b shape, medians of
+// two rounds, ms a pass, none -> 4 KiB): q8_0 4 tokens 54 -> 47 at 1 thread and 28 -> 25 at 2,
+// 16 tokens 98 -> 87 and 52 -> 46; q4_0 4 tokens 43 -> 30 and 22 -> 17, 16 tokens 82 -> 69 and
+// 44 -> 40. 2 KiB (kStripsPrefetchAhead) gained about half as much for q4_0; 9-17 KiB, and 8-9
+// KiB for q8_0, no more (docs/benchmarks.md, "Batches ask for the next block").
+constexpr uint64_t kStripsBatchPrefetchAhead = 4096;
+template <bool kQ8>
+constexpr uint64_t kStripsBatchPrefetchBytes =
+    (kStripsBatchPrefetchAhead + kPairBytes<kQ8> - 1) / kPairBytes<kQ8>* kPairBytes<kQ8>;
+
 // Block b of an interleaved strip (strip = its first byte) as LoadBlock leaves a row-major one:
 // the same values in the same lanes, from vector loads (aligned where the matrix is, as a loaded
 // checkpoint's are) and the scales.
@@ -1229,6 +1241,13 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
       for (uint32_t b0 = 0; b0 < nb; b0 += kStripChunk) {
         const uint32_t n = std::min(kStripChunk, nb - b0);
         for (uint32_t j = 0; j < n; ++j) {
+          if ((b0 + j) % 2 == 0) {  // a pair kStripsBatchPrefetchBytes on
+            const std::byte* ahead =
+                strip + uint64_t{(b0 + j) / 2} * kPairBytes<kQ8> + kStripsBatchPrefetchBytes<kQ8>;
+            for (uint64_t o = 0; o < kPairBytes<kQ8>; o += 64) {
+              _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
+            }
+          }
           __m512i v[8];
           __m512 d;
           LoadBlockStrips<kQ8>(strip, b0 + j, v, &d);
