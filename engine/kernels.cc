@@ -1170,8 +1170,8 @@ constexpr uint64_t kStripsPrefetchBytes =
 // packing waited on DRAM. Measured (bench/engine/ffn_bench.cc, BM_DenseFfn, 1b shape, medians of
 // two rounds, ms a pass, none -> 4 KiB): q8_0 4 tokens 54 -> 47 at 1 thread and 28 -> 25 at 2,
 // 16 tokens 98 -> 87 and 52 -> 46; q4_0 4 tokens 43 -> 30 and 22 -> 17, 16 tokens 82 -> 69 and
-// 44 -> 40. 2 KiB (kStripsPrefetchAhead) gained about half as much for q4_0; 9-17 KiB, and 8-9
-// KiB for q8_0, no more (docs/benchmarks.md, "Batches ask for the next block").
+// 44 -> 40. 2.25 KiB ahead gained a little less for q4_0; 8.5-17 KiB no more (docs/benchmarks.md,
+// "Batches ask for the next block").
 constexpr uint64_t kStripsBatchPrefetchAhead = 4096;
 template <bool kQ8>
 constexpr uint64_t kStripsBatchPrefetchBytes =
