@@ -2775,18 +2775,23 @@ void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32
 #endif
 
 // AxpyRows over one full 32-value block at byte `at` of every row, for NT tokens from a[.][0]:
-// y (NT x 32) stays in registers while the rows go by.
+// y (NT x 32) stays in registers while the rows go by, and each row's block at byte `next` (its
+// next block; 0: none) is asked for, a whole pass over the rows ahead of use, as the AVX-512
+// tiles do (PrefetchNextBlock).
 template <int NT>
-void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, const float* a,
-                   uint64_t a_stride, float* y, uint64_t y_stride) {
+void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, uint64_t next,
+                   const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
+  const uint64_t last = layout::RowBytes(dtype, kBlock) - 1;  // a block's last byte
   __m256 acc[NT][4];
   for (int t = 0; t < NT; ++t) {
     for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_loadu_ps(y + t * y_stride + 8 * j);
   }
   const size_t count = rows.size();
-  constexpr size_t kAhead = 8;  // rows whose block is requested ahead
   for (size_t k = 0; k < count; ++k) {
-    if (k + kAhead < count) __builtin_prefetch(rows[k + kAhead] + at, 0, 3);
+    if (next != 0) {
+      __builtin_prefetch(rows[k] + next, 0, 3);
+      __builtin_prefetch(rows[k] + next + last, 0, 3);
+    }
     const float* ak = a + k * a_stride;
     bool any = false;
     for (int t = 0; t < NT; ++t) any |= ak[t] != 0.0f;
@@ -3197,21 +3202,23 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     const uint32_t full = len / kBlock;
     for (uint32_t b = 0; b < full; ++b) {
       const uint64_t at = offset + b * stride;
+      const uint64_t next = b + 1 < full ? at + stride : 0;  // asked for by the first pass
       for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+        const uint64_t ahead = t0 == 0 ? next : 0;
         const float* at0 = a + t0;
         float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
         switch (std::min(4u, n_tokens - t0)) {
           case 1:
-            AxpyBlockRows<1>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            AxpyBlockRows<1>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
             break;
           case 2:
-            AxpyBlockRows<2>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            AxpyBlockRows<2>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
             break;
           case 3:
-            AxpyBlockRows<3>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            AxpyBlockRows<3>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
             break;
           default:
-            AxpyBlockRows<4>(dtype, rows, at, at0, a_stride, yb, y_stride);
+            AxpyBlockRows<4>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
             break;
         }
       }
