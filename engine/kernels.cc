@@ -1165,13 +1165,13 @@ template <bool kQ8>
 constexpr uint64_t kStripsPrefetchBytes =
     (kStripsPrefetchAhead + kPairBytes<kQ8> - 1) / kPairBytes<kQ8>* kPairBytes<kQ8>;
 
-// Batches (two tokens or more) pack a strip's blocks a chunk at a time (PackBlock's buffer) and
-// ask, as they pack a pair, for the pair about 4 KiB on (q8_0 4 pairs, q4_0 8): without it the
-// packing waited on DRAM. Measured (bench/engine/ffn_bench.cc, BM_DenseFfn, 1b shape, medians of
-// two rounds, ms a pass, none -> 4 KiB): q8_0 4 tokens 54 -> 47 at 1 thread and 28 -> 25 at 2,
-// 16 tokens 98 -> 87 and 52 -> 46; q4_0 4 tokens 43 -> 30 and 22 -> 17, 16 tokens 82 -> 69 and
-// 44 -> 40. 2.25 KiB ahead gained a little less for q4_0; 8.5-17 KiB no more (docs/benchmarks.md,
-// "Batches ask for the next block").
+// Batches (two tokens or more) copy a strip's blocks a chunk at a time into an L1 buffer (pk in
+// MatMulRowsBlockStrips) and ask, as they copy a pair, for the pair about 4 KiB on (q8_0 4 pairs,
+// q4_0 8): without it the copying waited on DRAM. Measured (bench/engine/ffn_bench.cc, BM_DenseFfn,
+// 1b shape, medians of two rounds, ms a pass, none -> 4 KiB): q8_0 4 tokens 54 -> 47 at 1 thread
+// and 28 -> 25 at 2, 16 tokens 98 -> 87 and 52 -> 46; q4_0 4 tokens 43 -> 30 and 22 -> 17, 16
+// tokens 82 -> 69 and 44 -> 40. 2.25 KiB ahead gained a little less for q4_0; 8.5-17 KiB no more
+// (docs/benchmarks.md, "Batches ask for the next block").
 constexpr uint64_t kStripsBatchPrefetchAhead = 4096;
 template <bool kQ8>
 constexpr uint64_t kStripsBatchPrefetchBytes =

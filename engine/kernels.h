@@ -206,8 +206,9 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // rather than in pieces). Several tokens of q8_0 / q4_0 keep 16 values of up to 16 tokens (9 or
 // more) or 32 values of up to 8 in registers across the rows; q4_K / q6_K dequantise a super-block
 // of 16 rows at a time into L1 and add it to 16 values of up to 16 tokens in registers (one token:
-// a super-block of y in registers). Other cases (f32, f16; AVX2) go row by row or 4 tokens at a
-// time, each row's slice prefetched a few rows ahead.
+// a super-block of y in registers). Other cases (f32, f16; AVX2) go row by row, each row's slice
+// prefetched a few rows ahead, or (AVX2) 4 tokens at a time a block at a time. The block tiles
+// (AVX-512 and AVX2) ask for each row's next block during their first pass over a block.
 // `block_stride` (0: the blocks of a row back to back) is the bytes from one block of a row (32
 // values; 256 for q4_K / q6_K) to its next, where rows are interleaved block by block
 // (DownLayout): block b of row k is then at rows[k] + offset + b * block_stride, and len must
