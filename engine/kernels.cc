@@ -115,6 +115,32 @@ inline float UnfusedProduct(float a, float b) {
   return p;
 }
 
+// ---- Prefetching ------------------------------------------------------------------------------
+// (__builtin_prefetch(p, 0, 3) is _mm_prefetch(p, _MM_HINT_T0): a read, into L1.)
+
+// Requests the kBytes bytes at p into L1: one request a 64 bytes from p and, where kLastByte, one
+// for the last byte too (for a run that may not start on a 64-byte line).
+template <uint64_t kBytes, bool kLastByte = true>
+__attribute__((always_inline)) inline void PrefetchBytes(const std::byte* p) {
+  for (uint64_t l = 0; l < kBytes; l += 64) __builtin_prefetch(p + l, 0, 3);
+  if constexpr (kLastByte) __builtin_prefetch(p + kBytes - 1, 0, 3);
+}
+
+// Asks for the block_bytes-byte block at byte `next` of `row` (both its ends) if `next` is not 0:
+// the batch down tiles (AxpyRows) pass the offset of the block after the one they are adding, so
+// each row's next block is on its way a whole pass over the rows ahead of use. (Measured,
+// bench/engine/ffn_bench.cc, 1b shape, 16 tokens, regrouped bundles, 3 interleaved rounds: q8_0
+// 150-165 -> 132-135 ms at 1 thread and 83-88 -> 75-79 at 2, q4_0 134-140 -> 125-130 and
+// 77-97 -> 72-79, every round; asking for the same block of the row 16 rows on, as before, left
+// the tiles waiting on those loads. The q4_K / q6_K tiles, which dequantise into L1 first, gained
+// nothing from it. docs/benchmarks.md, "Batches ask for the next block".)
+__attribute__((always_inline)) inline void PrefetchNextBlock(const std::byte* row, uint64_t next,
+                                                             uint64_t block_bytes) {
+  if (next == 0) return;
+  __builtin_prefetch(row + next, 0, 3);
+  __builtin_prefetch(row + next + block_bytes - 1, 0, 3);
+}
+
 // ---- f32 / f16 / bf16 rows against NT f32 token vectors ------------------------------------
 // kT, the rows' dtype: kF32, kF16 or kBF16. f16 and bf16 values are widened to f32 as they are
 // loaded (bf16 exactly: its 16 bits are the top half of an f32's) and then take the f32 path.
@@ -1204,10 +1230,8 @@ template <bool kQ8>
 void StripDecodeStrips(const std::byte* strip, uint32_t nb, const int8_t* xq, const float* xd,
                        const int32_t* xi, __m512* acc) {
   for (uint32_t b = 0; b < nb; b += 2) {
-    const std::byte* ahead = strip + uint64_t{b / 2} * kPairBytes<kQ8> + kStripsPrefetchBytes<kQ8>;
-    for (uint64_t o = 0; o < kPairBytes<kQ8>; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
-    }
+    PrefetchBytes<kPairBytes<kQ8>, false>(strip + uint64_t{b / 2} * kPairBytes<kQ8> +
+                                          kStripsPrefetchBytes<kQ8>);
     for (uint32_t j = b; j < b + 2; ++j) {
       __m512i w[8];
       __m512 d;
@@ -1242,11 +1266,8 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
         const uint32_t n = std::min(kStripChunk, nb - b0);
         for (uint32_t j = 0; j < n; ++j) {
           if ((b0 + j) % 2 == 0) {  // a pair kStripsBatchPrefetchBytes on
-            const std::byte* ahead =
-                strip + uint64_t{(b0 + j) / 2} * kPairBytes<kQ8> + kStripsBatchPrefetchBytes<kQ8>;
-            for (uint64_t o = 0; o < kPairBytes<kQ8>; o += 64) {
-              _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
-            }
+            PrefetchBytes<kPairBytes<kQ8>, false>(strip + uint64_t{(b0 + j) / 2} * kPairBytes<kQ8> +
+                                                  kStripsBatchPrefetchBytes<kQ8>);
           }
           __m512i v[8];
           __m512 d;
@@ -1369,9 +1390,7 @@ struct InterleavedK {
     const std::byte* base = strip;
     if (asb >= nsb) base += strip_bytes, asb -= nsb;
     const std::byte* p = base + asb * kGroupsBytes;
-    for (uint64_t o = 0; o < kGroupsBytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
-    }
+    PrefetchBytes<kGroupsBytes, false>(p);
     if constexpr (kTailBytes > 0) {
       _mm_prefetch(reinterpret_cast<const char*>(base + nsb * kGroupsBytes + asb * kTailBytes),
                    _MM_HINT_T0);
@@ -2644,15 +2663,6 @@ __attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* bl
   }
 }
 
-// Requests the kBytes bytes at p (every cache line they touch) into L1.
-template <uint32_t kBytes>
-__attribute__((always_inline)) inline void PrefetchBytes(const std::byte* p) {
-  for (uint32_t l = 0; l < kBytes; l += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + l), _MM_HINT_T0);
-  }
-  _mm_prefetch(reinterpret_cast<const char*>(p + kBytes - 1), _MM_HINT_T0);
-}
-
 // The batch down kernels' shared steps (AxpyKChunkTokens, AxpyQ8BlockTokens, AxpyQ8HalfTokens).
 // NonzeroTokens: bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
 // C++'s !=, NaN included). AddTokens: acc[t] += ak[t] * v (one fused multiply-add) for the tokens
@@ -2681,20 +2691,6 @@ __attribute__((always_inline)) inline void AddTokens(__m512* acc, const float* a
     const __mmask16 take = static_cast<__mmask16>(-(nonzero >> t & 1));
     acc[t] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(ak[t]), v, acc[t], take);
   }
-}
-// Asks for the block at byte `next` of row k (both its ends) if `next` is not 0: the token tiles
-// pass the offset of the block after the one they are adding, so each row's next block is on its
-// way a whole pass over the rows ahead of use. (Measured, bench/engine/ffn_bench.cc, 1b shape,
-// 16 tokens, regrouped bundles, 3 interleaved rounds: q8_0 150-165 -> 132-135 ms at 1 thread
-// and 83-88 -> 75-79 at 2, q4_0 134-140 -> 125-130 and 77-97 -> 72-79, every round; asking for
-// the same block of the row 16 rows on, as before, left the tiles waiting on those loads. The
-// q4_K / q6_K tiles, which dequantise into L1 first, gained nothing from it. docs/benchmarks.md,
-// "Batches ask for the next block".)
-template <uint64_t kBlockBytes>
-__attribute__((always_inline)) inline void PrefetchNextBlock(const std::byte* row, uint64_t next) {
-  if (next == 0) return;
-  __builtin_prefetch(row + next, 0, 3);
-  __builtin_prefetch(row + next + kBlockBytes - 1, 0, 3);
 }
 
 // Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, rows go
@@ -2781,17 +2777,14 @@ void AxpyKTokens(std::span<const std::byte* const> rows, uint64_t offset, uint32
 template <int NT>
 void AxpyBlockRows(DType dtype, std::span<const std::byte* const> rows, uint64_t at, uint64_t next,
                    const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
-  const uint64_t last = layout::RowBytes(dtype, kBlock) - 1;  // a block's last byte
+  const uint64_t block_bytes = layout::RowBytes(dtype, kBlock);
   __m256 acc[NT][4];
   for (int t = 0; t < NT; ++t) {
     for (int j = 0; j < 4; ++j) acc[t][j] = _mm256_loadu_ps(y + t * y_stride + 8 * j);
   }
   const size_t count = rows.size();
   for (size_t k = 0; k < count; ++k) {
-    if (next != 0) {
-      __builtin_prefetch(rows[k] + next, 0, 3);
-      __builtin_prefetch(rows[k] + next + last, 0, 3);
-    }
+    PrefetchNextBlock(rows[k], next, block_bytes);
     const float* ak = a + k * a_stride;
     bool any = false;
     for (int t = 0; t < NT; ++t) any |= ak[t] != 0.0f;
@@ -2999,7 +2992,7 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, uint
     hi[t] = _mm512_loadu_ps(y + t * y_stride + 16);
   }
   for (size_t k = 0; k < rows.size(); ++k) {
-    PrefetchNextBlock<kBlockBytes>(rows[k], next);
+    PrefetchNextBlock(rows[k], next, kBlockBytes);
     const float* ak = a + k * a_stride;
     const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
@@ -3028,7 +3021,7 @@ void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, uint6
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + 16 * half);
   for (size_t k = 0; k < rows.size(); ++k) {
-    PrefetchNextBlock<kBlockBytes>(rows[k], next);
+    PrefetchNextBlock(rows[k], next, kBlockBytes);
     const float* ak = a + k * a_stride;
     const __mmask16 nonzero = NonzeroTokens<NT>(ak);
     if (nonzero == 0) continue;
