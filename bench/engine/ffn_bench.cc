@@ -25,6 +25,7 @@
 #include "engine/bundle_ffn.h"
 #include "engine/kernels.h"
 #include "engine/thread_pool.h"
+#include "engine/transformer.h"
 #include "layout/bundle_layout.h"
 #include "layout/dtype.h"
 #include "storage/check.h"
@@ -33,6 +34,11 @@ namespace flashlm::engine {
 namespace {
 
 constexpr uint32_t kLayers = 22, kDim = 2048, kHidden = 5632, kChunk = 256;
+// The kernels are made as the engine makes them: for the Transformer's default batch (the
+// tokens a Forward call may carry), whatever the tokens a pass. Their chunks of positions and
+// gate / up units follow from it (BundleFfnKernel::AccumulateRegrouped): sized for one token a
+// pass they were 256 positions, 44 thread meetings a layer where the engine has 2.
+const uint32_t kMaxBatch = TransformerOptions{}.max_batch;
 // The dtypes benchmarked (the third argument indexes them): a q8_0 store, a q4_0 one, and the
 // q4_K bundles of a repacked Q4_K_M model.
 constexpr layout::DType kDTypes[] = {layout::DType::kQ8_0, layout::DType::kQ4_0,
@@ -172,7 +178,7 @@ struct KernelRun {
         pool(threads),
         x(Input(n)),
         out(uint64_t{n} * kDim) {
-    auto k = BundleFfnKernel::Create(geometry, kHidden, n, kChunk, false, pool);
+    auto k = BundleFfnKernel::Create(geometry, kHidden, kMaxBatch, kChunk, false, pool);
     CHECK_OK(k.status());
     kernel = std::move(*k);
   }
