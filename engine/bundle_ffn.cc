@@ -346,6 +346,10 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   const uint32_t unit_rows =
       kStripGroupRows * std::clamp(std::max(max_batch_, kUnitStrips) / n, 1u, kUnitStrips);
   const uint64_t tile_half = TileStride(max_batch_) / 2;
+  // No mask, capture or separate gate: each h is act(gate) * up, as Activation would give it
+  // (SwiGlu is elementwise), taken over a unit's rows at once instead of a call a value.
+  const bool plain = !separate_ && gate_capture_.empty() && mask_cut_ < 0 && score_mask_.empty() &&
+                     capture_.empty();
   pool_.ParallelFor(CeilDiv(m, unit_rows), 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* gate_out = tile_.data() + th * TileStride(max_batch_);
     float* up_out = gate_out + tile_half;
@@ -359,6 +363,15 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
       }
       MatMulRows(slice(up, r0, rows), x_, n, qx_span_, 0, rows,
                  std::span<float>(up_out, uint64_t{n} * rows));
+      if (plain) {  // the unit's h a token at a time, then into h_ position by position
+        for (uint32_t t = 0; t < n; ++t) {
+          float* g = gate_out + uint64_t{t} * rows;
+          SwiGlu(std::span<float>(g, rows),
+                 std::span<const float>(up_out + uint64_t{t} * rows, rows), relu_);
+          for (uint32_t i = 0; i < rows; ++i) h_[uint64_t{r0 + i} * n + t] = g[i];
+        }
+        continue;
+      }
       for (uint32_t i = 0; i < rows; ++i) {
         const uint32_t j = r0 + i;
         const uint64_t neuron = perm_.empty() ? first + j : perm_[first + j];

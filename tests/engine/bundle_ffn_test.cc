@@ -222,9 +222,10 @@ TEST(BundleFfnKernelTest, DownLayoutCutsWholeBlocksEvenly) {
 // AccumulateRegrouped over a layer's first positions (their parts regrouped: gate and up in
 // strips where this build reads them so, the rest row-major, down columns a part a thread or in
 // one part), then Accumulate over the rest, gives what Accumulate over every bundle gives, bit for
-// bit: out, the captured h and gate outputs, with a permutation, with and without a threshold mask;
-// every dtype, both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3
-// threads. 290 positions in one chunk (the engine's sizes) take several units of strips.
+// bit: out, the captured h and gate outputs, with a permutation, with and without a threshold mask,
+// and out with nothing captured (the unmasked path that takes a unit's h at once); every dtype,
+// both bundle kinds, a count with and without a partial strip, 1 / 3 / 17 tokens, 1-3 threads. 290
+// positions in one chunk (the engine's sizes) take several units of strips.
 TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
   constexpr uint32_t kHidden = 300;
   for (layout::DType dtype :
@@ -292,7 +293,9 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
         for (uint32_t n : {1u, 3u, 17u}) {
           std::vector<float> x(n * kDim);
           for (float& v : x) v = rnd();
-          for (float cut : {-1.0f, 0.05f}) {
+          for (int variant = 0; variant < 3; ++variant) {
+            const float cut = variant == 2 ? 0.05f : -1.0f;
+            const bool captured = variant != 1;
             for (uint32_t threads : {1u, 2u, 3u}) {
               ThreadPool pool(threads);
               // Room for more tokens than the batch has (h_ then holds n floats a position), and
@@ -308,8 +311,9 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
                 out[path].resize(n * kDim);
                 cap[path].resize(n * kHidden);
                 gcap[path].resize(n * kHidden);
-                (*k)->Begin(x, n, out[path], g.has_gate() ? nullptr : &gate_m, perm, cap[path],
-                            gcap[path]);
+                (*k)->Begin(x, n, out[path], g.has_gate() ? nullptr : &gate_m, perm,
+                            captured ? std::span<float>(cap[path]) : std::span<float>(),
+                            captured ? std::span<float>(gcap[path]) : std::span<float>());
                 (*k)->set_mask(cut);
                 uint32_t p = 0;
                 if (path > 0) {
@@ -325,7 +329,8 @@ TEST(BundleFfnKernelTest, RegroupedMatchesTheBundlesBitForBit) {
               const std::string what = std::string(layout::DTypeName(dtype)) + " kind " +
                                        std::to_string(static_cast<int>(kind)) + ", " +
                                        std::to_string(count) + " regrouped, " + std::to_string(n) +
-                                       " tokens, cut " + std::to_string(cut) + ", " +
+                                       " tokens, cut " + std::to_string(cut) +
+                                       (captured ? "" : ", nothing captured") + ", " +
                                        std::to_string(threads) + " threads";
               for (int path = 1; path < 3; ++path) {
                 const std::string at = what + ", path " + std::to_string(path);
