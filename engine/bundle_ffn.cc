@@ -282,6 +282,14 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
   }
   DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_, tile,
           ahead);
+  if (PlainActivation()) {  // a bundle's h for every token in one call
+    for (uint32_t j = 0; j < m; ++j) {
+      float* gate_row = tile + uint64_t{2 * j} * n;
+      SwiGlu(std::span<float>(gate_row, n), std::span<const float>(gate_row + n, n), relu_);
+      std::copy_n(gate_row, n, h_.data() + (k0 + j) * max_batch_);
+    }
+    return;
+  }
   for (uint32_t j = 0; j < m; ++j) {
     const uint64_t k = k0 + j;
     const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
@@ -296,6 +304,11 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
       for (uint32_t t = 0; t < n; ++t) capture_[uint64_t{t} * hidden_ + neuron] = h[t];
     }
   }
+}
+
+bool BundleFfnKernel::PlainActivation() const {
+  return !separate_ && gate_capture_.empty() && mask_cut_ < 0 && score_mask_.empty() &&
+         capture_.empty();
 }
 
 float BundleFfnKernel::Activation(uint32_t t, uint64_t neuron, float gv, float uv,
@@ -346,10 +359,7 @@ void BundleFfnKernel::RegroupedChunk(const MatrixView& gate, const MatrixView& u
   const uint32_t unit_rows =
       kStripGroupRows * std::clamp(std::max(max_batch_, kUnitStrips) / n, 1u, kUnitStrips);
   const uint64_t tile_half = TileStride(max_batch_) / 2;
-  // No mask, capture or separate gate: each h is act(gate) * up, as Activation would give it
-  // (SwiGlu is elementwise), taken over a unit's rows at once instead of a call a value.
-  const bool plain = !separate_ && gate_capture_.empty() && mask_cut_ < 0 && score_mask_.empty() &&
-                     capture_.empty();
+  const bool plain = PlainActivation();
   pool_.ParallelFor(CeilDiv(m, unit_rows), 1, [&](uint64_t begin, uint64_t end, uint32_t th) {
     float* gate_out = tile_.data() + th * TileStride(max_batch_);
     float* up_out = gate_out + tile_half;

@@ -192,6 +192,10 @@ class BundleFfnKernel {
     ArenaLayout arena;
     uint64_t h = 0, gate_all = 0, tile = 0, qx = 0;
   };
+  // Whether every h is plainly act(gate) * up: gate and up in the bundle, no mask, no capture.
+  // Then ComputeGroup and RegroupedChunk take many values' h in one SwiGlu call (elementwise, so
+  // each value is what Activation gives it, bit for bit); otherwise a call to Activation a value.
+  bool PlainActivation() const;
   // h for token t of `neuron`, from its gate output gv and up output uv: act(gv) * uv, or 0 where
   // a mask drops it (gv recorded in gate_capture_ first, score-mask counts to *computed / *fired).
   float Activation(uint32_t t, uint64_t neuron, float gv, float uv, uint64_t* computed,
