@@ -282,20 +282,18 @@ void BundleFfnKernel::ComputeGroup(std::span<const uint32_t> positions,
   }
   DotRows(g_.dtype, dim, std::span<const std::byte* const>(rows, row_count), x_, n, qx_span_, tile,
           ahead);
-  if (PlainActivation()) {  // a bundle's h for every token in one call
-    for (uint32_t j = 0; j < m; ++j) {
-      float* gate_row = tile + uint64_t{2 * j} * n;
-      SwiGlu(std::span<float>(gate_row, n), std::span<const float>(gate_row + n, n), relu_);
-      std::copy_n(gate_row, n, h_.data() + (k0 + j) * max_batch_);
-    }
-    return;
-  }
+  const bool plain = PlainActivation();
   for (uint32_t j = 0; j < m; ++j) {
     const uint64_t k = k0 + j;
-    const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
     float* h = h_.data() + k * max_batch_;
-    const float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
+    float* gate_row = separate_ ? nullptr : tile + uint64_t{2 * j} * n;
     const float* up_row = tile + uint64_t{per_bundle * j + per_bundle - 1} * n;
+    if (plain) {  // the bundle's h for every token in one call (in place in the tile)
+      SwiGlu(std::span<float>(gate_row, n), std::span<const float>(up_row, n), relu_);
+      std::copy_n(gate_row, n, h);
+      continue;
+    }
+    const uint64_t neuron = perm_.empty() ? positions[k] : perm_[positions[k]];
     for (uint32_t t = 0; t < n; ++t) {
       const float gv = separate_ ? gate_all_[uint64_t{t} * hidden_ + neuron] : gate_row[t];
       h[t] = Activation(t, neuron, gv, up_row[t], computed, fired);
