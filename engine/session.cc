@@ -382,6 +382,7 @@ Status Session::OpenCheckpoint(const std::string& path, const SessionOptions& op
                        Transformer::BytesNeeded(config, topts, pool_->size(), WeightsShape{})));
   ASSIGN_OR_RETURN(std::unique_ptr<DramWeightStore> dram, DramWeightStore::Load(*checkpoint_));
   const uint64_t weight_bytes = dram->resident_bytes();
+  decode_weight_bytes_ = dram->decode_bytes_per_token();
   weights_ = std::move(dram);
   if (options.kv.paged) {
     ASSIGN_OR_RETURN(const layout::VCacheLayout kl,

@@ -214,6 +214,9 @@ class Session {
   const ResidencyPlan* plan() const { return store_ ? &plan_ : nullptr; }
   // Every byte the engine planned to hold (weights, buffers, KV cache, tokenizer).
   uint64_t planned_bytes() const { return planned_bytes_; }
+  // Bytes of weights one decode step reads from DRAM (DramWeightStore::decode_bytes_per_token)
+  // for a checkpoint; 0 for a store, whose reads the I/O statistics count.
+  uint64_t decode_weight_bytes() const { return decode_weight_bytes_; }
   // The residency plan and the read path, several lines (stores); one line for a checkpoint.
   std::string Describe() const;
 
@@ -243,6 +246,7 @@ class Session {
   std::unique_ptr<Transformer> model_;
   ResidencyPlan plan_;
   uint64_t planned_bytes_ = 0;
+  uint64_t decode_weight_bytes_ = 0;
   uint64_t passes_base_ = 0;
   uint64_t computed_base_ = 0, total_base_ = 0;
 };

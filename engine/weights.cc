@@ -150,6 +150,10 @@ Result<std::unique_ptr<DramWeightStore>> DramWeightStore::Load(layout::Checkpoin
       }
     }
   }
+  const bool tied = s->classifier_.bytes.data() == s->embedding_.bytes.data();
+  s->decode_bytes_per_token_ =
+      tied ? s->resident_bytes_
+           : s->resident_bytes_ - s->embedding_.bytes.size() + s->embedding_.row_bytes();
   return s;
 }
 

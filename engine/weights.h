@@ -92,6 +92,10 @@ class DramWeightStore final : public WeightStore {
   Result<LayerWeights> AcquireLayer(uint32_t layer) override;
 
   uint64_t resident_bytes() const { return resident_bytes_; }
+  // Bytes of weights one decode step reads: every layer's matrices and norms, the final norm,
+  // the classifier, and one row of the embedding (all of it where the classifier is the
+  // embedding, tied). Its speed over these bytes is the decode's achieved weight bandwidth.
+  uint64_t decode_bytes_per_token() const { return decode_bytes_per_token_; }
 
  private:
   DramWeightStore() = default;
@@ -121,6 +125,7 @@ class DramWeightStore final : public WeightStore {
   std::span<const float> output_norm_;
   std::vector<LayerWeights> layers_;
   uint64_t resident_bytes_ = 0;
+  uint64_t decode_bytes_per_token_ = 0;
 };
 
 // Checks a matrix the engine is about to multiply: shape {rows, cols} as `shape` says, a dtype

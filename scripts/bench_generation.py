@@ -26,6 +26,14 @@ KV cache: llama.cpp's default is f16 K and V; flashlm's default is f32 rows (a f
 pass --flashlm-args="--kv-dtype f16" (a paged cache of f16 rows) or --llama-args="-ctk f32
 -ctv f32" to match them.
 
+Decode against DRAM: the last two columns are flashlm's tg64 times the bytes of weights its
+decode reads a token (`weight_bytes_per_token` in its --stats-json: every matrix, the classifier
+and one embedding row, as loaded), in GB/s (1e9), and that rate as a fraction of the DRAM read
+bandwidth `flashlm plan MODEL --threads THREADS --json` measures (threads summing a 256 MiB
+buffer, best of three), measured before and after each model's runs (both fractions shown).
+A read-only rate: a STREAM-style copy counts its written bytes too and reads higher on some
+machines (docs/benchmarks.md). The KV cache's reads are not counted (at most 64 positions).
+
 With --compare OTHER_FLASHLM, another flashlm binary (e.g. the previous commit's) runs in the
 same loop, so that a change is measured against what it replaces under the same
 conditions.
@@ -66,14 +74,22 @@ def flashlm_run(exe, model, threads, prompt_tokens, extra):
                         "65", "--temp", "0", "--ignore-eos", "--threads", str(threads),
                         "--stats-json", f.name] + extra, check=True, capture_output=True)
         stats = json.load(open(f.name))
-    return stats["prefill_tokens_per_s"], stats["decode_tokens_per_s"]
+    return (stats["prefill_tokens_per_s"], stats["decode_tokens_per_s"],
+            stats.get("weight_bytes_per_token", 0))
 
 
 def flashlm(exe, model, threads, extra):
-    """(pp128, tg64 from an empty context, tg64 at depth 128)."""
-    pp, tg_depth = flashlm_run(exe, model, threads, 128, extra)
-    _, tg = flashlm_run(exe, model, threads, 1, extra)
-    return pp, tg, tg_depth
+    """(pp128, tg64 from an empty context, tg64 at depth 128, weight bytes a decode token)."""
+    pp, tg_depth, _ = flashlm_run(exe, model, threads, 128, extra)
+    _, tg, weight_bytes = flashlm_run(exe, model, threads, 1, extra)
+    return pp, tg, tg_depth, weight_bytes
+
+
+def dram_read_gbps(exe, model, threads):
+    """The DRAM read bandwidth flashlm's planner measures with `threads` threads, GB/s."""
+    out = subprocess.run([exe, "plan", model, "--threads", str(threads), "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["resident"]["speed"]["dram_gbps"]
 
 
 def main():
@@ -94,6 +110,8 @@ def main():
     if a.compare:
         head += "".join(f" compared {n} | ratio |" for n in names)
         rule += "---|---|" * len(names)
+    head += " flashlm tg64 GB/s | of DRAM read (before / after) |"
+    rule += "---|---|"
     print(head)
     print(rule)
     for m in a.models:
@@ -102,15 +120,19 @@ def main():
                 (fl, lambda: flashlm(a.flashlm, m, a.threads, fx))]
         if a.compare:
             runs.append((cl, lambda: flashlm(a.compare, m, a.threads, fx)))
+        dram_before = dram_read_gbps(a.flashlm, m, a.threads)
         for rep in range(a.reps):
             # Each rep starts with the next program: whichever runs right after llama-bench
             # measured slower (a first-run penalty; docs/benchmarks.md), so no side keeps it.
             k = rep % len(runs)
             for results, run in runs[k:] + runs[:k]:
                 results.append(run())
-            fmt = lambda r: "/".join(f"{v:.1f}" for v in r)
+            fmt = lambda r: "/".join(f"{v:.1f}" for v in r[:3])
             print(f"# {m}: llama.cpp {fmt(ll[-1])}  flashlm {fmt(fl[-1])}" +
                   (f"  compared {fmt(cl[-1])}" if a.compare else ""), file=sys.stderr)
+        dram_after = dram_read_gbps(a.flashlm, m, a.threads)
+        print(f"# {m}: DRAM read {dram_before:.1f} GB/s before, {dram_after:.1f} after",
+              file=sys.stderr)
         med = lambda runs, i: statistics.median(r[i] for r in runs)
         row = f"| {m} |"
         for i in range(len(names)):
@@ -118,6 +140,11 @@ def main():
         if a.compare:
             for i in range(len(names)):
                 row += f" {med(cl, i):.1f} | {med(cl, i) / med(ll, i):.2f} |"
+        gbps = med(fl, 1) * fl[-1][3] / 1e9
+        if gbps > 0:
+            row += f" {gbps:.1f} | {gbps / dram_before:.2f} / {gbps / dram_after:.2f} |"
+        else:
+            row += " - | - |"
         print(row)
 
 

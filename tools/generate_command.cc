@@ -212,6 +212,14 @@ CommandRunner RegisterGenerate(CLI::App& app) {
                  stats->prefill_tokens_per_s(), stats->decode_tokens_per_s(),
                  stats->stop_reason.c_str());
     nlohmann::json json = GenerationJson(*stats, &gen.ids());
+    // A checkpoint's decode reads its weights from DRAM: the rate it reached over them.
+    if (const uint64_t bytes = (*session)->decode_weight_bytes(); bytes > 0) {
+      const double gbps = static_cast<double>(bytes) * stats->decode_tokens_per_s() / 1e9;
+      std::fprintf(stderr, "decode reads %.3f GB of weights a token: %.1f GB/s\n",
+                   static_cast<double>(bytes) / 1e9, gbps);
+      json["weight_bytes_per_token"] = bytes;
+      json["decode_weight_gb_per_s"] = gbps;
+    }
     if (!cache_json.is_null()) json["prompt_cache"] = cache_json;
     if (f->session.budgeted()) {
       const engine::IoReport io =

@@ -38,6 +38,26 @@ TEST(WeightStoreTest, ServesEveryLayerInItsOwnDtype) {
   EXPECT_NE((*store)->classifier().bytes.data(), (*store)->token_embedding().bytes.data());
 }
 
+// What one decode step reads: every tensor as the checkpoint holds it (q8_0 is kept as it is),
+// but of the embedding one row, unless the classifier is the embedding (tied).
+TEST(WeightStoreTest, DecodeBytesPerTokenCountOneEmbeddingRow) {
+  for (bool tied : {false, true}) {
+    auto w = RandomWeights(SmallConfig(true, tied, layout::Activation::kSilu), 3);
+    auto ck = ToCheckpoint(w, DType::kQ8_0);
+    auto store = DramWeightStore::Load(*ck);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    uint64_t all = 0;
+    for (const layout::TensorInfo& t : ck->tensors()) all += t.size_bytes();
+    const layout::TensorInfo* embd = ck->FindTensor("token_embd.weight");
+    ASSERT_NE(embd, nullptr);
+    ASSERT_EQ(ck->FindTensor("output.weight") == nullptr, tied);
+    const uint64_t want =
+        tied ? all : all - embd->size_bytes() + layout::RowBytes(embd->dtype, embd->cols());
+    EXPECT_EQ((*store)->decode_bytes_per_token(), want) << "tied " << tied;
+    EXPECT_LE((*store)->decode_bytes_per_token(), (*store)->resident_bytes());
+  }
+}
+
 TEST(WeightStoreTest, MatricesAreCacheLineAlignedAndKeepTheirDtype) {
   auto w = RandomWeights(SmallConfig(true, false, layout::Activation::kSilu), 2);
   for (DType dtype : {DType::kQ8_0, DType::kBF16}) {

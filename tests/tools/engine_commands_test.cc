@@ -50,6 +50,12 @@ TEST(EngineCommandsTest, GenerateGreedyMatchesGoldenTextAndIds) {
   EXPECT_EQ(stats["generated_tokens"], 256) << stats.dump();
   EXPECT_EQ(stats["stop_reason"], "length");
   EXPECT_GT(stats["decode_tokens_per_s"].get<double>(), 0.0);
+  // The decode's rate over the weights it reads: bytes a token times tokens a second.
+  const double bytes = stats["weight_bytes_per_token"].get<double>();
+  EXPECT_GT(bytes, 0.0) << stats.dump();
+  EXPECT_NEAR(stats["decode_weight_gb_per_s"].get<double>(),
+              bytes * stats["decode_tokens_per_s"].get<double>() / 1e9, 1e-9 * bytes);
+  EXPECT_NE(r.err.find("GB of weights a token"), std::string::npos) << r.err;
 }
 
 TEST(EngineCommandsTest, GenerateEchoAndStop) {
