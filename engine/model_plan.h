@@ -73,8 +73,9 @@ Result<Prediction> Predict(const ModelPlan& model, const SessionOptions& session
 // bandwidth (sequential reads where measured: a dense stream's).
 uint64_t ReadBytesReaching(const storage::FlashProfile& profile, double fraction);
 
-// Usable DRAM read bandwidth in GB/s (1e9), measured on the spot: `threads` threads summing a
-// `bytes` buffer, best of three passes.
+// Usable DRAM read bandwidth in GB/s (1e9), measured on the spot: a ThreadPool of `threads`
+// threads summing a `bytes` buffer on huge pages, best of three passes after one that wakes
+// the pool. 0 if the buffer cannot be had.
 double MeasureDramReadGBps(uint32_t threads, uint64_t bytes = 256ull << 20);
 
 }  // namespace flashlm::engine

@@ -239,6 +239,16 @@ TEST(ModelPlanTest, CostFollowsThePlanAndTheFireRate) {
   EXPECT_LT(sparse->cost.weight_bytes, dense->cost.weight_bytes);
 }
 
+// The measurement runs its pool over the whole buffer and reports a rate (its value is the
+// machine's: benchmarks, not tests, judge it).
+TEST(ModelPlanTest, MeasuresADramReadRateWithOneAndTwoThreads) {
+  for (uint32_t threads : {1u, 2u}) {
+    const double gbps = MeasureDramReadGBps(threads, 8ull << 20);
+    EXPECT_GT(gbps, 0.0) << threads;
+    EXPECT_TRUE(std::isfinite(gbps)) << threads;
+  }
+}
+
 TEST(ModelPlanTest, BadInputIsNamed) {
   ModelPlanOptions o;
   o.shape = "13b";
