@@ -29,8 +29,9 @@ pass --flashlm-args="--kv-dtype f16" (a paged cache of f16 rows) or --llama-args
 Decode against DRAM: the last two columns are flashlm's tg64 times the bytes of weights its
 decode reads a token (`weight_bytes_per_token` in its --stats-json: every matrix, the classifier
 and one embedding row, as loaded), in GB/s (1e9), and that rate as a fraction of the DRAM read
-bandwidth `flashlm plan MODEL --threads THREADS --json` measures (threads summing a 256 MiB
-buffer, best of three), measured before and after each model's runs (both fractions shown).
+bandwidth `flashlm plan MODEL --threads THREADS --json` measures (the kernels' thread pool
+summing a 256 MiB buffer on huge pages, best of three), measured before and after each model's
+runs (both fractions shown).
 A read-only rate: a STREAM-style copy counts its written bytes too and reads higher on some
 machines (docs/benchmarks.md). The KV cache's reads are not counted (at most 64 positions).
 
@@ -141,7 +142,7 @@ def main():
             for i in range(len(names)):
                 row += f" {med(cl, i):.1f} | {med(cl, i) / med(ll, i):.2f} |"
         gbps = med(fl, 1) * fl[-1][3] / 1e9
-        if gbps > 0:
+        if gbps > 0 and dram_before > 0 and dram_after > 0:  # plan reports 0 if it cannot measure
             row += f" {gbps:.1f} | {gbps / dram_before:.2f} / {gbps / dram_after:.2f} |"
         else:
             row += " - | - |"
