@@ -317,22 +317,26 @@ void RowFloat(const std::byte* w, const float* const* x, uint32_t n, float* out)
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 }
-// Whether f32 rows are prefetched ahead: not on AMD CPUs (see kRowPrefetchBytesF32).
-bool RowPrefetchF32() {
+// Whether this is an AMD CPU ("AuthenticAMD"), fixed at start-up. Some prefetch settings tuned
+// on the Intel Xeon of docs/benchmarks.md measured otherwise on its AMD EPYC (Zen 5): f32 rows
+// (RowPrefetchF32) and q4_K / q6_K strips in decode (kDecodeAheadAmd).
+bool AmdCpu() {
 #if defined(FLASHLM_AVX2)
-  static const bool prefetch = [] {
+  static const bool amd = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
-    if (__get_cpuid(0, &a, &b, &c, &d) == 0) return true;
+    if (__get_cpuid(0, &a, &b, &c, &d) == 0) return false;
     // The vendor string "AuthenticAMD" is in ebx, edx, ecx.
     char vendor[12];
     std::memcpy(vendor, &b, 4), std::memcpy(vendor + 4, &d, 4), std::memcpy(vendor + 8, &c, 4);
-    return std::memcmp(vendor, "AuthenticAMD", 12) != 0;
+    return std::memcmp(vendor, "AuthenticAMD", 12) == 0;
   }();
-  return prefetch;
+  return amd;
 #else
   return false;
 #endif
 }
+// Whether f32 rows are prefetched ahead: not on AMD CPUs (see kRowPrefetchBytesF32).
+bool RowPrefetchF32() { return !AmdCpu(); }
 template <int NT>
 void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
   const std::byte* row = reinterpret_cast<const std::byte*>(w);
@@ -1320,7 +1324,8 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
 // batch or the row range either.
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
 // q4_K / q6_K prefetch in the order they read. Interleaved strips (InterleavedK) ask for the
-// super-block about 2 KiB ahead (kStripsPrefetchAhead). Row-major rows (RowMajorK: a bundle's
+// super-block about 2 KiB ahead (kStripsPrefetchAhead; one token on an AMD CPU 2 super-blocks,
+// kDecodeAheadAmd). Row-major rows (RowMajorK: a bundle's
 // rows, a matrix not in strips) ask, at
 // super-block sb of a strip, for super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
 // past the rows' end, the matching super-block of the next strip's rows (so StripRows::next is
@@ -1360,9 +1365,23 @@ struct RowMajorK {
 };
 
 // A strip interleaved by InterleaveStrips: each group is 4 vector loads, read front to back.
+// Prefetch asks kAheadSb super-blocks ahead (kAheadBatchK for every batch and on other CPUs,
+// kDecodeAheadAmd for one token on an AMD CPU).
 template <uint32_t kBytes>
+constexpr uint32_t kGroupsBytesK = kBytes / 16 * 256;  // a super-block's groups
+// Super-blocks ahead that cover kStripsPrefetchAhead bytes of groups (1 for q4_K and q6_K).
+template <uint32_t kBytes>
+constexpr uint32_t kAheadBatchK = static_cast<uint32_t>(
+    (kStripsPrefetchAhead + kGroupsBytesK<kBytes> - 1) / kGroupsBytesK<kBytes>);
+// One token (decode) on an AMD CPU: 2 super-blocks ahead (4.5 / 6.6 KiB). 1b Q4_K_M decode on
+// the AMD EPYC (Zen 5) against 1 (docs/benchmarks.md, "q4_K / q6_K decode prefetches 2
+// super-blocks ahead on AMD"): 1.10-1.11x at 1 thread, 1.08-1.15x at 2, faster in 23 of 24
+// interleaved rounds; 3 gained no more. Batches keep kAheadBatchK (2 made 1b pp128 at 1 thread
+// 0.75x); not measured on Intel, which keeps it too.
+constexpr uint32_t kDecodeAheadAmd = 2;
+template <uint32_t kBytes, uint32_t kAheadSb = kAheadBatchK<kBytes>>
 struct InterleavedK {
-  static constexpr uint64_t kGroupsBytes = kBytes / 16 * 256;   // a super-block's groups
+  static constexpr uint64_t kGroupsBytes = kGroupsBytesK<kBytes>;
   static constexpr uint64_t kTailBytes = kBytes % 16 * kStrip;  // a super-block's tail bytes
   const std::byte* strip;                                       // the strip's first byte
   uint32_t nsb;
@@ -1379,14 +1398,12 @@ struct InterleavedK {
     return _mm512_cvtph_ps(_mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(strip + nsb * kGroupsBytes + sb * kTailBytes)));
   }
-  // Super-blocks ahead that cover kStripsPrefetchAhead bytes of groups (1 for q4_K and q6_K).
-  static constexpr uint32_t kAhead =
-      static_cast<uint32_t>((kStripsPrefetchAhead + kGroupsBytes - 1) / kGroupsBytes);
-  // The groups of super-block sb + kAhead (past the strip's end, the next strip's, which follows
-  // it) and the tail bytes' line it falls in.
+  // The groups of super-block sb + kAheadSb (past the strip's end, the next strip's, which
+  // follows it) and the tail bytes' line it falls in. (A strip of fewer super-blocks than
+  // kAheadSb asks for bytes a little further on; a prefetch never faults.)
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     const uint64_t strip_bytes = nsb * (kGroupsBytes + kTailBytes);
-    uint32_t asb = sb + kAhead;
+    uint32_t asb = sb + kAheadSb;
     const std::byte* base = strip;
     if (asb >= nsb) base += strip_bytes, asb -= nsb;
     const std::byte* p = base + asb * kGroupsBytes;
@@ -1587,6 +1604,7 @@ void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
   const uint64_t rb = w.row_bytes();
   CHECK_LT(rb * (kStrip - 1), uint64_t{INT32_MAX});  // SetUpStrip's row offsets are int32
   if (w.strips) CHECK_EQ(row_begin % kStrip, 0u);    // a range of whole strips
+  const bool decode_ahead = n_tokens == 1 && AmdCpu();
   for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip) {
     StripRows s;
     SetUpStrip(w, r0, row_end, &s, kPrefetchStripsK);
@@ -1594,8 +1612,13 @@ void MatMulRowsKStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
       _mm512_mask_storeu_ps(y + uint64_t{t} * w.rows + r0, s.mask, v);
     };
     if (w.strips) {
-      KStripTokens<kQ6>(InterleavedK<kBytes>{w.bytes.data() + uint64_t{r0} * rb, nsb}, w.cols,
-                        n_tokens, quantized_x, store);
+      const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
+      if (decode_ahead) {
+        KStripTokens<kQ6>(InterleavedK<kBytes, kDecodeAheadAmd>{strip, nsb}, w.cols, n_tokens,
+                          quantized_x, store);
+      } else {
+        KStripTokens<kQ6>(InterleavedK<kBytes>{strip, nsb}, w.cols, n_tokens, quantized_x, store);
+      }
     } else {
       KStripTokens<kQ6>(RowMajorK<kBytes>{&s, rb, nsb}, w.cols, n_tokens, quantized_x, store);
     }
