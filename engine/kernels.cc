@@ -1325,8 +1325,7 @@ void MatMulRowsBlockStrips(const MatrixView& w, uint32_t n_tokens, ConstByteSpan
 constexpr uint32_t kStripTokensK = 4;  // tokens per pass over a strip's super-blocks
 // q4_K / q6_K prefetch in the order they read. Interleaved strips (InterleavedK) ask for the
 // super-block about 2 KiB ahead (kStripsPrefetchAhead; one token on an AMD CPU 2 super-blocks,
-// kDecodeAheadAmd). Row-major rows (RowMajorK: a bundle's
-// rows, a matrix not in strips) ask, at
+// kDecodeAheadAmd). Row-major rows (RowMajorK: a bundle's rows, a matrix not in strips) ask, at
 // super-block sb of a strip, for super-block sb + kPrefetchSuperBlocks of each of its 16 rows, or,
 // past the rows' end, the matching super-block of the next strip's rows (so StripRows::next is
 // the strip 1 ahead). That keeps about 4 x 16 x 210 bytes in flight whatever the row length;
