@@ -2717,31 +2717,86 @@ __attribute__((always_inline)) inline void AddTokens(__m512* acc, const float* a
 
 // Several tokens, q4_K (or, kQ6, q6_K): for each whole super-block of the slice, rows go
 // kKChunkRows at a time: each row's super-block is dequantised once into an L1 buffer (rows whose
-// coefficients are all zero are left out), then for up to 16 tokens at a time and each 16 values
-// of the super-block, the tokens' y stay in registers while the chunk's rows go by
-// (AxpyKChunkTokens). Rows in order, zero coefficients skipped: each y value's fused terms as
-// AxpyRow's, bit-identical to it. Measured (bench/engine/ffn_bench.cc, 1b q4_K bundles, 16
-// tokens, 1 thread): y in L1 and a load, FMA and store of it per token and row, 8 tokens a tile,
-// 226 ms a pass; this, 181 (2 threads: 122 and 109).
+// coefficients are all zero are left out), then y is taken a tile at a time, kKTileTokens tokens
+// x 64 values in registers, while the chunk's rows go by (AxpyKChunkTokens). Rows in order, zero
+// coefficients skipped: each y value's fused terms as AxpyRow's, bit-identical to it. Measured
+// (bench/engine/ffn_bench.cc, 1b q4_K bundles, 16 tokens, 1 thread): y in L1 and a load, FMA and
+// store of it per token and row, 8 tokens a tile, 226 ms a pass; 16 tokens x 16 values a tile,
+// 181 (2 threads: 122 and 109); then kKTileTokens x 64 values.
 constexpr uint32_t kKChunkRows = 16;
+// Tokens a tile: 6 x 4 accumulators, each row's 4 vectors and each token's coefficient loaded once
+// for 24 FMAs (the 16 x 1 tiles before took 17 loads for 16). Measured between real builds
+// (flashlm_ffn_bench, BM_BundleFfnRegrouped, 1b q4_K, 1 thread, 4 ABBA rounds, ms a pass, medians
+// of 3): 4 tokens 47.0-48.6 -> 40.5-41.5, 16 tokens 143-147 -> 131-134, every round; 4 and 5 tokens
+// a tile no faster than 6. Prefill from the 1b Q4_K_M store, every bundle pinned (`generate
+// --bench-prompt-tokens 128`, 4 ABBA rounds): 1 thread 108.7-112.4 -> 120.7-127.0 tok/s, 2 threads
+// 192.8-208.3 -> 213.8-220.1, every round (docs/benchmarks.md, "q4_K batch down tiles").
+constexpr int kKTileTokens = 6;
+
+// One tile of AxpyKChunkTokens: tokens [t0, t0 + TT) x the 64 values at j of the chunk's `count`
+// dequantised super-blocks v[i], row i taking coefficient a[src[i] * a_stride + t]; nonzero[i]
+// has bit t set where that coefficient is not zero. 4 x TT accumulators: each row's 4 vectors are
+// loaded once and each coefficient broadcast once for the tile.
+template <int TT>
+__attribute__((always_inline)) inline void AxpyKTile(const float (*v)[layout::kKBlockValues],
+                                                     const uint32_t* src, const __mmask16* nonzero,
+                                                     uint32_t count, int t0, uint32_t j,
+                                                     const float* a, uint64_t a_stride, float* y,
+                                                     uint64_t y_stride) {
+  constexpr __mmask16 kTile = static_cast<__mmask16>((1u << TT) - 1);
+  __m512 acc[TT][4];
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) acc[t][k] = _mm512_loadu_ps(y + (t0 + t) * y_stride + j + 16 * k);
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    const __mmask16 nz = static_cast<__mmask16>((nonzero[i] >> t0) & kTile);
+    if (nz == 0) continue;
+    const float* ak = a + src[i] * a_stride + t0;
+    __m512 w[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) w[k] = _mm512_load_ps(v[i] + j + 16 * k);
+    if (nz == kTile) {
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) {
+        const __m512 b = _mm512_set1_ps(ak[t]);
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) acc[t][k] = _mm512_fmadd_ps(b, w[k], acc[t][k]);
+      }
+      continue;
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) {
+      const __mmask16 take = static_cast<__mmask16>(-(nz >> t & 1));
+      const __m512 b = _mm512_set1_ps(ak[t]);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) acc[t][k] = _mm512_mask3_fmadd_ps(b, w[k], acc[t][k], take);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TT; ++t) {
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) _mm512_storeu_ps(y + (t0 + t) * y_stride + j + 16 * k, acc[t][k]);
+  }
+}
 
 // The chunk's `count` dequantised super-blocks v[i] (256 floats each) into y's NT tokens (y_stride
 // apart) x 256 values, row i taking coefficient a[src[i] * a_stride + t] for token t.
 template <int NT>
 void AxpyKChunkTokens(const float (*v)[layout::kKBlockValues], const uint32_t* src, uint32_t count,
                       const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
+  constexpr int kFull = NT / kKTileTokens, kRest = NT % kKTileTokens;
   __mmask16 nonzero[kKChunkRows];
   for (uint32_t i = 0; i < count; ++i) nonzero[i] = NonzeroTokens<NT>(a + src[i] * a_stride);
-  for (uint32_t j = 0; j < layout::kKBlockValues; j += 16) {
-    __m512 acc[NT];
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + j);
-    for (uint32_t i = 0; i < count; ++i) {
-      if (nonzero[i] == 0) continue;
-      AddTokens<NT>(acc, a + src[i] * a_stride, _mm512_load_ps(v[i] + j), nonzero[i]);
+  for (uint32_t j = 0; j < layout::kKBlockValues; j += 64) {
+    for (int f = 0; f < kFull; ++f) {
+      AxpyKTile<kKTileTokens>(v, src, nonzero, count, f * kKTileTokens, j, a, a_stride, y,
+                              y_stride);
     }
-#pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + j, acc[t]);
+    if constexpr (kRest > 0) {
+      AxpyKTile<kRest>(v, src, nonzero, count, kFull * kKTileTokens, j, a, a_stride, y, y_stride);
+    }
   }
 }
 
