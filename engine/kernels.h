@@ -205,8 +205,8 @@ void AxpyRow(layout::DType dtype, const std::byte* w, uint32_t len, const float*
 // few at a time, y in L1, while it asks for the next few rows' bytes (so hand it every row of a
 // pass in one call rather than in pieces). Several tokens of q8_0 / q4_0 keep 16 values of up to
 // 16 tokens (9 or more) or 32 values of up to 8 in registers across the rows; q4_K / q6_K
-// dequantise a super-block of 16 rows at a time into L1 and add it to 16 values of up to 16
-// tokens in registers. Other cases (f32, f16; AVX2) go row by row, each row's slice
+// dequantise a super-block of 16 rows at a time into L1 and add it to y 64 values of up to 6
+// tokens at a time, in registers. Other cases (f32, f16; AVX2) go row by row, each row's slice
 // prefetched a few rows ahead, or (AVX2) 4 tokens at a time a block at a time. The block tiles
 // (AVX-512 and AVX2) ask for each row's next block during their first pass over a block.
 // `block_stride` (0: the blocks of a row back to back) is the bytes from one block of a row (32
