@@ -2115,9 +2115,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   // DRAM once per call rather than once per kMaxTile tokens. A row's results do not depend on
   // the panel: the tiles and single rows give the same bits. (This path is what CPUs without
   // AVX-512 run for every batch. Measured on the AMD EPYC with the x86-64-v3 build, 1b prefill
-  // pp128 at 1 thread, two rounds, whole rows before -> panels: f32 12.1-13.0 -> 27.2-30.8 tok/s,
-  // q8_0 33.5-39.3 -> 44.1-44.7, q4_0 31.2-32.1 -> 34.4-36.4; 128 and 512 KiB panels alike;
-  // docs/benchmarks.md, "Without AVX-512".)
+  // pp128, whole rows before -> panels, 4 rounds at 1 thread: f32 12.1-13.8 -> 27.2-33.3 tok/s,
+  // q8_0 0.97-1.33x, q4_0 0.99-1.17x; 2 rounds at 2 threads: f32 26.7-33.6 -> 56.7-64.4. 128 and
+  // 512 KiB panels alike. docs/benchmarks.md, "Without AVX-512".)
   const uint32_t panel_rows =
       n_tokens <= kMaxTile
           ? row_end - row_begin
