@@ -2701,11 +2701,12 @@ __attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* bl
   }
 }
 
-// The batch down kernels' shared steps (AxpyKChunkTokens, AxpyQ8BlockTokens, AxpyQ8HalfTokens).
-// NonzeroTokens: bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
-// C++'s !=, NaN included). AddTokens: acc[t] += ak[t] * v (one fused multiply-add) for the tokens
-// whose bit is set; a token with a zero coefficient keeps its acc, as AxpyRow skips it. A row
-// with every bit set (a dense batch) takes its FMAs without a mask per token. (Measured,
+// The batch down kernels' shared steps. NonzeroTokens (AxpyKChunkTokens, AxpyQ8BlockTokens,
+// AxpyQ8HalfTokens): bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
+// C++'s !=, NaN included). AddTokens (the q8_0 / q4_0 ones; AxpyKTile does the same a tile at a
+// time): acc[t] += ak[t] * v (one fused multiply-add) for the tokens whose bit is set; a token
+// with a zero coefficient keeps its acc, as AxpyRow skips it. A row with every bit set (a dense
+// batch) takes its FMAs without a mask per token. (Measured,
 // bench/engine/ffn_bench.cc, 1b q8_0, 16 tokens, 1 thread: a branch per token, 258 ms a pass;
 // one compare a row, 220; no mask for full rows, 181. The #pragma unrolls keep GCC 12 from
 // storing the accumulators to the stack every row.)
