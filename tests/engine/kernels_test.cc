@@ -115,7 +115,13 @@ INSTANTIATE_TEST_SUITE_P(
                       // q6_K likewise (the strips' 6-bit values, two scales per block).
                       Case{DType::kQ6_K, 15, 512, 1, 1}, Case{DType::kQ6_K, 17, 300, 9, 2},
                       Case{DType::kQ6_K, 49, 2048, 6, 3}, Case{DType::kQ6_K, 40, 1000, 1, 2},
-                      Case{DType::kQ6_K, 16, 160, 5, 1}));
+                      Case{DType::kQ6_K, 16, 160, 5, 1},
+                      // Without AVX-512, batches take the rows in panels of about 256 KiB: q8_0 /
+                      // q4_0 / q4_K rows of 2048 columns (2176 / 1152 / 1152 bytes) give 120 / 224
+                      // / 224-row panels, so one thread has several, token groups of 4, 4 and 2
+                      // (the 2-token row tiles) and rows past the last whole panel.
+                      Case{DType::kQ8_0, 500, 2048, 10, 1}, Case{DType::kQ4_0, 500, 2048, 10, 1},
+                      Case{DType::kQ4_K, 500, 2048, 10, 2}));
 
 TEST(MatMulTest, Q8ExactOnRepresentableActivations) {
   // Activations that are integers times a power-of-two scale quantise exactly, so the int8 path
