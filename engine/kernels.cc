@@ -94,13 +94,30 @@ inline __m256i DotI8(__m256i a, __m256i b) {
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 #endif
 }
+// 32 nibbles of a q4_0 block as stored, unsigned bytes in [0, 15], in value order.
+inline __m256i UnpackQ4Stored(const std::byte* q) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  // Low nibbles in the low half, high ones in the high half, then one 256-bit mask.
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes),
+                          _mm256_set1_epi8(0x0F));
+}
 // 32 nibbles of a q4_0 block as int8 values in [-8, 7], in value order.
 inline __m256i UnpackQ4(const std::byte* q) {
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  const __m128i lo = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-  const __m256i v = _mm256_set_m128i(hi, lo);
-  return _mm256_sub_epi8(v, _mm256_set1_epi8(8));
+  return _mm256_sub_epi8(UnpackQ4Stored(q), _mm256_set1_epi8(8));
+}
+// The exact product of a q4_0 block (its stored nibbles, UnpackQ4Stored) with 32 int8
+// activations whose sum is `xsum`, as 8 int32 lanes: the nibbles go into vpmaddubsw as its
+// unsigned operand as they are (no sign trick: 15 x 127 x 2 cannot saturate), and each lane then
+// takes off the activation sum once, 8 x xsum in all, the stored offset of 8. Two vector
+// operations fewer per block than UnpackQ4 + DotI8 (one, vpdpbusd, with AVX-VNNI); the lanes add
+// up to the same integer, though each holds a different part of it.
+inline __m256i DotQ4Stored(__m256i nibbles, __m256i x, int32_t xsum) {
+#ifdef FLASHLM_VNNI
+  return _mm256_dpbusd_epi32(_mm256_set1_epi32(-xsum), nibbles, x);
+#else
+  const __m256i pairs = _mm256_maddubs_epi16(nibbles, x);
+  return _mm256_sub_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(xsum));
+#endif
 }
 #endif
 
@@ -349,8 +366,8 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
 // xq[t] points at a token's int8 values, xd[t] at its per-block scales.
 
 template <int NT, bool kQ4>
-void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
-          float* out) {
+void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+          const int32_t* const* xi, uint32_t nb, float* out) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
 #ifdef FLASHLM_AVX2
   // One token: 4 accumulators (blocks b % 4), summed at the end, keep the FMA latency chain from
@@ -359,21 +376,28 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, u
   // whether MatMulRows tiles it: DotRows gives MatMul's bits. (Two accumulators for two tokens
   // broke that.) On AVX2 without AVX-512 a token's result can therefore differ in its last bits
   // between a batch and one-token decode; the AVX-512 strip kernels give the same bits in both.
+  // q4_0 blocks go through DotQ4Stored (no sign trick). Measured with the x86-64-v3 build on the
+  // AMD EPYC, 1b-q4_0, 3 alternated rounds against UnpackQ4 + DotI8: decode 1.17-1.20x (1 thread
+  // 20.3-21.0 -> 23.8-25.3 tok/s), prefill pp128 1.08-1.12x, at 1 and 2 threads
+  // (docs/benchmarks.md, "AVX2 q4_0 without the sign trick").
   constexpr int U = NT == 1 ? 4 : 1;
   __m256 acc[NT][U];
   for (int t = 0; t < NT; ++t) {
     for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
   }
-  uint32_t b = 0;
-  auto step = [&](uint32_t blk_index, int u) {
+  // Block indices and offsets are 64-bit so that they go straight into addresses (32-bit ones
+  // cost a zero-extension and an lea per use in the decode loop).
+  uint64_t b = 0;
+  auto step = [&](uint64_t blk_index, int u) __attribute__((always_inline)) {
     const std::byte* blk = w + blk_index * kBytes;
     const float dw = HalfToFloat(blk);
-    const __m256i wq =
-        kQ4 ? UnpackQ4(blk + 2) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    const __m256i wq = kQ4 ? UnpackQ4Stored(blk + 2)
+                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     for (int t = 0; t < NT; ++t) {
       const __m256i xv =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + blk_index * kBlock));
-      const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv));
+      const __m256 p =
+          _mm256_cvtepi32_ps(kQ4 ? DotQ4Stored(wq, xv, xi[t][blk_index]) : DotI8(wq, xv));
       acc[t][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][blk_index]), p, acc[t][u]);
     }
   };
@@ -644,8 +668,8 @@ void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
 #ifdef FLASHLM_AVX2
 // R rows x NT tokens of q8_0/q4_0 against q8 activations: R x NT independent accumulators.
 template <int R, int NT, bool kQ4>
-void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
-           float* out /*[R][NT]*/) {
+void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
+           const int32_t* const* xi, uint32_t nb, float* out /*[R][NT]*/) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
   __m256 acc[R][NT];
   for (int r = 0; r < R; ++r) {
@@ -659,10 +683,11 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
     for (int r = 0; r < R; ++r) {
       const std::byte* blk = w[r] + b * kBytes;
       const float dw = HalfToFloat(blk);
-      const __m256i wq =
-          kQ4 ? UnpackQ4(blk + 2) : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      const __m256i wq = kQ4 ? UnpackQ4Stored(blk + 2)
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
       for (int t = 0; t < NT; ++t) {
-        const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv[t]));
+        const __m256 p =
+            _mm256_cvtepi32_ps(kQ4 ? DotQ4Stored(wq, xv[t], xi[t][b]) : DotI8(wq, xv[t]));
         acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[r][t]);
       }
     }
@@ -1729,20 +1754,20 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
 // (nothing written) otherwise.
 template <int NT>
 bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
-           const float* const* xd, float* out /*[4][NT]*/) {
+           const float* const* xd, const int32_t* const* xi, float* out /*[4][NT]*/) {
   const std::byte* rows[4];
   for (int i = 0; i < 4; ++i) rows[i] = w.bytes.data() + (r + i) * w.row_bytes();
   switch (w.dtype) {
 #ifdef FLASHLM_AVX2
     case DType::kQ8_0:
       if constexpr (NT <= 2) {
-        TileQ<4, NT, false>(rows, xq, xd, Blocks(w.cols), out);
+        TileQ<4, NT, false>(rows, xq, xd, xi, Blocks(w.cols), out);
         return true;
       }
       return false;
     case DType::kQ4_0:
       if constexpr (NT <= 2) {
-        TileQ<4, NT, true>(rows, xq, xd, Blocks(w.cols), out);
+        TileQ<4, NT, true>(rows, xq, xd, xi, Blocks(w.cols), out);
         return true;
       }
       return false;
@@ -1754,7 +1779,8 @@ bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t*
 
 template <int NT>
 void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
-                 const float* const* xd, const float* const* xs, float* out) {
+                 const float* const* xd, const float* const* xs, const int32_t* const* xi,
+                 float* out) {
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   switch (w.dtype) {
     case DType::kF32:
@@ -1764,9 +1790,9 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kBF16:
       return RowFloat<NT, DType::kBF16>(row, x, w.cols, out);
     case DType::kQ8_0:
-      return RowQ<NT, false>(row, xq, xd, Blocks(w.cols), out);
+      return RowQ<NT, false>(row, xq, xd, xi, Blocks(w.cols), out);
     case DType::kQ4_0:
-      return RowQ<NT, true>(row, xq, xd, Blocks(w.cols), out);
+      return RowQ<NT, true>(row, xq, xd, xi, Blocks(w.cols), out);
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     case DType::kQ6_K:
@@ -2109,7 +2135,6 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
 #endif
   const bool quantized = IsBlockType(w.dtype);
-  const uint32_t nb = Blocks(w.cols);
   // A batch takes the rows a panel of about kRowPanelBytes at a time (a multiple of 4 rows), and
   // every token group passes over a panel while it is in L2, so that each weight byte comes from
   // DRAM once per call rather than once per kMaxTile tokens. A row's results do not depend on
@@ -2130,13 +2155,15 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
       const int8_t* xq[kMaxTile] = {};
       const float* xd[kMaxTile] = {};
       const float* xsum[kMaxTile] = {};
+      const int32_t* xi[kMaxTile] = {};
       for (uint32_t i = 0; i < nt; ++i) {
         xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
         if (quantized) {
-          const std::byte* base = quantized_x.data() + (t0 + i) * QTokenBytes(w.cols);
-          xq[i] = reinterpret_cast<const int8_t*>(base);
-          xd[i] = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
-          xsum[i] = xd[i] + nb;
+          const QToken token = QTokenAt(quantized_x, w.cols, t0 + i);
+          xq[i] = token.q;
+          xd[i] = token.d;
+          xsum[i] = token.dsum;
+          xi[i] = token.isum;
         }
       }
       uint32_t r = p0;
@@ -2145,16 +2172,16 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
         float out[4 * kMaxTile];
         switch (nt) {
           case 1:
-            tiled = Tile4<1>(w, r, xs, xq, xd, out);
+            tiled = Tile4<1>(w, r, xs, xq, xd, xi, out);
             break;
           case 2:
-            tiled = Tile4<2>(w, r, xs, xq, xd, out);
+            tiled = Tile4<2>(w, r, xs, xq, xd, xi, out);
             break;
           case 3:
-            tiled = Tile4<3>(w, r, xs, xq, xd, out);
+            tiled = Tile4<3>(w, r, xs, xq, xd, xi, out);
             break;
           default:
-            tiled = Tile4<4>(w, r, xs, xq, xd, out);
+            tiled = Tile4<4>(w, r, xs, xq, xd, xi, out);
             break;
         }
         if (!tiled) break;
@@ -2166,16 +2193,16 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
         float out[kMaxTile];
         switch (nt) {
           case 1:
-            RowDispatch<1>(w, r, xs, xq, xd, xsum, out);
+            RowDispatch<1>(w, r, xs, xq, xd, xsum, xi, out);
             break;
           case 2:
-            RowDispatch<2>(w, r, xs, xq, xd, xsum, out);
+            RowDispatch<2>(w, r, xs, xq, xd, xsum, xi, out);
             break;
           case 3:
-            RowDispatch<3>(w, r, xs, xq, xd, xsum, out);
+            RowDispatch<3>(w, r, xs, xq, xd, xsum, xi, out);
             break;
           default:
-            RowDispatch<4>(w, r, xs, xq, xd, xsum, out);
+            RowDispatch<4>(w, r, xs, xq, xd, xsum, xi, out);
             break;
         }
         for (uint32_t i = 0; i < nt; ++i) y[uint64_t{t0 + i} * w.rows + r] = out[i];
