@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -230,23 +231,68 @@ __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uin
   }
 }
 
-// R rows x NT tokens of f32, f16 or bf16 rows at once (prefill): R x NT
-// accumulators in zmm registers, so each loaded weight vector meets NT tokens and each token
-// vector R rows (4 x 6 = 24 accumulators + 4 weight vectors + 1 token vector of the 32
-// registers). One call covers columns [c0, c1) (multiples of 16); the accumulators start at zero
-// when c0 == 0, else are loaded from `acc_mem` ([R][NT][16] floats), and are stored back there
-// unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one, as
-// RowFloat does: each lane takes the same fused terms in the same order however the columns
+#endif
+
+#ifdef FLASHLM_AVX2
+// ---- f32 register tiles: their vectors, by ISA ------------------------------------------------
+// A tile's accumulator for one (row, token) covers 16 columns at a time, as the one-token rows
+// (RowFloat) do: one zmm on AVX-512, two ymm halves on AVX2 (columns c .. c + 7 and c + 8 .. c +
+// 15 of each 16), reduced as RowFloat reduces them (ReduceTile), so that a tile's results are
+// RowFloat's bits on either ISA. Tile shapes fit the register file: 4 rows x 6 tokens of zmm
+// (24 accumulators + 4 weight vectors + 1 token vector of 32) on AVX-512, 2 rows x 3 tokens x 2
+// halves of ymm (12 + 2 + 1 of 16) on AVX2, which loads each half of a row once for 3 tokens.
+#ifdef FLASHLM_AVX512
+using TileVec = __m512;
+constexpr int kTileParts = 1;         // vectors per 16 columns
+constexpr uint32_t kTileRowsF32 = 4;  // rows per tile
+constexpr uint32_t kGroupF32 = 6;     // tokens per tile
+inline TileVec TileZero() { return _mm512_setzero_ps(); }
+inline TileVec TileLoad(const float* p) { return _mm512_loadu_ps(p); }
+inline void TileStore(float* p, TileVec v) { _mm512_storeu_ps(p, v); }
+inline TileVec TileFma(TileVec a, TileVec b, TileVec c) { return _mm512_fmadd_ps(a, b, c); }
+template <DType kT>
+__attribute__((always_inline)) inline TileVec LoadTileRow(const std::byte* row, uint32_t c) {
+  return LoadRow16<kT>(row, c);
+}
+inline float ReduceTile(const TileVec* parts) { return ReduceLikeRowF32(parts[0]); }
+#else
+using TileVec = __m256;
+constexpr int kTileParts = 2;
+constexpr uint32_t kTileRowsF32 = 2;
+constexpr uint32_t kGroupF32 = 3;
+inline TileVec TileZero() { return _mm256_setzero_ps(); }
+inline TileVec TileLoad(const float* p) { return _mm256_loadu_ps(p); }
+inline void TileStore(float* p, TileVec v) { _mm256_storeu_ps(p, v); }
+inline TileVec TileFma(TileVec a, TileVec b, TileVec c) { return _mm256_fmadd_ps(a, b, c); }
+template <DType kT>
+__attribute__((always_inline)) inline TileVec LoadTileRow(const std::byte* row, uint32_t c) {
+  return LoadRow8<kT>(row, c);
+}
+inline float ReduceTile(const TileVec* parts) {
+  return HorizontalSum(_mm256_add_ps(parts[0], parts[1]));
+}
+#endif
+constexpr uint32_t kTileLanes = 16 / kTileParts;
+
+// R rows x NT tokens of f32, f16 or bf16 rows at once (prefill): R x NT accumulators (each
+// kTileParts vectors) in registers, so each loaded weight vector meets NT tokens and each token
+// vector R rows. One call covers columns [c0, c1) (multiples of 16); the accumulators start at
+// zero when c0 == 0, else are loaded from `acc_mem` ([R][NT][16] floats), and are stored back
+// there unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one,
+// as RowFloat does: each lane takes the same fused terms in the same order however the columns
 // are split, so results are bit-identical to those.
 // Row r's column c is value c + (c / kF32ChunkCols) * skip from w[r]: skip is 0 for row-major
 // rows, kF32ChunkSkip for f32 rows in strips (which have no columns past c1).
 template <int R, int NT, DType kT>
 void TileFloat(const std::byte* const* w, uint32_t skip, const float* const* x, uint32_t c0,
                uint32_t c1, uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
-  __m512 acc[R][NT];
+  TileVec acc[R][NT][kTileParts];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
-      acc[r][t] = c0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(acc_mem + (r * NT + t) * 16);
+      for (int p = 0; p < kTileParts; ++p) {
+        acc[r][t][p] =
+            c0 == 0 ? TileZero() : TileLoad(acc_mem + (r * NT + t) * 16 + p * kTileLanes);
+      }
     }
   }
   // Whole pieces of kF32ChunkCols columns where skip != 0 (one piece, [c0, c1), where it is 0).
@@ -254,29 +300,41 @@ void TileFloat(const std::byte* const* w, uint32_t skip, const float* const* x, 
     const uint32_t p1 = skip == 0 ? c1 : std::min(c1, (p0 / kF32ChunkCols + 1) * kF32ChunkCols);
     const uint64_t shift = uint64_t{p0 / kF32ChunkCols} * skip * kFloatBytes<kT>;
     const std::byte* wp[R];
-    for (int r = 0; r < R; ++r) wp[r] = w[r] + shift;
+    for (int r = 0; r < R; ++r) {
+      wp[r] = w[r] + shift;
+      // Opaque, so that GCC does not keep w[r] and `shift` apart and add them at every load: with
+      // 6 token pointers the extra register spills onto the loop's address path.
+      __asm__("" : "+r"(wp[r]));
+    }
     for (uint32_t c = p0; c < p1; c += 16) {
-      __m512 wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = LoadRow16<kT>(wp[r], c);
-      for (int t = 0; t < NT; ++t) {
-        __m512 xv = _mm512_loadu_ps(x[t] + c);
-        // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
-        // where one serves (2x slower 110m f32 prefill matmuls: the loop is load-bound then).
-        __asm__("" : "+v"(xv));
-        for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+      for (int p = 0; p < kTileParts; ++p) {
+        const uint32_t cp = c + p * kTileLanes;
+        TileVec wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = LoadTileRow<kT>(wp[r], cp);
+        for (int t = 0; t < NT; ++t) {
+          TileVec xv = TileLoad(x[t] + cp);
+          // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
+          // where one serves (2x slower 110m f32 prefill matmuls: the loop is load-bound then).
+          __asm__("" : "+v"(xv));
+          for (int r = 0; r < R; ++r) acc[r][t][p] = TileFma(wv[r], xv, acc[r][t][p]);
+        }
       }
     }
     p0 = p1;
   }
   if (!last) {
     for (int r = 0; r < R; ++r) {
-      for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc_mem + (r * NT + t) * 16, acc[r][t]);
+      for (int t = 0; t < NT; ++t) {
+        for (int p = 0; p < kTileParts; ++p) {
+          TileStore(acc_mem + (r * NT + t) * 16 + p * kTileLanes, acc[r][t][p]);
+        }
+      }
     }
     return;
   }
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
-      float s = ReduceLikeRowF32(acc[r][t]);
+      float s = ReduceTile(acc[r][t]);
       for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(RowValue<kT>(w[r], k), x[t][k]);
       out[r * NT + t] = s;
     }
@@ -1807,23 +1865,27 @@ bool IsBlockType(DType t) {
   return t == DType::kQ8_0 || t == DType::kQ4_0 || t == DType::kQ4_K || t == DType::kQ6_K;
 }
 
-#if defined(FLASHLM_AVX512)
+#if defined(FLASHLM_AVX2)
 // ---- Prefill GEMM for f32 / f16: weight panels x token groups x column chunks x register tiles
 // For a batch, rows [row_begin, row_end) are cut into panels of about kPanelBytes of weights
 // (they stay in L2 while every token group passes over them, so each weight byte comes from DRAM
 // once per call), each panel meets the tokens kGroupF32 at a time, and rows longer than
 // kChunkF32 columns go kChunkF32 columns at a time, so that a group's slice of activations
-// (6 x 4 KiB) stays in L1 while every row of the panel meets it; the register tiles'
+// (6 x 4 KiB on AVX-512) stays in L1 while every row of the panel meets it; the register tiles'
 // accumulators wait in a buffer between chunks (TileFloat's acc_mem; the same sums bit for bit).
-// Within that, 4 rows at a time meet the group in one register tile (rows left over one at a
-// time, with the same tile code, so results do not depend on where a row falls). A group of one
-// token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
+// Within that, kTileRowsF32 rows at a time meet the group in one register tile (rows left over
+// one at a time, with the same tile code, so results do not depend on where a row falls). A group
+// of one token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
 // 5632-column f32 matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
 // panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks; strips
 // prefetched 2 KiB ahead"). f16 rows run the same code, converted to f32 as they are loaded.
-// (The block dtypes have strips of their own: MatMulRowsBlockStrips, MatMulRowsKStrips.)
+// (The block dtypes have strips of their own on AVX-512: MatMulRowsBlockStrips,
+// MatMulRowsKStrips.) CPUs without AVX-512 run the same code with AVX2's tiles (kTileRowsF32 x
+// kGroupF32 = 2 x 3). Measured there (x86-64-v3 build on the AMD EPYC, alternated rounds)
+// against RowFloat's 4 tokens a row over 256 KiB panels: a 5632 x 2048 f32 matrix times 128
+// tokens 57-60 -> 43-45 ms; pp128 1b-f32 1.25-1.36x at 1 and 2 threads, 110m-f32 1.06-1.23x;
+// 3 x 2 tiles were slower than 2 x 3 (docs/benchmarks.md, "AVX2 f32 register tiles").
 constexpr uint64_t kPanelBytes = 640 << 10;
-constexpr uint32_t kGroupF32 = 6;     // tokens per tile (4 x 6 accumulators)
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
 // A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows
 // (f32 rows fill kPanelBytes with that many; f16 / bf16 rows have twice as many, capped).
@@ -1837,8 +1899,8 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   const uint64_t rb = w.row_bytes();
   const uint32_t c16 = cols / 16 * 16;
   alignas(64) float acc[kMaxChunkedPanelRows * NT * 16];  // [row][token][lane], chunked rows
-  float out[4 * NT];
-  const std::byte* rows[4];
+  float out[kTileRowsF32 * NT];
+  const std::byte* rows[kTileRowsF32];
   // Row r's first value and the values skipped after each of its pieces (f32 in strips).
   CHECK(!w.strips || (kT == DType::kF32 && c16 == cols));
   const uint32_t skip = w.strips ? kF32ChunkSkip : 0;
@@ -1852,11 +1914,11 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
     const bool last = c1 == c16;
     CHECK(last || r1 - r0 <= kMaxChunkedPanelRows);
     for (uint32_t r = r0; r < r1;) {
-      const uint32_t nr = NT > 1 && r + 4 <= r1 ? 4 : 1;
+      const uint32_t nr = NT > 1 && r + kTileRowsF32 <= r1 ? kTileRowsF32 : 1;
       for (uint32_t i = 0; i < nr; ++i) rows[i] = row_at(r + i);
       float* acc_mem = acc + uint64_t{r - r0} * NT * 16;
-      if (nr == 4) {
-        TileFloat<4, NT, kT>(rows, skip, x, c0, c1, cols, last, acc_mem, out);
+      if (nr == kTileRowsF32) {
+        TileFloat<kTileRowsF32, NT, kT>(rows, skip, x, c0, c1, cols, last, acc_mem, out);
       } else {
         TileFloat<1, NT, kT>(rows, skip, x, c0, c1, cols, last, acc_mem, out);
       }
@@ -1872,6 +1934,7 @@ void PanelTokens(const MatrixView& w, uint32_t r0, uint32_t r1, const float* con
   }
 }
 
+#ifdef FLASHLM_AVX512
 // One token over rows [row_begin, row_end) (row_begin a multiple of kF32StripRows) of an f32
 // matrix in strips: per group of rows, one accumulator a row, each taking its row's 16-lane fused
 // products in column order as RowFloat's one accumulator does, then reduced as ReduceLikeRowF32
@@ -1902,6 +1965,7 @@ void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin
     for (uint32_t i = 0; i < nr; ++i) y[r0 + i] = ReduceLikeRowF32(acc[i]);
   }
 }
+#endif
 
 template <DType kT>
 void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
@@ -1915,26 +1979,11 @@ void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_
       const uint32_t nt = std::min(kGroupF32, n_tokens - t0);
       const float* xs[kGroupF32] = {};
       for (uint32_t i = 0; i < nt; ++i) xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
-      switch (nt) {
-        case 1:
-          PanelTokens<1, kT>(w, p0, p1, xs, t0, y);
-          break;
-        case 2:
-          PanelTokens<2, kT>(w, p0, p1, xs, t0, y);
-          break;
-        case 3:
-          PanelTokens<3, kT>(w, p0, p1, xs, t0, y);
-          break;
-        case 4:
-          PanelTokens<4, kT>(w, p0, p1, xs, t0, y);
-          break;
-        case 5:
-          PanelTokens<5, kT>(w, p0, p1, xs, t0, y);
-          break;
-        default:
-          PanelTokens<6, kT>(w, p0, p1, xs, t0, y);
-          break;
+      // PanelTokens<nt, kT>, for nt in 1 .. kGroupF32.
+      [&]<uint32_t... I>(std::integer_sequence<uint32_t, I...>) {
+        ((nt == I + 1 ? PanelTokens<I + 1, kT>(w, p0, p1, xs, t0, y) : void()), ...);
       }
+      (std::make_integer_sequence<uint32_t, kGroupF32>());
     }
   }
 }
@@ -2124,6 +2173,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   if (n_tokens == 1 && w.strips && w.dtype == DType::kF32) {
     return MatMulRowsF32Strips(w, x.data(), row_begin, row_end, y.data());
   }
+#endif
+#ifdef FLASHLM_AVX2
+  // Batches of f32 / f16 / bf16 rows: panels, column chunks and register tiles.
   if (n_tokens > 1 && w.dtype == DType::kF32) {  // row-major or in strips
     return MatMulRowsTiledFloat<DType::kF32>(w, x, n_tokens, row_begin, row_end, y.data());
   }
