@@ -525,9 +525,21 @@ inline __m256i DotU8I8(__m256i a, __m256i b) {
 }
 #endif
 
+// Without AVX-512, q4_K / q6_K rows run from MatMulRows' generic loop for every batch and decode,
+// and are forced inline into it: when the AVX2 f32 tiles made MatMulRows larger, GCC stopped
+// inlining RowQ4K<4> and 110m-Q4_K_M prefill at 1 thread fell from 432-436 to 352-387 tok/s
+// (x86-64-v3 build, 3 alternated rounds; forced inline 418-431). With AVX-512 these rows only
+// serve fallbacks (the strips take q4_K / q6_K), and forcing them inline there reshuffles GCC's
+// inlining of the strip kernels, so it is left alone.
+#ifdef FLASHLM_AVX512
+#define FLASHLM_GENERIC_ROW
+#else
+#define FLASHLM_GENERIC_ROW __attribute__((always_inline)) inline
+#endif
+
 template <int NT>
-void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
-            const float* const* xs, uint32_t nb, float* out) {
+FLASHLM_GENERIC_ROW void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+                                const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
 #ifdef FLASHLM_AVX2
   // Two accumulators per token (low- and high-nibble sub-blocks) halve the FMA latency chain.
@@ -618,8 +630,8 @@ void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
 }
 
 template <int NT>
-void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
-            const float* const* xs, uint32_t nb, float* out) {
+FLASHLM_GENERIC_ROW void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+                                const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
 #ifdef FLASHLM_AVX2
   // sum (q - 32) * x = sum q * x - 32 * sum x: the products use the unsigned 6-bit q, and the
