@@ -435,9 +435,9 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
   // broke that.) On AVX2 without AVX-512 a token's result can therefore differ in its last bits
   // between a batch and one-token decode; the AVX-512 strip kernels give the same bits in both.
   // q4_0 blocks go through DotQ4Stored (no sign trick). Measured with the x86-64-v3 build on the
-  // AMD EPYC, 1b-q4_0, 3 alternated rounds against UnpackQ4 + DotI8: decode 1.17-1.20x (1 thread
-  // 20.3-21.0 -> 23.8-25.3 tok/s), prefill pp128 1.08-1.12x, at 1 and 2 threads
-  // (docs/benchmarks.md, "AVX2 q4_0 without the sign trick").
+  // AMD EPYC, 1b-q4_0, alternated rounds against UnpackQ4 + DotI8: decode 1.16-1.23x (1 thread
+  // 20.3-21.8 -> 23.8-26.2 tok/s, 7 rounds; 2 threads 1.16-1.20x), prefill pp128 1.07-1.12x at 1
+  // and 2 threads (docs/benchmarks.md, "AVX2: q4_0 without the sign trick; f32 register tiles").
   constexpr int U = NT == 1 ? 4 : 1;
   __m256 acc[NT][U];
   for (int t = 0; t < NT; ++t) {
@@ -1896,7 +1896,8 @@ bool IsBlockType(DType t) {
 // kGroupF32 = 2 x 3). Measured there (x86-64-v3 build on the AMD EPYC, alternated rounds)
 // against RowFloat's 4 tokens a row over 256 KiB panels: a 5632 x 2048 f32 matrix times 128
 // tokens 57-60 -> 43-45 ms; pp128 1b-f32 1.25-1.36x at 1 and 2 threads, 110m-f32 1.06-1.23x;
-// 3 x 2 tiles were slower than 2 x 3 (docs/benchmarks.md, "AVX2 f32 register tiles").
+// 3 x 2 tiles were slower than 2 x 3 (docs/benchmarks.md, "AVX2: q4_0 without the sign trick; f32
+// register tiles").
 constexpr uint64_t kPanelBytes = 640 << 10;
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
 // A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows
