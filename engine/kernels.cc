@@ -2204,10 +2204,11 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   // every token group passes over a panel while it is in L2, so that each weight byte comes from
   // DRAM once per call rather than once per kMaxTile tokens. A row's results do not depend on
   // the panel: the tiles and single rows give the same bits. (This path is what CPUs without
-  // AVX-512 run for every batch. Measured on the AMD EPYC with the x86-64-v3 build, 1b prefill
-  // pp128, whole rows before -> panels, 4 rounds at 1 thread: f32 12.1-13.8 -> 27.2-33.3 tok/s,
-  // q8_0 0.97-1.33x, q4_0 0.99-1.17x; 2 rounds at 2 threads: f32 26.7-33.6 -> 56.7-64.4. 128 and
-  // 512 KiB panels alike. docs/benchmarks.md, "Without AVX-512".)
+  // AVX-512 run for every batch of block dtypes; f32 / f16 / bf16 batches took it too until they
+  // got AVX2 register tiles, MatMulRowsTiledFloat. Measured on the AMD EPYC with the x86-64-v3
+  // build, 1b prefill pp128, whole rows before -> panels, 4 rounds at 1 thread: f32 12.1-13.8 ->
+  // 27.2-33.3 tok/s, q8_0 0.97-1.33x, q4_0 0.99-1.17x; 2 rounds at 2 threads: f32 26.7-33.6 ->
+  // 56.7-64.4. 128 and 512 KiB panels alike. docs/benchmarks.md, "Without AVX-512".)
   const uint32_t panel_rows =
       n_tokens <= kMaxTile
           ? row_end - row_begin
