@@ -95,30 +95,13 @@ inline __m256i DotI8(__m256i a, __m256i b) {
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 #endif
 }
-// 32 nibbles of a q4_0 block as stored, unsigned bytes in [0, 15], in value order.
-inline __m256i UnpackQ4Stored(const std::byte* q) {
-  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  // Low nibbles in the low half, high ones in the high half, then one 256-bit mask.
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes),
-                          _mm256_set1_epi8(0x0F));
-}
 // 32 nibbles of a q4_0 block as int8 values in [-8, 7], in value order.
 inline __m256i UnpackQ4(const std::byte* q) {
-  return _mm256_sub_epi8(UnpackQ4Stored(q), _mm256_set1_epi8(8));
-}
-// The exact product of a q4_0 block (its stored nibbles, UnpackQ4Stored) with 32 int8
-// activations whose sum is `xsum`, as 8 int32 lanes: the nibbles go into vpmaddubsw as its
-// unsigned operand as they are (no sign trick: 15 x 127 x 2 cannot saturate), and each lane then
-// takes off the activation sum once, 8 x xsum in all, the stored offset of 8. Two vector
-// operations fewer per block than UnpackQ4 + DotI8 (one, vpdpbusd, with AVX-VNNI); the lanes add
-// up to the same integer, though each holds a different part of it.
-inline __m256i DotQ4Stored(__m256i nibbles, __m256i x, int32_t xsum) {
-#ifdef FLASHLM_VNNI
-  return _mm256_dpbusd_epi32(_mm256_set1_epi32(-xsum), nibbles, x);
-#else
-  const __m256i pairs = _mm256_maddubs_epi16(nibbles, x);
-  return _mm256_sub_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(xsum));
-#endif
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  // Low nibbles in the low half, high ones in the high half, then one 256-bit mask.
+  const __m256i nibbles =
+      _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(0x0F));
+  return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
 }
 #endif
 
@@ -430,14 +413,14 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
 #ifdef FLASHLM_AVX2
   // One token: 4 accumulators (blocks b % 4), summed at the end, keep the FMA latency chain from
   // bounding a row (with one, q8_0 decode ran 10% slower on AVX2). Several tokens: one per token,
-  // blocks in order, as TileQ's per (row, token), so that a row's result does not depend on
+  // blocks in order, as TileQ8's per (row, token), so that a row's result does not depend on
   // whether MatMulRows tiles it: DotRows gives MatMul's bits. (Two accumulators for two tokens
   // broke that.) On AVX2 without AVX-512 a token's result can therefore differ in its last bits
   // between a batch and one-token decode; the AVX-512 strip kernels give the same bits in both.
-  // q4_0 blocks go through DotQ4Stored (no sign trick). Measured with the x86-64-v3 build on the
-  // AMD EPYC, 1b-q4_0, alternated rounds against UnpackQ4 + DotI8: decode 1.16-1.23x (1 thread
-  // 20.3-21.8 -> 23.8-26.2 tok/s, 7 rounds; 2 threads 1.16-1.20x), prefill pp128 1.07-1.12x at 1
-  // and 2 threads (docs/benchmarks.md, "AVX2: q4_0 without the sign trick; f32 register tiles").
+  // q4_0 never comes here where there is AVX2: it goes through strips (MatMulRowsQ4Strips8, or
+  // the 512-bit ones).
+  static_assert(!kQ4, "AVX2 builds multiply q4_0 in strips");
+  (void)xi;
   constexpr int U = NT == 1 ? 4 : 1;
   __m256 acc[NT][U];
   for (int t = 0; t < NT; ++t) {
@@ -449,13 +432,11 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
   auto step = [&](uint64_t blk_index, int u) __attribute__((always_inline)) {
     const std::byte* blk = w + blk_index * kBytes;
     const float dw = HalfToFloat(blk);
-    const __m256i wq = kQ4 ? UnpackQ4Stored(blk + 2)
-                           : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     for (int t = 0; t < NT; ++t) {
       const __m256i xv =
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + blk_index * kBlock));
-      const __m256 p =
-          _mm256_cvtepi32_ps(kQ4 ? DotQ4Stored(wq, xv, xi[t][blk_index]) : DotI8(wq, xv));
+      const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv));
       acc[t][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][blk_index]), p, acc[t][u]);
     }
   };
@@ -736,11 +717,11 @@ FLASHLM_GENERIC_ROW void RowQ6K(const std::byte* w, const int8_t* const* xq, con
 }
 
 #ifdef FLASHLM_AVX2
-// R rows x NT tokens of q8_0/q4_0 against q8 activations: R x NT independent accumulators.
-template <int R, int NT, bool kQ4>
-void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* const* xd,
-           const int32_t* const* xi, uint32_t nb, float* out /*[R][NT]*/) {
-  constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
+// R rows x NT tokens of q8_0 against q8 activations: R x NT independent accumulators.
+template <int R, int NT>
+void TileQ8(const std::byte* const* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
+            float* out /*[R][NT]*/) {
+  constexpr uint32_t kBytes = kQ8Bytes;
   __m256 acc[R][NT];
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
@@ -753,11 +734,9 @@ void TileQ(const std::byte* const* w, const int8_t* const* xq, const float* cons
     for (int r = 0; r < R; ++r) {
       const std::byte* blk = w[r] + b * kBytes;
       const float dw = HalfToFloat(blk);
-      const __m256i wq = kQ4 ? UnpackQ4Stored(blk + 2)
-                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
       for (int t = 0; t < NT; ++t) {
-        const __m256 p =
-            _mm256_cvtepi32_ps(kQ4 ? DotQ4Stored(wq, xv[t], xi[t][b]) : DotI8(wq, xv[t]));
+        const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv[t]));
         acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[r][t]);
       }
     }
@@ -1820,6 +1799,320 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
 }
 #endif
 
+#if defined(FLASHLM_AVX2) && !defined(FLASHLM_AVX512_VNNI)
+#define FLASHLM_Q4_STRIPS8 1
+// ---- q4_0 in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) ------------------------------
+// The 512-bit strip kernels' arithmetic on 256-bit vectors: one ymm lane a weight row, a block's
+// nibbles of 8 rows transposed (4 bytes a lane), each multiplied by a broadcast of the 4
+// activation bytes it meets, so one vpmaddubsw serves 8 rows and the f32 scaling runs once a
+// block for 8 rows. Row by row (RowQ), each block cost its own unpacking, integer reduction,
+// convert and scaling, and one token of 1b-q4_0 decoded at 0.77-0.86 of llama.cpp's AVX2 build,
+// which repacks q4_0 into 8-row interleaved blocks for the same reason (docs/benchmarks.md,
+// "AVX2: q4_0 in strips").
+// Per lane and block: the 8 vpmaddubsw products (stored nibbles 0..15 as the unsigned operand,
+// each pair at most 2 x 15 x 128 = 3840 in size) are added as int16 (8 x 3840 = 30720 fits
+// exactly), widened to int32 with vpmaddwd, and 8 x the block's activation sum is taken off:
+// the exact block product. (With AVX-VNNI: vpdpbusd from -8 x the sum, the same integer.) Then
+// acc = fma(f32(product), dw x dx, acc), blocks in order. So a (row, token) result depends on
+// neither the batch, the rows beside it, the row range nor the thread split, nor on whether the
+// matrix is interleaved: decode, prefill and DotRows give the same bits.
+// Interleaved strips are InterleaveStrips' 16-row strips: rows 8h .. 8h + 7 are the h-th 32 bytes
+// of each 64-byte vector, and the 8 f16 scales the h-th 16 bytes of the block's 32.
+constexpr uint32_t kHalf = 8;                       // rows a ymm
+constexpr uint32_t kQ4Strip = 16;                   // rows an interleaved strip (InterleaveStrips)
+constexpr uint64_t kQ4PairBytes = 2 * 4 * 64 + 64;  // a pair of blocks of a strip: 576
+// Decode asks for the pair about 2 KiB on as it reads one (the 512-bit kernels' distance), and
+// batches 4 KiB on (their kStripsBatchPrefetchAhead).
+constexpr uint64_t kQ4S8PrefetchBytes = 4 * kQ4PairBytes;
+constexpr uint64_t kQ4S8BatchPrefetchBytes = 8 * kQ4PairBytes;
+
+// The int16 / int32 accumulator of one (half, token) block product: s += lanes' 4 nibbles x 4
+// activation bytes. Start: Q4S8Start; end: Q4S8Finish.
+__attribute__((always_inline)) inline __m256i Q4S8Start(int32_t xsum) {
+#ifdef FLASHLM_VNNI
+  return _mm256_set1_epi32(-8 * xsum);
+#else
+  (void)xsum;
+  return _mm256_setzero_si256();
+#endif
+}
+__attribute__((always_inline)) inline __m256i Q4S8Add(__m256i s, __m256i nibbles, __m256i x4) {
+#ifdef FLASHLM_VNNI
+  return _mm256_dpbusd_epi32(s, nibbles, x4);
+#else
+  return _mm256_add_epi16(s, _mm256_maddubs_epi16(nibbles, x4));
+#endif
+}
+__attribute__((always_inline)) inline __m256i Q4S8Finish(__m256i s, int32_t xsum) {
+#ifdef FLASHLM_VNNI
+  (void)xsum;
+  return s;
+#else
+  return _mm256_sub_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(8 * xsum));
+#endif
+}
+__attribute__((always_inline)) inline __m256i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// Block b of H halves against NT tokens: acc[h * NT + t] lane i += the block product of half h's
+// row i and token t. src.Raw(b, h, k) gives the half's k-th vector of stored nibble bytes (lane i:
+// row i's bytes 4k .. 4k + 3 of the block, k < 4), src.Scales(b, h) its 8 scales as f32.
+template <int H, int NT, class Src>
+__attribute__((always_inline)) inline void Q4S8Block(const Src& src, uint32_t b,
+                                                     const int8_t* const* xq,
+                                                     const float* const* xd,
+                                                     const int32_t* const* xi, __m256* acc) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256i s[H][NT];
+  for (int t = 0; t < NT; ++t) {
+    for (int h = 0; h < H; ++h) s[h][t] = Q4S8Start(xi[t][b]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    __m256i lo[H], hi[H];
+    for (int h = 0; h < H; ++h) {
+      const __m256i raw = src.Raw(b, h, k);
+      lo[h] = _mm256_and_si256(raw, low4);                        // values 4k .. 4k + 3
+      hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);  // values 16 + 4k ..
+    }
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* x = xq[t] + uint64_t{b} * kBlock;
+      const __m256i xl = Broadcast4(x + 4 * k), xh = Broadcast4(x + 16 + 4 * k);
+      for (int h = 0; h < H; ++h) {
+        s[h][t] = Q4S8Add(s[h][t], lo[h], xl);
+        s[h][t] = Q4S8Add(s[h][t], hi[h], xh);
+      }
+    }
+  }
+  for (int h = 0; h < H; ++h) {
+    const __m256 d = src.Scales(b, h);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i p = Q4S8Finish(s[h][t], xi[t][b]);
+      acc[h * NT + t] = _mm256_fmadd_ps(
+          _mm256_cvtepi32_ps(p), _mm256_mul_ps(d, _mm256_set1_ps(xd[t][b])), acc[h * NT + t]);
+    }
+  }
+}
+
+// A 16-row interleaved strip (its first byte).
+struct Q4S8Interleaved {
+  const std::byte* strip;
+  __attribute__((always_inline)) const std::byte* Vectors(uint32_t b) const {
+    return strip + uint64_t{b / 2} * kQ4PairBytes + (b % 2) * 256;
+  }
+  __attribute__((always_inline)) __m256i Raw(uint32_t b, int h, int k) const {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Vectors(b) + 64 * k + 32 * h));
+  }
+  __attribute__((always_inline)) __m256 Scales(uint32_t b, int h) const {
+    const std::byte* s = strip + uint64_t{b / 2} * kQ4PairBytes + 512 + (b % 2) * 32 + 16 * h;
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+};
+
+// 8 row-major q4_0 rows row[0..7] (offsets lane i = row[i] - row[0], for the scales' gather):
+// Load(b) transposes block b's nibble bytes in registers (each ymm half 4 rows, as
+// TransposeRows16 does with 4), which Raw then hands out; one half (H = 1).
+struct Q4S8Rows {
+  const std::byte* const* row;
+  __m256i offsets;
+  __m256i t[4];
+  __attribute__((always_inline)) void Load(uint32_t b) {
+    const uint64_t q = uint64_t{b} * kQ4Bytes + 2;
+    auto load = [&](int r) {
+      return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
+    };
+    __m256i z[4];
+    for (int m = 0; m < 4; ++m) z[m] = _mm256_set_m128i(load(4 + m), load(m));
+    const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    t[0] = _mm256_unpacklo_epi64(a0, a2);
+    t[1] = _mm256_unpackhi_epi64(a0, a2);
+    t[2] = _mm256_unpacklo_epi64(a1, a3);
+    t[3] = _mm256_unpackhi_epi64(a1, a3);
+  }
+  __attribute__((always_inline)) __m256i Raw(uint32_t, int, int k) const { return t[k]; }
+  __attribute__((always_inline)) __m256 Scales(uint32_t b, int) const {
+    // Each row's f16 scale is the low half of the 4 bytes at its block's start.
+    const __m256i g = _mm256_i32gather_epi32(
+        reinterpret_cast<const int*>(row[0] + uint64_t{b} * kQ4Bytes), offsets, 1);
+    const __m256i lows = _mm256_shuffle_epi8(
+        g, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
+                            9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(lows, 0x08)));
+  }
+};
+
+// NT tokens (from t0) over all nb blocks of the 8 rows `src` reads: acc[t] lane i = the row i's
+// sum with token t0 + t. `next` / `next_bytes`: bytes read after these rows, asked for in step
+// (a block's share, 8 x 18 bytes, at each block).
+template <int NT>
+void Q4S8RowsTokens(Q4S8Rows& src, uint32_t nb, ConstByteSpan quantized_x, uint32_t cols,
+                    uint32_t t0, const std::byte* next, uint64_t next_bytes, __m256* acc) {
+  const int8_t* xq[NT];
+  const float* xd[NT];
+  const int32_t* xi[NT];
+  for (int t = 0; t < NT; ++t) {
+    const QToken x = QTokenAt(quantized_x, cols, t0 + t);
+    xq[t] = x.q, xd[t] = x.d, xi[t] = x.isum;
+    acc[t] = _mm256_setzero_ps();
+  }
+  for (uint32_t b = 0; b < nb; ++b) {
+    const uint64_t at = uint64_t{b} * kHalf * kQ4Bytes;
+    for (uint64_t o = at; o < at + kHalf * kQ4Bytes && o < next_bytes; o += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+    }
+    src.Load(b);
+    Q4S8Block<1, NT>(src, b, xq, xd, xi, acc);
+  }
+}
+
+// Up to NT tokens (from t0) over the 16-row interleaved strip: acc[h * NT + t] lane i = row
+// 8h + i's sum with token t0 + t.
+template <int NT>
+void Q4S8StripTokens(const Q4S8Interleaved& src, uint32_t nb, ConstByteSpan quantized_x,
+                     uint32_t cols, uint32_t t0, uint64_t prefetch_bytes, __m256* acc) {
+  const int8_t* xq[NT];
+  const float* xd[NT];
+  const int32_t* xi[NT];
+  for (int t = 0; t < NT; ++t) {
+    const QToken x = QTokenAt(quantized_x, cols, t0 + t);
+    xq[t] = x.q, xd[t] = x.d, xi[t] = x.isum;
+    acc[t] = acc[NT + t] = _mm256_setzero_ps();
+  }
+  for (uint32_t b = 0; b < nb; b += 2) {
+    PrefetchBytes<kQ4PairBytes, false>(src.strip + uint64_t{b / 2} * kQ4PairBytes + prefetch_bytes);
+    Q4S8Block<2, NT>(src, b, xq, xd, xi, acc);
+    Q4S8Block<2, NT>(src, b + 1, xq, xd, xi, acc);
+  }
+}
+
+// Stores lanes [0, nr) of acc (8 floats) at y, y + stride, ...
+__attribute__((always_inline)) inline void StoreLanes(__m256 acc, uint32_t nr, float* y,
+                                                      uint64_t stride) {
+  alignas(32) float lanes[kHalf];
+  _mm256_store_ps(lanes, acc);
+  for (uint32_t i = 0; i < nr; ++i) y[i * stride] = lanes[i];
+}
+
+// Rows [row_begin, row_end) of a q4_0 matrix, interleaved or row-major, against n_tokens tokens:
+// y[t * rows + r]. Tokens 2 at a time over an interleaved strip (both halves a block, so each
+// broadcast serves 16 rows), 4 at a time over 8 row-major rows (so each transpose serves 4).
+void MatMulRowsQ4Strips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                         uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nb = Blocks(w.cols);
+  const uint64_t rb = w.row_bytes();
+  if (w.strips) {
+    CHECK_EQ(row_begin % kQ4Strip, 0u);  // a range of whole strips
+    CHECK_EQ(nb % 2, 0u);
+    const uint64_t ahead = n_tokens == 1 ? kQ4S8PrefetchBytes : kQ4S8BatchPrefetchBytes;
+    for (uint32_t r0 = row_begin; r0 < row_end; r0 += kQ4Strip) {
+      const Q4S8Interleaved src{w.bytes.data() + uint64_t{r0} * rb};
+      const uint32_t nr = std::min(kQ4Strip, row_end - r0);
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 2) {
+        const uint32_t nt = std::min(2u, n_tokens - t0);
+        __m256 acc[4];
+        if (nt == 2) {
+          Q4S8StripTokens<2>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+        } else {
+          Q4S8StripTokens<1>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+        }
+        for (uint32_t h = 0; h < 2; ++h) {
+          const uint32_t hr = nr > h * kHalf ? std::min(kHalf, nr - h * kHalf) : 0;
+          for (uint32_t t = 0; t < nt; ++t) {
+            StoreLanes(acc[h * nt + t], hr, y + uint64_t{t0 + t} * w.rows + r0 + h * kHalf, 1);
+          }
+        }
+      }
+    }
+    return;
+  }
+  CHECK_LT(rb * (kHalf - 1), uint64_t{INT32_MAX});  // the scales' gather offsets are int32
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kHalf) {
+    const uint32_t nr = std::min(kHalf, row_end - r0);
+    const std::byte* row[kHalf];
+    alignas(32) int32_t off[kHalf];
+    for (uint32_t i = 0; i < kHalf; ++i) {
+      off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);  // rows past nr repeat the last
+      row[i] = w.bytes.data() + r0 * rb + off[i];
+    }
+    Q4S8Rows src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
+    // The rows 2 x 8 on (contiguous), asked for in step.
+    const uint32_t ahead_row = r0 + 2 * kHalf;
+    const uint64_t next_bytes =
+        ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
+    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+      const uint32_t nt = std::min(4u, n_tokens - t0);
+      __m256 acc[4];
+      const uint64_t nx = t0 == 0 ? next_bytes : 0;
+      switch (nt) {
+        case 1:
+          Q4S8RowsTokens<1>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
+          break;
+        case 2:
+          Q4S8RowsTokens<2>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
+          break;
+        case 3:
+          Q4S8RowsTokens<3>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
+          break;
+        default:
+          Q4S8RowsTokens<4>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
+          break;
+      }
+      for (uint32_t t = 0; t < nt; ++t) {
+        StoreLanes(acc[t], nr, y + uint64_t{t0 + t} * w.rows + r0, 1);
+      }
+    }
+  }
+}
+
+// DotRows for q4_0 rows anywhere in memory, 8 at a time: out[k * n_tokens + t]. False (nothing
+// written) where two rows of a group are too far apart for the scales' int32 gather offsets.
+bool DotRowsQ4Strips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
+                      ConstByteSpan quantized_x, float* out) {
+  const uint32_t count = static_cast<uint32_t>(rows.size());
+  for (uint32_t k = 0; k < count; ++k) {
+    const int64_t d = rows[k] - rows[k / kHalf * kHalf];
+    if (d < INT32_MIN || d > INT32_MAX) return false;
+  }
+  const uint32_t nb = Blocks(cols);
+  for (uint32_t k0 = 0; k0 < count; k0 += kHalf) {
+    const uint32_t nr = std::min(kHalf, count - k0);
+    const std::byte* row[kHalf];
+    alignas(32) int32_t off[kHalf];
+    for (uint32_t i = 0; i < kHalf; ++i) {
+      row[i] = rows[k0 + std::min(i, nr - 1)];
+      off[i] = static_cast<int32_t>(row[i] - row[0]);
+    }
+    Q4S8Rows src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
+    for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+      const uint32_t nt = std::min(4u, n_tokens - t0);
+      __m256 acc[4];
+      switch (nt) {
+        case 1:
+          Q4S8RowsTokens<1>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
+          break;
+        case 2:
+          Q4S8RowsTokens<2>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
+          break;
+        case 3:
+          Q4S8RowsTokens<3>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
+          break;
+        default:
+          Q4S8RowsTokens<4>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
+          break;
+      }
+      for (uint32_t t = 0; t < nt; ++t) {
+        StoreLanes(acc[t], nr, out + uint64_t{k0} * n_tokens + t0 + t, n_tokens);
+      }
+    }
+  }
+  return true;
+}
+#endif
+
 // Rows [r, r+4) against nt tokens with a multi-row tile when the dtype has one; returns false
 // (nothing written) otherwise.
 template <int NT>
@@ -1831,13 +2124,7 @@ bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t*
 #ifdef FLASHLM_AVX2
     case DType::kQ8_0:
       if constexpr (NT <= 2) {
-        TileQ<4, NT, false>(rows, xq, xd, xi, Blocks(w.cols), out);
-        return true;
-      }
-      return false;
-    case DType::kQ4_0:
-      if constexpr (NT <= 2) {
-        TileQ<4, NT, true>(rows, xq, xd, xi, Blocks(w.cols), out);
+        TileQ8<4, NT>(rows, xq, xd, Blocks(w.cols), out);
         return true;
       }
       return false;
@@ -1862,7 +2149,12 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kQ8_0:
       return RowQ<NT, false>(row, xq, xd, xi, Blocks(w.cols), out);
     case DType::kQ4_0:
+#ifdef FLASHLM_AVX2
+      CHECK(false && "AVX2 builds multiply q4_0 in strips");  // MatMulRows never sends it here
+      return;
+#else
       return RowQ<NT, true>(row, xq, xd, xi, Blocks(w.cols), out);
+#endif
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     case DType::kQ6_K:
@@ -2027,6 +2319,8 @@ bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
 #ifdef FLASHLM_AVX512_VNNI
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
+#elif defined(FLASHLM_Q4_STRIPS8)
+  return dtype == DType::kQ4_0 && cols % (2 * kBlock) == 0;
 #else
   (void)dtype;
   return false;
@@ -2187,6 +2481,11 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsF32Strips(w, x.data(), row_begin, row_end, y.data());
   }
 #endif
+#ifdef FLASHLM_Q4_STRIPS8
+  if (w.dtype == DType::kQ4_0) {  // decode and prefill, interleaved or row-major
+    return MatMulRowsQ4Strips8(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+#endif
 #ifdef FLASHLM_AVX2
   // Batches of f32 / f16 / bf16 rows: panels, column chunks and register tiles.
   if (n_tokens > 1 && w.dtype == DType::kF32) {  // row-major or in strips
@@ -2288,6 +2587,9 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
       DotRowsStrips(dtype, cols, rows, n_tokens, quantized_x, out, ahead)) {
     return;
   }
+#endif
+#ifdef FLASHLM_Q4_STRIPS8
+  if (dtype == DType::kQ4_0 && DotRowsQ4Strips8(cols, rows, n_tokens, quantized_x, out)) return;
 #endif
   const uint64_t row_bytes = layout::RowBytes(dtype, cols);
   for (uint32_t k = 0; k < count; ++k) {
