@@ -1968,7 +1968,7 @@ void Q4S8RowsTokens(Q4S8Rows& src, uint32_t nb, ConstByteSpan quantized_x, uint3
   }
 }
 
-// Up to NT tokens (from t0) over the 16-row interleaved strip: acc[h * NT + t] lane i = row
+// NT tokens (from t0) over the 16-row interleaved strip: acc[h * NT + t] lane i = row
 // 8h + i's sum with token t0 + t.
 template <int NT>
 void Q4S8StripTokens(const Q4S8Interleaved& src, uint32_t nb, ConstByteSpan quantized_x,
@@ -1997,8 +1997,9 @@ __attribute__((always_inline)) inline void StoreLanes(__m256 acc, uint32_t nr, f
 }
 
 // Rows [row_begin, row_end) of a q4_0 matrix, interleaved or row-major, against n_tokens tokens:
-// y[t * rows + r]. Tokens 2 at a time over an interleaved strip (both halves a block, so each
-// broadcast serves 16 rows), 4 at a time over 8 row-major rows (so each transpose serves 4).
+// y[t * rows + r]. Tokens 4 at a time over an interleaved strip (both halves a block, so each
+// broadcast serves 16 rows; 2 at a time was 0-10% slower in 1b-q4_0 pp128 at 1 thread, 5 of 6
+// rounds), and over 8 row-major rows (so each transpose serves 4).
 void MatMulRowsQ4Strips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                          uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
@@ -2010,13 +2011,22 @@ void MatMulRowsQ4Strips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan q
     for (uint32_t r0 = row_begin; r0 < row_end; r0 += kQ4Strip) {
       const Q4S8Interleaved src{w.bytes.data() + uint64_t{r0} * rb};
       const uint32_t nr = std::min(kQ4Strip, row_end - r0);
-      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 2) {
-        const uint32_t nt = std::min(2u, n_tokens - t0);
-        __m256 acc[4];
-        if (nt == 2) {
-          Q4S8StripTokens<2>(src, nb, quantized_x, w.cols, t0, ahead, acc);
-        } else {
-          Q4S8StripTokens<1>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+        const uint32_t nt = std::min(4u, n_tokens - t0);
+        __m256 acc[8];
+        switch (nt) {
+          case 1:
+            Q4S8StripTokens<1>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+            break;
+          case 2:
+            Q4S8StripTokens<2>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+            break;
+          case 3:
+            Q4S8StripTokens<3>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+            break;
+          default:
+            Q4S8StripTokens<4>(src, nb, quantized_x, w.cols, t0, ahead, acc);
+            break;
         }
         for (uint32_t h = 0; h < 2; ++h) {
           const uint32_t hr = nr > h * kHalf ? std::min(kHalf, nr - h * kHalf) : 0;
