@@ -84,17 +84,6 @@ inline float HorizontalSum(__m256 v) {
   lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
   return _mm_cvtss_f32(lo);
 }
-// Sum over 32 lanes of int8 products, as 8 int32 lanes.
-inline __m256i DotI8(__m256i a, __m256i b) {
-  const __m256i abs_a = _mm256_sign_epi8(a, a);
-  const __m256i b_signed = _mm256_sign_epi8(b, a);
-#ifdef FLASHLM_VNNI
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_a, b_signed);
-#else
-  const __m256i pairs = _mm256_maddubs_epi16(abs_a, b_signed);
-  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-#endif
-}
 // 32 nibbles of a q4_0 block as int8 values in [-8, 7], in value order.
 inline __m256i UnpackQ4(const std::byte* q) {
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
@@ -406,50 +395,12 @@ void RowF32(const float* w, const float* const* x, uint32_t n, float* out) {
 // ---- q8_0 / q4_0 rows against NT q8-quantised token vectors ---------------------------------
 // xq[t] points at a token's int8 values, xd[t] at its per-block scales.
 
+// Portable builds only: every AVX2 build multiplies q8_0 and q4_0 in strips (MatMulRowsStrips8,
+// or the 512-bit kernels).
 template <int NT, bool kQ4>
-void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
-          const int32_t* const* xi, uint32_t nb, float* out) {
+void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
+          float* out) {
   constexpr uint32_t kBytes = kQ4 ? kQ4Bytes : kQ8Bytes;
-#ifdef FLASHLM_AVX2
-  // One token: 4 accumulators (blocks b % 4), summed at the end, keep the FMA latency chain from
-  // bounding a row (with one, q8_0 decode ran 10% slower on AVX2). Several tokens: one per token,
-  // blocks in order, as TileQ8's per (row, token), so that a row's result does not depend on
-  // whether MatMulRows tiles it: DotRows gives MatMul's bits. (Two accumulators for two tokens
-  // broke that.) On AVX2 without AVX-512 a token's result can therefore differ in its last bits
-  // between a batch and one-token decode; the AVX-512 strip kernels give the same bits in both.
-  // q4_0 never comes here where there is AVX2: it goes through strips (MatMulRowsQ4Strips8, or
-  // the 512-bit ones).
-  static_assert(!kQ4, "AVX2 builds multiply q4_0 in strips");
-  (void)xi;
-  constexpr int U = NT == 1 ? 4 : 1;
-  __m256 acc[NT][U];
-  for (int t = 0; t < NT; ++t) {
-    for (int u = 0; u < U; ++u) acc[t][u] = _mm256_setzero_ps();
-  }
-  // Block indices and offsets are 64-bit so that they go straight into addresses (32-bit ones
-  // cost a zero-extension and an lea per use in the decode loop).
-  uint64_t b = 0;
-  auto step = [&](uint64_t blk_index, int u) __attribute__((always_inline)) {
-    const std::byte* blk = w + blk_index * kBytes;
-    const float dw = HalfToFloat(blk);
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    for (int t = 0; t < NT; ++t) {
-      const __m256i xv =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + blk_index * kBlock));
-      const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv));
-      acc[t][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][blk_index]), p, acc[t][u]);
-    }
-  };
-  for (; b + U <= nb; b += U) {
-    for (int u = 0; u < U; ++u) step(b + u, u);
-  }
-  for (; b < nb; ++b) step(b, 0);
-  for (int t = 0; t < NT; ++t) {
-    __m256 sum = acc[t][0];
-    for (int u = 1; u < U; ++u) sum = _mm256_add_ps(sum, acc[t][u]);
-    out[t] = HorizontalSum(sum);
-  }
-#else
   float sums[NT] = {};
   for (uint32_t b = 0; b < nb; ++b) {
     const std::byte* blk = w + b * kBytes;
@@ -470,7 +421,6 @@ void RowQ(const std::byte* w, const int8_t* const* xq, const float* const* xd,
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
-#endif
 }
 
 // ---- q4_K / q6_K rows against NT q8-quantised token vectors ---------------------------------
@@ -715,37 +665,6 @@ FLASHLM_GENERIC_ROW void RowQ6K(const std::byte* w, const int8_t* const* xq, con
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
 #endif
 }
-
-#ifdef FLASHLM_AVX2
-// R rows x NT tokens of q8_0 against q8 activations: R x NT independent accumulators.
-template <int R, int NT>
-void TileQ8(const std::byte* const* w, const int8_t* const* xq, const float* const* xd, uint32_t nb,
-            float* out /*[R][NT]*/) {
-  constexpr uint32_t kBytes = kQ8Bytes;
-  __m256 acc[R][NT];
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps();
-  }
-  for (uint32_t b = 0; b < nb; ++b) {
-    __m256i xv[NT];
-    for (int t = 0; t < NT; ++t) {
-      xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + b * kBlock));
-    }
-    for (int r = 0; r < R; ++r) {
-      const std::byte* blk = w[r] + b * kBytes;
-      const float dw = HalfToFloat(blk);
-      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-      for (int t = 0; t < NT; ++t) {
-        const __m256 p = _mm256_cvtepi32_ps(DotI8(wq, xv[t]));
-        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[r][t]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) out[r * NT + t] = HorizontalSum(acc[r][t]);
-  }
-}
-#endif
 
 #if defined(FLASHLM_AVX512) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define FLASHLM_AVX512_VNNI 1
@@ -1800,54 +1719,75 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
 #endif
 
 #if defined(FLASHLM_AVX2) && !defined(FLASHLM_AVX512_VNNI)
-#define FLASHLM_Q4_STRIPS8 1
-// ---- q4_0 in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) ------------------------------
+#define FLASHLM_STRIPS8 1
+// ---- q4_0 and q8_0 in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) ---------------------
 // The 512-bit strip kernels' arithmetic on 256-bit vectors: one ymm lane a weight row, a block's
-// nibbles of 8 rows transposed (4 bytes a lane), each multiplied by a broadcast of the 4
+// values of 8 rows transposed (4 bytes a lane), each multiplied by a broadcast of the 4
 // activation bytes it meets, so one vpmaddubsw serves 8 rows and the f32 scaling runs once a
-// block for 8 rows. Row by row (RowQ), each block cost its own unpacking, integer reduction,
-// convert and scaling, and one token of 1b-q4_0 decoded at 0.77-0.86 of llama.cpp's AVX2 build,
-// which repacks q4_0 into 8-row interleaved blocks for the same reason (docs/benchmarks.md,
-// "AVX2: q4_0 in strips").
-// Per lane and block: the 8 vpmaddubsw products (stored nibbles 0..15 as the unsigned operand,
-// each pair at most 2 x 15 x 128 = 3840 in size) are added as int16 (8 x 3840 = 30720 fits
-// exactly), widened to int32 with vpmaddwd, and 8 x the block's activation sum is taken off:
-// the exact block product. (With AVX-VNNI: vpdpbusd from -8 x the sum, the same integer.) Then
-// acc = fma(f32(product), dw x dx, acc), blocks in order. So a (row, token) result depends on
-// neither the batch, the rows beside it, the row range nor the thread split, nor on whether the
-// matrix is interleaved: decode, prefill and DotRows give the same bits.
+// block for 8 rows. Row by row (RowQ), each block cost its own integer reduction, convert and
+// scaling, and one token of 1b-q4_0 decoded at 0.77-0.86 of llama.cpp's AVX2 build, which
+// repacks q4_0 into 8-row interleaved blocks for the same reason (docs/benchmarks.md, "AVX2: q4_0
+// and q8_0 in strips").
+// Per lane and block, the exact block product:
+// - q4_0: the 8 vpmaddubsw products (stored nibbles 0..15 as the unsigned operand, each pair at
+//   most 2 x 15 x 128 = 3840 in size) are added as int16 (8 x 3840 = 30720 fits), widened to
+//   int32 with vpmaddwd, and 8 x the block's activation sum is taken off;
+// - q8_0: each vpmaddubsw takes |w| and x with w's sign (the activations are in [-127, 127], so a
+//   pair is at most 2 x 128 x 127 = 32512 in size) and is widened at once;
+// - with AVX-VNNI, vpdpbusd from -8 (q4_0) or -128 (q8_0, its bytes + 128) x the activation sum:
+//   the same integers.
+// Then acc = fma(f32(product), dw x dx, acc), blocks in order. So a (row, token) result depends
+// on neither the batch, the rows beside it, the row range nor the thread split, nor on whether
+// the matrix is interleaved: decode, prefill and DotRows give the same bits.
 // Interleaved strips are InterleaveStrips' 16-row strips: rows 8h .. 8h + 7 are the h-th 32 bytes
-// of each 64-byte vector, and the 8 f16 scales the h-th 16 bytes of the block's 32.
-constexpr uint32_t kHalf = 8;                       // rows a ymm
-constexpr uint32_t kQ4Strip = 16;                   // rows an interleaved strip (InterleaveStrips)
-constexpr uint64_t kQ4PairBytes = 2 * 4 * 64 + 64;  // a pair of blocks of a strip: 576
-// Decode asks for the pair about 2 KiB on as it reads one (the 512-bit kernels' distance), and
-// batches 4 KiB on (their kStripsBatchPrefetchAhead).
-constexpr uint64_t kQ4S8PrefetchBytes = 4 * kQ4PairBytes;
-constexpr uint64_t kQ4S8BatchPrefetchBytes = 8 * kQ4PairBytes;
+// of each 64-byte vector, and their 8 f16 scales the h-th 16 bytes of the block's 32.
+constexpr uint32_t kHalf = 8;      // rows a ymm
+constexpr uint32_t kStrip16 = 16;  // rows an interleaved strip (InterleaveStrips)
+template <bool kQ8>
+constexpr uint32_t kS8Vectors = kQ8 ? 8 : 4;  // of a block: 4 value bytes of 16 rows each
+template <bool kQ8>
+constexpr uint64_t kS8PairBytes = 2 * kS8Vectors<kQ8> * 64 + 64;  // a block pair: 576 / 1088
+// Decode asks for the pair 4 pairs on as it reads one (q4_0 2.3 KiB, q8_0 4.3 KiB), and batches
+// 8 pairs on. (q8_0 decode, 1b-q8_0 at 1 thread, three rounds: 2 pairs on 21.2-21.7 tok/s, 1
+// pair 21.5-21.7, 4 pairs 22.7-23.3, the row-by-row kernel before the strips 22.0-23.7; then 4,
+// 6 and 8 pairs 23.8-24.9, 24.1-25.1 and 24.3-24.9.)
+template <bool kQ8>
+constexpr uint64_t kS8PrefetchBytes = 4 * kS8PairBytes<kQ8>;
+template <bool kQ8>
+constexpr uint64_t kS8BatchPrefetchBytes = 2 * kS8PrefetchBytes<kQ8>;
 
-// The int16 / int32 accumulator of one (half, token) block product: s += lanes' 4 nibbles x 4
-// activation bytes. Start: Q4S8Start; end: Q4S8Finish.
-__attribute__((always_inline)) inline __m256i Q4S8Start(int32_t xsum) {
+// One (half, token) block product's accumulator: Start, then Add for each of the block's value
+// vectors w (lane i: row i's 4 stored bytes; q4_0: 4 nibbles 0..15) and the 4 activation bytes
+// they meet (x4, broadcast), then Finish.
+template <bool kQ8>
+__attribute__((always_inline)) inline __m256i S8Start(int32_t xsum) {
 #ifdef FLASHLM_VNNI
-  return _mm256_set1_epi32(-8 * xsum);
+  return _mm256_set1_epi32((kQ8 ? -128 : -8) * xsum);
 #else
   (void)xsum;
   return _mm256_setzero_si256();
 #endif
 }
-__attribute__((always_inline)) inline __m256i Q4S8Add(__m256i s, __m256i nibbles, __m256i x4) {
+template <bool kQ8>
+__attribute__((always_inline)) inline __m256i S8Add(__m256i s, __m256i w, __m256i x4) {
 #ifdef FLASHLM_VNNI
-  return _mm256_dpbusd_epi32(s, nibbles, x4);
+  if constexpr (kQ8) w = _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
+  return _mm256_dpbusd_epi32(s, w, x4);
 #else
-  return _mm256_add_epi16(s, _mm256_maddubs_epi16(nibbles, x4));
+  if constexpr (kQ8) {
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x4, w));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+  }
+  return _mm256_add_epi16(s, _mm256_maddubs_epi16(w, x4));
 #endif
 }
-__attribute__((always_inline)) inline __m256i Q4S8Finish(__m256i s, int32_t xsum) {
+template <bool kQ8>
+__attribute__((always_inline)) inline __m256i S8Finish(__m256i s, int32_t xsum) {
 #ifdef FLASHLM_VNNI
   (void)xsum;
   return s;
 #else
+  if constexpr (kQ8) return s;
   return _mm256_sub_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(8 * xsum));
 #endif
 }
@@ -1858,38 +1798,44 @@ __attribute__((always_inline)) inline __m256i Broadcast4(const int8_t* p) {
 }
 
 // Block b of H halves against NT tokens: acc[h * NT + t] lane i += the block product of half h's
-// row i and token t. src.Raw(b, h, k) gives the half's k-th vector of stored nibble bytes (lane i:
-// row i's bytes 4k .. 4k + 3 of the block, k < 4), src.Scales(b, h) its 8 scales as f32.
-template <int H, int NT, class Src>
-__attribute__((always_inline)) inline void Q4S8Block(const Src& src, uint32_t b,
-                                                     const int8_t* const* xq,
-                                                     const float* const* xd,
-                                                     const int32_t* const* xi, __m256* acc) {
+// row i and token t. src.Raw(b, h, k) gives the half's k-th vector of stored value bytes (lane i:
+// row i's bytes 4k .. 4k + 3 of the block's values, k < kS8Vectors), src.Scales(b, h) its 8
+// scales as f32. q4_0's vector k holds values 4k .. 4k + 3 in its low nibbles and 16 + 4k .. in
+// its high ones.
+template <bool kQ8, int H, int NT, class Src>
+__attribute__((always_inline)) inline void S8Block(const Src& src, uint32_t b,
+                                                   const int8_t* const* xq, const float* const* xd,
+                                                   const int32_t* const* xi, __m256* acc) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   __m256i s[H][NT];
   for (int t = 0; t < NT; ++t) {
-    for (int h = 0; h < H; ++h) s[h][t] = Q4S8Start(xi[t][b]);
+    for (int h = 0; h < H; ++h) s[h][t] = S8Start<kQ8>(xi[t][b]);
   }
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < static_cast<int>(kS8Vectors<kQ8>); ++k) {
     __m256i lo[H], hi[H];
     for (int h = 0; h < H; ++h) {
       const __m256i raw = src.Raw(b, h, k);
-      lo[h] = _mm256_and_si256(raw, low4);                        // values 4k .. 4k + 3
-      hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);  // values 16 + 4k ..
+      if constexpr (kQ8) {
+        lo[h] = raw;
+      } else {
+        lo[h] = _mm256_and_si256(raw, low4);                        // values 4k .. 4k + 3
+        hi[h] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);  // values 16 + 4k ..
+      }
     }
     for (int t = 0; t < NT; ++t) {
       const int8_t* x = xq[t] + uint64_t{b} * kBlock;
-      const __m256i xl = Broadcast4(x + 4 * k), xh = Broadcast4(x + 16 + 4 * k);
-      for (int h = 0; h < H; ++h) {
-        s[h][t] = Q4S8Add(s[h][t], lo[h], xl);
-        s[h][t] = Q4S8Add(s[h][t], hi[h], xh);
+      const __m256i xl = Broadcast4(x + 4 * k);
+      for (int h = 0; h < H; ++h) s[h][t] = S8Add<kQ8>(s[h][t], lo[h], xl);
+      if constexpr (!kQ8) {
+        const __m256i xh = Broadcast4(x + 16 + 4 * k);
+        for (int h = 0; h < H; ++h) s[h][t] = S8Add<kQ8>(s[h][t], hi[h], xh);
       }
     }
   }
   for (int h = 0; h < H; ++h) {
     const __m256 d = src.Scales(b, h);
     for (int t = 0; t < NT; ++t) {
-      const __m256i p = Q4S8Finish(s[h][t], xi[t][b]);
+      const __m256i p = S8Finish<kQ8>(s[h][t], xi[t][b]);
       acc[h * NT + t] = _mm256_fmadd_ps(
           _mm256_cvtepi32_ps(p), _mm256_mul_ps(d, _mm256_set1_ps(xd[t][b])), acc[h * NT + t]);
     }
@@ -1897,46 +1843,68 @@ __attribute__((always_inline)) inline void Q4S8Block(const Src& src, uint32_t b,
 }
 
 // A 16-row interleaved strip (its first byte).
-struct Q4S8Interleaved {
+template <bool kQ8>
+struct S8Interleaved {
   const std::byte* strip;
-  __attribute__((always_inline)) const std::byte* Vectors(uint32_t b) const {
-    return strip + uint64_t{b / 2} * kQ4PairBytes + (b % 2) * 256;
-  }
   __attribute__((always_inline)) __m256i Raw(uint32_t b, int h, int k) const {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Vectors(b) + 64 * k + 32 * h));
+    const std::byte* v =
+        strip + uint64_t{b / 2} * kS8PairBytes<kQ8> + (b % 2) * kS8Vectors<kQ8> * 64;
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 64 * k + 32 * h));
   }
   __attribute__((always_inline)) __m256 Scales(uint32_t b, int h) const {
-    const std::byte* s = strip + uint64_t{b / 2} * kQ4PairBytes + 512 + (b % 2) * 32 + 16 * h;
+    const std::byte* s = strip + uint64_t{b / 2} * kS8PairBytes<kQ8> + 2 * kS8Vectors<kQ8> * 64 +
+                         (b % 2) * 32 + 16 * h;
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
   }
 };
 
-// 8 row-major q4_0 rows row[0..7] (offsets lane i = row[i] - row[0], for the scales' gather):
-// Load(b) transposes block b's nibble bytes in registers (each ymm half 4 rows, as
-// TransposeRows16 does with 4), which Raw then hands out; one half (H = 1).
-struct Q4S8Rows {
+// 8 row-major rows row[0..7] (offsets lane i = row[i] - row[0], for the scales' gather): Load(b)
+// transposes block b's value bytes in registers, which Raw then hands out; one half (H = 1).
+template <bool kQ8>
+struct S8Rows {
+  static constexpr uint64_t kBytes = kQ8 ? kQ8Bytes : kQ4Bytes;
   const std::byte* const* row;
   __m256i offsets;
-  __m256i t[4];
+  __m256i t[kS8Vectors<kQ8>];
   __attribute__((always_inline)) void Load(uint32_t b) {
-    const uint64_t q = uint64_t{b} * kQ4Bytes + 2;
-    auto load = [&](int r) {
-      return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
-    };
-    __m256i z[4];
-    for (int m = 0; m < 4; ++m) z[m] = _mm256_set_m128i(load(4 + m), load(m));
-    const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
-    const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
-    t[0] = _mm256_unpacklo_epi64(a0, a2);
-    t[1] = _mm256_unpackhi_epi64(a0, a2);
-    t[2] = _mm256_unpacklo_epi64(a1, a3);
-    t[3] = _mm256_unpackhi_epi64(a1, a3);
+    const uint64_t q = uint64_t{b} * kBytes + 2;
+    if constexpr (kQ8) {  // an 8 x 8 transpose of dwords: within 128-bit lanes, then across
+      __m256i v[8], a[8], c[8];
+      for (int m = 0; m < 8; ++m) {
+        v[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[m] + q));
+      }
+      for (int g = 0; g < 2; ++g) {  // rows 4g .. 4g + 3
+        const __m256i* x = v + 4 * g;
+        __m256i* y = a + 4 * g;
+        y[0] = _mm256_unpacklo_epi32(x[0], x[1]), y[1] = _mm256_unpackhi_epi32(x[0], x[1]);
+        y[2] = _mm256_unpacklo_epi32(x[2], x[3]), y[3] = _mm256_unpackhi_epi32(x[2], x[3]);
+        __m256i* z = c + 4 * g;  // z[j] 128-bit lane l: those rows' dword 4l + j
+        z[0] = _mm256_unpacklo_epi64(y[0], y[2]), z[1] = _mm256_unpackhi_epi64(y[0], y[2]);
+        z[2] = _mm256_unpacklo_epi64(y[1], y[3]), z[3] = _mm256_unpackhi_epi64(y[1], y[3]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        t[j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x20);
+        t[4 + j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x31);
+      }
+    } else {  // 8 x 4 dwords: rows m and 4 + m in one register, as TransposeRows16 does 4 lanes
+      auto load = [&](int r) {
+        return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
+      };
+      __m256i z[4];
+      for (int m = 0; m < 4; ++m) z[m] = _mm256_set_m128i(load(4 + m), load(m));
+      const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
+      const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
+      t[0] = _mm256_unpacklo_epi64(a0, a2);
+      t[1] = _mm256_unpackhi_epi64(a0, a2);
+      t[2] = _mm256_unpacklo_epi64(a1, a3);
+      t[3] = _mm256_unpackhi_epi64(a1, a3);
+    }
   }
   __attribute__((always_inline)) __m256i Raw(uint32_t, int, int k) const { return t[k]; }
   __attribute__((always_inline)) __m256 Scales(uint32_t b, int) const {
     // Each row's f16 scale is the low half of the 4 bytes at its block's start.
     const __m256i g = _mm256_i32gather_epi32(
-        reinterpret_cast<const int*>(row[0] + uint64_t{b} * kQ4Bytes), offsets, 1);
+        reinterpret_cast<const int*>(row[0] + uint64_t{b} * kBytes), offsets, 1);
     const __m256i lows = _mm256_shuffle_epi8(
         g, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
                             9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
@@ -1944,12 +1912,12 @@ struct Q4S8Rows {
   }
 };
 
-// NT tokens (from t0) over all nb blocks of the 8 rows `src` reads: acc[t] lane i = the row i's
-// sum with token t0 + t. `next` / `next_bytes`: bytes read after these rows, asked for in step
-// (a block's share, 8 x 18 bytes, at each block).
-template <int NT>
-void Q4S8RowsTokens(Q4S8Rows& src, uint32_t nb, ConstByteSpan quantized_x, uint32_t cols,
-                    uint32_t t0, const std::byte* next, uint64_t next_bytes, __m256* acc) {
+// NT tokens (from t0) over all nb blocks of the 8 rows `src` reads: acc[t] lane i = row i's sum
+// with token t0 + t. `next` / `next_bytes`: bytes read after these rows, asked for in step (a
+// block's share, 8 block sizes, at each block).
+template <bool kQ8, int NT>
+void S8RowsTokens(S8Rows<kQ8>& src, uint32_t nb, ConstByteSpan quantized_x, uint32_t cols,
+                  uint32_t t0, const std::byte* next, uint64_t next_bytes, __m256* acc) {
   const int8_t* xq[NT];
   const float* xd[NT];
   const int32_t* xi[NT];
@@ -1958,21 +1926,21 @@ void Q4S8RowsTokens(Q4S8Rows& src, uint32_t nb, ConstByteSpan quantized_x, uint3
     xq[t] = x.q, xd[t] = x.d, xi[t] = x.isum;
     acc[t] = _mm256_setzero_ps();
   }
+  constexpr uint64_t kShare = kHalf * S8Rows<kQ8>::kBytes;
   for (uint32_t b = 0; b < nb; ++b) {
-    const uint64_t at = uint64_t{b} * kHalf * kQ4Bytes;
-    for (uint64_t o = at; o < at + kHalf * kQ4Bytes && o < next_bytes; o += 64) {
+    for (uint64_t o = b * kShare; o < (b + 1) * kShare && o < next_bytes; o += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
     }
     src.Load(b);
-    Q4S8Block<1, NT>(src, b, xq, xd, xi, acc);
+    S8Block<kQ8, 1, NT>(src, b, xq, xd, xi, acc);
   }
 }
 
-// NT tokens (from t0) over the 16-row interleaved strip: acc[h * NT + t] lane i = row
-// 8h + i's sum with token t0 + t.
-template <int NT>
-void Q4S8StripTokens(const Q4S8Interleaved& src, uint32_t nb, ConstByteSpan quantized_x,
-                     uint32_t cols, uint32_t t0, uint64_t prefetch_bytes, __m256* acc) {
+// NT tokens (from t0) over the 16-row interleaved strip: acc[h * NT + t] lane i = row 8h + i's
+// sum with token t0 + t. Each block pair asks for the pair `prefetch_bytes` on.
+template <bool kQ8, int NT>
+void S8StripTokens(const S8Interleaved<kQ8>& src, uint32_t nb, ConstByteSpan quantized_x,
+                   uint32_t cols, uint32_t t0, uint64_t prefetch_bytes, __m256* acc) {
   const int8_t* xq[NT];
   const float* xd[NT];
   const int32_t* xi[NT];
@@ -1982,9 +1950,10 @@ void Q4S8StripTokens(const Q4S8Interleaved& src, uint32_t nb, ConstByteSpan quan
     acc[t] = acc[NT + t] = _mm256_setzero_ps();
   }
   for (uint32_t b = 0; b < nb; b += 2) {
-    PrefetchBytes<kQ4PairBytes, false>(src.strip + uint64_t{b / 2} * kQ4PairBytes + prefetch_bytes);
-    Q4S8Block<2, NT>(src, b, xq, xd, xi, acc);
-    Q4S8Block<2, NT>(src, b + 1, xq, xd, xi, acc);
+    PrefetchBytes<kS8PairBytes<kQ8>, false>(src.strip + uint64_t{b / 2} * kS8PairBytes<kQ8> +
+                                            prefetch_bytes);
+    S8Block<kQ8, 2, NT>(src, b, xq, xd, xi, acc);
+    S8Block<kQ8, 2, NT>(src, b + 1, xq, xd, xi, acc);
   }
 }
 
@@ -1996,45 +1965,54 @@ __attribute__((always_inline)) inline void StoreLanes(__m256 acc, uint32_t nr, f
   for (uint32_t i = 0; i < nr; ++i) y[i * stride] = lanes[i];
 }
 
-// Rows [row_begin, row_end) of a q4_0 matrix, interleaved or row-major, against n_tokens tokens:
-// y[t * rows + r]. Tokens 4 at a time over an interleaved strip (both halves a block, so each
-// broadcast serves 16 rows; 2 at a time was 0-10% slower in 1b-q4_0 pp128 at 1 thread, 5 of 6
-// rounds), and over 8 row-major rows (so each transpose serves 4).
-void MatMulRowsQ4Strips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                         uint32_t row_begin, uint32_t row_end, float* y) {
+// kernel(nt, acc) for tokens t0, t0 + 4, ... of n_tokens, nt = the group's tokens (<= 4), as
+// kernel.template operator()<NT>: the one switch from a run-time count to a template.
+template <class Kernel>
+__attribute__((always_inline)) inline void ForTokenGroups(uint32_t n_tokens, Kernel&& kernel) {
+  for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+    switch (std::min(4u, n_tokens - t0)) {
+      case 1:
+        kernel(t0, std::integral_constant<int, 1>{});
+        break;
+      case 2:
+        kernel(t0, std::integral_constant<int, 2>{});
+        break;
+      case 3:
+        kernel(t0, std::integral_constant<int, 3>{});
+        break;
+      default:
+        kernel(t0, std::integral_constant<int, 4>{});
+        break;
+    }
+  }
+}
+
+// Rows [row_begin, row_end) of a q4_0 / q8_0 matrix, interleaved or row-major, against n_tokens
+// tokens: y[t * rows + r]. Tokens 4 at a time, over an interleaved strip both halves a block (so
+// each broadcast serves 16 rows; q4_0: 2 at a time was 0-10% slower in 1b-q4_0 pp128 at 1 thread,
+// 5 of 6 rounds), over 8 row-major rows so that each transpose serves 4.
+template <bool kQ8>
+void MatMulRowsStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                       uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nb = Blocks(w.cols);
   const uint64_t rb = w.row_bytes();
   if (w.strips) {
-    CHECK_EQ(row_begin % kQ4Strip, 0u);  // a range of whole strips
+    CHECK_EQ(row_begin % kStrip16, 0u);  // a range of whole strips
     CHECK_EQ(nb % 2, 0u);
-    const uint64_t ahead = n_tokens == 1 ? kQ4S8PrefetchBytes : kQ4S8BatchPrefetchBytes;
-    for (uint32_t r0 = row_begin; r0 < row_end; r0 += kQ4Strip) {
-      const Q4S8Interleaved src{w.bytes.data() + uint64_t{r0} * rb};
-      const uint32_t nr = std::min(kQ4Strip, row_end - r0);
-      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
-        const uint32_t nt = std::min(4u, n_tokens - t0);
-        __m256 acc[8];
-        switch (nt) {
-          case 1:
-            Q4S8StripTokens<1>(src, nb, quantized_x, w.cols, t0, ahead, acc);
-            break;
-          case 2:
-            Q4S8StripTokens<2>(src, nb, quantized_x, w.cols, t0, ahead, acc);
-            break;
-          case 3:
-            Q4S8StripTokens<3>(src, nb, quantized_x, w.cols, t0, ahead, acc);
-            break;
-          default:
-            Q4S8StripTokens<4>(src, nb, quantized_x, w.cols, t0, ahead, acc);
-            break;
-        }
+    const uint64_t ahead = n_tokens == 1 ? kS8PrefetchBytes<kQ8> : kS8BatchPrefetchBytes<kQ8>;
+    for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip16) {
+      const S8Interleaved<kQ8> src{w.bytes.data() + uint64_t{r0} * rb};
+      const uint32_t nr = std::min(kStrip16, row_end - r0);
+      ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
+        __m256 acc[2 * nt];
+        S8StripTokens<kQ8, nt>(src, nb, quantized_x, w.cols, t0, ahead, acc);
         for (uint32_t h = 0; h < 2; ++h) {
           const uint32_t hr = nr > h * kHalf ? std::min(kHalf, nr - h * kHalf) : 0;
           for (uint32_t t = 0; t < nt; ++t) {
             StoreLanes(acc[h * nt + t], hr, y + uint64_t{t0 + t} * w.rows + r0 + h * kHalf, 1);
           }
         }
-      }
+      });
     }
     return;
   }
@@ -2047,41 +2025,28 @@ void MatMulRowsQ4Strips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan q
       off[i] = static_cast<int32_t>(std::min(i, nr - 1) * rb);  // rows past nr repeat the last
       row[i] = w.bytes.data() + r0 * rb + off[i];
     }
-    Q4S8Rows src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
-    // The rows 2 x 8 on (contiguous), asked for in step.
+    S8Rows<kQ8> src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
+    // The rows 2 x 8 on (contiguous), asked for in step by the first token group.
     const uint32_t ahead_row = r0 + 2 * kHalf;
     const uint64_t next_bytes =
         ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
     const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
-      const uint32_t nt = std::min(4u, n_tokens - t0);
-      __m256 acc[4];
-      const uint64_t nx = t0 == 0 ? next_bytes : 0;
-      switch (nt) {
-        case 1:
-          Q4S8RowsTokens<1>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
-          break;
-        case 2:
-          Q4S8RowsTokens<2>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
-          break;
-        case 3:
-          Q4S8RowsTokens<3>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
-          break;
-        default:
-          Q4S8RowsTokens<4>(src, nb, quantized_x, w.cols, t0, next, nx, acc);
-          break;
-      }
+    ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
+      __m256 acc[nt];
+      S8RowsTokens<kQ8, nt>(src, nb, quantized_x, w.cols, t0, next, t0 == 0 ? next_bytes : 0, acc);
       for (uint32_t t = 0; t < nt; ++t) {
         StoreLanes(acc[t], nr, y + uint64_t{t0 + t} * w.rows + r0, 1);
       }
-    }
+    });
   }
 }
 
-// DotRows for q4_0 rows anywhere in memory, 8 at a time: out[k * n_tokens + t]. False (nothing
-// written) where two rows of a group are too far apart for the scales' int32 gather offsets.
-bool DotRowsQ4Strips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
-                      ConstByteSpan quantized_x, float* out) {
+// DotRows for q4_0 / q8_0 rows anywhere in memory, 8 at a time: out[k * n_tokens + t]. False
+// (nothing written) where two rows of a group are too far apart for the scales' int32 gather
+// offsets.
+template <bool kQ8>
+bool DotRowsStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
+                    ConstByteSpan quantized_x, float* out) {
   const uint32_t count = static_cast<uint32_t>(rows.size());
   for (uint32_t k = 0; k < count; ++k) {
     const int64_t d = rows[k] - rows[k / kHalf * kHalf];
@@ -2096,58 +2061,22 @@ bool DotRowsQ4Strips8(uint32_t cols, std::span<const std::byte* const> rows, uin
       row[i] = rows[k0 + std::min(i, nr - 1)];
       off[i] = static_cast<int32_t>(row[i] - row[0]);
     }
-    Q4S8Rows src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
-      const uint32_t nt = std::min(4u, n_tokens - t0);
-      __m256 acc[4];
-      switch (nt) {
-        case 1:
-          Q4S8RowsTokens<1>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
-          break;
-        case 2:
-          Q4S8RowsTokens<2>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
-          break;
-        case 3:
-          Q4S8RowsTokens<3>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
-          break;
-        default:
-          Q4S8RowsTokens<4>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
-          break;
-      }
+    S8Rows<kQ8> src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
+    ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
+      __m256 acc[nt];
+      S8RowsTokens<kQ8, nt>(src, nb, quantized_x, cols, t0, nullptr, 0, acc);
       for (uint32_t t = 0; t < nt; ++t) {
         StoreLanes(acc[t], nr, out + uint64_t{k0} * n_tokens + t0 + t, n_tokens);
       }
-    }
+    });
   }
   return true;
 }
 #endif
 
-// Rows [r, r+4) against nt tokens with a multi-row tile when the dtype has one; returns false
-// (nothing written) otherwise.
-template <int NT>
-bool Tile4(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
-           const float* const* xd, const int32_t* const* xi, float* out /*[4][NT]*/) {
-  const std::byte* rows[4];
-  for (int i = 0; i < 4; ++i) rows[i] = w.bytes.data() + (r + i) * w.row_bytes();
-  switch (w.dtype) {
-#ifdef FLASHLM_AVX2
-    case DType::kQ8_0:
-      if constexpr (NT <= 2) {
-        TileQ8<4, NT>(rows, xq, xd, Blocks(w.cols), out);
-        return true;
-      }
-      return false;
-#endif
-    default:
-      return false;
-  }
-}
-
 template <int NT>
 void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const int8_t* const* xq,
-                 const float* const* xd, const float* const* xs, const int32_t* const* xi,
-                 float* out) {
+                 const float* const* xd, const float* const* xs, float* out) {
   const std::byte* row = w.bytes.data() + r * w.row_bytes();
   switch (w.dtype) {
     case DType::kF32:
@@ -2156,14 +2085,11 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
       return RowFloat<NT, DType::kF16>(row, x, w.cols, out);
     case DType::kBF16:
       return RowFloat<NT, DType::kBF16>(row, x, w.cols, out);
+#ifndef FLASHLM_AVX2  // AVX2 builds multiply q8_0 and q4_0 in strips: MatMulRows never sends them
     case DType::kQ8_0:
-      return RowQ<NT, false>(row, xq, xd, xi, Blocks(w.cols), out);
+      return RowQ<NT, false>(row, xq, xd, Blocks(w.cols), out);
     case DType::kQ4_0:
-#ifdef FLASHLM_AVX2
-      CHECK(false && "AVX2 builds multiply q4_0 in strips");  // MatMulRows never sends it here
-      return;
-#else
-      return RowQ<NT, true>(row, xq, xd, xi, Blocks(w.cols), out);
+      return RowQ<NT, true>(row, xq, xd, Blocks(w.cols), out);
 #endif
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
@@ -2329,8 +2255,8 @@ bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
 #ifdef FLASHLM_AVX512_VNNI
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
-#elif defined(FLASHLM_Q4_STRIPS8)
-  return dtype == DType::kQ4_0 && cols % (2 * kBlock) == 0;
+#elif defined(FLASHLM_STRIPS8)
+  return (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) && cols % (2 * kBlock) == 0;
 #else
   (void)dtype;
   return false;
@@ -2491,9 +2417,13 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsF32Strips(w, x.data(), row_begin, row_end, y.data());
   }
 #endif
-#ifdef FLASHLM_Q4_STRIPS8
-  if (w.dtype == DType::kQ4_0) {  // decode and prefill, interleaved or row-major
-    return MatMulRowsQ4Strips8(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+#ifdef FLASHLM_STRIPS8
+  // q4_0 and q8_0, decode and prefill, interleaved or row-major.
+  if (w.dtype == DType::kQ4_0) {
+    return MatMulRowsStrips8<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ8_0) {
+    return MatMulRowsStrips8<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
 #ifdef FLASHLM_AVX2
@@ -2512,12 +2442,13 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   // A batch takes the rows a panel of about kRowPanelBytes at a time (a multiple of 4 rows), and
   // every token group passes over a panel while it is in L2, so that each weight byte comes from
   // DRAM once per call rather than once per kMaxTile tokens. A row's results do not depend on
-  // the panel: the tiles and single rows give the same bits. (This path is what CPUs without
-  // AVX-512 run for every batch of block dtypes; f32 / f16 / bf16 batches took it too until they
-  // got AVX2 register tiles, MatMulRowsTiledFloat. Measured on the AMD EPYC with the x86-64-v3
-  // build, 1b prefill pp128, whole rows before -> panels, 4 rounds at 1 thread: f32 12.1-13.8 ->
-  // 27.2-33.3 tok/s, q8_0 0.97-1.33x, q4_0 0.99-1.17x; 2 rounds at 2 threads: f32 26.7-33.6 ->
-  // 56.7-64.4. 128 and 512 KiB panels alike. docs/benchmarks.md, "Without AVX-512".)
+  // the panel. (This path is what CPUs without AVX-512 VNNI run for q4_K / q6_K batches, and
+  // portable builds for every batch; f32 / f16 / bf16 batches took it too until they got AVX2
+  // register tiles, MatMulRowsTiledFloat, and q8_0 / q4_0 until MatMulRowsStrips8. Measured on the
+  // AMD EPYC with the x86-64-v3 build, 1b prefill pp128, whole rows before -> panels, 4 rounds at 1
+  // thread: f32 12.1-13.8 -> 27.2-33.3 tok/s, q8_0 0.97-1.33x, q4_0 0.99-1.17x; 2 rounds at 2
+  // threads: f32 26.7-33.6 -> 56.7-64.4. 128 and 512 KiB panels alike. docs/benchmarks.md, "Without
+  // AVX-512".)
   const uint32_t panel_rows =
       n_tokens <= kMaxTile
           ? row_end - row_begin
@@ -2530,7 +2461,6 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
       const int8_t* xq[kMaxTile] = {};
       const float* xd[kMaxTile] = {};
       const float* xsum[kMaxTile] = {};
-      const int32_t* xi[kMaxTile] = {};
       for (uint32_t i = 0; i < nt; ++i) {
         xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
         if (quantized) {
@@ -2538,46 +2468,22 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
           xq[i] = token.q;
           xd[i] = token.d;
           xsum[i] = token.dsum;
-          xi[i] = token.isum;
         }
       }
-      uint32_t r = p0;
-      // Multi-row tiles pay off for batches only: measured 2-4x slower than single rows for decode.
-      for (bool tiled = nt > 1; tiled && r + 4 <= p1; r += tiled ? 4 : 0) {
-        float out[4 * kMaxTile];
-        switch (nt) {
-          case 1:
-            tiled = Tile4<1>(w, r, xs, xq, xd, xi, out);
-            break;
-          case 2:
-            tiled = Tile4<2>(w, r, xs, xq, xd, xi, out);
-            break;
-          case 3:
-            tiled = Tile4<3>(w, r, xs, xq, xd, xi, out);
-            break;
-          default:
-            tiled = Tile4<4>(w, r, xs, xq, xd, xi, out);
-            break;
-        }
-        if (!tiled) break;
-        for (uint32_t i = 0; i < 4; ++i) {
-          for (uint32_t t = 0; t < nt; ++t) y[uint64_t{t0 + t} * w.rows + r + i] = out[i * nt + t];
-        }
-      }
-      for (; r < p1; ++r) {
+      for (uint32_t r = p0; r < p1; ++r) {
         float out[kMaxTile];
         switch (nt) {
           case 1:
-            RowDispatch<1>(w, r, xs, xq, xd, xsum, xi, out);
+            RowDispatch<1>(w, r, xs, xq, xd, xsum, out);
             break;
           case 2:
-            RowDispatch<2>(w, r, xs, xq, xd, xsum, xi, out);
+            RowDispatch<2>(w, r, xs, xq, xd, xsum, out);
             break;
           case 3:
-            RowDispatch<3>(w, r, xs, xq, xd, xsum, xi, out);
+            RowDispatch<3>(w, r, xs, xq, xd, xsum, out);
             break;
           default:
-            RowDispatch<4>(w, r, xs, xq, xd, xsum, xi, out);
+            RowDispatch<4>(w, r, xs, xq, xd, xsum, out);
             break;
         }
         for (uint32_t i = 0; i < nt; ++i) y[uint64_t{t0 + i} * w.rows + r] = out[i];
@@ -2598,8 +2504,13 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
     return;
   }
 #endif
-#ifdef FLASHLM_Q4_STRIPS8
-  if (dtype == DType::kQ4_0 && DotRowsQ4Strips8(cols, rows, n_tokens, quantized_x, out)) return;
+#ifdef FLASHLM_STRIPS8
+  if (dtype == DType::kQ4_0 && DotRowsStrips8<false>(cols, rows, n_tokens, quantized_x, out)) {
+    return;
+  }
+  if (dtype == DType::kQ8_0 && DotRowsStrips8<true>(cols, rows, n_tokens, quantized_x, out)) {
+    return;
+  }
 #endif
   const uint64_t row_bytes = layout::RowBytes(dtype, cols);
   for (uint32_t k = 0; k < count; ++k) {
