@@ -456,12 +456,13 @@ inline __m256i DotU8I8(__m256i a, __m256i b) {
 }
 #endif
 
-// Without AVX-512, q4_K / q6_K rows run from MatMulRows' generic loop for every batch and decode,
-// and are forced inline into it: when the AVX2 f32 tiles made MatMulRows larger, GCC stopped
-// inlining RowQ4K<4> and 110m-Q4_K_M prefill at 1 thread fell from 432-436 to 352-387 tok/s
-// (x86-64-v3 build, 3 alternated rounds; forced inline 418-431). With AVX-512 these rows only
-// serve fallbacks (the strips take q4_K / q6_K), and forcing them inline there reshuffles GCC's
-// inlining of the strip kernels, so it is left alone.
+// Without AVX-512, q6_K rows (and q4_K rows before they went into AVX2 strips) run from
+// MatMulRows' generic loop for every batch and decode, and are forced inline into it: when the
+// AVX2 f32 tiles made MatMulRows larger, GCC stopped inlining RowQ4K<4> and 110m-Q4_K_M prefill at
+// 1 thread fell from 432-436 to 352-387 tok/s (x86-64-v3 build, 3 alternated rounds; forced
+// inline 418-431). With AVX-512 these rows only serve fallbacks (the strips take q4_K / q6_K),
+// and forcing them inline there reshuffles GCC's inlining of the strip kernels, so it is left
+// alone.
 #ifdef FLASHLM_AVX512
 #define FLASHLM_GENERIC_ROW
 #else
@@ -472,70 +473,8 @@ template <int NT>
 FLASHLM_GENERIC_ROW void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
                                 const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-#ifdef FLASHLM_AVX2
-  // Two accumulators per token (low- and high-nibble sub-blocks) halve the FMA latency chain.
-  __m256 acc[NT][2], macc[NT];
-  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = macc[t] = _mm256_setzero_ps();
-  float mtail[NT] = {};
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const uint32_t full = nb / 8;  // super-blocks whose 8 activation blocks all exist
-  for (uint32_t b = 0; b < full; ++b) {
-    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
-    const __m256 d = _mm256_set1_ps(HalfToFloat(blk)), dmin = _mm256_set1_ps(HalfToFloat(blk + 2));
-    uint64_t sc8, m8;
-    UnpackQ4KScales(blk + 4, reinterpret_cast<uint8_t*>(&sc8), reinterpret_cast<uint8_t*>(&m8));
-    const __m256 dsc = _mm256_mul_ps(
-        d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(sc8)))));
-    const __m256 dm = _mm256_mul_ps(
-        dmin,
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(m8)))));
-    const uint32_t a0 = 8 * b;
-    alignas(32) float coef[NT][8];  // d * sc[j] * xd[t][a0 + j]
-    for (int t = 0; t < NT; ++t) {
-      _mm256_store_ps(coef[t], _mm256_mul_ps(dsc, _mm256_loadu_ps(xd[t] + a0)));
-      macc[t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(xs[t] + a0), macc[t]);
-    }
-    for (int i = 0; i < 4; ++i) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * i));
-      const __m256i lo = _mm256_and_si256(bytes, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-      for (int t = 0; t < NT; ++t) {
-        const int8_t* x = xq[t] + uint64_t{a0 + 2 * i} * kBlock;
-        const __m256i p_lo = DotU8I8(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-        const __m256i p_hi =
-            DotU8I8(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kBlock)));
-        acc[t][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i]), _mm256_cvtepi32_ps(p_lo),
-                                    acc[t][0]);
-        acc[t][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(&coef[t][2 * i + 1]),
-                                    _mm256_cvtepi32_ps(p_hi), acc[t][1]);
-      }
-    }
-  }
-  if (full < nsb) {  // the last super-block meets fewer than 8 activation blocks
-    const uint32_t b = full;
-    const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
-    const float d = HalfToFloat(blk), dmin = HalfToFloat(blk + 2);
-    uint8_t sc[8], m[8];
-    UnpackQ4KScales(blk + 4, sc, m);
-    const uint32_t a0 = 8 * b, count = nb - a0;
-    for (uint32_t j = 0; j < count; ++j) {
-      const __m256i bytes =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * (j / 2)));
-      const __m256i q = j % 2 == 0 ? _mm256_and_si256(bytes, low4)
-                                   : _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-      for (int t = 0; t < NT; ++t) {
-        const int8_t* x = xq[t] + uint64_t{a0 + j} * kBlock;
-        const __m256i p = DotU8I8(q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
-        acc[t][0] = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[j] * xd[t][a0 + j]),
-                                    _mm256_cvtepi32_ps(p), acc[t][0]);
-        mtail[t] += dmin * m[j] * xs[t][a0 + j];
-      }
-    }
-  }
-  for (int t = 0; t < NT; ++t) {
-    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) - HorizontalSum(macc[t]) - mtail[t];
-  }
-#else
+  // Portable builds only: AVX2 builds multiply q4_K in strips (MatMulRowsQ4KStrips8, or the
+  // 512-bit StripQ4K).
   float sums[NT] = {};
   for (uint32_t b = 0; b < nsb; ++b) {
     const std::byte* blk = w + uint64_t{b} * kQ4KBytes;
@@ -557,7 +496,6 @@ FLASHLM_GENERIC_ROW void RowQ4K(const std::byte* w, const int8_t* const* xq, con
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
-#endif
 }
 
 template <int NT>
@@ -1858,6 +1796,29 @@ struct S8Interleaved {
   }
 };
 
+// Rows' 16 bytes at byte offset q, transposed: t[k] lane i = row i's dword k (k < 4; rows m and
+// 4 + m share a register, as TransposeRows16 puts 4 rows in each 128-bit lane).
+__attribute__((always_inline)) inline void TransposeRows8(const std::byte* const* row, uint64_t q,
+                                                          __m256i* t) {
+  auto load = [&](int r) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q)); };
+  __m256i z[4];
+  for (int m = 0; m < 4; ++m) z[m] = _mm256_set_m128i(load(4 + m), load(m));
+  const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
+  const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
+  t[0] = _mm256_unpacklo_epi64(a0, a2);
+  t[1] = _mm256_unpackhi_epi64(a0, a2);
+  t[2] = _mm256_unpacklo_epi64(a1, a3);
+  t[3] = _mm256_unpackhi_epi64(a1, a3);
+}
+
+// The f16 in the low half of each of v's 8 dwords, as f32.
+__attribute__((always_inline)) inline __m256 Low16ToFloat(__m256i v) {
+  const __m256i lows = _mm256_shuffle_epi8(
+      v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
+                          9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+  return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(lows, 0x08)));
+}
+
 // 8 row-major rows row[0..7] (offsets lane i = row[i] - row[0], for the scales' gather): Load(b)
 // transposes block b's value bytes in registers, which Raw then hands out; one half (H = 1).
 template <bool kQ8>
@@ -1886,29 +1847,15 @@ struct S8Rows {
         t[j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x20);
         t[4 + j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x31);
       }
-    } else {  // 8 x 4 dwords: rows m and 4 + m in one register, as TransposeRows16 does 4 lanes
-      auto load = [&](int r) {
-        return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + q));
-      };
-      __m256i z[4];
-      for (int m = 0; m < 4; ++m) z[m] = _mm256_set_m128i(load(4 + m), load(m));
-      const __m256i a0 = _mm256_unpacklo_epi32(z[0], z[1]), a1 = _mm256_unpackhi_epi32(z[0], z[1]);
-      const __m256i a2 = _mm256_unpacklo_epi32(z[2], z[3]), a3 = _mm256_unpackhi_epi32(z[2], z[3]);
-      t[0] = _mm256_unpacklo_epi64(a0, a2);
-      t[1] = _mm256_unpackhi_epi64(a0, a2);
-      t[2] = _mm256_unpacklo_epi64(a1, a3);
-      t[3] = _mm256_unpackhi_epi64(a1, a3);
+    } else {
+      TransposeRows8(row, q, t);
     }
   }
   __attribute__((always_inline)) __m256i Raw(uint32_t, int, int k) const { return t[k]; }
   __attribute__((always_inline)) __m256 Scales(uint32_t b, int) const {
     // Each row's f16 scale is the low half of the 4 bytes at its block's start.
-    const __m256i g = _mm256_i32gather_epi32(
-        reinterpret_cast<const int*>(row[0] + uint64_t{b} * kBytes), offsets, 1);
-    const __m256i lows = _mm256_shuffle_epi8(
-        g, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
-                            9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
-    return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(lows, 0x08)));
+    return Low16ToFloat(_mm256_i32gather_epi32(
+        reinterpret_cast<const int*>(row[0] + uint64_t{b} * kBytes), offsets, 1));
   }
 };
 
@@ -2072,6 +2019,162 @@ bool DotRowsStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint3
   }
   return true;
 }
+
+// ---- q4_K in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) ------------------------------
+// StripQ4K's arithmetic on ymm, 8 rows a pass: each 32-byte quarter of a super-block (sub-blocks
+// 2i and 2i + 1 in its low and high nibbles) transposed for 8 rows, each sub-block's 8 vectors
+// multiplied by broadcast activation bytes (S8Add: nibbles 0..15 unsigned, added as int16, at
+// most 30720; vpdpbusd with AVX-VNNI), the 6-bit scales and mins unpacked in lanes from the
+// super-block's first 16 bytes. Per lane, in order over sub-blocks: acc += f32(dot) * ((d * sc) *
+// dx), then macc += (dmin * m) * xs; the result is acc - macc. So q4_K results on AVX2 do not
+// depend on the batch, the row range, the thread count or the layout either. An interleaved
+// 16-row strip is read a half (8 rows) at a time: its second pass finds the strip in L1 or L2.
+constexpr uint64_t kQ4KGroupsBytes = kQ4KBytes / 16 * 256;  // a super-block of a 16-row strip
+constexpr uint32_t kK8AheadSb = 2;      // interleaved: super-blocks asked for ahead (4.5 KiB)
+constexpr uint32_t kK8RowsAheadSb = 4;  // row-major: the same rows' super-block this far on
+
+// Half h (rows 8h .. 8h + 7) of an interleaved 16-row q4_K strip: Group(sb, q, t) leaves in t[k]
+// (k < 4) lane i row 8h + i's bytes q + 4k .. q + 4k + 3 of super-block sb (q a multiple of 16).
+struct K8Interleaved {
+  const std::byte* strip;
+  uint32_t h;
+  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m256i* t) const {
+    const std::byte* p = strip + sb * kQ4KGroupsBytes + 16 * uint64_t{q} + 32 * h;
+    for (int k = 0; k < 4; ++k)
+      t[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * k));
+  }
+  // The first pass asks for the groups kK8AheadSb super-blocks on (past the strip's end, the
+  // next strip's, which follows it; a prefetch never faults).
+  __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
+    if (h == 0) {
+      PrefetchBytes<kQ4KGroupsBytes, false>(strip + (uint64_t{sb} + kK8AheadSb) * kQ4KGroupsBytes);
+    }
+  }
+};
+
+// 8 row-major q4_K rows row[0..7] of nsb super-blocks: groups transposed in registers.
+struct K8Rows {
+  const std::byte* const* row;
+  uint32_t nsb;
+  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m256i* t) const {
+    TransposeRows8(row, uint64_t{sb} * kQ4KBytes + q, t);
+  }
+  __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
+    if (sb + kK8RowsAheadSb >= nsb) return;
+    for (int r = 0; r < 8; ++r)
+      PrefetchBytes<kQ4KBytes>(row[r] + uint64_t{sb + kK8RowsAheadSb} * kQ4KBytes);
+  }
+};
+
+template <int NT, class Src>
+void K8StripQ4K(const Src& src, uint32_t nb, const QToken* x, bool prefetch, __m256* out) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m256i low4 = _mm256_set1_epi8(0x0F), byte = _mm256_set1_epi32(0xFF);
+  __m256 acc[NT], macc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = macc[t] = _mm256_setzero_ps();
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    if (prefetch) src.Prefetch(sb);
+    // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
+    __m256i hdr[4];
+    src.Group(sb, 0, hdr);
+    const __m256 d = Low16ToFloat(hdr[0]), dmin = Low16ToFloat(_mm256_srli_epi32(hdr[0], 16));
+    const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F),
+                  m2 = _mm256_set1_epi32(0x30303030);
+    // Byte j of sc[j / 4] (mn[j / 4]) is sub-block j's scale (min), as in UnpackQ4KScales.
+    const __m256i sc[2] = {_mm256_and_si256(hdr[1], m6),
+                           _mm256_or_si256(_mm256_and_si256(hdr[3], m4),
+                                           _mm256_and_si256(_mm256_srli_epi32(hdr[1], 2), m2))};
+    const __m256i mn[2] = {_mm256_and_si256(hdr[2], m6),
+                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(hdr[3], 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi32(hdr[2], 2), m2))};
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t i = 0; 2 * i < count; ++i) {
+      __m256i t[8];  // quarter i: 32 bytes per row at 16 + 32i
+      src.Group(sb, 16 + 32 * i, t);
+      src.Group(sb, 32 + 32 * i, t + 4);
+      for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
+        const uint32_t j = 2 * i + s, blk = a0 + j;
+        const int shift = 8 * static_cast<int>(j % 4);
+        const __m256 scf =
+            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(sc[j / 4], shift), byte));
+        const __m256 mf =
+            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(mn[j / 4], shift), byte));
+        const __m256 dsc = _mm256_mul_ps(d, scf), dm = _mm256_mul_ps(dmin, mf);
+        __m256i ia[NT];
+        for (int tk = 0; tk < NT; ++tk) ia[tk] = S8Start<false>(0);
+        for (int k = 0; k < 8; ++k) {
+          const __m256i wk = s == 0 ? _mm256_and_si256(t[k], low4)
+                                    : _mm256_and_si256(_mm256_srli_epi16(t[k], 4), low4);
+          for (int tk = 0; tk < NT; ++tk) {
+            ia[tk] = S8Add<false>(ia[tk], wk, Broadcast4(x[tk].q + uint64_t{blk} * kBlock + 4 * k));
+          }
+        }
+        for (int tk = 0; tk < NT; ++tk) {
+          acc[tk] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S8Finish<false>(ia[tk], 0)),
+                                    _mm256_mul_ps(dsc, _mm256_set1_ps(x[tk].d[blk])), acc[tk]);
+          macc[tk] = _mm256_fmadd_ps(dm, _mm256_set1_ps(x[tk].dsum[blk]), macc[tk]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = _mm256_sub_ps(acc[t], macc[t]);
+}
+
+// Every token, 4 at a time, over the 8 rows `src` reads (the first nr of them kept): token t's
+// row i at y[t * token_stride + i * row_stride]. Prefetches on the last pass only (earlier
+// passes' reads are re-read there).
+template <class Src>
+void K8Tokens(const Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantized_x,
+              uint32_t nr, float* y, uint64_t token_stride, uint64_t row_stride) {
+  const uint32_t nb = Blocks(cols);
+  ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
+    QToken x[nt];
+    for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, cols, t0 + i);
+    __m256 out[nt];
+    K8StripQ4K<nt>(src, nb, x, t0 + nt == n_tokens, out);
+    for (uint32_t t = 0; t < nt; ++t)
+      StoreLanes(out[t], nr, y + (t0 + t) * token_stride, row_stride);
+  });
+}
+
+// MatMulRows for q4_K: interleaved 16-row strips a half at a time, row-major rows 8 at a time.
+void MatMulRowsQ4KStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                          uint32_t row_begin, uint32_t row_end, float* y) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(w.cols), 8));
+  const uint64_t rb = w.row_bytes();
+  if (w.strips) {
+    CHECK_EQ(row_begin % kStrip16, 0u);  // a range of whole strips
+    for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip16) {
+      const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
+      for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
+        const uint32_t nr = std::min(kHalf, row_end - r0 - h * kHalf);
+        K8Tokens(K8Interleaved{strip, h}, w.cols, n_tokens, quantized_x, nr, y + r0 + h * kHalf,
+                 w.rows, 1);
+      }
+    }
+    return;
+  }
+  for (uint32_t r0 = row_begin; r0 < row_end; r0 += kHalf) {
+    const uint32_t nr = std::min(kHalf, row_end - r0);
+    const std::byte* row[kHalf];
+    for (uint32_t i = 0; i < kHalf; ++i) row[i] = w.bytes.data() + (r0 + std::min(i, nr - 1)) * rb;
+    K8Tokens(K8Rows{row, nsb}, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1);
+  }
+}
+
+// DotRows for q4_K rows anywhere in memory, 8 at a time: out[k * n_tokens + t].
+void DotRowsQ4KStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
+                       ConstByteSpan quantized_x, float* out) {
+  const uint32_t count = static_cast<uint32_t>(rows.size());
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(cols), 8));
+  for (uint32_t k0 = 0; k0 < count; k0 += kHalf) {
+    const uint32_t nr = std::min(kHalf, count - k0);
+    const std::byte* row[kHalf];
+    for (uint32_t i = 0; i < kHalf; ++i) row[i] = rows[k0 + std::min(i, nr - 1)];
+    K8Tokens(K8Rows{row, nsb}, cols, n_tokens, quantized_x, nr, out + uint64_t{k0} * n_tokens, 1,
+             n_tokens);
+  }
+}
 #endif
 
 template <int NT>
@@ -2091,8 +2194,10 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kQ4_0:
       return RowQ<NT, true>(row, xq, xd, Blocks(w.cols), out);
 #endif
+#ifndef FLASHLM_AVX2  // and q4_K
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
+#endif
     case DType::kQ6_K:
       return RowQ6K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
     default:
@@ -2256,7 +2361,8 @@ bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #elif defined(FLASHLM_STRIPS8)
-  return (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) && cols % (2 * kBlock) == 0;
+  if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
+  return dtype == DType::kQ4_K;
 #else
   (void)dtype;
   return false;
@@ -2425,6 +2531,9 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   if (w.dtype == DType::kQ8_0) {
     return MatMulRowsStrips8<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
+  if (w.dtype == DType::kQ4_K) {
+    return MatMulRowsQ4KStrips8(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
 #endif
 #ifdef FLASHLM_AVX2
   // Batches of f32 / f16 / bf16 rows: panels, column chunks and register tiles.
@@ -2511,6 +2620,7 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
   if (dtype == DType::kQ8_0 && DotRowsStrips8<true>(cols, rows, n_tokens, quantized_x, out)) {
     return;
   }
+  if (dtype == DType::kQ4_K) return DotRowsQ4KStrips8(cols, rows, n_tokens, quantized_x, out);
 #endif
   const uint64_t row_bytes = layout::RowBytes(dtype, cols);
   for (uint32_t k = 0; k < count; ++k) {

@@ -33,10 +33,10 @@
 // tile op) and then the same f32 steps, so the same results (SetAmx). A matrix kept interleaved
 // in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
 // transposes, with the same lanes and operations, so the same results.
-// AVX2 builds without 512-bit VNNI take q4_0 and q8_0 the same way 8 rows a ymm (vpmaddubsw, or
-// vpdpbusd with AVX-VNNI; each half of a 16-row interleaved strip, or 8 row-major rows
-// transposed), so there too their results do not depend on the batch, the rows asked for or the
-// thread count.
+// AVX2 builds without 512-bit VNNI take q4_0, q8_0 and q4_K the same way 8 rows a ymm
+// (vpmaddubsw, or vpdpbusd with AVX-VNNI; each half of a 16-row interleaved strip, or 8
+// row-major rows transposed), so there too their results do not depend on the batch, the rows
+// asked for or the thread count. (q6_K there still goes a row at a time.)
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
 // lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
@@ -68,8 +68,8 @@ struct MatrixView {
   uint32_t cols = 0;
   ConstByteSpan bytes;
   // q8_0, q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
-  // strip kernels read them (512-bit VNNI; q4_0 and q8_0 on AVX2 too); f32: in groups of 2 rows
-  // by 256-column pieces. row(r) is then not row r, and only MatMul / MatMulRows (row ranges
+  // strip kernels read them (512-bit VNNI; q4_0, q8_0 and q4_K on AVX2 too); f32: in groups of 2
+  // rows by 256-column pieces. row(r) is then not row r, and only MatMul / MatMulRows (row ranges
   // starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
   bool strips = false;
   uint64_t row_bytes() const { return layout::RowBytes(dtype, cols); }
@@ -79,7 +79,7 @@ struct MatrixView {
 // Whether this build's MatMul reads a matrix of this dtype and shape interleaved in 16-row
 // strips (rows a multiple of 16; 512-bit VNNI kernels: q8_0 and q4_0 with an even number of
 // 32-value blocks a row, q4_K and q6_K of any width; AVX2 without them: q4_0 and q8_0 with an even
-// number of blocks; AVX-512: f32 with a multiple of 256 columns).
+// number of blocks, q4_K of any width; AVX-512: f32 with a multiple of 256 columns).
 bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 
 // Rewrites a row-major matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into

@@ -183,13 +183,12 @@ TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32, DType::kF16, DType::kBF16};
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  dtypes.push_back(DType::kQ4_K);  // 16-row strips, as q4_0
-  dtypes.push_back(DType::kQ6_K);
+  dtypes.push_back(DType::kQ6_K);  // 16-row strips, as q4_0
 #endif
-  // q4_0 and q8_0 go through strips (one lane a row) wherever this build interleaves them:
+  // q4_0, q8_0 and q4_K go through strips (one lane a row) wherever this build interleaves them:
   // 512-bit VNNI, and AVX2 without it.
-  for (DType dtype : {DType::kQ8_0, DType::kQ4_0}) {
-    if (CanInterleaveStrips(dtype, 16, 64)) dtypes.push_back(dtype);
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+    if (CanInterleaveStrips(dtype, 16, 256)) dtypes.push_back(dtype);
   }
   for (DType dtype : dtypes)
     for (uint32_t cols : {16u, 61u, 257u, 768u, 2144u, 2061u}) {  // f32 / f16: 1024-column chunks
@@ -313,7 +312,7 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
   EXPECT_FALSE(CanInterleaveStrips(DType::kF16, 32, 64));   // no strips for f16
   if (!CanInterleaveStrips(dtype, 16, 256)) {
     GTEST_SKIP() << "this build's MatMul has no interleaved strips for " << DTypeName(dtype)
-                 << " (f32 needs AVX-512, q4_K / q6_K AVX-512 VNNI, q4_0 / q8_0 AVX2)";
+                 << " (f32 needs AVX-512, q6_K AVX-512 VNNI, q4_0 / q8_0 / q4_K AVX2)";
   }
   // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
   // f32 widths are whole 256-column pieces.
