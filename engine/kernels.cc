@@ -1664,8 +1664,8 @@ bool DotRowsStrips(DType dtype, uint32_t cols, std::span<const std::byte* const>
 // activation bytes it meets, so one vpmaddubsw serves 8 rows and the f32 scaling runs once a
 // block for 8 rows. Row by row (RowQ), each block cost its own integer reduction, convert and
 // scaling, and one token of 1b-q4_0 decoded at 0.77-0.86 of llama.cpp's AVX2 build, which
-// repacks q4_0 into 8-row interleaved blocks for the same reason (docs/benchmarks.md, "AVX2: q4_0
-// and q8_0 in strips").
+// repacks q4_0 into 8-row interleaved blocks for the same reason (docs/benchmarks.md, "AVX2: q4_0,
+// q8_0 and q4_K in strips").
 // Per lane and block, the exact block product:
 // - q4_0: the 8 vpmaddubsw products (stored nibbles 0..15 as the unsigned operand, each pair at
 //   most 2 x 15 x 128 = 3840 in size) are added as int16 (8 x 3840 = 30720 fits), widened to
@@ -2524,7 +2524,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
 #endif
 #ifdef FLASHLM_STRIPS8
-  // q4_0 and q8_0, decode and prefill, interleaved or row-major.
+  // q4_0, q8_0 and q4_K, decode and prefill, interleaved or row-major (q6_K: the rows below).
   if (w.dtype == DType::kQ4_0) {
     return MatMulRowsStrips8<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
