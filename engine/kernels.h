@@ -13,9 +13,9 @@
 // portable scalar fallback; all use the same block arithmetic, so results differ only in f32
 // summation order.
 //
-// Batches (prefill) of f32 go through a blocked GEMM instead (AVX-512 builds): weight panels of
-// about 192 KiB (kept in L2 while every token passes), tokens in groups of 6, and register tiles
-// of 4 rows x the group (f32 FMAs on zmm). f32 results are bit-identical to the one-token path
+// Batches (prefill) of f32, f16 and bf16 go through a blocked GEMM instead: weight panels of
+// about 640 KiB (kept in L2 while every token passes), 1024-column chunks, and register tiles
+// (AVX-512: 4 rows x 6 tokens on zmm; AVX2: 2 rows x 3 tokens, each sum two ymm halves). f32 results are bit-identical to the one-token path
 // for every token, batch size, position in the batch and thread count (the tile reduces exactly
 // as the single row does). A loaded checkpoint's f32 matrices are kept in strips (AVX-512 builds,
 // widths a multiple of 256; InterleaveStrips): rows 2 at a time in 256-column pieces, so that one
