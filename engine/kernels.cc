@@ -1912,8 +1912,9 @@ __attribute__((always_inline)) inline void StoreLanes(__m256 acc, uint32_t nr, f
   for (uint32_t i = 0; i < nr; ++i) y[i * stride] = lanes[i];
 }
 
-// kernel(nt, acc) for tokens t0, t0 + 4, ... of n_tokens, nt = the group's tokens (<= 4), as
-// kernel.template operator()<NT>: the one switch from a run-time count to a template.
+// kernel(t0, nt) for t0 = 0, 4, 8, ... < n_tokens, nt = the group's token count (<= 4) as a
+// std::integral_constant, so that the kernel can pass it on as a template argument: the one
+// switch from a run-time count to a template.
 template <class Kernel>
 __attribute__((always_inline)) inline void ForTokenGroups(uint32_t n_tokens, Kernel&& kernel) {
   for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
