@@ -445,33 +445,9 @@ __attribute__((always_inline)) inline void UnpackQ4KScales(const std::byte* p, u
   std::memcpy(m + 4, &m_hi, 4);
 }
 
-#ifdef FLASHLM_AVX2
-// Sum over 32 lanes of unsigned a (< 128) times signed b, as 8 int32 lanes.
-inline __m256i DotU8I8(__m256i a, __m256i b) {
-#ifdef FLASHLM_VNNI
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
-#endif
-}
-#endif
-
-// Without AVX-512, q6_K rows (and q4_K rows before they went into AVX2 strips) run from
-// MatMulRows' generic loop for every batch and decode, and are forced inline into it: when the
-// AVX2 f32 tiles made MatMulRows larger, GCC stopped inlining RowQ4K<4> and 110m-Q4_K_M prefill at
-// 1 thread fell from 432-436 to 352-387 tok/s (x86-64-v3 build, 3 alternated rounds; forced
-// inline 418-431). With AVX-512 these rows only serve fallbacks (the strips take q4_K / q6_K),
-// and forcing them inline there reshuffles GCC's inlining of the strip kernels, so it is left
-// alone.
-#ifdef FLASHLM_AVX512
-#define FLASHLM_GENERIC_ROW
-#else
-#define FLASHLM_GENERIC_ROW __attribute__((always_inline)) inline
-#endif
-
 template <int NT>
-FLASHLM_GENERIC_ROW void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
-                                const float* const* xs, uint32_t nb, float* out) {
+void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+            const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   // Portable builds only: AVX2 builds multiply q4_K in strips (MatMulRowsQ4KStrips8, or the
   // 512-bit StripQ4K).
@@ -499,83 +475,12 @@ FLASHLM_GENERIC_ROW void RowQ4K(const std::byte* w, const int8_t* const* xq, con
 }
 
 template <int NT>
-FLASHLM_GENERIC_ROW void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
-                                const float* const* xs, uint32_t nb, float* out) {
+void RowQ6K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
+            const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-#ifdef FLASHLM_AVX2
-  // sum (q - 32) * x = sum q * x - 32 * sum x: the products use the unsigned 6-bit q, and the
-  // offset is one FMA per half super-block against the activations' half-block sums
-  // (xs[t] + nb, scaled like xd). Two accumulators per token (even and odd quarters) halve the
-  // FMA latency chain.
-  __m256 acc[NT][2], offset[NT];
-  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = offset[t] = _mm256_setzero_ps();
-  float offset_tail[NT] = {};
-  const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
-  // Lanes 0-3 of a block's int32 dot cover its values 0..15 (scale 2k of the half), lanes 4-7
-  // values 16..31 (scale 2k+1).
-  const __m256i pick[4] = {
-      _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-      _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
-  for (uint32_t b = 0; b < nsb; ++b) {
-    const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
-    const __m256 d = _mm256_set1_ps(HalfToFloat(blk + 208));
-    const uint32_t a0 = 8 * b, count = std::min(8u, nb - a0);
-    for (uint32_t h = 0; 4 * h < count; ++h) {
-      const std::byte* ql = blk + 64 * h;
-      const std::byte* qh = blk + 128 + 32 * h;
-      // The half's 8 scales as f32 times d.
-      const __m256 scales = _mm256_mul_ps(
-          d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                 _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 192 + 8 * h)))));
-      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
-      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
-      const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
-      __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4),
-                             _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-      auto quarter = [&](uint32_t k) {
-        const __m256 sk = _mm256_permutevar8x32_ps(scales, pick[k]);
-        const uint32_t a = a0 + 4 * h + k;
-        for (int t = 0; t < NT; ++t) {
-          const __m256i x =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[t] + uint64_t{a} * kBlock));
-          acc[t][k % 2] = _mm256_fmadd_ps(_mm256_mul_ps(sk, _mm256_set1_ps(xd[t][a])),
-                                          _mm256_cvtepi32_ps(DotU8I8(q[k], x)), acc[t][k % 2]);
-        }
-      };
-      const uint32_t kn = std::min(4u, count - 4 * h);
-      const uint32_t first = a0 + 4 * h;  // the half's first activation block
-      if (kn == 4) {
-        quarter(0), quarter(1), quarter(2), quarter(3);
-        // Lane i of `scales` is the scale of half-block i of the half's 4 activation blocks.
-        for (int t = 0; t < NT; ++t) {
-          offset[t] = _mm256_fmadd_ps(scales, _mm256_loadu_ps(xs[t] + nb + 2 * first), offset[t]);
-        }
-      } else {
-        alignas(32) float sc_f[8];
-        _mm256_store_ps(sc_f, scales);
-        for (uint32_t k = 0; k < kn; ++k) {
-          quarter(k);
-          for (int t = 0; t < NT; ++t) {
-            const float* hs = xs[t] + nb + 2 * (first + k);
-            offset_tail[t] += sc_f[2 * k] * hs[0] + sc_f[2 * k + 1] * hs[1];
-          }
-        }
-      }
-    }
-  }
-  for (int t = 0; t < NT; ++t) {
-    out[t] = HorizontalSum(_mm256_add_ps(acc[t][0], acc[t][1])) -
-             32.0f * (HorizontalSum(offset[t]) + offset_tail[t]);
-  }
-#else
-  (void)xs;  // the scalar path subtracts the offset per value
+  // Portable builds only: AVX2 builds multiply q6_K in strips (MatMulRowsKStrips8, or the
+  // 512-bit StripQ6K).
+  (void)xs;  // the offset is subtracted per value
   float sums[NT] = {};
   for (uint32_t b = 0; b < nsb; ++b) {
     const std::byte* blk = w + uint64_t{b} * kQ6KBytes;
@@ -601,7 +506,6 @@ FLASHLM_GENERIC_ROW void RowQ6K(const std::byte* w, const int8_t* const* xq, con
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = sums[t];
-#endif
 }
 
 #if defined(FLASHLM_AVX512) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -2021,78 +1925,121 @@ bool DotRowsStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint3
   return true;
 }
 
-// ---- q4_K in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) ------------------------------
-// StripQ4K's arithmetic on ymm, 8 rows a pass: each 32-byte quarter of a super-block (sub-blocks
-// 2i and 2i + 1 in its low and high nibbles) transposed for 8 rows, each sub-block's 8 vectors
-// multiplied by broadcast activation bytes (S8Add: nibbles 0..15 unsigned, added as int16, at
-// most 30720; vpdpbusd with AVX-VNNI), the 6-bit scales and mins unpacked in lanes from the
-// super-block's first 16 bytes. Per lane, in order over sub-blocks: acc += f32(dot) * ((d * sc) *
-// dx), then macc += (dmin * m) * xs; the result is acc - macc. So q4_K results on AVX2 do not
-// depend on the batch, the row range, the thread count or the layout either. An interleaved
-// 16-row strip is read a half (8 rows) at a time: its second pass finds the strip in L1 or L2.
-constexpr uint64_t kQ4KGroupsBytes = kQ4KBytes / 16 * 256;  // a super-block of a 16-row strip
-constexpr uint32_t kK8AheadSb = 2;      // interleaved: super-blocks asked for ahead (4.5 KiB)
+// ---- q4_K and q6_K in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) --------------------
+// StripQ4K's and StripQ6K's arithmetic on ymm, 8 rows a pass (K8StripQ4K, K8StripQ6K below). An
+// interleaved 16-row strip is read a half (8 rows) at a time: its second pass finds the strip in
+// L1 or L2. Row-major rows are transposed a super-block at a time into a buffer on the stack.
+// Both kernels load each value vector where they use it rather than holding a super-block's
+// quarter in registers: with 4 tokens' accumulators, holding them spilled (q4_K, 128 tokens of a
+// 3072 x 768 matrix at 1 thread: 3.5 ms inlined into MatMulRows, 6.0 once GCC laid the same code
+// out in a function of its own).
+constexpr uint32_t kK8AheadSb = 2;      // interleaved: super-blocks asked for ahead (4.5 / 6.6 KiB)
 constexpr uint32_t kK8RowsAheadSb = 4;  // row-major: the same rows' super-block this far on
 
-// Half h (rows 8h .. 8h + 7) of an interleaved 16-row q4_K strip: Group(sb, q, t) leaves in t[k]
-// (k < 4) lane i row 8h + i's bytes q + 4k .. q + 4k + 3 of super-block sb (q a multiple of 16).
+// Where 8 rows' q4_K (kBytes = kQ4KBytes) or q6_K (kQ6KBytes) super-blocks come from: Load(sb)
+// readies super-block sb; Vec(sb, B) lane i = row i's bytes B .. B + 3 of it (B a multiple of 4
+// below 16 x (kBytes / 16)); D(sb), q6_K only, the rows' f16 d (bytes 208, 209) as f32;
+// Prefetch(sb) asks for bytes read later.
+// K8Interleaved: half h (rows 8h .. 8h + 7) of an interleaved 16-row strip of nsb super-blocks.
+// There row i's bytes B .. B + 3 of super-block sb are at sb * kGroupsBytes + 16 B + 4 i, and
+// q6_K's d values follow all the groups, 32 bytes a super-block (InterleaveStrips).
+template <uint64_t kBytes>
 struct K8Interleaved {
+  static constexpr uint64_t kGroupsBytes = kBytes / 16 * 256;  // a super-block of the strip
   const std::byte* strip;
-  uint32_t h;
-  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m256i* t) const {
-    const std::byte* p = strip + sb * kQ4KGroupsBytes + 16 * uint64_t{q} + 32 * h;
-    for (int k = 0; k < 4; ++k)
-      t[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * k));
+  uint32_t nsb, h;
+  void Load(uint32_t) const {}
+  __attribute__((always_inline)) __m256i Vec(uint32_t sb, uint32_t b) const {
+    return _mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(strip + sb * kGroupsBytes + 16 * uint64_t{b} + 32 * h));
   }
-  // The first pass asks for the groups kK8AheadSb super-blocks on (past the strip's end, the
-  // next strip's, which follows it; a prefetch never faults).
+  __attribute__((always_inline)) __m256 D(uint32_t sb) const {
+    static_assert(kBytes == kQ6KBytes);
+    return _mm256_cvtph_ps(_mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(strip + nsb * kGroupsBytes + 32 * sb + 16 * h)));
+  }
+  // The first pass asks for the groups (and q6_K's d values) kK8AheadSb super-blocks on (past
+  // the strip's end, bytes of the next strip, which follows it; a prefetch never faults).
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
-    if (h == 0) {
-      PrefetchBytes<kQ4KGroupsBytes, false>(strip + (uint64_t{sb} + kK8AheadSb) * kQ4KGroupsBytes);
+    if (h != 0) return;
+    PrefetchBytes<kGroupsBytes, false>(strip + (uint64_t{sb} + kK8AheadSb) * kGroupsBytes);
+    if constexpr (kBytes == kQ6KBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(strip + nsb * kGroupsBytes +
+                                                 32 * (uint64_t{sb} + kK8AheadSb)),
+                   _MM_HINT_T0);
     }
   }
 };
 
-// 8 row-major q4_K rows row[0..7] of nsb super-blocks: groups transposed in registers.
+// K8Rows: 8 row-major rows row[0..7] of nsb super-blocks. Load transposes a super-block's whole
+// 16-byte groups into `t` (9 transposes for q4_K, 13 for q6_K), where Vec finds them.
+template <uint64_t kBytes>
 struct K8Rows {
+  static constexpr uint32_t kGroupBytes = kBytes / 16 * 16;  // 144 / 208
   const std::byte* const* row;
   uint32_t nsb;
-  __attribute__((always_inline)) void Group(uint32_t sb, uint32_t q, __m256i* t) const {
-    TransposeRows8(row, uint64_t{sb} * kQ4KBytes + q, t);
+  alignas(32) std::byte t[8 * kGroupBytes];  // row i's bytes B .. B + 3 at 8 B + 4 i
+  __m256 d;                                  // q6_K
+  __attribute__((always_inline)) void Load(uint32_t sb) {
+    const uint64_t o = uint64_t{sb} * kBytes;
+    for (uint32_t q = 0; q < kGroupBytes; q += 16) {
+      __m256i v[4];
+      TransposeRows8(row, o + q, v);
+      for (int k = 0; k < 4; ++k) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(t + 8 * (q + 4 * k)), v[k]);
+      }
+    }
+    if constexpr (kBytes == kQ6KBytes) {
+      __m256i tail[4];  // bytes 194 .. 209: 16 bytes at 208 would pass the block's end
+      TransposeRows8(row, o + 194, tail);
+      d = Low16ToFloat(_mm256_srli_epi32(tail[3], 16));
+    }
   }
+  __attribute__((always_inline)) __m256i Vec(uint32_t, uint32_t b) const {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * b));
+  }
+  __attribute__((always_inline)) __m256 D(uint32_t) const { return d; }
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     if (sb + kK8RowsAheadSb >= nsb) return;
     for (int r = 0; r < 8; ++r)
-      PrefetchBytes<kQ4KBytes>(row[r] + uint64_t{sb + kK8RowsAheadSb} * kQ4KBytes);
+      PrefetchBytes<kBytes>(row[r] + uint64_t{sb + kK8RowsAheadSb} * kBytes);
   }
 };
 
+// q4_K: each 32-byte quarter of a super-block holds sub-blocks 2i and 2i + 1 in its low and high
+// nibbles; each sub-block's 8 vectors are multiplied by broadcast activation bytes (S8Add:
+// nibbles 0..15 unsigned, added as int16, at most 30720; vpdpbusd with AVX-VNNI), the 6-bit
+// scales and mins unpacked in lanes from the super-block's first 16 bytes. Per lane, in order over
+// sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is acc -
+// macc. So q4_K results on AVX2 do not depend on the batch, the row range, the thread count or
+// the layout either.
 template <int NT, class Src>
-void K8StripQ4K(const Src& src, uint32_t nb, const QToken* x, bool prefetch, __m256* out) {
+__attribute__((always_inline)) inline void K8StripQ4K(Src& src, uint32_t nb, const QToken* x,
+                                                      bool prefetch, __m256* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
   const __m256i low4 = _mm256_set1_epi8(0x0F), byte = _mm256_set1_epi32(0xFF);
   __m256 acc[NT], macc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = macc[t] = _mm256_setzero_ps();
   for (uint32_t sb = 0; sb < nsb; ++sb) {
     if (prefetch) src.Prefetch(sb);
+    src.Load(sb);
     // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
-    __m256i hdr[4];
-    src.Group(sb, 0, hdr);
-    const __m256 d = Low16ToFloat(hdr[0]), dmin = Low16ToFloat(_mm256_srli_epi32(hdr[0], 16));
+    const __m256i h0 = src.Vec(sb, 0), u0 = src.Vec(sb, 4), u1 = src.Vec(sb, 8),
+                  u2 = src.Vec(sb, 12);
+    const __m256 d = Low16ToFloat(h0), dmin = Low16ToFloat(_mm256_srli_epi32(h0, 16));
     const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F),
                   m2 = _mm256_set1_epi32(0x30303030);
     // Byte j of sc[j / 4] (mn[j / 4]) is sub-block j's scale (min), as in UnpackQ4KScales.
-    const __m256i sc[2] = {_mm256_and_si256(hdr[1], m6),
-                           _mm256_or_si256(_mm256_and_si256(hdr[3], m4),
-                                           _mm256_and_si256(_mm256_srli_epi32(hdr[1], 2), m2))};
-    const __m256i mn[2] = {_mm256_and_si256(hdr[2], m6),
-                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(hdr[3], 4), m4),
-                                           _mm256_and_si256(_mm256_srli_epi32(hdr[2], 2), m2))};
+    const __m256i sc[2] = {
+        _mm256_and_si256(u0, m6),
+        _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), m2))};
+    const __m256i mn[2] = {_mm256_and_si256(u1, m6),
+                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi32(u1, 2), m2))};
     const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
     for (uint32_t i = 0; 2 * i < count; ++i) {
       __m256i t[8];  // quarter i: 32 bytes per row at 16 + 32i
-      src.Group(sb, 16 + 32 * i, t);
-      src.Group(sb, 32 + 32 * i, t + 4);
+      for (int k = 0; k < 8; ++k) t[k] = src.Vec(sb, 16 + 32 * i + 4 * k);
       for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
         const uint32_t j = 2 * i + s, blk = a0 + j;
         const int shift = 8 * static_cast<int>(j % 4);
@@ -2121,26 +2068,144 @@ void K8StripQ4K(const Src& src, uint32_t nb, const QToken* x, bool prefetch, __m
   for (int t = 0; t < NT; ++t) out[t] = _mm256_sub_ps(acc[t], macc[t]);
 }
 
-// Every token, 4 at a time, over the 8 rows `src` reads (the first nr of them kept): token t's
-// row i at y[t * token_stride + i * row_stride]. Prefetches on the last pass only (earlier
-// passes' reads are re-read there).
-template <class Src>
-void K8Tokens(const Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantized_x,
-              uint32_t nr, float* y, uint64_t token_stride, uint64_t row_stride) {
+// q6_K: per half super-block (128 values) and activation block K of it (values 32K .. 32K + 31
+// of the half), each of the block's 8 value dwords is made for 8 rows at once from the half's
+// low-bit bytes (a nibble) and high-bit bytes (2 bits moved to bits 4, 5): unsigned 6-bit values
+// 0..63. They meet broadcast activation bytes: without VNNI two vpmaddubsw at a time (a pair of
+// products is at most 2 x 63 x 127 = 16002 in size, so two add up in int16), widened with
+// vpmaddwd, and 32 x the 16 values' activation sum taken off; with AVX-VNNI vpdpbusd from -32 x
+// that sum. The same integers. Each 16-value half of a block has its own scale: per lane, acc +=
+// f32(dot_lo) * ((d * sc_lo) * dx), then the same for the high half, blocks in order. So q6_K
+// results on AVX2 do not depend on the batch, the row range, the thread count or the layout
+// either.
+
+// Dword j of activation block K of half h of a super-block, for the 8 rows: the 6-bit values
+// (low nibble from the low-bit bytes, the block's 2 high bits from the high-bit bytes).
+template <int K, class Src>
+__attribute__((always_inline)) inline __m256i K6Values(const Src& src, uint32_t sb, uint32_t h,
+                                                       int j) {
+  const __m256i l = src.Vec(sb, 64 * h + 32 * (K % 2) + 4 * j);
+  __m256i hi = src.Vec(sb, 128 + 32 * h + 4 * j);  // bits 2K, 2K + 1 of each byte are K's
+  if constexpr (K == 0) hi = _mm256_slli_epi16(hi, 4);
+  if constexpr (K == 1) hi = _mm256_slli_epi16(hi, 2);
+  if constexpr (K == 3) hi = _mm256_srli_epi16(hi, 2);
+  const __m256i lo = K < 2 ? l : _mm256_srli_epi16(l, 4);
+  return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi8(0x0F)),
+                         _mm256_and_si256(hi, _mm256_set1_epi8(0x30)));
+}
+
+// One 16-value half's accumulator (K6Start, K6Add2 per two value dwords, K6Finish): the exact
+// sum of (q - 32) x, from the unsigned 6-bit q and the half's activation sum.
+__attribute__((always_inline)) inline __m256i K6Start(int32_t half_sum) {
+#ifdef FLASHLM_VNNI
+  return _mm256_set1_epi32(-32 * half_sum);
+#else
+  (void)half_sum;
+  return _mm256_setzero_si256();
+#endif
+}
+__attribute__((always_inline)) inline __m256i K6Add2(__m256i s, __m256i w0, __m256i x0, __m256i w1,
+                                                     __m256i x1) {
+#ifdef FLASHLM_VNNI
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s, w0, x0), w1, x1);
+#else
+  const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(w1, x1));
+  return _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+__attribute__((always_inline)) inline __m256i K6Finish(__m256i s, int32_t half_sum) {
+#ifdef FLASHLM_VNNI
+  (void)half_sum;
+  return s;
+#else
+  return _mm256_sub_epi32(s, _mm256_set1_epi32(32 * half_sum));
+#endif
+}
+
+template <int NT, class Src>
+__attribute__((always_inline)) inline void K8StripQ6K(Src& src, uint32_t nb, const QToken* x,
+                                                      bool prefetch, __m256* out) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    if (prefetch) src.Prefetch(sb);
+    src.Load(sb);
+    const __m256 d = src.D(sb);
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t h = 0; 4 * h < count; ++h) {
+      const auto block = [&](auto kc) {
+        constexpr int K = decltype(kc)::value;
+        const uint32_t blk = a0 + 4 * h + K;
+        // Scales 8h + 2K and 8h + 2K + 1 of the super-block's 16: bytes 2 (K % 2) and + 1 of
+        // this dword.
+        const __m256i sv = src.Vec(sb, 192 + 8 * h + 4 * (K / 2));
+        for (int part = 0; part < 2; ++part) {  // values 16 part .. 16 part + 15 of the block
+          __m256i s[NT];
+          for (int t = 0; t < NT; ++t) s[t] = K6Start(x[t].half_isum[2 * blk + part]);
+          for (int j = 4 * part; j < 4 * part + 4; j += 2) {
+            const __m256i w0 = K6Values<K>(src, sb, h, j), w1 = K6Values<K>(src, sb, h, j + 1);
+            for (int t = 0; t < NT; ++t) {
+              const int8_t* xb = x[t].q + uint64_t{blk} * kBlock + 4 * j;
+              s[t] = K6Add2(s[t], w0, Broadcast4(xb), w1, Broadcast4(xb + 4));
+            }
+          }
+          const int byte = 2 * (K % 2) + part;
+          const __m256 dsc = _mm256_mul_ps(
+              d, _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(sv, 24 - 8 * byte), 24)));
+          for (int t = 0; t < NT; ++t) {
+            const __m256i p = K6Finish(s[t], x[t].half_isum[2 * blk + part]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                     _mm256_mul_ps(dsc, _mm256_set1_ps(x[t].d[blk])), acc[t]);
+          }
+        }
+      };
+      const uint32_t kn = std::min(4u, count - 4 * h);
+      block(std::integral_constant<int, 0>{});
+      if (kn > 1) block(std::integral_constant<int, 1>{});
+      if (kn > 2) block(std::integral_constant<int, 2>{});
+      if (kn > 3) block(std::integral_constant<int, 3>{});
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = acc[t];
+}
+
+// Every token, 4 at a time, over the 8 rows `src` reads (the first nr of them kept), through
+// K8StripQ4K or (kQ6) K8StripQ6K: token t's row i at y[t * token_stride + i * row_stride].
+// Prefetches on the last pass only (earlier passes' reads are re-read there).
+template <bool kQ6, class Src>
+void K8Tokens(Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantized_x, uint32_t nr,
+              float* y, uint64_t token_stride, uint64_t row_stride) {
   const uint32_t nb = Blocks(cols);
   ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
     QToken x[nt];
     for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, cols, t0 + i);
     __m256 out[nt];
-    K8StripQ4K<nt>(src, nb, x, t0 + nt == n_tokens, out);
+    if constexpr (kQ6) {
+      K8StripQ6K<nt>(src, nb, x, t0 + nt == n_tokens, out);
+    } else {
+      K8StripQ4K<nt>(src, nb, x, t0 + nt == n_tokens, out);
+    }
     for (uint32_t t = 0; t < nt; ++t)
       StoreLanes(out[t], nr, y + (t0 + t) * token_stride, row_stride);
   });
 }
 
-// MatMulRows for q4_K: interleaved 16-row strips a half at a time, row-major rows 8 at a time.
-void MatMulRowsQ4KStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
-                          uint32_t row_begin, uint32_t row_end, float* y) {
+// K8Tokens over 8 row-major rows row[0..7] of nsb super-blocks.
+template <bool kQ6>
+void K8RowsTokens(const std::byte* const* row, uint32_t nsb, uint32_t cols, uint32_t n_tokens,
+                  ConstByteSpan quantized_x, uint32_t nr, float* y, uint64_t token_stride,
+                  uint64_t row_stride) {
+  K8Rows<kQ6 ? kQ6KBytes : kQ4KBytes> src;  // (its buffer is written before it is read)
+  src.row = row, src.nsb = nsb;
+  K8Tokens<kQ6>(src, cols, n_tokens, quantized_x, nr, y, token_stride, row_stride);
+}
+
+// MatMulRows for q4_K (kQ6 false) and q6_K: interleaved 16-row strips a half at a time,
+// row-major rows 8 at a time.
+template <bool kQ6>
+void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
+                        uint32_t row_begin, uint32_t row_end, float* y) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(w.cols), 8));
   const uint64_t rb = w.row_bytes();
   if (w.strips) {
@@ -2149,8 +2214,8 @@ void MatMulRowsQ4KStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan 
       const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
       for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
         const uint32_t nr = std::min(kHalf, row_end - r0 - h * kHalf);
-        K8Tokens(K8Interleaved{strip, h}, w.cols, n_tokens, quantized_x, nr, y + r0 + h * kHalf,
-                 w.rows, 1);
+        K8Interleaved<kQ6 ? kQ6KBytes : kQ4KBytes> src{strip, nsb, h};
+        K8Tokens<kQ6>(src, w.cols, n_tokens, quantized_x, nr, y + r0 + h * kHalf, w.rows, 1);
       }
     }
     return;
@@ -2159,21 +2224,23 @@ void MatMulRowsQ4KStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan 
     const uint32_t nr = std::min(kHalf, row_end - r0);
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = w.bytes.data() + (r0 + std::min(i, nr - 1)) * rb;
-    K8Tokens(K8Rows{row, nsb}, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1);
+    K8RowsTokens<kQ6>(row, nsb, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1);
   }
 }
 
-// DotRows for q4_K rows anywhere in memory, 8 at a time: out[k * n_tokens + t].
-void DotRowsQ4KStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
-                       ConstByteSpan quantized_x, float* out) {
+// DotRows for q4_K (kQ6 false) or q6_K rows anywhere in memory, 8 at a time:
+// out[k * n_tokens + t].
+template <bool kQ6>
+void DotRowsKStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint32_t n_tokens,
+                     ConstByteSpan quantized_x, float* out) {
   const uint32_t count = static_cast<uint32_t>(rows.size());
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(cols), 8));
   for (uint32_t k0 = 0; k0 < count; k0 += kHalf) {
     const uint32_t nr = std::min(kHalf, count - k0);
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = rows[k0 + std::min(i, nr - 1)];
-    K8Tokens(K8Rows{row, nsb}, cols, n_tokens, quantized_x, nr, out + uint64_t{k0} * n_tokens, 1,
-             n_tokens);
+    K8RowsTokens<kQ6>(row, nsb, cols, n_tokens, quantized_x, nr, out + uint64_t{k0} * n_tokens, 1,
+                      n_tokens);
   }
 }
 #endif
@@ -2195,12 +2262,12 @@ void RowDispatch(const MatrixView& w, uint32_t r, const float* const* x, const i
     case DType::kQ4_0:
       return RowQ<NT, true>(row, xq, xd, Blocks(w.cols), out);
 #endif
-#ifndef FLASHLM_AVX2  // and q4_K
+#ifndef FLASHLM_AVX2  // and q4_K and q6_K
     case DType::kQ4_K:
       return RowQ4K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
-#endif
     case DType::kQ6_K:
       return RowQ6K<NT>(row, xq, xd, xs, Blocks(w.cols), out);
+#endif
     default:
       CHECK(false && "unsupported dtype in MatMul");
   }
@@ -2363,7 +2430,7 @@ bool CanInterleaveStrips(DType dtype, uint32_t rows, uint32_t cols) {
   return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #elif defined(FLASHLM_STRIPS8)
   if (dtype == DType::kQ4_0 || dtype == DType::kQ8_0) return cols % (2 * kBlock) == 0;
-  return dtype == DType::kQ4_K;
+  return dtype == DType::kQ4_K || dtype == DType::kQ6_K;
 #else
   (void)dtype;
   return false;
@@ -2525,7 +2592,7 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
   }
 #endif
 #ifdef FLASHLM_STRIPS8
-  // q4_0, q8_0 and q4_K, decode and prefill, interleaved or row-major (q6_K: the rows below).
+  // q4_0, q8_0, q4_K and q6_K, decode and prefill, interleaved or row-major.
   if (w.dtype == DType::kQ4_0) {
     return MatMulRowsStrips8<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
@@ -2533,7 +2600,10 @@ void MatMulRows(const MatrixView& w, std::span<const float> x, uint32_t n_tokens
     return MatMulRowsStrips8<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
   if (w.dtype == DType::kQ4_K) {
-    return MatMulRowsQ4KStrips8(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+    return MatMulRowsKStrips8<false>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
+  }
+  if (w.dtype == DType::kQ6_K) {
+    return MatMulRowsKStrips8<true>(w, n_tokens, quantized_x, row_begin, row_end, y.data());
   }
 #endif
 #ifdef FLASHLM_AVX2
@@ -2621,7 +2691,8 @@ void DotRows(DType dtype, uint32_t cols, std::span<const std::byte* const> rows,
   if (dtype == DType::kQ8_0 && DotRowsStrips8<true>(cols, rows, n_tokens, quantized_x, out)) {
     return;
   }
-  if (dtype == DType::kQ4_K) return DotRowsQ4KStrips8(cols, rows, n_tokens, quantized_x, out);
+  if (dtype == DType::kQ4_K) return DotRowsKStrips8<false>(cols, rows, n_tokens, quantized_x, out);
+  if (dtype == DType::kQ6_K) return DotRowsKStrips8<true>(cols, rows, n_tokens, quantized_x, out);
 #endif
   const uint64_t row_bytes = layout::RowBytes(dtype, cols);
   for (uint32_t k = 0; k < count; ++k) {

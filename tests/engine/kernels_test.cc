@@ -176,18 +176,12 @@ TEST(MatMulTest, BlockTilesExactOnRepresentableActivations) {
 // f32: a token's outputs are bit-identical whether it is multiplied alone (decode) or inside a
 // batch of any size at any position (prefill tiles, their token and row remainders, several
 // weight panels, 1-3 threads). Prefill followed by decode relies on it (a restored prompt cache
-// gives the same logits as a full run). With AVX512-VNNI, q8_0, q4_0, q4_K, q6_K too (decode and
-// prefill share the 512-bit tile or strip code); the AVX2 kernels' order depends on the batch.
+// gives the same logits as a full run). q8_0, q4_0, q4_K and q6_K too wherever they go through
+// strips (decode and prefill share the strip code: 512-bit VNNI, and AVX2 without it).
 // With AMX (q8_0 batches of 4 tokens or more, where the CPU has it), both with and without it.
 TEST(MatMulTest, BatchBitIdenticalToOneTokenAtATime) {
   std::vector<DType> dtypes = {DType::kF32, DType::kF16, DType::kBF16};
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
-    defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  dtypes.push_back(DType::kQ6_K);  // 16-row strips, as q4_0
-#endif
-  // q4_0, q8_0 and q4_K go through strips (one lane a row) wherever this build interleaves them:
-  // 512-bit VNNI, and AVX2 without it.
-  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType dtype : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     if (CanInterleaveStrips(dtype, 16, 256)) dtypes.push_back(dtype);
   }
   for (DType dtype : dtypes)
@@ -312,7 +306,7 @@ TEST_P(StripsTest, BitIdenticalToRowMajor) {
   EXPECT_FALSE(CanInterleaveStrips(DType::kF16, 32, 64));   // no strips for f16
   if (!CanInterleaveStrips(dtype, 16, 256)) {
     GTEST_SKIP() << "this build's MatMul has no interleaved strips for " << DTypeName(dtype)
-                 << " (f32 needs AVX-512, q6_K AVX-512 VNNI, q4_0 / q8_0 / q4_K AVX2)";
+                 << " (f32 needs AVX-512, q4_0 / q8_0 / q4_K / q6_K AVX2)";
   }
   // q4_K / q6_K widths include ones that end part way through a super-block (64, 800).
   // f32 widths are whole 256-column pieces.
