@@ -2122,41 +2122,52 @@ __attribute__((always_inline)) inline __m256i K6Finish(__m256i s, int32_t half_s
 #endif
 }
 
-template <int NT, class Src>
-__attribute__((always_inline)) inline void K8StripQ6K(Src& src, uint32_t nb, const QToken* x,
+// H sources of 8 rows each (src[0 .. H)) in one pass, NT tokens: out[g * NT + t] lane i = row i
+// of src[g] with token t. H = 2 takes both halves of an interleaved strip at once (decode), so
+// each broadcast serves 16 rows and the strip is read once, front to back.
+template <int NT, int H, class Src>
+__attribute__((always_inline)) inline void K8StripQ6K(Src* src, uint32_t nb, const QToken* x,
                                                       bool prefetch, __m256* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-  __m256 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  __m256 acc[H * NT];
+  for (int i = 0; i < H * NT; ++i) acc[i] = _mm256_setzero_ps();
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    if (prefetch) src.Prefetch(sb);
-    src.Load(sb);
-    const __m256 d = src.D(sb);
+    if (prefetch) src[0].Prefetch(sb);
+    __m256 d[H];
+    for (int g = 0; g < H; ++g) src[g].Load(sb), d[g] = src[g].D(sb);
     const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
     for (uint32_t h = 0; 4 * h < count; ++h) {
       const auto block = [&](auto kc) {
         constexpr int K = decltype(kc)::value;
         const uint32_t blk = a0 + 4 * h + K;
-        // Scales 8h + 2K and 8h + 2K + 1 of the super-block's 16: bytes 2 (K % 2) and + 1 of
-        // this dword.
-        const __m256i sv = src.Vec(sb, 192 + 8 * h + 4 * (K / 2));
         for (int part = 0; part < 2; ++part) {  // values 16 part .. 16 part + 15 of the block
-          __m256i s[NT];
-          for (int t = 0; t < NT; ++t) s[t] = K6Start(x[t].half_isum[2 * blk + part]);
+          __m256i s[H][NT];
+          for (int t = 0; t < NT; ++t) {
+            for (int g = 0; g < H; ++g) s[g][t] = K6Start(x[t].half_isum[2 * blk + part]);
+          }
           for (int j = 4 * part; j < 4 * part + 4; j += 2) {
-            const __m256i w0 = K6Values<K>(src, sb, h, j), w1 = K6Values<K>(src, sb, h, j + 1);
+            __m256i w[H][2];
+            for (int g = 0; g < H; ++g) {
+              w[g][0] = K6Values<K>(src[g], sb, h, j), w[g][1] = K6Values<K>(src[g], sb, h, j + 1);
+            }
             for (int t = 0; t < NT; ++t) {
               const int8_t* xb = x[t].q + uint64_t{blk} * kBlock + 4 * j;
-              s[t] = K6Add2(s[t], w0, Broadcast4(xb), w1, Broadcast4(xb + 4));
+              const __m256i x0 = Broadcast4(xb), x1 = Broadcast4(xb + 4);
+              for (int g = 0; g < H; ++g) s[g][t] = K6Add2(s[g][t], w[g][0], x0, w[g][1], x1);
             }
           }
+          // Scale 8h + 2K + part of the super-block's 16: byte 2 (K % 2) + part of this dword.
           const int byte = 2 * (K % 2) + part;
-          const __m256 dsc = _mm256_mul_ps(
-              d, _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(sv, 24 - 8 * byte), 24)));
-          for (int t = 0; t < NT; ++t) {
-            const __m256i p = K6Finish(s[t], x[t].half_isum[2 * blk + part]);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
-                                     _mm256_mul_ps(dsc, _mm256_set1_ps(x[t].d[blk])), acc[t]);
+          for (int g = 0; g < H; ++g) {
+            const __m256i sv = src[g].Vec(sb, 192 + 8 * h + 4 * (K / 2));
+            const __m256 dsc = _mm256_mul_ps(d[g], _mm256_cvtepi32_ps(_mm256_srai_epi32(
+                                                       _mm256_slli_epi32(sv, 24 - 8 * byte), 24)));
+            for (int t = 0; t < NT; ++t) {
+              const __m256i p = K6Finish(s[g][t], x[t].half_isum[2 * blk + part]);
+              acc[g * NT + t] =
+                  _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
+                                  _mm256_mul_ps(dsc, _mm256_set1_ps(x[t].d[blk])), acc[g * NT + t]);
+            }
           }
         }
       };
@@ -2167,7 +2178,7 @@ __attribute__((always_inline)) inline void K8StripQ6K(Src& src, uint32_t nb, con
       if (kn > 3) block(std::integral_constant<int, 3>{});
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = acc[t];
+  for (int i = 0; i < H * NT; ++i) out[i] = acc[i];
 }
 
 // Every token, 4 at a time, over the 8 rows `src` reads (the first nr of them kept), through
@@ -2182,7 +2193,7 @@ void K8Tokens(Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantize
     for (uint32_t i = 0; i < nt; ++i) x[i] = QTokenAt(quantized_x, cols, t0 + i);
     __m256 out[nt];
     if constexpr (kQ6) {
-      K8StripQ6K<nt>(src, nb, x, t0 + nt == n_tokens, out);
+      K8StripQ6K<nt, 1>(&src, nb, x, t0 + nt == n_tokens, out);
     } else {
       K8StripQ4K<nt>(src, nb, x, t0 + nt == n_tokens, out);
     }
@@ -2212,6 +2223,18 @@ void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
     CHECK_EQ(row_begin % kStrip16, 0u);  // a range of whole strips
     for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip16) {
       const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
+      if constexpr (kQ6) {
+        if (n_tokens == 1) {  // both halves in one pass (K8StripQ6K)
+          K8Interleaved<kQ6KBytes> src[2] = {{strip, nsb, 0}, {strip, nsb, 1}};
+          const QToken x = QTokenAt(quantized_x, w.cols, 0);
+          __m256 out[2];
+          K8StripQ6K<1, 2>(src, Blocks(w.cols), &x, true, out);
+          for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
+            StoreLanes(out[h], std::min(kHalf, row_end - r0 - h * kHalf), y + r0 + h * kHalf, 1);
+          }
+          continue;
+        }
+      }
       for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
         const uint32_t nr = std::min(kHalf, row_end - r0 - h * kHalf);
         K8Interleaved<kQ6 ? kQ6KBytes : kQ4KBytes> src{strip, nsb, h};

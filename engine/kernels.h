@@ -15,12 +15,12 @@
 //
 // Batches (prefill) of f32, f16 and bf16 go through a blocked GEMM instead: weight panels of
 // about 640 KiB (kept in L2 while every token passes), 1024-column chunks, and register tiles
-// (AVX-512: 4 rows x 6 tokens on zmm; AVX2: 2 rows x 3 tokens, each sum two ymm halves). f32 results are bit-identical to the one-token path
-// for every token, batch size, position in the batch and thread count (the tile reduces exactly
-// as the single row does). A loaded checkpoint's f32 matrices are kept in strips (AVX-512 builds,
-// widths a multiple of 256; InterleaveStrips): rows 2 at a time in 256-column pieces, so that one
-// token's decode reads one stream and each 1 KiB of activations serves two rows from L1, each
-// row summing as a row-major row does (the same bits).
+// (AVX-512: 4 rows x 6 tokens on zmm; AVX2: 2 rows x 3 tokens, each sum two ymm halves). f32
+// results are bit-identical to the one-token path for every token, batch size, position in the
+// batch and thread count (the tile reduces exactly as the single row does). A loaded checkpoint's
+// f32 matrices are kept in strips (AVX-512 builds, widths a multiple of 256; InterleaveStrips):
+// rows 2 at a time in 256-column pieces, so that one token's decode reads one stream and each 1 KiB
+// of activations serves two rows from L1, each row summing as a row-major row does (the same bits).
 // q8_0 and q4_0 with AVX512-VNNI (prefill and decode) work on strips of 16 rows, one zmm lane per
 // row: each block of the 16 rows is transposed in registers (4 value bytes per lane; q4_0's
 // nibbles as they are, q8_0's bytes + 128), so vpdpbusd multiplies 16 rows by 4 broadcast
@@ -33,10 +33,10 @@
 // tile op) and then the same f32 steps, so the same results (SetAmx). A matrix kept interleaved
 // in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
 // transposes, with the same lanes and operations, so the same results.
-// AVX2 builds without 512-bit VNNI take q4_0, q8_0 and q4_K the same way 8 rows a ymm
+// AVX2 builds without 512-bit VNNI take q4_0, q8_0, q4_K and q6_K the same way 8 rows a ymm
 // (vpmaddubsw, or vpdpbusd with AVX-VNNI; each half of a 16-row interleaved strip, or 8
 // row-major rows transposed), so there too their results do not depend on the batch, the rows
-// asked for or the thread count. (q6_K there still goes a row at a time.)
+// asked for or the thread count.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
 // lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
@@ -68,7 +68,7 @@ struct MatrixView {
   uint32_t cols = 0;
   ConstByteSpan bytes;
   // q8_0, q4_0, q4_K, q6_K: the rows are interleaved 16 at a time (InterleaveStrips), as MatMul's
-  // strip kernels read them (512-bit VNNI; q4_0, q8_0 and q4_K on AVX2 too); f32: in groups of 2
+  // strip kernels read them (512-bit VNNI, and AVX2 without it); f32: in groups of 2
   // rows by 256-column pieces. row(r) is then not row r, and only MatMul / MatMulRows (row ranges
   // starting on a multiple of 16) may read the bytes. Set by whoever interleaved them.
   bool strips = false;
@@ -78,8 +78,8 @@ struct MatrixView {
 
 // Whether this build's MatMul reads a matrix of this dtype and shape interleaved in 16-row
 // strips (rows a multiple of 16; 512-bit VNNI kernels: q8_0 and q4_0 with an even number of
-// 32-value blocks a row, q4_K and q6_K of any width; AVX2 without them: q4_0 and q8_0 with an even
-// number of blocks, q4_K of any width; AVX-512: f32 with a multiple of 256 columns).
+// 32-value blocks a row, q4_K and q6_K of any width; AVX2 without them: the same; AVX-512: f32
+// with a multiple of 256 columns).
 bool CanInterleaveStrips(layout::DType dtype, uint32_t rows, uint32_t cols);
 
 // Rewrites a row-major matrix (rows x cols, `bytes` its rows * RowBytes bytes) in place into
