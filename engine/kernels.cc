@@ -2013,41 +2013,58 @@ struct K8Rows {
 // sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is acc -
 // macc. So q4_K results on AVX2 do not depend on the batch, the row range, the thread count or
 // the layout either.
+// The 16 header bytes of 8 rows' super-block sb (d | dmin, then the 12 packed scale bytes),
+// unpacked as UnpackQ4KScales does: byte j of sc[j / 4] (mn[j / 4]) is sub-block j's scale (min).
+struct K4Header {
+  __m256 d, dmin;
+  __m256i sc[2], mn[2];
+};
+template <class Src>
+__attribute__((always_inline)) inline K4Header LoadK4Header(const Src& src, uint32_t sb) {
+  const __m256i h0 = src.Vec(sb, 0), u0 = src.Vec(sb, 4), u1 = src.Vec(sb, 8), u2 = src.Vec(sb, 12);
+  const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F),
+                m2 = _mm256_set1_epi32(0x30303030);
+  K4Header hd;
+  hd.d = Low16ToFloat(h0), hd.dmin = Low16ToFloat(_mm256_srli_epi32(h0, 16));
+  hd.sc[0] = _mm256_and_si256(u0, m6);
+  hd.sc[1] =
+      _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), m2));
+  hd.mn[0] = _mm256_and_si256(u1, m6);
+  hd.mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi32(u1, 2), m2));
+  return hd;
+}
+// Sub-block j's d x scale (*dsc) and dmin x min (*dm), per lane.
+__attribute__((always_inline)) inline void K4SubBlock(const K4Header& hd, uint32_t j, __m256* dsc,
+                                                      __m256* dm) {
+  const int shift = 8 * static_cast<int>(j % 4);
+  const __m256i byte = _mm256_set1_epi32(0xFF);
+  *dsc = _mm256_mul_ps(
+      hd.d, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(hd.sc[j / 4], shift), byte)));
+  *dm = _mm256_mul_ps(
+      hd.dmin, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(hd.mn[j / 4], shift), byte)));
+}
+
+// NT tokens over the 8 rows `src` reads: out[t] lane i = row i with token t.
 template <int NT, class Src>
 __attribute__((always_inline)) inline void K8StripQ4K(Src& src, uint32_t nb, const QToken* x,
                                                       bool prefetch, __m256* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-  const __m256i low4 = _mm256_set1_epi8(0x0F), byte = _mm256_set1_epi32(0xFF);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
   __m256 acc[NT], macc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = macc[t] = _mm256_setzero_ps();
   for (uint32_t sb = 0; sb < nsb; ++sb) {
     if (prefetch) src.Prefetch(sb);
     src.Load(sb);
-    // The 16 header bytes of each row (d | dmin, then the 12 packed scale bytes) as 4 dwords.
-    const __m256i h0 = src.Vec(sb, 0), u0 = src.Vec(sb, 4), u1 = src.Vec(sb, 8),
-                  u2 = src.Vec(sb, 12);
-    const __m256 d = Low16ToFloat(h0), dmin = Low16ToFloat(_mm256_srli_epi32(h0, 16));
-    const __m256i m6 = _mm256_set1_epi32(0x3F3F3F3F), m4 = _mm256_set1_epi32(0x0F0F0F0F),
-                  m2 = _mm256_set1_epi32(0x30303030);
-    // Byte j of sc[j / 4] (mn[j / 4]) is sub-block j's scale (min), as in UnpackQ4KScales.
-    const __m256i sc[2] = {
-        _mm256_and_si256(u0, m6),
-        _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), m2))};
-    const __m256i mn[2] = {_mm256_and_si256(u1, m6),
-                           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
-                                           _mm256_and_si256(_mm256_srli_epi32(u1, 2), m2))};
+    const K4Header hd = LoadK4Header(src, sb);
     const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
     for (uint32_t i = 0; 2 * i < count; ++i) {
-      __m256i t[8];  // quarter i: 32 bytes per row at 16 + 32i
+      __m256i t[8];  // quarter i: 32 bytes per row at 16 + 32i, held for both sub-blocks
       for (int k = 0; k < 8; ++k) t[k] = src.Vec(sb, 16 + 32 * i + 4 * k);
       for (uint32_t s = 0; s < 2 && 2 * i + s < count; ++s) {
         const uint32_t j = 2 * i + s, blk = a0 + j;
-        const int shift = 8 * static_cast<int>(j % 4);
-        const __m256 scf =
-            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(sc[j / 4], shift), byte));
-        const __m256 mf =
-            _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(mn[j / 4], shift), byte));
-        const __m256 dsc = _mm256_mul_ps(d, scf), dm = _mm256_mul_ps(dmin, mf);
+        __m256 dsc, dm;
+        K4SubBlock(hd, j, &dsc, &dm);
         __m256i ia[NT];
         for (int tk = 0; tk < NT; ++tk) ia[tk] = S8Start<false>(0);
         for (int k = 0; k < 8; ++k) {
@@ -2066,6 +2083,44 @@ __attribute__((always_inline)) inline void K8StripQ4K(Src& src, uint32_t nb, con
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = _mm256_sub_ps(acc[t], macc[t]);
+}
+
+// One token (decode) over both halves of an interleaved strip (src[0], src[1]) in one pass, so
+// that each broadcast serves 16 rows and the strip is read once, front to back: out[g] lane i =
+// row 8g + i. The same lanes' arithmetic as K8StripQ4K (the same bits). Each value vector is
+// loaded where it is used (held for both sub-blocks, 16 of them would not fit the registers).
+template <class Src>
+__attribute__((always_inline)) inline void K8StripQ4KPair(const Src* src, uint32_t nb,
+                                                          const QToken& x, __m256* out) {
+  const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[2], macc[2];
+  for (int g = 0; g < 2; ++g) acc[g] = macc[g] = _mm256_setzero_ps();
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    src[0].Prefetch(sb);
+    const K4Header hd[2] = {LoadK4Header(src[0], sb), LoadK4Header(src[1], sb)};
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t j = 0; j < count; ++j) {  // sub-block j: quarter j / 2, nibbles j % 2
+      const uint32_t blk = a0 + j;
+      __m256i ia[2] = {S8Start<false>(0), S8Start<false>(0)};
+      for (int k = 0; k < 8; ++k) {
+        const __m256i xk = Broadcast4(x.q + uint64_t{blk} * kBlock + 4 * k);
+        for (int g = 0; g < 2; ++g) {
+          const __m256i raw = src[g].Vec(sb, 16 + 32 * (j / 2) + 4 * k);
+          const __m256i wk = _mm256_and_si256(j % 2 == 0 ? raw : _mm256_srli_epi16(raw, 4), low4);
+          ia[g] = S8Add<false>(ia[g], wk, xk);
+        }
+      }
+      for (int g = 0; g < 2; ++g) {
+        __m256 dsc, dm;
+        K4SubBlock(hd[g], j, &dsc, &dm);
+        acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S8Finish<false>(ia[g], 0)),
+                                 _mm256_mul_ps(dsc, _mm256_set1_ps(x.d[blk])), acc[g]);
+        macc[g] = _mm256_fmadd_ps(dm, _mm256_set1_ps(x.dsum[blk]), macc[g]);
+      }
+    }
+  }
+  for (int g = 0; g < 2; ++g) out[g] = _mm256_sub_ps(acc[g], macc[g]);
 }
 
 // q6_K: per half super-block (128 values) and activation block K of it (values 32K .. 32K + 31
@@ -2217,27 +2272,30 @@ void K8RowsTokens(const std::byte* const* row, uint32_t nsb, uint32_t cols, uint
 template <bool kQ6>
 void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan quantized_x,
                         uint32_t row_begin, uint32_t row_end, float* y) {
+  constexpr uint64_t kBytes = kQ6 ? kQ6KBytes : kQ4KBytes;
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(Blocks(w.cols), 8));
   const uint64_t rb = w.row_bytes();
   if (w.strips) {
     CHECK_EQ(row_begin % kStrip16, 0u);  // a range of whole strips
     for (uint32_t r0 = row_begin; r0 < row_end; r0 += kStrip16) {
       const std::byte* strip = w.bytes.data() + uint64_t{r0} * rb;
-      if constexpr (kQ6) {
-        if (n_tokens == 1) {  // both halves in one pass (K8StripQ6K)
-          K8Interleaved<kQ6KBytes> src[2] = {{strip, nsb, 0}, {strip, nsb, 1}};
-          const QToken x = QTokenAt(quantized_x, w.cols, 0);
-          __m256 out[2];
+      if (n_tokens == 1) {  // decode: both halves in one pass
+        K8Interleaved<kBytes> src[2] = {{strip, nsb, 0}, {strip, nsb, 1}};
+        const QToken x = QTokenAt(quantized_x, w.cols, 0);
+        __m256 out[2];
+        if constexpr (kQ6) {
           K8StripQ6K<1, 2>(src, Blocks(w.cols), &x, true, out);
-          for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
-            StoreLanes(out[h], std::min(kHalf, row_end - r0 - h * kHalf), y + r0 + h * kHalf, 1);
-          }
-          continue;
+        } else {
+          K8StripQ4KPair(src, Blocks(w.cols), x, out);
         }
+        for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
+          StoreLanes(out[h], std::min(kHalf, row_end - r0 - h * kHalf), y + r0 + h * kHalf, 1);
+        }
+        continue;
       }
       for (uint32_t h = 0; h < 2 && r0 + h * kHalf < row_end; ++h) {
         const uint32_t nr = std::min(kHalf, row_end - r0 - h * kHalf);
-        K8Interleaved<kQ6 ? kQ6KBytes : kQ4KBytes> src{strip, nsb, h};
+        K8Interleaved<kBytes> src{strip, nsb, h};
         K8Tokens<kQ6>(src, w.cols, n_tokens, quantized_x, nr, y + r0 + h * kHalf, w.rows, 1);
       }
     }
