@@ -1926,13 +1926,15 @@ bool DotRowsStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint3
 }
 
 // ---- q4_K and q6_K in strips of 8 rows a ymm (AVX2 without 512-bit VNNI) --------------------
-// StripQ4K's and StripQ6K's arithmetic on ymm, 8 rows a pass (K8StripQ4K, K8StripQ6K below). An
-// interleaved 16-row strip is read a half (8 rows) at a time: its second pass finds the strip in
-// L1 or L2. Row-major rows are transposed a super-block at a time into a buffer on the stack.
-// Both kernels load each value vector where they use it rather than holding a super-block's
-// quarter in registers: with 4 tokens' accumulators, holding them spilled (q4_K, 128 tokens of a
-// 3072 x 768 matrix at 1 thread: 3.5 ms inlined into MatMulRows, 6.0 once GCC laid the same code
-// out in a function of its own).
+// StripQ4K's and StripQ6K's arithmetic on ymm, 8 rows a pass (K8StripQ4K, K8StripQ6K below).
+// Batches read an interleaved 16-row strip a half (8 rows) at a time, 4 tokens a pass; the second
+// half finds the strip in L1 or L2. Decode reads both halves in one pass (K8StripQ4KPair,
+// K8StripQ6K<1, 2>), so the strip is read once, front to back, while DRAM reads stay in flight;
+// read a half at a time, one token of q6_K ran at 0.88-0.90 of the row-by-row kernel it
+// replaced, in one pass at 1.2-1.7x of it (docs/benchmarks.md, "AVX2: q6_K in strips").
+// Row-major rows are transposed a super-block at a time into a buffer on the stack. (That costs
+// one token of row-major q6_K about a third against the old row kernel; streamed rows are read
+// from flash, far slower.)
 constexpr uint32_t kK8AheadSb = 2;      // interleaved: super-blocks asked for ahead (4.5 / 6.6 KiB)
 constexpr uint32_t kK8RowsAheadSb = 4;  // row-major: the same rows' super-block this far on
 

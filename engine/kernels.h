@@ -34,9 +34,9 @@
 // in strips (InterleaveStrips, as a loaded checkpoint's are) is read with vector loads instead of
 // transposes, with the same lanes and operations, so the same results.
 // AVX2 builds without 512-bit VNNI take q4_0, q8_0, q4_K and q6_K the same way 8 rows a ymm
-// (vpmaddubsw, or vpdpbusd with AVX-VNNI; each half of a 16-row interleaved strip, or 8
-// row-major rows transposed), so there too their results do not depend on the batch, the rows
-// asked for or the thread count.
+// (vpmaddubsw, or vpdpbusd with AVX-VNNI; each half of a 16-row interleaved strip, both at once
+// in decode, or 8 row-major rows transposed), so there too their results do not depend on the
+// batch, the rows asked for or the thread count.
 // q4_K with AVX512-VNNI takes the same 16-row strips (decode and prefill, tokens 4 at a time),
 // its 32-byte quarters transposed as q4_0's blocks and its 6-bit scales and mins unpacked per
 // lane; batch-independent likewise. q6_K too: per half super-block its low-bit and high-bit
