@@ -1723,6 +1723,25 @@ __attribute__((always_inline)) inline __m256 Low16ToFloat(__m256i v) {
   return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(lows, 0x08)));
 }
 
+// An 8 x 8 transpose of dwords: t[j] lane i = v[i]'s dword j (within 128-bit lanes, then
+// across).
+__attribute__((always_inline)) inline void Transpose8x8Epi32(const __m256i* v, __m256i* t) {
+  __m256i a[8], c[8];
+  for (int g = 0; g < 2; ++g) {  // rows 4g .. 4g + 3
+    const __m256i* x = v + 4 * g;
+    __m256i* y = a + 4 * g;
+    y[0] = _mm256_unpacklo_epi32(x[0], x[1]), y[1] = _mm256_unpackhi_epi32(x[0], x[1]);
+    y[2] = _mm256_unpacklo_epi32(x[2], x[3]), y[3] = _mm256_unpackhi_epi32(x[2], x[3]);
+    __m256i* z = c + 4 * g;  // z[j] 128-bit lane l: those rows' dword 4l + j
+    z[0] = _mm256_unpacklo_epi64(y[0], y[2]), z[1] = _mm256_unpackhi_epi64(y[0], y[2]);
+    z[2] = _mm256_unpacklo_epi64(y[1], y[3]), z[3] = _mm256_unpackhi_epi64(y[1], y[3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x20);
+    t[4 + j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x31);
+  }
+}
+
 // 8 row-major rows row[0..7] (offsets lane i = row[i] - row[0], for the scales' gather): Load(b)
 // transposes block b's value bytes in registers, which Raw then hands out; one half (H = 1).
 template <bool kQ8>
@@ -1733,24 +1752,12 @@ struct S8Rows {
   __m256i t[kS8Vectors<kQ8>];
   __attribute__((always_inline)) void Load(uint32_t b) {
     const uint64_t q = uint64_t{b} * kBytes + 2;
-    if constexpr (kQ8) {  // an 8 x 8 transpose of dwords: within 128-bit lanes, then across
-      __m256i v[8], a[8], c[8];
+    if constexpr (kQ8) {
+      __m256i v[8];
       for (int m = 0; m < 8; ++m) {
         v[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[m] + q));
       }
-      for (int g = 0; g < 2; ++g) {  // rows 4g .. 4g + 3
-        const __m256i* x = v + 4 * g;
-        __m256i* y = a + 4 * g;
-        y[0] = _mm256_unpacklo_epi32(x[0], x[1]), y[1] = _mm256_unpackhi_epi32(x[0], x[1]);
-        y[2] = _mm256_unpacklo_epi32(x[2], x[3]), y[3] = _mm256_unpackhi_epi32(x[2], x[3]);
-        __m256i* z = c + 4 * g;  // z[j] 128-bit lane l: those rows' dword 4l + j
-        z[0] = _mm256_unpacklo_epi64(y[0], y[2]), z[1] = _mm256_unpackhi_epi64(y[0], y[2]);
-        z[2] = _mm256_unpacklo_epi64(y[1], y[3]), z[3] = _mm256_unpackhi_epi64(y[1], y[3]);
-      }
-      for (int j = 0; j < 4; ++j) {
-        t[j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x20);
-        t[4 + j] = _mm256_permute2x128_si256(c[j], c[4 + j], 0x31);
-      }
+      Transpose8x8Epi32(v, t);
     } else {
       TransposeRows8(row, q, t);
     }
@@ -1973,6 +1980,15 @@ struct K8Interleaved {
   }
 };
 
+// Asks for super-block sb + kK8RowsAheadSb (of kBytes bytes) of each of 8 row-major rows of nsb.
+template <uint64_t kBytes>
+__attribute__((always_inline)) inline void PrefetchRows8(const std::byte* const* row, uint32_t sb,
+                                                         uint32_t nsb) {
+  if (sb + kK8RowsAheadSb >= nsb) return;
+  for (int r = 0; r < 8; ++r)
+    PrefetchBytes<kBytes>(row[r] + uint64_t{sb + kK8RowsAheadSb} * kBytes);
+}
+
 // K8Rows: 8 row-major rows row[0..7] of nsb super-blocks. Load transposes a super-block's whole
 // 16-byte groups into `t` (9 transposes for q4_K, 13 for q6_K), where Vec finds them.
 template <uint64_t kBytes>
@@ -2001,10 +2017,13 @@ struct K8Rows {
     return _mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * b));
   }
   __attribute__((always_inline)) __m256 D(uint32_t) const { return d; }
+  const std::byte* next = nullptr;  // bytes read after these rows (the matrix's next rows), or null
+  uint64_t next_share = 0;          // of them asked for at each super-block
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
-    if (sb + kK8RowsAheadSb >= nsb) return;
-    for (int r = 0; r < 8; ++r)
-      PrefetchBytes<kBytes>(row[r] + uint64_t{sb + kK8RowsAheadSb} * kBytes);
+    PrefetchRows8<kBytes>(row, sb, nsb);
+    for (uint64_t b = sb * next_share; b < (sb + 1) * next_share; b += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
+    }
   }
 };
 
@@ -2238,6 +2257,79 @@ __attribute__((always_inline)) inline void K8StripQ6K(Src* src, uint32_t nb, con
   for (int i = 0; i < H * NT; ++i) out[i] = acc[i];
 }
 
+// One token over 8 row-major q6_K rows row[0..7] of nsb super-blocks (decode of streamed rows):
+// out lane i = row i, the same lanes' arithmetic as K8StripQ6K (the same bits). Each row's block
+// dots are taken along the row (its values in the lanes, as the row-by-row kernel before the
+// strips did), and only the int32 half-block dots are transposed into row lanes for the f32
+// steps. Transposing every value byte first (K8Rows) took one token 1.4-1.7x the row kernel's
+// time (docs/benchmarks.md, "AVX2: q6_K in strips").
+// `next` / `next_bytes`: bytes read after these rows (the matrix's next rows), asked for a
+// super-block's share at a time.
+__attribute__((always_inline)) inline __m256 K8RowsQ6KOneToken(const std::byte* const* row,
+                                                               uint32_t nsb, uint32_t nb,
+                                                               const QToken& x,
+                                                               const std::byte* next,
+                                                               uint64_t next_bytes) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3),
+                ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  const uint64_t share = (next_bytes / nsb + 64) / 64 * 64;
+  for (uint32_t sb = 0; sb < nsb; ++sb) {
+    for (uint64_t b = sb * share; b < (sb + 1) * share && b < next_bytes; b += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
+    }
+    const uint64_t o = uint64_t{sb} * kQ6KBytes;
+    __m256i sc4[4], tail[4];  // the 16 int8 scales, 4 a dword; bytes 194 .. 209 (for d)
+    TransposeRows8(row, o + 192, sc4);
+    TransposeRows8(row, o + 194, tail);
+    const __m256 d = Low16ToFloat(_mm256_srli_epi32(tail[3], 16));
+    const uint32_t a0 = 8 * sb, count = std::min(8u, nb - a0);
+    for (uint32_t h = 0; 4 * h < count; ++h) {
+      const uint32_t kn = std::min(4u, count - 4 * h);
+      // dots[r] = row r's [lo_0 .. lo_3 | hi_0 .. hi_3]: blocks 4h .. 4h + 3's 16-value half
+      // dots with the unsigned 6-bit values (before 32 x the half sums are taken off).
+      __m256i dots[8];
+      for (int r = 0; r < 8; ++r) {
+        const std::byte* q = row[r] + o;
+        const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 64 * h + 32));
+        const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 128 + 32 * h));
+        __m256i m[4];
+        for (uint32_t k = 0; k < 4; ++k) {
+          if (k >= kn) {  // past the row's last block (no activations there)
+            m[k] = _mm256_setzero_si256();
+            continue;
+          }
+          const __m256i l = k % 2 == 0 ? l0 : l1;
+          const __m256i lo = k < 2 ? l : _mm256_srli_epi16(l, 4);
+          const __m256i hi2 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), two);
+          const __m256i v = _mm256_or_si256(_mm256_and_si256(lo, low4), _mm256_slli_epi16(hi2, 4));
+          const __m256i xb = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(x.q + uint64_t{a0 + 4 * h + k} * kBlock));
+          m[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(v, xb), ones);  // exact: pairs <= 16002
+        }
+        dots[r] = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
+      }
+      __m256i t[8];  // t[part * 4 + K] lane r: row r's dot of block 4h + K's half `part`
+      Transpose8x8Epi32(dots, t);
+      for (uint32_t k = 0; k < kn; ++k) {
+        const uint32_t blk = a0 + 4 * h + k;
+        const __m256i sv = sc4[2 * h + k / 2];
+        for (int part = 0; part < 2; ++part) {
+          const int byte = 2 * static_cast<int>(k % 2) + part;
+          const __m256 dsc = _mm256_mul_ps(
+              d, _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(sv, 24 - 8 * byte), 24)));
+          const __m256i p = _mm256_sub_epi32(t[4 * part + k],
+                                             _mm256_set1_epi32(32 * x.half_isum[2 * blk + part]));
+          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dsc, _mm256_set1_ps(x.d[blk])),
+                                acc);
+        }
+      }
+    }
+  }
+  return acc;
+}
+
 // Every token, 4 at a time, over the 8 rows `src` reads (the first nr of them kept), through
 // K8StripQ4K or (kQ6) K8StripQ6K: token t's row i at y[t * token_stride + i * row_stride].
 // Prefetches on the last pass only (earlier passes' reads are re-read there).
@@ -2263,9 +2355,15 @@ void K8Tokens(Src& src, uint32_t cols, uint32_t n_tokens, ConstByteSpan quantize
 template <bool kQ6>
 void K8RowsTokens(const std::byte* const* row, uint32_t nsb, uint32_t cols, uint32_t n_tokens,
                   ConstByteSpan quantized_x, uint32_t nr, float* y, uint64_t token_stride,
-                  uint64_t row_stride) {
+                  uint64_t row_stride, const std::byte* next, uint64_t next_bytes) {
+  if (kQ6 && n_tokens == 1) {
+    const QToken x = QTokenAt(quantized_x, cols, 0);
+    StoreLanes(K8RowsQ6KOneToken(row, nsb, Blocks(cols), x, next, next_bytes), nr, y, row_stride);
+    return;
+  }
   K8Rows<kQ6 ? kQ6KBytes : kQ4KBytes> src;  // (its buffer is written before it is read)
   src.row = row, src.nsb = nsb;
+  if (next_bytes > 0) src.next = next, src.next_share = (next_bytes / nsb + 64) / 64 * 64;
   K8Tokens<kQ6>(src, cols, n_tokens, quantized_x, nr, y, token_stride, row_stride);
 }
 
@@ -2307,7 +2405,12 @@ void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
     const uint32_t nr = std::min(kHalf, row_end - r0);
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = w.bytes.data() + (r0 + std::min(i, nr - 1)) * rb;
-    K8RowsTokens<kQ6>(row, nsb, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1);
+    // One token of q6_K asks for the rows 8 on (contiguous) as it goes.
+    const uint32_t ahead_row = r0 + kHalf;
+    const uint64_t next_bytes =
+        ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
+    K8RowsTokens<kQ6>(row, nsb, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1,
+                      w.bytes.data() + uint64_t{ahead_row} * rb, next_bytes);
   }
 }
 
@@ -2323,7 +2426,7 @@ void DotRowsKStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = rows[k0 + std::min(i, nr - 1)];
     K8RowsTokens<kQ6>(row, nsb, cols, n_tokens, quantized_x, nr, out + uint64_t{k0} * n_tokens, 1,
-                      n_tokens);
+                      n_tokens, nullptr, 0);
   }
 }
 #endif
