@@ -1939,9 +1939,8 @@ bool DotRowsStrips8(uint32_t cols, std::span<const std::byte* const> rows, uint3
 // K8StripQ6K<1, 2>), so the strip is read once, front to back, while DRAM reads stay in flight;
 // read a half at a time, one token of q6_K ran at 0.88-0.90 of the row-by-row kernel it
 // replaced, in one pass at 1.2-1.7x of it (docs/benchmarks.md, "AVX2: q6_K in strips").
-// Row-major rows are transposed a super-block at a time into a buffer on the stack. (That costs
-// one token of row-major q6_K about a third against the old row kernel; streamed rows are read
-// from flash, far slower.)
+// Row-major rows are transposed a super-block at a time into a buffer on the stack, except for
+// one token of q6_K (K8RowsQ6KOneToken), and ask for the matrix's next 8 rows as they go.
 constexpr uint32_t kK8AheadSb = 2;      // interleaved: super-blocks asked for ahead (4.5 / 6.6 KiB)
 constexpr uint32_t kK8RowsAheadSb = 4;  // row-major: the same rows' super-block this far on
 
@@ -2261,8 +2260,8 @@ __attribute__((always_inline)) inline void K8StripQ6K(Src* src, uint32_t nb, con
 // out lane i = row i, the same lanes' arithmetic as K8StripQ6K (the same bits). Each row's block
 // dots are taken along the row (its values in the lanes, as the row-by-row kernel before the
 // strips did), and only the int32 half-block dots are transposed into row lanes for the f32
-// steps. Transposing every value byte first (K8Rows) took one token 1.4-1.7x the row kernel's
-// time (docs/benchmarks.md, "AVX2: q6_K in strips").
+// steps. Transposing every value byte first (K8Rows) ran at 0.59-0.73 of the row kernel's rate
+// (docs/benchmarks.md, "AVX2: q6_K in strips"); this, with the next rows asked for, at 0.94-1.2.
 // `next` / `next_bytes`: bytes read after these rows (the matrix's next rows), asked for a
 // super-block's share at a time.
 __attribute__((always_inline)) inline __m256 K8RowsQ6KOneToken(const std::byte* const* row,
