@@ -1956,7 +1956,7 @@ struct K8Interleaved {
   static constexpr uint64_t kGroupsBytes = kBytes / 16 * 256;  // a super-block of the strip
   const std::byte* strip;
   uint32_t nsb, h;
-  void Load(uint32_t) const {}
+  __attribute__((always_inline)) void Load(uint32_t) const {}
   __attribute__((always_inline)) __m256i Vec(uint32_t sb, uint32_t b) const {
     return _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(strip + sb * kGroupsBytes + 16 * uint64_t{b} + 32 * h));
@@ -1997,6 +1997,9 @@ struct K8Rows {
   uint32_t nsb;
   alignas(32) std::byte t[8 * kGroupBytes];  // row i's bytes B .. B + 3 at 8 B + 4 i
   __m256 d;                                  // q6_K
+  const std::byte* next = nullptr;  // bytes read after these rows (the matrix's next rows), or null
+  uint64_t next_bytes = 0;
+  uint64_t next_share = 0;  // of them asked for at each super-block
   __attribute__((always_inline)) void Load(uint32_t sb) {
     const uint64_t o = uint64_t{sb} * kBytes;
     for (uint32_t q = 0; q < kGroupBytes; q += 16) {
@@ -2016,23 +2019,14 @@ struct K8Rows {
     return _mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * b));
   }
   __attribute__((always_inline)) __m256 D(uint32_t) const { return d; }
-  const std::byte* next = nullptr;  // bytes read after these rows (the matrix's next rows), or null
-  uint64_t next_share = 0;          // of them asked for at each super-block
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     PrefetchRows8<kBytes>(row, sb, nsb);
-    for (uint64_t b = sb * next_share; b < (sb + 1) * next_share; b += 64) {
+    for (uint64_t b = sb * next_share; b < (sb + 1) * next_share && b < next_bytes; b += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
     }
   }
 };
 
-// q4_K: each 32-byte quarter of a super-block holds sub-blocks 2i and 2i + 1 in its low and high
-// nibbles; each sub-block's 8 vectors are multiplied by broadcast activation bytes (S8Add:
-// nibbles 0..15 unsigned, added as int16, at most 30720; vpdpbusd with AVX-VNNI), the 6-bit
-// scales and mins unpacked in lanes from the super-block's first 16 bytes. Per lane, in order over
-// sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is acc -
-// macc. So q4_K results on AVX2 do not depend on the batch, the row range, the thread count or
-// the layout either.
 // The 16 header bytes of 8 rows' super-block sb (d | dmin, then the 12 packed scale bytes),
 // unpacked as UnpackQ4KScales does: byte j of sc[j / 4] (mn[j / 4]) is sub-block j's scale (min).
 struct K4Header {
@@ -2065,6 +2059,13 @@ __attribute__((always_inline)) inline void K4SubBlock(const K4Header& hd, uint32
       hd.dmin, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(hd.mn[j / 4], shift), byte)));
 }
 
+// q4_K: each 32-byte quarter of a super-block holds sub-blocks 2i and 2i + 1 in its low and high
+// nibbles; each sub-block's 8 vectors are multiplied by broadcast activation bytes (S8Add:
+// nibbles 0..15 unsigned, added as int16, at most 30720; vpdpbusd with AVX-VNNI), the 6-bit
+// scales and mins unpacked in lanes from the super-block's first 16 bytes. Per lane, in order over
+// sub-blocks: acc += f32(dot) * ((d * sc) * dx), then macc += (dmin * m) * xs; the result is acc -
+// macc. So q4_K results on AVX2 do not depend on the batch, the row range, the thread count or
+// the layout either.
 // NT tokens over the 8 rows `src` reads: out[t] lane i = row i with token t.
 template <int NT, class Src>
 __attribute__((always_inline)) inline void K8StripQ4K(Src& src, uint32_t nb, const QToken* x,
@@ -2355,14 +2356,16 @@ template <bool kQ6>
 void K8RowsTokens(const std::byte* const* row, uint32_t nsb, uint32_t cols, uint32_t n_tokens,
                   ConstByteSpan quantized_x, uint32_t nr, float* y, uint64_t token_stride,
                   uint64_t row_stride, const std::byte* next, uint64_t next_bytes) {
-  if (kQ6 && n_tokens == 1) {
-    const QToken x = QTokenAt(quantized_x, cols, 0);
-    StoreLanes(K8RowsQ6KOneToken(row, nsb, Blocks(cols), x, next, next_bytes), nr, y, row_stride);
-    return;
+  if constexpr (kQ6) {
+    if (n_tokens == 1) {
+      const QToken x = QTokenAt(quantized_x, cols, 0);
+      StoreLanes(K8RowsQ6KOneToken(row, nsb, Blocks(cols), x, next, next_bytes), nr, y, row_stride);
+      return;
+    }
   }
   K8Rows<kQ6 ? kQ6KBytes : kQ4KBytes> src;  // (its buffer is written before it is read)
   src.row = row, src.nsb = nsb;
-  if (next_bytes > 0) src.next = next, src.next_share = (next_bytes / nsb + 64) / 64 * 64;
+  src.next = next, src.next_bytes = next_bytes, src.next_share = (next_bytes / nsb + 64) / 64 * 64;
   K8Tokens<kQ6>(src, cols, n_tokens, quantized_x, nr, y, token_stride, row_stride);
 }
 
