@@ -449,7 +449,7 @@ template <int NT>
 void RowQ4K(const std::byte* w, const int8_t* const* xq, const float* const* xd,
             const float* const* xs, uint32_t nb, float* out) {
   const uint32_t nsb = static_cast<uint32_t>(CeilDiv(nb, 8));
-  // Portable builds only: AVX2 builds multiply q4_K in strips (MatMulRowsQ4KStrips8, or the
+  // Portable builds only: AVX2 builds multiply q4_K in strips (MatMulRowsKStrips8, or the
   // 512-bit StripQ4K).
   float sums[NT] = {};
   for (uint32_t b = 0; b < nsb; ++b) {
@@ -2407,7 +2407,7 @@ void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
     const uint32_t nr = std::min(kHalf, row_end - r0);
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = w.bytes.data() + (r0 + std::min(i, nr - 1)) * rb;
-    // One token of q6_K asks for the rows 8 on (contiguous) as it goes.
+    // The rows 8 on (contiguous), asked for as these are read (on the last token pass).
     const uint32_t ahead_row = r0 + kHalf;
     const uint64_t next_bytes =
         ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
