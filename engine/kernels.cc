@@ -211,8 +211,8 @@ __attribute__((always_inline)) inline __m512 LoadRow16(const std::byte* row, uin
 // (RowFloat) do: one zmm on AVX-512, two ymm halves on AVX2 (columns c .. c + 7 and c + 8 .. c +
 // 15 of each 16), reduced as RowFloat reduces them (ReduceTile), so that a tile's results are
 // RowFloat's bits on either ISA. Tile shapes fit the register file: 4 rows x 6 tokens of zmm
-// (24 accumulators + 4 weight vectors + 1 token vector of 32) on AVX-512, 2 rows x 3 tokens x 2
-// halves of ymm (12 + 2 + 1 of 16) on AVX2, which loads each half of a row once for 3 tokens.
+// (24 accumulators + 4 weight vectors + 1 token vector of 32) on AVX-512, 3 rows x 4 tokens of
+// ymm (12 + 3 + 1 of 16) on AVX2, a half at a time (TileFloat).
 #ifdef FLASHLM_AVX512
 using TileVec = __m512;
 constexpr int kTileParts = 1;         // vectors per 16 columns
@@ -230,8 +230,8 @@ inline float ReduceTile(const TileVec* parts) { return ReduceLikeRowF32(parts[0]
 #else
 using TileVec = __m256;
 constexpr int kTileParts = 2;
-constexpr uint32_t kTileRowsF32 = 2;
-constexpr uint32_t kGroupF32 = 3;
+constexpr uint32_t kTileRowsF32 = 3;
+constexpr uint32_t kGroupF32 = 4;
 inline TileVec TileZero() { return _mm256_setzero_ps(); }
 inline TileVec TileLoad(const float* p) { return _mm256_loadu_ps(p); }
 inline void TileStore(float* p, TileVec v) { _mm256_storeu_ps(p, v); }
@@ -253,60 +253,62 @@ constexpr uint32_t kTileLanes = 16 / kTileParts;
 // there unless `last`. The call with `last` reduces them and adds columns c1 .. n - 1 one by one,
 // as RowFloat does: each lane takes the same fused terms in the same order however the columns
 // are split, so results are bit-identical to those.
+// The parts go one after the other over [c0, c1) (on AVX2 the low halves of every (row, token),
+// then the high halves), so a tile holds R x NT accumulators, not R x NT x kTileParts: AVX2's 3 x
+// 4 tile is 12 of its 16 ymm, with 3 weight vectors and 1 token vector, 7 loads for 12 FMAs. The
+// second pass reads the rows' and tokens' slices from L1. Each lane still takes its columns in
+// order, so the same bits.
 // Row r's column c is value c + (c / kF32ChunkCols) * skip from w[r]: skip is 0 for row-major
 // rows, kF32ChunkSkip for f32 rows in strips (which have no columns past c1).
 template <int R, int NT, DType kT>
 void TileFloat(const std::byte* const* w, uint32_t skip, const float* const* x, uint32_t c0,
                uint32_t c1, uint32_t n, bool last, float* acc_mem, float* out /*[R][NT]*/) {
-  TileVec acc[R][NT][kTileParts];
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < NT; ++t) {
-      for (int p = 0; p < kTileParts; ++p) {
-        acc[r][t][p] =
-            c0 == 0 ? TileZero() : TileLoad(acc_mem + (r * NT + t) * 16 + p * kTileLanes);
+  TileVec acc[R][NT];
+  TileVec parts[R][NT][kTileParts];  // every part's sums, with `last`, for ReduceTile
+  for (int p = 0; p < kTileParts; ++p) {
+    for (int r = 0; r < R; ++r) {
+      for (int t = 0; t < NT; ++t) {
+        acc[r][t] = c0 == 0 ? TileZero() : TileLoad(acc_mem + (r * NT + t) * 16 + p * kTileLanes);
       }
     }
-  }
-  // Whole pieces of kF32ChunkCols columns where skip != 0 (one piece, [c0, c1), where it is 0).
-  for (uint32_t p0 = c0; p0 < c1;) {
-    const uint32_t p1 = skip == 0 ? c1 : std::min(c1, (p0 / kF32ChunkCols + 1) * kF32ChunkCols);
-    const uint64_t shift = uint64_t{p0 / kF32ChunkCols} * skip * kFloatBytes<kT>;
-    const std::byte* wp[R];
-    for (int r = 0; r < R; ++r) {
-      wp[r] = w[r] + shift;
-      // Opaque, so that GCC does not keep w[r] and `shift` apart and add them at every load: with
-      // 6 token pointers the extra register spills onto the loop's address path.
-      __asm__("" : "+r"(wp[r]));
-    }
-    for (uint32_t c = p0; c < p1; c += 16) {
-      for (int p = 0; p < kTileParts; ++p) {
-        const uint32_t cp = c + p * kTileLanes;
+    // Whole pieces of kF32ChunkCols columns where skip != 0 (one piece, [c0, c1), where it is 0).
+    for (uint32_t p0 = c0; p0 < c1;) {
+      const uint32_t p1 = skip == 0 ? c1 : std::min(c1, (p0 / kF32ChunkCols + 1) * kF32ChunkCols);
+      const uint64_t shift = uint64_t{p0 / kF32ChunkCols} * skip * kFloatBytes<kT>;
+      const std::byte* wp[R];
+      for (int r = 0; r < R; ++r) {
+        wp[r] = w[r] + shift;
+        // Opaque, so that GCC does not keep w[r] and `shift` apart and add them at every load: with
+        // 6 token pointers the extra register spills onto the loop's address path.
+        __asm__("" : "+r"(wp[r]));
+      }
+      for (uint32_t c = p0 + p * kTileLanes; c < p1; c += 16) {
         TileVec wv[R];
-        for (int r = 0; r < R; ++r) wv[r] = LoadTileRow<kT>(wp[r], cp);
+        for (int r = 0; r < R; ++r) wv[r] = LoadTileRow<kT>(wp[r], c);
         for (int t = 0; t < NT; ++t) {
-          TileVec xv = TileLoad(x[t] + cp);
+          TileVec xv = TileLoad(x[t] + c);
           // Keeps xv in a register: GCC otherwise folds the load into each of the R FMAs, R loads
           // where one serves (2x slower 110m f32 prefill matmuls: the loop is load-bound then).
           __asm__("" : "+v"(xv));
-          for (int r = 0; r < R; ++r) acc[r][t][p] = TileFma(wv[r], xv, acc[r][t][p]);
+          for (int r = 0; r < R; ++r) acc[r][t] = TileFma(wv[r], xv, acc[r][t]);
         }
       }
+      p0 = p1;
     }
-    p0 = p1;
-  }
-  if (!last) {
     for (int r = 0; r < R; ++r) {
       for (int t = 0; t < NT; ++t) {
-        for (int p = 0; p < kTileParts; ++p) {
-          TileStore(acc_mem + (r * NT + t) * 16 + p * kTileLanes, acc[r][t][p]);
+        if (last) {
+          parts[r][t][p] = acc[r][t];
+        } else {
+          TileStore(acc_mem + (r * NT + t) * 16 + p * kTileLanes, acc[r][t]);
         }
       }
     }
-    return;
   }
+  if (!last) return;
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < NT; ++t) {
-      float s = ReduceTile(acc[r][t]);
+      float s = ReduceTile(parts[r][t]);
       for (uint32_t k = c1; k < n; ++k) s += UnfusedProduct(RowValue<kT>(w[r], k), x[t][k]);
       out[r * NT + t] = s;
     }
@@ -2470,23 +2472,24 @@ bool IsBlockType(DType t) {
 // ---- Prefill GEMM for f32 / f16: weight panels x token groups x column chunks x register tiles
 // For a batch, rows [row_begin, row_end) are cut into panels of about kPanelBytes of weights
 // (they stay in L2 while every token group passes over them, so each weight byte comes from DRAM
-// once per call), each panel meets the tokens kGroupF32 at a time, and rows longer than
+// once per call), each panel meets the tokens in groups of at most kGroupF32, as even as that
+// allows (so no group of one token behind full ones), and rows longer than
 // kChunkF32 columns go kChunkF32 columns at a time, so that a group's slice of activations
 // (6 x 4 KiB on AVX-512) stays in L1 while every row of the panel meets it; the register tiles'
 // accumulators wait in a buffer between chunks (TileFloat's acc_mem; the same sums bit for bit).
 // Within that, kTileRowsF32 rows at a time meet the group in one register tile (rows left over
 // one at a time, with the same tile code, so results do not depend on where a row falls). A group
-// of one token (the last token of a batch) goes one row at a time. On the 1b model's 2048- and
+// of one token would go one row at a time. On the 1b model's 2048- and
 // 5632-column f32 matrices this took prefill from 58 to 66 tok/s at 1 thread, against 192 KiB
 // panels whole rows at a time (docs/benchmarks.md, "f32 prefill in column chunks; strips
 // prefetched 2 KiB ahead"). f16 rows run the same code, converted to f32 as they are loaded.
 // (The block dtypes have strips of their own on AVX-512: MatMulRowsBlockStrips,
 // MatMulRowsKStrips.) CPUs without AVX-512 run the same code with AVX2's tiles (kTileRowsF32 x
-// kGroupF32 = 2 x 3). Measured there (x86-64-v3 build on the AMD EPYC, alternated rounds)
+// kGroupF32 = 3 x 4). Measured there (x86-64-v3 build on the AMD EPYC, alternated rounds)
 // against RowFloat's 4 tokens a row over 256 KiB panels: a 5632 x 2048 f32 matrix times 128
-// tokens 57-60 -> 43-45 ms; pp128 1b-f32 1.25-1.36x at 1 and 2 threads, 110m-f32 1.06-1.23x;
-// 3 x 2 tiles were slower than 2 x 3 (docs/benchmarks.md, "AVX2: q4_0 without the sign trick; f32
-// register tiles").
+// tokens 57-60 -> 43-45 ms with 2 x 3 tiles of both halves (docs/benchmarks.md, "AVX2: q4_0
+// without the sign trick; f32 register tiles"); 3 x 4 tiles a half at a time took that to 33-34
+// ms ("AVX2: f32 tiles of 3 x 4, a half at a time").
 constexpr uint64_t kPanelBytes = 640 << 10;
 constexpr uint32_t kChunkF32 = 1024;  // columns per chunk (a multiple of 16)
 // A panel of rows that are chunked (longer than kChunkF32 columns) has at most this many rows
@@ -2572,13 +2575,18 @@ void MatMulRowsF32Strips(const MatrixView& w, const float* x, uint32_t row_begin
 template <DType kT>
 void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_t n_tokens,
                           uint32_t row_begin, uint32_t row_end, float* y) {
-  uint64_t panel_rows64 = std::max<uint64_t>(4, kPanelBytes / w.row_bytes() / 4 * 4);
-  if (w.cols > kChunkF32) panel_rows64 = std::min<uint64_t>(panel_rows64, kMaxChunkedPanelRows);
+  constexpr uint64_t kR = kTileRowsF32;
+  uint64_t panel_rows64 = std::max<uint64_t>(kR, kPanelBytes / w.row_bytes() / kR * kR);
+  if (w.cols > kChunkF32) {
+    panel_rows64 = std::min<uint64_t>(panel_rows64, kMaxChunkedPanelRows / kR * kR);
+  }
   const uint32_t panel_rows = static_cast<uint32_t>(std::min<uint64_t>(panel_rows64, w.rows));
   for (uint32_t p0 = row_begin; p0 < row_end; p0 += panel_rows) {
     const uint32_t p1 = std::min(row_end, p0 + panel_rows);
-    for (uint32_t t0 = 0; t0 < n_tokens; t0 += kGroupF32) {
-      const uint32_t nt = std::min(kGroupF32, n_tokens - t0);
+    // Groups of as even a size as kGroupF32 allows (5 tokens on AVX2: 3 + 2, not 4 + 1).
+    const uint32_t groups = (n_tokens + kGroupF32 - 1) / kGroupF32;
+    for (uint32_t g = 0, t0 = 0; g < groups; ++g) {
+      const uint32_t nt = (n_tokens - t0 + (groups - g) - 1) / (groups - g);
       const float* xs[kGroupF32] = {};
       for (uint32_t i = 0; i < nt; ++i) xs[i] = x.data() + uint64_t{t0 + i} * w.cols;
       // PanelTokens<nt, kT>, for nt in 1 .. kGroupF32.
@@ -2586,6 +2594,7 @@ void MatMulRowsTiledFloat(const MatrixView& w, std::span<const float> x, uint32_
         ((nt == I + 1 ? PanelTokens<I + 1, kT>(w, p0, p1, xs, t0, y) : void()), ...);
       }
       (std::make_integer_sequence<uint32_t, kGroupF32>());
+      t0 += nt;
     }
   }
 }
