@@ -41,11 +41,10 @@ constexpr uint64_t kRowPanelBytes = 256 << 10;      // MatMulRows' generic path:
 
 uint32_t Blocks(uint32_t cols) { return static_cast<uint32_t>(CeilDiv(cols, kBlock)); }
 // Scratch bytes per token: int8 values, then one f32 scale per block, then per block the scale
-// times the sum of the block's int8 values (q4_K's min term), then per block the same for its
-// two halves of 16 (q6_K's offset of 32, whose scales change every 16 values).
-// Then per block the int32 sum of the block's int8 values (q4_0's offset of 8 on 512-bit VNNI),
-// then per block the int32 sums of its two halves of 16 (q6_K's offset of 32).
-uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 28); }
+// times the sum of the block's int8 values (q4_K's min term), then per block the int32 sum of
+// the block's int8 values (q4_0's offset of 8), then per block the int32 sums of its two halves
+// of 16 (q6_K's offset of 32, whose scales change every 16 values).
+uint64_t QTokenBytes(uint32_t cols) { return uint64_t{Blocks(cols)} * (kBlock + 20); }
 // Token t's parts of that scratch (nb = Blocks(cols)).
 struct QToken {
   const int8_t* q;            // [nb x 32] int8 values
@@ -61,7 +60,7 @@ inline QToken QTokenAt(ConstByteSpan scratch, uint32_t cols, uint32_t t) {
   x.q = reinterpret_cast<const int8_t*>(base);
   x.d = reinterpret_cast<const float*>(base + uint64_t{nb} * kBlock);
   x.dsum = x.d + nb;
-  x.isum = reinterpret_cast<const int32_t*>(x.d + 4 * uint64_t{nb});  // after the half sums
+  x.isum = reinterpret_cast<const int32_t*>(x.dsum + nb);
   x.half_isum = x.isum + nb;
   return x;
 }
@@ -1599,6 +1598,17 @@ template <bool kQ8>
 constexpr uint64_t kS8PrefetchBytes = 4 * kS8PairBytes<kQ8>;
 template <bool kQ8>
 constexpr uint64_t kS8BatchPrefetchBytes = 2 * kS8PrefetchBytes<kQ8>;
+// Row-major rows ask for the bytes read after them (the matrix's next rows: `next`, `bytes` of
+// them) in step with their own blocks: at block i, share i of `share` bytes (a multiple of 64),
+// the part of it below `bytes`.
+__attribute__((always_inline)) inline void PrefetchShare(const std::byte* next, uint64_t bytes,
+                                                         uint64_t share, uint64_t i) {
+  for (uint64_t o = i * share; o < (i + 1) * share && o < bytes; o += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
+  }
+}
+// The share for `bytes` asked for over `steps` blocks (at least all of them by the last).
+inline uint64_t ShareOver(uint64_t bytes, uint32_t steps) { return (bytes / steps + 64) / 64 * 64; }
 
 // One (half, token) block product's accumulator: Start, then Add for each of the block's value
 // vectors w (lane i: row i's 4 stored bytes; q4_0: 4 nibbles 0..15) and the 4 activation bytes
@@ -1788,9 +1798,7 @@ void S8RowsTokens(S8Rows<kQ8>& src, uint32_t nb, ConstByteSpan quantized_x, uint
   }
   constexpr uint64_t kShare = kHalf * S8Rows<kQ8>::kBytes;
   for (uint32_t b = 0; b < nb; ++b) {
-    for (uint64_t o = b * kShare; o < (b + 1) * kShare && o < next_bytes; o += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + o), _MM_HINT_T0);
-    }
+    PrefetchShare(next, next_bytes, kShare, b);
     src.Load(b);
     S8Block<kQ8, 1, NT>(src, b, xq, xd, xi, acc);
   }
@@ -2023,9 +2031,7 @@ struct K8Rows {
   __attribute__((always_inline)) __m256 D(uint32_t) const { return d; }
   __attribute__((always_inline)) void Prefetch(uint32_t sb) const {
     PrefetchRows8<kBytes>(row, sb, nsb);
-    for (uint64_t b = sb * next_share; b < (sb + 1) * next_share && b < next_bytes; b += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
-    }
+    PrefetchShare(next, next_bytes, next_share, sb);
   }
 };
 
@@ -2275,11 +2281,9 @@ __attribute__((always_inline)) inline __m256 K8RowsQ6KOneToken(const std::byte* 
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3),
                 ones = _mm256_set1_epi16(1);
   __m256 acc = _mm256_setzero_ps();
-  const uint64_t share = (next_bytes / nsb + 64) / 64 * 64;
+  const uint64_t share = ShareOver(next_bytes, nsb);
   for (uint32_t sb = 0; sb < nsb; ++sb) {
-    for (uint64_t b = sb * share; b < (sb + 1) * share && b < next_bytes; b += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next + b), _MM_HINT_T0);
-    }
+    PrefetchShare(next, next_bytes, share, sb);
     const uint64_t o = uint64_t{sb} * kQ6KBytes;
     __m256i sc4[4], tail[4];  // the 16 int8 scales, 4 a dword; bytes 194 .. 209 (for d)
     TransposeRows8(row, o + 192, sc4);
@@ -2367,7 +2371,7 @@ void K8RowsTokens(const std::byte* const* row, uint32_t nsb, uint32_t cols, uint
   }
   K8Rows<kQ6 ? kQ6KBytes : kQ4KBytes> src;  // (its buffer is written before it is read)
   src.row = row, src.nsb = nsb;
-  src.next = next, src.next_bytes = next_bytes, src.next_share = (next_bytes / nsb + 64) / 64 * 64;
+  src.next = next, src.next_bytes = next_bytes, src.next_share = ShareOver(next_bytes, nsb);
   K8Tokens<kQ6>(src, cols, n_tokens, quantized_x, nr, y, token_stride, row_stride);
 }
 
@@ -2718,8 +2722,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
     int8_t* q = reinterpret_cast<int8_t*>(base);
     float* d = reinterpret_cast<float*>(base + uint64_t{nb} * kBlock);
     float* sum = d + nb;
-    float* half_sum = sum + nb;
-    int32_t* int_sum = reinterpret_cast<int32_t*>(half_sum + 2 * uint64_t{nb});
+    int32_t* int_sum = reinterpret_cast<int32_t*>(sum + nb);
     const float* xt = x.data() + uint64_t{t} * cols;
     for (uint32_t b = 0; b < nb; ++b) {
       const uint32_t c0 = b * kBlock, n = std::min(kBlock, cols - c0);
@@ -2752,8 +2755,6 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
       }
       d[b] = scale;
       sum[b] = scale * static_cast<float>(isum[0] + isum[1]);
-      half_sum[2 * b] = scale * static_cast<float>(isum[0]);
-      half_sum[2 * b + 1] = scale * static_cast<float>(isum[1]);
       int_sum[b] = isum[0] + isum[1];
       int_sum[nb + 2 * b] = isum[0];
       int_sum[nb + 2 * b + 1] = isum[1];

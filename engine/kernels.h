@@ -157,8 +157,8 @@ void DotRows(layout::DType dtype, uint32_t cols, std::span<const std::byte* cons
 
 // Quantises n_tokens rows of x (cols each) into the q8 scratch layout that MatMulRows expects
 // for block dtypes (per token: ceil(cols/32) blocks of 32 int8, then the f32 scales, then per
-// block the scale times the sum of its int8 values, then the same for each half of 16, then per
-// block the int32 sum of its int8 values, then per block the int32 sums of its two halves).
+// block the scale times the sum of its int8 values, then per block the int32 sum of its int8
+// values, then per block the int32 sums of its two halves of 16).
 void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tokens,
                          ByteSpan scratch);
 
