@@ -65,6 +65,15 @@ inline QToken QTokenAt(ConstByteSpan scratch, uint32_t cols, uint32_t t) {
   return x;
 }
 
+// Rows [first, first + count) of row-major `w` that lie below row_end, the bytes a kernel asks
+// for ahead of reading them: empty (no pointer past the matrix) when first >= row_end.
+inline ConstByteSpan RowsAhead(const MatrixView& w, uint32_t first, uint32_t count,
+                               uint32_t row_end) {
+  if (first >= row_end) return {};
+  const uint64_t rb = w.row_bytes();
+  return w.bytes.subspan(uint64_t{first} * rb, uint64_t{std::min(count, row_end - first)} * rb);
+}
+
 inline float HalfToFloat(const std::byte* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
@@ -594,10 +603,9 @@ inline void SetUpStrip(const MatrixView& w, uint32_t r0, uint32_t row_end, Strip
     s->row[i] = w.bytes.data() + r0 * rb + off[i];
   }
   s->offsets = _mm512_load_si512(off);
-  const uint32_t ahead_row = r0 + prefetch_strips * kStrip;
-  const uint32_t next_rows = ahead_row < row_end ? std::min(kStrip, row_end - ahead_row) : 0;
-  s->next = w.bytes.data() + uint64_t{ahead_row} * rb;
-  s->next_bytes = next_rows * rb;
+  const ConstByteSpan next = RowsAhead(w, r0 + prefetch_strips * kStrip, kStrip, row_end);
+  s->next = next.data();
+  s->next_bytes = next.size();
 }
 
 // Prefetches unit u + kAhead (units of kBytes: a q4_K / q6_K super-block, a q8_0 block pair) of
@@ -1896,13 +1904,11 @@ void MatMulRowsStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qua
     }
     S8Rows<kQ8> src{row, _mm256_load_si256(reinterpret_cast<const __m256i*>(off)), {}};
     // The rows 2 x 8 on (contiguous), asked for in step by the first token group.
-    const uint32_t ahead_row = r0 + 2 * kHalf;
-    const uint64_t next_bytes =
-        ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
-    const std::byte* next = w.bytes.data() + uint64_t{ahead_row} * rb;
+    const ConstByteSpan next = RowsAhead(w, r0 + 2 * kHalf, kHalf, row_end);
     ForTokenGroups(n_tokens, [&](uint32_t t0, auto nt) {
       __m256 acc[nt];
-      S8RowsTokens<kQ8, nt>(src, nb, quantized_x, w.cols, t0, next, t0 == 0 ? next_bytes : 0, acc);
+      S8RowsTokens<kQ8, nt>(src, nb, quantized_x, w.cols, t0, next.data(),
+                            t0 == 0 ? next.size() : 0, acc);
       for (uint32_t t = 0; t < nt; ++t) {
         StoreLanes(acc[t], nr, y + uint64_t{t0 + t} * w.rows + r0, 1);
       }
@@ -2414,11 +2420,9 @@ void MatMulRowsKStrips8(const MatrixView& w, uint32_t n_tokens, ConstByteSpan qu
     const std::byte* row[kHalf];
     for (uint32_t i = 0; i < kHalf; ++i) row[i] = w.bytes.data() + (r0 + std::min(i, nr - 1)) * rb;
     // The rows 8 on (contiguous), asked for as these are read (on the last token pass).
-    const uint32_t ahead_row = r0 + kHalf;
-    const uint64_t next_bytes =
-        ahead_row < row_end ? uint64_t{std::min(kHalf, row_end - ahead_row)} * rb : 0;
-    K8RowsTokens<kQ6>(row, nsb, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1,
-                      w.bytes.data() + uint64_t{ahead_row} * rb, next_bytes);
+    const ConstByteSpan next = RowsAhead(w, r0 + kHalf, kHalf, row_end);
+    K8RowsTokens<kQ6>(row, nsb, w.cols, n_tokens, quantized_x, nr, y + r0, w.rows, 1, next.data(),
+                      next.size());
   }
 }
 
