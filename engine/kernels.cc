@@ -3093,12 +3093,83 @@ void Softmax(std::span<float> x) {
 }
 #endif
 
-void SwiGlu(std::span<float> gate, std::span<const float> up, bool relu) {
-  for (size_t i = 0; i < gate.size(); ++i) {
-    const float g = gate[i];
-    const float a = relu ? std::max(g, 0.0f) : g / (1.0f + std::exp(-g));
-    gate[i] = a * up[i];
+// Silu's constants. e^t for t = -|g| in [kSiluExpFloor, 0] as ExpNonPositive computes it (n =
+// nearest integer of t / ln2, r = t - n ln2 in two parts, the degree-7 Taylor polynomial of e^r,
+// times 2^n built from its exponent bits: n >= -126 there, so 2^n is a normal float); below the
+// floor e is 0 (it would be under 1.7e-38, which changes g / (1 + e) by nothing and g e by less
+// than 1e-36).
+constexpr float kSiluExpFloor = -87.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.428606765330187045e-06f;
+constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
+                                 1.0f / 6,    0.5f,       1.0f,       1.0f};
+
+float Silu(float g) {
+  const float t = -std::fabs(g);
+  float e = 0.0f;
+  if (t >= kSiluExpFloor) {  // false for NaN: e = 0
+    const float n = std::nearbyint(t * kLog2e);
+    float r = std::fma(-n, kLn2Hi, t);
+    r = std::fma(-n, kLn2Lo, r);
+    float p = kExpTaylor[0];
+    for (int k = 1; k < 8; ++k) p = std::fma(p, r, kExpTaylor[k]);
+    const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+    float pow2;
+    std::memcpy(&pow2, &bits, sizeof(pow2));
+    e = p * pow2;
   }
+  const float d = 1.0f + e;
+  const float s = (g < 0.0f ? e : 1.0f) / d;
+  return g * s;
+}
+
+#ifdef FLASHLM_AVX2
+namespace {
+// Silu on 8 lanes: the same operations, in the same order, as Silu (each one IEEE-rounded
+// alike), so every lane is Silu's bits.
+inline __m256 Silu8(__m256 g) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 t = _mm256_or_ps(g, _mm256_set1_ps(-0.0f));  // -|g|, as -std::fabs(g)
+  const __m256 kept = _mm256_cmp_ps(t, _mm256_set1_ps(kSiluExpFloor), _CMP_GE_OQ);
+  const __m256 x = _mm256_max_ps(t, _mm256_set1_ps(kSiluExpFloor));  // keeps 2^n's bits sane
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
+  for (int k = 1; k < 8; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[k]));
+  const __m256 pow2 = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  const __m256 e = _mm256_and_ps(kept, _mm256_mul_ps(p, pow2));
+  const __m256 d = _mm256_add_ps(one, e);
+  const __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(g, zero, _CMP_LT_OQ));
+  return _mm256_mul_ps(g, _mm256_div_ps(num, d));
+}
+}  // namespace
+#endif
+
+void SwiGlu(std::span<float> gate, std::span<const float> up, bool relu) {
+  CHECK_LE(gate.size(), up.size());
+  const size_t size = gate.size();
+  float* g = gate.data();
+  const float* u = up.data();
+  size_t i = 0;
+#ifdef FLASHLM_AVX2
+  if (relu) {
+    // _mm256_max_ps(0, g) returns g when g is NaN or -0, as std::max(g, 0.0f) does.
+    for (; i + 8 <= size; i += 8) {
+      const __m256 a = _mm256_max_ps(_mm256_setzero_ps(), _mm256_loadu_ps(g + i));
+      _mm256_storeu_ps(g + i, _mm256_mul_ps(a, _mm256_loadu_ps(u + i)));
+    }
+  } else {
+    for (; i + 8 <= size; i += 8) {
+      _mm256_storeu_ps(g + i, _mm256_mul_ps(Silu8(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+    }
+  }
+#endif
+  for (; i < size; ++i) g[i] = (relu ? std::max(g[i], 0.0f) : Silu(g[i])) * u[i];
 }
 
 float DotF32(const float* a, const float* b, uint32_t n) {
