@@ -3199,18 +3199,41 @@ inline float KvValue(const std::byte* row, bool half, uint32_t c) {
   return half ? HalfToFloat(row + 2 * uint64_t{c}) : reinterpret_cast<const float*>(row)[c];
 }
 
+#ifdef FLASHLM_AVX2
+inline __m256 KvLoad8(const std::byte* row, bool half, uint32_t c) {
+  if (half) {
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * uint64_t{c})));
+  }
+  return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
+}
+
+#ifndef FLASHLM_AVX512
+// AttentionAxpyRows over values [c, c + 8 x NC) of every row on AVX2: y's 8 x NC values stay in
+// registers across the rows (row by row, each y value would wait on its own store and reload).
+template <int NC>
+void AxpyRowsChunks8(const float* a, const std::byte* rows, uint64_t stride, uint32_t count,
+                     bool half, uint32_t c, float* y) {
+  __m256 acc[NC];
+  for (int j = 0; j < NC; ++j) acc[j] = _mm256_loadu_ps(y + c + 8 * j);
+  for (uint32_t i = 0; i < count; ++i) {
+    const std::byte* row = rows + uint64_t{i} * stride;
+    const __m256 av = _mm256_set1_ps(a[i]);
+    for (int j = 0; j < NC; ++j) {
+      acc[j] = _mm256_fmadd_ps(av, KvLoad8(row, half, c + 8 * j), acc[j]);
+    }
+  }
+  for (int j = 0; j < NC; ++j) _mm256_storeu_ps(y + c + 8 * j, acc[j]);
+}
+#endif
+#endif
+
 #ifdef FLASHLM_AVX512
 inline __m512 KvLoad16(const std::byte* row, bool half, uint32_t c) {
   if (half) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * uint64_t{c})));
   }
   return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
-}
-inline __m256 KvLoad8(const std::byte* row, bool half, uint32_t c) {
-  if (half) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * uint64_t{c})));
-  }
-  return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
 }
 
 // Lane r of the result = ReduceLikeRowF32(acc[r]) for r < 16, bit for bit: ReduceLikeRowF32 (as
@@ -3353,8 +3376,36 @@ void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_by
     _mm256_storeu_ps(y + c, acc);
     c += 8;
   }
+#elif defined(FLASHLM_AVX2)
+  for (; c + 64 <= n; c += 64) AxpyRowsChunks8<8>(a, rows, stride_bytes, count, half, c, y);
+  switch ((n - c) / 8) {
+    case 7:
+      AxpyRowsChunks8<7>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 6:
+      AxpyRowsChunks8<6>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 5:
+      AxpyRowsChunks8<5>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 4:
+      AxpyRowsChunks8<4>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 3:
+      AxpyRowsChunks8<3>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 2:
+      AxpyRowsChunks8<2>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    case 1:
+      AxpyRowsChunks8<1>(a, rows, stride_bytes, count, half, c, y);
+      break;
+    default:
+      break;
+  }
+  c += (n - c) / 8 * 8;
 #endif
-  // The rest (all of it without AVX-512): row by row, as AxpyF32 (8 lanes, then one by one).
+  // The rest: row by row, as AxpyF32 (8 lanes, then one by one; fewer than 8 values with AVX2).
   for (uint32_t i = 0; i < count && c < n; ++i) {
     const std::byte* row = rows + uint64_t{i} * stride_bytes;
     uint32_t k = c;

@@ -191,8 +191,9 @@ void AxpyF32(float a, const float* x, float* y, uint32_t n);
 // x_i is row i as f32 (f16 converts exactly). AttentionAxpyRows: for i = 0, 1, ... count - 1 in
 // turn, AxpyF32(a[i], x_i, y, n), bit for bit (every y value takes the same fused terms in the
 // same order). On AVX-512 the dot products run 16 rows at a time (16 independent FMA chains,
-// one transposed reduction that adds the same lanes as DotF32's) and y stays in registers across
-// the rows; otherwise row by row. Single-threaded, allocates nothing.
+// one transposed reduction that adds the same lanes as DotF32's), otherwise row by row; y stays
+// in registers across the rows, up to 128 values (AVX-512) or 64 (AVX2) at a time.
+// Single-threaded, allocates nothing.
 void AttentionDotRows(const float* q, const std::byte* rows, uint64_t stride_bytes, uint32_t count,
                       bool f16, uint32_t n, float scale, float* out);
 void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_bytes,

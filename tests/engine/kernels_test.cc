@@ -805,13 +805,15 @@ TEST(KernelsTest, AttentionDotRowsBitIdenticalToDotF32) {
 }
 
 // AttentionAxpyRows is AxpyF32 row after row, bit for bit, for f32 and f16 rows: head sizes with
-// and without the register-blocked chunks of 16 and 128 values, an 8-value rest and a scalar
-// tail; zero weights among the rows; nothing past n is written.
+// and without the register-blocked chunks (16 to 128 values on AVX-512, 8 to 64 on AVX2, every
+// count of vectors), an 8-value rest and a scalar tail; zero weights among the rows; nothing past
+// n is written.
 TEST(KernelsTest, AttentionAxpyRowsBitIdenticalToAxpyF32) {
   std::mt19937 rng(43);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (bool f16 : {false, true}) {
-    for (uint32_t n : {3u, 8u, 16u, 24u, 40u, 64u, 100u, 128u, 136u, 200u, 264u}) {
+    for (uint32_t n :
+         {3u, 8u, 16u, 24u, 32u, 40u, 48u, 56u, 64u, 100u, 128u, 136u, 200u, 240u, 264u}) {
       for (uint32_t count : {1u, 7u, 16u, 33u}) {
         const AttentionRows rows = MakeAttentionRows(f16, count, n, 2 * n + 3, rng);
         std::vector<float> a(count);
