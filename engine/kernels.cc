@@ -3078,6 +3078,73 @@ void Softmax(std::span<float> x) {
     _mm512_mask_storeu_ps(v + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, v + i), inv));
   }
 }
+#elif defined(FLASHLM_AVX2)
+namespace {
+
+// ExpNonPositive on 8 lanes, without AVX-512's scalef: p x 2^n as (p x 2^(n + 100)) x 2^-100,
+// where the first product is exact (a normal float's exponent moved) and the second rounds once,
+// to a denormal below 2^-126, as scalef does.
+inline __m256 ExpNonPositive8(__m256 in) {
+  const __m256 kept = _mm256_cmp_ps(in, _mm256_set1_ps(-103.0f), _CMP_GE_OQ);
+  const __m256 x = _mm256_max_ps(in, _mm256_set1_ps(-103.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256 up = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127 + 100)), 23));
+  const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, up), _mm256_set1_ps(0x1p-100f));
+  return _mm256_and_ps(kept, e);
+}
+
+}  // namespace
+
+// As the AVX-512 Softmax, 8 lanes at a time: the maximum, e^(x - max) by ExpNonPositive8 summed
+// in 8 float lanes (positions past the end read as -inf, which weighs 0), then times 1 / sum.
+void Softmax(std::span<float> x) {
+  if (x.empty()) return;
+  const uint32_t n = static_cast<uint32_t>(x.size());
+  float* v = x.data();
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  auto mask = [&](uint32_t i) {  // lanes [0, min(8, n - i)) set
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(std::min(8u, n - i))), lane);
+  };
+  auto load = [&](uint32_t i) {
+    if (n - i >= 8) return _mm256_loadu_ps(v + i);
+    const __m256i m = mask(i);
+    return _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(v + i, m), _mm256_castsi256_ps(m));
+  };
+  auto store = [&](uint32_t i, __m256 e) {
+    if (n - i >= 8) {
+      _mm256_storeu_ps(v + i, e);
+    } else {
+      _mm256_maskstore_ps(v + i, mask(i), e);
+    }
+  };
+  __m256 mx = minus_inf;
+  for (uint32_t i = 0; i < n; i += 8) mx = _mm256_max_ps(mx, load(i));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const __m256 top = _mm256_set1_ps(_mm_cvtss_f32(m4));
+  __m256 sum = _mm256_setzero_ps();
+  for (uint32_t i = 0; i < n; i += 8) {
+    const __m256 e = ExpNonPositive8(_mm256_sub_ps(load(i), top));
+    store(i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / HorizontalSum(sum));
+  for (uint32_t i = 0; i < n; i += 8) store(i, _mm256_mul_ps(load(i), inv));
+}
 #else
 void Softmax(std::span<float> x) {
   if (x.empty()) return;

@@ -490,10 +490,10 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
   Softmax(s);
   EXPECT_NEAR(s[0] + s[1] + s[2], 1.0f, 1e-6);
   EXPECT_NEAR(s[2] / s[1], std::exp(1.0f), 1e-4);
-  // Lengths around the 16-lane width; values spread down to where exp underflows, -inf (a
+  // Lengths around the 8- and 16-lane widths; values spread down to where exp underflows, -inf (a
   // masked position) weighs exactly 0; each weight within 3e-7 relative of exp's.
   std::mt19937 rng(5);
-  for (uint32_t len : {1u, 15u, 16u, 17u, 33u, 1000u}) {
+  for (uint32_t len : {1u, 7u, 8u, 9u, 15u, 16u, 17u, 33u, 1000u}) {
     std::vector<float> v(len);
     std::uniform_real_distribution<float> u(-120.0f, 8.0f);
     for (float& e : v) e = u(rng);
