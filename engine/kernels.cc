@@ -2746,6 +2746,38 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
         isum[0] = _mm512_reduce_add_epi32(q0);
         isum[1] = _mm512_reduce_add_epi32(q1);
       } else
+#elif defined(FLASHLM_AVX2)
+      if (n == kBlock) {  // the same operations on 8 lanes, as on AVX-512 above
+        __m256 xv[4];
+        __m256 amax8 = _mm256_setzero_ps();
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        for (int k = 0; k < 4; ++k) {
+          xv[k] = _mm256_loadu_ps(xt + c0 + 8 * k);
+          // (|x| > amax ? |x| : amax), std::max(amax, |x|)'s choice, NaN included.
+          amax8 = _mm256_max_ps(_mm256_andnot_ps(sign, xv[k]), amax8);
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        scale = _mm_cvtss_f32(m4) / 127.0f;
+        const __m256 inv = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+        __m256i qi[4];
+        for (int k = 0; k < 4; ++k) qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[k], inv));
+        // |q| <= 127, so the saturating packs are exact; they interleave 128-bit lanes, which
+        // the final dword permute puts back in column order.
+        const __m256i w01 = _mm256_packs_epi32(qi[0], qi[1]);
+        const __m256i w23 = _mm256_packs_epi32(qi[2], qi[3]);
+        const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23),
+                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c0), b);
+        for (int h = 0; h < 2; ++h) {
+          const __m256i s8 = _mm256_add_epi32(qi[2 * h], qi[2 * h + 1]);
+          __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+          s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+          s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+          isum[h] = _mm_cvtsi128_si32(s4);
+        }
+      } else
 #endif
       {
         float amax = 0.0f;
