@@ -3058,28 +3058,66 @@ void RmsNorm(std::span<const float> x, std::span<const float> w, float eps, std:
   for (uint32_t i = 0; i < n; ++i) out[i] = w[i] * (inv * x[i]);
 }
 
+// e^t for t <= 0 (the softmax's x - max, Silu's -|g|): t = n ln2 + r, |r| <= ln2 / 2 (ln2 in two
+// parts, Cody-Waite), e^r by its Taylor polynomial to r^7 (truncation below 6e-9 relative, under a
+// tenth of an ulp; within 3e-7 relative of exp in all, tested), times 2^n. Below -87.3 the result
+// is a denormal, as expf's is; below -103 (and for -inf and NaN) exactly 0.
+namespace {
+constexpr float kExpFloor = -103.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.428606765330187045e-06f;
+constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
+                                 1.0f / 6,    0.5f,       1.0f,       1.0f};
+
+// Without AVX-512's scalef, p x 2^n is taken as (p x 2^(n + 100)) x 2^-100: the first product is
+// exact (a normal float's exponent moved), the second rounds once (to a denormal below 2^-126),
+// as scalef does. ExpNonPositiveScalar and ExpNonPositive8 take the same operations in the same
+// order (each IEEE-rounded alike), so every lane of the second is the first's bits.
+float ExpNonPositiveScalar(float t) {
+  if (!(t >= kExpFloor)) return 0.0f;  // NaN too
+  const float n = std::nearbyint(t * kLog2e);
+  float r = std::fma(-n, kLn2Hi, t);
+  r = std::fma(-n, kLn2Lo, r);
+  float p = kExpTaylor[0];
+  for (int k = 1; k < 8; ++k) p = std::fma(p, r, kExpTaylor[k]);
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127 + 100) << 23;
+  float up;
+  std::memcpy(&up, &bits, sizeof(up));
+  return p * up * 0x1p-100f;
+}
+
+#ifdef FLASHLM_AVX2
+inline __m256 ExpNonPositive8(__m256 in) {
+  const __m256 kept = _mm256_cmp_ps(in, _mm256_set1_ps(kExpFloor), _CMP_GE_OQ);
+  const __m256 x = _mm256_max_ps(in, _mm256_set1_ps(kExpFloor));  // keeps 2^n's bits sane
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
+  for (int k = 1; k < 8; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[k]));
+  const __m256 up = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127 + 100)), 23));
+  const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, up), _mm256_set1_ps(0x1p-100f));
+  return _mm256_and_ps(kept, e);
+}
+#endif
+}  // namespace
+
 #if defined(FLASHLM_AVX2) && defined(__AVX512F__)
 namespace {
 
-// e^x for x <= 0 (softmax's x - max), 16 lanes: x = n ln2 + r, |r| <= ln2 / 2 (ln2 in two parts,
-// Cody-Waite), e^r by its Taylor polynomial to r^7 (truncation below 6e-9 relative, under a tenth
-// of an ulp; within 3e-7 relative of exp in all, tested), times 2^n. Below -87.3 the result is a
-// denormal, as expf's is; below -103 (and for -inf) exactly 0.
+// ExpNonPositive8 on 16 lanes, 2^n applied by scalef (one rounding, as there).
 inline __m512 ExpNonPositive(__m512 in) {
-  const __mmask16 kept = _mm512_cmp_ps_mask(in, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);
-  const __m512 x = _mm512_max_ps(in, _mm512_set1_ps(-103.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __mmask16 kept = _mm512_cmp_ps_mask(in, _mm512_set1_ps(kExpFloor), _CMP_GE_OQ);
+  const __m512 x = _mm512_max_ps(in, _mm512_set1_ps(kExpFloor));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpTaylor[0]);
+  for (int k = 1; k < 8; ++k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpTaylor[k]));
   return _mm512_maskz_scalef_ps(kept, p, n);
 }
 
@@ -3111,34 +3149,6 @@ void Softmax(std::span<float> x) {
   }
 }
 #elif defined(FLASHLM_AVX2)
-namespace {
-
-// ExpNonPositive on 8 lanes, without AVX-512's scalef: p x 2^n as (p x 2^(n + 100)) x 2^-100,
-// where the first product is exact (a normal float's exponent moved) and the second rounds once,
-// to a denormal below 2^-126, as scalef does.
-inline __m256 ExpNonPositive8(__m256 in) {
-  const __m256 kept = _mm256_cmp_ps(in, _mm256_set1_ps(-103.0f), _CMP_GE_OQ);
-  const __m256 x = _mm256_max_ps(in, _mm256_set1_ps(-103.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256 up = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127 + 100)), 23));
-  const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, up), _mm256_set1_ps(0x1p-100f));
-  return _mm256_and_ps(kept, e);
-}
-
-}  // namespace
-
 // As the AVX-512 Softmax, 8 lanes at a time: the maximum, e^(x - max) by ExpNonPositive8 summed
 // in 8 float lanes (positions past the end read as -inf, which weighs 0), then times 1 / sum.
 void Softmax(std::span<float> x) {
@@ -3192,32 +3202,8 @@ void Softmax(std::span<float> x) {
 }
 #endif
 
-// Silu's constants. e^t for t = -|g| in [kSiluExpFloor, 0] as ExpNonPositive computes it (n =
-// nearest integer of t / ln2, r = t - n ln2 in two parts, the degree-7 Taylor polynomial of e^r,
-// times 2^n built from its exponent bits: n >= -126 there, so 2^n is a normal float); below the
-// floor e is 0 (it would be under 1.7e-38, which changes g / (1 + e) by nothing and g e by less
-// than 1e-36).
-constexpr float kSiluExpFloor = -87.0f;
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693145751953125f;
-constexpr float kLn2Lo = 1.428606765330187045e-06f;
-constexpr float kExpTaylor[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
-                                 1.0f / 6,    0.5f,       1.0f,       1.0f};
-
 float Silu(float g) {
-  const float t = -std::fabs(g);
-  float e = 0.0f;
-  if (t >= kSiluExpFloor) {  // false for NaN: e = 0
-    const float n = std::nearbyint(t * kLog2e);
-    float r = std::fma(-n, kLn2Hi, t);
-    r = std::fma(-n, kLn2Lo, r);
-    float p = kExpTaylor[0];
-    for (int k = 1; k < 8; ++k) p = std::fma(p, r, kExpTaylor[k]);
-    const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
-    float pow2;
-    std::memcpy(&pow2, &bits, sizeof(pow2));
-    e = p * pow2;
-  }
+  const float e = ExpNonPositiveScalar(-std::fabs(g));  // 0 for NaN
   const float d = 1.0f + e;
   const float s = (g < 0.0f ? e : 1.0f) / d;
   return g * s;
@@ -3225,25 +3211,12 @@ float Silu(float g) {
 
 #ifdef FLASHLM_AVX2
 namespace {
-// Silu on 8 lanes: the same operations, in the same order, as Silu (each one IEEE-rounded
-// alike), so every lane is Silu's bits.
+// Silu on 8 lanes: the same operations, in the same order, as Silu, so every lane is Silu's bits.
 inline __m256 Silu8(__m256 g) {
-  const __m256 zero = _mm256_setzero_ps();
   const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 t = _mm256_or_ps(g, _mm256_set1_ps(-0.0f));  // -|g|, as -std::fabs(g)
-  const __m256 kept = _mm256_cmp_ps(t, _mm256_set1_ps(kSiluExpFloor), _CMP_GE_OQ);
-  const __m256 x = _mm256_max_ps(t, _mm256_set1_ps(kSiluExpFloor));  // keeps 2^n's bits sane
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
-  for (int k = 1; k < 8; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[k]));
-  const __m256 pow2 = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  const __m256 e = _mm256_and_ps(kept, _mm256_mul_ps(p, pow2));
+  const __m256 e = ExpNonPositive8(_mm256_or_ps(g, _mm256_set1_ps(-0.0f)));  // -|g|
   const __m256 d = _mm256_add_ps(one, e);
-  const __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(g, zero, _CMP_LT_OQ));
+  const __m256 num = _mm256_blendv_ps(one, e, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ));
   return _mm256_mul_ps(g, _mm256_div_ps(num, d));
 }
 }  // namespace

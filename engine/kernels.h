@@ -173,8 +173,8 @@ void RmsNorm(std::span<const float> x, std::span<const float> w, float eps, std:
 // std::exp summed in double. -inf weighs exactly 0.
 void Softmax(std::span<float> x);
 // silu(g) = g / (1 + e^-g), as g x sigmoid(g) with the sigmoid taken from e^-|g| (1 / (1 + e) for
-// g >= 0, e / (1 + e) below), e^-|g| by a polynomial (within 3e-7 relative of exp; 0 below
-// -87). Within a few ulps of the exact value; SwiGlu's SIMD lanes give its bits exactly.
+// g >= 0, e / (1 + e) below), e^-|g| by the softmax's polynomial (within 3e-7 relative of exp;
+// 0 below -103). Within a few ulps of the exact value; SwiGlu's SIMD lanes give its bits exactly.
 float Silu(float g);
 // x[i] = act(x[i]) * up[i], act = Silu or relu. Each element's result depends on its own gate
 // and up values alone (not on its place in the span or the span's length): the same bits whether
