@@ -3280,24 +3280,6 @@ inline __m256 KvLoad8(const std::byte* row, bool half, uint32_t c) {
   return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + c);
 }
 
-#ifndef FLASHLM_AVX512
-// AttentionAxpyRows over values [c, c + 8 x NC) of every row on AVX2: y's 8 x NC values stay in
-// registers across the rows (row by row, each y value would wait on its own store and reload).
-template <int NC>
-void AxpyRowsChunks8(const float* a, const std::byte* rows, uint64_t stride, uint32_t count,
-                     bool half, uint32_t c, float* y) {
-  __m256 acc[NC];
-  for (int j = 0; j < NC; ++j) acc[j] = _mm256_loadu_ps(y + c + 8 * j);
-  for (uint32_t i = 0; i < count; ++i) {
-    const std::byte* row = rows + uint64_t{i} * stride;
-    const __m256 av = _mm256_set1_ps(a[i]);
-    for (int j = 0; j < NC; ++j) {
-      acc[j] = _mm256_fmadd_ps(av, KvLoad8(row, half, c + 8 * j), acc[j]);
-    }
-  }
-  for (int j = 0; j < NC; ++j) _mm256_storeu_ps(y + c + 8 * j, acc[j]);
-}
-#endif
 #endif
 
 #ifdef FLASHLM_AVX512
@@ -3367,20 +3349,58 @@ void DotRows16(const float* q, const std::byte* rows, uint64_t stride, uint32_t 
   }
 }
 
-// AttentionAxpyRows over values [c, c + 16 x NC) of every row: y's 16 x NC values stay in registers.
-template <int NC>
+// AxpyRowsChunks' vectors on AVX-512: 16 lanes.
+struct Lanes16 {
+  using V = __m512;
+  static constexpr uint32_t kLanes = 16;
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static V Set1(float a) { return _mm512_set1_ps(a); }
+  static V Row(const std::byte* row, bool half, uint32_t c) { return KvLoad16(row, half, c); }
+  static V Fma(V a, V x, V acc) { return _mm512_fmadd_ps(a, x, acc); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+#endif
+#ifdef FLASHLM_AVX2
+// AxpyRowsChunks' vectors on AVX2: 8 lanes.
+struct Lanes8 {
+  using V = __m256;
+  static constexpr uint32_t kLanes = 8;
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static V Set1(float a) { return _mm256_set1_ps(a); }
+  static V Row(const std::byte* row, bool half, uint32_t c) { return KvLoad8(row, half, c); }
+  static V Fma(V a, V x, V acc) { return _mm256_fmadd_ps(a, x, acc); }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+
+// AttentionAxpyRows over values [c, c + L::kLanes x NC) of every row: y's values stay in NC
+// registers across the rows (row by row, each y value would wait on its own store and reload).
+template <class L, int NC>
 void AxpyRowsChunks(const float* a, const std::byte* rows, uint64_t stride, uint32_t count,
                     bool half, uint32_t c, float* y) {
-  __m512 acc[NC];
-  for (int j = 0; j < NC; ++j) acc[j] = _mm512_loadu_ps(y + c + 16 * j);
+  typename L::V acc[NC];
+  for (int j = 0; j < NC; ++j) acc[j] = L::Load(y + c + L::kLanes * j);
   for (uint32_t i = 0; i < count; ++i) {
     const std::byte* row = rows + uint64_t{i} * stride;
-    const __m512 av = _mm512_set1_ps(a[i]);
-    for (int j = 0; j < NC; ++j) {
-      acc[j] = _mm512_fmadd_ps(av, KvLoad16(row, half, c + 16 * j), acc[j]);
-    }
+    const typename L::V av = L::Set1(a[i]);
+    for (int j = 0; j < NC; ++j) acc[j] = L::Fma(av, L::Row(row, half, c + L::kLanes * j), acc[j]);
   }
-  for (int j = 0; j < NC; ++j) _mm512_storeu_ps(y + c + 16 * j, acc[j]);
+  for (int j = 0; j < NC; ++j) L::Store(y + c + L::kLanes * j, acc[j]);
+}
+
+// AttentionAxpyRows over values [0, c) in registers, 8 vectors at a time and then the rest's
+// whole vectors in one pass; c, the largest multiple of L::kLanes <= n, is returned.
+template <class L>
+uint32_t AxpyRowsInRegisters(const float* a, const std::byte* rows, uint64_t stride, uint32_t count,
+                             bool half, float* y, uint32_t n) {
+  constexpr uint32_t kWide = 8 * L::kLanes;
+  uint32_t c = 0;
+  for (; c + kWide <= n; c += kWide) AxpyRowsChunks<L, 8>(a, rows, stride, count, half, c, y);
+  const uint32_t rest = (n - c) / L::kLanes;  // 0 .. 7 whole vectors: AxpyRowsChunks<L, rest>
+  [&]<int... K>(std::integer_sequence<int, K...>) {
+    ((rest == K + 1 ? AxpyRowsChunks<L, K + 1>(a, rows, stride, count, half, c, y) : void()), ...);
+  }
+  (std::make_integer_sequence<int, 7>());
+  return c + (n - c) / L::kLanes * L::kLanes;
 }
 #endif
 }  // namespace
@@ -3427,55 +3447,13 @@ void AttentionAxpyRows(const float* a, const std::byte* rows, uint64_t stride_by
                 bool half, float* y, uint32_t n) {
   uint32_t c = 0;
 #ifdef FLASHLM_AVX512
-  for (; c + 128 <= n; c += 128) AxpyRowsChunks<8>(a, rows, stride_bytes, count, half, c, y);
-  switch ((n - c) / 16) {
-    case 7: AxpyRowsChunks<7>(a, rows, stride_bytes, count, half, c, y); break;
-    case 6: AxpyRowsChunks<6>(a, rows, stride_bytes, count, half, c, y); break;
-    case 5: AxpyRowsChunks<5>(a, rows, stride_bytes, count, half, c, y); break;
-    case 4: AxpyRowsChunks<4>(a, rows, stride_bytes, count, half, c, y); break;
-    case 3: AxpyRowsChunks<3>(a, rows, stride_bytes, count, half, c, y); break;
-    case 2: AxpyRowsChunks<2>(a, rows, stride_bytes, count, half, c, y); break;
-    case 1: AxpyRowsChunks<1>(a, rows, stride_bytes, count, half, c, y); break;
-    default: break;
-  }
-  c += (n - c) / 16 * 16;
+  c = AxpyRowsInRegisters<Lanes16>(a, rows, stride_bytes, count, half, y, n);
   if (c + 8 <= n) {  // 8 more values: one 8-lane FMA per row, as AxpyF32
-    __m256 acc = _mm256_loadu_ps(y + c);
-    for (uint32_t i = 0; i < count; ++i) {
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i]), KvLoad8(rows + uint64_t{i} * stride_bytes, half, c),
-                            acc);
-    }
-    _mm256_storeu_ps(y + c, acc);
+    AxpyRowsChunks<Lanes8, 1>(a, rows, stride_bytes, count, half, c, y);
     c += 8;
   }
 #elif defined(FLASHLM_AVX2)
-  for (; c + 64 <= n; c += 64) AxpyRowsChunks8<8>(a, rows, stride_bytes, count, half, c, y);
-  switch ((n - c) / 8) {
-    case 7:
-      AxpyRowsChunks8<7>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 6:
-      AxpyRowsChunks8<6>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 5:
-      AxpyRowsChunks8<5>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 4:
-      AxpyRowsChunks8<4>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 3:
-      AxpyRowsChunks8<3>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 2:
-      AxpyRowsChunks8<2>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    case 1:
-      AxpyRowsChunks8<1>(a, rows, stride_bytes, count, half, c, y);
-      break;
-    default:
-      break;
-  }
-  c += (n - c) / 8 * 8;
+  c = AxpyRowsInRegisters<Lanes8>(a, rows, stride_bytes, count, half, y, n);
 #endif
   // The rest: row by row, as AxpyF32 (8 lanes, then one by one; fewer than 8 values with AVX2).
   for (uint32_t i = 0; i < count && c < n; ++i) {
