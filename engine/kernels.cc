@@ -92,6 +92,14 @@ inline float HorizontalSum(__m256 v) {
   lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
   return _mm_cvtss_f32(lo);
 }
+// The largest of 8 lanes by _mm_max_ps's rule (the second operand where either is NaN), folding
+// the upper half onto the lower three times, as HorizontalSum does.
+inline float HorizontalMax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
 // 32 nibbles of a q4_0 block as int8 values in [-8, 7], in value order.
 inline __m256i UnpackQ4(const std::byte* q) {
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
@@ -2756,10 +2764,7 @@ void QuantizeActivations(std::span<const float> x, uint32_t cols, uint32_t n_tok
           // (|x| > amax ? |x| : amax), std::max(amax, |x|)'s choice, NaN included.
           amax8 = _mm256_max_ps(_mm256_andnot_ps(sign, xv[k]), amax8);
         }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        scale = _mm_cvtss_f32(m4) / 127.0f;
+        scale = HorizontalMax(amax8) / 127.0f;
         const __m256 inv = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
         __m256i qi[4];
         for (int k = 0; k < 4; ++k) qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(xv[k], inv));
@@ -3174,10 +3179,7 @@ void Softmax(std::span<float> x) {
   };
   __m256 mx = minus_inf;
   for (uint32_t i = 0; i < n; i += 8) mx = _mm256_max_ps(mx, load(i));
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  const __m256 top = _mm256_set1_ps(_mm_cvtss_f32(m4));
+  const __m256 top = _mm256_set1_ps(HorizontalMax(mx));
   __m256 sum = _mm256_setzero_ps();
   for (uint32_t i = 0; i < n; i += 8) {
     const __m256 e = ExpNonPositive8(_mm256_sub_ps(load(i), top));
