@@ -3575,8 +3575,8 @@ __attribute__((always_inline)) inline void DequantQ6KBlock16(const std::byte* bl
   }
 }
 
-// The batch down kernels' shared steps. NonzeroTokens (AxpyKChunkTokens, AxpyQ8BlockTokens,
-// AxpyQ8HalfTokens): bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
+// The batch down kernels' shared steps. NonzeroTokens (AxpyKChunkTokens, AxpyQ8BlockTokens):
+// bit t set where ak[t] != 0 for t < NT (one masked load and compare; NEQ_UQ is
 // C++'s !=, NaN included). AddTokens (the q8_0 / q4_0 ones; AxpyKTile does the same a tile at a
 // time): acc[t] += ak[t] * v (one fused multiply-add) for the tokens whose bit is set; a token
 // with a zero coefficient keeps its acc, as AxpyRow skips it. A row with every bit set (a dense
@@ -3976,28 +3976,6 @@ void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, uint
   }
 }
 
-// AxpyRows for NT tokens (8 < NT <= 16) over one half (`half` 0: values 0-15, 1: 16-31) of one
-// full q8_0 (or, kQ4, q4_0) block at byte `at` of every row: y's NT x 16 values stay in NT zmm
-// registers while the rows go by, so a dequantised half serves every token, and each token's
-// coefficient is one broadcast FMA. The same products and order as AxpyQ8BlockTokens (a token
-// whose coefficient is zero keeps its y): bit-identical to AxpyRow.
-template <int NT, bool kQ4 = false>
-void AxpyQ8HalfTokens(std::span<const std::byte* const> rows, uint64_t at, uint64_t next, int half,
-                      const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
-  constexpr uint64_t kBlockBytes = kQ4 ? 2 + kBlock / 2 : 2 + kBlock;  // f16 scale, the values
-  __m512 acc[NT];
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_loadu_ps(y + t * y_stride + 16 * half);
-  for (size_t k = 0; k < rows.size(); ++k) {
-    PrefetchNextBlock(rows[k], next, kBlockBytes);
-    const float* ak = a + k * a_stride;
-    const __mmask16 nonzero = NonzeroTokens<NT>(ak);
-    if (nonzero == 0) continue;
-    AddTokens<NT>(acc, ak, DequantHalf16<kQ4>(rows[k] + at, half), nonzero);
-  }
-#pragma GCC unroll 16
-  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * y_stride + 16 * half, acc[t]);
-}
 #endif
 
 }  // namespace
@@ -4111,8 +4089,11 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         : AxpyKTokens<false>(rows, offset, full, stride, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
-  // Several tokens of q8_0 or q4_0: half a block at a time for 9 to 16 tokens, a block for 8 or
-  // fewer.
+  // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass. Until 2026-12-07, 9-16 tokens
+  // went half a block a pass, 16 at once, which was faster on the Intel Xeon of
+  // docs/benchmarks.md (1b q8_0, 16 tokens: 172 against 181 ms). On the AMD EPYC (Zen 5) where
+  // the project now runs, passes of 8 are as fast or faster: 1b q8_0 prefill from the store 1.09x
+  // at 1 thread, even at 2 and for q4_0 ("q8_0 / q4_0 batches of 9-16 tokens in passes of 8").
   if (n_tokens > 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, uint64_t,
                                  const float*, uint64_t, float*, uint64_t);
@@ -4125,33 +4106,14 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint32_t full = len / kBlock;
-    using HalfTokens = void (*)(std::span<const std::byte* const>, uint64_t, uint64_t, int,
-                                const float*, uint64_t, float*, uint64_t);
-    static constexpr HalfTokens kQ8Halves[] = {
-        AxpyQ8HalfTokens<9>,  AxpyQ8HalfTokens<10>, AxpyQ8HalfTokens<11>, AxpyQ8HalfTokens<12>,
-        AxpyQ8HalfTokens<13>, AxpyQ8HalfTokens<14>, AxpyQ8HalfTokens<15>, AxpyQ8HalfTokens<16>};
-    static constexpr HalfTokens kQ4Halves[] = {
-        AxpyQ8HalfTokens<9, true>,  AxpyQ8HalfTokens<10, true>, AxpyQ8HalfTokens<11, true>,
-        AxpyQ8HalfTokens<12, true>, AxpyQ8HalfTokens<13, true>, AxpyQ8HalfTokens<14, true>,
-        AxpyQ8HalfTokens<15, true>, AxpyQ8HalfTokens<16, true>};
-    const HalfTokens* kHalves = dtype == DType::kQ4_0 ? kQ4Halves : kQ8Halves;
     for (uint32_t b = 0; b < full; ++b) {
       const uint64_t at = offset + b * stride;
       // The rows' next block, asked for by the first pass over this one (0: none).
       const uint64_t next = b + 1 < full ? at + stride : 0;
-      // 16 tokens at a time, half a block per pass; the last 8 or fewer a whole block per pass.
-      for (uint32_t t0 = 0; t0 < n_tokens;) {
-        const uint32_t nt = std::min(16u, n_tokens - t0);
-        const float* at0 = a + t0;
-        float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
-        if (nt > 8) {
-          for (int h = 0; h < 2; ++h) {
-            kHalves[nt - 9](rows, at, t0 == 0 && h == 0 ? next : 0, h, at0, a_stride, yb, y_stride);
-          }
-        } else {
-          kByTokens[nt - 1](rows, at, t0 == 0 ? next : 0, at0, a_stride, yb, y_stride);
-        }
-        t0 += nt;
+      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 8) {
+        const uint32_t nt = std::min(8u, n_tokens - t0);
+        kByTokens[nt - 1](rows, at, t0 == 0 ? next : 0, a + t0, a_stride,
+                          y + t0 * y_stride + uint64_t{b} * kBlock, y_stride);
       }
     }
     done = full * kBlock;
