@@ -3949,6 +3949,19 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
 // values stay in 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused
 // into y (q4_0: q = nibble - 8, in value order as UnpackQ4 gives them), and a token whose
 // coefficient is zero keeps its y, as in AxpyRow: bit-identical to it.
+// Rows a q8_0 / q4_0 batch sweeps block by block before it goes on to the next rows (AxpyRows):
+// a sweep over a span reads one block of each of its rows, and asks for each row's next block, so
+// a span's blocks and the next ones it asked for stay in L1 between sweeps (128 rows x 2 blocks:
+// at most 32 KiB of lines, where each q8_0 block straddles two). Every y value still takes its
+// rows in order, span after span, so the results are the same bits. A dense regrouped layer sends
+// all its 5632 positions in one call for a few tokens; swept whole, each block's rows had left L1
+// before the sweep for the next block came back to them. Measured (bench/engine/ffn_bench.cc,
+// BM_BundleFfnRegrouped, 1b shape, rounds alternated, medians of the per-round ratios; all rows
+// at once -> 128): 4 tokens of q8_0 1.17x faster at 1 thread, 1.22x at 2; q4_0 1.10x and 1.14x;
+// 16 tokens (2048 positions a call) level (docs/benchmarks.md, "q8_0 / q4_0 batch down sums
+// 128 rows at a time").
+constexpr size_t kBatchRowSpan = 128;
+
 template <int NT, bool kQ4 = false>
 void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, uint64_t next,
                        const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
@@ -4089,7 +4102,8 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         : AxpyKTokens<false>(rows, offset, full, stride, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
-  // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass. Until 2026-12-07, 9-16 tokens
+  // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass, kBatchRowSpan rows at a time
+  // (each span's rows swept block by block before the next span's). Until 2026-12-07, 9-16 tokens
   // went half a block a pass, 16 at once, which was faster on the Intel Xeon of
   // docs/benchmarks.md (1b q8_0, 16 tokens: 172 against 181 ms). On the AMD EPYC (Zen 5) where
   // the project now runs, passes of 8 are as fast or faster: 1b q8_0 prefill from the store 1.09x
@@ -4106,14 +4120,18 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint32_t full = len / kBlock;
-    for (uint32_t b = 0; b < full; ++b) {
-      const uint64_t at = offset + b * stride;
-      // The rows' next block, asked for by the first pass over this one (0: none).
-      const uint64_t next = b + 1 < full ? at + stride : 0;
-      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 8) {
-        const uint32_t nt = std::min(8u, n_tokens - t0);
-        kByTokens[nt - 1](rows, at, t0 == 0 ? next : 0, a + t0, a_stride,
-                          y + t0 * y_stride + uint64_t{b} * kBlock, y_stride);
+    for (size_t k0 = 0; k0 < rows.size(); k0 += kBatchRowSpan) {
+      const auto span = rows.subspan(k0, std::min<size_t>(kBatchRowSpan, rows.size() - k0));
+      const float* ak = a + k0 * a_stride;
+      for (uint32_t b = 0; b < full; ++b) {
+        const uint64_t at = offset + b * stride;
+        // The rows' next block, asked for by the first pass over this one (0: none).
+        const uint64_t next = b + 1 < full ? at + stride : 0;
+        for (uint32_t t0 = 0; t0 < n_tokens; t0 += 8) {
+          const uint32_t nt = std::min(8u, n_tokens - t0);
+          kByTokens[nt - 1](span, at, t0 == 0 ? next : 0, ak + t0, a_stride,
+                            y + t0 * y_stride + uint64_t{b} * kBlock, y_stride);
+        }
       }
     }
     done = full * kBlock;

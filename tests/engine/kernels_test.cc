@@ -509,7 +509,9 @@ TEST(ElementwiseTest, RmsNormSoftmaxSwiGlu) {
       const double want = std::exp(double(v[i] - mx)) / sum;
       EXPECT_NEAR(got[i], want, 3e-7 * want + 1e-44) << "len " << len << " i " << i;
     }
-    if (len > 2) EXPECT_EQ(got[1], 0.0f);
+    if (len > 2) {
+      EXPECT_EQ(got[1], 0.0f);
+    }
   }
   std::vector<float> gate = {-1, 0, 2}, up = {3, 4, 5};
   std::vector<float> relu = gate;
@@ -646,8 +648,9 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
     const uint32_t cols = 3 * per + 6;
     // One token of q8_0 / q4_0 / q4_K / q6_K reads the rows front to back, 4 at a time (13 rows:
     // a last sweep of one; row 4's zero coefficient is skipped); several tokens keep a block of
-    // y in registers across the rows (37).
-    for (uint32_t kRows : {13u, 37u}) {
+    // y in registers across the rows (37), q8_0 / q4_0 a span of 128 rows at a time (300: two
+    // spans and a part).
+    for (uint32_t kRows : {13u, 37u, 300u}) {
       std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
       const uint64_t rb = layout::RowBytes(dtype, cols);
       std::vector<const std::byte*> rows;
