@@ -3949,19 +3949,6 @@ void AxpyColumnsOneToken(std::span<const std::byte* const> rows, uint64_t at, ui
 // values stay in 2 x NT zmm registers while the rows go by. Every value takes a * (d * q) fused
 // into y (q4_0: q = nibble - 8, in value order as UnpackQ4 gives them), and a token whose
 // coefficient is zero keeps its y, as in AxpyRow: bit-identical to it.
-// Rows a q8_0 / q4_0 batch sweeps block by block before it goes on to the next rows (AxpyRows):
-// a sweep over a span reads one block of each of its rows, and asks for each row's next block, so
-// a span's blocks and the next ones it asked for stay in L1 between sweeps (128 rows x 2 blocks:
-// at most 32 KiB of lines, where each q8_0 block straddles two). Every y value still takes its
-// rows in order, span after span, so the results are the same bits. A dense regrouped layer sends
-// all its 5632 positions in one call for a few tokens; swept whole, each block's rows had left L1
-// before the sweep for the next block came back to them. Measured (bench/engine/ffn_bench.cc,
-// BM_BundleFfnRegrouped, 1b shape, rounds alternated, medians of the per-round ratios; all rows
-// at once -> 128): 4 tokens of q8_0 1.17x faster at 1 thread, 1.22x at 2; q4_0 1.10x and 1.14x;
-// 16 tokens (2048 positions a call) level (docs/benchmarks.md, "q8_0 / q4_0 batch down sums
-// 128 rows at a time").
-constexpr size_t kBatchRowSpan = 128;
-
 template <int NT, bool kQ4 = false>
 void AxpyQ8BlockTokens(std::span<const std::byte* const> rows, uint64_t at, uint64_t next,
                        const float* a, uint64_t a_stride, float* y, uint64_t y_stride) {
@@ -4069,6 +4056,21 @@ bool ReadsInterleavedRows(DType dtype) {
 #endif
 }
 
+// Rows a batch of q8_0 / q4_0 (AVX2: and f16) sweeps block by block before it goes on to the next
+// rows (AxpyRows), where a block takes one pass (AVX-512: up to 8 tokens; AVX2: up to 4): a sweep
+// over a span reads one block of each of its rows and asks for each row's next block, so a span's
+// blocks and the next ones it asked for stay in L1 between sweeps (128 rows x 2 blocks: at most
+// 32 KiB of lines, where each q8_0 block straddles two). Every y value still takes its rows in
+// order, span after span: the same bits. A dense regrouped layer sends all its 5632 positions in
+// one call for a few tokens; swept whole, each block's rows had left L1 before the sweep for the
+// next block came back to them. Measured (bench/engine/ffn_bench.cc, BM_BundleFfnRegrouped, 1b
+// shape, 6 alternated rounds, medians of the per-round ratios, all rows at once -> 128): 4 tokens
+// of q8_0 1.17x faster at 1 thread, 1.15x at 2; q4_0 1.14x and 1.02x; `serve --parallel 4` on the
+// 1b q8_0 store 1.14x (4 of 4 rounds), q4_0 level. Batches of more passes keep the whole sweep:
+// 16 tokens moved 0.97-1.03x with spans on AVX-512, and on AVX2 at 2 threads q4_0 lost 15%
+// (docs/benchmarks.md, "Batch down sums 128 rows at a time").
+constexpr size_t kBatchRowSpan = 128;
+
 void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride,
               uint64_t block_stride) {
@@ -4102,8 +4104,9 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         : AxpyKTokens<false>(rows, offset, full, stride, a, a_stride, n_tokens, y, y_stride);
     done = full * layout::kKBlockValues;
   }
-  // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass, kBatchRowSpan rows at a time
-  // (each span's rows swept block by block before the next span's). Until 2026-12-07, 9-16 tokens
+  // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass; up to 8 tokens kBatchRowSpan
+  // rows at a time (each span's rows swept block by block before the next span's). Until
+  // 2026-12-07, 9-16 tokens
   // went half a block a pass, 16 at once, which was faster on the Intel Xeon of
   // docs/benchmarks.md (1b q8_0, 16 tokens: 172 against 181 ms). On the AMD EPYC (Zen 5) where
   // the project now runs, passes of 8 are as fast or faster: 1b q8_0 prefill from the store 1.09x
@@ -4120,8 +4123,9 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
         AxpyQ8BlockTokens<7, true>, AxpyQ8BlockTokens<8, true>};
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint32_t full = len / kBlock;
-    for (size_t k0 = 0; k0 < rows.size(); k0 += kBatchRowSpan) {
-      const auto span = rows.subspan(k0, std::min<size_t>(kBatchRowSpan, rows.size() - k0));
+    const size_t span_rows = n_tokens <= 8 ? kBatchRowSpan : rows.size();  // one pass a block
+    for (size_t k0 = 0; k0 < rows.size(); k0 += span_rows) {
+      const auto span = rows.subspan(k0, std::min(span_rows, rows.size() - k0));
       const float* ak = a + k0 * a_stride;
       for (uint32_t b = 0; b < full; ++b) {
         const uint64_t at = offset + b * stride;
@@ -4141,26 +4145,31 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   if (done == 0 && n_tokens > 1 &&
       (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint32_t full = len / kBlock;
-    for (uint32_t b = 0; b < full; ++b) {
-      const uint64_t at = offset + b * stride;
-      const uint64_t next = b + 1 < full ? at + stride : 0;  // asked for by the first pass
-      for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
-        const uint64_t ahead = t0 == 0 ? next : 0;
-        const float* at0 = a + t0;
-        float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
-        switch (std::min(4u, n_tokens - t0)) {
-          case 1:
-            AxpyBlockRows<1>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
-            break;
-          case 2:
-            AxpyBlockRows<2>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
-            break;
-          case 3:
-            AxpyBlockRows<3>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
-            break;
-          default:
-            AxpyBlockRows<4>(dtype, rows, at, ahead, at0, a_stride, yb, y_stride);
-            break;
+    const size_t span_rows = n_tokens <= 4 ? kBatchRowSpan : rows.size();  // one pass a block
+    for (size_t k0 = 0; k0 < rows.size(); k0 += span_rows) {
+      const auto span = rows.subspan(k0, std::min(span_rows, rows.size() - k0));
+      const float* ak = a + k0 * a_stride;
+      for (uint32_t b = 0; b < full; ++b) {
+        const uint64_t at = offset + b * stride;
+        const uint64_t next = b + 1 < full ? at + stride : 0;  // asked for by the first pass
+        for (uint32_t t0 = 0; t0 < n_tokens; t0 += 4) {
+          const uint64_t ahead = t0 == 0 ? next : 0;
+          const float* at0 = ak + t0;
+          float* yb = y + t0 * y_stride + uint64_t{b} * kBlock;
+          switch (std::min(4u, n_tokens - t0)) {
+            case 1:
+              AxpyBlockRows<1>(dtype, span, at, ahead, at0, a_stride, yb, y_stride);
+              break;
+            case 2:
+              AxpyBlockRows<2>(dtype, span, at, ahead, at0, a_stride, yb, y_stride);
+              break;
+            case 3:
+              AxpyBlockRows<3>(dtype, span, at, ahead, at0, a_stride, yb, y_stride);
+              break;
+            default:
+              AxpyBlockRows<4>(dtype, span, at, ahead, at0, a_stride, yb, y_stride);
+              break;
+          }
         }
       }
     }

@@ -648,8 +648,8 @@ TEST(KernelsTest, AxpyRowsEqualsAxpyRowRowByRow) {
     const uint32_t cols = 3 * per + 6;
     // One token of q8_0 / q4_0 / q4_K / q6_K reads the rows front to back, 4 at a time (13 rows:
     // a last sweep of one; row 4's zero coefficient is skipped); several tokens keep a block of
-    // y in registers across the rows (37), q8_0 / q4_0 a span of 128 rows at a time (300: two
-    // spans and a part).
+    // y in registers across the rows (37); q8_0 / q4_0 batches of one pass (AVX-512: up to 8
+    // tokens, AVX2: 4) go 128 rows at a time (300: two spans and a part).
     for (uint32_t kRows : {13u, 37u, 300u}) {
       std::vector<std::byte> m = MakeMatrix(dtype, kRows, cols, rng);
       const uint64_t rb = layout::RowBytes(dtype, cols);
