@@ -4071,6 +4071,16 @@ bool ReadsInterleavedRows(DType dtype) {
 // (docs/benchmarks.md, "Batch down sums 128 rows at a time").
 constexpr size_t kBatchRowSpan = 128;
 
+// fn(span, a_span) for `rows` `span_rows` at a time, in order; a_span: the coefficients of the
+// span's first row (a, a_stride apart).
+template <typename Fn>
+void ForEachRowSpan(std::span<const std::byte* const> rows, const float* a, uint64_t a_stride,
+                    size_t span_rows, Fn&& fn) {
+  for (size_t k0 = 0; k0 < rows.size(); k0 += span_rows) {
+    fn(rows.subspan(k0, std::min(span_rows, rows.size() - k0)), a + k0 * a_stride);
+  }
+}
+
 void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offset, uint32_t len,
               const float* a, uint64_t a_stride, uint32_t n_tokens, float* y, uint64_t y_stride,
               uint64_t block_stride) {
@@ -4106,11 +4116,11 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
   }
   // Several tokens of q8_0 or q4_0: a whole block, 8 tokens a pass; up to 8 tokens kBatchRowSpan
   // rows at a time (each span's rows swept block by block before the next span's). Until
-  // 2026-12-07, 9-16 tokens
-  // went half a block a pass, 16 at once, which was faster on the Intel Xeon of
-  // docs/benchmarks.md (1b q8_0, 16 tokens: 172 against 181 ms). On the AMD EPYC (Zen 5) where
-  // the project now runs, passes of 8 are as fast or faster: 1b q8_0 prefill from the store 1.09x
-  // at 1 thread, even at 2 and for q4_0 ("q8_0 / q4_0 batches of 9-16 tokens in passes of 8").
+  // 2026-12-07, 9-16 tokens went half a block a pass, 16 at once, which was faster on the Intel
+  // Xeon of docs/benchmarks.md (1b q8_0, 16 tokens: 172 against 181 ms). On the AMD EPYC (Zen 5)
+  // where the project now runs, passes of 8 are as fast or faster: 1b q8_0 prefill from the store
+  // 1.09x at 1 thread, even at 2 and for q4_0 ("q8_0 / q4_0 batches of 9-16 tokens in passes of
+  // 8").
   if (n_tokens > 1 && (dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     using BlockTokens = void (*)(std::span<const std::byte* const>, uint64_t, uint64_t,
                                  const float*, uint64_t, float*, uint64_t);
@@ -4124,9 +4134,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
     const BlockTokens* kByTokens = dtype == DType::kQ4_0 ? kQ4ByTokens : kQ8ByTokens;
     const uint32_t full = len / kBlock;
     const size_t span_rows = n_tokens <= 8 ? kBatchRowSpan : rows.size();  // one pass a block
-    for (size_t k0 = 0; k0 < rows.size(); k0 += span_rows) {
-      const auto span = rows.subspan(k0, std::min(span_rows, rows.size() - k0));
-      const float* ak = a + k0 * a_stride;
+    ForEachRowSpan(rows, a, a_stride, span_rows, [&](auto span, const float* ak) {
       for (uint32_t b = 0; b < full; ++b) {
         const uint64_t at = offset + b * stride;
         // The rows' next block, asked for by the first pass over this one (0: none).
@@ -4137,7 +4145,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
                             y + t0 * y_stride + uint64_t{b} * kBlock, y_stride);
         }
       }
-    }
+    });
     done = full * kBlock;
   }
 #endif
@@ -4146,9 +4154,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
       (dtype == DType::kF16 || dtype == DType::kQ8_0 || dtype == DType::kQ4_0)) {
     const uint32_t full = len / kBlock;
     const size_t span_rows = n_tokens <= 4 ? kBatchRowSpan : rows.size();  // one pass a block
-    for (size_t k0 = 0; k0 < rows.size(); k0 += span_rows) {
-      const auto span = rows.subspan(k0, std::min(span_rows, rows.size() - k0));
-      const float* ak = a + k0 * a_stride;
+    ForEachRowSpan(rows, a, a_stride, span_rows, [&](auto span, const float* ak) {
       for (uint32_t b = 0; b < full; ++b) {
         const uint64_t at = offset + b * stride;
         const uint64_t next = b + 1 < full ? at + stride : 0;  // asked for by the first pass
@@ -4172,7 +4178,7 @@ void AxpyRows(DType dtype, std::span<const std::byte* const> rows, uint64_t offs
           }
         }
       }
-    }
+    });
     done = full * kBlock;
   }
 #endif
